@@ -1,0 +1,359 @@
+//! The Sluice physical plan: the contract between the SQL front end, the Rust API and
+//! the runtime. It is plain data (node kinds, connector options, expressions), so the
+//! runtime only ever sees this, whatever built it.
+//!
+//! ```text
+//!  SQL ─┐                       ┌─> runtime: operators, chaining, tasks
+//!       ├─> JobPlan (nodes+edges)┤
+//!  API ─┘                       └─> EXPLAIN
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use datafusion_expr::Expr;
+use sluice_types::{Result, SluiceError};
+
+/// Index of a node in [`JobPlan::nodes`].
+pub type NodeId = usize;
+
+/// Connector options, as in a SQL `WITH ('key' = 'value', …)` clause.
+pub type Options = BTreeMap<String, String>;
+
+/// A connector instance: which connector and its options.
+#[derive(Clone, Debug)]
+pub struct ConnectorSpec {
+    /// Registered connector name, e.g. `nexmark`, `filesystem`, `blackhole`.
+    pub connector: String,
+    /// The connector's options (Flink option names wherever Flink has them).
+    pub options: Options,
+    /// The declared schema, for connectors that need one (CSV, JSON, datagen).
+    pub schema: Option<SchemaRef>,
+}
+
+impl ConnectorSpec {
+    /// A connector with no options yet.
+    pub fn new(connector: impl Into<String>) -> Self {
+        Self {
+            connector: connector.into(),
+            options: Options::new(),
+            schema: None,
+        }
+    }
+
+    /// Sets one option.
+    pub fn with_option(mut self, key: impl Into<String>, value: impl ToString) -> Self {
+        self.options.insert(key.into(), value.to_string());
+        self
+    }
+
+    /// Declares the schema.
+    pub fn with_schema(mut self, schema: SchemaRef) -> Self {
+        self.schema = Some(schema);
+        self
+    }
+}
+
+/// Where a source's event time comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventTime {
+    /// The connector's natural event-time column (for Nexmark, `date_time`);
+    /// ingestion time if it has none.
+    ConnectorDefault,
+    /// A column of the source: a timestamp, or an integer holding epoch milliseconds.
+    Column(String),
+    /// The wall-clock time at which rows are read.
+    Ingestion,
+}
+
+/// How a source derives watermarks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatermarkSpec {
+    /// Bounded out-of-orderness: watermark = max event time seen − this.
+    pub max_out_of_orderness: Duration,
+}
+
+impl Default for WatermarkSpec {
+    fn default() -> Self {
+        Self {
+            max_out_of_orderness: Duration::ZERO,
+        }
+    }
+}
+
+/// A source node: a connector plus where its event time comes from.
+#[derive(Clone, Debug)]
+pub struct SourceNode {
+    /// The connector.
+    pub spec: ConnectorSpec,
+    /// Event-time column.
+    pub event_time: EventTime,
+    /// Watermark strategy.
+    pub watermark: WatermarkSpec,
+}
+
+/// What a plan node does.
+#[derive(Clone, Debug)]
+pub enum NodeKind {
+    /// Reads from a connector.
+    Source(SourceNode),
+    /// Keeps the rows for which the predicate is true.
+    Filter {
+        /// Boolean expression over the input columns.
+        predicate: Expr,
+    },
+    /// Computes new columns; the event-time column is carried along.
+    Project {
+        /// Output expressions, each named (use `.alias`).
+        exprs: Vec<Expr>,
+    },
+    /// A keyed running aggregate: for each input batch, emits the updated aggregate
+    /// of every key the batch touched (upsert semantics by key).
+    Aggregate {
+        /// Grouping columns.
+        keys: Vec<String>,
+        /// Aggregate expressions (`count`, `sum`, `min`, `max`, `avg`, any UDAF), aliased.
+        aggregates: Vec<Expr>,
+    },
+    /// Writes to a connector.
+    Sink(ConnectorSpec),
+}
+
+impl NodeKind {
+    /// A short label for graphs and metrics.
+    pub fn label(&self) -> String {
+        match self {
+            NodeKind::Source(s) => format!("source:{}", s.spec.connector),
+            NodeKind::Filter { .. } => "filter".into(),
+            NodeKind::Project { .. } => "project".into(),
+            NodeKind::Aggregate { .. } => "aggregate".into(),
+            NodeKind::Sink(s) => format!("sink:{}", s.connector),
+        }
+    }
+
+    /// Whether the operator keeps no state between batches (and so may be chained freely).
+    pub fn is_stateless(&self) -> bool {
+        matches!(
+            self,
+            NodeKind::Filter { .. } | NodeKind::Project { .. } | NodeKind::Source(_)
+        )
+    }
+}
+
+/// One operator of the job.
+#[derive(Clone, Debug)]
+pub struct PlanNode {
+    /// Position in [`JobPlan::nodes`].
+    pub id: NodeId,
+    /// Display name.
+    pub name: String,
+    /// Number of parallel subtasks.
+    pub parallelism: usize,
+    /// What it does.
+    pub kind: NodeKind,
+}
+
+/// How rows travel along an edge from upstream to downstream subtasks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Partitioning {
+    /// Subtask i feeds subtask i (equal parallelism).
+    Forward,
+    /// By hash of the key columns into key groups, key groups onto subtasks.
+    Hash(Vec<String>),
+    /// Round-robin over downstream subtasks, batch by batch.
+    Rebalance,
+    /// Every downstream subtask gets every batch.
+    Broadcast,
+}
+
+impl fmt::Display for Partitioning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Partitioning::Forward => f.write_str("FORWARD"),
+            Partitioning::Hash(k) => write!(f, "HASH({})", k.join(", ")),
+            Partitioning::Rebalance => f.write_str("REBALANCE"),
+            Partitioning::Broadcast => f.write_str("BROADCAST"),
+        }
+    }
+}
+
+/// A directed edge of the job graph.
+#[derive(Clone, Debug)]
+pub struct PlanEdge {
+    /// Upstream node.
+    pub from: NodeId,
+    /// Downstream node.
+    pub to: NodeId,
+    /// How rows are distributed.
+    pub partitioning: Partitioning,
+}
+
+/// Adaptive batching at sources: a batch closes at `max_rows` or after `linger`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchConfig {
+    /// The most rows in one batch.
+    pub max_rows: usize,
+    /// The longest a row waits at the source for its batch to fill.
+    pub linger: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: 4096,
+            linger: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Job-wide settings.
+#[derive(Clone, Debug)]
+pub struct JobConfig {
+    /// Source batching.
+    pub batch: BatchConfig,
+    /// Capacity of each channel between two subtasks, in messages (batches).
+    pub channel_capacity: usize,
+    /// Number of key groups: the upper bound of any operator's parallelism, and the
+    /// unit in which keyed state moves when parallelism changes.
+    pub max_parallelism: usize,
+    /// Where undecodable records go (a JSON-lines file); `None` logs them in full.
+    pub dead_letter_path: Option<std::path::PathBuf>,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        Self {
+            batch: BatchConfig::default(),
+            channel_capacity: 8,
+            max_parallelism: 128,
+            dead_letter_path: None,
+        }
+    }
+}
+
+/// A whole job: a DAG of operators.
+#[derive(Clone, Debug)]
+pub struct JobPlan {
+    /// Job name.
+    pub name: String,
+    /// Operators, indexed by [`NodeId`].
+    pub nodes: Vec<PlanNode>,
+    /// Edges between them.
+    pub edges: Vec<PlanEdge>,
+    /// Settings.
+    pub config: JobConfig,
+}
+
+impl JobPlan {
+    /// An empty plan.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            nodes: Vec::new(),
+            edges: Vec::new(),
+            config: JobConfig::default(),
+        }
+    }
+
+    /// Adds a node and returns its id.
+    pub fn add_node(&mut self, name: impl Into<String>, parallelism: usize, kind: NodeKind) -> NodeId {
+        let id = self.nodes.len();
+        self.nodes.push(PlanNode {
+            id,
+            name: name.into(),
+            parallelism,
+            kind,
+        });
+        id
+    }
+
+    /// Connects two nodes.
+    pub fn add_edge(&mut self, from: NodeId, to: NodeId, partitioning: Partitioning) {
+        self.edges.push(PlanEdge {
+            from,
+            to,
+            partitioning,
+        });
+    }
+
+    /// Edges leaving a node.
+    pub fn outputs(&self, node: NodeId) -> impl Iterator<Item = &PlanEdge> {
+        self.edges.iter().filter(move |e| e.from == node)
+    }
+
+    /// Edges entering a node.
+    pub fn inputs(&self, node: NodeId) -> impl Iterator<Item = &PlanEdge> {
+        self.edges.iter().filter(move |e| e.to == node)
+    }
+
+    /// Node ids in an order where every edge goes forward; fails on a cycle.
+    pub fn topological_order(&self) -> Result<Vec<NodeId>> {
+        let mut indegree = vec![0usize; self.nodes.len()];
+        for e in &self.edges {
+            indegree[e.to] += 1;
+        }
+        let mut ready: Vec<NodeId> = (0..self.nodes.len()).filter(|&n| indegree[n] == 0).collect();
+        ready.reverse();
+        let mut order = Vec::with_capacity(self.nodes.len());
+        while let Some(n) = ready.pop() {
+            order.push(n);
+            for e in self.outputs(n) {
+                indegree[e.to] -= 1;
+                if indegree[e.to] == 0 {
+                    ready.push(e.to);
+                }
+            }
+        }
+        if order.len() != self.nodes.len() {
+            return Err(SluiceError::user("the job graph has a cycle"));
+        }
+        Ok(order)
+    }
+
+    /// Checks the structural rules: sources have no inputs, sinks no outputs, every
+    /// other node both, parallelism within bounds, forward edges between equal parallelism.
+    pub fn validate(&self) -> Result<()> {
+        if self.nodes.is_empty() {
+            return Err(SluiceError::user(format!("job `{}` has no operators", self.name)));
+        }
+        let max_p = self.config.max_parallelism;
+        for n in &self.nodes {
+            if n.parallelism == 0 || n.parallelism > max_p {
+                return Err(SluiceError::user(format!(
+                    "operator `{}` has parallelism {}; it must be between 1 and the max parallelism {max_p}",
+                    n.name, n.parallelism
+                )));
+            }
+            let ins = self.inputs(n.id).count();
+            let outs = self.outputs(n.id).count();
+            match &n.kind {
+                NodeKind::Source(_) if ins > 0 => {
+                    return Err(SluiceError::user(format!("source `{}` cannot have inputs", n.name)));
+                }
+                NodeKind::Sink(_) if outs > 0 => {
+                    return Err(SluiceError::user(format!("sink `{}` cannot have outputs", n.name)));
+                }
+                NodeKind::Source(_) | NodeKind::Sink(_) => {}
+                _ if ins == 0 => {
+                    return Err(SluiceError::user(format!("operator `{}` has no input", n.name)));
+                }
+                _ => {}
+            }
+            if outs == 0 && !matches!(n.kind, NodeKind::Sink(_)) {
+                return Err(SluiceError::user(format!(
+                    "operator `{}` has no output: end every stream in a sink",
+                    n.name
+                )));
+            }
+        }
+        if self.config.batch.max_rows == 0 {
+            return Err(SluiceError::user("batch max_rows must be at least 1"));
+        }
+        if self.config.channel_capacity == 0 {
+            return Err(SluiceError::user("channel capacity must be at least 1"));
+        }
+        self.topological_order().map(|_| ())
+    }
+}

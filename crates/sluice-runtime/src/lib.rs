@@ -1,0 +1,23 @@
+//! The Sluice dataflow runtime: the operator trait, sources and the connector registry,
+//! built-in operators, partitioning, chaining, tasks, backpressure and metrics.
+//!
+//! A [`JobPlan`](sluice_plan::JobPlan) is prepared into a [`PreparedJob`] (every node
+//! checked against its input schema, connectors configured, chains formed) and started
+//! into a [`JobHandle`].
+
+pub mod dead_letter;
+pub mod expr;
+pub mod job;
+pub mod metrics;
+pub mod operator;
+pub mod operators;
+pub mod partition;
+pub mod source;
+mod task;
+
+pub use job::{JobHandle, PreparedJob, StopHandle};
+pub use operator::{Collector, Operator, OperatorContext, TimeDomain, VecCollector};
+pub use source::{
+    ConnectorRegistry, ReadResult, SinkConnector, SourceConnector, SourceReader, Split,
+};
+pub use task::SourceControl;

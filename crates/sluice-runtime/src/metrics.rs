@@ -1,0 +1,250 @@
+//! Metrics core: per operator and subtask counters, gauges and an end-to-end latency
+//! histogram. Everything is lock-free atomics so recording costs a few nanoseconds per
+//! batch; readers take snapshots.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// A log-linear histogram of microsecond values, about 3% relative precision,
+/// recording in O(1) with atomics.
+pub struct Histogram {
+    buckets: Box<[AtomicU64]>,
+    count: AtomicU64,
+    max: AtomicU64,
+}
+
+const SUB_BITS: u32 = 5; // 32 sub-buckets per power of two
+const SUB: u64 = 1 << SUB_BITS;
+const LINEAR: u64 = 2 * SUB; // values below this get a bucket each
+const BUCKETS: usize = (LINEAR + (64 - SUB_BITS as u64 - 1) * SUB) as usize;
+
+fn bucket_of(v: u64) -> usize {
+    if v < LINEAR {
+        return v as usize;
+    }
+    let exp = 63 - v.leading_zeros(); // >= SUB_BITS + 1
+    let shift = exp - SUB_BITS;
+    let mantissa = (v >> shift) & (SUB - 1);
+    (LINEAR + (shift as u64 - 1) * SUB + mantissa) as usize
+}
+
+fn bucket_upper(b: usize) -> u64 {
+    let b = b as u64;
+    if b < LINEAR {
+        return b;
+    }
+    let shift = (b - LINEAR) / SUB + 1;
+    let mantissa = (b - LINEAR) % SUB;
+    (((SUB + mantissa + 1) << shift) - 1).min(u64::MAX)
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records `n` observations of value `v`.
+    pub fn record_n(&self, v: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.buckets[bucket_of(v)].fetch_add(n, Relaxed);
+        self.count.fetch_add(n, Relaxed);
+        self.max.fetch_max(v, Relaxed);
+    }
+
+    /// A point-in-time copy.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: self.buckets.iter().map(|b| b.load(Relaxed)).collect(),
+            count: self.count.load(Relaxed),
+            max: self.max.load(Relaxed),
+        }
+    }
+}
+
+/// A copy of a histogram that can be merged and queried.
+#[derive(Clone, Debug)]
+pub struct HistogramSnapshot {
+    buckets: Vec<u64>,
+    /// Number of observations.
+    pub count: u64,
+    /// Largest observation.
+    pub max: u64,
+}
+
+impl Default for HistogramSnapshot {
+    fn default() -> Self {
+        Self {
+            buckets: vec![0; BUCKETS],
+            count: 0,
+            max: 0,
+        }
+    }
+}
+
+impl HistogramSnapshot {
+    /// Adds another snapshot's observations.
+    pub fn merge(&mut self, other: &HistogramSnapshot) {
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.max = self.max.max(other.max);
+    }
+
+    /// The value at quantile `q` in `[0, 1]` (upper edge of its bucket, capped at the max).
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, &c) in self.buckets.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return bucket_upper(i).min(self.max);
+            }
+        }
+        self.max
+    }
+}
+
+/// Metrics of one operator subtask.
+#[derive(Default)]
+pub struct SubtaskMetrics {
+    /// Rows received.
+    pub records_in: AtomicU64,
+    /// Rows emitted.
+    pub records_out: AtomicU64,
+    /// Batches received.
+    pub batches_in: AtomicU64,
+    /// Messages waiting in this subtask's input channels (sampled on receive).
+    pub input_queue: AtomicU64,
+    /// Nanoseconds spent waiting for a full downstream channel (backpressure).
+    pub backpressured_ns: AtomicU64,
+    /// Current watermark (ms), `i64::MIN` before the first.
+    pub watermark: AtomicI64,
+    /// Records sent to the dead-letter output.
+    pub dead_letters: AtomicU64,
+    /// End-to-end latency in µs (sinks only): sink time minus ingest time.
+    pub latency_us: Histogram,
+}
+
+impl SubtaskMetrics {
+    /// Fresh metrics.
+    pub fn new() -> Arc<Self> {
+        let m = Self::default();
+        m.watermark.store(i64::MIN, Relaxed);
+        Arc::new(m)
+    }
+}
+
+/// Metrics of one operator: one entry per subtask.
+pub struct OperatorMetrics {
+    /// Plan node id.
+    pub node_id: usize,
+    /// Operator name.
+    pub name: String,
+    /// Whether it is a source.
+    pub is_source: bool,
+    /// Whether it is a sink (and so records end-to-end latency).
+    pub is_sink: bool,
+    /// Per subtask.
+    pub subtasks: Vec<Arc<SubtaskMetrics>>,
+}
+
+impl OperatorMetrics {
+    /// Sum of a counter over subtasks.
+    pub fn sum(&self, f: impl Fn(&SubtaskMetrics) -> &AtomicU64) -> u64 {
+        self.subtasks.iter().map(|s| f(s).load(Relaxed)).sum()
+    }
+
+    /// Merged latency histogram over subtasks.
+    pub fn latency(&self) -> HistogramSnapshot {
+        let mut h = HistogramSnapshot::default();
+        for s in &self.subtasks {
+            h.merge(&s.latency_us.snapshot());
+        }
+        h
+    }
+}
+
+/// All metrics of a job.
+pub struct JobMetrics {
+    /// Per operator, indexed by plan node id.
+    pub operators: Vec<OperatorMetrics>,
+}
+
+impl JobMetrics {
+    /// Rows read by all sources.
+    pub fn source_records(&self) -> u64 {
+        self.operators
+            .iter()
+            .filter(|o| o.is_source)
+            .map(|o| o.sum(|s| &s.records_out))
+            .sum()
+    }
+
+    /// Rows received by all sinks.
+    pub fn sink_records(&self) -> u64 {
+        self.operators
+            .iter()
+            .filter(|o| o.is_sink)
+            .map(|o| o.sum(|s| &s.records_in))
+            .sum()
+    }
+
+    /// End-to-end latency over all sinks.
+    pub fn sink_latency(&self) -> HistogramSnapshot {
+        let mut h = HistogramSnapshot::default();
+        for o in self.operators.iter().filter(|o| o.is_sink) {
+            h.merge(&o.latency());
+        }
+        h
+    }
+
+    /// Records sent to dead-letter output.
+    pub fn dead_letters(&self) -> u64 {
+        self.operators.iter().map(|o| o.sum(|s| &s.dead_letters)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_tight() {
+        let mut last = 0;
+        for v in (0..200_000u64).chain([1 << 30, 1 << 40, u64::MAX / 2]) {
+            let b = bucket_of(v);
+            assert!(b >= last, "bucket of {v} went backwards");
+            last = b;
+            let up = bucket_upper(b);
+            assert!(up >= v, "upper {up} < {v}");
+            assert!(up - v <= v / 16 + 1, "bucket too wide at {v}: {up}");
+        }
+    }
+
+    #[test]
+    fn quantiles_of_uniform_values() {
+        let h = Histogram::default();
+        for v in 1..=10_000u64 {
+            h.record_n(v, 1);
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count, 10_000);
+        let p50 = s.quantile(0.5);
+        let p99 = s.quantile(0.99);
+        assert!((4_800..=5_200).contains(&p50), "p50 {p50}");
+        assert!((9_700..=10_000).contains(&p99), "p99 {p99}");
+        assert_eq!(s.quantile(1.0), 10_000);
+    }
+}

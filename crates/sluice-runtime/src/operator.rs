@@ -1,0 +1,171 @@
+//! The operator trait: one required method, defaulted hooks for everything else.
+//!
+//! ```text
+//!            ┌──────────── runtime (per subtask) ────────────┐
+//!  inputs ──>│ merge watermarks (min) · align barriers · EOD │──> outputs
+//!            │        │ Data       │ Watermark    │ Barrier   │
+//!            │  process_batch  on_watermark   snapshot      │
+//!            │        └── Collector (next chained operator or channels)
+//!            └───────────────────────────────────────────────┘
+//! ```
+//!
+//! The runtime, not the operator, merges watermarks across inputs, aligns checkpoint
+//! barriers and counts end-of-data; an operator only sees one merged stream of calls.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use sluice_types::{Batch, CheckpointBarrier, Result, TaskInfo, Watermark};
+
+use crate::dead_letter::{DeadLetter, DeadLetterQueue};
+use crate::metrics::SubtaskMetrics;
+
+/// Where an operator's output goes: the next operator of its chain, or the channels to
+/// downstream subtasks. Awaiting `collect` is how backpressure reaches the operator.
+#[async_trait]
+pub trait Collector: Send {
+    /// Emits a batch downstream.
+    async fn collect(&mut self, batch: Batch) -> Result<()>;
+}
+
+/// A timer's domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeDomain {
+    /// Fires when the watermark passes the time.
+    EventTime,
+    /// Fires when the wall clock passes the time.
+    ProcessingTime,
+}
+
+/// What an operator can see of its surroundings.
+pub struct OperatorContext {
+    /// Which task this is.
+    pub task: TaskInfo,
+    /// The schema of the operator's input (for sources, of the rows they produce).
+    pub input_schema: SchemaRef,
+    /// The subtask's metrics.
+    pub metrics: Arc<SubtaskMetrics>,
+    /// The current (merged) input watermark.
+    pub watermark: Option<Watermark>,
+    dead_letters: Arc<dyn DeadLetterQueue>,
+}
+
+impl OperatorContext {
+    /// Context for one subtask.
+    pub fn new(
+        task: TaskInfo,
+        input_schema: SchemaRef,
+        metrics: Arc<SubtaskMetrics>,
+        dead_letters: Arc<dyn DeadLetterQueue>,
+    ) -> Self {
+        Self {
+            task,
+            input_schema,
+            metrics,
+            watermark: None,
+            dead_letters,
+        }
+    }
+
+    /// Sends a record that could not be processed to the job's dead-letter output,
+    /// with its position and the error, and counts it. Nothing is silently dropped.
+    pub fn dead_letter(&self, record: DeadLetter) {
+        self.metrics
+            .dead_letters
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.dead_letters.send(&self.task, record);
+    }
+}
+
+/// A dataflow operator. Only [`Operator::process_batch`] is required; the defaulted hooks
+/// are where windows (watermarks, timers), checkpoints (snapshot) and two-phase-commit
+/// sinks (commit) plug in.
+#[async_trait]
+pub trait Operator: Send {
+    /// The schema of the batches this operator emits (event-time column last).
+    fn output_schema(&self) -> SchemaRef;
+
+    /// Called once before the first message.
+    async fn on_start(&mut self, _ctx: &mut OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Processes one batch of rows, emitting any output to `out`.
+    async fn process_batch(
+        &mut self,
+        batch: Batch,
+        ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<()>;
+
+    /// The merged input watermark advanced. Fire what is due, then return the
+    /// watermark to forward downstream (`None` holds it back).
+    async fn on_watermark(
+        &mut self,
+        watermark: Watermark,
+        _ctx: &mut OperatorContext,
+        _out: &mut dyn Collector,
+    ) -> Result<Option<Watermark>> {
+        Ok(Some(watermark))
+    }
+
+    /// A timer registered by this operator fired.
+    async fn on_timer(
+        &mut self,
+        _domain: TimeDomain,
+        _time: i64,
+        _ctx: &mut OperatorContext,
+        _out: &mut dyn Collector,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// A checkpoint barrier was aligned on all inputs: snapshot state now. For sinks,
+    /// this is the pre-commit of a two-phase commit.
+    async fn snapshot(
+        &mut self,
+        _barrier: &CheckpointBarrier,
+        _ctx: &mut OperatorContext,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// The checkpoint `epoch` completed everywhere: commit what was pre-committed.
+    async fn commit(&mut self, _epoch: u64, _ctx: &mut OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// All inputs ended (after the final +∞ watermark): flush everything and release
+    /// resources. Output emitted here is the operator's last.
+    async fn on_close(&mut self, _ctx: &mut OperatorContext, _out: &mut dyn Collector) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A collector that keeps what it is given: for tests and for operators that buffer.
+#[derive(Default)]
+pub struct VecCollector {
+    /// Collected batches, in order.
+    pub batches: Vec<Batch>,
+}
+
+#[async_trait]
+impl Collector for VecCollector {
+    async fn collect(&mut self, batch: Batch) -> Result<()> {
+        self.batches.push(batch);
+        Ok(())
+    }
+}
+
+impl OperatorContext {
+    /// A context for testing one operator alone.
+    pub fn for_test(input_schema: SchemaRef) -> Self {
+        Self::new(
+            TaskInfo::for_test("test"),
+            input_schema,
+            SubtaskMetrics::new(),
+            Arc::new(crate::dead_letter::LogDeadLetters),
+        )
+    }
+}

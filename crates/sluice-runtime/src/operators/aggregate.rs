@@ -1,0 +1,340 @@
+//! A keyed running aggregate: for every input batch it updates the aggregates of the
+//! keys the batch touches and emits one row per touched key with the new values
+//! (upsert semantics by key: the last row of a key is its current result). At the end
+//! of a bounded input, the last row per key equals a batch `GROUP BY`.
+//!
+//! Aggregates are DataFusion aggregate functions (count, sum, min, max, avg and any
+//! UDAF) through their accumulators. Per batch the work is columnar: keys are encoded
+//! with the Arrow row format, rows are sorted by group once (one `take`), and each
+//! touched group's accumulators get zero-copy slices.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::compute::take;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, Rows, SortField};
+use async_trait::async_trait;
+use datafusion_common::ScalarValue;
+use datafusion_common::hash_utils::RandomState;
+use datafusion_expr::{Accumulator, Expr};
+use datafusion_physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
+use datafusion_physical_expr::PhysicalExpr;
+use datafusion_expr::execution_props::ExecutionProps;
+use datafusion_expr::physical_planning_context::PhysicalPlanningContext;
+use sluice_types::{Batch, Result, SluiceError, TIMESTAMP_FIELD, timestamp_field};
+
+use super::PreparedOperator;
+use crate::expr::{coerce, df_schema, evaluate};
+use crate::operator::{Collector, Operator, OperatorContext};
+
+/// One aggregate, planned.
+#[derive(Clone)]
+struct PlannedAggregate {
+    function: Arc<AggregateFunctionExpr>,
+    args: Vec<Arc<dyn PhysicalExpr>>,
+}
+
+/// Keyed running aggregate.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use arrow::datatypes::*;
+/// use datafusion_expr::col;
+/// use datafusion_functions_aggregate::expr_fn::{count, sum};
+/// use sluice_runtime::operators::aggregate::AggregateOperator;
+/// let schema = Arc::new(Schema::new(vec![
+///     Field::new("auction", DataType::Int64, false),
+///     Field::new("price", DataType::Int64, false),
+///     sluice_types::timestamp_field(),
+/// ]));
+/// let op = AggregateOperator::prepare(
+///     &["auction".to_string()],
+///     &[count(col("price")).alias("bids"), sum(col("price")).alias("volume")],
+///     &schema,
+/// ).unwrap();
+/// let names: Vec<_> = op.output_schema.fields().iter().map(|f| f.name().clone()).collect();
+/// assert_eq!(names, ["auction", "bids", "volume", "_timestamp"]);
+/// ```
+pub struct AggregateOperator {
+    key_indices: Vec<usize>,
+    aggregates: Vec<PlannedAggregate>,
+    schema: SchemaRef,
+    converter: RowConverter,
+    groups: HashMap<Box<[u8]>, u32, RandomState>,
+    group_keys: Rows,
+    accumulators: Vec<Vec<Box<dyn Accumulator>>>,
+}
+
+impl AggregateOperator {
+    /// Checks keys and aggregates against the input schema.
+    pub fn prepare(keys: &[String], aggregates: &[Expr], input: &SchemaRef) -> Result<PreparedOperator> {
+        if keys.is_empty() {
+            return Err(SluiceError::user(
+                "a running aggregate needs at least one key column (use key_by)",
+            ));
+        }
+        let mut key_indices = Vec::new();
+        let mut fields: Vec<Arc<Field>> = Vec::new();
+        for k in keys {
+            let i = input.index_of(k).map_err(|_| {
+                SluiceError::user(format!(
+                    "key column `{k}` does not exist; columns are: {}",
+                    column_list(input)
+                ))
+            })?;
+            key_indices.push(i);
+            fields.push(Arc::new(input.field(i).clone()));
+        }
+        let df = df_schema(input)?;
+        let props = ExecutionProps::new();
+        let ctx = PhysicalPlanningContext::default();
+        let mut planned = Vec::new();
+        for a in aggregates {
+            let coerced = coerce(a, &df)?;
+            let lowered = LoweredAggregateBuilder::new(&coerced, &df, input, &props, &ctx)
+                .build()
+                .map_err(|e| {
+                    SluiceError::user(format!(
+                        "`{a}` is not an aggregate this operator can compute: {e}"
+                    ))
+                })?;
+            if lowered.filter.is_some() || !lowered.order_bys.is_empty() {
+                return Err(SluiceError::user(format!(
+                    "`{a}`: FILTER and ORDER BY inside aggregates are not supported yet"
+                )));
+            }
+            let field = lowered.aggregate.field();
+            if fields.iter().any(|f| f.name() == field.name()) || field.name() == TIMESTAMP_FIELD {
+                return Err(SluiceError::user(format!(
+                    "output column `{}` is named twice; give the aggregate an alias",
+                    field.name()
+                )));
+            }
+            fields.push(field);
+            planned.push(PlannedAggregate {
+                args: lowered.aggregate.expressions(),
+                function: lowered.aggregate,
+            });
+        }
+        fields.push(Arc::new(timestamp_field()));
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let output_schema = Arc::clone(&schema);
+        let sort_fields: Vec<SortField> = key_indices
+            .iter()
+            .map(|&i| SortField::new(input.field(i).data_type().clone()))
+            .collect();
+        // Fail now, not at the first batch, if a key type cannot be row-encoded.
+        RowConverter::new(sort_fields.clone())
+            .map_err(|e| SluiceError::user("unsupported key column type").with_source(e))?;
+        Ok(PreparedOperator {
+            output_schema,
+            factory: Arc::new(move |_| {
+                let converter = RowConverter::new(sort_fields.clone())?;
+                let group_keys = converter.empty_rows(0, 0);
+                Ok(Box::new(AggregateOperator {
+                    key_indices: key_indices.clone(),
+                    aggregates: planned.clone(),
+                    schema: Arc::clone(&schema),
+                    converter,
+                    groups: HashMap::with_hasher(RandomState::default()),
+                    group_keys,
+                    accumulators: Vec::new(),
+                }) as Box<dyn crate::operator::Operator>)
+            }),
+        })
+    }
+
+    fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
+        self.aggregates
+            .iter()
+            .map(|a| {
+                a.function
+                    .create_accumulator()
+                    .map_err(|e| SluiceError::internal("cannot create accumulator").with_source(e))
+            })
+            .collect()
+    }
+
+    /// Number of distinct keys held.
+    pub fn num_keys(&self) -> usize {
+        self.groups.len()
+    }
+}
+
+fn column_list(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| f.name() != TIMESTAMP_FIELD)
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
+    SluiceError::user("aggregate computation failed").with_source(e)
+}
+
+#[async_trait]
+impl Operator for AggregateOperator {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn process_batch(
+        &mut self,
+        batch: Batch,
+        _ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        let n = batch.num_rows();
+        let key_cols: Vec<ArrayRef> = self
+            .key_indices
+            .iter()
+            .map(|&i| Arc::clone(batch.data.column(i)))
+            .collect();
+        let rows = self.converter.convert_columns(&key_cols)?;
+        let ts = batch.timestamps();
+
+        // Group id per row; touched groups in first-seen order with row counts and max time.
+        let mut row_group = Vec::with_capacity(n);
+        let mut slot_of_group: HashMap<u32, usize, RandomState> =
+            HashMap::with_hasher(RandomState::default());
+        let mut touched: Vec<(u32, u32, i64)> = Vec::new(); // (group, rows, max ts)
+        for (i, row) in rows.iter().enumerate() {
+            let g = match self.groups.get(row.as_ref()) {
+                Some(&g) => g,
+                None => {
+                    let g = self.accumulators.len() as u32;
+                    let accs = self.new_accumulators()?;
+                    self.accumulators.push(accs);
+                    self.groups.insert(row.as_ref().into(), g);
+                    self.group_keys.push(row);
+                    g
+                }
+            };
+            let slot = *slot_of_group.entry(g).or_insert_with(|| {
+                touched.push((g, 0, i64::MIN));
+                touched.len() - 1
+            });
+            touched[slot].1 += 1;
+            touched[slot].2 = touched[slot].2.max(ts.value(i));
+            row_group.push(slot as u32);
+        }
+
+        // Counting sort of rows by touched-group slot, then one take of the arguments.
+        let mut offsets = Vec::with_capacity(touched.len() + 1);
+        let mut acc = 0u32;
+        for t in &touched {
+            offsets.push(acc);
+            acc += t.1;
+        }
+        offsets.push(acc);
+        let mut cursor = offsets.clone();
+        let mut order = vec![0u32; n];
+        for (row, &slot) in row_group.iter().enumerate() {
+            order[cursor[slot as usize] as usize] = row as u32;
+            cursor[slot as usize] += 1;
+        }
+        let order = UInt32Array::from(order);
+
+        let mut outputs: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(touched.len()); self.aggregates.len()];
+        for (a, agg) in self.aggregates.iter().enumerate() {
+            let sorted: Vec<ArrayRef> = agg
+                .args
+                .iter()
+                .map(|e| evaluate(e, &batch).and_then(|v| Ok(take(&v, &order, None)?)))
+                .collect::<Result<_>>()?;
+            for (slot, &(g, count, _)) in touched.iter().enumerate() {
+                let start = offsets[slot] as usize;
+                let slices: Vec<ArrayRef> = sorted.iter().map(|c| c.slice(start, count as usize)).collect();
+                let accumulator = &mut self.accumulators[g as usize][a];
+                accumulator.update_batch(&slices).map_err(df_err)?;
+                outputs[a].push(accumulator.evaluate().map_err(df_err)?);
+            }
+        }
+
+        let mut columns = self
+            .converter
+            .convert_rows(touched.iter().map(|&(g, _, _)| self.group_keys.row(g as usize)))?;
+        for values in outputs {
+            columns.push(ScalarValue::iter_to_array(values).map_err(df_err)?);
+        }
+        columns.push(Arc::new(TimestampMillisecondArray::from(
+            touched.iter().map(|t| t.2).collect::<Vec<_>>(),
+        )));
+        let data = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        out.collect(batch.with_data(data)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::VecCollector;
+    use datafusion_expr::col;
+    use datafusion_functions_aggregate::expr_fn::{avg, count, max, min, sum};
+    use sluice_testkit::{assert_pretty, batch_from_pretty};
+
+    #[tokio::test]
+    async fn emits_updated_values_for_touched_keys() {
+        let b1 = batch_from_pretty(
+            "
+            | k:Utf8 | v:Int64 | _timestamp:Ts |
+            | a      | 1       | 1             |
+            | b      | 10      | 2             |
+            | a      | 3       | 3             |",
+        );
+        let b2 = batch_from_pretty(
+            "
+            | k:Utf8 | v:Int64 | _timestamp:Ts |
+            | a      | 5       | 4             |
+            | c      |         | 5             |",
+        );
+        let schema = b1.data.schema();
+        let p = AggregateOperator::prepare(
+            &["k".into()],
+            &[
+                count(col("v")).alias("n"),
+                sum(col("v")).alias("total"),
+                min(col("v")).alias("lo"),
+                max(col("v")).alias("hi"),
+                avg(col("v")).alias("mean"),
+            ],
+            &schema,
+        )
+        .unwrap();
+        let mut op = (p.factory)(&sluice_types::TaskInfo::for_test("aggregate")).unwrap();
+        let mut ctx = OperatorContext::for_test(schema);
+        let mut out = VecCollector::default();
+        op.process_batch(b1, &mut ctx, &mut out).await.unwrap();
+        op.process_batch(b2, &mut ctx, &mut out).await.unwrap();
+        assert_pretty(
+            &out.batches,
+            "
+            +---+---+-------+----+----+------+-------------------------+
+            | k | n | total | lo | hi | mean | _timestamp              |
+            +---+---+-------+----+----+------+-------------------------+
+            | a | 2 | 4     | 1  | 3  | 2.0  | 1970-01-01T00:00:00.003 |
+            | b | 1 | 10    | 10 | 10 | 10.0 | 1970-01-01T00:00:00.002 |
+            | a | 3 | 9     | 1  | 5  | 3.0  | 1970-01-01T00:00:00.004 |
+            | c | 0 |       |    |    |      | 1970-01-01T00:00:00.005 |
+            +---+---+-------+----+----+------+-------------------------+",
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_a_clear_error() {
+        let b = batch_from_pretty(
+            "
+            | k:Utf8 | _timestamp:Ts |
+            | a      | 1             |",
+        );
+        let e = AggregateOperator::prepare(&["x".into()], &[], &b.data.schema())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("key column `x` does not exist; columns are: k"), "{e}");
+    }
+}

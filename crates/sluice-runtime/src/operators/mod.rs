@@ -1,0 +1,51 @@
+//! Built-in operators, one file each, and the constructor registry that turns a plan
+//! node into an operator factory.
+
+pub mod aggregate;
+pub mod filter;
+pub mod project;
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use sluice_plan::NodeKind;
+use sluice_types::{Result, SluiceError, TaskInfo};
+
+use crate::operator::Operator;
+use crate::source::ConnectorRegistry;
+
+/// Creates the operator of one subtask.
+pub type OperatorFactory = Arc<dyn Fn(&TaskInfo) -> Result<Box<dyn Operator>> + Send + Sync>;
+
+/// A plan node checked against its input schema: what it emits, and how to build it.
+pub struct PreparedOperator {
+    /// Schema of its output (event-time column last).
+    pub output_schema: SchemaRef,
+    /// Builds one subtask's operator.
+    pub factory: OperatorFactory,
+}
+
+/// Constructs a non-source node. Each operator file owns its own `prepare`.
+pub fn prepare(
+    kind: &NodeKind,
+    input: &SchemaRef,
+    registry: &ConnectorRegistry,
+) -> Result<PreparedOperator> {
+    match kind {
+        NodeKind::Filter { predicate } => filter::FilterOperator::prepare(predicate, input),
+        NodeKind::Project { exprs } => project::ProjectOperator::prepare(exprs, input),
+        NodeKind::Aggregate { keys, aggregates } => {
+            aggregate::AggregateOperator::prepare(keys, aggregates, input)
+        }
+        NodeKind::Sink(spec) => {
+            let factory = registry.sink(&spec.connector)?.prepare(spec, input)?;
+            Ok(PreparedOperator {
+                output_schema: Arc::clone(input),
+                factory,
+            })
+        }
+        NodeKind::Source(_) => Err(SluiceError::internal(
+            "sources are prepared by the job builder, not as operators",
+        )),
+    }
+}

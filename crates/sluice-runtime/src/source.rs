@@ -1,0 +1,284 @@
+//! Sources and the connector registry.
+//!
+//! A source is split-based: a connector lists its splits (a file, a generator shard,
+//! later a Kafka partition), the runtime assigns splits to subtasks, and each subtask's
+//! [`SourceReader`] reads its splits. The runtime does the rest: adaptive batching,
+//! event time, watermarks, barriers, end of input.
+//!
+//! Connectors implement a typed trait ([`SourceConnector`], [`SinkConnector`]) whose
+//! `Config` is parsed from options once, at start-up, so that a bad option fails before
+//! any data moves; a blanket impl turns each into an object-safe entry of the registry.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use sluice_plan::ConnectorSpec;
+use sluice_types::{Result, SluiceError, TaskInfo};
+
+use crate::operator::{Operator, OperatorContext};
+
+/// One independently readable part of a source's input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// Stable identifier (file path, `shard-3`, `topic/0`).
+    pub id: String,
+    /// Position in the connector's split list.
+    pub index: usize,
+}
+
+/// What one read returned.
+#[derive(Debug)]
+pub enum ReadResult {
+    /// Some rows (at most the number asked for), in the connector's schema.
+    Batch(RecordBatch),
+    /// Nothing is available now; the reader has waited a while. The runtime flushes any
+    /// partial batch and marks the subtask idle for watermarks until data comes.
+    Idle,
+    /// Every split is exhausted: the input is bounded and has ended.
+    End,
+}
+
+/// Reads the splits assigned to one subtask.
+#[async_trait]
+pub trait SourceReader: Send {
+    /// Called once before the first read.
+    async fn open(&mut self, _ctx: &mut OperatorContext) -> Result<()> {
+        Ok(())
+    }
+
+    /// Reads up to `max_rows` rows. Waits while nothing is available (returning
+    /// [`ReadResult::Idle`] after a while). Must be cancel-safe: the runtime drops the
+    /// future when a control message or the linger deadline comes first.
+    async fn read(&mut self, max_rows: usize, ctx: &mut OperatorContext) -> Result<ReadResult>;
+
+    /// Called once after the last read.
+    async fn close(&mut self, _ctx: &mut OperatorContext) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A source connector with a typed configuration.
+pub trait SourceConnector: Send + Sync + 'static {
+    /// Parsed, validated options.
+    type Config: Send + Sync + 'static;
+
+    /// Registered name (`'connector' = '…'`).
+    fn name(&self) -> &'static str;
+
+    /// The option keys it understands (for error messages and docs).
+    fn options(&self) -> &'static [&'static str];
+
+    /// Parses options; fails on anything wrong, at start-up.
+    fn parse(&self, spec: &ConnectorSpec) -> Result<Self::Config>;
+
+    /// The schema of the rows it produces.
+    fn schema(&self, config: &Self::Config) -> Result<SchemaRef>;
+
+    /// Its natural event-time column, if any.
+    fn default_event_time(&self, _config: &Self::Config) -> Option<String> {
+        None
+    }
+
+    /// Its splits, for a source of the given parallelism.
+    fn splits(&self, config: &Self::Config, parallelism: usize) -> Result<Vec<Split>>;
+
+    /// A reader for the splits assigned to one subtask.
+    fn reader(
+        &self,
+        config: &Arc<Self::Config>,
+        splits: Vec<Split>,
+        task: &TaskInfo,
+    ) -> Result<Box<dyn SourceReader>>;
+}
+
+/// A source connector whose options have been parsed: object-safe.
+pub trait PreparedSource: Send + Sync {
+    /// Schema of produced rows.
+    fn schema(&self) -> Result<SchemaRef>;
+    /// Natural event-time column.
+    fn default_event_time(&self) -> Option<String>;
+    /// Splits for a parallelism.
+    fn splits(&self, parallelism: usize) -> Result<Vec<Split>>;
+    /// Reader for one subtask.
+    fn reader(&self, splits: Vec<Split>, task: &TaskInfo) -> Result<Box<dyn SourceReader>>;
+}
+
+/// Object-safe face of a [`SourceConnector`].
+pub trait DynSourceConnector: Send + Sync {
+    /// Registered name.
+    fn name(&self) -> &'static str;
+    /// Known options.
+    fn options(&self) -> &'static [&'static str];
+    /// Parses options.
+    fn prepare(&self, spec: &ConnectorSpec) -> Result<Arc<dyn PreparedSource>>;
+}
+
+struct Prepared<C: SourceConnector> {
+    connector: Arc<C>,
+    config: Arc<C::Config>,
+}
+
+impl<C: SourceConnector> PreparedSource for Prepared<C> {
+    fn schema(&self) -> Result<SchemaRef> {
+        self.connector.schema(&self.config)
+    }
+    fn default_event_time(&self) -> Option<String> {
+        self.connector.default_event_time(&self.config)
+    }
+    fn splits(&self, parallelism: usize) -> Result<Vec<Split>> {
+        self.connector.splits(&self.config, parallelism)
+    }
+    fn reader(&self, splits: Vec<Split>, task: &TaskInfo) -> Result<Box<dyn SourceReader>> {
+        self.connector.reader(&self.config, splits, task)
+    }
+}
+
+struct SourceEntry<C>(Arc<C>);
+
+impl<C: SourceConnector> DynSourceConnector for SourceEntry<C> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn options(&self) -> &'static [&'static str] {
+        self.0.options()
+    }
+    fn prepare(&self, spec: &ConnectorSpec) -> Result<Arc<dyn PreparedSource>> {
+        check_options(self.0.name(), self.0.options(), spec)?;
+        let config = self.0.parse(spec)?;
+        Ok(Arc::new(Prepared {
+            connector: Arc::clone(&self.0),
+            config: Arc::new(config),
+        }))
+    }
+}
+
+/// A sink connector with a typed configuration. Sinks are operators.
+pub trait SinkConnector: Send + Sync + 'static {
+    /// Parsed, validated options.
+    type Config: Send + Sync + 'static;
+    /// Registered name.
+    fn name(&self) -> &'static str;
+    /// Known options.
+    fn options(&self) -> &'static [&'static str];
+    /// Parses options against the schema of the rows it will receive (`_timestamp` last).
+    fn parse(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<Self::Config>;
+    /// The sink operator for one subtask.
+    fn create(&self, config: &Arc<Self::Config>, task: &TaskInfo) -> Result<Box<dyn Operator>>;
+}
+
+/// A sink whose options have been parsed.
+pub type SinkFactory = Arc<dyn Fn(&TaskInfo) -> Result<Box<dyn Operator>> + Send + Sync>;
+
+/// Object-safe face of a [`SinkConnector`].
+pub trait DynSinkConnector: Send + Sync {
+    /// Registered name.
+    fn name(&self) -> &'static str;
+    /// Known options.
+    fn options(&self) -> &'static [&'static str];
+    /// Parses options.
+    fn prepare(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<SinkFactory>;
+}
+
+struct SinkEntry<C>(Arc<C>);
+
+impl<C: SinkConnector> DynSinkConnector for SinkEntry<C> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn options(&self) -> &'static [&'static str] {
+        self.0.options()
+    }
+    fn prepare(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<SinkFactory> {
+        check_options(self.0.name(), self.0.options(), spec)?;
+        let config = Arc::new(self.0.parse(spec, input)?);
+        let connector = Arc::clone(&self.0);
+        Ok(Arc::new(move |task: &TaskInfo| connector.create(&config, task)))
+    }
+}
+
+/// Rejects unknown option keys, so a typo fails at start-up rather than being ignored.
+/// Keys ending in `.*` in the known list accept any suffix (`fields.*`).
+fn check_options(connector: &str, known: &[&str], spec: &ConnectorSpec) -> Result<()> {
+    for key in spec.options.keys() {
+        let ok = known.iter().any(|k| match k.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None => k == key,
+        });
+        if !ok {
+            return Err(SluiceError::user(format!(
+                "connector `{connector}` has no option `{key}`; it understands: {}",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The connectors a job can use, by name.
+#[derive(Clone, Default)]
+pub struct ConnectorRegistry {
+    sources: BTreeMap<&'static str, Arc<dyn DynSourceConnector>>,
+    sinks: BTreeMap<&'static str, Arc<dyn DynSinkConnector>>,
+}
+
+impl ConnectorRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a source connector.
+    pub fn register_source<C: SourceConnector>(&mut self, connector: C) {
+        let name = connector.name();
+        self.sources
+            .insert(name, Arc::new(SourceEntry(Arc::new(connector))));
+    }
+
+    /// Adds a sink connector.
+    pub fn register_sink<C: SinkConnector>(&mut self, connector: C) {
+        let name = connector.name();
+        self.sinks.insert(name, Arc::new(SinkEntry(Arc::new(connector))));
+    }
+
+    /// A source connector by name.
+    pub fn source(&self, name: &str) -> Result<&Arc<dyn DynSourceConnector>> {
+        self.sources.get(name).ok_or_else(|| {
+            SluiceError::user(format!(
+                "unknown source connector `{name}`; available: {}",
+                self.sources.keys().copied().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    /// A sink connector by name.
+    pub fn sink(&self, name: &str) -> Result<&Arc<dyn DynSinkConnector>> {
+        self.sinks.get(name).ok_or_else(|| {
+            SluiceError::user(format!(
+                "unknown sink connector `{name}`; available: {}",
+                self.sinks.keys().copied().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    /// Names of registered source connectors.
+    pub fn source_names(&self) -> Vec<&'static str> {
+        self.sources.keys().copied().collect()
+    }
+
+    /// Names of registered sink connectors.
+    pub fn sink_names(&self) -> Vec<&'static str> {
+        self.sinks.keys().copied().collect()
+    }
+}
+
+/// Assigns splits to subtasks round-robin (split i to subtask i mod parallelism).
+pub fn assign_splits(splits: &[Split], subtask: usize, parallelism: usize) -> Vec<Split> {
+    splits
+        .iter()
+        .filter(|s| s.index % parallelism == subtask)
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,562 @@
+//! Subtask loops. A task runs a chain of operators (stateless operators on forward
+//! edges are fused, no channel between them) fed either by a source reader or by the
+//! channels from upstream subtasks.
+//!
+//! ```text
+//!  operator task:  inputs ─poll round-robin─> merge ─> chain[0] ─> chain[1] ─> … ─> Outputs
+//!     Data        -> chain.process_batch
+//!     Watermark   -> per-input watermark; min over live inputs; forward if it advanced
+//!     Barrier     -> block that input until every live input delivered it (alignment),
+//!                    then snapshot each chained operator and forward the barrier
+//!     EndOfData   -> input ends (counts as watermark +∞); when all ended:
+//!                    final watermark, close chain (flush), forward EndOfData, exit
+//! ```
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
+
+use arrow::array::{Array, RecordBatch, TimestampMillisecondArray};
+use arrow::compute::{cast, concat_batches};
+use arrow::datatypes::{DataType, TimeUnit};
+use async_trait::async_trait;
+use sluice_types::{
+    Batch, CheckpointBarrier, IngestTime, Message, Result, SluiceError, Watermark, now_micros,
+};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use crate::metrics::SubtaskMetrics;
+use crate::operator::{Collector, Operator, OperatorContext};
+use crate::partition::Outputs;
+use crate::source::{ReadResult, SourceReader};
+
+/// One operator of a chain, with its context.
+pub(crate) struct Slot {
+    pub op: Box<dyn Operator>,
+    pub ctx: OperatorContext,
+    pub is_sink: bool,
+}
+
+/// Output of chain element i: feeds element i+1, or the channels after the last.
+struct ChainOut<'a> {
+    rest: &'a mut [Slot],
+    out: &'a mut Outputs,
+    emitter: &'a SubtaskMetrics,
+}
+
+#[async_trait]
+impl Collector for ChainOut<'_> {
+    async fn collect(&mut self, batch: Batch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.emitter
+            .records_out
+            .fetch_add(batch.num_rows() as u64, Relaxed);
+        push_batch(self.rest, self.out, batch).await
+    }
+}
+
+async fn push_batch(slots: &mut [Slot], out: &mut Outputs, batch: Batch) -> Result<()> {
+    let Some((head, rest)) = slots.split_first_mut() else {
+        return out.send_batch(batch).await;
+    };
+    let rows = batch.num_rows() as u64;
+    let ingest = batch.ingest;
+    let metrics = Arc::clone(&head.ctx.metrics);
+    metrics.records_in.fetch_add(rows, Relaxed);
+    metrics.batches_in.fetch_add(1, Relaxed);
+    let mut c = ChainOut {
+        rest,
+        out,
+        emitter: &metrics,
+    };
+    head.op
+        .process_batch(batch, &mut head.ctx, &mut c)
+        .await
+        .map_err(|e| e.in_operator(&head.ctx.task.operator_name))?;
+    if head.is_sink {
+        let now = now_micros();
+        metrics
+            .latency_us
+            .record_n(now.saturating_sub(ingest.min_us), rows);
+    }
+    Ok(())
+}
+
+/// A chain of operators and where its output goes.
+pub(crate) struct Chain {
+    pub slots: Vec<Slot>,
+    pub out: Outputs,
+}
+
+impl Chain {
+    pub async fn start(&mut self) -> Result<()> {
+        for s in &mut self.slots {
+            let name = s.ctx.task.operator_name.clone();
+            s.op.on_start(&mut s.ctx).await.map_err(|e| e.in_operator(&name))?;
+        }
+        Ok(())
+    }
+
+    pub async fn process(&mut self, batch: Batch) -> Result<()> {
+        push_batch(&mut self.slots, &mut self.out, batch).await
+    }
+
+    pub async fn watermark(&mut self, mut wm: Watermark) -> Result<()> {
+        for i in 0..self.slots.len() {
+            let (head, rest) = self.slots[i..]
+                .split_first_mut()
+                .expect("invariant: i < len");
+            head.ctx.watermark = Some(wm);
+            let metrics = Arc::clone(&head.ctx.metrics);
+            if let Some(t) = wm.event_time() {
+                metrics.watermark.store(t, Relaxed);
+            }
+            let mut c = ChainOut {
+                rest,
+                out: &mut self.out,
+                emitter: &metrics,
+            };
+            match head
+                .op
+                .on_watermark(wm, &mut head.ctx, &mut c)
+                .await
+                .map_err(|e| e.in_operator(&head.ctx.task.operator_name))?
+            {
+                Some(w) => wm = w,
+                None => return Ok(()),
+            }
+        }
+        self.out.broadcast(Message::Watermark(wm)).await
+    }
+
+    pub async fn barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+        for s in &mut self.slots {
+            let name = s.ctx.task.operator_name.clone();
+            s.op.snapshot(&barrier, &mut s.ctx)
+                .await
+                .map_err(|e| e.in_operator(&name))?;
+        }
+        self.out.broadcast(Message::Barrier(barrier)).await
+    }
+
+    /// Final watermark (if not yet sent), flush every operator in order, end of data.
+    pub async fn finish(&mut self, last_watermark: Option<Watermark>) -> Result<()> {
+        if last_watermark != Some(Watermark::MAX) {
+            self.watermark(Watermark::MAX).await?;
+        }
+        for i in 0..self.slots.len() {
+            let (head, rest) = self.slots[i..]
+                .split_first_mut()
+                .expect("invariant: i < len");
+            let metrics = Arc::clone(&head.ctx.metrics);
+            let mut c = ChainOut {
+                rest,
+                out: &mut self.out,
+                emitter: &metrics,
+            };
+            head.op
+                .on_close(&mut head.ctx, &mut c)
+                .await
+                .map_err(|e| e.in_operator(&head.ctx.task.operator_name))?;
+        }
+        self.out.broadcast(Message::EndOfData).await
+    }
+}
+
+/// The inputs of an operator task: one channel per upstream subtask.
+pub(crate) struct Inputs {
+    receivers: Vec<mpsc::Receiver<Message>>,
+    watermarks: Vec<Option<Watermark>>,
+    ended: Vec<bool>,
+    blocked: Vec<bool>,
+    pending_barrier: Option<CheckpointBarrier>,
+    next: usize,
+    live: usize,
+    merged: Option<Watermark>,
+}
+
+impl Inputs {
+    pub fn new(receivers: Vec<mpsc::Receiver<Message>>) -> Self {
+        let n = receivers.len();
+        Self {
+            receivers,
+            watermarks: vec![None; n],
+            ended: vec![false; n],
+            blocked: vec![false; n],
+            pending_barrier: None,
+            next: 0,
+            live: n,
+            merged: None,
+        }
+    }
+
+    /// The next message from any live, unblocked input; `None` once all inputs ended.
+    async fn next(&mut self) -> Option<(usize, Message)> {
+        if self.live == 0 {
+            return None;
+        }
+        poll_fn(|cx| {
+            let n = self.receivers.len();
+            for k in 0..n {
+                let i = (self.next + k) % n;
+                if self.ended[i] || self.blocked[i] {
+                    continue;
+                }
+                match self.receivers[i].poll_recv(cx) {
+                    Poll::Ready(Some(m)) => {
+                        self.next = (i + 1) % n;
+                        return Poll::Ready(Some((i, m)));
+                    }
+                    // The sender went away without EndOfData: its task failed or was
+                    // cancelled; the job reports that task's error.
+                    Poll::Ready(None) => return Poll::Ready(Some((i, Message::EndOfData))),
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn queued(&self) -> u64 {
+        self.receivers.iter().map(|r| r.len() as u64).sum()
+    }
+
+    /// Merged watermark: the minimum over live inputs; idle inputs do not hold it back;
+    /// ended inputs count as +∞. Returns it if it advanced.
+    fn merge(&mut self) -> Option<Watermark> {
+        let mut min: Option<i64> = None;
+        let mut all_idle = true;
+        for i in 0..self.watermarks.len() {
+            if self.ended[i] {
+                continue;
+            }
+            match self.watermarks[i] {
+                None => return None,
+                Some(Watermark::Idle) => {}
+                Some(Watermark::EventTime(t)) => {
+                    all_idle = false;
+                    min = Some(min.map_or(t, |m: i64| m.min(t)));
+                }
+            }
+        }
+        let candidate = if self.live == 0 {
+            Watermark::MAX
+        } else if all_idle {
+            Watermark::Idle
+        } else {
+            Watermark::EventTime(min.expect("invariant: a non-idle live input exists"))
+        };
+        let advanced = match (self.merged, candidate) {
+            (None, _) => true,
+            (Some(Watermark::EventTime(old)), Watermark::EventTime(new)) => new > old,
+            (Some(old), new) => old != new,
+        };
+        if advanced {
+            // Never move event time backwards after an idle period.
+            if let (Some(Watermark::EventTime(old)), Watermark::EventTime(new)) = (self.merged, candidate)
+                && new < old
+            {
+                return None;
+            }
+            self.merged = Some(candidate);
+            Some(candidate)
+        } else {
+            None
+        }
+    }
+
+    fn end(&mut self, i: usize) {
+        if !self.ended[i] {
+            self.ended[i] = true;
+            self.blocked[i] = false;
+            self.live -= 1;
+        }
+    }
+
+    /// Records a barrier on input i; returns it when all live inputs have delivered it.
+    fn barrier(&mut self, i: usize, b: CheckpointBarrier) -> Option<CheckpointBarrier> {
+        self.blocked[i] = true;
+        self.pending_barrier = Some(b);
+        self.aligned()
+    }
+
+    fn aligned(&mut self) -> Option<CheckpointBarrier> {
+        let b = self.pending_barrier?;
+        let all = (0..self.blocked.len()).all(|i| self.ended[i] || self.blocked[i]);
+        if all {
+            self.blocked.iter_mut().for_each(|x| *x = false);
+            self.pending_barrier = None;
+            Some(b)
+        } else {
+            None
+        }
+    }
+}
+
+/// Runs an operator task until all inputs end.
+pub(crate) async fn run_operator_task(mut chain: Chain, mut inputs: Inputs) -> Result<()> {
+    chain.start().await?;
+    let metrics = Arc::clone(&chain.slots[0].ctx.metrics);
+    while let Some((i, msg)) = inputs.next().await {
+        match msg {
+            Message::Data(batch) => {
+                metrics.input_queue.store(inputs.queued(), Relaxed);
+                chain.process(batch).await?;
+            }
+            Message::Watermark(w) => {
+                inputs.watermarks[i] = Some(w);
+                if let Some(m) = inputs.merge() {
+                    chain.watermark(m).await?;
+                }
+            }
+            Message::Barrier(b) => {
+                if let Some(b) = inputs.barrier(i, b) {
+                    chain.barrier(b).await?;
+                }
+            }
+            Message::EndOfData => {
+                inputs.end(i);
+                if let Some(b) = inputs.aligned() {
+                    chain.barrier(b).await?;
+                }
+                if inputs.live > 0
+                    && let Some(m) = inputs.merge()
+                {
+                    chain.watermark(m).await?;
+                }
+            }
+        }
+    }
+    let last = inputs.merged;
+    chain.finish(last).await
+}
+
+/// Control messages for a source task, from the job (and later the checkpoint coordinator).
+#[derive(Debug)]
+pub enum SourceControl {
+    /// Inject this barrier into the stream.
+    Barrier(CheckpointBarrier),
+    /// Stop reading and end the stream gracefully: final watermark, flush, end of data.
+    Stop,
+}
+
+/// How a source derives `_timestamp` from what its reader returns.
+pub(crate) enum EventTimeColumn {
+    /// Column index in the reader's rows.
+    Column(usize),
+    /// Wall-clock time of ingestion.
+    Ingestion,
+}
+
+/// Everything a source task needs.
+pub(crate) struct SourceTask {
+    pub reader: Box<dyn SourceReader>,
+    pub ctx: OperatorContext,
+    pub event_time: EventTimeColumn,
+    pub out_of_orderness_ms: i64,
+    pub max_rows: usize,
+    pub linger: std::time::Duration,
+    pub control: mpsc::Receiver<SourceControl>,
+}
+
+struct Pending {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    first_us: u64,
+    last_us: u64,
+    since: Option<Instant>,
+}
+
+/// Runs a source task: adaptive batching (`max_rows` or `linger`), event time,
+/// watermarks (bounded out-of-orderness), barrier injection, and a clean end.
+pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Result<()> {
+    chain.start().await?;
+    let name = src.ctx.task.operator_name.clone();
+    src.reader
+        .open(&mut src.ctx)
+        .await
+        .map_err(|e| e.in_operator(&name))?;
+    let mut pending = Pending {
+        batches: Vec::new(),
+        rows: 0,
+        first_us: 0,
+        last_us: 0,
+        since: None,
+    };
+    let mut max_ts = i64::MIN;
+    let mut last_wm: Option<Watermark> = None;
+    loop {
+        let deadline = pending.since.map(|t| t + src.linger);
+        let want = src.max_rows - pending.rows;
+        tokio::select! {
+            biased;
+            ctrl = src.control.recv() => match ctrl {
+                Some(SourceControl::Barrier(b)) => {
+                    flush(&mut src, &mut chain, &mut pending, &mut max_ts, &mut last_wm).await?;
+                    chain.barrier(b).await?;
+                }
+                Some(SourceControl::Stop) | None => break,
+            },
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                flush(&mut src, &mut chain, &mut pending, &mut max_ts, &mut last_wm).await?;
+            }
+            r = src.reader.read(want, &mut src.ctx) => {
+                match r.map_err(|e| e.in_operator(&name))? {
+                    ReadResult::Batch(b) => {
+                        let now = now_micros();
+                        if pending.since.is_none() {
+                            pending.since = Some(Instant::now());
+                            pending.first_us = now;
+                        }
+                        pending.last_us = now;
+                        pending.rows += b.num_rows();
+                        if b.num_rows() > 0 {
+                            pending.batches.push(b);
+                        }
+                        if pending.rows >= src.max_rows {
+                            flush(&mut src, &mut chain, &mut pending, &mut max_ts, &mut last_wm).await?;
+                        }
+                    }
+                    ReadResult::Idle => {
+                        flush(&mut src, &mut chain, &mut pending, &mut max_ts, &mut last_wm).await?;
+                        if last_wm != Some(Watermark::Idle) && last_wm.is_some() {
+                            last_wm = Some(Watermark::Idle);
+                            chain.watermark(Watermark::Idle).await?;
+                        }
+                    }
+                    ReadResult::End => break,
+                }
+            }
+        }
+    }
+    flush(&mut src, &mut chain, &mut pending, &mut max_ts, &mut last_wm).await?;
+    src.reader
+        .close(&mut src.ctx)
+        .await
+        .map_err(|e| e.in_operator(&name))?;
+    chain.finish(last_wm).await
+}
+
+async fn flush(
+    src: &mut SourceTask,
+    chain: &mut Chain,
+    pending: &mut Pending,
+    max_ts: &mut i64,
+    last_wm: &mut Option<Watermark>,
+) -> Result<()> {
+    if pending.batches.is_empty() {
+        pending.since = None;
+        pending.rows = 0;
+        return Ok(());
+    }
+    let rows = if pending.batches.len() == 1 {
+        pending.batches.pop().expect("invariant: one batch")
+    } else {
+        let schema = pending.batches[0].schema();
+        let b = concat_batches(&schema, &pending.batches)?;
+        pending.batches.clear();
+        b
+    };
+    let ingest = IngestTime {
+        min_us: pending.first_us,
+        max_us: pending.last_us,
+    };
+    pending.rows = 0;
+    pending.since = None;
+    let Some(batch) = with_event_time(src, &rows, ingest)? else {
+        return Ok(());
+    };
+    let n = batch.num_rows() as u64;
+    src.ctx.metrics.records_out.fetch_add(n, Relaxed);
+    if let Some(t) = batch.max_timestamp() {
+        *max_ts = (*max_ts).max(t);
+    }
+    chain.process(batch).await?;
+    if *max_ts > i64::MIN {
+        let wm = Watermark::EventTime(max_ts.saturating_sub(src.out_of_orderness_ms));
+        let advanced = match *last_wm {
+            Some(Watermark::EventTime(old)) => wm.event_time() > Some(old),
+            _ => true,
+        };
+        if advanced {
+            *last_wm = Some(wm);
+            src.ctx.metrics.watermark.store(wm.event_time().unwrap_or(i64::MIN), Relaxed);
+            chain.watermark(wm).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends `_timestamp`; rows whose event time is null go to the dead-letter output.
+fn with_event_time(src: &SourceTask, rows: &RecordBatch, ingest: IngestTime) -> Result<Option<Batch>> {
+    let n = rows.num_rows();
+    let ts: TimestampMillisecondArray = match src.event_time {
+        EventTimeColumn::Ingestion => {
+            TimestampMillisecondArray::from_value((ingest.max_us / 1000) as i64, n)
+        }
+        EventTimeColumn::Column(i) => {
+            let col = rows.column(i);
+            let ms = match col.data_type() {
+                DataType::Timestamp(TimeUnit::Millisecond, None) => std::sync::Arc::clone(col),
+                DataType::Timestamp(_, _) | DataType::Int64 | DataType::Date64 => {
+                    cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))?
+                }
+                other => {
+                    return Err(SluiceError::internal(format!(
+                        "event-time column has type {other}, checked at planning"
+                    )));
+                }
+            };
+            let ms = ms
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .expect("invariant: cast to Timestamp(ms)")
+                .clone();
+            if ms.null_count() > 0 {
+                return dead_letter_null_times(src, rows, &ms, ingest);
+            }
+            ms
+        }
+    };
+    Ok(Some(Batch::from_user_columns(rows, ts, ingest)?))
+}
+
+fn dead_letter_null_times(
+    src: &SourceTask,
+    rows: &RecordBatch,
+    ts: &TimestampMillisecondArray,
+    ingest: IngestTime,
+) -> Result<Option<Batch>> {
+    let valid = arrow::compute::is_not_null(ts)?;
+    let invalid = arrow::compute::not(&valid)?;
+    let bad = arrow::compute::filter_record_batch(rows, &invalid)?;
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+        w.write(&bad)?;
+        w.finish()?;
+    }
+    for line in String::from_utf8_lossy(&buf).lines() {
+        src.ctx.dead_letter(crate::dead_letter::DeadLetter {
+            position: src.ctx.task.operator_name.clone(),
+            error: "event-time column is null".into(),
+            raw: line.to_string(),
+        });
+    }
+    let good = arrow::compute::filter_record_batch(rows, &valid)?;
+    if good.num_rows() == 0 {
+        return Ok(None);
+    }
+    let good_ts = arrow::compute::filter(ts, &valid)?;
+    let good_ts = good_ts
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .expect("invariant: filter keeps the type")
+        .clone();
+    Ok(Some(Batch::from_user_columns(&good, good_ts, ingest)?))
+}

@@ -1,0 +1,109 @@
+use std::fmt;
+
+/// Whose fault an error is; decides how it is reported and whether a restart can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad input, SQL, configuration or data: the user must change something.
+    User,
+    /// An outside system (broker, file system, network) failed.
+    External,
+    /// A bug or broken invariant in Sluice.
+    Internal,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::User => "user error",
+            ErrorKind::External => "external error",
+            ErrorKind::Internal => "internal error",
+        })
+    }
+}
+
+/// The error type of Sluice's libraries.
+#[derive(Debug, thiserror::Error)]
+pub struct SluiceError {
+    /// Whose fault.
+    pub kind: ErrorKind,
+    /// Whether retrying (restarting) may succeed.
+    pub retriable: bool,
+    /// The operator that raised it, if any.
+    pub operator: Option<String>,
+    /// What went wrong, for a person.
+    pub message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// `Result` with [`SluiceError`].
+pub type Result<T, E = SluiceError> = std::result::Result<T, E>;
+
+impl fmt::Display for SluiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.kind)?;
+        if let Some(op) = &self.operator {
+            write!(f, " in operator `{op}`")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(src) = &self.source {
+            write!(f, ": {src}")?;
+        }
+        Ok(())
+    }
+}
+
+impl SluiceError {
+    fn new(kind: ErrorKind, retriable: bool, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            retriable,
+            operator: None,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The user must fix input, configuration or code.
+    pub fn user(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::User, false, message)
+    }
+
+    /// An outside system failed; a retry may help.
+    pub fn external(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::External, true, message)
+    }
+
+    /// An invariant of Sluice was broken.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, false, message)
+    }
+
+    /// Attaches the underlying cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Names the operator that raised the error (kept if already set).
+    pub fn in_operator(mut self, operator: &str) -> Self {
+        if self.operator.is_none() {
+            self.operator = Some(operator.to_string());
+        }
+        self
+    }
+}
+
+impl From<arrow::error::ArrowError> for SluiceError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        // Compute kernels fail on data (overflow, bad casts, division by zero) far more
+        // often than on bugs, so Arrow errors are reported as the user's to fix.
+        SluiceError::user("Arrow computation failed").with_source(e)
+    }
+}
+
+impl From<std::io::Error> for SluiceError {
+    fn from(e: std::io::Error) -> Self {
+        SluiceError::external("I/O failed").with_source(e)
+    }
+}

@@ -1,0 +1,57 @@
+//! The vocabulary every Sluice crate shares: batches, in-band control messages,
+//! watermarks, checkpoint barriers, identifiers and errors.
+//!
+//! Data moves between operators as [`Batch`]es: an Arrow `RecordBatch` whose last
+//! column is the event-time column [`TIMESTAMP_FIELD`] (milliseconds), together with
+//! the ingest-time range of its rows so that sinks can measure true end-to-end latency.
+//! Control signals travel in-band on the same channels, as [`Message`] variants.
+
+mod batch;
+mod error;
+mod message;
+
+pub use batch::{Batch, IngestTime, TIMESTAMP_FIELD, now_micros, timestamp_field};
+pub use error::{ErrorKind, Result, SluiceError};
+pub use message::{CheckpointBarrier, CheckpointKind, Message, Watermark};
+
+/// Identifies one parallel instance of an operator inside a job.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TaskInfo {
+    /// The job's name.
+    pub job: String,
+    /// Index of the operator (plan node) in the job graph.
+    pub operator_id: usize,
+    /// Human-readable operator name, e.g. `filter` or `source:nexmark`.
+    pub operator_name: String,
+    /// Which subtask this is, in `0..parallelism`.
+    pub subtask: usize,
+    /// How many subtasks the operator runs with.
+    pub parallelism: usize,
+}
+
+impl TaskInfo {
+    /// A task description for tests and single-operator use.
+    pub fn for_test(operator_name: &str) -> Self {
+        Self {
+            job: "test".into(),
+            operator_id: 0,
+            operator_name: operator_name.into(),
+            subtask: 0,
+            parallelism: 1,
+        }
+    }
+}
+
+impl std::fmt::Display for TaskInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}#{}[{}/{}]",
+            self.job,
+            self.operator_name,
+            self.operator_id,
+            self.subtask + 1,
+            self.parallelism
+        )
+    }
+}
