@@ -1,1 +1,29 @@
-//! placeholder
+//! Sluice connectors: the Nexmark and random-data generators, files (CSV, JSON lines,
+//! Parquet) as sources and sinks, and the print and blackhole sinks. Formats are kept
+//! apart from transports ([`format`]).
+
+pub mod datagen;
+pub mod file;
+pub mod format;
+pub mod nexmark;
+pub mod options;
+pub mod sinks;
+
+pub use datagen::DatagenSource;
+pub use file::{FileSink, FileSource};
+pub use nexmark::NexmarkSource;
+pub use sinks::{BlackholeSink, PrintSink};
+
+use sluice_runtime::ConnectorRegistry;
+
+/// A registry with every built-in connector.
+pub fn registry() -> ConnectorRegistry {
+    let mut r = ConnectorRegistry::new();
+    r.register_source(nexmark::NexmarkConnector);
+    r.register_source(datagen::DatagenConnector);
+    r.register_source(file::FileSourceConnector);
+    r.register_sink(file::FileSinkConnector);
+    r.register_sink(sinks::BlackholeConnector);
+    r.register_sink(sinks::PrintConnector);
+    r
+}

@@ -258,7 +258,12 @@ impl JobPlan {
     }
 
     /// Adds a node and returns its id.
-    pub fn add_node(&mut self, name: impl Into<String>, parallelism: usize, kind: NodeKind) -> NodeId {
+    pub fn add_node(
+        &mut self,
+        name: impl Into<String>,
+        parallelism: usize,
+        kind: NodeKind,
+    ) -> NodeId {
         let id = self.nodes.len();
         self.nodes.push(PlanNode {
             id,
@@ -294,7 +299,9 @@ impl JobPlan {
         for e in &self.edges {
             indegree[e.to] += 1;
         }
-        let mut ready: Vec<NodeId> = (0..self.nodes.len()).filter(|&n| indegree[n] == 0).collect();
+        let mut ready: Vec<NodeId> = (0..self.nodes.len())
+            .filter(|&n| indegree[n] == 0)
+            .collect();
         ready.reverse();
         let mut order = Vec::with_capacity(self.nodes.len());
         while let Some(n) = ready.pop() {
@@ -316,7 +323,10 @@ impl JobPlan {
     /// other node both, parallelism within bounds, forward edges between equal parallelism.
     pub fn validate(&self) -> Result<()> {
         if self.nodes.is_empty() {
-            return Err(SluiceError::user(format!("job `{}` has no operators", self.name)));
+            return Err(SluiceError::user(format!(
+                "job `{}` has no operators",
+                self.name
+            )));
         }
         let max_p = self.config.max_parallelism;
         for n in &self.nodes {
@@ -330,14 +340,23 @@ impl JobPlan {
             let outs = self.outputs(n.id).count();
             match &n.kind {
                 NodeKind::Source(_) if ins > 0 => {
-                    return Err(SluiceError::user(format!("source `{}` cannot have inputs", n.name)));
+                    return Err(SluiceError::user(format!(
+                        "source `{}` cannot have inputs",
+                        n.name
+                    )));
                 }
                 NodeKind::Sink(_) if outs > 0 => {
-                    return Err(SluiceError::user(format!("sink `{}` cannot have outputs", n.name)));
+                    return Err(SluiceError::user(format!(
+                        "sink `{}` cannot have outputs",
+                        n.name
+                    )));
                 }
                 NodeKind::Source(_) | NodeKind::Sink(_) => {}
                 _ if ins == 0 => {
-                    return Err(SluiceError::user(format!("operator `{}` has no input", n.name)));
+                    return Err(SluiceError::user(format!(
+                        "operator `{}` has no input",
+                        n.name
+                    )));
                 }
                 _ => {}
             }

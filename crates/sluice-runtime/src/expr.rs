@@ -43,7 +43,11 @@ pub fn plan_expr(expr: &Expr, schema: &SchemaRef) -> Result<Arc<dyn PhysicalExpr
 }
 
 /// The output field of a physical expression, named as the logical one.
-pub fn output_field(expr: &Expr, physical: &Arc<dyn PhysicalExpr>, schema: &SchemaRef) -> Result<FieldRef> {
+pub fn output_field(
+    expr: &Expr,
+    physical: &Arc<dyn PhysicalExpr>,
+    schema: &SchemaRef,
+) -> Result<FieldRef> {
     let field = physical
         .return_field(schema)
         .map_err(|e| SluiceError::user(format!("invalid expression `{expr}`: {e}")))?;

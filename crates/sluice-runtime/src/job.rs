@@ -48,7 +48,10 @@ pub struct PreparedJob {
     chains: Vec<Vec<NodeId>>,
 }
 
-fn source_schema(source: &dyn PreparedSource, node: &sluice_plan::SourceNode) -> Result<(SchemaRef, EventTimeColumn)> {
+fn source_schema(
+    source: &dyn PreparedSource,
+    node: &sluice_plan::SourceNode,
+) -> Result<(SchemaRef, EventTimeColumn)> {
     let schema = source.schema()?;
     if schema.field_with_name(TIMESTAMP_FIELD).is_ok() {
         return Err(SluiceError::user(format!(
@@ -113,7 +116,11 @@ impl PreparedJob {
             let ctx = |e: SluiceError| e.in_operator(&node.name);
             match &node.kind {
                 NodeKind::Source(s) => {
-                    let source = registry.source(&s.spec.connector).map_err(ctx)?.prepare(&s.spec).map_err(ctx)?;
+                    let source = registry
+                        .source(&s.spec.connector)
+                        .map_err(ctx)?
+                        .prepare(&s.spec)
+                        .map_err(ctx)?;
                     let (schema, event_time) = source_schema(source.as_ref(), s).map_err(ctx)?;
                     input_schemas[id] = Arc::clone(&schema);
                     schemas[id] = schema;
@@ -124,7 +131,8 @@ impl PreparedJob {
                     });
                 }
                 kind => {
-                    let inputs: Vec<&SchemaRef> = plan.inputs(id).map(|e| &schemas[e.from]).collect();
+                    let inputs: Vec<&SchemaRef> =
+                        plan.inputs(id).map(|e| &schemas[e.from]).collect();
                     let input = Arc::clone(inputs[0]);
                     for other in &inputs[1..] {
                         if other.fields() != input.fields() {
@@ -224,11 +232,20 @@ impl PreparedJob {
                     .filter(|f| f.name() != TIMESTAMP_FIELD)
                     .map(|f| f.name().clone())
                     .collect();
-                let _ = writeln!(s, "{link}[{id}] {} `{}` -> ({})", node.kind.label(), node.name, cols.join(", "));
+                let _ = writeln!(
+                    s,
+                    "{link}[{id}] {} `{}` -> ({})",
+                    node.kind.label(),
+                    node.name,
+                    cols.join(", ")
+                );
             }
         }
         for e in &self.plan.edges {
-            let internal = self.chains.iter().any(|c| c.windows(2).any(|w| w[0] == e.from && w[1] == e.to));
+            let internal = self
+                .chains
+                .iter()
+                .any(|c| c.windows(2).any(|w| w[0] == e.from && w[1] == e.to));
             let _ = writeln!(
                 s,
                 "edge [{}] -> [{}] {}{}",
@@ -253,7 +270,12 @@ impl PreparedJob {
             .iter()
             .map(|n| (0..n.parallelism).map(|_| SubtaskMetrics::new()).collect())
             .collect();
-        let head_of: HashMap<NodeId, usize> = self.chains.iter().enumerate().map(|(i, c)| (c[0], i)).collect();
+        let head_of: HashMap<NodeId, usize> = self
+            .chains
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c[0], i))
+            .collect();
         let tail_of: HashMap<NodeId, usize> = self
             .chains
             .iter()
@@ -266,7 +288,11 @@ impl PreparedJob {
         let mut outputs: Vec<Vec<Vec<OutputEdge>>> = self
             .chains
             .iter()
-            .map(|c| (0..plan.nodes[c[0]].parallelism).map(|_| Vec::new()).collect())
+            .map(|c| {
+                (0..plan.nodes[c[0]].parallelism)
+                    .map(|_| Vec::new())
+                    .collect()
+            })
             .collect();
         let mut inputs: Vec<Vec<Vec<mpsc::Receiver<sluice_types::Message>>>> = outputs
             .iter()
@@ -295,7 +321,11 @@ impl PreparedJob {
                     Partitioning::Broadcast => Router::Broadcast,
                     Partitioning::Hash(keys) => Router::hash(
                         keys.iter()
-                            .map(|k| self.schemas[e.from].index_of(k).expect("invariant: checked at prepare"))
+                            .map(|k| {
+                                self.schemas[e.from]
+                                    .index_of(k)
+                                    .expect("invariant: checked at prepare")
+                            })
                             .collect(),
                         plan.config.max_parallelism,
                     ),
@@ -357,7 +387,8 @@ impl PreparedJob {
                         }
                         PreparedNode::Operator(factory) => {
                             let info = task_info(id);
-                            let op = factory(&info).map_err(|e| e.in_operator(&info.operator_name))?;
+                            let op =
+                                factory(&info).map_err(|e| e.in_operator(&info.operator_name))?;
                             slots.push(Slot {
                                 op,
                                 ctx: ctx_for(id),
@@ -374,11 +405,17 @@ impl PreparedJob {
                 let name = format!("{}[{}]", plan.nodes[chain_nodes[0]].name, s);
                 match source {
                     Some(src) => {
-                        tasks.spawn(async move { run_source_task(src, chain).await.map_err(|e| (name, e)) });
+                        tasks.spawn(async move {
+                            run_source_task(src, chain).await.map_err(|e| (name, e))
+                        });
                     }
                     None => {
                         let inputs = Inputs::new(receivers);
-                        tasks.spawn(async move { run_operator_task(chain, inputs).await.map_err(|e| (name, e)) });
+                        tasks.spawn(async move {
+                            run_operator_task(chain, inputs)
+                                .await
+                                .map_err(|e| (name, e))
+                        });
                     }
                 }
             }
@@ -464,7 +501,10 @@ impl JobHandle {
                 Err(join) if join.is_cancelled() => continue,
                 Err(join) => {
                     let msg = panic_message(join);
-                    ("task".to_string(), SluiceError::internal(format!("a task panicked: {msg}")))
+                    (
+                        "task".to_string(),
+                        SluiceError::internal(format!("a task panicked: {msg}")),
+                    )
                 }
             };
             let is_secondary = err.1.message == DOWNSTREAM_GONE;

@@ -212,7 +212,10 @@ impl JobMetrics {
 
     /// Records sent to dead-letter output.
     pub fn dead_letters(&self) -> u64 {
-        self.operators.iter().map(|o| o.sum(|s| &s.dead_letters)).sum()
+        self.operators
+            .iter()
+            .map(|o| o.sum(|s| &s.dead_letters))
+            .sum()
     }
 }
 

@@ -138,7 +138,11 @@ pub trait Operator: Send {
 
     /// All inputs ended (after the final +∞ watermark): flush everything and release
     /// resources. Output emitted here is the operator's last.
-    async fn on_close(&mut self, _ctx: &mut OperatorContext, _out: &mut dyn Collector) -> Result<()> {
+    async fn on_close(
+        &mut self,
+        _ctx: &mut OperatorContext,
+        _out: &mut dyn Collector,
+    ) -> Result<()> {
         Ok(())
     }
 }

@@ -23,7 +23,11 @@ pub fn key_group(hash: u64, max_parallelism: usize) -> usize {
 
 /// The subtask that owns a key group (contiguous ranges of key groups per subtask).
 #[inline]
-pub fn subtask_for_key_group(key_group: usize, max_parallelism: usize, parallelism: usize) -> usize {
+pub fn subtask_for_key_group(
+    key_group: usize,
+    max_parallelism: usize,
+    parallelism: usize,
+) -> usize {
     key_group * parallelism / max_parallelism
 }
 
@@ -138,9 +142,13 @@ impl Outputs {
         let mut batch = Some(batch);
         for i in 0..self.edges.len() {
             let b = if i == last {
-                batch.take().expect("invariant: taken once, on the last edge")
+                batch
+                    .take()
+                    .expect("invariant: taken once, on the last edge")
             } else {
-                batch.clone().expect("invariant: present until the last edge")
+                batch
+                    .clone()
+                    .expect("invariant: present until the last edge")
             };
             let edge = &mut self.edges[i];
             route(edge, b, &self.metrics).await?;
@@ -215,7 +223,12 @@ async fn route(edge: &mut OutputEdge, batch: Batch, metrics: &SubtaskMetrics) ->
                     let idx = order.slice(starts[t] as usize, count as usize);
                     take_record_batch(&batch.data, &idx)?
                 };
-                send(&edge.senders[t], Message::Data(batch.with_data(part)), metrics).await?;
+                send(
+                    &edge.senders[t],
+                    Message::Data(batch.with_data(part)),
+                    metrics,
+                )
+                .await?;
             }
             Ok(())
         }
@@ -280,7 +293,12 @@ mod tests {
         let mut seen = [Vec::new(), Vec::new()];
         for (i, rx) in [&mut rx0, &mut rx1].into_iter().enumerate() {
             while let Some(Message::Data(b)) = rx.recv().await {
-                let col = b.data.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+                let col = b
+                    .data
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap();
                 seen[i].extend(col.values().iter().copied());
             }
         }

@@ -195,7 +195,9 @@ impl<C: SinkConnector> DynSinkConnector for SinkEntry<C> {
         check_options(self.0.name(), self.0.options(), spec)?;
         let config = Arc::new(self.0.parse(spec, input)?);
         let connector = Arc::clone(&self.0);
-        Ok(Arc::new(move |task: &TaskInfo| connector.create(&config, task)))
+        Ok(Arc::new(move |task: &TaskInfo| {
+            connector.create(&config, task)
+        }))
     }
 }
 
@@ -240,7 +242,8 @@ impl ConnectorRegistry {
     /// Adds a sink connector.
     pub fn register_sink<C: SinkConnector>(&mut self, connector: C) {
         let name = connector.name();
-        self.sinks.insert(name, Arc::new(SinkEntry(Arc::new(connector))));
+        self.sinks
+            .insert(name, Arc::new(SinkEntry(Arc::new(connector))));
     }
 
     /// A source connector by name.

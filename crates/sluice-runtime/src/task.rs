@@ -96,7 +96,9 @@ impl Chain {
     pub async fn start(&mut self) -> Result<()> {
         for s in &mut self.slots {
             let name = s.ctx.task.operator_name.clone();
-            s.op.on_start(&mut s.ctx).await.map_err(|e| e.in_operator(&name))?;
+            s.op.on_start(&mut s.ctx)
+                .await
+                .map_err(|e| e.in_operator(&name))?;
         }
         Ok(())
     }
@@ -258,7 +260,8 @@ impl Inputs {
         };
         if advanced {
             // Never move event time backwards after an idle period.
-            if let (Some(Watermark::EventTime(old)), Watermark::EventTime(new)) = (self.merged, candidate)
+            if let (Some(Watermark::EventTime(old)), Watermark::EventTime(new)) =
+                (self.merged, candidate)
                 && new < old
             {
                 return None;
@@ -434,7 +437,14 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
             }
         }
     }
-    flush(&mut src, &mut chain, &mut pending, &mut max_ts, &mut last_wm).await?;
+    flush(
+        &mut src,
+        &mut chain,
+        &mut pending,
+        &mut max_ts,
+        &mut last_wm,
+    )
+    .await?;
     src.reader
         .close(&mut src.ctx)
         .await
@@ -485,7 +495,10 @@ async fn flush(
         };
         if advanced {
             *last_wm = Some(wm);
-            src.ctx.metrics.watermark.store(wm.event_time().unwrap_or(i64::MIN), Relaxed);
+            src.ctx
+                .metrics
+                .watermark
+                .store(wm.event_time().unwrap_or(i64::MIN), Relaxed);
             chain.watermark(wm).await?;
         }
     }
@@ -493,7 +506,11 @@ async fn flush(
 }
 
 /// Appends `_timestamp`; rows whose event time is null go to the dead-letter output.
-fn with_event_time(src: &SourceTask, rows: &RecordBatch, ingest: IngestTime) -> Result<Option<Batch>> {
+fn with_event_time(
+    src: &SourceTask,
+    rows: &RecordBatch,
+    ingest: IngestTime,
+) -> Result<Option<Batch>> {
     let n = rows.num_rows();
     let ts: TimestampMillisecondArray = match src.event_time {
         EventTimeColumn::Ingestion => {

@@ -52,16 +52,25 @@ pub fn batch_from_pretty(text: &str) -> Batch {
         let (dt, col): (DataType, ArrayRef) = match ty {
             "Int64" => (
                 DataType::Int64,
-                Arc::new(Int64Array::from_iter(cells.iter().map(|c| c.map(|c| c.parse::<i64>().unwrap())))),
+                Arc::new(Int64Array::from_iter(
+                    cells.iter().map(|c| c.map(|c| c.parse::<i64>().unwrap())),
+                )),
             ),
             "Float64" => (
                 DataType::Float64,
-                Arc::new(Float64Array::from_iter(cells.iter().map(|c| c.map(|c| c.parse::<f64>().unwrap())))),
+                Arc::new(Float64Array::from_iter(
+                    cells.iter().map(|c| c.map(|c| c.parse::<f64>().unwrap())),
+                )),
             ),
-            "Utf8" => (DataType::Utf8, Arc::new(StringArray::from_iter(cells.iter().copied()))),
+            "Utf8" => (
+                DataType::Utf8,
+                Arc::new(StringArray::from_iter(cells.iter().copied())),
+            ),
             "Bool" => (
                 DataType::Boolean,
-                Arc::new(BooleanArray::from_iter(cells.iter().map(|c| c.map(|c| c == "true")))),
+                Arc::new(BooleanArray::from_iter(
+                    cells.iter().map(|c| c.map(|c| c == "true")),
+                )),
             ),
             "Ts" => (
                 DataType::Timestamp(TimeUnit::Millisecond, None),

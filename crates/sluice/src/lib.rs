@@ -1,1 +1,50 @@
-//! placeholder
+//! Sluice: a native stream processing engine. This crate is the Rust API and the
+//! `sluice` command.
+//!
+//! ```no_run
+//! use sluice::prelude::*;
+//!
+//! # async fn run() -> sluice::Result<()> {
+//! let p = Pipeline::new("hot-items");
+//! p.source(NexmarkSource::bids().events(1_000_000))
+//!     .filter(col("price").gt(lit(1_000)))
+//!     .key_by(["auction"])
+//!     .aggregate([count_star().alias("bids")])
+//!     .sink(BlackholeSink::new());
+//! p.run().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The Rust API and SQL build the same [`JobPlan`](sluice_plan::JobPlan); the runtime
+//! only ever sees that plan.
+
+pub mod bench;
+pub mod examples;
+mod pipeline;
+
+pub use pipeline::{IntoSink, IntoSource, KeyedStream, Pipeline, Stream};
+pub use sluice_connectors as connectors;
+pub use sluice_plan as plan;
+pub use sluice_runtime as runtime;
+pub use sluice_types::{Result, SluiceError};
+
+/// Aggregate functions for [`KeyedStream::aggregate`] (DataFusion's).
+pub mod functions {
+    pub use datafusion_functions_aggregate::expr_fn::{avg, count, max, min, sum};
+
+    /// `COUNT(*)`.
+    pub fn count_star() -> datafusion_expr::Expr {
+        datafusion_functions_aggregate::expr_fn::count(datafusion_expr::lit(1i64)).alias("count")
+    }
+}
+
+/// Everything a pipeline needs, in one import.
+pub mod prelude {
+    pub use crate::functions::*;
+    pub use crate::{IntoSink, IntoSource, KeyedStream, Pipeline, Stream};
+    pub use datafusion_expr::{Expr, col, lit};
+    pub use sluice_connectors::{
+        BlackholeSink, DatagenSource, FileSink, FileSource, NexmarkSource, PrintSink,
+    };
+    pub use std::time::Duration;
+}

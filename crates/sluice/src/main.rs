@@ -1,1 +1,236 @@
-fn main() {}
+//! The `sluice` command.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use sluice::bench;
+use sluice::examples::{self, ExampleArgs};
+use sluice::runtime::metrics::JobMetrics;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: a native stream processing engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job in this process until its input ends (or Ctrl-C stops it cleanly).
+    Run {
+        /// A built-in example job (see `sluice examples`).
+        #[arg(long, default_value = "hot-items")]
+        example: String,
+        /// Nexmark events to generate; 0 for an unbounded stream.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// Parallelism of every operator.
+        #[arg(long, short, default_value_t = 1)]
+        parallelism: usize,
+        /// Directory for examples that write files.
+        #[arg(long, default_value = "sluice-out")]
+        out: PathBuf,
+        /// No progress line.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Print a job's dataflow graph: tasks, chaining, parallelism, edges.
+    Explain {
+        /// A built-in example job.
+        #[arg(long, default_value = "hot-items")]
+        example: String,
+        /// Parallelism of every operator.
+        #[arg(long, short, default_value_t = 1)]
+        parallelism: usize,
+    },
+    /// List the built-in example jobs.
+    Examples,
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        suite: BenchSuite,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchSuite {
+    /// A Nexmark query from the generator into a blackhole sink.
+    Nexmark {
+        /// q0, q1 or q2.
+        #[arg(long, default_value = "q0")]
+        query: String,
+        /// Events to generate (all kinds; 46 of 50 are bids).
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// Parallelism of every operator.
+        #[arg(long, short, default_value_t = 1)]
+        parallelism: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async_main(cli))
+}
+
+fn example_args(events: u64, parallelism: usize, out: PathBuf) -> ExampleArgs {
+    ExampleArgs {
+        events: (events > 0).then_some(events),
+        parallelism,
+        out_dir: out,
+    }
+}
+
+async fn async_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Examples => {
+            for e in examples::EXAMPLES {
+                println!("{:<12} {}", e.name, e.about);
+            }
+            Ok(())
+        }
+        Command::Explain {
+            example,
+            parallelism,
+        } => {
+            let ex = find_example(&example)?;
+            let p = (ex.build)(&example_args(1, parallelism, "sluice-out".into()));
+            print!("{}", p.explain()?);
+            Ok(())
+        }
+        Command::Run {
+            example,
+            events,
+            parallelism,
+            out,
+            quiet,
+        } => {
+            let ex = find_example(&example)?;
+            let pipeline = (ex.build)(&example_args(events, parallelism, out.clone()));
+            let handle = pipeline.start()?;
+            let metrics = handle.metrics();
+            let stop = handle.stop_handle();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("\nstopping: draining in-flight data…");
+                    stop.stop().await;
+                }
+            });
+            let start = Instant::now();
+            let progress =
+                (!quiet).then(|| tokio::spawn(progress_loop(Arc::clone(&metrics), start)));
+            let result = handle.wait().await;
+            if let Some(p) = progress {
+                p.abort();
+            }
+            result?;
+            let secs = start.elapsed().as_secs_f64();
+            let lat = metrics.sink_latency();
+            eprintln!(
+                "{}done: {} rows in, {} rows out in {:.2} s ({:.0} rows/s), latency p50 {:.2} ms p99 {:.2} ms, {} dead letters",
+                if quiet { "" } else { "\n" },
+                metrics.source_records(),
+                metrics.sink_records(),
+                secs,
+                metrics.source_records() as f64 / secs,
+                lat.quantile(0.5) as f64 / 1000.0,
+                lat.quantile(0.99) as f64 / 1000.0,
+                metrics.dead_letters()
+            );
+            if ex.name == "hot-items" {
+                eprintln!("output: {}", out.join("hot-items").display());
+            }
+            Ok(())
+        }
+        Command::Bench {
+            suite:
+                BenchSuite::Nexmark {
+                    query,
+                    events,
+                    parallelism,
+                    json,
+                },
+        } => {
+            let r = bench::run_nexmark(&query, events, parallelism).await?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} p={} events={} wall={:.2}s cpu={:.2}s  {:.2} M events/s  {:.2} M events/cpu-s  latency p50 {:.3} ms p99 {:.3} ms  peak rss {:.0} MiB",
+                    r.query,
+                    r.parallelism,
+                    r.events,
+                    r.wall_s,
+                    r.cpu_s,
+                    r.events_per_sec / 1e6,
+                    r.events_per_cpu_sec / 1e6,
+                    r.latency_p50_ms,
+                    r.latency_p99_ms,
+                    r.peak_rss_mb
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn find_example(name: &str) -> anyhow::Result<&'static examples::Example> {
+    match examples::find(name) {
+        Some(e) => Ok(e),
+        None => bail!(
+            "unknown example `{name}`; available: {}",
+            examples::EXAMPLES
+                .iter()
+                .map(|e| e.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+async fn progress_loop(metrics: Arc<JobMetrics>, start: Instant) {
+    let tty = std::io::stderr().is_terminal();
+    let mut last = (0u64, start);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let n = metrics.source_records();
+        let rate = (n - last.0) as f64 / now.duration_since(last.1).as_secs_f64();
+        last = (n, now);
+        let p99 = metrics.sink_latency().quantile(0.99) as f64 / 1000.0;
+        let line = format!(
+            "events {n:>12}  events/s {rate:>12.0}  sink rows {:>12}  p99 latency {p99:>8.2} ms",
+            metrics.sink_records()
+        );
+        if tty {
+            eprint!("\r{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}

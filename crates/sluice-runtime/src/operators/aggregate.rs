@@ -18,11 +18,11 @@ use arrow::row::{RowConverter, Rows, SortField};
 use async_trait::async_trait;
 use datafusion_common::ScalarValue;
 use datafusion_common::hash_utils::RandomState;
-use datafusion_expr::{Accumulator, Expr};
-use datafusion_physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
-use datafusion_physical_expr::PhysicalExpr;
 use datafusion_expr::execution_props::ExecutionProps;
 use datafusion_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion_expr::{Accumulator, Expr};
+use datafusion_physical_expr::PhysicalExpr;
+use datafusion_physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
 use sluice_types::{Batch, Result, SluiceError, TIMESTAMP_FIELD, timestamp_field};
 
 use super::PreparedOperator;
@@ -69,7 +69,11 @@ pub struct AggregateOperator {
 
 impl AggregateOperator {
     /// Checks keys and aggregates against the input schema.
-    pub fn prepare(keys: &[String], aggregates: &[Expr], input: &SchemaRef) -> Result<PreparedOperator> {
+    pub fn prepare(
+        keys: &[String],
+        aggregates: &[Expr],
+        input: &SchemaRef,
+    ) -> Result<PreparedOperator> {
         if keys.is_empty() {
             return Err(SluiceError::user(
                 "a running aggregate needs at least one key column (use key_by)",
@@ -240,7 +244,8 @@ impl Operator for AggregateOperator {
         }
         let order = UInt32Array::from(order);
 
-        let mut outputs: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(touched.len()); self.aggregates.len()];
+        let mut outputs: Vec<Vec<ScalarValue>> =
+            vec![Vec::with_capacity(touched.len()); self.aggregates.len()];
         for (a, agg) in self.aggregates.iter().enumerate() {
             let sorted: Vec<ArrayRef> = agg
                 .args
@@ -249,16 +254,21 @@ impl Operator for AggregateOperator {
                 .collect::<Result<_>>()?;
             for (slot, &(g, count, _)) in touched.iter().enumerate() {
                 let start = offsets[slot] as usize;
-                let slices: Vec<ArrayRef> = sorted.iter().map(|c| c.slice(start, count as usize)).collect();
+                let slices: Vec<ArrayRef> = sorted
+                    .iter()
+                    .map(|c| c.slice(start, count as usize))
+                    .collect();
                 let accumulator = &mut self.accumulators[g as usize][a];
                 accumulator.update_batch(&slices).map_err(df_err)?;
                 outputs[a].push(accumulator.evaluate().map_err(df_err)?);
             }
         }
 
-        let mut columns = self
-            .converter
-            .convert_rows(touched.iter().map(|&(g, _, _)| self.group_keys.row(g as usize)))?;
+        let mut columns = self.converter.convert_rows(
+            touched
+                .iter()
+                .map(|&(g, _, _)| self.group_keys.row(g as usize)),
+        )?;
         for values in outputs {
             columns.push(ScalarValue::iter_to_array(values).map_err(df_err)?);
         }
@@ -335,6 +345,10 @@ mod tests {
         let e = AggregateOperator::prepare(&["x".into()], &[], &b.data.schema())
             .err()
             .unwrap();
-        assert!(e.to_string().contains("key column `x` does not exist; columns are: k"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("key column `x` does not exist; columns are: k"),
+            "{e}"
+        );
     }
 }

@@ -109,7 +109,8 @@ mod tests {
             | 3             |             | 3             |
             | 4             | 2000        | 4             |",
         );
-        let p = FilterOperator::prepare(&col("price").gt(lit(1_000)), &input.data.schema()).unwrap();
+        let p =
+            FilterOperator::prepare(&col("price").gt(lit(1_000)), &input.data.schema()).unwrap();
         let mut op = (p.factory)(&sluice_types::TaskInfo::for_test("filter")).unwrap();
         let mut ctx = OperatorContext::for_test(input.data.schema());
         let mut out = VecCollector::default();
@@ -134,9 +135,13 @@ mod tests {
             | 1           | 1             |",
         );
         let schema = input.data.schema();
-        let e = FilterOperator::prepare(&col("price"), &schema).err().unwrap();
+        let e = FilterOperator::prepare(&col("price"), &schema)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("must be a boolean"), "{e}");
-        let e = FilterOperator::prepare(&col("nope").gt(lit(1)), &schema).err().unwrap();
+        let e = FilterOperator::prepare(&col("nope").gt(lit(1)), &schema)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("nope"), "{e}");
     }
 }

@@ -46,7 +46,10 @@ impl ProjectOperator {
                     "`{TIMESTAMP_FIELD}` is the event-time column and is always carried along; do not project it"
                 )));
             }
-            if fields.iter().any(|g: &arrow::datatypes::FieldRef| g.name() == f.name()) {
+            if fields
+                .iter()
+                .any(|g: &arrow::datatypes::FieldRef| g.name() == f.name())
+            {
                 return Err(SluiceError::user(format!(
                     "the projection names `{}` twice; give one an alias",
                     f.name()

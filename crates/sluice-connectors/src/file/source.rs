@@ -1,0 +1,382 @@
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use sluice_plan::ConnectorSpec;
+use sluice_runtime::{OperatorContext, ReadResult, SourceConnector, SourceReader, Split};
+use sluice_types::{Result, SluiceError, TaskInfo};
+
+use crate::format::{FORMAT_OPTIONS, Format};
+use crate::options::OptionReader;
+
+/// Parsed options of a file source.
+pub struct FileSourceConfig {
+    files: Vec<PathBuf>,
+    format: Format,
+    schema: SchemaRef,
+    /// For Parquet: indices of the declared columns in the file schema.
+    projection: Option<Vec<usize>>,
+}
+
+/// The file source connector.
+pub struct FileSourceConnector;
+
+fn list_files(path: &Path) -> Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        SluiceError::user(format!("cannot read source path {}", path.display())).with_source(e)
+    })?;
+    if meta.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') || !entry.file_type()?.is_file() {
+            continue;
+        }
+        files.push(entry.path());
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn infer_schema(format: &Format, file: &Path) -> Result<SchemaRef> {
+    let f = File::open(file)?;
+    let mut reader = BufReader::new(f);
+    let inferred = match format {
+        Format::Json => {
+            arrow::json::reader::infer_json_schema_from_seekable(&mut reader, Some(1000))
+                .map(|(s, _)| s)
+        }
+        Format::Csv { delimiter, header } => arrow::csv::reader::Format::default()
+            .with_header(*header)
+            .with_delimiter(*delimiter)
+            .infer_schema(&mut reader, Some(1000))
+            .map(|(s, _)| s),
+        Format::Parquet => unreachable_parquet(),
+    };
+    reader.rewind()?;
+    inferred.map(Arc::new).map_err(|e| {
+        SluiceError::user(format!(
+            "cannot infer a schema from {}; declare one",
+            file.display()
+        ))
+        .with_source(e)
+    })
+}
+
+fn unreachable_parquet() -> std::result::Result<arrow::datatypes::Schema, arrow::error::ArrowError>
+{
+    Err(arrow::error::ArrowError::SchemaError(
+        "parquet files carry their own schema".into(),
+    ))
+}
+
+impl SourceConnector for FileSourceConnector {
+    type Config = FileSourceConfig;
+
+    fn name(&self) -> &'static str {
+        "filesystem"
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        &["path", "format", "csv.field-delimiter", "csv.header"]
+    }
+
+    fn parse(&self, spec: &ConnectorSpec) -> Result<FileSourceConfig> {
+        debug_assert!(FORMAT_OPTIONS.iter().all(|o| self.options().contains(o)));
+        let o = OptionReader::new("filesystem", spec);
+        let path = o.path("path")?;
+        let format = Format::from_options(&o)?;
+        let files = list_files(&path)?;
+        let (schema, projection) = match (&format, &spec.schema) {
+            (Format::Parquet, declared) => {
+                let Some(first) = files.first() else {
+                    return Err(SluiceError::user(format!(
+                        "no Parquet files in {}: the schema cannot be read",
+                        path.display()
+                    )));
+                };
+                let b =
+                    ParquetRecordBatchReaderBuilder::try_new(File::open(first)?).map_err(|e| {
+                        SluiceError::user(format!(
+                            "{} is not a readable Parquet file",
+                            first.display()
+                        ))
+                        .with_source(e)
+                    })?;
+                let file_schema = Arc::clone(b.schema());
+                match declared {
+                    None => (file_schema, None),
+                    Some(d) => {
+                        let mut idx = Vec::new();
+                        for f in d.fields() {
+                            let i = file_schema.index_of(f.name()).map_err(|_| {
+                                SluiceError::user(format!(
+                                    "declared column `{}` is not in {}",
+                                    f.name(),
+                                    first.display()
+                                ))
+                            })?;
+                            if file_schema.field(i).data_type() != f.data_type() {
+                                return Err(SluiceError::user(format!(
+                                    "column `{}` is {} in {}, declared {}",
+                                    f.name(),
+                                    file_schema.field(i).data_type(),
+                                    first.display(),
+                                    f.data_type()
+                                )));
+                            }
+                            idx.push(i);
+                        }
+                        (Arc::clone(d), Some(idx))
+                    }
+                }
+            }
+            (_, Some(d)) => (Arc::clone(d), None),
+            (_, None) => match files.first() {
+                Some(f) => (infer_schema(&format, f)?, None),
+                None => {
+                    return Err(SluiceError::user(format!(
+                        "no files in {} and no schema declared",
+                        path.display()
+                    )));
+                }
+            },
+        };
+        Ok(FileSourceConfig {
+            files,
+            format,
+            schema,
+            projection,
+        })
+    }
+
+    fn schema(&self, config: &FileSourceConfig) -> Result<SchemaRef> {
+        Ok(Arc::clone(&config.schema))
+    }
+
+    fn splits(&self, config: &FileSourceConfig, _parallelism: usize) -> Result<Vec<Split>> {
+        Ok(config
+            .files
+            .iter()
+            .enumerate()
+            .map(|(index, f)| Split {
+                id: f.display().to_string(),
+                index,
+            })
+            .collect())
+    }
+
+    fn reader(
+        &self,
+        config: &Arc<FileSourceConfig>,
+        splits: Vec<Split>,
+        _task: &TaskInfo,
+    ) -> Result<Box<dyn SourceReader>> {
+        Ok(Box::new(FileReader {
+            config: Arc::clone(config),
+            pending: splits.into_iter().rev().collect(),
+            current: None,
+            buf: Vec::new(),
+            lines: Vec::new(),
+        }))
+    }
+}
+
+enum Open {
+    Lines {
+        path: String,
+        reader: BufReader<File>,
+        line_no: u64,
+    },
+    Parquet {
+        reader: ParquetRecordBatchReader,
+    },
+}
+
+/// Reads one subtask's files, one after another.
+pub struct FileReader {
+    config: Arc<FileSourceConfig>,
+    pending: Vec<Split>,
+    current: Option<Open>,
+    buf: Vec<u8>,
+    lines: Vec<(usize, usize)>,
+}
+
+impl FileReader {
+    fn open_next(&mut self, max_rows: usize) -> Result<bool> {
+        let Some(split) = self.pending.pop() else {
+            return Ok(false);
+        };
+        let path = PathBuf::from(&split.id);
+        let file = File::open(&path).map_err(|e| {
+            SluiceError::external(format!("cannot open {}", path.display())).with_source(e)
+        })?;
+        self.current = Some(match self.config.format {
+            Format::Parquet => Open::Parquet {
+                reader: ParquetRecordBatchReaderBuilder::try_new(file)
+                    .and_then(|b| b.with_batch_size(max_rows).build())
+                    .map_err(|e| {
+                        SluiceError::user(format!(
+                            "{} is not a readable Parquet file",
+                            path.display()
+                        ))
+                        .with_source(e)
+                    })?,
+            },
+            Format::Csv { header, .. } => {
+                let mut reader = BufReader::with_capacity(1 << 20, file);
+                let mut line_no = 0;
+                if header {
+                    let mut skip = Vec::new();
+                    reader.read_until(b'\n', &mut skip)?;
+                    line_no = 1;
+                }
+                Open::Lines {
+                    path: split.id,
+                    reader,
+                    line_no,
+                }
+            }
+            Format::Json => Open::Lines {
+                path: split.id,
+                reader: BufReader::with_capacity(1 << 20, file),
+                line_no: 0,
+            },
+        });
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl SourceReader for FileReader {
+    async fn read(&mut self, max_rows: usize, ctx: &mut OperatorContext) -> Result<ReadResult> {
+        loop {
+            if self.current.is_none() && !self.open_next(max_rows)? {
+                return Ok(ReadResult::End);
+            }
+            match self.current.as_mut().expect("invariant: opened above") {
+                Open::Parquet { reader } => match reader.next() {
+                    Some(b) => {
+                        let b = b.map_err(|e| {
+                            SluiceError::external("reading Parquet failed").with_source(e)
+                        })?;
+                        let b: RecordBatch = match &self.config.projection {
+                            Some(idx) => b.project(idx)?,
+                            None => b,
+                        };
+                        return Ok(ReadResult::Batch(b));
+                    }
+                    None => self.current = None,
+                },
+                Open::Lines {
+                    path,
+                    reader,
+                    line_no,
+                } => {
+                    self.buf.clear();
+                    self.lines.clear();
+                    let mut numbers = Vec::new();
+                    let mut eof = false;
+                    while self.lines.len() < max_rows {
+                        let start = self.buf.len();
+                        let n = reader.read_until(b'\n', &mut self.buf)?;
+                        if n == 0 {
+                            eof = true;
+                            break;
+                        }
+                        *line_no += 1;
+                        let mut end = self.buf.len();
+                        while end > start && matches!(self.buf[end - 1], b'\n' | b'\r') {
+                            end -= 1;
+                        }
+                        if self.buf[start..end].iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        self.lines.push((start, end));
+                        numbers.push(*line_no);
+                    }
+                    let mut dead = Vec::new();
+                    let path_s = path.clone();
+                    let batch = self.config.format.decode_lines(
+                        &self.config.schema,
+                        &self.buf,
+                        &self.lines,
+                        &|i| format!("{path_s}:{}", numbers[i]),
+                        &mut dead,
+                    )?;
+                    for d in dead {
+                        ctx.dead_letter(d);
+                    }
+                    if eof {
+                        self.current = None;
+                    }
+                    if let Some(b) = batch {
+                        return Ok(ReadResult::Batch(b));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Builds a file source spec for the Rust API.
+///
+/// ```
+/// use sluice_connectors::FileSource;
+/// let spec = FileSource::json("data/bids.jsonl").into_spec();
+/// assert_eq!(spec.options["format"], "json");
+/// ```
+#[derive(Clone, Debug)]
+pub struct FileSource {
+    spec: ConnectorSpec,
+}
+
+impl FileSource {
+    fn new(path: impl AsRef<Path>, format: &str) -> Self {
+        Self {
+            spec: ConnectorSpec::new("filesystem")
+                .with_option("path", path.as_ref().display())
+                .with_option("format", format),
+        }
+    }
+
+    /// JSON lines.
+    pub fn json(path: impl AsRef<Path>) -> Self {
+        Self::new(path, "json")
+    }
+
+    /// CSV (no header unless [`FileSource::with_header`]).
+    pub fn csv(path: impl AsRef<Path>) -> Self {
+        Self::new(path, "csv")
+    }
+
+    /// Parquet.
+    pub fn parquet(path: impl AsRef<Path>) -> Self {
+        Self::new(path, "parquet")
+    }
+
+    /// Declares the schema.
+    pub fn with_schema(mut self, schema: SchemaRef) -> Self {
+        self.spec.schema = Some(schema);
+        self
+    }
+
+    /// The CSV files start with a header line.
+    pub fn with_header(mut self) -> Self {
+        self.spec.options.insert("csv.header".into(), "true".into());
+        self
+    }
+
+    /// The plan's connector spec.
+    pub fn into_spec(self) -> ConnectorSpec {
+        self.spec
+    }
+}

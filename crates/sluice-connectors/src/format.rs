@@ -1,0 +1,171 @@
+//! Row formats, kept apart from transports: the file connector uses them now, Kafka
+//! and others later. Decoding is columnar per chunk of records; a chunk that fails is
+//! re-decoded record by record so that only the bad records go to the dead-letter
+//! output, each with its position and error.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
+use arrow::datatypes::SchemaRef;
+use sluice_runtime::dead_letter::DeadLetter;
+use sluice_types::{Result, SluiceError};
+
+use crate::options::OptionReader;
+
+/// A text or binary row format.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Format {
+    /// Comma (or other) separated values, one record per line.
+    Csv {
+        /// Field delimiter.
+        delimiter: u8,
+        /// Whether the first line of each file is a header (skipped on read, written on write).
+        header: bool,
+    },
+    /// One JSON object per line.
+    Json,
+    /// Apache Parquet.
+    Parquet,
+}
+
+/// Option keys the formats understand (`'format'` plus these).
+pub const FORMAT_OPTIONS: &[&str] = &["format", "csv.field-delimiter", "csv.header"];
+
+impl Format {
+    /// Parses `'format'` and its options.
+    pub fn from_options(o: &OptionReader<'_>) -> Result<Self> {
+        match o
+            .choice("format", &["csv", "json", "parquet"], None)?
+            .as_str()
+        {
+            "csv" => {
+                let d = o.str("csv.field-delimiter").unwrap_or(",");
+                let delimiter = match d.as_bytes() {
+                    [b] => *b,
+                    _ if d == "\\t" => b'\t',
+                    _ => {
+                        return Err(SluiceError::user(format!(
+                            "option `csv.field-delimiter` must be one character, got `{d}`"
+                        )));
+                    }
+                };
+                Ok(Format::Csv {
+                    delimiter,
+                    header: o.bool_or("csv.header", false)?,
+                })
+            }
+            "json" => Ok(Format::Json),
+            _ => Ok(Format::Parquet),
+        }
+    }
+
+    /// The usual file extension.
+    pub fn extension(&self) -> &'static str {
+        match self {
+            Format::Csv { .. } => "csv",
+            Format::Json => "jsonl",
+            Format::Parquet => "parquet",
+        }
+    }
+
+    /// Decodes a chunk of line-oriented records (CSV or JSON lines).
+    /// `lines[i]` is the byte range of record i in `buf` and `positions[i]` its position.
+    pub fn decode_lines(
+        &self,
+        schema: &SchemaRef,
+        buf: &[u8],
+        lines: &[(usize, usize)],
+        positions: &dyn Fn(usize) -> String,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<Option<RecordBatch>> {
+        if lines.is_empty() {
+            return Ok(None);
+        }
+        let start = lines[0].0;
+        let end = lines[lines.len() - 1].1;
+        match self.decode_all(schema, &buf[start..end], lines.len()) {
+            Ok(b) => return Ok(Some(b)),
+            Err(_) => {}
+        }
+        // Slow path: one record at a time, keeping the good ones.
+        let mut good = Vec::new();
+        for (i, &(s, e)) in lines.iter().enumerate() {
+            let mut one = buf[s..e].to_vec();
+            one.push(b'\n');
+            match self.decode_all(schema, &one, 1) {
+                Ok(b) if b.num_rows() == 1 => good.push(b),
+                Ok(b) => dead.push(DeadLetter {
+                    position: positions(i),
+                    error: format!("expected one record, decoded {}", b.num_rows()),
+                    raw: String::from_utf8_lossy(&buf[s..e]).into_owned(),
+                }),
+                Err(err) => dead.push(DeadLetter {
+                    position: positions(i),
+                    error: err.to_string(),
+                    raw: String::from_utf8_lossy(&buf[s..e]).into_owned(),
+                }),
+            }
+        }
+        if good.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(concat_batches(schema, &good)?))
+    }
+
+    fn decode_all(
+        &self,
+        schema: &SchemaRef,
+        bytes: &[u8],
+        rows: usize,
+    ) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+        let batch_size = rows.max(1) + 1;
+        let batch = match self {
+            Format::Json => {
+                let mut d = arrow::json::ReaderBuilder::new(Arc::clone(schema))
+                    .with_batch_size(batch_size)
+                    .with_strict_mode(false)
+                    .build_decoder()?;
+                let mut off = 0;
+                while off < bytes.len() {
+                    let n = d.decode(&bytes[off..])?;
+                    if n == 0 {
+                        break;
+                    }
+                    off += n;
+                }
+                d.flush()?
+            }
+            Format::Csv { delimiter, .. } => {
+                let mut d = arrow::csv::ReaderBuilder::new(Arc::clone(schema))
+                    .with_header(false)
+                    .with_delimiter(*delimiter)
+                    .with_batch_size(batch_size)
+                    .build_decoder();
+                let mut off = 0;
+                while off < bytes.len() {
+                    let n = d.decode(&bytes[off..])?;
+                    if n == 0 {
+                        break;
+                    }
+                    off += n;
+                }
+                d.decode(&[])?;
+                d.flush()?
+            }
+            Format::Parquet => {
+                return Err(arrow::error::ArrowError::InvalidArgumentError(
+                    "parquet is not a line format".into(),
+                ));
+            }
+        };
+        let batch = batch.unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(schema)));
+        if batch.num_rows() != rows {
+            return Err(arrow::error::ArrowError::ParseError(format!(
+                "decoded {} records from {rows} lines",
+                batch.num_rows()
+            )));
+        }
+        Ok(batch)
+    }
+}

@@ -1,0 +1,111 @@
+//! `sluice bench nexmark`: a Nexmark query from the generator into a blackhole, with
+//! events per second and per CPU-second, end-to-end latency and peak memory.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::examples::{ExampleArgs, nexmark_query};
+use crate::{Result, SluiceError};
+
+/// Queries the bench knows.
+pub const QUERIES: &[&str] = &["q0", "q1", "q2"];
+
+/// One benchmark result.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// Query name.
+    pub query: String,
+    /// Nexmark events generated (all kinds: persons, auctions, bids).
+    pub events: u64,
+    /// Rows out of the source (bids).
+    pub source_rows: u64,
+    /// Rows into the sink.
+    pub sink_rows: u64,
+    /// Parallelism of every operator.
+    pub parallelism: usize,
+    /// Wall-clock seconds.
+    pub wall_s: f64,
+    /// CPU seconds (user + system) of the process during the run.
+    pub cpu_s: f64,
+    /// Events per wall-clock second.
+    pub events_per_sec: f64,
+    /// Events per CPU-second.
+    pub events_per_cpu_sec: f64,
+    /// Median end-to-end latency (ms): sink time minus ingest time.
+    pub latency_p50_ms: f64,
+    /// 99th percentile end-to-end latency (ms).
+    pub latency_p99_ms: f64,
+    /// Peak resident memory of the process (MiB).
+    pub peak_rss_mb: f64,
+}
+
+/// CPU time of this process so far (user + system), seconds, from `/proc/self/stat`
+/// (Linux reports it in USER_HZ = 100 ticks per second).
+pub fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may contain spaces) start at ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Peak resident set size of this process, MiB.
+pub fn peak_rss_mb() -> f64 {
+    // /proc/self/status VmHWM is the peak RSS in kB.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Runs one query.
+pub async fn run_nexmark(query: &str, events: u64, parallelism: usize) -> Result<BenchReport> {
+    if !QUERIES.contains(&query) {
+        return Err(SluiceError::user(format!(
+            "unknown query `{query}`; available: {}",
+            QUERIES.join(", ")
+        )));
+    }
+    let args = ExampleArgs {
+        events: Some(events),
+        parallelism,
+        out_dir: std::env::temp_dir(),
+    };
+    let pipeline = nexmark_query(query, &args);
+    let job = pipeline.prepare()?;
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let handle = job.start()?;
+    let metrics = handle.metrics();
+    handle.wait().await?;
+    let wall_s = t0.elapsed().as_secs_f64();
+    let cpu_s = cpu_seconds() - cpu0;
+    let lat = metrics.sink_latency();
+    Ok(BenchReport {
+        query: query.to_string(),
+        events,
+        source_rows: metrics.source_records(),
+        sink_rows: metrics.sink_records(),
+        parallelism,
+        wall_s,
+        cpu_s,
+        events_per_sec: events as f64 / wall_s,
+        events_per_cpu_sec: events as f64 / cpu_s.max(1e-9),
+        latency_p50_ms: lat.quantile(0.50) as f64 / 1000.0,
+        latency_p99_ms: lat.quantile(0.99) as f64 / 1000.0,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}

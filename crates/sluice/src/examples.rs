@@ -1,0 +1,125 @@
+//! Built-in example jobs, runnable by name: `sluice run --example NAME`.
+
+use std::path::PathBuf;
+
+use crate::prelude::*;
+
+/// Settings shared by the examples.
+#[derive(Clone, Debug)]
+pub struct ExampleArgs {
+    /// Events to generate (all Nexmark kinds); `None`: unbounded.
+    pub events: Option<u64>,
+    /// Parallelism of every operator.
+    pub parallelism: usize,
+    /// Where file-writing examples write.
+    pub out_dir: PathBuf,
+}
+
+/// An example: name, description, builder.
+pub struct Example {
+    /// Name for `--example`.
+    pub name: &'static str,
+    /// One line on what it does.
+    pub about: &'static str,
+    /// Builds the pipeline.
+    pub build: fn(&ExampleArgs) -> Pipeline,
+}
+
+fn bids(p: &Pipeline, a: &ExampleArgs) -> Stream {
+    let src = match a.events {
+        Some(n) => NexmarkSource::bids().events(n),
+        None => NexmarkSource::bids(),
+    };
+    p.source(src)
+}
+
+/// The built-in examples. The first is the default main job.
+pub const EXAMPLES: &[Example] = &[
+    Example {
+        name: "hot-items",
+        about: "Nexmark bids over $10, counted per auction (running aggregate), written as JSON lines",
+        build: |a| {
+            let p = Pipeline::new("hot-items");
+            p.parallelism(a.parallelism);
+            bids(&p, a)
+                .filter(col("price").gt(lit(1_000)))
+                .key_by(["auction"])
+                .aggregate([
+                    count_star().alias("bids"),
+                    max(col("price")).alias("top_price"),
+                    avg(col("price")).alias("avg_price"),
+                ])
+                .sink(FileSink::json(a.out_dir.join("hot-items")));
+            p
+        },
+    },
+    Example {
+        name: "q0",
+        about: "Nexmark q0 (pass-through) into a blackhole",
+        build: |a| nexmark_query("q0", a),
+    },
+    Example {
+        name: "q1",
+        about: "Nexmark q1 (currency conversion) into a blackhole",
+        build: |a| nexmark_query("q1", a),
+    },
+    Example {
+        name: "q2",
+        about: "Nexmark q2 (selection: auction % 123 = 0) into a blackhole",
+        build: |a| nexmark_query("q2", a),
+    },
+    Example {
+        name: "print-bids",
+        about: "the first Nexmark bids (auction, bidder, price) printed as JSON lines",
+        build: |a| {
+            let p = Pipeline::new("print-bids");
+            p.parallelism(a.parallelism);
+            bids(
+                &p,
+                &ExampleArgs {
+                    events: Some(a.events.unwrap_or(100)),
+                    ..a.clone()
+                },
+            )
+            .select([col("auction"), col("bidder"), col("price")])
+            .sink(PrintSink::new());
+            p
+        },
+    },
+];
+
+/// A Nexmark query (q0, q1, q2) from the generator into a blackhole.
+pub fn nexmark_query(query: &str, a: &ExampleArgs) -> Pipeline {
+    let p = Pipeline::new(format!("nexmark-{query}"));
+    p.parallelism(a.parallelism);
+    let bids = bids(&p, a);
+    let out = match query {
+        // SELECT auction, bidder, price, date_time, extra FROM bid
+        "q0" => bids.select([
+            col("auction"),
+            col("bidder"),
+            col("price"),
+            col("date_time"),
+            col("extra"),
+        ]),
+        // SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bid
+        "q1" => bids.select([
+            col("auction"),
+            col("bidder"),
+            (lit(0.908) * col("price")).alias("price"),
+            col("date_time"),
+            col("extra"),
+        ]),
+        // SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0
+        _ => bids
+            .filter((col("auction") % lit(123)).eq(lit(0)))
+            .select([col("auction"), col("price")]),
+    };
+    out.sink(BlackholeSink::new());
+    p
+}
+
+/// Finds an example by name.
+pub fn find(name: &str) -> Option<&'static Example> {
+    EXAMPLES.iter().find(|e| e.name == name)
+}

@@ -1,0 +1,319 @@
+//! The Rust dataflow API: a builder over [`JobPlan`].
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion_expr::Expr;
+use sluice_connectors::{
+    BlackholeSink, DatagenSource, FileSink, FileSource, NexmarkSource, PrintSink,
+};
+use sluice_plan::{
+    ConnectorSpec, EventTime, JobPlan, NodeId, NodeKind, Partitioning, SourceNode, WatermarkSpec,
+};
+use sluice_runtime::{ConnectorRegistry, JobHandle, PreparedJob};
+use sluice_types::{Result, SluiceError};
+
+/// Something that can be a pipeline's source.
+pub trait IntoSource {
+    /// The connector spec.
+    fn into_source_spec(self) -> ConnectorSpec;
+}
+
+/// Something that can be a pipeline's sink.
+pub trait IntoSink {
+    /// The connector spec.
+    fn into_sink_spec(self) -> ConnectorSpec;
+}
+
+macro_rules! into_spec {
+    ($trait:ident, $method:ident, $($t:ty),*) => {$(
+        impl $trait for $t {
+            fn $method(self) -> ConnectorSpec {
+                self.into_spec()
+            }
+        }
+    )*};
+}
+into_spec!(
+    IntoSource,
+    into_source_spec,
+    NexmarkSource,
+    FileSource,
+    DatagenSource
+);
+into_spec!(IntoSink, into_sink_spec, FileSink, PrintSink, BlackholeSink);
+
+impl IntoSource for ConnectorSpec {
+    fn into_source_spec(self) -> ConnectorSpec {
+        self
+    }
+}
+
+impl IntoSink for ConnectorSpec {
+    fn into_sink_spec(self) -> ConnectorSpec {
+        self
+    }
+}
+
+struct Builder {
+    plan: JobPlan,
+    parallelism: usize,
+    errors: Vec<String>,
+    registry: ConnectorRegistry,
+}
+
+/// A streaming job under construction.
+#[derive(Clone)]
+pub struct Pipeline {
+    inner: Arc<Mutex<Builder>>,
+}
+
+/// A stream of rows: the output of one operator.
+#[derive(Clone)]
+pub struct Stream {
+    inner: Arc<Mutex<Builder>>,
+    node: NodeId,
+    next_edge: Option<Partitioning>,
+}
+
+/// A stream partitioned by key: the next operator sees all rows of a key in one subtask.
+#[derive(Clone)]
+pub struct KeyedStream {
+    stream: Stream,
+    keys: Vec<String>,
+}
+
+impl Pipeline {
+    /// A new, empty job.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Builder {
+                plan: JobPlan::new(name),
+                parallelism: 1,
+                errors: Vec::new(),
+                registry: sluice_connectors::registry(),
+            })),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Builder) -> R) -> R {
+        f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Default parallelism of the operators added after this call.
+    pub fn parallelism(&self, p: usize) -> &Self {
+        self.with(|b| b.parallelism = p);
+        self
+    }
+
+    /// Adaptive batching: a source batch closes at `max_rows` or after `linger`.
+    pub fn batching(&self, max_rows: usize, linger: Duration) -> &Self {
+        self.with(|b| {
+            b.plan.config.batch.max_rows = max_rows;
+            b.plan.config.batch.linger = linger;
+        });
+        self
+    }
+
+    /// Capacity (in batches) of each channel between subtasks.
+    pub fn channel_capacity(&self, n: usize) -> &Self {
+        self.with(|b| b.plan.config.channel_capacity = n);
+        self
+    }
+
+    /// Write records that cannot be decoded to this JSON-lines file (default: the log).
+    pub fn dead_letters(&self, path: impl Into<PathBuf>) -> &Self {
+        let p = path.into();
+        self.with(|b| b.plan.config.dead_letter_path = Some(p));
+        self
+    }
+
+    /// Replaces the connector registry (to add custom connectors).
+    pub fn registry(&self, registry: ConnectorRegistry) -> &Self {
+        self.with(|b| b.registry = registry);
+        self
+    }
+
+    /// Adds a source; its event time is the connector's natural column (or ingestion time).
+    pub fn source(&self, source: impl IntoSource) -> Stream {
+        let spec = source.into_source_spec();
+        let node = self.with(|b| {
+            let name = spec.connector.clone();
+            let p = b.parallelism;
+            b.plan.add_node(
+                name,
+                p,
+                NodeKind::Source(SourceNode {
+                    spec,
+                    event_time: EventTime::ConnectorDefault,
+                    watermark: WatermarkSpec::default(),
+                }),
+            )
+        });
+        Stream {
+            inner: Arc::clone(&self.inner),
+            node,
+            next_edge: None,
+        }
+    }
+
+    /// The plan built so far (errors recorded while building are reported here).
+    pub fn plan(&self) -> Result<JobPlan> {
+        self.with(|b| match b.errors.first() {
+            Some(e) => Err(SluiceError::user(e.clone())),
+            None => Ok(b.plan.clone()),
+        })
+    }
+
+    /// Checks the whole job (schemas, expressions, connector options) without running it.
+    pub fn prepare(&self) -> Result<PreparedJob> {
+        let plan = self.plan()?;
+        let registry = self.with(|b| b.registry.clone());
+        PreparedJob::prepare(plan, &registry)
+    }
+
+    /// The dataflow graph as text: tasks, chained operators, parallelism, edges.
+    pub fn explain(&self) -> Result<String> {
+        Ok(self.prepare()?.explain())
+    }
+
+    /// Starts the job on the current tokio runtime.
+    pub fn start(&self) -> Result<JobHandle> {
+        self.prepare()?.start()
+    }
+
+    /// Runs the job to completion (a bounded input ends it).
+    pub async fn run(&self) -> Result<()> {
+        self.start()?.wait().await
+    }
+}
+
+impl Stream {
+    fn add(&self, kind: NodeKind) -> Stream {
+        let mut b = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let p = b.parallelism;
+        let up_p = b.plan.nodes[self.node].parallelism;
+        let name = kind.label();
+        let id = b.plan.add_node(name, p, kind);
+        let edge = match &self.next_edge {
+            Some(e) => e.clone(),
+            None if p == up_p => Partitioning::Forward,
+            None => Partitioning::Rebalance,
+        };
+        b.plan.add_edge(self.node, id, edge);
+        Stream {
+            inner: Arc::clone(&self.inner),
+            node: id,
+            next_edge: None,
+        }
+    }
+
+    fn source_node(&self, f: impl FnOnce(&mut SourceNode)) -> Stream {
+        let mut b = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut b.plan.nodes[self.node].kind {
+            NodeKind::Source(s) => f(s),
+            _ => b.errors.push(
+                "event time and watermarks are set on a source stream, right after `source(…)`"
+                    .into(),
+            ),
+        }
+        self.clone()
+    }
+
+    /// Take event time from this column of the source (timestamp, or BIGINT epoch ms).
+    pub fn event_time(self, column: &str) -> Stream {
+        self.source_node(|s| s.event_time = EventTime::Column(column.to_string()))
+    }
+
+    /// Use the wall-clock time of ingestion as event time.
+    pub fn ingestion_time(self) -> Stream {
+        self.source_node(|s| s.event_time = EventTime::Ingestion)
+    }
+
+    /// Watermarks trail the largest event time seen by this bound.
+    pub fn max_out_of_orderness(self, bound: Duration) -> Stream {
+        self.source_node(|s| s.watermark.max_out_of_orderness = bound)
+    }
+
+    /// Sets this operator's parallelism.
+    pub fn parallelism(self, p: usize) -> Stream {
+        {
+            let mut b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            b.plan.nodes[self.node].parallelism = p;
+            // A forward edge into this node stays valid only at equal parallelism.
+            let node = self.node;
+            let plan = &mut b.plan;
+            let ups: Vec<(usize, NodeId)> = plan
+                .edges
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.to == node && e.partitioning == Partitioning::Forward)
+                .map(|(i, e)| (i, e.from))
+                .collect();
+            for (i, from) in ups {
+                if plan.nodes[from].parallelism != p {
+                    plan.edges[i].partitioning = Partitioning::Rebalance;
+                }
+            }
+        }
+        self
+    }
+
+    /// Keeps the rows for which `predicate` is true.
+    pub fn filter(&self, predicate: Expr) -> Stream {
+        self.add(NodeKind::Filter { predicate })
+    }
+
+    /// Computes new columns (name them with `.alias`); event time is carried along.
+    pub fn select(&self, exprs: impl IntoIterator<Item = Expr>) -> Stream {
+        self.add(NodeKind::Project {
+            exprs: exprs.into_iter().collect(),
+        })
+    }
+
+    /// Partitions by key columns (hash into key groups).
+    pub fn key_by<S: Into<String>>(&self, keys: impl IntoIterator<Item = S>) -> KeyedStream {
+        let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
+        KeyedStream {
+            stream: Stream {
+                inner: Arc::clone(&self.inner),
+                node: self.node,
+                next_edge: Some(Partitioning::Hash(keys.clone())),
+            },
+            keys,
+        }
+    }
+
+    /// Spreads batches round-robin over the next operator's subtasks.
+    pub fn rebalance(&self) -> Stream {
+        Stream {
+            next_edge: Some(Partitioning::Rebalance),
+            ..self.clone()
+        }
+    }
+
+    /// Sends every batch to every subtask of the next operator.
+    pub fn broadcast(&self) -> Stream {
+        Stream {
+            next_edge: Some(Partitioning::Broadcast),
+            ..self.clone()
+        }
+    }
+
+    /// Ends the stream in a sink.
+    pub fn sink(&self, sink: impl IntoSink) {
+        self.add(NodeKind::Sink(sink.into_sink_spec()));
+    }
+}
+
+impl KeyedStream {
+    /// A running aggregate per key: each batch emits the updated aggregates of the keys
+    /// it touched (the last row of a key is its current value).
+    pub fn aggregate(&self, aggregates: impl IntoIterator<Item = Expr>) -> Stream {
+        self.stream.add(NodeKind::Aggregate {
+            keys: self.keys.clone(),
+            aggregates: aggregates.into_iter().collect(),
+        })
+    }
+}
