@@ -1,0 +1,397 @@
+//! Runtime behaviour end to end: chaining, backpressure, end of input, partitioning,
+//! parallelism, linger, graceful stop, start-up errors, the CLI.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use sluice::prelude::*;
+use sluice_types::Watermark;
+
+use crate::support::*;
+
+fn pipeline(name: &str, parallelism: usize) -> (Pipeline, Collected) {
+    let (registry, collected) = registry_with_collect();
+    let p = Pipeline::new(name);
+    p.registry(registry).parallelism(parallelism);
+    (p, collected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_operators_on_forward_edges_are_chained() {
+    let (p, _) = pipeline("chain", 2);
+    p.source(NexmarkSource::bids().events(100))
+        .filter(col("price").gt(lit(10)))
+        .select([col("auction"), col("price")])
+        .sink(collect());
+    let job = p.prepare().unwrap();
+    assert_eq!(
+        job.chains(),
+        &[vec![0, 1, 2, 3]],
+        "one task: source, filter, select, sink"
+    );
+
+    let (p, _) = pipeline("chain-keyed", 2);
+    p.source(NexmarkSource::bids().events(100))
+        .filter(col("price").gt(lit(10)))
+        .key_by(["auction"])
+        .aggregate([count_star()])
+        .sink(collect());
+    let job = p.prepare().unwrap();
+    assert_eq!(
+        job.chains(),
+        &[vec![0, 1], vec![2, 3]],
+        "a hash edge breaks the chain"
+    );
+    let explain = job.explain();
+    assert!(
+        explain.contains("edge [1] -> [2] HASH(auction)"),
+        "{explain}"
+    );
+    assert!(
+        explain.contains("edge [0] -> [1] FORWARD (chained)"),
+        "{explain}"
+    );
+
+    // A parallelism change breaks the chain too, and turns forward into rebalance.
+    let (p, _) = pipeline("chain-rescale", 2);
+    p.source(NexmarkSource::bids().events(100))
+        .filter(col("price").gt(lit(10)))
+        .parallelism(1)
+        .sink(collect());
+    let job = p.prepare().unwrap();
+    // source (2) | filter (1) | sink (default 2): three tasks, two rebalancing edges.
+    assert_eq!(job.chains(), &[vec![0], vec![1], vec![2]]);
+    assert_eq!(job.explain().matches("REBALANCE").count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sink_slows_the_source_and_bounds_memory() {
+    let (registry, collected) = registry_with_collect();
+    let p = Pipeline::new("backpressure");
+    let max_rows = 512;
+    let capacity = 2;
+    p.registry(registry)
+        .batching(max_rows, Duration::from_millis(5))
+        .channel_capacity(capacity);
+    p.source(NexmarkSource::bids()) // unbounded
+        .rebalance()
+        .sink(slow_collect(2));
+    let handle = p.start().unwrap();
+    let metrics = handle.metrics();
+    let stop = handle.stop_handle();
+    let waiter = tokio::spawn(handle.wait());
+    // In flight between source and sink at most: the channel, the batch the sink holds,
+    // the batch the source is blocked sending, the batch it is building.
+    let bound = ((capacity + 3) * max_rows) as u64;
+    let mut max_in_flight = 0;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let produced = metrics.operators[0].sum(|s| &s.records_out);
+        let consumed = collected.rows() as u64;
+        max_in_flight = max_in_flight.max(produced.saturating_sub(consumed));
+    }
+    stop.stop().await;
+    waiter.await.unwrap().unwrap();
+    assert!(
+        max_in_flight <= bound,
+        "in flight {max_in_flight} > bound {bound}"
+    );
+    let blocked = metrics.operators[0].subtasks[0]
+        .backpressured_ns
+        .load(Relaxed);
+    assert!(blocked > 0, "the source never waited on the full channel");
+    // Everything the source produced arrived (graceful stop drains).
+    assert_eq!(metrics.source_records(), collected.rows() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_input_ends_with_max_watermark_then_flush() {
+    let (p, collected) = pipeline("eod", 2);
+    p.source(NexmarkSource::bids().events(5_000))
+        .key_by(["auction"])
+        .aggregate([count_star().alias("n")])
+        .sink(collect());
+    p.run().await.unwrap();
+    for subtask in 0..2 {
+        let events = collected.events_of(subtask);
+        let n = events.len();
+        assert!(n >= 2, "subtask {subtask} saw {events:?}");
+        assert!(matches!(events[n - 1], Seen::Close), "close comes last");
+        assert!(
+            matches!(events[n - 2], Seen::Watermark(w) if w == Watermark::MAX),
+            "the final watermark (+inf) comes right before close: {:?}",
+            &events[n - 2]
+        );
+        // Watermarks never go backwards.
+        let wms: Vec<i64> = events
+            .iter()
+            .filter_map(|e| match e {
+                Seen::Watermark(Watermark::EventTime(t)) => Some(*t),
+                _ => None,
+            })
+            .collect();
+        assert!(wms.windows(2).all(|w| w[0] <= w[1]), "{wms:?}");
+    }
+    // Running counts: the largest count per auction sums to the bids generated.
+    let mut finals = std::collections::HashMap::new();
+    for b in collected.batches() {
+        let a = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        let n = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        for i in 0..b.num_rows() {
+            let e = finals.entry(a.value(i)).or_insert(0);
+            *e = n.value(i).max(*e);
+        }
+    }
+    assert_eq!(finals.values().sum::<i64>(), 5_000 / 50 * 46);
+}
+
+async fn q2_rows(parallelism: usize) -> Vec<String> {
+    let (p, collected) = pipeline("q2", parallelism);
+    p.source(NexmarkSource::bids().events(200_000).seed(3))
+        .filter((col("auction") % lit(123)).eq(lit(0)))
+        .select([col("auction"), col("bidder"), col("price")])
+        .sink(collect());
+    p.run().await.unwrap();
+    canonical(&collected.batches())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_is_the_same_at_every_parallelism() {
+    let one = q2_rows(1).await;
+    assert!(!one.is_empty());
+    assert_eq!(one, q2_rows(2).await);
+    assert_eq!(one, q2_rows(3).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_aggregate_is_independent_of_parallelism() {
+    async fn run(p_src: usize, p_agg: usize) -> Vec<String> {
+        let (registry, collected) = registry_with_collect();
+        let p = Pipeline::new("agg");
+        p.registry(registry).parallelism(p_src);
+        let keyed = p
+            .source(NexmarkSource::bids().events(50_000))
+            .key_by(["bidder"]);
+        p.parallelism(p_agg);
+        keyed
+            .aggregate([count_star().alias("n"), sum(col("price")).alias("total")])
+            .sink(collect());
+        p.run().await.unwrap();
+        // Keep the final row per key (the one with the largest count).
+        let mut last = std::collections::BTreeMap::new();
+        for b in collected.batches() {
+            let k = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap();
+            let n = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap();
+            let t = b
+                .column(2)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap();
+            for i in 0..b.num_rows() {
+                let e = last.entry(k.value(i)).or_insert((0, 0));
+                if n.value(i) > e.0 {
+                    *e = (n.value(i), t.value(i));
+                }
+            }
+        }
+        last.into_iter()
+            .map(|(k, (n, t))| format!("{k},{n},{t}"))
+            .collect()
+    }
+    let base = run(1, 1).await;
+    assert_eq!(base, run(2, 2).await);
+    assert_eq!(base, run(1, 3).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_load_gives_small_batches_closed_by_linger() {
+    let (registry, collected) = registry_with_collect();
+    let p = Pipeline::new("linger");
+    p.registry(registry)
+        .batching(4096, Duration::from_millis(5));
+    p.source(NexmarkSource::bids().events(500).rate_limit(2_000.0))
+        .sink(collect());
+    let handle = p.start().unwrap();
+    let metrics = handle.metrics();
+    handle.wait().await.unwrap();
+    let batches = collected.batches();
+    assert_eq!(collected.rows(), 460);
+    assert!(
+        batches.len() > 1,
+        "linger must close batches before max_rows under light load"
+    );
+    assert!(batches.iter().all(|b| b.num_rows() < 4096));
+    assert_eq!(
+        metrics.sink_latency().count,
+        460,
+        "every row's end-to-end latency is recorded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_drains_an_unbounded_job() {
+    let (p, collected) = pipeline("stop", 2);
+    p.source(NexmarkSource::bids().rate_limit(50_000.0))
+        .key_by(["auction"])
+        .aggregate([count_star()])
+        .sink(collect());
+    let handle = p.start().unwrap();
+    let stop = handle.stop_handle();
+    let metrics = handle.metrics();
+    let waiter = tokio::spawn(handle.wait());
+    while metrics.sink_records() < 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.stop().await;
+    waiter.await.unwrap().unwrap();
+    for s in 0..2 {
+        assert!(matches!(collected.events_of(s).last(), Some(Seen::Close)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_fails_at_start_up_with_a_clear_message() {
+    let err = |p: Pipeline| p.prepare().err().expect("must fail").to_string();
+
+    let p = Pipeline::new("typo");
+    p.source(
+        NexmarkSource::bids()
+            .into_spec()
+            .with_option("evnts.num", "10"),
+    )
+    .sink(BlackholeSink::new());
+    let e = err(p);
+    assert!(
+        e.contains("connector `nexmark` has no option `evnts.num`"),
+        "{e}"
+    );
+    assert!(e.contains("events.num"), "lists the known options: {e}");
+
+    let p = Pipeline::new("unknown");
+    p.source(sluice::plan::ConnectorSpec::new("kafak"))
+        .sink(BlackholeSink::new());
+    let e = err(p);
+    assert!(e.contains("unknown source connector `kafak`"), "{e}");
+
+    let p = Pipeline::new("column");
+    p.source(NexmarkSource::bids())
+        .filter(col("prize").gt(lit(1)))
+        .sink(BlackholeSink::new());
+    let e = err(p);
+    assert!(e.contains("prize") && e.contains("filter"), "{e}");
+
+    let p = Pipeline::new("value");
+    p.source(
+        NexmarkSource::bids()
+            .into_spec()
+            .with_option("events.num", "many"),
+    )
+    .sink(BlackholeSink::new());
+    let e = err(p);
+    assert!(
+        e.contains("option `events.num` of connector `nexmark` is `many`"),
+        "{e}"
+    );
+
+    let p = Pipeline::new("event-time");
+    p.source(NexmarkSource::bids())
+        .event_time("channel")
+        .sink(BlackholeSink::new());
+    let e = err(p);
+    assert!(
+        e.contains("event-time column `channel` has type Utf8"),
+        "{e}"
+    );
+
+    let p = Pipeline::new("no-sink");
+    p.source(NexmarkSource::bids())
+        .filter(col("price").gt(lit(1)));
+    let e = err(p);
+    assert!(e.contains("end every stream in a sink"), "{e}");
+
+    let p = Pipeline::new("event-time-on-non-source");
+    p.source(NexmarkSource::bids())
+        .filter(col("price").gt(lit(1)))
+        .event_time("date_time")
+        .sink(BlackholeSink::new());
+    let e = err(p);
+    assert!(e.contains("right after `source(…)`"), "{e}");
+}
+
+#[test]
+fn the_cli_runs_a_bounded_job_and_exits_zero() {
+    let out = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "run",
+            "--example",
+            "hot-items",
+            "--events",
+            "20000",
+            "--quiet",
+            "--out",
+        ])
+        .arg(out.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(out.path().join("hot-items/part-0.jsonl")).unwrap();
+    assert!(text.lines().count() > 10);
+    assert!(text.contains("\"bids\":"));
+
+    let bench = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "bench",
+            "nexmark",
+            "--query",
+            "q1",
+            "--events",
+            "50000",
+            "--parallelism",
+            "2",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(bench.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&bench.stdout).unwrap();
+    for key in [
+        "query",
+        "events",
+        "parallelism",
+        "wall_s",
+        "cpu_s",
+        "events_per_sec",
+        "events_per_cpu_sec",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "peak_rss_mb",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key} in {v}");
+    }
+    assert_eq!(v["events"], 50_000);
+    assert_eq!(v["sink_rows"], 46_000);
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--example", "nope"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown example `nope`"));
+}

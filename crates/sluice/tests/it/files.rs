@@ -1,0 +1,287 @@
+//! Files: a streaming aggregate checked against DataFusion's batch GROUP BY over the
+//! same file; CSV / JSON / Parquet round trips; dead letters for malformed records.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, TimeUnit};
+use datafusion::prelude::{JsonReadOptions, SessionContext};
+use sluice::prelude::*;
+
+use crate::support::*;
+
+fn bid_file_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, false),
+        Field::new("bidder", DataType::Int64, false),
+        Field::new("price", DataType::Int64, false),
+        Field::new("channel", DataType::Utf8, false),
+        Field::new("url", DataType::Utf8, false),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("extra", DataType::Utf8, false),
+    ]))
+}
+
+fn read_jsonl(dir: &std::path::Path, schema: Arc<Schema>) -> Vec<RecordBatch> {
+    let mut out = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for f in files
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "jsonl"))
+    {
+        let r = arrow::json::ReaderBuilder::new(Arc::clone(&schema))
+            .build(std::io::BufReader::new(std::fs::File::open(f).unwrap()))
+            .unwrap();
+        out.extend(r.map(Result::unwrap));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_keyed_aggregate_equals_batch_group_by() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bids");
+    let output = dir.path().join("agg");
+
+    // 1. Write 200k Nexmark events' bids to JSON lines, at parallelism 2 (two files).
+    let p = Pipeline::new("write-bids");
+    p.parallelism(2);
+    p.source(NexmarkSource::bids().events(200_000).seed(11))
+        .sink(FileSink::json(&input));
+    p.run().await.unwrap();
+
+    // 2. Stream the files through a keyed running aggregate at parallelism 2.
+    let p = Pipeline::new("stream-agg");
+    p.parallelism(2);
+    p.source(FileSource::json(&input).with_schema(bid_file_schema()))
+        .event_time("date_time")
+        .key_by(["auction"])
+        .aggregate([
+            count_star().alias("n"),
+            sum(col("price")).alias("total"),
+            min(col("price")).alias("lo"),
+            max(col("price")).alias("hi"),
+            avg(col("price")).alias("mean"),
+        ])
+        .sink(FileSink::json(&output));
+    p.run().await.unwrap();
+
+    // The final value per key is its row with the largest count (counts only grow).
+    let out_schema = Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, false),
+        Field::new("n", DataType::Int64, false),
+        Field::new("total", DataType::Int64, true),
+        Field::new("lo", DataType::Int64, true),
+        Field::new("hi", DataType::Int64, true),
+        Field::new("mean", DataType::Float64, true),
+    ]));
+    let mut streamed: BTreeMap<i64, (i64, i64, i64, i64, String)> = BTreeMap::new();
+    for b in read_jsonl(&output, out_schema) {
+        let c = |i: usize| b.column(i).as_primitive::<Int64Type>().clone();
+        let (a, n, t, lo, hi) = (c(0), c(1), c(2), c(3), c(4));
+        let mean = b.column(5).as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            let e = streamed
+                .entry(a.value(i))
+                .or_insert((0, 0, 0, 0, String::new()));
+            if n.value(i) > e.0 {
+                *e = (
+                    n.value(i),
+                    t.value(i),
+                    lo.value(i),
+                    hi.value(i),
+                    format!("{:.6}", mean.value(i)),
+                );
+            }
+        }
+    }
+
+    // 3. The same GROUP BY in DataFusion, as a batch over the same files.
+    let ctx = SessionContext::new();
+    ctx.register_json(
+        "bids",
+        input.to_str().unwrap(),
+        JsonReadOptions::default().file_extension(".jsonl"),
+    )
+    .await
+    .unwrap();
+    let batches = ctx
+        .sql(
+            "SELECT auction, count(*) AS n, sum(price) AS total, min(price) AS lo, max(price) AS hi, \
+             avg(price) AS mean FROM bids GROUP BY auction ORDER BY auction",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut expected = BTreeMap::new();
+    for b in &batches {
+        let c = |i: usize| b.column(i).as_primitive::<Int64Type>().clone();
+        let (a, n, t, lo, hi) = (c(0), c(1), c(2), c(3), c(4));
+        let mean = b.column(5).as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            expected.insert(
+                a.value(i),
+                (
+                    n.value(i),
+                    t.value(i),
+                    lo.value(i),
+                    hi.value(i),
+                    format!("{:.6}", mean.value(i)),
+                ),
+            );
+        }
+    }
+    assert_eq!(expected.len(), streamed.len());
+    assert!(expected.len() > 100, "the test data has many keys");
+    assert_eq!(streamed, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_json_and_parquet_round_trip() {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("score", DataType::Float64, true),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("ok", DataType::Boolean, false),
+        Field::new(
+            "at",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]));
+    let datagen = || {
+        DatagenSource::new(Arc::clone(&schema))
+            .rows(3_000)
+            .seed_field()
+    };
+    let reference = {
+        let (registry, collected) = registry_with_collect();
+        let p = Pipeline::new("datagen");
+        p.registry(registry);
+        p.source(datagen()).sink(collect());
+        p.run().await.unwrap();
+        canonical(&collected.batches())
+    };
+    assert_eq!(reference.len(), 3_000);
+    let dir = tempfile::tempdir().unwrap();
+    for (format, sink, source) in [
+        (
+            "csv",
+            FileSink::csv(dir.path().join("csv")).with_header(),
+            FileSource::csv(dir.path().join("csv")).with_header(),
+        ),
+        (
+            "json",
+            FileSink::json(dir.path().join("json")),
+            FileSource::json(dir.path().join("json")),
+        ),
+        (
+            "parquet",
+            FileSink::parquet(dir.path().join("parquet")),
+            FileSource::parquet(dir.path().join("parquet")),
+        ),
+    ] {
+        let p = Pipeline::new("write");
+        p.parallelism(2);
+        p.source(datagen()).sink(sink);
+        p.run().await.unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.path().join(format))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| n.starts_with("part-")),
+            "no in-progress files left: {names:?}"
+        );
+
+        let (registry, collected) = registry_with_collect();
+        let p = Pipeline::new("read");
+        p.registry(registry);
+        p.source(source.with_schema(Arc::clone(&schema)))
+            .event_time("at")
+            .sink(collect());
+        p.run().await.unwrap();
+        assert_eq!(
+            canonical(&collected.batches()),
+            reference,
+            "{format} round trip"
+        );
+    }
+}
+
+trait SeedField {
+    fn seed_field(self) -> Self;
+}
+
+impl SeedField for DatagenSource {
+    fn seed_field(self) -> Self {
+        self.field("id", "kind", "sequence")
+            .field("id", "start", 1)
+            .field("id", "end", 1_000_000)
+            .field("score", "null-rate", 0.1)
+            .field("name", "length", 8)
+            .field("name", "null-rate", 0.1)
+            .field("at", "min", 1_700_000_000_000i64)
+            .field("at", "max", 1_700_000_100_000i64)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_records_go_to_the_dead_letter_output_with_their_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"k\":\"a\",\"v\":1}\n{\"k\":\"b\",\"v\":\n{\"k\":\"c\",\"v\":3}\n\n{\"k\":\"d\",\"v\":\"four\"}\n{\"k\":\"e\",\"v\":5}\n",
+    )
+    .unwrap();
+    let dlq = dir.path().join("dead.jsonl");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, true),
+        Field::new("v", DataType::Int64, true),
+    ]));
+    let (registry, collected) = registry_with_collect();
+    let p = Pipeline::new("dlq");
+    p.registry(registry).dead_letters(&dlq);
+    p.source(FileSource::json(&input).with_schema(schema))
+        .sink(collect());
+    let handle = p.start().unwrap();
+    let metrics = handle.metrics();
+    handle.wait().await.unwrap();
+
+    let keys: Vec<String> = collected
+        .batches()
+        .iter()
+        .flat_map(|b| {
+            let k = b.column(0).as_string::<i32>();
+            (0..k.len())
+                .map(|i| k.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(keys, ["a", "c", "e"], "good records keep flowing, in order");
+    assert_eq!(metrics.dead_letters(), 2);
+    let dead: Vec<serde_json::Value> = std::fs::read_to_string(&dlq)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 2);
+    let path = input.display().to_string();
+    assert_eq!(dead[0]["position"], format!("{path}:2"));
+    assert_eq!(dead[0]["raw"], "{\"k\":\"b\",\"v\":");
+    assert_eq!(dead[1]["position"], format!("{path}:5"));
+    assert_eq!(dead[1]["raw"], "{\"k\":\"d\",\"v\":\"four\"}");
+    assert!(!dead[1]["error"].as_str().unwrap().is_empty());
+}

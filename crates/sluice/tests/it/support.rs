@@ -1,0 +1,163 @@
+//! Test connectors: a sink that records everything it sees, optionally slowly.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use sluice::plan::ConnectorSpec;
+use sluice::runtime::{Collector, ConnectorRegistry, Operator, OperatorContext, SinkConnector};
+use sluice_types::{Batch, Result, TaskInfo, Watermark};
+
+/// What a collect sink saw, in order, per subtask.
+#[derive(Clone, Debug)]
+pub enum Seen {
+    Rows(RecordBatch),
+    Watermark(Watermark),
+    Close,
+}
+
+#[derive(Clone, Default)]
+pub struct Collected(pub Arc<Mutex<Vec<(usize, Seen)>>>);
+
+impl Collected {
+    pub fn batches(&self) -> Vec<RecordBatch> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(_, s)| match s {
+                Seen::Rows(b) => Some(b.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn rows(&self) -> usize {
+        self.batches().iter().map(|b| b.num_rows()).sum()
+    }
+
+    pub fn events_of(&self, subtask: usize) -> Vec<Seen> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| *s == subtask)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+}
+
+pub struct CollectConnector {
+    pub collected: Collected,
+}
+
+impl SinkConnector for CollectConnector {
+    type Config = (SchemaRef, u64);
+
+    fn name(&self) -> &'static str {
+        "collect"
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        &["delay-ms"]
+    }
+
+    fn parse(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<(SchemaRef, u64)> {
+        let delay = spec
+            .options
+            .get("delay-ms")
+            .map_or(0, |d| d.parse().unwrap());
+        Ok((Arc::clone(input), delay))
+    }
+
+    fn create(&self, config: &Arc<(SchemaRef, u64)>, task: &TaskInfo) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(CollectOperator {
+            schema: Arc::clone(&config.0),
+            delay: Duration::from_millis(config.1),
+            subtask: task.subtask,
+            collected: self.collected.clone(),
+        }))
+    }
+}
+
+struct CollectOperator {
+    schema: SchemaRef,
+    delay: Duration,
+    subtask: usize,
+    collected: Collected,
+}
+
+impl CollectOperator {
+    fn push(&self, s: Seen) {
+        self.collected.0.lock().unwrap().push((self.subtask, s));
+    }
+}
+
+#[async_trait]
+impl Operator for CollectOperator {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn process_batch(
+        &mut self,
+        batch: Batch,
+        _: &mut OperatorContext,
+        _: &mut dyn Collector,
+    ) -> Result<()> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.push(Seen::Rows(batch.user_columns()));
+        Ok(())
+    }
+
+    async fn on_watermark(
+        &mut self,
+        wm: Watermark,
+        _: &mut OperatorContext,
+        _: &mut dyn Collector,
+    ) -> Result<Option<Watermark>> {
+        self.push(Seen::Watermark(wm));
+        Ok(Some(wm))
+    }
+
+    async fn on_close(&mut self, _: &mut OperatorContext, _: &mut dyn Collector) -> Result<()> {
+        self.push(Seen::Close);
+        Ok(())
+    }
+}
+
+/// The built-in connectors plus a collect sink; returns the registry and what it collects.
+pub fn registry_with_collect() -> (ConnectorRegistry, Collected) {
+    let collected = Collected::default();
+    let mut r = sluice::connectors::registry();
+    r.register_sink(CollectConnector {
+        collected: collected.clone(),
+    });
+    (r, collected)
+}
+
+pub fn collect() -> ConnectorSpec {
+    ConnectorSpec::new("collect")
+}
+
+pub fn slow_collect(delay_ms: u64) -> ConnectorSpec {
+    ConnectorSpec::new("collect").with_option("delay-ms", delay_ms)
+}
+
+/// Sorted, pretty-printed rows: a canonical form for comparing unordered outputs.
+pub fn canonical(batches: &[RecordBatch]) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for b in batches {
+        let mut buf = Vec::new();
+        let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+        w.write(b).unwrap();
+        w.finish().unwrap();
+        lines.extend(String::from_utf8(buf).unwrap().lines().map(str::to_string));
+    }
+    lines.sort();
+    lines
+}
