@@ -84,9 +84,8 @@ impl Format {
         }
         let start = lines[0].0;
         let end = lines[lines.len() - 1].1;
-        match self.decode_all(schema, &buf[start..end], lines.len()) {
-            Ok(b) => return Ok(Some(b)),
-            Err(_) => {}
+        if let Ok(b) = self.decode_all(schema, &buf[start..end], lines.len()) {
+            return Ok(Some(b));
         }
         // Slow path: one record at a time, keeping the good ones.
         let mut good = Vec::new();

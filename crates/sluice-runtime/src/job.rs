@@ -304,7 +304,7 @@ impl PreparedJob {
             };
             let pu = plan.nodes[e.from].parallelism;
             let pd = plan.nodes[e.to].parallelism;
-            for u in 0..pu {
+            for (u, out) in outputs[up].iter_mut().enumerate().take(pu) {
                 let targets: Vec<usize> = match e.partitioning {
                     Partitioning::Forward => vec![u],
                     _ => (0..pd).collect(),
@@ -330,7 +330,7 @@ impl PreparedJob {
                         plan.config.max_parallelism,
                     ),
                 };
-                outputs[up][u].push(OutputEdge::new(router, senders));
+                out.push(OutputEdge::new(router, senders));
             }
         }
 

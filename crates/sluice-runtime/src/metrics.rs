@@ -35,7 +35,8 @@ fn bucket_upper(b: usize) -> u64 {
     }
     let shift = (b - LINEAR) / SUB + 1;
     let mantissa = (b - LINEAR) % SUB;
-    (((SUB + mantissa + 1) << shift) - 1).min(u64::MAX)
+    let upper = (u128::from(SUB + mantissa + 1) << shift) - 1;
+    upper.min(u128::from(u64::MAX)) as u64
 }
 
 impl Default for Histogram {
@@ -226,13 +227,14 @@ mod tests {
     #[test]
     fn buckets_are_monotonic_and_tight() {
         let mut last = 0;
-        for v in (0..200_000u64).chain([1 << 30, 1 << 40, u64::MAX / 2]) {
+        for v in (0..200_000u64).chain([1 << 30, 1 << 40, u64::MAX / 2, u64::MAX]) {
             let b = bucket_of(v);
             assert!(b >= last, "bucket of {v} went backwards");
             last = b;
             let up = bucket_upper(b);
             assert!(up >= v, "upper {up} < {v}");
             assert!(up - v <= v / 16 + 1, "bucket too wide at {v}: {up}");
+            assert!(b < BUCKETS);
         }
     }
 
