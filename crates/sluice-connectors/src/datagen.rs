@@ -13,9 +13,6 @@
 //!
 //! Row `i` is a function of `(seed, i)`; split `k` of `n` generates rows `k, k+n, …`.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use arrow::array::{
     ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int8Builder, Int16Builder,
     Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
@@ -26,10 +23,11 @@ use async_trait::async_trait;
 use sluice_plan::ConnectorSpec;
 use sluice_runtime::{OperatorContext, ReadResult, SourceConnector, SourceReader, Split};
 use sluice_types::{Result, SluiceError, TaskInfo};
-use tokio::time::Instant;
+use std::sync::Arc;
 
 use crate::nexmark::rng::Rng;
 use crate::options::OptionReader;
+use crate::pacer::Pacer;
 
 #[derive(Clone, Debug)]
 enum FieldGen {
@@ -211,9 +209,7 @@ impl SourceConnector for DatagenConnector {
             config: Arc::clone(config),
             next: splits.iter().map(|s| s.index as u64).collect(),
             stride: task.parallelism as u64,
-            generated: 0,
-            started: None,
-            rate: config.rate.map(|r| r / task.parallelism as f64),
+            pacer: config.rate.map(|r| Pacer::new(r / task.parallelism as f64)),
         }))
     }
 }
@@ -223,9 +219,7 @@ pub struct DatagenReader {
     config: Arc<DatagenConfig>,
     next: Vec<u64>,
     stride: u64,
-    generated: u64,
-    started: Option<Instant>,
-    rate: Option<f64>,
+    pacer: Option<Pacer>,
 }
 
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -337,17 +331,8 @@ impl SourceReader for DatagenReader {
             return Ok(ReadResult::End);
         }
         let mut budget = max_rows as u64;
-        if let Some(rate) = self.rate {
-            let start = *self.started.get_or_insert_with(Instant::now);
-            loop {
-                let due = (start.elapsed().as_secs_f64() * rate) as u64;
-                if due > self.generated {
-                    budget = budget.min(due - self.generated);
-                    break;
-                }
-                let at = start + Duration::from_secs_f64((self.generated + 1) as f64 / rate);
-                tokio::time::sleep_until(at).await;
-            }
+        if let Some(p) = self.pacer.as_mut() {
+            budget = budget.min(p.due().await);
         }
         let mut ids = Vec::with_capacity(budget as usize);
         let mut k = 0;
@@ -362,7 +347,9 @@ impl SourceReader for DatagenReader {
             self.next[i] += self.stride;
             k += 1;
         }
-        self.generated += ids.len() as u64;
+        if let Some(p) = self.pacer.as_mut() {
+            p.emitted(ids.len() as u64);
+        }
         if ids.is_empty() {
             return Ok(ReadResult::End);
         }

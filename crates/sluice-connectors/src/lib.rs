@@ -7,6 +7,7 @@ pub mod file;
 pub mod format;
 pub mod nexmark;
 pub mod options;
+pub mod pacer;
 pub mod sinks;
 
 pub use datagen::DatagenSource;
