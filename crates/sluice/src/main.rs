@@ -11,6 +11,11 @@ use sluice::bench;
 use sluice::examples::{self, ExampleArgs};
 use sluice::runtime::metrics::JobMetrics;
 
+// Batches allocate and free buffers of hundreds of KiB; glibc malloc serves those with
+// mmap/munmap and page faults on every batch. mimalloc keeps them in its pages.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",
