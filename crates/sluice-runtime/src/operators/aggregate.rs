@@ -283,7 +283,6 @@ impl Operator for AggregateOperator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::VecCollector;
     use datafusion_expr::col;
     use datafusion_functions_aggregate::expr_fn::{avg, count, max, min, sum};
     use sluice_testkit::{assert_pretty, batch_from_pretty};
@@ -316,13 +315,9 @@ mod tests {
             &schema,
         )
         .unwrap();
-        let mut op = (p.factory)(&sluice_types::TaskInfo::for_test("aggregate")).unwrap();
-        let mut ctx = OperatorContext::for_test(schema);
-        let mut out = VecCollector::default();
-        op.process_batch(b1, &mut ctx, &mut out).await.unwrap();
-        op.process_batch(b2, &mut ctx, &mut out).await.unwrap();
+        let out = super::super::run_prepared(&p, vec![b1, b2]).await.unwrap();
         assert_pretty(
-            &out.batches,
+            &out,
             "
             +---+---+-------+----+----+------+-------------------------+
             | k | n | total | lo | hi | mean | _timestamp              |

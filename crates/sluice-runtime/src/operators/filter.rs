@@ -95,7 +95,6 @@ impl Operator for FilterOperator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::{OperatorContext, VecCollector};
     use datafusion_expr::{col, lit};
     use sluice_testkit::{assert_pretty, batch_from_pretty};
 
@@ -111,12 +110,9 @@ mod tests {
         );
         let p =
             FilterOperator::prepare(&col("price").gt(lit(1_000)), &input.data.schema()).unwrap();
-        let mut op = (p.factory)(&sluice_types::TaskInfo::for_test("filter")).unwrap();
-        let mut ctx = OperatorContext::for_test(input.data.schema());
-        let mut out = VecCollector::default();
-        op.process_batch(input, &mut ctx, &mut out).await.unwrap();
+        let out = super::super::run_prepared(&p, vec![input]).await.unwrap();
         assert_pretty(
-            &out.batches,
+            &out,
             "
             +---------+-------+-------------------------+
             | auction | price | _timestamp              |

@@ -49,3 +49,23 @@ pub fn prepare(
         )),
     }
 }
+
+/// Runs a prepared operator over batches, returning what it emitted (including on close).
+#[cfg(test)]
+pub(crate) async fn run_prepared(
+    prepared: &PreparedOperator,
+    input: Vec<sluice_types::Batch>,
+) -> Result<Vec<sluice_types::Batch>> {
+    let schema = input
+        .first()
+        .map(|b| b.data.schema())
+        .ok_or_else(|| SluiceError::internal("no input"))?;
+    let mut op = (prepared.factory)(&TaskInfo::for_test("test"))?;
+    let mut ctx = crate::operator::OperatorContext::for_test(schema);
+    let mut out = crate::operator::VecCollector::default();
+    for b in input {
+        op.process_batch(b, &mut ctx, &mut out).await?;
+    }
+    op.on_close(&mut ctx, &mut out).await?;
+    Ok(out.batches)
+}

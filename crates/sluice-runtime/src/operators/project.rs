@@ -98,7 +98,6 @@ impl Operator for ProjectOperator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::VecCollector;
     use datafusion_expr::{col, lit};
     use sluice_testkit::{assert_pretty, batch_from_pretty};
 
@@ -116,12 +115,9 @@ mod tests {
             &schema,
         )
         .unwrap();
-        let mut op = (p.factory)(&sluice_types::TaskInfo::for_test("project")).unwrap();
-        let mut ctx = OperatorContext::for_test(schema);
-        let mut out = VecCollector::default();
-        op.process_batch(input, &mut ctx, &mut out).await.unwrap();
+        let out = super::super::run_prepared(&p, vec![input]).await.unwrap();
         assert_pretty(
-            &out.batches,
+            &out,
             "
             +---------+--------+-------------------------+
             | auction | double | _timestamp              |

@@ -11,22 +11,6 @@ use sluice::prelude::*;
 
 use crate::support::*;
 
-fn bid_file_schema() -> Arc<Schema> {
-    Arc::new(Schema::new(vec![
-        Field::new("auction", DataType::Int64, false),
-        Field::new("bidder", DataType::Int64, false),
-        Field::new("price", DataType::Int64, false),
-        Field::new("channel", DataType::Utf8, false),
-        Field::new("url", DataType::Utf8, false),
-        Field::new(
-            "date_time",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-        Field::new("extra", DataType::Utf8, false),
-    ]))
-}
-
 fn read_jsonl(dir: &std::path::Path, schema: Arc<Schema>) -> Vec<RecordBatch> {
     let mut out = Vec::new();
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -62,7 +46,7 @@ async fn streaming_keyed_aggregate_equals_batch_group_by() {
     // 2. Stream the files through a keyed running aggregate at parallelism 2.
     let p = Pipeline::new("stream-agg");
     p.parallelism(2);
-    p.source(FileSource::json(&input).with_schema(bid_file_schema()))
+    p.source(FileSource::json(&input).with_schema(sluice::connectors::nexmark::bid_schema()))
         .event_time("date_time")
         .key_by(["auction"])
         .aggregate([
