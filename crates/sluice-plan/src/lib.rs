@@ -117,8 +117,58 @@ pub enum NodeKind {
         /// Aggregate expressions (`count`, `sum`, `min`, `max`, `avg`, any UDAF), aliased.
         aggregates: Vec<Expr>,
     },
+    /// An event-time window aggregate: per key (or over all rows if no keys) and window,
+    /// one row when the watermark passes the window's end.
+    WindowAggregate {
+        /// Grouping columns; empty for a non-keyed window (parallelism 1).
+        keys: Vec<String>,
+        /// The window.
+        window: WindowSpec,
+        /// Aggregate expressions, aliased.
+        aggregates: Vec<Expr>,
+        /// How long after a window fires late rows still update it (and re-fire it).
+        allowed_lateness: Duration,
+    },
     /// Writes to a connector.
     Sink(ConnectorSpec),
+}
+
+/// An event-time window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowSpec {
+    /// Fixed, non-overlapping windows of `size`, aligned to the epoch.
+    Tumbling {
+        /// Window length.
+        size: Duration,
+    },
+    /// Windows of `size` starting every `slide` (a row is in `size / slide` windows).
+    Hopping {
+        /// Window length.
+        size: Duration,
+        /// Distance between window starts.
+        slide: Duration,
+    },
+}
+
+impl WindowSpec {
+    /// (size, slide) in milliseconds.
+    pub fn size_and_slide_ms(&self) -> (i64, i64) {
+        match self {
+            WindowSpec::Tumbling { size } => (size.as_millis() as i64, size.as_millis() as i64),
+            WindowSpec::Hopping { size, slide } => {
+                (size.as_millis() as i64, slide.as_millis() as i64)
+            }
+        }
+    }
+}
+
+impl fmt::Display for WindowSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WindowSpec::Tumbling { size } => write!(f, "TUMBLE({size:?})"),
+            WindowSpec::Hopping { size, slide } => write!(f, "HOP({size:?}, slide {slide:?})"),
+        }
+    }
 }
 
 impl NodeKind {
@@ -129,6 +179,7 @@ impl NodeKind {
             NodeKind::Filter { .. } => "filter".into(),
             NodeKind::Project { .. } => "project".into(),
             NodeKind::Aggregate { .. } => "aggregate".into(),
+            NodeKind::WindowAggregate { window, .. } => format!("window-aggregate {window}"),
             NodeKind::Sink(s) => format!("sink:{}", s.connector),
         }
     }

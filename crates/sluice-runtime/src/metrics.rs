@@ -134,6 +134,8 @@ pub struct SubtaskMetrics {
     pub watermark: AtomicI64,
     /// Records sent to the dead-letter output.
     pub dead_letters: AtomicU64,
+    /// Rows that arrived after their windows closed (beyond allowed lateness).
+    pub late_records: AtomicU64,
     /// End-to-end latency in µs (sinks only): sink time minus ingest time.
     pub latency_us: Histogram,
 }
@@ -209,6 +211,14 @@ impl JobMetrics {
             h.merge(&o.latency());
         }
         h
+    }
+
+    /// Rows that arrived after their windows closed.
+    pub fn late_records(&self) -> u64 {
+        self.operators
+            .iter()
+            .map(|o| o.sum(|s| &s.late_records))
+            .sum()
     }
 
     /// Records sent to dead-letter output.

@@ -31,9 +31,9 @@ use crate::operator::{Collector, Operator, OperatorContext};
 
 /// One aggregate, planned.
 #[derive(Clone)]
-struct PlannedAggregate {
-    function: Arc<AggregateFunctionExpr>,
-    args: Vec<Arc<dyn PhysicalExpr>>,
+pub(crate) struct PlannedAggregate {
+    pub function: Arc<AggregateFunctionExpr>,
+    pub args: Vec<Arc<dyn PhysicalExpr>>,
 }
 
 /// Keyed running aggregate.
@@ -67,20 +67,25 @@ pub struct AggregateOperator {
     accumulators: Vec<Vec<Box<dyn Accumulator>>>,
 }
 
-impl AggregateOperator {
-    /// Checks keys and aggregates against the input schema.
-    pub fn prepare(
+/// Keys and aggregates checked against an input schema; shared by the running and the
+/// window aggregates.
+pub(crate) struct PlannedAggregates {
+    pub key_indices: Vec<usize>,
+    pub key_fields: Vec<Arc<Field>>,
+    pub aggregates: Vec<PlannedAggregate>,
+    pub aggregate_fields: Vec<Arc<Field>>,
+}
+
+impl PlannedAggregates {
+    /// `reserved` are output names the caller adds itself (e.g. `window_start`).
+    pub fn plan(
         keys: &[String],
         aggregates: &[Expr],
         input: &SchemaRef,
-    ) -> Result<PreparedOperator> {
-        if keys.is_empty() {
-            return Err(SluiceError::user(
-                "a running aggregate needs at least one key column (use key_by)",
-            ));
-        }
+        reserved: &[&str],
+    ) -> Result<Self> {
         let mut key_indices = Vec::new();
-        let mut fields: Vec<Arc<Field>> = Vec::new();
+        let mut key_fields: Vec<Arc<Field>> = Vec::new();
         for k in keys {
             let i = input.index_of(k).map_err(|_| {
                 SluiceError::user(format!(
@@ -89,12 +94,13 @@ impl AggregateOperator {
                 ))
             })?;
             key_indices.push(i);
-            fields.push(Arc::new(input.field(i).clone()));
+            key_fields.push(Arc::new(input.field(i).clone()));
         }
         let df = df_schema(input)?;
         let props = ExecutionProps::new();
         let ctx = PhysicalPlanningContext::default();
         let mut planned = Vec::new();
+        let mut aggregate_fields: Vec<Arc<Field>> = Vec::new();
         for a in aggregates {
             let coerced = coerce(a, &df)?;
             let lowered = LoweredAggregateBuilder::new(&coerced, &df, input, &props, &ctx)
@@ -110,18 +116,49 @@ impl AggregateOperator {
                 )));
             }
             let field = lowered.aggregate.field();
-            if fields.iter().any(|f| f.name() == field.name()) || field.name() == TIMESTAMP_FIELD {
+            let taken = key_fields
+                .iter()
+                .chain(&aggregate_fields)
+                .any(|f| f.name() == field.name());
+            if taken || field.name() == TIMESTAMP_FIELD || reserved.contains(&field.name().as_str())
+            {
                 return Err(SluiceError::user(format!(
                     "output column `{}` is named twice; give the aggregate an alias",
                     field.name()
                 )));
             }
-            fields.push(field);
+            aggregate_fields.push(field);
             planned.push(PlannedAggregate {
                 args: lowered.aggregate.expressions(),
                 function: lowered.aggregate,
             });
         }
+        Ok(Self {
+            key_indices,
+            key_fields,
+            aggregates: planned,
+            aggregate_fields,
+        })
+    }
+}
+
+impl AggregateOperator {
+    /// Checks keys and aggregates against the input schema.
+    pub fn prepare(
+        keys: &[String],
+        aggregates: &[Expr],
+        input: &SchemaRef,
+    ) -> Result<PreparedOperator> {
+        if keys.is_empty() {
+            return Err(SluiceError::user(
+                "a running aggregate needs at least one key column (use key_by)",
+            ));
+        }
+        let planned = PlannedAggregates::plan(keys, aggregates, input, &[])?;
+        let key_indices = planned.key_indices.clone();
+        let mut fields = planned.key_fields.clone();
+        fields.extend(planned.aggregate_fields.iter().cloned());
+        let planned = planned.aggregates;
         fields.push(Arc::new(timestamp_field()));
         let schema: SchemaRef = Arc::new(Schema::new(fields));
         let output_schema = Arc::clone(&schema);

@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod filter;
 pub mod project;
+pub mod window;
 
 use std::sync::Arc;
 
@@ -37,6 +38,18 @@ pub fn prepare(
         NodeKind::Aggregate { keys, aggregates } => {
             aggregate::AggregateOperator::prepare(keys, aggregates, input)
         }
+        NodeKind::WindowAggregate {
+            keys,
+            window,
+            aggregates,
+            allowed_lateness,
+        } => window::WindowAggregateOperator::prepare(
+            keys,
+            *window,
+            aggregates,
+            *allowed_lateness,
+            input,
+        ),
         NodeKind::Sink(spec) => {
             let factory = registry.sink(&spec.connector)?.prepare(spec, input)?;
             Ok(PreparedOperator {

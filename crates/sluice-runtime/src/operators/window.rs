@@ -1,0 +1,771 @@
+//! Event-time tumbling and hopping window aggregates, computed from slices.
+//!
+//! ```text
+//!  slide = 2 s, size = 6 s  →  slice width = gcd(size, slide) = 2 s
+//!  time   0     2     4     6     8     10
+//!  slices |--a--|--b--|--c--|--d--|--e--|
+//!  window [0,6)  = a+b+c        fires when the watermark reaches 5.999
+//!  window [2,8)  =   b+c+d      (slices are merged, rows are never copied)
+//! ```
+//!
+//! Each row updates exactly one slice: per key, DataFusion `GroupsAccumulator`s, updated
+//! columnar per batch. When the watermark passes a window's end, the window's slices are
+//! sealed into intermediate state, merged, and evaluated; a slice is freed as soon as the
+//! last window containing it can no longer change (its end plus the allowed lateness is
+//! behind the watermark), so state stays proportional to the open windows.
+//!
+//! A late row (its windows have fired) still updates them within the allowed lateness, and
+//! each window it changed fires again with the updated result. Beyond that it is counted
+//! (`late_records`) and sent to the dead-letter output with its event time and the
+//! watermark it missed: never dropped without a trace.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::compute::{take, take_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, Rows, SortField};
+use async_trait::async_trait;
+use datafusion_common::hash_utils::RandomState;
+use datafusion_expr::{EmitTo, Expr, GroupsAccumulator};
+use datafusion_physical_expr::GroupsAccumulatorAdapter;
+use sluice_plan::WindowSpec;
+use sluice_types::{Batch, Result, SluiceError, Watermark, timestamp_field};
+
+use super::PreparedOperator;
+use super::aggregate::{PlannedAggregate, PlannedAggregates};
+use crate::dead_letter::DeadLetter;
+use crate::expr::evaluate;
+use crate::operator::{Collector, Operator, OperatorContext};
+
+/// Output column: inclusive window start.
+pub const WINDOW_START: &str = "window_start";
+/// Output column: exclusive window end.
+pub const WINDOW_END: &str = "window_end";
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
+    SluiceError::user("window aggregate computation failed").with_source(e)
+}
+
+/// Window geometry in milliseconds.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    size: i64,
+    slide: i64,
+    /// Slice width: gcd(size, slide).
+    width: i64,
+    lateness: i64,
+}
+
+impl Geometry {
+    fn slice_of(&self, t: i64) -> i64 {
+        t.div_euclid(self.width) * self.width
+    }
+
+    /// End of the first window containing the slice starting at `s`.
+    fn first_end(&self, s: i64) -> i64 {
+        (s + self.width + self.slide - 1).div_euclid(self.slide) * self.slide
+    }
+
+    /// End of the last window containing the slice starting at `s`.
+    fn last_end(&self, s: i64) -> i64 {
+        (s + self.size).div_euclid(self.slide) * self.slide
+    }
+
+    /// A window fires once the watermark reaches its last millisecond.
+    fn fired(end: i64, watermark: i64) -> bool {
+        end.saturating_sub(1) <= watermark
+    }
+
+    /// Whether the window ending at `end` can still change.
+    fn expired(&self, end: i64, watermark: i64) -> bool {
+        end.saturating_sub(1).saturating_add(self.lateness) <= watermark
+    }
+}
+
+/// Key rows to dense group indices.
+struct GroupMap {
+    converter: Option<RowConverter>,
+    ids: HashMap<Box<[u8]>, u32, RandomState>,
+    keys: Option<Rows>,
+    len: usize,
+}
+
+impl GroupMap {
+    fn new(key_types: &[DataType]) -> Result<Self> {
+        let converter = if key_types.is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(
+                key_types
+                    .iter()
+                    .map(|t| SortField::new(t.clone()))
+                    .collect(),
+            )?)
+        };
+        let keys = converter.as_ref().map(|c| c.empty_rows(0, 0));
+        Ok(Self {
+            converter,
+            ids: HashMap::with_hasher(RandomState::default()),
+            keys,
+            len: 0,
+        })
+    }
+
+    /// Group index of every row of `key_columns` (`rows` rows).
+    fn intern(
+        &mut self,
+        key_columns: &[ArrayRef],
+        rows: usize,
+        out: &mut Vec<usize>,
+    ) -> Result<()> {
+        out.clear();
+        let (Some(conv), Some(keys)) = (self.converter.as_mut(), self.keys.as_mut()) else {
+            // Not keyed: one group.
+            self.len = self.len.max(usize::from(rows > 0));
+            out.resize(rows, 0);
+            return Ok(());
+        };
+        let encoded = conv.convert_columns(key_columns)?;
+        for row in encoded.iter() {
+            let id = match self.ids.get(row.as_ref()) {
+                Some(&id) => id,
+                None => {
+                    let id = self.len as u32;
+                    self.ids.insert(row.as_ref().into(), id);
+                    keys.push(row);
+                    self.len += 1;
+                    id
+                }
+            };
+            out.push(id as usize);
+        }
+        Ok(())
+    }
+
+    /// The key columns of all groups, in group order.
+    fn key_columns(&self) -> Result<Vec<ArrayRef>> {
+        match (&self.converter, &self.keys) {
+            (Some(c), Some(k)) => Ok(c.convert_rows(k.iter())?),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Intermediate state of a finished part of a slice: key columns and, per aggregate,
+/// its state columns (one row per group).
+struct Sealed {
+    keys: Vec<ArrayRef>,
+    states: Vec<Vec<ArrayRef>>,
+    groups: usize,
+}
+
+struct OpenPart {
+    groups: GroupMap,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+#[derive(Default)]
+struct Slice {
+    sealed: Vec<Sealed>,
+    open: Option<OpenPart>,
+}
+
+/// The tumbling / hopping window aggregate.
+///
+/// ```
+/// # use std::sync::Arc; use std::time::Duration;
+/// # use arrow::datatypes::*;
+/// use datafusion_expr::col;
+/// use datafusion_functions_aggregate::expr_fn::count;
+/// use sluice_plan::WindowSpec;
+/// use sluice_runtime::operators::window::WindowAggregateOperator;
+/// let schema = Arc::new(Schema::new(vec![
+///     Field::new("auction", DataType::Int64, false),
+///     sluice_types::timestamp_field(),
+/// ]));
+/// let op = WindowAggregateOperator::prepare(
+///     &["auction".to_string()],
+///     WindowSpec::Hopping { size: Duration::from_secs(10), slide: Duration::from_secs(2) },
+///     &[count(col("auction")).alias("bids")],
+///     Duration::ZERO,
+///     &schema,
+/// ).unwrap();
+/// let names: Vec<_> = op.output_schema.fields().iter().map(|f| f.name().clone()).collect();
+/// assert_eq!(names, ["auction", "window_start", "window_end", "bids", "_timestamp"]);
+/// ```
+pub struct WindowAggregateOperator {
+    geometry: Geometry,
+    key_indices: Vec<usize>,
+    key_types: Vec<DataType>,
+    aggregates: Vec<PlannedAggregate>,
+    schema: SchemaRef,
+    slices: BTreeMap<i64, Slice>,
+    /// Every window with an end at or below this has fired.
+    fired_up_to: i64,
+    watermark: i64,
+    scratch: Vec<usize>,
+}
+
+impl WindowAggregateOperator {
+    /// Checks the window, keys and aggregates against the input schema.
+    pub fn prepare(
+        keys: &[String],
+        window: WindowSpec,
+        aggregates: &[Expr],
+        allowed_lateness: Duration,
+        input: &SchemaRef,
+    ) -> Result<PreparedOperator> {
+        let (size, slide) = window.size_and_slide_ms();
+        if size <= 0 || slide <= 0 {
+            return Err(SluiceError::user(format!(
+                "window {window}: size and slide must be at least 1 ms"
+            )));
+        }
+        if slide > size {
+            return Err(SluiceError::user(format!(
+                "window {window}: the slide is longer than the size, so rows between windows would be lost"
+            )));
+        }
+        let planned =
+            PlannedAggregates::plan(keys, aggregates, input, &[WINDOW_START, WINDOW_END])?;
+        let ts_type = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let mut fields: Vec<Arc<Field>> = planned.key_fields.clone();
+        for name in [WINDOW_START, WINDOW_END] {
+            if fields.iter().any(|f| f.name() == name) {
+                return Err(SluiceError::user(format!(
+                    "key column `{name}` clashes with the window column"
+                )));
+            }
+            fields.push(Arc::new(Field::new(name, ts_type.clone(), false)));
+        }
+        fields.extend(planned.aggregate_fields.iter().cloned());
+        fields.push(Arc::new(timestamp_field()));
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let geometry = Geometry {
+            size,
+            slide,
+            width: gcd(size, slide),
+            lateness: allowed_lateness.as_millis() as i64,
+        };
+        let key_types: Vec<DataType> = planned
+            .key_fields
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        // Fail now, not at the first batch, if a key type cannot be row-encoded.
+        GroupMap::new(&key_types)?;
+        let output_schema = Arc::clone(&schema);
+        Ok(PreparedOperator {
+            output_schema,
+            factory: Arc::new(move |_| {
+                Ok(Box::new(WindowAggregateOperator {
+                    geometry,
+                    key_indices: planned.key_indices.clone(),
+                    key_types: key_types.clone(),
+                    aggregates: planned.aggregates.clone(),
+                    schema: Arc::clone(&schema),
+                    slices: BTreeMap::new(),
+                    fired_up_to: i64::MIN,
+                    watermark: i64::MIN,
+                    scratch: Vec::new(),
+                }) as Box<dyn Operator>)
+            }),
+        })
+    }
+
+    /// Number of slices held (for tests of state cleanup).
+    pub fn slices_held(&self) -> usize {
+        self.slices.len()
+    }
+
+    fn new_accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
+        self.aggregates
+            .iter()
+            .map(|a| {
+                let f = Arc::clone(&a.function);
+                if f.groups_accumulator_supported() {
+                    f.create_groups_accumulator().map_err(df_err)
+                } else {
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        f.create_accumulator()
+                    })) as Box<dyn GroupsAccumulator>)
+                }
+            })
+            .collect()
+    }
+
+    fn open_part(&self) -> Result<OpenPart> {
+        Ok(OpenPart {
+            groups: GroupMap::new(&self.key_types)?,
+            accumulators: self.new_accumulators()?,
+        })
+    }
+
+    /// Rows of one slice: update its open part.
+    fn update_slice(
+        &mut self,
+        start: i64,
+        rows: &RecordBatch,
+        args: &[Vec<ArrayRef>],
+    ) -> Result<()> {
+        let fresh = match self.slices.get(&start).and_then(|s| s.open.as_ref()) {
+            Some(_) => None,
+            None => Some(self.open_part()?),
+        };
+        let slice = self.slices.entry(start).or_default();
+        if let Some(p) = fresh {
+            slice.open = Some(p);
+        }
+        let part = slice.open.as_mut().expect("invariant: opened above");
+        let keys: Vec<ArrayRef> = self
+            .key_indices
+            .iter()
+            .map(|&i| Arc::clone(rows.column(i)))
+            .collect();
+        part.groups
+            .intern(&keys, rows.num_rows(), &mut self.scratch)?;
+        let total = part.groups.len;
+        for (acc, values) in part.accumulators.iter_mut().zip(args) {
+            acc.update_batch(values, &self.scratch, None, total)
+                .map_err(df_err)?;
+        }
+        Ok(())
+    }
+
+    fn late_rows(&self, ctx: &OperatorContext, rows: &RecordBatch) -> Result<()> {
+        ctx.metrics
+            .late_records
+            .fetch_add(rows.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut buf = Vec::new();
+        {
+            let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+            w.write(rows)?;
+            w.finish()?;
+        }
+        for line in String::from_utf8_lossy(&buf).lines() {
+            ctx.dead_letter(DeadLetter {
+                position: format!("{} (late)", ctx.task.operator_name),
+                error: format!(
+                    "late row: every window it belongs to closed (watermark {} ms, allowed lateness {} ms)",
+                    self.watermark, self.geometry.lateness
+                ),
+                raw: line.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Fires every window with an end in `ends`, in order, and emits one batch.
+    async fn fire(&mut self, ends: &BTreeSet<i64>, out: &mut dyn Collector) -> Result<()> {
+        let mut batches = Vec::new();
+        for &end in ends {
+            if let Some(b) = self.evaluate_window(end)? {
+                batches.push(b);
+            }
+        }
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let data = arrow::compute::concat_batches(&self.schema, &batches)?;
+        let ingest = sluice_types::IngestTime::at(sluice_types::now_micros());
+        out.collect(Batch { data, ingest }).await
+    }
+
+    fn seal(&mut self, start: i64) -> Result<()> {
+        let Some(slice) = self.slices.get_mut(&start) else {
+            return Ok(());
+        };
+        let Some(mut part) = slice.open.take() else {
+            return Ok(());
+        };
+        let keys = part.groups.key_columns()?;
+        let groups = part.groups.len;
+        let states = part
+            .accumulators
+            .iter_mut()
+            .map(|a| a.state(EmitTo::All).map_err(df_err))
+            .collect::<Result<Vec<_>>>()?;
+        slice.sealed.push(Sealed {
+            keys,
+            states,
+            groups,
+        });
+        Ok(())
+    }
+
+    fn evaluate_window(&mut self, end: i64) -> Result<Option<RecordBatch>> {
+        let start = end - self.geometry.size;
+        let members: Vec<i64> = self.slices.range(start..end).map(|(&s, _)| s).collect();
+        if members.is_empty() {
+            return Ok(None);
+        }
+        let (groups, keys, values) = if members.len() == 1
+            && self.geometry.size == self.geometry.slide
+            && self.geometry.lateness == 0
+            && self.slices[&members[0]].sealed.is_empty()
+        {
+            // Tumbling without lateness: nothing else will read this slice; evaluate it.
+            let mut slice = self
+                .slices
+                .remove(&members[0])
+                .expect("invariant: member exists");
+            let mut part = slice
+                .open
+                .take()
+                .expect("invariant: unsealed slice has an open part");
+            let values = part
+                .accumulators
+                .iter_mut()
+                .map(|a| a.evaluate(EmitTo::All).map_err(df_err))
+                .collect::<Result<Vec<_>>>()?;
+            (part.groups.len, part.groups.key_columns()?, values)
+        } else {
+            for &s in &members {
+                self.seal(s)?;
+            }
+            let mut merged = self.open_part()?;
+            for s in &members {
+                for sealed in &self.slices[s].sealed {
+                    merged
+                        .groups
+                        .intern(&sealed.keys, sealed.groups, &mut self.scratch)?;
+                    let total = merged.groups.len;
+                    for (acc, state) in merged.accumulators.iter_mut().zip(&sealed.states) {
+                        acc.merge_batch(state, &self.scratch, total)
+                            .map_err(df_err)?;
+                    }
+                }
+            }
+            let values = merged
+                .accumulators
+                .iter_mut()
+                .map(|a| a.evaluate(EmitTo::All).map_err(df_err))
+                .collect::<Result<Vec<_>>>()?;
+            (merged.groups.len, merged.groups.key_columns()?, values)
+        };
+        if groups == 0 {
+            return Ok(None);
+        }
+        let mut columns = keys;
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(
+            start, groups,
+        )));
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(end, groups)));
+        columns.extend(values);
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(
+            end - 1,
+            groups,
+        )));
+        Ok(Some(RecordBatch::try_new(
+            Arc::clone(&self.schema),
+            columns,
+        )?))
+    }
+
+    /// Drops slices that no window can read any more.
+    fn expire(&mut self) {
+        let g = self.geometry;
+        let wm = self.watermark;
+        self.slices.retain(|&s, _| !g.expired(g.last_end(s), wm));
+    }
+}
+
+#[async_trait]
+impl Operator for WindowAggregateOperator {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn process_batch(
+        &mut self,
+        batch: Batch,
+        ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        let g = self.geometry;
+        let ts = batch.timestamps();
+        // Row indices per slice (most batches touch one or two slices).
+        let mut per_slice: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (i, &t) in ts.values().iter().enumerate() {
+            per_slice.entry(g.slice_of(t)).or_default().push(i as u32);
+        }
+        let args: Vec<Vec<ArrayRef>> = self
+            .aggregates
+            .iter()
+            .map(|a| a.args.iter().map(|e| evaluate(e, &batch)).collect())
+            .collect::<Result<_>>()?;
+        let mut refire = BTreeSet::new();
+        for (start, rows) in per_slice {
+            let idx = UInt32Array::from(rows);
+            let part = if idx.len() == batch.num_rows() {
+                batch.data.clone()
+            } else {
+                take_record_batch(&batch.data, &idx)?
+            };
+            if g.expired(g.last_end(start), self.watermark) {
+                self.late_rows(ctx, &part)?;
+                continue;
+            }
+            let part_args: Vec<Vec<ArrayRef>> = if idx.len() == batch.num_rows() {
+                args.clone()
+            } else {
+                args.iter()
+                    .map(|cols| {
+                        cols.iter()
+                            .map(|c| take(c, &idx, None))
+                            .collect::<std::result::Result<_, _>>()
+                    })
+                    .collect::<std::result::Result<_, _>>()?
+            };
+            self.update_slice(start, &part, &part_args)?;
+            // Windows that already fired and include this slice fire again.
+            let mut end = g.first_end(start);
+            while end <= g.last_end(start) && end <= self.fired_up_to {
+                if !g.expired(end, self.watermark) {
+                    refire.insert(end);
+                }
+                end += g.slide;
+            }
+        }
+        if !refire.is_empty() {
+            self.fire(&refire, out).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_watermark(
+        &mut self,
+        watermark: Watermark,
+        _ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<Option<Watermark>> {
+        let Some(wm) = watermark.event_time() else {
+            return Ok(Some(watermark));
+        };
+        if wm <= self.watermark {
+            return Ok(Some(watermark));
+        }
+        self.watermark = wm;
+        let g = self.geometry;
+        let mut due = BTreeSet::new();
+        for &s in self.slices.keys() {
+            let mut end = g.first_end(s).max(self.fired_up_to.saturating_add(1));
+            // Align to the slide grid.
+            end = (end + g.slide - 1).div_euclid(g.slide) * g.slide;
+            while end <= g.last_end(s) && Geometry::fired(end, wm) {
+                due.insert(end);
+                end += g.slide;
+            }
+        }
+        if let Some(&last) = due.last() {
+            self.fire(&due, out).await?;
+            self.fired_up_to = self.fired_up_to.max(last);
+        }
+        self.expire();
+        Ok(Some(watermark))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion_expr::col;
+    use datafusion_functions_aggregate::expr_fn::{count, max, sum};
+    use sluice_testkit::{assert_pretty, batch_from_pretty};
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    async fn run(window: WindowSpec, lateness: Duration, steps: Vec<Step>) -> (Vec<Batch>, u64) {
+        let first = match &steps[0] {
+            Step::Rows(b) => b.clone(),
+            Step::Wm(_) => panic!("start with rows"),
+        };
+        let schema = first.data.schema();
+        let p = WindowAggregateOperator::prepare(
+            &["k".into()],
+            window,
+            &[
+                count(col("v")).alias("n"),
+                sum(col("v")).alias("total"),
+                max(col("v")).alias("hi"),
+            ],
+            lateness,
+            &schema,
+        )
+        .unwrap();
+        let mut op = (p.factory)(&sluice_types::TaskInfo::for_test("window")).unwrap();
+        let mut ctx = OperatorContext::for_test(schema);
+        let mut out = crate::operator::VecCollector::default();
+        for s in steps {
+            match s {
+                Step::Rows(b) => op.process_batch(b, &mut ctx, &mut out).await.unwrap(),
+                Step::Wm(t) => {
+                    op.on_watermark(Watermark::EventTime(t), &mut ctx, &mut out)
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+        let late = ctx
+            .metrics
+            .late_records
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (out.batches, late)
+    }
+
+    enum Step {
+        Rows(Batch),
+        Wm(i64),
+    }
+
+    #[tokio::test]
+    async fn tumbling_windows_fire_on_watermark_with_out_of_order_rows() {
+        let (out, late) = run(
+            WindowSpec::Tumbling { size: secs(10) },
+            Duration::ZERO,
+            vec![
+                Step::Rows(batch_from_pretty(
+                    "
+                    | k:Utf8 | v:Int64 | _timestamp:Ts |
+                    | a      | 1       | 1000          |
+                    | b      | 2       | 12000         |
+                    | a      | 3       | 9999          |",
+                )),
+                Step::Wm(9_000),
+                Step::Rows(batch_from_pretty(
+                    "
+                    | k:Utf8 | v:Int64 | _timestamp:Ts |
+                    | a      | 4       | 9500          |
+                    | a      | 5       | 15000         |",
+                )),
+                Step::Wm(9_999),
+                Step::Rows(batch_from_pretty(
+                    "
+                    | k:Utf8 | v:Int64 | _timestamp:Ts |
+                    | a      | 100     | 9000          |",
+                )),
+                Step::Wm(i64::MAX),
+            ],
+        )
+        .await;
+        assert_pretty(
+            &out,
+            "
+            +---+---------------------+---------------------+---+-------+----+-------------------------+
+            | k | window_start        | window_end          | n | total | hi | _timestamp              |
+            +---+---------------------+---------------------+---+-------+----+-------------------------+
+            | a | 1970-01-01T00:00:00 | 1970-01-01T00:00:10 | 3 | 8     | 4  | 1970-01-01T00:00:09.999 |
+            | b | 1970-01-01T00:00:10 | 1970-01-01T00:00:20 | 1 | 2     | 2  | 1970-01-01T00:00:19.999 |
+            | a | 1970-01-01T00:00:10 | 1970-01-01T00:00:20 | 1 | 5     | 5  | 1970-01-01T00:00:19.999 |
+            +---+---------------------+---------------------+---+-------+----+-------------------------+",
+        );
+        assert_eq!(late, 1, "the row at 9 000 arrived after its window closed");
+    }
+
+    #[tokio::test]
+    async fn hopping_windows_merge_slices() {
+        let (out, _) = run(
+            WindowSpec::Hopping {
+                size: secs(4),
+                slide: secs(2),
+            },
+            Duration::ZERO,
+            vec![
+                Step::Rows(batch_from_pretty(
+                    "
+                    | k:Utf8 | v:Int64 | _timestamp:Ts |
+                    | a      | 1       | 500           |
+                    | a      | 2       | 2500          |
+                    | a      | 3       | 4500          |",
+                )),
+                Step::Wm(i64::MAX),
+            ],
+        )
+        .await;
+        assert_pretty(
+            &out,
+            "
+            +---+---------------------+---------------------+---+-------+----+-------------------------+
+            | k | window_start        | window_end          | n | total | hi | _timestamp              |
+            +---+---------------------+---------------------+---+-------+----+-------------------------+
+            | a | 1969-12-31T23:59:58 | 1970-01-01T00:00:02 | 1 | 1     | 1  | 1970-01-01T00:00:01.999 |
+            | a | 1970-01-01T00:00:00 | 1970-01-01T00:00:04 | 2 | 3     | 2  | 1970-01-01T00:00:03.999 |
+            | a | 1970-01-01T00:00:02 | 1970-01-01T00:00:06 | 2 | 5     | 3  | 1970-01-01T00:00:05.999 |
+            | a | 1970-01-01T00:00:04 | 1970-01-01T00:00:08 | 1 | 3     | 3  | 1970-01-01T00:00:07.999 |
+            +---+---------------------+---------------------+---+-------+----+-------------------------+",
+        );
+    }
+
+    #[tokio::test]
+    async fn allowed_lateness_refires_then_late_rows_are_counted() {
+        let (out, late) = run(
+            WindowSpec::Tumbling { size: secs(10) },
+            secs(5),
+            vec![
+                Step::Rows(batch_from_pretty(
+                    "
+                    | k:Utf8 | v:Int64 | _timestamp:Ts |
+                    | a      | 1       | 1000          |",
+                )),
+                Step::Wm(10_000),
+                Step::Rows(batch_from_pretty(
+                    "
+                    | k:Utf8 | v:Int64 | _timestamp:Ts |
+                    | a      | 2       | 2000          |",
+                )),
+                Step::Wm(15_000),
+                Step::Rows(batch_from_pretty(
+                    "
+                    | k:Utf8 | v:Int64 | _timestamp:Ts |
+                    | a      | 3       | 3000          |",
+                )),
+            ],
+        )
+        .await;
+        assert_pretty(
+            &out,
+            "
+            +---+---------------------+---------------------+---+-------+----+-------------------------+
+            | k | window_start        | window_end          | n | total | hi | _timestamp              |
+            +---+---------------------+---------------------+---+-------+----+-------------------------+
+            | a | 1970-01-01T00:00:00 | 1970-01-01T00:00:10 | 1 | 1     | 1  | 1970-01-01T00:00:09.999 |
+            | a | 1970-01-01T00:00:00 | 1970-01-01T00:00:10 | 2 | 3     | 2  | 1970-01-01T00:00:09.999 |
+            +---+---------------------+---------------------+---+-------+----+-------------------------+",
+        );
+        assert_eq!(late, 1, "beyond the allowed lateness the row is late");
+    }
+
+    #[test]
+    fn invalid_windows_are_rejected() {
+        let b = batch_from_pretty(
+            "
+            | k:Utf8 | _timestamp:Ts |
+            | a      | 1             |",
+        );
+        let e = WindowAggregateOperator::prepare(
+            &["k".into()],
+            WindowSpec::Hopping {
+                size: secs(2),
+                slide: secs(4),
+            },
+            &[],
+            Duration::ZERO,
+            &b.data.schema(),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.to_string().contains("slide is longer than the size"),
+            "{e}"
+        );
+    }
+}
