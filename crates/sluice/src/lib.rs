@@ -22,7 +22,7 @@ pub mod bench;
 pub mod examples;
 mod pipeline;
 
-pub use pipeline::{IntoSink, IntoSource, KeyedStream, Pipeline, Stream};
+pub use pipeline::{IntoSink, IntoSource, KeyedStream, Pipeline, Stream, Window, WindowedStream};
 pub use sluice_connectors as connectors;
 pub use sluice_plan as plan;
 pub use sluice_runtime as runtime;
@@ -41,7 +41,7 @@ pub mod functions {
 /// Everything a pipeline needs, in one import.
 pub mod prelude {
     pub use crate::functions::*;
-    pub use crate::{IntoSink, IntoSource, KeyedStream, Pipeline, Stream};
+    pub use crate::{IntoSink, IntoSource, KeyedStream, Pipeline, Stream, Window, WindowedStream};
     pub use datafusion_expr::{Expr, col, lit};
     pub use sluice_connectors::{
         BlackholeSink, DatagenSource, FileSink, FileSource, NexmarkSource, PrintSink,

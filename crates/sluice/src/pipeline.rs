@@ -10,6 +10,7 @@ use sluice_connectors::{
 };
 use sluice_plan::{
     ConnectorSpec, EventTime, JobPlan, NodeId, NodeKind, Partitioning, SourceNode, WatermarkSpec,
+    WindowSpec,
 };
 use sluice_runtime::{ConnectorRegistry, JobHandle, PreparedJob};
 use sluice_types::{Result, SluiceError};
@@ -191,8 +192,16 @@ impl Pipeline {
 
 impl Stream {
     fn add(&self, kind: NodeKind) -> Stream {
+        let p = self
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .parallelism;
+        self.add_with_parallelism(kind, p)
+    }
+
+    fn add_with_parallelism(&self, kind: NodeKind, p: usize) -> Stream {
         let mut b = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let p = b.parallelism;
         let up_p = b.plan.nodes[self.node].parallelism;
         let name = kind.label();
         let id = b.plan.add_node(name, p, kind);
@@ -315,5 +324,92 @@ impl KeyedStream {
             keys: self.keys.clone(),
             aggregates: aggregates.into_iter().collect(),
         })
+    }
+}
+
+/// An event-time window.
+///
+/// ```
+/// use sluice::Window;
+/// use std::time::Duration;
+/// let w = Window::hopping(Duration::from_secs(10), Duration::from_secs(2));
+/// assert_eq!(w.to_string(), "HOP(10s, slide 2s)");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window(WindowSpec);
+
+impl Window {
+    /// Fixed, non-overlapping windows of `size`.
+    pub fn tumbling(size: Duration) -> Self {
+        Self(WindowSpec::Tumbling { size })
+    }
+
+    /// Windows of `size` starting every `slide`.
+    pub fn hopping(size: Duration, slide: Duration) -> Self {
+        Self(WindowSpec::Hopping { size, slide })
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A stream divided into windows, per key or over all rows.
+#[derive(Clone)]
+pub struct WindowedStream {
+    stream: Stream,
+    keys: Vec<String>,
+    window: Window,
+    allowed_lateness: Duration,
+}
+
+impl WindowedStream {
+    /// Late rows within this bound still update their windows, which fire again.
+    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
+        self.allowed_lateness = lateness;
+        self
+    }
+
+    /// One row per key and window when the watermark passes the window's end, with
+    /// `window_start`, `window_end` and the aggregates.
+    pub fn aggregate(&self, aggregates: impl IntoIterator<Item = Expr>) -> Stream {
+        let kind = NodeKind::WindowAggregate {
+            keys: self.keys.clone(),
+            window: self.window.0,
+            aggregates: aggregates.into_iter().collect(),
+            allowed_lateness: self.allowed_lateness,
+        };
+        if self.keys.is_empty() {
+            // All rows meet in one subtask.
+            let s = self.stream.add_with_parallelism(kind, 1);
+            return s;
+        }
+        self.stream.add(kind)
+    }
+}
+
+impl KeyedStream {
+    /// Windows per key.
+    pub fn window(&self, window: Window) -> WindowedStream {
+        WindowedStream {
+            stream: self.stream.clone(),
+            keys: self.keys.clone(),
+            window,
+            allowed_lateness: Duration::ZERO,
+        }
+    }
+}
+
+impl Stream {
+    /// Windows over all rows (not keyed): the aggregate runs with parallelism 1.
+    pub fn window_all(&self, window: Window) -> WindowedStream {
+        WindowedStream {
+            stream: self.clone(),
+            keys: Vec::new(),
+            window,
+            allowed_lateness: Duration::ZERO,
+        }
     }
 }
