@@ -53,6 +53,29 @@ fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
     SluiceError::user("window aggregate computation failed").with_source(e)
 }
 
+/// Event times windows accept: ±146 million years, so that window bounds never overflow.
+pub const MIN_EVENT_TIME: i64 = i64::MIN / 2;
+/// See [`MIN_EVENT_TIME`].
+pub const MAX_EVENT_TIME: i64 = i64::MAX / 2;
+
+/// Sends rows to the dead-letter output, one JSON line each, with the reason.
+fn dead_letter_rows(ctx: &OperatorContext, rows: &RecordBatch, error: &str) -> Result<()> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+        w.write(rows)?;
+        w.finish()?;
+    }
+    for line in String::from_utf8_lossy(&buf).lines() {
+        ctx.dead_letter(DeadLetter {
+            position: ctx.task.operator_name.clone(),
+            error: error.to_string(),
+            raw: line.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Window geometry in milliseconds.
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
@@ -65,17 +88,32 @@ struct Geometry {
 
 impl Geometry {
     fn slice_of(&self, t: i64) -> i64 {
-        t.div_euclid(self.width) * self.width
+        t.div_euclid(self.width).saturating_mul(self.width)
     }
 
-    /// End of the first window containing the slice starting at `s`.
+    /// Window starts lie on the slide grid; ends are `start + size` (on the grid only
+    /// when the slide divides the size). The smallest window end at or above `x`.
+    fn end_at_or_after(&self, x: i64) -> i64 {
+        let start = x.saturating_sub(self.size);
+        start
+            .saturating_add(self.slide - 1)
+            .div_euclid(self.slide)
+            .saturating_mul(self.slide)
+            .saturating_add(self.size)
+    }
+
+    /// End of the first window containing the slice starting at `s`
+    /// (the window must reach the slice's end, `s + width`).
     fn first_end(&self, s: i64) -> i64 {
-        (s + self.width + self.slide - 1).div_euclid(self.slide) * self.slide
+        self.end_at_or_after(s.saturating_add(self.width))
     }
 
-    /// End of the last window containing the slice starting at `s`.
+    /// End of the last window containing the slice starting at `s`
+    /// (the last grid start at or before `s`).
     fn last_end(&self, s: i64) -> i64 {
-        (s + self.size).div_euclid(self.slide) * self.slide
+        s.div_euclid(self.slide)
+            .saturating_mul(self.slide)
+            .saturating_add(self.size)
     }
 
     /// A window fires once the watermark reaches its last millisecond.
@@ -222,6 +260,27 @@ impl WindowAggregateOperator {
         allowed_lateness: Duration,
         input: &SchemaRef,
     ) -> Result<PreparedOperator> {
+        let template = Self::new(keys, window, aggregates, allowed_lateness, input)?;
+        let output_schema = Arc::clone(&template.schema);
+        // The factory runs once per subtask at start-up; the lock is never contended.
+        let template = std::sync::Mutex::new(template);
+        Ok(PreparedOperator {
+            output_schema,
+            factory: Arc::new(move |_| {
+                let t = template.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(Box::new(t.fresh()) as Box<dyn Operator>)
+            }),
+        })
+    }
+
+    /// An operator with empty state.
+    pub fn new(
+        keys: &[String],
+        window: WindowSpec,
+        aggregates: &[Expr],
+        allowed_lateness: Duration,
+        input: &SchemaRef,
+    ) -> Result<Self> {
         let (size, slide) = window.size_and_slide_ms();
         if size <= 0 || slide <= 0 {
             return Err(SluiceError::user(format!(
@@ -247,13 +306,6 @@ impl WindowAggregateOperator {
         }
         fields.extend(planned.aggregate_fields.iter().cloned());
         fields.push(Arc::new(timestamp_field()));
-        let schema: SchemaRef = Arc::new(Schema::new(fields));
-        let geometry = Geometry {
-            size,
-            slide,
-            width: gcd(size, slide),
-            lateness: allowed_lateness.as_millis() as i64,
-        };
         let key_types: Vec<DataType> = planned
             .key_fields
             .iter()
@@ -261,23 +313,37 @@ impl WindowAggregateOperator {
             .collect();
         // Fail now, not at the first batch, if a key type cannot be row-encoded.
         GroupMap::new(&key_types)?;
-        let output_schema = Arc::clone(&schema);
-        Ok(PreparedOperator {
-            output_schema,
-            factory: Arc::new(move |_| {
-                Ok(Box::new(WindowAggregateOperator {
-                    geometry,
-                    key_indices: planned.key_indices.clone(),
-                    key_types: key_types.clone(),
-                    aggregates: planned.aggregates.clone(),
-                    schema: Arc::clone(&schema),
-                    slices: BTreeMap::new(),
-                    fired_up_to: i64::MIN,
-                    watermark: i64::MIN,
-                    scratch: Vec::new(),
-                }) as Box<dyn Operator>)
-            }),
+        Ok(Self {
+            geometry: Geometry {
+                size,
+                slide,
+                width: gcd(size, slide),
+                lateness: allowed_lateness.as_millis() as i64,
+            },
+            key_indices: planned.key_indices,
+            key_types,
+            aggregates: planned.aggregates,
+            schema: Arc::new(Schema::new(fields)),
+            slices: BTreeMap::new(),
+            fired_up_to: i64::MIN,
+            watermark: i64::MIN,
+            scratch: Vec::new(),
         })
+    }
+
+    /// The same operator with empty state (one per subtask).
+    fn fresh(&self) -> Self {
+        Self {
+            geometry: self.geometry,
+            key_indices: self.key_indices.clone(),
+            key_types: self.key_types.clone(),
+            aggregates: self.aggregates.clone(),
+            schema: Arc::clone(&self.schema),
+            slices: BTreeMap::new(),
+            fired_up_to: i64::MIN,
+            watermark: i64::MIN,
+            scratch: Vec::new(),
+        }
     }
 
     /// Number of slices held (for tests of state cleanup).
@@ -343,23 +409,14 @@ impl WindowAggregateOperator {
         ctx.metrics
             .late_records
             .fetch_add(rows.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
-        let mut buf = Vec::new();
-        {
-            let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
-            w.write(rows)?;
-            w.finish()?;
-        }
-        for line in String::from_utf8_lossy(&buf).lines() {
-            ctx.dead_letter(DeadLetter {
-                position: format!("{} (late)", ctx.task.operator_name),
-                error: format!(
-                    "late row: every window it belongs to closed (watermark {} ms, allowed lateness {} ms)",
-                    self.watermark, self.geometry.lateness
-                ),
-                raw: line.to_string(),
-            });
-        }
-        Ok(())
+        dead_letter_rows(
+            ctx,
+            rows,
+            &format!(
+                "late row: every window it belongs to closed (watermark {} ms, allowed lateness {} ms)",
+                self.watermark, self.geometry.lateness
+            ),
+        )
     }
 
     /// Fires every window with an end in `ends`, in order, and emits one batch.
@@ -401,7 +458,7 @@ impl WindowAggregateOperator {
     }
 
     fn evaluate_window(&mut self, end: i64) -> Result<Option<RecordBatch>> {
-        let start = end - self.geometry.size;
+        let start = end.saturating_sub(self.geometry.size);
         let members: Vec<i64> = self.slices.range(start..end).map(|(&s, _)| s).collect();
         if members.is_empty() {
             return Ok(None);
@@ -460,7 +517,7 @@ impl WindowAggregateOperator {
         columns.push(Arc::new(TimestampMillisecondArray::from_value(end, groups)));
         columns.extend(values);
         columns.push(Arc::new(TimestampMillisecondArray::from_value(
-            end - 1,
+            end.saturating_sub(1),
             groups,
         )));
         Ok(Some(RecordBatch::try_new(
@@ -493,8 +550,23 @@ impl Operator for WindowAggregateOperator {
         let ts = batch.timestamps();
         // Row indices per slice (most batches touch one or two slices).
         let mut per_slice: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        let mut out_of_range = Vec::new();
         for (i, &t) in ts.values().iter().enumerate() {
-            per_slice.entry(g.slice_of(t)).or_default().push(i as u32);
+            if (MIN_EVENT_TIME..=MAX_EVENT_TIME).contains(&t) {
+                per_slice.entry(g.slice_of(t)).or_default().push(i as u32);
+            } else {
+                out_of_range.push(i as u32);
+            }
+        }
+        if !out_of_range.is_empty() {
+            let bad = take_record_batch(&batch.data, &UInt32Array::from(out_of_range))?;
+            dead_letter_rows(
+                ctx,
+                &bad,
+                &format!(
+                    "event time outside the range windows support ({MIN_EVENT_TIME}..={MAX_EVENT_TIME} ms)"
+                ),
+            )?;
         }
         let args: Vec<Vec<ArrayRef>> = self
             .aggregates
@@ -531,7 +603,10 @@ impl Operator for WindowAggregateOperator {
                 if !g.expired(end, self.watermark) {
                     refire.insert(end);
                 }
-                end += g.slide;
+                match end.checked_add(g.slide) {
+                    Some(next) => end = next,
+                    None => break,
+                }
             }
         }
         if !refire.is_empty() {
@@ -556,12 +631,17 @@ impl Operator for WindowAggregateOperator {
         let g = self.geometry;
         let mut due = BTreeSet::new();
         for &s in self.slices.keys() {
-            let mut end = g.first_end(s).max(self.fired_up_to.saturating_add(1));
-            // Align to the slide grid.
-            end = (end + g.slide - 1).div_euclid(g.slide) * g.slide;
+            let not_fired = match self.fired_up_to {
+                i64::MIN => i64::MIN,
+                f => g.end_at_or_after(f.saturating_add(1)),
+            };
+            let mut end = g.first_end(s).max(not_fired);
             while end <= g.last_end(s) && Geometry::fired(end, wm) {
                 due.insert(end);
-                end += g.slide;
+                match end.checked_add(g.slide) {
+                    Some(next) => end = next,
+                    None => break,
+                }
             }
         }
         if let Some(&last) = due.last() {
@@ -585,6 +665,15 @@ mod tests {
     }
 
     async fn run(window: WindowSpec, lateness: Duration, steps: Vec<Step>) -> (Vec<Batch>, u64) {
+        let (out, late, _) = run_counting(window, lateness, steps).await;
+        (out, late)
+    }
+
+    async fn run_counting(
+        window: WindowSpec,
+        lateness: Duration,
+        steps: Vec<Step>,
+    ) -> (Vec<Batch>, u64, u64) {
         let first = match &steps[0] {
             Step::Rows(b) => b.clone(),
             Step::Wm(_) => panic!("start with rows"),
@@ -619,7 +708,11 @@ mod tests {
             .metrics
             .late_records
             .load(std::sync::atomic::Ordering::Relaxed);
-        (out.batches, late)
+        let dead = ctx
+            .metrics
+            .dead_letters
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (out.batches, late, dead)
     }
 
     enum Step {
@@ -744,6 +837,37 @@ mod tests {
         assert_eq!(late, 1, "beyond the allowed lateness the row is late");
     }
 
+    #[tokio::test]
+    async fn extreme_event_times_neither_panic_nor_hang() {
+        let (out, late, dead) = run_counting(
+            WindowSpec::Hopping {
+                size: secs(4),
+                slide: secs(2),
+            },
+            Duration::ZERO,
+            vec![
+                Step::Rows(batch_from_pretty(&format!(
+                    "
+                    | k:Utf8 | v:Int64 | _timestamp:Ts |
+                    | a      | 1       | {}            |
+                    | b      | 2       | {}            |
+                    | c      | 3       | 1000          |",
+                    i64::MIN + 5,
+                    i64::MAX - 5
+                ))),
+                Step::Wm(i64::MAX),
+            ],
+        )
+        .await;
+        let rows: usize = out.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 2, "the in-range row is in its two windows");
+        assert_eq!(
+            (late, dead),
+            (0, 2),
+            "out-of-range rows go to the dead-letter output"
+        );
+    }
+
     #[test]
     fn invalid_windows_are_rejected() {
         let b = batch_from_pretty(
@@ -767,5 +891,155 @@ mod tests {
             e.to_string().contains("slide is longer than the size"),
             "{e}"
         );
+    }
+
+    mod property {
+        use super::*;
+        use arrow::array::{Int64Array, StringArray};
+        use proptest::prelude::*;
+        use sluice_types::IngestTime;
+
+        const BOUND: i64 = 100;
+
+        fn reference(rows: &[(i64, i64, i64)], size: i64, slide: i64) -> Vec<String> {
+            // From scratch: every window [s, s + size) with s on the slide grid holding t.
+            let mut acc: BTreeMap<(i64, i64), (i64, i64, i64)> = BTreeMap::new();
+            for &(k, v, t) in rows {
+                let mut s = t.div_euclid(slide) * slide;
+                while s > t - size {
+                    let e = acc.entry((k, s)).or_insert((0, 0, i64::MIN));
+                    *e = (e.0 + 1, e.1 + v, e.2.max(v));
+                    s -= slide;
+                }
+            }
+            let mut out: Vec<String> = acc
+                .into_iter()
+                .map(|((k, s), (n, total, hi))| format!("k{k},{s},{},{n},{total},{hi}", s + size))
+                .collect();
+            out.sort();
+            out
+        }
+
+        fn batch(rows: &[(i64, i64, i64)]) -> Batch {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Utf8, false),
+                Field::new("v", DataType::Int64, false),
+                timestamp_field(),
+            ]));
+            let data = RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|r| format!("k{}", r.0)),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        rows.iter().map(|r| r.2),
+                    )),
+                ],
+            )
+            .unwrap();
+            Batch::try_new(data, IngestTime::at(0)).unwrap()
+        }
+
+        fn rows_of(out: &[Batch]) -> Vec<String> {
+            let mut v = Vec::new();
+            for b in out {
+                let d = &b.data;
+                let k = d.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                let ts = |i: usize| {
+                    d.column(i)
+                        .as_any()
+                        .downcast_ref::<TimestampMillisecondArray>()
+                        .unwrap()
+                        .clone()
+                };
+                let int = |i: usize| {
+                    d.column(i)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap()
+                        .clone()
+                };
+                let (ws, we, n, total, hi) = (ts(1), ts(2), int(3), int(4), int(5));
+                for r in 0..d.num_rows() {
+                    v.push(format!(
+                        "{},{},{},{},{},{}",
+                        k.value(r),
+                        ws.value(r),
+                        we.value(r),
+                        n.value(r),
+                        total.value(r),
+                        hi.value(r)
+                    ));
+                }
+            }
+            v.sort();
+            v
+        }
+
+        fn geometry() -> impl Strategy<Value = (i64, i64)> {
+            prop_oneof![
+                (1..=5i64).prop_map(|k| (100 * k, 100 * k)), // tumbling
+                (1..=3i64, 1..=4i64).prop_map(|(s, k)| (100 * s * k, 100 * s)), // hopping, size = k * slide
+                Just((300i64, 200i64)), // slide does not divide size
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn windows_equal_a_batch_computation(
+                (size, slide) in geometry(),
+                events in prop::collection::vec((0..4i64, -50..50i64, 0..40i64, 0..=BOUND), 1..300),
+                cuts in prop::collection::vec(1..40usize, 1..20),
+            ) {
+                // Rows out of order by at most BOUND: t = base - jitter, base non-decreasing.
+                let mut base = 0;
+                let rows: Vec<(i64, i64, i64)> = events
+                    .iter()
+                    .map(|&(k, v, step, jitter)| {
+                        base += step;
+                        (k, v, base - jitter)
+                    })
+                    .collect();
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let keys = ["k".to_string()];
+                let aggs = [count(col("v")).alias("n"), sum(col("v")).alias("total"), max(col("v")).alias("hi")];
+                let schema = batch(&rows[..1]).data.schema();
+                let window = if size == slide {
+                    WindowSpec::Tumbling { size: Duration::from_millis(size as u64) }
+                } else {
+                    WindowSpec::Hopping { size: Duration::from_millis(size as u64), slide: Duration::from_millis(slide as u64) }
+                };
+                let mut op = WindowAggregateOperator::new(&keys, window, &aggs, Duration::ZERO, &schema).unwrap();
+                let mut ctx = OperatorContext::for_test(schema);
+                let mut out = crate::operator::VecCollector::default();
+                let mut max_slices = 0;
+                rt.block_on(async {
+                    let mut at = 0;
+                    let mut max_t = i64::MIN;
+                    for c in cuts.iter().cycle() {
+                        if at >= rows.len() { break; }
+                        let end = (at + c).min(rows.len());
+                        let chunk = &rows[at..end];
+                        at = end;
+                        op.process_batch(batch(chunk), &mut ctx, &mut out).await.unwrap();
+                        max_t = max_t.max(chunk.iter().map(|r| r.2).max().unwrap());
+                        let wm = Watermark::EventTime(max_t - BOUND - 1);
+                        op.on_watermark(wm, &mut ctx, &mut out).await.unwrap();
+                        max_slices = max_slices.max(op.slices_held());
+                    }
+                    op.on_watermark(Watermark::MAX, &mut ctx, &mut out).await.unwrap();
+                });
+                prop_assert_eq!(ctx.metrics.late_records.load(std::sync::atomic::Ordering::Relaxed), 0);
+                prop_assert_eq!(rows_of(&out.batches), reference(&rows, size, slide));
+                prop_assert_eq!(op.slices_held(), 0, "all window state is freed at the end");
+                // Live slices cover at most the open windows plus the out-of-order bound.
+                let width = gcd(size, slide);
+                let bound = ((size + BOUND + 40 * 40) / width + 2) as usize;
+                prop_assert!(max_slices <= bound, "{} slices held, bound {}", max_slices, bound);
+            }
+        }
     }
 }
