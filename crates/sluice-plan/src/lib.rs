@@ -148,16 +148,25 @@ pub enum WindowSpec {
         /// Distance between window starts.
         slide: Duration,
     },
+    /// Per key, rows closer than `gap` in event time form one session; a session ends
+    /// `gap` after its last row.
+    Session {
+        /// Inactivity gap.
+        gap: Duration,
+    },
 }
 
 impl WindowSpec {
-    /// (size, slide) in milliseconds.
-    pub fn size_and_slide_ms(&self) -> (i64, i64) {
+    /// (size, slide) in milliseconds of a fixed-size window; `None` for sessions.
+    pub fn size_and_slide_ms(&self) -> Option<(i64, i64)> {
         match self {
-            WindowSpec::Tumbling { size } => (size.as_millis() as i64, size.as_millis() as i64),
-            WindowSpec::Hopping { size, slide } => {
-                (size.as_millis() as i64, slide.as_millis() as i64)
+            WindowSpec::Tumbling { size } => {
+                Some((size.as_millis() as i64, size.as_millis() as i64))
             }
+            WindowSpec::Hopping { size, slide } => {
+                Some((size.as_millis() as i64, slide.as_millis() as i64))
+            }
+            WindowSpec::Session { .. } => None,
         }
     }
 }
@@ -167,6 +176,7 @@ impl fmt::Display for WindowSpec {
         match self {
             WindowSpec::Tumbling { size } => write!(f, "TUMBLE({size:?})"),
             WindowSpec::Hopping { size, slide } => write!(f, "HOP({size:?}, slide {slide:?})"),
+            WindowSpec::Session { gap } => write!(f, "SESSION(gap {gap:?})"),
         }
     }
 }

@@ -348,6 +348,12 @@ impl Window {
     pub fn hopping(size: Duration, slide: Duration) -> Self {
         Self(WindowSpec::Hopping { size, slide })
     }
+
+    /// Per key, rows closer than `gap` form one session, which ends `gap` after its
+    /// last row.
+    pub fn session(gap: Duration) -> Self {
+        Self(WindowSpec::Session { gap })
+    }
 }
 
 impl std::fmt::Display for Window {

@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod filter;
 pub mod project;
+pub mod session;
 pub mod window;
 
 use std::sync::Arc;

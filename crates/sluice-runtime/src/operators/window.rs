@@ -59,7 +59,11 @@ pub const MIN_EVENT_TIME: i64 = i64::MIN / 2;
 pub const MAX_EVENT_TIME: i64 = i64::MAX / 2;
 
 /// Sends rows to the dead-letter output, one JSON line each, with the reason.
-fn dead_letter_rows(ctx: &OperatorContext, rows: &RecordBatch, error: &str) -> Result<()> {
+pub(crate) fn dead_letter_rows(
+    ctx: &OperatorContext,
+    rows: &RecordBatch,
+    error: &str,
+) -> Result<()> {
     let mut buf = Vec::new();
     {
         let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
@@ -281,7 +285,11 @@ impl WindowAggregateOperator {
         allowed_lateness: Duration,
         input: &SchemaRef,
     ) -> Result<Self> {
-        let (size, slide) = window.size_and_slide_ms();
+        let Some((size, slide)) = window.size_and_slide_ms() else {
+            return Err(SluiceError::internal(
+                "session windows are built by the session operator",
+            ));
+        };
         if size <= 0 || slide <= 0 {
             return Err(SluiceError::user(format!(
                 "window {window}: size and slide must be at least 1 ms"

@@ -1,0 +1,615 @@
+//! Event-time session windows: per key, rows closer than `gap` belong to one session
+//! `[first row, last row + gap)`; sessions that come to overlap merge.
+//!
+//! ```text
+//!  gap = 10 s, key a:   rows at 0 s, 4 s        → session [0, 14)
+//!                       row at 30 s             → session [30, 40)
+//!                       late row at 12 s        → [0, 14) and [12, 22) merge into [0, 22)
+//! ```
+//!
+//! Per batch, each key's rows are sorted by event time and cut into micro-sessions
+//! (columnar: one `take` per batch, zero-copy slices per micro-session); each
+//! micro-session updates fresh accumulators and is then merged into the key's
+//! overlapping sessions through the accumulators' intermediate state. Sessions wait in
+//! an index ordered by end, so a watermark fires exactly the due sessions without
+//! scanning keys; a key's entry is freed with its last session.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::compute::{take, take_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::row::{OwnedRow, RowConverter, SortField};
+use async_trait::async_trait;
+use datafusion_common::ScalarValue;
+use datafusion_common::hash_utils::RandomState;
+use datafusion_expr::{Accumulator, Expr};
+use sluice_types::{Batch, Result, SluiceError, Watermark, timestamp_field};
+
+use super::PreparedOperator;
+use super::aggregate::{PlannedAggregate, PlannedAggregates};
+use super::window::{MAX_EVENT_TIME, MIN_EVENT_TIME, WINDOW_END, WINDOW_START, dead_letter_rows};
+use crate::expr::evaluate;
+use crate::operator::{Collector, Operator, OperatorContext};
+
+fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
+    SluiceError::user("session window computation failed").with_source(e)
+}
+
+struct Session {
+    start: i64,
+    /// Exclusive: last row + gap.
+    end: i64,
+    accumulators: Vec<Box<dyn Accumulator>>,
+    fired: bool,
+}
+
+struct KeyState {
+    key: Option<OwnedRow>,
+    /// Disjoint, ordered by start.
+    sessions: Vec<Session>,
+}
+
+/// The session window aggregate.
+///
+/// ```
+/// # use std::sync::Arc; use std::time::Duration;
+/// # use arrow::datatypes::*;
+/// use datafusion_expr::col;
+/// use datafusion_functions_aggregate::expr_fn::count;
+/// use sluice_runtime::operators::session::SessionWindowOperator;
+/// let schema = Arc::new(Schema::new(vec![
+///     Field::new("bidder", DataType::Int64, false),
+///     sluice_types::timestamp_field(),
+/// ]));
+/// let op = SessionWindowOperator::prepare(
+///     &["bidder".to_string()],
+///     Duration::from_secs(10),
+///     &[count(col("bidder")).alias("bids")],
+///     Duration::ZERO,
+///     &schema,
+/// ).unwrap();
+/// let names: Vec<_> = op.output_schema.fields().iter().map(|f| f.name().clone()).collect();
+/// assert_eq!(names, ["bidder", "window_start", "window_end", "bids", "_timestamp"]);
+/// ```
+pub struct SessionWindowOperator {
+    gap: i64,
+    lateness: i64,
+    key_indices: Vec<usize>,
+    key_types: Vec<DataType>,
+    aggregates: Vec<PlannedAggregate>,
+    schema: SchemaRef,
+    converter: Option<RowConverter>,
+    ids: HashMap<Box<[u8]>, u32, RandomState>,
+    keys: Vec<KeyState>,
+    free: Vec<u32>,
+    /// (end, key id, start) of every session not yet expired.
+    by_end: BTreeSet<(i64, u32, i64)>,
+    watermark: i64,
+}
+
+impl SessionWindowOperator {
+    /// Checks the gap, keys and aggregates against the input schema.
+    pub fn prepare(
+        keys: &[String],
+        gap: Duration,
+        aggregates: &[Expr],
+        allowed_lateness: Duration,
+        input: &SchemaRef,
+    ) -> Result<PreparedOperator> {
+        let template = Self::new(keys, gap, aggregates, allowed_lateness, input)?;
+        let output_schema = Arc::clone(&template.schema);
+        // The factory runs once per subtask at start-up; the lock is never contended.
+        let template = std::sync::Mutex::new(template);
+        Ok(PreparedOperator {
+            output_schema,
+            factory: Arc::new(move |_| {
+                let t = template.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(Box::new(t.fresh()?) as Box<dyn Operator>)
+            }),
+        })
+    }
+
+    /// An operator with empty state.
+    pub fn new(
+        keys: &[String],
+        gap: Duration,
+        aggregates: &[Expr],
+        allowed_lateness: Duration,
+        input: &SchemaRef,
+    ) -> Result<Self> {
+        let gap_ms = gap.as_millis() as i64;
+        if gap_ms <= 0 {
+            return Err(SluiceError::user("a session gap must be at least 1 ms"));
+        }
+        let planned =
+            PlannedAggregates::plan(keys, aggregates, input, &[WINDOW_START, WINDOW_END])?;
+        let ts_type = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let mut fields: Vec<Arc<Field>> = planned.key_fields.clone();
+        for name in [WINDOW_START, WINDOW_END] {
+            if fields.iter().any(|f| f.name() == name) {
+                return Err(SluiceError::user(format!(
+                    "key column `{name}` clashes with the window column"
+                )));
+            }
+            fields.push(Arc::new(Field::new(name, ts_type.clone(), false)));
+        }
+        fields.extend(planned.aggregate_fields.iter().cloned());
+        fields.push(Arc::new(timestamp_field()));
+        let key_types: Vec<DataType> = planned
+            .key_fields
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let mut op = Self {
+            gap: gap_ms,
+            lateness: allowed_lateness.as_millis() as i64,
+            key_indices: planned.key_indices,
+            key_types,
+            aggregates: planned.aggregates,
+            schema: Arc::new(Schema::new(fields)),
+            converter: None,
+            ids: HashMap::with_hasher(RandomState::default()),
+            keys: Vec::new(),
+            free: Vec::new(),
+            by_end: BTreeSet::new(),
+            watermark: i64::MIN,
+        };
+        op.converter = op.new_converter()?;
+        Ok(op)
+    }
+
+    fn new_converter(&self) -> Result<Option<RowConverter>> {
+        if self.key_types.is_empty() {
+            return Ok(None);
+        }
+        let fields = self
+            .key_types
+            .iter()
+            .map(|t| SortField::new(t.clone()))
+            .collect();
+        Ok(Some(RowConverter::new(fields).map_err(|e| {
+            SluiceError::user("unsupported key column type").with_source(e)
+        })?))
+    }
+
+    fn fresh(&self) -> Result<Self> {
+        Ok(Self {
+            gap: self.gap,
+            lateness: self.lateness,
+            key_indices: self.key_indices.clone(),
+            key_types: self.key_types.clone(),
+            aggregates: self.aggregates.clone(),
+            schema: Arc::clone(&self.schema),
+            converter: self.new_converter()?,
+            ids: HashMap::with_hasher(RandomState::default()),
+            keys: Vec::new(),
+            free: Vec::new(),
+            by_end: BTreeSet::new(),
+            watermark: i64::MIN,
+        })
+    }
+
+    /// Keys with at least one live session (for tests of state cleanup).
+    pub fn keys_held(&self) -> usize {
+        self.keys.iter().filter(|k| !k.sessions.is_empty()).count()
+    }
+
+    fn accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
+        self.aggregates
+            .iter()
+            .map(|a| a.function.create_accumulator().map_err(df_err))
+            .collect()
+    }
+
+    fn key_id(&mut self, row: Option<arrow::row::Row<'_>>) -> u32 {
+        let Some(row) = row else {
+            // Not keyed: one key.
+            if self.keys.is_empty() {
+                self.keys.push(KeyState {
+                    key: None,
+                    sessions: Vec::new(),
+                });
+            }
+            return 0;
+        };
+        if let Some(&id) = self.ids.get(row.as_ref()) {
+            return id;
+        }
+        let state = KeyState {
+            key: Some(row.owned()),
+            sessions: Vec::new(),
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.keys[id as usize] = state;
+                id
+            }
+            None => {
+                self.keys.push(state);
+                (self.keys.len() - 1) as u32
+            }
+        };
+        self.ids.insert(row.as_ref().into(), id);
+        id
+    }
+
+    /// Merges a new session into key `id`'s sessions; returns the merged session's
+    /// (start, end) and whether it includes a session that already fired.
+    fn merge_in(&mut self, id: u32, mut new: Session) -> Result<(i64, i64, bool)> {
+        let key = &mut self.keys[id as usize];
+        let mut refire = false;
+        let mut i = 0;
+        while i < key.sessions.len() {
+            let s = &key.sessions[i];
+            if s.start < new.end && new.start < s.end {
+                let old = key.sessions.remove(i);
+                self.by_end.remove(&(old.end, id, old.start));
+                refire |= old.fired;
+                new.start = new.start.min(old.start);
+                new.end = new.end.max(old.end);
+                for (acc, mut o) in new.accumulators.iter_mut().zip(old.accumulators) {
+                    let state: Vec<ArrayRef> = o
+                        .state()
+                        .map_err(df_err)?
+                        .into_iter()
+                        .map(|v| v.to_array())
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(df_err)?;
+                    acc.merge_batch(&state).map_err(df_err)?;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let pos = key.sessions.partition_point(|s| s.start < new.start);
+        let (start, end) = (new.start, new.end);
+        new.fired = false;
+        key.sessions.insert(pos, new);
+        self.by_end.insert((end, id, start));
+        Ok((start, end, refire))
+    }
+
+    /// Evaluates and emits the given sessions (by key and start), marking them fired.
+    async fn emit(&mut self, due: Vec<(u32, i64)>, out: &mut dyn Collector) -> Result<()> {
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut keys = Vec::with_capacity(due.len());
+        let mut starts = Vec::with_capacity(due.len());
+        let mut ends = Vec::with_capacity(due.len());
+        let mut values: Vec<Vec<ScalarValue>> =
+            vec![Vec::with_capacity(due.len()); self.aggregates.len()];
+        for (id, start) in due {
+            let key = &mut self.keys[id as usize];
+            let Some(s) = key.sessions.iter_mut().find(|s| s.start == start) else {
+                continue;
+            };
+            s.fired = true;
+            for (v, acc) in values.iter_mut().zip(s.accumulators.iter_mut()) {
+                v.push(acc.evaluate().map_err(df_err)?);
+            }
+            starts.push(s.start);
+            ends.push(s.end);
+            keys.push(id);
+        }
+        let n = keys.len();
+        let mut columns: Vec<ArrayRef> = match &self.converter {
+            Some(c) => c.convert_rows(keys.iter().map(|&id| {
+                self.keys[id as usize]
+                    .key
+                    .as_ref()
+                    .expect("invariant: keyed state has its key")
+                    .row()
+            }))?,
+            None => Vec::new(),
+        };
+        columns.push(Arc::new(TimestampMillisecondArray::from(starts)));
+        columns.push(Arc::new(TimestampMillisecondArray::from(ends.clone())));
+        for v in values {
+            columns.push(ScalarValue::iter_to_array(v).map_err(df_err)?);
+        }
+        columns.push(Arc::new(TimestampMillisecondArray::from(
+            ends.iter().map(|e| e - 1).collect::<Vec<_>>(),
+        )));
+        let data = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        debug_assert_eq!(data.num_rows(), n);
+        let ingest = sluice_types::IngestTime::at(sluice_types::now_micros());
+        out.collect(Batch { data, ingest }).await
+    }
+
+    /// Drops sessions that can no longer change, and keys left with none.
+    fn expire(&mut self) {
+        let cutoff = self.watermark.saturating_sub(self.lateness);
+        // A session [s, e) is final once e - 1 + lateness <= watermark.
+        while let Some(&(end, id, start)) = self.by_end.first() {
+            if end.saturating_sub(1) > cutoff {
+                break;
+            }
+            self.by_end.pop_first();
+            let key = &mut self.keys[id as usize];
+            key.sessions.retain(|s| s.start != start);
+            if key.sessions.is_empty()
+                && let Some(k) = key.key.take()
+            {
+                self.ids.remove(k.row().as_ref());
+                self.free.push(id);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Operator for SessionWindowOperator {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn process_batch(
+        &mut self,
+        batch: Batch,
+        ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        let ts = batch.timestamps().clone();
+        let rows = match &self.converter {
+            Some(c) => {
+                let cols: Vec<ArrayRef> = self
+                    .key_indices
+                    .iter()
+                    .map(|&i| Arc::clone(batch.data.column(i)))
+                    .collect();
+                Some(c.convert_columns(&cols)?)
+            }
+            None => None,
+        };
+        // Sort rows by (key id, event time); late and out-of-range rows go aside.
+        let mut order: Vec<(u32, i64, u32)> = Vec::with_capacity(batch.num_rows());
+        let (mut late, mut out_of_range) = (Vec::new(), Vec::new());
+        for i in 0..batch.num_rows() {
+            let t = ts.value(i);
+            if !(MIN_EVENT_TIME..=MAX_EVENT_TIME).contains(&t) {
+                out_of_range.push(i as u32);
+                continue;
+            }
+            if (t + self.gap - 1).saturating_add(self.lateness) <= self.watermark {
+                late.push(i as u32);
+                continue;
+            }
+            let id = self.key_id(rows.as_ref().map(|r| r.row(i)));
+            order.push((id, t, i as u32));
+        }
+        if !out_of_range.is_empty() {
+            let bad = take_record_batch(&batch.data, &UInt32Array::from(out_of_range))?;
+            dead_letter_rows(
+                ctx,
+                &bad,
+                &format!(
+                    "event time outside the range windows support ({MIN_EVENT_TIME}..={MAX_EVENT_TIME} ms)"
+                ),
+            )?;
+        }
+        if !late.is_empty() {
+            ctx.metrics
+                .late_records
+                .fetch_add(late.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let bad = take_record_batch(&batch.data, &UInt32Array::from(late))?;
+            dead_letter_rows(
+                ctx,
+                &bad,
+                &format!(
+                    "late row: its session closed (watermark {} ms, gap {} ms, allowed lateness {} ms)",
+                    self.watermark, self.gap, self.lateness
+                ),
+            )?;
+        }
+        if order.is_empty() {
+            return Ok(());
+        }
+        order.sort_unstable();
+        let idx = UInt32Array::from_iter_values(order.iter().map(|o| o.2));
+        let args: Vec<Vec<ArrayRef>> = self
+            .aggregates
+            .iter()
+            .map(|a| {
+                a.args
+                    .iter()
+                    .map(|e| evaluate(e, &batch).and_then(|v| Ok(take(&v, &idx, None)?)))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?;
+        // Cut the sorted rows into micro-sessions: same key, gaps below `gap`.
+        let mut refire = Vec::new();
+        let mut start = 0;
+        while start < order.len() {
+            let (id, first_t, _) = order[start];
+            let mut end = start + 1;
+            while end < order.len()
+                && order[end].0 == id
+                && order[end].1 < order[end - 1].1 + self.gap
+            {
+                end += 1;
+            }
+            let mut accumulators = self.accumulators()?;
+            for (acc, cols) in accumulators.iter_mut().zip(&args) {
+                let slices: Vec<ArrayRef> =
+                    cols.iter().map(|c| c.slice(start, end - start)).collect();
+                acc.update_batch(&slices).map_err(df_err)?;
+            }
+            let session = Session {
+                start: first_t,
+                end: order[end - 1].1 + self.gap,
+                accumulators,
+                fired: false,
+            };
+            let (s, e, _) = self.merge_in(id, session)?;
+            // Already behind the watermark (a late row within the allowed lateness, maybe
+            // merged into a session that fired): fire now, the watermark will not.
+            if e.saturating_sub(1) <= self.watermark {
+                refire.push((id, s));
+            }
+            start = end;
+        }
+        // A session merged twice in this batch is emitted once, with its final value.
+        refire.sort_unstable();
+        refire.dedup();
+        self.emit(refire, out).await
+    }
+
+    async fn on_watermark(
+        &mut self,
+        watermark: Watermark,
+        _ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<Option<Watermark>> {
+        let Some(wm) = watermark.event_time() else {
+            return Ok(Some(watermark));
+        };
+        if wm <= self.watermark {
+            return Ok(Some(watermark));
+        }
+        let previous = self.watermark;
+        self.watermark = wm;
+        // Sessions whose last millisecond the watermark has now passed, in end order.
+        let due: Vec<(u32, i64)> = self
+            .by_end
+            .iter()
+            .take_while(|(end, _, _)| end.saturating_sub(1) <= wm)
+            .filter(|(end, _, _)| end.saturating_sub(1) > previous)
+            .map(|&(_, id, start)| (id, start))
+            .collect();
+        self.emit(due, out).await?;
+        self.expire();
+        Ok(Some(watermark))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion_expr::col;
+    use datafusion_functions_aggregate::expr_fn::{count, sum};
+    use sluice_testkit::{assert_pretty, batch_from_pretty};
+
+    fn op(lateness: Duration) -> SessionWindowOperator {
+        let b = batch_from_pretty(
+            "
+            | k:Utf8 | v:Int64 | _timestamp:Ts |
+            | a      | 1       | 1             |",
+        );
+        SessionWindowOperator::new(
+            &["k".into()],
+            Duration::from_secs(10),
+            &[count(col("v")).alias("n"), sum(col("v")).alias("total")],
+            lateness,
+            &b.data.schema(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sessions_merge_and_fire_when_the_watermark_passes_their_end() {
+        let mut op = op(Duration::ZERO);
+        let mut ctx = OperatorContext::for_test(
+            batch_from_pretty("| k:Utf8 | v:Int64 | _timestamp:Ts |\n| a | 1 | 1 |")
+                .data
+                .schema(),
+        );
+        let mut out = crate::operator::VecCollector::default();
+        let b1 = batch_from_pretty(
+            "
+            | k:Utf8 | v:Int64 | _timestamp:Ts |
+            | a      | 1       | 0             |
+            | b      | 10      | 5000          |
+            | a      | 2       | 30000         |
+            | a      | 3       | 4000          |",
+        );
+        op.process_batch(b1, &mut ctx, &mut out).await.unwrap();
+        op.on_watermark(Watermark::EventTime(13_000), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert!(out.batches.is_empty(), "[0, 14 s) is still open at 13 s");
+        // 12 s bridges a's two first rows' session with nothing new: extends it to 22 s.
+        let b2 = batch_from_pretty(
+            "
+            | k:Utf8 | v:Int64 | _timestamp:Ts |
+            | a      | 4       | 12000         |",
+        );
+        op.process_batch(b2, &mut ctx, &mut out).await.unwrap();
+        op.on_watermark(Watermark::MAX, &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_pretty(
+            &out.batches,
+            "
+            +---+---------------------+---------------------+---+-------+-------------------------+
+            | k | window_start        | window_end          | n | total | _timestamp              |
+            +---+---------------------+---------------------+---+-------+-------------------------+
+            | b | 1970-01-01T00:00:05 | 1970-01-01T00:00:15 | 1 | 10    | 1970-01-01T00:00:14.999 |
+            | a | 1970-01-01T00:00:00 | 1970-01-01T00:00:22 | 3 | 8     | 1970-01-01T00:00:21.999 |
+            | a | 1970-01-01T00:00:30 | 1970-01-01T00:00:40 | 1 | 2     | 1970-01-01T00:00:39.999 |
+            +---+---------------------+---------------------+---+-------+-------------------------+",
+        );
+        assert_eq!(op.keys_held(), 0, "all session state is freed");
+    }
+
+    #[tokio::test]
+    async fn late_rows_refire_within_lateness_and_are_kept_aside_beyond() {
+        let mut op = op(Duration::from_secs(5));
+        let schema = batch_from_pretty("| k:Utf8 | v:Int64 | _timestamp:Ts |\n| a | 1 | 1 |")
+            .data
+            .schema();
+        let mut ctx = OperatorContext::for_test(schema);
+        let mut out = crate::operator::VecCollector::default();
+        let row = |t: i64| {
+            batch_from_pretty(&format!(
+                "
+                | k:Utf8 | v:Int64 | _timestamp:Ts |
+                | a      | 1       | {t}           |"
+            ))
+        };
+        op.process_batch(row(0), &mut ctx, &mut out).await.unwrap();
+        op.on_watermark(Watermark::EventTime(12_000), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out.batches.len(), 1, "[0, 10 s) fired");
+        // Within lateness: merges into [0, 11 s), already behind the watermark: fires now.
+        op.process_batch(row(1_000), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        // A late row of a new key within lateness fires at once too.
+        let b = batch_from_pretty(
+            "
+            | k:Utf8 | v:Int64 | _timestamp:Ts |
+            | z      | 7       | 1500          |",
+        );
+        op.process_batch(b, &mut ctx, &mut out).await.unwrap();
+        op.on_watermark(Watermark::EventTime(20_000), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        // Beyond lateness: counted and kept aside.
+        op.process_batch(row(2_000), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_pretty(
+            &out.batches,
+            "
+            +---+-------------------------+-------------------------+---+-------+-------------------------+
+            | k | window_start            | window_end              | n | total | _timestamp              |
+            +---+-------------------------+-------------------------+---+-------+-------------------------+
+            | a | 1970-01-01T00:00:00     | 1970-01-01T00:00:10     | 1 | 1     | 1970-01-01T00:00:09.999 |
+            | a | 1970-01-01T00:00:00     | 1970-01-01T00:00:11     | 2 | 2     | 1970-01-01T00:00:10.999 |
+            | z | 1970-01-01T00:00:01.500 | 1970-01-01T00:00:11.500 | 1 | 7     | 1970-01-01T00:00:11.499 |
+            +---+-------------------------+-------------------------+---+-------+-------------------------+",
+        );
+        assert_eq!(
+            ctx.metrics
+                .late_records
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert_eq!(op.keys_held(), 0);
+    }
+}
