@@ -9,7 +9,7 @@ use crate::examples::{ExampleArgs, nexmark_query};
 use crate::{Result, SluiceError};
 
 /// Queries the bench knows.
-pub const QUERIES: &[&str] = &["q0", "q1", "q2"];
+pub const QUERIES: &[&str] = &["q0", "q1", "q2", "q11"];
 
 /// One benchmark result.
 #[derive(Clone, Debug, Serialize)]
@@ -22,6 +22,8 @@ pub struct BenchReport {
     pub source_rows: u64,
     /// Rows into the sink.
     pub sink_rows: u64,
+    /// Rows that arrived after their windows closed.
+    pub late_rows: u64,
     /// Parallelism of every operator.
     pub parallelism: usize,
     /// Wall-clock seconds.
@@ -72,7 +74,12 @@ pub fn peak_rss_mb() -> f64 {
 }
 
 /// Runs one query.
-pub async fn run_nexmark(query: &str, events: u64, parallelism: usize) -> Result<BenchReport> {
+pub async fn run_nexmark(
+    query: &str,
+    events: u64,
+    parallelism: usize,
+    event_rate: Option<u64>,
+) -> Result<BenchReport> {
     if !QUERIES.contains(&query) {
         return Err(SluiceError::user(format!(
             "unknown query `{query}`; available: {}",
@@ -83,6 +90,7 @@ pub async fn run_nexmark(query: &str, events: u64, parallelism: usize) -> Result
         events: Some(events),
         parallelism,
         out_dir: std::env::temp_dir(),
+        event_rate,
     };
     let pipeline = nexmark_query(query, &args);
     let job = pipeline.prepare()?;
@@ -99,6 +107,7 @@ pub async fn run_nexmark(query: &str, events: u64, parallelism: usize) -> Result
         events,
         source_rows: metrics.source_records(),
         sink_rows: metrics.sink_records(),
+        late_rows: metrics.late_records(),
         parallelism,
         wall_s,
         cpu_s,

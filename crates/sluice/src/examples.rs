@@ -13,6 +13,8 @@ pub struct ExampleArgs {
     pub parallelism: usize,
     /// Where file-writing examples write.
     pub out_dir: PathBuf,
+    /// Nexmark events per second of event time (`None`: the generator's default, 10 M/s).
+    pub event_rate: Option<u64>,
 }
 
 /// An example: name, description, builder.
@@ -26,10 +28,13 @@ pub struct Example {
 }
 
 fn bids(p: &Pipeline, a: &ExampleArgs) -> Stream {
-    let src = match a.events {
-        Some(n) => NexmarkSource::bids().events(n),
-        None => NexmarkSource::bids(),
-    };
+    let mut src = NexmarkSource::bids();
+    if let Some(n) = a.events {
+        src = src.events(n);
+    }
+    if let Some(r) = a.event_rate {
+        src = src.first_event_rate(r);
+    }
     p.source(src)
 }
 
@@ -69,6 +74,11 @@ pub const EXAMPLES: &[Example] = &[
         build: |a| nexmark_query("q2", a),
     },
     Example {
+        name: "q11",
+        about: "Nexmark q11 (bids per bidder per session, 10 s gap) into a blackhole",
+        build: |a| nexmark_query("q11", a),
+    },
+    Example {
         name: "print-bids",
         about: "the first Nexmark bids (auction, bidder, price) printed as JSON lines",
         build: |a| {
@@ -88,7 +98,7 @@ pub const EXAMPLES: &[Example] = &[
     },
 ];
 
-/// A Nexmark query (q0, q1, q2) from the generator into a blackhole.
+/// A Nexmark query (q0, q1, q2, q11) from the generator into a blackhole.
 pub fn nexmark_query(query: &str, a: &ExampleArgs) -> Pipeline {
     let p = Pipeline::new(format!("nexmark-{query}"));
     p.parallelism(a.parallelism);
@@ -110,6 +120,12 @@ pub fn nexmark_query(query: &str, a: &ExampleArgs) -> Pipeline {
             col("date_time"),
             col("extra"),
         ]),
+        // SELECT bidder, count(*) AS bid_count, SESSION_START(..), SESSION_END(..)
+        // FROM bid GROUP BY bidder, SESSION(date_time, INTERVAL '10' SECOND)
+        "q11" => bids
+            .key_by(["bidder"])
+            .window(Window::session(Duration::from_secs(10)))
+            .aggregate([count_star().alias("bid_count")]),
         // SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0
         _ => bids
             .filter((col("auction") % lit(123)).eq(lit(0)))

@@ -69,9 +69,12 @@ enum Command {
 enum BenchSuite {
     /// A Nexmark query from the generator into a blackhole sink.
     Nexmark {
-        /// q0, q1 or q2.
+        /// q0, q1, q2 or q11.
         #[arg(long, default_value = "q0")]
         query: String,
+        /// Events per second of event time (Flink's `first-event.rate`; 10 M by default).
+        #[arg(long)]
+        event_rate: Option<u64>,
         /// Events to generate (all kinds; 46 of 50 are bids).
         #[arg(long, default_value_t = 10_000_000)]
         events: u64,
@@ -84,7 +87,18 @@ enum BenchSuite {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run_cli() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line (with its causes), not a debug dump with a backtrace.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_cli() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -106,6 +120,7 @@ fn example_args(events: u64, parallelism: usize, out: PathBuf) -> ExampleArgs {
         events: (events > 0).then_some(events),
         parallelism,
         out_dir: out,
+        event_rate: None,
     }
 }
 
@@ -177,9 +192,10 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     events,
                     parallelism,
                     json,
+                    event_rate,
                 },
         } => {
-            let r = bench::run_nexmark(&query, events, parallelism).await?;
+            let r = bench::run_nexmark(&query, events, parallelism, event_rate).await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

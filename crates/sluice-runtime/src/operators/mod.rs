@@ -44,13 +44,22 @@ pub fn prepare(
             window,
             aggregates,
             allowed_lateness,
-        } => window::WindowAggregateOperator::prepare(
-            keys,
-            *window,
-            aggregates,
-            *allowed_lateness,
-            input,
-        ),
+        } => match window {
+            sluice_plan::WindowSpec::Session { gap } => session::SessionWindowOperator::prepare(
+                keys,
+                *gap,
+                aggregates,
+                *allowed_lateness,
+                input,
+            ),
+            _ => window::WindowAggregateOperator::prepare(
+                keys,
+                *window,
+                aggregates,
+                *allowed_lateness,
+                input,
+            ),
+        },
         NodeKind::Sink(spec) => {
             let factory = registry.sink(&spec.connector)?.prepare(spec, input)?;
             Ok(PreparedOperator {

@@ -88,6 +88,9 @@ pub struct SessionWindowOperator {
     /// (end, key id, start) of every session not yet expired.
     by_end: BTreeSet<(i64, u32, i64)>,
     watermark: i64,
+    /// Ingest time of the newest input row: window results carry it, so their
+    /// end-to-end latency runs from the arrival of the input that closed the window.
+    latest_ingest_us: u64,
 }
 
 impl SessionWindowOperator {
@@ -156,6 +159,7 @@ impl SessionWindowOperator {
             free: Vec::new(),
             by_end: BTreeSet::new(),
             watermark: i64::MIN,
+            latest_ingest_us: 0,
         };
         op.converter = op.new_converter()?;
         Ok(op)
@@ -189,6 +193,7 @@ impl SessionWindowOperator {
             free: Vec::new(),
             by_end: BTreeSet::new(),
             watermark: i64::MIN,
+            latest_ingest_us: 0,
         })
     }
 
@@ -316,7 +321,10 @@ impl SessionWindowOperator {
         )));
         let data = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
         debug_assert_eq!(data.num_rows(), n);
-        let ingest = sluice_types::IngestTime::at(sluice_types::now_micros());
+        let ingest = sluice_types::IngestTime::at(match self.latest_ingest_us {
+            0 => sluice_types::now_micros(),
+            t => t,
+        });
         out.collect(Batch { data, ingest }).await
     }
 
@@ -353,6 +361,7 @@ impl Operator for SessionWindowOperator {
         ctx: &mut OperatorContext,
         out: &mut dyn Collector,
     ) -> Result<()> {
+        self.latest_ingest_us = self.latest_ingest_us.max(batch.ingest.max_us);
         let ts = batch.timestamps().clone();
         let rows = match &self.converter {
             Some(c) => {
@@ -611,5 +620,143 @@ mod tests {
             1
         );
         assert_eq!(op.keys_held(), 0);
+    }
+
+    mod property {
+        use super::*;
+        use arrow::array::{Int64Array, StringArray};
+        use proptest::prelude::*;
+        use sluice_types::IngestTime;
+
+        const BOUND: i64 = 100;
+
+        fn reference(rows: &[(i64, i64, i64)], gap: i64) -> Vec<String> {
+            let mut per_key: std::collections::BTreeMap<i64, Vec<(i64, i64)>> = Default::default();
+            for &(k, v, t) in rows {
+                per_key.entry(k).or_default().push((t, v));
+            }
+            let mut out = Vec::new();
+            for (k, mut rs) in per_key {
+                rs.sort();
+                let (mut start, mut last, mut n, mut total) = (rs[0].0, rs[0].0, 0, 0);
+                for &(t, v) in &rs {
+                    if t >= last + gap {
+                        out.push(format!("k{k},{start},{},{n},{total}", last + gap));
+                        (start, n, total) = (t, 0, 0);
+                    }
+                    last = t;
+                    n += 1;
+                    total += v;
+                }
+                out.push(format!("k{k},{start},{},{n},{total}", last + gap));
+            }
+            out.sort();
+            out
+        }
+
+        fn batch(rows: &[(i64, i64, i64)]) -> Batch {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Utf8, false),
+                Field::new("v", DataType::Int64, false),
+                timestamp_field(),
+            ]));
+            let data = RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|r| format!("k{}", r.0)),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        rows.iter().map(|r| r.2),
+                    )),
+                ],
+            )
+            .unwrap();
+            Batch::try_new(data, IngestTime::at(0)).unwrap()
+        }
+
+        fn rows_of(out: &[Batch]) -> Vec<String> {
+            let mut v = Vec::new();
+            for b in out {
+                let d = &b.data;
+                let k = d.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                let ts = |i: usize| {
+                    d.column(i)
+                        .as_any()
+                        .downcast_ref::<TimestampMillisecondArray>()
+                        .unwrap()
+                        .clone()
+                };
+                let int = |i: usize| {
+                    d.column(i)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap()
+                        .clone()
+                };
+                let (ws, we, n, total) = (ts(1), ts(2), int(3), int(4));
+                for r in 0..d.num_rows() {
+                    v.push(format!(
+                        "{},{},{},{},{}",
+                        k.value(r),
+                        ws.value(r),
+                        we.value(r),
+                        n.value(r),
+                        total.value(r)
+                    ));
+                }
+            }
+            v.sort();
+            v
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn sessions_equal_a_batch_computation(
+                gap in 1..400i64,
+                events in prop::collection::vec((0..4i64, -50..50i64, 0..120i64, 0..=BOUND), 1..300),
+                cuts in prop::collection::vec(1..40usize, 1..20),
+            ) {
+                let mut base = 0;
+                let rows: Vec<(i64, i64, i64)> = events
+                    .iter()
+                    .map(|&(k, v, step, jitter)| {
+                        base += step;
+                        (k, v, base - jitter)
+                    })
+                    .collect();
+                let schema = batch(&rows[..1]).data.schema();
+                let mut op = SessionWindowOperator::new(
+                    &["k".to_string()],
+                    Duration::from_millis(gap as u64),
+                    &[count(col("v")).alias("n"), sum(col("v")).alias("total")],
+                    Duration::ZERO,
+                    &schema,
+                )
+                .unwrap();
+                let mut ctx = OperatorContext::for_test(schema);
+                let mut out = crate::operator::VecCollector::default();
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                rt.block_on(async {
+                    let mut at = 0;
+                    let mut max_t = i64::MIN;
+                    for c in cuts.iter().cycle() {
+                        if at >= rows.len() { break; }
+                        let end = (at + c).min(rows.len());
+                        let chunk = &rows[at..end];
+                        at = end;
+                        op.process_batch(batch(chunk), &mut ctx, &mut out).await.unwrap();
+                        max_t = max_t.max(chunk.iter().map(|r| r.2).max().unwrap());
+                        op.on_watermark(Watermark::EventTime(max_t - BOUND - 1), &mut ctx, &mut out).await.unwrap();
+                    }
+                    op.on_watermark(Watermark::MAX, &mut ctx, &mut out).await.unwrap();
+                });
+                prop_assert_eq!(ctx.metrics.late_records.load(std::sync::atomic::Ordering::Relaxed), 0);
+                prop_assert_eq!(rows_of(&out.batches), reference(&rows, gap));
+                prop_assert_eq!(op.keys_held(), 0, "all session state is freed at the end");
+            }
+        }
     }
 }

@@ -253,6 +253,9 @@ pub struct WindowAggregateOperator {
     fired_up_to: i64,
     watermark: i64,
     scratch: Vec<usize>,
+    /// Ingest time of the newest input row: window results carry it, so their
+    /// end-to-end latency runs from the arrival of the input that closed the window.
+    latest_ingest_us: u64,
 }
 
 impl WindowAggregateOperator {
@@ -336,6 +339,7 @@ impl WindowAggregateOperator {
             fired_up_to: i64::MIN,
             watermark: i64::MIN,
             scratch: Vec::new(),
+            latest_ingest_us: 0,
         })
     }
 
@@ -351,6 +355,7 @@ impl WindowAggregateOperator {
             fired_up_to: i64::MIN,
             watermark: i64::MIN,
             scratch: Vec::new(),
+            latest_ingest_us: 0,
         }
     }
 
@@ -439,7 +444,10 @@ impl WindowAggregateOperator {
             return Ok(());
         }
         let data = arrow::compute::concat_batches(&self.schema, &batches)?;
-        let ingest = sluice_types::IngestTime::at(sluice_types::now_micros());
+        let ingest = sluice_types::IngestTime::at(match self.latest_ingest_us {
+            0 => sluice_types::now_micros(),
+            t => t,
+        });
         out.collect(Batch { data, ingest }).await
     }
 
@@ -554,6 +562,7 @@ impl Operator for WindowAggregateOperator {
         ctx: &mut OperatorContext,
         out: &mut dyn Collector,
     ) -> Result<()> {
+        self.latest_ingest_us = self.latest_ingest_us.max(batch.ingest.max_us);
         let g = self.geometry;
         let ts = batch.timestamps();
         // Row indices per slice (most batches touch one or two slices).
