@@ -69,18 +69,13 @@ pub enum EventTime {
 }
 
 /// How a source derives watermarks.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct WatermarkSpec {
     /// Bounded out-of-orderness: watermark = max event time seen − this.
     pub max_out_of_orderness: Duration,
-}
-
-impl Default for WatermarkSpec {
-    fn default() -> Self {
-        Self {
-            max_out_of_orderness: Duration::ZERO,
-        }
-    }
+    /// A source subtask that reads no rows for this long declares itself idle, so it does
+    /// not hold back event time downstream; its next row makes it active again.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A source node: a connector plus where its event time comes from.

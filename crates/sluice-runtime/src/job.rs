@@ -35,6 +35,7 @@ enum PreparedNode {
         source: Arc<dyn PreparedSource>,
         event_time: EventTimeColumn,
         out_of_orderness_ms: i64,
+        idle_timeout: Option<std::time::Duration>,
     },
     Operator(OperatorFactory),
 }
@@ -128,6 +129,7 @@ impl PreparedJob {
                         source,
                         event_time,
                         out_of_orderness_ms: s.watermark.max_out_of_orderness.as_millis() as i64,
+                        idle_timeout: s.watermark.idle_timeout,
                     });
                 }
                 kind => {
@@ -366,6 +368,7 @@ impl PreparedJob {
                             source: src,
                             event_time,
                             out_of_orderness_ms,
+                            idle_timeout,
                         } => {
                             let splits = src.splits(p)?;
                             let info = task_info(id);
@@ -380,6 +383,7 @@ impl PreparedJob {
                                     EventTimeColumn::Ingestion => EventTimeColumn::Ingestion,
                                 },
                                 out_of_orderness_ms: *out_of_orderness_ms,
+                                idle_timeout: *idle_timeout,
                                 max_rows: plan.config.batch.max_rows,
                                 linger: plan.config.batch.linger,
                                 control: rx,

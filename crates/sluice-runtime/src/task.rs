@@ -362,6 +362,7 @@ pub(crate) struct SourceTask {
     pub ctx: OperatorContext,
     pub event_time: EventTimeColumn,
     pub out_of_orderness_ms: i64,
+    pub idle_timeout: Option<std::time::Duration>,
     pub max_rows: usize,
     pub linger: std::time::Duration,
     pub control: mpsc::Receiver<SourceControl>,
@@ -393,9 +394,15 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
     };
     let mut max_ts = i64::MIN;
     let mut last_wm: Option<Watermark> = None;
+    let mut last_rows = Instant::now();
     loop {
         let deadline = pending.since.map(|t| t + src.linger);
         let want = src.max_rows - pending.rows;
+        // Idle once no rows came for `idle_timeout` (and we are not idle already).
+        let idle_at = src
+            .idle_timeout
+            .filter(|_| last_wm != Some(Watermark::Idle) && pending.rows == 0)
+            .map(|t| last_rows + t);
         tokio::select! {
             biased;
             ctrl = src.control.recv() => match ctrl {
@@ -408,9 +415,17 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 flush(&mut src, &mut chain, &mut pending, &mut max_ts, &mut last_wm).await?;
             }
+            _ = sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => {
+                last_wm = Some(Watermark::Idle);
+                src.ctx.metrics.watermark.store(i64::MIN, Relaxed);
+                chain.watermark(Watermark::Idle).await?;
+            }
             r = src.reader.read(want, &mut src.ctx) => {
                 match r.map_err(|e| e.in_operator(&name))? {
                     ReadResult::Batch(b) => {
+                        if b.num_rows() > 0 {
+                            last_rows = Instant::now();
+                        }
                         let now = now_micros();
                         if pending.since.is_none() {
                             pending.since = Some(Instant::now());

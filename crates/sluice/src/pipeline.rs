@@ -245,6 +245,12 @@ impl Stream {
         self.source_node(|s| s.watermark.max_out_of_orderness = bound)
     }
 
+    /// A source subtask without rows for this long is idle: it stops holding back event
+    /// time downstream until its next row (for example, a partition that gets no data).
+    pub fn idle_timeout(self, timeout: Duration) -> Stream {
+        self.source_node(|s| s.watermark.idle_timeout = Some(timeout))
+    }
+
     /// Sets this operator's parallelism.
     pub fn parallelism(self, p: usize) -> Stream {
         {

@@ -395,3 +395,72 @@ fn the_cli_runs_a_bounded_job_and_exits_zero() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown example `nope`"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_source_subtask_does_not_stall_windows() {
+    use arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+
+    let rows = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 1, 2])),
+            Arc::new(TimestampMillisecondArray::from(vec![100, 900, 5_000])),
+        ],
+    )
+    .unwrap();
+    let run = |idle: bool| {
+        let rows = rows.clone();
+        async move {
+            let (mut registry, collected) = registry_with_collect();
+            registry.register_source(StallingConnector { rows });
+            let p = Pipeline::new("idle");
+            p.registry(registry).parallelism(2);
+            let mut src = p
+                .source(sluice::plan::ConnectorSpec::new("stalling"))
+                .event_time("ts");
+            if idle {
+                src = src.idle_timeout(Duration::from_millis(50));
+            }
+            src.key_by(["k"])
+                .window(Window::tumbling(Duration::from_secs(1)))
+                .aggregate([count_star().alias("n")])
+                .sink(collect());
+            let handle = p.start().unwrap();
+            let stop = handle.stop_handle();
+            let waiter = tokio::spawn(handle.wait());
+            // Give the job ample time; with idleness the [0, 1 s) window fires meanwhile.
+            let mut rows_while_running = 0;
+            for _ in 0..200 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                rows_while_running = collected.rows();
+                if rows_while_running > 0 {
+                    break;
+                }
+            }
+            stop.stop().await;
+            waiter.await.unwrap().unwrap();
+            (rows_while_running, collected.rows())
+        }
+    };
+    let (while_running, total) = run(true).await;
+    assert_eq!(
+        while_running, 1,
+        "the idle subtask stopped holding back the watermark"
+    );
+    assert_eq!(total, 2, "stopping flushes the open window too");
+    let (while_running, total) = run(false).await;
+    assert_eq!(
+        while_running, 0,
+        "without idleness the empty subtask holds every window back"
+    );
+    assert_eq!(total, 2);
+}

@@ -161,3 +161,68 @@ pub fn canonical(batches: &[RecordBatch]) -> Vec<String> {
     lines.sort();
     lines
 }
+
+/// A source whose split 0 yields one batch of rows and then waits forever, and whose
+/// other splits never yield anything: a partition that gets no data.
+pub struct StallingConnector {
+    pub rows: RecordBatch,
+}
+
+impl sluice::runtime::SourceConnector for StallingConnector {
+    type Config = RecordBatch;
+
+    fn name(&self) -> &'static str {
+        "stalling"
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn parse(&self, _spec: &ConnectorSpec) -> Result<RecordBatch> {
+        Ok(self.rows.clone())
+    }
+
+    fn schema(&self, rows: &RecordBatch) -> Result<SchemaRef> {
+        Ok(rows.schema())
+    }
+
+    fn splits(&self, _: &RecordBatch, parallelism: usize) -> Result<Vec<sluice::runtime::Split>> {
+        Ok((0..parallelism)
+            .map(|i| sluice::runtime::Split {
+                id: format!("stall-{i}"),
+                index: i,
+            })
+            .collect())
+    }
+
+    fn reader(
+        &self,
+        rows: &Arc<RecordBatch>,
+        splits: Vec<sluice::runtime::Split>,
+        _task: &TaskInfo,
+    ) -> Result<Box<dyn sluice::runtime::SourceReader>> {
+        let first = splits.iter().any(|s| s.index == 0);
+        Ok(Box::new(StallingReader {
+            rows: first.then(|| rows.as_ref().clone()),
+        }))
+    }
+}
+
+struct StallingReader {
+    rows: Option<RecordBatch>,
+}
+
+#[async_trait]
+impl sluice::runtime::SourceReader for StallingReader {
+    async fn read(
+        &mut self,
+        _max: usize,
+        _ctx: &mut OperatorContext,
+    ) -> Result<sluice::runtime::ReadResult> {
+        match self.rows.take() {
+            Some(b) => Ok(sluice::runtime::ReadResult::Batch(b)),
+            None => std::future::pending().await,
+        }
+    }
+}
