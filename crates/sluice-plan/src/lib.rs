@@ -149,6 +149,14 @@ pub enum WindowSpec {
         /// Inactivity gap.
         gap: Duration,
     },
+    /// Per key, in arrival order: every `slide` rows, one result over the last `size`
+    /// rows (`slide == size`: tumbling). At the end of input, a partial window fires.
+    Count {
+        /// Rows per window.
+        size: u64,
+        /// Rows between firings.
+        slide: u64,
+    },
 }
 
 impl WindowSpec {
@@ -161,7 +169,7 @@ impl WindowSpec {
             WindowSpec::Hopping { size, slide } => {
                 Some((size.as_millis() as i64, slide.as_millis() as i64))
             }
-            WindowSpec::Session { .. } => None,
+            WindowSpec::Session { .. } | WindowSpec::Count { .. } => None,
         }
     }
 }
@@ -172,6 +180,7 @@ impl fmt::Display for WindowSpec {
             WindowSpec::Tumbling { size } => write!(f, "TUMBLE({size:?})"),
             WindowSpec::Hopping { size, slide } => write!(f, "HOP({size:?}, slide {slide:?})"),
             WindowSpec::Session { gap } => write!(f, "SESSION(gap {gap:?})"),
+            WindowSpec::Count { size, slide } => write!(f, "COUNT({size} rows, slide {slide})"),
         }
     }
 }

@@ -360,6 +360,16 @@ impl Window {
     pub fn session(gap: Duration) -> Self {
         Self(WindowSpec::Session { gap })
     }
+
+    /// Per key, one result every `size` rows, over those rows (arrival order).
+    pub fn count(size: u64) -> Self {
+        Self(WindowSpec::Count { size, slide: size })
+    }
+
+    /// Per key, one result every `slide` rows, over the last `size` rows.
+    pub fn count_sliding(size: u64, slide: u64) -> Self {
+        Self(WindowSpec::Count { size, slide })
+    }
 }
 
 impl std::fmt::Display for Window {

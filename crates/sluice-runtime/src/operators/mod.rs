@@ -2,6 +2,7 @@
 //! node into an operator factory.
 
 pub mod aggregate;
+pub mod count;
 pub mod filter;
 pub mod project;
 pub mod session;
@@ -45,6 +46,9 @@ pub fn prepare(
             aggregates,
             allowed_lateness,
         } => match window {
+            sluice_plan::WindowSpec::Count { size, slide } => {
+                count::CountWindowOperator::prepare(keys, *size, *slide, aggregates, input)
+            }
             sluice_plan::WindowSpec::Session { gap } => session::SessionWindowOperator::prepare(
                 keys,
                 *gap,

@@ -1,0 +1,615 @@
+//! Count windows: per key, in arrival order, one result every `slide` rows over the last
+//! `size` rows (tumbling when `slide == size`).
+//!
+//! ```text
+//!  size = 6, slide = 2  →  panes of gcd = 2 rows
+//!  rows of key a:  r1 r2 | r3 r4 | r5 r6 | r7 r8
+//!  fires after r2 (r1–r2), r4 (r1–r4), r6 (r1–r6), r8 (r3–r8), …
+//! ```
+//!
+//! Rows update the open pane's accumulators with zero-copy slices; a full pane is sealed
+//! into intermediate state; a firing merges the last `size / gcd` panes. Only those panes
+//! are kept per key. At the end of input, rows since the last firing fire as a partial
+//! window, so no row is left unreported (Flink's count trigger never fires a remainder).
+//!
+//! Output: keys, `window_start` / `window_end` (the event-time range of the window's rows,
+//! end exclusive), the aggregates, and `_timestamp` (the last row's event time).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::compute::take;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::row::{OwnedRow, RowConverter, SortField};
+use async_trait::async_trait;
+use datafusion_common::ScalarValue;
+use datafusion_common::hash_utils::RandomState;
+use datafusion_expr::{Accumulator, Expr};
+use sluice_types::{Batch, Result, SluiceError, timestamp_field};
+
+use super::PreparedOperator;
+use super::aggregate::{PlannedAggregate, PlannedAggregates};
+use super::window::{WINDOW_END, WINDOW_START};
+use crate::expr::evaluate;
+use crate::operator::{Collector, Operator, OperatorContext};
+
+fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
+    SluiceError::user("count window computation failed").with_source(e)
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// A sealed pane: per aggregate, its state as one-row arrays; its event-time range.
+struct Pane {
+    states: Vec<Vec<ArrayRef>>,
+    min_ts: i64,
+    max_ts: i64,
+}
+
+struct KeyState {
+    key: Option<OwnedRow>,
+    panes: VecDeque<Pane>,
+    open: Vec<Box<dyn Accumulator>>,
+    open_rows: u64,
+    open_min: i64,
+    open_max: i64,
+    /// Rows since the last firing.
+    since_fire: u64,
+    /// Panes sealed since the last firing.
+    panes_since_fire: usize,
+}
+
+/// The count window operator.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use arrow::datatypes::*;
+/// use datafusion_expr::col;
+/// use datafusion_functions_aggregate::expr_fn::sum;
+/// use sluice_runtime::operators::count::CountWindowOperator;
+/// let schema = Arc::new(Schema::new(vec![
+///     Field::new("k", DataType::Utf8, false),
+///     Field::new("v", DataType::Int64, false),
+///     sluice_types::timestamp_field(),
+/// ]));
+/// let op = CountWindowOperator::prepare(&["k".to_string()], 100, 10, &[sum(col("v")).alias("total")], &schema)
+///     .unwrap();
+/// assert_eq!(op.output_schema.field(3).name(), "total");
+/// ```
+pub struct CountWindowOperator {
+    size: u64,
+    slide: u64,
+    pane: u64,
+    key_indices: Vec<usize>,
+    key_types: Vec<DataType>,
+    aggregates: Vec<PlannedAggregate>,
+    schema: SchemaRef,
+    converter: Option<RowConverter>,
+    ids: HashMap<Box<[u8]>, usize, RandomState>,
+    keys: Vec<KeyState>,
+    latest_ingest_us: u64,
+}
+
+impl CountWindowOperator {
+    /// Checks the sizes, keys and aggregates against the input schema.
+    pub fn prepare(
+        keys: &[String],
+        size: u64,
+        slide: u64,
+        aggregates: &[Expr],
+        input: &SchemaRef,
+    ) -> Result<PreparedOperator> {
+        let template = Self::new(keys, size, slide, aggregates, input)?;
+        let output_schema = Arc::clone(&template.schema);
+        // The factory runs once per subtask at start-up; the lock is never contended.
+        let template = std::sync::Mutex::new(template);
+        Ok(PreparedOperator {
+            output_schema,
+            factory: Arc::new(move |_| {
+                let t = template.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(Box::new(t.fresh()?) as Box<dyn Operator>)
+            }),
+        })
+    }
+
+    /// An operator with empty state.
+    pub fn new(
+        keys: &[String],
+        size: u64,
+        slide: u64,
+        aggregates: &[Expr],
+        input: &SchemaRef,
+    ) -> Result<Self> {
+        if size == 0 || slide == 0 {
+            return Err(SluiceError::user(
+                "a count window needs at least 1 row per window and per slide",
+            ));
+        }
+        if slide > size {
+            return Err(SluiceError::user(format!(
+                "count window of {size} rows sliding by {slide}: the slide is longer than the window, so rows between windows would be lost"
+            )));
+        }
+        let planned =
+            PlannedAggregates::plan(keys, aggregates, input, &[WINDOW_START, WINDOW_END])?;
+        let ts_type = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let mut fields: Vec<Arc<Field>> = planned.key_fields.clone();
+        for name in [WINDOW_START, WINDOW_END] {
+            if fields.iter().any(|f| f.name() == name) {
+                return Err(SluiceError::user(format!(
+                    "key column `{name}` clashes with the window column"
+                )));
+            }
+            fields.push(Arc::new(Field::new(name, ts_type.clone(), false)));
+        }
+        fields.extend(planned.aggregate_fields.iter().cloned());
+        fields.push(Arc::new(timestamp_field()));
+        let key_types: Vec<DataType> = planned
+            .key_fields
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let mut op = Self {
+            size,
+            slide,
+            pane: gcd(size, slide),
+            key_indices: planned.key_indices,
+            key_types,
+            aggregates: planned.aggregates,
+            schema: Arc::new(Schema::new(fields)),
+            converter: None,
+            ids: HashMap::with_hasher(RandomState::default()),
+            keys: Vec::new(),
+            latest_ingest_us: 0,
+        };
+        op.converter = op.new_converter()?;
+        Ok(op)
+    }
+
+    fn new_converter(&self) -> Result<Option<RowConverter>> {
+        if self.key_types.is_empty() {
+            return Ok(None);
+        }
+        let fields = self
+            .key_types
+            .iter()
+            .map(|t| SortField::new(t.clone()))
+            .collect();
+        Ok(Some(RowConverter::new(fields).map_err(|e| {
+            SluiceError::user("unsupported key column type").with_source(e)
+        })?))
+    }
+
+    fn fresh(&self) -> Result<Self> {
+        Ok(Self {
+            size: self.size,
+            slide: self.slide,
+            pane: self.pane,
+            key_indices: self.key_indices.clone(),
+            key_types: self.key_types.clone(),
+            aggregates: self.aggregates.clone(),
+            schema: Arc::clone(&self.schema),
+            converter: self.new_converter()?,
+            ids: HashMap::with_hasher(RandomState::default()),
+            keys: Vec::new(),
+            latest_ingest_us: 0,
+        })
+    }
+
+    fn accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
+        self.aggregates
+            .iter()
+            .map(|a| a.function.create_accumulator().map_err(df_err))
+            .collect()
+    }
+
+    fn key_id(&mut self, row: Option<arrow::row::Row<'_>>) -> Result<usize> {
+        let existing = match &row {
+            Some(r) => self.ids.get(r.as_ref()).copied(),
+            None => (!self.keys.is_empty()).then_some(0),
+        };
+        if let Some(id) = existing {
+            return Ok(id);
+        }
+        let id = self.keys.len();
+        self.keys.push(KeyState {
+            key: row.as_ref().map(|r| r.owned()),
+            panes: VecDeque::new(),
+            open: self.accumulators()?,
+            open_rows: 0,
+            open_min: i64::MAX,
+            open_max: i64::MIN,
+            since_fire: 0,
+            panes_since_fire: 0,
+        });
+        if let Some(r) = row {
+            self.ids.insert(r.as_ref().into(), id);
+        }
+        Ok(id)
+    }
+
+    /// Seals key `id`'s open pane.
+    fn seal(&mut self, id: usize) -> Result<()> {
+        let fresh = self.accumulators()?;
+        let k = &mut self.keys[id];
+        if k.open_rows == 0 {
+            return Ok(());
+        }
+        let mut open = std::mem::replace(&mut k.open, fresh);
+        let states = open
+            .iter_mut()
+            .map(|a| {
+                a.state()
+                    .map_err(df_err)?
+                    .into_iter()
+                    .map(|v| v.to_array().map_err(df_err))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        k.panes.push_back(Pane {
+            states,
+            min_ts: k.open_min,
+            max_ts: k.open_max,
+        });
+        k.open_rows = 0;
+        k.open_min = i64::MAX;
+        k.open_max = i64::MIN;
+        k.panes_since_fire += 1;
+        let keep = (self.size / self.pane) as usize;
+        while k.panes.len() > keep {
+            k.panes.pop_front();
+        }
+        Ok(())
+    }
+
+    /// The result over key `id`'s last `size` rows (its newest panes).
+    fn result(&self, id: usize, out: &mut Output) -> Result<()> {
+        let k = &self.keys[id];
+        let mut accs = self.accumulators()?;
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for p in &k.panes {
+            for (acc, state) in accs.iter_mut().zip(&p.states) {
+                acc.merge_batch(state).map_err(df_err)?;
+            }
+            lo = lo.min(p.min_ts);
+            hi = hi.max(p.max_ts);
+        }
+        out.keys.push(id);
+        out.starts.push(lo);
+        out.ends.push(hi.saturating_add(1));
+        out.times.push(hi);
+        for (v, acc) in out.values.iter_mut().zip(accs.iter_mut()) {
+            v.push(acc.evaluate().map_err(df_err)?);
+        }
+        Ok(())
+    }
+
+    async fn emit(&self, out: Output, collector: &mut dyn Collector) -> Result<()> {
+        if out.keys.is_empty() {
+            return Ok(());
+        }
+        let mut columns: Vec<ArrayRef> = match &self.converter {
+            Some(c) => c.convert_rows(out.keys.iter().map(|&id| {
+                self.keys[id]
+                    .key
+                    .as_ref()
+                    .expect("invariant: keyed state has its key")
+                    .row()
+            }))?,
+            None => Vec::new(),
+        };
+        columns.push(Arc::new(TimestampMillisecondArray::from(out.starts)));
+        columns.push(Arc::new(TimestampMillisecondArray::from(out.ends)));
+        for v in out.values {
+            columns.push(ScalarValue::iter_to_array(v).map_err(df_err)?);
+        }
+        columns.push(Arc::new(TimestampMillisecondArray::from(out.times)));
+        let data = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        let ingest = sluice_types::IngestTime::at(match self.latest_ingest_us {
+            0 => sluice_types::now_micros(),
+            t => t,
+        });
+        collector.collect(Batch { data, ingest }).await
+    }
+
+    fn output(&self) -> Output {
+        Output {
+            keys: Vec::new(),
+            starts: Vec::new(),
+            ends: Vec::new(),
+            times: Vec::new(),
+            values: vec![Vec::new(); self.aggregates.len()],
+        }
+    }
+}
+
+struct Output {
+    keys: Vec<usize>,
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+    times: Vec<i64>,
+    values: Vec<Vec<ScalarValue>>,
+}
+
+#[async_trait]
+impl Operator for CountWindowOperator {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn process_batch(
+        &mut self,
+        batch: Batch,
+        _ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        self.latest_ingest_us = self.latest_ingest_us.max(batch.ingest.max_us);
+        let ts = batch.timestamps().clone();
+        let rows = match &self.converter {
+            Some(c) => {
+                let cols: Vec<ArrayRef> = self
+                    .key_indices
+                    .iter()
+                    .map(|&i| Arc::clone(batch.data.column(i)))
+                    .collect();
+                Some(c.convert_columns(&cols)?)
+            }
+            None => None,
+        };
+        // Rows grouped by key, arrival order kept within a key (stable sort).
+        let mut order: Vec<(usize, u32)> = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let id = self.key_id(rows.as_ref().map(|r| r.row(i)))?;
+            order.push((id, i as u32));
+        }
+        order.sort_by_key(|o| o.0);
+        let idx = UInt32Array::from_iter_values(order.iter().map(|o| o.1));
+        let args: Vec<Vec<ArrayRef>> = self
+            .aggregates
+            .iter()
+            .map(|a| {
+                a.args
+                    .iter()
+                    .map(|e| evaluate(e, &batch).and_then(|v| Ok(take(&v, &idx, None)?)))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?;
+        let mut fired = self.output();
+        let mut at = 0;
+        while at < order.len() {
+            let id = order[at].0;
+            let run_end = order[at..]
+                .iter()
+                .position(|o| o.0 != id)
+                .map_or(order.len(), |p| at + p);
+            while at < run_end {
+                let k = &mut self.keys[id];
+                let take_n = ((self.pane - k.open_rows) as usize).min(run_end - at);
+                for (acc, cols) in k.open.iter_mut().zip(&args) {
+                    let slices: Vec<ArrayRef> = cols.iter().map(|c| c.slice(at, take_n)).collect();
+                    acc.update_batch(&slices).map_err(df_err)?;
+                }
+                for o in &order[at..at + take_n] {
+                    let t = ts.value(o.1 as usize);
+                    k.open_min = k.open_min.min(t);
+                    k.open_max = k.open_max.max(t);
+                }
+                k.open_rows += take_n as u64;
+                k.since_fire += take_n as u64;
+                at += take_n;
+                if k.open_rows == self.pane {
+                    self.seal(id)?;
+                    let k = &mut self.keys[id];
+                    if k.since_fire == self.slide {
+                        k.since_fire = 0;
+                        k.panes_since_fire = 0;
+                        self.result(id, &mut fired)?;
+                    }
+                }
+            }
+        }
+        self.emit(fired, out).await
+    }
+
+    async fn on_close(
+        &mut self,
+        _ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        // Rows since the last firing fire now, as a partial window.
+        let mut fired = self.output();
+        for id in 0..self.keys.len() {
+            if self.keys[id].since_fire == 0 {
+                continue;
+            }
+            self.seal(id)?;
+            self.result(id, &mut fired)?;
+            self.keys[id].since_fire = 0;
+        }
+        self.emit(fired, out).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion_expr::col;
+    use datafusion_functions_aggregate::expr_fn::{count, sum};
+    use sluice_testkit::{assert_pretty, batch_from_pretty};
+
+    async fn run(size: u64, slide: u64, batches: Vec<Batch>) -> Vec<Batch> {
+        let schema = batches[0].data.schema();
+        let p = CountWindowOperator::prepare(
+            &["k".into()],
+            size,
+            slide,
+            &[count(col("v")).alias("n"), sum(col("v")).alias("total")],
+            &schema,
+        )
+        .unwrap();
+        super::super::run_prepared(&p, batches).await.unwrap()
+    }
+
+    fn input() -> Vec<Batch> {
+        vec![
+            batch_from_pretty(
+                "
+                | k:Utf8 | v:Int64 | _timestamp:Ts |
+                | a      | 1       | 10            |
+                | b      | 100     | 5             |
+                | a      | 2       | 30            |
+                | a      | 3       | 20            |",
+            ),
+            batch_from_pretty(
+                "
+                | k:Utf8 | v:Int64 | _timestamp:Ts |
+                | a      | 4       | 40            |
+                | a      | 5       | 50            |",
+            ),
+        ]
+    }
+
+    #[tokio::test]
+    async fn tumbling_count_windows_fire_every_n_rows_and_flush_the_rest() {
+        let out = run(2, 2, input()).await;
+        assert_pretty(
+            &out,
+            "
+            +---+-------------------------+-------------------------+---+-------+-------------------------+
+            | k | window_start            | window_end              | n | total | _timestamp              |
+            +---+-------------------------+-------------------------+---+-------+-------------------------+
+            | a | 1970-01-01T00:00:00.010 | 1970-01-01T00:00:00.031 | 2 | 3     | 1970-01-01T00:00:00.030 |
+            | a | 1970-01-01T00:00:00.020 | 1970-01-01T00:00:00.041 | 2 | 7     | 1970-01-01T00:00:00.040 |
+            | a | 1970-01-01T00:00:00.050 | 1970-01-01T00:00:00.051 | 1 | 5     | 1970-01-01T00:00:00.050 |
+            | b | 1970-01-01T00:00:00.005 | 1970-01-01T00:00:00.006 | 1 | 100   | 1970-01-01T00:00:00.005 |
+            +---+-------------------------+-------------------------+---+-------+-------------------------+",
+        );
+    }
+
+    #[tokio::test]
+    async fn sliding_count_windows_cover_the_last_n_rows() {
+        let out = run(4, 2, input()).await;
+        assert_pretty(
+            &out,
+            "
+            +---+-------------------------+-------------------------+---+-------+-------------------------+
+            | k | window_start            | window_end              | n | total | _timestamp              |
+            +---+-------------------------+-------------------------+---+-------+-------------------------+
+            | a | 1970-01-01T00:00:00.010 | 1970-01-01T00:00:00.031 | 2 | 3     | 1970-01-01T00:00:00.030 |
+            | a | 1970-01-01T00:00:00.010 | 1970-01-01T00:00:00.041 | 4 | 10    | 1970-01-01T00:00:00.040 |
+            | a | 1970-01-01T00:00:00.020 | 1970-01-01T00:00:00.051 | 3 | 12    | 1970-01-01T00:00:00.050 |
+            | b | 1970-01-01T00:00:00.005 | 1970-01-01T00:00:00.006 | 1 | 100   | 1970-01-01T00:00:00.005 |
+            +---+-------------------------+-------------------------+---+-------+-------------------------+",
+        );
+    }
+
+    #[test]
+    fn a_slide_longer_than_the_window_is_rejected() {
+        let e = CountWindowOperator::new(&["k".into()], 2, 3, &[], &input()[0].data.schema())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("slide is longer"), "{e}");
+    }
+
+    mod property {
+        use super::*;
+        use arrow::array::{Int64Array, StringArray};
+        use proptest::prelude::*;
+        use sluice_types::IngestTime;
+
+        fn reference(rows: &[(i64, i64, i64)], size: u64, slide: u64) -> Vec<String> {
+            let mut per_key: std::collections::BTreeMap<i64, Vec<(i64, i64)>> = Default::default();
+            for &(k, v, t) in rows {
+                per_key.entry(k).or_default().push((v, t));
+            }
+            let mut out = Vec::new();
+            let mut fire = |k: i64, window: &[(i64, i64)]| {
+                let n = window.len();
+                let total: i64 = window.iter().map(|r| r.0).sum();
+                let lo = window.iter().map(|r| r.1).min().unwrap();
+                let hi = window.iter().map(|r| r.1).max().unwrap();
+                out.push(format!("k{k},{lo},{},{n},{total},{hi}", hi + 1));
+            };
+            for (k, rs) in per_key {
+                let (size, slide) = (size as usize, slide as usize);
+                let mut last_fire = 0;
+                for i in 1..=rs.len() {
+                    if i % slide == 0 {
+                        fire(k, &rs[i.saturating_sub(size)..i]);
+                        last_fire = i;
+                    }
+                }
+                if last_fire < rs.len() {
+                    // The partial window at the end: the last `size` rows up to the end,
+                    // starting at a pane boundary like any window.
+                    let pane = gcd(size as u64, slide as u64) as usize;
+                    let end = rs.len();
+                    let panes = end.div_ceil(pane);
+                    let first_pane = panes.saturating_sub(size / pane);
+                    fire(k, &rs[first_pane * pane..end]);
+                }
+            }
+            out.sort();
+            out
+        }
+
+        fn batch(rows: &[(i64, i64, i64)]) -> Batch {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Utf8, false),
+                Field::new("v", DataType::Int64, false),
+                timestamp_field(),
+            ]));
+            let data = RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(StringArray::from_iter_values(
+                        rows.iter().map(|r| format!("k{}", r.0)),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        rows.iter().map(|r| r.2),
+                    )),
+                ],
+            )
+            .unwrap();
+            Batch::try_new(data, IngestTime::at(0)).unwrap()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn count_windows_equal_a_row_by_row_computation(
+                (size, slide) in (1..8u64).prop_flat_map(|size| (Just(size), 1..=size)),
+                rows in prop::collection::vec((0..3i64, -50..50i64, 0..1000i64), 1..120),
+                cuts in prop::collection::vec(1..20usize, 1..10),
+            ) {
+                let mut batches = Vec::new();
+                let mut at = 0;
+                for c in cuts.iter().cycle() {
+                    if at >= rows.len() { break; }
+                    let end = (at + c).min(rows.len());
+                    batches.push(batch(&rows[at..end]));
+                    at = end;
+                }
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let out = rt.block_on(run(size, slide, batches));
+                let mut got = Vec::new();
+                for b in &out {
+                    let d = &b.data;
+                    let k = d.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+                    let ts = |i: usize| d.column(i).as_any().downcast_ref::<TimestampMillisecondArray>().unwrap().clone();
+                    let int = |i: usize| d.column(i).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+                    let (ws, we, n, total, t) = (ts(1), ts(2), int(3), int(4), ts(5));
+                    for r in 0..d.num_rows() {
+                        got.push(format!("{},{},{},{},{},{}", k.value(r), ws.value(r), we.value(r), n.value(r), total.value(r), t.value(r)));
+                    }
+                }
+                got.sort();
+                prop_assert_eq!(got, reference(&rows, size, slide));
+            }
+        }
+    }
+}
