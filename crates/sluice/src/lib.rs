@@ -30,7 +30,10 @@ pub use sluice_types::{Result, SluiceError};
 
 /// Aggregate functions for [`KeyedStream::aggregate`] (DataFusion's).
 pub mod functions {
-    pub use datafusion_functions_aggregate::expr_fn::{avg, count, max, min, sum};
+    pub use datafusion_expr::{Accumulator, AggregateUDF, Volatility, create_udaf};
+    pub use datafusion_functions_aggregate::expr_fn::{
+        avg, count, count_distinct, first_value, last_value, max, min, sum,
+    };
 
     /// `COUNT(*)`.
     pub fn count_star() -> datafusion_expr::Expr {

@@ -110,9 +110,9 @@ impl PlannedAggregates {
                         "`{a}` is not an aggregate this operator can compute: {e}"
                     ))
                 })?;
-            if lowered.filter.is_some() || !lowered.order_bys.is_empty() {
+            if lowered.filter.is_some() {
                 return Err(SluiceError::user(format!(
-                    "`{a}`: FILTER and ORDER BY inside aggregates are not supported yet"
+                    "`{a}`: FILTER inside aggregates is not supported yet; filter the stream before aggregating"
                 )));
             }
             let field = lowered.aggregate.field();
@@ -128,8 +128,18 @@ impl PlannedAggregates {
                 )));
             }
             aggregate_fields.push(field);
+            // Order-sensitive aggregates (first_value … ORDER BY) get their ordering
+            // columns after the arguments, as DataFusion's own aggregation passes them.
+            let mut args = lowered.aggregate.expressions();
+            args.extend(
+                lowered
+                    .aggregate
+                    .order_bys()
+                    .iter()
+                    .map(|o| Arc::clone(&o.expr)),
+            );
             planned.push(PlannedAggregate {
-                args: lowered.aggregate.expressions(),
+                args,
                 function: lowered.aggregate,
             });
         }

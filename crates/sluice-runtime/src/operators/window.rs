@@ -885,6 +885,84 @@ mod tests {
         );
     }
 
+    /// A user-defined aggregate: the product of the values.
+    #[derive(Debug)]
+    struct Product(i64);
+
+    impl datafusion_expr::Accumulator for Product {
+        fn update_batch(&mut self, values: &[ArrayRef]) -> datafusion_common::Result<()> {
+            let v = values[0]
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap();
+            self.0 = v.iter().flatten().fold(self.0, |a, b| a * b);
+            Ok(())
+        }
+        fn merge_batch(&mut self, states: &[ArrayRef]) -> datafusion_common::Result<()> {
+            self.update_batch(states)
+        }
+        fn state(&mut self) -> datafusion_common::Result<Vec<datafusion_common::ScalarValue>> {
+            Ok(vec![datafusion_common::ScalarValue::Int64(Some(self.0))])
+        }
+        fn evaluate(&mut self) -> datafusion_common::Result<datafusion_common::ScalarValue> {
+            Ok(datafusion_common::ScalarValue::Int64(Some(self.0)))
+        }
+        fn size(&self) -> usize {
+            std::mem::size_of::<Self>()
+        }
+    }
+
+    #[tokio::test]
+    async fn distinct_first_last_and_user_aggregates() {
+        use datafusion_functions_aggregate::expr_fn::{count_distinct, first_value, last_value};
+        let product = datafusion_expr::create_udaf(
+            "product",
+            vec![DataType::Int64],
+            Arc::new(DataType::Int64),
+            datafusion_expr::Volatility::Immutable,
+            Arc::new(|_| Ok(Box::new(Product(1)))),
+            Arc::new(vec![DataType::Int64]),
+        );
+        let input = batch_from_pretty(
+            "
+            | k:Utf8 | v:Int64 | _timestamp:Ts |
+            | a      | 3       | 300           |
+            | a      | 2       | 100           |
+            | a      | 3       | 900           |
+            | a      | 5       | 500           |",
+        );
+        let by_time = || vec![col("_timestamp").sort(true, false)];
+        let p = WindowAggregateOperator::prepare(
+            &["k".into()],
+            WindowSpec::Tumbling { size: secs(1) },
+            &[
+                count_distinct(col("v")).alias("distinct"),
+                first_value(col("v"), by_time()).alias("first"),
+                last_value(col("v"), by_time()).alias("last"),
+                product.call(vec![col("v")]).alias("product"),
+            ],
+            Duration::ZERO,
+            &input.data.schema(),
+        )
+        .unwrap();
+        let mut op = (p.factory)(&sluice_types::TaskInfo::for_test("window")).unwrap();
+        let mut ctx = OperatorContext::for_test(input.data.schema());
+        let mut out = crate::operator::VecCollector::default();
+        op.process_batch(input, &mut ctx, &mut out).await.unwrap();
+        op.on_watermark(Watermark::MAX, &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_pretty(
+            &out.batches,
+            "
+            +---+---------------------+---------------------+----------+-------+------+---------+-------------------------+
+            | k | window_start        | window_end          | distinct | first | last | product | _timestamp              |
+            +---+---------------------+---------------------+----------+-------+------+---------+-------------------------+
+            | a | 1970-01-01T00:00:00 | 1970-01-01T00:00:01 | 3        | 2     | 3    | 90      | 1970-01-01T00:00:00.999 |
+            +---+---------------------+---------------------+----------+-------+------+---------+-------------------------+",
+        );
+    }
+
     #[test]
     fn invalid_windows_are_rejected() {
         let b = batch_from_pretty(
