@@ -198,6 +198,18 @@ impl NodeKind {
         }
     }
 
+    /// The named side outputs the operator can emit.
+    pub fn side_outputs(&self) -> &'static [&'static str] {
+        match self {
+            NodeKind::WindowAggregate { window, .. }
+                if !matches!(window, WindowSpec::Count { .. }) =>
+            {
+                &["late"]
+            }
+            _ => &[],
+        }
+    }
+
     /// Whether the operator keeps no state between batches (and so may be chained freely).
     pub fn is_stateless(&self) -> bool {
         matches!(
@@ -253,6 +265,9 @@ pub struct PlanEdge {
     pub to: NodeId,
     /// How rows are distributed.
     pub partitioning: Partitioning,
+    /// The upstream's named side output this edge carries (`late` for window
+    /// aggregates); `None` for its main output.
+    pub side: Option<String>,
 }
 
 /// Adaptive batching at sources: a batch closes at `max_rows` or after `linger`.
@@ -345,6 +360,23 @@ impl JobPlan {
             from,
             to,
             partitioning,
+            side: None,
+        });
+    }
+
+    /// Connects a node's named side output to another node.
+    pub fn add_side_edge(
+        &mut self,
+        from: NodeId,
+        side: &str,
+        to: NodeId,
+        partitioning: Partitioning,
+    ) {
+        self.edges.push(PlanEdge {
+            from,
+            to,
+            partitioning,
+            side: Some(side.to_string()),
         });
     }
 

@@ -133,8 +133,23 @@ impl PreparedJob {
                     });
                 }
                 kind => {
-                    let inputs: Vec<&SchemaRef> =
-                        plan.inputs(id).map(|e| &schemas[e.from]).collect();
+                    let mut inputs: Vec<&SchemaRef> = Vec::new();
+                    for e in plan.inputs(id) {
+                        inputs.push(match &e.side {
+                            None => &schemas[e.from],
+                            Some(tag) => {
+                                let from = &plan.nodes[e.from];
+                                if !from.kind.side_outputs().contains(&tag.as_str()) {
+                                    return Err(ctx(SluiceError::user(format!(
+                                        "`{}` has no side output `{tag}`",
+                                        from.name
+                                    ))));
+                                }
+                                // Late rows keep the schema of the operator's input.
+                                &input_schemas[e.from]
+                            }
+                        });
+                    }
                     let input = Arc::clone(inputs[0]);
                     for other in &inputs[1..] {
                         if other.fields() != input.fields() {
@@ -151,8 +166,12 @@ impl PreparedJob {
             }
             for e in plan.outputs(id) {
                 if let Partitioning::Hash(keys) = &e.partitioning {
+                    let out_schema = match e.side {
+                        None => &schemas[id],
+                        Some(_) => &input_schemas[id],
+                    };
                     for k in keys {
-                        if schemas[id].index_of(k).is_err() {
+                        if out_schema.index_of(k).is_err() {
                             return Err(SluiceError::user(format!(
                                 "key column `{k}` is not in the output of `{}`",
                                 node.name
@@ -179,6 +198,7 @@ impl PreparedJob {
                 let e = outs[0];
                 let next = e.to;
                 if e.partitioning != Partitioning::Forward
+                    || e.side.is_some()
                     || plan.inputs(next).count() != 1
                     || plan.nodes[next].parallelism != plan.nodes[cur].parallelism
                 {
@@ -248,9 +268,14 @@ impl PreparedJob {
                 .chains
                 .iter()
                 .any(|c| c.windows(2).any(|w| w[0] == e.from && w[1] == e.to));
+            let side = e
+                .side
+                .as_ref()
+                .map(|t| format!(" (side output `{t}`)"))
+                .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "edge [{}] -> [{}] {}{}",
+                "edge [{}] -> [{}] {}{}{side}",
                 e.from,
                 e.to,
                 e.partitioning,
@@ -324,15 +349,20 @@ impl PreparedJob {
                     Partitioning::Hash(keys) => Router::hash(
                         keys.iter()
                             .map(|k| {
-                                self.schemas[e.from]
-                                    .index_of(k)
-                                    .expect("invariant: checked at prepare")
+                                let schema = match e.side {
+                                    None => &self.schemas[e.from],
+                                    Some(_) => &self.input_schemas[e.from],
+                                };
+                                schema.index_of(k).expect("invariant: checked at prepare")
                             })
                             .collect(),
                         plan.config.max_parallelism,
                     ),
                 };
-                out.push(OutputEdge::new(router, senders));
+                out.push(match &e.side {
+                    None => OutputEdge::new(router, senders),
+                    Some(tag) => OutputEdge::side(router, senders, tag),
+                });
             }
         }
 

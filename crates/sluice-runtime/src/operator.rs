@@ -27,6 +27,12 @@ use crate::metrics::SubtaskMetrics;
 pub trait Collector: Send {
     /// Emits a batch downstream.
     async fn collect(&mut self, batch: Batch) -> Result<()>;
+
+    /// Emits a batch on the named side output. Returns `false` when nothing consumes that
+    /// output, so the operator can keep the rows another way (the dead-letter output).
+    async fn collect_side(&mut self, _tag: &str, _batch: Batch) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// A timer's domain.
@@ -152,6 +158,8 @@ pub trait Operator: Send {
 pub struct VecCollector {
     /// Collected batches, in order.
     pub batches: Vec<Batch>,
+    /// Side-output batches with their tags, in order.
+    pub side: Vec<(String, Batch)>,
 }
 
 #[async_trait]
@@ -159,6 +167,11 @@ impl Collector for VecCollector {
     async fn collect(&mut self, batch: Batch) -> Result<()> {
         self.batches.push(batch);
         Ok(())
+    }
+
+    async fn collect_side(&mut self, tag: &str, batch: Batch) -> Result<bool> {
+        self.side.push((tag.to_string(), batch));
+        Ok(true)
     }
 }
 

@@ -87,12 +87,26 @@ impl Router {
 pub struct OutputEdge {
     router: Router,
     senders: Vec<mpsc::Sender<Message>>,
+    side: Option<String>,
 }
 
 impl OutputEdge {
-    /// An edge; for `Forward` pass exactly one sender.
+    /// A main-output edge; for `Forward` pass exactly one sender.
     pub fn new(router: Router, senders: Vec<mpsc::Sender<Message>>) -> Self {
-        Self { router, senders }
+        Self {
+            router,
+            senders,
+            side: None,
+        }
+    }
+
+    /// An edge carrying the named side output.
+    pub fn side(router: Router, senders: Vec<mpsc::Sender<Message>>, tag: &str) -> Self {
+        Self {
+            router,
+            senders,
+            side: Some(tag.to_string()),
+        }
     }
 }
 
@@ -136,12 +150,23 @@ impl Outputs {
         self.edges.is_empty()
     }
 
-    /// Routes a data batch along every edge.
+    /// Routes a data batch along every main-output edge.
     pub async fn send_batch(&mut self, batch: Batch) -> Result<()> {
-        let last = self.edges.len().saturating_sub(1);
+        self.send_tagged(None, batch).await.map(|_| ())
+    }
+
+    /// Routes a batch along the edges of the named side output; `false` if there are none.
+    pub async fn send_side(&mut self, tag: &str, batch: Batch) -> Result<bool> {
+        self.send_tagged(Some(tag), batch).await
+    }
+
+    async fn send_tagged(&mut self, tag: Option<&str>, batch: Batch) -> Result<bool> {
+        let targets: Vec<usize> = (0..self.edges.len())
+            .filter(|&i| self.edges[i].side.as_deref() == tag)
+            .collect();
         let mut batch = Some(batch);
-        for i in 0..self.edges.len() {
-            let b = if i == last {
+        for (n, &i) in targets.iter().enumerate() {
+            let b = if n + 1 == targets.len() {
                 batch
                     .take()
                     .expect("invariant: taken once, on the last edge")
@@ -150,10 +175,9 @@ impl Outputs {
                     .clone()
                     .expect("invariant: present until the last edge")
             };
-            let edge = &mut self.edges[i];
-            route(edge, b, &self.metrics).await?;
+            route(&mut self.edges[i], b, &self.metrics).await?;
         }
-        Ok(())
+        Ok(!targets.is_empty())
     }
 
     /// Sends a control message to every downstream subtask.

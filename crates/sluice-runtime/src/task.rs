@@ -57,6 +57,14 @@ impl Collector for ChainOut<'_> {
             .fetch_add(batch.num_rows() as u64, Relaxed);
         push_batch(self.rest, self.out, batch).await
     }
+
+    async fn collect_side(&mut self, tag: &str, batch: Batch) -> Result<bool> {
+        // Only a chain's last operator can have side edges (they end a chain).
+        if !self.rest.is_empty() {
+            return Ok(false);
+        }
+        self.out.send_side(tag, batch).await
+    }
 }
 
 async fn push_batch(slots: &mut [Slot], out: &mut Outputs, batch: Batch) -> Result<()> {

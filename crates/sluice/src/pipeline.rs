@@ -76,6 +76,8 @@ pub struct Stream {
     inner: Arc<Mutex<Builder>>,
     node: NodeId,
     next_edge: Option<Partitioning>,
+    /// The node's side output this stream reads, if not its main output.
+    side: Option<String>,
 }
 
 /// A stream partitioned by key: the next operator sees all rows of a key in one subtask.
@@ -156,6 +158,7 @@ impl Pipeline {
             inner: Arc::clone(&self.inner),
             node,
             next_edge: None,
+            side: None,
         }
     }
 
@@ -210,11 +213,15 @@ impl Stream {
             None if p == up_p => Partitioning::Forward,
             None => Partitioning::Rebalance,
         };
-        b.plan.add_edge(self.node, id, edge);
+        match &self.side {
+            None => b.plan.add_edge(self.node, id, edge),
+            Some(tag) => b.plan.add_side_edge(self.node, tag, id, edge),
+        }
         Stream {
             inner: Arc::clone(&self.inner),
             node: id,
             next_edge: None,
+            side: None,
         }
     }
 
@@ -292,11 +299,21 @@ impl Stream {
         let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
         KeyedStream {
             stream: Stream {
-                inner: Arc::clone(&self.inner),
-                node: self.node,
                 next_edge: Some(Partitioning::Hash(keys.clone())),
+                ..self.clone()
             },
             keys,
+        }
+    }
+
+    /// The rows that arrived too late for this window aggregate's windows (beyond the
+    /// allowed lateness), with the aggregate's input columns. Without a consumer they
+    /// go to the dead-letter output.
+    pub fn late_rows(&self) -> Stream {
+        Stream {
+            side: Some("late".into()),
+            next_edge: None,
+            ..self.clone()
         }
     }
 

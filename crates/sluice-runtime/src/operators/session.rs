@@ -30,7 +30,9 @@ use sluice_types::{Batch, Result, SluiceError, Watermark, timestamp_field};
 
 use super::PreparedOperator;
 use super::aggregate::{PlannedAggregate, PlannedAggregates};
-use super::window::{MAX_EVENT_TIME, MIN_EVENT_TIME, WINDOW_END, WINDOW_START, dead_letter_rows};
+use super::window::{
+    MAX_EVENT_TIME, MIN_EVENT_TIME, WINDOW_END, WINDOW_START, dead_letter_rows, emit_late,
+};
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext};
 
@@ -401,18 +403,12 @@ impl Operator for SessionWindowOperator {
             )?;
         }
         if !late.is_empty() {
-            ctx.metrics
-                .late_records
-                .fetch_add(late.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let bad = take_record_batch(&batch.data, &UInt32Array::from(late))?;
-            dead_letter_rows(
-                ctx,
-                &bad,
-                &format!(
-                    "late row: its session closed (watermark {} ms, gap {} ms, allowed lateness {} ms)",
-                    self.watermark, self.gap, self.lateness
-                ),
-            )?;
+            let reason = format!(
+                "late row: its session closed (watermark {} ms, gap {} ms, allowed lateness {} ms)",
+                self.watermark, self.gap, self.lateness
+            );
+            emit_late(ctx, batch.with_data(bad), out, &reason).await?;
         }
         if order.is_empty() {
             return Ok(());

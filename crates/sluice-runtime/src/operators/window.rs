@@ -40,6 +40,9 @@ use crate::dead_letter::DeadLetter;
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext};
 
+/// The side output that carries late rows (with the operator's input schema).
+pub const LATE_OUTPUT: &str = "late";
+
 /// Output column: inclusive window start.
 pub const WINDOW_START: &str = "window_start";
 /// Output column: exclusive window end.
@@ -78,6 +81,24 @@ pub(crate) fn dead_letter_rows(
         });
     }
     Ok(())
+}
+
+/// Late rows go to the `late` side output if the pipeline consumes it, otherwise to the
+/// dead-letter output with `reason`; either way they are counted.
+pub(crate) async fn emit_late(
+    ctx: &OperatorContext,
+    rows: Batch,
+    out: &mut dyn Collector,
+    reason: &str,
+) -> Result<()> {
+    ctx.metrics
+        .late_records
+        .fetch_add(rows.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
+    let data = rows.data.clone();
+    if out.collect_side(LATE_OUTPUT, rows).await? {
+        return Ok(());
+    }
+    dead_letter_rows(ctx, &data, reason)
 }
 
 /// Window geometry in milliseconds.
@@ -418,20 +439,6 @@ impl WindowAggregateOperator {
         Ok(())
     }
 
-    fn late_rows(&self, ctx: &OperatorContext, rows: &RecordBatch) -> Result<()> {
-        ctx.metrics
-            .late_records
-            .fetch_add(rows.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
-        dead_letter_rows(
-            ctx,
-            rows,
-            &format!(
-                "late row: every window it belongs to closed (watermark {} ms, allowed lateness {} ms)",
-                self.watermark, self.geometry.lateness
-            ),
-        )
-    }
-
     /// Fires every window with an end in `ends`, in order, and emits one batch.
     async fn fire(&mut self, ends: &BTreeSet<i64>, out: &mut dyn Collector) -> Result<()> {
         let mut batches = Vec::new();
@@ -599,7 +606,11 @@ impl Operator for WindowAggregateOperator {
                 take_record_batch(&batch.data, &idx)?
             };
             if g.expired(g.last_end(start), self.watermark) {
-                self.late_rows(ctx, &part)?;
+                let reason = format!(
+                    "late row: every window it belongs to closed (watermark {} ms, allowed lateness {} ms)",
+                    self.watermark, g.lateness
+                );
+                emit_late(ctx, batch.with_data(part), out, &reason).await?;
                 continue;
             }
             let part_args: Vec<Vec<ArrayRef>> = if idx.len() == batch.num_rows() {

@@ -427,3 +427,60 @@ async fn streaming_windows_equal_batch_group_by() {
         hopping,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_rows_can_be_routed_to_any_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        [
+            r#"{"k":"a","v":1,"ts":1000}"#,
+            r#"{"k":"a","v":2,"ts":5000}"#,
+            r#"{"k":"a","v":3,"ts":12000}"#,
+            r#"{"k":"a","v":4,"ts":3000}"#,
+            r#"{"k":"a","v":5,"ts":13000}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new("ts", DataType::Int64, false),
+    ]));
+    let late_dir = dir.path().join("late");
+    let (registry, collected) = registry_with_collect();
+    let p = Pipeline::new("late");
+    // One row per batch, so a watermark follows every row.
+    p.registry(registry).batching(1, Duration::from_millis(1));
+    let windows = p
+        .source(FileSource::json(&input).with_schema(schema))
+        .event_time("ts")
+        .key_by(["k"])
+        .window(Window::tumbling(Duration::from_secs(10)))
+        .aggregate([sum(col("v")).alias("total")]);
+    windows.sink(collect());
+    windows.late_rows().sink(FileSink::json(&late_dir));
+    let explain = p.explain().unwrap();
+    assert!(explain.contains("(side output `late`)"), "{explain}");
+    let handle = p.start().unwrap();
+    let metrics = handle.metrics();
+    handle.wait().await.unwrap();
+
+    assert_eq!(
+        canonical(&collected.batches()),
+        [
+            r#"{"k":"a","window_start":"1970-01-01T00:00:00","window_end":"1970-01-01T00:00:10","total":3}"#,
+            r#"{"k":"a","window_start":"1970-01-01T00:00:10","window_end":"1970-01-01T00:00:20","total":8}"#,
+        ]
+    );
+    assert_eq!(metrics.late_records(), 1);
+    assert_eq!(
+        metrics.dead_letters(),
+        0,
+        "routed late rows are not dead letters"
+    );
+    let late = std::fs::read_to_string(late_dir.join("part-0.jsonl")).unwrap();
+    assert_eq!(late.trim(), r#"{"k":"a","v":4,"ts":3000}"#);
+}
