@@ -181,12 +181,16 @@ impl Chain {
 pub(crate) struct Inputs {
     receivers: Vec<mpsc::Receiver<Message>>,
     watermarks: Vec<Option<Watermark>>,
+    /// Largest event-time watermark each input reached (kept while it is idle).
+    last_time: Vec<Option<i64>>,
     ended: Vec<bool>,
     blocked: Vec<bool>,
     pending_barrier: Option<CheckpointBarrier>,
     next: usize,
     live: usize,
     merged: Option<Watermark>,
+    /// The largest event time forwarded.
+    emitted_time: i64,
 }
 
 impl Inputs {
@@ -195,12 +199,14 @@ impl Inputs {
         Self {
             receivers,
             watermarks: vec![None; n],
+            last_time: vec![None; n],
             ended: vec![false; n],
             blocked: vec![false; n],
             pending_barrier: None,
             next: 0,
             live: n,
             merged: None,
+            emitted_time: i64::MIN,
         }
     }
 
@@ -236,49 +242,58 @@ impl Inputs {
         self.receivers.iter().map(|r| r.len() as u64).sum()
     }
 
-    /// Merged watermark: the minimum over live inputs; idle inputs do not hold it back;
-    /// ended inputs count as +∞. Returns it if it advanced.
-    fn merge(&mut self) -> Option<Watermark> {
-        let mut min: Option<i64> = None;
-        let mut all_idle = true;
-        for i in 0..self.watermarks.len() {
-            if self.ended[i] {
-                continue;
-            }
-            match self.watermarks[i] {
-                None => return None,
-                Some(Watermark::Idle) => {}
-                Some(Watermark::EventTime(t)) => {
-                    all_idle = false;
-                    min = Some(min.map_or(t, |m: i64| m.min(t)));
-                }
-            }
+    /// Records a watermark from input `i`.
+    fn set_watermark(&mut self, i: usize, w: Watermark) {
+        if let Watermark::EventTime(t) = w {
+            self.last_time[i] = Some(self.last_time[i].map_or(t, |old: i64| old.max(t)));
         }
+        self.watermarks[i] = Some(w);
+    }
+
+    /// The next merged watermark to forward, if any; call until `None`.
+    ///
+    /// The minimum over live, active inputs; ended inputs count as +∞; idle inputs do not
+    /// hold it back. When every live input is idle, event time first advances to the
+    /// largest watermark any of them reached (as Flink's watermark valve does), then the
+    /// merged stream is idle. Event time never moves backwards.
+    fn merge(&mut self) -> Option<Watermark> {
         let candidate = if self.live == 0 {
             Watermark::MAX
-        } else if all_idle {
-            Watermark::Idle
         } else {
-            Watermark::EventTime(min.expect("invariant: a non-idle live input exists"))
-        };
-        let advanced = match (self.merged, candidate) {
-            (None, _) => true,
-            (Some(Watermark::EventTime(old)), Watermark::EventTime(new)) => new > old,
-            (Some(old), new) => old != new,
-        };
-        if advanced {
-            // Never move event time backwards after an idle period.
-            if let (Some(Watermark::EventTime(old)), Watermark::EventTime(new)) =
-                (self.merged, candidate)
-                && new < old
-            {
-                return None;
+            let mut min: Option<i64> = None;
+            let mut max_idle: Option<i64> = None;
+            for i in 0..self.watermarks.len() {
+                if self.ended[i] {
+                    continue;
+                }
+                match self.watermarks[i] {
+                    None => return None,
+                    Some(Watermark::Idle) => max_idle = max_idle.max(self.last_time[i]),
+                    Some(Watermark::EventTime(t)) => min = Some(min.map_or(t, |m: i64| m.min(t))),
+                }
             }
-            self.merged = Some(candidate);
-            Some(candidate)
-        } else {
-            None
+            match (min, max_idle) {
+                (Some(t), _) => Watermark::EventTime(t),
+                (None, Some(t)) if t > self.emitted_time => Watermark::EventTime(t),
+                (None, _) => Watermark::Idle,
+            }
+        };
+        let out = match candidate {
+            Watermark::EventTime(t) if t > self.emitted_time => {
+                self.emitted_time = t;
+                Some(candidate)
+            }
+            // Active again after idleness, without new event time: say so.
+            Watermark::EventTime(_) if self.merged == Some(Watermark::Idle) => {
+                Some(Watermark::EventTime(self.emitted_time))
+            }
+            Watermark::EventTime(_) => None,
+            Watermark::Idle => (self.merged != Some(Watermark::Idle)).then_some(Watermark::Idle),
+        };
+        if out.is_some() {
+            self.merged = out;
         }
+        out
     }
 
     fn end(&mut self, i: usize) {
@@ -320,8 +335,8 @@ pub(crate) async fn run_operator_task(mut chain: Chain, mut inputs: Inputs) -> R
                 chain.process(batch).await?;
             }
             Message::Watermark(w) => {
-                inputs.watermarks[i] = Some(w);
-                if let Some(m) = inputs.merge() {
+                inputs.set_watermark(i, w);
+                while let Some(m) = inputs.merge() {
                     chain.watermark(m).await?;
                 }
             }
@@ -335,7 +350,7 @@ pub(crate) async fn run_operator_task(mut chain: Chain, mut inputs: Inputs) -> R
                 if let Some(b) = inputs.aligned() {
                     chain.barrier(b).await?;
                 }
-                if inputs.live > 0
+                while inputs.live > 0
                     && let Some(m) = inputs.merge()
                 {
                     chain.watermark(m).await?;
@@ -599,4 +614,63 @@ fn dead_letter_null_times(
         .expect("invariant: filter keeps the type")
         .clone();
     Ok(Some(Batch::from_user_columns(&good, good_ts, ingest)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(n: usize) -> Inputs {
+        let rx = (0..n).map(|_| mpsc::channel(1).1).collect();
+        Inputs::new(rx)
+    }
+
+    fn drain(i: &mut Inputs) -> Vec<Watermark> {
+        std::iter::from_fn(|| i.merge()).collect()
+    }
+
+    #[test]
+    fn minimum_over_inputs_and_never_backwards() {
+        let mut i = inputs(2);
+        i.set_watermark(0, Watermark::EventTime(10));
+        assert_eq!(drain(&mut i), [], "input 1 has said nothing yet");
+        i.set_watermark(1, Watermark::EventTime(5));
+        assert_eq!(drain(&mut i), [Watermark::EventTime(5)]);
+        i.set_watermark(1, Watermark::EventTime(20));
+        assert_eq!(drain(&mut i), [Watermark::EventTime(10)]);
+        i.set_watermark(0, Watermark::EventTime(8));
+        assert_eq!(drain(&mut i), [], "never backwards");
+    }
+
+    #[test]
+    fn idle_inputs_are_skipped_and_all_idle_releases_the_largest_time() {
+        let mut i = inputs(2);
+        i.set_watermark(0, Watermark::EventTime(5_000));
+        // Input 0 goes idle before input 1 says anything: nothing is known yet.
+        i.set_watermark(0, Watermark::Idle);
+        assert_eq!(drain(&mut i), []);
+        // Input 1 idle too: event time advances to what input 0 reached, then idle.
+        i.set_watermark(1, Watermark::Idle);
+        assert_eq!(
+            drain(&mut i),
+            [Watermark::EventTime(5_000), Watermark::Idle]
+        );
+        // Input 1 active again, behind: active at the event time already reached.
+        i.set_watermark(1, Watermark::EventTime(3_000));
+        assert_eq!(drain(&mut i), [Watermark::EventTime(5_000)]);
+        i.set_watermark(1, Watermark::EventTime(7_000));
+        assert_eq!(drain(&mut i), [Watermark::EventTime(7_000)]);
+    }
+
+    #[test]
+    fn ended_inputs_count_as_the_end_of_time() {
+        let mut i = inputs(2);
+        i.set_watermark(0, Watermark::EventTime(1));
+        i.set_watermark(1, Watermark::EventTime(2));
+        assert_eq!(drain(&mut i), [Watermark::EventTime(1)]);
+        i.end(0);
+        assert_eq!(drain(&mut i), [Watermark::EventTime(2)]);
+        i.end(1);
+        assert_eq!(drain(&mut i), [Watermark::MAX]);
+    }
 }
