@@ -6,6 +6,8 @@ pub mod count;
 pub mod filter;
 pub mod project;
 pub mod session;
+#[cfg(test)]
+mod test_util;
 pub mod window;
 
 use std::sync::Arc;

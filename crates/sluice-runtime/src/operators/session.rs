@@ -20,18 +20,19 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::{take, take_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::row::{OwnedRow, RowConverter};
 use async_trait::async_trait;
 use datafusion_common::ScalarValue;
 use datafusion_common::hash_utils::RandomState;
 use datafusion_expr::{Accumulator, Expr};
-use sluice_types::{Batch, Result, SluiceError, Watermark, timestamp_field};
+use sluice_types::{Batch, Result, SluiceError, Watermark};
 
 use super::PreparedOperator;
 use super::aggregate::{PlannedAggregate, PlannedAggregates};
 use super::window::{
     MAX_EVENT_TIME, MIN_EVENT_TIME, WINDOW_END, WINDOW_START, dead_letter_rows, emit_late,
+    key_converter, prepare_from_template, window_output_schema,
 };
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext};
@@ -106,15 +107,7 @@ impl SessionWindowOperator {
     ) -> Result<PreparedOperator> {
         let template = Self::new(keys, gap, aggregates, allowed_lateness, input)?;
         let output_schema = Arc::clone(&template.schema);
-        // The factory runs once per subtask at start-up; the lock is never contended.
-        let template = std::sync::Mutex::new(template);
-        Ok(PreparedOperator {
-            output_schema,
-            factory: Arc::new(move |_| {
-                let t = template.lock().unwrap_or_else(|p| p.into_inner());
-                Ok(Box::new(t.fresh()?) as Box<dyn Operator>)
-            }),
-        })
+        Ok(prepare_from_template(template, output_schema, Self::fresh))
     }
 
     /// An operator with empty state.
@@ -131,18 +124,7 @@ impl SessionWindowOperator {
         }
         let planned =
             PlannedAggregates::plan(keys, aggregates, input, &[WINDOW_START, WINDOW_END])?;
-        let ts_type = DataType::Timestamp(TimeUnit::Millisecond, None);
-        let mut fields: Vec<Arc<Field>> = planned.key_fields.clone();
-        for name in [WINDOW_START, WINDOW_END] {
-            if fields.iter().any(|f| f.name() == name) {
-                return Err(SluiceError::user(format!(
-                    "key column `{name}` clashes with the window column"
-                )));
-            }
-            fields.push(Arc::new(Field::new(name, ts_type.clone(), false)));
-        }
-        fields.extend(planned.aggregate_fields.iter().cloned());
-        fields.push(Arc::new(timestamp_field()));
+        let schema = window_output_schema(&planned)?;
         let key_types: Vec<DataType> = planned
             .key_fields
             .iter()
@@ -154,7 +136,7 @@ impl SessionWindowOperator {
             key_indices: planned.key_indices,
             key_types,
             aggregates: planned.aggregates,
-            schema: Arc::new(Schema::new(fields)),
+            schema,
             converter: None,
             ids: HashMap::with_hasher(RandomState::default()),
             keys: Vec::new(),
@@ -163,22 +145,8 @@ impl SessionWindowOperator {
             watermark: i64::MIN,
             latest_ingest_us: 0,
         };
-        op.converter = op.new_converter()?;
+        op.converter = key_converter(&op.key_types)?;
         Ok(op)
-    }
-
-    fn new_converter(&self) -> Result<Option<RowConverter>> {
-        if self.key_types.is_empty() {
-            return Ok(None);
-        }
-        let fields = self
-            .key_types
-            .iter()
-            .map(|t| SortField::new(t.clone()))
-            .collect();
-        Ok(Some(RowConverter::new(fields).map_err(|e| {
-            SluiceError::user("unsupported key column type").with_source(e)
-        })?))
     }
 
     fn fresh(&self) -> Result<Self> {
@@ -189,7 +157,7 @@ impl SessionWindowOperator {
             key_types: self.key_types.clone(),
             aggregates: self.aggregates.clone(),
             schema: Arc::clone(&self.schema),
-            converter: self.new_converter()?,
+            converter: key_converter(&self.key_types)?,
             ids: HashMap::with_hasher(RandomState::default()),
             keys: Vec::new(),
             free: Vec::new(),
@@ -622,7 +590,6 @@ mod tests {
         use super::*;
         use arrow::array::{Int64Array, StringArray};
         use proptest::prelude::*;
-        use sluice_types::IngestTime;
 
         const BOUND: i64 = 100;
 
@@ -650,27 +617,7 @@ mod tests {
             out
         }
 
-        fn batch(rows: &[(i64, i64, i64)]) -> Batch {
-            let schema = Arc::new(Schema::new(vec![
-                Field::new("k", DataType::Utf8, false),
-                Field::new("v", DataType::Int64, false),
-                timestamp_field(),
-            ]));
-            let data = RecordBatch::try_new(
-                schema,
-                vec![
-                    Arc::new(StringArray::from_iter_values(
-                        rows.iter().map(|r| format!("k{}", r.0)),
-                    )),
-                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-                    Arc::new(TimestampMillisecondArray::from_iter_values(
-                        rows.iter().map(|r| r.2),
-                    )),
-                ],
-            )
-            .unwrap();
-            Batch::try_new(data, IngestTime::at(0)).unwrap()
-        }
+        use crate::operators::test_util::kv_batch as batch;
 
         fn rows_of(out: &[Batch]) -> Vec<String> {
             let mut v = Vec::new();

@@ -101,6 +101,55 @@ pub(crate) async fn emit_late(
     dead_letter_rows(ctx, &data, reason)
 }
 
+/// The output schema shared by window aggregates: keys, `window_start`, `window_end`,
+/// aggregates, `_timestamp`.
+pub(crate) fn window_output_schema(planned: &PlannedAggregates) -> Result<SchemaRef> {
+    let ts_type = DataType::Timestamp(TimeUnit::Millisecond, None);
+    let mut fields: Vec<Arc<Field>> = planned.key_fields.clone();
+    for name in [WINDOW_START, WINDOW_END] {
+        if fields.iter().any(|f| f.name() == name) {
+            return Err(SluiceError::user(format!(
+                "key column `{name}` clashes with the window column"
+            )));
+        }
+        fields.push(Arc::new(Field::new(name, ts_type.clone(), false)));
+    }
+    fields.extend(planned.aggregate_fields.iter().cloned());
+    fields.push(Arc::new(timestamp_field()));
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Row encoding of key columns; `None` for a non-keyed window.
+pub(crate) fn key_converter(key_types: &[DataType]) -> Result<Option<RowConverter>> {
+    if key_types.is_empty() {
+        return Ok(None);
+    }
+    let fields = key_types
+        .iter()
+        .map(|t| SortField::new(t.clone()))
+        .collect();
+    Ok(Some(RowConverter::new(fields).map_err(|e| {
+        SluiceError::user("unsupported key column type").with_source(e)
+    })?))
+}
+
+/// A prepared operator whose subtasks each get `fresh(&template)`: empty state, same
+/// configuration. The factory runs once per subtask at start-up; the lock is uncontended.
+pub(crate) fn prepare_from_template<T: Operator + 'static>(
+    template: T,
+    output_schema: SchemaRef,
+    fresh: fn(&T) -> Result<T>,
+) -> PreparedOperator {
+    let template = std::sync::Mutex::new(template);
+    PreparedOperator {
+        output_schema,
+        factory: Arc::new(move |_| {
+            let t = template.lock().unwrap_or_else(|p| p.into_inner());
+            Ok(Box::new(fresh(&t)?) as Box<dyn Operator>)
+        }),
+    }
+}
+
 /// Window geometry in milliseconds.
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
@@ -290,15 +339,9 @@ impl WindowAggregateOperator {
     ) -> Result<PreparedOperator> {
         let template = Self::new(keys, window, aggregates, allowed_lateness, input)?;
         let output_schema = Arc::clone(&template.schema);
-        // The factory runs once per subtask at start-up; the lock is never contended.
-        let template = std::sync::Mutex::new(template);
-        Ok(PreparedOperator {
-            output_schema,
-            factory: Arc::new(move |_| {
-                let t = template.lock().unwrap_or_else(|p| p.into_inner());
-                Ok(Box::new(t.fresh()) as Box<dyn Operator>)
-            }),
-        })
+        Ok(prepare_from_template(template, output_schema, |t| {
+            Ok(t.fresh())
+        }))
     }
 
     /// An operator with empty state.
@@ -326,18 +369,7 @@ impl WindowAggregateOperator {
         }
         let planned =
             PlannedAggregates::plan(keys, aggregates, input, &[WINDOW_START, WINDOW_END])?;
-        let ts_type = DataType::Timestamp(TimeUnit::Millisecond, None);
-        let mut fields: Vec<Arc<Field>> = planned.key_fields.clone();
-        for name in [WINDOW_START, WINDOW_END] {
-            if fields.iter().any(|f| f.name() == name) {
-                return Err(SluiceError::user(format!(
-                    "key column `{name}` clashes with the window column"
-                )));
-            }
-            fields.push(Arc::new(Field::new(name, ts_type.clone(), false)));
-        }
-        fields.extend(planned.aggregate_fields.iter().cloned());
-        fields.push(Arc::new(timestamp_field()));
+        let schema = window_output_schema(&planned)?;
         let key_types: Vec<DataType> = planned
             .key_fields
             .iter()
@@ -355,7 +387,7 @@ impl WindowAggregateOperator {
             key_indices: planned.key_indices,
             key_types,
             aggregates: planned.aggregates,
-            schema: Arc::new(Schema::new(fields)),
+            schema,
             slices: BTreeMap::new(),
             fired_up_to: i64::MIN,
             watermark: i64::MIN,
@@ -1003,7 +1035,6 @@ mod tests {
         use super::*;
         use arrow::array::{Int64Array, StringArray};
         use proptest::prelude::*;
-        use sluice_types::IngestTime;
 
         const BOUND: i64 = 100;
 
@@ -1026,27 +1057,7 @@ mod tests {
             out
         }
 
-        fn batch(rows: &[(i64, i64, i64)]) -> Batch {
-            let schema = Arc::new(Schema::new(vec![
-                Field::new("k", DataType::Utf8, false),
-                Field::new("v", DataType::Int64, false),
-                timestamp_field(),
-            ]));
-            let data = RecordBatch::try_new(
-                schema,
-                vec![
-                    Arc::new(StringArray::from_iter_values(
-                        rows.iter().map(|r| format!("k{}", r.0)),
-                    )),
-                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-                    Arc::new(TimestampMillisecondArray::from_iter_values(
-                        rows.iter().map(|r| r.2),
-                    )),
-                ],
-            )
-            .unwrap();
-            Batch::try_new(data, IngestTime::at(0)).unwrap()
-        }
+        use crate::operators::test_util::kv_batch as batch;
 
         fn rows_of(out: &[Batch]) -> Vec<String> {
             let mut v = Vec::new();
