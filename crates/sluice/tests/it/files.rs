@@ -484,3 +484,98 @@ async fn late_rows_can_be_routed_to_any_sink() {
     let late = std::fs::read_to_string(late_dir.join("part-0.jsonl")).unwrap();
     assert_eq!(late.trim(), r#"{"k":"a","v":4,"ts":3000}"#);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn highest_bid_per_window_matches_the_batch_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bids");
+    let p = Pipeline::new("write-bids");
+    p.source(
+        NexmarkSource::bids()
+            .events(50_000)
+            .first_event_rate(5_000)
+            .seed(9),
+    )
+    .sink(FileSink::json(&input));
+    p.run().await.unwrap();
+
+    // Streaming: q7's shape, with 1 s windows (10 windows over 10 s of event time).
+    let (registry, collected) = registry_with_collect();
+    let p = Pipeline::new("q7");
+    p.registry(registry);
+    let by_price = || vec![col("price").sort(false, false)];
+    p.source(FileSource::json(&input).with_schema(sluice::connectors::nexmark::bid_schema()))
+        .event_time("date_time")
+        .window_all(Window::tumbling(Duration::from_secs(1)))
+        .aggregate([
+            max(col("price")).alias("price"),
+            first_value(col("auction"), by_price()).alias("auction"),
+            first_value(col("bidder"), by_price()).alias("bidder"),
+        ])
+        .sink(collect());
+    p.run().await.unwrap();
+    let mut streamed = Vec::new();
+    for b in collected.batches() {
+        let ws = b
+            .column(0)
+            .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        let (price, auction, bidder) = (
+            b.column(2).as_primitive::<Int64Type>(),
+            b.column(3).as_primitive::<Int64Type>(),
+            b.column(4).as_primitive::<Int64Type>(),
+        );
+        for i in 0..b.num_rows() {
+            streamed.push((
+                ws.value(i),
+                price.value(i),
+                auction.value(i),
+                bidder.value(i),
+            ));
+        }
+    }
+
+    // Batch: Nexmark q7's join of bids with the maximum price per window.
+    let ctx = SessionContext::new();
+    let schema = sluice::connectors::nexmark::bid_schema();
+    ctx.register_json(
+        "bids",
+        input.to_str().unwrap(),
+        JsonReadOptions::default()
+            .file_extension(".jsonl")
+            .schema(&schema),
+    )
+    .await
+    .unwrap();
+    let batches = ctx
+        .sql(
+            "WITH b AS (SELECT auction, bidder, price, (CAST(date_time AS BIGINT) / 1000) * 1000 AS ws FROM bids), \
+             m AS (SELECT ws, max(price) AS maxprice FROM b GROUP BY ws) \
+             SELECT b.ws, b.price, b.auction, b.bidder FROM b JOIN m ON b.ws = m.ws AND b.price = m.maxprice",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut top: BTreeMap<i64, Vec<(i64, i64, i64)>> = BTreeMap::new();
+    for b in &batches {
+        let c = |i: usize| b.column(i).as_primitive::<Int64Type>().clone();
+        let (ws, price, auction, bidder) = (c(0), c(1), c(2), c(3));
+        for i in 0..b.num_rows() {
+            top.entry(ws.value(i)).or_default().push((
+                price.value(i),
+                auction.value(i),
+                bidder.value(i),
+            ));
+        }
+    }
+    assert_eq!(streamed.len(), top.len(), "one result per window");
+    assert!(top.len() >= 10);
+    for (ws, price, auction, bidder) in streamed {
+        let winners = &top[&ws];
+        assert!(
+            winners.contains(&(price, auction, bidder)),
+            "window {ws}: {price}/{auction}/{bidder} is not among the highest bids {winners:?}"
+        );
+    }
+}
