@@ -44,6 +44,51 @@ pub enum TimeDomain {
     ProcessingTime,
 }
 
+/// An operator's timers, in event time and in processing time (epoch milliseconds).
+/// The runtime fires event-time timers when the watermark reaches them and
+/// processing-time timers when the wall clock does, each once, in time order.
+#[derive(Debug, Default, Clone)]
+pub struct Timers {
+    event_time: std::collections::BTreeSet<i64>,
+    processing_time: std::collections::BTreeSet<i64>,
+}
+
+impl Timers {
+    /// Registers a timer (registering the same time twice fires once).
+    pub fn register(&mut self, domain: TimeDomain, time: i64) {
+        self.set(domain).insert(time);
+    }
+
+    /// Removes a timer, if registered.
+    pub fn delete(&mut self, domain: TimeDomain, time: i64) {
+        self.set(domain).remove(&time);
+    }
+
+    /// The earliest pending timer of a domain.
+    pub fn next(&self, domain: TimeDomain) -> Option<i64> {
+        match domain {
+            TimeDomain::EventTime => self.event_time.first().copied(),
+            TimeDomain::ProcessingTime => self.processing_time.first().copied(),
+        }
+    }
+
+    /// Removes and returns the earliest timer at or before `time`.
+    pub fn pop_due(&mut self, domain: TimeDomain, time: i64) -> Option<i64> {
+        let set = self.set(domain);
+        match set.first() {
+            Some(&t) if t <= time => set.pop_first(),
+            _ => None,
+        }
+    }
+
+    fn set(&mut self, domain: TimeDomain) -> &mut std::collections::BTreeSet<i64> {
+        match domain {
+            TimeDomain::EventTime => &mut self.event_time,
+            TimeDomain::ProcessingTime => &mut self.processing_time,
+        }
+    }
+}
+
 /// What an operator can see of its surroundings.
 pub struct OperatorContext {
     /// Which task this is.
@@ -54,6 +99,8 @@ pub struct OperatorContext {
     pub metrics: Arc<SubtaskMetrics>,
     /// The current (merged) input watermark.
     pub watermark: Option<Watermark>,
+    /// The operator's timers.
+    pub timers: Timers,
     dead_letters: Arc<dyn DeadLetterQueue>,
 }
 
@@ -70,6 +117,7 @@ impl OperatorContext {
             input_schema,
             metrics,
             watermark: None,
+            timers: Timers::default(),
             dead_letters,
         }
     }

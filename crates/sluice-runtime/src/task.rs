@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use crate::metrics::SubtaskMetrics;
-use crate::operator::{Collector, Operator, OperatorContext};
+use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
 use crate::partition::Outputs;
 use crate::source::{ReadResult, SourceReader};
 
@@ -130,6 +130,14 @@ impl Chain {
                 out: &mut self.out,
                 emitter: &metrics,
             };
+            if let Some(t) = wm.event_time() {
+                while let Some(due) = head.ctx.timers.pop_due(TimeDomain::EventTime, t) {
+                    head.op
+                        .on_timer(TimeDomain::EventTime, due, &mut head.ctx, &mut c)
+                        .await
+                        .map_err(|e| e.in_operator(&head.ctx.task.operator_name))?;
+                }
+            }
             match head
                 .op
                 .on_watermark(wm, &mut head.ctx, &mut c)
@@ -141,6 +149,36 @@ impl Chain {
             }
         }
         self.out.broadcast(Message::Watermark(wm)).await
+    }
+
+    /// The earliest processing-time timer of any chained operator (epoch ms).
+    pub fn next_processing_timer(&self) -> Option<i64> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.ctx.timers.next(TimeDomain::ProcessingTime))
+            .min()
+    }
+
+    /// Fires every processing-time timer due at `now_ms`, operator by operator.
+    pub async fn fire_processing_timers(&mut self, now_ms: i64) -> Result<()> {
+        for i in 0..self.slots.len() {
+            let (head, rest) = self.slots[i..]
+                .split_first_mut()
+                .expect("invariant: i < len");
+            let metrics = Arc::clone(&head.ctx.metrics);
+            let mut c = ChainOut {
+                rest,
+                out: &mut self.out,
+                emitter: &metrics,
+            };
+            while let Some(due) = head.ctx.timers.pop_due(TimeDomain::ProcessingTime, now_ms) {
+                head.op
+                    .on_timer(TimeDomain::ProcessingTime, due, &mut head.ctx, &mut c)
+                    .await
+                    .map_err(|e| e.in_operator(&head.ctx.task.operator_name))?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
@@ -328,7 +366,17 @@ impl Inputs {
 pub(crate) async fn run_operator_task(mut chain: Chain, mut inputs: Inputs) -> Result<()> {
     chain.start().await?;
     let metrics = Arc::clone(&chain.slots[0].ctx.metrics);
-    while let Some((i, msg)) = inputs.next().await {
+    loop {
+        let timer = chain.next_processing_timer();
+        let next = tokio::select! {
+            biased;
+            _ = sleep_until_epoch_ms(timer.unwrap_or(i64::MAX)), if timer.is_some() => {
+                chain.fire_processing_timers(epoch_ms()).await?;
+                continue;
+            }
+            next = inputs.next() => next,
+        };
+        let Some((i, msg)) = next else { break };
         match msg {
             Message::Data(batch) => {
                 metrics.input_queue.store(inputs.queued(), Relaxed);
@@ -360,6 +408,17 @@ pub(crate) async fn run_operator_task(mut chain: Chain, mut inputs: Inputs) -> R
     }
     let last = inputs.merged;
     chain.finish(last).await
+}
+
+/// Wall-clock time in epoch milliseconds (the processing-time domain).
+fn epoch_ms() -> i64 {
+    (now_micros() / 1000) as i64
+}
+
+/// Sleeps until the wall clock reaches `ms` (epoch milliseconds).
+async fn sleep_until_epoch_ms(ms: i64) {
+    let wait = ms.saturating_sub(epoch_ms()).max(0) as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
 }
 
 /// Control messages for a source task, from the job (and later the checkpoint coordinator).
@@ -426,8 +485,12 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
             .idle_timeout
             .filter(|_| last_wm != Some(Watermark::Idle) && pending.rows == 0)
             .map(|t| last_rows + t);
+        let timer = chain.next_processing_timer();
         tokio::select! {
             biased;
+            _ = sleep_until_epoch_ms(timer.unwrap_or(i64::MAX)), if timer.is_some() => {
+                chain.fire_processing_timers(epoch_ms()).await?;
+            }
             ctrl = src.control.recv() => match ctrl {
                 Some(SourceControl::Barrier(b)) => {
                     flush(&mut src, &mut chain, &mut pending, &mut max_ts, &mut last_wm).await?;
@@ -660,6 +723,89 @@ mod tests {
         assert_eq!(drain(&mut i), [Watermark::EventTime(5_000)]);
         i.set_watermark(1, Watermark::EventTime(7_000));
         assert_eq!(drain(&mut i), [Watermark::EventTime(7_000)]);
+    }
+
+    /// Registers an event-time timer 10 ms after each batch's last row and a
+    /// processing-time timer at 1000 ms; records what fires.
+    struct TimerOperator {
+        schema: arrow::datatypes::SchemaRef,
+        fired: Arc<std::sync::Mutex<Vec<(TimeDomain, i64)>>>,
+    }
+
+    #[async_trait]
+    impl Operator for TimerOperator {
+        fn output_schema(&self) -> arrow::datatypes::SchemaRef {
+            Arc::clone(&self.schema)
+        }
+
+        async fn process_batch(
+            &mut self,
+            b: Batch,
+            ctx: &mut OperatorContext,
+            _: &mut dyn Collector,
+        ) -> Result<()> {
+            let t = b.max_timestamp().unwrap();
+            ctx.timers.register(TimeDomain::EventTime, t + 10);
+            ctx.timers.register(TimeDomain::ProcessingTime, 1_000);
+            Ok(())
+        }
+
+        async fn on_timer(
+            &mut self,
+            domain: TimeDomain,
+            time: i64,
+            _ctx: &mut OperatorContext,
+            _out: &mut dyn Collector,
+        ) -> Result<()> {
+            self.fired.lock().unwrap().push((domain, time));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn timers_fire_once_in_time_order() {
+        let b = sluice_testkit::batch_from_pretty(
+            "
+            | v:Int64 | _timestamp:Ts |
+            | 1       | 100           |",
+        );
+        let b2 = sluice_testkit::batch_from_pretty(
+            "
+            | v:Int64 | _timestamp:Ts |
+            | 1       | 90            |",
+        );
+        let fired = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let schema = b.data.schema();
+        let mut chain = Chain {
+            slots: vec![Slot {
+                op: Box::new(TimerOperator {
+                    schema: Arc::clone(&schema),
+                    fired: Arc::clone(&fired),
+                }),
+                ctx: OperatorContext::for_test(schema),
+                is_sink: true,
+            }],
+            out: Outputs::new(Vec::new(), crate::metrics::SubtaskMetrics::new()),
+        };
+        chain.process(b).await.unwrap();
+        chain.process(b2).await.unwrap();
+        chain.watermark(Watermark::EventTime(105)).await.unwrap();
+        assert_eq!(*fired.lock().unwrap(), [(TimeDomain::EventTime, 100)]);
+        chain.watermark(Watermark::EventTime(200)).await.unwrap();
+        assert_eq!(chain.next_processing_timer(), Some(1_000));
+        chain.fire_processing_timers(999).await.unwrap();
+        chain.fire_processing_timers(5_000).await.unwrap();
+        chain.fire_processing_timers(6_000).await.unwrap();
+        assert_eq!(
+            *fired.lock().unwrap(),
+            [
+                (TimeDomain::EventTime, 100),
+                (TimeDomain::EventTime, 110),
+                (TimeDomain::ProcessingTime, 1_000)
+            ],
+            "each timer fires once; the same time registered twice fires once"
+        );
+        assert_eq!(chain.next_processing_timer(), None);
     }
 
     #[test]
