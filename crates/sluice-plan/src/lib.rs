@@ -123,6 +123,9 @@ pub enum NodeKind {
         aggregates: Vec<Expr>,
         /// How long after a window fires late rows still update it (and re-fire it).
         allowed_lateness: Duration,
+        /// Emit each open window's partial result this often (processing time) before
+        /// its final result; `None`: only when it closes.
+        early_firing: Option<Duration>,
     },
     /// Writes to a connector.
     Sink(ConnectorSpec),

@@ -402,12 +402,20 @@ pub struct WindowedStream {
     keys: Vec<String>,
     window: Window,
     allowed_lateness: Duration,
+    early_firing: Option<Duration>,
 }
 
 impl WindowedStream {
     /// Late rows within this bound still update their windows, which fire again.
     pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
         self.allowed_lateness = lateness;
+        self
+    }
+
+    /// Also emit every open window's partial result this often (processing time), before
+    /// its final result (tumbling and hopping windows).
+    pub fn early_every(mut self, interval: Duration) -> Self {
+        self.early_firing = Some(interval);
         self
     }
 
@@ -419,6 +427,7 @@ impl WindowedStream {
             window: self.window.0,
             aggregates: aggregates.into_iter().collect(),
             allowed_lateness: self.allowed_lateness,
+            early_firing: self.early_firing,
         };
         if self.keys.is_empty() {
             // All rows meet in one subtask.
@@ -437,6 +446,7 @@ impl KeyedStream {
             keys: self.keys.clone(),
             window,
             allowed_lateness: Duration::ZERO,
+            early_firing: None,
         }
     }
 }
@@ -449,6 +459,7 @@ impl Stream {
             keys: Vec::new(),
             window,
             allowed_lateness: Duration::ZERO,
+            early_firing: None,
         }
     }
 }

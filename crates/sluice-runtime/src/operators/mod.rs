@@ -47,7 +47,15 @@ pub fn prepare(
             window,
             aggregates,
             allowed_lateness,
+            early_firing,
         } => match window {
+            sluice_plan::WindowSpec::Count { .. } | sluice_plan::WindowSpec::Session { .. }
+                if early_firing.is_some() =>
+            {
+                Err(SluiceError::user(format!(
+                    "early firing is supported for tumbling and hopping windows, not yet for {window}"
+                )))
+            }
             sluice_plan::WindowSpec::Count { size, slide } => {
                 count::CountWindowOperator::prepare(keys, *size, *slide, aggregates, input)
             }
@@ -58,13 +66,15 @@ pub fn prepare(
                 *allowed_lateness,
                 input,
             ),
-            _ => window::WindowAggregateOperator::prepare(
+            _ => Ok(window::WindowAggregateOperator::new(
                 keys,
                 *window,
                 aggregates,
                 *allowed_lateness,
                 input,
-            ),
+            )?
+            .with_early_firing(*early_firing)
+            .into_prepared()),
         },
         NodeKind::Sink(spec) => {
             let factory = registry.sink(&spec.connector)?.prepare(spec, input)?;

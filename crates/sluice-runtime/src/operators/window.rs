@@ -38,7 +38,7 @@ use super::PreparedOperator;
 use super::aggregate::{PlannedAggregate, PlannedAggregates};
 use crate::dead_letter::DeadLetter;
 use crate::expr::evaluate;
-use crate::operator::{Collector, Operator, OperatorContext};
+use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
 
 /// The side output that carries late rows (with the operator's input schema).
 pub const LATE_OUTPUT: &str = "late";
@@ -326,6 +326,9 @@ pub struct WindowAggregateOperator {
     /// Ingest time of the newest input row: window results carry it, so their
     /// end-to-end latency runs from the arrival of the input that closed the window.
     latest_ingest_us: u64,
+    /// Early-firing interval (ms), and whether its timer is registered.
+    early: Option<i64>,
+    early_timer: bool,
 }
 
 impl WindowAggregateOperator {
@@ -337,11 +340,19 @@ impl WindowAggregateOperator {
         allowed_lateness: Duration,
         input: &SchemaRef,
     ) -> Result<PreparedOperator> {
-        let template = Self::new(keys, window, aggregates, allowed_lateness, input)?;
-        let output_schema = Arc::clone(&template.schema);
-        Ok(prepare_from_template(template, output_schema, |t| {
-            Ok(t.fresh())
-        }))
+        Ok(Self::new(keys, window, aggregates, allowed_lateness, input)?.into_prepared())
+    }
+
+    /// Emit each open window's partial result every `interval` of processing time.
+    pub fn with_early_firing(mut self, interval: Option<Duration>) -> Self {
+        self.early = interval.map(|d| (d.as_millis() as i64).max(1));
+        self
+    }
+
+    /// This operator as a template for every subtask.
+    pub fn into_prepared(self) -> PreparedOperator {
+        let output_schema = Arc::clone(&self.schema);
+        prepare_from_template(self, output_schema, |t| Ok(t.fresh()))
     }
 
     /// An operator with empty state.
@@ -393,6 +404,8 @@ impl WindowAggregateOperator {
             watermark: i64::MIN,
             scratch: Vec::new(),
             latest_ingest_us: 0,
+            early: None,
+            early_timer: false,
         })
     }
 
@@ -409,6 +422,8 @@ impl WindowAggregateOperator {
             watermark: i64::MIN,
             scratch: Vec::new(),
             latest_ingest_us: 0,
+            early: self.early,
+            early_timer: false,
         }
     }
 
@@ -475,7 +490,7 @@ impl WindowAggregateOperator {
     async fn fire(&mut self, ends: &BTreeSet<i64>, out: &mut dyn Collector) -> Result<()> {
         let mut batches = Vec::new();
         for &end in ends {
-            if let Some(b) = self.evaluate_window(end)? {
+            if let Some(b) = self.evaluate_window(end, true)? {
                 batches.push(b);
             }
         }
@@ -512,13 +527,14 @@ impl WindowAggregateOperator {
         Ok(())
     }
 
-    fn evaluate_window(&mut self, end: i64) -> Result<Option<RecordBatch>> {
+    fn evaluate_window(&mut self, end: i64, last: bool) -> Result<Option<RecordBatch>> {
         let start = end.saturating_sub(self.geometry.size);
         let members: Vec<i64> = self.slices.range(start..end).map(|(&s, _)| s).collect();
         if members.is_empty() {
             return Ok(None);
         }
-        let (groups, keys, values) = if members.len() == 1
+        let (groups, keys, values) = if last
+            && members.len() == 1
             && self.geometry.size == self.geometry.slide
             && self.geometry.lateness == 0
             && self.slices[&members[0]].sealed.is_empty()
@@ -602,6 +618,11 @@ impl Operator for WindowAggregateOperator {
         out: &mut dyn Collector,
     ) -> Result<()> {
         self.latest_ingest_us = self.latest_ingest_us.max(batch.ingest.max_us);
+        if let (Some(every), false) = (self.early, self.early_timer) {
+            let now = (sluice_types::now_micros() / 1000) as i64;
+            ctx.timers.register(TimeDomain::ProcessingTime, now + every);
+            self.early_timer = true;
+        }
         let g = self.geometry;
         let ts = batch.timestamps();
         // Row indices per slice (most batches touch one or two slices).
@@ -671,6 +692,55 @@ impl Operator for WindowAggregateOperator {
         }
         if !refire.is_empty() {
             self.fire(&refire, out).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_timer(
+        &mut self,
+        domain: TimeDomain,
+        time: i64,
+        ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        let Some(every) = self.early.filter(|_| domain == TimeDomain::ProcessingTime) else {
+            return Ok(());
+        };
+        // Early firing: the partial result of every window that has rows and has not fired.
+        let g = self.geometry;
+        let mut open = BTreeSet::new();
+        for &s in self.slices.keys() {
+            let mut end = g.first_end(s);
+            while end <= g.last_end(s) {
+                if end > self.fired_up_to && !Geometry::fired(end, self.watermark) {
+                    open.insert(end);
+                }
+                match end.checked_add(g.slide) {
+                    Some(next) => end = next,
+                    None => break,
+                }
+            }
+        }
+        let mut batches = Vec::new();
+        for end in open {
+            if let Some(b) = self.evaluate_window(end, false)? {
+                batches.push(b);
+            }
+        }
+        if !batches.is_empty() {
+            let data = arrow::compute::concat_batches(&self.schema, &batches)?;
+            let ingest = sluice_types::IngestTime::at(match self.latest_ingest_us {
+                0 => sluice_types::now_micros(),
+                t => t,
+            });
+            out.collect(Batch { data, ingest }).await?;
+        }
+        // Keep firing while windows are open; otherwise the next row re-arms the timer.
+        if self.slices.is_empty() {
+            self.early_timer = false;
+        } else {
+            ctx.timers
+                .register(TimeDomain::ProcessingTime, time + every);
         }
         Ok(())
     }
@@ -1004,6 +1074,65 @@ mod tests {
             | a | 1970-01-01T00:00:00 | 1970-01-01T00:00:01 | 3        | 2     | 3    | 90      | 1970-01-01T00:00:00.999 |
             +---+---------------------+---------------------+----------+-------+------+---------+-------------------------+",
         );
+    }
+
+    #[tokio::test]
+    async fn early_firings_emit_partial_results_before_the_final_one() {
+        let rows = |v: i64, t: i64| {
+            batch_from_pretty(&format!(
+                "
+                | k:Utf8 | v:Int64 | _timestamp:Ts |
+                | a      | {v}     | {t}           |"
+            ))
+        };
+        let schema = rows(1, 1).data.schema();
+        let mut op = WindowAggregateOperator::new(
+            &["k".into()],
+            WindowSpec::Tumbling { size: secs(10) },
+            &[sum(col("v")).alias("total")],
+            Duration::ZERO,
+            &schema,
+        )
+        .unwrap()
+        .with_early_firing(Some(Duration::from_millis(100)));
+        let mut ctx = OperatorContext::for_test(schema);
+        let mut out = crate::operator::VecCollector::default();
+        op.process_batch(rows(1, 1_000), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        let t = ctx
+            .timers
+            .next(TimeDomain::ProcessingTime)
+            .expect("an early-firing timer");
+        ctx.timers.pop_due(TimeDomain::ProcessingTime, t);
+        op.on_timer(TimeDomain::ProcessingTime, t, &mut ctx, &mut out)
+            .await
+            .unwrap();
+        op.process_batch(rows(2, 2_000), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        let t2 = ctx
+            .timers
+            .next(TimeDomain::ProcessingTime)
+            .expect("re-armed while windows are open");
+        assert_eq!(t2, t + 100);
+        ctx.timers.pop_due(TimeDomain::ProcessingTime, t2);
+        op.on_timer(TimeDomain::ProcessingTime, t2, &mut ctx, &mut out)
+            .await
+            .unwrap();
+        op.on_watermark(Watermark::MAX, &mut ctx, &mut out)
+            .await
+            .unwrap();
+        let totals: Vec<String> = out
+            .batches
+            .iter()
+            .map(|b| arrow::util::display::array_value_to_string(b.data.column(3), 0).unwrap())
+            .collect();
+        assert_eq!(totals, ["1", "3", "3"], "partial, partial, final");
+        op.on_timer(TimeDomain::ProcessingTime, t2 + 100, &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out.batches.len(), 3, "nothing open: no more early results");
     }
 
     #[test]
