@@ -29,8 +29,8 @@ pub enum Format {
     Parquet,
 }
 
-/// Option keys the formats understand (`'format'` plus these).
-pub const FORMAT_OPTIONS: &[&str] = &["format", "csv.field-delimiter", "csv.header"];
+/// Option keys of the filesystem connector: `path` and the format's options.
+pub const FILE_OPTIONS: &[&str] = &["path", "format", "csv.field-delimiter", "csv.header"];
 
 impl Format {
     /// Parses `'format'` and its options.

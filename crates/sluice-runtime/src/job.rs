@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use sluice_plan::{EventTime, JobPlan, NodeId, NodeKind, Partitioning};
 use sluice_types::{Result, SluiceError, TIMESTAMP_FIELD, TaskInfo, timestamp_field};
 use tokio::sync::mpsc;
@@ -408,10 +408,7 @@ impl PreparedJob {
                             source = Some(SourceTask {
                                 reader,
                                 ctx: ctx_for(id),
-                                event_time: match event_time {
-                                    EventTimeColumn::Column(i) => EventTimeColumn::Column(*i),
-                                    EventTimeColumn::Ingestion => EventTimeColumn::Ingestion,
-                                },
+                                event_time: *event_time,
                                 out_of_orderness_ms: *out_of_orderness_ms,
                                 idle_timeout: *idle_timeout,
                                 max_rows: plan.config.batch.max_rows,
@@ -571,9 +568,4 @@ fn panic_message(e: tokio::task::JoinError) -> String {
             .unwrap_or_else(|| "non-string panic payload".into()),
         Err(e) => e.to_string(),
     }
-}
-
-/// The Arrow type of the event-time column (for connectors and tests).
-pub fn event_time_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Millisecond, None)
 }

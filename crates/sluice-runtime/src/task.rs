@@ -431,6 +431,7 @@ pub enum SourceControl {
 }
 
 /// How a source derives `_timestamp` from what its reader returns.
+#[derive(Clone, Copy)]
 pub(crate) enum EventTimeColumn {
     /// Column index in the reader's rows.
     Column(usize),

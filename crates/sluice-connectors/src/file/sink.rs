@@ -10,7 +10,7 @@ use sluice_plan::ConnectorSpec;
 use sluice_runtime::{Collector, Operator, OperatorContext, SinkConnector};
 use sluice_types::{Batch, Result, SluiceError, TIMESTAMP_FIELD, TaskInfo};
 
-use crate::format::Format;
+use crate::format::{FILE_OPTIONS, Format};
 use crate::options::OptionReader;
 
 /// Parsed options of a file sink.
@@ -31,7 +31,7 @@ impl SinkConnector for FileSinkConnector {
     }
 
     fn options(&self) -> &'static [&'static str] {
-        &["path", "format", "csv.field-delimiter", "csv.header"]
+        FILE_OPTIONS
     }
 
     fn parse(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<FileSinkConfig> {

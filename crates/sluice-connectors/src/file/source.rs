@@ -11,7 +11,7 @@ use sluice_plan::ConnectorSpec;
 use sluice_runtime::{OperatorContext, ReadResult, SourceConnector, SourceReader, Split};
 use sluice_types::{Result, SluiceError, TaskInfo};
 
-use crate::format::{FORMAT_OPTIONS, Format};
+use crate::format::{FILE_OPTIONS, Format};
 use crate::options::OptionReader;
 
 /// Parsed options of a file source.
@@ -86,11 +86,10 @@ impl SourceConnector for FileSourceConnector {
     }
 
     fn options(&self) -> &'static [&'static str] {
-        &["path", "format", "csv.field-delimiter", "csv.header"]
+        FILE_OPTIONS
     }
 
     fn parse(&self, spec: &ConnectorSpec) -> Result<FileSourceConfig> {
-        debug_assert!(FORMAT_OPTIONS.iter().all(|o| self.options().contains(o)));
         let o = OptionReader::new("filesystem", spec);
         let path = o.path("path")?;
         let format = Format::from_options(&o)?;

@@ -46,7 +46,6 @@ struct Session {
     /// Exclusive: last row + gap.
     end: i64,
     accumulators: Vec<Box<dyn Accumulator>>,
-    fired: bool,
 }
 
 struct KeyState {
@@ -212,17 +211,15 @@ impl SessionWindowOperator {
     }
 
     /// Merges a new session into key `id`'s sessions; returns the merged session's
-    /// (start, end) and whether it includes a session that already fired.
-    fn merge_in(&mut self, id: u32, mut new: Session) -> Result<(i64, i64, bool)> {
+    /// (start, end).
+    fn merge_in(&mut self, id: u32, mut new: Session) -> Result<(i64, i64)> {
         let key = &mut self.keys[id as usize];
-        let mut refire = false;
         let mut i = 0;
         while i < key.sessions.len() {
             let s = &key.sessions[i];
             if s.start < new.end && new.start < s.end {
                 let old = key.sessions.remove(i);
                 self.by_end.remove(&(old.end, id, old.start));
-                refire |= old.fired;
                 new.start = new.start.min(old.start);
                 new.end = new.end.max(old.end);
                 for (acc, mut o) in new.accumulators.iter_mut().zip(old.accumulators) {
@@ -241,13 +238,12 @@ impl SessionWindowOperator {
         }
         let pos = key.sessions.partition_point(|s| s.start < new.start);
         let (start, end) = (new.start, new.end);
-        new.fired = false;
         key.sessions.insert(pos, new);
         self.by_end.insert((end, id, start));
-        Ok((start, end, refire))
+        Ok((start, end))
     }
 
-    /// Evaluates and emits the given sessions (by key and start), marking them fired.
+    /// Evaluates and emits the given sessions (by key and start).
     async fn emit(&mut self, due: Vec<(u32, i64)>, out: &mut dyn Collector) -> Result<()> {
         if due.is_empty() {
             return Ok(());
@@ -262,7 +258,6 @@ impl SessionWindowOperator {
             let Some(s) = key.sessions.iter_mut().find(|s| s.start == start) else {
                 continue;
             };
-            s.fired = true;
             for (v, acc) in values.iter_mut().zip(s.accumulators.iter_mut()) {
                 v.push(acc.evaluate().map_err(df_err)?);
             }
@@ -415,9 +410,8 @@ impl Operator for SessionWindowOperator {
                 start: first_t,
                 end: order[end - 1].1 + self.gap,
                 accumulators,
-                fired: false,
             };
-            let (s, e, _) = self.merge_in(id, session)?;
+            let (s, e) = self.merge_in(id, session)?;
             // Already behind the watermark (a late row within the allowed lateness, maybe
             // merged into a session that fired): fire now, the watermark will not.
             if e.saturating_sub(1) <= self.watermark {
