@@ -127,6 +127,18 @@ pub enum NodeKind {
         /// its final result; `None`: only when it closes.
         early_firing: Option<Duration>,
     },
+    /// Of the rows of each window (`window_start`, `window_end`) and partition, those
+    /// ranked `<= limit` by `order_by`, ties included, emitted when the window closes.
+    TopNPerWindow {
+        /// Columns that split a window's rows into separately ranked groups.
+        partition_by: Vec<String>,
+        /// The ranking column.
+        order_by: String,
+        /// Largest first.
+        descending: bool,
+        /// The largest rank kept.
+        limit: usize,
+    },
     /// Writes to a connector.
     Sink(ConnectorSpec),
 }
@@ -197,6 +209,15 @@ impl NodeKind {
             NodeKind::Project { .. } => "project".into(),
             NodeKind::Aggregate { .. } => "aggregate".into(),
             NodeKind::WindowAggregate { window, .. } => format!("window-aggregate {window}"),
+            NodeKind::TopNPerWindow {
+                order_by,
+                descending,
+                limit,
+                ..
+            } => format!(
+                "top-{limit}-per-window by {order_by} {}",
+                if *descending { "desc" } else { "asc" }
+            ),
             NodeKind::Sink(s) => format!("sink:{}", s.connector),
         }
     }
@@ -209,6 +230,7 @@ impl NodeKind {
             {
                 &["late"]
             }
+            NodeKind::TopNPerWindow { .. } => &["late"],
             _ => &[],
         }
     }

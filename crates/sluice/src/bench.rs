@@ -9,7 +9,7 @@ use crate::examples::{ExampleArgs, nexmark_query};
 use crate::{Result, SluiceError};
 
 /// Queries the bench knows.
-pub const QUERIES: &[&str] = &["q0", "q1", "q2", "q7", "q11"];
+pub const QUERIES: &[&str] = &["q0", "q1", "q2", "q5", "q7", "q11"];
 
 /// One benchmark result.
 #[derive(Clone, Debug, Serialize)]

@@ -74,6 +74,11 @@ pub const EXAMPLES: &[Example] = &[
         build: |a| nexmark_query("q2", a),
     },
     Example {
+        name: "q5",
+        about: "Nexmark q5 (hot items: auctions with the most bids per 10 s window sliding every 2 s) into a blackhole",
+        build: |a| nexmark_query("q5", a),
+    },
+    Example {
         name: "q7",
         about: "Nexmark q7 (highest bid per 10 s tumbling window) into a blackhole",
         build: |a| nexmark_query("q7", a),
@@ -103,7 +108,7 @@ pub const EXAMPLES: &[Example] = &[
     },
 ];
 
-/// A Nexmark query (q0, q1, q2, q7, q11) from the generator into a blackhole.
+/// A Nexmark query (q0, q1, q2, q5, q7, q11) from the generator into a blackhole.
 pub fn nexmark_query(query: &str, a: &ExampleArgs) -> Pipeline {
     let p = Pipeline::new(format!("nexmark-{query}"));
     p.parallelism(a.parallelism);
@@ -131,6 +136,17 @@ pub fn nexmark_query(query: &str, a: &ExampleArgs) -> Pipeline {
             .key_by(["bidder"])
             .window(Window::session(Duration::from_secs(10)))
             .aggregate([count_star().alias("bid_count")]),
+        // Hot items: per 10 s window sliding every 2 s, the auctions with the most bids
+        // (every auction tying for the most is kept, as the Nexmark SQL's join on max).
+        "q5" => bids
+            .key_by(["auction"])
+            .window(Window::hopping(
+                Duration::from_secs(10),
+                Duration::from_secs(2),
+            ))
+            .aggregate([count_star().alias("num")])
+            .top_n_per_window(1, "num", true)
+            .select([col("auction"), col("num")]),
         // The highest bid per 10 s tumbling window: max(price) with the bid it came from.
         // Nexmark's SQL joins bids with the per-window maximum, returning every bid that
         // ties for it; the arg-max aggregates here return one of them.

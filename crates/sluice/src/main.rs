@@ -69,7 +69,7 @@ enum Command {
 enum BenchSuite {
     /// A Nexmark query from the generator into a blackhole sink.
     Nexmark {
-        /// q0, q1, q2, q7 or q11.
+        /// q0, q1, q2, q5, q7 or q11.
         #[arg(long, default_value = "q0")]
         query: String,
         /// Events per second of event time (Flink's `first-event.rate`; 10 M by default).

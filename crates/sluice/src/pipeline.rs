@@ -317,6 +317,35 @@ impl Stream {
         }
     }
 
+    /// Of each window's rows (a window aggregate's output), those ranked `<= n` by
+    /// `order_by` (largest first when `descending`), ties included as in SQL
+    /// `RANK() <= n`; emitted when the window closes. Runs in parallel, partitioned by
+    /// window.
+    pub fn top_n_per_window(&self, n: usize, order_by: &str, descending: bool) -> Stream {
+        self.top_n_by(Vec::new(), n, order_by, descending)
+    }
+
+    fn top_n_by(
+        &self,
+        partition_by: Vec<String>,
+        n: usize,
+        order_by: &str,
+        descending: bool,
+    ) -> Stream {
+        let mut keys = vec!["window_end".to_string()];
+        keys.extend(partition_by.iter().cloned());
+        Stream {
+            next_edge: Some(Partitioning::Hash(keys)),
+            ..self.clone()
+        }
+        .add(NodeKind::TopNPerWindow {
+            partition_by,
+            order_by: order_by.to_string(),
+            descending,
+            limit: n,
+        })
+    }
+
     /// Spreads batches round-robin over the next operator's subtasks.
     pub fn rebalance(&self) -> Stream {
         Stream {
@@ -340,6 +369,13 @@ impl Stream {
 }
 
 impl KeyedStream {
+    /// Top-N per window and key: of each window's rows with the same key columns, those
+    /// ranked `<= n` by `order_by`, ties included.
+    pub fn top_n_per_window(&self, n: usize, order_by: &str, descending: bool) -> Stream {
+        self.stream
+            .top_n_by(self.keys.clone(), n, order_by, descending)
+    }
+
     /// A running aggregate per key: each batch emits the updated aggregates of the keys
     /// it touched (the last row of a key is its current value).
     pub fn aggregate(&self, aggregates: impl IntoIterator<Item = Expr>) -> Stream {

@@ -8,6 +8,7 @@ pub mod project;
 pub mod session;
 #[cfg(test)]
 mod test_util;
+pub mod topn;
 pub mod window;
 
 use std::sync::Arc;
@@ -76,6 +77,14 @@ pub fn prepare(
             .with_early_firing(*early_firing)
             .into_prepared()),
         },
+        NodeKind::TopNPerWindow {
+            partition_by,
+            order_by,
+            descending,
+            limit,
+        } => {
+            topn::TopNPerWindowOperator::prepare(partition_by, order_by, *descending, *limit, input)
+        }
         NodeKind::Sink(spec) => {
             let factory = registry.sink(&spec.connector)?.prepare(spec, input)?;
             Ok(PreparedOperator {

@@ -1,0 +1,430 @@
+//! Top-N per window: of the rows of one window (and partition), the ones ranked `<= n`
+//! by a column, ties included (SQL `RANK() … <= n`), emitted when the window closes.
+//!
+//! ```text
+//!  window aggregate ──(auction, window_start, window_end, bids)──> top-n (n = 1, bids desc)
+//!   [0,10): a=5 b=9 c=9 d=2        keeps b=9 c=9 (both rank 1)   fires at watermark 9 999
+//! ```
+//!
+//! The input is a window aggregate's output (or any stream with `window_start` /
+//! `window_end` columns). Per window and partition the operator keeps only the rows that
+//! can still rank `<= n`: more rows only push ranks down, so a row ranked beyond `n`
+//! never comes back. A row's rank is one plus the number of rows ordered strictly before
+//! it, so the candidates after each batch are the rows that order at or before the `n`-th
+//! one. State for a window is freed when it fires.
+//!
+//! A row for a window that has already fired (an upstream window re-firing within its
+//! allowed lateness) is late here: counted and sent to the late side output or the
+//! dead-letter output, never dropped silently.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, Scalar, UInt32Array};
+use arrow::compute::kernels::cmp::{gt_eq, lt_eq};
+use arrow::compute::{SortOptions, concat_batches, filter_record_batch, sort_to_indices};
+use arrow::compute::{take, take_record_batch};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, SortField};
+use async_trait::async_trait;
+use datafusion_common::hash_utils::RandomState;
+use sluice_types::{Batch, Result, SluiceError, Watermark};
+
+use super::PreparedOperator;
+use super::window::{WINDOW_END, WINDOW_START, emit_late, prepare_from_template};
+use crate::operator::{Collector, Operator, OperatorContext};
+
+/// The top-N-per-window operator.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use arrow::datatypes::*;
+/// use sluice_runtime::operators::topn::TopNPerWindowOperator;
+/// let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+/// let schema = Arc::new(Schema::new(vec![
+///     Field::new("auction", DataType::Int64, false),
+///     Field::new("window_start", ts.clone(), false),
+///     Field::new("window_end", ts, false),
+///     Field::new("bids", DataType::Int64, false),
+///     sluice_types::timestamp_field(),
+/// ]));
+/// let op = TopNPerWindowOperator::prepare(&[], "bids", true, 1, &schema).unwrap();
+/// assert_eq!(op.output_schema, schema);
+/// ```
+pub struct TopNPerWindowOperator {
+    schema: SchemaRef,
+    /// Columns that identify a group: `window_start`, then the partition columns.
+    group_indices: Vec<usize>,
+    group_types: Vec<DataType>,
+    end_index: usize,
+    order_index: usize,
+    descending: bool,
+    limit: usize,
+    converter: RowConverter,
+    /// Window end → group key → candidate rows.
+    windows: BTreeMap<i64, HashMap<Box<[u8]>, RecordBatch, RandomState>>,
+    watermark: i64,
+    latest_ingest_us: u64,
+}
+
+fn column_index(schema: &SchemaRef, name: &str, what: &str) -> Result<usize> {
+    schema.index_of(name).map_err(|_| {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        SluiceError::user(format!(
+            "top-n per window: {what} column `{name}` not found; the input has {}",
+            names.join(", ")
+        ))
+    })
+}
+
+impl TopNPerWindowOperator {
+    /// Checks the columns against the input schema.
+    pub fn prepare(
+        partition_by: &[String],
+        order_by: &str,
+        descending: bool,
+        limit: usize,
+        input: &SchemaRef,
+    ) -> Result<PreparedOperator> {
+        let template = Self::new(partition_by, order_by, descending, limit, input)?;
+        let schema = Arc::clone(&template.schema);
+        Ok(prepare_from_template(template, schema, Self::fresh))
+    }
+
+    /// An operator with empty state.
+    pub fn new(
+        partition_by: &[String],
+        order_by: &str,
+        descending: bool,
+        limit: usize,
+        input: &SchemaRef,
+    ) -> Result<Self> {
+        if limit == 0 {
+            return Err(SluiceError::user(
+                "top-n per window needs n >= 1 (n = 0 would drop every row)",
+            ));
+        }
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let start = column_index(input, WINDOW_START, "window")?;
+        let end_index = column_index(input, WINDOW_END, "window")?;
+        for i in [start, end_index] {
+            if input.field(i).data_type() != &ts {
+                return Err(SluiceError::user(format!(
+                    "top-n per window: `{}` must be a millisecond timestamp (a window aggregate's output), not {}",
+                    input.field(i).name(),
+                    input.field(i).data_type()
+                )));
+            }
+        }
+        let order_index = column_index(input, order_by, "order")?;
+        let order_type = input.field(order_index).data_type();
+        if !(order_type.is_primitive() || matches!(order_type, DataType::Utf8 | DataType::Boolean))
+        {
+            return Err(SluiceError::user(format!(
+                "top-n per window: cannot order by `{order_by}` of type {order_type}"
+            )));
+        }
+        let mut group_indices = vec![start];
+        for p in partition_by {
+            group_indices.push(column_index(input, p, "partition")?);
+        }
+        let group_types: Vec<DataType> = group_indices
+            .iter()
+            .map(|&i| input.field(i).data_type().clone())
+            .collect();
+        Ok(Self {
+            schema: Arc::clone(input),
+            converter: Self::converter(&group_types)?,
+            group_indices,
+            group_types,
+            end_index,
+            order_index,
+            descending,
+            limit,
+            windows: BTreeMap::new(),
+            watermark: i64::MIN,
+            latest_ingest_us: 0,
+        })
+    }
+
+    fn converter(types: &[DataType]) -> Result<RowConverter> {
+        RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect()).map_err(|e| {
+            SluiceError::user("top-n per window: unsupported partition column type").with_source(e)
+        })
+    }
+
+    fn fresh(&self) -> Result<Self> {
+        Ok(Self {
+            schema: Arc::clone(&self.schema),
+            group_indices: self.group_indices.clone(),
+            group_types: self.group_types.clone(),
+            converter: Self::converter(&self.group_types)?,
+            end_index: self.end_index,
+            order_index: self.order_index,
+            descending: self.descending,
+            limit: self.limit,
+            windows: BTreeMap::new(),
+            watermark: i64::MIN,
+            latest_ingest_us: 0,
+        })
+    }
+
+    /// Windows (and partitions) held, for tests and metrics.
+    pub fn groups_held(&self) -> usize {
+        self.windows.values().map(HashMap::len).sum()
+    }
+
+    /// The rows of `rows` that can still rank `<= limit`.
+    fn prune(&self, rows: RecordBatch) -> Result<RecordBatch> {
+        if rows.num_rows() <= self.limit {
+            return Ok(rows);
+        }
+        let order = rows.column(self.order_index);
+        let options = SortOptions {
+            descending: self.descending,
+            nulls_first: false,
+        };
+        let sorted = sort_to_indices(order, Some(options), Some(self.limit))?;
+        let nth = take(order, &sorted.slice(self.limit - 1, 1), None)?;
+        if nth.is_null(0) {
+            // Fewer than `limit` non-null values: every row (nulls last) still ranks.
+            return Ok(rows);
+        }
+        let threshold = Scalar::new(nth);
+        let keep = if self.descending {
+            gt_eq(order, &threshold)?
+        } else {
+            lt_eq(order, &threshold)?
+        };
+        Ok(filter_record_batch(&rows, &keep)?)
+    }
+
+    async fn fire_through(&mut self, watermark: i64, out: &mut dyn Collector) -> Result<()> {
+        let mut ready = Vec::new();
+        while let Some(entry) = self.windows.first_entry() {
+            if entry.key().saturating_sub(1) > watermark {
+                break;
+            }
+            ready.extend(entry.remove().into_values());
+        }
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let data = concat_batches(&self.schema, &ready)?;
+        let ingest = sluice_types::IngestTime::at(match self.latest_ingest_us {
+            0 => sluice_types::now_micros(),
+            t => t,
+        });
+        out.collect(Batch { data, ingest }).await
+    }
+}
+
+#[async_trait]
+impl Operator for TopNPerWindowOperator {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn process_batch(
+        &mut self,
+        batch: Batch,
+        ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        self.latest_ingest_us = self.latest_ingest_us.max(batch.ingest.max_us);
+        let ends = batch
+            .data
+            .column(self.end_index)
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+            .ok_or_else(|| SluiceError::internal("window_end is not a ms timestamp"))?
+            .clone();
+        let cols: Vec<ArrayRef> = self
+            .group_indices
+            .iter()
+            .map(|&i| Arc::clone(batch.data.column(i)))
+            .collect();
+        let keys = self.converter.convert_columns(&cols)?;
+        // Rows per (window end, group), in first-seen order; late rows apart.
+        let mut groups: HashMap<(i64, &[u8]), Vec<u32>, RandomState> =
+            HashMap::with_hasher(RandomState::default());
+        let mut late = Vec::new();
+        for i in 0..batch.num_rows() {
+            let end = ends.value(i);
+            if end.saturating_sub(1) <= self.watermark {
+                late.push(i as u32);
+                continue;
+            }
+            groups
+                .entry((end, keys.row(i).data()))
+                .or_default()
+                .push(i as u32);
+        }
+        if !late.is_empty() {
+            let rows = take_record_batch(&batch.data, &UInt32Array::from(late))?;
+            let reason = format!(
+                "late row: its window already fired in top-n (watermark {} ms)",
+                self.watermark
+            );
+            emit_late(ctx, batch.with_data(rows), out, &reason).await?;
+        }
+        let whole = groups.len() == 1;
+        for ((end, key), idx) in groups {
+            let rows = if whole {
+                batch.data.clone()
+            } else {
+                take_record_batch(&batch.data, &UInt32Array::from(idx))?
+            };
+            let window = self.windows.entry(end).or_default();
+            let merged = match window.remove(key) {
+                Some(held) => concat_batches(&self.schema, [&held, &rows])?,
+                None => rows,
+            };
+            let kept = self.prune(merged)?;
+            self.windows
+                .entry(end)
+                .or_default()
+                .insert(key.into(), kept);
+        }
+        Ok(())
+    }
+
+    async fn on_watermark(
+        &mut self,
+        watermark: Watermark,
+        _ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<Option<Watermark>> {
+        if let Some(wm) = watermark.event_time()
+            && wm > self.watermark
+        {
+            self.watermark = wm;
+            self.fire_through(wm, out).await?;
+        }
+        Ok(Some(watermark))
+    }
+
+    async fn on_close(
+        &mut self,
+        _ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        self.fire_through(i64::MAX, out).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::VecCollector;
+    use arrow::array::StringArray;
+    use sluice_testkit::batch_from_pretty;
+
+    /// The `k` column of every emitted row, sorted per batch.
+    fn keys(out: &[Batch]) -> Vec<Vec<String>> {
+        out.iter()
+            .map(|b| {
+                let i = b.data.schema().index_of("k").unwrap();
+                let k = b
+                    .data
+                    .column(i)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap();
+                let mut v: Vec<String> = k.iter().map(|s| s.unwrap().to_string()).collect();
+                v.sort();
+                v
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn keeps_every_row_tying_for_the_top_and_frees_the_window() {
+        let first = batch_from_pretty(
+            "
+            | k:Utf8 | window_start:Ts | window_end:Ts | n:Int64 | _timestamp:Ts |
+            | a      | 0               | 10            | 5       | 9             |
+            | b      | 0               | 10            | 9       | 9             |
+            | x      | 10              | 20            | 1       | 19            |",
+        );
+        let schema = first.data.schema();
+        let mut op = TopNPerWindowOperator::new(&[], "n", true, 1, &schema).unwrap();
+        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+        let mut out = VecCollector::default();
+        op.process_batch(first, &mut ctx, &mut out).await.unwrap();
+        // Later rows of the same window: c ties with b, d ranks below.
+        let more = batch_from_pretty(
+            "
+            | k:Utf8 | window_start:Ts | window_end:Ts | n:Int64 | _timestamp:Ts |
+            | c      | 0               | 10            | 9       | 9             |
+            | d      | 0               | 10            | 2       | 9             |",
+        );
+        op.process_batch(more, &mut ctx, &mut out).await.unwrap();
+        assert!(out.batches.is_empty(), "nothing fires before the watermark");
+        op.on_watermark(Watermark::EventTime(9), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(op.groups_held(), 1, "window [0,10) freed, [10,20) held");
+        assert_eq!(keys(&out.batches), [["b", "c"]]);
+        // A row for the fired window is late: kept aside, not dropped.
+        let late = batch_from_pretty(
+            "
+            | k:Utf8 | window_start:Ts | window_end:Ts | n:Int64 | _timestamp:Ts |
+            | e      | 0               | 10            | 99      | 9             |",
+        );
+        op.process_batch(late, &mut ctx, &mut out).await.unwrap();
+        assert_eq!(out.side.len(), 1);
+        assert_eq!(
+            ctx.metrics
+                .late_records
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        op.on_close(&mut ctx, &mut out).await.unwrap();
+        assert_eq!(keys(&out.batches[1..]), [["x"]]);
+        assert_eq!(op.groups_held(), 0);
+    }
+
+    #[tokio::test]
+    async fn rank_n_per_partition_ascending_with_ties_at_the_cut() {
+        let input = batch_from_pretty(
+            "
+            | g:Utf8 | k:Utf8 | window_start:Ts | window_end:Ts | n:Int64 | _timestamp:Ts |
+            | g1     | a      | 0               | 10            | 3       | 9             |
+            | g1     | b      | 0               | 10            | 1       | 9             |
+            | g1     | c      | 0               | 10            | 2       | 9             |
+            | g1     | d      | 0               | 10            | 2       | 9             |
+            | g1     | f      | 0               | 10            |         | 9             |
+            | g2     | e      | 0               | 10            | 7       | 9             |",
+        );
+        let schema = input.data.schema();
+        let mut op = TopNPerWindowOperator::new(&["g".into()], "n", false, 2, &schema).unwrap();
+        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+        let mut out = VecCollector::default();
+        op.process_batch(input, &mut ctx, &mut out).await.unwrap();
+        op.on_close(&mut ctx, &mut out).await.unwrap();
+        // g1: b (rank 1), c and d (rank 2); a (rank 4) and the null (last) are out.
+        // g2: e alone.
+        assert_eq!(keys(&out.batches), [["b", "c", "d", "e"]]);
+    }
+
+    #[test]
+    fn bad_columns_are_rejected_with_the_available_names() {
+        let schema = batch_from_pretty(
+            "
+            | k:Utf8 | window_start:Ts | window_end:Ts | n:Int64 | _timestamp:Ts |
+            | a      | 0               | 10            | 5       | 9             |",
+        )
+        .data
+        .schema();
+        let err = TopNPerWindowOperator::new(&[], "missing", true, 1, &schema)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("`missing` not found") && err.contains("window_end"),
+            "{err}"
+        );
+        assert!(TopNPerWindowOperator::new(&[], "n", true, 0, &schema).is_err());
+    }
+}
