@@ -172,6 +172,102 @@ pub enum WindowSpec {
         /// Rows between firings.
         slide: u64,
     },
+    /// Per key, one window over all rows that never closes on its own; the trigger
+    /// decides when it fires and whether firing empties it.
+    Global {
+        /// When the window fires.
+        trigger: TriggerSpec,
+    },
+}
+
+/// When a global window fires: as soon as any of the set conditions holds.
+///
+/// ```
+/// use std::time::Duration;
+/// use sluice_plan::TriggerSpec;
+/// let t = TriggerSpec::count(100).or(TriggerSpec::processing_time_every(Duration::from_secs(5))).purging();
+/// assert_eq!(t.to_string(), "count 100 or every 5s of processing time, purging");
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TriggerSpec {
+    /// Fire a key's window when it has received this many rows since its last firing.
+    pub count: Option<u64>,
+    /// Fire every key that received rows each time the watermark passes a multiple of
+    /// this interval (Flink's continuous event-time trigger).
+    pub event_time_every: Option<Duration>,
+    /// Fire every key that received rows at each multiple of this interval of the wall
+    /// clock (Flink's continuous processing-time trigger).
+    pub processing_time_every: Option<Duration>,
+    /// Empty the window when it fires (FIRE_AND_PURGE): each result covers the rows since
+    /// the previous firing. Without it results are cumulative.
+    pub purge: bool,
+}
+
+impl TriggerSpec {
+    /// Fires a key after `n` rows since its last firing.
+    pub fn count(n: u64) -> Self {
+        Self {
+            count: Some(n),
+            ..Self::default()
+        }
+    }
+
+    /// Fires keys with new rows whenever event time passes a multiple of `interval`.
+    pub fn event_time_every(interval: Duration) -> Self {
+        Self {
+            event_time_every: Some(interval),
+            ..Self::default()
+        }
+    }
+
+    /// Fires keys with new rows at every multiple of `interval` of the wall clock.
+    pub fn processing_time_every(interval: Duration) -> Self {
+        Self {
+            processing_time_every: Some(interval),
+            ..Self::default()
+        }
+    }
+
+    /// Fires when either trigger would (the other's settings win where both set one).
+    pub fn or(self, other: Self) -> Self {
+        Self {
+            count: other.count.or(self.count),
+            event_time_every: other.event_time_every.or(self.event_time_every),
+            processing_time_every: other.processing_time_every.or(self.processing_time_every),
+            purge: self.purge || other.purge,
+        }
+    }
+
+    /// Empties the window on every firing.
+    pub fn purging(self) -> Self {
+        Self {
+            purge: true,
+            ..self
+        }
+    }
+}
+
+impl fmt::Display for TriggerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(n) = self.count {
+            parts.push(format!("count {n}"));
+        }
+        if let Some(d) = self.event_time_every {
+            parts.push(format!("every {d:?} of event time"));
+        }
+        if let Some(d) = self.processing_time_every {
+            parts.push(format!("every {d:?} of processing time"));
+        }
+        if parts.is_empty() {
+            parts.push("never".into());
+        }
+        f.write_str(&parts.join(" or "))?;
+        if self.purge {
+            f.write_str(", purging")?;
+        }
+        Ok(())
+    }
 }
 
 impl WindowSpec {
@@ -184,7 +280,9 @@ impl WindowSpec {
             WindowSpec::Hopping { size, slide } => {
                 Some((size.as_millis() as i64, slide.as_millis() as i64))
             }
-            WindowSpec::Session { .. } | WindowSpec::Count { .. } => None,
+            WindowSpec::Session { .. } | WindowSpec::Count { .. } | WindowSpec::Global { .. } => {
+                None
+            }
         }
     }
 }
@@ -196,6 +294,7 @@ impl fmt::Display for WindowSpec {
             WindowSpec::Hopping { size, slide } => write!(f, "HOP({size:?}, slide {slide:?})"),
             WindowSpec::Session { gap } => write!(f, "SESSION(gap {gap:?})"),
             WindowSpec::Count { size, slide } => write!(f, "COUNT({size} rows, slide {slide})"),
+            WindowSpec::Global { trigger } => write!(f, "GLOBAL(trigger {trigger})"),
         }
     }
 }
@@ -226,7 +325,7 @@ impl NodeKind {
     pub fn side_outputs(&self) -> &'static [&'static str] {
         match self {
             NodeKind::WindowAggregate { window, .. }
-                if !matches!(window, WindowSpec::Count { .. }) =>
+                if !matches!(window, WindowSpec::Count { .. } | WindowSpec::Global { .. }) =>
             {
                 &["late"]
             }

@@ -22,7 +22,9 @@ pub mod bench;
 pub mod examples;
 mod pipeline;
 
-pub use pipeline::{IntoSink, IntoSource, KeyedStream, Pipeline, Stream, Window, WindowedStream};
+pub use pipeline::{
+    IntoSink, IntoSource, KeyedStream, Pipeline, Stream, Trigger, Window, WindowedStream,
+};
 pub use sluice_connectors as connectors;
 pub use sluice_plan as plan;
 pub use sluice_runtime as runtime;
@@ -44,7 +46,9 @@ pub mod functions {
 /// Everything a pipeline needs, in one import.
 pub mod prelude {
     pub use crate::functions::*;
-    pub use crate::{IntoSink, IntoSource, KeyedStream, Pipeline, Stream, Window, WindowedStream};
+    pub use crate::{
+        IntoSink, IntoSource, KeyedStream, Pipeline, Stream, Trigger, Window, WindowedStream,
+    };
     pub use datafusion_expr::{Expr, col, lit};
     pub use sluice_connectors::{
         BlackholeSink, DatagenSource, FileSink, FileSource, NexmarkSource, PrintSink,

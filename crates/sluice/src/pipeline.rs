@@ -8,6 +8,10 @@ use datafusion_expr::Expr;
 use sluice_connectors::{
     BlackholeSink, DatagenSource, FileSink, FileSource, NexmarkSource, PrintSink,
 };
+/// When a global window fires: `Trigger::count(n)`, `Trigger::event_time_every(d)`,
+/// `Trigger::processing_time_every(d)`, combined with `.or(…)`; `.purging()` empties the
+/// window on each firing.
+pub use sluice_plan::TriggerSpec as Trigger;
 use sluice_plan::{
     ConnectorSpec, EventTime, JobPlan, NodeId, NodeKind, Partitioning, SourceNode, WatermarkSpec,
     WindowSpec,
@@ -423,6 +427,18 @@ impl Window {
     pub fn count_sliding(size: u64, slide: u64) -> Self {
         Self(WindowSpec::Count { size, slide })
     }
+
+    /// Per key, one window over all rows, fired by `trigger` (see [`Trigger`]).
+    ///
+    /// ```
+    /// use sluice::{Trigger, Window};
+    /// use std::time::Duration;
+    /// let w = Window::global(Trigger::count(100).or(Trigger::processing_time_every(Duration::from_secs(5))).purging());
+    /// assert_eq!(w.to_string(), "GLOBAL(trigger count 100 or every 5s of processing time, purging)");
+    /// ```
+    pub fn global(trigger: Trigger) -> Self {
+        Self(WindowSpec::Global { trigger })
+    }
 }
 
 impl std::fmt::Display for Window {
@@ -449,7 +465,9 @@ impl WindowedStream {
     }
 
     /// Also emit every open window's partial result this often (processing time), before
-    /// its final result (tumbling and hopping windows).
+    /// its final result: tumbling, hopping and session windows emit each open window,
+    /// count windows each key with new rows (its newest rows up to the window size).
+    /// Global windows take a processing-time interval in their trigger instead.
     pub fn early_every(mut self, interval: Duration) -> Self {
         self.early_firing = Some(interval);
         self

@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::take;
@@ -34,7 +35,7 @@ use super::window::{
     WINDOW_END, WINDOW_START, key_converter, prepare_from_template, window_output_schema,
 };
 use crate::expr::evaluate;
-use crate::operator::{Collector, Operator, OperatorContext};
+use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
 
 fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
     SluiceError::user("count window computation failed").with_source(e)
@@ -62,6 +63,8 @@ struct KeyState {
     since_fire: u64,
     /// Panes sealed since the last firing.
     panes_since_fire: usize,
+    /// Rows arrived since the last result (final or early).
+    changed: bool,
 }
 
 /// The count window operator.
@@ -93,6 +96,9 @@ pub struct CountWindowOperator {
     ids: HashMap<Box<[u8]>, usize, RandomState>,
     keys: Vec<KeyState>,
     latest_ingest_us: u64,
+    /// Early-firing interval (ms), and whether its timer is registered.
+    early: Option<i64>,
+    early_timer: bool,
 }
 
 impl CountWindowOperator {
@@ -147,6 +153,8 @@ impl CountWindowOperator {
             ids: HashMap::with_hasher(RandomState::default()),
             keys: Vec::new(),
             latest_ingest_us: 0,
+            early: None,
+            early_timer: false,
         };
         op.converter = key_converter(&op.key_types)?;
         Ok(op)
@@ -165,7 +173,22 @@ impl CountWindowOperator {
             ids: HashMap::with_hasher(RandomState::default()),
             keys: Vec::new(),
             latest_ingest_us: 0,
+            early: self.early,
+            early_timer: false,
         })
+    }
+
+    /// Also emit, this often (processing time), the partial result of every key with rows
+    /// since its last result: its newest rows up to the window size, as at end of input.
+    pub fn with_early_firing(mut self, interval: Option<Duration>) -> Self {
+        self.early = interval.map(|d| (d.as_millis() as i64).max(1));
+        self
+    }
+
+    /// The operator as a prepared plan node.
+    pub fn into_prepared(self) -> PreparedOperator {
+        let output_schema = Arc::clone(&self.schema);
+        prepare_from_template(self, output_schema, Self::fresh)
     }
 
     fn accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
@@ -193,6 +216,7 @@ impl CountWindowOperator {
             open_max: i64::MIN,
             since_fire: 0,
             panes_since_fire: 0,
+            changed: false,
         });
         if let Some(r) = row {
             self.ids.insert(r.as_ref().into(), id);
@@ -235,7 +259,7 @@ impl CountWindowOperator {
     }
 
     /// The result over key `id`'s last `size` rows (its newest panes).
-    fn result(&self, id: usize, out: &mut Output) -> Result<()> {
+    fn result(&self, id: usize, out: &mut WindowResults) -> Result<()> {
         let k = &self.keys[id];
         let mut accs = self.accumulators()?;
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
@@ -246,7 +270,9 @@ impl CountWindowOperator {
             lo = lo.min(p.min_ts);
             hi = hi.max(p.max_ts);
         }
-        out.keys.push(id);
+        if let Some(key) = &k.key {
+            out.keys.push(key.clone());
+        }
         out.starts.push(lo);
         out.ends.push(hi.saturating_add(1));
         out.times.push(hi);
@@ -256,51 +282,112 @@ impl CountWindowOperator {
         Ok(())
     }
 
-    async fn emit(&self, out: Output, collector: &mut dyn Collector) -> Result<()> {
-        if out.keys.is_empty() {
-            return Ok(());
+    /// The partial result of key `id` without sealing its open pane: its newest panes and
+    /// the open one, up to `size` rows.
+    fn partial_result(&mut self, id: usize, out: &mut WindowResults) -> Result<()> {
+        let mut accs = self.accumulators()?;
+        let mut reopened = self.accumulators()?;
+        let full = (self.size / self.pane) as usize;
+        let k = &mut self.keys[id];
+        let keep = full - usize::from(k.open_rows > 0);
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for p in k.panes.iter().rev().take(keep) {
+            for (acc, state) in accs.iter_mut().zip(&p.states) {
+                acc.merge_batch(state).map_err(df_err)?;
+            }
+            lo = lo.min(p.min_ts);
+            hi = hi.max(p.max_ts);
         }
-        let mut columns: Vec<ArrayRef> = match &self.converter {
-            Some(c) => c.convert_rows(out.keys.iter().map(|&id| {
-                self.keys[id]
-                    .key
-                    .as_ref()
-                    .expect("invariant: keyed state has its key")
-                    .row()
-            }))?,
-            None => Vec::new(),
-        };
-        columns.push(Arc::new(TimestampMillisecondArray::from(out.starts)));
-        columns.push(Arc::new(TimestampMillisecondArray::from(out.ends)));
-        for v in out.values {
-            columns.push(ScalarValue::iter_to_array(v).map_err(df_err)?);
+        if k.open_rows > 0 {
+            // `state()` consumes an accumulator's state: merge it into the result and
+            // into a fresh accumulator that replaces the open one.
+            for ((open, acc), again) in k.open.iter_mut().zip(&mut accs).zip(&mut reopened) {
+                let state: Vec<ArrayRef> = open
+                    .state()
+                    .map_err(df_err)?
+                    .into_iter()
+                    .map(|v| v.to_array().map_err(df_err))
+                    .collect::<Result<_>>()?;
+                acc.merge_batch(&state).map_err(df_err)?;
+                again.merge_batch(&state).map_err(df_err)?;
+            }
+            k.open = reopened;
+            lo = lo.min(k.open_min);
+            hi = hi.max(k.open_max);
         }
-        columns.push(Arc::new(TimestampMillisecondArray::from(out.times)));
-        let data = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
-        let ingest = sluice_types::IngestTime::at(match self.latest_ingest_us {
-            0 => sluice_types::now_micros(),
-            t => t,
-        });
-        collector.collect(Batch { data, ingest }).await
+        if let Some(key) = &k.key {
+            out.keys.push(key.clone());
+        }
+        out.starts.push(lo);
+        out.ends.push(hi.saturating_add(1));
+        out.times.push(hi);
+        for (v, acc) in out.values.iter_mut().zip(accs.iter_mut()) {
+            v.push(acc.evaluate().map_err(df_err)?);
+        }
+        Ok(())
     }
 
-    fn output(&self) -> Output {
-        Output {
-            keys: Vec::new(),
-            starts: Vec::new(),
-            ends: Vec::new(),
-            times: Vec::new(),
-            values: vec![Vec::new(); self.aggregates.len()],
+    async fn emit(&self, out: WindowResults, collector: &mut dyn Collector) -> Result<()> {
+        match out.into_batch(&self.schema, self.converter.as_ref(), self.latest_ingest_us)? {
+            Some(batch) => collector.collect(batch).await,
+            None => Ok(()),
         }
     }
 }
 
-struct Output {
-    keys: Vec<usize>,
-    starts: Vec<i64>,
-    ends: Vec<i64>,
-    times: Vec<i64>,
-    values: Vec<Vec<ScalarValue>>,
+/// Window results under construction, one row per firing: key, bounds, aggregate
+/// values, event time. Shared by the count and global window operators.
+pub(crate) struct WindowResults {
+    pub(crate) keys: Vec<OwnedRow>,
+    pub(crate) starts: Vec<i64>,
+    pub(crate) ends: Vec<i64>,
+    pub(crate) times: Vec<i64>,
+    pub(crate) values: Vec<Vec<ScalarValue>>,
+}
+
+impl WindowResults {
+    pub(crate) fn new(aggregates: usize) -> Self {
+        Self {
+            keys: Vec::new(),
+            starts: Vec::new(),
+            ends: Vec::new(),
+            times: Vec::new(),
+            values: vec![Vec::new(); aggregates],
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// The results as a batch of `schema` (keys encoded by `converter`), carrying the
+    /// ingest time of the newest input; `None` when there are none.
+    pub(crate) fn into_batch(
+        self,
+        schema: &SchemaRef,
+        converter: Option<&RowConverter>,
+        latest_ingest_us: u64,
+    ) -> Result<Option<Batch>> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let mut columns: Vec<ArrayRef> = match converter {
+            Some(c) => c.convert_rows(self.keys.iter().map(|k| k.row()))?,
+            None => Vec::new(),
+        };
+        columns.push(Arc::new(TimestampMillisecondArray::from(self.starts)));
+        columns.push(Arc::new(TimestampMillisecondArray::from(self.ends)));
+        for v in self.values {
+            columns.push(ScalarValue::iter_to_array(v).map_err(df_err)?);
+        }
+        columns.push(Arc::new(TimestampMillisecondArray::from(self.times)));
+        let data = RecordBatch::try_new(Arc::clone(schema), columns)?;
+        let ingest = sluice_types::IngestTime::at(match latest_ingest_us {
+            0 => sluice_types::now_micros(),
+            t => t,
+        });
+        Ok(Some(Batch { data, ingest }))
+    }
 }
 
 #[async_trait]
@@ -312,10 +399,15 @@ impl Operator for CountWindowOperator {
     async fn process_batch(
         &mut self,
         batch: Batch,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
         out: &mut dyn Collector,
     ) -> Result<()> {
         self.latest_ingest_us = self.latest_ingest_us.max(batch.ingest.max_us);
+        if let (Some(every), false) = (self.early, self.early_timer) {
+            let now = (sluice_types::now_micros() / 1000) as i64;
+            ctx.timers.register(TimeDomain::ProcessingTime, now + every);
+            self.early_timer = true;
+        }
         let ts = batch.timestamps().clone();
         let rows = match &self.converter {
             Some(c) => {
@@ -346,7 +438,7 @@ impl Operator for CountWindowOperator {
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<_>>()?;
-        let mut fired = self.output();
+        let mut fired = WindowResults::new(self.aggregates.len());
         let mut at = 0;
         while at < order.len() {
             let id = order[at].0;
@@ -368,12 +460,14 @@ impl Operator for CountWindowOperator {
                 }
                 k.open_rows += take_n as u64;
                 k.since_fire += take_n as u64;
+                k.changed = true;
                 at += take_n;
                 if k.open_rows == self.pane {
                     self.seal(id)?;
                     let k = &mut self.keys[id];
                     if k.since_fire == self.slide {
                         k.since_fire = 0;
+                        k.changed = false;
                         k.panes_since_fire = 0;
                         self.result(id, &mut fired)?;
                     }
@@ -383,13 +477,42 @@ impl Operator for CountWindowOperator {
         self.emit(fired, out).await
     }
 
+    async fn on_timer(
+        &mut self,
+        domain: TimeDomain,
+        time: i64,
+        ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        let Some(every) = self.early.filter(|_| domain == TimeDomain::ProcessingTime) else {
+            return Ok(());
+        };
+        let mut fired = WindowResults::new(self.aggregates.len());
+        for id in 0..self.keys.len() {
+            if self.keys[id].changed {
+                self.keys[id].changed = false;
+                self.partial_result(id, &mut fired)?;
+            }
+        }
+        let any = !fired.is_empty();
+        self.emit(fired, out).await?;
+        // Keep firing while keys change; otherwise the next row re-arms the timer.
+        if any {
+            ctx.timers
+                .register(TimeDomain::ProcessingTime, time + every);
+        } else {
+            self.early_timer = false;
+        }
+        Ok(())
+    }
+
     async fn on_close(
         &mut self,
         _ctx: &mut OperatorContext,
         out: &mut dyn Collector,
     ) -> Result<()> {
         // Rows since the last firing fire now, as a partial window.
-        let mut fired = self.output();
+        let mut fired = WindowResults::new(self.aggregates.len());
         for id in 0..self.keys.len() {
             if self.keys[id].since_fire == 0 {
                 continue;
@@ -408,6 +531,59 @@ mod tests {
     use datafusion_expr::col;
     use datafusion_functions_aggregate::expr_fn::{count, sum};
     use sluice_testkit::{assert_pretty, batch_from_pretty};
+
+    #[tokio::test]
+    async fn early_firings_emit_the_growing_window_of_changed_keys() {
+        use crate::operators::test_util::{fire_processing_timer, kv_batch, window_rows};
+        let schema = kv_batch(&[]).data.schema();
+        let mut op = CountWindowOperator::new(
+            &["k".into()],
+            4,
+            2,
+            &[sum(col("v")).alias("total")],
+            &schema,
+        )
+        .unwrap()
+        .with_early_firing(Some(Duration::from_millis(50)));
+        let mut ctx = OperatorContext::for_test(schema);
+        let mut out = crate::operator::VecCollector::default();
+        // k1: one row (half a pane), early result covers it.
+        op.process_batch(kv_batch(&[(1, 1, 10)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        fire_processing_timer(&mut op, &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(window_rows(&out.batches), ["k1,10,11,1"]);
+        // Second row completes the pane: the window of 2 fires on count; no early result.
+        op.process_batch(kv_batch(&[(1, 2, 20)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        fire_processing_timer(&mut op, &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(window_rows(&out.batches[1..]), ["k1,10,21,3"]);
+        // Rows 3..5: the count firing at row 4 covers rows 1-4; the early result then
+        // covers the newest rows up to the window size (rows 3, 4 and the open row 5).
+        op.process_batch(
+            kv_batch(&[(1, 4, 30), (1, 8, 40), (1, 16, 50)]),
+            &mut ctx,
+            &mut out,
+        )
+        .await
+        .unwrap();
+        let t = fire_processing_timer(&mut op, &mut ctx, &mut out).await;
+        assert!(t.is_some(), "re-armed by the new rows");
+        assert_eq!(
+            window_rows(&out.batches[2..]),
+            ["k1,10,41,15", "k1,30,51,28"]
+        );
+        // The early result did not disturb the open pane: row 6 fires rows 3-6.
+        op.process_batch(kv_batch(&[(1, 32, 60)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(window_rows(&out.batches[4..]), ["k1,30,61,60"]);
+    }
 
     async fn run(size: u64, slide: u64, batches: Vec<Batch>) -> Vec<Batch> {
         let schema = batches[0].data.schema();

@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod count;
 pub mod filter;
+pub mod global;
 pub mod project;
 pub mod session;
 #[cfg(test)]
@@ -50,23 +51,28 @@ pub fn prepare(
             allowed_lateness,
             early_firing,
         } => match window {
-            sluice_plan::WindowSpec::Count { .. } | sluice_plan::WindowSpec::Session { .. }
-                if early_firing.is_some() =>
-            {
-                Err(SluiceError::user(format!(
-                    "early firing is supported for tumbling and hopping windows, not yet for {window}"
-                )))
+            sluice_plan::WindowSpec::Global { .. } if early_firing.is_some() => {
+                Err(SluiceError::user(
+                    "a global window fires by its trigger; add a processing-time interval to the trigger instead of early firing",
+                ))
             }
-            sluice_plan::WindowSpec::Count { size, slide } => {
-                count::CountWindowOperator::prepare(keys, *size, *slide, aggregates, input)
+            sluice_plan::WindowSpec::Global { trigger } => {
+                global::GlobalWindowOperator::prepare(keys, *trigger, aggregates, input)
             }
-            sluice_plan::WindowSpec::Session { gap } => session::SessionWindowOperator::prepare(
+            sluice_plan::WindowSpec::Count { size, slide } => Ok(count::CountWindowOperator::new(
+                keys, *size, *slide, aggregates, input,
+            )?
+            .with_early_firing(*early_firing)
+            .into_prepared()),
+            sluice_plan::WindowSpec::Session { gap } => Ok(session::SessionWindowOperator::new(
                 keys,
                 *gap,
                 aggregates,
                 *allowed_lateness,
                 input,
-            ),
+            )?
+            .with_early_firing(*early_firing)
+            .into_prepared()),
             _ => Ok(window::WindowAggregateOperator::new(
                 keys,
                 *window,

@@ -35,7 +35,7 @@ use super::window::{
     key_converter, prepare_from_template, window_output_schema,
 };
 use crate::expr::evaluate;
-use crate::operator::{Collector, Operator, OperatorContext};
+use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
 
 fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
     SluiceError::user("session window computation failed").with_source(e)
@@ -46,6 +46,8 @@ struct Session {
     /// Exclusive: last row + gap.
     end: i64,
     accumulators: Vec<Box<dyn Accumulator>>,
+    /// Changed since its last early result.
+    changed: bool,
 }
 
 struct KeyState {
@@ -93,6 +95,9 @@ pub struct SessionWindowOperator {
     /// Ingest time of the newest input row: window results carry it, so their
     /// end-to-end latency runs from the arrival of the input that closed the window.
     latest_ingest_us: u64,
+    /// Early-firing interval (ms), and whether its timer is registered.
+    early: Option<i64>,
+    early_timer: bool,
 }
 
 impl SessionWindowOperator {
@@ -143,6 +148,8 @@ impl SessionWindowOperator {
             by_end: BTreeSet::new(),
             watermark: i64::MIN,
             latest_ingest_us: 0,
+            early: None,
+            early_timer: false,
         };
         op.converter = key_converter(&op.key_types)?;
         Ok(op)
@@ -163,7 +170,22 @@ impl SessionWindowOperator {
             by_end: BTreeSet::new(),
             watermark: i64::MIN,
             latest_ingest_us: 0,
+            early: self.early,
+            early_timer: false,
         })
+    }
+
+    /// Also emit the current result of every open session that changed, this often
+    /// (processing time), before its final result.
+    pub fn with_early_firing(mut self, interval: Option<Duration>) -> Self {
+        self.early = interval.map(|d| (d.as_millis() as i64).max(1));
+        self
+    }
+
+    /// The operator as a prepared plan node.
+    pub fn into_prepared(self) -> PreparedOperator {
+        let output_schema = Arc::clone(&self.schema);
+        prepare_from_template(self, output_schema, Self::fresh)
     }
 
     /// Keys with at least one live session (for tests of state cleanup).
@@ -327,6 +349,11 @@ impl Operator for SessionWindowOperator {
         out: &mut dyn Collector,
     ) -> Result<()> {
         self.latest_ingest_us = self.latest_ingest_us.max(batch.ingest.max_us);
+        if let (Some(every), false) = (self.early, self.early_timer) {
+            let now = (sluice_types::now_micros() / 1000) as i64;
+            ctx.timers.register(TimeDomain::ProcessingTime, now + every);
+            self.early_timer = true;
+        }
         let ts = batch.timestamps().clone();
         let rows = match &self.converter {
             Some(c) => {
@@ -410,6 +437,7 @@ impl Operator for SessionWindowOperator {
                 start: first_t,
                 end: order[end - 1].1 + self.gap,
                 accumulators,
+                changed: true,
             };
             let (s, e) = self.merge_in(id, session)?;
             // Already behind the watermark (a late row within the allowed lateness, maybe
@@ -423,6 +451,40 @@ impl Operator for SessionWindowOperator {
         refire.sort_unstable();
         refire.dedup();
         self.emit(refire, out).await
+    }
+
+    async fn on_timer(
+        &mut self,
+        domain: TimeDomain,
+        time: i64,
+        ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        let Some(every) = self.early.filter(|_| domain == TimeDomain::ProcessingTime) else {
+            return Ok(());
+        };
+        // Early firing: every open session that changed since its last early result.
+        let wm = self.watermark;
+        let mut due = Vec::new();
+        for &(end, id, start) in self.by_end.range((wm.saturating_add(2), 0, i64::MIN)..) {
+            debug_assert!(end.saturating_sub(1) > wm);
+            let key = &mut self.keys[id as usize];
+            if let Some(s) = key.sessions.iter_mut().find(|s| s.start == start)
+                && s.changed
+            {
+                s.changed = false;
+                due.push((id, start));
+            }
+        }
+        self.emit(due, out).await?;
+        // Keep firing while sessions are open; otherwise the next row re-arms the timer.
+        if self.by_end.is_empty() {
+            self.early_timer = false;
+        } else {
+            ctx.timers
+                .register(TimeDomain::ProcessingTime, time + every);
+        }
+        Ok(())
     }
 
     async fn on_watermark(
@@ -459,6 +521,54 @@ mod tests {
     use datafusion_expr::col;
     use datafusion_functions_aggregate::expr_fn::{count, sum};
     use sluice_testkit::{assert_pretty, batch_from_pretty};
+
+    #[tokio::test]
+    async fn early_firings_emit_changed_open_sessions_before_the_final_result() {
+        use crate::operators::test_util::{fire_processing_timer, kv_batch, window_rows};
+        let mut op = SessionWindowOperator::new(
+            &["k".into()],
+            Duration::from_millis(100),
+            &[sum(col("v")).alias("total")],
+            Duration::ZERO,
+            &kv_batch(&[]).data.schema(),
+        )
+        .unwrap()
+        .with_early_firing(Some(Duration::from_millis(50)));
+        let mut ctx = OperatorContext::for_test(kv_batch(&[]).data.schema());
+        let mut out = crate::operator::VecCollector::default();
+        op.process_batch(kv_batch(&[(1, 1, 1000), (2, 5, 2000)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        fire_processing_timer(&mut op, &mut ctx, &mut out)
+            .await
+            .unwrap();
+        let mut first = window_rows(&out.batches);
+        first.sort();
+        assert_eq!(first, ["k1,1000,1100,1", "k2,2000,2100,5"]);
+        // An out-of-order row extends k1's session; only k1 changed.
+        op.process_batch(kv_batch(&[(1, 2, 950)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        fire_processing_timer(&mut op, &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(window_rows(&out.batches[1..]), ["k1,950,1100,3"]);
+        // Nothing changed: the next tick emits nothing.
+        fire_processing_timer(&mut op, &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out.batches.len(), 2);
+        // The watermark closes k1's session: its final result; k2 stays open.
+        op.on_watermark(Watermark::EventTime(1500), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(window_rows(&out.batches[2..]), ["k1,950,1100,3"]);
+        // A closed session never fires early again.
+        fire_processing_timer(&mut op, &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out.batches.len(), 3);
+    }
 
     fn op(lateness: Duration) -> SessionWindowOperator {
         let b = batch_from_pretty(
