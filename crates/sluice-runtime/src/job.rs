@@ -46,6 +46,8 @@ pub struct PreparedJob {
     nodes: Vec<PreparedNode>,
     schemas: Vec<SchemaRef>,
     input_schemas: Vec<SchemaRef>,
+    /// Per node, the schema of its side output (late rows), if it has one.
+    side_schemas: Vec<SchemaRef>,
     chains: Vec<Vec<NodeId>>,
 }
 
@@ -111,6 +113,7 @@ impl PreparedJob {
         let empty: SchemaRef = Arc::new(Schema::new(vec![timestamp_field()]));
         let mut schemas: Vec<SchemaRef> = vec![Arc::clone(&empty); n];
         let mut input_schemas: Vec<SchemaRef> = vec![Arc::clone(&empty); n];
+        let mut side_schemas: Vec<SchemaRef> = vec![Arc::clone(&empty); n];
         let mut prepared: Vec<Option<PreparedNode>> = (0..n).map(|_| None).collect();
         for &id in &order {
             let node = &plan.nodes[id];
@@ -145,8 +148,7 @@ impl PreparedJob {
                                         from.name
                                     ))));
                                 }
-                                // Late rows keep the schema of the operator's input.
-                                &input_schemas[e.from]
+                                &side_schemas[e.from]
                             }
                         });
                     }
@@ -159,6 +161,10 @@ impl PreparedJob {
                         }
                     }
                     let p = operators::prepare(kind, &input, registry).map_err(ctx)?;
+                    if !kind.side_outputs().is_empty() {
+                        side_schemas[id] =
+                            operators::window::late_output_schema(&input).map_err(ctx)?;
+                    }
                     input_schemas[id] = input;
                     schemas[id] = p.output_schema;
                     prepared[id] = Some(PreparedNode::Operator(p.factory));
@@ -168,7 +174,7 @@ impl PreparedJob {
                 if let Partitioning::Hash(keys) = &e.partitioning {
                     let out_schema = match e.side {
                         None => &schemas[id],
-                        Some(_) => &input_schemas[id],
+                        Some(_) => &side_schemas[id],
                     };
                     for k in keys {
                         if out_schema.index_of(k).is_err() {
@@ -219,6 +225,7 @@ impl PreparedJob {
             nodes,
             schemas,
             input_schemas,
+            side_schemas,
             chains,
         })
     }
@@ -351,7 +358,7 @@ impl PreparedJob {
                             .map(|k| {
                                 let schema = match e.side {
                                     None => &self.schemas[e.from],
-                                    Some(_) => &self.input_schemas[e.from],
+                                    Some(_) => &self.side_schemas[e.from],
                                 };
                                 schema.index_of(k).expect("invariant: checked at prepare")
                             })

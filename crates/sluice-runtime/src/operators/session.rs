@@ -398,7 +398,7 @@ impl Operator for SessionWindowOperator {
                 "late row: its session closed (watermark {} ms, gap {} ms, allowed lateness {} ms)",
                 self.watermark, self.gap, self.lateness
             );
-            emit_late(ctx, batch.with_data(bad), out, &reason).await?;
+            emit_late(ctx, batch.with_data(bad), out, &reason, self.watermark).await?;
         }
         if order.is_empty() {
             return Ok(());

@@ -266,7 +266,7 @@ impl Operator for TopNPerWindowOperator {
                 "late row: its window already fired in top-n (watermark {} ms)",
                 self.watermark
             );
-            emit_late(ctx, batch.with_data(rows), out, &reason).await?;
+            emit_late(ctx, batch.with_data(rows), out, &reason, self.watermark).await?;
         }
         let whole = groups.len() == 1;
         for ((end, key), idx) in groups {

@@ -83,19 +83,61 @@ pub(crate) fn dead_letter_rows(
     Ok(())
 }
 
-/// Late rows go to the `late` side output if the pipeline consumes it, otherwise to the
-/// dead-letter output with `reason`; either way they are counted.
+/// Column of the late side output: why the row is late.
+pub const LATE_REASON: &str = "late_reason";
+/// Column of the late side output: the watermark the row missed.
+pub const MISSED_WATERMARK: &str = "missed_watermark";
+
+/// The schema of the late side output of an operator with input `input`: its columns,
+/// then `late_reason` and `missed_watermark`, then `_timestamp`.
+pub fn late_output_schema(input: &SchemaRef) -> Result<SchemaRef> {
+    let n = input.fields().len();
+    let mut fields: Vec<Arc<Field>> = input.fields()[..n.saturating_sub(1)].to_vec();
+    for name in [LATE_REASON, MISSED_WATERMARK] {
+        if fields.iter().any(|f| f.name() == name) {
+            return Err(SluiceError::user(format!(
+                "input column `{name}` clashes with the late side output's column; rename it"
+            )));
+        }
+    }
+    fields.push(Arc::new(Field::new(LATE_REASON, DataType::Utf8, false)));
+    fields.push(Arc::new(Field::new(
+        MISSED_WATERMARK,
+        DataType::Timestamp(TimeUnit::Millisecond, None),
+        false,
+    )));
+    fields.push(Arc::new(timestamp_field()));
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// Late rows go to the `late` side output if the pipeline consumes it (with the reason
+/// and the watermark they missed as columns), otherwise to the dead-letter output with
+/// `reason`; either way they are counted.
 pub(crate) async fn emit_late(
     ctx: &OperatorContext,
     rows: Batch,
     out: &mut dyn Collector,
     reason: &str,
+    watermark: i64,
 ) -> Result<()> {
+    let n = rows.num_rows();
     ctx.metrics
         .late_records
-        .fetch_add(rows.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
+        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     let data = rows.data.clone();
-    if out.collect_side(LATE_OUTPUT, rows).await? {
+    let mut columns = data.columns().to_vec();
+    let ts = columns
+        .pop()
+        .ok_or_else(|| SluiceError::internal("no columns"))?;
+    columns.push(Arc::new(arrow::array::StringArray::from_iter_values(
+        std::iter::repeat_n(reason, n),
+    )));
+    columns.push(Arc::new(TimestampMillisecondArray::from_value(
+        watermark, n,
+    )));
+    columns.push(ts);
+    let side = RecordBatch::try_new(late_output_schema(&data.schema())?, columns)?;
+    if out.collect_side(LATE_OUTPUT, rows.with_data(side)).await? {
         return Ok(());
     }
     dead_letter_rows(ctx, &data, reason)
@@ -663,7 +705,7 @@ impl Operator for WindowAggregateOperator {
                     "late row: every window it belongs to closed (watermark {} ms, allowed lateness {} ms)",
                     self.watermark, g.lateness
                 );
-                emit_late(ctx, batch.with_data(part), out, &reason).await?;
+                emit_late(ctx, batch.with_data(part), out, &reason, self.watermark).await?;
                 continue;
             }
             let part_args: Vec<Vec<ArrayRef>> = if idx.len() == batch.num_rows() {

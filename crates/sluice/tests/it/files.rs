@@ -482,7 +482,18 @@ async fn late_rows_can_be_routed_to_any_sink() {
         "routed late rows are not dead letters"
     );
     let late = std::fs::read_to_string(late_dir.join("part-0.jsonl")).unwrap();
-    assert_eq!(late.trim(), r#"{"k":"a","v":4,"ts":3000}"#);
+    let late: serde_json::Value = serde_json::from_str(late.trim()).unwrap();
+    assert_eq!(
+        (&late["k"], &late["v"], &late["ts"]),
+        (&"a".into(), &4.into(), &3000.into())
+    );
+    // The watermark it missed (12 s, from the row at 12 s) and why, as columns.
+    assert_eq!(late["missed_watermark"], "1970-01-01T00:00:12");
+    let reason = late["late_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("every window it belongs to closed"),
+        "{reason}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
