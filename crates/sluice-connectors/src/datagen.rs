@@ -207,6 +207,7 @@ impl SourceConnector for DatagenConnector {
     ) -> Result<Box<dyn SourceReader>> {
         Ok(Box::new(DatagenReader {
             config: Arc::clone(config),
+            first_split: splits.first().map_or(0, |s| s.index),
             next: splits.iter().map(|s| s.index as u64).collect(),
             stride: task.parallelism as u64,
             pacer: config.rate.map(|r| Pacer::new(r / task.parallelism as f64)),
@@ -217,6 +218,7 @@ impl SourceConnector for DatagenConnector {
 /// Generates one subtask's rows.
 pub struct DatagenReader {
     config: Arc<DatagenConfig>,
+    first_split: usize,
     next: Vec<u64>,
     stride: u64,
     pacer: Option<Pacer>,
@@ -353,7 +355,11 @@ impl SourceReader for DatagenReader {
         if ids.is_empty() {
             return Ok(ReadResult::End);
         }
-        Ok(ReadResult::Batch(self.build(&ids)?))
+        // Splits advance together (ids interleave), so one clock covers them.
+        Ok(ReadResult::Batch {
+            split: self.first_split,
+            rows: self.build(&ids)?,
+        })
     }
 }
 

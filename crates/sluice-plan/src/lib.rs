@@ -66,6 +66,10 @@ pub enum EventTime {
     Column(String),
     /// The wall-clock time at which rows are read.
     Ingestion,
+    /// Processing time: rows are stamped with the wall clock when read, and the
+    /// watermark follows the wall clock even when no rows come, so windows close on
+    /// time (processing-time windows).
+    ProcessingTime,
 }
 
 /// How a source derives watermarks.

@@ -63,6 +63,14 @@ fn source_schema(
     }
     let column = match &node.event_time {
         EventTime::Ingestion => None,
+        EventTime::ProcessingTime => {
+            let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+            fields.push(Arc::new(timestamp_field()));
+            return Ok((
+                Arc::new(Schema::new(fields)),
+                EventTimeColumn::ProcessingTime,
+            ));
+        }
         EventTime::ConnectorDefault => source.default_event_time(),
         EventTime::Column(c) => Some(c.clone()),
     };

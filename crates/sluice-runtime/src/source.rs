@@ -32,8 +32,22 @@ pub struct Split {
 /// What one read returned.
 #[derive(Debug)]
 pub enum ReadResult {
-    /// Some rows (at most the number asked for), in the connector's schema.
-    Batch(RecordBatch),
+    /// Some rows (at most the number asked for) of one split, in the connector's schema.
+    /// Each split has its own event-time clock: the subtask's watermark is the minimum
+    /// over the splits it is reading (Kafka partitions, files read side by side). A
+    /// split counts from its first batch until [`ReadResult::SplitEnd`]; a reader that
+    /// reads splits side by side announces each with an empty batch when it starts, so
+    /// a split that has not delivered yet holds event time back. A reader whose splits
+    /// advance together (generator shards interleaved row by row) may report them all
+    /// as its first split.
+    Batch {
+        /// [`Split::index`] of the split the rows come from.
+        split: usize,
+        /// The rows.
+        rows: RecordBatch,
+    },
+    /// A split is exhausted: it no longer holds back the subtask's watermark.
+    SplitEnd(usize),
     /// Nothing is available now; the reader has waited a while. The runtime flushes any
     /// partial batch and marks the subtask idle for watermarks until data comes.
     Idle,

@@ -431,13 +431,18 @@ pub enum SourceControl {
 }
 
 /// How a source derives `_timestamp` from what its reader returns.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EventTimeColumn {
     /// Column index in the reader's rows.
     Column(usize),
     /// Wall-clock time of ingestion.
     Ingestion,
+    /// Wall-clock time of ingestion, and watermarks that follow the wall clock.
+    ProcessingTime,
 }
+
+/// How often a processing-time source advances its watermark without rows.
+const PROCESSING_TIME_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Everything a source task needs.
 pub(crate) struct SourceTask {
@@ -449,6 +454,88 @@ pub(crate) struct SourceTask {
     pub max_rows: usize,
     pub linger: std::time::Duration,
     pub control: mpsc::Receiver<SourceControl>,
+}
+
+/// Per-split event-time clocks of one source subtask. A split counts from its first
+/// batch (an empty batch announces it) until it ends, as lazily assigned splits do in
+/// Flink; a split without rows for the idle timeout does not hold back event time until
+/// it has rows again.
+pub(crate) struct SplitClocks {
+    splits: std::collections::BTreeMap<usize, SplitClock>,
+    bound: i64,
+    idle_timeout: Option<std::time::Duration>,
+    /// The largest event-time watermark emitted: the watermark never moves back.
+    emitted: i64,
+}
+
+struct SplitClock {
+    max_ts: i64,
+    last_rows: Instant,
+}
+
+impl SplitClocks {
+    pub(crate) fn new(bound: i64, idle_timeout: Option<std::time::Duration>) -> Self {
+        Self {
+            splits: Default::default(),
+            bound,
+            idle_timeout,
+            emitted: i64::MIN,
+        }
+    }
+
+    /// Rows of `split` arrived, the largest event time among them `max_ts`.
+    pub(crate) fn observe(&mut self, split: usize, max_ts: Option<i64>, now: Instant) {
+        let c = self.splits.entry(split).or_insert(SplitClock {
+            max_ts: i64::MIN,
+            last_rows: now,
+        });
+        c.last_rows = now;
+        if let Some(t) = max_ts {
+            c.max_ts = c.max_ts.max(t);
+        }
+    }
+
+    /// `split` has no more rows.
+    pub(crate) fn end(&mut self, split: usize) {
+        self.splits.remove(&split);
+    }
+
+    fn idle(&self, c: &SplitClock, now: Instant) -> bool {
+        self.idle_timeout.is_some_and(|t| c.last_rows + t <= now)
+    }
+
+    /// When the next active split turns idle (the watermark may then advance).
+    pub(crate) fn next_idle_at(&self, now: Instant) -> Option<Instant> {
+        let t = self.idle_timeout?;
+        self.splits
+            .values()
+            .filter(|c| !self.idle(c, now))
+            .map(|c| c.last_rows + t)
+            .min()
+    }
+
+    /// The subtask's watermark now: the minimum over active splits (never below what was
+    /// emitted), `Idle` when every split it reads is idle, `None` while nothing is known.
+    pub(crate) fn watermark(&mut self, now: Instant) -> Option<Watermark> {
+        let mut min: Option<i64> = None;
+        let mut any_idle = false;
+        for c in self.splits.values() {
+            if self.idle(c, now) {
+                any_idle = true;
+            } else {
+                min = Some(min.map_or(c.max_ts, |m| m.min(c.max_ts)));
+            }
+        }
+        match min {
+            Some(i64::MIN) => None,
+            Some(m) => {
+                self.emitted = self.emitted.max(m.saturating_sub(self.bound));
+                Some(Watermark::EventTime(self.emitted))
+            }
+            None if any_idle => Some(Watermark::Idle),
+            None => None,
+        }
+    }
 }
 
 struct Pending {
@@ -475,17 +562,26 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
         last_us: 0,
         since: None,
     };
-    let mut max_ts = i64::MIN;
+    let mut clocks = SplitClocks::new(src.out_of_orderness_ms, src.idle_timeout);
     let mut last_wm: Option<Watermark> = None;
-    let mut last_rows = Instant::now();
+    let started = Instant::now();
     loop {
         let deadline = pending.since.map(|t| t + src.linger);
         let want = src.max_rows - pending.rows;
-        // Idle once no rows came for `idle_timeout` (and we are not idle already).
-        let idle_at = src
-            .idle_timeout
-            .filter(|_| last_wm != Some(Watermark::Idle) && pending.rows == 0)
-            .map(|t| last_rows + t);
+        // A split turning idle may let the watermark advance; a subtask that never had
+        // rows is idle after the timeout.
+        let processing_time = src.event_time == EventTimeColumn::ProcessingTime;
+        let tick = processing_time.then(|| {
+            let ms = PROCESSING_TIME_TICK.as_millis() as i64;
+            (epoch_ms() / ms + 1) * ms
+        });
+        let idle_at = match (src.idle_timeout, last_wm) {
+            _ if processing_time => None,
+            (Some(_), Some(Watermark::Idle)) => None,
+            (Some(t), None) if clocks.splits.is_empty() => Some(started + t),
+            _ if pending.rows > 0 => None,
+            _ => clocks.next_idle_at(Instant::now()),
+        };
         let timer = chain.next_processing_timer();
         tokio::select! {
             biased;
@@ -494,26 +590,39 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
             }
             ctrl = src.control.recv() => match ctrl {
                 Some(SourceControl::Barrier(b)) => {
-                    flush(&mut src, &mut chain, &mut pending, &mut max_ts, &mut last_wm).await?;
+                    flush(&mut src, &mut chain, &mut pending, &mut clocks, &mut last_wm).await?;
                     chain.barrier(b).await?;
                 }
                 Some(SourceControl::Stop) | None => break,
             },
+            _ = sleep_until_epoch_ms(tick.unwrap_or(i64::MAX)), if tick.is_some() => {
+                // The wall clock moved: rows read so far go out, then the watermark.
+                flush(&mut src, &mut chain, &mut pending, &mut clocks, &mut last_wm).await?;
+                emit_watermark(&mut src, &mut chain, &mut clocks, &mut last_wm).await?;
+            }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                flush(&mut src, &mut chain, &mut pending, &mut max_ts, &mut last_wm).await?;
+                flush(&mut src, &mut chain, &mut pending, &mut clocks, &mut last_wm).await?;
             }
             _ = sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => {
-                last_wm = Some(Watermark::Idle);
-                src.ctx.metrics.watermark.store(i64::MIN, Relaxed);
-                chain.watermark(Watermark::Idle).await?;
+                if clocks.splits.is_empty() {
+                    last_wm = Some(Watermark::Idle);
+                    src.ctx.metrics.watermark.store(i64::MIN, Relaxed);
+                    chain.watermark(Watermark::Idle).await?;
+                } else {
+                    emit_watermark(&mut src, &mut chain, &mut clocks, &mut last_wm).await?;
+                }
             }
             r = src.reader.read(want, &mut src.ctx) => {
                 match r.map_err(|e| e.in_operator(&name))? {
-                    ReadResult::Batch(b) => {
-                        if b.num_rows() > 0 {
-                            last_rows = Instant::now();
-                        }
+                    ReadResult::Batch { split, rows: b } => {
                         let now = now_micros();
+                        // An empty batch announces a split: it holds back event time from
+                        // now on, until it has rows, idles or ends.
+                        let t = match b.num_rows() {
+                            0 => None,
+                            _ => max_event_time(&src, &b, now)?,
+                        };
+                        clocks.observe(split, t, Instant::now());
                         if pending.since.is_none() {
                             pending.since = Some(Instant::now());
                             pending.first_us = now;
@@ -524,15 +633,21 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
                             pending.batches.push(b);
                         }
                         if pending.rows >= src.max_rows {
-                            flush(&mut src, &mut chain, &mut pending, &mut max_ts, &mut last_wm).await?;
+                            flush(&mut src, &mut chain, &mut pending, &mut clocks, &mut last_wm).await?;
                         }
                     }
                     ReadResult::Idle => {
-                        flush(&mut src, &mut chain, &mut pending, &mut max_ts, &mut last_wm).await?;
+                        flush(&mut src, &mut chain, &mut pending, &mut clocks, &mut last_wm).await?;
                         if last_wm != Some(Watermark::Idle) && last_wm.is_some() {
                             last_wm = Some(Watermark::Idle);
                             chain.watermark(Watermark::Idle).await?;
                         }
+                    }
+                    ReadResult::SplitEnd(split) => {
+                        // Rows read so far go out before the split stops holding back.
+                        flush(&mut src, &mut chain, &mut pending, &mut clocks, &mut last_wm).await?;
+                        clocks.end(split);
+                        emit_watermark(&mut src, &mut chain, &mut clocks, &mut last_wm).await?;
                     }
                     ReadResult::End => break,
                 }
@@ -543,7 +658,7 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
         &mut src,
         &mut chain,
         &mut pending,
-        &mut max_ts,
+        &mut clocks,
         &mut last_wm,
     )
     .await?;
@@ -558,7 +673,7 @@ async fn flush(
     src: &mut SourceTask,
     chain: &mut Chain,
     pending: &mut Pending,
-    max_ts: &mut i64,
+    clocks: &mut SplitClocks,
     last_wm: &mut Option<Watermark>,
 ) -> Result<()> {
     if pending.batches.is_empty() {
@@ -585,26 +700,63 @@ async fn flush(
     };
     let n = batch.num_rows() as u64;
     src.ctx.metrics.records_out.fetch_add(n, Relaxed);
-    if let Some(t) = batch.max_timestamp() {
-        *max_ts = (*max_ts).max(t);
-    }
     chain.process(batch).await?;
-    if *max_ts > i64::MIN {
-        let wm = Watermark::EventTime(max_ts.saturating_sub(src.out_of_orderness_ms));
-        let advanced = match *last_wm {
-            Some(Watermark::EventTime(old)) => wm.event_time() > Some(old),
-            _ => true,
-        };
-        if advanced {
-            *last_wm = Some(wm);
-            src.ctx
-                .metrics
-                .watermark
-                .store(wm.event_time().unwrap_or(i64::MIN), Relaxed);
-            chain.watermark(wm).await?;
+    emit_watermark(src, chain, clocks, last_wm).await
+}
+
+/// Emits the subtask's watermark if it advanced (or the subtask turned idle or active).
+async fn emit_watermark(
+    src: &mut SourceTask,
+    chain: &mut Chain,
+    clocks: &mut SplitClocks,
+    last_wm: &mut Option<Watermark>,
+) -> Result<()> {
+    let wm = if src.event_time == EventTimeColumn::ProcessingTime {
+        // Rows already sent carry read times up to now; later rows come later.
+        clocks.emitted = clocks.emitted.max(epoch_ms() - 1);
+        Watermark::EventTime(clocks.emitted)
+    } else {
+        match clocks.watermark(Instant::now()) {
+            Some(wm) => wm,
+            None => return Ok(()),
         }
+    };
+    let changed = match (*last_wm, wm) {
+        (Some(Watermark::EventTime(old)), Watermark::EventTime(new)) => new > old,
+        (Some(Watermark::Idle), Watermark::Idle) => false,
+        (None, Watermark::Idle) => false,
+        _ => true,
+    };
+    if changed {
+        *last_wm = Some(wm);
+        src.ctx
+            .metrics
+            .watermark
+            .store(wm.event_time().unwrap_or(i64::MIN), Relaxed);
+        chain.watermark(wm).await?;
     }
     Ok(())
+}
+
+/// The largest event time among `rows` (nulls ignored; ingestion time: now).
+fn max_event_time(src: &SourceTask, rows: &RecordBatch, now_us: u64) -> Result<Option<i64>> {
+    match src.event_time {
+        EventTimeColumn::Ingestion | EventTimeColumn::ProcessingTime => {
+            Ok(Some((now_us / 1000) as i64))
+        }
+        EventTimeColumn::Column(i) => {
+            let col = rows.column(i);
+            let ms = match col.data_type() {
+                DataType::Timestamp(TimeUnit::Millisecond, None) => std::sync::Arc::clone(col),
+                _ => cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))?,
+            };
+            let ms = ms
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .ok_or_else(|| SluiceError::internal("event time is not Timestamp(ms)"))?;
+            Ok(arrow::compute::max(ms))
+        }
+    }
 }
 
 /// Appends `_timestamp`; rows whose event time is null go to the dead-letter output.
@@ -615,7 +767,7 @@ fn with_event_time(
 ) -> Result<Option<Batch>> {
     let n = rows.num_rows();
     let ts: TimestampMillisecondArray = match src.event_time {
-        EventTimeColumn::Ingestion => {
+        EventTimeColumn::Ingestion | EventTimeColumn::ProcessingTime => {
             TimestampMillisecondArray::from_value((ingest.max_us / 1000) as i64, n)
         }
         EventTimeColumn::Column(i) => {
@@ -819,5 +971,54 @@ mod tests {
         assert_eq!(drain(&mut i), [Watermark::EventTime(2)]);
         i.end(1);
         assert_eq!(drain(&mut i), [Watermark::MAX]);
+    }
+}
+
+#[cfg(test)]
+mod split_clock_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn minimum_over_splits_never_backwards_ended_splits_release() {
+        let now = Instant::now();
+        let mut c = SplitClocks::new(10, None);
+        assert_eq!(c.watermark(now), None, "nothing read yet");
+        c.observe(0, Some(1_000), now);
+        c.observe(1, Some(300), now);
+        assert_eq!(c.watermark(now), Some(Watermark::EventTime(290)));
+        // A split seen later, behind the others: holds back, but never moves backwards.
+        c.observe(2, Some(100), now);
+        assert_eq!(c.watermark(now), Some(Watermark::EventTime(290)));
+        c.end(1);
+        c.end(2);
+        assert_eq!(c.watermark(now), Some(Watermark::EventTime(990)));
+    }
+
+    #[test]
+    fn an_idle_split_stops_holding_back_until_it_has_rows_again() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_millis(100);
+        let mut c = SplitClocks::new(0, Some(timeout));
+        c.observe(0, Some(5_000), t0);
+        c.observe(1, Some(1_000), t0);
+        let later = t0 + Duration::from_millis(60);
+        c.observe(0, Some(6_000), later);
+        assert_eq!(c.watermark(later), Some(Watermark::EventTime(1_000)));
+        assert_eq!(
+            c.next_idle_at(later),
+            Some(t0 + timeout),
+            "split 1 turns idle first"
+        );
+        let after = t0 + Duration::from_millis(120);
+        assert_eq!(c.watermark(after), Some(Watermark::EventTime(6_000)));
+        let all_idle = t0 + Duration::from_millis(200);
+        assert_eq!(c.watermark(all_idle), Some(Watermark::Idle));
+        c.observe(1, Some(2_000), all_idle);
+        assert_eq!(
+            c.watermark(all_idle),
+            Some(Watermark::EventTime(6_000)),
+            "active again, never backwards"
+        );
     }
 }

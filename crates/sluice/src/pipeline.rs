@@ -251,6 +251,13 @@ impl Stream {
         self.source_node(|s| s.event_time = EventTime::Ingestion)
     }
 
+    /// Processing time: rows are stamped with the wall clock when read and the
+    /// watermark follows the wall clock (every 100 ms, with or without rows), so windows
+    /// downstream are processing-time windows that close on time.
+    pub fn processing_time(self) -> Stream {
+        self.source_node(|s| s.event_time = EventTime::ProcessingTime)
+    }
+
     /// Watermarks trail the largest event time seen by this bound.
     pub fn max_out_of_orderness(self, bound: Duration) -> Stream {
         self.source_node(|s| s.watermark.max_out_of_orderness = bound)

@@ -183,6 +183,8 @@ impl SourceConnector for FileSourceConnector {
             config: Arc::clone(config),
             pending: splits.into_iter().rev().collect(),
             current: None,
+            current_split: 0,
+            ended_pending: false,
             buf: Vec::new(),
             lines: Vec::new(),
         }))
@@ -205,6 +207,10 @@ pub struct FileReader {
     config: Arc<FileSourceConfig>,
     pending: Vec<Split>,
     current: Option<Open>,
+    /// Index of the split being read (or last read).
+    current_split: usize,
+    /// The current split ended with the last batch: report its end next.
+    ended_pending: bool,
     buf: Vec<u8>,
     lines: Vec<(usize, usize)>,
 }
@@ -214,6 +220,7 @@ impl FileReader {
         let Some(split) = self.pending.pop() else {
             return Ok(false);
         };
+        self.current_split = split.index;
         let path = PathBuf::from(&split.id);
         let file = File::open(&path).map_err(|e| {
             SluiceError::external(format!("cannot open {}", path.display())).with_source(e)
@@ -258,6 +265,9 @@ impl FileReader {
 impl SourceReader for FileReader {
     async fn read(&mut self, max_rows: usize, ctx: &mut OperatorContext) -> Result<ReadResult> {
         loop {
+            if std::mem::take(&mut self.ended_pending) {
+                return Ok(ReadResult::SplitEnd(self.current_split));
+            }
             if self.current.is_none() && !self.open_next(max_rows)? {
                 return Ok(ReadResult::End);
             }
@@ -271,9 +281,15 @@ impl SourceReader for FileReader {
                             Some(idx) => b.project(idx)?,
                             None => b,
                         };
-                        return Ok(ReadResult::Batch(b));
+                        return Ok(ReadResult::Batch {
+                            split: self.current_split,
+                            rows: b,
+                        });
                     }
-                    None => self.current = None,
+                    None => {
+                        self.current = None;
+                        return Ok(ReadResult::SplitEnd(self.current_split));
+                    }
                 },
                 Open::Lines {
                     path,
@@ -314,11 +330,19 @@ impl SourceReader for FileReader {
                     for d in dead {
                         ctx.dead_letter(d);
                     }
+                    if let Some(b) = batch {
+                        if eof {
+                            self.current = None;
+                            self.ended_pending = true;
+                        }
+                        return Ok(ReadResult::Batch {
+                            split: self.current_split,
+                            rows: b,
+                        });
+                    }
                     if eof {
                         self.current = None;
-                    }
-                    if let Some(b) = batch {
-                        return Ok(ReadResult::Batch(b));
+                        return Ok(ReadResult::SplitEnd(self.current_split));
                     }
                 }
             }

@@ -138,6 +138,7 @@ impl SourceConnector for NexmarkConnector {
         let schema = self.schema(config)?;
         Ok(Box::new(NexmarkReader {
             config: Arc::clone(config),
+            first_split: splits.first().map_or(0, |s| s.index),
             schema,
             shards,
             stride,
@@ -156,6 +157,7 @@ struct Shard {
 /// Reads the shards of one subtask.
 pub struct NexmarkReader {
     config: Arc<NexmarkConfig>,
+    first_split: usize,
     schema: SchemaRef,
     shards: Vec<Shard>,
     stride: u64,
@@ -209,7 +211,11 @@ impl SourceReader for NexmarkReader {
                 Some(p) => p.due().await,
             };
             if let Some(batch) = self.generate(max_rows, budget) {
-                return Ok(ReadResult::Batch(batch));
+                // Shards advance together (ids interleave), so one clock covers them.
+                return Ok(ReadResult::Batch {
+                    split: self.first_split,
+                    rows: batch,
+                });
             }
         }
     }
@@ -310,7 +316,8 @@ mod tests {
             let mut r = c.reader(&config, mine, &task).unwrap();
             let mut ctx = OperatorContext::for_test(bid_schema());
             rt.block_on(async {
-                while let ReadResult::Batch(b) = r.read(1000, &mut ctx).await.unwrap() {
+                while let ReadResult::Batch { rows: b, .. } = r.read(1000, &mut ctx).await.unwrap()
+                {
                     assert!(b.num_rows() <= 1000);
                     out.push(b);
                 }
@@ -430,7 +437,7 @@ mod tests {
             let start = tokio::time::Instant::now();
             let mut rows = 0;
             while rows < 4_600 {
-                if let ReadResult::Batch(b) = r.read(10_000, &mut ctx).await.unwrap() {
+                if let ReadResult::Batch { rows: b, .. } = r.read(10_000, &mut ctx).await.unwrap() {
                     rows += b.num_rows();
                 }
             }

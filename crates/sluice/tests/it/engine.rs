@@ -464,3 +464,104 @@ async fn an_idle_source_subtask_does_not_stall_windows() {
     );
     assert_eq!(total, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_split_has_its_own_watermark_so_a_lagging_split_is_not_late() {
+    use arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]));
+    // Split 0 runs 10 s ahead of split 1; one subtask reads both, row by row.
+    let split = |k: i64, from: i64| {
+        RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from(vec![k; 50])),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    (0..50).map(|i| from + i * 100),
+                )),
+            ],
+        )
+        .unwrap()
+    };
+    let (mut registry, collected) = registry_with_collect();
+    registry.register_source(InterleavedConnector {
+        splits: vec![split(0, 10_000), split(1, 0)],
+    });
+    let p = Pipeline::new("splits");
+    // One row per batch, so a watermark follows every row.
+    p.registry(registry).batching(1, Duration::from_millis(1));
+    p.source(sluice::plan::ConnectorSpec::new("interleaved"))
+        .event_time("ts")
+        .key_by(["k"])
+        .window(Window::tumbling(Duration::from_secs(1)))
+        .aggregate([count_star().alias("n")])
+        .sink(collect());
+    let handle = p.start().unwrap();
+    let metrics = handle.metrics();
+    handle.wait().await.unwrap();
+    assert_eq!(
+        metrics.late_records(),
+        0,
+        "a subtask-wide watermark would have made split 1 late"
+    );
+    let counts: Vec<String> = canonical(&collected.batches())
+        .into_iter()
+        .filter(|r| r.contains("\"n\":10"))
+        .collect();
+    assert_eq!(counts.len(), 10, "5 full windows per split");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processing_time_windows_close_on_the_wall_clock_without_more_input() {
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    let rows = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)])),
+        vec![Arc::new(Int64Array::from(vec![1, 1, 2]))],
+    )
+    .unwrap();
+    let (mut registry, collected) = registry_with_collect();
+    // One batch, then the source waits forever: only the clock can close the window.
+    registry.register_source(StallingConnector { rows });
+    let p = Pipeline::new("processing-time");
+    p.registry(registry);
+    p.source(sluice::plan::ConnectorSpec::new("stalling"))
+        .processing_time()
+        .key_by(["k"])
+        .window(Window::tumbling(Duration::from_millis(200)))
+        .aggregate([count_star().alias("n")])
+        .sink(collect());
+    let handle = p.start().unwrap();
+    let stop = handle.stop_handle();
+    let waiter = tokio::spawn(handle.wait());
+    let mut rows_while_running = 0;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        rows_while_running = collected.rows();
+        if rows_while_running > 0 {
+            break;
+        }
+    }
+    stop.stop().await;
+    waiter.await.unwrap().unwrap();
+    assert_eq!(
+        rows_while_running, 2,
+        "the window fired on the wall clock: one row per key"
+    );
+    let out = canonical(&collected.batches());
+    assert!(
+        out[0].contains("\"k\":1") && out[0].contains("\"n\":2"),
+        "{out:?}"
+    );
+}

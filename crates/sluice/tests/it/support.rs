@@ -221,8 +221,106 @@ impl sluice::runtime::SourceReader for StallingReader {
         _ctx: &mut OperatorContext,
     ) -> Result<sluice::runtime::ReadResult> {
         match self.rows.take() {
-            Some(b) => Ok(sluice::runtime::ReadResult::Batch(b)),
+            Some(rows) => Ok(sluice::runtime::ReadResult::Batch { split: 0, rows }),
             None => std::future::pending().await,
         }
+    }
+}
+
+/// A one-subtask source reading several splits side by side, as a Kafka consumer reads
+/// partitions: it yields one row of each split in turn, then ends each split.
+pub struct InterleavedConnector {
+    /// Rows per split.
+    pub splits: Vec<RecordBatch>,
+}
+
+impl sluice::runtime::SourceConnector for InterleavedConnector {
+    type Config = Vec<RecordBatch>;
+
+    fn name(&self) -> &'static str {
+        "interleaved"
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn parse(&self, _spec: &ConnectorSpec) -> Result<Vec<RecordBatch>> {
+        Ok(self.splits.clone())
+    }
+
+    fn schema(&self, splits: &Vec<RecordBatch>) -> Result<SchemaRef> {
+        Ok(splits[0].schema())
+    }
+
+    fn splits(&self, splits: &Vec<RecordBatch>, _: usize) -> Result<Vec<sluice::runtime::Split>> {
+        Ok((0..splits.len())
+            .map(|i| sluice::runtime::Split {
+                id: format!("split-{i}"),
+                index: i,
+            })
+            .collect())
+    }
+
+    fn reader(
+        &self,
+        splits: &Arc<Vec<RecordBatch>>,
+        _assigned: Vec<sluice::runtime::Split>,
+        _task: &TaskInfo,
+    ) -> Result<Box<dyn sluice::runtime::SourceReader>> {
+        Ok(Box::new(InterleavedReader {
+            splits: splits.as_ref().clone(),
+            announced: 0,
+            row: 0,
+            next: 0,
+            ended: 0,
+        }))
+    }
+}
+
+struct InterleavedReader {
+    splits: Vec<RecordBatch>,
+    announced: usize,
+    row: usize,
+    next: usize,
+    ended: usize,
+}
+
+#[async_trait]
+impl sluice::runtime::SourceReader for InterleavedReader {
+    async fn read(
+        &mut self,
+        _max: usize,
+        _ctx: &mut OperatorContext,
+    ) -> Result<sluice::runtime::ReadResult> {
+        use sluice::runtime::ReadResult;
+        // Announce every split before the first row, as a Kafka reader does on assignment.
+        if self.announced < self.splits.len() {
+            self.announced += 1;
+            let rows = self.splits[self.announced - 1].slice(0, 0);
+            return Ok(ReadResult::Batch {
+                split: self.announced - 1,
+                rows,
+            });
+        }
+        let longest = self.splits.iter().map(|b| b.num_rows()).max().unwrap_or(0);
+        while self.row < longest {
+            let split = self.next;
+            let row = self.row;
+            self.next += 1;
+            if self.next == self.splits.len() {
+                self.next = 0;
+                self.row += 1;
+            }
+            if row < self.splits[split].num_rows() {
+                let rows = self.splits[split].slice(row, 1);
+                return Ok(ReadResult::Batch { split, rows });
+            }
+        }
+        if self.ended < self.splits.len() {
+            self.ended += 1;
+            return Ok(ReadResult::SplitEnd(self.ended - 1));
+        }
+        Ok(ReadResult::End)
     }
 }
