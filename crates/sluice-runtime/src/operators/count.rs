@@ -32,7 +32,8 @@ use sluice_types::{Batch, Result, SluiceError};
 use super::PreparedOperator;
 use super::aggregate::{PlannedAggregate, PlannedAggregates};
 use super::window::{
-    WINDOW_END, WINDOW_START, key_converter, prepare_from_template, window_output_schema,
+    WINDOW_END, WINDOW_START, arm_early_timer, encode_keys, key_converter, prepare_from_template,
+    window_output_schema,
 };
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
@@ -403,23 +404,9 @@ impl Operator for CountWindowOperator {
         out: &mut dyn Collector,
     ) -> Result<()> {
         self.latest_ingest_us = self.latest_ingest_us.max(batch.ingest.max_us);
-        if let (Some(every), false) = (self.early, self.early_timer) {
-            let now = (sluice_types::now_micros() / 1000) as i64;
-            ctx.timers.register(TimeDomain::ProcessingTime, now + every);
-            self.early_timer = true;
-        }
+        arm_early_timer(self.early, &mut self.early_timer, ctx);
         let ts = batch.timestamps().clone();
-        let rows = match &self.converter {
-            Some(c) => {
-                let cols: Vec<ArrayRef> = self
-                    .key_indices
-                    .iter()
-                    .map(|&i| Arc::clone(batch.data.column(i)))
-                    .collect();
-                Some(c.convert_columns(&cols)?)
-            }
-            None => None,
-        };
+        let rows = encode_keys(self.converter.as_ref(), &self.key_indices, &batch)?;
         // Rows grouped by key, arrival order kept within a key (stable sort).
         let mut order: Vec<(usize, u32)> = Vec::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {

@@ -37,7 +37,8 @@ use super::PreparedOperator;
 use super::aggregate::{PlannedAggregate, PlannedAggregates};
 use super::count::WindowResults;
 use super::window::{
-    WINDOW_END, WINDOW_START, key_converter, prepare_from_template, window_output_schema,
+    WINDOW_END, WINDOW_START, encode_keys, key_converter, prepare_from_template,
+    window_output_schema,
 };
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
@@ -272,17 +273,7 @@ impl Operator for GlobalWindowOperator {
         self.latest_ingest_us = self.latest_ingest_us.max(batch.ingest.max_us);
         self.arm_timer(ctx);
         let ts = batch.timestamps().clone();
-        let encoded = match &self.converter {
-            Some(c) => {
-                let cols: Vec<ArrayRef> = self
-                    .key_indices
-                    .iter()
-                    .map(|&i| Arc::clone(batch.data.column(i)))
-                    .collect();
-                Some(c.convert_columns(&cols)?)
-            }
-            None => None,
-        };
+        let encoded = encode_keys(self.converter.as_ref(), &self.key_indices, &batch)?;
         // Row indices per key, arrival order kept within a key.
         let mut per_key: HashMap<&[u8], Vec<u32>, RandomState> =
             HashMap::with_hasher(RandomState::default());
@@ -404,7 +395,7 @@ impl Operator for GlobalWindowOperator {
         self.emit(fired, out).await?;
         // The next row re-arms the timer; an idle operator keeps no timer.
         self.timer_armed = false;
-        if !self.keys.is_empty() && self.keys.values().any(|s| s.since_fire > 0) {
+        if self.keys.values().any(|s| s.since_fire > 0) {
             ctx.timers
                 .register(TimeDomain::ProcessingTime, time.saturating_add(every));
             self.timer_armed = true;

@@ -31,8 +31,8 @@ use sluice_types::{Batch, Result, SluiceError, Watermark};
 use super::PreparedOperator;
 use super::aggregate::{PlannedAggregate, PlannedAggregates};
 use super::window::{
-    MAX_EVENT_TIME, MIN_EVENT_TIME, WINDOW_END, WINDOW_START, dead_letter_rows, emit_late,
-    key_converter, prepare_from_template, window_output_schema,
+    MAX_EVENT_TIME, MIN_EVENT_TIME, WINDOW_END, WINDOW_START, arm_early_timer, dead_letter_rows,
+    emit_late, encode_keys, key_converter, prepare_from_template, window_output_schema,
 };
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
@@ -349,23 +349,9 @@ impl Operator for SessionWindowOperator {
         out: &mut dyn Collector,
     ) -> Result<()> {
         self.latest_ingest_us = self.latest_ingest_us.max(batch.ingest.max_us);
-        if let (Some(every), false) = (self.early, self.early_timer) {
-            let now = (sluice_types::now_micros() / 1000) as i64;
-            ctx.timers.register(TimeDomain::ProcessingTime, now + every);
-            self.early_timer = true;
-        }
+        arm_early_timer(self.early, &mut self.early_timer, ctx);
         let ts = batch.timestamps().clone();
-        let rows = match &self.converter {
-            Some(c) => {
-                let cols: Vec<ArrayRef> = self
-                    .key_indices
-                    .iter()
-                    .map(|&i| Arc::clone(batch.data.column(i)))
-                    .collect();
-                Some(c.convert_columns(&cols)?)
-            }
-            None => None,
-        };
+        let rows = encode_keys(self.converter.as_ref(), &self.key_indices, &batch)?;
         // Sort rows by (key id, event time); late and out-of-range rows go aside.
         let mut order: Vec<(u32, i64, u32)> = Vec::with_capacity(batch.num_rows());
         let (mut late, mut out_of_range) = (Vec::new(), Vec::new());

@@ -175,6 +175,31 @@ pub(crate) fn key_converter(key_types: &[DataType]) -> Result<Option<RowConverte
     })?))
 }
 
+/// The row-encoded key columns of `batch`; `None` for a non-keyed operator.
+pub(crate) fn encode_keys(
+    converter: Option<&RowConverter>,
+    key_indices: &[usize],
+    batch: &Batch,
+) -> Result<Option<Rows>> {
+    let Some(c) = converter else {
+        return Ok(None);
+    };
+    let cols: Vec<ArrayRef> = key_indices
+        .iter()
+        .map(|&i| Arc::clone(batch.data.column(i)))
+        .collect();
+    Ok(Some(c.convert_columns(&cols)?))
+}
+
+/// Registers the early-firing timer `every` ms from now, unless one is registered.
+pub(crate) fn arm_early_timer(every: Option<i64>, armed: &mut bool, ctx: &mut OperatorContext) {
+    if let (Some(every), false) = (every, *armed) {
+        let now = (sluice_types::now_micros() / 1000) as i64;
+        ctx.timers.register(TimeDomain::ProcessingTime, now + every);
+        *armed = true;
+    }
+}
+
 /// A prepared operator whose subtasks each get `fresh(&template)`: empty state, same
 /// configuration. The factory runs once per subtask at start-up; the lock is uncontended.
 pub(crate) fn prepare_from_template<T: Operator + 'static>(
@@ -660,11 +685,7 @@ impl Operator for WindowAggregateOperator {
         out: &mut dyn Collector,
     ) -> Result<()> {
         self.latest_ingest_us = self.latest_ingest_us.max(batch.ingest.max_us);
-        if let (Some(every), false) = (self.early, self.early_timer) {
-            let now = (sluice_types::now_micros() / 1000) as i64;
-            ctx.timers.register(TimeDomain::ProcessingTime, now + every);
-            self.early_timer = true;
-        }
+        arm_early_timer(self.early, &mut self.early_timer, ctx);
         let g = self.geometry;
         let ts = batch.timestamps();
         // Row indices per slice (most batches touch one or two slices).
