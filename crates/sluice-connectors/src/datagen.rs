@@ -21,7 +21,9 @@ use arrow::array::{
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use sluice_plan::ConnectorSpec;
-use sluice_runtime::{OperatorContext, ReadResult, SourceConnector, SourceReader, Split};
+use sluice_runtime::{
+    OperatorContext, ReadResult, SourceConnector, SourceReader, Split, SplitPosition,
+};
 use sluice_types::{Result, SluiceError, TaskInfo};
 use std::sync::Arc;
 
@@ -192,10 +194,7 @@ impl SourceConnector for DatagenConnector {
 
     fn splits(&self, _config: &DatagenConfig, parallelism: usize) -> Result<Vec<Split>> {
         Ok((0..parallelism)
-            .map(|i| Split {
-                id: format!("datagen-{i}-of-{parallelism}"),
-                index: i,
-            })
+            .map(|i| Split::new(format!("datagen-{i}-of-{parallelism}"), i))
             .collect())
     }
 
@@ -208,7 +207,15 @@ impl SourceConnector for DatagenConnector {
         Ok(Box::new(DatagenReader {
             config: Arc::clone(config),
             first_split: splits.first().map_or(0, |s| s.index),
-            next: splits.iter().map(|s| s.index as u64).collect(),
+            next: splits
+                .iter()
+                .map(|s| match &s.position {
+                    Some(p) => crate::nexmark::generator_position(&s.id, p),
+                    None => Ok(s.index as u64),
+                })
+                .collect::<Result<_>>()?,
+            ids: splits.iter().map(|s| s.id.clone()).collect(),
+            finished: Vec::new(),
             stride: task.parallelism as u64,
             pacer: config.rate.map(|r| Pacer::new(r / task.parallelism as f64)),
         }))
@@ -219,7 +226,12 @@ impl SourceConnector for DatagenConnector {
 pub struct DatagenReader {
     config: Arc<DatagenConfig>,
     first_split: usize,
+    /// Per split: the id of its next row.
     next: Vec<u64>,
+    /// Per split: its id (parallel to `next`).
+    ids: Vec<String>,
+    /// Splits that produced their last row, with their final position.
+    finished: Vec<(String, u64)>,
     stride: u64,
     pacer: Option<Pacer>,
 }
@@ -227,6 +239,19 @@ pub struct DatagenReader {
 const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
 
 impl DatagenReader {
+    /// Moves splits past the row limit to `finished`.
+    fn retire(&mut self, limit: Option<u64>) {
+        let mut i = 0;
+        while i < self.next.len() {
+            if limit.is_some_and(|n| self.next[i] >= n) {
+                self.finished
+                    .push((self.ids.remove(i), self.next.remove(i)));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     fn build(&self, ids: &[u64]) -> Result<RecordBatch> {
         let n = ids.len();
         let seed = self.config.seed;
@@ -328,7 +353,7 @@ impl DatagenReader {
 impl SourceReader for DatagenReader {
     async fn read(&mut self, max_rows: usize, _ctx: &mut OperatorContext) -> Result<ReadResult> {
         let limit = self.config.rows;
-        self.next.retain(|&i| limit.is_none_or(|n| i < n));
+        self.retire(limit);
         if self.next.is_empty() {
             return Ok(ReadResult::End);
         }
@@ -342,7 +367,8 @@ impl SourceReader for DatagenReader {
             let i = k % self.next.len();
             let id = self.next[i];
             if limit.is_some_and(|n| id >= n) {
-                self.next.remove(i);
+                self.finished
+                    .push((self.ids.remove(i), self.next.remove(i)));
                 continue;
             }
             ids.push(id);
@@ -360,6 +386,20 @@ impl SourceReader for DatagenReader {
             split: self.first_split,
             rows: self.build(&ids)?,
         })
+    }
+
+    fn positions(&self) -> Result<Vec<SplitPosition>> {
+        Ok(self
+            .ids
+            .iter()
+            .zip(&self.next)
+            .map(|(id, &next)| (id, next))
+            .chain(self.finished.iter().map(|(id, next)| (id, *next)))
+            .map(|(id, next)| SplitPosition {
+                split: id.clone(),
+                position: serde_json::json!({ "next": next }),
+            })
+            .collect())
     }
 }
 

@@ -428,6 +428,10 @@ pub struct JobConfig {
     pub max_parallelism: usize,
     /// Where undecodable records go (a JSON-lines file); `None` logs them in full.
     pub dead_letter_path: Option<std::path::PathBuf>,
+    /// Checkpoints and the delivery guarantee.
+    pub checkpoint: CheckpointConfig,
+    /// Start from a checkpoint or savepoint instead of from the beginning.
+    pub restore: Option<RestoreFrom>,
 }
 
 impl Default for JobConfig {
@@ -437,8 +441,93 @@ impl Default for JobConfig {
             channel_capacity: 8,
             max_parallelism: 128,
             dead_letter_path: None,
+            checkpoint: CheckpointConfig::default(),
+            restore: None,
         }
     }
+}
+
+/// What a job promises about its output after failures and restarts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeliveryGuarantee {
+    /// No checkpoints: nothing is ever replayed, so after a failure rows may be lost but
+    /// are never duplicated. Sinks write directly.
+    AtMostOnce,
+    /// Checkpoints without barrier alignment; sinks write directly. After a restore, rows
+    /// since the checkpoint are replayed: none lost, some possibly twice.
+    AtLeastOnce,
+    /// Aligned barriers and two-phase-commit sinks: output becomes visible when the
+    /// checkpoint that covers it completes. None lost, none twice.
+    #[default]
+    ExactlyOnce,
+}
+
+impl std::str::FromStr for DeliveryGuarantee {
+    type Err = sluice_types::SluiceError;
+
+    fn from_str(s: &str) -> sluice_types::Result<Self> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "at-most-once" | "none" => Ok(Self::AtMostOnce),
+            "at-least-once" => Ok(Self::AtLeastOnce),
+            "exactly-once" => Ok(Self::ExactlyOnce),
+            other => Err(sluice_types::SluiceError::user(format!(
+                "unknown delivery guarantee `{other}`; use at-most-once, at-least-once or exactly-once"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for DeliveryGuarantee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::AtMostOnce => "at-most-once",
+            Self::AtLeastOnce => "at-least-once",
+            Self::ExactlyOnce => "exactly-once",
+        })
+    }
+}
+
+/// Periodic checkpoints (Flink's `execution.checkpointing.*`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointConfig {
+    /// Time between checkpoint triggers; `None` disables periodic checkpoints.
+    pub interval: Option<Duration>,
+    /// A checkpoint not complete after this long is aborted.
+    pub timeout: Duration,
+    /// The least time between the end of one checkpoint and the start of the next.
+    pub min_pause: Duration,
+    /// Completed checkpoints kept; older ones are deleted.
+    pub retained: usize,
+    /// Where checkpoints go: a local directory or an object-store URL (`s3://bucket/path`).
+    pub dir: Option<String>,
+    /// Where savepoints go; `<dir>/savepoints` when unset.
+    pub savepoint_dir: Option<String>,
+    /// The delivery guarantee.
+    pub delivery: DeliveryGuarantee,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            interval: None,
+            timeout: Duration::from_secs(600),
+            min_pause: Duration::ZERO,
+            retained: 3,
+            dir: None,
+            savepoint_dir: None,
+            delivery: DeliveryGuarantee::default(),
+        }
+    }
+}
+
+/// Which snapshot a job starts from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreFrom {
+    /// The latest completed checkpoint under the job's checkpoint directory; a fresh
+    /// start if there is none.
+    Latest,
+    /// A checkpoint or savepoint directory (or URL).
+    Path(String),
 }
 
 /// A whole job: a DAG of operators.

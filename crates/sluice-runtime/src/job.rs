@@ -14,21 +14,93 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use sluice_plan::{EventTime, JobPlan, NodeId, NodeKind, Partitioning};
+use sluice_plan::{
+    DeliveryGuarantee, EventTime, JobPlan, NodeId, NodeKind, Partitioning, RestoreFrom, WindowSpec,
+};
 use sluice_types::{Result, SluiceError, TIMESTAMP_FIELD, TaskInfo, timestamp_field};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::checkpoint::coordinator::{Coordinator, Timing};
+use crate::checkpoint::runner::{Request, Runner};
+use crate::checkpoint::{CheckpointStats, CheckpointStorage, Manifest, ManifestNode};
 use crate::dead_letter::{DeadLetterQueue, FileDeadLetters, LogDeadLetters};
 use crate::metrics::{JobMetrics, OperatorMetrics, SubtaskMetrics};
 use crate::operator::OperatorContext;
+use crate::operator::Timers;
 use crate::operators::{self, OperatorFactory};
 use crate::partition::{DOWNSTREAM_GONE, OutputEdge, Outputs, Router};
+use crate::source::Split;
 use crate::source::{ConnectorRegistry, PreparedSource, assign_splits};
+use crate::state::{self, RestoredState};
 use crate::task::{
-    Chain, EventTimeColumn, Inputs, Slot, SourceControl, SourceTask, run_operator_task,
-    run_source_task,
+    Chain, EventTimeColumn, Inputs, Slot, SourceControl, SourceTask, TaskCheckpoints,
+    run_operator_task, run_source_task,
 };
+
+/// A checkpoint being restored: its manifest and its decoded state tables.
+struct Restore {
+    manifest: Manifest,
+    tables: HashMap<String, Arc<Vec<arrow::array::RecordBatch>>>,
+}
+
+impl Restore {
+    /// Sets each split's position from the checkpoint; returns the watermark to resume
+    /// from (the lowest any old subtask had reached).
+    fn positions(&self, node: NodeId, splits: &mut [Split]) -> Result<Option<i64>> {
+        let mut positions: HashMap<&str, &serde_json::Value> = HashMap::new();
+        let mut watermark: Option<i64> = None;
+        for e in self.manifest.subtasks.iter().filter(|e| e.node == node) {
+            for p in &e.positions {
+                positions.insert(&p.split, &p.position);
+            }
+            if let Some(w) = e.meta.get("watermark").and_then(serde_json::Value::as_i64) {
+                watermark = Some(watermark.map_or(w, |m| m.min(w)));
+            }
+        }
+        for s in splits.iter_mut() {
+            s.position = positions.remove(s.id.as_str()).cloned();
+        }
+        // A split the checkpoint was reading that the source no longer has: its rows
+        // would be lost or read twice. (A split read to the end may have been removed.)
+        if let Some((id, _)) = positions.iter().find(|(_, p)| p.as_str() != Some("done")) {
+            return Err(SluiceError::user(format!(
+                "the checkpoint reads split `{id}`, which the source no longer has (generator splits depend on the parallelism: restore generator sources at the parallelism of the checkpoint)"
+            )));
+        }
+        Ok(watermark)
+    }
+
+    /// The restored state of subtask `subtask` of `parallelism` of `node`.
+    fn state_for(
+        &self,
+        node: NodeId,
+        subtask: usize,
+        parallelism: usize,
+    ) -> Result<Option<(RestoredState, Timers)>> {
+        let mut restored = RestoredState::default();
+        let mut timers = Timers::default();
+        let mut any = false;
+        for e in self.manifest.subtasks.iter().filter(|e| e.node == node) {
+            any = true;
+            restored.metas.push(e.meta.clone());
+            timers.merge(&e.timers);
+            for (name, file) in &e.tables {
+                let Some(batches) = self.tables.get(file) else {
+                    continue;
+                };
+                for b in batches.iter() {
+                    if let Some(rows) =
+                        state::owned_rows(b, subtask, parallelism, self.manifest.max_parallelism)?
+                    {
+                        restored.keyed.entry(name.clone()).or_default().push(rows);
+                    }
+                }
+            }
+        }
+        Ok(any.then_some((restored, timers)))
+    }
+}
 
 enum PreparedNode {
     Source {
@@ -300,9 +372,140 @@ impl PreparedJob {
         s
     }
 
-    /// Starts the job on the current tokio runtime.
-    pub fn start(self) -> Result<JobHandle> {
+    /// Checks that the plan's stateful operators can be checkpointed.
+    fn check_checkpointable(&self) -> Result<()> {
+        for node in &self.plan.nodes {
+            let unsupported = match &node.kind {
+                NodeKind::WindowAggregate { window, .. } => match window {
+                    WindowSpec::Tumbling { .. } | WindowSpec::Hopping { .. } => None,
+                    other => Some(format!("{other} windows")),
+                },
+                NodeKind::TopNPerWindow { .. } => Some("top-N per window".to_string()),
+                _ => None,
+            };
+            if let Some(what) = unsupported {
+                return Err(SluiceError::user(format!(
+                    "`{}`: {what} cannot be checkpointed yet; run this job at-most-once (no checkpoints)",
+                    node.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the snapshot to restore from, if the job asks for one.
+    async fn load_restore(
+        &self,
+        checkpoints: Option<&CheckpointStorage>,
+    ) -> Result<Option<Restore>> {
+        let (storage, dir) = match &self.plan.config.restore {
+            None => return Ok(None),
+            Some(RestoreFrom::Latest) => {
+                let Some(storage) = checkpoints else {
+                    return Err(SluiceError::user(
+                        "restoring from the latest checkpoint needs a checkpoint directory",
+                    ));
+                };
+                match storage.latest("chk").await? {
+                    Some(dir) => (storage.clone(), dir),
+                    None => {
+                        tracing::info!(job = %self.plan.name, dir = storage.location(), "no completed checkpoint; starting fresh");
+                        return Ok(None);
+                    }
+                }
+            }
+            Some(RestoreFrom::Path(p)) => (CheckpointStorage::open(p)?, String::new()),
+        };
+        let manifest = storage.read_manifest(&dir).await?;
         let plan = &self.plan;
+        let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
+        let old: Vec<&str> = manifest.nodes.iter().map(|n| n.name.as_str()).collect();
+        if names != old {
+            return Err(SluiceError::user(format!(
+                "checkpoint {} was taken by a different job graph (operators {old:?}, this job has {names:?})",
+                manifest.epoch
+            )));
+        }
+        if manifest.max_parallelism != plan.config.max_parallelism {
+            return Err(SluiceError::user(format!(
+                "checkpoint {} has {} key groups, this job {}: keep max_parallelism unchanged",
+                manifest.epoch, manifest.max_parallelism, plan.config.max_parallelism
+            )));
+        }
+        let started = std::time::Instant::now();
+        let mut tables: HashMap<String, Arc<Vec<arrow::array::RecordBatch>>> = HashMap::new();
+        for e in &manifest.subtasks {
+            for file in e.tables.values() {
+                let bytes = storage.get(&dir, file).await?;
+                let decoded = tokio::task::spawn_blocking(move || state::decode_table(&bytes))
+                    .await
+                    .map_err(|e| SluiceError::internal("decoding state failed").with_source(e))??;
+                tables.insert(file.clone(), Arc::new(decoded));
+            }
+        }
+        tracing::info!(
+            job = %plan.name, epoch = manifest.epoch, kind = %manifest.kind,
+            read_ms = started.elapsed().as_millis() as u64, "restoring from {}/{dir}", storage.location()
+        );
+        Ok(Some(Restore { manifest, tables }))
+    }
+
+    /// Starts the job on the current tokio runtime (restoring first if configured).
+    pub async fn start(self) -> Result<JobHandle> {
+        let plan = &self.plan;
+        let cfg = &plan.config.checkpoint;
+        let checkpointing = cfg.delivery != DeliveryGuarantee::AtMostOnce
+            && (cfg.interval.is_some() || cfg.dir.is_some());
+        let checkpoint_dir = cfg
+            .dir
+            .clone()
+            .unwrap_or_else(|| format!("sluice-checkpoints/{}", plan.name));
+        let checkpoints = match checkpointing || plan.config.restore.is_some() {
+            true => Some(CheckpointStorage::open(&checkpoint_dir)?),
+            false => None,
+        };
+        let savepoints = match (&cfg.savepoint_dir, &checkpoints) {
+            (Some(d), _) => Some(CheckpointStorage::open(d)?),
+            (None, Some(c)) => Some(c.child("savepoints")),
+            (None, None) => None,
+        };
+        if checkpointing {
+            self.check_checkpointable()?;
+        }
+        let restore = self.load_restore(checkpoints.as_ref()).await?;
+        let first_epoch = match &checkpoints {
+            Some(s) => {
+                let on_disk = s.highest_epoch("chk").await?.unwrap_or(0);
+                let saved = match &savepoints {
+                    Some(sp) => sp
+                        .highest_epoch("savepoint")
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0),
+                    None => 0,
+                };
+                let restored = restore.as_ref().map_or(0, |r| r.manifest.epoch);
+                on_disk.max(saved).max(restored) + 1
+            }
+            None => 1,
+        };
+        let attempt = sluice_types::now_micros();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let mut notices = Vec::new();
+        let mut task_count = 0usize;
+        let mut new_task_checkpoints = || {
+            checkpointing.then(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                notices.push(tx);
+                task_count += 1;
+                TaskCheckpoints {
+                    task: task_count - 1,
+                    events: events_tx.clone(),
+                    notices: rx,
+                }
+            })
+        };
         let dead_letters: Arc<dyn DeadLetterQueue> = match &plan.config.dead_letter_path {
             Some(p) => Arc::new(FileDeadLetters::open(p)?),
             None => Arc::new(LogDeadLetters),
@@ -398,14 +601,20 @@ impl PreparedJob {
                     parallelism: p,
                 };
                 let ctx_for = |id: NodeId| {
-                    OperatorContext::new(
+                    let mut ctx = OperatorContext::new(
                         task_info(id),
                         Arc::clone(&self.input_schemas[id]),
                         Arc::clone(&metrics[id][s]),
                         Arc::clone(&dead_letters),
-                    )
+                    );
+                    ctx.max_parallelism = plan.config.max_parallelism;
+                    ctx.checkpointing = checkpointing;
+                    ctx.delivery = cfg.delivery;
+                    ctx.attempt = attempt;
+                    ctx
                 };
                 let mut slots = Vec::new();
+                let mut restored_slots = Vec::new();
                 let mut source = None;
                 for &id in chain_nodes {
                     match &self.nodes[id] {
@@ -415,7 +624,11 @@ impl PreparedJob {
                             out_of_orderness_ms,
                             idle_timeout,
                         } => {
-                            let splits = src.splits(p)?;
+                            let mut splits = src.splits(p)?;
+                            let mut restored_watermark = None;
+                            if let Some(r) = &restore {
+                                restored_watermark = r.positions(id, &mut splits)?;
+                            }
                             let info = task_info(id);
                             let reader = src.reader(assign_splits(&splits, s, p), &info)?;
                             let (tx, rx) = mpsc::channel(16);
@@ -429,6 +642,8 @@ impl PreparedJob {
                                 max_rows: plan.config.batch.max_rows,
                                 linger: plan.config.batch.linger,
                                 control: rx,
+                                restored_watermark,
+                                checkpoints: None,
                             });
                         }
                         PreparedNode::Operator(factory) => {
@@ -440,6 +655,10 @@ impl PreparedJob {
                                 ctx: ctx_for(id),
                                 is_sink: matches!(plan.nodes[id].kind, NodeKind::Sink(_)),
                             });
+                            restored_slots.push(match &restore {
+                                Some(r) => r.state_for(id, s, p)?,
+                                None => None,
+                            });
                         }
                     }
                 }
@@ -449,24 +668,77 @@ impl PreparedJob {
                     out: Outputs::new(edges, Arc::clone(&metrics[tail][s])),
                 };
                 let name = format!("{}[{}]", plan.nodes[chain_nodes[0]].name, s);
+                let cp = new_task_checkpoints();
+                let mut chain = chain;
                 match source {
-                    Some(src) => {
+                    Some(mut src) => {
+                        src.checkpoints = cp;
                         tasks.spawn(async move {
-                            run_source_task(src, chain).await.map_err(|e| (name, e))
+                            let run = async {
+                                chain.restore(restored_slots).await?;
+                                run_source_task(src, chain).await
+                            };
+                            run.await.map_err(|e| (name, e))
                         });
                     }
                     None => {
-                        let inputs = Inputs::new(receivers);
+                        let align = cfg.delivery == DeliveryGuarantee::ExactlyOnce;
+                        let inputs = Inputs::new(receivers, align);
                         tasks.spawn(async move {
-                            run_operator_task(chain, inputs)
-                                .await
-                                .map_err(|e| (name, e))
+                            let run = async {
+                                chain.restore(restored_slots).await?;
+                                run_operator_task(chain, inputs, cp).await
+                            };
+                            run.await.map_err(|e| (name, e))
                         });
                     }
                 }
             }
         }
+        drop(new_task_checkpoints);
+        drop(events_tx);
+        let stats = Arc::new(CheckpointStats::default());
+        let (requests_tx, requests_rx) = mpsc::channel(4);
+        if checkpointing {
+            let runner = Runner {
+                coordinator: Coordinator::new(
+                    Timing {
+                        interval: cfg.interval,
+                        timeout: cfg.timeout,
+                        min_pause: cfg.min_pause,
+                    },
+                    task_count,
+                    first_epoch,
+                    std::time::Instant::now(),
+                ),
+                job: plan.name.clone(),
+                max_parallelism: plan.config.max_parallelism,
+                nodes: plan
+                    .nodes
+                    .iter()
+                    .map(|n| ManifestNode {
+                        id: n.id,
+                        name: n.name.clone(),
+                        parallelism: n.parallelism,
+                    })
+                    .collect(),
+                checkpoints,
+                savepoints,
+                retained: cfg.retained,
+                sources: controls.clone(),
+                notices,
+                events: events_rx,
+                requests: requests_rx,
+                stats: Arc::clone(&stats),
+                final_checkpoint: cfg.delivery == DeliveryGuarantee::ExactlyOnce,
+            };
+            tasks.spawn(async move {
+                runner.run().await;
+                Ok(())
+            });
+        }
         let job_metrics = Arc::new(JobMetrics {
+            checkpoints: stats,
             operators: plan
                 .nodes
                 .iter()
@@ -486,6 +758,7 @@ impl PreparedJob {
             tasks,
             controls,
             metrics: job_metrics,
+            requests: requests_tx,
         })
     }
 }
@@ -496,12 +769,14 @@ pub struct JobHandle {
     tasks: JoinSet<std::result::Result<(), (String, SluiceError)>>,
     controls: Vec<mpsc::Sender<SourceControl>>,
     metrics: Arc<JobMetrics>,
+    requests: mpsc::Sender<Request>,
 }
 
 /// A cloneable way to stop a running job gracefully.
 #[derive(Clone)]
 pub struct StopHandle {
     controls: Vec<mpsc::Sender<SourceControl>>,
+    requests: mpsc::Sender<Request>,
 }
 
 impl StopHandle {
@@ -510,6 +785,21 @@ impl StopHandle {
         for c in &self.controls {
             let _ = c.send(SourceControl::Stop).await;
         }
+    }
+
+    /// Takes a savepoint; returns its location. With `then_stop` the job ends right after
+    /// it (nothing read after the savepoint, no windows fired early), so a job resumed
+    /// from it continues exactly where this one stopped.
+    pub async fn savepoint(&self, then_stop: bool) -> Result<String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.requests
+            .send(Request::Savepoint { then_stop, reply })
+            .await
+            .map_err(|_| {
+                SluiceError::user("the job takes no checkpoints (at-most-once or no checkpoint directory), so it cannot take a savepoint")
+            })?;
+        rx.await
+            .map_err(|_| SluiceError::user("the job ended before the savepoint was taken"))?
     }
 }
 
@@ -523,6 +813,7 @@ impl JobHandle {
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle {
             controls: self.controls.clone(),
+            requests: self.requests.clone(),
         }
     }
 

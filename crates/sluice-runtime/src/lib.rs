@@ -5,6 +5,7 @@
 //! checked against its input schema, connectors configured, chains formed) and started
 //! into a [`JobHandle`].
 
+pub mod checkpoint;
 pub mod dead_letter;
 pub mod expr;
 pub mod job;
@@ -13,11 +14,14 @@ pub mod operator;
 pub mod operators;
 pub mod partition;
 pub mod source;
+pub mod state;
 mod task;
 
+pub use checkpoint::SplitPosition;
 pub use job::{JobHandle, PreparedJob, StopHandle};
 pub use operator::{Collector, Operator, OperatorContext, TimeDomain, VecCollector};
 pub use source::{
     ConnectorRegistry, ReadResult, SinkConnector, SourceConnector, SourceReader, Split,
 };
+pub use state::{OperatorState, RestoredState};
 pub use task::SourceControl;

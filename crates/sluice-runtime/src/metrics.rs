@@ -183,6 +183,8 @@ impl OperatorMetrics {
 pub struct JobMetrics {
     /// Per operator, indexed by plan node id.
     pub operators: Vec<OperatorMetrics>,
+    /// Checkpoint counters and history.
+    pub checkpoints: Arc<crate::checkpoint::CheckpointStats>,
 }
 
 impl JobMetrics {

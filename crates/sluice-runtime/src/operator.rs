@@ -16,10 +16,12 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use sluice_types::{Batch, CheckpointBarrier, Result, TaskInfo, Watermark};
+use sluice_plan::DeliveryGuarantee;
+use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TaskInfo, Watermark};
 
 use crate::dead_letter::{DeadLetter, DeadLetterQueue};
 use crate::metrics::SubtaskMetrics;
+use crate::state::{OperatorState, RestoredState};
 
 /// Where an operator's output goes: the next operator of its chain, or the channels to
 /// downstream subtasks. Awaiting `collect` is how backpressure reaches the operator.
@@ -47,7 +49,7 @@ pub enum TimeDomain {
 /// An operator's timers, in event time and in processing time (epoch milliseconds).
 /// The runtime fires event-time timers when the watermark reaches them and
 /// processing-time timers when the wall clock does, each once, in time order.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Timers {
     event_time: std::collections::BTreeSet<i64>,
     processing_time: std::collections::BTreeSet<i64>,
@@ -81,6 +83,12 @@ impl Timers {
         }
     }
 
+    /// Adds every timer of `other` (restoring timers of several old subtasks).
+    pub fn merge(&mut self, other: &Timers) {
+        self.event_time.extend(&other.event_time);
+        self.processing_time.extend(&other.processing_time);
+    }
+
     fn set(&mut self, domain: TimeDomain) -> &mut std::collections::BTreeSet<i64> {
         match domain {
             TimeDomain::EventTime => &mut self.event_time,
@@ -101,6 +109,15 @@ pub struct OperatorContext {
     pub watermark: Option<Watermark>,
     /// The operator's timers.
     pub timers: Timers,
+    /// Number of key groups (keyed state is partitioned by them).
+    pub max_parallelism: usize,
+    /// Whether the job takes checkpoints (sinks then commit per checkpoint).
+    pub checkpointing: bool,
+    /// The job's delivery guarantee.
+    pub delivery: DeliveryGuarantee,
+    /// Distinguishes this run of the job from earlier ones (after a restore), so that
+    /// files written now never collide with files left by a failed run.
+    pub attempt: u64,
     dead_letters: Arc<dyn DeadLetterQueue>,
 }
 
@@ -118,6 +135,10 @@ impl OperatorContext {
             metrics,
             watermark: None,
             timers: Timers::default(),
+            max_parallelism: 128,
+            checkpointing: false,
+            delivery: DeliveryGuarantee::default(),
+            attempt: 0,
             dead_letters,
         }
     }
@@ -175,14 +196,29 @@ pub trait Operator: Send {
         Ok(())
     }
 
-    /// A checkpoint barrier was aligned on all inputs: snapshot state now. For sinks,
-    /// this is the pre-commit of a two-phase commit.
+    /// A checkpoint barrier was aligned on all inputs (or, at the end of input, the
+    /// final state is asked for): return the operator's state. Keyed state goes into
+    /// tables partitioned by key group so it can be redistributed on restore. For sinks
+    /// this is the pre-commit of a two-phase commit: flush, and return what
+    /// [`Operator::commit`] will publish.
     async fn snapshot(
         &mut self,
         _barrier: &CheckpointBarrier,
         _ctx: &mut OperatorContext,
-    ) -> Result<()> {
-        Ok(())
+    ) -> Result<OperatorState> {
+        Ok(OperatorState::default())
+    }
+
+    /// Before the first message of a restored job: the state of the key groups this
+    /// subtask owns, and every old subtask's operator-wide state.
+    async fn restore(&mut self, state: RestoredState, ctx: &mut OperatorContext) -> Result<()> {
+        if state.is_empty() {
+            return Ok(());
+        }
+        Err(SluiceError::user(format!(
+            "the checkpoint holds state for `{}`, which keeps none: the job changed",
+            ctx.task.operator_name
+        )))
     }
 
     /// The checkpoint `epoch` completed everywhere: commit what was pre-committed.

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use sluice_plan::ConnectorSpec;
 use sluice_types::{Result, SluiceError, TaskInfo};
 
+use crate::checkpoint::SplitPosition;
 use crate::operator::{Operator, OperatorContext};
 
 /// One independently readable part of a source's input.
@@ -27,6 +28,19 @@ pub struct Split {
     pub id: String,
     /// Position in the connector's split list.
     pub index: usize,
+    /// Where to resume reading (from a checkpoint); `None`: from the beginning.
+    pub position: Option<serde_json::Value>,
+}
+
+impl Split {
+    /// A split read from its beginning.
+    pub fn new(id: impl Into<String>, index: usize) -> Self {
+        Self {
+            id: id.into(),
+            index,
+            position: None,
+        }
+    }
 }
 
 /// What one read returned.
@@ -67,6 +81,15 @@ pub trait SourceReader: Send {
     /// [`ReadResult::Idle`] after a while). Must be cancel-safe: the runtime drops the
     /// future when a control message or the linger deadline comes first.
     async fn read(&mut self, max_rows: usize, ctx: &mut OperatorContext) -> Result<ReadResult>;
+
+    /// Where each assigned split stands after the rows returned so far (called at
+    /// checkpoint barriers): exactly what [`Split::position`] must say to resume after
+    /// them. A source that cannot be replayed returns an error.
+    fn positions(&self) -> Result<Vec<SplitPosition>> {
+        Err(SluiceError::user(
+            "this source cannot resume from a position, so the job cannot take checkpoints",
+        ))
+    }
 
     /// Called once after the last read.
     async fn close(&mut self, _ctx: &mut OperatorContext) -> Result<()> {

@@ -27,10 +27,13 @@ use sluice_types::{
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
+use crate::checkpoint::SubtaskSnapshot;
+use crate::checkpoint::runner::{Notice, TaskEvent};
 use crate::metrics::SubtaskMetrics;
-use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
+use crate::operator::{Collector, Operator, OperatorContext, TimeDomain, Timers};
 use crate::partition::Outputs;
 use crate::source::{ReadResult, SourceReader};
+use crate::state::RestoredState;
 
 /// One operator of a chain, with its context.
 pub(crate) struct Slot {
@@ -181,14 +184,54 @@ impl Chain {
         Ok(())
     }
 
-    pub async fn barrier(&mut self, barrier: CheckpointBarrier) -> Result<()> {
+    /// Snapshots every chained operator (state and timers).
+    pub async fn snapshot(&mut self, barrier: &CheckpointBarrier) -> Result<Vec<SubtaskSnapshot>> {
+        let mut out = Vec::with_capacity(self.slots.len());
         for s in &mut self.slots {
-            let name = s.ctx.task.operator_name.clone();
-            s.op.snapshot(&barrier, &mut s.ctx)
-                .await
-                .map_err(|e| e.in_operator(&name))?;
+            let state =
+                s.op.snapshot(barrier, &mut s.ctx)
+                    .await
+                    .map_err(|e| e.in_operator(&s.ctx.task.operator_name))?;
+            out.push(SubtaskSnapshot {
+                node: s.ctx.task.operator_id,
+                subtask: s.ctx.task.subtask,
+                state,
+                timers: s.ctx.timers.clone(),
+                positions: Vec::new(),
+            });
         }
-        self.out.broadcast(Message::Barrier(barrier)).await
+        Ok(out)
+    }
+
+    /// Snapshots every chained operator, then forwards the barrier.
+    pub async fn barrier(&mut self, barrier: CheckpointBarrier) -> Result<Vec<SubtaskSnapshot>> {
+        let snapshots = self.snapshot(&barrier).await?;
+        self.out.broadcast(Message::Barrier(barrier)).await?;
+        Ok(snapshots)
+    }
+
+    /// Checkpoint `epoch` completed: every operator commits.
+    pub async fn commit(&mut self, epoch: u64) -> Result<()> {
+        for s in &mut self.slots {
+            s.op.commit(epoch, &mut s.ctx)
+                .await
+                .map_err(|e| e.in_operator(&s.ctx.task.operator_name))?;
+        }
+        Ok(())
+    }
+
+    /// Gives each operator its restored state (`states[i]` for slot i), before start.
+    pub async fn restore(&mut self, states: Vec<Option<(RestoredState, Timers)>>) -> Result<()> {
+        for (s, restored) in self.slots.iter_mut().zip(states) {
+            let Some((state, timers)) = restored else {
+                continue;
+            };
+            s.ctx.timers.merge(&timers);
+            s.op.restore(state, &mut s.ctx)
+                .await
+                .map_err(|e| e.in_operator(&s.ctx.task.operator_name))?;
+        }
+        Ok(())
     }
 
     /// Final watermark (if not yet sent), flush every operator in order, end of data.
@@ -223,7 +266,12 @@ pub(crate) struct Inputs {
     last_time: Vec<Option<i64>>,
     ended: Vec<bool>,
     blocked: Vec<bool>,
+    /// Inputs that delivered the pending barrier.
+    seen: Vec<bool>,
+    /// Block inputs that delivered the barrier until all did (exactly-once).
+    align: bool,
     pending_barrier: Option<CheckpointBarrier>,
+    barrier_since: Option<Instant>,
     next: usize,
     live: usize,
     merged: Option<Watermark>,
@@ -232,7 +280,7 @@ pub(crate) struct Inputs {
 }
 
 impl Inputs {
-    pub fn new(receivers: Vec<mpsc::Receiver<Message>>) -> Self {
+    pub fn new(receivers: Vec<mpsc::Receiver<Message>>, align: bool) -> Self {
         let n = receivers.len();
         Self {
             receivers,
@@ -240,7 +288,10 @@ impl Inputs {
             last_time: vec![None; n],
             ended: vec![false; n],
             blocked: vec![false; n],
+            seen: vec![false; n],
+            align,
             pending_barrier: None,
+            barrier_since: None,
             next: 0,
             live: n,
             merged: None,
@@ -338,38 +389,162 @@ impl Inputs {
         if !self.ended[i] {
             self.ended[i] = true;
             self.blocked[i] = false;
+            self.seen[i] = false;
             self.live -= 1;
         }
     }
 
-    /// Records a barrier on input i; returns it when all live inputs have delivered it.
-    fn barrier(&mut self, i: usize, b: CheckpointBarrier) -> Option<CheckpointBarrier> {
-        self.blocked[i] = true;
+    /// Records a barrier on input i; returns it (with the time alignment took) once every
+    /// live input delivered it. Aligned (exactly-once): an input that delivered the
+    /// barrier is not read until then. Unaligned (at-least-once): it goes on.
+    fn barrier(
+        &mut self,
+        i: usize,
+        b: CheckpointBarrier,
+    ) -> Option<(CheckpointBarrier, std::time::Duration)> {
+        match self.pending_barrier {
+            // A barrier of a checkpoint already superseded (given up): ignore it.
+            Some(p) if p.epoch > b.epoch => return None,
+            Some(p) if p.epoch < b.epoch => self.release_barrier(),
+            _ => {}
+        }
+        if self.pending_barrier.is_none() {
+            self.barrier_since = Some(Instant::now());
+        }
+        self.seen[i] = true;
+        self.blocked[i] = self.align;
         self.pending_barrier = Some(b);
         self.aligned()
     }
 
-    fn aligned(&mut self) -> Option<CheckpointBarrier> {
+    fn aligned(&mut self) -> Option<(CheckpointBarrier, std::time::Duration)> {
         let b = self.pending_barrier?;
-        let all = (0..self.blocked.len()).all(|i| self.ended[i] || self.blocked[i]);
-        if all {
-            self.blocked.iter_mut().for_each(|x| *x = false);
-            self.pending_barrier = None;
-            Some(b)
-        } else {
-            None
+        let all = (0..self.seen.len()).all(|i| self.ended[i] || self.seen[i]);
+        if !all {
+            return None;
+        }
+        let took = self.barrier_since.map(|t| t.elapsed()).unwrap_or_default();
+        self.release_barrier();
+        Some((b, took))
+    }
+
+    /// Forgets the pending barrier and unblocks every input.
+    fn release_barrier(&mut self) {
+        self.blocked.iter_mut().for_each(|x| *x = false);
+        self.seen.iter_mut().for_each(|x| *x = false);
+        self.pending_barrier = None;
+        self.barrier_since = None;
+    }
+
+    /// Checkpoint `epoch` was given up: stop waiting for its barrier.
+    fn abort_barrier(&mut self, epoch: u64) {
+        if self.pending_barrier.is_some_and(|p| p.epoch <= epoch) {
+            self.release_barrier();
         }
     }
 }
 
-/// Runs an operator task until all inputs end.
-pub(crate) async fn run_operator_task(mut chain: Chain, mut inputs: Inputs) -> Result<()> {
+/// A task's part in checkpoints: where it sends acknowledgements, where it hears of
+/// completed checkpoints.
+pub(crate) struct TaskCheckpoints {
+    /// The task's number in the coordinator's count.
+    pub task: usize,
+    pub events: mpsc::UnboundedSender<TaskEvent>,
+    pub notices: mpsc::UnboundedReceiver<Notice>,
+}
+
+/// The epoch of the final snapshot taken when the input ended.
+pub(crate) const FINAL_EPOCH: u64 = u64::MAX;
+
+impl TaskCheckpoints {
+    /// The next notice; never resolves once the coordinator is gone.
+    async fn next(&mut self) -> Notice {
+        match self.notices.recv().await {
+            Some(n) => n,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn send(&self, event: TaskEvent) {
+        // The coordinator outlives every task of a running job; if it is gone the job is
+        // being torn down anyway.
+        let _ = self.events.send(event);
+    }
+
+    /// Waits until `epoch` completes (committing every checkpoint that completes
+    /// meanwhile) or is given up; `true` if it completed.
+    async fn wait_for(&mut self, epoch: u64, chain: &mut Chain) -> Result<bool> {
+        loop {
+            match self.next().await {
+                Notice::Committed(e) => {
+                    chain.commit(e).await?;
+                    if e == epoch {
+                        return Ok(true);
+                    }
+                }
+                Notice::Aborted(e) if e == epoch => return Ok(false),
+                Notice::Aborted(_) => {}
+            }
+        }
+    }
+}
+
+/// Waits for the next notice if the task takes part in checkpoints; otherwise never.
+async fn next_notice(cp: &mut Option<TaskCheckpoints>) -> Notice {
+    match cp {
+        Some(cp) => cp.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The input ended and the chain flushed: hand over the final state (sink
+/// committables) and commit once the coordinator recorded it.
+async fn finish_checkpoints(
+    cp: Option<TaskCheckpoints>,
+    chain: &mut Chain,
+    mut snapshots: Vec<SubtaskSnapshot>,
+) -> Result<()> {
+    let Some(mut cp) = cp else {
+        return Ok(());
+    };
+    let barrier = CheckpointBarrier {
+        epoch: FINAL_EPOCH,
+        triggered_at_us: now_micros(),
+        kind: sluice_types::CheckpointKind::Checkpoint,
+        then_stop: false,
+    };
+    snapshots.extend(chain.snapshot(&barrier).await?);
+    cp.send(TaskEvent::Finished {
+        task: cp.task,
+        snapshots,
+    });
+    if !cp.wait_for(FINAL_EPOCH, chain).await? {
+        return Err(SluiceError::external(
+            "the final checkpoint could not be written; output since the last checkpoint is not committed",
+        ));
+    }
+    Ok(())
+}
+
+/// Runs an operator task until all inputs end (or a stop-with-savepoint completes).
+pub(crate) async fn run_operator_task(
+    mut chain: Chain,
+    mut inputs: Inputs,
+    mut cp: Option<TaskCheckpoints>,
+) -> Result<()> {
     chain.start().await?;
     let metrics = Arc::clone(&chain.slots[0].ctx.metrics);
     loop {
         let timer = chain.next_processing_timer();
         let next = tokio::select! {
             biased;
+            notice = next_notice(&mut cp) => {
+                match notice {
+                    Notice::Committed(e) => chain.commit(e).await?,
+                    Notice::Aborted(e) => inputs.abort_barrier(e),
+                }
+                continue;
+            }
             _ = sleep_until_epoch_ms(timer.unwrap_or(i64::MAX)), if timer.is_some() => {
                 chain.fire_processing_timers(epoch_ms()).await?;
                 continue;
@@ -377,37 +552,50 @@ pub(crate) async fn run_operator_task(mut chain: Chain, mut inputs: Inputs) -> R
             next = inputs.next() => next,
         };
         let Some((i, msg)) = next else { break };
-        match msg {
+        let aligned = match msg {
             Message::Data(batch) => {
                 metrics.input_queue.store(inputs.queued(), Relaxed);
                 chain.process(batch).await?;
+                None
             }
             Message::Watermark(w) => {
                 inputs.set_watermark(i, w);
                 while let Some(m) = inputs.merge() {
                     chain.watermark(m).await?;
                 }
+                None
             }
-            Message::Barrier(b) => {
-                if let Some(b) = inputs.barrier(i, b) {
-                    chain.barrier(b).await?;
-                }
-            }
+            Message::Barrier(b) => inputs.barrier(i, b),
             Message::EndOfData => {
                 inputs.end(i);
-                if let Some(b) = inputs.aligned() {
-                    chain.barrier(b).await?;
-                }
+                let aligned = inputs.aligned();
                 while inputs.live > 0
                     && let Some(m) = inputs.merge()
                 {
                     chain.watermark(m).await?;
                 }
+                aligned
+            }
+        };
+        if let Some((b, took)) = aligned {
+            let snapshots = chain.barrier(b).await?;
+            if let Some(cp) = cp.as_mut() {
+                cp.send(TaskEvent::Ack {
+                    epoch: b.epoch,
+                    task: cp.task,
+                    snapshots,
+                    alignment_us: took.as_micros() as u64,
+                });
+                if b.then_stop && cp.wait_for(b.epoch, &mut chain).await? {
+                    // Stopped with a savepoint: end here, without firing what is open.
+                    return Ok(());
+                }
             }
         }
     }
     let last = inputs.merged;
-    chain.finish(last).await
+    chain.finish(last).await?;
+    finish_checkpoints(cp, &mut chain, Vec::new()).await
 }
 
 /// Wall-clock time in epoch milliseconds (the processing-time domain).
@@ -454,6 +642,36 @@ pub(crate) struct SourceTask {
     pub max_rows: usize,
     pub linger: std::time::Duration,
     pub control: mpsc::Receiver<SourceControl>,
+    /// The watermark reached before a restore: event time resumes from there.
+    pub restored_watermark: Option<i64>,
+    pub checkpoints: Option<TaskCheckpoints>,
+}
+
+impl SourceTask {
+    /// The source's own state: where its splits stand and its watermark.
+    fn snapshot(&self, clocks: &SplitClocks, positions: bool) -> Result<SubtaskSnapshot> {
+        let positions = match positions {
+            true => self
+                .reader
+                .positions()
+                .map_err(|e| e.in_operator(&self.ctx.task.operator_name))?,
+            false => Vec::new(),
+        };
+        let meta = match clocks.emitted {
+            i64::MIN => serde_json::Value::Null,
+            w => serde_json::json!({ "watermark": w }),
+        };
+        Ok(SubtaskSnapshot {
+            node: self.ctx.task.operator_id,
+            subtask: self.ctx.task.subtask,
+            state: crate::state::OperatorState {
+                keyed: Default::default(),
+                meta,
+            },
+            timers: Timers::default(),
+            positions,
+        })
+    }
 }
 
 /// Per-split event-time clocks of one source subtask. A split counts from its first
@@ -563,6 +781,10 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
         since: None,
     };
     let mut clocks = SplitClocks::new(src.out_of_orderness_ms, src.idle_timeout);
+    if let Some(w) = src.restored_watermark {
+        clocks.emitted = w;
+    }
+    let mut cp = src.checkpoints.take();
     let mut last_wm: Option<Watermark> = None;
     let started = Instant::now();
     loop {
@@ -588,10 +810,24 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
             _ = sleep_until_epoch_ms(timer.unwrap_or(i64::MAX)), if timer.is_some() => {
                 chain.fire_processing_timers(epoch_ms()).await?;
             }
+            notice = next_notice(&mut cp) => {
+                if let Notice::Committed(e) = notice {
+                    chain.commit(e).await?;
+                }
+            }
             ctrl = src.control.recv() => match ctrl {
                 Some(SourceControl::Barrier(b)) => {
                     flush(&mut src, &mut chain, &mut pending, &mut clocks, &mut last_wm).await?;
-                    chain.barrier(b).await?;
+                    let mut snapshots = vec![src.snapshot(&clocks, cp.is_some())?];
+                    snapshots.extend(chain.barrier(b).await?);
+                    if let Some(cp) = cp.as_mut() {
+                        cp.send(TaskEvent::Ack { epoch: b.epoch, task: cp.task, snapshots, alignment_us: 0 });
+                        if b.then_stop && cp.wait_for(b.epoch, &mut chain).await? {
+                            // Stopped with a savepoint: nothing after the barrier is read.
+                            src.reader.close(&mut src.ctx).await.map_err(|e| e.in_operator(&name))?;
+                            return Ok(());
+                        }
+                    }
                 }
                 Some(SourceControl::Stop) | None => break,
             },
@@ -662,11 +898,13 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
         &mut last_wm,
     )
     .await?;
+    let own = src.snapshot(&clocks, cp.is_some())?;
     src.reader
         .close(&mut src.ctx)
         .await
         .map_err(|e| e.in_operator(&name))?;
-    chain.finish(last_wm).await
+    chain.finish(last_wm).await?;
+    finish_checkpoints(cp, &mut chain, vec![own]).await
 }
 
 async fn flush(
@@ -838,7 +1076,7 @@ mod tests {
 
     fn inputs(n: usize) -> Inputs {
         let rx = (0..n).map(|_| mpsc::channel(1).1).collect();
-        Inputs::new(rx)
+        Inputs::new(rx, true)
     }
 
     fn drain(i: &mut Inputs) -> Vec<Watermark> {

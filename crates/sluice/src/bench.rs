@@ -96,7 +96,7 @@ pub async fn run_nexmark(
     let job = pipeline.prepare()?;
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
-    let handle = job.start()?;
+    let handle = job.start().await?;
     let metrics = handle.metrics();
     handle.wait().await?;
     let wall_s = t0.elapsed().as_secs_f64();

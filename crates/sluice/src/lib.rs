@@ -27,6 +27,7 @@ pub use pipeline::{
 };
 pub use sluice_connectors as connectors;
 pub use sluice_plan as plan;
+pub use sluice_plan::{DeliveryGuarantee, RestoreFrom};
 pub use sluice_runtime as runtime;
 pub use sluice_types::{Result, SluiceError};
 

@@ -46,6 +46,11 @@ enum Command {
         /// No progress line.
         #[arg(long)]
         quiet: bool,
+        /// Generator events per second of wall-clock time (default: as fast as possible).
+        #[arg(long)]
+        event_rate: Option<u64>,
+        #[command(flatten)]
+        checkpoints: CheckpointArgs,
     },
     /// Print a job's dataflow graph: tasks, chaining, parallelism, edges.
     Explain {
@@ -63,6 +68,54 @@ enum Command {
         #[command(subcommand)]
         suite: BenchSuite,
     },
+}
+
+/// Checkpoint, savepoint and restore options of `sluice run`.
+#[derive(clap::Args)]
+struct CheckpointArgs {
+    /// Take a checkpoint this often (`500ms`, `10s`, `1m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    checkpoint_interval: Option<Duration>,
+    /// Where checkpoints go (a directory; `s3://bucket/prefix` with the `s3` feature).
+    #[arg(long)]
+    checkpoint_dir: Option<String>,
+    /// Where savepoints go (default: `<checkpoint dir>/savepoints`).
+    #[arg(long)]
+    savepoint_dir: Option<String>,
+    /// at-most-once, at-least-once or exactly-once.
+    #[arg(long, default_value = "exactly-once")]
+    delivery: sluice::plan::DeliveryGuarantee,
+    /// Start from `latest` (the newest complete checkpoint in the checkpoint directory)
+    /// or from a checkpoint or savepoint directory.
+    #[arg(long)]
+    from_checkpoint: Option<String>,
+    /// On Ctrl-C take a savepoint and stop (instead of draining the input).
+    #[arg(long)]
+    stop_with_savepoint: bool,
+}
+
+impl CheckpointArgs {
+    fn apply(&self, p: &sluice::Pipeline) {
+        if let Some(i) = self.checkpoint_interval {
+            p.checkpointing(i);
+        }
+        if let Some(d) = &self.checkpoint_dir {
+            p.checkpoint_dir(d.clone());
+        }
+        if let Some(d) = &self.savepoint_dir {
+            p.savepoint_dir(d.clone());
+        }
+        p.delivery(self.delivery);
+        match self.from_checkpoint.as_deref() {
+            None => {}
+            Some("latest") => {
+                p.restore_from(sluice::plan::RestoreFrom::Latest);
+            }
+            Some(path) => {
+                p.restore_from(sluice::plan::RestoreFrom::Path(path.to_string()));
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -147,16 +200,33 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             parallelism,
             out,
             quiet,
+            event_rate,
+            checkpoints,
         } => {
             let ex = find_example(&example)?;
-            let pipeline = (ex.build)(&example_args(events, parallelism, out.clone()));
-            let handle = pipeline.start()?;
+            let mut args = example_args(events, parallelism, out.clone());
+            args.event_rate = event_rate;
+            let pipeline = (ex.build)(&args);
+            checkpoints.apply(&pipeline);
+            let handle = pipeline.start().await?;
             let metrics = handle.metrics();
             let stop = handle.stop_handle();
+            let savepoint = checkpoints.stop_with_savepoint;
             tokio::spawn(async move {
                 if tokio::signal::ctrl_c().await.is_ok() {
-                    eprintln!("\nstopping: draining in-flight data…");
-                    stop.stop().await;
+                    if savepoint {
+                        eprintln!("\nstopping with a savepoint…");
+                        match stop.savepoint(true).await {
+                            Ok(at) => eprintln!("savepoint: {at}"),
+                            Err(e) => {
+                                eprintln!("savepoint failed ({e}); draining instead");
+                                stop.stop().await;
+                            }
+                        }
+                    } else {
+                        eprintln!("\nstopping: draining in-flight data…");
+                        stop.stop().await;
+                    }
                 }
             });
             let start = Instant::now();

@@ -13,8 +13,8 @@ use sluice_connectors::{
 /// window on each firing.
 pub use sluice_plan::TriggerSpec as Trigger;
 use sluice_plan::{
-    ConnectorSpec, EventTime, JobPlan, NodeId, NodeKind, Partitioning, SourceNode, WatermarkSpec,
-    WindowSpec,
+    ConnectorSpec, DeliveryGuarantee, EventTime, JobPlan, NodeId, NodeKind, Partitioning,
+    RestoreFrom, SourceNode, WatermarkSpec, WindowSpec,
 };
 use sluice_runtime::{ConnectorRegistry, JobHandle, PreparedJob};
 use sluice_types::{Result, SluiceError};
@@ -136,6 +136,64 @@ impl Pipeline {
         self
     }
 
+    /// Takes a checkpoint every `interval` (Flink's `execution.checkpointing.interval`)
+    /// into [`Pipeline::checkpoint_dir`] (default `sluice-checkpoints/<job>`).
+    pub fn checkpointing(&self, interval: Duration) -> &Self {
+        self.with(|b| b.plan.config.checkpoint.interval = Some(interval));
+        self
+    }
+
+    /// Where checkpoints go: a directory, or an `s3://` URL (with the `s3` feature).
+    /// Setting it enables savepoints even without periodic checkpoints.
+    pub fn checkpoint_dir(&self, dir: impl Into<String>) -> &Self {
+        let dir = dir.into();
+        self.with(|b| b.plan.config.checkpoint.dir = Some(dir));
+        self
+    }
+
+    /// Where savepoints go (default: `<checkpoint dir>/savepoints`).
+    pub fn savepoint_dir(&self, dir: impl Into<String>) -> &Self {
+        let dir = dir.into();
+        self.with(|b| b.plan.config.checkpoint.savepoint_dir = Some(dir));
+        self
+    }
+
+    /// The delivery guarantee (exactly-once by default when checkpointing).
+    pub fn delivery(&self, guarantee: DeliveryGuarantee) -> &Self {
+        self.with(|b| b.plan.config.checkpoint.delivery = guarantee);
+        self
+    }
+
+    /// Checkpoint timeout, minimum pause between checkpoints, and how many to keep.
+    pub fn checkpoint_tuning(
+        &self,
+        timeout: Duration,
+        min_pause: Duration,
+        retained: usize,
+    ) -> &Self {
+        self.with(|b| {
+            let c = &mut b.plan.config.checkpoint;
+            c.timeout = timeout;
+            c.min_pause = min_pause;
+            c.retained = retained;
+        });
+        self
+    }
+
+    /// Number of key groups (the most any operator's parallelism can grow to); keep it
+    /// unchanged across restores.
+    pub fn max_parallelism(&self, n: usize) -> &Self {
+        self.with(|b| b.plan.config.max_parallelism = n);
+        self
+    }
+
+    /// Starts from a checkpoint or savepoint: [`RestoreFrom::Latest`] (of the checkpoint
+    /// directory; a fresh start if there is none) or a path.
+    pub fn restore_from(&self, from: RestoreFrom) -> &Self {
+        self.with(|b| b.plan.config.restore = Some(from));
+        self
+    }
+
     /// Replaces the connector registry (to add custom connectors).
     pub fn registry(&self, registry: ConnectorRegistry) -> &Self {
         self.with(|b| b.registry = registry);
@@ -186,14 +244,14 @@ impl Pipeline {
         Ok(self.prepare()?.explain())
     }
 
-    /// Starts the job on the current tokio runtime.
-    pub fn start(&self) -> Result<JobHandle> {
-        self.prepare()?.start()
+    /// Starts the job on the current tokio runtime (restoring first, if asked to).
+    pub async fn start(&self) -> Result<JobHandle> {
+        self.prepare()?.start().await
     }
 
     /// Runs the job to completion (a bounded input ends it).
     pub async fn run(&self) -> Result<()> {
-        self.start()?.wait().await
+        self.start().await?.wait().await
     }
 }
 

@@ -6,9 +6,11 @@ use std::sync::Arc;
 use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
 use parquet::arrow::ArrowWriter;
-use sluice_plan::ConnectorSpec;
-use sluice_runtime::{Collector, Operator, OperatorContext, SinkConnector};
-use sluice_types::{Batch, Result, SluiceError, TIMESTAMP_FIELD, TaskInfo};
+use sluice_plan::{ConnectorSpec, DeliveryGuarantee};
+use sluice_runtime::{
+    Collector, Operator, OperatorContext, OperatorState, RestoredState, SinkConnector,
+};
+use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TIMESTAMP_FIELD, TaskInfo};
 
 use crate::format::{FILE_OPTIONS, Format};
 use crate::options::OptionReader;
@@ -50,11 +52,6 @@ impl SinkConnector for FileSinkConnector {
     }
 
     fn create(&self, config: &Arc<FileSinkConfig>, task: &TaskInfo) -> Result<Box<dyn Operator>> {
-        let ext = config.format.extension();
-        let final_path = config.dir.join(format!("part-{}.{ext}", task.subtask));
-        let temp_path = config
-            .dir
-            .join(format!(".part-{}.{ext}.inprogress", task.subtask));
         let fields: Vec<_> = config
             .input
             .fields()
@@ -62,30 +59,16 @@ impl SinkConnector for FileSinkConnector {
             .filter(|f| f.name() != TIMESTAMP_FIELD)
             .cloned()
             .collect();
-        let schema = Arc::new(Schema::new(fields));
-        let file = File::create(&temp_path).map_err(|e| {
-            SluiceError::external(format!("cannot create {}", temp_path.display())).with_source(e)
-        })?;
-        let out = BufWriter::with_capacity(1 << 20, file);
-        let writer = match &config.format {
-            Format::Csv { delimiter, header } => Writer::Csv(
-                arrow::csv::WriterBuilder::new()
-                    .with_header(*header)
-                    .with_delimiter(*delimiter)
-                    .build(out),
-            ),
-            Format::Json => Writer::Json(arrow::json::LineDelimitedWriter::new(out)),
-            Format::Parquet => Writer::Parquet(
-                ArrowWriter::try_new(out, Arc::clone(&schema), None).map_err(|e| {
-                    SluiceError::internal("cannot start a Parquet file").with_source(e)
-                })?,
-            ),
-        };
         Ok(Box::new(FileSinkOperator {
-            writer: Some(writer),
-            temp_path,
-            final_path,
-            input: Arc::clone(&config.input),
+            config: Arc::clone(config),
+            schema: Arc::new(Schema::new(fields)),
+            subtask: task.subtask,
+            writer: None,
+            seq: 0,
+            pending: Vec::new(),
+            per_checkpoint: false,
+            exactly_once: false,
+            attempt: 0,
         }))
     }
 }
@@ -96,22 +79,174 @@ enum Writer {
     Parquet(ArrowWriter<BufWriter<File>>),
 }
 
-/// Writes one subtask's rows to a file, published by rename at the end of input.
+/// A file being written: its writer, where it is written, and its published name.
+struct OpenFile {
+    writer: Writer,
+    temp: PathBuf,
+    target: PathBuf,
+}
+
+/// A finished file waiting for its checkpoint to complete.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct PendingFile {
+    /// The checkpoint that covers its rows.
+    epoch: u64,
+    temp: PathBuf,
+    target: PathBuf,
+}
+
+/// The sink's checkpointed state: files to publish once the checkpoint completes.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct SinkState {
+    pending: Vec<PendingFile>,
+}
+
+/// Writes one subtask's rows to files.
+///
+/// ```text
+///  no checkpoints:  .part-0.json.inprogress ──end of input──> part-0.json
+///  exactly-once:    .part-0-<run>-<n>.json.inprogress ──barrier n: flush, pre-commit──>
+///                   (pending, in the checkpoint) ──checkpoint n complete──> part-0-<run>-<n>.json
+///  at-least-once:   as exactly-once, but published at the barrier (replays may repeat rows)
+/// ```
+///
+/// On restore the files of the restored checkpoint are published (if the crash came
+/// between the checkpoint and the rename) and every other in-progress file of earlier
+/// runs is deleted: output never holds rows of an uncommitted checkpoint.
 pub struct FileSinkOperator {
-    writer: Option<Writer>,
-    temp_path: PathBuf,
-    final_path: PathBuf,
-    input: SchemaRef,
+    config: Arc<FileSinkConfig>,
+    schema: SchemaRef,
+    subtask: usize,
+    writer: Option<OpenFile>,
+    /// Number of files started by this subtask in this run.
+    seq: u64,
+    pending: Vec<PendingFile>,
+    /// Files roll at every checkpoint (the job takes checkpoints).
+    per_checkpoint: bool,
+    /// Files are published when their checkpoint completes.
+    exactly_once: bool,
+    attempt: u64,
 }
 
 fn write_err(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> SluiceError {
     SluiceError::external(format!("writing {} failed", path.display())).with_source(e)
 }
 
+impl FileSinkOperator {
+    fn open(&mut self) -> Result<()> {
+        let ext = self.config.format.extension();
+        let stem = match self.per_checkpoint {
+            false => format!("part-{}", self.subtask),
+            true => format!("part-{}-{}-{}", self.subtask, self.attempt, self.seq),
+        };
+        self.seq += 1;
+        let target = self.config.dir.join(format!("{stem}.{ext}"));
+        let temp = self.config.dir.join(format!(".{stem}.{ext}.inprogress"));
+        let file = File::create(&temp).map_err(|e| {
+            SluiceError::external(format!("cannot create {}", temp.display())).with_source(e)
+        })?;
+        let out = BufWriter::with_capacity(1 << 20, file);
+        let writer = match &self.config.format {
+            Format::Csv { delimiter, header } => Writer::Csv(
+                arrow::csv::WriterBuilder::new()
+                    .with_header(*header)
+                    .with_delimiter(*delimiter)
+                    .build(out),
+            ),
+            Format::Json => Writer::Json(arrow::json::LineDelimitedWriter::new(out)),
+            Format::Parquet => Writer::Parquet(
+                ArrowWriter::try_new(out, Arc::clone(&self.schema), None).map_err(|e| {
+                    SluiceError::internal("cannot start a Parquet file").with_source(e)
+                })?,
+            ),
+        };
+        self.writer = Some(OpenFile {
+            writer,
+            temp,
+            target,
+        });
+        Ok(())
+    }
+
+    /// Finishes the open file (flushed and synced); returns its temporary and its
+    /// published path, unpublished.
+    fn finish(&mut self) -> Result<Option<(PathBuf, PathBuf)>> {
+        let Some(f) = self.writer.take() else {
+            return Ok(None);
+        };
+        let path = f.temp;
+        let file = match f.writer {
+            Writer::Csv(w) => w.into_inner(),
+            Writer::Json(mut w) => {
+                w.finish().map_err(|e| write_err(&path, e))?;
+                w.into_inner()
+            }
+            Writer::Parquet(w) => w.into_inner().map_err(|e| write_err(&path, e))?,
+        };
+        let file = file
+            .into_inner()
+            .map_err(|e| write_err(&path, e.into_error()))?;
+        file.sync_all().map_err(|e| write_err(&path, e))?;
+        Ok(Some((path, f.target)))
+    }
+
+    /// Finishes the open file and queues it for checkpoint `epoch` (or publishes it now
+    /// when rows may repeat anyway).
+    fn roll(&mut self, epoch: u64) -> Result<()> {
+        let Some((temp, target)) = self.finish()? else {
+            return Ok(());
+        };
+        if self.exactly_once {
+            self.pending.push(PendingFile {
+                epoch,
+                temp,
+                target,
+            });
+            Ok(())
+        } else {
+            publish(&temp, &target)
+        }
+    }
+
+    /// Deletes in-progress files this subtask's earlier runs left behind.
+    fn delete_leftovers(&self) -> Result<()> {
+        let mine = format!("-{}-", self.attempt);
+        for entry in std::fs::read_dir(&self.config.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".part-") && name.ends_with(".inprogress") && !name.contains(&mine)
+            {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Publishes a finished file by rename; publishing twice is harmless.
+fn publish(temp: &Path, target: &Path) -> Result<()> {
+    match std::fs::rename(temp, target) {
+        Ok(()) => Ok(()),
+        Err(_) if target.exists() && !temp.exists() => Ok(()),
+        Err(e) => Err(write_err(temp, e)),
+    }
+}
+
 #[async_trait]
 impl Operator for FileSinkOperator {
     fn output_schema(&self) -> SchemaRef {
-        Arc::clone(&self.input)
+        Arc::clone(&self.config.input)
+    }
+
+    async fn on_start(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        self.per_checkpoint = ctx.checkpointing;
+        self.exactly_once = ctx.checkpointing && ctx.delivery == DeliveryGuarantee::ExactlyOnce;
+        self.attempt = ctx.attempt;
+        if !self.per_checkpoint {
+            // One file per subtask, published at the end of input.
+            self.open()?;
+        }
+        Ok(())
     }
 
     async fn process_batch(
@@ -120,14 +255,67 @@ impl Operator for FileSinkOperator {
         _ctx: &mut OperatorContext,
         _out: &mut dyn Collector,
     ) -> Result<()> {
-        let rows = batch.user_columns();
-        let path = &self.temp_path;
-        match self.writer.as_mut() {
-            Some(Writer::Csv(w)) => w.write(&rows).map_err(|e| write_err(path, e)),
-            Some(Writer::Json(w)) => w.write(&rows).map_err(|e| write_err(path, e)),
-            Some(Writer::Parquet(w)) => w.write(&rows).map_err(|e| write_err(path, e)),
-            None => Err(SluiceError::internal("file sink written after close")),
+        if self.writer.is_none() {
+            self.open()?;
         }
+        let rows = batch.user_columns();
+        let f = self.writer.as_mut().expect("invariant: opened above");
+        let path = &f.temp;
+        match &mut f.writer {
+            Writer::Csv(w) => w.write(&rows).map_err(|e| write_err(path, e)),
+            Writer::Json(w) => w.write(&rows).map_err(|e| write_err(path, e)),
+            Writer::Parquet(w) => w.write(&rows).map_err(|e| write_err(path, e)),
+        }
+    }
+
+    async fn snapshot(
+        &mut self,
+        barrier: &CheckpointBarrier,
+        _ctx: &mut OperatorContext,
+    ) -> Result<OperatorState> {
+        self.roll(barrier.epoch)?;
+        if self.pending.is_empty() {
+            return Ok(OperatorState::default());
+        }
+        let state = SinkState {
+            pending: self.pending.clone(),
+        };
+        Ok(OperatorState {
+            keyed: Default::default(),
+            meta: serde_json::to_value(&state)
+                .map_err(|e| SluiceError::internal("encoding sink state failed").with_source(e))?,
+        })
+    }
+
+    async fn commit(&mut self, epoch: u64, _ctx: &mut OperatorContext) -> Result<()> {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.epoch <= epoch);
+        self.pending = later;
+        for p in due {
+            publish(&p.temp, &p.target)?;
+        }
+        Ok(())
+    }
+
+    async fn restore(&mut self, state: RestoredState, ctx: &mut OperatorContext) -> Result<()> {
+        self.attempt = ctx.attempt;
+        // Every subtask gets every old subtask's files; the first publishes them all.
+        if ctx.task.subtask != 0 {
+            return Ok(());
+        }
+        for s in state.metas::<SinkState>()? {
+            for p in s.pending {
+                if !p.temp.exists() && !p.target.exists() {
+                    return Err(SluiceError::external(format!(
+                        "{} belongs to the restored checkpoint but is gone; its rows cannot be published",
+                        p.temp.display()
+                    )));
+                }
+                publish(&p.temp, &p.target)?;
+            }
+        }
+        self.delete_leftovers()
     }
 
     async fn on_close(
@@ -135,21 +323,13 @@ impl Operator for FileSinkOperator {
         _ctx: &mut OperatorContext,
         _out: &mut dyn Collector,
     ) -> Result<()> {
-        let path = self.temp_path.clone();
-        let file = match self.writer.take() {
-            Some(Writer::Csv(w)) => w.into_inner(),
-            Some(Writer::Json(mut w)) => {
-                w.finish().map_err(|e| write_err(&path, e))?;
-                w.into_inner()
-            }
-            Some(Writer::Parquet(w)) => w.into_inner().map_err(|e| write_err(&path, e))?,
-            None => return Ok(()),
-        };
-        let file = file
-            .into_inner()
-            .map_err(|e| write_err(&path, e.into_error()))?;
-        file.sync_all().map_err(|e| write_err(&path, e))?;
-        std::fs::rename(&self.temp_path, &self.final_path).map_err(|e| write_err(&path, e))?;
+        if self.per_checkpoint {
+            // The rest is pre-committed with the final checkpoint (exactly-once).
+            return self.roll(u64::MAX);
+        }
+        if let Some((temp, target)) = self.finish()? {
+            publish(&temp, &target)?;
+        }
         Ok(())
     }
 }

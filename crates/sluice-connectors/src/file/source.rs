@@ -8,11 +8,14 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use sluice_plan::ConnectorSpec;
-use sluice_runtime::{OperatorContext, ReadResult, SourceConnector, SourceReader, Split};
+use sluice_runtime::{
+    OperatorContext, ReadResult, SourceConnector, SourceReader, Split, SplitPosition,
+};
 use sluice_types::{Result, SluiceError, TaskInfo};
 
-use crate::format::{FILE_OPTIONS, Format};
+use crate::format::Format;
 use crate::options::OptionReader;
+use crate::pacer::Pacer;
 
 /// Parsed options of a file source.
 pub struct FileSourceConfig {
@@ -21,7 +24,18 @@ pub struct FileSourceConfig {
     schema: SchemaRef,
     /// For Parquet: indices of the declared columns in the file schema.
     projection: Option<Vec<usize>>,
+    /// Replay pace (rows per second per subtask's share), for demos and tests.
+    rows_per_second: Option<f64>,
 }
+
+/// Options of the file source: the shared file options and a replay pace.
+const SOURCE_OPTIONS: &[&str] = &[
+    "path",
+    "format",
+    "csv.field-delimiter",
+    "csv.header",
+    "rows-per-second",
+];
 
 /// The file source connector.
 pub struct FileSourceConnector;
@@ -86,11 +100,17 @@ impl SourceConnector for FileSourceConnector {
     }
 
     fn options(&self) -> &'static [&'static str] {
-        FILE_OPTIONS
+        SOURCE_OPTIONS
     }
 
     fn parse(&self, spec: &ConnectorSpec) -> Result<FileSourceConfig> {
         let o = OptionReader::new("filesystem", spec);
+        let rows_per_second: Option<f64> = o.parse("rows-per-second")?;
+        if rows_per_second.is_some_and(|r| !(r > 0.0)) {
+            return Err(SluiceError::user(
+                "filesystem option `rows-per-second` must be a positive number",
+            ));
+        }
         let path = o.path("path")?;
         let format = Format::from_options(&o)?;
         let files = list_files(&path)?;
@@ -154,6 +174,7 @@ impl SourceConnector for FileSourceConnector {
             format,
             schema,
             projection,
+            rows_per_second,
         })
     }
 
@@ -166,10 +187,7 @@ impl SourceConnector for FileSourceConnector {
             .files
             .iter()
             .enumerate()
-            .map(|(index, f)| Split {
-                id: f.display().to_string(),
-                index,
-            })
+            .map(|(index, f)| Split::new(f.display().to_string(), index))
             .collect())
     }
 
@@ -177,16 +195,29 @@ impl SourceConnector for FileSourceConnector {
         &self,
         config: &Arc<FileSourceConfig>,
         splits: Vec<Split>,
-        _task: &TaskInfo,
+        task: &TaskInfo,
     ) -> Result<Box<dyn SourceReader>> {
+        let mut done = Vec::new();
+        let mut pending = Vec::new();
+        for s in splits.into_iter().rev() {
+            match FilePosition::of(&s)? {
+                Some(FilePosition::Done) => done.push(s.id),
+                _ => pending.push(s),
+            }
+        }
         Ok(Box::new(FileReader {
             config: Arc::clone(config),
-            pending: splits.into_iter().rev().collect(),
+            pending,
             current: None,
             current_split: 0,
+            current_id: String::new(),
             ended_pending: false,
+            done,
             buf: Vec::new(),
             lines: Vec::new(),
+            pacer: config
+                .rows_per_second
+                .map(|r| Pacer::new(r / task.parallelism as f64)),
         }))
     }
 }
@@ -196,10 +227,47 @@ enum Open {
         path: String,
         reader: BufReader<File>,
         line_no: u64,
+        /// Bytes consumed: where the next line starts.
+        offset: u64,
     },
     Parquet {
         reader: ParquetRecordBatchReader,
+        rows: u64,
     },
+}
+
+/// Where a file split stands (the checkpointed position).
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FilePosition {
+    /// Text formats: the byte offset of the next line and its number.
+    Lines { offset: u64, line: u64 },
+    /// Parquet: rows already read.
+    Rows { rows: u64 },
+    /// Read to the end.
+    Done,
+}
+
+impl FilePosition {
+    fn of(split: &Split) -> Result<Option<Self>> {
+        split
+            .position
+            .as_ref()
+            .map(|v| {
+                serde_json::from_value(v.clone()).map_err(|e| {
+                    SluiceError::user(format!(
+                        "checkpointed position of {} is not a file position",
+                        split.id
+                    ))
+                    .with_source(e)
+                })
+            })
+            .transpose()
+    }
+
+    fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("invariant: plain enum serialises")
+    }
 }
 
 /// Reads one subtask's files, one after another.
@@ -209,10 +277,15 @@ pub struct FileReader {
     current: Option<Open>,
     /// Index of the split being read (or last read).
     current_split: usize,
+    /// Id of the split being read.
+    current_id: String,
     /// The current split ended with the last batch: report its end next.
     ended_pending: bool,
+    /// Ids of splits read to the end.
+    done: Vec<String>,
     buf: Vec<u8>,
     lines: Vec<(usize, usize)>,
+    pacer: Option<Pacer>,
 }
 
 impl FileReader {
@@ -221,41 +294,57 @@ impl FileReader {
             return Ok(false);
         };
         self.current_split = split.index;
+        self.current_id = split.id.clone();
+        let resume = FilePosition::of(&split)?;
         let path = PathBuf::from(&split.id);
-        let file = File::open(&path).map_err(|e| {
+        let mut file = File::open(&path).map_err(|e| {
             SluiceError::external(format!("cannot open {}", path.display())).with_source(e)
         })?;
         self.current = Some(match self.config.format {
-            Format::Parquet => Open::Parquet {
-                reader: ParquetRecordBatchReaderBuilder::try_new(file)
-                    .and_then(|b| b.with_batch_size(max_rows).build())
-                    .map_err(|e| {
-                        SluiceError::user(format!(
-                            "{} is not a readable Parquet file",
-                            path.display()
-                        ))
-                        .with_source(e)
-                    })?,
-            },
-            Format::Csv { header, .. } => {
+            Format::Parquet => {
+                let skip = match resume {
+                    Some(FilePosition::Rows { rows }) => rows,
+                    _ => 0,
+                };
+                Open::Parquet {
+                    reader: ParquetRecordBatchReaderBuilder::try_new(file)
+                        .and_then(|b| {
+                            b.with_batch_size(max_rows)
+                                .with_offset(skip as usize)
+                                .build()
+                        })
+                        .map_err(|e| {
+                            SluiceError::user(format!(
+                                "{} is not a readable Parquet file",
+                                path.display()
+                            ))
+                            .with_source(e)
+                        })?,
+                    rows: skip,
+                }
+            }
+            Format::Csv { .. } | Format::Json => {
+                let (offset, line_no) = match resume {
+                    Some(FilePosition::Lines { offset, line }) => {
+                        file.seek(std::io::SeekFrom::Start(offset))?;
+                        (offset, line)
+                    }
+                    _ => (0, 0),
+                };
                 let mut reader = BufReader::with_capacity(1 << 20, file);
-                let mut line_no = 0;
-                if header {
+                let mut open = (offset, line_no);
+                if let (Format::Csv { header: true, .. }, 0) = (&self.config.format, offset) {
                     let mut skip = Vec::new();
-                    reader.read_until(b'\n', &mut skip)?;
-                    line_no = 1;
+                    open.0 += reader.read_until(b'\n', &mut skip)? as u64;
+                    open.1 = 1;
                 }
                 Open::Lines {
                     path: split.id,
                     reader,
-                    line_no,
+                    line_no: open.1,
+                    offset: open.0,
                 }
             }
-            Format::Json => Open::Lines {
-                path: split.id,
-                reader: BufReader::with_capacity(1 << 20, file),
-                line_no: 0,
-            },
         });
         Ok(true)
     }
@@ -264,6 +353,14 @@ impl FileReader {
 #[async_trait]
 impl SourceReader for FileReader {
     async fn read(&mut self, max_rows: usize, ctx: &mut OperatorContext) -> Result<ReadResult> {
+        let max_rows = match self.pacer.as_mut() {
+            Some(p) if !self.ended_pending => {
+                let due = p.due().await.min(max_rows as u64) as usize;
+                p.emitted(due as u64);
+                due
+            }
+            _ => max_rows,
+        };
         loop {
             if std::mem::take(&mut self.ended_pending) {
                 return Ok(ReadResult::SplitEnd(self.current_split));
@@ -272,11 +369,12 @@ impl SourceReader for FileReader {
                 return Ok(ReadResult::End);
             }
             match self.current.as_mut().expect("invariant: opened above") {
-                Open::Parquet { reader } => match reader.next() {
+                Open::Parquet { reader, rows } => match reader.next() {
                     Some(b) => {
                         let b = b.map_err(|e| {
                             SluiceError::external("reading Parquet failed").with_source(e)
                         })?;
+                        *rows += b.num_rows() as u64;
                         let b: RecordBatch = match &self.config.projection {
                             Some(idx) => b.project(idx)?,
                             None => b,
@@ -288,6 +386,7 @@ impl SourceReader for FileReader {
                     }
                     None => {
                         self.current = None;
+                        self.done.push(self.current_id.clone());
                         return Ok(ReadResult::SplitEnd(self.current_split));
                     }
                 },
@@ -295,6 +394,7 @@ impl SourceReader for FileReader {
                     path,
                     reader,
                     line_no,
+                    offset,
                 } => {
                     self.buf.clear();
                     self.lines.clear();
@@ -307,6 +407,7 @@ impl SourceReader for FileReader {
                             eof = true;
                             break;
                         }
+                        *offset += n as u64;
                         *line_no += 1;
                         let mut end = self.buf.len();
                         while end > start && matches!(self.buf[end - 1], b'\n' | b'\r') {
@@ -330,6 +431,9 @@ impl SourceReader for FileReader {
                     for d in dead {
                         ctx.dead_letter(d);
                     }
+                    if eof {
+                        self.done.push(self.current_id.clone());
+                    }
                     if let Some(b) = batch {
                         if eof {
                             self.current = None;
@@ -347,6 +451,43 @@ impl SourceReader for FileReader {
                 }
             }
         }
+    }
+
+    fn positions(&self) -> Result<Vec<SplitPosition>> {
+        let mut out: Vec<SplitPosition> = self
+            .done
+            .iter()
+            .map(|id| SplitPosition {
+                split: id.clone(),
+                position: FilePosition::Done.to_value(),
+            })
+            .collect();
+        let current = match &self.current {
+            Some(Open::Lines {
+                offset, line_no, ..
+            }) => Some(FilePosition::Lines {
+                offset: *offset,
+                line: *line_no,
+            }),
+            Some(Open::Parquet { rows, .. }) => Some(FilePosition::Rows { rows: *rows }),
+            None => None,
+        };
+        if let Some(p) = current {
+            out.push(SplitPosition {
+                split: self.current_id.clone(),
+                position: p.to_value(),
+            });
+        }
+        // Splits not opened yet are read from where the checkpoint they came from said.
+        for s in &self.pending {
+            if let Some(p) = &s.position {
+                out.push(SplitPosition {
+                    split: s.id.clone(),
+                    position: p.clone(),
+                });
+            }
+        }
+        Ok(out)
     }
 }
 

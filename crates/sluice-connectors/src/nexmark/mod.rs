@@ -20,7 +20,9 @@ pub(crate) mod rng;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use sluice_plan::ConnectorSpec;
-use sluice_runtime::{OperatorContext, ReadResult, SourceConnector, SourceReader, Split};
+use sluice_runtime::{
+    OperatorContext, ReadResult, SourceConnector, SourceReader, Split, SplitPosition,
+};
 use sluice_types::{Result, SluiceError, TaskInfo};
 use std::sync::Arc;
 
@@ -115,10 +117,7 @@ impl SourceConnector for NexmarkConnector {
 
     fn splits(&self, _config: &NexmarkConfig, parallelism: usize) -> Result<Vec<Split>> {
         Ok((0..parallelism)
-            .map(|i| Split {
-                id: format!("shard-{i}-of-{parallelism}"),
-                index: i,
-            })
+            .map(|i| Split::new(format!("shard-{i}-of-{parallelism}"), i))
             .collect())
     }
 
@@ -131,16 +130,23 @@ impl SourceConnector for NexmarkConnector {
         let stride = task.parallelism as u64;
         let shards = splits
             .iter()
-            .map(|s| Shard {
-                next: s.index as u64,
+            .map(|s| {
+                Ok(Shard {
+                    id: s.id.clone(),
+                    next: match &s.position {
+                        Some(p) => generator_position(&s.id, p)?,
+                        None => s.index as u64,
+                    },
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let schema = self.schema(config)?;
         Ok(Box::new(NexmarkReader {
             config: Arc::clone(config),
             first_split: splits.first().map_or(0, |s| s.index),
             schema,
             shards,
+            finished: Vec::new(),
             stride,
             current: 0,
             pacer: config
@@ -151,6 +157,7 @@ impl SourceConnector for NexmarkConnector {
 }
 
 struct Shard {
+    id: String,
     next: u64,
 }
 
@@ -160,6 +167,8 @@ pub struct NexmarkReader {
     first_split: usize,
     schema: SchemaRef,
     shards: Vec<Shard>,
+    /// Shards that generated their last event.
+    finished: Vec<Shard>,
     stride: u64,
     current: usize,
     pacer: Option<Pacer>,
@@ -180,7 +189,7 @@ impl NexmarkReader {
         while rows < max_rows && events < max_events && !self.shards.is_empty() {
             let i = self.current % self.shards.len();
             if self.exhausted(&self.shards[i]) {
-                self.shards.remove(i);
+                self.finished.push(self.shards.remove(i));
                 continue;
             }
             let id = self.shards[i].next;
@@ -219,6 +228,30 @@ impl SourceReader for NexmarkReader {
             }
         }
     }
+
+    fn positions(&self) -> Result<Vec<SplitPosition>> {
+        Ok(self
+            .shards
+            .iter()
+            .chain(&self.finished)
+            .map(|s| SplitPosition {
+                split: s.id.clone(),
+                position: serde_json::json!({ "next": s.next }),
+            })
+            .collect())
+    }
+}
+
+/// Reads a generator split's checkpointed position: the id of its next event.
+pub(crate) fn generator_position(split: &str, position: &serde_json::Value) -> Result<u64> {
+    position
+        .get("next")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| {
+            SluiceError::user(format!(
+                "checkpointed position of generator split {split} is not a generator position"
+            ))
+        })
 }
 
 /// Builds a Nexmark source spec for the Rust API.

@@ -23,11 +23,14 @@ use datafusion_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion_expr::{Accumulator, Expr};
 use datafusion_physical_expr::PhysicalExpr;
 use datafusion_physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
-use sluice_types::{Batch, Result, SluiceError, TIMESTAMP_FIELD, timestamp_field};
+use sluice_types::{
+    Batch, CheckpointBarrier, Result, SluiceError, TIMESTAMP_FIELD, timestamp_field,
+};
 
 use super::PreparedOperator;
 use crate::expr::{coerce, df_schema, evaluate};
 use crate::operator::{Collector, Operator, OperatorContext};
+use crate::state::{OperatorState, RestoredState};
 
 /// One aggregate, planned.
 #[derive(Clone)]
@@ -212,7 +215,110 @@ impl AggregateOperator {
     pub fn num_keys(&self) -> usize {
         self.groups.len()
     }
+
+    /// Accumulators of one group, merged from row `row` of intermediate `states`
+    /// (per aggregate, its state columns).
+    fn accumulators_from(
+        &self,
+        states: &[Vec<ArrayRef>],
+        row: usize,
+    ) -> Result<Vec<Box<dyn Accumulator>>> {
+        let mut accs = self.new_accumulators()?;
+        for (acc, cols) in accs.iter_mut().zip(states) {
+            let one: Vec<ArrayRef> = cols.iter().map(|c| c.slice(row, 1)).collect();
+            acc.merge_batch(&one).map_err(df_err)?;
+        }
+        Ok(accs)
+    }
+
+    /// Keyed table `groups`: `_key_group`, the key columns, every aggregate's state.
+    fn snapshot_state(&mut self, max_parallelism: usize) -> Result<OperatorState> {
+        let mut state = OperatorState::default();
+        let n = self.accumulators.len();
+        if n == 0 {
+            return Ok(state);
+        }
+        let keys = self.converter.convert_rows(self.group_keys.iter())?;
+        let mut fields = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            fields.push(Arc::new(Field::new(
+                format!("k{i}"),
+                k.data_type().clone(),
+                true,
+            )));
+            columns.push(Arc::clone(k));
+        }
+        let mut states: Vec<Vec<ArrayRef>> = Vec::with_capacity(self.aggregates.len());
+        for a in 0..self.aggregates.len() {
+            // `state` consumes an accumulator's state: collect it, then rebuild below.
+            let mut per_field: Vec<Vec<ScalarValue>> = Vec::new();
+            for g in 0..n {
+                let st = self.accumulators[g][a].state().map_err(df_err)?;
+                per_field.resize_with(st.len(), || Vec::with_capacity(n));
+                for (j, v) in st.into_iter().enumerate() {
+                    per_field[j].push(v);
+                }
+            }
+            let cols = per_field
+                .into_iter()
+                .map(|vals| ScalarValue::iter_to_array(vals).map_err(df_err))
+                .collect::<Result<Vec<_>>>()?;
+            for (j, c) in cols.iter().enumerate() {
+                fields.push(Arc::new(Field::new(
+                    format!("a{a}_{j}"),
+                    c.data_type().clone(),
+                    true,
+                )));
+                columns.push(Arc::clone(c));
+            }
+            states.push(cols);
+        }
+        for g in 0..n {
+            self.accumulators[g] = self.accumulators_from(&states, g)?;
+        }
+        let groups = crate::state::key_groups(&keys, n, max_parallelism)?;
+        state.push_keyed(GROUPS_TABLE, groups, fields, columns)?;
+        Ok(state)
+    }
+
+    fn restore_state(&mut self, state: &RestoredState) -> Result<()> {
+        let counts: Vec<usize> = self
+            .aggregates
+            .iter()
+            .map(|a| Ok(a.function.state_fields().map_err(df_err)?.len()))
+            .collect::<Result<_>>()?;
+        let keys = self.key_indices.len();
+        let expected = keys + counts.iter().sum::<usize>();
+        for batch in state.table(GROUPS_TABLE) {
+            if batch.num_columns() != expected {
+                return Err(SluiceError::user(format!(
+                    "checkpointed aggregate state has {} columns, this aggregate expects {expected}: the job changed",
+                    batch.num_columns()
+                )));
+            }
+            let key_cols = batch.columns()[..keys].to_vec();
+            let rows = self.converter.convert_columns(&key_cols)?;
+            let mut col = keys;
+            let mut states = Vec::with_capacity(counts.len());
+            for &c in &counts {
+                states.push(batch.columns()[col..col + c].to_vec());
+                col += c;
+            }
+            for (i, row) in rows.iter().enumerate() {
+                let accs = self.accumulators_from(&states, i)?;
+                let g = self.accumulators.len() as u32;
+                self.accumulators.push(accs);
+                self.groups.insert(row.as_ref().into(), g);
+                self.group_keys.push(row);
+            }
+        }
+        Ok(())
+    }
 }
+
+/// The keyed state table of the running aggregate.
+const GROUPS_TABLE: &str = "groups";
 
 fn column_list(schema: &Schema) -> String {
     schema
@@ -232,6 +338,18 @@ fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
 impl Operator for AggregateOperator {
     fn output_schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
+    }
+
+    async fn snapshot(
+        &mut self,
+        _barrier: &CheckpointBarrier,
+        ctx: &mut OperatorContext,
+    ) -> Result<OperatorState> {
+        self.snapshot_state(ctx.max_parallelism)
+    }
+
+    async fn restore(&mut self, state: RestoredState, _ctx: &mut OperatorContext) -> Result<()> {
+        self.restore_state(&state)
     }
 
     async fn process_batch(

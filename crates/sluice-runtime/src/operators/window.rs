@@ -32,13 +32,26 @@ use datafusion_common::hash_utils::RandomState;
 use datafusion_expr::{EmitTo, Expr, GroupsAccumulator};
 use datafusion_physical_expr::GroupsAccumulatorAdapter;
 use sluice_plan::WindowSpec;
-use sluice_types::{Batch, Result, SluiceError, Watermark, timestamp_field};
+use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, Watermark, timestamp_field};
 
 use super::PreparedOperator;
 use super::aggregate::{PlannedAggregate, PlannedAggregates};
 use crate::dead_letter::DeadLetter;
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
+use crate::state::{OperatorState, RestoredState};
+
+/// The keyed state table of window slices.
+const SLICES_TABLE: &str = "slices";
+/// Its column with the slice start.
+const SLICE_COLUMN: &str = "_slice";
+
+/// Operator-wide window state.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WindowMeta {
+    watermark: i64,
+    fired_up_to: i64,
+}
 
 /// The side output that carries late rows (with the operator's input schema).
 pub const LATE_OUTPUT: &str = "late";
@@ -664,6 +677,118 @@ impl WindowAggregateOperator {
         )?))
     }
 
+    /// The checkpointed state: every slice sealed into intermediate aggregate state, as
+    /// a keyed table `slices` (`_key_group`, `_slice`, keys, states), and the watermark
+    /// and firing progress as meta.
+    fn snapshot_state(&mut self, max_parallelism: usize) -> Result<OperatorState> {
+        let starts: Vec<i64> = self.slices.keys().copied().collect();
+        let mut state = OperatorState::default();
+        let mut state_columns = Vec::new();
+        for &start in &starts {
+            self.seal(start)?;
+            for sealed in &self.slices[&start].sealed {
+                if sealed.groups == 0 {
+                    continue;
+                }
+                let mut fields = vec![Arc::new(Field::new(SLICE_COLUMN, DataType::Int64, false))];
+                let mut columns: Vec<ArrayRef> = vec![Arc::new(
+                    arrow::array::Int64Array::from_value(start, sealed.groups),
+                )];
+                for (i, k) in sealed.keys.iter().enumerate() {
+                    fields.push(Arc::new(Field::new(
+                        format!("k{i}"),
+                        k.data_type().clone(),
+                        true,
+                    )));
+                    columns.push(Arc::clone(k));
+                }
+                state_columns.clear();
+                for (a, cols) in sealed.states.iter().enumerate() {
+                    state_columns.push(cols.len());
+                    for (j, c) in cols.iter().enumerate() {
+                        fields.push(Arc::new(Field::new(
+                            format!("a{a}_{j}"),
+                            c.data_type().clone(),
+                            true,
+                        )));
+                        columns.push(Arc::clone(c));
+                    }
+                }
+                let groups =
+                    crate::state::key_groups(&sealed.keys, sealed.groups, max_parallelism)?;
+                state.push_keyed(SLICES_TABLE, groups, fields, columns)?;
+            }
+        }
+        state.meta = serde_json::to_value(WindowMeta {
+            watermark: self.watermark,
+            fired_up_to: self.fired_up_to,
+        })
+        .map_err(|e| SluiceError::internal("encoding window state failed").with_source(e))?;
+        Ok(state)
+    }
+
+    /// Restores slices (as sealed parts) and progress from a checkpoint.
+    fn restore_state(&mut self, state: &RestoredState) -> Result<()> {
+        let metas: Vec<WindowMeta> = state.metas()?;
+        if let Some(m) = metas.iter().map(|m| m.watermark).min() {
+            self.watermark = m;
+        }
+        if let Some(f) = metas.iter().map(|m| m.fired_up_to).min() {
+            self.fired_up_to = f;
+        }
+        let counts = self.state_column_counts()?;
+        let keys = self.key_types.len();
+        let expected = 1 + keys + counts.iter().sum::<usize>();
+        for batch in state.table(SLICES_TABLE) {
+            if batch.num_columns() != expected {
+                return Err(SluiceError::user(format!(
+                    "checkpointed window state has {} columns, this window expects {expected}: the job changed",
+                    batch.num_columns()
+                )));
+            }
+            let slices = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .ok_or_else(|| {
+                    SluiceError::user("checkpointed window state has no slice column")
+                })?;
+            let mut rows_of: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+            for (i, &start) in slices.values().iter().enumerate() {
+                rows_of.entry(start).or_default().push(i as u32);
+            }
+            for (start, rows) in rows_of {
+                let part = take_record_batch(batch, &UInt32Array::from(rows))?;
+                let mut col = 1;
+                let key_columns = part.columns()[col..col + keys].to_vec();
+                for (k, t) in key_columns.iter().zip(&self.key_types) {
+                    crate::state::expect_type(k.as_ref(), t, "window key")?;
+                }
+                col += keys;
+                let mut states = Vec::with_capacity(counts.len());
+                for &n in &counts {
+                    states.push(part.columns()[col..col + n].to_vec());
+                    col += n;
+                }
+                self.slices.entry(start).or_default().sealed.push(Sealed {
+                    keys: key_columns,
+                    states,
+                    groups: part.num_rows(),
+                });
+            }
+        }
+        self.expire();
+        Ok(())
+    }
+
+    /// The number of intermediate state columns of each aggregate.
+    fn state_column_counts(&self) -> Result<Vec<usize>> {
+        self.aggregates
+            .iter()
+            .map(|a| Ok(a.function.state_fields().map_err(df_err)?.len()))
+            .collect()
+    }
+
     /// Drops slices that no window can read any more.
     fn expire(&mut self) {
         let g = self.geometry;
@@ -756,6 +881,20 @@ impl Operator for WindowAggregateOperator {
         if !refire.is_empty() {
             self.fire(&refire, out).await?;
         }
+        Ok(())
+    }
+
+    async fn snapshot(
+        &mut self,
+        _barrier: &CheckpointBarrier,
+        ctx: &mut OperatorContext,
+    ) -> Result<OperatorState> {
+        self.snapshot_state(ctx.max_parallelism)
+    }
+
+    async fn restore(&mut self, state: RestoredState, ctx: &mut OperatorContext) -> Result<()> {
+        self.restore_state(&state)?;
+        self.early_timer = ctx.timers.next(TimeDomain::ProcessingTime).is_some();
         Ok(())
     }
 

@@ -76,7 +76,7 @@ async fn a_slow_sink_slows_the_source_and_bounds_memory() {
     p.source(NexmarkSource::bids()) // unbounded
         .rebalance()
         .sink(slow_collect(2));
-    let handle = p.start().unwrap();
+    let handle = p.start().await.unwrap();
     let metrics = handle.metrics();
     let stop = handle.stop_handle();
     let waiter = tokio::spawn(handle.wait());
@@ -227,7 +227,7 @@ async fn light_load_gives_small_batches_closed_by_linger() {
         .batching(4096, Duration::from_millis(5));
     p.source(NexmarkSource::bids().events(500).rate_limit(2_000.0))
         .sink(collect());
-    let handle = p.start().unwrap();
+    let handle = p.start().await.unwrap();
     let metrics = handle.metrics();
     handle.wait().await.unwrap();
     let batches = collected.batches();
@@ -251,7 +251,7 @@ async fn stop_drains_an_unbounded_job() {
         .key_by(["auction"])
         .aggregate([count_star()])
         .sink(collect());
-    let handle = p.start().unwrap();
+    let handle = p.start().await.unwrap();
     let stop = handle.stop_handle();
     let metrics = handle.metrics();
     let waiter = tokio::spawn(handle.wait());
@@ -434,7 +434,7 @@ async fn an_idle_source_subtask_does_not_stall_windows() {
                 .window(Window::tumbling(Duration::from_secs(1)))
                 .aggregate([count_star().alias("n")])
                 .sink(collect());
-            let handle = p.start().unwrap();
+            let handle = p.start().await.unwrap();
             let stop = handle.stop_handle();
             let waiter = tokio::spawn(handle.wait());
             // Give the job ample time; with idleness the [0, 1 s) window fires meanwhile.
@@ -505,7 +505,7 @@ async fn each_split_has_its_own_watermark_so_a_lagging_split_is_not_late() {
         .window(Window::tumbling(Duration::from_secs(1)))
         .aggregate([count_star().alias("n")])
         .sink(collect());
-    let handle = p.start().unwrap();
+    let handle = p.start().await.unwrap();
     let metrics = handle.metrics();
     handle.wait().await.unwrap();
     assert_eq!(
@@ -542,7 +542,7 @@ async fn processing_time_windows_close_on_the_wall_clock_without_more_input() {
         .window(Window::tumbling(Duration::from_millis(200)))
         .aggregate([count_star().alias("n")])
         .sink(collect());
-    let handle = p.start().unwrap();
+    let handle = p.start().await.unwrap();
     let stop = handle.stop_handle();
     let waiter = tokio::spawn(handle.wait());
     let mut rows_while_running = 0;

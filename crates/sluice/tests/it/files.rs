@@ -241,7 +241,7 @@ async fn malformed_records_go_to_the_dead_letter_output_with_their_position() {
     p.registry(registry).dead_letters(&dlq);
     p.source(FileSource::json(&input).with_schema(schema))
         .sink(collect());
-    let handle = p.start().unwrap();
+    let handle = p.start().await.unwrap();
     let metrics = handle.metrics();
     handle.wait().await.unwrap();
 
@@ -292,7 +292,7 @@ async fn streamed_windows(
             max(col("price")).alias("hi"),
         ])
         .sink(collect());
-    let handle = p.start().unwrap();
+    let handle = p.start().await.unwrap();
     let metrics = handle.metrics();
     handle.wait().await.unwrap();
     assert_eq!(
@@ -464,7 +464,7 @@ async fn late_rows_can_be_routed_to_any_sink() {
     windows.late_rows().sink(FileSink::json(&late_dir));
     let explain = p.explain().unwrap();
     assert!(explain.contains("(side output `late`)"), "{explain}");
-    let handle = p.start().unwrap();
+    let handle = p.start().await.unwrap();
     let metrics = handle.metrics();
     handle.wait().await.unwrap();
 
@@ -623,7 +623,7 @@ async fn hot_items_keep_every_tie_and_match_the_batch_rank() {
         .top_n_per_window(1, "num", true)
         .select([col("window_start"), col("auction"), col("num")])
         .sink(collect());
-    let handle = p.start().unwrap();
+    let handle = p.start().await.unwrap();
     let metrics = handle.metrics();
     handle.wait().await.unwrap();
     assert_eq!(metrics.late_records(), 0);

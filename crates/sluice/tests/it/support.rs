@@ -190,6 +190,7 @@ impl sluice::runtime::SourceConnector for StallingConnector {
     fn splits(&self, _: &RecordBatch, parallelism: usize) -> Result<Vec<sluice::runtime::Split>> {
         Ok((0..parallelism)
             .map(|i| sluice::runtime::Split {
+                position: None,
                 id: format!("stall-{i}"),
                 index: i,
             })
@@ -256,6 +257,7 @@ impl sluice::runtime::SourceConnector for InterleavedConnector {
     fn splits(&self, splits: &Vec<RecordBatch>, _: usize) -> Result<Vec<sluice::runtime::Split>> {
         Ok((0..splits.len())
             .map(|i| sluice::runtime::Split {
+                position: None,
                 id: format!("split-{i}"),
                 index: i,
             })

@@ -1,0 +1,557 @@
+//! The I/O around the checkpoint [`Coordinator`]: injects barriers at the sources,
+//! collects acknowledgements, writes state files asynchronously while the job goes on,
+//! writes the manifest, tells tasks to commit, deletes old checkpoints, keeps history.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use serde::Serialize;
+use sluice_types::{CheckpointBarrier, CheckpointKind, Result, SluiceError, now_micros};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use super::coordinator::{Action, Coordinator};
+use super::storage::{CheckpointStorage, checkpoint_dir};
+use super::{Manifest, ManifestNode, SubtaskEntry, SubtaskSnapshot};
+use crate::state::encode_table;
+use crate::task::SourceControl;
+
+/// What a task tells the coordinator.
+pub(crate) enum TaskEvent {
+    /// The task snapshotted `epoch`.
+    Ack {
+        epoch: u64,
+        task: usize,
+        snapshots: Vec<SubtaskSnapshot>,
+        /// Time from the first barrier to alignment on all inputs.
+        alignment_us: u64,
+    },
+    /// All inputs ended and the task flushed: its final state (sink committables).
+    Finished {
+        task: usize,
+        snapshots: Vec<SubtaskSnapshot>,
+    },
+}
+
+/// What the coordinator tells a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// Checkpoint `epoch` is complete: commit what was pre-committed up to it.
+    Committed(u64),
+    /// Checkpoint `epoch` was given up.
+    Aborted(u64),
+}
+
+/// Requests from the job's owner.
+pub(crate) enum Request {
+    /// Take a savepoint (and stop the job after it); the reply is its location.
+    Savepoint {
+        then_stop: bool,
+        reply: oneshot::Sender<Result<String>>,
+    },
+}
+
+/// How a checkpoint ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointStatus {
+    /// In flight.
+    InProgress,
+    /// Complete.
+    Completed,
+    /// Aborted or failed, with the reason.
+    Failed(String),
+}
+
+/// One checkpoint in the history.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckpointRecord {
+    /// Checkpoint id.
+    pub epoch: u64,
+    /// `checkpoint`, `savepoint` or `final`.
+    pub kind: String,
+    /// Status.
+    pub status: CheckpointStatus,
+    /// When it was triggered (epoch ms).
+    pub triggered_at_ms: i64,
+    /// Trigger to completion (or failure).
+    pub duration_ms: u64,
+    /// Bytes of state written.
+    pub state_bytes: u64,
+    /// The longest barrier alignment of any task.
+    pub alignment_ms: f64,
+    /// Where it was written.
+    pub location: String,
+}
+
+/// Checkpoint statistics of a job: counters and the recent history.
+#[derive(Debug, Default)]
+pub struct CheckpointStats {
+    /// Completed checkpoints and savepoints.
+    pub completed: AtomicU64,
+    /// Aborted or failed ones.
+    pub failed: AtomicU64,
+    history: Mutex<VecDeque<CheckpointRecord>>,
+}
+
+/// Checkpoints kept in the history.
+const HISTORY: usize = 64;
+
+impl CheckpointStats {
+    /// The most recent checkpoints, oldest first.
+    pub fn history(&self) -> Vec<CheckpointRecord> {
+        self.lock().iter().cloned().collect()
+    }
+
+    /// The latest completed checkpoint.
+    pub fn latest_completed(&self) -> Option<CheckpointRecord> {
+        self.lock()
+            .iter()
+            .rev()
+            .find(|r| r.status == CheckpointStatus::Completed)
+            .cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<CheckpointRecord>> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, r: CheckpointRecord) {
+        let mut h = self.lock();
+        if let Some(old) = h
+            .iter_mut()
+            .find(|o| o.epoch == r.epoch && o.kind == r.kind)
+        {
+            *old = r;
+            return;
+        }
+        if h.len() == HISTORY {
+            h.pop_front();
+        }
+        h.push_back(r);
+    }
+}
+
+/// The checkpoint in flight.
+struct InFlight {
+    epoch: u64,
+    kind: CheckpointKind,
+    then_stop: bool,
+    started: Instant,
+    triggered_at_ms: i64,
+    storage: CheckpointStorage,
+    dir: String,
+    entries: Vec<SubtaskEntry>,
+    uploads: JoinSet<Result<u64>>,
+    bytes: u64,
+    alignment_us: u64,
+    all_acked: bool,
+    savepoint_reply: Option<oneshot::Sender<Result<String>>>,
+}
+
+/// Everything the coordinator task needs.
+pub(crate) struct Runner {
+    pub coordinator: Coordinator,
+    pub job: String,
+    pub max_parallelism: usize,
+    pub nodes: Vec<ManifestNode>,
+    pub checkpoints: Option<CheckpointStorage>,
+    pub savepoints: Option<CheckpointStorage>,
+    pub retained: usize,
+    pub sources: Vec<mpsc::Sender<SourceControl>>,
+    pub notices: Vec<mpsc::UnboundedSender<Notice>>,
+    pub events: mpsc::UnboundedReceiver<TaskEvent>,
+    pub requests: mpsc::Receiver<Request>,
+    pub stats: std::sync::Arc<CheckpointStats>,
+    /// Whether tasks send a final state at the end of input and wait for its commit.
+    pub final_checkpoint: bool,
+}
+
+fn epoch_ms() -> i64 {
+    (now_micros() / 1000) as i64
+}
+
+impl Runner {
+    /// Runs until every task finished (or the job's tasks are gone).
+    pub async fn run(mut self) {
+        let mut inflight: Option<InFlight> = None;
+        let mut savepoint_replies: VecDeque<oneshot::Sender<Result<String>>> = VecDeque::new();
+        let mut finished: Vec<Option<Vec<SubtaskSnapshot>>> =
+            (0..self.notices.len()).map(|_| None).collect();
+        let mut requests_open = true;
+        loop {
+            let deadline = self.coordinator.next_deadline();
+            let uploading = inflight.as_ref().is_some_and(|f| !f.uploads.is_empty());
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+                    if let Some(a) = self.coordinator.poll(Instant::now()) {
+                        self.act(a, &mut inflight, &mut savepoint_replies).await;
+                    }
+                }
+                r = async { inflight.as_mut().expect("invariant: uploading").uploads.join_next().await }, if uploading => {
+                    let f = inflight.as_mut().expect("invariant: uploading");
+                    match r {
+                        Some(Ok(Ok(bytes))) => f.bytes += bytes,
+                        Some(Ok(Err(e))) => {
+                            let epoch = f.epoch;
+                            tracing::warn!(job = %self.job, epoch, error = %e, "writing checkpoint state failed");
+                            if let Some(a) = self.coordinator.failed(epoch, Instant::now()) {
+                                self.act(a, &mut inflight, &mut savepoint_replies).await;
+                            }
+                            continue;
+                        }
+                        Some(Err(join)) => {
+                            let epoch = f.epoch;
+                            tracing::warn!(job = %self.job, epoch, error = %join, "a checkpoint upload task failed");
+                            if let Some(a) = self.coordinator.failed(epoch, Instant::now()) {
+                                self.act(a, &mut inflight, &mut savepoint_replies).await;
+                            }
+                            continue;
+                        }
+                        None => {}
+                    }
+                    self.maybe_finalize(&mut inflight).await;
+                }
+                req = self.requests.recv(), if requests_open => match req {
+                    Some(Request::Savepoint { then_stop, reply }) => {
+                        if self.savepoints.is_none() {
+                            let _ = reply.send(Err(SluiceError::user(
+                                "savepoints need a checkpoint or savepoint directory; set one",
+                            )));
+                        } else {
+                            self.coordinator.request_savepoint(then_stop);
+                            savepoint_replies.push_back(reply);
+                        }
+                    }
+                    None => requests_open = false,
+                },
+                ev = self.events.recv() => match ev {
+                    None => break,
+                    Some(TaskEvent::Ack { epoch, task, snapshots, alignment_us }) => {
+                        let Some(f) = inflight.as_mut().filter(|f| f.epoch == epoch) else {
+                            continue; // an aborted checkpoint
+                        };
+                        f.alignment_us = f.alignment_us.max(alignment_us);
+                        for s in snapshots {
+                            f.entries.push(upload(&f.storage, &f.dir, s, &mut f.uploads));
+                        }
+                        if let Some(Action::Finalize { .. }) = self.coordinator.ack(epoch, task) {
+                            f.all_acked = true;
+                            self.maybe_finalize(&mut inflight).await;
+                        }
+                    }
+                    Some(TaskEvent::Finished { task, snapshots }) => {
+                        self.coordinator.sources_ended();
+                        finished[task] = Some(snapshots);
+                        if finished.iter().all(Option::is_some) {
+                            if let Some(f) = inflight.take() {
+                                self.abort(f, "the input ended before every task took the barrier");
+                            }
+                            let all = finished.iter_mut().flat_map(|s| s.take().unwrap_or_default()).collect();
+                            self.final_checkpoint(all).await;
+                            break;
+                        }
+                    }
+                },
+            }
+        }
+        for r in savepoint_replies {
+            let _ = r.send(Err(SluiceError::user(
+                "the job ended before the savepoint was taken",
+            )));
+        }
+    }
+
+    async fn act(
+        &mut self,
+        action: Action,
+        inflight: &mut Option<InFlight>,
+        savepoint_replies: &mut VecDeque<oneshot::Sender<Result<String>>>,
+    ) {
+        match action {
+            Action::Trigger {
+                epoch,
+                kind,
+                then_stop,
+            } => {
+                let (storage, dir) = match kind {
+                    CheckpointKind::Checkpoint => {
+                        (self.checkpoints.clone(), checkpoint_dir("chk", epoch))
+                    }
+                    CheckpointKind::Savepoint => {
+                        (self.savepoints.clone(), checkpoint_dir("savepoint", epoch))
+                    }
+                };
+                let Some(storage) = storage else {
+                    // No directory for this kind: nothing can be written.
+                    self.coordinator
+                        .decline(epoch, "no checkpoint directory", Instant::now());
+                    return;
+                };
+                let barrier = CheckpointBarrier {
+                    epoch,
+                    triggered_at_us: now_micros(),
+                    kind,
+                    then_stop,
+                };
+                *inflight = Some(InFlight {
+                    epoch,
+                    kind,
+                    then_stop,
+                    started: Instant::now(),
+                    triggered_at_ms: epoch_ms(),
+                    storage,
+                    dir,
+                    entries: Vec::new(),
+                    uploads: JoinSet::new(),
+                    bytes: 0,
+                    alignment_us: 0,
+                    all_acked: false,
+                    savepoint_reply: match kind {
+                        CheckpointKind::Savepoint => savepoint_replies.pop_front(),
+                        CheckpointKind::Checkpoint => None,
+                    },
+                });
+                self.record(
+                    inflight.as_ref().expect("invariant: set"),
+                    CheckpointStatus::InProgress,
+                );
+                tracing::debug!(job = %self.job, epoch, ?kind, "checkpoint triggered");
+                for s in &self.sources {
+                    if s.send(SourceControl::Barrier(barrier)).await.is_err() {
+                        if let Some(Action::Abort { epoch, reason }) = self.coordinator.decline(
+                            epoch,
+                            "a source has ended and cannot take the barrier",
+                            Instant::now(),
+                        ) && let Some(f) = inflight.take()
+                        {
+                            debug_assert_eq!(f.epoch, epoch);
+                            self.abort(f, &reason);
+                        }
+                        return;
+                    }
+                }
+            }
+            Action::Abort { epoch, reason } => {
+                if let Some(f) = inflight.take() {
+                    debug_assert_eq!(f.epoch, epoch);
+                    self.abort(f, &reason);
+                }
+            }
+            Action::Finalize { .. } => {}
+        }
+    }
+
+    fn abort(&self, mut f: InFlight, reason: &str) {
+        tracing::warn!(job = %self.job, epoch = f.epoch, reason, "checkpoint aborted");
+        self.stats.failed.fetch_add(1, Relaxed);
+        f.uploads.abort_all();
+        self.record(&f, CheckpointStatus::Failed(reason.to_string()));
+        if let Some(r) = f.savepoint_reply.take() {
+            let _ = r.send(Err(SluiceError::external(format!(
+                "savepoint {} failed: {reason}",
+                f.epoch
+            ))));
+        }
+        for n in &self.notices {
+            let _ = n.send(Notice::Aborted(f.epoch));
+        }
+        // Its files are deleted with the next retention pass (no manifest: incomplete).
+    }
+
+    fn record(&self, f: &InFlight, status: CheckpointStatus) {
+        self.stats.record(CheckpointRecord {
+            epoch: f.epoch,
+            kind: kind_name(f.kind).to_string(),
+            status,
+            triggered_at_ms: f.triggered_at_ms,
+            duration_ms: f.started.elapsed().as_millis() as u64,
+            state_bytes: f.bytes,
+            alignment_ms: f.alignment_us as f64 / 1000.0,
+            location: format!("{}/{}", f.storage.location(), f.dir),
+        });
+    }
+
+    fn manifest(
+        &self,
+        epoch: u64,
+        kind: &str,
+        started: Instant,
+        bytes: u64,
+        mut entries: Vec<SubtaskEntry>,
+    ) -> Manifest {
+        entries.sort_by_key(|e| (e.node, e.subtask));
+        Manifest {
+            version: Manifest::VERSION,
+            job: self.job.clone(),
+            epoch,
+            kind: kind.to_string(),
+            completed_at_ms: epoch_ms(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            state_bytes: bytes,
+            max_parallelism: self.max_parallelism,
+            nodes: self.nodes.clone(),
+            subtasks: entries,
+        }
+    }
+
+    async fn maybe_finalize(&mut self, inflight: &mut Option<InFlight>) {
+        let ready = inflight
+            .as_ref()
+            .is_some_and(|f| f.all_acked && f.uploads.is_empty());
+        if !ready {
+            return;
+        }
+        let mut f = inflight.take().expect("invariant: ready");
+        let manifest = self.manifest(
+            f.epoch,
+            kind_name(f.kind),
+            f.started,
+            f.bytes,
+            std::mem::take(&mut f.entries),
+        );
+        if let Err(e) = f.storage.write_manifest(&f.dir, &manifest).await {
+            tracing::warn!(job = %self.job, epoch = f.epoch, error = %e, "writing the manifest failed");
+            self.coordinator.failed(f.epoch, Instant::now());
+            self.abort(f, &e.to_string());
+            return;
+        }
+        let Some((kind, stop)) = self.coordinator.completed(f.epoch, Instant::now()) else {
+            return;
+        };
+        self.stats.completed.fetch_add(1, Relaxed);
+        self.record(&f, CheckpointStatus::Completed);
+        tracing::info!(
+            job = %self.job, epoch = f.epoch, kind = kind_name(kind),
+            duration_ms = manifest.duration_ms, bytes = f.bytes,
+            "checkpoint complete"
+        );
+        for n in &self.notices {
+            let _ = n.send(Notice::Committed(f.epoch));
+        }
+        if let Some(r) = f.savepoint_reply.take() {
+            let _ = r.send(Ok(format!("{}/{}", f.storage.location(), f.dir)));
+        }
+        if kind == CheckpointKind::Checkpoint
+            && let Some(s) = &self.checkpoints
+            && let Err(e) = s.retain("chk", self.retained).await
+        {
+            tracing::warn!(job = %self.job, error = %e, "deleting old checkpoints failed");
+        }
+        if stop {
+            debug_assert!(f.then_stop);
+            tracing::info!(job = %self.job, epoch = f.epoch, "stopped with a savepoint");
+        }
+    }
+
+    /// The input ended everywhere: record the final state (sink committables, sources
+    /// done) as a checkpoint, then let the tasks commit and exit.
+    async fn final_checkpoint(&mut self, snapshots: Vec<SubtaskSnapshot>) {
+        let epoch = self.coordinator.next_epoch();
+        let storage = self.checkpoints.clone().filter(|_| self.final_checkpoint);
+        let Some(storage) = storage else {
+            for n in &self.notices {
+                let _ = n.send(Notice::Committed(epoch));
+            }
+            return;
+        };
+        let started = Instant::now();
+        let dir = checkpoint_dir("chk", epoch);
+        let mut uploads = JoinSet::new();
+        let entries: Vec<SubtaskEntry> = snapshots
+            .into_iter()
+            .map(|s| upload(&storage, &dir, s, &mut uploads))
+            .collect();
+        let mut bytes = 0;
+        let mut ok = true;
+        while let Some(r) = uploads.join_next().await {
+            match r {
+                Ok(Ok(b)) => bytes += b,
+                Ok(Err(e)) => {
+                    tracing::error!(job = %self.job, error = %e, "writing the final checkpoint failed");
+                    ok = false;
+                }
+                Err(e) => {
+                    tracing::error!(job = %self.job, error = %e, "writing the final checkpoint failed");
+                    ok = false;
+                }
+            }
+        }
+        let manifest = self.manifest(epoch, "final", started, bytes, entries);
+        if ok && let Err(e) = storage.write_manifest(&dir, &manifest).await {
+            tracing::error!(job = %self.job, error = %e, "writing the final manifest failed");
+            ok = false;
+        }
+        let notice = if ok {
+            self.stats.completed.fetch_add(1, Relaxed);
+            if let Err(e) = storage.retain("chk", self.retained).await {
+                tracing::warn!(job = %self.job, error = %e, "deleting old checkpoints failed");
+            }
+            Notice::Committed(epoch)
+        } else {
+            self.stats.failed.fetch_add(1, Relaxed);
+            Notice::Aborted(epoch)
+        };
+        self.stats.record(CheckpointRecord {
+            epoch,
+            kind: "final".into(),
+            status: if ok {
+                CheckpointStatus::Completed
+            } else {
+                CheckpointStatus::Failed("writing the final checkpoint failed".into())
+            },
+            triggered_at_ms: epoch_ms(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            state_bytes: bytes,
+            alignment_ms: 0.0,
+            location: format!("{}/{dir}", storage.location()),
+        });
+        for n in &self.notices {
+            let _ = n.send(notice);
+        }
+    }
+}
+
+fn kind_name(kind: CheckpointKind) -> &'static str {
+    match kind {
+        CheckpointKind::Checkpoint => "checkpoint",
+        CheckpointKind::Savepoint => "savepoint",
+    }
+}
+
+/// Starts writing a subtask's keyed tables; returns its manifest entry.
+fn upload(
+    storage: &CheckpointStorage,
+    dir: &str,
+    s: SubtaskSnapshot,
+    uploads: &mut JoinSet<Result<u64>>,
+) -> SubtaskEntry {
+    let mut entry = SubtaskEntry {
+        node: s.node,
+        subtask: s.subtask,
+        meta: s.state.meta,
+        timers: s.timers,
+        tables: Default::default(),
+        positions: s.positions,
+    };
+    for (name, batches) in s.state.keyed {
+        if batches.is_empty() {
+            continue;
+        }
+        let file = format!("n{}-s{}-{name}.arrow", s.node, s.subtask);
+        entry.tables.insert(name, file.clone());
+        let storage = storage.clone();
+        let dir = dir.to_string();
+        uploads.spawn(async move {
+            let bytes = tokio::task::spawn_blocking(move || encode_table(&batches))
+                .await
+                .map_err(|e| SluiceError::internal("encoding state failed").with_source(e))??;
+            let n = bytes.len() as u64;
+            storage.put(&dir, &file, bytes).await?;
+            Ok(n)
+        });
+    }
+    entry
+}

@@ -1,0 +1,306 @@
+//! Checkpoint files through `object_store`: a local directory (the default) or, built
+//! with the `s3` feature, any S3-compatible store by URL.
+
+use std::sync::Arc;
+
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use sluice_types::{Result, SluiceError};
+
+use super::{MANIFEST, Manifest};
+
+/// A directory of checkpoints (or savepoints), or one checkpoint's directory.
+#[derive(Clone, Debug)]
+pub struct CheckpointStorage {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    display: String,
+}
+
+fn io_err(what: String) -> impl FnOnce(object_store::Error) -> SluiceError {
+    move |e| SluiceError::external(what).with_source(e)
+}
+
+impl CheckpointStorage {
+    /// Opens `location`: a local path (created if missing), `file:///path`, or with the
+    /// `s3` feature `s3://bucket/prefix` (credentials from the usual AWS variables).
+    pub fn open(location: &str) -> Result<Self> {
+        if let Some(rest) = location.strip_prefix("file://") {
+            return Self::local(rest);
+        }
+        if location.contains("://") {
+            return Self::remote(location);
+        }
+        Self::local(location)
+    }
+
+    fn local(dir: &str) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            SluiceError::user(format!("cannot create checkpoint directory {dir}")).with_source(e)
+        })?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| {
+                SluiceError::user(format!("cannot use checkpoint directory {dir}")).with_source(e)
+            })?
+            .with_automatic_cleanup(true);
+        Ok(Self {
+            store: Arc::new(store),
+            root: Path::default(),
+            display: dir.to_string(),
+        })
+    }
+
+    #[cfg(feature = "s3")]
+    fn remote(url: &str) -> Result<Self> {
+        let parsed = url.parse::<object_store::path::Url>().map_err(|e| {
+            SluiceError::user(format!("checkpoint location `{url}` is not a URL")).with_source(e)
+        })?;
+        let (store, root) =
+            object_store::parse_url_opts(&parsed, std::env::vars()).map_err(|e| {
+                SluiceError::user(format!("cannot open checkpoint store `{url}`")).with_source(e)
+            })?;
+        Ok(Self {
+            store: Arc::from(store),
+            root,
+            display: url.to_string(),
+        })
+    }
+
+    #[cfg(not(feature = "s3"))]
+    fn remote(url: &str) -> Result<Self> {
+        Err(SluiceError::user(format!(
+            "checkpoint location `{url}` needs object-store support: build with `--features s3`, or use a local directory"
+        )))
+    }
+
+    /// The location as given.
+    pub fn location(&self) -> &str {
+        &self.display
+    }
+
+    /// A sub-directory of this location.
+    pub fn child(&self, name: &str) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            root: self.root.clone().join(name),
+            display: format!("{}/{name}", self.display.trim_end_matches('/')),
+        }
+    }
+
+    fn path(&self, dir: &str, name: &str) -> Path {
+        let mut p = self.root.clone();
+        if !dir.is_empty() {
+            p = p.join(dir);
+        }
+        p.join(name)
+    }
+
+    /// Writes a file (atomically).
+    pub async fn put(&self, dir: &str, name: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = self.path(dir, name);
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(io_err(format!("writing checkpoint file {path} failed")))?;
+        Ok(())
+    }
+
+    /// Reads a file.
+    pub async fn get(&self, dir: &str, name: &str) -> Result<Vec<u8>> {
+        let path = self.path(dir, name);
+        let r = self
+            .store
+            .get(&path)
+            .await
+            .map_err(io_err(format!("reading checkpoint file {path} failed")))?;
+        let bytes = r
+            .bytes()
+            .await
+            .map_err(io_err(format!("reading checkpoint file {path} failed")))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Writes the manifest: the checkpoint in `dir` is complete from now on.
+    pub async fn write_manifest(&self, dir: &str, manifest: &Manifest) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| SluiceError::internal("encoding a manifest failed").with_source(e))?;
+        self.put(dir, MANIFEST, bytes).await
+    }
+
+    /// Reads the manifest of the checkpoint in `dir` (`""`: this location is one).
+    pub async fn read_manifest(&self, dir: &str) -> Result<Manifest> {
+        let bytes = self.get(dir, MANIFEST).await.map_err(|e| {
+            SluiceError::user(format!(
+                "{}/{dir} is not a complete checkpoint (no {MANIFEST})",
+                self.display
+            ))
+            .with_source(e)
+        })?;
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            SluiceError::user(format!("{}/{dir}/{MANIFEST} is corrupt", self.display))
+                .with_source(e)
+        })?;
+        if m.version != Manifest::VERSION {
+            return Err(SluiceError::user(format!(
+                "checkpoint format version {} is not supported (this build reads {})",
+                m.version,
+                Manifest::VERSION
+            )));
+        }
+        Ok(m)
+    }
+
+    async fn has_manifest(&self, dir: &str) -> bool {
+        self.store.head(&self.path(dir, MANIFEST)).await.is_ok()
+    }
+
+    /// Checkpoint directories (`<prefix>-<epoch>`) here, by epoch.
+    async fn epochs(&self, prefix: &str) -> Result<Vec<(u64, String)>> {
+        let root = (!self.root.as_ref().is_empty()).then_some(&self.root);
+        let listing = self
+            .store
+            .list_with_delimiter(root)
+            .await
+            .map_err(io_err(format!("listing {} failed", self.display)))?;
+        let mut out: Vec<(u64, String)> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| {
+                let name = p.filename()?.to_string();
+                let epoch = name.strip_prefix(prefix)?.strip_prefix('-')?.parse().ok()?;
+                Some((epoch, name))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The directory of the latest complete checkpoint named `<prefix>-<epoch>`.
+    pub async fn latest(&self, prefix: &str) -> Result<Option<String>> {
+        for (_, dir) in self.epochs(prefix).await?.into_iter().rev() {
+            if self.has_manifest(&dir).await {
+                return Ok(Some(dir));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The highest epoch of any directory here, complete or not.
+    pub async fn highest_epoch(&self, prefix: &str) -> Result<Option<u64>> {
+        Ok(self.epochs(prefix).await?.last().map(|(e, _)| *e))
+    }
+
+    /// Keeps the `retained` latest complete checkpoints; deletes the older ones and any
+    /// incomplete one older than the newest complete.
+    pub async fn retain(&self, prefix: &str, retained: usize) -> Result<()> {
+        let all = self.epochs(prefix).await?;
+        let mut complete = Vec::new();
+        for (epoch, dir) in &all {
+            if self.has_manifest(dir).await {
+                complete.push(*epoch);
+            }
+        }
+        let Some(&newest) = complete.last() else {
+            return Ok(());
+        };
+        let keep_from = complete[complete.len().saturating_sub(retained.max(1))];
+        for (epoch, dir) in all {
+            if epoch < keep_from || (epoch < newest && !complete.contains(&epoch)) {
+                self.delete_dir(&dir).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every file of `dir` (the manifest last is not needed: it goes first, so
+    /// a half-deleted checkpoint is never taken for a complete one).
+    pub async fn delete_dir(&self, dir: &str) -> Result<()> {
+        let _ = self.store.delete(&self.path(dir, MANIFEST)).await;
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&self.path(dir, "")))
+            .await
+            .map_err(io_err(format!("listing {}/{dir} failed", self.display)))?;
+        for o in listing.objects {
+            self.store
+                .delete(&o.location)
+                .await
+                .map_err(io_err(format!("deleting {} failed", o.location)))?;
+        }
+        Ok(())
+    }
+}
+
+/// The directory name of a checkpoint: `chk-00000012`.
+pub fn checkpoint_dir(prefix: &str, epoch: u64) -> String {
+    format!("{prefix}-{epoch:08}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(epoch: u64) -> Manifest {
+        Manifest {
+            version: Manifest::VERSION,
+            job: "j".into(),
+            epoch,
+            kind: "checkpoint".into(),
+            completed_at_ms: 0,
+            duration_ms: 0,
+            state_bytes: 0,
+            max_parallelism: 128,
+            nodes: Vec::new(),
+            subtasks: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn latest_complete_and_retention() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = CheckpointStorage::open(tmp.path().to_str().unwrap()).unwrap();
+        assert_eq!(s.latest("chk").await.unwrap(), None);
+        for e in 1..=5 {
+            let dir = checkpoint_dir("chk", e);
+            s.put(&dir, "n0-s0-t.arrow", vec![1, 2, 3]).await.unwrap();
+            if e != 4 {
+                s.write_manifest(&dir, &manifest(e)).await.unwrap();
+            }
+        }
+        // Epoch 6 is in progress: no manifest yet.
+        s.put(&checkpoint_dir("chk", 6), "x", vec![0])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.latest("chk").await.unwrap().as_deref(),
+            Some("chk-00000005")
+        );
+        s.retain("chk", 2).await.unwrap();
+        let left: Vec<u64> = s
+            .epochs("chk")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
+        assert_eq!(
+            left,
+            [3, 5, 6],
+            "kept 3 and 5, the in-progress 6; dropped 4"
+        );
+        assert_eq!(s.read_manifest("chk-00000003").await.unwrap().epoch, 3);
+        assert!(s.read_manifest("chk-00000004").await.is_err());
+        // A checkpoint directory opened directly.
+        let one =
+            CheckpointStorage::open(tmp.path().join("chk-00000005").to_str().unwrap()).unwrap();
+        assert_eq!(one.read_manifest("").await.unwrap().epoch, 5);
+    }
+
+    #[test]
+    fn remote_urls_need_the_feature_or_fail_clearly() {
+        if cfg!(not(feature = "s3")) {
+            let e = CheckpointStorage::open("s3://bucket/x").unwrap_err();
+            assert!(e.to_string().contains("--features s3"), "{e}");
+        }
+    }
+}
