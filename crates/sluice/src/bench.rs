@@ -91,6 +91,8 @@ pub async fn run_nexmark(
         parallelism,
         out_dir: std::env::temp_dir(),
         event_rate,
+        rows_per_second: None,
+        input: None,
     };
     let pipeline = nexmark_query(query, &args);
     let job = pipeline.prepare()?;

@@ -15,6 +15,10 @@ pub struct ExampleArgs {
     pub out_dir: PathBuf,
     /// Nexmark events per second of event time (`None`: the generator's default, 10 M/s).
     pub event_rate: Option<u64>,
+    /// Rows per wall-clock second the sources deliver (`None`: as fast as possible).
+    pub rows_per_second: Option<f64>,
+    /// Input files or directory of examples that read files.
+    pub input: Option<PathBuf>,
 }
 
 /// An example: name, description, builder.
@@ -35,7 +39,25 @@ fn bids(p: &Pipeline, a: &ExampleArgs) -> Stream {
     if let Some(r) = a.event_rate {
         src = src.first_event_rate(r);
     }
+    if let Some(r) = a.rows_per_second {
+        src = src.rate_limit(r);
+    }
     p.source(src)
+}
+
+/// The columns of Nexmark bids that `windowed-file` reads.
+fn file_bid_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, false),
+        Field::new("bidder", DataType::Int64, false),
+        Field::new("price", DataType::Int64, false),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]))
 }
 
 /// The built-in examples. The first is the default main job.
@@ -55,6 +77,29 @@ pub const EXAMPLES: &[Example] = &[
                     avg(col("price")).alias("avg_price"),
                 ])
                 .sink(FileSink::json(a.out_dir.join("hot-items")));
+            p
+        },
+    },
+    Example {
+        name: "windowed-file",
+        about: "bids from JSON-lines files (--input; auction, bidder, price, date_time), bids and volume per auction per 1 s tumbling window, written as JSON lines",
+        build: |a| {
+            let p = Pipeline::new("windowed-file");
+            p.parallelism(a.parallelism);
+            let input = a.input.clone().unwrap_or_else(|| "bids.jsonl".into());
+            let mut src = FileSource::json(input).with_schema(file_bid_schema());
+            if let Some(r) = a.rows_per_second {
+                src = src.rows_per_second(r);
+            }
+            p.source(src)
+                .event_time("date_time")
+                .key_by(["auction"])
+                .window(Window::tumbling(Duration::from_secs(1)))
+                .aggregate([
+                    count_star().alias("bids"),
+                    sum(col("price")).alias("volume"),
+                ])
+                .sink(FileSink::json(a.out_dir.join("windowed-file")));
             p
         },
     },

@@ -48,7 +48,8 @@ pub mod functions {
 pub mod prelude {
     pub use crate::functions::*;
     pub use crate::{
-        IntoSink, IntoSource, KeyedStream, Pipeline, Stream, Trigger, Window, WindowedStream,
+        DeliveryGuarantee, IntoSink, IntoSource, KeyedStream, Pipeline, RestoreFrom, Stream,
+        Trigger, Window, WindowedStream,
     };
     pub use datafusion_expr::{Expr, col, lit};
     pub use sluice_connectors::{

@@ -46,9 +46,12 @@ enum Command {
         /// No progress line.
         #[arg(long)]
         quiet: bool,
-        /// Generator events per second of wall-clock time (default: as fast as possible).
+        /// Rows per wall-clock second the sources deliver (default: as fast as possible).
         #[arg(long)]
-        event_rate: Option<u64>,
+        rows_per_second: Option<f64>,
+        /// Input files (or a directory) for examples that read files.
+        #[arg(long)]
+        input: Option<PathBuf>,
         #[command(flatten)]
         checkpoints: CheckpointArgs,
     },
@@ -174,6 +177,8 @@ fn example_args(events: u64, parallelism: usize, out: PathBuf) -> ExampleArgs {
         parallelism,
         out_dir: out,
         event_rate: None,
+        rows_per_second: None,
+        input: None,
     }
 }
 
@@ -200,12 +205,14 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             parallelism,
             out,
             quiet,
-            event_rate,
+            rows_per_second,
+            input,
             checkpoints,
         } => {
             let ex = find_example(&example)?;
             let mut args = example_args(events, parallelism, out.clone());
-            args.event_rate = event_rate;
+            args.rows_per_second = rows_per_second;
+            args.input = input;
             let pipeline = (ex.build)(&args);
             checkpoints.apply(&pipeline);
             let handle = pipeline.start().await?;
@@ -250,8 +257,8 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 lat.quantile(0.99) as f64 / 1000.0,
                 metrics.dead_letters()
             );
-            if ex.name == "hot-items" {
-                eprintln!("output: {}", out.join("hot-items").display());
+            if matches!(ex.name, "hot-items" | "windowed-file") {
+                eprintln!("output: {}", out.join(ex.name).display());
             }
             Ok(())
         }

@@ -199,10 +199,17 @@ impl SourceConnector for FileSourceConnector {
     ) -> Result<Box<dyn SourceReader>> {
         let mut done = Vec::new();
         let mut pending = Vec::new();
+        let mut announce = Vec::new();
         for s in splits.into_iter().rev() {
             match FilePosition::of(&s)? {
                 Some(FilePosition::Done) => done.push(s.id),
-                _ => pending.push(s),
+                Some(_) => {
+                    // Read side by side before the restore: each holds back event time
+                    // from the start, though this reader reads them one after another.
+                    announce.push(s.index);
+                    pending.push(s);
+                }
+                None => pending.push(s),
             }
         }
         Ok(Box::new(FileReader {
@@ -212,6 +219,7 @@ impl SourceConnector for FileSourceConnector {
             current_split: 0,
             current_id: String::new(),
             ended_pending: false,
+            announce,
             done,
             buf: Vec::new(),
             lines: Vec::new(),
@@ -281,6 +289,8 @@ pub struct FileReader {
     current_id: String,
     /// The current split ended with the last batch: report its end next.
     ended_pending: bool,
+    /// Splits to announce (with an empty batch) before reading.
+    announce: Vec<usize>,
     /// Ids of splits read to the end.
     done: Vec<String>,
     buf: Vec<u8>,
@@ -353,6 +363,12 @@ impl FileReader {
 #[async_trait]
 impl SourceReader for FileReader {
     async fn read(&mut self, max_rows: usize, ctx: &mut OperatorContext) -> Result<ReadResult> {
+        if let Some(split) = self.announce.pop() {
+            return Ok(ReadResult::Batch {
+                split,
+                rows: RecordBatch::new_empty(Arc::clone(&self.config.schema)),
+            });
+        }
         let max_rows = match self.pacer.as_mut() {
             Some(p) if !self.ended_pending => {
                 let due = p.due().await.min(max_rows as u64) as usize;
@@ -530,6 +546,15 @@ impl FileSource {
     /// Declares the schema.
     pub fn with_schema(mut self, schema: SchemaRef) -> Self {
         self.spec.schema = Some(schema);
+        self
+    }
+
+    /// Replays the files at `rows` rows per wall-clock second (all subtasks together),
+    /// instead of as fast as possible: for demos and tests of long-running jobs.
+    pub fn rows_per_second(mut self, rows: f64) -> Self {
+        self.spec
+            .options
+            .insert("rows-per-second".into(), rows.to_string());
         self
     }
 

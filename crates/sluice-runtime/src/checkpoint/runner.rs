@@ -16,7 +16,7 @@ use super::coordinator::{Action, Coordinator};
 use super::storage::{CheckpointStorage, checkpoint_dir};
 use super::{Manifest, ManifestNode, SubtaskEntry, SubtaskSnapshot};
 use crate::state::encode_table;
-use crate::task::SourceControl;
+use crate::task::{FINAL_EPOCH, SourceControl};
 
 /// What a task tells the coordinator.
 pub(crate) enum TaskEvent {
@@ -453,7 +453,7 @@ impl Runner {
         let storage = self.checkpoints.clone().filter(|_| self.final_checkpoint);
         let Some(storage) = storage else {
             for n in &self.notices {
-                let _ = n.send(Notice::Committed(epoch));
+                let _ = n.send(Notice::Committed(FINAL_EPOCH));
             }
             return;
         };
@@ -489,10 +489,10 @@ impl Runner {
             if let Err(e) = storage.retain("chk", self.retained).await {
                 tracing::warn!(job = %self.job, error = %e, "deleting old checkpoints failed");
             }
-            Notice::Committed(epoch)
+            Notice::Committed(FINAL_EPOCH)
         } else {
             self.stats.failed.fetch_add(1, Relaxed);
-            Notice::Aborted(epoch)
+            Notice::Aborted(FINAL_EPOCH)
         };
         self.stats.record(CheckpointRecord {
             epoch,

@@ -218,7 +218,7 @@ impl CheckpointStorage {
         let _ = self.store.delete(&self.path(dir, MANIFEST)).await;
         let listing = self
             .store
-            .list_with_delimiter(Some(&self.path(dir, "")))
+            .list_with_delimiter(Some(&self.root.clone().join(dir)))
             .await
             .map_err(io_err(format!("listing {}/{dir} failed", self.display)))?;
         for o in listing.objects {

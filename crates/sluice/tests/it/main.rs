@@ -4,5 +4,6 @@
 
 mod support;
 
+mod checkpoints;
 mod engine;
 mod files;
