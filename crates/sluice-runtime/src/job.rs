@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use sluice_plan::{
@@ -472,7 +473,14 @@ impl PreparedJob {
         if checkpointing {
             self.check_checkpointable()?;
         }
+        let stats = Arc::new(CheckpointStats::default());
+        let read_started = std::time::Instant::now();
         let restore = self.load_restore(checkpoints.as_ref()).await?;
+        if restore.is_some() {
+            stats
+                .restore_read_ms
+                .store(read_started.elapsed().as_millis() as u64, Relaxed);
+        }
         let first_epoch = match &checkpoints {
             Some(s) => {
                 let on_disk = s.highest_epoch("chk").await?.unwrap_or(0);
@@ -670,12 +678,13 @@ impl PreparedJob {
                 let name = format!("{}[{}]", plan.nodes[chain_nodes[0]].name, s);
                 let cp = new_task_checkpoints();
                 let mut chain = chain;
+                let task_stats = Arc::clone(&stats);
                 match source {
                     Some(mut src) => {
                         src.checkpoints = cp;
                         tasks.spawn(async move {
                             let run = async {
-                                chain.restore(restored_slots).await?;
+                                restore_chain(&mut chain, restored_slots, &task_stats).await?;
                                 run_source_task(src, chain).await
                             };
                             run.await.map_err(|e| (name, e))
@@ -686,7 +695,7 @@ impl PreparedJob {
                         let inputs = Inputs::new(receivers, align);
                         tasks.spawn(async move {
                             let run = async {
-                                chain.restore(restored_slots).await?;
+                                restore_chain(&mut chain, restored_slots, &task_stats).await?;
                                 run_operator_task(chain, inputs, cp).await
                             };
                             run.await.map_err(|e| (name, e))
@@ -695,9 +704,7 @@ impl PreparedJob {
                 }
             }
         }
-        drop(new_task_checkpoints);
         drop(events_tx);
-        let stats = Arc::new(CheckpointStats::default());
         let (requests_tx, requests_rx) = mpsc::channel(4);
         if checkpointing {
             let runner = Runner {
@@ -863,6 +870,23 @@ impl JobHandle {
             Some((_, e)) => Err(e),
         }
     }
+}
+
+/// Hands restored state to a chain's operators, timing it.
+async fn restore_chain(
+    chain: &mut Chain,
+    states: Vec<Option<(RestoredState, Timers)>>,
+    stats: &CheckpointStats,
+) -> Result<()> {
+    if states.iter().all(Option::is_none) {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    chain.restore(states).await?;
+    stats
+        .restore_tasks_ms
+        .fetch_max(started.elapsed().as_millis() as u64, Relaxed);
+    Ok(())
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {

@@ -1,11 +1,13 @@
 //! `sluice bench nexmark`: a Nexmark query from the generator into a blackhole, with
 //! events per second and per CPU-second, end-to-end latency and peak memory.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::examples::{ExampleArgs, nexmark_query};
+use crate::runtime::checkpoint::CheckpointStatus;
 use crate::{Result, SluiceError};
 
 /// Queries the bench knows.
@@ -40,6 +42,10 @@ pub struct BenchReport {
     pub latency_p99_ms: f64,
     /// Peak resident memory of the process (MiB).
     pub peak_rss_mb: f64,
+    /// Checkpoint interval (ms), if the run took checkpoints.
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Checkpoints completed during the run.
+    pub checkpoints: u64,
 }
 
 /// CPU time of this process so far (user + system), seconds, from `/proc/self/stat`
@@ -79,6 +85,7 @@ pub async fn run_nexmark(
     events: u64,
     parallelism: usize,
     event_rate: Option<u64>,
+    checkpoint_interval: Option<std::time::Duration>,
 ) -> Result<BenchReport> {
     if !QUERIES.contains(&query) {
         return Err(SluiceError::user(format!(
@@ -95,6 +102,12 @@ pub async fn run_nexmark(
         input: None,
     };
     let pipeline = nexmark_query(query, &args);
+    let checkpoint_dir = tempfile_dir("sluice-bench-checkpoints")?;
+    if let Some(i) = checkpoint_interval {
+        pipeline
+            .checkpointing(i)
+            .checkpoint_dir(checkpoint_dir.display().to_string());
+    }
     let job = pipeline.prepare()?;
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
@@ -118,5 +131,94 @@ pub async fn run_nexmark(
         latency_p50_ms: lat.quantile(0.50) as f64 / 1000.0,
         latency_p99_ms: lat.quantile(0.99) as f64 / 1000.0,
         peak_rss_mb: peak_rss_mb(),
+        checkpoint_interval_ms: checkpoint_interval.map(|i| i.as_millis() as u64),
+        checkpoints: metrics.checkpoints.completed.load(Relaxed),
+    })
+}
+
+/// A fresh directory under the system temp dir (removed first if it exists).
+fn tempfile_dir(name: &str) -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// What `sluice bench state` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct StateBenchReport {
+    /// Distinct keys in the open window.
+    pub keys: u64,
+    /// Keys held by the largest checkpoint (rows of its window state).
+    pub checkpointed_rows: u64,
+    /// Trigger to completion of the largest checkpoint (ms).
+    pub checkpoint_ms: u64,
+    /// Its size on disk (bytes).
+    pub checkpoint_bytes: u64,
+    /// Its longest barrier alignment (ms).
+    pub alignment_ms: f64,
+    /// Restore: reading and decoding the checkpoint (ms).
+    pub restore_read_ms: u64,
+    /// Restore: handing the state to the window operators (ms, slowest subtask).
+    pub restore_tasks_ms: u64,
+}
+
+/// The windowed job of `bench state`: `keys` distinct keys in one year-long tumbling
+/// window (ingestion time), count and sum per key, into a blackhole.
+fn state_job(keys: u64, parallelism: usize, dir: &std::path::Path) -> crate::Pipeline {
+    use crate::prelude::*;
+    use arrow::datatypes::{DataType, Field, Schema};
+    let p = Pipeline::new("bench-state");
+    p.parallelism(parallelism)
+        .checkpoint_dir(dir.display().to_string());
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Int64, false),
+    ]));
+    p.source(
+        DatagenSource::new(schema)
+            .rows(keys)
+            .rows_per_second(keys as f64 / 2.0)
+            .field("k", "kind", "sequence")
+            .field("v", "max", 1_000),
+    )
+    .key_by(["k"])
+    .window(Window::tumbling(Duration::from_secs(365 * 86_400)))
+    .aggregate([count_star().alias("n"), sum(col("v")).alias("total")])
+    .sink(BlackholeSink::new());
+    p
+}
+
+/// Checkpoint duration and size for `keys` keys of window state, and restore time.
+/// The input is paced over about two seconds, checkpointed every 250 ms; the largest
+/// completed checkpoint is reported and then restored.
+pub async fn run_state_bench(keys: u64, parallelism: usize) -> Result<StateBenchReport> {
+    let dir = tempfile_dir("sluice-bench-state")?;
+    let job = state_job(keys, parallelism, &dir);
+    job.checkpointing(std::time::Duration::from_millis(250));
+    let handle = job.start().await?;
+    let metrics = handle.metrics();
+    handle.wait().await?;
+    let largest = metrics
+        .checkpoints
+        .history()
+        .into_iter()
+        .filter(|r| r.kind == "checkpoint" && r.status == CheckpointStatus::Completed)
+        .max_by_key(|r| r.state_bytes)
+        .ok_or_else(|| SluiceError::internal("no checkpoint completed"))?;
+    let restored = state_job(keys, parallelism, &dir.join("restored"));
+    restored.restore_from(crate::RestoreFrom::Path(largest.location.clone()));
+    let handle = restored.start().await?;
+    let rmetrics = handle.metrics();
+    handle.wait().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(StateBenchReport {
+        keys,
+        checkpointed_rows: keys.saturating_sub(rmetrics.source_records()),
+        checkpoint_ms: largest.duration_ms,
+        checkpoint_bytes: largest.state_bytes,
+        alignment_ms: largest.alignment_ms,
+        restore_read_ms: rmetrics.checkpoints.restore_read_ms.load(Relaxed),
+        restore_tasks_ms: rmetrics.checkpoints.restore_tasks_ms.load(Relaxed),
     })
 }

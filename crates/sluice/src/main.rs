@@ -140,6 +140,18 @@ enum BenchSuite {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// Take a checkpoint this often (to measure what checkpointing costs).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        checkpoint_interval: Option<Duration>,
+    },
+    /// Checkpoint duration and size, and restore time, for N keys of window state.
+    State {
+        /// Distinct keys in the open window.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// Parallelism of every operator.
+        #[arg(long, short, default_value_t = 1)]
+        parallelism: usize,
     },
 }
 
@@ -270,9 +282,12 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     parallelism,
                     json,
                     event_rate,
+                    checkpoint_interval,
                 },
         } => {
-            let r = bench::run_nexmark(&query, events, parallelism, event_rate).await?;
+            let r =
+                bench::run_nexmark(&query, events, parallelism, event_rate, checkpoint_interval)
+                    .await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -290,6 +305,13 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     r.peak_rss_mb
                 );
             }
+            Ok(())
+        }
+        Command::Bench {
+            suite: BenchSuite::State { keys, parallelism },
+        } => {
+            let r = bench::run_state_bench(keys, parallelism).await?;
+            println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
     }

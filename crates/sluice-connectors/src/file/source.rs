@@ -106,7 +106,7 @@ impl SourceConnector for FileSourceConnector {
     fn parse(&self, spec: &ConnectorSpec) -> Result<FileSourceConfig> {
         let o = OptionReader::new("filesystem", spec);
         let rows_per_second: Option<f64> = o.parse("rows-per-second")?;
-        if rows_per_second.is_some_and(|r| !(r > 0.0)) {
+        if rows_per_second.is_some_and(|r| r.is_nan() || r <= 0.0) {
             return Err(SluiceError::user(
                 "filesystem option `rows-per-second` must be a positive number",
             ));

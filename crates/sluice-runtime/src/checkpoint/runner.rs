@@ -93,6 +93,10 @@ pub struct CheckpointStats {
     pub completed: AtomicU64,
     /// Aborted or failed ones.
     pub failed: AtomicU64,
+    /// Restore at start-up: reading and decoding the checkpoint (ms).
+    pub restore_read_ms: AtomicU64,
+    /// Restore at start-up: the slowest task handing state to its operators (ms).
+    pub restore_tasks_ms: AtomicU64,
     history: Mutex<VecDeque<CheckpointRecord>>,
 }
 
