@@ -193,6 +193,231 @@ pub fn expect_type(array: &dyn Array, expected: &DataType, what: &str) -> Result
     Ok(())
 }
 
+/// Keyed state for operators written against the operator API: one `T` per key
+/// (keys row-encoded with the Arrow row format), checkpointed into a keyed table and
+/// redistributed by key group on restore. With a TTL, an entry not written for that long
+/// is invisible and dropped by [`KeyedState::expire`] (Flink's `StateTtlConfig` with
+/// update-on-write and never-return-expired).
+///
+/// [`ValueState`], [`ListState`] and [`MapState`] are its three shapes.
+///
+/// ```
+/// # use std::sync::Arc; use arrow::array::*; use arrow::datatypes::DataType;
+/// use sluice_runtime::state::ListState;
+/// let mut seen: ListState<i64> = ListState::new(&[DataType::Utf8], None).unwrap();
+/// let keys = seen.encode(&[Arc::new(StringArray::from(vec!["a", "b", "a"])) as ArrayRef]).unwrap();
+/// for (i, k) in keys.iter().enumerate() {
+///     seen.append(k.as_ref(), i as i64, 0);
+/// }
+/// assert_eq!(seen.get(keys.row(0).as_ref(), 0), Some(&vec![0, 2]));
+/// ```
+pub struct KeyedState<T> {
+    converter: arrow::row::RowConverter,
+    entries:
+        std::collections::HashMap<Box<[u8]>, Entry<T>, datafusion_common::hash_utils::RandomState>,
+    ttl_ms: Option<i64>,
+}
+
+struct Entry<T> {
+    value: T,
+    written_ms: i64,
+}
+
+/// One value per key.
+pub type ValueState<V> = KeyedState<V>;
+/// A list per key.
+pub type ListState<V> = KeyedState<Vec<V>>;
+/// A map per key.
+pub type MapState<K, V> = KeyedState<BTreeMap<K, V>>;
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned> KeyedState<T> {
+    /// Empty state for keys of `key_types`, entries expiring `ttl` after their last write.
+    pub fn new(key_types: &[DataType], ttl: Option<std::time::Duration>) -> Result<Self> {
+        let fields = key_types
+            .iter()
+            .map(|t| arrow::row::SortField::new(t.clone()))
+            .collect();
+        Ok(Self {
+            converter: arrow::row::RowConverter::new(fields)
+                .map_err(|e| SluiceError::user("unsupported key column type").with_source(e))?,
+            entries: Default::default(),
+            ttl_ms: ttl.map(|d| d.as_millis() as i64),
+        })
+    }
+
+    /// Row-encodes key columns; `rows.row(i).as_ref()` is row i's key.
+    pub fn encode(&self, key_columns: &[ArrayRef]) -> Result<arrow::row::Rows> {
+        Ok(self.converter.convert_columns(key_columns)?)
+    }
+
+    fn live(&self, e: &Entry<T>, now_ms: i64) -> bool {
+        self.ttl_ms
+            .is_none_or(|ttl| e.written_ms.saturating_add(ttl) > now_ms)
+    }
+
+    /// The value of `key`, unless absent or expired at `now_ms`.
+    pub fn get(&self, key: &[u8], now_ms: i64) -> Option<&T> {
+        self.entries
+            .get(key)
+            .filter(|e| self.live(e, now_ms))
+            .map(|e| &e.value)
+    }
+
+    /// Sets the value of `key`.
+    pub fn put(&mut self, key: &[u8], value: T, now_ms: i64) {
+        self.entries.insert(
+            key.into(),
+            Entry {
+                value,
+                written_ms: now_ms,
+            },
+        );
+    }
+
+    /// The value of `key` to change in place (a default one if absent or expired); counts
+    /// as a write.
+    pub fn update(&mut self, key: &[u8], now_ms: i64) -> &mut T
+    where
+        T: Default,
+    {
+        let ttl = self.ttl_ms;
+        let e = self.entries.entry(key.into()).or_insert_with(|| Entry {
+            value: T::default(),
+            written_ms: now_ms,
+        });
+        if ttl.is_some_and(|ttl| e.written_ms.saturating_add(ttl) <= now_ms) {
+            e.value = T::default();
+        }
+        e.written_ms = now_ms;
+        &mut e.value
+    }
+
+    /// Removes `key`.
+    pub fn remove(&mut self, key: &[u8]) -> Option<T> {
+        self.entries.remove(key).map(|e| e.value)
+    }
+
+    /// Drops every entry expired at `now_ms`; returns how many.
+    pub fn expire(&mut self, now_ms: i64) -> usize {
+        let Some(ttl) = self.ttl_ms else {
+            return 0;
+        };
+        let before = self.entries.len();
+        self.entries
+            .retain(|_, e| e.written_ms.saturating_add(ttl) > now_ms);
+        before - self.entries.len()
+    }
+
+    /// Number of keys held (expired ones included until [`KeyedState::expire`]).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds this state to a snapshot as keyed table `name` (keys, the value as JSON, the
+    /// time of its last write).
+    pub fn snapshot(
+        &self,
+        name: &str,
+        max_parallelism: usize,
+        out: &mut OperatorState,
+    ) -> Result<()> {
+        if self.entries.is_empty() {
+            return Ok(());
+        }
+        let parser = self.converter.parser();
+        let keys = self
+            .converter
+            .convert_rows(self.entries.keys().map(|k| parser.parse(k)))?;
+        let mut values = arrow::array::StringBuilder::new();
+        let mut written = Vec::with_capacity(self.entries.len());
+        for e in self.entries.values() {
+            let json = serde_json::to_string(&e.value).map_err(|err| {
+                SluiceError::internal("encoding keyed state failed").with_source(err)
+            })?;
+            values.append_value(json);
+            written.push(e.written_ms);
+        }
+        let mut fields: Vec<Arc<Field>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| Arc::new(Field::new(format!("k{i}"), k.data_type().clone(), true)))
+            .collect();
+        fields.push(Arc::new(Field::new("value", DataType::Utf8, false)));
+        fields.push(Arc::new(Field::new("written_ms", DataType::Int64, false)));
+        let groups = key_groups(&keys, self.entries.len(), max_parallelism)?;
+        let mut columns = keys;
+        columns.push(Arc::new(values.finish()));
+        columns.push(Arc::new(arrow::array::Int64Array::from(written)));
+        out.push_keyed(name, groups, fields, columns)
+    }
+
+    /// Adds the restored keyed table `name` to this state.
+    pub fn restore(&mut self, name: &str, restored: &RestoredState) -> Result<()> {
+        for batch in restored.table(name) {
+            let n = batch.num_columns();
+            if n < 2 {
+                return Err(SluiceError::user(format!(
+                    "checkpointed state `{name}` is malformed"
+                )));
+            }
+            let rows = self.converter.convert_columns(&batch.columns()[..n - 2])?;
+            let values = batch
+                .column(n - 2)
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .ok_or_else(|| {
+                    SluiceError::user(format!("checkpointed state `{name}` is malformed"))
+                })?;
+            let written = batch
+                .column(n - 1)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .ok_or_else(|| {
+                    SluiceError::user(format!("checkpointed state `{name}` is malformed"))
+                })?;
+            for (i, row) in rows.iter().enumerate() {
+                let value: T = serde_json::from_str(values.value(i)).map_err(|e| {
+                    SluiceError::user(format!(
+                        "checkpointed state `{name}` does not match its type"
+                    ))
+                    .with_source(e)
+                })?;
+                self.entries.insert(
+                    row.as_ref().into(),
+                    Entry {
+                        value,
+                        written_ms: written.value(i),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<V: serde::Serialize + serde::de::DeserializeOwned> KeyedState<Vec<V>> {
+    /// Appends to the list of `key`.
+    pub fn append(&mut self, key: &[u8], value: V, now_ms: i64) {
+        self.update(key, now_ms).push(value);
+    }
+}
+
+impl<K, V> KeyedState<BTreeMap<K, V>>
+where
+    K: Ord + serde::Serialize + serde::de::DeserializeOwned,
+    V: serde::Serialize + serde::de::DeserializeOwned,
+{
+    /// Sets `map_key` in the map of `key`.
+    pub fn insert(&mut self, key: &[u8], map_key: K, value: V, now_ms: i64) {
+        self.update(key, now_ms).insert(map_key, value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +473,54 @@ mod tests {
         for (h, g) in hashes.iter().zip(groups.values()) {
             assert_eq!(key_group(*h, 128), *g as usize);
         }
+    }
+
+    #[test]
+    fn keyed_state_expires_and_survives_a_rescaling_restore() {
+        let ttl = Some(std::time::Duration::from_millis(100));
+        let mut s: MapState<String, i64> = MapState::new(&[DataType::Int64], ttl).unwrap();
+        let keys = s
+            .encode(&[Arc::new(Int64Array::from_iter_values(0..10)) as ArrayRef])
+            .unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            s.insert(k.as_ref(), "x".into(), i as i64, if i < 5 { 0 } else { 50 });
+        }
+        assert_eq!(s.get(keys.row(0).as_ref(), 99).map(|m| m["x"]), Some(0));
+        assert_eq!(
+            s.get(keys.row(0).as_ref(), 100),
+            None,
+            "expired: never returned"
+        );
+        assert_eq!(s.expire(100), 5);
+        assert_eq!(s.len(), 5);
+        // Written again after expiry: starts from empty.
+        assert_eq!(s.update(keys.row(0).as_ref(), 200).len(), 0);
+
+        let mut snap = OperatorState::default();
+        s.snapshot("m", 128, &mut snap).unwrap();
+        let bytes = encode_table(&snap.keyed["m"]).unwrap();
+        let batches = decode_table(&bytes).unwrap();
+        let mut total = 0;
+        for sub in 0..3 {
+            let mut restored = RestoredState::default();
+            for b in &batches {
+                if let Some(r) = owned_rows(b, sub, 3, 128).unwrap() {
+                    restored.keyed.entry("m".into()).or_default().push(r);
+                }
+            }
+            let mut r: MapState<String, i64> = MapState::new(&[DataType::Int64], ttl).unwrap();
+            r.restore("m", &restored).unwrap();
+            total += r.len();
+            for k in keys.iter().skip(5) {
+                if let Some(m) = r.get(k.as_ref(), 120) {
+                    assert!(m["x"] >= 5);
+                }
+            }
+        }
+        assert_eq!(
+            total, 6,
+            "five live keys and the rewritten one, spread over subtasks"
+        );
     }
 
     #[test]
