@@ -788,6 +788,11 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
     let mut last_wm: Option<Watermark> = None;
     let started = Instant::now();
     loop {
+        // A generator's read never waits, so without this the task would never give its
+        // thread back: control messages (checkpoint barriers) would wait for the end of
+        // input, and other tasks on the thread would starve. Yields once tokio's
+        // cooperative budget is spent.
+        tokio::task::consume_budget().await;
         let deadline = pending.since.map(|t| t + src.linger);
         let want = src.max_rows - pending.rows;
         // A split turning idle may let the watermark advance; a subtask that never had

@@ -180,6 +180,8 @@ fn state_job(keys: u64, parallelism: usize, dir: &std::path::Path) -> crate::Pip
             .rows(keys)
             .rows_per_second(keys as f64 / 2.0)
             .field("k", "kind", "sequence")
+            .field("k", "start", 0)
+            .field("k", "end", keys - 1)
             .field("v", "max", 1_000),
     )
     .key_by(["k"])
