@@ -2,13 +2,14 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use sluice::bench;
 use sluice::examples::{self, ExampleArgs};
+use sluice::runtime::StopHandle;
 use sluice::runtime::metrics::JobMetrics;
 
 // Batches allocate and free buffers of hundreds of KiB; glibc malloc serves those with
@@ -95,6 +96,12 @@ struct CheckpointArgs {
     /// On Ctrl-C take a savepoint and stop (instead of draining the input).
     #[arg(long)]
     stop_with_savepoint: bool,
+    /// Restart a failed job this many times, from its latest checkpoint.
+    #[arg(long, default_value_t = 0)]
+    restart_attempts: usize,
+    /// Wait this long before a restart.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    restart_delay: Duration,
 }
 
 impl CheckpointArgs {
@@ -227,12 +234,16 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             args.input = input;
             let pipeline = (ex.build)(&args);
             checkpoints.apply(&pipeline);
-            let handle = pipeline.start().await?;
-            let metrics = handle.metrics();
-            let stop = handle.stop_handle();
+            // The running attempt's metrics and stop handle (a restart replaces them).
+            let current: Current = Arc::new(Mutex::new(None));
             let savepoint = checkpoints.stop_with_savepoint;
+            let cell = Arc::clone(&current);
             tokio::spawn(async move {
                 if tokio::signal::ctrl_c().await.is_ok() {
+                    let Some((_, stop)) = cell.lock().unwrap_or_else(|p| p.into_inner()).clone()
+                    else {
+                        return;
+                    };
                     if savepoint {
                         eprintln!("\nstopping with a savepoint…");
                         match stop.savepoint(true).await {
@@ -250,12 +261,25 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             });
             let start = Instant::now();
             let progress =
-                (!quiet).then(|| tokio::spawn(progress_loop(Arc::clone(&metrics), start)));
-            let result = handle.wait().await;
+                (!quiet).then(|| tokio::spawn(progress_loop(Arc::clone(&current), start)));
+            let result = pipeline
+                .run_with_restarts(
+                    checkpoints.restart_attempts,
+                    checkpoints.restart_delay,
+                    |h| {
+                        *current.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((h.metrics(), h.stop_handle()));
+                    },
+                )
+                .await;
             if let Some(p) = progress {
                 p.abort();
             }
             result?;
+            let Some((metrics, _)) = current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            else {
+                bail!("the job never started");
+            };
             let secs = start.elapsed().as_secs_f64();
             let lat = metrics.sink_latency();
             eprintln!(
@@ -331,21 +355,31 @@ fn find_example(name: &str) -> anyhow::Result<&'static examples::Example> {
     }
 }
 
-async fn progress_loop(metrics: Arc<JobMetrics>, start: Instant) {
+/// The running attempt of a job: its metrics and how to stop it.
+type Current = Arc<Mutex<Option<(Arc<JobMetrics>, StopHandle)>>>;
+
+async fn progress_loop(current: Current, start: Instant) {
     let tty = std::io::stderr().is_terminal();
     let mut last = (0u64, start);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     loop {
         tick.tick().await;
+        let Some((metrics, _)) = current.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            continue;
+        };
         let now = Instant::now();
         let n = metrics.source_records();
         let rate = (n - last.0) as f64 / now.duration_since(last.1).as_secs_f64();
         last = (n, now);
         let p99 = metrics.sink_latency().quantile(0.99) as f64 / 1000.0;
         let line = format!(
-            "events {n:>12}  events/s {rate:>12.0}  sink rows {:>12}  p99 latency {p99:>8.2} ms",
-            metrics.sink_records()
+            "events {n:>12}  events/s {rate:>12.0}  sink rows {:>12}  p99 latency {p99:>8.2} ms  checkpoints {}",
+            metrics.sink_records(),
+            metrics
+                .checkpoints
+                .completed
+                .load(std::sync::atomic::Ordering::Relaxed)
         );
         if tty {
             eprint!("\r{line}");

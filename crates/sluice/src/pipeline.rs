@@ -253,6 +253,47 @@ impl Pipeline {
     pub async fn run(&self) -> Result<()> {
         self.start().await?.wait().await
     }
+
+    /// Runs the job; when it fails, restarts it after `delay`, at most `attempts` times,
+    /// each time from the latest checkpoint it completed (or from where it first started,
+    /// if it completed none): a fixed-delay restart strategy. `on_start` sees each
+    /// attempt's handle (for metrics and stopping).
+    pub async fn run_with_restarts(
+        &self,
+        attempts: usize,
+        delay: Duration,
+        mut on_start: impl FnMut(&JobHandle),
+    ) -> Result<()> {
+        let mut failures = 0;
+        let mut resume_from: Option<RestoreFrom> = None;
+        loop {
+            if let Some(r) = resume_from.take() {
+                self.restore_from(r);
+            }
+            let handle = self.start().await?;
+            on_start(&handle);
+            let checkpoints = Arc::clone(&handle.metrics().checkpoints);
+            match handle.wait().await {
+                Ok(()) => return Ok(()),
+                Err(e) if failures < attempts => {
+                    failures += 1;
+                    let latest = checkpoints
+                        .latest_completed()
+                        .filter(|c| c.kind != "final")
+                        .map(|c| RestoreFrom::Path(c.location));
+                    tracing::warn!(
+                        error = %e, attempt = failures, of = attempts,
+                        from = ?latest, "job failed; restarting"
+                    );
+                    if latest.is_some() {
+                        resume_from = latest;
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 impl Stream {

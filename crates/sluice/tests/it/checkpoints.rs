@@ -213,24 +213,29 @@ async fn at_least_once_loses_nothing_through_repeated_sigkill() {
     assert!(extra.is_empty(), "windows that should not exist: {extra:?}");
 }
 
+/// The columns `windowed-file` reads.
+fn file_schema() -> arrow::datatypes::SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, false),
+        Field::new("bidder", DataType::Int64, false),
+        Field::new("price", DataType::Int64, false),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]))
+}
+
 /// The windowed-file job in this process, paced, with a checkpoint directory.
 fn windowed(input: &Path, out: &Path, parallelism: usize, checkpoints: &Path) -> Pipeline {
     let p = Pipeline::new("windowed-file");
     p.parallelism(parallelism)
         .checkpoint_dir(checkpoints.to_str().unwrap());
-    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
-        arrow::datatypes::Field::new("auction", arrow::datatypes::DataType::Int64, false),
-        arrow::datatypes::Field::new("bidder", arrow::datatypes::DataType::Int64, false),
-        arrow::datatypes::Field::new("price", arrow::datatypes::DataType::Int64, false),
-        arrow::datatypes::Field::new(
-            "date_time",
-            arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
-            false,
-        ),
-    ]));
     p.source(
         FileSource::json(input)
-            .with_schema(schema)
+            .with_schema(file_schema())
             .rows_per_second(40_000.0),
     )
     .event_time("date_time")
@@ -282,6 +287,69 @@ async fn savepoint_at_parallelism_2_resumes_at_1_and_at_3() {
         assert_eq!(all.len(), expected.len(), "parallelism {p}: row count");
         assert!(all == expected, "parallelism {p}: results differ");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_restarts_from_its_latest_checkpoint_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), 60_000).await;
+    run_to_end(job(&input, &dir.path().join("reference"), &[]));
+    let expected = committed_lines(&dir.path().join("reference/windowed-file"));
+
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut registry = sluice::connectors::registry();
+    registry.register_sink(crate::support::FailOnceConnector {
+        failed: std::sync::Arc::clone(&failed),
+    });
+    let out = dir.path().join("out");
+    let p = Pipeline::new("windowed-file");
+    p.parallelism(2)
+        .registry(registry)
+        .checkpointing(Duration::from_millis(100))
+        .checkpoint_dir(dir.path().join("cp").to_str().unwrap());
+    let windows = p
+        .source(
+            FileSource::json(&input)
+                .with_schema(file_schema())
+                .rows_per_second(40_000.0),
+        )
+        .event_time("date_time")
+        .key_by(["auction"])
+        .window(Window::tumbling(Duration::from_secs(1)))
+        .aggregate([
+            count_star().alias("bids"),
+            sum(col("price")).alias("volume"),
+        ]);
+    windows.sink(FileSink::json(&out));
+    // Fails after about half a second of input: a few checkpoints are complete by then.
+    windows.sink(sluice::plan::ConnectorSpec::new("fail-once").with_option("fail-at", 20));
+    let mut starts = Vec::new();
+    p.run_with_restarts(2, Duration::from_millis(10), |h| starts.push(h.metrics()))
+        .await
+        .unwrap();
+    assert!(
+        failed.load(std::sync::atomic::Ordering::SeqCst),
+        "the failure was injected"
+    );
+    assert_eq!(starts.len(), 2, "one failure, one restart");
+    let input_rows: u64 = std::fs::read_dir(&input)
+        .unwrap()
+        .map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .lines()
+                .count() as u64
+        })
+        .sum();
+    let (first, second) = (starts[0].source_records(), starts[1].source_records());
+    assert!(
+        second < input_rows && first + second >= input_rows,
+        "the restart resumed mid-input ({first} rows read, then {second} of {input_rows})"
+    );
+    assert!(
+        committed_lines(&out) == expected,
+        "output differs after the restart"
+    );
 }
 
 #[tokio::test]

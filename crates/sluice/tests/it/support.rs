@@ -326,3 +326,66 @@ impl sluice::runtime::SourceReader for InterleavedReader {
         Ok(ReadResult::End)
     }
 }
+
+/// A sink that fails its job once, on its `fail-at`-th batch, and then never again
+/// (the flag survives restarts within the process).
+pub struct FailOnceConnector {
+    pub failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SinkConnector for FailOnceConnector {
+    type Config = (SchemaRef, u64);
+
+    fn name(&self) -> &'static str {
+        "fail-once"
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        &["fail-at"]
+    }
+
+    fn parse(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<(SchemaRef, u64)> {
+        let n = spec
+            .options
+            .get("fail-at")
+            .map_or(1, |d| d.parse().unwrap());
+        Ok((Arc::clone(input), n))
+    }
+
+    fn create(&self, config: &Arc<(SchemaRef, u64)>, _: &TaskInfo) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(FailOnceOperator {
+            schema: Arc::clone(&config.0),
+            fail_at: config.1,
+            seen: 0,
+            failed: Arc::clone(&self.failed),
+        }))
+    }
+}
+
+struct FailOnceOperator {
+    schema: SchemaRef,
+    fail_at: u64,
+    seen: u64,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait]
+impl Operator for FailOnceOperator {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn process_batch(
+        &mut self,
+        _: Batch,
+        _: &mut OperatorContext,
+        _: &mut dyn Collector,
+    ) -> Result<()> {
+        self.seen += 1;
+        if self.seen >= self.fail_at && !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(sluice::SluiceError::external("injected failure"));
+        }
+        Ok(())
+    }
+}
