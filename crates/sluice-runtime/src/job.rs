@@ -378,7 +378,9 @@ impl PreparedJob {
         for node in &self.plan.nodes {
             let unsupported = match &node.kind {
                 NodeKind::WindowAggregate { window, .. } => match window {
-                    WindowSpec::Tumbling { .. } | WindowSpec::Hopping { .. } => None,
+                    WindowSpec::Tumbling { .. }
+                    | WindowSpec::Hopping { .. }
+                    | WindowSpec::Session { .. } => None,
                     other => Some(format!("{other} windows")),
                 },
                 NodeKind::TopNPerWindow { .. } => Some("top-N per window".to_string()),

@@ -223,12 +223,7 @@ impl AggregateOperator {
         states: &[Vec<ArrayRef>],
         row: usize,
     ) -> Result<Vec<Box<dyn Accumulator>>> {
-        let mut accs = self.new_accumulators()?;
-        for (acc, cols) in accs.iter_mut().zip(states) {
-            let one: Vec<ArrayRef> = cols.iter().map(|c| c.slice(row, 1)).collect();
-            acc.merge_batch(&one).map_err(df_err)?;
-        }
-        Ok(accs)
+        accumulators_from(&self.aggregates, states, row)
     }
 
     /// Keyed table `groups`: `_key_group`, the key columns, every aggregate's state.
@@ -315,6 +310,54 @@ impl AggregateOperator {
         }
         Ok(())
     }
+}
+
+/// Accumulators of one group, merged from row `row` of intermediate `states` (per
+/// aggregate, its state columns): how checkpointed accumulators come back.
+pub(crate) fn accumulators_from(
+    aggregates: &[PlannedAggregate],
+    states: &[Vec<ArrayRef>],
+    row: usize,
+) -> Result<Vec<Box<dyn Accumulator>>> {
+    let mut accs = aggregates
+        .iter()
+        .map(|a| a.function.create_accumulator().map_err(df_err))
+        .collect::<Result<Vec<_>>>()?;
+    for (acc, cols) in accs.iter_mut().zip(states) {
+        let one: Vec<ArrayRef> = cols.iter().map(|c| c.slice(row, 1)).collect();
+        acc.merge_batch(&one).map_err(df_err)?;
+    }
+    Ok(accs)
+}
+
+/// The intermediate state of `accs`, one value list per aggregate. `state` consumes an
+/// accumulator's state, so each is replaced by one rebuilt from it.
+pub(crate) fn take_accumulator_states(
+    aggregates: &[PlannedAggregate],
+    accs: &mut Vec<Box<dyn Accumulator>>,
+) -> Result<Vec<Vec<ScalarValue>>> {
+    let states = accs
+        .iter_mut()
+        .map(|a| a.state().map_err(df_err))
+        .collect::<Result<Vec<_>>>()?;
+    let arrays = states
+        .iter()
+        .map(|vals| {
+            vals.iter()
+                .map(|v| v.to_array().map_err(df_err))
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    *accs = accumulators_from(aggregates, &arrays, 0)?;
+    Ok(states)
+}
+
+/// Number of intermediate state columns of each aggregate.
+pub(crate) fn state_column_counts(aggregates: &[PlannedAggregate]) -> Result<Vec<usize>> {
+    aggregates
+        .iter()
+        .map(|a| Ok(a.function.state_fields().map_err(df_err)?.len()))
+        .collect()
 }
 
 /// The keyed state table of the running aggregate.
@@ -451,6 +494,112 @@ mod tests {
     use datafusion_expr::col;
     use datafusion_functions_aggregate::expr_fn::{avg, count, max, min, sum};
     use sluice_testkit::{assert_pretty, batch_from_pretty};
+
+    /// The latest row per key (`k`, then the aggregates), sorted.
+    fn latest_per_key(out: &[Batch]) -> Vec<String> {
+        use arrow::util::display::array_value_to_string;
+        let mut latest = std::collections::BTreeMap::new();
+        for b in out {
+            let d = &b.data;
+            for i in 0..d.num_rows() {
+                let cells: Vec<String> = (0..d.num_columns() - 1)
+                    .map(|c| array_value_to_string(d.column(c), i).unwrap())
+                    .collect();
+                latest.insert(cells[0].clone(), cells.join(","));
+            }
+        }
+        latest.into_values().collect()
+    }
+
+    #[tokio::test]
+    async fn running_aggregates_survive_a_checkpoint_and_a_change_of_parallelism() {
+        use crate::operators::test_util::kv_batch;
+        use crate::state::{decode_table, encode_table, key_groups, owned_rows};
+        let batches: Vec<Batch> = (0..4)
+            .map(|b| kv_batch(&(0..30).map(|i| (i % 11, b * 30 + i, i)).collect::<Vec<_>>()))
+            .collect();
+        let schema = batches[0].data.schema();
+        let make = || {
+            let p = AggregateOperator::prepare(
+                &["k".into()],
+                &[
+                    count(col("v")).alias("n"),
+                    sum(col("v")).alias("s"),
+                    avg(col("v")).alias("m"),
+                ],
+                &schema,
+            )
+            .unwrap();
+            (p.factory)(&sluice_types::TaskInfo::for_test("agg")).unwrap()
+        };
+        let mut whole = crate::operator::VecCollector::default();
+        let mut op = make();
+        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+        for b in &batches {
+            op.process_batch(b.clone(), &mut ctx, &mut whole)
+                .await
+                .unwrap();
+        }
+        let expected = latest_per_key(&whole.batches);
+
+        let mut out = crate::operator::VecCollector::default();
+        let mut op = make();
+        for b in &batches[..2] {
+            op.process_batch(b.clone(), &mut ctx, &mut out)
+                .await
+                .unwrap();
+        }
+        let barrier = sluice_types::CheckpointBarrier {
+            epoch: 1,
+            triggered_at_us: 0,
+            kind: sluice_types::CheckpointKind::Checkpoint,
+            then_stop: false,
+        };
+        let state = op.snapshot(&barrier, &mut ctx).await.unwrap();
+        // The snapshot left the operator intact: it goes on with the same values.
+        let mut cont = crate::operator::VecCollector::default();
+        for b in &batches[2..] {
+            op.process_batch(b.clone(), &mut ctx, &mut cont)
+                .await
+                .unwrap();
+        }
+        let mut both = out.batches.clone();
+        both.extend(cont.batches);
+        assert_eq!(latest_per_key(&both), expected);
+
+        let table = decode_table(&encode_table(&state.keyed["groups"]).unwrap()).unwrap();
+        for p in [1, 2, 3] {
+            let mut got = out.batches.clone();
+            for s in 0..p {
+                let mut restored = RestoredState::default();
+                for b in &table {
+                    if let Some(r) = owned_rows(b, s, p, 128).unwrap() {
+                        restored.keyed.entry("groups".into()).or_default().push(r);
+                    }
+                }
+                let mut op = make();
+                op.restore(restored, &mut ctx).await.unwrap();
+                let mut o = crate::operator::VecCollector::default();
+                for b in &batches[2..] {
+                    let g = key_groups(&[Arc::clone(b.data.column(0))], b.num_rows(), 128).unwrap();
+                    let g = g.as_any().downcast_ref::<UInt32Array>().unwrap();
+                    let mask: arrow::array::BooleanArray = g
+                        .values()
+                        .iter()
+                        .map(|&g| {
+                            Some(crate::partition::subtask_for_key_group(g as usize, 128, p) == s)
+                        })
+                        .collect();
+                    let rows = arrow::compute::filter_record_batch(&b.data, &mask).unwrap();
+                    op.process_batch(b.with_data(rows), &mut ctx, &mut o)
+                        .await
+                        .unwrap();
+                }
+                got.extend(o.batches);
+            }
+            assert_eq!(latest_per_key(&got), expected, "parallelism {p}");
+        }
+    }
 
     #[tokio::test]
     async fn emits_updated_values_for_touched_keys() {

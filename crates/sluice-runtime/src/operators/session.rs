@@ -18,27 +18,41 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{
+    ArrayRef, BooleanArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
+};
 use arrow::compute::{take, take_record_batch};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter};
 use async_trait::async_trait;
 use datafusion_common::ScalarValue;
 use datafusion_common::hash_utils::RandomState;
 use datafusion_expr::{Accumulator, Expr};
-use sluice_types::{Batch, Result, SluiceError, Watermark};
+use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, Watermark};
 
 use super::PreparedOperator;
-use super::aggregate::{PlannedAggregate, PlannedAggregates};
+use super::aggregate::{
+    PlannedAggregate, PlannedAggregates, accumulators_from, state_column_counts,
+    take_accumulator_states,
+};
 use super::window::{
     MAX_EVENT_TIME, MIN_EVENT_TIME, WINDOW_END, WINDOW_START, arm_early_timer, dead_letter_rows,
     emit_late, encode_keys, key_converter, prepare_from_template, window_output_schema,
 };
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
+use crate::state::{OperatorState, RestoredState};
 
 fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
     SluiceError::user("session window computation failed").with_source(e)
+}
+
+/// The keyed state table of the session window.
+const SESSIONS_TABLE: &str = "sessions";
+
+#[derive(serde::Deserialize)]
+struct SessionMeta {
+    watermark: i64,
 }
 
 struct Session {
@@ -315,6 +329,131 @@ impl SessionWindowOperator {
         out.collect(Batch { data, ingest }).await
     }
 
+    /// Keyed table `sessions`: `_key_group`, keys, start, end, changed, every
+    /// aggregate's state; the watermark as meta.
+    fn snapshot_state(&mut self, max_parallelism: usize) -> Result<OperatorState> {
+        let mut state = OperatorState {
+            keyed: Default::default(),
+            meta: serde_json::json!({ "watermark": self.watermark }),
+        };
+        let mut key_rows = Vec::new();
+        let (mut starts, mut ends, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+        let mut values: Vec<Vec<Vec<ScalarValue>>> = vec![Vec::new(); self.aggregates.len()];
+        for id in 0..self.keys.len() {
+            for i in 0..self.keys[id].sessions.len() {
+                let s = &mut self.keys[id].sessions[i];
+                let st = take_accumulator_states(&self.aggregates, &mut s.accumulators)?;
+                for (a, vals) in st.into_iter().enumerate() {
+                    values[a].resize_with(vals.len(), Vec::new);
+                    for (j, v) in vals.into_iter().enumerate() {
+                        values[a][j].push(v);
+                    }
+                }
+                starts.push(s.start);
+                ends.push(s.end);
+                changed.push(s.changed);
+                key_rows.push(id);
+            }
+        }
+        let n = key_rows.len();
+        if n == 0 {
+            return Ok(state);
+        }
+        let keys: Vec<ArrayRef> = match &self.converter {
+            Some(c) => c.convert_rows(key_rows.iter().map(|&id| {
+                self.keys[id]
+                    .key
+                    .as_ref()
+                    .expect("invariant: keyed state has its key")
+                    .row()
+            }))?,
+            None => Vec::new(),
+        };
+        let mut fields = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            fields.push(Arc::new(Field::new(
+                format!("k{i}"),
+                k.data_type().clone(),
+                true,
+            )));
+            columns.push(Arc::clone(k));
+        }
+        fields.push(Arc::new(Field::new("start", DataType::Int64, false)));
+        columns.push(Arc::new(Int64Array::from(starts)));
+        fields.push(Arc::new(Field::new("end", DataType::Int64, false)));
+        columns.push(Arc::new(Int64Array::from(ends)));
+        fields.push(Arc::new(Field::new("changed", DataType::Boolean, false)));
+        columns.push(Arc::new(BooleanArray::from(changed)));
+        for (a, per_field) in values.into_iter().enumerate() {
+            for (j, vals) in per_field.into_iter().enumerate() {
+                let c = ScalarValue::iter_to_array(vals).map_err(df_err)?;
+                fields.push(Arc::new(Field::new(
+                    format!("a{a}_{j}"),
+                    c.data_type().clone(),
+                    true,
+                )));
+                columns.push(c);
+            }
+        }
+        let groups = crate::state::key_groups(&keys, n, max_parallelism)?;
+        state.push_keyed(SESSIONS_TABLE, groups, fields, columns)?;
+        Ok(state)
+    }
+
+    fn restore_state(&mut self, state: &RestoredState) -> Result<()> {
+        let metas: Vec<SessionMeta> = state.metas()?;
+        if let Some(w) = metas.iter().map(|m| m.watermark).min() {
+            self.watermark = w;
+        }
+        let counts = state_column_counts(&self.aggregates)?;
+        let nkeys = self.key_types.len();
+        let expected = nkeys + 3 + counts.iter().sum::<usize>();
+        for batch in state.table(SESSIONS_TABLE) {
+            if batch.num_columns() != expected {
+                return Err(SluiceError::user(format!(
+                    "checkpointed session state has {} columns, this window expects {expected}: the job changed",
+                    batch.num_columns()
+                )));
+            }
+            let cols = batch.columns();
+            let rows = match &self.converter {
+                Some(c) => Some(c.convert_columns(&cols[..nkeys])?),
+                None => None,
+            };
+            let malformed = || SluiceError::user("checkpointed session state is malformed");
+            let starts = cols[nkeys]
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(malformed)?;
+            let ends = cols[nkeys + 1]
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(malformed)?;
+            let changed = cols[nkeys + 2]
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .ok_or_else(malformed)?;
+            let mut col = nkeys + 3;
+            let mut states = Vec::with_capacity(counts.len());
+            for &c in &counts {
+                states.push(cols[col..col + c].to_vec());
+                col += c;
+            }
+            for i in 0..batch.num_rows() {
+                let id = self.key_id(rows.as_ref().map(|r| r.row(i)));
+                let session = Session {
+                    start: starts.value(i),
+                    end: ends.value(i),
+                    accumulators: accumulators_from(&self.aggregates, &states, i)?,
+                    changed: changed.value(i),
+                };
+                self.merge_in(id, session)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops sessions that can no longer change, and keys left with none.
     fn expire(&mut self) {
         let cutoff = self.watermark.saturating_sub(self.lateness);
@@ -473,6 +612,20 @@ impl Operator for SessionWindowOperator {
         Ok(())
     }
 
+    async fn snapshot(
+        &mut self,
+        _barrier: &CheckpointBarrier,
+        ctx: &mut OperatorContext,
+    ) -> Result<OperatorState> {
+        self.snapshot_state(ctx.max_parallelism)
+    }
+
+    async fn restore(&mut self, state: RestoredState, ctx: &mut OperatorContext) -> Result<()> {
+        self.restore_state(&state)?;
+        self.early_timer = ctx.timers.next(TimeDomain::ProcessingTime).is_some();
+        Ok(())
+    }
+
     async fn on_watermark(
         &mut self,
         watermark: Watermark,
@@ -507,6 +660,49 @@ mod tests {
     use datafusion_expr::col;
     use datafusion_functions_aggregate::expr_fn::{count, sum};
     use sluice_testkit::{assert_pretty, batch_from_pretty};
+
+    #[tokio::test]
+    async fn sessions_survive_a_checkpoint_and_a_change_of_parallelism() {
+        use crate::operators::test_util::{kv_batch, run_plain, run_through_checkpoint};
+        // Sessions of 100 ms gap per key; the checkpoint falls inside open sessions, and
+        // the rows after it merge into them.
+        let batches: Vec<Batch> = (0..6)
+            .map(|b| {
+                kv_batch(
+                    &(0..40)
+                        .map(|i| {
+                            (
+                                i % 7,
+                                i,
+                                b * 60 + (i % 5) * 10 + if b == 3 { 500 } else { 0 },
+                            )
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let make = || {
+            Box::new(
+                SessionWindowOperator::new(
+                    &["k".into()],
+                    Duration::from_millis(100),
+                    &[count(col("v")).alias("n"), sum(col("v")).alias("s")],
+                    Duration::ZERO,
+                    &batches[0].data.schema(),
+                )
+                .unwrap(),
+            ) as Box<dyn Operator>
+        };
+        let whole = run_plain(make, &batches).await;
+        assert!(!whole.is_empty());
+        for p in [1, 2, 3] {
+            assert_eq!(
+                run_through_checkpoint(make, &batches, 2, p).await,
+                whole,
+                "parallelism {p}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn early_firings_emit_changed_open_sessions_before_the_final_result() {

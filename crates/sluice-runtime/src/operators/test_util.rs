@@ -65,3 +65,121 @@ pub(crate) fn window_rows(out: &[Batch]) -> Vec<String> {
     }
     rows
 }
+
+/// Runs `batches` through one operator with a checkpoint after `split_at` batches, then
+/// restores that checkpoint (through the Arrow IPC encoding) into `parallelism` fresh
+/// operators, routes the remaining batches to them by the key group of column `k`, ends
+/// the input, and returns every output row (`window_rows`), sorted. With the same
+/// operator run without a checkpoint, the result must be the same.
+pub(crate) async fn run_through_checkpoint(
+    make: impl Fn() -> Box<dyn crate::operator::Operator>,
+    batches: &[Batch],
+    split_at: usize,
+    parallelism: usize,
+) -> Vec<String> {
+    use crate::operator::{OperatorContext, VecCollector};
+    use crate::state::{RestoredState, decode_table, encode_table, key_groups, owned_rows};
+    use sluice_types::{CheckpointBarrier, CheckpointKind, Watermark};
+    const MAX_P: usize = 128;
+    let schema = batches[0].data.schema();
+    let mut out = VecCollector::default();
+    let mut op = make();
+    let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+    for b in &batches[..split_at] {
+        op.process_batch(b.clone(), &mut ctx, &mut out)
+            .await
+            .expect("process");
+    }
+    let barrier = CheckpointBarrier {
+        epoch: 1,
+        triggered_at_us: 0,
+        kind: CheckpointKind::Checkpoint,
+        then_stop: false,
+    };
+    let state = op.snapshot(&barrier, &mut ctx).await.expect("snapshot");
+    let tables: Vec<(String, Vec<RecordBatch>)> = state
+        .keyed
+        .iter()
+        .map(|(name, b)| {
+            let bytes = encode_table(b).expect("encode");
+            (name.clone(), decode_table(&bytes).expect("decode"))
+        })
+        .collect();
+    let mut ops = Vec::new();
+    for s in 0..parallelism {
+        let mut restored = RestoredState {
+            metas: vec![state.meta.clone()],
+            ..Default::default()
+        };
+        for (name, bs) in &tables {
+            for b in bs {
+                if let Some(r) = owned_rows(b, s, parallelism, MAX_P).expect("filter") {
+                    restored.keyed.entry(name.clone()).or_default().push(r);
+                }
+            }
+        }
+        let mut op = make();
+        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+        op.restore(restored, &mut ctx).await.expect("restore");
+        ops.push((op, ctx));
+    }
+    for b in &batches[split_at..] {
+        let groups =
+            key_groups(&[Arc::clone(b.data.column(0))], b.num_rows(), MAX_P).expect("key groups");
+        let groups = groups
+            .as_any()
+            .downcast_ref::<arrow::array::UInt32Array>()
+            .expect("u32");
+        for (s, (op, ctx)) in ops.iter_mut().enumerate() {
+            let mask: arrow::array::BooleanArray = groups
+                .values()
+                .iter()
+                .map(|&g| {
+                    Some(
+                        crate::partition::subtask_for_key_group(g as usize, MAX_P, parallelism)
+                            == s,
+                    )
+                })
+                .collect();
+            let rows = arrow::compute::filter_record_batch(&b.data, &mask).expect("filter");
+            if rows.num_rows() > 0 {
+                op.process_batch(b.with_data(rows), ctx, &mut out)
+                    .await
+                    .expect("process");
+            }
+        }
+    }
+    for (op, ctx) in ops.iter_mut() {
+        op.on_watermark(Watermark::MAX, ctx, &mut out)
+            .await
+            .expect("watermark");
+        op.on_close(ctx, &mut out).await.expect("close");
+    }
+    let mut rows = window_rows(&out.batches);
+    rows.sort();
+    rows
+}
+
+/// Runs `batches` through one operator without a checkpoint, to the end of input;
+/// returns every output row (`window_rows`), sorted.
+pub(crate) async fn run_plain(
+    make: impl Fn() -> Box<dyn crate::operator::Operator>,
+    batches: &[Batch],
+) -> Vec<String> {
+    use crate::operator::{OperatorContext, VecCollector};
+    let mut out = VecCollector::default();
+    let mut op = make();
+    let mut ctx = OperatorContext::for_test(batches[0].data.schema());
+    for b in batches {
+        op.process_batch(b.clone(), &mut ctx, &mut out)
+            .await
+            .expect("process");
+    }
+    op.on_watermark(sluice_types::Watermark::MAX, &mut ctx, &mut out)
+        .await
+        .expect("watermark");
+    op.on_close(&mut ctx, &mut out).await.expect("close");
+    let mut rows = window_rows(&out.batches);
+    rows.sort();
+    rows
+}

@@ -996,6 +996,51 @@ mod tests {
         Duration::from_secs(s)
     }
 
+    #[tokio::test]
+    async fn windows_survive_a_checkpoint_and_a_change_of_parallelism() {
+        use crate::operators::test_util::{kv_batch, run_plain, run_through_checkpoint};
+        let batches: Vec<Batch> = (0..6)
+            .map(|b| {
+                kv_batch(
+                    &(0..50)
+                        .map(|i| (i % 9, i, b * 700 + i * 13))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        for window in [
+            WindowSpec::Tumbling {
+                size: Duration::from_secs(1),
+            },
+            WindowSpec::Hopping {
+                size: Duration::from_secs(2),
+                slide: Duration::from_millis(500),
+            },
+        ] {
+            let make = || {
+                Box::new(
+                    WindowAggregateOperator::new(
+                        &["k".into()],
+                        window,
+                        &[count(col("v")).alias("n"), sum(col("v")).alias("s")],
+                        Duration::ZERO,
+                        &batches[0].data.schema(),
+                    )
+                    .unwrap(),
+                ) as Box<dyn Operator>
+            };
+            let whole = run_plain(make, &batches).await;
+            assert!(!whole.is_empty());
+            for p in [1, 2, 3] {
+                assert_eq!(
+                    run_through_checkpoint(make, &batches, 3, p).await,
+                    whole,
+                    "{window}, parallelism {p}"
+                );
+            }
+        }
+    }
+
     async fn run(window: WindowSpec, lateness: Duration, steps: Vec<Step>) -> (Vec<Batch>, u64) {
         let (out, late, _) = run_counting(window, lateness, steps).await;
         (out, late)
