@@ -383,7 +383,6 @@ impl PreparedJob {
                     | WindowSpec::Session { .. } => None,
                     other => Some(format!("{other} windows")),
                 },
-                NodeKind::TopNPerWindow { .. } => Some("top-N per window".to_string()),
                 _ => None,
             };
             if let Some(what) = unsupported {

@@ -697,7 +697,7 @@ mod tests {
         assert!(!whole.is_empty());
         for p in [1, 2, 3] {
             assert_eq!(
-                run_through_checkpoint(make, &batches, 2, p).await,
+                run_through_checkpoint(make, &batches, 2, p, &[0]).await,
                 whole,
                 "parallelism {p}"
             );

@@ -70,12 +70,14 @@ pub(crate) fn window_rows(out: &[Batch]) -> Vec<String> {
 /// restores that checkpoint (through the Arrow IPC encoding) into `parallelism` fresh
 /// operators, routes the remaining batches to them by the key group of column `k`, ends
 /// the input, and returns every output row (`window_rows`), sorted. With the same
-/// operator run without a checkpoint, the result must be the same.
+/// operator run without a checkpoint, the result must be the same. Rows are routed by
+/// the columns `route_by`, as the hash edge into the operator would.
 pub(crate) async fn run_through_checkpoint(
     make: impl Fn() -> Box<dyn crate::operator::Operator>,
     batches: &[Batch],
     split_at: usize,
     parallelism: usize,
+    route_by: &[usize],
 ) -> Vec<String> {
     use crate::operator::{OperatorContext, VecCollector};
     use crate::state::{RestoredState, decode_table, encode_table, key_groups, owned_rows};
@@ -125,7 +127,7 @@ pub(crate) async fn run_through_checkpoint(
     }
     for b in &batches[split_at..] {
         let groups =
-            key_groups(&[Arc::clone(b.data.column(0))], b.num_rows(), MAX_P).expect("key groups");
+            key_groups(&route_columns(b, route_by), b.num_rows(), MAX_P).expect("key groups");
         let groups = groups
             .as_any()
             .downcast_ref::<arrow::array::UInt32Array>()
@@ -182,4 +184,11 @@ pub(crate) async fn run_plain(
     let mut rows = window_rows(&out.batches);
     rows.sort();
     rows
+}
+
+fn route_columns(b: &Batch, route_by: &[usize]) -> Vec<arrow::array::ArrayRef> {
+    route_by
+        .iter()
+        .map(|&i| Arc::clone(b.data.column(i)))
+        .collect()
 }

@@ -28,11 +28,20 @@ use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use datafusion_common::hash_utils::RandomState;
-use sluice_types::{Batch, Result, SluiceError, Watermark};
+use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, Watermark};
 
 use super::PreparedOperator;
 use super::window::{WINDOW_END, WINDOW_START, emit_late, prepare_from_template};
 use crate::operator::{Collector, Operator, OperatorContext};
+use crate::state::{OperatorState, RestoredState};
+
+/// The keyed state table of top-n: the candidate rows of windows not fired yet.
+const CANDIDATES_TABLE: &str = "candidates";
+
+#[derive(serde::Deserialize)]
+struct TopNMeta {
+    watermark: i64,
+}
 
 /// The top-N-per-window operator.
 ///
@@ -199,6 +208,57 @@ impl TopNPerWindowOperator {
         Ok(filter_record_batch(&rows, &keep)?)
     }
 
+    /// Adds the rows of windows that have not fired to their groups (keeping only rows
+    /// that can still rank); returns the indices of the late rows.
+    fn absorb(&mut self, data: &RecordBatch) -> Result<Vec<u32>> {
+        let ends = data
+            .column(self.end_index)
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+            .ok_or_else(|| SluiceError::internal("window_end is not a ms timestamp"))?
+            .clone();
+        let cols: Vec<ArrayRef> = self
+            .group_indices
+            .iter()
+            .map(|&i| Arc::clone(data.column(i)))
+            .collect();
+        let keys = self.converter.convert_columns(&cols)?;
+        // Rows per (window end, group), in first-seen order; late rows apart.
+        let mut groups: HashMap<(i64, &[u8]), Vec<u32>, RandomState> =
+            HashMap::with_hasher(RandomState::default());
+        let mut late = Vec::new();
+        for i in 0..data.num_rows() {
+            let end = ends.value(i);
+            if end.saturating_sub(1) <= self.watermark {
+                late.push(i as u32);
+                continue;
+            }
+            groups
+                .entry((end, keys.row(i).data()))
+                .or_default()
+                .push(i as u32);
+        }
+        let whole = groups.len() == 1 && late.is_empty();
+        for ((end, key), idx) in groups {
+            let rows = if whole {
+                data.clone()
+            } else {
+                take_record_batch(data, &UInt32Array::from(idx))?
+            };
+            let window = self.windows.entry(end).or_default();
+            let merged = match window.remove(key) {
+                Some(held) => concat_batches(&self.schema, [&held, &rows])?,
+                None => rows,
+            };
+            let kept = self.prune(merged)?;
+            self.windows
+                .entry(end)
+                .or_default()
+                .insert(key.into(), kept);
+        }
+        Ok(late)
+    }
+
     async fn fire_through(&mut self, watermark: i64, out: &mut dyn Collector) -> Result<()> {
         let mut ready = Vec::new();
         while let Some(entry) = self.windows.first_entry() {
@@ -232,34 +292,7 @@ impl Operator for TopNPerWindowOperator {
         out: &mut dyn Collector,
     ) -> Result<()> {
         self.latest_ingest_us = self.latest_ingest_us.max(batch.ingest.max_us);
-        let ends = batch
-            .data
-            .column(self.end_index)
-            .as_any()
-            .downcast_ref::<arrow::array::TimestampMillisecondArray>()
-            .ok_or_else(|| SluiceError::internal("window_end is not a ms timestamp"))?
-            .clone();
-        let cols: Vec<ArrayRef> = self
-            .group_indices
-            .iter()
-            .map(|&i| Arc::clone(batch.data.column(i)))
-            .collect();
-        let keys = self.converter.convert_columns(&cols)?;
-        // Rows per (window end, group), in first-seen order; late rows apart.
-        let mut groups: HashMap<(i64, &[u8]), Vec<u32>, RandomState> =
-            HashMap::with_hasher(RandomState::default());
-        let mut late = Vec::new();
-        for i in 0..batch.num_rows() {
-            let end = ends.value(i);
-            if end.saturating_sub(1) <= self.watermark {
-                late.push(i as u32);
-                continue;
-            }
-            groups
-                .entry((end, keys.row(i).data()))
-                .or_default()
-                .push(i as u32);
-        }
+        let late = self.absorb(&batch.data)?;
         if !late.is_empty() {
             let rows = take_record_batch(&batch.data, &UInt32Array::from(late))?;
             let reason = format!(
@@ -268,23 +301,54 @@ impl Operator for TopNPerWindowOperator {
             );
             emit_late(ctx, batch.with_data(rows), out, &reason, self.watermark).await?;
         }
-        let whole = groups.len() == 1;
-        for ((end, key), idx) in groups {
-            let rows = if whole {
-                batch.data.clone()
-            } else {
-                take_record_batch(&batch.data, &UInt32Array::from(idx))?
-            };
-            let window = self.windows.entry(end).or_default();
-            let merged = match window.remove(key) {
-                Some(held) => concat_batches(&self.schema, [&held, &rows])?,
-                None => rows,
-            };
-            let kept = self.prune(merged)?;
-            self.windows
-                .entry(end)
-                .or_default()
-                .insert(key.into(), kept);
+        Ok(())
+    }
+
+    async fn snapshot(
+        &mut self,
+        _barrier: &CheckpointBarrier,
+        ctx: &mut OperatorContext,
+    ) -> Result<OperatorState> {
+        let mut state = OperatorState {
+            keyed: Default::default(),
+            meta: serde_json::json!({ "watermark": self.watermark }),
+        };
+        let held: Vec<&RecordBatch> = self.windows.values().flat_map(HashMap::values).collect();
+        if held.is_empty() {
+            return Ok(state);
+        }
+        let rows = concat_batches(&self.schema, held)?;
+        // Routed to this operator by (window_end, partition columns): the same key groups.
+        let mut key_cols = vec![Arc::clone(rows.column(self.end_index))];
+        key_cols.extend(
+            self.group_indices[1..]
+                .iter()
+                .map(|&i| Arc::clone(rows.column(i))),
+        );
+        let groups = crate::state::key_groups(&key_cols, rows.num_rows(), ctx.max_parallelism)?;
+        state.push_keyed(
+            CANDIDATES_TABLE,
+            groups,
+            self.schema.fields().iter().cloned().collect(),
+            rows.columns().to_vec(),
+        )?;
+        Ok(state)
+    }
+
+    async fn restore(&mut self, state: RestoredState, _ctx: &mut OperatorContext) -> Result<()> {
+        let metas: Vec<TopNMeta> = state.metas()?;
+        if let Some(w) = metas.iter().map(|m| m.watermark).min() {
+            self.watermark = w;
+        }
+        for b in state.table(CANDIDATES_TABLE) {
+            if b.schema().fields() != self.schema.fields() {
+                return Err(SluiceError::user(
+                    "checkpointed top-n rows do not match this operator's input: the job changed",
+                ));
+            }
+            let b = RecordBatch::try_new(Arc::clone(&self.schema), b.columns().to_vec())?;
+            let late = self.absorb(&b)?;
+            debug_assert!(late.is_empty(), "fired windows are not checkpointed");
         }
         Ok(())
     }
@@ -319,6 +383,68 @@ mod tests {
     use crate::operator::VecCollector;
     use arrow::array::StringArray;
     use sluice_testkit::batch_from_pretty;
+
+    #[tokio::test]
+    async fn candidates_survive_a_checkpoint_and_a_change_of_parallelism() {
+        use crate::operators::test_util::{run_plain, run_through_checkpoint};
+        use arrow::array::{Int64Array, TimestampMillisecondArray};
+        let ts = || DataType::Timestamp(TimeUnit::Millisecond, None);
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("k", DataType::Utf8, false),
+            arrow::datatypes::Field::new(WINDOW_START, ts(), false),
+            arrow::datatypes::Field::new(WINDOW_END, ts(), false),
+            arrow::datatypes::Field::new("n", DataType::Int64, false),
+            sluice_types::timestamp_field(),
+        ]));
+        // Per batch, 12 keys in each of 3 windows; counts with ties.
+        let batches: Vec<Batch> = (0..4)
+            .map(|b| {
+                let rows: Vec<(String, i64, i64)> = (0..36)
+                    .map(|i| {
+                        (
+                            format!("k{}-{b}", i % 12),
+                            (i / 12) * 1_000,
+                            (i * 7 + b) % 5,
+                        )
+                    })
+                    .collect();
+                let data = RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(StringArray::from_iter_values(
+                            rows.iter().map(|r| r.0.clone()),
+                        )),
+                        Arc::new(TimestampMillisecondArray::from_iter_values(
+                            rows.iter().map(|r| r.1),
+                        )),
+                        Arc::new(TimestampMillisecondArray::from_iter_values(
+                            rows.iter().map(|r| r.1 + 1_000),
+                        )),
+                        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                        Arc::new(TimestampMillisecondArray::from_iter_values(
+                            rows.iter().map(|r| r.1 + 999),
+                        )),
+                    ],
+                )
+                .unwrap();
+                Batch::try_new(data, sluice_types::IngestTime::at(0)).unwrap()
+            })
+            .collect();
+        let make = || {
+            Box::new(TopNPerWindowOperator::new(&[], "n", true, 2, &schema).unwrap())
+                as Box<dyn Operator>
+        };
+        let whole = run_plain(make, &batches).await;
+        assert!(whole.len() >= 6, "{whole:?}");
+        for p in [1, 2, 3] {
+            // Routed by window_end, as the hash edge into top-n is.
+            assert_eq!(
+                run_through_checkpoint(make, &batches, 2, p, &[2]).await,
+                whole,
+                "parallelism {p}"
+            );
+        }
+    }
 
     /// The `k` column of every emitted row, sorted per batch.
     fn keys(out: &[Batch]) -> Vec<Vec<String>> {

@@ -1033,7 +1033,7 @@ mod tests {
             assert!(!whole.is_empty());
             for p in [1, 2, 3] {
                 assert_eq!(
-                    run_through_checkpoint(make, &batches, 3, p).await,
+                    run_through_checkpoint(make, &batches, 3, p, &[0]).await,
                     whole,
                     "{window}, parallelism {p}"
                 );
