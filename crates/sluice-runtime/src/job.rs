@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use sluice_plan::{
-    DeliveryGuarantee, EventTime, JobPlan, NodeId, NodeKind, Partitioning, RestoreFrom, WindowSpec,
+    DeliveryGuarantee, EventTime, JobPlan, NodeId, NodeKind, Partitioning, RestoreFrom,
 };
 use sluice_types::{Result, SluiceError, TIMESTAMP_FIELD, TaskInfo, timestamp_field};
 use tokio::sync::mpsc;
@@ -373,28 +373,6 @@ impl PreparedJob {
         s
     }
 
-    /// Checks that the plan's stateful operators can be checkpointed.
-    fn check_checkpointable(&self) -> Result<()> {
-        for node in &self.plan.nodes {
-            let unsupported = match &node.kind {
-                NodeKind::WindowAggregate { window, .. } => match window {
-                    WindowSpec::Tumbling { .. }
-                    | WindowSpec::Hopping { .. }
-                    | WindowSpec::Session { .. } => None,
-                    other => Some(format!("{other} windows")),
-                },
-                _ => None,
-            };
-            if let Some(what) = unsupported {
-                return Err(SluiceError::user(format!(
-                    "`{}`: {what} cannot be checkpointed yet; run this job at-most-once (no checkpoints)",
-                    node.name
-                )));
-            }
-        }
-        Ok(())
-    }
-
     /// Reads the snapshot to restore from, if the job asks for one.
     async fn load_restore(
         &self,
@@ -471,9 +449,6 @@ impl PreparedJob {
             (None, Some(c)) => Some(c.child("savepoints")),
             (None, None) => None,
         };
-        if checkpointing {
-            self.check_checkpointable()?;
-        }
         let stats = Arc::new(CheckpointStats::default());
         let read_started = std::time::Instant::now();
         let restore = self.load_restore(checkpoints.as_ref()).await?;

@@ -19,24 +19,28 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::take;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter};
 use async_trait::async_trait;
 use datafusion_common::ScalarValue;
 use datafusion_common::hash_utils::RandomState;
 use datafusion_expr::{Accumulator, Expr};
-use sluice_types::{Batch, Result, SluiceError};
+use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError};
 
 use super::PreparedOperator;
-use super::aggregate::{PlannedAggregate, PlannedAggregates};
+use super::aggregate::{
+    PlannedAggregate, PlannedAggregates, accumulators_from, state_column_counts,
+    take_accumulator_states,
+};
 use super::window::{
     WINDOW_END, WINDOW_START, arm_early_timer, encode_keys, key_converter, prepare_from_template,
     window_output_schema,
 };
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
+use crate::state::{OperatorState, RestoredState};
 
 fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
     SluiceError::user("count window computation failed").with_source(e)
@@ -45,6 +49,19 @@ fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
+
+/// The keyed state table of count windows: one row per pane.
+const PANES_TABLE: &str = "panes";
+/// Its counter columns, after the keys.
+const COUNT_STATE_COLUMNS: [&str; 7] = [
+    "part",
+    "min_ts",
+    "max_ts",
+    "open_rows",
+    "since_fire",
+    "panes_since_fire",
+    "changed",
+];
 
 /// A sealed pane: per aggregate, its state as one-row arrays; its event-time range.
 struct Pane {
@@ -464,6 +481,168 @@ impl Operator for CountWindowOperator {
         self.emit(fired, out).await
     }
 
+    async fn snapshot(
+        &mut self,
+        _barrier: &CheckpointBarrier,
+        ctx: &mut OperatorContext,
+    ) -> Result<OperatorState> {
+        let mut state = OperatorState::default();
+        // One row per sealed pane (part 0, 1, …) and one for the open pane (part -1);
+        // the key's counters repeat on each of its rows.
+        let mut key_ids = Vec::new();
+        let mut ints: [Vec<i64>; 7] = Default::default();
+        let mut values: Vec<Vec<Vec<ScalarValue>>> = vec![Vec::new(); self.aggregates.len()];
+        let mut push_values = |st: Vec<Vec<ScalarValue>>| {
+            for (a, vals) in st.into_iter().enumerate() {
+                values[a].resize_with(vals.len(), Vec::new);
+                for (j, v) in vals.into_iter().enumerate() {
+                    values[a][j].push(v);
+                }
+            }
+        };
+        for id in 0..self.keys.len() {
+            let open = take_accumulator_states(&self.aggregates, &mut self.keys[id].open)?;
+            let k = &self.keys[id];
+            let counters = [
+                k.open_rows as i64,
+                k.since_fire as i64,
+                k.panes_since_fire as i64,
+                i64::from(k.changed),
+            ];
+            let parts = k
+                .panes
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i as i64, p.min_ts, p.max_ts))
+                .chain(std::iter::once((-1, k.open_min, k.open_max)));
+            for (part, lo, hi) in parts {
+                key_ids.push(id);
+                for (col, v) in ints
+                    .iter_mut()
+                    .zip([part, lo, hi].into_iter().chain(counters))
+                {
+                    col.push(v);
+                }
+            }
+            for p in &k.panes {
+                push_values(
+                    p.states
+                        .iter()
+                        .map(|cols| {
+                            cols.iter()
+                                .map(|c| ScalarValue::try_from_array(c, 0).map_err(df_err))
+                                .collect::<Result<Vec<_>>>()
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                );
+            }
+            push_values(open);
+        }
+        let n = key_ids.len();
+        if n == 0 {
+            return Ok(state);
+        }
+        let keys: Vec<ArrayRef> = match &self.converter {
+            Some(c) => c.convert_rows(key_ids.iter().map(|&id| {
+                self.keys[id]
+                    .key
+                    .as_ref()
+                    .expect("invariant: keyed state has its key")
+                    .row()
+            }))?,
+            None => Vec::new(),
+        };
+        let mut fields = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            fields.push(Arc::new(Field::new(
+                format!("k{i}"),
+                k.data_type().clone(),
+                true,
+            )));
+            columns.push(Arc::clone(k));
+        }
+        for (name, v) in COUNT_STATE_COLUMNS.into_iter().zip(ints) {
+            fields.push(Arc::new(Field::new(name, DataType::Int64, false)));
+            columns.push(Arc::new(Int64Array::from(v)));
+        }
+        for (a, per_field) in values.into_iter().enumerate() {
+            for (j, vals) in per_field.into_iter().enumerate() {
+                let c = ScalarValue::iter_to_array(vals).map_err(df_err)?;
+                fields.push(Arc::new(Field::new(
+                    format!("a{a}_{j}"),
+                    c.data_type().clone(),
+                    true,
+                )));
+                columns.push(c);
+            }
+        }
+        let groups = crate::state::key_groups(&keys, n, ctx.max_parallelism)?;
+        state.push_keyed(PANES_TABLE, groups, fields, columns)?;
+        Ok(state)
+    }
+
+    async fn restore(&mut self, state: RestoredState, ctx: &mut OperatorContext) -> Result<()> {
+        self.early_timer = ctx.timers.next(TimeDomain::ProcessingTime).is_some();
+        let counts = state_column_counts(&self.aggregates)?;
+        let nkeys = self.key_types.len();
+        let nints = COUNT_STATE_COLUMNS.len();
+        let expected = nkeys + nints + counts.iter().sum::<usize>();
+        for batch in state.table(PANES_TABLE) {
+            if batch.num_columns() != expected {
+                return Err(SluiceError::user(format!(
+                    "checkpointed count window state has {} columns, this window expects {expected}: the job changed",
+                    batch.num_columns()
+                )));
+            }
+            let cols = batch.columns();
+            let rows = match &self.converter {
+                Some(c) => Some(c.convert_columns(&cols[..nkeys])?),
+                None => None,
+            };
+            let ints = (0..nints)
+                .map(|i| {
+                    cols[nkeys + i]
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .ok_or_else(|| {
+                            SluiceError::user("checkpointed count window state is malformed")
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut col = nkeys + nints;
+            let mut states = Vec::with_capacity(counts.len());
+            for &c in &counts {
+                states.push(cols[col..col + c].to_vec());
+                col += c;
+            }
+            for i in 0..batch.num_rows() {
+                let id = self.key_id(rows.as_ref().map(|r| r.row(i)))?;
+                let v = |c: usize| ints[c].value(i);
+                let k = &mut self.keys[id];
+                k.open_rows = v(3) as u64;
+                k.since_fire = v(4) as u64;
+                k.panes_since_fire = v(5) as usize;
+                k.changed = v(6) != 0;
+                if v(0) < 0 {
+                    k.open = accumulators_from(&self.aggregates, &states, i)?;
+                    k.open_min = v(1);
+                    k.open_max = v(2);
+                } else {
+                    k.panes.push_back(Pane {
+                        states: states
+                            .iter()
+                            .map(|cs| cs.iter().map(|c| c.slice(i, 1)).collect())
+                            .collect(),
+                        min_ts: v(1),
+                        max_ts: v(2),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn on_timer(
         &mut self,
         domain: TimeDomain,
@@ -518,6 +697,43 @@ mod tests {
     use datafusion_expr::col;
     use datafusion_functions_aggregate::expr_fn::{count, sum};
     use sluice_testkit::{assert_pretty, batch_from_pretty};
+
+    #[tokio::test]
+    async fn panes_survive_a_checkpoint_and_a_change_of_parallelism() {
+        use crate::operators::test_util::{kv_batch, run_plain, run_through_checkpoint};
+        let batches: Vec<Batch> = (0..5)
+            .map(|b| {
+                kv_batch(
+                    &(0..37)
+                        .map(|i| (i % 6, b * 37 + i, b * 100 + i))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        for (size, slide) in [(4, 4), (6, 2), (5, 3)] {
+            let make = || {
+                Box::new(
+                    CountWindowOperator::new(
+                        &["k".into()],
+                        size,
+                        slide,
+                        &[count(col("v")).alias("n"), sum(col("v")).alias("s")],
+                        &batches[0].data.schema(),
+                    )
+                    .unwrap(),
+                ) as Box<dyn Operator>
+            };
+            let whole = run_plain(make, &batches).await;
+            assert!(!whole.is_empty());
+            for p in [1, 2, 3] {
+                assert_eq!(
+                    run_through_checkpoint(make, &batches, 2, p, &[0]).await,
+                    whole,
+                    "count window {size}/{slide}, parallelism {p}"
+                );
+            }
+        }
+    }
 
     #[tokio::test]
     async fn early_firings_emit_the_growing_window_of_changed_keys() {

@@ -23,18 +23,22 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, UInt32Array};
+use arrow::array::{ArrayRef, Int64Array, UInt32Array};
 use arrow::compute::take;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter};
 use async_trait::async_trait;
+use datafusion_common::ScalarValue;
 use datafusion_common::hash_utils::RandomState;
 use datafusion_expr::{Accumulator, Expr};
 use sluice_plan::TriggerSpec;
-use sluice_types::{Batch, Result, SluiceError, Watermark};
+use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, Watermark};
 
 use super::PreparedOperator;
-use super::aggregate::{PlannedAggregate, PlannedAggregates};
+use super::aggregate::{
+    PlannedAggregate, PlannedAggregates, accumulators_from, state_column_counts,
+    take_accumulator_states,
+};
 use super::count::WindowResults;
 use super::window::{
     WINDOW_END, WINDOW_START, encode_keys, key_converter, prepare_from_template,
@@ -42,10 +46,14 @@ use super::window::{
 };
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
+use crate::state::{OperatorState, RestoredState};
 
 fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
     SluiceError::user("global window computation failed").with_source(e)
 }
+
+/// The keyed state table of the global window.
+const KEYS_TABLE: &str = "keys";
 
 struct KeyState {
     key: Option<OwnedRow>,
@@ -359,6 +367,138 @@ impl Operator for GlobalWindowOperator {
         self.emit(fired, out).await
     }
 
+    async fn snapshot(
+        &mut self,
+        _barrier: &CheckpointBarrier,
+        ctx: &mut OperatorContext,
+    ) -> Result<OperatorState> {
+        let mut state = OperatorState {
+            keyed: Default::default(),
+            meta: serde_json::json!({ "watermark": self.watermark }),
+        };
+        if self.keys.is_empty() {
+            return Ok(state);
+        }
+        let n = self.keys.len();
+        let mut ints: [Vec<i64>; 4] = Default::default();
+        let mut values: Vec<Vec<Vec<ScalarValue>>> = vec![Vec::new(); self.aggregates.len()];
+        let mut key_rows = Vec::with_capacity(n);
+        for s in self.keys.values_mut() {
+            let st = take_accumulator_states(&self.aggregates, &mut s.accumulators)?;
+            for (a, vals) in st.into_iter().enumerate() {
+                values[a].resize_with(vals.len(), Vec::new);
+                for (j, v) in vals.into_iter().enumerate() {
+                    values[a][j].push(v);
+                }
+            }
+            ints[0].push(s.since_fire as i64);
+            ints[1].push(s.min_ts);
+            ints[2].push(s.max_ts);
+            ints[3].push(s.due);
+            key_rows.push(s.key.clone());
+        }
+        let keys: Vec<ArrayRef> = match &self.converter {
+            Some(c) => c.convert_rows(key_rows.iter().map(|k| {
+                k.as_ref()
+                    .expect("invariant: keyed state has its key")
+                    .row()
+            }))?,
+            None => Vec::new(),
+        };
+        let mut fields = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            fields.push(Arc::new(Field::new(
+                format!("k{i}"),
+                k.data_type().clone(),
+                true,
+            )));
+            columns.push(Arc::clone(k));
+        }
+        for (name, v) in ["since_fire", "min_ts", "max_ts", "due"]
+            .into_iter()
+            .zip(ints)
+        {
+            fields.push(Arc::new(Field::new(name, DataType::Int64, false)));
+            columns.push(Arc::new(Int64Array::from(v)));
+        }
+        for (a, per_field) in values.into_iter().enumerate() {
+            for (j, vals) in per_field.into_iter().enumerate() {
+                let c = ScalarValue::iter_to_array(vals).map_err(df_err)?;
+                fields.push(Arc::new(Field::new(
+                    format!("a{a}_{j}"),
+                    c.data_type().clone(),
+                    true,
+                )));
+                columns.push(c);
+            }
+        }
+        let groups = crate::state::key_groups(&keys, n, ctx.max_parallelism)?;
+        state.push_keyed(KEYS_TABLE, groups, fields, columns)?;
+        Ok(state)
+    }
+
+    async fn restore(&mut self, state: RestoredState, ctx: &mut OperatorContext) -> Result<()> {
+        #[derive(serde::Deserialize)]
+        struct Meta {
+            watermark: i64,
+        }
+        let metas: Vec<Meta> = state.metas()?;
+        if let Some(w) = metas.iter().map(|m| m.watermark).min() {
+            self.watermark = w;
+        }
+        self.timer_armed = ctx.timers.next(TimeDomain::ProcessingTime).is_some();
+        let counts = state_column_counts(&self.aggregates)?;
+        let nkeys = self.key_types.len();
+        let expected = nkeys + 4 + counts.iter().sum::<usize>();
+        for batch in state.table(KEYS_TABLE) {
+            if batch.num_columns() != expected {
+                return Err(SluiceError::user(format!(
+                    "checkpointed global window state has {} columns, this window expects {expected}: the job changed",
+                    batch.num_columns()
+                )));
+            }
+            let cols = batch.columns();
+            let rows = match &self.converter {
+                Some(c) => Some(c.convert_columns(&cols[..nkeys])?),
+                None => None,
+            };
+            let int = |i: usize| {
+                cols[nkeys + i]
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .ok_or_else(|| {
+                        SluiceError::user("checkpointed global window state is malformed")
+                    })
+            };
+            let (since, lo, hi, due) = (int(0)?, int(1)?, int(2)?, int(3)?);
+            let mut col = nkeys + 4;
+            let mut states = Vec::with_capacity(counts.len());
+            for &c in &counts {
+                states.push(cols[col..col + c].to_vec());
+                col += c;
+            }
+            for i in 0..batch.num_rows() {
+                let (bytes, key): (Box<[u8]>, _) = match &rows {
+                    Some(r) => (r.row(i).as_ref().into(), Some(r.row(i).owned())),
+                    None => (Box::from(&[][..]), None),
+                };
+                self.keys.insert(
+                    bytes,
+                    KeyState {
+                        key,
+                        accumulators: accumulators_from(&self.aggregates, &states, i)?,
+                        since_fire: since.value(i) as u64,
+                        min_ts: lo.value(i),
+                        max_ts: hi.value(i),
+                        due: due.value(i),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
     async fn on_watermark(
         &mut self,
         watermark: Watermark,
@@ -424,6 +564,42 @@ mod tests {
     use datafusion_expr::col;
     use datafusion_functions_aggregate::expr_fn::{count, sum};
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn count_triggered_state_survives_a_checkpoint_and_a_change_of_parallelism() {
+        use crate::operators::test_util::{run_plain, run_through_checkpoint};
+        let batches: Vec<Batch> = (0..5)
+            .map(|b| {
+                kv_batch(
+                    &(0..37)
+                        .map(|i| (i % 6, b * 37 + i, b * 100 + i))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        for trigger in [TriggerSpec::count(4).purging(), TriggerSpec::count(5)] {
+            let make = || {
+                Box::new(
+                    GlobalWindowOperator::new(
+                        &["k".into()],
+                        trigger.clone(),
+                        &[count(col("v")).alias("n"), sum(col("v")).alias("s")],
+                        &batches[0].data.schema(),
+                    )
+                    .unwrap(),
+                ) as Box<dyn Operator>
+            };
+            let whole = run_plain(make, &batches).await;
+            assert!(!whole.is_empty());
+            for p in [1, 2, 3] {
+                assert_eq!(
+                    run_through_checkpoint(make, &batches, 2, p, &[0]).await,
+                    whole,
+                    "{trigger:?}, parallelism {p}"
+                );
+            }
+        }
+    }
 
     fn op(trigger: TriggerSpec) -> (GlobalWindowOperator, OperatorContext) {
         let schema = kv_batch(&[]).data.schema();
