@@ -582,7 +582,7 @@ mod tests {
                 Box::new(
                     GlobalWindowOperator::new(
                         &["k".into()],
-                        trigger.clone(),
+                        trigger,
                         &[count(col("v")).alias("n"), sum(col("v")).alias("s")],
                         &batches[0].data.schema(),
                     )
