@@ -1,0 +1,451 @@
+//! Sluice streaming SQL: a dialect close to Flink SQL, planned with sqlparser and
+//! DataFusion's SQL planner (names, types, coercion, the function library) and lowered
+//! to the same [`JobPlan`] as the Rust API. No code is generated per query.
+//!
+//! ```text
+//!  script ──split──> SET | CREATE TABLE | CREATE VIEW | INSERT INTO | SELECT | EXPLAIN
+//!           CREATE TABLE ──> catalog (connector, columns, WATERMARK)
+//!           query ──DataFusion SqlToRel──> LogicalPlan ──lower──> JobPlan nodes
+//!           every INSERT (and SELECT) of a script ──> one job
+//! ```
+//!
+//! ```
+//! use sluice_sql::SqlContext;
+//! let mut ctx = SqlContext::new(sluice_runtime::ConnectorRegistry::new());
+//! let err = ctx.plan_script("SELECT nope FROM missing").unwrap_err();
+//! assert!(err.to_string().contains("`missing` does not exist"), "{err}");
+//! ```
+
+pub mod catalog;
+pub mod error;
+pub mod lower;
+pub mod script;
+pub mod settings;
+pub mod window_tvf;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::{DataType, Schema};
+use datafusion_common::DFSchema;
+use datafusion_expr::{AggregateUDF, LogicalPlan, ScalarUDF};
+use datafusion_sql::planner::{ParserOptions, PlannerContext, SqlToRel};
+use datafusion_sql::sqlparser::ast::{
+    BinaryOperator, CreateTable, Expr as SqlExpr, ObjectName, Query, Statement, TableObject,
+};
+use datafusion_sql::sqlparser::dialect::GenericDialect;
+use datafusion_sql::sqlparser::parser::Parser;
+use sluice_plan::{ConnectorSpec, JobPlan};
+use sluice_runtime::ConnectorRegistry;
+
+pub use catalog::TimeAttribute;
+use catalog::{Entry, Functions, Provider, TableDef};
+pub use error::{Result, SqlError};
+use lower::{Lowered, Lowerer};
+use script::{Pos, RawStatement, Snippet, TableExtras};
+pub use settings::Settings;
+
+/// Deepest nesting the parser accepts (it returns an error beyond, never overflows).
+const RECURSION_LIMIT: usize = 64;
+
+/// What a script asks for.
+#[derive(Debug, Default)]
+pub struct SqlJob {
+    /// The job made of every `INSERT INTO` (and top-level `SELECT`); `None` if the
+    /// script only declares things.
+    pub plan: Option<JobPlan>,
+    /// One plan per `EXPLAIN` statement, in order, each with the statement's text.
+    pub explains: Vec<(String, JobPlan)>,
+}
+
+/// Plans SQL scripts against a catalog of tables and views.
+pub struct SqlContext {
+    registry: ConnectorRegistry,
+    functions: Functions,
+    catalog: HashMap<String, Entry>,
+    settings: Settings,
+    select_sink: ConnectorSpec,
+}
+
+impl SqlContext {
+    /// A context whose tables may use the connectors of `registry`.
+    pub fn new(registry: ConnectorRegistry) -> Self {
+        Self {
+            registry,
+            functions: Functions::default(),
+            catalog: HashMap::new(),
+            settings: Settings::default(),
+            select_sink: ConnectorSpec::new("print"),
+        }
+    }
+
+    /// Registers a scalar function (Rust UDF), callable by its name.
+    pub fn register_udf(&mut self, udf: ScalarUDF) {
+        self.functions
+            .scalars
+            .insert(udf.name().to_ascii_lowercase(), Arc::new(udf));
+    }
+
+    /// Registers an aggregate function (Rust UDAF), callable by its name.
+    pub fn register_udaf(&mut self, udaf: AggregateUDF) {
+        self.functions
+            .aggregates
+            .insert(udaf.name().to_ascii_lowercase(), Arc::new(udaf));
+    }
+
+    /// Where the rows of a top-level `SELECT` go (default: the `print` sink).
+    pub fn with_select_sink(mut self, spec: ConnectorSpec) -> Self {
+        self.select_sink = spec;
+        self
+    }
+
+    /// Settings made with `SET` so far.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Applies a setting as `SET 'key' = 'value'` would.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        self.settings.apply(key, value)
+    }
+
+    /// Plans a script: declarations update the catalog; all `INSERT INTO` and `SELECT`
+    /// statements become one job.
+    pub fn plan_script(&mut self, sql: &str) -> Result<SqlJob> {
+        let statements = script::split(sql)?;
+        let mut job = SqlJob::default();
+        let mut plan = JobPlan::new(self.settings.job_name.clone().unwrap_or_else(|| "sql".into()));
+        let mut sources = HashMap::new();
+        for s in statements {
+            match s {
+                RawStatement::Set { key, value, pos } => {
+                    self.settings.apply(&key, &value).map_err(|e| e.or_at(pos))?;
+                }
+                RawStatement::Sql { text, pos, extras } => {
+                    let stmt = parse_one(&text, pos)?;
+                    match stmt {
+                        Statement::Explain { statement, .. } => {
+                            let mut p = JobPlan::new("explain");
+                            let mut memo = HashMap::new();
+                            self.run_statement(*statement.clone(), pos, None, &mut p, &mut memo)?;
+                            self.finish(&mut p);
+                            job.explains.push((statement.to_string(), p));
+                        }
+                        other => {
+                            self.run_statement(other, pos, extras, &mut plan, &mut sources)?
+                        }
+                    }
+                }
+            }
+        }
+        if !plan.nodes.is_empty() {
+            self.finish(&mut plan);
+            job.plan = Some(plan);
+        }
+        Ok(job)
+    }
+
+    fn finish(&self, plan: &mut JobPlan) {
+        if let Some(name) = &self.settings.job_name {
+            plan.name = name.clone();
+        }
+        self.settings.apply_to(&mut plan.config);
+    }
+
+    fn run_statement(
+        &mut self,
+        stmt: Statement,
+        pos: Pos,
+        extras: Option<TableExtras>,
+        plan: &mut JobPlan,
+        sources: &mut HashMap<String, Lowered>,
+    ) -> Result<()> {
+        match stmt {
+            Statement::CreateTable(ct) => self.create_table(ct, extras.unwrap_or_default(), pos),
+            Statement::CreateView(v) => {
+                let name = object_name(&v.name);
+                if self.catalog.contains_key(&name) && !v.or_replace {
+                    return Err(SqlError::at(pos, format!("`{name}` already exists")));
+                }
+                if !v.columns.is_empty() {
+                    return Err(SqlError::at(pos, "CREATE VIEW with a column list is not supported; alias the columns in the query"));
+                }
+                let logical = self.plan_query(*v.query, pos)?;
+                self.catalog.insert(name, Entry::View(Arc::new(logical)));
+                Ok(())
+            }
+            Statement::Insert(ins) => {
+                let TableObject::TableName(name) = &ins.table else {
+                    return Err(SqlError::at(pos, "INSERT INTO takes a table name"));
+                };
+                let name = object_name(name);
+                if !ins.columns.is_empty() {
+                    return Err(SqlError::at(pos, "INSERT INTO t (columns) is not supported; select the columns in the table's order"));
+                }
+                let Some(query) = ins.source else {
+                    return Err(SqlError::at(pos, "INSERT INTO needs a query (SELECT …)"));
+                };
+                let def = match self.catalog.get(&name) {
+                    Some(Entry::Table(t)) => Arc::clone(t),
+                    Some(Entry::View(_)) => {
+                        return Err(SqlError::at(pos, format!("cannot INSERT INTO view `{name}`")));
+                    }
+                    None => {
+                        return Err(SqlError::at(
+                            pos,
+                            format!("table `{name}` does not exist; declare it with CREATE TABLE … WITH ('connector' = …)"),
+                        ));
+                    }
+                };
+                if self.registry.sink(&def.spec.connector).is_err() {
+                    return Err(SqlError::at(
+                        pos,
+                        format!(
+                            "table `{name}` uses connector `{}`, which cannot be written to; sink connectors: {}",
+                            def.spec.connector,
+                            self.registry.sink_names().join(", ")
+                        ),
+                    ));
+                }
+                self.insert(*query, &def, pos, plan, sources)
+            }
+            Statement::Query(q) => {
+                let def = TableDef::new(
+                    "select".into(),
+                    Arc::new(Schema::empty()),
+                    self.select_sink.clone(),
+                    TimeAttribute::ConnectorDefault,
+                    Vec::new(),
+                    pos,
+                );
+                self.insert(*q, &def, pos, plan, sources)
+            }
+            Statement::Explain { .. } => Err(SqlError::at(pos, "EXPLAIN cannot be nested")),
+            other => Err(SqlError::at(
+                pos,
+                format!(
+                    "unsupported statement `{}`; Sluice runs SET, CREATE TABLE, CREATE VIEW, INSERT INTO, SELECT and EXPLAIN",
+                    other.to_string().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+                ),
+            )),
+        }
+    }
+
+    fn provider(&self) -> Provider<'_> {
+        Provider::new(&self.catalog, &self.registry, &self.functions)
+    }
+
+    fn plan_query(&self, q: Query, pos: Pos) -> Result<LogicalPlan> {
+        let provider = self.provider();
+        let planner = SqlToRel::new_with_options(&provider, parser_options());
+        planner
+            .sql_statement_to_plan(Statement::Query(Box::new(q)))
+            .map_err(|e| SqlError::datafusion(e).or_at(pos))
+    }
+
+    fn insert(
+        &self,
+        query: Query,
+        def: &TableDef,
+        pos: Pos,
+        plan: &mut JobPlan,
+        sources: &mut HashMap<String, Lowered>,
+    ) -> Result<()> {
+        let logical = self.plan_query(query, pos)?;
+        let mut lowerer = Lowerer::new(
+            plan,
+            &self.registry,
+            &self.catalog,
+            self.settings.parallelism,
+            self.settings.idle_timeout,
+        );
+        lowerer.sources = std::mem::take(sources);
+        let result = lowerer
+            .lower(&logical)
+            .and_then(|l| lowerer.sink(l, logical.schema(), def));
+        *sources = std::mem::take(&mut lowerer.sources);
+        result.map_err(|e| e.or_at(pos))
+    }
+
+    fn create_table(&mut self, ct: CreateTable, extras: TableExtras, pos: Pos) -> Result<()> {
+        let name = object_name(&ct.name);
+        if self.catalog.contains_key(&name) {
+            if ct.if_not_exists {
+                return Ok(());
+            }
+            if !ct.or_replace {
+                return Err(SqlError::at(pos, format!("`{name}` already exists")));
+            }
+        }
+        if ct.query.is_some() {
+            return Err(SqlError::at(pos, "CREATE TABLE … AS SELECT is not supported; CREATE TABLE, then INSERT INTO"));
+        }
+        if !ct.constraints.is_empty() {
+            return Err(SqlError::at(pos, "table constraints other than PRIMARY KEY (…) NOT ENFORCED are not supported"));
+        }
+        let provider = self.provider();
+        let planner = SqlToRel::new_with_options(&provider, parser_options());
+        let declared = planner
+            .build_schema(ct.columns)
+            .map_err(|e| SqlError::datafusion(e).or_at(pos))?;
+        let declared = Arc::new(declared);
+        let mut options = extras.options;
+        let Some(connector) = options.remove("connector") else {
+            return Err(SqlError::at(
+                pos,
+                format!("table `{name}` needs WITH ('connector' = '…'); connectors: {}", {
+                    let mut n = self.registry.source_names();
+                    n.extend(self.registry.sink_names());
+                    n.sort_unstable();
+                    n.dedup();
+                    n.join(", ")
+                }),
+            ));
+        };
+        if self.registry.source(&connector).is_err() && self.registry.sink(&connector).is_err() {
+            let mut n = self.registry.source_names();
+            n.extend(self.registry.sink_names());
+            n.sort_unstable();
+            n.dedup();
+            return Err(SqlError::at(
+                pos,
+                format!("unknown connector `{connector}`; available: {}", n.join(", ")),
+            ));
+        }
+        let mut spec = ConnectorSpec::new(connector);
+        spec.options = options;
+        // Computed columns: PROCTIME() only, for now.
+        let mut time = TimeAttribute::ConnectorDefault;
+        for (col, snippet) in &extras.computed {
+            let e = parse_expr(snippet)?;
+            match &e {
+                SqlExpr::Function(f) if f.name.to_string().eq_ignore_ascii_case("proctime") => {
+                    if !matches!(time, TimeAttribute::ConnectorDefault) {
+                        return Err(SqlError::at(snippet.pos, "a table has one time attribute"));
+                    }
+                    time = TimeAttribute::ProcTime { column: col.clone() };
+                }
+                _ => {
+                    return Err(SqlError::at(
+                        snippet.pos,
+                        format!("computed column `{col}`: only `{col} AS PROCTIME()` is supported in a table; compute other columns in a view (CREATE VIEW … AS SELECT …, expr AS {col} FROM …)"),
+                    ));
+                }
+            }
+        }
+        if let Some((column, snippet)) = &extras.watermark {
+            if !matches!(time, TimeAttribute::ConnectorDefault) {
+                return Err(SqlError::at(snippet.pos, "a table with PROCTIME() cannot also have a WATERMARK"));
+            }
+            let field = declared.field_with_name(column).map_err(|_| {
+                SqlError::at(
+                    snippet.pos,
+                    format!("WATERMARK FOR `{column}`: `{column}` is not a declared column of `{name}`"),
+                )
+            })?;
+            if !matches!(
+                field.data_type(),
+                DataType::Timestamp(_, _) | DataType::Int64 | DataType::Date64
+            ) {
+                return Err(SqlError::at(
+                    snippet.pos,
+                    format!(
+                        "WATERMARK FOR `{column}`: the column is {}, it must be a TIMESTAMP(3) or BIGINT epoch milliseconds",
+                        field.data_type()
+                    ),
+                ));
+            }
+            let delay = watermark_delay(column, snippet, &planner)?;
+            time = TimeAttribute::EventTime {
+                column: column.clone(),
+                delay,
+            };
+        }
+        let def = TableDef::new(
+            name.clone(),
+            declared,
+            spec,
+            time,
+            extras.primary_key,
+            pos,
+        );
+        self.catalog.insert(name, Entry::Table(Arc::new(def)));
+        Ok(())
+    }
+}
+
+fn parser_options() -> ParserOptions {
+    let mut o = ParserOptions::new();
+    o.collect_spans = true;
+    o.map_string_types_to_utf8view = false;
+    o.enable_ident_normalization = true;
+    o
+}
+
+fn object_name(n: &ObjectName) -> String {
+    n.0.last()
+        .and_then(|p| p.as_ident())
+        .map(|i| {
+            if i.quote_style.is_some() {
+                i.value.clone()
+            } else {
+                i.value.to_ascii_lowercase()
+            }
+        })
+        .unwrap_or_else(|| n.to_string().to_ascii_lowercase())
+}
+
+fn parse_one(text: &str, pos: Pos) -> Result<Statement> {
+    let dialect = GenericDialect {};
+    let mut statements = Parser::new(&dialect)
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(text)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| SqlError::parser(e, pos))?;
+    match statements.len() {
+        1 => Ok(statements.remove(0)),
+        _ => Err(SqlError::at(pos, "expected one statement")),
+    }
+}
+
+/// Parses a snippet of the script as an expression, positions kept.
+fn parse_expr(s: &Snippet) -> Result<SqlExpr> {
+    let mut padded = "\n".repeat((s.pos.line as usize).saturating_sub(1));
+    padded.push_str(&" ".repeat((s.pos.column as usize).saturating_sub(1)));
+    padded.push_str(&s.text);
+    let dialect = GenericDialect {};
+    Parser::new(&dialect)
+        .with_recursion_limit(RECURSION_LIMIT)
+        .try_with_sql(&padded)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| SqlError::parser(e, s.pos))
+}
+
+/// The bound of `WATERMARK FOR c AS c - INTERVAL '…' …`.
+fn watermark_delay(column: &str, s: &Snippet, planner: &SqlToRel<'_, Provider<'_>>) -> Result<Duration> {
+    let e = parse_expr(s)?;
+    let usage = || {
+        SqlError::at(
+            s.pos,
+            format!("WATERMARK FOR {column} AS {column} - INTERVAL '5' SECOND (bounded out-of-orderness) or AS {column}; found `{}`", s.text.trim()),
+        )
+    };
+    let is_col = |e: &SqlExpr| matches!(e, SqlExpr::Identifier(i) if i.value.eq_ignore_ascii_case(column));
+    match &e {
+        e if is_col(e) => Ok(Duration::ZERO),
+        SqlExpr::BinaryOp {
+            left,
+            op: BinaryOperator::Minus,
+            right,
+        } if is_col(left) => {
+            let expr = planner
+                .sql_to_expr(*right.clone(), &DFSchema::empty(), &mut PlannerContext::new())
+                .map_err(|_| usage())?;
+            window_tvf::literal_interval_ms(&expr)
+                .map(Duration::from_millis)
+                .ok_or_else(usage)
+        }
+        _ => Err(usage()),
+    }
+}

@@ -1,0 +1,782 @@
+//! DataFusion logical plans to the Sluice physical plan.
+//!
+//! ```text
+//!  TableScan(table)            -> source (+ projection to the declared columns)
+//!  TableScan(view)             -> the view's plan, lowered in place
+//!  WindowTvf                   -> nothing yet: marks the stream as windowed
+//!  Filter / Projection         -> filter / project (chained with their neighbours)
+//!  Aggregate over a window TVF -> window aggregate, hash-partitioned by the other keys
+//!  Aggregate                   -> running aggregate (an upsert stream by key)
+//!  Filter(rank <= n) over Window(RANK() OVER (PARTITION BY window_start, window_end …))
+//!                              -> top-n per window
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion_common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion_common::{Column, DFSchema, ScalarValue};
+use datafusion_expr::expr::{AggregateFunction, WindowFunction};
+use datafusion_expr::{BinaryExpr, Expr, LogicalPlan, Operator, WindowFunctionDefinition, col, lit};
+use sluice_plan::{
+    ConnectorSpec, EventTime, JobPlan, NodeId, NodeKind, Partitioning, SourceNode, WatermarkSpec,
+    WindowSpec,
+};
+use sluice_runtime::ConnectorRegistry;
+
+use crate::catalog::{Entry, EntryRef, SluiceTable, TableDef, TimeAttribute};
+use crate::error::{Result, SqlError};
+use crate::window_tvf::{WINDOW_COLUMNS, WindowTvf};
+
+/// A lowered relation: the node whose main output carries it, and what is known of it.
+#[derive(Clone, Debug)]
+pub struct Lowered {
+    /// The node.
+    pub node: NodeId,
+    /// Physical column names, in order (without `_timestamp`).
+    pub columns: Vec<String>,
+    /// The column holding the event time (the one `_timestamp` was taken from), if it is
+    /// still there under some name.
+    pub rowtime: Option<String>,
+    /// A window TVF not yet consumed by its GROUP BY.
+    pub window: Option<Arc<WindowTvf>>,
+    /// Whether rows update earlier rows (a running aggregate's upserts).
+    pub updating: bool,
+}
+
+/// Builds one job's nodes from logical plans.
+pub struct Lowerer<'a> {
+    /// The job being built.
+    pub plan: &'a mut JobPlan,
+    pub(crate) registry: &'a ConnectorRegistry,
+    pub(crate) catalog: &'a HashMap<String, Entry>,
+    /// Parallelism of every operator (windows without keys run with 1).
+    pub parallelism: usize,
+    /// Source idleness (`table.exec.source.idle-timeout`).
+    pub idle_timeout: Option<Duration>,
+    pub(crate) sources: HashMap<String, Lowered>,
+}
+
+/// Drops table qualifiers: operators see one flat row of named columns.
+pub fn unqualify(e: &Expr) -> Expr {
+    e.clone()
+        .transform(|e| {
+            Ok(match e {
+                Expr::Column(c) if c.relation.is_some() => {
+                    Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))
+                }
+                other => Transformed::no(other),
+            })
+        })
+        .map(|t| t.data)
+        .unwrap_or_else(|_| e.clone())
+}
+
+/// Columns an expression reads.
+fn referenced(e: &Expr) -> Vec<String> {
+    let mut out = Vec::new();
+    let _ = e.apply(|e| {
+        if let Expr::Column(c) = e {
+            out.push(c.name.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
+}
+
+fn as_column(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Column(c) => Some(c.name.as_str()),
+        Expr::Alias(a) => as_column(&a.expr),
+        _ => None,
+    }
+}
+
+impl<'a> Lowerer<'a> {
+    /// A lowerer adding to `plan`.
+    pub fn new(
+        plan: &'a mut JobPlan,
+        registry: &'a ConnectorRegistry,
+        catalog: &'a HashMap<String, Entry>,
+        parallelism: usize,
+        idle_timeout: Option<Duration>,
+    ) -> Self {
+        Self {
+            plan,
+            registry,
+            catalog,
+            parallelism,
+            idle_timeout,
+            sources: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, input: &Lowered, kind: NodeKind, p: usize, edge: Option<Partitioning>) -> NodeId {
+        let name = kind.label();
+        let id = self.plan.add_node(name, p, kind);
+        let up_p = self.plan.nodes[input.node].parallelism;
+        let edge = edge.unwrap_or(if up_p == p {
+            Partitioning::Forward
+        } else {
+            Partitioning::Rebalance
+        });
+        self.plan.add_edge(input.node, id, edge);
+        id
+    }
+
+    /// Adds a projection; `exprs` are named by `alias`.
+    fn project(&mut self, input: &Lowered, exprs: Vec<Expr>, names: Vec<String>) -> Lowered {
+        let identity = exprs.len() == input.columns.len()
+            && exprs
+                .iter()
+                .zip(&input.columns)
+                .zip(&names)
+                .all(|((e, c), n)| as_column(e) == Some(c.as_str()) && n == c);
+        if identity {
+            return input.clone();
+        }
+        let rowtime = input.rowtime.as_ref().and_then(|rt| {
+            exprs
+                .iter()
+                .zip(&names)
+                .find(|(e, _)| as_column(e) == Some(rt.as_str()))
+                .map(|(_, n)| n.clone())
+        });
+        let exprs = exprs
+            .into_iter()
+            .zip(&names)
+            .map(|(e, n)| e.unalias().alias(n))
+            .collect();
+        let p = self.plan.nodes[input.node].parallelism;
+        let node = self.add(input, NodeKind::Project { exprs }, p, None);
+        Lowered {
+            node,
+            columns: names,
+            rowtime,
+            window: input.window.clone(),
+            updating: input.updating,
+        }
+    }
+
+    fn check_columns(&self, input: &Lowered, exprs: &[&Expr]) -> Result<()> {
+        for e in exprs {
+            for c in referenced(e) {
+                if !input.columns.contains(&c) {
+                    if input.window.is_some() && WINDOW_COLUMNS.contains(&c.as_str()) {
+                        return Err(SqlError::new(format!(
+                            "`{c}` of a window table function can be used in GROUP BY window_start, window_end and after it, not before (in `{e}`)"
+                        )));
+                    }
+                    return Err(SqlError::new(format!(
+                        "column `{c}` is not available here (in `{e}`); columns: {}",
+                        input.columns.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lowers a logical plan.
+    pub fn lower(&mut self, plan: &LogicalPlan) -> Result<Lowered> {
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                if !scan.filters.is_empty() {
+                    return Err(SqlError::unsupported("a filter pushed into a scan"));
+                }
+                let table = scan
+                    .source
+                    .as_ref()
+                    .downcast_ref::<SluiceTable>()
+                    .ok_or_else(|| SqlError::new("internal: unknown table source"))?;
+                let lowered = match &table.entry {
+                    EntryRef::Table(def) => self.table(&Arc::clone(def))?,
+                    EntryRef::View(view) => self.lower(&Arc::clone(view))?,
+                };
+                match &scan.projection {
+                    None => Ok(lowered),
+                    Some(indices) => {
+                        let names: Vec<String> =
+                            indices.iter().map(|&i| lowered.columns[i].clone()).collect();
+                        let exprs = names.iter().map(|n| col(n.as_str())).collect();
+                        Ok(self.project(&lowered, exprs, names))
+                    }
+                }
+            }
+            LogicalPlan::SubqueryAlias(a) => self.lower(&a.input),
+            LogicalPlan::Extension(ext) => {
+                let Some(tvf) = ext.node.as_any().downcast_ref::<WindowTvf>() else {
+                    return Err(SqlError::unsupported(format!("`{}`", ext.node.name())));
+                };
+                let input = self.lower(&tvf.input)?;
+                let at = crate::script::Pos {
+                    line: tvf.at.0,
+                    column: tvf.at.1,
+                };
+                if input.window.is_some() {
+                    return Err(SqlError::at(at, "a window table function over another one needs a GROUP BY between them"));
+                }
+                if input.updating {
+                    return Err(SqlError::at(at, "a window table function needs an append-only input, not the updates of a GROUP BY without windows"));
+                }
+                if let Some(tc) = &tvf.time_column
+                    && input.rowtime.as_deref() != Some(tc.as_str())
+                {
+                    return Err(SqlError::at(
+                        at,
+                        match &input.rowtime {
+                            Some(rt) => format!(
+                                "DESCRIPTOR({tc}) is not the event-time column; windows are over the event time, which is `{rt}` here"
+                            ),
+                            None => format!(
+                                "DESCRIPTOR({tc}) is not an event-time column; declare it in the table with WATERMARK FOR {tc} AS {tc} - INTERVAL '…' SECOND"
+                            ),
+                        },
+                    ));
+                }
+                Ok(Lowered {
+                    window: Some(Arc::new(tvf.clone())),
+                    ..input
+                })
+            }
+            LogicalPlan::Filter(f) => {
+                if let Some(l) = self.top_n(f)? {
+                    return Ok(l);
+                }
+                let input = self.lower(&f.input)?;
+                let predicate = unqualify(&f.predicate);
+                self.check_columns(&input, &[&predicate])?;
+                let p = self.plan.nodes[input.node].parallelism;
+                let node = self.add(&input, NodeKind::Filter { predicate }, p, None);
+                Ok(Lowered { node, ..input })
+            }
+            LogicalPlan::Projection(proj) => {
+                let input = self.lower(&proj.input)?;
+                let mut exprs = Vec::new();
+                let mut names = Vec::new();
+                for (e, (_, field)) in proj.expr.iter().zip(proj.schema.iter()) {
+                    let e = unqualify(e);
+                    if input.window.is_some()
+                        && let Some(c) = as_column(&e)
+                        && WINDOW_COLUMNS.contains(&c)
+                    {
+                        if field.name() != c {
+                            return Err(SqlError::new(format!(
+                                "`{c}` cannot be renamed before the window's GROUP BY"
+                            )));
+                        }
+                        continue;
+                    }
+                    exprs.push(e);
+                    names.push(field.name().clone());
+                }
+                self.check_columns(&input, &exprs.iter().collect::<Vec<_>>())?;
+                for e in &exprs {
+                    check_scalar(e)?;
+                }
+                Ok(self.project(&input, exprs, names))
+            }
+            LogicalPlan::Aggregate(agg) => self.aggregate(agg),
+            LogicalPlan::Window(_) => Err(SqlError::unsupported(
+                "OVER (…) outside a Top-N (`… WHERE rk <= n` over RANK() OVER (PARTITION BY window_start, window_end … ORDER BY …))",
+            )),
+            LogicalPlan::Join(_) => Err(SqlError::unsupported("JOIN (joins are coming)")),
+            LogicalPlan::Sort(_) => Err(SqlError::unsupported(
+                "ORDER BY on an unbounded stream (use a Top-N per window)",
+            )),
+            LogicalPlan::Limit(_) => Err(SqlError::unsupported("LIMIT on a stream")),
+            LogicalPlan::Distinct(_) => Err(SqlError::unsupported(
+                "SELECT DISTINCT (write GROUP BY over the columns)",
+            )),
+            LogicalPlan::Union(_) => Err(SqlError::unsupported("UNION")),
+            LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => Err(SqlError::unsupported(
+                "a query without a table (SELECT of constants, VALUES)",
+            )),
+            other => Err(SqlError::unsupported(format!(
+                "`{}`",
+                other.display().to_string().lines().next().unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// A table's source node, shared by every query of the job that reads it.
+    fn table(&mut self, def: &Arc<TableDef>) -> Result<Lowered> {
+        if let Some(l) = self.sources.get(&def.name) {
+            return Ok(l.clone());
+        }
+        let actual = def.source_schema(self.registry)?;
+        let (event_time, delay, mut rowtime) = match &def.time {
+            TimeAttribute::EventTime { column, delay } => {
+                (EventTime::Column(column.clone()), *delay, Some(column.clone()))
+            }
+            TimeAttribute::ProcTime { column } => {
+                (EventTime::ProcessingTime, Duration::ZERO, Some(column.clone()))
+            }
+            TimeAttribute::ConnectorDefault => {
+                let mut spec = def.spec.clone();
+                if !def.declared.fields().is_empty() {
+                    spec.schema = Some(Arc::clone(&def.declared));
+                }
+                let default = self
+                    .registry
+                    .source(&def.spec.connector)
+                    .and_then(|c| c.prepare(&spec))
+                    .map(|s| s.default_event_time())
+                    .map_err(|e| SqlError::at(def.pos, e.message))?;
+                (EventTime::ConnectorDefault, Duration::ZERO, default)
+            }
+        };
+        let mut spec: ConnectorSpec = def.spec.clone();
+        if !def.declared.fields().is_empty() {
+            spec.schema = Some(Arc::clone(&def.declared));
+        }
+        let node = self.plan.add_node(
+            def.name.clone(),
+            self.parallelism,
+            NodeKind::Source(SourceNode {
+                spec,
+                event_time,
+                watermark: WatermarkSpec {
+                    max_out_of_orderness: delay,
+                    idle_timeout: self.idle_timeout,
+                },
+            }),
+        );
+        let columns: Vec<String> = actual.fields().iter().map(|f| f.name().clone()).collect();
+        let mut lowered = Lowered {
+            node,
+            columns: columns.clone(),
+            rowtime: rowtime.clone(),
+            window: None,
+            updating: false,
+        };
+        let mut want: Vec<String> = if def.declared.fields().is_empty() {
+            columns
+        } else {
+            def.declared.fields().iter().map(|f| f.name().clone()).collect()
+        };
+        let mut exprs: Vec<Expr> = want.iter().map(|c| col(c.as_str())).collect();
+        if let TimeAttribute::ProcTime { column } = &def.time {
+            exprs.push(col(sluice_types::TIMESTAMP_FIELD));
+            want.push(column.clone());
+            rowtime = Some(column.clone());
+        }
+        lowered = self.project(&lowered, exprs, want);
+        lowered.rowtime = rowtime.filter(|r| lowered.columns.contains(r));
+        self.sources.insert(def.name.clone(), lowered.clone());
+        Ok(lowered)
+    }
+
+    fn aggregate(&mut self, agg: &datafusion_expr::logical_plan::Aggregate) -> Result<Lowered> {
+        let mut input = self.lower(&agg.input)?;
+        let n_groups = agg.group_expr.len();
+        let names: Vec<String> = agg.schema.fields().iter().map(|f| f.name().clone()).collect();
+        let window = input.window.take();
+        let mut window_cols = Vec::new();
+        let mut keys = Vec::new();
+        let mut computed: Vec<(Expr, String)> = Vec::new();
+        for (g, name) in agg.group_expr.iter().zip(&names) {
+            let g = unqualify(g);
+            match as_column(&g) {
+                Some(c) if window.is_some() && WINDOW_COLUMNS.contains(&c) => {
+                    window_cols.push(c.to_string())
+                }
+                Some(c) if input.columns.iter().any(|x| x == c) => keys.push(c.to_string()),
+                _ => {
+                    if let Expr::GroupingSet(_) = g {
+                        return Err(SqlError::unsupported("GROUPING SETS, CUBE and ROLLUP"));
+                    }
+                    check_scalar(&g)?;
+                    computed.push((g, name.clone()));
+                    keys.push(name.clone());
+                }
+            }
+        }
+        let aggregates: Vec<Expr> = agg
+            .aggr_expr
+            .iter()
+            .zip(&names[n_groups..])
+            .map(|(e, n)| unqualify(e).unalias().alias(n))
+            .collect();
+        for a in &aggregates {
+            let Expr::Alias(al) = a else { continue };
+            if let Expr::AggregateFunction(AggregateFunction { params, .. }) = al.expr.as_ref()
+                && params.filter.is_some()
+            {
+                return Err(SqlError::unsupported("FILTER (WHERE …) in an aggregate"));
+            }
+        }
+        let refs: Vec<&Expr> = aggregates.iter().collect();
+        self.check_columns(&input, &refs)?;
+        if !computed.is_empty() {
+            // Compute the grouping expressions as columns first.
+            let mut exprs: Vec<Expr> = input.columns.iter().map(|c| col(c.as_str())).collect();
+            let mut cols = input.columns.clone();
+            for (e, n) in &computed {
+                exprs.push(e.clone());
+                cols.push(n.clone());
+            }
+            self.check_columns(&input, &computed.iter().map(|(e, _)| e).collect::<Vec<_>>())?;
+            let w = input.window.clone();
+            input = self.project(&input, exprs, cols);
+            input.window = w;
+        }
+        if input.updating {
+            return Err(SqlError::unsupported(
+                "an aggregate over the updates of another GROUP BY",
+            ));
+        }
+        let p = self.parallelism;
+        if let Some(tvf) = window {
+            if window_cols.len() != 2 {
+                return Err(SqlError::new(
+                    "a windowed aggregate must GROUP BY both window_start and window_end",
+                ));
+            }
+            let spec: WindowSpec = tvf.kind.spec();
+            let kind = NodeKind::WindowAggregate {
+                keys: keys.clone(),
+                window: spec,
+                aggregates,
+                allowed_lateness: Duration::from_millis(tvf.lateness_ms),
+                early_firing: None,
+            };
+            let (p, edge) = if keys.is_empty() {
+                (1, None)
+            } else {
+                (p, Some(Partitioning::Hash(keys.clone())))
+            };
+            let node = self.add(&input, kind, p, edge);
+            if let Some(sink) = &tvf.late_sink {
+                self.late_sink(node, &input, sink)?;
+            }
+            let mut columns = keys;
+            columns.extend(WINDOW_COLUMNS.iter().map(|s| s.to_string()));
+            columns.extend(names[n_groups..].iter().cloned());
+            return Ok(Lowered {
+                node,
+                columns,
+                rowtime: None,
+                window: None,
+                updating: false,
+            });
+        }
+        if keys.is_empty() {
+            // A global aggregate: one constant key, one subtask.
+            let mut exprs: Vec<Expr> = input.columns.iter().map(|c| col(c.as_str())).collect();
+            let mut cols = input.columns.clone();
+            exprs.push(lit(0i32));
+            cols.push("__global".into());
+            let keyed = self.project(&input, exprs, cols);
+            let node = self.add(
+                &keyed,
+                NodeKind::Aggregate {
+                    keys: vec!["__global".into()],
+                    aggregates,
+                },
+                1,
+                Some(Partitioning::Hash(vec!["__global".into()])),
+            );
+            let mut columns = vec!["__global".to_string()];
+            columns.extend(names[n_groups..].iter().cloned());
+            let out = Lowered {
+                node,
+                columns,
+                rowtime: None,
+                window: None,
+                updating: true,
+            };
+            let names = names[n_groups..].to_vec();
+            let exprs = names.iter().map(|n| col(n.as_str())).collect();
+            return Ok(self.project(&out, exprs, names));
+        }
+        let node = self.add(
+            &input,
+            NodeKind::Aggregate {
+                keys: keys.clone(),
+                aggregates,
+            },
+            p,
+            Some(Partitioning::Hash(keys.clone())),
+        );
+        let mut columns = keys;
+        columns.extend(names[n_groups..].iter().cloned());
+        Ok(Lowered {
+            node,
+            columns,
+            rowtime: None,
+            window: None,
+            updating: true,
+        })
+    }
+
+    /// `WHERE rk <= n` over `RANK() OVER (PARTITION BY window_start, window_end … ORDER BY x)`.
+    fn top_n(&mut self, f: &datafusion_expr::logical_plan::Filter) -> Result<Option<Lowered>> {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = unqualify(&f.predicate) else {
+            return Ok(None);
+        };
+        let (column, limit) = match (left.as_ref(), op, right.as_ref()) {
+            (Expr::Column(c), op, Expr::Literal(v, _)) => (c.name.clone(), limit_of(op, v, false)),
+            (Expr::Literal(v, _), op, Expr::Column(c)) => (c.name.clone(), limit_of(op, v, true)),
+            _ => return Ok(None),
+        };
+        // Follow the column down through aliases and plain projections to a Window node.
+        let mut name = column;
+        let mut plan = f.input.as_ref();
+        let window = loop {
+            match plan {
+                LogicalPlan::SubqueryAlias(a) => plan = &a.input,
+                LogicalPlan::Projection(p) => {
+                    let Some(i) = p.schema.fields().iter().position(|f| f.name() == &name) else {
+                        return Ok(None);
+                    };
+                    for e in &p.expr {
+                        if as_column(&unqualify(e)).is_none() {
+                            return Ok(None);
+                        }
+                    }
+                    let picked = unqualify(&p.expr[i]);
+                    let Some(c) = as_column(&picked) else {
+                        return Ok(None);
+                    };
+                    name = c.to_string();
+                    plan = &p.input;
+                }
+                LogicalPlan::Window(w) => break w,
+                _ => return Ok(None),
+            }
+        };
+        let n_in = window.input.schema().fields().len();
+        let Some(i) = window.schema.fields().iter().position(|f| f.name() == &name) else {
+            return Ok(None);
+        };
+        if i < n_in || window.window_expr.len() != 1 {
+            return Err(SqlError::unsupported(
+                "more than one OVER (…) function in a Top-N",
+            ));
+        }
+        let Expr::WindowFunction(wf) = window.window_expr[0].clone().unalias() else {
+            return Ok(None);
+        };
+        let WindowFunction { fun, params } = wf.as_ref();
+        let fname = match fun {
+            WindowFunctionDefinition::WindowUDF(u) => u.name().to_string(),
+            WindowFunctionDefinition::AggregateUDF(u) => u.name().to_string(),
+        };
+        let Some(limit) = limit else {
+            return Err(SqlError::new(format!(
+                "a Top-N filters its rank with `<= n`, `< n` or `= 1` (n a positive integer), not `{}`",
+                f.predicate
+            )));
+        };
+        if fname != "rank" {
+            return Err(SqlError::unsupported(format!(
+                "{}() in a Top-N (use RANK(), which keeps ties; ROW_NUMBER and deduplication are coming)",
+                fname.to_uppercase()
+            )));
+        }
+        let partition: Vec<String> = params
+            .partition_by
+            .iter()
+            .map(|e| as_column(&unqualify(e)).map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| SqlError::new("a Top-N partitions by columns"))?;
+        if !WINDOW_COLUMNS.iter().all(|w| partition.iter().any(|p| p == w)) {
+            return Err(SqlError::unsupported(
+                "a Top-N that is not per window (PARTITION BY window_start, window_end, …)",
+            ));
+        }
+        let [order] = params.order_by.as_slice() else {
+            return Err(SqlError::new("a Top-N orders by exactly one column"));
+        };
+        let Some(order_by) = as_column(&unqualify(&order.expr)).map(str::to_string) else {
+            return Err(SqlError::new("a Top-N orders by a column"));
+        };
+        let input = self.lower(&window.input)?;
+        for c in partition.iter().chain([&order_by]) {
+            if !input.columns.contains(c) {
+                return Err(SqlError::new(format!(
+                    "Top-N column `{c}` is not available; a Top-N per window reads the output of a windowed GROUP BY"
+                )));
+            }
+        }
+        let others: Vec<String> = partition
+            .iter()
+            .filter(|p| !WINDOW_COLUMNS.contains(&p.as_str()))
+            .cloned()
+            .collect();
+        let mut hash = vec!["window_end".to_string()];
+        hash.extend(others.iter().cloned());
+        let node = self.add(
+            &input,
+            NodeKind::TopNPerWindow {
+                partition_by: others,
+                order_by,
+                descending: !order.asc,
+                limit,
+            },
+            self.parallelism,
+            Some(Partitioning::Hash(hash)),
+        );
+        Ok(Some(Lowered { node, ..input }))
+    }
+
+    /// Routes a window aggregate's late rows to a table, by column name.
+    fn late_sink(&mut self, node: NodeId, input: &Lowered, table: &str) -> Result<()> {
+        let def = match self.catalog.get(table) {
+            Some(Entry::Table(t)) => Arc::clone(t),
+            _ => {
+                return Err(SqlError::new(format!(
+                    "late_sink `{table}` is not a table; declare it with CREATE TABLE"
+                )));
+            }
+        };
+        let mut late_columns = input.columns.clone();
+        late_columns.extend(["late_reason".to_string(), "missed_watermark".to_string()]);
+        let side = Lowered {
+            node,
+            columns: late_columns.clone(),
+            rowtime: None,
+            window: None,
+            updating: false,
+        };
+        // The project reads the side output: add it by hand.
+        let (exprs, names): (Vec<Expr>, Vec<String>) = if def.declared.fields().is_empty() {
+            late_columns
+                .iter()
+                .map(|c| (col(c.as_str()), c.clone()))
+                .unzip()
+        } else {
+            let mut pairs = Vec::new();
+            for f in def.declared.fields() {
+                if !late_columns.contains(f.name()) {
+                    return Err(SqlError::new(format!(
+                        "late_sink `{table}` has column `{}`, which late rows do not have; they have: {}",
+                        f.name(),
+                        late_columns.join(", ")
+                    )));
+                }
+                pairs.push((
+                    Expr::Cast(datafusion_expr::Cast::new(
+                        Box::new(col(f.name().as_str())),
+                        f.data_type().clone(),
+                    )),
+                    f.name().clone(),
+                ));
+            }
+            pairs.into_iter().unzip()
+        };
+        let p = self.plan.nodes[node].parallelism;
+        let exprs = exprs.into_iter().zip(&names).map(|(e, n)| e.alias(n)).collect();
+        let proj = self.plan.add_node("project late rows", p, NodeKind::Project { exprs });
+        self.plan
+            .add_side_edge(side.node, "late", proj, Partitioning::Forward);
+        let sink = self
+            .plan
+            .add_node(format!("sink {table}"), p, NodeKind::Sink(def.spec.clone()));
+        self.plan.add_edge(proj, sink, Partitioning::Forward);
+        Ok(())
+    }
+
+    /// Ends a query in a table: columns matched by position to the table's declared
+    /// columns (cast where types differ), or passed through when it declares none.
+    pub fn sink(&mut self, query: Lowered, schema: &DFSchema, def: &TableDef) -> Result<()> {
+        if query.window.is_some() {
+            return Err(SqlError::new(
+                "a window table function must be followed by GROUP BY window_start, window_end (aggregate per window)",
+            ));
+        }
+        let out_names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let lowered = if def.declared.fields().is_empty() {
+            let exprs = out_names.iter().map(|n| col(n.as_str())).collect();
+            self.project(&query, exprs, out_names)
+        } else {
+            let declared = def.declared.fields();
+            if declared.len() != out_names.len() {
+                return Err(SqlError::new(format!(
+                    "the query returns {} columns ({}) but table `{}` has {} ({})",
+                    out_names.len(),
+                    out_names.join(", "),
+                    def.name,
+                    declared.len(),
+                    declared
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            let mut exprs = Vec::new();
+            let mut names = Vec::new();
+            for ((name, (_, qf)), f) in out_names.iter().zip(schema.iter()).zip(declared.iter()) {
+                let c = col(name.as_str());
+                exprs.push(if qf.data_type() == f.data_type() {
+                    c
+                } else {
+                    Expr::Cast(datafusion_expr::Cast::new(Box::new(c), f.data_type().clone()))
+                });
+                names.push(f.name().clone());
+            }
+            self.project(&query, exprs, names)
+        };
+        let mut spec = def.spec.clone();
+        if !def.declared.fields().is_empty() {
+            spec.schema = Some(Arc::clone(&def.declared));
+        }
+        let p = self.plan.nodes[lowered.node].parallelism;
+        let node = self.plan.add_node(
+            format!("sink {}", def.name),
+            p,
+            NodeKind::Sink(spec),
+        );
+        self.plan.add_edge(lowered.node, node, Partitioning::Forward);
+        Ok(())
+    }
+}
+
+/// The limit of `rank <op> v`, if it is a Top-N bound.
+fn limit_of(op: Operator, v: &ScalarValue, flipped: bool) -> Option<usize> {
+    let n: i64 = match v {
+        ScalarValue::Int64(Some(n)) => *n,
+        ScalarValue::Int32(Some(n)) => *n as i64,
+        ScalarValue::UInt64(Some(n)) => i64::try_from(*n).ok()?,
+        _ => return None,
+    };
+    let op = if flipped {
+        op.swap()?
+    } else {
+        op
+    };
+    let limit = match op {
+        Operator::LtEq => n,
+        Operator::Lt => n - 1,
+        Operator::Eq if n == 1 => 1,
+        _ => return None,
+    };
+    usize::try_from(limit).ok().filter(|&l| l > 0)
+}
+
+/// Rejects what a stateless projection cannot evaluate.
+fn check_scalar(e: &Expr) -> Result<()> {
+    let mut bad = None;
+    let _ = e.apply(|e| {
+        bad = match e {
+            Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) => {
+                Some("a subquery in an expression")
+            }
+            Expr::Placeholder(_) => Some("a placeholder ($1)"),
+            Expr::OuterReferenceColumn(..) => Some("a correlated subquery"),
+            _ => None,
+        };
+        Ok(if bad.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    match bad {
+        Some(what) => Err(SqlError::unsupported(what)),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,515 @@
+//! Splits a SQL script into statements and takes out the parts of Flink's dialect that
+//! sqlparser does not parse, keeping every position where it was.
+//!
+//! ```text
+//!  script ──tokenize──> statements (split at `;`)
+//!    SET 'k' = 'v'                      ──> Setting
+//!    CREATE TABLE t (… WATERMARK FOR …,  ──> watermark, computed columns, primary key
+//!                    ts AS expr, …)          and WITH options taken out (blanked),
+//!      WITH ('k' = 'v', …)                   the rest parsed by sqlparser
+//!    … TABLE(TUMBLE(TABLE t, …)) …       ──> the inner `TABLE` keyword blanked
+//! ```
+//!
+//! Blanking replaces characters with spaces and keeps newlines, so every line and column
+//! that sqlparser or DataFusion reports is the line and column of the original script.
+
+use std::collections::BTreeMap;
+
+use datafusion_sql::sqlparser::dialect::GenericDialect;
+use datafusion_sql::sqlparser::keywords::Keyword;
+use datafusion_sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+
+use crate::error::SqlError;
+
+/// A position in the script: line and column, from 1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pos {
+    /// Line, from 1.
+    pub line: u64,
+    /// Column, from 1.
+    pub column: u64,
+}
+
+impl From<Location> for Pos {
+    fn from(l: Location) -> Self {
+        Pos {
+            line: l.line,
+            column: l.column,
+        }
+    }
+}
+
+/// A piece of SQL text taken out of a statement, with where it began.
+#[derive(Clone, Debug)]
+pub struct Snippet {
+    /// The text.
+    pub text: String,
+    /// Where it began in the script.
+    pub pos: Pos,
+}
+
+/// What the pre-pass took out of a `CREATE TABLE`.
+#[derive(Clone, Debug, Default)]
+pub struct TableExtras {
+    /// `WATERMARK FOR column AS expr`: the column and the expression.
+    pub watermark: Option<(String, Snippet)>,
+    /// `name AS expr` computed columns, in order.
+    pub computed: Vec<(String, Snippet)>,
+    /// `PRIMARY KEY (a, b) NOT ENFORCED`.
+    pub primary_key: Vec<String>,
+    /// `WITH ('key' = 'value', …)`.
+    pub options: BTreeMap<String, String>,
+}
+
+/// One statement of a script.
+#[derive(Clone, Debug)]
+pub enum RawStatement {
+    /// `SET 'key' = 'value'`.
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Where the statement began.
+        pos: Pos,
+    },
+    /// Anything else: text for sqlparser (the whole script with everything outside the
+    /// statement, and what the pre-pass took out, blanked) and what was taken out.
+    Sql {
+        /// Text with the original positions.
+        text: String,
+        /// Where the statement began.
+        pos: Pos,
+        /// Extras of a `CREATE TABLE`.
+        extras: Option<TableExtras>,
+    },
+}
+
+/// Byte offsets of line starts, to turn token locations into byte ranges.
+struct Lines<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(text: &'a str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Self { text, starts }
+    }
+
+    /// Byte offset of a location (line and column from 1; the column counts characters).
+    fn offset(&self, l: Location) -> usize {
+        let Some(&start) = self.starts.get((l.line as usize).saturating_sub(1)) else {
+            return self.text.len();
+        };
+        let line = &self.text[start..];
+        let col = (l.column as usize).saturating_sub(1);
+        start
+            + line
+                .char_indices()
+                .nth(col)
+                .map_or(line.len(), |(i, _)| i)
+    }
+}
+
+/// A statement's tokens without whitespace and comments.
+struct Stmt<'t> {
+    tokens: Vec<&'t TokenWithSpan>,
+    /// Byte range of the statement in the script.
+    start: usize,
+    end: usize,
+}
+
+fn is_kw(t: &Token, kw: Keyword) -> bool {
+    matches!(t, Token::Word(w) if w.keyword == kw && w.quote_style.is_none())
+}
+
+fn word(t: &Token) -> Option<String> {
+    match t {
+        Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
+        Token::Word(w) => Some(w.value.to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
+fn string_value(t: &Token) -> Option<String> {
+    match t {
+        Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => Some(s.clone()),
+        Token::Number(n, _) => Some(n.clone()),
+        Token::Word(w) => Some(w.value.clone()),
+        _ => None,
+    }
+}
+
+/// Splits and pre-processes a script.
+pub fn split(script: &str) -> Result<Vec<RawStatement>, SqlError> {
+    let dialect = GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, script)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::at(Pos::from(e.location), e.message.clone()))?;
+    let lines = Lines::new(script);
+    let mut statements = Vec::new();
+    let mut current: Vec<&TokenWithSpan> = Vec::new();
+    let mut stmts: Vec<Stmt<'_>> = Vec::new();
+    for t in &tokens {
+        match &t.token {
+            Token::Whitespace(_) => {}
+            Token::SemiColon => {
+                if let Some(first) = current.first() {
+                    let start = lines.offset(first.span.start);
+                    stmts.push(Stmt {
+                        tokens: std::mem::take(&mut current),
+                        start,
+                        end: lines.offset(t.span.start),
+                    });
+                }
+            }
+            _ => current.push(t),
+        }
+    }
+    if let Some(first) = current.first() {
+        let start = lines.offset(first.span.start);
+        stmts.push(Stmt {
+            tokens: current,
+            start,
+            end: script.len(),
+        });
+    }
+    for s in stmts {
+        statements.push(preprocess(script, &lines, s)?);
+    }
+    Ok(statements)
+}
+
+fn blank(text: &mut [u8], range: std::ops::Range<usize>) {
+    for b in &mut text[range] {
+        if *b != b'\n' {
+            *b = b' ';
+        }
+    }
+}
+
+/// The whole script with everything but `keep` blanked.
+fn masked(script: &str, keep: std::ops::Range<usize>) -> Vec<u8> {
+    let mut text = script.as_bytes().to_vec();
+    let len = text.len();
+    blank(&mut text, 0..keep.start);
+    blank(&mut text, keep.end..len);
+    text
+}
+
+fn preprocess(script: &str, lines: &Lines<'_>, s: Stmt<'_>) -> Result<RawStatement, SqlError> {
+    let toks = &s.tokens;
+    let pos = Pos::from(toks[0].span.start);
+    if is_kw(&toks[0].token, Keyword::SET) {
+        return parse_set(toks, pos);
+    }
+    let mut text = masked(script, s.start..s.end);
+    // `TABLE name` as an argument of a window table function: drop the keyword.
+    for i in 1..toks.len().saturating_sub(1) {
+        if is_kw(&toks[i].token, Keyword::TABLE)
+            && matches!(toks[i - 1].token, Token::LParen | Token::Comma)
+            && matches!(toks[i + 1].token, Token::Word(_))
+        {
+            let a = lines.offset(toks[i].span.start);
+            blank(&mut text, a..a + "TABLE".len());
+        }
+    }
+    let mut extras = None;
+    if is_create_table(toks) {
+        extras = Some(table_extras(lines, toks, &mut text)?);
+    }
+    let text = String::from_utf8(text).map_err(|_| SqlError::at(pos, "invalid UTF-8 in SQL"))?;
+    Ok(RawStatement::Sql { text, pos, extras })
+}
+
+fn is_create_table(toks: &[&TokenWithSpan]) -> bool {
+    if !toks.first().is_some_and(|t| is_kw(&t.token, Keyword::CREATE)) {
+        return false;
+    }
+    toks.iter()
+        .skip(1)
+        .take(3)
+        .any(|t| is_kw(&t.token, Keyword::TABLE))
+}
+
+fn parse_set(toks: &[&TokenWithSpan], pos: Pos) -> Result<RawStatement, SqlError> {
+    let usage = "expected SET 'key' = 'value'";
+    // SET key = value, the key quoted or a dotted name.
+    let mut i = 1;
+    let mut key = String::new();
+    while i < toks.len() && !matches!(toks[i].token, Token::Eq) {
+        match &toks[i].token {
+            Token::Period => key.push('.'),
+            Token::Minus => key.push('-'),
+            t => key.push_str(&string_value(t).ok_or_else(|| {
+                SqlError::at(Pos::from(toks[i].span.start), format!("{usage}"))
+            })?),
+        }
+        i += 1;
+    }
+    if key.is_empty() || i >= toks.len() {
+        return Err(SqlError::at(pos, usage));
+    }
+    let rest = &toks[i + 1..];
+    let value: String = match rest {
+        [t] => string_value(&t.token)
+            .ok_or_else(|| SqlError::at(Pos::from(t.span.start), usage))?,
+        _ => {
+            let at = rest.first().map_or(pos, |t| Pos::from(t.span.start));
+            return Err(SqlError::at(at, format!("{usage} (quote the value)")));
+        }
+    };
+    Ok(RawStatement::Set { key, value, pos })
+}
+
+/// Takes watermark, computed columns, the primary key and WITH options out of a
+/// `CREATE TABLE`, blanking them in `text`.
+fn table_extras(
+    lines: &Lines<'_>,
+    toks: &[&TokenWithSpan],
+    text: &mut [u8],
+) -> Result<TableExtras, SqlError> {
+    let mut extras = TableExtras::default();
+    let Some(open) = toks.iter().position(|t| t.token == Token::LParen) else {
+        return Ok(extras);
+    };
+    // Entries of the column list at depth 1: (first token, last token) indices.
+    let mut depth = 0usize;
+    let mut entries: Vec<(usize, usize)> = Vec::new();
+    let mut commas: Vec<usize> = Vec::new();
+    let mut entry_start = open + 1;
+    let mut close = None;
+    for (i, t) in toks.iter().enumerate().skip(open) {
+        match t.token {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    if entry_start < i {
+                        entries.push((entry_start, i - 1));
+                    }
+                    close = Some(i);
+                    break;
+                }
+            }
+            Token::Comma if depth == 1 => {
+                commas.push(lines.offset(t.span.start));
+                entries.push((entry_start, i.saturating_sub(1)));
+                entry_start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let Some(close) = close else {
+        return Ok(extras);
+    };
+    let snippet = |from: usize, to: usize, text: &[u8]| -> Snippet {
+        let a = lines.offset(toks[from].span.start);
+        let b = lines.offset(toks[to].span.end);
+        Snippet {
+            text: String::from_utf8_lossy(&text[a..b]).into_owned(),
+            pos: Pos::from(toks[from].span.start),
+        }
+    };
+    let mut removed = Vec::new();
+    for (n, &(a, b)) in entries.iter().enumerate() {
+        if a > b {
+            continue;
+        }
+        let t0 = &toks[a].token;
+        let t1 = toks.get(a + 1).map(|t| &t.token);
+        let kind = if matches!(t0, Token::Word(w) if w.value.eq_ignore_ascii_case("watermark") && w.quote_style.is_none()) && t1.is_some_and(|t| is_kw(t, Keyword::FOR)) {
+            // WATERMARK FOR col AS expr
+            let col = toks
+                .get(a + 2)
+                .and_then(|t| word(&t.token))
+                .ok_or_else(|| SqlError::at(Pos::from(toks[a].span.start), "expected WATERMARK FOR <column> AS <expression>"))?;
+            if !toks.get(a + 3).is_some_and(|t| is_kw(&t.token, Keyword::AS)) || a + 4 > b {
+                return Err(SqlError::at(
+                    Pos::from(toks[a].span.start),
+                    "expected WATERMARK FOR <column> AS <expression>",
+                ));
+            }
+            if extras.watermark.is_some() {
+                return Err(SqlError::at(
+                    Pos::from(toks[a].span.start),
+                    "a table has at most one WATERMARK",
+                ));
+            }
+            extras.watermark = Some((col, snippet(a + 4, b, text)));
+            true
+        } else if is_kw(t0, Keyword::PRIMARY) && t1.is_some_and(|t| is_kw(t, Keyword::KEY)) {
+            extras.primary_key = toks[a + 2..=b]
+                .iter()
+                .filter_map(|t| word(&t.token))
+                .filter(|w| w != "not" && w != "enforced")
+                .collect();
+            true
+        } else if matches!(t0, Token::Word(_))
+            && t1.is_some_and(|t| is_kw(t, Keyword::AS))
+            && a + 2 <= b
+        {
+            let name = word(t0).unwrap_or_default();
+            extras.computed.push((name, snippet(a + 2, b, text)));
+            true
+        } else {
+            false
+        };
+        if kind {
+            removed.push(n);
+        }
+    }
+    // Blank removed entries and every comma between entries, then put back the
+    // commas that separate the kept ones.
+    for &n in &removed {
+        let (a, b) = entries[n];
+        blank(text, lines.offset(toks[a].span.start)..lines.offset(toks[b].span.end));
+    }
+    for &c in &commas {
+        blank(text, c..c + 1);
+    }
+    let kept: Vec<usize> = (0..entries.len()).filter(|n| !removed.contains(n)).collect();
+    for &n in kept.iter().take(kept.len().saturating_sub(1)) {
+        text[commas[n]] = b',';
+    }
+    if removed.len() == entries.len() && !entries.is_empty() {
+        return Err(SqlError::at(
+            Pos::from(toks[open].span.start),
+            "a table needs at least one physical column besides WATERMARK, computed columns and PRIMARY KEY",
+        ));
+    }
+    // WITH ( 'k' = 'v', … )
+    let mut i = close + 1;
+    if i < toks.len() && is_kw(&toks[i].token, Keyword::WITH) {
+        let with_start = lines.offset(toks[i].span.start);
+        i += 1;
+        if toks.get(i).map(|t| &t.token) != Some(&Token::LParen) {
+            return Err(SqlError::at(
+                Pos::from(toks[i.min(toks.len() - 1)].span.start),
+                "expected WITH ('key' = 'value', …)",
+            ));
+        }
+        i += 1;
+        loop {
+            let (Some(k), Some(eq), Some(v)) = (toks.get(i), toks.get(i + 1), toks.get(i + 2))
+            else {
+                return Err(SqlError::at(
+                    Pos::from(toks[toks.len() - 1].span.end),
+                    "unterminated WITH ('key' = 'value', …)",
+                ));
+            };
+            let key = match &k.token {
+                Token::SingleQuotedString(s) => s.clone(),
+                _ => {
+                    return Err(SqlError::at(
+                        Pos::from(k.span.start),
+                        "expected a quoted option name, as in 'connector' = 'filesystem'",
+                    ));
+                }
+            };
+            if eq.token != Token::Eq {
+                return Err(SqlError::at(Pos::from(eq.span.start), "expected `=`"));
+            }
+            let value = match &v.token {
+                Token::SingleQuotedString(s) => s.clone(),
+                Token::Number(n, _) => n.clone(),
+                _ => {
+                    return Err(SqlError::at(
+                        Pos::from(v.span.start),
+                        format!("expected a quoted value for option '{key}'"),
+                    ));
+                }
+            };
+            if extras.options.insert(key.clone(), value).is_some() {
+                return Err(SqlError::at(
+                    Pos::from(k.span.start),
+                    format!("option '{key}' is given twice"),
+                ));
+            }
+            match toks.get(i + 3).map(|t| &t.token) {
+                Some(Token::Comma) => i += 4,
+                Some(Token::RParen) => {
+                    i += 3;
+                    break;
+                }
+                _ => {
+                    return Err(SqlError::at(
+                        Pos::from(toks[(i + 3).min(toks.len() - 1)].span.start),
+                        "expected `,` or `)` after an option",
+                    ));
+                }
+            }
+        }
+        let with_end = lines.offset(toks[i].span.end);
+        blank(text, with_start..with_end);
+    }
+    Ok(extras)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sql(s: &RawStatement) -> (&str, &TableExtras) {
+        match s {
+            RawStatement::Sql {
+                text,
+                extras: Some(e),
+                ..
+            } => (text, e),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn takes_out_flink_ddl_and_keeps_positions() {
+        let script = "SET 'parallelism.default' = '2';\nCREATE TABLE bid (\n  auction BIGINT,\n  ts TIMESTAMP(3),\n  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND\n) WITH ('connector' = 'nexmark', 'events.num' = 1000);\nSELECT * FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(ts), INTERVAL '10' SECOND))";
+        let s = split(script).unwrap();
+        assert_eq!(s.len(), 3);
+        match &s[0] {
+            RawStatement::Set { key, value, .. } => {
+                assert_eq!((key.as_str(), value.as_str()), ("parallelism.default", "2"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let (text, e) = sql(&s[1]);
+        assert_eq!(text.len(), script.len());
+        assert!(!text.contains("WATERMARK") && !text.contains("connector"));
+        assert!(text.contains("ts TIMESTAMP(3)"));
+        let (col, expr) = e.watermark.as_ref().unwrap();
+        assert_eq!(col, "ts");
+        assert_eq!(expr.text, "ts - INTERVAL '5' SECOND");
+        assert_eq!(expr.pos, Pos { line: 5, column: 23 });
+        assert_eq!(e.options["connector"], "nexmark");
+        assert_eq!(e.options["events.num"], "1000");
+        let RawStatement::Sql { text, .. } = &s[2] else {
+            panic!()
+        };
+        assert!(text.contains("TUMBLE(      bid"));
+        assert!(text.lines().next().unwrap().trim().is_empty());
+    }
+
+    #[test]
+    fn computed_columns_and_primary_key() {
+        let s = split("CREATE TABLE t (a BIGINT, b AS a * 2, PRIMARY KEY (a) NOT ENFORCED) WITH ('connector' = 'print')").unwrap();
+        let (text, e) = sql(&s[0]);
+        assert_eq!(e.computed.len(), 1);
+        assert_eq!(e.computed[0].0, "b");
+        assert_eq!(e.computed[0].1.text, "a * 2");
+        assert_eq!(e.primary_key, ["a"]);
+        assert_eq!(
+            text.split_whitespace().collect::<Vec<_>>().join(" "),
+            "CREATE TABLE t (a BIGINT )"
+        );
+    }
+
+    #[test]
+    fn bad_ddl_is_located() {
+        let e = split("CREATE TABLE t (a BIGINT) WITH (connector = 'x')").unwrap_err();
+        assert!(e.to_string().contains("line 1, column 33"), "{e}");
+        let e = split("SET parallelism = ").unwrap_err();
+        assert!(e.to_string().contains("SET 'key' = 'value'"), "{e}");
+    }
+}

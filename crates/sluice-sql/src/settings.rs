@@ -1,0 +1,229 @@
+//! `SET 'key' = 'value'`: job options, with Flink's keys where Flink has one.
+//!
+//! | key | meaning |
+//! |---|---|
+//! | `parallelism.default` | parallelism of every operator (windows without keys: 1) |
+//! | `pipeline.name` | the job's name |
+//! | `pipeline.max-parallelism` | number of key groups |
+//! | `execution.checkpointing.interval` | checkpoint every (`10 s`, `500ms`, `1 min`) |
+//! | `execution.checkpointing.mode` | `EXACTLY_ONCE` or `AT_LEAST_ONCE` |
+//! | `sluice.delivery-guarantee` | `exactly-once`, `at-least-once` or `at-most-once` |
+//! | `execution.checkpointing.timeout` | abort a checkpoint after |
+//! | `execution.checkpointing.min-pause` | least pause between checkpoints |
+//! | `execution.checkpointing.num-retained` (`state.checkpoints.num-retained`) | checkpoints kept |
+//! | `execution.checkpointing.dir` (`state.checkpoints.dir`) | checkpoint directory or URL |
+//! | `execution.checkpointing.savepoint-dir` (`state.savepoints.dir`) | savepoint directory |
+//! | `table.exec.source.idle-timeout` | a source split without rows this long stops holding back event time |
+//! | `table.exec.mini-batch.size` (`sluice.batch.max-rows`) | most rows per batch |
+//! | `table.exec.mini-batch.allow-latency` (`sluice.batch.linger`) | longest a row waits for its batch |
+//! | `sluice.channel-capacity` | batches buffered per channel |
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sluice_plan::{DeliveryGuarantee, JobConfig};
+
+use crate::error::{Result, SqlError};
+
+/// Job options collected from `SET` statements.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Parallelism of the operators planned after it is set.
+    pub parallelism: usize,
+    /// The job's name.
+    pub job_name: Option<String>,
+    /// Source idleness.
+    pub idle_timeout: Option<Duration>,
+    config: JobConfig,
+    touched: Vec<&'static str>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            parallelism: 1,
+            job_name: None,
+            idle_timeout: None,
+            config: JobConfig::default(),
+            touched: Vec::new(),
+        }
+    }
+}
+
+/// The keys `SET` accepts.
+pub const KEYS: &[&str] = &[
+    "parallelism.default",
+    "pipeline.name",
+    "pipeline.max-parallelism",
+    "execution.checkpointing.interval",
+    "execution.checkpointing.mode",
+    "sluice.delivery-guarantee",
+    "execution.checkpointing.timeout",
+    "execution.checkpointing.min-pause",
+    "execution.checkpointing.num-retained",
+    "state.checkpoints.num-retained",
+    "execution.checkpointing.dir",
+    "state.checkpoints.dir",
+    "execution.checkpointing.savepoint-dir",
+    "state.savepoints.dir",
+    "table.exec.source.idle-timeout",
+    "table.exec.mini-batch.size",
+    "sluice.batch.max-rows",
+    "table.exec.mini-batch.allow-latency",
+    "sluice.batch.linger",
+    "sluice.channel-capacity",
+];
+
+/// A duration as Flink writes them: `10 s`, `10s`, `500 ms`, `1 min`, or plain milliseconds.
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    let compact: String = v.chars().filter(|c| !c.is_whitespace()).collect();
+    if let Ok(ms) = compact.parse::<u64>() {
+        return Some(Duration::from_millis(ms));
+    }
+    humantime::parse_duration(&compact).ok()
+}
+
+fn number<T: FromStr>(key: &str, v: &str, min: T) -> Result<T>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    match v.trim().parse::<T>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(SqlError::new(format!(
+            "'{key}' takes a whole number of at least {min}, not '{v}'"
+        ))),
+    }
+}
+
+fn duration(key: &str, v: &str) -> Result<Duration> {
+    parse_duration(v).ok_or_else(|| {
+        SqlError::new(format!(
+            "'{key}' takes a duration such as '10 s', '500 ms' or '1 min', not '{v}'"
+        ))
+    })
+}
+
+impl Settings {
+    /// Applies one `SET`.
+    pub fn apply(&mut self, key: &str, value: &str) -> Result<()> {
+        let c = &mut self.config;
+        let k: &'static str = KEYS.iter().find(|k| **k == key).copied().ok_or_else(|| {
+            SqlError::new(format!(
+                "unknown setting '{key}'; settings: {}",
+                KEYS.join(", ")
+            ))
+        })?;
+        match k {
+            "parallelism.default" => self.parallelism = number(k, value, 1usize)?,
+            "pipeline.name" => self.job_name = Some(value.to_string()),
+            "pipeline.max-parallelism" => c.max_parallelism = number(k, value, 1usize)?,
+            "execution.checkpointing.interval" => {
+                c.checkpoint.interval = Some(duration(k, value)?)
+            }
+            "execution.checkpointing.mode" => {
+                c.checkpoint.delivery = match value.to_ascii_uppercase().as_str() {
+                    "EXACTLY_ONCE" => DeliveryGuarantee::ExactlyOnce,
+                    "AT_LEAST_ONCE" => DeliveryGuarantee::AtLeastOnce,
+                    _ => {
+                        return Err(SqlError::new(format!(
+                            "'{k}' is EXACTLY_ONCE or AT_LEAST_ONCE, not '{value}'"
+                        )));
+                    }
+                }
+            }
+            "sluice.delivery-guarantee" => {
+                c.checkpoint.delivery = DeliveryGuarantee::from_str(value)?;
+            }
+            "execution.checkpointing.timeout" => c.checkpoint.timeout = duration(k, value)?,
+            "execution.checkpointing.min-pause" => c.checkpoint.min_pause = duration(k, value)?,
+            "execution.checkpointing.num-retained" | "state.checkpoints.num-retained" => {
+                c.checkpoint.retained = number(k, value, 1usize)?
+            }
+            "execution.checkpointing.dir" | "state.checkpoints.dir" => {
+                c.checkpoint.dir = Some(value.to_string())
+            }
+            "execution.checkpointing.savepoint-dir" | "state.savepoints.dir" => {
+                c.checkpoint.savepoint_dir = Some(value.to_string())
+            }
+            "table.exec.source.idle-timeout" => {
+                let d = duration(k, value)?;
+                self.idle_timeout = (!d.is_zero()).then_some(d);
+            }
+            "table.exec.mini-batch.size" | "sluice.batch.max-rows" => {
+                c.batch.max_rows = number(k, value, 1usize)?
+            }
+            "table.exec.mini-batch.allow-latency" | "sluice.batch.linger" => {
+                c.batch.linger = duration(k, value)?
+            }
+            "sluice.channel-capacity" => c.channel_capacity = number(k, value, 1usize)?,
+            _ => unreachable!("every key in KEYS is handled"),
+        }
+        self.touched.push(k);
+        Ok(())
+    }
+
+    /// Writes the job-wide settings that were set into a job's configuration.
+    pub fn apply_to(&self, config: &mut JobConfig) {
+        let s = &self.config;
+        for k in &self.touched {
+            match *k {
+                "pipeline.max-parallelism" => config.max_parallelism = s.max_parallelism,
+                "execution.checkpointing.interval" => {
+                    config.checkpoint.interval = s.checkpoint.interval
+                }
+                "execution.checkpointing.mode" | "sluice.delivery-guarantee" => {
+                    config.checkpoint.delivery = s.checkpoint.delivery
+                }
+                "execution.checkpointing.timeout" => {
+                    config.checkpoint.timeout = s.checkpoint.timeout
+                }
+                "execution.checkpointing.min-pause" => {
+                    config.checkpoint.min_pause = s.checkpoint.min_pause
+                }
+                "execution.checkpointing.num-retained" | "state.checkpoints.num-retained" => {
+                    config.checkpoint.retained = s.checkpoint.retained
+                }
+                "execution.checkpointing.dir" | "state.checkpoints.dir" => {
+                    config.checkpoint.dir = s.checkpoint.dir.clone()
+                }
+                "execution.checkpointing.savepoint-dir" | "state.savepoints.dir" => {
+                    config.checkpoint.savepoint_dir = s.checkpoint.savepoint_dir.clone()
+                }
+                "table.exec.mini-batch.size" | "sluice.batch.max-rows" => {
+                    config.batch.max_rows = s.batch.max_rows
+                }
+                "table.exec.mini-batch.allow-latency" | "sluice.batch.linger" => {
+                    config.batch.linger = s.batch.linger
+                }
+                "sluice.channel-capacity" => config.channel_capacity = s.channel_capacity,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flink_keys_and_durations() {
+        let mut s = Settings::default();
+        s.apply("parallelism.default", "3").unwrap();
+        s.apply("execution.checkpointing.interval", "10 s").unwrap();
+        s.apply("execution.checkpointing.mode", "AT_LEAST_ONCE").unwrap();
+        s.apply("table.exec.mini-batch.allow-latency", "2ms").unwrap();
+        let mut c = JobConfig::default();
+        s.apply_to(&mut c);
+        assert_eq!(s.parallelism, 3);
+        assert_eq!(c.checkpoint.interval, Some(Duration::from_secs(10)));
+        assert_eq!(c.checkpoint.delivery, DeliveryGuarantee::AtLeastOnce);
+        assert_eq!(c.batch.linger, Duration::from_millis(2));
+        assert_eq!(parse_duration("1 min"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("250"), Some(Duration::from_millis(250)));
+        let e = s.apply("parallelism.default", "0").unwrap_err();
+        assert!(e.to_string().contains("at least 1"), "{e}");
+        let e = s.apply("no.such.key", "1").unwrap_err();
+        assert!(e.to_string().contains("unknown setting"), "{e}");
+    }
+}
