@@ -272,9 +272,26 @@ fn table_extras(
     text: &mut [u8],
 ) -> Result<TableExtras, SqlError> {
     let mut extras = TableExtras::default();
-    let Some(open) = toks.iter().position(|t| t.token == Token::LParen) else {
+    // CREATE [OR REPLACE] [TEMPORARY] TABLE [IF NOT EXISTS] name [(columns)] [WITH (…)]
+    let Some(table_kw) = toks.iter().position(|t| is_kw(&t.token, Keyword::TABLE)) else {
         return Ok(extras);
     };
+    let mut i = table_kw + 1;
+    if toks.get(i).is_some_and(|t| is_kw(&t.token, Keyword::IF)) {
+        i += 3;
+    }
+    // the (possibly dotted) name
+    while i < toks.len() && matches!(toks[i].token, Token::Word(_) | Token::Period) {
+        if matches!(toks[i].token, Token::Word(_)) && is_kw(&toks[i].token, Keyword::WITH) {
+            break;
+        }
+        i += 1;
+    }
+    let open = i;
+    if toks.get(open).map(|t| &t.token) != Some(&Token::LParen) {
+        with_options(lines, toks, open, text, &mut extras)?;
+        return Ok(extras);
+    }
     // Entries of the column list at depth 1: (first token, last token) indices.
     let mut depth = 0usize;
     let mut entries: Vec<(usize, usize)> = Vec::new();
@@ -380,8 +397,20 @@ fn table_extras(
             "a table needs at least one physical column besides WATERMARK, computed columns and PRIMARY KEY",
         ));
     }
+    with_options(lines, toks, close + 1, text, &mut extras)?;
+    Ok(extras)
+}
+
+/// `WITH ('k' = 'v', …)` starting at token `from`, if there.
+fn with_options(
+    lines: &Lines<'_>,
+    toks: &[&TokenWithSpan],
+    from: usize,
+    text: &mut [u8],
+    extras: &mut TableExtras,
+) -> Result<(), SqlError> {
     // WITH ( 'k' = 'v', … )
-    let mut i = close + 1;
+    let mut i = from;
     if i < toks.len() && is_kw(&toks[i].token, Keyword::WITH) {
         let with_start = lines.offset(toks[i].span.start);
         i += 1;
@@ -445,7 +474,7 @@ fn table_extras(
         let with_end = lines.offset(toks[i].span.end);
         blank(text, with_start..with_end);
     }
-    Ok(extras)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -507,6 +536,10 @@ mod tests {
 
     #[test]
     fn bad_ddl_is_located() {
+        let s = split("CREATE TABLE IF NOT EXISTS sink WITH ('connector' = 'blackhole')").unwrap();
+        let (text, e) = sql(&s[0]);
+        assert_eq!(e.options["connector"], "blackhole");
+        assert_eq!(text.trim(), "CREATE TABLE IF NOT EXISTS sink");
         let e = split("CREATE TABLE t (a BIGINT) WITH (connector = 'x')").unwrap_err();
         assert!(e.to_string().contains("line 1, column 33"), "{e}");
         let e = split("SET parallelism = ").unwrap_err();

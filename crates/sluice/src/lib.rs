@@ -22,6 +22,16 @@ pub mod bench;
 pub mod examples;
 mod pipeline;
 
+/// Plans a SQL script (see [`sql`]) with the built-in connectors: the job of its
+/// `INSERT INTO` and `SELECT` statements, if any, and the plans of its `EXPLAIN`s.
+pub fn plan_sql(script: &str, settings: &[(&str, &str)]) -> Result<sql::SqlJob> {
+    let mut ctx = sql::SqlContext::new(sluice_connectors::registry());
+    for (k, v) in settings {
+        ctx.set(k, v)?;
+    }
+    Ok(ctx.plan_script(script)?)
+}
+
 pub use pipeline::{
     IntoSink, IntoSource, KeyedStream, Pipeline, Stream, Trigger, Window, WindowedStream,
 };
@@ -29,6 +39,7 @@ pub use sluice_connectors as connectors;
 pub use sluice_plan as plan;
 pub use sluice_plan::{DeliveryGuarantee, RestoreFrom};
 pub use sluice_runtime as runtime;
+pub use sluice_sql as sql;
 pub use sluice_types::{Result, SluiceError};
 
 /// Aggregate functions for [`KeyedStream::aggregate`] (DataFusion's).

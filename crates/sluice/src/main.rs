@@ -30,17 +30,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a job in this process until its input ends (or Ctrl-C stops it cleanly).
+    /// Run a job in this process until its input ends (or Ctrl-C stops it cleanly):
+    /// a SQL script, or a built-in example.
     Run {
+        /// A SQL script (`.sql`): its INSERT INTO and SELECT statements run as one job.
+        script: Option<PathBuf>,
         /// A built-in example job (see `sluice examples`).
         #[arg(long, default_value = "hot-items")]
         example: String,
         /// Nexmark events to generate; 0 for an unbounded stream.
         #[arg(long, default_value_t = 10_000_000)]
         events: u64,
-        /// Parallelism of every operator.
-        #[arg(long, short, default_value_t = 1)]
-        parallelism: usize,
+        /// Parallelism of every operator (a script's `SET 'parallelism.default'` wins).
+        #[arg(long, short)]
+        parallelism: Option<usize>,
         /// Directory for examples that write files.
         #[arg(long, default_value = "sluice-out")]
         out: PathBuf,
@@ -58,6 +61,8 @@ enum Command {
     },
     /// Print a job's dataflow graph: tasks, chaining, parallelism, edges.
     Explain {
+        /// A SQL script.
+        script: Option<PathBuf>,
         /// A built-in example job.
         #[arg(long, default_value = "hot-items")]
         example: String,
@@ -86,9 +91,9 @@ struct CheckpointArgs {
     /// Where savepoints go (default: `<checkpoint dir>/savepoints`).
     #[arg(long)]
     savepoint_dir: Option<String>,
-    /// at-most-once, at-least-once or exactly-once.
-    #[arg(long, default_value = "exactly-once")]
-    delivery: sluice::plan::DeliveryGuarantee,
+    /// at-most-once, at-least-once or exactly-once (default: exactly-once).
+    #[arg(long)]
+    delivery: Option<sluice::plan::DeliveryGuarantee>,
     /// Start from `latest` (the newest complete checkpoint in the checkpoint directory)
     /// or from a checkpoint or savepoint directory.
     #[arg(long)]
@@ -115,7 +120,9 @@ impl CheckpointArgs {
         if let Some(d) = &self.savepoint_dir {
             p.savepoint_dir(d.clone());
         }
-        p.delivery(self.delivery);
+        if let Some(d) = self.delivery {
+            p.delivery(d);
+        }
         match self.from_checkpoint.as_deref() {
             None => {}
             Some("latest") => {
@@ -210,6 +217,22 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Explain {
+            script: Some(path),
+            parallelism,
+            ..
+        } => {
+            let job = plan_script(&path, Some(parallelism))?;
+            for (stmt, plan) in job.explains {
+                println!("EXPLAIN {stmt}");
+                print!("{}", sluice::Pipeline::from_plan(plan).explain()?);
+            }
+            if let Some(plan) = job.plan {
+                print!("{}", sluice::Pipeline::from_plan(plan).explain()?);
+            }
+            Ok(())
+        }
+        Command::Explain {
+            script: None,
             example,
             parallelism,
         } => {
@@ -219,6 +242,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run {
+            script,
             example,
             events,
             parallelism,
@@ -228,11 +252,28 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             input,
             checkpoints,
         } => {
-            let ex = find_example(&example)?;
-            let mut args = example_args(events, parallelism, out.clone());
-            args.rows_per_second = rows_per_second;
-            args.input = input;
-            let pipeline = (ex.build)(&args);
+            let (pipeline, out_hint) = match &script {
+                Some(path) => {
+                    let job = plan_script(path, parallelism)?;
+                    for (stmt, plan) in job.explains {
+                        println!("EXPLAIN {stmt}");
+                        print!("{}", sluice::Pipeline::from_plan(plan).explain()?);
+                    }
+                    match job.plan {
+                        Some(plan) => (sluice::Pipeline::from_plan(plan), None),
+                        None => return Ok(()),
+                    }
+                }
+                None => {
+                    let ex = find_example(&example)?;
+                    let mut args = example_args(events, parallelism.unwrap_or(1), out.clone());
+                    args.rows_per_second = rows_per_second;
+                    args.input = input;
+                    let hint = matches!(ex.name, "hot-items" | "windowed-file")
+                        .then(|| out.join(ex.name));
+                    ((ex.build)(&args), hint)
+                }
+            };
             checkpoints.apply(&pipeline);
             // The running attempt's metrics and stop handle (a restart replaces them).
             let current: Current = Arc::new(Mutex::new(None));
@@ -293,8 +334,8 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 lat.quantile(0.99) as f64 / 1000.0,
                 metrics.dead_letters()
             );
-            if matches!(ex.name, "hot-items" | "windowed-file") {
-                eprintln!("output: {}", out.join(ex.name).display());
+            if let Some(out) = out_hint {
+                eprintln!("output: {}", out.display());
             }
             Ok(())
         }
@@ -339,6 +380,23 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Plans a SQL script file; `-p` becomes the default parallelism.
+fn plan_script(path: &std::path::Path, parallelism: Option<usize>) -> anyhow::Result<sluice::sql::SqlJob> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let p = parallelism.map(|p| p.to_string());
+    let mut settings = vec![];
+    if let Some(p) = &p {
+        settings.push(("parallelism.default", p.as_str()));
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sql".into());
+    settings.push(("pipeline.name", stem.as_str()));
+    sluice::plan_sql(&text, &settings).with_context(|| format!("in {}", path.display()))
 }
 
 fn find_example(name: &str) -> anyhow::Result<&'static examples::Example> {

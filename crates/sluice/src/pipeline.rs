@@ -104,6 +104,19 @@ impl Pipeline {
         }
     }
 
+    /// A job from a finished plan (as the SQL front end builds them), run with the
+    /// built-in connectors.
+    pub fn from_plan(plan: JobPlan) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Builder {
+                plan,
+                parallelism: 1,
+                errors: Vec::new(),
+                registry: sluice_connectors::registry(),
+            })),
+        }
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut Builder) -> R) -> R {
         f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
     }
