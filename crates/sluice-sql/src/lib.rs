@@ -18,6 +18,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod functions;
 pub mod lower;
 pub mod script;
 pub mod settings;
@@ -71,9 +72,13 @@ pub struct SqlContext {
 impl SqlContext {
     /// A context whose tables may use the connectors of `registry`.
     pub fn new(registry: ConnectorRegistry) -> Self {
+        let mut functions = Functions::default();
+        for f in functions::flink_builtins() {
+            functions.scalars.insert(f.name().to_string(), Arc::new(f));
+        }
         Self {
             registry,
-            functions: Functions::default(),
+            functions,
             catalog: HashMap::new(),
             settings: Settings::default(),
             select_sink: ConnectorSpec::new("print"),

@@ -159,6 +159,42 @@ impl<'a> Lowerer<'a> {
         }
     }
 
+    /// Gives a pending window TVF its `window_start`/`window_end` columns, where a query
+    /// uses them without aggregating: possible for tumbling windows (each row is in one).
+    fn materialize(&mut self, input: Lowered) -> Result<Lowered> {
+        let Some(tvf) = input.window.clone() else {
+            return Ok(input);
+        };
+        let crate::window_tvf::TvfKind::Tumble(size) = tvf.kind else {
+            return Err(SqlError::new(format!(
+                "{} can only be followed by GROUP BY window_start, window_end (TUMBLE may also be read row by row)",
+                tvf.kind.spec()
+            )));
+        };
+        let interval = lit(ScalarValue::new_interval_mdn(0, 0, size as i64 * 1_000_000));
+        let ms = arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None);
+        let start = Expr::Cast(datafusion_expr::Cast::new(
+            Box::new(datafusion_functions::datetime::date_bin().call(vec![
+                interval.clone(),
+                col(sluice_types::TIMESTAMP_FIELD),
+                lit(ScalarValue::TimestampMillisecond(Some(0), None)),
+            ])),
+            ms.clone(),
+        ));
+        let end = Expr::Cast(datafusion_expr::Cast::new(
+            Box::new(start.clone() + interval.clone()),
+            ms,
+        ));
+        let mut exprs: Vec<Expr> = input.columns.iter().map(|c| col(c.as_str())).collect();
+        let mut names = input.columns.clone();
+        exprs.push(start);
+        exprs.push(end);
+        names.extend(WINDOW_COLUMNS.iter().map(|c| c.to_string()));
+        let mut out = self.project(&Lowered { window: None, ..input }, exprs, names);
+        out.window = None;
+        Ok(out)
+    }
+
     fn check_columns(&self, input: &Lowered, exprs: &[&Expr]) -> Result<()> {
         for e in exprs {
             for c in referenced(e) {
@@ -244,15 +280,28 @@ impl<'a> Lowerer<'a> {
                 if let Some(l) = self.top_n(f)? {
                     return Ok(l);
                 }
-                let input = self.lower(&f.input)?;
+                let mut input = self.lower(&f.input)?;
                 let predicate = unqualify(&f.predicate);
+                if input.window.is_some()
+                    && referenced(&predicate).iter().any(|c| WINDOW_COLUMNS.contains(&c.as_str()))
+                {
+                    input = self.materialize(input)?;
+                }
                 self.check_columns(&input, &[&predicate])?;
                 let p = self.plan.nodes[input.node].parallelism;
                 let node = self.add(&input, NodeKind::Filter { predicate }, p, None);
                 Ok(Lowered { node, ..input })
             }
             LogicalPlan::Projection(proj) => {
-                let input = self.lower(&proj.input)?;
+                let mut input = self.lower(&proj.input)?;
+                let uses_window = proj.expr.iter().any(|e| {
+                    let e = unqualify(e);
+                    as_column(&e).is_none()
+                        && referenced(&e).iter().any(|c| WINDOW_COLUMNS.contains(&c.as_str()))
+                });
+                if input.window.is_some() && uses_window {
+                    input = self.materialize(input)?;
+                }
                 let mut exprs = Vec::new();
                 let mut names = Vec::new();
                 for (e, (_, field)) in proj.expr.iter().zip(proj.schema.iter()) {
@@ -399,14 +448,10 @@ impl<'a> Lowerer<'a> {
             .zip(&names[n_groups..])
             .map(|(e, n)| unqualify(e).unalias().alias(n))
             .collect();
-        for a in &aggregates {
-            let Expr::Alias(al) = a else { continue };
-            if let Expr::AggregateFunction(AggregateFunction { params, .. }) = al.expr.as_ref()
-                && params.filter.is_some()
-            {
-                return Err(SqlError::unsupported("FILTER (WHERE …) in an aggregate"));
-            }
-        }
+        let aggregates = aggregates
+            .into_iter()
+            .map(rewrite_filter)
+            .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&Expr> = aggregates.iter().collect();
         self.check_columns(&input, &refs)?;
         if !computed.is_empty() {
@@ -594,6 +639,7 @@ impl<'a> Lowerer<'a> {
             return Err(SqlError::new("a Top-N orders by a column"));
         };
         let input = self.lower(&window.input)?;
+        let input = self.materialize(input)?;
         for c in partition.iter().chain([&order_by]) {
             if !input.columns.contains(c) {
                 return Err(SqlError::new(format!(
@@ -682,11 +728,7 @@ impl<'a> Lowerer<'a> {
     /// Ends a query in a table: columns matched by position to the table's declared
     /// columns (cast where types differ), or passed through when it declares none.
     pub fn sink(&mut self, query: Lowered, schema: &DFSchema, def: &TableDef) -> Result<()> {
-        if query.window.is_some() {
-            return Err(SqlError::new(
-                "a window table function must be followed by GROUP BY window_start, window_end (aggregate per window)",
-            ));
-        }
+        let query = self.materialize(query)?;
         let out_names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
         let lowered = if def.declared.fields().is_empty() {
             let exprs = out_names.iter().map(|n| col(n.as_str())).collect();
@@ -733,6 +775,42 @@ impl<'a> Lowerer<'a> {
         self.plan.add_edge(lowered.node, node, Partitioning::Forward);
         Ok(())
     }
+}
+
+/// `agg(x) FILTER (WHERE p)` as `agg(CASE WHEN p THEN x END)`: the same for aggregates
+/// that skip nulls (`count`, `sum`, `min`, `max`, `avg`, and their DISTINCT forms).
+fn rewrite_filter(e: Expr) -> Result<Expr> {
+    let Expr::Alias(alias) = &e else {
+        return Ok(e);
+    };
+    let Expr::AggregateFunction(AggregateFunction { func, params }) = alias.expr.as_ref() else {
+        return Ok(e);
+    };
+    let Some(filter) = &params.filter else {
+        return Ok(e);
+    };
+    if !matches!(func.name(), "count" | "sum" | "min" | "max" | "avg") {
+        return Err(SqlError::unsupported(format!(
+            "FILTER (WHERE …) on `{}` (count, sum, min, max and avg take it)",
+            func.name()
+        )));
+    }
+    let mut params = params.clone();
+    params.args = params
+        .args
+        .iter()
+        .map(|a| {
+            datafusion_expr::when(filter.as_ref().clone(), a.clone())
+                .end()
+                .map_err(|e| SqlError::new(e.to_string()))
+        })
+        .collect::<Result<_>>()?;
+    params.filter = None;
+    Ok(Expr::AggregateFunction(AggregateFunction {
+        func: Arc::clone(func),
+        params,
+    })
+    .alias(alias.name.clone()))
 }
 
 /// The limit of `rank <op> v`, if it is a Top-N bound.

@@ -22,10 +22,12 @@ pub mod bench;
 pub mod examples;
 mod pipeline;
 
-/// Plans a SQL script (see [`sql`]) with the built-in connectors: the job of its
+/// Plans a SQL script (see [`sql`]) with the built-in connectors and Nexmark's
+/// `count_char` UDF: the job of its
 /// `INSERT INTO` and `SELECT` statements, if any, and the plans of its `EXPLAIN`s.
 pub fn plan_sql(script: &str, settings: &[(&str, &str)]) -> Result<sql::SqlJob> {
     let mut ctx = sql::SqlContext::new(sluice_connectors::registry());
+    ctx.register_udf(sql::functions::count_char());
     for (k, v) in settings {
         ctx.set(k, v)?;
     }

@@ -1,0 +1,3 @@
+-- Nexmark q2: selection. Bids on a set of auctions.
+INSERT INTO nexmark_sink
+SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0;
