@@ -233,12 +233,30 @@ impl PreparedJob {
                             }
                         });
                     }
-                    let input = Arc::clone(inputs[0]);
+                    let mut input = Arc::clone(inputs[0]);
                     for other in &inputs[1..] {
-                        if other.fields() != input.fields() {
+                        let same = other.fields().len() == input.fields().len()
+                            && other.fields().iter().zip(input.fields()).all(|(a, b)| {
+                                a.name() == b.name() && a.data_type() == b.data_type()
+                            });
+                        if !same {
                             return Err(ctx(SluiceError::user(format!(
                                 "inputs have different schemas: {input} and {other}"
                             ))));
+                        }
+                        // A column nullable in any input is nullable in the union.
+                        if other.fields() != input.fields() {
+                            let fields: Vec<Field> = input
+                                .fields()
+                                .iter()
+                                .zip(other.fields())
+                                .map(|(a, b)| {
+                                    a.as_ref()
+                                        .clone()
+                                        .with_nullable(a.is_nullable() || b.is_nullable())
+                                })
+                                .collect();
+                            input = Arc::new(Schema::new(fields));
                         }
                     }
                     let p = operators::prepare(kind, &input, registry).map_err(ctx)?;

@@ -50,6 +50,9 @@ pub use settings::Settings;
 /// Deepest nesting the parser accepts (it returns an error beyond, never overflows).
 const RECURSION_LIMIT: usize = 64;
 
+/// Per job: the source of each table read so far, and the sink of each table written.
+type Memo = (HashMap<String, Lowered>, HashMap<String, sluice_plan::NodeId>);
+
 /// What a script asks for.
 #[derive(Debug, Default)]
 pub struct SqlJob {
@@ -121,7 +124,7 @@ impl SqlContext {
         let statements = script::split(sql)?;
         let mut job = SqlJob::default();
         let mut plan = JobPlan::new(self.settings.job_name.clone().unwrap_or_else(|| "sql".into()));
-        let mut sources = HashMap::new();
+        let mut sources = (HashMap::new(), HashMap::new());
         for s in statements {
             match s {
                 RawStatement::Set { key, value, pos } => {
@@ -132,7 +135,7 @@ impl SqlContext {
                     match stmt {
                         Statement::Explain { statement, .. } => {
                             let mut p = JobPlan::new("explain");
-                            let mut memo = HashMap::new();
+                            let mut memo = (HashMap::new(), HashMap::new());
                             self.run_statement(*statement.clone(), pos, None, &mut p, &mut memo)?;
                             self.finish(&mut p);
                             job.explains.push((statement.to_string(), p));
@@ -164,7 +167,7 @@ impl SqlContext {
         pos: Pos,
         extras: Option<TableExtras>,
         plan: &mut JobPlan,
-        sources: &mut HashMap<String, Lowered>,
+        sources: &mut Memo,
     ) -> Result<()> {
         match stmt {
             Statement::CreateTable(ct) => self.create_table(ct, extras.unwrap_or_default(), pos),
@@ -255,7 +258,7 @@ impl SqlContext {
         def: &TableDef,
         pos: Pos,
         plan: &mut JobPlan,
-        sources: &mut HashMap<String, Lowered>,
+        sources: &mut Memo,
     ) -> Result<()> {
         let logical = self.plan_query(query, pos)?;
         let mut lowerer = Lowerer::new(
@@ -265,11 +268,13 @@ impl SqlContext {
             self.settings.parallelism,
             self.settings.idle_timeout,
         );
-        lowerer.sources = std::mem::take(sources);
+        lowerer.sources = std::mem::take(&mut sources.0);
+        lowerer.sinks = std::mem::take(&mut sources.1);
         let result = lowerer
             .lower(&logical)
             .and_then(|l| lowerer.sink(l, logical.schema(), def));
-        *sources = std::mem::take(&mut lowerer.sources);
+        sources.0 = std::mem::take(&mut lowerer.sources);
+        sources.1 = std::mem::take(&mut lowerer.sinks);
         result.map_err(|e| e.or_at(pos))
     }
 

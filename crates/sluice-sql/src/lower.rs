@@ -56,6 +56,8 @@ pub struct Lowerer<'a> {
     /// Source idleness (`table.exec.source.idle-timeout`).
     pub idle_timeout: Option<Duration>,
     pub(crate) sources: HashMap<String, Lowered>,
+    /// Sink node per table: a second INSERT INTO the same table joins the first's sink.
+    pub(crate) sinks: HashMap<String, NodeId>,
 }
 
 /// Drops table qualifiers: operators see one flat row of named columns.
@@ -109,6 +111,7 @@ impl<'a> Lowerer<'a> {
             parallelism,
             idle_timeout,
             sources: HashMap::new(),
+            sinks: HashMap::new(),
         }
     }
 
@@ -767,12 +770,20 @@ impl<'a> Lowerer<'a> {
             spec.schema = Some(Arc::clone(&def.declared));
         }
         let p = self.plan.nodes[lowered.node].parallelism;
-        let node = self.plan.add_node(
-            format!("sink {}", def.name),
-            p,
-            NodeKind::Sink(spec),
-        );
-        self.plan.add_edge(lowered.node, node, Partitioning::Forward);
+        let node = match self.sinks.get(&def.name) {
+            Some(&n) => n,
+            None => {
+                let n = self.plan.add_node(format!("sink {}", def.name), p, NodeKind::Sink(spec));
+                self.sinks.insert(def.name.clone(), n);
+                n
+            }
+        };
+        let edge = if self.plan.nodes[node].parallelism == p {
+            Partitioning::Forward
+        } else {
+            Partitioning::Rebalance
+        };
+        self.plan.add_edge(lowered.node, node, edge);
         Ok(())
     }
 }

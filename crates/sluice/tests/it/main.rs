@@ -7,3 +7,4 @@ mod support;
 mod checkpoints;
 mod engine;
 mod files;
+mod sql;
