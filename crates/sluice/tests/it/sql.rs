@@ -475,8 +475,8 @@ fn batch_sql(name: &str) -> &'static str {
              WHERE url ~ '(&|^)channel_id=([^&]*)' OR lower(channel) IN ('apple', 'google', 'facebook', 'baidu')"
         }
         "q22" => {
-            "SELECT auction, bidder, price, channel, split_part(url, '/', 4), split_part(url, '/', 5),
-                    split_part(url, '/', 6) FROM bid"
+            "SELECT auction, bidder, price, channel, NULLIF(split_part(url, '/', 4), ''),
+                    NULLIF(split_part(url, '/', 5), ''), NULLIF(split_part(url, '/', 6), '') FROM bid"
         }
         other => panic!("no batch formulation for {other}"),
     }
