@@ -19,6 +19,8 @@
 pub mod catalog;
 pub mod error;
 pub mod functions;
+#[cfg(test)]
+mod fuzz;
 pub mod lower;
 pub mod script;
 pub mod settings;

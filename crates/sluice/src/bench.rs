@@ -10,14 +10,81 @@ use crate::examples::{ExampleArgs, nexmark_query};
 use crate::runtime::checkpoint::CheckpointStatus;
 use crate::{Result, SluiceError};
 
-/// Queries the bench knows.
+/// Queries with a hand-built Rust API pipeline (`--api rust`).
 pub const QUERIES: &[&str] = &["q0", "q1", "q2", "q5", "q7", "q11"];
+
+/// The Nexmark tables over the generator (`examples/nexmark/tables.sql`).
+pub const NEXMARK_TABLES: &str = include_str!("../../../examples/nexmark/tables.sql");
+
+/// Every query shipped in `examples/nexmark/`, by name.
+pub const SQL_QUERIES: &[(&str, &str)] = &[
+    ("q0", include_str!("../../../examples/nexmark/q0.sql")),
+    ("q1", include_str!("../../../examples/nexmark/q1.sql")),
+    ("q2", include_str!("../../../examples/nexmark/q2.sql")),
+    ("q5", include_str!("../../../examples/nexmark/q5.sql")),
+    ("q7", include_str!("../../../examples/nexmark/q7.sql")),
+    ("q10", include_str!("../../../examples/nexmark/q10.sql")),
+    ("q11", include_str!("../../../examples/nexmark/q11.sql")),
+    ("q12", include_str!("../../../examples/nexmark/q12.sql")),
+    ("q14", include_str!("../../../examples/nexmark/q14.sql")),
+    ("q15", include_str!("../../../examples/nexmark/q15.sql")),
+    ("q16", include_str!("../../../examples/nexmark/q16.sql")),
+    ("q17", include_str!("../../../examples/nexmark/q17.sql")),
+    ("q21", include_str!("../../../examples/nexmark/q21.sql")),
+    ("q22", include_str!("../../../examples/nexmark/q22.sql")),
+];
+
+/// A shipped Nexmark query as one script (tables first) for `events` events at
+/// `event_rate` events per second of event time, into the blackhole sink.
+pub fn nexmark_sql(query: &str, events: u64, event_rate: Option<u64>) -> Result<String> {
+    let Some((_, q)) = SQL_QUERIES.iter().find(|(n, _)| *n == query) else {
+        return Err(SluiceError::user(format!(
+            "unknown query `{query}`; available: {}",
+            SQL_QUERIES
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let mut options = format!("'events.num' = '{events}'");
+    if let Some(r) = event_rate {
+        options.push_str(&format!(", 'first-event.rate' = '{r}'"));
+    }
+    let script = format!("{NEXMARK_TABLES}\n{q}");
+    Ok(script.replace("'events.num' = '10000000'", &options))
+}
+
+/// Which front end builds the benchmarked job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Api {
+    /// The SQL text in `examples/nexmark/`.
+    #[default]
+    Sql,
+    /// The hand-built Rust API pipeline.
+    Rust,
+}
+
+impl std::str::FromStr for Api {
+    type Err = SluiceError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sql" => Ok(Self::Sql),
+            "rust" => Ok(Self::Rust),
+            other => Err(SluiceError::user(format!(
+                "unknown api `{other}`; use sql or rust"
+            ))),
+        }
+    }
+}
 
 /// One benchmark result.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     /// Query name.
     pub query: String,
+    /// `sql` or `rust`: which front end built the job.
+    pub api: String,
     /// Nexmark events generated (all kinds: persons, auctions, bids).
     pub events: u64,
     /// Rows out of the source (bids).
@@ -86,22 +153,40 @@ pub async fn run_nexmark(
     parallelism: usize,
     event_rate: Option<u64>,
     checkpoint_interval: Option<std::time::Duration>,
+    api: Api,
 ) -> Result<BenchReport> {
-    if !QUERIES.contains(&query) {
-        return Err(SluiceError::user(format!(
-            "unknown query `{query}`; available: {}",
-            QUERIES.join(", ")
-        )));
-    }
-    let args = ExampleArgs {
-        events: Some(events),
-        parallelism,
-        out_dir: std::env::temp_dir(),
-        event_rate,
-        rows_per_second: None,
-        input: None,
+    let pipeline = match api {
+        Api::Sql => {
+            let script = nexmark_sql(query, events, event_rate)?;
+            let p = parallelism.to_string();
+            let name = format!("nexmark-{query}");
+            let job = crate::plan_sql(
+                &script,
+                &[("parallelism.default", &p), ("pipeline.name", &name)],
+            )?;
+            let plan = job
+                .plan
+                .ok_or_else(|| SluiceError::internal("the query has no INSERT"))?;
+            crate::Pipeline::from_plan(plan)
+        }
+        Api::Rust => {
+            if !QUERIES.contains(&query) {
+                return Err(SluiceError::user(format!(
+                    "no Rust API pipeline for `{query}`; those with one: {}",
+                    QUERIES.join(", ")
+                )));
+            }
+            let args = ExampleArgs {
+                events: Some(events),
+                parallelism,
+                out_dir: std::env::temp_dir(),
+                event_rate,
+                rows_per_second: None,
+                input: None,
+            };
+            nexmark_query(query, &args)
+        }
     };
-    let pipeline = nexmark_query(query, &args);
     let checkpoint_dir = tempfile_dir("sluice-bench-checkpoints")?;
     if let Some(i) = checkpoint_interval {
         pipeline
@@ -119,6 +204,7 @@ pub async fn run_nexmark(
     let lat = metrics.sink_latency();
     Ok(BenchReport {
         query: query.to_string(),
+        api: format!("{api:?}").to_lowercase(),
         events,
         source_rows: metrics.source_records(),
         sink_rows: metrics.sink_records(),

@@ -139,9 +139,13 @@ impl CheckpointArgs {
 enum BenchSuite {
     /// A Nexmark query from the generator into a blackhole sink.
     Nexmark {
-        /// q0, q1, q2, q5, q7 or q11.
+        /// A query of examples/nexmark/ (q0, q1, q2, q5, q7, q10, q11, q12, q14–q17, q21, q22).
         #[arg(long, default_value = "q0")]
         query: String,
+        /// `sql`: the query's SQL text (default); `rust`: the hand-built Rust API
+        /// pipeline (q0, q1, q2, q5, q7, q11).
+        #[arg(long, default_value = "sql")]
+        api: sluice::bench::Api,
         /// Events per second of event time (Flink's `first-event.rate`; 10 M by default).
         #[arg(long)]
         event_rate: Option<u64>,
@@ -348,17 +352,25 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     json,
                     event_rate,
                     checkpoint_interval,
+                    api,
                 },
         } => {
-            let r =
-                bench::run_nexmark(&query, events, parallelism, event_rate, checkpoint_interval)
-                    .await?;
+            let r = bench::run_nexmark(
+                &query,
+                events,
+                parallelism,
+                event_rate,
+                checkpoint_interval,
+                api,
+            )
+            .await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "{} p={} events={} wall={:.2}s cpu={:.2}s  {:.2} M events/s  {:.2} M events/cpu-s  latency p50 {:.3} ms p99 {:.3} ms  peak rss {:.0} MiB",
+                    "{} ({}) p={} events={} wall={:.2}s cpu={:.2}s  {:.2} M events/s  {:.2} M events/cpu-s  latency p50 {:.3} ms p99 {:.3} ms  peak rss {:.0} MiB",
                     r.query,
+                    r.api,
                     r.parallelism,
                     r.events,
                     r.wall_s,
