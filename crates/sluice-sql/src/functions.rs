@@ -3,6 +3,7 @@
 //! `count_char` UDF, which also shows how a Rust UDF is written and registered
 //! ([`crate::SqlContext::register_udf`]).
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -181,18 +182,27 @@ pub fn date_format() -> ScalarUDF {
             let a = arrays(args)?;
             let (ts, fmt) = (millis(&a[0])?, strings(&a[1])?);
             let mut out = StringBuilder::with_capacity(ts.len(), ts.len() * 10);
-            let mut pattern: Option<(String, String)> = None;
+            let mut pattern: Option<(String, Vec<chrono::format::Item<'static>>)> = None;
             for i in 0..ts.len() {
                 if ts.is_null(i) || fmt.is_null(i) {
                     out.append_null();
                     continue;
                 }
                 if pattern.as_ref().is_none_or(|(j, _)| j != fmt.value(i)) {
-                    pattern = Some((fmt.value(i).to_string(), java_to_chrono(fmt.value(i))));
+                    let items = chrono::format::StrftimeItems::new(&java_to_chrono(fmt.value(i)))
+                        .parse_to_owned()
+                        .map_err(|e| {
+                            DataFusionError::Execution(format!("DATE_FORMAT: bad pattern: {e}"))
+                        })?;
+                    pattern = Some((fmt.value(i).to_string(), items));
                 }
-                let (_, p) = pattern.as_ref().expect("invariant: just set");
+                let (_, items) = pattern.as_ref().expect("invariant: just set");
                 match ts.value_as_datetime(i) {
-                    Some(dt) => out.append_value(dt.format(p).to_string()),
+                    Some(dt) => {
+                        write!(out, "{}", dt.format_with_items(items.iter()))
+                            .map_err(|e| DataFusionError::Execution(e.to_string()))?;
+                        out.append_value("");
+                    }
                     None => out.append_null(),
                 }
             }
@@ -265,12 +275,17 @@ mod tests {
             ColumnarValue::Array(a) => a.len(),
             ColumnarValue::Scalar(_) => 1,
         };
-        let field = Arc::new(arrow::datatypes::Field::new("x", DataType::Utf8, true));
+        let arg_fields: Vec<_> = values
+            .iter()
+            .map(|v| Arc::new(arrow::datatypes::Field::new("x", v.data_type(), true)))
+            .collect();
+        let types: Vec<DataType> = values.iter().map(|v| v.data_type()).collect();
+        let ret = f.return_type(&types).unwrap();
         f.invoke_with_args(datafusion_expr::ScalarFunctionArgs {
-            arg_fields: values.iter().map(|_| Arc::clone(&field)).collect(),
+            arg_fields,
             args: values,
             number_rows: rows,
-            return_field: field,
+            return_field: Arc::new(arrow::datatypes::Field::new("out", ret, true)),
             config_options: Arc::new(Default::default()),
         })
         .unwrap()

@@ -16,7 +16,7 @@ const VALID: &[&str] = &[
     "SELECT auction, price * 2 AS p FROM bid WHERE price > 10",
     "SELECT auction, COUNT(*), window_start FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) GROUP BY auction, window_start, window_end",
     "SELECT bidder, SUM(price) FILTER (WHERE price > 5) FROM TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND)) GROUP BY bidder, window_start, window_end",
-    "SELECT * FROM (SELECT *, RANK() OVER (PARTITION BY window_start, window_end ORDER BY price DESC) AS rk FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND))) WHERE rk <= 3",
+    "SELECT auction, price FROM (SELECT *, RANK() OVER (PARTITION BY window_start, window_end ORDER BY price DESC) AS rk FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND))) WHERE rk <= 3",
     "CREATE VIEW v AS SELECT auction FROM bid; SELECT * FROM v",
     "SET 'parallelism.default' = '2'; SELECT CASE WHEN price > 1 THEN 'a' ELSE 'b' END FROM bid",
     "SELECT auction, COUNT(DISTINCT bidder) FROM bid GROUP BY auction",
