@@ -174,20 +174,16 @@ impl<'a> Lowerer<'a> {
                 tvf.kind.spec()
             )));
         };
-        let interval = lit(ScalarValue::new_interval_mdn(0, 0, size as i64 * 1_000_000));
-        let ms = arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None);
-        let start = Expr::Cast(datafusion_expr::Cast::new(
-            Box::new(datafusion_functions::datetime::date_bin().call(vec![
-                interval.clone(),
-                col(sluice_types::TIMESTAMP_FIELD),
-                lit(ScalarValue::TimestampMillisecond(Some(0), None)),
-            ])),
-            ms.clone(),
-        ));
-        let end = Expr::Cast(datafusion_expr::Cast::new(
-            Box::new(start.clone() + interval.clone()),
-            ms,
-        ));
+        // Integer arithmetic on epoch milliseconds (casts to and from Timestamp(ms) are
+        // free): start = t - ((t % size) + size) % size, also right for t < 0.
+        use arrow::datatypes::{DataType, TimeUnit};
+        let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let cast = |e: Expr, t: DataType| Expr::Cast(datafusion_expr::Cast::new(Box::new(e), t));
+        let size = lit(size as i64);
+        let t = cast(col(sluice_types::TIMESTAMP_FIELD), DataType::Int64);
+        let start_ms = t.clone() - ((t % size.clone()) + size.clone()) % size.clone();
+        let start = cast(start_ms.clone(), ms.clone());
+        let end = cast(start_ms + size, ms);
         let mut exprs: Vec<Expr> = input.columns.iter().map(|c| col(c.as_str())).collect();
         let mut names = input.columns.clone();
         exprs.push(start);
