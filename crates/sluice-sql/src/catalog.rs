@@ -10,8 +10,8 @@ use datafusion_common::config::ConfigOptions;
 use datafusion_common::{DataFusionError, TableReference};
 use datafusion_expr::planner::{ContextProvider, ExprPlanner, RelationPlanner};
 use datafusion_expr::{
-    AggregateUDF, HigherOrderUDF, LogicalPlan, ScalarUDF, TableProviderFilterPushDown,
-    TableSource, WindowUDF,
+    AggregateUDF, HigherOrderUDF, LogicalPlan, ScalarUDF, TableProviderFilterPushDown, TableSource,
+    WindowUDF,
 };
 use sluice_plan::ConnectorSpec;
 use sluice_runtime::ConnectorRegistry;
@@ -83,10 +83,7 @@ impl TableDef {
     /// The columns a query reads from this table as a source: the declared columns
     /// (which the connector must produce) or, when none are declared, the connector's.
     pub fn source_schema(&self, registry: &ConnectorRegistry) -> Result<SchemaRef> {
-        let mut cache = self
-            .source_schema
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.source_schema.lock().unwrap_or_else(|p| p.into_inner());
         if cache.is_none() {
             *cache = Some(self.resolve(registry));
         }

@@ -317,7 +317,11 @@ mod tests {
         );
         let out = call(
             &split_index(),
-            vec![s(&[Some("https://x/a/b"); 2]), s(&[Some("/"); 2]), i(&[3, 9])],
+            vec![
+                s(&[Some("https://x/a/b"); 2]),
+                s(&[Some("/"); 2]),
+                i(&[3, 9]),
+            ],
         );
         assert_eq!(
             out.as_any().downcast_ref::<StringArray>().unwrap(),
@@ -329,18 +333,29 @@ mod tests {
             &Int64Array::from(vec![Some(1), Some(-1), None])
         );
         let out = call(&count_char(), vec![s(&[Some("abcabc")]), s(&[Some("c")])]);
-        assert_eq!(out.as_any().downcast_ref::<Int64Array>().unwrap().value(0), 2);
+        assert_eq!(
+            out.as_any().downcast_ref::<Int64Array>().unwrap().value(0),
+            2
+        );
     }
 
     #[test]
     fn dates() {
-        let ts: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![1_436_918_400_000 + 3_723_000]));
-        let out = call(&date_format(), vec![Arc::clone(&ts), s(&[Some("yyyy-MM-dd HH:mm:ss")])]);
+        let ts: ArrayRef = Arc::new(TimestampMillisecondArray::from(vec![
+            1_436_918_400_000 + 3_723_000,
+        ]));
+        let out = call(
+            &date_format(),
+            vec![Arc::clone(&ts), s(&[Some("yyyy-MM-dd HH:mm:ss")])],
+        );
         assert_eq!(
             out.as_any().downcast_ref::<StringArray>().unwrap().value(0),
             "2015-07-15 01:02:03"
         );
         let out = call(&hour(), vec![ts]);
-        assert_eq!(out.as_any().downcast_ref::<Int64Array>().unwrap().value(0), 1);
+        assert_eq!(
+            out.as_any().downcast_ref::<Int64Array>().unwrap().value(0),
+            1
+        );
     }
 }

@@ -53,7 +53,10 @@ pub use settings::Settings;
 const RECURSION_LIMIT: usize = 64;
 
 /// Per job: the source of each table read so far, and the sink of each table written.
-type Memo = (HashMap<String, Lowered>, HashMap<String, sluice_plan::NodeId>);
+type Memo = (
+    HashMap<String, Lowered>,
+    HashMap<String, sluice_plan::NodeId>,
+);
 
 /// What a script asks for.
 #[derive(Debug, Default)]
@@ -125,12 +128,19 @@ impl SqlContext {
     pub fn plan_script(&mut self, sql: &str) -> Result<SqlJob> {
         let statements = script::split(sql)?;
         let mut job = SqlJob::default();
-        let mut plan = JobPlan::new(self.settings.job_name.clone().unwrap_or_else(|| "sql".into()));
+        let mut plan = JobPlan::new(
+            self.settings
+                .job_name
+                .clone()
+                .unwrap_or_else(|| "sql".into()),
+        );
         let mut sources = (HashMap::new(), HashMap::new());
         for s in statements {
             match s {
                 RawStatement::Set { key, value, pos } => {
-                    self.settings.apply(&key, &value).map_err(|e| e.or_at(pos))?;
+                    self.settings
+                        .apply(&key, &value)
+                        .map_err(|e| e.or_at(pos))?;
                 }
                 RawStatement::Sql { text, pos, extras } => {
                     let stmt = parse_one(&text, pos)?;
@@ -142,9 +152,7 @@ impl SqlContext {
                             self.finish(&mut p);
                             job.explains.push((statement.to_string(), p));
                         }
-                        other => {
-                            self.run_statement(other, pos, extras, &mut plan, &mut sources)?
-                        }
+                        other => self.run_statement(other, pos, extras, &mut plan, &mut sources)?,
                     }
                 }
             }
@@ -179,7 +187,10 @@ impl SqlContext {
                     return Err(SqlError::at(pos, format!("`{name}` already exists")));
                 }
                 if !v.columns.is_empty() {
-                    return Err(SqlError::at(pos, "CREATE VIEW with a column list is not supported; alias the columns in the query"));
+                    return Err(SqlError::at(
+                        pos,
+                        "CREATE VIEW with a column list is not supported; alias the columns in the query",
+                    ));
                 }
                 let logical = self.plan_query(*v.query, pos)?;
                 self.catalog.insert(name, Entry::View(Arc::new(logical)));
@@ -191,7 +202,10 @@ impl SqlContext {
                 };
                 let name = object_name(name);
                 if !ins.columns.is_empty() {
-                    return Err(SqlError::at(pos, "INSERT INTO t (columns) is not supported; select the columns in the table's order"));
+                    return Err(SqlError::at(
+                        pos,
+                        "INSERT INTO t (columns) is not supported; select the columns in the table's order",
+                    ));
                 }
                 let Some(query) = ins.source else {
                     return Err(SqlError::at(pos, "INSERT INTO needs a query (SELECT …)"));
@@ -199,12 +213,17 @@ impl SqlContext {
                 let def = match self.catalog.get(&name) {
                     Some(Entry::Table(t)) => Arc::clone(t),
                     Some(Entry::View(_)) => {
-                        return Err(SqlError::at(pos, format!("cannot INSERT INTO view `{name}`")));
+                        return Err(SqlError::at(
+                            pos,
+                            format!("cannot INSERT INTO view `{name}`"),
+                        ));
                     }
                     None => {
                         return Err(SqlError::at(
                             pos,
-                            format!("table `{name}` does not exist; declare it with CREATE TABLE … WITH ('connector' = …)"),
+                            format!(
+                                "table `{name}` does not exist; declare it with CREATE TABLE … WITH ('connector' = …)"
+                            ),
                         ));
                     }
                 };
@@ -236,7 +255,12 @@ impl SqlContext {
                 pos,
                 format!(
                     "unsupported statement `{}`; Sluice runs SET, CREATE TABLE, CREATE VIEW, INSERT INTO, SELECT and EXPLAIN",
-                    other.to_string().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+                    other
+                        .to_string()
+                        .split_whitespace()
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 ),
             )),
         }
@@ -291,10 +315,16 @@ impl SqlContext {
             }
         }
         if ct.query.is_some() {
-            return Err(SqlError::at(pos, "CREATE TABLE … AS SELECT is not supported; CREATE TABLE, then INSERT INTO"));
+            return Err(SqlError::at(
+                pos,
+                "CREATE TABLE … AS SELECT is not supported; CREATE TABLE, then INSERT INTO",
+            ));
         }
         if !ct.constraints.is_empty() {
-            return Err(SqlError::at(pos, "table constraints other than PRIMARY KEY (…) NOT ENFORCED are not supported"));
+            return Err(SqlError::at(
+                pos,
+                "table constraints other than PRIMARY KEY (…) NOT ENFORCED are not supported",
+            ));
         }
         let provider = self.provider();
         let planner = SqlToRel::new_with_options(&provider, parser_options());
@@ -306,13 +336,16 @@ impl SqlContext {
         let Some(connector) = options.remove("connector") else {
             return Err(SqlError::at(
                 pos,
-                format!("table `{name}` needs WITH ('connector' = '…'); connectors: {}", {
-                    let mut n = self.registry.source_names();
-                    n.extend(self.registry.sink_names());
-                    n.sort_unstable();
-                    n.dedup();
-                    n.join(", ")
-                }),
+                format!(
+                    "table `{name}` needs WITH ('connector' = '…'); connectors: {}",
+                    {
+                        let mut n = self.registry.source_names();
+                        n.extend(self.registry.sink_names());
+                        n.sort_unstable();
+                        n.dedup();
+                        n.join(", ")
+                    }
+                ),
             ));
         };
         if self.registry.source(&connector).is_err() && self.registry.sink(&connector).is_err() {
@@ -322,7 +355,10 @@ impl SqlContext {
             n.dedup();
             return Err(SqlError::at(
                 pos,
-                format!("unknown connector `{connector}`; available: {}", n.join(", ")),
+                format!(
+                    "unknown connector `{connector}`; available: {}",
+                    n.join(", ")
+                ),
             ));
         }
         let mut spec = ConnectorSpec::new(connector);
@@ -336,24 +372,33 @@ impl SqlContext {
                     if !matches!(time, TimeAttribute::ConnectorDefault) {
                         return Err(SqlError::at(snippet.pos, "a table has one time attribute"));
                     }
-                    time = TimeAttribute::ProcTime { column: col.clone() };
+                    time = TimeAttribute::ProcTime {
+                        column: col.clone(),
+                    };
                 }
                 _ => {
                     return Err(SqlError::at(
                         snippet.pos,
-                        format!("computed column `{col}`: only `{col} AS PROCTIME()` is supported in a table; compute other columns in a view (CREATE VIEW … AS SELECT …, expr AS {col} FROM …)"),
+                        format!(
+                            "computed column `{col}`: only `{col} AS PROCTIME()` is supported in a table; compute other columns in a view (CREATE VIEW … AS SELECT …, expr AS {col} FROM …)"
+                        ),
                     ));
                 }
             }
         }
         if let Some((column, snippet)) = &extras.watermark {
             if !matches!(time, TimeAttribute::ConnectorDefault) {
-                return Err(SqlError::at(snippet.pos, "a table with PROCTIME() cannot also have a WATERMARK"));
+                return Err(SqlError::at(
+                    snippet.pos,
+                    "a table with PROCTIME() cannot also have a WATERMARK",
+                ));
             }
             let field = declared.field_with_name(column).map_err(|_| {
                 SqlError::at(
                     snippet.pos,
-                    format!("WATERMARK FOR `{column}`: `{column}` is not a declared column of `{name}`"),
+                    format!(
+                        "WATERMARK FOR `{column}`: `{column}` is not a declared column of `{name}`"
+                    ),
                 )
             })?;
             if !matches!(
@@ -374,14 +419,7 @@ impl SqlContext {
                 delay,
             };
         }
-        let def = TableDef::new(
-            name.clone(),
-            declared,
-            spec,
-            time,
-            extras.primary_key,
-            pos,
-        );
+        let def = TableDef::new(name.clone(), declared, spec, time, extras.primary_key, pos);
         self.catalog.insert(name, Entry::Table(Arc::new(def)));
         Ok(())
     }
@@ -435,15 +473,23 @@ fn parse_expr(s: &Snippet) -> Result<SqlExpr> {
 }
 
 /// The bound of `WATERMARK FOR c AS c - INTERVAL '…' …`.
-fn watermark_delay(column: &str, s: &Snippet, planner: &SqlToRel<'_, Provider<'_>>) -> Result<Duration> {
+fn watermark_delay(
+    column: &str,
+    s: &Snippet,
+    planner: &SqlToRel<'_, Provider<'_>>,
+) -> Result<Duration> {
     let e = parse_expr(s)?;
     let usage = || {
         SqlError::at(
             s.pos,
-            format!("WATERMARK FOR {column} AS {column} - INTERVAL '5' SECOND (bounded out-of-orderness) or AS {column}; found `{}`", s.text.trim()),
+            format!(
+                "WATERMARK FOR {column} AS {column} - INTERVAL '5' SECOND (bounded out-of-orderness) or AS {column}; found `{}`",
+                s.text.trim()
+            ),
         )
     };
-    let is_col = |e: &SqlExpr| matches!(e, SqlExpr::Identifier(i) if i.value.eq_ignore_ascii_case(column));
+    let is_col =
+        |e: &SqlExpr| matches!(e, SqlExpr::Identifier(i) if i.value.eq_ignore_ascii_case(column));
     match &e {
         e if is_col(e) => Ok(Duration::ZERO),
         SqlExpr::BinaryOp {
@@ -452,7 +498,11 @@ fn watermark_delay(column: &str, s: &Snippet, planner: &SqlToRel<'_, Provider<'_
             right,
         } if is_col(left) => {
             let expr = planner
-                .sql_to_expr(*right.clone(), &DFSchema::empty(), &mut PlannerContext::new())
+                .sql_to_expr(
+                    *right.clone(),
+                    &DFSchema::empty(),
+                    &mut PlannerContext::new(),
+                )
                 .map_err(|_| usage())?;
             window_tvf::literal_interval_ms(&expr)
                 .map(Duration::from_millis)

@@ -18,7 +18,9 @@ use std::time::Duration;
 use datafusion_common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion_common::{Column, DFSchema, ScalarValue};
 use datafusion_expr::expr::{AggregateFunction, WindowFunction};
-use datafusion_expr::{BinaryExpr, Expr, LogicalPlan, Operator, WindowFunctionDefinition, col, lit};
+use datafusion_expr::{
+    BinaryExpr, Expr, LogicalPlan, Operator, WindowFunctionDefinition, col, lit,
+};
 use sluice_plan::{
     ConnectorSpec, EventTime, JobPlan, NodeId, NodeKind, Partitioning, SourceNode, WatermarkSpec,
     WindowSpec,
@@ -115,7 +117,13 @@ impl<'a> Lowerer<'a> {
         }
     }
 
-    fn add(&mut self, input: &Lowered, kind: NodeKind, p: usize, edge: Option<Partitioning>) -> NodeId {
+    fn add(
+        &mut self,
+        input: &Lowered,
+        kind: NodeKind,
+        p: usize,
+        edge: Option<Partitioning>,
+    ) -> NodeId {
         let name = kind.label();
         let id = self.plan.add_node(name, p, kind);
         let up_p = self.plan.nodes[input.node].parallelism;
@@ -189,7 +197,14 @@ impl<'a> Lowerer<'a> {
         exprs.push(start);
         exprs.push(end);
         names.extend(WINDOW_COLUMNS.iter().map(|c| c.to_string()));
-        let mut out = self.project(&Lowered { window: None, ..input }, exprs, names);
+        let mut out = self.project(
+            &Lowered {
+                window: None,
+                ..input
+            },
+            exprs,
+            names,
+        );
         out.window = None;
         Ok(out)
     }
@@ -232,8 +247,10 @@ impl<'a> Lowerer<'a> {
                 match &scan.projection {
                     None => Ok(lowered),
                     Some(indices) => {
-                        let names: Vec<String> =
-                            indices.iter().map(|&i| lowered.columns[i].clone()).collect();
+                        let names: Vec<String> = indices
+                            .iter()
+                            .map(|&i| lowered.columns[i].clone())
+                            .collect();
                         let exprs = names.iter().map(|n| col(n.as_str())).collect();
                         Ok(self.project(&lowered, exprs, names))
                     }
@@ -250,10 +267,16 @@ impl<'a> Lowerer<'a> {
                     column: tvf.at.1,
                 };
                 if input.window.is_some() {
-                    return Err(SqlError::at(at, "a window table function over another one needs a GROUP BY between them"));
+                    return Err(SqlError::at(
+                        at,
+                        "a window table function over another one needs a GROUP BY between them",
+                    ));
                 }
                 if input.updating {
-                    return Err(SqlError::at(at, "a window table function needs an append-only input, not the updates of a GROUP BY without windows"));
+                    return Err(SqlError::at(
+                        at,
+                        "a window table function needs an append-only input, not the updates of a GROUP BY without windows",
+                    ));
                 }
                 if let Some(tc) = &tvf.time_column
                     && input.rowtime.as_deref() != Some(tc.as_str())
@@ -282,7 +305,9 @@ impl<'a> Lowerer<'a> {
                 let mut input = self.lower(&f.input)?;
                 let predicate = unqualify(&f.predicate);
                 if input.window.is_some()
-                    && referenced(&predicate).iter().any(|c| WINDOW_COLUMNS.contains(&c.as_str()))
+                    && referenced(&predicate)
+                        .iter()
+                        .any(|c| WINDOW_COLUMNS.contains(&c.as_str()))
                 {
                     input = self.materialize(input)?;
                 }
@@ -296,7 +321,9 @@ impl<'a> Lowerer<'a> {
                 let uses_window = proj.expr.iter().any(|e| {
                     let e = unqualify(e);
                     as_column(&e).is_none()
-                        && referenced(&e).iter().any(|c| WINDOW_COLUMNS.contains(&c.as_str()))
+                        && referenced(&e)
+                            .iter()
+                            .any(|c| WINDOW_COLUMNS.contains(&c.as_str()))
                 });
                 if input.window.is_some() && uses_window {
                     input = self.materialize(input)?;
@@ -343,7 +370,12 @@ impl<'a> Lowerer<'a> {
             )),
             other => Err(SqlError::unsupported(format!(
                 "`{}`",
-                other.display().to_string().lines().next().unwrap_or_default()
+                other
+                    .display()
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
             ))),
         }
     }
@@ -355,12 +387,16 @@ impl<'a> Lowerer<'a> {
         }
         let actual = def.source_schema(self.registry)?;
         let (event_time, delay, mut rowtime) = match &def.time {
-            TimeAttribute::EventTime { column, delay } => {
-                (EventTime::Column(column.clone()), *delay, Some(column.clone()))
-            }
-            TimeAttribute::ProcTime { column } => {
-                (EventTime::ProcessingTime, Duration::ZERO, Some(column.clone()))
-            }
+            TimeAttribute::EventTime { column, delay } => (
+                EventTime::Column(column.clone()),
+                *delay,
+                Some(column.clone()),
+            ),
+            TimeAttribute::ProcTime { column } => (
+                EventTime::ProcessingTime,
+                Duration::ZERO,
+                Some(column.clone()),
+            ),
             TimeAttribute::ConnectorDefault => {
                 let mut spec = def.spec.clone();
                 if !def.declared.fields().is_empty() {
@@ -402,7 +438,11 @@ impl<'a> Lowerer<'a> {
         let mut want: Vec<String> = if def.declared.fields().is_empty() {
             columns
         } else {
-            def.declared.fields().iter().map(|f| f.name().clone()).collect()
+            def.declared
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
         };
         let mut exprs: Vec<Expr> = want.iter().map(|c| col(c.as_str())).collect();
         if let TimeAttribute::ProcTime { column } = &def.time {
@@ -419,7 +459,12 @@ impl<'a> Lowerer<'a> {
     fn aggregate(&mut self, agg: &datafusion_expr::logical_plan::Aggregate) -> Result<Lowered> {
         let mut input = self.lower(&agg.input)?;
         let n_groups = agg.group_expr.len();
-        let names: Vec<String> = agg.schema.fields().iter().map(|f| f.name().clone()).collect();
+        let names: Vec<String> = agg
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         let window = input.window.take();
         let mut window_cols = Vec::new();
         let mut keys = Vec::new();
@@ -592,7 +637,12 @@ impl<'a> Lowerer<'a> {
             }
         };
         let n_in = window.input.schema().fields().len();
-        let Some(i) = window.schema.fields().iter().position(|f| f.name() == &name) else {
+        let Some(i) = window
+            .schema
+            .fields()
+            .iter()
+            .position(|f| f.name() == &name)
+        else {
             return Ok(None);
         };
         if i < n_in || window.window_expr.len() != 1 {
@@ -626,7 +676,10 @@ impl<'a> Lowerer<'a> {
             .map(|e| as_column(&unqualify(e)).map(str::to_string))
             .collect::<Option<_>>()
             .ok_or_else(|| SqlError::new("a Top-N partitions by columns"))?;
-        if !WINDOW_COLUMNS.iter().all(|w| partition.iter().any(|p| p == w)) {
+        if !WINDOW_COLUMNS
+            .iter()
+            .all(|w| partition.iter().any(|p| p == w))
+        {
             return Err(SqlError::unsupported(
                 "a Top-N that is not per window (PARTITION BY window_start, window_end, …)",
             ));
@@ -713,8 +766,14 @@ impl<'a> Lowerer<'a> {
             pairs.into_iter().unzip()
         };
         let p = self.plan.nodes[node].parallelism;
-        let exprs = exprs.into_iter().zip(&names).map(|(e, n)| e.alias(n)).collect();
-        let proj = self.plan.add_node("project late rows", p, NodeKind::Project { exprs });
+        let exprs = exprs
+            .into_iter()
+            .zip(&names)
+            .map(|(e, n)| e.alias(n))
+            .collect();
+        let proj = self
+            .plan
+            .add_node("project late rows", p, NodeKind::Project { exprs });
         self.plan
             .add_side_edge(side.node, "late", proj, Partitioning::Forward);
         let sink = self
@@ -755,7 +814,10 @@ impl<'a> Lowerer<'a> {
                 exprs.push(if qf.data_type() == f.data_type() {
                     c
                 } else {
-                    Expr::Cast(datafusion_expr::Cast::new(Box::new(c), f.data_type().clone()))
+                    Expr::Cast(datafusion_expr::Cast::new(
+                        Box::new(c),
+                        f.data_type().clone(),
+                    ))
                 });
                 names.push(f.name().clone());
             }
@@ -769,7 +831,9 @@ impl<'a> Lowerer<'a> {
         let node = match self.sinks.get(&def.name) {
             Some(&n) => n,
             None => {
-                let n = self.plan.add_node(format!("sink {}", def.name), p, NodeKind::Sink(spec));
+                let n = self
+                    .plan
+                    .add_node(format!("sink {}", def.name), p, NodeKind::Sink(spec));
                 self.sinks.insert(def.name.clone(), n);
                 n
             }
@@ -828,11 +892,7 @@ fn limit_of(op: Operator, v: &ScalarValue, flipped: bool) -> Option<usize> {
         ScalarValue::UInt64(Some(n)) => i64::try_from(*n).ok()?,
         _ => return None,
     };
-    let op = if flipped {
-        op.swap()?
-    } else {
-        op
-    };
+    let op = if flipped { op.swap()? } else { op };
     let limit = match op {
         Operator::LtEq => n,
         Operator::Lt => n - 1,

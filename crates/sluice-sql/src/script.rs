@@ -105,11 +105,7 @@ impl<'a> Lines<'a> {
         };
         let line = &self.text[start..];
         let col = (l.column as usize).saturating_sub(1);
-        start
-            + line
-                .char_indices()
-                .nth(col)
-                .map_or(line.len(), |(i, _)| i)
+        start + line.char_indices().nth(col).map_or(line.len(), |(i, _)| i)
     }
 }
 
@@ -225,7 +221,10 @@ fn preprocess(script: &str, lines: &Lines<'_>, s: Stmt<'_>) -> Result<RawStateme
 }
 
 fn is_create_table(toks: &[&TokenWithSpan]) -> bool {
-    if !toks.first().is_some_and(|t| is_kw(&t.token, Keyword::CREATE)) {
+    if !toks
+        .first()
+        .is_some_and(|t| is_kw(&t.token, Keyword::CREATE))
+    {
         return false;
     }
     toks.iter()
@@ -243,9 +242,10 @@ fn parse_set(toks: &[&TokenWithSpan], pos: Pos) -> Result<RawStatement, SqlError
         match &toks[i].token {
             Token::Period => key.push('.'),
             Token::Minus => key.push('-'),
-            t => key.push_str(&string_value(t).ok_or_else(|| {
-                SqlError::at(Pos::from(toks[i].span.start), format!("{usage}"))
-            })?),
+            t => key.push_str(
+                &string_value(t)
+                    .ok_or_else(|| SqlError::at(Pos::from(toks[i].span.start), usage))?,
+            ),
         }
         i += 1;
     }
@@ -254,8 +254,9 @@ fn parse_set(toks: &[&TokenWithSpan], pos: Pos) -> Result<RawStatement, SqlError
     }
     let rest = &toks[i + 1..];
     let value: String = match rest {
-        [t] => string_value(&t.token)
-            .ok_or_else(|| SqlError::at(Pos::from(t.span.start), usage))?,
+        [t] => {
+            string_value(&t.token).ok_or_else(|| SqlError::at(Pos::from(t.span.start), usage))?
+        }
         _ => {
             let at = rest.first().map_or(pos, |t| Pos::from(t.span.start));
             return Err(SqlError::at(at, format!("{usage} (quote the value)")));
@@ -337,13 +338,24 @@ fn table_extras(
         }
         let t0 = &toks[a].token;
         let t1 = toks.get(a + 1).map(|t| &t.token);
-        let kind = if matches!(t0, Token::Word(w) if w.value.eq_ignore_ascii_case("watermark") && w.quote_style.is_none()) && t1.is_some_and(|t| is_kw(t, Keyword::FOR)) {
+        let kind = if matches!(t0, Token::Word(w) if w.value.eq_ignore_ascii_case("watermark") && w.quote_style.is_none())
+            && t1.is_some_and(|t| is_kw(t, Keyword::FOR))
+        {
             // WATERMARK FOR col AS expr
             let col = toks
                 .get(a + 2)
                 .and_then(|t| word(&t.token))
-                .ok_or_else(|| SqlError::at(Pos::from(toks[a].span.start), "expected WATERMARK FOR <column> AS <expression>"))?;
-            if !toks.get(a + 3).is_some_and(|t| is_kw(&t.token, Keyword::AS)) || a + 4 > b {
+                .ok_or_else(|| {
+                    SqlError::at(
+                        Pos::from(toks[a].span.start),
+                        "expected WATERMARK FOR <column> AS <expression>",
+                    )
+                })?;
+            if !toks
+                .get(a + 3)
+                .is_some_and(|t| is_kw(&t.token, Keyword::AS))
+                || a + 4 > b
+            {
                 return Err(SqlError::at(
                     Pos::from(toks[a].span.start),
                     "expected WATERMARK FOR <column> AS <expression>",
@@ -382,12 +394,17 @@ fn table_extras(
     // commas that separate the kept ones.
     for &n in &removed {
         let (a, b) = entries[n];
-        blank(text, lines.offset(toks[a].span.start)..lines.offset(toks[b].span.end));
+        blank(
+            text,
+            lines.offset(toks[a].span.start)..lines.offset(toks[b].span.end),
+        );
     }
     for &c in &commas {
         blank(text, c..c + 1);
     }
-    let kept: Vec<usize> = (0..entries.len()).filter(|n| !removed.contains(n)).collect();
+    let kept: Vec<usize> = (0..entries.len())
+        .filter(|n| !removed.contains(n))
+        .collect();
     for &n in kept.iter().take(kept.len().saturating_sub(1)) {
         text[commas[n]] = b',';
     }
@@ -510,7 +527,13 @@ mod tests {
         let (col, expr) = e.watermark.as_ref().unwrap();
         assert_eq!(col, "ts");
         assert_eq!(expr.text, "ts - INTERVAL '5' SECOND");
-        assert_eq!(expr.pos, Pos { line: 5, column: 23 });
+        assert_eq!(
+            expr.pos,
+            Pos {
+                line: 5,
+                column: 23
+            }
+        );
         assert_eq!(e.options["connector"], "nexmark");
         assert_eq!(e.options["events.num"], "1000");
         let RawStatement::Sql { text, .. } = &s[2] else {

@@ -83,9 +83,9 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
     humantime::parse_duration(&compact).ok()
 }
 
-fn number<T: FromStr>(key: &str, v: &str, min: T) -> Result<T>
+fn number<T>(key: &str, v: &str, min: T) -> Result<T>
 where
-    T: PartialOrd + std::fmt::Display + Copy,
+    T: FromStr + PartialOrd + std::fmt::Display + Copy,
 {
     match v.trim().parse::<T>() {
         Ok(n) if n >= min => Ok(n),
@@ -117,9 +117,7 @@ impl Settings {
             "parallelism.default" => self.parallelism = number(k, value, 1usize)?,
             "pipeline.name" => self.job_name = Some(value.to_string()),
             "pipeline.max-parallelism" => c.max_parallelism = number(k, value, 1usize)?,
-            "execution.checkpointing.interval" => {
-                c.checkpoint.interval = Some(duration(k, value)?)
-            }
+            "execution.checkpointing.interval" => c.checkpoint.interval = Some(duration(k, value)?),
             "execution.checkpointing.mode" => {
                 c.checkpoint.delivery = match value.to_ascii_uppercase().as_str() {
                     "EXACTLY_ONCE" => DeliveryGuarantee::ExactlyOnce,
@@ -211,8 +209,10 @@ mod tests {
         let mut s = Settings::default();
         s.apply("parallelism.default", "3").unwrap();
         s.apply("execution.checkpointing.interval", "10 s").unwrap();
-        s.apply("execution.checkpointing.mode", "AT_LEAST_ONCE").unwrap();
-        s.apply("table.exec.mini-batch.allow-latency", "2ms").unwrap();
+        s.apply("execution.checkpointing.mode", "AT_LEAST_ONCE")
+            .unwrap();
+        s.apply("table.exec.mini-batch.allow-latency", "2ms")
+            .unwrap();
         let mut c = JobConfig::default();
         s.apply_to(&mut c);
         assert_eq!(s.parallelism, 3);

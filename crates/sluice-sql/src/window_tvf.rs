@@ -27,8 +27,7 @@ use datafusion_expr::{
     Expr, Extension, LogicalPlan, LogicalPlanBuilder, UserDefinedLogicalNodeCore,
 };
 use datafusion_sql::sqlparser::ast::{
-    Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Spanned, TableFactor,
-    Value,
+    Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Spanned, TableFactor, Value,
 };
 use sluice_plan::WindowSpec;
 
@@ -85,13 +84,20 @@ pub struct WindowTvf {
 
 impl PartialOrd for WindowTvf {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        (self.kind, &self.time_column, self.lateness_ms, &self.late_sink, self.at).partial_cmp(&(
-            other.kind,
-            &other.time_column,
-            other.lateness_ms,
-            &other.late_sink,
-            other.at,
-        ))
+        (
+            self.kind,
+            &self.time_column,
+            self.lateness_ms,
+            &self.late_sink,
+            self.at,
+        )
+            .partial_cmp(&(
+                other.kind,
+                &other.time_column,
+                other.lateness_ms,
+                &other.late_sink,
+                other.at,
+            ))
     }
 }
 
@@ -139,9 +145,9 @@ impl UserDefinedLogicalNodeCore for WindowTvf {
         _exprs: Vec<Expr>,
         mut inputs: Vec<LogicalPlan>,
     ) -> datafusion_common::Result<Self> {
-        let input = inputs.pop().ok_or_else(|| {
-            DataFusionError::Internal("a window TVF has one input".to_string())
-        })?;
+        let input = inputs
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("a window TVF has one input".to_string()))?;
         Ok(Self {
             schema: tvf_schema(&input)?,
             input,
@@ -154,10 +160,15 @@ impl UserDefinedLogicalNodeCore for WindowTvf {
 #[derive(Debug)]
 pub struct WindowTvfPlanner;
 
-fn err(span: datafusion_sql::sqlparser::tokenizer::Span, msg: impl Into<String>) -> DataFusionError {
+fn err(
+    span: datafusion_sql::sqlparser::tokenizer::Span,
+    msg: impl Into<String>,
+) -> DataFusionError {
     let msg = msg.into();
-    DataFusionError::Plan(msg.clone())
-        .with_diagnostic(Diagnostic::new_error(msg, Span::try_from_sqlparser_span(span)))
+    DataFusionError::Plan(msg.clone()).with_diagnostic(Diagnostic::new_error(
+        msg,
+        Span::try_from_sqlparser_span(span),
+    ))
 }
 
 const USAGE: &str = "window functions take: TUMBLE(TABLE t, DESCRIPTOR(time_col), size), HOP(TABLE t, DESCRIPTOR(time_col), slide, size), SESSION(TABLE t, DESCRIPTOR(time_col), gap), TUMBLE_ROWS(TABLE t, rows), HOP_ROWS(TABLE t, slide_rows, size_rows)";
@@ -173,7 +184,10 @@ impl RelationPlanner for WindowTvfPlanner {
         };
         let span = expr.span();
         let SqlExpr::Function(f) = &expr else {
-            return Err(err(span, format!("TABLE(…) takes a window function; {USAGE}")));
+            return Err(err(
+                span,
+                format!("TABLE(…) takes a window function; {USAGE}"),
+            ));
         };
         let name = f.name.to_string().to_ascii_lowercase();
         if !matches!(
@@ -235,10 +249,17 @@ impl RelationPlanner for WindowTvfPlanner {
         let mut time_column = None;
         if !rows {
             let Some(d) = rest.first().copied() else {
-                return Err(err(span, format!("{name} needs DESCRIPTOR(time_column); {USAGE}")));
+                return Err(err(
+                    span,
+                    format!("{name} needs DESCRIPTOR(time_column); {USAGE}"),
+                ));
             };
             time_column = Some(descriptor(d, ctx)?);
-            if input.schema().field_with_unqualified_name(time_column.as_deref().unwrap_or_default()).is_err() {
+            if input
+                .schema()
+                .field_with_unqualified_name(time_column.as_deref().unwrap_or_default())
+                .is_err()
+            {
                 return Err(err(
                     d.span(),
                     format!(
@@ -309,7 +330,9 @@ impl RelationPlanner for WindowTvfPlanner {
         if let Some((n, e)) = named.first() {
             return Err(err(
                 e.span(),
-                format!("unknown argument `{n}`; named arguments are size, slide, gap, lateness, late_sink"),
+                format!(
+                    "unknown argument `{n}`; named arguments are size, slide, gap, lateness, late_sink"
+                ),
             ));
         }
         let node = WindowTvf {
@@ -330,7 +353,10 @@ impl RelationPlanner for WindowTvfPlanner {
     }
 }
 
-fn descriptor(e: &SqlExpr, ctx: &mut dyn RelationPlannerContext) -> datafusion_common::Result<String> {
+fn descriptor(
+    e: &SqlExpr,
+    ctx: &mut dyn RelationPlannerContext,
+) -> datafusion_common::Result<String> {
     if let SqlExpr::Function(f) = e
         && f.name.to_string().eq_ignore_ascii_case("descriptor")
         && let FunctionArguments::List(l) = &f.args

@@ -273,8 +273,8 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     let mut args = example_args(events, parallelism.unwrap_or(1), out.clone());
                     args.rows_per_second = rows_per_second;
                     args.input = input;
-                    let hint = matches!(ex.name, "hot-items" | "windowed-file")
-                        .then(|| out.join(ex.name));
+                    let hint =
+                        matches!(ex.name, "hot-items" | "windowed-file").then(|| out.join(ex.name));
                     ((ex.build)(&args), hint)
                 }
             };
@@ -395,9 +395,12 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Plans a SQL script file; `-p` becomes the default parallelism.
-fn plan_script(path: &std::path::Path, parallelism: Option<usize>) -> anyhow::Result<sluice::sql::SqlJob> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {}", path.display()))?;
+fn plan_script(
+    path: &std::path::Path,
+    parallelism: Option<usize>,
+) -> anyhow::Result<sluice::sql::SqlJob> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let p = parallelism.map(|p| p.to_string());
     let mut settings = vec![];
     if let Some(p) = &p {

@@ -100,9 +100,7 @@ fn parse_slt(text: &str) -> Vec<Record> {
         }
         let sql = sql.join("\n");
         if let Some(rest) = line.strip_prefix("statement ") {
-            let error = rest
-                .strip_prefix("error")
-                .map(|e| e.trim().to_string());
+            let error = rest.strip_prefix("error").map(|e| e.trim().to_string());
             assert!(
                 error.is_some() || rest.trim() == "ok",
                 "line {start}: expected `statement ok` or `statement error <text>`"
@@ -211,10 +209,9 @@ async fn run_slt(path: &Path, update: bool) -> Result<Option<String>, String> {
                         "{}:{line}: expected an error containing `{want}`, got: {e}",
                         path.display()
                     )),
-                    (Err(e), None) => failures.push(format!(
-                        "{}:{line}: statement failed: {e}",
-                        path.display()
-                    )),
+                    (Err(e), None) => {
+                        failures.push(format!("{}:{line}: statement failed: {e}", path.display()))
+                    }
                 }
             }
             Record::Query {
@@ -306,7 +303,10 @@ fn query_sql(name: &str) -> String {
         "{}\nCREATE TABLE collected WITH ('connector' = 'collect');\n{}",
         tables_sql(),
         q.replace("INSERT INTO nexmark_sink", "INSERT INTO collected")
-            .replace("'events.num' = '10000000'", &format!("'events.num' = '{EVENTS}'"))
+            .replace(
+                "'events.num' = '10000000'",
+                &format!("'events.num' = '{EVENTS}'")
+            )
     )
 }
 
