@@ -143,6 +143,23 @@ pub enum NodeKind {
         /// The largest rank kept.
         limit: usize,
     },
+    /// An inner equi-join of two append-only streams: the node's first input edge is the
+    /// left side, its second the right. A pair joins when its key columns are equal and,
+    /// with an interval, when `right time - left time` lies in `[lower, upper]` ms. Output:
+    /// the left columns, then the right ones; its event time is the later of the two.
+    Join {
+        /// Key columns of the left input.
+        left_keys: Vec<String>,
+        /// Key columns of the right input (pairwise equal to the left ones).
+        right_keys: Vec<String>,
+        /// `(lower, upper)`: bounds of `right time - left time`, in ms (interval join).
+        interval: Option<(i64, i64)>,
+        /// A left row is kept until the watermark passes its time plus this (ms); `None`:
+        /// forever.
+        left_retain_ms: Option<i64>,
+        /// The same for right rows.
+        right_retain_ms: Option<i64>,
+    },
     /// Writes to a connector.
     Sink(ConnectorSpec),
 }
@@ -321,6 +338,23 @@ impl NodeKind {
                 "top-{limit}-per-window by {order_by} {}",
                 if *descending { "desc" } else { "asc" }
             ),
+            NodeKind::Join {
+                left_keys,
+                right_keys,
+                interval,
+                ..
+            } => {
+                let on = left_keys
+                    .iter()
+                    .zip(right_keys)
+                    .map(|(l, r)| format!("{l} = {r}"))
+                    .collect::<Vec<_>>()
+                    .join(" and ");
+                match interval {
+                    Some((lo, hi)) => format!("interval-join on {on}, right - left in [{lo}, {hi}] ms"),
+                    None => format!("join on {on}"),
+                }
+            }
             NodeKind::Sink(s) => format!("sink:{}", s.connector),
         }
     }

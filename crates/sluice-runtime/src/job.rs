@@ -233,40 +233,48 @@ impl PreparedJob {
                             }
                         });
                     }
-                    let mut input = Arc::clone(inputs[0]);
-                    for other in &inputs[1..] {
-                        let same = other.fields().len() == input.fields().len()
-                            && other.fields().iter().zip(input.fields()).all(|(a, b)| {
-                                a.name() == b.name() && a.data_type() == b.data_type()
-                            });
-                        if !same {
-                            return Err(ctx(SluiceError::user(format!(
-                                "inputs have different schemas: {input} and {other}"
-                            ))));
+                    if let NodeKind::Join { .. } = kind {
+                        let p = operators::join::JoinOperator::prepare(kind, &inputs)
+                            .map_err(ctx)?;
+                        input_schemas[id] = Arc::clone(inputs[0]);
+                        schemas[id] = p.output_schema;
+                        prepared[id] = Some(PreparedNode::Operator(p.factory));
+                    } else {
+                        let mut input = Arc::clone(inputs[0]);
+                        for other in &inputs[1..] {
+                            let same = other.fields().len() == input.fields().len()
+                                && other.fields().iter().zip(input.fields()).all(|(a, b)| {
+                                    a.name() == b.name() && a.data_type() == b.data_type()
+                                });
+                            if !same {
+                                return Err(ctx(SluiceError::user(format!(
+                                    "inputs have different schemas: {input} and {other}"
+                                ))));
+                            }
+                            // A column nullable in any input is nullable in the union.
+                            if other.fields() != input.fields() {
+                                let fields: Vec<Field> = input
+                                    .fields()
+                                    .iter()
+                                    .zip(other.fields())
+                                    .map(|(a, b)| {
+                                        a.as_ref()
+                                            .clone()
+                                            .with_nullable(a.is_nullable() || b.is_nullable())
+                                    })
+                                    .collect();
+                                input = Arc::new(Schema::new(fields));
+                            }
                         }
-                        // A column nullable in any input is nullable in the union.
-                        if other.fields() != input.fields() {
-                            let fields: Vec<Field> = input
-                                .fields()
-                                .iter()
-                                .zip(other.fields())
-                                .map(|(a, b)| {
-                                    a.as_ref()
-                                        .clone()
-                                        .with_nullable(a.is_nullable() || b.is_nullable())
-                                })
-                                .collect();
-                            input = Arc::new(Schema::new(fields));
+                        let p = operators::prepare(kind, &input, registry).map_err(ctx)?;
+                        if !kind.side_outputs().is_empty() {
+                            side_schemas[id] =
+                                operators::window::late_output_schema(&input).map_err(ctx)?;
                         }
+                        input_schemas[id] = input;
+                        schemas[id] = p.output_schema;
+                        prepared[id] = Some(PreparedNode::Operator(p.factory));
                     }
-                    let p = operators::prepare(kind, &input, registry).map_err(ctx)?;
-                    if !kind.side_outputs().is_empty() {
-                        side_schemas[id] =
-                            operators::window::late_output_schema(&input).map_err(ctx)?;
-                    }
-                    input_schemas[id] = input;
-                    schemas[id] = p.output_schema;
-                    prepared[id] = Some(PreparedNode::Operator(p.factory));
                 }
             }
             for e in plan.outputs(id) {
@@ -541,14 +549,16 @@ impl PreparedJob {
                     .collect()
             })
             .collect();
-        let mut inputs: Vec<Vec<Vec<mpsc::Receiver<sluice_types::Message>>>> = outputs
+        let mut inputs: Vec<Vec<Vec<(mpsc::Receiver<sluice_types::Message>, usize)>>> = outputs
             .iter()
             .map(|subtasks| subtasks.iter().map(|_| Vec::new()).collect())
             .collect();
-        for e in &plan.edges {
+        for (ei, e) in plan.edges.iter().enumerate() {
             let (Some(&up), Some(&down)) = (tail_of.get(&e.from), head_of.get(&e.to)) else {
                 continue; // chained edge
             };
+            // Which input of the downstream operator this edge is.
+            let input_index = plan.edges[..ei].iter().filter(|x| x.to == e.to).count();
             let pu = plan.nodes[e.from].parallelism;
             let pd = plan.nodes[e.to].parallelism;
             for (u, out) in outputs[up].iter_mut().enumerate().take(pu) {
@@ -560,7 +570,7 @@ impl PreparedJob {
                 for d in targets {
                     let (tx, rx) = mpsc::channel(cap);
                     senders.push(tx);
-                    inputs[down][d].push(rx);
+                    inputs[down][d].push((rx, input_index));
                 }
                 let router = match &e.partitioning {
                     Partitioning::Forward => Router::Forward,
@@ -686,7 +696,8 @@ impl PreparedJob {
                     }
                     None => {
                         let align = cfg.delivery == DeliveryGuarantee::ExactlyOnce;
-                        let inputs = Inputs::new(receivers, align);
+                        let (receivers, input_of): (Vec<_>, Vec<_>) = receivers.into_iter().unzip();
+                        let inputs = Inputs::with_inputs(receivers, input_of, align);
                         tasks.spawn(async move {
                             let run = async {
                                 restore_chain(&mut chain, restored_slots, &task_stats).await?;

@@ -174,6 +174,19 @@ pub trait Operator: Send {
         out: &mut dyn Collector,
     ) -> Result<()>;
 
+    /// Processes one batch that arrived on input `input` (the node's input edges in plan
+    /// order). Operators with one input need not implement it.
+    async fn process_batch_from(
+        &mut self,
+        input: usize,
+        batch: Batch,
+        ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        let _ = input;
+        self.process_batch(batch, ctx, out).await
+    }
+
     /// The merged input watermark advanced. Fire what is due, then return the
     /// watermark to forward downstream (`None` holds it back).
     async fn on_watermark(

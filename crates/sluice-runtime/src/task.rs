@@ -71,6 +71,16 @@ impl Collector for ChainOut<'_> {
 }
 
 async fn push_batch(slots: &mut [Slot], out: &mut Outputs, batch: Batch) -> Result<()> {
+    push_batch_from(slots, out, 0, batch).await
+}
+
+/// Pushes a batch that arrived on input `input` of the chain's head.
+async fn push_batch_from(
+    slots: &mut [Slot],
+    out: &mut Outputs,
+    input: usize,
+    batch: Batch,
+) -> Result<()> {
     let Some((head, rest)) = slots.split_first_mut() else {
         return out.send_batch(batch).await;
     };
@@ -85,7 +95,7 @@ async fn push_batch(slots: &mut [Slot], out: &mut Outputs, batch: Batch) -> Resu
         emitter: &metrics,
     };
     head.op
-        .process_batch(batch, &mut head.ctx, &mut c)
+        .process_batch_from(input, batch, &mut head.ctx, &mut c)
         .await
         .map_err(|e| e.in_operator(&head.ctx.task.operator_name))?;
     if head.is_sink {
@@ -116,6 +126,11 @@ impl Chain {
 
     pub async fn process(&mut self, batch: Batch) -> Result<()> {
         push_batch(&mut self.slots, &mut self.out, batch).await
+    }
+
+    /// A batch from input `input` of the chain's head.
+    pub async fn process_from(&mut self, input: usize, batch: Batch) -> Result<()> {
+        push_batch_from(&mut self.slots, &mut self.out, input, batch).await
     }
 
     pub async fn watermark(&mut self, mut wm: Watermark) -> Result<()> {
@@ -261,6 +276,8 @@ impl Chain {
 /// The inputs of an operator task: one channel per upstream subtask.
 pub(crate) struct Inputs {
     receivers: Vec<mpsc::Receiver<Message>>,
+    /// Which input edge of the head operator each receiver belongs to.
+    input_of: Vec<usize>,
     watermarks: Vec<Option<Watermark>>,
     /// Largest event-time watermark each input reached (kept while it is idle).
     last_time: Vec<Option<i64>>,
@@ -282,8 +299,19 @@ pub(crate) struct Inputs {
 impl Inputs {
     pub fn new(receivers: Vec<mpsc::Receiver<Message>>, align: bool) -> Self {
         let n = receivers.len();
+        Self::with_inputs(receivers, vec![0; n], align)
+    }
+
+    /// Receivers with the input edge each belongs to.
+    pub fn with_inputs(
+        receivers: Vec<mpsc::Receiver<Message>>,
+        input_of: Vec<usize>,
+        align: bool,
+    ) -> Self {
+        let n = receivers.len();
         Self {
             receivers,
+            input_of,
             watermarks: vec![None; n],
             last_time: vec![None; n],
             ended: vec![false; n],
@@ -555,7 +583,7 @@ pub(crate) async fn run_operator_task(
         let aligned = match msg {
             Message::Data(batch) => {
                 metrics.input_queue.store(inputs.queued(), Relaxed);
-                chain.process(batch).await?;
+                chain.process_from(inputs.input_of[i], batch).await?;
                 None
             }
             Message::Watermark(w) => {

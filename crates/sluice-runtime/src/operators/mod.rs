@@ -5,6 +5,7 @@ pub mod aggregate;
 pub mod count;
 pub mod filter;
 pub mod global;
+pub mod join;
 pub mod project;
 pub mod session;
 #[cfg(test)]
@@ -100,6 +101,9 @@ pub fn prepare(
         }
         NodeKind::Source(_) => Err(SluiceError::internal(
             "sources are prepared by the job builder, not as operators",
+        )),
+        NodeKind::Join { .. } => Err(SluiceError::internal(
+            "joins are prepared by the job builder with both input schemas",
         )),
     }
 }

@@ -1,0 +1,559 @@
+//! Inner equi-join of two append-only streams: regular, interval and window joins.
+//!
+//! ```text
+//!  left batch ──probe right buffer (same key, time condition)──> joined rows
+//!             └─buffer (index by key)
+//!  right batch ─probe left buffer──> joined rows
+//!             └─buffer
+//!  watermark w: a buffered batch whose newest row is older than w - retain is freed
+//!               (no future row can join it); index entries to it are dropped lazily
+//! ```
+//!
+//! Both inputs arrive hash-partitioned by their key columns, so a key's rows of both sides
+//! meet in one subtask. A joined row carries the left columns, then the right ones; its
+//! event time is the later of the two, so it is never late when neither input row was.
+//! Buffered rows are the state: checkpointed by key group, restored into any parallelism.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::compute::{interleave, take};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
+use async_trait::async_trait;
+use sluice_plan::NodeKind;
+use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TIMESTAMP_FIELD, Watermark};
+
+use crate::operator::{Collector, Operator, OperatorContext};
+use crate::operators::{OperatorFactory, PreparedOperator};
+use crate::state::{OperatorState, RestoredState, key_groups};
+
+/// One input's buffered rows.
+struct Side {
+    /// Column indices of the key in this side's batches.
+    keys: Vec<usize>,
+    /// Keep a row until the watermark passes its time plus this; `None`: forever.
+    retain: Option<i64>,
+    /// Buffered batches (user columns and `_timestamp`); `None` once freed.
+    batches: Vec<Option<RecordBatch>>,
+    /// Newest event time in each buffered batch.
+    newest: Vec<i64>,
+    /// Rows by encoded key: (batch, row, event time).
+    index: HashMap<Box<[u8]>, Vec<(u32, u32, i64)>>,
+    /// Batches freed since the index was last swept.
+    freed_since_sweep: usize,
+    live_batches: usize,
+}
+
+impl Side {
+    fn new(keys: Vec<usize>, retain: Option<i64>) -> Self {
+        Self {
+            keys,
+            retain,
+            batches: Vec::new(),
+            newest: Vec::new(),
+            index: HashMap::new(),
+            freed_since_sweep: 0,
+            live_batches: 0,
+        }
+    }
+
+    fn insert(&mut self, data: RecordBatch, keys: &arrow::row::Rows, ts: &TimestampMillisecondArray) {
+        let b = self.batches.len() as u32;
+        let mut newest = i64::MIN;
+        for r in 0..data.num_rows() {
+            let t = ts.value(r);
+            newest = newest.max(t);
+            self.index
+                .entry(keys.row(r).as_ref().into())
+                .or_default()
+                .push((b, r as u32, t));
+        }
+        self.batches.push(Some(data));
+        self.newest.push(newest);
+        self.live_batches += 1;
+    }
+
+    /// Frees batches no future row can join; sweeps the index when many were freed.
+    fn expire(&mut self, watermark: i64) {
+        let Some(retain) = self.retain else { return };
+        for (b, slot) in self.batches.iter_mut().enumerate() {
+            if slot.is_some() && self.newest[b].saturating_add(retain) < watermark {
+                *slot = None;
+                self.live_batches -= 1;
+                self.freed_since_sweep += 1;
+            }
+        }
+        if self.freed_since_sweep > 64 || (self.live_batches == 0 && !self.index.is_empty()) {
+            let batches = &self.batches;
+            self.index.retain(|_, rows| {
+                rows.retain(|(b, _, _)| batches[*b as usize].is_some());
+                !rows.is_empty()
+            });
+            self.freed_since_sweep = 0;
+            if self.live_batches == 0 {
+                self.batches.clear();
+                self.newest.clear();
+            }
+        }
+    }
+}
+
+/// The join operator of one subtask.
+pub struct JoinOperator {
+    sides: [Side; 2],
+    interval: Option<(i64, i64)>,
+    converter: RowConverter,
+    schema: SchemaRef,
+    /// Number of user columns of the left input.
+    left_width: usize,
+    right_width: usize,
+}
+
+fn key_indices(schema: &SchemaRef, keys: &[String], side: &str) -> Result<Vec<usize>> {
+    keys.iter()
+        .map(|k| {
+            schema.index_of(k).map_err(|_| {
+                SluiceError::user(format!("join key `{k}` is not a column of the {side} input"))
+            })
+        })
+        .collect()
+}
+
+impl JoinOperator {
+    /// Checks a join node against its two input schemas.
+    pub fn prepare(kind: &NodeKind, inputs: &[&SchemaRef]) -> Result<PreparedOperator> {
+        let NodeKind::Join {
+            left_keys,
+            right_keys,
+            interval,
+            left_retain_ms,
+            right_retain_ms,
+        } = kind
+        else {
+            return Err(SluiceError::internal("not a join node"));
+        };
+        let [left, right] = inputs else {
+            return Err(SluiceError::user(format!(
+                "a join has two inputs, this one has {}",
+                inputs.len()
+            )));
+        };
+        if left_keys.is_empty() || left_keys.len() != right_keys.len() {
+            return Err(SluiceError::user(
+                "a join needs pairs of equal key columns (left = right)",
+            ));
+        }
+        let lk = key_indices(left, left_keys, "left")?;
+        let rk = key_indices(right, right_keys, "right")?;
+        let mut sort_fields = Vec::new();
+        for (&l, &r) in lk.iter().zip(&rk) {
+            let (lt, rt) = (left.field(l).data_type(), right.field(r).data_type());
+            if lt != rt {
+                return Err(SluiceError::user(format!(
+                    "join keys `{}` ({lt}) and `{}` ({rt}) have different types; cast one",
+                    left.field(l).name(),
+                    right.field(r).name()
+                )));
+            }
+            sort_fields.push(SortField::new(lt.clone()));
+        }
+        RowConverter::new(sort_fields.clone())
+            .map_err(|e| SluiceError::user("unsupported join key type").with_source(e))?;
+        if let Some((lo, hi)) = interval
+            && lo > hi
+        {
+            return Err(SluiceError::user(format!(
+                "the join's time bounds are empty: lower {lo} ms > upper {hi} ms"
+            )));
+        }
+        let user = |s: &SchemaRef| -> Vec<Arc<Field>> {
+            s.fields()
+                .iter()
+                .filter(|f| f.name() != TIMESTAMP_FIELD)
+                .cloned()
+                .collect()
+        };
+        let mut fields = user(left);
+        let right_user = user(right);
+        for f in &right_user {
+            if fields.iter().any(|l| l.name() == f.name()) {
+                return Err(SluiceError::user(format!(
+                    "both join inputs have a column `{}`; rename one",
+                    f.name()
+                )));
+            }
+        }
+        let left_width = fields.len();
+        let right_width = right_user.len();
+        fields.extend(right_user);
+        fields.push(Arc::new(sluice_types::timestamp_field()));
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let interval = *interval;
+        let (lr, rr) = (*left_retain_ms, *right_retain_ms);
+        let out = Arc::clone(&schema);
+        let factory: OperatorFactory = Arc::new(move |_task| {
+            Ok(Box::new(JoinOperator {
+                sides: [Side::new(lk.clone(), lr), Side::new(rk.clone(), rr)],
+                interval,
+                converter: RowConverter::new(sort_fields.clone())
+                    .map_err(|e| SluiceError::internal("row converter").with_source(e))?,
+                schema: Arc::clone(&out),
+                left_width,
+                right_width,
+            }) as Box<dyn Operator>)
+        });
+        Ok(PreparedOperator {
+            output_schema: schema,
+            factory,
+        })
+    }
+
+    fn encode(&self, side: usize, data: &RecordBatch) -> Result<arrow::row::Rows> {
+        let cols: Vec<ArrayRef> = self.sides[side]
+            .keys
+            .iter()
+            .map(|&i| Arc::clone(data.column(i)))
+            .collect();
+        self.converter
+            .convert_columns(&cols)
+            .map_err(|e| SluiceError::internal("encoding join keys").with_source(e))
+    }
+
+    fn matches(&self, side: usize, this_ts: i64, other_ts: i64) -> bool {
+        let Some((lo, hi)) = self.interval else {
+            return true;
+        };
+        // right time - left time
+        let d = if side == 0 {
+            other_ts - this_ts
+        } else {
+            this_ts - other_ts
+        };
+        lo <= d && d <= hi
+    }
+
+    /// Joins `batch` from `side` with the other side's buffer, then buffers it.
+    fn join(&mut self, side: usize, batch: &Batch, out_rows: &mut Vec<Batch>) -> Result<()> {
+        let data = batch.data.clone();
+        let keys = self.encode(side, &data)?;
+        let ts = batch.timestamps().clone();
+        let other = &self.sides[1 - side];
+        let mut this_rows: Vec<u32> = Vec::new();
+        let mut other_rows: Vec<(u32, u32)> = Vec::new();
+        let mut out_ts: Vec<i64> = Vec::new();
+        if !other.index.is_empty() {
+            for r in 0..data.num_rows() {
+                let Some(entries) = other.index.get(keys.row(r).as_ref()) else {
+                    continue;
+                };
+                let t = ts.value(r);
+                for &(b, row, ot) in entries {
+                    if other.batches[b as usize].is_some() && self.matches(side, t, ot) {
+                        this_rows.push(r as u32);
+                        other_rows.push((b, row));
+                        out_ts.push(t.max(ot));
+                    }
+                }
+            }
+        }
+        if !this_rows.is_empty() {
+            out_rows.push(self.build(side, &data, this_rows, other_rows, out_ts, batch)?);
+        }
+        self.sides[side].insert(data, &keys, &ts);
+        Ok(())
+    }
+
+    fn build(
+        &self,
+        side: usize,
+        data: &RecordBatch,
+        this_rows: Vec<u32>,
+        other_rows: Vec<(u32, u32)>,
+        out_ts: Vec<i64>,
+        batch: &Batch,
+    ) -> Result<Batch> {
+        let idx = UInt32Array::from(this_rows);
+        let width = |s: usize| if s == 0 { self.left_width } else { self.right_width };
+        let this_cols: Vec<ArrayRef> = (0..width(side))
+            .map(|c| take(data.column(c), &idx, None))
+            .collect::<std::result::Result<_, _>>()?;
+        // The other side's rows, from the buffered batches they live in.
+        let other = &self.sides[1 - side];
+        let mut used: HashMap<u32, usize> = HashMap::new();
+        let mut sources: Vec<&RecordBatch> = Vec::new();
+        let mut picks: Vec<(usize, usize)> = Vec::with_capacity(other_rows.len());
+        for (b, r) in other_rows {
+            let pos = *used.entry(b).or_insert_with(|| {
+                sources.push(
+                    other.batches[b as usize]
+                        .as_ref()
+                        .expect("invariant: matched rows live in buffered batches"),
+                );
+                sources.len() - 1
+            });
+            picks.push((pos, r as usize));
+        }
+        let other_cols: Vec<ArrayRef> = (0..width(1 - side))
+            .map(|c| {
+                let arrays: Vec<&dyn Array> =
+                    sources.iter().map(|b| b.column(c).as_ref()).collect();
+                interleave(&arrays, &picks)
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let (mut columns, right) = if side == 0 {
+            (this_cols, other_cols)
+        } else {
+            (other_cols, this_cols)
+        };
+        columns.extend(right);
+        columns.push(Arc::new(TimestampMillisecondArray::from(out_ts)));
+        let data = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        Ok(batch.with_data(data))
+    }
+
+    fn snapshot_side(&self, side: usize, name: &str, state: &mut OperatorState, max_p: usize) -> Result<()> {
+        for b in self.sides[side].batches.iter().flatten() {
+            let keys: Vec<ArrayRef> = self.sides[side]
+                .keys
+                .iter()
+                .map(|&i| Arc::clone(b.column(i)))
+                .collect();
+            let groups = key_groups(&keys, b.num_rows(), max_p)?;
+            let fields: Vec<Arc<Field>> = b.schema().fields().iter().cloned().collect();
+            state.push_keyed(name, groups, fields, b.columns().to_vec())?;
+        }
+        Ok(())
+    }
+}
+
+const SIDES: [&str; 2] = ["left", "right"];
+
+#[async_trait]
+impl Operator for JoinOperator {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn process_batch(
+        &mut self,
+        batch: Batch,
+        ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        self.process_batch_from(0, batch, ctx, out).await
+    }
+
+    async fn process_batch_from(
+        &mut self,
+        input: usize,
+        batch: Batch,
+        _ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        if input > 1 {
+            return Err(SluiceError::internal("a join has two inputs"));
+        }
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let mut rows = Vec::new();
+        self.join(input, &batch, &mut rows)?;
+        for b in rows {
+            out.collect(b).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_watermark(
+        &mut self,
+        watermark: Watermark,
+        _ctx: &mut OperatorContext,
+        _out: &mut dyn Collector,
+    ) -> Result<Option<Watermark>> {
+        if let Some(t) = watermark.event_time() {
+            for s in &mut self.sides {
+                s.expire(t);
+            }
+        }
+        Ok(Some(watermark))
+    }
+
+    async fn snapshot(
+        &mut self,
+        _barrier: &CheckpointBarrier,
+        ctx: &mut OperatorContext,
+    ) -> Result<OperatorState> {
+        let mut state = OperatorState::default();
+        for (i, name) in SIDES.iter().enumerate() {
+            self.snapshot_side(i, name, &mut state, ctx.max_parallelism)?;
+        }
+        Ok(state)
+    }
+
+    async fn restore(&mut self, state: RestoredState, _ctx: &mut OperatorContext) -> Result<()> {
+        for (i, name) in SIDES.iter().enumerate() {
+            for b in state.table(name) {
+                let keys = self.encode(i, b)?;
+                let ts = b
+                    .column(b.num_columns() - 1)
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .ok_or_else(|| SluiceError::user("join state has no event-time column"))?
+                    .clone();
+                self.sides[i].insert(b.clone(), &keys, &ts);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::VecCollector;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::DataType;
+    use sluice_types::{IngestTime, TaskInfo};
+
+    fn side(names: [&str; 2], rows: &[(i64, i64, i64)]) -> Batch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(names[0], DataType::Int64, false),
+            Field::new(names[1], DataType::Int64, false),
+            sluice_types::timestamp_field(),
+        ]));
+        Batch::try_new(
+            RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        rows.iter().map(|r| r.2),
+                    )),
+                ],
+            )
+            .unwrap(),
+            IngestTime::at(0),
+        )
+        .unwrap()
+    }
+
+    fn op(interval: Option<(i64, i64)>, retain: Option<i64>) -> Box<dyn Operator> {
+        let l = side(["k", "a"], &[]).data.schema();
+        let r = side(["rk", "b"], &[]).data.schema();
+        let kind = NodeKind::Join {
+            left_keys: vec!["k".into()],
+            right_keys: vec!["rk".into()],
+            interval,
+            left_retain_ms: retain,
+            right_retain_ms: retain,
+        };
+        let p = JoinOperator::prepare(&kind, &[&l, &r]).unwrap();
+        (p.factory)(&TaskInfo::for_test("join")).unwrap()
+    }
+
+    fn rows(out: &VecCollector) -> Vec<(i64, i64, i64, i64, i64)> {
+        let mut v = Vec::new();
+        for b in &out.batches {
+            let c = |i: usize| {
+                b.data
+                    .column(i)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .clone()
+            };
+            let ts = b.timestamps();
+            for r in 0..b.num_rows() {
+                v.push((c(0).value(r), c(1).value(r), c(2).value(r), c(3).value(r), ts.value(r)));
+            }
+        }
+        v.sort_unstable();
+        v
+    }
+
+    #[tokio::test]
+    async fn joins_equal_keys_from_either_side_within_the_interval() {
+        let mut j = op(Some((-5, 5)), Some(10));
+        let schema = side(["k", "a"], &[]).data.schema();
+        let mut ctx = OperatorContext::for_test(schema);
+        let mut out = VecCollector::default();
+        j.process_batch_from(0, side(["k", "a"], &[(1, 10, 100), (2, 20, 100)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        // right rows: key 1 at 103 (in), key 1 at 110 (out of [-5, 5]), key 3 (no left)
+        j.process_batch_from(1, side(["rk", "b"], &[(1, 7, 103), (1, 8, 110), (3, 9, 100)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        // a later left row joins the buffered right row at 110
+        j.process_batch_from(0, side(["k", "a"], &[(1, 11, 106)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            rows(&out),
+            vec![(1, 10, 1, 7, 103), (1, 11, 1, 7, 106), (1, 11, 1, 8, 110)]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_watermark_frees_rows_no_future_row_can_join() {
+        let mut j = op(None, Some(10));
+        let schema = side(["k", "a"], &[]).data.schema();
+        let mut ctx = OperatorContext::for_test(schema);
+        let mut out = VecCollector::default();
+        j.process_batch_from(0, side(["k", "a"], &[(1, 10, 100)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        j.on_watermark(Watermark::EventTime(111), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        j.process_batch_from(1, side(["rk", "b"], &[(1, 7, 120)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert!(rows(&out).is_empty(), "the left row expired at 110 < 111");
+        // The right row is still buffered: a new left row joins it, and the state
+        // survives a snapshot/restore round trip.
+        let state = j
+            .snapshot(
+                &CheckpointBarrier {
+                    epoch: 1,
+                    triggered_at_us: 0,
+                    kind: sluice_types::CheckpointKind::Checkpoint,
+                    then_stop: false,
+                },
+                &mut ctx,
+            )
+            .await
+            .unwrap();
+        let mut restored = op(None, Some(10));
+        let owned: std::collections::BTreeMap<String, Vec<RecordBatch>> = state
+            .keyed
+            .iter()
+            .map(|(n, bs)| {
+                (
+                    n.clone(),
+                    bs.iter()
+                        .filter_map(|b| crate::state::owned_rows(b, 0, 1, 128).unwrap())
+                        .collect(),
+                )
+            })
+            .collect();
+        restored
+            .restore(
+                RestoredState {
+                    keyed: owned,
+                    metas: vec![],
+                },
+                &mut ctx,
+            )
+            .await
+            .unwrap();
+        restored
+            .process_batch_from(0, side(["k", "a"], &[(1, 12, 121)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(rows(&out), vec![(1, 12, 1, 7, 121)]);
+    }
+}
