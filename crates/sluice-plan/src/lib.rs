@@ -351,7 +351,9 @@ impl NodeKind {
                     .collect::<Vec<_>>()
                     .join(" and ");
                 match interval {
-                    Some((lo, hi)) => format!("interval-join on {on}, right - left in [{lo}, {hi}] ms"),
+                    Some((lo, hi)) => {
+                        format!("interval-join on {on}, right - left in [{lo}, {hi}] ms")
+                    }
                     None => format!("join on {on}"),
                 }
             }

@@ -234,8 +234,8 @@ impl PreparedJob {
                         });
                     }
                     if let NodeKind::Join { .. } = kind {
-                        let p = operators::join::JoinOperator::prepare(kind, &inputs)
-                            .map_err(ctx)?;
+                        let p =
+                            operators::join::JoinOperator::prepare(kind, &inputs).map_err(ctx)?;
                         input_schemas[id] = Arc::clone(inputs[0]);
                         schemas[id] = p.output_schema;
                         prepared[id] = Some(PreparedNode::Operator(p.factory));

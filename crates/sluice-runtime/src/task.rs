@@ -297,6 +297,7 @@ pub(crate) struct Inputs {
 }
 
 impl Inputs {
+    #[cfg(test)]
     pub fn new(receivers: Vec<mpsc::Receiver<Message>>, align: bool) -> Self {
         let n = receivers.len();
         Self::with_inputs(receivers, vec![0; n], align)

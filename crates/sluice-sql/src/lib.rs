@@ -294,6 +294,7 @@ impl SqlContext {
             self.settings.parallelism,
             self.settings.idle_timeout,
         );
+        lowerer.state_ttl = self.settings.state_ttl;
         lowerer.sources = std::mem::take(&mut sources.0);
         lowerer.sinks = std::mem::take(&mut sources.1);
         let result = lowerer

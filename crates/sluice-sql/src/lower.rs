@@ -18,9 +18,7 @@ use std::time::Duration;
 use datafusion_common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion_common::{Column, DFSchema, ScalarValue};
 use datafusion_expr::expr::{AggregateFunction, WindowFunction};
-use datafusion_expr::{
-    BinaryExpr, Expr, LogicalPlan, Operator, WindowFunctionDefinition, col, lit,
-};
+use datafusion_expr::{BinaryExpr, Expr, LogicalPlan, Operator, WindowFunctionDefinition, lit};
 use sluice_plan::{
     ConnectorSpec, EventTime, JobPlan, NodeId, NodeKind, Partitioning, SourceNode, WatermarkSpec,
     WindowSpec,
@@ -45,6 +43,9 @@ pub struct Lowered {
     pub window: Option<Arc<WindowTvf>>,
     /// Whether rows update earlier rows (a running aggregate's upserts).
     pub updating: bool,
+    /// The `window_end` column of windowed rows (under its current name) and the window
+    /// size in ms: a row's window ends at most that long after its event time.
+    pub window_end: Option<(String, u64)>,
 }
 
 /// Builds one job's nodes from logical plans.
@@ -57,9 +58,16 @@ pub struct Lowerer<'a> {
     pub parallelism: usize,
     /// Source idleness (`table.exec.source.idle-timeout`).
     pub idle_timeout: Option<Duration>,
+    /// How long a regular join keeps rows (`table.exec.state.ttl`); `None`: forever.
+    pub state_ttl: Option<Duration>,
     pub(crate) sources: HashMap<String, Lowered>,
     /// Sink node per table: a second INSERT INTO the same table joins the first's sink.
     pub(crate) sinks: HashMap<String, NodeId>,
+}
+
+/// A column by its exact physical name (which may contain dots).
+fn ucol(name: &str) -> Expr {
+    Expr::Column(Column::new_unqualified(name))
 }
 
 /// Drops table qualifiers: operators see one flat row of named columns.
@@ -75,6 +83,56 @@ pub fn unqualify(e: &Expr) -> Expr {
         })
         .map(|t| t.data)
         .unwrap_or_else(|_| e.clone())
+}
+
+/// Drops table qualifiers where the input has the plain name; keeps `q.name` where the
+/// input has that (columns a join disambiguated).
+pub fn resolve(e: &Expr, columns: &[String]) -> Expr {
+    e.clone()
+        .transform(|e| {
+            Ok(match e {
+                Expr::Column(c) if c.relation.is_some() => {
+                    let qualified = format!(
+                        "{}.{}",
+                        c.relation.as_ref().map(|r| r.table()).unwrap_or_default(),
+                        c.name
+                    );
+                    let name = if columns.contains(&qualified) {
+                        qualified
+                    } else {
+                        c.name
+                    };
+                    Transformed::yes(Expr::Column(Column::new_unqualified(name)))
+                }
+                other => Transformed::no(other),
+            })
+        })
+        .map(|t| t.data)
+        .unwrap_or_else(|_| e.clone())
+}
+
+/// The physical column names of a logical schema: the plain name where it is unique,
+/// `qualifier.name` where two columns share a name.
+pub fn physical_names(schema: &DFSchema) -> Vec<String> {
+    let fields: Vec<(String, String)> = schema
+        .iter()
+        .map(|(q, f)| {
+            (
+                q.map(|q| q.table().to_string()).unwrap_or_default(),
+                f.name().clone(),
+            )
+        })
+        .collect();
+    fields
+        .iter()
+        .map(|(q, n)| {
+            if fields.iter().filter(|(_, m)| m == n).count() > 1 && !q.is_empty() {
+                format!("{q}.{n}")
+            } else {
+                n.clone()
+            }
+        })
+        .collect()
 }
 
 /// Columns an expression reads.
@@ -112,6 +170,7 @@ impl<'a> Lowerer<'a> {
             catalog,
             parallelism,
             idle_timeout,
+            state_ttl: None,
             sources: HashMap::new(),
             sinks: HashMap::new(),
         }
@@ -147,13 +206,18 @@ impl<'a> Lowerer<'a> {
         if identity {
             return input.clone();
         }
-        let rowtime = input.rowtime.as_ref().and_then(|rt| {
+        let renamed = |col: &str| {
             exprs
                 .iter()
                 .zip(&names)
-                .find(|(e, _)| as_column(e) == Some(rt.as_str()))
+                .find(|(e, _)| as_column(e) == Some(col))
                 .map(|(_, n)| n.clone())
-        });
+        };
+        let rowtime = input.rowtime.as_deref().and_then(renamed);
+        let window_end = input
+            .window_end
+            .as_ref()
+            .and_then(|(c, size)| renamed(c).map(|n| (n, *size)));
         let exprs = exprs
             .into_iter()
             .zip(&names)
@@ -167,6 +231,7 @@ impl<'a> Lowerer<'a> {
             rowtime,
             window: input.window.clone(),
             updating: input.updating,
+            window_end,
         }
     }
 
@@ -176,7 +241,7 @@ impl<'a> Lowerer<'a> {
         let Some(tvf) = input.window.clone() else {
             return Ok(input);
         };
-        let crate::window_tvf::TvfKind::Tumble(size) = tvf.kind else {
+        let crate::window_tvf::TvfKind::Tumble(size_ms) = tvf.kind else {
             return Err(SqlError::new(format!(
                 "{} can only be followed by GROUP BY window_start, window_end (TUMBLE may also be read row by row)",
                 tvf.kind.spec()
@@ -187,12 +252,12 @@ impl<'a> Lowerer<'a> {
         use arrow::datatypes::{DataType, TimeUnit};
         let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
         let cast = |e: Expr, t: DataType| Expr::Cast(datafusion_expr::Cast::new(Box::new(e), t));
-        let size = lit(size as i64);
-        let t = cast(col(sluice_types::TIMESTAMP_FIELD), DataType::Int64);
+        let size = lit(size_ms as i64);
+        let t = cast(ucol(sluice_types::TIMESTAMP_FIELD), DataType::Int64);
         let start_ms = t.clone() - ((t % size.clone()) + size.clone()) % size.clone();
         let start = cast(start_ms.clone(), ms.clone());
         let end = cast(start_ms + size, ms);
-        let mut exprs: Vec<Expr> = input.columns.iter().map(|c| col(c.as_str())).collect();
+        let mut exprs: Vec<Expr> = input.columns.iter().map(|c| ucol(c.as_str())).collect();
         let mut names = input.columns.clone();
         exprs.push(start);
         exprs.push(end);
@@ -251,7 +316,7 @@ impl<'a> Lowerer<'a> {
                             .iter()
                             .map(|&i| lowered.columns[i].clone())
                             .collect();
-                        let exprs = names.iter().map(|n| col(n.as_str())).collect();
+                        let exprs = names.iter().map(|n| ucol(n.as_str())).collect();
                         Ok(self.project(&lowered, exprs, names))
                     }
                 }
@@ -302,8 +367,14 @@ impl<'a> Lowerer<'a> {
                 if let Some(l) = self.top_n(f)? {
                     return Ok(l);
                 }
+                // `FROM a, b WHERE …` and `a JOIN b … WHERE …`: the WHERE is join condition.
+                if let LogicalPlan::Join(j) = f.input.as_ref()
+                    && j.join_type == datafusion_expr::JoinType::Inner
+                {
+                    return self.join(j, Some(&f.predicate));
+                }
                 let mut input = self.lower(&f.input)?;
-                let predicate = unqualify(&f.predicate);
+                let predicate = resolve(&f.predicate, &input.columns);
                 if input.window.is_some()
                     && referenced(&predicate)
                         .iter()
@@ -319,7 +390,7 @@ impl<'a> Lowerer<'a> {
             LogicalPlan::Projection(proj) => {
                 let mut input = self.lower(&proj.input)?;
                 let uses_window = proj.expr.iter().any(|e| {
-                    let e = unqualify(e);
+                    let e = resolve(e, &input.columns);
                     as_column(&e).is_none()
                         && referenced(&e)
                             .iter()
@@ -330,8 +401,11 @@ impl<'a> Lowerer<'a> {
                 }
                 let mut exprs = Vec::new();
                 let mut names = Vec::new();
-                for (e, (_, field)) in proj.expr.iter().zip(proj.schema.iter()) {
-                    let e = unqualify(e);
+                let out_names = physical_names(&proj.schema);
+                for ((e, (_, field)), out_name) in
+                    proj.expr.iter().zip(proj.schema.iter()).zip(out_names)
+                {
+                    let e = resolve(e, &input.columns);
                     if input.window.is_some()
                         && let Some(c) = as_column(&e)
                         && WINDOW_COLUMNS.contains(&c)
@@ -344,7 +418,7 @@ impl<'a> Lowerer<'a> {
                         continue;
                     }
                     exprs.push(e);
-                    names.push(field.name().clone());
+                    names.push(out_name);
                 }
                 self.check_columns(&input, &exprs.iter().collect::<Vec<_>>())?;
                 for e in &exprs {
@@ -356,7 +430,7 @@ impl<'a> Lowerer<'a> {
             LogicalPlan::Window(_) => Err(SqlError::unsupported(
                 "OVER (…) outside a Top-N (`… WHERE rk <= n` over RANK() OVER (PARTITION BY window_start, window_end … ORDER BY …))",
             )),
-            LogicalPlan::Join(_) => Err(SqlError::unsupported("JOIN (joins are coming)")),
+            LogicalPlan::Join(j) => self.join(j, None),
             LogicalPlan::Sort(_) => Err(SqlError::unsupported(
                 "ORDER BY on an unbounded stream (use a Top-N per window)",
             )),
@@ -434,6 +508,7 @@ impl<'a> Lowerer<'a> {
             rowtime: rowtime.clone(),
             window: None,
             updating: false,
+            window_end: None,
         };
         let mut want: Vec<String> = if def.declared.fields().is_empty() {
             columns
@@ -444,9 +519,9 @@ impl<'a> Lowerer<'a> {
                 .map(|f| f.name().clone())
                 .collect()
         };
-        let mut exprs: Vec<Expr> = want.iter().map(|c| col(c.as_str())).collect();
+        let mut exprs: Vec<Expr> = want.iter().map(|c| ucol(c.as_str())).collect();
         if let TimeAttribute::ProcTime { column } = &def.time {
-            exprs.push(col(sluice_types::TIMESTAMP_FIELD));
+            exprs.push(ucol(sluice_types::TIMESTAMP_FIELD));
             want.push(column.clone());
             rowtime = Some(column.clone());
         }
@@ -470,7 +545,7 @@ impl<'a> Lowerer<'a> {
         let mut keys = Vec::new();
         let mut computed: Vec<(Expr, String)> = Vec::new();
         for (g, name) in agg.group_expr.iter().zip(&names) {
-            let g = unqualify(g);
+            let g = resolve(g, &input.columns);
             match as_column(&g) {
                 Some(c) if window.is_some() && WINDOW_COLUMNS.contains(&c) => {
                     window_cols.push(c.to_string())
@@ -490,7 +565,7 @@ impl<'a> Lowerer<'a> {
             .aggr_expr
             .iter()
             .zip(&names[n_groups..])
-            .map(|(e, n)| unqualify(e).unalias().alias(n))
+            .map(|(e, n)| resolve(e, &input.columns).unalias().alias(n))
             .collect();
         let aggregates = aggregates
             .into_iter()
@@ -500,7 +575,7 @@ impl<'a> Lowerer<'a> {
         self.check_columns(&input, &refs)?;
         if !computed.is_empty() {
             // Compute the grouping expressions as columns first.
-            let mut exprs: Vec<Expr> = input.columns.iter().map(|c| col(c.as_str())).collect();
+            let mut exprs: Vec<Expr> = input.columns.iter().map(|c| ucol(c.as_str())).collect();
             let mut cols = input.columns.clone();
             for (e, n) in &computed {
                 exprs.push(e.clone());
@@ -540,6 +615,9 @@ impl<'a> Lowerer<'a> {
             if let Some(sink) = &tvf.late_sink {
                 self.late_sink(node, &input, sink)?;
             }
+            let window_end = spec
+                .size_and_slide_ms()
+                .map(|(size, _)| ("window_end".to_string(), size as u64));
             let mut columns = keys;
             columns.extend(WINDOW_COLUMNS.iter().map(|s| s.to_string()));
             columns.extend(names[n_groups..].iter().cloned());
@@ -549,11 +627,12 @@ impl<'a> Lowerer<'a> {
                 rowtime: None,
                 window: None,
                 updating: false,
+                window_end,
             });
         }
         if keys.is_empty() {
             // A global aggregate: one constant key, one subtask.
-            let mut exprs: Vec<Expr> = input.columns.iter().map(|c| col(c.as_str())).collect();
+            let mut exprs: Vec<Expr> = input.columns.iter().map(|c| ucol(c.as_str())).collect();
             let mut cols = input.columns.clone();
             exprs.push(lit(0i32));
             cols.push("__global".into());
@@ -575,9 +654,10 @@ impl<'a> Lowerer<'a> {
                 rowtime: None,
                 window: None,
                 updating: true,
+                window_end: None,
             };
             let names = names[n_groups..].to_vec();
-            let exprs = names.iter().map(|n| col(n.as_str())).collect();
+            let exprs = names.iter().map(|n| ucol(n.as_str())).collect();
             return Ok(self.project(&out, exprs, names));
         }
         let node = self.add(
@@ -597,7 +677,263 @@ impl<'a> Lowerer<'a> {
             rowtime: None,
             window: None,
             updating: true,
+            window_end: None,
         })
+    }
+
+    /// An inner equi-join: interval join (a time condition between the two event times),
+    /// window join (equal `window_end`s), or regular join (rows kept for the state TTL).
+    fn join(
+        &mut self,
+        j: &datafusion_expr::logical_plan::Join,
+        where_clause: Option<&Expr>,
+    ) -> Result<Lowered> {
+        use datafusion_expr::JoinType;
+        if j.join_type != JoinType::Inner {
+            return Err(SqlError::unsupported(format!(
+                "{} JOIN (inner joins are supported; outer joins are coming)",
+                j.join_type.to_string().to_uppercase()
+            )));
+        }
+        // The condition: ON and WHERE, as conjuncts (BETWEEN split in two).
+        let mut conjuncts: Vec<Expr> = Vec::new();
+        for e in j.filter.iter().chain(where_clause) {
+            for c in datafusion_expr::utils::split_conjunction(e) {
+                match c {
+                    Expr::Between(b) if !b.negated => {
+                        conjuncts.push(b.expr.as_ref().clone().gt_eq(b.low.as_ref().clone()));
+                        conjuncts.push(b.expr.as_ref().clone().lt_eq(b.high.as_ref().clone()));
+                    }
+                    other => conjuncts.push(other.clone()),
+                }
+            }
+        }
+        let in_schema = |e: &Expr, schema: &DFSchema| {
+            let mut all = true;
+            let _ = e.apply(|x| {
+                if let Expr::Column(c) = x
+                    && !schema.has_column(c)
+                {
+                    all = false;
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+            all
+        };
+        // Conditions on one side only are applied before the join (less state).
+        let mut left_only = Vec::new();
+        let mut right_only = Vec::new();
+        let mut both = Vec::new();
+        for c in conjuncts {
+            if in_schema(&c, j.left.schema()) {
+                left_only.push(c);
+            } else if in_schema(&c, j.right.schema()) {
+                right_only.push(c);
+            } else {
+                both.push(c);
+            }
+        }
+        let mut left = self.lower(&j.left)?;
+        left = self.materialize(left)?;
+        let mut right = self.lower(&j.right)?;
+        right = self.materialize(right)?;
+        for (side, preds) in [(&mut left, left_only), (&mut right, right_only)] {
+            if let Some(p) = datafusion_expr::utils::conjunction(preds) {
+                let predicate = resolve(&p, &side.columns);
+                self.check_columns(side, &[&predicate])?;
+                let par = self.plan.nodes[side.node].parallelism;
+                side.node = self.add(side, NodeKind::Filter { predicate }, par, None);
+            }
+        }
+        if left.updating || right.updating {
+            return Err(SqlError::unsupported(
+                "a join of updating inputs (the output of a GROUP BY without windows)",
+            ));
+        }
+        // Physical names: plain where unique in the join's output, `q.name` where not.
+        let names = physical_names(&j.schema);
+        let unique: std::collections::HashSet<&String> = names.iter().collect();
+        if unique.len() != names.len() {
+            return Err(SqlError::new(
+                "a join's inputs have columns of the same name and table alias; alias the tables differently",
+            ));
+        }
+        let nl = j.left.schema().fields().len();
+        let side_columns = |lowered: &Lowered, schema: &DFSchema, names: &[String]| {
+            let mut exprs = Vec::new();
+            for (i, (q, f)) in schema.iter().enumerate() {
+                let c = Expr::Column(Column::new(q.cloned(), f.name()));
+                let e = resolve(&c, &lowered.columns);
+                match as_column(&e) {
+                    Some(n) if lowered.columns.iter().any(|x| x == n) => exprs.push(e),
+                    _ => {
+                        return Err(SqlError::new(format!(
+                            "column `{}` of a join input is not available",
+                            f.name()
+                        )));
+                    }
+                }
+                let _ = i;
+            }
+            Ok::<_, SqlError>((exprs, names.to_vec()))
+        };
+        let (le, ln) = side_columns(&left, j.left.schema(), &names[..nl])?;
+        let (re, rn) = side_columns(&right, j.right.schema(), &names[nl..])?;
+        let left = self.project(&left, le, ln);
+        let right = self.project(&right, re, rn);
+        // Equality keys, by the new names.
+        let key_name = |e: &Expr, schema: &DFSchema, offset: usize| -> Result<String> {
+            match e {
+                Expr::Column(c) => schema
+                    .index_of_column(c)
+                    .map(|i| names[offset + i].clone())
+                    .map_err(|_| SqlError::new(format!("join key `{c}` is not a column"))),
+                other => Err(SqlError::unsupported(format!(
+                    "a join key that is an expression (`{other}`); compute it as a column in a view first"
+                ))),
+            }
+        };
+        let mut left_keys = Vec::new();
+        let mut right_keys = Vec::new();
+        for (l, r) in &j.on {
+            left_keys.push(key_name(l, j.left.schema(), 0)?);
+            right_keys.push(key_name(r, j.right.schema(), nl)?);
+        }
+        // Equalities between a left and a right column are keys too.
+        let mut rest = Vec::new();
+        for c in both {
+            if let Expr::BinaryExpr(BinaryExpr {
+                left: a,
+                op: Operator::Eq,
+                right: b,
+            }) = &c
+                && let (Expr::Column(x), Expr::Column(y)) = (a.as_ref(), b.as_ref())
+            {
+                let (l, r) = if j.left.schema().has_column(x) && j.right.schema().has_column(y) {
+                    (a, b)
+                } else if j.left.schema().has_column(y) && j.right.schema().has_column(x) {
+                    (b, a)
+                } else {
+                    rest.push(c);
+                    continue;
+                };
+                left_keys.push(key_name(l, j.left.schema(), 0)?);
+                right_keys.push(key_name(r, j.right.schema(), nl)?);
+                continue;
+            }
+            if let Expr::BinaryExpr(BinaryExpr {
+                left: a,
+                op: Operator::Eq,
+                right: b,
+            }) = &c
+                && in_schema(a, j.left.schema()) != in_schema(b, j.left.schema())
+                && !matches!((a.as_ref(), b.as_ref()), (Expr::Column(_), Expr::Column(_)))
+            {
+                return Err(SqlError::unsupported(format!(
+                    "a join key that is an expression (`{c}`); compute it as a column in a view first"
+                )));
+            }
+            rest.push(c);
+        }
+        if left_keys.is_empty() {
+            return Err(SqlError::unsupported(
+                "a join without an equality between the two sides (a cross join)",
+            ));
+        }
+        // Time bounds, on d = right time - left time.
+        let mut lower = i64::MIN;
+        let mut upper = i64::MAX;
+        let mut residual = Vec::new();
+        let conjuncts = rest;
+        let side_of = |e: &Expr| -> Option<(usize, i64)> { time_term(e, j, &left, &right) };
+        for c in conjuncts {
+            let bound = match &c {
+                Expr::BinaryExpr(BinaryExpr {
+                    left: a,
+                    op,
+                    right: b,
+                }) => {
+                    match (side_of(a), side_of(b)) {
+                        (Some((sa, oa)), Some((sb, ob))) if sa != sb => {
+                            // (t_sa + oa) op (t_sb + ob)
+                            let (op, k) = if sa == 1 {
+                                (*op, ob - oa)
+                            } else {
+                                (op.swap().unwrap_or(*op), oa - ob)
+                            };
+                            Some((op, k))
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            match bound {
+                Some((Operator::GtEq, k)) => lower = lower.max(k),
+                Some((Operator::Gt, k)) => lower = lower.max(k.saturating_add(1)),
+                Some((Operator::LtEq, k)) => upper = upper.min(k),
+                Some((Operator::Lt, k)) => upper = upper.min(k.saturating_sub(1)),
+                Some((Operator::Eq, k)) => {
+                    lower = lower.max(k);
+                    upper = upper.min(k);
+                }
+                _ => residual.push(c),
+            }
+        }
+        let interval = (lower != i64::MIN || upper != i64::MAX).then_some((lower, upper));
+        let is_window_join = match (&left.window_end, &right.window_end) {
+            (Some((lw, _)), Some((rw, _))) => left_keys
+                .iter()
+                .zip(&right_keys)
+                .any(|(l, r)| l == lw && r == rw),
+            _ => false,
+        };
+        let ttl = self.state_ttl.map(|d| d.as_millis() as i64);
+        let (left_retain_ms, right_retain_ms) = if let Some((lo, hi)) = interval {
+            (
+                (hi != i64::MAX).then_some(hi),
+                (lo != i64::MIN).then(|| lo.saturating_neg()),
+            )
+        } else if is_window_join {
+            (
+                left.window_end.as_ref().map(|(_, s)| *s as i64),
+                right.window_end.as_ref().map(|(_, s)| *s as i64),
+            )
+        } else {
+            (ttl, ttl)
+        };
+        let kind = NodeKind::Join {
+            left_keys: left_keys.clone(),
+            right_keys: right_keys.clone(),
+            interval,
+            left_retain_ms: left_retain_ms.or(ttl),
+            right_retain_ms: right_retain_ms.or(ttl),
+        };
+        let name = kind.label();
+        let node = self.plan.add_node(name, self.parallelism, kind);
+        self.plan
+            .add_edge(left.node, node, Partitioning::Hash(left_keys));
+        self.plan
+            .add_edge(right.node, node, Partitioning::Hash(right_keys));
+        let mut out = Lowered {
+            node,
+            columns: names.clone(),
+            rowtime: None,
+            window: None,
+            updating: false,
+            window_end: None,
+        };
+        if !residual.is_empty() {
+            let predicate = resolve(
+                &datafusion_expr::utils::conjunction(residual).expect("invariant: non-empty"),
+                &out.columns,
+            );
+            self.check_columns(&out, &[&predicate])?;
+            let p = self.parallelism;
+            let f = self.add(&out, NodeKind::Filter { predicate }, p, None);
+            out.node = f;
+        }
+        Ok(out)
     }
 
     /// `WHERE rk <= n` over `RANK() OVER (PARTITION BY window_start, window_end … ORDER BY x)`.
@@ -670,10 +1006,12 @@ impl<'a> Lowerer<'a> {
                 fname.to_uppercase()
             )));
         }
+        let input = self.lower(&window.input)?;
+        let input = self.materialize(input)?;
         let partition: Vec<String> = params
             .partition_by
             .iter()
-            .map(|e| as_column(&unqualify(e)).map(str::to_string))
+            .map(|e| as_column(&resolve(e, &input.columns)).map(str::to_string))
             .collect::<Option<_>>()
             .ok_or_else(|| SqlError::new("a Top-N partitions by columns"))?;
         if !WINDOW_COLUMNS
@@ -687,11 +1025,10 @@ impl<'a> Lowerer<'a> {
         let [order] = params.order_by.as_slice() else {
             return Err(SqlError::new("a Top-N orders by exactly one column"));
         };
-        let Some(order_by) = as_column(&unqualify(&order.expr)).map(str::to_string) else {
+        let Some(order_by) = as_column(&resolve(&order.expr, &input.columns)).map(str::to_string)
+        else {
             return Err(SqlError::new("a Top-N orders by a column"));
         };
-        let input = self.lower(&window.input)?;
-        let input = self.materialize(input)?;
         for c in partition.iter().chain([&order_by]) {
             if !input.columns.contains(c) {
                 return Err(SqlError::new(format!(
@@ -738,12 +1075,13 @@ impl<'a> Lowerer<'a> {
             rowtime: None,
             window: None,
             updating: false,
+            window_end: None,
         };
         // The project reads the side output: add it by hand.
         let (exprs, names): (Vec<Expr>, Vec<String>) = if def.declared.fields().is_empty() {
             late_columns
                 .iter()
-                .map(|c| (col(c.as_str()), c.clone()))
+                .map(|c| (ucol(c.as_str()), c.clone()))
                 .unzip()
         } else {
             let mut pairs = Vec::new();
@@ -757,7 +1095,7 @@ impl<'a> Lowerer<'a> {
                 }
                 pairs.push((
                     Expr::Cast(datafusion_expr::Cast::new(
-                        Box::new(col(f.name().as_str())),
+                        Box::new(ucol(f.name().as_str())),
                         f.data_type().clone(),
                     )),
                     f.name().clone(),
@@ -787,9 +1125,9 @@ impl<'a> Lowerer<'a> {
     /// columns (cast where types differ), or passed through when it declares none.
     pub fn sink(&mut self, query: Lowered, schema: &DFSchema, def: &TableDef) -> Result<()> {
         let query = self.materialize(query)?;
-        let out_names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let out_names = physical_names(schema);
         let lowered = if def.declared.fields().is_empty() {
-            let exprs = out_names.iter().map(|n| col(n.as_str())).collect();
+            let exprs = out_names.iter().map(|n| ucol(n.as_str())).collect();
             self.project(&query, exprs, out_names)
         } else {
             let declared = def.declared.fields();
@@ -810,7 +1148,7 @@ impl<'a> Lowerer<'a> {
             let mut exprs = Vec::new();
             let mut names = Vec::new();
             for ((name, (_, qf)), f) in out_names.iter().zip(schema.iter()).zip(declared.iter()) {
-                let c = col(name.as_str());
+                let c = ucol(name.as_str());
                 exprs.push(if qf.data_type() == f.data_type() {
                     c
                 } else {
@@ -845,6 +1183,51 @@ impl<'a> Lowerer<'a> {
         };
         self.plan.add_edge(lowered.node, node, edge);
         Ok(())
+    }
+}
+
+/// A join condition's term `time_column [± INTERVAL]`: which side (0 left, 1 right) and
+/// the offset in ms, when the column is that side's event-time column.
+fn time_term(
+    e: &Expr,
+    j: &datafusion_expr::logical_plan::Join,
+    left: &Lowered,
+    right: &Lowered,
+) -> Option<(usize, i64)> {
+    match e {
+        Expr::Column(c) => {
+            let (side, lowered, schema) = if j.left.schema().has_column(c) {
+                (0, left, j.left.schema())
+            } else if j.right.schema().has_column(c) {
+                (1, right, j.right.schema())
+            } else {
+                return None;
+            };
+            // The rowtime under the side's original (pre-rename) name.
+            let i = schema.index_of_column(c).ok()?;
+            let original = schema.field(i).name();
+            let rt = lowered.rowtime.as_deref()?;
+            (rt == original || lowered.columns.get(i).map(String::as_str) == Some(rt))
+                .then_some((side, 0))
+        }
+        Expr::BinaryExpr(BinaryExpr {
+            left: a,
+            op,
+            right: b,
+        }) if matches!(op, Operator::Plus | Operator::Minus) => {
+            let (side, off) = time_term(a, j, left, right)?;
+            let ms = i64::try_from(crate::window_tvf::literal_interval_ms(b)?).ok()?;
+            Some((
+                side,
+                if *op == Operator::Plus {
+                    off + ms
+                } else {
+                    off - ms
+                },
+            ))
+        }
+        Expr::Cast(c) => time_term(&c.expr, j, left, right),
+        _ => None,
     }
 }
 

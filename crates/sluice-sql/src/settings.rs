@@ -14,6 +14,7 @@
 //! | `execution.checkpointing.dir` (`state.checkpoints.dir`) | checkpoint directory or URL |
 //! | `execution.checkpointing.savepoint-dir` (`state.savepoints.dir`) | savepoint directory |
 //! | `table.exec.source.idle-timeout` | a source split without rows this long stops holding back event time |
+//! | `table.exec.state.ttl` | how long (event time) a regular join keeps rows; unset: forever |
 //! | `table.exec.mini-batch.size` (`sluice.batch.max-rows`) | most rows per batch |
 //! | `table.exec.mini-batch.allow-latency` (`sluice.batch.linger`) | longest a row waits for its batch |
 //! | `sluice.channel-capacity` | batches buffered per channel |
@@ -34,6 +35,8 @@ pub struct Settings {
     pub job_name: Option<String>,
     /// Source idleness.
     pub idle_timeout: Option<Duration>,
+    /// How long regular joins keep rows.
+    pub state_ttl: Option<Duration>,
     config: JobConfig,
     touched: Vec<&'static str>,
 }
@@ -44,6 +47,7 @@ impl Default for Settings {
             parallelism: 1,
             job_name: None,
             idle_timeout: None,
+            state_ttl: None,
             config: JobConfig::default(),
             touched: Vec::new(),
         }
@@ -67,6 +71,7 @@ pub const KEYS: &[&str] = &[
     "execution.checkpointing.savepoint-dir",
     "state.savepoints.dir",
     "table.exec.source.idle-timeout",
+    "table.exec.state.ttl",
     "table.exec.mini-batch.size",
     "sluice.batch.max-rows",
     "table.exec.mini-batch.allow-latency",
@@ -146,6 +151,10 @@ impl Settings {
             "table.exec.source.idle-timeout" => {
                 let d = duration(k, value)?;
                 self.idle_timeout = (!d.is_zero()).then_some(d);
+            }
+            "table.exec.state.ttl" => {
+                let d = duration(k, value)?;
+                self.state_ttl = (!d.is_zero()).then_some(d);
             }
             "table.exec.mini-batch.size" | "sluice.batch.max-rows" => {
                 c.batch.max_rows = number(k, value, 1usize)?

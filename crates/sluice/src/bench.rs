@@ -21,8 +21,10 @@ pub const SQL_QUERIES: &[(&str, &str)] = &[
     ("q0", include_str!("../../../examples/nexmark/q0.sql")),
     ("q1", include_str!("../../../examples/nexmark/q1.sql")),
     ("q2", include_str!("../../../examples/nexmark/q2.sql")),
+    ("q3", include_str!("../../../examples/nexmark/q3.sql")),
     ("q5", include_str!("../../../examples/nexmark/q5.sql")),
     ("q7", include_str!("../../../examples/nexmark/q7.sql")),
+    ("q8", include_str!("../../../examples/nexmark/q8.sql")),
     ("q10", include_str!("../../../examples/nexmark/q10.sql")),
     ("q11", include_str!("../../../examples/nexmark/q11.sql")),
     ("q12", include_str!("../../../examples/nexmark/q12.sql")),
@@ -30,6 +32,7 @@ pub const SQL_QUERIES: &[(&str, &str)] = &[
     ("q15", include_str!("../../../examples/nexmark/q15.sql")),
     ("q16", include_str!("../../../examples/nexmark/q16.sql")),
     ("q17", include_str!("../../../examples/nexmark/q17.sql")),
+    ("q20", include_str!("../../../examples/nexmark/q20.sql")),
     ("q21", include_str!("../../../examples/nexmark/q21.sql")),
     ("q22", include_str!("../../../examples/nexmark/q22.sql")),
 ];

@@ -59,7 +59,12 @@ impl Side {
         }
     }
 
-    fn insert(&mut self, data: RecordBatch, keys: &arrow::row::Rows, ts: &TimestampMillisecondArray) {
+    fn insert(
+        &mut self,
+        data: RecordBatch,
+        keys: &arrow::row::Rows,
+        ts: &TimestampMillisecondArray,
+    ) {
         let b = self.batches.len() as u32;
         let mut newest = i64::MIN;
         for r in 0..data.num_rows() {
@@ -115,7 +120,9 @@ fn key_indices(schema: &SchemaRef, keys: &[String], side: &str) -> Result<Vec<us
     keys.iter()
         .map(|k| {
             schema.index_of(k).map_err(|_| {
-                SluiceError::user(format!("join key `{k}` is not a column of the {side} input"))
+                SluiceError::user(format!(
+                    "join key `{k}` is not a column of the {side} input"
+                ))
             })
         })
         .collect()
@@ -275,7 +282,13 @@ impl JoinOperator {
         batch: &Batch,
     ) -> Result<Batch> {
         let idx = UInt32Array::from(this_rows);
-        let width = |s: usize| if s == 0 { self.left_width } else { self.right_width };
+        let width = |s: usize| {
+            if s == 0 {
+                self.left_width
+            } else {
+                self.right_width
+            }
+        };
         let this_cols: Vec<ArrayRef> = (0..width(side))
             .map(|c| take(data.column(c), &idx, None))
             .collect::<std::result::Result<_, _>>()?;
@@ -313,7 +326,13 @@ impl JoinOperator {
         Ok(batch.with_data(data))
     }
 
-    fn snapshot_side(&self, side: usize, name: &str, state: &mut OperatorState, max_p: usize) -> Result<()> {
+    fn snapshot_side(
+        &self,
+        side: usize,
+        name: &str,
+        state: &mut OperatorState,
+        max_p: usize,
+    ) -> Result<()> {
         for b in self.sides[side].batches.iter().flatten() {
             let keys: Vec<ArrayRef> = self.sides[side]
                 .keys
@@ -467,7 +486,13 @@ mod tests {
             };
             let ts = b.timestamps();
             for r in 0..b.num_rows() {
-                v.push((c(0).value(r), c(1).value(r), c(2).value(r), c(3).value(r), ts.value(r)));
+                v.push((
+                    c(0).value(r),
+                    c(1).value(r),
+                    c(2).value(r),
+                    c(3).value(r),
+                    ts.value(r),
+                ));
             }
         }
         v.sort_unstable();
@@ -480,13 +505,23 @@ mod tests {
         let schema = side(["k", "a"], &[]).data.schema();
         let mut ctx = OperatorContext::for_test(schema);
         let mut out = VecCollector::default();
-        j.process_batch_from(0, side(["k", "a"], &[(1, 10, 100), (2, 20, 100)]), &mut ctx, &mut out)
-            .await
-            .unwrap();
+        j.process_batch_from(
+            0,
+            side(["k", "a"], &[(1, 10, 100), (2, 20, 100)]),
+            &mut ctx,
+            &mut out,
+        )
+        .await
+        .unwrap();
         // right rows: key 1 at 103 (in), key 1 at 110 (out of [-5, 5]), key 3 (no left)
-        j.process_batch_from(1, side(["rk", "b"], &[(1, 7, 103), (1, 8, 110), (3, 9, 100)]), &mut ctx, &mut out)
-            .await
-            .unwrap();
+        j.process_batch_from(
+            1,
+            side(["rk", "b"], &[(1, 7, 103), (1, 8, 110), (3, 9, 100)]),
+            &mut ctx,
+            &mut out,
+        )
+        .await
+        .unwrap();
         // a later left row joins the buffered right row at 110
         j.process_batch_from(0, side(["k", "a"], &[(1, 11, 106)]), &mut ctx, &mut out)
             .await
