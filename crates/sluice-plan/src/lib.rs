@@ -64,6 +64,9 @@ pub enum EventTime {
     ConnectorDefault,
     /// A column of the source: a timestamp, or an integer holding epoch milliseconds.
     Column(String),
+    /// An expression over the source's columns (a computed column), giving a timestamp
+    /// or epoch milliseconds.
+    Expr(Expr),
     /// The wall-clock time at which rows are read.
     Ingestion,
     /// Processing time: rows are stamped with the wall clock when read, and the

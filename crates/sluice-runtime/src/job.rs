@@ -146,6 +146,25 @@ fn source_schema(
         }
         EventTime::ConnectorDefault => source.default_event_time(),
         EventTime::Column(c) => Some(c.clone()),
+        EventTime::Expr(e) => {
+            let physical = crate::expr::plan_expr(e, &schema)?;
+            match physical.data_type(&schema).map_err(|err| {
+                SluiceError::user(format!("invalid event-time expression `{e}`")).with_source(err)
+            })? {
+                DataType::Timestamp(_, _) | DataType::Int64 | DataType::Date64 => {}
+                other => {
+                    return Err(SluiceError::user(format!(
+                        "the event-time expression `{e}` gives {other}; it must give a timestamp or BIGINT epoch milliseconds"
+                    )));
+                }
+            }
+            let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+            fields.push(Arc::new(timestamp_field()));
+            return Ok((
+                Arc::new(Schema::new(fields)),
+                EventTimeColumn::Expr(physical),
+            ));
+        }
     };
     let event_time = match column {
         None => EventTimeColumn::Ingestion,
@@ -648,7 +667,7 @@ impl PreparedJob {
                             source = Some(SourceTask {
                                 reader,
                                 ctx: ctx_for(id),
-                                event_time: *event_time,
+                                event_time: event_time.clone(),
                                 out_of_orderness_ms: *out_of_orderness_ms,
                                 idle_timeout: *idle_timeout,
                                 max_rows: plan.config.batch.max_rows,

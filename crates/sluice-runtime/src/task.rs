@@ -648,10 +648,12 @@ pub enum SourceControl {
 }
 
 /// How a source derives `_timestamp` from what its reader returns.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub(crate) enum EventTimeColumn {
     /// Column index in the reader's rows.
     Column(usize),
+    /// An expression over the reader's rows (a computed column).
+    Expr(Arc<dyn datafusion_physical_expr::PhysicalExpr>),
     /// Wall-clock time of ingestion.
     Ingestion,
     /// Wall-clock time of ingestion, and watermarks that follow the wall clock.
@@ -826,7 +828,7 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
         let want = src.max_rows - pending.rows;
         // A split turning idle may let the watermark advance; a subtask that never had
         // rows is idle after the timeout.
-        let processing_time = src.event_time == EventTimeColumn::ProcessingTime;
+        let processing_time = matches!(src.event_time, EventTimeColumn::ProcessingTime);
         let tick = processing_time.then(|| {
             let ms = PROCESSING_TIME_TICK.as_millis() as i64;
             (epoch_ms() / ms + 1) * ms
@@ -983,7 +985,7 @@ async fn emit_watermark(
     clocks: &mut SplitClocks,
     last_wm: &mut Option<Watermark>,
 ) -> Result<()> {
-    let wm = if src.event_time == EventTimeColumn::ProcessingTime {
+    let wm = if matches!(src.event_time, EventTimeColumn::ProcessingTime) {
         // Rows already sent carry read times up to now; later rows come later.
         clocks.emitted = clocks.emitted.max(epoch_ms() - 1);
         Watermark::EventTime(clocks.emitted)
@@ -1012,21 +1014,35 @@ async fn emit_watermark(
 
 /// The largest event time among `rows` (nulls ignored; ingestion time: now).
 fn max_event_time(src: &SourceTask, rows: &RecordBatch, now_us: u64) -> Result<Option<i64>> {
-    match src.event_time {
+    match &src.event_time {
         EventTimeColumn::Ingestion | EventTimeColumn::ProcessingTime => {
             Ok(Some((now_us / 1000) as i64))
         }
-        EventTimeColumn::Column(i) => {
-            let col = rows.column(i);
+        EventTimeColumn::Column(_) | EventTimeColumn::Expr(_) => {
+            let col = event_time_values(&src.event_time, rows)?;
             let ms = match col.data_type() {
-                DataType::Timestamp(TimeUnit::Millisecond, None) => std::sync::Arc::clone(col),
-                _ => cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))?,
+                DataType::Timestamp(TimeUnit::Millisecond, None) => col,
+                _ => cast(&col, &DataType::Timestamp(TimeUnit::Millisecond, None))?,
             };
             let ms = ms
                 .as_any()
                 .downcast_ref::<TimestampMillisecondArray>()
                 .ok_or_else(|| SluiceError::internal("event time is not Timestamp(ms)"))?;
             Ok(arrow::compute::max(ms))
+        }
+    }
+}
+
+/// The event-time column (or computed value) of a reader's rows, before conversion.
+fn event_time_values(et: &EventTimeColumn, rows: &RecordBatch) -> Result<arrow::array::ArrayRef> {
+    match et {
+        EventTimeColumn::Column(i) => Ok(std::sync::Arc::clone(rows.column(*i))),
+        EventTimeColumn::Expr(e) => e
+            .evaluate(rows)
+            .and_then(|v| v.into_array(rows.num_rows()))
+            .map_err(|e| SluiceError::user("computing the event time failed").with_source(e)),
+        EventTimeColumn::Ingestion | EventTimeColumn::ProcessingTime => {
+            Err(SluiceError::internal("no event-time column"))
         }
     }
 }
@@ -1038,16 +1054,16 @@ fn with_event_time(
     ingest: IngestTime,
 ) -> Result<Option<Batch>> {
     let n = rows.num_rows();
-    let ts: TimestampMillisecondArray = match src.event_time {
+    let ts: TimestampMillisecondArray = match &src.event_time {
         EventTimeColumn::Ingestion | EventTimeColumn::ProcessingTime => {
             TimestampMillisecondArray::from_value((ingest.max_us / 1000) as i64, n)
         }
-        EventTimeColumn::Column(i) => {
-            let col = rows.column(i);
+        et @ (EventTimeColumn::Column(_) | EventTimeColumn::Expr(_)) => {
+            let col = event_time_values(et, rows)?;
             let ms = match col.data_type() {
-                DataType::Timestamp(TimeUnit::Millisecond, None) => std::sync::Arc::clone(col),
+                DataType::Timestamp(TimeUnit::Millisecond, None) => col,
                 DataType::Timestamp(_, _) | DataType::Int64 | DataType::Date64 => {
-                    cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))?
+                    cast(&col, &DataType::Timestamp(TimeUnit::Millisecond, None))?
                 }
                 other => {
                     return Err(SluiceError::internal(format!(

@@ -52,6 +52,9 @@ pub struct TableDef {
     pub time: TimeAttribute,
     /// `PRIMARY KEY (…) NOT ENFORCED` columns.
     pub primary_key: Vec<String>,
+    /// Computed columns (`name AS expr`, not `PROCTIME()`): name, expression over the
+    /// physical columns, type.
+    pub computed: Vec<(String, datafusion_expr::Expr, DataType)>,
     /// Where the statement began.
     pub pos: Pos,
     /// The source's resolved columns (connector schema, checked against the declared
@@ -67,6 +70,7 @@ impl TableDef {
         spec: ConnectorSpec,
         time: TimeAttribute,
         primary_key: Vec<String>,
+        computed: Vec<(String, datafusion_expr::Expr, DataType)>,
         pos: Pos,
     ) -> Self {
         Self {
@@ -75,6 +79,7 @@ impl TableDef {
             spec,
             time,
             primary_key,
+            computed,
             pos,
             source_schema: Mutex::new(None),
         }
@@ -159,6 +164,9 @@ impl TableDef {
             .iter()
             .map(|f| f.as_ref().clone())
             .collect();
+        for (name, _, ty) in &self.computed {
+            fields.push(Field::new(name, ty.clone(), true));
+        }
         if let TimeAttribute::ProcTime { column } = &self.time {
             fields.push(Field::new(
                 column,

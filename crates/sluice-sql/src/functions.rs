@@ -254,6 +254,39 @@ pub fn modulo() -> ScalarUDF {
     )
 }
 
+/// `TO_TIMESTAMP_LTZ(epoch, precision)`: epoch seconds (precision 0) or milliseconds
+/// (precision 3) as a timestamp (Flink's built-in).
+pub fn to_timestamp_ltz() -> ScalarUDF {
+    create_udf(
+        "to_timestamp_ltz",
+        vec![DataType::Int64, DataType::Int64],
+        DataType::Timestamp(TimeUnit::Millisecond, None),
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let a = arrays(args)?;
+            let (v, p) = (ints(&a[0])?, ints(&a[1])?);
+            let mut out = Vec::with_capacity(v.len());
+            for i in 0..v.len() {
+                out.push(match (v.is_null(i), p.is_null(i)) {
+                    (false, false) => match p.value(i) {
+                        0 => Some(v.value(i).saturating_mul(1000)),
+                        3 => Some(v.value(i)),
+                        other => {
+                            return Err(DataFusionError::Execution(format!(
+                                "TO_TIMESTAMP_LTZ: precision is 0 (seconds) or 3 (milliseconds), not {other}"
+                            )));
+                        }
+                    },
+                    _ => None,
+                });
+            }
+            Ok(ColumnarValue::Array(Arc::new(
+                TimestampMillisecondArray::from(out),
+            )))
+        }),
+    )
+}
+
 /// The Flink-compatible built-ins registered in every [`crate::SqlContext`].
 pub fn flink_builtins() -> Vec<ScalarUDF> {
     vec![
@@ -262,6 +295,7 @@ pub fn flink_builtins() -> Vec<ScalarUDF> {
         date_format(),
         hour(),
         modulo(),
+        to_timestamp_ltz(),
     ]
 }
 
@@ -351,6 +385,16 @@ mod tests {
         assert_eq!(
             out.as_any().downcast_ref::<StringArray>().unwrap().value(0),
             "2015-07-15 01:02:03"
+        );
+        let out = call(
+            &to_timestamp_ltz(),
+            vec![i(&[1_436_918_400, 5]), i(&[0, 3])],
+        );
+        assert_eq!(
+            out.as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .unwrap(),
+            &TimestampMillisecondArray::from(vec![1_436_918_400_000, 5])
         );
         let out = call(&hour(), vec![ts]);
         assert_eq!(

@@ -246,6 +246,7 @@ impl SqlContext {
                     self.select_sink.clone(),
                     TimeAttribute::ConnectorDefault,
                     Vec::new(),
+                    Vec::new(),
                     pos,
                 );
                 self.insert(*q, &def, pos, plan, sources)
@@ -364,28 +365,43 @@ impl SqlContext {
         }
         let mut spec = ConnectorSpec::new(connector);
         spec.options = options;
-        // Computed columns: PROCTIME() only, for now.
+        // Computed columns: `p AS PROCTIME()` (processing time) or any expression over
+        // the physical columns.
         let mut time = TimeAttribute::ConnectorDefault;
+        let mut computed: Vec<(String, datafusion_expr::Expr, DataType)> = Vec::new();
+        let physical = DFSchema::try_from_qualified_schema(name.as_str(), &declared)
+            .map_err(|e| SqlError::datafusion(e).or_at(pos))?;
+        let unqualified = DFSchema::try_from(declared.as_ref().clone())
+            .map_err(|e| SqlError::datafusion(e).or_at(pos))?;
         for (col, snippet) in &extras.computed {
             let e = parse_expr(snippet)?;
-            match &e {
-                SqlExpr::Function(f) if f.name.to_string().eq_ignore_ascii_case("proctime") => {
-                    if !matches!(time, TimeAttribute::ConnectorDefault) {
-                        return Err(SqlError::at(snippet.pos, "a table has one time attribute"));
-                    }
-                    time = TimeAttribute::ProcTime {
-                        column: col.clone(),
-                    };
-                }
-                _ => {
+            if let SqlExpr::Function(f) = &e
+                && f.name.to_string().eq_ignore_ascii_case("proctime")
+            {
+                if !matches!(time, TimeAttribute::ConnectorDefault) {
                     return Err(SqlError::at(
                         snippet.pos,
-                        format!(
-                            "computed column `{col}`: only `{col} AS PROCTIME()` is supported in a table; compute other columns in a view (CREATE VIEW … AS SELECT …, expr AS {col} FROM …)"
-                        ),
+                        "a table has one PROCTIME() column",
                     ));
                 }
+                time = TimeAttribute::ProcTime {
+                    column: col.clone(),
+                };
+                continue;
             }
+            if declared.field_with_name(col).is_ok() || computed.iter().any(|(c, _, _)| c == col) {
+                return Err(SqlError::at(
+                    snippet.pos,
+                    format!("column `{col}` is declared twice"),
+                ));
+            }
+            let expr = planner
+                .sql_to_expr(e, &physical, &mut PlannerContext::new())
+                .map_err(|e| SqlError::datafusion(e).or_at(snippet.pos))?;
+            let expr = lower::unqualify(&expr);
+            let ty = datafusion_expr::ExprSchemable::get_type(&expr, &unqualified)
+                .map_err(|e| SqlError::datafusion(e).or_at(snippet.pos))?;
+            computed.push((col.clone(), expr, ty));
         }
         if let Some((column, snippet)) = &extras.watermark {
             if !matches!(time, TimeAttribute::ConnectorDefault) {
@@ -394,23 +410,29 @@ impl SqlContext {
                     "a table with PROCTIME() cannot also have a WATERMARK",
                 ));
             }
-            let field = declared.field_with_name(column).map_err(|_| {
-                SqlError::at(
-                    snippet.pos,
-                    format!(
-                        "WATERMARK FOR `{column}`: `{column}` is not a declared column of `{name}`"
-                    ),
-                )
-            })?;
+            let ty = match declared.field_with_name(column) {
+                Ok(f) => f.data_type().clone(),
+                Err(_) => computed
+                    .iter()
+                    .find(|(c, _, _)| c == column)
+                    .map(|(_, _, t)| t.clone())
+                    .ok_or_else(|| {
+                        SqlError::at(
+                            snippet.pos,
+                            format!(
+                                "WATERMARK FOR `{column}`: `{column}` is not a declared column of `{name}`"
+                            ),
+                        )
+                    })?,
+            };
             if !matches!(
-                field.data_type(),
+                ty,
                 DataType::Timestamp(_, _) | DataType::Int64 | DataType::Date64
             ) {
                 return Err(SqlError::at(
                     snippet.pos,
                     format!(
-                        "WATERMARK FOR `{column}`: the column is {}, it must be a TIMESTAMP(3) or BIGINT epoch milliseconds",
-                        field.data_type()
+                        "WATERMARK FOR `{column}`: the column is {ty}, it must be a TIMESTAMP(3) or BIGINT epoch milliseconds"
                     ),
                 ));
             }
@@ -420,7 +442,15 @@ impl SqlContext {
                 delay,
             };
         }
-        let def = TableDef::new(name.clone(), declared, spec, time, extras.primary_key, pos);
+        let def = TableDef::new(
+            name.clone(),
+            declared,
+            spec,
+            time,
+            extras.primary_key,
+            computed,
+            pos,
+        );
         self.catalog.insert(name, Entry::Table(Arc::new(def)));
         Ok(())
     }

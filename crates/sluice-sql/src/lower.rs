@@ -461,11 +461,16 @@ impl<'a> Lowerer<'a> {
         }
         let actual = def.source_schema(self.registry)?;
         let (event_time, delay, mut rowtime) = match &def.time {
-            TimeAttribute::EventTime { column, delay } => (
-                EventTime::Column(column.clone()),
-                *delay,
-                Some(column.clone()),
-            ),
+            TimeAttribute::EventTime { column, delay } => {
+                match def.computed.iter().find(|(c, _, _)| c == column) {
+                    Some((_, e, _)) => (EventTime::Expr(e.clone()), *delay, Some(column.clone())),
+                    None => (
+                        EventTime::Column(column.clone()),
+                        *delay,
+                        Some(column.clone()),
+                    ),
+                }
+            }
             TimeAttribute::ProcTime { column } => (
                 EventTime::ProcessingTime,
                 Duration::ZERO,
@@ -520,6 +525,19 @@ impl<'a> Lowerer<'a> {
                 .collect()
         };
         let mut exprs: Vec<Expr> = want.iter().map(|c| ucol(c.as_str())).collect();
+        let ms =
+            arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None);
+        for (name, e, ty) in &def.computed {
+            // The event-time column is `_timestamp` already, when its type is the same.
+            let is_rowtime =
+                matches!(&def.time, TimeAttribute::EventTime { column, .. } if column == name);
+            exprs.push(if is_rowtime && *ty == ms {
+                ucol(sluice_types::TIMESTAMP_FIELD)
+            } else {
+                e.clone()
+            });
+            want.push(name.clone());
+        }
         if let TimeAttribute::ProcTime { column } = &def.time {
             exprs.push(ucol(sluice_types::TIMESTAMP_FIELD));
             want.push(column.clone());
