@@ -145,6 +145,11 @@ pub enum NodeKind {
         descending: bool,
         /// The largest rank kept.
         limit: usize,
+        /// `ROW_NUMBER` semantics: exactly `limit` rows per group, ties broken
+        /// arbitrarily (`false`: `RANK`, ties kept).
+        row_number: bool,
+        /// Emit each row's rank in a column of this name (before `_timestamp`).
+        rank_column: Option<String>,
     },
     /// An inner equi-join of two append-only streams: the node's first input edge is the
     /// left side, its second the right. A pair joins when its key columns are equal and,

@@ -965,6 +965,7 @@ impl<'a> Lowerer<'a> {
             _ => return Ok(None),
         };
         // Follow the column down through aliases and plain projections to a Window node.
+        let rank_name = column.clone();
         let mut name = column;
         let mut plan = f.input.as_ref();
         let window = loop {
@@ -1018,9 +1019,9 @@ impl<'a> Lowerer<'a> {
                 f.predicate
             )));
         };
-        if fname != "rank" {
+        if fname != "rank" && fname != "row_number" {
             return Err(SqlError::unsupported(format!(
-                "{}() in a Top-N (use RANK(), which keeps ties; ROW_NUMBER and deduplication are coming)",
+                "{}() in a Top-N (RANK() keeps ties, ROW_NUMBER() does not)",
                 fname.to_uppercase()
             )));
         }
@@ -1068,11 +1069,19 @@ impl<'a> Lowerer<'a> {
                 order_by,
                 descending: !order.asc,
                 limit,
+                row_number: fname == "row_number",
+                rank_column: Some(rank_name.clone()),
             },
             self.parallelism,
             Some(Partitioning::Hash(hash)),
         );
-        Ok(Some(Lowered { node, ..input }))
+        let mut columns = input.columns.clone();
+        columns.push(rank_name);
+        Ok(Some(Lowered {
+            node,
+            columns,
+            ..input
+        }))
     }
 
     /// Routes a window aggregate's late rows to a table, by column name.

@@ -466,6 +466,8 @@ impl Stream {
             order_by: order_by.to_string(),
             descending,
             limit: n,
+            row_number: false,
+            rank_column: None,
         })
     }
 

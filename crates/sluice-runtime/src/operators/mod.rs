@@ -89,9 +89,17 @@ pub fn prepare(
             order_by,
             descending,
             limit,
-        } => {
-            topn::TopNPerWindowOperator::prepare(partition_by, order_by, *descending, *limit, input)
-        }
+            row_number,
+            rank_column,
+        } => topn::TopNPerWindowOperator::prepare_numbered(
+            partition_by,
+            order_by,
+            *descending,
+            *limit,
+            *row_number,
+            rank_column.as_deref(),
+            input,
+        ),
         NodeKind::Sink(spec) => {
             let factory = registry.sink(&spec.connector)?.prepare(spec, input)?;
             Ok(PreparedOperator {

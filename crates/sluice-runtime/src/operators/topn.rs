@@ -62,6 +62,12 @@ struct TopNMeta {
 /// ```
 pub struct TopNPerWindowOperator {
     schema: SchemaRef,
+    /// What it emits: the input columns, plus the rank column when asked for.
+    out_schema: SchemaRef,
+    /// `ROW_NUMBER` (exactly `limit` rows, ties broken arbitrarily) instead of `RANK`.
+    row_number: bool,
+    /// Emit each row's rank (or row number) in a column of this name.
+    rank_column: Option<String>,
     /// Columns that identify a group: `window_start`, then the partition columns.
     group_indices: Vec<usize>,
     group_types: Vec<DataType>,
@@ -95,9 +101,97 @@ impl TopNPerWindowOperator {
         limit: usize,
         input: &SchemaRef,
     ) -> Result<PreparedOperator> {
-        let template = Self::new(partition_by, order_by, descending, limit, input)?;
-        let schema = Arc::clone(&template.schema);
+        Self::prepare_numbered(
+            partition_by,
+            order_by,
+            descending,
+            limit,
+            false,
+            None,
+            input,
+        )
+    }
+
+    /// As [`Self::prepare`], with `ROW_NUMBER` semantics (`row_number`) and the rank as
+    /// a column (`rank_column`).
+    pub fn prepare_numbered(
+        partition_by: &[String],
+        order_by: &str,
+        descending: bool,
+        limit: usize,
+        row_number: bool,
+        rank_column: Option<&str>,
+        input: &SchemaRef,
+    ) -> Result<PreparedOperator> {
+        let template = Self::new(partition_by, order_by, descending, limit, input)?
+            .numbered(row_number, rank_column)?;
+        let schema = Arc::clone(&template.out_schema);
         Ok(prepare_from_template(template, schema, Self::fresh))
+    }
+
+    /// Sets `ROW_NUMBER` semantics and the rank column.
+    pub fn numbered(mut self, row_number: bool, rank_column: Option<&str>) -> Result<Self> {
+        self.row_number = row_number;
+        self.rank_column = rank_column.map(str::to_string);
+        if let Some(name) = rank_column {
+            if self.schema.field_with_name(name).is_ok() {
+                return Err(SluiceError::user(format!(
+                    "top-n per window: the rank column `{name}` clashes with an input column"
+                )));
+            }
+            let mut fields: Vec<Arc<arrow::datatypes::Field>> =
+                self.schema.fields().iter().cloned().collect();
+            let ts = fields.pop().expect("invariant: `_timestamp` is last");
+            fields.push(Arc::new(arrow::datatypes::Field::new(
+                name,
+                DataType::Int64,
+                false,
+            )));
+            fields.push(ts);
+            self.out_schema = Arc::new(arrow::datatypes::Schema::new(fields));
+        }
+        Ok(self)
+    }
+
+    /// A fired group's rows in rank order, cut to the limit, with their ranks.
+    fn finish_group(&self, rows: RecordBatch) -> Result<RecordBatch> {
+        if !self.row_number && self.rank_column.is_none() {
+            return Ok(rows);
+        }
+        let order = rows.column(self.order_index);
+        let options = SortOptions {
+            descending: self.descending,
+            nulls_first: false,
+        };
+        let sorted = sort_to_indices(order, Some(options), None)?;
+        let rows = take_record_batch(&rows, &sorted)?;
+        let order = rows.column(self.order_index);
+        let encoded = RowConverter::new(vec![SortField::new(order.data_type().clone())])?
+            .convert_columns(&[Arc::clone(order)])?;
+        let mut ranks: Vec<i64> = Vec::with_capacity(rows.num_rows());
+        for i in 0..rows.num_rows() {
+            let rank = if self.row_number || i == 0 || encoded.row(i) != encoded.row(i - 1) {
+                i as i64 + 1
+            } else {
+                ranks[i - 1]
+            };
+            ranks.push(rank);
+        }
+        let keep = ranks
+            .iter()
+            .take_while(|&&r| r <= self.limit as i64)
+            .count();
+        let rows = rows.slice(0, keep);
+        let Some(_) = &self.rank_column else {
+            return Ok(rows);
+        };
+        let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
+        let ts = columns.pop().expect("invariant: `_timestamp` is last");
+        columns.push(Arc::new(arrow::array::Int64Array::from(
+            ranks[..keep].to_vec(),
+        )));
+        columns.push(ts);
+        Ok(RecordBatch::try_new(Arc::clone(&self.out_schema), columns)?)
     }
 
     /// An operator with empty state.
@@ -143,6 +237,9 @@ impl TopNPerWindowOperator {
             .collect();
         Ok(Self {
             schema: Arc::clone(input),
+            out_schema: Arc::clone(input),
+            row_number: false,
+            rank_column: None,
             converter: Self::converter(&group_types)?,
             group_indices,
             group_types,
@@ -165,6 +262,9 @@ impl TopNPerWindowOperator {
     fn fresh(&self) -> Result<Self> {
         Ok(Self {
             schema: Arc::clone(&self.schema),
+            out_schema: Arc::clone(&self.out_schema),
+            row_number: self.row_number,
+            rank_column: self.rank_column.clone(),
             group_indices: self.group_indices.clone(),
             group_types: self.group_types.clone(),
             converter: Self::converter(&self.group_types)?,
@@ -265,12 +365,14 @@ impl TopNPerWindowOperator {
             if entry.key().saturating_sub(1) > watermark {
                 break;
             }
-            ready.extend(entry.remove().into_values());
+            for rows in entry.remove().into_values() {
+                ready.push(self.finish_group(rows)?);
+            }
         }
         if ready.is_empty() {
             return Ok(());
         }
-        let data = concat_batches(&self.schema, &ready)?;
+        let data = concat_batches(&self.out_schema, &ready)?;
         let ingest = sluice_types::IngestTime::at(match self.latest_ingest_us {
             0 => sluice_types::now_micros(),
             t => t,
@@ -282,7 +384,7 @@ impl TopNPerWindowOperator {
 #[async_trait]
 impl Operator for TopNPerWindowOperator {
     fn output_schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
+        Arc::clone(&self.out_schema)
     }
 
     async fn process_batch(
