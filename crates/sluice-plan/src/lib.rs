@@ -151,6 +151,21 @@ pub enum NodeKind {
         /// Emit each row's rank in a column of this name (before `_timestamp`).
         rank_column: Option<String>,
     },
+    /// Top-N without windows (`ROW_NUMBER() … <= limit`, and deduplication with
+    /// `limit = 1`): per partition the best `limit` rows; emits the ranks whose row
+    /// changed, as upserts by (partition columns, rank column).
+    TopN {
+        /// Partition columns (none: one global ranking, parallelism 1).
+        partition_by: Vec<String>,
+        /// The ranking column.
+        order_by: String,
+        /// Largest first.
+        descending: bool,
+        /// The largest rank kept.
+        limit: usize,
+        /// Name of the rank column added before `_timestamp`.
+        rank_column: String,
+    },
     /// An inner equi-join of two append-only streams: the node's first input edge is the
     /// left side, its second the right. A pair joins when its key columns are equal and,
     /// with an interval, when `right time - left time` lies in `[lower, upper]` ms. Output:
@@ -344,6 +359,15 @@ impl NodeKind {
                 ..
             } => format!(
                 "top-{limit}-per-window by {order_by} {}",
+                if *descending { "desc" } else { "asc" }
+            ),
+            NodeKind::TopN {
+                order_by,
+                descending,
+                limit,
+                ..
+            } => format!(
+                "top-{limit} by {order_by} {}",
                 if *descending { "desc" } else { "asc" }
             ),
             NodeKind::Join {

@@ -1033,14 +1033,9 @@ impl<'a> Lowerer<'a> {
             .map(|e| as_column(&resolve(e, &input.columns)).map(str::to_string))
             .collect::<Option<_>>()
             .ok_or_else(|| SqlError::new("a Top-N partitions by columns"))?;
-        if !WINDOW_COLUMNS
+        let per_window = WINDOW_COLUMNS
             .iter()
-            .all(|w| partition.iter().any(|p| p == w))
-        {
-            return Err(SqlError::unsupported(
-                "a Top-N that is not per window (PARTITION BY window_start, window_end, …)",
-            ));
-        }
+            .all(|w| partition.iter().any(|p| p == w));
         let [order] = params.order_by.as_slice() else {
             return Err(SqlError::new("a Top-N orders by exactly one column"));
         };
@@ -1051,9 +1046,50 @@ impl<'a> Lowerer<'a> {
         for c in partition.iter().chain([&order_by]) {
             if !input.columns.contains(c) {
                 return Err(SqlError::new(format!(
-                    "Top-N column `{c}` is not available; a Top-N per window reads the output of a windowed GROUP BY"
+                    "Top-N column `{c}` is not available here"
                 )));
             }
+        }
+        if !per_window {
+            // Top-N over the whole stream: an updating result (upserts by key and rank).
+            if fname != "row_number" {
+                return Err(SqlError::unsupported(
+                    "RANK() without windows (use ROW_NUMBER(), or partition by window_start, window_end)",
+                ));
+            }
+            if input.updating {
+                return Err(SqlError::unsupported("a Top-N over an updating input"));
+            }
+            let (p, edge) = if partition.is_empty() {
+                (1, None)
+            } else {
+                (
+                    self.parallelism,
+                    Some(Partitioning::Hash(partition.clone())),
+                )
+            };
+            let node = self.add(
+                &input,
+                NodeKind::TopN {
+                    partition_by: partition,
+                    order_by,
+                    descending: !order.asc,
+                    limit,
+                    rank_column: rank_name.clone(),
+                },
+                p,
+                edge,
+            );
+            let mut columns = input.columns.clone();
+            columns.push(rank_name);
+            return Ok(Some(Lowered {
+                node,
+                columns,
+                rowtime: None,
+                window: None,
+                updating: true,
+                window_end: None,
+            }));
         }
         let others: Vec<String> = partition
             .iter()

@@ -32,6 +32,8 @@ pub const SQL_QUERIES: &[(&str, &str)] = &[
     ("q15", include_str!("../../../examples/nexmark/q15.sql")),
     ("q16", include_str!("../../../examples/nexmark/q16.sql")),
     ("q17", include_str!("../../../examples/nexmark/q17.sql")),
+    ("q18", include_str!("../../../examples/nexmark/q18.sql")),
+    ("q19", include_str!("../../../examples/nexmark/q19.sql")),
     ("q20", include_str!("../../../examples/nexmark/q20.sql")),
     ("q21", include_str!("../../../examples/nexmark/q21.sql")),
     ("q22", include_str!("../../../examples/nexmark/q22.sql")),

@@ -7,6 +7,7 @@ pub mod filter;
 pub mod global;
 pub mod join;
 pub mod project;
+pub mod rank;
 pub mod session;
 #[cfg(test)]
 mod test_util;
@@ -110,6 +111,20 @@ pub fn prepare(
         NodeKind::Source(_) => Err(SluiceError::internal(
             "sources are prepared by the job builder, not as operators",
         )),
+        NodeKind::TopN {
+            partition_by,
+            order_by,
+            descending,
+            limit,
+            rank_column,
+        } => rank::TopNOperator::prepare(
+            partition_by,
+            order_by,
+            *descending,
+            *limit,
+            rank_column,
+            input,
+        ),
         NodeKind::Join { .. } => Err(SluiceError::internal(
             "joins are prepared by the job builder with both input schemas",
         )),
