@@ -16,12 +16,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt32Array, UInt64Array};
-use arrow::compute::{
-    SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
-};
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::row::{RowConverter, SortField};
+use arrow::row::{OwnedRow, RowConverter, SortField};
 use async_trait::async_trait;
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError};
 
@@ -32,6 +30,14 @@ use crate::state::{OperatorState, RestoredState, key_groups};
 
 const HELD_TABLE: &str = "held";
 
+/// One held row: its rank order (order value, then arrival), and the row itself, both
+/// in Arrow's row format (compact, comparable as bytes).
+struct Entry {
+    order: OwnedRow,
+    tiebreak: u64,
+    row: OwnedRow,
+}
+
 /// The top-N operator of one subtask.
 pub struct TopNOperator {
     input: SchemaRef,
@@ -41,9 +47,20 @@ pub struct TopNOperator {
     order: usize,
     descending: bool,
     limit: usize,
-    /// Partition key → its best rows, in rank order (input schema).
-    held: HashMap<Box<[u8]>, RecordBatch>,
-    converter: RowConverter,
+    /// Partition key → its best rows, in rank order.
+    held: HashMap<Box<[u8]>, Vec<Entry>>,
+    keys: RowConverter,
+    /// The order column, encoded so that byte order is rank order.
+    orders: RowConverter,
+    /// Whole rows.
+    rows: RowConverter,
+    /// Arrival counter (ties: ascending keeps the earlier row, descending the later).
+    seq: u64,
+}
+
+fn converter(types: &[DataType]) -> Result<RowConverter> {
+    RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect())
+        .map_err(|e| SluiceError::user("top-n: unsupported column type").with_source(e))
 }
 
 impl TopNOperator {
@@ -83,112 +100,139 @@ impl TopNOperator {
         fields.push(Arc::new(Field::new(rank_column, DataType::Int64, false)));
         fields.push(ts);
         let out_schema: SchemaRef = Arc::new(Schema::new(fields));
-        let template = Self {
-            input: Arc::clone(input),
-            out_schema: Arc::clone(&out_schema),
+        let template = Self::build(
+            Arc::clone(input),
+            Arc::clone(&out_schema),
             partition,
-            converter: Self::converter(&partition_types)?,
+            partition_types,
+            order,
+            descending,
+            limit,
+        )?;
+        Ok(prepare_from_template(template, out_schema, Self::fresh))
+    }
+
+    fn build(
+        input: SchemaRef,
+        out_schema: SchemaRef,
+        partition: Vec<usize>,
+        partition_types: Vec<DataType>,
+        order: usize,
+        descending: bool,
+        limit: usize,
+    ) -> Result<Self> {
+        let order_field = SortField::new_with_options(
+            input.field(order).data_type().clone(),
+            SortOptions {
+                descending,
+                nulls_first: false,
+            },
+        );
+        let all: Vec<DataType> = input
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        Ok(Self {
+            keys: converter(&partition_types)?,
+            orders: RowConverter::new(vec![order_field]).map_err(|e| {
+                SluiceError::user("top-n: cannot order by that type").with_source(e)
+            })?,
+            rows: converter(&all)?,
+            input,
+            out_schema,
+            partition,
             partition_types,
             order,
             descending,
             limit,
             held: HashMap::new(),
-        };
-        Ok(prepare_from_template(template, out_schema, Self::fresh))
-    }
-
-    fn converter(types: &[DataType]) -> Result<RowConverter> {
-        RowConverter::new(types.iter().map(|t| SortField::new(t.clone())).collect()).map_err(|e| {
-            SluiceError::user("top-n: unsupported partition column type").with_source(e)
+            seq: 0,
         })
     }
 
     fn fresh(&self) -> Result<Self> {
-        Ok(Self {
-            input: Arc::clone(&self.input),
-            out_schema: Arc::clone(&self.out_schema),
-            partition: self.partition.clone(),
-            converter: Self::converter(&self.partition_types)?,
-            partition_types: self.partition_types.clone(),
-            order: self.order,
-            descending: self.descending,
-            limit: self.limit,
-            held: HashMap::new(),
-        })
+        Self::build(
+            Arc::clone(&self.input),
+            Arc::clone(&self.out_schema),
+            self.partition.clone(),
+            self.partition_types.clone(),
+            self.order,
+            self.descending,
+            self.limit,
+        )
     }
 
-    fn keys(&self, data: &RecordBatch) -> Result<arrow::row::Rows> {
+    fn partition_keys(&self, data: &RecordBatch) -> Result<Option<arrow::row::Rows>> {
+        if self.partition.is_empty() {
+            return Ok(None);
+        }
         let cols: Vec<ArrayRef> = self
             .partition
             .iter()
             .map(|&i| Arc::clone(data.column(i)))
             .collect();
-        if cols.is_empty() {
-            // No partition: one group. An empty key for every row.
-            return Ok(RowConverter::new(vec![SortField::new(DataType::Boolean)])?
-                .convert_columns(&[Arc::new(arrow::array::BooleanArray::from(vec![
-                    true;
-                    data.num_rows()
-                ])) as ArrayRef])?);
-        }
-        Ok(self.converter.convert_columns(&cols)?)
+        Ok(Some(self.keys.convert_columns(&cols)?))
     }
 
-    /// The best `limit` rows of `rows` (held rows first, so ties keep arrival order).
-    fn best(&self, rows: &RecordBatch) -> Result<RecordBatch> {
-        let n = rows.num_rows();
-        let seq: ArrayRef = Arc::new(UInt64Array::from_iter_values(0..n as u64));
-        let options = SortOptions {
-            descending: self.descending,
-            nulls_first: false,
-        };
-        let sorted = lexsort_to_indices(
-            &[
-                SortColumn {
-                    values: Arc::clone(rows.column(self.order)),
-                    options: Some(options),
-                },
-                SortColumn {
-                    values: seq,
-                    options: Some(options),
-                },
-            ],
-            Some(self.limit),
-        )?;
-        Ok(take_record_batch(rows, &sorted)?)
-    }
-
-    /// The rows of `new` at ranks where it differs from `old`, with their ranks.
-    fn changed(&self, old: Option<&RecordBatch>, new: &RecordBatch) -> Result<Option<RecordBatch>> {
-        let encode = |b: &RecordBatch| -> Result<arrow::row::Rows> {
-            let fields = b
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect();
-            Ok(RowConverter::new(fields)?.convert_columns(b.columns())?)
-        };
-        let new_rows = encode(new)?;
-        let old_rows = old.map(encode).transpose()?;
-        let mut idx = Vec::new();
-        for i in 0..new.num_rows() {
-            let same = match (&old_rows, old) {
-                (Some(o), Some(ob)) if i < ob.num_rows() => o.row(i) == new_rows.row(i),
-                _ => false,
+    /// Offers every row of `data` to its partition's list; returns, per touched
+    /// partition, the first rank that changed.
+    fn absorb(&mut self, data: &RecordBatch) -> Result<HashMap<Box<[u8]>, usize>> {
+        let keys = self.partition_keys(data)?;
+        let orders = self
+            .orders
+            .convert_columns(&[Arc::clone(data.column(self.order))])?;
+        let rows = self.rows.convert_columns(data.columns())?;
+        let mut changed: HashMap<Box<[u8]>, usize> = HashMap::new();
+        for i in 0..data.num_rows() {
+            self.seq += 1;
+            let tiebreak = if self.descending {
+                u64::MAX - self.seq
+            } else {
+                self.seq
             };
-            if !same {
-                idx.push(i as u32);
+            let key: &[u8] = keys.as_ref().map_or(&[], |k| k.row(i).data());
+            let order = orders.row(i);
+            let list = match self.held.get_mut(key) {
+                Some(l) => l,
+                None => self.held.entry(key.into()).or_default(),
+            };
+            let at = list.partition_point(|e| (e.order.row(), e.tiebreak) < (order, tiebreak));
+            if at >= self.limit {
+                continue;
+            }
+            list.insert(
+                at,
+                Entry {
+                    order: order.owned(),
+                    tiebreak,
+                    row: rows.row(i).owned(),
+                },
+            );
+            list.truncate(self.limit);
+            let first = changed.entry(key.into()).or_insert(at);
+            *first = (*first).min(at);
+        }
+        Ok(changed)
+    }
+
+    /// The held rows of the partitions in `changed` from their first changed rank on.
+    fn emit(&self, changed: HashMap<Box<[u8]>, usize>) -> Result<Option<RecordBatch>> {
+        let mut picked = Vec::new();
+        let mut ranks = Vec::new();
+        for (key, from) in changed {
+            let list = &self.held[&key];
+            for (r, e) in list.iter().enumerate().skip(from) {
+                picked.push(e.row.row());
+                ranks.push(r as i64 + 1);
             }
         }
-        if idx.is_empty() {
+        if picked.is_empty() {
             return Ok(None);
         }
-        let ranks = Int64Array::from_iter_values(idx.iter().map(|&i| i as i64 + 1));
-        let rows = take_record_batch(new, &UInt32Array::from(idx))?;
-        let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
+        let mut columns = self.rows.convert_rows(picked)?;
         let ts = columns.pop().expect("invariant: `_timestamp` is last");
-        columns.push(Arc::new(ranks));
+        columns.push(Arc::new(Int64Array::from(ranks)));
         columns.push(ts);
         Ok(Some(RecordBatch::try_new(
             Arc::clone(&self.out_schema),
@@ -209,28 +253,8 @@ impl Operator for TopNOperator {
         _ctx: &mut OperatorContext,
         out: &mut dyn Collector,
     ) -> Result<()> {
-        let data = &batch.data;
-        let keys = self.keys(data)?;
-        let mut groups: HashMap<&[u8], Vec<u32>> = HashMap::new();
-        for i in 0..data.num_rows() {
-            groups.entry(keys.row(i).data()).or_default().push(i as u32);
-        }
-        let mut emitted = Vec::new();
-        for (key, idx) in groups {
-            let rows = take_record_batch(data, &UInt32Array::from(idx))?;
-            let old = self.held.get(key);
-            let merged = match old {
-                Some(h) => concat_batches(&self.input, [h, &rows])?,
-                None => rows,
-            };
-            let best = self.best(&merged)?;
-            if let Some(changed) = self.changed(old, &best)? {
-                emitted.push(changed);
-            }
-            self.held.insert(key.into(), best);
-        }
-        if !emitted.is_empty() {
-            let data = concat_batches(&self.out_schema, &emitted)?;
+        let changed = self.absorb(&batch.data)?;
+        if let Some(data) = self.emit(changed)? {
             out.collect(batch.with_data(data)).await?;
         }
         Ok(())
@@ -242,10 +266,13 @@ impl Operator for TopNOperator {
         ctx: &mut OperatorContext,
     ) -> Result<OperatorState> {
         let mut state = OperatorState::default();
-        if self.held.is_empty() {
+        // Rank order is kept: rows go out per partition, best first.
+        let rows: Vec<_> = self.held.values().flatten().map(|e| e.row.row()).collect();
+        if rows.is_empty() {
             return Ok(state);
         }
-        let all = concat_batches(&self.input, self.held.values())?;
+        let columns = self.rows.convert_rows(rows)?;
+        let all = RecordBatch::try_new(Arc::clone(&self.input), columns)?;
         let keys: Vec<ArrayRef> = self
             .partition
             .iter()
@@ -260,20 +287,7 @@ impl Operator for TopNOperator {
     async fn restore(&mut self, state: RestoredState, _ctx: &mut OperatorContext) -> Result<()> {
         for b in state.table(HELD_TABLE) {
             let b = RecordBatch::try_new(Arc::clone(&self.input), b.columns().to_vec())?;
-            let keys = self.keys(&b)?;
-            let mut groups: HashMap<&[u8], Vec<u32>> = HashMap::new();
-            for i in 0..b.num_rows() {
-                groups.entry(keys.row(i).data()).or_default().push(i as u32);
-            }
-            for (key, idx) in groups {
-                let rows = take_record_batch(&b, &UInt32Array::from(idx))?;
-                let merged = match self.held.get(key) {
-                    Some(h) => concat_batches(&self.input, [h, &rows])?,
-                    None => rows,
-                };
-                let best = self.best(&merged)?;
-                self.held.insert(key.into(), best);
-            }
+            self.absorb(&b)?;
         }
         Ok(())
     }
