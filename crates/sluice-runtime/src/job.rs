@@ -568,7 +568,9 @@ impl PreparedJob {
                     .collect()
             })
             .collect();
-        let mut inputs: Vec<Vec<Vec<(mpsc::Receiver<sluice_types::Message>, usize)>>> = outputs
+        // Per task, per subtask: its receivers, each with the input edge it belongs to.
+        type TaskInputs = Vec<Vec<(mpsc::Receiver<sluice_types::Message>, usize)>>;
+        let mut inputs: Vec<TaskInputs> = outputs
             .iter()
             .map(|subtasks| subtasks.iter().map(|_| Vec::new()).collect())
             .collect();

@@ -29,6 +29,9 @@ use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::{OperatorFactory, PreparedOperator};
 use crate::state::{OperatorState, RestoredState, key_groups};
 
+/// A buffered row: (batch, row, event time).
+type RowRef = (u32, u32, i64);
+
 /// One input's buffered rows.
 struct Side {
     /// Column indices of the key in this side's batches.
@@ -39,8 +42,8 @@ struct Side {
     batches: Vec<Option<RecordBatch>>,
     /// Newest event time in each buffered batch.
     newest: Vec<i64>,
-    /// Rows by encoded key: (batch, row, event time).
-    index: HashMap<Box<[u8]>, Vec<(u32, u32, i64)>>,
+    /// Rows by encoded key.
+    index: HashMap<Box<[u8]>, Vec<RowRef>>,
     /// Batches freed since the index was last swept.
     freed_since_sweep: usize,
     live_batches: usize,
