@@ -572,3 +572,70 @@ async fn nexmark_q12_processing_time_windows_count_every_bid_once() {
         batch_rows(&df, "SELECT bidder, COUNT(*) FROM bid GROUP BY bidder").await,
     );
 }
+
+/// A Rust aggregate: the product of the values (state: the product so far).
+#[derive(Debug)]
+struct Product(i64);
+
+impl datafusion::logical_expr::Accumulator for Product {
+    fn update_batch(
+        &mut self,
+        values: &[arrow::array::ArrayRef],
+    ) -> datafusion::common::Result<()> {
+        let v = values[0]
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        self.0 = v.iter().flatten().fold(self.0, |a, b| a.wrapping_mul(b));
+        Ok(())
+    }
+    fn merge_batch(&mut self, states: &[arrow::array::ArrayRef]) -> datafusion::common::Result<()> {
+        self.update_batch(states)
+    }
+    fn state(&mut self) -> datafusion::common::Result<Vec<datafusion::common::ScalarValue>> {
+        Ok(vec![datafusion::common::ScalarValue::Int64(Some(self.0))])
+    }
+    fn evaluate(&mut self) -> datafusion::common::Result<datafusion::common::ScalarValue> {
+        Ok(datafusion::common::ScalarValue::Int64(Some(self.0)))
+    }
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>()
+    }
+}
+
+/// Rust UDFs and UDAFs registered on the SQL context are callable by name, in windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_udfs_and_udafs_are_callable_from_sql() {
+    use arrow::datatypes::DataType;
+    let (mut ctx, registry, collected) = context();
+    ctx.register_udaf(datafusion::logical_expr::create_udaf(
+        "product",
+        vec![DataType::Int64],
+        Arc::new(DataType::Int64),
+        datafusion::logical_expr::Volatility::Immutable,
+        Arc::new(|_| Ok(Box::new(Product(1)))),
+        Arc::new(vec![DataType::Int64]),
+    ));
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sql/bids.jsonl");
+    let sql = format!(
+        "CREATE TABLE bids (auction BIGINT, bidder BIGINT, price BIGINT, date_time TIMESTAMP(3),
+           WATERMARK FOR date_time AS date_time)
+         WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');
+         SELECT auction, PRODUCT(bidder - 9), SUM(count_char(CAST(price AS VARCHAR), '0'))
+         FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '20' SECOND))
+         GROUP BY auction, window_start, window_end",
+        data.display()
+    );
+    let mut rows = format_rows(
+        &run_script(&mut ctx, &registry, &collected, &sql)
+            .await
+            .unwrap(),
+    );
+    rows.sort();
+    // [0, 20): auction 1 bidders 10, 12, 10, 12 -> 1*3*1*3; prices 100, 300, 120, 310 -> 2+2+1+1 zeros
+    assert_eq!(
+        rows,
+        ["1 1 1", "1 9 6", "2 2 0", "2 4 3", "3 2 3", "3 3 1"],
+        "(auction, product of bidder - 9, zeros in prices) per 20 s window"
+    );
+}
