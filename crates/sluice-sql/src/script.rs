@@ -201,7 +201,7 @@ fn preprocess(script: &str, lines: &Lines<'_>, s: Stmt<'_>) -> Result<RawStateme
     if is_kw(&toks[0].token, Keyword::SET) {
         return parse_set(toks, pos);
     }
-    let mut text = masked(script, s.start..s.end);
+    let mut text: Vec<u8> = masked(script, s.start..s.end);
     // `TABLE name` as an argument of a window table function: drop the keyword.
     for i in 1..toks.len().saturating_sub(1) {
         if is_kw(&toks[i].token, Keyword::TABLE)
@@ -215,6 +215,19 @@ fn preprocess(script: &str, lines: &Lines<'_>, s: Stmt<'_>) -> Result<RawStateme
     let mut extras = None;
     if is_create_table(toks) {
         extras = Some(table_extras(lines, toks, &mut text)?);
+        // Flink's `ROW<name TYPE, …>` is sqlparser's `STRUCT<…>` (columns after it on the
+        // same line shift by three in messages).
+        let rows: Vec<usize> = toks
+            .windows(2)
+            .filter(|w| {
+                matches!(&w[0].token, Token::Word(word) if word.quote_style.is_none() && word.value.eq_ignore_ascii_case("row"))
+                    && w[1].token == Token::Lt
+            })
+            .map(|w| lines.offset(w[0].span.start))
+            .collect();
+        for at in rows.into_iter().rev() {
+            text.splice(at..at + 3, b"STRUCT".iter().copied());
+        }
     }
     let text = String::from_utf8(text).map_err(|_| SqlError::at(pos, "invalid UTF-8 in SQL"))?;
     Ok(RawStatement::Sql { text, pos, extras })
