@@ -195,6 +195,25 @@ impl<'a> Lowerer<'a> {
         id
     }
 
+    /// Adds a projection node even when it would change nothing.
+    fn project_always(&mut self, input: &Lowered, exprs: Vec<Expr>, names: Vec<String>) -> Lowered {
+        let exprs = exprs
+            .into_iter()
+            .zip(&names)
+            .map(|(e, n)| e.unalias().alias(n))
+            .collect();
+        let p = self.plan.nodes[input.node].parallelism;
+        let node = self.add(input, NodeKind::Project { exprs }, p, None);
+        Lowered {
+            node,
+            columns: names,
+            rowtime: None,
+            window: None,
+            updating: input.updating,
+            window_end: None,
+        }
+    }
+
     /// Adds a projection; `exprs` are named by `alias`.
     fn project(&mut self, input: &Lowered, exprs: Vec<Expr>, names: Vec<String>) -> Lowered {
         let identity = exprs.len() == input.columns.len()
@@ -436,9 +455,51 @@ impl<'a> Lowerer<'a> {
             )),
             LogicalPlan::Limit(_) => Err(SqlError::unsupported("LIMIT on a stream")),
             LogicalPlan::Distinct(_) => Err(SqlError::unsupported(
-                "SELECT DISTINCT (write GROUP BY over the columns)",
+                "SELECT DISTINCT and UNION without ALL (write GROUP BY over the columns, or UNION ALL)",
             )),
-            LogicalPlan::Union(_) => Err(SqlError::unsupported("UNION")),
+            LogicalPlan::Union(u) => {
+                // Each input projected (and cast) to the union's columns, then one node
+                // that reads them all.
+                let names = physical_names(&u.schema);
+                let mut parts = Vec::new();
+                for input in &u.inputs {
+                    let lowered = self.lower(input)?;
+                    let lowered = self.materialize(lowered)?;
+                    if lowered.updating {
+                        return Err(SqlError::unsupported("UNION ALL of updating inputs"));
+                    }
+                    let exprs = physical_names(input.schema())
+                        .iter()
+                        .zip(u.schema.fields())
+                        .map(|(c, f)| {
+                            Expr::Cast(datafusion_expr::Cast::new(
+                                Box::new(ucol(c)),
+                                f.data_type().clone(),
+                            ))
+                        })
+                        .collect();
+                    parts.push(self.project_always(&lowered, exprs, names.clone()));
+                }
+                let p = self.parallelism;
+                let exprs = names.iter().map(|n| ucol(n)).collect();
+                let node = self.plan.add_node("union", p, NodeKind::Project { exprs });
+                for part in &parts {
+                    let edge = if self.plan.nodes[part.node].parallelism == p {
+                        Partitioning::Forward
+                    } else {
+                        Partitioning::Rebalance
+                    };
+                    self.plan.add_edge(part.node, node, edge);
+                }
+                Ok(Lowered {
+                    node,
+                    columns: names,
+                    rowtime: None,
+                    window: None,
+                    updating: false,
+                    window_end: None,
+                })
+            }
             LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => Err(SqlError::unsupported(
                 "a query without a table (SELECT of constants, VALUES)",
             )),
