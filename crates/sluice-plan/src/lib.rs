@@ -166,6 +166,13 @@ pub enum NodeKind {
         /// Name of the rank column added before `_timestamp`.
         rank_column: String,
     },
+    /// An upsert stream (the newest row of a key is its value) as a changelog: per change
+    /// one row with `before` (the key's previous row or null), `after` and `op`
+    /// (`c` or `u`), as Debezium writes them.
+    Changelog {
+        /// The key columns of the upserts (none: one key).
+        keys: Vec<String>,
+    },
     /// An inner equi-join of two append-only streams: the node's first input edge is the
     /// left side, its second the right. A pair joins when its key columns are equal and,
     /// with an interval, when `right time - left time` lies in `[lower, upper]` ms. Output:
@@ -361,6 +368,7 @@ impl NodeKind {
                 "top-{limit}-per-window by {order_by} {}",
                 if *descending { "desc" } else { "asc" }
             ),
+            NodeKind::Changelog { keys } => format!("changelog by ({})", keys.join(", ")),
             NodeKind::TopN {
                 order_by,
                 descending,

@@ -43,6 +43,9 @@ pub struct Lowered {
     pub window: Option<Arc<WindowTvf>>,
     /// Whether rows update earlier rows (a running aggregate's upserts).
     pub updating: bool,
+    /// For updating rows: the columns that identify what a row updates (empty: one global
+    /// row); `None` when unknown (a key column was dropped).
+    pub upsert_key: Option<Vec<String>>,
     /// The `window_end` column of windowed rows (under its current name) and the window
     /// size in ms: a row's window ends at most that long after its event time.
     pub window_end: Option<(String, u64)>,
@@ -210,6 +213,7 @@ impl<'a> Lowerer<'a> {
             rowtime: None,
             window: None,
             updating: input.updating,
+            upsert_key: None,
             window_end: None,
         }
     }
@@ -237,6 +241,10 @@ impl<'a> Lowerer<'a> {
             .window_end
             .as_ref()
             .and_then(|(c, size)| renamed(c).map(|n| (n, *size)));
+        let upsert_key = input
+            .upsert_key
+            .as_ref()
+            .and_then(|ks| ks.iter().map(|k| renamed(k)).collect::<Option<Vec<_>>>());
         let exprs = exprs
             .into_iter()
             .zip(&names)
@@ -250,6 +258,7 @@ impl<'a> Lowerer<'a> {
             rowtime,
             window: input.window.clone(),
             updating: input.updating,
+            upsert_key,
             window_end,
         }
     }
@@ -497,6 +506,7 @@ impl<'a> Lowerer<'a> {
                     rowtime: None,
                     window: None,
                     updating: false,
+                    upsert_key: None,
                     window_end: None,
                 })
             }
@@ -574,6 +584,7 @@ impl<'a> Lowerer<'a> {
             rowtime: rowtime.clone(),
             window: None,
             updating: false,
+            upsert_key: None,
             window_end: None,
         };
         let mut want: Vec<String> = if def.declared.fields().is_empty() {
@@ -706,6 +717,7 @@ impl<'a> Lowerer<'a> {
                 rowtime: None,
                 window: None,
                 updating: false,
+                upsert_key: None,
                 window_end,
             });
         }
@@ -733,12 +745,14 @@ impl<'a> Lowerer<'a> {
                 rowtime: None,
                 window: None,
                 updating: true,
+                upsert_key: Some(Vec::new()),
                 window_end: None,
             };
             let names = names[n_groups..].to_vec();
             let exprs = names.iter().map(|n| ucol(n.as_str())).collect();
             return Ok(self.project(&out, exprs, names));
         }
+        let key_names = keys.clone();
         let node = self.add(
             &input,
             NodeKind::Aggregate {
@@ -756,6 +770,7 @@ impl<'a> Lowerer<'a> {
             rowtime: None,
             window: None,
             updating: true,
+            upsert_key: Some(key_names),
             window_end: None,
         })
     }
@@ -1000,6 +1015,7 @@ impl<'a> Lowerer<'a> {
             rowtime: None,
             window: None,
             updating: false,
+            upsert_key: None,
             window_end: None,
         };
         if !residual.is_empty() {
@@ -1129,6 +1145,8 @@ impl<'a> Lowerer<'a> {
                     Some(Partitioning::Hash(partition.clone())),
                 )
             };
+            let mut upsert_key = partition.clone();
+            upsert_key.push(rank_name.clone());
             let node = self.add(
                 &input,
                 NodeKind::TopN {
@@ -1149,6 +1167,7 @@ impl<'a> Lowerer<'a> {
                 rowtime: None,
                 window: None,
                 updating: true,
+                upsert_key: Some(upsert_key),
                 window_end: None,
             }));
         }
@@ -1199,6 +1218,7 @@ impl<'a> Lowerer<'a> {
             rowtime: None,
             window: None,
             updating: false,
+            upsert_key: None,
             window_end: None,
         };
         // The project reads the side output: add it by hand.
@@ -1288,6 +1308,29 @@ impl<'a> Lowerer<'a> {
         let mut spec = def.spec.clone();
         if !def.declared.fields().is_empty() {
             spec.schema = Some(Arc::clone(&def.declared));
+        }
+        let mut lowered = lowered;
+        if spec.options.get("format").map(String::as_str) == Some("debezium-json") {
+            // A changelog of the updates: before/after/op rows, written as JSON lines.
+            if !lowered.updating {
+                return Err(SqlError::new(format!(
+                    "table `{}` uses 'format' = 'debezium-json', which writes the changes of an updating query (GROUP BY without windows, Top-N without windows); this query only appends rows: use 'format' = 'json'",
+                    def.name
+                )));
+            }
+            let Some(keys) = lowered.upsert_key.clone() else {
+                return Err(SqlError::new(format!(
+                    "table `{}` uses 'format' = 'debezium-json': select the columns that identify an update (the GROUP BY or PARTITION BY columns, and the rank)",
+                    def.name
+                )));
+            };
+            let p = self.plan.nodes[lowered.node].parallelism;
+            let edge = (!keys.is_empty()).then(|| Partitioning::Hash(keys.clone()));
+            let p = if keys.is_empty() { 1 } else { p };
+            lowered.node = self.add(&lowered, NodeKind::Changelog { keys }, p, edge);
+            spec.options.insert("format".into(), "json".into());
+            // The sink writes before/after/op, not the table's columns.
+            spec.schema = None;
         }
         let p = self.plan.nodes[lowered.node].parallelism;
         let node = match self.sinks.get(&def.name) {

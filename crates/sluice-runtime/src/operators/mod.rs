@@ -2,6 +2,7 @@
 //! node into an operator factory.
 
 pub mod aggregate;
+pub mod changelog;
 pub mod count;
 pub mod filter;
 pub mod global;
@@ -125,6 +126,7 @@ pub fn prepare(
             rank_column,
             input,
         ),
+        NodeKind::Changelog { keys } => changelog::ChangelogOperator::prepare(keys, input),
         NodeKind::Join { .. } => Err(SluiceError::internal(
             "joins are prepared by the job builder with both input schemas",
         )),
