@@ -166,6 +166,19 @@ pub enum NodeKind {
         /// Name of the rank column added before `_timestamp`.
         rank_column: String,
     },
+    /// Lookup join: each row joins the rows of a bounded table with equal keys; the
+    /// table is read once when the operator starts. Output: the stream's columns, then
+    /// the table's (named `right_names`).
+    LookupJoin {
+        /// The table's connector.
+        table: ConnectorSpec,
+        /// Key columns of the stream.
+        left_keys: Vec<String>,
+        /// Key columns of the table.
+        right_keys: Vec<String>,
+        /// Output names of the table's columns, in its order.
+        right_names: Vec<String>,
+    },
     /// An upsert stream (the newest row of a key is its value) as a changelog: per change
     /// one row with `before` (the key's previous row or null), `after` and `op`
     /// (`c` or `u`), as Debezium writes them.
@@ -369,6 +382,17 @@ impl NodeKind {
                 if *descending { "desc" } else { "asc" }
             ),
             NodeKind::Changelog { keys } => format!("changelog by ({})", keys.join(", ")),
+            NodeKind::LookupJoin {
+                table,
+                left_keys,
+                right_keys,
+                ..
+            } => format!(
+                "lookup-join {} on ({}) = ({})",
+                table.connector,
+                left_keys.join(", "),
+                right_keys.join(", ")
+            ),
             NodeKind::TopN {
                 order_by,
                 descending,

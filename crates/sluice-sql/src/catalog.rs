@@ -286,6 +286,7 @@ impl<'a> Provider<'a> {
         catalog: &'a HashMap<String, Entry>,
         registry: &'a ConnectorRegistry,
         functions: &'a Functions,
+        lookups: Vec<(u64, u64)>,
     ) -> Self {
         Self {
             catalog,
@@ -299,7 +300,10 @@ impl<'a> Provider<'a> {
                 Arc::new(datafusion_functions_aggregate::planner::AggregateFunctionPlanner),
                 Arc::new(datafusion_functions_window::planner::WindowFunctionPlanner),
             ],
-            relation_planners: vec![Arc::new(crate::window_tvf::WindowTvfPlanner)],
+            relation_planners: vec![
+                Arc::new(crate::window_tvf::WindowTvfPlanner),
+                Arc::new(crate::window_tvf::LookupPlanner { at: lookups }),
+            ],
         }
     }
 }

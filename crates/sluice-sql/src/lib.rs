@@ -75,6 +75,8 @@ pub struct SqlContext {
     catalog: HashMap<String, Entry>,
     settings: Settings,
     select_sink: ConnectorSpec,
+    /// Lookup tables of the statement being planned (line, column of their names).
+    lookups: Vec<(u64, u64)>,
 }
 
 impl SqlContext {
@@ -90,6 +92,7 @@ impl SqlContext {
             catalog: HashMap::new(),
             settings: Settings::default(),
             select_sink: ConnectorSpec::new("print"),
+            lookups: Vec::new(),
         }
     }
 
@@ -142,7 +145,13 @@ impl SqlContext {
                         .apply(&key, &value)
                         .map_err(|e| e.or_at(pos))?;
                 }
-                RawStatement::Sql { text, pos, extras } => {
+                RawStatement::Sql {
+                    text,
+                    pos,
+                    extras,
+                    lookups,
+                } => {
+                    self.lookups = lookups.iter().map(|p| (p.line, p.column)).collect();
                     let stmt = parse_one(&text, pos)?;
                     match stmt {
                         Statement::Explain { statement, .. } => {
@@ -268,7 +277,12 @@ impl SqlContext {
     }
 
     fn provider(&self) -> Provider<'_> {
-        Provider::new(&self.catalog, &self.registry, &self.functions)
+        Provider::new(
+            &self.catalog,
+            &self.registry,
+            &self.functions,
+            self.lookups.clone(),
+        )
     }
 
     fn plan_query(&self, q: Query, pos: Pos) -> Result<LogicalPlan> {

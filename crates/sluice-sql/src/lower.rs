@@ -789,6 +789,14 @@ impl<'a> Lowerer<'a> {
                 j.join_type.to_string().to_uppercase()
             )));
         }
+        if let Some(table) = lookup_table(&j.right) {
+            return self.lookup_join(j, where_clause, &table);
+        }
+        if lookup_table(&j.left).is_some() {
+            return Err(SqlError::unsupported(
+                "a lookup table (FOR SYSTEM_TIME AS OF) on the left of a join; put it on the right",
+            ));
+        }
         // The condition: ON and WHERE, as conjuncts (BETWEEN split in two).
         let mut conjuncts: Vec<Expr> = Vec::new();
         for e in j.filter.iter().chain(where_clause) {
@@ -1027,6 +1035,147 @@ impl<'a> Lowerer<'a> {
             let p = self.parallelism;
             let f = self.add(&out, NodeKind::Filter { predicate }, p, None);
             out.node = f;
+        }
+        Ok(out)
+    }
+
+    /// A lookup join: the stream on the left, a bounded table on the right, read once.
+    fn lookup_join(
+        &mut self,
+        j: &datafusion_expr::logical_plan::Join,
+        where_clause: Option<&Expr>,
+        table: &str,
+    ) -> Result<Lowered> {
+        let def = match self.catalog.get(table) {
+            Some(Entry::Table(t)) => Arc::clone(t),
+            _ => {
+                return Err(SqlError::new(format!(
+                    "`{table}` FOR SYSTEM_TIME AS OF: a lookup table is a table (CREATE TABLE), not a view"
+                )));
+            }
+        };
+        let mut conjuncts: Vec<Expr> = Vec::new();
+        for e in j.filter.iter().chain(where_clause) {
+            conjuncts.extend(
+                datafusion_expr::utils::split_conjunction(e)
+                    .into_iter()
+                    .cloned(),
+            );
+        }
+        for (l, r) in &j.on {
+            conjuncts.push(l.clone().eq(r.clone()));
+        }
+        let names = physical_names(&j.schema);
+        let nl = j.left.schema().fields().len();
+        let mut left = self.lower(&j.left)?;
+        left = self.materialize(left)?;
+        if left.updating {
+            return Err(SqlError::unsupported("a lookup join of an updating stream"));
+        }
+        let only = |e: &Expr, schema: &DFSchema| {
+            let mut all = true;
+            let _ = e.apply(|x| {
+                if let Expr::Column(c) = x
+                    && !schema.has_column(c)
+                {
+                    all = false;
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+            all
+        };
+        let mut left_keys = Vec::new();
+        let mut right_keys = Vec::new();
+        let mut before = Vec::new();
+        let mut after = Vec::new();
+        for c in conjuncts {
+            if only(&c, j.left.schema()) {
+                before.push(c);
+                continue;
+            }
+            if let Expr::BinaryExpr(BinaryExpr {
+                left: a,
+                op: Operator::Eq,
+                right: b,
+            }) = &c
+                && let (Expr::Column(x), Expr::Column(y)) = (a.as_ref(), b.as_ref())
+            {
+                let pair = if j.left.schema().has_column(x) && j.right.schema().has_column(y) {
+                    Some((x, y))
+                } else if j.left.schema().has_column(y) && j.right.schema().has_column(x) {
+                    Some((y, x))
+                } else {
+                    None
+                };
+                if let Some((l, r)) = pair {
+                    let li = j
+                        .left
+                        .schema()
+                        .index_of_column(l)
+                        .map_err(|e| SqlError::new(e.to_string()))?;
+                    let ri = j
+                        .right
+                        .schema()
+                        .index_of_column(r)
+                        .map_err(|e| SqlError::new(e.to_string()))?;
+                    left_keys.push(names[li].clone());
+                    right_keys.push(j.right.schema().field(ri).name().clone());
+                    continue;
+                }
+            }
+            after.push(c);
+        }
+        if left_keys.is_empty() {
+            return Err(SqlError::new(
+                "a lookup join needs an equality between a stream column and a table column",
+            ));
+        }
+        if let Some(p) = datafusion_expr::utils::conjunction(before) {
+            let predicate = resolve(&p, &left.columns);
+            self.check_columns(&left, &[&predicate])?;
+            let par = self.plan.nodes[left.node].parallelism;
+            left.node = self.add(&left, NodeKind::Filter { predicate }, par, None);
+        }
+        // The stream's columns under their names in the join's output.
+        let mut exprs = Vec::new();
+        for (q, f) in j.left.schema().iter() {
+            exprs.push(resolve(
+                &Expr::Column(Column::new(q.cloned(), f.name())),
+                &left.columns,
+            ));
+        }
+        self.check_columns(&left, &exprs.iter().collect::<Vec<_>>())?;
+        let left = self.project(&left, exprs, names[..nl].to_vec());
+        let mut table_spec = def.spec.clone();
+        if !def.declared.fields().is_empty() {
+            table_spec.schema = Some(Arc::clone(&def.declared));
+        }
+        let p = self.plan.nodes[left.node].parallelism;
+        let node = self.add(
+            &left,
+            NodeKind::LookupJoin {
+                table: table_spec,
+                left_keys,
+                right_keys,
+                right_names: names[nl..].to_vec(),
+            },
+            p,
+            None,
+        );
+        let mut out = Lowered {
+            node,
+            columns: names.clone(),
+            rowtime: left.rowtime.clone(),
+            window: None,
+            updating: false,
+            upsert_key: None,
+            window_end: None,
+        };
+        if let Some(p) = datafusion_expr::utils::conjunction(after) {
+            let predicate = resolve(&p, &out.columns);
+            self.check_columns(&out, &[&predicate])?;
+            let par = self.plan.nodes[out.node].parallelism;
+            out.node = self.add(&out, NodeKind::Filter { predicate }, par, None);
         }
         Ok(out)
     }
@@ -1350,6 +1499,19 @@ impl<'a> Lowerer<'a> {
         };
         self.plan.add_edge(lowered.node, node, edge);
         Ok(())
+    }
+}
+
+/// The catalog name of a lookup table (`FOR SYSTEM_TIME AS OF`), under any aliases.
+fn lookup_table(plan: &LogicalPlan) -> Option<String> {
+    match plan {
+        LogicalPlan::SubqueryAlias(a) => lookup_table(&a.input),
+        LogicalPlan::Extension(e) => e
+            .node
+            .as_any()
+            .downcast_ref::<crate::window_tvf::LookupTable>()
+            .map(|l| l.table.clone()),
+        _ => None,
     }
 }
 

@@ -82,6 +82,8 @@ pub enum RawStatement {
         pos: Pos,
         /// Extras of a `CREATE TABLE`.
         extras: Option<TableExtras>,
+        /// Where tables read with `FOR SYSTEM_TIME AS OF …` (lookup tables) are named.
+        lookups: Vec<Pos>,
     },
 }
 
@@ -212,6 +214,47 @@ fn preprocess(script: &str, lines: &Lines<'_>, s: Stmt<'_>) -> Result<RawStateme
             blank(&mut text, a..a + "TABLE".len());
         }
     }
+    // `table FOR SYSTEM_TIME AS OF expr`: a lookup table. The clause is blanked and the
+    // table name's position remembered.
+    let mut lookups = Vec::new();
+    let kw = |t: &Token, w: &str| matches!(t, Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w));
+    let mut i = 1;
+    while i + 3 < toks.len() {
+        if kw(&toks[i].token, "for")
+            && kw(&toks[i + 1].token, "system_time")
+            && kw(&toks[i + 2].token, "as")
+            && kw(&toks[i + 3].token, "of")
+        {
+            lookups.push(Pos::from(toks[i - 1].span.start));
+            let mut j = i + 4;
+            let mut depth = 0usize;
+            while j < toks.len() {
+                let t = &toks[j].token;
+                if depth == 0
+                    && (matches!(t, Token::Comma | Token::RParen)
+                        || [
+                            "as", "on", "where", "join", "inner", "left", "group", "using",
+                        ]
+                        .iter()
+                        .any(|w| kw(t, w)))
+                {
+                    break;
+                }
+                match t {
+                    Token::LParen => depth += 1,
+                    Token::RParen => depth -= 1,
+                    _ => {}
+                }
+                j += 1;
+            }
+            let a = lines.offset(toks[i].span.start);
+            let b = lines.offset(toks[j - 1].span.end);
+            blank(&mut text, a..b);
+            i = j;
+        } else {
+            i += 1;
+        }
+    }
     let mut extras = None;
     if is_create_table(toks) {
         extras = Some(table_extras(lines, toks, &mut text)?);
@@ -230,7 +273,12 @@ fn preprocess(script: &str, lines: &Lines<'_>, s: Stmt<'_>) -> Result<RawStateme
         }
     }
     let text = String::from_utf8(text).map_err(|_| SqlError::at(pos, "invalid UTF-8 in SQL"))?;
-    Ok(RawStatement::Sql { text, pos, extras })
+    Ok(RawStatement::Sql {
+        text,
+        pos,
+        extras,
+        lookups,
+    })
 }
 
 fn is_create_table(toks: &[&TokenWithSpan]) -> bool {

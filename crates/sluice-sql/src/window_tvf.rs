@@ -435,3 +435,87 @@ fn need_count(
         format!("the window {what} is a positive number of rows, found `{e}`"),
     ))
 }
+
+/// A table read with `FOR SYSTEM_TIME AS OF …`: the right side of a lookup join.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LookupTable {
+    /// The table's name in the catalog.
+    pub table: String,
+    schema: DFSchemaRef,
+}
+
+impl PartialOrd for LookupTable {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        self.table.partial_cmp(&other.table)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for LookupTable {
+    fn name(&self) -> &str {
+        "LookupTable"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        Vec::new()
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        Vec::new()
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "LookupTable: {}", self.table)
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        _inputs: Vec<LogicalPlan>,
+    ) -> datafusion_common::Result<Self> {
+        Ok(self.clone())
+    }
+}
+
+/// Plans tables named where the script had `FOR SYSTEM_TIME AS OF` as lookup tables.
+#[derive(Debug)]
+pub struct LookupPlanner {
+    /// Line and column of each such table name.
+    pub at: Vec<(u64, u64)>,
+}
+
+impl RelationPlanner for LookupPlanner {
+    fn plan_relation(
+        &self,
+        relation: TableFactor,
+        ctx: &mut dyn RelationPlannerContext,
+    ) -> datafusion_common::Result<RelationPlanning> {
+        let TableFactor::Table { name, alias, .. } = &relation else {
+            return Ok(RelationPlanning::Original(Box::new(relation)));
+        };
+        let start = name.span().start;
+        if !self.at.contains(&(start.line, start.column)) {
+            return Ok(RelationPlanning::Original(Box::new(relation)));
+        }
+        let table = ctx.object_name_to_table_reference(name.clone())?;
+        let source = ctx.context_provider().get_table_source(table.clone())?;
+        let schema = Arc::new(DFSchema::try_from_qualified_schema(
+            table.clone(),
+            &source.schema(),
+        )?);
+        let node = LookupTable {
+            table: table.table().to_string(),
+            schema,
+        };
+        let plan = LogicalPlan::Extension(Extension {
+            node: Arc::new(node),
+        });
+        Ok(RelationPlanning::Planned(Box::new(PlannedRelation::new(
+            plan,
+            alias.clone(),
+        ))))
+    }
+}

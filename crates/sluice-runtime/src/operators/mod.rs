@@ -7,6 +7,7 @@ pub mod count;
 pub mod filter;
 pub mod global;
 pub mod join;
+pub mod lookup;
 pub mod project;
 pub mod rank;
 pub mod session;
@@ -127,6 +128,19 @@ pub fn prepare(
             input,
         ),
         NodeKind::Changelog { keys } => changelog::ChangelogOperator::prepare(keys, input),
+        NodeKind::LookupJoin {
+            table,
+            left_keys,
+            right_keys,
+            right_names,
+        } => lookup::LookupJoinOperator::prepare(
+            table,
+            left_keys,
+            right_keys,
+            right_names,
+            input,
+            registry,
+        ),
         NodeKind::Join { .. } => Err(SluiceError::internal(
             "joins are prepared by the job builder with both input schemas",
         )),
