@@ -28,6 +28,7 @@ pub const SQL_QUERIES: &[(&str, &str)] = &[
     ("q10", include_str!("../../../examples/nexmark/q10.sql")),
     ("q11", include_str!("../../../examples/nexmark/q11.sql")),
     ("q12", include_str!("../../../examples/nexmark/q12.sql")),
+    ("q13", include_str!("../../../examples/nexmark/q13.sql")),
     ("q14", include_str!("../../../examples/nexmark/q14.sql")),
     ("q15", include_str!("../../../examples/nexmark/q15.sql")),
     ("q16", include_str!("../../../examples/nexmark/q16.sql")),
