@@ -798,30 +798,8 @@ impl<'a> Lowerer<'a> {
             ));
         }
         // The condition: ON and WHERE, as conjuncts (BETWEEN split in two).
-        let mut conjuncts: Vec<Expr> = Vec::new();
-        for e in j.filter.iter().chain(where_clause) {
-            for c in datafusion_expr::utils::split_conjunction(e) {
-                match c {
-                    Expr::Between(b) if !b.negated => {
-                        conjuncts.push(b.expr.as_ref().clone().gt_eq(b.low.as_ref().clone()));
-                        conjuncts.push(b.expr.as_ref().clone().lt_eq(b.high.as_ref().clone()));
-                    }
-                    other => conjuncts.push(other.clone()),
-                }
-            }
-        }
-        let in_schema = |e: &Expr, schema: &DFSchema| {
-            let mut all = true;
-            let _ = e.apply(|x| {
-                if let Expr::Column(c) = x
-                    && !schema.has_column(c)
-                {
-                    all = false;
-                }
-                Ok(TreeNodeRecursion::Continue)
-            });
-            all
-        };
+        let conjuncts = join_conjuncts(j, where_clause);
+        let in_schema = reads_only;
         // Conditions on one side only are applied before the join (less state).
         let mut left_only = Vec::new();
         let mut right_only = Vec::new();
@@ -1054,14 +1032,7 @@ impl<'a> Lowerer<'a> {
                 )));
             }
         };
-        let mut conjuncts: Vec<Expr> = Vec::new();
-        for e in j.filter.iter().chain(where_clause) {
-            conjuncts.extend(
-                datafusion_expr::utils::split_conjunction(e)
-                    .into_iter()
-                    .cloned(),
-            );
-        }
+        let mut conjuncts = join_conjuncts(j, where_clause);
         for (l, r) in &j.on {
             conjuncts.push(l.clone().eq(r.clone()));
         }
@@ -1072,18 +1043,7 @@ impl<'a> Lowerer<'a> {
         if left.updating {
             return Err(SqlError::unsupported("a lookup join of an updating stream"));
         }
-        let only = |e: &Expr, schema: &DFSchema| {
-            let mut all = true;
-            let _ = e.apply(|x| {
-                if let Expr::Column(c) = x
-                    && !schema.has_column(c)
-                {
-                    all = false;
-                }
-                Ok(TreeNodeRecursion::Continue)
-            });
-            all
-        };
+        let only = reads_only;
         let mut left_keys = Vec::new();
         let mut right_keys = Vec::new();
         let mut before = Vec::new();
@@ -1500,6 +1460,40 @@ impl<'a> Lowerer<'a> {
         self.plan.add_edge(lowered.node, node, edge);
         Ok(())
     }
+}
+
+/// Whether an expression reads only columns of `schema`.
+fn reads_only(e: &Expr, schema: &DFSchema) -> bool {
+    let mut all = true;
+    let _ = e.apply(|x| {
+        if let Expr::Column(c) = x
+            && !schema.has_column(c)
+        {
+            all = false;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    all
+}
+
+/// A join's ON and WHERE conditions as conjuncts, `BETWEEN` split in two.
+fn join_conjuncts(
+    j: &datafusion_expr::logical_plan::Join,
+    where_clause: Option<&Expr>,
+) -> Vec<Expr> {
+    let mut conjuncts = Vec::new();
+    for e in j.filter.iter().chain(where_clause) {
+        for c in datafusion_expr::utils::split_conjunction(e) {
+            match c {
+                Expr::Between(b) if !b.negated => {
+                    conjuncts.push(b.expr.as_ref().clone().gt_eq(b.low.as_ref().clone()));
+                    conjuncts.push(b.expr.as_ref().clone().lt_eq(b.high.as_ref().clone()));
+                }
+                other => conjuncts.push(other.clone()),
+            }
+        }
+    }
+    conjuncts
 }
 
 /// The catalog name of a lookup table (`FOR SYSTEM_TIME AS OF`), under any aliases.
