@@ -52,7 +52,7 @@ impl CheckpointStorage {
 
     #[cfg(feature = "s3")]
     fn remote(url: &str) -> Result<Self> {
-        let parsed = url.parse::<object_store::path::Url>().map_err(|e| {
+        let parsed = url.parse::<url::Url>().map_err(|e| {
             SluiceError::user(format!("checkpoint location `{url}` is not a URL")).with_source(e)
         })?;
         let (store, root) =
