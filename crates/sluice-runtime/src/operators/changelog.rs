@@ -39,7 +39,6 @@ pub struct ChangelogOperator {
     fields: Fields,
     out_schema: SchemaRef,
     keys: Vec<usize>,
-    key_types: Vec<DataType>,
     key_converter: RowConverter,
     row_converter: RowConverter,
     /// Key → its current row (user columns, row format).
@@ -90,10 +89,11 @@ impl ChangelogOperator {
             RowConverter::new(types.into_iter().map(SortField::new).collect())
                 .map_err(|e| SluiceError::user("changelog: unsupported column type").with_source(e))
         };
+        // No key columns: one key, and the key converter is never used.
         let key_fields = if key_types.is_empty() {
             vec![DataType::Boolean]
         } else {
-            key_types.clone()
+            key_types
         };
         Ok(Self {
             key_converter: conv(key_fields)?,
@@ -102,7 +102,6 @@ impl ChangelogOperator {
             fields,
             out_schema,
             keys,
-            key_types,
             last: HashMap::new(),
         })
     }
@@ -136,15 +135,20 @@ impl ChangelogOperator {
         let rows = self
             .row_converter
             .convert_columns(&self.user_columns(data))?;
-        let _ = &self.key_types;
         let mut changes = Vec::new();
         for i in 0..data.num_rows() {
             let row = rows.row(i);
             let key: &[u8] = keys.as_ref().map_or(&[], |k| k.row(i).data());
-            let previous = self.last.insert(key.into(), row.owned());
-            match previous {
-                Some(p) if p.row() == row => {}
-                p => changes.push((i as u32, p)),
+            match self.last.get_mut(key) {
+                Some(current) if current.row() == row => {}
+                Some(current) => {
+                    let previous = std::mem::replace(current, row.owned());
+                    changes.push((i as u32, Some(previous)));
+                }
+                None => {
+                    self.last.insert(key.into(), row.owned());
+                    changes.push((i as u32, None));
+                }
             }
         }
         Ok(changes)
@@ -264,30 +268,10 @@ impl Operator for ChangelogOperator {
 mod tests {
     use super::*;
     use crate::operators::run_prepared;
-    use arrow::array::{Int64Array, TimestampMillisecondArray};
-    use sluice_types::IngestTime;
 
     fn batch(rows: &[(i64, i64)]) -> Batch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Int64, false),
-            Field::new("v", DataType::Int64, false),
-            sluice_types::timestamp_field(),
-        ]));
-        Batch::try_new(
-            RecordBatch::try_new(
-                schema,
-                vec![
-                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
-                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-                    Arc::new(TimestampMillisecondArray::from_iter_values(
-                        rows.iter().map(|_| 0),
-                    )),
-                ],
-            )
-            .unwrap(),
-            IngestTime::at(0),
-        )
-        .unwrap()
+        let rows: Vec<(i64, i64, i64)> = rows.iter().map(|&(k, v)| (k, v, 0)).collect();
+        crate::operators::test_util::int_batch(["k", "v"], &rows)
     }
 
     #[tokio::test]

@@ -46,7 +46,8 @@ struct Side {
     index: HashMap<Box<[u8]>, Vec<RowRef>>,
     /// Batches freed since the index was last swept.
     freed_since_sweep: usize,
-    live_batches: usize,
+    /// Ids of the batches still buffered (the expiry scan visits only these).
+    live: Vec<u32>,
 }
 
 impl Side {
@@ -58,7 +59,7 @@ impl Side {
             newest: Vec::new(),
             index: HashMap::new(),
             freed_since_sweep: 0,
-            live_batches: 0,
+            live: Vec::new(),
         }
     }
 
@@ -73,34 +74,42 @@ impl Side {
         for r in 0..data.num_rows() {
             let t = ts.value(r);
             newest = newest.max(t);
-            self.index
-                .entry(keys.row(r).as_ref().into())
-                .or_default()
-                .push((b, r as u32, t));
+            let key = keys.row(r);
+            match self.index.get_mut(key.as_ref()) {
+                Some(rows) => rows.push((b, r as u32, t)),
+                None => {
+                    self.index
+                        .insert(key.as_ref().into(), vec![(b, r as u32, t)]);
+                }
+            }
         }
         self.batches.push(Some(data));
         self.newest.push(newest);
-        self.live_batches += 1;
+        self.live.push(b);
     }
 
     /// Frees batches no future row can join; sweeps the index when many were freed.
     fn expire(&mut self, watermark: i64) {
         let Some(retain) = self.retain else { return };
-        for (b, slot) in self.batches.iter_mut().enumerate() {
-            if slot.is_some() && self.newest[b].saturating_add(retain) < watermark {
-                *slot = None;
-                self.live_batches -= 1;
-                self.freed_since_sweep += 1;
+        let (batches, newest) = (&mut self.batches, &self.newest);
+        let mut freed = 0;
+        self.live.retain(|&b| {
+            let keep = newest[b as usize].saturating_add(retain) >= watermark;
+            if !keep {
+                batches[b as usize] = None;
+                freed += 1;
             }
-        }
-        if self.freed_since_sweep > 64 || (self.live_batches == 0 && !self.index.is_empty()) {
+            keep
+        });
+        self.freed_since_sweep += freed;
+        if self.freed_since_sweep > 64 || (self.live.is_empty() && !self.index.is_empty()) {
             let batches = &self.batches;
             self.index.retain(|_, rows| {
                 rows.retain(|(b, _, _)| batches[*b as usize].is_some());
                 !rows.is_empty()
             });
             self.freed_since_sweep = 0;
-            if self.live_batches == 0 {
+            if self.live.is_empty() {
                 self.batches.clear();
                 self.newest.clear();
             }
@@ -436,30 +445,10 @@ mod tests {
     use super::*;
     use crate::operator::VecCollector;
     use arrow::array::Int64Array;
-    use arrow::datatypes::DataType;
-    use sluice_types::{IngestTime, TaskInfo};
+    use sluice_types::TaskInfo;
 
     fn side(names: [&str; 2], rows: &[(i64, i64, i64)]) -> Batch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new(names[0], DataType::Int64, false),
-            Field::new(names[1], DataType::Int64, false),
-            sluice_types::timestamp_field(),
-        ]));
-        Batch::try_new(
-            RecordBatch::try_new(
-                schema,
-                vec![
-                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
-                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-                    Arc::new(TimestampMillisecondArray::from_iter_values(
-                        rows.iter().map(|r| r.2),
-                    )),
-                ],
-            )
-            .unwrap(),
-            IngestTime::at(0),
-        )
-        .unwrap()
+        crate::operators::test_util::int_batch(names, rows)
     }
 
     fn op(interval: Option<(i64, i64)>, retain: Option<i64>) -> Box<dyn Operator> {

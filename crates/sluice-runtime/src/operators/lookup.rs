@@ -167,10 +167,14 @@ impl Operator for LookupJoinOperator {
         for b in 0..self.rows.len() {
             let keys = self.keys(&self.rows[b], &self.right_keys)?;
             for r in 0..self.rows[b].num_rows() {
-                self.index
-                    .entry(keys.row(r).as_ref().into())
-                    .or_default()
-                    .push((b as u32, r as u32));
+                let key = keys.row(r);
+                match self.index.get_mut(key.as_ref()) {
+                    Some(rows) => rows.push((b as u32, r as u32)),
+                    None => {
+                        self.index
+                            .insert(key.as_ref().into(), vec![(b as u32, r as u32)]);
+                    }
+                }
             }
         }
         Ok(())

@@ -210,8 +210,12 @@ impl TopNOperator {
                 },
             );
             list.truncate(self.limit);
-            let first = changed.entry(key.into()).or_insert(at);
-            *first = (*first).min(at);
+            match changed.get_mut(key) {
+                Some(first) => *first = (*first).min(at),
+                None => {
+                    changed.insert(key.into(), at);
+                }
+            }
         }
         Ok(changed)
     }
@@ -297,30 +301,9 @@ impl Operator for TopNOperator {
 mod tests {
     use super::*;
     use crate::operators::run_prepared;
-    use arrow::array::TimestampMillisecondArray;
-    use sluice_types::IngestTime;
 
     fn batch(rows: &[(i64, i64, i64)]) -> Batch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Int64, false),
-            Field::new("v", DataType::Int64, false),
-            sluice_types::timestamp_field(),
-        ]));
-        Batch::try_new(
-            RecordBatch::try_new(
-                schema,
-                vec![
-                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
-                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-                    Arc::new(TimestampMillisecondArray::from_iter_values(
-                        rows.iter().map(|r| r.2),
-                    )),
-                ],
-            )
-            .unwrap(),
-            IngestTime::at(0),
-        )
-        .unwrap()
+        crate::operators::test_util::int_batch(["k", "v"], rows)
     }
 
     fn rows(out: &[Batch]) -> Vec<(i64, i64, i64)> {

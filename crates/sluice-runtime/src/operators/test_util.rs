@@ -30,6 +30,28 @@ pub(crate) fn kv_batch(rows: &[(i64, i64, i64)]) -> Batch {
     Batch::try_new(data, IngestTime::at(0)).expect("invariant: _timestamp is last")
 }
 
+/// A batch of `(a, b, event time)` rows as two Int64 columns named `names` and
+/// `_timestamp`.
+pub(crate) fn int_batch(names: [&str; 2], rows: &[(i64, i64, i64)]) -> Batch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(names[0], DataType::Int64, false),
+        Field::new(names[1], DataType::Int64, false),
+        timestamp_field(),
+    ]));
+    let data = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                rows.iter().map(|r| r.2),
+            )),
+        ],
+    )
+    .expect("invariant: columns match the schema");
+    Batch::try_new(data, IngestTime::at(0)).expect("invariant: _timestamp is last")
+}
+
 /// Fires the operator's earliest processing-time timer, as the task loop would when the
 /// wall clock reaches it. Returns its time, or `None` when none is registered.
 pub(crate) async fn fire_processing_timer(
