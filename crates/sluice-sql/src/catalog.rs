@@ -39,6 +39,9 @@ pub enum TimeAttribute {
     ConnectorDefault,
 }
 
+/// A source's columns and its natural event-time column.
+type ResolvedSource = (SchemaRef, Option<String>);
+
 /// A `CREATE TABLE`.
 #[derive(Debug)]
 pub struct TableDef {
@@ -58,8 +61,8 @@ pub struct TableDef {
     /// Where the statement began.
     pub pos: Pos,
     /// The source's resolved columns (connector schema, checked against the declared
-    /// one), computed on first read.
-    source_schema: Mutex<Option<std::result::Result<SchemaRef, String>>>,
+    /// one) and its natural event-time column, computed on first read.
+    source: Mutex<Option<std::result::Result<ResolvedSource, String>>>,
 }
 
 impl TableDef {
@@ -81,24 +84,37 @@ impl TableDef {
             primary_key,
             computed,
             pos,
-            source_schema: Mutex::new(None),
+            source: Mutex::new(None),
         }
     }
 
     /// The columns a query reads from this table as a source: the declared columns
     /// (which the connector must produce) or, when none are declared, the connector's.
     pub fn source_schema(&self, registry: &ConnectorRegistry) -> Result<SchemaRef> {
-        let mut cache = self.source_schema.lock().unwrap_or_else(|p| p.into_inner());
+        self.resolved(registry).map(|(s, _)| s)
+    }
+
+    /// The connector's natural event-time column (Nexmark: `date_time`), if it has one.
+    pub fn default_event_time(&self, registry: &ConnectorRegistry) -> Result<Option<String>> {
+        self.resolved(registry).map(|(_, t)| t)
+    }
+
+    /// Prepares the source connector once: its schema and natural event-time column.
+    fn resolved(&self, registry: &ConnectorRegistry) -> Result<(SchemaRef, Option<String>)> {
+        let mut cache = self.source.lock().unwrap_or_else(|p| p.into_inner());
         if cache.is_none() {
             *cache = Some(self.resolve(registry));
         }
         match cache.as_ref().expect("invariant: just filled") {
-            Ok(s) => Ok(Arc::clone(s)),
+            Ok((s, t)) => Ok((Arc::clone(s), t.clone())),
             Err(m) => Err(SqlError::at(self.pos, m.clone())),
         }
     }
 
-    fn resolve(&self, registry: &ConnectorRegistry) -> std::result::Result<SchemaRef, String> {
+    fn resolve(
+        &self,
+        registry: &ConnectorRegistry,
+    ) -> std::result::Result<(SchemaRef, Option<String>), String> {
         let connector = registry.source(&self.spec.connector).map_err(|_| {
             format!(
                 "table `{}` uses connector `{}`, which cannot be read from; source connectors: {}",
@@ -117,8 +133,9 @@ impl TableDef {
         let actual = source
             .schema()
             .map_err(|e| format!("table `{}`: {}", self.name, e.message))?;
+        let event_time = source.default_event_time();
         if self.declared.fields().is_empty() {
-            return Ok(actual);
+            return Ok((actual, event_time));
         }
         for f in self.declared.fields() {
             match actual.field_with_name(f.name()) {
@@ -149,7 +166,7 @@ impl TableDef {
                 }
             }
         }
-        Ok(actual)
+        Ok((actual, event_time))
     }
 
     /// The columns a query sees: declared (or connector) columns plus computed ones.

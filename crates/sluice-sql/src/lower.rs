@@ -198,29 +198,27 @@ impl<'a> Lowerer<'a> {
         id
     }
 
-    /// Adds a projection node even when it would change nothing.
-    fn project_always(&mut self, input: &Lowered, exprs: Vec<Expr>, names: Vec<String>) -> Lowered {
-        let exprs = exprs
-            .into_iter()
-            .zip(&names)
-            .map(|(e, n)| e.unalias().alias(n))
-            .collect();
-        let p = self.plan.nodes[input.node].parallelism;
-        let node = self.add(input, NodeKind::Project { exprs }, p, None);
-        Lowered {
-            node,
-            columns: names,
-            rowtime: None,
-            window: None,
-            updating: input.updating,
-            upsert_key: None,
-            window_end: None,
-        }
+    /// Adds a projection; `exprs` are named by `alias`. Nothing is added when it would
+    /// change nothing.
+    fn project(&mut self, input: &Lowered, exprs: Vec<Expr>, names: Vec<String>) -> Lowered {
+        self.project_node(input, exprs, names, false)
     }
 
-    /// Adds a projection; `exprs` are named by `alias`.
-    fn project(&mut self, input: &Lowered, exprs: Vec<Expr>, names: Vec<String>) -> Lowered {
-        let identity = exprs.len() == input.columns.len()
+    /// Adds a projection node even when it would change nothing (a union's inputs each
+    /// need their own node to feed the union).
+    fn project_always(&mut self, input: &Lowered, exprs: Vec<Expr>, names: Vec<String>) -> Lowered {
+        self.project_node(input, exprs, names, true)
+    }
+
+    fn project_node(
+        &mut self,
+        input: &Lowered,
+        exprs: Vec<Expr>,
+        names: Vec<String>,
+        always: bool,
+    ) -> Lowered {
+        let identity = !always
+            && exprs.len() == input.columns.len()
             && exprs
                 .iter()
                 .zip(&input.columns)
@@ -548,16 +546,7 @@ impl<'a> Lowerer<'a> {
                 Some(column.clone()),
             ),
             TimeAttribute::ConnectorDefault => {
-                let mut spec = def.spec.clone();
-                if !def.declared.fields().is_empty() {
-                    spec.schema = Some(Arc::clone(&def.declared));
-                }
-                let default = self
-                    .registry
-                    .source(&def.spec.connector)
-                    .and_then(|c| c.prepare(&spec))
-                    .map(|s| s.default_event_time())
-                    .map_err(|e| SqlError::at(def.pos, e.message))?;
+                let default = def.default_event_time(self.registry)?;
                 (EventTime::ConnectorDefault, Duration::ZERO, default)
             }
         };
