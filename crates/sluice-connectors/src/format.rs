@@ -84,7 +84,7 @@ impl Format {
         }
         let start = lines[0].0;
         let end = lines[lines.len() - 1].1;
-        if let Ok(b) = self.decode_all(schema, &buf[start..end], lines.len()) {
+        if let Ok(b) = self.decode_exact(schema, &buf[start..end], lines.len()) {
             return Ok(Some(b));
         }
         // Slow path: one record at a time, keeping the good ones.
@@ -92,7 +92,7 @@ impl Format {
         for (i, &(s, e)) in lines.iter().enumerate() {
             let mut one = buf[s..e].to_vec();
             one.push(b'\n');
-            match self.decode_all(schema, &one, 1) {
+            match self.decode_exact(schema, &one, 1) {
                 Ok(b) if b.num_rows() == 1 => good.push(b),
                 Ok(b) => dead.push(DeadLetter {
                     position: positions(i),
@@ -112,7 +112,8 @@ impl Format {
         Ok(Some(concat_batches(schema, &good)?))
     }
 
-    fn decode_all(
+    /// Decodes `bytes` (newline-separated records) into exactly `rows` rows, or fails.
+    pub(crate) fn decode_exact(
         &self,
         schema: &SchemaRef,
         bytes: &[u8],

@@ -1,13 +1,18 @@
-//! Sluice connectors: the Nexmark and random-data generators, files (CSV, JSON lines,
-//! Parquet) as sources and sinks, and the print and blackhole sinks. Formats are kept
-//! apart from transports ([`format`]).
+//! Sluice connectors: Kafka (feature `kafka`), the Nexmark and random-data generators,
+//! files (CSV, JSON lines, Parquet) as sources and sinks, and the print and blackhole
+//! sinks. Formats are kept apart from transports ([`format`] for files, [`codec`] for
+//! messages).
 
+pub mod codec;
 pub mod datagen;
 pub mod file;
 pub mod format;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod nexmark;
 pub mod options;
 pub mod pacer;
+pub mod registry;
 pub mod sinks;
 
 pub use datagen::DatagenSource;
@@ -26,5 +31,10 @@ pub fn registry() -> ConnectorRegistry {
     r.register_sink(file::FileSinkConnector);
     r.register_sink(sinks::BlackholeConnector);
     r.register_sink(sinks::PrintConnector);
+    #[cfg(feature = "kafka")]
+    {
+        r.register_source(kafka::KafkaSourceConnector);
+        r.register_sink(kafka::KafkaSinkConnector);
+    }
     r
 }

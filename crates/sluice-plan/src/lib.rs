@@ -31,6 +31,9 @@ pub struct ConnectorSpec {
     pub options: Options,
     /// The declared schema, for connectors that need one (CSV, JSON, datagen).
     pub schema: Option<SchemaRef>,
+    /// Declared columns that carry a record's metadata rather than its value
+    /// (`offset BIGINT METADATA FROM 'offset'`): column name to metadata key.
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl ConnectorSpec {
@@ -40,12 +43,19 @@ impl ConnectorSpec {
             connector: connector.into(),
             options: Options::new(),
             schema: None,
+            metadata: BTreeMap::new(),
         }
     }
 
     /// Sets one option.
     pub fn with_option(mut self, key: impl Into<String>, value: impl ToString) -> Self {
         self.options.insert(key.into(), value.to_string());
+        self
+    }
+
+    /// Declares that column `column` holds the metadata `key` (Kafka: `offset`, …).
+    pub fn with_metadata(mut self, column: impl Into<String>, key: impl Into<String>) -> Self {
+        self.metadata.insert(column.into(), key.into());
         self
     }
 

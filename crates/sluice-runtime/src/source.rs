@@ -91,6 +91,13 @@ pub trait SourceReader: Send {
         ))
     }
 
+    /// The checkpoint that recorded `positions` (what [`SourceReader::positions`] returned
+    /// at its barrier) completed everywhere. Kafka commits them to the consumer group
+    /// here, so that Kafka's own tools show the job's progress.
+    fn checkpoint_complete(&mut self, _positions: &[SplitPosition]) -> Result<()> {
+        Ok(())
+    }
+
     /// Called once after the last read.
     async fn close(&mut self, _ctx: &mut OperatorContext) -> Result<()> {
         Ok(())

@@ -818,6 +818,9 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
     let mut cp = src.checkpoints.take();
     let mut last_wm: Option<Watermark> = None;
     let started = Instant::now();
+    // Positions recorded at barriers, until their checkpoint completes.
+    let mut recorded: std::collections::BTreeMap<u64, Vec<crate::checkpoint::SplitPosition>> =
+        Default::default();
     loop {
         // A generator's read never waits, so without this the task would never give its
         // thread back: control messages (checkpoint barriers) would wait for the end of
@@ -849,12 +852,20 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
             notice = next_notice(&mut cp) => {
                 if let Notice::Committed(e) = notice {
                     chain.commit(e).await?;
+                    let done = recorded.split_off(&(e + 1));
+                    if let Some(p) = std::mem::replace(&mut recorded, done).remove(&e) {
+                        src.reader.checkpoint_complete(&p).map_err(|err| err.in_operator(&name))?;
+                    }
                 }
             }
             ctrl = src.control.recv() => match ctrl {
                 Some(SourceControl::Barrier(b)) => {
                     flush(&mut src, &mut chain, &mut pending, &mut clocks, &mut last_wm).await?;
-                    let mut snapshots = vec![src.snapshot(&clocks, cp.is_some())?];
+                    let own = src.snapshot(&clocks, cp.is_some())?;
+                    if cp.is_some() {
+                        recorded.insert(b.epoch, own.positions.clone());
+                    }
+                    let mut snapshots = vec![own];
                     snapshots.extend(chain.barrier(b).await?);
                     if let Some(cp) = cp.as_mut() {
                         cp.send(TaskEvent::Ack { epoch: b.epoch, task: cp.task, snapshots, alignment_us: 0 });

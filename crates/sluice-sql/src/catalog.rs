@@ -60,6 +60,8 @@ pub struct TableDef {
     pub computed: Vec<(String, datafusion_expr::Expr, DataType)>,
     /// Where the statement began.
     pub pos: Pos,
+    /// `METADATA … VIRTUAL` columns: read, never written.
+    pub virtual_columns: Vec<String>,
     /// The source's resolved columns (connector schema, checked against the declared
     /// one) and its natural event-time column, computed on first read.
     source: Mutex<Option<std::result::Result<ResolvedSource, String>>>,
@@ -84,6 +86,7 @@ impl TableDef {
             primary_key,
             computed,
             pos,
+            virtual_columns: Vec::new(),
             source: Mutex::new(None),
         }
     }

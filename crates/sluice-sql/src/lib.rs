@@ -379,6 +379,19 @@ impl SqlContext {
         }
         let mut spec = ConnectorSpec::new(connector);
         spec.options = options;
+        let mut virtual_columns = Vec::new();
+        for (col, key, virtual_col) in &extras.metadata {
+            if declared.field_with_name(col).is_err() {
+                return Err(SqlError::at(
+                    pos,
+                    format!("metadata column `{col}` is not a column of `{name}`"),
+                ));
+            }
+            spec.metadata.insert(col.clone(), key.clone());
+            if *virtual_col {
+                virtual_columns.push(col.clone());
+            }
+        }
         // Computed columns: `p AS PROCTIME()` (processing time) or any expression over
         // the physical columns.
         let mut time = TimeAttribute::ConnectorDefault;
@@ -456,7 +469,7 @@ impl SqlContext {
                 delay,
             };
         }
-        let def = TableDef::new(
+        let mut def = TableDef::new(
             name.clone(),
             declared,
             spec,
@@ -465,6 +478,7 @@ impl SqlContext {
             computed,
             pos,
         );
+        def.virtual_columns = virtual_columns;
         self.catalog.insert(name, Entry::Table(Arc::new(def)));
         Ok(())
     }

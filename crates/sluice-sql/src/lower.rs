@@ -1368,11 +1368,23 @@ impl<'a> Lowerer<'a> {
     pub fn sink(&mut self, query: Lowered, schema: &DFSchema, def: &TableDef) -> Result<()> {
         let query = self.materialize(query)?;
         let out_names = physical_names(schema);
-        let lowered = if def.declared.fields().is_empty() {
+        // What the sink writes: the declared columns but the VIRTUAL metadata ones.
+        let written: arrow::datatypes::SchemaRef = match def.virtual_columns.is_empty() {
+            true => Arc::clone(&def.declared),
+            false => Arc::new(arrow::datatypes::Schema::new(
+                def.declared
+                    .fields()
+                    .iter()
+                    .filter(|f| !def.virtual_columns.contains(f.name()))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )),
+        };
+        let lowered = if written.fields().is_empty() {
             let exprs = out_names.iter().map(|n| ucol(n.as_str())).collect();
             self.project(&query, exprs, out_names)
         } else {
-            let declared = def.declared.fields();
+            let declared = written.fields();
             if declared.len() != out_names.len() {
                 return Err(SqlError::new(format!(
                     "the query returns {} columns ({}) but table `{}` has {} ({})",
@@ -1404,9 +1416,10 @@ impl<'a> Lowerer<'a> {
             self.project(&query, exprs, names)
         };
         let mut spec = def.spec.clone();
-        if !def.declared.fields().is_empty() {
-            spec.schema = Some(Arc::clone(&def.declared));
+        if !written.fields().is_empty() {
+            spec.schema = Some(Arc::clone(&written));
         }
+        spec.metadata.retain(|c, _| !def.virtual_columns.contains(c));
         let mut lowered = lowered;
         if spec.options.get("format").map(String::as_str) == Some("debezium-json") {
             // A changelog of the updates: before/after/op rows, written as JSON lines.

@@ -57,6 +57,8 @@ pub struct TableExtras {
     pub computed: Vec<(String, Snippet)>,
     /// `PRIMARY KEY (a, b) NOT ENFORCED`.
     pub primary_key: Vec<String>,
+    /// `col TYPE METADATA [FROM 'key'] [VIRTUAL]`: column, metadata key, virtual.
+    pub metadata: Vec<(String, String, bool)>,
     /// `WITH ('key' = 'value', …)`.
     pub options: BTreeMap<String, String>,
 }
@@ -445,6 +447,43 @@ fn table_extras(
             extras.computed.push((name, snippet(a + 2, b, text)));
             true
         } else {
+            // col TYPE METADATA [FROM 'key'] [VIRTUAL]: the type stays for sqlparser.
+            let is_word = |t: &Token, w: &str| {
+                matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w) && x.quote_style.is_none())
+            };
+            if let Some(m) = (a + 2..=b).find(|&k| is_word(&toks[k].token, "metadata")) {
+                let col = word(t0).unwrap_or_default();
+                let mut k = m + 1;
+                let mut key = col.clone();
+                if k <= b && is_kw(&toks[k].token, Keyword::FROM) {
+                    key = toks
+                        .get(k + 1)
+                        .filter(|_| k < b)
+                        .and_then(|t| string_value(&t.token))
+                        .ok_or_else(|| {
+                            SqlError::at(
+                                Pos::from(toks[k].span.start),
+                                "expected METADATA FROM '<key>'",
+                            )
+                        })?;
+                    k += 2;
+                }
+                let virtual_col = k <= b && is_word(&toks[k].token, "virtual");
+                if virtual_col {
+                    k += 1;
+                }
+                if k <= b {
+                    return Err(SqlError::at(
+                        Pos::from(toks[k].span.start),
+                        "expected METADATA [FROM '<key>'] [VIRTUAL] at the end of the column",
+                    ));
+                }
+                extras.metadata.push((col, key, virtual_col));
+                blank(
+                    text,
+                    lines.offset(toks[m].span.start)..lines.offset(toks[b].span.end),
+                );
+            }
             false
         };
         if kind {

@@ -1,0 +1,1023 @@
+//! The Kafka sink: at-least-once (idempotent producer, flushed at every checkpoint) or
+//! exactly-once (a Kafka transaction per checkpoint).
+//!
+//! Exactly-once, with librdkafka, which cannot resume another producer's transaction:
+//!
+//! ```text
+//!  rows ──> open transaction T (records also kept in memory)
+//!  barrier n: flush T (pre-commit); T and its records go into checkpoint n
+//!  rows while T waits ──> held (not produced) until T commits
+//!  checkpoint n complete: commit T; append T's tag to the transaction log topic
+//!  restore from n: init_transactions (fences and aborts any leftover producer of the
+//!  same transactional id), then every pre-committed T of checkpoint n whose tag is not
+//!  in the transaction log is produced again in a new transaction and committed
+//! ```
+//!
+//! Every record carries the header [`TXN_HEADER`] with its transaction's tag, and the
+//! transaction log (`<transactional-id-prefix>.commits`) lists the tags of committed
+//! transactions, so a reader can tell committed records apart on brokers that show
+//! aborted records (librdkafka's mock cluster does).
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, Int32Array, Int32Builder, Int64Builder,
+    RecordBatch, StringBuilder, UInt32Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use sluice_plan::{ConnectorSpec, DeliveryGuarantee};
+use sluice_runtime::{
+    Collector, Operator, OperatorContext, OperatorState, RestoredState, SinkConnector,
+};
+use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TaskInfo};
+
+use super::{
+    METADATA_TIMEOUT, MetaKey, OPTIONS, Topics, client_config, client_properties, kafka_err,
+    message_format, partitions, user_fields,
+};
+use crate::codec::{MessageEncoder, MessageFormat};
+use crate::options::OptionReader;
+
+/// The header that carries a record's transaction tag (exactly-once sinks).
+pub const TXN_HEADER: &str = "sluice.txn";
+
+/// How long a transaction call (init, commit, abort) or a flush may take.
+const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which delivery the sink gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Guarantee {
+    None,
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Partitioner {
+    /// librdkafka's murmur2 of the key (as Kafka's Java client), random without a key.
+    Default,
+    /// Subtask i writes to partition i mod partitions.
+    Fixed,
+    RoundRobin,
+}
+
+/// Parsed options of a Kafka sink.
+pub struct KafkaSinkConfig {
+    props: BTreeMap<String, String>,
+    topic: String,
+    partitions: i32,
+    input: SchemaRef,
+    value: SchemaRef,
+    /// Indices (into the input) of the value columns.
+    value_columns: Vec<usize>,
+    format: MessageFormat,
+    key: Option<(MessageFormat, SchemaRef, Vec<usize>)>,
+    key_column: Option<usize>,
+    headers_column: Option<usize>,
+    timestamp_column: Option<usize>,
+    guarantee: Option<Guarantee>,
+    txn_prefix: Option<String>,
+    partitioner: Partitioner,
+}
+
+/// `'connector' = 'kafka'` as a sink.
+pub struct KafkaSinkConnector;
+
+impl SinkConnector for KafkaSinkConnector {
+    type Config = KafkaSinkConfig;
+
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        OPTIONS
+    }
+
+    fn parse(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<KafkaSinkConfig> {
+        let o = OptionReader::new("kafka", spec);
+        for source_only in [
+            "topic-pattern",
+            "scan.startup.mode",
+            "scan.startup.timestamp-millis",
+            "scan.startup.specific-offsets",
+            "scan.bounded.mode",
+            "dead-letter.topic",
+        ] {
+            if o.str(source_only).is_some() {
+                return Err(SluiceError::user(format!(
+                    "option `{source_only}` is for Kafka sources; this table is written (a sink)"
+                )));
+            }
+        }
+        let props = client_properties(spec)?;
+        let topic = match Topics::parse(&o)? {
+            Topics::Names(n) if n.len() == 1 => n[0].clone(),
+            _ => {
+                return Err(SluiceError::user(
+                    "a Kafka sink writes to one `topic`",
+                ));
+            }
+        };
+        let format = message_format(&o, Some(&topic))?;
+        let user = user_fields(input);
+        let mut value_fields = Vec::new();
+        let mut value_columns = Vec::new();
+        let (mut key_column, mut headers_column, mut timestamp_column) = (None, None, None);
+        for (i, f) in user.iter().enumerate() {
+            match spec.metadata.get(f.name()) {
+                None => {
+                    value_columns.push(i);
+                    value_fields.push(Arc::clone(f));
+                }
+                Some(k) => {
+                    let m = MetaKey::parse(k)?;
+                    if !m.accepts(f.data_type()) {
+                        return Err(SluiceError::user(format!(
+                            "metadata column `{}` has type {}, which cannot hold Kafka's `{k}`",
+                            f.name(),
+                            f.data_type()
+                        )));
+                    }
+                    match m {
+                        MetaKey::Key => key_column = Some(i),
+                        MetaKey::Headers => headers_column = Some(i),
+                        MetaKey::Timestamp => timestamp_column = Some(i),
+                        _ => {
+                            return Err(SluiceError::user(format!(
+                                "metadata `{k}` of column `{}` is read-only: a Kafka sink writes `key`, `headers` and `timestamp`",
+                                f.name()
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        let value = Arc::new(Schema::new(value_fields));
+        // Builds an encoder once so that columns the format cannot write fail now
+        // (and an avro-confluent schema is registered now).
+        MessageEncoder::new(&format, &value)?;
+        let key = match o.str("key.fields") {
+            None => None,
+            Some(fields) => {
+                if key_column.is_some() {
+                    return Err(SluiceError::user(
+                        "a Kafka sink takes its key from `key.fields` or from a `METADATA FROM 'key'` column, not both",
+                    ));
+                }
+                let kformat = match o.str("key.format") {
+                    None => {
+                        return Err(SluiceError::user(
+                            "option `key.fields` needs `key.format` (json, csv, raw, avro)",
+                        ));
+                    }
+                    Some(_) => {
+                        let mut kspec = ConnectorSpec::new("kafka");
+                        for (k, v) in &spec.options {
+                            kspec.options.insert(k.clone(), v.clone());
+                        }
+                        kspec
+                            .options
+                            .insert("value.format".into(), o.required("key.format")?.into());
+                        message_format(&OptionReader::new("kafka", &kspec), Some(&topic))?
+                    }
+                };
+                let mut idx = Vec::new();
+                let mut kf = Vec::new();
+                for name in fields.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    let i = user.iter().position(|f| f.name() == name).ok_or_else(|| {
+                        SluiceError::user(format!(
+                            "option `key.fields` names `{name}`, which is not a column of the table"
+                        ))
+                    })?;
+                    idx.push(i);
+                    kf.push(Arc::clone(&user[i]));
+                }
+                let kschema = Arc::new(Schema::new(kf));
+                MessageEncoder::new(&kformat, &kschema)?;
+                Some((kformat, kschema, idx))
+            }
+        };
+        let guarantee = match o.str("sink.delivery-guarantee") {
+            None => None,
+            Some(_) => Some(
+                match o
+                    .choice(
+                        "sink.delivery-guarantee",
+                        &["none", "at-least-once", "exactly-once"],
+                        None,
+                    )?
+                    .as_str()
+                {
+                    "none" => Guarantee::None,
+                    "at-least-once" => Guarantee::AtLeastOnce,
+                    _ => Guarantee::ExactlyOnce,
+                },
+            ),
+        };
+        let partitioner = match o
+            .choice(
+                "sink.partitioner",
+                &["default", "fixed", "round-robin"],
+                Some("default"),
+            )?
+            .as_str()
+        {
+            "fixed" => Partitioner::Fixed,
+            "round-robin" => Partitioner::RoundRobin,
+            _ => Partitioner::Default,
+        };
+        let n = partitions(&props, &Topics::Names(vec![topic.clone()]))?.len() as i32;
+        Ok(KafkaSinkConfig {
+            props,
+            topic,
+            partitions: n,
+            input: Arc::clone(input),
+            value,
+            value_columns,
+            format,
+            key,
+            key_column,
+            headers_column,
+            timestamp_column,
+            guarantee,
+            txn_prefix: o.str("sink.transactional-id-prefix").map(str::to_string),
+            partitioner,
+        })
+    }
+
+    fn create(&self, config: &Arc<KafkaSinkConfig>, task: &TaskInfo) -> Result<Box<dyn Operator>> {
+        let key_encoder = match &config.key {
+            Some((f, s, _)) => Some(MessageEncoder::new(f, s)?),
+            None => None,
+        };
+        Ok(Box::new(KafkaSinkOperator {
+            config: Arc::clone(config),
+            value_encoder: MessageEncoder::new(&config.format, &config.value)?,
+            key_encoder,
+            subtask: task.subtask,
+            txn_id: config.txn_prefix.clone().unwrap_or_else(|| {
+                format!("sluice-{}-{}", task.job, task.operator_id)
+            }),
+            guarantee: Guarantee::AtLeastOnce,
+            producer: None,
+            log: None,
+            round_robin: task.subtask as i32,
+            current: Txn::default(),
+            kafka_txn_open: false,
+            precommitted: VecDeque::new(),
+            seq: 0,
+            attempt: 0,
+            restored: Vec::new(),
+        }))
+    }
+}
+
+/// Records the first delivery failure (checked at every flush).
+#[derive(Default)]
+pub struct SinkContext {
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            if f.is_none() {
+                *f = Some(format!(
+                    "delivery to {}/{} failed: {e}",
+                    m.topic(),
+                    m.partition()
+                ));
+            }
+        }
+    }
+}
+
+type SinkProducer = ThreadedProducer<SinkContext>;
+
+/// The records of one transaction, in one buffer: what a checkpoint keeps so that the
+/// transaction can be produced again if its commit is lost.
+#[derive(Default)]
+struct Txn {
+    epoch: u64,
+    tag: String,
+    data: Vec<u8>,
+    recs: Vec<Rec>,
+    /// Whether the records are in the producer's open Kafka transaction.
+    sent: bool,
+}
+
+/// One record of a transaction: byte ranges into [`Txn::data`].
+#[derive(Clone, Copy)]
+struct Rec {
+    key: Option<(usize, usize)>,
+    value: (usize, usize),
+    /// Encoded user headers (see [`encode_headers`]).
+    headers: (usize, usize),
+    partition: Option<i32>,
+    timestamp: Option<i64>,
+}
+
+/// Writes one subtask's rows to Kafka.
+pub struct KafkaSinkOperator {
+    config: Arc<KafkaSinkConfig>,
+    value_encoder: MessageEncoder,
+    key_encoder: Option<MessageEncoder>,
+    subtask: usize,
+    /// The transactional id's stem; the subtask's id is `<stem>-<subtask>`.
+    txn_id: String,
+    guarantee: Guarantee,
+    producer: Option<SinkProducer>,
+    /// Exactly-once: the producer of the transaction log.
+    log: Option<SinkProducer>,
+    round_robin: i32,
+    /// Exactly-once: the transaction being filled (or held while an earlier one waits).
+    current: Txn,
+    kafka_txn_open: bool,
+    /// Exactly-once: transactions pre-committed at a barrier, waiting for completion.
+    precommitted: VecDeque<Txn>,
+    seq: u64,
+    attempt: u64,
+    /// Pre-committed transactions found in the restored checkpoint.
+    restored: Vec<Txn>,
+}
+
+fn encode_headers(out: &mut Vec<u8>, headers: &[(&str, Option<&[u8]>)]) {
+    out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+    for (k, v) in headers {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(k.as_bytes());
+        match v {
+            Some(v) => {
+                out.extend_from_slice(&(v.len() as i32).to_le_bytes());
+                out.extend_from_slice(v);
+            }
+            None => out.extend_from_slice(&(-1i32).to_le_bytes()),
+        }
+    }
+}
+
+fn decode_headers(mut b: &[u8], tag: &str) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new();
+    let take = |n: usize, b: &mut &[u8]| -> Option<Vec<u8>> {
+        let (x, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(x.to_vec())
+    };
+    let mut read = || -> Option<()> {
+        if b.is_empty() {
+            return Some(());
+        }
+        let n = u32::from_le_bytes(take(4, &mut b)?.try_into().ok()?);
+        for _ in 0..n {
+            let kl = u32::from_le_bytes(take(4, &mut b)?.try_into().ok()?) as usize;
+            let k = String::from_utf8(take(kl, &mut b)?).ok()?;
+            let vl = i32::from_le_bytes(take(4, &mut b)?.try_into().ok()?);
+            let v = match vl {
+                -1 => None,
+                n => Some(take(n as usize, &mut b)?),
+            };
+            h = std::mem::replace(&mut h, OwnedHeaders::new()).insert(Header {
+                key: &k,
+                value: v.as_deref(),
+            });
+        }
+        Some(())
+    };
+    let _ = read();
+    if !tag.is_empty() {
+        h = h.insert(Header {
+            key: TXN_HEADER,
+            value: Some(tag.as_bytes()),
+        });
+    }
+    h
+}
+
+impl KafkaSinkOperator {
+    fn producer(&self) -> Result<&SinkProducer> {
+        self.producer
+            .as_ref()
+            .ok_or_else(|| SluiceError::internal("the Kafka sink was not started"))
+    }
+
+    fn check_delivery(&self) -> Result<()> {
+        let p = self.producer()?;
+        let failed = p
+            .context()
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match failed {
+            Some(e) => Err(SluiceError::external(format!(
+                "Kafka sink to `{}`: {e}",
+                self.config.topic
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs a blocking producer call off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&SinkProducer) -> rdkafka::error::KafkaResult<T> + Send + 'static,
+    ) -> Result<T> {
+        let p = self.producer()?.clone();
+        tokio::task::spawn_blocking(move || f(&p))
+            .await
+            .map_err(|e| SluiceError::internal(format!("{what}: {e}")))?
+            .map_err(kafka_err(what))
+    }
+
+    /// Appends one batch's records to `txn.data` / `txn.recs` (encoded once).
+    fn encode_into(&mut self, batch: &RecordBatch, txn_buf: &mut Txn) -> Result<()> {
+        let cfg = Arc::clone(&self.config);
+        let values = batch.project(&cfg.value_columns)?;
+        self.value_encoder.encode(&values)?;
+        if let (Some(enc), Some((_, _, idx))) = (&mut self.key_encoder, &cfg.key) {
+            enc.encode(&batch.project(idx)?)?;
+        }
+        let key_col = cfg.key_column.map(|i| batch.column(i));
+        let headers = cfg
+            .headers_column
+            .map(|i| batch.column(i).as_map().clone());
+        let times = match cfg.timestamp_column.map(|i| batch.column(i)) {
+            Some(c) => Some(arrow::compute::cast(c, &DataType::Int64)?),
+            None => None,
+        };
+        let times = times.as_ref().map(|t| t.as_primitive::<arrow::datatypes::Int64Type>());
+        for row in 0..batch.num_rows() {
+            let data = &mut txn_buf.data;
+            let key = match (&self.key_encoder, key_col) {
+                (Some(enc), _) => {
+                    let s = data.len();
+                    data.extend_from_slice(enc.row(row));
+                    Some((s, data.len()))
+                }
+                (None, Some(c)) if c.is_valid(row) => {
+                    let s = data.len();
+                    match c.data_type() {
+                        DataType::Utf8 => data.extend_from_slice(c.as_string::<i32>().value(row).as_bytes()),
+                        _ => data.extend_from_slice(c.as_binary::<i32>().value(row)),
+                    }
+                    Some((s, data.len()))
+                }
+                _ => None,
+            };
+            let vs = data.len();
+            data.extend_from_slice(self.value_encoder.row(row));
+            let value = (vs, data.len());
+            let hs = data.len();
+            if let Some(m) = &headers
+                && m.is_valid(row)
+            {
+                let entries = m.value(row);
+                let ks = entries.column(0).as_string::<i32>();
+                let vals = entries.column(1).as_binary::<i32>();
+                let list: Vec<(&str, Option<&[u8]>)> = (0..entries.len())
+                    .map(|j| (ks.value(j), vals.is_valid(j).then(|| vals.value(j))))
+                    .collect();
+                encode_headers(data, &list);
+            }
+            let headers_range = (hs, data.len());
+            let partition = match cfg.partitioner {
+                Partitioner::Default => None,
+                Partitioner::Fixed => Some(self.subtask as i32 % cfg.partitions.max(1)),
+                Partitioner::RoundRobin => {
+                    self.round_robin = (self.round_robin + 1) % cfg.partitions.max(1);
+                    Some(self.round_robin)
+                }
+            };
+            txn_buf.recs.push(Rec {
+                key,
+                value,
+                headers: headers_range,
+                partition,
+                timestamp: times.and_then(|t| t.is_valid(row).then(|| t.value(row))),
+            });
+        }
+        Ok(())
+    }
+
+    /// Produces records `from..` of `txn` (waiting while librdkafka's queue is full).
+    async fn produce(&self, txn: &Txn, from: usize) -> Result<()> {
+        let p = self.producer()?;
+        for r in &txn.recs[from..] {
+            let mut rec = BaseRecord::<[u8], [u8]>::to(&self.config.topic)
+                .payload(&txn.data[r.value.0..r.value.1]);
+            if let Some((s, e)) = r.key {
+                rec = rec.key(&txn.data[s..e]);
+            }
+            if let Some(pt) = r.partition {
+                rec = rec.partition(pt);
+            }
+            if let Some(t) = r.timestamp {
+                rec = rec.timestamp(t);
+            }
+            let has_headers = r.headers.1 > r.headers.0;
+            if has_headers || !txn.tag.is_empty() {
+                rec = rec.headers(decode_headers(&txn.data[r.headers.0..r.headers.1], &txn.tag));
+            }
+            loop {
+                match p.send(rec) {
+                    Ok(()) => break,
+                    Err((rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ), back)) => {
+                        rec = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err((e, _)) => {
+                        return Err(SluiceError::external(format!(
+                            "cannot produce to `{}`",
+                            self.config.topic
+                        ))
+                        .with_source(e));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.blocking("flushing the Kafka producer failed", |p| p.flush(TXN_TIMEOUT))
+            .await?;
+        self.check_delivery()
+    }
+
+    fn next_tag(&mut self) -> String {
+        self.seq += 1;
+        format!("{}-{}:{}:{}", self.txn_id, self.subtask, self.attempt, self.seq)
+    }
+
+    /// Begins a Kafka transaction for `current` if none is open.
+    async fn open_txn(&mut self) -> Result<()> {
+        if !self.kafka_txn_open {
+            self.blocking("cannot begin a Kafka transaction", |p| p.begin_transaction())
+                .await?;
+            self.kafka_txn_open = true;
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction (holding `txn`) and logs its tag.
+    async fn commit_txn(&mut self, txn: &Txn) -> Result<()> {
+        if !txn.sent {
+            self.open_txn().await?;
+            self.produce(txn, 0).await?;
+        }
+        if self.kafka_txn_open {
+            self.blocking("cannot commit the Kafka transaction", |p| {
+                p.commit_transaction(TXN_TIMEOUT)
+            })
+            .await?;
+            self.kafka_txn_open = false;
+        }
+        self.check_delivery()?;
+        self.log_commit(&txn.tag).await
+    }
+
+    async fn log_commit(&self, tag: &str) -> Result<()> {
+        let Some(log) = &self.log else { return Ok(()) };
+        let topic = log_topic(&self.txn_id);
+        log.send(BaseRecord::<[u8], [u8]>::to(&topic).payload(tag.as_bytes()))
+            .map_err(|(e, _)| {
+                SluiceError::external(format!("cannot write the transaction log `{topic}`"))
+                    .with_source(e)
+            })?;
+        let l = log.clone();
+        tokio::task::spawn_blocking(move || l.flush(TXN_TIMEOUT))
+            .await
+            .map_err(|e| SluiceError::internal(e.to_string()))?
+            .map_err(kafka_err(format!("cannot write the transaction log `{topic}`")))?;
+        let failed = log
+            .context()
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match failed {
+            Some(e) => Err(SluiceError::external(format!("transaction log `{topic}`: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    async fn start_exactly_once(&mut self, ctx: &OperatorContext) -> Result<()> {
+        let topic = log_topic(&self.txn_id);
+        ensure_topic(&self.config.props, &topic).await?;
+        let log: SinkProducer = client_config(&self.config.props)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create_with_context(SinkContext::default())
+            .map_err(kafka_err("cannot create the transaction log producer"))?;
+        self.log = Some(log);
+        // Fences any producer left over from an earlier run with the same id, and
+        // aborts its open transaction.
+        self.blocking("cannot initialise Kafka transactions", |p| {
+            p.init_transactions(TXN_TIMEOUT)
+        })
+        .await?;
+        if !self.restored.is_empty() {
+            let committed = read_log(&self.config.props, &topic).await?;
+            for txn in std::mem::take(&mut self.restored) {
+                if committed.contains(&txn.tag) {
+                    continue;
+                }
+                tracing::info!(
+                    operator = %ctx.task.operator_name,
+                    subtask = ctx.task.subtask,
+                    tag = %txn.tag,
+                    records = txn.recs.len(),
+                    "committing again a transaction of the restored checkpoint"
+                );
+                self.commit_txn(&txn).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn log_topic(txn_id: &str) -> String {
+    format!("{txn_id}.commits")
+}
+
+/// Creates a one-partition topic if it does not exist.
+async fn ensure_topic(props: &BTreeMap<String, String>, topic: &str) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(props)
+        .create()
+        .map_err(kafka_err("cannot create a Kafka admin client"))?;
+    if partitions(props, &Topics::Names(vec![topic.to_string()])).is_ok() {
+        return Ok(());
+    }
+    let r = admin
+        .create_topics(
+            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)),
+        )
+        .await
+        .map_err(kafka_err(format!("cannot create topic `{topic}`")))?;
+    for res in r {
+        if let Err((t, e)) = res
+            && e != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
+        {
+            return Err(SluiceError::external(format!(
+                "cannot create topic `{t}`: {e}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every tag in a transaction log topic.
+async fn read_log(props: &BTreeMap<String, String>, topic: &str) -> Result<HashSet<String>> {
+    let props = props.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || -> Result<HashSet<String>> {
+        let c: BaseConsumer = client_config(&props)
+            .set("group.id", format!("{topic}-reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(kafka_err("cannot create a Kafka consumer"))?;
+        let (low, high) = c
+            .fetch_watermarks(&topic, 0, METADATA_TIMEOUT)
+            .map_err(kafka_err(format!("cannot read transaction log `{topic}`")))?;
+        let mut tags = HashSet::new();
+        if high <= low {
+            return Ok(tags);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, 0, Offset::Offset(low))
+            .map_err(kafka_err("bad partition"))?;
+        c.assign(&tpl).map_err(kafka_err("cannot assign"))?;
+        let deadline = std::time::Instant::now() + TXN_TIMEOUT;
+        let mut next = low;
+        while next < high {
+            if std::time::Instant::now() > deadline {
+                return Err(SluiceError::external(format!(
+                    "reading transaction log `{topic}` timed out at offset {next} of {high}"
+                )));
+            }
+            if let Some(m) = c.poll(Duration::from_millis(200)) {
+                let m = m.map_err(kafka_err(format!("cannot read transaction log `{topic}`")))?;
+                next = m.offset() + 1;
+                if let Some(p) = m.payload() {
+                    tags.insert(String::from_utf8_lossy(p).into_owned());
+                }
+            }
+        }
+        Ok(tags)
+    })
+    .await
+    .map_err(|e| SluiceError::internal(e.to_string()))?
+}
+
+/// State table of pre-committed transactions' records.
+const TXN_TABLE: &str = "kafka_transactions";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SinkMeta {
+    /// Pre-committed transactions: `(epoch, tag)`.
+    pending: Vec<(u64, String)>,
+}
+
+#[async_trait]
+impl Operator for KafkaSinkOperator {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.config.input)
+    }
+
+    async fn on_start(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        let job = match (ctx.delivery, ctx.checkpointing) {
+            (DeliveryGuarantee::ExactlyOnce, true) => Guarantee::ExactlyOnce,
+            (DeliveryGuarantee::AtMostOnce, _) => Guarantee::None,
+            _ => Guarantee::AtLeastOnce,
+        };
+        self.guarantee = match self.config.guarantee {
+            None => job,
+            Some(Guarantee::ExactlyOnce) if job != Guarantee::ExactlyOnce => {
+                return Err(SluiceError::user(format!(
+                    "'sink.delivery-guarantee' = 'exactly-once' needs an exactly-once job with checkpoints (this job: {}, checkpoints {}); set 'execution.checkpointing.interval'",
+                    ctx.delivery,
+                    if ctx.checkpointing { "on" } else { "off" }
+                )));
+            }
+            Some(g) => g,
+        };
+        self.attempt = ctx.attempt;
+        let mut cfg = client_config(&self.config.props);
+        if !self.config.props.contains_key("partitioner") {
+            // Kafka's Java client hashes keys with murmur2: the same key, the same partition.
+            cfg.set("partitioner", "murmur2_random");
+        }
+        match self.guarantee {
+            Guarantee::ExactlyOnce => {
+                cfg.set(
+                    "transactional.id",
+                    format!("{}-{}", self.txn_id, self.subtask),
+                );
+            }
+            Guarantee::AtLeastOnce => {
+                cfg.set("enable.idempotence", "true").set("acks", "all");
+            }
+            Guarantee::None => {}
+        }
+        let producer: SinkProducer = cfg
+            .create_with_context(SinkContext::default())
+            .map_err(kafka_err("cannot create the Kafka producer"))?;
+        self.producer = Some(producer);
+        if self.guarantee == Guarantee::ExactlyOnce {
+            self.start_exactly_once(ctx).await?;
+        }
+        Ok(())
+    }
+
+    async fn process_batch(
+        &mut self,
+        batch: Batch,
+        _ctx: &mut OperatorContext,
+        _out: &mut dyn Collector,
+    ) -> Result<()> {
+        let data = batch.user_columns();
+        if data.num_rows() == 0 {
+            return Ok(());
+        }
+        let mut txn = std::mem::take(&mut self.current);
+        let from = txn.recs.len();
+        let r = self.encode_into(&data, &mut txn);
+        let r = match r {
+            Ok(()) => match self.guarantee {
+                Guarantee::ExactlyOnce => {
+                    if txn.tag.is_empty() {
+                        txn.tag = self.next_tag();
+                    }
+                    // While a pre-committed transaction waits, rows are held.
+                    if self.precommitted.is_empty() {
+                        match self.open_txn().await {
+                            Ok(()) => {
+                                txn.sent = true;
+                                self.produce(&txn, from).await
+                            }
+                            Err(e) => Err(e),
+                        }
+                    } else {
+                        Ok(())
+                    }
+                }
+                _ => {
+                    let r = self.produce(&txn, from).await;
+                    // Nothing to keep: the records are the producer's now.
+                    txn.data.clear();
+                    txn.recs.clear();
+                    r
+                }
+            },
+            Err(e) => Err(e),
+        };
+        self.current = txn;
+        r
+    }
+
+    async fn snapshot(
+        &mut self,
+        barrier: &CheckpointBarrier,
+        ctx: &mut OperatorContext,
+    ) -> Result<OperatorState> {
+        match self.guarantee {
+            Guarantee::None => return Ok(OperatorState::default()),
+            Guarantee::AtLeastOnce => {
+                self.flush().await?;
+                return Ok(OperatorState::default());
+            }
+            Guarantee::ExactlyOnce => {}
+        }
+        if self.current.sent {
+            self.flush().await?;
+        }
+        let mut txn = std::mem::take(&mut self.current);
+        if !txn.recs.is_empty() {
+            txn.epoch = barrier.epoch;
+            self.precommitted.push_back(txn);
+        }
+        // The records of every pre-committed transaction, so that a restore can
+        // produce them again if the commit is lost.
+        let mut state = OperatorState::default();
+        let group = (self.subtask % ctx.max_parallelism.max(1)) as u32;
+        let (mut tags, mut keys, mut values, mut headers) = (
+            StringBuilder::new(),
+            BinaryBuilder::new(),
+            BinaryBuilder::new(),
+            BinaryBuilder::new(),
+        );
+        let (mut parts, mut times) = (Int32Builder::new(), Int64Builder::new());
+        let mut n = 0;
+        for t in &self.precommitted {
+            for r in &t.recs {
+                tags.append_value(&t.tag);
+                keys.append_option(r.key.map(|(s, e)| &t.data[s..e]));
+                values.append_value(&t.data[r.value.0..r.value.1]);
+                headers.append_value(&t.data[r.headers.0..r.headers.1]);
+                parts.append_option(r.partition);
+                times.append_option(r.timestamp);
+                n += 1;
+            }
+        }
+        let fields = vec![
+            Arc::new(Field::new("tag", DataType::Utf8, false)),
+            Arc::new(Field::new("key", DataType::Binary, true)),
+            Arc::new(Field::new("value", DataType::Binary, false)),
+            Arc::new(Field::new("headers", DataType::Binary, false)),
+            Arc::new(Field::new("partition", DataType::Int32, true)),
+            Arc::new(Field::new("timestamp", DataType::Int64, true)),
+        ];
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(tags.finish()),
+            Arc::new(keys.finish()),
+            Arc::new(values.finish()),
+            Arc::new(headers.finish()),
+            Arc::new(parts.finish()),
+            Arc::new(times.finish()),
+        ];
+        state.push_keyed(
+            TXN_TABLE,
+            Arc::new(UInt32Array::from(vec![group; n])),
+            fields,
+            cols,
+        )?;
+        state.meta = serde_json::to_value(SinkMeta {
+            pending: self
+                .precommitted
+                .iter()
+                .map(|t| (t.epoch, t.tag.clone()))
+                .collect(),
+        })
+        .map_err(|e| SluiceError::internal(e.to_string()))?;
+        Ok(state)
+    }
+
+    async fn restore(&mut self, state: RestoredState, _ctx: &mut OperatorContext) -> Result<()> {
+        let mut by_tag: BTreeMap<String, Txn> = BTreeMap::new();
+        let mut order: Vec<(u64, String)> = Vec::new();
+        for m in state.metas::<SinkMeta>()? {
+            order.extend(m.pending);
+        }
+        order.sort();
+        for b in state.table(TXN_TABLE) {
+            let col = |name: &str| -> Result<&ArrayRef> {
+                b.column_by_name(name).ok_or_else(|| {
+                    SluiceError::user(format!("the Kafka sink's state has no column `{name}`"))
+                })
+            };
+            let tags = col("tag")?.as_string::<i32>();
+            let keys = col("key")?.as_binary::<i32>();
+            let values: &BinaryArray = col("value")?.as_binary::<i32>();
+            let headers = col("headers")?.as_binary::<i32>();
+            let parts: &Int32Array = col("partition")?.as_primitive();
+            let times = col("timestamp")?.as_primitive::<arrow::datatypes::Int64Type>();
+            for i in 0..b.num_rows() {
+                let t = by_tag.entry(tags.value(i).to_string()).or_default();
+                let key = keys.is_valid(i).then(|| {
+                    let s = t.data.len();
+                    t.data.extend_from_slice(keys.value(i));
+                    (s, t.data.len())
+                });
+                let vs = t.data.len();
+                t.data.extend_from_slice(values.value(i));
+                let value = (vs, t.data.len());
+                let hs = t.data.len();
+                t.data.extend_from_slice(headers.value(i));
+                t.recs.push(Rec {
+                    key,
+                    value,
+                    headers: (hs, t.data.len()),
+                    partition: parts.is_valid(i).then(|| parts.value(i)),
+                    timestamp: times.is_valid(i).then(|| times.value(i)),
+                });
+            }
+        }
+        for (epoch, tag) in order {
+            if let Some(mut t) = by_tag.remove(&tag) {
+                t.epoch = epoch;
+                t.tag = tag;
+                self.restored.push(t);
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, epoch: u64, _ctx: &mut OperatorContext) -> Result<()> {
+        if self.guarantee != Guarantee::ExactlyOnce {
+            return Ok(());
+        }
+        while self.precommitted.front().is_some_and(|t| t.epoch <= epoch) {
+            let txn = self
+                .precommitted
+                .pop_front()
+                .expect("invariant: checked non-empty");
+            self.commit_txn(&txn).await?;
+        }
+        // Rows held while the transaction waited go into a new one now.
+        if self.precommitted.is_empty() && !self.current.sent && !self.current.recs.is_empty() {
+            self.open_txn().await?;
+            let txn = std::mem::take(&mut self.current);
+            let r = self.produce(&txn, 0).await;
+            self.current = txn;
+            self.current.sent = true;
+            r?;
+        }
+        Ok(())
+    }
+
+    async fn on_close(
+        &mut self,
+        _ctx: &mut OperatorContext,
+        _out: &mut dyn Collector,
+    ) -> Result<()> {
+        match self.guarantee {
+            // The rest is pre-committed with the final checkpoint.
+            Guarantee::ExactlyOnce => Ok(()),
+            _ => self.flush().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_through_the_checkpoint_encoding() {
+        let mut b = Vec::new();
+        encode_headers(&mut b, &[("a", Some(b"1")), ("b", None)]);
+        let h = decode_headers(&b, "t-0:1:2");
+        use rdkafka::message::Headers;
+        let got: Vec<(String, Option<Vec<u8>>)> = h
+            .iter()
+            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), Some(b"1".to_vec())),
+                ("b".into(), None),
+                (TXN_HEADER.into(), Some(b"t-0:1:2".to_vec())),
+            ]
+        );
+    }
+}
