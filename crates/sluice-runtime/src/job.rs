@@ -51,14 +51,20 @@ impl Restore {
     fn positions(&self, node: NodeId, splits: &mut [Split]) -> Result<Option<i64>> {
         let mut positions: HashMap<&str, &serde_json::Value> = HashMap::new();
         let mut watermark: Option<i64> = None;
+        // An old subtask that had not emitted a watermark yet (a Kafka partition that had
+        // not delivered holds its subtask back) means there is none to resume from:
+        // resuming from the others' would make its rows late.
+        let mut all_had_one = true;
         for e in self.manifest.subtasks.iter().filter(|e| e.node == node) {
             for p in &e.positions {
                 positions.insert(&p.split, &p.position);
             }
-            if let Some(w) = e.meta.get("watermark").and_then(serde_json::Value::as_i64) {
-                watermark = Some(watermark.map_or(w, |m| m.min(w)));
+            match e.meta.get("watermark").and_then(serde_json::Value::as_i64) {
+                Some(w) => watermark = Some(watermark.map_or(w, |m| m.min(w))),
+                None => all_had_one = false,
             }
         }
+        let watermark = watermark.filter(|_| all_had_one);
         for s in splits.iter_mut() {
             s.position = positions.remove(s.id.as_str()).cloned();
         }

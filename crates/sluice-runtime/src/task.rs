@@ -946,12 +946,19 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
     )
     .await?;
     let own = src.snapshot(&clocks, cp.is_some())?;
+    let positions = own.positions.clone();
+    let checkpointing = cp.is_some();
+    chain.finish(last_wm).await?;
+    finish_checkpoints(cp, &mut chain, vec![own]).await?;
+    if checkpointing {
+        src.reader
+            .checkpoint_complete(&positions)
+            .map_err(|e| e.in_operator(&name))?;
+    }
     src.reader
         .close(&mut src.ctx)
         .await
-        .map_err(|e| e.in_operator(&name))?;
-    chain.finish(last_wm).await?;
-    finish_checkpoints(cp, &mut chain, vec![own]).await
+        .map_err(|e| e.in_operator(&name))
 }
 
 async fn flush(

@@ -56,6 +56,7 @@ const OPTIONS: &[&str] = &[
     "scan.startup.specific-offsets",
     "scan.bounded.mode",
     "dead-letter.topic",
+    "rows-per-second",
     "sink.delivery-guarantee",
     "sink.transactional-id-prefix",
     "sink.partitioner",

@@ -112,6 +112,7 @@ impl SinkConnector for KafkaSinkConnector {
             "scan.startup.specific-offsets",
             "scan.bounded.mode",
             "dead-letter.topic",
+            "rows-per-second",
         ] {
             if o.str(source_only).is_some() {
                 return Err(SluiceError::user(format!(

@@ -31,6 +31,7 @@ use super::{
 };
 use crate::codec::{Decoded, MessageDecoder, MessageFormat};
 use crate::options::OptionReader;
+use crate::pacer::Pacer;
 
 /// Where a partition without a checkpointed position starts.
 #[derive(Clone, Debug, PartialEq)]
@@ -55,6 +56,8 @@ pub struct KafkaSourceConfig {
     /// `scan.bounded.mode = latest-offset`: stop at the end offsets seen at start.
     bounded: bool,
     dead_letter_topic: Option<String>,
+    /// Replay pace (rows per second, shared by the subtasks), for demos and tests.
+    rows_per_second: Option<f64>,
     /// `(topic, partition)`, sorted: split i is `partitions[i]`.
     partitions: Vec<(String, i32)>,
 }
@@ -162,8 +165,15 @@ impl SourceConnector for KafkaSourceConnector {
             &["unbounded", "latest-offset"],
             Some("unbounded"),
         )? == "latest-offset";
+        let rows_per_second: Option<f64> = o.parse("rows-per-second")?;
+        if rows_per_second.is_some_and(|r| r.is_nan() || r <= 0.0) {
+            return Err(SluiceError::user(
+                "kafka option `rows-per-second` must be a positive number",
+            ));
+        }
         let partitions = partitions(&props, &topics)?;
         Ok(KafkaSourceConfig {
+            rows_per_second,
             props,
             format,
             columns,
@@ -221,9 +231,103 @@ impl SourceConnector for KafkaSourceConnector {
                 .zip(&config.columns.layout)
                 .any(|(f, l)| *l == Err(MetaKey::Key) && f.data_type() == &DataType::Utf8),
             bad_keys: Vec::new(),
+            pacer: config
+                .rows_per_second
+                .map(|r| Pacer::new(r / task.parallelism as f64)),
+            last_complete: None,
         }))
     }
 }
+
+/// Resolves where each split starts: a number for every mode, so that positions are
+/// exact from the first checkpoint on. Blocking (metadata requests).
+fn start_offsets(
+config: &KafkaSourceConfig,
+splits: &[Split],
+group: &str,
+consumer: &StreamConsumer,
+) -> Result<Vec<i64>> {
+    let mut out = Vec::with_capacity(splits.len());
+    let mut committed = HashMap::new();
+    let mut by_time = HashMap::new();
+    let unresolved: Vec<&Split> = splits.iter().filter(|s| s.position.is_none()).collect();
+    if !unresolved.is_empty() {
+        let mut tpl = TopicPartitionList::new();
+        for s in &unresolved {
+            let (t, p) = &config.partitions[s.index];
+            match &config.startup {
+                Startup::Timestamp(ts) => {
+                    tpl.add_partition_offset(t, *p, Offset::Offset(*ts))
+                        .map_err(kafka_err("bad partition"))?;
+                }
+                _ => {
+                    tpl.add_partition(t, *p);
+                }
+            }
+        }
+        match &config.startup {
+            Startup::Group => {
+                let c = consumer
+                    .committed_offsets(tpl, METADATA_TIMEOUT)
+                    .map_err(kafka_err(format!(
+                        "cannot read the committed offsets of group `{}`",
+                        group
+                    )))?;
+                for e in c.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        committed.insert((e.topic().to_string(), e.partition()), o);
+                    }
+                }
+            }
+            Startup::Timestamp(_) => {
+                let c = consumer
+                    .offsets_for_times(tpl, METADATA_TIMEOUT)
+                    .map_err(kafka_err("cannot look up offsets by timestamp"))?;
+                for e in c.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        by_time.insert((e.topic().to_string(), e.partition()), o);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let latest_on_reset = config
+        .props
+        .get("auto.offset.reset")
+        .is_some_and(|r| matches!(r.as_str(), "latest" | "largest" | "end"));
+    for s in splits {
+        let (t, p) = &config.partitions[s.index];
+        if let Some(pos) = &s.position {
+            let o = pos.get("offset").and_then(|o| o.as_i64()).ok_or_else(|| {
+                SluiceError::user(format!(
+                    "the checkpoint's position of Kafka partition {t}/{p} is not an offset: {pos}"
+                ))
+            })?;
+            out.push(o);
+            continue;
+        }
+        let (low, high) = consumer
+            .fetch_watermarks(t, *p, METADATA_TIMEOUT)
+            .map_err(kafka_err(format!("cannot read the offsets of {t}/{p}")))?;
+        let key = (t.clone(), *p);
+        let o = match &config.startup {
+            Startup::Earliest => low,
+            Startup::Latest => high,
+            Startup::Group => match committed.get(&key) {
+                Some(&o) => o,
+                None if latest_on_reset => high,
+                None => low,
+            },
+            // No record at or after the time: start at the end.
+            Startup::Timestamp(_) => by_time.get(&key).copied().unwrap_or(high),
+            Startup::Specific(m) => m.get(p).copied().unwrap_or(low),
+        };
+        out.push(o.clamp(low, high));
+    }
+    Ok(out)
+}
+
 
 /// A message held over to the next read (it belongs to another partition).
 struct OwnedMessage {
@@ -261,7 +365,7 @@ pub struct KafkaReader {
     config: Arc<KafkaSourceConfig>,
     group: String,
     splits: Vec<Split>,
-    consumer: Option<StreamConsumer>,
+    consumer: Option<Arc<StreamConsumer>>,
     /// `(topic, partition)` to index into `splits`.
     by_partition: HashMap<(String, i32), usize>,
     /// Per split: the next offset to read.
@@ -280,6 +384,10 @@ pub struct KafkaReader {
     key_is_text: bool,
     /// Messages of the current chunk whose key could not be read.
     bad_keys: Vec<DeadLetter>,
+    pacer: Option<Pacer>,
+    /// Positions of the last completed checkpoint (committed again, synchronously, at
+    /// the end).
+    last_complete: Option<Vec<(usize, i64)>>,
 }
 
 /// Without checkpoints, offsets are committed to the group this often.
@@ -288,91 +396,6 @@ const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 impl KafkaReader {
     fn meta_needed(&self) -> bool {
         self.config.columns.layout.iter().any(|l| l.is_err())
-    }
-
-    /// Resolves where each split starts: a number for every mode, so that positions
-    /// are exact from the first checkpoint on.
-    fn start_offsets(&self, consumer: &StreamConsumer) -> Result<Vec<i64>> {
-        let mut out = Vec::with_capacity(self.splits.len());
-        let mut committed = HashMap::new();
-        let mut by_time = HashMap::new();
-        let unresolved: Vec<&Split> = self.splits.iter().filter(|s| s.position.is_none()).collect();
-        if !unresolved.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for s in &unresolved {
-                let (t, p) = &self.config.partitions[s.index];
-                match &self.config.startup {
-                    Startup::Timestamp(ts) => {
-                        tpl.add_partition_offset(t, *p, Offset::Offset(*ts))
-                            .map_err(kafka_err("bad partition"))?;
-                    }
-                    _ => {
-                        tpl.add_partition(t, *p);
-                    }
-                }
-            }
-            match &self.config.startup {
-                Startup::Group => {
-                    let c = consumer
-                        .committed_offsets(tpl, METADATA_TIMEOUT)
-                        .map_err(kafka_err(format!(
-                            "cannot read the committed offsets of group `{}`",
-                            self.group
-                        )))?;
-                    for e in c.elements() {
-                        if let Offset::Offset(o) = e.offset() {
-                            committed.insert((e.topic().to_string(), e.partition()), o);
-                        }
-                    }
-                }
-                Startup::Timestamp(_) => {
-                    let c = consumer
-                        .offsets_for_times(tpl, METADATA_TIMEOUT)
-                        .map_err(kafka_err("cannot look up offsets by timestamp"))?;
-                    for e in c.elements() {
-                        if let Offset::Offset(o) = e.offset() {
-                            by_time.insert((e.topic().to_string(), e.partition()), o);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        let latest_on_reset = self
-            .config
-            .props
-            .get("auto.offset.reset")
-            .is_some_and(|r| matches!(r.as_str(), "latest" | "largest" | "end"));
-        for s in &self.splits {
-            let (t, p) = &self.config.partitions[s.index];
-            if let Some(pos) = &s.position {
-                let o = pos.get("offset").and_then(|o| o.as_i64()).ok_or_else(|| {
-                    SluiceError::user(format!(
-                        "the checkpoint's position of Kafka partition {t}/{p} is not an offset: {pos}"
-                    ))
-                })?;
-                out.push(o);
-                continue;
-            }
-            let (low, high) = consumer
-                .fetch_watermarks(t, *p, METADATA_TIMEOUT)
-                .map_err(kafka_err(format!("cannot read the offsets of {t}/{p}")))?;
-            let key = (t.clone(), *p);
-            let o = match &self.config.startup {
-                Startup::Earliest => low,
-                Startup::Latest => high,
-                Startup::Group => match committed.get(&key) {
-                    Some(&o) => o,
-                    None if latest_on_reset => high,
-                    None => low,
-                },
-                // No record at or after the time: start at the end.
-                Startup::Timestamp(_) => by_time.get(&key).copied().unwrap_or(high),
-                Startup::Specific(m) => m.get(p).copied().unwrap_or(low),
-            };
-            out.push(o.clamp(low, high));
-        }
-        Ok(out)
     }
 
     fn split_of(&self, topic: &str, partition: i32) -> Option<usize> {
@@ -621,16 +644,22 @@ impl KafkaReader {
         }
     }
 
-    fn commit_offsets(&self, positions: &[(usize, i64)]) {
-        let Some(c) = &self.consumer else { return };
+    fn offsets_list(&self, positions: &[(usize, i64)]) -> Result<TopicPartitionList> {
         let mut tpl = TopicPartitionList::new();
         for &(split, o) in positions {
             let (t, p) = &self.config.partitions[self.splits[split].index];
-            if tpl.add_partition_offset(t, *p, Offset::Offset(o)).is_err() {
-                return;
-            }
+            tpl.add_partition_offset(t, *p, Offset::Offset(o))
+                .map_err(kafka_err("bad partition"))?;
         }
-        if let Err(e) = c.commit(&tpl, CommitMode::Async) {
+        Ok(tpl)
+    }
+
+    fn commit_offsets(&self, positions: &[(usize, i64)], mode: CommitMode) {
+        let Some(c) = &self.consumer else { return };
+        let Ok(tpl) = self.offsets_list(positions) else {
+            return;
+        };
+        if let Err(e) = c.commit(&tpl, mode) {
             tracing::warn!(error = %e, group = %self.group, "cannot commit offsets to the consumer group (progress shown by Kafka tools lags; checkpoints are unaffected)");
         }
     }
@@ -693,23 +722,36 @@ impl SourceReader for KafkaReader {
         let consumer: StreamConsumer = cfg
             .create()
             .map_err(kafka_err("cannot create the Kafka consumer"))?;
-        let starts = tokio::task::block_in_place(|| self.start_offsets(&consumer))?;
+        let consumer = Arc::new(consumer);
+        let (config, splits, group, c) = (
+            Arc::clone(&self.config),
+            self.splits.clone(),
+            self.group.clone(),
+            Arc::clone(&consumer),
+        );
+        let (starts, ends) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let starts = start_offsets(&config, &splits, &group, &c)?;
+            let mut ends = Vec::new();
+            if config.bounded {
+                for s in &splits {
+                    let (t, p) = &config.partitions[s.index];
+                    let (_, high) = c
+                        .fetch_watermarks(t, *p, METADATA_TIMEOUT)
+                        .map_err(kafka_err(format!("cannot read the end offset of {t}/{p}")))?;
+                    ends.push(high);
+                }
+            }
+            Ok((starts, ends))
+        })
+        .await
+        .map_err(|e| SluiceError::internal(e.to_string()))??;
+        self.end = ends;
         let mut tpl = TopicPartitionList::new();
         for (i, s) in self.splits.iter().enumerate() {
             let (t, p) = &self.config.partitions[s.index];
             tpl.add_partition_offset(t, *p, Offset::Offset(starts[i]))
                 .map_err(kafka_err("bad partition"))?;
             self.by_partition.insert((t.clone(), *p), i);
-        }
-        if self.config.bounded {
-            for s in &self.splits {
-                let (t, p) = &self.config.partitions[s.index];
-                let (_, high) = tokio::task::block_in_place(|| {
-                    consumer.fetch_watermarks(t, *p, METADATA_TIMEOUT)
-                })
-                .map_err(kafka_err(format!("cannot read the end offset of {t}/{p}")))?;
-                self.end.push(high);
-            }
         }
         consumer
             .assign(&tpl)
@@ -756,14 +798,13 @@ impl SourceReader for KafkaReader {
         if !ctx.checkpointing && self.last_commit.elapsed() >= COMMIT_INTERVAL {
             self.last_commit = Instant::now();
             let pos: Vec<(usize, i64)> = self.next.iter().copied().enumerate().collect();
-            self.commit_offsets(&pos);
+            self.commit_offsets(&pos, CommitMode::Async);
         }
-        let consumer = self.consumer.take().ok_or_else(|| {
+        // A handle of our own: the read may be cancelled at its await (cancel-safe).
+        let consumer = Arc::clone(self.consumer.as_ref().ok_or_else(|| {
             SluiceError::internal("the Kafka reader was not opened")
-        })?;
-        let r = self.read_chunk(&consumer, max_rows, ctx).await;
-        self.consumer = Some(consumer);
-        r
+        })?);
+        self.read_chunk(&consumer, max_rows, ctx).await
     }
 
     fn positions(&self) -> Result<Vec<SplitPosition>> {
@@ -791,14 +832,31 @@ impl SourceReader for KafkaReader {
                 Some((i, p.position.get("offset")?.as_i64()?))
             })
             .collect();
-        self.commit_offsets(&pos);
+        self.commit_offsets(&pos, CommitMode::Async);
+        self.last_complete = Some(pos);
         Ok(())
     }
 
-    async fn close(&mut self, _ctx: &mut OperatorContext) -> Result<()> {
+    async fn close(&mut self, ctx: &mut OperatorContext) -> Result<()> {
         if let Some(p) = &self.dead_letters {
             p.flush(METADATA_TIMEOUT)
                 .map_err(kafka_err("cannot flush dead letters"))?;
+        }
+        // The group's offsets end where the job's output ends: the last completed
+        // checkpoint, or (without checkpoints) everything read.
+        let last = match (ctx.checkpointing, self.last_complete.take()) {
+            (true, last) => last,
+            (false, _) => Some(self.next.iter().copied().enumerate().collect()),
+        };
+        if let (Some(pos), Some(c)) = (last, &self.consumer) {
+            let tpl = self.offsets_list(&pos)?;
+            let (c, group) = (Arc::clone(c), self.group.clone());
+            let r = tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync))
+                .await
+                .map_err(|e| SluiceError::internal(e.to_string()))?;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, group = %group, "cannot commit the final offsets to the consumer group");
+            }
         }
         Ok(())
     }
@@ -811,6 +869,10 @@ impl KafkaReader {
         max_rows: usize,
         ctx: &mut OperatorContext,
     ) -> Result<ReadResult> {
+        let max_rows = match self.pacer.as_mut() {
+            Some(p) => max_rows.min(p.due().await as usize),
+            None => max_rows,
+        };
         // The first message: held over, or awaited (the only await: cancel-safe).
         let split = match self.stash.take() {
             Some(m) => {
@@ -876,6 +938,9 @@ impl KafkaReader {
             self.accept(split, &v);
         }
         self.check_end(split);
+        if let Some(p) = self.pacer.as_mut() {
+            p.emitted(self.decoder.len().max(1) as u64);
+        }
         self.finish_chunk(split, ctx)
     }
 

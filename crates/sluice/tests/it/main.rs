@@ -7,4 +7,5 @@ mod support;
 mod checkpoints;
 mod engine;
 mod files;
+mod kafka;
 mod sql;

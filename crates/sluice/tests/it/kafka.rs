@@ -1,0 +1,481 @@
+//! Kafka end to end, against real Kafka-protocol brokers:
+//!
+//! - tansu (a Kafka-compatible broker, started here on a free loopback port) for
+//!   everything that is not transactional. tansu 0.6 does not implement EndTxn, so a
+//!   Kafka transaction cannot commit on it;
+//! - librdkafka's protocol-level mock cluster (`rdkafka::mocking::MockCluster`, run in
+//!   this test process, reached by the `sluice` child process over TCP) for the
+//!   exactly-once sink: it implements the transaction coordinator (init, begin, commit,
+//!   abort, fencing) but does not hide aborted records, even from read_committed
+//!   consumers. So the exactly-once test keeps only the records whose transaction tag
+//!   (header `sluice.txn`) the sink wrote to its transaction log after the commit
+//!   succeeded (`<transactional-id-prefix>.commits`).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A tansu broker for this test process. It stops when the process exits: its shell
+/// wrapper kills it once our end of its stdin closes.
+struct Tansu {
+    bootstrap: String,
+    _stdin: std::sync::Mutex<ChildStdin>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tansu() -> &'static str {
+    static BROKER: OnceLock<Tansu> = OnceLock::new();
+    &BROKER
+        .get_or_init(|| {
+            let found = Command::new("sh")
+                .args(["-c", "command -v tansu"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            assert!(
+                found,
+                "the Kafka tests need the tansu broker on PATH: run scripts/test (it installs it), or `cargo install tansu --locked --features dynostore`"
+            );
+            let port = free_port();
+            let url = format!("tcp://127.0.0.1:{port}");
+            let mut child = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "tansu broker --listener-url {url} --advertised-listener-url {url} --storage-engine memory://tansu/ >/dev/null 2>&1 & pid=$!; read _; kill $pid"
+                ))
+                .stdin(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdin = child.stdin.take().unwrap();
+            let bootstrap = format!("127.0.0.1:{port}");
+            let start = Instant::now();
+            while std::net::TcpStream::connect(&bootstrap).is_err() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "tansu did not listen on {bootstrap} within 30 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Tansu {
+                bootstrap,
+                _stdin: std::sync::Mutex::new(stdin),
+            }
+        })
+        .bootstrap
+}
+
+/// A topic name no other test uses.
+fn unique(stem: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{stem}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let r = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    for x in r {
+        x.unwrap();
+    }
+}
+
+async fn delete_topics(bootstrap: &str, topics: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    // Clean-up only: a broker that cannot delete leaves them to its memory store.
+    let _ = admin.delete_topics(topics, &AdminOptions::new()).await;
+}
+
+/// One message to produce: partition, key, payload, headers.
+struct Msg {
+    partition: i32,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+fn produce(bootstrap: &str, topic: &str, msgs: &[Msg]) {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        // One record per batch: tansu reports a partition's end as the base offset of
+        // its last batch plus one, and bounded sources stop at that end.
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .create()
+        .unwrap();
+    for m in msgs {
+        let mut r = BaseRecord::<[u8], [u8]>::to(topic)
+            .payload(&m.payload)
+            .partition(m.partition);
+        if let Some(k) = &m.key {
+            r = r.key(k);
+        }
+        if !m.headers.is_empty() {
+            let mut h = OwnedHeaders::new();
+            for (k, v) in &m.headers {
+                h = h.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+            r = r.headers(h);
+        }
+        let mut r = r;
+        loop {
+            match p.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// One message read back: headers and payload.
+#[derive(Debug, Clone)]
+struct Read {
+    offset: i64,
+    partition: i32,
+    headers: BTreeMap<String, String>,
+    payload: String,
+}
+
+/// Everything in `topic` up to its current end.
+fn read_topic(bootstrap: &str, topic: &str) -> Vec<Read> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("test-reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut tpl = TopicPartitionList::new();
+    let mut remaining = BTreeMap::new();
+    for &p in &parts {
+        let (low, high) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))
+                .unwrap();
+            remaining.insert(p, high);
+        }
+    }
+    let mut out = Vec::new();
+    if remaining.is_empty() {
+        return out;
+    }
+    c.assign(&tpl).unwrap();
+    let start = Instant::now();
+    // tansu reports a partition's end as the base offset of its last record batch
+    // plus one, so after the reported end the rest of that batch is still read: until
+    // nothing comes for half a second.
+    let mut quiet_since: Option<Instant> = None;
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "reading {topic} timed out"
+        );
+        if remaining.is_empty() {
+            let q = *quiet_since.get_or_insert_with(Instant::now);
+            if q.elapsed() > Duration::from_millis(500) {
+                break;
+            }
+        }
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        quiet_since = None;
+        let m = m.unwrap();
+        let mut headers = BTreeMap::new();
+        if let Some(h) = m.headers() {
+            for x in h.iter() {
+                headers.insert(
+                    x.key.to_string(),
+                    String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        out.push(Read {
+            offset: m.offset(),
+            partition: m.partition(),
+            headers,
+            payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+        });
+        if remaining.get(&m.partition()).is_some_and(|&h| m.offset() + 1 >= h) {
+            remaining.remove(&m.partition());
+        }
+    }
+    out
+}
+
+/// Bid events as JSON: auction `i % 7`, price `i % 1000`, 200 events per second of
+/// event time from 2024-01-01T00:00:00 (so 1 s windows hold 200; at most 12 000 events
+/// an hour), spread over `partitions` partitions in order.
+fn bids(n: usize, partitions: i32) -> Vec<Msg> {
+    (0..n)
+        .map(|i| Msg {
+            partition: i as i32 % partitions,
+            key: Some(format!("{}", i % 7).into_bytes()),
+            payload: format!(
+                "{{\"auction\":{},\"price\":{},\"ts\":\"2024-01-01T00:{:02}:{:02}.{:03}\"}}",
+                i % 7,
+                i % 1000,
+                i / 200 / 60,
+                (i / 200) % 60,
+                (i % 200) * 5
+            )
+            .into_bytes(),
+            headers: Vec::new(),
+        })
+        .collect()
+}
+
+/// The batch answer: (window end second, auction) → (bids, total price).
+fn expected_windows(n: usize) -> BTreeMap<(i64, i64), (i64, i64)> {
+    let mut m: BTreeMap<(i64, i64), (i64, i64)> = BTreeMap::new();
+    for i in 0..n {
+        let w = (i / 200) as i64 + 1;
+        let e = m.entry((w, (i % 7) as i64)).or_default();
+        e.0 += 1;
+        e.1 += (i % 1000) as i64;
+    }
+    m
+}
+
+/// Windowed output rows as (window end second, auction, bids, total).
+fn window_rows(reads: &[Read]) -> Vec<(i64, i64, i64, i64)> {
+    reads
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.payload).unwrap();
+            let end = v["window_end"].as_str().unwrap();
+            // 2024-01-01T00:00:SS or 2024-01-01T00:01:00
+            let secs = end[14..16].parse::<i64>().unwrap() * 60 + end[17..19].parse::<i64>().unwrap();
+            (
+                secs,
+                v["auction"].as_i64().unwrap(),
+                v["bids"].as_i64().unwrap(),
+                v["total"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn windowed_sql(bootstrap: &str, input: &str, output: &str, rate: u32, sink: &str) -> String {
+    format!(
+        "CREATE TABLE bids (
+            auction BIGINT, price BIGINT, ts TIMESTAMP(3),
+            WATERMARK FOR ts AS ts - INTERVAL '1' SECOND
+         ) WITH ('connector' = 'kafka', 'topic' = '{input}',
+            'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
+            'properties.group.id' = 'g-{input}',
+            'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset',
+            'rows-per-second' = '{rate}');
+         CREATE TABLE counts (window_end TIMESTAMP(3), auction BIGINT, bids BIGINT, total BIGINT)
+         WITH ('connector' = 'kafka', 'topic' = '{output}',
+            'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json'{sink});
+         INSERT INTO counts
+         SELECT window_end, auction, COUNT(*) AS bids, SUM(price) AS total
+         FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(ts), INTERVAL '1' SECOND))
+         GROUP BY window_start, window_end, auction;"
+    )
+}
+
+fn sluice_run(sql: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("run")
+        .arg(sql)
+        .args(["--quiet", "-p", "2"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn finish(mut c: Command) {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "job failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Kill times in ms, from a seed printed for reruns (`SLUICE_CRASH_SEED`).
+fn kill_delays(n: usize, min_ms: u64, max_ms: u64) -> Vec<u64> {
+    let seed = std::env::var("SLUICE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("kill schedule seed {seed} (set SLUICE_CRASH_SEED to repeat)");
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            min_ms + x % (max_ms - min_ms)
+        })
+        .collect()
+}
+
+/// Runs the job, killing it with SIGKILL after each delay (each run restores from the
+/// latest checkpoint), then lets a last run finish. Returns how many kills hit a
+/// running job.
+fn crash_and_restart(sql: &Path, args: &[&str], delays: &[u64]) -> usize {
+    let mut kills = 0;
+    for &delay in delays {
+        let mut child: Child = sluice_run(sql, args).spawn().unwrap();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(delay) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                let mut err = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+                assert!(status.success(), "job failed before the kill: {err}");
+            }
+            None => {
+                // SIGKILL: no clean-up, no flush, no commit.
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+            }
+        }
+    }
+    finish(sluice_run(sql, args));
+    kills
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_sink_through_repeated_sigkill_loses_nothing() {
+    let bootstrap = tansu();
+    let (input, output) = (unique("bids"), unique("counts"));
+    create_topic(bootstrap, &input, 3).await;
+    create_topic(bootstrap, &output, 2).await;
+    let n = 24_000;
+    produce(bootstrap, &input, &bids(n, 3));
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("job.sql");
+    std::fs::write(
+        &sql,
+        windowed_sql(
+            bootstrap,
+            &input,
+            &output,
+            12_000,
+            ", 'sink.delivery-guarantee' = 'at-least-once'",
+        ),
+    )
+    .unwrap();
+    let cp = dir.path().join("checkpoints");
+    let args = [
+        "--checkpoint-interval",
+        "100ms",
+        "--checkpoint-dir",
+        cp.to_str().unwrap(),
+        "--delivery",
+        "exactly-once",
+        "--from-checkpoint",
+        "latest",
+    ];
+    // Aligned checkpoints (the job's default) with an at-least-once sink: after each
+    // kill the sink may write again what it wrote since the last checkpoint.
+    let kills = crash_and_restart(&sql, &args, &kill_delays(5, 300, 1_200));
+    assert!(kills >= 3, "only {kills} kills hit a running job");
+
+    // No loss: every window of the batch answer, with its exact value (a replayed
+    // window may appear twice, always with the same value).
+    let rows = window_rows(&read_topic(bootstrap, &output));
+    let got: BTreeMap<(i64, i64), (i64, i64)> =
+        rows.iter().map(|&(w, a, b, t)| ((w, a), (b, t))).collect();
+    let distinct: BTreeSet<_> = rows.iter().collect();
+    assert_eq!(distinct.len(), got.len(), "a window has two different values");
+    let want = expected_windows(n);
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(k) != Some(v))
+        .take(5)
+        .map(|(k, v)| (k, v, got.get(k)))
+        .collect();
+    assert!(
+        wrong.is_empty() && got.len() == want.len(),
+        "{} windows, {} expected; first differences (window, want, got): {wrong:?}",
+        got.len(),
+        want.len()
+    );
+
+    // The consumer group's committed offsets (what Kafka tools show) reached the end.
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("g-{input}"))
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..3 {
+        tpl.add_partition(&input, p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    let total: i64 = committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(total, n as i64, "committed group offsets: {committed:?}");
+    delete_topics(bootstrap, &[&input, &output]).await;
+}
