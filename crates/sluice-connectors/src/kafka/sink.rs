@@ -637,10 +637,14 @@ impl KafkaSinkOperator {
         .await?;
         if !self.restored.is_empty() {
             let committed = read_log(&self.config.props, &topic).await?;
-            for txn in std::mem::take(&mut self.restored) {
+            for mut txn in std::mem::take(&mut self.restored) {
                 if committed.contains(&txn.tag) {
                     continue;
                 }
+                // A new tag: if the old transaction did commit after all (a crash between
+                // the broker's commit and the log), readers of the log still count it once.
+                txn.tag = self.next_tag();
+                txn.sent = false;
                 tracing::info!(
                     operator = %ctx.task.operator_name,
                     subtask = ctx.task.subtask,
@@ -673,7 +677,9 @@ async fn ensure_topic(props: &BTreeMap<String, String>, topic: &str) -> Result<(
             &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)),
         )
         .await
-        .map_err(kafka_err(format!("cannot create topic `{topic}`")))?;
+        .map_err(kafka_err(format!(
+            "cannot create the transaction log topic `{topic}` (create it, one partition, and start again)"
+        )))?;
     for res in r {
         if let Err((t, e)) = res
             && e != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists

@@ -479,3 +479,170 @@ async fn at_least_once_sink_through_repeated_sigkill_loses_nothing() {
     assert_eq!(total, n as i64, "committed group offsets: {committed:?}");
     delete_topics(bootstrap, &[&input, &output]).await;
 }
+
+/// The records of `topic` whose transaction committed: their `sluice.txn` tag is in the
+/// sink's transaction log. (The mock cluster shows aborted records too; see the top.)
+fn committed_records(bootstrap: &str, topic: &str, log: &str) -> Vec<Read> {
+    let tags: HashSet<String> = read_topic(bootstrap, log)
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    read_topic(bootstrap, topic)
+        .into_iter()
+        .filter(|r| r.headers.get("sluice.txn").is_some_and(|t| tags.contains(t)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_through_repeated_sigkill_on_the_mock_cluster() {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let (input, output) = (unique("bids"), unique("counts"));
+    mock.create_topic(&input, 3, 1).unwrap();
+    mock.create_topic(&output, 2, 1).unwrap();
+    let n = 24_000;
+    produce(&bootstrap, &input, &bids(n, 3));
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("job.sql");
+    let prefix = format!("tx-{output}");
+    // The sink creates its transaction log topic if it is missing, through CreateTopics,
+    // which the mock cluster does not serve: create it the mock's way.
+    mock.create_topic(&format!("{prefix}.commits"), 1, 1).unwrap();
+    std::fs::write(
+        &sql,
+        windowed_sql(
+            &bootstrap,
+            &input,
+            &output,
+            12_000,
+            &format!(
+                ", 'sink.delivery-guarantee' = 'exactly-once', 'sink.transactional-id-prefix' = '{prefix}'"
+            ),
+        ),
+    )
+    .unwrap();
+    let cp = dir.path().join("checkpoints");
+    let args = [
+        "--checkpoint-interval",
+        "100ms",
+        "--checkpoint-dir",
+        cp.to_str().unwrap(),
+        "--delivery",
+        "exactly-once",
+        "--from-checkpoint",
+        "latest",
+    ];
+    let kills = crash_and_restart(&sql, &args, &kill_delays(5, 300, 1_200));
+    assert!(kills >= 3, "only {kills} kills hit a running job");
+
+    // Exactly the batch answer: every window once, with its value.
+    let log = format!("{prefix}.commits");
+    let rows = window_rows(&committed_records(&bootstrap, &output, &log));
+    let want = expected_windows(n);
+    let got: BTreeMap<(i64, i64), (i64, i64)> =
+        rows.iter().map(|&(w, a, b, t)| ((w, a), (b, t))).collect();
+    assert_eq!(rows.len(), got.len(), "duplicate windows in the committed output");
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(k) != Some(v))
+        .take(5)
+        .collect();
+    assert!(
+        wrong.is_empty() && got.len() == want.len(),
+        "{} windows, {} expected; first differences: {wrong:?}",
+        got.len(),
+        want.len()
+    );
+
+    // A restart from the final checkpoint (the sink initialises its transactions again,
+    // aborting whatever a leftover producer of its id had open) changes nothing.
+    // Fencing itself is not checked here: the mock cluster gives a new producer id to
+    // every InitProducerId without a current one (rdkafka_mock_handlers.c), so it never
+    // fences by transactional id, and tansu has no EndTxn.
+    finish(sluice_run(&sql, &args));
+    assert_eq!(
+        window_rows(&committed_records(&bootstrap, &output, &log)).len(),
+        rows.len(),
+        "the restarted job changed the committed output"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_records_go_to_the_dead_letter_topic_and_metadata_columns_are_read() {
+    let bootstrap = tansu();
+    let (input, output, dlq) = (unique("raw"), unique("clean"), unique("dlq"));
+    for t in [&input, &output, &dlq] {
+        create_topic(bootstrap, t, 1).await;
+    }
+    let mut msgs = Vec::new();
+    let mut bad_offsets = Vec::new();
+    for i in 0..50 {
+        let payload = if i % 10 == 3 {
+            bad_offsets.push(i as i64);
+            format!("{{\"id\": {i}, \"name\": oops").into_bytes()
+        } else {
+            format!("{{\"id\": {i}, \"name\": \"n{i}\"}}").into_bytes()
+        };
+        msgs.push(Msg {
+            partition: 0,
+            key: Some(format!("k{i}").into_bytes()),
+            payload,
+            headers: vec![("trace", format!("t{i}").into_bytes())],
+        });
+    }
+    produce(bootstrap, &input, &msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("job.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE raw (
+                id BIGINT, name STRING,
+                k STRING METADATA FROM 'key' VIRTUAL,
+                off BIGINT METADATA FROM 'offset' VIRTUAL,
+                part INT METADATA FROM 'partition' VIRTUAL
+             ) WITH ('connector' = 'kafka', 'topic' = '{input}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
+                'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset',
+                'dead-letter.topic' = '{dlq}');
+             CREATE TABLE clean (id BIGINT, name STRING, k STRING, off BIGINT, part INT)
+             WITH ('connector' = 'kafka', 'topic' = '{output}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
+                'key.fields' = 'id', 'key.format' = 'json');
+             INSERT INTO clean SELECT id, name, k, off, part FROM raw;"
+        ),
+    )
+    .unwrap();
+    finish(sluice_run(&sql, &[]));
+
+    // Every good record, with its key, offset and partition.
+    let out = read_topic(bootstrap, &output);
+    let mut ids: Vec<i64> = Vec::new();
+    for r in &out {
+        let v: serde_json::Value = serde_json::from_str(&r.payload).unwrap();
+        let id = v["id"].as_i64().unwrap();
+        assert_eq!(v["k"], format!("k{id}"));
+        assert_eq!(v["off"], id, "the offset of record {id}");
+        assert_eq!(v["part"], 0);
+        ids.push(id);
+    }
+    ids.sort();
+    let want: Vec<i64> = (0..50).filter(|i| i % 10 != 3).collect();
+    assert_eq!(ids, want);
+
+    // Every bad one in the dead-letter topic, with its position and the error.
+    let dead = read_topic(bootstrap, &dlq);
+    let mut offsets: Vec<i64> = dead
+        .iter()
+        .map(|d| d.headers["sluice.offset"].parse().unwrap())
+        .collect();
+    offsets.sort();
+    assert_eq!(offsets, bad_offsets);
+    for d in &dead {
+        assert_eq!(d.headers["sluice.topic"], input);
+        assert_eq!(d.headers["sluice.partition"], "0");
+        assert!(d.headers["sluice.error"].contains("json"), "{:?}", d.headers);
+        assert!(d.payload.contains("oops"));
+    }
+    delete_topics(bootstrap, &[&input, &output, &dlq]).await;
+}
