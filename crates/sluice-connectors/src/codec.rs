@@ -148,9 +148,9 @@ impl AvroDecoding {
             }
             // An id the registry does not know is a bad message, not a failed job.
             if let Ok(schema) = registry.schema_by_id(id) {
-                self.store
-                    .set(fp, AvroSchema::new(schema))
-                    .map_err(|e| SluiceError::user("bad schema from the registry").with_source(e))?;
+                self.store.set(fp, AvroSchema::new(schema)).map_err(|e| {
+                    SluiceError::user("bad schema from the registry").with_source(e)
+                })?;
                 learned = true;
             }
         }
@@ -162,8 +162,9 @@ impl AvroDecoding {
 }
 
 fn value_fields(schema: &Schema) -> Result<AvroSchema> {
-    AvroSchema::try_from(schema)
-        .map_err(|e| SluiceError::user("the table's columns have no Avro equivalent").with_source(e))
+    AvroSchema::try_from(schema).map_err(|e| {
+        SluiceError::user("the table's columns have no Avro equivalent").with_source(e)
+    })
 }
 
 impl MessageDecoder {
@@ -269,7 +270,10 @@ impl MessageDecoder {
         let start = self.buf.len();
         self.buf.extend_from_slice(payload);
         let end = self.buf.len();
-        if matches!(self.state, DecoderState::Text(_) | DecoderState::Debezium { .. }) {
+        if matches!(
+            self.state,
+            DecoderState::Text(_) | DecoderState::Debezium { .. }
+        ) {
             self.buf.push(b'\n');
         }
         self.ranges.push((start, end));
@@ -428,7 +432,12 @@ impl MessageDecoder {
 
 /// Whether the raw format's one column is `BYTES` (else `STRING`).
 fn raw_column(schema: &Schema) -> Result<bool> {
-    match schema.fields().iter().map(|f| f.data_type()).collect::<Vec<_>>()[..] {
+    match schema
+        .fields()
+        .iter()
+        .map(|f| f.data_type())
+        .collect::<Vec<_>>()[..]
+    {
         [DataType::Binary] => Ok(true),
         [DataType::Utf8] => Ok(false),
         _ => Err(SluiceError::user(format!(
@@ -462,7 +471,10 @@ fn decode_avro(
         .map_err(|e| e.to_string())?
         .ok_or("no Avro record decoded")?;
     if b.num_rows() != rows {
-        return Err(format!("decoded {} Avro records from {rows} messages", b.num_rows()));
+        return Err(format!(
+            "decoded {} Avro records from {rows} messages",
+            b.num_rows()
+        ));
     }
     Ok(b)
 }
@@ -508,7 +520,8 @@ fn debezium_rows(schema: &SchemaRef, env: &RecordBatch) -> std::result::Result<D
         use_before.push(take_before);
     }
     let mask = arrow::array::BooleanArray::from(use_before);
-    let image = arrow::compute::kernels::zip::zip(&mask, before, after).map_err(|e| e.to_string())?;
+    let image =
+        arrow::compute::kernels::zip::zip(&mask, before, after).map_err(|e| e.to_string())?;
     let image = image
         .as_any()
         .downcast_ref::<StructArray>()
@@ -757,14 +770,28 @@ mod tests {
             dec.push(m.as_bytes());
         }
         let mut dead = Vec::new();
-        let d = dec.finish(&|i| format!("m{i}"), &mut dead).unwrap().unwrap();
+        let d = dec
+            .finish(&|i| format!("m{i}"), &mut dead)
+            .unwrap()
+            .unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].position, "m3");
-        let names = d.rows.column(1).as_any().downcast_ref::<StringArray>().unwrap();
-        assert_eq!(names.iter().collect::<Vec<_>>(), vec![Some("x"), Some("y"), Some("y")]);
+        let names = d
+            .rows
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(
+            names.iter().collect::<Vec<_>>(),
+            vec![Some("x"), Some("y"), Some("y")]
+        );
         let ops = d.ops.unwrap();
         let ops = ops.as_any().downcast_ref::<StringArray>().unwrap();
-        assert_eq!(ops.iter().collect::<Vec<_>>(), vec![Some("c"), Some("u"), Some("d")]);
+        assert_eq!(
+            ops.iter().collect::<Vec<_>>(),
+            vec![Some("c"), Some("u"), Some("d")]
+        );
     }
 
     proptest! {

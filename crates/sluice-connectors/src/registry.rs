@@ -63,7 +63,9 @@ impl SchemaRegistry {
             .get("schema")
             .and_then(|s| s.as_str())
             .ok_or_else(|| {
-                SluiceError::external(format!("the schema registry's answer for id {id} has no schema"))
+                SluiceError::external(format!(
+                    "the schema registry's answer for id {id} has no schema"
+                ))
             })?
             .to_string();
         self.lock().insert(id, schema.clone());
@@ -73,11 +75,7 @@ impl SchemaRegistry {
     /// Registers `schema` under `subject` (or finds it registered) and returns its id.
     pub fn register(&self, subject: &str, schema: &str) -> Result<u32> {
         let req = serde_json::json!({ "schema": schema }).to_string();
-        let body = self.call(
-            "POST",
-            &format!("/subjects/{subject}/versions"),
-            Some(&req),
-        )?;
+        let body = self.call("POST", &format!("/subjects/{subject}/versions"), Some(&req))?;
         let id = body
             .get("id")
             .and_then(|i| i.as_u64())
@@ -122,7 +120,10 @@ impl SchemaRegistry {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .ok_or_else(|| fail("the answer has no status"))?;
-        let payload = match head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let payload = match head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             true => dechunk(payload),
             false => payload.to_string(),
         };
@@ -156,7 +157,10 @@ mod tests {
     #[test]
     fn addresses_are_checked_at_start_up() {
         let r = SchemaRegistry::new("http://localhost:8081/registry/").unwrap();
-        assert_eq!((r.host.as_str(), r.port, r.path.as_str()), ("localhost", 8081, "/registry"));
+        assert_eq!(
+            (r.host.as_str(), r.port, r.path.as_str()),
+            ("localhost", 8081, "/registry")
+        );
         assert!(SchemaRegistry::new("https://x:1").is_err());
         assert!(SchemaRegistry::new("http://:1").is_err());
         assert!(SchemaRegistry::new("http://x:port").is_err());

@@ -1419,7 +1419,8 @@ impl<'a> Lowerer<'a> {
         if !written.fields().is_empty() {
             spec.schema = Some(Arc::clone(&written));
         }
-        spec.metadata.retain(|c, _| !def.virtual_columns.contains(c));
+        spec.metadata
+            .retain(|c, _| !def.virtual_columns.contains(c));
         let mut lowered = lowered;
         if spec.options.get("format").map(String::as_str) == Some("debezium-json") {
             // A changelog of the updates: before/after/op rows, written as JSON lines.

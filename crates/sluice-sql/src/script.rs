@@ -448,9 +448,7 @@ fn table_extras(
             true
         } else {
             // col TYPE METADATA [FROM 'key'] [VIRTUAL]: the type stays for sqlparser.
-            let is_word = |t: &Token, w: &str| {
-                matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w) && x.quote_style.is_none())
-            };
+            let is_word = |t: &Token, w: &str| matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w) && x.quote_style.is_none());
             if let Some(m) = (a + 2..=b).find(|&k| is_word(&toks[k].token, "metadata")) {
                 let col = word(t0).unwrap_or_default();
                 let mut k = m + 1;

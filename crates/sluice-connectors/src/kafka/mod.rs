@@ -265,10 +265,7 @@ fn columns(spec: &ConnectorSpec, what: &str) -> Result<Columns> {
 }
 
 /// The partitions of the topics a source reads, sorted: `(topic, partition)`.
-fn partitions(
-    props: &BTreeMap<String, String>,
-    topics: &Topics,
-) -> Result<Vec<(String, i32)>> {
+fn partitions(props: &BTreeMap<String, String>, topics: &Topics) -> Result<Vec<(String, i32)>> {
     let consumer: BaseConsumer = client_config(props)
         .create()
         .map_err(kafka_err("cannot create a Kafka client"))?;
@@ -293,7 +290,7 @@ fn partitions(
             return Err(SluiceError::user(format!(
                 "topic `{}` cannot be read: {:?}",
                 t.name(),
-                rdkafka::types::RDKafkaRespErr::from(e)
+                e
             )));
         }
         for p in t.partitions() {
@@ -334,7 +331,9 @@ impl Topics {
             (None, Some(p)) => regex::Regex::new(&format!("^(?:{p})$"))
                 .map(Topics::Pattern)
                 .map_err(|e| {
-                    SluiceError::user(format!("option `topic-pattern` is not a regular expression: {e}"))
+                    SluiceError::user(format!(
+                        "option `topic-pattern` is not a regular expression: {e}"
+                    ))
                 }),
             (Some(_), Some(_)) => Err(SluiceError::user(
                 "connector `kafka` takes `topic` or `topic-pattern`, not both",

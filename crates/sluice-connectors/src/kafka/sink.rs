@@ -124,9 +124,7 @@ impl SinkConnector for KafkaSinkConnector {
         let topic = match Topics::parse(&o)? {
             Topics::Names(n) if n.len() == 1 => n[0].clone(),
             _ => {
-                return Err(SluiceError::user(
-                    "a Kafka sink writes to one `topic`",
-                ));
+                return Err(SluiceError::user("a Kafka sink writes to one `topic`"));
             }
         };
         let format = message_format(&o, Some(&topic))?;
@@ -266,9 +264,10 @@ impl SinkConnector for KafkaSinkConnector {
             value_encoder: MessageEncoder::new(&config.format, &config.value)?,
             key_encoder,
             subtask: task.subtask,
-            txn_id: config.txn_prefix.clone().unwrap_or_else(|| {
-                format!("sluice-{}-{}", task.job, task.operator_id)
-            }),
+            txn_id: config
+                .txn_prefix
+                .clone()
+                .unwrap_or_else(|| format!("sluice-{}-{}", task.job, task.operator_id)),
             guarantee: Guarantee::AtLeastOnce,
             producer: None,
             log: None,
@@ -455,14 +454,14 @@ impl KafkaSinkOperator {
             enc.encode(&batch.project(idx)?)?;
         }
         let key_col = cfg.key_column.map(|i| batch.column(i));
-        let headers = cfg
-            .headers_column
-            .map(|i| batch.column(i).as_map().clone());
+        let headers = cfg.headers_column.map(|i| batch.column(i).as_map().clone());
         let times = match cfg.timestamp_column.map(|i| batch.column(i)) {
             Some(c) => Some(arrow::compute::cast(c, &DataType::Int64)?),
             None => None,
         };
-        let times = times.as_ref().map(|t| t.as_primitive::<arrow::datatypes::Int64Type>());
+        let times = times
+            .as_ref()
+            .map(|t| t.as_primitive::<arrow::datatypes::Int64Type>());
         for row in 0..batch.num_rows() {
             let data = &mut txn_buf.data;
             let key = match (&self.key_encoder, key_col) {
@@ -474,7 +473,9 @@ impl KafkaSinkOperator {
                 (None, Some(c)) if c.is_valid(row) => {
                     let s = data.len();
                     match c.data_type() {
-                        DataType::Utf8 => data.extend_from_slice(c.as_string::<i32>().value(row).as_bytes()),
+                        DataType::Utf8 => {
+                            data.extend_from_slice(c.as_string::<i32>().value(row).as_bytes())
+                        }
                         _ => data.extend_from_slice(c.as_binary::<i32>().value(row)),
                     }
                     Some((s, data.len()))
@@ -533,14 +534,20 @@ impl KafkaSinkOperator {
             }
             let has_headers = r.headers.1 > r.headers.0;
             if has_headers || !txn.tag.is_empty() {
-                rec = rec.headers(decode_headers(&txn.data[r.headers.0..r.headers.1], &txn.tag));
+                rec = rec.headers(decode_headers(
+                    &txn.data[r.headers.0..r.headers.1],
+                    &txn.tag,
+                ));
             }
             loop {
                 match p.send(rec) {
                     Ok(()) => break,
-                    Err((rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ), back)) => {
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        back,
+                    )) => {
                         rec = back;
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
@@ -558,21 +565,28 @@ impl KafkaSinkOperator {
     }
 
     async fn flush(&self) -> Result<()> {
-        self.blocking("flushing the Kafka producer failed", |p| p.flush(TXN_TIMEOUT))
-            .await?;
+        self.blocking("flushing the Kafka producer failed", |p| {
+            p.flush(TXN_TIMEOUT)
+        })
+        .await?;
         self.check_delivery()
     }
 
     fn next_tag(&mut self) -> String {
         self.seq += 1;
-        format!("{}-{}:{}:{}", self.txn_id, self.subtask, self.attempt, self.seq)
+        format!(
+            "{}-{}:{}:{}",
+            self.txn_id, self.subtask, self.attempt, self.seq
+        )
     }
 
     /// Begins a Kafka transaction for `current` if none is open.
     async fn open_txn(&mut self) -> Result<()> {
         if !self.kafka_txn_open {
-            self.blocking("cannot begin a Kafka transaction", |p| p.begin_transaction())
-                .await?;
+            self.blocking("cannot begin a Kafka transaction", |p| {
+                p.begin_transaction()
+            })
+            .await?;
             self.kafka_txn_open = true;
         }
         Ok(())
@@ -607,7 +621,9 @@ impl KafkaSinkOperator {
         tokio::task::spawn_blocking(move || l.flush(TXN_TIMEOUT))
             .await
             .map_err(|e| SluiceError::internal(e.to_string()))?
-            .map_err(kafka_err(format!("cannot write the transaction log `{topic}`")))?;
+            .map_err(kafka_err(format!(
+                "cannot write the transaction log `{topic}`"
+            )))?;
         let failed = log
             .context()
             .failed
@@ -615,7 +631,9 @@ impl KafkaSinkOperator {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         match failed {
-            Some(e) => Err(SluiceError::external(format!("transaction log `{topic}`: {e}"))),
+            Some(e) => Err(SluiceError::external(format!(
+                "transaction log `{topic}`: {e}"
+            ))),
             None => Ok(()),
         }
     }

@@ -26,8 +26,8 @@ use sluice_runtime::{
 use sluice_types::{Result, SluiceError, TaskInfo};
 
 use super::{
-    Columns, METADATA_TIMEOUT, MetaKey, OPTIONS, Topics, client_config, client_properties,
-    columns, kafka_err, message_format, partitions,
+    Columns, METADATA_TIMEOUT, MetaKey, OPTIONS, Topics, client_config, client_properties, columns,
+    kafka_err, message_format, partitions,
 };
 use crate::codec::{Decoded, MessageDecoder, MessageFormat};
 use crate::options::OptionReader;
@@ -149,13 +149,13 @@ impl SourceConnector for KafkaSourceConnector {
             "earliest-offset" => Startup::Earliest,
             "latest-offset" => Startup::Latest,
             "group-offsets" => Startup::Group,
-            "timestamp" => Startup::Timestamp(
-                o.parse("scan.startup.timestamp-millis")?.ok_or_else(|| {
+            "timestamp" => {
+                Startup::Timestamp(o.parse("scan.startup.timestamp-millis")?.ok_or_else(|| {
                     SluiceError::user(
                         "'scan.startup.mode' = 'timestamp' needs 'scan.startup.timestamp-millis'",
                     )
-                })?,
-            ),
+                })?)
+            }
             _ => Startup::Specific(parse_specific(
                 o.required("scan.startup.specific-offsets")?,
             )?),
@@ -242,10 +242,10 @@ impl SourceConnector for KafkaSourceConnector {
 /// Resolves where each split starts: a number for every mode, so that positions are
 /// exact from the first checkpoint on. Blocking (metadata requests).
 fn start_offsets(
-config: &KafkaSourceConfig,
-splits: &[Split],
-group: &str,
-consumer: &StreamConsumer,
+    config: &KafkaSourceConfig,
+    splits: &[Split],
+    group: &str,
+    consumer: &StreamConsumer,
 ) -> Result<Vec<i64>> {
     let mut out = Vec::with_capacity(splits.len());
     let mut committed = HashMap::new();
@@ -328,6 +328,8 @@ consumer: &StreamConsumer,
     Ok(out)
 }
 
+/// Headers of a message, owned.
+type OwnedHeaderList = Vec<(String, Option<Vec<u8>>)>;
 
 /// A message held over to the next read (it belongs to another partition).
 struct OwnedMessage {
@@ -337,7 +339,7 @@ struct OwnedMessage {
     timestamp_type: &'static str,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
-    headers: Vec<(String, Option<Vec<u8>>)>,
+    headers: OwnedHeaderList,
 }
 
 /// Metadata values of the messages of the current chunk.
@@ -347,7 +349,7 @@ struct MetaBuilders {
     timestamps: Vec<Option<i64>>,
     timestamp_types: Vec<&'static str>,
     keys: Vec<Option<Vec<u8>>>,
-    headers: Vec<Vec<(String, Option<Vec<u8>>)>>,
+    headers: Vec<OwnedHeaderList>,
 }
 
 impl MetaBuilders {
@@ -432,7 +434,8 @@ impl KafkaReader {
     fn check_end(&mut self, split: usize) {
         if self.config.bounded && !self.ended[split] && self.next[split] >= self.end[split] {
             self.ended[split] = true;
-            self.queue.push_back(ReadResult::SplitEnd(self.splits[split].index));
+            self.queue
+                .push_back(ReadResult::SplitEnd(self.splits[split].index));
         }
     }
 
@@ -673,13 +676,13 @@ struct MessageView<'a> {
     key: Option<&'a [u8]>,
     payload: Option<&'a [u8]>,
     raw_headers: Option<&'a rdkafka::message::BorrowedHeaders>,
-    owned_headers: Option<&'a [(String, Option<Vec<u8>>)]>,
+    owned_headers: Option<&'a OwnedHeaderList>,
 }
 
 impl MessageView<'_> {
-    fn headers(&self) -> Vec<(String, Option<Vec<u8>>)> {
+    fn headers(&self) -> OwnedHeaderList {
         if let Some(h) = self.owned_headers {
-            return h.to_vec();
+            return h.clone();
         }
         match self.raw_headers {
             Some(h) => h
@@ -801,9 +804,11 @@ impl SourceReader for KafkaReader {
             self.commit_offsets(&pos, CommitMode::Async);
         }
         // A handle of our own: the read may be cancelled at its await (cancel-safe).
-        let consumer = Arc::clone(self.consumer.as_ref().ok_or_else(|| {
-            SluiceError::internal("the Kafka reader was not opened")
-        })?);
+        let consumer = Arc::clone(
+            self.consumer
+                .as_ref()
+                .ok_or_else(|| SluiceError::internal("the Kafka reader was not opened"))?,
+        );
         self.read_chunk(&consumer, max_rows, ctx).await
     }
 

@@ -12,7 +12,6 @@
 //!   succeeded (`<transactional-id-prefix>.commits`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::Write;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
@@ -33,6 +32,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 struct Tansu {
     bootstrap: String,
     _stdin: std::sync::Mutex<ChildStdin>,
+    _shell: std::sync::Mutex<Child>,
 }
 
 fn free_port() -> u16 {
@@ -79,6 +79,7 @@ fn tansu() -> &'static str {
             Tansu {
                 bootstrap,
                 _stdin: std::sync::Mutex::new(stdin),
+                _shell: std::sync::Mutex::new(child),
             }
         })
         .bootstrap
@@ -171,8 +172,6 @@ fn produce(bootstrap: &str, topic: &str, msgs: &[Msg]) {
 /// One message read back: headers and payload.
 #[derive(Debug, Clone)]
 struct Read {
-    offset: i64,
-    partition: i32,
     headers: BTreeMap<String, String>,
     payload: String,
 }
@@ -238,12 +237,13 @@ fn read_topic(bootstrap: &str, topic: &str) -> Vec<Read> {
             }
         }
         out.push(Read {
-            offset: m.offset(),
-            partition: m.partition(),
             headers,
             payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
         });
-        if remaining.get(&m.partition()).is_some_and(|&h| m.offset() + 1 >= h) {
+        if remaining
+            .get(&m.partition())
+            .is_some_and(|&h| m.offset() + 1 >= h)
+        {
             remaining.remove(&m.partition());
         }
     }
@@ -292,7 +292,8 @@ fn window_rows(reads: &[Read]) -> Vec<(i64, i64, i64, i64)> {
             let v: serde_json::Value = serde_json::from_str(&r.payload).unwrap();
             let end = v["window_end"].as_str().unwrap();
             // 2024-01-01T00:00:SS or 2024-01-01T00:01:00
-            let secs = end[14..16].parse::<i64>().unwrap() * 60 + end[17..19].parse::<i64>().unwrap();
+            let secs =
+                end[14..16].parse::<i64>().unwrap() * 60 + end[17..19].parse::<i64>().unwrap();
             (
                 secs,
                 v["auction"].as_i64().unwrap(),
@@ -442,7 +443,11 @@ async fn at_least_once_sink_through_repeated_sigkill_loses_nothing() {
     let got: BTreeMap<(i64, i64), (i64, i64)> =
         rows.iter().map(|&(w, a, b, t)| ((w, a), (b, t))).collect();
     let distinct: BTreeSet<_> = rows.iter().collect();
-    assert_eq!(distinct.len(), got.len(), "a window has two different values");
+    assert_eq!(
+        distinct.len(),
+        got.len(),
+        "a window has two different values"
+    );
     let want = expected_windows(n);
     let wrong: Vec<_> = want
         .iter()
@@ -489,7 +494,11 @@ fn committed_records(bootstrap: &str, topic: &str, log: &str) -> Vec<Read> {
         .collect();
     read_topic(bootstrap, topic)
         .into_iter()
-        .filter(|r| r.headers.get("sluice.txn").is_some_and(|t| tags.contains(t)))
+        .filter(|r| {
+            r.headers
+                .get("sluice.txn")
+                .is_some_and(|t| tags.contains(t))
+        })
         .collect()
 }
 
@@ -507,7 +516,8 @@ async fn exactly_once_through_repeated_sigkill_on_the_mock_cluster() {
     let prefix = format!("tx-{output}");
     // The sink creates its transaction log topic if it is missing, through CreateTopics,
     // which the mock cluster does not serve: create it the mock's way.
-    mock.create_topic(&format!("{prefix}.commits"), 1, 1).unwrap();
+    mock.create_topic(&format!("{prefix}.commits"), 1, 1)
+        .unwrap();
     std::fs::write(
         &sql,
         windowed_sql(
@@ -541,7 +551,11 @@ async fn exactly_once_through_repeated_sigkill_on_the_mock_cluster() {
     let want = expected_windows(n);
     let got: BTreeMap<(i64, i64), (i64, i64)> =
         rows.iter().map(|&(w, a, b, t)| ((w, a), (b, t))).collect();
-    assert_eq!(rows.len(), got.len(), "duplicate windows in the committed output");
+    assert_eq!(
+        rows.len(),
+        got.len(),
+        "duplicate windows in the committed output"
+    );
     let wrong: Vec<_> = want
         .iter()
         .filter(|(k, v)| got.get(k) != Some(v))
@@ -641,7 +655,11 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_metadata_columns_are_
     for d in &dead {
         assert_eq!(d.headers["sluice.topic"], input);
         assert_eq!(d.headers["sluice.partition"], "0");
-        assert!(d.headers["sluice.error"].contains("json"), "{:?}", d.headers);
+        assert!(
+            d.headers["sluice.error"].contains("json"),
+            "{:?}",
+            d.headers
+        );
         assert!(d.payload.contains("oops"));
     }
     delete_topics(bootstrap, &[&input, &output, &dlq]).await;
