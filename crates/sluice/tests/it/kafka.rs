@@ -664,3 +664,136 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_metadata_columns_are_
     }
     delete_topics(bootstrap, &[&input, &output, &dlq]).await;
 }
+
+/// A schema registry speaking the two calls Sluice makes (register a subject's schema,
+/// fetch a schema by id): no Confluent Schema Registry runs on this machine.
+fn schema_registry() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut schemas: Vec<String> = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Head, then as much body as Content-Length says.
+            loop {
+                let n = std::io::Read::read(&mut s, &mut chunk).unwrap_or(0);
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len || n == 0 {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            let text = String::from_utf8_lossy(&buf).to_string();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            let line = head.lines().next().unwrap_or("");
+            let answer = if line.starts_with("POST /subjects/") {
+                let v: serde_json::Value = serde_json::from_str(body).unwrap();
+                let schema = v["schema"].as_str().unwrap().to_string();
+                let id = match schemas.iter().position(|s| *s == schema) {
+                    Some(i) => i + 1,
+                    None => {
+                        schemas.push(schema);
+                        schemas.len()
+                    }
+                };
+                Some(serde_json::json!({ "id": id }))
+            } else if let Some(id) = line
+                .strip_prefix("GET /schemas/ids/")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|i| i.parse::<usize>().ok())
+            {
+                schemas
+                    .get(id.wrapping_sub(1))
+                    .map(|s| serde_json::json!({ "schema": s }))
+            } else {
+                None
+            };
+            let (status, body) = match answer {
+                Some(b) => ("200 OK", b.to_string()),
+                None => ("404 Not Found", "{\"error_code\":40403}".to_string()),
+            };
+            let _ = std::io::Write::write_all(
+                &mut s,
+                format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_with_a_schema_registry_round_trips_through_kafka() {
+    let bootstrap = tansu();
+    let registry = schema_registry();
+    let (avro, json, direct) = (unique("avro"), unique("json"), unique("direct"));
+    for t in [&avro, &json, &direct] {
+        create_topic(bootstrap, t, 1).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let write = dir.path().join("write.sql");
+    std::fs::write(
+        &write,
+        format!(
+            "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '2000');
+             CREATE TABLE a (auction BIGINT, price BIGINT, channel STRING) WITH ('connector' = 'kafka',
+                'topic' = '{avro}', 'properties.bootstrap.servers' = '{bootstrap}',
+                'properties.linger.ms' = '0', 'properties.batch.num.messages' = '1',
+                'format' = 'avro-confluent', 'avro-confluent.url' = '{registry}');
+             CREATE TABLE d (auction BIGINT, price BIGINT, channel STRING) WITH ('connector' = 'kafka',
+                'topic' = '{direct}', 'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json');
+             INSERT INTO a SELECT auction, price, channel FROM bid;
+             INSERT INTO d SELECT auction, price, channel FROM bid;"
+        ),
+    )
+    .unwrap();
+    finish(sluice_run(&write, &[]));
+    let raw = read_topic(bootstrap, &avro);
+    assert!(!raw.is_empty());
+    let read = dir.path().join("read.sql");
+    std::fs::write(
+        &read,
+        format!(
+            "CREATE TABLE a (auction BIGINT, price BIGINT, channel STRING) WITH ('connector' = 'kafka',
+                'topic' = '{avro}', 'properties.bootstrap.servers' = '{bootstrap}',
+                'format' = 'avro-confluent', 'avro-confluent.url' = '{registry}',
+                'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset');
+             CREATE TABLE j (auction BIGINT, price BIGINT, channel STRING) WITH ('connector' = 'kafka',
+                'topic' = '{json}', 'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json');
+             INSERT INTO j SELECT * FROM a;"
+        ),
+    )
+    .unwrap();
+    finish(sluice_run(&read, &[]));
+    // What went through Avro and the registry equals what was written as JSON directly.
+    let rows = |t: &str| {
+        let mut v: Vec<String> = read_topic(bootstrap, t)
+            .into_iter()
+            .map(|r| r.payload)
+            .collect();
+        v.sort();
+        v
+    };
+    let (through_avro, direct_rows) = (rows(&json), rows(&direct));
+    assert_eq!(through_avro.len(), raw.len(), "every Avro record came back");
+    assert_eq!(through_avro, direct_rows);
+    delete_topics(bootstrap, &[&avro, &json, &direct]).await;
+}
