@@ -98,6 +98,9 @@ pub struct MessageDecoder {
 }
 
 enum DecoderState {
+    /// JSON: one arrow decoder kept across chunks (building one allocates and zeroes
+    /// its buffers), with the rows it has room for; dropped after an error.
+    Json(Option<(arrow::json::reader::Decoder, usize)>),
     Text(Format),
     Raw { binary: bool },
     Avro(Box<AvroDecoding>),
@@ -171,7 +174,7 @@ impl MessageDecoder {
     /// A decoder of `format` into `schema` (the value columns).
     pub fn new(format: &MessageFormat, schema: SchemaRef) -> Result<Self> {
         let state = match format {
-            MessageFormat::Json => DecoderState::Text(Format::Json),
+            MessageFormat::Json => DecoderState::Json(None),
             MessageFormat::Csv { delimiter } => DecoderState::Text(Format::Csv {
                 delimiter: *delimiter,
                 header: false,
@@ -272,7 +275,7 @@ impl MessageDecoder {
         let end = self.buf.len();
         if matches!(
             self.state,
-            DecoderState::Text(_) | DecoderState::Debezium { .. }
+            DecoderState::Json(_) | DecoderState::Text(_) | DecoderState::Debezium { .. }
         ) {
             self.buf.push(b'\n');
         }
@@ -349,6 +352,17 @@ impl MessageDecoder {
         let start = self.ranges[from].0;
         let end = self.ranges[to - 1].1;
         match &mut self.state {
+            DecoderState::Json(cached) => {
+                let r = decode_json(&self.schema, cached, &self.buf[start..end], rows);
+                if r.is_err() {
+                    *cached = None;
+                }
+                Ok(Decoded {
+                    rows: r?,
+                    kept: None,
+                    ops: None,
+                })
+            }
             DecoderState::Text(format) => {
                 let b = format
                     .decode_exact(&self.schema, &self.buf[start..end], rows)
@@ -428,6 +442,45 @@ impl MessageDecoder {
             }
         }
     }
+}
+
+/// Decodes newline-separated JSON objects into exactly `rows` rows with a kept decoder.
+fn decode_json(
+    schema: &SchemaRef,
+    cached: &mut Option<(arrow::json::reader::Decoder, usize)>,
+    bytes: &[u8],
+    rows: usize,
+) -> std::result::Result<RecordBatch, String> {
+    if cached.as_ref().is_none_or(|(_, cap)| *cap <= rows) {
+        // One more than the rows, so that a message holding two objects shows.
+        let cap = (rows + 1).next_power_of_two().max(1024);
+        let d = arrow::json::ReaderBuilder::new(Arc::clone(schema))
+            .with_batch_size(cap)
+            .with_strict_mode(false)
+            .build_decoder()
+            .map_err(|e| e.to_string())?;
+        *cached = Some((d, cap));
+    }
+    let (d, _) = cached.as_mut().ok_or("no JSON decoder")?;
+    let mut off = 0;
+    while off < bytes.len() {
+        let n = d.decode(&bytes[off..]).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        off += n;
+    }
+    if off < bytes.len() {
+        return Err(format!("more than {rows} JSON values in {rows} messages"));
+    }
+    let b = d
+        .flush()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(schema)));
+    if b.num_rows() != rows {
+        return Err(format!("decoded {} records from {rows} messages", b.num_rows()));
+    }
+    Ok(b)
 }
 
 /// Whether the raw format's one column is `BYTES` (else `STRING`).
