@@ -797,3 +797,89 @@ async fn avro_with_a_schema_registry_round_trips_through_kafka() {
     assert_eq!(through_avro, direct_rows);
     delete_topics(bootstrap, &[&avro, &json, &direct]).await;
 }
+
+/// Rows a bounded read of `topic` with extra options delivers (JSON `{"id": n}`).
+fn read_ids(bootstrap: &str, topic: &str, options: &str) -> Vec<i64> {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("read.sql");
+    let out = dir.path().join("out");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE t (id BIGINT) WITH ('connector' = 'kafka', 'topic' = '{topic}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
+                'scan.bounded.mode' = 'latest-offset'{options});
+             CREATE TABLE o (id BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');
+             INSERT INTO o SELECT id FROM t;",
+            out.display()
+        ),
+    )
+    .unwrap();
+    finish(sluice_run(&sql, &[]));
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(&out).unwrap() {
+        for line in std::fs::read_to_string(e.unwrap().path()).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            ids.push(v["id"].as_i64().unwrap());
+        }
+    }
+    ids.sort();
+    ids
+}
+
+fn id_msgs(range: std::ops::Range<i64>) -> Vec<Msg> {
+    range
+        .map(|i| Msg {
+            partition: 0,
+            key: None,
+            payload: format!("{{\"id\": {i}}}").into_bytes(),
+            headers: Vec::new(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_modes_and_group_offsets() {
+    let bootstrap = tansu();
+    let topic = unique("ids");
+    create_topic(bootstrap, &topic, 1).await;
+    produce(bootstrap, &topic, &id_msgs(0..5));
+    std::thread::sleep(Duration::from_millis(50));
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    std::thread::sleep(Duration::from_millis(50));
+    produce(bootstrap, &topic, &id_msgs(5..10));
+
+    let all: Vec<i64> = (0..10).collect();
+    let earliest = ", 'scan.startup.mode' = 'earliest-offset'";
+    assert_eq!(read_ids(bootstrap, &topic, earliest), all);
+    assert_eq!(
+        read_ids(bootstrap, &topic, ", 'scan.startup.mode' = 'latest-offset'"),
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        read_ids(
+            bootstrap,
+            &topic,
+            ", 'scan.startup.mode' = 'specific-offsets', 'scan.startup.specific-offsets' = 'partition:0,offset:7'"
+        ),
+        vec![7, 8, 9]
+    );
+    assert_eq!(
+        read_ids(
+            bootstrap,
+            &topic,
+            &format!(", 'scan.startup.mode' = 'timestamp', 'scan.startup.timestamp-millis' = '{t}'")
+        ),
+        (5..10).collect::<Vec<_>>()
+    );
+    // The group's offsets: a first run reads everything and commits; the next one
+    // starts where it ended.
+    let group = format!(", 'properties.group.id' = 'g-{topic}'");
+    assert_eq!(read_ids(bootstrap, &topic, &group), all);
+    produce(bootstrap, &topic, &id_msgs(10..13));
+    assert_eq!(read_ids(bootstrap, &topic, &group), vec![10, 11, 12]);
+    delete_topics(bootstrap, &[&topic]).await;
+}
