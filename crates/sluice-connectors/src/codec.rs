@@ -102,9 +102,14 @@ enum DecoderState {
     /// its buffers), with the rows it has room for; dropped after an error.
     Json(Option<(arrow::json::reader::Decoder, usize)>),
     Text(Format),
-    Raw { binary: bool },
+    Raw {
+        binary: bool,
+    },
     Avro(Box<AvroDecoding>),
-    Debezium { envelope: SchemaRef, json: Format },
+    Debezium {
+        envelope: SchemaRef,
+        json: Format,
+    },
 }
 
 /// Avro decoding: a store of writer schemas by id and the table's schema as the reader
@@ -478,7 +483,10 @@ fn decode_json(
         .map_err(|e| e.to_string())?
         .unwrap_or_else(|| RecordBatch::new_empty(Arc::clone(schema)));
     if b.num_rows() != rows {
-        return Err(format!("decoded {} records from {rows} messages", b.num_rows()));
+        return Err(format!(
+            "decoded {} records from {rows} messages",
+            b.num_rows()
+        ));
     }
     Ok(b)
 }

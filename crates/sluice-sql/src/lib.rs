@@ -347,7 +347,7 @@ impl SqlContext {
         let declared = planner
             .build_schema(ct.columns)
             .map_err(|e| SqlError::datafusion(e).or_at(pos))?;
-        let declared = Arc::new(declared);
+        let declared = Arc::new(with_maps(declared, &extras.maps, pos)?);
         let mut options = extras.options;
         let Some(connector) = options.remove("connector") else {
             return Err(SqlError::at(
@@ -569,4 +569,54 @@ fn watermark_delay(
         }
         _ => Err(usage()),
     }
+}
+
+/// Gives `MAP<K, V>` columns (read by sqlparser as BYTEA) their Arrow map type.
+fn with_maps(
+    schema: arrow::datatypes::Schema,
+    maps: &[(String, String, String)],
+    pos: Pos,
+) -> Result<arrow::datatypes::Schema, SqlError> {
+    use arrow::datatypes::{Field, Fields};
+    if maps.is_empty() {
+        return Ok(schema);
+    }
+    let simple = |t: &str| -> Result<DataType, SqlError> {
+        Ok(match t {
+            "string" | "varchar" | "text" => DataType::Utf8,
+            "bytes" | "varbinary" | "bytea" => DataType::Binary,
+            "bigint" => DataType::Int64,
+            "int" | "integer" => DataType::Int32,
+            "double" => DataType::Float64,
+            "boolean" => DataType::Boolean,
+            other => {
+                return Err(SqlError::at(
+                    pos,
+                    format!(
+                        "MAP<…> of `{other}` is not supported; use STRING, BYTES, BIGINT, INT, DOUBLE or BOOLEAN"
+                    ),
+                ));
+            }
+        })
+    };
+    let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+    for (col, k, v) in maps {
+        let Some(f) = fields.iter_mut().find(|f| f.name() == col) else {
+            continue;
+        };
+        let entries = Field::new(
+            "entries",
+            DataType::Struct(Fields::from(vec![
+                Field::new("key", simple(k)?, false),
+                Field::new("value", simple(v)?, true),
+            ])),
+            false,
+        );
+        *f = Arc::new(Field::new(
+            col,
+            DataType::Map(Arc::new(entries), false),
+            f.is_nullable(),
+        ));
+    }
+    Ok(arrow::datatypes::Schema::new(fields))
 }

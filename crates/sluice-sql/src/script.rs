@@ -59,6 +59,8 @@ pub struct TableExtras {
     pub primary_key: Vec<String>,
     /// `col TYPE METADATA [FROM 'key'] [VIRTUAL]`: column, metadata key, virtual.
     pub metadata: Vec<(String, String, bool)>,
+    /// `col MAP<K, V>` columns (sqlparser reads them as BYTEA): column, K, V.
+    pub maps: Vec<(String, String, String)>,
     /// `WITH ('key' = 'value', …)`.
     pub options: BTreeMap<String, String>,
 }
@@ -362,8 +364,21 @@ fn table_extras(
     let mut commas: Vec<usize> = Vec::new();
     let mut entry_start = open + 1;
     let mut close = None;
+    // `MAP<K, V>`, `ROW<a T, b T>`: commas inside angle brackets do not split columns.
+    let mut angle = 0usize;
     for (i, t) in toks.iter().enumerate().skip(open) {
         match t.token {
+            Token::Lt
+                if toks[i - 1..i].iter().any(|p| {
+                    word(&p.token)
+                        .is_some_and(|w| matches!(w.as_str(), "map" | "row" | "struct" | "array"))
+                }) =>
+            {
+                angle += 1
+            }
+            Token::Gt if angle > 0 => angle -= 1,
+            Token::ShiftRight if angle > 0 => angle = angle.saturating_sub(2),
+            Token::Comma if angle > 0 => {}
             Token::LParen => depth += 1,
             Token::RParen => {
                 depth -= 1;
@@ -447,8 +462,31 @@ fn table_extras(
             extras.computed.push((name, snippet(a + 2, b, text)));
             true
         } else {
-            // col TYPE METADATA [FROM 'key'] [VIRTUAL]: the type stays for sqlparser.
             let is_word = |t: &Token, w: &str| matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w) && x.quote_style.is_none());
+            // col MAP<K, V>: sqlparser has no such type; it reads BYTEA, fixed later.
+            if toks.get(a + 1).is_some_and(|t| is_word(&t.token, "map"))
+                && toks.get(a + 2).is_some_and(|t| t.token == Token::Lt)
+            {
+                let (k, v) = (toks.get(a + 3), toks.get(a + 5));
+                let ok = toks.get(a + 4).is_some_and(|t| t.token == Token::Comma)
+                    && toks.get(a + 6).is_some_and(|t| t.token == Token::Gt)
+                    && a + 6 <= b;
+                let (Some(k), Some(v), true) = (
+                    k.and_then(|t| word(&t.token)),
+                    v.and_then(|t| word(&t.token)),
+                    ok,
+                ) else {
+                    return Err(SqlError::at(
+                        Pos::from(toks[a + 1].span.start),
+                        "expected MAP<KEY_TYPE, VALUE_TYPE> with simple types",
+                    ));
+                };
+                let from = lines.offset(toks[a + 1].span.start);
+                blank(text, from..lines.offset(toks[a + 6].span.end));
+                text[from..from + 5].copy_from_slice(b"BYTEA");
+                extras.maps.push((word(t0).unwrap_or_default(), k, v));
+            }
+            // col TYPE METADATA [FROM 'key'] [VIRTUAL]: the type stays for sqlparser.
             if let Some(m) = (a + 2..=b).find(|&k| is_word(&toks[k].token, "metadata")) {
                 let col = word(t0).unwrap_or_default();
                 let mut k = m + 1;

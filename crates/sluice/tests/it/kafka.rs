@@ -582,7 +582,8 @@ async fn exactly_once_through_repeated_sigkill_on_the_mock_cluster() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_records_go_to_the_dead_letter_topic_and_metadata_columns_are_read() {
+async fn malformed_records_go_to_the_dead_letter_topic_and_metadata_columns_and_headers_pass_through()
+ {
     let bootstrap = tansu();
     let (input, output, dlq) = (unique("raw"), unique("clean"), unique("dlq"));
     for t in [&input, &output, &dlq] {
@@ -614,16 +615,18 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_metadata_columns_are_
                 id BIGINT, name STRING,
                 k STRING METADATA FROM 'key' VIRTUAL,
                 off BIGINT METADATA FROM 'offset' VIRTUAL,
-                part INT METADATA FROM 'partition' VIRTUAL
+                part INT METADATA FROM 'partition' VIRTUAL,
+                hdrs MAP<STRING, BYTES> METADATA FROM 'headers' VIRTUAL
              ) WITH ('connector' = 'kafka', 'topic' = '{input}',
                 'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
                 'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset',
                 'dead-letter.topic' = '{dlq}');
-             CREATE TABLE clean (id BIGINT, name STRING, k STRING, off BIGINT, part INT)
+             CREATE TABLE clean (id BIGINT, name STRING, k STRING, off BIGINT, part INT,
+                hdrs MAP<STRING, BYTES> METADATA FROM 'headers')
              WITH ('connector' = 'kafka', 'topic' = '{output}',
                 'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
                 'key.fields' = 'id', 'key.format' = 'json');
-             INSERT INTO clean SELECT id, name, k, off, part FROM raw;"
+             INSERT INTO clean SELECT id, name, k, off, part, hdrs FROM raw;"
         ),
     )
     .unwrap();
@@ -638,6 +641,8 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_metadata_columns_are_
         assert_eq!(v["k"], format!("k{id}"));
         assert_eq!(v["off"], id, "the offset of record {id}");
         assert_eq!(v["part"], 0);
+        // Headers read from the input and written to the output.
+        assert_eq!(r.headers.get("trace"), Some(&format!("t{id}")));
         ids.push(id);
     }
     ids.sort();
@@ -871,7 +876,9 @@ async fn startup_modes_and_group_offsets() {
         read_ids(
             bootstrap,
             &topic,
-            &format!(", 'scan.startup.mode' = 'timestamp', 'scan.startup.timestamp-millis' = '{t}'")
+            &format!(
+                ", 'scan.startup.mode' = 'timestamp', 'scan.startup.timestamp-millis' = '{t}'"
+            )
         ),
         (5..10).collect::<Vec<_>>()
     );
