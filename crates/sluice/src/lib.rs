@@ -20,6 +20,8 @@
 
 pub mod bench;
 pub mod examples;
+#[cfg(feature = "kafka")]
+pub mod kafka_bench;
 mod pipeline;
 
 /// Plans a SQL script (see [`sql`]) with the built-in connectors and Nexmark's

@@ -162,6 +162,27 @@ enum BenchSuite {
         #[arg(long, value_parser = humantime::parse_duration)]
         checkpoint_interval: Option<Duration>,
     },
+    /// End-to-end latency through a Kafka broker: a paced producer, the job (Kafka →
+    /// query → Kafka) in this process, and a consumer timing every output row.
+    #[cfg(feature = "kafka")]
+    Kafka {
+        /// The broker (`host:port`).
+        #[arg(long)]
+        bootstrap: String,
+        /// `q0` (projection; latency from each event's production) or `window` (1 s
+        /// tumbling count per auction; latency from each window's end).
+        #[arg(long, default_value = "q0")]
+        query: String,
+        /// Events to produce.
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Events per second offered.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        /// Parallelism of every operator.
+        #[arg(long, short, default_value_t = 1)]
+        parallelism: usize,
+    },
     /// Checkpoint duration and size, and restore time, for N keys of window state.
     State {
         /// Distinct keys in the open window.
@@ -382,6 +403,23 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     r.peak_rss_mb
                 );
             }
+            Ok(())
+        }
+        #[cfg(feature = "kafka")]
+        Command::Bench {
+            suite:
+                BenchSuite::Kafka {
+                    bootstrap,
+                    query,
+                    events,
+                    rate,
+                    parallelism,
+                },
+        } => {
+            let r =
+                sluice::kafka_bench::run_kafka_bench(&bootstrap, &query, events, rate, parallelism)
+                    .await?;
+            println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
         Command::Bench {
