@@ -890,3 +890,34 @@ async fn startup_modes_and_group_offsets() {
     assert_eq!(read_ids(bootstrap, &topic, &group), vec![10, 11, 12]);
     delete_topics(bootstrap, &[&topic]).await;
 }
+
+#[test]
+fn the_kafka_latency_bench_sees_every_row() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "kafka",
+            "--bootstrap",
+            "mock",
+            "--query",
+            "q0",
+            "--events",
+            "2000",
+            "--rate",
+            "2000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["rows"], 2000, "{r}");
+    let (p50, p99) = (
+        r["latency_p50_ms"].as_f64().unwrap(),
+        r["latency_p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 >= 0.0 && p99 >= p50, "{r}");
+}
