@@ -7,6 +7,7 @@ pub mod codec;
 pub mod datagen;
 pub mod file;
 pub mod format;
+pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod nexmark;

@@ -23,6 +23,7 @@ pub mod examples;
 #[cfg(feature = "kafka")]
 pub mod kafka_bench;
 mod pipeline;
+pub mod server;
 
 /// Plans a SQL script (see [`sql`]) with the built-in connectors and Nexmark's
 /// `count_char` UDF: the job of its

@@ -72,6 +72,48 @@ enum Command {
     },
     /// List the built-in example jobs.
     Examples,
+    /// A long-running job manager: many jobs in this process, a REST API and
+    /// Prometheus metrics (`/metrics`).
+    Server {
+        /// Address to listen on; beyond loopback an API token is required.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        bind: String,
+        /// API token for calls that change something (also `SLUICE_TOKEN`).
+        #[arg(long, env = "SLUICE_TOKEN")]
+        token: Option<String>,
+    },
+    /// Submit a SQL script to a server as a job; prints its id.
+    Submit {
+        /// The SQL script.
+        script: PathBuf,
+        /// Job name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Default parallelism.
+        #[arg(long, short)]
+        parallelism: Option<usize>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List a server's jobs.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show one job of a server: status, graph, per-operator metrics.
+    Status {
+        /// The job id.
+        id: u64,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Cancel a job on a server.
+    Cancel {
+        /// The job id.
+        id: u64,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -132,6 +174,46 @@ impl CheckpointArgs {
                 p.restore_from(sluice::plan::RestoreFrom::Path(path.to_string()));
             }
         }
+    }
+}
+
+/// Which server a client command talks to.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// The server's address.
+    #[arg(long, env = "SLUICE_SERVER", default_value = "http://127.0.0.1:8081")]
+    server: String,
+    /// API token (also `SLUICE_TOKEN`).
+    #[arg(long, env = "SLUICE_TOKEN")]
+    token: Option<String>,
+}
+
+impl ServerArgs {
+    /// One call; the answer's JSON, or the server's error as an error.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = sluice::connectors::http::HttpUrl::parse(&self.server)?;
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a.as_str()));
+        }
+        let body = body.map(|b| b.to_string());
+        let (status, text) = url.request(method, path, body.as_deref(), &headers)?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("the server answered HTTP {status}: {text}"))?;
+        if !(200..300).contains(&status) {
+            anyhow::bail!(
+                "{} ({})",
+                v["error"]["message"].as_str().unwrap_or(&text),
+                v["error"]["code"].as_str().unwrap_or("error")
+            );
+        }
+        Ok(v)
     }
 }
 
@@ -420,6 +502,56 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 sluice::kafka_bench::run_kafka_bench(&bootstrap, &query, events, rate, parallelism)
                     .await?;
             println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Command::Server { bind, token } => {
+            let listener = tokio::net::TcpListener::bind(&bind)
+                .await
+                .with_context(|| format!("cannot listen on {bind}"))?;
+            eprintln!("sluice server on http://{}", listener.local_addr()?);
+            sluice::server::serve(listener, token).await?;
+            Ok(())
+        }
+        Command::Submit {
+            script,
+            name,
+            parallelism,
+            server,
+        } => {
+            let sql = std::fs::read_to_string(&script)
+                .with_context(|| format!("reading {}", script.display()))?;
+            let name =
+                name.or_else(|| script.file_stem().map(|s| s.to_string_lossy().into_owned()));
+            let v = server.call(
+                "POST",
+                "/api/jobs",
+                Some(&serde_json::json!({ "sql": sql, "name": name, "parallelism": parallelism })),
+            )?;
+            println!("{}", v["id"]);
+            Ok(())
+        }
+        Command::List { server } => {
+            let v = server.call("GET", "/api/jobs", None)?;
+            for j in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:>5}  {:<10} {:<30} in {:>12}  out {:>12}",
+                    j["id"],
+                    j["status"].as_str().unwrap_or(""),
+                    j["name"].as_str().unwrap_or(""),
+                    j["source_records"],
+                    j["sink_records"]
+                );
+            }
+            Ok(())
+        }
+        Command::Status { id, server } => {
+            let v = server.call("GET", &format!("/api/jobs/{id}"), None)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::Cancel { id, server } => {
+            server.call("POST", &format!("/api/jobs/{id}/cancel"), None)?;
+            println!("cancelling job {id}");
             Ok(())
         }
         Command::Bench {

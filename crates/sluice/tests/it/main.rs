@@ -8,4 +8,5 @@ mod checkpoints;
 mod engine;
 mod files;
 mod kafka;
+mod server;
 mod sql;

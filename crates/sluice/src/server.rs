@@ -1,0 +1,660 @@
+//! `sluice server`: a long-running job manager. Many jobs in one process, a REST API,
+//! and Prometheus metrics.
+//!
+//! ```text
+//!  POST /api/jobs {sql} ──plan──> JobEntry (status, metrics, stop handle) ──tokio task──> job
+//!  GET  /api/jobs, /api/jobs/{id}      read the entries (live metrics: atomics)
+//!  POST /api/jobs/{id}/cancel          stop: sources end, in-flight data drains
+//!  GET  /metrics                       Prometheus text, one series per job/operator/subtask
+//!  GET  /api/openapi.json              the API's OpenAPI document
+//! ```
+//!
+//! A job that fails only changes its own status: its error is kept and shown. Bound to a
+//! non-loopback address, every call that changes something needs the API token
+//! (`Authorization: Bearer <token>`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use sluice_runtime::StopHandle;
+use sluice_runtime::metrics::JobMetrics;
+use sluice_types::SluiceError;
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Running.
+    Running,
+    /// Its input ended and everything was written.
+    Finished,
+    /// It stopped with an error (see `error`).
+    Failed,
+    /// Cancelled through the API.
+    Cancelled,
+}
+
+struct JobEntry {
+    id: u64,
+    name: String,
+    sql: String,
+    submitted_ms: i64,
+    status: Mutex<(JobStatus, Option<String>)>,
+    metrics: Arc<JobMetrics>,
+    stop: StopHandle,
+    explain: String,
+    graph: Graph,
+}
+
+/// The job's dataflow graph.
+#[derive(Clone, Debug, Serialize)]
+pub struct Graph {
+    /// Operators: id, name, parallelism.
+    pub nodes: Vec<GraphNode>,
+    /// Edges: from, to, how rows are distributed.
+    pub edges: Vec<GraphEdge>,
+}
+
+/// One operator of the graph.
+#[derive(Clone, Debug, Serialize)]
+pub struct GraphNode {
+    /// Node id.
+    pub id: usize,
+    /// Display name.
+    pub name: String,
+    /// Subtasks.
+    pub parallelism: usize,
+}
+
+/// One edge of the graph.
+#[derive(Clone, Debug, Serialize)]
+pub struct GraphEdge {
+    /// Upstream node.
+    pub from: usize,
+    /// Downstream node.
+    pub to: usize,
+    /// Forward, hash(keys), rebalance, broadcast.
+    pub partitioning: String,
+}
+
+/// The jobs of one server.
+#[derive(Default)]
+pub struct JobManager {
+    jobs: RwLock<BTreeMap<u64, Arc<JobEntry>>>,
+    next_id: AtomicU64,
+    /// Required on changing calls when set.
+    token: Option<String>,
+}
+
+/// A submitted job, as the API takes it.
+#[derive(Debug, Deserialize)]
+pub struct Submit {
+    /// The SQL script (its `INSERT INTO` statements form the job).
+    pub sql: String,
+    /// Job name (default `job-<id>`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Default parallelism.
+    #[serde(default)]
+    pub parallelism: Option<usize>,
+}
+
+/// A JSON error: `{"error": {"code": …, "message": …}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(id: u64) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("no job {id}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": { "code": self.code, "message": self.message } })),
+        )
+            .into_response()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl JobManager {
+    /// A manager; `token` guards changing calls (needed when not bound to loopback).
+    pub fn new(token: Option<String>) -> Arc<Self> {
+        Arc::new(Self {
+            token,
+            next_id: AtomicU64::new(1),
+            ..Default::default()
+        })
+    }
+
+    /// Plans and starts a job; returns its id. Bad SQL or a bad configuration fails
+    /// here, before anything runs.
+    pub async fn submit(self: &Arc<Self>, s: Submit) -> Result<u64, ApiError> {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let name = s.name.clone().unwrap_or_else(|| format!("job-{id}"));
+        let p = s.parallelism.unwrap_or(1).to_string();
+        let job = crate::plan_sql(
+            &s.sql,
+            &[("parallelism.default", &p), ("pipeline.name", &name)],
+        )
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_sql", e.to_string()))?;
+        let plan = job.plan.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "no_job",
+                "the script has no INSERT INTO or SELECT: nothing to run",
+            )
+        })?;
+        let graph = Graph {
+            nodes: plan
+                .nodes
+                .iter()
+                .map(|n| GraphNode {
+                    id: n.id,
+                    name: n.name.clone(),
+                    parallelism: n.parallelism,
+                })
+                .collect(),
+            edges: plan
+                .edges
+                .iter()
+                .map(|e| GraphEdge {
+                    from: e.from,
+                    to: e.to,
+                    partitioning: format!("{:?}", e.partitioning),
+                })
+                .collect(),
+        };
+        let prepared = crate::Pipeline::from_plan(plan)
+            .prepare()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_job", e.to_string()))?;
+        let explain = prepared.explain();
+        let handle = prepared.start().await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "start_failed",
+                e.to_string(),
+            )
+        })?;
+        let entry = Arc::new(JobEntry {
+            id,
+            name,
+            sql: s.sql,
+            submitted_ms: now_ms(),
+            status: Mutex::new((JobStatus::Running, None)),
+            metrics: handle.metrics(),
+            stop: handle.stop_handle(),
+            explain,
+            graph,
+        });
+        self.jobs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::clone(&entry));
+        tokio::spawn(async move {
+            let result = handle.wait().await;
+            let mut st = entry.status.lock().unwrap_or_else(|p| p.into_inner());
+            *st = match (result, st.0) {
+                (_, JobStatus::Cancelled) => (JobStatus::Cancelled, None),
+                (Ok(()), _) => (JobStatus::Finished, None),
+                (Err(e), _) => {
+                    tracing::error!(job = %entry.name, error = %e, "job failed");
+                    (JobStatus::Failed, Some(e.to_string()))
+                }
+            };
+        });
+        Ok(id)
+    }
+
+    fn get(&self, id: u64) -> Result<Arc<JobEntry>, ApiError> {
+        self.jobs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(id))
+    }
+
+    fn all(&self) -> Vec<Arc<JobEntry>> {
+        self.jobs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn check_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let given = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match given {
+            Some(g) if g == token => Ok(()),
+            _ => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this call changes something: send `Authorization: Bearer <token>`",
+            )),
+        }
+    }
+}
+
+/// One job in the list.
+#[derive(Serialize)]
+struct JobSummary {
+    id: u64,
+    name: String,
+    status: JobStatus,
+    submitted_ms: i64,
+    source_records: u64,
+    sink_records: u64,
+}
+
+fn summary(j: &JobEntry) -> JobSummary {
+    JobSummary {
+        id: j.id,
+        name: j.name.clone(),
+        status: j.status.lock().unwrap_or_else(|p| p.into_inner()).0,
+        submitted_ms: j.submitted_ms,
+        source_records: j.metrics.source_records(),
+        sink_records: j.metrics.sink_records(),
+    }
+}
+
+/// Live metrics of one operator.
+#[derive(Serialize)]
+struct OperatorView {
+    id: usize,
+    name: String,
+    parallelism: usize,
+    records_in: u64,
+    records_out: u64,
+    /// True end-to-end latency (sink time minus ingest time), sinks only, ms.
+    latency_p50_ms: Option<f64>,
+    latency_p99_ms: Option<f64>,
+    /// Lowest watermark over the subtasks (epoch ms), if any.
+    watermark_ms: Option<i64>,
+    /// Time spent blocked on full output channels, ms (backpressure).
+    backpressured_ms: u64,
+    dead_letters: u64,
+    late_records: u64,
+}
+
+fn operators(m: &JobMetrics) -> Vec<OperatorView> {
+    m.operators
+        .iter()
+        .map(|o| {
+            let lat = o.latency();
+            let wm = o
+                .subtasks
+                .iter()
+                .map(|s| s.watermark.load(Relaxed))
+                .filter(|&w| w != i64::MIN)
+                .min();
+            OperatorView {
+                id: o.node_id,
+                name: o.name.clone(),
+                parallelism: o.subtasks.len(),
+                records_in: o.sum(|s| &s.records_in),
+                records_out: o.sum(|s| &s.records_out),
+                latency_p50_ms: (o.is_sink && lat.count > 0)
+                    .then(|| lat.quantile(0.5) as f64 / 1000.0),
+                latency_p99_ms: (o.is_sink && lat.count > 0)
+                    .then(|| lat.quantile(0.99) as f64 / 1000.0),
+                watermark_ms: wm,
+                backpressured_ms: o.sum(|s| &s.backpressured_ns) / 1_000_000,
+                dead_letters: o.sum(|s| &s.dead_letters),
+                late_records: o.sum(|s| &s.late_records),
+            }
+        })
+        .collect()
+}
+
+async fn list(State(m): State<Arc<JobManager>>) -> Json<Vec<JobSummary>> {
+    Json(m.all().iter().map(|j| summary(j)).collect())
+}
+
+async fn submit(
+    State(m): State<Arc<JobManager>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    m.check_token(&headers)?;
+    let s: Submit = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("expected {{\"sql\": \"…\", \"name\"?: \"…\", \"parallelism\"?: n}}: {e}"),
+        )
+    })?;
+    let id = m.submit(s).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
+}
+
+fn parse_id(id: &str) -> Result<u64, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("job ids are numbers, not `{id}`"),
+        )
+    })
+}
+
+async fn detail(
+    State(m): State<Arc<JobManager>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let j = m.get(parse_id(&id)?)?;
+    let (status, error) = j.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let cp = &j.metrics.checkpoints;
+    Ok(Json(serde_json::json!({
+        "id": j.id,
+        "name": j.name,
+        "status": status,
+        "error": error,
+        "submitted_ms": j.submitted_ms,
+        "sql": j.sql,
+        "graph": j.graph,
+        "explain": j.explain,
+        "source_records": j.metrics.source_records(),
+        "sink_records": j.metrics.sink_records(),
+        "operators": operators(&j.metrics),
+        "checkpoints": {
+            "completed": cp.completed.load(Relaxed),
+            "failed": cp.failed.load(Relaxed),
+        },
+    })))
+}
+
+async fn cancel(
+    State(m): State<Arc<JobManager>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    m.check_token(&headers)?;
+    let j = m.get(parse_id(&id)?)?;
+    {
+        let mut st = j.status.lock().unwrap_or_else(|p| p.into_inner());
+        if st.0 != JobStatus::Running {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_running",
+                format!("job {} is {:?}, not running", j.id, st.0).to_lowercase(),
+            ));
+        }
+        st.0 = JobStatus::Cancelled;
+    }
+    j.stop.stop().await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "id": j.id, "status": JobStatus::Cancelled })),
+    ))
+}
+
+/// Prometheus text: one series per job, operator and subtask.
+async fn prometheus(State(m): State<Arc<JobManager>>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        render_prometheus(&m.all()),
+    )
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A per-subtask counter series: name, help text, how to read it.
+type Counter = (
+    &'static str,
+    &'static str,
+    fn(&sluice_runtime::metrics::SubtaskMetrics) -> u64,
+);
+
+fn render_prometheus(jobs: &[Arc<JobEntry>]) -> String {
+    let mut out = String::new();
+    let counters: [Counter; 5] = [
+        (
+            "sluice_records_in_total",
+            "Records an operator subtask took in.",
+            |s| s.records_in.load(Relaxed),
+        ),
+        (
+            "sluice_records_out_total",
+            "Records an operator subtask emitted.",
+            |s| s.records_out.load(Relaxed),
+        ),
+        (
+            "sluice_dead_letters_total",
+            "Records sent to the dead-letter output.",
+            |s| s.dead_letters.load(Relaxed),
+        ),
+        (
+            "sluice_late_records_total",
+            "Rows that arrived after their windows closed.",
+            |s| s.late_records.load(Relaxed),
+        ),
+        (
+            "sluice_backpressured_seconds_total",
+            "Time spent blocked on full output channels.",
+            |s| s.backpressured_ns.load(Relaxed) / 1_000_000_000,
+        ),
+    ];
+    for (name, help, f) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for j in jobs {
+            for o in &j.metrics.operators {
+                for (i, s) in o.subtasks.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{job=\"{}\",operator=\"{}\",subtask=\"{i}\"}} {}",
+                        esc(&j.name),
+                        esc(&o.name),
+                        f(s)
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_watermark_milliseconds An operator subtask's event-time watermark.\n# TYPE sluice_watermark_milliseconds gauge"
+    );
+    for j in jobs {
+        for o in &j.metrics.operators {
+            for (i, s) in o.subtasks.iter().enumerate() {
+                let w = s.watermark.load(Relaxed);
+                if w != i64::MIN {
+                    let _ = writeln!(
+                        out,
+                        "sluice_watermark_milliseconds{{job=\"{}\",operator=\"{}\",subtask=\"{i}\"}} {w}",
+                        esc(&j.name),
+                        esc(&o.name)
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_end_to_end_latency_seconds True end-to-end latency at a sink (sink time minus ingest time).\n# TYPE sluice_end_to_end_latency_seconds summary"
+    );
+    for j in jobs {
+        for o in j.metrics.operators.iter().filter(|o| o.is_sink) {
+            let lat = o.latency();
+            let labels = format!("job=\"{}\",operator=\"{}\"", esc(&j.name), esc(&o.name));
+            for q in [0.5, 0.95, 0.99] {
+                let _ = writeln!(
+                    out,
+                    "sluice_end_to_end_latency_seconds{{{labels},quantile=\"{q}\"}} {}",
+                    lat.quantile(q) as f64 / 1e6
+                );
+            }
+            let _ = writeln!(
+                out,
+                "sluice_end_to_end_latency_seconds_count{{{labels}}} {}",
+                lat.count
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_checkpoints_total Checkpoints by outcome.\n# TYPE sluice_checkpoints_total counter"
+    );
+    for j in jobs {
+        let cp = &j.metrics.checkpoints;
+        for (outcome, n) in [
+            ("completed", cp.completed.load(Relaxed)),
+            ("failed", cp.failed.load(Relaxed)),
+        ] {
+            let _ = writeln!(
+                out,
+                "sluice_checkpoints_total{{job=\"{}\",outcome=\"{outcome}\"}} {n}",
+                esc(&j.name)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_job_running Whether a job is running.\n# TYPE sluice_job_running gauge"
+    );
+    for j in jobs {
+        let running = j.status.lock().unwrap_or_else(|p| p.into_inner()).0 == JobStatus::Running;
+        let _ = writeln!(
+            out,
+            "sluice_job_running{{job=\"{}\"}} {}",
+            esc(&j.name),
+            u8::from(running)
+        );
+    }
+    out
+}
+
+/// The routes the API serves, as the OpenAPI document lists them: (method, path).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/api/jobs"),
+    ("post", "/api/jobs"),
+    ("get", "/api/jobs/{id}"),
+    ("post", "/api/jobs/{id}/cancel"),
+    ("get", "/metrics"),
+    ("get", "/api/openapi.json"),
+];
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(openapi_document())
+}
+
+/// The OpenAPI 3 document of the REST API.
+pub fn openapi_document() -> serde_json::Value {
+    let error = serde_json::json!({
+        "description": "an error: {\"error\": {\"code\", \"message\"}}",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    });
+    let id_param = serde_json::json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}]);
+    serde_json::json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Sluice server", "version": env!("CARGO_PKG_VERSION")},
+        "paths": {
+            "/api/jobs": {
+                "get": {"summary": "List jobs", "responses": {"200": {"description": "jobs with status and record counts"}}},
+                "post": {
+                    "summary": "Submit a SQL job",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Submit"}}}},
+                    "responses": {"201": {"description": "{\"id\": n}"}, "400": error, "401": error}
+                }
+            },
+            "/api/jobs/{id}": {
+                "get": {"summary": "A job: status, graph, per-operator metrics, checkpoints", "parameters": id_param, "responses": {"200": {"description": "the job"}, "400": error, "404": error}}
+            },
+            "/api/jobs/{id}/cancel": {
+                "post": {"summary": "Cancel a running job", "parameters": id_param, "responses": {"202": {"description": "cancelling"}, "400": error, "401": error, "404": error, "409": error}}
+            },
+            "/metrics": {
+                "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text/plain; version=0.0.4"}}}
+            },
+            "/api/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}
+            }
+        },
+        "components": {"schemas": {
+            "Submit": {"type": "object", "required": ["sql"], "properties": {
+                "sql": {"type": "string"}, "name": {"type": "string"}, "parallelism": {"type": "integer", "minimum": 1}
+            }},
+            "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                "code": {"type": "string"}, "message": {"type": "string"}
+            }}}}
+        }}
+    })
+}
+
+/// The API's router.
+pub fn router(manager: Arc<JobManager>) -> Router {
+    Router::new()
+        .route("/api/jobs", get(list).post(submit))
+        .route("/api/jobs/{id}", get(detail))
+        .route("/api/jobs/{id}/cancel", post(cancel))
+        .route("/metrics", get(prometheus))
+        .route("/api/openapi.json", get(openapi))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see /api/openapi.json",
+            )
+        })
+        .with_state(manager)
+}
+
+/// Serves the API on `listener` until the process ends. A non-loopback address needs a
+/// token.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    token: Option<String>,
+) -> sluice_types::Result<()> {
+    let addr: SocketAddr = listener.local_addr()?;
+    if !addr.ip().is_loopback() && token.is_none() {
+        return Err(SluiceError::user(format!(
+            "the server would listen on {addr}, beyond this machine: give it an API token (--token or SLUICE_TOKEN)"
+        )));
+    }
+    let manager = JobManager::new(token);
+    tracing::info!(%addr, "sluice server listening");
+    axum::serve(listener, router(manager))
+        .await
+        .map_err(|e| SluiceError::external("the server stopped").with_source(e))
+}

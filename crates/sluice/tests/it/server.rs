@@ -1,0 +1,299 @@
+//! `sluice server` and its REST API, through the CLI and raw HTTP: submit, list, detail,
+//! cancel, Prometheus metrics, the OpenAPI document, JSON errors, tokens.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice::connectors::http::HttpUrl;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A server child process, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(extra: &[&str]) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(BIN)
+        .args(["server", "--bind", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .env_remove("SLUICE_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+impl Server {
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let (status, text) = HttpUrl::parse(&self.url)
+            .unwrap()
+            .request(method, path, body, &[("Content-Type", "application/json")])
+            .unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, v)
+    }
+
+    fn text(&self, path: &str) -> String {
+        HttpUrl::parse(&self.url)
+            .unwrap()
+            .request("GET", path, None, &[])
+            .unwrap()
+            .1
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .args(["--server", &self.url])
+            .env_remove("SLUICE_TOKEN")
+            .output()
+            .unwrap()
+    }
+
+    /// Polls a job until `done` holds for its detail.
+    fn wait_for(
+        &self,
+        id: u64,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let (status, v) = self.call("GET", &format!("/api/jobs/{id}"), None);
+            assert_eq!(status, 200, "{v}");
+            if done(&v) {
+                return v;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "job {id} never got {what}: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+const BOUNDED: &str =
+    "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '20000');
+CREATE TABLE sink (auction BIGINT, price BIGINT) WITH ('connector' = 'blackhole');
+INSERT INTO sink SELECT auction, price FROM bid WHERE price > 100;";
+
+const UNBOUNDED: &str =
+    "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'rate-limit' = '2000');
+CREATE TABLE sink (auction BIGINT) WITH ('connector' = 'blackhole');
+INSERT INTO sink SELECT auction FROM bid;";
+
+const FAILING: &str =
+    "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '1000');
+CREATE TABLE sink (x BIGINT) WITH ('connector' = 'blackhole');
+INSERT INTO sink SELECT auction / (auction - auction) FROM bid;";
+
+#[test]
+fn the_server_runs_lists_cancels_and_reports_jobs() {
+    let server = start_server(&[]);
+    let dir = tempfile::tempdir().unwrap();
+
+    // Submit through the CLI: a bounded job runs to the end.
+    let script = dir.path().join("bounded.sql");
+    std::fs::write(&script, BOUNDED).unwrap();
+    let out = server.cli(&["submit", script.to_str().unwrap(), "--name", "bounded"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let done = server.wait_for(id, "finished", |v| v["status"] == "finished");
+    assert!(done["source_records"].as_u64().unwrap() > 0, "{done}");
+    assert!(done["sink_records"].as_u64().unwrap() > 0, "{done}");
+    assert!(
+        done["graph"]["nodes"].as_array().unwrap().len() >= 2,
+        "{done}"
+    );
+    assert!(
+        !done["graph"]["edges"].as_array().unwrap().is_empty(),
+        "{done}"
+    );
+    let ops = done["operators"].as_array().unwrap();
+    let sink = ops
+        .iter()
+        .find(|o| o["name"].as_str().unwrap().contains("sink"))
+        .unwrap();
+    assert!(sink["latency_p99_ms"].as_f64().is_some(), "{sink}");
+    assert!(
+        done["explain"].as_str().unwrap().contains("blackhole")
+            || !done["explain"].as_str().unwrap().is_empty()
+    );
+
+    // An unbounded job runs until cancelled.
+    let (status, v) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(&serde_json::json!({ "sql": UNBOUNDED, "name": "endless" }).to_string()),
+    );
+    assert_eq!(status, 201, "{v}");
+    let endless = v["id"].as_u64().unwrap();
+    server.wait_for(endless, "rows", |v| {
+        v["source_records"].as_u64().unwrap_or(0) > 0
+    });
+    let out = server.cli(&["cancel", &endless.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.wait_for(endless, "cancelled", |v| v["status"] == "cancelled");
+    let (status, v) = server.call("POST", &format!("/api/jobs/{endless}/cancel"), None);
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("not_running")),
+        "{v}"
+    );
+
+    // A job that fails at run time fails alone, with its error kept.
+    let (status, v) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(&serde_json::json!({ "sql": FAILING, "name": "failing" }).to_string()),
+    );
+    assert_eq!(status, 201, "{v}");
+    let failing = v["id"].as_u64().unwrap();
+    let failed = server.wait_for(failing, "failed", |v| v["status"] == "failed");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("divide by zero"),
+        "{failed}"
+    );
+
+    // The list, through the API and the CLI.
+    let (status, list) = server.call("GET", "/api/jobs", None);
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bounded", "endless", "failing"]);
+    let out = server.cli(&["list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("finished") && text.contains("cancelled") && text.contains("failed"),
+        "{text}"
+    );
+
+    // Prometheus metrics: per job, operator and subtask.
+    let metrics = server.text("/metrics");
+    for needle in [
+        "# TYPE sluice_records_out_total counter",
+        "sluice_records_out_total{job=\"bounded\",operator=",
+        "sluice_end_to_end_latency_seconds{job=\"bounded\"",
+        "quantile=\"0.99\"",
+        "sluice_job_running{job=\"endless\"} 0",
+        "sluice_checkpoints_total{job=\"bounded\",outcome=\"completed\"}",
+    ] {
+        assert!(metrics.contains(needle), "no `{needle}` in:\n{metrics}");
+    }
+
+    // Bad requests: JSON errors with a code and a message.
+    let bad_sql = serde_json::json!({ "sql": "SELEC auction FROM bid" }).to_string();
+    let cases: [(&str, &str, Option<&str>, u16, &str); 6] = [
+        ("POST", "/api/jobs", Some(bad_sql.as_str()), 400, "bad_sql"),
+        ("POST", "/api/jobs", Some("{not json"), 400, "bad_request"),
+        (
+            "POST",
+            "/api/jobs",
+            Some("{\"sql\": \"SET 'a' = 'b'\"}"),
+            400,
+            "bad_sql",
+        ),
+        ("GET", "/api/jobs/99", None, 404, "not_found"),
+        ("GET", "/api/jobs/abc", None, 400, "bad_request"),
+        ("GET", "/api/nothing", None, 404, "not_found"),
+    ];
+    for (method, path, body, want, code) in cases {
+        let (status, v) = server.call(method, path, body);
+        assert_eq!(status, want, "{method} {path}: {v}");
+        assert_eq!(v["error"]["code"], code, "{method} {path}: {v}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let (_, v) = server.call("POST", "/api/jobs", Some(&bad_sql));
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("line 1"),
+        "{v}"
+    );
+
+    // The OpenAPI document lists every route the server serves.
+    let (status, doc) = server.call("GET", "/api/openapi.json", None);
+    assert_eq!(status, 200);
+    for (method, path) in sluice::server::ROUTES {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not in the OpenAPI document"
+        );
+    }
+}
+
+#[test]
+fn changing_calls_need_the_token_when_one_is_set() {
+    let server = start_server(&["--token", "s3cret"]);
+    let body = serde_json::json!({ "sql": BOUNDED }).to_string();
+    let (status, v) = server.call("POST", "/api/jobs", Some(&body));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{v}"
+    );
+    // Reading needs none.
+    assert_eq!(server.call("GET", "/api/jobs", None).0, 200);
+    let (status, text) = HttpUrl::parse(&server.url)
+        .unwrap()
+        .request(
+            "POST",
+            "/api/jobs",
+            Some(&body),
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", "Bearer s3cret"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{text}");
+    // Beyond loopback without a token, the server refuses to start.
+    let out = Command::new(BIN)
+        .args(["server", "--bind", "0.0.0.0:0"])
+        .env_remove("SLUICE_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token"));
+}
