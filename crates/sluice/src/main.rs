@@ -81,6 +81,10 @@ enum Command {
         /// API token for calls that change something (also `SLUICE_TOKEN`).
         #[arg(long, env = "SLUICE_TOKEN")]
         token: Option<String>,
+        /// Where job definitions and their checkpoints are kept (running jobs come back
+        /// after a restart).
+        #[arg(long, default_value = "sluice-server")]
+        data_dir: PathBuf,
     },
     /// Submit a SQL script to a server as a job; prints its id.
     Submit {
@@ -504,12 +508,16 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
-        Command::Server { bind, token } => {
+        Command::Server {
+            bind,
+            token,
+            data_dir,
+        } => {
             let listener = tokio::net::TcpListener::bind(&bind)
                 .await
                 .with_context(|| format!("cannot listen on {bind}"))?;
             eprintln!("sluice server on http://{}", listener.local_addr()?);
-            sluice::server::serve(listener, token).await?;
+            sluice::server::serve(listener, token, data_dir).await?;
             Ok(())
         }
         Command::Submit {

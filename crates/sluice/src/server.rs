@@ -30,7 +30,7 @@ use sluice_runtime::metrics::JobMetrics;
 use sluice_types::SluiceError;
 
 /// Where a job is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// Running.
@@ -47,6 +47,7 @@ struct JobEntry {
     id: u64,
     name: String,
     sql: String,
+    parallelism: Option<usize>,
     submitted_ms: i64,
     status: Mutex<(JobStatus, Option<String>)>,
     metrics: Arc<JobMetrics>,
@@ -93,6 +94,20 @@ pub struct JobManager {
     next_id: AtomicU64,
     /// Required on changing calls when set.
     token: Option<String>,
+    /// Where job definitions (`jobs/<id>.json`) and checkpoints (`checkpoints/<id>/`)
+    /// are kept, so that running jobs come back after a restart.
+    data_dir: Option<std::path::PathBuf>,
+}
+
+/// A job definition as kept on disk.
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    id: u64,
+    name: String,
+    sql: String,
+    parallelism: Option<usize>,
+    status: JobStatus,
+    error: Option<String>,
 }
 
 /// A submitted job, as the API takes it.
@@ -156,17 +171,110 @@ impl JobManager {
         })
     }
 
+    /// A manager that keeps its jobs in `data_dir`: the jobs that were running when the
+    /// server last stopped start again, from their latest checkpoint if they took one.
+    pub async fn open(
+        data_dir: std::path::PathBuf,
+        token: Option<String>,
+    ) -> sluice_types::Result<Arc<Self>> {
+        std::fs::create_dir_all(data_dir.join("jobs"))?;
+        let mut stored: Vec<Stored> = Vec::new();
+        for e in std::fs::read_dir(data_dir.join("jobs"))? {
+            let path = e?.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)?;
+            let job: Stored = serde_json::from_str(&text).map_err(|e| {
+                SluiceError::user(format!("job file {} is damaged", path.display())).with_source(e)
+            })?;
+            stored.push(job);
+        }
+        stored.sort_by_key(|j| j.id);
+        let manager = Arc::new(Self {
+            token,
+            next_id: AtomicU64::new(stored.last().map_or(1, |j| j.id + 1)),
+            data_dir: Some(data_dir),
+            ..Default::default()
+        });
+        for j in stored
+            .into_iter()
+            .filter(|j| j.status == JobStatus::Running)
+        {
+            let (id, name) = (j.id, j.name.clone());
+            let s = Submit {
+                sql: j.sql,
+                name: Some(j.name),
+                parallelism: j.parallelism,
+            };
+            if let Err(e) = manager.start(id, s, true).await {
+                // It cannot come back: say so, keep the server up.
+                tracing::error!(job = %name, error = %e.message, "a job of the last run cannot start again");
+                manager.persist_stored(&Stored {
+                    id,
+                    name,
+                    sql: String::new(),
+                    parallelism: None,
+                    status: JobStatus::Failed,
+                    error: Some(e.message),
+                });
+            }
+        }
+        Ok(manager)
+    }
+
+    fn checkpoint_dir(&self, id: u64) -> Option<std::path::PathBuf> {
+        self.data_dir
+            .as_ref()
+            .map(|d| d.join("checkpoints").join(id.to_string()))
+    }
+
+    fn persist_stored(&self, s: &Stored) {
+        let Some(dir) = &self.data_dir else { return };
+        let path = dir.join("jobs").join(format!("{}.json", s.id));
+        let tmp = path.with_extension("json.tmp");
+        let r = serde_json::to_vec_pretty(s)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            tracing::error!(error = %e, path = %path.display(), "cannot save the job definition");
+        }
+    }
+
+    fn persist(&self, j: &JobEntry) {
+        let (status, error) = j.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.persist_stored(&Stored {
+            id: j.id,
+            name: j.name.clone(),
+            sql: j.sql.clone(),
+            parallelism: j.parallelism,
+            status,
+            error,
+        });
+    }
+
     /// Plans and starts a job; returns its id. Bad SQL or a bad configuration fails
     /// here, before anything runs.
     pub async fn submit(self: &Arc<Self>, s: Submit) -> Result<u64, ApiError> {
         let id = self.next_id.fetch_add(1, Relaxed);
+        self.start(id, s, false).await?;
+        Ok(id)
+    }
+
+    async fn start(self: &Arc<Self>, id: u64, s: Submit, restore: bool) -> Result<(), ApiError> {
         let name = s.name.clone().unwrap_or_else(|| format!("job-{id}"));
         let p = s.parallelism.unwrap_or(1).to_string();
-        let job = crate::plan_sql(
-            &s.sql,
-            &[("parallelism.default", &p), ("pipeline.name", &name)],
-        )
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_sql", e.to_string()))?;
+        let cp_dir = self.checkpoint_dir(id).map(|d| d.display().to_string());
+        let mut settings = vec![
+            ("parallelism.default", p.as_str()),
+            ("pipeline.name", name.as_str()),
+        ];
+        if let Some(d) = &cp_dir {
+            settings.push(("execution.checkpointing.dir", d.as_str()));
+        }
+        let job = crate::plan_sql(&s.sql, &settings)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_sql", e.to_string()))?;
         let plan = job.plan.ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -194,7 +302,16 @@ impl JobManager {
                 })
                 .collect(),
         };
-        let prepared = crate::Pipeline::from_plan(plan)
+        let pipeline = crate::Pipeline::from_plan(plan);
+        let has_checkpoint = self.checkpoint_dir(id).is_some_and(|d| {
+            std::fs::read_dir(d).is_ok_and(|mut r| {
+                r.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("chk-")))
+            })
+        });
+        if restore && has_checkpoint {
+            pipeline.restore_from(sluice_plan::RestoreFrom::Latest);
+        }
+        let prepared = pipeline
             .prepare()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_job", e.to_string()))?;
         let explain = prepared.explain();
@@ -209,6 +326,7 @@ impl JobManager {
             id,
             name,
             sql: s.sql,
+            parallelism: s.parallelism,
             submitted_ms: now_ms(),
             status: Mutex::new((JobStatus::Running, None)),
             metrics: handle.metrics(),
@@ -220,19 +338,24 @@ impl JobManager {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, Arc::clone(&entry));
+        self.persist(&entry);
+        let manager = Arc::clone(self);
         tokio::spawn(async move {
             let result = handle.wait().await;
-            let mut st = entry.status.lock().unwrap_or_else(|p| p.into_inner());
-            *st = match (result, st.0) {
-                (_, JobStatus::Cancelled) => (JobStatus::Cancelled, None),
-                (Ok(()), _) => (JobStatus::Finished, None),
-                (Err(e), _) => {
-                    tracing::error!(job = %entry.name, error = %e, "job failed");
-                    (JobStatus::Failed, Some(e.to_string()))
-                }
-            };
+            {
+                let mut st = entry.status.lock().unwrap_or_else(|p| p.into_inner());
+                *st = match (result, st.0) {
+                    (_, JobStatus::Cancelled) => (JobStatus::Cancelled, None),
+                    (Ok(()), _) => (JobStatus::Finished, None),
+                    (Err(e), _) => {
+                        tracing::error!(job = %entry.name, error = %e, "job failed");
+                        (JobStatus::Failed, Some(e.to_string()))
+                    }
+                };
+            }
+            manager.persist(&entry);
         });
-        Ok(id)
+        Ok(())
     }
 
     fn get(&self, id: u64) -> Result<Arc<JobEntry>, ApiError> {
@@ -640,11 +763,12 @@ pub fn router(manager: Arc<JobManager>) -> Router {
         .with_state(manager)
 }
 
-/// Serves the API on `listener` until the process ends. A non-loopback address needs a
-/// token.
+/// Serves the API on `listener` until the process ends, keeping jobs in `data_dir`. A
+/// non-loopback address needs a token.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     token: Option<String>,
+    data_dir: std::path::PathBuf,
 ) -> sluice_types::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     if !addr.ip().is_loopback() && token.is_none() {
@@ -652,7 +776,7 @@ pub async fn serve(
             "the server would listen on {addr}, beyond this machine: give it an API token (--token or SLUICE_TOKEN)"
         )));
     }
-    let manager = JobManager::new(token);
+    let manager = JobManager::open(data_dir, token).await?;
     tracing::info!(%addr, "sluice server listening");
     axum::serve(listener, router(manager))
         .await

@@ -21,7 +21,12 @@ impl Drop for Server {
     }
 }
 
-fn start_server(extra: &[&str]) -> Server {
+fn start_server(extra: &[&str]) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (start_server_in(dir.path(), extra), dir)
+}
+
+fn start_server_in(data: &std::path::Path, extra: &[&str]) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -29,6 +34,8 @@ fn start_server(extra: &[&str]) -> Server {
         .port();
     let child = Command::new(BIN)
         .args(["server", "--bind", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data)
         .args(extra)
         .env_remove("SLUICE_TOKEN")
         .stdout(Stdio::null())
@@ -116,8 +123,7 @@ INSERT INTO sink SELECT auction / (auction - auction) FROM bid;";
 
 #[test]
 fn the_server_runs_lists_cancels_and_reports_jobs() {
-    let server = start_server(&[]);
-    let dir = tempfile::tempdir().unwrap();
+    let (server, dir) = start_server(&[]);
 
     // Submit through the CLI: a bounded job runs to the end.
     let script = dir.path().join("bounded.sql");
@@ -265,7 +271,7 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
 
 #[test]
 fn changing_calls_need_the_token_when_one_is_set() {
-    let server = start_server(&["--token", "s3cret"]);
+    let (server, _dir) = start_server(&["--token", "s3cret"]);
     let body = serde_json::json!({ "sql": BOUNDED }).to_string();
     let (status, v) = server.call("POST", "/api/jobs", Some(&body));
     assert_eq!(
@@ -296,4 +302,53 @@ fn changing_calls_need_the_token_when_one_is_set() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("token"));
+}
+
+#[test]
+fn running_jobs_come_back_after_the_server_restarts() {
+    let data = tempfile::tempdir().unwrap();
+    let sql = format!("SET 'execution.checkpointing.interval' = '100ms';\n{UNBOUNDED}");
+    let id = {
+        let server = start_server_in(data.path(), &[]);
+        let (status, v) = server.call(
+            "POST",
+            "/api/jobs",
+            Some(&serde_json::json!({ "sql": sql, "name": "survivor" }).to_string()),
+        );
+        assert_eq!(status, 201, "{v}");
+        let (_, b) = server.call(
+            "POST",
+            "/api/jobs",
+            Some(&serde_json::json!({ "sql": BOUNDED, "name": "done" }).to_string()),
+        );
+        let id = v["id"].as_u64().unwrap();
+        server.wait_for(id, "a checkpoint", |v| {
+            v["checkpoints"]["completed"].as_u64().unwrap_or(0) > 0
+        });
+        server.wait_for(b["id"].as_u64().unwrap(), "finished", |v| {
+            v["status"] == "finished"
+        });
+        id
+        // The server is killed here (SIGKILL), the job with it.
+    };
+    let server = start_server_in(data.path(), &[]);
+    let (_, list) = server.call("GET", "/api/jobs", None);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["survivor"], "only the running job comes back");
+    let v = server.wait_for(id, "rows", |v| {
+        v["source_records"].as_u64().unwrap_or(0) > 0
+    });
+    assert_eq!(v["status"], "running", "{v}");
+    // A new job gets a new id.
+    let (_, n) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(&serde_json::json!({ "sql": BOUNDED }).to_string()),
+    );
+    assert_eq!(n["id"].as_u64().unwrap(), id + 2, "{n}");
 }
