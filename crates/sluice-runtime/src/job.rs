@@ -25,6 +25,8 @@ use tokio::task::JoinSet;
 use crate::checkpoint::coordinator::{Coordinator, Timing};
 use crate::checkpoint::runner::{Request, Runner};
 use crate::checkpoint::{CheckpointStats, CheckpointStorage, Manifest, ManifestNode};
+use tracing::Instrument;
+
 use crate::dead_letter::{DeadLetterQueue, FileDeadLetters, LogDeadLetters};
 use crate::metrics::{JobMetrics, OperatorMetrics, SubtaskMetrics};
 use crate::operator::OperatorContext;
@@ -707,31 +709,39 @@ impl PreparedJob {
                     out: Outputs::new(edges, Arc::clone(&metrics[tail][s])),
                 };
                 let name = format!("{}[{}]", plan.nodes[chain_nodes[0]].name, s);
+                // Every event of the task carries its job and task (per-task logs).
+                let span = tracing::info_span!("task", job = %plan.name, task = %name);
                 let cp = new_task_checkpoints();
                 let mut chain = chain;
                 let task_stats = Arc::clone(&stats);
                 match source {
                     Some(mut src) => {
                         src.checkpoints = cp;
-                        tasks.spawn(async move {
-                            let run = async {
-                                restore_chain(&mut chain, restored_slots, &task_stats).await?;
-                                run_source_task(src, chain).await
-                            };
-                            run.await.map_err(|e| (name, e))
-                        });
+                        tasks.spawn(
+                            async move {
+                                let run = async {
+                                    restore_chain(&mut chain, restored_slots, &task_stats).await?;
+                                    run_source_task(src, chain).await
+                                };
+                                run.await.map_err(|e| (name, e))
+                            }
+                            .instrument(span),
+                        );
                     }
                     None => {
                         let align = cfg.delivery == DeliveryGuarantee::ExactlyOnce;
                         let (receivers, input_of): (Vec<_>, Vec<_>) = receivers.into_iter().unzip();
                         let inputs = Inputs::with_inputs(receivers, input_of, align);
-                        tasks.spawn(async move {
-                            let run = async {
-                                restore_chain(&mut chain, restored_slots, &task_stats).await?;
-                                run_operator_task(chain, inputs, cp).await
-                            };
-                            run.await.map_err(|e| (name, e))
-                        });
+                        tasks.spawn(
+                            async move {
+                                let run = async {
+                                    restore_chain(&mut chain, restored_slots, &task_stats).await?;
+                                    run_operator_task(chain, inputs, cp).await
+                                };
+                                run.await.map_err(|e| (name, e))
+                            }
+                            .instrument(span),
+                        );
                     }
                 }
             }
@@ -771,10 +781,14 @@ impl PreparedJob {
                 stats: Arc::clone(&stats),
                 final_checkpoint: cfg.delivery == DeliveryGuarantee::ExactlyOnce,
             };
-            tasks.spawn(async move {
-                runner.run().await;
-                Ok(())
-            });
+            let span = tracing::info_span!("task", job = %plan.name, task = "checkpoints");
+            tasks.spawn(
+                async move {
+                    runner.run().await;
+                    Ok(())
+                }
+                .instrument(span),
+            );
         }
         let job_metrics = Arc::new(JobMetrics {
             checkpoints: stats,

@@ -22,6 +22,7 @@ pub mod bench;
 pub mod examples;
 #[cfg(feature = "kafka")]
 pub mod kafka_bench;
+pub mod logs;
 mod pipeline;
 pub mod server;
 

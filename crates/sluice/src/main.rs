@@ -292,12 +292,22 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run_cli() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    {
+        use tracing_subscriber::prelude::*;
+        let console = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            );
+        // Per-job logs for the server (and anything that asks for them): INFO and up.
+        let per_job =
+            sluice::logs::LogLayer.with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+        tracing_subscriber::registry()
+            .with(console)
+            .with(per_job)
+            .init();
+    }
     let cli = Cli::parse();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()

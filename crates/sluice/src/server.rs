@@ -548,6 +548,45 @@ async fn cancel(
     ))
 }
 
+/// A job's log events: `?level=error&task=…&q=text&limit=n` (newest `limit`, 1 000 by
+/// default), oldest first.
+async fn logs(
+    State(m): State<Arc<JobManager>>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<Vec<crate::logs::LogEntry>>, ApiError> {
+    let j = m.get(parse_id(&id)?)?;
+    if let Some(l) = q.get("level")
+        && !matches!(
+            l.to_ascii_lowercase().as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        )
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("level `{l}`: use error, warn, info, debug or trace"),
+        ));
+    }
+    let limit = match q.get("limit") {
+        None => 1000,
+        Some(l) => l.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("limit `{l}` is not a number"),
+            )
+        })?,
+    };
+    Ok(Json(crate::logs::store().query(
+        &j.name,
+        q.get("level").map(String::as_str),
+        q.get("task").map(String::as_str),
+        q.get("q").map(String::as_str),
+        limit,
+    )))
+}
+
 /// Prometheus text: one series per job, operator and subtask.
 async fn prometheus(State(m): State<Arc<JobManager>>) -> impl IntoResponse {
     (
@@ -694,6 +733,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/jobs"),
     ("get", "/api/jobs/{id}"),
     ("post", "/api/jobs/{id}/cancel"),
+    ("get", "/api/jobs/{id}/logs"),
     ("get", "/metrics"),
     ("get", "/api/openapi.json"),
 ];
@@ -727,6 +767,15 @@ pub fn openapi_document() -> serde_json::Value {
             "/api/jobs/{id}/cancel": {
                 "post": {"summary": "Cancel a running job", "parameters": id_param, "responses": {"202": {"description": "cancelling"}, "400": error, "401": error, "404": error, "409": error}}
             },
+            "/api/jobs/{id}/logs": {
+                "get": {"summary": "A job's log events, searchable", "parameters": [
+                    {"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}},
+                    {"name": "level", "in": "query", "schema": {"type": "string", "enum": ["error", "warn", "info", "debug", "trace"]}, "description": "this level and above"},
+                    {"name": "task", "in": "query", "schema": {"type": "string"}, "description": "tasks whose name contains this"},
+                    {"name": "q", "in": "query", "schema": {"type": "string"}, "description": "text to find (case-insensitive)"},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer"}, "description": "the newest n (1 000)"}
+                ], "responses": {"200": {"description": "[{time_ms, level, task, target, message}]"}, "400": error, "404": error}}
+            },
             "/metrics": {
                 "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text/plain; version=0.0.4"}}}
             },
@@ -751,6 +800,7 @@ pub fn router(manager: Arc<JobManager>) -> Router {
         .route("/api/jobs", get(list).post(submit))
         .route("/api/jobs/{id}", get(detail))
         .route("/api/jobs/{id}/cancel", post(cancel))
+        .route("/api/jobs/{id}/logs", get(logs))
         .route("/metrics", get(prometheus))
         .route("/api/openapi.json", get(openapi))
         .fallback(|| async {

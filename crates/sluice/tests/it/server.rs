@@ -199,6 +199,40 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
             .contains("divide by zero"),
         "{failed}"
     );
+    // Its log, errors only: the failing task and the cause.
+    let (status, errors) = server.call(
+        "GET",
+        &format!("/api/jobs/{failing}/logs?level=error"),
+        None,
+    );
+    assert_eq!(status, 200, "{errors}");
+    let errors = errors.as_array().unwrap();
+    assert!(!errors.is_empty());
+    assert!(errors.iter().all(|e| e["level"] == "ERROR"), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| !e["task"].as_str().unwrap().is_empty()
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .to_lowercase()
+                    .contains("divide by zero")),
+        "{errors:?}"
+    );
+    // All levels of the bounded job, searched by text.
+    let (_, info) = server.call(
+        "GET",
+        &format!("/api/jobs/{id}/logs?q=job%20finished"),
+        None,
+    );
+    assert!(!info.as_array().unwrap().is_empty(), "{info}");
+    let (status, v) = server.call("GET", &format!("/api/jobs/{id}/logs?level=loud"), None);
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
 
     // The list, through the API and the CLI.
     let (status, list) = server.call("GET", "/api/jobs", None);

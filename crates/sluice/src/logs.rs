@@ -1,0 +1,197 @@
+//! Per-job logs. Every task runs in a `task` span with its job and task names, so each
+//! `tracing` event knows where it came from; [`LogLayer`] keeps the events of each job in
+//! a bounded in-memory buffer that the server searches by task, level and text.
+//!
+//! ```text
+//!  tracing event ──> LogLayer: job, task (from the event or its spans) ──> LogStore
+//!                                                  GET /api/jobs/{id}/logs?level=error
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::{Mutex, OnceLock};
+
+use serde::Serialize;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+/// Events kept per job (the oldest go first).
+const PER_JOB: usize = 10_000;
+
+/// One log event of a job.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogEntry {
+    /// When, epoch ms.
+    pub time_ms: i64,
+    /// ERROR, WARN, INFO, DEBUG, TRACE.
+    pub level: String,
+    /// The task (`operator[subtask]`), or empty for job-wide events.
+    pub task: String,
+    /// The module that logged it.
+    pub target: String,
+    /// The message and its fields (`key=value`).
+    pub message: String,
+}
+
+/// Every job's recent log events.
+#[derive(Default)]
+pub struct LogStore {
+    jobs: Mutex<HashMap<String, VecDeque<LogEntry>>>,
+}
+
+/// The process's log store.
+pub fn store() -> &'static LogStore {
+    static STORE: OnceLock<LogStore> = OnceLock::new();
+    STORE.get_or_init(LogStore::default)
+}
+
+fn rank(level: &str) -> u8 {
+    match level {
+        "ERROR" => 5,
+        "WARN" => 4,
+        "INFO" => 3,
+        "DEBUG" => 2,
+        _ => 1,
+    }
+}
+
+impl LogStore {
+    fn push(&self, job: &str, e: LogEntry) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let q = jobs.entry(job.to_string()).or_default();
+        if q.len() == PER_JOB {
+            q.pop_front();
+        }
+        q.push_back(e);
+    }
+
+    /// A job's events at `min_level` or above, of `task` (substring), containing `text`
+    /// (case-insensitive), the newest `limit`, oldest first.
+    pub fn query(
+        &self,
+        job: &str,
+        min_level: Option<&str>,
+        task: Option<&str>,
+        text: Option<&str>,
+        limit: usize,
+    ) -> Vec<LogEntry> {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(q) = jobs.get(job) else {
+            return Vec::new();
+        };
+        let min = min_level.map_or(0, |l| rank(&l.to_ascii_uppercase()));
+        let text = text.map(str::to_lowercase);
+        let mut out: Vec<LogEntry> = q
+            .iter()
+            .rev()
+            .filter(|e| rank(&e.level) >= min)
+            .filter(|e| task.is_none_or(|t| e.task.contains(t)))
+            .filter(|e| {
+                text.as_ref().is_none_or(|t| {
+                    e.message.to_lowercase().contains(t) || e.task.to_lowercase().contains(t)
+                })
+            })
+            .take(limit)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+}
+
+/// Collects the `job` and `task` fields and everything else of an event or span.
+#[derive(Default)]
+struct Fields {
+    job: Option<String>,
+    task: Option<String>,
+    message: String,
+    rest: String,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "job" => self.job = Some(value.to_string()),
+            "task" => self.task = Some(value.to_string()),
+            "message" => self.message = value.to_string(),
+            name => {
+                let _ = write!(self.rest, " {name}={value}");
+            }
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "job" => self.job = Some(format!("{value:?}")),
+            "task" => self.task = Some(format!("{value:?}")),
+            "message" => self.message = format!("{value:?}"),
+            name => {
+                let _ = write!(self.rest, " {name}={value:?}");
+            }
+        }
+    }
+}
+
+/// Where a span's events belong.
+#[derive(Clone)]
+struct JobTask {
+    job: String,
+    task: String,
+}
+
+/// The `tracing` layer that fills [`store`].
+pub struct LogLayer;
+
+impl<S> tracing_subscriber::Layer<S> for LogLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let mut f = Fields::default();
+        attrs.record(&mut f);
+        if let (Some(job), Some(span)) = (f.job, ctx.span(id)) {
+            span.extensions_mut().insert(JobTask {
+                job,
+                task: f.task.unwrap_or_default(),
+            });
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let mut f = Fields::default();
+        event.record(&mut f);
+        let from_span = || {
+            ctx.event_scope(event)?
+                .find_map(|s| s.extensions().get::<JobTask>().cloned())
+        };
+        let (job, task) = match (f.job.take(), f.task.take()) {
+            (Some(j), t) => (j, t.unwrap_or_default()),
+            (None, t) => match from_span() {
+                Some(jt) => (jt.job, t.unwrap_or(jt.task)),
+                None => return,
+            },
+        };
+        let level = match *event.metadata().level() {
+            Level::ERROR => "ERROR",
+            Level::WARN => "WARN",
+            Level::INFO => "INFO",
+            Level::DEBUG => "DEBUG",
+            Level::TRACE => "TRACE",
+        };
+        store().push(
+            &job,
+            LogEntry {
+                time_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64),
+                level: level.to_string(),
+                task,
+                target: event.metadata().target().to_string(),
+                message: format!("{}{}", f.message, f.rest),
+            },
+        );
+    }
+}
