@@ -32,6 +32,18 @@ pub enum Format {
 /// Option keys of the filesystem connector: `path` and the format's options.
 pub const FILE_OPTIONS: &[&str] = &["path", "format", "csv.field-delimiter", "csv.header"];
 
+/// `'csv.field-delimiter'`: one character (`\t` for a tab), `,` by default.
+pub(crate) fn csv_delimiter(o: &OptionReader<'_>) -> Result<u8> {
+    let d = o.str("csv.field-delimiter").unwrap_or(",");
+    match d.as_bytes() {
+        [b] => Ok(*b),
+        _ if d == "\\t" => Ok(b'\t'),
+        _ => Err(SluiceError::user(format!(
+            "option `csv.field-delimiter` must be one character, got `{d}`"
+        ))),
+    }
+}
+
 impl Format {
     /// Parses `'format'` and its options.
     pub fn from_options(o: &OptionReader<'_>) -> Result<Self> {
@@ -39,22 +51,10 @@ impl Format {
             .choice("format", &["csv", "json", "parquet"], None)?
             .as_str()
         {
-            "csv" => {
-                let d = o.str("csv.field-delimiter").unwrap_or(",");
-                let delimiter = match d.as_bytes() {
-                    [b] => *b,
-                    _ if d == "\\t" => b'\t',
-                    _ => {
-                        return Err(SluiceError::user(format!(
-                            "option `csv.field-delimiter` must be one character, got `{d}`"
-                        )));
-                    }
-                };
-                Ok(Format::Csv {
-                    delimiter,
-                    header: o.bool_or("csv.header", false)?,
-                })
-            }
+            "csv" => Ok(Format::Csv {
+                delimiter: csv_delimiter(o)?,
+                header: o.bool_or("csv.header", false)?,
+            }),
             "json" => Ok(Format::Json),
             _ => Ok(Format::Parquet),
         }

@@ -111,19 +111,9 @@ fn message_format(o: &OptionReader<'_>, topic: Option<&str>) -> Result<MessageFo
     )?;
     Ok(match name.as_str() {
         "json" => MessageFormat::Json,
-        "csv" => {
-            let d = o.str("csv.field-delimiter").unwrap_or(",");
-            let delimiter = match d.as_bytes() {
-                [b] => *b,
-                _ if d == "\\t" => b'\t',
-                _ => {
-                    return Err(SluiceError::user(format!(
-                        "option `csv.field-delimiter` must be one character, got `{d}`"
-                    )));
-                }
-            };
-            MessageFormat::Csv { delimiter }
-        }
+        "csv" => MessageFormat::Csv {
+            delimiter: crate::format::csv_delimiter(o)?,
+        },
         "raw" => MessageFormat::Raw,
         "avro" => MessageFormat::Avro {
             schema: o.str("avro.schema").map(str::to_string),

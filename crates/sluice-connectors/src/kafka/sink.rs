@@ -288,6 +288,17 @@ pub struct SinkContext {
     failed: Mutex<Option<String>>,
 }
 
+impl SinkContext {
+    /// The first delivery failure since the last check, as an error about `what`.
+    fn check(&self, what: &str) -> Result<()> {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match failed {
+            Some(e) => Err(SluiceError::external(format!("{what}: {e}"))),
+            None => Ok(()),
+        }
+    }
+}
+
 impl ClientContext for SinkContext {}
 
 impl ProducerContext for SinkContext {
@@ -416,20 +427,9 @@ impl KafkaSinkOperator {
     }
 
     fn check_delivery(&self) -> Result<()> {
-        let p = self.producer()?;
-        let failed = p
+        self.producer()?
             .context()
-            .failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        match failed {
-            Some(e) => Err(SluiceError::external(format!(
-                "Kafka sink to `{}`: {e}",
-                self.config.topic
-            ))),
-            None => Ok(()),
-        }
+            .check(&format!("Kafka sink to `{}`", self.config.topic))
     }
 
     /// Runs a blocking producer call off the async threads.
@@ -624,18 +624,7 @@ impl KafkaSinkOperator {
             .map_err(kafka_err(format!(
                 "cannot write the transaction log `{topic}`"
             )))?;
-        let failed = log
-            .context()
-            .failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        match failed {
-            Some(e) => Err(SluiceError::external(format!(
-                "transaction log `{topic}`: {e}"
-            ))),
-            None => Ok(()),
-        }
+        log.context().check(&format!("transaction log `{topic}`"))
     }
 
     async fn start_exactly_once(&mut self, ctx: &OperatorContext) -> Result<()> {

@@ -6,9 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sluice::prelude::*;
+
+use crate::support::{kill_delays, run_to_end};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -49,15 +51,6 @@ fn job(input: &Path, out: &Path, extra: &[&str]) -> Command {
     c
 }
 
-fn run_to_end(mut c: Command) {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "job failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Every line of the committed (visible, not in-progress) output files, sorted.
 fn committed_lines(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
@@ -77,35 +70,10 @@ fn committed_lines(dir: &Path) -> Vec<String> {
     lines
 }
 
-/// A tiny xorshift for kill times, seeded from the clock and printed for reruns.
-fn kill_delays(n: usize, min_ms: u64, max_ms: u64) -> Vec<u64> {
-    let seed = std::env::var("SLUICE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| sluice_types_now() | 1);
-    eprintln!("kill schedule seed {seed} (set SLUICE_CRASH_SEED to repeat)");
-    let mut x: u64 = seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            min_ms + x % (max_ms - min_ms)
-        })
-        .collect()
-}
-
-fn sluice_types_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
 /// Runs the checkpointed job, killing it with SIGKILL after each delay and restarting it
 /// from its latest checkpoint, then lets the last run finish. Returns how many kills hit
 /// a running job.
-fn crash_and_restart(input: &Path, out: &Path, checkpoints: &Path, delivery: &str) -> usize {
+fn crash_file_job(input: &Path, out: &Path, checkpoints: &Path, delivery: &str) -> usize {
     let args = [
         "--rows-per-second",
         "20000",
@@ -118,32 +86,7 @@ fn crash_and_restart(input: &Path, out: &Path, checkpoints: &Path, delivery: &st
         "--from-checkpoint",
         "latest",
     ];
-    let mut kills = 0;
-    for delay in kill_delays(6, 300, 1_000) {
-        let mut child = job(input, out, &args).spawn().unwrap();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(delay) {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        match child.try_wait().unwrap() {
-            Some(status) => {
-                let mut err = String::new();
-                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-                assert!(status.success(), "job failed before the kill: {err}");
-            }
-            None => {
-                // std's kill sends SIGKILL on Unix: no clean-up, no flush.
-                child.kill().unwrap();
-                child.wait().unwrap();
-                kills += 1;
-            }
-        }
-    }
-    run_to_end(job(input, out, &args));
-    kills
+    crate::support::crash_and_restart(|| job(input, out, &args), &kill_delays(6, 300, 1_000))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +97,7 @@ async fn exactly_once_output_survives_repeated_sigkill() {
     let expected = committed_lines(&dir.path().join("reference/windowed-file"));
     assert!(expected.len() > 1_000, "{} windows", expected.len());
 
-    let kills = crash_and_restart(
+    let kills = crash_file_job(
         &input,
         &dir.path().join("crashed"),
         &dir.path().join("checkpoints"),
@@ -195,7 +138,7 @@ async fn at_least_once_loses_nothing_through_repeated_sigkill() {
         &dir.path().join("reference/windowed-file"),
     ));
 
-    let kills = crash_and_restart(
+    let kills = crash_file_job(
         &input,
         &dir.path().join("crashed"),
         &dir.path().join("checkpoints"),

@@ -25,6 +25,8 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::support::{crash_and_restart, kill_delays, run_to_end};
+
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 /// A tansu broker for this test process. It stops when the process exits: its shell
@@ -335,71 +337,6 @@ fn sluice_run(sql: &Path, extra: &[&str]) -> Command {
     c
 }
 
-fn finish(mut c: Command) {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "job failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Kill times in ms, from a seed printed for reruns (`SLUICE_CRASH_SEED`).
-fn kill_delays(n: usize, min_ms: u64, max_ms: u64) -> Vec<u64> {
-    let seed = std::env::var("SLUICE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("kill schedule seed {seed} (set SLUICE_CRASH_SEED to repeat)");
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            min_ms + x % (max_ms - min_ms)
-        })
-        .collect()
-}
-
-/// Runs the job, killing it with SIGKILL after each delay (each run restores from the
-/// latest checkpoint), then lets a last run finish. Returns how many kills hit a
-/// running job.
-fn crash_and_restart(sql: &Path, args: &[&str], delays: &[u64]) -> usize {
-    let mut kills = 0;
-    for &delay in delays {
-        let mut child: Child = sluice_run(sql, args).spawn().unwrap();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(delay) {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        match child.try_wait().unwrap() {
-            Some(status) => {
-                let mut err = String::new();
-                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-                assert!(status.success(), "job failed before the kill: {err}");
-            }
-            None => {
-                // SIGKILL: no clean-up, no flush, no commit.
-                child.kill().unwrap();
-                child.wait().unwrap();
-                kills += 1;
-            }
-        }
-    }
-    finish(sluice_run(sql, args));
-    kills
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_sink_through_repeated_sigkill_loses_nothing() {
     let bootstrap = tansu();
@@ -434,7 +371,7 @@ async fn at_least_once_sink_through_repeated_sigkill_loses_nothing() {
     ];
     // Aligned checkpoints (the job's default) with an at-least-once sink: after each
     // kill the sink may write again what it wrote since the last checkpoint.
-    let kills = crash_and_restart(&sql, &args, &kill_delays(5, 300, 1_200));
+    let kills = crash_and_restart(|| sluice_run(&sql, &args), &kill_delays(5, 300, 1_200));
     assert!(kills >= 3, "only {kills} kills hit a running job");
 
     // No loss: every window of the batch answer, with its exact value (a replayed
@@ -542,7 +479,7 @@ async fn exactly_once_through_repeated_sigkill_on_the_mock_cluster() {
         "--from-checkpoint",
         "latest",
     ];
-    let kills = crash_and_restart(&sql, &args, &kill_delays(5, 300, 1_200));
+    let kills = crash_and_restart(|| sluice_run(&sql, &args), &kill_delays(5, 300, 1_200));
     assert!(kills >= 3, "only {kills} kills hit a running job");
 
     // Exactly the batch answer: every window once, with its value.
@@ -573,7 +510,7 @@ async fn exactly_once_through_repeated_sigkill_on_the_mock_cluster() {
     // Fencing itself is not checked here: the mock cluster gives a new producer id to
     // every InitProducerId without a current one (rdkafka_mock_handlers.c), so it never
     // fences by transactional id, and tansu has no EndTxn.
-    finish(sluice_run(&sql, &args));
+    run_to_end(sluice_run(&sql, &args));
     assert_eq!(
         window_rows(&committed_records(&bootstrap, &output, &log)).len(),
         rows.len(),
@@ -630,7 +567,7 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_metadata_columns_and_
         ),
     )
     .unwrap();
-    finish(sluice_run(&sql, &[]));
+    run_to_end(sluice_run(&sql, &[]));
 
     // Every good record, with its key, offset and partition.
     let out = read_topic(bootstrap, &output);
@@ -770,7 +707,7 @@ async fn avro_with_a_schema_registry_round_trips_through_kafka() {
         ),
     )
     .unwrap();
-    finish(sluice_run(&write, &[]));
+    run_to_end(sluice_run(&write, &[]));
     let raw = read_topic(bootstrap, &avro);
     assert!(!raw.is_empty());
     let read = dir.path().join("read.sql");
@@ -787,7 +724,7 @@ async fn avro_with_a_schema_registry_round_trips_through_kafka() {
         ),
     )
     .unwrap();
-    finish(sluice_run(&read, &[]));
+    run_to_end(sluice_run(&read, &[]));
     // What went through Avro and the registry equals what was written as JSON directly.
     let rows = |t: &str| {
         let mut v: Vec<String> = read_topic(bootstrap, t)
@@ -820,7 +757,7 @@ fn read_ids(bootstrap: &str, topic: &str, options: &str) -> Vec<i64> {
         ),
     )
     .unwrap();
-    finish(sluice_run(&sql, &[]));
+    run_to_end(sluice_run(&sql, &[]));
     let mut ids = Vec::new();
     for e in std::fs::read_dir(&out).unwrap() {
         for line in std::fs::read_to_string(e.unwrap().path()).unwrap().lines() {

@@ -389,3 +389,72 @@ impl Operator for FailOnceOperator {
         Ok(())
     }
 }
+
+/// Runs a command to the end; fails the test with its stderr if it fails.
+pub fn run_to_end(mut c: std::process::Command) {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "job failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Kill times in ms from a tiny xorshift, seeded from the clock and printed for reruns
+/// (`SLUICE_CRASH_SEED`).
+pub fn kill_delays(n: usize, min_ms: u64, max_ms: u64) -> Vec<u64> {
+    let seed = std::env::var("SLUICE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("kill schedule seed {seed} (set SLUICE_CRASH_SEED to repeat)");
+    let mut x: u64 = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            min_ms + x % (max_ms - min_ms)
+        })
+        .collect()
+}
+
+/// Runs the job `job()` builds, killing it with SIGKILL after each delay (each run
+/// restarts from where the last left off, as the job's arguments say), then lets a last
+/// run finish. Returns how many kills hit a running job.
+pub fn crash_and_restart(job: impl Fn() -> std::process::Command, delays: &[u64]) -> usize {
+    let mut kills = 0;
+    for &delay in delays {
+        let mut child = job().spawn().unwrap();
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(delay) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                let mut err = String::new();
+                if let Some(e) = child.stderr.as_mut() {
+                    std::io::Read::read_to_string(e, &mut err).unwrap();
+                }
+                assert!(status.success(), "job failed before the kill: {err}");
+            }
+            None => {
+                // std's kill sends SIGKILL on Unix: no clean-up, no flush, no commit.
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+            }
+        }
+    }
+    run_to_end(job());
+    kills
+}
