@@ -96,6 +96,19 @@ enum Command {
         /// Default parallelism.
         #[arg(long, short)]
         parallelism: Option<usize>,
+        /// Start from this savepoint (a path the server can read).
+        #[arg(long)]
+        from_savepoint: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Take a savepoint of a job on a server (and stop it there with `--stop`).
+    Savepoint {
+        /// The job id.
+        id: u64,
+        /// Stop the job at the savepoint.
+        #[arg(long)]
+        stop: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -534,6 +547,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             script,
             name,
             parallelism,
+            from_savepoint,
             server,
         } => {
             let sql = std::fs::read_to_string(&script)
@@ -543,7 +557,12 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             let v = server.call(
                 "POST",
                 "/api/jobs",
-                Some(&serde_json::json!({ "sql": sql, "name": name, "parallelism": parallelism })),
+                Some(&serde_json::json!({
+                    "sql": sql,
+                    "name": name,
+                    "parallelism": parallelism,
+                    "from_savepoint": from_savepoint,
+                })),
             )?;
             println!("{}", v["id"]);
             Ok(())
@@ -565,6 +584,15 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         Command::Status { id, server } => {
             let v = server.call("GET", &format!("/api/jobs/{id}"), None)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::Savepoint { id, stop, server } => {
+            let v = server.call(
+                "POST",
+                &format!("/api/jobs/{id}/savepoint"),
+                Some(&serde_json::json!({ "stop": stop })),
+            )?;
+            println!("{}", v["location"].as_str().unwrap_or_default());
             Ok(())
         }
         Command::Cancel { id, server } => {

@@ -41,6 +41,8 @@ pub enum JobStatus {
     Failed,
     /// Cancelled through the API.
     Cancelled,
+    /// Stopped with a savepoint (start a new job from it to continue).
+    Stopped,
 }
 
 struct JobEntry {
@@ -121,6 +123,9 @@ pub struct Submit {
     /// Default parallelism.
     #[serde(default)]
     pub parallelism: Option<usize>,
+    /// Start from this savepoint (or checkpoint) directory.
+    #[serde(default)]
+    pub from_savepoint: Option<String>,
 }
 
 /// A JSON error: `{"error": {"code": …, "message": …}}`.
@@ -206,6 +211,7 @@ impl JobManager {
                 sql: j.sql,
                 name: Some(j.name),
                 parallelism: j.parallelism,
+                from_savepoint: None,
             };
             if let Err(e) = manager.start(id, s, true).await {
                 // It cannot come back: say so, keep the server up.
@@ -270,8 +276,15 @@ impl JobManager {
             ("parallelism.default", p.as_str()),
             ("pipeline.name", name.as_str()),
         ];
-        if let Some(d) = &cp_dir {
-            settings.push(("execution.checkpointing.dir", d.as_str()));
+        let sp_dir = self.data_dir.as_ref().map(|d| {
+            d.join("savepoints")
+                .join(id.to_string())
+                .display()
+                .to_string()
+        });
+        if let (Some(c), Some(sp)) = (&cp_dir, &sp_dir) {
+            settings.push(("execution.checkpointing.dir", c.as_str()));
+            settings.push(("execution.checkpointing.savepoint-dir", sp.as_str()));
         }
         let job = crate::plan_sql(&s.sql, &settings)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_sql", e.to_string()))?;
@@ -310,6 +323,8 @@ impl JobManager {
         });
         if restore && has_checkpoint {
             pipeline.restore_from(sluice_plan::RestoreFrom::Latest);
+        } else if let Some(from) = &s.from_savepoint {
+            pipeline.restore_from(sluice_plan::RestoreFrom::Path(from.clone()));
         }
         let prepared = pipeline
             .prepare()
@@ -346,6 +361,7 @@ impl JobManager {
                 let mut st = entry.status.lock().unwrap_or_else(|p| p.into_inner());
                 *st = match (result, st.0) {
                     (_, JobStatus::Cancelled) => (JobStatus::Cancelled, None),
+                    (_, JobStatus::Stopped) => (JobStatus::Stopped, None),
                     (Ok(()), _) => (JobStatus::Finished, None),
                     (Err(e), _) => {
                         tracing::error!(job = %entry.name, error = %e, "job failed");
@@ -548,6 +564,68 @@ async fn cancel(
     ))
 }
 
+/// Takes a savepoint (`{"stop": true}`: and stops the job there); returns its location.
+async fn savepoint(
+    State(m): State<Arc<JobManager>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    m.check_token(&headers)?;
+    let j = m.get(parse_id(&id)?)?;
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected {\"stop\": true|false} or no body",
+        )
+    };
+    let stop = match body.is_empty() {
+        true => false,
+        false => serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("stop").and_then(|s| s.as_bool()))
+            .ok_or_else(bad)?,
+    };
+    {
+        let mut st = j.status.lock().unwrap_or_else(|p| p.into_inner());
+        if st.0 != JobStatus::Running {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_running",
+                format!("job {} is not running", j.id),
+            ));
+        }
+        if stop {
+            st.0 = JobStatus::Stopped;
+        }
+    }
+    match j.stop.savepoint(stop).await {
+        Ok(location) => Ok(Json(
+            serde_json::json!({ "location": location, "stopped": stop }),
+        )),
+        Err(e) => {
+            if stop {
+                j.status.lock().unwrap_or_else(|p| p.into_inner()).0 = JobStatus::Running;
+            }
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "savepoint_failed",
+                e.to_string(),
+            ))
+        }
+    }
+}
+
+/// The job's recent checkpoints and savepoints, oldest first.
+async fn checkpoints(
+    State(m): State<Arc<JobManager>>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<sluice_runtime::checkpoint::CheckpointRecord>>, ApiError> {
+    let j = m.get(parse_id(&id)?)?;
+    Ok(Json(j.metrics.checkpoints.history()))
+}
+
 /// A job's log events: `?level=error&task=…&q=text&limit=n` (newest `limit`, 1 000 by
 /// default), oldest first.
 async fn logs(
@@ -734,6 +812,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/jobs/{id}"),
     ("post", "/api/jobs/{id}/cancel"),
     ("get", "/api/jobs/{id}/logs"),
+    ("post", "/api/jobs/{id}/savepoint"),
+    ("get", "/api/jobs/{id}/checkpoints"),
     ("get", "/metrics"),
     ("get", "/api/openapi.json"),
 ];
@@ -776,6 +856,14 @@ pub fn openapi_document() -> serde_json::Value {
                     {"name": "limit", "in": "query", "schema": {"type": "integer"}, "description": "the newest n (1 000)"}
                 ], "responses": {"200": {"description": "[{time_ms, level, task, target, message}]"}, "400": error, "404": error}}
             },
+            "/api/jobs/{id}/savepoint": {
+                "post": {"summary": "Take a savepoint; with {\"stop\": true} stop the job there", "parameters": id_param,
+                    "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {"stop": {"type": "boolean"}}}}}},
+                    "responses": {"200": {"description": "{\"location\", \"stopped\"}"}, "400": error, "401": error, "404": error, "409": error}}
+            },
+            "/api/jobs/{id}/checkpoints": {
+                "get": {"summary": "Recent checkpoints and savepoints: id, kind, status, trigger time, duration, size, alignment, location", "parameters": id_param, "responses": {"200": {"description": "history, oldest first"}, "400": error, "404": error}}
+            },
             "/metrics": {
                 "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text/plain; version=0.0.4"}}}
             },
@@ -785,7 +873,8 @@ pub fn openapi_document() -> serde_json::Value {
         },
         "components": {"schemas": {
             "Submit": {"type": "object", "required": ["sql"], "properties": {
-                "sql": {"type": "string"}, "name": {"type": "string"}, "parallelism": {"type": "integer", "minimum": 1}
+                "sql": {"type": "string"}, "name": {"type": "string"}, "parallelism": {"type": "integer", "minimum": 1},
+                "from_savepoint": {"type": "string", "description": "a savepoint or checkpoint directory to start from"}
             }},
             "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
                 "code": {"type": "string"}, "message": {"type": "string"}
@@ -801,6 +890,8 @@ pub fn router(manager: Arc<JobManager>) -> Router {
         .route("/api/jobs/{id}", get(detail))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/jobs/{id}/logs", get(logs))
+        .route("/api/jobs/{id}/savepoint", post(savepoint))
+        .route("/api/jobs/{id}/checkpoints", get(checkpoints))
         .route("/metrics", get(prometheus))
         .route("/api/openapi.json", get(openapi))
         .fallback(|| async {

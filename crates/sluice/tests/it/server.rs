@@ -386,3 +386,71 @@ fn running_jobs_come_back_after_the_server_restarts() {
     );
     assert_eq!(n["id"].as_u64().unwrap(), id + 2, "{n}");
 }
+
+#[test]
+fn a_job_stops_with_a_savepoint_and_a_new_one_starts_from_it() {
+    let (server, _dir) = start_server(&[]);
+    let (status, v) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(&serde_json::json!({ "sql": UNBOUNDED, "name": "first" }).to_string()),
+    );
+    assert_eq!(status, 201, "{v}");
+    let first = v["id"].as_u64().unwrap();
+    server.wait_for(first, "rows", |v| {
+        v["source_records"].as_u64().unwrap_or(0) > 0
+    });
+    let (status, v) = server.call(
+        "POST",
+        &format!("/api/jobs/{first}/savepoint"),
+        Some("{\"stop\": \"yes\"}"),
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
+    let out = server.cli(&["savepoint", &first.to_string(), "--stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let location = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(std::path::Path::new(&location).is_dir(), "{location}");
+    let stopped = server.wait_for(first, "stopped", |v| v["status"] == "stopped");
+    let read = stopped["source_records"].as_u64().unwrap();
+    let (_, history) = server.call("GET", &format!("/api/jobs/{first}/checkpoints"), None);
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["kind"] == "savepoint"
+                && c["status"] == "completed"
+                && c["location"] == location.as_str()),
+        "{history}"
+    );
+    // A new job from the savepoint goes on from there.
+    let (status, v) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(
+            &serde_json::json!({ "sql": UNBOUNDED, "name": "second", "from_savepoint": location })
+                .to_string(),
+        ),
+    );
+    assert_eq!(status, 201, "{v}");
+    let second = v["id"].as_u64().unwrap();
+    let running = server.wait_for(second, "rows", |v| {
+        v["source_records"].as_u64().unwrap_or(0) > 0
+    });
+    assert_eq!(running["status"], "running", "{running}");
+    assert!(read > 0);
+    let (status, v) = server.call("POST", &format!("/api/jobs/{first}/savepoint"), None);
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("not_running")),
+        "{v}"
+    );
+}
