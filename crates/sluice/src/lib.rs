@@ -19,6 +19,8 @@
 //! only ever sees that plan.
 
 pub mod bench;
+#[cfg(feature = "kafka")]
+pub mod discovery;
 pub mod examples;
 #[cfg(feature = "kafka")]
 pub mod kafka_bench;

@@ -72,6 +72,19 @@ enum Command {
     },
     /// List the built-in example jobs.
     Examples,
+    /// Every consumer group reading a Kafka topic (Sluice jobs and any other consumers):
+    /// members, partitions, committed offsets, lag.
+    #[cfg(feature = "kafka")]
+    WhoConsumes {
+        /// The topic.
+        topic: String,
+        /// A broker (`host:port`).
+        #[arg(long)]
+        bootstrap: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// A long-running job manager: many jobs in this process, a REST API and
     /// Prometheus metrics (`/metrics`).
     Server {
@@ -541,6 +554,24 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {bind}"))?;
             eprintln!("sluice server on http://{}", listener.local_addr()?);
             sluice::server::serve(listener, token, data_dir).await?;
+            Ok(())
+        }
+        #[cfg(feature = "kafka")]
+        Command::WhoConsumes {
+            topic,
+            bootstrap,
+            json,
+        } => {
+            let groups = tokio::task::spawn_blocking(move || {
+                sluice::discovery::who_consumes(&bootstrap, &topic, Duration::from_secs(10))
+                    .map(|g| (topic, g))
+            })
+            .await??;
+            let (topic, groups) = groups;
+            match json {
+                true => println!("{}", serde_json::to_string(&groups)?),
+                false => print!("{}", sluice::discovery::render(&topic, &groups)),
+            }
             Ok(())
         }
         Command::Submit {

@@ -858,3 +858,74 @@ fn the_kafka_latency_bench_sees_every_row() {
     );
     assert!(p50 >= 0.0 && p99 >= p50, "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_consumes_finds_a_sluice_job_and_a_plain_consumer_group() {
+    let bootstrap = tansu();
+    let topic = unique("watched");
+    create_topic(bootstrap, &topic, 2).await;
+    let msgs: Vec<Msg> = id_msgs(0..100)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut m)| {
+            m.partition = (i % 2) as i32;
+            m
+        })
+        .collect();
+    produce(bootstrap, &topic, &msgs);
+    // A Sluice job reads everything and commits under its group.
+    let sluice_group = format!(
+        ", 'properties.group.id' = 'sluice-{topic}', 'scan.startup.mode' = 'earliest-offset'"
+    );
+    assert_eq!(read_ids(bootstrap, &topic, &sluice_group).len(), 100);
+    // A plain consumer group reads partition 0 up to offset 20 and commits.
+    let plain = format!("plain-{topic}");
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", &plain)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(20))
+        .unwrap();
+    c.commit(&tpl, rdkafka::consumer::CommitMode::Sync).unwrap();
+
+    let out = Command::new(BIN)
+        .args(["who-consumes", &topic, "--bootstrap", bootstrap, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let groups: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |name: &str| {
+        groups
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["group"] == name)
+            .unwrap_or_else(|| panic!("no group {name} in {groups}"))
+            .clone()
+    };
+    let s = find(&format!("sluice-{topic}"));
+    assert_eq!(s["total_lag"], 0, "{s}");
+    for p in s["partitions"].as_array().unwrap() {
+        assert_eq!(p["committed"], 50, "{s}");
+        assert_eq!(p["end"], 50, "{s}");
+    }
+    let p = find(&plain);
+    assert_eq!(p["total_lag"], 30, "{p}");
+    let parts = p["partitions"].as_array().unwrap();
+    assert_eq!(
+        (parts[0]["committed"].clone(), parts[0]["lag"].clone()),
+        (20.into(), 30.into()),
+        "{p}"
+    );
+    assert!(parts[1]["committed"].is_null(), "{p}");
+    // tansu reports no members; none are invented.
+    assert!(s["members"].as_array().unwrap().is_empty(), "{s}");
+    delete_topics(bootstrap, &[&topic]).await;
+}

@@ -1,0 +1,328 @@
+//! `sluice who-consumes TOPIC`: every consumer group reading a topic — Sluice jobs and any
+//! other Kafka consumers — with its members, their partitions, committed offsets and lag.
+//!
+//! ```text
+//!  Metadata(topic) ──> partitions ──ListOffsets──> end offsets
+//!  ListGroups + DescribeGroups ──> groups, members (client id, host, assignment)
+//!  OffsetFetch(group, partitions) ──> committed offsets ──> lag = end − committed
+//! ```
+//!
+//! A group reads the topic when it has committed offsets for it or a member is assigned
+//! one of its partitions. Members are shown only where the broker reports them (Sluice's
+//! own jobs assign partitions themselves and have none); nothing is invented.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use sluice_types::{Result, SluiceError};
+
+/// One member of a group, as the broker describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Member {
+    /// The member id.
+    pub id: String,
+    /// The client's `client.id`.
+    pub client_id: String,
+    /// The client's host, as the broker saw it.
+    pub host: String,
+    /// Partitions of the topic assigned to it.
+    pub partitions: Vec<i32>,
+}
+
+/// One partition's progress in a group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PartitionLag {
+    /// The partition.
+    pub partition: i32,
+    /// The group's committed offset, if it has one.
+    pub committed: Option<i64>,
+    /// The partition's end offset.
+    pub end: i64,
+    /// `end − committed`.
+    pub lag: Option<i64>,
+}
+
+/// A consumer group reading the topic.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupReport {
+    /// The group id.
+    pub group: String,
+    /// The broker's state for it (Stable, Empty, …).
+    pub state: String,
+    /// The members the broker reports.
+    pub members: Vec<Member>,
+    /// Per partition: committed offset, end and lag.
+    pub partitions: Vec<PartitionLag>,
+    /// Sum of the lags.
+    pub total_lag: i64,
+}
+
+fn err(what: String) -> impl FnOnce(rdkafka::error::KafkaError) -> SluiceError {
+    move |e| SluiceError::external(what).with_source(e)
+}
+
+/// The consumer groups of `topic` at the cluster `bootstrap`.
+pub fn who_consumes(bootstrap: &str, topic: &str, timeout: Duration) -> Result<Vec<GroupReport>> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(err("cannot create a Kafka client".into()))?;
+    let md = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(err(format!("cannot read the metadata of {bootstrap}")))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .ok_or_else(|| SluiceError::user(format!("topic `{topic}` does not exist")))?;
+    let mut ends = Vec::new();
+    for p in t.partitions() {
+        let (_, high) = client
+            .fetch_watermarks(topic, p.id(), timeout)
+            .map_err(err(format!("cannot read the end of {topic}/{}", p.id())))?;
+        ends.push((p.id(), high));
+    }
+    ends.sort();
+    let groups = client
+        .fetch_group_list(None, timeout)
+        .map_err(err("cannot list the consumer groups".into()))?;
+    let mut out = Vec::new();
+    for g in groups.groups() {
+        let members: Vec<Member> = g
+            .members()
+            .iter()
+            .map(|m| Member {
+                id: m.id().to_string(),
+                client_id: m.client_id().to_string(),
+                host: m.client_host().to_string(),
+                partitions: m
+                    .assignment()
+                    .map(decode_assignment)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(t, _)| t == topic)
+                    .flat_map(|(_, p)| p)
+                    .collect(),
+            })
+            .collect();
+        let committed = committed_offsets(bootstrap, g.name(), topic, &ends, timeout)?;
+        let partitions: Vec<PartitionLag> = ends
+            .iter()
+            .map(|&(p, end)| {
+                let c = committed.iter().find(|(q, _)| *q == p).map(|(_, o)| *o);
+                PartitionLag {
+                    partition: p,
+                    committed: c,
+                    end,
+                    lag: c.map(|c| (end - c).max(0)),
+                }
+            })
+            .collect();
+        let reads = partitions.iter().any(|p| p.committed.is_some())
+            || members.iter().any(|m| !m.partitions.is_empty());
+        if !reads {
+            continue;
+        }
+        out.push(GroupReport {
+            group: g.name().to_string(),
+            state: g.state().to_string(),
+            total_lag: partitions.iter().filter_map(|p| p.lag).sum(),
+            members,
+            partitions,
+        });
+    }
+    out.sort_by(|a, b| a.group.cmp(&b.group));
+    Ok(out)
+}
+
+/// A group's committed offsets for the topic's partitions.
+fn committed_offsets(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    ends: &[(i32, i64)],
+    timeout: Duration,
+) -> Result<Vec<(i32, i64)>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(err("cannot create a Kafka client".into()))?;
+    let mut tpl = TopicPartitionList::new();
+    for &(p, _) in ends {
+        tpl.add_partition(topic, p);
+    }
+    let got = c
+        .committed_offsets(tpl, timeout)
+        .map_err(err(format!("cannot read the offsets of group `{group}`")))?;
+    Ok(got
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) if o >= 0 => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Decodes a member assignment of Kafka's consumer protocol: version (i16), then topics
+/// (i32 count; each a string with an i16 length and an i32 count of i32 partitions), then
+/// user data. A malformed assignment decodes to what was read before the damage.
+pub fn decode_assignment(b: &[u8]) -> Vec<(String, Vec<i32>)> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let s = b.get(pos..pos + n)?;
+        pos += n;
+        Some(s)
+    };
+    let _version = take(2);
+    let Some(n) = take(4).map(|x| i32::from_be_bytes([x[0], x[1], x[2], x[3]])) else {
+        return out;
+    };
+    for _ in 0..n.max(0) {
+        let Some(len) = take(2).map(|x| i16::from_be_bytes([x[0], x[1]])) else {
+            break;
+        };
+        let Some(name) = take(len.max(0) as usize).map(|x| String::from_utf8_lossy(x).into_owned())
+        else {
+            break;
+        };
+        let Some(count) = take(4).map(|x| i32::from_be_bytes([x[0], x[1], x[2], x[3]])) else {
+            break;
+        };
+        let mut parts = Vec::new();
+        for _ in 0..count.max(0) {
+            match take(4) {
+                Some(x) => parts.push(i32::from_be_bytes([x[0], x[1], x[2], x[3]])),
+                None => break,
+            }
+        }
+        out.push((name, parts));
+    }
+    out
+}
+
+/// The report as a table.
+pub fn render(topic: &str, groups: &[GroupReport]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    if groups.is_empty() {
+        let _ = writeln!(s, "no consumer group reads `{topic}`");
+        return s;
+    }
+    for g in groups {
+        let _ = writeln!(
+            s,
+            "group {}  state {}  lag {}",
+            g.group, g.state, g.total_lag
+        );
+        if g.members.is_empty() {
+            let _ = writeln!(s, "  members: none reported by the broker");
+        }
+        for m in &g.members {
+            let _ = writeln!(
+                s,
+                "  member {}  client {}  host {}  partitions {:?}",
+                m.id, m.client_id, m.host, m.partitions
+            );
+        }
+        for p in &g.partitions {
+            let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+            let _ = writeln!(
+                s,
+                "  partition {:>3}  committed {:>10}  end {:>10}  lag {:>8}",
+                p.partition,
+                show(p.committed),
+                p.end,
+                show(p.lag)
+            );
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(topics: &[(&str, &[i32])], user_data: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&(topics.len() as i32).to_be_bytes());
+        for (t, ps) in topics {
+            b.extend_from_slice(&(t.len() as i16).to_be_bytes());
+            b.extend_from_slice(t.as_bytes());
+            b.extend_from_slice(&(ps.len() as i32).to_be_bytes());
+            for p in *ps {
+                b.extend_from_slice(&p.to_be_bytes());
+            }
+        }
+        b.extend_from_slice(&(user_data.len() as i32).to_be_bytes());
+        b.extend_from_slice(user_data);
+        b
+    }
+
+    #[test]
+    fn member_assignments_decode_to_their_topics_and_partitions() {
+        let b = assignment(&[("bids", &[0, 2, 5]), ("other", &[1])], b"x");
+        assert_eq!(
+            decode_assignment(&b),
+            vec![
+                ("bids".to_string(), vec![0, 2, 5]),
+                ("other".to_string(), vec![1])
+            ]
+        );
+        // Cut anywhere, it keeps what it could read and never panics.
+        for cut in 0..b.len() {
+            let _ = decode_assignment(&b[..cut]);
+        }
+        assert_eq!(decode_assignment(&b[..10]), vec![]);
+    }
+
+    #[test]
+    fn the_table_shows_members_only_where_reported() {
+        let g = GroupReport {
+            group: "g".into(),
+            state: "Stable".into(),
+            members: vec![Member {
+                id: "m-1".into(),
+                client_id: "app".into(),
+                host: "/10.0.0.7".into(),
+                partitions: vec![0, 1],
+            }],
+            partitions: vec![PartitionLag {
+                partition: 0,
+                committed: Some(5),
+                end: 9,
+                lag: Some(4),
+            }],
+            total_lag: 4,
+        };
+        let t = render("bids", &[g.clone()]);
+        assert!(
+            t.contains("member m-1  client app  host /10.0.0.7  partitions [0, 1]"),
+            "{t}"
+        );
+        assert!(
+            t.contains("committed          5  end          9  lag        4"),
+            "{t}"
+        );
+        let none = render(
+            "bids",
+            &[GroupReport {
+                members: vec![],
+                ..g
+            }],
+        );
+        assert!(
+            none.contains("members: none reported by the broker"),
+            "{none}"
+        );
+        assert!(render("bids", &[]).contains("no consumer group reads `bids`"));
+    }
+}
