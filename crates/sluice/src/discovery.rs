@@ -303,7 +303,7 @@ mod tests {
             }],
             total_lag: 4,
         };
-        let t = render("bids", &[g.clone()]);
+        let t = render("bids", std::slice::from_ref(&g));
         assert!(
             t.contains("member m-1  client app  host /10.0.0.7  partitions [0, 1]"),
             "{t}"
