@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_plan::{ConnectorSpec, DeliveryGuarantee};
@@ -49,6 +49,9 @@ use crate::options::OptionReader;
 
 /// The header that carries a record's transaction tag (exactly-once sinks).
 pub const TXN_HEADER: &str = "sluice.txn";
+
+/// The transaction-log header naming the tag a re-produced transaction replaces.
+const REPLACES_HEADER: &str = "sluice.replaces";
 
 /// How long a transaction call (init, commit, abort) or a flush may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -326,6 +329,9 @@ type SinkProducer = ThreadedProducer<SinkContext>;
 struct Txn {
     epoch: u64,
     tag: String,
+    /// The tag this transaction had in the checkpoint, when it is produced again after a
+    /// restore under a new one.
+    replaces: Option<String>,
     data: Vec<u8>,
     recs: Vec<Rec>,
     /// Whether the records are in the producer's open Kafka transaction.
@@ -606,17 +612,26 @@ impl KafkaSinkOperator {
             self.kafka_txn_open = false;
         }
         self.check_delivery()?;
-        self.log_commit(&txn.tag).await
+        self.log_commit(&txn.tag, txn.replaces.as_deref()).await
     }
 
-    async fn log_commit(&self, tag: &str) -> Result<()> {
+    /// Appends a committed transaction's tag to the log; a transaction produced again
+    /// after a restore also names the tag it replaces (in the same record, so a later
+    /// restore from the same checkpoint does not produce it a third time).
+    async fn log_commit(&self, tag: &str, replaces: Option<&str>) -> Result<()> {
         let Some(log) = &self.log else { return Ok(()) };
         let topic = log_topic(&self.txn_id);
-        log.send(BaseRecord::<[u8], [u8]>::to(&topic).payload(tag.as_bytes()))
-            .map_err(|(e, _)| {
-                SluiceError::external(format!("cannot write the transaction log `{topic}`"))
-                    .with_source(e)
-            })?;
+        let mut rec = BaseRecord::<[u8], [u8]>::to(&topic).payload(tag.as_bytes());
+        if let Some(r) = replaces {
+            rec = rec.headers(OwnedHeaders::new().insert(Header {
+                key: REPLACES_HEADER,
+                value: Some(r.as_bytes()),
+            }));
+        }
+        log.send(rec).map_err(|(e, _)| {
+            SluiceError::external(format!("cannot write the transaction log `{topic}`"))
+                .with_source(e)
+        })?;
         let l = log.clone();
         tokio::task::spawn_blocking(move || l.flush(TXN_TIMEOUT))
             .await
@@ -650,7 +665,7 @@ impl KafkaSinkOperator {
                 }
                 // A new tag: if the old transaction did commit after all (a crash between
                 // the broker's commit and the log), readers of the log still count it once.
-                txn.tag = self.next_tag();
+                txn.replaces = Some(std::mem::replace(&mut txn.tag, self.next_tag()));
                 txn.sent = false;
                 tracing::info!(
                     operator = %ctx.task.operator_name,
@@ -733,6 +748,14 @@ async fn read_log(props: &BTreeMap<String, String>, topic: &str) -> Result<HashS
                 next = m.offset() + 1;
                 if let Some(p) = m.payload() {
                     tags.insert(String::from_utf8_lossy(p).into_owned());
+                }
+                // The tag a re-produced transaction replaced is settled too.
+                if let Some(r) = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|x| x.key == REPLACES_HEADER)
+                        .and_then(|x| x.value)
+                }) {
+                    tags.insert(String::from_utf8_lossy(r).into_owned());
                 }
             }
         }
@@ -1020,7 +1043,6 @@ mod tests {
         let mut b = Vec::new();
         encode_headers(&mut b, &[("a", Some(b"1")), ("b", None)]);
         let h = decode_headers(&b, "t-0:1:2");
-        use rdkafka::message::Headers;
         let got: Vec<(String, Option<Vec<u8>>)> = h
             .iter()
             .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
