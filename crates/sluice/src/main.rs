@@ -137,6 +137,11 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// A server's jobs with what each reads and writes (topic -> job -> topic).
+    Ps {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Cancel a job on a server.
     Cancel {
         /// The job id.
@@ -624,6 +629,35 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 Some(&serde_json::json!({ "stop": stop })),
             )?;
             println!("{}", v["location"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::Ps { server } => {
+            let v = server.call("GET", "/api/lineage", None)?;
+            let ends = |e: &serde_json::Value| {
+                e.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|x| {
+                        format!(
+                            "{}:{}",
+                            x["connector"].as_str().unwrap_or(""),
+                            x["name"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            for j in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:>5}  {:<10} {}  {} -> {} -> {}",
+                    j["id"],
+                    j["status"].as_str().unwrap_or(""),
+                    j["name"].as_str().unwrap_or(""),
+                    ends(&j["reads"]),
+                    j["name"].as_str().unwrap_or(""),
+                    ends(&j["writes"])
+                );
+            }
             Ok(())
         }
         Command::Cancel { id, server } => {

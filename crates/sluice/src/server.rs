@@ -56,6 +56,51 @@ struct JobEntry {
     stop: StopHandle,
     explain: String,
     graph: Graph,
+    lineage: Lineage,
+}
+
+/// What a job reads and writes: `topic → job → topic`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Lineage {
+    /// Sources: connector and what it reads (topic, pattern, path, table).
+    pub reads: Vec<Endpoint>,
+    /// Sinks: connector and what it writes.
+    pub writes: Vec<Endpoint>,
+}
+
+/// One end of a job's lineage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// The connector (`kafka`, `filesystem`, …).
+    pub connector: String,
+    /// The topic, pattern, path or table it names (the connector when none).
+    pub name: String,
+}
+
+fn endpoint(spec: &sluice_plan::ConnectorSpec) -> Endpoint {
+    let name = ["topic", "topic-pattern", "path", "table"]
+        .iter()
+        .find_map(|k| spec.options.get(*k))
+        .cloned()
+        .unwrap_or_else(|| spec.connector.clone());
+    Endpoint {
+        connector: spec.connector.clone(),
+        name,
+    }
+}
+
+fn lineage(plan: &sluice_plan::JobPlan) -> Lineage {
+    let mut l = Lineage::default();
+    for n in &plan.nodes {
+        match &n.kind {
+            sluice_plan::NodeKind::Source(s) => l.reads.push(endpoint(&s.spec)),
+            sluice_plan::NodeKind::Sink(s) => l.writes.push(endpoint(s)),
+            _ => {}
+        }
+    }
+    l.reads.dedup();
+    l.writes.dedup();
+    l
 }
 
 /// The job's dataflow graph.
@@ -295,6 +340,7 @@ impl JobManager {
                 "the script has no INSERT INTO or SELECT: nothing to run",
             )
         })?;
+        let lineage = lineage(&plan);
         let graph = Graph {
             nodes: plan
                 .nodes
@@ -348,6 +394,7 @@ impl JobManager {
             stop: handle.stop_handle(),
             explain,
             graph,
+            lineage,
         });
         self.jobs
             .write()
@@ -528,6 +575,8 @@ async fn detail(
         "submitted_ms": j.submitted_ms,
         "sql": j.sql,
         "graph": j.graph,
+        "reads": j.lineage.reads,
+        "writes": j.lineage.writes,
         "explain": j.explain,
         "source_records": j.metrics.source_records(),
         "sink_records": j.metrics.sink_records(),
@@ -561,6 +610,24 @@ async fn cancel(
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "id": j.id, "status": JobStatus::Cancelled })),
+    ))
+}
+
+/// Every job with what it reads and writes (`sluice ps`).
+async fn lineage_all(State(m): State<Arc<JobManager>>) -> Json<serde_json::Value> {
+    Json(serde_json::Value::Array(
+        m.all()
+            .iter()
+            .map(|j| {
+                serde_json::json!({
+                    "id": j.id,
+                    "name": j.name,
+                    "status": j.status.lock().unwrap_or_else(|p| p.into_inner()).0,
+                    "reads": j.lineage.reads,
+                    "writes": j.lineage.writes,
+                })
+            })
+            .collect(),
     ))
 }
 
@@ -814,6 +881,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/jobs/{id}/logs"),
     ("post", "/api/jobs/{id}/savepoint"),
     ("get", "/api/jobs/{id}/checkpoints"),
+    ("get", "/api/lineage"),
     ("get", "/metrics"),
     ("get", "/api/openapi.json"),
 ];
@@ -864,6 +932,9 @@ pub fn openapi_document() -> serde_json::Value {
             "/api/jobs/{id}/checkpoints": {
                 "get": {"summary": "Recent checkpoints and savepoints: id, kind, status, trigger time, duration, size, alignment, location", "parameters": id_param, "responses": {"200": {"description": "history, oldest first"}, "400": error, "404": error}}
             },
+            "/api/lineage": {
+                "get": {"summary": "Every job with what it reads and writes (topic -> job -> topic)", "responses": {"200": {"description": "[{id, name, status, reads: [{connector, name}], writes}]"}}}
+            },
             "/metrics": {
                 "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text/plain; version=0.0.4"}}}
             },
@@ -892,6 +963,7 @@ pub fn router(manager: Arc<JobManager>) -> Router {
         .route("/api/jobs/{id}/logs", get(logs))
         .route("/api/jobs/{id}/savepoint", post(savepoint))
         .route("/api/jobs/{id}/checkpoints", get(checkpoints))
+        .route("/api/lineage", get(lineage_all))
         .route("/metrics", get(prometheus))
         .route("/api/openapi.json", get(openapi))
         .fallback(|| async {

@@ -251,6 +251,27 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
         "{text}"
     );
 
+    // Lineage: what each job reads and writes, through the API and `sluice ps`.
+    let (status, lineage) = server.call("GET", "/api/lineage", None);
+    assert_eq!(status, 200);
+    let first = &lineage.as_array().unwrap()[0];
+    assert_eq!(
+        first["reads"],
+        serde_json::json!([{"connector": "nexmark", "name": "bid"}]),
+        "{lineage}"
+    );
+    assert_eq!(
+        first["writes"],
+        serde_json::json!([{"connector": "blackhole", "name": "blackhole"}]),
+        "{lineage}"
+    );
+    let out = server.cli(&["ps"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("nexmark:bid -> bounded -> blackhole:blackhole"),
+        "{text}"
+    );
+
     // Prometheus metrics: per job, operator and subtask.
     let metrics = server.text("/metrics");
     for needle in [
