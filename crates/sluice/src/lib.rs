@@ -26,6 +26,7 @@ pub mod examples;
 pub mod kafka_bench;
 pub mod logs;
 mod pipeline;
+pub mod restart;
 pub mod server;
 
 /// Plans a SQL script (see [`sql`]) with the built-in connectors and Nexmark's

@@ -57,7 +57,7 @@ enum Command {
         #[arg(long)]
         input: Option<PathBuf>,
         #[command(flatten)]
-        checkpoints: CheckpointArgs,
+        checkpoints: Box<CheckpointArgs>,
     },
     /// Print a job's dataflow graph: tasks, chaining, parallelism, edges.
     Explain {
@@ -178,15 +178,74 @@ struct CheckpointArgs {
     /// On Ctrl-C take a savepoint and stop (instead of draining the input).
     #[arg(long)]
     stop_with_savepoint: bool,
-    /// Restart a failed job this many times, from its latest checkpoint.
+    /// How a failed job restarts (from its latest checkpoint): `none`, `fixed-delay`
+    /// (`--restart-attempts`, `--restart-delay`), `exponential-delay` (`--restart-delay`
+    /// first, times `--restart-multiplier`, at most `--restart-max-delay`, ±
+    /// `--restart-jitter`, reset after `--restart-reset-after`; `--restart-attempts` if
+    /// not 0), `failure-rate` (`--restart-max-failures` per `--restart-interval`).
+    /// Default: fixed-delay when `--restart-attempts` is given, else none.
+    #[arg(long)]
+    restart_strategy: Option<String>,
+    /// Restarts allowed (fixed-delay; exponential-delay when not 0).
     #[arg(long, default_value_t = 0)]
     restart_attempts: usize,
-    /// Wait this long before a restart.
+    /// Wait this long before a restart (the first one, for exponential-delay).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     restart_delay: Duration,
+    /// The largest exponential delay.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    restart_max_delay: Duration,
+    /// Growth of the exponential delay per failure.
+    #[arg(long, default_value_t = 2.0)]
+    restart_multiplier: f64,
+    /// Random spread of exponential delays (fraction).
+    #[arg(long, default_value_t = 0.1)]
+    restart_jitter: f64,
+    /// A run this long without failure resets the exponential delay.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    restart_reset_after: Duration,
+    /// Failures allowed per interval (failure-rate).
+    #[arg(long, default_value_t = 1)]
+    restart_max_failures: usize,
+    /// The failure-rate interval.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    restart_interval: Duration,
 }
 
 impl CheckpointArgs {
+    /// The restart strategy the flags describe.
+    fn restart_strategy(&self) -> anyhow::Result<sluice::restart::RestartStrategy> {
+        use sluice::restart::RestartStrategy as R;
+        let kind = match (&self.restart_strategy, self.restart_attempts) {
+            (Some(k), _) => k.as_str(),
+            (None, 0) => "none",
+            (None, _) => "fixed-delay",
+        };
+        Ok(match kind {
+            "none" => R::None,
+            "fixed-delay" => R::FixedDelay {
+                attempts: self.restart_attempts,
+                delay: self.restart_delay,
+            },
+            "exponential-delay" => R::ExponentialDelay {
+                initial: self.restart_delay,
+                max: self.restart_max_delay,
+                multiplier: self.restart_multiplier,
+                jitter: self.restart_jitter,
+                reset_after: self.restart_reset_after,
+                attempts: (self.restart_attempts > 0).then_some(self.restart_attempts),
+            },
+            "failure-rate" => R::FailureRate {
+                max_failures: self.restart_max_failures,
+                interval: self.restart_interval,
+                delay: self.restart_delay,
+            },
+            other => anyhow::bail!(
+                "unknown restart strategy `{other}`; use none, fixed-delay, exponential-delay or failure-rate"
+            ),
+        })
+    }
+
     fn apply(&self, p: &sluice::Pipeline) {
         if let Some(i) = self.checkpoint_interval {
             p.checkpointing(i);
@@ -456,14 +515,10 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             let progress =
                 (!quiet).then(|| tokio::spawn(progress_loop(Arc::clone(&current), start)));
             let result = pipeline
-                .run_with_restarts(
-                    checkpoints.restart_attempts,
-                    checkpoints.restart_delay,
-                    |h| {
-                        *current.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some((h.metrics(), h.stop_handle()));
-                    },
-                )
+                .run_with_restarts(checkpoints.restart_strategy()?, |h| {
+                    *current.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((h.metrics(), h.stop_handle()));
+                })
                 .await;
             if let Some(p) = progress {
                 p.abort();

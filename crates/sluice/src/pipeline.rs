@@ -267,44 +267,48 @@ impl Pipeline {
         self.start().await?.wait().await
     }
 
-    /// Runs the job; when it fails, restarts it after `delay`, at most `attempts` times,
-    /// each time from the latest checkpoint it completed (or from where it first started,
-    /// if it completed none): a fixed-delay restart strategy. `on_start` sees each
-    /// attempt's handle (for metrics and stopping).
+    /// Runs the job; when it fails, restarts it as `strategy` says (see
+    /// [`crate::restart`]), each time from the latest checkpoint it completed (or from
+    /// where it first started, if it completed none). `on_start` sees each attempt's
+    /// handle (for metrics and stopping). Returns the last failure when the strategy
+    /// gives up.
     pub async fn run_with_restarts(
         &self,
-        attempts: usize,
-        delay: Duration,
+        strategy: crate::restart::RestartStrategy,
         mut on_start: impl FnMut(&JobHandle),
     ) -> Result<()> {
-        let mut failures = 0;
+        strategy.validate()?;
+        let first_start = std::time::Instant::now();
+        let mut tracker = crate::restart::RestartTracker::new(strategy, sluice_types::now_micros());
         let mut resume_from: Option<RestoreFrom> = None;
         loop {
             if let Some(r) = resume_from.take() {
                 self.restore_from(r);
             }
+            let attempt_start = std::time::Instant::now();
             let handle = self.start().await?;
             on_start(&handle);
             let checkpoints = Arc::clone(&handle.metrics().checkpoints);
-            match handle.wait().await {
+            let e = match handle.wait().await {
                 Ok(()) => return Ok(()),
-                Err(e) if failures < attempts => {
-                    failures += 1;
-                    let latest = checkpoints
-                        .latest_completed()
-                        .filter(|c| c.kind != "final")
-                        .map(|c| RestoreFrom::Path(c.location));
-                    tracing::warn!(
-                        error = %e, attempt = failures, of = attempts,
-                        from = ?latest, "job failed; restarting"
-                    );
-                    if latest.is_some() {
-                        resume_from = latest;
-                    }
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => return Err(e),
+                Err(e) => e,
+            };
+            let Some(delay) = tracker.on_failure(first_start.elapsed(), attempt_start.elapsed())
+            else {
+                return Err(e);
+            };
+            let latest = checkpoints
+                .latest_completed()
+                .filter(|c| c.kind != "final")
+                .map(|c| RestoreFrom::Path(c.location));
+            tracing::warn!(
+                error = %e, restart = tracker.restarts(), delay = ?delay,
+                from = ?latest, "job failed; restarting"
+            );
+            if latest.is_some() {
+                resume_from = latest;
             }
+            tokio::time::sleep(delay).await;
         }
     }
 }

@@ -267,9 +267,15 @@ async fn a_failed_job_restarts_from_its_latest_checkpoint_on_its_own() {
     // Fails after about half a second of input: a few checkpoints are complete by then.
     windows.sink(sluice::plan::ConnectorSpec::new("fail-once").with_option("fail-at", 20));
     let mut starts = Vec::new();
-    p.run_with_restarts(2, Duration::from_millis(10), |h| starts.push(h.metrics()))
-        .await
-        .unwrap();
+    p.run_with_restarts(
+        sluice::restart::RestartStrategy::FixedDelay {
+            attempts: 2,
+            delay: Duration::from_millis(10),
+        },
+        |h| starts.push(h.metrics()),
+    )
+    .await
+    .unwrap();
     assert!(
         failed.load(std::sync::atomic::Ordering::SeqCst),
         "the failure was injected"
@@ -419,4 +425,65 @@ async fn sql_join_and_top_n_state_survive_a_savepoint_and_a_change_of_parallelis
             "parallelism {p}: the top-3 per auction differs"
         );
     }
+}
+
+/// A job that fails on its first rows, run with restart flags: how many restarts it
+/// made before giving up (counted from its log).
+fn restarts_before_giving_up(flags: &[&str]) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("failing.sql");
+    std::fs::write(
+        &sql,
+        "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '1000');
+         CREATE TABLE sink (x BIGINT) WITH ('connector' = 'blackhole');
+         INSERT INTO sink SELECT auction / (auction - auction) FROM bid;",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg(&sql)
+        .arg("--quiet")
+        .args(flags)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the job cannot succeed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("divide by zero"), "{err}");
+    err.matches("job failed; restarting").count()
+}
+
+#[test]
+fn restart_strategies_restart_as_often_as_they_say() {
+    assert_eq!(restarts_before_giving_up(&[]), 0);
+    assert_eq!(
+        restarts_before_giving_up(&["--restart-attempts", "2", "--restart-delay", "10ms"]),
+        2
+    );
+    assert_eq!(
+        restarts_before_giving_up(&[
+            "--restart-strategy",
+            "exponential-delay",
+            "--restart-attempts",
+            "3",
+            "--restart-delay",
+            "5ms",
+            "--restart-max-delay",
+            "20ms",
+        ]),
+        3
+    );
+    // Failure rate: 2 failures allowed per minute, so the third gives up.
+    assert_eq!(
+        restarts_before_giving_up(&[
+            "--restart-strategy",
+            "failure-rate",
+            "--restart-max-failures",
+            "2",
+            "--restart-interval",
+            "1m",
+            "--restart-delay",
+            "5ms",
+        ]),
+        2
+    );
 }
