@@ -50,13 +50,112 @@ struct JobEntry {
     name: String,
     sql: String,
     parallelism: Option<usize>,
+    restart: Option<RestartSpec>,
     submitted_ms: i64,
     status: Mutex<(JobStatus, Option<String>)>,
-    metrics: Arc<JobMetrics>,
-    stop: StopHandle,
+    /// The running attempt's metrics and stop handle (a restart replaces them).
+    attempt: RwLock<(Arc<JobMetrics>, StopHandle)>,
+    /// Failures with their causes, oldest first.
+    failures: Mutex<Vec<Failure>>,
     explain: String,
     graph: Graph,
     lineage: Lineage,
+}
+
+/// One failure of a job.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    /// When, epoch ms.
+    pub time_ms: i64,
+    /// The error with its causes.
+    pub error: String,
+    /// Whether the job restarted after it.
+    pub restarted: bool,
+}
+
+impl JobEntry {
+    fn metrics(&self) -> Arc<JobMetrics> {
+        Arc::clone(&self.attempt.read().unwrap_or_else(|p| p.into_inner()).0)
+    }
+
+    fn stop_handle(&self) -> StopHandle {
+        self.attempt
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+}
+
+/// A restart strategy as the API takes it (durations in milliseconds).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct RestartSpec {
+    /// `none`, `fixed-delay`, `exponential-delay`, `failure-rate`.
+    pub strategy: String,
+    /// Restarts allowed (fixed-delay; exponential-delay when given).
+    #[serde(default)]
+    pub attempts: Option<usize>,
+    /// Delay before a restart (the first, for exponential-delay); 1 000 by default.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// The largest exponential delay; 60 000 by default.
+    #[serde(default)]
+    pub max_delay_ms: Option<u64>,
+    /// Growth per failure; 2 by default.
+    #[serde(default)]
+    pub multiplier: Option<f64>,
+    /// Random spread (fraction); 0.1 by default.
+    #[serde(default)]
+    pub jitter: Option<f64>,
+    /// A stable run this long resets the exponential delay; an hour by default.
+    #[serde(default)]
+    pub reset_after_ms: Option<u64>,
+    /// Failures allowed per interval (failure-rate); 1 by default.
+    #[serde(default)]
+    pub max_failures: Option<usize>,
+    /// The failure-rate interval; a minute by default.
+    #[serde(default)]
+    pub interval_ms: Option<u64>,
+}
+
+impl RestartSpec {
+    fn strategy(&self) -> Result<crate::restart::RestartStrategy, ApiError> {
+        use crate::restart::RestartStrategy as R;
+        use std::time::Duration as D;
+        let delay = D::from_millis(self.delay_ms.unwrap_or(1000));
+        let r = match self.strategy.as_str() {
+            "none" => R::None,
+            "fixed-delay" => R::FixedDelay {
+                attempts: self.attempts.unwrap_or(1),
+                delay,
+            },
+            "exponential-delay" => R::ExponentialDelay {
+                initial: delay,
+                max: D::from_millis(self.max_delay_ms.unwrap_or(60_000)),
+                multiplier: self.multiplier.unwrap_or(2.0),
+                jitter: self.jitter.unwrap_or(0.1),
+                reset_after: D::from_millis(self.reset_after_ms.unwrap_or(3_600_000)),
+                attempts: self.attempts,
+            },
+            "failure-rate" => R::FailureRate {
+                max_failures: self.max_failures.unwrap_or(1),
+                interval: D::from_millis(self.interval_ms.unwrap_or(60_000)),
+                delay,
+            },
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!(
+                        "unknown restart strategy `{other}`; use none, fixed-delay, exponential-delay or failure-rate"
+                    ),
+                ));
+            }
+        };
+        r.validate()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+        Ok(r)
+    }
 }
 
 /// What a job reads and writes: `topic → job → topic`.
@@ -155,6 +254,8 @@ struct Stored {
     parallelism: Option<usize>,
     status: JobStatus,
     error: Option<String>,
+    #[serde(default)]
+    restart: Option<RestartSpec>,
 }
 
 /// A submitted job, as the API takes it.
@@ -171,6 +272,9 @@ pub struct Submit {
     /// Start from this savepoint (or checkpoint) directory.
     #[serde(default)]
     pub from_savepoint: Option<String>,
+    /// How the job restarts after a failure (default: it does not).
+    #[serde(default)]
+    pub restart: Option<RestartSpec>,
 }
 
 /// A JSON error: `{"error": {"code": …, "message": …}}`.
@@ -257,6 +361,7 @@ impl JobManager {
                 name: Some(j.name),
                 parallelism: j.parallelism,
                 from_savepoint: None,
+                restart: j.restart,
             };
             if let Err(e) = manager.start(id, s, true).await {
                 // It cannot come back: say so, keep the server up.
@@ -268,6 +373,7 @@ impl JobManager {
                     parallelism: None,
                     status: JobStatus::Failed,
                     error: Some(e.message),
+                    restart: None,
                 });
             }
         }
@@ -302,6 +408,7 @@ impl JobManager {
             parallelism: j.parallelism,
             status,
             error,
+            restart: j.restart.clone(),
         });
     }
 
@@ -372,6 +479,10 @@ impl JobManager {
         } else if let Some(from) = &s.from_savepoint {
             pipeline.restore_from(sluice_plan::RestoreFrom::Path(from.clone()));
         }
+        let strategy = match &s.restart {
+            Some(r) => r.strategy()?,
+            None => crate::restart::RestartStrategy::None,
+        };
         let prepared = pipeline
             .prepare()
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_job", e.to_string()))?;
@@ -388,10 +499,11 @@ impl JobManager {
             name,
             sql: s.sql,
             parallelism: s.parallelism,
+            restart: s.restart,
             submitted_ms: now_ms(),
             status: Mutex::new((JobStatus::Running, None)),
-            metrics: handle.metrics(),
-            stop: handle.stop_handle(),
+            attempt: RwLock::new((handle.metrics(), handle.stop_handle())),
+            failures: Mutex::new(Vec::new()),
             explain,
             graph,
             lineage,
@@ -403,19 +515,8 @@ impl JobManager {
         self.persist(&entry);
         let manager = Arc::clone(self);
         tokio::spawn(async move {
-            let result = handle.wait().await;
-            {
-                let mut st = entry.status.lock().unwrap_or_else(|p| p.into_inner());
-                *st = match (result, st.0) {
-                    (_, JobStatus::Cancelled) => (JobStatus::Cancelled, None),
-                    (_, JobStatus::Stopped) => (JobStatus::Stopped, None),
-                    (Ok(()), _) => (JobStatus::Finished, None),
-                    (Err(e), _) => {
-                        tracing::error!(job = %entry.name, error = %e, "job failed");
-                        (JobStatus::Failed, Some(e.to_string()))
-                    }
-                };
-            }
+            let end = supervise(&entry, pipeline, handle, strategy).await;
+            *entry.status.lock().unwrap_or_else(|p| p.into_inner()) = end;
             manager.persist(&entry);
         });
         Ok(())
@@ -458,6 +559,61 @@ impl JobManager {
     }
 }
 
+/// Waits for a job; on failure restarts it as `strategy` says, from its latest
+/// completed checkpoint, recording every failure. Returns its final status.
+async fn supervise(
+    entry: &JobEntry,
+    pipeline: crate::Pipeline,
+    mut handle: sluice_runtime::JobHandle,
+    strategy: crate::restart::RestartStrategy,
+) -> (JobStatus, Option<String>) {
+    let first = std::time::Instant::now();
+    let mut attempt_start = first;
+    let mut tracker = crate::restart::RestartTracker::new(strategy, sluice_types::now_micros());
+    loop {
+        let result = handle.wait().await;
+        let status = entry.status.lock().unwrap_or_else(|p| p.into_inner()).0;
+        let e = match (result, status) {
+            (_, JobStatus::Cancelled) => return (JobStatus::Cancelled, None),
+            (_, JobStatus::Stopped) => return (JobStatus::Stopped, None),
+            (Ok(()), _) => return (JobStatus::Finished, None),
+            (Err(e), _) => e,
+        };
+        let delay = tracker.on_failure(first.elapsed(), attempt_start.elapsed());
+        tracing::error!(job = %entry.name, error = %e, restart = delay.is_some(), "job failed");
+        entry
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Failure {
+                time_ms: now_ms(),
+                error: e.to_string(),
+                restarted: delay.is_some(),
+            });
+        let Some(delay) = delay else {
+            return (JobStatus::Failed, Some(e.to_string()));
+        };
+        tokio::time::sleep(delay).await;
+        if let Some(c) = entry
+            .metrics()
+            .checkpoints
+            .latest_completed()
+            .filter(|c| c.kind != "final")
+        {
+            pipeline.restore_from(sluice_plan::RestoreFrom::Path(c.location));
+        }
+        match pipeline.start().await {
+            Ok(h) => {
+                *entry.attempt.write().unwrap_or_else(|p| p.into_inner()) =
+                    (h.metrics(), h.stop_handle());
+                handle = h;
+                attempt_start = std::time::Instant::now();
+            }
+            Err(e) => return (JobStatus::Failed, Some(e.to_string())),
+        }
+    }
+}
+
 /// One job in the list.
 #[derive(Serialize)]
 struct JobSummary {
@@ -475,8 +631,8 @@ fn summary(j: &JobEntry) -> JobSummary {
         name: j.name.clone(),
         status: j.status.lock().unwrap_or_else(|p| p.into_inner()).0,
         submitted_ms: j.submitted_ms,
-        source_records: j.metrics.source_records(),
-        sink_records: j.metrics.sink_records(),
+        source_records: j.metrics().source_records(),
+        sink_records: j.metrics().sink_records(),
     }
 }
 
@@ -566,7 +722,8 @@ async fn detail(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let j = m.get(parse_id(&id)?)?;
     let (status, error) = j.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let cp = &j.metrics.checkpoints;
+    let m = j.metrics();
+    let cp = &m.checkpoints;
     Ok(Json(serde_json::json!({
         "id": j.id,
         "name": j.name,
@@ -578,9 +735,11 @@ async fn detail(
         "reads": j.lineage.reads,
         "writes": j.lineage.writes,
         "explain": j.explain,
-        "source_records": j.metrics.source_records(),
-        "sink_records": j.metrics.sink_records(),
-        "operators": operators(&j.metrics),
+        "source_records": j.metrics().source_records(),
+        "sink_records": j.metrics().sink_records(),
+        "operators": operators(&m),
+        "restarts": j.failures.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|f| f.restarted).count(),
+        "failures": *j.failures.lock().unwrap_or_else(|p| p.into_inner()),
         "checkpoints": {
             "completed": cp.completed.load(Relaxed),
             "failed": cp.failed.load(Relaxed),
@@ -606,7 +765,7 @@ async fn cancel(
         }
         st.0 = JobStatus::Cancelled;
     }
-    j.stop.stop().await;
+    j.stop_handle().stop().await;
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "id": j.id, "status": JobStatus::Cancelled })),
@@ -667,7 +826,7 @@ async fn savepoint(
             st.0 = JobStatus::Stopped;
         }
     }
-    match j.stop.savepoint(stop).await {
+    match j.stop_handle().savepoint(stop).await {
         Ok(location) => Ok(Json(
             serde_json::json!({ "location": location, "stopped": stop }),
         )),
@@ -690,7 +849,7 @@ async fn checkpoints(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<sluice_runtime::checkpoint::CheckpointRecord>>, ApiError> {
     let j = m.get(parse_id(&id)?)?;
-    Ok(Json(j.metrics.checkpoints.history()))
+    Ok(Json(j.metrics().checkpoints.history()))
 }
 
 /// A job's log events: `?level=error&task=…&q=text&limit=n` (newest `limit`, 1 000 by
@@ -785,7 +944,7 @@ fn render_prometheus(jobs: &[Arc<JobEntry>]) -> String {
     for (name, help, f) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for j in jobs {
-            for o in &j.metrics.operators {
+            for o in &j.metrics().operators {
                 for (i, s) in o.subtasks.iter().enumerate() {
                     let _ = writeln!(
                         out,
@@ -803,7 +962,7 @@ fn render_prometheus(jobs: &[Arc<JobEntry>]) -> String {
         "# HELP sluice_watermark_milliseconds An operator subtask's event-time watermark.\n# TYPE sluice_watermark_milliseconds gauge"
     );
     for j in jobs {
-        for o in &j.metrics.operators {
+        for o in &j.metrics().operators {
             for (i, s) in o.subtasks.iter().enumerate() {
                 let w = s.watermark.load(Relaxed);
                 if w != i64::MIN {
@@ -822,7 +981,8 @@ fn render_prometheus(jobs: &[Arc<JobEntry>]) -> String {
         "# HELP sluice_end_to_end_latency_seconds True end-to-end latency at a sink (sink time minus ingest time).\n# TYPE sluice_end_to_end_latency_seconds summary"
     );
     for j in jobs {
-        for o in j.metrics.operators.iter().filter(|o| o.is_sink) {
+        let m = j.metrics();
+        for o in m.operators.iter().filter(|o| o.is_sink) {
             let lat = o.latency();
             let labels = format!("job=\"{}\",operator=\"{}\"", esc(&j.name), esc(&o.name));
             for q in [0.5, 0.95, 0.99] {
@@ -844,7 +1004,8 @@ fn render_prometheus(jobs: &[Arc<JobEntry>]) -> String {
         "# HELP sluice_checkpoints_total Checkpoints by outcome.\n# TYPE sluice_checkpoints_total counter"
     );
     for j in jobs {
-        let cp = &j.metrics.checkpoints;
+        let m = j.metrics();
+        let cp = &m.checkpoints;
         for (outcome, n) in [
             ("completed", cp.completed.load(Relaxed)),
             ("failed", cp.failed.load(Relaxed)),

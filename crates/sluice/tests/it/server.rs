@@ -475,3 +475,38 @@ fn a_job_stops_with_a_savepoint_and_a_new_one_starts_from_it() {
         "{v}"
     );
 }
+
+#[test]
+fn a_failing_job_restarts_as_its_strategy_says_and_keeps_its_failures() {
+    let (server, _dir) = start_server(&[]);
+    let body = serde_json::json!({
+        "sql": FAILING,
+        "name": "flaky",
+        "restart": { "strategy": "fixed-delay", "attempts": 2, "delay_ms": 10 },
+    });
+    let (status, v) = server.call("POST", "/api/jobs", Some(&body.to_string()));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    let failed = server.wait_for(id, "failed", |v| v["status"] == "failed");
+    assert_eq!(failed["restarts"], 2, "{failed}");
+    let failures = failed["failures"].as_array().unwrap();
+    let restarted: Vec<bool> = failures
+        .iter()
+        .map(|f| f["restarted"].as_bool().unwrap())
+        .collect();
+    assert_eq!(restarted, [true, true, false], "{failed}");
+    assert!(failures.iter().all(|f| {
+        f["error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("divide by zero")
+    }));
+    let bad = serde_json::json!({ "sql": BOUNDED, "restart": { "strategy": "sometimes" } });
+    let (status, v) = server.call("POST", "/api/jobs", Some(&bad.to_string()));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
+}
