@@ -17,7 +17,7 @@ use arrow::array::{
     Array, ArrayRef, BinaryArray, BinaryBuilder, RecordBatch, StringArray, StringBuilder,
     StructArray, UInt32Array,
 };
-use arrow::compute::{cast, concat_batches, take_record_batch};
+use arrow::compute::{cast, concat_batches};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use arrow_avro::reader::ReaderBuilder as AvroReaderBuilder;
 use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
@@ -124,6 +124,33 @@ struct AvroDecoding {
 }
 
 impl AvroDecoding {
+    /// Decoding into `schema`, with `writer` (default: the table's own Avro schema)
+    /// stored under `id`; a registry means Confluent framing on the wire, none a local
+    /// prefix added to each plain body.
+    fn state(
+        schema: &Schema,
+        id: u32,
+        writer: Option<AvroSchema>,
+        registry: Option<Arc<SchemaRegistry>>,
+    ) -> Result<DecoderState> {
+        let reader = value_fields(schema)?;
+        let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+        store
+            .set(
+                Fingerprint::Id(id),
+                writer.unwrap_or_else(|| reader.clone()),
+            )
+            .map_err(|e| SluiceError::user("bad Avro schema").with_source(e))?;
+        let decoder = Self::build(&store, &reader)?;
+        Ok(DecoderState::Avro(Box::new(Self {
+            store,
+            reader,
+            decoder,
+            framed: registry.is_some(),
+            registry,
+        })))
+    }
+
     fn build(store: &SchemaStore, reader: &AvroSchema) -> Result<arrow_avro::reader::Decoder> {
         AvroReaderBuilder::new()
             .with_writer_schema_store(store.clone())
@@ -188,40 +215,15 @@ impl MessageDecoder {
                 let binary = raw_column(&schema)?;
                 DecoderState::Raw { binary }
             }
-            MessageFormat::Avro { schema: given } => {
-                let writer = match given {
-                    Some(s) => AvroSchema::new(s.clone()),
-                    None => value_fields(&schema)?,
-                };
-                let reader = value_fields(&schema)?;
-                let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
-                store
-                    .set(Fingerprint::Id(0), writer)
-                    .map_err(|e| SluiceError::user("bad Avro schema").with_source(e))?;
-                let decoder = AvroDecoding::build(&store, &reader)?;
-                DecoderState::Avro(Box::new(AvroDecoding {
-                    store,
-                    reader,
-                    decoder,
-                    framed: false,
-                    registry: None,
-                }))
-            }
+            MessageFormat::Avro { schema: given } => AvroDecoding::state(
+                &schema,
+                0,
+                given.as_ref().map(|s| AvroSchema::new(s.clone())),
+                None,
+            )?,
+            // The decoder needs one schema to start with: the table's own.
             MessageFormat::AvroConfluent { registry, .. } => {
-                let reader = value_fields(&schema)?;
-                let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
-                // The decoder needs one schema to start with: the table's own.
-                store
-                    .set(Fingerprint::Id(u32::MAX), reader.clone())
-                    .map_err(|e| SluiceError::user("bad Avro schema").with_source(e))?;
-                let decoder = AvroDecoding::build(&store, &reader)?;
-                DecoderState::Avro(Box::new(AvroDecoding {
-                    store,
-                    reader,
-                    decoder,
-                    framed: true,
-                    registry: Some(Arc::clone(registry)),
-                }))
+                AvroDecoding::state(&schema, u32::MAX, None, Some(Arc::clone(registry)))?
             }
             MessageFormat::DebeziumJson { schema_include } => {
                 let image = DataType::Struct(schema.fields().clone());
@@ -736,14 +738,6 @@ fn split_lines(buf: &[u8], rows: &mut Vec<(usize, usize)>) {
             rows.push((start, i));
             start = i + 1;
         }
-    }
-}
-
-/// Keeps only the rows of `batch` at `kept`.
-pub fn take_kept(batch: &RecordBatch, kept: &Option<UInt32Array>) -> Result<RecordBatch> {
-    match kept {
-        None => Ok(batch.clone()),
-        Some(k) => Ok(take_record_batch(batch, k)?),
     }
 }
 

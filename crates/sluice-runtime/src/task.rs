@@ -852,8 +852,10 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
             notice = next_notice(&mut cp) => {
                 if let Notice::Committed(e) = notice {
                     chain.commit(e).await?;
-                    let done = recorded.split_off(&(e + 1));
-                    if let Some(p) = std::mem::replace(&mut recorded, done).remove(&e) {
+                    // Positions of this checkpoint go to the reader; older ones are moot.
+                    let positions = recorded.remove(&e);
+                    recorded.retain(|&k, _| k > e);
+                    if let Some(p) = positions {
                         src.reader.checkpoint_complete(&p).map_err(|err| err.in_operator(&name))?;
                     }
                 }

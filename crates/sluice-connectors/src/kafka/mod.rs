@@ -179,6 +179,19 @@ impl MetaKey {
             })
     }
 
+    /// The metadata `key` read into (or written from) column `f`, checked against its type.
+    fn for_column(f: &Field, key: &str) -> Result<Self> {
+        let m = Self::parse(key)?;
+        if !m.accepts(f.data_type()) {
+            return Err(SluiceError::user(format!(
+                "metadata column `{}` has type {}, which cannot hold Kafka's `{key}`",
+                f.name(),
+                f.data_type()
+            )));
+        }
+        Ok(m)
+    }
+
     /// Whether a declared column type can hold this metadata.
     fn accepts(self, t: &DataType) -> bool {
         match self {
@@ -231,15 +244,7 @@ fn columns(spec: &ConnectorSpec, what: &str) -> Result<Columns> {
     for f in all.fields() {
         match spec.metadata.get(f.name()) {
             Some(key) => {
-                let m = MetaKey::parse(key)?;
-                if !m.accepts(f.data_type()) {
-                    return Err(SluiceError::user(format!(
-                        "metadata column `{}` has type {}, which cannot hold Kafka's `{key}`",
-                        f.name(),
-                        f.data_type()
-                    )));
-                }
-                layout.push(Err(m));
+                layout.push(Err(MetaKey::for_column(f, key)?));
             }
             None => {
                 layout.push(Ok(value.len()));

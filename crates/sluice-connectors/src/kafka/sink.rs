@@ -141,27 +141,17 @@ impl SinkConnector for KafkaSinkConnector {
                     value_columns.push(i);
                     value_fields.push(Arc::clone(f));
                 }
-                Some(k) => {
-                    let m = MetaKey::parse(k)?;
-                    if !m.accepts(f.data_type()) {
+                Some(k) => match MetaKey::for_column(f, k)? {
+                    MetaKey::Key => key_column = Some(i),
+                    MetaKey::Headers => headers_column = Some(i),
+                    MetaKey::Timestamp => timestamp_column = Some(i),
+                    _ => {
                         return Err(SluiceError::user(format!(
-                            "metadata column `{}` has type {}, which cannot hold Kafka's `{k}`",
-                            f.name(),
-                            f.data_type()
+                            "metadata `{k}` of column `{}` is read-only: a Kafka sink writes `key`, `headers` and `timestamp`",
+                            f.name()
                         )));
                     }
-                    match m {
-                        MetaKey::Key => key_column = Some(i),
-                        MetaKey::Headers => headers_column = Some(i),
-                        MetaKey::Timestamp => timestamp_column = Some(i),
-                        _ => {
-                            return Err(SluiceError::user(format!(
-                                "metadata `{k}` of column `{}` is read-only: a Kafka sink writes `key`, `headers` and `timestamp`",
-                                f.name()
-                            )));
-                        }
-                    }
-                }
+                },
             }
         }
         let value = Arc::new(Schema::new(value_fields));

@@ -213,7 +213,7 @@ impl SourceConnector for KafkaSourceConnector {
                 .unwrap_or_else(|| format!("sluice-{}", task.job)),
             splits,
             consumer: None,
-            by_partition: HashMap::new(),
+            wants: MetaWants::of(&config.columns),
             next: Vec::new(),
             end: Vec::new(),
             ended: Vec::new(),
@@ -342,6 +342,25 @@ struct OwnedMessage {
     headers: OwnedHeaderList,
 }
 
+/// Which metadata a table reads, beyond offsets (kept for dead-letter positions).
+#[derive(Clone, Copy)]
+struct MetaWants {
+    timestamps: bool,
+    keys: bool,
+    headers: bool,
+}
+
+impl MetaWants {
+    fn of(columns: &Columns) -> Self {
+        let has = |k: MetaKey| columns.layout.contains(&Err(k));
+        Self {
+            timestamps: has(MetaKey::Timestamp) || has(MetaKey::TimestampType),
+            keys: has(MetaKey::Key),
+            headers: has(MetaKey::Headers),
+        }
+    }
+}
+
 /// Metadata values of the messages of the current chunk.
 #[derive(Default)]
 struct MetaBuilders {
@@ -368,8 +387,8 @@ pub struct KafkaReader {
     group: String,
     splits: Vec<Split>,
     consumer: Option<Arc<StreamConsumer>>,
-    /// `(topic, partition)` to index into `splits`.
-    by_partition: HashMap<(String, i32), usize>,
+    /// Which message metadata the table's columns read.
+    wants: MetaWants,
     /// Per split: the next offset to read.
     next: Vec<i64>,
     /// Per split, when bounded: the offset to stop at.
@@ -396,16 +415,12 @@ pub struct KafkaReader {
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
 impl KafkaReader {
-    fn meta_needed(&self) -> bool {
-        self.config.columns.layout.iter().any(|l| l.is_err())
-    }
-
     fn split_of(&self, topic: &str, partition: i32) -> Option<usize> {
-        // One topic per source in the common case: avoid allocating a key per message.
-        self.by_partition
-            .iter()
-            .find(|((t, p), _)| *p == partition && t == topic)
-            .map(|(_, &i)| i)
+        // A few partitions per subtask: a scan, no key allocated per message.
+        self.splits.iter().position(|s| {
+            let (t, p) = &self.config.partitions[s.index];
+            *p == partition && t == topic
+        })
     }
 
     /// Takes one message into the chunk.
@@ -415,14 +430,18 @@ impl KafkaReader {
             // A tombstone (null value) carries no row.
             return;
         };
-        if self.meta_needed() {
-            self.meta.offsets.push(m.offset);
+        // Offsets always (positions of dead letters); the rest only when a column reads it.
+        self.meta.offsets.push(m.offset);
+        let wants = self.wants;
+        if wants.timestamps {
             self.meta.timestamps.push(m.timestamp);
             self.meta.timestamp_types.push(m.timestamp_type);
+        }
+        if wants.keys {
             self.meta.keys.push(m.key.map(<[u8]>::to_vec));
+        }
+        if wants.headers {
             self.meta.headers.push(m.headers());
-        } else {
-            self.meta.offsets.push(m.offset);
         }
         self.decoder.push(payload);
     }
@@ -754,7 +773,6 @@ impl SourceReader for KafkaReader {
             let (t, p) = &self.config.partitions[s.index];
             tpl.add_partition_offset(t, *p, Offset::Offset(starts[i]))
                 .map_err(kafka_err("bad partition"))?;
-            self.by_partition.insert((t.clone(), *p), i);
         }
         consumer
             .assign(&tpl)
