@@ -718,13 +718,10 @@ impl PreparedJob {
                     Some(mut src) => {
                         src.checkpoints = cp;
                         tasks.spawn(
-                            async move {
-                                let run = async {
-                                    restore_chain(&mut chain, restored_slots, &task_stats).await?;
-                                    run_source_task(src, chain).await
-                                };
-                                run.await.map_err(|e| (name, e))
-                            }
+                            crate::isolate::guarded(name, async move {
+                                restore_chain(&mut chain, restored_slots, &task_stats).await?;
+                                run_source_task(src, chain).await
+                            })
                             .instrument(span),
                         );
                     }
@@ -733,13 +730,10 @@ impl PreparedJob {
                         let (receivers, input_of): (Vec<_>, Vec<_>) = receivers.into_iter().unzip();
                         let inputs = Inputs::with_inputs(receivers, input_of, align);
                         tasks.spawn(
-                            async move {
-                                let run = async {
-                                    restore_chain(&mut chain, restored_slots, &task_stats).await?;
-                                    run_operator_task(chain, inputs, cp).await
-                                };
-                                run.await.map_err(|e| (name, e))
-                            }
+                            crate::isolate::guarded(name, async move {
+                                restore_chain(&mut chain, restored_slots, &task_stats).await?;
+                                run_operator_task(chain, inputs, cp).await
+                            })
                             .instrument(span),
                         );
                     }
@@ -783,10 +777,10 @@ impl PreparedJob {
             };
             let span = tracing::info_span!("task", job = %plan.name, task = "checkpoints");
             tasks.spawn(
-                async move {
+                crate::isolate::guarded("checkpoints".into(), async move {
                     runner.run().await;
                     Ok(())
-                }
+                })
                 .instrument(span),
             );
         }
@@ -900,7 +894,8 @@ impl JobHandle {
             let is_secondary = err.1.message == DOWNSTREAM_GONE;
             match &first {
                 None => {
-                    tracing::error!(job = %self.name, task = %err.0, error = %err.1, "task failed; cancelling the job");
+                    let trace = err.1.backtrace().map(|t| t.to_string()).unwrap_or_default();
+                    tracing::error!(job = %self.name, task = %err.0, error = %err.1, backtrace = %trace, "task failed; cancelling the job");
                     self.tasks.abort_all();
                     first = Some(err);
                 }

@@ -15,6 +15,7 @@ pub mod operators;
 pub mod partition;
 pub mod source;
 pub mod state;
+mod isolate;
 mod task;
 
 pub use checkpoint::SplitPosition;

@@ -34,6 +34,10 @@ pub struct SluiceError {
     pub message: String,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// Where it was raised: captured as `RUST_LIB_BACKTRACE` / `RUST_BACKTRACE` say
+    /// (the `sluice` binary turns it on unless told otherwise); always for internal
+    /// errors and panics.
+    trace: Option<std::sync::Arc<std::backtrace::Backtrace>>,
 }
 
 /// `Result` with [`SluiceError`].
@@ -61,6 +65,7 @@ impl SluiceError {
             operator: None,
             message: message.into(),
             source: None,
+            trace: capture(kind),
         }
     }
 
@@ -85,6 +90,34 @@ impl SluiceError {
         self
     }
 
+    /// The stack where the error was raised (or the panic happened), if captured.
+    pub fn backtrace(&self) -> Option<&std::backtrace::Backtrace> {
+        self.trace.as_deref()
+    }
+
+    /// Replaces the captured stack (a panic's, taken where it happened).
+    pub fn with_backtrace(mut self, trace: std::backtrace::Backtrace) -> Self {
+        self.trace = (trace.status() == std::backtrace::BacktraceStatus::Captured)
+            .then(|| std::sync::Arc::new(trace));
+        self
+    }
+
+    /// The message with every cause, one per line, then the stack if captured: what a
+    /// person needs to see for a failure.
+    pub fn report(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self).and_then(|s| s.source());
+        while let Some(c) = cause {
+            let _ = write!(out, "\ncaused by: {c}");
+            cause = c.source();
+        }
+        if let Some(t) = &self.trace {
+            let _ = write!(out, "\nstack backtrace:\n{t}");
+        }
+        out
+    }
+
     /// Names the operator that raised the error (kept if already set).
     pub fn in_operator(mut self, operator: &str) -> Self {
         if self.operator.is_none() {
@@ -92,6 +125,26 @@ impl SluiceError {
         }
         self
     }
+}
+
+static ALWAYS_CAPTURE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes every error keep the stack where it was raised (the `sluice` binary does,
+/// unless `RUST_LIB_BACKTRACE=0`). A capture costs microseconds: errors are rare.
+pub fn capture_backtraces(on: bool) {
+    ALWAYS_CAPTURE.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Internal errors are bugs: always keep their stack. Others as [`capture_backtraces`]
+/// or the environment say (`Backtrace::capture` costs nothing when turned off).
+fn capture(kind: ErrorKind) -> Option<std::sync::Arc<std::backtrace::Backtrace>> {
+    let always = ALWAYS_CAPTURE.load(std::sync::atomic::Ordering::Relaxed);
+    let t = match kind {
+        ErrorKind::Internal => std::backtrace::Backtrace::force_capture(),
+        _ if always => std::backtrace::Backtrace::force_capture(),
+        _ => std::backtrace::Backtrace::capture(),
+    };
+    (t.status() == std::backtrace::BacktraceStatus::Captured).then(|| std::sync::Arc::new(t))
 }
 
 impl From<arrow::error::ArrowError> for SluiceError {

@@ -20,6 +20,7 @@
 
 pub mod bench;
 #[cfg(feature = "kafka")]
+pub mod dashboard;
 pub mod discovery;
 pub mod examples;
 #[cfg(feature = "kafka")]
@@ -49,7 +50,7 @@ pub use sluice_plan as plan;
 pub use sluice_plan::{DeliveryGuarantee, RestoreFrom};
 pub use sluice_runtime as runtime;
 pub use sluice_sql as sql;
-pub use sluice_types::{Result, SluiceError};
+pub use sluice_types::{Result, SluiceError, capture_backtraces};
 
 /// Aggregate functions for [`KeyedStream::aggregate`] (DataFusion's).
 pub mod functions {

@@ -34,6 +34,9 @@ pub struct LogEntry {
     pub target: String,
     /// The message and its fields (`key=value`).
     pub message: String,
+    /// The stack trace of an error, when it carries one.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub trace: String,
 }
 
 /// Every job's recent log events.
@@ -109,6 +112,7 @@ struct Fields {
     task: Option<String>,
     message: String,
     rest: String,
+    trace: String,
 }
 
 impl Visit for Fields {
@@ -117,6 +121,7 @@ impl Visit for Fields {
             "job" => self.job = Some(value.to_string()),
             "task" => self.task = Some(value.to_string()),
             "message" => self.message = value.to_string(),
+            "backtrace" => self.trace = value.to_string(),
             name => {
                 let _ = write!(self.rest, " {name}={value}");
             }
@@ -128,6 +133,7 @@ impl Visit for Fields {
             "job" => self.job = Some(format!("{value:?}")),
             "task" => self.task = Some(format!("{value:?}")),
             "message" => self.message = format!("{value:?}"),
+            "backtrace" => self.trace = format!("{value:?}"),
             name => {
                 let _ = write!(self.rest, " {name}={value:?}");
             }
@@ -191,6 +197,7 @@ where
                 task,
                 target: event.metadata().target().to_string(),
                 message: format!("{}{}", f.message, f.rest),
+                trace: f.trace,
             },
         );
     }

@@ -382,6 +382,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run_cli() -> anyhow::Result<()> {
+    // Failures show where they were raised (in the logs and the dashboard's log finder).
+    sluice::capture_backtraces(std::env::var("RUST_LIB_BACKTRACE").map_or(true, |v| v != "0"));
     {
         use tracing_subscriber::prelude::*;
         let console = tracing_subscriber::fmt::layer()

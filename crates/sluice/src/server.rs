@@ -71,9 +71,21 @@ pub struct Failure {
     pub error: String,
     /// Whether the job restarted after it.
     pub restarted: bool,
+    /// Where it was raised (or where the task panicked), when captured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 impl JobEntry {
+    fn restarts(&self) -> usize {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|f| f.restarted)
+            .count()
+    }
+
     fn metrics(&self) -> Arc<JobMetrics> {
         Arc::clone(&self.attempt.read().unwrap_or_else(|p| p.into_inner()).0)
     }
@@ -589,6 +601,7 @@ async fn supervise(
                 time_ms: now_ms(),
                 error: e.to_string(),
                 restarted: delay.is_some(),
+                trace: e.backtrace().map(|t| t.to_string()),
             });
         let Some(delay) = delay else {
             return (JobStatus::Failed, Some(e.to_string()));
@@ -623,6 +636,7 @@ struct JobSummary {
     submitted_ms: i64,
     source_records: u64,
     sink_records: u64,
+    restarts: usize,
 }
 
 fn summary(j: &JobEntry) -> JobSummary {
@@ -633,6 +647,7 @@ fn summary(j: &JobEntry) -> JobSummary {
         submitted_ms: j.submitted_ms,
         source_records: j.metrics().source_records(),
         sink_records: j.metrics().sink_records(),
+        restarts: j.restarts(),
     }
 }
 
@@ -642,6 +657,8 @@ struct OperatorView {
     id: usize,
     name: String,
     parallelism: usize,
+    is_source: bool,
+    is_sink: bool,
     records_in: u64,
     records_out: u64,
     /// True end-to-end latency (sink time minus ingest time), sinks only, ms.
@@ -651,6 +668,8 @@ struct OperatorView {
     watermark_ms: Option<i64>,
     /// Time spent blocked on full output channels, ms (backpressure).
     backpressured_ms: u64,
+    /// Rows waiting at the operator's inputs (channel fill).
+    input_queue: u64,
     dead_letters: u64,
     late_records: u64,
 }
@@ -670,6 +689,8 @@ fn operators(m: &JobMetrics) -> Vec<OperatorView> {
                 id: o.node_id,
                 name: o.name.clone(),
                 parallelism: o.subtasks.len(),
+                is_source: o.is_source,
+                is_sink: o.is_sink,
                 records_in: o.sum(|s| &s.records_in),
                 records_out: o.sum(|s| &s.records_out),
                 latency_p50_ms: (o.is_sink && lat.count > 0)
@@ -678,6 +699,7 @@ fn operators(m: &JobMetrics) -> Vec<OperatorView> {
                     .then(|| lat.quantile(0.99) as f64 / 1000.0),
                 watermark_ms: wm,
                 backpressured_ms: o.sum(|s| &s.backpressured_ns) / 1_000_000,
+                input_queue: o.sum(|s| &s.input_queue),
                 dead_letters: o.sum(|s| &s.dead_letters),
                 late_records: o.sum(|s| &s.late_records),
             }
@@ -738,7 +760,7 @@ async fn detail(
         "source_records": j.metrics().source_records(),
         "sink_records": j.metrics().sink_records(),
         "operators": operators(&m),
-        "restarts": j.failures.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|f| f.restarted).count(),
+        "restarts": j.restarts(),
         "failures": *j.failures.lock().unwrap_or_else(|p| p.into_inner()),
         "checkpoints": {
             "completed": cp.completed.load(Relaxed),
@@ -1127,6 +1149,7 @@ pub fn router(manager: Arc<JobManager>) -> Router {
         .route("/api/lineage", get(lineage_all))
         .route("/metrics", get(prometheus))
         .route("/api/openapi.json", get(openapi))
+        .merge(crate::dashboard::routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

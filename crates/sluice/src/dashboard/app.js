@@ -1,0 +1,315 @@
+// Sluice dashboard: fills the server-rendered pages from the REST API and keeps them live.
+// No framework, no build step.
+"use strict";
+
+const sluice = (() => {
+  const $ = (sel, root = document) => root.querySelector(sel);
+  const POLL_MS = 1000;
+
+  const esc = (s) =>
+    String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+
+  const num = (n) => {
+    if (n === null || n === undefined || Number.isNaN(n)) return "–";
+    const a = Math.abs(n);
+    if (a >= 1e9) return (n / 1e9).toFixed(2) + " G";
+    if (a >= 1e6) return (n / 1e6).toFixed(2) + " M";
+    if (a >= 1e4) return (n / 1e3).toFixed(1) + " K";
+    return String(Math.round(n));
+  };
+
+  const ms = (v) => {
+    if (v === null || v === undefined) return "–";
+    if (v >= 60000) return (v / 60000).toFixed(1) + " min";
+    if (v >= 1000) return (v / 1000).toFixed(2) + " s";
+    return v.toFixed(v < 10 ? 2 : 0) + " ms";
+  };
+
+  const time = (t) => (t ? new Date(t).toLocaleTimeString() : "–");
+  const bytes = (b) => (b >= 1 << 20 ? (b / (1 << 20)).toFixed(1) + " MiB" : b >= 1024 ? (b / 1024).toFixed(1) + " KiB" : b + " B");
+
+  // The API token, kept in this browser, sent on every call.
+  const tokenInput = $("#token");
+  if (tokenInput) {
+    tokenInput.value = localStorage.getItem("sluice.token") || "";
+    tokenInput.addEventListener("change", () => localStorage.setItem("sluice.token", tokenInput.value));
+  }
+
+  async function api(method, path, body) {
+    const headers = { "Content-Type": "application/json" };
+    const token = localStorage.getItem("sluice.token");
+    if (token) headers.Authorization = "Bearer " + token;
+    const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const text = await r.text();
+    let v;
+    try {
+      v = JSON.parse(text);
+    } catch {
+      v = text;
+    }
+    if (!r.ok) throw new Error(v && v.error ? `${v.error.code}: ${v.error.message}` : `HTTP ${r.status}`);
+    return v;
+  }
+
+  // Runs `f` now and every `every` ms; errors show in the page's error line.
+  function poll(f, every = POLL_MS) {
+    const tick = async () => {
+      try {
+        await f();
+      } catch (e) {
+        const el = $("#job-error") || $("#submit-error");
+        if (el) el.textContent = String(e.message || e);
+      }
+      setTimeout(tick, every);
+    };
+    tick();
+  }
+
+  const badge = (status) => `<span class="badge ${esc(status)}">${esc(status)}</span>`;
+  const endpoints = (list) => list.map((e) => `<span class="endpoint">${esc(e.connector)}: ${esc(e.name)}</span>`).join(" ");
+
+  // ---- overview -------------------------------------------------------------------------
+
+  function overview() {
+    poll(async () => {
+      const jobs = await api("GET", "/api/jobs");
+      $("#no-jobs").hidden = jobs.length > 0;
+      $("#jobs tbody").innerHTML = jobs
+        .slice()
+        .reverse()
+        .map(
+          (j) => `<tr data-job="${j.id}"><td><a href="/jobs/${j.id}">${j.id}</a></td><td><a href="/jobs/${j.id}">${esc(j.name)}</a></td>
+<td>${badge(j.status)}</td><td class="n source-records">${num(j.source_records)}</td><td class="n sink-records">${num(j.sink_records)}</td>
+<td class="n">${j.restarts ?? 0}</td><td>${time(j.submitted_ms)}</td></tr>`
+        )
+        .join("");
+      const lineage = await api("GET", "/api/lineage");
+      $("#lineage tbody").innerHTML = lineage
+        .map((j) => `<tr><td>${endpoints(j.reads)}</td><td><a href="/jobs/${j.id}">${esc(j.name)}</a> ${badge(j.status)}</td><td>${endpoints(j.writes)}</td></tr>`)
+        .join("");
+    });
+    $("#submit-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      $("#submit-error").textContent = "";
+      const body = { sql: $("#sql").value };
+      const name = $("#job-name").value.trim();
+      if (name) body.name = name;
+      const p = parseInt($("#parallelism").value, 10);
+      if (p > 0) body.parallelism = p;
+      try {
+        const r = await api("POST", "/api/jobs", body);
+        location.href = `/jobs/${r.id}`;
+      } catch (e) {
+        $("#submit-error").textContent = e.message;
+      }
+    });
+  }
+
+  // ---- job page -------------------------------------------------------------------------
+
+  // Rates from two samples of the cumulative counters.
+  let last = null;
+
+  function rates(job) {
+    const now = performance.now();
+    const out = {};
+    if (last) {
+      const dt = (now - last.at) / 1000;
+      for (const o of job.operators) {
+        const p = last.ops[o.id];
+        if (!p || dt <= 0) continue;
+        out[o.id] = {
+          inRate: Math.max(0, o.records_in - p.records_in) / dt,
+          outRate: Math.max(0, o.records_out - p.records_out) / dt,
+          busyBlocked: Math.min(1, Math.max(0, o.backpressured_ms - p.backpressured_ms) / (dt * 1000 * o.parallelism)),
+        };
+      }
+    }
+    last = { at: now, ops: Object.fromEntries(job.operators.map((o) => [o.id, o])) };
+    return out;
+  }
+
+  // Layered layout: a node's column is its longest distance from a source.
+  function layout(graph) {
+    const depth = {};
+    const byId = Object.fromEntries(graph.nodes.map((n) => [n.id, n]));
+    const ins = {};
+    for (const e of graph.edges) (ins[e.to] = ins[e.to] || []).push(e.from);
+    const d = (id, seen = new Set()) => {
+      if (depth[id] !== undefined) return depth[id];
+      if (seen.has(id)) return 0;
+      seen.add(id);
+      depth[id] = Math.max(-1, ...(ins[id] || []).map((f) => d(f, seen))) + 1;
+      return depth[id];
+    };
+    graph.nodes.forEach((n) => d(n.id));
+    const cols = {};
+    for (const n of graph.nodes) (cols[depth[n.id]] = cols[depth[n.id]] || []).push(n.id);
+    const pos = {};
+    const W = 230, H = 118, BW = 200, BH = 96;
+    for (const [c, ids] of Object.entries(cols)) ids.forEach((id, i) => (pos[id] = { x: 10 + c * W, y: 10 + i * H, w: BW, h: BH, node: byId[id] }));
+    const width = 10 + (Math.max(...Object.keys(cols).map(Number)) + 1) * W;
+    const height = 10 + Math.max(...Object.values(cols).map((c) => c.length)) * H;
+    return { pos, width, height };
+  }
+
+  function drawGraph(job, r) {
+    const svg = $("#graph");
+    const { pos, width, height } = layout(job.graph);
+    svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    svg.setAttribute("width", width);
+    svg.setAttribute("height", height);
+    const ops = Object.fromEntries(job.operators.map((o) => [o.id, o]));
+    const edges = job.graph.edges
+      .map((e) => {
+        const a = pos[e.from], b = pos[e.to];
+        if (!a || !b) return "";
+        const x1 = a.x + a.w, y1 = a.y + a.h / 2, x2 = b.x, y2 = b.y + b.h / 2;
+        const label = e.partitioning.split("(")[0].toLowerCase();
+        return `<path class="edge" d="M${x1},${y1} C${x1 + 20},${y1} ${x2 - 20},${y2} ${x2},${y2}" marker-end="url(#arrow)"/>
+<text class="edge-label" x="${(x1 + x2) / 2}" y="${(y1 + y2) / 2 - 4}">${esc(label)}</text>`;
+      })
+      .join("");
+    const nodes = Object.entries(pos)
+      .map(([id, p]) => {
+        const o = ops[id] || {};
+        const rr = r[id] || {};
+        const bp = rr.busyBlocked ?? 0;
+        const lines = [
+          `in ${num(rr.inRate)}/s → out ${num(rr.outRate)}/s`,
+          o.latency_p99_ms != null ? `p99 latency ${ms(o.latency_p99_ms)}` : `records ${num(o.records_out)}`,
+          `backpressure ${(bp * 100).toFixed(0)}% · queue ${num(o.input_queue)}`,
+        ];
+        const name = p.node.name.length > 28 ? p.node.name.slice(0, 27) + "…" : p.node.name;
+        const level = bp > 0.5 ? "high" : bp > 0.1 ? "mid" : "low";
+        return `<g class="node bp-${level}" data-node="${id}" transform="translate(${p.x},${p.y})">
+<title>${esc(p.node.name)}</title><rect width="${p.w}" height="${p.h}" rx="6"/>
+<text x="8" y="18" class="node-name">${esc(name)} ×${p.node.parallelism}</text>
+${lines.map((l, i) => `<text x="8" y="${40 + i * 18}" class="node-metric">${esc(l)}</text>`).join("")}</g>`;
+      })
+      .join("");
+    svg.innerHTML = `<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z"/></marker></defs>${edges}${nodes}`;
+  }
+
+  function drawJob(job, r) {
+    $("#job-name").textContent = `${job.name} (job ${job.id})`;
+    document.title = `${job.name} · Sluice`;
+    $("#status").outerHTML = `<span id="status" class="badge ${esc(job.status)}">${esc(job.status)}</span>`;
+    $("#job-error").textContent = job.error || "";
+    const running = job.status === "running";
+    for (const b of ["#cancel", "#savepoint", "#stop-savepoint"]) $(b).disabled = !running;
+    const sources = job.operators.filter((o) => o.is_source);
+    const sinks = job.operators.filter((o) => o.is_sink);
+    const sum = (xs, f) => xs.reduce((a, x) => a + (f(x) || 0), 0);
+    $("#source-records").textContent = num(job.source_records);
+    $("#sink-records").textContent = num(job.sink_records);
+    $("#source-rate").textContent = `${num(sum(sources, (o) => (r[o.id] || {}).outRate))} records/s`;
+    $("#sink-rate").textContent = `${num(sum(sinks, (o) => (r[o.id] || {}).inRate))} records/s`;
+    const p50 = Math.max(...sinks.map((o) => o.latency_p50_ms ?? -1));
+    const p99 = Math.max(...sinks.map((o) => o.latency_p99_ms ?? -1));
+    $("#latency").textContent = p99 >= 0 ? `${ms(p50)} / ${ms(p99)}` : "–";
+    const wms = sinks.map((o) => o.watermark_ms).filter((w) => w != null);
+    $("#lag").textContent = wms.length && running ? ms(Math.max(0, Date.now() - Math.min(...wms))) : "–";
+    $("#checkpoint-counts").textContent = `${job.checkpoints.completed} / ${job.checkpoints.failed}`;
+    $("#restarts").textContent = String(job.restarts);
+    const firing = (job.alerts || []).filter((a) => a.state === "firing");
+    $("#alerts-state").innerHTML = firing.length ? `<span class="alert">${firing.length} alert(s) firing: ${esc(firing.map((a) => a.rule).join(", "))}</span>` : "no alerts firing";
+    $("#lineage").innerHTML = `${endpoints(job.reads)} → <b>${esc(job.name)}</b> → ${endpoints(job.writes)}`;
+    $("#explain").textContent = job.explain;
+    $("#job-sql").textContent = job.sql;
+    $("#operators tbody").innerHTML = job.operators
+      .map((o) => {
+        const rr = r[o.id] || {};
+        return `<tr data-operator="${o.id}"><td>${esc(o.name)}</td><td class="n">${o.parallelism}</td><td class="n records-in">${num(o.records_in)}</td><td class="n">${num(rr.inRate)}</td>
+<td class="n records-out">${num(o.records_out)}</td><td class="n">${num(rr.outRate)}</td>
+<td class="n">${o.latency_p99_ms != null ? `${ms(o.latency_p50_ms)} / ${ms(o.latency_p99_ms)}` : "–"}</td>
+<td class="n">${((rr.busyBlocked ?? 0) * 100).toFixed(0)}%</td><td class="n">${num(o.input_queue)}</td>
+<td>${o.watermark_ms != null ? new Date(o.watermark_ms).toISOString().replace("T", " ").slice(0, 23) : "–"}</td>
+<td class="n">${num(o.dead_letters)}</td><td class="n">${num(o.late_records)}</td></tr>`;
+      })
+      .join("");
+    $("#exceptions").innerHTML = job.failures.length
+      ? job.failures
+          .slice()
+          .reverse()
+          .map(
+            (f) => `<details class="exception"><summary>${time(f.time_ms)} · ${esc(f.error)} ${f.restarted ? "<em>(restarted)</em>" : ""}</summary>
+<pre class="trace">${esc(f.trace || "no stack trace captured")}</pre></details>`
+          )
+          .join("")
+      : `<p class="empty">None.</p>`;
+    drawGraph(job, r);
+  }
+
+  function job(id) {
+    poll(async () => {
+      const j = await api("GET", `/api/jobs/${id}`);
+      drawJob(j, rates(j));
+    });
+    poll(async () => {
+      const cps = await api("GET", `/api/jobs/${id}/checkpoints`);
+      $("#checkpoints tbody").innerHTML = cps
+        .slice()
+        .reverse()
+        .map(
+          (c) => `<tr><td>${c.epoch}</td><td>${esc(c.kind)}</td><td>${esc(c.status)}</td><td>${time(c.triggered_at_ms)}</td>
+<td class="n">${ms(c.duration_ms)}</td><td class="n">${bytes(c.state_bytes || 0)}</td><td><code>${esc(c.location)}</code></td></tr>`
+        )
+        .join("");
+    }, 2000);
+    const act = (sel, f) =>
+      $(sel).addEventListener("click", async () => {
+        $("#action-result").textContent = "…";
+        try {
+          $("#action-result").textContent = await f();
+        } catch (e) {
+          $("#action-result").textContent = e.message;
+        }
+      });
+    act("#cancel", async () => (await api("POST", `/api/jobs/${id}/cancel`), "cancelling"));
+    act("#savepoint", async () => `savepoint at ${(await api("POST", `/api/jobs/${id}/savepoint`, { stop: false })).location}`);
+    act("#stop-savepoint", async () => `stopped; savepoint at ${(await api("POST", `/api/jobs/${id}/savepoint`, { stop: true })).location}`);
+  }
+
+  // ---- log finder -----------------------------------------------------------------------
+
+  function logs(id) {
+    const tasks = new Set();
+    const query = () => {
+      const p = new URLSearchParams();
+      const level = $("#errors-only").checked ? "error" : $("#level").value;
+      if (level) p.set("level", level);
+      if ($("#task").value) p.set("task", $("#task").value);
+      if ($("#q").value) p.set("q", $("#q").value);
+      p.set("limit", "500");
+      return p.toString();
+    };
+    const load = async () => {
+      const entries = await api("GET", `/api/jobs/${id}/logs?${query()}`);
+      for (const e of entries) {
+        if (e.task && !tasks.has(e.task)) {
+          tasks.add(e.task);
+          $("#task").insertAdjacentHTML("beforeend", `<option value="${esc(e.task)}">${esc(e.task)}</option>`);
+        }
+      }
+      $("#log-count").textContent = `${entries.length} event(s), newest last`;
+      $("#logs").innerHTML = entries
+        .map(
+          (e) => `<div class="log ${esc(e.level)}"><span class="t">${new Date(e.time_ms).toISOString().slice(11, 23)}</span>
+<span class="lvl">${esc(e.level)}</span><span class="task">${esc(e.task)}</span><span class="msg">${esc(e.message)}</span>
+${e.trace ? `<pre class="trace">${esc(e.trace)}</pre>` : ""}</div>`
+        )
+        .join("");
+    };
+    const params = new URLSearchParams(location.search);
+    if (params.get("level") === "error") $("#errors-only").checked = true;
+    $("#log-filter").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      load().catch((e) => ($("#log-count").textContent = e.message));
+    });
+    for (const sel of ["#errors-only", "#level", "#task"]) $(sel).addEventListener("change", () => load().catch(() => {}));
+    poll(load, 2000);
+  }
+
+  return { overview, job, logs, api };
+})();
