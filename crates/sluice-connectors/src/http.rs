@@ -74,27 +74,62 @@ impl HttpUrl {
         req.push_str(body);
         s.write_all(req.as_bytes())
             .map_err(|e| fail("cannot send").with_source(e))?;
+        // Read the head, then exactly the body it announces: some servers keep the
+        // connection open despite `Connection: close`.
         let mut resp = Vec::new();
-        s.read_to_end(&mut resp)
-            .map_err(|e| fail("cannot read the answer").with_source(e))?;
-        let text = String::from_utf8_lossy(&resp);
-        let (head, payload) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| fail("the answer is not HTTP"))?;
+        let mut buf = [0u8; 16 * 1024];
+        let read = |s: &mut TcpStream, buf: &mut [u8]| {
+            s.read(buf)
+                .map_err(|e| fail("cannot read the answer").with_source(e))
+        };
+        let head_end = loop {
+            if let Some(i) = find(&resp, b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = read(&mut s, &mut buf)?;
+            if n == 0 {
+                return Err(fail("the answer is not HTTP"));
+            }
+            resp.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&resp[..head_end]).to_ascii_lowercase();
         let status: u16 = head
             .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse().ok())
             .ok_or_else(|| fail("the answer has no status"))?;
-        let payload = match head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            true => dechunk(payload),
-            false => payload.to_string(),
+        let length: Option<usize> = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok());
+        let chunked = head.contains("transfer-encoding: chunked");
+        loop {
+            let body = &resp[head_end..];
+            let complete = match (length, chunked) {
+                (Some(n), _) => body.len() >= n,
+                (None, true) => body.ends_with(b"0\r\n\r\n"),
+                (None, false) => false,
+            };
+            if complete {
+                break;
+            }
+            let n = read(&mut s, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            resp.extend_from_slice(&buf[..n]);
+        }
+        let body = String::from_utf8_lossy(&resp[head_end..]);
+        let payload = match chunked {
+            true => dechunk(&body),
+            false => body.into_owned(),
         };
         Ok((status, payload))
     }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The body of a chunked HTTP answer.

@@ -27,10 +27,7 @@ fn install_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let place = info
-                .location()
-                .map(Location::to_string)
-                .unwrap_or_default();
+            let place = info.location().map(Location::to_string).unwrap_or_default();
             LAST_PANIC.with(|p| *p.borrow_mut() = Some((Backtrace::force_capture(), place)));
             previous(info);
         }));
@@ -108,7 +105,10 @@ mod tests {
         assert!(e.message.contains("the operator broke on record 7"), "{e}");
         assert!(e.message.contains("isolate.rs"), "the panic's place: {e}");
         let trace = e.backtrace().expect("a panic keeps its stack").to_string();
-        assert!(trace.contains("a_panic_becomes_an_error_with_its_stack"), "{trace}");
+        assert!(
+            trace.contains("a_panic_becomes_an_error_with_its_stack"),
+            "{trace}"
+        );
         assert!(e.report().contains("stack backtrace:"));
     }
 

@@ -894,7 +894,7 @@ impl JobHandle {
             let is_secondary = err.1.message == DOWNSTREAM_GONE;
             match &first {
                 None => {
-                    let trace = err.1.backtrace().map(|t| t.to_string()).unwrap_or_default();
+                    let trace = err.1.backtrace_text().unwrap_or_default();
                     tracing::error!(job = %self.name, task = %err.0, error = %err.1, backtrace = %trace, "task failed; cancelling the job");
                     self.tasks.abort_all();
                     first = Some(err);

@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod dead_letter;
 pub mod expr;
+mod isolate;
 pub mod job;
 pub mod metrics;
 pub mod operator;
@@ -15,7 +16,6 @@ pub mod operators;
 pub mod partition;
 pub mod source;
 pub mod state;
-mod isolate;
 mod task;
 
 pub use checkpoint::SplitPosition;

@@ -22,7 +22,7 @@ impl fmt::Display for ErrorKind {
 }
 
 /// The error type of Sluice's libraries.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 pub struct SluiceError {
     /// Whose fault.
     pub kind: ErrorKind,
@@ -42,6 +42,19 @@ pub struct SluiceError {
 
 /// `Result` with [`SluiceError`].
 pub type Result<T, E = SluiceError> = std::result::Result<T, E>;
+
+impl fmt::Debug for SluiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The stack is left out: `report()` has it, a `{:?}` wants the error.
+        f.debug_struct("SluiceError")
+            .field("kind", &self.kind)
+            .field("retriable", &self.retriable)
+            .field("operator", &self.operator)
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
 
 impl fmt::Display for SluiceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -95,6 +108,28 @@ impl SluiceError {
         self.trace.as_deref()
     }
 
+    /// The captured stack as text, starting at the frame that raised the error (the
+    /// frames of the capture itself left out).
+    pub fn backtrace_text(&self) -> Option<String> {
+        let full = self.trace.as_ref()?.to_string();
+        let mut out = String::with_capacity(full.len());
+        let mut leading = true;
+        for line in full.lines() {
+            let t = line.trim_start();
+            let header = t
+                .split_once(": ")
+                .is_some_and(|(n, _)| n.parse::<u32>().is_ok());
+            if header && leading {
+                leading = t.contains("sluice_types::error::");
+            }
+            if !leading {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        Some(out)
+    }
+
     /// Replaces the captured stack (a panic's, taken where it happened).
     pub fn with_backtrace(mut self, trace: std::backtrace::Backtrace) -> Self {
         self.trace = (trace.status() == std::backtrace::BacktraceStatus::Captured)
@@ -112,7 +147,7 @@ impl SluiceError {
             let _ = write!(out, "\ncaused by: {c}");
             cause = c.source();
         }
-        if let Some(t) = &self.trace {
+        if let Some(t) = self.backtrace_text() {
             let _ = write!(out, "\nstack backtrace:\n{t}");
         }
         out

@@ -9,11 +9,11 @@
 //!  GET /assets/app.js     the script, GET /assets/style.css the style
 //! ```
 
+use axum::Router;
 use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 
 const SCRIPT: &str = include_str!("dashboard/app.js");
 const STYLE: &str = include_str!("dashboard/style.css");
@@ -110,7 +110,10 @@ async fn logs(Path(id): Path<String>) -> Result<Html<String>, Response> {
 
 fn asset(kind: &'static str, body: &'static str) -> Response {
     (
-        [(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")],
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
         body,
     )
         .into_response()

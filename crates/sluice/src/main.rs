@@ -98,6 +98,10 @@ enum Command {
         /// after a restart).
         #[arg(long, default_value = "sluice-server")]
         data_dir: PathBuf,
+        /// A directory SQL jobs may read and write files in (repeatable); the working
+        /// directory when none is given. Everything else is refused at submit.
+        #[arg(long = "allow-dir")]
+        allow_dirs: Vec<PathBuf>,
     },
     /// Submit a SQL script to a server as a job; prints its id.
     Submit {
@@ -610,12 +614,18 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             bind,
             token,
             data_dir,
+            allow_dirs,
         } => {
             let listener = tokio::net::TcpListener::bind(&bind)
                 .await
                 .with_context(|| format!("cannot listen on {bind}"))?;
             eprintln!("sluice server on http://{}", listener.local_addr()?);
-            sluice::server::serve(listener, token, data_dir).await?;
+            let opts = sluice::server::ServerOptions {
+                token,
+                data_dir,
+                allow_dirs,
+            };
+            sluice::server::serve(listener, opts).await?;
             Ok(())
         }
         #[cfg(feature = "kafka")]

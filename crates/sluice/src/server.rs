@@ -245,6 +245,99 @@ pub struct GraphEdge {
     pub partitioning: String,
 }
 
+/// Where SQL jobs may read and write files: inside these directories only (resolved,
+/// symlinks and `..` included). Checkpoints and savepoints may also use the data
+/// directory; remote URLs (`s3://…`) are not files and pass.
+#[derive(Clone, Debug, Default)]
+pub struct Sandbox {
+    allowed: Vec<std::path::PathBuf>,
+}
+
+impl Sandbox {
+    /// Files only under `dirs` (each must exist: a bad configuration fails at start-up).
+    pub fn new(dirs: &[std::path::PathBuf]) -> sluice_types::Result<Self> {
+        let allowed = dirs
+            .iter()
+            .map(|d| {
+                std::fs::canonicalize(d).map_err(|e| {
+                    SluiceError::user(format!(
+                        "--allow-dir {}: not a directory this server can use",
+                        d.display()
+                    ))
+                    .with_source(e)
+                })
+            })
+            .collect::<sluice_types::Result<_>>()?;
+        Ok(Self { allowed })
+    }
+
+    /// `path` made absolute with `..` and symlinks resolved as far as it exists.
+    fn resolve(path: &std::path::Path) -> std::path::PathBuf {
+        use std::path::Component;
+        let abs = std::env::current_dir().unwrap_or_default().join(path);
+        let mut lexical = std::path::PathBuf::new();
+        for c in abs.components() {
+            match c {
+                Component::ParentDir => {
+                    lexical.pop();
+                }
+                Component::CurDir => {}
+                c => lexical.push(c),
+            }
+        }
+        // The deepest part that exists, with its symlinks resolved, then the rest.
+        let mut existing = lexical.clone();
+        let mut rest = Vec::new();
+        while !existing.exists() {
+            match existing.file_name() {
+                Some(n) => rest.push(n.to_os_string()),
+                None => break,
+            }
+            existing.pop();
+        }
+        let mut out = std::fs::canonicalize(&existing).unwrap_or(existing);
+        out.extend(rest.iter().rev());
+        out
+    }
+
+    /// Fails unless `path` (named by `what`) is inside an allowed directory or `extra`.
+    fn check(
+        &self,
+        what: &str,
+        path: &str,
+        extra: Option<&std::path::Path>,
+    ) -> Result<(), ApiError> {
+        if path.contains("://") && !path.starts_with("file://") {
+            return Ok(());
+        }
+        let p = Self::resolve(std::path::Path::new(
+            path.strip_prefix("file://").unwrap_or(path),
+        ));
+        let extra = extra.map(Self::resolve);
+        if self
+            .allowed
+            .iter()
+            .chain(extra.as_ref())
+            .any(|d| p.starts_with(d))
+        {
+            return Ok(());
+        }
+        let dirs: Vec<String> = self
+            .allowed
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "path_not_allowed",
+            format!(
+                "{what} `{path}` is outside the directories this server lets jobs use ({}); start the server with --allow-dir to add one",
+                dirs.join(", ")
+            ),
+        ))
+    }
+}
+
 /// The jobs of one server.
 #[derive(Default)]
 pub struct JobManager {
@@ -255,6 +348,8 @@ pub struct JobManager {
     /// Where job definitions (`jobs/<id>.json`) and checkpoints (`checkpoints/<id>/`)
     /// are kept, so that running jobs come back after a restart.
     data_dir: Option<std::path::PathBuf>,
+    /// Where jobs may read and write files.
+    sandbox: Sandbox,
 }
 
 /// A job definition as kept on disk.
@@ -328,21 +423,19 @@ fn now_ms() -> i64 {
 }
 
 impl JobManager {
-    /// A manager; `token` guards changing calls (needed when not bound to loopback).
-    pub fn new(token: Option<String>) -> Arc<Self> {
-        Arc::new(Self {
-            token,
-            next_id: AtomicU64::new(1),
-            ..Default::default()
-        })
-    }
-
     /// A manager that keeps its jobs in `data_dir`: the jobs that were running when the
     /// server last stopped start again, from their latest checkpoint if they took one.
-    pub async fn open(
-        data_dir: std::path::PathBuf,
-        token: Option<String>,
-    ) -> sluice_types::Result<Arc<Self>> {
+    pub async fn open(opts: ServerOptions) -> sluice_types::Result<Arc<Self>> {
+        let ServerOptions {
+            token,
+            data_dir,
+            allow_dirs,
+        } = opts;
+        let allow_dirs = match allow_dirs.is_empty() {
+            true => vec![std::env::current_dir()?],
+            false => allow_dirs,
+        };
+        let sandbox = Sandbox::new(&allow_dirs)?;
         std::fs::create_dir_all(data_dir.join("jobs"))?;
         let mut stored: Vec<Stored> = Vec::new();
         for e in std::fs::read_dir(data_dir.join("jobs"))? {
@@ -361,6 +454,7 @@ impl JobManager {
             token,
             next_id: AtomicU64::new(stored.last().map_or(1, |j| j.id + 1)),
             data_dir: Some(data_dir),
+            sandbox,
             ..Default::default()
         });
         for j in stored
@@ -459,6 +553,7 @@ impl JobManager {
                 "the script has no INSERT INTO or SELECT: nothing to run",
             )
         })?;
+        self.check_files(&plan, s.from_savepoint.as_deref())?;
         let lineage = lineage(&plan);
         let graph = Graph {
             nodes: plan
@@ -534,6 +629,45 @@ impl JobManager {
         Ok(())
     }
 
+    /// Every file a job would read or write must be inside the sandbox.
+    fn check_files(
+        &self,
+        plan: &sluice_plan::JobPlan,
+        from_savepoint: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let data = self.data_dir.as_deref();
+        for n in &plan.nodes {
+            let spec = match &n.kind {
+                sluice_plan::NodeKind::Source(s) => &s.spec,
+                sluice_plan::NodeKind::Sink(s) => s,
+                _ => continue,
+            };
+            for (k, v) in &spec.options {
+                if k == "path" || k.ends_with(".path") {
+                    self.sandbox
+                        .check(&format!("{} option '{k}'", spec.connector), v, None)?;
+                }
+            }
+        }
+        let c = &plan.config;
+        if let Some(p) = &c.dead_letter_path {
+            self.sandbox
+                .check("the dead-letter file", &p.display().to_string(), None)?;
+        }
+        for (what, dir) in [
+            ("the checkpoint directory", &c.checkpoint.dir),
+            ("the savepoint directory", &c.checkpoint.savepoint_dir),
+        ] {
+            if let Some(d) = dir {
+                self.sandbox.check(what, d, data)?;
+            }
+        }
+        if let Some(p) = from_savepoint {
+            self.sandbox.check("the savepoint to start from", p, data)?;
+        }
+        Ok(())
+    }
+
     fn get(&self, id: u64) -> Result<Arc<JobEntry>, ApiError> {
         self.jobs
             .read()
@@ -601,7 +735,7 @@ async fn supervise(
                 time_ms: now_ms(),
                 error: e.to_string(),
                 restarted: delay.is_some(),
-                trace: e.backtrace().map(|t| t.to_string()),
+                trace: e.backtrace_text(),
             });
         let Some(delay) = delay else {
             return (JobStatus::Failed, Some(e.to_string()));
@@ -1160,20 +1294,30 @@ pub fn router(manager: Arc<JobManager>) -> Router {
         .with_state(manager)
 }
 
-/// Serves the API on `listener` until the process ends, keeping jobs in `data_dir`. A
+/// How a server runs.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Required on changing calls when set (and required beyond loopback).
+    pub token: Option<String>,
+    /// Where job definitions, checkpoints and savepoints are kept.
+    pub data_dir: std::path::PathBuf,
+    /// Where jobs may read and write files (the working directory when empty).
+    pub allow_dirs: Vec<std::path::PathBuf>,
+}
+
+/// Serves the API and the dashboard on `listener` until the process ends. A
 /// non-loopback address needs a token.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    token: Option<String>,
-    data_dir: std::path::PathBuf,
+    opts: ServerOptions,
 ) -> sluice_types::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
-    if !addr.ip().is_loopback() && token.is_none() {
+    if !addr.ip().is_loopback() && opts.token.is_none() {
         return Err(SluiceError::user(format!(
             "the server would listen on {addr}, beyond this machine: give it an API token (--token or SLUICE_TOKEN)"
         )));
     }
-    let manager = JobManager::open(data_dir, token).await?;
+    let manager = JobManager::open(opts).await?;
     tracing::info!(%addr, "sluice server listening");
     axum::serve(listener, router(manager))
         .await

@@ -20,6 +20,8 @@ const sluice = (() => {
 
   const ms = (v) => {
     if (v === null || v === undefined) return "–";
+    if (v >= 86400000) return (v / 86400000).toFixed(1) + " days";
+    if (v >= 3600000) return (v / 3600000).toFixed(1) + " h";
     if (v >= 60000) return (v / 60000).toFixed(1) + " min";
     if (v >= 1000) return (v / 1000).toFixed(2) + " s";
     return v.toFixed(v < 10 ? 2 : 0) + " ms";
@@ -146,7 +148,7 @@ const sluice = (() => {
     const cols = {};
     for (const n of graph.nodes) (cols[depth[n.id]] = cols[depth[n.id]] || []).push(n.id);
     const pos = {};
-    const W = 230, H = 118, BW = 200, BH = 96;
+    const W = 270, H = 118, BW = 200, BH = 96;
     for (const [c, ids] of Object.entries(cols)) ids.forEach((id, i) => (pos[id] = { x: 10 + c * W, y: 10 + i * H, w: BW, h: BH, node: byId[id] }));
     const width = 10 + (Math.max(...Object.keys(cols).map(Number)) + 1) * W;
     const height = 10 + Math.max(...Object.values(cols).map((c) => c.length)) * H;

@@ -5,6 +5,7 @@
 mod support;
 
 mod checkpoints;
+mod dashboard;
 mod engine;
 mod files;
 mod kafka;

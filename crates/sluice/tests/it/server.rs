@@ -9,9 +9,9 @@ use sluice::connectors::http::HttpUrl;
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 /// A server child process, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for Server {
@@ -21,7 +21,7 @@ impl Drop for Server {
     }
 }
 
-fn start_server(extra: &[&str]) -> (Server, tempfile::TempDir) {
+pub(crate) fn start_server(extra: &[&str]) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     (start_server_in(dir.path(), extra), dir)
 }
@@ -57,7 +57,12 @@ fn start_server_in(data: &std::path::Path, extra: &[&str]) -> Server {
 }
 
 impl Server {
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
         let (status, text) = HttpUrl::parse(&self.url)
             .unwrap()
             .request(method, path, body, &[("Content-Type", "application/json")])
@@ -84,7 +89,7 @@ impl Server {
     }
 
     /// Polls a job until `done` holds for its detail.
-    fn wait_for(
+    pub(crate) fn wait_for(
         &self,
         id: u64,
         what: &str,
@@ -111,12 +116,12 @@ const BOUNDED: &str =
 CREATE TABLE sink (auction BIGINT, price BIGINT) WITH ('connector' = 'blackhole');
 INSERT INTO sink SELECT auction, price FROM bid WHERE price > 100;";
 
-const UNBOUNDED: &str =
+pub(crate) const UNBOUNDED: &str =
     "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'rate-limit' = '2000');
 CREATE TABLE sink (auction BIGINT) WITH ('connector' = 'blackhole');
 INSERT INTO sink SELECT auction FROM bid;";
 
-const FAILING: &str =
+pub(crate) const FAILING: &str =
     "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '1000');
 CREATE TABLE sink (x BIGINT) WITH ('connector' = 'blackhole');
 INSERT INTO sink SELECT auction / (auction - auction) FROM bid;";
