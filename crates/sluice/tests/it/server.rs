@@ -227,6 +227,19 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
                     .contains("divide by zero")),
         "{errors:?}"
     );
+    // The failure carries the stack where the error was raised.
+    assert!(
+        errors.iter().any(|e| e["trace"]
+            .as_str()
+            .is_some_and(|t| t.contains("sluice_runtime::expr"))),
+        "{errors:?}"
+    );
+    assert!(
+        failed["failures"][0]["trace"]
+            .as_str()
+            .is_some_and(|t| t.contains("sluice_runtime")),
+        "{failed}"
+    );
     // All levels of the bounded job, searched by text.
     let (_, info) = server.call(
         "GET",
@@ -329,6 +342,61 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
             "{method} {path} is not in the OpenAPI document"
         );
     }
+}
+
+#[test]
+fn jobs_read_and_write_files_only_inside_the_allowed_directories() {
+    let outside = tempfile::tempdir().unwrap();
+    let allowed = outside.path().join("allowed");
+    std::fs::create_dir_all(allowed.join("in")).unwrap();
+    std::fs::write(allowed.join("in/bids.jsonl"), "{\"auction\": 1}\n").unwrap();
+    std::fs::write(outside.path().join("secret.jsonl"), "{\"auction\": 2}\n").unwrap();
+    let (server, _dir) = start_server(&["--allow-dir", allowed.to_str().unwrap()]);
+    let job = |input: &str, output: &str| {
+        let sql = format!(
+            "CREATE TABLE src (auction BIGINT) WITH ('connector' = 'filesystem', 'path' = '{input}', 'format' = 'json');
+CREATE TABLE dst (auction BIGINT) WITH ('connector' = 'filesystem', 'path' = '{output}', 'format' = 'json');
+INSERT INTO dst SELECT auction FROM src;"
+        );
+        server.call(
+            "POST",
+            "/api/jobs",
+            Some(&serde_json::json!({ "sql": sql }).to_string()),
+        )
+    };
+    let a = allowed.display();
+    let o = outside.path().display();
+    for (input, output) in [
+        (format!("{o}/secret.jsonl"), format!("{a}/out")),
+        (format!("{a}/in/bids.jsonl"), format!("{o}/out")),
+        // `..` and a symlink out of the allowed directory do not get out.
+        (format!("{a}/in/../../secret.jsonl"), format!("{a}/out")),
+        (format!("{a}/link/secret.jsonl"), format!("{a}/out")),
+    ] {
+        if input.contains("/link/") {
+            std::os::unix::fs::symlink(outside.path(), allowed.join("link")).unwrap();
+        }
+        let (status, v) = job(&input, &output);
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (403, Some("path_not_allowed")),
+            "{input} -> {output}: {v}"
+        );
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("--allow-dir"),
+            "{v}"
+        );
+    }
+    let (status, v) = job(&format!("{a}/in/bids.jsonl"), &format!("{a}/out"));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    let done = server.wait_for(id, "finished", |v| v["status"] != "running");
+    assert_eq!(done["status"], "finished", "{done}");
+    assert_eq!(done["sink_records"], 1, "{done}");
+    // A savepoint to start from is a path too.
+    let body = serde_json::json!({ "sql": BOUNDED, "from_savepoint": o.to_string() }).to_string();
+    let (status, v) = server.call("POST", "/api/jobs", Some(&body));
+    assert_eq!(status, 403, "{v}");
 }
 
 #[test]
