@@ -126,6 +126,10 @@ pub struct SubtaskMetrics {
     pub records_out: AtomicU64,
     /// Batches received.
     pub batches_in: AtomicU64,
+    /// Arrow bytes received (the rows' in-memory size, slices counted as sliced).
+    pub bytes_in: AtomicU64,
+    /// Arrow bytes emitted.
+    pub bytes_out: AtomicU64,
     /// Messages waiting in this subtask's input channels (sampled on receive).
     pub input_queue: AtomicU64,
     /// Nanoseconds spent waiting for a full downstream channel (backpressure).
@@ -264,4 +268,19 @@ mod tests {
         assert!((9_700..=10_000).contains(&p99), "p99 {p99}");
         assert_eq!(s.quantile(1.0), 10_000);
     }
+}
+
+/// The in-memory size of a batch's rows: what its columns' slices cover.
+pub fn batch_bytes(batch: &sluice_types::Batch) -> u64 {
+    use arrow::array::Array as _;
+    batch
+        .data
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size()) as u64
+        })
+        .sum()
 }

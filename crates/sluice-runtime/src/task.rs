@@ -58,6 +58,9 @@ impl Collector for ChainOut<'_> {
         self.emitter
             .records_out
             .fetch_add(batch.num_rows() as u64, Relaxed);
+        self.emitter
+            .bytes_out
+            .fetch_add(crate::metrics::batch_bytes(&batch), Relaxed);
         push_batch(self.rest, self.out, batch).await
     }
 
@@ -89,6 +92,9 @@ async fn push_batch_from(
     let metrics = Arc::clone(&head.ctx.metrics);
     metrics.records_in.fetch_add(rows, Relaxed);
     metrics.batches_in.fetch_add(1, Relaxed);
+    metrics
+        .bytes_in
+        .fetch_add(crate::metrics::batch_bytes(&batch), Relaxed);
     let mut c = ChainOut {
         rest,
         out,
@@ -994,6 +1000,10 @@ async fn flush(
     };
     let n = batch.num_rows() as u64;
     src.ctx.metrics.records_out.fetch_add(n, Relaxed);
+    src.ctx
+        .metrics
+        .bytes_out
+        .fetch_add(crate::metrics::batch_bytes(&batch), Relaxed);
     chain.process(batch).await?;
     emit_watermark(src, chain, clocks, last_wm).await
 }

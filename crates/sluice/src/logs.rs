@@ -5,6 +5,7 @@
 //! ```text
 //!  tracing event ──> LogLayer: job, task (from the event or its spans) ──> LogStore
 //!                                                  GET /api/jobs/{id}/logs?level=error
+//!                                                  <data-dir>/logs/<job>.log (rotated)
 //! ```
 
 use std::collections::{HashMap, VecDeque};
@@ -39,10 +40,81 @@ pub struct LogEntry {
     pub trace: String,
 }
 
-/// Every job's recent log events.
+/// Every job's recent log events, and optionally their files on disk.
 #[derive(Default)]
 pub struct LogStore {
     jobs: Mutex<HashMap<String, VecDeque<LogEntry>>>,
+    disk: Mutex<Option<DiskLogs>>,
+}
+
+/// Per-job log files: `<dir>/<job>.log` as JSON lines, rotated at `max_bytes` into
+/// `<job>.log.1` … `<job>.log.<keep>` (the oldest dropped).
+pub struct DiskLogs {
+    dir: std::path::PathBuf,
+    max_bytes: u64,
+    keep: usize,
+    open: HashMap<String, (std::fs::File, u64)>,
+}
+
+impl DiskLogs {
+    /// Log files under `dir` (created), each rotated at `max_bytes`, `keep` old ones kept.
+    pub fn new(dir: std::path::PathBuf, max_bytes: u64, keep: usize) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            dir,
+            max_bytes,
+            keep,
+            open: HashMap::new(),
+        })
+    }
+
+    fn file_name(job: &str) -> String {
+        let safe: String = job
+            .chars()
+            .map(|c| match c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                true => c,
+                false => '_',
+            })
+            .collect();
+        format!("{safe}.log")
+    }
+
+    fn write(&mut self, job: &str, e: &LogEntry) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let path = self.dir.join(Self::file_name(job));
+        let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        if let Some((_, size)) = self.open.get(job)
+            && size + line.len() as u64 > self.max_bytes
+        {
+            self.open.remove(job);
+            for i in (1..self.keep).rev() {
+                let from = path.with_extension(format!("log.{i}"));
+                if from.exists() {
+                    std::fs::rename(&from, path.with_extension(format!("log.{}", i + 1)))?;
+                }
+            }
+            if self.keep > 0 {
+                std::fs::rename(&path, path.with_extension("log.1"))?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        let (file, size) = match self.open.entry(job.to_string()) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)?;
+                let len = f.metadata()?.len();
+                v.insert((f, len))
+            }
+        };
+        file.write_all(&line)?;
+        *size += line.len() as u64;
+        Ok(())
+    }
 }
 
 /// The process's log store.
@@ -62,7 +134,18 @@ fn rank(level: &str) -> u8 {
 }
 
 impl LogStore {
+    /// Also writes every job's events to files (the server does, under its data dir).
+    pub fn write_to_disk(&self, logs: DiskLogs) {
+        *self.disk.lock().unwrap_or_else(|p| p.into_inner()) = Some(logs);
+    }
+
     fn push(&self, job: &str, e: LogEntry) {
+        if let Some(d) = self.disk.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+            && let Err(err) = d.write(job, &e)
+        {
+            // Not through `tracing`: this is the log writer itself.
+            eprintln!("sluice: cannot write the log file of job {job}: {err}");
+        }
         let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         let q = jobs.entry(job.to_string()).or_default();
         if q.len() == PER_JOB {
@@ -200,5 +283,46 @@ where
                 trace: f.trace,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: usize) -> LogEntry {
+        LogEntry {
+            time_ms: i as i64,
+            level: "INFO".into(),
+            task: "t[0]".into(),
+            target: "x".into(),
+            message: format!("event number {i:04}"),
+            trace: String::new(),
+        }
+    }
+
+    #[test]
+    fn log_files_rotate_and_keep_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DiskLogs::new(dir.path().to_path_buf(), 1000, 2).unwrap();
+        for i in 0..100 {
+            d.write("my job", &entry(i)).unwrap();
+        }
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        let (now, one, two) = (read("my_job.log"), read("my_job.log.1"), read("my_job.log.2"));
+        assert!(!dir.path().join("my_job.log.3").exists());
+        for f in [&now, &one, &two] {
+            assert!(f.len() <= 1000, "{}", f.len());
+            for line in f.lines() {
+                serde_json::from_str::<serde_json::Value>(line).unwrap();
+            }
+        }
+        // The newest event is in the live file; the files follow each other.
+        assert!(now.contains("event number 0099"));
+        let first = |f: &str| f.lines().next().unwrap().to_string();
+        let last = |f: &str| f.lines().last().unwrap().to_string();
+        let n = |l: String| l.split("number ").nth(1).unwrap()[..4].parse::<usize>().unwrap();
+        assert_eq!(n(last(&two)) + 1, n(first(&one)));
+        assert_eq!(n(last(&one)) + 1, n(first(&now)));
     }
 }

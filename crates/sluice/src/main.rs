@@ -102,6 +102,12 @@ enum Command {
         /// directory when none is given. Everything else is refused at submit.
         #[arg(long = "allow-dir")]
         allow_dirs: Vec<PathBuf>,
+        /// A job's log file (`<data-dir>/logs/<job>.log`) rotates at this many MiB.
+        #[arg(long, default_value_t = 16)]
+        log_file_mib: u64,
+        /// Rotated log files kept per job.
+        #[arg(long, default_value_t = 5)]
+        log_files_kept: usize,
     },
     /// Submit a SQL script to a server as a job; prints its id.
     Submit {
@@ -615,6 +621,8 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             token,
             data_dir,
             allow_dirs,
+            log_file_mib,
+            log_files_kept,
         } => {
             let listener = tokio::net::TcpListener::bind(&bind)
                 .await
@@ -624,6 +632,8 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 token,
                 data_dir,
                 allow_dirs,
+                log_file_bytes: log_file_mib.max(1) << 20,
+                log_files_kept,
             };
             sluice::server::serve(listener, opts).await?;
             Ok(())

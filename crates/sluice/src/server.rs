@@ -430,12 +430,19 @@ impl JobManager {
             token,
             data_dir,
             allow_dirs,
+            log_file_bytes,
+            log_files_kept,
         } = opts;
         let allow_dirs = match allow_dirs.is_empty() {
             true => vec![std::env::current_dir()?],
             false => allow_dirs,
         };
         let sandbox = Sandbox::new(&allow_dirs)?;
+        crate::logs::store().write_to_disk(crate::logs::DiskLogs::new(
+            data_dir.join("logs"),
+            log_file_bytes,
+            log_files_kept,
+        )?);
         std::fs::create_dir_all(data_dir.join("jobs"))?;
         let mut stored: Vec<Stored> = Vec::new();
         for e in std::fs::read_dir(data_dir.join("jobs"))? {
@@ -1070,7 +1077,7 @@ type Counter = (
 
 fn render_prometheus(jobs: &[Arc<JobEntry>]) -> String {
     let mut out = String::new();
-    let counters: [Counter; 5] = [
+    let counters: [Counter; 8] = [
         (
             "sluice_records_in_total",
             "Records an operator subtask took in.",
@@ -1080,6 +1087,21 @@ fn render_prometheus(jobs: &[Arc<JobEntry>]) -> String {
             "sluice_records_out_total",
             "Records an operator subtask emitted.",
             |s| s.records_out.load(Relaxed),
+        ),
+        (
+            "sluice_bytes_in_total",
+            "Arrow bytes an operator subtask took in (the rows' in-memory size).",
+            |s| s.bytes_in.load(Relaxed),
+        ),
+        (
+            "sluice_bytes_out_total",
+            "Arrow bytes an operator subtask emitted.",
+            |s| s.bytes_out.load(Relaxed),
+        ),
+        (
+            "sluice_input_queue",
+            "Batches waiting in an operator subtask's input channels (channel fill).",
+            |s| s.input_queue.load(Relaxed),
         ),
         (
             "sluice_dead_letters_total",
@@ -1098,7 +1120,11 @@ fn render_prometheus(jobs: &[Arc<JobEntry>]) -> String {
         ),
     ];
     for (name, help, f) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        let kind = match name.ends_with("_total") {
+            true => "counter",
+            false => "gauge",
+        };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for j in jobs {
             for o in &j.metrics().operators {
                 for (i, s) in o.subtasks.iter().enumerate() {
@@ -1127,6 +1153,30 @@ fn render_prometheus(jobs: &[Arc<JobEntry>]) -> String {
                         "sluice_watermark_milliseconds{{job=\"{}\",operator=\"{}\",subtask=\"{i}\"}} {w}",
                         esc(&j.name),
                         esc(&o.name)
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_event_time_lag_seconds Wall-clock time minus an operator subtask's watermark.\n# TYPE sluice_event_time_lag_seconds gauge"
+    );
+    let now = now_ms();
+    for j in jobs {
+        if j.status.lock().unwrap_or_else(|p| p.into_inner()).0 != JobStatus::Running {
+            continue;
+        }
+        for o in &j.metrics().operators {
+            for (i, s) in o.subtasks.iter().enumerate() {
+                let w = s.watermark.load(Relaxed);
+                if w != i64::MIN {
+                    let _ = writeln!(
+                        out,
+                        "sluice_event_time_lag_seconds{{job=\"{}\",operator=\"{}\",subtask=\"{i}\"}} {}",
+                        esc(&j.name),
+                        esc(&o.name),
+                        (now - w) as f64 / 1000.0
                     );
                 }
             }
@@ -1172,6 +1222,33 @@ fn render_prometheus(jobs: &[Arc<JobEntry>]) -> String {
                 esc(&j.name)
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_last_checkpoint_duration_seconds The latest completed checkpoint's duration.\n# TYPE sluice_last_checkpoint_duration_seconds gauge\n# HELP sluice_last_checkpoint_size_bytes The latest completed checkpoint's state size.\n# TYPE sluice_last_checkpoint_size_bytes gauge"
+    );
+    for j in jobs {
+        if let Some(c) = j.metrics().checkpoints.latest_completed() {
+            let name = esc(&j.name);
+            let _ = writeln!(
+                out,
+                "sluice_last_checkpoint_duration_seconds{{job=\"{name}\"}} {}\nsluice_last_checkpoint_size_bytes{{job=\"{name}\"}} {}",
+                c.duration_ms as f64 / 1000.0,
+                c.state_bytes
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_restarts_total Restarts of a job after failures.\n# TYPE sluice_restarts_total counter"
+    );
+    for j in jobs {
+        let _ = writeln!(
+            out,
+            "sluice_restarts_total{{job=\"{}\"}} {}",
+            esc(&j.name),
+            j.restarts()
+        );
     }
     let _ = writeln!(
         out,
@@ -1303,6 +1380,10 @@ pub struct ServerOptions {
     pub data_dir: std::path::PathBuf,
     /// Where jobs may read and write files (the working directory when empty).
     pub allow_dirs: Vec<std::path::PathBuf>,
+    /// A job's log file rotates at this size (`<data-dir>/logs/<job>.log`).
+    pub log_file_bytes: u64,
+    /// Rotated log files kept per job.
+    pub log_files_kept: usize,
 }
 
 /// Serves the API and the dashboard on `listener` until the process ends. A

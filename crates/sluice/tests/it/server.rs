@@ -301,9 +301,22 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
         "quantile=\"0.99\"",
         "sluice_job_running{job=\"endless\"} 0",
         "sluice_checkpoints_total{job=\"bounded\",outcome=\"completed\"}",
+        "# TYPE sluice_input_queue gauge",
+        "sluice_input_queue{job=\"bounded\",operator=",
+        "sluice_restarts_total{job=\"failing\"} 0",
     ] {
         assert!(metrics.contains(needle), "no `{needle}` in:\n{metrics}");
     }
+    // Bytes flow: the bounded job's source emitted some.
+    let bytes_out: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_bytes_out_total{job=\"bounded\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(bytes_out > 20_000, "{metrics}");
+    // The log file on disk, as JSON lines.
+    let log = std::fs::read_to_string(dir.path().join("logs/bounded.log")).unwrap();
+    assert!(log.contains("job finished"), "{log}");
 
     // Bad requests: JSON errors with a code and a message.
     let bad_sql = serde_json::json!({ "sql": "SELEC auction FROM bid" }).to_string();
