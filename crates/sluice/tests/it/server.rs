@@ -307,6 +307,27 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
     ] {
         assert!(metrics.contains(needle), "no `{needle}` in:\n{metrics}");
     }
+    // Every series the Grafana dashboard under deploy/ queries is one the server serves.
+    let grafana: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../deploy/grafana/sluice.json")).unwrap();
+    let mut queried = 0;
+    for panel in grafana["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("sluice_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                queried += 1;
+                assert!(
+                    metrics.contains(&format!("# TYPE {name} ")),
+                    "the Grafana dashboard queries `{name}`, which /metrics does not serve"
+                );
+            }
+        }
+    }
+    assert!(queried >= 15, "{queried}");
     // Bytes flow: the bounded job's source emitted some.
     let bytes_out: u64 = metrics
         .lines()
