@@ -71,10 +71,12 @@ impl DiskLogs {
     fn file_name(job: &str) -> String {
         let safe: String = job
             .chars()
-            .map(|c| match c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                true => c,
-                false => '_',
-            })
+            .map(
+                |c| match c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    true => c,
+                    false => '_',
+                },
+            )
             .collect();
         format!("{safe}.log")
     }
@@ -309,7 +311,11 @@ mod tests {
             d.write("my job", &entry(i)).unwrap();
         }
         let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
-        let (now, one, two) = (read("my_job.log"), read("my_job.log.1"), read("my_job.log.2"));
+        let (now, one, two) = (
+            read("my_job.log"),
+            read("my_job.log.1"),
+            read("my_job.log.2"),
+        );
         assert!(!dir.path().join("my_job.log.3").exists());
         for f in [&now, &one, &two] {
             assert!(f.len() <= 1000, "{}", f.len());
@@ -321,7 +327,11 @@ mod tests {
         assert!(now.contains("event number 0099"));
         let first = |f: &str| f.lines().next().unwrap().to_string();
         let last = |f: &str| f.lines().last().unwrap().to_string();
-        let n = |l: String| l.split("number ").nth(1).unwrap()[..4].parse::<usize>().unwrap();
+        let n = |l: String| {
+            l.split("number ").nth(1).unwrap()[..4]
+                .parse::<usize>()
+                .unwrap()
+        };
         assert_eq!(n(last(&two)) + 1, n(first(&one)));
         assert_eq!(n(last(&one)) + 1, n(first(&now)));
     }

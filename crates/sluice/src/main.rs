@@ -63,6 +63,11 @@ enum Command {
     Explain {
         /// A SQL script.
         script: Option<PathBuf>,
+        /// A job running on a server (see `--server`) instead of a script.
+        #[arg(long, conflicts_with = "script")]
+        job: Option<u64>,
+        #[command(flatten)]
+        server: ServerArgs,
         /// A built-in example job.
         #[arg(long, default_value = "hot-items")]
         example: String,
@@ -149,6 +154,28 @@ enum Command {
     },
     /// A server's jobs with what each reads and writes (topic -> job -> topic).
     Ps {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// A job's log events on a server, oldest first (`--errors` shows stack traces).
+    Logs {
+        /// The job id.
+        id: u64,
+        /// Errors only, each with its stack trace.
+        #[arg(long)]
+        errors: bool,
+        /// This level and above: error, warn, info.
+        #[arg(long, conflicts_with = "errors")]
+        level: Option<String>,
+        /// Tasks whose name contains this (`window[1]`).
+        #[arg(long)]
+        task: Option<String>,
+        /// Events containing this text (case-insensitive).
+        #[arg(long, short = 'q')]
+        grep: Option<String>,
+        /// The newest n events.
+        #[arg(long, default_value_t = 200)]
+        limit: usize,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -440,6 +467,15 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Explain {
+            job: Some(id),
+            server,
+            ..
+        } => {
+            let v = server.call("GET", &format!("/api/jobs/{id}"), None)?;
+            print!("{}", v["explain"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::Explain {
             script: Some(path),
             parallelism,
             ..
@@ -458,6 +494,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             script: None,
             example,
             parallelism,
+            ..
         } => {
             let ex = find_example(&example)?;
             let p = (ex.build)(&example_args(1, parallelism, "sluice-out".into()));
@@ -737,6 +774,38 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Logs {
+            id,
+            errors,
+            level,
+            task,
+            grep,
+            limit,
+            server,
+        } => {
+            let mut query = format!("limit={limit}");
+            let level = if errors { Some("error".into()) } else { level };
+            for (k, v) in [("level", level), ("task", task), ("q", grep)] {
+                if let Some(v) = v {
+                    query.push_str(&format!("&{k}={}", percent_encode(&v)));
+                }
+            }
+            let v = server.call("GET", &format!("/api/jobs/{id}/logs?{query}"), None)?;
+            for e in v.as_array().into_iter().flatten() {
+                let ms = e["time_ms"].as_i64().unwrap_or(0);
+                let t = chrono_like(ms);
+                println!(
+                    "{t} {:<5} {:<16} {}",
+                    e["level"].as_str().unwrap_or(""),
+                    e["task"].as_str().unwrap_or(""),
+                    e["message"].as_str().unwrap_or("")
+                );
+                if let Some(trace) = e["trace"].as_str() {
+                    println!("{trace}");
+                }
+            }
+            Ok(())
+        }
         Command::Cancel { id, server } => {
             server.call("POST", &format!("/api/jobs/{id}/cancel"), None)?;
             println!("cancelling job {id}");
@@ -750,6 +819,31 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `value` safe in a URL's query.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(
+            |b| match b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                true => (b as char).to_string(),
+                false => format!("%{b:02X}"),
+            },
+        )
+        .collect()
+}
+
+/// `HH:MM:SS.mmm` (UTC) of an epoch-ms time.
+fn chrono_like(ms: i64) -> String {
+    let day_ms = ms.rem_euclid(86_400_000);
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
 }
 
 /// Plans a SQL script file; `-p` becomes the default parallelism.

@@ -240,6 +240,16 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
             .is_some_and(|t| t.contains("sluice_runtime")),
         "{failed}"
     );
+    // The same through the CLI.
+    let out = server.cli(&["logs", &failing.to_string(), "--errors", "-q", "divide by"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("ERROR"), "{text}");
+    assert!(
+        text.contains("sluice_runtime::expr"),
+        "the stack trace: {text}"
+    );
+    let out = server.cli(&["explain", "--job", &id.to_string()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), explain);
     // All levels of the bounded job, searched by text.
     let (_, info) = server.call(
         "GET",
@@ -417,7 +427,10 @@ INSERT INTO dst SELECT auction FROM src;"
             "{input} -> {output}: {v}"
         );
         assert!(
-            v["error"]["message"].as_str().unwrap().contains("--allow-dir"),
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("--allow-dir"),
             "{v}"
         );
     }
