@@ -100,6 +100,24 @@ impl HistogramSnapshot {
         self.max = self.max.max(other.max);
     }
 
+    /// The observations made since `earlier` (a snapshot of the same histogram): the
+    /// distribution of a recent interval rather than of the whole run.
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        let buckets: Vec<u64> = self
+            .buckets
+            .iter()
+            .zip(&earlier.buckets)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
+        let top = buckets.iter().rposition(|&c| c > 0);
+        HistogramSnapshot {
+            count: buckets.iter().sum(),
+            // The interval's largest is at most its top bucket's upper edge.
+            max: top.map_or(0, |i| bucket_upper(i).min(self.max)),
+            buckets,
+        }
+    }
+
     /// The value at quantile `q` in `[0, 1]` (upper edge of its bucket, capped at the max).
     pub fn quantile(&self, q: f64) -> u64 {
         if self.count == 0 {
@@ -138,6 +156,8 @@ pub struct SubtaskMetrics {
     pub watermark: AtomicI64,
     /// Records sent to the dead-letter output.
     pub dead_letters: AtomicU64,
+    /// Sources that know it (Kafka): records behind the end of their splits; -1 unknown.
+    pub source_lag: AtomicI64,
     /// Rows that arrived after their windows closed (beyond allowed lateness).
     pub late_records: AtomicU64,
     /// End-to-end latency in µs (sinks only): sink time minus ingest time.
@@ -149,6 +169,7 @@ impl SubtaskMetrics {
     pub fn new() -> Arc<Self> {
         let m = Self::default();
         m.watermark.store(i64::MIN, Relaxed);
+        m.source_lag.store(-1, Relaxed);
         Arc::new(m)
     }
 }
@@ -236,6 +257,21 @@ impl JobMetrics {
     }
 }
 
+/// The in-memory size of a batch's rows: what its columns' slices cover.
+pub fn batch_bytes(batch: &sluice_types::Batch) -> u64 {
+    use arrow::array::Array as _;
+    batch
+        .data
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size()) as u64
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,19 +304,4 @@ mod tests {
         assert!((9_700..=10_000).contains(&p99), "p99 {p99}");
         assert_eq!(s.quantile(1.0), 10_000);
     }
-}
-
-/// The in-memory size of a batch's rows: what its columns' slices cover.
-pub fn batch_bytes(batch: &sluice_types::Batch) -> u64 {
-    use arrow::array::Array as _;
-    batch
-        .data
-        .columns()
-        .iter()
-        .map(|c| {
-            c.to_data()
-                .get_slice_memory_size()
-                .unwrap_or_else(|_| c.get_array_memory_size()) as u64
-        })
-        .sum()
 }

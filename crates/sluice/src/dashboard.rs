@@ -49,18 +49,21 @@ async fn overview() -> Html<String> {
 <label>Parallelism <input id="parallelism" type="number" min="1" value="1"></label>
 <button id="submit" type="submit">Submit</button></div>
 <p class="error" id="submit-error"></p></form></section>
+<section><h2>Alerts</h2>
+<table id="alerts"><thead><tr><th>Rule</th><th>Job</th><th>State</th><th>Since</th><th>Value</th></tr></thead><tbody></tbody></table>
+<p class="hint" id="alert-rules"></p></section>
 <section><h2>Lineage</h2><p class="hint">What each job reads and writes: topic → job → topic.</p>
 <table id="lineage"><thead><tr><th>Reads</th><th>Job</th><th>Writes</th></tr></thead><tbody></tbody></table></section>"#,
         "sluice.overview();",
     )
 }
 
-fn job_id(id: &str) -> Result<u64, Response> {
+fn job_id(id: &str) -> Result<u64, (StatusCode, String)> {
     id.parse()
-        .map_err(|_| (StatusCode::NOT_FOUND, format!("no job `{id}`")).into_response())
+        .map_err(|_| (StatusCode::NOT_FOUND, format!("no job `{id}`")))
 }
 
-async fn job(Path(id): Path<String>) -> Result<Html<String>, Response> {
+async fn job(Path(id): Path<String>) -> Result<Html<String>, (StatusCode, String)> {
     let id = job_id(&id)?;
     Ok(page(
         &format!("Job {id}"),
@@ -89,7 +92,7 @@ async fn job(Path(id): Path<String>) -> Result<Html<String>, Response> {
     ))
 }
 
-async fn logs(Path(id): Path<String>) -> Result<Html<String>, Response> {
+async fn logs(Path(id): Path<String>) -> Result<Html<String>, (StatusCode, String)> {
     let id = job_id(&id)?;
     Ok(page(
         &format!("Logs of job {id}"),

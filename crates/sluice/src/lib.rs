@@ -18,6 +18,7 @@
 //! The Rust API and SQL build the same [`JobPlan`](sluice_plan::JobPlan); the runtime
 //! only ever sees that plan.
 
+pub mod alerts;
 pub mod bench;
 #[cfg(feature = "kafka")]
 pub mod dashboard;

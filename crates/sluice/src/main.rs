@@ -113,6 +113,12 @@ enum Command {
         /// Rotated log files kept per job.
         #[arg(long, default_value_t = 5)]
         log_files_kept: usize,
+        /// Alert rules: a JSON file with an array of rules (see docs/server.md).
+        #[arg(long)]
+        alerts: Option<PathBuf>,
+        /// How often alert rules are evaluated (`1s`, `500ms`).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        alert_interval: Duration,
     },
     /// Submit a SQL script to a server as a job; prints its id.
     Submit {
@@ -660,7 +666,14 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             allow_dirs,
             log_file_mib,
             log_files_kept,
+            alerts,
+            alert_interval,
         } => {
+            // A bad rules file fails here, before anything listens.
+            let alert_rules = match &alerts {
+                Some(p) => sluice::alerts::load_rules(p)?,
+                None => Vec::new(),
+            };
             let listener = tokio::net::TcpListener::bind(&bind)
                 .await
                 .with_context(|| format!("cannot listen on {bind}"))?;
@@ -671,6 +684,8 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 allow_dirs,
                 log_file_bytes: log_file_mib.max(1) << 20,
                 log_files_kept,
+                alert_rules,
+                alert_interval,
             };
             sluice::server::serve(listener, opts).await?;
             Ok(())

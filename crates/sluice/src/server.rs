@@ -350,7 +350,29 @@ pub struct JobManager {
     data_dir: Option<std::path::PathBuf>,
     /// Where jobs may read and write files.
     sandbox: Sandbox,
+    /// Alert rules and their state.
+    alerts: Mutex<crate::alerts::Alerts>,
+    /// The latest webhook deliveries, oldest first.
+    deliveries: Mutex<std::collections::VecDeque<Delivery>>,
 }
+
+/// One notification sent (or given up on).
+#[derive(Clone, Debug, Serialize)]
+pub struct Delivery {
+    /// The notification.
+    pub notification: crate::alerts::Notification,
+    /// The webhook.
+    pub url: String,
+    /// Whether the webhook took it.
+    pub delivered: bool,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When it was done, epoch ms.
+    pub time_ms: i64,
+}
+
+/// Deliveries kept for the API.
+const DELIVERIES_KEPT: usize = 200;
 
 /// A job definition as kept on disk.
 #[derive(Debug, Serialize, Deserialize)]
@@ -432,6 +454,8 @@ impl JobManager {
             allow_dirs,
             log_file_bytes,
             log_files_kept,
+            alert_rules,
+            alert_interval,
         } = opts;
         let allow_dirs = match allow_dirs.is_empty() {
             true => vec![std::env::current_dir()?],
@@ -462,7 +486,19 @@ impl JobManager {
             next_id: AtomicU64::new(stored.last().map_or(1, |j| j.id + 1)),
             data_dir: Some(data_dir),
             sandbox,
+            alerts: Mutex::new(crate::alerts::Alerts::new(alert_rules)),
             ..Default::default()
+        });
+        let evaluator = Arc::downgrade(&manager);
+        tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval(alert_interval.max(std::time::Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(m) = evaluator.upgrade() else { return };
+                m.evaluate_alerts();
+            }
         });
         for j in stored
             .into_iter()
@@ -634,6 +670,82 @@ impl JobManager {
             manager.persist(&entry);
         });
         Ok(())
+    }
+
+    /// What the alert rules see of every job now.
+    fn samples(&self) -> Vec<crate::alerts::JobSample> {
+        self.all()
+            .iter()
+            .map(|j| {
+                let m = j.metrics();
+                let status = j.status.lock().unwrap_or_else(|p| p.into_inner()).0;
+                let failures = j.failures.lock().unwrap_or_else(|p| p.into_inner());
+                let lags: Vec<i64> = m
+                    .operators
+                    .iter()
+                    .filter(|o| o.is_source)
+                    .filter_map(source_lag)
+                    .collect();
+                crate::alerts::JobSample {
+                    id: j.id,
+                    name: j.name.clone(),
+                    running: status == JobStatus::Running,
+                    failed: status == JobStatus::Failed,
+                    restarts_ms: failures
+                        .iter()
+                        .filter(|f| f.restarted)
+                        .map(|f| f.time_ms)
+                        .collect(),
+                    failed_checkpoints_ms: m
+                        .checkpoints
+                        .history()
+                        .iter()
+                        .filter(|c| {
+                            matches!(
+                                c.status,
+                                sluice_runtime::checkpoint::CheckpointStatus::Failed(_)
+                            )
+                        })
+                        .map(|c| c.triggered_at_ms)
+                        .collect(),
+                    latency: m.sink_latency(),
+                    dead_letters: m.dead_letters(),
+                    source_lag: (!lags.is_empty()).then(|| lags.iter().sum()),
+                }
+            })
+            .collect()
+    }
+
+    /// One evaluation of the alert rules; what changed is sent in the background.
+    fn evaluate_alerts(self: &Arc<Self>) {
+        let samples = self.samples();
+        let sends = self
+            .alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .evaluate(now_ms(), &samples);
+        self.send(sends);
+    }
+
+    fn send(self: &Arc<Self>, sends: Vec<(crate::alerts::Webhook, crate::alerts::Notification)>) {
+        for (hook, n) in sends {
+            tracing::warn!(rule = %n.rule, job = %n.job, status = n.status, value = %n.value, "alert");
+            let m = Arc::clone(self);
+            tokio::spawn(async move {
+                let (delivered, attempts) = crate::alerts::deliver(&hook, &n).await;
+                let mut d = m.deliveries.lock().unwrap_or_else(|p| p.into_inner());
+                if d.len() == DELIVERIES_KEPT {
+                    d.pop_front();
+                }
+                d.push_back(Delivery {
+                    notification: n,
+                    url: hook.url,
+                    delivered,
+                    attempts,
+                    time_ms: now_ms(),
+                });
+            });
+        }
     }
 
     /// Every file a job would read or write must be inside the sandbox.
@@ -811,8 +923,21 @@ struct OperatorView {
     backpressured_ms: u64,
     /// Rows waiting at the operator's inputs (channel fill).
     input_queue: u64,
+    /// Sources that know it (Kafka): records behind the end of their partitions.
+    source_lag: Option<i64>,
     dead_letters: u64,
     late_records: u64,
+}
+
+/// An operator's consumer lag: the sum over its subtasks that know theirs.
+pub(crate) fn source_lag(o: &sluice_runtime::metrics::OperatorMetrics) -> Option<i64> {
+    let known: Vec<i64> = o
+        .subtasks
+        .iter()
+        .map(|s| s.source_lag.load(Relaxed))
+        .filter(|&l| l >= 0)
+        .collect();
+    (!known.is_empty()).then(|| known.iter().sum())
 }
 
 fn operators(m: &JobMetrics) -> Vec<OperatorView> {
@@ -841,6 +966,7 @@ fn operators(m: &JobMetrics) -> Vec<OperatorView> {
                 watermark_ms: wm,
                 backpressured_ms: o.sum(|s| &s.backpressured_ns) / 1_000_000,
                 input_queue: o.sum(|s| &s.input_queue),
+                source_lag: source_lag(o),
                 dead_letters: o.sum(|s| &s.dead_letters),
                 late_records: o.sum(|s| &s.late_records),
             }
@@ -879,10 +1005,18 @@ fn parse_id(id: &str) -> Result<u64, ApiError> {
     })
 }
 
+fn alerts_of(m: &JobManager, job: Option<u64>) -> Vec<crate::alerts::ActiveAlert> {
+    m.alerts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .active(job)
+}
+
 async fn detail(
     State(m): State<Arc<JobManager>>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let manager = Arc::clone(&m);
     let j = m.get(parse_id(&id)?)?;
     let (status, error) = j.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let m = j.metrics();
@@ -907,6 +1041,7 @@ async fn detail(
             "completed": cp.completed.load(Relaxed),
             "failed": cp.failed.load(Relaxed),
         },
+        "alerts": alerts_of(&manager, Some(j.id)),
     })))
 }
 
@@ -1054,6 +1189,83 @@ async fn logs(
     )))
 }
 
+/// The alert rules, the alerts pending or firing, and the latest deliveries.
+async fn alerts(State(m): State<Arc<JobManager>>) -> Json<serde_json::Value> {
+    let rules = m
+        .alerts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .rules()
+        .to_vec();
+    let deliveries: Vec<Delivery> = m
+        .deliveries
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    Json(serde_json::json!({
+        "rules": rules,
+        "active": alerts_of(&m, None),
+        "deliveries": deliveries,
+    }))
+}
+
+/// Adds an alert rule.
+async fn add_alert_rule(
+    State(m): State<Arc<JobManager>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    m.check_token(&headers)?;
+    let rule: crate::alerts::AlertRule = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("expected an alert rule {{\"name\", \"condition\": {{\"type\", …}}, \"for_ms\"?, \"job\"?, \"webhook\": {{\"url\", \"format\"?}}}}: {e}"),
+        )
+    })?;
+    let name = rule.name.clone();
+    m.alerts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .add(rule)
+        .map_err(|e| {
+            let status = match e.message.contains("exists") {
+                true => StatusCode::CONFLICT,
+                false => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, "bad_rule", e.message)
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "name": name })),
+    ))
+}
+
+/// Deletes an alert rule; its firing alerts resolve.
+async fn delete_alert_rule(
+    State(m): State<Arc<JobManager>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    m.check_token(&headers)?;
+    let sends = m
+        .alerts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&name, now_ms())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no alert rule `{name}`"),
+            )
+        })?;
+    m.send(sends);
+    Ok(Json(serde_json::json!({ "deleted": name })))
+}
+
 /// Prometheus text: one series per job, operator and subtask.
 async fn prometheus(State(m): State<Arc<JobManager>>) -> impl IntoResponse {
     (
@@ -1184,6 +1396,25 @@ fn render_prometheus(jobs: &[Arc<JobEntry>]) -> String {
     }
     let _ = writeln!(
         out,
+        "# HELP sluice_source_lag_records Records between a source subtask's position and the end of its partitions (Kafka consumer lag).\n# TYPE sluice_source_lag_records gauge"
+    );
+    for j in jobs {
+        for o in j.metrics().operators.iter().filter(|o| o.is_source) {
+            for (i, s) in o.subtasks.iter().enumerate() {
+                let lag = s.source_lag.load(Relaxed);
+                if lag >= 0 {
+                    let _ = writeln!(
+                        out,
+                        "sluice_source_lag_records{{job=\"{}\",operator=\"{}\",subtask=\"{i}\"}} {lag}",
+                        esc(&j.name),
+                        esc(&o.name)
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
         "# HELP sluice_end_to_end_latency_seconds True end-to-end latency at a sink (sink time minus ingest time).\n# TYPE sluice_end_to_end_latency_seconds summary"
     );
     for j in jobs {
@@ -1276,6 +1507,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/jobs/{id}/savepoint"),
     ("get", "/api/jobs/{id}/checkpoints"),
     ("get", "/api/lineage"),
+    ("get", "/api/alerts"),
+    ("post", "/api/alerts/rules"),
+    ("delete", "/api/alerts/rules/{name}"),
     ("get", "/metrics"),
     ("get", "/api/openapi.json"),
 ];
@@ -1329,6 +1563,17 @@ pub fn openapi_document() -> serde_json::Value {
             "/api/lineage": {
                 "get": {"summary": "Every job with what it reads and writes (topic -> job -> topic)", "responses": {"200": {"description": "[{id, name, status, reads: [{connector, name}], writes}]"}}}
             },
+            "/api/alerts": {
+                "get": {"summary": "Alert rules, the alerts pending or firing, the latest webhook deliveries", "responses": {"200": {"description": "{rules, active: [{rule, job, job_id, state, since_ms, fired_ms, value}], deliveries}"}}}
+            },
+            "/api/alerts/rules": {
+                "post": {"summary": "Add an alert rule", "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AlertRule"}}}},
+                    "responses": {"201": {"description": "{\"name\"}"}, "400": error, "401": error, "409": error}}
+            },
+            "/api/alerts/rules/{name}": {
+                "delete": {"summary": "Delete an alert rule (its firing alerts resolve)", "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "{\"deleted\"}"}, "401": error, "404": error}}
+            },
             "/metrics": {
                 "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text/plain; version=0.0.4"}}}
             },
@@ -1340,6 +1585,19 @@ pub fn openapi_document() -> serde_json::Value {
             "Submit": {"type": "object", "required": ["sql"], "properties": {
                 "sql": {"type": "string"}, "name": {"type": "string"}, "parallelism": {"type": "integer", "minimum": 1},
                 "from_savepoint": {"type": "string", "description": "a savepoint or checkpoint directory to start from"}
+            }},
+            "AlertRule": {"type": "object", "required": ["name", "condition", "webhook"], "properties": {
+                "name": {"type": "string"},
+                "condition": {"type": "object", "required": ["type"], "properties": {
+                    "type": {"type": "string", "enum": ["job_failed", "restarts", "checkpoint_failures", "latency_p99", "consumer_lag", "dead_letter_rate"]},
+                    "more_than": {"type": "integer"}, "within_ms": {"type": "integer"}, "at_least": {"type": "integer"},
+                    "above_ms": {"type": "number"}, "above": {"type": "integer"}, "above_per_s": {"type": "number"}
+                }},
+                "job": {"type": "string", "description": "the job's name; every job when absent"},
+                "for_ms": {"type": "integer", "description": "how long the condition must hold"},
+                "webhook": {"type": "object", "required": ["url"], "properties": {
+                    "url": {"type": "string"}, "format": {"type": "string", "enum": ["json", "slack"]}, "max_attempts": {"type": "integer", "minimum": 1}
+                }}
             }},
             "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
                 "code": {"type": "string"}, "message": {"type": "string"}
@@ -1358,6 +1616,12 @@ pub fn router(manager: Arc<JobManager>) -> Router {
         .route("/api/jobs/{id}/savepoint", post(savepoint))
         .route("/api/jobs/{id}/checkpoints", get(checkpoints))
         .route("/api/lineage", get(lineage_all))
+        .route("/api/alerts", get(alerts))
+        .route("/api/alerts/rules", post(add_alert_rule))
+        .route(
+            "/api/alerts/rules/{name}",
+            axum::routing::delete(delete_alert_rule),
+        )
         .route("/metrics", get(prometheus))
         .route("/api/openapi.json", get(openapi))
         .merge(crate::dashboard::routes())
@@ -1384,6 +1648,10 @@ pub struct ServerOptions {
     pub log_file_bytes: u64,
     /// Rotated log files kept per job.
     pub log_files_kept: usize,
+    /// Alert rules from the configuration (more can be added through the API).
+    pub alert_rules: Vec<crate::alerts::AlertRule>,
+    /// How often the alert rules are evaluated.
+    pub alert_interval: std::time::Duration,
 }
 
 /// Serves the API and the dashboard on `listener` until the process ends. A

@@ -223,6 +223,8 @@ impl SourceConnector for KafkaSourceConnector {
             meta: MetaBuilders::default(),
             dead_letters: None,
             last_commit: Instant::now(),
+            highs: Arc::default(),
+            last_lag_probe: None,
             key_is_text: config
                 .columns
                 .all
@@ -401,6 +403,9 @@ pub struct KafkaReader {
     meta: MetaBuilders,
     dead_letters: Option<ThreadedProducer<DefaultProducerContext>>,
     last_commit: Instant,
+    /// The splits' end offsets as last probed (for the lag gauge), and when.
+    highs: Arc<std::sync::Mutex<Vec<i64>>>,
+    last_lag_probe: Option<Instant>,
     /// Whether the key is read into a STRING column (and must be UTF-8).
     key_is_text: bool,
     /// Messages of the current chunk whose key could not be read.
@@ -414,7 +419,50 @@ pub struct KafkaReader {
 /// Without checkpoints, offsets are committed to the group this often.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The end offsets are probed this often for the consumer-lag gauge.
+const LAG_INTERVAL: Duration = Duration::from_secs(2);
+
 impl KafkaReader {
+    /// The lag gauge: records between each split's position and its end as last probed.
+    /// Probes run in the background (they are blocking broker calls), one at a time.
+    fn update_lag(&mut self, consumer: &Arc<StreamConsumer>, ctx: &OperatorContext) {
+        {
+            let highs = self.highs.lock().unwrap_or_else(|p| p.into_inner());
+            if highs.len() == self.next.len() && !highs.is_empty() {
+                let lag: i64 = highs
+                    .iter()
+                    .zip(&self.next)
+                    .map(|(h, n)| (h - n).max(0))
+                    .sum();
+                ctx.metrics
+                    .source_lag
+                    .store(lag, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if self
+            .last_lag_probe
+            .is_some_and(|t| t.elapsed() < LAG_INTERVAL)
+        {
+            return;
+        }
+        self.last_lag_probe = Some(Instant::now());
+        let parts: Vec<(String, i32)> = self
+            .splits
+            .iter()
+            .map(|s| self.config.partitions[s.index].clone())
+            .collect();
+        let (c, highs) = (Arc::clone(consumer), Arc::clone(&self.highs));
+        tokio::task::spawn_blocking(move || {
+            let probed: Option<Vec<i64>> = parts
+                .iter()
+                .map(|(t, p)| c.fetch_watermarks(t, *p, LAG_INTERVAL).ok().map(|w| w.1))
+                .collect();
+            if let Some(p) = probed {
+                *highs.lock().unwrap_or_else(|p| p.into_inner()) = p;
+            }
+        });
+    }
+
     fn split_of(&self, topic: &str, partition: i32) -> Option<usize> {
         // A few partitions per subtask: a scan, no key allocated per message.
         self.splits.iter().position(|s| {
@@ -827,6 +875,7 @@ impl SourceReader for KafkaReader {
                 .as_ref()
                 .ok_or_else(|| SluiceError::internal("the Kafka reader was not opened"))?,
         );
+        self.update_lag(&consumer, ctx);
         self.read_chunk(&consumer, max_rows, ctx).await
     }
 

@@ -85,6 +85,18 @@ const sluice = (() => {
 <td class="n">${j.restarts ?? 0}</td><td>${time(j.submitted_ms)}</td></tr>`
         )
         .join("");
+      const alerts = await api("GET", "/api/alerts");
+      $("#alerts tbody").innerHTML = alerts.active.length
+        ? alerts.active
+            .map(
+              (a) => `<tr class="alert-${esc(a.state)}"><td>${esc(a.rule)}</td><td><a href="/jobs/${a.job_id}">${esc(a.job)}</a></td>
+<td>${a.state === "firing" ? `<span class="alert">firing</span>` : "pending"}</td><td>${time(a.since_ms)}</td><td>${esc(a.value)}</td></tr>`
+            )
+            .join("")
+        : `<tr><td colspan="5" class="empty">No alert pending or firing.</td></tr>`;
+      $("#alert-rules").textContent = alerts.rules.length
+        ? `Rules: ${alerts.rules.map((r) => `${r.name} (${r.condition.type}${r.job ? " on " + r.job : ""})`).join(", ")}`
+        : "No alert rules: add them with --alerts FILE or POST /api/alerts/rules.";
       const lineage = await api("GET", "/api/lineage");
       $("#lineage tbody").innerHTML = lineage
         .map((j) => `<tr><td>${endpoints(j.reads)}</td><td><a href="/jobs/${j.id}">${esc(j.name)}</a> ${badge(j.status)}</td><td>${endpoints(j.writes)}</td></tr>`)

@@ -631,3 +631,253 @@ fn a_failing_job_restarts_as_its_strategy_says_and_keeps_its_failures() {
         "{v}"
     );
 }
+
+/// A webhook receiver: refuses the first notification (500), takes the rest, keeps them.
+struct Receiver {
+    url: String,
+    taken: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn webhook_receiver() -> Receiver {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (t, r) = (
+        std::sync::Arc::clone(&taken),
+        std::sync::Arc::clone(&requests),
+    );
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let body = loop {
+                let n = conn.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break Some(body.to_string());
+                    }
+                }
+            };
+            let Some(body) = body else { continue };
+            let first = r.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            let status = if first {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            if !first {
+                t.lock().unwrap().push(serde_json::from_str(&body).unwrap());
+            }
+            let _ = conn.write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    Receiver {
+        url,
+        taken,
+        requests,
+    }
+}
+
+#[test]
+fn alerts_fire_and_resolve_once_each_at_a_webhook_with_retries() {
+    let hook = webhook_receiver();
+    let dir = tempfile::tempdir().unwrap();
+    // A rule from the configuration file: more than 0 restarts within 4 s.
+    let rules = dir.path().join("rules.json");
+    std::fs::write(
+        &rules,
+        serde_json::json!([{
+            "name": "restarting",
+            "condition": {"type": "restarts", "more_than": 0, "within_ms": 4000},
+            "job": "flaky",
+            "webhook": {"url": hook.url}
+        }])
+        .to_string(),
+    )
+    .unwrap();
+    // A bad rules file stops the server at start-up, with the reason.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"[{"name": "x", "condition": {"type": "latency_p99", "above_ms": 1}, "webhook": {"url": "https://slack.example/x"}}]"#).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "server",
+            "--bind",
+            "127.0.0.1:0",
+            "--alerts",
+            bad.to_str().unwrap(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("unused"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("webhook"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let data = dir.path().join("data");
+    let server = start_server_in(
+        &data,
+        &[
+            "--alerts",
+            rules.to_str().unwrap(),
+            "--alert-interval",
+            "200ms",
+        ],
+    );
+    // A rule through the API, in Slack's format: the job failed.
+    let rule = serde_json::json!({
+        "name": "failed",
+        "condition": {"type": "job_failed"},
+        "job": "flaky",
+        "webhook": {"url": hook.url, "format": "slack"}
+    });
+    let (status, v) = server.call("POST", "/api/alerts/rules", Some(&rule.to_string()));
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = server.call("POST", "/api/alerts/rules", Some(&rule.to_string()));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("bad_rule")),
+        "{v}"
+    );
+    let (status, v) = server.call(
+        "POST",
+        "/api/alerts/rules",
+        Some(r#"{"name": "y", "condition": {"type": "nope"}, "webhook": {"url": "http://a:1/"}}"#),
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{v}"
+    );
+
+    // The job fails, restarts once, fails for good.
+    let submit = serde_json::json!({
+        "sql": FAILING,
+        "name": "flaky",
+        "restart": {"strategy": "fixed-delay", "attempts": 1, "delay_ms": 200}
+    });
+    let (status, v) = server.call("POST", "/api/jobs", Some(&submit.to_string()));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    let failed = server.wait_for(id, "failed", |v| v["status"] == "failed");
+    assert_eq!(failed["restarts"], 1, "{failed}");
+
+    let got = |rule: &str, status: &str| {
+        hook.taken
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| match n.get("text") {
+                // Slack's format: text only.
+                Some(t) => {
+                    let t = t.as_str().unwrap();
+                    t.contains(&format!("`{rule}`")) && t.contains(&status.to_uppercase())
+                }
+                None => n["rule"] == rule && n["status"] == status,
+            })
+            .count()
+    };
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "never got {what}: {:?}",
+                hook.taken.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("both alerts firing", &|| {
+        got("restarting", "firing") == 1 && got("failed", "firing") == 1
+    });
+    // Firing alerts show in the API and the job's detail.
+    let (_, detail) = server.call("GET", &format!("/api/jobs/{id}"), None);
+    assert!(
+        detail["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["rule"] == "failed" && a["state"] == "firing"),
+        "{detail}"
+    );
+    // The restarts leave the 4 s window: resolved.
+    wait("the restarts alert resolved", &|| {
+        got("restarting", "resolved") == 1
+    });
+    // Deleting a rule resolves its firing alert.
+    let (status, v) = server.call("DELETE", "/api/alerts/rules/failed", None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        server.call("DELETE", "/api/alerts/rules/failed", None).0,
+        404
+    );
+    wait("the failed alert resolved", &|| {
+        got("failed", "resolved") == 1
+    });
+    // Many more evaluations: nothing is sent twice.
+    std::thread::sleep(Duration::from_millis(1500));
+    for (rule, status) in [
+        ("restarting", "firing"),
+        ("restarting", "resolved"),
+        ("failed", "firing"),
+        ("failed", "resolved"),
+    ] {
+        assert_eq!(
+            got(rule, status),
+            1,
+            "{rule} {status}: {:?}",
+            hook.taken.lock().unwrap()
+        );
+    }
+    // The refused first attempt was retried: one more request than notifications taken.
+    let taken = hook.taken.lock().unwrap().len();
+    assert_eq!(taken, 4);
+    assert_eq!(
+        hook.requests.load(std::sync::atomic::Ordering::SeqCst),
+        taken + 1
+    );
+    let (_, alerts) = server.call("GET", "/api/alerts", None);
+    let deliveries = alerts["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 4, "{alerts}");
+    assert!(
+        deliveries.iter().all(|d| d["delivered"] == true),
+        "{alerts}"
+    );
+    assert!(deliveries.iter().any(|d| d["attempts"] == 2), "{alerts}");
+    // The firing and resolved messages of an alert share its id.
+    let ids: Vec<_> = hook
+        .taken
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[0], ids[1]);
+    assert!(alerts["active"].as_array().unwrap().is_empty(), "{alerts}");
+}
