@@ -281,24 +281,33 @@ impl Pipeline {
         let first_start = std::time::Instant::now();
         let mut tracker = crate::restart::RestartTracker::new(strategy, sluice_types::now_micros());
         let mut resume_from: Option<RestoreFrom> = None;
+        let mut started_once = false;
         loop {
             if let Some(r) = resume_from.take() {
                 self.restore_from(r);
             }
             let attempt_start = std::time::Instant::now();
-            let handle = self.start().await?;
-            on_start(&handle);
-            let checkpoints = Arc::clone(&handle.metrics().checkpoints);
-            let e = match handle.wait().await {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
+            let (e, checkpoints) = match self.start().await {
+                Ok(handle) => {
+                    started_once = true;
+                    on_start(&handle);
+                    let checkpoints = Arc::clone(&handle.metrics().checkpoints);
+                    match handle.wait().await {
+                        Ok(()) => return Ok(()),
+                        Err(e) => (e, Some(checkpoints)),
+                    }
+                }
+                // A job that cannot start at all is misconfigured: fail at once. A restart
+                // that cannot start (a broker still down) is one more failure.
+                Err(e) if !started_once => return Err(e),
+                Err(e) => (e, None),
             };
             let Some(delay) = tracker.on_failure(first_start.elapsed(), attempt_start.elapsed())
             else {
                 return Err(e);
             };
             let latest = checkpoints
-                .latest_completed()
+                .and_then(|c| c.latest_completed())
                 .filter(|c| c.kind != "final")
                 .map(|c| RestoreFrom::Path(c.location));
             tracing::warn!(

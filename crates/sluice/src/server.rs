@@ -860,6 +860,11 @@ async fn supervise(
             return (JobStatus::Failed, Some(e.to_string()));
         };
         tokio::time::sleep(delay).await;
+        // Cancelled (or stopped) while waiting to restart: stay down.
+        let status = entry.status.lock().unwrap_or_else(|p| p.into_inner()).0;
+        if status != JobStatus::Running {
+            return (status, None);
+        }
         if let Some(c) = entry
             .metrics()
             .checkpoints
@@ -868,14 +873,40 @@ async fn supervise(
         {
             pipeline.restore_from(sluice_plan::RestoreFrom::Path(c.location));
         }
-        match pipeline.start().await {
-            Ok(h) => {
-                *entry.attempt.write().unwrap_or_else(|p| p.into_inner()) =
-                    (h.metrics(), h.stop_handle());
-                handle = h;
-                attempt_start = std::time::Instant::now();
+        // A restart that cannot start (a broker still down) is one more failure.
+        loop {
+            attempt_start = std::time::Instant::now();
+            match pipeline.start().await {
+                Ok(h) => {
+                    *entry.attempt.write().unwrap_or_else(|p| p.into_inner()) =
+                        (h.metrics(), h.stop_handle());
+                    handle = h;
+                    break;
+                }
+                Err(e) => {
+                    let delay = tracker.on_failure(first.elapsed(), attempt_start.elapsed());
+                    tracing::error!(job = %entry.name, error = %e, restart = delay.is_some(), "job failed to restart");
+                    entry
+                        .failures
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Failure {
+                            time_ms: now_ms(),
+                            error: e.to_string(),
+                            restarted: delay.is_some(),
+                            trace: e.backtrace_text(),
+                        });
+                    let Some(delay) = delay else {
+                        return (JobStatus::Failed, Some(e.to_string()));
+                    };
+                    if entry.status.lock().unwrap_or_else(|p| p.into_inner()).0
+                        != JobStatus::Running
+                    {
+                        return (JobStatus::Cancelled, None);
+                    }
+                    tokio::time::sleep(delay).await;
+                }
             }
-            Err(e) => return (JobStatus::Failed, Some(e.to_string())),
         }
     }
 }

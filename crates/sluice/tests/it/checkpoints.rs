@@ -301,6 +301,127 @@ async fn a_failed_job_restarts_from_its_latest_checkpoint_on_its_own() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_operator_fails_its_job_with_its_stack_and_the_job_resumes_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), 40_000).await;
+    run_to_end(job(&input, &dir.path().join("reference"), &[]));
+    let expected = committed_lines(&dir.path().join("reference/windowed-file"));
+
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let out = dir.path().join("out");
+    let build = || {
+        let mut registry = sluice::connectors::registry();
+        registry.register_sink(crate::support::FailOnceConnector {
+            failed: std::sync::Arc::clone(&failed),
+        });
+        let p = Pipeline::new("windowed-file");
+        p.parallelism(2)
+            .registry(registry)
+            .checkpointing(Duration::from_millis(100))
+            .checkpoint_dir(dir.path().join("cp").to_str().unwrap());
+        let windows = p
+            .source(
+                FileSource::json(&input)
+                    .with_schema(file_schema())
+                    .rows_per_second(40_000.0),
+            )
+            .event_time("date_time")
+            .key_by(["auction"])
+            .window(Window::tumbling(Duration::from_secs(1)))
+            .aggregate([
+                count_star().alias("bids"),
+                sum(col("price")).alias("volume"),
+            ]);
+        windows.sink(FileSink::json(&out));
+        // Panics on the 2 000th window row it sees, after a few checkpoints.
+        windows.sink(
+            sluice::plan::ConnectorSpec::new("fail-once")
+                .with_option("fail-at-record", 2_000)
+                .with_option("mode", "panic"),
+        );
+        p
+    };
+    // The panic is the job's failure, with its message and stack; this process goes on.
+    let e = build().run().await.unwrap_err();
+    assert!(failed.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(
+        e.message.contains("panicked") && e.message.contains("injected panic at record"),
+        "{e}"
+    );
+    assert!(e.message.contains("support.rs"), "the panic's place: {e}");
+    let stack = e.backtrace_text().expect("a panic keeps its stack");
+    assert!(stack.contains("FailOnceOperator"), "{stack}");
+    // Resumed from its latest checkpoint, the job ends with exactly the batch answer.
+    let resumed = build();
+    resumed.restore_from(RestoreFrom::Latest);
+    resumed.run().await.unwrap();
+    assert!(
+        committed_lines(&out) == expected,
+        "output differs after the panic and the restore"
+    );
+}
+
+/// The gaps between a job's attempts under `strategy` (it fails at once, every time).
+async fn restart_gaps(strategy: sluice::restart::RestartStrategy) -> Vec<Duration> {
+    let job = sluice::plan_sql(
+        "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '100');
+         CREATE TABLE sink (x BIGINT) WITH ('connector' = 'blackhole');
+         INSERT INTO sink SELECT auction / (auction - auction) FROM bid;",
+        &[],
+    )
+    .unwrap();
+    let p = Pipeline::from_plan(job.plan.unwrap());
+    let mut starts = Vec::new();
+    let e = p
+        .run_with_restarts(strategy, |_| starts.push(std::time::Instant::now()))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().to_lowercase().contains("divide by zero"),
+        "{e}"
+    );
+    starts.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_restart_strategy_waits_as_it_says() {
+    use sluice::restart::RestartStrategy as R;
+    let ms = Duration::from_millis;
+    // Lower bounds only: a restart never comes before its delay (the job's own start
+    // adds to each gap).
+    let fixed = restart_gaps(R::FixedDelay {
+        attempts: 3,
+        delay: ms(200),
+    })
+    .await;
+    assert_eq!(fixed.len(), 3);
+    assert!(fixed.iter().all(|g| *g >= ms(200)), "{fixed:?}");
+    let exponential = restart_gaps(R::ExponentialDelay {
+        initial: ms(50),
+        max: ms(200),
+        multiplier: 2.0,
+        jitter: 0.0,
+        reset_after: Duration::from_secs(3600),
+        attempts: Some(4),
+    })
+    .await;
+    assert_eq!(exponential.len(), 4);
+    for (gap, at_least) in exponential.iter().zip([50, 100, 200, 200]) {
+        assert!(*gap >= ms(at_least), "{exponential:?}");
+    }
+    let rate = restart_gaps(R::FailureRate {
+        max_failures: 2,
+        interval: Duration::from_secs(60),
+        delay: ms(100),
+    })
+    .await;
+    assert_eq!(rate.len(), 2, "the third failure in a minute gives up");
+    assert!(rate.iter().all(|g| *g >= ms(100)), "{rate:?}");
+    assert!(restart_gaps(R::None).await.is_empty());
+    println!("restart gaps: fixed {fixed:?}, exponential {exponential:?}, failure-rate {rate:?}");
+}
+
 #[tokio::test]
 async fn a_checkpoint_of_another_job_graph_is_refused() {
     let dir = tempfile::tempdir().unwrap();

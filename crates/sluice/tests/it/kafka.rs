@@ -45,44 +45,48 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Starts a tansu broker listening on `listen`, telling clients to reach it at
+/// `advertised` (another port when a proxy stands in front of it).
+fn spawn_tansu(listen: u16, advertised: u16) -> Tansu {
+    let found = Command::new("sh")
+        .args(["-c", "command -v tansu"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "the Kafka tests need the tansu broker on PATH: run scripts/test (it installs it), or `cargo install tansu --locked --features dynostore`"
+    );
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tansu broker --listener-url tcp://127.0.0.1:{listen} --advertised-listener-url tcp://127.0.0.1:{advertised} --storage-engine memory://tansu/ >/dev/null 2>&1 & pid=$!; read _; kill $pid"
+        ))
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "tansu did not listen on port {listen} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Tansu {
+        bootstrap: format!("127.0.0.1:{advertised}"),
+        _stdin: std::sync::Mutex::new(stdin),
+        _shell: std::sync::Mutex::new(child),
+    }
+}
+
 fn tansu() -> &'static str {
     static BROKER: OnceLock<Tansu> = OnceLock::new();
     &BROKER
         .get_or_init(|| {
-            let found = Command::new("sh")
-                .args(["-c", "command -v tansu"])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            assert!(
-                found,
-                "the Kafka tests need the tansu broker on PATH: run scripts/test (it installs it), or `cargo install tansu --locked --features dynostore`"
-            );
             let port = free_port();
-            let url = format!("tcp://127.0.0.1:{port}");
-            let mut child = Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "tansu broker --listener-url {url} --advertised-listener-url {url} --storage-engine memory://tansu/ >/dev/null 2>&1 & pid=$!; read _; kill $pid"
-                ))
-                .stdin(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let stdin = child.stdin.take().unwrap();
-            let bootstrap = format!("127.0.0.1:{port}");
-            let start = Instant::now();
-            while std::net::TcpStream::connect(&bootstrap).is_err() {
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "tansu did not listen on {bootstrap} within 30 s"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Tansu {
-                bootstrap,
-                _stdin: std::sync::Mutex::new(stdin),
-                _shell: std::sync::Mutex::new(child),
-            }
+            spawn_tansu(port, port)
         })
         .bootstrap
 }
@@ -928,4 +932,166 @@ async fn who_consumes_finds_a_sluice_job_and_a_plain_consumer_group() {
     // tansu reports no members; none are invented.
     assert!(s["members"].as_array().unwrap().is_empty(), "{s}");
     delete_topics(bootstrap, &[&topic]).await;
+}
+
+/// A TCP proxy in front of a broker that can be stopped (listener closed, every
+/// connection cut) and started again: to clients, the broker going down and coming back
+/// with its data (tansu's memory store would lose it if the broker itself restarted).
+struct Outage {
+    port: u16,
+    target: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Outage {
+    fn new(port: u16, target: u16) -> Outage {
+        let o = Outage {
+            port,
+            target,
+            up: std::sync::Arc::default(),
+            conns: std::sync::Arc::default(),
+        };
+        o.start();
+        o
+    }
+
+    fn start(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => break l,
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        listener.set_nonblocking(true).unwrap();
+        self.up.store(true, SeqCst);
+        let (up, conns, target) = (
+            std::sync::Arc::clone(&self.up),
+            std::sync::Arc::clone(&self.conns),
+            self.target,
+        );
+        std::thread::spawn(move || {
+            while up.load(SeqCst) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let mut list = conns.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+    }
+
+    fn stop(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        // Let the accept loop see it and drop the listener.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_going_down_and_coming_back_loses_nothing() {
+    // A broker of its own, reached only through the proxy.
+    let (port, proxy_port) = (free_port(), free_port());
+    let broker = spawn_tansu(port, proxy_port);
+    let outage = Outage::new(proxy_port, port);
+    let bootstrap = broker.bootstrap.as_str();
+    let (input, output) = (unique("bids"), unique("counts"));
+    create_topic(bootstrap, &input, 3).await;
+    create_topic(bootstrap, &output, 2).await;
+    let n = 24_000;
+    produce(bootstrap, &input, &bids(n, 3));
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("job.sql");
+    std::fs::write(
+        &sql,
+        windowed_sql(
+            bootstrap,
+            &input,
+            &output,
+            8_000,
+            ", 'sink.delivery-guarantee' = 'at-least-once'",
+        ),
+    )
+    .unwrap();
+    let cp = dir.path().join("checkpoints");
+    let started = Instant::now();
+    let mut job = sluice_run(
+        &sql,
+        &[
+            "--checkpoint-interval",
+            "200ms",
+            "--checkpoint-dir",
+            cp.to_str().unwrap(),
+            "--delivery",
+            "at-least-once",
+            "--restart-attempts",
+            "30",
+            "--restart-delay",
+            "500ms",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    // The broker goes away mid-run for 4 s, then comes back.
+    std::thread::sleep(Duration::from_millis(1200));
+    outage.stop();
+    std::thread::sleep(Duration::from_secs(4));
+    outage.start();
+    let status = job.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(
+        status.success(),
+        "the job did not survive the outage: {err}"
+    );
+    println!(
+        "broker outage: job ran {:.1} s, {} restart(s)",
+        started.elapsed().as_secs_f64(),
+        err.matches("job failed; restarting").count()
+    );
+
+    let rows = window_rows(&read_topic(bootstrap, &output));
+    let got: BTreeMap<(i64, i64), (i64, i64)> =
+        rows.iter().map(|&(w, a, b, t)| ((w, a), (b, t))).collect();
+    let distinct: BTreeSet<_> = rows.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        got.len(),
+        "a window has two different values"
+    );
+    let want = expected_windows(n);
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(k) != Some(v))
+        .take(5)
+        .map(|(k, v)| (k, v, got.get(k)))
+        .collect();
+    assert!(
+        wrong.is_empty() && got.len() == want.len(),
+        "{} windows, {} expected; first differences (window, want, got): {wrong:?}",
+        got.len(),
+        want.len()
+    );
 }

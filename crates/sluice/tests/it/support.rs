@@ -327,63 +327,78 @@ impl sluice::runtime::SourceReader for InterleavedReader {
     }
 }
 
-/// A sink that fails its job once, on its `fail-at`-th batch, and then never again
-/// (the flag survives restarts within the process).
+/// A sink that fails its job once, on its `fail-at`-th batch or its `fail-at-record`-th
+/// record, with an error or (`'mode' = 'panic'`) a panic, and then never again (the flag
+/// survives restarts within the process).
 pub struct FailOnceConnector {
     pub failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// When and how [`FailOnceConnector`] fails.
+pub struct FailAt {
+    schema: SchemaRef,
+    batch: u64,
+    record: u64,
+    panic: bool,
+}
+
 impl SinkConnector for FailOnceConnector {
-    type Config = (SchemaRef, u64);
+    type Config = FailAt;
 
     fn name(&self) -> &'static str {
         "fail-once"
     }
 
     fn options(&self) -> &'static [&'static str] {
-        &["fail-at"]
+        &["fail-at", "fail-at-record", "mode"]
     }
 
-    fn parse(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<(SchemaRef, u64)> {
-        let n = spec
-            .options
-            .get("fail-at")
-            .map_or(1, |d| d.parse().unwrap());
-        Ok((Arc::clone(input), n))
+    fn parse(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<FailAt> {
+        let get = |k: &str| spec.options.get(k).map(|d| d.parse::<u64>().unwrap());
+        Ok(FailAt {
+            schema: Arc::clone(input),
+            batch: get("fail-at").unwrap_or(u64::MAX),
+            record: get("fail-at-record").unwrap_or(u64::MAX),
+            panic: spec.options.get("mode").is_some_and(|m| m == "panic"),
+        })
     }
 
-    fn create(&self, config: &Arc<(SchemaRef, u64)>, _: &TaskInfo) -> Result<Box<dyn Operator>> {
+    fn create(&self, config: &Arc<FailAt>, _: &TaskInfo) -> Result<Box<dyn Operator>> {
         Ok(Box::new(FailOnceOperator {
-            schema: Arc::clone(&config.0),
-            fail_at: config.1,
-            seen: 0,
+            at: Arc::clone(config),
+            batches: 0,
+            records: 0,
             failed: Arc::clone(&self.failed),
         }))
     }
 }
 
 struct FailOnceOperator {
-    schema: SchemaRef,
-    fail_at: u64,
-    seen: u64,
+    at: Arc<FailAt>,
+    batches: u64,
+    records: u64,
     failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[async_trait]
 impl Operator for FailOnceOperator {
     fn output_schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
+        Arc::clone(&self.at.schema)
     }
 
     async fn process_batch(
         &mut self,
-        _: Batch,
+        batch: Batch,
         _: &mut OperatorContext,
         _: &mut dyn Collector,
     ) -> Result<()> {
-        self.seen += 1;
-        if self.seen >= self.fail_at && !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
+        self.batches += 1;
+        self.records += batch.num_rows() as u64;
+        let due = self.batches >= self.at.batch || self.records >= self.at.record;
+        if due && !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            if self.at.panic {
+                panic!("injected panic at record {}", self.records);
+            }
             return Err(sluice::SluiceError::external("injected failure"));
         }
         Ok(())
