@@ -32,7 +32,7 @@ use crate::metrics::{JobMetrics, OperatorMetrics, SubtaskMetrics};
 use crate::operator::OperatorContext;
 use crate::operator::Timers;
 use crate::operators::{self, OperatorFactory};
-use crate::partition::{DOWNSTREAM_GONE, OutputEdge, Outputs, Router};
+use crate::partition::{DOWNSTREAM_GONE, OutputEdge, Outputs, Router, UPSTREAM_GONE};
 use crate::source::Split;
 use crate::source::{ConnectorRegistry, PreparedSource, assign_splits};
 use crate::state::{self, RestoredState};
@@ -891,7 +891,9 @@ impl JobHandle {
                     )
                 }
             };
-            let is_secondary = err.1.message == DOWNSTREAM_GONE;
+            let secondary =
+                |e: &SluiceError| e.message == DOWNSTREAM_GONE || e.message == UPSTREAM_GONE;
+            let is_secondary = secondary(&err.1);
             match &first {
                 None => {
                     let trace = err.1.backtrace_text().unwrap_or_default();
@@ -899,7 +901,7 @@ impl JobHandle {
                     self.tasks.abort_all();
                     first = Some(err);
                 }
-                Some((_, f)) if f.message == DOWNSTREAM_GONE && !is_secondary => first = Some(err),
+                Some((_, f)) if secondary(f) && !is_secondary => first = Some(err),
                 Some(_) => {}
             }
         }

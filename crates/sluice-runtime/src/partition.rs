@@ -120,6 +120,10 @@ pub struct Outputs {
 /// downstream failure instead of this.
 pub(crate) const DOWNSTREAM_GONE: &str = "a downstream subtask stopped";
 
+/// The error of a task whose upstream task went away without ending its stream (it
+/// failed): secondary, like [`DOWNSTREAM_GONE`].
+pub(crate) const UPSTREAM_GONE: &str = "an upstream subtask stopped without ending its stream";
+
 async fn send(
     sender: &mpsc::Sender<Message>,
     msg: Message,

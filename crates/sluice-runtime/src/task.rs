@@ -300,6 +300,10 @@ pub(crate) struct Inputs {
     merged: Option<Watermark>,
     /// The largest event time forwarded.
     emitted_time: i64,
+    /// Inputs whose upstream sent a stop-with-savepoint barrier (they may close early).
+    stopping: Vec<bool>,
+    /// An upstream task went away without ending its stream: it failed or was cancelled.
+    upstream_gone: bool,
 }
 
 impl Inputs {
@@ -331,12 +335,16 @@ impl Inputs {
             live: n,
             merged: None,
             emitted_time: i64::MIN,
+            stopping: vec![false; n],
+            upstream_gone: false,
         }
     }
 
-    /// The next message from any live, unblocked input; `None` once all inputs ended.
+    /// The next message from any live, unblocked input; `None` once all inputs ended,
+    /// or once an upstream task went away without ending its stream (`upstream_gone`):
+    /// its input did not end, so nothing may be flushed as if it had.
     async fn next(&mut self) -> Option<(usize, Message)> {
-        if self.live == 0 {
+        if self.live == 0 || self.upstream_gone {
             return None;
         }
         poll_fn(|cx| {
@@ -351,9 +359,17 @@ impl Inputs {
                         self.next = (i + 1) % n;
                         return Poll::Ready(Some((i, m)));
                     }
+                    // Closed after a stop-with-savepoint barrier: that input is done.
+                    Poll::Ready(None) if self.stopping[i] => {
+                        return Poll::Ready(Some((i, Message::EndOfData)));
+                    }
                     // The sender went away without EndOfData: its task failed or was
-                    // cancelled; the job reports that task's error.
-                    Poll::Ready(None) => return Poll::Ready(Some((i, Message::EndOfData))),
+                    // cancelled; the job reports that task's error. Treating it as the
+                    // end of the input would fire windows with part of their rows.
+                    Poll::Ready(None) => {
+                        self.upstream_gone = true;
+                        return Poll::Ready(None);
+                    }
                     Poll::Pending => {}
                 }
             }
@@ -437,6 +453,7 @@ impl Inputs {
         i: usize,
         b: CheckpointBarrier,
     ) -> Option<(CheckpointBarrier, std::time::Duration)> {
+        self.stopping[i] |= b.then_stop;
         match self.pending_barrier {
             // A barrier of a checkpoint already superseded (given up): ignore it.
             Some(p) if p.epoch > b.epoch => return None,
@@ -627,6 +644,9 @@ pub(crate) async fn run_operator_task(
                 }
             }
         }
+    }
+    if inputs.upstream_gone {
+        return Err(SluiceError::internal(crate::partition::UPSTREAM_GONE));
     }
     let last = inputs.merged;
     chain.finish(last).await?;

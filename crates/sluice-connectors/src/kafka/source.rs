@@ -225,6 +225,7 @@ impl SourceConnector for KafkaSourceConnector {
             last_commit: Instant::now(),
             highs: Arc::default(),
             last_lag_probe: None,
+            last_transient_warn: None,
             key_is_text: config
                 .columns
                 .all
@@ -406,6 +407,7 @@ pub struct KafkaReader {
     /// The splits' end offsets as last probed (for the lag gauge), and when.
     highs: Arc<std::sync::Mutex<Vec<i64>>>,
     last_lag_probe: Option<Instant>,
+    last_transient_warn: Option<Instant>,
     /// Whether the key is read into a STRING column (and must be UTF-8).
     key_is_text: bool,
     /// Messages of the current chunk whose key could not be read.
@@ -422,7 +424,37 @@ const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// The end offsets are probed this often for the consumer-lag gauge.
 const LAG_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Consumer errors that say the brokers are (for now) unreachable; librdkafka keeps
+/// reconnecting.
+fn transient(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e,
+        rdkafka::error::KafkaError::MessageConsumption(
+            C::AllBrokersDown
+                | C::BrokerTransportFailure
+                | C::Resolve
+                | C::RequestTimedOut
+                | C::NetworkException
+                | C::OperationTimedOut
+        )
+    )
+}
+
+/// Warnings about an unreachable broker, at most one per this long.
+const TRANSIENT_WARN_EVERY: Duration = Duration::from_secs(10);
+
 impl KafkaReader {
+    fn warn_transient(&mut self, e: &rdkafka::error::KafkaError) {
+        if self
+            .last_transient_warn
+            .is_none_or(|t| t.elapsed() >= TRANSIENT_WARN_EVERY)
+        {
+            self.last_transient_warn = Some(Instant::now());
+            tracing::warn!(error = %e, "the Kafka brokers are unreachable; waiting for them (librdkafka reconnects)");
+        }
+    }
+
     /// The lag gauge: records between each split's position and its end as last probed.
     /// Probes run in the background (they are blocking broker calls), one at a time.
     fn update_lag(&mut self, consumer: &Arc<StreamConsumer>, ctx: &OperatorContext) {
@@ -961,10 +993,16 @@ impl KafkaReader {
                 m.split
             }
             None => loop {
-                let msg = consumer
-                    .recv()
-                    .await
-                    .map_err(kafka_err("reading Kafka failed"))?;
+                let msg = match consumer.recv().await {
+                    Ok(m) => m,
+                    // The broker is away: librdkafka reconnects by itself; wait for it
+                    // rather than failing the job over a blip.
+                    Err(e) if transient(&e) => {
+                        self.warn_transient(&e);
+                        continue;
+                    }
+                    Err(e) => return Err(kafka_err("reading Kafka failed")(e)),
+                };
                 let Some(split) = self.split_of(msg.topic(), msg.partition()) else {
                     continue;
                 };
@@ -985,7 +1023,14 @@ impl KafkaReader {
             let Some(msg) = consumer.recv().now_or_never() else {
                 break;
             };
-            let msg = msg.map_err(kafka_err("reading Kafka failed"))?;
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) if transient(&e) => {
+                    self.warn_transient(&e);
+                    break;
+                }
+                Err(e) => return Err(kafka_err("reading Kafka failed")(e)),
+            };
             let Some(s) = self.split_of(msg.topic(), msg.partition()) else {
                 continue;
             };

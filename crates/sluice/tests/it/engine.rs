@@ -495,6 +495,7 @@ async fn each_split_has_its_own_watermark_so_a_lagging_split_is_not_late() {
     let (mut registry, collected) = registry_with_collect();
     registry.register_source(InterleavedConnector {
         splits: vec![split(0, 10_000), split(1, 0)],
+        fail_after: None,
     });
     let p = Pipeline::new("splits");
     // One row per batch, so a watermark follows every row.
@@ -518,6 +519,58 @@ async fn each_split_has_its_own_watermark_so_a_lagging_split_is_not_late() {
         .filter(|r| r.contains("\"n\":10"))
         .collect();
     assert_eq!(counts.len(), 10, "5 full windows per split");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_upstream_task_never_makes_downstream_windows_fire_with_part_of_their_rows() {
+    use arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]));
+    // 100 rows, all in the first 10-second window; the source fails after 60 of them.
+    let rows = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(Int64Array::from(vec![7; 100])),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                (0..100).map(|i| i * 10),
+            )),
+        ],
+    )
+    .unwrap();
+    let (mut registry, collected) = registry_with_collect();
+    registry.register_source(InterleavedConnector {
+        splits: vec![rows],
+        fail_after: Some(60),
+    });
+    let p = Pipeline::new("upstream-fails");
+    p.registry(registry).batching(1, Duration::from_millis(1));
+    // key_by: the window runs in a task of its own, fed through a channel.
+    p.source(sluice::plan::ConnectorSpec::new("interleaved"))
+        .event_time("ts")
+        .key_by(["k"])
+        .window(Window::tumbling(Duration::from_secs(10)))
+        .aggregate([count_star().alias("n")])
+        .sink(collect());
+    let e = p.run().await.unwrap_err();
+    assert!(
+        e.message.contains("injected source failure"),
+        "the root cause: {e}"
+    );
+    assert_eq!(
+        collected.rows(),
+        0,
+        "the window fired with 60 of its 100 rows when its upstream failed: {:?}",
+        canonical(&collected.batches())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1044,8 +1044,11 @@ async fn the_broker_going_down_and_coming_back_loses_nothing() {
             "200ms",
             "--checkpoint-dir",
             cp.to_str().unwrap(),
+            // Aligned checkpoints with an at-least-once sink, as in the SIGKILL test:
+            // unaligned (at-least-once) checkpoints may count a replayed row twice in
+            // window state, so a window could come out with two values.
             "--delivery",
-            "at-least-once",
+            "exactly-once",
             "--restart-attempts",
             "30",
             "--restart-delay",
@@ -1059,9 +1062,9 @@ async fn the_broker_going_down_and_coming_back_loses_nothing() {
     outage.stop();
     std::thread::sleep(Duration::from_secs(4));
     outage.start();
-    let status = job.wait().unwrap();
     let mut err = String::new();
     std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let status = job.wait().unwrap();
     assert!(
         status.success(),
         "the job did not survive the outage: {err}"
@@ -1071,17 +1074,28 @@ async fn the_broker_going_down_and_coming_back_loses_nothing() {
         started.elapsed().as_secs_f64(),
         err.matches("job failed; restarting").count()
     );
+    for line in err.lines().filter(|l| l.contains("job failed; restarting")) {
+        println!("  {}", line.chars().take(300).collect::<String>());
+    }
 
     let rows = window_rows(&read_topic(bootstrap, &output));
     let got: BTreeMap<(i64, i64), (i64, i64)> =
         rows.iter().map(|&(w, a, b, t)| ((w, a), (b, t))).collect();
     let distinct: BTreeSet<_> = rows.iter().collect();
-    assert_eq!(
-        distinct.len(),
-        got.len(),
-        "a window has two different values"
-    );
     let want = expected_windows(n);
+    if distinct.len() != got.len() {
+        let mut by: BTreeMap<(i64, i64), Vec<(i64, i64)>> = BTreeMap::new();
+        for &&(w, a, b, t) in &distinct {
+            by.entry((w, a)).or_default().push((b, t));
+        }
+        let two: Vec<_> = by
+            .iter()
+            .filter(|(_, v)| v.len() > 1)
+            .take(8)
+            .map(|(k, v)| (k, v, want.get(k)))
+            .collect();
+        panic!("windows with two values (window, values, want): {two:?}");
+    }
     let wrong: Vec<_> = want
         .iter()
         .filter(|(k, v)| got.get(k) != Some(v))

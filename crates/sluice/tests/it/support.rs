@@ -233,6 +233,8 @@ impl sluice::runtime::SourceReader for StallingReader {
 pub struct InterleavedConnector {
     /// Rows per split.
     pub splits: Vec<RecordBatch>,
+    /// Fail with an error after this many rows (a source task failing mid-stream).
+    pub fail_after: Option<usize>,
 }
 
 impl sluice::runtime::SourceConnector for InterleavedConnector {
@@ -276,6 +278,8 @@ impl sluice::runtime::SourceConnector for InterleavedConnector {
             row: 0,
             next: 0,
             ended: 0,
+            emitted: 0,
+            fail_after: self.fail_after,
         }))
     }
 }
@@ -286,6 +290,8 @@ struct InterleavedReader {
     row: usize,
     next: usize,
     ended: usize,
+    emitted: usize,
+    fail_after: Option<usize>,
 }
 
 #[async_trait]
@@ -315,6 +321,10 @@ impl sluice::runtime::SourceReader for InterleavedReader {
                 self.row += 1;
             }
             if row < self.splits[split].num_rows() {
+                if self.fail_after == Some(self.emitted) {
+                    return Err(sluice::SluiceError::external("injected source failure"));
+                }
+                self.emitted += 1;
                 let rows = self.splits[split].slice(row, 1);
                 return Ok(ReadResult::Batch { split, rows });
             }
