@@ -152,6 +152,11 @@ pub struct SubtaskMetrics {
     pub input_queue: AtomicU64,
     /// Nanoseconds spent waiting for a full downstream channel (backpressure).
     pub backpressured_ns: AtomicU64,
+    /// Nanoseconds spent handling input (rows and watermarks), the task's chained
+    /// operators and any wait on full output channels included: busy minus
+    /// backpressured is the time the task itself worked (sources: from a chunk read to
+    /// its rows handed on). Set on a task's first operator.
+    pub busy_ns: AtomicU64,
     /// Current watermark (ms), `i64::MIN` before the first.
     pub watermark: AtomicI64,
     /// Records sent to the dead-letter output.

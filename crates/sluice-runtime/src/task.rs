@@ -604,10 +604,14 @@ pub(crate) async fn run_operator_task(
             next = inputs.next() => next,
         };
         let Some((i, msg)) = next else { break };
+        let started = Instant::now();
         let aligned = match msg {
             Message::Data(batch) => {
                 metrics.input_queue.store(inputs.queued(), Relaxed);
                 chain.process_from(inputs.input_of[i], batch).await?;
+                metrics
+                    .busy_ns
+                    .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
                 None
             }
             Message::Watermark(w) => {
@@ -615,6 +619,9 @@ pub(crate) async fn run_operator_task(
                 while let Some(m) = inputs.merge() {
                     chain.watermark(m).await?;
                 }
+                metrics
+                    .busy_ns
+                    .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
                 None
             }
             Message::Barrier(b) => inputs.barrier(i, b),
@@ -1024,8 +1031,14 @@ async fn flush(
         .metrics
         .bytes_out
         .fetch_add(crate::metrics::batch_bytes(&batch), Relaxed);
+    let started = Instant::now();
     chain.process(batch).await?;
-    emit_watermark(src, chain, clocks, last_wm).await
+    let r = emit_watermark(src, chain, clocks, last_wm).await;
+    src.ctx
+        .metrics
+        .busy_ns
+        .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+    r
 }
 
 /// Emits the subtask's watermark if it advanced (or the subtask turned idle or active).

@@ -80,9 +80,9 @@ async fn job(Path(id): Path<String>) -> Result<Html<String>, (StatusCode, String
 <div class="card"><div class="label">Checkpoints</div><div class="value" id="checkpoint-counts">–</div><div class="sub">completed / failed</div></div>
 <div class="card"><div class="label">Restarts</div><div class="value" id="restarts">–</div><div class="sub" id="alerts-state"></div></div>
 </div></section>
-<section><h2>Dataflow</h2><p class="hint">Per operator, live: records in/s → out/s; p99 end-to-end latency at sinks; backpressure = share of time blocked on full output channels; queue = rows waiting at its inputs.</p>
+<section><h2>Dataflow</h2><p class="hint">Per operator, live: records in/s → out/s; p99 end-to-end latency at sinks; busy = share of time its task spent handling input (first operator of a task); backpressure = share of time blocked on full output channels; queue = batches waiting at its inputs; lag = Kafka records behind.</p>
 <div id="graph-box"><svg id="graph" role="img" aria-label="dataflow graph"></svg></div>
-<table id="operators"><thead><tr><th>Operator</th><th>Parallelism</th><th>Records in</th><th>In/s</th><th>Records out</th><th>Out/s</th><th>p50 / p99 latency</th><th>Backpressure</th><th>Queue</th><th>Watermark</th><th>Dead letters</th><th>Late</th></tr></thead><tbody></tbody></table></section>
+<table id="operators"><thead><tr><th>Operator</th><th>Parallelism</th><th>Records in</th><th>In/s</th><th>Records out</th><th>Out/s</th><th>p50 / p99 latency</th><th>Busy</th><th>Backpressure</th><th>Queue</th><th>Watermark</th><th>Dead letters</th><th>Late</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Reads and writes</h2><p id="lineage"></p></section>
 <section><h2>Checkpoints</h2><table id="checkpoints"><thead><tr><th>Id</th><th>Kind</th><th>Status</th><th>Triggered</th><th>Duration</th><th>Size</th><th>Location</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Exceptions</h2><div id="exceptions"><p class="empty">None.</p></div></section>

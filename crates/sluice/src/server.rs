@@ -952,6 +952,8 @@ struct OperatorView {
     watermark_ms: Option<i64>,
     /// Time spent blocked on full output channels, ms (backpressure).
     backpressured_ms: u64,
+    /// Time spent handling input (first operator of a task), ms.
+    busy_ms: u64,
     /// Rows waiting at the operator's inputs (channel fill).
     input_queue: u64,
     /// Sources that know it (Kafka): records behind the end of their partitions.
@@ -996,6 +998,7 @@ fn operators(m: &JobMetrics) -> Vec<OperatorView> {
                     .then(|| lat.quantile(0.99) as f64 / 1000.0),
                 watermark_ms: wm,
                 backpressured_ms: o.sum(|s| &s.backpressured_ns) / 1_000_000,
+                busy_ms: o.sum(|s| &s.busy_ns) / 1_000_000,
                 input_queue: o.sum(|s| &s.input_queue),
                 source_lag: source_lag(o),
                 dead_letters: o.sum(|s| &s.dead_letters),
@@ -1315,51 +1318,56 @@ fn esc(s: &str) -> String {
 type Counter = (
     &'static str,
     &'static str,
-    fn(&sluice_runtime::metrics::SubtaskMetrics) -> u64,
+    fn(&sluice_runtime::metrics::SubtaskMetrics) -> f64,
 );
 
 fn render_prometheus(jobs: &[Arc<JobEntry>]) -> String {
     let mut out = String::new();
-    let counters: [Counter; 8] = [
+    let counters: [Counter; 9] = [
         (
             "sluice_records_in_total",
             "Records an operator subtask took in.",
-            |s| s.records_in.load(Relaxed),
+            |s| s.records_in.load(Relaxed) as f64,
         ),
         (
             "sluice_records_out_total",
             "Records an operator subtask emitted.",
-            |s| s.records_out.load(Relaxed),
+            |s| s.records_out.load(Relaxed) as f64,
         ),
         (
             "sluice_bytes_in_total",
             "Arrow bytes an operator subtask took in (the rows' in-memory size).",
-            |s| s.bytes_in.load(Relaxed),
+            |s| s.bytes_in.load(Relaxed) as f64,
         ),
         (
             "sluice_bytes_out_total",
             "Arrow bytes an operator subtask emitted.",
-            |s| s.bytes_out.load(Relaxed),
+            |s| s.bytes_out.load(Relaxed) as f64,
+        ),
+        (
+            "sluice_busy_seconds_total",
+            "Time a task spent handling input (its chained operators and output waits included), on its first operator.",
+            |s| s.busy_ns.load(Relaxed) as f64 / 1e9,
         ),
         (
             "sluice_input_queue",
             "Batches waiting in an operator subtask's input channels (channel fill).",
-            |s| s.input_queue.load(Relaxed),
+            |s| s.input_queue.load(Relaxed) as f64,
         ),
         (
             "sluice_dead_letters_total",
             "Records sent to the dead-letter output.",
-            |s| s.dead_letters.load(Relaxed),
+            |s| s.dead_letters.load(Relaxed) as f64,
         ),
         (
             "sluice_late_records_total",
             "Rows that arrived after their windows closed.",
-            |s| s.late_records.load(Relaxed),
+            |s| s.late_records.load(Relaxed) as f64,
         ),
         (
             "sluice_backpressured_seconds_total",
             "Time spent blocked on full output channels.",
-            |s| s.backpressured_ns.load(Relaxed) / 1_000_000_000,
+            |s| s.backpressured_ns.load(Relaxed) as f64 / 1e9,
         ),
     ];
     for (name, help, f) in counters {

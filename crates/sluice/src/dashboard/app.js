@@ -136,6 +136,7 @@ const sluice = (() => {
           inRate: Math.max(0, o.records_in - p.records_in) / dt,
           outRate: Math.max(0, o.records_out - p.records_out) / dt,
           busyBlocked: Math.min(1, Math.max(0, o.backpressured_ms - p.backpressured_ms) / (dt * 1000 * o.parallelism)),
+          busy: Math.min(1, Math.max(0, o.busy_ms - p.busy_ms) / (dt * 1000 * o.parallelism)),
         };
       }
     }
@@ -160,7 +161,7 @@ const sluice = (() => {
     const cols = {};
     for (const n of graph.nodes) (cols[depth[n.id]] = cols[depth[n.id]] || []).push(n.id);
     const pos = {};
-    const W = 270, H = 118, BW = 200, BH = 96;
+    const W = 270, H = 134, BW = 210, BH = 114;
     for (const [c, ids] of Object.entries(cols)) ids.forEach((id, i) => (pos[id] = { x: 10 + c * W, y: 10 + i * H, w: BW, h: BH, node: byId[id] }));
     const width = 10 + (Math.max(...Object.keys(cols).map(Number)) + 1) * W;
     const height = 10 + Math.max(...Object.values(cols).map((c) => c.length)) * H;
@@ -192,7 +193,8 @@ const sluice = (() => {
         const lines = [
           `in ${num(rr.inRate)}/s → out ${num(rr.outRate)}/s`,
           o.latency_p99_ms != null ? `p99 latency ${ms(o.latency_p99_ms)}` : `records ${num(o.records_out)}`,
-          `backpressure ${(bp * 100).toFixed(0)}% · queue ${num(o.input_queue)}`,
+          `busy ${((rr.busy ?? 0) * 100).toFixed(0)}% · backpressure ${(bp * 100).toFixed(0)}%`,
+          `queue ${num(o.input_queue)}${o.source_lag != null ? ` · lag ${num(o.source_lag)}` : ""}`,
         ];
         const name = p.node.name.length > 28 ? p.node.name.slice(0, 27) + "…" : p.node.name;
         const level = bp > 0.5 ? "high" : bp > 0.1 ? "mid" : "low";
@@ -237,7 +239,7 @@ ${lines.map((l, i) => `<text x="8" y="${40 + i * 18}" class="node-metric">${esc(
         return `<tr data-operator="${o.id}"><td>${esc(o.name)}</td><td class="n">${o.parallelism}</td><td class="n records-in">${num(o.records_in)}</td><td class="n">${num(rr.inRate)}</td>
 <td class="n records-out">${num(o.records_out)}</td><td class="n">${num(rr.outRate)}</td>
 <td class="n">${o.latency_p99_ms != null ? `${ms(o.latency_p50_ms)} / ${ms(o.latency_p99_ms)}` : "–"}</td>
-<td class="n">${((rr.busyBlocked ?? 0) * 100).toFixed(0)}%</td><td class="n">${num(o.input_queue)}</td>
+<td class="n">${((rr.busy ?? 0) * 100).toFixed(0)}%</td><td class="n">${((rr.busyBlocked ?? 0) * 100).toFixed(0)}%</td><td class="n">${num(o.input_queue)}</td>
 <td>${o.watermark_ms != null ? new Date(o.watermark_ms).toISOString().replace("T", " ").slice(0, 23) : "–"}</td>
 <td class="n">${num(o.dead_letters)}</td><td class="n">${num(o.late_records)}</td></tr>`;
       })

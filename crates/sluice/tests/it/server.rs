@@ -312,6 +312,7 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
         "sluice_job_running{job=\"endless\"} 0",
         "sluice_checkpoints_total{job=\"bounded\",outcome=\"completed\"}",
         "# TYPE sluice_input_queue gauge",
+        "# TYPE sluice_busy_seconds_total counter",
         "sluice_input_queue{job=\"bounded\",operator=",
         "sluice_restarts_total{job=\"failing\"} 0",
     ] {
