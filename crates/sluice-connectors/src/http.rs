@@ -1,31 +1,92 @@
-//! A minimal blocking HTTP/1.1 client (plain http, one request per connection): what the
-//! schema registry client and the `sluice` CLI's server calls need, without an HTTP stack.
+//! A minimal blocking HTTP/1.1 client (one request per connection, `http://` or
+//! `https://` through rustls with the system's trusted certificates): what the schema
+//! registry client, alert webhooks and the `sluice` CLI's server calls need, without an
+//! HTTP stack.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sluice_types::{Result, SluiceError};
 
-/// An `http://host[:port][/path]` address, parsed.
+/// An `http[s]://host[:port][/path]` address, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// Whether it is `https://`.
+    pub tls: bool,
     /// Host name or address.
     pub host: String,
-    /// Port (80 when not given).
+    /// Port (80, or 443 for https, when not given).
     pub port: u16,
     /// Path prefix without a trailing `/` (may be empty).
     pub path: String,
+    /// Certificates (PEM) trusted besides the system's, for https.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// A connection, plain or TLS.
+trait Conn: Read + Write {}
+impl<T: Read + Write> Conn for T {}
+
+/// The TLS settings trusting the system's certificates (and `ca_file`'s, if given).
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>> {
+    static SYSTEM: OnceLock<std::result::Result<Arc<rustls::ClientConfig>, String>> =
+        OnceLock::new();
+    let build = |extra: Option<&std::path::Path>| -> std::result::Result<_, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        // Certificates the system cannot parse are skipped, as browsers do.
+        let found = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(found.certs);
+        if let Some(path) = extra {
+            use rustls::pki_types::pem::PemObject as _;
+            let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("{} holds no PEM certificate", path.display()));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("a certificate of {}: {e}", path.display()))?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    };
+    let r = match ca_file {
+        None => SYSTEM.get_or_init(|| build(None)).clone(),
+        Some(path) => build(Some(path)),
+    };
+    r.map_err(SluiceError::user)
 }
 
 impl HttpUrl {
-    /// Parses an address; fails on anything but `http://`.
+    /// Trusts the PEM certificates of `path` too (a private CA), for https; checked now.
+    pub fn with_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Result<Self> {
+        let path = path.into();
+        tls_config(Some(&path))?;
+        self.ca_file = Some(path);
+        Ok(self)
+    }
+
+    /// Parses an address; fails on anything but `http://` and `https://`.
     pub fn parse(url: &str) -> Result<Self> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            SluiceError::user(format!(
-                "address `{url}` must start with http:// (https is not supported yet)"
-            ))
-        })?;
+        let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => {
+                return Err(SluiceError::user(format!(
+                    "address `{url}` must start with http:// or https://"
+                )));
+            }
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
             None => (rest, ""),
@@ -36,15 +97,17 @@ impl HttpUrl {
                 p.parse::<u16>()
                     .map_err(|_| SluiceError::user(format!("address `{url}` has a bad port")))?,
             ),
-            None => (authority, 80),
+            None => (authority, if tls { 443 } else { 80 }),
         };
         if host.is_empty() {
             return Err(SluiceError::user(format!("address `{url}` has no host")));
         }
         Ok(Self {
+            tls,
             host: host.to_string(),
             port,
             path: path.to_string(),
+            ca_file: None,
         })
     }
 
@@ -59,8 +122,20 @@ impl HttpUrl {
     ) -> Result<(u16, String)> {
         let addr = format!("{}:{}", self.host, self.port);
         let fail = |what: &str| SluiceError::external(format!("{addr}: {method} {path}: {what}"));
-        let mut s = TcpStream::connect(&addr).map_err(|e| fail("cannot connect").with_source(e))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let tcp = TcpStream::connect(&addr).map_err(|e| fail("cannot connect").with_source(e))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+        tcp.set_write_timeout(Some(Duration::from_secs(30)))?;
+        let mut s: Box<dyn Conn> = match self.tls {
+            false => Box::new(tcp),
+            true => {
+                let config = tls_config(self.ca_file.as_deref())?;
+                let name = rustls::pki_types::ServerName::try_from(self.host.clone())
+                    .map_err(|e| fail("not a TLS server name").with_source(e))?;
+                let conn = rustls::ClientConnection::new(config, name)
+                    .map_err(|e| fail("cannot start TLS").with_source(e))?;
+                Box::new(rustls::StreamOwned::new(conn, tcp))
+            }
+        };
         let body = body.unwrap_or("");
         let mut req = format!(
             "{method} {}{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -78,7 +153,7 @@ impl HttpUrl {
         // connection open despite `Connection: close`.
         let mut resp = Vec::new();
         let mut buf = [0u8; 16 * 1024];
-        let read = |s: &mut TcpStream, buf: &mut [u8]| {
+        let read = |s: &mut Box<dyn Conn>, buf: &mut [u8]| {
             s.read(buf)
                 .map_err(|e| fail("cannot read the answer").with_source(e))
         };
@@ -160,7 +235,12 @@ mod tests {
             ("localhost", 8081, "/registry")
         );
         assert_eq!(HttpUrl::parse("http://h").unwrap().port, 80);
-        assert!(HttpUrl::parse("https://x:1").is_err());
+        let s = HttpUrl::parse("https://hooks.example.com/services/T/B").unwrap();
+        assert_eq!(
+            (s.tls, s.port, s.path.as_str()),
+            (true, 443, "/services/T/B")
+        );
+        assert!(HttpUrl::parse("ftp://x:1").is_err());
         assert!(HttpUrl::parse("http://:1").is_err());
         assert!(HttpUrl::parse("http://x:port").is_err());
     }

@@ -77,7 +77,7 @@ pub enum Condition {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
-    /// `http://host:port/path`.
+    /// `http://host:port/path` or `https://…`.
     pub url: String,
     /// `json` (the notification as is) or `slack` (`{"text": …}`, as Slack, Mattermost
     /// and Rocket.Chat incoming webhooks take).
@@ -86,6 +86,20 @@ pub struct Webhook {
     /// Attempts before giving up (with backoff: 0.5 s, 1 s, 2 s, … up to 30 s).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// For `https://`: PEM certificates trusted besides the system's (a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl Webhook {
+    /// The webhook's address, with its extra trusted certificates.
+    pub fn address(&self) -> Result<sluice_connectors::http::HttpUrl> {
+        let url = sluice_connectors::http::HttpUrl::parse(&self.url)?;
+        match &self.ca_file {
+            Some(ca) => url.with_ca_file(ca),
+            None => Ok(url),
+        }
+    }
 }
 
 fn default_attempts() -> u32 {
@@ -115,7 +129,7 @@ impl AlertRule {
         if self.name.trim().is_empty() {
             return Err(SluiceError::user("an alert rule needs a name"));
         }
-        sluice_connectors::http::HttpUrl::parse(&self.webhook.url).map_err(|e| {
+        self.webhook.address().map_err(|e| {
             SluiceError::user(format!(
                 "alert rule `{}`: webhook `{}`: {}",
                 self.name, self.webhook.url, e.message
@@ -530,15 +544,15 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((500u64 << attempt.saturating_sub(1).min(10)).min(30_000))
 }
 
-/// Posts a notification, retrying with backoff; whether it was delivered and the
-/// attempts it took.
-pub async fn deliver(hook: &Webhook, n: &Notification) -> (bool, u32) {
+/// Posts a notification, retrying with backoff: the attempts it took, and the last
+/// error if it was not delivered.
+pub async fn deliver(hook: &Webhook, n: &Notification) -> (u32, Option<String>) {
     let body = n.body(hook.format);
+    let mut last = String::new();
     for attempt in 1..=hook.max_attempts {
-        let (url, b) = (hook.url.clone(), body.clone());
+        let (h, b) = (hook.clone(), body.clone());
         let r = tokio::task::spawn_blocking(move || {
-            let u = sluice_connectors::http::HttpUrl::parse(&url)?;
-            u.request(
+            h.address()?.request(
                 "POST",
                 "",
                 Some(&b),
@@ -547,21 +561,29 @@ pub async fn deliver(hook: &Webhook, n: &Notification) -> (bool, u32) {
         })
         .await;
         match r {
-            Ok(Ok((status, _))) if (200..300).contains(&status) => return (true, attempt),
+            Ok(Ok((status, _))) if (200..300).contains(&status) => return (attempt, None),
             Ok(Ok((status, text))) => {
-                tracing::warn!(url = %hook.url, status, answer = %text.chars().take(200).collect::<String>(), attempt, "the alert webhook refused a notification")
+                last = format!(
+                    "HTTP {status}: {}",
+                    text.chars().take(200).collect::<String>()
+                );
+                tracing::warn!(url = %hook.url, answer = %last, attempt, "the alert webhook refused a notification");
             }
             Ok(Err(e)) => {
-                tracing::warn!(url = %hook.url, error = %e, attempt, "cannot reach the alert webhook")
+                last = e.report().lines().next().unwrap_or_default().to_string();
+                tracing::warn!(url = %hook.url, error = %e, attempt, "cannot reach the alert webhook");
             }
-            Err(e) => tracing::warn!(error = %e, "the webhook call did not run"),
+            Err(e) => {
+                last = e.to_string();
+                tracing::warn!(error = %e, "the webhook call did not run");
+            }
         }
         if attempt < hook.max_attempts {
             tokio::time::sleep(backoff(attempt)).await;
         }
     }
-    tracing::error!(url = %hook.url, id = %n.id, status = n.status, "gave up delivering an alert");
-    (false, hook.max_attempts)
+    tracing::error!(url = %hook.url, id = %n.id, status = n.status, error = %last, "gave up delivering an alert");
+    (hook.max_attempts, Some(last))
 }
 
 #[cfg(test)]
@@ -578,6 +600,7 @@ mod tests {
                 url: "http://127.0.0.1:9/hook".into(),
                 format: WebhookFormat::Json,
                 max_attempts: 1,
+                ca_file: None,
             },
         }
     }
@@ -737,8 +760,12 @@ mod tests {
     #[test]
     fn bad_rules_are_refused_with_the_reason() {
         let mut r = rule("x", Condition::JobFailed, 0);
-        r.webhook.url = "https://hooks.example.com/x".into();
+        r.webhook.url = "hooks.example.com/x".into();
         assert!(r.validate().unwrap_err().message.contains("webhook"));
+        r.webhook.url = "https://hooks.example.com/x".into();
+        r.validate().unwrap();
+        r.webhook.ca_file = Some("/nonexistent/ca.pem".into());
+        assert!(r.validate().unwrap_err().message.contains("ca.pem"));
         let r = rule(
             "y",
             Condition::Restarts {

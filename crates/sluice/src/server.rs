@@ -367,6 +367,9 @@ pub struct Delivery {
     pub delivered: bool,
     /// Attempts made.
     pub attempts: u32,
+    /// Why the last attempt failed, when it was not delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// When it was done, epoch ms.
     pub time_ms: i64,
 }
@@ -732,7 +735,7 @@ impl JobManager {
             tracing::warn!(rule = %n.rule, job = %n.job, status = n.status, value = %n.value, "alert");
             let m = Arc::clone(self);
             tokio::spawn(async move {
-                let (delivered, attempts) = crate::alerts::deliver(&hook, &n).await;
+                let (attempts, error) = crate::alerts::deliver(&hook, &n).await;
                 let mut d = m.deliveries.lock().unwrap_or_else(|p| p.into_inner());
                 if d.len() == DELIVERIES_KEPT {
                     d.pop_front();
@@ -740,8 +743,9 @@ impl JobManager {
                 d.push_back(Delivery {
                     notification: n,
                     url: hook.url,
-                    delivered,
+                    delivered: error.is_none(),
                     attempts,
+                    error,
                     time_ms: now_ms(),
                 });
             });

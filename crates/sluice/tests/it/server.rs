@@ -719,7 +719,7 @@ fn alerts_fire_and_resolve_once_each_at_a_webhook_with_retries() {
     .unwrap();
     // A bad rules file stops the server at start-up, with the reason.
     let bad = dir.path().join("bad.json");
-    std::fs::write(&bad, r#"[{"name": "x", "condition": {"type": "latency_p99", "above_ms": 1}, "webhook": {"url": "https://slack.example/x"}}]"#).unwrap();
+    std::fs::write(&bad, r#"[{"name": "x", "condition": {"type": "latency_p99", "above_ms": 1}, "webhook": {"url": "slack.example/x"}}]"#).unwrap();
     let out = Command::new(BIN)
         .args([
             "server",
@@ -881,4 +881,202 @@ fn alerts_fire_and_resolve_once_each_at_a_webhook_with_retries() {
     assert_eq!(ids.len(), 2);
     assert_eq!(ids[0], ids[1]);
     assert!(alerts["active"].as_array().unwrap().is_empty(), "{alerts}");
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it (openssl CLI): (CA PEM, leaf PEM,
+/// leaf key PEM).
+fn test_certificates(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>, Vec<u8>) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("this test needs the openssl command (Debian's openssl): {e}")
+            });
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sluice test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        std::fs::read(dir.join("leaf.pem")).unwrap(),
+        std::fs::read(dir.join("leaf.key")).unwrap(),
+    )
+}
+
+/// An https webhook receiver (rustls) keeping every body it gets.
+fn https_receiver(
+    cert: &[u8],
+    key: &[u8],
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use rustls::pki_types::pem::PemObject as _;
+    use std::io::{Read, Write};
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key).unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}/hook", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = std::sync::Arc::clone(&got);
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { continue };
+            let conn = rustls::ServerConnection::new(std::sync::Arc::clone(&config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // A client that does not trust the certificate ends the handshake: skip it.
+            while let Ok(n) = tls.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        g.lock().unwrap().push(body.to_string());
+                        let _ = tls.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        );
+                        let _ = tls.flush();
+                        tls.conn.send_close_notify();
+                        let _ = tls.flush();
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    (url, got)
+}
+
+#[test]
+fn alerts_reach_https_webhooks_that_the_given_ca_vouches_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(dir.path());
+    let (url, got) = https_receiver(&cert, &key);
+    let (server, _data) = start_server(&["--alert-interval", "100ms"]);
+    // Trusting the test CA: delivered. Trusting only the system's CAs: refused.
+    for (name, ca_file) in [("trusted", Some(ca.to_str().unwrap())), ("untrusted", None)] {
+        let mut hook = serde_json::json!({"url": url, "max_attempts": 1});
+        if let Some(ca) = ca_file {
+            hook["ca_file"] = ca.into();
+        }
+        let rule = serde_json::json!({
+            "name": name, "condition": {"type": "job_failed"}, "job": "broken", "webhook": hook
+        });
+        let (status, v) = server.call("POST", "/api/alerts/rules", Some(&rule.to_string()));
+        assert_eq!(status, 201, "{v}");
+    }
+    let (status, v) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(&serde_json::json!({ "sql": FAILING, "name": "broken" }).to_string()),
+    );
+    assert_eq!(status, 201, "{v}");
+    let start = Instant::now();
+    let deliveries = loop {
+        let (_, alerts) = server.call("GET", "/api/alerts", None);
+        let d = alerts["deliveries"].as_array().unwrap().clone();
+        if d.len() == 2 {
+            break d;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{alerts}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let outcome = |rule: &str| {
+        deliveries
+            .iter()
+            .find(|d| d["notification"]["rule"] == rule)
+            .map(|d| d["delivered"].as_bool().unwrap())
+    };
+    assert_eq!(outcome("trusted"), Some(true), "{deliveries:?}");
+    assert_eq!(outcome("untrusted"), Some(false), "{deliveries:?}");
+    let bodies = got.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    let n: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(
+        (n["rule"].as_str(), n["status"].as_str()),
+        (Some("trusted"), Some("firing"))
+    );
 }
