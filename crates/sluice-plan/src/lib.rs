@@ -129,6 +129,18 @@ pub enum NodeKind {
         /// Aggregate expressions (`count`, `sum`, `min`, `max`, `avg`, any UDAF), aliased.
         aggregates: Vec<Expr>,
     },
+    /// A keyed running aggregate over an updating input (upserts by `upsert_key`): each
+    /// row replaces the earlier row of its upsert key in its group's aggregates. The
+    /// keys must be among the upsert key columns. Emits upserts by key, like
+    /// [`NodeKind::Aggregate`].
+    UpdatingAggregate {
+        /// Grouping columns (a subset of `upsert_key`).
+        keys: Vec<String>,
+        /// The input's upsert key.
+        upsert_key: Vec<String>,
+        /// Aggregate expressions (count, sum, avg, min, max), aliased.
+        aggregates: Vec<Expr>,
+    },
     /// An event-time window aggregate: per key (or over all rows if no keys) and window,
     /// one row when the watermark passes the window's end.
     WindowAggregate {
@@ -171,6 +183,8 @@ pub enum NodeKind {
         order_by: String,
         /// Largest first.
         descending: bool,
+        /// Further ordering columns for rows equal in `order_by` (column, descending).
+        then_by: Vec<(String, bool)>,
         /// The largest rank kept.
         limit: usize,
         /// Name of the rank column added before `_timestamp`.
@@ -381,6 +395,7 @@ impl NodeKind {
             NodeKind::Filter { .. } => "filter".into(),
             NodeKind::Project { .. } => "project".into(),
             NodeKind::Aggregate { .. } => "aggregate".into(),
+            NodeKind::UpdatingAggregate { .. } => "updating aggregate".into(),
             NodeKind::WindowAggregate { window, .. } => format!("window-aggregate {window}"),
             NodeKind::TopNPerWindow {
                 order_by,
@@ -406,12 +421,17 @@ impl NodeKind {
             NodeKind::TopN {
                 order_by,
                 descending,
+                then_by,
                 limit,
                 ..
-            } => format!(
-                "top-{limit} by {order_by} {}",
-                if *descending { "desc" } else { "asc" }
-            ),
+            } => {
+                let dir = |d: bool| if d { "desc" } else { "asc" };
+                let mut by = format!("{order_by} {}", dir(*descending));
+                for (c, d) in then_by {
+                    by.push_str(&format!(", {c} {}", dir(*d)));
+                }
+                format!("top-{limit} by {by}")
+            }
             NodeKind::Join {
                 left_keys,
                 right_keys,

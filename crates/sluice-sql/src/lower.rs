@@ -665,12 +665,54 @@ impl<'a> Lowerer<'a> {
             input = self.project(&input, exprs, cols);
             input.window = w;
         }
-        if input.updating {
-            return Err(SqlError::unsupported(
-                "an aggregate over the updates of another GROUP BY",
-            ));
-        }
         let p = self.parallelism;
+        if input.updating {
+            // The upserts of another GROUP BY (or Top-N): each row replaces the earlier
+            // row of its key, so it is taken back out of its group first.
+            if window.is_some() {
+                return Err(SqlError::unsupported(
+                    "a windowed aggregate over an updating input (a GROUP BY without windows)",
+                ));
+            }
+            let Some(upsert_key) = input.upsert_key.clone() else {
+                return Err(SqlError::unsupported(
+                    "an aggregate over an updating input whose key columns were not all selected (keep every GROUP BY column of the inner query in its SELECT list)",
+                ));
+            };
+            if let Some(k) = keys.iter().find(|k| !upsert_key.contains(k)) {
+                return Err(SqlError::unsupported(format!(
+                    "GROUP BY `{k}` over an updating input whose rows are identified by ({}): group by those columns (or some of them), so that every update of a row stays in its group",
+                    upsert_key.join(", ")
+                )));
+            }
+            if keys.is_empty() {
+                return Err(SqlError::unsupported(
+                    "a global aggregate (no GROUP BY) over an updating input",
+                ));
+            }
+            let node = self.add(
+                &input,
+                NodeKind::UpdatingAggregate {
+                    keys: keys.clone(),
+                    upsert_key,
+                    aggregates,
+                },
+                p,
+                Some(Partitioning::Hash(keys.clone())),
+            );
+            let key_names = keys.clone();
+            let mut columns = keys;
+            columns.extend(names[n_groups..].iter().cloned());
+            return Ok(Lowered {
+                node,
+                columns,
+                rowtime: None,
+                window: None,
+                updating: true,
+                upsert_key: Some(key_names),
+                window_end: None,
+            });
+        }
         if let Some(tvf) = window {
             if window_cols.len() != 2 {
                 return Err(SqlError::new(
@@ -1143,10 +1185,13 @@ impl<'a> Lowerer<'a> {
         let rank_name = column.clone();
         let mut name = column;
         let mut plan = f.input.as_ref();
+        // The projections passed on the way down, re-applied over the Top-N's output.
+        let mut skipped: Vec<&datafusion_expr::logical_plan::Projection> = Vec::new();
         let window = loop {
             match plan {
                 LogicalPlan::SubqueryAlias(a) => plan = &a.input,
                 LogicalPlan::Projection(p) => {
+                    skipped.push(p);
                     let Some(i) = p.schema.fields().iter().position(|f| f.name() == &name) else {
                         return Ok(None);
                     };
@@ -1180,6 +1225,7 @@ impl<'a> Lowerer<'a> {
                 "more than one OVER (…) function in a Top-N",
             ));
         }
+        let window_out = window.schema.field(i).name().clone();
         let Expr::WindowFunction(wf) = window.window_expr[0].clone().unalias() else {
             return Ok(None);
         };
@@ -1211,14 +1257,25 @@ impl<'a> Lowerer<'a> {
         let per_window = WINDOW_COLUMNS
             .iter()
             .all(|w| partition.iter().any(|p| p == w));
-        let [order] = params.order_by.as_slice() else {
-            return Err(SqlError::new("a Top-N orders by exactly one column"));
+        let Some((order, more)) = params.order_by.split_first() else {
+            return Err(SqlError::new("a Top-N needs an ORDER BY"));
         };
         let Some(order_by) = as_column(&resolve(&order.expr, &input.columns)).map(str::to_string)
         else {
             return Err(SqlError::new("a Top-N orders by a column"));
         };
-        for c in partition.iter().chain([&order_by]) {
+        let mut then_by = Vec::new();
+        for o in more {
+            let Some(c) = as_column(&resolve(&o.expr, &input.columns)).map(str::to_string) else {
+                return Err(SqlError::new("a Top-N orders by columns"));
+            };
+            then_by.push((c, !o.asc));
+        }
+        for c in partition
+            .iter()
+            .chain([&order_by])
+            .chain(then_by.iter().map(|(c, _)| c))
+        {
             if !input.columns.contains(c) {
                 return Err(SqlError::new(format!(
                     "Top-N column `{c}` is not available here"
@@ -1251,6 +1308,7 @@ impl<'a> Lowerer<'a> {
                     partition_by: partition,
                     order_by,
                     descending: !order.asc,
+                    then_by,
                     limit,
                     rank_column: rank_name.clone(),
                 },
@@ -1258,8 +1316,8 @@ impl<'a> Lowerer<'a> {
                 edge,
             );
             let mut columns = input.columns.clone();
-            columns.push(rank_name);
-            return Ok(Some(Lowered {
+            columns.push(rank_name.clone());
+            let out = Lowered {
                 node,
                 columns,
                 rowtime: None,
@@ -1267,7 +1325,13 @@ impl<'a> Lowerer<'a> {
                 updating: true,
                 upsert_key: Some(upsert_key),
                 window_end: None,
-            }));
+            };
+            return Ok(Some(self.reproject(out, &skipped, &window_out, &rank_name)));
+        }
+        if !then_by.is_empty() {
+            return Err(SqlError::unsupported(
+                "a Top-N per window ordered by more than one column",
+            ));
         }
         let others: Vec<String> = partition
             .iter()
@@ -1290,12 +1354,45 @@ impl<'a> Lowerer<'a> {
             Some(Partitioning::Hash(hash)),
         );
         let mut columns = input.columns.clone();
-        columns.push(rank_name);
-        Ok(Some(Lowered {
+        columns.push(rank_name.clone());
+        let out = Lowered {
             node,
             columns,
             ..input
-        }))
+        };
+        Ok(Some(self.reproject(out, &skipped, &window_out, &rank_name)))
+    }
+
+    /// Re-applies the column projections (renames, reorders, drops) that lay between a
+    /// Top-N's filter and its OVER window, innermost first; the window function's output
+    /// is the rank column.
+    fn reproject(
+        &mut self,
+        mut out: Lowered,
+        skipped: &[&datafusion_expr::logical_plan::Projection],
+        window_out: &str,
+        rank: &str,
+    ) -> Lowered {
+        for p in skipped.iter().rev() {
+            let mut exprs = Vec::with_capacity(p.expr.len());
+            let mut names = Vec::with_capacity(p.expr.len());
+            for (e, f) in p.expr.iter().zip(p.schema.fields()) {
+                let e = e.clone().unalias();
+                let source = match &e {
+                    Expr::Column(c) if c.name == window_out => rank.to_string(),
+                    _ => match as_column(&resolve(&e, &out.columns)) {
+                        Some(c) if out.columns.iter().any(|x| x == c) => c.to_string(),
+                        // Not a plain column of ours: keep the Top-N's output as it is.
+                        _ => return out,
+                    },
+                };
+                exprs.push(ucol(source.as_str()));
+                names.push(f.name().clone());
+            }
+            // The rank column keeps its name when the projection passes it on as is.
+            out = self.project(&out, exprs, names);
+        }
+        out
     }
 
     /// Routes a window aggregate's late rows to a table, by column name.

@@ -10,6 +10,7 @@ pub mod join;
 pub mod lookup;
 pub mod project;
 pub mod rank;
+pub mod retract;
 pub mod session;
 #[cfg(test)]
 mod test_util;
@@ -48,6 +49,11 @@ pub fn prepare(
         NodeKind::Aggregate { keys, aggregates } => {
             aggregate::AggregateOperator::prepare(keys, aggregates, input)
         }
+        NodeKind::UpdatingAggregate {
+            keys,
+            upsert_key,
+            aggregates,
+        } => retract::RetractAggregateOperator::prepare(keys, upsert_key, aggregates, input),
         NodeKind::WindowAggregate {
             keys,
             window,
@@ -117,12 +123,14 @@ pub fn prepare(
             partition_by,
             order_by,
             descending,
+            then_by,
             limit,
             rank_column,
-        } => rank::TopNOperator::prepare(
+        } => rank::TopNOperator::prepare_ordered(
             partition_by,
             order_by,
             *descending,
+            then_by,
             *limit,
             rank_column,
             input,

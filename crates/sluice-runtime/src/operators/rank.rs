@@ -44,7 +44,8 @@ pub struct TopNOperator {
     out_schema: SchemaRef,
     partition: Vec<usize>,
     partition_types: Vec<DataType>,
-    order: usize,
+    /// The ordering columns with their directions (the first decides ties' direction).
+    order: Vec<(usize, bool)>,
     descending: bool,
     limit: usize,
     /// Partition key → its best rows, in rank order.
@@ -73,6 +74,28 @@ impl TopNOperator {
         rank_column: &str,
         input: &SchemaRef,
     ) -> Result<PreparedOperator> {
+        Self::prepare_ordered(
+            partition_by,
+            order_by,
+            descending,
+            &[],
+            limit,
+            rank_column,
+            input,
+        )
+    }
+
+    /// [`Self::prepare`] with further ordering columns for rows equal in `order_by`
+    /// (`ORDER BY price DESC, date_time ASC`).
+    pub fn prepare_ordered(
+        partition_by: &[String],
+        order_by: &str,
+        descending: bool,
+        then_by: &[(String, bool)],
+        limit: usize,
+        rank_column: &str,
+        input: &SchemaRef,
+    ) -> Result<PreparedOperator> {
         if limit == 0 {
             return Err(SluiceError::user("top-n needs n >= 1"));
         }
@@ -85,7 +108,10 @@ impl TopNOperator {
             .iter()
             .map(|p| index(p, "partition"))
             .collect::<Result<_>>()?;
-        let order = index(order_by, "order")?;
+        let mut order = vec![(index(order_by, "order")?, descending)];
+        for (c, d) in then_by {
+            order.push((index(c, "order")?, *d));
+        }
         if input.field_with_name(rank_column).is_ok() {
             return Err(SluiceError::user(format!(
                 "top-n: the rank column `{rank_column}` clashes with an input column"
@@ -117,17 +143,22 @@ impl TopNOperator {
         out_schema: SchemaRef,
         partition: Vec<usize>,
         partition_types: Vec<DataType>,
-        order: usize,
+        order: Vec<(usize, bool)>,
         descending: bool,
         limit: usize,
     ) -> Result<Self> {
-        let order_field = SortField::new_with_options(
-            input.field(order).data_type().clone(),
-            SortOptions {
-                descending,
-                nulls_first: false,
-            },
-        );
+        let order_fields: Vec<SortField> = order
+            .iter()
+            .map(|&(i, descending)| {
+                SortField::new_with_options(
+                    input.field(i).data_type().clone(),
+                    SortOptions {
+                        descending,
+                        nulls_first: false,
+                    },
+                )
+            })
+            .collect();
         let all: Vec<DataType> = input
             .fields()
             .iter()
@@ -135,7 +166,7 @@ impl TopNOperator {
             .collect();
         Ok(Self {
             keys: converter(&partition_types)?,
-            orders: RowConverter::new(vec![order_field]).map_err(|e| {
+            orders: RowConverter::new(order_fields).map_err(|e| {
                 SluiceError::user("top-n: cannot order by that type").with_source(e)
             })?,
             rows: converter(&all)?,
@@ -157,7 +188,7 @@ impl TopNOperator {
             Arc::clone(&self.out_schema),
             self.partition.clone(),
             self.partition_types.clone(),
-            self.order,
+            self.order.clone(),
             self.descending,
             self.limit,
         )
@@ -179,9 +210,12 @@ impl TopNOperator {
     /// partition, the first rank that changed.
     fn absorb(&mut self, data: &RecordBatch) -> Result<HashMap<Box<[u8]>, usize>> {
         let keys = self.partition_keys(data)?;
-        let orders = self
-            .orders
-            .convert_columns(&[Arc::clone(data.column(self.order))])?;
+        let order_cols: Vec<ArrayRef> = self
+            .order
+            .iter()
+            .map(|&(i, _)| Arc::clone(data.column(i)))
+            .collect();
+        let orders = self.orders.convert_columns(&order_cols)?;
         let rows = self.rows.convert_columns(data.columns())?;
         let mut changed: HashMap<Box<[u8]>, usize> = HashMap::new();
         for i in 0..data.num_rows() {

@@ -391,6 +391,23 @@ fn batch_sql(name: &str) -> &'static str {
              FROM auction AS A INNER JOIN person AS P ON A.seller = P.id
              WHERE A.category = 10 AND (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA')"
         }
+        "q4" => {
+            "SELECT Q.category, AVG(Q.final) FROM (
+               SELECT MAX(B.price) AS final, A.id, A.category
+               FROM auction A, bid B
+               WHERE A.id = B.auction AND B.date_time BETWEEN A.date_time AND A.expires
+               GROUP BY A.id, A.category) Q
+             GROUP BY Q.category"
+        }
+        "q9" => {
+            "SELECT id, item_name, description, initial_bid, reserve, date_time, expires, seller, category,
+                    auction, bidder, price, bid_date_time FROM (
+               SELECT A.*, B.auction, B.bidder, B.price, B.date_time AS bid_date_time,
+                 ROW_NUMBER() OVER (PARTITION BY A.id ORDER BY B.price DESC, B.date_time ASC) AS rownum
+               FROM auction A, bid B
+               WHERE A.id = B.auction AND B.date_time BETWEEN A.date_time AND A.expires)
+             WHERE rownum <= 1"
+        }
         "q8" => {
             "SELECT P.id, P.name, to_timestamp_millis(P.w * 10000)
              FROM (SELECT DISTINCT id, name, CAST(date_time AS BIGINT) / 10000 AS w FROM person) P
@@ -519,7 +536,7 @@ fn batch_sql(name: &str) -> &'static str {
 /// Upsert queries: how many leading columns are the key.
 fn upsert_keys(name: &str) -> Option<usize> {
     match name {
-        "q15" => Some(1),
+        "q4" | "q9" | "q15" => Some(1),
         "q16" | "q17" | "q18" | "q19" => Some(2),
         _ => None,
     }
