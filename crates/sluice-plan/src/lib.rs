@@ -246,6 +246,15 @@ pub enum WindowSpec {
         /// Distance between window starts.
         slide: Duration,
     },
+    /// Windows that grow by `step` from a start aligned to `size` until they reach `size`
+    /// (`[s, s + step)`, `[s, s + 2 step)`, … `[s, s + size)`), as Flink's CUMULATE: a
+    /// running total per period, emitted every step.
+    Cumulate {
+        /// The largest window, and the period of the starts.
+        size: Duration,
+        /// How much each window is longer than the previous one.
+        step: Duration,
+    },
     /// Per key, rows closer than `gap` in event time form one session; a session ends
     /// `gap` after its last row.
     Session {
@@ -368,6 +377,9 @@ impl WindowSpec {
             WindowSpec::Hopping { size, slide } => {
                 Some((size.as_millis() as i64, slide.as_millis() as i64))
             }
+            WindowSpec::Cumulate { size, step } => {
+                Some((size.as_millis() as i64, step.as_millis() as i64))
+            }
             WindowSpec::Session { .. } | WindowSpec::Count { .. } | WindowSpec::Global { .. } => {
                 None
             }
@@ -380,6 +392,9 @@ impl fmt::Display for WindowSpec {
         match self {
             WindowSpec::Tumbling { size } => write!(f, "TUMBLE({size:?})"),
             WindowSpec::Hopping { size, slide } => write!(f, "HOP({size:?}, slide {slide:?})"),
+            WindowSpec::Cumulate { size, step } => {
+                write!(f, "CUMULATE({size:?}, step {step:?})")
+            }
             WindowSpec::Session { gap } => write!(f, "SESSION(gap {gap:?})"),
             WindowSpec::Count { size, slide } => write!(f, "COUNT({size} rows, slide {slide})"),
             WindowSpec::Global { trigger } => write!(f, "GLOBAL(trigger {trigger})"),

@@ -38,6 +38,8 @@ pub enum TvfKind {
     Tumble(u64),
     /// `HOP`: size and slide in ms.
     Hop(u64, u64),
+    /// `CUMULATE`: size and step in ms.
+    Cumulate(u64, u64),
     /// `SESSION`: gap in ms.
     Session(u64),
     /// `TUMBLE_ROWS`/`HOP_ROWS`: size and slide in rows.
@@ -55,6 +57,10 @@ impl TvfKind {
             TvfKind::Hop(size, slide) => WindowSpec::Hopping {
                 size: Duration::from_millis(size),
                 slide: Duration::from_millis(slide),
+            },
+            TvfKind::Cumulate(size, step) => WindowSpec::Cumulate {
+                size: Duration::from_millis(size),
+                step: Duration::from_millis(step),
             },
             TvfKind::Session(gap) => WindowSpec::Session {
                 gap: Duration::from_millis(gap),
@@ -171,7 +177,7 @@ fn err(
     ))
 }
 
-const USAGE: &str = "window functions take: TUMBLE(TABLE t, DESCRIPTOR(time_col), size), HOP(TABLE t, DESCRIPTOR(time_col), slide, size), SESSION(TABLE t, DESCRIPTOR(time_col), gap), TUMBLE_ROWS(TABLE t, rows), HOP_ROWS(TABLE t, slide_rows, size_rows)";
+const USAGE: &str = "window functions take: TUMBLE(TABLE t, DESCRIPTOR(time_col), size), HOP(TABLE t, DESCRIPTOR(time_col), slide, size), CUMULATE(TABLE t, DESCRIPTOR(time_col), step, size), SESSION(TABLE t, DESCRIPTOR(time_col), gap), TUMBLE_ROWS(TABLE t, rows), HOP_ROWS(TABLE t, slide_rows, size_rows)";
 
 impl RelationPlanner for WindowTvfPlanner {
     fn plan_relation(
@@ -192,13 +198,11 @@ impl RelationPlanner for WindowTvfPlanner {
         let name = f.name.to_string().to_ascii_lowercase();
         if !matches!(
             name.as_str(),
-            "tumble" | "hop" | "session" | "tumble_rows" | "hop_rows"
+            "tumble" | "hop" | "cumulate" | "session" | "tumble_rows" | "hop_rows"
         ) {
             return Err(err(
                 span,
-                format!(
-                    "unknown table function `{name}`; {USAGE}. (CUMULATE is not supported yet.)"
-                ),
+                format!("unknown table function `{name}`; {USAGE}"),
             ));
         }
         let FunctionArguments::List(list) = &f.args else {
@@ -287,6 +291,17 @@ impl RelationPlanner for WindowTvfPlanner {
                 }
                 TvfKind::Hop(size, slide)
             }
+            "cumulate" => {
+                let step = need_interval(get(0, "step"), "step", span, ctx)?;
+                let size = need_interval(get(1, "size"), "size", span, ctx)?;
+                if step == 0 || step > size || size % step != 0 {
+                    return Err(err(
+                        span,
+                        "CUMULATE's size must be a whole number of steps (step first, then size)",
+                    ));
+                }
+                TvfKind::Cumulate(size, step)
+            }
             "session" => TvfKind::Session(need_interval(get(0, "gap"), "gap", span, ctx)?),
             "tumble_rows" => {
                 let size = need_count(get(0, "size"), "size", span)?;
@@ -299,7 +314,11 @@ impl RelationPlanner for WindowTvfPlanner {
             }
         };
         let expected = match kind {
-            TvfKind::Hop(..) | TvfKind::Rows(..) if name != "tumble_rows" => 2,
+            TvfKind::Hop(..) | TvfKind::Cumulate(..) | TvfKind::Rows(..)
+                if name != "tumble_rows" =>
+            {
+                2
+            }
             _ => 1,
         };
         if rest.len() > expected {

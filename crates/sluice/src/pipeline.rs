@@ -546,6 +546,12 @@ impl Window {
         Self(WindowSpec::Hopping { size, slide })
     }
 
+    /// Windows growing by `step` from each period of `size` (`[p, p + step)`,
+    /// `[p, p + 2 step)`, … `[p, p + size)`): a running result per period, every step.
+    pub fn cumulate(size: Duration, step: Duration) -> Self {
+        Self(WindowSpec::Cumulate { size, step })
+    }
+
     /// Per key, rows closer than `gap` form one session, which ends `gap` after its
     /// last row.
     pub fn session(gap: Duration) -> Self {

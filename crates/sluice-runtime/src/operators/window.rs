@@ -238,9 +238,23 @@ struct Geometry {
     /// Slice width: gcd(size, slide).
     width: i64,
     lateness: i64,
+    /// CUMULATE: the windows of a period share its start (a multiple of `size`) and end
+    /// every `slide` (the step) up to `start + size`.
+    cumulate: bool,
 }
 
 impl Geometry {
+    /// Where the window ending at `end` starts.
+    fn start_of(&self, end: i64) -> i64 {
+        match self.cumulate {
+            true => end
+                .saturating_sub(1)
+                .div_euclid(self.size)
+                .saturating_mul(self.size),
+            false => end.saturating_sub(self.size),
+        }
+    }
+
     fn slice_of(&self, t: i64) -> i64 {
         t.div_euclid(self.width).saturating_mul(self.width)
     }
@@ -248,6 +262,13 @@ impl Geometry {
     /// Window starts lie on the slide grid; ends are `start + size` (on the grid only
     /// when the slide divides the size). The smallest window end at or above `x`.
     fn end_at_or_after(&self, x: i64) -> i64 {
+        if self.cumulate {
+            // Every point of the step grid ends a window.
+            return x
+                .saturating_add(self.slide - 1)
+                .div_euclid(self.slide)
+                .saturating_mul(self.slide);
+        }
         let start = x.saturating_sub(self.size);
         start
             .saturating_add(self.slide - 1)
@@ -265,6 +286,13 @@ impl Geometry {
     /// End of the last window containing the slice starting at `s`
     /// (the last grid start at or before `s`).
     fn last_end(&self, s: i64) -> i64 {
+        if self.cumulate {
+            // The period's full window.
+            return s
+                .div_euclid(self.size)
+                .saturating_mul(self.size)
+                .saturating_add(self.size);
+        }
         s.div_euclid(self.slide)
             .saturating_mul(self.slide)
             .saturating_add(self.size)
@@ -458,6 +486,12 @@ impl WindowAggregateOperator {
                 "window {window}: the slide is longer than the size, so rows between windows would be lost"
             )));
         }
+        let cumulate = matches!(window, WindowSpec::Cumulate { .. });
+        if cumulate && size % slide != 0 {
+            return Err(SluiceError::user(format!(
+                "window {window}: the size must be a whole number of steps"
+            )));
+        }
         let planned =
             PlannedAggregates::plan(keys, aggregates, input, &[WINDOW_START, WINDOW_END])?;
         let schema = window_output_schema(&planned)?;
@@ -474,6 +508,7 @@ impl WindowAggregateOperator {
                 slide,
                 width: gcd(size, slide),
                 lateness: allowed_lateness.as_millis() as i64,
+                cumulate,
             },
             key_indices: planned.key_indices,
             key_types,
@@ -608,7 +643,7 @@ impl WindowAggregateOperator {
     }
 
     fn evaluate_window(&mut self, end: i64, last: bool) -> Result<Option<RecordBatch>> {
-        let start = end.saturating_sub(self.geometry.size);
+        let start = self.geometry.start_of(end);
         let members: Vec<i64> = self.slices.range(start..end).map(|(&s, _)| s).collect();
         if members.is_empty() {
             return Ok(None);
@@ -1532,6 +1567,68 @@ mod tests {
                 let width = gcd(size, slide);
                 let bound = ((size + BOUND + 40 * 40) / width + 2) as usize;
                 prop_assert!(max_slices <= bound, "{} slices held, bound {}", max_slices, bound);
+            }
+
+            #[test]
+            fn cumulate_windows_equal_a_batch_computation(
+                (steps, step) in (1..=4i64, 1..=3i64).prop_map(|(k, s)| (k, 100 * s)),
+                events in prop::collection::vec((0..4i64, -50..50i64, 0..40i64, 0..=BOUND), 1..300),
+                cuts in prop::collection::vec(1..40usize, 1..20),
+            ) {
+                let size = steps * step;
+                let mut base = 0;
+                let rows: Vec<(i64, i64, i64)> = events
+                    .iter()
+                    .map(|&(k, v, d, jitter)| {
+                        base += d;
+                        (k, v, base - jitter)
+                    })
+                    .collect();
+                // From scratch: a row at t is in its period's windows that end after t.
+                let mut acc: BTreeMap<(i64, i64, i64), (i64, i64, i64)> = BTreeMap::new();
+                for &(k, v, t) in &rows {
+                    let start = t.div_euclid(size) * size;
+                    let mut end = start + step;
+                    while end <= start + size {
+                        if end > t {
+                            let e = acc.entry((k, start, end)).or_insert((0, 0, i64::MIN));
+                            *e = (e.0 + 1, e.1 + v, e.2.max(v));
+                        }
+                        end += step;
+                    }
+                }
+                let mut want: Vec<String> = acc
+                    .into_iter()
+                    .map(|((k, s, e), (n, total, hi))| format!("k{k},{s},{e},{n},{total},{hi}"))
+                    .collect();
+                want.sort();
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let keys = ["k".to_string()];
+                let aggs = [count(col("v")).alias("n"), sum(col("v")).alias("total"), max(col("v")).alias("hi")];
+                let schema = batch(&rows[..1]).data.schema();
+                let window = WindowSpec::Cumulate {
+                    size: Duration::from_millis(size as u64),
+                    step: Duration::from_millis(step as u64),
+                };
+                let mut op = WindowAggregateOperator::new(&keys, window, &aggs, Duration::ZERO, &schema).unwrap();
+                let mut ctx = OperatorContext::for_test(schema);
+                let mut out = crate::operator::VecCollector::default();
+                rt.block_on(async {
+                    let mut at = 0;
+                    let mut max_t = i64::MIN;
+                    for c in cuts.iter().cycle() {
+                        if at >= rows.len() { break; }
+                        let end = (at + c).min(rows.len());
+                        let chunk = &rows[at..end];
+                        at = end;
+                        op.process_batch(batch(chunk), &mut ctx, &mut out).await.unwrap();
+                        max_t = max_t.max(chunk.iter().map(|r| r.2).max().unwrap());
+                        op.on_watermark(Watermark::EventTime(max_t - BOUND - 1), &mut ctx, &mut out).await.unwrap();
+                    }
+                    op.on_watermark(Watermark::MAX, &mut ctx, &mut out).await.unwrap();
+                });
+                prop_assert_eq!(rows_of(&out.batches), want);
+                prop_assert_eq!(op.slices_held(), 0, "all window state is freed at the end");
             }
         }
     }
