@@ -226,6 +226,10 @@ pub enum NodeKind {
         left_retain_ms: Option<i64>,
         /// The same for right rows.
         right_retain_ms: Option<i64>,
+        /// Updating inputs (regular joins only): the columns identifying each side's
+        /// rows. A row replaces the earlier row of its key (which has the same join key),
+        /// and the output is an upsert stream by both sides' keys.
+        upsert_keys: Option<(Vec<String>, Vec<String>)>,
     },
     /// Writes to a connector.
     Sink(ConnectorSpec),

@@ -856,9 +856,15 @@ impl<'a> Lowerer<'a> {
                 side.node = self.add(side, NodeKind::Filter { predicate }, par, None);
             }
         }
-        if left.updating || right.updating {
+        if left.updating != right.updating {
             return Err(SqlError::unsupported(
-                "a join of updating inputs (the output of a GROUP BY without windows)",
+                "a join of an updating input (the output of a GROUP BY without windows) with an append-only one",
+            ));
+        }
+        let updating = left.updating;
+        if updating && (left.upsert_key.is_none() || right.upsert_key.is_none()) {
+            return Err(SqlError::unsupported(
+                "a join of updating inputs whose key columns were not all selected (keep every GROUP BY column in the inner SELECT lists)",
             ));
         }
         // Physical names: plain where unique in the join's output, `q.name` where not.
@@ -1013,12 +1019,37 @@ impl<'a> Lowerer<'a> {
         } else {
             (ttl, ttl)
         };
+        let upsert_keys = match (&left.upsert_key, &right.upsert_key) {
+            (Some(lu), Some(ru)) if updating => {
+                if interval.is_some() || is_window_join || !residual.is_empty() {
+                    return Err(SqlError::unsupported(
+                        "a join of updating inputs with conditions beyond equal keys (time bounds, windows or other predicates); filter each input first",
+                    ));
+                }
+                for (keys, upsert, side) in [(&left_keys, lu, "left"), (&right_keys, ru, "right")] {
+                    if let Some(k) = keys.iter().find(|k| !upsert.contains(k)) {
+                        return Err(SqlError::unsupported(format!(
+                            "joining updating inputs on `{k}`, which is not among the columns identifying the {side} input's rows ({}): every update of a row must keep its join key",
+                            upsert.join(", ")
+                        )));
+                    }
+                }
+                Some((lu.clone(), ru.clone()))
+            }
+            _ => None,
+        };
+        let out_upsert_key = upsert_keys.as_ref().map(|(l, r)| {
+            let mut k = l.clone();
+            k.extend(r.iter().cloned());
+            k
+        });
         let kind = NodeKind::Join {
             left_keys: left_keys.clone(),
             right_keys: right_keys.clone(),
             interval,
             left_retain_ms: left_retain_ms.or(ttl),
             right_retain_ms: right_retain_ms.or(ttl),
+            upsert_keys,
         };
         let name = kind.label();
         let node = self.plan.add_node(name, self.parallelism, kind);
@@ -1031,8 +1062,8 @@ impl<'a> Lowerer<'a> {
             columns: names.clone(),
             rowtime: None,
             window: None,
-            updating: false,
-            upsert_key: None,
+            updating,
+            upsert_key: out_upsert_key,
             window_end: None,
         };
         if !residual.is_empty() {

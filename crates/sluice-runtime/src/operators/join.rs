@@ -1,4 +1,6 @@
-//! Inner equi-join of two append-only streams: regular, interval and window joins.
+//! Inner equi-join of two append-only streams (regular, interval and window joins), or
+//! of two updating streams (regular joins: each row replaces the earlier row of its
+//! upsert key, and the output is an upsert stream by both keys).
 //!
 //! ```text
 //!  left batch ──probe right buffer (same key, time condition)──> joined rows
@@ -48,6 +50,16 @@ struct Side {
     freed_since_sweep: usize,
     /// Ids of the batches still buffered (the expiry scan visits only these).
     live: Vec<u32>,
+    /// An updating side: where the current row of each upsert key is buffered.
+    upserts: Option<Upserts>,
+}
+
+/// The current row of each upsert key of an updating side.
+struct Upserts {
+    /// Column indices of the upsert key.
+    columns: Vec<usize>,
+    converter: RowConverter,
+    current: HashMap<Box<[u8]>, (u32, u32)>,
 }
 
 impl Side {
@@ -60,6 +72,7 @@ impl Side {
             index: HashMap::new(),
             freed_since_sweep: 0,
             live: Vec::new(),
+            upserts: None,
         }
     }
 
@@ -68,13 +81,31 @@ impl Side {
         data: RecordBatch,
         keys: &arrow::row::Rows,
         ts: &TimestampMillisecondArray,
-    ) {
+    ) -> Result<()> {
         let b = self.batches.len() as u32;
+        let upsert_keys = match &self.upserts {
+            Some(u) => {
+                let cols: Vec<ArrayRef> = u
+                    .columns
+                    .iter()
+                    .map(|&i| Arc::clone(data.column(i)))
+                    .collect();
+                Some(u.converter.convert_columns(&cols)?)
+            }
+            None => None,
+        };
         let mut newest = i64::MIN;
         for r in 0..data.num_rows() {
             let t = ts.value(r);
             newest = newest.max(t);
             let key = keys.row(r);
+            // An update: the earlier row of its upsert key (same join key) stops joining.
+            if let (Some(u), Some(uk)) = (self.upserts.as_mut(), upsert_keys.as_ref())
+                && let Some((ob, or)) = u.current.insert(uk.row(r).as_ref().into(), (b, r as u32))
+                && let Some(rows) = self.index.get_mut(key.as_ref())
+            {
+                rows.retain(|&(rb, rr, _)| (rb, rr) != (ob, or));
+            }
             match self.index.get_mut(key.as_ref()) {
                 Some(rows) => rows.push((b, r as u32, t)),
                 None => {
@@ -86,6 +117,7 @@ impl Side {
         self.batches.push(Some(data));
         self.newest.push(newest);
         self.live.push(b);
+        Ok(())
     }
 
     /// Frees batches no future row can join; sweeps the index when many were freed.
@@ -108,6 +140,9 @@ impl Side {
                 rows.retain(|(b, _, _)| batches[*b as usize].is_some());
                 !rows.is_empty()
             });
+            if let Some(u) = &mut self.upserts {
+                u.current.retain(|_, (b, _)| batches[*b as usize].is_some());
+            }
             self.freed_since_sweep = 0;
             if self.live.is_empty() {
                 self.batches.clear();
@@ -149,6 +184,7 @@ impl JoinOperator {
             interval,
             left_retain_ms,
             right_retain_ms,
+            upsert_keys,
         } = kind
         else {
             return Err(SluiceError::internal("not a join node"));
@@ -210,11 +246,47 @@ impl JoinOperator {
         fields.push(Arc::new(sluice_types::timestamp_field()));
         let schema: SchemaRef = Arc::new(Schema::new(fields));
         let interval = *interval;
+        if upsert_keys.is_some() && interval.is_some() {
+            return Err(SluiceError::user(
+                "a join of updating inputs is a regular join: it takes no time bounds",
+            ));
+        }
+        // Per updating side: its upsert key columns and their types.
+        let upserts: Option<[(Vec<usize>, Vec<SortField>); 2]> = match upsert_keys {
+            None => None,
+            Some((lu, ru)) => {
+                let one = |s: &SchemaRef, cols: &[String], keys: &[usize], what: &str| {
+                    let idx = key_indices(s, cols, what)?;
+                    if let Some(k) = keys.iter().find(|k| !idx.contains(k)) {
+                        return Err(SluiceError::user(format!(
+                            "join key `{}` of the {what} input is not among the columns identifying its rows; every update of a row must keep its join key",
+                            s.field(*k).name()
+                        )));
+                    }
+                    let types = idx
+                        .iter()
+                        .map(|&i| SortField::new(s.field(i).data_type().clone()))
+                        .collect();
+                    Ok((idx, types))
+                };
+                Some([one(left, lu, &lk, "left")?, one(right, ru, &rk, "right")?])
+            }
+        };
         let (lr, rr) = (*left_retain_ms, *right_retain_ms);
         let out = Arc::clone(&schema);
         let factory: OperatorFactory = Arc::new(move |_task| {
+            let mut sides = [Side::new(lk.clone(), lr), Side::new(rk.clone(), rr)];
+            if let Some(u) = &upserts {
+                for (side, (columns, types)) in sides.iter_mut().zip(u.iter()) {
+                    side.upserts = Some(Upserts {
+                        columns: columns.clone(),
+                        converter: RowConverter::new(types.clone())?,
+                        current: HashMap::new(),
+                    });
+                }
+            }
             Ok(Box::new(JoinOperator {
-                sides: [Side::new(lk.clone(), lr), Side::new(rk.clone(), rr)],
+                sides,
                 interval,
                 converter: RowConverter::new(sort_fields.clone())
                     .map_err(|e| SluiceError::internal("row converter").with_source(e))?,
@@ -280,8 +352,7 @@ impl JoinOperator {
         if !this_rows.is_empty() {
             out_rows.push(self.build(side, &data, this_rows, other_rows, out_ts, batch)?);
         }
-        self.sides[side].insert(data, &keys, &ts);
-        Ok(())
+        self.sides[side].insert(data, &keys, &ts)
     }
 
     fn build(
@@ -345,7 +416,29 @@ impl JoinOperator {
         state: &mut OperatorState,
         max_p: usize,
     ) -> Result<()> {
-        for b in self.sides[side].batches.iter().flatten() {
+        let s = &self.sides[side];
+        // An updating side keeps only the current row of each key.
+        let mut alive: HashMap<u32, Vec<u32>> = HashMap::new();
+        if let Some(u) = &s.upserts {
+            for &(b, r) in u.current.values() {
+                alive.entry(b).or_default().push(r);
+            }
+        }
+        for (id, b) in s.batches.iter().enumerate() {
+            let Some(b) = b else { continue };
+            let taken;
+            let b = match s.upserts {
+                None => b,
+                Some(_) => {
+                    let Some(rows) = alive.get_mut(&(id as u32)) else {
+                        continue;
+                    };
+                    rows.sort_unstable();
+                    let idx = UInt32Array::from(std::mem::take(rows));
+                    taken = arrow::compute::take_record_batch(b, &idx)?;
+                    &taken
+                }
+            };
             let keys: Vec<ArrayRef> = self.sides[side]
                 .keys
                 .iter()
@@ -433,7 +526,7 @@ impl Operator for JoinOperator {
                     .downcast_ref::<TimestampMillisecondArray>()
                     .ok_or_else(|| SluiceError::user("join state has no event-time column"))?
                     .clone();
-                self.sides[i].insert(b.clone(), &keys, &ts);
+                self.sides[i].insert(b.clone(), &keys, &ts)?;
             }
         }
         Ok(())
@@ -460,6 +553,7 @@ mod tests {
             interval,
             left_retain_ms: retain,
             right_retain_ms: retain,
+            upsert_keys: None,
         };
         let p = JoinOperator::prepare(&kind, &[&l, &r]).unwrap();
         (p.factory)(&TaskInfo::for_test("join")).unwrap()

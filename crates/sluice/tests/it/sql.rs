@@ -572,6 +572,66 @@ async fn nexmark_queries_equal_batch_answers() {
     assert!(checked.len() >= 19, "checked only {checked:?}");
 }
 
+/// A regular join of two updating results on their keys (each side's rows replace
+/// their key's earlier row): the last row per (left key, right key) equals the batch join
+/// of the two final aggregates, even with both sides updating at parallelism 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updating_inputs_join_on_their_keys_like_a_batch_join() {
+    let df = batch_context().await;
+    let (mut ctx, registry, collected) = context();
+    let script = format!(
+        "{}\nSET 'parallelism.default' = '2';\nCREATE TABLE collected WITH ('connector' = 'collect');
+         INSERT INTO collected
+         SELECT c.auction, c.n, m.auction, m.top
+         FROM (SELECT auction, COUNT(*) AS n FROM bid GROUP BY auction) c
+         JOIN (SELECT auction, MAX(price) AS top FROM bid WHERE price > 1000 GROUP BY auction) m
+         ON c.auction = m.auction;",
+        tables_sql()
+    );
+    let out = run_script(&mut ctx, &registry, &collected, &script)
+        .await
+        .unwrap();
+    // Upserts by (c.auction, m.auction): the first and third columns.
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for row in format_rows(&out) {
+        let cells: Vec<&str> = row.split(' ').collect();
+        last.insert(format!("{} {}", cells[0], cells[2]), row.clone());
+    }
+    assert_same(
+        "updating join",
+        last.into_values().collect(),
+        batch_rows(
+            &df,
+            "SELECT c.auction, c.n, m.auction, m.top
+             FROM (SELECT auction, COUNT(*) AS n FROM bid GROUP BY auction) c
+             JOIN (SELECT auction, MAX(price) AS top FROM bid WHERE price > 1000 GROUP BY auction) m
+             ON c.auction = m.auction",
+        )
+        .await,
+    );
+    // A join key outside a side's key columns is refused with the reason.
+    let (mut ctx, registry, collected) = context();
+    let e = run_script(
+        &mut ctx,
+        &registry,
+        &collected,
+        &format!(
+            "{}\nCREATE TABLE collected WITH ('connector' = 'collect');
+             INSERT INTO collected SELECT c.auction, m.auction FROM
+             (SELECT auction, COUNT(*) AS n FROM bid GROUP BY auction) c
+             JOIN (SELECT auction, MAX(price) AS top FROM bid GROUP BY auction) m ON c.n = m.top;",
+            tables_sql()
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("every update of a row must keep its join key"),
+        "{e}"
+    );
+}
+
 /// q12's windows follow the wall clock, so their boundaries differ run to run; what is
 /// fixed is that every bid is counted once: per bidder, the window counts add up to
 /// the bidder's bids.
