@@ -677,4 +677,100 @@ mod tests {
             .unwrap();
         assert_eq!(rows(&out), vec![(1, 12, 1, 7, 121)]);
     }
+
+    fn updating_op() -> Box<dyn Operator> {
+        let l = side(["k", "a"], &[]).data.schema();
+        let r = side(["rk", "b"], &[]).data.schema();
+        let kind = NodeKind::Join {
+            left_keys: vec!["k".into()],
+            right_keys: vec!["rk".into()],
+            interval: None,
+            left_retain_ms: None,
+            right_retain_ms: None,
+            upsert_keys: Some((vec!["k".into()], vec!["rk".into()])),
+        };
+        let p = JoinOperator::prepare(&kind, &[&l, &r]).unwrap();
+        (p.factory)(&TaskInfo::for_test("join")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn updating_sides_join_only_their_current_rows_across_a_checkpoint() {
+        let mut ctx = OperatorContext::for_test(side(["k", "a"], &[]).data.schema());
+        let mut out = VecCollector::default();
+        let mut j = updating_op();
+        // Left key 1 is 10, then (in one batch) 15 and 20; right key 1 is 100.
+        j.process_batch_from(0, side(["k", "a"], &[(1, 10, 1)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        j.process_batch_from(
+            0,
+            side(["k", "a"], &[(1, 15, 2), (1, 20, 3), (2, 5, 3)]),
+            &mut ctx,
+            &mut out,
+        )
+        .await
+        .unwrap();
+        j.process_batch_from(1, side(["rk", "b"], &[(1, 100, 4)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            rows(&out),
+            vec![(1, 20, 1, 100, 4)],
+            "only the current left row joins"
+        );
+        let state = j
+            .snapshot(
+                &CheckpointBarrier {
+                    epoch: 1,
+                    triggered_at_us: 0,
+                    kind: sluice_types::CheckpointKind::Checkpoint,
+                    then_stop: false,
+                },
+                &mut ctx,
+            )
+            .await
+            .unwrap();
+        let left_rows: usize = state.keyed["left"].iter().map(|b| b.num_rows()).sum();
+        assert_eq!(
+            left_rows, 2,
+            "the checkpoint keeps current rows only (keys 1 and 2)"
+        );
+        let owned: std::collections::BTreeMap<String, Vec<RecordBatch>> = state
+            .keyed
+            .iter()
+            .map(|(n, bs)| {
+                (
+                    n.clone(),
+                    bs.iter()
+                        .filter_map(|b| crate::state::owned_rows(b, 0, 1, 128).unwrap())
+                        .collect(),
+                )
+            })
+            .collect();
+        let mut restored = updating_op();
+        restored
+            .restore(
+                RestoredState {
+                    keyed: owned,
+                    metas: vec![],
+                },
+                &mut ctx,
+            )
+            .await
+            .unwrap();
+        let mut after = VecCollector::default();
+        // The right row updates: it joins the current left row, once.
+        restored
+            .process_batch_from(1, side(["rk", "b"], &[(1, 200, 5)]), &mut ctx, &mut after)
+            .await
+            .unwrap();
+        assert_eq!(rows(&after), vec![(1, 20, 1, 200, 5)]);
+        // A left update joins the current right row, not the replaced one.
+        let mut again = VecCollector::default();
+        restored
+            .process_batch_from(0, side(["k", "a"], &[(1, 30, 6)]), &mut ctx, &mut again)
+            .await
+            .unwrap();
+        assert_eq!(rows(&again), vec![(1, 30, 1, 200, 6)]);
+    }
 }
