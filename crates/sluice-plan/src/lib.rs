@@ -230,6 +230,10 @@ pub enum NodeKind {
         /// rows. A row replaces the earlier row of its key (which has the same join key),
         /// and the output is an upsert stream by both sides' keys.
         upsert_keys: Option<(Vec<String>, Vec<String>)>,
+        /// Outer join (interval joins only): which sides keep their unmatched rows
+        /// (left, right). A kept row that can no longer match (the watermark passed its
+        /// time plus its side's retention) is emitted once with NULLs for the other side.
+        outer: (bool, bool),
     },
     /// Writes to a connector.
     Sink(ConnectorSpec),
@@ -455,6 +459,7 @@ impl NodeKind {
                 left_keys,
                 right_keys,
                 interval,
+                outer,
                 ..
             } => {
                 let on = left_keys
@@ -463,11 +468,17 @@ impl NodeKind {
                     .map(|(l, r)| format!("{l} = {r}"))
                     .collect::<Vec<_>>()
                     .join(" and ");
+                let kind = match outer {
+                    (true, true) => "full-outer-",
+                    (true, false) => "left-outer-",
+                    (false, true) => "right-outer-",
+                    (false, false) => "",
+                };
                 match interval {
                     Some((lo, hi)) => {
-                        format!("interval-join on {on}, right - left in [{lo}, {hi}] ms")
+                        format!("{kind}interval-join on {on}, right - left in [{lo}, {hi}] ms")
                     }
-                    None => format!("join on {on}"),
+                    None => format!("{kind}join on {on}"),
                 }
             }
             NodeKind::Sink(s) => format!("sink:{}", s.connector),

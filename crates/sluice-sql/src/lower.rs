@@ -814,11 +814,27 @@ impl<'a> Lowerer<'a> {
         where_clause: Option<&Expr>,
     ) -> Result<Lowered> {
         use datafusion_expr::JoinType;
-        if j.join_type != JoinType::Inner {
-            return Err(SqlError::unsupported(format!(
-                "{} JOIN (inner joins are supported; outer joins are coming)",
-                j.join_type.to_string().to_uppercase()
-            )));
+        // Outer joins keep the unmatched rows of these sides (left, right).
+        let outer = match j.join_type {
+            JoinType::Inner => (false, false),
+            JoinType::Left => (true, false),
+            JoinType::Right => (false, true),
+            JoinType::Full => (true, true),
+            other => {
+                return Err(SqlError::unsupported(format!(
+                    "{} JOIN (inner, left, right and full outer joins are supported)",
+                    other.to_string().to_uppercase()
+                )));
+            }
+        };
+        let is_outer = outer.0 || outer.1;
+        // An outer join's WHERE filters its output (NULL-padded rows included), after it.
+        let (where_clause, after) = match is_outer {
+            true => (None, where_clause),
+            false => (where_clause, None),
+        };
+        if is_outer && (lookup_table(&j.right).is_some() || lookup_table(&j.left).is_some()) {
+            return Err(SqlError::unsupported("an outer lookup join"));
         }
         if let Some(table) = lookup_table(&j.right) {
             return self.lookup_join(j, where_clause, &table);
@@ -836,9 +852,20 @@ impl<'a> Lowerer<'a> {
         let mut right_only = Vec::new();
         let mut both = Vec::new();
         for c in conjuncts {
-            if in_schema(&c, j.left.schema()) {
+            let (l, r) = (
+                in_schema(&c, j.left.schema()),
+                in_schema(&c, j.right.schema()),
+            );
+            // In an outer join's ON, a condition on a kept side decides matching, not
+            // which of its rows exist: it cannot be applied before the join.
+            if (l && outer.0) || (r && outer.1) {
+                return Err(SqlError::unsupported(format!(
+                    "`{c}` in the ON of an outer join, on the side whose rows it keeps (filter that input in a subquery, or move the condition to WHERE)"
+                )));
+            }
+            if l {
                 left_only.push(c);
-            } else if in_schema(&c, j.right.schema()) {
+            } else if r {
                 right_only.push(c);
             } else {
                 both.push(c);
@@ -1019,6 +1046,23 @@ impl<'a> Lowerer<'a> {
         } else {
             (ttl, ttl)
         };
+        if is_outer {
+            if updating {
+                return Err(SqlError::unsupported(
+                    "an outer join of updating inputs (it would need retractions)",
+                ));
+            }
+            if interval.is_none() || is_window_join {
+                return Err(SqlError::unsupported(
+                    "an outer join without time bounds between its inputs: write it as an interval join (`r.ts BETWEEN l.ts - INTERVAL … AND l.ts + INTERVAL …`); a regular outer join would need retractions",
+                ));
+            }
+            if !residual.is_empty() {
+                return Err(SqlError::unsupported(
+                    "conditions beyond equal keys and time bounds in the ON of an outer join",
+                ));
+            }
+        }
         let upsert_keys = match (&left.upsert_key, &right.upsert_key) {
             (Some(lu), Some(ru)) if updating => {
                 if interval.is_some() || is_window_join || !residual.is_empty() {
@@ -1050,6 +1094,7 @@ impl<'a> Lowerer<'a> {
             left_retain_ms: left_retain_ms.or(ttl),
             right_retain_ms: right_retain_ms.or(ttl),
             upsert_keys,
+            outer,
         };
         let name = kind.label();
         let node = self.plan.add_node(name, self.parallelism, kind);
@@ -1075,6 +1120,12 @@ impl<'a> Lowerer<'a> {
             let p = self.parallelism;
             let f = self.add(&out, NodeKind::Filter { predicate }, p, None);
             out.node = f;
+        }
+        if let Some(w) = after {
+            let predicate = resolve(w, &out.columns);
+            self.check_columns(&out, &[&predicate])?;
+            let p = self.parallelism;
+            out.node = self.add(&out, NodeKind::Filter { predicate }, p, None);
         }
         Ok(out)
     }

@@ -52,6 +52,9 @@ struct Side {
     live: Vec<u32>,
     /// An updating side: where the current row of each upsert key is buffered.
     upserts: Option<Upserts>,
+    /// An outer side: per buffered batch, per row, whether it matched (or was already
+    /// emitted alone), and how many rows of the batch are still pending.
+    outer: Option<Vec<(Vec<bool>, usize)>>,
 }
 
 /// The current row of each upsert key of an updating side.
@@ -73,6 +76,18 @@ impl Side {
             freed_since_sweep: 0,
             live: Vec::new(),
             upserts: None,
+            outer: None,
+        }
+    }
+
+    /// Marks a buffered row of an outer side as matched.
+    fn mark(&mut self, b: u32, r: u32) {
+        if let Some(flags) = &mut self.outer {
+            let (rows, pending) = &mut flags[b as usize];
+            if !rows[r as usize] {
+                rows[r as usize] = true;
+                *pending -= 1;
+            }
         }
     }
 
@@ -113,6 +128,9 @@ impl Side {
                         .insert(key.as_ref().into(), vec![(b, r as u32, t)]);
                 }
             }
+        }
+        if let Some(flags) = &mut self.outer {
+            flags.push((vec![false; data.num_rows()], data.num_rows()));
         }
         self.batches.push(Some(data));
         self.newest.push(newest);
@@ -155,6 +173,8 @@ impl Side {
 /// The join operator of one subtask.
 pub struct JoinOperator {
     sides: [Side; 2],
+    /// Which sides keep their unmatched rows (left, right).
+    outer: (bool, bool),
     interval: Option<(i64, i64)>,
     converter: RowConverter,
     schema: SchemaRef,
@@ -185,6 +205,7 @@ impl JoinOperator {
             left_retain_ms,
             right_retain_ms,
             upsert_keys,
+            outer,
         } = kind
         else {
             return Err(SluiceError::internal("not a join node"));
@@ -230,8 +251,17 @@ impl JoinOperator {
                 .cloned()
                 .collect()
         };
-        let mut fields = user(left);
-        let right_user = user(right);
+        let nullable = |fs: Vec<Arc<Field>>, yes: bool| -> Vec<Arc<Field>> {
+            fs.into_iter()
+                .map(|f| match yes {
+                    true => Arc::new(f.as_ref().clone().with_nullable(true)),
+                    false => f,
+                })
+                .collect()
+        };
+        // A side's columns are NULL in the rows the other side keeps unmatched.
+        let mut fields = nullable(user(left), outer.1);
+        let right_user = nullable(user(right), outer.0);
         for f in &right_user {
             if fields.iter().any(|l| l.name() == f.name()) {
                 return Err(SluiceError::user(format!(
@@ -246,6 +276,12 @@ impl JoinOperator {
         fields.push(Arc::new(sluice_types::timestamp_field()));
         let schema: SchemaRef = Arc::new(Schema::new(fields));
         let interval = *interval;
+        let outer = *outer;
+        if (outer.0 || outer.1) && (interval.is_none() || upsert_keys.is_some()) {
+            return Err(SluiceError::user(
+                "an outer join needs time bounds between its inputs (an interval join of append-only inputs)",
+            ));
+        }
         if upsert_keys.is_some() && interval.is_some() {
             return Err(SluiceError::user(
                 "a join of updating inputs is a regular join: it takes no time bounds",
@@ -276,6 +312,11 @@ impl JoinOperator {
         let out = Arc::clone(&schema);
         let factory: OperatorFactory = Arc::new(move |_task| {
             let mut sides = [Side::new(lk.clone(), lr), Side::new(rk.clone(), rr)];
+            for (side, keep) in sides.iter_mut().zip([outer.0, outer.1]) {
+                if keep {
+                    side.outer = Some(Vec::new());
+                }
+            }
             if let Some(u) = &upserts {
                 for (side, (columns, types)) in sides.iter_mut().zip(u.iter()) {
                     side.upserts = Some(Upserts {
@@ -287,6 +328,7 @@ impl JoinOperator {
             }
             Ok(Box::new(JoinOperator {
                 sides,
+                outer,
                 interval,
                 converter: RowConverter::new(sort_fields.clone())
                     .map_err(|e| SluiceError::internal("row converter").with_source(e))?,
@@ -349,10 +391,100 @@ impl JoinOperator {
                 }
             }
         }
+        for &(b, r) in &other_rows {
+            self.sides[1 - side].mark(b, r);
+        }
+        let matched_here: Vec<u32> = match self.sides[side].outer.is_some() {
+            true => this_rows.clone(),
+            false => Vec::new(),
+        };
         if !this_rows.is_empty() {
             out_rows.push(self.build(side, &data, this_rows, other_rows, out_ts, batch)?);
         }
-        self.sides[side].insert(data, &keys, &ts)
+        let id = self.sides[side].batches.len() as u32;
+        self.sides[side].insert(data, &keys, &ts)?;
+        for r in matched_here {
+            self.sides[side].mark(id, r);
+        }
+        Ok(())
+    }
+
+    /// Emits the rows of outer sides that can no longer match (time + retention below
+    /// `watermark`; all of them at the end), each once, with NULLs for the other side.
+    fn emit_unmatched(&mut self, watermark: i64, out_rows: &mut Vec<RecordBatch>) -> Result<()> {
+        for side in 0..2 {
+            let s = &mut self.sides[side];
+            let Some(flags) = &mut s.outer else { continue };
+            let retain = s.retain;
+            for &b in &s.live {
+                let (rows, pending) = &mut flags[b as usize];
+                if *pending == 0 {
+                    continue;
+                }
+                let Some(data) = &s.batches[b as usize] else {
+                    continue;
+                };
+                let ts = data
+                    .column(data.num_columns() - 1)
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .ok_or_else(|| SluiceError::internal("join rows lost their event time"))?;
+                let mut pick = Vec::new();
+                for (r, done) in rows.iter_mut().enumerate() {
+                    let due = watermark == i64::MAX
+                        || retain.is_some_and(|k| ts.value(r).saturating_add(k) < watermark);
+                    if !*done && due {
+                        *done = true;
+                        *pending -= 1;
+                        pick.push(r as u32);
+                    }
+                }
+                if pick.is_empty() {
+                    continue;
+                }
+                let idx = UInt32Array::from(pick);
+                let (w_this, w_other) = match side {
+                    0 => (self.left_width, self.right_width),
+                    _ => (self.right_width, self.left_width),
+                };
+                let this: Vec<ArrayRef> = (0..w_this)
+                    .map(|c| take(data.column(c), &idx, None))
+                    .collect::<std::result::Result<_, _>>()?;
+                let n = idx.len();
+                let offset = if side == 0 { self.left_width } else { 0 };
+                let nulls: Vec<ArrayRef> = (0..w_other)
+                    .map(|c| {
+                        arrow::array::new_null_array(self.schema.field(offset + c).data_type(), n)
+                    })
+                    .collect();
+                let (mut columns, right) = match side {
+                    0 => (this, nulls),
+                    _ => (nulls, this),
+                };
+                columns.extend(right);
+                columns.push(take(data.column(data.num_columns() - 1), &idx, None)?);
+                out_rows.push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The watermark to forward: held back so that rows still waiting to be emitted
+    /// unmatched stay above it.
+    fn output_watermark(&self, t: i64) -> Option<i64> {
+        if t == i64::MAX {
+            return Some(t);
+        }
+        let mut hold = 0i64;
+        for (side, keep) in [self.outer.0, self.outer.1].into_iter().enumerate() {
+            if keep {
+                hold = hold.max(self.sides[side].retain?);
+            }
+        }
+        match hold {
+            0 if !(self.outer.0 || self.outer.1) => Some(t),
+            h => Some(t.saturating_sub(h).saturating_sub(1)),
+        }
     }
 
     fn build(
@@ -445,14 +577,29 @@ impl JoinOperator {
                 .map(|&i| Arc::clone(b.column(i)))
                 .collect();
             let groups = key_groups(&keys, b.num_rows(), max_p)?;
-            let fields: Vec<Arc<Field>> = b.schema().fields().iter().cloned().collect();
-            state.push_keyed(name, groups, fields, b.columns().to_vec())?;
+            let mut fields: Vec<Arc<Field>> = b.schema().fields().iter().cloned().collect();
+            let mut columns = b.columns().to_vec();
+            // An outer side: which rows matched (or were emitted alone) already.
+            if let Some(flags) = &s.outer {
+                fields.push(Arc::new(Field::new(
+                    MATCHED,
+                    arrow::datatypes::DataType::Boolean,
+                    false,
+                )));
+                columns.push(Arc::new(arrow::array::BooleanArray::from(
+                    flags[id].0.clone(),
+                )));
+            }
+            state.push_keyed(name, groups, fields, columns)?;
         }
         Ok(())
     }
 }
 
 const SIDES: [&str; 2] = ["left", "right"];
+
+/// The column of an outer side's checkpointed rows saying which already matched.
+const MATCHED: &str = "__matched";
 
 #[async_trait]
 impl Operator for JoinOperator {
@@ -494,14 +641,26 @@ impl Operator for JoinOperator {
         &mut self,
         watermark: Watermark,
         _ctx: &mut OperatorContext,
-        _out: &mut dyn Collector,
+        out: &mut dyn Collector,
     ) -> Result<Option<Watermark>> {
-        if let Some(t) = watermark.event_time() {
-            for s in &mut self.sides {
-                s.expire(t);
+        let Some(t) = watermark.event_time() else {
+            return Ok(Some(watermark));
+        };
+        if self.outer.0 || self.outer.1 {
+            let mut rows = Vec::new();
+            self.emit_unmatched(t, &mut rows)?;
+            for data in rows {
+                let ingest = sluice_types::IngestTime {
+                    min_us: sluice_types::now_micros(),
+                    max_us: sluice_types::now_micros(),
+                };
+                out.collect(Batch::try_new(data, ingest)?).await?;
             }
         }
-        Ok(Some(watermark))
+        for s in &mut self.sides {
+            s.expire(t);
+        }
+        Ok(self.output_watermark(t).map(Watermark::EventTime))
     }
 
     async fn snapshot(
@@ -519,6 +678,21 @@ impl Operator for JoinOperator {
     async fn restore(&mut self, state: RestoredState, _ctx: &mut OperatorContext) -> Result<()> {
         for (i, name) in SIDES.iter().enumerate() {
             for b in state.table(name) {
+                let (b, matched) = match b.schema().fields().last() {
+                    Some(f) if f.name() == MATCHED => {
+                        let m = b
+                            .column(b.num_columns() - 1)
+                            .as_any()
+                            .downcast_ref::<arrow::array::BooleanArray>()
+                            .ok_or_else(|| SluiceError::user("join state: bad matched column"))?
+                            .clone();
+                        let mut rest = b.clone();
+                        rest.remove_column(b.num_columns() - 1);
+                        (rest, Some(m))
+                    }
+                    _ => (b.clone(), None),
+                };
+                let b = &b;
                 let keys = self.encode(i, b)?;
                 let ts = b
                     .column(b.num_columns() - 1)
@@ -526,7 +700,15 @@ impl Operator for JoinOperator {
                     .downcast_ref::<TimestampMillisecondArray>()
                     .ok_or_else(|| SluiceError::user("join state has no event-time column"))?
                     .clone();
+                let id = self.sides[i].batches.len() as u32;
                 self.sides[i].insert(b.clone(), &keys, &ts)?;
+                if let Some(m) = matched {
+                    for r in 0..m.len() {
+                        if m.value(r) {
+                            self.sides[i].mark(id, r as u32);
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -554,6 +736,7 @@ mod tests {
             left_retain_ms: retain,
             right_retain_ms: retain,
             upsert_keys: None,
+            outer: (false, false),
         };
         let p = JoinOperator::prepare(&kind, &[&l, &r]).unwrap();
         (p.factory)(&TaskInfo::for_test("join")).unwrap()
@@ -688,6 +871,7 @@ mod tests {
             left_retain_ms: None,
             right_retain_ms: None,
             upsert_keys: Some((vec!["k".into()], vec!["rk".into()])),
+            outer: (false, false),
         };
         let p = JoinOperator::prepare(&kind, &[&l, &r]).unwrap();
         (p.factory)(&TaskInfo::for_test("join")).unwrap()
@@ -772,5 +956,120 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows(&again), vec![(1, 30, 1, 200, 6)]);
+    }
+
+    /// Every output row as text, `_timestamp` included.
+    fn text_rows(out: &VecCollector) -> Vec<String> {
+        use arrow::util::display::array_value_to_string;
+        let mut v = Vec::new();
+        for b in &out.batches {
+            let d = &b.data;
+            for r in 0..d.num_rows() {
+                let cells: Vec<String> = (0..d.num_columns())
+                    .map(|c| array_value_to_string(d.column(c), r).unwrap())
+                    .collect();
+                v.push(cells.join(","));
+            }
+        }
+        v
+    }
+
+    #[tokio::test]
+    async fn a_left_outer_interval_join_emits_unmatched_rows_once_they_cannot_match() {
+        let l = side(["k", "a"], &[]).data.schema();
+        let r = side(["rk", "b"], &[]).data.schema();
+        let make = || {
+            let kind = NodeKind::Join {
+                left_keys: vec!["k".into()],
+                right_keys: vec!["rk".into()],
+                interval: Some((0, 10)),
+                left_retain_ms: Some(10),
+                right_retain_ms: Some(0),
+                upsert_keys: None,
+                outer: (true, false),
+            };
+            let p = JoinOperator::prepare(&kind, &[&l, &r]).unwrap();
+            assert!(p.output_schema.field(2).is_nullable());
+            (p.factory)(&TaskInfo::for_test("join")).unwrap()
+        };
+        let mut j = make();
+        let mut ctx = OperatorContext::for_test(Arc::clone(&l));
+        let mut out = VecCollector::default();
+        j.process_batch_from(
+            0,
+            side(["k", "a"], &[(1, 1, 100), (2, 2, 100), (3, 3, 104)]),
+            &mut ctx,
+            &mut out,
+        )
+        .await
+        .unwrap();
+        j.process_batch_from(1, side(["rk", "b"], &[(1, 7, 105)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        // Left 2 (time 100) can match until 110; at watermark 110 it still can.
+        let wm = j
+            .on_watermark(Watermark::EventTime(110), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            wm,
+            Some(Watermark::EventTime(99)),
+            "held back by the retention"
+        );
+        assert_eq!(text_rows(&out), ["1,1,1,7,1970-01-01T00:00:00.105"]);
+        // A checkpoint in between keeps which rows matched.
+        let state = j
+            .snapshot(
+                &CheckpointBarrier {
+                    epoch: 1,
+                    triggered_at_us: 0,
+                    kind: sluice_types::CheckpointKind::Checkpoint,
+                    then_stop: false,
+                },
+                &mut ctx,
+            )
+            .await
+            .unwrap();
+        let owned: std::collections::BTreeMap<String, Vec<RecordBatch>> = state
+            .keyed
+            .iter()
+            .map(|(n, bs)| {
+                (
+                    n.clone(),
+                    bs.iter()
+                        .filter_map(|b| crate::state::owned_rows(b, 0, 1, 128).unwrap())
+                        .collect(),
+                )
+            })
+            .collect();
+        let mut j = make();
+        j.restore(
+            RestoredState {
+                keyed: owned,
+                metas: vec![],
+            },
+            &mut ctx,
+        )
+        .await
+        .unwrap();
+        let mut later = VecCollector::default();
+        let wm = j
+            .on_watermark(Watermark::EventTime(111), &mut ctx, &mut later)
+            .await
+            .unwrap();
+        assert_eq!(wm, Some(Watermark::EventTime(100)));
+        // Left 2 is emitted alone, at its own time, above the watermark forwarded before.
+        assert_eq!(text_rows(&later), ["2,2,,,1970-01-01T00:00:00.100"]);
+        // The end: left 3 never matched either; left 1 did and is not repeated.
+        let mut end = VecCollector::default();
+        j.on_watermark(Watermark::MAX, &mut ctx, &mut end)
+            .await
+            .unwrap();
+        assert_eq!(text_rows(&end), ["3,3,,,1970-01-01T00:00:00.104"]);
+        let mut none = VecCollector::default();
+        j.on_watermark(Watermark::MAX, &mut ctx, &mut none)
+            .await
+            .unwrap();
+        assert!(none.batches.is_empty(), "each unmatched row once");
     }
 }
