@@ -141,6 +141,17 @@ pub enum NodeKind {
         /// Aggregate expressions (count, sum, avg, min, max), aliased.
         aggregates: Vec<Expr>,
     },
+    /// OVER aggregates: each row comes out once, in event-time order per partition,
+    /// with the aggregates over its frame of preceding rows (`agg(x) OVER (PARTITION BY
+    /// k ORDER BY ts ROWS|RANGE … PRECEDING)`), when the watermark passes it.
+    OverAggregate {
+        /// Partition columns (none: one partition, parallelism 1).
+        partition_by: Vec<String>,
+        /// Aggregate expressions, aliased (their output column names).
+        aggregates: Vec<Expr>,
+        /// Which preceding rows each row's aggregates cover.
+        frame: OverFrame,
+    },
     /// An event-time window aggregate: per key (or over all rows if no keys) and window,
     /// one row when the watermark passes the window's end.
     WindowAggregate {
@@ -237,6 +248,39 @@ pub enum NodeKind {
     },
     /// Writes to a connector.
     Sink(ConnectorSpec),
+}
+
+/// The frame of an OVER aggregate: the row and which preceding rows of its partition,
+/// in event-time order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverFrame {
+    /// `ROWS BETWEEN n PRECEDING AND CURRENT ROW`.
+    Rows {
+        /// Rows before the current one.
+        preceding: u64,
+    },
+    /// `RANGE BETWEEN INTERVAL … PRECEDING AND CURRENT ROW`: rows at most this many ms
+    /// older (rows of the same time are peers: all in, with the same values).
+    Range {
+        /// The interval, ms.
+        preceding_ms: i64,
+    },
+    /// `ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW`.
+    UnboundedRows,
+    /// `RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW` (the default with ORDER BY).
+    UnboundedRange,
+}
+
+impl OverFrame {
+    /// Whether rows leave the frame (then they are kept as state).
+    pub fn bounded(&self) -> bool {
+        matches!(self, OverFrame::Rows { .. } | OverFrame::Range { .. })
+    }
+
+    /// Whether rows of equal time share their values (RANGE).
+    pub fn peers(&self) -> bool {
+        matches!(self, OverFrame::Range { .. } | OverFrame::UnboundedRange)
+    }
 }
 
 /// An event-time window.
@@ -419,6 +463,7 @@ impl NodeKind {
             NodeKind::Project { .. } => "project".into(),
             NodeKind::Aggregate { .. } => "aggregate".into(),
             NodeKind::UpdatingAggregate { .. } => "updating aggregate".into(),
+            NodeKind::OverAggregate { frame, .. } => format!("over {frame:?}"),
             NodeKind::WindowAggregate { window, .. } => format!("window-aggregate {window}"),
             NodeKind::TopNPerWindow {
                 order_by,

@@ -8,6 +8,7 @@ pub mod filter;
 pub mod global;
 pub mod join;
 pub mod lookup;
+pub mod over;
 pub mod project;
 pub mod rank;
 pub mod retract;
@@ -49,6 +50,11 @@ pub fn prepare(
         NodeKind::Aggregate { keys, aggregates } => {
             aggregate::AggregateOperator::prepare(keys, aggregates, input)
         }
+        NodeKind::OverAggregate {
+            partition_by,
+            aggregates,
+            frame,
+        } => over::OverAggregateOperator::prepare(partition_by, aggregates, *frame, input),
         NodeKind::UpdatingAggregate {
             keys,
             upsert_key,

@@ -62,7 +62,10 @@ pub struct RetractAggregateOperator {
 }
 
 /// A retractable accumulator for one aggregate.
-fn retractable(a: &PlannedAggregate, arg_types: &[DataType]) -> Result<Box<dyn Accumulator>> {
+pub(crate) fn retractable(
+    a: &PlannedAggregate,
+    arg_types: &[DataType],
+) -> Result<Box<dyn Accumulator>> {
     let name = a.function.fun().name().to_ascii_lowercase();
     if name == "min" || name == "max" {
         let dt = arg_types.first().cloned().unwrap_or(DataType::Null);

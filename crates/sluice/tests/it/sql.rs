@@ -670,6 +670,45 @@ async fn outer_interval_joins_equal_batch_outer_joins() {
     }
 }
 
+/// OVER aggregates (RANGE frames: rows of equal time are peers, so the answer does not
+/// depend on arrival order) equal DataFusion's batch window functions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_aggregates_equal_batch_window_functions() {
+    let df = batch_context().await;
+    for (frame, batch_frame) in [
+        (
+            "RANGE BETWEEN INTERVAL '1' SECOND PRECEDING AND CURRENT ROW",
+            "RANGE BETWEEN INTERVAL '1 second' PRECEDING AND CURRENT ROW",
+        ),
+        ("", ""),
+    ] {
+        let query = |f: &str| {
+            format!(
+                "SELECT auction, price, date_time,
+                   COUNT(*) OVER (PARTITION BY auction ORDER BY date_time {f}) AS n,
+                   MAX(price) OVER (PARTITION BY auction ORDER BY date_time {f}) AS hi,
+                   SUM(price) OVER (PARTITION BY auction ORDER BY date_time {f}) AS total
+                 FROM bid"
+            )
+        };
+        let (mut ctx, registry, collected) = context();
+        let script = format!(
+            "{}\nSET 'parallelism.default' = '2';\nCREATE TABLE collected WITH ('connector' = 'collect');
+             INSERT INTO collected {};",
+            tables_sql(),
+            query(frame)
+        );
+        let out = run_script(&mut ctx, &registry, &collected, &script)
+            .await
+            .unwrap_or_else(|e| panic!("{frame}: {e}"));
+        assert_same(
+            &format!("OVER {frame}"),
+            format_rows(&out),
+            batch_rows(&df, &query(batch_frame)).await,
+        );
+    }
+}
+
 /// q12's windows follow the wall clock, so their boundaries differ run to run; what is
 /// fixed is that every bid is counted once: per bidder, the window counts add up to
 /// the bidder's bids.

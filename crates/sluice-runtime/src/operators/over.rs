@@ -1,0 +1,633 @@
+//! OVER aggregates (SQL `agg(x) OVER (PARTITION BY k ORDER BY ts ROWS|RANGE … PRECEDING)`):
+//! every input row comes out once, with the aggregates over the rows of its partition
+//! that precede it in event time, within its frame.
+//!
+//! ```text
+//!  rows ──buffer until the watermark passes them──> in event-time order, per partition:
+//!        frame history (time, args) ── add the row, take back what left the frame ──>
+//!        emit the row + aggregates (RANGE: rows of equal time are peers, same values)
+//! ```
+//!
+//! Rows arriving at or below the watermark are late: counted and dropped (Flink drops
+//! them too). Bounded frames use retractable accumulators and keep their frame's rows,
+//! which are the state; `UNBOUNDED PRECEDING` keeps only the accumulators.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
+use async_trait::async_trait;
+use datafusion_common::ScalarValue;
+use datafusion_expr::{Accumulator, Expr};
+use sluice_plan::OverFrame;
+use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, Watermark};
+
+use super::PreparedOperator;
+use super::aggregate::{PlannedAggregate, PlannedAggregates};
+use super::retract::retractable;
+use crate::expr::evaluate;
+use crate::operator::{Collector, Operator, OperatorContext};
+use crate::state::{OperatorState, RestoredState, key_groups};
+
+/// Buffered input rows (not yet passed by the watermark).
+const PENDING: &str = "pending";
+/// Per partition, the rows of its frame (bounded frames) or its accumulators' state.
+const FRAMES: &str = "frames";
+
+/// One partition's frame.
+struct Partition {
+    accumulators: Vec<Box<dyn Accumulator>>,
+    /// Rows in the frame, oldest first: (time, per aggregate its argument values).
+    rows: VecDeque<(i64, Vec<Vec<ScalarValue>>)>,
+}
+
+/// The OVER aggregate of one subtask.
+pub struct OverAggregateOperator {
+    key_indices: Vec<usize>,
+    aggregates: Vec<PlannedAggregate>,
+    arg_types: Vec<Vec<DataType>>,
+    frame: OverFrame,
+    input: SchemaRef,
+    schema: SchemaRef,
+    converter: RowConverter,
+    partitions: HashMap<Box<[u8]>, Partition>,
+    /// Rows waiting for the watermark, with their arrival order.
+    pending: Vec<RecordBatch>,
+    watermark: i64,
+}
+
+impl OverAggregateOperator {
+    /// Checks partition columns and aggregates against the input schema.
+    pub fn prepare(
+        partition_by: &[String],
+        aggregates: &[Expr],
+        frame: OverFrame,
+        input: &SchemaRef,
+    ) -> Result<PreparedOperator> {
+        let planned = PlannedAggregates::plan(partition_by, aggregates, input, &[])?;
+        let arg_types: Vec<Vec<DataType>> = planned
+            .aggregates
+            .iter()
+            .map(|a| {
+                a.args
+                    .iter()
+                    .map(|e| e.data_type(input).map_err(df_err))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?;
+        let bounded = frame.bounded();
+        for (a, t) in planned.aggregates.iter().zip(&arg_types) {
+            accumulator(a, t, bounded)?;
+        }
+        let mut fields: Vec<Arc<Field>> = input.fields().iter().cloned().collect();
+        let ts = fields.pop().expect("invariant: `_timestamp` is last");
+        for f in &planned.aggregate_fields {
+            if fields.iter().any(|x| x.name() == f.name()) {
+                return Err(SluiceError::user(format!(
+                    "OVER aggregate `{}` has the name of an input column; give it an alias",
+                    f.name()
+                )));
+            }
+            fields.push(Arc::new(f.as_ref().clone().with_nullable(true)));
+        }
+        fields.push(ts);
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let sort: Vec<SortField> = planned
+            .key_indices
+            .iter()
+            .map(|&i| SortField::new(input.field(i).data_type().clone()))
+            .collect();
+        RowConverter::new(sort.clone())
+            .map_err(|e| SluiceError::user("unsupported partition column type").with_source(e))?;
+        let (key_indices, aggregates) = (planned.key_indices, planned.aggregates);
+        let (input, out) = (Arc::clone(input), Arc::clone(&schema));
+        Ok(PreparedOperator {
+            output_schema: schema,
+            factory: Arc::new(move |_| {
+                Ok(Box::new(OverAggregateOperator {
+                    key_indices: key_indices.clone(),
+                    aggregates: aggregates.clone(),
+                    arg_types: arg_types.clone(),
+                    frame,
+                    input: Arc::clone(&input),
+                    schema: Arc::clone(&out),
+                    converter: RowConverter::new(sort.clone())?,
+                    partitions: HashMap::new(),
+                    pending: Vec::new(),
+                    watermark: i64::MIN,
+                }) as Box<dyn Operator>)
+            }),
+        })
+    }
+
+    fn new_partition(&self) -> Result<Partition> {
+        let bounded = self.frame.bounded();
+        Ok(Partition {
+            accumulators: self
+                .aggregates
+                .iter()
+                .zip(&self.arg_types)
+                .map(|(a, t)| accumulator(a, t, bounded))
+                .collect::<Result<_>>()?,
+            rows: VecDeque::new(),
+        })
+    }
+
+    /// Emits, in event-time order, every pending row at or below `upto`.
+    async fn fire(&mut self, upto: i64, out: &mut dyn Collector) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let all = arrow::compute::concat_batches(&self.input, &self.pending)?;
+        self.pending.clear();
+        let ts = all
+            .column(all.num_columns() - 1)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .ok_or_else(|| SluiceError::internal("OVER input lost its event time"))?
+            .clone();
+        let (due, keep): (Vec<u32>, Vec<u32>) =
+            (0..all.num_rows() as u32).partition(|&r| ts.value(r as usize) <= upto);
+        if !keep.is_empty() {
+            self.pending.push(arrow::compute::take_record_batch(
+                &all,
+                &UInt32Array::from(keep),
+            )?);
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+        // Event-time order; arrival order among equal times (a stable sort).
+        let mut order = due;
+        order.sort_by_key(|&r| ts.value(r as usize));
+        let data = arrow::compute::take_record_batch(&all, &UInt32Array::from(order))?;
+        let keys: Vec<ArrayRef> = self
+            .key_indices
+            .iter()
+            .map(|&i| Arc::clone(data.column(i)))
+            .collect();
+        let keys = self.converter.convert_columns(&keys)?;
+        let args: Vec<Vec<ArrayRef>> = self
+            .aggregates
+            .iter()
+            .map(|a| {
+                let b = Batch::try_new(
+                    data.clone(),
+                    sluice_types::IngestTime {
+                        min_us: 0,
+                        max_us: 0,
+                    },
+                )?;
+                a.args.iter().map(|e| evaluate(e, &b)).collect()
+            })
+            .collect::<Result<_>>()?;
+        let ts = data
+            .column(data.num_columns() - 1)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .ok_or_else(|| SluiceError::internal("OVER input lost its event time"))?
+            .clone();
+        let n = data.num_rows();
+        let frame = self.frame;
+        let bounded = frame.bounded();
+        // RANGE frames: rows of one partition and time are peers, with the same values.
+        let peers = frame.peers();
+        let mut values: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(n); self.aggregates.len()];
+        let mut r = 0;
+        while r < n {
+            let key = keys.row(r);
+            let t = ts.value(r);
+            let mut end = r + 1;
+            if peers {
+                while end < n && ts.value(end) == t && keys.row(end) == key {
+                    end += 1;
+                }
+            }
+            if !self.partitions.contains_key(key.as_ref()) {
+                let p = self.new_partition()?;
+                self.partitions.insert(key.as_ref().into(), p);
+            }
+            let p = self
+                .partitions
+                .get_mut(key.as_ref())
+                .expect("invariant: inserted above");
+            for row in r..end {
+                let vals: Vec<Vec<ScalarValue>> = args
+                    .iter()
+                    .map(|a| {
+                        a.iter()
+                            .map(|c| ScalarValue::try_from_array(c, row).map_err(df_err))
+                            .collect()
+                    })
+                    .collect::<Result<_>>()?;
+                apply(&mut p.accumulators, &vals, true)?;
+                if bounded {
+                    p.rows.push_back((t, vals));
+                }
+                if !peers {
+                    if let OverFrame::Rows { preceding } = frame {
+                        while p.rows.len() as u64 > preceding + 1 {
+                            let (_, old) = p.rows.pop_front().expect("invariant: non-empty");
+                            apply(&mut p.accumulators, &old, false)?;
+                        }
+                    }
+                    push_values(&mut values, &mut p.accumulators)?;
+                }
+            }
+            if peers {
+                if let OverFrame::Range { preceding_ms } = frame {
+                    let from = t.saturating_sub(preceding_ms);
+                    while p.rows.front().is_some_and(|(ft, _)| *ft < from) {
+                        let (_, old) = p.rows.pop_front().expect("invariant: non-empty");
+                        apply(&mut p.accumulators, &old, false)?;
+                    }
+                }
+                for _ in r..end {
+                    push_values(&mut values, &mut p.accumulators)?;
+                }
+            }
+            r = end;
+        }
+        let mut columns: Vec<ArrayRef> = data.columns()[..data.num_columns() - 1].to_vec();
+        for (v, f) in values
+            .into_iter()
+            .zip(&self.schema.fields()[self.input.fields().len() - 1..])
+        {
+            let array = ScalarValue::iter_to_array(v).map_err(df_err)?;
+            columns.push(arrow::compute::cast(&array, f.data_type())?);
+        }
+        columns.push(Arc::clone(data.column(data.num_columns() - 1)));
+        let out_data = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+        let b = Batch::try_new(
+            out_data,
+            sluice_types::IngestTime {
+                min_us: sluice_types::now_micros(),
+                max_us: sluice_types::now_micros(),
+            },
+        )?;
+        out.collect(b).await
+    }
+}
+
+/// Evaluates every aggregate into `values` (one row).
+fn push_values(values: &mut [Vec<ScalarValue>], accs: &mut [Box<dyn Accumulator>]) -> Result<()> {
+    for (v, acc) in values.iter_mut().zip(accs) {
+        v.push(acc.evaluate().map_err(df_err)?);
+    }
+    Ok(())
+}
+
+/// Adds (`add`) or takes back one row's argument values.
+fn apply(accs: &mut [Box<dyn Accumulator>], vals: &[Vec<ScalarValue>], add: bool) -> Result<()> {
+    for (acc, v) in accs.iter_mut().zip(vals) {
+        let arrays = v
+            .iter()
+            .map(|x| x.to_array().map_err(df_err))
+            .collect::<Result<Vec<_>>>()?;
+        match add {
+            true => acc.update_batch(&arrays),
+            false => acc.retract_batch(&arrays),
+        }
+        .map_err(df_err)?;
+    }
+    Ok(())
+}
+
+/// An accumulator for a frame: retractable for bounded frames.
+fn accumulator(
+    a: &PlannedAggregate,
+    types: &[DataType],
+    bounded: bool,
+) -> Result<Box<dyn Accumulator>> {
+    match bounded {
+        true => retractable(a, types),
+        false => a.function.create_accumulator().map_err(df_err),
+    }
+}
+
+fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
+    SluiceError::user("OVER aggregate computation failed").with_source(e)
+}
+
+#[async_trait]
+impl Operator for OverAggregateOperator {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn process_batch(
+        &mut self,
+        batch: Batch,
+        ctx: &mut OperatorContext,
+        _out: &mut dyn Collector,
+    ) -> Result<()> {
+        let ts = batch.timestamps();
+        let wm = self.watermark;
+        let keep: Vec<u32> = (0..batch.num_rows() as u32)
+            .filter(|&r| ts.value(r as usize) > wm)
+            .collect();
+        let late = batch.num_rows() - keep.len();
+        if late > 0 {
+            // Their place in event-time order has passed: dropped, and counted.
+            ctx.metrics
+                .late_records
+                .fetch_add(late as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        if keep.len() == batch.num_rows() {
+            self.pending.push(batch.data);
+        } else if !keep.is_empty() {
+            self.pending.push(arrow::compute::take_record_batch(
+                &batch.data,
+                &UInt32Array::from(keep),
+            )?);
+        }
+        Ok(())
+    }
+
+    async fn on_watermark(
+        &mut self,
+        watermark: Watermark,
+        _ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<Option<Watermark>> {
+        if let Some(t) = watermark.event_time() {
+            self.watermark = self.watermark.max(t);
+            self.fire(t, out).await?;
+        }
+        Ok(Some(watermark))
+    }
+
+    async fn snapshot(
+        &mut self,
+        _barrier: &CheckpointBarrier,
+        ctx: &mut OperatorContext,
+    ) -> Result<OperatorState> {
+        let mut state = OperatorState::default();
+        let max_p = ctx.max_parallelism;
+        if !self.pending.is_empty() {
+            let all = arrow::compute::concat_batches(&self.input, &self.pending)?;
+            let keys: Vec<ArrayRef> = self
+                .key_indices
+                .iter()
+                .map(|&i| Arc::clone(all.column(i)))
+                .collect();
+            let groups = key_groups(&keys, all.num_rows(), max_p)?;
+            let fields = all.schema().fields().iter().cloned().collect();
+            state.push_keyed(PENDING, groups, fields, all.columns().to_vec())?;
+        }
+        if self.partitions.is_empty() {
+            return Ok(state);
+        }
+        // One row per frame row (bounded) or per partition (its accumulators' state).
+        let parser = self.converter.parser();
+        let mut key_rows = Vec::new();
+        let mut times: Vec<i64> = Vec::new();
+        let mut cells: Vec<Vec<ScalarValue>> = Vec::new();
+        for (key, p) in &mut self.partitions {
+            if self.frame.bounded() {
+                for (t, vals) in &p.rows {
+                    key_rows.push(parser.parse(key));
+                    times.push(*t);
+                    let flat: Vec<ScalarValue> = vals.iter().flatten().cloned().collect();
+                    cells.resize_with(flat.len(), Vec::new);
+                    for (c, v) in cells.iter_mut().zip(flat) {
+                        c.push(v);
+                    }
+                }
+            } else {
+                key_rows.push(parser.parse(key));
+                times.push(0);
+                let mut flat = Vec::new();
+                for acc in &mut p.accumulators {
+                    flat.extend(acc.state().map_err(df_err)?);
+                }
+                // `state` consumed the accumulators: rebuild them from it.
+                let arrays: Vec<ArrayRef> = flat
+                    .iter()
+                    .map(|v| v.to_array().map_err(df_err))
+                    .collect::<Result<_>>()?;
+                let mut col = 0;
+                for (a, acc) in self.aggregates.iter().zip(p.accumulators.iter_mut()) {
+                    let n = a.function.state_fields().map_err(df_err)?.len();
+                    let mut fresh = a.function.create_accumulator().map_err(df_err)?;
+                    fresh.merge_batch(&arrays[col..col + n]).map_err(df_err)?;
+                    *acc = fresh;
+                    col += n;
+                }
+                cells.resize_with(flat.len(), Vec::new);
+                for (c, v) in cells.iter_mut().zip(flat) {
+                    c.push(v);
+                }
+            }
+        }
+        if key_rows.is_empty() {
+            return Ok(state);
+        }
+        let key_cols = self.converter.convert_rows(key_rows)?;
+        let mut fields = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for (i, c) in key_cols.iter().enumerate() {
+            fields.push(Arc::new(Field::new(
+                format!("k{i}"),
+                c.data_type().clone(),
+                true,
+            )));
+            columns.push(Arc::clone(c));
+        }
+        fields.push(Arc::new(Field::new("t", DataType::Int64, false)));
+        columns.push(Arc::new(arrow::array::Int64Array::from(times)));
+        for (j, c) in cells.into_iter().enumerate() {
+            let array = ScalarValue::iter_to_array(c).map_err(df_err)?;
+            fields.push(Arc::new(Field::new(
+                format!("v{j}"),
+                array.data_type().clone(),
+                true,
+            )));
+            columns.push(array);
+        }
+        let groups = key_groups(&key_cols, columns[0].len(), max_p)?;
+        state.push_keyed(FRAMES, groups, fields, columns)?;
+        Ok(state)
+    }
+
+    async fn restore(&mut self, state: RestoredState, _ctx: &mut OperatorContext) -> Result<()> {
+        for b in state.table(PENDING) {
+            self.pending.push(b.clone());
+        }
+        let nk = self.key_indices.len();
+        for b in state.table(FRAMES) {
+            let keys = self.converter.convert_columns(&b.columns()[..nk])?;
+            let times = b
+                .column(nk)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .ok_or_else(|| SluiceError::user("OVER state: bad time column"))?
+                .clone();
+            for r in 0..b.num_rows() {
+                let key = keys.row(r);
+                if !self.partitions.contains_key(key.as_ref()) {
+                    let p = self.new_partition()?;
+                    self.partitions.insert(key.as_ref().into(), p);
+                }
+                let bounded = self.frame.bounded();
+                let p = self
+                    .partitions
+                    .get_mut(key.as_ref())
+                    .expect("invariant: inserted above");
+                if bounded {
+                    let mut col = nk + 1;
+                    let mut vals = Vec::with_capacity(self.arg_types.len());
+                    for types in &self.arg_types {
+                        let mut v = Vec::with_capacity(types.len());
+                        for _ in types {
+                            v.push(ScalarValue::try_from_array(b.column(col), r).map_err(df_err)?);
+                            col += 1;
+                        }
+                        vals.push(v);
+                    }
+                    apply(&mut p.accumulators, &vals, true)?;
+                    p.rows.push_back((times.value(r), vals));
+                } else {
+                    let mut col = nk + 1;
+                    for (a, acc) in self.aggregates.iter().zip(p.accumulators.iter_mut()) {
+                        let n = a.function.state_fields().map_err(df_err)?.len();
+                        let cols: Vec<ArrayRef> =
+                            (col..col + n).map(|c| b.column(c).slice(r, 1)).collect();
+                        acc.merge_batch(&cols).map_err(df_err)?;
+                        col += n;
+                    }
+                }
+            }
+        }
+        // Frame rows of one partition may come from several checkpointed batches:
+        // keep them in time order.
+        for p in self.partitions.values_mut() {
+            p.rows.make_contiguous().sort_by_key(|(t, _)| *t);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::VecCollector;
+    use crate::operators::test_util::kv_batch;
+    use datafusion_expr::col;
+    use datafusion_functions_aggregate::expr_fn::{count, max, sum};
+
+    fn rows(out: &[Batch]) -> Vec<String> {
+        use arrow::util::display::array_value_to_string;
+        let mut v = Vec::new();
+        for b in out {
+            let d = &b.data;
+            for r in 0..d.num_rows() {
+                v.push(
+                    (0..d.num_columns())
+                        .map(|c| array_value_to_string(d.column(c), r).unwrap())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
+            }
+        }
+        v
+    }
+
+    fn make(frame: OverFrame, schema: &SchemaRef) -> Box<dyn Operator> {
+        let p = OverAggregateOperator::prepare(
+            &["k".into()],
+            &[
+                count(col("v")).alias("n"),
+                sum(col("v")).alias("s"),
+                max(col("v")).alias("hi"),
+            ],
+            frame,
+            schema,
+        )
+        .unwrap();
+        (p.factory)(&sluice_types::TaskInfo::for_test("over")).unwrap()
+    }
+
+    /// Feeds `input` in two halves with watermarks, optionally through a checkpoint.
+    async fn run(frame: OverFrame, input: &[Batch], checkpoint: bool) -> Vec<String> {
+        let schema = input[0].data.schema();
+        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+        let mut out = VecCollector::default();
+        let mut op = make(frame, &schema);
+        let half = input.len() / 2;
+        for (i, b) in input.iter().enumerate() {
+            if i == half && checkpoint {
+                let barrier = CheckpointBarrier {
+                    epoch: 1,
+                    triggered_at_us: 0,
+                    kind: sluice_types::CheckpointKind::Checkpoint,
+                    then_stop: false,
+                };
+                let state = op.snapshot(&barrier, &mut ctx).await.unwrap();
+                let mut restored = RestoredState::default();
+                for (name, batches) in &state.keyed {
+                    let table =
+                        crate::state::decode_table(&crate::state::encode_table(batches).unwrap())
+                            .unwrap();
+                    for b in &table {
+                        if let Some(r) = crate::state::owned_rows(b, 0, 1, 128).unwrap() {
+                            restored.keyed.entry(name.clone()).or_default().push(r);
+                        }
+                    }
+                }
+                op = make(frame, &schema);
+                op.restore(restored, &mut ctx).await.unwrap();
+            }
+            op.process_batch(b.clone(), &mut ctx, &mut out)
+                .await
+                .unwrap();
+            let t = b.timestamps().values().iter().copied().max().unwrap();
+            op.on_watermark(Watermark::EventTime(t - 50), &mut ctx, &mut out)
+                .await
+                .unwrap();
+        }
+        op.on_watermark(Watermark::MAX, &mut ctx, &mut out)
+            .await
+            .unwrap();
+        rows(&out.batches)
+    }
+
+    #[tokio::test]
+    async fn frames_survive_a_checkpoint_and_come_out_in_event_time_order() {
+        // Two keys, rows slightly out of order within the 50 ms bound.
+        let input: Vec<Batch> = (0..8)
+            .map(|b| {
+                kv_batch(
+                    &(0..10)
+                        .map(|i| {
+                            let n = b * 10 + i;
+                            (n % 2, n, n * 10 - (n % 3) * 5)
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        for frame in [
+            OverFrame::Rows { preceding: 2 },
+            OverFrame::Range { preceding_ms: 40 },
+            OverFrame::UnboundedRows,
+        ] {
+            let whole = run(frame, &input, false).await;
+            assert_eq!(whole.len(), 80, "{frame:?}: every row once");
+            assert_eq!(run(frame, &input, true).await, whole, "{frame:?}");
+        }
+        // ROWS 2 PRECEDING: key 0's rows are 0, 2, 4, …: the third row sees 0, 2 and 4.
+        let whole = run(OverFrame::Rows { preceding: 2 }, &input, false).await;
+        let k0: Vec<&String> = whole.iter().filter(|r| r.starts_with("k0,")).collect();
+        assert!(
+            k0[2].starts_with("k0,4,") && k0[2].contains(",3,6,4,"),
+            "{k0:?}"
+        );
+        assert!(
+            k0[3].contains(",3,12,6,"),
+            "the oldest left the frame: {k0:?}"
+        );
+    }
+}
