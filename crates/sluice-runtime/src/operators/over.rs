@@ -140,25 +140,40 @@ impl OverAggregateOperator {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let all = arrow::compute::concat_batches(&self.input, &self.pending)?;
-        self.pending.clear();
-        let ts = all
-            .column(all.num_columns() - 1)
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .ok_or_else(|| SluiceError::internal("OVER input lost its event time"))?
-            .clone();
-        let (due, keep): (Vec<u32>, Vec<u32>) =
-            (0..all.num_rows() as u32).partition(|&r| ts.value(r as usize) <= upto);
-        if !keep.is_empty() {
-            self.pending.push(arrow::compute::take_record_batch(
-                &all,
-                &UInt32Array::from(keep),
-            )?);
+        // Only the waiting batches that hold due rows are touched: the rest stay as they
+        // are (no copy per watermark of everything that waits).
+        let mut due_parts = Vec::new();
+        let mut waiting = Vec::with_capacity(self.pending.len());
+        for b in std::mem::take(&mut self.pending) {
+            let ts = event_times(&b)?;
+            let (lo, hi) = ts
+                .values()
+                .iter()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+            if lo > upto {
+                waiting.push(b);
+            } else if hi <= upto {
+                due_parts.push(b);
+            } else {
+                let (due, keep): (Vec<u32>, Vec<u32>) =
+                    (0..b.num_rows() as u32).partition(|&r| ts.value(r as usize) <= upto);
+                due_parts.push(arrow::compute::take_record_batch(
+                    &b,
+                    &UInt32Array::from(due),
+                )?);
+                waiting.push(arrow::compute::take_record_batch(
+                    &b,
+                    &UInt32Array::from(keep),
+                )?);
+            }
         }
-        if due.is_empty() {
+        self.pending = waiting;
+        if due_parts.is_empty() {
             return Ok(());
         }
+        let all = arrow::compute::concat_batches(&self.input, &due_parts)?;
+        let ts = event_times(&all)?;
+        let due: Vec<u32> = (0..all.num_rows() as u32).collect();
         // Event-time order; arrival order among equal times (a stable sort).
         let mut order = due;
         order.sort_by_key(|&r| ts.value(r as usize));
@@ -269,6 +284,15 @@ impl OverAggregateOperator {
         )?;
         out.collect(b).await
     }
+}
+
+/// The event-time column (last) of a batch of the operator's input.
+fn event_times(b: &RecordBatch) -> Result<TimestampMillisecondArray> {
+    b.column(b.num_columns() - 1)
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .cloned()
+        .ok_or_else(|| SluiceError::internal("OVER input lost its event time"))
 }
 
 /// Evaluates every aggregate into `values` (one row).
