@@ -21,6 +21,13 @@ const VALID: &[&str] = &[
     "SET 'parallelism.default' = '2'; SELECT CASE WHEN price > 1 THEN 'a' ELSE 'b' END FROM bid",
     "SELECT auction, COUNT(DISTINCT bidder) FROM bid GROUP BY auction",
     "EXPLAIN SELECT auction FROM TABLE(SESSION(TABLE bid, DESCRIPTOR(date_time), INTERVAL '5' SECOND)) GROUP BY auction, window_start, window_end",
+    "SELECT COUNT(*) FROM TABLE(CUMULATE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '1' SECOND, INTERVAL '4' SECOND)) GROUP BY window_start, window_end",
+    "SELECT auction, SUM(price) OVER (PARTITION BY auction ORDER BY date_time ROWS BETWEEN 3 PRECEDING AND CURRENT ROW) FROM bid",
+    "SELECT bidder, COUNT(*) OVER (PARTITION BY bidder ORDER BY date_time RANGE BETWEEN INTERVAL '10' SECOND PRECEDING AND CURRENT ROW) FROM bid",
+    "SELECT bidder, MAX(m) FROM (SELECT auction, bidder, MAX(price) AS m FROM bid GROUP BY auction, bidder) GROUP BY bidder",
+    "SELECT a.auction, b.bidder FROM bid a LEFT JOIN bid b ON a.auction = b.auction AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '5' SECOND",
+    "SELECT x.auction, x.n, y.m FROM (SELECT auction, COUNT(*) AS n FROM bid GROUP BY auction) x JOIN (SELECT auction, MAX(price) AS m FROM bid GROUP BY auction) y ON x.auction = y.auction",
+    "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC, date_time ASC) AS rn FROM bid) WHERE rn <= 1",
 ];
 
 const TOKENS: &[&str] = &[
