@@ -77,6 +77,19 @@ pub struct Failure {
 }
 
 impl JobEntry {
+    /// Adds a failure, with its cause and stack, to the job's history.
+    fn record_failure(&self, e: &SluiceError, restarted: bool) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Failure {
+                time_ms: now_ms(),
+                error: e.to_string(),
+                restarted,
+                trace: e.backtrace_text(),
+            });
+    }
+
     fn restarts(&self) -> usize {
         self.failures
             .lock()
@@ -850,16 +863,7 @@ async fn supervise(
         };
         let delay = tracker.on_failure(first.elapsed(), attempt_start.elapsed());
         tracing::error!(job = %entry.name, error = %e, restart = delay.is_some(), "job failed");
-        entry
-            .failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Failure {
-                time_ms: now_ms(),
-                error: e.to_string(),
-                restarted: delay.is_some(),
-                trace: e.backtrace_text(),
-            });
+        entry.record_failure(&e, delay.is_some());
         let Some(delay) = delay else {
             return (JobStatus::Failed, Some(e.to_string()));
         };
@@ -890,16 +894,7 @@ async fn supervise(
                 Err(e) => {
                     let delay = tracker.on_failure(first.elapsed(), attempt_start.elapsed());
                     tracing::error!(job = %entry.name, error = %e, restart = delay.is_some(), "job failed to restart");
-                    entry
-                        .failures
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(Failure {
-                            time_ms: now_ms(),
-                            error: e.to_string(),
-                            restarted: delay.is_some(),
-                            trace: e.backtrace_text(),
-                        });
+                    entry.record_failure(&e, delay.is_some());
                     let Some(delay) = delay else {
                         return (JobStatus::Failed, Some(e.to_string()));
                     };

@@ -820,36 +820,13 @@ mod tests {
         // The right row is still buffered: a new left row joins it, and the state
         // survives a snapshot/restore round trip.
         let state = j
-            .snapshot(
-                &CheckpointBarrier {
-                    epoch: 1,
-                    triggered_at_us: 0,
-                    kind: sluice_types::CheckpointKind::Checkpoint,
-                    then_stop: false,
-                },
-                &mut ctx,
-            )
+            .snapshot(&crate::operators::test_util::barrier(), &mut ctx)
             .await
             .unwrap();
         let mut restored = op(None, Some(10));
-        let owned: std::collections::BTreeMap<String, Vec<RecordBatch>> = state
-            .keyed
-            .iter()
-            .map(|(n, bs)| {
-                (
-                    n.clone(),
-                    bs.iter()
-                        .filter_map(|b| crate::state::owned_rows(b, 0, 1, 128).unwrap())
-                        .collect(),
-                )
-            })
-            .collect();
         restored
             .restore(
-                RestoredState {
-                    keyed: owned,
-                    metas: vec![],
-                },
+                crate::operators::test_util::restored(&state, 0, 1),
                 &mut ctx,
             )
             .await
@@ -903,15 +880,7 @@ mod tests {
             "only the current left row joins"
         );
         let state = j
-            .snapshot(
-                &CheckpointBarrier {
-                    epoch: 1,
-                    triggered_at_us: 0,
-                    kind: sluice_types::CheckpointKind::Checkpoint,
-                    then_stop: false,
-                },
-                &mut ctx,
-            )
+            .snapshot(&crate::operators::test_util::barrier(), &mut ctx)
             .await
             .unwrap();
         let left_rows: usize = state.keyed["left"].iter().map(|b| b.num_rows()).sum();
@@ -919,25 +888,10 @@ mod tests {
             left_rows, 2,
             "the checkpoint keeps current rows only (keys 1 and 2)"
         );
-        let owned: std::collections::BTreeMap<String, Vec<RecordBatch>> = state
-            .keyed
-            .iter()
-            .map(|(n, bs)| {
-                (
-                    n.clone(),
-                    bs.iter()
-                        .filter_map(|b| crate::state::owned_rows(b, 0, 1, 128).unwrap())
-                        .collect(),
-                )
-            })
-            .collect();
         let mut restored = updating_op();
         restored
             .restore(
-                RestoredState {
-                    keyed: owned,
-                    metas: vec![],
-                },
+                crate::operators::test_util::restored(&state, 0, 1),
                 &mut ctx,
             )
             .await
@@ -1019,35 +973,12 @@ mod tests {
         assert_eq!(text_rows(&out), ["1,1,1,7,1970-01-01T00:00:00.105"]);
         // A checkpoint in between keeps which rows matched.
         let state = j
-            .snapshot(
-                &CheckpointBarrier {
-                    epoch: 1,
-                    triggered_at_us: 0,
-                    kind: sluice_types::CheckpointKind::Checkpoint,
-                    then_stop: false,
-                },
-                &mut ctx,
-            )
+            .snapshot(&crate::operators::test_util::barrier(), &mut ctx)
             .await
             .unwrap();
-        let owned: std::collections::BTreeMap<String, Vec<RecordBatch>> = state
-            .keyed
-            .iter()
-            .map(|(n, bs)| {
-                (
-                    n.clone(),
-                    bs.iter()
-                        .filter_map(|b| crate::state::owned_rows(b, 0, 1, 128).unwrap())
-                        .collect(),
-                )
-            })
-            .collect();
         let mut j = make();
         j.restore(
-            RestoredState {
-                keyed: owned,
-                metas: vec![],
-            },
+            crate::operators::test_util::restored(&state, 0, 1),
             &mut ctx,
         )
         .await

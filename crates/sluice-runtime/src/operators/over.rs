@@ -26,7 +26,7 @@ use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, Watermark};
 
 use super::PreparedOperator;
 use super::aggregate::{PlannedAggregate, PlannedAggregates};
-use super::retract::retractable;
+use super::retract::{apply_row, retractable, row_args};
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::state::{OperatorState, RestoredState, key_groups};
@@ -229,15 +229,8 @@ impl OverAggregateOperator {
                 .get_mut(key.as_ref())
                 .expect("invariant: inserted above");
             for row in r..end {
-                let vals: Vec<Vec<ScalarValue>> = args
-                    .iter()
-                    .map(|a| {
-                        a.iter()
-                            .map(|c| ScalarValue::try_from_array(c, row).map_err(df_err))
-                            .collect()
-                    })
-                    .collect::<Result<_>>()?;
-                apply(&mut p.accumulators, &vals, true)?;
+                let vals = row_args(&args, row)?;
+                apply_row(&mut p.accumulators, &vals, true)?;
                 if bounded {
                     p.rows.push_back((t, vals));
                 }
@@ -245,7 +238,7 @@ impl OverAggregateOperator {
                     if let OverFrame::Rows { preceding } = frame {
                         while p.rows.len() as u64 > preceding + 1 {
                             let (_, old) = p.rows.pop_front().expect("invariant: non-empty");
-                            apply(&mut p.accumulators, &old, false)?;
+                            apply_row(&mut p.accumulators, &old, false)?;
                         }
                     }
                     push_values(&mut values, &mut p.accumulators)?;
@@ -256,7 +249,7 @@ impl OverAggregateOperator {
                     let from = t.saturating_sub(preceding_ms);
                     while p.rows.front().is_some_and(|(ft, _)| *ft < from) {
                         let (_, old) = p.rows.pop_front().expect("invariant: non-empty");
-                        apply(&mut p.accumulators, &old, false)?;
+                        apply_row(&mut p.accumulators, &old, false)?;
                     }
                 }
                 for _ in r..end {
@@ -299,22 +292,6 @@ fn event_times(b: &RecordBatch) -> Result<TimestampMillisecondArray> {
 fn push_values(values: &mut [Vec<ScalarValue>], accs: &mut [Box<dyn Accumulator>]) -> Result<()> {
     for (v, acc) in values.iter_mut().zip(accs) {
         v.push(acc.evaluate().map_err(df_err)?);
-    }
-    Ok(())
-}
-
-/// Adds (`add`) or takes back one row's argument values.
-fn apply(accs: &mut [Box<dyn Accumulator>], vals: &[Vec<ScalarValue>], add: bool) -> Result<()> {
-    for (acc, v) in accs.iter_mut().zip(vals) {
-        let arrays = v
-            .iter()
-            .map(|x| x.to_array().map_err(df_err))
-            .collect::<Result<Vec<_>>>()?;
-        match add {
-            true => acc.update_batch(&arrays),
-            false => acc.retract_batch(&arrays),
-        }
-        .map_err(df_err)?;
     }
     Ok(())
 }
@@ -511,7 +488,7 @@ impl Operator for OverAggregateOperator {
                         }
                         vals.push(v);
                     }
-                    apply(&mut p.accumulators, &vals, true)?;
+                    apply_row(&mut p.accumulators, &vals, true)?;
                     p.rows.push_back((times.value(r), vals));
                 } else {
                     let mut col = nk + 1;
@@ -583,24 +560,11 @@ mod tests {
         let half = input.len() / 2;
         for (i, b) in input.iter().enumerate() {
             if i == half && checkpoint {
-                let barrier = CheckpointBarrier {
-                    epoch: 1,
-                    triggered_at_us: 0,
-                    kind: sluice_types::CheckpointKind::Checkpoint,
-                    then_stop: false,
-                };
-                let state = op.snapshot(&barrier, &mut ctx).await.unwrap();
-                let mut restored = RestoredState::default();
-                for (name, batches) in &state.keyed {
-                    let table =
-                        crate::state::decode_table(&crate::state::encode_table(batches).unwrap())
-                            .unwrap();
-                    for b in &table {
-                        if let Some(r) = crate::state::owned_rows(b, 0, 1, 128).unwrap() {
-                            restored.keyed.entry(name.clone()).or_default().push(r);
-                        }
-                    }
-                }
+                let state = op
+                    .snapshot(&crate::operators::test_util::barrier(), &mut ctx)
+                    .await
+                    .unwrap();
+                let restored = crate::operators::test_util::restored(&state, 0, 1);
                 op = make(frame, &schema);
                 op.restore(restored, &mut ctx).await.unwrap();
             }

@@ -191,17 +191,7 @@ impl RetractAggregateOperator {
 
     /// Puts one row's arguments into (`add`) or takes them out of group `g`.
     fn apply(&mut self, g: u32, args: &[Vec<ScalarValue>], add: bool) -> Result<()> {
-        for (acc, values) in self.accumulators[g as usize].iter_mut().zip(args) {
-            let arrays = values
-                .iter()
-                .map(|v| v.to_array().map_err(df_err))
-                .collect::<Result<Vec<_>>>()?;
-            match add {
-                true => acc.update_batch(&arrays),
-                false => acc.retract_batch(&arrays),
-            }
-            .map_err(df_err)?;
-        }
+        apply_row(&mut self.accumulators[g as usize], args, add)?;
         let c = &mut self.counts[g as usize];
         *c = if add { *c + 1 } else { c.saturating_sub(1) };
         Ok(())
@@ -230,6 +220,38 @@ impl RetractAggregateOperator {
 
 fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
     SluiceError::user("aggregate computation failed").with_source(e)
+}
+
+/// Adds (`add`) one row's argument values (per aggregate, per argument) to
+/// accumulators, or takes them back out.
+pub(crate) fn apply_row(
+    accs: &mut [Box<dyn Accumulator>],
+    args: &[Vec<ScalarValue>],
+    add: bool,
+) -> Result<()> {
+    for (acc, values) in accs.iter_mut().zip(args) {
+        let arrays = values
+            .iter()
+            .map(|v| v.to_array().map_err(df_err))
+            .collect::<Result<Vec<_>>>()?;
+        match add {
+            true => acc.update_batch(&arrays),
+            false => acc.retract_batch(&arrays),
+        }
+        .map_err(df_err)?;
+    }
+    Ok(())
+}
+
+/// Row `row`'s argument values: per aggregate, per argument.
+pub(crate) fn row_args(args: &[Vec<ArrayRef>], row: usize) -> Result<Vec<Vec<ScalarValue>>> {
+    args.iter()
+        .map(|a| {
+            a.iter()
+                .map(|c| ScalarValue::try_from_array(c, row).map_err(df_err))
+                .collect()
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -273,14 +295,7 @@ impl Operator for RetractAggregateOperator {
         };
         for i in 0..n {
             let g = self.group_of(keys.row(i))?;
-            let values = args
-                .iter()
-                .map(|a| {
-                    a.iter()
-                        .map(|c| ScalarValue::try_from_array(c, i).map_err(df_err))
-                        .collect::<Result<Vec<_>>>()
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let values = row_args(&args, i)?;
             let left = self.upsert(upserts.row(i).as_ref().into(), g, values)?;
             touch(g, ts.value(i), &mut touched);
             if let Some(pg) = left {
@@ -582,27 +597,11 @@ mod tests {
         assert_eq!(latest(&out.batches), ["a,2,90,45.0,40,50", "b,1,5,5.0,5,5"]);
 
         // A checkpoint, restored into a fresh operator: the same state.
-        let barrier = CheckpointBarrier {
-            epoch: 1,
-            triggered_at_us: 0,
-            kind: sluice_types::CheckpointKind::Checkpoint,
-            then_stop: false,
-        };
-        let state = op.snapshot(&barrier, &mut ctx).await.unwrap();
-        let table = crate::state::decode_table(
-            &crate::state::encode_table(&state.keyed[UPSERTS_TABLE]).unwrap(),
-        )
-        .unwrap();
-        let mut restored = RestoredState::default();
-        for b in &table {
-            if let Some(r) = crate::state::owned_rows(b, 0, 1, 128).unwrap() {
-                restored
-                    .keyed
-                    .entry(UPSERTS_TABLE.into())
-                    .or_default()
-                    .push(r);
-            }
-        }
+        let state = op
+            .snapshot(&crate::operators::test_util::barrier(), &mut ctx)
+            .await
+            .unwrap();
+        let restored = crate::operators::test_util::restored(&state, 0, 1);
         let mut again = operator(&schema);
         again.restore(restored, &mut ctx).await.unwrap();
         let mut out2 = crate::operator::VecCollector::default();

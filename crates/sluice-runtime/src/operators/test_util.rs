@@ -214,3 +214,33 @@ fn route_columns(b: &Batch, route_by: &[usize]) -> Vec<arrow::array::ArrayRef> {
         .map(|&i| Arc::clone(b.data.column(i)))
         .collect()
 }
+
+/// A checkpoint barrier for tests.
+pub(crate) fn barrier() -> sluice_types::CheckpointBarrier {
+    sluice_types::CheckpointBarrier {
+        epoch: 1,
+        triggered_at_us: 0,
+        kind: sluice_types::CheckpointKind::Checkpoint,
+        then_stop: false,
+    }
+}
+
+/// What subtask `subtask` of `parallelism` gets back from a snapshot: its tables encoded
+/// and decoded as in a checkpoint, cut to the key groups it owns (128 in all).
+pub(crate) fn restored(
+    state: &crate::state::OperatorState,
+    subtask: usize,
+    parallelism: usize,
+) -> crate::state::RestoredState {
+    let mut out = crate::state::RestoredState::default();
+    for (name, batches) in &state.keyed {
+        let table =
+            crate::state::decode_table(&crate::state::encode_table(batches).unwrap()).unwrap();
+        for b in &table {
+            if let Some(r) = crate::state::owned_rows(b, subtask, parallelism, 128).unwrap() {
+                out.keyed.entry(name.clone()).or_default().push(r);
+            }
+        }
+    }
+    out
+}

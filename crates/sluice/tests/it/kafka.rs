@@ -310,6 +310,40 @@ fn window_rows(reads: &[Read]) -> Vec<(i64, i64, i64, i64)> {
         .collect()
 }
 
+/// Every window of the batch answer over `n` bids, with its exact value; a window
+/// written twice (a replay) has the same value both times.
+fn assert_windows_exact(rows: &[(i64, i64, i64, i64)], n: usize) {
+    let got: BTreeMap<(i64, i64), (i64, i64)> =
+        rows.iter().map(|&(w, a, b, t)| ((w, a), (b, t))).collect();
+    let want = expected_windows(n);
+    let distinct: BTreeSet<_> = rows.iter().collect();
+    if distinct.len() != got.len() {
+        let mut by: BTreeMap<(i64, i64), Vec<(i64, i64)>> = BTreeMap::new();
+        for &&(w, a, b, t) in &distinct {
+            by.entry((w, a)).or_default().push((b, t));
+        }
+        let two: Vec<_> = by
+            .iter()
+            .filter(|(_, v)| v.len() > 1)
+            .take(8)
+            .map(|(k, v)| (k, v, want.get(k)))
+            .collect();
+        panic!("windows with two values (window, values, want): {two:?}");
+    }
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(k) != Some(v))
+        .take(5)
+        .map(|(k, v)| (k, v, got.get(k)))
+        .collect();
+    assert!(
+        wrong.is_empty() && got.len() == want.len(),
+        "{} windows, {} expected; first differences (window, want, got): {wrong:?}",
+        got.len(),
+        want.len()
+    );
+}
+
 fn windowed_sql(bootstrap: &str, input: &str, output: &str, rate: u32, sink: &str) -> String {
     format!(
         "CREATE TABLE bids (
@@ -380,28 +414,7 @@ async fn at_least_once_sink_through_repeated_sigkill_loses_nothing() {
 
     // No loss: every window of the batch answer, with its exact value (a replayed
     // window may appear twice, always with the same value).
-    let rows = window_rows(&read_topic(bootstrap, &output));
-    let got: BTreeMap<(i64, i64), (i64, i64)> =
-        rows.iter().map(|&(w, a, b, t)| ((w, a), (b, t))).collect();
-    let distinct: BTreeSet<_> = rows.iter().collect();
-    assert_eq!(
-        distinct.len(),
-        got.len(),
-        "a window has two different values"
-    );
-    let want = expected_windows(n);
-    let wrong: Vec<_> = want
-        .iter()
-        .filter(|(k, v)| got.get(k) != Some(v))
-        .take(5)
-        .map(|(k, v)| (k, v, got.get(k)))
-        .collect();
-    assert!(
-        wrong.is_empty() && got.len() == want.len(),
-        "{} windows, {} expected; first differences (window, want, got): {wrong:?}",
-        got.len(),
-        want.len()
-    );
+    assert_windows_exact(&window_rows(&read_topic(bootstrap, &output)), n);
 
     // The consumer group's committed offsets (what Kafka tools show) reached the end.
     let c: BaseConsumer = ClientConfig::new()
@@ -1078,34 +1091,5 @@ async fn the_broker_going_down_and_coming_back_loses_nothing() {
         println!("  {}", line.chars().take(300).collect::<String>());
     }
 
-    let rows = window_rows(&read_topic(bootstrap, &output));
-    let got: BTreeMap<(i64, i64), (i64, i64)> =
-        rows.iter().map(|&(w, a, b, t)| ((w, a), (b, t))).collect();
-    let distinct: BTreeSet<_> = rows.iter().collect();
-    let want = expected_windows(n);
-    if distinct.len() != got.len() {
-        let mut by: BTreeMap<(i64, i64), Vec<(i64, i64)>> = BTreeMap::new();
-        for &&(w, a, b, t) in &distinct {
-            by.entry((w, a)).or_default().push((b, t));
-        }
-        let two: Vec<_> = by
-            .iter()
-            .filter(|(_, v)| v.len() > 1)
-            .take(8)
-            .map(|(k, v)| (k, v, want.get(k)))
-            .collect();
-        panic!("windows with two values (window, values, want): {two:?}");
-    }
-    let wrong: Vec<_> = want
-        .iter()
-        .filter(|(k, v)| got.get(k) != Some(v))
-        .take(5)
-        .map(|(k, v)| (k, v, got.get(k)))
-        .collect();
-    assert!(
-        wrong.is_empty() && got.len() == want.len(),
-        "{} windows, {} expected; first differences (window, want, got): {wrong:?}",
-        got.len(),
-        want.len()
-    );
+    assert_windows_exact(&window_rows(&read_topic(bootstrap, &output)), n);
 }
