@@ -245,6 +245,10 @@ pub enum NodeKind {
         /// (left, right). A kept row that can no longer match (the watermark passed its
         /// time plus its side's retention) is emitted once with NULLs for the other side.
         outer: (bool, bool),
+        /// Per side (left, right), a timestamp column bounding the other side's event
+        /// time from above (`r.time <= l.expires`): a row is freed once the watermark
+        /// passes it, whatever its retention.
+        until: (Option<String>, Option<String>),
     },
     /// Writes to a connector.
     Sink(ConnectorSpec),
@@ -505,8 +509,16 @@ impl NodeKind {
                 right_keys,
                 interval,
                 outer,
+                until,
                 ..
             } => {
+                let mut frees = String::new();
+                if let Some(c) = &until.0 {
+                    frees.push_str(&format!(", left rows until {c}"));
+                }
+                if let Some(c) = &until.1 {
+                    frees.push_str(&format!(", right rows until {c}"));
+                }
                 let on = left_keys
                     .iter()
                     .zip(right_keys)
@@ -520,10 +532,10 @@ impl NodeKind {
                     (false, false) => "",
                 };
                 match interval {
-                    Some((lo, hi)) => {
-                        format!("{kind}interval-join on {on}, right - left in [{lo}, {hi}] ms")
-                    }
-                    None => format!("{kind}join on {on}"),
+                    Some((lo, hi)) => format!(
+                        "{kind}interval-join on {on}, right - left in [{lo}, {hi}] ms{frees}"
+                    ),
+                    None => format!("{kind}join on {on}{frees}"),
                 }
             }
             NodeKind::Sink(s) => format!("sink:{}", s.connector),

@@ -988,6 +988,7 @@ impl<'a> Lowerer<'a> {
         let mut residual = Vec::new();
         let conjuncts = rest;
         let side_of = |e: &Expr| -> Option<(usize, i64)> { time_term(e, j, &left, &right) };
+        let mut until: [Option<String>; 2] = [None, None];
         for c in conjuncts {
             let bound = match &c {
                 Expr::BinaryExpr(BinaryExpr {
@@ -1019,7 +1020,15 @@ impl<'a> Lowerer<'a> {
                     lower = lower.max(k);
                     upper = upper.min(k);
                 }
-                _ => residual.push(c),
+                _ => {
+                    // `r.time <= l.col` (or `<`, or mirrored): no right row can match a left
+                    // row once the watermark passes its `col`; the same the other way round.
+                    // The condition stays a filter; it also frees state.
+                    if let Some((side, col)) = until_column(&c, j, &names, &side_of) {
+                        until[side] = Some(col);
+                    }
+                    residual.push(c)
+                }
             }
         }
         let interval = (lower != i64::MIN || upper != i64::MAX).then_some((lower, upper));
@@ -1093,6 +1102,7 @@ impl<'a> Lowerer<'a> {
             right_retain_ms: right_retain_ms.or(ttl),
             upsert_keys,
             outer,
+            until: (until[0].take(), until[1].take()),
         };
         let name = kind.label();
         let node = self.plan.add_node(name, self.parallelism, kind);
@@ -1866,6 +1876,47 @@ fn lookup_table(plan: &LogicalPlan) -> Option<String> {
 
 /// A join condition's term `time_column [± INTERVAL]`: which side (0 left, 1 right) and
 /// the offset in ms, when the column is that side's event-time column.
+/// For `a <= b` (or `<`, `>=`, `>`) comparing one side's event time with a plain
+/// column of the other side, bounding it from above: (the other side, that column's
+/// physical name).
+fn until_column(
+    c: &Expr,
+    j: &datafusion_expr::logical_plan::Join,
+    names: &[String],
+    side_of: &dyn Fn(&Expr) -> Option<(usize, i64)>,
+) -> Option<(usize, String)> {
+    let Expr::BinaryExpr(BinaryExpr {
+        left: a,
+        op,
+        right: b,
+    }) = c
+    else {
+        return None;
+    };
+    // Normalise to `time <= column`.
+    let (time, column) = match op {
+        Operator::LtEq | Operator::Lt => (a.as_ref(), b.as_ref()),
+        Operator::GtEq | Operator::Gt => (b.as_ref(), a.as_ref()),
+        _ => return None,
+    };
+    let (time_side, 0) = side_of(time)? else {
+        return None;
+    };
+    let Expr::Column(col) = column else {
+        return None;
+    };
+    let nl = j.left.schema().fields().len();
+    let (col_side, index) = if let Ok(i) = j.left.schema().index_of_column(col) {
+        (0, i)
+    } else {
+        (1, nl + j.right.schema().index_of_column(col).ok()?)
+    };
+    if col_side == time_side || side_of(column).is_some() {
+        return None;
+    }
+    Some((col_side, names.get(index)?.clone()))
+}
+
 fn time_term(
     e: &Expr,
     j: &datafusion_expr::logical_plan::Join,

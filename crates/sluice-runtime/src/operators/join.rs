@@ -40,6 +40,8 @@ struct Side {
     keys: Vec<usize>,
     /// Keep a row until the watermark passes its time plus this; `None`: forever.
     retain: Option<i64>,
+    /// Or until the watermark passes this column's value (`r.time <= l.expires`).
+    until: Option<usize>,
     /// Buffered batches (user columns and `_timestamp`); `None` once freed.
     batches: Vec<Option<RecordBatch>>,
     /// Newest event time in each buffered batch.
@@ -77,6 +79,7 @@ impl Side {
             live: Vec::new(),
             upserts: None,
             outer: None,
+            until: None,
         }
     }
 
@@ -110,9 +113,27 @@ impl Side {
             None => None,
         };
         let mut newest = i64::MIN;
+        // With an `until` column, a batch lives as long as its latest value there.
+        let until = match self.until {
+            Some(c) => Some(
+                data.column(c)
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .ok_or_else(|| {
+                        SluiceError::internal("the join's until column is not a timestamp")
+                    })?
+                    .clone(),
+            ),
+            None => None,
+        };
         for r in 0..data.num_rows() {
             let t = ts.value(r);
-            newest = newest.max(t);
+            newest = match &until {
+                Some(u) if u.is_valid(r) => newest.max(u.value(r)),
+                // A NULL bound never frees the row.
+                Some(_) => i64::MAX,
+                None => newest.max(t),
+            };
             let key = keys.row(r);
             // An update: the earlier row of its upsert key (same join key) stops joining.
             if let (Some(u), Some(uk)) = (self.upserts.as_mut(), upsert_keys.as_ref())
@@ -140,7 +161,11 @@ impl Side {
 
     /// Frees batches no future row can join; sweeps the index when many were freed.
     fn expire(&mut self, watermark: i64) {
-        let Some(retain) = self.retain else { return };
+        let retain = match (self.until, self.retain) {
+            (Some(_), _) => 0,
+            (None, Some(r)) => r,
+            (None, None) => return,
+        };
         let (batches, newest) = (&mut self.batches, &self.newest);
         let mut freed = 0;
         self.live.retain(|&b| {
@@ -206,6 +231,7 @@ impl JoinOperator {
             right_retain_ms,
             upsert_keys,
             outer,
+            until,
         } = kind
         else {
             return Err(SluiceError::internal("not a join node"));
@@ -309,9 +335,32 @@ impl JoinOperator {
             }
         };
         let (lr, rr) = (*left_retain_ms, *right_retain_ms);
+        // Per side, its `until` column (a timestamp), if any.
+        let until_index =
+            |s: &SchemaRef, c: &Option<String>, what: &str| -> Result<Option<usize>> {
+                let Some(c) = c else { return Ok(None) };
+                let i = s.index_of(c).map_err(|_| {
+                    SluiceError::user(format!("the {what} input has no column `{c}`"))
+                })?;
+                match s.field(i).data_type() {
+                    arrow::datatypes::DataType::Timestamp(
+                        arrow::datatypes::TimeUnit::Millisecond,
+                        _,
+                    ) => Ok(Some(i)),
+                    // Not a millisecond timestamp: the condition still filters, frees nothing.
+                    _ => Ok(None),
+                }
+            };
+        let untils = [
+            until_index(left, &until.0, "left")?,
+            until_index(right, &until.1, "right")?,
+        ];
         let out = Arc::clone(&schema);
         let factory: OperatorFactory = Arc::new(move |_task| {
             let mut sides = [Side::new(lk.clone(), lr), Side::new(rk.clone(), rr)];
+            for (side, u) in sides.iter_mut().zip(untils) {
+                side.until = u;
+            }
             for (side, keep) in sides.iter_mut().zip([outer.0, outer.1]) {
                 if keep {
                     side.outer = Some(Vec::new());
@@ -737,6 +786,7 @@ mod tests {
             right_retain_ms: retain,
             upsert_keys: None,
             outer: (false, false),
+            until: (None, None),
         };
         let p = JoinOperator::prepare(&kind, &[&l, &r]).unwrap();
         (p.factory)(&TaskInfo::for_test("join")).unwrap()
@@ -849,6 +899,7 @@ mod tests {
             right_retain_ms: None,
             upsert_keys: Some((vec!["k".into()], vec!["rk".into()])),
             outer: (false, false),
+            until: (None, None),
         };
         let p = JoinOperator::prepare(&kind, &[&l, &r]).unwrap();
         (p.factory)(&TaskInfo::for_test("join")).unwrap()
@@ -941,6 +992,7 @@ mod tests {
                 right_retain_ms: Some(0),
                 upsert_keys: None,
                 outer: (true, false),
+                until: (None, None),
             };
             let p = JoinOperator::prepare(&kind, &[&l, &r]).unwrap();
             assert!(p.output_schema.field(2).is_nullable());
@@ -1002,5 +1054,59 @@ mod tests {
             .await
             .unwrap();
         assert!(none.batches.is_empty(), "each unmatched row once");
+    }
+
+    #[test]
+    fn rows_bounded_by_a_column_are_freed_once_the_watermark_passes_it() {
+        use arrow::datatypes::{DataType, TimeUnit};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new(
+                "expires",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                true,
+            ),
+            sluice_types::timestamp_field(),
+        ]));
+        let left = |rows: &[(i64, Option<i64>, i64)]| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                    Arc::new(TimestampMillisecondArray::from(
+                        rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        rows.iter().map(|r| r.2),
+                    )),
+                ],
+            )
+            .unwrap()
+        };
+        let mut s = Side::new(vec![0], None);
+        s.until = Some(1);
+        let conv = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        for rows in [
+            vec![(1, Some(150), 100), (2, Some(120), 100)],
+            vec![(3, None, 100)],
+            vec![(4, Some(300), 200)],
+        ] {
+            let b = left(&rows);
+            let keys = conv.convert_columns(&[Arc::clone(b.column(0))]).unwrap();
+            let ts = b
+                .column(2)
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .unwrap()
+                .clone();
+            s.insert(b, &keys, &ts).unwrap();
+        }
+        // Without `until` these rows would be kept forever (no retention).
+        s.expire(149);
+        assert_eq!(s.live.len(), 3, "the first batch's latest bound is 150");
+        s.expire(151);
+        assert_eq!(s.live, vec![1, 2], "freed once the watermark passed 150");
+        s.expire(10_000);
+        assert_eq!(s.live, vec![1], "a NULL bound never frees its row");
     }
 }
