@@ -200,6 +200,9 @@ pub enum NodeKind {
         limit: usize,
         /// Name of the rank column added before `_timestamp`.
         rank_column: String,
+        /// A partition no row reached for this long in event time (past the watermark)
+        /// is forgotten (`table.exec.state.ttl`); `None`: kept forever.
+        ttl_ms: Option<i64>,
     },
     /// Lookup join: each row joins the rows of a bounded table with equal keys; the
     /// table is read once when the operator starts. Output: the stream's columns, then

@@ -1401,6 +1401,7 @@ impl<'a> Lowerer<'a> {
                     then_by,
                     limit,
                     rank_column: rank_name.clone(),
+                    ttl_ms: self.state_ttl.map(|d| d.as_millis() as i64),
                 },
                 p,
                 edge,

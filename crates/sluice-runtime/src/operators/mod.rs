@@ -132,6 +132,7 @@ pub fn prepare(
             then_by,
             limit,
             rank_column,
+            ttl_ms,
         } => rank::TopNOperator::prepare_ordered(
             partition_by,
             order_by,
@@ -139,6 +140,7 @@ pub fn prepare(
             then_by,
             *limit,
             rank_column,
+            *ttl_ms,
             input,
         ),
         NodeKind::Changelog { keys } => changelog::ChangelogOperator::prepare(keys, input),

@@ -29,6 +29,8 @@ use crate::operator::{Collector, Operator, OperatorContext};
 use crate::state::{OperatorState, RestoredState, key_groups};
 
 const HELD_TABLE: &str = "held";
+/// With a TTL: when each partition was last reached.
+const TOUCHED_TABLE: &str = "touched";
 
 /// One held row: its rank order (order value, then arrival), and the row itself, both
 /// in Arrow's row format (compact, comparable as bytes).
@@ -57,6 +59,10 @@ pub struct TopNOperator {
     rows: RowConverter,
     /// Arrival counter (ties: ascending keeps the earlier row, descending the later).
     seq: u64,
+    /// Forget a partition no row reached for this long (event time, past the watermark).
+    ttl: Option<i64>,
+    /// Per partition, the latest event time of a row offered to it (with a TTL).
+    touched: HashMap<Box<[u8]>, i64>,
 }
 
 fn converter(types: &[DataType]) -> Result<RowConverter> {
@@ -81,12 +87,15 @@ impl TopNOperator {
             &[],
             limit,
             rank_column,
+            None,
             input,
         )
     }
 
     /// [`Self::prepare`] with further ordering columns for rows equal in `order_by`
-    /// (`ORDER BY price DESC, date_time ASC`).
+    /// (`ORDER BY price DESC, date_time ASC`), and a state TTL: a partition no row
+    /// reached for `ttl_ms` of event time before the watermark is forgotten.
+    #[allow(clippy::too_many_arguments)]
     pub fn prepare_ordered(
         partition_by: &[String],
         order_by: &str,
@@ -94,6 +103,7 @@ impl TopNOperator {
         then_by: &[(String, bool)],
         limit: usize,
         rank_column: &str,
+        ttl_ms: Option<i64>,
         input: &SchemaRef,
     ) -> Result<PreparedOperator> {
         if limit == 0 {
@@ -126,7 +136,7 @@ impl TopNOperator {
         fields.push(Arc::new(Field::new(rank_column, DataType::Int64, false)));
         fields.push(ts);
         let out_schema: SchemaRef = Arc::new(Schema::new(fields));
-        let template = Self::build(
+        let mut template = Self::build(
             Arc::clone(input),
             Arc::clone(&out_schema),
             partition,
@@ -135,6 +145,7 @@ impl TopNOperator {
             descending,
             limit,
         )?;
+        template.ttl = ttl_ms;
         Ok(prepare_from_template(template, out_schema, Self::fresh))
     }
 
@@ -179,11 +190,13 @@ impl TopNOperator {
             limit,
             held: HashMap::new(),
             seq: 0,
+            ttl: None,
+            touched: HashMap::new(),
         })
     }
 
     fn fresh(&self) -> Result<Self> {
-        Self::build(
+        let mut op = Self::build(
             Arc::clone(&self.input),
             Arc::clone(&self.out_schema),
             self.partition.clone(),
@@ -191,7 +204,9 @@ impl TopNOperator {
             self.order.clone(),
             self.descending,
             self.limit,
-        )
+        )?;
+        op.ttl = self.ttl;
+        Ok(op)
     }
 
     fn partition_keys(&self, data: &RecordBatch) -> Result<Option<arrow::row::Rows>> {
@@ -217,6 +232,12 @@ impl TopNOperator {
             .collect();
         let orders = self.orders.convert_columns(&order_cols)?;
         let rows = self.rows.convert_columns(data.columns())?;
+        let ts = data
+            .column(data.num_columns() - 1)
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+            .ok_or_else(|| SluiceError::internal("top-n input lost its event time"))?
+            .clone();
         let mut changed: HashMap<Box<[u8]>, usize> = HashMap::new();
         for i in 0..data.num_rows() {
             self.seq += 1;
@@ -226,6 +247,15 @@ impl TopNOperator {
                 self.seq
             };
             let key: &[u8] = keys.as_ref().map_or(&[], |k| k.row(i).data());
+            if self.ttl.is_some() {
+                let t = ts.value(i);
+                match self.touched.get_mut(key) {
+                    Some(last) => *last = (*last).max(t),
+                    None => {
+                        self.touched.insert(key.into(), t);
+                    }
+                }
+            }
             let order = orders.row(i);
             let list = match self.held.get_mut(key) {
                 Some(l) => l,
@@ -298,12 +328,53 @@ impl Operator for TopNOperator {
         Ok(())
     }
 
+    async fn on_watermark(
+        &mut self,
+        watermark: sluice_types::Watermark,
+        _ctx: &mut OperatorContext,
+        _out: &mut dyn Collector,
+    ) -> Result<Option<sluice_types::Watermark>> {
+        if let (Some(ttl), Some(t)) = (self.ttl, watermark.event_time())
+            && t != i64::MAX
+        {
+            let held = &mut self.held;
+            self.touched.retain(|key, last| {
+                let keep = last.saturating_add(ttl) >= t;
+                if !keep {
+                    held.remove(key);
+                }
+                keep
+            });
+        }
+        Ok(Some(watermark))
+    }
+
     async fn snapshot(
         &mut self,
         _barrier: &CheckpointBarrier,
         ctx: &mut OperatorContext,
     ) -> Result<OperatorState> {
         let mut state = OperatorState::default();
+        if self.ttl.is_some() && !self.touched.is_empty() && !self.partition.is_empty() {
+            // When each partition was last reached, for its TTL.
+            let parser = self.keys.parser();
+            let entries: Vec<(&Box<[u8]>, &i64)> = self.touched.iter().collect();
+            let keys = self
+                .keys
+                .convert_rows(entries.iter().map(|(k, _)| parser.parse(k)))?;
+            let mut fields: Vec<Arc<Field>> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| Arc::new(Field::new(format!("k{i}"), k.data_type().clone(), true)))
+                .collect();
+            let mut columns = keys.clone();
+            fields.push(Arc::new(Field::new("last", DataType::Int64, false)));
+            columns.push(Arc::new(Int64Array::from(
+                entries.iter().map(|(_, t)| **t).collect::<Vec<_>>(),
+            )));
+            let groups = key_groups(&keys, entries.len(), ctx.max_parallelism)?;
+            state.push_keyed(TOUCHED_TABLE, groups, fields, columns)?;
+        }
         // Rank order is kept: rows go out per partition, best first.
         let rows: Vec<_> = self.held.values().flatten().map(|e| e.row.row()).collect();
         if rows.is_empty() {
@@ -326,6 +397,19 @@ impl Operator for TopNOperator {
         for b in state.table(HELD_TABLE) {
             let b = RecordBatch::try_new(Arc::clone(&self.input), b.columns().to_vec())?;
             self.absorb(&b)?;
+        }
+        for b in state.table(TOUCHED_TABLE) {
+            let n = b.num_columns() - 1;
+            let keys = self.keys.convert_columns(&b.columns()[..n])?;
+            let last = b
+                .column(n)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| SluiceError::user("top-n state: bad TTL column"))?;
+            for r in 0..b.num_rows() {
+                self.touched
+                    .insert(keys.row(r).as_ref().into(), last.value(r));
+            }
         }
         Ok(())
     }
@@ -407,5 +491,64 @@ mod tests {
         let mut got = rows(&out);
         got.sort_unstable();
         assert_eq!(got, vec![(1, 11, 1), (1, 12, 1), (2, 13, 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_partition_idle_past_its_ttl_is_forgotten_even_across_a_checkpoint() {
+        let schema = batch(&[]).data.schema();
+        let p = TopNOperator::prepare_ordered(
+            &["k".into()],
+            "_timestamp",
+            false,
+            &[],
+            1,
+            "rn",
+            Some(100),
+            &schema,
+        )
+        .unwrap();
+        let mut op = (p.factory)(&sluice_types::TaskInfo::for_test("topn")).unwrap();
+        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+        let mut out = crate::operator::VecCollector::default();
+        // Deduplication: key 1 first seen at 10, key 2 at 150.
+        op.process_batch(batch(&[(1, 10, 10), (2, 20, 150)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        op.on_watermark(sluice_types::Watermark::EventTime(105), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        // Key 1 still remembered (10 + 100 >= 105): a repeat is no news.
+        op.process_batch(batch(&[(1, 11, 106)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(rows(&out.batches), vec![(1, 10, 1), (2, 20, 1)]);
+        let state = op
+            .snapshot(&crate::operators::test_util::barrier(), &mut ctx)
+            .await
+            .unwrap();
+        let mut op = (p.factory)(&sluice_types::TaskInfo::for_test("topn")).unwrap();
+        op.restore(
+            crate::operators::test_util::restored(&state, 0, 1),
+            &mut ctx,
+        )
+        .await
+        .unwrap();
+        // Key 1 was last reached at 106 (kept through the checkpoint): forgotten at 207.
+        let mut later = crate::operator::VecCollector::default();
+        op.on_watermark(
+            sluice_types::Watermark::EventTime(207),
+            &mut ctx,
+            &mut later,
+        )
+        .await
+        .unwrap();
+        op.process_batch(batch(&[(1, 12, 300), (2, 21, 300)]), &mut ctx, &mut later)
+            .await
+            .unwrap();
+        assert_eq!(
+            rows(&later.batches),
+            vec![(1, 12, 1)],
+            "key 1 starts over; key 2 (reached at 150) is still remembered"
+        );
     }
 }
