@@ -128,6 +128,9 @@ pub enum NodeKind {
         keys: Vec<String>,
         /// Aggregate expressions (`count`, `sum`, `min`, `max`, `avg`, any UDAF), aliased.
         aggregates: Vec<Expr>,
+        /// A key no row reached for this long (event time, past the watermark) is
+        /// forgotten (`table.exec.state.ttl`); `None`: kept forever.
+        ttl_ms: Option<i64>,
     },
     /// A keyed running aggregate over an updating input (upserts by `upsert_key`): each
     /// row replaces the earlier row of its upsert key in its group's aggregates. The

@@ -762,6 +762,7 @@ impl<'a> Lowerer<'a> {
                 NodeKind::Aggregate {
                     keys: vec!["__global".into()],
                     aggregates,
+                    ttl_ms: self.state_ttl.map(|d| d.as_millis() as i64),
                 },
                 1,
                 Some(Partitioning::Hash(vec!["__global".into()])),
@@ -787,6 +788,7 @@ impl<'a> Lowerer<'a> {
             NodeKind::Aggregate {
                 keys: keys.clone(),
                 aggregates,
+                ttl_ms: self.state_ttl.map(|d| d.as_millis() as i64),
             },
             p,
             Some(Partitioning::Hash(keys.clone())),

@@ -520,6 +520,7 @@ impl KeyedStream {
         self.stream.add(NodeKind::Aggregate {
             keys: self.keys.clone(),
             aggregates: aggregates.into_iter().collect(),
+            ttl_ms: None,
         })
     }
 }

@@ -68,6 +68,12 @@ pub struct AggregateOperator {
     groups: HashMap<Box<[u8]>, u32, RandomState>,
     group_keys: Rows,
     accumulators: Vec<Vec<Box<dyn Accumulator>>>,
+    /// Forget a key no row reached for this long (event time, past the watermark).
+    ttl: Option<i64>,
+    /// With a TTL: per group, the latest event time of its rows.
+    last: Vec<i64>,
+    /// The watermark of the last sweep for expired keys.
+    swept_at: i64,
 }
 
 /// Keys and aggregates checked against an input schema; shared by the running and the
@@ -162,6 +168,17 @@ impl AggregateOperator {
         aggregates: &[Expr],
         input: &SchemaRef,
     ) -> Result<PreparedOperator> {
+        Self::prepare_with_ttl(keys, aggregates, None, input)
+    }
+
+    /// [`Self::prepare`] with a state TTL: a key no row reached for `ttl_ms` of event
+    /// time before the watermark is forgotten (a later row starts it over).
+    pub fn prepare_with_ttl(
+        keys: &[String],
+        aggregates: &[Expr],
+        ttl_ms: Option<i64>,
+        input: &SchemaRef,
+    ) -> Result<PreparedOperator> {
         if keys.is_empty() {
             return Err(SluiceError::user(
                 "a running aggregate needs at least one key column (use key_by)",
@@ -195,6 +212,9 @@ impl AggregateOperator {
                     groups: HashMap::with_hasher(RandomState::default()),
                     group_keys,
                     accumulators: Vec::new(),
+                    ttl: ttl_ms,
+                    last: Vec::new(),
+                    swept_at: i64::MIN,
                 }) as Box<dyn crate::operator::Operator>)
             }),
         })
@@ -214,6 +234,29 @@ impl AggregateOperator {
     /// Number of distinct keys held.
     pub fn num_keys(&self) -> usize {
         self.groups.len()
+    }
+
+    /// Forgets the keys last reached before `before`, renumbering the rest.
+    fn expire(&mut self, before: i64) -> Result<()> {
+        if !self.last.iter().any(|&l| l < before) {
+            return Ok(());
+        }
+        let old_keys = std::mem::replace(&mut self.group_keys, self.converter.empty_rows(0, 0));
+        let accs = std::mem::take(&mut self.accumulators);
+        let last = std::mem::take(&mut self.last);
+        self.groups.clear();
+        for (g, (a, l)) in accs.into_iter().zip(last).enumerate() {
+            if l < before {
+                continue;
+            }
+            let row = old_keys.row(g);
+            self.groups
+                .insert(row.as_ref().into(), self.accumulators.len() as u32);
+            self.group_keys.push(row);
+            self.accumulators.push(a);
+            self.last.push(l);
+        }
+        Ok(())
     }
 
     /// Accumulators of one group, merged from row `row` of intermediate `states`
@@ -272,6 +315,15 @@ impl AggregateOperator {
         for g in 0..n {
             self.accumulators[g] = self.accumulators_from(&states, g)?;
         }
+        if self.ttl.is_some() {
+            // When each key was last reached, for its TTL (after the states).
+            fields.push(Arc::new(Field::new(
+                "last",
+                arrow::datatypes::DataType::Int64,
+                false,
+            )));
+            columns.push(Arc::new(arrow::array::Int64Array::from(self.last.clone())));
+        }
         let groups = crate::state::key_groups(&keys, n, max_parallelism)?;
         state.push_keyed(GROUPS_TABLE, groups, fields, columns)?;
         Ok(state)
@@ -286,7 +338,17 @@ impl AggregateOperator {
         let keys = self.key_indices.len();
         let expected = keys + counts.iter().sum::<usize>();
         for batch in state.table(GROUPS_TABLE) {
-            if batch.num_columns() != expected {
+            // A checkpoint taken with a TTL has a `last` column after the states.
+            let last: Option<arrow::array::Int64Array> = (batch.num_columns() == expected + 1)
+                .then(|| {
+                    batch
+                        .column(expected)
+                        .as_any()
+                        .downcast_ref::<arrow::array::Int64Array>()
+                        .cloned()
+                })
+                .flatten();
+            if batch.num_columns() != expected && last.is_none() {
                 return Err(SluiceError::user(format!(
                     "checkpointed aggregate state has {} columns, this aggregate expects {expected}: the job changed",
                     batch.num_columns()
@@ -306,6 +368,11 @@ impl AggregateOperator {
                 self.accumulators.push(accs);
                 self.groups.insert(row.as_ref().into(), g);
                 self.group_keys.push(row);
+                if self.ttl.is_some() {
+                    // Without a recorded time (taken without a TTL): from the first sweep.
+                    self.last
+                        .push(last.as_ref().map_or(i64::MAX, |l| l.value(i)));
+                }
             }
         }
         Ok(())
@@ -395,6 +462,27 @@ impl Operator for AggregateOperator {
         self.restore_state(&state)
     }
 
+    async fn on_watermark(
+        &mut self,
+        watermark: sluice_types::Watermark,
+        _ctx: &mut OperatorContext,
+        _out: &mut dyn Collector,
+    ) -> Result<Option<sluice_types::Watermark>> {
+        if let (Some(ttl), Some(t)) = (self.ttl, watermark.event_time())
+            && t != i64::MAX
+            // Sweep at most every tenth of the TTL of event time: a sweep visits every key.
+            && t.saturating_sub(self.swept_at) >= (ttl / 10).max(1)
+        {
+            self.swept_at = t;
+            // Keys restored without a time count from this sweep.
+            for l in self.last.iter_mut().filter(|l| **l == i64::MAX) {
+                *l = t;
+            }
+            self.expire(t.saturating_sub(ttl))?;
+        }
+        Ok(Some(watermark))
+    }
+
     async fn process_batch(
         &mut self,
         batch: Batch,
@@ -424,9 +512,20 @@ impl Operator for AggregateOperator {
                     self.accumulators.push(accs);
                     self.groups.insert(row.as_ref().into(), g);
                     self.group_keys.push(row);
+                    if self.ttl.is_some() {
+                        self.last.push(i64::MIN);
+                    }
                     g
                 }
             };
+            if self.ttl.is_some() {
+                let l = &mut self.last[g as usize];
+                // `i64::MAX`: restored without a time; the first row sets it.
+                *l = match *l {
+                    i64::MAX => ts.value(i),
+                    l => l.max(ts.value(i)),
+                };
+            }
             let slot = *slot_of_group.entry(g).or_insert_with(|| {
                 touched.push((g, 0, i64::MIN));
                 touched.len() - 1
@@ -658,6 +757,51 @@ mod tests {
             e.to_string()
                 .contains("key column `x` does not exist; columns are: k"),
             "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_idle_past_its_ttl_is_forgotten_and_starts_over() {
+        use crate::operators::test_util::kv_batch;
+        let first = kv_batch(&[(1, 10, 10), (2, 20, 150)]);
+        let schema = first.data.schema();
+        let p = AggregateOperator::prepare_with_ttl(
+            &["k".into()],
+            &[count(col("v")).alias("n"), sum(col("v")).alias("s")],
+            Some(100),
+            &schema,
+        )
+        .unwrap();
+        let mut op = (p.factory)(&sluice_types::TaskInfo::for_test("agg")).unwrap();
+        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+        let mut out = crate::operator::VecCollector::default();
+        op.process_batch(first, &mut ctx, &mut out).await.unwrap();
+        let wm = |t| sluice_types::Watermark::EventTime(t);
+        op.on_watermark(wm(105), &mut ctx, &mut out).await.unwrap();
+        // Key 1 reached again at 106: still remembered, its count goes on.
+        op.process_batch(kv_batch(&[(1, 1, 106)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        // Through a checkpoint, then past key 1's TTL (106 + 100 < 300) but not key 2's.
+        let state = op
+            .snapshot(&crate::operators::test_util::barrier(), &mut ctx)
+            .await
+            .unwrap();
+        let mut op = (p.factory)(&sluice_types::TaskInfo::for_test("agg")).unwrap();
+        op.restore(
+            crate::operators::test_util::restored(&state, 0, 1),
+            &mut ctx,
+        )
+        .await
+        .unwrap();
+        op.on_watermark(wm(210), &mut ctx, &mut out).await.unwrap();
+        op.process_batch(kv_batch(&[(1, 5, 300), (2, 5, 300)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            latest_per_key(&out.batches),
+            ["k1,1,5", "k2,2,25"],
+            "key 1 started over; key 2 kept counting"
         );
     }
 }

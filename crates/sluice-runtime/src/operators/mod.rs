@@ -47,9 +47,11 @@ pub fn prepare(
     match kind {
         NodeKind::Filter { predicate } => filter::FilterOperator::prepare(predicate, input),
         NodeKind::Project { exprs } => project::ProjectOperator::prepare(exprs, input),
-        NodeKind::Aggregate { keys, aggregates } => {
-            aggregate::AggregateOperator::prepare(keys, aggregates, input)
-        }
+        NodeKind::Aggregate {
+            keys,
+            aggregates,
+            ttl_ms,
+        } => aggregate::AggregateOperator::prepare_with_ttl(keys, aggregates, *ttl_ms, input),
         NodeKind::OverAggregate {
             partition_by,
             aggregates,
