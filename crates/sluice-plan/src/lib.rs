@@ -154,6 +154,9 @@ pub enum NodeKind {
         aggregates: Vec<Expr>,
         /// Which preceding rows each row's aggregates cover.
         frame: OverFrame,
+        /// A partition no row reached for this long (event time, past the watermark) is
+        /// forgotten (`table.exec.state.ttl`). RANGE frames free emptied partitions anyway.
+        ttl_ms: Option<i64>,
     },
     /// An event-time window aggregate: per key (or over all rows if no keys) and window,
     /// one row when the watermark passes the window's end.

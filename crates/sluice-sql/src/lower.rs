@@ -1646,6 +1646,7 @@ impl<'a> Lowerer<'a> {
                 partition_by: partition,
                 aggregates,
                 frame,
+                ttl_ms: self.state_ttl.map(|d| d.as_millis() as i64),
             },
             p,
             edge,

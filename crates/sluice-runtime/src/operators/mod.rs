@@ -56,7 +56,8 @@ pub fn prepare(
             partition_by,
             aggregates,
             frame,
-        } => over::OverAggregateOperator::prepare(partition_by, aggregates, *frame, input),
+            ttl_ms,
+        } => over::OverAggregateOperator::prepare(partition_by, aggregates, *frame, *ttl_ms, input),
         NodeKind::UpdatingAggregate {
             keys,
             upsert_key,

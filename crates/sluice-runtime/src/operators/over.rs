@@ -38,6 +38,8 @@ const FRAMES: &str = "frames";
 
 /// One partition's frame.
 struct Partition {
+    /// The latest event time of its rows.
+    last: i64,
     accumulators: Vec<Box<dyn Accumulator>>,
     /// Rows in the frame, oldest first: (time, per aggregate its argument values).
     rows: VecDeque<(i64, Vec<Vec<ScalarValue>>)>,
@@ -56,6 +58,10 @@ pub struct OverAggregateOperator {
     /// Rows waiting for the watermark, with their arrival order.
     pending: Vec<RecordBatch>,
     watermark: i64,
+    /// Forget a partition no row reached for this long (event time, past the watermark).
+    ttl: Option<i64>,
+    /// The watermark of the last sweep for idle partitions.
+    swept_at: i64,
 }
 
 impl OverAggregateOperator {
@@ -64,6 +70,7 @@ impl OverAggregateOperator {
         partition_by: &[String],
         aggregates: &[Expr],
         frame: OverFrame,
+        ttl_ms: Option<i64>,
         input: &SchemaRef,
     ) -> Result<PreparedOperator> {
         let planned = PlannedAggregates::plan(partition_by, aggregates, input, &[])?;
@@ -117,14 +124,46 @@ impl OverAggregateOperator {
                     partitions: HashMap::new(),
                     pending: Vec::new(),
                     watermark: i64::MIN,
+                    ttl: ttl_ms,
+                    swept_at: i64::MIN,
                 }) as Box<dyn Operator>)
             }),
         })
     }
 
+    /// Drops the partitions no future row can see: with a RANGE frame, those whose
+    /// latest row is older than any future row's frame; with a TTL, those idle past it.
+    /// At most every tenth of the interval of event time: a sweep visits every partition.
+    fn sweep(&mut self, t: i64) {
+        if t == i64::MAX {
+            return;
+        }
+        let range = match self.frame {
+            OverFrame::Range { preceding_ms } => Some(preceding_ms),
+            _ => None,
+        };
+        let every = match (range, self.ttl) {
+            (Some(r), Some(l)) => r.min(l),
+            (Some(r), None) => r,
+            (None, Some(l)) => l,
+            (None, None) => return,
+        };
+        if t.saturating_sub(self.swept_at) < (every / 10).max(1) {
+            return;
+        }
+        self.swept_at = t;
+        let ttl = self.ttl;
+        self.partitions.retain(|_, p| {
+            let empty_frame = range.is_some_and(|r| p.last < t.saturating_sub(r));
+            let idle = ttl.is_some_and(|l| p.last.saturating_add(l) < t);
+            !(empty_frame || idle)
+        });
+    }
+
     fn new_partition(&self) -> Result<Partition> {
         let bounded = self.frame.bounded();
         Ok(Partition {
+            last: i64::MIN,
             accumulators: self
                 .aggregates
                 .iter()
@@ -228,6 +267,7 @@ impl OverAggregateOperator {
                 .partitions
                 .get_mut(key.as_ref())
                 .expect("invariant: inserted above");
+            p.last = p.last.max(t);
             for row in r..end {
                 let vals = row_args(&args, row)?;
                 apply_row(&mut p.accumulators, &vals, true)?;
@@ -356,6 +396,7 @@ impl Operator for OverAggregateOperator {
         if let Some(t) = watermark.event_time() {
             self.watermark = self.watermark.max(t);
             self.fire(t, out).await?;
+            self.sweep(t);
         }
         Ok(Some(watermark))
     }
@@ -399,7 +440,7 @@ impl Operator for OverAggregateOperator {
                 }
             } else {
                 key_rows.push(parser.parse(key));
-                times.push(0);
+                times.push(p.last);
                 let mut flat = Vec::new();
                 for acc in &mut p.accumulators {
                     flat.extend(acc.state().map_err(df_err)?);
@@ -490,7 +531,9 @@ impl Operator for OverAggregateOperator {
                     }
                     apply_row(&mut p.accumulators, &vals, true)?;
                     p.rows.push_back((times.value(r), vals));
+                    p.last = p.last.max(times.value(r));
                 } else {
+                    p.last = p.last.max(times.value(r));
                     let mut col = nk + 1;
                     for (a, acc) in self.aggregates.iter().zip(p.accumulators.iter_mut()) {
                         let n = a.function.state_fields().map_err(df_err)?.len();
@@ -545,6 +588,7 @@ mod tests {
                 max(col("v")).alias("hi"),
             ],
             frame,
+            None,
             schema,
         )
         .unwrap();
@@ -617,5 +661,71 @@ mod tests {
             k0[3].contains(",3,12,6,"),
             "the oldest left the frame: {k0:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn partitions_no_future_row_can_see_are_dropped() {
+        let input = kv_batch(&[(1, 5, 10), (2, 7, 10)]);
+        let schema = input.data.schema();
+        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+        let mut out = VecCollector::default();
+        let p = OverAggregateOperator::prepare(
+            &["k".into()],
+            &[sum(col("v")).alias("s")],
+            OverFrame::Range { preceding_ms: 100 },
+            None,
+            &schema,
+        )
+        .unwrap();
+        let mut op = (p.factory)(&sluice_types::TaskInfo::for_test("over")).unwrap();
+        op.process_batch(input, &mut ctx, &mut out).await.unwrap();
+        op.on_watermark(Watermark::EventTime(50), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        op.process_batch(kv_batch(&[(1, 1, 120)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        // At 200 key 2's rows (time 10) are older than any future row's frame: dropped.
+        // Key 1's row at 120 is not.
+        op.on_watermark(Watermark::EventTime(200), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        let state = op
+            .snapshot(&crate::operators::test_util::barrier(), &mut ctx)
+            .await
+            .unwrap();
+        let frame_rows: usize = state.keyed[FRAMES].iter().map(|b| b.num_rows()).sum();
+        assert_eq!(
+            frame_rows, 1,
+            "key 1's row at 120 (its row at 10 left the frame); key 2 is gone"
+        );
+        // A ROWS frame keeps its partitions, until the TTL.
+        let p = OverAggregateOperator::prepare(
+            &["k".into()],
+            &[sum(col("v")).alias("s")],
+            OverFrame::Rows { preceding: 1 },
+            Some(100),
+            &schema,
+        )
+        .unwrap();
+        let mut op = (p.factory)(&sluice_types::TaskInfo::for_test("over")).unwrap();
+        op.process_batch(kv_batch(&[(1, 5, 10), (2, 7, 150)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        op.on_watermark(Watermark::EventTime(200), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        let mut later = VecCollector::default();
+        op.process_batch(kv_batch(&[(1, 1, 300), (2, 1, 300)]), &mut ctx, &mut later)
+            .await
+            .unwrap();
+        op.on_watermark(Watermark::EventTime(300), &mut ctx, &mut later)
+            .await
+            .unwrap();
+        let mut got = rows(&later.batches);
+        got.sort();
+        // Key 1 (idle since 10) starts over; key 2 still sums its previous row.
+        assert_eq!(got[0].split(',').nth(2), Some("1"), "{got:?}");
+        assert_eq!(got[1].split(',').nth(2), Some("8"), "{got:?}");
     }
 }
