@@ -58,10 +58,10 @@ impl Collector for ChainOut<'_> {
         self.emitter
             .records_out
             .fetch_add(batch.num_rows() as u64, Relaxed);
-        self.emitter
-            .bytes_out
-            .fetch_add(crate::metrics::batch_bytes(&batch), Relaxed);
-        push_batch(self.rest, self.out, batch).await
+        // Measured once: the next chained operator's bytes in are these bytes out.
+        let bytes = crate::metrics::batch_bytes(&batch);
+        self.emitter.bytes_out.fetch_add(bytes, Relaxed);
+        push_batch_from(self.rest, self.out, 0, batch, Some(bytes)).await
     }
 
     async fn collect_side(&mut self, tag: &str, batch: Batch) -> Result<bool> {
@@ -73,16 +73,14 @@ impl Collector for ChainOut<'_> {
     }
 }
 
-async fn push_batch(slots: &mut [Slot], out: &mut Outputs, batch: Batch) -> Result<()> {
-    push_batch_from(slots, out, 0, batch).await
-}
-
-/// Pushes a batch that arrived on input `input` of the chain's head.
+/// Pushes a batch that arrived on input `input` of the chain's head; `bytes` is its
+/// size when the caller measured it already.
 async fn push_batch_from(
     slots: &mut [Slot],
     out: &mut Outputs,
     input: usize,
     batch: Batch,
+    bytes: Option<u64>,
 ) -> Result<()> {
     let Some((head, rest)) = slots.split_first_mut() else {
         return out.send_batch(batch).await;
@@ -92,9 +90,8 @@ async fn push_batch_from(
     let metrics = Arc::clone(&head.ctx.metrics);
     metrics.records_in.fetch_add(rows, Relaxed);
     metrics.batches_in.fetch_add(1, Relaxed);
-    metrics
-        .bytes_in
-        .fetch_add(crate::metrics::batch_bytes(&batch), Relaxed);
+    let bytes = bytes.unwrap_or_else(|| crate::metrics::batch_bytes(&batch));
+    metrics.bytes_in.fetch_add(bytes, Relaxed);
     let mut c = ChainOut {
         rest,
         out,
@@ -130,13 +127,19 @@ impl Chain {
         Ok(())
     }
 
+    #[cfg(test)]
     pub async fn process(&mut self, batch: Batch) -> Result<()> {
-        push_batch(&mut self.slots, &mut self.out, batch).await
+        push_batch_from(&mut self.slots, &mut self.out, 0, batch, None).await
+    }
+
+    /// A source's batch, already measured (`bytes`) as the source's output.
+    async fn process_measured(&mut self, batch: Batch, bytes: u64) -> Result<()> {
+        push_batch_from(&mut self.slots, &mut self.out, 0, batch, Some(bytes)).await
     }
 
     /// A batch from input `input` of the chain's head.
     pub async fn process_from(&mut self, input: usize, batch: Batch) -> Result<()> {
-        push_batch_from(&mut self.slots, &mut self.out, input, batch).await
+        push_batch_from(&mut self.slots, &mut self.out, input, batch, None).await
     }
 
     pub async fn watermark(&mut self, mut wm: Watermark) -> Result<()> {
@@ -1027,12 +1030,10 @@ async fn flush(
     };
     let n = batch.num_rows() as u64;
     src.ctx.metrics.records_out.fetch_add(n, Relaxed);
-    src.ctx
-        .metrics
-        .bytes_out
-        .fetch_add(crate::metrics::batch_bytes(&batch), Relaxed);
+    let bytes = crate::metrics::batch_bytes(&batch);
+    src.ctx.metrics.bytes_out.fetch_add(bytes, Relaxed);
     let started = Instant::now();
-    chain.process(batch).await?;
+    chain.process_measured(batch, bytes).await?;
     let r = emit_watermark(src, chain, clocks, last_wm).await;
     src.ctx
         .metrics

@@ -44,7 +44,8 @@ pub fn plan_sql(script: &str, settings: &[(&str, &str)]) -> Result<sql::SqlJob> 
 }
 
 pub use pipeline::{
-    IntoSink, IntoSource, KeyedStream, Pipeline, Stream, Trigger, Window, WindowedStream,
+    IntoSink, IntoSource, KeyedStream, Pipeline, RestartHooks, Stream, Trigger, Window,
+    WindowedStream,
 };
 pub use sluice_connectors as connectors;
 pub use sluice_plan as plan;

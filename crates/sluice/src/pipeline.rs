@@ -275,50 +275,94 @@ impl Pipeline {
     pub async fn run_with_restarts(
         &self,
         strategy: crate::restart::RestartStrategy,
-        mut on_start: impl FnMut(&JobHandle),
+        on_start: impl FnMut(&JobHandle),
     ) -> Result<()> {
         strategy.validate()?;
+        // A job that cannot start at all is misconfigured: fail at once.
+        let mut hooks = OnStart(on_start);
+        let first = self.start().await?;
+        hooks.started(&first);
+        self.supervise(first, strategy, &mut hooks).await
+    }
+
+    /// Waits for a started job and restarts it after failures as `strategy` says, each
+    /// time from the latest checkpoint it completed; `hooks` see each attempt and each
+    /// failure and may stop the restarts. A restart that cannot start (a broker still
+    /// down) is one more failure. Returns the last failure when the strategy gives up or
+    /// `hooks` stop it.
+    pub async fn supervise(
+        &self,
+        mut handle: JobHandle,
+        strategy: crate::restart::RestartStrategy,
+        hooks: &mut impl RestartHooks,
+    ) -> Result<()> {
         let first_start = std::time::Instant::now();
+        let mut attempt_start = first_start;
         let mut tracker = crate::restart::RestartTracker::new(strategy, sluice_types::now_micros());
-        let mut resume_from: Option<RestoreFrom> = None;
-        let mut started_once = false;
         loop {
-            if let Some(r) = resume_from.take() {
-                self.restore_from(r);
-            }
-            let attempt_start = std::time::Instant::now();
-            let (e, checkpoints) = match self.start().await {
-                Ok(handle) => {
-                    started_once = true;
-                    on_start(&handle);
-                    let checkpoints = Arc::clone(&handle.metrics().checkpoints);
-                    match handle.wait().await {
-                        Ok(()) => return Ok(()),
-                        Err(e) => (e, Some(checkpoints)),
-                    }
-                }
-                // A job that cannot start at all is misconfigured: fail at once. A restart
-                // that cannot start (a broker still down) is one more failure.
-                Err(e) if !started_once => return Err(e),
-                Err(e) => (e, None),
+            let checkpoints = Arc::clone(&handle.metrics().checkpoints);
+            let mut failure = match handle.wait().await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
             };
-            let Some(delay) = tracker.on_failure(first_start.elapsed(), attempt_start.elapsed())
-            else {
-                return Err(e);
-            };
+            // The latest checkpoint of the attempt that ran; a restart that could not
+            // start keeps the restore point it had.
             let latest = checkpoints
-                .and_then(|c| c.latest_completed())
+                .latest_completed()
                 .filter(|c| c.kind != "final")
                 .map(|c| RestoreFrom::Path(c.location));
-            tracing::warn!(
-                error = %e, restart = tracker.restarts(), delay = ?delay,
-                from = ?latest, "job failed; restarting"
-            );
             if latest.is_some() {
-                resume_from = latest;
+                self.restore_from(latest.clone().expect("invariant: checked"));
             }
-            tokio::time::sleep(delay).await;
+            handle = loop {
+                let delay = tracker.on_failure(first_start.elapsed(), attempt_start.elapsed());
+                let go_on = hooks.failed(&failure, delay.is_some());
+                let Some(delay) = delay.filter(|_| go_on) else {
+                    return Err(failure);
+                };
+                tracing::warn!(
+                    error = %failure, restart = tracker.restarts(), delay = ?delay,
+                    from = ?latest, "job failed; restarting"
+                );
+                tokio::time::sleep(delay).await;
+                if !hooks.restart() {
+                    return Err(failure);
+                }
+                attempt_start = std::time::Instant::now();
+                match self.start().await {
+                    Ok(h) => break h,
+                    Err(e) => failure = e,
+                }
+            };
+            hooks.started(&handle);
         }
+    }
+}
+
+/// What [`Pipeline::supervise`] tells about a job's attempts, and how it asks whether
+/// to go on.
+pub trait RestartHooks {
+    /// An attempt started.
+    fn started(&mut self, _handle: &JobHandle) {}
+
+    /// An attempt failed (or could not start); `restarting` whether the strategy
+    /// restarts it. `false` stops the restarts.
+    fn failed(&mut self, _error: &SluiceError, _restarting: bool) -> bool {
+        true
+    }
+
+    /// Asked after the restart delay, before the next attempt starts; `false` stops.
+    fn restart(&mut self) -> bool {
+        true
+    }
+}
+
+/// Hooks that only watch each attempt start.
+struct OnStart<F>(F);
+
+impl<F: FnMut(&JobHandle)> RestartHooks for OnStart<F> {
+    fn started(&mut self, handle: &JobHandle) {
+        (self.0)(handle)
     }
 }
 

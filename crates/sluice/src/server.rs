@@ -734,6 +734,16 @@ impl JobManager {
 
     /// One evaluation of the alert rules; what changed is sent in the background.
     fn evaluate_alerts(self: &Arc<Self>) {
+        // No rules: nothing to look at (a deleted rule resolves its alerts itself).
+        if self
+            .alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rules()
+            .is_empty()
+        {
+            return;
+        }
         let samples = self.samples();
         let sends = self
             .alerts
@@ -846,67 +856,51 @@ impl JobManager {
 async fn supervise(
     entry: &JobEntry,
     pipeline: crate::Pipeline,
-    mut handle: sluice_runtime::JobHandle,
+    handle: sluice_runtime::JobHandle,
     strategy: crate::restart::RestartStrategy,
 ) -> (JobStatus, Option<String>) {
-    let first = std::time::Instant::now();
-    let mut attempt_start = first;
-    let mut tracker = crate::restart::RestartTracker::new(strategy, sluice_types::now_micros());
-    loop {
-        let result = handle.wait().await;
-        let status = entry.status.lock().unwrap_or_else(|p| p.into_inner()).0;
-        let e = match (result, status) {
-            (_, JobStatus::Cancelled) => return (JobStatus::Cancelled, None),
-            (_, JobStatus::Stopped) => return (JobStatus::Stopped, None),
-            (Ok(()), _) => return (JobStatus::Finished, None),
-            (Err(e), _) => e,
-        };
-        let delay = tracker.on_failure(first.elapsed(), attempt_start.elapsed());
-        tracing::error!(job = %entry.name, error = %e, restart = delay.is_some(), "job failed");
-        entry.record_failure(&e, delay.is_some());
-        let Some(delay) = delay else {
-            return (JobStatus::Failed, Some(e.to_string()));
-        };
-        tokio::time::sleep(delay).await;
-        // Cancelled (or stopped) while waiting to restart: stay down.
-        let status = entry.status.lock().unwrap_or_else(|p| p.into_inner()).0;
-        if status != JobStatus::Running {
-            return (status, None);
+    /// The server's view of the attempts: each attempt's metrics and stop handle go to
+    /// the entry; failures are recorded; a cancelled or stopped job stays down.
+    struct Hooks<'a>(&'a JobEntry);
+
+    impl Hooks<'_> {
+        fn running(&self) -> bool {
+            self.0.status.lock().unwrap_or_else(|p| p.into_inner()).0 == JobStatus::Running
         }
-        if let Some(c) = entry
-            .metrics()
-            .checkpoints
-            .latest_completed()
-            .filter(|c| c.kind != "final")
-        {
-            pipeline.restore_from(sluice_plan::RestoreFrom::Path(c.location));
+    }
+
+    impl crate::RestartHooks for Hooks<'_> {
+        fn started(&mut self, h: &sluice_runtime::JobHandle) {
+            *self.0.attempt.write().unwrap_or_else(|p| p.into_inner()) =
+                (h.metrics(), h.stop_handle());
         }
-        // A restart that cannot start (a broker still down) is one more failure.
-        loop {
-            attempt_start = std::time::Instant::now();
-            match pipeline.start().await {
-                Ok(h) => {
-                    *entry.attempt.write().unwrap_or_else(|p| p.into_inner()) =
-                        (h.metrics(), h.stop_handle());
-                    handle = h;
-                    break;
-                }
-                Err(e) => {
-                    let delay = tracker.on_failure(first.elapsed(), attempt_start.elapsed());
-                    tracing::error!(job = %entry.name, error = %e, restart = delay.is_some(), "job failed to restart");
-                    entry.record_failure(&e, delay.is_some());
-                    let Some(delay) = delay else {
-                        return (JobStatus::Failed, Some(e.to_string()));
-                    };
-                    if entry.status.lock().unwrap_or_else(|p| p.into_inner()).0
-                        != JobStatus::Running
-                    {
-                        return (JobStatus::Cancelled, None);
-                    }
-                    tokio::time::sleep(delay).await;
-                }
+
+        fn failed(&mut self, e: &SluiceError, restarting: bool) -> bool {
+            // A cancelled job's tasks end as they may: that is no failure.
+            if !self.running() {
+                return false;
             }
+            tracing::error!(job = %self.0.name, error = %e, restart = restarting, "job failed");
+            self.0.record_failure(e, restarting);
+            true
         }
+
+        fn restart(&mut self) -> bool {
+            // Cancelled (or stopped) while waiting to restart: stay down.
+            self.running()
+        }
+    }
+
+    let result = pipeline
+        .supervise(handle, strategy, &mut Hooks(entry))
+        .await;
+    match (
+        result,
+        entry.status.lock().unwrap_or_else(|p| p.into_inner()).0,
+    ) {
+        (_, s @ (JobStatus::Cancelled | JobStatus::Stopped)) => (s, None),
+        (Ok(()), _) => (JobStatus::Finished, None),
+        (Err(e), _) => (JobStatus::Failed, Some(e.to_string())),
     }
 }
 

@@ -72,8 +72,7 @@ pub struct AggregateOperator {
     ttl: Option<i64>,
     /// With a TTL: per group, the latest event time of its rows.
     last: Vec<i64>,
-    /// The watermark of the last sweep for expired keys.
-    swept_at: i64,
+    sweeps: super::Sweeps,
 }
 
 /// Keys and aggregates checked against an input schema; shared by the running and the
@@ -214,7 +213,7 @@ impl AggregateOperator {
                     accumulators: Vec::new(),
                     ttl: ttl_ms,
                     last: Vec::new(),
-                    swept_at: i64::MIN,
+                    sweeps: super::Sweeps::default(),
                 }) as Box<dyn crate::operator::Operator>)
             }),
         })
@@ -469,11 +468,8 @@ impl Operator for AggregateOperator {
         _out: &mut dyn Collector,
     ) -> Result<Option<sluice_types::Watermark>> {
         if let (Some(ttl), Some(t)) = (self.ttl, watermark.event_time())
-            && t != i64::MAX
-            // Sweep at most every tenth of the TTL of event time: a sweep visits every key.
-            && t.saturating_sub(self.swept_at) >= (ttl / 10).max(1)
+            && self.sweeps.due(t, ttl)
         {
-            self.swept_at = t;
             // Keys restored without a time count from this sweep.
             for l in self.last.iter_mut().filter(|l| **l == i64::MAX) {
                 *l = t;
@@ -594,21 +590,7 @@ mod tests {
     use datafusion_functions_aggregate::expr_fn::{avg, count, max, min, sum};
     use sluice_testkit::{assert_pretty, batch_from_pretty};
 
-    /// The latest row per key (`k`, then the aggregates), sorted.
-    fn latest_per_key(out: &[Batch]) -> Vec<String> {
-        use arrow::util::display::array_value_to_string;
-        let mut latest = std::collections::BTreeMap::new();
-        for b in out {
-            let d = &b.data;
-            for i in 0..d.num_rows() {
-                let cells: Vec<String> = (0..d.num_columns() - 1)
-                    .map(|c| array_value_to_string(d.column(c), i).unwrap())
-                    .collect();
-                latest.insert(cells[0].clone(), cells.join(","));
-            }
-        }
-        latest.into_values().collect()
-    }
+    use crate::operators::test_util::latest_per_key;
 
     #[tokio::test]
     async fn running_aggregates_survive_a_checkpoint_and_a_change_of_parallelism() {

@@ -775,21 +775,40 @@ mod tests {
         crate::operators::test_util::int_batch(names, rows)
     }
 
-    fn op(interval: Option<(i64, i64)>, retain: Option<i64>) -> Box<dyn Operator> {
+    /// A join of `k, a` (left) with `rk, b` (right) on `k = rk`.
+    fn build_join(kind: impl FnOnce(NodeKind) -> NodeKind) -> PreparedOperator {
         let l = side(["k", "a"], &[]).data.schema();
         let r = side(["rk", "b"], &[]).data.schema();
-        let kind = NodeKind::Join {
+        let kind = kind(NodeKind::Join {
             left_keys: vec!["k".into()],
             right_keys: vec!["rk".into()],
-            interval,
-            left_retain_ms: retain,
-            right_retain_ms: retain,
+            interval: None,
+            left_retain_ms: None,
+            right_retain_ms: None,
             upsert_keys: None,
             outer: (false, false),
             until: (None, None),
-        };
-        let p = JoinOperator::prepare(&kind, &[&l, &r]).unwrap();
+        });
+        JoinOperator::prepare(&kind, &[&l, &r]).unwrap()
+    }
+
+    fn instance(p: &PreparedOperator) -> Box<dyn Operator> {
         (p.factory)(&TaskInfo::for_test("join")).unwrap()
+    }
+
+    fn op(interval: Option<(i64, i64)>, retain: Option<i64>) -> Box<dyn Operator> {
+        instance(&build_join(|mut k| {
+            if let NodeKind::Join {
+                interval: i,
+                left_retain_ms,
+                right_retain_ms,
+                ..
+            } = &mut k
+            {
+                (*i, *left_retain_ms, *right_retain_ms) = (interval, retain, retain);
+            }
+            k
+        }))
     }
 
     fn rows(out: &VecCollector) -> Vec<(i64, i64, i64, i64, i64)> {
@@ -889,20 +908,12 @@ mod tests {
     }
 
     fn updating_op() -> Box<dyn Operator> {
-        let l = side(["k", "a"], &[]).data.schema();
-        let r = side(["rk", "b"], &[]).data.schema();
-        let kind = NodeKind::Join {
-            left_keys: vec!["k".into()],
-            right_keys: vec!["rk".into()],
-            interval: None,
-            left_retain_ms: None,
-            right_retain_ms: None,
-            upsert_keys: Some((vec!["k".into()], vec!["rk".into()])),
-            outer: (false, false),
-            until: (None, None),
-        };
-        let p = JoinOperator::prepare(&kind, &[&l, &r]).unwrap();
-        (p.factory)(&TaskInfo::for_test("join")).unwrap()
+        instance(&build_join(|mut k| {
+            if let NodeKind::Join { upsert_keys, .. } = &mut k {
+                *upsert_keys = Some((vec!["k".into()], vec!["rk".into()]));
+            }
+            k
+        }))
     }
 
     #[tokio::test]
@@ -981,23 +992,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_left_outer_interval_join_emits_unmatched_rows_once_they_cannot_match() {
+        let p = build_join(|mut k| {
+            if let NodeKind::Join {
+                interval,
+                left_retain_ms,
+                right_retain_ms,
+                outer,
+                ..
+            } = &mut k
+            {
+                (*interval, *left_retain_ms, *right_retain_ms) = (Some((0, 10)), Some(10), Some(0));
+                *outer = (true, false);
+            }
+            k
+        });
+        assert!(p.output_schema.field(2).is_nullable());
         let l = side(["k", "a"], &[]).data.schema();
-        let r = side(["rk", "b"], &[]).data.schema();
-        let make = || {
-            let kind = NodeKind::Join {
-                left_keys: vec!["k".into()],
-                right_keys: vec!["rk".into()],
-                interval: Some((0, 10)),
-                left_retain_ms: Some(10),
-                right_retain_ms: Some(0),
-                upsert_keys: None,
-                outer: (true, false),
-                until: (None, None),
-            };
-            let p = JoinOperator::prepare(&kind, &[&l, &r]).unwrap();
-            assert!(p.output_schema.field(2).is_nullable());
-            (p.factory)(&TaskInfo::for_test("join")).unwrap()
-        };
+        let make = || instance(&p);
         let mut j = make();
         let mut ctx = OperatorContext::for_test(Arc::clone(&l));
         let mut out = VecCollector::default();

@@ -60,8 +60,7 @@ pub struct OverAggregateOperator {
     watermark: i64,
     /// Forget a partition no row reached for this long (event time, past the watermark).
     ttl: Option<i64>,
-    /// The watermark of the last sweep for idle partitions.
-    swept_at: i64,
+    sweeps: super::Sweeps,
 }
 
 impl OverAggregateOperator {
@@ -125,7 +124,7 @@ impl OverAggregateOperator {
                     pending: Vec::new(),
                     watermark: i64::MIN,
                     ttl: ttl_ms,
-                    swept_at: i64::MIN,
+                    sweeps: super::Sweeps::default(),
                 }) as Box<dyn Operator>)
             }),
         })
@@ -133,11 +132,7 @@ impl OverAggregateOperator {
 
     /// Drops the partitions no future row can see: with a RANGE frame, those whose
     /// latest row is older than any future row's frame; with a TTL, those idle past it.
-    /// At most every tenth of the interval of event time: a sweep visits every partition.
     fn sweep(&mut self, t: i64) {
-        if t == i64::MAX {
-            return;
-        }
         let range = match self.frame {
             OverFrame::Range { preceding_ms } => Some(preceding_ms),
             _ => None,
@@ -148,10 +143,9 @@ impl OverAggregateOperator {
             (None, Some(l)) => l,
             (None, None) => return,
         };
-        if t.saturating_sub(self.swept_at) < (every / 10).max(1) {
+        if !self.sweeps.due(t, every) {
             return;
         }
-        self.swept_at = t;
         let ttl = self.ttl;
         self.partitions.retain(|_, p| {
             let empty_frame = range.is_some_and(|r| p.last < t.saturating_sub(r));
@@ -212,9 +206,8 @@ impl OverAggregateOperator {
         }
         let all = arrow::compute::concat_batches(&self.input, &due_parts)?;
         let ts = event_times(&all)?;
-        let due: Vec<u32> = (0..all.num_rows() as u32).collect();
         // Event-time order; arrival order among equal times (a stable sort).
-        let mut order = due;
+        let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
         order.sort_by_key(|&r| ts.value(r as usize));
         let data = arrow::compute::take_record_batch(&all, &UInt32Array::from(order))?;
         let keys: Vec<ArrayRef> = self
@@ -223,26 +216,20 @@ impl OverAggregateOperator {
             .map(|&i| Arc::clone(data.column(i)))
             .collect();
         let keys = self.converter.convert_columns(&keys)?;
+        // The rows as a batch, to evaluate the aggregates' arguments over.
+        let rows = Batch::try_new(
+            data.clone(),
+            sluice_types::IngestTime {
+                min_us: 0,
+                max_us: 0,
+            },
+        )?;
         let args: Vec<Vec<ArrayRef>> = self
             .aggregates
             .iter()
-            .map(|a| {
-                let b = Batch::try_new(
-                    data.clone(),
-                    sluice_types::IngestTime {
-                        min_us: 0,
-                        max_us: 0,
-                    },
-                )?;
-                a.args.iter().map(|e| evaluate(e, &b)).collect()
-            })
+            .map(|a| a.args.iter().map(|e| evaluate(e, &rows)).collect())
             .collect::<Result<_>>()?;
-        let ts = data
-            .column(data.num_columns() - 1)
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .ok_or_else(|| SluiceError::internal("OVER input lost its event time"))?
-            .clone();
+        let ts = event_times(&data)?;
         let n = data.num_rows();
         let frame = self.frame;
         let bounded = frame.bounded();

@@ -63,8 +63,7 @@ pub struct TopNOperator {
     ttl: Option<i64>,
     /// Per partition, the latest event time of a row offered to it (with a TTL).
     touched: HashMap<Box<[u8]>, i64>,
-    /// The watermark of the last sweep for expired partitions.
-    swept_at: i64,
+    sweeps: super::Sweeps,
 }
 
 fn converter(types: &[DataType]) -> Result<RowConverter> {
@@ -194,7 +193,7 @@ impl TopNOperator {
             seq: 0,
             ttl: None,
             touched: HashMap::new(),
-            swept_at: i64::MIN,
+            sweeps: super::Sweeps::default(),
         })
     }
 
@@ -235,12 +234,17 @@ impl TopNOperator {
             .collect();
         let orders = self.orders.convert_columns(&order_cols)?;
         let rows = self.rows.convert_columns(data.columns())?;
-        let ts = data
-            .column(data.num_columns() - 1)
-            .as_any()
-            .downcast_ref::<arrow::array::TimestampMillisecondArray>()
-            .ok_or_else(|| SluiceError::internal("top-n input lost its event time"))?
-            .clone();
+        // Event times only matter for the TTL.
+        let ts = match self.ttl {
+            Some(_) => Some(
+                data.column(data.num_columns() - 1)
+                    .as_any()
+                    .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+                    .ok_or_else(|| SluiceError::internal("top-n input lost its event time"))?
+                    .clone(),
+            ),
+            None => None,
+        };
         let mut changed: HashMap<Box<[u8]>, usize> = HashMap::new();
         for i in 0..data.num_rows() {
             self.seq += 1;
@@ -250,7 +254,7 @@ impl TopNOperator {
                 self.seq
             };
             let key: &[u8] = keys.as_ref().map_or(&[], |k| k.row(i).data());
-            if self.ttl.is_some() {
+            if let Some(ts) = &ts {
                 let t = ts.value(i);
                 match self.touched.get_mut(key) {
                     Some(last) => *last = (*last).max(t),
@@ -338,11 +342,8 @@ impl Operator for TopNOperator {
         _out: &mut dyn Collector,
     ) -> Result<Option<sluice_types::Watermark>> {
         if let (Some(ttl), Some(t)) = (self.ttl, watermark.event_time())
-            && t != i64::MAX
-            // Sweep at most every tenth of the TTL of event time: a sweep visits every key.
-            && t.saturating_sub(self.swept_at) >= (ttl / 10).max(1)
+            && self.sweeps.due(t, ttl)
         {
-            self.swept_at = t;
             let held = &mut self.held;
             self.touched.retain(|key, last| {
                 let keep = last.saturating_add(ttl) >= t;

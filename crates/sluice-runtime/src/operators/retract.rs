@@ -510,6 +510,7 @@ impl Accumulator for MultisetMinMax {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operators::test_util::latest_per_key;
     use arrow::array::{Int64Array, StringArray};
     use datafusion_expr::col;
     use datafusion_functions_aggregate::expr_fn::{avg, count, max, min, sum};
@@ -561,22 +562,6 @@ mod tests {
         (p.factory)(&sluice_types::TaskInfo::for_test("retract")).unwrap()
     }
 
-    /// The last row per category, as text.
-    fn latest(out: &[Batch]) -> Vec<String> {
-        use arrow::util::display::array_value_to_string;
-        let mut m = BTreeMap::new();
-        for b in out {
-            let d = &b.data;
-            for i in 0..d.num_rows() {
-                let cells: Vec<String> = (0..d.num_columns() - 1)
-                    .map(|c| array_value_to_string(d.column(c), i).unwrap())
-                    .collect();
-                m.insert(cells[0].clone(), cells.join(","));
-            }
-        }
-        m.into_values().collect()
-    }
-
     #[tokio::test]
     async fn updates_replace_their_earlier_rows_in_every_aggregate() {
         let first = batch(&[(1, "a", 10), (2, "a", 30), (3, "b", 5)]);
@@ -594,7 +579,10 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(latest(&out.batches), ["a,2,90,45.0,40,50", "b,1,5,5.0,5,5"]);
+        assert_eq!(
+            latest_per_key(&out.batches),
+            ["a,2,90,45.0,40,50", "b,1,5,5.0,5,5"]
+        );
 
         // A checkpoint, restored into a fresh operator: the same state.
         let state = op
@@ -609,7 +597,7 @@ mod tests {
             .process_batch(batch(&[(2, "a", 1)]), &mut ctx, &mut out2)
             .await
             .unwrap();
-        assert_eq!(latest(&out2.batches), ["a,2,41,20.5,1,40"]);
+        assert_eq!(latest_per_key(&out2.batches), ["a,2,41,20.5,1,40"]);
     }
 
     #[test]

@@ -244,3 +244,20 @@ pub(crate) fn restored(
     }
     out
 }
+
+/// The last row per key (the first column), each as its cells joined by `,`
+/// (`_timestamp` left out), sorted by key: an upsert stream's final values.
+pub(crate) fn latest_per_key(out: &[Batch]) -> Vec<String> {
+    use arrow::util::display::array_value_to_string;
+    let mut latest = std::collections::BTreeMap::new();
+    for b in out {
+        let d = &b.data;
+        for i in 0..d.num_rows() {
+            let cells: Vec<String> = (0..d.num_columns() - 1)
+                .map(|c| array_value_to_string(d.column(c), i).unwrap())
+                .collect();
+            latest.insert(cells[0].clone(), cells.join(","));
+        }
+    }
+    latest.into_values().collect()
+}

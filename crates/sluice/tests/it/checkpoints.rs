@@ -232,27 +232,28 @@ async fn savepoint_at_parallelism_2_resumes_at_1_and_at_3() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_job_restarts_from_its_latest_checkpoint_on_its_own() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = write_input(dir.path(), 60_000).await;
-    run_to_end(job(&input, &dir.path().join("reference"), &[]));
-    let expected = committed_lines(&dir.path().join("reference/windowed-file"));
-
-    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+/// The windowed file job (1 s tumbling count and volume per auction, parallelism 2,
+/// checkpoints every 100 ms into `dir/cp`) writing to `out`, with a second sink `failing`
+/// (a `fail-once` sink sharing `failed`).
+fn windowed_with_failure(
+    dir: &Path,
+    input: &Path,
+    out: &Path,
+    failed: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failing: sluice::plan::ConnectorSpec,
+) -> Pipeline {
     let mut registry = sluice::connectors::registry();
     registry.register_sink(crate::support::FailOnceConnector {
-        failed: std::sync::Arc::clone(&failed),
+        failed: std::sync::Arc::clone(failed),
     });
-    let out = dir.path().join("out");
     let p = Pipeline::new("windowed-file");
     p.parallelism(2)
         .registry(registry)
         .checkpointing(Duration::from_millis(100))
-        .checkpoint_dir(dir.path().join("cp").to_str().unwrap());
+        .checkpoint_dir(dir.join("cp").to_str().unwrap());
     let windows = p
         .source(
-            FileSource::json(&input)
+            FileSource::json(input)
                 .with_schema(file_schema())
                 .rows_per_second(40_000.0),
         )
@@ -263,9 +264,28 @@ async fn a_failed_job_restarts_from_its_latest_checkpoint_on_its_own() {
             count_star().alias("bids"),
             sum(col("price")).alias("volume"),
         ]);
-    windows.sink(FileSink::json(&out));
+    windows.sink(FileSink::json(out));
+    windows.sink(failing);
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_restarts_from_its_latest_checkpoint_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), 60_000).await;
+    run_to_end(job(&input, &dir.path().join("reference"), &[]));
+    let expected = committed_lines(&dir.path().join("reference/windowed-file"));
+
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let out = dir.path().join("out");
     // Fails after about half a second of input: a few checkpoints are complete by then.
-    windows.sink(sluice::plan::ConnectorSpec::new("fail-once").with_option("fail-at", 20));
+    let p = windowed_with_failure(
+        dir.path(),
+        &input,
+        &out,
+        &failed,
+        sluice::plan::ConnectorSpec::new("fail-once").with_option("fail-at", 20),
+    );
     let mut starts = Vec::new();
     p.run_with_restarts(
         sluice::restart::RestartStrategy::FixedDelay {
@@ -310,37 +330,17 @@ async fn a_panicking_operator_fails_its_job_with_its_stack_and_the_job_resumes_w
 
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let out = dir.path().join("out");
+    // Panics on the 2 000th window row it sees, after a few checkpoints.
     let build = || {
-        let mut registry = sluice::connectors::registry();
-        registry.register_sink(crate::support::FailOnceConnector {
-            failed: std::sync::Arc::clone(&failed),
-        });
-        let p = Pipeline::new("windowed-file");
-        p.parallelism(2)
-            .registry(registry)
-            .checkpointing(Duration::from_millis(100))
-            .checkpoint_dir(dir.path().join("cp").to_str().unwrap());
-        let windows = p
-            .source(
-                FileSource::json(&input)
-                    .with_schema(file_schema())
-                    .rows_per_second(40_000.0),
-            )
-            .event_time("date_time")
-            .key_by(["auction"])
-            .window(Window::tumbling(Duration::from_secs(1)))
-            .aggregate([
-                count_star().alias("bids"),
-                sum(col("price")).alias("volume"),
-            ]);
-        windows.sink(FileSink::json(&out));
-        // Panics on the 2 000th window row it sees, after a few checkpoints.
-        windows.sink(
+        windowed_with_failure(
+            dir.path(),
+            &input,
+            &out,
+            &failed,
             sluice::plan::ConnectorSpec::new("fail-once")
                 .with_option("fail-at-record", 2_000)
                 .with_option("mode", "panic"),
-        );
-        p
+        )
     };
     // The panic is the job's failure, with its message and stack; this process goes on.
     let e = build().run().await.unwrap_err();

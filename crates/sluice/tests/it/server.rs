@@ -633,6 +633,35 @@ fn a_failing_job_restarts_as_its_strategy_says_and_keeps_its_failures() {
     );
 }
 
+/// The body of one HTTP request read from `conn` (as long as its Content-Length says),
+/// or `None` when the connection ends first.
+fn read_request_body(conn: &mut impl std::io::Read) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if body.len() >= len {
+                return Some(body.to_string());
+            }
+        }
+    }
+}
+
 /// A webhook receiver: refuses the first notification (500), takes the rest, keeps them.
 struct Receiver {
     url: String,
@@ -641,7 +670,7 @@ struct Receiver {
 }
 
 fn webhook_receiver() -> Receiver {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -653,31 +682,9 @@ fn webhook_receiver() -> Receiver {
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let body = loop {
-                let n = conn.read(&mut chunk).unwrap_or(0);
-                if n == 0 {
-                    break None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().to_string())
-                        })
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        break Some(body.to_string());
-                    }
-                }
+            let Some(body) = read_request_body(&mut conn) else {
+                continue;
             };
-            let Some(body) = body else { continue };
             let first = r.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
             let status = if first {
                 "500 Internal Server Error"
@@ -970,7 +977,7 @@ fn https_receiver(
     key: &[u8],
 ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use rustls::pki_types::pem::PemObject as _;
-    use std::io::{Read, Write};
+    use std::io::Write;
     let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert)
         .collect::<Result<_, _>>()
         .unwrap();
@@ -994,37 +1001,16 @@ fn https_receiver(
             let Ok(tcp) = tcp else { continue };
             let conn = rustls::ServerConnection::new(std::sync::Arc::clone(&config)).unwrap();
             let mut tls = rustls::StreamOwned::new(conn, tcp);
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
             // A client that does not trust the certificate ends the handshake: skip it.
-            while let Ok(n) = tls.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().to_string())
-                        })
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        g.lock().unwrap().push(body.to_string());
-                        let _ = tls.write_all(
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                        );
-                        let _ = tls.flush();
-                        tls.conn.send_close_notify();
-                        let _ = tls.flush();
-                        break;
-                    }
-                }
-            }
+            let Some(body) = read_request_body(&mut tls) else {
+                continue;
+            };
+            g.lock().unwrap().push(body);
+            let _ =
+                tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = tls.flush();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
         }
     });
     (url, got)
