@@ -1,7 +1,7 @@
 -- Hot items: per auction, the bids over 1 000 in 10-second tumbling windows of event
 -- time, from the built-in Nexmark generator into JSON-lines files.
 --
---   cargo run --release -p sluice -- run examples/hot_items.sql
+--   cargo run --release -p sluice-cli -- run examples/hot_items.sql
 --
 -- 10 million events at 100 000 events per second of event time: 100 s of event time,
 -- so windows open and close all through the run.

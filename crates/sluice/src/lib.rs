@@ -1,5 +1,6 @@
-//! Sluice: a native stream processing engine. This crate is the Rust API and the
-//! `sluice` command.
+//! Sluice: a native stream processing engine. This crate is the Rust API and the job
+//! runner with its restart strategies; the job server is `sluice-server`, the `sluice`
+//! command `sluice-cli`.
 //!
 //! ```no_run
 //! use sluice::prelude::*;
@@ -18,18 +19,8 @@
 //! The Rust API and SQL build the same [`JobPlan`](sluice_plan::JobPlan); the runtime
 //! only ever sees that plan.
 
-pub mod alerts;
-pub mod bench;
-#[cfg(feature = "kafka")]
-pub mod dashboard;
-pub mod discovery;
-pub mod examples;
-#[cfg(feature = "kafka")]
-pub mod kafka_bench;
-pub mod logs;
 mod pipeline;
 pub mod restart;
-pub mod server;
 
 /// Plans a SQL script (see [`sql`]) with the built-in connectors and Nexmark's
 /// `count_char` UDF: the job of its

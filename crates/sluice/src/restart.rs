@@ -96,6 +96,80 @@ impl RestartStrategy {
     }
 }
 
+/// A restart strategy as settings give it, from the command line or the REST API
+/// (durations in milliseconds): the one place the defaults live.
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct RestartSpec {
+    /// `none`, `fixed-delay`, `exponential-delay`, `failure-rate`; absent: fixed-delay
+    /// when `attempts` is given, else none.
+    #[serde(default)]
+    pub strategy: Option<String>,
+    /// Restarts allowed (fixed-delay, 1 by default; exponential-delay when given).
+    #[serde(default)]
+    pub attempts: Option<usize>,
+    /// Delay before a restart (the first, for exponential-delay); 1 000 by default.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// The largest exponential delay; 60 000 by default.
+    #[serde(default)]
+    pub max_delay_ms: Option<u64>,
+    /// Growth per failure; 2 by default.
+    #[serde(default)]
+    pub multiplier: Option<f64>,
+    /// Random spread (fraction); 0.1 by default.
+    #[serde(default)]
+    pub jitter: Option<f64>,
+    /// A stable run this long resets the exponential delay; an hour by default.
+    #[serde(default)]
+    pub reset_after_ms: Option<u64>,
+    /// Failures allowed per interval (failure-rate); 1 by default.
+    #[serde(default)]
+    pub max_failures: Option<usize>,
+    /// The failure-rate interval; a minute by default.
+    #[serde(default)]
+    pub interval_ms: Option<u64>,
+}
+
+impl RestartSpec {
+    /// The strategy these settings describe, checked.
+    pub fn strategy(&self) -> Result<RestartStrategy> {
+        use Duration as D;
+        let delay = D::from_millis(self.delay_ms.unwrap_or(1000));
+        let kind = match (&self.strategy, self.attempts) {
+            (Some(k), _) => k.as_str(),
+            (None, None | Some(0)) => "none",
+            (None, Some(_)) => "fixed-delay",
+        };
+        let r = match kind {
+            "none" => RestartStrategy::None,
+            "fixed-delay" => RestartStrategy::FixedDelay {
+                attempts: self.attempts.unwrap_or(1),
+                delay,
+            },
+            "exponential-delay" => RestartStrategy::ExponentialDelay {
+                initial: delay,
+                max: D::from_millis(self.max_delay_ms.unwrap_or(60_000)),
+                multiplier: self.multiplier.unwrap_or(2.0),
+                jitter: self.jitter.unwrap_or(0.1),
+                reset_after: D::from_millis(self.reset_after_ms.unwrap_or(3_600_000)),
+                attempts: self.attempts.filter(|&a| a > 0),
+            },
+            "failure-rate" => RestartStrategy::FailureRate {
+                max_failures: self.max_failures.unwrap_or(1),
+                interval: D::from_millis(self.interval_ms.unwrap_or(60_000)),
+                delay,
+            },
+            other => {
+                return Err(SluiceError::user(format!(
+                    "unknown restart strategy `{other}`; use none, fixed-delay, exponential-delay or failure-rate"
+                )));
+            }
+        };
+        r.validate()?;
+        Ok(r)
+    }
+}
+
 /// Applies a strategy to a job's failures.
 #[derive(Debug)]
 pub struct RestartTracker {
@@ -187,6 +261,54 @@ impl RestartTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_default_in_one_place() {
+        let none = RestartSpec::default();
+        assert_eq!(none.strategy().unwrap(), RestartStrategy::None);
+        let attempts = RestartSpec {
+            attempts: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(
+            attempts.strategy().unwrap(),
+            RestartStrategy::FixedDelay {
+                attempts: 3,
+                delay: Duration::from_secs(1)
+            }
+        );
+        let exp = RestartSpec {
+            strategy: Some("exponential-delay".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            exp.strategy().unwrap(),
+            RestartStrategy::ExponentialDelay {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+                multiplier: 2.0,
+                jitter: 0.1,
+                reset_after: Duration::from_secs(3600),
+                attempts: None,
+            }
+        );
+        let bad = RestartSpec {
+            strategy: Some("sometimes".into()),
+            ..Default::default()
+        };
+        assert!(
+            bad.strategy()
+                .unwrap_err()
+                .to_string()
+                .contains("unknown restart strategy")
+        );
+        let bad_jitter = RestartSpec {
+            strategy: Some("exponential-delay".into()),
+            jitter: Some(3.0),
+            ..Default::default()
+        };
+        assert!(bad_jitter.strategy().is_err());
+    }
 
     fn s(x: u64) -> Duration {
         Duration::from_secs(x)

@@ -14,6 +14,7 @@
 //! `scan.startup.mode`, `sink.delivery-guarantee`, …); every `properties.*` key is handed
 //! to librdkafka as it is.
 
+pub mod admin;
 mod sink;
 mod source;
 

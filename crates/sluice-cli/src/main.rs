@@ -5,10 +5,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod bench;
+mod examples;
+#[cfg(feature = "kafka")]
+mod kafka_bench;
+
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use sluice::bench;
-use sluice::examples::{self, ExampleArgs};
+
+use crate::examples::ExampleArgs;
 use sluice::runtime::StopHandle;
 use sluice::runtime::metrics::JobMetrics;
 
@@ -229,64 +234,49 @@ struct CheckpointArgs {
     /// Default: fixed-delay when `--restart-attempts` is given, else none.
     #[arg(long)]
     restart_strategy: Option<String>,
-    /// Restarts allowed (fixed-delay; exponential-delay when not 0).
-    #[arg(long, default_value_t = 0)]
-    restart_attempts: usize,
-    /// Wait this long before a restart (the first one, for exponential-delay).
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    restart_delay: Duration,
-    /// The largest exponential delay.
-    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
-    restart_max_delay: Duration,
-    /// Growth of the exponential delay per failure.
-    #[arg(long, default_value_t = 2.0)]
-    restart_multiplier: f64,
-    /// Random spread of exponential delays (fraction).
-    #[arg(long, default_value_t = 0.1)]
-    restart_jitter: f64,
-    /// A run this long without failure resets the exponential delay.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-    restart_reset_after: Duration,
-    /// Failures allowed per interval (failure-rate).
-    #[arg(long, default_value_t = 1)]
-    restart_max_failures: usize,
-    /// The failure-rate interval.
-    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
-    restart_interval: Duration,
+    /// Restarts allowed (fixed-delay, 1 by default; exponential-delay when given).
+    #[arg(long)]
+    restart_attempts: Option<usize>,
+    /// Wait this long before a restart (the first one, for exponential-delay); 1s by default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    restart_delay: Option<Duration>,
+    /// The largest exponential delay; 1m by default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    restart_max_delay: Option<Duration>,
+    /// Growth of the exponential delay per failure; 2 by default.
+    #[arg(long)]
+    restart_multiplier: Option<f64>,
+    /// Random spread of exponential delays (fraction); 0.1 by default.
+    #[arg(long)]
+    restart_jitter: Option<f64>,
+    /// A run this long without failure resets the exponential delay; 1h by default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    restart_reset_after: Option<Duration>,
+    /// Failures allowed per interval (failure-rate); 1 by default.
+    #[arg(long)]
+    restart_max_failures: Option<usize>,
+    /// The failure-rate interval; 1m by default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    restart_interval: Option<Duration>,
 }
 
 impl CheckpointArgs {
-    /// The restart strategy the flags describe.
+    /// The restart strategy the flags describe (the same settings, and defaults, as
+    /// the server's REST API takes).
     fn restart_strategy(&self) -> anyhow::Result<sluice::restart::RestartStrategy> {
-        use sluice::restart::RestartStrategy as R;
-        let kind = match (&self.restart_strategy, self.restart_attempts) {
-            (Some(k), _) => k.as_str(),
-            (None, 0) => "none",
-            (None, _) => "fixed-delay",
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+        let spec = sluice::restart::RestartSpec {
+            strategy: self.restart_strategy.clone(),
+            attempts: self.restart_attempts,
+            delay_ms: ms(self.restart_delay),
+            max_delay_ms: ms(self.restart_max_delay),
+            multiplier: self.restart_multiplier,
+            jitter: self.restart_jitter,
+            reset_after_ms: ms(self.restart_reset_after),
+            max_failures: self.restart_max_failures,
+            interval_ms: ms(self.restart_interval),
         };
-        Ok(match kind {
-            "none" => R::None,
-            "fixed-delay" => R::FixedDelay {
-                attempts: self.restart_attempts,
-                delay: self.restart_delay,
-            },
-            "exponential-delay" => R::ExponentialDelay {
-                initial: self.restart_delay,
-                max: self.restart_max_delay,
-                multiplier: self.restart_multiplier,
-                jitter: self.restart_jitter,
-                reset_after: self.restart_reset_after,
-                attempts: (self.restart_attempts > 0).then_some(self.restart_attempts),
-            },
-            "failure-rate" => R::FailureRate {
-                max_failures: self.restart_max_failures,
-                interval: self.restart_interval,
-                delay: self.restart_delay,
-            },
-            other => anyhow::bail!(
-                "unknown restart strategy `{other}`; use none, fixed-delay, exponential-delay or failure-rate"
-            ),
-        })
+        Ok(spec.strategy()?)
     }
 
     fn apply(&self, p: &sluice::Pipeline) {
@@ -364,7 +354,7 @@ enum BenchSuite {
         /// `sql`: the query's SQL text (default); `rust`: the hand-built Rust API
         /// pipeline (q0, q1, q2, q5, q7, q11).
         #[arg(long, default_value = "sql")]
-        api: sluice::bench::Api,
+        api: crate::bench::Api,
         /// Events per second of event time (Flink's `first-event.rate`; 10 M by default).
         #[arg(long)]
         event_rate: Option<u64>,
@@ -436,8 +426,8 @@ fn run_cli() -> anyhow::Result<()> {
                     .unwrap_or_else(|_| "warn".into()),
             );
         // Per-job logs for the server (and anything that asks for them): INFO and up.
-        let per_job =
-            sluice::logs::LogLayer.with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+        let per_job = sluice_server::logs::LogLayer
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
         tracing_subscriber::registry()
             .with(console)
             .with(per_job)
@@ -654,7 +644,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let r =
-                sluice::kafka_bench::run_kafka_bench(&bootstrap, &query, events, rate, parallelism)
+                crate::kafka_bench::run_kafka_bench(&bootstrap, &query, events, rate, parallelism)
                     .await?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
@@ -671,14 +661,14 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         } => {
             // A bad rules file fails here, before anything listens.
             let alert_rules = match &alerts {
-                Some(p) => sluice::alerts::load_rules(p)?,
+                Some(p) => sluice_server::alerts::load_rules(p)?,
                 None => Vec::new(),
             };
             let listener = tokio::net::TcpListener::bind(&bind)
                 .await
                 .with_context(|| format!("cannot listen on {bind}"))?;
             eprintln!("sluice server on http://{}", listener.local_addr()?);
-            let opts = sluice::server::ServerOptions {
+            let opts = sluice_server::ServerOptions {
                 token,
                 data_dir,
                 allow_dirs,
@@ -687,7 +677,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 alert_rules,
                 alert_interval,
             };
-            sluice::server::serve(listener, opts).await?;
+            sluice_server::serve(listener, opts).await?;
             Ok(())
         }
         #[cfg(feature = "kafka")]
@@ -697,14 +687,21 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let groups = tokio::task::spawn_blocking(move || {
-                sluice::discovery::who_consumes(&bootstrap, &topic, Duration::from_secs(10))
-                    .map(|g| (topic, g))
+                sluice_connectors::kafka::admin::who_consumes(
+                    &bootstrap,
+                    &topic,
+                    Duration::from_secs(10),
+                )
+                .map(|g| (topic, g))
             })
             .await??;
             let (topic, groups) = groups;
             match json {
                 true => println!("{}", serde_json::to_string(&groups)?),
-                false => print!("{}", sluice::discovery::render(&topic, &groups)),
+                false => print!(
+                    "{}",
+                    sluice_connectors::kafka::admin::render(&topic, &groups)
+                ),
             }
             Ok(())
         }

@@ -136,10 +136,10 @@ pub async fn run_kafka_bench(
          INSERT INTO out {select};"
     );
     let p = parallelism.to_string();
-    let plan = crate::plan_sql(&script, &[("parallelism.default", &p)])?
+    let plan = sluice::plan_sql(&script, &[("parallelism.default", &p)])?
         .plan
         .ok_or_else(|| SluiceError::internal("the bench script has no INSERT"))?;
-    let handle = crate::Pipeline::from_plan(plan).start().await?;
+    let handle = sluice::Pipeline::from_plan(plan).start().await?;
     let stop = handle.stop_handle();
 
     // The consumer: every output row's latency until told to stop.

@@ -1,4 +1,4 @@
-//! `sluice who-consumes TOPIC`: every consumer group reading a topic — Sluice jobs and any
+//! Kafka administration for `sluice who-consumes TOPIC`: every consumer group reading a topic — Sluice jobs and any
 //! other Kafka consumers — with its members, their partitions, committed offsets and lag.
 //!
 //! ```text

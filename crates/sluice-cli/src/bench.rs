@@ -7,8 +7,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::examples::{ExampleArgs, nexmark_query};
-use crate::runtime::checkpoint::CheckpointStatus;
-use crate::{Result, SluiceError};
+use sluice::runtime::checkpoint::CheckpointStatus;
+use sluice::{Result, SluiceError};
 
 /// Queries with a hand-built Rust API pipeline (`--api rust`).
 pub const QUERIES: &[&str] = &["q0", "q1", "q2", "q5", "q7", "q11"];
@@ -168,14 +168,14 @@ pub async fn run_nexmark(
             let script = nexmark_sql(query, events, event_rate)?;
             let p = parallelism.to_string();
             let name = format!("nexmark-{query}");
-            let job = crate::plan_sql(
+            let job = sluice::plan_sql(
                 &script,
                 &[("parallelism.default", &p), ("pipeline.name", &name)],
             )?;
             let plan = job
                 .plan
                 .ok_or_else(|| SluiceError::internal("the query has no INSERT"))?;
-            crate::Pipeline::from_plan(plan)
+            sluice::Pipeline::from_plan(plan)
         }
         Api::Rust => {
             if !QUERIES.contains(&query) {
@@ -259,9 +259,9 @@ pub struct StateBenchReport {
 
 /// The windowed job of `bench state`: `keys` distinct keys in one year-long tumbling
 /// window (ingestion time), count and sum per key, into a blackhole.
-fn state_job(keys: u64, parallelism: usize, dir: &std::path::Path) -> crate::Pipeline {
-    use crate::prelude::*;
+fn state_job(keys: u64, parallelism: usize, dir: &std::path::Path) -> sluice::Pipeline {
     use arrow::datatypes::{DataType, Field, Schema};
+    use sluice::prelude::*;
     let p = Pipeline::new("bench-state");
     p.parallelism(parallelism)
         .checkpoint_dir(dir.display().to_string());
@@ -303,7 +303,7 @@ pub async fn run_state_bench(keys: u64, parallelism: usize) -> Result<StateBench
         .max_by_key(|r| r.state_bytes)
         .ok_or_else(|| SluiceError::internal("no checkpoint completed"))?;
     let restored = state_job(keys, parallelism, &dir.join("restored"));
-    restored.restore_from(crate::RestoreFrom::Path(largest.location.clone()));
+    restored.restore_from(sluice::RestoreFrom::Path(largest.location.clone()));
     let handle = restored.start().await?;
     let rmetrics = handle.metrics();
     handle.wait().await?;

@@ -381,7 +381,7 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
     // The OpenAPI document lists every route the server serves.
     let (status, doc) = server.call("GET", "/api/openapi.json", None);
     assert_eq!(status, 200);
-    for (method, path) in sluice::server::ROUTES {
+    for (method, path) in sluice_server::ROUTES {
         assert!(
             doc["paths"][path][method].is_object(),
             "{method} {path} is not in the OpenAPI document"

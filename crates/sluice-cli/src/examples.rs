@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::prelude::*;
+use sluice::prelude::*;
 
 /// Settings shared by the examples.
 #[derive(Clone, Debug)]
