@@ -261,8 +261,8 @@ impl PreparedJob {
                         });
                     }
                     if let NodeKind::Join { .. } = kind {
-                        let p =
-                            operators::join::JoinOperator::prepare(kind, &inputs).map_err(ctx)?;
+                        let p = operators::joins::join::JoinOperator::prepare(kind, &inputs)
+                            .map_err(ctx)?;
                         input_schemas[id] = Arc::clone(inputs[0]);
                         schemas[id] = p.output_schema;
                         prepared[id] = Some(PreparedNode::Operator(p.factory));
@@ -296,7 +296,7 @@ impl PreparedJob {
                         let p = operators::prepare(kind, &input, registry).map_err(ctx)?;
                         if !kind.side_outputs().is_empty() {
                             side_schemas[id] =
-                                operators::window::late_output_schema(&input).map_err(ctx)?;
+                                operators::windows::late_output_schema(&input).map_err(ctx)?;
                         }
                         input_schemas[id] = input;
                         schemas[id] = p.output_schema;

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TIMESTAMP_FIELD};
 
 use super::PreparedOperator;
-use super::window::prepare_from_template;
+use super::prepare_from_template;
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::state::{OperatorState, RestoredState, key_groups};
 

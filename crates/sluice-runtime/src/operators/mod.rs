@@ -1,22 +1,16 @@
-//! Built-in operators, one file each, and the constructor registry that turns a plan
+//! Built-in operators, by family in folders (windows, aggregates, joins, rank) with the
+//! helpers each family shares, and the constructor registry that turns a plan
 //! node into an operator factory.
 
-pub mod aggregate;
+pub mod aggregates;
 pub mod changelog;
-pub mod count;
 pub mod filter;
-pub mod global;
-pub mod join;
-pub mod lookup;
-pub mod over;
+pub mod joins;
 pub mod project;
 pub mod rank;
-pub mod retract;
-pub mod session;
 #[cfg(test)]
 mod test_util;
-pub mod topn;
-pub mod window;
+pub mod windows;
 
 use std::sync::Arc;
 
@@ -55,6 +49,23 @@ impl Sweeps {
     }
 }
 
+/// A prepared operator whose subtasks each get `fresh(&template)`: empty state, same
+/// configuration. The factory runs once per subtask at start-up; the lock is uncontended.
+pub(crate) fn prepare_from_template<T: Operator + 'static>(
+    template: T,
+    output_schema: SchemaRef,
+    fresh: fn(&T) -> Result<T>,
+) -> PreparedOperator {
+    let template = std::sync::Mutex::new(template);
+    PreparedOperator {
+        output_schema,
+        factory: Arc::new(move |_| {
+            let t = template.lock().unwrap_or_else(|p| p.into_inner());
+            Ok(Box::new(fresh(&t)?) as Box<dyn Operator>)
+        }),
+    }
+}
+
 /// A plan node checked against its input schema: what it emits, and how to build it.
 pub struct PreparedOperator {
     /// Schema of its output (event-time column last).
@@ -76,18 +87,28 @@ pub fn prepare(
             keys,
             aggregates,
             ttl_ms,
-        } => aggregate::AggregateOperator::prepare_with_ttl(keys, aggregates, *ttl_ms, input),
+        } => {
+            aggregates::group::AggregateOperator::prepare_with_ttl(keys, aggregates, *ttl_ms, input)
+        }
         NodeKind::OverAggregate {
             partition_by,
             aggregates,
             frame,
             ttl_ms,
-        } => over::OverAggregateOperator::prepare(partition_by, aggregates, *frame, *ttl_ms, input),
+        } => aggregates::over::OverAggregateOperator::prepare(
+            partition_by,
+            aggregates,
+            *frame,
+            *ttl_ms,
+            input,
+        ),
         NodeKind::UpdatingAggregate {
             keys,
             upsert_key,
             aggregates,
-        } => retract::RetractAggregateOperator::prepare(keys, upsert_key, aggregates, input),
+        } => aggregates::retract::RetractAggregateOperator::prepare(
+            keys, upsert_key, aggregates, input,
+        ),
         NodeKind::WindowAggregate {
             keys,
             window,
@@ -101,23 +122,25 @@ pub fn prepare(
                 ))
             }
             sluice_plan::WindowSpec::Global { trigger } => {
-                global::GlobalWindowOperator::prepare(keys, *trigger, aggregates, input)
+                windows::global::GlobalWindowOperator::prepare(keys, *trigger, aggregates, input)
             }
-            sluice_plan::WindowSpec::Count { size, slide } => Ok(count::CountWindowOperator::new(
-                keys, *size, *slide, aggregates, input,
-            )?
-            .with_early_firing(*early_firing)
-            .into_prepared()),
-            sluice_plan::WindowSpec::Session { gap } => Ok(session::SessionWindowOperator::new(
-                keys,
-                *gap,
-                aggregates,
-                *allowed_lateness,
-                input,
-            )?
-            .with_early_firing(*early_firing)
-            .into_prepared()),
-            _ => Ok(window::WindowAggregateOperator::new(
+            sluice_plan::WindowSpec::Count { size, slide } => Ok(
+                windows::count::CountWindowOperator::new(keys, *size, *slide, aggregates, input)?
+                    .with_early_firing(*early_firing)
+                    .into_prepared(),
+            ),
+            sluice_plan::WindowSpec::Session { gap } => {
+                Ok(windows::session::SessionWindowOperator::new(
+                    keys,
+                    *gap,
+                    aggregates,
+                    *allowed_lateness,
+                    input,
+                )?
+                .with_early_firing(*early_firing)
+                .into_prepared())
+            }
+            _ => Ok(windows::slicing::WindowAggregateOperator::new(
                 keys,
                 *window,
                 aggregates,
@@ -134,7 +157,7 @@ pub fn prepare(
             limit,
             row_number,
             rank_column,
-        } => topn::TopNPerWindowOperator::prepare_numbered(
+        } => rank::window_topn::TopNPerWindowOperator::prepare_numbered(
             partition_by,
             order_by,
             *descending,
@@ -161,7 +184,7 @@ pub fn prepare(
             limit,
             rank_column,
             ttl_ms,
-        } => rank::TopNOperator::prepare_ordered(
+        } => rank::topn::TopNOperator::prepare_ordered(
             partition_by,
             order_by,
             *descending,
@@ -177,7 +200,7 @@ pub fn prepare(
             left_keys,
             right_keys,
             right_names,
-        } => lookup::LookupJoinOperator::prepare(
+        } => joins::lookup::LookupJoinOperator::prepare(
             table,
             left_keys,
             right_keys,

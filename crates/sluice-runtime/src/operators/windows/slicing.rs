@@ -25,20 +25,23 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::{take, take_record_batch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use async_trait::async_trait;
 use datafusion_common::hash_utils::RandomState;
 use datafusion_expr::{EmitTo, Expr, GroupsAccumulator};
 use datafusion_physical_expr::GroupsAccumulatorAdapter;
 use sluice_plan::WindowSpec;
-use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, Watermark, timestamp_field};
+use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, Watermark};
 
-use super::PreparedOperator;
-use super::aggregate::{PlannedAggregate, PlannedAggregates};
-use crate::dead_letter::DeadLetter;
+use super::{
+    MAX_EVENT_TIME, MIN_EVENT_TIME, WINDOW_END, WINDOW_START, arm_early_timer, dead_letter_rows,
+    emit_late, window_output_schema,
+};
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
+use crate::operators::aggregates::{PlannedAggregate, PlannedAggregates};
+use crate::operators::{PreparedOperator, prepare_from_template};
 use crate::state::{OperatorState, RestoredState};
 
 /// The keyed state table of window slices.
@@ -53,181 +56,12 @@ struct WindowMeta {
     fired_up_to: i64,
 }
 
-/// The side output that carries late rows (with the operator's input schema).
-pub const LATE_OUTPUT: &str = "late";
-
-/// Output column: inclusive window start.
-pub const WINDOW_START: &str = "window_start";
-/// Output column: exclusive window end.
-pub const WINDOW_END: &str = "window_end";
-
 fn gcd(a: i64, b: i64) -> i64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
 fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
     SluiceError::user("window aggregate computation failed").with_source(e)
-}
-
-/// Event times windows accept: ±146 million years, so that window bounds never overflow.
-pub const MIN_EVENT_TIME: i64 = i64::MIN / 2;
-/// See [`MIN_EVENT_TIME`].
-pub const MAX_EVENT_TIME: i64 = i64::MAX / 2;
-
-/// Sends rows to the dead-letter output, one JSON line each, with the reason.
-pub(crate) fn dead_letter_rows(
-    ctx: &OperatorContext,
-    rows: &RecordBatch,
-    error: &str,
-) -> Result<()> {
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
-        w.write(rows)?;
-        w.finish()?;
-    }
-    for line in String::from_utf8_lossy(&buf).lines() {
-        ctx.dead_letter(DeadLetter {
-            position: ctx.task.operator_name.clone(),
-            error: error.to_string(),
-            raw: line.to_string(),
-        });
-    }
-    Ok(())
-}
-
-/// Column of the late side output: why the row is late.
-pub const LATE_REASON: &str = "late_reason";
-/// Column of the late side output: the watermark the row missed.
-pub const MISSED_WATERMARK: &str = "missed_watermark";
-
-/// The schema of the late side output of an operator with input `input`: its columns,
-/// then `late_reason` and `missed_watermark`, then `_timestamp`.
-pub fn late_output_schema(input: &SchemaRef) -> Result<SchemaRef> {
-    let n = input.fields().len();
-    let mut fields: Vec<Arc<Field>> = input.fields()[..n.saturating_sub(1)].to_vec();
-    for name in [LATE_REASON, MISSED_WATERMARK] {
-        if fields.iter().any(|f| f.name() == name) {
-            return Err(SluiceError::user(format!(
-                "input column `{name}` clashes with the late side output's column; rename it"
-            )));
-        }
-    }
-    fields.push(Arc::new(Field::new(LATE_REASON, DataType::Utf8, false)));
-    fields.push(Arc::new(Field::new(
-        MISSED_WATERMARK,
-        DataType::Timestamp(TimeUnit::Millisecond, None),
-        false,
-    )));
-    fields.push(Arc::new(timestamp_field()));
-    Ok(Arc::new(Schema::new(fields)))
-}
-
-/// Late rows go to the `late` side output if the pipeline consumes it (with the reason
-/// and the watermark they missed as columns), otherwise to the dead-letter output with
-/// `reason`; either way they are counted.
-pub(crate) async fn emit_late(
-    ctx: &OperatorContext,
-    rows: Batch,
-    out: &mut dyn Collector,
-    reason: &str,
-    watermark: i64,
-) -> Result<()> {
-    let n = rows.num_rows();
-    ctx.metrics
-        .late_records
-        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-    let data = rows.data.clone();
-    let mut columns = data.columns().to_vec();
-    let ts = columns
-        .pop()
-        .ok_or_else(|| SluiceError::internal("no columns"))?;
-    columns.push(Arc::new(arrow::array::StringArray::from_iter_values(
-        std::iter::repeat_n(reason, n),
-    )));
-    columns.push(Arc::new(TimestampMillisecondArray::from_value(
-        watermark, n,
-    )));
-    columns.push(ts);
-    let side = RecordBatch::try_new(late_output_schema(&data.schema())?, columns)?;
-    if out.collect_side(LATE_OUTPUT, rows.with_data(side)).await? {
-        return Ok(());
-    }
-    dead_letter_rows(ctx, &data, reason)
-}
-
-/// The output schema shared by window aggregates: keys, `window_start`, `window_end`,
-/// aggregates, `_timestamp`.
-pub(crate) fn window_output_schema(planned: &PlannedAggregates) -> Result<SchemaRef> {
-    let ts_type = DataType::Timestamp(TimeUnit::Millisecond, None);
-    let mut fields: Vec<Arc<Field>> = planned.key_fields.clone();
-    for name in [WINDOW_START, WINDOW_END] {
-        if fields.iter().any(|f| f.name() == name) {
-            return Err(SluiceError::user(format!(
-                "key column `{name}` clashes with the window column"
-            )));
-        }
-        fields.push(Arc::new(Field::new(name, ts_type.clone(), false)));
-    }
-    fields.extend(planned.aggregate_fields.iter().cloned());
-    fields.push(Arc::new(timestamp_field()));
-    Ok(Arc::new(Schema::new(fields)))
-}
-
-/// Row encoding of key columns; `None` for a non-keyed window.
-pub(crate) fn key_converter(key_types: &[DataType]) -> Result<Option<RowConverter>> {
-    if key_types.is_empty() {
-        return Ok(None);
-    }
-    let fields = key_types
-        .iter()
-        .map(|t| SortField::new(t.clone()))
-        .collect();
-    Ok(Some(RowConverter::new(fields).map_err(|e| {
-        SluiceError::user("unsupported key column type").with_source(e)
-    })?))
-}
-
-/// The row-encoded key columns of `batch`; `None` for a non-keyed operator.
-pub(crate) fn encode_keys(
-    converter: Option<&RowConverter>,
-    key_indices: &[usize],
-    batch: &Batch,
-) -> Result<Option<Rows>> {
-    let Some(c) = converter else {
-        return Ok(None);
-    };
-    let cols: Vec<ArrayRef> = key_indices
-        .iter()
-        .map(|&i| Arc::clone(batch.data.column(i)))
-        .collect();
-    Ok(Some(c.convert_columns(&cols)?))
-}
-
-/// Registers the early-firing timer `every` ms from now, unless one is registered.
-pub(crate) fn arm_early_timer(every: Option<i64>, armed: &mut bool, ctx: &mut OperatorContext) {
-    if let (Some(every), false) = (every, *armed) {
-        let now = (sluice_types::now_micros() / 1000) as i64;
-        ctx.timers.register(TimeDomain::ProcessingTime, now + every);
-        *armed = true;
-    }
-}
-
-/// A prepared operator whose subtasks each get `fresh(&template)`: empty state, same
-/// configuration. The factory runs once per subtask at start-up; the lock is uncontended.
-pub(crate) fn prepare_from_template<T: Operator + 'static>(
-    template: T,
-    output_schema: SchemaRef,
-    fresh: fn(&T) -> Result<T>,
-) -> PreparedOperator {
-    let template = std::sync::Mutex::new(template);
-    PreparedOperator {
-        output_schema,
-        factory: Arc::new(move |_| {
-            let t = template.lock().unwrap_or_else(|p| p.into_inner());
-            Ok(Box::new(fresh(&t)?) as Box<dyn Operator>)
-        }),
-    }
 }
 
 /// Window geometry in milliseconds.
@@ -405,7 +239,7 @@ struct Slice {
 /// use datafusion_expr::col;
 /// use datafusion_functions_aggregate::expr_fn::count;
 /// use sluice_plan::WindowSpec;
-/// use sluice_runtime::operators::window::WindowAggregateOperator;
+/// use sluice_runtime::operators::windows::slicing::WindowAggregateOperator;
 /// let schema = Arc::new(Schema::new(vec![
 ///     Field::new("auction", DataType::Int64, false),
 ///     sluice_types::timestamp_field(),

@@ -34,18 +34,18 @@ use datafusion_expr::{Accumulator, Expr};
 use sluice_plan::TriggerSpec;
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, Watermark};
 
-use super::PreparedOperator;
-use super::aggregate::{
+use super::WindowResults;
+use crate::operators::aggregates::{
     PlannedAggregate, PlannedAggregates, accumulators_from, state_column_counts,
     take_accumulator_states,
 };
-use super::count::WindowResults;
-use super::window::{
-    WINDOW_END, WINDOW_START, encode_keys, key_converter, prepare_from_template,
-    window_output_schema,
-};
+use crate::operators::{PreparedOperator, prepare_from_template};
+
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
+use crate::operators::windows::{
+    WINDOW_END, WINDOW_START, encode_keys, key_converter, window_output_schema,
+};
 use crate::state::{OperatorState, RestoredState};
 
 fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
@@ -76,7 +76,7 @@ struct KeyState {
 /// use datafusion_expr::col;
 /// use datafusion_functions_aggregate::expr_fn::sum;
 /// use sluice_plan::TriggerSpec;
-/// use sluice_runtime::operators::global::GlobalWindowOperator;
+/// use sluice_runtime::operators::windows::global::GlobalWindowOperator;
 /// let schema = Arc::new(Schema::new(vec![
 ///     Field::new("k", DataType::Utf8, false),
 ///     Field::new("v", DataType::Int64, false),

@@ -23,9 +23,9 @@ use arrow::row::{OwnedRow, RowConverter, SortField};
 use async_trait::async_trait;
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError};
 
-use super::PreparedOperator;
-use super::window::prepare_from_template;
 use crate::operator::{Collector, Operator, OperatorContext};
+use crate::operators::PreparedOperator;
+use crate::operators::prepare_from_template;
 use crate::state::{OperatorState, RestoredState, key_groups};
 
 const HELD_TABLE: &str = "held";
@@ -63,7 +63,7 @@ pub struct TopNOperator {
     ttl: Option<i64>,
     /// Per partition, the latest event time of a row offered to it (with a TTL).
     touched: HashMap<Box<[u8]>, i64>,
-    sweeps: super::Sweeps,
+    sweeps: crate::operators::Sweeps,
 }
 
 fn converter(types: &[DataType]) -> Result<RowConverter> {
@@ -193,7 +193,7 @@ impl TopNOperator {
             seq: 0,
             ttl: None,
             touched: HashMap::new(),
-            sweeps: super::Sweeps::default(),
+            sweeps: crate::operators::Sweeps::default(),
         })
     }
 

@@ -30,9 +30,10 @@ use async_trait::async_trait;
 use datafusion_common::hash_utils::RandomState;
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, Watermark};
 
-use super::PreparedOperator;
-use super::window::{WINDOW_END, WINDOW_START, emit_late, prepare_from_template};
 use crate::operator::{Collector, Operator, OperatorContext};
+use crate::operators::PreparedOperator;
+use crate::operators::prepare_from_template;
+use crate::operators::windows::{WINDOW_END, WINDOW_START, emit_late};
 use crate::state::{OperatorState, RestoredState};
 
 /// The keyed state table of top-n: the candidate rows of windows not fired yet.
@@ -48,7 +49,7 @@ struct TopNMeta {
 /// ```
 /// # use std::sync::Arc;
 /// # use arrow::datatypes::*;
-/// use sluice_runtime::operators::topn::TopNPerWindowOperator;
+/// use sluice_runtime::operators::rank::window_topn::TopNPerWindowOperator;
 /// let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
 /// let schema = Arc::new(Schema::new(vec![
 ///     Field::new("auction", DataType::Int64, false),

@@ -30,10 +30,10 @@ use datafusion_common::hash_utils::RandomState;
 use datafusion_expr::{Accumulator, Expr};
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, timestamp_field};
 
-use super::PreparedOperator;
-use super::aggregate::{PlannedAggregate, PlannedAggregates};
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext};
+use crate::operators::PreparedOperator;
+use crate::operators::aggregates::{PlannedAggregate, PlannedAggregates};
 use crate::state::{OperatorState, RestoredState};
 
 /// The keyed state table: one row per upsert key.

@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{ArrayRef, Int64Array, UInt32Array};
 use arrow::compute::take;
 use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter};
@@ -29,17 +29,17 @@ use datafusion_common::hash_utils::RandomState;
 use datafusion_expr::{Accumulator, Expr};
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError};
 
-use super::PreparedOperator;
-use super::aggregate::{
+use super::WindowResults;
+use crate::expr::evaluate;
+use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
+use crate::operators::aggregates::{
     PlannedAggregate, PlannedAggregates, accumulators_from, state_column_counts,
     take_accumulator_states,
 };
-use super::window::{
-    WINDOW_END, WINDOW_START, arm_early_timer, encode_keys, key_converter, prepare_from_template,
-    window_output_schema,
+use crate::operators::windows::{
+    WINDOW_END, WINDOW_START, arm_early_timer, encode_keys, key_converter, window_output_schema,
 };
-use crate::expr::evaluate;
-use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
+use crate::operators::{PreparedOperator, prepare_from_template};
 use crate::state::{OperatorState, RestoredState};
 
 fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
@@ -92,7 +92,7 @@ struct KeyState {
 /// # use arrow::datatypes::*;
 /// use datafusion_expr::col;
 /// use datafusion_functions_aggregate::expr_fn::sum;
-/// use sluice_runtime::operators::count::CountWindowOperator;
+/// use sluice_runtime::operators::windows::count::CountWindowOperator;
 /// let schema = Arc::new(Schema::new(vec![
 ///     Field::new("k", DataType::Utf8, false),
 ///     Field::new("v", DataType::Int64, false),
@@ -350,61 +350,6 @@ impl CountWindowOperator {
             Some(batch) => collector.collect(batch).await,
             None => Ok(()),
         }
-    }
-}
-
-/// Window results under construction, one row per firing: key, bounds, aggregate
-/// values, event time. Shared by the count and global window operators.
-pub(crate) struct WindowResults {
-    pub(crate) keys: Vec<OwnedRow>,
-    pub(crate) starts: Vec<i64>,
-    pub(crate) ends: Vec<i64>,
-    pub(crate) times: Vec<i64>,
-    pub(crate) values: Vec<Vec<ScalarValue>>,
-}
-
-impl WindowResults {
-    pub(crate) fn new(aggregates: usize) -> Self {
-        Self {
-            keys: Vec::new(),
-            starts: Vec::new(),
-            ends: Vec::new(),
-            times: Vec::new(),
-            values: vec![Vec::new(); aggregates],
-        }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.starts.is_empty()
-    }
-
-    /// The results as a batch of `schema` (keys encoded by `converter`), carrying the
-    /// ingest time of the newest input; `None` when there are none.
-    pub(crate) fn into_batch(
-        self,
-        schema: &SchemaRef,
-        converter: Option<&RowConverter>,
-        latest_ingest_us: u64,
-    ) -> Result<Option<Batch>> {
-        if self.is_empty() {
-            return Ok(None);
-        }
-        let mut columns: Vec<ArrayRef> = match converter {
-            Some(c) => c.convert_rows(self.keys.iter().map(|k| k.row()))?,
-            None => Vec::new(),
-        };
-        columns.push(Arc::new(TimestampMillisecondArray::from(self.starts)));
-        columns.push(Arc::new(TimestampMillisecondArray::from(self.ends)));
-        for v in self.values {
-            columns.push(ScalarValue::iter_to_array(v).map_err(df_err)?);
-        }
-        columns.push(Arc::new(TimestampMillisecondArray::from(self.times)));
-        let data = RecordBatch::try_new(Arc::clone(schema), columns)?;
-        let ingest = sluice_types::IngestTime::at(match latest_ingest_us {
-            0 => sluice_types::now_micros(),
-            t => t,
-        });
-        Ok(Some(Batch { data, ingest }))
     }
 }
 
@@ -694,6 +639,7 @@ impl Operator for CountWindowOperator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::TimestampMillisecondArray;
     use datafusion_expr::col;
     use datafusion_functions_aggregate::expr_fn::{count, sum};
     use sluice_testkit::{assert_pretty, batch_from_pretty};
@@ -798,7 +744,7 @@ mod tests {
             &schema,
         )
         .unwrap();
-        super::super::run_prepared(&p, batches).await.unwrap()
+        crate::operators::run_prepared(&p, batches).await.unwrap()
     }
 
     fn input() -> Vec<Batch> {

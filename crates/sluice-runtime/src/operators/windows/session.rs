@@ -30,17 +30,17 @@ use datafusion_common::hash_utils::RandomState;
 use datafusion_expr::{Accumulator, Expr};
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, Watermark};
 
-use super::PreparedOperator;
-use super::aggregate::{
+use crate::expr::evaluate;
+use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
+use crate::operators::aggregates::{
     PlannedAggregate, PlannedAggregates, accumulators_from, state_column_counts,
     take_accumulator_states,
 };
-use super::window::{
+use crate::operators::windows::{
     MAX_EVENT_TIME, MIN_EVENT_TIME, WINDOW_END, WINDOW_START, arm_early_timer, dead_letter_rows,
-    emit_late, encode_keys, key_converter, prepare_from_template, window_output_schema,
+    emit_late, encode_keys, key_converter, window_output_schema,
 };
-use crate::expr::evaluate;
-use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
+use crate::operators::{PreparedOperator, prepare_from_template};
 use crate::state::{OperatorState, RestoredState};
 
 fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
@@ -77,7 +77,7 @@ struct KeyState {
 /// # use arrow::datatypes::*;
 /// use datafusion_expr::col;
 /// use datafusion_functions_aggregate::expr_fn::count;
-/// use sluice_runtime::operators::session::SessionWindowOperator;
+/// use sluice_runtime::operators::windows::session::SessionWindowOperator;
 /// let schema = Arc::new(Schema::new(vec![
 ///     Field::new("bidder", DataType::Int64, false),
 ///     sluice_types::timestamp_field(),

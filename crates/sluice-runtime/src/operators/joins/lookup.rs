@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use sluice_plan::ConnectorSpec;
 use sluice_types::{Batch, Result, SluiceError, TIMESTAMP_FIELD};
 
-use super::{OperatorFactory, PreparedOperator};
 use crate::operator::{Collector, Operator, OperatorContext};
+use crate::operators::{OperatorFactory, PreparedOperator};
 use crate::source::{ConnectorRegistry, PreparedSource, ReadResult};
 
 /// The lookup join of one subtask.

@@ -24,11 +24,11 @@ use datafusion_expr::{Accumulator, Expr};
 use sluice_plan::OverFrame;
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, Watermark};
 
-use super::PreparedOperator;
-use super::aggregate::{PlannedAggregate, PlannedAggregates};
-use super::retract::{apply_row, retractable, row_args};
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext};
+use crate::operators::PreparedOperator;
+use crate::operators::aggregates::retract::{apply_row, retractable, row_args};
+use crate::operators::aggregates::{PlannedAggregate, PlannedAggregates};
 use crate::state::{OperatorState, RestoredState, key_groups};
 
 /// Buffered input rows (not yet passed by the watermark).
@@ -60,7 +60,7 @@ pub struct OverAggregateOperator {
     watermark: i64,
     /// Forget a partition no row reached for this long (event time, past the watermark).
     ttl: Option<i64>,
-    sweeps: super::Sweeps,
+    sweeps: crate::operators::Sweeps,
 }
 
 impl OverAggregateOperator {
@@ -124,7 +124,7 @@ impl OverAggregateOperator {
                     pending: Vec::new(),
                     watermark: i64::MIN,
                     ttl: ttl_ms,
-                    sweeps: super::Sweeps::default(),
+                    sweeps: crate::operators::Sweeps::default(),
                 }) as Box<dyn Operator>)
             }),
         })
