@@ -24,7 +24,9 @@ use tokio::task::JoinSet;
 
 use crate::checkpoint::coordinator::{Coordinator, Timing};
 use crate::checkpoint::runner::{Request, Runner};
-use crate::checkpoint::{CheckpointStats, CheckpointStorage, Manifest, ManifestNode};
+use crate::checkpoint::{
+    CheckpointStats, CheckpointStorage, Manifest, ManifestNode, SourceControl,
+};
 use tracing::Instrument;
 
 use crate::dead_letter::{DeadLetterQueue, FileDeadLetters, LogDeadLetters};
@@ -37,8 +39,8 @@ use crate::source::Split;
 use crate::source::{ConnectorRegistry, PreparedSource, assign_splits};
 use crate::state::{self, RestoredState};
 use crate::task::{
-    Chain, EventTimeColumn, Inputs, Slot, SourceControl, SourceTask, TaskCheckpoints,
-    run_operator_task, run_source_task,
+    Chain, EventTimeColumn, Inputs, Slot, SourceTask, TaskCheckpoints, run_operator_task,
+    run_source_task,
 };
 
 /// A checkpoint being restored: its manifest and its decoded state tables.
@@ -260,48 +262,13 @@ impl PreparedJob {
                             }
                         });
                     }
-                    if let NodeKind::Join { .. } = kind {
-                        let p = operators::joins::join::JoinOperator::prepare(kind, &inputs)
-                            .map_err(ctx)?;
-                        input_schemas[id] = Arc::clone(inputs[0]);
-                        schemas[id] = p.output_schema;
-                        prepared[id] = Some(PreparedNode::Operator(p.factory));
-                    } else {
-                        let mut input = Arc::clone(inputs[0]);
-                        for other in &inputs[1..] {
-                            let same = other.fields().len() == input.fields().len()
-                                && other.fields().iter().zip(input.fields()).all(|(a, b)| {
-                                    a.name() == b.name() && a.data_type() == b.data_type()
-                                });
-                            if !same {
-                                return Err(ctx(SluiceError::user(format!(
-                                    "inputs have different schemas: {input} and {other}"
-                                ))));
-                            }
-                            // A column nullable in any input is nullable in the union.
-                            if other.fields() != input.fields() {
-                                let fields: Vec<Field> = input
-                                    .fields()
-                                    .iter()
-                                    .zip(other.fields())
-                                    .map(|(a, b)| {
-                                        a.as_ref()
-                                            .clone()
-                                            .with_nullable(a.is_nullable() || b.is_nullable())
-                                    })
-                                    .collect();
-                                input = Arc::new(Schema::new(fields));
-                            }
-                        }
-                        let p = operators::prepare(kind, &input, registry).map_err(ctx)?;
-                        if !kind.side_outputs().is_empty() {
-                            side_schemas[id] =
-                                operators::windows::late_output_schema(&input).map_err(ctx)?;
-                        }
-                        input_schemas[id] = input;
-                        schemas[id] = p.output_schema;
-                        prepared[id] = Some(PreparedNode::Operator(p.factory));
+                    let p = operators::prepare_node(kind, &inputs, registry).map_err(ctx)?;
+                    if let Some(side) = p.side_output_schema {
+                        side_schemas[id] = side;
                     }
+                    input_schemas[id] = p.input_schema;
+                    schemas[id] = p.operator.output_schema;
+                    prepared[id] = Some(PreparedNode::Operator(p.operator.factory));
                 }
             }
             for e in plan.outputs(id) {

@@ -18,6 +18,7 @@ pub mod source;
 pub mod state;
 mod task;
 
+pub use checkpoint::SourceControl;
 pub use checkpoint::SplitPosition;
 pub use job::{JobHandle, PreparedJob, StopHandle};
 pub use operator::{Collector, Operator, OperatorContext, TimeDomain, VecCollector};
@@ -25,4 +26,3 @@ pub use source::{
     ConnectorRegistry, ReadResult, SinkConnector, SourceConnector, SourceReader, Split,
 };
 pub use state::{OperatorState, RestoredState};
-pub use task::SourceControl;

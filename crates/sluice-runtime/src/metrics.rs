@@ -2,6 +2,10 @@
 //! histogram. Everything is lock-free atomics so recording costs a few nanoseconds per
 //! batch; readers take snapshots.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
@@ -214,7 +218,7 @@ pub struct JobMetrics {
     /// Per operator, indexed by plan node id.
     pub operators: Vec<OperatorMetrics>,
     /// Checkpoint counters and history.
-    pub checkpoints: Arc<crate::checkpoint::CheckpointStats>,
+    pub checkpoints: Arc<CheckpointStats>,
 }
 
 impl JobMetrics {
@@ -275,6 +279,91 @@ pub fn batch_bytes(batch: &sluice_types::Batch) -> u64 {
                 .unwrap_or_else(|_| c.get_array_memory_size()) as u64
         })
         .sum()
+}
+
+/// How a checkpoint ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointStatus {
+    /// In flight.
+    InProgress,
+    /// Complete.
+    Completed,
+    /// Aborted or failed, with the reason.
+    Failed(String),
+}
+
+/// One checkpoint in the history.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckpointRecord {
+    /// Checkpoint id.
+    pub epoch: u64,
+    /// `checkpoint`, `savepoint` or `final`.
+    pub kind: String,
+    /// Status.
+    pub status: CheckpointStatus,
+    /// When it was triggered (epoch ms).
+    pub triggered_at_ms: i64,
+    /// Trigger to completion (or failure).
+    pub duration_ms: u64,
+    /// Bytes of state written.
+    pub state_bytes: u64,
+    /// The longest barrier alignment of any task.
+    pub alignment_ms: f64,
+    /// Where it was written.
+    pub location: String,
+}
+
+/// Checkpoint statistics of a job: counters and the recent history.
+#[derive(Debug, Default)]
+pub struct CheckpointStats {
+    /// Completed checkpoints and savepoints.
+    pub completed: AtomicU64,
+    /// Aborted or failed ones.
+    pub failed: AtomicU64,
+    /// Restore at start-up: reading and decoding the checkpoint (ms).
+    pub restore_read_ms: AtomicU64,
+    /// Restore at start-up: the slowest task handing state to its operators (ms).
+    pub restore_tasks_ms: AtomicU64,
+    history: Mutex<VecDeque<CheckpointRecord>>,
+}
+
+/// Checkpoints kept in the history.
+const HISTORY: usize = 64;
+
+impl CheckpointStats {
+    /// The most recent checkpoints, oldest first.
+    pub fn history(&self) -> Vec<CheckpointRecord> {
+        self.lock().iter().cloned().collect()
+    }
+
+    /// The latest completed checkpoint.
+    pub fn latest_completed(&self) -> Option<CheckpointRecord> {
+        self.lock()
+            .iter()
+            .rev()
+            .find(|r| r.status == CheckpointStatus::Completed)
+            .cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<CheckpointRecord>> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn record(&self, r: CheckpointRecord) {
+        let mut h = self.lock();
+        if let Some(old) = h
+            .iter_mut()
+            .find(|o| o.epoch == r.epoch && o.kind == r.kind)
+        {
+            *old = r;
+            return;
+        }
+        if h.len() == HISTORY {
+            h.pop_front();
+        }
+        h.push_back(r);
+    }
 }
 
 #[cfg(test)]

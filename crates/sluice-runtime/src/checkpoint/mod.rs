@@ -18,11 +18,12 @@ mod storage;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sluice_types::CheckpointBarrier;
 
 use crate::operator::Timers;
 use crate::state::OperatorState;
 
-pub use runner::{CheckpointRecord, CheckpointStats, CheckpointStatus};
+pub use crate::metrics::{CheckpointRecord, CheckpointStats, CheckpointStatus};
 pub use storage::CheckpointStorage;
 
 /// Name of the file that marks a checkpoint complete.
@@ -109,3 +110,41 @@ impl Manifest {
     /// Current format version.
     pub const VERSION: u32 = 1;
 }
+
+/// What a task tells the coordinator.
+pub(crate) enum TaskEvent {
+    /// The task snapshotted `epoch`.
+    Ack {
+        epoch: u64,
+        task: usize,
+        snapshots: Vec<SubtaskSnapshot>,
+        /// Time from the first barrier to alignment on all inputs.
+        alignment_us: u64,
+    },
+    /// All inputs ended and the task flushed: its final state (sink committables).
+    Finished {
+        task: usize,
+        snapshots: Vec<SubtaskSnapshot>,
+    },
+}
+
+/// What the coordinator tells a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// Checkpoint `epoch` is complete: commit what was pre-committed up to it.
+    Committed(u64),
+    /// Checkpoint `epoch` was given up.
+    Aborted(u64),
+}
+
+/// Control messages for a source task, from the job (and later the checkpoint coordinator).
+#[derive(Debug)]
+pub enum SourceControl {
+    /// Inject this barrier into the stream.
+    Barrier(CheckpointBarrier),
+    /// Stop reading and end the stream gracefully: final watermark, flush, end of data.
+    Stop,
+}
+
+/// The epoch of the final snapshot taken when the input ended.
+pub(crate) const FINAL_EPOCH: u64 = u64::MAX;

@@ -3,46 +3,20 @@
 //! writes the manifest, tells tasks to commit, deletes old checkpoints, keeps history.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use serde::Serialize;
 use sluice_types::{CheckpointBarrier, CheckpointKind, Result, SluiceError, now_micros};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::coordinator::{Action, Coordinator};
 use super::storage::{CheckpointStorage, checkpoint_dir};
-use super::{Manifest, ManifestNode, SubtaskEntry, SubtaskSnapshot};
+use super::{
+    CheckpointRecord, CheckpointStats, CheckpointStatus, FINAL_EPOCH, Manifest, ManifestNode,
+    Notice, SourceControl, SubtaskEntry, SubtaskSnapshot, TaskEvent,
+};
 use crate::state::encode_table;
-use crate::task::{FINAL_EPOCH, SourceControl};
-
-/// What a task tells the coordinator.
-pub(crate) enum TaskEvent {
-    /// The task snapshotted `epoch`.
-    Ack {
-        epoch: u64,
-        task: usize,
-        snapshots: Vec<SubtaskSnapshot>,
-        /// Time from the first barrier to alignment on all inputs.
-        alignment_us: u64,
-    },
-    /// All inputs ended and the task flushed: its final state (sink committables).
-    Finished {
-        task: usize,
-        snapshots: Vec<SubtaskSnapshot>,
-    },
-}
-
-/// What the coordinator tells a task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Notice {
-    /// Checkpoint `epoch` is complete: commit what was pre-committed up to it.
-    Committed(u64),
-    /// Checkpoint `epoch` was given up.
-    Aborted(u64),
-}
 
 /// Requests from the job's owner.
 pub(crate) enum Request {
@@ -51,91 +25,6 @@ pub(crate) enum Request {
         then_stop: bool,
         reply: oneshot::Sender<Result<String>>,
     },
-}
-
-/// How a checkpoint ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CheckpointStatus {
-    /// In flight.
-    InProgress,
-    /// Complete.
-    Completed,
-    /// Aborted or failed, with the reason.
-    Failed(String),
-}
-
-/// One checkpoint in the history.
-#[derive(Clone, Debug, Serialize)]
-pub struct CheckpointRecord {
-    /// Checkpoint id.
-    pub epoch: u64,
-    /// `checkpoint`, `savepoint` or `final`.
-    pub kind: String,
-    /// Status.
-    pub status: CheckpointStatus,
-    /// When it was triggered (epoch ms).
-    pub triggered_at_ms: i64,
-    /// Trigger to completion (or failure).
-    pub duration_ms: u64,
-    /// Bytes of state written.
-    pub state_bytes: u64,
-    /// The longest barrier alignment of any task.
-    pub alignment_ms: f64,
-    /// Where it was written.
-    pub location: String,
-}
-
-/// Checkpoint statistics of a job: counters and the recent history.
-#[derive(Debug, Default)]
-pub struct CheckpointStats {
-    /// Completed checkpoints and savepoints.
-    pub completed: AtomicU64,
-    /// Aborted or failed ones.
-    pub failed: AtomicU64,
-    /// Restore at start-up: reading and decoding the checkpoint (ms).
-    pub restore_read_ms: AtomicU64,
-    /// Restore at start-up: the slowest task handing state to its operators (ms).
-    pub restore_tasks_ms: AtomicU64,
-    history: Mutex<VecDeque<CheckpointRecord>>,
-}
-
-/// Checkpoints kept in the history.
-const HISTORY: usize = 64;
-
-impl CheckpointStats {
-    /// The most recent checkpoints, oldest first.
-    pub fn history(&self) -> Vec<CheckpointRecord> {
-        self.lock().iter().cloned().collect()
-    }
-
-    /// The latest completed checkpoint.
-    pub fn latest_completed(&self) -> Option<CheckpointRecord> {
-        self.lock()
-            .iter()
-            .rev()
-            .find(|r| r.status == CheckpointStatus::Completed)
-            .cloned()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<CheckpointRecord>> {
-        self.history.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn record(&self, r: CheckpointRecord) {
-        let mut h = self.lock();
-        if let Some(old) = h
-            .iter_mut()
-            .find(|o| o.epoch == r.epoch && o.kind == r.kind)
-        {
-            *old = r;
-            return;
-        }
-        if h.len() == HISTORY {
-            h.pop_front();
-        }
-        h.push_back(r);
-    }
 }
 
 /// The checkpoint in flight.

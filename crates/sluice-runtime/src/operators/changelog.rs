@@ -28,7 +28,7 @@ use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TIMESTAMP_FIEL
 use super::PreparedOperator;
 use super::prepare_from_template;
 use crate::operator::{Collector, Operator, OperatorContext};
-use crate::state::{OperatorState, RestoredState, key_groups};
+use crate::state::{OperatorState, RestoredState, TableWriter};
 
 const LAST_TABLE: &str = "last";
 
@@ -245,13 +245,14 @@ impl Operator for ChangelogOperator {
         let columns = self
             .row_converter
             .convert_rows(self.last.values().map(|r| r.row()))?;
-        let key_cols: Vec<ArrayRef> = self.keys.iter().map(|&i| Arc::clone(&columns[i])).collect();
-        let groups = key_groups(&key_cols, columns[0].len(), ctx.max_parallelism)?;
-        state.push_keyed(
-            LAST_TABLE,
-            groups,
-            self.fields.iter().cloned().collect(),
+        let rows = RecordBatch::try_new(
+            Arc::new(arrow::datatypes::Schema::new(self.fields.clone())),
             columns,
+        )?;
+        TableWriter::rows_of(&rows, &self.keys).finish(
+            LAST_TABLE,
+            ctx.max_parallelism,
+            &mut state,
         )?;
         Ok(state)
     }
@@ -261,6 +262,21 @@ impl Operator for ChangelogOperator {
             self.absorb(b)?;
         }
         Ok(())
+    }
+}
+
+impl ChangelogOperator {
+    /// The registered constructor of `changelog` nodes.
+    pub fn from_node(
+        kind: &sluice_plan::NodeKind,
+        inputs: &[&SchemaRef],
+        _registry: &crate::source::ConnectorRegistry,
+    ) -> Result<crate::operators::PreparedOperator> {
+        let sluice_plan::NodeKind::Changelog { keys } = kind else {
+            return Err(crate::operators::wrong_node(kind, "changelog"));
+        };
+        let input = &crate::operators::single_input(inputs)?;
+        Self::prepare(keys, input)
     }
 }
 

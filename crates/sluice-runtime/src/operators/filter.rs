@@ -92,6 +92,21 @@ impl Operator for FilterOperator {
     }
 }
 
+impl FilterOperator {
+    /// The registered constructor of `filter` nodes.
+    pub fn from_node(
+        kind: &sluice_plan::NodeKind,
+        inputs: &[&SchemaRef],
+        _registry: &crate::source::ConnectorRegistry,
+    ) -> Result<crate::operators::PreparedOperator> {
+        let sluice_plan::NodeKind::Filter { predicate } = kind else {
+            return Err(crate::operators::wrong_node(kind, "filter"));
+        };
+        let input = &crate::operators::single_input(inputs)?;
+        Self::prepare(predicate, input)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

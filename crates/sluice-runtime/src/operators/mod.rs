@@ -74,144 +74,140 @@ pub struct PreparedOperator {
     pub factory: OperatorFactory,
 }
 
-/// Constructs a non-source node. Each operator file owns its own `prepare`.
+/// A node prepared against its inputs: the operator, the schema its (merged) input is
+/// read as, and the schema of its side output, if it has one.
+pub struct PreparedNode {
+    /// The operator.
+    pub operator: PreparedOperator,
+    /// The schema of its input (the first input of a join).
+    pub input_schema: SchemaRef,
+    /// The schema of its side output (late rows), if the node has one.
+    pub side_output_schema: Option<SchemaRef>,
+}
+
+/// Builds the operator of one kind of plan node from the node and its input schemas (one
+/// per input edge, in plan order).
+type Constructor = fn(&NodeKind, &[&SchemaRef], &ConnectorRegistry) -> Result<PreparedOperator>;
+
+/// The constructor registered for each kind of plan node; each lives with its operator.
+fn constructor(kind: &NodeKind) -> Constructor {
+    match kind {
+        NodeKind::Filter { .. } => filter::FilterOperator::from_node,
+        NodeKind::Project { .. } => project::ProjectOperator::from_node,
+        NodeKind::Aggregate { .. } => aggregates::group::AggregateOperator::from_node,
+        NodeKind::OverAggregate { .. } => aggregates::over::OverAggregateOperator::from_node,
+        NodeKind::UpdatingAggregate { .. } => {
+            aggregates::retract::RetractAggregateOperator::from_node
+        }
+        NodeKind::WindowAggregate { .. } => windows::from_node,
+        NodeKind::TopNPerWindow { .. } => rank::window_topn::TopNPerWindowOperator::from_node,
+        NodeKind::TopN { .. } => rank::topn::TopNOperator::from_node,
+        NodeKind::Changelog { .. } => changelog::ChangelogOperator::from_node,
+        NodeKind::LookupJoin { .. } => joins::lookup::LookupJoinOperator::from_node,
+        NodeKind::Join { .. } => joins::join::JoinOperator::from_node,
+        NodeKind::Sink(_) => sink_from_node,
+        NodeKind::Source(_) => |_, _, _| {
+            Err(SluiceError::internal(
+                "sources are prepared by the job builder, not as operators",
+            ))
+        },
+    }
+}
+
+/// Prepares a non-source node against its input schemas: every configuration error
+/// surfaces here, before data moves.
+pub fn prepare_node(
+    kind: &NodeKind,
+    inputs: &[&SchemaRef],
+    registry: &ConnectorRegistry,
+) -> Result<PreparedNode> {
+    let operator = constructor(kind)(kind, inputs, registry)?;
+    let input_schema = match kind {
+        NodeKind::Join { .. } => Arc::clone(
+            inputs
+                .first()
+                .ok_or_else(|| SluiceError::internal("a join without inputs"))?,
+        ),
+        _ => single_input(inputs)?,
+    };
+    let side_output_schema = match kind.side_outputs().is_empty() {
+        true => None,
+        false => Some(windows::late_output_schema(&input_schema)?),
+    };
+    Ok(PreparedNode {
+        operator,
+        input_schema,
+        side_output_schema,
+    })
+}
+
+/// Constructs a single-input node against `input` (tests and the Rust API's checks).
 pub fn prepare(
     kind: &NodeKind,
     input: &SchemaRef,
     registry: &ConnectorRegistry,
 ) -> Result<PreparedOperator> {
-    match kind {
-        NodeKind::Filter { predicate } => filter::FilterOperator::prepare(predicate, input),
-        NodeKind::Project { exprs } => project::ProjectOperator::prepare(exprs, input),
-        NodeKind::Aggregate {
-            keys,
-            aggregates,
-            ttl_ms,
-        } => {
-            aggregates::group::AggregateOperator::prepare_with_ttl(keys, aggregates, *ttl_ms, input)
+    constructor(kind)(kind, &[input], registry)
+}
+
+/// The one input of a single-input node: its input edges' schemas must agree (a union);
+/// a column nullable in any input is nullable in the result.
+pub(crate) fn single_input(inputs: &[&SchemaRef]) -> Result<SchemaRef> {
+    let (first, rest) = inputs
+        .split_first()
+        .ok_or_else(|| SluiceError::internal("an operator without inputs"))?;
+    let mut input = Arc::clone(first);
+    for other in rest {
+        let same = other.fields().len() == input.fields().len()
+            && other
+                .fields()
+                .iter()
+                .zip(input.fields())
+                .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+        if !same {
+            return Err(SluiceError::user(format!(
+                "inputs have different schemas: {input} and {other}"
+            )));
         }
-        NodeKind::OverAggregate {
-            partition_by,
-            aggregates,
-            frame,
-            ttl_ms,
-        } => aggregates::over::OverAggregateOperator::prepare(
-            partition_by,
-            aggregates,
-            *frame,
-            *ttl_ms,
-            input,
-        ),
-        NodeKind::UpdatingAggregate {
-            keys,
-            upsert_key,
-            aggregates,
-        } => aggregates::retract::RetractAggregateOperator::prepare(
-            keys, upsert_key, aggregates, input,
-        ),
-        NodeKind::WindowAggregate {
-            keys,
-            window,
-            aggregates,
-            allowed_lateness,
-            early_firing,
-        } => match window {
-            sluice_plan::WindowSpec::Global { .. } if early_firing.is_some() => {
-                Err(SluiceError::user(
-                    "a global window fires by its trigger; add a processing-time interval to the trigger instead of early firing",
-                ))
-            }
-            sluice_plan::WindowSpec::Global { trigger } => {
-                windows::global::GlobalWindowOperator::prepare(keys, *trigger, aggregates, input)
-            }
-            sluice_plan::WindowSpec::Count { size, slide } => Ok(
-                windows::count::CountWindowOperator::new(keys, *size, *slide, aggregates, input)?
-                    .with_early_firing(*early_firing)
-                    .into_prepared(),
-            ),
-            sluice_plan::WindowSpec::Session { gap } => {
-                Ok(windows::session::SessionWindowOperator::new(
-                    keys,
-                    *gap,
-                    aggregates,
-                    *allowed_lateness,
-                    input,
-                )?
-                .with_early_firing(*early_firing)
-                .into_prepared())
-            }
-            _ => Ok(windows::slicing::WindowAggregateOperator::new(
-                keys,
-                *window,
-                aggregates,
-                *allowed_lateness,
-                input,
-            )?
-            .with_early_firing(*early_firing)
-            .into_prepared()),
-        },
-        NodeKind::TopNPerWindow {
-            partition_by,
-            order_by,
-            descending,
-            limit,
-            row_number,
-            rank_column,
-        } => rank::window_topn::TopNPerWindowOperator::prepare_numbered(
-            partition_by,
-            order_by,
-            *descending,
-            *limit,
-            *row_number,
-            rank_column.as_deref(),
-            input,
-        ),
-        NodeKind::Sink(spec) => {
-            let factory = registry.sink(&spec.connector)?.prepare(spec, input)?;
-            Ok(PreparedOperator {
-                output_schema: Arc::clone(input),
-                factory,
-            })
+        if other.fields() != input.fields() {
+            let fields: Vec<arrow::datatypes::Field> = input
+                .fields()
+                .iter()
+                .zip(other.fields())
+                .map(|(a, b)| {
+                    a.as_ref()
+                        .clone()
+                        .with_nullable(a.is_nullable() || b.is_nullable())
+                })
+                .collect();
+            input = Arc::new(arrow::datatypes::Schema::new(fields));
         }
-        NodeKind::Source(_) => Err(SluiceError::internal(
-            "sources are prepared by the job builder, not as operators",
-        )),
-        NodeKind::TopN {
-            partition_by,
-            order_by,
-            descending,
-            then_by,
-            limit,
-            rank_column,
-            ttl_ms,
-        } => rank::topn::TopNOperator::prepare_ordered(
-            partition_by,
-            order_by,
-            *descending,
-            then_by,
-            *limit,
-            rank_column,
-            *ttl_ms,
-            input,
-        ),
-        NodeKind::Changelog { keys } => changelog::ChangelogOperator::prepare(keys, input),
-        NodeKind::LookupJoin {
-            table,
-            left_keys,
-            right_keys,
-            right_names,
-        } => joins::lookup::LookupJoinOperator::prepare(
-            table,
-            left_keys,
-            right_keys,
-            right_names,
-            input,
-            registry,
-        ),
-        NodeKind::Join { .. } => Err(SluiceError::internal(
-            "joins are prepared by the job builder with both input schemas",
-        )),
     }
+    Ok(input)
+}
+
+/// The error of a constructor handed a node of another kind (a bug in the registry).
+pub(crate) fn wrong_node(kind: &NodeKind, expected: &str) -> SluiceError {
+    SluiceError::internal(format!(
+        "the {expected} constructor was given a `{}` node",
+        kind.label()
+    ))
+}
+
+fn sink_from_node(
+    kind: &NodeKind,
+    inputs: &[&SchemaRef],
+    registry: &ConnectorRegistry,
+) -> Result<PreparedOperator> {
+    let NodeKind::Sink(spec) = kind else {
+        return Err(wrong_node(kind, "sink"));
+    };
+    let input = single_input(inputs)?;
+    let factory = registry.sink(&spec.connector)?.prepare(spec, &input)?;
+    Ok(PreparedOperator {
+        output_schema: input,
+        factory,
+    })
 }
 
 /// Runs a prepared operator over batches, returning what it emitted (including on close).

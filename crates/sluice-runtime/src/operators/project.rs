@@ -95,6 +95,21 @@ impl Operator for ProjectOperator {
     }
 }
 
+impl ProjectOperator {
+    /// The registered constructor of `project` nodes.
+    pub fn from_node(
+        kind: &sluice_plan::NodeKind,
+        inputs: &[&SchemaRef],
+        _registry: &crate::source::ConnectorRegistry,
+    ) -> Result<crate::operators::PreparedOperator> {
+        let sluice_plan::NodeKind::Project { exprs } = kind else {
+            return Err(crate::operators::wrong_node(kind, "project"));
+        };
+        let input = &crate::operators::single_input(inputs)?;
+        Self::prepare(exprs, input)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::take;
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use async_trait::async_trait;
 use datafusion_common::ScalarValue;
@@ -25,7 +25,7 @@ use super::{PlannedAggregate, PlannedAggregates, accumulators_from};
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::PreparedOperator;
-use crate::state::{OperatorState, RestoredState};
+use crate::state::{OperatorState, RestoredState, TableReader, TableWriter, table_width};
 
 /// Keyed running aggregate.
 ///
@@ -177,17 +177,6 @@ impl AggregateOperator {
         if n == 0 {
             return Ok(state);
         }
-        let keys = self.converter.convert_rows(self.group_keys.iter())?;
-        let mut fields = Vec::new();
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            fields.push(Arc::new(Field::new(
-                format!("k{i}"),
-                k.data_type().clone(),
-                true,
-            )));
-            columns.push(Arc::clone(k));
-        }
         let mut states: Vec<Vec<ArrayRef>> = Vec::with_capacity(self.aggregates.len());
         for a in 0..self.aggregates.len() {
             // `state` consumes an accumulator's state: collect it, then rebuild below.
@@ -199,34 +188,23 @@ impl AggregateOperator {
                     per_field[j].push(v);
                 }
             }
-            let cols = per_field
-                .into_iter()
-                .map(|vals| ScalarValue::iter_to_array(vals).map_err(df_err))
-                .collect::<Result<Vec<_>>>()?;
-            for (j, c) in cols.iter().enumerate() {
-                fields.push(Arc::new(Field::new(
-                    format!("a{a}_{j}"),
-                    c.data_type().clone(),
-                    true,
-                )));
-                columns.push(Arc::clone(c));
-            }
-            states.push(cols);
+            states.push(
+                per_field
+                    .into_iter()
+                    .map(|vals| ScalarValue::iter_to_array(vals).map_err(df_err))
+                    .collect::<Result<Vec<_>>>()?,
+            );
         }
         for g in 0..n {
             self.accumulators[g] = self.accumulators_from(&states, g)?;
         }
+        let mut table = TableWriter::keyed(Some(&self.converter), self.group_keys.iter(), n)?
+            .accumulator_columns(&states);
         if self.ttl.is_some() {
             // When each key was last reached, for its TTL (after the states).
-            fields.push(Arc::new(Field::new(
-                "last",
-                arrow::datatypes::DataType::Int64,
-                false,
-            )));
-            columns.push(Arc::new(arrow::array::Int64Array::from(self.last.clone())));
+            table = table.int64("last", self.last.clone());
         }
-        let groups = crate::state::key_groups(&keys, n, max_parallelism)?;
-        state.push_keyed(GROUPS_TABLE, groups, fields, columns)?;
+        table.finish(GROUPS_TABLE, max_parallelism, &mut state)?;
         Ok(state)
     }
 
@@ -237,32 +215,26 @@ impl AggregateOperator {
             .map(|a| Ok(a.function.state_fields().map_err(df_err)?.len()))
             .collect::<Result<_>>()?;
         let keys = self.key_indices.len();
-        let expected = keys + counts.iter().sum::<usize>();
+        let width = table_width(keys, 0, &counts);
         for batch in state.table(GROUPS_TABLE) {
             // A checkpoint taken with a TTL has a `last` column after the states.
-            let last: Option<arrow::array::Int64Array> = (batch.num_columns() == expected + 1)
-                .then(|| {
-                    batch
-                        .column(expected)
-                        .as_any()
-                        .downcast_ref::<arrow::array::Int64Array>()
-                        .cloned()
-                })
-                .flatten();
-            if batch.num_columns() != expected && last.is_none() {
-                return Err(SluiceError::user(format!(
-                    "checkpointed aggregate state has {} columns, this aggregate expects {expected}: the job changed",
-                    batch.num_columns()
-                )));
-            }
-            let key_cols = batch.columns()[..keys].to_vec();
-            let rows = self.converter.convert_columns(&key_cols)?;
-            let mut col = keys;
-            let mut states = Vec::with_capacity(counts.len());
-            for &c in &counts {
-                states.push(batch.columns()[col..col + c].to_vec());
-                col += c;
-            }
+            let columns = match batch.num_columns() == width + 1 {
+                true => width + 1,
+                false => width,
+            };
+            let mut r = TableReader::new(
+                batch,
+                "aggregate",
+                Some(&self.converter),
+                keys,
+                Some(columns),
+            )?;
+            let states = r.accumulators(&counts)?;
+            let last = match r.remaining() {
+                0 => None,
+                _ => Some(r.int64()?),
+            };
+            let rows = r.keys().expect("invariant: read with a converter");
             for (i, row) in rows.iter().enumerate() {
                 let accs = self.accumulators_from(&states, i)?;
                 let g = self.accumulators.len() as u32;
@@ -271,8 +243,7 @@ impl AggregateOperator {
                 self.group_keys.push(row);
                 if self.ttl.is_some() {
                     // Without a recorded time (taken without a TTL): from the first sweep.
-                    self.last
-                        .push(last.as_ref().map_or(i64::MAX, |l| l.value(i)));
+                    self.last.push(last.map_or(i64::MAX, |l| l.value(i)));
                 }
             }
         }
@@ -423,6 +394,26 @@ impl Operator for AggregateOperator {
         )));
         let data = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
         out.collect(batch.with_data(data)).await
+    }
+}
+
+impl AggregateOperator {
+    /// The registered constructor of `aggregate` nodes.
+    pub fn from_node(
+        kind: &sluice_plan::NodeKind,
+        inputs: &[&SchemaRef],
+        _registry: &crate::source::ConnectorRegistry,
+    ) -> Result<crate::operators::PreparedOperator> {
+        let sluice_plan::NodeKind::Aggregate {
+            keys,
+            aggregates,
+            ttl_ms,
+        } = kind
+        else {
+            return Err(crate::operators::wrong_node(kind, "aggregate"));
+        };
+        let input = &crate::operators::single_input(inputs)?;
+        Self::prepare_with_ttl(keys, aggregates, *ttl_ms, input)
     }
 }
 

@@ -29,7 +29,7 @@ use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::PreparedOperator;
 use crate::operators::aggregates::retract::{apply_row, retractable, row_args};
 use crate::operators::aggregates::{PlannedAggregate, PlannedAggregates};
-use crate::state::{OperatorState, RestoredState, key_groups};
+use crate::state::{OperatorState, RestoredState, TableReader, TableWriter};
 
 /// Buffered input rows (not yet passed by the watermark).
 const PENDING: &str = "pending";
@@ -397,14 +397,7 @@ impl Operator for OverAggregateOperator {
         let max_p = ctx.max_parallelism;
         if !self.pending.is_empty() {
             let all = arrow::compute::concat_batches(&self.input, &self.pending)?;
-            let keys: Vec<ArrayRef> = self
-                .key_indices
-                .iter()
-                .map(|&i| Arc::clone(all.column(i)))
-                .collect();
-            let groups = key_groups(&keys, all.num_rows(), max_p)?;
-            let fields = all.schema().fields().iter().cloned().collect();
-            state.push_keyed(PENDING, groups, fields, all.columns().to_vec())?;
+            TableWriter::rows_of(&all, &self.key_indices).finish(PENDING, max_p, &mut state)?;
         }
         if self.partitions.is_empty() {
             return Ok(state);
@@ -451,33 +444,15 @@ impl Operator for OverAggregateOperator {
                 }
             }
         }
-        if key_rows.is_empty() {
-            return Ok(state);
-        }
-        let key_cols = self.converter.convert_rows(key_rows)?;
-        let mut fields = Vec::new();
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for (i, c) in key_cols.iter().enumerate() {
-            fields.push(Arc::new(Field::new(
-                format!("k{i}"),
-                c.data_type().clone(),
-                true,
-            )));
-            columns.push(Arc::clone(c));
-        }
-        fields.push(Arc::new(Field::new("t", DataType::Int64, false)));
-        columns.push(Arc::new(arrow::array::Int64Array::from(times)));
+        let n = key_rows.len();
+        let mut table = TableWriter::keyed(Some(&self.converter), key_rows, n)?.int64("t", times);
         for (j, c) in cells.into_iter().enumerate() {
-            let array = ScalarValue::iter_to_array(c).map_err(df_err)?;
-            fields.push(Arc::new(Field::new(
+            table = table.column(
                 format!("v{j}"),
-                array.data_type().clone(),
-                true,
-            )));
-            columns.push(array);
+                ScalarValue::iter_to_array(c).map_err(df_err)?,
+            );
         }
-        let groups = key_groups(&key_cols, columns[0].len(), max_p)?;
-        state.push_keyed(FRAMES, groups, fields, columns)?;
+        table.finish(FRAMES, max_p, &mut state)?;
         Ok(state)
     }
 
@@ -487,13 +462,10 @@ impl Operator for OverAggregateOperator {
         }
         let nk = self.key_indices.len();
         for b in state.table(FRAMES) {
-            let keys = self.converter.convert_columns(&b.columns()[..nk])?;
-            let times = b
-                .column(nk)
-                .as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .ok_or_else(|| SluiceError::user("OVER state: bad time column"))?
-                .clone();
+            let mut reader = TableReader::new(b, "OVER", Some(&self.converter), nk, None)?;
+            let times = reader.int64()?;
+            let values = reader.rest();
+            let keys = reader.keys().expect("invariant: read with a converter");
             for r in 0..b.num_rows() {
                 let key = keys.row(r);
                 if !self.partitions.contains_key(key.as_ref()) {
@@ -506,12 +478,13 @@ impl Operator for OverAggregateOperator {
                     .get_mut(key.as_ref())
                     .expect("invariant: inserted above");
                 if bounded {
-                    let mut col = nk + 1;
+                    let mut col = 0;
                     let mut vals = Vec::with_capacity(self.arg_types.len());
                     for types in &self.arg_types {
                         let mut v = Vec::with_capacity(types.len());
                         for _ in types {
-                            v.push(ScalarValue::try_from_array(b.column(col), r).map_err(df_err)?);
+                            let c = values.get(col).ok_or_else(|| reader.malformed())?;
+                            v.push(ScalarValue::try_from_array(c, r).map_err(df_err)?);
                             col += 1;
                         }
                         vals.push(v);
@@ -521,11 +494,15 @@ impl Operator for OverAggregateOperator {
                     p.last = p.last.max(times.value(r));
                 } else {
                     p.last = p.last.max(times.value(r));
-                    let mut col = nk + 1;
+                    let mut col = 0;
                     for (a, acc) in self.aggregates.iter().zip(p.accumulators.iter_mut()) {
                         let n = a.function.state_fields().map_err(df_err)?.len();
-                        let cols: Vec<ArrayRef> =
-                            (col..col + n).map(|c| b.column(c).slice(r, 1)).collect();
+                        let cols: Vec<ArrayRef> = values
+                            .get(col..col + n)
+                            .ok_or_else(|| reader.malformed())?
+                            .iter()
+                            .map(|c| c.slice(r, 1))
+                            .collect();
                         acc.merge_batch(&cols).map_err(df_err)?;
                         col += n;
                     }
@@ -538,6 +515,27 @@ impl Operator for OverAggregateOperator {
             p.rows.make_contiguous().sort_by_key(|(t, _)| *t);
         }
         Ok(())
+    }
+}
+
+impl OverAggregateOperator {
+    /// The registered constructor of `over aggregate` nodes.
+    pub fn from_node(
+        kind: &sluice_plan::NodeKind,
+        inputs: &[&SchemaRef],
+        _registry: &crate::source::ConnectorRegistry,
+    ) -> Result<crate::operators::PreparedOperator> {
+        let sluice_plan::NodeKind::OverAggregate {
+            partition_by,
+            aggregates,
+            frame,
+            ttl_ms,
+        } = kind
+        else {
+            return Err(crate::operators::wrong_node(kind, "over aggregate"));
+        };
+        let input = &crate::operators::single_input(inputs)?;
+        Self::prepare(partition_by, aggregates, *frame, *ttl_ms, input)
     }
 }
 

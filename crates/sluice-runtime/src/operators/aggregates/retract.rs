@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, TimestampMillisecondArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use async_trait::async_trait;
 use datafusion_common::ScalarValue;
@@ -34,7 +34,7 @@ use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::PreparedOperator;
 use crate::operators::aggregates::{PlannedAggregate, PlannedAggregates};
-use crate::state::{OperatorState, RestoredState};
+use crate::state::{OperatorState, RestoredState, TableReader, TableWriter};
 
 /// The keyed state table: one row per upsert key.
 const UPSERTS_TABLE: &str = "upserts";
@@ -337,46 +337,25 @@ impl Operator for RetractAggregateOperator {
             return Ok(state);
         }
         let entries: Vec<(&Box<[u8]>, &(u32, Args))> = self.last.iter().collect();
-        let group_cols = self.converter.convert_rows(
-            entries
-                .iter()
-                .map(|(_, (g, _))| self.group_keys.row(*g as usize)),
-        )?;
         let parser = self.upsert_converter.parser();
         let upsert_cols = self
             .upsert_converter
             .convert_rows(entries.iter().map(|(u, _)| parser.parse(u)))?;
-        let mut fields = Vec::new();
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for (i, c) in group_cols.iter().enumerate() {
-            fields.push(Arc::new(Field::new(
-                format!("k{i}"),
-                c.data_type().clone(),
-                true,
-            )));
-            columns.push(Arc::clone(c));
-        }
-        for (i, c) in upsert_cols.iter().enumerate() {
-            fields.push(Arc::new(Field::new(
-                format!("u{i}"),
-                c.data_type().clone(),
-                true,
-            )));
-            columns.push(Arc::clone(c));
+        let groups = entries
+            .iter()
+            .map(|(_, (g, _))| self.group_keys.row(*g as usize));
+        let mut table = TableWriter::keyed(Some(&self.converter), groups, entries.len())?;
+        for (i, c) in upsert_cols.into_iter().enumerate() {
+            table = table.column(format!("u{i}"), c);
         }
         for (a, types) in self.arg_types.iter().enumerate() {
-            for (j, dt) in types.iter().enumerate() {
+            for j in 0..types.len() {
                 let values = entries.iter().map(|(_, (_, args))| args[a][j].clone());
-                let array = match entries.is_empty() {
-                    true => arrow::array::new_empty_array(dt),
-                    false => ScalarValue::iter_to_array(values).map_err(df_err)?,
-                };
-                fields.push(Arc::new(Field::new(format!("a{a}_{j}"), dt.clone(), true)));
-                columns.push(array);
+                let array = ScalarValue::iter_to_array(values).map_err(df_err)?;
+                table = table.column(format!("a{a}_{j}"), array);
             }
         }
-        let groups = crate::state::key_groups(&group_cols, entries.len(), ctx.max_parallelism)?;
-        state.push_keyed(UPSERTS_TABLE, groups, fields, columns)?;
+        table.finish(UPSERTS_TABLE, ctx.max_parallelism, &mut state)?;
         Ok(state)
     }
 
@@ -384,26 +363,25 @@ impl Operator for RetractAggregateOperator {
         let (nk, nu) = (self.key_indices.len(), self.upsert_indices.len());
         let na: usize = self.arg_types.iter().map(Vec::len).sum();
         for batch in state.table(UPSERTS_TABLE) {
-            if batch.num_columns() != nk + nu + na {
-                return Err(SluiceError::user(format!(
-                    "checkpointed aggregate state has {} columns, this aggregate expects {}: the job changed",
-                    batch.num_columns(),
-                    nk + nu + na
-                )));
-            }
-            let keys = self.converter.convert_columns(&batch.columns()[..nk])?;
-            let upserts = self
-                .upsert_converter
-                .convert_columns(&batch.columns()[nk..nk + nu])?;
-            for i in 0..batch.num_rows() {
+            let mut r = TableReader::new(
+                batch,
+                "aggregate",
+                Some(&self.converter),
+                nk,
+                Some(nk + nu + na),
+            )?;
+            let upserts = self.upsert_converter.convert_columns(r.columns(nu)?)?;
+            let args_columns = r.rest();
+            let keys = r.keys().expect("invariant: read with a converter");
+            for i in 0..r.num_rows() {
                 let g = self.group_of(keys.row(i))?;
-                let mut col = nk + nu;
+                let mut col = 0;
                 let mut args = Vec::with_capacity(self.arg_types.len());
                 for types in &self.arg_types {
                     let mut values = Vec::with_capacity(types.len());
                     for _ in types {
                         values.push(
-                            ScalarValue::try_from_array(batch.column(col), i).map_err(df_err)?,
+                            ScalarValue::try_from_array(&args_columns[col], i).map_err(df_err)?,
                         );
                         col += 1;
                     }
@@ -507,11 +485,32 @@ impl Accumulator for MultisetMinMax {
     }
 }
 
+impl RetractAggregateOperator {
+    /// The registered constructor of `updating aggregate` nodes.
+    pub fn from_node(
+        kind: &sluice_plan::NodeKind,
+        inputs: &[&SchemaRef],
+        _registry: &crate::source::ConnectorRegistry,
+    ) -> Result<crate::operators::PreparedOperator> {
+        let sluice_plan::NodeKind::UpdatingAggregate {
+            keys,
+            upsert_key,
+            aggregates,
+        } = kind
+        else {
+            return Err(crate::operators::wrong_node(kind, "updating aggregate"));
+        };
+        let input = &crate::operators::single_input(inputs)?;
+        Self::prepare(keys, upsert_key, aggregates, input)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::operators::test_util::latest_per_key;
     use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::Field;
     use datafusion_expr::col;
     use datafusion_functions_aggregate::expr_fn::{avg, count, max, min, sum};
 

@@ -29,7 +29,7 @@ use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TIMESTAMP_FIEL
 
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::{OperatorFactory, PreparedOperator};
-use crate::state::{OperatorState, RestoredState, key_groups};
+use crate::state::{OperatorState, RestoredState, TableWriter};
 
 /// A buffered row: (batch, row, event time).
 type RowRef = (u32, u32, i64);
@@ -222,6 +222,16 @@ fn key_indices(schema: &SchemaRef, keys: &[String], side: &str) -> Result<Vec<us
 
 impl JoinOperator {
     /// Checks a join node against its two input schemas.
+    /// The registered constructor of join nodes.
+    pub fn from_node(
+        kind: &NodeKind,
+        inputs: &[&SchemaRef],
+        _registry: &crate::source::ConnectorRegistry,
+    ) -> Result<PreparedOperator> {
+        Self::prepare(kind, inputs)
+    }
+
+    /// Checks a join node against its two input schemas and builds its factory.
     pub fn prepare(kind: &NodeKind, inputs: &[&SchemaRef]) -> Result<PreparedOperator> {
         let NodeKind::Join {
             left_keys,
@@ -620,26 +630,12 @@ impl JoinOperator {
                     &taken
                 }
             };
-            let keys: Vec<ArrayRef> = self.sides[side]
-                .keys
-                .iter()
-                .map(|&i| Arc::clone(b.column(i)))
-                .collect();
-            let groups = key_groups(&keys, b.num_rows(), max_p)?;
-            let mut fields: Vec<Arc<Field>> = b.schema().fields().iter().cloned().collect();
-            let mut columns = b.columns().to_vec();
+            let mut table = TableWriter::rows_of(b, &self.sides[side].keys);
             // An outer side: which rows matched (or were emitted alone) already.
             if let Some(flags) = &s.outer {
-                fields.push(Arc::new(Field::new(
-                    MATCHED,
-                    arrow::datatypes::DataType::Boolean,
-                    false,
-                )));
-                columns.push(Arc::new(arrow::array::BooleanArray::from(
-                    flags[id].0.clone(),
-                )));
+                table = table.boolean(MATCHED, flags[id].0.clone());
             }
-            state.push_keyed(name, groups, fields, columns)?;
+            table.finish(name, max_p, state)?;
         }
         Ok(())
     }

@@ -214,3 +214,24 @@ impl Operator for LookupJoinOperator {
         out.collect(batch.with_data(out_data)).await
     }
 }
+
+impl LookupJoinOperator {
+    /// The registered constructor of `lookup join` nodes.
+    pub fn from_node(
+        kind: &sluice_plan::NodeKind,
+        inputs: &[&SchemaRef],
+        registry: &crate::source::ConnectorRegistry,
+    ) -> Result<crate::operators::PreparedOperator> {
+        let sluice_plan::NodeKind::LookupJoin {
+            table,
+            left_keys,
+            right_keys,
+            right_names,
+        } = kind
+        else {
+            return Err(crate::operators::wrong_node(kind, "lookup join"));
+        };
+        let input = &crate::operators::single_input(inputs)?;
+        Self::prepare(table, left_keys, right_keys, right_names, input, registry)
+    }
+}

@@ -26,7 +26,7 @@ use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError};
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::PreparedOperator;
 use crate::operators::prepare_from_template;
-use crate::state::{OperatorState, RestoredState, key_groups};
+use crate::state::{OperatorState, RestoredState, TableReader, TableWriter};
 
 const HELD_TABLE: &str = "held";
 /// With a TTL: when each partition was last reached.
@@ -366,21 +366,13 @@ impl Operator for TopNOperator {
             // When each partition was last reached, for its TTL.
             let parser = self.keys.parser();
             let entries: Vec<(&Box<[u8]>, &i64)> = self.touched.iter().collect();
-            let keys = self
-                .keys
-                .convert_rows(entries.iter().map(|(k, _)| parser.parse(k)))?;
-            let mut fields: Vec<Arc<Field>> = keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| Arc::new(Field::new(format!("k{i}"), k.data_type().clone(), true)))
-                .collect();
-            let mut columns = keys.clone();
-            fields.push(Arc::new(Field::new("last", DataType::Int64, false)));
-            columns.push(Arc::new(Int64Array::from(
-                entries.iter().map(|(_, t)| **t).collect::<Vec<_>>(),
-            )));
-            let groups = key_groups(&keys, entries.len(), ctx.max_parallelism)?;
-            state.push_keyed(TOUCHED_TABLE, groups, fields, columns)?;
+            TableWriter::keyed(
+                Some(&self.keys),
+                entries.iter().map(|(k, _)| parser.parse(k)),
+                entries.len(),
+            )?
+            .int64("last", entries.iter().map(|(_, t)| **t).collect())
+            .finish(TOUCHED_TABLE, ctx.max_parallelism, &mut state)?;
         }
         // Rank order is kept: rows go out per partition, best first.
         let rows: Vec<_> = self.held.values().flatten().map(|e| e.row.row()).collect();
@@ -389,14 +381,11 @@ impl Operator for TopNOperator {
         }
         let columns = self.rows.convert_rows(rows)?;
         let all = RecordBatch::try_new(Arc::clone(&self.input), columns)?;
-        let keys: Vec<ArrayRef> = self
-            .partition
-            .iter()
-            .map(|&i| Arc::clone(all.column(i)))
-            .collect();
-        let groups = key_groups(&keys, all.num_rows(), ctx.max_parallelism)?;
-        let fields = all.schema().fields().iter().cloned().collect();
-        state.push_keyed(HELD_TABLE, groups, fields, all.columns().to_vec())?;
+        TableWriter::rows_of(&all, &self.partition).finish(
+            HELD_TABLE,
+            ctx.max_parallelism,
+            &mut state,
+        )?;
         Ok(state)
     }
 
@@ -406,19 +395,48 @@ impl Operator for TopNOperator {
             self.absorb(&b)?;
         }
         for b in state.table(TOUCHED_TABLE) {
-            let n = b.num_columns() - 1;
-            let keys = self.keys.convert_columns(&b.columns()[..n])?;
-            let last = b
-                .column(n)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(|| SluiceError::user("top-n state: bad TTL column"))?;
-            for r in 0..b.num_rows() {
-                self.touched
-                    .insert(keys.row(r).as_ref().into(), last.value(r));
+            let nkeys = b.num_columns().saturating_sub(1);
+            let mut r = TableReader::new(b, "top-n", Some(&self.keys), nkeys, None)?;
+            let last = r.int64()?;
+            for i in 0..r.num_rows() {
+                let key = r.key(i).expect("invariant: read with a converter");
+                self.touched.insert(key.as_ref().into(), last.value(i));
             }
         }
         Ok(())
+    }
+}
+
+impl TopNOperator {
+    /// The registered constructor of `top-n` nodes.
+    pub fn from_node(
+        kind: &sluice_plan::NodeKind,
+        inputs: &[&SchemaRef],
+        _registry: &crate::source::ConnectorRegistry,
+    ) -> Result<crate::operators::PreparedOperator> {
+        let sluice_plan::NodeKind::TopN {
+            partition_by,
+            order_by,
+            descending,
+            then_by,
+            limit,
+            rank_column,
+            ttl_ms,
+        } = kind
+        else {
+            return Err(crate::operators::wrong_node(kind, "top-n"));
+        };
+        let input = &crate::operators::single_input(inputs)?;
+        Self::prepare_ordered(
+            partition_by,
+            order_by,
+            *descending,
+            then_by,
+            *limit,
+            rank_column,
+            *ttl_ms,
+            input,
+        )
     }
 }
 

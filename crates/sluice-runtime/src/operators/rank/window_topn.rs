@@ -34,7 +34,7 @@ use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::PreparedOperator;
 use crate::operators::prepare_from_template;
 use crate::operators::windows::{WINDOW_END, WINDOW_START, emit_late};
-use crate::state::{OperatorState, RestoredState};
+use crate::state::{OperatorState, RestoredState, TableWriter};
 
 /// The keyed state table of top-n: the candidate rows of windows not fired yet.
 const CANDIDATES_TABLE: &str = "candidates";
@@ -422,18 +422,12 @@ impl Operator for TopNPerWindowOperator {
         }
         let rows = concat_batches(&self.schema, held)?;
         // Routed to this operator by (window_end, partition columns): the same key groups.
-        let mut key_cols = vec![Arc::clone(rows.column(self.end_index))];
-        key_cols.extend(
-            self.group_indices[1..]
-                .iter()
-                .map(|&i| Arc::clone(rows.column(i))),
-        );
-        let groups = crate::state::key_groups(&key_cols, rows.num_rows(), ctx.max_parallelism)?;
-        state.push_keyed(
+        let mut key_indices = vec![self.end_index];
+        key_indices.extend_from_slice(&self.group_indices[1..]);
+        TableWriter::rows_of(&rows, &key_indices).finish(
             CANDIDATES_TABLE,
-            groups,
-            self.schema.fields().iter().cloned().collect(),
-            rows.columns().to_vec(),
+            ctx.max_parallelism,
+            &mut state,
         )?;
         Ok(state)
     }
@@ -477,6 +471,37 @@ impl Operator for TopNPerWindowOperator {
         out: &mut dyn Collector,
     ) -> Result<()> {
         self.fire_through(i64::MAX, out).await
+    }
+}
+
+impl TopNPerWindowOperator {
+    /// The registered constructor of `top-n per window` nodes.
+    pub fn from_node(
+        kind: &sluice_plan::NodeKind,
+        inputs: &[&SchemaRef],
+        _registry: &crate::source::ConnectorRegistry,
+    ) -> Result<crate::operators::PreparedOperator> {
+        let sluice_plan::NodeKind::TopNPerWindow {
+            partition_by,
+            order_by,
+            descending,
+            limit,
+            row_number,
+            rank_column,
+        } = kind
+        else {
+            return Err(crate::operators::wrong_node(kind, "top-n per window"));
+        };
+        let input = &crate::operators::single_input(inputs)?;
+        Self::prepare_numbered(
+            partition_by,
+            order_by,
+            *descending,
+            *limit,
+            *row_number,
+            rank_column.as_deref(),
+            input,
+        )
     }
 }
 

@@ -19,9 +19,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, Int64Array, UInt32Array};
+use arrow::array::{ArrayRef, UInt32Array};
 use arrow::compute::take;
-use arrow::datatypes::{DataType, Field, SchemaRef};
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter};
 use async_trait::async_trait;
 use datafusion_common::ScalarValue;
@@ -40,7 +40,9 @@ use crate::operators::windows::{
     WINDOW_END, WINDOW_START, arm_early_timer, encode_keys, key_converter, window_output_schema,
 };
 use crate::operators::{PreparedOperator, prepare_from_template};
-use crate::state::{OperatorState, RestoredState};
+use crate::state::{
+    AccumulatorStates, OperatorState, RestoredState, TableReader, TableWriter, table_width,
+};
 
 fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
     SluiceError::user("count window computation failed").with_source(e)
@@ -436,15 +438,7 @@ impl Operator for CountWindowOperator {
         // the key's counters repeat on each of its rows.
         let mut key_ids = Vec::new();
         let mut ints: [Vec<i64>; 7] = Default::default();
-        let mut values: Vec<Vec<Vec<ScalarValue>>> = vec![Vec::new(); self.aggregates.len()];
-        let mut push_values = |st: Vec<Vec<ScalarValue>>| {
-            for (a, vals) in st.into_iter().enumerate() {
-                values[a].resize_with(vals.len(), Vec::new);
-                for (j, v) in vals.into_iter().enumerate() {
-                    values[a][j].push(v);
-                }
-            }
-        };
+        let mut values = AccumulatorStates::new(self.aggregates.len());
         for id in 0..self.keys.len() {
             let open = take_accumulator_states(&self.aggregates, &mut self.keys[id].open)?;
             let k = &self.keys[id];
@@ -470,7 +464,7 @@ impl Operator for CountWindowOperator {
                 }
             }
             for p in &k.panes {
-                push_values(
+                values.push(
                     p.states
                         .iter()
                         .map(|cols| {
@@ -481,49 +475,22 @@ impl Operator for CountWindowOperator {
                         .collect::<Result<Vec<_>>>()?,
                 );
             }
-            push_values(open);
+            values.push(open);
         }
-        let n = key_ids.len();
-        if n == 0 {
-            return Ok(state);
-        }
-        let keys: Vec<ArrayRef> = match &self.converter {
-            Some(c) => c.convert_rows(key_ids.iter().map(|&id| {
-                self.keys[id]
-                    .key
-                    .as_ref()
-                    .expect("invariant: keyed state has its key")
-                    .row()
-            }))?,
-            None => Vec::new(),
-        };
-        let mut fields = Vec::new();
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            fields.push(Arc::new(Field::new(
-                format!("k{i}"),
-                k.data_type().clone(),
-                true,
-            )));
-            columns.push(Arc::clone(k));
-        }
+        let keys = key_ids.iter().map(|&id| {
+            self.keys[id]
+                .key
+                .as_ref()
+                .expect("invariant: keyed state has its key")
+                .row()
+        });
+        let mut table = TableWriter::keyed(self.converter.as_ref(), keys, key_ids.len())?;
         for (name, v) in COUNT_STATE_COLUMNS.into_iter().zip(ints) {
-            fields.push(Arc::new(Field::new(name, DataType::Int64, false)));
-            columns.push(Arc::new(Int64Array::from(v)));
+            table = table.int64(name, v);
         }
-        for (a, per_field) in values.into_iter().enumerate() {
-            for (j, vals) in per_field.into_iter().enumerate() {
-                let c = ScalarValue::iter_to_array(vals).map_err(df_err)?;
-                fields.push(Arc::new(Field::new(
-                    format!("a{a}_{j}"),
-                    c.data_type().clone(),
-                    true,
-                )));
-                columns.push(c);
-            }
-        }
-        let groups = crate::state::key_groups(&keys, n, ctx.max_parallelism)?;
-        state.push_keyed(PANES_TABLE, groups, fields, columns)?;
+        table
+            .accumulators(values)?
+            .finish(PANES_TABLE, ctx.max_parallelism, &mut state)?;
         Ok(state)
     }
 
@@ -532,37 +499,19 @@ impl Operator for CountWindowOperator {
         let counts = state_column_counts(&self.aggregates)?;
         let nkeys = self.key_types.len();
         let nints = COUNT_STATE_COLUMNS.len();
-        let expected = nkeys + nints + counts.iter().sum::<usize>();
+        let width = table_width(nkeys, nints, &counts);
         for batch in state.table(PANES_TABLE) {
-            if batch.num_columns() != expected {
-                return Err(SluiceError::user(format!(
-                    "checkpointed count window state has {} columns, this window expects {expected}: the job changed",
-                    batch.num_columns()
-                )));
-            }
-            let cols = batch.columns();
-            let rows = match &self.converter {
-                Some(c) => Some(c.convert_columns(&cols[..nkeys])?),
-                None => None,
-            };
-            let ints = (0..nints)
-                .map(|i| {
-                    cols[nkeys + i]
-                        .as_any()
-                        .downcast_ref::<Int64Array>()
-                        .ok_or_else(|| {
-                            SluiceError::user("checkpointed count window state is malformed")
-                        })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let mut col = nkeys + nints;
-            let mut states = Vec::with_capacity(counts.len());
-            for &c in &counts {
-                states.push(cols[col..col + c].to_vec());
-                col += c;
-            }
-            for i in 0..batch.num_rows() {
-                let id = self.key_id(rows.as_ref().map(|r| r.row(i)))?;
+            let mut r = TableReader::new(
+                batch,
+                "count window",
+                self.converter.as_ref(),
+                nkeys,
+                Some(width),
+            )?;
+            let ints = (0..nints).map(|_| r.int64()).collect::<Result<Vec<_>>>()?;
+            let states = r.accumulators(&counts)?;
+            for i in 0..r.num_rows() {
+                let id = self.key_id(r.key(i))?;
                 let v = |c: usize| ints[c].value(i);
                 let k = &mut self.keys[id];
                 k.open_rows = v(3) as u64;

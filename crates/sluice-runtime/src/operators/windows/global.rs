@@ -23,12 +23,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, UInt32Array};
+use arrow::array::{ArrayRef, UInt32Array};
 use arrow::compute::take;
-use arrow::datatypes::{DataType, Field, SchemaRef};
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter};
 use async_trait::async_trait;
-use datafusion_common::ScalarValue;
 use datafusion_common::hash_utils::RandomState;
 use datafusion_expr::{Accumulator, Expr};
 use sluice_plan::TriggerSpec;
@@ -46,7 +45,9 @@ use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
 use crate::operators::windows::{
     WINDOW_END, WINDOW_START, encode_keys, key_converter, window_output_schema,
 };
-use crate::state::{OperatorState, RestoredState};
+use crate::state::{
+    AccumulatorStates, OperatorState, RestoredState, TableReader, TableWriter, table_width,
+};
 
 fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
     SluiceError::user("global window computation failed").with_source(e)
@@ -381,60 +382,34 @@ impl Operator for GlobalWindowOperator {
         }
         let n = self.keys.len();
         let mut ints: [Vec<i64>; 4] = Default::default();
-        let mut values: Vec<Vec<Vec<ScalarValue>>> = vec![Vec::new(); self.aggregates.len()];
+        let mut values = AccumulatorStates::new(self.aggregates.len());
         let mut key_rows = Vec::with_capacity(n);
         for s in self.keys.values_mut() {
-            let st = take_accumulator_states(&self.aggregates, &mut s.accumulators)?;
-            for (a, vals) in st.into_iter().enumerate() {
-                values[a].resize_with(vals.len(), Vec::new);
-                for (j, v) in vals.into_iter().enumerate() {
-                    values[a][j].push(v);
-                }
-            }
+            values.push(take_accumulator_states(
+                &self.aggregates,
+                &mut s.accumulators,
+            )?);
             ints[0].push(s.since_fire as i64);
             ints[1].push(s.min_ts);
             ints[2].push(s.max_ts);
             ints[3].push(s.due);
             key_rows.push(s.key.clone());
         }
-        let keys: Vec<ArrayRef> = match &self.converter {
-            Some(c) => c.convert_rows(key_rows.iter().map(|k| {
-                k.as_ref()
-                    .expect("invariant: keyed state has its key")
-                    .row()
-            }))?,
-            None => Vec::new(),
-        };
-        let mut fields = Vec::new();
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            fields.push(Arc::new(Field::new(
-                format!("k{i}"),
-                k.data_type().clone(),
-                true,
-            )));
-            columns.push(Arc::clone(k));
-        }
+        let keys = key_rows.iter().map(|k| {
+            k.as_ref()
+                .expect("invariant: keyed state has its key")
+                .row()
+        });
+        let mut table = TableWriter::keyed(self.converter.as_ref(), keys, n)?;
         for (name, v) in ["since_fire", "min_ts", "max_ts", "due"]
             .into_iter()
             .zip(ints)
         {
-            fields.push(Arc::new(Field::new(name, DataType::Int64, false)));
-            columns.push(Arc::new(Int64Array::from(v)));
+            table = table.int64(name, v);
         }
-        for (a, per_field) in values.into_iter().enumerate() {
-            for (j, vals) in per_field.into_iter().enumerate() {
-                let c = ScalarValue::iter_to_array(vals).map_err(df_err)?;
-                fields.push(Arc::new(Field::new(
-                    format!("a{a}_{j}"),
-                    c.data_type().clone(),
-                    true,
-                )));
-                columns.push(c);
-            }
-        }
-        let groups = crate::state::key_groups(&keys, n, ctx.max_parallelism)?;
-        state.push_keyed(KEYS_TABLE, groups, fields, columns)?;
+        table
+            .accumulators(values)?
+            .finish(KEYS_TABLE, ctx.max_parallelism, &mut state)?;
         Ok(state)
     }
 
@@ -450,37 +425,20 @@ impl Operator for GlobalWindowOperator {
         self.timer_armed = ctx.timers.next(TimeDomain::ProcessingTime).is_some();
         let counts = state_column_counts(&self.aggregates)?;
         let nkeys = self.key_types.len();
-        let expected = nkeys + 4 + counts.iter().sum::<usize>();
+        let width = table_width(nkeys, 4, &counts);
         for batch in state.table(KEYS_TABLE) {
-            if batch.num_columns() != expected {
-                return Err(SluiceError::user(format!(
-                    "checkpointed global window state has {} columns, this window expects {expected}: the job changed",
-                    batch.num_columns()
-                )));
-            }
-            let cols = batch.columns();
-            let rows = match &self.converter {
-                Some(c) => Some(c.convert_columns(&cols[..nkeys])?),
-                None => None,
-            };
-            let int = |i: usize| {
-                cols[nkeys + i]
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .ok_or_else(|| {
-                        SluiceError::user("checkpointed global window state is malformed")
-                    })
-            };
-            let (since, lo, hi, due) = (int(0)?, int(1)?, int(2)?, int(3)?);
-            let mut col = nkeys + 4;
-            let mut states = Vec::with_capacity(counts.len());
-            for &c in &counts {
-                states.push(cols[col..col + c].to_vec());
-                col += c;
-            }
-            for i in 0..batch.num_rows() {
-                let (bytes, key): (Box<[u8]>, _) = match &rows {
-                    Some(r) => (r.row(i).as_ref().into(), Some(r.row(i).owned())),
+            let mut r = TableReader::new(
+                batch,
+                "global window",
+                self.converter.as_ref(),
+                nkeys,
+                Some(width),
+            )?;
+            let (since, lo, hi, due) = (r.int64()?, r.int64()?, r.int64()?, r.int64()?);
+            let states = r.accumulators(&counts)?;
+            for i in 0..r.num_rows() {
+                let (bytes, key): (Box<[u8]>, _) = match r.key(i) {
+                    Some(k) => (k.as_ref().into(), Some(k.owned())),
                     None => (Box::from(&[][..]), None),
                 };
                 self.keys.insert(

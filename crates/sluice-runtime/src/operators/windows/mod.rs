@@ -22,6 +22,58 @@ use crate::dead_letter::DeadLetter;
 use crate::operator::{Collector, OperatorContext, TimeDomain};
 use crate::operators::aggregates::PlannedAggregates;
 
+/// The registered constructor of window aggregate nodes: the operator for the window's
+/// kind.
+pub fn from_node(
+    kind: &sluice_plan::NodeKind,
+    inputs: &[&SchemaRef],
+    _registry: &crate::source::ConnectorRegistry,
+) -> Result<crate::operators::PreparedOperator> {
+    use sluice_plan::WindowSpec;
+    let sluice_plan::NodeKind::WindowAggregate {
+        keys,
+        window,
+        aggregates,
+        allowed_lateness,
+        early_firing,
+    } = kind
+    else {
+        return Err(crate::operators::wrong_node(kind, "window aggregate"));
+    };
+    let input = &crate::operators::single_input(inputs)?;
+    match window {
+        WindowSpec::Global { .. } if early_firing.is_some() => Err(SluiceError::user(
+            "a global window fires by its trigger; add a processing-time interval to the trigger instead of early firing",
+        )),
+        WindowSpec::Global { trigger } => {
+            global::GlobalWindowOperator::prepare(keys, *trigger, aggregates, input)
+        }
+        WindowSpec::Count { size, slide } => Ok(count::CountWindowOperator::new(
+            keys, *size, *slide, aggregates, input,
+        )?
+        .with_early_firing(*early_firing)
+        .into_prepared()),
+        WindowSpec::Session { gap } => Ok(session::SessionWindowOperator::new(
+            keys,
+            *gap,
+            aggregates,
+            *allowed_lateness,
+            input,
+        )?
+        .with_early_firing(*early_firing)
+        .into_prepared()),
+        _ => Ok(slicing::WindowAggregateOperator::new(
+            keys,
+            *window,
+            aggregates,
+            *allowed_lateness,
+            input,
+        )?
+        .with_early_firing(*early_firing)
+        .into_prepared()),
+    }
+}
+
 /// The side output that carries late rows (with the operator's input schema).
 pub const LATE_OUTPUT: &str = "late";
 

@@ -18,11 +18,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{
-    ArrayRef, BooleanArray, Int64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
-};
+use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::{take, take_record_batch};
-use arrow::datatypes::{DataType, Field, SchemaRef};
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter};
 use async_trait::async_trait;
 use datafusion_common::ScalarValue;
@@ -41,7 +39,9 @@ use crate::operators::windows::{
     emit_late, encode_keys, key_converter, window_output_schema,
 };
 use crate::operators::{PreparedOperator, prepare_from_template};
-use crate::state::{OperatorState, RestoredState};
+use crate::state::{
+    AccumulatorStates, OperatorState, RestoredState, TableReader, TableWriter, table_width,
+};
 
 fn df_err(e: datafusion_common::DataFusionError) -> SluiceError {
     SluiceError::user("session window computation failed").with_source(e)
@@ -338,66 +338,33 @@ impl SessionWindowOperator {
         };
         let mut key_rows = Vec::new();
         let (mut starts, mut ends, mut changed) = (Vec::new(), Vec::new(), Vec::new());
-        let mut values: Vec<Vec<Vec<ScalarValue>>> = vec![Vec::new(); self.aggregates.len()];
+        let mut values = AccumulatorStates::new(self.aggregates.len());
         for id in 0..self.keys.len() {
             for i in 0..self.keys[id].sessions.len() {
                 let s = &mut self.keys[id].sessions[i];
-                let st = take_accumulator_states(&self.aggregates, &mut s.accumulators)?;
-                for (a, vals) in st.into_iter().enumerate() {
-                    values[a].resize_with(vals.len(), Vec::new);
-                    for (j, v) in vals.into_iter().enumerate() {
-                        values[a][j].push(v);
-                    }
-                }
+                values.push(take_accumulator_states(
+                    &self.aggregates,
+                    &mut s.accumulators,
+                )?);
                 starts.push(s.start);
                 ends.push(s.end);
                 changed.push(s.changed);
                 key_rows.push(id);
             }
         }
-        let n = key_rows.len();
-        if n == 0 {
-            return Ok(state);
-        }
-        let keys: Vec<ArrayRef> = match &self.converter {
-            Some(c) => c.convert_rows(key_rows.iter().map(|&id| {
-                self.keys[id]
-                    .key
-                    .as_ref()
-                    .expect("invariant: keyed state has its key")
-                    .row()
-            }))?,
-            None => Vec::new(),
-        };
-        let mut fields = Vec::new();
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            fields.push(Arc::new(Field::new(
-                format!("k{i}"),
-                k.data_type().clone(),
-                true,
-            )));
-            columns.push(Arc::clone(k));
-        }
-        fields.push(Arc::new(Field::new("start", DataType::Int64, false)));
-        columns.push(Arc::new(Int64Array::from(starts)));
-        fields.push(Arc::new(Field::new("end", DataType::Int64, false)));
-        columns.push(Arc::new(Int64Array::from(ends)));
-        fields.push(Arc::new(Field::new("changed", DataType::Boolean, false)));
-        columns.push(Arc::new(BooleanArray::from(changed)));
-        for (a, per_field) in values.into_iter().enumerate() {
-            for (j, vals) in per_field.into_iter().enumerate() {
-                let c = ScalarValue::iter_to_array(vals).map_err(df_err)?;
-                fields.push(Arc::new(Field::new(
-                    format!("a{a}_{j}"),
-                    c.data_type().clone(),
-                    true,
-                )));
-                columns.push(c);
-            }
-        }
-        let groups = crate::state::key_groups(&keys, n, max_parallelism)?;
-        state.push_keyed(SESSIONS_TABLE, groups, fields, columns)?;
+        let keys = key_rows.iter().map(|&id| {
+            self.keys[id]
+                .key
+                .as_ref()
+                .expect("invariant: keyed state has its key")
+                .row()
+        });
+        TableWriter::keyed(self.converter.as_ref(), keys, key_rows.len())?
+            .int64("start", starts)
+            .int64("end", ends)
+            .boolean("changed", changed)
+            .accumulators(values)?
+            .finish(SESSIONS_TABLE, max_parallelism, &mut state)?;
         Ok(state)
     }
 
@@ -408,40 +375,21 @@ impl SessionWindowOperator {
         }
         let counts = state_column_counts(&self.aggregates)?;
         let nkeys = self.key_types.len();
-        let expected = nkeys + 3 + counts.iter().sum::<usize>();
+        let width = table_width(nkeys, 3, &counts);
         for batch in state.table(SESSIONS_TABLE) {
-            if batch.num_columns() != expected {
-                return Err(SluiceError::user(format!(
-                    "checkpointed session state has {} columns, this window expects {expected}: the job changed",
-                    batch.num_columns()
-                )));
-            }
-            let cols = batch.columns();
-            let rows = match &self.converter {
-                Some(c) => Some(c.convert_columns(&cols[..nkeys])?),
-                None => None,
-            };
-            let malformed = || SluiceError::user("checkpointed session state is malformed");
-            let starts = cols[nkeys]
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(malformed)?;
-            let ends = cols[nkeys + 1]
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or_else(malformed)?;
-            let changed = cols[nkeys + 2]
-                .as_any()
-                .downcast_ref::<BooleanArray>()
-                .ok_or_else(malformed)?;
-            let mut col = nkeys + 3;
-            let mut states = Vec::with_capacity(counts.len());
-            for &c in &counts {
-                states.push(cols[col..col + c].to_vec());
-                col += c;
-            }
-            for i in 0..batch.num_rows() {
-                let id = self.key_id(rows.as_ref().map(|r| r.row(i)));
+            let mut r = TableReader::new(
+                batch,
+                "session window",
+                self.converter.as_ref(),
+                nkeys,
+                Some(width),
+            )?;
+            let starts = r.int64()?;
+            let ends = r.int64()?;
+            let changed = r.boolean()?;
+            let states = r.accumulators(&counts)?;
+            for i in 0..r.num_rows() {
+                let id = self.key_id(r.key(i));
                 let session = Session {
                     start: starts.value(i),
                     end: ends.value(i),

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::{take, take_record_batch};
-use arrow::datatypes::{DataType, Field, SchemaRef};
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use async_trait::async_trait;
 use datafusion_common::hash_utils::RandomState;
@@ -42,7 +42,7 @@ use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
 use crate::operators::aggregates::{PlannedAggregate, PlannedAggregates};
 use crate::operators::{PreparedOperator, prepare_from_template};
-use crate::state::{OperatorState, RestoredState};
+use crate::state::{OperatorState, RestoredState, TableReader, TableWriter, table_width};
 
 /// The keyed state table of window slices.
 const SLICES_TABLE: &str = "slices";
@@ -552,40 +552,13 @@ impl WindowAggregateOperator {
     fn snapshot_state(&mut self, max_parallelism: usize) -> Result<OperatorState> {
         let starts: Vec<i64> = self.slices.keys().copied().collect();
         let mut state = OperatorState::default();
-        let mut state_columns = Vec::new();
         for &start in &starts {
             self.seal(start)?;
             for sealed in &self.slices[&start].sealed {
-                if sealed.groups == 0 {
-                    continue;
-                }
-                let mut fields = vec![Arc::new(Field::new(SLICE_COLUMN, DataType::Int64, false))];
-                let mut columns: Vec<ArrayRef> = vec![Arc::new(
-                    arrow::array::Int64Array::from_value(start, sealed.groups),
-                )];
-                for (i, k) in sealed.keys.iter().enumerate() {
-                    fields.push(Arc::new(Field::new(
-                        format!("k{i}"),
-                        k.data_type().clone(),
-                        true,
-                    )));
-                    columns.push(Arc::clone(k));
-                }
-                state_columns.clear();
-                for (a, cols) in sealed.states.iter().enumerate() {
-                    state_columns.push(cols.len());
-                    for (j, c) in cols.iter().enumerate() {
-                        fields.push(Arc::new(Field::new(
-                            format!("a{a}_{j}"),
-                            c.data_type().clone(),
-                            true,
-                        )));
-                        columns.push(Arc::clone(c));
-                    }
-                }
-                let groups =
-                    crate::state::key_groups(&sealed.keys, sealed.groups, max_parallelism)?;
-                state.push_keyed(SLICES_TABLE, groups, fields, columns)?;
+                TableWriter::with_key_columns(sealed.keys.clone(), sealed.groups)
+                    .int64(SLICE_COLUMN, vec![start; sealed.groups])
+                    .accumulator_columns(&sealed.states)
+                    .finish(SLICES_TABLE, max_parallelism, &mut state)?;
             }
         }
         state.meta = serde_json::to_value(WindowMeta {
@@ -607,38 +580,24 @@ impl WindowAggregateOperator {
         }
         let counts = self.state_column_counts()?;
         let keys = self.key_types.len();
-        let expected = 1 + keys + counts.iter().sum::<usize>();
+        let width = table_width(keys, 1, &counts);
         for batch in state.table(SLICES_TABLE) {
-            if batch.num_columns() != expected {
-                return Err(SluiceError::user(format!(
-                    "checkpointed window state has {} columns, this window expects {expected}: the job changed",
-                    batch.num_columns()
-                )));
+            // Key columns stay columns here (a slice keeps its groups columnar).
+            let mut r = TableReader::new(batch, "window", None, 0, Some(width))?;
+            for (k, t) in r.columns(keys)?.iter().zip(&self.key_types) {
+                crate::state::expect_type(k.as_ref(), t, "window key")?;
             }
-            let slices = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .ok_or_else(|| {
-                    SluiceError::user("checkpointed window state has no slice column")
-                })?;
+            let slices = r.int64()?;
             let mut rows_of: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
             for (i, &start) in slices.values().iter().enumerate() {
                 rows_of.entry(start).or_default().push(i as u32);
             }
             for (start, rows) in rows_of {
                 let part = take_record_batch(batch, &UInt32Array::from(rows))?;
-                let mut col = 1;
-                let key_columns = part.columns()[col..col + keys].to_vec();
-                for (k, t) in key_columns.iter().zip(&self.key_types) {
-                    crate::state::expect_type(k.as_ref(), t, "window key")?;
-                }
-                col += keys;
-                let mut states = Vec::with_capacity(counts.len());
-                for &n in &counts {
-                    states.push(part.columns()[col..col + n].to_vec());
-                    col += n;
-                }
+                let mut r = TableReader::new(&part, "window", None, 0, Some(width))?;
+                let key_columns = r.columns(keys)?.to_vec();
+                r.int64()?;
+                let states = r.accumulators(&counts)?;
                 self.slices.entry(start).or_default().sealed.push(Sealed {
                     keys: key_columns,
                     states,

@@ -22,7 +22,12 @@ use arrow::datatypes::{DataType, Field, Schema};
 use datafusion_common::hash_utils::create_hashes;
 use sluice_types::{Result, SluiceError};
 
-use crate::partition::{key_group, key_hash_state, subtask_for_key_group};
+pub mod key_group;
+mod table;
+
+use key_group::{key_group, key_hash_state, subtask_for_key_group};
+
+pub use table::{AccumulatorStates, TableReader, TableWriter, table_width};
 
 /// First column of every keyed state table: the row's key group.
 pub const KEY_GROUP_COLUMN: &str = "_key_group";
@@ -330,9 +335,6 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> KeyedState<T> {
             return Ok(());
         }
         let parser = self.converter.parser();
-        let keys = self
-            .converter
-            .convert_rows(self.entries.keys().map(|k| parser.parse(k)))?;
         let mut values = arrow::array::StringBuilder::new();
         let mut written = Vec::with_capacity(self.entries.len());
         for e in self.entries.values() {
@@ -342,53 +344,37 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> KeyedState<T> {
             values.append_value(json);
             written.push(e.written_ms);
         }
-        let mut fields: Vec<Arc<Field>> = keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| Arc::new(Field::new(format!("k{i}"), k.data_type().clone(), true)))
-            .collect();
-        fields.push(Arc::new(Field::new("value", DataType::Utf8, false)));
-        fields.push(Arc::new(Field::new("written_ms", DataType::Int64, false)));
-        let groups = key_groups(&keys, self.entries.len(), max_parallelism)?;
-        let mut columns = keys;
-        columns.push(Arc::new(values.finish()));
-        columns.push(Arc::new(arrow::array::Int64Array::from(written)));
-        out.push_keyed(name, groups, fields, columns)
+        TableWriter::keyed(
+            Some(&self.converter),
+            self.entries.keys().map(|k| parser.parse(k)),
+            self.entries.len(),
+        )?
+        .column("value", Arc::new(values.finish()))
+        .int64("written_ms", written)
+        .finish(name, max_parallelism, out)
     }
 
     /// Adds the restored keyed table `name` to this state.
     pub fn restore(&mut self, name: &str, restored: &RestoredState) -> Result<()> {
         for batch in restored.table(name) {
-            let n = batch.num_columns();
-            if n < 2 {
-                return Err(SluiceError::user(format!(
-                    "checkpointed state `{name}` is malformed"
-                )));
-            }
-            let rows = self.converter.convert_columns(&batch.columns()[..n - 2])?;
-            let values = batch
-                .column(n - 2)
+            let nkeys = batch.num_columns().saturating_sub(2);
+            let mut r = TableReader::new(batch, name, Some(&self.converter), nkeys, None)?;
+            let values = r
+                .column()?
                 .as_any()
                 .downcast_ref::<arrow::array::StringArray>()
-                .ok_or_else(|| {
-                    SluiceError::user(format!("checkpointed state `{name}` is malformed"))
-                })?;
-            let written = batch
-                .column(n - 1)
-                .as_any()
-                .downcast_ref::<arrow::array::Int64Array>()
-                .ok_or_else(|| {
-                    SluiceError::user(format!("checkpointed state `{name}` is malformed"))
-                })?;
-            for (i, row) in rows.iter().enumerate() {
+                .ok_or_else(|| r.malformed())?;
+            let written = r.int64()?;
+            for i in 0..r.num_rows() {
                 let value: T = serde_json::from_str(values.value(i)).map_err(|e| {
                     SluiceError::user(format!(
                         "checkpointed state `{name}` does not match its type"
                     ))
                     .with_source(e)
                 })?;
+                let key = r.key(i).expect("invariant: keyed state has keys");
                 self.entries.insert(
-                    row.as_ref().into(),
+                    key.as_ref().into(),
                     Entry {
                         value,
                         written_ms: written.value(i),
@@ -469,7 +455,7 @@ mod tests {
         )
         .unwrap();
         let mut hashes = Vec::new();
-        crate::partition::hash_keys(&batch, &[0], &mut hashes).unwrap();
+        crate::state::key_group::hash_keys(&batch, &[0], &mut hashes).unwrap();
         for (h, g) in hashes.iter().zip(groups.values()) {
             assert_eq!(key_group(*h, 128), *g as usize);
         }

@@ -1,0 +1,68 @@
+//! Plan-level snapshots: every Nexmark query in `examples/nexmark/` planned at parallelism
+//! 2 and rendered as `EXPLAIN` renders it (tasks, chaining, edges, output columns), compared
+//! with `tests/explain/<query>.plan`. `SLUICE_EXPLAIN_UPDATE=1` rewrites the snapshots;
+//! review the diff like code.
+
+use std::path::{Path, PathBuf};
+
+use crate::SqlContext;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn explain(query: &str) -> String {
+    let registry = sluice_connectors::registry();
+    let mut ctx = SqlContext::new(registry.clone());
+    ctx.register_udf(crate::functions::count_char());
+    ctx.set("parallelism.default", "2")
+        .expect("a known setting");
+    let tables = std::fs::read_to_string(repo().join("examples/nexmark/tables.sql"))
+        .expect("examples/nexmark/tables.sql");
+    let job = ctx
+        .plan_script(&format!("{tables}\n{query}"))
+        .unwrap_or_else(|e| panic!("planning failed: {e}\n{query}"));
+    let plan = job.plan.expect("the query inserts into a table");
+    sluice_runtime::PreparedJob::prepare(plan, &registry)
+        .unwrap_or_else(|e| panic!("preparing failed: {e}"))
+        .explain()
+}
+
+#[test]
+fn nexmark_plans_match_their_snapshots() {
+    let dir = repo().join("examples/nexmark");
+    let snapshots = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/explain");
+    let update = std::env::var_os("SLUICE_EXPLAIN_UPDATE").is_some();
+    let mut queries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("examples/nexmark")
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .filter(|p| p.file_stem().is_some_and(|s| s != "tables"))
+        .collect();
+    queries.sort();
+    assert!(queries.len() >= 20, "the Nexmark queries are there");
+    let mut mismatches = Vec::new();
+    for q in &queries {
+        let name = q.file_stem().and_then(|s| s.to_str()).expect("a file name");
+        let sql = std::fs::read_to_string(q).expect("a query file");
+        let got = explain(&sql);
+        let path = snapshots.join(format!("{name}.plan"));
+        if update {
+            std::fs::create_dir_all(&snapshots).expect("tests/explain");
+            std::fs::write(&path, &got).expect("writing a snapshot");
+            continue;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        if got != want {
+            mismatches.push(format!(
+                "{name}: the plan differs from {}\n--- want\n{want}--- got\n{got}",
+                path.display()
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{}\n(SLUICE_EXPLAIN_UPDATE=1 rewrites the snapshots)",
+        mismatches.join("\n")
+    );
+}

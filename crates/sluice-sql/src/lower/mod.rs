@@ -1,0 +1,576 @@
+//! DataFusion logical plans to the Sluice physical plan.
+//!
+//! ```text
+//!  TableScan(table)            -> source (+ projection to the declared columns)
+//!  TableScan(view)             -> the view's plan, lowered in place
+//!  WindowTvf                   -> nothing yet: marks the stream as windowed
+//!  Filter / Projection         -> filter / project (chained with their neighbours)
+//!  Aggregate over a window TVF -> window aggregate, hash-partitioned by the other keys
+//!  Aggregate                   -> running aggregate (an upsert stream by key)
+//!  Filter(rank <= n) over Window(RANK() OVER (PARTITION BY window_start, window_end …))
+//!                              -> top-n per window
+//! ```
+
+mod aggregate;
+#[cfg(test)]
+mod explain_tests;
+mod join;
+mod over;
+mod sink;
+mod source;
+mod topn;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion_common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion_common::{Column, DFSchema};
+use datafusion_expr::{Expr, LogicalPlan, lit};
+use sluice_plan::{JobPlan, NodeId, NodeKind, Partitioning};
+use sluice_runtime::ConnectorRegistry;
+
+use crate::catalog::{Entry, EntryRef, SluiceTable};
+use crate::error::{Result, SqlError};
+use crate::window_tvf::{WINDOW_COLUMNS, WindowTvf};
+
+/// A lowered relation: the node whose main output carries it, and what is known of it.
+#[derive(Clone, Debug)]
+pub struct Lowered {
+    /// The node.
+    pub node: NodeId,
+    /// Physical column names, in order (without `_timestamp`).
+    pub columns: Vec<String>,
+    /// The column holding the event time (the one `_timestamp` was taken from), if it is
+    /// still there under some name.
+    pub rowtime: Option<String>,
+    /// A window TVF not yet consumed by its GROUP BY.
+    pub window: Option<Arc<WindowTvf>>,
+    /// Whether rows update earlier rows (a running aggregate's upserts).
+    pub updating: bool,
+    /// For updating rows: the columns that identify what a row updates (empty: one global
+    /// row); `None` when unknown (a key column was dropped).
+    pub upsert_key: Option<Vec<String>>,
+    /// The `window_end` column of windowed rows (under its current name) and the window
+    /// size in ms: a row's window ends at most that long after its event time.
+    pub window_end: Option<(String, u64)>,
+}
+
+/// Builds one job's nodes from logical plans.
+pub struct Lowerer<'a> {
+    /// The job being built.
+    pub plan: &'a mut JobPlan,
+    pub(crate) registry: &'a ConnectorRegistry,
+    pub(crate) catalog: &'a HashMap<String, Entry>,
+    /// Parallelism of every operator (windows without keys run with 1).
+    pub parallelism: usize,
+    /// Source idleness (`table.exec.source.idle-timeout`).
+    pub idle_timeout: Option<Duration>,
+    /// How long a regular join keeps rows (`table.exec.state.ttl`); `None`: forever.
+    pub state_ttl: Option<Duration>,
+    pub(crate) sources: HashMap<String, Lowered>,
+    /// Sink node per table: a second INSERT INTO the same table joins the first's sink.
+    pub(crate) sinks: HashMap<String, NodeId>,
+}
+
+/// A column by its exact physical name (which may contain dots).
+pub(crate) fn ucol(name: &str) -> Expr {
+    Expr::Column(Column::new_unqualified(name))
+}
+
+/// Drops table qualifiers: operators see one flat row of named columns.
+pub fn unqualify(e: &Expr) -> Expr {
+    e.clone()
+        .transform(|e| {
+            Ok(match e {
+                Expr::Column(c) if c.relation.is_some() => {
+                    Transformed::yes(Expr::Column(Column::new_unqualified(c.name)))
+                }
+                other => Transformed::no(other),
+            })
+        })
+        .map(|t| t.data)
+        .unwrap_or_else(|_| e.clone())
+}
+
+/// Drops table qualifiers where the input has the plain name; keeps `q.name` where the
+/// input has that (columns a join disambiguated).
+pub fn resolve(e: &Expr, columns: &[String]) -> Expr {
+    e.clone()
+        .transform(|e| {
+            Ok(match e {
+                Expr::Column(c) if c.relation.is_some() => {
+                    let qualified = format!(
+                        "{}.{}",
+                        c.relation.as_ref().map(|r| r.table()).unwrap_or_default(),
+                        c.name
+                    );
+                    let name = if columns.contains(&qualified) {
+                        qualified
+                    } else {
+                        c.name
+                    };
+                    Transformed::yes(Expr::Column(Column::new_unqualified(name)))
+                }
+                other => Transformed::no(other),
+            })
+        })
+        .map(|t| t.data)
+        .unwrap_or_else(|_| e.clone())
+}
+
+/// The physical column names of a logical schema: the plain name where it is unique,
+/// `qualifier.name` where two columns share a name.
+pub fn physical_names(schema: &DFSchema) -> Vec<String> {
+    let fields: Vec<(String, String)> = schema
+        .iter()
+        .map(|(q, f)| {
+            (
+                q.map(|q| q.table().to_string()).unwrap_or_default(),
+                f.name().clone(),
+            )
+        })
+        .collect();
+    fields
+        .iter()
+        .map(|(q, n)| {
+            if fields.iter().filter(|(_, m)| m == n).count() > 1 && !q.is_empty() {
+                format!("{q}.{n}")
+            } else {
+                n.clone()
+            }
+        })
+        .collect()
+}
+
+/// Columns an expression reads.
+pub(crate) fn referenced(e: &Expr) -> Vec<String> {
+    let mut out = Vec::new();
+    let _ = e.apply(|e| {
+        if let Expr::Column(c) = e {
+            out.push(c.name.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    out
+}
+
+pub(crate) fn as_column(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Column(c) => Some(c.name.as_str()),
+        Expr::Alias(a) => as_column(&a.expr),
+        _ => None,
+    }
+}
+
+impl<'a> Lowerer<'a> {
+    /// A lowerer adding to `plan`.
+    pub fn new(
+        plan: &'a mut JobPlan,
+        registry: &'a ConnectorRegistry,
+        catalog: &'a HashMap<String, Entry>,
+        parallelism: usize,
+        idle_timeout: Option<Duration>,
+    ) -> Self {
+        Self {
+            plan,
+            registry,
+            catalog,
+            parallelism,
+            idle_timeout,
+            state_ttl: None,
+            sources: HashMap::new(),
+            sinks: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn add(
+        &mut self,
+        input: &Lowered,
+        kind: NodeKind,
+        p: usize,
+        edge: Option<Partitioning>,
+    ) -> NodeId {
+        let name = kind.label();
+        let id = self.plan.add_node(name, p, kind);
+        let up_p = self.plan.nodes[input.node].parallelism;
+        let edge = edge.unwrap_or(if up_p == p {
+            Partitioning::Forward
+        } else {
+            Partitioning::Rebalance
+        });
+        self.plan.add_edge(input.node, id, edge);
+        id
+    }
+
+    /// Adds a projection; `exprs` are named by `alias`. Nothing is added when it would
+    /// change nothing.
+    pub(crate) fn project(
+        &mut self,
+        input: &Lowered,
+        exprs: Vec<Expr>,
+        names: Vec<String>,
+    ) -> Lowered {
+        self.project_node(input, exprs, names, false)
+    }
+
+    /// Adds a projection node even when it would change nothing (a union's inputs each
+    /// need their own node to feed the union).
+    pub(crate) fn project_always(
+        &mut self,
+        input: &Lowered,
+        exprs: Vec<Expr>,
+        names: Vec<String>,
+    ) -> Lowered {
+        self.project_node(input, exprs, names, true)
+    }
+
+    pub(crate) fn project_node(
+        &mut self,
+        input: &Lowered,
+        exprs: Vec<Expr>,
+        names: Vec<String>,
+        always: bool,
+    ) -> Lowered {
+        let identity = !always
+            && exprs.len() == input.columns.len()
+            && exprs
+                .iter()
+                .zip(&input.columns)
+                .zip(&names)
+                .all(|((e, c), n)| as_column(e) == Some(c.as_str()) && n == c);
+        if identity {
+            return input.clone();
+        }
+        let renamed = |col: &str| {
+            exprs
+                .iter()
+                .zip(&names)
+                .find(|(e, _)| as_column(e) == Some(col))
+                .map(|(_, n)| n.clone())
+        };
+        let rowtime = input.rowtime.as_deref().and_then(renamed);
+        let window_end = input
+            .window_end
+            .as_ref()
+            .and_then(|(c, size)| renamed(c).map(|n| (n, *size)));
+        let upsert_key = input
+            .upsert_key
+            .as_ref()
+            .and_then(|ks| ks.iter().map(|k| renamed(k)).collect::<Option<Vec<_>>>());
+        let exprs = exprs
+            .into_iter()
+            .zip(&names)
+            .map(|(e, n)| e.unalias().alias(n))
+            .collect();
+        let p = self.plan.nodes[input.node].parallelism;
+        let node = self.add(input, NodeKind::Project { exprs }, p, None);
+        Lowered {
+            node,
+            columns: names,
+            rowtime,
+            window: input.window.clone(),
+            updating: input.updating,
+            upsert_key,
+            window_end,
+        }
+    }
+
+    /// Gives a pending window TVF its `window_start`/`window_end` columns, where a query
+    /// uses them without aggregating: possible for tumbling windows (each row is in one).
+    pub(crate) fn materialize(&mut self, input: Lowered) -> Result<Lowered> {
+        let Some(tvf) = input.window.clone() else {
+            return Ok(input);
+        };
+        let crate::window_tvf::TvfKind::Tumble(size_ms) = tvf.kind else {
+            return Err(SqlError::new(format!(
+                "{} can only be followed by GROUP BY window_start, window_end (TUMBLE may also be read row by row)",
+                tvf.kind.spec()
+            )));
+        };
+        // Integer arithmetic on epoch milliseconds (casts to and from Timestamp(ms) are
+        // free): start = t - ((t % size) + size) % size, also right for t < 0.
+        use arrow::datatypes::{DataType, TimeUnit};
+        let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let cast = |e: Expr, t: DataType| Expr::Cast(datafusion_expr::Cast::new(Box::new(e), t));
+        let size = lit(size_ms as i64);
+        let t = cast(ucol(sluice_types::TIMESTAMP_FIELD), DataType::Int64);
+        let start_ms = t.clone() - ((t % size.clone()) + size.clone()) % size.clone();
+        let start = cast(start_ms.clone(), ms.clone());
+        let end = cast(start_ms + size, ms);
+        let mut exprs: Vec<Expr> = input.columns.iter().map(|c| ucol(c.as_str())).collect();
+        let mut names = input.columns.clone();
+        exprs.push(start);
+        exprs.push(end);
+        names.extend(WINDOW_COLUMNS.iter().map(|c| c.to_string()));
+        let mut out = self.project(
+            &Lowered {
+                window: None,
+                ..input
+            },
+            exprs,
+            names,
+        );
+        out.window = None;
+        Ok(out)
+    }
+
+    pub(crate) fn check_columns(&self, input: &Lowered, exprs: &[&Expr]) -> Result<()> {
+        for e in exprs {
+            for c in referenced(e) {
+                if !input.columns.contains(&c) {
+                    if input.window.is_some() && WINDOW_COLUMNS.contains(&c.as_str()) {
+                        return Err(SqlError::new(format!(
+                            "`{c}` of a window table function can be used in GROUP BY window_start, window_end and after it, not before (in `{e}`)"
+                        )));
+                    }
+                    return Err(SqlError::new(format!(
+                        "column `{c}` is not available here (in `{e}`); columns: {}",
+                        input.columns.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lowers a logical plan.
+    pub fn lower(&mut self, plan: &LogicalPlan) -> Result<Lowered> {
+        match plan {
+            LogicalPlan::TableScan(scan) => {
+                if !scan.filters.is_empty() {
+                    return Err(SqlError::unsupported("a filter pushed into a scan"));
+                }
+                let table = scan
+                    .source
+                    .as_ref()
+                    .downcast_ref::<SluiceTable>()
+                    .ok_or_else(|| SqlError::new("internal: unknown table source"))?;
+                let lowered = match &table.entry {
+                    EntryRef::Table(def) => self.table(&Arc::clone(def))?,
+                    EntryRef::View(view) => self.lower(&Arc::clone(view))?,
+                };
+                match &scan.projection {
+                    None => Ok(lowered),
+                    Some(indices) => {
+                        let names: Vec<String> = indices
+                            .iter()
+                            .map(|&i| lowered.columns[i].clone())
+                            .collect();
+                        let exprs = names.iter().map(|n| ucol(n.as_str())).collect();
+                        Ok(self.project(&lowered, exprs, names))
+                    }
+                }
+            }
+            LogicalPlan::SubqueryAlias(a) => self.lower(&a.input),
+            LogicalPlan::Extension(ext) => {
+                let Some(tvf) = ext.node.as_any().downcast_ref::<WindowTvf>() else {
+                    return Err(SqlError::unsupported(format!("`{}`", ext.node.name())));
+                };
+                let input = self.lower(&tvf.input)?;
+                let at = crate::script::Pos {
+                    line: tvf.at.0,
+                    column: tvf.at.1,
+                };
+                if input.window.is_some() {
+                    return Err(SqlError::at(
+                        at,
+                        "a window table function over another one needs a GROUP BY between them",
+                    ));
+                }
+                if input.updating {
+                    return Err(SqlError::at(
+                        at,
+                        "a window table function needs an append-only input, not the updates of a GROUP BY without windows",
+                    ));
+                }
+                if let Some(tc) = &tvf.time_column
+                    && input.rowtime.as_deref() != Some(tc.as_str())
+                {
+                    return Err(SqlError::at(
+                        at,
+                        match &input.rowtime {
+                            Some(rt) => format!(
+                                "DESCRIPTOR({tc}) is not the event-time column; windows are over the event time, which is `{rt}` here"
+                            ),
+                            None => format!(
+                                "DESCRIPTOR({tc}) is not an event-time column; declare it in the table with WATERMARK FOR {tc} AS {tc} - INTERVAL '…' SECOND"
+                            ),
+                        },
+                    ));
+                }
+                Ok(Lowered {
+                    window: Some(Arc::new(tvf.clone())),
+                    ..input
+                })
+            }
+            LogicalPlan::Filter(f) => {
+                if let Some(l) = self.top_n(f)? {
+                    return Ok(l);
+                }
+                // `FROM a, b WHERE …` and `a JOIN b … WHERE …`: the WHERE is join condition.
+                if let LogicalPlan::Join(j) = f.input.as_ref()
+                    && j.join_type == datafusion_expr::JoinType::Inner
+                {
+                    return self.join(j, Some(&f.predicate));
+                }
+                let mut input = self.lower(&f.input)?;
+                let predicate = resolve(&f.predicate, &input.columns);
+                if input.window.is_some()
+                    && referenced(&predicate)
+                        .iter()
+                        .any(|c| WINDOW_COLUMNS.contains(&c.as_str()))
+                {
+                    input = self.materialize(input)?;
+                }
+                self.check_columns(&input, &[&predicate])?;
+                let p = self.plan.nodes[input.node].parallelism;
+                let node = self.add(&input, NodeKind::Filter { predicate }, p, None);
+                Ok(Lowered { node, ..input })
+            }
+            LogicalPlan::Projection(proj) => {
+                let mut input = self.lower(&proj.input)?;
+                let uses_window = proj.expr.iter().any(|e| {
+                    let e = resolve(e, &input.columns);
+                    as_column(&e).is_none()
+                        && referenced(&e)
+                            .iter()
+                            .any(|c| WINDOW_COLUMNS.contains(&c.as_str()))
+                });
+                if input.window.is_some() && uses_window {
+                    input = self.materialize(input)?;
+                }
+                let mut exprs = Vec::new();
+                let mut names = Vec::new();
+                let out_names = physical_names(&proj.schema);
+                for ((e, (_, field)), out_name) in
+                    proj.expr.iter().zip(proj.schema.iter()).zip(out_names)
+                {
+                    let e = resolve(e, &input.columns);
+                    if input.window.is_some()
+                        && let Some(c) = as_column(&e)
+                        && WINDOW_COLUMNS.contains(&c)
+                    {
+                        if field.name() != c {
+                            return Err(SqlError::new(format!(
+                                "`{c}` cannot be renamed before the window's GROUP BY"
+                            )));
+                        }
+                        continue;
+                    }
+                    exprs.push(e);
+                    names.push(out_name);
+                }
+                self.check_columns(&input, &exprs.iter().collect::<Vec<_>>())?;
+                for e in &exprs {
+                    check_scalar(e)?;
+                }
+                Ok(self.project(&input, exprs, names))
+            }
+            LogicalPlan::Aggregate(agg) => self.aggregate(agg),
+            LogicalPlan::Window(w) => self.over(w),
+            LogicalPlan::Join(j) => self.join(j, None),
+            LogicalPlan::Sort(_) => Err(SqlError::unsupported(
+                "ORDER BY on an unbounded stream (use a Top-N per window)",
+            )),
+            LogicalPlan::Limit(_) => Err(SqlError::unsupported("LIMIT on a stream")),
+            LogicalPlan::Distinct(_) => Err(SqlError::unsupported(
+                "SELECT DISTINCT and UNION without ALL (write GROUP BY over the columns, or UNION ALL)",
+            )),
+            LogicalPlan::Union(u) => {
+                // Each input projected (and cast) to the union's columns, then one node
+                // that reads them all.
+                let names = physical_names(&u.schema);
+                let mut parts = Vec::new();
+                for input in &u.inputs {
+                    let lowered = self.lower(input)?;
+                    let lowered = self.materialize(lowered)?;
+                    if lowered.updating {
+                        return Err(SqlError::unsupported("UNION ALL of updating inputs"));
+                    }
+                    let exprs = physical_names(input.schema())
+                        .iter()
+                        .zip(u.schema.fields())
+                        .map(|(c, f)| {
+                            Expr::Cast(datafusion_expr::Cast::new(
+                                Box::new(ucol(c)),
+                                f.data_type().clone(),
+                            ))
+                        })
+                        .collect();
+                    parts.push(self.project_always(&lowered, exprs, names.clone()));
+                }
+                let p = self.parallelism;
+                let exprs = names.iter().map(|n| ucol(n)).collect();
+                let node = self.plan.add_node("union", p, NodeKind::Project { exprs });
+                for part in &parts {
+                    let edge = if self.plan.nodes[part.node].parallelism == p {
+                        Partitioning::Forward
+                    } else {
+                        Partitioning::Rebalance
+                    };
+                    self.plan.add_edge(part.node, node, edge);
+                }
+                Ok(Lowered {
+                    node,
+                    columns: names,
+                    rowtime: None,
+                    window: None,
+                    updating: false,
+                    upsert_key: None,
+                    window_end: None,
+                })
+            }
+            LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => Err(SqlError::unsupported(
+                "a query without a table (SELECT of constants, VALUES)",
+            )),
+            other => Err(SqlError::unsupported(format!(
+                "`{}`",
+                other
+                    .display()
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+            ))),
+        }
+    }
+}
+
+/// Whether an expression reads only columns of `schema`.
+pub(crate) fn reads_only(e: &Expr, schema: &DFSchema) -> bool {
+    let mut all = true;
+    let _ = e.apply(|x| {
+        if let Expr::Column(c) = x
+            && !schema.has_column(c)
+        {
+            all = false;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    all
+}
+
+/// Rejects what a stateless projection cannot evaluate.
+pub(crate) fn check_scalar(e: &Expr) -> Result<()> {
+    let mut bad = None;
+    let _ = e.apply(|e| {
+        bad = match e {
+            Expr::ScalarSubquery(_) | Expr::Exists(_) | Expr::InSubquery(_) => {
+                Some("a subquery in an expression")
+            }
+            Expr::Placeholder(_) => Some("a placeholder ($1)"),
+            Expr::OuterReferenceColumn(..) => Some("a correlated subquery"),
+            _ => None,
+        };
+        Ok(if bad.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    match bad {
+        Some(what) => Err(SqlError::unsupported(what)),
+        None => Ok(()),
+    }
+}
