@@ -15,8 +15,10 @@
 //! to librdkafka as it is.
 
 pub mod admin;
+mod reader;
 mod sink;
 mod source;
+mod txn_log;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -218,7 +220,7 @@ impl MetaKey {
 
 /// A table's columns split into the value's and the metadata's.
 #[derive(Clone, Debug)]
-struct Columns {
+pub(crate) struct Columns {
     /// Every declared column, in order.
     all: SchemaRef,
     /// The columns decoded from (or encoded into) the message value.

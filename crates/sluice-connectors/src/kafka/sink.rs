@@ -18,7 +18,7 @@
 //! transactions, so a reader can tell committed records apart on brokers that show
 //! aborted records (librdkafka's mock cluster does).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,21 +28,19 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::ClientContext;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use sluice_plan::{ConnectorSpec, DeliveryGuarantee};
 use sluice_runtime::{
     Collector, Operator, OperatorContext, OperatorState, RestoredState, SinkConnector,
 };
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TaskInfo};
 
+use super::txn_log::{ensure_topic, log_topic, read_log};
 use super::{
-    METADATA_TIMEOUT, MetaKey, OPTIONS, Topics, client_config, client_properties, kafka_err,
-    message_format, partitions, user_fields,
+    MetaKey, OPTIONS, Topics, client_config, client_properties, kafka_err, message_format,
+    partitions, user_fields,
 };
 use crate::codec::{MessageEncoder, MessageFormat};
 use crate::options::OptionReader;
@@ -51,10 +49,10 @@ use crate::options::OptionReader;
 pub const TXN_HEADER: &str = "sluice.txn";
 
 /// The transaction-log header naming the tag a re-produced transaction replaces.
-const REPLACES_HEADER: &str = "sluice.replaces";
+pub(crate) const REPLACES_HEADER: &str = "sluice.replaces";
 
 /// How long a transaction call (init, commit, abort) or a flush may take.
-const TXN_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const TXN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which delivery the sink gives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -671,90 +669,6 @@ impl KafkaSinkOperator {
     }
 }
 
-fn log_topic(txn_id: &str) -> String {
-    format!("{txn_id}.commits")
-}
-
-/// Creates a one-partition topic if it does not exist.
-async fn ensure_topic(props: &BTreeMap<String, String>, topic: &str) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(props)
-        .create()
-        .map_err(kafka_err("cannot create a Kafka admin client"))?;
-    if partitions(props, &Topics::Names(vec![topic.to_string()])).is_ok() {
-        return Ok(());
-    }
-    let r = admin
-        .create_topics(
-            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)),
-        )
-        .await
-        .map_err(kafka_err(format!(
-            "cannot create the transaction log topic `{topic}` (create it, one partition, and start again)"
-        )))?;
-    for res in r {
-        if let Err((t, e)) = res
-            && e != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists
-        {
-            return Err(SluiceError::external(format!(
-                "cannot create topic `{t}`: {e}"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Every tag in a transaction log topic.
-async fn read_log(props: &BTreeMap<String, String>, topic: &str) -> Result<HashSet<String>> {
-    let props = props.clone();
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || -> Result<HashSet<String>> {
-        let c: BaseConsumer = client_config(&props)
-            .set("group.id", format!("{topic}-reader"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(kafka_err("cannot create a Kafka consumer"))?;
-        let (low, high) = c
-            .fetch_watermarks(&topic, 0, METADATA_TIMEOUT)
-            .map_err(kafka_err(format!("cannot read transaction log `{topic}`")))?;
-        let mut tags = HashSet::new();
-        if high <= low {
-            return Ok(tags);
-        }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, Offset::Offset(low))
-            .map_err(kafka_err("bad partition"))?;
-        c.assign(&tpl).map_err(kafka_err("cannot assign"))?;
-        let deadline = std::time::Instant::now() + TXN_TIMEOUT;
-        let mut next = low;
-        while next < high {
-            if std::time::Instant::now() > deadline {
-                return Err(SluiceError::external(format!(
-                    "reading transaction log `{topic}` timed out at offset {next} of {high}"
-                )));
-            }
-            if let Some(m) = c.poll(Duration::from_millis(200)) {
-                let m = m.map_err(kafka_err(format!("cannot read transaction log `{topic}`")))?;
-                next = m.offset() + 1;
-                if let Some(p) = m.payload() {
-                    tags.insert(String::from_utf8_lossy(p).into_owned());
-                }
-                // The tag a re-produced transaction replaced is settled too.
-                if let Some(r) = m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|x| x.key == REPLACES_HEADER)
-                        .and_then(|x| x.value)
-                }) {
-                    tags.insert(String::from_utf8_lossy(r).into_owned());
-                }
-            }
-        }
-        Ok(tags)
-    })
-    .await
-    .map_err(|e| SluiceError::internal(e.to_string()))?
-}
-
 /// State table of pre-committed transactions' records.
 const TXN_TABLE: &str = "kafka_transactions";
 
@@ -1027,6 +941,7 @@ impl Operator for KafkaSinkOperator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::message::Headers;
 
     #[test]
     fn headers_round_trip_through_the_checkpoint_encoding() {

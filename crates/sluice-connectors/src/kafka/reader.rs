@@ -1,0 +1,786 @@
+//! The Kafka source's reader: one consumer per subtask over its assigned partitions,
+//! positions per split, metadata columns, lag, and offsets committed for Kafka tooling.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    ArrayRef, BinaryBuilder, Int32Builder, Int64Array, Int64Builder, MapBuilder, MapFieldNames,
+    RecordBatch, StringBuilder, TimestampMillisecondBuilder,
+};
+use arrow::compute::{cast, take};
+use arrow::datatypes::DataType;
+use async_trait::async_trait;
+use futures::FutureExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_runtime::dead_letter::DeadLetter;
+use sluice_runtime::{OperatorContext, ReadResult, SourceReader, Split, SplitPosition};
+use sluice_types::{Result, SluiceError};
+
+use super::{Columns, METADATA_TIMEOUT, MetaKey, client_config, kafka_err};
+use crate::codec::{Decoded, MessageDecoder};
+use crate::pacer::Pacer;
+
+use super::source::{KafkaSourceConfig, start_offsets};
+
+/// Headers of a message, owned.
+pub(crate) type OwnedHeaderList = Vec<(String, Option<Vec<u8>>)>;
+
+/// A message held over to the next read (it belongs to another partition).
+pub(crate) struct OwnedMessage {
+    pub(crate) split: usize,
+    pub(crate) offset: i64,
+    pub(crate) timestamp: Option<i64>,
+    pub(crate) timestamp_type: &'static str,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) payload: Option<Vec<u8>>,
+    pub(crate) headers: OwnedHeaderList,
+}
+
+/// Which metadata a table reads, beyond offsets (kept for dead-letter positions).
+#[derive(Clone, Copy)]
+pub(crate) struct MetaWants {
+    pub(crate) timestamps: bool,
+    pub(crate) keys: bool,
+    pub(crate) headers: bool,
+}
+
+impl MetaWants {
+    pub(crate) fn of(columns: &Columns) -> Self {
+        let has = |k: MetaKey| columns.layout.contains(&Err(k));
+        Self {
+            timestamps: has(MetaKey::Timestamp) || has(MetaKey::TimestampType),
+            keys: has(MetaKey::Key),
+            headers: has(MetaKey::Headers),
+        }
+    }
+}
+
+/// Metadata values of the messages of the current chunk.
+#[derive(Default)]
+pub(crate) struct MetaBuilders {
+    pub(crate) offsets: Vec<i64>,
+    pub(crate) timestamps: Vec<Option<i64>>,
+    pub(crate) timestamp_types: Vec<&'static str>,
+    pub(crate) keys: Vec<Option<Vec<u8>>>,
+    pub(crate) headers: Vec<OwnedHeaderList>,
+}
+
+impl MetaBuilders {
+    pub(crate) fn clear(&mut self) {
+        self.offsets.clear();
+        self.timestamps.clear();
+        self.timestamp_types.clear();
+        self.keys.clear();
+        self.headers.clear();
+    }
+}
+
+/// Reads the partitions assigned to one subtask.
+pub struct KafkaReader {
+    pub(crate) config: Arc<KafkaSourceConfig>,
+    pub(crate) group: String,
+    pub(crate) splits: Vec<Split>,
+    pub(crate) consumer: Option<Arc<StreamConsumer>>,
+    /// Which message metadata the table's columns read.
+    pub(crate) wants: MetaWants,
+    /// Per split: the next offset to read.
+    pub(crate) next: Vec<i64>,
+    /// Per split, when bounded: the offset to stop at.
+    pub(crate) end: Vec<i64>,
+    pub(crate) ended: Vec<bool>,
+    /// What to return before reading on: empty batches announcing splits, split ends.
+    pub(crate) queue: VecDeque<ReadResult>,
+    pub(crate) stash: Option<OwnedMessage>,
+    pub(crate) decoder: MessageDecoder,
+    pub(crate) meta: MetaBuilders,
+    pub(crate) dead_letters: Option<ThreadedProducer<DefaultProducerContext>>,
+    pub(crate) last_commit: Instant,
+    /// The splits' end offsets as last probed (for the lag gauge), and when.
+    pub(crate) highs: Arc<std::sync::Mutex<Vec<i64>>>,
+    pub(crate) last_lag_probe: Option<Instant>,
+    pub(crate) last_transient_warn: Option<Instant>,
+    /// Whether the key is read into a STRING column (and must be UTF-8).
+    pub(crate) key_is_text: bool,
+    /// Messages of the current chunk whose key could not be read.
+    pub(crate) bad_keys: Vec<DeadLetter>,
+    pub(crate) pacer: Option<Pacer>,
+    /// Positions of the last completed checkpoint (committed again, synchronously, at
+    /// the end).
+    pub(crate) last_complete: Option<Vec<(usize, i64)>>,
+}
+
+/// Without checkpoints, offsets are committed to the group this often.
+pub(crate) const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The end offsets are probed this often for the consumer-lag gauge.
+pub(crate) const LAG_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Consumer errors that say the brokers are (for now) unreachable; librdkafka keeps
+/// reconnecting.
+pub(crate) fn transient(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e,
+        rdkafka::error::KafkaError::MessageConsumption(
+            C::AllBrokersDown
+                | C::BrokerTransportFailure
+                | C::Resolve
+                | C::RequestTimedOut
+                | C::NetworkException
+                | C::OperationTimedOut
+        )
+    )
+}
+
+/// Warnings about an unreachable broker, at most one per this long.
+pub(crate) const TRANSIENT_WARN_EVERY: Duration = Duration::from_secs(10);
+
+impl KafkaReader {
+    pub(crate) fn warn_transient(&mut self, e: &rdkafka::error::KafkaError) {
+        if self
+            .last_transient_warn
+            .is_none_or(|t| t.elapsed() >= TRANSIENT_WARN_EVERY)
+        {
+            self.last_transient_warn = Some(Instant::now());
+            tracing::warn!(error = %e, "the Kafka brokers are unreachable; waiting for them (librdkafka reconnects)");
+        }
+    }
+
+    /// The lag gauge: records between each split's position and its end as last probed.
+    /// Probes run in the background (they are blocking broker calls), one at a time.
+    pub(crate) fn update_lag(&mut self, consumer: &Arc<StreamConsumer>, ctx: &OperatorContext) {
+        {
+            let highs = self.highs.lock().unwrap_or_else(|p| p.into_inner());
+            if highs.len() == self.next.len() && !highs.is_empty() {
+                let lag: i64 = highs
+                    .iter()
+                    .zip(&self.next)
+                    .map(|(h, n)| (h - n).max(0))
+                    .sum();
+                ctx.metrics
+                    .source_lag
+                    .store(lag, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if self
+            .last_lag_probe
+            .is_some_and(|t| t.elapsed() < LAG_INTERVAL)
+        {
+            return;
+        }
+        self.last_lag_probe = Some(Instant::now());
+        let parts: Vec<(String, i32)> = self
+            .splits
+            .iter()
+            .map(|s| self.config.partitions[s.index].clone())
+            .collect();
+        let (c, highs) = (Arc::clone(consumer), Arc::clone(&self.highs));
+        tokio::task::spawn_blocking(move || {
+            let probed: Option<Vec<i64>> = parts
+                .iter()
+                .map(|(t, p)| c.fetch_watermarks(t, *p, LAG_INTERVAL).ok().map(|w| w.1))
+                .collect();
+            if let Some(p) = probed {
+                *highs.lock().unwrap_or_else(|p| p.into_inner()) = p;
+            }
+        });
+    }
+
+    pub(crate) fn split_of(&self, topic: &str, partition: i32) -> Option<usize> {
+        // A few partitions per subtask: a scan, no key allocated per message.
+        self.splits.iter().position(|s| {
+            let (t, p) = &self.config.partitions[s.index];
+            *p == partition && t == topic
+        })
+    }
+
+    /// Takes one message into the chunk.
+    pub(crate) fn take(&mut self, split: usize, m: &MessageView<'_>) {
+        self.next[split] = m.offset + 1;
+        let Some(payload) = m.payload else {
+            // A tombstone (null value) carries no row.
+            return;
+        };
+        // Offsets always (positions of dead letters); the rest only when a column reads it.
+        self.meta.offsets.push(m.offset);
+        let wants = self.wants;
+        if wants.timestamps {
+            self.meta.timestamps.push(m.timestamp);
+            self.meta.timestamp_types.push(m.timestamp_type);
+        }
+        if wants.keys {
+            self.meta.keys.push(m.key.map(<[u8]>::to_vec));
+        }
+        if wants.headers {
+            self.meta.headers.push(m.headers());
+        }
+        self.decoder.push(payload);
+    }
+
+    pub(crate) fn past_end(&self, split: usize, offset: i64) -> bool {
+        self.config.bounded && offset >= self.end[split]
+    }
+
+    pub(crate) fn check_end(&mut self, split: usize) {
+        if self.config.bounded && !self.ended[split] && self.next[split] >= self.end[split] {
+            self.ended[split] = true;
+            self.queue
+                .push_back(ReadResult::SplitEnd(self.splits[split].index));
+        }
+    }
+
+    /// Turns the chunk into a batch of the table's columns.
+    pub(crate) fn finish_chunk(
+        &mut self,
+        split: usize,
+        ctx: &mut OperatorContext,
+    ) -> Result<ReadResult> {
+        let (topic, partition) = self.config.partitions[self.splits[split].index].clone();
+        let offsets = std::mem::take(&mut self.meta.offsets);
+        let mut dead = std::mem::take(&mut self.bad_keys);
+        let decoded = self.decoder.finish(
+            &|i| format!("{topic}/{partition}@{}", offsets[i]),
+            &mut dead,
+        )?;
+        self.meta.offsets = offsets;
+        if !dead.is_empty() {
+            self.dead_letter(&topic, partition, dead, ctx);
+        }
+        let rows = match decoded {
+            Some(d) => self.assemble(&topic, partition, d)?,
+            None => RecordBatch::new_empty(Arc::clone(&self.config.columns.all)),
+        };
+        self.meta.clear();
+        Ok(ReadResult::Batch {
+            split: self.splits[split].index,
+            rows,
+        })
+    }
+
+    pub(crate) fn assemble(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        d: Decoded,
+    ) -> Result<RecordBatch> {
+        let cols = &self.config.columns;
+        let n_all = self.meta.offsets.len();
+        let pick = |a: ArrayRef| -> Result<ArrayRef> {
+            match &d.kept {
+                None => Ok(a),
+                Some(k) => Ok(take(a.as_ref(), k, None)?),
+            }
+        };
+        let mut out: Vec<ArrayRef> = Vec::with_capacity(cols.layout.len());
+        for (f, l) in cols.all.fields().iter().zip(&cols.layout) {
+            let a: ArrayRef = match l {
+                Ok(i) => Arc::clone(d.rows.column(*i)),
+                Err(MetaKey::Op) => match &d.ops {
+                    Some(ops) => Arc::clone(ops),
+                    None => {
+                        return Err(SluiceError::internal("debezium decoding lost its ops"));
+                    }
+                },
+                Err(m) => {
+                    let full = self.meta_array(*m, topic, partition, n_all, f.data_type())?;
+                    pick(full)?
+                }
+            };
+            let a = match a.data_type() == f.data_type() {
+                true => a,
+                false => cast(a.as_ref(), f.data_type())?,
+            };
+            out.push(a);
+        }
+        Ok(RecordBatch::try_new(Arc::clone(&cols.all), out)?)
+    }
+
+    pub(crate) fn meta_array(
+        &self,
+        m: MetaKey,
+        topic: &str,
+        partition: i32,
+        n: usize,
+        t: &DataType,
+    ) -> Result<ArrayRef> {
+        Ok(match m {
+            MetaKey::Topic => {
+                let mut b = StringBuilder::with_capacity(n, n * topic.len());
+                for _ in 0..n {
+                    b.append_value(topic);
+                }
+                Arc::new(b.finish())
+            }
+            MetaKey::Partition => {
+                let mut b = Int32Builder::with_capacity(n);
+                b.append_value_n(partition, n);
+                Arc::new(b.finish())
+            }
+            MetaKey::Offset => Arc::new(Int64Array::from(self.meta.offsets.clone())),
+            MetaKey::Timestamp => match t {
+                DataType::Int64 => {
+                    let mut b = Int64Builder::with_capacity(n);
+                    b.extend(self.meta.timestamps.iter().copied());
+                    Arc::new(b.finish())
+                }
+                _ => {
+                    let mut b = TimestampMillisecondBuilder::with_capacity(n);
+                    b.extend(self.meta.timestamps.iter().copied());
+                    Arc::new(b.finish())
+                }
+            },
+            MetaKey::TimestampType => {
+                let mut b = StringBuilder::new();
+                for t in &self.meta.timestamp_types {
+                    b.append_value(t);
+                }
+                Arc::new(b.finish())
+            }
+            MetaKey::Key => match t {
+                DataType::Utf8 => {
+                    let mut b = StringBuilder::new();
+                    for k in &self.meta.keys {
+                        // Keys were checked to be UTF-8 before they were taken.
+                        b.append_option(k.as_deref().map(|k| String::from_utf8_lossy(k)));
+                    }
+                    Arc::new(b.finish())
+                }
+                _ => {
+                    let mut b = BinaryBuilder::new();
+                    for k in &self.meta.keys {
+                        b.append_option(k.as_deref());
+                    }
+                    Arc::new(b.finish())
+                }
+            },
+            MetaKey::Headers => {
+                let names = match t {
+                    DataType::Map(entries, _) => match entries.data_type() {
+                        DataType::Struct(f) => MapFieldNames {
+                            entry: entries.name().clone(),
+                            key: f[0].name().clone(),
+                            value: f[1].name().clone(),
+                        },
+                        _ => MapFieldNames::default(),
+                    },
+                    _ => MapFieldNames::default(),
+                };
+                let mut b =
+                    MapBuilder::new(Some(names), StringBuilder::new(), BinaryBuilder::new());
+                for hs in &self.meta.headers {
+                    for (k, v) in hs {
+                        b.keys().append_value(k);
+                        b.values().append_option(v.as_deref());
+                    }
+                    b.append(true)?;
+                }
+                Arc::new(b.finish())
+            }
+            MetaKey::Op => return Err(SluiceError::internal("op is not a message's metadata")),
+        })
+    }
+
+    pub(crate) fn dead_letter(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        dead: Vec<DeadLetter>,
+        ctx: &mut OperatorContext,
+    ) {
+        match (&self.dead_letters, &self.config.dead_letter_topic) {
+            (Some(p), Some(dlq)) => {
+                for d in dead {
+                    ctx.metrics
+                        .dead_letters
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let offset = d
+                        .position
+                        .rsplit_once('@')
+                        .map(|(_, o)| o.to_string())
+                        .unwrap_or_default();
+                    let headers = OwnedHeaders::new()
+                        .insert(Header {
+                            key: "sluice.error",
+                            value: Some(d.error.as_bytes()),
+                        })
+                        .insert(Header {
+                            key: "sluice.topic",
+                            value: Some(topic.as_bytes()),
+                        })
+                        .insert(Header {
+                            key: "sluice.partition",
+                            value: Some(partition.to_string().as_bytes()),
+                        })
+                        .insert(Header {
+                            key: "sluice.offset",
+                            value: Some(offset.as_bytes()),
+                        });
+                    let mut rec = BaseRecord::<(), [u8]>::to(dlq)
+                        .payload(d.raw.as_bytes())
+                        .headers(headers);
+                    loop {
+                        match p.send(rec) {
+                            Ok(()) => break,
+                            Err((e, r)) => {
+                                if !matches!(
+                                    e,
+                                    rdkafka::error::KafkaError::MessageProduction(
+                                        rdkafka::types::RDKafkaErrorCode::QueueFull
+                                    )
+                                ) {
+                                    tracing::error!(error = %e, position = %d.position, "cannot send a dead letter to `{dlq}`; logged here instead: {}", d.raw);
+                                    break;
+                                }
+                                rec = r;
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                for d in dead {
+                    ctx.dead_letter(d);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn offsets_list(&self, positions: &[(usize, i64)]) -> Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        for &(split, o) in positions {
+            let (t, p) = &self.config.partitions[self.splits[split].index];
+            tpl.add_partition_offset(t, *p, Offset::Offset(o))
+                .map_err(kafka_err("bad partition"))?;
+        }
+        Ok(tpl)
+    }
+
+    pub(crate) fn commit_offsets(&self, positions: &[(usize, i64)], mode: CommitMode) {
+        let Some(c) = &self.consumer else { return };
+        let Ok(tpl) = self.offsets_list(positions) else {
+            return;
+        };
+        if let Err(e) = c.commit(&tpl, mode) {
+            tracing::warn!(error = %e, group = %self.group, "cannot commit offsets to the consumer group (progress shown by Kafka tools lags; checkpoints are unaffected)");
+        }
+    }
+}
+
+/// The parts of a message the reader uses, borrowed or held over.
+pub(crate) struct MessageView<'a> {
+    pub(crate) offset: i64,
+    pub(crate) timestamp: Option<i64>,
+    pub(crate) timestamp_type: &'static str,
+    pub(crate) key: Option<&'a [u8]>,
+    pub(crate) payload: Option<&'a [u8]>,
+    pub(crate) raw_headers: Option<&'a rdkafka::message::BorrowedHeaders>,
+    pub(crate) owned_headers: Option<&'a OwnedHeaderList>,
+}
+
+impl MessageView<'_> {
+    pub(crate) fn headers(&self) -> OwnedHeaderList {
+        if let Some(h) = self.owned_headers {
+            return h.clone();
+        }
+        match self.raw_headers {
+            Some(h) => h
+                .iter()
+                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+pub(crate) fn timestamp_of(m: &BorrowedMessage<'_>) -> (Option<i64>, &'static str) {
+    match m.timestamp() {
+        rdkafka::Timestamp::CreateTime(t) if t >= 0 => (Some(t), "CreateTime"),
+        rdkafka::Timestamp::LogAppendTime(t) if t >= 0 => (Some(t), "LogAppendTime"),
+        _ => (None, "NoTimestampType"),
+    }
+}
+
+pub(crate) fn view<'a>(m: &'a BorrowedMessage<'a>) -> MessageView<'a> {
+    let (timestamp, timestamp_type) = timestamp_of(m);
+    MessageView {
+        offset: m.offset(),
+        timestamp,
+        timestamp_type,
+        key: m.key(),
+        payload: m.payload(),
+        raw_headers: m.headers(),
+        owned_headers: None,
+    }
+}
+
+#[async_trait]
+impl SourceReader for KafkaReader {
+    async fn open(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        let mut cfg = client_config(&self.config.props);
+        cfg.set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        let consumer: StreamConsumer = cfg
+            .create()
+            .map_err(kafka_err("cannot create the Kafka consumer"))?;
+        let consumer = Arc::new(consumer);
+        let (config, splits, group, c) = (
+            Arc::clone(&self.config),
+            self.splits.clone(),
+            self.group.clone(),
+            Arc::clone(&consumer),
+        );
+        let (starts, ends) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let starts = start_offsets(&config, &splits, &group, &c)?;
+            let mut ends = Vec::new();
+            if config.bounded {
+                for s in &splits {
+                    let (t, p) = &config.partitions[s.index];
+                    let (_, high) = c
+                        .fetch_watermarks(t, *p, METADATA_TIMEOUT)
+                        .map_err(kafka_err(format!("cannot read the end offset of {t}/{p}")))?;
+                    ends.push(high);
+                }
+            }
+            Ok((starts, ends))
+        })
+        .await
+        .map_err(|e| SluiceError::internal(e.to_string()))??;
+        self.end = ends;
+        let mut tpl = TopicPartitionList::new();
+        for (i, s) in self.splits.iter().enumerate() {
+            let (t, p) = &self.config.partitions[s.index];
+            tpl.add_partition_offset(t, *p, Offset::Offset(starts[i]))
+                .map_err(kafka_err("bad partition"))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(kafka_err("cannot assign partitions"))?;
+        self.next = starts;
+        self.ended = vec![false; self.splits.len()];
+        for s in &self.splits {
+            self.queue.push_back(ReadResult::Batch {
+                split: s.index,
+                rows: RecordBatch::new_empty(Arc::clone(&self.config.columns.all)),
+            });
+        }
+        for i in 0..self.splits.len() {
+            self.check_end(i);
+        }
+        if let Some(_dlq) = &self.config.dead_letter_topic {
+            let p: ThreadedProducer<DefaultProducerContext> = client_config(&self.config.props)
+                .create()
+                .map_err(kafka_err("cannot create the dead-letter producer"))?;
+            self.dead_letters = Some(p);
+        }
+        self.consumer = Some(consumer);
+        tracing::info!(
+            operator = %ctx.task.operator_name,
+            subtask = ctx.task.subtask,
+            group = %self.group,
+            partitions = ?self.splits.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            "reading Kafka"
+        );
+        Ok(())
+    }
+
+    async fn read(&mut self, max_rows: usize, ctx: &mut OperatorContext) -> Result<ReadResult> {
+        if let Some(r) = self.queue.pop_front() {
+            return Ok(r);
+        }
+        if self.splits.is_empty() || (self.config.bounded && self.ended.iter().all(|&e| e)) {
+            return match self.splits.is_empty() && !self.config.bounded {
+                // A subtask without partitions waits forever (an unbounded source).
+                true => std::future::pending().await,
+                false => Ok(ReadResult::End),
+            };
+        }
+        if !ctx.checkpointing && self.last_commit.elapsed() >= COMMIT_INTERVAL {
+            self.last_commit = Instant::now();
+            let pos: Vec<(usize, i64)> = self.next.iter().copied().enumerate().collect();
+            self.commit_offsets(&pos, CommitMode::Async);
+        }
+        // A handle of our own: the read may be cancelled at its await (cancel-safe).
+        let consumer = Arc::clone(
+            self.consumer
+                .as_ref()
+                .ok_or_else(|| SluiceError::internal("the Kafka reader was not opened"))?,
+        );
+        self.update_lag(&consumer, ctx);
+        self.read_chunk(&consumer, max_rows, ctx).await
+    }
+
+    fn positions(&self) -> Result<Vec<SplitPosition>> {
+        if let Some(p) = &self.dead_letters {
+            // Dead letters of records a checkpoint covers are kept before it completes.
+            p.flush(METADATA_TIMEOUT)
+                .map_err(kafka_err("cannot flush dead letters"))?;
+        }
+        Ok(self
+            .splits
+            .iter()
+            .zip(&self.next)
+            .map(|(s, &o)| SplitPosition {
+                split: s.id.clone(),
+                position: serde_json::json!({ "offset": o }),
+            })
+            .collect())
+    }
+
+    fn checkpoint_complete(&mut self, positions: &[SplitPosition]) -> Result<()> {
+        let pos: Vec<(usize, i64)> = positions
+            .iter()
+            .filter_map(|p| {
+                let i = self.splits.iter().position(|s| s.id == p.split)?;
+                Some((i, p.position.get("offset")?.as_i64()?))
+            })
+            .collect();
+        self.commit_offsets(&pos, CommitMode::Async);
+        self.last_complete = Some(pos);
+        Ok(())
+    }
+
+    async fn close(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        if let Some(p) = &self.dead_letters {
+            p.flush(METADATA_TIMEOUT)
+                .map_err(kafka_err("cannot flush dead letters"))?;
+        }
+        // The group's offsets end where the job's output ends: the last completed
+        // checkpoint, or (without checkpoints) everything read.
+        let last = match (ctx.checkpointing, self.last_complete.take()) {
+            (true, last) => last,
+            (false, _) => Some(self.next.iter().copied().enumerate().collect()),
+        };
+        if let (Some(pos), Some(c)) = (last, &self.consumer) {
+            let tpl = self.offsets_list(&pos)?;
+            let (c, group) = (Arc::clone(c), self.group.clone());
+            let r = tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync))
+                .await
+                .map_err(|e| SluiceError::internal(e.to_string()))?;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, group = %group, "cannot commit the final offsets to the consumer group");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl KafkaReader {
+    pub(crate) async fn read_chunk(
+        &mut self,
+        consumer: &StreamConsumer,
+        max_rows: usize,
+        ctx: &mut OperatorContext,
+    ) -> Result<ReadResult> {
+        let max_rows = match self.pacer.as_mut() {
+            Some(p) => max_rows.min(p.due().await as usize),
+            None => max_rows,
+        };
+        // The first message: held over, or awaited (the only await: cancel-safe).
+        let split = match self.stash.take() {
+            Some(m) => {
+                let v = MessageView {
+                    offset: m.offset,
+                    timestamp: m.timestamp,
+                    timestamp_type: m.timestamp_type,
+                    key: m.key.as_deref(),
+                    payload: m.payload.as_deref(),
+                    raw_headers: None,
+                    owned_headers: Some(&m.headers),
+                };
+                self.accept(m.split, &v);
+                m.split
+            }
+            None => loop {
+                let msg = match consumer.recv().await {
+                    Ok(m) => m,
+                    // The broker is away: librdkafka reconnects by itself; wait for it
+                    // rather than failing the job over a blip.
+                    Err(e) if transient(&e) => {
+                        self.warn_transient(&e);
+                        continue;
+                    }
+                    Err(e) => return Err(kafka_err("reading Kafka failed")(e)),
+                };
+                let Some(split) = self.split_of(msg.topic(), msg.partition()) else {
+                    continue;
+                };
+                if self.past_end(split, msg.offset()) {
+                    self.check_end(split);
+                    if let Some(r) = self.queue.pop_front() {
+                        return Ok(r);
+                    }
+                    continue;
+                }
+                let v = view(&msg);
+                self.accept(split, &v);
+                break split;
+            },
+        };
+        // More of the same partition, as long as they are already here.
+        while self.decoder.len() < max_rows && !self.ended[split] {
+            let Some(msg) = consumer.recv().now_or_never() else {
+                break;
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) if transient(&e) => {
+                    self.warn_transient(&e);
+                    break;
+                }
+                Err(e) => return Err(kafka_err("reading Kafka failed")(e)),
+            };
+            let Some(s) = self.split_of(msg.topic(), msg.partition()) else {
+                continue;
+            };
+            if self.past_end(s, msg.offset()) {
+                self.check_end(s);
+                continue;
+            }
+            if s != split {
+                let (timestamp, timestamp_type) = timestamp_of(&msg);
+                self.stash = Some(OwnedMessage {
+                    split: s,
+                    offset: msg.offset(),
+                    timestamp,
+                    timestamp_type,
+                    key: msg.key().map(<[u8]>::to_vec),
+                    payload: msg.payload().map(<[u8]>::to_vec),
+                    headers: view(&msg).headers(),
+                });
+                break;
+            }
+            let v = view(&msg);
+            self.accept(split, &v);
+        }
+        self.check_end(split);
+        if let Some(p) = self.pacer.as_mut() {
+            p.emitted(self.decoder.len().max(1) as u64);
+        }
+        self.finish_chunk(split, ctx)
+    }
+
+    /// Takes a message, or sends it to the dead letters if its key cannot be read.
+    pub(crate) fn accept(&mut self, split: usize, m: &MessageView<'_>) {
+        if self.key_is_text
+            && let Some(k) = m.key
+            && std::str::from_utf8(k).is_err()
+        {
+            self.next[split] = m.offset + 1;
+            let (t, p) = &self.config.partitions[self.splits[split].index];
+            self.bad_keys.push(DeadLetter {
+                position: format!("{t}/{p}@{}", m.offset),
+                error: "the message key is not UTF-8 (declare the key column BYTES)".into(),
+                raw: String::from_utf8_lossy(m.payload.unwrap_or_default()).into_owned(),
+            });
+            return;
+        }
+        self.take(split, m);
+    }
+}
