@@ -1,12 +1,11 @@
-//! A minimal blocking HTTP/1.1 client (one request per connection, `http://` or
-//! `https://` through rustls with the system's trusted certificates): what the schema
-//! registry client, alert webhooks and the `sluice` CLI's server calls need, without an
-//! HTTP stack.
+//! Outgoing HTTP for the schema registry client, alert webhooks and the `sluice` CLI's
+//! server calls: blocking requests through `ureq`, `https://` through rustls trusting the
+//! system's certificates (and a private CA's, when one is given).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 use sluice_types::{Result, SluiceError};
 
@@ -25,53 +24,70 @@ pub struct HttpUrl {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
-/// A connection, plain or TLS.
-trait Conn: Read + Write {}
-impl<T: Read + Write> Conn for T {}
-
-/// The TLS settings trusting the system's certificates (and `ca_file`'s, if given).
-fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>> {
-    static SYSTEM: OnceLock<std::result::Result<Arc<rustls::ClientConfig>, String>> =
-        OnceLock::new();
-    let build = |extra: Option<&std::path::Path>| -> std::result::Result<_, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        // Certificates the system cannot parse are skipped, as browsers do.
+/// The certificates an https request trusts: the system's (those it can parse, as
+/// browsers do), and `ca_file`'s PEM certificates if given.
+fn trusted_roots(ca_file: Option<&std::path::Path>) -> Result<Arc<Vec<Certificate<'static>>>> {
+    static SYSTEM: OnceLock<Arc<Vec<Certificate<'static>>>> = OnceLock::new();
+    let system = SYSTEM.get_or_init(|| {
         let found = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(found.certs);
-        if let Some(path) = extra {
-            use rustls::pki_types::pem::PemObject as _;
-            let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
-                .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
-                .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("{} holds no PEM certificate", path.display()));
-            }
-            for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("a certificate of {}: {e}", path.display()))?;
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(Arc::new(config))
+        Arc::new(
+            found
+                .certs
+                .iter()
+                .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+                .collect(),
+        )
+    });
+    let Some(path) = ca_file else {
+        return Ok(Arc::clone(system));
     };
-    let r = match ca_file {
-        None => SYSTEM.get_or_init(|| build(None)).clone(),
-        Some(path) => build(Some(path)),
-    };
-    r.map_err(SluiceError::user)
+    use rustls::pki_types::pem::PemObject as _;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| {
+            SluiceError::user(format!(
+                "cannot read certificates from {}: {e}",
+                path.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(SluiceError::user(format!(
+            "{} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    let mut all: Vec<Certificate<'static>> = system.as_ref().clone();
+    all.extend(
+        certs
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned()),
+    );
+    Ok(Arc::new(all))
+}
+
+/// An agent for one address: no redirects followed, every status answered (not turned
+/// into an error), 30 seconds at most per request.
+fn agent(roots: &[Certificate<'static>]) -> ureq::Agent {
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .root_certs(RootCerts::new_with_certs(roots))
+        .build();
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .tls_config(tls)
+        .build()
+        .new_agent()
 }
 
 impl HttpUrl {
     /// Trusts the PEM certificates of `path` too (a private CA), for https; checked now.
     pub fn with_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Result<Self> {
         let path = path.into();
-        tls_config(Some(&path))?;
+        trusted_roots(Some(&path))?;
         self.ca_file = Some(path);
         Ok(self)
     }
@@ -122,105 +138,29 @@ impl HttpUrl {
     ) -> Result<(u16, String)> {
         let addr = format!("{}:{}", self.host, self.port);
         let fail = |what: &str| SluiceError::external(format!("{addr}: {method} {path}: {what}"));
-        let tcp = TcpStream::connect(&addr).map_err(|e| fail("cannot connect").with_source(e))?;
-        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
-        tcp.set_write_timeout(Some(Duration::from_secs(30)))?;
-        let mut s: Box<dyn Conn> = match self.tls {
-            false => Box::new(tcp),
-            true => {
-                let config = tls_config(self.ca_file.as_deref())?;
-                let name = rustls::pki_types::ServerName::try_from(self.host.clone())
-                    .map_err(|e| fail("not a TLS server name").with_source(e))?;
-                let conn = rustls::ClientConnection::new(config, name)
-                    .map_err(|e| fail("cannot start TLS").with_source(e))?;
-                Box::new(rustls::StreamOwned::new(conn, tcp))
-            }
-        };
-        let body = body.unwrap_or("");
-        let mut req = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
-            self.path,
-            body.len()
-        );
+        let scheme = if self.tls { "https" } else { "http" };
+        let uri = format!("{scheme}://{addr}{}{path}", self.path);
+        let mut req = ureq::http::Request::builder().method(method).uri(&uri);
         for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
+            req = req.header(*k, *v);
         }
-        req.push_str("\r\n");
-        req.push_str(body);
-        s.write_all(req.as_bytes())
-            .map_err(|e| fail("cannot send").with_source(e))?;
-        // Read the head, then exactly the body it announces: some servers keep the
-        // connection open despite `Connection: close`.
-        let mut resp = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
-        let read = |s: &mut Box<dyn Conn>, buf: &mut [u8]| {
-            s.read(buf)
-                .map_err(|e| fail("cannot read the answer").with_source(e))
+        let req = req
+            .body(body.unwrap_or("").to_string())
+            .map_err(|e| fail("not a valid request").with_source(e))?;
+        let roots = match self.tls {
+            true => trusted_roots(self.ca_file.as_deref())?,
+            false => Arc::new(Vec::new()),
         };
-        let head_end = loop {
-            if let Some(i) = find(&resp, b"\r\n\r\n") {
-                break i + 4;
-            }
-            let n = read(&mut s, &mut buf)?;
-            if n == 0 {
-                return Err(fail("the answer is not HTTP"));
-            }
-            resp.extend_from_slice(&buf[..n]);
-        };
-        let head = String::from_utf8_lossy(&resp[..head_end]).to_ascii_lowercase();
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| fail("the answer has no status"))?;
-        let length: Option<usize> = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok());
-        let chunked = head.contains("transfer-encoding: chunked");
-        loop {
-            let body = &resp[head_end..];
-            let complete = match (length, chunked) {
-                (Some(n), _) => body.len() >= n,
-                (None, true) => body.ends_with(b"0\r\n\r\n"),
-                (None, false) => false,
-            };
-            if complete {
-                break;
-            }
-            let n = read(&mut s, &mut buf)?;
-            if n == 0 {
-                break;
-            }
-            resp.extend_from_slice(&buf[..n]);
-        }
-        let body = String::from_utf8_lossy(&resp[head_end..]);
-        let payload = match chunked {
-            true => dechunk(&body),
-            false => body.into_owned(),
-        };
-        Ok((status, payload))
+        let mut resp = agent(&roots)
+            .run(req)
+            .map_err(|e| fail("no answer").with_source(e))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| fail("cannot read the answer").with_source(e))?;
+        Ok((status, text))
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The body of a chunked HTTP answer.
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 #[cfg(test)]
@@ -245,8 +185,55 @@ mod tests {
         assert!(HttpUrl::parse("http://x:port").is_err());
     }
 
+    /// A one-shot HTTP server on loopback answering `answer`; returns its address and
+    /// the request it received.
+    fn serve_once(answer: &'static str) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}/base", l.local_addr().unwrap());
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).contains("hello") {
+                let n = s.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(answer.as_bytes()).unwrap();
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        (addr, h)
+    }
+
     #[test]
-    fn chunked_answers_are_joined() {
-        assert_eq!(dechunk("4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n"), "{\"a\":1}");
+    fn a_request_sends_its_headers_and_body_and_returns_any_status() {
+        let (addr, h) = serve_once(
+            "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n",
+        );
+        let (status, body) = HttpUrl::parse(&addr)
+            .unwrap()
+            .request("POST", "/x", Some("hello"), &[("X-Test", "yes")])
+            .unwrap();
+        assert_eq!((status, body.as_str()), (404, "{\"a\":1}"));
+        let req = h.join().unwrap().to_ascii_lowercase();
+        assert!(req.starts_with("post /base/x http/1.1"), "{req}");
+        assert!(req.contains("x-test: yes"), "{req}");
+    }
+
+    #[test]
+    fn an_unreachable_address_is_an_external_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = HttpUrl::parse(&format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .request("GET", "/", None, &[])
+            .unwrap_err();
+        assert!(err.to_string().contains("no answer"), "{err}");
     }
 }

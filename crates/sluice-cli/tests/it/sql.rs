@@ -43,6 +43,107 @@ async fn run_script(
 
 /// Rows as text, one line each, values separated by a space (NULL for nulls).
 fn format_rows(batches: &[RecordBatch]) -> Vec<String> {
+    format_values(batches)
+        .into_iter()
+        .map(|r| r.join(" "))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// sqllogictest files, run by the `sqllogictest` crate
+
+/// A database for the `sqllogictest` runner: each record's SQL is a script planned in one
+/// SQL context (so tables declared by one record are seen by the next); its job runs to
+/// the end of its bounded input, and what its top-level `SELECT` wrote is the answer.
+/// `$CRATE` in the SQL is this crate's directory, `$SCRATCH` a temporary one.
+struct SluiceDb {
+    ctx: SqlContext,
+    registry: sluice::runtime::ConnectorRegistry,
+    collected: Collected,
+    scratch: tempfile::TempDir,
+}
+
+/// An error of a record's script, as the user sees it.
+#[derive(Debug)]
+struct SltError(String);
+
+impl std::fmt::Display for SltError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SltError {}
+
+impl SluiceDb {
+    fn new() -> Self {
+        let (ctx, registry, collected) = context();
+        Self {
+            ctx,
+            registry,
+            collected,
+            scratch: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl sqllogictest::AsyncDB for SluiceDb {
+    type Error = SltError;
+    type ColumnType = sqllogictest::DefaultColumnType;
+
+    /// Nothing to close: every record's job has ended when `run` returns.
+    async fn shutdown(&mut self) {}
+
+    async fn run(
+        &mut self,
+        sql: &str,
+    ) -> Result<sqllogictest::DBOutput<Self::ColumnType>, Self::Error> {
+        use sqllogictest::{DBOutput, DefaultColumnType};
+        let sql = sql
+            .replace("$CRATE", env!("CARGO_MANIFEST_DIR"))
+            .replace("$SCRATCH", &self.scratch.path().display().to_string());
+        self.collected.0.lock().unwrap().clear();
+        let job = self
+            .ctx
+            .plan_script(&sql)
+            .map_err(|e| SltError(e.to_string()))?;
+        let Some(plan) = job.plan else {
+            return Ok(DBOutput::StatementComplete(0));
+        };
+        let selects = plan.nodes.iter().any(
+            |n| matches!(&n.kind, sluice::plan::NodeKind::Sink(s) if s.connector == "collect"),
+        );
+        let p = Pipeline::from_plan(plan);
+        p.registry(self.registry.clone());
+        p.run().await.map_err(|e| SltError(e.to_string()))?;
+        if !selects {
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        let batches = self.collected.batches();
+        let types = batches
+            .first()
+            .map(|b| {
+                b.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| match f.data_type() {
+                        t if t.is_integer() => DefaultColumnType::Integer,
+                        t if t.is_floating() || t.is_numeric() => DefaultColumnType::FloatingPoint,
+                        _ => DefaultColumnType::Text,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(DBOutput::Rows {
+            types,
+            rows: format_values(&batches),
+        })
+    }
+}
+
+/// Rows as values, NULL for nulls.
+fn format_values(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     let opts = FormatOptions::default().with_null("NULL");
     let mut out = Vec::new();
     for b in batches {
@@ -52,115 +153,7 @@ fn format_rows(batches: &[RecordBatch]) -> Vec<String> {
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
             .collect();
         for r in 0..b.num_rows() {
-            let vals: Vec<String> = fmts.iter().map(|f| f.value(r).to_string()).collect();
-            out.push(vals.join(" "));
-        }
-    }
-    out
-}
-
-// ---------------------------------------------------------------------------------
-// sqllogictest files
-
-/// One record of a `.slt` file.
-#[derive(Debug)]
-enum Record {
-    /// `statement ok` / `statement error <text>`.
-    Statement {
-        sql: String,
-        error: Option<String>,
-        line: usize,
-    },
-    /// `query <types> [rowsort]` with `----` and the expected rows.
-    Query {
-        header: String,
-        sql: String,
-        expected: Vec<String>,
-        sort: bool,
-        line: usize,
-    },
-}
-
-fn parse_slt(text: &str) -> Vec<Record> {
-    let mut records = Vec::new();
-    let lines: Vec<&str> = text.lines().collect();
-    let mut i = 0;
-    while i < lines.len() {
-        let line = lines[i].trim_end();
-        if line.is_empty() || line.starts_with('#') {
-            i += 1;
-            continue;
-        }
-        let start = i + 1;
-        i += 1;
-        let mut sql = Vec::new();
-        while i < lines.len() && !lines[i].trim().is_empty() && lines[i].trim() != "----" {
-            sql.push(lines[i]);
-            i += 1;
-        }
-        let sql = sql.join("\n");
-        if let Some(rest) = line.strip_prefix("statement ") {
-            let error = rest.strip_prefix("error").map(|e| e.trim().to_string());
-            assert!(
-                error.is_some() || rest.trim() == "ok",
-                "line {start}: expected `statement ok` or `statement error <text>`"
-            );
-            records.push(Record::Statement {
-                sql,
-                error,
-                line: start,
-            });
-        } else if line.starts_with("query") {
-            let mut expected = Vec::new();
-            if i < lines.len() && lines[i].trim() == "----" {
-                i += 1;
-                while i < lines.len() && !lines[i].trim().is_empty() {
-                    expected.push(lines[i].trim_end().to_string());
-                    i += 1;
-                }
-            }
-            records.push(Record::Query {
-                header: line.to_string(),
-                sort: line.contains("rowsort"),
-                sql,
-                expected,
-                line: start,
-            });
-        } else {
-            panic!("line {start}: unknown record `{line}`");
-        }
-    }
-    records
-}
-
-fn render_slt(records: &[Record]) -> String {
-    let mut out = String::new();
-    for r in records {
-        match r {
-            Record::Statement { sql, error, .. } => {
-                match error {
-                    None => out.push_str("statement ok\n"),
-                    Some(e) => out.push_str(&format!("statement error {e}\n")),
-                }
-                out.push_str(sql);
-                out.push_str("\n\n");
-            }
-            Record::Query {
-                header,
-                sql,
-                expected,
-                ..
-            } => {
-                out.push_str(header);
-                out.push('\n');
-                out.push_str(sql);
-                out.push_str("\n----\n");
-                for e in expected {
-                    out.push_str(e);
-                    out.push('\n');
-                }
-                out.push('\n');
-            }
+            out.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
         }
     }
     out
@@ -181,76 +174,17 @@ fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Runs one `.slt` file; with `update`, returns the file rewritten with actual results.
-async fn run_slt(path: &Path, update: bool) -> Result<Option<String>, String> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut records = parse_slt(&text);
-    let (mut ctx, registry, collected) = context();
-    // Relative paths in a file (test data) are relative to the crate.
-    let here = env!("CARGO_MANIFEST_DIR");
-    let scratch = tempfile::tempdir().unwrap();
-    let fix = |sql: &str| {
-        sql.replace("$CRATE", here)
-            .replace("$SCRATCH", &scratch.path().display().to_string())
-    };
-    let mut failures = Vec::new();
-    for r in records.iter_mut() {
-        match r {
-            Record::Statement { sql, error, line } => {
-                let result = run_script(&mut ctx, &registry, &collected, &fix(sql)).await;
-                match (result, error.as_ref()) {
-                    (Ok(_), None) => {}
-                    (Err(e), Some(want)) if e.contains(want.as_str()) => {}
-                    (Ok(_), Some(want)) => failures.push(format!(
-                        "{}:{line}: expected an error containing `{want}`, but it succeeded",
-                        path.display()
-                    )),
-                    (Err(e), Some(want)) => failures.push(format!(
-                        "{}:{line}: expected an error containing `{want}`, got: {e}",
-                        path.display()
-                    )),
-                    (Err(e), None) => {
-                        failures.push(format!("{}:{line}: statement failed: {e}", path.display()))
-                    }
-                }
-            }
-            Record::Query {
-                sql,
-                expected,
-                sort,
-                line,
-                ..
-            } => match run_script(&mut ctx, &registry, &collected, &fix(sql)).await {
-                Ok(batches) => {
-                    let mut rows = format_rows(&batches);
-                    if *sort {
-                        rows.sort();
-                    }
-                    if rows != *expected {
-                        if update {
-                            *expected = rows;
-                        } else {
-                            failures.push(format!(
-                                "{}:{line}: query results differ\nexpected:\n{}\nactual:\n{}",
-                                path.display(),
-                                expected.join("\n"),
-                                rows.join("\n")
-                            ));
-                        }
-                    }
-                }
-                Err(e) => failures.push(format!("{}:{line}: query failed: {e}", path.display())),
-            },
-        }
-    }
-    if !failures.is_empty() {
-        return Err(failures.join("\n\n"));
-    }
-    Ok(update.then(|| render_slt(&records)))
+/// A query's declared column types must be its actual ones.
+fn strict_column_types(
+    actual: &Vec<sqllogictest::DefaultColumnType>,
+    expected: &Vec<sqllogictest::DefaultColumnType>,
+) -> bool {
+    actual == expected
 }
 
-/// Every `.slt` file under `tests/slt/`. `SLUICE_SLT_UPDATE=1` rewrites the expected
-/// query results in place (then review the diff).
+/// Every `.slt` file under `tests/slt/`, through the `sqllogictest` crate's runner.
+/// `SLUICE_SLT_UPDATE=1` runs its completion mode instead: each file is rewritten with the
+/// actual results (review the diff like code).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqllogictest_suite() {
     let update = std::env::var("SLUICE_SLT_UPDATE").is_ok_and(|v| v == "1");
@@ -262,10 +196,27 @@ async fn sqllogictest_suite() {
     assert!(!files.is_empty(), "no .slt files found");
     let mut failures = Vec::new();
     for f in &files {
-        match run_slt(f, update).await {
-            Ok(Some(text)) => std::fs::write(f, text).unwrap(),
-            Ok(None) => {}
-            Err(e) => failures.push(e),
+        let mut runner = sqllogictest::Runner::new(|| async { Ok(SluiceDb::new()) });
+        // A query's type string must match its columns (T text, I integer, R float).
+        runner.with_column_validator(strict_column_types);
+        let result = match update {
+            true => runner
+                .update_test_file(
+                    f,
+                    " ",
+                    sqllogictest::default_validator,
+                    sqllogictest::default_normalizer,
+                    strict_column_types,
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            false => runner
+                .run_file_async(f)
+                .await
+                .map_err(|e| e.display(false).to_string()),
+        };
+        if let Err(e) = result {
+            failures.push(format!("{}: {e}", f.display()));
         }
     }
     assert!(
