@@ -582,6 +582,7 @@ impl WindowAggregateOperator {
         let keys = self.key_types.len();
         let width = table_width(keys, 1, &counts);
         for batch in state.table(SLICES_TABLE) {
+            let batch = &slices_layout(batch, keys)?;
             // Key columns stay columns here (a slice keeps its groups columnar).
             let mut r = TableReader::new(batch, "window", None, 0, Some(width))?;
             for (k, t) in r.columns(keys)?.iter().zip(&self.key_types) {
@@ -813,6 +814,26 @@ impl Operator for WindowAggregateOperator {
     }
 }
 
+/// A checkpointed slices table in today's layout (keys, `_slice`, accumulator states):
+/// checkpoints taken before the keyed state tables put `_slice` first, and are reordered;
+/// anything else without `_slice` right after the keys is not a slices table.
+fn slices_layout(batch: &RecordBatch, keys: usize) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let named = |i: usize| schema.fields().get(i).map(|f| f.name().as_str());
+    if named(keys) == Some(SLICE_COLUMN) {
+        return Ok(batch.clone());
+    }
+    if named(0) != Some(SLICE_COLUMN) {
+        return Err(SluiceError::user(
+            "checkpointed window state has no slice column where this window expects it: the job changed",
+        ));
+    }
+    let mut order: Vec<usize> = (1..=keys).collect();
+    order.push(0);
+    order.extend(keys + 1..batch.num_columns());
+    Ok(batch.project(&order)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -867,6 +888,64 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn checkpoints_with_the_earlier_slices_layout_still_restore() {
+        use crate::operators::test_util::{barrier, kv_batch, restored, window_rows};
+        let batches: Vec<Batch> = (0..3)
+            .map(|b| {
+                kv_batch(
+                    &(0..40)
+                        .map(|i| (i % 7, i, b * 300 + i * 7))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let schema = batches[0].data.schema();
+        let make = || {
+            WindowAggregateOperator::new(
+                &["k".into()],
+                WindowSpec::Tumbling {
+                    size: Duration::from_millis(200),
+                },
+                &[count(col("v")).alias("n"), sum(col("v")).alias("s")],
+                Duration::ZERO,
+                &schema,
+            )
+            .unwrap()
+        };
+        let mut op = make();
+        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+        let mut out = crate::operator::VecCollector::default();
+        for b in &batches {
+            op.process_batch(b.clone(), &mut ctx, &mut out)
+                .await
+                .unwrap();
+        }
+        let state = op.snapshot(&barrier(), &mut ctx).await.unwrap();
+        // The layout before the state tables: `_key_group`, `_slice`, keys, states.
+        let mut earlier = state.clone();
+        for b in earlier.keyed.get_mut(SLICES_TABLE).unwrap() {
+            let mut order = vec![0, 2];
+            order.push(1);
+            order.extend(3..b.num_columns());
+            *b = b.project(&order).unwrap();
+            assert_eq!(b.schema().field(1).name(), SLICE_COLUMN);
+        }
+        let mut results = Vec::new();
+        for s in [&state, &earlier] {
+            let mut op = make();
+            let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+            op.restore(restored(s, 0, 1), &mut ctx).await.unwrap();
+            let mut out = crate::operator::VecCollector::default();
+            op.on_watermark(Watermark::EventTime(i64::MAX), &mut ctx, &mut out)
+                .await
+                .unwrap();
+            results.push(window_rows(&out.batches));
+        }
+        assert!(!results[0].is_empty());
+        assert_eq!(results[0], results[1]);
     }
 
     async fn run(window: WindowSpec, lateness: Duration, steps: Vec<Step>) -> (Vec<Batch>, u64) {
