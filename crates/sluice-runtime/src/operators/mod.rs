@@ -121,14 +121,21 @@ pub fn prepare_node(
     inputs: &[&SchemaRef],
     registry: &ConnectorRegistry,
 ) -> Result<PreparedNode> {
-    let operator = constructor(kind)(kind, inputs, registry)?;
-    let input_schema = match kind {
-        NodeKind::Join { .. } => Arc::clone(
-            inputs
+    // A single-input node's inputs merge once here; its constructor sees the merged one.
+    let (operator, input_schema) = match kind {
+        NodeKind::Join { .. } => {
+            let first = inputs
                 .first()
-                .ok_or_else(|| SluiceError::internal("a join without inputs"))?,
-        ),
-        _ => single_input(inputs)?,
+                .ok_or_else(|| SluiceError::internal("a join without inputs"))?;
+            (
+                constructor(kind)(kind, inputs, registry)?,
+                Arc::clone(first),
+            )
+        }
+        _ => {
+            let input = single_input(inputs)?;
+            (constructor(kind)(kind, &[&input], registry)?, input)
+        }
     };
     let side_output_schema = match kind.side_outputs().is_empty() {
         true => None,
@@ -139,15 +146,6 @@ pub fn prepare_node(
         input_schema,
         side_output_schema,
     })
-}
-
-/// Constructs a single-input node against `input` (tests and the Rust API's checks).
-pub fn prepare(
-    kind: &NodeKind,
-    input: &SchemaRef,
-    registry: &ConnectorRegistry,
-) -> Result<PreparedOperator> {
-    constructor(kind)(kind, &[input], registry)
 }
 
 /// The one input of a single-input node: its input edges' schemas must agree (a union);
