@@ -79,11 +79,6 @@ impl TableWriter {
         }
     }
 
-    /// Whether the table has no rows (nothing is written for it).
-    pub fn is_empty(&self) -> bool {
-        self.rows == 0
-    }
-
     /// Adds a nullable value column.
     pub fn column(mut self, name: impl Into<String>, column: ArrayRef) -> Self {
         self.fields
