@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 pub struct Histogram {
     buckets: Box<[AtomicU64]>,
     count: AtomicU64,
+    /// Sum of the observations (saturating at `u64::MAX` µs, half a million years).
+    sum: AtomicU64,
     max: AtomicU64,
 }
 
@@ -48,6 +50,7 @@ impl Default for Histogram {
         Self {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
             max: AtomicU64::new(0),
         }
     }
@@ -61,6 +64,7 @@ impl Histogram {
         }
         self.buckets[bucket_of(v)].fetch_add(n, Relaxed);
         self.count.fetch_add(n, Relaxed);
+        self.sum.fetch_add(v.saturating_mul(n), Relaxed);
         self.max.fetch_max(v, Relaxed);
     }
 
@@ -69,6 +73,7 @@ impl Histogram {
         HistogramSnapshot {
             buckets: self.buckets.iter().map(|b| b.load(Relaxed)).collect(),
             count: self.count.load(Relaxed),
+            sum: self.sum.load(Relaxed),
             max: self.max.load(Relaxed),
         }
     }
@@ -80,6 +85,8 @@ pub struct HistogramSnapshot {
     buckets: Vec<u64>,
     /// Number of observations.
     pub count: u64,
+    /// Sum of the observations.
+    pub sum: u64,
     /// Largest observation.
     pub max: u64,
 }
@@ -89,6 +96,7 @@ impl Default for HistogramSnapshot {
         Self {
             buckets: vec![0; BUCKETS],
             count: 0,
+            sum: 0,
             max: 0,
         }
     }
@@ -101,6 +109,7 @@ impl HistogramSnapshot {
             *a += b;
         }
         self.count += other.count;
+        self.sum = self.sum.saturating_add(other.sum);
         self.max = self.max.max(other.max);
     }
 
@@ -116,6 +125,7 @@ impl HistogramSnapshot {
         let top = buckets.iter().rposition(|&c| c > 0);
         HistogramSnapshot {
             count: buckets.iter().sum(),
+            sum: self.sum.saturating_sub(earlier.sum),
             // The interval's largest is at most its top bucket's upper edge.
             max: top.map_or(0, |i| bucket_upper(i).min(self.max)),
             buckets,
@@ -283,6 +293,7 @@ pub fn batch_bytes(batch: &sluice_types::Batch) -> u64 {
 
 /// How a checkpoint ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CheckpointStatus {
     /// In flight.
@@ -295,6 +306,7 @@ pub enum CheckpointStatus {
 
 /// One checkpoint in the history.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckpointRecord {
     /// Checkpoint id.
     pub epoch: u64,

@@ -19,7 +19,7 @@ use sluice_runtime::metrics::HistogramSnapshot;
 use sluice_types::{Result, SluiceError};
 
 /// One rule: a condition over a job (or every job), held for `for_ms`, sent to a webhook.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertRule {
     /// Unique name.
@@ -37,7 +37,7 @@ pub struct AlertRule {
 }
 
 /// What makes an alert fire.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Condition {
     /// The job failed (and is not restarting).
@@ -74,7 +74,7 @@ pub enum Condition {
 }
 
 /// A webhook.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
     /// `http://host:port/path` or `https://…`.
@@ -88,6 +88,7 @@ pub struct Webhook {
     pub max_attempts: u32,
     /// For `https://`: PEM certificates trusted besides the system's (a private CA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub ca_file: Option<std::path::PathBuf>,
 }
 
@@ -107,7 +108,7 @@ fn default_attempts() -> u32 {
 }
 
 /// How a notification is written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WebhookFormat {
     /// The [`Notification`] as JSON.
@@ -234,7 +235,7 @@ pub struct JobSample {
 }
 
 /// An alert's life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertState {
     /// The condition holds, not yet for `for_ms`.
@@ -244,7 +245,7 @@ pub enum AlertState {
 }
 
 /// A rule's alert on one job.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ActiveAlert {
     /// The rule.
     pub rule: String,
@@ -264,7 +265,7 @@ pub struct ActiveAlert {
 }
 
 /// A message to a webhook.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Notification {
     /// `rule/job_id/started_ms`: the same for an alert's firing and resolved messages.
     pub id: String,

@@ -17,7 +17,7 @@ use sluice_runtime::metrics::JobMetrics;
 use sluice_types::SluiceError;
 
 /// Where a job is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// Running.
@@ -50,7 +50,7 @@ pub(crate) struct JobEntry {
 }
 
 /// One failure of a job.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Failure {
     /// When, epoch ms.
     pub time_ms: i64,
@@ -118,7 +118,7 @@ pub struct JobManager {
 }
 
 /// One notification sent (or given up on).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Delivery {
     /// The notification.
     pub notification: crate::alerts::Notification,
@@ -152,7 +152,7 @@ pub(crate) struct Stored {
 }
 
 /// A submitted job, as the API takes it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Submit {
     /// The SQL script (its `INSERT INTO` statements form the job).
     pub sql: String,

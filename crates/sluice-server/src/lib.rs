@@ -23,7 +23,7 @@ mod prometheus;
 mod sandbox;
 mod serve;
 
-pub use api::{ApiError, ROUTES, openapi_document, router};
+pub use api::{ApiError, openapi_document, router};
 pub use jobs::{Delivery, Failure, JobManager, JobStatus, Submit};
 pub use lineage::{Endpoint, Graph, GraphEdge, GraphNode, Lineage};
 pub use sandbox::Sandbox;

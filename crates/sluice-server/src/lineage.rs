@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 /// What a job reads and writes: `topic → job → topic`.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct Lineage {
     /// Sources: connector and what it reads (topic, pattern, path, table).
     pub reads: Vec<Endpoint>,
@@ -12,7 +12,7 @@ pub struct Lineage {
 }
 
 /// One end of a job's lineage.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Endpoint {
     /// The connector (`kafka`, `filesystem`, …).
     pub connector: String,
@@ -47,7 +47,7 @@ pub(crate) fn lineage(plan: &sluice_plan::JobPlan) -> Lineage {
 }
 
 /// The job's dataflow graph.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Graph {
     /// Operators: id, name, parallelism.
     pub nodes: Vec<GraphNode>,
@@ -56,7 +56,7 @@ pub struct Graph {
 }
 
 /// One operator of the graph.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct GraphNode {
     /// Node id.
     pub id: usize,
@@ -67,7 +67,7 @@ pub struct GraphNode {
 }
 
 /// One edge of the graph.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct GraphEdge {
     /// Upstream node.
     pub from: usize,

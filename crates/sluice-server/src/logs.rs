@@ -23,7 +23,7 @@ use tracing_subscriber::registry::LookupSpan;
 const PER_JOB: usize = 10_000;
 
 /// One log event of a job.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct LogEntry {
     /// When, epoch ms.
     pub time_ms: i64,

@@ -1,191 +1,272 @@
 //! `GET /metrics`: Prometheus text, one series per job, operator and subtask.
+//!
+//! The samples are read from the jobs' atomics at scrape time into metric families, and
+//! the `prometheus` crate's text encoder writes them (format 0.0.4). The series names
+//! are an interface: `deploy/grafana/sluice.json` queries them.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::jobs::{JobEntry, JobManager, JobStatus, now_ms};
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
+use prometheus::{Encoder, TextEncoder};
+use sluice_runtime::metrics::{OperatorMetrics, SubtaskMetrics};
 
 /// Prometheus text: one series per job, operator and subtask.
+#[utoipa::path(get, path = "/metrics", tag = "metrics",
+    responses((status = 200, description = "Prometheus text exposition (version 0.0.4)", content_type = "text/plain", body = String)))]
 pub(crate) async fn prometheus(State(m): State<Arc<JobManager>>) -> impl IntoResponse {
+    let encoder = TextEncoder::new();
+    let mut out = Vec::new();
+    match encoder.encode(&families(&m.all()), &mut out) {
+        Ok(()) => (
+            StatusCode::OK,
+            [("content-type", encoder.format_type().to_string())],
+            out,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/plain".to_string())],
+            format!("encoding the metrics failed: {e}").into_bytes(),
+        ),
+    }
+}
+
+/// A per-subtask series: name, help text, how to read it.
+type PerSubtask = (&'static str, &'static str, fn(&SubtaskMetrics) -> f64);
+
+const PER_SUBTASK: [PerSubtask; 9] = [
     (
-        [("content-type", "text/plain; version=0.0.4")],
-        render_prometheus(&m.all()),
-    )
+        "sluice_records_in_total",
+        "Records an operator subtask took in.",
+        |s| s.records_in.load(Relaxed) as f64,
+    ),
+    (
+        "sluice_records_out_total",
+        "Records an operator subtask emitted.",
+        |s| s.records_out.load(Relaxed) as f64,
+    ),
+    (
+        "sluice_bytes_in_total",
+        "Arrow bytes an operator subtask took in (the rows' in-memory size).",
+        |s| s.bytes_in.load(Relaxed) as f64,
+    ),
+    (
+        "sluice_bytes_out_total",
+        "Arrow bytes an operator subtask emitted.",
+        |s| s.bytes_out.load(Relaxed) as f64,
+    ),
+    (
+        "sluice_busy_seconds_total",
+        "Time a task spent handling input (its chained operators and output waits included), on its first operator.",
+        |s| s.busy_ns.load(Relaxed) as f64 / 1e9,
+    ),
+    (
+        "sluice_input_queue",
+        "Batches waiting in an operator subtask's input channels (channel fill).",
+        |s| s.input_queue.load(Relaxed) as f64,
+    ),
+    (
+        "sluice_dead_letters_total",
+        "Records sent to the dead-letter output.",
+        |s| s.dead_letters.load(Relaxed) as f64,
+    ),
+    (
+        "sluice_late_records_total",
+        "Rows that arrived after their windows closed.",
+        |s| s.late_records.load(Relaxed) as f64,
+    ),
+    (
+        "sluice_backpressured_seconds_total",
+        "Time spent blocked on full output channels.",
+        |s| s.backpressured_ns.load(Relaxed) as f64 / 1e9,
+    ),
+];
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name(k.to_string());
+            l.set_value(v.to_string());
+            l
+        })
+        .collect()
 }
 
-pub(crate) fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A family being filled: its samples, then (if it has any) into the output.
+struct Family {
+    family: MetricFamily,
 }
 
-/// A per-subtask counter series: name, help text, how to read it.
-type Counter = (
-    &'static str,
-    &'static str,
-    fn(&sluice_runtime::metrics::SubtaskMetrics) -> f64,
-);
+impl Family {
+    fn new(name: &str, help: &str, kind: MetricType) -> Self {
+        let mut family = MetricFamily::default();
+        family.set_name(name.to_string());
+        family.set_help(help.to_string());
+        family.set_field_type(kind);
+        Self { family }
+    }
 
-pub(crate) fn render_prometheus(jobs: &[Arc<JobEntry>]) -> String {
-    let mut out = String::new();
-    let counters: [Counter; 9] = [
-        (
-            "sluice_records_in_total",
-            "Records an operator subtask took in.",
-            |s| s.records_in.load(Relaxed) as f64,
-        ),
-        (
-            "sluice_records_out_total",
-            "Records an operator subtask emitted.",
-            |s| s.records_out.load(Relaxed) as f64,
-        ),
-        (
-            "sluice_bytes_in_total",
-            "Arrow bytes an operator subtask took in (the rows' in-memory size).",
-            |s| s.bytes_in.load(Relaxed) as f64,
-        ),
-        (
-            "sluice_bytes_out_total",
-            "Arrow bytes an operator subtask emitted.",
-            |s| s.bytes_out.load(Relaxed) as f64,
-        ),
-        (
-            "sluice_busy_seconds_total",
-            "Time a task spent handling input (its chained operators and output waits included), on its first operator.",
-            |s| s.busy_ns.load(Relaxed) as f64 / 1e9,
-        ),
-        (
-            "sluice_input_queue",
-            "Batches waiting in an operator subtask's input channels (channel fill).",
-            |s| s.input_queue.load(Relaxed) as f64,
-        ),
-        (
-            "sluice_dead_letters_total",
-            "Records sent to the dead-letter output.",
-            |s| s.dead_letters.load(Relaxed) as f64,
-        ),
-        (
-            "sluice_late_records_total",
-            "Rows that arrived after their windows closed.",
-            |s| s.late_records.load(Relaxed) as f64,
-        ),
-        (
-            "sluice_backpressured_seconds_total",
-            "Time spent blocked on full output channels.",
-            |s| s.backpressured_ns.load(Relaxed) as f64 / 1e9,
-        ),
-    ];
-    for (name, help, f) in counters {
-        let kind = match name.ends_with("_total") {
-            true => "counter",
-            false => "gauge",
-        };
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for j in jobs {
-            for o in &j.metrics().operators {
-                for (i, s) in o.subtasks.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{job=\"{}\",operator=\"{}\",subtask=\"{i}\"}} {}",
-                        esc(&j.name),
-                        esc(&o.name),
-                        f(s)
-                    );
-                }
-            }
+    fn add(&mut self, pairs: &[(&str, &str)], value: f64) {
+        let mut m = proto::Metric::default();
+        m.set_label(labels(pairs));
+        if self.family.get_field_type() == MetricType::COUNTER {
+            let mut c = proto::Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        } else {
+            let mut g = proto::Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
+        self.family.mut_metric().push(m);
+    }
+
+    fn add_metric(&mut self, m: proto::Metric) {
+        self.family.mut_metric().push(m);
+    }
+
+    /// Families without samples are left out (the encoder refuses them).
+    fn push_to(self, out: &mut Vec<MetricFamily>) {
+        if !self.family.get_metric().is_empty() {
+            out.push(self.family);
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP sluice_watermark_milliseconds An operator subtask's event-time watermark.\n# TYPE sluice_watermark_milliseconds gauge"
-    );
+}
+
+/// Every subtask of every operator of every job, with its labels' values.
+fn subtasks(
+    jobs: &[Arc<JobEntry>],
+    mut f: impl FnMut(&str, &OperatorMetrics, &str, &SubtaskMetrics),
+) {
     for j in jobs {
-        for o in &j.metrics().operators {
+        let m = j.metrics();
+        for o in &m.operators {
             for (i, s) in o.subtasks.iter().enumerate() {
-                let w = s.watermark.load(Relaxed);
-                if w != i64::MIN {
-                    let _ = writeln!(
-                        out,
-                        "sluice_watermark_milliseconds{{job=\"{}\",operator=\"{}\",subtask=\"{i}\"}} {w}",
-                        esc(&j.name),
-                        esc(&o.name)
-                    );
-                }
+                f(&j.name, o, &i.to_string(), s);
             }
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP sluice_event_time_lag_seconds Wall-clock time minus an operator subtask's watermark.\n# TYPE sluice_event_time_lag_seconds gauge"
+}
+
+fn is_running(j: &JobEntry) -> bool {
+    j.status.lock().unwrap_or_else(|p| p.into_inner()).0 == JobStatus::Running
+}
+
+/// The metric families of `jobs`, read now.
+pub(crate) fn families(jobs: &[Arc<JobEntry>]) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+    for (name, help, read) in PER_SUBTASK {
+        let kind = match name.ends_with("_total") {
+            true => MetricType::COUNTER,
+            false => MetricType::GAUGE,
+        };
+        let mut f = Family::new(name, help, kind);
+        subtasks(jobs, |job, o, i, s| {
+            f.add(
+                &[("job", job), ("operator", &o.name), ("subtask", i)],
+                read(s),
+            );
+        });
+        f.push_to(&mut out);
+    }
+
+    let mut watermark = Family::new(
+        "sluice_watermark_milliseconds",
+        "An operator subtask's event-time watermark.",
+        MetricType::GAUGE,
+    );
+    let mut lag = Family::new(
+        "sluice_event_time_lag_seconds",
+        "Wall-clock time minus an operator subtask's watermark.",
+        MetricType::GAUGE,
+    );
+    let mut source_lag = Family::new(
+        "sluice_source_lag_records",
+        "Records between a source subtask's position and the end of its partitions (Kafka consumer lag).",
+        MetricType::GAUGE,
     );
     let now = now_ms();
     for j in jobs {
-        if j.status.lock().unwrap_or_else(|p| p.into_inner()).0 != JobStatus::Running {
-            continue;
-        }
-        for o in &j.metrics().operators {
-            for (i, s) in o.subtasks.iter().enumerate() {
-                let w = s.watermark.load(Relaxed);
-                if w != i64::MIN {
-                    let _ = writeln!(
-                        out,
-                        "sluice_event_time_lag_seconds{{job=\"{}\",operator=\"{}\",subtask=\"{i}\"}} {}",
-                        esc(&j.name),
-                        esc(&o.name),
-                        (now - w) as f64 / 1000.0
-                    );
+        let running = is_running(j);
+        subtasks(std::slice::from_ref(j), |job, o, i, s| {
+            let labels = [("job", job), ("operator", o.name.as_str()), ("subtask", i)];
+            let w = s.watermark.load(Relaxed);
+            if w != i64::MIN {
+                watermark.add(&labels, w as f64);
+                if running {
+                    lag.add(&labels, (now - w) as f64 / 1000.0);
                 }
             }
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP sluice_source_lag_records Records between a source subtask's position and the end of its partitions (Kafka consumer lag).\n# TYPE sluice_source_lag_records gauge"
-    );
-    for j in jobs {
-        for o in j.metrics().operators.iter().filter(|o| o.is_source) {
-            for (i, s) in o.subtasks.iter().enumerate() {
-                let lag = s.source_lag.load(Relaxed);
-                if lag >= 0 {
-                    let _ = writeln!(
-                        out,
-                        "sluice_source_lag_records{{job=\"{}\",operator=\"{}\",subtask=\"{i}\"}} {lag}",
-                        esc(&j.name),
-                        esc(&o.name)
-                    );
-                }
+            let l = s.source_lag.load(Relaxed);
+            if o.is_source && l >= 0 {
+                source_lag.add(&labels, l as f64);
             }
-        }
+        });
     }
-    let _ = writeln!(
-        out,
-        "# HELP sluice_end_to_end_latency_seconds True end-to-end latency at a sink (sink time minus ingest time).\n# TYPE sluice_end_to_end_latency_seconds summary"
+    watermark.push_to(&mut out);
+    lag.push_to(&mut out);
+    source_lag.push_to(&mut out);
+
+    let mut latency = Family::new(
+        "sluice_end_to_end_latency_seconds",
+        "True end-to-end latency at a sink (sink time minus ingest time).",
+        MetricType::SUMMARY,
     );
     for j in jobs {
-        let m = j.metrics();
-        for o in m.operators.iter().filter(|o| o.is_sink) {
+        for o in j.metrics().operators.iter().filter(|o| o.is_sink) {
             let lat = o.latency();
-            let labels = format!("job=\"{}\",operator=\"{}\"", esc(&j.name), esc(&o.name));
-            for q in [0.5, 0.95, 0.99] {
-                let _ = writeln!(
-                    out,
-                    "sluice_end_to_end_latency_seconds{{{labels},quantile=\"{q}\"}} {}",
-                    lat.quantile(q) as f64 / 1e6
-                );
-            }
-            let _ = writeln!(
-                out,
-                "sluice_end_to_end_latency_seconds_count{{{labels}}} {}",
-                lat.count
+            let mut summary = proto::Summary::default();
+            summary.set_sample_count(lat.count);
+            summary.set_sample_sum(lat.sum as f64 / 1e6);
+            summary.set_quantile(
+                [0.5, 0.95, 0.99]
+                    .into_iter()
+                    .map(|q| {
+                        let mut x = proto::Quantile::default();
+                        x.set_quantile(q);
+                        x.set_value(lat.quantile(q) as f64 / 1e6);
+                        x
+                    })
+                    .collect(),
             );
+            let mut m = proto::Metric::default();
+            m.set_label(labels(&[("job", &j.name), ("operator", &o.name)]));
+            m.set_summary(summary);
+            latency.add_metric(m);
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP sluice_checkpoints_total Checkpoints by outcome.\n# TYPE sluice_checkpoints_total counter"
+    latency.push_to(&mut out);
+
+    let mut checkpoints = Family::new(
+        "sluice_checkpoints_total",
+        "Checkpoints by outcome.",
+        MetricType::COUNTER,
+    );
+    let mut duration = Family::new(
+        "sluice_last_checkpoint_duration_seconds",
+        "The latest completed checkpoint's duration.",
+        MetricType::GAUGE,
+    );
+    let mut size = Family::new(
+        "sluice_last_checkpoint_size_bytes",
+        "The latest completed checkpoint's state size.",
+        MetricType::GAUGE,
+    );
+    let mut restarts = Family::new(
+        "sluice_restarts_total",
+        "Restarts of a job after failures.",
+        MetricType::COUNTER,
+    );
+    let mut running = Family::new(
+        "sluice_job_running",
+        "Whether a job is running.",
+        MetricType::GAUGE,
     );
     for j in jobs {
         let m = j.metrics();
@@ -194,52 +275,17 @@ pub(crate) fn render_prometheus(jobs: &[Arc<JobEntry>]) -> String {
             ("completed", cp.completed.load(Relaxed)),
             ("failed", cp.failed.load(Relaxed)),
         ] {
-            let _ = writeln!(
-                out,
-                "sluice_checkpoints_total{{job=\"{}\",outcome=\"{outcome}\"}} {n}",
-                esc(&j.name)
-            );
+            checkpoints.add(&[("job", &j.name), ("outcome", outcome)], n as f64);
         }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP sluice_last_checkpoint_duration_seconds The latest completed checkpoint's duration.\n# TYPE sluice_last_checkpoint_duration_seconds gauge\n# HELP sluice_last_checkpoint_size_bytes The latest completed checkpoint's state size.\n# TYPE sluice_last_checkpoint_size_bytes gauge"
-    );
-    for j in jobs {
-        if let Some(c) = j.metrics().checkpoints.latest_completed() {
-            let name = esc(&j.name);
-            let _ = writeln!(
-                out,
-                "sluice_last_checkpoint_duration_seconds{{job=\"{name}\"}} {}\nsluice_last_checkpoint_size_bytes{{job=\"{name}\"}} {}",
-                c.duration_ms as f64 / 1000.0,
-                c.state_bytes
-            );
+        if let Some(c) = cp.latest_completed() {
+            duration.add(&[("job", &j.name)], c.duration_ms as f64 / 1000.0);
+            size.add(&[("job", &j.name)], c.state_bytes as f64);
         }
+        restarts.add(&[("job", &j.name)], j.restarts() as f64);
+        running.add(&[("job", &j.name)], f64::from(u8::from(is_running(j))));
     }
-    let _ = writeln!(
-        out,
-        "# HELP sluice_restarts_total Restarts of a job after failures.\n# TYPE sluice_restarts_total counter"
-    );
-    for j in jobs {
-        let _ = writeln!(
-            out,
-            "sluice_restarts_total{{job=\"{}\"}} {}",
-            esc(&j.name),
-            j.restarts()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP sluice_job_running Whether a job is running.\n# TYPE sluice_job_running gauge"
-    );
-    for j in jobs {
-        let running = j.status.lock().unwrap_or_else(|p| p.into_inner()).0 == JobStatus::Running;
-        let _ = writeln!(
-            out,
-            "sluice_job_running{{job=\"{}\"}} {}",
-            esc(&j.name),
-            u8::from(running)
-        );
+    for f in [checkpoints, duration, size, restarts, running] {
+        f.push_to(&mut out);
     }
     out
 }

@@ -99,6 +99,7 @@ impl RestartStrategy {
 /// A restart strategy as settings give it, from the command line or the REST API
 /// (durations in milliseconds): the one place the defaults live.
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RestartSpec {
     /// `none`, `fixed-delay`, `exponential-delay`, `failure-rate`; absent: fixed-delay
     /// when `attempts` is given, else none.

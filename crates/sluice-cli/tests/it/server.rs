@@ -302,7 +302,20 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
         "{text}"
     );
 
-    // Prometheus metrics: per job, operator and subtask.
+    // Prometheus metrics: per job, operator and subtask, with a job running (the
+    // event-time lag is a running job's).
+    let (status, v) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(&serde_json::json!({ "sql": UNBOUNDED, "name": "watched" }).to_string()),
+    );
+    assert_eq!(status, 201, "{v}");
+    let watched = v["id"].as_u64().unwrap();
+    server.wait_for(watched, "a watermark", |v| {
+        v["operators"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|o| o["watermark_ms"].is_i64()))
+    });
     let metrics = server.text("/metrics");
     for needle in [
         "# TYPE sluice_records_out_total counter",
@@ -339,6 +352,8 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
         }
     }
     assert!(queried >= 15, "{queried}");
+    let (status, v) = server.call("POST", &format!("/api/jobs/{watched}/cancel"), None);
+    assert_eq!(status, 202, "{v}");
     // Bytes flow: the bounded job's source emitted some.
     let bytes_out: u64 = metrics
         .lines()
@@ -378,15 +393,41 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
         "{v}"
     );
 
-    // The OpenAPI document lists every route the server serves.
+    // The OpenAPI document is the server's own: every operation it lists is served
+    // (none falls through to "no such endpoint"), and the documented request types are
+    // the ones the handlers take.
     let (status, doc) = server.call("GET", "/api/openapi.json", None);
     assert_eq!(status, 200);
-    for (method, path) in sluice_server::ROUTES {
+    assert_eq!(&doc, sluice_server::openapi_document());
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (path, item) in paths {
+        let concrete = path
+            .replace("{id}", "987654")
+            .replace("{name}", "no-such-rule");
+        for method in item.as_object().unwrap().keys() {
+            let (status, v) = server.call(&method.to_uppercase(), &concrete, None);
+            let fell_through = v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no such endpoint"));
+            assert!(
+                !fell_through && status != 405,
+                "{method} {path}: {status} {v}"
+            );
+            operations += 1;
+        }
+    }
+    assert!(operations >= 13, "{operations} operations documented");
+    let schemas = &doc["components"]["schemas"];
+    for field in ["sql", "name", "parallelism", "from_savepoint", "restart"] {
         assert!(
-            doc["paths"][path][method].is_object(),
-            "{method} {path} is not in the OpenAPI document"
+            schemas["Submit"]["properties"][field].is_object(),
+            "Submit.{field} is not documented: {}",
+            schemas["Submit"]
         );
     }
+    assert!(schemas["AlertRule"]["properties"]["condition"].is_object());
+    assert!(schemas["RestartSpec"]["properties"]["delay_ms"].is_object());
 }
 
 #[test]

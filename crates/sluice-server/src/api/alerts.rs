@@ -9,9 +9,37 @@ use crate::jobs::{Delivery, now_ms};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::ErrorBody;
+use crate::alerts::{ActiveAlert, AlertRule};
+
+/// The alert rules, the alerts pending or firing, and the latest webhook deliveries.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AlertsView {
+    rules: Vec<AlertRule>,
+    active: Vec<ActiveAlert>,
+    /// The latest deliveries, oldest first.
+    deliveries: Vec<Delivery>,
+}
+
+/// A rule was added.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RuleAdded {
+    name: String,
+}
+
+/// A rule was deleted.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct RuleDeleted {
+    deleted: String,
+}
 
 /// The alert rules, the alerts pending or firing, and the latest deliveries.
-pub(crate) async fn alerts(State(m): State<Arc<JobManager>>) -> Json<serde_json::Value> {
+#[utoipa::path(get, path = "/api/alerts", tag = "alerts",
+    responses((status = 200, description = "Rules, active alerts and deliveries", body = AlertsView)))]
+pub(crate) async fn alerts(State(m): State<Arc<JobManager>>) -> Json<AlertsView> {
     let rules = m
         .alerts
         .lock()
@@ -25,21 +53,28 @@ pub(crate) async fn alerts(State(m): State<Arc<JobManager>>) -> Json<serde_json:
         .iter()
         .cloned()
         .collect();
-    Json(serde_json::json!({
-        "rules": rules,
-        "active": alerts_of(&m, None),
-        "deliveries": deliveries,
-    }))
+    Json(AlertsView {
+        rules,
+        active: alerts_of(&m, None),
+        deliveries,
+    })
 }
 
 /// Adds an alert rule.
+#[utoipa::path(post, path = "/api/alerts/rules", tag = "alerts",
+    request_body = AlertRule,
+    responses(
+        (status = 201, description = "Added", body = RuleAdded),
+        (status = 400, description = "A malformed rule", body = ErrorBody),
+        (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 409, description = "A rule of that name exists", body = ErrorBody)))]
 pub(crate) async fn add_alert_rule(
     State(m): State<Arc<JobManager>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<RuleAdded>), ApiError> {
     m.check_token(&headers)?;
-    let rule: crate::alerts::AlertRule = serde_json::from_slice(&body).map_err(|e| {
+    let rule: AlertRule = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -58,18 +93,21 @@ pub(crate) async fn add_alert_rule(
             };
             ApiError::new(status, "bad_rule", e.message)
         })?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({ "name": name })),
-    ))
+    Ok((StatusCode::CREATED, Json(RuleAdded { name })))
 }
 
 /// Deletes an alert rule; its firing alerts resolve.
+#[utoipa::path(delete, path = "/api/alerts/rules/{name}", tag = "alerts",
+    params(("name" = String, Path, description = "The rule's name")),
+    responses(
+        (status = 200, description = "Deleted", body = RuleDeleted),
+        (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such rule", body = ErrorBody)))]
 pub(crate) async fn delete_alert_rule(
     State(m): State<Arc<JobManager>>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RuleDeleted>, ApiError> {
     m.check_token(&headers)?;
     let sends = m
         .alerts
@@ -84,5 +122,5 @@ pub(crate) async fn delete_alert_rule(
             )
         })?;
     m.send(sends);
-    Ok(Json(serde_json::json!({ "deleted": name })))
+    Ok(Json(RuleDeleted { deleted: name }))
 }

@@ -8,11 +8,18 @@ use crate::jobs::{JobEntry, JobManager, JobStatus, Submit};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sluice_runtime::checkpoint::CheckpointRecord;
 use sluice_runtime::metrics::JobMetrics;
+use utoipa::ToSchema;
+
+use super::ErrorBody;
+use crate::alerts::ActiveAlert;
+use crate::jobs::Failure;
+use crate::lineage::{Endpoint, Graph};
 
 /// One job in the list.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct JobSummary {
     id: u64,
     name: String,
@@ -36,7 +43,7 @@ pub(crate) fn summary(j: &JobEntry) -> JobSummary {
 }
 
 /// Live metrics of one operator.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct OperatorView {
     id: usize,
     name: String,
@@ -108,15 +115,98 @@ pub(crate) fn operators(m: &JobMetrics) -> Vec<OperatorView> {
         .collect()
 }
 
+/// A job: its definition, status, graph, per-operator metrics and alerts.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct JobDetail {
+    id: u64,
+    name: String,
+    status: JobStatus,
+    /// Why it failed, when it did.
+    error: Option<String>,
+    submitted_ms: i64,
+    sql: String,
+    graph: Graph,
+    reads: Vec<Endpoint>,
+    writes: Vec<Endpoint>,
+    /// The plan, as `EXPLAIN` shows it.
+    explain: String,
+    source_records: u64,
+    sink_records: u64,
+    operators: Vec<OperatorView>,
+    restarts: usize,
+    /// Failures with their causes, oldest first.
+    failures: Vec<Failure>,
+    checkpoints: CheckpointCounts,
+    /// Its alerts pending or firing.
+    alerts: Vec<ActiveAlert>,
+}
+
+/// Checkpoints and savepoints so far.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct CheckpointCounts {
+    completed: u64,
+    failed: u64,
+}
+
+/// A job was submitted.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Submitted {
+    id: u64,
+}
+
+/// A job is being cancelled.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Cancelling {
+    id: u64,
+    status: JobStatus,
+}
+
+/// One job with what it reads and writes.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct JobLineage {
+    id: u64,
+    name: String,
+    status: JobStatus,
+    reads: Vec<Endpoint>,
+    writes: Vec<Endpoint>,
+}
+
+/// A savepoint request; no body takes one and keeps the job running.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SavepointRequest {
+    /// Stop the job at the savepoint.
+    stop: bool,
+}
+
+/// A savepoint taken.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SavepointTaken {
+    /// Its directory: start a new job from it with `from_savepoint`.
+    location: String,
+    /// Whether the job stopped there.
+    stopped: bool,
+}
+
+/// List jobs
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs",
+    responses((status = 200, description = "Every job, with status and record counts", body = Vec<JobSummary>)))]
 pub(crate) async fn list(State(m): State<Arc<JobManager>>) -> Json<Vec<JobSummary>> {
     Json(m.all().iter().map(|j| summary(j)).collect())
 }
 
+/// Submit a SQL job
+#[utoipa::path(post, path = "/api/jobs", tag = "jobs",
+    request_body = Submit,
+    responses(
+        (status = 201, description = "Submitted", body = Submitted),
+        (status = 400, description = "A malformed request or SQL that does not plan", body = ErrorBody),
+        (status = 401, description = "The token is missing or wrong", body = ErrorBody)))]
 pub(crate) async fn submit(
     State(m): State<Arc<JobManager>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     m.check_token(&headers)?;
     let s: Submit = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
@@ -126,7 +216,7 @@ pub(crate) async fn submit(
         )
     })?;
     let id = m.submit(s).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({ "id": id }))))
+    Ok((StatusCode::CREATED, Json(Submitted { id })))
 }
 
 pub(crate) fn alerts_of(m: &JobManager, job: Option<u64>) -> Vec<crate::alerts::ActiveAlert> {
@@ -136,44 +226,60 @@ pub(crate) fn alerts_of(m: &JobManager, job: Option<u64>) -> Vec<crate::alerts::
         .active(job)
 }
 
+/// A job: status, graph, per-operator metrics, checkpoints
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs",
+    params(("id" = u64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = JobDetail),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody)))]
 pub(crate) async fn detail(
     State(m): State<Arc<JobManager>>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<JobDetail>, ApiError> {
     let manager = Arc::clone(&m);
     let j = m.get(parse_id(&id)?)?;
     let (status, error) = j.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let m = j.metrics();
     let cp = &m.checkpoints;
-    Ok(Json(serde_json::json!({
-        "id": j.id,
-        "name": j.name,
-        "status": status,
-        "error": error,
-        "submitted_ms": j.submitted_ms,
-        "sql": j.sql,
-        "graph": j.graph,
-        "reads": j.lineage.reads,
-        "writes": j.lineage.writes,
-        "explain": j.explain,
-        "source_records": j.metrics().source_records(),
-        "sink_records": j.metrics().sink_records(),
-        "operators": operators(&m),
-        "restarts": j.restarts(),
-        "failures": *j.failures.lock().unwrap_or_else(|p| p.into_inner()),
-        "checkpoints": {
-            "completed": cp.completed.load(Relaxed),
-            "failed": cp.failed.load(Relaxed),
+    Ok(Json(JobDetail {
+        id: j.id,
+        name: j.name.clone(),
+        status,
+        error,
+        submitted_ms: j.submitted_ms,
+        sql: j.sql.clone(),
+        graph: j.graph.clone(),
+        reads: j.lineage.reads.clone(),
+        writes: j.lineage.writes.clone(),
+        explain: j.explain.clone(),
+        source_records: m.source_records(),
+        sink_records: m.sink_records(),
+        operators: operators(&m),
+        restarts: j.restarts(),
+        failures: j.failures.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        checkpoints: CheckpointCounts {
+            completed: cp.completed.load(Relaxed),
+            failed: cp.failed.load(Relaxed),
         },
-        "alerts": alerts_of(&manager, Some(j.id)),
-    })))
+        alerts: alerts_of(&manager, Some(j.id)),
+    }))
 }
 
+/// Cancel a running job
+#[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = u64, Path, description = "The job's id")),
+    responses(
+        (status = 202, description = "Cancelling", body = Cancelling),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job is not running", body = ErrorBody)))]
 pub(crate) async fn cancel(
     State(m): State<Arc<JobManager>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Cancelling>), ApiError> {
     m.check_token(&headers)?;
     let j = m.get(parse_id(&id)?)?;
     {
@@ -190,35 +296,47 @@ pub(crate) async fn cancel(
     j.stop_handle().stop().await;
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "id": j.id, "status": JobStatus::Cancelled })),
+        Json(Cancelling {
+            id: j.id,
+            status: JobStatus::Cancelled,
+        }),
     ))
 }
 
 /// Every job with what it reads and writes (`sluice ps`).
-pub(crate) async fn lineage_all(State(m): State<Arc<JobManager>>) -> Json<serde_json::Value> {
-    Json(serde_json::Value::Array(
+#[utoipa::path(get, path = "/api/lineage", tag = "jobs",
+    responses((status = 200, description = "Every job with what it reads and writes (topic → job → topic)", body = Vec<JobLineage>)))]
+pub(crate) async fn lineage_all(State(m): State<Arc<JobManager>>) -> Json<Vec<JobLineage>> {
+    Json(
         m.all()
             .iter()
-            .map(|j| {
-                serde_json::json!({
-                    "id": j.id,
-                    "name": j.name,
-                    "status": j.status.lock().unwrap_or_else(|p| p.into_inner()).0,
-                    "reads": j.lineage.reads,
-                    "writes": j.lineage.writes,
-                })
+            .map(|j| JobLineage {
+                id: j.id,
+                name: j.name.clone(),
+                status: j.status.lock().unwrap_or_else(|p| p.into_inner()).0,
+                reads: j.lineage.reads.clone(),
+                writes: j.lineage.writes.clone(),
             })
             .collect(),
-    ))
+    )
 }
 
 /// Takes a savepoint (`{"stop": true}`: and stops the job there); returns its location.
+#[utoipa::path(post, path = "/api/jobs/{id}/savepoint", tag = "jobs",
+    params(("id" = u64, Path, description = "The job's id")),
+    request_body(content = Option<SavepointRequest>, description = "Optional: `{\"stop\": true}` stops the job at the savepoint"),
+    responses(
+        (status = 200, description = "The savepoint was taken", body = SavepointTaken),
+        (status = 400, description = "A malformed request", body = ErrorBody),
+        (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job is not running, or the savepoint failed", body = ErrorBody)))]
 pub(crate) async fn savepoint(
     State(m): State<Arc<JobManager>>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SavepointTaken>, ApiError> {
     m.check_token(&headers)?;
     let j = m.get(parse_id(&id)?)?;
     let bad = || {
@@ -230,10 +348,11 @@ pub(crate) async fn savepoint(
     };
     let stop = match body.is_empty() {
         true => false,
-        false => serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("stop").and_then(|s| s.as_bool()))
-            .ok_or_else(bad)?,
+        false => {
+            serde_json::from_slice::<SavepointRequest>(&body)
+                .map_err(|_| bad())?
+                .stop
+        }
     };
     {
         let mut st = j.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -249,9 +368,10 @@ pub(crate) async fn savepoint(
         }
     }
     match j.stop_handle().savepoint(stop).await {
-        Ok(location) => Ok(Json(
-            serde_json::json!({ "location": location, "stopped": stop }),
-        )),
+        Ok(location) => Ok(Json(SavepointTaken {
+            location,
+            stopped: stop,
+        })),
         Err(e) => {
             if stop {
                 j.status.lock().unwrap_or_else(|p| p.into_inner()).0 = JobStatus::Running;
@@ -266,10 +386,16 @@ pub(crate) async fn savepoint(
 }
 
 /// The job's recent checkpoints and savepoints, oldest first.
+#[utoipa::path(get, path = "/api/jobs/{id}/checkpoints", tag = "jobs",
+    params(("id" = u64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "Recent checkpoints and savepoints, oldest first", body = Vec<CheckpointRecord>),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody)))]
 pub(crate) async fn checkpoints(
     State(m): State<Arc<JobManager>>,
     Path(id): Path<String>,
-) -> Result<Json<Vec<sluice_runtime::checkpoint::CheckpointRecord>>, ApiError> {
+) -> Result<Json<Vec<CheckpointRecord>>, ApiError> {
     let j = m.get(parse_id(&id)?)?;
     Ok(Json(j.metrics().checkpoints.history()))
 }

@@ -1,19 +1,27 @@
 //! The REST API, by resource: jobs, logs, alerts; errors and the router here.
+//!
+//! Each handler carries its route and its OpenAPI operation (`#[utoipa::path]`), and the
+//! router is built from those, so the document served at `/api/openapi.json` lists
+//! exactly the routes served, with the request and response types the handlers use.
 
 mod alerts;
 pub(crate) mod jobs;
 mod logs;
 mod openapi;
 
-pub use openapi::{ROUTES, openapi_document};
+pub use openapi::openapi_document;
 
 use std::sync::Arc;
 
 use crate::jobs::JobManager;
+use axum::Json;
+use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// A JSON error: `{"error": {"code": …, "message": …}}`.
 #[derive(Debug)]
@@ -21,6 +29,21 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     pub(crate) message: String,
+}
+
+/// The body of every error response.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// A stable code: `bad_request`, `bad_sql`, `not_found`, `unauthorized`, `not_running`, …
+    code: &'static str,
+    /// For a person.
+    message: String,
 }
 
 impl ApiError {
@@ -39,11 +62,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "error": { "code": self.code, "message": self.message } })),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -57,25 +82,27 @@ pub(crate) fn parse_id(id: &str) -> Result<u64, ApiError> {
     })
 }
 
+/// The documented routes: each handler with its `#[utoipa::path]`.
+fn api_routes() -> OpenApiRouter<Arc<JobManager>> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(jobs::list, jobs::submit))
+        .routes(routes!(jobs::detail))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(logs::logs))
+        .routes(routes!(jobs::savepoint))
+        .routes(routes!(jobs::checkpoints))
+        .routes(routes!(jobs::lineage_all))
+        .routes(routes!(alerts::alerts))
+        .routes(routes!(alerts::add_alert_rule))
+        .routes(routes!(alerts::delete_alert_rule))
+        .routes(routes!(crate::prometheus::prometheus))
+        .routes(routes!(openapi::openapi))
+}
+
 /// The API's router.
 pub fn router(manager: Arc<JobManager>) -> Router {
-    Router::new()
-        .route("/api/jobs", get(jobs::list).post(jobs::submit))
-        .route("/api/jobs/{id}", get(jobs::detail))
-        .route("/api/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/api/jobs/{id}/logs", get(logs::logs))
-        .route("/api/jobs/{id}/savepoint", post(jobs::savepoint))
-        .route("/api/jobs/{id}/checkpoints", get(jobs::checkpoints))
-        .route("/api/lineage", get(jobs::lineage_all))
-        .route("/api/alerts", get(alerts::alerts))
-        .route("/api/alerts/rules", post(alerts::add_alert_rule))
-        .route(
-            "/api/alerts/rules/{name}",
-            axum::routing::delete(alerts::delete_alert_rule),
-        )
-        .route("/metrics", get(crate::prometheus::prometheus))
-        .route("/api/openapi.json", get(openapi::openapi))
-        .merge(crate::dashboard::routes())
+    let (api, _) = api_routes().split_for_parts();
+    api.merge(crate::dashboard::routes())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
