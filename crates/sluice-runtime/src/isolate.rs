@@ -65,11 +65,7 @@ where
             Ok(Poll::Ready(Ok(()))) => return Poll::Ready(Ok(())),
             Ok(Poll::Ready(Err(e))) => e,
             Err(payload) => {
-                let msg = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".into());
+                let msg = sluice_types::panic_message(payload.as_ref());
                 let (trace, place) = LAST_PANIC
                     .with(|p| p.borrow_mut().take())
                     .unwrap_or_else(|| (Backtrace::force_capture(), String::new()));

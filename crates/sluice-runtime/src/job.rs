@@ -901,11 +901,7 @@ async fn restore_chain(
 
 fn panic_message(e: tokio::task::JoinError) -> String {
     match e.try_into_panic() {
-        Ok(p) => p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".into()),
+        Ok(p) => sluice_types::panic_message(p.as_ref()),
         Err(e) => e.to_string(),
     }
 }

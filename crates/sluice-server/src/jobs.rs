@@ -404,7 +404,25 @@ impl JobManager {
         self.persist(&entry);
         let manager = Arc::clone(self);
         tokio::spawn(async move {
-            let end = supervise(&entry, pipeline, handle, strategy).await;
+            // The supervisor runs as a task of its own so that a panic in it fails this
+            // job, visibly, instead of leaving it shown as running.
+            let supervisor = {
+                let entry = Arc::clone(&entry);
+                tokio::spawn(async move { supervise(&entry, pipeline, handle, strategy).await })
+            };
+            let end = match supervisor.await {
+                Ok(end) => end,
+                Err(e) => {
+                    let why = match e.try_into_panic() {
+                        Ok(p) => sluice_types::panic_message(p.as_ref()),
+                        Err(e) => e.to_string(),
+                    };
+                    let e = SluiceError::internal(format!("the job's supervisor failed: {why}"));
+                    tracing::error!(job = %entry.name, error = %e, "job failed");
+                    entry.record_failure(&e, false);
+                    (JobStatus::Failed, Some(e.to_string()))
+                }
+            };
             *entry.status.lock().unwrap_or_else(|p| p.into_inner()) = end;
             manager.persist(&entry);
         });

@@ -195,3 +195,12 @@ impl From<std::io::Error> for SluiceError {
         SluiceError::external("I/O failed").with_source(e)
     }
 }
+
+/// The message of a panic's payload (`panic!("…")` carries a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}

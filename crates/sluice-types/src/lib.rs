@@ -11,7 +11,7 @@ mod error;
 mod message;
 
 pub use batch::{Batch, IngestTime, TIMESTAMP_FIELD, now_micros, timestamp_field};
-pub use error::{ErrorKind, Result, SluiceError, capture_backtraces};
+pub use error::{ErrorKind, Result, SluiceError, capture_backtraces, panic_message};
 pub use message::{CheckpointBarrier, CheckpointKind, Message, Watermark};
 
 /// Identifies one parallel instance of an operator inside a job.

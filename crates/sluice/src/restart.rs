@@ -171,6 +171,12 @@ impl RestartSpec {
     }
 }
 
+/// `d` times `factor`, saturating at the largest duration (any finite factor at least 1
+/// is valid, and `Duration::mul_f64` panics past the largest).
+fn scaled(d: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+}
+
 /// Applies a strategy to a job's failures.
 #[derive(Debug)]
 pub struct RestartTracker {
@@ -227,13 +233,13 @@ impl RestartTracker {
                         self.backoff = *initial;
                     }
                     let base = self.backoff.min(*max);
-                    self.backoff = base.mul_f64(*multiplier).min(*max);
+                    self.backoff = scaled(base, *multiplier).min(*max);
                     // xorshift: a factor in [1 - jitter, 1 + jitter].
                     self.seed ^= self.seed << 13;
                     self.seed ^= self.seed >> 7;
                     self.seed ^= self.seed << 17;
                     let unit = (self.seed >> 11) as f64 / (1u64 << 53) as f64;
-                    Some(base.mul_f64(1.0 + jitter * (2.0 * unit - 1.0)).min(*max))
+                    Some(scaled(base, 1.0 + jitter * (2.0 * unit - 1.0)).min(*max))
                 }
             }
             RestartStrategy::FailureRate {
@@ -350,6 +356,40 @@ mod tests {
         // A run of a minute without failure: back to the first delay.
         assert_eq!(t.on_failure(s(100), s(61)), Some(s(1)));
         assert_eq!(t.on_failure(s(101), s(1)), Some(s(2)));
+    }
+
+    #[test]
+    fn huge_multipliers_and_delays_saturate_at_the_largest_delay() {
+        for (multiplier, max) in [
+            (1e300, s(10)),
+            (f64::MAX, Duration::MAX),
+            (1e10, Duration::from_millis(u64::MAX)),
+        ] {
+            let mut t = RestartTracker::new(
+                RestartStrategy::ExponentialDelay {
+                    initial: Duration::from_millis(10),
+                    max,
+                    multiplier,
+                    jitter: 1.0,
+                    reset_after: Duration::MAX,
+                    attempts: Some(5),
+                },
+                99,
+            );
+            for i in 0..5 {
+                let d = t.on_failure(s(i), s(1)).unwrap();
+                assert!(d <= max, "{multiplier}: {d:?}");
+            }
+            assert_eq!(t.on_failure(s(9), s(1)), None);
+        }
+        // Settings as the API takes them: accepted, and the first failure does not panic.
+        let spec: RestartSpec = serde_json::from_str(
+            r#"{"strategy": "exponential-delay", "multiplier": 1e300,
+                "delay_ms": 18446744073709551615, "max_delay_ms": 18446744073709551615}"#,
+        )
+        .unwrap();
+        let mut t = RestartTracker::new(spec.strategy().unwrap(), 3);
+        assert!(t.on_failure(s(1), s(1)).is_some());
     }
 
     #[test]

@@ -665,6 +665,28 @@ fn a_failing_job_restarts_as_its_strategy_says_and_keeps_its_failures() {
             .to_lowercase()
             .contains("divide by zero")
     }));
+    // Extreme but valid numbers: the delays saturate at their cap, and the job still
+    // fails for good after its attempts (it once panicked the supervisor at the first
+    // failure and showed as running forever).
+    let body = serde_json::json!({
+        "sql": FAILING,
+        "name": "extreme",
+        "restart": { "strategy": "exponential-delay", "multiplier": 1e300, "attempts": 2,
+                     "delay_ms": 5, "max_delay_ms": 20 },
+    });
+    let (status, v) = server.call("POST", "/api/jobs", Some(&body.to_string()));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    let failed = server.wait_for(id, "failed", |v| v["status"] == "failed");
+    assert_eq!(failed["restarts"], 2, "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("divide by zero"),
+        "{failed}"
+    );
     let bad = serde_json::json!({ "sql": BOUNDED, "restart": { "strategy": "sometimes" } });
     let (status, v) = server.call("POST", "/api/jobs", Some(&bad.to_string()));
     assert_eq!(
