@@ -83,6 +83,16 @@ impl Timers {
         }
     }
 
+    /// Removes and returns every timer at or before `time`, earliest first.
+    pub fn pop_all_due(&mut self, domain: TimeDomain, time: i64) -> Vec<i64> {
+        let set = self.set(domain);
+        let later = match time.checked_add(1) {
+            Some(after) => set.split_off(&after),
+            None => std::collections::BTreeSet::new(),
+        };
+        std::mem::replace(set, later).into_iter().collect()
+    }
+
     /// Adds every timer of `other` (restoring timers of several old subtasks).
     pub fn merge(&mut self, other: &Timers) {
         self.event_time.extend(&other.event_time);

@@ -6,6 +6,8 @@ use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArr
 use arrow::datatypes::{DataType, Field, Schema};
 use sluice_types::{Batch, IngestTime, timestamp_field};
 
+use crate::operator::TimeDomain;
+
 /// A batch of `(key, value, event time)` rows as columns `k: Utf8` (`k<key>`), `v: Int64`
 /// and `_timestamp`.
 pub(crate) fn kv_batch(rows: &[(i64, i64, i64)]) -> Batch {
@@ -59,7 +61,6 @@ pub(crate) async fn fire_processing_timer(
     ctx: &mut crate::operator::OperatorContext,
     out: &mut crate::operator::VecCollector,
 ) -> Option<i64> {
-    use crate::operator::TimeDomain;
     let t = ctx.timers.pop_due(TimeDomain::ProcessingTime, i64::MAX)?;
     op.on_timer(TimeDomain::ProcessingTime, t, ctx, out)
         .await
@@ -174,7 +175,7 @@ pub(crate) async fn run_through_checkpoint(
         }
     }
     for (op, ctx) in ops.iter_mut() {
-        op.on_watermark(Watermark::MAX, ctx, &mut out)
+        advance(op.as_mut(), ctx, Watermark::MAX, &mut out)
             .await
             .expect("watermark");
         op.on_close(ctx, &mut out).await.expect("close");
@@ -182,6 +183,23 @@ pub(crate) async fn run_through_checkpoint(
     let mut rows = window_rows(&out.batches);
     rows.sort();
     rows
+}
+
+/// What the runtime does with a watermark: fires the operator's event-time timers that
+/// it reaches, in time order, then hands the watermark to the operator.
+pub(crate) async fn advance(
+    op: &mut dyn crate::operator::Operator,
+    ctx: &mut crate::operator::OperatorContext,
+    wm: sluice_types::Watermark,
+    out: &mut dyn crate::operator::Collector,
+) -> sluice_types::Result<Option<sluice_types::Watermark>> {
+    ctx.watermark = Some(wm);
+    if let Some(t) = wm.event_time() {
+        while let Some(due) = ctx.timers.pop_due(TimeDomain::EventTime, t) {
+            op.on_timer(TimeDomain::EventTime, due, ctx, out).await?;
+        }
+    }
+    op.on_watermark(wm, ctx, out).await
 }
 
 /// Runs `batches` through one operator without a checkpoint, to the end of input;
@@ -199,9 +217,14 @@ pub(crate) async fn run_plain(
             .await
             .expect("process");
     }
-    op.on_watermark(sluice_types::Watermark::MAX, &mut ctx, &mut out)
-        .await
-        .expect("watermark");
+    advance(
+        op.as_mut(),
+        &mut ctx,
+        sluice_types::Watermark::MAX,
+        &mut out,
+    )
+    .await
+    .expect("watermark");
     op.on_close(&mut ctx, &mut out).await.expect("close");
     let mut rows = window_rows(&out.batches);
     rows.sort();

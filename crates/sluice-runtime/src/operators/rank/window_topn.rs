@@ -11,7 +11,8 @@
 //! can still rank `<= n`: more rows only push ranks down, so a row ranked beyond `n`
 //! never comes back. A row's rank is one plus the number of rows ordered strictly before
 //! it, so the candidates after each batch are the rows that order at or before the `n`-th
-//! one. State for a window is freed when it fires.
+//! one. Each window has an event-time timer at its last instant; when the watermark
+//! reaches it the runtime fires it, and the window's rows are emitted and freed.
 //!
 //! A row for a window that has already fired (an upstream window re-firing within its
 //! allowed lateness) is late here: counted and sent to the late side output or the
@@ -30,7 +31,7 @@ use async_trait::async_trait;
 use datafusion_common::hash_utils::RandomState;
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, Watermark};
 
-use crate::operator::{Collector, Operator, OperatorContext};
+use crate::operator::{Collector, Operator, OperatorContext, TimeDomain, Timers};
 use crate::operators::PreparedOperator;
 use crate::operators::prepare_from_template;
 use crate::operators::windows::{WINDOW_END, WINDOW_START, emit_late};
@@ -311,7 +312,7 @@ impl TopNPerWindowOperator {
 
     /// Adds the rows of windows that have not fired to their groups (keeping only rows
     /// that can still rank); returns the indices of the late rows.
-    fn absorb(&mut self, data: &RecordBatch) -> Result<Vec<u32>> {
+    fn absorb(&mut self, data: &RecordBatch, timers: &mut Timers) -> Result<Vec<u32>> {
         let ends = data
             .column(self.end_index)
             .as_any()
@@ -346,6 +347,9 @@ impl TopNPerWindowOperator {
             } else {
                 take_record_batch(data, &UInt32Array::from(idx))?
             };
+            if !self.windows.contains_key(&end) {
+                timers.register(TimeDomain::EventTime, end.saturating_sub(1));
+            }
             let window = self.windows.entry(end).or_default();
             let merged = match window.remove(key) {
                 Some(held) => concat_batches(&self.schema, [&held, &rows])?,
@@ -395,7 +399,7 @@ impl Operator for TopNPerWindowOperator {
         out: &mut dyn Collector,
     ) -> Result<()> {
         self.latest_ingest_us = self.latest_ingest_us.max(batch.ingest.max_us);
-        let late = self.absorb(&batch.data)?;
+        let late = self.absorb(&batch.data, &mut ctx.timers)?;
         if !late.is_empty() {
             let rows = take_record_batch(&batch.data, &UInt32Array::from(late))?;
             let reason = format!(
@@ -432,7 +436,7 @@ impl Operator for TopNPerWindowOperator {
         Ok(state)
     }
 
-    async fn restore(&mut self, state: RestoredState, _ctx: &mut OperatorContext) -> Result<()> {
+    async fn restore(&mut self, state: RestoredState, ctx: &mut OperatorContext) -> Result<()> {
         let metas: Vec<TopNMeta> = state.metas()?;
         if let Some(w) = metas.iter().map(|m| m.watermark).min() {
             self.watermark = w;
@@ -444,23 +448,40 @@ impl Operator for TopNPerWindowOperator {
                 ));
             }
             let b = RecordBatch::try_new(Arc::clone(&self.schema), b.columns().to_vec())?;
-            let late = self.absorb(&b)?;
+            let late = self.absorb(&b, &mut ctx.timers)?;
             debug_assert!(late.is_empty(), "fired windows are not checkpointed");
         }
         Ok(())
+    }
+
+    async fn on_timer(
+        &mut self,
+        domain: TimeDomain,
+        time: i64,
+        ctx: &mut OperatorContext,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        if domain != TimeDomain::EventTime {
+            return Ok(());
+        }
+        // Every window whose last instant the watermark reached, in one batch.
+        let wm = ctx
+            .watermark
+            .and_then(|w| w.event_time())
+            .map_or(time, |w| w.max(time));
+        ctx.timers.pop_all_due(domain, wm);
+        self.fire_through(wm, out).await
     }
 
     async fn on_watermark(
         &mut self,
         watermark: Watermark,
         _ctx: &mut OperatorContext,
-        out: &mut dyn Collector,
+        _out: &mut dyn Collector,
     ) -> Result<Option<Watermark>> {
-        if let Some(wm) = watermark.event_time()
-            && wm > self.watermark
-        {
-            self.watermark = wm;
-            self.fire_through(wm, out).await?;
+        // The due windows fired on their timers, just before this.
+        if let Some(wm) = watermark.event_time() {
+            self.watermark = self.watermark.max(wm);
         }
         Ok(Some(watermark))
     }
@@ -615,7 +636,7 @@ mod tests {
         );
         op.process_batch(more, &mut ctx, &mut out).await.unwrap();
         assert!(out.batches.is_empty(), "nothing fires before the watermark");
-        op.on_watermark(Watermark::EventTime(9), &mut ctx, &mut out)
+        crate::operators::test_util::advance(&mut op, &mut ctx, Watermark::EventTime(9), &mut out)
             .await
             .unwrap();
         assert_eq!(op.groups_held(), 1, "window [0,10) freed, [10,20) held");

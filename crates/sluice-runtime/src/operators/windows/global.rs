@@ -627,19 +627,14 @@ mod tests {
         );
     }
 
-    /// What the runtime does on a watermark: fire the due event-time timers in order.
+    /// What the runtime does on a watermark at `wm`.
     async fn advance(
         op: &mut GlobalWindowOperator,
         ctx: &mut OperatorContext,
         out: &mut VecCollector,
         wm: i64,
     ) {
-        while let Some(t) = ctx.timers.pop_due(TimeDomain::EventTime, wm) {
-            op.on_timer(TimeDomain::EventTime, t, ctx, out)
-                .await
-                .unwrap();
-        }
-        op.on_watermark(sluice_types::Watermark::EventTime(wm), ctx, out)
+        crate::operators::test_util::advance(op, ctx, sluice_types::Watermark::EventTime(wm), out)
             .await
             .unwrap();
     }

@@ -10,9 +10,10 @@
 //! Per batch, each key's rows are sorted by event time and cut into micro-sessions
 //! (columnar: one `take` per batch, zero-copy slices per micro-session); each
 //! micro-session updates fresh accumulators and is then merged into the key's
-//! overlapping sessions through the accumulators' intermediate state. Sessions wait in
-//! an index ordered by end, so a watermark fires exactly the due sessions without
-//! scanning keys; a key's entry is freed with its last session.
+//! overlapping sessions through the accumulators' intermediate state. Each session's end
+//! has an event-time timer, and sessions wait in an index ordered by end: when the
+//! watermark reaches a timer, the runtime fires it and the index gives exactly the due
+//! sessions without scanning keys; a key's entry is freed with its last session.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -517,6 +518,9 @@ impl Operator for SessionWindowOperator {
             // merged into a session that fired): fire now, the watermark will not.
             if e.saturating_sub(1) <= self.watermark {
                 refire.push((id, s));
+            } else {
+                ctx.timers
+                    .register(TimeDomain::EventTime, e.saturating_sub(1));
             }
             start = end;
         }
@@ -533,7 +537,26 @@ impl Operator for SessionWindowOperator {
         ctx: &mut OperatorContext,
         out: &mut dyn Collector,
     ) -> Result<()> {
-        let Some(every) = self.early.filter(|_| domain == TimeDomain::ProcessingTime) else {
+        if domain == TimeDomain::EventTime {
+            // Every session whose last instant the watermark reached since the last
+            // watermark, in end order and in one batch: this timer's and the others due
+            // now (their timers are spent with it).
+            let wm = ctx
+                .watermark
+                .and_then(|w| w.event_time())
+                .map_or(time, |w| w.max(time));
+            ctx.timers.pop_all_due(domain, wm);
+            let previous = self.watermark;
+            let due: Vec<(u32, i64)> = self
+                .by_end
+                .iter()
+                .take_while(|(end, _, _)| end.saturating_sub(1) <= wm)
+                .filter(|(end, _, _)| end.saturating_sub(1) > previous)
+                .map(|&(_, id, start)| (id, start))
+                .collect();
+            return self.emit(due, out).await;
+        }
+        let Some(every) = self.early else {
             return Ok(());
         };
         // Early firing: every open session that changed since its last early result.
@@ -570,6 +593,13 @@ impl Operator for SessionWindowOperator {
 
     async fn restore(&mut self, state: RestoredState, ctx: &mut OperatorContext) -> Result<()> {
         self.restore_state(&state)?;
+        // Each open session's timer, from the sessions themselves.
+        for &(end, _, _) in &self.by_end {
+            if end.saturating_sub(1) > self.watermark {
+                ctx.timers
+                    .register(TimeDomain::EventTime, end.saturating_sub(1));
+            }
+        }
         self.early_timer = ctx.timers.next(TimeDomain::ProcessingTime).is_some();
         Ok(())
     }
@@ -578,7 +608,7 @@ impl Operator for SessionWindowOperator {
         &mut self,
         watermark: Watermark,
         _ctx: &mut OperatorContext,
-        out: &mut dyn Collector,
+        _out: &mut dyn Collector,
     ) -> Result<Option<Watermark>> {
         let Some(wm) = watermark.event_time() else {
             return Ok(Some(watermark));
@@ -586,17 +616,8 @@ impl Operator for SessionWindowOperator {
         if wm <= self.watermark {
             return Ok(Some(watermark));
         }
-        let previous = self.watermark;
+        // The due sessions fired on their timers, just before this.
         self.watermark = wm;
-        // Sessions whose last millisecond the watermark has now passed, in end order.
-        let due: Vec<(u32, i64)> = self
-            .by_end
-            .iter()
-            .take_while(|(end, _, _)| end.saturating_sub(1) <= wm)
-            .filter(|(end, _, _)| end.saturating_sub(1) > previous)
-            .map(|&(_, id, start)| (id, start))
-            .collect();
-        self.emit(due, out).await?;
         self.expire();
         Ok(Some(watermark))
     }
@@ -605,6 +626,7 @@ impl Operator for SessionWindowOperator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operators::test_util::advance;
     use datafusion_expr::col;
     use datafusion_functions_aggregate::expr_fn::{count, sum};
     use sluice_testkit::{assert_pretty, batch_from_pretty};
@@ -689,7 +711,7 @@ mod tests {
             .unwrap();
         assert_eq!(out.batches.len(), 2);
         // The watermark closes k1's session: its final result; k2 stays open.
-        op.on_watermark(Watermark::EventTime(1500), &mut ctx, &mut out)
+        advance(&mut op, &mut ctx, Watermark::EventTime(1500), &mut out)
             .await
             .unwrap();
         assert_eq!(window_rows(&out.batches[2..]), ["k1,950,1100,3"]);
@@ -734,7 +756,7 @@ mod tests {
             | a      | 3       | 4000          |",
         );
         op.process_batch(b1, &mut ctx, &mut out).await.unwrap();
-        op.on_watermark(Watermark::EventTime(13_000), &mut ctx, &mut out)
+        advance(&mut op, &mut ctx, Watermark::EventTime(13_000), &mut out)
             .await
             .unwrap();
         assert!(out.batches.is_empty(), "[0, 14 s) is still open at 13 s");
@@ -745,7 +767,7 @@ mod tests {
             | a      | 4       | 12000         |",
         );
         op.process_batch(b2, &mut ctx, &mut out).await.unwrap();
-        op.on_watermark(Watermark::MAX, &mut ctx, &mut out)
+        advance(&mut op, &mut ctx, Watermark::MAX, &mut out)
             .await
             .unwrap();
         assert_pretty(
@@ -778,7 +800,7 @@ mod tests {
             ))
         };
         op.process_batch(row(0), &mut ctx, &mut out).await.unwrap();
-        op.on_watermark(Watermark::EventTime(12_000), &mut ctx, &mut out)
+        advance(&mut op, &mut ctx, Watermark::EventTime(12_000), &mut out)
             .await
             .unwrap();
         assert_eq!(out.batches.len(), 1, "[0, 10 s) fired");
@@ -793,7 +815,7 @@ mod tests {
             | z      | 7       | 1500          |",
         );
         op.process_batch(b, &mut ctx, &mut out).await.unwrap();
-        op.on_watermark(Watermark::EventTime(20_000), &mut ctx, &mut out)
+        advance(&mut op, &mut ctx, Watermark::EventTime(20_000), &mut out)
             .await
             .unwrap();
         // Beyond lateness: counted and kept aside.
@@ -926,9 +948,9 @@ mod tests {
                         at = end;
                         op.process_batch(batch(chunk), &mut ctx, &mut out).await.unwrap();
                         max_t = max_t.max(chunk.iter().map(|r| r.2).max().unwrap());
-                        op.on_watermark(Watermark::EventTime(max_t - BOUND - 1), &mut ctx, &mut out).await.unwrap();
+                        advance(&mut op, &mut ctx, Watermark::EventTime(max_t - BOUND - 1), &mut out).await.unwrap();
                     }
-                    op.on_watermark(Watermark::MAX, &mut ctx, &mut out).await.unwrap();
+                    advance(&mut op, &mut ctx, Watermark::MAX, &mut out).await.unwrap();
                 });
                 prop_assert_eq!(ctx.metrics.late_records.load(std::sync::atomic::Ordering::Relaxed), 0);
                 prop_assert_eq!(rows_of(&out.batches), reference(&rows, gap));

@@ -9,8 +9,10 @@
 //! ```
 //!
 //! Each row updates exactly one slice: per key, DataFusion `GroupsAccumulator`s, updated
-//! columnar per batch. When the watermark passes a window's end, the window's slices are
-//! sealed into intermediate state, merged, and evaluated; a slice is freed as soon as the
+//! columnar per batch. A new slice registers an event-time timer at the last instant of
+//! each window it belongs to; when the watermark reaches a timer the runtime fires it, and
+//! the window's slices are sealed into intermediate state, merged, and evaluated (all
+//! windows due at one watermark in one batch); a slice is freed as soon as the
 //! last window containing it can no longer change (its end plus the allowed lateness is
 //! behind the watermark), so state stays proportional to the open windows.
 //!
@@ -38,7 +40,7 @@ use super::{
     emit_late, window_output_schema,
 };
 use crate::expr::evaluate;
-use crate::operator::{Collector, Operator, OperatorContext, TimeDomain};
+use crate::operator::{Collector, Operator, OperatorContext, TimeDomain, Timers};
 use crate::operators::aggregates::{PlannedAggregate, PlannedAggregates};
 use crate::operators::{PreparedOperator, prepare_from_template};
 use crate::state::{OperatorState, RestoredState, TableReader, TableWriter, table_width};
@@ -234,6 +236,22 @@ impl WindowAggregateOperator {
     }
 
     /// Rows of one slice: update its open part.
+    /// Registers a timer at the last instant of every window that the slice starting at
+    /// `start` belongs to and that has not fired yet.
+    fn arm_windows_of(&self, start: i64, timers: &mut Timers) {
+        let g = self.geometry;
+        let mut end = g.first_end(start);
+        while end <= g.last_end(start) {
+            if end > self.fired_up_to {
+                timers.register(TimeDomain::EventTime, end.saturating_sub(1));
+            }
+            match end.checked_add(g.slide) {
+                Some(next) => end = next,
+                None => break,
+            }
+        }
+    }
+
     fn update_slice(
         &mut self,
         start: i64,
@@ -523,7 +541,11 @@ impl Operator for WindowAggregateOperator {
                     })
                     .collect::<std::result::Result<_, _>>()?
             };
+            let new_slice = !self.slices.contains_key(&start);
             self.update_slice(start, &part, &part_args)?;
+            if new_slice {
+                self.arm_windows_of(start, &mut ctx.timers);
+            }
             // Windows that already fired and include this slice fire again.
             let mut end = g.first_end(start);
             while end <= g.last_end(start) && end <= self.fired_up_to {
@@ -552,6 +574,12 @@ impl Operator for WindowAggregateOperator {
 
     async fn restore(&mut self, state: RestoredState, ctx: &mut OperatorContext) -> Result<()> {
         self.restore_state(&state)?;
+        // The windows' timers follow from the slices (whichever old subtasks they came
+        // from, and for checkpoints taken before windows kept timers).
+        let starts: Vec<i64> = self.slices.keys().copied().collect();
+        for start in starts {
+            self.arm_windows_of(start, &mut ctx.timers);
+        }
         self.early_timer = ctx.timers.next(TimeDomain::ProcessingTime).is_some();
         Ok(())
     }
@@ -563,7 +591,27 @@ impl Operator for WindowAggregateOperator {
         ctx: &mut OperatorContext,
         out: &mut dyn Collector,
     ) -> Result<()> {
-        let Some(every) = self.early.filter(|_| domain == TimeDomain::ProcessingTime) else {
+        if domain == TimeDomain::EventTime {
+            // Every window whose last instant the watermark reached, in one batch: this
+            // timer and the others due now.
+            let wm = ctx
+                .watermark
+                .and_then(|w| w.event_time())
+                .map_or(time, |w| w.max(time));
+            let mut due = BTreeSet::new();
+            for t in std::iter::once(time).chain(ctx.timers.pop_all_due(domain, wm)) {
+                let end = t.saturating_add(1);
+                if end > self.fired_up_to {
+                    due.insert(end);
+                }
+            }
+            if let Some(&last) = due.last() {
+                self.fire(&due, out).await?;
+                self.fired_up_to = last;
+            }
+            return Ok(());
+        }
+        let Some(every) = self.early else {
             return Ok(());
         };
         // Early firing: the partial result of every window that has rows and has not fired.
@@ -609,7 +657,7 @@ impl Operator for WindowAggregateOperator {
         &mut self,
         watermark: Watermark,
         _ctx: &mut OperatorContext,
-        out: &mut dyn Collector,
+        _out: &mut dyn Collector,
     ) -> Result<Option<Watermark>> {
         let Some(wm) = watermark.event_time() else {
             return Ok(Some(watermark));
@@ -617,27 +665,8 @@ impl Operator for WindowAggregateOperator {
         if wm <= self.watermark {
             return Ok(Some(watermark));
         }
+        // The due windows fired on their timers, just before this.
         self.watermark = wm;
-        let g = self.geometry;
-        let mut due = BTreeSet::new();
-        for &s in self.slices.keys() {
-            let not_fired = match self.fired_up_to {
-                i64::MIN => i64::MIN,
-                f => g.end_at_or_after(f.saturating_add(1)),
-            };
-            let mut end = g.first_end(s).max(not_fired);
-            while end <= g.last_end(s) && Geometry::fired(end, wm) {
-                due.insert(end);
-                match end.checked_add(g.slide) {
-                    Some(next) => end = next,
-                    None => break,
-                }
-            }
-        }
-        if let Some(&last) = due.last() {
-            self.fire(&due, out).await?;
-            self.fired_up_to = self.fired_up_to.max(last);
-        }
         self.expire();
         Ok(Some(watermark))
     }

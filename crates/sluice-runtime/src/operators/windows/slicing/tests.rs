@@ -5,6 +5,8 @@ use datafusion_expr::col;
 use datafusion_functions_aggregate::expr_fn::{count, max, sum};
 use sluice_testkit::{assert_pretty, batch_from_pretty};
 
+use crate::operators::test_util::advance;
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -103,7 +105,7 @@ async fn checkpoints_with_the_earlier_slices_layout_still_restore() {
         let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
         op.restore(restored(s, 0, 1), &mut ctx).await.unwrap();
         let mut out = crate::operator::VecCollector::default();
-        op.on_watermark(Watermark::EventTime(i64::MAX), &mut ctx, &mut out)
+        advance(&mut op, &mut ctx, Watermark::EventTime(i64::MAX), &mut out)
             .await
             .unwrap();
         results.push(window_rows(&out.batches));
@@ -146,7 +148,7 @@ async fn run_counting(
         match s {
             Step::Rows(b) => op.process_batch(b, &mut ctx, &mut out).await.unwrap(),
             Step::Wm(t) => {
-                op.on_watermark(Watermark::EventTime(t), &mut ctx, &mut out)
+                advance(op.as_mut(), &mut ctx, Watermark::EventTime(t), &mut out)
                     .await
                     .unwrap();
             }
@@ -380,7 +382,7 @@ async fn distinct_first_last_and_user_aggregates() {
     let mut ctx = OperatorContext::for_test(input.data.schema());
     let mut out = crate::operator::VecCollector::default();
     op.process_batch(input, &mut ctx, &mut out).await.unwrap();
-    op.on_watermark(Watermark::MAX, &mut ctx, &mut out)
+    advance(op.as_mut(), &mut ctx, Watermark::MAX, &mut out)
         .await
         .unwrap();
     assert_pretty(
@@ -438,7 +440,7 @@ async fn early_firings_emit_partial_results_before_the_final_one() {
     op.on_timer(TimeDomain::ProcessingTime, t2, &mut ctx, &mut out)
         .await
         .unwrap();
-    op.on_watermark(Watermark::MAX, &mut ctx, &mut out)
+    advance(&mut op, &mut ctx, Watermark::MAX, &mut out)
         .await
         .unwrap();
     let totals: Vec<String> = out
@@ -591,10 +593,10 @@ mod property {
                     op.process_batch(batch(chunk), &mut ctx, &mut out).await.unwrap();
                     max_t = max_t.max(chunk.iter().map(|r| r.2).max().unwrap());
                     let wm = Watermark::EventTime(max_t - BOUND - 1);
-                    op.on_watermark(wm, &mut ctx, &mut out).await.unwrap();
+                    advance(&mut op, &mut ctx, wm, &mut out).await.unwrap();
                     max_slices = max_slices.max(op.slices_held());
                 }
-                op.on_watermark(Watermark::MAX, &mut ctx, &mut out).await.unwrap();
+                advance(&mut op, &mut ctx, Watermark::MAX, &mut out).await.unwrap();
             });
             prop_assert_eq!(ctx.metrics.late_records.load(std::sync::atomic::Ordering::Relaxed), 0);
             prop_assert_eq!(rows_of(&out.batches), reference(&rows, size, slide));
@@ -659,9 +661,9 @@ mod property {
                     at = end;
                     op.process_batch(batch(chunk), &mut ctx, &mut out).await.unwrap();
                     max_t = max_t.max(chunk.iter().map(|r| r.2).max().unwrap());
-                    op.on_watermark(Watermark::EventTime(max_t - BOUND - 1), &mut ctx, &mut out).await.unwrap();
+                    advance(&mut op, &mut ctx, Watermark::EventTime(max_t - BOUND - 1), &mut out).await.unwrap();
                 }
-                op.on_watermark(Watermark::MAX, &mut ctx, &mut out).await.unwrap();
+                advance(&mut op, &mut ctx, Watermark::MAX, &mut out).await.unwrap();
             });
             prop_assert_eq!(rows_of(&out.batches), want);
             prop_assert_eq!(op.slices_held(), 0, "all window state is freed at the end");
