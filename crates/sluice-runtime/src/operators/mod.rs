@@ -24,31 +24,6 @@ use crate::source::ConnectorRegistry;
 /// Creates the operator of one subtask.
 pub type OperatorFactory = Arc<dyn Fn(&TaskInfo) -> Result<Box<dyn Operator>> + Send + Sync>;
 
-/// When a keyed operator last swept its state for keys it may forget (a state TTL, a
-/// frame no row can see): a sweep visits every key, so it runs at most every tenth of
-/// the interval, in event time.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Sweeps {
-    at: i64,
-}
-
-impl Default for Sweeps {
-    fn default() -> Self {
-        Self { at: i64::MIN }
-    }
-}
-
-impl Sweeps {
-    /// Whether a sweep is due at `watermark` (never at the end of input); records it.
-    pub(crate) fn due(&mut self, watermark: i64, interval: i64) -> bool {
-        if watermark == i64::MAX || watermark.saturating_sub(self.at) < (interval / 10).max(1) {
-            return false;
-        }
-        self.at = watermark;
-        true
-    }
-}
-
 /// A prepared operator whose subtasks each get `fresh(&template)`: empty state, same
 /// configuration. The factory runs once per subtask at start-up; the lock is uncontended.
 pub(crate) fn prepare_from_template<T: Operator + 'static>(

@@ -24,6 +24,7 @@ use sluice_types::{Result, SluiceError};
 
 pub mod key_group;
 mod table;
+pub(crate) mod ttl;
 
 use key_group::{key_group, key_hash_state, subtask_for_key_group};
 
@@ -220,7 +221,7 @@ pub struct KeyedState<T> {
     converter: arrow::row::RowConverter,
     entries:
         std::collections::HashMap<Box<[u8]>, Entry<T>, datafusion_common::hash_utils::RandomState>,
-    ttl_ms: Option<i64>,
+    ttl: Option<ttl::Ttl>,
 }
 
 struct Entry<T> {
@@ -246,7 +247,7 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> KeyedState<T> {
             converter: arrow::row::RowConverter::new(fields)
                 .map_err(|e| SluiceError::user("unsupported key column type").with_source(e))?,
             entries: Default::default(),
-            ttl_ms: ttl.map(|d| d.as_millis() as i64),
+            ttl: ttl::Ttl::of(ttl.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))),
         })
     }
 
@@ -256,8 +257,8 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> KeyedState<T> {
     }
 
     fn live(&self, e: &Entry<T>, now_ms: i64) -> bool {
-        self.ttl_ms
-            .is_none_or(|ttl| e.written_ms.saturating_add(ttl) > now_ms)
+        self.ttl
+            .is_none_or(|ttl| !ttl.expired_at(e.written_ms, now_ms))
     }
 
     /// The value of `key`, unless absent or expired at `now_ms`.
@@ -285,12 +286,12 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> KeyedState<T> {
     where
         T: Default,
     {
-        let ttl = self.ttl_ms;
+        let ttl = self.ttl;
         let e = self.entries.entry(key.into()).or_insert_with(|| Entry {
             value: T::default(),
             written_ms: now_ms,
         });
-        if ttl.is_some_and(|ttl| e.written_ms.saturating_add(ttl) <= now_ms) {
+        if ttl.is_some_and(|ttl| ttl.expired_at(e.written_ms, now_ms)) {
             e.value = T::default();
         }
         e.written_ms = now_ms;
@@ -304,12 +305,12 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> KeyedState<T> {
 
     /// Drops every entry expired at `now_ms`; returns how many.
     pub fn expire(&mut self, now_ms: i64) -> usize {
-        let Some(ttl) = self.ttl_ms else {
+        let Some(ttl) = self.ttl else {
             return 0;
         };
         let before = self.entries.len();
         self.entries
-            .retain(|_, e| e.written_ms.saturating_add(ttl) > now_ms);
+            .retain(|_, e| !ttl.expired_at(e.written_ms, now_ms));
         before - self.entries.len()
     }
 

@@ -25,6 +25,7 @@ use super::{PlannedAggregate, PlannedAggregates, accumulators_from};
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::PreparedOperator;
+use crate::state::ttl::{Sweeps, Ttl, UNKNOWN_WRITE};
 use crate::state::{OperatorState, RestoredState, TableReader, TableWriter, table_width};
 
 /// Keyed running aggregate.
@@ -57,10 +58,10 @@ pub struct AggregateOperator {
     group_keys: Rows,
     accumulators: Vec<Vec<Box<dyn Accumulator>>>,
     /// Forget a key no row reached for this long (event time, past the watermark).
-    ttl: Option<i64>,
+    ttl: Option<Ttl>,
     /// With a TTL: per group, the latest event time of its rows.
     last: Vec<i64>,
-    sweeps: crate::operators::Sweeps,
+    sweeps: Sweeps,
 }
 impl AggregateOperator {
     /// Checks keys and aggregates against the input schema.
@@ -113,9 +114,9 @@ impl AggregateOperator {
                     groups: HashMap::with_hasher(RandomState::default()),
                     group_keys,
                     accumulators: Vec::new(),
-                    ttl: ttl_ms,
+                    ttl: Ttl::of(ttl_ms),
                     last: Vec::new(),
-                    sweeps: crate::operators::Sweeps::default(),
+                    sweeps: Sweeps::default(),
                 }) as Box<dyn crate::operator::Operator>)
             }),
         })
@@ -137,9 +138,10 @@ impl AggregateOperator {
         self.groups.len()
     }
 
-    /// Forgets the keys last reached before `before`, renumbering the rest.
-    fn expire(&mut self, before: i64) -> Result<()> {
-        if !self.last.iter().any(|&l| l < before) {
+    /// Forgets the keys whose TTL ran out at watermark `now`, renumbering the rest.
+    fn expire(&mut self, ttl: Ttl, now: i64) -> Result<()> {
+        let gone: Vec<bool> = self.last.iter_mut().map(|l| ttl.expired(l, now)).collect();
+        if !gone.contains(&true) {
             return Ok(());
         }
         let old_keys = std::mem::replace(&mut self.group_keys, self.converter.empty_rows(0, 0));
@@ -147,7 +149,7 @@ impl AggregateOperator {
         let last = std::mem::take(&mut self.last);
         self.groups.clear();
         for (g, (a, l)) in accs.into_iter().zip(last).enumerate() {
-            if l < before {
+            if gone[g] {
                 continue;
             }
             let row = old_keys.row(g);
@@ -243,7 +245,7 @@ impl AggregateOperator {
                 self.group_keys.push(row);
                 if self.ttl.is_some() {
                     // Without a recorded time (taken without a TTL): from the first sweep.
-                    self.last.push(last.map_or(i64::MAX, |l| l.value(i)));
+                    self.last.push(last.map_or(UNKNOWN_WRITE, |l| l.value(i)));
                 }
             }
         }
@@ -282,13 +284,9 @@ impl Operator for AggregateOperator {
         _out: &mut dyn Collector,
     ) -> Result<Option<sluice_types::Watermark>> {
         if let (Some(ttl), Some(t)) = (self.ttl, watermark.event_time())
-            && self.sweeps.due(t, ttl)
+            && self.sweeps.due(t, ttl.ms())
         {
-            // Keys restored without a time count from this sweep.
-            for l in self.last.iter_mut().filter(|l| **l == i64::MAX) {
-                *l = t;
-            }
-            self.expire(t.saturating_sub(ttl))?;
+            self.expire(ttl, t)?;
         }
         Ok(Some(watermark))
     }
@@ -330,9 +328,9 @@ impl Operator for AggregateOperator {
             };
             if self.ttl.is_some() {
                 let l = &mut self.last[g as usize];
-                // `i64::MAX`: restored without a time; the first row sets it.
+                // Restored without a time: the first row sets it.
                 *l = match *l {
-                    i64::MAX => ts.value(i),
+                    UNKNOWN_WRITE => ts.value(i),
                     l => l.max(ts.value(i)),
                 };
             }

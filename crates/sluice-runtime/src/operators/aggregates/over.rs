@@ -29,6 +29,7 @@ use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::PreparedOperator;
 use crate::operators::aggregates::retract::{apply_row, retractable, row_args};
 use crate::operators::aggregates::{PlannedAggregate, PlannedAggregates};
+use crate::state::ttl::{Sweeps, Ttl};
 use crate::state::{OperatorState, RestoredState, TableReader, TableWriter};
 
 /// Buffered input rows (not yet passed by the watermark).
@@ -59,8 +60,8 @@ pub struct OverAggregateOperator {
     pending: Vec<RecordBatch>,
     watermark: i64,
     /// Forget a partition no row reached for this long (event time, past the watermark).
-    ttl: Option<i64>,
-    sweeps: crate::operators::Sweeps,
+    ttl: Option<Ttl>,
+    sweeps: Sweeps,
 }
 
 impl OverAggregateOperator {
@@ -123,8 +124,8 @@ impl OverAggregateOperator {
                     partitions: HashMap::new(),
                     pending: Vec::new(),
                     watermark: i64::MIN,
-                    ttl: ttl_ms,
-                    sweeps: crate::operators::Sweeps::default(),
+                    ttl: Ttl::of(ttl_ms),
+                    sweeps: Sweeps::default(),
                 }) as Box<dyn Operator>)
             }),
         })
@@ -137,7 +138,7 @@ impl OverAggregateOperator {
             OverFrame::Range { preceding_ms } => Some(preceding_ms),
             _ => None,
         };
-        let every = match (range, self.ttl) {
+        let every = match (range, self.ttl.map(Ttl::ms)) {
             (Some(r), Some(l)) => r.min(l),
             (Some(r), None) => r,
             (None, Some(l)) => l,
@@ -149,7 +150,7 @@ impl OverAggregateOperator {
         let ttl = self.ttl;
         self.partitions.retain(|_, p| {
             let empty_frame = range.is_some_and(|r| p.last < t.saturating_sub(r));
-            let idle = ttl.is_some_and(|l| p.last.saturating_add(l) < t);
+            let idle = ttl.is_some_and(|l| l.expired(&mut p.last, t));
             !(empty_frame || idle)
         });
     }

@@ -26,6 +26,7 @@ use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError};
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::PreparedOperator;
 use crate::operators::prepare_from_template;
+use crate::state::ttl::{Sweeps, Ttl};
 use crate::state::{OperatorState, RestoredState, TableReader, TableWriter};
 
 const HELD_TABLE: &str = "held";
@@ -60,10 +61,10 @@ pub struct TopNOperator {
     /// Arrival counter (ties: ascending keeps the earlier row, descending the later).
     seq: u64,
     /// Forget a partition no row reached for this long (event time, past the watermark).
-    ttl: Option<i64>,
+    ttl: Option<Ttl>,
     /// Per partition, the latest event time of a row offered to it (with a TTL).
     touched: HashMap<Box<[u8]>, i64>,
-    sweeps: crate::operators::Sweeps,
+    sweeps: Sweeps,
 }
 
 fn converter(types: &[DataType]) -> Result<RowConverter> {
@@ -146,7 +147,7 @@ impl TopNOperator {
             descending,
             limit,
         )?;
-        template.ttl = ttl_ms;
+        template.ttl = Ttl::of(ttl_ms);
         Ok(prepare_from_template(template, out_schema, Self::fresh))
     }
 
@@ -193,7 +194,7 @@ impl TopNOperator {
             seq: 0,
             ttl: None,
             touched: HashMap::new(),
-            sweeps: crate::operators::Sweeps::default(),
+            sweeps: Sweeps::default(),
         })
     }
 
@@ -342,15 +343,15 @@ impl Operator for TopNOperator {
         _out: &mut dyn Collector,
     ) -> Result<Option<sluice_types::Watermark>> {
         if let (Some(ttl), Some(t)) = (self.ttl, watermark.event_time())
-            && self.sweeps.due(t, ttl)
+            && self.sweeps.due(t, ttl.ms())
         {
             let held = &mut self.held;
             self.touched.retain(|key, last| {
-                let keep = last.saturating_add(ttl) >= t;
-                if !keep {
+                let gone = ttl.expired(last, t);
+                if gone {
                     held.remove(key);
                 }
-                keep
+                !gone
             });
         }
         Ok(Some(watermark))
