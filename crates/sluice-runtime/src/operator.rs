@@ -132,6 +132,19 @@ pub struct OperatorContext {
 }
 
 impl OperatorContext {
+    /// In `on_timer` for event-time timer `first`: the watermark that made it due and
+    /// every other event-time timer due at it (removed, earliest first, `first` leading),
+    /// so that an operator can fire all that is due now in one go.
+    pub fn take_due_event_timers(&mut self, first: i64) -> (i64, Vec<i64>) {
+        let wm = self
+            .watermark
+            .and_then(|w| w.event_time())
+            .map_or(first, |w| w.max(first));
+        let mut due = vec![first];
+        due.extend(self.timers.pop_all_due(TimeDomain::EventTime, wm));
+        (wm, due)
+    }
+
     /// Context for one subtask.
     pub fn new(
         task: TaskInfo,

@@ -465,11 +465,7 @@ impl Operator for TopNPerWindowOperator {
             return Ok(());
         }
         // Every window whose last instant the watermark reached, in one batch.
-        let wm = ctx
-            .watermark
-            .and_then(|w| w.event_time())
-            .map_or(time, |w| w.max(time));
-        ctx.timers.pop_all_due(domain, wm);
+        let (wm, _) = ctx.take_due_event_timers(time);
         self.fire_through(wm, out).await
     }
 

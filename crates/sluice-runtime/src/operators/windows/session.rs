@@ -541,11 +541,7 @@ impl Operator for SessionWindowOperator {
             // Every session whose last instant the watermark reached since the last
             // watermark, in end order and in one batch: this timer's and the others due
             // now (their timers are spent with it).
-            let wm = ctx
-                .watermark
-                .and_then(|w| w.event_time())
-                .map_or(time, |w| w.max(time));
-            ctx.timers.pop_all_due(domain, wm);
+            let (wm, _) = ctx.take_due_event_timers(time);
             let previous = self.watermark;
             let due: Vec<(u32, i64)> = self
                 .by_end

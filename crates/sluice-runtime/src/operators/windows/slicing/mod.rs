@@ -594,12 +594,8 @@ impl Operator for WindowAggregateOperator {
         if domain == TimeDomain::EventTime {
             // Every window whose last instant the watermark reached, in one batch: this
             // timer and the others due now.
-            let wm = ctx
-                .watermark
-                .and_then(|w| w.event_time())
-                .map_or(time, |w| w.max(time));
             let mut due = BTreeSet::new();
-            for t in std::iter::once(time).chain(ctx.timers.pop_all_due(domain, wm)) {
+            for t in ctx.take_due_event_timers(time).1 {
                 let end = t.saturating_add(1);
                 if end > self.fired_up_to {
                     due.insert(end);
