@@ -207,16 +207,30 @@ impl OverAggregateOperator {
         }
         let all = arrow::compute::concat_batches(&self.input, &due_parts)?;
         let ts = event_times(&all)?;
-        // Event-time order; arrival order among equal times (a stable sort).
+        let key_columns = |b: &RecordBatch| -> Vec<ArrayRef> {
+            self.key_indices
+                .iter()
+                .map(|&i| Arc::clone(b.column(i)))
+                .collect()
+        };
+        // RANGE frames: rows of one partition and time are peers, with the same values.
+        let peers = self.frame.peers();
+        // Event-time order, arrival order among equal times (a stable sort); for peers,
+        // a partition's rows of one time next to each other whatever arrived between.
         let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
-        order.sort_by_key(|&r| ts.value(r as usize));
+        if peers {
+            let keys = self.converter.convert_columns(&key_columns(&all))?;
+            order.sort_by(|&a, &b| {
+                let (a, b) = (a as usize, b as usize);
+                ts.value(a)
+                    .cmp(&ts.value(b))
+                    .then_with(|| keys.row(a).cmp(&keys.row(b)))
+            });
+        } else {
+            order.sort_by_key(|&r| ts.value(r as usize));
+        }
         let data = arrow::compute::take_record_batch(&all, &UInt32Array::from(order))?;
-        let keys: Vec<ArrayRef> = self
-            .key_indices
-            .iter()
-            .map(|&i| Arc::clone(data.column(i)))
-            .collect();
-        let keys = self.converter.convert_columns(&keys)?;
+        let keys = self.converter.convert_columns(&key_columns(&data))?;
         // The rows as a batch, to evaluate the aggregates' arguments over.
         let rows = Batch::try_new(
             data.clone(),
@@ -234,8 +248,6 @@ impl OverAggregateOperator {
         let n = data.num_rows();
         let frame = self.frame;
         let bounded = frame.bounded();
-        // RANGE frames: rows of one partition and time are peers, with the same values.
-        let peers = frame.peers();
         let mut values: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(n); self.aggregates.len()];
         let mut r = 0;
         while r < n {
@@ -647,6 +659,41 @@ mod tests {
             k0[3].contains(",3,12,6,"),
             "the oldest left the frame: {k0:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_range_frame_holds_every_peer_whatever_the_arrival_order() {
+        // Rows of one partition and time are peers in a RANGE frame: key 1's two rows at
+        // 10 see each other although a row of key 2 at 10 arrived between them.
+        let input = kv_batch(&[(1, 1, 10), (2, 5, 10), (1, 2, 10), (1, 4, 20)]);
+        let schema = input.data.schema();
+        for frame in [
+            OverFrame::Range { preceding_ms: 100 },
+            OverFrame::UnboundedRange,
+        ] {
+            let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+            let mut out = VecCollector::default();
+            let mut op = make(frame, &schema);
+            op.process_batch(input.clone(), &mut ctx, &mut out)
+                .await
+                .unwrap();
+            op.on_watermark(Watermark::MAX, &mut ctx, &mut out)
+                .await
+                .unwrap();
+            let mut got = rows(&out.batches);
+            got.sort();
+            // k, v, then COUNT, SUM, MAX over the frame, then the time.
+            assert_eq!(
+                got,
+                [
+                    "k1,1,2,3,2,1970-01-01T00:00:00.010",
+                    "k1,2,2,3,2,1970-01-01T00:00:00.010",
+                    "k1,4,3,7,4,1970-01-01T00:00:00.020",
+                    "k2,5,1,5,5,1970-01-01T00:00:00.010",
+                ],
+                "{frame:?}"
+            );
+        }
     }
 
     #[tokio::test]
