@@ -174,7 +174,8 @@ pub enum NodeKind {
         early_firing: Option<Duration>,
     },
     /// Of the rows of each window (`window_start`, `window_end`) and partition, those
-    /// ranked `<= limit` by `order_by`, ties included, emitted when the window closes.
+    /// ranked `<= limit` by `order_by` (then `then_by`), ties included, emitted when the
+    /// window closes.
     TopNPerWindow {
         /// Columns that split a window's rows into separately ranked groups.
         partition_by: Vec<String>,
@@ -182,6 +183,8 @@ pub enum NodeKind {
         order_by: String,
         /// Largest first.
         descending: bool,
+        /// Columns that order rows tied on `order_by`, each with whether largest first.
+        then_by: Vec<(String, bool)>,
         /// The largest rank kept.
         limit: usize,
         /// `ROW_NUMBER` semantics: exactly `limit` rows per group, ties broken
@@ -481,12 +484,17 @@ impl NodeKind {
             NodeKind::TopNPerWindow {
                 order_by,
                 descending,
+                then_by,
                 limit,
                 ..
-            } => format!(
-                "top-{limit}-per-window by {order_by} {}",
-                if *descending { "desc" } else { "asc" }
-            ),
+            } => {
+                let dir = |d: bool| if d { "desc" } else { "asc" };
+                let mut by = format!("{order_by} {}", dir(*descending));
+                for (c, d) in then_by {
+                    by.push_str(&format!(", {c} {}", dir(*d)));
+                }
+                format!("top-{limit}-per-window by {by}")
+            }
             NodeKind::Changelog { keys } => format!("changelog by ({})", keys.join(", ")),
             NodeKind::LookupJoin {
                 table,

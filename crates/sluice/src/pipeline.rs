@@ -522,6 +522,7 @@ impl Stream {
             partition_by,
             order_by: order_by.to_string(),
             descending,
+            then_by: Vec::new(),
             limit: n,
             row_number: false,
             rank_column: None,

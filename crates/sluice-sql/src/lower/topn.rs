@@ -173,11 +173,6 @@ impl Lowerer<'_> {
             };
             return Ok(Some(self.reproject(out, &skipped, &window_out, &rank_name)));
         }
-        if !then_by.is_empty() {
-            return Err(SqlError::unsupported(
-                "a Top-N per window ordered by more than one column",
-            ));
-        }
         let others: Vec<String> = partition
             .iter()
             .filter(|p| !WINDOW_COLUMNS.contains(&p.as_str()))
@@ -191,6 +186,7 @@ impl Lowerer<'_> {
                 partition_by: others,
                 order_by,
                 descending: !order.asc,
+                then_by,
                 limit,
                 row_number: fname == "row_number",
                 rank_column: Some(rank_name.clone()),

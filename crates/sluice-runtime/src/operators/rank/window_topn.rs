@@ -21,10 +21,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, Scalar, UInt32Array};
-use arrow::compute::kernels::cmp::{gt_eq, lt_eq};
-use arrow::compute::{SortOptions, concat_batches, filter_record_batch, sort_to_indices};
-use arrow::compute::{take, take_record_batch};
+use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow::compute::{SortOptions, concat_batches, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
@@ -74,8 +72,10 @@ pub struct TopNPerWindowOperator {
     group_indices: Vec<usize>,
     group_types: Vec<DataType>,
     end_index: usize,
-    order_index: usize,
-    descending: bool,
+    /// The ranking columns, each with whether largest first: rows compare by their
+    /// row-encoding under [`Self::ranking`] (nulls last).
+    order: Vec<(usize, bool)>,
+    ranking: RowConverter,
     limit: usize,
     converter: RowConverter,
     /// Window end → group key → candidate rows.
@@ -155,30 +155,36 @@ impl TopNPerWindowOperator {
         Ok(self)
     }
 
+    /// The ranking columns of `rows`, row-encoded: a smaller row ranks better.
+    fn rank_keys(&self, rows: &RecordBatch) -> Result<arrow::row::Rows> {
+        let columns: Vec<ArrayRef> = self
+            .order
+            .iter()
+            .map(|&(i, _)| Arc::clone(rows.column(i)))
+            .collect();
+        Ok(self.ranking.convert_columns(&columns)?)
+    }
+
     /// A fired group's rows in rank order, cut to the limit, with their ranks.
     fn finish_group(&self, rows: RecordBatch) -> Result<RecordBatch> {
         if !self.row_number && self.rank_column.is_none() {
             return Ok(rows);
         }
-        let order = rows.column(self.order_index);
-        let options = SortOptions {
-            descending: self.descending,
-            nulls_first: false,
-        };
-        let sorted = sort_to_indices(order, Some(options), None)?;
-        let rows = take_record_batch(&rows, &sorted)?;
-        let order = rows.column(self.order_index);
-        let encoded = RowConverter::new(vec![SortField::new(order.data_type().clone())])?
-            .convert_columns(&[Arc::clone(order)])?;
+        let keys = self.rank_keys(&rows)?;
+        // Rank order; arrival order among ties (a stable sort).
+        let mut sorted: Vec<u32> = (0..rows.num_rows() as u32).collect();
+        sorted.sort_by(|&a, &b| keys.row(a as usize).cmp(&keys.row(b as usize)));
         let mut ranks: Vec<i64> = Vec::with_capacity(rows.num_rows());
-        for i in 0..rows.num_rows() {
-            let rank = if self.row_number || i == 0 || encoded.row(i) != encoded.row(i - 1) {
+        for (i, w) in sorted.iter().enumerate() {
+            let tied = i > 0 && keys.row(*w as usize) == keys.row(sorted[i - 1] as usize);
+            let rank = if self.row_number || !tied {
                 i as i64 + 1
             } else {
                 ranks[i - 1]
             };
             ranks.push(rank);
         }
+        let rows = take_record_batch(&rows, &UInt32Array::from(sorted))?;
         let keep = ranks
             .iter()
             .take_while(|&&r| r <= self.limit as i64)
@@ -194,6 +200,35 @@ impl TopNPerWindowOperator {
         )));
         columns.push(ts);
         Ok(RecordBatch::try_new(Arc::clone(&self.out_schema), columns)?)
+    }
+
+    /// Orders rows tied on the ranking column by these columns, each with whether
+    /// largest first.
+    pub fn then_by(mut self, columns: &[(String, bool)]) -> Result<Self> {
+        for (c, descending) in columns {
+            let i = column_index(&self.schema, c, "order")?;
+            self.order.push((i, *descending));
+        }
+        self.ranking = Self::ranking(&self.schema, &self.order)?;
+        Ok(self)
+    }
+
+    fn ranking(input: &SchemaRef, order: &[(usize, bool)]) -> Result<RowConverter> {
+        let fields = order
+            .iter()
+            .map(|&(i, descending)| {
+                SortField::new_with_options(
+                    input.field(i).data_type().clone(),
+                    SortOptions {
+                        descending,
+                        nulls_first: false,
+                    },
+                )
+            })
+            .collect();
+        RowConverter::new(fields).map_err(|e| {
+            SluiceError::user("top-n per window: cannot order by these columns").with_source(e)
+        })
     }
 
     /// An operator with empty state.
@@ -229,6 +264,7 @@ impl TopNPerWindowOperator {
                 "top-n per window: cannot order by `{order_by}` of type {order_type}"
             )));
         }
+        let order = vec![(order_index, descending)];
         let mut group_indices = vec![start];
         for p in partition_by {
             group_indices.push(column_index(input, p, "partition")?);
@@ -246,8 +282,8 @@ impl TopNPerWindowOperator {
             group_indices,
             group_types,
             end_index,
-            order_index,
-            descending,
+            ranking: Self::ranking(input, &order)?,
+            order,
             limit,
             windows: BTreeMap::new(),
             watermark: i64::MIN,
@@ -271,8 +307,8 @@ impl TopNPerWindowOperator {
             group_types: self.group_types.clone(),
             converter: Self::converter(&self.group_types)?,
             end_index: self.end_index,
-            order_index: self.order_index,
-            descending: self.descending,
+            order: self.order.clone(),
+            ranking: Self::ranking(&self.schema, &self.order)?,
             limit: self.limit,
             windows: BTreeMap::new(),
             watermark: i64::MIN,
@@ -285,28 +321,20 @@ impl TopNPerWindowOperator {
         self.windows.values().map(HashMap::len).sum()
     }
 
-    /// The rows of `rows` that can still rank `<= limit`.
+    /// The rows of `rows` that can still rank `<= limit`: those ordered at or before
+    /// the `limit`-th (more rows only push ranks down).
     fn prune(&self, rows: RecordBatch) -> Result<RecordBatch> {
         if rows.num_rows() <= self.limit {
             return Ok(rows);
         }
-        let order = rows.column(self.order_index);
-        let options = SortOptions {
-            descending: self.descending,
-            nulls_first: false,
-        };
-        let sorted = sort_to_indices(order, Some(options), Some(self.limit))?;
-        let nth = take(order, &sorted.slice(self.limit - 1, 1), None)?;
-        if nth.is_null(0) {
-            // Fewer than `limit` non-null values: every row (nulls last) still ranks.
-            return Ok(rows);
-        }
-        let threshold = Scalar::new(nth);
-        let keep = if self.descending {
-            gt_eq(order, &threshold)?
-        } else {
-            lt_eq(order, &threshold)?
-        };
+        let keys = self.rank_keys(&rows)?;
+        let mut idx: Vec<usize> = (0..rows.num_rows()).collect();
+        let (_, &mut nth, _) =
+            idx.select_nth_unstable_by(self.limit - 1, |&a, &b| keys.row(a).cmp(&keys.row(b)));
+        let threshold = keys.row(nth);
+        let keep: arrow::array::BooleanArray = (0..rows.num_rows())
+            .map(|i| Some(keys.row(i) <= threshold))
+            .collect();
         Ok(filter_record_batch(&rows, &keep)?)
     }
 
@@ -502,6 +530,7 @@ impl TopNPerWindowOperator {
             partition_by,
             order_by,
             descending,
+            then_by,
             limit,
             row_number,
             rank_column,
@@ -510,15 +539,11 @@ impl TopNPerWindowOperator {
             return Err(crate::operators::wrong_node(kind, "top-n per window"));
         };
         let input = &crate::operators::single_input(inputs)?;
-        Self::prepare_numbered(
-            partition_by,
-            order_by,
-            *descending,
-            *limit,
-            *row_number,
-            rank_column.as_deref(),
-            input,
-        )
+        let template = Self::new(partition_by, order_by, *descending, *limit, input)?
+            .then_by(then_by)?
+            .numbered(*row_number, rank_column.as_deref())?;
+        let schema = Arc::clone(&template.out_schema);
+        Ok(prepare_from_template(template, schema, Self::fresh))
     }
 }
 
@@ -677,6 +702,44 @@ mod tests {
         // g1: b (rank 1), c and d (rank 2); a (rank 4) and the null (last) are out.
         // g2: e alone.
         assert_eq!(keys(&out.batches), [["b", "c", "d", "e"]]);
+    }
+
+    #[tokio::test]
+    async fn ties_on_the_first_column_are_ranked_by_the_next() {
+        // ORDER BY n DESC, k ASC: the two rows with n = 5 are not tied any more.
+        let input = batch_from_pretty(
+            "
+            | k:Utf8 | window_start:Ts | window_end:Ts | n:Int64 | _timestamp:Ts |
+            | c      | 0               | 10            | 5       | 9             |
+            | d      | 0               | 10            | 1       | 9             |
+            | a      | 0               | 10            | 5       | 9             |
+            | b      | 0               | 10            | 3       | 9             |
+            | e      | 0               | 10            | 5       | 9             |",
+        );
+        let schema = input.data.schema();
+        let mut op = TopNPerWindowOperator::new(&[], "n", true, 2, &schema)
+            .unwrap()
+            .then_by(&[("k".into(), false)])
+            .unwrap()
+            .numbered(false, Some("rk"))
+            .unwrap();
+        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+        let mut out = VecCollector::default();
+        // Two batches: the first one's rows are pruned before the second arrives.
+        op.process_batch(input.with_data(input.data.slice(0, 3)), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        op.process_batch(input.with_data(input.data.slice(3, 2)), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        op.on_close(&mut ctx, &mut out).await.unwrap();
+        assert_eq!(keys(&out.batches), [["a", "c"]]);
+        let ranks = out.batches[0].data.column_by_name("rk").unwrap();
+        let ranks = ranks
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        assert_eq!(ranks.values(), &[1, 2]);
     }
 
     #[test]
