@@ -178,10 +178,67 @@ pub fn split(script: &str) -> Result<Vec<RawStatement>, SqlError> {
             end: script.len(),
         });
     }
-    for s in stmts {
+    // Flink's statement sets, `EXECUTE STATEMENT SET BEGIN …; …; END;` and the SQL
+    // client's `BEGIN STATEMENT SET; …; END;`: every INSERT of a script already forms one
+    // job, so the wrapper goes and its INSERTs stay; `EXECUTE INSERT …` is an INSERT.
+    let mut set: Option<Pos> = None;
+    for mut s in stmts {
+        let pos = Pos::from(s.tokens[0].span.start);
+        let words: Vec<String> = s.tokens.iter().take(4).map(|t| bare_word(t)).collect();
+        let starts =
+            |ws: &[&str]| words.len() >= ws.len() && ws.iter().zip(&words).all(|(a, b)| a == b);
+        let opens = if starts(&["EXECUTE", "STATEMENT", "SET", "BEGIN"]) {
+            Some(4)
+        } else if starts(&["BEGIN", "STATEMENT", "SET"]) && s.tokens.len() == 3 {
+            Some(3)
+        } else {
+            None
+        };
+        if let Some(n) = opens {
+            if let Some(open) = set {
+                return Err(SqlError::at(
+                    pos,
+                    format!(
+                        "a statement set is already open (line {}); end it with END first",
+                        open.line
+                    ),
+                ));
+            }
+            set = Some(pos);
+            s.tokens.drain(..n);
+            let Some(first) = s.tokens.first() else {
+                continue;
+            };
+            s.start = lines.offset(first.span.start);
+        } else if words == ["END"] {
+            if set.take().is_none() {
+                return Err(SqlError::at(pos, "END without a statement set to end"));
+            }
+            continue;
+        } else if starts(&["EXECUTE", "INSERT"]) {
+            s.tokens.remove(0);
+            s.start = lines.offset(s.tokens[0].span.start);
+        }
+        if set.is_some() && !is_kw(&s.tokens[0].token, Keyword::INSERT) {
+            return Err(SqlError::at(
+                Pos::from(s.tokens[0].span.start),
+                "a statement set holds INSERT INTO statements only",
+            ));
+        }
         statements.push(preprocess(script, &lines, s)?);
     }
+    if let Some(open) = set {
+        return Err(SqlError::at(open, "the statement set has no END"));
+    }
     Ok(statements)
+}
+
+/// An unquoted word in upper case (empty for anything else).
+fn bare_word(t: &TokenWithSpan) -> String {
+    match &t.token {
+        Token::Word(w) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
+        _ => String::new(),
+    }
 }
 
 fn blank(text: &mut [u8], range: std::ops::Range<usize>) {
@@ -677,6 +734,56 @@ mod tests {
         };
         assert!(text.contains("TUMBLE(      bid"));
         assert!(text.lines().next().unwrap().trim().is_empty());
+    }
+
+    #[test]
+    fn statement_sets_keep_their_inserts() {
+        let inserts = |script: &str| -> Vec<String> {
+            split(script)
+                .unwrap()
+                .iter()
+                .map(|s| match s {
+                    RawStatement::Sql { text, .. } => {
+                        text.split_whitespace().collect::<Vec<_>>().join(" ")
+                    }
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        let want = ["INSERT INTO a SELECT 1", "INSERT INTO b SELECT 2"];
+        assert_eq!(
+            inserts(
+                "EXECUTE STATEMENT SET BEGIN\nINSERT INTO a SELECT 1;\nINSERT INTO b SELECT 2;\nEND;"
+            ),
+            want
+        );
+        assert_eq!(
+            inserts("BEGIN STATEMENT SET;\nINSERT INTO a SELECT 1;\nINSERT INTO b SELECT 2;\nEND;"),
+            want
+        );
+        assert_eq!(inserts("EXECUTE INSERT INTO a SELECT 1"), want[..1]);
+        // Positions stay those of the script.
+        let RawStatement::Sql { pos, .. } =
+            &split("EXECUTE STATEMENT SET BEGIN\n  INSERT INTO a SELECT 1; END").unwrap()[0]
+        else {
+            panic!()
+        };
+        assert_eq!((pos.line, pos.column), (2, 3));
+        for (bad, says) in [
+            ("BEGIN STATEMENT SET; INSERT INTO a SELECT 1;", "no END"),
+            ("INSERT INTO a SELECT 1; END;", "END without"),
+            (
+                "BEGIN STATEMENT SET; CREATE TABLE t (a INT); END;",
+                "INSERT INTO statements only",
+            ),
+            (
+                "BEGIN STATEMENT SET; BEGIN STATEMENT SET; END;",
+                "already open",
+            ),
+        ] {
+            let e = split(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -618,3 +618,78 @@ async fn processing_time_windows_close_on_the_wall_clock_without_more_input() {
         "{out:?}"
     );
 }
+
+/// Every line of the files under `dir`.
+fn lines_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            out.extend(
+                std::fs::read_to_string(&p)
+                    .unwrap()
+                    .lines()
+                    .map(String::from),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn flink_statement_sets_run_their_inserts_as_one_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let script = dir.path().join("set.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '1000');
+CREATE TABLE a (auction BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');
+CREATE TABLE b (price BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');
+CREATE TEMPORARY VIEW cheap AS SELECT auction, price FROM bid WHERE price < 1000000;
+EXECUTE STATEMENT SET BEGIN
+  INSERT INTO a SELECT auction FROM cheap;
+  INSERT INTO b SELECT price FROM bid;
+END;",
+            a.display(),
+            b.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--quiet"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 46 of every 50 Nexmark events are bids.
+    assert_eq!(lines_under(&b).len(), 920);
+    let cheap = lines_under(&a).len();
+    assert!(cheap > 0 && cheap <= 920, "{cheap}");
+
+    // A statement set holds INSERTs only, and needs its END.
+    std::fs::write(
+        &script,
+        "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '10');
+BEGIN STATEMENT SET;
+SELECT * FROM bid;
+END;",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--quiet"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 3") && err.contains("INSERT INTO statements only"),
+        "{err}"
+    );
+}
