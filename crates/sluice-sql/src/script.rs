@@ -265,6 +265,25 @@ fn preprocess(script: &str, lines: &Lines<'_>, s: Stmt<'_>) -> Result<RawStateme
         return parse_set(toks, pos);
     }
     let mut text: Vec<u8> = masked(script, s.start..s.end);
+    // Flink's `TIMESTAMP_LTZ(p)` and `TIMESTAMP(p) WITH LOCAL TIME ZONE`: an instant, kept
+    // like `TIMESTAMP(p)` as UTC epoch time (what `TO_TIMESTAMP_LTZ` gives too); rewritten
+    // in place, so positions stay.
+    for (i, t) in toks.iter().enumerate() {
+        let w = bare_word(t);
+        if w == "TIMESTAMP_LTZ" {
+            let a = lines.offset(t.span.start);
+            text[a..a + w.len()].copy_from_slice(b"TIMESTAMP    ");
+        } else if w == "WITH"
+            && toks.len() > i + 3
+            && toks[i + 1..i + 4]
+                .iter()
+                .map(|t| bare_word(t))
+                .eq(["LOCAL", "TIME", "ZONE"])
+        {
+            let a = lines.offset(t.span.start);
+            blank(&mut text, a..lines.offset(toks[i + 3].span.end));
+        }
+    }
     // `TABLE name` as an argument of a window table function: drop the keyword.
     for i in 1..toks.len().saturating_sub(1) {
         if is_kw(&toks[i].token, Keyword::TABLE)
@@ -784,6 +803,19 @@ mod tests {
             let e = split(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn local_time_zone_timestamps_read_as_timestamps() {
+        let s = split(
+            "CREATE TABLE t (a TIMESTAMP_LTZ(3), b TIMESTAMP(3) WITH LOCAL TIME ZONE, c timestamp_ltz) WITH ('connector' = 'print')",
+        )
+        .unwrap();
+        let (text, _) = sql(&s[0]);
+        assert_eq!(
+            text.split_whitespace().collect::<Vec<_>>().join(" "),
+            "CREATE TABLE t (a TIMESTAMP (3), b TIMESTAMP(3) , c TIMESTAMP )"
+        );
     }
 
     #[test]
