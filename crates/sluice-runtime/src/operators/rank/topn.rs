@@ -17,7 +17,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
-use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use async_trait::async_trait;
@@ -160,18 +159,7 @@ impl TopNOperator {
         descending: bool,
         limit: usize,
     ) -> Result<Self> {
-        let order_fields: Vec<SortField> = order
-            .iter()
-            .map(|&(i, descending)| {
-                SortField::new_with_options(
-                    input.field(i).data_type().clone(),
-                    SortOptions {
-                        descending,
-                        nulls_first: false,
-                    },
-                )
-            })
-            .collect();
+        let order_fields = super::ranking_fields(&input, &order);
         let all: Vec<DataType> = input
             .fields()
             .iter()

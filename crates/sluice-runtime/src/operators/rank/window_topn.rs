@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
-use arrow::compute::{SortOptions, concat_batches, filter_record_batch, take_record_batch};
+use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
@@ -214,19 +214,7 @@ impl TopNPerWindowOperator {
     }
 
     fn ranking(input: &SchemaRef, order: &[(usize, bool)]) -> Result<RowConverter> {
-        let fields = order
-            .iter()
-            .map(|&(i, descending)| {
-                SortField::new_with_options(
-                    input.field(i).data_type().clone(),
-                    SortOptions {
-                        descending,
-                        nulls_first: false,
-                    },
-                )
-            })
-            .collect();
-        RowConverter::new(fields).map_err(|e| {
+        RowConverter::new(super::ranking_fields(input, order)).map_err(|e| {
             SluiceError::user("top-n per window: cannot order by these columns").with_source(e)
         })
     }
