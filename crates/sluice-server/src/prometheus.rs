@@ -139,17 +139,12 @@ impl Family {
     }
 }
 
-/// Every subtask of every operator of every job, with its labels' values.
-fn subtasks(
-    jobs: &[Arc<JobEntry>],
-    mut f: impl FnMut(&str, &OperatorMetrics, &str, &SubtaskMetrics),
-) {
-    for j in jobs {
-        let m = j.metrics();
-        for o in &m.operators {
-            for (i, s) in o.subtasks.iter().enumerate() {
-                f(&j.name, o, &i.to_string(), s);
-            }
+/// Every subtask of every operator of job `j`, with its labels' values.
+fn subtasks(j: &JobEntry, mut f: impl FnMut(&str, &OperatorMetrics, &str, &SubtaskMetrics)) {
+    let m = j.metrics();
+    for o in &m.operators {
+        for (i, s) in o.subtasks.iter().enumerate() {
+            f(&j.name, o, &i.to_string(), s);
         }
     }
 }
@@ -167,12 +162,14 @@ pub(crate) fn families(jobs: &[Arc<JobEntry>]) -> Vec<MetricFamily> {
             false => MetricType::GAUGE,
         };
         let mut f = Family::new(name, help, kind);
-        subtasks(jobs, |job, o, i, s| {
-            f.add(
-                &[("job", job), ("operator", &o.name), ("subtask", i)],
-                read(s),
-            );
-        });
+        for j in jobs {
+            subtasks(j, |job, o, i, s| {
+                f.add(
+                    &[("job", job), ("operator", &o.name), ("subtask", i)],
+                    read(s),
+                );
+            });
+        }
         f.push_to(&mut out);
     }
 
@@ -194,7 +191,7 @@ pub(crate) fn families(jobs: &[Arc<JobEntry>]) -> Vec<MetricFamily> {
     let now = now_ms();
     for j in jobs {
         let running = is_running(j);
-        subtasks(std::slice::from_ref(j), |job, o, i, s| {
+        subtasks(j, |job, o, i, s| {
             let labels = [("job", job), ("operator", o.name.as_str()), ("subtask", i)];
             let w = s.watermark.load(Relaxed);
             if w != i64::MIN {

@@ -70,20 +70,36 @@ pub(crate) async fn fire_processing_timer(
 
 /// `k,window_start,window_end,<column 3>` of every output row, in emission order.
 pub(crate) fn window_rows(out: &[Batch]) -> Vec<String> {
+    window_rows_through(out, 4)
+}
+
+/// `k,window_start,window_end,<every aggregate>` of every output row (all columns but
+/// the event time), sorted.
+pub(crate) fn all_window_rows(out: &[Batch]) -> Vec<String> {
+    let columns = out.first().map_or(0, |b| b.data.num_columns() - 1);
+    let mut rows = window_rows_through(out, columns);
+    rows.sort();
+    rows
+}
+
+/// The first `columns` columns of every output row, window bounds as epoch ms.
+fn window_rows_through(out: &[Batch], columns: usize) -> Vec<String> {
     use arrow::util::display::array_value_to_string;
     let mut rows = Vec::new();
     for b in out {
         let d = &b.data;
         for i in 0..d.num_rows() {
-            let cell = |c: usize| array_value_to_string(d.column(c), i).expect("printable");
-            let ts = |c: usize| {
-                d.column(c)
+            let cell = |c: usize| match c {
+                1 | 2 => d
+                    .column(c)
                     .as_any()
                     .downcast_ref::<TimestampMillisecondArray>()
                     .expect("a window bound")
                     .value(i)
+                    .to_string(),
+                _ => array_value_to_string(d.column(c), i).expect("printable"),
             };
-            rows.push(format!("{},{},{},{}", cell(0), ts(1), ts(2), cell(3)));
+            rows.push((0..columns).map(cell).collect::<Vec<_>>().join(","));
         }
     }
     rows

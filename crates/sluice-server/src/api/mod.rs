@@ -101,7 +101,8 @@ fn api_routes() -> OpenApiRouter<Arc<JobManager>> {
 
 /// The API's router.
 pub fn router(manager: Arc<JobManager>) -> Router {
-    let (api, _) = api_routes().split_for_parts();
+    let (api, doc) = api_routes().split_for_parts();
+    openapi::keep(doc);
     api.merge(crate::dashboard::routes())
         .fallback(|| async {
             ApiError::new(

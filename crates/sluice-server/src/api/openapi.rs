@@ -21,13 +21,21 @@ pub(super) fn base() -> utoipa::openapi::OpenApi {
     Header::openapi()
 }
 
+static DOC: OnceLock<serde_json::Value> = OnceLock::new();
+
 /// The OpenAPI document of the REST API (built once from the handlers).
 pub fn openapi_document() -> &'static serde_json::Value {
-    static DOC: OnceLock<serde_json::Value> = OnceLock::new();
-    DOC.get_or_init(|| {
-        serde_json::to_value(super::api_routes().into_openapi())
-            .expect("invariant: an OpenAPI document serializes")
-    })
+    DOC.get_or_init(|| json(super::api_routes().into_openapi()))
+}
+
+/// Keeps the document of a router just built (every router's is the same), so that
+/// serving it does not build the routes a second time.
+pub(super) fn keep(doc: utoipa::openapi::OpenApi) {
+    DOC.get_or_init(|| json(doc));
+}
+
+fn json(doc: utoipa::openapi::OpenApi) -> serde_json::Value {
+    serde_json::to_value(doc).expect("invariant: an OpenAPI document serializes")
 }
 
 /// This document.

@@ -840,7 +840,6 @@ mod tests {
 
     mod property {
         use super::*;
-        use arrow::array::{Int64Array, StringArray};
         use proptest::prelude::*;
 
         const BOUND: i64 = 100;
@@ -870,41 +869,6 @@ mod tests {
         }
 
         use crate::operators::test_util::kv_batch as batch;
-
-        fn rows_of(out: &[Batch]) -> Vec<String> {
-            let mut v = Vec::new();
-            for b in out {
-                let d = &b.data;
-                let k = d.column(0).as_any().downcast_ref::<StringArray>().unwrap();
-                let ts = |i: usize| {
-                    d.column(i)
-                        .as_any()
-                        .downcast_ref::<TimestampMillisecondArray>()
-                        .unwrap()
-                        .clone()
-                };
-                let int = |i: usize| {
-                    d.column(i)
-                        .as_any()
-                        .downcast_ref::<Int64Array>()
-                        .unwrap()
-                        .clone()
-                };
-                let (ws, we, n, total) = (ts(1), ts(2), int(3), int(4));
-                for r in 0..d.num_rows() {
-                    v.push(format!(
-                        "{},{},{},{},{}",
-                        k.value(r),
-                        ws.value(r),
-                        we.value(r),
-                        n.value(r),
-                        total.value(r)
-                    ));
-                }
-            }
-            v.sort();
-            v
-        }
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(64))]
@@ -949,7 +913,7 @@ mod tests {
                     advance(&mut op, &mut ctx, Watermark::MAX, &mut out).await.unwrap();
                 });
                 prop_assert_eq!(ctx.metrics.late_records.load(std::sync::atomic::Ordering::Relaxed), 0);
-                prop_assert_eq!(rows_of(&out.batches), reference(&rows, gap));
+                prop_assert_eq!(crate::operators::test_util::all_window_rows(&out.batches), reference(&rows, gap));
                 prop_assert_eq!(op.keys_held(), 0, "all session state is freed at the end");
             }
         }

@@ -482,7 +482,6 @@ fn invalid_windows_are_rejected() {
 
 mod property {
     use super::*;
-    use arrow::array::{Int64Array, StringArray};
     use proptest::prelude::*;
 
     const BOUND: i64 = 100;
@@ -507,42 +506,6 @@ mod property {
     }
 
     use crate::operators::test_util::kv_batch as batch;
-
-    fn rows_of(out: &[Batch]) -> Vec<String> {
-        let mut v = Vec::new();
-        for b in out {
-            let d = &b.data;
-            let k = d.column(0).as_any().downcast_ref::<StringArray>().unwrap();
-            let ts = |i: usize| {
-                d.column(i)
-                    .as_any()
-                    .downcast_ref::<TimestampMillisecondArray>()
-                    .unwrap()
-                    .clone()
-            };
-            let int = |i: usize| {
-                d.column(i)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .clone()
-            };
-            let (ws, we, n, total, hi) = (ts(1), ts(2), int(3), int(4), int(5));
-            for r in 0..d.num_rows() {
-                v.push(format!(
-                    "{},{},{},{},{},{}",
-                    k.value(r),
-                    ws.value(r),
-                    we.value(r),
-                    n.value(r),
-                    total.value(r),
-                    hi.value(r)
-                ));
-            }
-        }
-        v.sort();
-        v
-    }
 
     fn geometry() -> impl Strategy<Value = (i64, i64)> {
         prop_oneof![
@@ -599,7 +562,7 @@ mod property {
                 advance(&mut op, &mut ctx, Watermark::MAX, &mut out).await.unwrap();
             });
             prop_assert_eq!(ctx.metrics.late_records.load(std::sync::atomic::Ordering::Relaxed), 0);
-            prop_assert_eq!(rows_of(&out.batches), reference(&rows, size, slide));
+            prop_assert_eq!(crate::operators::test_util::all_window_rows(&out.batches), reference(&rows, size, slide));
             prop_assert_eq!(op.slices_held(), 0, "all window state is freed at the end");
             // Live slices cover at most the open windows plus the out-of-order bound.
             let width = gcd(size, slide);
@@ -665,7 +628,7 @@ mod property {
                 }
                 advance(&mut op, &mut ctx, Watermark::MAX, &mut out).await.unwrap();
             });
-            prop_assert_eq!(rows_of(&out.batches), want);
+            prop_assert_eq!(crate::operators::test_util::all_window_rows(&out.batches), want);
             prop_assert_eq!(op.slices_held(), 0, "all window state is freed at the end");
         }
     }
