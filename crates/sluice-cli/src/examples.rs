@@ -64,7 +64,7 @@ fn file_bid_schema() -> arrow::datatypes::SchemaRef {
 pub const EXAMPLES: &[Example] = &[
     Example {
         name: "hot-items",
-        about: "Nexmark bids over $10, counted per auction (running aggregate), written as JSON lines",
+        about: "Nexmark bids over $10, counted per auction (running aggregate), written as a Debezium JSON changelog",
         build: |a| {
             let p = Pipeline::new("hot-items");
             p.parallelism(a.parallelism);
@@ -76,7 +76,7 @@ pub const EXAMPLES: &[Example] = &[
                     max(col("price")).alias("top_price"),
                     avg(col("price")).alias("avg_price"),
                 ])
-                .sink(FileSink::json(a.out_dir.join("hot-items")));
+                .sink(FileSink::debezium_json(a.out_dir.join("hot-items")));
             p
         },
     },

@@ -607,8 +607,13 @@ pub struct MessageEncoder {
 }
 
 enum EncoderState {
-    Json,
-    Csv { delimiter: u8 },
+    /// JSON objects; with explicit nulls (`"before": null`), as Debezium envelopes are.
+    Json {
+        explicit_nulls: bool,
+    },
+    Csv {
+        delimiter: u8,
+    },
     Raw,
     Avro(AvroEncoder),
 }
@@ -617,7 +622,12 @@ impl MessageEncoder {
     /// An encoder of rows of `schema` in `format`.
     pub fn new(format: &MessageFormat, schema: &SchemaRef) -> Result<Self> {
         let state = match format {
-            MessageFormat::Json | MessageFormat::DebeziumJson { .. } => EncoderState::Json,
+            MessageFormat::Json => EncoderState::Json {
+                explicit_nulls: false,
+            },
+            MessageFormat::DebeziumJson { .. } => EncoderState::Json {
+                explicit_nulls: true,
+            },
             MessageFormat::Csv { delimiter } => EncoderState::Csv {
                 delimiter: *delimiter,
             },
@@ -644,9 +654,11 @@ impl MessageEncoder {
         self.buf.clear();
         self.rows.clear();
         match &mut self.state {
-            EncoderState::Json => {
+            EncoderState::Json { explicit_nulls } => {
                 {
-                    let mut w = arrow::json::LineDelimitedWriter::new(&mut self.buf);
+                    let mut w = arrow::json::WriterBuilder::new()
+                        .with_explicit_nulls(*explicit_nulls)
+                        .build::<_, arrow::json::writer::LineDelimited>(&mut self.buf);
                     w.write(batch)?;
                     w.finish()?;
                 }

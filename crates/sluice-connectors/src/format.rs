@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{RecordBatch, StringArray, StructArray};
+use arrow::buffer::NullBuffer;
 use arrow::compute::concat_batches;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use sluice_runtime::dead_letter::DeadLetter;
-use sluice_types::{Result, SluiceError};
+use sluice_types::{Batch, Result, SluiceError};
 
 use crate::options::OptionReader;
 
@@ -27,6 +28,9 @@ pub enum Format {
     Json,
     /// Apache Parquet.
     Parquet,
+    /// A changelog as Debezium JSON lines: `{"before": …, "after": …, "op": …}` per
+    /// change (writing only).
+    DebeziumJson,
 }
 
 /// Option keys of the filesystem connector: `path` and the format's options.
@@ -48,9 +52,10 @@ impl Format {
     /// Parses `'format'` and its options.
     pub fn from_options(o: &OptionReader<'_>) -> Result<Self> {
         match o
-            .choice("format", &["csv", "json", "parquet"], None)?
+            .choice("format", &["csv", "json", "parquet", "debezium-json"], None)?
             .as_str()
         {
+            "debezium-json" => Ok(Format::DebeziumJson),
             "csv" => Ok(Format::Csv {
                 delimiter: csv_delimiter(o)?,
                 header: o.bool_or("csv.header", false)?,
@@ -64,7 +69,7 @@ impl Format {
     pub fn extension(&self) -> &'static str {
         match self {
             Format::Csv { .. } => "csv",
-            Format::Json => "jsonl",
+            Format::Json | Format::DebeziumJson => "jsonl",
             Format::Parquet => "parquet",
         }
     }
@@ -121,7 +126,7 @@ impl Format {
     ) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
         let batch_size = rows.max(1) + 1;
         let batch = match self {
-            Format::Json => {
+            Format::Json | Format::DebeziumJson => {
                 let mut d = arrow::json::ReaderBuilder::new(Arc::clone(schema))
                     .with_batch_size(batch_size)
                     .with_strict_mode(false)
@@ -168,4 +173,50 @@ impl Format {
         }
         Ok(batch)
     }
+}
+
+/// A batch of changes as Debezium's envelope, the way Flink's `debezium-json` writes it:
+/// an insert or update-after is `op: c` with the row as `after`; an update-before or a
+/// delete is `op: d` with the row as `before` (a consumer applying them in order holds
+/// the result). `rows` are the columns to write of `batch`'s rows (rows without kinds
+/// are inserts).
+///
+/// ```text
+///  +I[a, 1]  ->  {"before": null, "after": {"k": "a", "n": 1}, "op": "c"}
+///  -U[a, 1]  ->  {"before": {"k": "a", "n": 1}, "after": null, "op": "d"}
+/// ```
+pub fn debezium_envelope(rows: &RecordBatch, batch: &Batch) -> Result<RecordBatch> {
+    let n = rows.num_rows();
+    let added: Vec<bool> = (0..n).map(|i| batch.row_kind(i).is_addition()).collect();
+    let image = |present: NullBuffer| -> Result<StructArray> {
+        Ok(StructArray::try_new(
+            rows.schema().fields().clone(),
+            rows.columns().to_vec(),
+            Some(present),
+        )?)
+    };
+    let after = image(NullBuffer::from(added.clone()))?;
+    let before = image(NullBuffer::from(
+        added.iter().map(|a| !a).collect::<Vec<_>>(),
+    ))?;
+    let op = StringArray::from_iter_values(added.iter().map(|&a| if a { "c" } else { "d" }));
+    let row = DataType::Struct(rows.schema().fields().clone());
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("before", row.clone(), true),
+        Field::new("after", row, true),
+        Field::new("op", DataType::Utf8, false),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![Arc::new(before), Arc::new(after), Arc::new(op)],
+    )?)
+}
+
+/// Writes Debezium envelopes as JSON lines, `null` written out as Flink does.
+pub fn debezium_writer<W: std::io::Write>(
+    out: W,
+) -> arrow::json::Writer<W, arrow::json::writer::LineDelimited> {
+    arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build(out)
 }

@@ -1,5 +1,6 @@
 //! `'connector' = 'blackhole'` (discards rows; for benchmarks) and `'connector' = 'print'`
-//! (JSON lines on standard output, optionally prefixed by `print-identifier`).
+//! (rows on standard output as Flink prints them: `+I[1001, 42]`, `-U[…]`, `+U[…]`, `-D[…]`,
+//! prefixed `id> ` by `print-identifier` and with the subtask when there are several).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -35,6 +36,10 @@ impl SinkConnector for BlackholeConnector {
         Ok(Arc::clone(input))
     }
 
+    fn accepts_updates(&self, _spec: &ConnectorSpec) -> bool {
+        true
+    }
+
     fn create(&self, config: &Arc<SchemaRef>, _task: &TaskInfo) -> Result<Box<dyn Operator>> {
         Ok(Box::new(BlackholeOperator {
             input: Arc::clone(config),
@@ -58,7 +63,7 @@ impl Operator for BlackholeOperator {
     }
 }
 
-/// Prints rows to standard output as JSON lines.
+/// Prints rows to standard output the way Flink's print connector does.
 pub struct PrintConnector;
 
 /// Parsed print options.
@@ -70,6 +75,8 @@ pub struct PrintConfig {
 /// The print sink operator.
 pub struct PrintOperator {
     config: Arc<PrintConfig>,
+    /// `id> `, `id:2> `, `2> ` or nothing, as Flink prefixes its lines.
+    prefix: String,
     buf: Vec<u8>,
 }
 
@@ -92,12 +99,54 @@ impl SinkConnector for PrintConnector {
         })
     }
 
-    fn create(&self, config: &Arc<PrintConfig>, _task: &TaskInfo) -> Result<Box<dyn Operator>> {
+    fn accepts_updates(&self, _spec: &ConnectorSpec) -> bool {
+        true
+    }
+
+    fn create(&self, config: &Arc<PrintConfig>, task: &TaskInfo) -> Result<Box<dyn Operator>> {
+        let mut prefix = config.identifier.clone().unwrap_or_default();
+        if task.parallelism > 1 {
+            if !prefix.is_empty() {
+                prefix.push(':');
+            }
+            prefix.push_str(&(task.subtask + 1).to_string());
+        }
+        if !prefix.is_empty() {
+            prefix.push_str("> ");
+        }
         Ok(Box::new(PrintOperator {
             config: Arc::clone(config),
+            prefix,
             buf: Vec::new(),
         }))
     }
+}
+
+/// Writes `batch`'s rows as Flink prints rows: `+I[1001, auction, null]`, one per line.
+pub fn print_rows(batch: &Batch, prefix: &str, out: &mut Vec<u8>) -> Result<()> {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let rows = batch.user_columns();
+    let options = FormatOptions::default().with_null("null");
+    let formatters = rows
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    for i in 0..rows.num_rows() {
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(batch.row_kind(i).short().as_bytes());
+        out.push(b'[');
+        for (c, f) in formatters.iter().enumerate() {
+            if c > 0 {
+                out.extend_from_slice(b", ");
+            }
+            write!(out, "{}", f.value(i)).map_err(|e| {
+                SluiceError::internal("formatting a printed row failed").with_source(e)
+            })?;
+        }
+        out.extend_from_slice(b"]\n");
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -113,27 +162,11 @@ impl Operator for PrintOperator {
         _out: &mut dyn Collector,
     ) -> Result<()> {
         self.buf.clear();
-        {
-            let mut w = arrow::json::LineDelimitedWriter::new(&mut self.buf);
-            w.write(&batch.user_columns())?;
-            w.finish()?;
-        }
+        print_rows(&batch, &self.prefix, &mut self.buf)?;
         let stdout = std::io::stdout();
         let mut lock = stdout.lock();
-        let r = match &self.config.identifier {
-            None => lock.write_all(&self.buf),
-            Some(id) => self
-                .buf
-                .split(|b| *b == b'\n')
-                .filter(|l| !l.is_empty())
-                .try_for_each(|line| {
-                    lock.write_all(id.as_bytes())?;
-                    lock.write_all(b"> ")?;
-                    lock.write_all(line)?;
-                    lock.write_all(b"\n")
-                }),
-        };
-        r.and_then(|_| lock.flush())
+        lock.write_all(&self.buf)
+            .and_then(|_| lock.flush())
             .map_err(|e| SluiceError::external("writing to standard output failed").with_source(e))
     }
 }
@@ -185,5 +218,42 @@ impl PrintSink {
             Some(id) => s.with_option("print-identifier", id),
             None => s,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{
+        Int8Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    };
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn rows_print_as_flink_prints_them_with_their_kinds() {
+        let user = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Utf8, true),
+                Field::new("n", DataType::Int64, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from(vec![Some("a"), Some("a"), None])),
+                Arc::new(Int64Array::from(vec![1, 2, 3])),
+            ],
+        )
+        .unwrap();
+        let batch = Batch::from_changes(
+            &user,
+            Int8Array::from(vec![1, 2, 3]),
+            TimestampMillisecondArray::from(vec![0, 0, 0]),
+            sluice_types::IngestTime::at(0),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        print_rows(&batch, "out:2> ", &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "out:2> -U[a, 1]\nout:2> +U[a, 2]\nout:2> -D[null, 3]\n"
+        );
     }
 }

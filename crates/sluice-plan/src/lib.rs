@@ -121,8 +121,10 @@ pub enum NodeKind {
         /// Output expressions, each named (use `.alias`).
         exprs: Vec<Expr>,
     },
-    /// A keyed running aggregate: for each input batch, emits the updated aggregate
-    /// of every key the batch touched (upsert semantics by key).
+    /// A keyed running aggregate: for each input batch, emits the changes to the
+    /// aggregates of the keys the batch touched (`+I`, `-U`/`+U`, `-D` for a group whose
+    /// rows were all taken back). Its input may be updating (retractions are taken back
+    /// out of their groups).
     Aggregate {
         /// Grouping columns.
         keys: Vec<String>,
@@ -131,18 +133,6 @@ pub enum NodeKind {
         /// A key no row reached for this long (event time, past the watermark) is
         /// forgotten (`table.exec.state.ttl`); `None`: kept forever.
         ttl_ms: Option<i64>,
-    },
-    /// A keyed running aggregate over an updating input (upserts by `upsert_key`): each
-    /// row replaces the earlier row of its upsert key in its group's aggregates. The
-    /// keys must be among the upsert key columns. Emits upserts by key, like
-    /// [`NodeKind::Aggregate`].
-    UpdatingAggregate {
-        /// Grouping columns (a subset of `upsert_key`).
-        keys: Vec<String>,
-        /// The input's upsert key.
-        upsert_key: Vec<String>,
-        /// Aggregate expressions (count, sum, avg, min, max), aliased.
-        aggregates: Vec<Expr>,
     },
     /// OVER aggregates: each row comes out once, in event-time order per partition,
     /// with the aggregates over its frame of preceding rows (`agg(x) OVER (PARTITION BY
@@ -226,15 +216,9 @@ pub enum NodeKind {
         /// Output names of the table's columns, in its order.
         right_names: Vec<String>,
     },
-    /// An upsert stream (the newest row of a key is its value) as a changelog: per change
-    /// one row with `before` (the key's previous row or null), `after` and `op`
-    /// (`c` or `u`), as Debezium writes them.
-    Changelog {
-        /// The key columns of the upserts (none: one key).
-        keys: Vec<String>,
-    },
-    /// An inner equi-join of two append-only streams: the node's first input edge is the
-    /// left side, its second the right. A pair joins when its key columns are equal and,
+    /// An equi-join: the node's first input edge is the left side, its second the right.
+    /// A regular join (no interval) of updating inputs, and a regular outer join, take
+    /// rows back: their output is a changelog. A pair joins when its key columns are equal and,
     /// with an interval, when `right time - left time` lies in `[lower, upper]` ms. Output:
     /// the left columns, then the right ones; its event time is the later of the two.
     Join {
@@ -249,13 +233,10 @@ pub enum NodeKind {
         left_retain_ms: Option<i64>,
         /// The same for right rows.
         right_retain_ms: Option<i64>,
-        /// Updating inputs (regular joins only): the columns identifying each side's
-        /// rows. A row replaces the earlier row of its key (which has the same join key),
-        /// and the output is an upsert stream by both sides' keys.
-        upsert_keys: Option<(Vec<String>, Vec<String>)>,
-        /// Outer join (interval joins only): which sides keep their unmatched rows
-        /// (left, right). A kept row that can no longer match (the watermark passed its
-        /// time plus its side's retention) is emitted once with NULLs for the other side.
+        /// Outer join: which sides keep their unmatched rows (left, right). In an interval
+        /// join, a kept row that can no longer match (the watermark passed its time plus
+        /// its side's retention) is emitted once with NULLs for the other side; a regular
+        /// outer join emits it at once and takes it back when a match comes.
         outer: (bool, bool),
         /// Per side (left, right), a timestamp column bounding the other side's event
         /// time from above (`r.time <= l.expires`): a row is freed once the watermark
@@ -478,7 +459,6 @@ impl NodeKind {
             NodeKind::Filter { .. } => "filter".into(),
             NodeKind::Project { .. } => "project".into(),
             NodeKind::Aggregate { .. } => "aggregate".into(),
-            NodeKind::UpdatingAggregate { .. } => "updating aggregate".into(),
             NodeKind::OverAggregate { frame, .. } => format!("over {frame:?}"),
             NodeKind::WindowAggregate { window, .. } => format!("window-aggregate {window}"),
             NodeKind::TopNPerWindow {
@@ -495,7 +475,6 @@ impl NodeKind {
                 }
                 format!("top-{limit}-per-window by {by}")
             }
-            NodeKind::Changelog { keys } => format!("changelog by ({})", keys.join(", ")),
             NodeKind::LookupJoin {
                 table,
                 left_keys,

@@ -356,15 +356,19 @@ impl PreparedJob {
             for (k, &id) in chain.iter().enumerate() {
                 let node = &self.plan.nodes[id];
                 let link = if k == 0 { "  " } else { "  └─ chained: " };
-                let cols: Vec<String> = self.schemas[id]
-                    .fields()
+                let schema = &self.schemas[id];
+                let cols: Vec<String> = schema.fields()[..sluice_types::user_column_count(schema)]
                     .iter()
-                    .filter(|f| f.name() != TIMESTAMP_FIELD)
                     .map(|f| f.name().clone())
                     .collect();
+                // As Flink's EXPLAIN says which nodes emit updates and deletes.
+                let changes = match sluice_types::is_updating(schema) {
+                    true => " changelog (+I -U +U -D)",
+                    false => "",
+                };
                 let _ = writeln!(
                     s,
-                    "{link}[{id}] {} `{}` -> ({})",
+                    "{link}[{id}] {} `{}` -> ({}){changes}",
                     node.kind.label(),
                     node.name,
                     cols.join(", ")

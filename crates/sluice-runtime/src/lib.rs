@@ -24,5 +24,6 @@ pub use job::{JobHandle, PreparedJob, StopHandle};
 pub use operator::{Collector, Operator, OperatorContext, TimeDomain, VecCollector};
 pub use source::{
     ConnectorRegistry, ReadResult, SinkConnector, SourceConnector, SourceReader, Split,
+    append_only_sink_error,
 };
 pub use state::{OperatorState, RestoredState};

@@ -211,6 +211,11 @@ pub trait SinkConnector: Send + Sync + 'static {
     fn parse(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<Self::Config>;
     /// The sink operator for one subtask.
     fn create(&self, config: &Arc<Self::Config>, task: &TaskInfo) -> Result<Box<dyn Operator>>;
+    /// Whether it can write an updating stream (rows with a `_rowkind`: updates and
+    /// deletes) as configured by `spec`. An append-only sink (the default) refuses one.
+    fn accepts_updates(&self, _spec: &ConnectorSpec) -> bool {
+        false
+    }
 }
 
 /// A sink whose options have been parsed.
@@ -224,6 +229,21 @@ pub trait DynSinkConnector: Send + Sync {
     fn options(&self) -> &'static [&'static str];
     /// Parses options.
     fn prepare(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<SinkFactory>;
+    /// Whether it writes updates and deletes as configured by `spec`.
+    fn accepts_updates(&self, spec: &ConnectorSpec) -> bool;
+}
+
+/// The error of an append-only sink given an updating input, naming what would take it.
+pub fn append_only_sink_error(sink: &str, spec: &ConnectorSpec) -> SluiceError {
+    let format = spec
+        .options
+        .get("format")
+        .map(|f| format!(" with 'format' = '{f}'"))
+        .unwrap_or_default();
+    SluiceError::user(format!(
+        "{sink} (connector '{}'{format}) only appends rows, but the query updates and deletes rows it wrote before (a GROUP BY without windows, a Top-N, or a join or filter over one); write it as a changelog ('format' = 'debezium-json' to files or Kafka, or 'connector' = 'print'), or make the query append-only (a window aggregate)",
+        spec.connector
+    ))
 }
 
 struct SinkEntry<C>(Arc<C>);
@@ -235,8 +255,14 @@ impl<C: SinkConnector> DynSinkConnector for SinkEntry<C> {
     fn options(&self) -> &'static [&'static str] {
         self.0.options()
     }
+    fn accepts_updates(&self, spec: &ConnectorSpec) -> bool {
+        self.0.accepts_updates(spec)
+    }
     fn prepare(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<SinkFactory> {
         check_options(self.0.name(), self.0.options(), spec)?;
+        if sluice_types::is_updating(input) && !self.0.accepts_updates(spec) {
+            return Err(append_only_sink_error("the sink", spec));
+        }
         let config = Arc::new(self.0.parse(spec, input)?);
         let connector = Arc::clone(&self.0);
         Ok(Arc::new(move |task: &TaskInfo| {

@@ -18,6 +18,7 @@
 //! | `table.exec.mini-batch.size` (`sluice.batch.max-rows`) | most rows per batch |
 //! | `table.exec.mini-batch.allow-latency` (`sluice.batch.linger`) | longest a row waits for its batch |
 //! | `sluice.channel-capacity` | batches buffered per channel |
+//! | `sql-client.execution.result-mode` | how a client shows a query's rows: `changelog` or `tableau` (every change with its kind), `table` (the rows the changes leave) |
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -37,6 +38,9 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
     /// How long regular joins keep rows.
     pub state_ttl: Option<Duration>,
+    /// How a SQL client shows results: `changelog` (every change with its kind), `table`
+    /// (the rows the changes leave) or `tableau`; Flink's SQL client option.
+    pub result_mode: ResultMode,
     config: JobConfig,
     touched: Vec<&'static str>,
 }
@@ -48,6 +52,7 @@ impl Default for Settings {
             job_name: None,
             idle_timeout: None,
             state_ttl: None,
+            result_mode: ResultMode::Changelog,
             config: JobConfig::default(),
             touched: Vec::new(),
         }
@@ -77,7 +82,17 @@ pub const KEYS: &[&str] = &[
     "table.exec.mini-batch.allow-latency",
     "sluice.batch.linger",
     "sluice.channel-capacity",
+    "sql-client.execution.result-mode",
 ];
+
+/// How a SQL client shows a query's rows (`sql-client.execution.result-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResultMode {
+    /// Every change with its kind (`+I`, `-U`, `+U`, `-D`); also Flink's `tableau`.
+    Changelog,
+    /// The rows the changes leave, as a table.
+    Table,
+}
 
 /// A duration as Flink writes them: `10 s`, `10s`, `500 ms`, `1 min`, or plain milliseconds.
 pub fn parse_duration(v: &str) -> Option<Duration> {
@@ -163,6 +178,17 @@ impl Settings {
                 c.batch.linger = duration(k, value)?
             }
             "sluice.channel-capacity" => c.channel_capacity = number(k, value, 1usize)?,
+            "sql-client.execution.result-mode" => {
+                self.result_mode = match value.to_ascii_lowercase().as_str() {
+                    "changelog" | "tableau" => ResultMode::Changelog,
+                    "table" => ResultMode::Table,
+                    _ => {
+                        return Err(SqlError::new(format!(
+                            "'{k}' is table, changelog or tableau, not '{value}'"
+                        )));
+                    }
+                }
+            }
             _ => unreachable!("every key in KEYS is handled"),
         }
         self.touched.push(k);

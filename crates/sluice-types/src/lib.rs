@@ -10,7 +10,10 @@ mod batch;
 mod error;
 mod message;
 
-pub use batch::{Batch, IngestTime, TIMESTAMP_FIELD, now_micros, timestamp_field};
+pub use batch::{
+    Batch, IngestTime, ROW_KIND_FIELD, RowKind, TIMESTAMP_FIELD, is_updating, now_micros,
+    row_kind_field, timestamp_field, user_column_count,
+};
 pub use error::{ErrorKind, Result, SluiceError, capture_backtraces, panic_message};
 pub use message::{CheckpointBarrier, CheckpointKind, Message, Watermark};
 

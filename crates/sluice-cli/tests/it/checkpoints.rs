@@ -459,7 +459,7 @@ fn sql_job(input: &Path, out: &Path, parallelism: usize, checkpoints: &Path) -> 
          WITH ('connector' = 'filesystem', 'path' = '{input}', 'format' = 'json',
                'rows-per-second' = '40000');
          CREATE TABLE pairs WITH ('connector' = 'filesystem', 'path' = '{out}/pairs', 'format' = 'json');
-         CREATE TABLE top3 WITH ('connector' = 'filesystem', 'path' = '{out}/top3', 'format' = 'json');
+         CREATE TABLE top3 WITH ('connector' = 'filesystem', 'path' = '{out}/top3', 'format' = 'debezium-json');
          INSERT INTO pairs
          SELECT a.auction, a.bidder, a.price AS first_price, b.price AS next_price
          FROM bids a JOIN bids b ON a.auction = b.auction AND a.bidder = b.bidder
@@ -477,18 +477,36 @@ fn sql_job(input: &Path, out: &Path, parallelism: usize, checkpoints: &Path) -> 
     p
 }
 
-/// The final top-3 per auction: a rank's price only rises as bids arrive, so the final
-/// value of (auction, rank) is the largest emitted for it.
+/// The final top-3 per auction: the Debezium changelog applied (`c` adds its `after`
+/// row, `d` takes its `before` row back), in any order; each row must end up there once
+/// or not at all, and each (auction, rank) once.
 fn final_top3(lines: &[String]) -> BTreeMap<(i64, i64), i64> {
-    let mut best = BTreeMap::new();
+    let mut held: BTreeMap<(i64, i64, i64), i64> = BTreeMap::new();
     for l in lines {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        let key = (v["auction"].as_i64().unwrap(), v["rn"].as_i64().unwrap());
-        let price = v["price"].as_i64().unwrap();
-        let e = best.entry(key).or_insert(price);
-        *e = (*e).max(price);
+        let (image, delta) = match v["op"].as_str() {
+            Some("c") => (&v["after"], 1),
+            _ => (&v["before"], -1),
+        };
+        let field = |f: &str| image[f].as_i64().unwrap();
+        *held
+            .entry((field("auction"), field("rn"), field("price")))
+            .or_default() += delta;
     }
-    best
+    let mut top = BTreeMap::new();
+    for ((auction, rn, price), n) in held {
+        assert!(
+            n == 0 || n == 1,
+            "({auction}, {rn}, {price}) held {n} times"
+        );
+        if n == 1 {
+            assert!(
+                top.insert((auction, rn), price).is_none(),
+                "rank {rn} of {auction} twice"
+            );
+        }
+    }
+    top
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,38 +57,57 @@ async fn streaming_keyed_aggregate_equals_batch_group_by() {
             max(col("price")).alias("hi"),
             avg(col("price")).alias("mean"),
         ])
-        .sink(FileSink::json(&output));
+        .sink(FileSink::debezium_json(&output));
     p.run().await.unwrap();
 
-    // The final value per key is its row with the largest count (counts only grow).
+    // The changelog, applied in order per key: `c` adds the `after` row, `d` takes the
+    // `before` row back; exactly one row per key must remain.
+    let row = DataType::Struct(
+        vec![
+            Field::new("auction", DataType::Int64, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("total", DataType::Int64, true),
+            Field::new("lo", DataType::Int64, true),
+            Field::new("hi", DataType::Int64, true),
+            Field::new("mean", DataType::Float64, true),
+        ]
+        .into(),
+    );
     let out_schema = Arc::new(Schema::new(vec![
-        Field::new("auction", DataType::Int64, false),
-        Field::new("n", DataType::Int64, false),
-        Field::new("total", DataType::Int64, true),
-        Field::new("lo", DataType::Int64, true),
-        Field::new("hi", DataType::Int64, true),
-        Field::new("mean", DataType::Float64, true),
+        Field::new("before", row.clone(), true),
+        Field::new("after", row, true),
+        Field::new("op", DataType::Utf8, false),
     ]));
-    let mut streamed: BTreeMap<i64, (i64, i64, i64, i64, String)> = BTreeMap::new();
+    type Values = (i64, i64, i64, i64, String);
+    let mut held: BTreeMap<i64, Vec<Values>> = BTreeMap::new();
     for b in read_jsonl(&output, out_schema) {
-        let c = |i: usize| b.column(i).as_primitive::<Int64Type>().clone();
-        let (a, n, t, lo, hi) = (c(0), c(1), c(2), c(3), c(4));
-        let mean = b.column(5).as_primitive::<Float64Type>();
+        let ops = b.column(2).as_string::<i32>();
         for i in 0..b.num_rows() {
-            let e = streamed
-                .entry(a.value(i))
-                .or_insert((0, 0, 0, 0, String::new()));
-            if n.value(i) > e.0 {
-                *e = (
-                    n.value(i),
-                    t.value(i),
-                    lo.value(i),
-                    hi.value(i),
-                    format!("{:.6}", mean.value(i)),
-                );
+            let image = b
+                .column(if ops.value(i) == "c" { 1 } else { 0 })
+                .as_struct();
+            let c = |j: usize| image.column(j).as_primitive::<Int64Type>().value(i);
+            let mean = image.column(5).as_primitive::<Float64Type>().value(i);
+            let values = (c(1), c(2), c(3), c(4), format!("{mean:.6}"));
+            let rows = held.entry(c(0)).or_default();
+            match ops.value(i) {
+                "c" => rows.push(values),
+                _ => {
+                    let at = rows.iter().position(|r| *r == values).unwrap_or_else(|| {
+                        panic!("auction {}: `d` of {values:?}, which is not there", c(0))
+                    });
+                    rows.remove(at);
+                }
             }
         }
     }
+    let streamed: BTreeMap<i64, Values> = held
+        .into_iter()
+        .map(|(k, mut rows)| {
+            assert_eq!(rows.len(), 1, "auction {k}: {rows:?}");
+            (k, rows.remove(0))
+        })
+        .collect();
 
     // 3. The same GROUP BY in DataFusion, as a batch over the same files.
     let ctx = SessionContext::new();

@@ -49,6 +49,38 @@ impl Collected {
     }
 }
 
+/// The rows of a batch as a SQL client shows them: an updating stream's rows with their
+/// kind first, in a column `op` (`+I`, `-U`, `+U`, `-D`), as Flink's changelog mode.
+pub fn with_op_column(batch: &Batch) -> RecordBatch {
+    let rows = batch.user_columns();
+    if batch.row_kinds().is_none() {
+        return rows;
+    }
+    let op: arrow::array::ArrayRef = Arc::new(arrow::array::StringArray::from_iter_values(
+        (0..batch.num_rows()).map(|i| batch.row_kind(i).short()),
+    ));
+    let mut fields = vec![Arc::new(arrow::datatypes::Field::new(
+        "op",
+        arrow::datatypes::DataType::Utf8,
+        false,
+    ))];
+    fields.extend(rows.schema().fields().iter().cloned());
+    let mut columns = vec![op];
+    columns.extend(rows.columns().iter().cloned());
+    RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
+        .expect("invariant: one more column of the same length")
+}
+
+/// A collected batch without its `op` column (the values of every change).
+pub fn without_op(b: RecordBatch) -> RecordBatch {
+    match b.schema().field(0).name() == "op" {
+        true => b
+            .project(&(1..b.num_columns()).collect::<Vec<_>>())
+            .unwrap(),
+        false => b,
+    }
+}
+
 pub struct CollectConnector {
     pub collected: Collected,
 }
@@ -70,6 +102,10 @@ impl SinkConnector for CollectConnector {
             .get("delay-ms")
             .map_or(0, |d| d.parse().unwrap());
         Ok((Arc::clone(input), delay))
+    }
+
+    fn accepts_updates(&self, _spec: &ConnectorSpec) -> bool {
+        true
     }
 
     fn create(&self, config: &Arc<(SchemaRef, u64)>, task: &TaskInfo) -> Result<Box<dyn Operator>> {
@@ -110,7 +146,7 @@ impl Operator for CollectOperator {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        self.push(Seen::Rows(batch.user_columns()));
+        self.push(Seen::Rows(with_op_column(&batch)));
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use sluice_plan::{ConnectorSpec, DeliveryGuarantee};
 use sluice_runtime::{
     Collector, Operator, OperatorContext, OperatorState, RestoredState, SinkConnector,
 };
-use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TIMESTAMP_FIELD, TaskInfo};
+use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TaskInfo, user_column_count};
 
 use crate::format::{FILE_OPTIONS, Format};
 use crate::options::OptionReader;
@@ -51,14 +51,12 @@ impl SinkConnector for FileSinkConnector {
         })
     }
 
+    fn accepts_updates(&self, spec: &ConnectorSpec) -> bool {
+        spec.options.get("format").map(String::as_str) == Some("debezium-json")
+    }
+
     fn create(&self, config: &Arc<FileSinkConfig>, task: &TaskInfo) -> Result<Box<dyn Operator>> {
-        let fields: Vec<_> = config
-            .input
-            .fields()
-            .iter()
-            .filter(|f| f.name() != TIMESTAMP_FIELD)
-            .cloned()
-            .collect();
+        let fields: Vec<_> = config.input.fields()[..user_column_count(&config.input)].to_vec();
         Ok(Box::new(FileSinkOperator {
             config: Arc::clone(config),
             schema: Arc::new(Schema::new(fields)),
@@ -76,6 +74,8 @@ impl SinkConnector for FileSinkConnector {
 enum Writer {
     Csv(arrow::csv::Writer<BufWriter<File>>),
     Json(arrow::json::LineDelimitedWriter<BufWriter<File>>),
+    /// Changes as Debezium envelopes.
+    Debezium(arrow::json::LineDelimitedWriter<BufWriter<File>>),
     Parquet(ArrowWriter<BufWriter<File>>),
 }
 
@@ -154,6 +154,7 @@ impl FileSinkOperator {
                     .build(out),
             ),
             Format::Json => Writer::Json(arrow::json::LineDelimitedWriter::new(out)),
+            Format::DebeziumJson => Writer::Debezium(crate::format::debezium_writer(out)),
             Format::Parquet => Writer::Parquet(
                 ArrowWriter::try_new(out, Arc::clone(&self.schema), None).map_err(|e| {
                     SluiceError::internal("cannot start a Parquet file").with_source(e)
@@ -177,7 +178,7 @@ impl FileSinkOperator {
         let path = f.temp;
         let file = match f.writer {
             Writer::Csv(w) => w.into_inner(),
-            Writer::Json(mut w) => {
+            Writer::Json(mut w) | Writer::Debezium(mut w) => {
                 w.finish().map_err(|e| write_err(&path, e))?;
                 w.into_inner()
             }
@@ -258,13 +259,17 @@ impl Operator for FileSinkOperator {
         if self.writer.is_none() {
             self.open()?;
         }
-        let rows = batch.user_columns();
         let f = self.writer.as_mut().expect("invariant: opened above");
         let path = &f.temp;
+        let rows = || batch.user_columns();
         match &mut f.writer {
-            Writer::Csv(w) => w.write(&rows).map_err(|e| write_err(path, e)),
-            Writer::Json(w) => w.write(&rows).map_err(|e| write_err(path, e)),
-            Writer::Parquet(w) => w.write(&rows).map_err(|e| write_err(path, e)),
+            Writer::Debezium(w) => {
+                let changes = crate::format::debezium_envelope(&rows(), &batch)?;
+                w.write(&changes).map_err(|e| write_err(path, e))
+            }
+            Writer::Csv(w) => w.write(&rows()).map_err(|e| write_err(path, e)),
+            Writer::Json(w) => w.write(&rows()).map_err(|e| write_err(path, e)),
+            Writer::Parquet(w) => w.write(&rows()).map_err(|e| write_err(path, e)),
         }
     }
 
@@ -358,6 +363,12 @@ impl FileSink {
     /// JSON lines into directory `dir`.
     pub fn json(dir: impl AsRef<Path>) -> Self {
         Self::new(dir, "json")
+    }
+
+    /// A Debezium JSON changelog into directory `dir`: each change of an updating
+    /// stream as `{"before", "after", "op"}` (`c` adds a row, `d` takes one back).
+    pub fn debezium_json(dir: impl AsRef<Path>) -> Self {
+        Self::new(dir, "debezium-json")
     }
 
     /// CSV into directory `dir` (no header unless [`FileSink::with_header`]).

@@ -350,12 +350,8 @@ impl Topics {
     }
 }
 
-/// The `_timestamp`-free field list of a schema (what a sink writes).
+/// The field list of a schema without its row-kind and event-time columns (what a sink
+/// writes).
 fn user_fields(schema: &SchemaRef) -> Vec<Arc<Field>> {
-    schema
-        .fields()
-        .iter()
-        .filter(|f| f.name() != sluice_types::TIMESTAMP_FIELD)
-        .cloned()
-        .collect()
+    schema.fields()[..sluice_types::user_column_count(schema)].to_vec()
 }

@@ -104,6 +104,14 @@ impl SinkConnector for KafkaSinkConnector {
         OPTIONS
     }
 
+    fn accepts_updates(&self, spec: &ConnectorSpec) -> bool {
+        spec.options
+            .get("format")
+            .or(spec.options.get("value.format"))
+            .map(String::as_str)
+            == Some("debezium-json")
+    }
+
     fn parse(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<KafkaSinkConfig> {
         let o = OptionReader::new("kafka", spec);
         for source_only in [
@@ -439,10 +447,22 @@ impl KafkaSinkOperator {
             .map_err(kafka_err(what))
     }
 
-    /// Appends one batch's records to `txn.data` / `txn.recs` (encoded once).
-    fn encode_into(&mut self, batch: &RecordBatch, txn_buf: &mut Txn) -> Result<()> {
+    /// Appends one batch's records to `txn.data` / `txn.recs` (encoded once); `changes`
+    /// is the batch the rows came in, for their kinds.
+    fn encode_into(
+        &mut self,
+        batch: &RecordBatch,
+        changes: &Batch,
+        txn_buf: &mut Txn,
+    ) -> Result<()> {
         let cfg = Arc::clone(&self.config);
         let values = batch.project(&cfg.value_columns)?;
+        let values = match cfg.format {
+            MessageFormat::DebeziumJson { .. } => {
+                crate::format::debezium_envelope(&values, changes)?
+            }
+            _ => values,
+        };
         self.value_encoder.encode(&values)?;
         if let (Some(enc), Some((_, _, idx))) = (&mut self.key_encoder, &cfg.key) {
             enc.encode(&batch.project(idx)?)?;
@@ -741,7 +761,7 @@ impl Operator for KafkaSinkOperator {
         }
         let mut txn = std::mem::take(&mut self.current);
         let from = txn.recs.len();
-        let r = self.encode_into(&data, &mut txn);
+        let r = self.encode_into(&data, &batch, &mut txn);
         let r = match r {
             Ok(()) => match self.guarantee {
                 Guarantee::ExactlyOnce => {

@@ -3,7 +3,6 @@
 //! node into an operator factory.
 
 pub mod aggregates;
-pub mod changelog;
 pub mod filter;
 pub mod joins;
 pub mod project;
@@ -71,15 +70,11 @@ fn constructor(kind: &NodeKind) -> Constructor {
         NodeKind::Project { .. } => project::ProjectOperator::from_node,
         NodeKind::Aggregate { .. } => aggregates::group::AggregateOperator::from_node,
         NodeKind::OverAggregate { .. } => aggregates::over::OverAggregateOperator::from_node,
-        NodeKind::UpdatingAggregate { .. } => {
-            aggregates::retract::RetractAggregateOperator::from_node
-        }
         NodeKind::WindowAggregate { .. } => windows::from_node,
         NodeKind::TopNPerWindow { .. } => rank::window_topn::TopNPerWindowOperator::from_node,
         NodeKind::TopN { .. } => rank::topn::TopNOperator::from_node,
-        NodeKind::Changelog { .. } => changelog::ChangelogOperator::from_node,
         NodeKind::LookupJoin { .. } => joins::lookup::LookupJoinOperator::from_node,
-        NodeKind::Join { .. } => joins::join::JoinOperator::from_node,
+        NodeKind::Join { .. } => joins::from_node,
         NodeKind::Sink(_) => sink_from_node,
         NodeKind::Source(_) => |_, _, _| {
             Err(SluiceError::internal(
@@ -89,6 +84,18 @@ fn constructor(kind: &NodeKind) -> Constructor {
     }
 }
 
+/// Whether a node of this kind handles every row kind of an updating input.
+fn consumes_updates(kind: &NodeKind) -> bool {
+    matches!(
+        kind,
+        NodeKind::Filter { .. }
+            | NodeKind::Project { .. }
+            | NodeKind::Aggregate { .. }
+            | NodeKind::Join { .. }
+            | NodeKind::Sink(_)
+    )
+}
+
 /// Prepares a non-source node against its input schemas: every configuration error
 /// surfaces here, before data moves.
 pub fn prepare_node(
@@ -96,6 +103,12 @@ pub fn prepare_node(
     inputs: &[&SchemaRef],
     registry: &ConnectorRegistry,
 ) -> Result<PreparedNode> {
+    if inputs.iter().any(|i| sluice_types::is_updating(i)) && !consumes_updates(kind) {
+        return Err(SluiceError::user(format!(
+            "`{}` cannot take updates and deletes, but its input updates rows it emitted before (a GROUP BY without windows, a Top-N, or a join of one)",
+            kind.label()
+        )));
+    }
     // A single-input node's inputs merge once here; its constructor sees the merged one.
     let (operator, input_schema) = match kind {
         NodeKind::Join { .. } => {

@@ -1,4 +1,5 @@
-//! Computes new columns from expressions; the event-time column is carried along.
+//! Computes new columns from expressions; the row-kind column of an updating stream and
+//! the event-time column are carried along.
 
 use std::sync::Arc;
 
@@ -7,7 +8,9 @@ use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion_expr::Expr;
 use datafusion_physical_expr::PhysicalExpr;
-use sluice_types::{Batch, Result, SluiceError, TIMESTAMP_FIELD, timestamp_field};
+use sluice_types::{
+    Batch, ROW_KIND_FIELD, Result, SluiceError, TIMESTAMP_FIELD, user_column_count,
+};
 
 use super::PreparedOperator;
 use crate::expr::{evaluate, output_field, plan_expr};
@@ -41,9 +44,10 @@ impl ProjectOperator {
         for e in exprs {
             let p = plan_expr(e, input)?;
             let f = output_field(e, &p, input)?;
-            if f.name() == TIMESTAMP_FIELD {
+            if f.name() == TIMESTAMP_FIELD || f.name() == ROW_KIND_FIELD {
                 return Err(SluiceError::user(format!(
-                    "`{TIMESTAMP_FIELD}` is the event-time column and is always carried along; do not project it"
+                    "`{}` is carried along with every row; do not project it",
+                    f.name()
                 )));
             }
             if fields
@@ -58,7 +62,9 @@ impl ProjectOperator {
             fields.push(f);
             physical.push(p);
         }
-        fields.push(Arc::new(timestamp_field()));
+        // The row kind (updating streams) and the event time, as they come.
+        let carried = user_column_count(input);
+        fields.extend(input.fields()[carried..].iter().cloned());
         let schema: SchemaRef = Arc::new(Schema::new(fields));
         let output_schema = Arc::clone(&schema);
         Ok(PreparedOperator {
@@ -89,7 +95,11 @@ impl Operator for ProjectOperator {
         for e in &self.exprs {
             columns.push(evaluate(e, &batch)?);
         }
-        columns.push(Arc::clone(batch.data.column(batch.data.num_columns() - 1)));
+        columns.extend(
+            batch.data.columns()[batch.num_user_columns()..]
+                .iter()
+                .cloned(),
+        );
         let data = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
         out.collect(batch.with_data(data)).await
     }

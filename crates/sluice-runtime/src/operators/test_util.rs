@@ -284,19 +284,77 @@ pub(crate) fn restored(
     out
 }
 
-/// The last row per key (the first column), each as its cells joined by `,`
-/// (`_timestamp` left out), sorted by key: an upsert stream's final values.
-pub(crate) fn latest_per_key(out: &[Batch]) -> Vec<String> {
+/// The rows a changelog leaves when applied in order (`+I`/`+U` add a row, `-U`/`-D` take
+/// one back), each as its user columns joined by commas, sorted. A row taken back that
+/// was never added is a bug in the operator and fails the test.
+pub(crate) fn materialize(out: &[Batch]) -> Vec<String> {
     use arrow::util::display::array_value_to_string;
-    let mut latest = std::collections::BTreeMap::new();
+    let mut rows: std::collections::BTreeMap<String, usize> = Default::default();
     for b in out {
         let d = &b.data;
         for i in 0..d.num_rows() {
-            let cells: Vec<String> = (0..d.num_columns() - 1)
+            let cells: Vec<String> = (0..b.num_user_columns())
                 .map(|c| array_value_to_string(d.column(c), i).unwrap())
                 .collect();
-            latest.insert(cells[0].clone(), cells.join(","));
+            let row = cells.join(",");
+            match b.row_kind(i).is_addition() {
+                true => *rows.entry(row).or_default() += 1,
+                false => {
+                    let n = rows.get_mut(&row).unwrap_or_else(|| {
+                        panic!(
+                            "{} {row} takes back a row that is not there",
+                            b.row_kind(i).short()
+                        )
+                    });
+                    *n -= 1;
+                    if *n == 0 {
+                        rows.remove(&row);
+                    }
+                }
+            }
         }
     }
-    latest.into_values().collect()
+    rows.into_iter()
+        .flat_map(|(r, n)| std::iter::repeat_n(r, n))
+        .collect()
+}
+
+/// A batch of an updating stream: two BIGINT columns named `names`, each row with its
+/// kind, at event time 0.
+pub(crate) fn change_batch(names: [&str; 2], rows: &[(sluice_types::RowKind, i64, i64)]) -> Batch {
+    use arrow::array::{Int8Array, Int64Array, RecordBatch, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let user = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new(names[0], DataType::Int64, false),
+            Field::new(names[1], DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+        ],
+    )
+    .unwrap();
+    Batch::from_changes(
+        &user,
+        Int8Array::from_iter_values(rows.iter().map(|r| r.0.code())),
+        TimestampMillisecondArray::from_iter_values(rows.iter().map(|_| 0)),
+        sluice_types::IngestTime::at(0),
+    )
+    .unwrap()
+}
+
+/// Every change of a changelog in order, as `+I a,1` (its kind, then its user columns).
+pub(crate) fn changes(out: &[Batch]) -> Vec<String> {
+    use arrow::util::display::array_value_to_string;
+    let mut v = Vec::new();
+    for b in out {
+        for i in 0..b.num_rows() {
+            let cells: Vec<String> = (0..b.num_user_columns())
+                .map(|c| array_value_to_string(b.data.column(c), i).unwrap())
+                .collect();
+            v.push(format!("{} {}", b.row_kind(i).short(), cells.join(",")));
+        }
+    }
+    v
 }

@@ -73,52 +73,10 @@ impl Lowerer<'_> {
             input.window = w;
         }
         let p = self.parallelism;
-        if input.updating {
-            // The upserts of another GROUP BY (or Top-N): each row replaces the earlier
-            // row of its key, so it is taken back out of its group first.
-            if window.is_some() {
-                return Err(SqlError::unsupported(
-                    "a windowed aggregate over an updating input (a GROUP BY without windows)",
-                ));
-            }
-            let Some(upsert_key) = input.upsert_key.clone() else {
-                return Err(SqlError::unsupported(
-                    "an aggregate over an updating input whose key columns were not all selected (keep every GROUP BY column of the inner query in its SELECT list)",
-                ));
-            };
-            if let Some(k) = keys.iter().find(|k| !upsert_key.contains(k)) {
-                return Err(SqlError::unsupported(format!(
-                    "GROUP BY `{k}` over an updating input whose rows are identified by ({}): group by those columns (or some of them), so that every update of a row stays in its group",
-                    upsert_key.join(", ")
-                )));
-            }
-            if keys.is_empty() {
-                return Err(SqlError::unsupported(
-                    "a global aggregate (no GROUP BY) over an updating input",
-                ));
-            }
-            let node = self.add(
-                &input,
-                NodeKind::UpdatingAggregate {
-                    keys: keys.clone(),
-                    upsert_key,
-                    aggregates,
-                },
-                p,
-                Some(Partitioning::Hash(keys.clone())),
-            );
-            let key_names = keys.clone();
-            let mut columns = keys;
-            columns.extend(names[n_groups..].iter().cloned());
-            return Ok(Lowered {
-                node,
-                columns,
-                rowtime: None,
-                window: None,
-                updating: true,
-                upsert_key: Some(key_names),
-                window_end: None,
-            });
+        if input.updating && window.is_some() {
+            return Err(SqlError::unsupported(
+                "a windowed aggregate over an updating input (a GROUP BY without windows, a Top-N or a regular join of one)",
+            ));
         }
         if let Some(tvf) = window {
             if window_cols.len() != 2 {
@@ -155,7 +113,6 @@ impl Lowerer<'_> {
                 rowtime: None,
                 window: None,
                 updating: false,
-                upsert_key: None,
                 window_end,
             });
         }
@@ -184,14 +141,12 @@ impl Lowerer<'_> {
                 rowtime: None,
                 window: None,
                 updating: true,
-                upsert_key: Some(Vec::new()),
                 window_end: None,
             };
             let names = names[n_groups..].to_vec();
             let exprs = names.iter().map(|n| ucol(n.as_str())).collect();
             return Ok(self.project(&out, exprs, names));
         }
-        let key_names = keys.clone();
         let node = self.add(
             &input,
             NodeKind::Aggregate {
@@ -210,7 +165,6 @@ impl Lowerer<'_> {
             rowtime: None,
             window: None,
             updating: true,
-            upsert_key: Some(key_names),
             window_end: None,
         })
     }

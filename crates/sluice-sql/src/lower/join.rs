@@ -89,17 +89,7 @@ impl Lowerer<'_> {
                 side.node = self.add(side, NodeKind::Filter { predicate }, par, None);
             }
         }
-        if left.updating != right.updating {
-            return Err(SqlError::unsupported(
-                "a join of an updating input (the output of a GROUP BY without windows) with an append-only one",
-            ));
-        }
-        let updating = left.updating;
-        if updating && (left.upsert_key.is_none() || right.upsert_key.is_none()) {
-            return Err(SqlError::unsupported(
-                "a join of updating inputs whose key columns were not all selected (keep every GROUP BY column in the inner SELECT lists)",
-            ));
-        }
+        let updating_input = left.updating || right.updating;
         // Physical names: plain where unique in the join's output, `q.name` where not.
         let names = physical_names(&j.schema);
         let unique: std::collections::HashSet<&String> = names.iter().collect();
@@ -261,54 +251,31 @@ impl Lowerer<'_> {
         } else {
             (ttl, ttl)
         };
+        if updating_input && (interval.is_some() || is_window_join) {
+            return Err(SqlError::unsupported(
+                "an interval or window join of an updating input (the output of a GROUP BY without windows, a Top-N or a regular join): join it with equal keys only",
+            ));
+        }
         if is_outer {
-            if updating {
+            if is_window_join {
                 return Err(SqlError::unsupported(
-                    "an outer join of updating inputs (it would need retractions)",
-                ));
-            }
-            if interval.is_none() || is_window_join {
-                return Err(SqlError::unsupported(
-                    "an outer join without time bounds between its inputs: write it as an interval join (`r.ts BETWEEN l.ts - INTERVAL … AND l.ts + INTERVAL …`); a regular outer join would need retractions",
+                    "an outer window join: write it as an interval join (`r.ts BETWEEN l.ts - INTERVAL … AND l.ts + INTERVAL …`) or a regular outer join",
                 ));
             }
             if !residual.is_empty() {
                 return Err(SqlError::unsupported(
-                    "conditions beyond equal keys and time bounds in the ON of an outer join",
+                    "conditions beyond equal keys and time bounds in the ON of an outer join; filter the inputs first",
                 ));
             }
         }
-        let upsert_keys = match (&left.upsert_key, &right.upsert_key) {
-            (Some(lu), Some(ru)) if updating => {
-                if interval.is_some() || is_window_join || !residual.is_empty() {
-                    return Err(SqlError::unsupported(
-                        "a join of updating inputs with conditions beyond equal keys (time bounds, windows or other predicates); filter each input first",
-                    ));
-                }
-                for (keys, upsert, side) in [(&left_keys, lu, "left"), (&right_keys, ru, "right")] {
-                    if let Some(k) = keys.iter().find(|k| !upsert.contains(k)) {
-                        return Err(SqlError::unsupported(format!(
-                            "joining updating inputs on `{k}`, which is not among the columns identifying the {side} input's rows ({}): every update of a row must keep its join key",
-                            upsert.join(", ")
-                        )));
-                    }
-                }
-                Some((lu.clone(), ru.clone()))
-            }
-            _ => None,
-        };
-        let out_upsert_key = upsert_keys.as_ref().map(|(l, r)| {
-            let mut k = l.clone();
-            k.extend(r.iter().cloned());
-            k
-        });
+        // A regular outer join takes its NULL-padded rows back when a match comes.
+        let updating = updating_input || (is_outer && interval.is_none());
         let kind = NodeKind::Join {
             left_keys: left_keys.clone(),
             right_keys: right_keys.clone(),
             interval,
             left_retain_ms: left_retain_ms.or(ttl),
             right_retain_ms: right_retain_ms.or(ttl),
-            upsert_keys,
             outer,
             until: (until[0].take(), until[1].take()),
         };
@@ -324,7 +291,6 @@ impl Lowerer<'_> {
             rowtime: None,
             window: None,
             updating,
-            upsert_key: out_upsert_key,
             window_end: None,
         };
         if !residual.is_empty() {
@@ -457,7 +423,6 @@ impl Lowerer<'_> {
             rowtime: left.rowtime.clone(),
             window: None,
             updating: false,
-            upsert_key: None,
             window_end: None,
         };
         if let Some(p) = datafusion_expr::utils::conjunction(after) {

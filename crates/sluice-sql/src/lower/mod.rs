@@ -6,7 +6,7 @@
 //!  WindowTvf                   -> nothing yet: marks the stream as windowed
 //!  Filter / Projection         -> filter / project (chained with their neighbours)
 //!  Aggregate over a window TVF -> window aggregate, hash-partitioned by the other keys
-//!  Aggregate                   -> running aggregate (an upsert stream by key)
+//!  Aggregate                   -> running aggregate (a changelog: +I, -U/+U, -D)
 //!  Filter(rank <= n) over Window(RANK() OVER (PARTITION BY window_start, window_end …))
 //!                              -> top-n per window
 //! ```
@@ -46,11 +46,9 @@ pub struct Lowered {
     pub rowtime: Option<String>,
     /// A window TVF not yet consumed by its GROUP BY.
     pub window: Option<Arc<WindowTvf>>,
-    /// Whether rows update earlier rows (a running aggregate's upserts).
+    /// Whether rows update or delete rows emitted before (a changelog: rows carry their
+    /// kind), as the output of a GROUP BY without windows, a Top-N or a regular join of one.
     pub updating: bool,
-    /// For updating rows: the columns that identify what a row updates (empty: one global
-    /// row); `None` when unknown (a key column was dropped).
-    pub upsert_key: Option<Vec<String>>,
     /// The `window_end` column of windowed rows (under its current name) and the window
     /// size in ms: a row's window ends at most that long after its event time.
     pub window_end: Option<(String, u64)>,
@@ -254,10 +252,6 @@ impl<'a> Lowerer<'a> {
             .window_end
             .as_ref()
             .and_then(|(c, size)| renamed(c).map(|n| (n, *size)));
-        let upsert_key = input
-            .upsert_key
-            .as_ref()
-            .and_then(|ks| ks.iter().map(|k| renamed(k)).collect::<Option<Vec<_>>>());
         let exprs = exprs
             .into_iter()
             .zip(&names)
@@ -271,7 +265,6 @@ impl<'a> Lowerer<'a> {
             rowtime,
             window: input.window.clone(),
             updating: input.updating,
-            upsert_key,
             window_end,
         }
     }
@@ -517,7 +510,6 @@ impl<'a> Lowerer<'a> {
                     rowtime: None,
                     window: None,
                     updating: false,
-                    upsert_key: None,
                     window_end: None,
                 })
             }

@@ -183,7 +183,6 @@ impl Lowerer<'_> {
             rowtime: input.rowtime.clone(),
             window: None,
             updating: false,
-            upsert_key: None,
             window_end: None,
         })
     }

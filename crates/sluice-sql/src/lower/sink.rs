@@ -30,7 +30,6 @@ impl Lowerer<'_> {
             rowtime: None,
             window: None,
             updating: false,
-            upsert_key: None,
             window_end: None,
         };
         // The project reads the side output: add it by hand.
@@ -135,28 +134,14 @@ impl Lowerer<'_> {
         }
         spec.metadata
             .retain(|c, _| !def.virtual_columns.contains(c));
-        let mut lowered = lowered;
-        if spec.options.get("format").map(String::as_str) == Some("debezium-json") {
-            // A changelog of the updates: before/after/op rows, written as JSON lines.
-            if !lowered.updating {
-                return Err(SqlError::new(format!(
-                    "table `{}` uses 'format' = 'debezium-json', which writes the changes of an updating query (GROUP BY without windows, Top-N without windows); this query only appends rows: use 'format' = 'json'",
-                    def.name
-                )));
-            }
-            let Some(keys) = lowered.upsert_key.clone() else {
-                return Err(SqlError::new(format!(
-                    "table `{}` uses 'format' = 'debezium-json': select the columns that identify an update (the GROUP BY or PARTITION BY columns, and the rank)",
-                    def.name
-                )));
-            };
-            let p = self.plan.nodes[lowered.node].parallelism;
-            let edge = (!keys.is_empty()).then(|| Partitioning::Hash(keys.clone()));
-            let p = if keys.is_empty() { 1 } else { p };
-            lowered.node = self.add(&lowered, NodeKind::Changelog { keys }, p, edge);
-            spec.options.insert("format".into(), "json".into());
-            // The sink writes before/after/op, not the table's columns.
-            spec.schema = None;
+        if lowered.updating
+            && let Ok(sink) = self.registry.sink(&spec.connector)
+            && !sink.accepts_updates(&spec)
+        {
+            return Err(SqlError::new(
+                sluice_runtime::append_only_sink_error(&format!("table `{}`", def.name), &spec)
+                    .message,
+            ));
         }
         let p = self.plan.nodes[lowered.node].parallelism;
         let node = match self.sinks.get(&def.name) {

@@ -62,7 +62,6 @@ impl Lowerer<'_> {
             rowtime: rowtime.clone(),
             window: None,
             updating: false,
-            upsert_key: None,
             window_end: None,
         };
         let mut want: Vec<String> = if def.declared.fields().is_empty() {

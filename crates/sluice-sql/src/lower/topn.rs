@@ -127,7 +127,7 @@ impl Lowerer<'_> {
             }
         }
         if !per_window {
-            // Top-N over the whole stream: an updating result (upserts by key and rank).
+            // Top-N over the whole stream: an updating result (changes of the ranks).
             if fname != "row_number" {
                 return Err(SqlError::unsupported(
                     "RANK() without windows (use ROW_NUMBER(), or partition by window_start, window_end)",
@@ -144,8 +144,6 @@ impl Lowerer<'_> {
                     Some(Partitioning::Hash(partition.clone())),
                 )
             };
-            let mut upsert_key = partition.clone();
-            upsert_key.push(rank_name.clone());
             let node = self.add(
                 &input,
                 NodeKind::TopN {
@@ -168,7 +166,6 @@ impl Lowerer<'_> {
                 rowtime: None,
                 window: None,
                 updating: true,
-                upsert_key: Some(upsert_key),
                 window_end: None,
             };
             return Ok(Some(self.reproject(out, &skipped, &window_out, &rank_name)));

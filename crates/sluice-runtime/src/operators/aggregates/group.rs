@@ -1,27 +1,42 @@
-//! A keyed running aggregate: for every input batch it updates the aggregates of the
-//! keys the batch touches and emits one row per touched key with the new values
-//! (upsert semantics by key: the last row of a key is its current result). At the end
-//! of a bounded input, the last row per key equals a batch `GROUP BY`.
+//! A keyed running aggregate (`GROUP BY` without windows). Its output is a changelog:
+//! per input batch, for every key the batch touched, `+I` with the first result of a
+//! new key, `-U` with the previous result and `+U` with the new one when it changed, and
+//! `-D` with the last result of a group whose rows were all taken back. Applying the
+//! changes in order holds, at the end of a bounded input, the batch `GROUP BY`.
+//!
+//! ```text
+//!  in:  +I a 1   +I a 3   +I b 2   -U a 1   +U a 5          (GROUP BY k, SUM(v))
+//!  out: +I a 4   +I b 2   -U a 4   +U a 8
+//! ```
+//!
+//! Over an updating input (retractions from an inner aggregate, Top-N or join) the
+//! accumulators take `-U`/`-D` rows back out (DataFusion's sliding accumulators, a
+//! counted multiset for `min`/`max`) and each group counts its rows, so an emptied group
+//! is deleted rather than showing `COUNT 0`.
 //!
 //! Aggregates are DataFusion aggregate functions (count, sum, min, max, avg and any
 //! UDAF) through their accumulators. Per batch the work is columnar: keys are encoded
-//! with the Arrow row format, rows are sorted by group once (one `take`), and each
-//! touched group's accumulators get zero-copy slices.
+//! with the Arrow row format, rows are sorted by group (and addition or retraction) once
+//! (one `take`), and each touched group's accumulators get zero-copy slices.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{ArrayRef, Int8Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::take;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use async_trait::async_trait;
 use datafusion_common::ScalarValue;
 use datafusion_common::hash_utils::RandomState;
 use datafusion_expr::{Accumulator, Expr};
-use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, timestamp_field};
+use sluice_types::{
+    Batch, CheckpointBarrier, Result, RowKind, SluiceError, is_updating, row_kind_field,
+    timestamp_field,
+};
 
-use super::{PlannedAggregate, PlannedAggregates, accumulators_from};
+use super::retract::retractable;
+use super::{PlannedAggregate, PlannedAggregates};
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::PreparedOperator;
@@ -47,22 +62,40 @@ use crate::state::{OperatorState, RestoredState, TableReader, TableWriter, table
 ///     &schema,
 /// ).unwrap();
 /// let names: Vec<_> = op.output_schema.fields().iter().map(|f| f.name().clone()).collect();
-/// assert_eq!(names, ["auction", "bids", "volume", "_timestamp"]);
+/// assert_eq!(names, ["auction", "bids", "volume", "_rowkind", "_timestamp"]);
 /// ```
 pub struct AggregateOperator {
     key_indices: Vec<usize>,
     aggregates: Vec<PlannedAggregate>,
+    /// Over an updating input: per aggregate, its argument types (for retractable
+    /// accumulators). `None`: an append-only input.
+    retracting: Option<Arc<Vec<Vec<DataType>>>>,
     schema: SchemaRef,
     converter: RowConverter,
     groups: HashMap<Box<[u8]>, u32, RandomState>,
     group_keys: Rows,
     accumulators: Vec<Vec<Box<dyn Accumulator>>>,
+    /// Over an updating input: the rows in each group (0: emptied, nothing emitted).
+    rows: Vec<i64>,
+    /// Groups emptied since the last compaction.
+    emptied: usize,
     /// Forget a key no row reached for this long (event time, past the watermark).
     ttl: Option<Ttl>,
     /// With a TTL: per group, the latest event time of its rows.
     last: Vec<i64>,
     sweeps: Sweeps,
 }
+
+/// A group the current batch touches.
+struct Touched {
+    group: u32,
+    adds: u32,
+    retracts: u32,
+    max_ts: i64,
+    /// The group's result before the batch, if it had one.
+    before: Option<Vec<ScalarValue>>,
+}
+
 impl AggregateOperator {
     /// Checks keys and aggregates against the input schema.
     pub fn prepare(
@@ -91,6 +124,26 @@ impl AggregateOperator {
         let mut fields = planned.key_fields.clone();
         fields.extend(planned.aggregate_fields.iter().cloned());
         let planned = planned.aggregates;
+        let retracting = match is_updating(input) {
+            false => None,
+            true => {
+                let types: Vec<Vec<DataType>> = planned
+                    .iter()
+                    .map(|a| {
+                        a.args
+                            .iter()
+                            .map(|e| e.data_type(input).map_err(df_err))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Result<_>>()?;
+                // Fail now if an aggregate cannot take values back.
+                for (a, t) in planned.iter().zip(&types) {
+                    retractable(a, t)?;
+                }
+                Some(Arc::new(types))
+            }
+        };
+        fields.push(Arc::new(row_kind_field()));
         fields.push(Arc::new(timestamp_field()));
         let schema: SchemaRef = Arc::new(Schema::new(fields));
         let output_schema = Arc::clone(&schema);
@@ -109,11 +162,14 @@ impl AggregateOperator {
                 Ok(Box::new(AggregateOperator {
                     key_indices: key_indices.clone(),
                     aggregates: planned.clone(),
+                    retracting: retracting.clone(),
                     schema: Arc::clone(&schema),
                     converter,
                     groups: HashMap::with_hasher(RandomState::default()),
                     group_keys,
                     accumulators: Vec::new(),
+                    rows: Vec::new(),
+                    emptied: 0,
                     ttl: Ttl::of(ttl_ms),
                     last: Vec::new(),
                     sweeps: Sweeps::default(),
@@ -123,14 +179,23 @@ impl AggregateOperator {
     }
 
     fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
-        self.aggregates
-            .iter()
-            .map(|a| {
-                a.function
-                    .create_accumulator()
-                    .map_err(|e| SluiceError::internal("cannot create accumulator").with_source(e))
-            })
-            .collect()
+        match &self.retracting {
+            Some(types) => self
+                .aggregates
+                .iter()
+                .zip(types.iter())
+                .map(|(a, t)| retractable(a, t))
+                .collect(),
+            None => self
+                .aggregates
+                .iter()
+                .map(|a| {
+                    a.function.create_accumulator().map_err(|e| {
+                        SluiceError::internal("cannot create accumulator").with_source(e)
+                    })
+                })
+                .collect(),
+        }
     }
 
     /// Number of distinct keys held.
@@ -138,18 +203,15 @@ impl AggregateOperator {
         self.groups.len()
     }
 
-    /// Forgets the keys whose TTL ran out at watermark `now`, renumbering the rest.
-    fn expire(&mut self, ttl: Ttl, now: i64) -> Result<()> {
-        let gone: Vec<bool> = self.last.iter_mut().map(|l| ttl.expired(l, now)).collect();
-        if !gone.contains(&true) {
-            return Ok(());
-        }
+    /// Keeps the groups marked in `keep`, renumbering them.
+    fn retain(&mut self, keep: &[bool]) {
         let old_keys = std::mem::replace(&mut self.group_keys, self.converter.empty_rows(0, 0));
         let accs = std::mem::take(&mut self.accumulators);
         let last = std::mem::take(&mut self.last);
+        let rows = std::mem::take(&mut self.rows);
         self.groups.clear();
-        for (g, (a, l)) in accs.into_iter().zip(last).enumerate() {
-            if gone[g] {
+        for (g, a) in accs.into_iter().enumerate() {
+            if !keep[g] {
                 continue;
             }
             let row = old_keys.row(g);
@@ -157,9 +219,30 @@ impl AggregateOperator {
                 .insert(row.as_ref().into(), self.accumulators.len() as u32);
             self.group_keys.push(row);
             self.accumulators.push(a);
-            self.last.push(l);
+            if let Some(&l) = last.get(g) {
+                self.last.push(l);
+            }
+            if let Some(&r) = rows.get(g) {
+                self.rows.push(r);
+            }
         }
-        Ok(())
+        self.emptied = 0;
+    }
+
+    /// Forgets the keys whose TTL ran out at watermark `now`.
+    fn expire(&mut self, ttl: Ttl, now: i64) {
+        let keep: Vec<bool> = self.last.iter_mut().map(|l| !ttl.expired(l, now)).collect();
+        if keep.contains(&false) {
+            self.retain(&keep);
+        }
+    }
+
+    /// Frees the groups whose rows were all taken back.
+    fn drop_emptied(&mut self) {
+        if self.emptied > 0 {
+            let keep: Vec<bool> = self.rows.iter().map(|&r| r > 0).collect();
+            self.retain(&keep);
+        }
     }
 
     /// Accumulators of one group, merged from row `row` of intermediate `states`
@@ -169,11 +252,37 @@ impl AggregateOperator {
         states: &[Vec<ArrayRef>],
         row: usize,
     ) -> Result<Vec<Box<dyn Accumulator>>> {
-        accumulators_from(&self.aggregates, states, row)
+        let mut accs = self.new_accumulators()?;
+        for (acc, cols) in accs.iter_mut().zip(states) {
+            let one: Vec<ArrayRef> = cols.iter().map(|c| c.slice(row, 1)).collect();
+            acc.merge_batch(&one).map_err(df_err)?;
+        }
+        Ok(accs)
     }
 
-    /// Keyed table `groups`: `_key_group`, the key columns, every aggregate's state.
+    /// Per aggregate, how many state columns its accumulator checkpoints.
+    fn state_widths(&self) -> Result<Vec<usize>> {
+        match &self.retracting {
+            // Retractable accumulators keep more than the plain ones (a sliding sum
+            // also counts its values; the min/max multiset keeps every value).
+            Some(_) => self
+                .new_accumulators()?
+                .iter_mut()
+                .map(|a| Ok(a.state().map_err(df_err)?.len()))
+                .collect(),
+            None => self
+                .aggregates
+                .iter()
+                .map(|a| Ok(a.function.state_fields().map_err(df_err)?.len()))
+                .collect(),
+        }
+    }
+
+    /// Keyed table `groups`: `_key_group`, the key columns, every aggregate's state,
+    /// then (over an updating input) each group's row count and (with a TTL) when it was
+    /// last reached.
     fn snapshot_state(&mut self, max_parallelism: usize) -> Result<OperatorState> {
+        self.drop_emptied();
         let mut state = OperatorState::default();
         let n = self.accumulators.len();
         if n == 0 {
@@ -202,8 +311,10 @@ impl AggregateOperator {
         }
         let mut table = TableWriter::keyed(Some(&self.converter), self.group_keys.iter(), n)?
             .accumulator_columns(&states);
+        if self.retracting.is_some() {
+            table = table.int64("rows", self.rows.clone());
+        }
         if self.ttl.is_some() {
-            // When each key was last reached, for its TTL (after the states).
             table = table.int64("last", self.last.clone());
         }
         table.finish(GROUPS_TABLE, max_parallelism, &mut state)?;
@@ -211,15 +322,11 @@ impl AggregateOperator {
     }
 
     fn restore_state(&mut self, state: &RestoredState) -> Result<()> {
-        let counts: Vec<usize> = self
-            .aggregates
-            .iter()
-            .map(|a| Ok(a.function.state_fields().map_err(df_err)?.len()))
-            .collect::<Result<_>>()?;
+        let counts = self.state_widths()?;
         let keys = self.key_indices.len();
-        let width = table_width(keys, 0, &counts);
+        let width = table_width(keys, 0, &counts) + usize::from(self.retracting.is_some());
         for batch in state.table(GROUPS_TABLE) {
-            // A checkpoint taken with a TTL has a `last` column after the states.
+            // A checkpoint taken with a TTL has a `last` column at the end.
             let columns = match batch.num_columns() == width + 1 {
                 true => width + 1,
                 false => width,
@@ -232,17 +339,24 @@ impl AggregateOperator {
                 Some(columns),
             )?;
             let states = r.accumulators(&counts)?;
+            let rows = match self.retracting {
+                Some(_) => Some(r.int64()?),
+                None => None,
+            };
             let last = match r.remaining() {
                 0 => None,
                 _ => Some(r.int64()?),
             };
-            let rows = r.keys().expect("invariant: read with a converter");
-            for (i, row) in rows.iter().enumerate() {
+            let keys = r.keys().expect("invariant: read with a converter");
+            for (i, row) in keys.iter().enumerate() {
                 let accs = self.accumulators_from(&states, i)?;
                 let g = self.accumulators.len() as u32;
                 self.accumulators.push(accs);
                 self.groups.insert(row.as_ref().into(), g);
                 self.group_keys.push(row);
+                if let Some(rows) = rows {
+                    self.rows.push(rows.value(i));
+                }
                 if self.ttl.is_some() {
                     // Without a recorded time (taken without a TTL): from the first sweep.
                     self.last.push(last.map_or(UNKNOWN_WRITE, |l| l.value(i)));
@@ -250,6 +364,14 @@ impl AggregateOperator {
             }
         }
         Ok(())
+    }
+
+    /// The current result of group `g`.
+    fn result(&mut self, g: u32) -> Result<Vec<ScalarValue>> {
+        self.accumulators[g as usize]
+            .iter_mut()
+            .map(|a| a.evaluate().map_err(df_err))
+            .collect()
     }
 }
 /// The keyed state table of the running aggregate.
@@ -286,7 +408,7 @@ impl Operator for AggregateOperator {
         if let (Some(ttl), Some(t)) = (self.ttl, watermark.event_time())
             && self.sweeps.due(t, ttl.ms())
         {
-            self.expire(ttl, t)?;
+            self.expire(ttl, t);
         }
         Ok(Some(watermark))
     }
@@ -305,15 +427,17 @@ impl Operator for AggregateOperator {
             .collect();
         let rows = self.converter.convert_columns(&key_cols)?;
         let ts = batch.timestamps();
+        let kinds = batch.row_kinds();
 
-        // Group id per row; touched groups in first-seen order with row counts and max time.
-        let mut row_group = Vec::with_capacity(n);
+        // Per row its bucket (touched-group slot, then addition or retraction); the
+        // touched groups in first-seen order with their results before this batch.
+        let mut bucket = Vec::with_capacity(n);
         let mut slot_of_group: HashMap<u32, usize, RandomState> =
             HashMap::with_hasher(RandomState::default());
-        let mut touched: Vec<(u32, u32, i64)> = Vec::new(); // (group, rows, max ts)
+        let mut touched: Vec<Touched> = Vec::new();
         for (i, row) in rows.iter().enumerate() {
-            let g = match self.groups.get(row.as_ref()) {
-                Some(&g) => g,
+            let (g, new) = match self.groups.get(row.as_ref()) {
+                Some(&g) => (g, false),
                 None => {
                     let g = self.accumulators.len() as u32;
                     let accs = self.new_accumulators()?;
@@ -323,7 +447,10 @@ impl Operator for AggregateOperator {
                     if self.ttl.is_some() {
                         self.last.push(i64::MIN);
                     }
-                    g
+                    if self.retracting.is_some() {
+                        self.rows.push(0);
+                    }
+                    (g, true)
                 }
             };
             if self.ttl.is_some() {
@@ -334,61 +461,148 @@ impl Operator for AggregateOperator {
                     l => l.max(ts.value(i)),
                 };
             }
-            let slot = *slot_of_group.entry(g).or_insert_with(|| {
-                touched.push((g, 0, i64::MIN));
-                touched.len() - 1
-            });
-            touched[slot].1 += 1;
-            touched[slot].2 = touched[slot].2.max(ts.value(i));
-            row_group.push(slot as u32);
+            let slot = match slot_of_group.get(&g) {
+                Some(&s) => s,
+                None => {
+                    let had = match self.retracting {
+                        Some(_) => self.rows[g as usize] > 0,
+                        None => !new,
+                    };
+                    let before = match had {
+                        true => Some(self.result(g)?),
+                        false => None,
+                    };
+                    touched.push(Touched {
+                        group: g,
+                        adds: 0,
+                        retracts: 0,
+                        max_ts: i64::MIN,
+                        before,
+                    });
+                    slot_of_group.insert(g, touched.len() - 1);
+                    touched.len() - 1
+                }
+            };
+            let t = &mut touched[slot];
+            let retract = kinds
+                .is_some_and(|k| !RowKind::from_code(k.value(i)).is_none_or(RowKind::is_addition));
+            match retract {
+                true => t.retracts += 1,
+                false => t.adds += 1,
+            }
+            t.max_ts = t.max_ts.max(ts.value(i));
+            bucket.push((slot * 2 + usize::from(retract)) as u32);
         }
 
-        // Counting sort of rows by touched-group slot, then one take of the arguments.
-        let mut offsets = Vec::with_capacity(touched.len() + 1);
+        // Counting sort of rows by bucket, then one take of the arguments.
+        let mut offsets = Vec::with_capacity(touched.len() * 2 + 1);
         let mut acc = 0u32;
         for t in &touched {
             offsets.push(acc);
-            acc += t.1;
+            acc += t.adds;
+            offsets.push(acc);
+            acc += t.retracts;
         }
         offsets.push(acc);
         let mut cursor = offsets.clone();
         let mut order = vec![0u32; n];
-        for (row, &slot) in row_group.iter().enumerate() {
-            order[cursor[slot as usize] as usize] = row as u32;
-            cursor[slot as usize] += 1;
+        for (row, &b) in bucket.iter().enumerate() {
+            order[cursor[b as usize] as usize] = row as u32;
+            cursor[b as usize] += 1;
         }
         let order = UInt32Array::from(order);
 
-        let mut outputs: Vec<Vec<ScalarValue>> =
-            vec![Vec::with_capacity(touched.len()); self.aggregates.len()];
         for (a, agg) in self.aggregates.iter().enumerate() {
             let sorted: Vec<ArrayRef> = agg
                 .args
                 .iter()
                 .map(|e| evaluate(e, &batch).and_then(|v| Ok(take(&v, &order, None)?)))
                 .collect::<Result<_>>()?;
-            for (slot, &(g, count, _)) in touched.iter().enumerate() {
-                let start = offsets[slot] as usize;
-                let slices: Vec<ArrayRef> = sorted
-                    .iter()
-                    .map(|c| c.slice(start, count as usize))
-                    .collect();
-                let accumulator = &mut self.accumulators[g as usize][a];
-                accumulator.update_batch(&slices).map_err(df_err)?;
-                outputs[a].push(accumulator.evaluate().map_err(df_err)?);
+            for (slot, t) in touched.iter().enumerate() {
+                let accumulator = &mut self.accumulators[t.group as usize][a];
+                let slices = |start: u32, len: u32| -> Vec<ArrayRef> {
+                    sorted
+                        .iter()
+                        .map(|c| c.slice(start as usize, len as usize))
+                        .collect()
+                };
+                if t.adds > 0 {
+                    accumulator
+                        .update_batch(&slices(offsets[slot * 2], t.adds))
+                        .map_err(df_err)?;
+                }
+                if t.retracts > 0 {
+                    accumulator
+                        .retract_batch(&slices(offsets[slot * 2 + 1], t.retracts))
+                        .map_err(df_err)?;
+                }
             }
         }
 
+        // The changes: per touched group, what its result was and what it is now.
+        let mut changes: Vec<(u32, RowKind, i64)> = Vec::with_capacity(touched.len());
+        let mut values: Vec<Vec<ScalarValue>> =
+            vec![Vec::with_capacity(touched.len()); self.aggregates.len()];
+        let mut push = |g: u32, kind: RowKind, ts: i64, row: Vec<ScalarValue>| {
+            changes.push((g, kind, ts));
+            for (column, v) in values.iter_mut().zip(row) {
+                column.push(v);
+            }
+        };
+        for t in touched {
+            let g = t.group;
+            let empty = match self.retracting {
+                Some(_) => {
+                    let r = &mut self.rows[g as usize];
+                    *r += i64::from(t.adds) - i64::from(t.retracts);
+                    *r <= 0
+                }
+                None => false,
+            };
+            if empty {
+                // Every row of the group was taken back: it goes, with fresh (exact)
+                // accumulators should it come back.
+                if let Some(before) = t.before {
+                    push(g, RowKind::Delete, t.max_ts, before);
+                }
+                self.rows[g as usize] = 0;
+                self.accumulators[g as usize] = self.new_accumulators()?;
+                self.emptied += 1;
+                continue;
+            }
+            let now = self.result(g)?;
+            match t.before {
+                None => push(g, RowKind::Insert, t.max_ts, now),
+                Some(before) if before != now => {
+                    push(g, RowKind::UpdateBefore, t.max_ts, before);
+                    push(g, RowKind::UpdateAfter, t.max_ts, now);
+                }
+                Some(_) => {}
+            }
+        }
+        if self.emptied > 1024 && self.emptied * 2 > self.accumulators.len() {
+            self.drop_emptied();
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+
         let mut columns = self.converter.convert_rows(
-            touched
+            changes
                 .iter()
                 .map(|&(g, _, _)| self.group_keys.row(g as usize)),
         )?;
-        for values in outputs {
-            columns.push(ScalarValue::iter_to_array(values).map_err(df_err)?);
+        for (a, column) in values.into_iter().enumerate() {
+            let field = self.schema.field(self.key_indices.len() + a);
+            let array = ScalarValue::iter_to_array(column).map_err(df_err)?;
+            // A sliding accumulator may answer in a wider type than the planned field.
+            columns.push(arrow::compute::cast(&array, field.data_type())?);
         }
-        columns.push(Arc::new(TimestampMillisecondArray::from(
-            touched.iter().map(|t| t.2).collect::<Vec<_>>(),
+        columns.push(Arc::new(Int8Array::from_iter_values(
+            changes.iter().map(|c| c.1.code()),
+        )));
+        columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
+            changes.iter().map(|c| c.2),
         )));
         let data = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
         out.collect(batch.with_data(data)).await
@@ -422,7 +636,7 @@ mod tests {
     use datafusion_functions_aggregate::expr_fn::{avg, count, max, min, sum};
     use sluice_testkit::{assert_pretty, batch_from_pretty};
 
-    use crate::operators::test_util::latest_per_key;
+    use crate::operators::test_util::materialize;
 
     #[tokio::test]
     async fn running_aggregates_survive_a_checkpoint_and_a_change_of_parallelism() {
@@ -453,7 +667,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let expected = latest_per_key(&whole.batches);
+        let expected = materialize(&whole.batches);
 
         let mut out = crate::operator::VecCollector::default();
         let mut op = make();
@@ -478,7 +692,7 @@ mod tests {
         }
         let mut both = out.batches.clone();
         both.extend(cont.batches);
-        assert_eq!(latest_per_key(&both), expected);
+        assert_eq!(materialize(&both), expected);
 
         let table = decode_table(&encode_table(&state.keyed["groups"]).unwrap()).unwrap();
         for p in [1, 2, 3] {
@@ -510,7 +724,7 @@ mod tests {
                 }
                 got.extend(o.batches);
             }
-            assert_eq!(latest_per_key(&got), expected, "parallelism {p}");
+            assert_eq!(materialize(&got), expected, "parallelism {p}");
         }
     }
 
@@ -548,14 +762,15 @@ mod tests {
         assert_pretty(
             &out,
             "
-            +---+---+-------+----+----+------+-------------------------+
-            | k | n | total | lo | hi | mean | _timestamp              |
-            +---+---+-------+----+----+------+-------------------------+
-            | a | 2 | 4     | 1  | 3  | 2.0  | 1970-01-01T00:00:00.003 |
-            | b | 1 | 10    | 10 | 10 | 10.0 | 1970-01-01T00:00:00.002 |
-            | a | 3 | 9     | 1  | 5  | 3.0  | 1970-01-01T00:00:00.004 |
-            | c | 0 |       |    |    |      | 1970-01-01T00:00:00.005 |
-            +---+---+-------+----+----+------+-------------------------+",
+            +---+---+-------+----+----+------+----------+-------------------------+
+            | k | n | total | lo | hi | mean | _rowkind | _timestamp              |
+            +---+---+-------+----+----+------+----------+-------------------------+
+            | a | 2 | 4     | 1  | 3  | 2.0  | 0        | 1970-01-01T00:00:00.003 |
+            | b | 1 | 10    | 10 | 10 | 10.0 | 0        | 1970-01-01T00:00:00.002 |
+            | a | 2 | 4     | 1  | 3  | 2.0  | 1        | 1970-01-01T00:00:00.004 |
+            | a | 3 | 9     | 1  | 5  | 3.0  | 2        | 1970-01-01T00:00:00.004 |
+            | c | 0 |       |    |    |      | 0        | 1970-01-01T00:00:00.005 |
+            +---+---+-------+----+----+------+----------+-------------------------+",
         );
     }
 
@@ -615,9 +830,64 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            latest_per_key(&out.batches),
-            ["k1,1,5", "k2,2,25"],
-            "key 1 started over; key 2 kept counting"
+            materialize(&out.batches),
+            ["k1,1,5", "k1,2,11", "k2,2,25"],
+            "key 1 started over (+I; its expiry took nothing back downstream, as in Flink); key 2 kept counting"
         );
+    }
+
+    #[tokio::test]
+    async fn over_an_updating_input_retractions_leave_their_groups_and_an_emptied_group_is_deleted()
+    {
+        use crate::operators::test_util::{barrier, change_batch, changes, restored};
+        use sluice_types::RowKind::{
+            Delete as D, Insert as I, UpdateAfter as UA, UpdateBefore as UB,
+        };
+        let schema = change_batch(["k", "v"], &[]).data.schema();
+        let p = AggregateOperator::prepare(
+            &["k".into()],
+            &[
+                count(col("v")).alias("n"),
+                sum(col("v")).alias("s"),
+                max(col("v")).alias("hi"),
+                min(col("v")).alias("lo"),
+            ],
+            &schema,
+        )
+        .unwrap();
+        let make = || (p.factory)(&sluice_types::TaskInfo::for_test("agg")).unwrap();
+        let mut op = make();
+        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+        let mut out = crate::operator::VecCollector::default();
+        let feed = [
+            vec![(I, 1, 1), (I, 1, 5), (I, 2, 2)],
+            vec![(UB, 1, 5), (UA, 1, 3), (D, 2, 2)],
+            vec![(D, 1, 1), (D, 1, 3)],
+            vec![(I, 1, 7)],
+        ];
+        for (i, rows) in feed.iter().enumerate() {
+            if i == 2 {
+                // Through a checkpoint: counts and the min/max multisets come back.
+                let state = op.snapshot(&barrier(), &mut ctx).await.unwrap();
+                op = make();
+                op.restore(restored(&state, 0, 1), &mut ctx).await.unwrap();
+            }
+            op.process_batch(change_batch(["k", "v"], rows), &mut ctx, &mut out)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            changes(&out.batches),
+            [
+                "+I 1,2,6,5,1",
+                "+I 2,1,2,2,2",
+                "-U 1,2,6,5,1",
+                "+U 1,2,4,3,1",
+                "-D 2,1,2,2,2",
+                "-D 1,2,4,3,1",
+                "+I 1,1,7,7,7",
+            ]
+        );
+        assert_eq!(materialize(&out.batches), ["1,1,7,7,7"]);
     }
 }

@@ -1,6 +1,6 @@
-//! Inner equi-join of two append-only streams (regular, interval and window joins), or
-//! of two updating streams (regular joins: each row replaces the earlier row of its
-//! upsert key, and the output is an upsert stream by both keys).
+//! Equi-join of two append-only streams: regular inner joins, and interval and window
+//! joins (inner or outer). Joins that take rows back (of updating inputs, or regular
+//! outer joins) are [`super::changelog`].
 //!
 //! ```text
 //!  left batch ──probe right buffer (same key, time condition)──> joined rows
@@ -52,19 +52,9 @@ struct Side {
     freed_since_sweep: usize,
     /// Ids of the batches still buffered (the expiry scan visits only these).
     live: Vec<u32>,
-    /// An updating side: where the current row of each upsert key is buffered.
-    upserts: Option<Upserts>,
     /// An outer side: per buffered batch, per row, whether it matched (or was already
     /// emitted alone), and how many rows of the batch are still pending.
     outer: Option<Vec<(Vec<bool>, usize)>>,
-}
-
-/// The current row of each upsert key of an updating side.
-struct Upserts {
-    /// Column indices of the upsert key.
-    columns: Vec<usize>,
-    converter: RowConverter,
-    current: HashMap<Box<[u8]>, (u32, u32)>,
 }
 
 impl Side {
@@ -77,7 +67,6 @@ impl Side {
             index: HashMap::new(),
             freed_since_sweep: 0,
             live: Vec::new(),
-            upserts: None,
             outer: None,
             until: None,
         }
@@ -101,17 +90,6 @@ impl Side {
         ts: &TimestampMillisecondArray,
     ) -> Result<()> {
         let b = self.batches.len() as u32;
-        let upsert_keys = match &self.upserts {
-            Some(u) => {
-                let cols: Vec<ArrayRef> = u
-                    .columns
-                    .iter()
-                    .map(|&i| Arc::clone(data.column(i)))
-                    .collect();
-                Some(u.converter.convert_columns(&cols)?)
-            }
-            None => None,
-        };
         let mut newest = i64::MIN;
         // With an `until` column, a batch lives as long as its latest value there.
         let until = match self.until {
@@ -135,13 +113,6 @@ impl Side {
                 None => newest.max(t),
             };
             let key = keys.row(r);
-            // An update: the earlier row of its upsert key (same join key) stops joining.
-            if let (Some(u), Some(uk)) = (self.upserts.as_mut(), upsert_keys.as_ref())
-                && let Some((ob, or)) = u.current.insert(uk.row(r).as_ref().into(), (b, r as u32))
-                && let Some(rows) = self.index.get_mut(key.as_ref())
-            {
-                rows.retain(|&(rb, rr, _)| (rb, rr) != (ob, or));
-            }
             match self.index.get_mut(key.as_ref()) {
                 Some(rows) => rows.push((b, r as u32, t)),
                 None => {
@@ -183,9 +154,6 @@ impl Side {
                 rows.retain(|(b, _, _)| batches[*b as usize].is_some());
                 !rows.is_empty()
             });
-            if let Some(u) = &mut self.upserts {
-                u.current.retain(|_, (b, _)| batches[*b as usize].is_some());
-            }
             self.freed_since_sweep = 0;
             if self.live.is_empty() {
                 self.batches.clear();
@@ -221,16 +189,6 @@ fn key_indices(schema: &SchemaRef, keys: &[String], side: &str) -> Result<Vec<us
 }
 
 impl JoinOperator {
-    /// Checks a join node against its two input schemas.
-    /// The registered constructor of join nodes.
-    pub fn from_node(
-        kind: &NodeKind,
-        inputs: &[&SchemaRef],
-        _registry: &crate::source::ConnectorRegistry,
-    ) -> Result<PreparedOperator> {
-        Self::prepare(kind, inputs)
-    }
-
     /// Checks a join node against its two input schemas and builds its factory.
     pub fn prepare(kind: &NodeKind, inputs: &[&SchemaRef]) -> Result<PreparedOperator> {
         let NodeKind::Join {
@@ -239,7 +197,6 @@ impl JoinOperator {
             interval,
             left_retain_ms,
             right_retain_ms,
-            upsert_keys,
             outer,
             until,
         } = kind
@@ -313,37 +270,11 @@ impl JoinOperator {
         let schema: SchemaRef = Arc::new(Schema::new(fields));
         let interval = *interval;
         let outer = *outer;
-        if (outer.0 || outer.1) && (interval.is_none() || upsert_keys.is_some()) {
-            return Err(SluiceError::user(
-                "an outer join needs time bounds between its inputs (an interval join of append-only inputs)",
+        if (outer.0 || outer.1) && interval.is_none() {
+            return Err(SluiceError::internal(
+                "a regular outer join is a changelog join, not an append-only one",
             ));
         }
-        if upsert_keys.is_some() && interval.is_some() {
-            return Err(SluiceError::user(
-                "a join of updating inputs is a regular join: it takes no time bounds",
-            ));
-        }
-        // Per updating side: its upsert key columns and their types.
-        let upserts: Option<[(Vec<usize>, Vec<SortField>); 2]> = match upsert_keys {
-            None => None,
-            Some((lu, ru)) => {
-                let one = |s: &SchemaRef, cols: &[String], keys: &[usize], what: &str| {
-                    let idx = key_indices(s, cols, what)?;
-                    if let Some(k) = keys.iter().find(|k| !idx.contains(k)) {
-                        return Err(SluiceError::user(format!(
-                            "join key `{}` of the {what} input is not among the columns identifying its rows; every update of a row must keep its join key",
-                            s.field(*k).name()
-                        )));
-                    }
-                    let types = idx
-                        .iter()
-                        .map(|&i| SortField::new(s.field(i).data_type().clone()))
-                        .collect();
-                    Ok((idx, types))
-                };
-                Some([one(left, lu, &lk, "left")?, one(right, ru, &rk, "right")?])
-            }
-        };
         let (lr, rr) = (*left_retain_ms, *right_retain_ms);
         // Per side, its `until` column (a timestamp), if any.
         let until_index =
@@ -374,15 +305,6 @@ impl JoinOperator {
             for (side, keep) in sides.iter_mut().zip([outer.0, outer.1]) {
                 if keep {
                     side.outer = Some(Vec::new());
-                }
-            }
-            if let Some(u) = &upserts {
-                for (side, (columns, types)) in sides.iter_mut().zip(u.iter()) {
-                    side.upserts = Some(Upserts {
-                        columns: columns.clone(),
-                        converter: RowConverter::new(types.clone())?,
-                        current: HashMap::new(),
-                    });
                 }
             }
             Ok(Box::new(JoinOperator {
@@ -608,28 +530,8 @@ impl JoinOperator {
         max_p: usize,
     ) -> Result<()> {
         let s = &self.sides[side];
-        // An updating side keeps only the current row of each key.
-        let mut alive: HashMap<u32, Vec<u32>> = HashMap::new();
-        if let Some(u) = &s.upserts {
-            for &(b, r) in u.current.values() {
-                alive.entry(b).or_default().push(r);
-            }
-        }
         for (id, b) in s.batches.iter().enumerate() {
             let Some(b) = b else { continue };
-            let taken;
-            let b = match s.upserts {
-                None => b,
-                Some(_) => {
-                    let Some(rows) = alive.get_mut(&(id as u32)) else {
-                        continue;
-                    };
-                    rows.sort_unstable();
-                    let idx = UInt32Array::from(std::mem::take(rows));
-                    taken = arrow::compute::take_record_batch(b, &idx)?;
-                    &taken
-                }
-            };
             let mut table = TableWriter::rows_of(b, &self.sides[side].keys);
             // An outer side: which rows matched (or were emitted alone) already.
             if let Some(flags) = &s.outer {
@@ -781,7 +683,6 @@ mod tests {
             interval: None,
             left_retain_ms: None,
             right_retain_ms: None,
-            upsert_keys: None,
             outer: (false, false),
             until: (None, None),
         });
@@ -903,74 +804,6 @@ mod tests {
         assert_eq!(rows(&out), vec![(1, 12, 1, 7, 121)]);
     }
 
-    fn updating_op() -> Box<dyn Operator> {
-        instance(&build_join(|mut k| {
-            if let NodeKind::Join { upsert_keys, .. } = &mut k {
-                *upsert_keys = Some((vec!["k".into()], vec!["rk".into()]));
-            }
-            k
-        }))
-    }
-
-    #[tokio::test]
-    async fn updating_sides_join_only_their_current_rows_across_a_checkpoint() {
-        let mut ctx = OperatorContext::for_test(side(["k", "a"], &[]).data.schema());
-        let mut out = VecCollector::default();
-        let mut j = updating_op();
-        // Left key 1 is 10, then (in one batch) 15 and 20; right key 1 is 100.
-        j.process_batch_from(0, side(["k", "a"], &[(1, 10, 1)]), &mut ctx, &mut out)
-            .await
-            .unwrap();
-        j.process_batch_from(
-            0,
-            side(["k", "a"], &[(1, 15, 2), (1, 20, 3), (2, 5, 3)]),
-            &mut ctx,
-            &mut out,
-        )
-        .await
-        .unwrap();
-        j.process_batch_from(1, side(["rk", "b"], &[(1, 100, 4)]), &mut ctx, &mut out)
-            .await
-            .unwrap();
-        assert_eq!(
-            rows(&out),
-            vec![(1, 20, 1, 100, 4)],
-            "only the current left row joins"
-        );
-        let state = j
-            .snapshot(&crate::operators::test_util::barrier(), &mut ctx)
-            .await
-            .unwrap();
-        let left_rows: usize = state.keyed["left"].iter().map(|b| b.num_rows()).sum();
-        assert_eq!(
-            left_rows, 2,
-            "the checkpoint keeps current rows only (keys 1 and 2)"
-        );
-        let mut restored = updating_op();
-        restored
-            .restore(
-                crate::operators::test_util::restored(&state, 0, 1),
-                &mut ctx,
-            )
-            .await
-            .unwrap();
-        let mut after = VecCollector::default();
-        // The right row updates: it joins the current left row, once.
-        restored
-            .process_batch_from(1, side(["rk", "b"], &[(1, 200, 5)]), &mut ctx, &mut after)
-            .await
-            .unwrap();
-        assert_eq!(rows(&after), vec![(1, 20, 1, 200, 5)]);
-        // A left update joins the current right row, not the replaced one.
-        let mut again = VecCollector::default();
-        restored
-            .process_batch_from(0, side(["k", "a"], &[(1, 30, 6)]), &mut ctx, &mut again)
-            .await
-            .unwrap();
-        assert_eq!(rows(&again), vec![(1, 30, 1, 200, 6)]);
-    }
-
-    /// Every output row as text, `_timestamp` included.
     fn text_rows(out: &VecCollector) -> Vec<String> {
         use arrow::util::display::array_value_to_string;
         let mut v = Vec::new();

@@ -7,20 +7,21 @@
 //!                                                                     whose row changed
 //! ```
 //!
-//! The output is an upsert stream keyed by the partition columns and the rank column: the
-//! newest row for (key, rank) is the current one. The input is append-only, so a
-//! partition's list only improves or grows; no rank is ever deleted. Ties keep arrival
+//! The output is a changelog of the ranks: a rank filled for the first time is `+I`; a
+//! rank whose row changed is `-U` with the row it held and `+U` with its new row (a row
+//! entering the top pushes each row below it down one rank). The input is append-only,
+//! so a partition's list only improves or grows; no rank is ever deleted. Ties keep arrival
 //! order in the direction of the sort: ascending keeps the earlier row (keep-first
 //! deduplication), descending the later one (keep-last).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::array::{ArrayRef, Int8Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use async_trait::async_trait;
-use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError};
+use sluice_types::{Batch, CheckpointBarrier, Result, RowKind, SluiceError, row_kind_field};
 
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::PreparedOperator;
@@ -38,6 +39,14 @@ struct Entry {
     order: OwnedRow,
     tiebreak: u64,
     row: OwnedRow,
+}
+
+/// A partition whose ranks the current batch changed.
+struct Changed {
+    /// The first rank that changed (0-based).
+    from: usize,
+    /// The rows it held before the batch, in rank order.
+    before: Vec<OwnedRow>,
 }
 
 /// The top-N operator of one subtask.
@@ -135,6 +144,7 @@ impl TopNOperator {
         let mut fields: Vec<Arc<Field>> = input.fields().iter().cloned().collect();
         let ts = fields.pop().expect("invariant: `_timestamp` is last");
         fields.push(Arc::new(Field::new(rank_column, DataType::Int64, false)));
+        fields.push(Arc::new(row_kind_field()));
         fields.push(ts);
         let out_schema: SchemaRef = Arc::new(Schema::new(fields));
         let mut template = Self::build(
@@ -213,8 +223,8 @@ impl TopNOperator {
     }
 
     /// Offers every row of `data` to its partition's list; returns, per touched
-    /// partition, the first rank that changed.
-    fn absorb(&mut self, data: &RecordBatch) -> Result<HashMap<Box<[u8]>, usize>> {
+    /// partition, the first rank that changed and the rows the list held before.
+    fn absorb(&mut self, data: &RecordBatch) -> Result<HashMap<Box<[u8]>, Changed>> {
         let keys = self.partition_keys(data)?;
         let order_cols: Vec<ArrayRef> = self
             .order
@@ -234,7 +244,7 @@ impl TopNOperator {
             ),
             None => None,
         };
-        let mut changed: HashMap<Box<[u8]>, usize> = HashMap::new();
+        let mut changed: HashMap<Box<[u8]>, Changed> = HashMap::new();
         for i in 0..data.num_rows() {
             self.seq += 1;
             let tiebreak = if self.descending {
@@ -261,6 +271,13 @@ impl TopNOperator {
             if at >= self.limit {
                 continue;
             }
+            match changed.get_mut(key) {
+                Some(c) => c.from = c.from.min(at),
+                None => {
+                    let before = list.iter().map(|e| e.row.clone()).collect();
+                    changed.insert(key.into(), Changed { from: at, before });
+                }
+            }
             list.insert(
                 at,
                 Entry {
@@ -270,25 +287,40 @@ impl TopNOperator {
                 },
             );
             list.truncate(self.limit);
-            match changed.get_mut(key) {
-                Some(first) => *first = (*first).min(at),
-                None => {
-                    changed.insert(key.into(), at);
-                }
-            }
         }
         Ok(changed)
     }
 
-    /// The held rows of the partitions in `changed` from their first changed rank on.
-    fn emit(&self, changed: HashMap<Box<[u8]>, usize>) -> Result<Option<RecordBatch>> {
+    /// The changes of the ranks of the partitions in `changed`, from their first changed
+    /// rank on: the row a rank held taken back, its new row added.
+    fn emit(&self, changed: &HashMap<Box<[u8]>, Changed>) -> Result<Option<RecordBatch>> {
         let mut picked = Vec::new();
         let mut ranks = Vec::new();
-        for (key, from) in changed {
-            let list = &self.held[&key];
-            for (r, e) in list.iter().enumerate().skip(from) {
-                picked.push(e.row.row());
-                ranks.push(r as i64 + 1);
+        let mut kinds = Vec::new();
+        for (key, c) in changed {
+            let list = &self.held[key];
+            for r in c.from..list.len().max(c.before.len()) {
+                let (old, new) = (c.before.get(r), list.get(r).map(|e| &e.row));
+                if old.is_some() && old == new {
+                    continue;
+                }
+                let rank = r as i64 + 1;
+                if let Some(old) = old {
+                    picked.push(old.row());
+                    ranks.push(rank);
+                    kinds.push(match new {
+                        Some(_) => RowKind::UpdateBefore,
+                        None => RowKind::Delete,
+                    });
+                }
+                if let Some(new) = new {
+                    picked.push(new.row());
+                    ranks.push(rank);
+                    kinds.push(match old {
+                        Some(_) => RowKind::UpdateAfter,
+                        None => RowKind::Insert,
+                    });
+                }
             }
         }
         if picked.is_empty() {
@@ -297,6 +329,9 @@ impl TopNOperator {
         let mut columns = self.rows.convert_rows(picked)?;
         let ts = columns.pop().expect("invariant: `_timestamp` is last");
         columns.push(Arc::new(Int64Array::from(ranks)));
+        columns.push(Arc::new(Int8Array::from_iter_values(
+            kinds.iter().map(|k| k.code()),
+        )));
         columns.push(ts);
         Ok(Some(RecordBatch::try_new(
             Arc::clone(&self.out_schema),
@@ -318,7 +353,7 @@ impl Operator for TopNOperator {
         out: &mut dyn Collector,
     ) -> Result<()> {
         let changed = self.absorb(&batch.data)?;
-        if let Some(data) = self.emit(changed)? {
+        if let Some(data) = self.emit(&changed)? {
             out.collect(batch.with_data(data)).await?;
         }
         Ok(())
@@ -471,17 +506,20 @@ mod tests {
         )
         .await
         .unwrap();
-        // (key, value, rank): 3 + 1 + 0 + 2 changes; the last row of each (key, rank) is
-        // the current top-2.
-        let got = rows(&out);
-        assert_eq!(got.len(), 6);
-        let mut last = std::collections::BTreeMap::new();
-        for (k, v, r) in got {
-            last.insert((k, r), v);
-        }
+        // 3 inserts; rank 2 updated (-U 5, +U 6); ranks 1 and 2 updated (9 pushes 7 down).
+        let kinds: Vec<&str> = out
+            .iter()
+            .flat_map(|b| (0..b.num_rows()).map(|i| b.row_kind(i).short()))
+            .collect();
         assert_eq!(
-            last.into_iter().collect::<Vec<_>>(),
-            vec![((1, 1), 9), ((1, 2), 7), ((2, 1), 1)]
+            kinds,
+            ["+I", "+I", "+I", "-U", "+U", "-U", "+U", "-U", "+U"],
+            "{:?}",
+            rows(&out)
+        );
+        assert_eq!(
+            crate::operators::test_util::materialize(&out),
+            ["1,7,2", "1,9,1", "2,1,1"]
         );
     }
 
@@ -502,9 +540,12 @@ mod tests {
             TopNOperator::prepare(&["k".into()], "_timestamp", true, 1, "rn", &schema).unwrap();
         let out = run_prepared(&last, input()).await.unwrap();
         // the tie at time 5 keeps the later row (11); then 12 replaces it
-        let mut got = rows(&out);
-        got.sort_unstable();
-        assert_eq!(got, vec![(1, 11, 1), (1, 12, 1), (2, 13, 1)]);
+        // One batch's changes come out as one: 10 then 11 in a batch is +I 11.
+        assert_eq!(rows(&out).len(), 4, "+I 11, -U 11, +U 12, +I 13");
+        assert_eq!(
+            crate::operators::test_util::materialize(&out),
+            ["1,12,1", "2,13,1"]
+        );
     }
 
     #[tokio::test]
