@@ -321,11 +321,16 @@ async fn streamed(name: &str) -> Vec<RecordBatch> {
 /// column) is its rows. A row taken back that is not there fails the test: the engine
 /// took back what it never emitted.
 fn materialize(batches: &[RecordBatch]) -> Vec<String> {
+    try_materialize(batches).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`materialize`], saying which row was taken back without being there.
+fn try_materialize(batches: &[RecordBatch]) -> Result<Vec<String>, String> {
     let changelog = batches
         .first()
         .is_some_and(|b| b.schema().field(0).name() == "op");
     if !changelog {
-        return format_rows(batches);
+        return Ok(format_rows(batches));
     }
     let mut held: BTreeMap<String, usize> = BTreeMap::new();
     for row in format_rows(batches) {
@@ -335,7 +340,7 @@ fn materialize(batches: &[RecordBatch]) -> Vec<String> {
             _ => {
                 let n = held
                     .get_mut(values)
-                    .unwrap_or_else(|| panic!("{op} {values}: takes back a row never added"));
+                    .ok_or_else(|| format!("{op} {values}: takes back a row never added"))?;
                 *n -= 1;
                 if *n == 0 {
                     held.remove(values);
@@ -343,9 +348,10 @@ fn materialize(batches: &[RecordBatch]) -> Vec<String> {
             }
         }
     }
-    held.into_iter()
+    Ok(held
+        .into_iter()
         .flat_map(|(r, n)| std::iter::repeat_n(r, n))
-        .collect()
+        .collect())
 }
 
 #[track_caller]
@@ -768,5 +774,171 @@ async fn rust_udfs_and_udafs_are_callable_from_sql() {
         rows,
         ["1 1 1", "1 9 6", "2 2 0", "2 4 3", "3 2 3", "3 3 1"],
         "(auction, product of bidder - 9, zeros in prices) per 20 s window"
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Updating queries over random input: the changelog, applied, equals the batch answer
+
+/// A tiny xorshift: the cases are reproducible from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.next() as usize % items.len()]
+    }
+}
+
+/// JSON lines of `(name_k, name_v)` rows: keys in `0..keys`, values in `0..30`; some NULLs.
+fn random_rows(rng: &mut Rng, rows: u64, keys: u64, names: [&str; 2], null_keys: bool) -> String {
+    let mut out = String::new();
+    for _ in 0..rows {
+        let k = match null_keys && rng.range(0, 19) == 0 {
+            true => "null".to_string(),
+            false => rng.range(0, keys - 1).to_string(),
+        };
+        let v = match rng.range(0, 9) {
+            0 => "null".to_string(),
+            _ => rng.range(0, 29).to_string(),
+        };
+        out.push_str(&format!("{{\"{}\":{k},\"{}\":{v}}}\n", names[0], names[1]));
+    }
+    out
+}
+
+/// One updating query of each shape, with constants from `rng`: filters and HAVING over
+/// aggregates, aggregates of aggregates, joins of aggregates (on keys and on changing
+/// values, inner and outer), regular outer joins, Top-N.
+fn random_query(rng: &mut Rng) -> String {
+    let n = rng.range(1, 6);
+    let shapes = [
+        format!(
+            "SELECT k, COUNT(*) AS c, SUM(v) AS s, MIN(v) AS lo, MAX(v) AS hi FROM t GROUP BY k HAVING COUNT(*) < {}",
+            n * 4
+        ),
+        format!(
+            "SELECT k, c FROM (SELECT k, COUNT(v) AS c FROM t GROUP BY k) WHERE c % 2 = {}",
+            n % 2
+        ),
+        "SELECT c, COUNT(*) AS n, SUM(s) AS total FROM (SELECT k, COUNT(*) AS c, SUM(v) AS s FROM t GROUP BY k) GROUP BY c".into(),
+        format!(
+            "SELECT hi, COUNT(*) AS n FROM (SELECT k, MAX(v) AS hi FROM t WHERE v > {n} GROUP BY k) GROUP BY hi"
+        ),
+        "SELECT a.k, a.c, b.m FROM (SELECT k, COUNT(*) AS c FROM t GROUP BY k) a JOIN (SELECT k, MAX(w) AS m FROM u GROUP BY k) b ON a.k = b.k".into(),
+        "SELECT a.k, a.c, b.k, b.m FROM (SELECT k, COUNT(*) AS c FROM t GROUP BY k) a LEFT JOIN (SELECT k, COUNT(*) AS m FROM u GROUP BY k) b ON a.c = b.m".into(),
+        "SELECT t.k, t.v, u.w FROM t FULL JOIN u ON t.k = u.k".into(),
+        "SELECT t.k, t.v, u.w FROM t RIGHT JOIN u ON t.k = u.k".into(),
+        "SELECT a.c, COUNT(*) AS n, SUM(u.w) AS s FROM (SELECT k, COUNT(*) AS c FROM t GROUP BY k) a JOIN u ON a.k = u.k GROUP BY a.c".into(),
+        format!(
+            "SELECT k, rn, v FROM (SELECT k, v, ROW_NUMBER() OVER (PARTITION BY k ORDER BY v DESC) AS rn FROM t WHERE v IS NOT NULL) WHERE rn <= {n}"
+        ),
+        format!(
+            "SELECT rn, COUNT(*) AS n, SUM(v) AS s FROM (SELECT k, v, ROW_NUMBER() OVER (PARTITION BY k ORDER BY v ASC) AS rn FROM t WHERE v IS NOT NULL) WHERE rn <= {n} GROUP BY rn"
+        ),
+    ];
+    rng.pick(&shapes).clone()
+}
+
+/// `SLUICE_PROP_CASES` random updating queries (default 16), each over fresh random
+/// input at a random parallelism and batch size: the streamed changelog, applied in
+/// order, must equal DataFusion's answer to the same SQL over the same files, and must
+/// never take back a row it did not emit. The seed is printed; `SLUICE_PROP_SEED` repeats it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_updating_queries_materialize_to_the_batch_answer() {
+    let cases: u64 = std::env::var("SLUICE_PROP_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    let seed = std::env::var("SLUICE_PROP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("updating-query seed {seed} (set SLUICE_PROP_SEED to repeat)");
+    let mut rng = Rng(seed);
+    // Cases whose changelog took rows back: the point of the test.
+    let mut retracting = 0;
+    for case in 0..cases {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = rng.range(2, 8);
+        let t_rows = rng.range(20, 200);
+        let u_rows = rng.range(5, 60);
+        std::fs::write(
+            dir.path().join("t.jsonl"),
+            random_rows(&mut rng, t_rows, keys, ["k", "v"], true),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("u.jsonl"),
+            random_rows(&mut rng, u_rows, keys, ["k", "w"], false),
+        )
+        .unwrap();
+        let query = random_query(&mut rng);
+        let parallelism = rng.range(1, 2);
+        let batch = *rng.pick(&[1, 3, 16, 1000]);
+        let table = |name: &str, value: &str| {
+            format!(
+                "CREATE TABLE {name} (k BIGINT, {value} BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');",
+                dir.path().join(format!("{name}.jsonl")).display()
+            )
+        };
+        let script = format!(
+            "SET 'parallelism.default' = '{parallelism}';
+             SET 'table.exec.mini-batch.size' = '{batch}';
+             {}
+             {}
+             CREATE TABLE collected WITH ('connector' = 'collect');
+             INSERT INTO collected {query};",
+            table("t", "v"),
+            table("u", "w"),
+        );
+        let what = format!(
+            "case {case} (seed {seed}, parallelism {parallelism}, batches of {batch}): {query}"
+        );
+        let (mut ctx, registry, collected) = context();
+        let out = run_script(&mut ctx, &registry, &collected, &script)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let df = SessionContext::new();
+        for name in ["t", "u"] {
+            df.register_json(
+                name,
+                dir.path().join(format!("{name}.jsonl")).to_str().unwrap(),
+                datafusion::prelude::JsonReadOptions::default().file_extension(".jsonl"),
+            )
+            .await
+            .unwrap();
+        }
+        let expected = batch_rows(&df, &query).await;
+        let mut got = try_materialize(&out).unwrap_or_else(|e| panic!("{what}: {e}"));
+        got.sort();
+        assert_eq!(got, expected, "{what}");
+        if format_rows(&out)
+            .iter()
+            .any(|r| r.starts_with("-U") || r.starts_with("-D"))
+        {
+            retracting += 1;
+        }
+    }
+    assert!(
+        retracting * 3 >= cases,
+        "only {retracting} of {cases} cases took rows back (seed {seed})"
     );
 }

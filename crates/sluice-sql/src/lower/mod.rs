@@ -467,19 +467,48 @@ impl<'a> Lowerer<'a> {
                 "ORDER BY on an unbounded stream (use a Top-N per window)",
             )),
             LogicalPlan::Limit(_) => Err(SqlError::unsupported("LIMIT on a stream")),
-            LogicalPlan::Distinct(_) => Err(SqlError::unsupported(
-                "SELECT DISTINCT and UNION without ALL (write GROUP BY over the columns, or UNION ALL)",
-            )),
+            LogicalPlan::Distinct(datafusion_expr::Distinct::All(input)) => {
+                // SELECT DISTINCT (and UNION without ALL): a GROUP BY over every column
+                // without aggregates, an updating result (a row's last copy taken back
+                // deletes it).
+                let lowered = self.lower(input)?;
+                let lowered = self.materialize(lowered)?;
+                let keys = lowered.columns.clone();
+                let node = self.add(
+                    &lowered,
+                    NodeKind::Aggregate {
+                        keys: keys.clone(),
+                        aggregates: Vec::new(),
+                        ttl_ms: self.state_ttl.map(|d| d.as_millis() as i64),
+                    },
+                    self.parallelism,
+                    Some(Partitioning::Hash(keys.clone())),
+                );
+                Ok(Lowered {
+                    node,
+                    columns: keys,
+                    rowtime: None,
+                    window: None,
+                    updating: true,
+                    window_end: None,
+                })
+            }
+            LogicalPlan::Distinct(_) => Err(SqlError::unsupported("SELECT DISTINCT ON")),
             LogicalPlan::Union(u) => {
                 // Each input projected (and cast) to the union's columns, then one node
                 // that reads them all.
                 let names = physical_names(&u.schema);
-                let mut parts = Vec::new();
+                let mut parts: Vec<Lowered> = Vec::new();
                 for input in &u.inputs {
                     let lowered = self.lower(input)?;
                     let lowered = self.materialize(lowered)?;
-                    if lowered.updating {
-                        return Err(SqlError::unsupported("UNION ALL of updating inputs"));
+                    if parts
+                        .first()
+                        .is_some_and(|p| p.updating != lowered.updating)
+                    {
+                        return Err(SqlError::unsupported(
+                            "UNION ALL of an updating input (a GROUP BY without windows, a Top-N, a regular join of one) with an append-only one",
+                        ));
                     }
                     let exprs = physical_names(input.schema())
                         .iter()
@@ -509,7 +538,7 @@ impl<'a> Lowerer<'a> {
                     columns: names,
                     rowtime: None,
                     window: None,
-                    updating: false,
+                    updating: parts.iter().any(|p| p.updating),
                     window_end: None,
                 })
             }

@@ -21,7 +21,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int8Array, Int64Array, RecordBatch, TimestampMillisecondArray};
+use arrow::array::{
+    Array, ArrayRef, Int8Array, Int64Array, RecordBatch, TimestampMillisecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use async_trait::async_trait;
@@ -177,13 +179,16 @@ impl ChangelogJoinOperator {
         Ok((keys, rows))
     }
 
-    /// Applies one row of `side` and pushes what it changes in the join's output.
+    /// Applies one row of `side` and pushes what it changes in the join's output. A row
+    /// whose key has a NULL (`joins` false) matches nothing, as in SQL.
+    #[allow(clippy::too_many_arguments)]
     fn apply(
         &mut self,
         side: usize,
         key: &[u8],
         row: &[u8],
         add: bool,
+        joins: bool,
         t: i64,
         out: &mut Vec<Out>,
     ) {
@@ -212,7 +217,11 @@ impl ChangelogJoinOperator {
             }
         }
         let mut total = 0;
-        if let Some(others) = self.held[1 - side].get_mut(key) {
+        let others = match joins {
+            true => self.held[1 - side].get_mut(key),
+            false => None,
+        };
+        if let Some(others) = others {
             for (other, h) in others.iter_mut() {
                 total += h.count;
                 let ts = t.max(h.ts);
@@ -378,14 +387,22 @@ impl Operator for ChangelogJoinOperator {
         }
         let (keys, rows) = self.encode(input, &batch.data)?;
         let ts = batch.timestamps().clone();
+        // Rows with a NULL in their key join nothing.
+        let null_key = |i: usize| {
+            self.keys[input]
+                .iter()
+                .any(|&c| batch.data.column(c).is_null(i))
+        };
+        let joins: Vec<bool> = (0..batch.num_rows()).map(|i| !null_key(i)).collect();
         let mut changes = Vec::new();
-        for i in 0..batch.num_rows() {
+        for (i, &joins) in joins.iter().enumerate() {
             let add = batch.row_kind(i).is_addition();
             self.apply(
                 input,
                 keys.row(i).as_ref(),
                 rows.row(i).as_ref(),
                 add,
+                joins,
                 ts.value(i),
                 &mut changes,
             );
