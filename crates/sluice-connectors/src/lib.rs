@@ -36,6 +36,7 @@ pub fn registry() -> ConnectorRegistry {
     {
         r.register_source(kafka::KafkaSourceConnector);
         r.register_sink(kafka::KafkaSinkConnector);
+        r.register_sink(kafka::UpsertKafkaSinkConnector);
     }
     r
 }

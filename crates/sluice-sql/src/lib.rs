@@ -469,6 +469,16 @@ impl SqlContext {
                 delay,
             };
         }
+        if let Some(k) = extras
+            .primary_key
+            .iter()
+            .find(|k| declared.field_with_name(k).is_err())
+        {
+            return Err(SqlError::at(
+                pos,
+                format!("PRIMARY KEY column `{k}` is not a declared column of `{name}`"),
+            ));
+        }
         let mut def = TableDef::new(
             name.clone(),
             declared,

@@ -524,11 +524,17 @@ fn table_extras(
             extras.watermark = Some((col, snippet(a + 4, b, text)));
             true
         } else if is_kw(t0, Keyword::PRIMARY) && t1.is_some_and(|t| is_kw(t, Keyword::KEY)) {
-            extras.primary_key = toks[a + 2..=b]
+            let words: Vec<String> = toks[a + 2..=b]
                 .iter()
                 .filter_map(|t| word(&t.token))
-                .filter(|w| w != "not" && w != "enforced")
                 .collect();
+            if !words.ends_with(&["not".to_string(), "enforced".to_string()]) {
+                return Err(SqlError::at(
+                    Pos::from(toks[a].span.start),
+                    "a PRIMARY KEY must be declared NOT ENFORCED, as in Flink: Sluice does not own the data, so it cannot enforce the key (write PRIMARY KEY (…) NOT ENFORCED)",
+                ));
+            }
+            extras.primary_key = words[..words.len() - 2].to_vec();
             true
         } else if matches!(t0, Token::Word(_))
             && t1.is_some_and(|t| is_kw(t, Keyword::AS))

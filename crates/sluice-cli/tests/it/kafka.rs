@@ -175,10 +175,12 @@ fn produce(bootstrap: &str, topic: &str, msgs: &[Msg]) {
     p.flush(Duration::from_secs(30)).unwrap();
 }
 
-/// One message read back: headers and payload.
+/// One message read back: headers, key and payload (`None`: a tombstone).
 #[derive(Debug, Clone)]
 struct Read {
     headers: BTreeMap<String, String>,
+    key: Option<String>,
+    value: Option<String>,
     payload: String,
 }
 
@@ -247,6 +249,8 @@ fn read_topic(bootstrap: &str, topic: &str) -> Vec<Read> {
         }
         out.push(Read {
             headers,
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            value: m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
             payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
         });
         if remaining
@@ -1095,4 +1099,81 @@ async fn the_broker_going_down_and_coming_back_loses_nothing() {
     }
 
     assert_windows_exact(&window_rows(&read_topic(bootstrap, &output)), n);
+}
+
+/// An updating query into an `upsert-kafka` table (`PRIMARY KEY (auction)`): each key's
+/// last record is its current row, a tombstone deletes it; read back that way, the topic
+/// equals the batch answer, and groups that stopped matching the `HAVING` were deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_updating_query_into_upsert_kafka_leaves_the_batch_answer_by_key() {
+    let bootstrap = tansu();
+    let (input, output) = (unique("upsert-in"), unique("upsert-out"));
+    create_topic(bootstrap, &input, 2).await;
+    create_topic(bootstrap, &output, 3).await;
+    let n = 3_000;
+    produce(bootstrap, &input, &bids(n, 2));
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("upsert.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "SET 'table.exec.mini-batch.size' = '50';
+             CREATE TABLE bids (auction BIGINT, price BIGINT, ts TIMESTAMP(3))
+             WITH ('connector' = 'kafka', 'topic' = '{input}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
+                'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset');
+             CREATE TABLE best (auction BIGINT, bids BIGINT, top BIGINT, PRIMARY KEY (auction) NOT ENFORCED)
+             WITH ('connector' = 'upsert-kafka', 'topic' = '{output}',
+                'properties.bootstrap.servers' = '{bootstrap}',
+                'key.format' = 'json', 'value.format' = 'json');
+             INSERT INTO best
+             SELECT auction, COUNT(*), MAX(price) FROM bids GROUP BY auction HAVING MAX(price) < 997;"
+        ),
+    )
+    .unwrap();
+    let out = sluice_run(&sql, &[]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Per key, in the order of its partition: the last value, or gone after a tombstone.
+    let reads = read_topic(bootstrap, &output);
+    let mut current: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    let mut tombstones = 0;
+    for r in &reads {
+        let key: serde_json::Value = serde_json::from_str(r.key.as_deref().unwrap()).unwrap();
+        let auction = key["auction"].as_i64().unwrap();
+        match &r.value {
+            None => {
+                tombstones += 1;
+                current.remove(&auction);
+            }
+            Some(v) => {
+                let v: serde_json::Value = serde_json::from_str(v).unwrap();
+                assert_eq!(v["auction"].as_i64(), Some(auction), "{v}");
+                current.insert(
+                    auction,
+                    (v["bids"].as_i64().unwrap(), v["top"].as_i64().unwrap()),
+                );
+            }
+        }
+    }
+    let mut expected: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for i in 0..n {
+        let e = expected.entry((i % 7) as i64).or_insert((0, -1));
+        e.0 += 1;
+        e.1 = e.1.max((i % 1000) as i64);
+    }
+    expected.retain(|_, (_, top)| *top < 997);
+    assert_eq!(current, expected, "{} records read", reads.len());
+    // Small batches: every group is written long before its top price passes 997
+    // (prices rise with the offset), so each group that stops matching is deleted once.
+    let all_keys = 7;
+    assert_eq!(
+        tombstones,
+        all_keys - expected.len(),
+        "one tombstone per group that stopped matching"
+    );
+    delete_topics(bootstrap, &[&input, &output]).await;
 }

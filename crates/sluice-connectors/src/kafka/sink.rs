@@ -35,7 +35,7 @@ use sluice_plan::{ConnectorSpec, DeliveryGuarantee};
 use sluice_runtime::{
     Collector, Operator, OperatorContext, OperatorState, RestoredState, SinkConnector,
 };
-use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TaskInfo};
+use sluice_types::{Batch, CheckpointBarrier, Result, RowKind, SluiceError, TaskInfo};
 
 use super::txn_log::{ensure_topic, log_topic, read_log};
 use super::{
@@ -88,10 +88,102 @@ pub struct KafkaSinkConfig {
     guarantee: Option<Guarantee>,
     txn_prefix: Option<String>,
     partitioner: Partitioner,
+    /// `upsert-kafka`: each change keyed by the primary key; `-U` rows are skipped and
+    /// `-D` rows become tombstones (a null value).
+    upsert: bool,
 }
 
 /// `'connector' = 'kafka'` as a sink.
 pub struct KafkaSinkConnector;
+
+/// `'connector' = 'upsert-kafka'`, as Flink's: the changelog of a query as upserts by the
+/// table's `PRIMARY KEY` (given to it as `key.fields`). The key columns are the record
+/// key (`key.format`), the whole row its value (`value.format`); `+I`/`+U` write the new
+/// value, `-D` writes a tombstone, `-U` is skipped when its `+U` follows and is a
+/// tombstone when none does ([`upsert_writes`]).
+pub struct UpsertKafkaSinkConnector;
+
+/// What an upsert sink writes for one change.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Upsert {
+    /// The row, as the key's new value.
+    Value,
+    /// A null value: the key is deleted.
+    Tombstone,
+    /// Nothing: a `-U` whose `+U` (or `+I`) for the same key follows in the batch.
+    Skip,
+}
+
+/// Per change of a batch, what an upsert sink writes: `+I`/`+U` a value, `-D` a
+/// tombstone, `-U` nothing when a new value of its key follows in the same batch (an
+/// update) and a tombstone when none does (the new value was filtered out: a `HAVING`
+/// the group stopped matching). Updates travel as adjacent `-U`/`+U` rows of one batch.
+fn upsert_writes(changes: &Batch, keys: &MessageEncoder) -> Vec<Upsert> {
+    let n = changes.num_rows();
+    let mut out = vec![Upsert::Value; n];
+    let mut added_later: std::collections::HashSet<&[u8]> = Default::default();
+    for row in (0..n).rev() {
+        out[row] = match changes.row_kind(row) {
+            RowKind::Insert | RowKind::UpdateAfter => {
+                added_later.insert(keys.row(row));
+                Upsert::Value
+            }
+            RowKind::UpdateBefore if added_later.contains(keys.row(row)) => Upsert::Skip,
+            RowKind::UpdateBefore | RowKind::Delete => Upsert::Tombstone,
+        };
+    }
+    out
+}
+
+/// Option keys of the upsert-kafka sink.
+const UPSERT_OPTIONS: &[&str] = &[
+    "topic",
+    "properties.*",
+    "key.format",
+    "value.format",
+    "key.fields",
+    "csv.field-delimiter",
+    "avro.schema",
+    "avro-confluent.url",
+    "avro-confluent.subject",
+    "sink.delivery-guarantee",
+    "sink.transactional-id-prefix",
+];
+
+impl SinkConnector for UpsertKafkaSinkConnector {
+    type Config = KafkaSinkConfig;
+
+    fn name(&self) -> &'static str {
+        "upsert-kafka"
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        UPSERT_OPTIONS
+    }
+
+    fn accepts_updates(&self, _spec: &ConnectorSpec) -> bool {
+        true
+    }
+
+    fn parse(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<KafkaSinkConfig> {
+        let o = OptionReader::new("upsert-kafka", spec);
+        if o.str("key.fields").is_none() {
+            return Err(SluiceError::user(
+                "an 'upsert-kafka' table needs a PRIMARY KEY (…) NOT ENFORCED: its columns are the record key",
+            ));
+        }
+        for required in ["key.format", "value.format"] {
+            o.required(required)?;
+        }
+        let mut config = KafkaSinkConnector.parse(spec, input)?;
+        config.upsert = true;
+        Ok(config)
+    }
+
+    fn create(&self, config: &Arc<KafkaSinkConfig>, task: &TaskInfo) -> Result<Box<dyn Operator>> {
+        KafkaSinkConnector.create(config, task)
+    }
+}
 
 impl SinkConnector for KafkaSinkConnector {
     type Config = KafkaSinkConfig;
@@ -250,6 +342,7 @@ impl SinkConnector for KafkaSinkConnector {
             guarantee,
             txn_prefix: o.str("sink.transactional-id-prefix").map(str::to_string),
             partitioner,
+            upsert: false,
         })
     }
 
@@ -338,7 +431,8 @@ struct Txn {
 #[derive(Clone, Copy)]
 struct Rec {
     key: Option<(usize, usize)>,
-    value: (usize, usize),
+    /// `None`: a tombstone (an upsert sink's delete).
+    value: Option<(usize, usize)>,
     /// Encoded user headers (see [`encode_headers`]).
     headers: (usize, usize),
     partition: Option<i32>,
@@ -476,7 +570,16 @@ impl KafkaSinkOperator {
         let times = times
             .as_ref()
             .map(|t| t.as_primitive::<arrow::datatypes::Int64Type>());
+        let upserts = match (cfg.upsert, &self.key_encoder) {
+            (true, Some(keys)) => Some(upsert_writes(changes, keys)),
+            _ => None,
+        };
         for row in 0..batch.num_rows() {
+            let tombstone = match upserts.as_ref().map(|u| u[row]) {
+                Some(Upsert::Skip) => continue,
+                Some(Upsert::Tombstone) => true,
+                Some(Upsert::Value) | None => false,
+            };
             let data = &mut txn_buf.data;
             let key = match (&self.key_encoder, key_col) {
                 (Some(enc), _) => {
@@ -496,9 +599,14 @@ impl KafkaSinkOperator {
                 }
                 _ => None,
             };
-            let vs = data.len();
-            data.extend_from_slice(self.value_encoder.row(row));
-            let value = (vs, data.len());
+            let value = match tombstone {
+                true => None,
+                false => {
+                    let vs = data.len();
+                    data.extend_from_slice(self.value_encoder.row(row));
+                    Some((vs, data.len()))
+                }
+            };
             let hs = data.len();
             if let Some(m) = &headers
                 && m.is_valid(row)
@@ -535,8 +643,10 @@ impl KafkaSinkOperator {
     async fn produce(&self, txn: &Txn, from: usize) -> Result<()> {
         let p = self.producer()?;
         for r in &txn.recs[from..] {
-            let mut rec = BaseRecord::<[u8], [u8]>::to(&self.config.topic)
-                .payload(&txn.data[r.value.0..r.value.1]);
+            let mut rec = BaseRecord::<[u8], [u8]>::to(&self.config.topic);
+            if let Some((s, e)) = r.value {
+                rec = rec.payload(&txn.data[s..e]);
+            }
             if let Some((s, e)) = r.key {
                 rec = rec.key(&txn.data[s..e]);
             }
@@ -832,7 +942,7 @@ impl Operator for KafkaSinkOperator {
             for r in &t.recs {
                 tags.append_value(&t.tag);
                 keys.append_option(r.key.map(|(s, e)| &t.data[s..e]));
-                values.append_value(&t.data[r.value.0..r.value.1]);
+                values.append_option(r.value.map(|(s, e)| &t.data[s..e]));
                 headers.append_value(&t.data[r.headers.0..r.headers.1]);
                 parts.append_option(r.partition);
                 times.append_option(r.timestamp);
@@ -842,7 +952,7 @@ impl Operator for KafkaSinkOperator {
         let fields = vec![
             Arc::new(Field::new("tag", DataType::Utf8, false)),
             Arc::new(Field::new("key", DataType::Binary, true)),
-            Arc::new(Field::new("value", DataType::Binary, false)),
+            Arc::new(Field::new("value", DataType::Binary, true)),
             Arc::new(Field::new("headers", DataType::Binary, false)),
             Arc::new(Field::new("partition", DataType::Int32, true)),
             Arc::new(Field::new("timestamp", DataType::Int64, true)),
@@ -898,9 +1008,11 @@ impl Operator for KafkaSinkOperator {
                     t.data.extend_from_slice(keys.value(i));
                     (s, t.data.len())
                 });
-                let vs = t.data.len();
-                t.data.extend_from_slice(values.value(i));
-                let value = (vs, t.data.len());
+                let value = values.is_valid(i).then(|| {
+                    let vs = t.data.len();
+                    t.data.extend_from_slice(values.value(i));
+                    (vs, t.data.len())
+                });
                 let hs = t.data.len();
                 t.data.extend_from_slice(headers.value(i));
                 t.recs.push(Rec {
@@ -962,6 +1074,45 @@ impl Operator for KafkaSinkOperator {
 mod tests {
     use super::*;
     use rdkafka::message::Headers;
+
+    #[test]
+    fn an_upsert_sink_skips_the_before_of_an_update_and_deletes_what_nothing_replaces() {
+        use arrow::array::{Int8Array, Int64Array, TimestampMillisecondArray};
+        use sluice_types::RowKind::*;
+        let rows = [
+            (UpdateBefore, 1), // +U follows: skipped
+            (UpdateBefore, 2), // nothing follows (filtered out): tombstone
+            (UpdateAfter, 1),
+            (Insert, 3),
+            (Delete, 4),
+        ];
+        let user = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)])),
+            vec![Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.1),
+            ))],
+        )
+        .unwrap();
+        let batch = Batch::from_changes(
+            &user,
+            Int8Array::from_iter_values(rows.iter().map(|r| r.0.code())),
+            TimestampMillisecondArray::from_iter_values(rows.iter().map(|_| 0)),
+            sluice_types::IngestTime::at(0),
+        )
+        .unwrap();
+        let mut keys = MessageEncoder::new(&MessageFormat::Json, &user.schema()).unwrap();
+        keys.encode(&user).unwrap();
+        assert_eq!(
+            upsert_writes(&batch, &keys),
+            [
+                Upsert::Skip,
+                Upsert::Tombstone,
+                Upsert::Value,
+                Upsert::Value,
+                Upsert::Tombstone
+            ]
+        );
+    }
 
     #[test]
     fn headers_round_trip_through_the_checkpoint_encoding() {

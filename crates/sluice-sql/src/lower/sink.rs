@@ -134,6 +134,20 @@ impl Lowerer<'_> {
         }
         spec.metadata
             .retain(|c, _| !def.virtual_columns.contains(c));
+        // The primary key of an upsert sink is its record key; its changes go through a
+        // hash exchange on it, so each key's changes reach the sink in order.
+        let mut by_key = None;
+        if spec.connector == "upsert-kafka" {
+            if def.primary_key.is_empty() {
+                return Err(SqlError::new(format!(
+                    "table `{}` uses 'connector' = 'upsert-kafka', which needs a PRIMARY KEY (…) NOT ENFORCED: its columns are the record key",
+                    def.name
+                )));
+            }
+            spec.options
+                .insert("key.fields".into(), def.primary_key.join(";"));
+            by_key = Some(Partitioning::Hash(def.primary_key.clone()));
+        }
         if lowered.updating
             && let Ok(sink) = self.registry.sink(&spec.connector)
             && !sink.accepts_updates(&spec)
@@ -154,10 +168,10 @@ impl Lowerer<'_> {
                 n
             }
         };
-        let edge = if self.plan.nodes[node].parallelism == p {
-            Partitioning::Forward
-        } else {
-            Partitioning::Rebalance
+        let edge = match by_key {
+            Some(hash) => hash,
+            None if self.plan.nodes[node].parallelism == p => Partitioning::Forward,
+            None => Partitioning::Rebalance,
         };
         self.plan.add_edge(lowered.node, node, edge);
         Ok(())
