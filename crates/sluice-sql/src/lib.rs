@@ -288,6 +288,8 @@ impl SqlContext {
     fn plan_query(&self, q: Query, pos: Pos) -> Result<LogicalPlan> {
         let provider = self.provider();
         let planner = SqlToRel::new_with_options(&provider, parser_options());
+        let mut q = q;
+        name_fields_as_flink(&mut q);
         planner
             .sql_statement_to_plan(Statement::Query(Box::new(q)))
             .map_err(|e| SqlError::datafusion(e).or_at(pos))
@@ -492,6 +494,115 @@ impl SqlContext {
         self.catalog.insert(name, Entry::Table(Arc::new(def)));
         Ok(())
     }
+}
+
+/// Names a selected nested field by the field, as Flink does: `SELECT bid.auction FROM
+/// events` gives a column `auction` (DataFusion would name it `events.bid[auction]`), so
+/// views and subqueries over nested rows have plain column names. A `t.col` whose `t` is a
+/// table or alias of the `FROM` is a plain column and left alone, as is a field whose
+/// name another item of the same `SELECT` has.
+fn name_fields_as_flink(q: &mut Query) {
+    use datafusion_sql::sqlparser::ast::{
+        Expr as AstExpr, SelectItem, SetExpr, TableFactor, TableWithJoins,
+    };
+    fn relations(t: &TableWithJoins, out: &mut Vec<String>) {
+        let mut one = |f: &TableFactor| match f {
+            TableFactor::Table { name, alias, .. } => {
+                if let Some(a) = alias {
+                    out.push(a.name.value.to_ascii_lowercase());
+                }
+                if let Some(last) = name.0.last().and_then(|p| p.as_ident()) {
+                    out.push(last.value.to_ascii_lowercase());
+                }
+            }
+            TableFactor::Derived { alias: Some(a), .. }
+            | TableFactor::Function { alias: Some(a), .. }
+            | TableFactor::TableFunction { alias: Some(a), .. } => {
+                out.push(a.name.value.to_ascii_lowercase())
+            }
+            _ => {}
+        };
+        one(&t.relation);
+        for j in &t.joins {
+            one(&j.relation);
+        }
+    }
+    fn set_expr(e: &mut SetExpr) {
+        match e {
+            SetExpr::Select(select) => {
+                let mut tables = Vec::new();
+                for t in &mut select.from {
+                    for f in std::iter::once(&mut t.relation)
+                        .chain(t.joins.iter_mut().map(|j| &mut j.relation))
+                    {
+                        if let TableFactor::Derived { subquery, .. } = f {
+                            name_fields_as_flink(subquery);
+                        }
+                    }
+                    relations(t, &mut tables);
+                }
+                let field = |item: &SelectItem| -> Option<String> {
+                    let SelectItem::UnnamedExpr(AstExpr::CompoundIdentifier(parts)) = item else {
+                        return None;
+                    };
+                    let nested = parts.len() > 2
+                        || (parts.len() == 2
+                            && !tables.contains(&parts[0].value.to_ascii_lowercase()));
+                    nested
+                        .then(|| parts.last().map(|p| p.value.clone()))
+                        .flatten()
+                };
+                let names: Vec<Option<String>> = select.projection.iter().map(field).collect();
+                let taken = |n: &str, at: usize| {
+                    select.projection.iter().enumerate().any(|(i, item)| {
+                        i != at
+                            && match item {
+                                SelectItem::ExprWithAlias { alias, .. } => {
+                                    alias.value.eq_ignore_ascii_case(n)
+                                }
+                                SelectItem::UnnamedExpr(AstExpr::Identifier(id)) => {
+                                    id.value.eq_ignore_ascii_case(n)
+                                }
+                                SelectItem::UnnamedExpr(AstExpr::CompoundIdentifier(p)) => {
+                                    p.last().is_some_and(|l| l.value.eq_ignore_ascii_case(n))
+                                }
+                                _ => false,
+                            }
+                    })
+                };
+                let renames: Vec<(usize, String)> = names
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(at, n)| n.clone().map(|n| (at, n)))
+                    .filter(|(at, n)| !taken(n, *at))
+                    .collect();
+                for (at, name) in renames {
+                    let item = std::mem::replace(
+                        &mut select.projection[at],
+                        SelectItem::Wildcard(Default::default()),
+                    );
+                    if let SelectItem::UnnamedExpr(expr) = item {
+                        select.projection[at] = SelectItem::ExprWithAlias {
+                            expr,
+                            alias: datafusion_sql::sqlparser::ast::Ident::new(name.clone()),
+                        };
+                    }
+                }
+            }
+            SetExpr::Query(q) => name_fields_as_flink(q),
+            SetExpr::SetOperation { left, right, .. } => {
+                set_expr(left);
+                set_expr(right);
+            }
+            _ => {}
+        }
+    }
+    if let Some(with) = &mut q.with {
+        for cte in &mut with.cte_tables {
+            name_fields_as_flink(&mut cte.query);
+        }
+    }
+    set_expr(&mut q.body);
 }
 
 fn parser_options() -> ParserOptions {

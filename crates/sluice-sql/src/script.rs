@@ -285,6 +285,8 @@ fn preprocess(script: &str, lines: &Lines<'_>, s: Stmt<'_>) -> Result<RawStateme
         }
     }
     // `TABLE name` as an argument of a window table function: drop the keyword.
+    // `TABLE name PARTITION BY a, b` (Flink's SESSION): the keys become an argument of
+    // their own, `,SLUICE_PBY(a, b)`, written over the clause (which is never shorter).
     for i in 1..toks.len().saturating_sub(1) {
         if is_kw(&toks[i].token, Keyword::TABLE)
             && matches!(toks[i - 1].token, Token::LParen | Token::Comma)
@@ -292,6 +294,25 @@ fn preprocess(script: &str, lines: &Lines<'_>, s: Stmt<'_>) -> Result<RawStateme
         {
             let a = lines.offset(toks[i].span.start);
             blank(&mut text, a..a + "TABLE".len());
+            if toks.len() > i + 4
+                && bare_word(toks[i + 2]) == "PARTITION"
+                && bare_word(toks[i + 3]) == "BY"
+            {
+                // The keys run to the comma before the next argument (DESCRIPTOR, …).
+                let mut last = i + 4;
+                while toks.len() > last + 2
+                    && matches!(toks[last + 1].token, Token::Comma)
+                    && bare_word(toks[last + 2]) != "DESCRIPTOR"
+                {
+                    last += 2;
+                }
+                let start = lines.offset(toks[i + 2].span.start);
+                let keys = lines.offset(toks[i + 4].span.start)..lines.offset(toks[last].span.end);
+                let end = keys.end;
+                let rewritten = [b",SLUICE_PBY(".as_slice(), &text[keys], b")"].concat();
+                blank(&mut text, start..end);
+                text[start..start + rewritten.len()].copy_from_slice(&rewritten);
+            }
         }
     }
     // `table FOR SYSTEM_TIME AS OF expr`: a lookup table. The clause is blanked and the

@@ -4,6 +4,7 @@
 //! TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND))
 //! TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND))  -- slide, size
 //! TABLE(SESSION(TABLE bid, DESCRIPTOR(date_time), INTERVAL '10' SECOND))                   -- gap; keys from GROUP BY
+//! TABLE(SESSION(TABLE bid PARTITION BY bidder, DESCRIPTOR(date_time), INTERVAL '10' SECOND)) -- keys given (= GROUP BY)
 //! TABLE(TUMBLE_ROWS(TABLE bid, 100))                                                       -- count windows, per GROUP BY key
 //! TABLE(HOP_ROWS(TABLE bid, 10, 100))                                                      -- slide, size in rows
 //! ```
@@ -83,6 +84,8 @@ pub struct WindowTvf {
     pub lateness_ms: u64,
     /// Table that receives late rows.
     pub late_sink: Option<String>,
+    /// `SESSION(TABLE t PARTITION BY a, b, …)`: the columns sessions are kept apart by.
+    pub partition_by: Vec<String>,
     /// Line and column of the call.
     pub at: (u64, u64),
     schema: DFSchemaRef,
@@ -95,6 +98,7 @@ impl PartialOrd for WindowTvf {
             &self.time_column,
             self.lateness_ms,
             &self.late_sink,
+            &self.partition_by,
             self.at,
         )
             .partial_cmp(&(
@@ -102,6 +106,7 @@ impl PartialOrd for WindowTvf {
                 &other.time_column,
                 other.lateness_ms,
                 &other.late_sink,
+                &other.partition_by,
                 other.at,
             ))
     }
@@ -250,6 +255,39 @@ impl RelationPlanner for WindowTvfPlanner {
         let input = LogicalPlanBuilder::scan(table_name.as_str(), source, None)?.build()?;
         let rows = name.ends_with("_rows");
         let mut rest = positional[1..].to_vec();
+        // `TABLE t PARTITION BY a, b` (rewritten to `,SLUICE_PBY(a, b)` before parsing).
+        let mut partition_by = Vec::new();
+        if let Some(SqlExpr::Function(pby)) = rest.first().copied()
+            && pby.name.to_string().eq_ignore_ascii_case("sluice_pby")
+        {
+            if name != "session" {
+                return Err(err(
+                    pby.name.span(),
+                    "PARTITION BY is for SESSION windows; other windows take their keys from GROUP BY",
+                ));
+            }
+            let FunctionArguments::List(keys) = &pby.args else {
+                return Err(err(pby.name.span(), "PARTITION BY names columns"));
+            };
+            for k in &keys.args {
+                match k {
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Identifier(i))) => {
+                        let c = ctx.normalize_ident(i.clone());
+                        if input.schema().field_with_unqualified_name(&c).is_err() {
+                            return Err(err(
+                                i.span,
+                                format!(
+                                    "PARTITION BY names `{c}`, which is not a column of `{table_name}`"
+                                ),
+                            ));
+                        }
+                        partition_by.push(c);
+                    }
+                    _ => return Err(err(pby.name.span(), "PARTITION BY names columns")),
+                }
+            }
+            rest.remove(0);
+        }
         let mut time_column = None;
         if !rows {
             let Some(d) = rest.first().copied() else {
@@ -361,6 +399,7 @@ impl RelationPlanner for WindowTvfPlanner {
             time_column,
             lateness_ms,
             late_sink,
+            partition_by,
             at: (span.start.line, span.start.column),
         };
         let plan = LogicalPlan::Extension(Extension {

@@ -92,6 +92,7 @@ fn consumes_updates(kind: &NodeKind) -> bool {
             | NodeKind::Project { .. }
             | NodeKind::Aggregate { .. }
             | NodeKind::Join { .. }
+            | NodeKind::TopN { .. }
             | NodeKind::Sink(_)
     )
 }

@@ -84,6 +84,21 @@ impl Lowerer<'_> {
                     "a windowed aggregate must GROUP BY both window_start and window_end",
                 ));
             }
+            // SESSION(TABLE t PARTITION BY …): sessions are per partition key, and the
+            // aggregate's keys are what sessions are kept apart by, so they must agree.
+            if !tvf.partition_by.is_empty() {
+                let mut given = tvf.partition_by.clone();
+                let mut grouped = keys.clone();
+                given.sort();
+                grouped.sort();
+                if given != grouped {
+                    return Err(SqlError::unsupported(format!(
+                        "a SESSION window partitioned by ({}) grouped by ({}): GROUP BY exactly the PARTITION BY columns (with window_start, window_end)",
+                        tvf.partition_by.join(", "),
+                        keys.join(", ")
+                    )));
+                }
+            }
             let spec: WindowSpec = tvf.kind.spec();
             let kind = NodeKind::WindowAggregate {
                 keys: keys.clone(),
@@ -104,6 +119,9 @@ impl Lowerer<'_> {
             let window_end = spec
                 .size_and_slide_ms()
                 .map(|(size, _)| ("window_end".to_string(), size as u64));
+            let window_start = spec
+                .size_and_slide_ms()
+                .map(|(_, slide)| ("window_start".to_string(), slide as u64));
             let mut columns = keys;
             columns.extend(WINDOW_COLUMNS.iter().map(|s| s.to_string()));
             columns.extend(names[n_groups..].iter().cloned());
@@ -114,7 +132,16 @@ impl Lowerer<'_> {
                 window: None,
                 updating: false,
                 window_end,
+                window_start,
             });
+        }
+        if let (Some(start), Some(end)) = (input.window_start.clone(), input.window_end.clone())
+            && !input.updating
+            && keys.contains(&start.0)
+            && keys.contains(&end.0)
+        {
+            let agg_names = names[n_groups..].to_vec();
+            return self.cascade(&input, &keys, aggregates, agg_names, start, end);
         }
         if keys.is_empty() {
             // A global aggregate: one constant key, one subtask.
@@ -142,6 +169,7 @@ impl Lowerer<'_> {
                 window: None,
                 updating: true,
                 window_end: None,
+                window_start: None,
             };
             let names = names[n_groups..].to_vec();
             let exprs = names.iter().map(|n| ucol(n.as_str())).collect();
@@ -166,6 +194,7 @@ impl Lowerer<'_> {
             window: None,
             updating: true,
             window_end: None,
+            window_start: None,
         })
     }
 }
@@ -204,4 +233,77 @@ pub(crate) fn rewrite_filter(e: Expr) -> Result<Expr> {
         params,
     })
     .alias(alias.name.clone()))
+}
+
+impl Lowerer<'_> {
+    /// A `GROUP BY` of a window aggregate's `window_start` and `window_end` (under any
+    /// names, with other keys or none): the windows aggregated again, as Flink plans a
+    /// cascaded window aggregate. The rows of one window (same end) all come out when the
+    /// watermark passes its end, so a tumbling window of the input's slide, which puts
+    /// each end in a window of its own, groups them and fires at that same watermark.
+    /// Its result keeps the input's window columns, so it can be windowed (or joined on
+    /// its windows) again.
+    fn cascade(
+        &mut self,
+        input: &Lowered,
+        keys: &[String],
+        aggregates: Vec<Expr>,
+        agg_names: Vec<String>,
+        start: (String, u64),
+        end: (String, u64),
+    ) -> Result<Lowered> {
+        // The input's window columns go under names of their own: the window operator
+        // adds `window_start` and `window_end` itself.
+        let inner = |c: &String| -> String {
+            match c {
+                c if *c == start.0 => "__cascade_start".to_string(),
+                c if *c == end.0 => "__cascade_end".to_string(),
+                c => c.clone(),
+            }
+        };
+        let exprs = input.columns.iter().map(|c| ucol(c.as_str())).collect();
+        let renamed = self.project_always(input, exprs, input.columns.iter().map(inner).collect());
+        let inner_keys: Vec<String> = keys.iter().map(inner).collect();
+        let kind = NodeKind::WindowAggregate {
+            keys: inner_keys.clone(),
+            window: WindowSpec::Tumbling {
+                size: Duration::from_millis(start.1),
+            },
+            aggregates,
+            allowed_lateness: Duration::ZERO,
+            early_firing: None,
+        };
+        let node = self.add(
+            &renamed,
+            kind,
+            self.parallelism,
+            Some(Partitioning::Hash(inner_keys.clone())),
+        );
+        let mut columns = inner_keys.clone();
+        columns.extend(WINDOW_COLUMNS.iter().map(|s| s.to_string()));
+        columns.extend(agg_names.iter().cloned());
+        let windowed = Lowered {
+            node,
+            columns,
+            rowtime: None,
+            window: None,
+            updating: false,
+            window_end: None,
+            window_start: None,
+        };
+        // Back to the query's names, without the operator's own window columns.
+        let (mut exprs, mut names) = (Vec::new(), Vec::new());
+        for (k, i) in keys.iter().zip(&inner_keys) {
+            exprs.push(ucol(i.as_str()));
+            names.push(k.clone());
+        }
+        for n in &agg_names {
+            exprs.push(ucol(n.as_str()));
+            names.push(n.clone());
+        }
+        let mut out = self.project_always(&windowed, exprs, names);
+        out.window_end = Some(end);
+        out.window_start = Some(start);
+        Ok(out)
+    }
 }

@@ -292,6 +292,7 @@ impl Lowerer<'_> {
             window: None,
             updating,
             window_end: None,
+            window_start: None,
         };
         if !residual.is_empty() {
             let predicate = resolve(
@@ -424,6 +425,7 @@ impl Lowerer<'_> {
             window: None,
             updating: false,
             window_end: None,
+            window_start: None,
         };
         if let Some(p) = datafusion_expr::utils::conjunction(after) {
             let predicate = resolve(&p, &out.columns);

@@ -52,6 +52,11 @@ pub struct Lowered {
     /// The `window_end` column of windowed rows (under its current name) and the window
     /// size in ms: a row's window ends at most that long after its event time.
     pub window_end: Option<(String, u64)>,
+    /// The `window_start` column of a window aggregate's rows (under its current name)
+    /// and the distance between window ends in ms (the slide; the size of tumbling
+    /// windows): with `window_end` it lets a `GROUP BY` of both aggregate the windows
+    /// again (a cascaded window aggregate, as Flink plans it).
+    pub window_start: Option<(String, u64)>,
 }
 
 /// Builds one job's nodes from logical plans.
@@ -252,6 +257,10 @@ impl<'a> Lowerer<'a> {
             .window_end
             .as_ref()
             .and_then(|(c, size)| renamed(c).map(|n| (n, *size)));
+        let window_start = input
+            .window_start
+            .as_ref()
+            .and_then(|(c, slide)| renamed(c).map(|n| (n, *slide)));
         let exprs = exprs
             .into_iter()
             .zip(&names)
@@ -266,6 +275,7 @@ impl<'a> Lowerer<'a> {
             window: input.window.clone(),
             updating: input.updating,
             window_end,
+            window_start,
         }
     }
 
@@ -491,6 +501,7 @@ impl<'a> Lowerer<'a> {
                     window: None,
                     updating: true,
                     window_end: None,
+                    window_start: None,
                 })
             }
             LogicalPlan::Distinct(_) => Err(SqlError::unsupported("SELECT DISTINCT ON")),
@@ -540,6 +551,7 @@ impl<'a> Lowerer<'a> {
                     window: None,
                     updating: parts.iter().any(|p| p.updating),
                     window_end: None,
+                    window_start: None,
                 })
             }
             LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => Err(SqlError::unsupported(

@@ -184,6 +184,7 @@ impl Lowerer<'_> {
             window: None,
             updating: false,
             window_end: None,
+            window_start: None,
         })
     }
 }

@@ -31,6 +31,7 @@ impl Lowerer<'_> {
             window: None,
             updating: false,
             window_end: None,
+            window_start: None,
         };
         // The project reads the side output: add it by hand.
         let (exprs, names): (Vec<Expr>, Vec<String>) = if def.declared.fields().is_empty() {

@@ -63,6 +63,7 @@ impl Lowerer<'_> {
             window: None,
             updating: false,
             window_end: None,
+            window_start: None,
         };
         let mut want: Vec<String> = if def.declared.fields().is_empty() {
             columns

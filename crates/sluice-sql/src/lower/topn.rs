@@ -133,9 +133,6 @@ impl Lowerer<'_> {
                     "RANK() without windows (use ROW_NUMBER(), or partition by window_start, window_end)",
                 ));
             }
-            if input.updating {
-                return Err(SqlError::unsupported("a Top-N over an updating input"));
-            }
             let (p, edge) = if partition.is_empty() {
                 (1, None)
             } else {
@@ -167,6 +164,7 @@ impl Lowerer<'_> {
                 window: None,
                 updating: true,
                 window_end: None,
+                window_start: None,
             };
             return Ok(Some(self.reproject(out, &skipped, &window_out, &rank_name)));
         }

@@ -9,8 +9,11 @@
 //!
 //! The output is a changelog of the ranks: a rank filled for the first time is `+I`; a
 //! rank whose row changed is `-U` with the row it held and `+U` with its new row (a row
-//! entering the top pushes each row below it down one rank). The input is append-only,
-//! so a partition's list only improves or grows; no rank is ever deleted. Ties keep arrival
+//! entering the top pushes each row below it down one rank); a rank left empty is `-D`.
+//! Over an append-only input a partition's list only improves or grows, so only its best
+//! `n` rows are kept. Over an updating input (a changelog) a row taken back may let a row
+//! from below the top back in, so every row of the partition is kept, in rank order, and
+//! a retraction removes its row (the same column values) from wherever it is. Ties keep arrival
 //! order in the direction of the sort: ascending keeps the earlier row (keep-first
 //! deduplication), descending the later one (keep-last).
 
@@ -21,7 +24,10 @@ use arrow::array::{ArrayRef, Int8Array, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter, SortField};
 use async_trait::async_trait;
-use sluice_types::{Batch, CheckpointBarrier, Result, RowKind, SluiceError, row_kind_field};
+use sluice_types::{
+    Batch, CheckpointBarrier, Result, RowKind, SluiceError, is_updating, row_kind_field,
+    timestamp_field, user_column_count,
+};
 
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::PreparedOperator;
@@ -33,20 +39,21 @@ const HELD_TABLE: &str = "held";
 /// With a TTL: when each partition was last reached.
 const TOUCHED_TABLE: &str = "touched";
 
-/// One held row: its rank order (order value, then arrival), and the row itself, both
-/// in Arrow's row format (compact, comparable as bytes).
+/// One held row: its rank order (order value, then arrival) and its user columns, both
+/// in Arrow's row format (compact, comparable as bytes), and its event time.
 struct Entry {
     order: OwnedRow,
     tiebreak: u64,
     row: OwnedRow,
+    ts: i64,
 }
 
 /// A partition whose ranks the current batch changed.
 struct Changed {
     /// The first rank that changed (0-based).
     from: usize,
-    /// The rows it held before the batch, in rank order.
-    before: Vec<OwnedRow>,
+    /// The rows its top `n` held before the batch, in rank order, with their times.
+    before: Vec<(OwnedRow, i64)>,
 }
 
 /// The top-N operator of one subtask.
@@ -64,8 +71,12 @@ pub struct TopNOperator {
     keys: RowConverter,
     /// The order column, encoded so that byte order is rank order.
     orders: RowConverter,
-    /// Whole rows.
+    /// The user columns of rows.
     rows: RowConverter,
+    /// How many user columns the input has.
+    width: usize,
+    /// The input is a changelog: every row of a partition is held, retractions remove.
+    retracting: bool,
     /// Arrival counter (ties: ascending keeps the earlier row, descending the later).
     seq: u64,
     /// Forget a partition no row reached for this long (event time, past the watermark).
@@ -141,11 +152,10 @@ impl TopNOperator {
             .iter()
             .map(|&i| input.field(i).data_type().clone())
             .collect();
-        let mut fields: Vec<Arc<Field>> = input.fields().iter().cloned().collect();
-        let ts = fields.pop().expect("invariant: `_timestamp` is last");
+        let mut fields: Vec<Arc<Field>> = input.fields()[..user_column_count(input)].to_vec();
         fields.push(Arc::new(Field::new(rank_column, DataType::Int64, false)));
         fields.push(Arc::new(row_kind_field()));
-        fields.push(ts);
+        fields.push(Arc::new(timestamp_field()));
         let out_schema: SchemaRef = Arc::new(Schema::new(fields));
         let mut template = Self::build(
             Arc::clone(input),
@@ -170,12 +180,14 @@ impl TopNOperator {
         limit: usize,
     ) -> Result<Self> {
         let order_fields = super::ranking_fields(&input, &order);
-        let all: Vec<DataType> = input
-            .fields()
+        let width = user_column_count(&input);
+        let all: Vec<DataType> = input.fields()[..width]
             .iter()
             .map(|f| f.data_type().clone())
             .collect();
         Ok(Self {
+            width,
+            retracting: is_updating(&input),
             keys: converter(&partition_types)?,
             orders: RowConverter::new(order_fields).map_err(|e| {
                 SluiceError::user("top-n: cannot order by that type").with_source(e)
@@ -210,6 +222,13 @@ impl TopNOperator {
         Ok(op)
     }
 
+    /// The schema of checkpointed rows: the user columns and `_timestamp`.
+    fn held_schema(&self) -> SchemaRef {
+        let mut fields = self.input.fields()[..self.width].to_vec();
+        fields.push(Arc::new(timestamp_field()));
+        Arc::new(Schema::new(fields))
+    }
+
     fn partition_keys(&self, data: &RecordBatch) -> Result<Option<arrow::row::Rows>> {
         if self.partition.is_empty() {
             return Ok(None);
@@ -222,8 +241,9 @@ impl TopNOperator {
         Ok(Some(self.keys.convert_columns(&cols)?))
     }
 
-    /// Offers every row of `data` to its partition's list; returns, per touched
-    /// partition, the first rank that changed and the rows the list held before.
+    /// Offers every row of `data` to its partition's list (a retraction takes its row
+    /// out); returns, per touched partition, the first rank that changed and the rows
+    /// its top held before.
     fn absorb(&mut self, data: &RecordBatch) -> Result<HashMap<Box<[u8]>, Changed>> {
         let keys = self.partition_keys(data)?;
         let order_cols: Vec<ArrayRef> = self
@@ -232,18 +252,24 @@ impl TopNOperator {
             .map(|&(i, _)| Arc::clone(data.column(i)))
             .collect();
         let orders = self.orders.convert_columns(&order_cols)?;
-        let rows = self.rows.convert_columns(data.columns())?;
-        // Event times only matter for the TTL.
-        let ts = match self.ttl {
-            Some(_) => Some(
-                data.column(data.num_columns() - 1)
+        let rows = self.rows.convert_columns(&data.columns()[..self.width])?;
+        let ts = data
+            .column(data.num_columns() - 1)
+            .as_any()
+            .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+            .ok_or_else(|| SluiceError::internal("top-n input lost its event time"))?
+            .clone();
+        let kinds = match self.retracting {
+            true => Some(
+                data.column(data.num_columns() - 2)
                     .as_any()
-                    .downcast_ref::<arrow::array::TimestampMillisecondArray>()
-                    .ok_or_else(|| SluiceError::internal("top-n input lost its event time"))?
+                    .downcast_ref::<Int8Array>()
+                    .ok_or_else(|| SluiceError::internal("top-n input lost its row kinds"))?
                     .clone(),
             ),
-            None => None,
+            false => None,
         };
+        let limit = self.limit;
         let mut changed: HashMap<Box<[u8]>, Changed> = HashMap::new();
         for i in 0..data.num_rows() {
             self.seq += 1;
@@ -253,8 +279,8 @@ impl TopNOperator {
                 self.seq
             };
             let key: &[u8] = keys.as_ref().map_or(&[], |k| k.row(i).data());
-            if let Some(ts) = &ts {
-                let t = ts.value(i);
+            let t = ts.value(i);
+            if self.ttl.is_some() {
                 match self.touched.get_mut(key) {
                     Some(last) => *last = (*last).max(t),
                     None => {
@@ -263,59 +289,104 @@ impl TopNOperator {
                 }
             }
             let order = orders.row(i);
+            let row = rows.row(i);
+            let add = kinds
+                .as_ref()
+                .is_none_or(|k| RowKind::from_code(k.value(i)).is_none_or(RowKind::is_addition));
             let list = match self.held.get_mut(key) {
                 Some(l) => l,
+                None if !add => continue,
                 None => self.held.entry(key.into()).or_default(),
             };
-            let at = list.partition_point(|e| (e.order.row(), e.tiebreak) < (order, tiebreak));
-            if at >= self.limit {
+            let at = match add {
+                true => list.partition_point(|e| (e.order.row(), e.tiebreak) < (order, tiebreak)),
+                // The held row with these values, among those of its order value.
+                false => {
+                    let first = list.partition_point(|e| e.order.row() < order);
+                    let found = list[first..]
+                        .iter()
+                        .take_while(|e| e.order.row() == order)
+                        .position(|e| e.row.row() == row);
+                    match found {
+                        Some(p) => first + p,
+                        None => continue,
+                    }
+                }
+            };
+            if at < limit {
+                match changed.get_mut(key) {
+                    Some(c) => c.from = c.from.min(at),
+                    None => {
+                        let before = list
+                            .iter()
+                            .take(limit)
+                            .map(|e| (e.row.clone(), e.ts))
+                            .collect();
+                        changed.insert(key.into(), Changed { from: at, before });
+                    }
+                }
+            } else if !self.retracting {
                 continue;
             }
-            match changed.get_mut(key) {
-                Some(c) => c.from = c.from.min(at),
-                None => {
-                    let before = list.iter().map(|e| e.row.clone()).collect();
-                    changed.insert(key.into(), Changed { from: at, before });
+            match add {
+                true => {
+                    list.insert(
+                        at,
+                        Entry {
+                            order: order.owned(),
+                            tiebreak,
+                            row: row.owned(),
+                            ts: t,
+                        },
+                    );
+                    if !self.retracting {
+                        list.truncate(limit);
+                    }
+                }
+                false => {
+                    list.remove(at);
+                    if list.is_empty() {
+                        self.held.remove(key);
+                    }
                 }
             }
-            list.insert(
-                at,
-                Entry {
-                    order: order.owned(),
-                    tiebreak,
-                    row: rows.row(i).owned(),
-                },
-            );
-            list.truncate(self.limit);
         }
         Ok(changed)
     }
 
-    /// The changes of the ranks of the partitions in `changed`, from their first changed
-    /// rank on: the row a rank held taken back, its new row added.
+    /// The changes of the top ranks of the partitions in `changed`, from their first
+    /// changed rank on: the row a rank held taken back, its new row added.
     fn emit(&self, changed: &HashMap<Box<[u8]>, Changed>) -> Result<Option<RecordBatch>> {
         let mut picked = Vec::new();
         let mut ranks = Vec::new();
         let mut kinds = Vec::new();
+        let mut times = Vec::new();
+        let empty = Vec::new();
         for (key, c) in changed {
-            let list = &self.held[key];
-            for r in c.from..list.len().max(c.before.len()) {
-                let (old, new) = (c.before.get(r), list.get(r).map(|e| &e.row));
-                if old.is_some() && old == new {
+            let list = self.held.get(key).unwrap_or(&empty);
+            let now = list.len().min(self.limit);
+            for r in c.from..now.max(c.before.len()) {
+                let old = c.before.get(r);
+                let new = list.get(r).filter(|_| r < now);
+                if let (Some((o, _)), Some(n)) = (old, new)
+                    && *o == n.row
+                {
                     continue;
                 }
                 let rank = r as i64 + 1;
-                if let Some(old) = old {
-                    picked.push(old.row());
+                if let Some((row, ts)) = old {
+                    picked.push(row.row());
                     ranks.push(rank);
+                    times.push(*ts);
                     kinds.push(match new {
                         Some(_) => RowKind::UpdateBefore,
                         None => RowKind::Delete,
                     });
                 }
-                if let Some(new) = new {
-                    picked.push(new.row());
+                if let Some(e) = new {
+                    picked.push(e.row.row());
                     ranks.push(rank);
+                    times.push(e.ts);
                     kinds.push(match old {
                         Some(_) => RowKind::UpdateAfter,
                         None => RowKind::Insert,
@@ -327,12 +398,13 @@ impl TopNOperator {
             return Ok(None);
         }
         let mut columns = self.rows.convert_rows(picked)?;
-        let ts = columns.pop().expect("invariant: `_timestamp` is last");
         columns.push(Arc::new(Int64Array::from(ranks)));
         columns.push(Arc::new(Int8Array::from_iter_values(
             kinds.iter().map(|k| k.code()),
         )));
-        columns.push(ts);
+        columns.push(Arc::new(arrow::array::TimestampMillisecondArray::from(
+            times,
+        )));
         Ok(Some(RecordBatch::try_new(
             Arc::clone(&self.out_schema),
             columns,
@@ -398,13 +470,18 @@ impl Operator for TopNOperator {
             .int64("last", entries.iter().map(|(_, t)| **t).collect())
             .finish(TOUCHED_TABLE, ctx.max_parallelism, &mut state)?;
         }
-        // Rank order is kept: rows go out per partition, best first.
-        let rows: Vec<_> = self.held.values().flatten().map(|e| e.row.row()).collect();
-        if rows.is_empty() {
+        // Rank order is kept: rows go out per partition, best first, as inserts.
+        let entries: Vec<&Entry> = self.held.values().flatten().collect();
+        if entries.is_empty() {
             return Ok(state);
         }
-        let columns = self.rows.convert_rows(rows)?;
-        let all = RecordBatch::try_new(Arc::clone(&self.input), columns)?;
+        let mut columns = self
+            .rows
+            .convert_rows(entries.iter().map(|e| e.row.row()))?;
+        columns.push(Arc::new(
+            arrow::array::TimestampMillisecondArray::from_iter_values(entries.iter().map(|e| e.ts)),
+        ));
+        let all = RecordBatch::try_new(self.held_schema(), columns)?;
         TableWriter::rows_of(&all, &self.partition).finish(
             HELD_TABLE,
             ctx.max_parallelism,
@@ -415,8 +492,13 @@ impl Operator for TopNOperator {
 
     async fn restore(&mut self, state: RestoredState, _ctx: &mut OperatorContext) -> Result<()> {
         for b in state.table(HELD_TABLE) {
-            let b = RecordBatch::try_new(Arc::clone(&self.input), b.columns().to_vec())?;
-            self.absorb(&b)?;
+            let b = RecordBatch::try_new(self.held_schema(), b.columns().to_vec())?;
+            // Held rows come back as inserts, in rank order.
+            let retracting = std::mem::replace(&mut self.retracting, false);
+            let limit = std::mem::replace(&mut self.limit, usize::MAX);
+            let r = self.absorb(&b);
+            (self.retracting, self.limit) = (retracting, limit);
+            r?;
         }
         for b in state.table(TOUCHED_TABLE) {
             let nkeys = b.num_columns().saturating_sub(1);
@@ -607,5 +689,42 @@ mod tests {
             vec![(1, 12, 1)],
             "key 1 starts over; key 2 (reached at 150) is still remembered"
         );
+    }
+
+    #[tokio::test]
+    async fn over_an_updating_input_a_row_taken_back_lets_the_next_one_in() {
+        use crate::operators::test_util::{barrier, change_batch, changes, restored};
+        use sluice_types::RowKind::{Delete as D, Insert as I};
+        let schema = change_batch(["k", "v"], &[]).data.schema();
+        let p = TopNOperator::prepare(&["k".into()], "v", true, 2, "rn", &schema).unwrap();
+        let make = || (p.factory)(&sluice_types::TaskInfo::for_test("topn")).unwrap();
+        let mut op = make();
+        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+        let mut out = crate::operator::VecCollector::default();
+        let feed = [
+            vec![(I, 1, 5), (I, 1, 7), (I, 1, 3)],
+            vec![(D, 1, 7)],
+            vec![(D, 1, 5), (D, 1, 9)],
+            vec![(D, 1, 3)],
+        ];
+        for (i, rows) in feed.iter().enumerate() {
+            if i == 2 {
+                // Through a checkpoint: the row below the top (3) is kept too.
+                let state = op.snapshot(&barrier(), &mut ctx).await.unwrap();
+                op = make();
+                op.restore(restored(&state, 0, 1), &mut ctx).await.unwrap();
+            }
+            op.process_batch(change_batch(["k", "v"], rows), &mut ctx, &mut out)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            changes(&out.batches),
+            [
+                "+I 1,7,1", "+I 1,5,2", "-U 1,7,1", "+U 1,5,1", "-U 1,5,2", "+U 1,3,2", "-U 1,5,1",
+                "+U 1,3,1", "-D 1,3,2", "-D 1,3,1",
+            ]
+        );
+        assert!(crate::operators::test_util::materialize(&out.batches).is_empty());
     }
 }
