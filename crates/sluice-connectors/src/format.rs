@@ -34,7 +34,103 @@ pub enum Format {
 }
 
 /// Option keys of the filesystem connector: `path` and the format's options.
-pub const FILE_OPTIONS: &[&str] = &["path", "format", "csv.field-delimiter", "csv.header"];
+pub const FILE_OPTIONS: &[&str] = &[
+    "path",
+    "format",
+    "csv.field-delimiter",
+    "csv.header",
+    "json.ignore-parse-errors",
+    "json.fail-on-missing-field",
+    "json.timestamp-format.standard",
+];
+
+/// Flink's JSON format options, as far as they change what Sluice does.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct JsonOptions {
+    /// `'json.ignore-parse-errors' = 'false'` said explicitly: an undecodable record fails
+    /// the job (as Flink's default). Unset: it goes to the dead-letter output (Sluice's
+    /// default); `'true'`: the same (skipped, and reported there).
+    pub fail_on_parse_error: bool,
+    /// `'json.timestamp-format.standard' = 'SQL'`: timestamps are written
+    /// `2024-01-01 12:00:00.123`; `'ISO-8601'` (and unset) writes `2024-01-01T12:00:00.123`.
+    pub sql_timestamps: bool,
+}
+
+impl JsonOptions {
+    /// Reads the `json.*` options.
+    pub fn from_options(o: &OptionReader<'_>) -> Result<Self> {
+        if o.bool_or("json.fail-on-missing-field", false)? {
+            return Err(SluiceError::user(
+                "'json.fail-on-missing-field' = 'true' is not supported yet: a missing field is read as NULL (as with 'false')",
+            ));
+        }
+        let fail_on_parse_error = match o.str("json.ignore-parse-errors") {
+            None => false,
+            Some(_) => !o.bool_or("json.ignore-parse-errors", false)?,
+        };
+        let sql_timestamps = o.choice(
+            "json.timestamp-format.standard",
+            &["SQL", "ISO-8601"],
+            Some("ISO-8601"),
+        )? == "SQL";
+        Ok(Self {
+            fail_on_parse_error,
+            sql_timestamps,
+        })
+    }
+
+    /// Fails on the first of `dead` when undecodable records fail the job.
+    pub fn check(&self, dead: &[DeadLetter]) -> Result<()> {
+        match (self.fail_on_parse_error, dead.first()) {
+            (true, Some(d)) => Err(SluiceError::user(format!(
+                "{}: {} ('json.ignore-parse-errors' = 'false'; set it to 'true', or leave it out, to route bad records to the dead-letter output)",
+                d.position, d.error
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// `rows` as they are written: with `SQL` timestamps, every top-level timestamp
+    /// column as text `yyyy-MM-dd HH:mm:ss.SSS`.
+    pub fn for_writing(&self, rows: RecordBatch) -> Result<RecordBatch> {
+        if !self.sql_timestamps
+            || !rows
+                .schema()
+                .fields()
+                .iter()
+                .any(|f| matches!(f.data_type(), DataType::Timestamp(_, _)))
+        {
+            return Ok(rows);
+        }
+        let mut fields = Vec::with_capacity(rows.num_columns());
+        let mut columns = Vec::with_capacity(rows.num_columns());
+        for (f, c) in rows.schema().fields().iter().zip(rows.columns()) {
+            match f.data_type() {
+                DataType::Timestamp(_, _) => {
+                    let iso = arrow::compute::cast(c, &DataType::Utf8)?;
+                    let iso = iso
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .ok_or_else(|| SluiceError::internal("a timestamp did not cast to text"))?;
+                    let sql: StringArray = iso
+                        .iter()
+                        .map(|v| v.map(|v| v.replacen('T', " ", 1)))
+                        .collect();
+                    fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
+                    columns.push(Arc::new(sql) as arrow::array::ArrayRef);
+                }
+                _ => {
+                    fields.push(f.as_ref().clone());
+                    columns.push(Arc::clone(c));
+                }
+            }
+        }
+        Ok(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?)
+    }
+}
 
 /// `'csv.field-delimiter'`: one character (`\t` for a tab), `,` by default.
 pub(crate) fn csv_delimiter(o: &OptionReader<'_>) -> Result<u8> {

@@ -20,6 +20,7 @@ pub struct FileSinkConfig {
     dir: PathBuf,
     format: Format,
     input: SchemaRef,
+    json: crate::format::JsonOptions,
 }
 
 /// The file sink connector.
@@ -48,6 +49,7 @@ impl SinkConnector for FileSinkConnector {
             dir,
             format,
             input: Arc::clone(input),
+            json: crate::format::JsonOptions::from_options(&o)?,
         })
     }
 
@@ -268,7 +270,10 @@ impl Operator for FileSinkOperator {
                 w.write(&changes).map_err(|e| write_err(path, e))
             }
             Writer::Csv(w) => w.write(&rows()).map_err(|e| write_err(path, e)),
-            Writer::Json(w) => w.write(&rows()).map_err(|e| write_err(path, e)),
+            Writer::Json(w) => {
+                let rows = self.config.json.for_writing(rows())?;
+                w.write(&rows).map_err(|e| write_err(path, e))
+            }
             Writer::Parquet(w) => w.write(&rows()).map_err(|e| write_err(path, e)),
         }
     }

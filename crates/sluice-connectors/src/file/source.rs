@@ -26,6 +26,8 @@ pub struct FileSourceConfig {
     projection: Option<Vec<usize>>,
     /// Replay pace (rows per second per subtask's share), for demos and tests.
     rows_per_second: Option<f64>,
+    /// Flink's `json.*` options.
+    json: crate::format::JsonOptions,
 }
 
 /// Options of the file source: the shared file options and a replay pace.
@@ -34,6 +36,9 @@ const SOURCE_OPTIONS: &[&str] = &[
     "format",
     "csv.field-delimiter",
     "csv.header",
+    "json.ignore-parse-errors",
+    "json.fail-on-missing-field",
+    "json.timestamp-format.standard",
     "rows-per-second",
 ];
 
@@ -180,6 +185,7 @@ impl SourceConnector for FileSourceConnector {
             schema,
             projection,
             rows_per_second,
+            json: crate::format::JsonOptions::from_options(&o)?,
         })
     }
 
@@ -449,6 +455,7 @@ impl SourceReader for FileReader {
                         &|i| format!("{path_s}:{}", numbers[i]),
                         &mut dead,
                     )?;
+                    self.config.json.check(&dead)?;
                     for d in dead {
                         ctx.dead_letter(d);
                     }

@@ -248,6 +248,7 @@ impl KafkaReader {
             &mut dead,
         )?;
         self.meta.offsets = offsets;
+        self.config.json.check(&dead)?;
         if !dead.is_empty() {
             self.dead_letter(&topic, partition, dead, ctx);
         }

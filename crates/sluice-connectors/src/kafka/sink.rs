@@ -91,6 +91,8 @@ pub struct KafkaSinkConfig {
     /// `upsert-kafka`: each change keyed by the primary key; `-U` rows are skipped and
     /// `-D` rows become tombstones (a null value).
     upsert: bool,
+    /// Flink's `json.*` options (timestamps as written).
+    json: crate::format::JsonOptions,
 }
 
 /// `'connector' = 'kafka'` as a sink.
@@ -143,6 +145,9 @@ const UPSERT_OPTIONS: &[&str] = &[
     "value.format",
     "key.fields",
     "csv.field-delimiter",
+    "json.ignore-parse-errors",
+    "json.fail-on-missing-field",
+    "json.timestamp-format.standard",
     "avro.schema",
     "avro-confluent.url",
     "avro-confluent.subject",
@@ -343,6 +348,7 @@ impl SinkConnector for KafkaSinkConnector {
             txn_prefix: o.str("sink.transactional-id-prefix").map(str::to_string),
             partitioner,
             upsert: false,
+            json: crate::format::JsonOptions::from_options(&o)?,
         })
     }
 
@@ -555,6 +561,7 @@ impl KafkaSinkOperator {
             MessageFormat::DebeziumJson { .. } => {
                 crate::format::debezium_envelope(&values, changes)?
             }
+            MessageFormat::Json => cfg.json.for_writing(values)?,
             _ => values,
         };
         self.value_encoder.encode(&values)?;

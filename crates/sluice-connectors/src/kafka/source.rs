@@ -45,6 +45,8 @@ pub struct KafkaSourceConfig {
     /// `scan.bounded.mode = latest-offset`: stop at the end offsets seen at start.
     pub(crate) bounded: bool,
     pub(crate) dead_letter_topic: Option<String>,
+    /// Flink's `json.*` options.
+    pub(crate) json: crate::format::JsonOptions,
     /// Replay pace (rows per second, shared by the subtasks), for demos and tests.
     pub(crate) rows_per_second: Option<f64>,
     /// `(topic, partition)`, sorted: split i is `partitions[i]`.
@@ -169,6 +171,7 @@ impl SourceConnector for KafkaSourceConnector {
             startup,
             bounded,
             dead_letter_topic: o.str("dead-letter.topic").map(str::to_string),
+            json: crate::format::JsonOptions::from_options(&o)?,
             partitions,
         })
     }
