@@ -609,21 +609,17 @@ fn parser_options() -> ParserOptions {
     let mut o = ParserOptions::new();
     o.collect_spans = true;
     o.map_string_types_to_utf8view = false;
-    o.enable_ident_normalization = true;
+    // Identifiers keep their case, as in Flink: `dateTime` names the JSON field `dateTime`.
+    o.enable_ident_normalization = false;
     o
 }
 
+/// A table or view name as written (names are case-sensitive, as in Flink).
 fn object_name(n: &ObjectName) -> String {
     n.0.last()
         .and_then(|p| p.as_ident())
-        .map(|i| {
-            if i.quote_style.is_some() {
-                i.value.clone()
-            } else {
-                i.value.to_ascii_lowercase()
-            }
-        })
-        .unwrap_or_else(|| n.to_string().to_ascii_lowercase())
+        .map(|i| i.value.clone())
+        .unwrap_or_else(|| n.to_string())
 }
 
 fn parse_one(text: &str, pos: Pos) -> Result<Statement> {

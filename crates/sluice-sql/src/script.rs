@@ -129,8 +129,7 @@ fn is_kw(t: &Token, kw: Keyword) -> bool {
 
 fn word(t: &Token) -> Option<String> {
     match t {
-        Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
-        Token::Word(w) => Some(w.value.to_ascii_lowercase()),
+        Token::Word(w) => Some(w.value.clone()),
         _ => None,
     }
 }
@@ -549,7 +548,11 @@ fn table_extras(
                 .iter()
                 .filter_map(|t| word(&t.token))
                 .collect();
-            if !words.ends_with(&["not".to_string(), "enforced".to_string()]) {
+            let n = words.len();
+            if n < 2
+                || !words[n - 2].eq_ignore_ascii_case("not")
+                || !words[n - 1].eq_ignore_ascii_case("enforced")
+            {
                 return Err(SqlError::at(
                     Pos::from(toks[a].span.start),
                     "a PRIMARY KEY must be declared NOT ENFORCED, as in Flink: Sluice does not own the data, so it cannot enforce the key (write PRIMARY KEY (…) NOT ENFORCED)",
