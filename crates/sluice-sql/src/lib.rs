@@ -699,7 +699,7 @@ fn with_maps(
         return Ok(schema);
     }
     let simple = |t: &str| -> Result<DataType, SqlError> {
-        Ok(match t {
+        Ok(match t.to_ascii_lowercase().as_str() {
             "string" | "varchar" | "text" => DataType::Utf8,
             "bytes" | "varbinary" | "bytea" => DataType::Binary,
             "bigint" => DataType::Int64,

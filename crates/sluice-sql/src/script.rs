@@ -466,8 +466,12 @@ fn table_extras(
         match t.token {
             Token::Lt
                 if toks[i - 1..i].iter().any(|p| {
-                    word(&p.token)
-                        .is_some_and(|w| matches!(w.as_str(), "map" | "row" | "struct" | "array"))
+                    word(&p.token).is_some_and(|w| {
+                        matches!(
+                            w.to_ascii_lowercase().as_str(),
+                            "map" | "row" | "struct" | "array"
+                        )
+                    })
                 }) =>
             {
                 angle += 1

@@ -1,0 +1,5 @@
+-- Local item suggestion: a regular join of auctions and sellers.
+INSERT INTO nexmark_sink
+SELECT P.name, P.city, P.state, A.id
+FROM auction AS A INNER JOIN person AS P on A.seller = P.id
+WHERE A.category = 10 and (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA');

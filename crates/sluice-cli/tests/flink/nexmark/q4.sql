@@ -1,0 +1,13 @@
+-- Average closing price per category: MAX per auction over a join, then AVG over that
+-- changelog (the inner query does not select A.id).
+INSERT INTO nexmark_sink
+SELECT
+    Q.category,
+    AVG(Q.final)
+FROM (
+    SELECT MAX(B.price) AS final, A.category
+    FROM auction A, bid B
+    WHERE A.id = B.auction AND B.dateTime BETWEEN A.dateTime AND A.expires
+    GROUP BY A.id, A.category
+) Q
+GROUP BY Q.category;
