@@ -29,7 +29,9 @@ pub enum Format {
     /// Apache Parquet.
     Parquet,
     /// A changelog as Debezium JSON lines: `{"before": …, "after": …, "op": …}` per
-    /// change (writing only).
+    /// change. Read, each change becomes its rows with their kinds (`c`/`r`: `+I` of
+    /// `after`; `u`: `-U` of `before`, `+U` of `after`; `d`: `-D` of `before`); the schema
+    /// given to the decoder is the row image's columns then `_rowkind`.
     DebeziumJson,
 }
 
@@ -195,6 +197,8 @@ impl Format {
             one.push(b'\n');
             match self.decode_exact(schema, &one, 1) {
                 Ok(b) if b.num_rows() == 1 => good.push(b),
+                // One Debezium update is two rows (-U, +U).
+                Ok(b) if *self == Format::DebeziumJson && b.num_rows() == 2 => good.push(b),
                 Ok(b) => dead.push(DeadLetter {
                     position: positions(i),
                     error: format!("expected one record, decoded {}", b.num_rows()),
@@ -221,6 +225,9 @@ impl Format {
         rows: usize,
     ) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
         let batch_size = rows.max(1) + 1;
+        if *self == Format::DebeziumJson {
+            return decode_debezium(schema, bytes, rows);
+        }
         let batch = match self {
             Format::Json | Format::DebeziumJson => {
                 let mut d = arrow::json::ReaderBuilder::new(Arc::clone(schema))
@@ -315,4 +322,73 @@ pub fn debezium_writer<W: std::io::Write>(
     arrow::json::WriterBuilder::new()
         .with_explicit_nulls(true)
         .build(out)
+}
+
+/// Decodes `rows` Debezium envelopes into the rows of their changes (see
+/// [`Format::DebeziumJson`]); `schema` is the row image's columns, then `_rowkind`.
+fn decode_debezium(
+    schema: &SchemaRef,
+    bytes: &[u8],
+    rows: usize,
+) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::array::{Array, AsArray, Int8Array};
+    use arrow::error::ArrowError;
+    use sluice_types::RowKind;
+    let image: arrow::datatypes::Fields = schema.fields()[..schema.fields().len() - 1].into();
+    let row = DataType::Struct(image.clone());
+    let envelope = Arc::new(Schema::new(vec![
+        Field::new("before", row.clone(), true),
+        Field::new("after", row, true),
+        Field::new("op", DataType::Utf8, true),
+    ]));
+    let b = Format::Json.decode_exact(&envelope, bytes, rows)?;
+    let (before, after, op) = (
+        b.column(0).as_struct(),
+        b.column(1).as_struct(),
+        b.column(2).as_string::<i32>(),
+    );
+    // (source: 0 before, 1 after; row) per output row, with its kind.
+    let mut picks: Vec<(usize, usize)> = Vec::with_capacity(rows);
+    let mut kinds: Vec<i8> = Vec::with_capacity(rows);
+    for i in 0..b.num_rows() {
+        let need = |image: &StructArray, which: &str| match image.is_valid(i) {
+            true => Ok(()),
+            false => Err(ArrowError::JsonError(format!(
+                "op `{}` without `{which}`",
+                op.value(i)
+            ))),
+        };
+        match op.is_valid(i).then(|| op.value(i)) {
+            Some("c" | "r") => {
+                need(after, "after")?;
+                picks.push((1, i));
+                kinds.push(RowKind::Insert.code());
+            }
+            Some("u") => {
+                need(before, "before")?;
+                need(after, "after")?;
+                picks.push((0, i));
+                kinds.push(RowKind::UpdateBefore.code());
+                picks.push((1, i));
+                kinds.push(RowKind::UpdateAfter.code());
+            }
+            Some("d") => {
+                need(before, "before")?;
+                picks.push((0, i));
+                kinds.push(RowKind::Delete.code());
+            }
+            Some(other) => {
+                return Err(ArrowError::JsonError(format!(
+                    "unknown Debezium op `{other}`"
+                )));
+            }
+            None => return Err(ArrowError::JsonError("a change without `op`".into())),
+        }
+    }
+    let images: [&dyn Array; 2] = [before, after];
+    let picked = arrow::compute::interleave(&images, &picks)?;
+    let picked = picked.as_struct();
+    let mut columns = picked.columns().to_vec();
+    columns.push(Arc::new(Int8Array::from(kinds)));
+    RecordBatch::try_new(Arc::clone(schema), columns)
 }

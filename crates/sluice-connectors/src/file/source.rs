@@ -118,9 +118,9 @@ impl SourceConnector for FileSourceConnector {
         }
         let path = o.path("path")?;
         let format = Format::from_options(&o)?;
-        if format == Format::DebeziumJson {
+        if format == Format::DebeziumJson && spec.schema.is_none() {
             return Err(SluiceError::user(
-                "reading 'format' = 'debezium-json' files is not supported yet: the filesystem source reads csv, json and parquet (read the envelope as 'json' with columns before, after and op)",
+                "a 'debezium-json' table declares its columns (the row image of each change)",
             ));
         }
         let files = list_files(&path)?;
@@ -167,6 +167,12 @@ impl SourceConnector for FileSourceConnector {
                         (Arc::clone(d), Some(idx))
                     }
                 }
+            }
+            // A changelog: the row image's columns, then each row's kind.
+            (Format::DebeziumJson, Some(d)) => {
+                let mut fields = d.fields().to_vec();
+                fields.push(Arc::new(sluice_types::row_kind_field()));
+                (Arc::new(arrow::datatypes::Schema::new(fields)), None)
             }
             (_, Some(d)) => (Arc::clone(d), None),
             (_, None) => match files.first() {

@@ -55,13 +55,24 @@ impl Lowerer<'_> {
                 },
             }),
         );
-        let columns: Vec<String> = actual.fields().iter().map(|f| f.name().clone()).collect();
+        // A changelog source (`debezium-json`) ends its columns with each row's kind: the
+        // rows are updates and deletes, carried along like the event time.
+        let updating = actual
+            .fields()
+            .last()
+            .is_some_and(|f| f.name() == sluice_types::ROW_KIND_FIELD);
+        let columns: Vec<String> = actual
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| n != sluice_types::ROW_KIND_FIELD)
+            .collect();
         let mut lowered = Lowered {
             node,
             columns: columns.clone(),
             rowtime: rowtime.clone(),
             window: None,
-            updating: false,
+            updating,
             window_end: None,
             window_start: None,
         };
