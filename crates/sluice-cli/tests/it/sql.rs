@@ -833,6 +833,7 @@ fn random_query(rng: &mut Rng) -> String {
             n % 2
         ),
         "SELECT c, COUNT(*) AS n, SUM(s) AS total FROM (SELECT k, COUNT(*) AS c, SUM(v) AS s FROM t GROUP BY k) GROUP BY c".into(),
+        "SELECT c, COUNT(DISTINCT hi) AS tops, MIN(DISTINCT hi) AS lo FROM (SELECT k, COUNT(*) AS c, MAX(v) AS hi FROM t GROUP BY k) GROUP BY c".into(),
         format!(
             "SELECT hi, COUNT(*) AS n FROM (SELECT k, MAX(v) AS hi FROM t WHERE v > {n} GROUP BY k) GROUP BY hi"
         ),

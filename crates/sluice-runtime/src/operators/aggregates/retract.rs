@@ -22,19 +22,32 @@ pub(crate) fn retractable(
     arg_types: &[DataType],
 ) -> Result<Box<dyn Accumulator>> {
     let name = a.function.fun().name().to_ascii_lowercase();
+    let dt = arg_types.first().cloned().unwrap_or(DataType::Null);
+    let multiset = |reduce| -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(Multiset {
+            reduce,
+            data_type: dt.clone(),
+            values: BTreeMap::new(),
+        }))
+    };
     if a.function.is_distinct() {
-        return Err(SluiceError::user(format!(
-            "`{}` with DISTINCT cannot take values back yet, so it cannot aggregate an updating input; aggregate the distinct values in an inner GROUP BY first",
-            a.function.name()
-        )));
+        // MIN/MAX are the same with DISTINCT; COUNT(DISTINCT x) counts the multiset's keys.
+        return match (name.as_str(), arg_types.len()) {
+            ("min", _) => multiset(Reduce::Min),
+            ("max", _) => multiset(Reduce::Max),
+            ("count", 1) => multiset(Reduce::CountDistinct),
+            _ => Err(SluiceError::user(format!(
+                "`{}` with DISTINCT cannot take values back yet, so it cannot aggregate an updating input (COUNT(DISTINCT x), MIN and MAX can); aggregate the distinct values in an inner GROUP BY first",
+                a.function.name()
+            ))),
+        };
     }
     if name == "min" || name == "max" {
-        let dt = arg_types.first().cloned().unwrap_or(DataType::Null);
-        return Ok(Box::new(MultisetMinMax {
-            max: name == "max",
-            data_type: dt,
-            values: BTreeMap::new(),
-        }));
+        return multiset(if name == "max" {
+            Reduce::Max
+        } else {
+            Reduce::Min
+        });
     }
     let acc = a.function.create_sliding_accumulator().map_err(|e| {
         SluiceError::user(format!(
@@ -87,10 +100,20 @@ pub(crate) fn row_args(args: &[Vec<ArrayRef>], row: usize) -> Result<Vec<Vec<Sca
         .collect()
 }
 
-/// `min` or `max` that can take any value back: a counted multiset of the values.
+/// What a [`Multiset`] answers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Reduce {
+    Min,
+    Max,
+    /// How many distinct (non-null) values it holds.
+    CountDistinct,
+}
+
+/// `min`, `max` or `count(DISTINCT …)` that can take any value back: a counted multiset
+/// of the values.
 #[derive(Debug)]
-struct MultisetMinMax {
-    max: bool,
+struct Multiset {
+    reduce: Reduce,
     data_type: DataType,
     values: BTreeMap<Ordered, u64>,
 }
@@ -115,7 +138,7 @@ impl Ord for Ordered {
     }
 }
 
-impl Accumulator for MultisetMinMax {
+impl Accumulator for Multiset {
     fn update_batch(&mut self, values: &[ArrayRef]) -> datafusion_common::Result<()> {
         let a = &values[0];
         for i in 0..a.len() {
@@ -150,9 +173,10 @@ impl Accumulator for MultisetMinMax {
     }
 
     fn evaluate(&mut self) -> datafusion_common::Result<ScalarValue> {
-        let v = match self.max {
-            true => self.values.last_key_value(),
-            false => self.values.first_key_value(),
+        let v = match self.reduce {
+            Reduce::CountDistinct => return Ok(ScalarValue::Int64(Some(self.values.len() as i64))),
+            Reduce::Max => self.values.last_key_value(),
+            Reduce::Min => self.values.first_key_value(),
         };
         match v {
             Some((k, _)) => Ok(k.0.clone()),
@@ -203,8 +227,8 @@ mod tests {
 
     #[test]
     fn the_min_max_multiset_takes_values_back_and_survives_its_state() {
-        let mut max = MultisetMinMax {
-            max: true,
+        let mut max = Multiset {
+            reduce: Reduce::Max,
             data_type: DataType::Int64,
             values: BTreeMap::new(),
         };
@@ -219,8 +243,8 @@ mod tests {
             .into_iter()
             .map(|v| v.to_array().unwrap())
             .collect();
-        let mut back = MultisetMinMax {
-            max: true,
+        let mut back = Multiset {
+            reduce: Reduce::Max,
             data_type: DataType::Int64,
             values: BTreeMap::new(),
         };
@@ -230,5 +254,24 @@ mod tests {
         back.retract_batch(&[Arc::new(Int64Array::from(vec![5]))])
             .unwrap();
         assert_eq!(back.evaluate().unwrap(), ScalarValue::Int64(None));
+    }
+
+    #[test]
+    fn count_distinct_counts_the_values_still_held() {
+        let mut n = Multiset {
+            reduce: Reduce::CountDistinct,
+            data_type: DataType::Int64,
+            values: BTreeMap::new(),
+        };
+        let a: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), Some(1), None, Some(2)]));
+        n.update_batch(&[a]).unwrap();
+        assert_eq!(n.evaluate().unwrap(), ScalarValue::Int64(Some(2)));
+        n.retract_batch(&[Arc::new(Int64Array::from(vec![1, 2]))])
+            .unwrap();
+        assert_eq!(
+            n.evaluate().unwrap(),
+            ScalarValue::Int64(Some(1)),
+            "one 1 is left"
+        );
     }
 }

@@ -34,6 +34,7 @@ use sluice_types::{
 
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::{OperatorFactory, PreparedOperator};
+use crate::state::ttl::{Sweeps, Ttl};
 use crate::state::{OperatorState, RestoredState, TableWriter};
 
 /// One held row: how many times it is there, how many rows of the other side match
@@ -65,6 +66,10 @@ pub struct ChangelogJoinOperator {
     outer: [bool; 2],
     held: [SideRows; 2],
     schema: SchemaRef,
+    /// Per side, `table.exec.state.ttl`: a row no change reached for this long (event
+    /// time, past the watermark) is forgotten, without taking anything back (as Flink).
+    ttl: [Option<Ttl>; 2],
+    sweeps: Sweeps,
 }
 
 fn converter(types: Vec<DataType>) -> Result<RowConverter> {
@@ -79,6 +84,17 @@ impl ChangelogJoinOperator {
         left_keys: &[String],
         right_keys: &[String],
         outer: (bool, bool),
+        inputs: [&SchemaRef; 2],
+    ) -> Result<PreparedOperator> {
+        Self::prepare_with_ttl(left_keys, right_keys, outer, [None, None], inputs)
+    }
+
+    /// [`Self::prepare`] with a state TTL per side (ms of event time).
+    pub fn prepare_with_ttl(
+        left_keys: &[String],
+        right_keys: &[String],
+        outer: (bool, bool),
+        ttl_ms: [Option<i64>; 2],
         inputs: [&SchemaRef; 2],
     ) -> Result<PreparedOperator> {
         if left_keys.is_empty() || left_keys.len() != right_keys.len() {
@@ -160,6 +176,8 @@ impl ChangelogJoinOperator {
                 outer: [outer.0, outer.1],
                 held: Default::default(),
                 schema: Arc::clone(&out),
+                ttl: ttl_ms.map(Ttl::of),
+                sweeps: Sweeps::default(),
             }) as Box<dyn Operator>)
         });
         Ok(PreparedOperator {
@@ -414,6 +432,27 @@ impl Operator for ChangelogJoinOperator {
         out.collect(batch.with_data(data)).await
     }
 
+    async fn on_watermark(
+        &mut self,
+        watermark: sluice_types::Watermark,
+        _ctx: &mut OperatorContext,
+        _out: &mut dyn Collector,
+    ) -> Result<Option<sluice_types::Watermark>> {
+        let shortest = self.ttl.iter().flatten().map(|t| t.ms()).min();
+        if let (Some(every), Some(now)) = (shortest, watermark.event_time())
+            && self.sweeps.due(now, every)
+        {
+            for (side, ttl) in self.ttl.into_iter().enumerate() {
+                let Some(ttl) = ttl else { continue };
+                self.held[side].retain(|_, rows| {
+                    rows.retain(|_, h| !ttl.expired_at(h.ts, now));
+                    !rows.is_empty()
+                });
+            }
+        }
+        Ok(Some(watermark))
+    }
+
     async fn snapshot(
         &mut self,
         _barrier: &CheckpointBarrier,
@@ -550,5 +589,38 @@ mod tests {
             run((true, true), before_right_leaves).await,
             [",,3,300", "1,10,1,100", "1,10,1,101", "2,20,,"]
         );
+    }
+
+    #[tokio::test]
+    async fn rows_past_the_state_ttl_are_forgotten_without_taking_anything_back() {
+        let l = changes(["k", "a"], &[]).data.schema();
+        let r = changes(["rk", "b"], &[]).data.schema();
+        let p = ChangelogJoinOperator::prepare_with_ttl(
+            &["k".into()],
+            &["rk".into()],
+            (false, false),
+            [Some(100), Some(100)],
+            [&l, &r],
+        )
+        .unwrap();
+        let mut op = (p.factory)(&sluice_types::TaskInfo::for_test("join")).unwrap();
+        let mut ctx = OperatorContext::for_test(Arc::clone(&l));
+        let mut out = VecCollector::default();
+        // Left row 1 at event time 0; right row 2 at 0.
+        op.process_batch_from(
+            0,
+            changes(["k", "a"], &[(I, 1, 10), (I, 2, 20)]),
+            &mut ctx,
+            &mut out,
+        )
+        .await
+        .unwrap();
+        op.on_watermark(sluice_types::Watermark::EventTime(150), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        op.process_batch_from(1, changes(["rk", "b"], &[(I, 1, 100)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert!(out.batches.is_empty(), "the left rows expired at 100");
     }
 }
