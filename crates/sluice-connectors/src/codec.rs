@@ -86,6 +86,8 @@ pub struct Decoded {
     pub kept: Option<UInt32Array>,
     /// Debezium's `op` per row (`c`, `r`, `u`, `d`).
     pub ops: Option<ArrayRef>,
+    /// Debezium: each row's kind (an update is two rows, `-U` and `+U`).
+    pub kinds: Option<arrow::array::Int8Array>,
 }
 
 /// Decodes chunks of messages of one format into batches of one schema.
@@ -318,13 +320,16 @@ impl MessageDecoder {
         // One message at a time, keeping the good ones.
         let mut good: Vec<RecordBatch> = Vec::new();
         let mut ops: Vec<ArrayRef> = Vec::new();
+        let mut kinds: Vec<i8> = Vec::new();
         let mut kept = Vec::new();
         for i in 0..n {
             match self.decode_range(i, i + 1) {
                 Ok(d) => {
+                    // A Debezium update is two rows of one message.
+                    kept.extend(std::iter::repeat_n(i as u32, d.rows.num_rows()));
                     good.push(d.rows);
                     ops.extend(d.ops);
-                    kept.push(i as u32);
+                    kinds.extend(d.kinds.iter().flat_map(|k| k.values().iter().copied()));
                 }
                 Err(e) => {
                     let (s, end) = self.ranges[i];
@@ -346,10 +351,12 @@ impl MessageDecoder {
                 Some(arrow::compute::concat(&refs)?)
             }
         };
+        let kinds = (!kinds.is_empty()).then(|| arrow::array::Int8Array::from(kinds));
         Ok(Some(Decoded {
             rows: concat_batches(&self.schema, &good)?,
             kept: Some(UInt32Array::from(kept)),
             ops,
+            kinds,
         }))
     }
 
@@ -368,6 +375,7 @@ impl MessageDecoder {
                     rows: r?,
                     kept: None,
                     ops: None,
+                    kinds: None,
                 })
             }
             DecoderState::Text(format) => {
@@ -378,6 +386,7 @@ impl MessageDecoder {
                     rows: b,
                     kept: None,
                     ops: None,
+                    kinds: None,
                 })
             }
             DecoderState::Raw { binary } => {
@@ -402,6 +411,7 @@ impl MessageDecoder {
                     rows,
                     kept: None,
                     ops: None,
+                    kinds: None,
                 })
             }
             DecoderState::Avro(a) => {
@@ -425,6 +435,7 @@ impl MessageDecoder {
                     rows,
                     kept: None,
                     ops: None,
+                    kinds: None,
                 })
             }
             DecoderState::Debezium { envelope, json } => {
@@ -556,8 +567,11 @@ fn conform(schema: &SchemaRef, b: RecordBatch) -> std::result::Result<RecordBatc
     RecordBatch::try_new(Arc::clone(schema), cols).map_err(|e| e.to_string())
 }
 
-/// The row image of each change: `after` for c, r, u; `before` for d.
+/// The rows of each change, as a changelog: `c`/`r` give `after` as `+I`; `u` gives
+/// `before` as `-U` and `after` as `+U`; `d` gives `before` as `-D`. `kept` maps every row
+/// to its message.
 fn debezium_rows(schema: &SchemaRef, env: &RecordBatch) -> std::result::Result<Decoded, String> {
+    use sluice_types::RowKind;
     let col = |name: &str| -> std::result::Result<&StructArray, String> {
         env.column_by_name(name)
             .and_then(|c| c.as_any().downcast_ref::<StructArray>())
@@ -568,33 +582,53 @@ fn debezium_rows(schema: &SchemaRef, env: &RecordBatch) -> std::result::Result<D
         .column_by_name("op")
         .and_then(|c| c.as_any().downcast_ref::<StringArray>())
         .ok_or("no `op` in the envelope")?;
-    let mut use_before = Vec::with_capacity(env.num_rows());
+    // (0 before / 1 after, message) per row, with its kind.
+    let mut picks: Vec<(usize, usize)> = Vec::with_capacity(env.num_rows());
+    let mut kinds: Vec<i8> = Vec::with_capacity(env.num_rows());
+    let mut kept: Vec<u32> = Vec::with_capacity(env.num_rows());
     for i in 0..env.num_rows() {
-        let (take_before, image) = match op.is_valid(i).then(|| op.value(i)) {
-            Some("c" | "r" | "u") => (false, after),
-            Some("d") => (true, before),
+        let need = |image: &StructArray, which: &str| match image.is_null(i) {
+            true => Err(format!("op `{}` without `{which}`", op.value(i))),
+            false => Ok(()),
+        };
+        let rows: &[(usize, RowKind)] = match op.is_valid(i).then(|| op.value(i)) {
+            Some("c" | "r") => {
+                need(after, "after")?;
+                &[(1, RowKind::Insert)]
+            }
+            Some("u") => {
+                need(before, "before")?;
+                need(after, "after")?;
+                &[(0, RowKind::UpdateBefore), (1, RowKind::UpdateAfter)]
+            }
+            Some("d") => {
+                need(before, "before")?;
+                &[(0, RowKind::Delete)]
+            }
             Some(other) => return Err(format!("unknown Debezium op `{other}`")),
             None => return Err("a change without `op`".into()),
         };
-        if image.is_null(i) {
-            let which = if take_before { "before" } else { "after" };
-            return Err(format!("op `{}` without `{which}`", op.value(i)));
+        for &(image, kind) in rows {
+            picks.push((image, i));
+            kinds.push(kind.code());
+            kept.push(i as u32);
         }
-        use_before.push(take_before);
     }
-    let mask = arrow::array::BooleanArray::from(use_before);
-    let image =
-        arrow::compute::kernels::zip::zip(&mask, before, after).map_err(|e| e.to_string())?;
-    let image = image
+    let images: [&dyn Array; 2] = [before, after];
+    let picked = arrow::compute::interleave(&images, &picks).map_err(|e| e.to_string())?;
+    let picked = picked
         .as_any()
         .downcast_ref::<StructArray>()
         .ok_or("the row image is not an object")?;
-    let rows = RecordBatch::try_new(Arc::clone(schema), image.columns().to_vec())
+    let rows = RecordBatch::try_new(Arc::clone(schema), picked.columns().to_vec())
         .map_err(|e| e.to_string())?;
+    let kept = UInt32Array::from(kept);
+    let ops = arrow::compute::take(op, &kept, None).map_err(|e| e.to_string())?;
     Ok(Decoded {
         rows,
-        kept: None,
-        ops: Some(Arc::new(op.clone())),
+        kept: Some(kept),
+        ops: Some(ops),
+        kinds: Some(arrow::array::Int8Array::from(kinds)),
     })
 }
 
@@ -820,7 +854,7 @@ mod tests {
     }
 
     #[test]
-    fn debezium_changes_give_their_row_image_and_op() {
+    fn debezium_changes_give_their_rows_with_kinds_and_op() {
         let mut dec = MessageDecoder::new(
             &MessageFormat::DebeziumJson {
                 schema_include: true,
@@ -849,16 +883,19 @@ mod tests {
             .as_any()
             .downcast_ref::<StringArray>()
             .unwrap();
+        // A changelog: the update is its before (-U) and its after (+U).
         assert_eq!(
             names.iter().collect::<Vec<_>>(),
-            vec![Some("x"), Some("y"), Some("y")]
+            vec![Some("x"), Some("x"), Some("y"), Some("y")]
         );
         let ops = d.ops.unwrap();
         let ops = ops.as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!(
             ops.iter().collect::<Vec<_>>(),
-            vec![Some("c"), Some("u"), Some("d")]
+            vec![Some("c"), Some("u"), Some("u"), Some("d")]
         );
+        assert_eq!(d.kinds.unwrap().values().to_vec(), vec![0, 1, 2, 3]);
+        assert_eq!(d.kept.unwrap().values().to_vec(), vec![0, 1, 1, 2]);
     }
 
     proptest! {

@@ -1177,3 +1177,70 @@ async fn an_updating_query_into_upsert_kafka_leaves_the_batch_answer_by_key() {
     );
     delete_topics(bootstrap, &[&input, &output]).await;
 }
+
+/// A `debezium-json` Kafka topic is a changelog (`c`/`r` `+I`, `u` `-U`/`+U`, `d` `-D`):
+/// filtered and written to `upsert-kafka`, it leaves exactly the rows that still match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debezium_topic_is_read_as_a_changelog() {
+    let bootstrap = tansu();
+    let (input, output) = (unique("cdc-in"), unique("cdc-out"));
+    create_topic(bootstrap, &input, 1).await;
+    create_topic(bootstrap, &output, 1).await;
+    let changes = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sql/changes.jsonl"),
+    )
+    .unwrap();
+    let msgs: Vec<Msg> = changes
+        .lines()
+        .map(|l| Msg {
+            partition: 0,
+            key: None,
+            payload: l.as_bytes().to_vec(),
+            headers: Vec::new(),
+        })
+        .collect();
+    produce(bootstrap, &input, &msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("cdc.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE customers (id BIGINT, name STRING, score BIGINT)
+             WITH ('connector' = 'kafka', 'topic' = '{input}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'debezium-json',
+                'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset');
+             CREATE TABLE good (id BIGINT, name STRING, score BIGINT, PRIMARY KEY (id) NOT ENFORCED)
+             WITH ('connector' = 'upsert-kafka', 'topic' = '{output}',
+                'properties.bootstrap.servers' = '{bootstrap}',
+                'key.format' = 'json', 'value.format' = 'json');
+             INSERT INTO good SELECT id, name, score FROM customers WHERE score > 6;"
+        ),
+    )
+    .unwrap();
+    let out = sluice_run(&sql, &[]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut current: BTreeMap<i64, String> = BTreeMap::new();
+    for r in read_topic(bootstrap, &output) {
+        let key: serde_json::Value = serde_json::from_str(r.key.as_deref().unwrap()).unwrap();
+        let id = key["id"].as_i64().unwrap();
+        match r.value {
+            None => {
+                current.remove(&id);
+            }
+            Some(v) => {
+                let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+                current.insert(id, format!("{} {}", v["name"], v["score"]));
+            }
+        }
+    }
+    // ann 10 -> 15 stays; bob is deleted; cid 30 -> 5 stops matching.
+    assert_eq!(
+        current.into_iter().collect::<Vec<_>>(),
+        vec![(1, "\"ann\" 15".to_string())]
+    );
+    delete_topics(bootstrap, &[&input, &output]).await;
+}

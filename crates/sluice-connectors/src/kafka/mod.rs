@@ -154,6 +154,9 @@ enum MetaKey {
     Headers,
     /// Debezium's `op` (`c`, `r`, `u`, `d`).
     Op,
+    /// Each row's kind in a changelog source (`debezium-json`): the `_rowkind` column
+    /// the runtime carries, not a declared column.
+    RowKind,
 }
 
 impl MetaKey {
@@ -202,6 +205,7 @@ impl MetaKey {
     fn accepts(self, t: &DataType) -> bool {
         match self {
             MetaKey::Topic | MetaKey::TimestampType | MetaKey::Op => t == &DataType::Utf8,
+            MetaKey::RowKind => t == &DataType::Int8,
             MetaKey::Partition => matches!(t, DataType::Int32 | DataType::Int64),
             MetaKey::Offset => t == &DataType::Int64,
             MetaKey::Timestamp => matches!(t, DataType::Timestamp(_, _) | DataType::Int64),
@@ -263,6 +267,17 @@ fn columns(spec: &ConnectorSpec, what: &str) -> Result<Columns> {
         value: Arc::new(Schema::new(value)),
         layout,
     })
+}
+
+impl Columns {
+    /// The columns of a changelog source: the declared ones, then each row's kind.
+    pub(crate) fn with_row_kinds(mut self) -> Self {
+        let mut fields = self.all.fields().to_vec();
+        fields.push(Arc::new(sluice_types::row_kind_field()));
+        self.all = Arc::new(Schema::new(fields));
+        self.layout.push(Err(MetaKey::RowKind));
+        self
+    }
 }
 
 /// The partitions of the topics a source reads, sorted: `(topic, partition)`.

@@ -287,6 +287,12 @@ impl KafkaReader {
                         return Err(SluiceError::internal("debezium decoding lost its ops"));
                     }
                 },
+                Err(MetaKey::RowKind) => match &d.kinds {
+                    Some(kinds) => Arc::new(kinds.clone()),
+                    None => {
+                        return Err(SluiceError::internal("debezium decoding lost its kinds"));
+                    }
+                },
                 Err(m) => {
                     let full = self.meta_array(*m, topic, partition, n_all, f.data_type())?;
                     pick(full)?
@@ -382,7 +388,11 @@ impl KafkaReader {
                 }
                 Arc::new(b.finish())
             }
-            MetaKey::Op => return Err(SluiceError::internal("op is not a message's metadata")),
+            MetaKey::Op | MetaKey::RowKind => {
+                return Err(SluiceError::internal(
+                    "a change's op is not a message's metadata",
+                ));
+            }
         })
     }
 

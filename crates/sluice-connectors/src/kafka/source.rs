@@ -123,6 +123,11 @@ impl SourceConnector for KafkaSourceConnector {
         }
         // Builds a decoder once so that a schema the format cannot read fails now.
         MessageDecoder::new(&format, std::sync::Arc::clone(&columns.value))?;
+        // Debezium's changes are a changelog: each row comes with its kind.
+        let columns = match format {
+            MessageFormat::DebeziumJson { .. } => columns.with_row_kinds(),
+            _ => columns,
+        };
         let startup = match o
             .choice(
                 "scan.startup.mode",
