@@ -358,3 +358,29 @@ pub(crate) fn changes(out: &[Batch]) -> Vec<String> {
     }
     v
 }
+
+/// Feeds the changelog batches `feed` (two BIGINT columns `k`, `v`) to an operator of
+/// `prepared`, replacing it just before batch `restore_at` by a fresh one restored from a
+/// checkpoint; returns what they emitted.
+pub(crate) async fn feed_changes_through_restore(
+    prepared: &crate::operators::PreparedOperator,
+    feed: &[Vec<(sluice_types::RowKind, i64, i64)>],
+    restore_at: usize,
+) -> Vec<Batch> {
+    let make = || (prepared.factory)(&sluice_types::TaskInfo::for_test("test")).unwrap();
+    let mut op = make();
+    let mut ctx =
+        crate::operator::OperatorContext::for_test(change_batch(["k", "v"], &[]).data.schema());
+    let mut out = crate::operator::VecCollector::default();
+    for (i, rows) in feed.iter().enumerate() {
+        if i == restore_at {
+            let state = op.snapshot(&barrier(), &mut ctx).await.unwrap();
+            op = make();
+            op.restore(restored(&state, 0, 1), &mut ctx).await.unwrap();
+        }
+        op.process_batch(change_batch(["k", "v"], rows), &mut ctx, &mut out)
+            .await
+            .unwrap();
+    }
+    out.batches
+}

@@ -127,15 +127,7 @@ impl AggregateOperator {
         let retracting = match is_updating(input) {
             false => None,
             true => {
-                let types: Vec<Vec<DataType>> = planned
-                    .iter()
-                    .map(|a| {
-                        a.args
-                            .iter()
-                            .map(|e| e.data_type(input).map_err(df_err))
-                            .collect::<Result<Vec<_>>>()
-                    })
-                    .collect::<Result<_>>()?;
+                let types = super::argument_types(&planned, input)?;
                 // Fail now if an aggregate cannot take values back.
                 for (a, t) in planned.iter().zip(&types) {
                     retractable(a, t)?;
@@ -839,7 +831,7 @@ mod tests {
     #[tokio::test]
     async fn over_an_updating_input_retractions_leave_their_groups_and_an_emptied_group_is_deleted()
     {
-        use crate::operators::test_util::{barrier, change_batch, changes, restored};
+        use crate::operators::test_util::{change_batch, changes};
         use sluice_types::RowKind::{
             Delete as D, Insert as I, UpdateAfter as UA, UpdateBefore as UB,
         };
@@ -855,29 +847,16 @@ mod tests {
             &schema,
         )
         .unwrap();
-        let make = || (p.factory)(&sluice_types::TaskInfo::for_test("agg")).unwrap();
-        let mut op = make();
-        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
-        let mut out = crate::operator::VecCollector::default();
         let feed = [
             vec![(I, 1, 1), (I, 1, 5), (I, 2, 2)],
             vec![(UB, 1, 5), (UA, 1, 3), (D, 2, 2)],
             vec![(D, 1, 1), (D, 1, 3)],
             vec![(I, 1, 7)],
         ];
-        for (i, rows) in feed.iter().enumerate() {
-            if i == 2 {
-                // Through a checkpoint: counts and the min/max multisets come back.
-                let state = op.snapshot(&barrier(), &mut ctx).await.unwrap();
-                op = make();
-                op.restore(restored(&state, 0, 1), &mut ctx).await.unwrap();
-            }
-            op.process_batch(change_batch(["k", "v"], rows), &mut ctx, &mut out)
-                .await
-                .unwrap();
-        }
+        // Through a checkpoint before the third batch: counts and the min/max multisets come back.
+        let out = crate::operators::test_util::feed_changes_through_restore(&p, &feed, 2).await;
         assert_eq!(
-            changes(&out.batches),
+            changes(&out),
             [
                 "+I 1,2,6,5,1",
                 "+I 2,1,2,2,2",
@@ -888,6 +867,6 @@ mod tests {
                 "+I 1,1,7,7,7",
             ]
         );
-        assert_eq!(materialize(&out.batches), ["1,1,7,7,7"]);
+        assert_eq!(materialize(&out), ["1,1,7,7,7"]);
     }
 }

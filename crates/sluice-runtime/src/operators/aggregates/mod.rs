@@ -116,6 +116,23 @@ impl PlannedAggregates {
     }
 }
 
+/// Per aggregate, the data types of its arguments over `input` (what retractable
+/// accumulators are built for).
+pub(crate) fn argument_types(
+    aggregates: &[PlannedAggregate],
+    input: &SchemaRef,
+) -> Result<Vec<Vec<arrow::datatypes::DataType>>> {
+    aggregates
+        .iter()
+        .map(|a| {
+            a.args
+                .iter()
+                .map(|e| e.data_type(input).map_err(df_err))
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect()
+}
+
 /// Accumulators of one group, merged from row `row` of intermediate `states` (per
 /// aggregate, its state columns): how checkpointed accumulators come back.
 pub(crate) fn accumulators_from(

@@ -74,16 +74,7 @@ impl OverAggregateOperator {
         input: &SchemaRef,
     ) -> Result<PreparedOperator> {
         let planned = PlannedAggregates::plan(partition_by, aggregates, input, &[])?;
-        let arg_types: Vec<Vec<DataType>> = planned
-            .aggregates
-            .iter()
-            .map(|a| {
-                a.args
-                    .iter()
-                    .map(|e| e.data_type(input).map_err(df_err))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<_>>()?;
+        let arg_types = super::argument_types(&planned.aggregates, input)?;
         let bounded = frame.bounded();
         for (a, t) in planned.aggregates.iter().zip(&arg_types) {
             accumulator(a, t, bounded)?;

@@ -693,38 +693,25 @@ mod tests {
 
     #[tokio::test]
     async fn over_an_updating_input_a_row_taken_back_lets_the_next_one_in() {
-        use crate::operators::test_util::{barrier, change_batch, changes, restored};
+        use crate::operators::test_util::{change_batch, changes};
         use sluice_types::RowKind::{Delete as D, Insert as I};
         let schema = change_batch(["k", "v"], &[]).data.schema();
         let p = TopNOperator::prepare(&["k".into()], "v", true, 2, "rn", &schema).unwrap();
-        let make = || (p.factory)(&sluice_types::TaskInfo::for_test("topn")).unwrap();
-        let mut op = make();
-        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
-        let mut out = crate::operator::VecCollector::default();
         let feed = [
             vec![(I, 1, 5), (I, 1, 7), (I, 1, 3)],
             vec![(D, 1, 7)],
             vec![(D, 1, 5), (D, 1, 9)],
             vec![(D, 1, 3)],
         ];
-        for (i, rows) in feed.iter().enumerate() {
-            if i == 2 {
-                // Through a checkpoint: the row below the top (3) is kept too.
-                let state = op.snapshot(&barrier(), &mut ctx).await.unwrap();
-                op = make();
-                op.restore(restored(&state, 0, 1), &mut ctx).await.unwrap();
-            }
-            op.process_batch(change_batch(["k", "v"], rows), &mut ctx, &mut out)
-                .await
-                .unwrap();
-        }
+        // Through a checkpoint before the third batch: the row below the top (3) is kept too.
+        let out = crate::operators::test_util::feed_changes_through_restore(&p, &feed, 2).await;
         assert_eq!(
-            changes(&out.batches),
+            changes(&out),
             [
                 "+I 1,7,1", "+I 1,5,2", "-U 1,7,1", "+U 1,5,1", "-U 1,5,2", "+U 1,3,2", "-U 1,5,1",
                 "+U 1,3,1", "-D 1,3,2", "-D 1,3,1",
             ]
         );
-        assert!(crate::operators::test_util::materialize(&out.batches).is_empty());
+        assert!(crate::operators::test_util::materialize(&out).is_empty());
     }
 }
