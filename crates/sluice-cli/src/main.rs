@@ -437,10 +437,21 @@ fn run_cli() -> anyhow::Result<()> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
+        // Operators evaluate expressions recursively: room for the deepest one a script
+        // may hold (planning has a thread of its own).
+        .thread_stack_size(16 * 1024 * 1024)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(async_main(cli))
+    // The command's own future (which prepares jobs: expressions become physical ones,
+    // recursively) runs on a thread with the workers' room, not on the main thread.
+    std::thread::Builder::new()
+        .name("sluice".into())
+        .stack_size(16 * 1024 * 1024)
+        .spawn(move || rt.block_on(async_main(cli)))
+        .context("starting the main thread")?
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 fn example_args(events: u64, parallelism: usize, out: PathBuf) -> ExampleArgs {

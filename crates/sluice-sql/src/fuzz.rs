@@ -217,6 +217,34 @@ proptest! {
 }
 
 #[test]
+fn deep_expressions_plan_on_a_stack_of_their_own_or_are_refused_where_they_go_too_far() {
+    // 250 additions: as deep as a statement may go. This test's thread has 2 MiB of
+    // stack; planning has a thread of its own.
+    let sum = vec!["price"; 251].join(" + ");
+    context()
+        .plan_script(&format!("{TABLE}SELECT {sum} AS s FROM bid"))
+        .unwrap();
+    // Two more (252 operators) are refused before anything is parsed, at the one over.
+    let refused = |sql: String| match context().plan_script(&sql) {
+        Ok(_) => panic!("planned a script that is too deep or too large"),
+        Err(e) => e,
+    };
+    let e = refused(format!("{TABLE}SELECT {sum} + price + price FROM bid"));
+    assert!(e.to_string().contains("more than 250 operators"), "{e}");
+    assert_eq!(e.pos.map(|p| p.line), Some(2), "{e}");
+    // 20 000 ORs, and a script too large to plan.
+    let ors = vec!["price = 1"; 20_000].join(" OR ");
+    let e = refused(format!("{TABLE}SELECT auction FROM bid WHERE {ors}"));
+    assert!(e.to_string().contains("more than 250 operators"), "{e}");
+    let padded = format!(
+        "{TABLE}SELECT auction FROM bid {}",
+        "-- padding\n".repeat(30_000)
+    );
+    let e = refused(padded);
+    assert!(e.to_string().contains("at most 262144"), "{e}");
+}
+
+#[test]
 fn the_valid_queries_plan() {
     for q in VALID {
         let mut ctx = context();

@@ -52,6 +52,9 @@ pub use settings::Settings;
 /// Deepest nesting the parser accepts (it returns an error beyond, never overflows).
 const RECURSION_LIMIT: usize = 64;
 
+/// The stack of the planning thread: ample for the deepest expression a script may hold.
+const PLANNING_STACK: usize = 64 * 1024 * 1024;
+
 /// Per job: the source of each table read so far, and the sink of each table written.
 type Memo = (
     HashMap<String, Lowered>,
@@ -128,7 +131,28 @@ impl SqlContext {
 
     /// Plans a script: declarations update the catalog; all `INSERT INTO` and `SELECT`
     /// statements become one job.
+    ///
+    /// Planning recurses as deep as the deepest expression, so it runs on a thread of its
+    /// own whose stack fits the deepest expression a script may hold
+    /// ([`script::MAX_OPERATORS`]), whatever thread calls it (a tokio worker has 2 MiB).
+    /// A panic while planning becomes an error.
     pub fn plan_script(&mut self, sql: &str) -> Result<SqlJob> {
+        std::thread::scope(|scope| {
+            let planner = std::thread::Builder::new()
+                .name("sluice-plan".into())
+                .stack_size(PLANNING_STACK)
+                .spawn_scoped(scope, || self.plan_script_here(sql))
+                .map_err(|e| SqlError::new(format!("cannot start the planning thread: {e}")))?;
+            planner.join().unwrap_or_else(|p| {
+                Err(SqlError::new(format!(
+                    "planning failed: {}",
+                    sluice_types::panic_message(p.as_ref())
+                )))
+            })
+        })
+    }
+
+    fn plan_script_here(&mut self, sql: &str) -> Result<SqlJob> {
         let statements = script::split(sql)?;
         let mut job = SqlJob::default();
         let mut plan = JobPlan::new(

@@ -145,6 +145,12 @@ fn string_value(t: &Token) -> Option<String> {
 
 /// Splits and pre-processes a script.
 pub fn split(script: &str) -> Result<Vec<RawStatement>, SqlError> {
+    if script.len() > MAX_SCRIPT_BYTES {
+        return Err(SqlError::new(format!(
+            "the script is {} bytes; a script may have at most {MAX_SCRIPT_BYTES}",
+            script.len()
+        )));
+    }
     let dialect = GenericDialect {};
     let tokens = Tokenizer::new(&dialect, script)
         .tokenize_with_location()
@@ -176,6 +182,15 @@ pub fn split(script: &str) -> Result<Vec<RawStatement>, SqlError> {
             start,
             end: script.len(),
         });
+    }
+    if stmts.len() > MAX_STATEMENTS {
+        return Err(SqlError::at(
+            Pos::from(stmts[MAX_STATEMENTS].tokens[0].span.start),
+            format!("a script may have at most {MAX_STATEMENTS} statements"),
+        ));
+    }
+    for s in &stmts {
+        check_operators(&s.tokens)?;
     }
     // Flink's statement sets, `EXECUTE STATEMENT SET BEGIN …; …; END;` and the SQL
     // client's `BEGIN STATEMENT SET; …; END;`: every INSERT of a script already forms one
@@ -230,6 +245,57 @@ pub fn split(script: &str) -> Result<Vec<RawStatement>, SqlError> {
         return Err(SqlError::at(open, "the statement set has no END"));
     }
     Ok(statements)
+}
+
+/// The largest script accepted: every statement is planned from a copy of it.
+pub const MAX_SCRIPT_BYTES: usize = 256 * 1024;
+
+/// The most statements a script may have.
+pub const MAX_STATEMENTS: usize = 500;
+
+/// The most operators (`+`, `AND`, `=`, …) one statement may have. A chain of operators
+/// is an expression as deep as it is long, and planning and evaluating it recurses that
+/// deep: this bounds the depth of every expression before anything is parsed.
+pub const MAX_OPERATORS: usize = 250;
+
+/// Refuses a statement with more than [`MAX_OPERATORS`] operators, at the first one over.
+fn check_operators(tokens: &[&TokenWithSpan]) -> Result<(), SqlError> {
+    let operator = |t: &Token| {
+        matches!(
+            t,
+            Token::Plus
+                | Token::Minus
+                | Token::Mul
+                | Token::Div
+                | Token::Mod
+                | Token::StringConcat
+                | Token::Eq
+                | Token::DoubleEq
+                | Token::Neq
+                | Token::Lt
+                | Token::Gt
+                | Token::LtEq
+                | Token::GtEq
+                | Token::Ampersand
+                | Token::Pipe
+                | Token::Caret
+        ) || is_kw(t, Keyword::AND)
+            || is_kw(t, Keyword::OR)
+            || is_kw(t, Keyword::NOT)
+    };
+    if let Some(t) = tokens
+        .iter()
+        .filter(|t| operator(&t.token))
+        .nth(MAX_OPERATORS)
+    {
+        return Err(SqlError::at(
+            Pos::from(t.span.start),
+            format!(
+                "this statement has more than {MAX_OPERATORS} operators: an expression that long is nested too deeply to plan and run safely; use IN (…) for long lists of alternatives, or split the computation over views"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// An unquoted word in upper case (empty for anything else).

@@ -693,3 +693,38 @@ END;",
         "{err}"
     );
 }
+
+/// An expression as deep as a script may hold plans and runs (planning on a thread of its
+/// own, operators on workers with room for it); a deeper one is refused with its line and
+/// column, and the process exits with an error instead of overflowing its stack.
+#[test]
+fn the_deepest_allowed_expression_runs_and_a_deeper_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sum = vec!["price"; 251].join(" + ");
+    let script = |expr: &str| {
+        format!(
+            "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '2000');
+             CREATE TABLE sink (s BIGINT) WITH ('connector' = 'blackhole');
+             INSERT INTO sink SELECT {expr} FROM bid;"
+        )
+    };
+    let run = |name: &str, sql: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, sql).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--quiet"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let deep = run("deep.sql", script(&sum));
+    assert!(
+        deep.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deep.stderr)
+    );
+    let deeper = run("deeper.sql", script(&format!("{sum} + price + price")));
+    assert_eq!(deeper.status.code(), Some(1), "an error exit, not a crash");
+    let err = String::from_utf8_lossy(&deeper.stderr);
+    assert!(err.contains("more than 250 operators"), "{err}");
+}
