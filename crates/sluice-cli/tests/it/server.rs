@@ -1173,3 +1173,72 @@ fn deep_or_huge_sql_is_refused_and_the_server_lives_on() {
     let (status, _) = server.call("GET", "/api/jobs", None);
     assert_eq!(status, 200);
 }
+
+/// One raw HTTP/1.1 request (headers as given, `Host` included): its status code.
+fn raw_status(url: &str, request: &str) -> u16 {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+/// A page the operator opens cannot drive the server: a form post (not JSON) is refused,
+/// a JSON call from another origin is refused, and a name other than loopback's (DNS
+/// rebinding) gets nothing; the same calls from the server's own origin work.
+#[test]
+fn web_pages_of_other_sites_cannot_drive_the_server() {
+    let (server, _dir) = start_server(&[]);
+    let addr = server
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let body = serde_json::json!({ "sql": BOUNDED }).to_string();
+    let post = |host: &str, content_type: &str, origin: Option<&str>| {
+        let origin = origin
+            .map(|o| format!("Origin: {o}\r\n"))
+            .unwrap_or_default();
+        raw_status(
+            &server.url,
+            &format!(
+                "POST /api/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n{origin}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    assert_eq!(post(&addr, "text/plain", None), 415, "a form post");
+    assert_eq!(
+        post(&addr, "application/json", Some("http://evil.example")),
+        403,
+        "another origin"
+    );
+    assert_eq!(
+        post(
+            "evil.example:80",
+            "application/json",
+            Some("http://evil.example:80")
+        ),
+        403,
+        "a rebound name"
+    );
+    let get = |host: &str| {
+        raw_status(
+            &server.url,
+            &format!("GET /api/jobs HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    assert_eq!(get("evil.example"), 403, "a rebound name reads nothing");
+    assert_eq!(get(&addr), 200);
+    assert_eq!(
+        post(&addr, "application/json", Some(&format!("http://{addr}"))),
+        201,
+        "the dashboard's own origin"
+    );
+}

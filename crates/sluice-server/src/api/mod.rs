@@ -111,5 +111,116 @@ pub fn router(manager: Arc<JobManager>) -> Router {
                 "no such endpoint; see /api/openapi.json",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&manager),
+            browser_guard,
+        ))
         .with_state(manager)
+}
+
+/// What a web page the operator opens must not do to a server it can reach.
+///
+/// - **DNS rebinding**: without a token the server answers only to loopback names
+///   (`127.0.0.1`, `[::1]`, `localhost`), so a page whose name was rebound to 127.0.0.1
+///   reads nothing.
+/// - **Cross-site writes**: a changing call must be `Content-Type: application/json`
+///   (a page of another site can post a form without asking, but not JSON: that needs a
+///   CORS preflight, which this server never approves), and when the browser says where
+///   the call comes from (`Origin`), it must be this server itself.
+async fn browser_guard(
+    axum::extract::State(manager): axum::extract::State<Arc<JobManager>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::http::{Method, header};
+    let headers = req.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if manager.token.is_none() && !is_loopback_host(host) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            format!(
+                "without a token this server answers to 127.0.0.1, [::1] and localhost only, not `{host}`; give it a token (--token) to reach it by another name"
+            ),
+        )
+        .into_response();
+    }
+    let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if writes {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "json_required",
+                "calls that change something take `Content-Type: application/json`",
+            )
+            .into_response();
+        }
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or_default();
+            let same = origin
+                .split_once("://")
+                .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host));
+            if !same {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "cross_origin",
+                    format!("a call from `{origin}` may not change this server"),
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Whether a `Host` header names this machine: `localhost` or a loopback address, with
+/// or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // `[::1]:8081`
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(n, port)| {
+            match port.chars().all(|c| c.is_ascii_digit()) {
+                true => n,
+                false => host,
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod host_tests {
+    #[test]
+    fn loopback_hosts_with_and_without_ports() {
+        for ok in [
+            "127.0.0.1:8081",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:8081",
+            "127.0.0.2",
+        ] {
+            assert!(super::is_loopback_host(ok), "{ok}");
+        }
+        for no in [
+            "evil.example:8081",
+            "10.0.0.1",
+            "",
+            "localhost.evil.example",
+            "[::2]:1",
+        ] {
+            assert!(!super::is_loopback_host(no), "{no}");
+        }
+    }
 }
