@@ -533,7 +533,9 @@ impl JobManager {
                 _ => continue,
             };
             for (k, v) in &spec.options {
-                if k == "path" || k.ends_with(".path") {
+                // Kafka's TLS and Kerberos files (`properties.ssl.ca.location`, …) too.
+                let names_file = k.ends_with(".location") || k.ends_with(".keytab");
+                if k == "path" || k.ends_with(".path") || names_file {
                     self.sandbox
                         .check(&format!("{} option '{k}'", spec.connector), v, None)?;
                 }

@@ -1242,3 +1242,43 @@ fn web_pages_of_other_sites_cannot_drive_the_server() {
         "the dashboard's own origin"
     );
 }
+
+/// A job cannot make the Kafka client load native code, and the files Kafka properties
+/// name are checked against the sandbox like any path.
+#[test]
+fn kafka_properties_cannot_load_code_or_read_outside_the_sandbox() {
+    let (server, _dir) = start_server(&[]);
+    let submit = |sql: &str| {
+        server.call(
+            "POST",
+            "/api/jobs",
+            Some(&serde_json::json!({ "sql": sql }).to_string()),
+        )
+    };
+    let (status, v) = submit(
+        "CREATE TABLE t (x BIGINT) WITH ('connector' = 'kafka', 'topic' = 't',
+           'properties.bootstrap.servers' = '127.0.0.1:1', 'format' = 'json',
+           'properties.plugin.library.paths' = '/tmp/evil.so');
+         CREATE TABLE sink (x BIGINT) WITH ('connector' = 'blackhole');
+         INSERT INTO sink SELECT x FROM t;",
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().is_some_and(
+            |m| m.contains("`properties.plugin.library.paths` is not a Kafka client property")
+        ),
+        "{v}"
+    );
+    let (status, v) = submit(
+        "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '10');
+         CREATE TABLE out (auction BIGINT) WITH ('connector' = 'kafka', 'topic' = 'o',
+           'properties.bootstrap.servers' = '127.0.0.1:1', 'format' = 'json',
+           'properties.ssl.ca.location' = '/etc/hostname');
+         INSERT INTO out SELECT auction FROM bid;",
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("path_not_allowed")),
+        "{v}"
+    );
+}

@@ -68,13 +68,127 @@ const OPTIONS: &[&str] = &[
     "sink.partitioner",
 ];
 
-/// librdkafka properties, from the `properties.*` options.
+/// The librdkafka properties a job may set (`properties.*`): where the brokers are, how
+/// to authenticate, and client tuning. Nothing that loads code (`plugin.library.paths`,
+/// `ssl.engine.location`, `ssl.providers`), runs a command (`sasl.kerberos.kinit.cmd`)
+/// or writes files; the files a property names (`ssl.*.location`, `sasl.kerberos.keytab`)
+/// are checked against the server's sandbox like every other path.
+const ALLOWED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "client.id",
+    "client.rack",
+    "group.id",
+    "group.instance.id",
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+    "sasl.kerberos.service.name",
+    "sasl.kerberos.principal",
+    "sasl.kerberos.keytab",
+    "sasl.kerberos.min.time.before.relogin",
+    "sasl.oauthbearer.method",
+    "sasl.oauthbearer.client.id",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.scope",
+    "sasl.oauthbearer.token.endpoint.url",
+    "sasl.oauthbearer.extensions",
+    "ssl.ca.location",
+    "ssl.ca.pem",
+    "ssl.certificate.location",
+    "ssl.certificate.pem",
+    "ssl.key.location",
+    "ssl.key.pem",
+    "ssl.key.password",
+    "ssl.keystore.location",
+    "ssl.keystore.password",
+    "ssl.crl.location",
+    "ssl.cipher.suites",
+    "ssl.curves.list",
+    "ssl.sigalgs.list",
+    "ssl.endpoint.identification.algorithm",
+    "enable.ssl.certificate.verification",
+    "acks",
+    "request.required.acks",
+    "compression.type",
+    "compression.codec",
+    "compression.level",
+    "linger.ms",
+    "queue.buffering.max.ms",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "batch.num.messages",
+    "batch.size",
+    "message.max.bytes",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "request.timeout.ms",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "max.in.flight.requests.per.connection",
+    "max.in.flight",
+    "retries",
+    "message.send.max.retries",
+    "retry.backoff.ms",
+    "retry.backoff.max.ms",
+    "sticky.partitioning.linger.ms",
+    "fetch.wait.max.ms",
+    "fetch.min.bytes",
+    "fetch.max.bytes",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.queue.backoff.ms",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "receive.message.max.bytes",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "group.protocol",
+    "group.remote.assignor",
+    "isolation.level",
+    "auto.offset.reset",
+    "check.crcs",
+    "allow.auto.create.topics",
+    "socket.timeout.ms",
+    "socket.keepalive.enable",
+    "socket.send.buffer.bytes",
+    "socket.receive.buffer.bytes",
+    "socket.connection.setup.timeout.ms",
+    "connections.max.idle.ms",
+    "reconnect.backoff.ms",
+    "reconnect.backoff.max.ms",
+    "metadata.max.age.ms",
+    "topic.metadata.refresh.interval.ms",
+    "topic.metadata.refresh.sparse",
+    "api.version.request",
+    "api.version.request.timeout.ms",
+    "broker.version.fallback",
+    "broker.address.family",
+    "client.dns.lookup",
+    "statistics.interval.ms",
+    "log.connection.close",
+    "debug",
+];
+
+/// librdkafka properties, from the `properties.*` options: only those a job may set.
 fn client_properties(spec: &ConnectorSpec) -> Result<BTreeMap<String, String>> {
     let props: BTreeMap<String, String> = spec
         .options
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix("properties.")?.to_string(), v.clone())))
         .collect();
+    if let Some(k) = props
+        .keys()
+        .find(|k| !ALLOWED_PROPERTIES.contains(&k.as_str()))
+    {
+        return Err(SluiceError::user(format!(
+            "option `properties.{k}` is not a Kafka client property a job may set: jobs may set connection, authentication and tuning properties, nothing that loads code, runs commands or names files outside the server's sandbox; allowed: {}",
+            ALLOWED_PROPERTIES.join(", ")
+        )));
+    }
     if !props.contains_key("bootstrap.servers") {
         return Err(SluiceError::user(
             "connector `kafka` needs the option `properties.bootstrap.servers` (host:port of a broker)",
@@ -372,4 +486,33 @@ impl Topics {
 /// writes).
 fn user_fields(schema: &SchemaRef) -> Vec<Arc<Field>> {
     schema.fields()[..sluice_types::user_column_count(schema)].to_vec()
+}
+
+#[cfg(test)]
+mod property_tests {
+    use super::*;
+
+    #[test]
+    fn jobs_set_only_allowed_client_properties() {
+        let spec = |k: &str, v: &str| {
+            ConnectorSpec::new("kafka")
+                .with_option("properties.bootstrap.servers", "127.0.0.1:9092")
+                .with_option(k, v)
+        };
+        let ok = client_properties(&spec("properties.ssl.ca.location", "ca.pem")).unwrap();
+        assert_eq!(ok["ssl.ca.location"], "ca.pem");
+        for (k, v) in [
+            ("properties.plugin.library.paths", "/tmp/evil.so"),
+            ("properties.sasl.kerberos.kinit.cmd", "touch /tmp/pwned"),
+            ("properties.ssl.engine.location", "/tmp/engine.so"),
+        ] {
+            let e = client_properties(&spec(k, v)).unwrap_err();
+            assert!(
+                e.message.contains(&format!(
+                    "`{k}` is not a Kafka client property a job may set"
+                )),
+                "{e}"
+            );
+        }
+    }
 }
