@@ -10,7 +10,7 @@ use arrow::buffer::NullBuffer;
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use sluice_runtime::dead_letter::DeadLetter;
-use sluice_types::{Batch, Result, SluiceError};
+use sluice_types::{Batch, Result, RowKind, SluiceError};
 
 use crate::options::OptionReader;
 
@@ -289,8 +289,7 @@ impl Format {
 ///  -U[a, 1]  ->  {"before": {"k": "a", "n": 1}, "after": null, "op": "d"}
 /// ```
 pub fn debezium_envelope(rows: &RecordBatch, batch: &Batch) -> Result<RecordBatch> {
-    let n = rows.num_rows();
-    let added: Vec<bool> = (0..n).map(|i| batch.row_kind(i).is_addition()).collect();
+    let added: Vec<bool> = batch.kinds().map(RowKind::is_addition).collect();
     let image = |present: NullBuffer| -> Result<StructArray> {
         Ok(StructArray::try_new(
             rows.schema().fields().clone(),

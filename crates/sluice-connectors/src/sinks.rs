@@ -132,9 +132,9 @@ pub fn print_rows(batch: &Batch, prefix: &str, out: &mut Vec<u8>) -> Result<()> 
         .iter()
         .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    for i in 0..rows.num_rows() {
+    for (i, kind) in batch.kinds().enumerate() {
         out.extend_from_slice(prefix.as_bytes());
-        out.extend_from_slice(batch.row_kind(i).short().as_bytes());
+        out.extend_from_slice(kind.short().as_bytes());
         out.push(b'[');
         for (c, f) in formatters.iter().enumerate() {
             if c > 0 {

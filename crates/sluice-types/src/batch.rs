@@ -184,7 +184,19 @@ impl Batch {
             .downcast_ref::<Int8Array>()
     }
 
-    /// Row `i`'s kind (an insert if the batch carries no kinds).
+    /// Every row's kind, in order (all inserts if the batch carries none): the kind column
+    /// is looked up once, not per row.
+    pub fn kinds(&self) -> impl Iterator<Item = RowKind> + '_ {
+        let codes = self.row_kinds();
+        (0..self.num_rows()).map(move |i| {
+            codes
+                .and_then(|k| RowKind::from_code(k.value(i)))
+                .unwrap_or(RowKind::Insert)
+        })
+    }
+
+    /// Row `i`'s kind (an insert if the batch carries no kinds). Looks the kind column up
+    /// each time: loops over rows use [`Batch::kinds`].
     pub fn row_kind(&self, i: usize) -> RowKind {
         self.row_kinds()
             .and_then(|k| RowKind::from_code(k.value(i)))

@@ -13,7 +13,7 @@ use sluice::Pipeline;
 use sluice::plan::ConnectorSpec;
 use sluice::sql::SqlContext;
 
-use crate::support::{Collected, registry_with_collect};
+use crate::support::{Collected, Rng, registry_with_collect};
 
 /// A SQL context whose top-level SELECTs go to a collect sink.
 fn context() -> (SqlContext, sluice::runtime::ConnectorRegistry, Collected) {
@@ -780,27 +780,6 @@ async fn rust_udfs_and_udafs_are_callable_from_sql() {
 // ---------------------------------------------------------------------------------
 // Updating queries over random input: the changelog, applied, equals the batch answer
 
-/// A tiny xorshift: the cases are reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A number in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.next() as usize % items.len()]
-    }
-}
-
 /// JSON lines of `(name_k, name_v)` rows: keys in `0..keys`, values in `0..30`; some NULLs.
 fn random_rows(rng: &mut Rng, rows: u64, keys: u64, names: [&str; 2], null_keys: bool) -> String {
     let mut out = String::new();
@@ -868,18 +847,8 @@ async fn random_updating_queries_materialize_to_the_batch_answer() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(16);
-    let seed = std::env::var("SLUICE_PROP_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("updating-query seed {seed} (set SLUICE_PROP_SEED to repeat)");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded("SLUICE_PROP_SEED", "updating-query");
+    let seed = rng.0;
     // Cases whose changelog took rows back: the point of the test.
     let mut retracting = 0;
     for case in 0..cases {

@@ -461,28 +461,49 @@ pub fn run_to_end(mut c: std::process::Command) {
     );
 }
 
-/// Kill times in ms from a tiny xorshift, seeded from the clock and printed for reruns
+/// A tiny xorshift generator: random test inputs reproducible from a printed seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from `var` if set, else from the clock; the seed is printed for reruns.
+    pub fn seeded(var: &str, what: &str) -> Self {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("{what} seed {seed} (set {var} to repeat)");
+        Self(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.next() as usize % items.len()]
+    }
+}
+
+/// Kill times in ms, `min_ms..max_ms`, seeded from the clock and printed for reruns
 /// (`SLUICE_CRASH_SEED`).
 pub fn kill_delays(n: usize, min_ms: u64, max_ms: u64) -> Vec<u64> {
-    let seed = std::env::var("SLUICE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("kill schedule seed {seed} (set SLUICE_CRASH_SEED to repeat)");
-    let mut x: u64 = seed;
+    let mut rng = Rng::seeded("SLUICE_CRASH_SEED", "kill schedule");
     (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            min_ms + x % (max_ms - min_ms)
-        })
+        .map(|_| min_ms + rng.next() % (max_ms - min_ms))
         .collect()
 }
 

@@ -123,9 +123,10 @@ enum Upsert {
 fn upsert_writes(changes: &Batch, keys: &MessageEncoder) -> Vec<Upsert> {
     let n = changes.num_rows();
     let mut out = vec![Upsert::Value; n];
+    let kinds: Vec<RowKind> = changes.kinds().collect();
     let mut added_later: std::collections::HashSet<&[u8]> = Default::default();
     for row in (0..n).rev() {
-        out[row] = match changes.row_kind(row) {
+        out[row] = match kinds[row] {
             RowKind::Insert | RowKind::UpdateAfter => {
                 added_later.insert(keys.row(row));
                 Upsert::Value

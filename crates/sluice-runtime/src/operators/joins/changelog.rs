@@ -413,8 +413,8 @@ impl Operator for ChangelogJoinOperator {
         };
         let joins: Vec<bool> = (0..batch.num_rows()).map(|i| !null_key(i)).collect();
         let mut changes = Vec::new();
-        for (i, &joins) in joins.iter().enumerate() {
-            let add = batch.row_kind(i).is_addition();
+        for ((i, &joins), kind) in joins.iter().enumerate().zip(batch.kinds()) {
+            let add = kind.is_addition();
             self.apply(
                 input,
                 keys.row(i).as_ref(),
