@@ -79,8 +79,14 @@ impl<'a> OptionReader<'a> {
         }
     }
 
-    /// A path option.
+    /// A local path option: a path, or a `file://` URL.
     pub fn path(&self, key: &str) -> Result<PathBuf> {
-        self.required(key).map(PathBuf::from)
+        match sluice_runtime::Location::parse(self.required(key)?) {
+            sluice_runtime::Location::Local(p) => Ok(p),
+            sluice_runtime::Location::Remote(url) => Err(SluiceError::user(format!(
+                "option `{key}` of connector `{}` is `{url}`, but it reads and writes local files only (a path or a file:// URL)",
+                self.connector
+            ))),
+        }
     }
 }

@@ -230,11 +230,7 @@ impl PreparedJob {
             let ctx = |e: SluiceError| e.in_operator(&node.name);
             match &node.kind {
                 NodeKind::Source(s) => {
-                    let source = registry
-                        .source(&s.spec.connector)
-                        .map_err(ctx)?
-                        .prepare(&s.spec)
-                        .map_err(ctx)?;
+                    let source = registry.prepare_source(&s.spec).map_err(ctx)?;
                     let (schema, event_time) = source_schema(source.as_ref(), s).map_err(ctx)?;
                     input_schemas[id] = Arc::clone(&schema);
                     schemas[id] = schema;

@@ -23,7 +23,7 @@ pub use checkpoint::SplitPosition;
 pub use job::{JobHandle, PreparedJob, StopHandle};
 pub use operator::{Collector, Operator, OperatorContext, TimeDomain, VecCollector};
 pub use source::{
-    ConnectorRegistry, ReadResult, SinkConnector, SourceConnector, SourceReader, Split,
-    append_only_sink_error,
+    ConnectorRegistry, FileGuard, Location, NamedFile, ReadResult, SinkConnector, SourceConnector,
+    SourceReader, Split, append_only_sink_error, files_by_name, is_url_scheme,
 };
 pub use state::{OperatorState, RestoredState};

@@ -129,6 +129,13 @@ pub trait SourceConnector: Send + Sync + 'static {
     /// Its splits, for a source of the given parallelism.
     fn splits(&self, config: &Self::Config, parallelism: usize) -> Result<Vec<Split>>;
 
+    /// The local files and directories its options name, exactly as it will open them:
+    /// checked against the registry's [`FileGuard`] before [`SourceConnector::parse`]
+    /// runs. The default takes every option that looks like one ([`files_by_name`]).
+    fn files(&self, spec: &ConnectorSpec) -> Result<Vec<NamedFile>> {
+        Ok(files_by_name(spec))
+    }
+
     /// A reader for the splits assigned to one subtask.
     fn reader(
         &self,
@@ -158,6 +165,8 @@ pub trait DynSourceConnector: Send + Sync {
     fn options(&self) -> &'static [&'static str];
     /// Parses options.
     fn prepare(&self, spec: &ConnectorSpec) -> Result<Arc<dyn PreparedSource>>;
+    /// The local files its options name.
+    fn files(&self, spec: &ConnectorSpec) -> Result<Vec<NamedFile>>;
 }
 
 struct Prepared<C: SourceConnector> {
@@ -189,6 +198,9 @@ impl<C: SourceConnector> DynSourceConnector for SourceEntry<C> {
     fn options(&self) -> &'static [&'static str] {
         self.0.options()
     }
+    fn files(&self, spec: &ConnectorSpec) -> Result<Vec<NamedFile>> {
+        self.0.files(spec)
+    }
     fn prepare(&self, spec: &ConnectorSpec) -> Result<Arc<dyn PreparedSource>> {
         check_options(self.0.name(), self.0.options(), spec)?;
         let config = self.0.parse(spec)?;
@@ -216,6 +228,11 @@ pub trait SinkConnector: Send + Sync + 'static {
     fn accepts_updates(&self, _spec: &ConnectorSpec) -> bool {
         false
     }
+    /// The local files and directories its options name, as for
+    /// [`SourceConnector::files`].
+    fn files(&self, spec: &ConnectorSpec) -> Result<Vec<NamedFile>> {
+        Ok(files_by_name(spec))
+    }
 }
 
 /// A sink whose options have been parsed.
@@ -231,6 +248,8 @@ pub trait DynSinkConnector: Send + Sync {
     fn prepare(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<SinkFactory>;
     /// Whether it writes updates and deletes as configured by `spec`.
     fn accepts_updates(&self, spec: &ConnectorSpec) -> bool;
+    /// The local files its options name.
+    fn files(&self, spec: &ConnectorSpec) -> Result<Vec<NamedFile>>;
 }
 
 /// The error of an append-only sink given an updating input, naming what would take it.
@@ -257,6 +276,9 @@ impl<C: SinkConnector> DynSinkConnector for SinkEntry<C> {
     }
     fn accepts_updates(&self, spec: &ConnectorSpec) -> bool {
         self.0.accepts_updates(spec)
+    }
+    fn files(&self, spec: &ConnectorSpec) -> Result<Vec<NamedFile>> {
+        self.0.files(spec)
     }
     fn prepare(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<SinkFactory> {
         check_options(self.0.name(), self.0.options(), spec)?;
@@ -289,11 +311,72 @@ fn check_options(connector: &str, known: &[&str], spec: &ConnectorSpec) -> Resul
     Ok(())
 }
 
+/// A local file or directory that a connector option names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedFile {
+    /// The option (`path`, `properties.ssl.ca.location`).
+    pub option: String,
+    /// The path as the connector will open it (relative to the working directory).
+    pub path: std::path::PathBuf,
+}
+
+/// The options of `spec` that name local files by the usual conventions: `path`, keys
+/// ending in `.path`, `.location`, `.keytab`, `.file` or `.dir`, each value taken as the
+/// path it literally is (a connector that reads URLs declares its files itself).
+pub fn files_by_name(spec: &ConnectorSpec) -> Vec<NamedFile> {
+    const SUFFIXES: &[&str] = &[".path", ".location", ".keytab", ".file", ".dir"];
+    spec.options
+        .iter()
+        .filter(|(k, _)| *k == "path" || SUFFIXES.iter().any(|s| k.ends_with(s)))
+        .map(|(k, v)| NamedFile {
+            option: k.clone(),
+            path: std::path::PathBuf::from(v),
+        })
+        .collect()
+}
+
+/// Where a location string points: a local path (plain, or a `file://` URL) or a
+/// remote URL (`s3://bucket/prefix`). Only a real URL scheme before `://` makes it
+/// remote: `dir/x://../y` is the local path it looks like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A path on this machine.
+    Local(std::path::PathBuf),
+    /// A URL with a scheme other than `file`.
+    Remote(String),
+}
+
+impl Location {
+    /// Classifies `s`.
+    pub fn parse(s: &str) -> Self {
+        match s.split_once("://") {
+            Some(("file", p)) => Location::Local(std::path::PathBuf::from(p)),
+            Some((scheme, _)) if is_url_scheme(scheme) => Location::Remote(s.to_string()),
+            _ => Location::Local(std::path::PathBuf::from(s)),
+        }
+    }
+}
+
+/// Whether `s` is a URL scheme (RFC 3986: a letter, then letters, digits, `+ - .`).
+pub fn is_url_scheme(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphabetic())
+        && c.all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '+' | '-' | '.'))
+}
+
+/// Decides whether a job may use a local file: the server's sandbox. Consulted before a
+/// connector parses its options, so nothing outside is ever opened or even looked at.
+pub trait FileGuard: Send + Sync {
+    /// Fails (with [`SluiceError::denied`]) unless `connector` may use `file`.
+    fn check(&self, connector: &str, file: &NamedFile) -> Result<()>;
+}
+
 /// The connectors a job can use, by name.
 #[derive(Clone, Default)]
 pub struct ConnectorRegistry {
     sources: BTreeMap<&'static str, Arc<dyn DynSourceConnector>>,
     sinks: BTreeMap<&'static str, Arc<dyn DynSinkConnector>>,
+    guard: Option<Arc<dyn FileGuard>>,
 }
 
 impl ConnectorRegistry {
@@ -334,6 +417,34 @@ impl ConnectorRegistry {
                 self.sinks.keys().copied().collect::<Vec<_>>().join(", ")
             ))
         })
+    }
+
+    /// Checks every file a connector would use with `guard` before it is opened.
+    pub fn with_guard(mut self, guard: Arc<dyn FileGuard>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// A source for `spec`: its files checked against the guard, then its options parsed.
+    pub fn prepare_source(&self, spec: &ConnectorSpec) -> Result<Arc<dyn PreparedSource>> {
+        let c = self.source(&spec.connector)?;
+        if let Some(g) = &self.guard {
+            for f in c.files(spec)? {
+                g.check(&spec.connector, &f)?;
+            }
+        }
+        c.prepare(spec)
+    }
+
+    /// A sink for `spec` over `input`: its files checked, then its options parsed.
+    pub fn prepare_sink(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<SinkFactory> {
+        let c = self.sink(&spec.connector)?;
+        if let Some(g) = &self.guard {
+            for f in c.files(spec)? {
+                g.check(&spec.connector, &f)?;
+            }
+        }
+        c.prepare(spec, input)
     }
 
     /// Names of registered source connectors.

@@ -324,8 +324,14 @@ impl JobManager {
             settings.push(("execution.checkpointing.dir", c.as_str()));
             settings.push(("execution.checkpointing.savepoint-dir", sp.as_str()));
         }
-        let job = sluice::plan_sql(&s.sql, &settings)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_sql", e.to_string()))?;
+        // Every file a connector names is checked before it is opened, planning included.
+        let guard = crate::sandbox::SandboxGuard::new(self.sandbox.clone());
+        let registry = sluice_connectors::registry().with_guard(guard.clone());
+        let job = sluice::plan_sql_with(registry.clone(), &s.sql, &settings).map_err(|e| {
+            guard
+                .refused()
+                .unwrap_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_sql", e.to_string()))
+        })?;
         let plan = job.plan.ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -356,6 +362,7 @@ impl JobManager {
                 .collect(),
         };
         let pipeline = sluice::Pipeline::from_plan(plan);
+        pipeline.registry(registry);
         let has_checkpoint = self.checkpoint_dir(id).is_some_and(|d| {
             std::fs::read_dir(d).is_ok_and(|mut r| {
                 r.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("chk-")))
@@ -372,9 +379,11 @@ impl JobManager {
             })?,
             None => sluice::restart::RestartStrategy::None,
         };
-        let prepared = pipeline
-            .prepare()
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_job", e.to_string()))?;
+        let prepared = pipeline.prepare().map_err(|e| {
+            guard
+                .refused()
+                .unwrap_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_job", e.to_string()))
+        })?;
         let explain = prepared.explain();
         let handle = prepared.start().await.map_err(|e| {
             ApiError::new(
@@ -519,28 +528,14 @@ impl JobManager {
         }
     }
 
-    /// Every file a job would read or write must be inside the sandbox.
+    /// The job's own files (dead letters, checkpoints, savepoints) must be inside the
+    /// sandbox; connectors' files are checked by the registry's guard.
     pub(crate) fn check_files(
         &self,
         plan: &sluice_plan::JobPlan,
         from_savepoint: Option<&str>,
     ) -> Result<(), ApiError> {
         let data = self.data_dir.as_deref();
-        for n in &plan.nodes {
-            let spec = match &n.kind {
-                sluice_plan::NodeKind::Source(s) => &s.spec,
-                sluice_plan::NodeKind::Sink(s) => s,
-                _ => continue,
-            };
-            for (k, v) in &spec.options {
-                // Kafka's TLS and Kerberos files (`properties.ssl.ca.location`, …) too.
-                let names_file = k.ends_with(".location") || k.ends_with(".keytab");
-                if k == "path" || k.ends_with(".path") || names_file {
-                    self.sandbox
-                        .check(&format!("{} option '{k}'", spec.connector), v, None)?;
-                }
-            }
-        }
         let c = &plan.config;
         if let Some(p) = &c.dead_letter_path {
             self.sandbox

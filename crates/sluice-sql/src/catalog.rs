@@ -118,7 +118,7 @@ impl TableDef {
         &self,
         registry: &ConnectorRegistry,
     ) -> std::result::Result<(SchemaRef, Option<String>), String> {
-        let connector = registry.source(&self.spec.connector).map_err(|_| {
+        registry.source(&self.spec.connector).map_err(|_| {
             format!(
                 "table `{}` uses connector `{}`, which cannot be read from; source connectors: {}",
                 self.name,
@@ -130,8 +130,8 @@ impl TableDef {
         if !self.declared.fields().is_empty() {
             spec.schema = Some(Arc::clone(&self.declared));
         }
-        let source = connector
-            .prepare(&spec)
+        let source = registry
+            .prepare_source(&spec)
             .map_err(|e| format!("table `{}`: {}", self.name, e.message))?;
         let actual = source
             .schema()

@@ -9,6 +9,9 @@ pub enum ErrorKind {
     External,
     /// A bug or broken invariant in Sluice.
     Internal,
+    /// What the job asks for is forbidden where it runs (a file outside the server's
+    /// sandbox): the user must change the job or the server its policy.
+    Denied,
 }
 
 impl fmt::Display for ErrorKind {
@@ -17,6 +20,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::User => "user error",
             ErrorKind::External => "external error",
             ErrorKind::Internal => "internal error",
+            ErrorKind::Denied => "not allowed",
         })
     }
 }
@@ -90,6 +94,11 @@ impl SluiceError {
     /// An outside system failed; a retry may help.
     pub fn external(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::External, true, message)
+    }
+
+    /// The job asks for something the place it runs forbids.
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Denied, false, message)
     }
 
     /// An invariant of Sluice was broken.

@@ -26,7 +26,17 @@ pub mod restart;
 /// `count_char` UDF: the job of its
 /// `INSERT INTO` and `SELECT` statements, if any, and the plans of its `EXPLAIN`s.
 pub fn plan_sql(script: &str, settings: &[(&str, &str)]) -> Result<sql::SqlJob> {
-    let mut ctx = sql::SqlContext::new(sluice_connectors::registry());
+    plan_sql_with(sluice_connectors::registry(), script, settings)
+}
+
+/// [`plan_sql`] with the given connectors (for example the built-in ones behind a
+/// [`runtime::FileGuard`]).
+pub fn plan_sql_with(
+    registry: runtime::ConnectorRegistry,
+    script: &str,
+    settings: &[(&str, &str)],
+) -> Result<sql::SqlJob> {
+    let mut ctx = sql::SqlContext::new(registry);
     ctx.register_udf(sql::functions::count_char());
     for (k, v) in settings {
         ctx.set(k, v)?;

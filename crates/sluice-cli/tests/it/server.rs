@@ -436,7 +436,11 @@ fn jobs_read_and_write_files_only_inside_the_allowed_directories() {
     let allowed = outside.path().join("allowed");
     std::fs::create_dir_all(allowed.join("in")).unwrap();
     std::fs::write(allowed.join("in/bids.jsonl"), "{\"auction\": 1}\n").unwrap();
-    std::fs::write(outside.path().join("secret.jsonl"), "{\"auction\": 2}\n").unwrap();
+    std::fs::write(
+        outside.path().join("secret.jsonl"),
+        "{\"auction\": 2, \"TOPSECRET\": 1}\n",
+    )
+    .unwrap();
     let (server, _dir) = start_server(&["--allow-dir", allowed.to_str().unwrap()]);
     let job = |input: &str, output: &str| {
         let sql = format!(
@@ -458,6 +462,15 @@ INSERT INTO dst SELECT auction FROM src;"
         // `..` and a symlink out of the allowed directory do not get out.
         (format!("{a}/in/../../secret.jsonl"), format!("{a}/out")),
         (format!("{a}/link/secret.jsonl"), format!("{a}/out")),
+        // Looks like a URL but is a local path: checked as the path it is.
+        (
+            format!("{a}/in/bids.jsonl"),
+            format!("{a}/x://../../escaped"),
+        ),
+        (format!("{a}/in/a://../../../secret.jsonl"), format!("{a}/out")),
+        (format!("file://{o}/secret.jsonl"), format!("{a}/out")),
+        // Whether an outside file exists does not show: refused before anything opens.
+        (format!("{o}/missing.jsonl"), format!("{a}/out")),
     ] {
         if input.contains("/link/") {
             std::os::unix::fs::symlink(outside.path(), allowed.join("link")).unwrap();
@@ -475,7 +488,35 @@ INSERT INTO dst SELECT auction FROM src;"
                 .contains("--allow-dir"),
             "{v}"
         );
+        assert!(!v.to_string().contains("TOPSECRET"), "{v}");
     }
+    assert!(!outside.path().join("escaped").exists());
+    // A source read with schema inference is checked before the file is looked at.
+    let sql = format!(
+        "CREATE TABLE src WITH ('connector' = 'filesystem', 'path' = '{o}/secret.jsonl', 'format' = 'json');
+CREATE TABLE dst (auction BIGINT) WITH ('connector' = 'blackhole');
+INSERT INTO dst SELECT auction FROM src;"
+    );
+    let body = serde_json::json!({ "sql": sql }).to_string();
+    let (status, v) = server.call("POST", "/api/jobs", Some(&body));
+    assert_eq!(status, 403, "{v}");
+    assert!(!v.to_string().contains("TOPSECRET"), "{v}");
+    // Remote URLs are not local files: the filesystem connector says so.
+    for input in ["s3://bucket/bids.jsonl", "a://../../etc/hostname"] {
+        let (status, v) = job(input, &format!("{a}/out"));
+        assert_eq!(status, 400, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("local files only")),
+            "{v}"
+        );
+    }
+    // A file:// URL inside is fine.
+    let (status, v) = job(&format!("file://{a}/in/bids.jsonl"), &format!("{a}/out"));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    server.wait_for(id, "finished", |v| v["status"] != "running");
     let (status, v) = job(&format!("{a}/in/bids.jsonl"), &format!("{a}/out"));
     assert_eq!(status, 201, "{v}");
     let id = v["id"].as_u64().unwrap();

@@ -53,6 +53,13 @@ impl SinkConnector for FileSinkConnector {
         })
     }
 
+    fn files(&self, spec: &ConnectorSpec) -> Result<Vec<sluice_runtime::NamedFile>> {
+        Ok(vec![sluice_runtime::NamedFile {
+            option: "path".to_string(),
+            path: OptionReader::new("filesystem", spec).path("path")?,
+        }])
+    }
+
     fn accepts_updates(&self, spec: &ConnectorSpec) -> bool {
         spec.options.get("format").map(String::as_str) == Some("debezium-json")
     }

@@ -195,6 +195,13 @@ impl SourceConnector for FileSourceConnector {
         })
     }
 
+    fn files(&self, spec: &ConnectorSpec) -> Result<Vec<sluice_runtime::NamedFile>> {
+        Ok(vec![sluice_runtime::NamedFile {
+            option: "path".to_string(),
+            path: OptionReader::new("filesystem", spec).path("path")?,
+        }])
+    }
+
     fn schema(&self, config: &FileSourceConfig) -> Result<SchemaRef> {
         Ok(Arc::clone(&config.schema))
     }

@@ -25,13 +25,10 @@ impl CheckpointStorage {
     /// Opens `location`: a local path (created if missing), `file:///path`, or with the
     /// `s3` feature `s3://bucket/prefix` (credentials from the usual AWS variables).
     pub fn open(location: &str) -> Result<Self> {
-        if let Some(rest) = location.strip_prefix("file://") {
-            return Self::local(rest);
+        match crate::source::Location::parse(location) {
+            crate::source::Location::Local(p) => Self::local(&p.to_string_lossy()),
+            crate::source::Location::Remote(url) => Self::remote(&url),
         }
-        if location.contains("://") {
-            return Self::remote(location);
-        }
-        Self::local(location)
     }
 
     fn local(dir: &str) -> Result<Self> {

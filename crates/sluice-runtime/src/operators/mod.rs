@@ -190,7 +190,7 @@ fn sink_from_node(
         return Err(wrong_node(kind, "sink"));
     };
     let input = single_input(inputs)?;
-    let factory = registry.sink(&spec.connector)?.prepare(spec, &input)?;
+    let factory = registry.prepare_sink(spec, &input)?;
     Ok(PreparedOperator {
         output_schema: input,
         factory,

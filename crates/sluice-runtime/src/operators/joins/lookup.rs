@@ -49,7 +49,7 @@ impl LookupJoinOperator {
         input: &SchemaRef,
         registry: &ConnectorRegistry,
     ) -> Result<PreparedOperator> {
-        let source = registry.source(&table.connector)?.prepare(table)?;
+        let source = registry.prepare_source(table)?;
         let dim = source.schema()?;
         if right_names.len() != dim.fields().len() {
             return Err(SluiceError::internal(
