@@ -326,7 +326,8 @@ impl JobManager {
         }
         // Every file a connector names is checked before it is opened, planning included.
         let guard = crate::sandbox::SandboxGuard::new(self.sandbox.clone());
-        let registry = sluice_connectors::registry().with_guard(guard.clone());
+        let registry = sluice_connectors::registry()
+            .with_guard(Arc::<crate::sandbox::SandboxGuard>::clone(&guard));
         let job = sluice::plan_sql_with(registry.clone(), &s.sql, &settings).map_err(|e| {
             guard
                 .refused()

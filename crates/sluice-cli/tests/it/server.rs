@@ -467,7 +467,10 @@ INSERT INTO dst SELECT auction FROM src;"
             format!("{a}/in/bids.jsonl"),
             format!("{a}/x://../../escaped"),
         ),
-        (format!("{a}/in/a://../../../secret.jsonl"), format!("{a}/out")),
+        (
+            format!("{a}/in/a://../../../secret.jsonl"),
+            format!("{a}/out"),
+        ),
         (format!("file://{o}/secret.jsonl"), format!("{a}/out")),
         // Whether an outside file exists does not show: refused before anything opens.
         (format!("{o}/missing.jsonl"), format!("{a}/out")),
