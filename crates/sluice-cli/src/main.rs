@@ -124,6 +124,10 @@ enum Command {
         /// How often alert rules are evaluated (`1s`, `500ms`).
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         alert_interval: Duration,
+        /// Alert webhooks may call public addresses only: not this machine, private
+        /// networks or link-local addresses (checked on what names resolve to).
+        #[arg(long)]
+        webhooks_public_only: bool,
     },
     /// Submit a SQL script to a server as a job; prints its id.
     Submit {
@@ -669,6 +673,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             log_files_kept,
             alerts,
             alert_interval,
+            webhooks_public_only,
         } => {
             // A bad rules file fails here, before anything listens.
             let alert_rules = match &alerts {
@@ -687,6 +692,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 log_files_kept,
                 alert_rules,
                 alert_interval,
+                webhooks_public_only,
             };
             sluice_server::serve(listener, opts).await?;
             Ok(())

@@ -22,6 +22,78 @@ pub struct HttpUrl {
     pub path: String,
     /// Certificates (PEM) trusted besides the system's, for https.
     pub ca_file: Option<std::path::PathBuf>,
+    /// Refuse to connect to loopback, private, link-local and other non-public
+    /// addresses, whatever the name resolves to when the request is made.
+    pub public_only: bool,
+}
+
+/// Whether `ip` is an address of the public internet: not loopback, private (RFC 1918,
+/// unique local), link-local (cloud metadata services live there), shared (CGNAT),
+/// unspecified, multicast, broadcast or documentation; IPv4 inside IPv6 as its IPv4.
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+        }
+    }
+}
+
+/// Resolves as usual, then keeps public addresses only: checked on the addresses the
+/// connection will use, so a name that changes its answer (DNS rebinding) cannot slip
+/// through.
+#[derive(Debug)]
+struct PublicOnly;
+
+impl ureq::unversioned::resolver::Resolver for PublicOnly {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> std::result::Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let all = ureq::unversioned::resolver::DefaultResolver::default()
+            .resolve(uri, config, timeout)?;
+        let mut kept = self.empty();
+        for a in all.iter().filter(|a| is_public(a.ip())) {
+            kept.push(*a);
+        }
+        if kept.is_empty() {
+            return Err(ureq::Error::Other(
+                format!(
+                    "{} resolves only to non-public addresses ({}), which this server does not call",
+                    uri.host().unwrap_or_default(),
+                    all.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ")
+                )
+                .into(),
+            ));
+        }
+        Ok(kept)
+    }
 }
 
 /// The certificates an https request trusts: the system's (those it can parse, as
@@ -67,21 +139,31 @@ fn trusted_roots(ca_file: Option<&std::path::Path>) -> Result<Arc<Vec<Certificat
 
 /// An agent for one address: no redirects followed, every status answered (not turned
 /// into an error), 30 seconds at most per request.
-fn agent(roots: &[Certificate<'static>]) -> ureq::Agent {
+fn agent(roots: &[Certificate<'static>], public_only: bool) -> ureq::Agent {
     let tls = TlsConfig::builder()
         .provider(TlsProvider::Rustls)
         .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .root_certs(RootCerts::new_with_certs(roots))
         .build();
-    ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
         .proxy(None)
         .timeout_global(Some(Duration::from_secs(30)))
         .tls_config(tls)
-        .build()
-        .new_agent()
+        .build();
+    match public_only {
+        true => ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::default(),
+            PublicOnly,
+        ),
+        false => config.new_agent(),
+    }
 }
+
+/// Answers read beyond this size are cut (a schema, an error message: never more).
+pub const MAX_ANSWER_BYTES: u64 = 4 << 20;
 
 impl HttpUrl {
     /// Trusts the PEM certificates of `path` too (a private CA), for https; checked now.
@@ -92,8 +174,40 @@ impl HttpUrl {
         Ok(self)
     }
 
-    /// Parses an address; fails on anything but `http://` and `https://`.
+    /// Connects only to public addresses (see [`is_public`]); a literal non-public
+    /// address fails now, a name that resolves to one when the request is made.
+    pub fn public_only(mut self) -> Result<Self> {
+        let literal = self.host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = literal.parse::<std::net::IpAddr>()
+            && !is_public(ip)
+        {
+            return Err(SluiceError::user(format!(
+                "{ip} is not a public address, which this server does not call"
+            )));
+        }
+        if self.host.eq_ignore_ascii_case("localhost") || self.host.ends_with(".localhost") {
+            return Err(SluiceError::user(format!(
+                "{} is this machine, which this server does not call",
+                self.host
+            )));
+        }
+        self.public_only = true;
+        Ok(self)
+    }
+
+    /// Parses an address; fails on anything but `http://` and `https://`, and on
+    /// anything that could smuggle a header or a second request: control characters,
+    /// spaces, non-ASCII, user information (`user@`), a host that is not a name or an
+    /// address.
     pub fn parse(url: &str) -> Result<Self> {
+        if let Some(c) = url
+            .chars()
+            .find(|c| c.is_ascii_control() || c.is_whitespace() || !c.is_ascii())
+        {
+            return Err(SluiceError::user(format!(
+                "address {url:?} contains {c:?}: control characters, spaces and non-ASCII characters are not allowed (percent-encode them)"
+            )));
+        }
         let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
             (Some(r), _) => (false, r),
             (_, Some(r)) => (true, r),
@@ -118,23 +232,65 @@ impl HttpUrl {
         if host.is_empty() {
             return Err(SluiceError::user(format!("address `{url}` has no host")));
         }
+        let name = host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+        let v6 = host.starts_with('[')
+            && host.ends_with(']')
+            && host[1..host.len() - 1]
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok();
+        if !(name || v6) {
+            return Err(SluiceError::user(format!(
+                "address `{url}`: `{host}` is not a host name or an IP address"
+            )));
+        }
+        if path.contains(['"', '<', '>', '\\', '^', '`', '{', '|', '}']) {
+            return Err(SluiceError::user(format!(
+                "address `{url}` has characters a URL path cannot have (percent-encode them)"
+            )));
+        }
         Ok(Self {
             tls,
             host: host.to_string(),
             port,
             path: path.to_string(),
             ca_file: None,
+            public_only: false,
         })
     }
 
     /// Sends one request to `path` (appended to the address's own path) and returns the
-    /// status and body of the answer.
+    /// status and body of the answer (at most [`MAX_ANSWER_BYTES`]).
     pub fn request(
         &self,
         method: &str,
         path: &str,
         body: Option<&str>,
         headers: &[(&str, &str)],
+    ) -> Result<(u16, String)> {
+        self.exchange(method, path, body, headers, true)
+    }
+
+    /// Sends one request and returns only the answer's status: its body is not read.
+    pub fn status_of(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<u16> {
+        self.exchange(method, path, body, headers, false)
+            .map(|(s, _)| s)
+    }
+
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+        read_answer: bool,
     ) -> Result<(u16, String)> {
         let addr = format!("{}:{}", self.host, self.port);
         let fail = |what: &str| SluiceError::external(format!("{addr}: {method} {path}: {what}"));
@@ -151,12 +307,17 @@ impl HttpUrl {
             true => trusted_roots(self.ca_file.as_deref())?,
             false => Arc::new(Vec::new()),
         };
-        let mut resp = agent(&roots)
+        let mut resp = agent(&roots, self.public_only)
             .run(req)
             .map_err(|e| fail("no answer").with_source(e))?;
         let status = resp.status().as_u16();
+        if !read_answer {
+            return Ok((status, String::new()));
+        }
         let text = resp
             .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
             .read_to_string()
             .map_err(|e| fail("cannot read the answer").with_source(e))?;
         Ok((status, text))
@@ -183,6 +344,59 @@ mod tests {
         assert!(HttpUrl::parse("ftp://x:1").is_err());
         assert!(HttpUrl::parse("http://:1").is_err());
         assert!(HttpUrl::parse("http://x:port").is_err());
+        // Nothing that could end a header line or start another request.
+        for bad in [
+            "http://h/x\r\nX-Injected: 1",
+            "http://h\r\n/x",
+            "http://h/x y",
+            "http://user@h/x",
+            "http://h/\u{e9}",
+            "http://h/x\"",
+        ] {
+            assert!(HttpUrl::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(HttpUrl::parse("http://[::1]:8/a").unwrap().port, 8);
+    }
+
+    #[test]
+    fn only_public_addresses_when_asked() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(
+            HttpUrl::parse("http://127.0.0.1:9/")
+                .unwrap()
+                .public_only()
+                .is_err()
+        );
+        assert!(
+            HttpUrl::parse("http://localhost:9/")
+                .unwrap()
+                .public_only()
+                .is_err()
+        );
+        // A name is checked on what it resolves to, when the request is made.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let mut u = HttpUrl::parse(&format!("http://localhost:{port}/")).unwrap();
+        u.public_only = true;
+        let err = u.request("POST", "", Some("{}"), &[]).unwrap_err();
+        assert!(err.report().contains("non-public"), "{}", err.report());
     }
 
     /// A one-shot HTTP server on loopback answering `answer`; returns its address and

@@ -93,9 +93,13 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// The webhook's address, with its extra trusted certificates.
-    pub fn address(&self) -> Result<sluice_connectors::http::HttpUrl> {
-        let url = sluice_connectors::http::HttpUrl::parse(&self.url)?;
+    /// The webhook's address, with its extra trusted certificates; only public
+    /// addresses when `public_only`.
+    pub fn address(&self, public_only: bool) -> Result<sluice_connectors::http::HttpUrl> {
+        let mut url = sluice_connectors::http::HttpUrl::parse(&self.url)?;
+        if public_only {
+            url = url.public_only()?;
+        }
         match &self.ca_file {
             Some(ca) => url.with_ca_file(ca),
             None => Ok(url),
@@ -120,7 +124,8 @@ pub enum WebhookFormat {
 
 impl AlertRule {
     /// Checks the rule; a bad one is refused when it is loaded, not when it would fire.
-    pub fn validate(&self) -> Result<()> {
+    /// With `public_only`, its webhook must not be a non-public address.
+    pub fn validate(&self, public_only: bool) -> Result<()> {
         let bad = |m: String| {
             Err(SluiceError::user(format!(
                 "alert rule `{}`: {m}",
@@ -130,7 +135,7 @@ impl AlertRule {
         if self.name.trim().is_empty() {
             return Err(SluiceError::user("an alert rule needs a name"));
         }
-        self.webhook.address().map_err(|e| {
+        self.webhook.address(public_only).map_err(|e| {
             SluiceError::user(format!(
                 "alert rule `{}`: webhook `{}`: {}",
                 self.name, self.webhook.url, e.message
@@ -200,7 +205,7 @@ pub fn load_rules(path: &std::path::Path) -> Result<Vec<AlertRule>> {
     })?;
     let mut names = std::collections::HashSet::new();
     for r in &rules {
-        r.validate()?;
+        r.validate(false)?;
         if !names.insert(r.name.clone()) {
             return Err(SluiceError::user(format!(
                 "two alert rules are named `{}`",
@@ -325,6 +330,7 @@ pub struct Alerts {
     rules: Vec<AlertRule>,
     active: BTreeMap<(String, u64), ActiveAlert>,
     previous: HashMap<u64, Previous>,
+    public_only: bool,
 }
 
 impl Alerts {
@@ -350,9 +356,20 @@ impl Alerts {
             .collect()
     }
 
+    /// Webhooks call public addresses only (see `HttpUrl::public_only`).
+    pub fn public_only(mut self, on: bool) -> Self {
+        self.public_only = on;
+        self
+    }
+
+    /// Whether webhooks call public addresses only.
+    pub fn is_public_only(&self) -> bool {
+        self.public_only
+    }
+
     /// Adds a rule; its name must be new.
     pub fn add(&mut self, rule: AlertRule) -> Result<()> {
-        rule.validate()?;
+        rule.validate(self.public_only)?;
         if self.rules.iter().any(|r| r.name == rule.name) {
             return Err(SluiceError::user(format!(
                 "an alert rule named `{}` exists; delete it first",
@@ -546,14 +563,15 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 /// Posts a notification, retrying with backoff: the attempts it took, and the last
-/// error if it was not delivered.
-pub async fn deliver(hook: &Webhook, n: &Notification) -> (u32, Option<String>) {
+/// error if it was not delivered. What the webhook answers is never kept or shown
+/// (only its status): the answer of whatever a rule points at is not for API readers.
+pub async fn deliver(hook: &Webhook, n: &Notification, public_only: bool) -> (u32, Option<String>) {
     let body = n.body(hook.format);
     let mut last = String::new();
     for attempt in 1..=hook.max_attempts {
         let (h, b) = (hook.clone(), body.clone());
         let r = tokio::task::spawn_blocking(move || {
-            h.address()?.request(
+            h.address(public_only)?.status_of(
                 "POST",
                 "",
                 Some(&b),
@@ -562,12 +580,9 @@ pub async fn deliver(hook: &Webhook, n: &Notification) -> (u32, Option<String>) 
         })
         .await;
         match r {
-            Ok(Ok((status, _))) if (200..300).contains(&status) => return (attempt, None),
-            Ok(Ok((status, text))) => {
-                last = format!(
-                    "HTTP {status}: {}",
-                    text.chars().take(200).collect::<String>()
-                );
+            Ok(Ok(status)) if (200..300).contains(&status) => return (attempt, None),
+            Ok(Ok(status)) => {
+                last = format!("HTTP {status}");
                 tracing::warn!(url = %hook.url, answer = %last, attempt, "the alert webhook refused a notification");
             }
             Ok(Err(e)) => {
@@ -762,11 +777,11 @@ mod tests {
     fn bad_rules_are_refused_with_the_reason() {
         let mut r = rule("x", Condition::JobFailed, 0);
         r.webhook.url = "hooks.example.com/x".into();
-        assert!(r.validate().unwrap_err().message.contains("webhook"));
+        assert!(r.validate(false).unwrap_err().message.contains("webhook"));
         r.webhook.url = "https://hooks.example.com/x".into();
-        r.validate().unwrap();
+        r.validate(false).unwrap();
         r.webhook.ca_file = Some("/nonexistent/ca.pem".into());
-        assert!(r.validate().unwrap_err().message.contains("ca.pem"));
+        assert!(r.validate(false).unwrap_err().message.contains("ca.pem"));
         let r = rule(
             "y",
             Condition::Restarts {
@@ -775,7 +790,7 @@ mod tests {
             },
             0,
         );
-        assert!(r.validate().unwrap_err().message.contains("within_ms"));
+        assert!(r.validate(false).unwrap_err().message.contains("within_ms"));
         let text = r#"[{"name": "a", "condition": {"type": "latency_p99", "above_ms": 50},
                        "webhook": {"url": "http://127.0.0.1:1/"}, "extra": 1}]"#;
         let dir = tempfile::tempdir().unwrap();

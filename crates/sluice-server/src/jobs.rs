@@ -188,6 +188,7 @@ impl JobManager {
             log_files_kept,
             alert_rules,
             alert_interval,
+            webhooks_public_only,
         } = opts;
         let allow_dirs = match allow_dirs.is_empty() {
             true => vec![std::env::current_dir()?],
@@ -218,7 +219,9 @@ impl JobManager {
             next_id: AtomicU64::new(stored.last().map_or(1, |j| j.id + 1)),
             data_dir: Some(data_dir),
             sandbox,
-            alerts: Mutex::new(crate::alerts::Alerts::new(alert_rules)),
+            alerts: Mutex::new(
+                crate::alerts::Alerts::new(alert_rules).public_only(webhooks_public_only),
+            ),
             ..Default::default()
         });
         let evaluator = Arc::downgrade(&manager);
@@ -508,11 +511,16 @@ impl JobManager {
         self: &Arc<Self>,
         sends: Vec<(crate::alerts::Webhook, crate::alerts::Notification)>,
     ) {
+        let public_only = self
+            .alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_public_only();
         for (hook, n) in sends {
             tracing::warn!(rule = %n.rule, job = %n.job, status = n.status, value = %n.value, "alert");
             let m = Arc::clone(self);
             tokio::spawn(async move {
-                let (attempts, error) = crate::alerts::deliver(&hook, &n).await;
+                let (attempts, error) = crate::alerts::deliver(&hook, &n, public_only).await;
                 let mut d = m.deliveries.lock().unwrap_or_else(|p| p.into_inner());
                 if d.len() == DELIVERIES_KEPT {
                     d.pop_front();

@@ -23,6 +23,9 @@ pub struct ServerOptions {
     pub alert_rules: Vec<crate::alerts::AlertRule>,
     /// How often the alert rules are evaluated.
     pub alert_interval: std::time::Duration,
+    /// Webhooks may call public addresses only: not this machine, private networks or
+    /// link-local addresses (cloud metadata services).
+    pub webhooks_public_only: bool,
 }
 
 /// Serves the API and the dashboard on `listener` until the process ends. A

@@ -997,6 +997,93 @@ fn alerts_fire_and_resolve_once_each_at_a_webhook_with_retries() {
     assert!(alerts["active"].as_array().unwrap().is_empty(), "{alerts}");
 }
 
+#[test]
+fn webhooks_cannot_smuggle_requests_read_files_or_show_what_they_answer() {
+    use std::io::Write;
+    // A webhook that refuses with a body that must not show, and far more of it than
+    // anyone should read.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            if read_request_body(&mut conn).is_none() {
+                continue;
+            }
+            let len = 64 << 20;
+            let _ = conn.write_all(
+                format!("HTTP/1.1 500 Oops\r\nContent-Length: {len}\r\nConnection: close\r\n\r\nPRIVATE-ANSWER")
+                    .as_bytes(),
+            );
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..64 {
+                if conn.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let outside = tempfile::tempdir().unwrap();
+    let (server, _data) = start_server(&["--alert-interval", "100ms"]);
+    let add = |hook: serde_json::Value| {
+        let rule = serde_json::json!({
+            "name": "r", "condition": {"type": "job_failed"}, "job": "boom", "webhook": hook
+        });
+        server.call("POST", "/api/alerts/rules", Some(&rule.to_string()))
+    };
+    // Header and request smuggling through the URL.
+    for bad in [
+        format!("{url}\r\nX-Injected: 1"),
+        format!("{url} HTTP/1.1\r\nHost: x\r\n\r\nGET /admin"),
+        "http://127.0.0.1:1\n/x".to_string(),
+    ] {
+        let (status, v) = add(serde_json::json!({ "url": bad }));
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (400, Some("bad_rule")),
+            "{v}"
+        );
+    }
+    // A certificates file outside the allowed directories is not read.
+    let (status, v) = add(serde_json::json!({
+        "url": "https://127.0.0.1:1/", "ca_file": outside.path().join("ca.pem")
+    }));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("path_not_allowed")),
+        "{v}"
+    );
+    let (status, v) = add(serde_json::json!({ "url": url, "max_attempts": 1 }));
+    assert_eq!(status, 201, "{v}");
+    let submit = serde_json::json!({ "sql": FAILING, "name": "boom" });
+    let (status, v) = server.call("POST", "/api/jobs", Some(&submit.to_string()));
+    assert_eq!(status, 201, "{v}");
+    let start = Instant::now();
+    let delivery = loop {
+        let (_, alerts) = server.call("GET", "/api/alerts", None);
+        if let Some(d) = alerts["deliveries"].as_array().and_then(|d| d.first()) {
+            break d.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no delivery: {alerts}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(delivery["delivered"], false, "{delivery}");
+    assert_eq!(delivery["error"], "HTTP 500", "{delivery}");
+    assert_eq!(server.call("GET", "/api/jobs", None).0, 200);
+
+    // Public addresses only, when told: this machine is refused at once.
+    let (server, _data) = start_server(&["--webhooks-public-only"]);
+    let rule = serde_json::json!({
+        "name": "r", "condition": {"type": "job_failed"}, "webhook": {"url": url}
+    });
+    let (status, v) = server.call("POST", "/api/alerts/rules", Some(&rule.to_string()));
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("not a public address"), "{v}");
+}
+
 /// A CA and a certificate for 127.0.0.1 signed by it (openssl CLI): (CA PEM, leaf PEM,
 /// leaf key PEM).
 fn test_certificates(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>, Vec<u8>) {
@@ -1128,7 +1215,12 @@ fn alerts_reach_https_webhooks_that_the_given_ca_vouches_for() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_certificates(dir.path());
     let (url, got) = https_receiver(&cert, &key);
-    let (server, _data) = start_server(&["--alert-interval", "100ms"]);
+    let (server, _data) = start_server(&[
+        "--alert-interval",
+        "100ms",
+        "--allow-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     // Trusting the test CA: delivered. Trusting only the system's CAs: refused.
     for (name, ca_file) in [("trusted", Some(ca.to_str().unwrap())), ("untrusted", None)] {
         let mut hook = serde_json::json!({"url": url, "max_attempts": 1});

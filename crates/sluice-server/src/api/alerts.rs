@@ -67,6 +67,7 @@ pub(crate) async fn alerts(State(m): State<Arc<JobManager>>) -> Json<AlertsView>
         (status = 201, description = "Added", body = RuleAdded),
         (status = 400, description = "A malformed rule", body = ErrorBody),
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 403, description = "The ca_file is outside the allowed directories", body = ErrorBody),
         (status = 409, description = "A rule of that name exists", body = ErrorBody)))]
 pub(crate) async fn add_alert_rule(
     State(m): State<Arc<JobManager>>,
@@ -81,6 +82,12 @@ pub(crate) async fn add_alert_rule(
             format!("expected an alert rule {{\"name\", \"condition\": {{\"type\", …}}, \"for_ms\"?, \"job\"?, \"webhook\": {{\"url\", \"format\"?}}}}: {e}"),
         )
     })?;
+    // The certificates file is read now: the sandbox decides which files a caller may
+    // have the server read.
+    if let Some(ca) = &rule.webhook.ca_file {
+        m.sandbox
+            .check("the webhook's ca_file", &ca.display().to_string(), None)?;
+    }
     let name = rule.name.clone();
     m.alerts
         .lock()
