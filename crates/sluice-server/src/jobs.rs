@@ -115,6 +115,9 @@ pub struct JobManager {
     pub(crate) alerts: Mutex<crate::alerts::Alerts>,
     /// The latest webhook deliveries, oldest first.
     pub(crate) deliveries: Mutex<std::collections::VecDeque<Delivery>>,
+    /// The names of the rules from the configuration (the others came through the API
+    /// and are kept in `<data-dir>/alert-rules.json`).
+    pub(crate) config_rules: std::collections::HashSet<String>,
 }
 
 /// One notification sent (or given up on).
@@ -149,6 +152,38 @@ pub(crate) struct Stored {
     pub(crate) error: Option<String>,
     #[serde(default)]
     pub(crate) restart: Option<RestartSpec>,
+}
+
+impl Stored {
+    /// The job as submitted, to start it again.
+    fn submit(&self) -> Submit {
+        Submit {
+            sql: self.sql.clone(),
+            name: Some(self.name.clone()),
+            parallelism: self.parallelism,
+            from_savepoint: None,
+            restart: self.restart.clone(),
+        }
+    }
+}
+
+/// Where the alert rules added through the API are kept, in the data directory.
+const RULES_FILE: &str = "alert-rules.json";
+
+/// The rules added through the API in an earlier run (a damaged file is reported and
+/// left as it is).
+fn load_api_rules(data_dir: &std::path::Path) -> Vec<crate::alerts::AlertRule> {
+    let path = data_dir.join(RULES_FILE);
+    if !path.exists() {
+        return Vec::new();
+    }
+    match crate::alerts::load_rules(&path) {
+        Ok(rules) => rules,
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e.report(), "the alert rules added through the API cannot be read; they are left out");
+            Vec::new()
+        }
+    }
 }
 
 /// A submitted job, as the API takes it.
@@ -200,28 +235,55 @@ impl JobManager {
             log_file_bytes,
             log_files_kept,
         )?);
-        std::fs::create_dir_all(data_dir.join("jobs"))?;
+        crate::durable::create_private_dir(&data_dir.join("jobs"))?;
         let mut stored: Vec<Stored> = Vec::new();
+        // The highest id of any job file, readable or not: a new job never takes the
+        // file of a damaged one.
+        let mut last_id = 0;
         for e in std::fs::read_dir(data_dir.join("jobs"))? {
             let path = e?.path();
             if path.extension().is_none_or(|x| x != "json") {
                 continue;
             }
-            let text = std::fs::read_to_string(&path)?;
-            let job: Stored = serde_json::from_str(&text).map_err(|e| {
-                SluiceError::user(format!("job file {} is damaged", path.display())).with_source(e)
-            })?;
-            stored.push(job);
+            if let Some(id) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                last_id = last_id.max(id);
+            }
+            let job = std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str::<Stored>(&t).map_err(|e| e.to_string()));
+            match job {
+                Ok(job) => {
+                    last_id = last_id.max(job.id);
+                    stored.push(job);
+                }
+                // One damaged file does not keep the others down: it is left as it is
+                // for the operator to mend or remove.
+                Err(e) => tracing::error!(
+                    path = %path.display(),
+                    error = %e,
+                    "a job file is damaged: the job is left out, the file left as it is"
+                ),
+            }
         }
         stored.sort_by_key(|j| j.id);
+        let config_rules = alert_rules.iter().map(|r| r.name.clone()).collect();
+        let mut alerts = crate::alerts::Alerts::new(alert_rules).public_only(webhooks_public_only);
+        for r in load_api_rules(&data_dir) {
+            if let Err(e) = alerts.add(r) {
+                tracing::error!(error = %e.message, "an alert rule added through the API is left out");
+            }
+        }
         let manager = Arc::new(Self {
             token,
-            next_id: AtomicU64::new(stored.last().map_or(1, |j| j.id + 1)),
+            config_rules,
+            next_id: AtomicU64::new(last_id + 1),
             data_dir: Some(data_dir),
             sandbox,
-            alerts: Mutex::new(
-                crate::alerts::Alerts::new(alert_rules).public_only(webhooks_public_only),
-            ),
+            alerts: Mutex::new(alerts),
             ..Default::default()
         });
         let evaluator = Arc::downgrade(&manager);
@@ -239,29 +301,48 @@ impl JobManager {
             .into_iter()
             .filter(|j| j.status == JobStatus::Running)
         {
-            let (id, name) = (j.id, j.name.clone());
-            let s = Submit {
-                sql: j.sql,
-                name: Some(j.name),
-                parallelism: j.parallelism,
-                from_savepoint: None,
-                restart: j.restart,
-            };
-            if let Err(e) = manager.start(id, s, true).await {
-                // It cannot come back: say so, keep the server up.
-                tracing::error!(job = %name, error = %e.message, "a job of the last run cannot start again");
-                manager.persist_stored(&Stored {
-                    id,
-                    name,
-                    sql: String::new(),
-                    parallelism: None,
-                    status: JobStatus::Failed,
-                    error: Some(e.message),
-                    restart: None,
-                });
+            // Running again before the server answers; retries go on in the background.
+            if let Err(e) = manager.start(j.id, j.submit(), true).await {
+                let m = Arc::clone(&manager);
+                tokio::spawn(async move { m.bring_back(j, e).await });
             }
         }
         Ok(manager)
+    }
+
+    /// A job of the last run that failed to start again (`e`: an input moved away, a
+    /// broker down) is retried from its latest checkpoint as its restart strategy says;
+    /// when that gives up it is recorded as failed, with the reason and its definition
+    /// kept whole.
+    async fn bring_back(self: Arc<Self>, j: Stored, mut e: ApiError) {
+        let strategy = j
+            .restart
+            .as_ref()
+            .and_then(|r| r.strategy().ok())
+            .unwrap_or(sluice::restart::RestartStrategy::None);
+        let mut tracker = sluice::restart::RestartTracker::new(strategy, j.id);
+        let first = std::time::Instant::now();
+        loop {
+            match tracker.on_failure(first.elapsed(), std::time::Duration::ZERO) {
+                Some(delay) => {
+                    tracing::warn!(job = %j.name, error = %e.message, retry_in = ?delay, "a job of the last run cannot start again yet");
+                    tokio::time::sleep(delay).await;
+                    match self.start(j.id, j.submit(), true).await {
+                        Ok(()) => return,
+                        Err(again) => e = again,
+                    }
+                }
+                None => {
+                    tracing::error!(job = %j.name, error = %e.message, "a job of the last run cannot start again");
+                    self.persist_stored(&Stored {
+                        status: JobStatus::Failed,
+                        error: Some(e.message),
+                        ..j
+                    });
+                    return;
+                }
+            }
+        }
     }
 
     pub(crate) fn checkpoint_dir(&self, id: u64) -> Option<std::path::PathBuf> {
@@ -270,14 +351,39 @@ impl JobManager {
             .map(|d| d.join("checkpoints").join(id.to_string()))
     }
 
+    /// Keeps the rules added through the API (not those of the configuration) in
+    /// `<data-dir>/alert-rules.json`, so that they survive a restart.
+    pub(crate) fn persist_rules(&self) -> Result<(), ApiError> {
+        let Some(dir) = &self.data_dir else {
+            return Ok(());
+        };
+        let rules: Vec<crate::alerts::AlertRule> = self
+            .alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rules()
+            .iter()
+            .filter(|r| !self.config_rules.contains(&r.name))
+            .cloned()
+            .collect();
+        serde_json::to_vec_pretty(&rules)
+            .map_err(std::io::Error::other)
+            .and_then(|b| crate::durable::write_file(&dir.join(RULES_FILE), &b))
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "not_saved",
+                    format!("the alert rules could not be saved: {e}"),
+                )
+            })
+    }
+
     pub(crate) fn persist_stored(&self, s: &Stored) {
         let Some(dir) = &self.data_dir else { return };
         let path = dir.join("jobs").join(format!("{}.json", s.id));
-        let tmp = path.with_extension("json.tmp");
         let r = serde_json::to_vec_pretty(s)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|b| crate::durable::write_file(&path, &b));
         if let Err(e) = r {
             tracing::error!(error = %e, path = %path.display(), "cannot save the job definition");
         }
@@ -582,23 +688,30 @@ impl JobManager {
             .collect()
     }
 
-    pub(crate) fn check_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    /// Whether the call carries the server's token (every one does when no token is
+    /// set). Compared in constant time: how long a refusal takes says nothing about
+    /// how much of a guess was right.
+    pub(crate) fn authorized(&self, headers: &HeaderMap) -> bool {
         let Some(token) = &self.token else {
-            return Ok(());
+            return true;
         };
         let given = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            Some(g) if g == token => Ok(()),
-            _ => Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this call changes something: send `Authorization: Bearer <token>`",
-            )),
-        }
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        constant_time_eq(given.as_bytes(), token.as_bytes())
     }
+}
+
+/// `a == b`, taking the same time whatever the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        let y = b.get(i % b.len().max(1)).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
 }
 
 /// Waits for a job; on failure restarts it as `strategy` says, from its latest

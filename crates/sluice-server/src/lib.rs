@@ -16,6 +16,7 @@
 pub mod alerts;
 mod api;
 pub mod dashboard;
+mod durable;
 mod jobs;
 mod lineage;
 pub mod logs;

@@ -59,7 +59,7 @@ pub struct DiskLogs {
 impl DiskLogs {
     /// Log files under `dir` (created), each rotated at `max_bytes`, `keep` old ones kept.
     pub fn new(dir: std::path::PathBuf, max_bytes: u64, keep: usize) -> std::io::Result<Self> {
-        std::fs::create_dir_all(&dir)?;
+        crate::durable::create_private_dir(&dir)?;
         Ok(Self {
             dir,
             max_bytes,
@@ -105,9 +105,11 @@ impl DiskLogs {
         let (file, size) = match self.open.entry(job.to_string()) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
+                use std::os::unix::fs::OpenOptionsExt as _;
                 let f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
+                    .mode(0o600)
                     .open(&path)?;
                 let len = f.metadata()?.len();
                 v.insert((f, len))

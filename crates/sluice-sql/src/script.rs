@@ -247,6 +247,65 @@ pub fn split(script: &str) -> Result<Vec<RawStatement>, SqlError> {
     Ok(statements)
 }
 
+/// Whether an option key names a secret (a password, a token, a private key, …): its
+/// value is never shown back.
+pub fn is_secret_option(key: &str) -> bool {
+    const MARKS: &[&str] = &[
+        "password",
+        "secret",
+        "token",
+        "credential",
+        "jaas",
+        "apikey",
+        "api-key",
+        "api.key",
+        "access-key",
+        "access.key",
+        "key.pem",
+        "private",
+    ];
+    let k = key.to_ascii_lowercase();
+    MARKS.iter().any(|m| k.contains(m))
+}
+
+/// What a secret's value is shown as.
+pub const REDACTED: &str = "******";
+
+/// `script` with the value of every secret option (`'properties.sasl.password' = '…'`
+/// in a `WITH` clause or a `SET`) replaced by [`REDACTED`], the rest as written. A
+/// script that does not tokenize is redacted as a whole: it cannot be shown safely.
+pub fn redact_secrets(script: &str) -> String {
+    let dialect = GenericDialect {};
+    let Ok(tokens) = Tokenizer::new(&dialect, script).tokenize_with_location() else {
+        return REDACTED.to_string();
+    };
+    let lines = Lines::new(script);
+    let solid: Vec<&TokenWithSpan> = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .collect();
+    let mut out = String::with_capacity(script.len());
+    let mut copied = 0;
+    for w in solid.windows(3) {
+        let (Token::SingleQuotedString(key), Token::Eq, Token::SingleQuotedString(_)) =
+            (&w[0].token, &w[1].token, &w[2].token)
+        else {
+            continue;
+        };
+        if !is_secret_option(key) {
+            continue;
+        }
+        let (start, end) = (lines.offset(w[2].span.start), lines.offset(w[2].span.end));
+        out.push_str(&script[copied..start]);
+        out.push('\'');
+        out.push_str(REDACTED);
+        out.push('\'');
+        copied = end;
+    }
+    out.push_str(&script[copied..]);
+    out
+}
+
 /// The largest script accepted: every statement is planned from a copy of it.
 pub const MAX_SCRIPT_BYTES: usize = 256 * 1024;
 
@@ -809,6 +868,23 @@ fn with_options(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_redacted_and_nothing_else_changes() {
+        let script = "-- the 'password' = 'in a comment' stays\nCREATE TABLE t (x BIGINT) WITH (\n  'connector' = 'kafka',\n  'properties.sasl.password'   =  'hun''ter2',\n  'properties.sasl.jaas.config' = 'x required password=\"p\";',\n  'properties.ssl.key.pem' = '-----BEGIN',\n  'topic' = 'ünïcode');\nSET 's3.secret-key' = 'abc';\nSELECT 'password' = 'not an option' FROM t;";
+        let r = redact_secrets(script);
+        assert_eq!(
+            r,
+            script
+                .replace("'hun''ter2'", "'******'")
+                .replace("'x required password=\"p\";'", "'******'")
+                .replace("'-----BEGIN'", "'******'")
+                .replace("'abc'", "'******'")
+                .replace("'not an option'", "'******'")
+        );
+        assert!(!r.contains("hun") && !r.contains("BEGIN"));
+        assert_eq!(redact_secrets("SELECT 'unterminated"), REDACTED);
+    }
 
     fn sql(s: &RawStatement) -> (&str, &TableExtras) {
         match s {

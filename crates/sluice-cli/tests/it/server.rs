@@ -533,7 +533,7 @@ INSERT INTO dst SELECT auction FROM src;"
 }
 
 #[test]
-fn changing_calls_need_the_token_when_one_is_set() {
+fn calls_need_the_token_when_one_is_set() {
     let (server, _dir) = start_server(&["--token", "s3cret"]);
     let body = serde_json::json!({ "sql": BOUNDED }).to_string();
     let (status, v) = server.call("POST", "/api/jobs", Some(&body));
@@ -542,8 +542,8 @@ fn changing_calls_need_the_token_when_one_is_set() {
         (401, Some("unauthorized")),
         "{v}"
     );
-    // Reading needs none.
-    assert_eq!(server.call("GET", "/api/jobs", None).0, 200);
+    // Reading needs it too.
+    assert_eq!(server.call("GET", "/api/jobs", None).0, 401);
     let (status, text) = HttpUrl::parse(&server.url)
         .unwrap()
         .request(
@@ -614,6 +614,163 @@ fn running_jobs_come_back_after_the_server_restarts() {
         Some(&serde_json::json!({ "sql": BOUNDED }).to_string()),
     );
     assert_eq!(n["id"].as_u64().unwrap(), id + 2, "{n}");
+}
+
+#[test]
+fn the_server_keeps_what_it_acknowledged_through_damaged_files_and_failed_restores() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let f = files.path();
+    for d in ["in", "in2"] {
+        std::fs::create_dir_all(f.join(d)).unwrap();
+        let rows: String = (0..1000).map(|i| format!("{{\"x\": {i}}}\n")).collect();
+        std::fs::write(f.join(d).join("rows.jsonl"), rows).unwrap();
+    }
+    let job = |dir: &str| {
+        format!(
+            "CREATE TABLE src (x BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json', 'rows-per-second' = '20');
+CREATE TABLE dst (x BIGINT) WITH ('connector' = 'blackhole');
+INSERT INTO dst SELECT x FROM src;",
+            f.join(dir).join("rows.jsonl").display()
+        )
+    };
+    let args = ["--allow-dir", f.to_str().unwrap()];
+    {
+        let server = start_server_in(data.path(), &args);
+        let retried = serde_json::json!({
+            "sql": job("in"), "name": "retried",
+            "restart": {"strategy": "fixed-delay", "attempts": 1000, "delay_ms": 100}
+        });
+        let (status, v) = server.call("POST", "/api/jobs", Some(&retried.to_string()));
+        assert_eq!((status, v["id"].as_u64()), (201, Some(1)), "{v}");
+        let plain = serde_json::json!({ "sql": job("in2"), "name": "plain" });
+        let (status, v) = server.call("POST", "/api/jobs", Some(&plain.to_string()));
+        assert_eq!((status, v["id"].as_u64()), (201, Some(2)), "{v}");
+        let rule = serde_json::json!({
+            "name": "through-the-api", "condition": {"type": "job_failed"},
+            "webhook": {"url": "http://127.0.0.1:9/hook"}
+        });
+        let (status, v) = server.call("POST", "/api/alerts/rules", Some(&rule.to_string()));
+        assert_eq!(status, 201, "{v}");
+        for id in [1, 2] {
+            server.wait_for(id, "rows", |v| {
+                v["source_records"].as_u64().unwrap_or(0) > 0
+            });
+        }
+        // Job files hold the SQL with whatever secrets it has: the server's user's only.
+        let mode = std::fs::metadata(data.path().join("jobs/1.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Killed here.
+    }
+    // A damaged job file, and both inputs gone for now.
+    std::fs::write(data.path().join("jobs/50.json"), "").unwrap();
+    std::fs::rename(f.join("in"), f.join("in.moved")).unwrap();
+    std::fs::remove_file(f.join("in2/rows.jsonl")).unwrap();
+    let server = start_server_in(data.path(), &args);
+    let (_, alerts) = server.call("GET", "/api/alerts", None);
+    assert!(
+        alerts["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "through-the-api"),
+        "{alerts}"
+    );
+    // The job without a restart strategy is recorded as failed, its definition whole.
+    let start = Instant::now();
+    let stored = loop {
+        let text = std::fs::read_to_string(data.path().join("jobs/2.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if v["status"] == "failed" {
+            break v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{v}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(stored["sql"].as_str().unwrap().contains("in2"), "{stored}");
+    assert!(stored["error"].as_str().is_some(), "{stored}");
+    // The other keeps trying as its strategy says, and comes back with its input.
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _) = server.call("GET", "/api/jobs/1", None);
+    assert_eq!(status, 404);
+    std::fs::rename(f.join("in.moved"), f.join("in")).unwrap();
+    let start = Instant::now();
+    loop {
+        let (status, v) = server.call("GET", "/api/jobs/1", None);
+        if status == 200 && v["source_records"].as_u64().unwrap_or(0) > 0 {
+            assert_eq!(v["status"], "running", "{v}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "never back: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A new job does not take the damaged file's id.
+    let (_, n) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(&serde_json::json!({ "sql": BOUNDED }).to_string()),
+    );
+    assert_eq!(n["id"].as_u64(), Some(51), "{n}");
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("jobs/50.json")).unwrap(),
+        ""
+    );
+}
+
+#[test]
+fn with_a_token_nothing_is_open_and_secrets_never_show() {
+    let (server, _dir) = start_server(&["--token", "s3cret"]);
+    let call = |method: &str, path: &str, body: Option<&str>, token: Option<&str>| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a.as_str()));
+        }
+        let (status, text) = HttpUrl::parse(&server.url)
+            .unwrap()
+            .request(method, path, body, &headers)
+            .unwrap();
+        (status, text)
+    };
+    for path in [
+        "/api/jobs",
+        "/api/alerts",
+        "/metrics",
+        "/api/openapi.json",
+        "/api/jobs/1/logs",
+    ] {
+        assert_eq!(call("GET", path, None, None).0, 401, "{path}");
+        assert_eq!(call("GET", path, None, Some("s3creT")).0, 401, "{path}");
+    }
+    // The dashboard's pages hold no data: they load, and ask the API with the token.
+    assert_eq!(call("GET", "/", None, None).0, 200);
+    // (The Kafka table is declared, not used: nothing connects.)
+    let sql =
+        "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '10');
+CREATE TABLE out (auction BIGINT) WITH ('connector' = 'kafka', 'topic' = 'o',
+  'properties.bootstrap.servers' = '127.0.0.1:1', 'format' = 'json',
+  'properties.security.protocol' = 'SASL_PLAINTEXT', 'properties.sasl.mechanism' = 'PLAIN',
+  'properties.sasl.username' = 'u', 'properties.sasl.password' = 'hunter2');
+CREATE TABLE sink (auction BIGINT) WITH ('connector' = 'blackhole');
+INSERT INTO sink SELECT auction FROM bid;";
+    let body = serde_json::json!({ "sql": sql }).to_string();
+    let (status, text) = call("POST", "/api/jobs", Some(&body), Some("s3cret"));
+    assert_eq!(status, 201, "{text}");
+    let (status, detail) = call("GET", "/api/jobs/1", None, Some("s3cret"));
+    assert_eq!(status, 200, "{detail}");
+    assert!(!detail.contains("hunter2"), "{detail}");
+    assert!(
+        detail.contains("'properties.sasl.password' = '******'"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("'properties.sasl.username' = 'u'"),
+        "{detail}"
+    );
 }
 
 #[test]

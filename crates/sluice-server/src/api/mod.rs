@@ -148,6 +148,17 @@ async fn browser_guard(
         )
         .into_response();
     }
+    // With a token, nothing of the API or the metrics is open; the dashboard's pages
+    // and assets are (they hold no data: their script asks the API, with the token).
+    let path = req.uri().path();
+    if (path.starts_with("/api/") || path == "/metrics") && !manager.authorized(headers) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this server needs its token: send `Authorization: Bearer <token>`",
+        )
+        .into_response();
+    }
     let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if writes {
         let json = headers

@@ -49,6 +49,7 @@ const sluice = (() => {
     } catch {
       v = text;
     }
+    if (r.status === 401 && tokenInput) tokenInput.classList.add("needed");
     if (!r.ok) throw new Error(v && v.error ? `${v.error.code}: ${v.error.message}` : `HTTP ${r.status}`);
     return v;
   }
