@@ -128,6 +128,13 @@ enum Command {
         /// networks or link-local addresses (checked on what names resolve to).
         #[arg(long)]
         webhooks_public_only: bool,
+        /// Most API connections served at once; more wait until one closes.
+        #[arg(long, default_value_t = 512)]
+        max_connections: usize,
+        /// How long a client may take to send a request's headers, and a kept-alive
+        /// connection may idle, before the server closes it.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        header_timeout: Duration,
     },
     /// Submit a SQL script to a server as a job; prints its id.
     Submit {
@@ -674,6 +681,8 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             alerts,
             alert_interval,
             webhooks_public_only,
+            max_connections,
+            header_timeout,
         } => {
             // A bad rules file fails here, before anything listens.
             let alert_rules = match &alerts {
@@ -693,6 +702,8 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 alert_rules,
                 alert_interval,
                 webhooks_public_only,
+                max_connections,
+                header_timeout,
             };
             sluice_server::serve(listener, opts).await?;
             Ok(())

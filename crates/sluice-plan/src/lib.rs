@@ -416,7 +416,40 @@ impl fmt::Display for TriggerSpec {
     }
 }
 
+/// The most windows one row may belong to (a `HOP` of size / slide, a `CUMULATE` of
+/// size / step, a count window of size / slide): each is state and a firing, so a shape
+/// like a one-day window sliding every millisecond (86 400 000 windows per row) is
+/// refused rather than run out of memory.
+pub const MAX_WINDOWS_PER_ROW: u64 = 10_000;
+
+/// Bounds on a job's numbers, so that no setting can make the process abort on an
+/// allocation or a time overflow.
+pub mod limits {
+    use std::time::Duration;
+    /// Most subtasks of one operator, and the highest max parallelism (Flink's).
+    pub const MAX_PARALLELISM: usize = 32_768;
+    /// Most rows in one batch.
+    pub const MAX_BATCH_ROWS: usize = 1 << 20;
+    /// Most batches waiting in one channel.
+    pub const MAX_CHANNEL_CAPACITY: usize = 1 << 16;
+    /// Most checkpoints kept.
+    pub const MAX_RETAINED_CHECKPOINTS: usize = 1_000;
+    /// Longest interval, timeout, pause or linger: a year.
+    pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+}
+
 impl WindowSpec {
+    /// How many windows one row belongs to (1 for tumbling, session and global).
+    pub fn windows_per_row(&self) -> u64 {
+        let ratio = |a: u128, b: u128| u64::try_from(a / b.max(1)).unwrap_or(u64::MAX);
+        match self {
+            WindowSpec::Hopping { size, slide } => ratio(size.as_millis(), slide.as_millis()),
+            WindowSpec::Cumulate { size, step } => ratio(size.as_millis(), step.as_millis()),
+            WindowSpec::Count { size, slide } => ratio(u128::from(*size), u128::from(*slide)),
+            _ => 1,
+        }
+    }
+
     /// (size, slide) in milliseconds of a fixed-size window; `None` for sessions.
     pub fn size_and_slide_ms(&self) -> Option<(i64, i64)> {
         match self {
@@ -856,7 +889,63 @@ impl JobPlan {
             )));
         }
         let max_p = self.config.max_parallelism;
+        let c = &self.config;
+        let too_big = |what: &str, v: String, max: String| {
+            Err(SluiceError::user(format!(
+                "{what} is {v}; it may be at most {max}"
+            )))
+        };
+        if max_p > limits::MAX_PARALLELISM {
+            return too_big(
+                "the max parallelism",
+                max_p.to_string(),
+                limits::MAX_PARALLELISM.to_string(),
+            );
+        }
+        if c.batch.max_rows > limits::MAX_BATCH_ROWS {
+            return too_big(
+                "the batch size (rows)",
+                c.batch.max_rows.to_string(),
+                limits::MAX_BATCH_ROWS.to_string(),
+            );
+        }
+        if c.channel_capacity > limits::MAX_CHANNEL_CAPACITY {
+            return too_big(
+                "the channel capacity",
+                c.channel_capacity.to_string(),
+                limits::MAX_CHANNEL_CAPACITY.to_string(),
+            );
+        }
+        if c.checkpoint.retained > limits::MAX_RETAINED_CHECKPOINTS {
+            return too_big(
+                "the checkpoints retained",
+                c.checkpoint.retained.to_string(),
+                limits::MAX_RETAINED_CHECKPOINTS.to_string(),
+            );
+        }
+        for (what, d) in [
+            (
+                "the checkpoint interval",
+                c.checkpoint.interval.unwrap_or_default(),
+            ),
+            ("the checkpoint timeout", c.checkpoint.timeout),
+            ("the pause between checkpoints", c.checkpoint.min_pause),
+            ("the batch linger", c.batch.linger),
+        ] {
+            if d > limits::MAX_DURATION {
+                return too_big(what, format!("{d:?}"), "a year".into());
+            }
+        }
         for n in &self.nodes {
+            if let NodeKind::WindowAggregate { window, .. } = &n.kind
+                && window.windows_per_row() > MAX_WINDOWS_PER_ROW
+            {
+                return Err(SluiceError::user(format!(
+                    "operator `{}`: {window} puts every row in {} windows; at most {MAX_WINDOWS_PER_ROW} (make the slide or step larger)",
+                    n.name,
+                    window.windows_per_row()
+                )));
+            }
             if n.parallelism == 0 || n.parallelism > max_p {
                 return Err(SluiceError::user(format!(
                     "operator `{}` has parallelism {}; it must be between 1 and the max parallelism {max_p}",

@@ -167,6 +167,33 @@ impl Stored {
     }
 }
 
+static JOBS_RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+
+/// Starts the runtime jobs run on, apart from the one serving the API: a job that keeps
+/// its threads busy (or blocks them) slows other jobs, never the API.
+fn start_jobs_runtime() -> std::io::Result<()> {
+    if JOBS_RUNTIME.get().is_some() {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("sluice-job")
+        .thread_stack_size(16 * 1024 * 1024)
+        .enable_all()
+        .build()?;
+    let _ = JOBS_RUNTIME.set(rt.handle().clone());
+    // It lives as long as the process: a runtime cannot be dropped from within one.
+    std::mem::forget(rt);
+    Ok(())
+}
+
+/// The jobs' runtime (the current one where none was started: embedded uses).
+fn jobs_runtime() -> tokio::runtime::Handle {
+    JOBS_RUNTIME
+        .get()
+        .cloned()
+        .unwrap_or_else(tokio::runtime::Handle::current)
+}
+
 /// Where the alert rules added through the API are kept, in the data directory.
 const RULES_FILE: &str = "alert-rules.json";
 
@@ -224,6 +251,8 @@ impl JobManager {
             alert_rules,
             alert_interval,
             webhooks_public_only,
+            max_connections: _,
+            header_timeout: _,
         } = opts;
         let allow_dirs = match allow_dirs.is_empty() {
             true => vec![std::env::current_dir()?],
@@ -235,6 +264,7 @@ impl JobManager {
             log_file_bytes,
             log_files_kept,
         )?);
+        start_jobs_runtime()?;
         crate::durable::create_private_dir(&data_dir.join("jobs"))?;
         let mut stored: Vec<Stored> = Vec::new();
         // The highest id of any job file, readable or not: a new job never takes the
@@ -495,7 +525,12 @@ impl JobManager {
                 .unwrap_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_job", e.to_string()))
         })?;
         let explain = prepared.explain();
-        let handle = prepared.start().await.map_err(|e| {
+        // Jobs run on threads of their own: whatever a job does, the API answers.
+        let started = jobs_runtime()
+            .spawn(async move { prepared.start().await })
+            .await
+            .map_err(|e| SluiceError::internal(format!("starting the job failed: {e}")));
+        let handle = started.and_then(|r| r).map_err(|e| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "start_failed",
@@ -527,7 +562,8 @@ impl JobManager {
             // job, visibly, instead of leaving it shown as running.
             let supervisor = {
                 let entry = Arc::clone(&entry);
-                tokio::spawn(async move { supervise(&entry, pipeline, handle, strategy).await })
+                jobs_runtime()
+                    .spawn(async move { supervise(&entry, pipeline, handle, strategy).await })
             };
             let end = match supervisor.await {
                 Ok(end) => end,

@@ -23,7 +23,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sluice_plan::{DeliveryGuarantee, JobConfig};
+use sluice_plan::{DeliveryGuarantee, JobConfig, limits};
 
 use crate::error::{Result, SqlError};
 
@@ -103,24 +103,32 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
     humantime::parse_duration(&compact).ok()
 }
 
-fn number<T>(key: &str, v: &str, min: T) -> Result<T>
+fn number<T>(key: &str, v: &str, min: T, max: T) -> Result<T>
 where
     T: FromStr + PartialOrd + std::fmt::Display + Copy,
 {
     match v.trim().parse::<T>() {
-        Ok(n) if n >= min => Ok(n),
+        Ok(n) if n >= min && n <= max => Ok(n),
         _ => Err(SqlError::new(format!(
-            "'{key}' takes a whole number of at least {min}, not '{v}'"
+            "'{key}' takes a whole number from {min} to {max}, not '{v}'"
         ))),
     }
 }
 
 fn duration(key: &str, v: &str) -> Result<Duration> {
-    parse_duration(v).ok_or_else(|| {
-        SqlError::new(format!(
+    duration_at_most(key, v, limits::MAX_DURATION, "a year")
+}
+
+fn duration_at_most(key: &str, v: &str, max: Duration, max_text: &str) -> Result<Duration> {
+    match parse_duration(v) {
+        Some(d) if d <= max => Ok(d),
+        Some(_) => Err(SqlError::new(format!(
+            "'{key}' may be at most {max_text}, not '{v}'"
+        ))),
+        None => Err(SqlError::new(format!(
             "'{key}' takes a duration such as '10 s', '500 ms' or '1 min', not '{v}'"
-        ))
-    })
+        ))),
+    }
 }
 
 impl Settings {
@@ -134,9 +142,13 @@ impl Settings {
             ))
         })?;
         match k {
-            "parallelism.default" => self.parallelism = number(k, value, 1usize)?,
+            "parallelism.default" => {
+                self.parallelism = number(k, value, 1usize, limits::MAX_PARALLELISM)?
+            }
             "pipeline.name" => self.job_name = Some(value.to_string()),
-            "pipeline.max-parallelism" => c.max_parallelism = number(k, value, 1usize)?,
+            "pipeline.max-parallelism" => {
+                c.max_parallelism = number(k, value, 1usize, limits::MAX_PARALLELISM)?
+            }
             "execution.checkpointing.interval" => c.checkpoint.interval = Some(duration(k, value)?),
             "execution.checkpointing.mode" => {
                 c.checkpoint.delivery = match value.to_ascii_uppercase().as_str() {
@@ -155,7 +167,7 @@ impl Settings {
             "execution.checkpointing.timeout" => c.checkpoint.timeout = duration(k, value)?,
             "execution.checkpointing.min-pause" => c.checkpoint.min_pause = duration(k, value)?,
             "execution.checkpointing.num-retained" | "state.checkpoints.num-retained" => {
-                c.checkpoint.retained = number(k, value, 1usize)?
+                c.checkpoint.retained = number(k, value, 1usize, limits::MAX_RETAINED_CHECKPOINTS)?
             }
             "execution.checkpointing.dir" | "state.checkpoints.dir" => {
                 c.checkpoint.dir = Some(value.to_string())
@@ -168,16 +180,19 @@ impl Settings {
                 self.idle_timeout = (!d.is_zero()).then_some(d);
             }
             "table.exec.state.ttl" => {
-                let d = duration(k, value)?;
+                let century = Duration::from_secs(100 * 366 * 24 * 3600);
+                let d = duration_at_most(k, value, century, "a hundred years")?;
                 self.state_ttl = (!d.is_zero()).then_some(d);
             }
             "table.exec.mini-batch.size" | "sluice.batch.max-rows" => {
-                c.batch.max_rows = number(k, value, 1usize)?
+                c.batch.max_rows = number(k, value, 1usize, limits::MAX_BATCH_ROWS)?
             }
             "table.exec.mini-batch.allow-latency" | "sluice.batch.linger" => {
                 c.batch.linger = duration(k, value)?
             }
-            "sluice.channel-capacity" => c.channel_capacity = number(k, value, 1usize)?,
+            "sluice.channel-capacity" => {
+                c.channel_capacity = number(k, value, 1usize, limits::MAX_CHANNEL_CAPACITY)?
+            }
             "sql-client.execution.result-mode" => {
                 self.result_mode = match value.to_ascii_lowercase().as_str() {
                     "changelog" | "tableau" => ResultMode::Changelog,
@@ -257,7 +272,18 @@ mod tests {
         assert_eq!(parse_duration("1 min"), Some(Duration::from_secs(60)));
         assert_eq!(parse_duration("250"), Some(Duration::from_millis(250)));
         let e = s.apply("parallelism.default", "0").unwrap_err();
-        assert!(e.to_string().contains("at least 1"), "{e}");
+        assert!(e.to_string().contains("from 1 to"), "{e}");
+        // No setting can ask for an allocation or a time that aborts the process.
+        for (k, v) in [
+            ("sluice.batch.max-rows", "35184372088832"),
+            ("parallelism.default", "1000000000"),
+            ("sluice.channel-capacity", "99999999999"),
+            ("execution.checkpointing.interval", "9999999999999 d"),
+            ("table.exec.mini-batch.allow-latency", "400 d"),
+        ] {
+            let e = s.apply(k, v).unwrap_err().to_string();
+            assert!(e.contains("at most") || e.contains("from 1 to"), "{k}: {e}");
+        }
         let e = s.apply("no.such.key", "1").unwrap_err();
         assert!(e.to_string().contains("unknown setting"), "{e}");
     }

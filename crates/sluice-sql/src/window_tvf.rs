@@ -319,6 +319,19 @@ impl RelationPlanner for WindowTvfPlanner {
                 .map(|i| named.remove(i).1)
                 .or_else(|| rest.get(pos).copied())
         };
+        let fan_out = |size: u64, slide: u64, what: &str| {
+            let n = size / slide.max(1);
+            match n > sluice_plan::MAX_WINDOWS_PER_ROW {
+                true => Err(err(
+                    span,
+                    format!(
+                        "{what} puts every row in {n} windows; at most {} (make it larger)",
+                        sluice_plan::MAX_WINDOWS_PER_ROW
+                    ),
+                )),
+                false => Ok(()),
+            }
+        };
         let kind = match name.as_str() {
             "tumble" => TvfKind::Tumble(need_interval(get(0, "size"), "size", span, ctx)?),
             "hop" => {
@@ -327,6 +340,7 @@ impl RelationPlanner for WindowTvfPlanner {
                 if slide > size {
                     return Err(err(span, "HOP's slide must not be larger than its size"));
                 }
+                fan_out(size, slide, "HOP's slide")?;
                 TvfKind::Hop(size, slide)
             }
             "cumulate" => {
@@ -338,6 +352,7 @@ impl RelationPlanner for WindowTvfPlanner {
                         "CUMULATE's size must be a whole number of steps (step first, then size)",
                     ));
                 }
+                fan_out(size, step, "CUMULATE's step")?;
                 TvfKind::Cumulate(size, step)
             }
             "session" => TvfKind::Session(need_interval(get(0, "gap"), "gap", span, ctx)?),
@@ -348,6 +363,7 @@ impl RelationPlanner for WindowTvfPlanner {
             _ => {
                 let slide = need_count(get(0, "slide"), "slide", span)?;
                 let size = need_count(get(1, "size"), "size", span)?;
+                fan_out(size, slide, "HOP_ROWS's slide")?;
                 TvfKind::Rows(size, slide)
             }
         };

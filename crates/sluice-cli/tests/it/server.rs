@@ -1467,6 +1467,74 @@ fn deep_or_huge_sql_is_refused_and_the_server_lives_on() {
     assert_eq!(status, 200);
 }
 
+#[test]
+fn settings_and_window_shapes_that_would_exhaust_the_server_are_refused() {
+    let (server, _dir) = start_server(&[]);
+    let submit =
+        |body: serde_json::Value| server.call("POST", "/api/jobs", Some(&body.to_string()));
+    let bid =
+        "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '5');
+CREATE TABLE sink (n BIGINT) WITH ('connector' = 'blackhole');";
+    for (sql, says) in [
+        (
+            format!(
+                "SET 'sluice.batch.max-rows' = '35184372088832';\n{bid}\nINSERT INTO sink SELECT auction FROM bid;"
+            ),
+            "from 1 to",
+        ),
+        (
+            format!(
+                "SET 'execution.checkpointing.interval' = '100000000 d';\n{bid}\nINSERT INTO sink SELECT auction FROM bid;"
+            ),
+            "at most a year",
+        ),
+        (
+            format!(
+                "{bid}\nINSERT INTO sink SELECT COUNT(*) FROM TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '0.001' SECOND, INTERVAL '1' DAY)) GROUP BY window_start, window_end;"
+            ),
+            "86400000 windows",
+        ),
+    ] {
+        let (status, v) = submit(serde_json::json!({ "sql": sql }));
+        assert_eq!(status, 400, "{v}");
+        assert!(v.to_string().contains(says), "{says}: {v}");
+    }
+    let (status, v) =
+        submit(serde_json::json!({ "sql": BOUNDED, "parallelism": 1_000_000_000u64 }));
+    assert_eq!(status, 400, "{v}");
+}
+
+#[test]
+fn connections_that_send_nothing_are_closed_and_do_not_crowd_out_others() {
+    use std::io::{Read, Write};
+    let (server, _dir) = start_server(&["--max-connections", "8", "--header-timeout", "1s"]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    // Three times the limit, each with half a request.
+    let mut held: Vec<std::net::TcpStream> = (0..24)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            c.write_all(b"GET /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    // A whole request is answered once the half-sent ones have been let go.
+    let (status, v) = server.call("GET", "/api/jobs", None);
+    assert_eq!(status, 200, "{v}");
+    // Every half-sent request was closed by the server.
+    for c in &mut held {
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut buf = Vec::new();
+        let closed = c.read_to_end(&mut buf);
+        assert!(closed.is_ok(), "still open: {closed:?}");
+        let answer = String::from_utf8_lossy(&buf);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer}"
+        );
+    }
+}
+
 /// One raw HTTP/1.1 request (headers as given, `Host` included): its status code.
 fn raw_status(url: &str, request: &str) -> u16 {
     use std::io::{Read, Write};
