@@ -393,30 +393,68 @@ impl PreparedJob {
         s
     }
 
-    /// Reads the snapshot to restore from, if the job asks for one.
+    /// Reads the snapshot to restore from, if the job asks for one. From the latest
+    /// checkpoint, a damaged one (a file missing, cut short or changed) is passed over
+    /// for the one before it, saying so; a job that has checkpoints but no intact one
+    /// fails rather than start from scratch.
     async fn load_restore(
         &self,
         checkpoints: Option<&CheckpointStorage>,
     ) -> Result<Option<Restore>> {
-        let (storage, dir) = match &self.plan.config.restore {
-            None => return Ok(None),
+        match &self.plan.config.restore {
+            None => Ok(None),
+            Some(RestoreFrom::Path(p)) => {
+                let storage = CheckpointStorage::open(p)?;
+                let manifest = storage.read_manifest("").await?;
+                self.check_compatible(&manifest)?;
+                self.read_snapshot(&storage, "", manifest).await.map(Some)
+            }
             Some(RestoreFrom::Latest) => {
                 let Some(storage) = checkpoints else {
                     return Err(SluiceError::user(
                         "restoring from the latest checkpoint needs a checkpoint directory",
                     ));
                 };
-                match storage.latest("chk").await? {
-                    Some(dir) => (storage.clone(), dir),
-                    None => {
-                        tracing::info!(job = %self.plan.name, dir = storage.location(), "no completed checkpoint; starting fresh");
-                        return Ok(None);
+                let complete = storage.complete("chk").await?;
+                if complete.is_empty() {
+                    tracing::info!(job = %self.plan.name, dir = storage.location(), "no completed checkpoint; starting fresh");
+                    return Ok(None);
+                }
+                let mut damaged = Vec::new();
+                for dir in &complete {
+                    let read = match storage.read_manifest(dir).await {
+                        Ok(m) => {
+                            // A checkpoint of another job graph is the user's to fix,
+                            // whichever one is tried: no falling back past it.
+                            self.check_compatible(&m)?;
+                            self.read_snapshot(storage, dir, m).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match read {
+                        Ok(r) => {
+                            if !damaged.is_empty() {
+                                tracing::warn!(job = %self.plan.name, passed_over = ?damaged, "restoring from {dir}: newer checkpoints are damaged; what exactly-once sinks committed after this one is written again");
+                            }
+                            return Ok(Some(r));
+                        }
+                        Err(e) => {
+                            tracing::warn!(job = %self.plan.name, checkpoint = %dir, error = %e.report(), "a checkpoint is damaged; trying the one before it");
+                            damaged.push(format!("{dir}: {e}"));
+                        }
                     }
                 }
+                Err(SluiceError::user(format!(
+                    "no intact checkpoint in {} to restore from: {}",
+                    storage.location(),
+                    damaged.join("; ")
+                )))
             }
-            Some(RestoreFrom::Path(p)) => (CheckpointStorage::open(p)?, String::new()),
-        };
-        let manifest = storage.read_manifest(&dir).await?;
+        }
+    }
+
+    /// Fails unless `manifest` was taken by a job of this graph and key groups.
+    fn check_compatible(&self, manifest: &crate::checkpoint::Manifest) -> Result<()> {
         let plan = &self.plan;
         let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
         let old: Vec<&str> = manifest.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -432,11 +470,26 @@ impl PreparedJob {
                 manifest.epoch, manifest.max_parallelism, plan.config.max_parallelism
             )));
         }
+        Ok(())
+    }
+
+    /// Reads and decodes every state file of the checkpoint in `dir`, checking the
+    /// checksums of those that carry one.
+    async fn read_snapshot(
+        &self,
+        storage: &CheckpointStorage,
+        dir: &str,
+        manifest: crate::checkpoint::Manifest,
+    ) -> Result<Restore> {
+        let plan = &self.plan;
         let started = std::time::Instant::now();
         let mut tables: HashMap<String, Arc<Vec<arrow::array::RecordBatch>>> = HashMap::new();
         for e in &manifest.subtasks {
             for file in e.tables.values() {
-                let bytes = storage.get(&dir, file).await?;
+                let bytes = match manifest.sealed {
+                    true => storage.get_sealed(dir, file).await?,
+                    false => storage.get(dir, file).await?,
+                };
                 let decoded = tokio::task::spawn_blocking(move || state::decode_table(&bytes))
                     .await
                     .map_err(|e| SluiceError::internal("decoding state failed").with_source(e))??;
@@ -447,7 +500,7 @@ impl PreparedJob {
             job = %plan.name, epoch = manifest.epoch, kind = %manifest.kind,
             read_ms = started.elapsed().as_millis() as u64, "restoring from {}/{dir}", storage.location()
         );
-        Ok(Some(Restore { manifest, tables }))
+        Ok(Restore { manifest, tables })
     }
 
     /// Starts the job on the current tokio runtime (restoring first if configured).

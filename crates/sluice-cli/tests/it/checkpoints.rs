@@ -113,6 +113,76 @@ async fn exactly_once_output_survives_repeated_sigkill() {
     assert!(got == expected, "output differs after {kills} kills");
 }
 
+/// The newest complete checkpoint is damaged (a state file changed on disk): a restore
+/// from the latest passes over it to the one before and says so. Nothing is lost; what
+/// the damaged checkpoint had committed is written again (at least once for that span,
+/// as documented).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_newest_checkpoint_is_passed_over_for_the_one_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), 150_000).await;
+    run_to_end(job(&input, &dir.path().join("reference"), &[]));
+    let expected = committed_lines(&dir.path().join("reference/windowed-file"));
+    let checkpoints = dir.path().join("checkpoints");
+    let args = [
+        "--rows-per-second",
+        "20000",
+        "--checkpoint-interval",
+        "100ms",
+        "--checkpoint-dir",
+        checkpoints.to_str().unwrap(),
+        "--from-checkpoint",
+        "latest",
+    ];
+    let out = dir.path().join("crashed");
+    // Run until at least two checkpoints with state are complete, then SIGKILL.
+    let complete_with_state = || -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&checkpoints)
+            .map(|r| r.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        dirs.retain(|d| {
+            d.join("_manifest.json").exists()
+                && std::fs::read_dir(d)
+                    .unwrap()
+                    .any(|f| f.unwrap().path().extension().is_some_and(|x| x == "arrow"))
+        });
+        dirs.sort();
+        dirs
+    };
+    let mut child = job(&input, &out, &args).spawn().unwrap();
+    let start = std::time::Instant::now();
+    while complete_with_state().len() < 2 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before two checkpoints"
+        );
+        assert!(start.elapsed() < Duration::from_secs(60), "no checkpoints");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let all = complete_with_state();
+    let newest = all.last().unwrap();
+    // Damage every state file of the newest complete checkpoint (one flipped byte).
+    for f in std::fs::read_dir(newest).unwrap() {
+        let f = f.unwrap().path();
+        if f.extension().is_some_and(|x| x == "arrow") {
+            let mut bytes = std::fs::read(&f).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x40;
+            std::fs::write(&f, bytes).unwrap();
+        }
+    }
+    let resumed = job(&input, &out, &args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stderr.contains("damaged"), "{stderr}");
+    let got = committed_lines(&out.join("windowed-file"));
+    let distinct: BTreeSet<&String> = got.iter().collect();
+    let want: BTreeSet<&String> = expected.iter().collect();
+    assert!(distinct == want, "rows lost or changed after the fall-back");
+}
+
 /// (auction, window_start) → bids, from JSON lines.
 fn bids_per_window(lines: &[String]) -> BTreeMap<(i64, String), i64> {
     let mut m = BTreeMap::new();

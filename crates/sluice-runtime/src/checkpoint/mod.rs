@@ -104,6 +104,12 @@ pub struct Manifest {
     pub nodes: Vec<ManifestNode>,
     /// Every subtask's state.
     pub subtasks: Vec<SubtaskEntry>,
+    /// Whether its state files carry their checksums (written by this format and on).
+    #[serde(default)]
+    pub sealed: bool,
+    /// xxHash64 of the manifest written without this field (hex); checked on read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 impl Manifest {

@@ -287,6 +287,8 @@ impl Runner {
             max_parallelism: self.max_parallelism,
             nodes: self.nodes.clone(),
             subtasks: entries,
+            sealed: true,
+            checksum: None,
         }
     }
 
@@ -442,7 +444,7 @@ fn upload(
                 .await
                 .map_err(|e| SluiceError::internal("encoding state failed").with_source(e))??;
             let n = bytes.len() as u64;
-            storage.put(&dir, &file, bytes).await?;
+            storage.put_sealed(&dir, &file, bytes).await?;
             Ok(n)
         });
     }

@@ -15,6 +15,16 @@ pub struct CheckpointStorage {
     store: Arc<dyn ObjectStore>,
     root: Path,
     display: String,
+    /// The directory on this machine, for a local store: files and directories are
+    /// synced to disk after each write.
+    local: Option<std::path::PathBuf>,
+}
+
+/// The end of a sealed file: its xxHash64 (little-endian), then this mark.
+const SEAL: &[u8; 8] = b"SLCSUM01";
+
+fn xxh64(bytes: &[u8]) -> u64 {
+    twox_hash::XxHash64::oneshot(0x5EED, bytes)
 }
 
 fn io_err(what: String) -> impl FnOnce(object_store::Error) -> SluiceError {
@@ -44,6 +54,7 @@ impl CheckpointStorage {
             store: Arc::new(store),
             root: Path::default(),
             display: dir.to_string(),
+            local: Some(std::path::PathBuf::from(dir)),
         })
     }
 
@@ -60,6 +71,7 @@ impl CheckpointStorage {
             store: Arc::from(store),
             root,
             display: url.to_string(),
+            local: None,
         })
     }
 
@@ -81,6 +93,7 @@ impl CheckpointStorage {
             store: Arc::clone(&self.store),
             root: self.root.clone().join(name),
             display: format!("{}/{name}", self.display.trim_end_matches('/')),
+            local: self.local.clone(),
         }
     }
 
@@ -92,14 +105,57 @@ impl CheckpointStorage {
         p.join(name)
     }
 
-    /// Writes a file (atomically).
+    /// Writes a file (atomically; on a local disk, synced with its directory before
+    /// this returns).
     pub async fn put(&self, dir: &str, name: &str, bytes: Vec<u8>) -> Result<()> {
         let path = self.path(dir, name);
         self.store
             .put(&path, PutPayload::from(bytes))
             .await
             .map_err(io_err(format!("writing checkpoint file {path} failed")))?;
+        if let Some(local) = &self.local {
+            let file = local.join(path.as_ref());
+            tokio::task::spawn_blocking(move || sync_file_and_dir(&file))
+                .await
+                .map_err(|e| {
+                    SluiceError::internal("syncing a checkpoint file failed").with_source(e)
+                })?
+                .map_err(|e| {
+                    SluiceError::external(format!("syncing checkpoint file {path} failed"))
+                        .with_source(e)
+                })?;
+        }
         Ok(())
+    }
+
+    /// Writes a file with its checksum at the end, for [`CheckpointStorage::get_sealed`].
+    pub async fn put_sealed(&self, dir: &str, name: &str, mut bytes: Vec<u8>) -> Result<()> {
+        let sum = xxh64(&bytes);
+        bytes.extend_from_slice(&sum.to_le_bytes());
+        bytes.extend_from_slice(SEAL);
+        self.put(dir, name, bytes).await
+    }
+
+    /// Reads a file written by [`CheckpointStorage::put_sealed`]: fails if it was cut
+    /// short or changed since.
+    pub async fn get_sealed(&self, dir: &str, name: &str) -> Result<Vec<u8>> {
+        let mut bytes = self.get(dir, name).await?;
+        let damaged = || {
+            SluiceError::user(format!(
+                "checkpoint file {}/{dir}/{name} is damaged (its checksum does not match)",
+                self.display
+            ))
+        };
+        let n = bytes.len();
+        if n < 16 || &bytes[n - 8..] != SEAL {
+            return Err(damaged());
+        }
+        let sum = u64::from_le_bytes(bytes[n - 16..n - 8].try_into().map_err(|_| damaged())?);
+        bytes.truncate(n - 16);
+        match xxh64(&bytes) == sum {
+            true => Ok(bytes),
+            false => Err(damaged()),
+        }
     }
 
     /// Reads a file.
@@ -117,9 +173,15 @@ impl CheckpointStorage {
         Ok(bytes.to_vec())
     }
 
-    /// Writes the manifest: the checkpoint in `dir` is complete from now on.
+    /// Writes the manifest, with its own checksum: the checkpoint in `dir` is complete
+    /// from now on.
     pub async fn write_manifest(&self, dir: &str, manifest: &Manifest) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(manifest)
+        let mut m = manifest.clone();
+        m.checksum = None;
+        let unsummed = serde_json::to_vec_pretty(&m)
+            .map_err(|e| SluiceError::internal("encoding a manifest failed").with_source(e))?;
+        m.checksum = Some(format!("{:016x}", xxh64(&unsummed)));
+        let bytes = serde_json::to_vec_pretty(&m)
             .map_err(|e| SluiceError::internal("encoding a manifest failed").with_source(e))?;
         self.put(dir, MANIFEST, bytes).await
     }
@@ -137,6 +199,18 @@ impl CheckpointStorage {
             SluiceError::user(format!("{}/{dir}/{MANIFEST} is corrupt", self.display))
                 .with_source(e)
         })?;
+        if let Some(sum) = &m.checksum {
+            let mut unsummed = m.clone();
+            unsummed.checksum = None;
+            let bytes = serde_json::to_vec_pretty(&unsummed)
+                .map_err(|e| SluiceError::internal("encoding a manifest failed").with_source(e))?;
+            if *sum != format!("{:016x}", xxh64(&bytes)) {
+                return Err(SluiceError::user(format!(
+                    "{}/{dir}/{MANIFEST} is damaged (its checksum does not match)",
+                    self.display
+                )));
+            }
+        }
         if m.version != Manifest::VERSION {
             return Err(SluiceError::user(format!(
                 "checkpoint format version {} is not supported (this build reads {})",
@@ -174,12 +248,19 @@ impl CheckpointStorage {
 
     /// The directory of the latest complete checkpoint named `<prefix>-<epoch>`.
     pub async fn latest(&self, prefix: &str) -> Result<Option<String>> {
+        Ok(self.complete(prefix).await?.into_iter().next())
+    }
+
+    /// The directories of the complete checkpoints named `<prefix>-<epoch>`, newest
+    /// first.
+    pub async fn complete(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
         for (_, dir) in self.epochs(prefix).await?.into_iter().rev() {
             if self.has_manifest(&dir).await {
-                return Ok(Some(dir));
+                out.push(dir);
             }
         }
-        Ok(None)
+        Ok(out)
     }
 
     /// The highest epoch of any directory here, complete or not.
@@ -228,6 +309,15 @@ impl CheckpointStorage {
     }
 }
 
+/// Syncs a file and the directory that holds it (so that its rename into place lasts).
+fn sync_file_and_dir(file: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(file)?.sync_all()?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// The directory name of a checkpoint: `chk-00000012`.
 pub fn checkpoint_dir(prefix: &str, epoch: u64) -> String {
     format!("{prefix}-{epoch:08}")
@@ -249,7 +339,40 @@ mod tests {
             max_parallelism: 128,
             nodes: Vec::new(),
             subtasks: Vec::new(),
+            sealed: true,
+            checksum: None,
         }
+    }
+
+    #[tokio::test]
+    async fn damage_to_a_sealed_file_or_a_manifest_is_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = CheckpointStorage::open(tmp.path().to_str().unwrap()).unwrap();
+        let dir = checkpoint_dir("chk", 1);
+        s.put_sealed(&dir, "t.arrow", b"state bytes".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(s.get_sealed(&dir, "t.arrow").await.unwrap(), b"state bytes");
+        let file = tmp.path().join(&dir).join("t.arrow");
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[3] ^= 1;
+        std::fs::write(&file, &bytes).unwrap();
+        let e = s.get_sealed(&dir, "t.arrow").await.unwrap_err();
+        assert!(e.to_string().contains("damaged"), "{e}");
+        std::fs::write(&file, &bytes[..5]).unwrap();
+        assert!(s.get_sealed(&dir, "t.arrow").await.is_err());
+        // The manifest: a changed number is found too, not only broken JSON.
+        s.write_manifest(&dir, &manifest(1)).await.unwrap();
+        assert_eq!(s.read_manifest(&dir).await.unwrap().epoch, 1);
+        let m = tmp.path().join(&dir).join(MANIFEST);
+        let text = std::fs::read_to_string(&m).unwrap();
+        std::fs::write(
+            &m,
+            text.replace("\"max_parallelism\": 128", "\"max_parallelism\": 129"),
+        )
+        .unwrap();
+        let e = s.read_manifest(&dir).await.unwrap_err();
+        assert!(e.to_string().contains("damaged"), "{e}");
     }
 
     #[tokio::test]
