@@ -24,8 +24,13 @@ pub trait DeadLetterQueue: Send + Sync {
     fn send(&self, task: &TaskInfo, record: DeadLetter);
 }
 
-/// Logs every dead letter in full at WARN level (the default).
+/// Logs every dead letter at WARN level (the default), its record and error cut to
+/// [`LOGGED_BYTES`] each: a log is no place for a 300 MB line. A dead-letter file keeps
+/// records whole.
 pub struct LogDeadLetters;
+
+/// The most of a dead letter's record (and of its error) a log line shows.
+pub const LOGGED_BYTES: usize = 1024;
 
 impl DeadLetterQueue for LogDeadLetters {
     fn send(&self, task: &TaskInfo, record: DeadLetter) {
@@ -34,8 +39,8 @@ impl DeadLetterQueue for LogDeadLetters {
             operator = %task.operator_name,
             subtask = task.subtask,
             position = %record.position,
-            error = %record.error,
-            raw = %record.raw,
+            error = %sluice_types::truncated(&record.error, LOGGED_BYTES),
+            raw = %sluice_types::truncated(&record.raw, LOGGED_BYTES),
             "dead letter"
         );
     }

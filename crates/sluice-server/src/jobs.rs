@@ -447,6 +447,18 @@ impl JobManager {
         restore: bool,
     ) -> Result<(), ApiError> {
         let name = s.name.clone().unwrap_or_else(|| format!("job-{id}"));
+        // A job's name keys its logs, its Kafka consumer group and transactional ids:
+        // two jobs of one name would share them.
+        if let Some(other) = self.all().iter().find(|j| j.name == name && j.id != id) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "name_taken",
+                format!(
+                    "job {} is named `{name}` already; names are unique on a server (they name the job's logs, consumer group and transactional ids)",
+                    other.id
+                ),
+            ));
+        }
         let p = s.parallelism.unwrap_or(1).to_string();
         let cp_dir = self.checkpoint_dir(id).map(|d| d.display().to_string());
         let mut settings = vec![

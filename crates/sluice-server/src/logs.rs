@@ -9,7 +9,6 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::sync::{Mutex, OnceLock};
 
 use serde::Serialize;
@@ -21,6 +20,15 @@ use tracing_subscriber::registry::LookupSpan;
 
 /// Events kept per job (the oldest go first).
 const PER_JOB: usize = 10_000;
+/// Bytes of events kept per job, and for all jobs together (the oldest events of the
+/// job that holds the most go first).
+const PER_JOB_BYTES: usize = 4 << 20;
+const ALL_JOBS_BYTES: usize = 64 << 20;
+/// The most of one event's message, and of its stack trace, that is kept.
+const MESSAGE_BYTES: usize = 16 << 10;
+const TRACE_BYTES: usize = 64 << 10;
+/// Log files kept open at once (the least recently written is closed first).
+const OPEN_FILES: usize = 16;
 
 /// One log event of a job.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -43,8 +51,59 @@ pub struct LogEntry {
 /// Every job's recent log events, and optionally their files on disk.
 #[derive(Default)]
 pub struct LogStore {
-    jobs: Mutex<HashMap<String, VecDeque<LogEntry>>>,
+    jobs: Mutex<Kept>,
     disk: Mutex<Option<DiskLogs>>,
+}
+
+/// The events kept in memory, bounded in count and bytes.
+#[derive(Default)]
+struct Kept {
+    jobs: HashMap<String, JobLog>,
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct JobLog {
+    entries: VecDeque<LogEntry>,
+    bytes: usize,
+}
+
+impl LogEntry {
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.level.len()
+            + self.task.len()
+            + self.target.len()
+            + self.message.len()
+            + self.trace.len()
+    }
+}
+
+impl Kept {
+    fn push(&mut self, job: &str, e: LogEntry) {
+        let size = e.size();
+        let log = self.jobs.entry(job.to_string()).or_default();
+        log.bytes += size;
+        log.entries.push_back(e);
+        self.bytes += size;
+        while log.entries.len() > PER_JOB || (log.bytes > PER_JOB_BYTES && log.entries.len() > 1) {
+            let Some(old) = log.entries.pop_front() else {
+                break;
+            };
+            log.bytes -= old.size();
+            self.bytes -= old.size();
+        }
+        while self.bytes > ALL_JOBS_BYTES {
+            let Some(largest) = self.jobs.values_mut().max_by_key(|l| l.bytes) else {
+                break;
+            };
+            let Some(old) = largest.entries.pop_front() else {
+                break;
+            };
+            largest.bytes -= old.size();
+            self.bytes -= old.size();
+        }
+    }
 }
 
 /// Per-job log files: `<dir>/<job>.log` as JSON lines, rotated at `max_bytes` into
@@ -53,7 +112,9 @@ pub struct DiskLogs {
     dir: std::path::PathBuf,
     max_bytes: u64,
     keep: usize,
-    open: HashMap<String, (std::fs::File, u64)>,
+    /// Open files: the file, its size, when it was last written (a counter).
+    open: HashMap<String, (std::fs::File, u64, u64)>,
+    writes: u64,
 }
 
 impl DiskLogs {
@@ -65,6 +126,7 @@ impl DiskLogs {
             max_bytes,
             keep,
             open: HashMap::new(),
+            writes: 0,
         })
     }
 
@@ -86,7 +148,8 @@ impl DiskLogs {
         let path = self.dir.join(Self::file_name(job));
         let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        if let Some((_, size)) = self.open.get(job)
+        self.writes += 1;
+        if let Some((_, size, _)) = self.open.get(job)
             && size + line.len() as u64 > self.max_bytes
         {
             self.open.remove(job);
@@ -102,7 +165,17 @@ impl DiskLogs {
                 std::fs::remove_file(&path)?;
             }
         }
-        let (file, size) = match self.open.entry(job.to_string()) {
+        if !self.open.contains_key(job) && self.open.len() >= OPEN_FILES {
+            let oldest = self
+                .open
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.open.remove(&k);
+            }
+        }
+        let (file, size, used) = match self.open.entry(job.to_string()) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
                 use std::os::unix::fs::OpenOptionsExt as _;
@@ -112,9 +185,10 @@ impl DiskLogs {
                     .mode(0o600)
                     .open(&path)?;
                 let len = f.metadata()?.len();
-                v.insert((f, len))
+                v.insert((f, len, 0))
             }
         };
+        *used = self.writes;
         file.write_all(&line)?;
         *size += line.len() as u64;
         Ok(())
@@ -150,12 +224,10 @@ impl LogStore {
             // Not through `tracing`: this is the log writer itself.
             eprintln!("sluice: cannot write the log file of job {job}: {err}");
         }
-        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        let q = jobs.entry(job.to_string()).or_default();
-        if q.len() == PER_JOB {
-            q.pop_front();
-        }
-        q.push_back(e);
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(job, e);
     }
 
     /// A job's events at `min_level` or above, of `task` (substring), containing `text`
@@ -168,8 +240,8 @@ impl LogStore {
         text: Option<&str>,
         limit: usize,
     ) -> Vec<LogEntry> {
-        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(q) = jobs.get(job) else {
+        let kept = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(q) = kept.jobs.get(job).map(|l| &l.entries) else {
             return Vec::new();
         };
         let min = min_level.map_or(0, |l| rank(&l.to_ascii_uppercase()));
@@ -202,28 +274,53 @@ struct Fields {
     trace: String,
 }
 
+/// Appends to a string up to a budget of bytes, then refuses (which stops the
+/// formatting): a field is never formatted whole only to be cut.
+struct Capped<'a> {
+    out: &'a mut String,
+    left: usize,
+}
+
+impl std::fmt::Write for Capped<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if s.len() <= self.left {
+            self.out.push_str(s);
+            self.left -= s.len();
+            return Ok(());
+        }
+        let mut end = self.left;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.out.push_str(&s[..end]);
+        self.out.push_str("… (cut)");
+        self.left = 0;
+        Err(std::fmt::Error)
+    }
+}
+
+/// `value` formatted into `out`, at most `max` bytes of it.
+fn capped(out: &mut String, max: usize, value: std::fmt::Arguments<'_>) {
+    let left = max.saturating_sub(out.len());
+    let _ = std::fmt::Write::write_fmt(&mut Capped { out, left }, value);
+}
+
 impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        match field.name() {
-            "job" => self.job = Some(value.to_string()),
-            "task" => self.task = Some(value.to_string()),
-            "message" => self.message = value.to_string(),
-            "backtrace" => self.trace = value.to_string(),
-            name => {
-                let _ = write!(self.rest, " {name}={value}");
-            }
-        }
+        self.record_debug(field, &format_args!("{value}"));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         match field.name() {
             "job" => self.job = Some(format!("{value:?}")),
             "task" => self.task = Some(format!("{value:?}")),
-            "message" => self.message = format!("{value:?}"),
-            "backtrace" => self.trace = format!("{value:?}"),
-            name => {
-                let _ = write!(self.rest, " {name}={value:?}");
-            }
+            "message" => capped(&mut self.message, MESSAGE_BYTES, format_args!("{value:?}")),
+            "backtrace" => capped(&mut self.trace, TRACE_BYTES, format_args!("{value:?}")),
+            name => capped(
+                &mut self.rest,
+                MESSAGE_BYTES,
+                format_args!(" {name}={value:?}"),
+            ),
         }
     }
 }
@@ -336,5 +433,48 @@ mod tests {
         };
         assert_eq!(n(last(&two)) + 1, n(first(&one)));
         assert_eq!(n(last(&one)) + 1, n(first(&now)));
+    }
+
+    #[test]
+    fn kept_events_are_bounded_in_bytes_and_files_in_handles() {
+        let mut k = Kept::default();
+        let big = |i: usize| LogEntry {
+            message: "x".repeat(1 << 20),
+            ..entry(i)
+        };
+        for i in 0..20 {
+            k.push("a", big(i));
+        }
+        assert!(k.jobs["a"].bytes <= PER_JOB_BYTES, "{}", k.jobs["a"].bytes);
+        // The newest are kept.
+        assert_eq!(k.jobs["a"].entries.back().unwrap().time_ms, 19);
+        for j in 0..40 {
+            k.push(&format!("job-{j}"), big(j));
+            k.push(&format!("job-{j}"), big(j));
+        }
+        assert!(k.bytes <= ALL_JOBS_BYTES, "{}", k.bytes);
+        assert_eq!(
+            k.bytes,
+            k.jobs.values().map(|l| l.bytes).sum::<usize>(),
+            "the byte counts agree"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DiskLogs::new(dir.path().to_path_buf(), 1 << 20, 1).unwrap();
+        for j in 0..100 {
+            d.write(&format!("job-{j}"), &entry(j)).unwrap();
+        }
+        assert!(d.open.len() <= OPEN_FILES);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 100);
+    }
+
+    #[test]
+    fn a_huge_field_is_cut_while_it_is_formatted() {
+        let mut out = String::new();
+        let huge = "y".repeat(10 << 20);
+        capped(&mut out, 100, format_args!("{huge}"));
+        assert!(out.len() < 120 && out.ends_with("(cut)"), "{}", out.len());
+        let mut out = String::from("é");
+        capped(&mut out, 2, format_args!("éé"));
+        assert_eq!(out, "é… (cut)");
     }
 }

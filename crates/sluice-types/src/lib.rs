@@ -17,6 +17,19 @@ pub use batch::{
 pub use error::{ErrorKind, Result, SluiceError, capture_backtraces, panic_message};
 pub use message::{CheckpointBarrier, CheckpointKind, Message, Watermark};
 
+/// `s` cut to at most `max` bytes (on a character boundary), saying how much was left
+/// out: what a log line shows of a payload that may be any size.
+pub fn truncated(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes more)", &s[..end], s.len() - end))
+}
+
 /// Identifies one parallel instance of an operator inside a job.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TaskInfo {

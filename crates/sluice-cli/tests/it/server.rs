@@ -1468,6 +1468,44 @@ fn deep_or_huge_sql_is_refused_and_the_server_lives_on() {
 }
 
 #[test]
+fn a_huge_bad_record_is_cut_in_the_logs_and_job_names_are_unique() {
+    let files = tempfile::tempdir().unwrap();
+    let input = files.path().join("in.jsonl");
+    let huge = format!("{{\"x\": {}\n", "9".repeat(3 << 20));
+    std::fs::write(&input, format!("{{\"x\": 1}}\n{huge}{{\"x\": 2}}\n")).unwrap();
+    let (server, _dir) = start_server(&["--allow-dir", files.path().to_str().unwrap()]);
+    let sql = format!(
+        "CREATE TABLE src (x BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');
+CREATE TABLE dst (x BIGINT) WITH ('connector' = 'blackhole');
+INSERT INTO dst SELECT x FROM src;",
+        input.display()
+    );
+    let body = serde_json::json!({ "sql": sql, "name": "big" }).to_string();
+    let (status, v) = server.call("POST", "/api/jobs", Some(&body));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    let done = server.wait_for(id, "finished", |v| v["status"] != "running");
+    assert_eq!(done["sink_records"], 2, "{done}");
+    let (status, logs) = server.call("GET", &format!("/api/jobs/{id}/logs"), None);
+    assert_eq!(status, 200);
+    let text = logs.to_string();
+    assert!(
+        text.contains("dead letter") && text.contains("bytes more"),
+        "{}",
+        &text[..text.len().min(2000)]
+    );
+    assert!(text.len() < 64 << 10, "{} bytes of logs", text.len());
+    // Another job of the same name would share its logs, consumer group and
+    // transactional ids: refused.
+    let (status, v) = server.call("POST", "/api/jobs", Some(&body));
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("name_taken")),
+        "{v}"
+    );
+}
+
+#[test]
 fn settings_and_window_shapes_that_would_exhaust_the_server_are_refused() {
     let (server, _dir) = start_server(&[]);
     let submit =

@@ -203,6 +203,8 @@ pub(crate) async fn list(State(m): State<Arc<JobManager>>) -> Json<Vec<JobSummar
     responses(
         (status = 201, description = "Submitted", body = Submitted),
         (status = 400, description = "A malformed request or SQL that does not plan", body = ErrorBody),
+        (status = 403, description = "A file outside the allowed directories", body = ErrorBody),
+        (status = 409, description = "A job of that name exists", body = ErrorBody),
         (status = 401, description = "The token is missing or wrong", body = ErrorBody)))]
 pub(crate) async fn submit(
     State(m): State<Arc<JobManager>>,
