@@ -113,6 +113,67 @@ async fn exactly_once_output_survives_repeated_sigkill() {
     assert!(got == expected, "output differs after {kills} kills");
 }
 
+/// A consumer takes published files away as they appear (as a downstream loader
+/// does): restores need only the sink's own in-progress files, and what was published
+/// and taken plus what is left is still exactly the uninterrupted run's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_files_survive_sigkill_while_a_consumer_takes_them_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), 100_000).await;
+    run_to_end(job(&input, &dir.path().join("reference"), &[]));
+    let expected = committed_lines(&dir.path().join("reference/windowed-file"));
+    let out = dir.path().join("crashed");
+    let published = out.join("windowed-file");
+    let taken = dir.path().join("taken");
+    std::fs::create_dir_all(&taken).unwrap();
+    let take = || {
+        for e in std::fs::read_dir(&published).into_iter().flatten() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                std::fs::rename(&p, taken.join(&name)).unwrap();
+            }
+        }
+    };
+    let checkpoints = dir.path().join("checkpoints");
+    let args = [
+        "--rows-per-second",
+        "20000",
+        "--checkpoint-interval",
+        "100ms",
+        "--checkpoint-dir",
+        checkpoints.to_str().unwrap(),
+        "--from-checkpoint",
+        "latest",
+    ];
+    let mut kills = 0;
+    for delay in kill_delays(4, 400, 1_200) {
+        let mut child = job(&input, &out, &args).spawn().unwrap();
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(delay) && child.try_wait().unwrap().is_none()
+        {
+            take();
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            kills += 1;
+        }
+        take();
+    }
+    assert!(kills >= 3, "only {kills} kills hit a running job");
+    run_to_end(job(&input, &out, &args));
+    take();
+    let got = committed_lines(&taken);
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "rows lost or duplicated after {kills} kills"
+    );
+    assert!(got == expected, "output differs after {kills} kills");
+}
+
 /// The newest complete checkpoint is damaged (a state file changed on disk): a restore
 /// from the latest passes over it to the one before and says so. Nothing is lost; what
 /// the damaged checkpoint had committed is written again (at least once for that span,

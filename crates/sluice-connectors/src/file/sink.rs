@@ -323,13 +323,11 @@ impl Operator for FileSinkOperator {
         }
         for s in state.metas::<SinkState>()? {
             for p in s.pending {
-                if !p.temp.exists() && !p.target.exists() {
-                    return Err(SluiceError::external(format!(
-                        "{} belongs to the restored checkpoint but is gone; its rows cannot be published",
-                        p.temp.display()
-                    )));
+                // Its in-progress file gone: it was published before the crash, and
+                // what a consumer did with it since (moved, deleted) is its own affair.
+                if p.temp.exists() {
+                    publish(&p.temp, &p.target)?;
                 }
-                publish(&p.temp, &p.target)?;
             }
         }
         self.delete_leftovers()
