@@ -23,6 +23,7 @@ use sluice_types::{Result, SluiceError};
 #[serde(deny_unknown_fields)]
 pub struct AlertRule {
     /// Unique name.
+    #[schema(min_length = 1)]
     pub name: String,
     /// What makes it fire.
     pub condition: Condition,
@@ -85,6 +86,7 @@ pub struct Webhook {
     pub format: WebhookFormat,
     /// Attempts before giving up (with backoff: 0.5 s, 1 s, 2 s, … up to 30 s).
     #[serde(default = "default_attempts")]
+    #[schema(minimum = 1)]
     pub max_attempts: u32,
     /// For `https://`: PEM certificates trusted besides the system's (a private CA).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -217,12 +217,15 @@ fn load_api_rules(data_dir: &std::path::Path) -> Vec<crate::alerts::AlertRule> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Submit {
     /// The SQL script (its `INSERT INTO` statements form the job).
+    #[schema(min_length = 1)]
     pub sql: String,
     /// Job name (default `job-<id>`).
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub name: Option<String>,
     /// Default parallelism.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 32768)]
     pub parallelism: Option<usize>,
     /// Start from this savepoint (or checkpoint) directory.
     #[serde(default)]

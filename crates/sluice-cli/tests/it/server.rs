@@ -1573,6 +1573,57 @@ fn connections_that_send_nothing_are_closed_and_do_not_crowd_out_others() {
     }
 }
 
+#[test]
+fn every_error_answer_of_the_api_is_json_and_bodyless_calls_need_no_type() {
+    use std::io::{Read, Write};
+    let (server, _dir) = start_server(&[]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let raw = |request: &str| {
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        conn.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        answer
+    };
+    for (request, status, code) in [
+        // The framework's own refusals: a query string that does not parse, a method
+        // not served.
+        (
+            "GET /api/jobs/1/logs?limit=1&limit=2 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            "400",
+            "bad_request",
+        ),
+        (
+            "TRACE /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            "405",
+            "method_not_allowed",
+        ),
+        // A call without a body needs no content type (and a missing job is a 404).
+        (
+            "POST /api/jobs/7/cancel HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "404",
+            "not_found",
+        ),
+        // An empty form post still is not JSON.
+        (
+            "POST /api/jobs/7/cancel HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "415",
+            "json_required",
+        ),
+    ] {
+        let answer = raw(request);
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{answer}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{answer}"
+        );
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], code, "{answer}");
+    }
+}
+
 /// One raw HTTP/1.1 request (headers as given, `Host` included): its status code.
 fn raw_status(url: &str, request: &str) -> u16 {
     use std::io::{Read, Write};

@@ -67,6 +67,7 @@ pub(crate) async fn alerts(State(m): State<Arc<JobManager>>) -> Json<AlertsView>
         (status = 201, description = "Added", body = RuleAdded),
         (status = 400, description = "A malformed rule", body = ErrorBody),
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 415, description = "A body that is not JSON", body = ErrorBody),
         (status = 403, description = "The ca_file is outside the allowed directories", body = ErrorBody),
         (status = 409, description = "A rule of that name exists", body = ErrorBody)))]
 pub(crate) async fn add_alert_rule(
@@ -108,6 +109,7 @@ pub(crate) async fn add_alert_rule(
     responses(
         (status = 200, description = "Deleted", body = RuleDeleted),
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 415, description = "A body that is not JSON", body = ErrorBody),
         (status = 404, description = "No such rule", body = ErrorBody)))]
 pub(crate) async fn delete_alert_rule(
     State(m): State<Arc<JobManager>>,

@@ -205,7 +205,8 @@ pub(crate) async fn list(State(m): State<Arc<JobManager>>) -> Json<Vec<JobSummar
         (status = 400, description = "A malformed request or SQL that does not plan", body = ErrorBody),
         (status = 403, description = "A file outside the allowed directories", body = ErrorBody),
         (status = 409, description = "A job of that name exists", body = ErrorBody),
-        (status = 401, description = "The token is missing or wrong", body = ErrorBody)))]
+        (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 415, description = "A body that is not JSON", body = ErrorBody)))]
 pub(crate) async fn submit(
     State(m): State<Arc<JobManager>>,
     body: axum::body::Bytes,
@@ -275,6 +276,7 @@ pub(crate) async fn detail(
         (status = 202, description = "Cancelling", body = Cancelling),
         (status = 400, description = "The id is not a number", body = ErrorBody),
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 415, description = "A body that is not JSON", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "The job is not running", body = ErrorBody)))]
 pub(crate) async fn cancel(
@@ -329,6 +331,7 @@ pub(crate) async fn lineage_all(State(m): State<Arc<JobManager>>) -> Json<Vec<Jo
         (status = 200, description = "The savepoint was taken", body = SavepointTaken),
         (status = 400, description = "A malformed request", body = ErrorBody),
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
+        (status = 415, description = "A body that is not JSON", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "The job is not running, or the savepoint failed", body = ErrorBody)))]
 pub(crate) async fn savepoint(

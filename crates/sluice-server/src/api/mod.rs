@@ -151,7 +151,8 @@ async fn browser_guard(
     // With a token, nothing of the API or the metrics is open; the dashboard's pages
     // and assets are (they hold no data: their script asks the API, with the token).
     let path = req.uri().path();
-    if (path.starts_with("/api/") || path == "/metrics") && !manager.authorized(headers) {
+    let api = path.starts_with("/api/") || path == "/metrics";
+    if api && !manager.authorized(headers) {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -159,13 +160,27 @@ async fn browser_guard(
         )
         .into_response();
     }
-    let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let writes = matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    );
     if writes {
-        let json = headers
+        let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(';').next())
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+            .map(str::trim);
+        let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+            || headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|n| n.trim() != "0");
+        // A body must be JSON; a call without one (cancel, delete) may name no type,
+        // but never another one (an empty form post from a page of another site).
+        let json = match content_type {
+            Some(t) => t.eq_ignore_ascii_case("application/json"),
+            None => !has_body,
+        };
         if !json {
             return ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -189,7 +204,51 @@ async fn browser_guard(
             }
         }
     }
-    next.run(req).await
+    let resp = next.run(req).await;
+    match api {
+        true => json_errors(resp).await,
+        false => resp,
+    }
+}
+
+/// Every error answer in the API's JSON form: the framework's own refusals (a query
+/// string or path that does not parse, a method not served, a body too large) come as
+/// plain text and are wrapped.
+async fn json_errors(resp: Response) -> Response {
+    use axum::http::header;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::NOT_FOUND => "not_found",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_string(),
+        t => t.to_string(),
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    // Keep what the framework said besides (`Allow` on a 405).
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// Whether a `Host` header names this machine: `localhost` or a loopback address, with

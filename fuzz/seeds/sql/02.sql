@@ -1,0 +1,1 @@
+INSERT INTO sink SELECT bidder, SUM(price) FILTER (WHERE price > 5) FROM TABLE(HOP(TABLE bid, DESCRIPTOR(date_time), INTERVAL '2' SECOND, INTERVAL '10' SECOND)) GROUP BY bidder, window_start, window_end;

@@ -1,0 +1,1 @@
+INSERT INTO sink SELECT auction, COUNT(DISTINCT bidder) FROM bid GROUP BY auction;

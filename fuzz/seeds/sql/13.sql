@@ -1,0 +1,1 @@
+INSERT INTO sink SELECT x.auction, x.n, y.m FROM (SELECT auction, COUNT(*) AS n FROM bid GROUP BY auction) x JOIN (SELECT auction, MAX(price) AS m FROM bid GROUP BY auction) y ON x.auction = y.auction;

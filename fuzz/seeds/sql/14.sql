@@ -1,0 +1,1 @@
+INSERT INTO sink SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC, date_time ASC) AS rn FROM bid) WHERE rn <= 1;
