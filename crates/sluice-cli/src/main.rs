@@ -201,7 +201,8 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Cancel a job on a server.
+    /// Cancel a job on a server: it stops where it is, open windows dropped (stop it with
+    /// a savepoint to end it cleanly).
     Cancel {
         /// The job id.
         id: u64,

@@ -646,6 +646,7 @@ impl PreparedJob {
         }
 
         let mut tasks = JoinSet::new();
+        let mut aborts = Vec::new();
         let mut controls = Vec::new();
         for (t, chain_nodes) in self.chains.iter().enumerate() {
             let p = plan.nodes[chain_nodes[0]].parallelism;
@@ -737,24 +738,28 @@ impl PreparedJob {
                 match source {
                     Some(mut src) => {
                         src.checkpoints = cp;
-                        tasks.spawn(
-                            crate::isolate::guarded(name, async move {
-                                restore_chain(&mut chain, restored_slots, &task_stats).await?;
-                                run_source_task(src, chain).await
-                            })
-                            .instrument(span),
+                        aborts.push(
+                            tasks.spawn(
+                                crate::isolate::guarded(name, async move {
+                                    restore_chain(&mut chain, restored_slots, &task_stats).await?;
+                                    run_source_task(src, chain).await
+                                })
+                                .instrument(span),
+                            ),
                         );
                     }
                     None => {
                         let align = cfg.delivery == DeliveryGuarantee::ExactlyOnce;
                         let (receivers, input_of): (Vec<_>, Vec<_>) = receivers.into_iter().unzip();
                         let inputs = Inputs::with_inputs(receivers, input_of, align);
-                        tasks.spawn(
-                            crate::isolate::guarded(name, async move {
-                                restore_chain(&mut chain, restored_slots, &task_stats).await?;
-                                run_operator_task(chain, inputs, cp).await
-                            })
-                            .instrument(span),
+                        aborts.push(
+                            tasks.spawn(
+                                crate::isolate::guarded(name, async move {
+                                    restore_chain(&mut chain, restored_slots, &task_stats).await?;
+                                    run_operator_task(chain, inputs, cp).await
+                                })
+                                .instrument(span),
+                            ),
                         );
                     }
                 }
@@ -796,12 +801,14 @@ impl PreparedJob {
                 final_checkpoint: cfg.delivery == DeliveryGuarantee::ExactlyOnce,
             };
             let span = tracing::info_span!("task", job = %plan.name, task = "checkpoints");
-            tasks.spawn(
-                crate::isolate::guarded("checkpoints".into(), async move {
-                    runner.run().await;
-                    Ok(())
-                })
-                .instrument(span),
+            aborts.push(
+                tasks.spawn(
+                    crate::isolate::guarded("checkpoints".into(), async move {
+                        runner.run().await;
+                        Ok(())
+                    })
+                    .instrument(span),
+                ),
             );
         }
         let job_metrics = Arc::new(JobMetrics {
@@ -823,6 +830,7 @@ impl PreparedJob {
         Ok(JobHandle {
             name: plan.name.clone(),
             tasks,
+            aborts: Arc::new(aborts),
             controls,
             metrics: job_metrics,
             requests: requests_tx,
@@ -834,19 +842,31 @@ impl PreparedJob {
 pub struct JobHandle {
     name: String,
     tasks: JoinSet<std::result::Result<(), (String, SluiceError)>>,
+    aborts: Arc<Vec<tokio::task::AbortHandle>>,
     controls: Vec<mpsc::Sender<SourceControl>>,
     metrics: Arc<JobMetrics>,
     requests: mpsc::Sender<Request>,
 }
 
-/// A cloneable way to stop a running job gracefully.
+/// A cloneable way to stop a running job: gracefully, or by cancelling it.
 #[derive(Clone)]
 pub struct StopHandle {
+    aborts: Arc<Vec<tokio::task::AbortHandle>>,
     controls: Vec<mpsc::Sender<SourceControl>>,
     requests: mpsc::Sender<Request>,
 }
 
 impl StopHandle {
+    /// Cancels the job, as Flink's cancel does: every task stops where it is (at its
+    /// next wait: a send, a receive, a read), nothing more is emitted, open windows are
+    /// dropped, no final checkpoint is taken and exactly-once sinks commit nothing
+    /// more. [`JobHandle::wait`] then returns as for a finished job.
+    pub fn cancel(&self) {
+        for a in self.aborts.iter() {
+            a.abort();
+        }
+    }
+
     /// Asks every source to end its stream: the job flushes and finishes.
     pub async fn stop(&self) {
         for c in &self.controls {
@@ -879,6 +899,7 @@ impl JobHandle {
     /// A handle that stops the job gracefully.
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle {
+            aborts: Arc::clone(&self.aborts),
             controls: self.controls.clone(),
             requests: self.requests.clone(),
         }

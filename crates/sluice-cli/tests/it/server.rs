@@ -1505,6 +1505,64 @@ INSERT INTO dst SELECT x FROM src;",
     );
 }
 
+/// Cancel is Flink's cancel, not a drain: the job stops where it is and open windows
+/// are dropped, not written as if they were complete.
+#[test]
+fn cancel_stops_a_job_where_it_is_without_flushing_open_windows() {
+    let files = tempfile::tempdir().unwrap();
+    let out = files.path().join("out");
+    let (server, _dir) = start_server(&["--allow-dir", files.path().to_str().unwrap()]);
+    // A day-long window over a paced generator: it never closes while the job runs.
+    let sql = format!(
+        "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'rate-limit' = '2000');
+CREATE TABLE sink (n BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');
+INSERT INTO sink SELECT COUNT(*) FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '1' DAY)) GROUP BY window_start, window_end;",
+        out.display()
+    );
+    let (status, v) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(&serde_json::json!({ "sql": sql }).to_string()),
+    );
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    server.wait_for(id, "rows", |v| {
+        v["source_records"].as_u64().unwrap_or(0) > 100
+    });
+    let (status, v) = server.call("POST", &format!("/api/jobs/{id}/cancel"), None);
+    assert_eq!(status, 202, "{v}");
+    server.wait_for(id, "cancelled", |v| v["status"] == "cancelled");
+    // Its tasks go (the job stops reading) and the open window writes nothing.
+    let start = std::time::Instant::now();
+    let later = loop {
+        let (_, a) = server.call("GET", &format!("/api/jobs/{id}"), None);
+        std::thread::sleep(Duration::from_millis(300));
+        let (_, b) = server.call("GET", &format!("/api/jobs/{id}"), None);
+        if a["source_records"] == b["source_records"] {
+            break b;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "still reading: {b}"
+        );
+    };
+    assert_eq!(later["sink_records"], 0, "{later}");
+    let written: usize = std::fs::read_dir(&out)
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| {
+                    std::fs::read_to_string(e.path())
+                        .unwrap_or_default()
+                        .lines()
+                        .count()
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    assert_eq!(written, 0, "a cancelled job wrote its open window");
+}
+
 #[test]
 fn settings_and_window_shapes_that_would_exhaust_the_server_are_refused() {
     let (server, _dir) = start_server(&[]);

@@ -295,7 +295,7 @@ pub(crate) async fn cancel(
         }
         st.0 = JobStatus::Cancelled;
     }
-    j.stop_handle().stop().await;
+    j.stop_handle().cancel();
     Ok((
         StatusCode::ACCEPTED,
         Json(Cancelling {
