@@ -1,0 +1,5 @@
+-- SESSION with PARTITION BY (Flink 1.19+): each bidder's sessions of bids at most 10 s apart.
+INSERT INTO nexmark_sink
+SELECT bidder, COUNT(*) AS bid_count, window_start, window_end
+FROM TABLE(SESSION(TABLE bid PARTITION BY bidder, DESCRIPTOR(dateTime), INTERVAL '10' SECOND))
+GROUP BY bidder, window_start, window_end;
