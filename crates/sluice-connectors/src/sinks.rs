@@ -124,29 +124,89 @@ impl SinkConnector for PrintConnector {
 
 /// Writes `batch`'s rows as Flink prints rows: `+I[1001, auction, null]`, one per line.
 pub fn print_rows(batch: &Batch, prefix: &str, out: &mut Vec<u8>) -> Result<()> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Int64Type, TimeUnit};
     use arrow::util::display::{ArrayFormatter, FormatOptions};
     let rows = batch.user_columns();
     let options = FormatOptions::default().with_null("null");
-    let formatters = rows
+    /// How one column prints: Arrow's display, or (for a TIMESTAMP without time zone:
+    /// its values as integers, units per second) as Java's `LocalDateTime.toString`,
+    /// which is what Flink prints.
+    enum Column<'a> {
+        Arrow(ArrayFormatter<'a>),
+        Timestamp(arrow::array::ArrayRef, i64),
+    }
+    let columns = rows
         .columns()
         .iter()
-        .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+        .map(|c| -> Result<Column<'_>> {
+            Ok(match c.data_type() {
+                DataType::Timestamp(unit, None) => {
+                    let per_second = match unit {
+                        TimeUnit::Second => 1,
+                        TimeUnit::Millisecond => 1_000,
+                        TimeUnit::Microsecond => 1_000_000,
+                        TimeUnit::Nanosecond => 1_000_000_000,
+                    };
+                    Column::Timestamp(arrow::compute::cast(c, &DataType::Int64)?, per_second)
+                }
+                _ => Column::Arrow(ArrayFormatter::try_new(c.as_ref(), &options)?),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let fail =
+        |e: std::io::Error| SluiceError::internal("formatting a printed row failed").with_source(e);
     for (i, kind) in batch.kinds().enumerate() {
         out.extend_from_slice(prefix.as_bytes());
         out.extend_from_slice(kind.short().as_bytes());
         out.push(b'[');
-        for (c, f) in formatters.iter().enumerate() {
+        for (c, col) in columns.iter().enumerate() {
             if c > 0 {
                 out.extend_from_slice(b", ");
             }
-            write!(out, "{}", f.value(i)).map_err(|e| {
-                SluiceError::internal("formatting a printed row failed").with_source(e)
-            })?;
+            match col {
+                Column::Arrow(f) => write!(out, "{}", f.value(i)).map_err(fail)?,
+                Column::Timestamp(a, _) if a.is_null(i) => out.extend_from_slice(b"null"),
+                Column::Timestamp(a, per_second) => {
+                    java_local_date_time(a.as_primitive::<Int64Type>().value(i), *per_second, out)
+                }
+            }
         }
         out.extend_from_slice(b"]\n");
     }
     Ok(())
+}
+
+/// `value` (in units of which there are `per_second` in a second, since the epoch) as
+/// Java's `LocalDateTime.toString` writes it: `2024-05-01T10:00` when seconds and
+/// fraction are zero, `…T10:00:05` when the fraction is, otherwise with 3, 6 or 9
+/// fraction digits, as few as show it exactly.
+fn java_local_date_time(value: i64, per_second: i64, out: &mut Vec<u8>) {
+    let secs = value.div_euclid(per_second);
+    let nanos = value.rem_euclid(per_second) * (1_000_000_000 / per_second);
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days to a civil date (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (sod / 3_600, sod % 3_600 / 60, sod % 60);
+    let _ = write!(out, "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}");
+    if s != 0 || nanos != 0 {
+        let _ = write!(out, ":{s:02}");
+    }
+    if nanos != 0 {
+        let _ = match (nanos % 1_000_000, nanos % 1_000) {
+            (0, _) => write!(out, ".{:03}", nanos / 1_000_000),
+            (_, 0) => write!(out, ".{:06}", nanos / 1_000),
+            _ => write!(out, ".{nanos:09}"),
+        };
+    }
 }
 
 #[async_trait]
@@ -255,5 +315,32 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "out:2> -U[a, 1]\nout:2> +U[a, 2]\nout:2> -D[null, 3]\n"
         );
+    }
+
+    #[test]
+    fn timestamps_print_as_java_prints_a_local_date_time() {
+        let cases = [
+            (0, 1_000, "1970-01-01T00:00"),
+            (1_714_557_600_000, 1_000, "2024-05-01T10:00"),
+            (1_714_557_605_000, 1_000, "2024-05-01T10:00:05"),
+            (1_714_557_605_120, 1_000, "2024-05-01T10:00:05.120"),
+            (
+                1_714_557_605_123_400,
+                1_000_000,
+                "2024-05-01T10:00:05.123400",
+            ),
+            (
+                1_714_557_605_123_456_789,
+                1_000_000_000,
+                "2024-05-01T10:00:05.123456789",
+            ),
+            (-1, 1_000, "1969-12-31T23:59:59.999"),
+            (951_782_400_000, 1_000, "2000-02-29T00:00"),
+        ];
+        for (v, per_second, want) in cases {
+            let mut out = Vec::new();
+            java_local_date_time(v, per_second, &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{v}");
+        }
     }
 }
