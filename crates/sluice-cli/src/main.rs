@@ -584,6 +584,11 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 (!quiet).then(|| tokio::spawn(progress_loop(Arc::clone(&current), start)));
             let result = pipeline
                 .run_with_restarts(checkpoints.restart_strategy()?, |h| {
+                    // Say what the job resumed from (quiet or not): a run that restored
+                    // nothing starts from the beginning of its input.
+                    if let Some(r) = h.metrics().checkpoints.restored.get() {
+                        eprintln!("resumed from {} {} at {}", r.kind, r.epoch, r.location);
+                    }
                     *current.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some((h.metrics(), h.stop_handle()));
                 })

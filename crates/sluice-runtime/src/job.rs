@@ -47,6 +47,8 @@ use crate::task::{
 struct Restore {
     manifest: Manifest,
     tables: HashMap<String, Arc<Vec<arrow::array::RecordBatch>>>,
+    /// Where it was read from.
+    location: String,
 }
 
 impl Restore {
@@ -500,7 +502,15 @@ impl PreparedJob {
             job = %plan.name, epoch = manifest.epoch, kind = %manifest.kind,
             read_ms = started.elapsed().as_millis() as u64, "restoring from {}/{dir}", storage.location()
         );
-        Ok(Restore { manifest, tables })
+        let location = match dir {
+            "" => storage.location().to_string(),
+            d => format!("{}/{d}", storage.location().trim_end_matches('/')),
+        };
+        Ok(Restore {
+            manifest,
+            tables,
+            location,
+        })
     }
 
     /// Starts the job on the current tokio runtime (restoring first if configured).
@@ -525,10 +535,15 @@ impl PreparedJob {
         let stats = Arc::new(CheckpointStats::default());
         let read_started = std::time::Instant::now();
         let restore = self.load_restore(checkpoints.as_ref()).await?;
-        if restore.is_some() {
+        if let Some(r) = &restore {
             stats
                 .restore_read_ms
                 .store(read_started.elapsed().as_millis() as u64, Relaxed);
+            let _ = stats.restored.set(crate::metrics::RestoredFrom {
+                epoch: r.manifest.epoch,
+                kind: r.manifest.kind.clone(),
+                location: r.location.clone(),
+            });
         }
         let first_epoch = match &checkpoints {
             Some(s) => {

@@ -337,7 +337,20 @@ pub struct CheckpointStats {
     pub restore_read_ms: AtomicU64,
     /// Restore at start-up: the slowest task handing state to its operators (ms).
     pub restore_tasks_ms: AtomicU64,
+    /// What this attempt of the job restored, if anything.
+    pub restored: std::sync::OnceLock<RestoredFrom>,
     history: Mutex<VecDeque<CheckpointRecord>>,
+}
+
+/// The checkpoint or savepoint a job started from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoredFrom {
+    /// Its checkpoint id.
+    pub epoch: u64,
+    /// `checkpoint`, `savepoint` or `final`.
+    pub kind: String,
+    /// Where it is.
+    pub location: String,
 }
 
 /// Checkpoints kept in the history.

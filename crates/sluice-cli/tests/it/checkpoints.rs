@@ -86,7 +86,11 @@ fn crash_file_job(input: &Path, out: &Path, checkpoints: &Path, delivery: &str) 
         "--from-checkpoint",
         "latest",
     ];
-    crate::support::crash_and_restart(|| job(input, out, &args), &kill_delays(6, 300, 1_000))
+    crate::support::crash_and_restart(
+        || job(input, out, &args),
+        &kill_delays(6, 300, 1_000),
+        checkpoints,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -416,7 +416,7 @@ async fn at_least_once_sink_through_repeated_sigkill_loses_nothing() {
     ];
     // Aligned checkpoints (the job's default) with an at-least-once sink: after each
     // kill the sink may write again what it wrote since the last checkpoint.
-    let kills = crash_and_restart(|| sluice_run(&sql, &args), &kill_delays(5, 300, 1_200));
+    let kills = crash_and_restart(|| sluice_run(&sql, &args), &kill_delays(5, 300, 1_200), &cp);
     assert!(kills >= 3, "only {kills} kills hit a running job");
 
     // No loss: every window of the batch answer, with its exact value (a replayed
@@ -503,7 +503,7 @@ async fn exactly_once_through_repeated_sigkill_on_the_mock_cluster() {
         "--from-checkpoint",
         "latest",
     ];
-    let kills = crash_and_restart(|| sluice_run(&sql, &args), &kill_delays(5, 300, 1_200));
+    let kills = crash_and_restart(|| sluice_run(&sql, &args), &kill_delays(5, 300, 1_200), &cp);
     assert!(kills >= 3, "only {kills} kills hit a running job");
 
     // Exactly the batch answer: every window once, with its value.

@@ -510,8 +510,50 @@ pub fn kill_delays(n: usize, min_ms: u64, max_ms: u64) -> Vec<u64> {
 /// Runs the job `job()` builds, killing it with SIGKILL after each delay (each run
 /// restarts from where the last left off, as the job's arguments say), then lets a last
 /// run finish. Returns how many kills hit a running job.
-pub fn crash_and_restart(job: impl Fn() -> std::process::Command, delays: &[u64]) -> usize {
+///
+/// A restore must really restore: every run after a kill that came once the job had
+/// completed a checkpoint (in `checkpoints`) must say it resumed from one (`resumed from
+/// checkpoint N`), and from one at least as new as the newest there was at the kill.
+/// Without this, a resumed run that started from scratch would produce the same final
+/// output and pass.
+pub fn crash_and_restart(
+    job: impl Fn() -> std::process::Command,
+    delays: &[u64],
+    checkpoints: &std::path::Path,
+) -> usize {
+    // The newest complete checkpoint's epoch in the directory (manifests mark them).
+    let newest = |dir: &std::path::Path| -> Option<u64> {
+        std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("_manifest.json").exists())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_prefix("chk-")
+                    .and_then(|n| n.parse().ok())
+            })
+            .max()
+    };
     let mut kills = 0;
+    // The newest checkpoint at the last kill: the next run must resume from it or later.
+    let mut must_resume_from: Option<u64> = None;
+    let check_resumed = |stderr: &str, must: Option<u64>| {
+        let Some(must) = must else { return };
+        // `resumed from <checkpoint | final | savepoint> <epoch> at <location>`
+        let epoch = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("resumed from "))
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<u64>().ok());
+        match epoch {
+            Some(e) => assert!(
+                e >= must,
+                "resumed from checkpoint {e}, older than {must}: {stderr}"
+            ),
+            None => panic!("a run after a kill did not restore checkpoint {must}: {stderr}"),
+        }
+    };
     for &delay in delays {
         let mut child = job().spawn().unwrap();
         let start = std::time::Instant::now();
@@ -521,22 +563,26 @@ pub fn crash_and_restart(job: impl Fn() -> std::process::Command, delays: &[u64]
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        match child.try_wait().unwrap() {
-            Some(status) => {
-                let mut err = String::new();
-                if let Some(e) = child.stderr.as_mut() {
-                    std::io::Read::read_to_string(e, &mut err).unwrap();
-                }
-                assert!(status.success(), "job failed before the kill: {err}");
-            }
-            None => {
-                // std's kill sends SIGKILL on Unix: no clean-up, no flush, no commit.
-                child.kill().unwrap();
-                child.wait().unwrap();
-                kills += 1;
-            }
+        let ended = child.try_wait().unwrap();
+        if ended.is_none() {
+            // std's kill sends SIGKILL on Unix: no clean-up, no flush, no commit.
+            child.kill().unwrap();
+            child.wait().unwrap();
+            kills += 1;
         }
+        let mut err = String::new();
+        if let Some(e) = child.stderr.as_mut() {
+            std::io::Read::read_to_string(e, &mut err).unwrap();
+        }
+        if let Some(status) = ended {
+            assert!(status.success(), "job failed before the kill: {err}");
+        }
+        check_resumed(&err, must_resume_from);
+        must_resume_from = newest(checkpoints);
     }
-    run_to_end(job());
+    let out = job().output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "job failed: {err}");
+    check_resumed(&err, must_resume_from);
     kills
 }
