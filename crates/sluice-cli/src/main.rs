@@ -557,6 +557,18 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             // The running attempt's metrics and stop handle (a restart replaces them).
             let current: Current = Arc::new(Mutex::new(None));
             let savepoint = checkpoints.stop_with_savepoint;
+            // `--from-checkpoint latest` with nothing to resume from starts at the
+            // beginning: say so, and where it looked (a misspelled directory shows here).
+            let fresh_note =
+                (checkpoints.from_checkpoint.as_deref() == Some("latest")).then(|| {
+                    format!(
+                        "no completed checkpoint in {}: starting from the beginning of the input",
+                        checkpoints
+                            .checkpoint_dir
+                            .as_deref()
+                            .unwrap_or("the default checkpoint directory")
+                    )
+                });
             let cell = Arc::clone(&current);
             tokio::spawn(async move {
                 if tokio::signal::ctrl_c().await.is_ok() {
@@ -586,8 +598,12 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 .run_with_restarts(checkpoints.restart_strategy()?, |h| {
                     // Say what the job resumed from (quiet or not): a run that restored
                     // nothing starts from the beginning of its input.
-                    if let Some(r) = h.metrics().checkpoints.restored.get() {
-                        eprintln!("resumed from {} {} at {}", r.kind, r.epoch, r.location);
+                    match (h.metrics().checkpoints.restored.get(), &fresh_note) {
+                        (Some(r), _) => {
+                            eprintln!("resumed from {} {} at {}", r.kind, r.epoch, r.location)
+                        }
+                        (None, Some(note)) => eprintln!("{note}"),
+                        (None, None) => {}
                     }
                     *current.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some((h.metrics(), h.stop_handle()));

@@ -539,6 +539,11 @@ pub fn crash_and_restart(
     // The newest checkpoint at the last kill: the next run must resume from it or later.
     let mut must_resume_from: Option<u64> = None;
     let check_resumed = |stderr: &str, must: Option<u64>| {
+        // Every run says where it starts: a checkpoint, or the beginning.
+        assert!(
+            stderr.contains("resumed from ") || stderr.contains("no completed checkpoint in "),
+            "a run did not say where it started: {stderr}"
+        );
         let Some(must) = must else { return };
         // `resumed from <checkpoint | final | savepoint> <epoch> at <location>`
         let epoch = stderr
