@@ -235,9 +235,14 @@ struct CheckpointArgs {
     /// or from a checkpoint or savepoint directory.
     #[arg(long)]
     from_checkpoint: Option<String>,
-    /// On Ctrl-C take a savepoint and stop (instead of draining the input).
+    /// On Ctrl-C take a savepoint and stop (resume from it later).
     #[arg(long)]
     stop_with_savepoint: bool,
+    /// On Ctrl-C end the input and flush everything, open windows firing as if the input
+    /// had ended (Flink's `stop --drain`). Without it, Ctrl-C cancels: the job stops where
+    /// it is and open windows are dropped.
+    #[arg(long, conflicts_with = "stop_with_savepoint")]
+    drain: bool,
     /// How a failed job restarts (from its latest checkpoint): `none`, `fixed-delay`
     /// (`--restart-attempts`, `--restart-delay`), `exponential-delay` (`--restart-delay`
     /// first, times `--restart-multiplier`, at most `--restart-max-delay`, ±
@@ -557,6 +562,8 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             // The running attempt's metrics and stop handle (a restart replaces them).
             let current: Current = Arc::new(Mutex::new(None));
             let savepoint = checkpoints.stop_with_savepoint;
+            let drain = checkpoints.drain;
+            let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
             // `--from-checkpoint latest` with nothing to resume from starts at the
             // beginning: say so, and where it looked (a misspelled directory shows here).
             let fresh_note =
@@ -570,6 +577,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     )
                 });
             let cell = Arc::clone(&current);
+            let cancel_flag = Arc::clone(&cancelled);
             tokio::spawn(async move {
                 if tokio::signal::ctrl_c().await.is_ok() {
                     let Some((_, stop)) = cell.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -585,9 +593,15 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                                 stop.stop().await;
                             }
                         }
-                    } else {
-                        eprintln!("\nstopping: draining in-flight data…");
+                    } else if drain {
+                        eprintln!("\nstopping: ending the input and flushing everything…");
                         stop.stop().await;
+                    } else {
+                        eprintln!(
+                            "\ncancelled: the job stops where it is, open windows are dropped (--drain flushes them, --stop-with-savepoint keeps them for later)"
+                        );
+                        cancel_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        stop.cancel();
                     }
                 }
             });
@@ -632,6 +646,10 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             );
             if let Some(out) = out_hint {
                 eprintln!("output: {}", out.display());
+            }
+            if cancelled.load(std::sync::atomic::Ordering::SeqCst) {
+                // As shells report an interrupted command: the output is not complete.
+                std::process::exit(130);
             }
             Ok(())
         }

@@ -117,6 +117,68 @@ async fn exactly_once_output_survives_repeated_sigkill() {
     assert!(got == expected, "output differs after {kills} kills");
 }
 
+/// Ctrl-C cancels, as Flink's cancel does: the job stops where it is and its open window
+/// is not written; with `--drain` the input ends and the open window is written as if
+/// complete (Flink's `stop --drain`).
+#[test]
+fn ctrl_c_cancels_without_a_partial_window_and_drain_writes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| -> (Option<i32>, String, usize) {
+        let out = dir.path().join(name);
+        let script = dir.path().join(format!("{name}.sql"));
+        std::fs::write(
+            &script,
+            format!(
+                "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'rate-limit' = '2000');
+CREATE TABLE sink (n BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');
+INSERT INTO sink SELECT COUNT(*) FROM TABLE(TUMBLE(TABLE bid, DESCRIPTOR(date_time), INTERVAL '1' DAY))
+GROUP BY window_start, window_end;",
+                out.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg(&script)
+            .arg("--quiet")
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let sent = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let done = child.wait_with_output().unwrap();
+        let rows: usize = std::fs::read_dir(&out)
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap().lines().count())
+                    .sum()
+            })
+            .unwrap_or(0);
+        (
+            done.status.code(),
+            String::from_utf8_lossy(&done.stderr).into_owned(),
+            rows,
+        )
+    };
+    let (code, stderr, rows) = run("cancelled", &[]);
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains("cancelled"), "{stderr}");
+    assert_eq!(rows, 0, "a cancelled run wrote its open window: {stderr}");
+    let (code, stderr, rows) = run("drained", &["--drain"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        rows >= 1,
+        "a drained run did not write its open window: {stderr}"
+    );
+}
+
 /// A consumer takes published files away as they appear (as a downstream loader
 /// does): restores need only the sink's own in-progress files, and what was published
 /// and taken plus what is left is still exactly the uninterrupted run's output.
