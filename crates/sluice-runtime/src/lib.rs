@@ -24,6 +24,6 @@ pub use job::{JobHandle, PreparedJob, StopHandle};
 pub use operator::{Collector, Operator, OperatorContext, TimeDomain, VecCollector};
 pub use source::{
     ConnectorRegistry, FileGuard, Location, NamedFile, ReadResult, SinkConnector, SourceConnector,
-    SourceReader, Split, append_only_sink_error, files_by_name, is_url_scheme,
+    SourceReader, Split, append_only_sink_error, files_by_name,
 };
 pub use state::{OperatorState, RestoredState};

@@ -358,7 +358,7 @@ impl Location {
 }
 
 /// Whether `s` is a URL scheme (RFC 3986: a letter, then letters, digits, `+ - .`).
-pub fn is_url_scheme(s: &str) -> bool {
+fn is_url_scheme(s: &str) -> bool {
     let mut c = s.chars();
     c.next().is_some_and(|f| f.is_ascii_alphabetic())
         && c.all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '+' | '-' | '.'))

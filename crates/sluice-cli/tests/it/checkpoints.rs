@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sluice::prelude::*;
 
-use crate::support::{kill_delays, run_to_end};
+use crate::support::{committed_lines, kill_delays, run_to_end};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -51,30 +51,10 @@ fn job(input: &Path, out: &Path, extra: &[&str]) -> Command {
     c
 }
 
-/// Every line of the committed (visible, not in-progress) output files, sorted.
-fn committed_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return lines;
-    };
-    for e in entries {
-        let path = e.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).unwrap();
-        lines.extend(text.lines().map(str::to_string));
-    }
-    lines.sort();
-    lines
-}
-
-/// Runs the checkpointed job, killing it with SIGKILL after each delay and restarting it
-/// from its latest checkpoint, then lets the last run finish. Returns how many kills hit
-/// a running job.
-fn crash_file_job(input: &Path, out: &Path, checkpoints: &Path, delivery: &str) -> usize {
-    let args = [
+/// The arguments of a job that checkpoints every 100 ms into `checkpoints` and resumes
+/// from the latest one, its sources paced at 20 000 rows per second.
+fn checkpointed<'a>(checkpoints: &'a Path, delivery: &'a str) -> [&'a str; 10] {
+    [
         "--rows-per-second",
         "20000",
         "--checkpoint-interval",
@@ -85,7 +65,14 @@ fn crash_file_job(input: &Path, out: &Path, checkpoints: &Path, delivery: &str) 
         delivery,
         "--from-checkpoint",
         "latest",
-    ];
+    ]
+}
+
+/// Runs the checkpointed job, killing it with SIGKILL after each delay and restarting it
+/// from its latest checkpoint, then lets the last run finish. Returns how many kills hit
+/// a running job.
+fn crash_file_job(input: &Path, out: &Path, checkpoints: &Path, delivery: &str) -> usize {
+    let args = checkpointed(checkpoints, delivery);
     crate::support::crash_and_restart(
         || job(input, out, &args),
         &kill_delays(6, 300, 1_000),
@@ -153,18 +140,10 @@ GROUP BY window_start, window_end;",
             .unwrap();
         assert!(sent.success());
         let done = child.wait_with_output().unwrap();
-        let rows: usize = std::fs::read_dir(&out)
-            .map(|r| {
-                r.filter_map(|e| e.ok())
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                    .map(|e| std::fs::read_to_string(e.path()).unwrap().lines().count())
-                    .sum()
-            })
-            .unwrap_or(0);
         (
             done.status.code(),
             String::from_utf8_lossy(&done.stderr).into_owned(),
-            rows,
+            committed_lines(&out).len(),
         )
     };
     let (code, stderr, rows) = run("cancelled", &[]);
@@ -202,16 +181,7 @@ async fn exactly_once_files_survive_sigkill_while_a_consumer_takes_them_away() {
         }
     };
     let checkpoints = dir.path().join("checkpoints");
-    let args = [
-        "--rows-per-second",
-        "20000",
-        "--checkpoint-interval",
-        "100ms",
-        "--checkpoint-dir",
-        checkpoints.to_str().unwrap(),
-        "--from-checkpoint",
-        "latest",
-    ];
+    let args = checkpointed(&checkpoints, "exactly-once");
     let mut kills = 0;
     for delay in kill_delays(4, 400, 1_200) {
         let mut child = job(&input, &out, &args).spawn().unwrap();
@@ -251,16 +221,7 @@ async fn a_damaged_newest_checkpoint_is_passed_over_for_the_one_before() {
     run_to_end(job(&input, &dir.path().join("reference"), &[]));
     let expected = committed_lines(&dir.path().join("reference/windowed-file"));
     let checkpoints = dir.path().join("checkpoints");
-    let args = [
-        "--rows-per-second",
-        "20000",
-        "--checkpoint-interval",
-        "100ms",
-        "--checkpoint-dir",
-        checkpoints.to_str().unwrap(),
-        "--from-checkpoint",
-        "latest",
-    ];
+    let args = checkpointed(&checkpoints, "exactly-once");
     let out = dir.path().join("crashed");
     // Run until at least two checkpoints with state are complete, then SIGKILL.
     let complete_with_state = || -> Vec<PathBuf> {

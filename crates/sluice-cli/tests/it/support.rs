@@ -595,3 +595,22 @@ pub fn crash_and_restart(
     check_resumed(&err, must_resume_from, false);
     kills
 }
+
+/// Every line of the committed (visible, not in-progress) output files, sorted.
+pub fn committed_lines(dir: &std::path::Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return lines;
+    };
+    for e in entries {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        lines.extend(text.lines().map(str::to_string));
+    }
+    lines.sort();
+    lines
+}
