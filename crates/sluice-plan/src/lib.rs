@@ -116,6 +116,10 @@ pub enum NodeKind {
         /// Boolean expression over the input columns.
         predicate: Expr,
     },
+    /// Makes the wall clock the rows' time from here on (Flink's `PROCTIME()` in a
+    /// query): each row is stamped with the moment it passes, and watermarks follow the
+    /// clock.
+    ProcessingTime,
     /// Computes new columns; the event-time column is carried along.
     Project {
         /// Output expressions, each named (use `.alias`).
@@ -491,6 +495,7 @@ impl NodeKind {
             NodeKind::Source(s) => format!("source:{}", s.spec.connector),
             NodeKind::Filter { .. } => "filter".into(),
             NodeKind::Project { .. } => "project".into(),
+            NodeKind::ProcessingTime => "processing-time".into(),
             NodeKind::Aggregate { .. } => "aggregate".into(),
             NodeKind::OverAggregate { frame, .. } => format!("over {frame:?}"),
             NodeKind::WindowAggregate { window, .. } => format!("window-aggregate {window}"),
@@ -588,7 +593,10 @@ impl NodeKind {
     pub fn is_stateless(&self) -> bool {
         matches!(
             self,
-            NodeKind::Filter { .. } | NodeKind::Project { .. } | NodeKind::Source(_)
+            NodeKind::Filter { .. }
+                | NodeKind::Project { .. }
+                | NodeKind::ProcessingTime
+                | NodeKind::Source(_)
         )
     }
 }

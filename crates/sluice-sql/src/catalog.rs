@@ -275,6 +275,8 @@ impl Default for Functions {
             }
             aggregates.insert(f.name().to_string(), f);
         }
+        // AVG of an integer is an integer, as in Flink.
+        aggregates.insert("avg".to_string(), Arc::new(crate::avg::avg()));
         let mut windows = HashMap::new();
         for f in datafusion_functions_window::all_default_window_functions() {
             for a in f.aliases() {

@@ -287,6 +287,26 @@ pub fn to_timestamp_ltz() -> ScalarUDF {
     )
 }
 
+/// `PROCTIME()`: the wall clock. In a `SELECT` list it makes the rows' time processing
+/// time from there on (a `processing-time` node; windows and lookup joins may use the
+/// column); in a `CREATE TABLE`, `p AS PROCTIME()` does the same for the whole table.
+pub fn proctime() -> ScalarUDF {
+    create_udf(
+        "proctime",
+        vec![],
+        DataType::Timestamp(TimeUnit::Millisecond, None),
+        Volatility::Volatile,
+        Arc::new(|_args: &[ColumnarValue]| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            Ok(ColumnarValue::Scalar(
+                datafusion_common::ScalarValue::TimestampMillisecond(Some(now), None),
+            ))
+        }),
+    )
+}
+
 /// The Flink-compatible built-ins registered in every [`crate::SqlContext`].
 pub fn flink_builtins() -> Vec<ScalarUDF> {
     vec![
@@ -296,6 +316,7 @@ pub fn flink_builtins() -> Vec<ScalarUDF> {
         hour(),
         modulo(),
         to_timestamp_ltz(),
+        proctime(),
     ]
 }
 

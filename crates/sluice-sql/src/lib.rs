@@ -16,11 +16,13 @@
 //! assert!(err.to_string().contains("`missing` does not exist"), "{err}");
 //! ```
 
+mod avg;
 pub mod catalog;
 pub mod error;
 pub mod functions;
 #[cfg(test)]
 mod fuzz;
+mod group_window;
 pub mod lower;
 pub mod script;
 pub mod settings;
@@ -169,6 +171,13 @@ impl SqlContext {
                         .apply(&key, &value)
                         .map_err(|e| e.or_at(pos))?;
                 }
+                RawStatement::Function {
+                    name,
+                    class,
+                    language,
+                    jars,
+                    pos,
+                } => self.create_function(&name, &class, &language, jars, pos)?,
                 RawStatement::Sql {
                     text,
                     pos,
@@ -195,6 +204,39 @@ impl SqlContext {
             job.plan = Some(plan);
         }
         Ok(job)
+    }
+
+    /// Flink's `CREATE FUNCTION name AS 'class'`: Sluice cannot load a JVM or Python
+    /// class, so the statement names a function the program running the job registered
+    /// ([`Self::register_udf`], [`Self::register_udaf`]) under that name, as Flink needs
+    /// the class on its class path; a function nobody registered is refused with the reason.
+    fn create_function(
+        &mut self,
+        name: &str,
+        class: &str,
+        language: &str,
+        jars: bool,
+        pos: Pos,
+    ) -> Result<()> {
+        if jars {
+            return Err(SqlError::at(
+                pos,
+                format!(
+                    "CREATE FUNCTION {name} … USING JAR: Sluice does not load jars; register a Rust function named `{name}` with the program that runs the job"
+                ),
+            ));
+        }
+        let key = name.to_ascii_lowercase();
+        if self.functions.scalars.contains_key(&key) || self.functions.aggregates.contains_key(&key)
+        {
+            return Ok(());
+        }
+        Err(SqlError::at(
+            pos,
+            format!(
+                "CREATE FUNCTION {name} AS '{class}' ({language}): Sluice cannot load {language} classes; its functions are Rust functions registered under their names (SqlContext::register_udf / register_udaf) by the program that runs the job, and none is registered as `{name}`"
+            ),
+        ))
     }
 
     fn finish(&self, plan: &mut JobPlan) {
@@ -314,6 +356,7 @@ impl SqlContext {
         let planner = SqlToRel::new_with_options(&provider, parser_options());
         let mut q = q;
         name_fields_as_flink(&mut q);
+        group_window::rewrite(&mut q)?;
         planner
             .sql_statement_to_plan(Statement::Query(Box::new(q)))
             .map_err(|e| SqlError::datafusion(e).or_at(pos))
@@ -635,6 +678,8 @@ fn parser_options() -> ParserOptions {
     o.map_string_types_to_utf8view = false;
     // Identifiers keep their case, as in Flink: `dateTime` names the JSON field `dateTime`.
     o.enable_ident_normalization = false;
+    // `0.908` is a DECIMAL(4, 3), as in Flink (`0.908 * price` is exact); `9.08E-1` a DOUBLE.
+    o.parse_float_as_decimal = true;
     o
 }
 

@@ -77,6 +77,20 @@ pub enum RawStatement {
         /// Where the statement began.
         pos: Pos,
     },
+    /// Flink's `CREATE [TEMPORARY [SYSTEM]] FUNCTION [IF NOT EXISTS] name AS 'class'
+    /// [LANGUAGE …] [USING JAR …]`.
+    Function {
+        /// The function's name.
+        name: String,
+        /// The class that implements it (in Flink).
+        class: String,
+        /// `LANGUAGE …` (JAVA unless given).
+        language: String,
+        /// Whether `USING JAR` names jars to load.
+        jars: bool,
+        /// Where the statement began.
+        pos: Pos,
+    },
     /// Anything else: text for sqlparser (the whole script with everything outside the
     /// statement, and what the pre-pass took out, blanked) and what was taken out.
     Sql {
@@ -388,6 +402,9 @@ fn preprocess(script: &str, lines: &Lines<'_>, s: Stmt<'_>) -> Result<RawStateme
     if is_kw(&toks[0].token, Keyword::SET) {
         return parse_set(toks, pos);
     }
+    if let Some(f) = parse_create_function(toks, pos) {
+        return f;
+    }
     let mut text: Vec<u8> = masked(script, s.start..s.end);
     // Flink's `TIMESTAMP_LTZ(p)` and `TIMESTAMP(p) WITH LOCAL TIME ZONE`: an instant, kept
     // like `TIMESTAMP(p)` as UTC epoch time (what `TO_TIMESTAMP_LTZ` gives too); rewritten
@@ -517,6 +534,76 @@ fn is_create_table(toks: &[&TokenWithSpan]) -> bool {
         .skip(1)
         .take(3)
         .any(|t| is_kw(&t.token, Keyword::TABLE))
+}
+
+/// Flink's `CREATE FUNCTION` (sqlparser reads PostgreSQL's, which needs an argument
+/// list); `None` when the statement is not one.
+fn parse_create_function(
+    toks: &[&TokenWithSpan],
+    pos: Pos,
+) -> Option<Result<RawStatement, SqlError>> {
+    let words: Vec<String> = toks.iter().map(|t| bare_word(t)).collect();
+    if words.first().map(String::as_str) != Some("CREATE") {
+        return None;
+    }
+    let mut i = 1;
+    for optional in ["TEMPORARY", "SYSTEM"] {
+        if words.get(i).map(String::as_str) == Some(optional) {
+            i += 1;
+        }
+    }
+    if words.get(i).map(String::as_str) != Some("FUNCTION") {
+        return None;
+    }
+    i += 1;
+    if words[i..].starts_with(&["IF".to_string(), "NOT".to_string(), "EXISTS".to_string()]) {
+        i += 3;
+    }
+    let usage = "expected CREATE FUNCTION name AS 'class' [LANGUAGE JAVA|SCALA|PYTHON]";
+    let fail = |at: usize| {
+        let p = toks.get(at).map_or(pos, |t| Pos::from(t.span.start));
+        Some(Err(SqlError::at(p, usage)))
+    };
+    // `[catalog.][database.]name`: the last part names the function.
+    let mut name = None;
+    while let Some(t) = toks.get(i) {
+        match &t.token {
+            Token::Word(w) => name = Some(w.value.clone()),
+            Token::Period => {}
+            _ => break,
+        }
+        i += 1;
+        if words.get(i).map(String::as_str) == Some("AS") {
+            break;
+        }
+    }
+    let Some(name) = name else { return fail(i) };
+    if words.get(i).map(String::as_str) != Some("AS") {
+        return fail(i);
+    }
+    let Some(Token::SingleQuotedString(class)) = toks.get(i + 1).map(|t| &t.token) else {
+        return fail(i + 1);
+    };
+    i += 2;
+    let mut language = "JAVA".to_string();
+    if words.get(i).map(String::as_str) == Some("LANGUAGE") {
+        let Some(l) = words.get(i + 1) else {
+            return fail(i + 1);
+        };
+        language = l.clone();
+        i += 2;
+    }
+    let jars = words.get(i).map(String::as_str) == Some("USING");
+    if !jars && i < toks.len() {
+        return fail(i);
+    }
+    Some(Ok(RawStatement::Function {
+        name,
+        class: class.clone(),
+        language,
+        jars,
+        pos,
+    }))
 }
 
 fn parse_set(toks: &[&TokenWithSpan], pos: Pos) -> Result<RawStatement, SqlError> {
@@ -698,6 +785,36 @@ fn table_extras(
             true
         } else {
             let is_word = |t: &Token, w: &str| matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w) && x.quote_style.is_none());
+            // A column named like a constraint keyword (`key BIGINT`, which Flink's
+            // Nexmark declares): sqlparser would read a MySQL index; quote the name in
+            // place, taking the blanks around it (it moves one column to the left).
+            if let Token::Word(w) = t0
+                && w.quote_style.is_none()
+                && matches!(
+                    w.keyword,
+                    Keyword::KEY
+                        | Keyword::INDEX
+                        | Keyword::UNIQUE
+                        | Keyword::CONSTRAINT
+                        | Keyword::CHECK
+                        | Keyword::FOREIGN
+                        | Keyword::FULLTEXT
+                        | Keyword::SPATIAL
+                )
+                && t1.is_some_and(|t| matches!(t, Token::Word(_)))
+            {
+                let from = lines.offset(toks[a].span.start);
+                let to = lines.offset(toks[a].span.end);
+                let blank_at = |i: usize| text.get(i).is_some_and(|c| c.is_ascii_whitespace());
+                if from == 0 || !blank_at(from - 1) || !blank_at(to) {
+                    return Err(SqlError::at(
+                        Pos::from(toks[a].span.start),
+                        format!("quote the column name `{}` (a keyword here)", w.value),
+                    ));
+                }
+                let quoted = format!("`{}`", w.value);
+                text[from - 1..to + 1].copy_from_slice(quoted.as_bytes());
+            }
             // col MAP<K, V>: sqlparser has no such type; it reads BYTEA, fixed later.
             if toks.get(a + 1).is_some_and(|t| is_word(&t.token, "map"))
                 && toks.get(a + 2).is_some_and(|t| t.token == Token::Lt)

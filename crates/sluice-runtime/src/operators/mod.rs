@@ -5,6 +5,7 @@
 pub mod aggregates;
 pub mod filter;
 pub mod joins;
+pub mod proctime;
 pub mod project;
 pub mod rank;
 #[cfg(test)]
@@ -68,6 +69,7 @@ fn constructor(kind: &NodeKind) -> Constructor {
     match kind {
         NodeKind::Filter { .. } => filter::FilterOperator::from_node,
         NodeKind::Project { .. } => project::ProjectOperator::from_node,
+        NodeKind::ProcessingTime => proctime::ProcessingTimeOperator::from_node,
         NodeKind::Aggregate { .. } => aggregates::group::AggregateOperator::from_node,
         NodeKind::OverAggregate { .. } => aggregates::over::OverAggregateOperator::from_node,
         NodeKind::WindowAggregate { .. } => windows::from_node,
@@ -90,6 +92,7 @@ fn consumes_updates(kind: &NodeKind) -> bool {
         kind,
         NodeKind::Filter { .. }
             | NodeKind::Project { .. }
+            | NodeKind::ProcessingTime
             | NodeKind::Aggregate { .. }
             | NodeKind::Join { .. }
             | NodeKind::TopN { .. }

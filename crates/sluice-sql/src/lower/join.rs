@@ -344,6 +344,7 @@ impl Lowerer<'_> {
         let mut right_keys = Vec::new();
         let mut before = Vec::new();
         let mut after = Vec::new();
+        let mut computed_keys: Vec<(Expr, String)> = Vec::new();
         for c in conjuncts {
             if only(&c, j.left.schema()) {
                 before.push(c);
@@ -379,6 +380,36 @@ impl Lowerer<'_> {
                     continue;
                 }
             }
+            // `f(stream columns) = table column`: the stream's side is computed into a
+            // column of its own before the join (and dropped after it).
+            if let Expr::BinaryExpr(BinaryExpr {
+                left: a,
+                op: Operator::Eq,
+                right: b,
+            }) = &c
+            {
+                let table_column = |e: &Expr| match e {
+                    Expr::Column(y) if j.right.schema().has_column(y) => j
+                        .right
+                        .schema()
+                        .index_of_column(y)
+                        .ok()
+                        .map(|ri| j.right.schema().field(ri).name().clone()),
+                    _ => None,
+                };
+                let pair = match (table_column(b), table_column(a)) {
+                    (Some(r), _) if only(a, j.left.schema()) => Some((a.as_ref().clone(), r)),
+                    (_, Some(r)) if only(b, j.left.schema()) => Some((b.as_ref().clone(), r)),
+                    _ => None,
+                };
+                if let Some((e, r)) = pair {
+                    let name = format!("__lookup_key_{}", computed_keys.len());
+                    computed_keys.push((e, name.clone()));
+                    left_keys.push(name);
+                    right_keys.push(r);
+                    continue;
+                }
+            }
             after.push(c);
         }
         if left_keys.is_empty() {
@@ -400,8 +431,13 @@ impl Lowerer<'_> {
                 &left.columns,
             ));
         }
+        let mut left_names = names[..nl].to_vec();
+        for (e, name) in &computed_keys {
+            exprs.push(resolve(e, &left.columns));
+            left_names.push(name.clone());
+        }
         self.check_columns(&left, &exprs.iter().collect::<Vec<_>>())?;
-        let left = self.project(&left, exprs, names[..nl].to_vec());
+        let left = self.project(&left, exprs, left_names.clone());
         let mut table_spec = def.spec.clone();
         if !def.declared.fields().is_empty() {
             table_spec.schema = Some(Arc::clone(&def.declared));
@@ -420,13 +456,20 @@ impl Lowerer<'_> {
         );
         let mut out = Lowered {
             node,
-            columns: names.clone(),
+            columns: left_names
+                .into_iter()
+                .chain(names[nl..].iter().cloned())
+                .collect(),
             rowtime: left.rowtime.clone(),
             window: None,
             updating: false,
             window_end: None,
             window_start: None,
         };
+        if !computed_keys.is_empty() {
+            let exprs = names.iter().map(|n| ucol(n.as_str())).collect();
+            out = self.project(&out, exprs, names.clone());
+        }
         if let Some(p) = datafusion_expr::utils::conjunction(after) {
             let predicate = resolve(&p, &out.columns);
             self.check_columns(&out, &[&predicate])?;

@@ -443,12 +443,36 @@ impl<'a> Lowerer<'a> {
                 if input.window.is_some() && uses_window {
                     input = self.materialize(input)?;
                 }
+                // `PROCTIME()` in the list: the rows' time becomes the wall clock from
+                // here on, and the column is that time.
+                let is_proctime = |e: &Expr| matches!(e.clone().unalias(), Expr::ScalarFunction(f) if f.func.name() == "proctime");
+                let mut proctime = None;
+                if proj.expr.iter().any(is_proctime) {
+                    if input.window.is_some() || input.updating {
+                        return Err(SqlError::unsupported(
+                            "PROCTIME() over a window aggregate or an updating result",
+                        ));
+                    }
+                    let p = self.plan.nodes[input.node].parallelism;
+                    let node = self.add(&input, NodeKind::ProcessingTime, p, None);
+                    input = Lowered {
+                        node,
+                        rowtime: None,
+                        ..input
+                    };
+                }
                 let mut exprs = Vec::new();
                 let mut names = Vec::new();
                 let out_names = physical_names(&proj.schema);
                 for ((e, (_, field)), out_name) in
                     proj.expr.iter().zip(proj.schema.iter()).zip(out_names)
                 {
+                    if is_proctime(e) {
+                        proctime = Some(out_name.clone());
+                        exprs.push(ucol(sluice_types::TIMESTAMP_FIELD));
+                        names.push(out_name);
+                        continue;
+                    }
                     let e = resolve(e, &input.columns);
                     if input.window.is_some()
                         && let Some(c) = as_column(&e)
@@ -464,11 +488,17 @@ impl<'a> Lowerer<'a> {
                     exprs.push(e);
                     names.push(out_name);
                 }
-                self.check_columns(&input, &exprs.iter().collect::<Vec<_>>())?;
+                let time = ucol(sluice_types::TIMESTAMP_FIELD);
+                let checked: Vec<&Expr> = exprs.iter().filter(|e| **e != time).collect();
+                self.check_columns(&input, &checked)?;
                 for e in &exprs {
                     check_scalar(e)?;
                 }
-                Ok(self.project(&input, exprs, names))
+                let mut lowered = self.project(&input, exprs, names);
+                if proctime.is_some() {
+                    lowered.rowtime = proctime;
+                }
+                Ok(lowered)
             }
             LogicalPlan::Aggregate(agg) => self.aggregate(agg),
             LogicalPlan::Window(w) => self.over(w),

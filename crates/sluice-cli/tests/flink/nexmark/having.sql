@@ -1,6 +1,14 @@
 -- An updating aggregate with HAVING: bidders with at least three bids (rows come and
 -- change as counts grow).
-INSERT INTO nexmark_sink
+CREATE TABLE busy_bidders (
+  bidder BIGINT,
+  bids BIGINT,
+  top BIGINT
+) WITH (
+  'connector' = 'blackhole'
+);
+
+INSERT INTO busy_bidders
 SELECT bidder, COUNT(*) AS bids, MAX(price) AS top
 FROM bid
 GROUP BY bidder

@@ -1,2 +1,12 @@
 -- Pass-through.
-INSERT INTO nexmark_sink SELECT auction, bidder, price, dateTime, extra FROM bid;
+CREATE TABLE nexmark_q0 (
+  auction BIGINT,
+  bidder BIGINT,
+  price BIGINT,
+  `dateTime` TIMESTAMP(3),
+  extra VARCHAR
+) WITH (
+  'connector' = 'blackhole'
+);
+
+INSERT INTO nexmark_q0 SELECT auction, bidder, price, dateTime, extra FROM bid;

@@ -1,2 +1,12 @@
 -- Currency conversion.
-INSERT INTO nexmark_sink SELECT auction, bidder, 0.908 * price as price, dateTime, extra FROM bid;
+CREATE TABLE nexmark_q1 (
+  auction BIGINT,
+  bidder BIGINT,
+  price DECIMAL(23, 3),
+  `dateTime` TIMESTAMP(3),
+  extra VARCHAR
+) WITH (
+  'connector' = 'blackhole'
+);
+
+INSERT INTO nexmark_q1 SELECT auction, bidder, 0.908 * price as price, dateTime, extra FROM bid;

@@ -1,2 +1,9 @@
 -- Selection.
-INSERT INTO nexmark_sink SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0;
+CREATE TABLE nexmark_q2 (
+  auction BIGINT,
+  price BIGINT
+) WITH (
+  'connector' = 'blackhole'
+);
+
+INSERT INTO nexmark_q2 SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0;

@@ -1,5 +1,14 @@
 -- Local item suggestion: a regular join of auctions and sellers.
-INSERT INTO nexmark_sink
+CREATE TABLE nexmark_q3 (
+  name VARCHAR,
+  city VARCHAR,
+  state VARCHAR,
+  id BIGINT
+) WITH (
+  'connector' = 'blackhole'
+);
+
+INSERT INTO nexmark_q3
 SELECT P.name, P.city, P.state, A.id
 FROM auction AS A INNER JOIN person AS P on A.seller = P.id
 WHERE A.category = 10 and (P.state = 'OR' OR P.state = 'ID' OR P.state = 'CA');

@@ -1,6 +1,13 @@
 -- Average closing price per category: MAX per auction over a join, then AVG over that
 -- changelog (the inner query does not select A.id).
-INSERT INTO nexmark_sink
+CREATE TABLE nexmark_q4 (
+  id BIGINT,
+  final BIGINT
+) WITH (
+  'connector' = 'blackhole'
+);
+
+INSERT INTO nexmark_q4
 SELECT
     Q.category,
     AVG(Q.final)

@@ -1,6 +1,13 @@
 -- Hot items: per sliding window the auctions with the most bids, by joining each
 -- auction's count with the window's largest count (a cascaded window aggregate).
-INSERT INTO nexmark_sink
+CREATE TABLE nexmark_q5 (
+  auction BIGINT,
+  num BIGINT
+) WITH (
+  'connector' = 'blackhole'
+);
+
+INSERT INTO nexmark_q5
 SELECT AuctionBids.auction, AuctionBids.num
  FROM (
    SELECT

@@ -1,5 +1,13 @@
 -- New users who opened an auction in the same 10-second window: a window join.
-INSERT INTO nexmark_sink
+CREATE TABLE nexmark_q8 (
+  id BIGINT,
+  name VARCHAR,
+  stime TIMESTAMP(3)
+) WITH (
+  'connector' = 'blackhole'
+);
+
+INSERT INTO nexmark_q8
 SELECT P.id, P.name, P.starttime
 FROM (
   SELECT id, name,
