@@ -448,6 +448,31 @@ impl SqlContext {
         }
         let mut spec = ConnectorSpec::new(connector);
         spec.options = options;
+        if !extras.partition_by.is_empty() {
+            if spec.connector != "filesystem" {
+                return Err(SqlError::at(
+                    pos,
+                    format!(
+                        "PARTITIONED BY is for 'connector' = 'filesystem' tables, not '{}'",
+                        spec.connector
+                    ),
+                ));
+            }
+            if let Some(c) = extras
+                .partition_by
+                .iter()
+                .find(|c| declared.field_with_name(c).is_err())
+            {
+                return Err(SqlError::at(
+                    pos,
+                    format!(
+                        "PARTITIONED BY names `{c}`, which is not a declared column of `{name}`"
+                    ),
+                ));
+            }
+            spec.options
+                .insert("partitioned-by".into(), extras.partition_by.join(";"));
+        }
         let mut virtual_columns = Vec::new();
         for (col, key, virtual_col) in &extras.metadata {
             if declared.field_with_name(col).is_err() {

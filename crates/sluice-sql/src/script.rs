@@ -63,6 +63,8 @@ pub struct TableExtras {
     pub maps: Vec<(String, String, String)>,
     /// `WITH ('key' = 'value', …)`.
     pub options: BTreeMap<String, String>,
+    /// `PARTITIONED BY (a, b)`.
+    pub partition_by: Vec<String>,
 }
 
 /// One statement of a script.
@@ -902,7 +904,39 @@ fn table_extras(
             "a table needs at least one physical column besides WATERMARK, computed columns and PRIMARY KEY",
         ));
     }
-    with_options(lines, toks, close + 1, text, &mut extras)?;
+    // PARTITIONED BY (a, b)
+    let mut after = close + 1;
+    if toks
+        .get(after)
+        .is_some_and(|t| bare_word(t) == "PARTITIONED")
+        && toks.get(after + 1).is_some_and(|t| bare_word(t) == "BY")
+    {
+        let usage = || {
+            SqlError::at(
+                Pos::from(toks[after].span.start),
+                "expected PARTITIONED BY (column, …)",
+            )
+        };
+        if toks.get(after + 2).map(|t| &t.token) != Some(&Token::LParen) {
+            return Err(usage());
+        }
+        let mut k = after + 3;
+        loop {
+            let name = toks.get(k).and_then(|t| word(&t.token)).ok_or_else(usage)?;
+            extras.partition_by.push(name);
+            match toks.get(k + 1).map(|t| &t.token) {
+                Some(Token::Comma) => k += 2,
+                Some(Token::RParen) => break,
+                _ => return Err(usage()),
+            }
+        }
+        blank(
+            text,
+            lines.offset(toks[after].span.start)..lines.offset(toks[k + 1].span.end),
+        );
+        after = k + 2;
+    }
+    with_options(lines, toks, after, text, &mut extras)?;
     Ok(extras)
 }
 

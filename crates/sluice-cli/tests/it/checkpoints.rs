@@ -17,9 +17,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 /// Writes the bids of `events` Nexmark events (1 000 events per second of event time,
 /// so they span many 1 s windows) as JSON lines into two files.
 async fn write_input(dir: &Path, events: u64) -> PathBuf {
+    write_input_files(dir, events, 2).await
+}
+
+/// [`write_input`] into `files` files.
+async fn write_input_files(dir: &Path, events: u64, files: usize) -> PathBuf {
     let input = dir.join("bids");
     let p = Pipeline::new("write-bids");
-    p.parallelism(2);
+    p.parallelism(files);
     p.source(
         NexmarkSource::bids()
             .events(events)
@@ -101,6 +106,33 @@ async fn exactly_once_output_survives_repeated_sigkill() {
         expected.len(),
         "rows lost or duplicated after {kills} kills"
     );
+    assert!(got == expected, "output differs after {kills} kills");
+}
+
+/// One input file at parallelism 2: one source subtask has nothing to read and finishes
+/// at once. Checkpoints go on without it (its final state stands in for it, as in Flink),
+/// so runs killed later resume from them, and the output is still exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_go_on_after_a_subtask_finished_and_restores_stay_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input_files(dir.path(), 150_000, 1).await;
+    run_to_end(job(&input, &dir.path().join("reference"), &[]));
+    let expected = committed_lines(&dir.path().join("reference/windowed-file"));
+    let checkpoints = dir.path().join("checkpoints");
+    let args = checkpointed(&checkpoints, "exactly-once");
+    let out = dir.path().join("crashed");
+    let (kills, resumed) = crate::support::crash_and_restart_counted(
+        || job(&input, &out, &args),
+        &kill_delays(4, 400, 1_000),
+        &checkpoints,
+    );
+    assert!(kills >= 3, "only {kills} kills hit a running job");
+    assert!(
+        resumed >= 3,
+        "only {resumed} runs resumed from a checkpoint: checkpoints stopped when a subtask finished"
+    );
+    let got = committed_lines(&out.join("windowed-file"));
+    assert_eq!(got.len(), expected.len(), "rows lost or duplicated");
     assert!(got == expected, "output differs after {kills} kills");
 }
 

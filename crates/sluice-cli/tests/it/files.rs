@@ -705,3 +705,118 @@ async fn hot_items_keep_every_tie_and_match_the_batch_rank() {
     );
     assert_same_rows(streamed, batch);
 }
+
+/// A sink `PARTITIONED BY` a minute commits each partition (its `_SUCCESS` file) once the
+/// watermark passes the partition's time plus the commit delay: while the job runs (its
+/// checkpoints going on after a source subtask with nothing to read finished), and never
+/// before every row of the partition is in its published files.
+#[test]
+fn partitions_are_committed_once_the_watermark_passes_them_and_never_early() {
+    use std::collections::BTreeSet;
+    let dir = tempfile::tempdir().unwrap();
+    // Six minutes of event time, a row every 100 ms: 600 rows a minute, in one file. At
+    // parallelism 2 one source subtask has nothing to read and finishes at once:
+    // checkpoints (and so commits) go on without it.
+    let input = dir.path().join("in.json");
+    let base = 1_704_103_200_000i64; // 2024-01-01 10:00:00
+    let lines: String = (0..3600)
+        .map(|i| {
+            let t = chrono_like(base + i * 100);
+            format!("{{\"v\": {i}, \"ts\": \"{t}\"}}\n")
+        })
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let out = dir.path().join("out");
+    let job = dir.path().join("job.sql");
+    std::fs::write(
+        &job,
+        format!(
+            "CREATE TABLE src (v BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)
+             WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json', 'rows-per-second' = '1200');
+             CREATE TABLE minutes (v BIGINT, ts TIMESTAMP(3), hm STRING) PARTITIONED BY (hm) WITH (
+               'connector' = 'filesystem', 'path' = '{}', 'format' = 'csv',
+               'sink.partition-commit.trigger' = 'partition-time',
+               'sink.partition-commit.delay' = '1 min',
+               'sink.partition-commit.policy.kind' = 'success-file',
+               'partition.time-extractor.timestamp-pattern' = '2024-01-01 $hm:00');
+             INSERT INTO minutes SELECT v, ts, DATE_FORMAT(ts, 'HH:mm') FROM src;",
+            input.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let checkpoints = dir.path().join("chk");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(&job)
+        .args(["--quiet", "-p", "2", "--checkpoint-interval", "100ms"])
+        .arg("--checkpoint-dir")
+        .arg(&checkpoints)
+        .args(["--delivery", "exactly-once"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rows_in = |partition: &std::path::Path| -> usize {
+        std::fs::read_dir(partition)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                !n.starts_with('.') && !n.starts_with('_')
+            })
+            .map(|e| std::fs::read_to_string(e.path()).unwrap().lines().count())
+            .sum()
+    };
+    let mut committed: BTreeSet<String> = BTreeSet::new();
+    let mut while_running = 0;
+    let mut check = |running: bool| {
+        let Ok(entries) = std::fs::read_dir(&out) else {
+            return;
+        };
+        for e in entries.map(|e| e.unwrap()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || committed.contains(&name) {
+                continue;
+            }
+            if e.path().join("_SUCCESS").exists() {
+                assert_eq!(
+                    rows_in(&e.path()),
+                    600,
+                    "{name} was committed before all its rows were published"
+                );
+                // Committed while the last minute was still being written.
+                let last = out.join("hm=10%3A05");
+                let input_left = !last.exists() || rows_in(&last) < 600;
+                while_running += usize::from(running && input_left);
+                committed.insert(name);
+            }
+        }
+    };
+    while child.try_wait().unwrap().is_none() {
+        check(true);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(child.wait().unwrap().success());
+    check(false);
+    let all: Vec<String> = (0..6).map(|m| format!("hm=10%3A0{m}")).collect();
+    assert_eq!(committed.iter().cloned().collect::<Vec<_>>(), all);
+    assert!(
+        while_running >= 1,
+        "no partition was committed while the input was still being read (the watermark passed five of them)"
+    );
+}
+
+/// `2024-01-01 10:00:00.100` for epoch milliseconds (UTC).
+fn chrono_like(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let day = secs.div_euclid(86_400);
+    let s = secs.rem_euclid(86_400);
+    assert_eq!(day, 19_723, "the test's times are all on 2024-01-01");
+    format!(
+        "2024-01-01 {:02}:{:02}:{:02}.{:03}",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60,
+        ms.rem_euclid(1000)
+    )
+}

@@ -1140,7 +1140,14 @@ async fn flink_nexmark_queries_run_unchanged_over_nested_events() {
         };
         let rows = match name.as_str() {
             // Written to files, partitioned by day and minute: what the files hold.
-            "q10" => partitioned_csv_rows(&output.join("bid")),
+            "q10" => {
+                // Every partition is committed (a `_SUCCESS` file) once the input ended.
+                let (rows, uncommitted) = partitioned_csv_rows(&output.join("bid"));
+                if !uncommitted.is_empty() {
+                    failures.push(format!("q10: partitions never committed: {uncommitted:?}"));
+                }
+                rows
+            }
             // Processing-time windows: which window a bid lands in depends on the clock;
             // the bids per bidder, summed over the windows, do not.
             "q12" => {
@@ -1213,7 +1220,7 @@ fn flink_batch_sql(name: &str) -> &'static str {
              WHERE rownum <= 1"
         }
         "q10" => {
-            "SELECT auction, bidder, price, to_char(date_time, '%Y-%m-%d %H:%M:%S%.3f'), extra,
+            "SELECT auction, bidder, price, to_char(date_time, '%Y-%m-%d %H:%M:%S%.f'), extra,
                     to_char(date_time, '%Y-%m-%d'), to_char(date_time, '%H:%M') FROM bid"
         }
         "q12" => "SELECT bidder, COUNT(*) FROM bid GROUP BY bidder",
@@ -1232,20 +1239,30 @@ async fn write_side_input(df: &SessionContext, path: &Path) {
 }
 
 /// The rows a partitioned CSV sink wrote under `dir` (`dt=…/hm=…/part-…`): each line's
-/// values, then the partition's values, space-separated.
-fn partitioned_csv_rows(dir: &Path) -> Vec<String> {
+/// values, then the partition's values, space-separated; and the partitions without a
+/// `_SUCCESS` file.
+fn partitioned_csv_rows(dir: &Path) -> (Vec<String>, Vec<PathBuf>) {
     let mut rows = Vec::new();
+    let mut uncommitted = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), Vec::<String>::new())];
     while let Some((d, parts)) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
             let e = e.unwrap();
             let name = e.file_name().to_string_lossy().into_owned();
             if e.file_type().unwrap().is_dir() {
+                if name.starts_with('.') {
+                    continue;
+                }
                 let (_, value) = name.split_once('=').unwrap_or_else(|| panic!("{name}"));
+                // Values are escaped as Hive and Flink do: `00:00` is `00%3A00`.
+                let value = value.replace("%3A", ":");
                 let mut p = parts.clone();
-                p.push(value.to_string());
+                p.push(value);
                 stack.push((e.path(), p));
             } else if !name.starts_with('.') && !name.starts_with('_') {
+                if !d.join("_SUCCESS").exists() {
+                    uncommitted.push(d.clone());
+                }
                 for line in std::fs::read_to_string(e.path()).unwrap().lines() {
                     let mut values: Vec<String> = line.split(',').map(str::to_string).collect();
                     values.extend(parts.iter().cloned());
@@ -1254,5 +1271,6 @@ fn partitioned_csv_rows(dir: &Path) -> Vec<String> {
             }
         }
     }
-    rows
+    uncommitted.dedup();
+    (rows, uncommitted)
 }

@@ -521,6 +521,16 @@ pub fn crash_and_restart(
     delays: &[u64],
     checkpoints: &std::path::Path,
 ) -> usize {
+    crash_and_restart_counted(job, delays, checkpoints).0
+}
+
+/// [`crash_and_restart`], also saying how many runs resumed from a checkpoint.
+pub fn crash_and_restart_counted(
+    job: impl Fn() -> std::process::Command,
+    delays: &[u64],
+    checkpoints: &std::path::Path,
+) -> (usize, usize) {
+    let mut resumed = 0;
     // The newest complete checkpoint's epoch in the directory (manifests mark them).
     let newest = |dir: &std::path::Path| -> Option<u64> {
         std::fs::read_dir(dir)
@@ -587,13 +597,15 @@ pub fn crash_and_restart(
             assert!(status.success(), "job failed before the kill: {err}");
         }
         check_resumed(&err, must_resume_from, ended.is_none());
+        resumed += usize::from(err.contains("resumed from checkpoint"));
         must_resume_from = newest(checkpoints);
     }
     let out = job().output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "job failed: {err}");
     check_resumed(&err, must_resume_from, false);
-    kills
+    resumed += usize::from(err.contains("resumed from checkpoint"));
+    (kills, resumed)
 }
 
 /// Every line of the committed (visible, not in-progress) output files, sorted.

@@ -9,6 +9,7 @@
 //! Each subtask writes `.part-<subtask>.<ext>.inprogress` and renames it to
 //! `part-<subtask>.<ext>` when its input ends, so a reader never sees a partial file.
 
+mod partition;
 mod sink;
 mod source;
 

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use sluice_runtime::{
 };
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TaskInfo, user_column_count};
 
+use super::partition::{self, Partitioning};
 use crate::format::{FILE_OPTIONS, Format};
 use crate::options::OptionReader;
 
@@ -21,7 +23,18 @@ pub struct FileSinkConfig {
     format: Format,
     input: SchemaRef,
     json: crate::format::JsonOptions,
+    /// `PARTITIONED BY`: rows go to a directory per partition.
+    partitions: Option<Partitioning>,
 }
+
+/// The filesystem sink's options: the format's and the partitioning's.
+static SINK_OPTIONS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    FILE_OPTIONS
+        .iter()
+        .chain(partition::PARTITION_OPTIONS)
+        .copied()
+        .collect()
+});
 
 /// The file sink connector.
 pub struct FileSinkConnector;
@@ -34,13 +47,19 @@ impl SinkConnector for FileSinkConnector {
     }
 
     fn options(&self) -> &'static [&'static str] {
-        FILE_OPTIONS
+        SINK_OPTIONS.as_slice()
     }
 
     fn parse(&self, spec: &ConnectorSpec, input: &SchemaRef) -> Result<FileSinkConfig> {
         let o = OptionReader::new("filesystem", spec);
         let dir = o.path("path")?;
         let format = Format::from_options(&o)?;
+        let partitions = Partitioning::from_options(&o, input)?;
+        if partitions.is_some() && format == Format::DebeziumJson {
+            return Err(SluiceError::user(
+                "a 'debezium-json' table cannot be PARTITIONED BY: its changes are one log",
+            ));
+        }
         std::fs::create_dir_all(&dir).map_err(|e| {
             SluiceError::user(format!("cannot create sink directory {}", dir.display()))
                 .with_source(e)
@@ -50,6 +69,7 @@ impl SinkConnector for FileSinkConnector {
             format,
             input: Arc::clone(input),
             json: crate::format::JsonOptions::from_options(&o)?,
+            partitions,
         })
     }
 
@@ -65,12 +85,19 @@ impl SinkConnector for FileSinkConnector {
     }
 
     fn create(&self, config: &Arc<FileSinkConfig>, task: &TaskInfo) -> Result<Box<dyn Operator>> {
-        let fields: Vec<_> = config.input.fields()[..user_column_count(&config.input)].to_vec();
+        let mut fields: Vec<_> = config.input.fields()[..user_column_count(&config.input)].to_vec();
+        if let Some(p) = &config.partitions {
+            fields = p.data_columns.iter().map(|&i| fields[i].clone()).collect();
+        }
         Ok(Box::new(FileSinkOperator {
             config: Arc::clone(config),
             schema: Arc::new(Schema::new(fields)),
             subtask: task.subtask,
-            writer: None,
+            parallelism: task.parallelism,
+            writers: BTreeMap::new(),
+            watermarks: BTreeMap::new(),
+            closed: false,
+            last_watermark: i64::MIN,
             seq: 0,
             pending: Vec::new(),
             per_checkpoint: false,
@@ -124,9 +151,18 @@ struct SinkState {
 /// runs is deleted: output never holds rows of an uncommitted checkpoint.
 pub struct FileSinkOperator {
     config: Arc<FileSinkConfig>,
+    /// What the files hold: the user columns but the partition columns.
     schema: SchemaRef,
     subtask: usize,
-    writer: Option<OpenFile>,
+    parallelism: usize,
+    /// The open file of each partition (`""` when not partitioned).
+    writers: BTreeMap<String, OpenFile>,
+    /// The watermark each pending checkpoint's files cover (partition commits).
+    watermarks: BTreeMap<u64, i64>,
+    /// The input ended: the files cover every row.
+    closed: bool,
+    /// The highest event-time watermark seen at a checkpoint.
+    last_watermark: i64,
     /// Number of files started by this subtask in this run.
     seq: u64,
     pending: Vec<PendingFile>,
@@ -137,20 +173,34 @@ pub struct FileSinkOperator {
     attempt: u64,
 }
 
+/// Timestamps in CSV files, as Flink writes them (a space, not ISO-8601's `T`).
+const CSV_TIMESTAMP: &str = "%Y-%m-%d %H:%M:%S%.f";
+
 fn write_err(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> SluiceError {
     SluiceError::external(format!("writing {} failed", path.display())).with_source(e)
 }
 
 impl FileSinkOperator {
-    fn open(&mut self) -> Result<()> {
+    /// Starts the file of partition `part` (`""`: the sink's directory).
+    fn open(&mut self, part: &str) -> Result<()> {
         let ext = self.config.format.extension();
         let stem = match self.per_checkpoint {
             false => format!("part-{}", self.subtask),
             true => format!("part-{}-{}-{}", self.subtask, self.attempt, self.seq),
         };
         self.seq += 1;
-        let target = self.config.dir.join(format!("{stem}.{ext}"));
-        let temp = self.config.dir.join(format!(".{stem}.{ext}.inprogress"));
+        let dir = match part {
+            "" => self.config.dir.clone(),
+            p => {
+                let d = self.config.dir.join(p);
+                std::fs::create_dir_all(&d).map_err(|e| {
+                    SluiceError::external(format!("cannot create {}", d.display())).with_source(e)
+                })?;
+                d
+            }
+        };
+        let target = dir.join(format!("{stem}.{ext}"));
+        let temp = dir.join(format!(".{stem}.{ext}.inprogress"));
         let file = File::create(&temp).map_err(|e| {
             SluiceError::external(format!("cannot create {}", temp.display())).with_source(e)
         })?;
@@ -160,6 +210,8 @@ impl FileSinkOperator {
                 arrow::csv::WriterBuilder::new()
                     .with_header(*header)
                     .with_delimiter(*delimiter)
+                    // As Flink's CSV format writes them: `2015-07-15 00:00:00.338`.
+                    .with_timestamp_format(CSV_TIMESTAMP.to_string())
                     .build(out),
             ),
             Format::Json => Writer::Json(arrow::json::LineDelimitedWriter::new(out)),
@@ -170,20 +222,28 @@ impl FileSinkOperator {
                 })?,
             ),
         };
-        self.writer = Some(OpenFile {
-            writer,
-            temp,
-            target,
-        });
+        self.writers.insert(
+            part.to_string(),
+            OpenFile {
+                writer,
+                temp,
+                target,
+            },
+        );
         Ok(())
     }
 
-    /// Finishes the open file (flushed and synced); returns its temporary and its
-    /// published path, unpublished.
-    fn finish(&mut self) -> Result<Option<(PathBuf, PathBuf)>> {
-        let Some(f) = self.writer.take() else {
-            return Ok(None);
-        };
+    /// Finishes every open file; returns their temporary and published paths,
+    /// unpublished.
+    fn finish(&mut self) -> Result<Vec<(PathBuf, PathBuf)>> {
+        std::mem::take(&mut self.writers)
+            .into_values()
+            .map(Self::finish_one)
+            .collect()
+    }
+
+    /// Finishes a file (flushed and synced).
+    fn finish_one(f: OpenFile) -> Result<(PathBuf, PathBuf)> {
         let path = f.temp;
         let file = match f.writer {
             Writer::Csv(w) => w.into_inner(),
@@ -197,37 +257,62 @@ impl FileSinkOperator {
             .into_inner()
             .map_err(|e| write_err(&path, e.into_error()))?;
         file.sync_all().map_err(|e| write_err(&path, e))?;
-        Ok(Some((path, f.target)))
+        Ok((path, f.target))
     }
 
     /// Finishes the open file and queues it for checkpoint `epoch` (or publishes it now
     /// when rows may repeat anyway).
     fn roll(&mut self, epoch: u64) -> Result<()> {
-        let Some((temp, target)) = self.finish()? else {
-            return Ok(());
-        };
-        if self.exactly_once {
-            self.pending.push(PendingFile {
-                epoch,
-                temp,
-                target,
-            });
-            Ok(())
-        } else {
-            publish(&temp, &target)
+        for (temp, target) in self.finish()? {
+            if self.exactly_once {
+                self.pending.push(PendingFile {
+                    epoch,
+                    temp,
+                    target,
+                });
+            } else {
+                publish(&temp, &target)?;
+            }
         }
+        Ok(())
     }
 
-    /// Deletes in-progress files this subtask's earlier runs left behind.
+    /// Deletes in-progress files this subtask's earlier runs left behind (in partition
+    /// directories too).
     fn delete_leftovers(&self) -> Result<()> {
         let mine = format!("-{}-", self.attempt);
-        for entry in std::fs::read_dir(&self.config.dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for path in partition::files_under(&self.config.dir) {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if name.starts_with(".part-") && name.ends_with(".inprogress") && !name.contains(&mine)
             {
-                let _ = std::fs::remove_file(entry.path());
+                let _ = std::fs::remove_file(path);
             }
+        }
+        Ok(())
+    }
+
+    /// Every file with rows up to `watermark` is published: commit the partitions that
+    /// are complete (when the table asks for commits).
+    fn published(&self, watermark: i64) -> Result<()> {
+        let Some(p) = &self.config.partitions else {
+            return Ok(());
+        };
+        let Some(commit) = &p.commit else {
+            return Ok(());
+        };
+        let done = commit.published(
+            &self.config.dir,
+            p,
+            self.subtask,
+            self.parallelism,
+            self.attempt,
+            watermark,
+        )?;
+        for d in done {
+            tracing::info!(partition = %d.display(), "partition committed");
         }
         Ok(())
     }
@@ -252,9 +337,10 @@ impl Operator for FileSinkOperator {
         self.per_checkpoint = ctx.checkpointing;
         self.exactly_once = ctx.checkpointing && ctx.delivery == DeliveryGuarantee::ExactlyOnce;
         self.attempt = ctx.attempt;
-        if !self.per_checkpoint {
+        partition::forget_record(&self.config.dir, self.subtask);
+        if !self.per_checkpoint && self.config.partitions.is_none() {
             // One file per subtask, published at the end of input.
-            self.open()?;
+            self.open("")?;
         }
         Ok(())
     }
@@ -265,32 +351,52 @@ impl Operator for FileSinkOperator {
         _ctx: &mut OperatorContext,
         _out: &mut dyn Collector,
     ) -> Result<()> {
-        if self.writer.is_none() {
-            self.open()?;
-        }
-        let f = self.writer.as_mut().expect("invariant: opened above");
-        let path = &f.temp;
-        let rows = || batch.user_columns();
-        match &mut f.writer {
-            Writer::Debezium(w) => {
-                let changes = crate::format::debezium_envelope(&rows(), &batch)?;
-                w.write(&changes).map_err(|e| write_err(path, e))
+        let parts = match &self.config.partitions {
+            None => vec![(String::new(), batch.user_columns())],
+            Some(p) => p.split(&batch.user_columns())?,
+        };
+        for (part, rows) in parts {
+            if !self.writers.contains_key(&part) {
+                self.open(&part)?;
             }
-            Writer::Csv(w) => w.write(&rows()).map_err(|e| write_err(path, e)),
-            Writer::Json(w) => {
-                let rows = self.config.json.for_writing(rows())?;
-                w.write(&rows).map_err(|e| write_err(path, e))
+            let f = self
+                .writers
+                .get_mut(&part)
+                .expect("invariant: opened above");
+            let path = &f.temp;
+            match &mut f.writer {
+                Writer::Debezium(w) => {
+                    let changes = crate::format::debezium_envelope(&rows, &batch)?;
+                    w.write(&changes).map_err(|e| write_err(path, e))?
+                }
+                Writer::Csv(w) => w.write(&rows).map_err(|e| write_err(path, e))?,
+                Writer::Json(w) => {
+                    let rows = self.config.json.for_writing(rows)?;
+                    w.write(&rows).map_err(|e| write_err(path, e))?
+                }
+                Writer::Parquet(w) => w.write(&rows).map_err(|e| write_err(path, e))?,
             }
-            Writer::Parquet(w) => w.write(&rows()).map_err(|e| write_err(path, e)),
         }
+        Ok(())
     }
 
     async fn snapshot(
         &mut self,
         barrier: &CheckpointBarrier,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
     ) -> Result<OperatorState> {
         self.roll(barrier.epoch)?;
+        // What the files published with this checkpoint cover: every row up to the
+        // watermark. An idle input stays where its watermark last was: rows may still
+        // come for partitions after it.
+        if let Some(t) = ctx.watermark.and_then(|w| w.event_time()) {
+            self.last_watermark = self.last_watermark.max(t);
+        }
+        let watermark = match self.closed {
+            true => i64::MAX,
+            false => self.last_watermark,
+        };
+        self.watermarks.insert(barrier.epoch, watermark);
         if self.pending.is_empty() {
             return Ok(OperatorState::default());
         }
@@ -312,7 +418,12 @@ impl Operator for FileSinkOperator {
         for p in due {
             publish(&p.temp, &p.target)?;
         }
-        Ok(())
+        let covered = self.watermarks.range(..=epoch).next_back().map(|(_, w)| *w);
+        self.watermarks = self.watermarks.split_off(&(epoch.saturating_add(1)));
+        match covered {
+            Some(w) => self.published(w),
+            None => Ok(()),
+        }
     }
 
     async fn restore(&mut self, state: RestoredState, ctx: &mut OperatorContext) -> Result<()> {
@@ -338,14 +449,21 @@ impl Operator for FileSinkOperator {
         _ctx: &mut OperatorContext,
         _out: &mut dyn Collector,
     ) -> Result<()> {
+        self.closed = true;
         if self.per_checkpoint {
             // The rest is pre-committed with the final checkpoint (exactly-once).
-            return self.roll(u64::MAX);
+            self.roll(u64::MAX)?;
+            // Nothing left to publish: this subtask holds no partition back any more
+            // (the others may still be writing).
+            if self.pending.is_empty() {
+                self.published(i64::MAX)?;
+            }
+            return Ok(());
         }
-        if let Some((temp, target)) = self.finish()? {
+        for (temp, target) in self.finish()? {
             publish(&temp, &target)?;
         }
-        Ok(())
+        self.published(i64::MAX)
     }
 }
 

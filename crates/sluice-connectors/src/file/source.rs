@@ -40,6 +40,7 @@ const SOURCE_OPTIONS: &[&str] = &[
     "json.fail-on-missing-field",
     "json.timestamp-format.standard",
     "rows-per-second",
+    super::partition::PARTITIONED_BY,
 ];
 
 /// The file source connector.
@@ -110,6 +111,11 @@ impl SourceConnector for FileSourceConnector {
 
     fn parse(&self, spec: &ConnectorSpec) -> Result<FileSourceConfig> {
         let o = OptionReader::new("filesystem", spec);
+        if o.str(super::partition::PARTITIONED_BY).is_some() {
+            return Err(SluiceError::user(
+                "reading a PARTITIONED BY table is not supported yet (only writing is): declare the table read without PARTITIONED BY, its partition values are in the directory names",
+            ));
+        }
         let rows_per_second: Option<f64> = o.parse("rows-per-second")?;
         if rows_per_second.is_some_and(|r| r.is_nan() || r <= 0.0) {
             return Err(SluiceError::user(

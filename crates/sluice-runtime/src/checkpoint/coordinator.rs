@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!   idle ──(interval elapsed, min pause since the last end, sources running)──> trigger(e)
-//!   trigger(e) ──ack from every task──> all acked ──(caller: state written, manifest)──> completed
+//!   trigger(e) ──ack from every task (or its end)──> all acked ──(caller: state written, manifest)──> completed
 //!        │                                                     └──(write failed)──> failed
 //!        ├──a task declines / a source cannot take the barrier──> aborted
 //!        └──timeout──> aborted
@@ -75,8 +75,11 @@ pub struct Coordinator {
     last_end: Instant,
     /// A savepoint was asked for: `Some(then_stop)`.
     savepoint_request: Option<bool>,
-    /// A source ended: barriers can no longer reach every task.
+    /// Every source ended: no barrier can be injected any more.
     sources_ended: bool,
+    /// Tasks whose input ended: their final state stands in for their acknowledgement
+    /// (checkpoints go on after some tasks finish, as in Flink).
+    finished: BTreeSet<usize>,
 }
 
 impl Coordinator {
@@ -91,6 +94,7 @@ impl Coordinator {
             last_end: now,
             savepoint_request: None,
             sources_ended: false,
+            finished: BTreeSet::new(),
         }
     }
 
@@ -166,9 +170,23 @@ impl Coordinator {
     pub fn ack(&mut self, epoch: u64, task: usize) -> Option<Action> {
         let p = self.pending.as_mut().filter(|p| p.epoch == epoch)?;
         p.acked.insert(task);
-        if p.acked.len() == self.tasks && !p.finalizing {
+        self.all_in()
+    }
+
+    /// Task `task` finished (its final state is handed over): it counts as having
+    /// acknowledged this checkpoint and every later one.
+    pub fn task_finished(&mut self, task: usize) -> Option<Action> {
+        self.finished.insert(task);
+        self.all_in()
+    }
+
+    /// Finalize the pending checkpoint if every task acknowledged it or finished.
+    fn all_in(&mut self) -> Option<Action> {
+        let p = self.pending.as_mut()?;
+        let all = (0..self.tasks).all(|t| p.acked.contains(&t) || self.finished.contains(&t));
+        if all && !p.finalizing {
             p.finalizing = true;
-            return Some(Action::Finalize { epoch });
+            return Some(Action::Finalize { epoch: p.epoch });
         }
         None
     }
@@ -197,8 +215,8 @@ impl Coordinator {
         self.decline(epoch, "writing the checkpoint failed", now)
     }
 
-    /// A source ended: no more checkpoints can be taken; an in-flight one whose barrier
-    /// did not reach every task is left to its acknowledgements or its timeout.
+    /// Every source ended: no more checkpoints can be taken; an in-flight one is left to
+    /// its acknowledgements or its timeout.
     pub fn sources_ended(&mut self) {
         self.sources_ended = true;
     }
@@ -361,7 +379,28 @@ mod tests {
     }
 
     #[test]
-    fn no_triggers_once_a_source_ended() {
+    fn finished_tasks_count_as_acknowledged_for_this_and_later_checkpoints() {
+        let t0 = Instant::now();
+        let mut c = Coordinator::new(timing(10), 3, 1, t0);
+        assert!(matches!(
+            c.poll(ms(t0, 10)),
+            Some(Action::Trigger { epoch: 1, .. })
+        ));
+        assert_eq!(c.ack(1, 0), None);
+        assert_eq!(c.task_finished(2), None);
+        assert_eq!(c.ack(1, 1), Some(Action::Finalize { epoch: 1 }));
+        assert!(c.completed(1, ms(t0, 11)).is_some());
+        // The next one needs only the tasks still running.
+        assert!(matches!(
+            c.poll(ms(t0, 30)),
+            Some(Action::Trigger { epoch: 2, .. })
+        ));
+        assert_eq!(c.ack(2, 1), None);
+        assert_eq!(c.task_finished(0), Some(Action::Finalize { epoch: 2 }));
+    }
+
+    #[test]
+    fn no_triggers_once_every_source_ended() {
         let t0 = Instant::now();
         let mut c = Coordinator::new(timing(10), 1, 1, t0);
         c.sources_ended();

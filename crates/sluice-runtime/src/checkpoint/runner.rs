@@ -42,6 +42,8 @@ struct InFlight {
     alignment_us: u64,
     all_acked: bool,
     savepoint_reply: Option<oneshot::Sender<Result<String>>>,
+    /// Tasks whose state is in it (acknowledged, or finished and their final state).
+    included: std::collections::BTreeSet<usize>,
 }
 
 /// Everything the coordinator task needs.
@@ -80,7 +82,7 @@ impl Runner {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
                     if let Some(a) = self.coordinator.poll(Instant::now()) {
-                        self.act(a, &mut inflight, &mut savepoint_replies).await;
+                        self.act(a, &mut inflight, &mut savepoint_replies, &finished).await;
                     }
                 }
                 r = async { inflight.as_mut().expect("invariant: uploading").uploads.join_next().await }, if uploading => {
@@ -91,7 +93,7 @@ impl Runner {
                             let epoch = f.epoch;
                             tracing::warn!(job = %self.job, epoch, error = %e, "writing checkpoint state failed");
                             if let Some(a) = self.coordinator.failed(epoch, Instant::now()) {
-                                self.act(a, &mut inflight, &mut savepoint_replies).await;
+                                self.act(a, &mut inflight, &mut savepoint_replies, &finished).await;
                             }
                             continue;
                         }
@@ -99,7 +101,7 @@ impl Runner {
                             let epoch = f.epoch;
                             tracing::warn!(job = %self.job, epoch, error = %join, "a checkpoint upload task failed");
                             if let Some(a) = self.coordinator.failed(epoch, Instant::now()) {
-                                self.act(a, &mut inflight, &mut savepoint_replies).await;
+                                self.act(a, &mut inflight, &mut savepoint_replies, &finished).await;
                             }
                             continue;
                         }
@@ -127,6 +129,7 @@ impl Runner {
                             continue; // an aborted checkpoint
                         };
                         f.alignment_us = f.alignment_us.max(alignment_us);
+                        f.included.insert(task);
                         for s in snapshots {
                             f.entries.push(upload(&f.storage, &f.dir, s, &mut f.uploads));
                         }
@@ -136,7 +139,6 @@ impl Runner {
                         }
                     }
                     Some(TaskEvent::Finished { task, snapshots }) => {
-                        self.coordinator.sources_ended();
                         finished[task] = Some(snapshots);
                         if finished.iter().all(Option::is_some) {
                             if let Some(f) = inflight.take() {
@@ -145,6 +147,21 @@ impl Runner {
                             let all = finished.iter_mut().flat_map(|s| s.take().unwrap_or_default()).collect();
                             self.final_checkpoint(all).await;
                             break;
+                        }
+                        // The others go on, and so do checkpoints: this task's final state
+                        // stands in for its part of them.
+                        if let Some(f) = inflight.as_mut()
+                            && f.included.insert(task)
+                        {
+                            for s in finished[task].iter().flatten().cloned() {
+                                f.entries.push(upload(&f.storage, &f.dir, s, &mut f.uploads));
+                            }
+                        }
+                        if let Some(Action::Finalize { .. }) = self.coordinator.task_finished(task)
+                            && let Some(f) = inflight.as_mut()
+                        {
+                            f.all_acked = true;
+                            self.maybe_finalize(&mut inflight).await;
                         }
                     }
                 },
@@ -162,6 +179,7 @@ impl Runner {
         action: Action,
         inflight: &mut Option<InFlight>,
         savepoint_replies: &mut VecDeque<oneshot::Sender<Result<String>>>,
+        finished: &[Option<Vec<SubtaskSnapshot>>],
     ) {
         match action {
             Action::Trigger {
@@ -206,24 +224,41 @@ impl Runner {
                         CheckpointKind::Savepoint => savepoint_replies.pop_front(),
                         CheckpointKind::Checkpoint => None,
                     },
+                    included: Default::default(),
                 });
+                // Tasks that already finished are in it with their final state.
+                let f = inflight.as_mut().expect("invariant: set");
+                for (task, snapshots) in finished.iter().enumerate() {
+                    if let Some(snapshots) = snapshots {
+                        f.included.insert(task);
+                        for s in snapshots.iter().cloned() {
+                            f.entries
+                                .push(upload(&f.storage, &f.dir, s, &mut f.uploads));
+                        }
+                    }
+                }
                 self.record(
                     inflight.as_ref().expect("invariant: set"),
                     CheckpointStatus::InProgress,
                 );
                 tracing::debug!(job = %self.job, epoch, ?kind, "checkpoint triggered");
+                // A source that ended takes no barrier; its final state is (or will be)
+                // in the checkpoint. With none left, checkpoints are over.
+                let mut taken = 0;
                 for s in &self.sources {
-                    if s.send(SourceControl::Barrier(barrier)).await.is_err() {
-                        if let Some(Action::Abort { epoch, reason }) = self.coordinator.decline(
-                            epoch,
-                            "a source has ended and cannot take the barrier",
-                            Instant::now(),
-                        ) && let Some(f) = inflight.take()
-                        {
-                            debug_assert_eq!(f.epoch, epoch);
-                            self.abort(f, &reason);
-                        }
-                        return;
+                    if s.send(SourceControl::Barrier(barrier)).await.is_ok() {
+                        taken += 1;
+                    }
+                }
+                if taken == 0 {
+                    self.coordinator.sources_ended();
+                    if let Some(Action::Abort { epoch, reason }) =
+                        self.coordinator
+                            .decline(epoch, "every source has ended", Instant::now())
+                        && let Some(f) = inflight.take()
+                    {
+                        debug_assert_eq!(f.epoch, epoch);
+                        self.abort(f, &reason);
                     }
                 }
             }

@@ -322,6 +322,8 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
         &mut last_wm,
     )
     .await?;
+    // No more barriers: checkpoints from here on take this task's final state.
+    src.control.close();
     let own = src.snapshot(&clocks, cp.is_some())?;
     let positions = own.positions.clone();
     let checkpointing = cp.is_some();
