@@ -87,7 +87,11 @@ impl SinkConnector for FileSinkConnector {
     fn create(&self, config: &Arc<FileSinkConfig>, task: &TaskInfo) -> Result<Box<dyn Operator>> {
         let mut fields: Vec<_> = config.input.fields()[..user_column_count(&config.input)].to_vec();
         if let Some(p) = &config.partitions {
-            fields = p.data_columns.iter().map(|&i| fields[i].clone()).collect();
+            fields = p
+                .data_columns
+                .iter()
+                .map(|&i| Arc::clone(&fields[i]))
+                .collect();
         }
         Ok(Box::new(FileSinkOperator {
             config: Arc::clone(config),
