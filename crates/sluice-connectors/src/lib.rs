@@ -37,6 +37,7 @@ pub fn registry() -> ConnectorRegistry {
         r.register_source(kafka::KafkaSourceConnector);
         r.register_sink(kafka::KafkaSinkConnector);
         r.register_sink(kafka::UpsertKafkaSinkConnector);
+        r.register_source(kafka::UpsertKafkaSourceConnector);
     }
     r
 }

@@ -116,6 +116,14 @@ pub enum NodeKind {
         /// Boolean expression over the input columns.
         predicate: Expr,
     },
+    /// Turns upserts by `keys` (an `upsert-kafka` source: each record the key's new row,
+    /// or a tombstone) into a changelog that takes back what it replaces (Flink's
+    /// ChangelogNormalize): keeps each key's last row. Its input is hash-partitioned by
+    /// the keys.
+    ChangelogNormalize {
+        /// The key columns (the table's primary key).
+        keys: Vec<String>,
+    },
     /// Makes the wall clock the rows' time from here on (Flink's `PROCTIME()` in a
     /// query): each row is stamped with the moment it passes, and watermarks follow the
     /// clock.
@@ -496,6 +504,9 @@ impl NodeKind {
             NodeKind::Filter { .. } => "filter".into(),
             NodeKind::Project { .. } => "project".into(),
             NodeKind::ProcessingTime => "processing-time".into(),
+            NodeKind::ChangelogNormalize { keys } => {
+                format!("changelog-normalize by ({})", keys.join(", "))
+            }
             NodeKind::Aggregate { .. } => "aggregate".into(),
             NodeKind::OverAggregate { frame, .. } => format!("over {frame:?}"),
             NodeKind::WindowAggregate { window, .. } => format!("window-aggregate {window}"),

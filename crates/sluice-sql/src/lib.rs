@@ -573,6 +573,11 @@ impl SqlContext {
                 format!("PRIMARY KEY column `{k}` is not a declared column of `{name}`"),
             ));
         }
+        // An upsert-kafka table's record key is its primary key, read and written.
+        if spec.connector == "upsert-kafka" && !extras.primary_key.is_empty() {
+            spec.options
+                .insert("key.fields".into(), extras.primary_key.join(";"));
+        }
         let mut def = TableDef::new(
             name.clone(),
             declared,

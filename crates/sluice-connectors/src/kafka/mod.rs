@@ -31,7 +31,7 @@ use sluice_plan::ConnectorSpec;
 use sluice_types::{Result, SluiceError};
 
 pub use sink::{KafkaSinkConnector, TXN_HEADER, UpsertKafkaSinkConnector};
-pub use source::KafkaSourceConnector;
+pub use source::{KafkaSourceConnector, UpsertKafkaSourceConnector};
 
 use crate::codec::MessageFormat;
 use crate::options::OptionReader;

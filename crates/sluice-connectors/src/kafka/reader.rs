@@ -68,10 +68,15 @@ pub(crate) struct MetaBuilders {
     pub(crate) timestamp_types: Vec<&'static str>,
     pub(crate) keys: Vec<Option<Vec<u8>>>,
     pub(crate) headers: Vec<OwnedHeaderList>,
+    /// `upsert-kafka`: each message's kind (`+I` an upsert, `-D` a tombstone).
+    pub(crate) kinds: Vec<i8>,
+    /// `upsert-kafka`: the JSON object a message is read as.
+    pub(crate) upsert_json: Vec<u8>,
 }
 
 impl MetaBuilders {
     pub(crate) fn clear(&mut self) {
+        self.kinds.clear();
         self.offsets.clear();
         self.timestamps.clear();
         self.timestamp_types.clear();
@@ -202,10 +207,37 @@ impl KafkaReader {
     /// Takes one message into the chunk.
     pub(crate) fn take(&mut self, split: usize, m: &MessageView<'_>) {
         self.next[split] = m.offset + 1;
+        if let Some(upsert) = &self.config.upsert {
+            // An upsert (a value) or a delete (a tombstone), read as one JSON object.
+            let mut json = std::mem::take(&mut self.meta.upsert_json);
+            if !upsert.json_of(m.key, m.payload, &mut json) {
+                let (t, p) = &self.config.partitions[self.splits[split].index];
+                self.bad_keys.push(DeadLetter {
+                    position: format!("{t}/{p}@{}", m.offset),
+                    error: "an upsert-kafka record without a readable key (a tombstone, or a value that leaves the key's fields out, needs the key)".into(),
+                    raw: String::from_utf8_lossy(m.payload.unwrap_or_default()).into_owned(),
+                });
+                self.meta.upsert_json = json;
+                return;
+            }
+            let kind = match m.payload {
+                Some(_) => sluice_types::RowKind::Insert,
+                None => sluice_types::RowKind::Delete,
+            };
+            self.meta.kinds.push(kind.code());
+            self.push_message(m, &json);
+            self.meta.upsert_json = json;
+            return;
+        }
         let Some(payload) = m.payload else {
             // A tombstone (null value) carries no row.
             return;
         };
+        self.push_message(m, payload);
+    }
+
+    /// Records a message's metadata and gives its payload to the decoder.
+    fn push_message(&mut self, m: &MessageView<'_>, payload: &[u8]) {
         // Offsets always (positions of dead letters); the rest only when a column reads it.
         self.meta.offsets.push(m.offset);
         let wants = self.wants;
@@ -289,6 +321,12 @@ impl KafkaReader {
                 },
                 Err(MetaKey::RowKind) => match &d.kinds {
                     Some(kinds) => Arc::new(kinds.clone()),
+                    // upsert-kafka: the kinds of the messages kept.
+                    None if self.config.upsert.is_some() => {
+                        let all: ArrayRef =
+                            Arc::new(arrow::array::Int8Array::from(self.meta.kinds.clone()));
+                        pick(all)?
+                    }
                     None => {
                         return Err(SluiceError::internal("debezium decoding lost its kinds"));
                     }

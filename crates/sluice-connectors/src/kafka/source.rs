@@ -51,6 +51,240 @@ pub struct KafkaSourceConfig {
     pub(crate) rows_per_second: Option<f64>,
     /// `(topic, partition)`, sorted: split i is `partitions[i]`.
     pub(crate) partitions: Vec<(String, i32)>,
+    /// An `upsert-kafka` table: records are upserts by key, tombstones deletes.
+    pub(crate) upsert: Option<UpsertSource>,
+}
+
+/// How an `upsert-kafka` table's records are read: a record's value is its key's new
+/// row (`+I`, made a changelog downstream), a tombstone (no value) deletes the key
+/// (`-D`, the key columns read from the record key, the others NULL).
+#[derive(Clone, Debug)]
+pub(crate) struct UpsertSource {
+    /// `key.format = 'raw'`: the key is the one key column's text, else a JSON object.
+    pub(crate) raw_key: Option<String>,
+    /// `value.fields-include = 'EXCEPT_KEY'`: the value holds the other columns only, and
+    /// the key's are read from the record key.
+    pub(crate) except_key: bool,
+}
+
+impl UpsertSource {
+    /// The JSON object the decoder reads for a record: its value (with the key's fields
+    /// when the value leaves them out), or for a tombstone its key alone. `None` when the
+    /// key is missing or unreadable where it is needed.
+    pub(crate) fn json_of(
+        &self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        out.clear();
+        let key_object = |out: &mut Vec<u8>| -> bool {
+            let Some(k) = key else { return false };
+            match &self.raw_key {
+                None => {
+                    out.extend_from_slice(k);
+                    true
+                }
+                Some(column) => match std::str::from_utf8(k) {
+                    Ok(text) => {
+                        let object = serde_json::json!({ column.as_str(): text });
+                        out.extend_from_slice(object.to_string().as_bytes());
+                        true
+                    }
+                    Err(_) => false,
+                },
+            }
+        };
+        match (value, self.except_key) {
+            (Some(v), false) => {
+                out.extend_from_slice(v);
+                true
+            }
+            (None, _) => key_object(out),
+            (Some(v), true) => {
+                // `{"k": 1}` and `{"v": 2}` make `{"k": 1, "v": 2}`, without parsing.
+                if !key_object(out) {
+                    return false;
+                }
+                let trimmed = |b: &[u8]| -> (usize, usize) {
+                    let s = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(0);
+                    let e = b
+                        .iter()
+                        .rposition(|c| !c.is_ascii_whitespace())
+                        .map_or(0, |e| e + 1);
+                    (s, e)
+                };
+                let (ks, ke) = trimmed(out);
+                let (vs, ve) = trimmed(v);
+                if ke <= ks || out[ke - 1] != b'}' || ve <= vs || v[vs] != b'{' {
+                    return false;
+                }
+                let value_body = &v[vs + 1..ve];
+                let key_empty = out[ks + 1..ke - 1].iter().all(u8::is_ascii_whitespace);
+                let value_empty = value_body[..value_body.len().saturating_sub(1)]
+                    .iter()
+                    .all(u8::is_ascii_whitespace);
+                out.truncate(ke - 1);
+                if !key_empty && !value_empty {
+                    out.push(b',');
+                }
+                out.extend_from_slice(value_body);
+                true
+            }
+        }
+    }
+}
+
+/// `'connector' = 'upsert-kafka'` as a source (Flink's): the topic as a table whose rows
+/// are each key's last value. The planner puts a changelog-normalize step keyed by the
+/// `PRIMARY KEY` after it, so what comes out takes back what a later record replaces.
+pub struct UpsertKafkaSourceConnector;
+
+/// Option keys of the upsert-kafka source.
+const UPSERT_SOURCE_OPTIONS: &[&str] = &[
+    "topic",
+    "properties.*",
+    "key.format",
+    "value.format",
+    "key.fields",
+    "key.fields-prefix",
+    "value.fields-include",
+    "json.ignore-parse-errors",
+    "json.fail-on-missing-field",
+    "json.timestamp-format.standard",
+    "scan.bounded.mode",
+    "rows-per-second",
+    "dead-letter.topic",
+];
+
+impl SourceConnector for UpsertKafkaSourceConnector {
+    type Config = KafkaSourceConfig;
+
+    fn name(&self) -> &'static str {
+        "upsert-kafka"
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        UPSERT_SOURCE_OPTIONS
+    }
+
+    fn parse(&self, spec: &ConnectorSpec) -> Result<KafkaSourceConfig> {
+        let o = OptionReader::new("upsert-kafka", spec);
+        let keys: Vec<String> = o
+            .str("key.fields")
+            .ok_or_else(|| {
+                SluiceError::user(
+                    "an 'upsert-kafka' table needs a PRIMARY KEY (…) NOT ENFORCED: its columns are the record key",
+                )
+            })?
+            .split(';')
+            .map(str::to_string)
+            .collect();
+        if o.str("key.fields-prefix").is_some() {
+            return Err(SluiceError::user(
+                "'key.fields-prefix' is not supported yet: name the key columns as the key's fields",
+            ));
+        }
+        if o.required("value.format")? != "json" {
+            return Err(SluiceError::user(
+                "an 'upsert-kafka' table is read with 'value.format' = 'json' (other formats are not supported yet for reading)",
+            ));
+        }
+        let columns = columns(spec, "source")?;
+        let raw_key = match o.choice("key.format", &["json", "raw"], None)?.as_str() {
+            "raw" => {
+                let [k] = keys.as_slice() else {
+                    return Err(SluiceError::user(
+                        "'key.format' = 'raw' holds one column: the PRIMARY KEY must be one STRING column",
+                    ));
+                };
+                Some(k.clone())
+            }
+            _ => None,
+        };
+        for k in &keys {
+            match columns.all.field_with_name(k) {
+                Ok(f) if spec.metadata.contains_key(k) => {
+                    return Err(SluiceError::user(format!(
+                        "the key column `{}` is read from the record key, not from metadata",
+                        f.name()
+                    )));
+                }
+                Ok(f) if raw_key.is_some() && f.data_type() != &DataType::Utf8 => {
+                    return Err(SluiceError::user(format!(
+                        "'key.format' = 'raw': the key column `{k}` must be a STRING"
+                    )));
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(SluiceError::user(format!(
+                        "the PRIMARY KEY names `{k}`, which is not a column"
+                    )));
+                }
+            }
+        }
+        if columns
+            .layout
+            .iter()
+            .any(|l| matches!(l, Err(MetaKey::Key | MetaKey::Op)))
+        {
+            return Err(SluiceError::user(
+                "an 'upsert-kafka' table reads its key into its PRIMARY KEY columns; metadata `key` and `value.op` are not available",
+            ));
+        }
+        let except_key =
+            o.choice("value.fields-include", &["ALL", "EXCEPT_KEY"], Some("ALL"))? == "EXCEPT_KEY";
+        let props = client_properties(spec)?;
+        let topics = Topics::parse(&o)?;
+        let format = message_format(&o, None)?;
+        MessageDecoder::new(&format, std::sync::Arc::clone(&columns.value))?;
+        let bounded = o.choice(
+            "scan.bounded.mode",
+            &["unbounded", "latest-offset"],
+            Some("unbounded"),
+        )? == "latest-offset";
+        let rows_per_second: Option<f64> = o.parse("rows-per-second")?;
+        if rows_per_second.is_some_and(|r| r.is_nan() || r <= 0.0) {
+            return Err(SluiceError::user(
+                "upsert-kafka option `rows-per-second` must be a positive number",
+            ));
+        }
+        let partitions = partitions(&props, &topics)?;
+        Ok(KafkaSourceConfig {
+            rows_per_second,
+            props,
+            format,
+            // Each row with its kind: an upsert or a delete.
+            columns: columns.with_row_kinds(),
+            // A key's current row is its last record: the topic is read from the start.
+            startup: Startup::Earliest,
+            bounded,
+            dead_letter_topic: o.str("dead-letter.topic").map(str::to_string),
+            json: crate::format::JsonOptions::from_options(&o)?,
+            partitions,
+            upsert: Some(UpsertSource {
+                raw_key,
+                except_key,
+            }),
+        })
+    }
+
+    fn schema(&self, config: &KafkaSourceConfig) -> Result<SchemaRef> {
+        KafkaSourceConnector.schema(config)
+    }
+
+    fn splits(&self, config: &KafkaSourceConfig, parallelism: usize) -> Result<Vec<Split>> {
+        KafkaSourceConnector.splits(config, parallelism)
+    }
+
+    fn reader(
+        &self,
+        config: &Arc<KafkaSourceConfig>,
+        splits: Vec<Split>,
+        task: &TaskInfo,
+    ) -> Result<Box<dyn SourceReader>> {
+        KafkaSourceConnector.reader(config, splits, task)
+    }
 }
 
 /// `'connector' = 'kafka'` as a source.
@@ -178,6 +412,7 @@ impl SourceConnector for KafkaSourceConnector {
             dead_letter_topic: o.str("dead-letter.topic").map(str::to_string),
             json: crate::format::JsonOptions::from_options(&o)?,
             partitions,
+            upsert: None,
         })
     }
 
@@ -326,4 +561,55 @@ pub(crate) fn start_offsets(
         out.push(o.clamp(low, high));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UpsertSource;
+
+    fn read(u: &UpsertSource, key: Option<&str>, value: Option<&str>) -> Option<String> {
+        let mut out = Vec::new();
+        u.json_of(key.map(str::as_bytes), value.map(str::as_bytes), &mut out)
+            .then(|| String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn upsert_records_are_read_as_one_json_object() {
+        let all = UpsertSource {
+            raw_key: None,
+            except_key: false,
+        };
+        // A value is the row; a tombstone is its key alone; no key, no delete.
+        assert_eq!(
+            read(&all, Some(r#"{"k":1}"#), Some(r#"{"k":1,"v":2}"#)).unwrap(),
+            r#"{"k":1,"v":2}"#
+        );
+        assert_eq!(read(&all, Some(r#"{"k":1}"#), None).unwrap(), r#"{"k":1}"#);
+        assert_eq!(read(&all, None, None), None);
+        let except = UpsertSource {
+            raw_key: None,
+            except_key: true,
+        };
+        assert_eq!(
+            read(&except, Some(r#" {"k": 1} "#), Some(r#"{"v": 2} "#)).unwrap(),
+            r#" {"k": 1,"v": 2}"#
+        );
+        assert_eq!(
+            read(&except, Some("{}"), Some(r#"{"v":2}"#)).unwrap(),
+            r#"{"v":2}"#
+        );
+        assert_eq!(
+            read(&except, Some(r#"{"k":1}"#), Some("{}")).unwrap(),
+            r#"{"k":1}"#
+        );
+        assert_eq!(read(&except, Some("not json"), Some(r#"{"v":2}"#)), None);
+        let raw = UpsertSource {
+            raw_key: Some("id".into()),
+            except_key: true,
+        };
+        assert_eq!(
+            read(&raw, Some("a\"b"), Some(r#"{"v":2}"#)).unwrap(),
+            r#"{"id":"a\"b","v":2}"#
+        );
+    }
 }

@@ -5,6 +5,7 @@
 pub mod aggregates;
 pub mod filter;
 pub mod joins;
+pub mod normalize;
 pub mod proctime;
 pub mod project;
 pub mod rank;
@@ -70,6 +71,7 @@ fn constructor(kind: &NodeKind) -> Constructor {
         NodeKind::Filter { .. } => filter::FilterOperator::from_node,
         NodeKind::Project { .. } => project::ProjectOperator::from_node,
         NodeKind::ProcessingTime => proctime::ProcessingTimeOperator::from_node,
+        NodeKind::ChangelogNormalize { .. } => normalize::ChangelogNormalizeOperator::from_node,
         NodeKind::Aggregate { .. } => aggregates::group::AggregateOperator::from_node,
         NodeKind::OverAggregate { .. } => aggregates::over::OverAggregateOperator::from_node,
         NodeKind::WindowAggregate { .. } => windows::from_node,
@@ -93,6 +95,7 @@ fn consumes_updates(kind: &NodeKind) -> bool {
         NodeKind::Filter { .. }
             | NodeKind::Project { .. }
             | NodeKind::ProcessingTime
+            | NodeKind::ChangelogNormalize { .. }
             | NodeKind::Aggregate { .. }
             | NodeKind::Join { .. }
             | NodeKind::TopN { .. }

@@ -106,6 +106,19 @@ impl Lowerer<'_> {
         }
         lowered = self.project(&lowered, exprs, want);
         lowered.rowtime = rowtime.filter(|r| lowered.columns.contains(r));
+        // An upsert-kafka table's records are upserts by its primary key: each key's last
+        // row makes them a changelog (`-U`/`+U` for a replaced row, `-D` for a tombstone).
+        if def.spec.connector == "upsert-kafka" {
+            let keys = def.primary_key.clone();
+            let node = self.add(
+                &lowered,
+                NodeKind::ChangelogNormalize { keys: keys.clone() },
+                self.parallelism,
+                Some(sluice_plan::Partitioning::Hash(keys)),
+            );
+            lowered.node = node;
+            lowered.updating = true;
+        }
         self.sources.insert(def.name.clone(), lowered.clone());
         Ok(lowered)
     }
