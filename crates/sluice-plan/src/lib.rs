@@ -146,6 +146,19 @@ pub enum NodeKind {
         /// forgotten (`table.exec.state.ttl`); `None`: kept forever.
         ttl_ms: Option<i64>,
     },
+    /// A window aggregate over an updating input (Flink 1.19+ aggregates windows of CDC
+    /// input): grouped by `keys`, which include the window's columns (assigned before it),
+    /// each group takes its rows' changes as they come and emits its result once, as an
+    /// insert, when the watermark passes its `window_end` column; a change for a window
+    /// already fired is late and dropped.
+    ChangelogWindowAggregate {
+        /// Grouping columns, the window's among them.
+        keys: Vec<String>,
+        /// Aggregate expressions, aliased.
+        aggregates: Vec<Expr>,
+        /// The key column holding each group's window end.
+        window_end: String,
+    },
     /// OVER aggregates: each row comes out once, in event-time order per partition,
     /// with the aggregates over its frame of preceding rows (`agg(x) OVER (PARTITION BY
     /// k ORDER BY ts ROWS|RANGE … PRECEDING)`), when the watermark passes it.
@@ -508,6 +521,7 @@ impl NodeKind {
                 format!("changelog-normalize by ({})", keys.join(", "))
             }
             NodeKind::Aggregate { .. } => "aggregate".into(),
+            NodeKind::ChangelogWindowAggregate { .. } => "window-aggregate of changes".into(),
             NodeKind::OverAggregate { frame, .. } => format!("over {frame:?}"),
             NodeKind::WindowAggregate { window, .. } => format!("window-aggregate {window}"),
             NodeKind::TopNPerWindow {

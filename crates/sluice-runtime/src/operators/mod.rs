@@ -72,7 +72,9 @@ fn constructor(kind: &NodeKind) -> Constructor {
         NodeKind::Project { .. } => project::ProjectOperator::from_node,
         NodeKind::ProcessingTime => proctime::ProcessingTimeOperator::from_node,
         NodeKind::ChangelogNormalize { .. } => normalize::ChangelogNormalizeOperator::from_node,
-        NodeKind::Aggregate { .. } => aggregates::group::AggregateOperator::from_node,
+        NodeKind::Aggregate { .. } | NodeKind::ChangelogWindowAggregate { .. } => {
+            aggregates::group::AggregateOperator::from_node
+        }
         NodeKind::OverAggregate { .. } => aggregates::over::OverAggregateOperator::from_node,
         NodeKind::WindowAggregate { .. } => windows::from_node,
         NodeKind::TopNPerWindow { .. } => rank::window_topn::TopNPerWindowOperator::from_node,
@@ -96,6 +98,7 @@ fn consumes_updates(kind: &NodeKind) -> bool {
             | NodeKind::Project { .. }
             | NodeKind::ProcessingTime
             | NodeKind::ChangelogNormalize { .. }
+            | NodeKind::ChangelogWindowAggregate { .. }
             | NodeKind::Aggregate { .. }
             | NodeKind::Join { .. }
             | NodeKind::TopN { .. }

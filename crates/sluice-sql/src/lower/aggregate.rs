@@ -73,10 +73,50 @@ impl Lowerer<'_> {
             input.window = w;
         }
         let p = self.parallelism;
-        if input.updating && window.is_some() {
-            return Err(SqlError::unsupported(
-                "a windowed aggregate over an updating input (a GROUP BY without windows, a Top-N or a regular join of one)",
-            ));
+        if input.updating
+            && let Some(tvf) = &window
+        {
+            // Windows of a changelog (Flink 1.19+): each row (and each retraction) is
+            // put in its window as a column, the groups (keys and window) take the
+            // changes, and each emits once when the watermark passes its window's end.
+            let crate::window_tvf::TvfKind::Tumble(size) = tvf.kind else {
+                return Err(SqlError::unsupported(format!(
+                    "a {} window over an updating input (a GROUP BY without windows, a Top-N, a join or a changelog source; TUMBLE windows take one)",
+                    tvf.kind.spec()
+                )));
+            };
+            if window_cols.len() != 2 {
+                return Err(SqlError::new(
+                    "a windowed aggregate must GROUP BY both window_start and window_end",
+                ));
+            }
+            let windowed = self.materialize(Lowered {
+                window: Some(Arc::clone(tvf)),
+                ..input
+            })?;
+            let mut group_keys = keys.clone();
+            group_keys.extend(WINDOW_COLUMNS.iter().map(|c| c.to_string()));
+            let node = self.add(
+                &windowed,
+                NodeKind::ChangelogWindowAggregate {
+                    keys: group_keys.clone(),
+                    aggregates,
+                    window_end: "window_end".into(),
+                },
+                p,
+                Some(Partitioning::Hash(group_keys.clone())),
+            );
+            let mut columns = group_keys;
+            columns.extend(names[n_groups..].iter().cloned());
+            return Ok(Lowered {
+                node,
+                columns,
+                rowtime: None,
+                window: None,
+                updating: false,
+                window_end: Some(("window_end".to_string(), size)),
+                window_start: Some(("window_start".to_string(), size)),
+            });
         }
         if let Some(tvf) = window {
             if window_cols.len() != 2 {

@@ -381,10 +381,18 @@ impl<'a> Lowerer<'a> {
                         "a window table function over another one needs a GROUP BY between them",
                     ));
                 }
-                if input.updating {
+                // A changelog may be windowed by time (its window aggregate takes the
+                // changes); sessions and count windows need an append-only input.
+                if input.updating
+                    && matches!(
+                        tvf.kind,
+                        crate::window_tvf::TvfKind::Session(_)
+                            | crate::window_tvf::TvfKind::Rows(..)
+                    )
+                {
                     return Err(SqlError::at(
                         at,
-                        "a window table function needs an append-only input, not the updates of a GROUP BY without windows",
+                        "SESSION and count windows need an append-only input, not the updates of a GROUP BY without windows, a join or a changelog source",
                     ));
                 }
                 if let Some(tc) = &tvf.time_column

@@ -84,6 +84,14 @@ pub struct AggregateOperator {
     /// With a TTL: per group, the latest event time of its rows.
     last: Vec<i64>,
     sweeps: Sweeps,
+    /// A window aggregate over an updating input: the position (among the keys) of the
+    /// window's end. Groups emit nothing as they change; each emits its result once, as
+    /// an insert, when the watermark passes its window's end, and is dropped.
+    fire_at: Option<usize>,
+    /// In that mode: per group, its window's end (epoch ms).
+    ends: Vec<i64>,
+    /// In that mode: the watermark so far; a change for a window it passed is late.
+    watermark: i64,
 }
 
 /// A group the current batch touches.
@@ -114,6 +122,34 @@ impl AggregateOperator {
         ttl_ms: Option<i64>,
         input: &SchemaRef,
     ) -> Result<PreparedOperator> {
+        Self::prepare_mode(keys, aggregates, ttl_ms, None, input)
+    }
+
+    /// A window aggregate over an updating input (Flink 1.19+ aggregates windows of CDC
+    /// input): the changes of each group (`keys`, which include the window's columns)
+    /// are applied as they come, nothing is emitted until the watermark passes the
+    /// group's window end (the key column `window_end`), then its result is emitted once
+    /// as an insert (nothing for a window whose rows were all taken back) and the group
+    /// is dropped. A change for a window already fired is late and dropped, as in Flink.
+    pub fn prepare_windowed(
+        keys: &[String],
+        aggregates: &[Expr],
+        window_end: &str,
+        input: &SchemaRef,
+    ) -> Result<PreparedOperator> {
+        let at = keys.iter().position(|k| k == window_end).ok_or_else(|| {
+            SluiceError::internal(format!("the window end `{window_end}` is not a key"))
+        })?;
+        Self::prepare_mode(keys, aggregates, None, Some(at), input)
+    }
+
+    fn prepare_mode(
+        keys: &[String],
+        aggregates: &[Expr],
+        ttl_ms: Option<i64>,
+        fire_at: Option<usize>,
+        input: &SchemaRef,
+    ) -> Result<PreparedOperator> {
         if keys.is_empty() {
             return Err(SluiceError::user(
                 "a running aggregate needs at least one key column (use key_by)",
@@ -135,7 +171,18 @@ impl AggregateOperator {
                 Some(Arc::new(types))
             }
         };
-        fields.push(Arc::new(row_kind_field()));
+        if let Some(at) = fire_at
+            && !matches!(
+                input.field(key_indices[at]).data_type(),
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, _)
+            )
+        {
+            return Err(SluiceError::internal("a window end is a TIMESTAMP(3)"));
+        }
+        // Fired windows are final: inserts only.
+        if fire_at.is_none() {
+            fields.push(Arc::new(row_kind_field()));
+        }
         fields.push(Arc::new(timestamp_field()));
         let schema: SchemaRef = Arc::new(Schema::new(fields));
         let output_schema = Arc::clone(&schema);
@@ -165,6 +212,9 @@ impl AggregateOperator {
                     ttl: Ttl::of(ttl_ms),
                     last: Vec::new(),
                     sweeps: Sweeps::default(),
+                    fire_at,
+                    ends: Vec::new(),
+                    watermark: i64::MIN,
                 }) as Box<dyn crate::operator::Operator>)
             }),
         })
@@ -201,6 +251,7 @@ impl AggregateOperator {
         let accs = std::mem::take(&mut self.accumulators);
         let last = std::mem::take(&mut self.last);
         let rows = std::mem::take(&mut self.rows);
+        let ends = std::mem::take(&mut self.ends);
         self.groups.clear();
         for (g, a) in accs.into_iter().enumerate() {
             if !keep[g] {
@@ -217,8 +268,84 @@ impl AggregateOperator {
             if let Some(&r) = rows.get(g) {
                 self.rows.push(r);
             }
+            if let Some(&e) = ends.get(g) {
+                self.ends.push(e);
+            }
         }
         self.emptied = 0;
+    }
+
+    /// The window ends of the group keys `keys` (in that mode).
+    fn window_ends<'a>(
+        &self,
+        keys: impl IntoIterator<Item = arrow::row::Row<'a>>,
+    ) -> Result<Vec<i64>> {
+        let Some(at) = self.fire_at else {
+            return Ok(Vec::new());
+        };
+        let columns = self.converter.convert_rows(keys)?;
+        let ends = columns[at]
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .ok_or_else(|| SluiceError::internal("a window end is a TIMESTAMP(3)"))?;
+        Ok(ends.iter().map(|e| e.unwrap_or(i64::MIN)).collect())
+    }
+
+    /// Emits the result of every group whose window ended at or before `watermark`
+    /// (those with rows), and drops them.
+    async fn fire(
+        &mut self,
+        watermark: i64,
+        batch_like: Option<&Batch>,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        let due: Vec<u32> = (0..self.ends.len() as u32)
+            .filter(|&g| self.ends[g as usize] <= watermark)
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let fired: Vec<u32> = due
+            .iter()
+            .copied()
+            .filter(|&g| self.rows.get(g as usize).is_none_or(|&r| r > 0))
+            .collect();
+        if !fired.is_empty() {
+            let mut columns = self
+                .converter
+                .convert_rows(fired.iter().map(|&g| self.group_keys.row(g as usize)))?;
+            let mut values: Vec<Vec<ScalarValue>> =
+                vec![Vec::with_capacity(fired.len()); self.aggregates.len()];
+            for &g in &fired {
+                for (column, v) in values.iter_mut().zip(self.result(g)?) {
+                    column.push(v);
+                }
+            }
+            for (a, column) in values.into_iter().enumerate() {
+                let field = self.schema.field(self.key_indices.len() + a);
+                let array = ScalarValue::iter_to_array(column).map_err(df_err)?;
+                columns.push(arrow::compute::cast(&array, field.data_type())?);
+            }
+            // A window's rows carry its last instant as their time, as window results do.
+            columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
+                fired.iter().map(|&g| self.ends[g as usize] - 1),
+            )));
+            let data = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+            let batch = match batch_like {
+                Some(b) => b.with_data(data),
+                None => Batch::try_new(
+                    data,
+                    sluice_types::IngestTime::at(sluice_types::now_micros()),
+                )?,
+            };
+            out.collect(batch).await?;
+        }
+        let mut keep = vec![true; self.ends.len()];
+        for g in due {
+            keep[g as usize] = false;
+        }
+        self.retain(&keep);
+        Ok(())
     }
 
     /// Forgets the keys whose TTL ran out at watermark `now`.
@@ -340,6 +467,8 @@ impl AggregateOperator {
                 _ => Some(r.int64()?),
             };
             let keys = r.keys().expect("invariant: read with a converter");
+            let ends = self.window_ends(keys.iter())?;
+            self.ends.extend(ends);
             for (i, row) in keys.iter().enumerate() {
                 let accs = self.accumulators_from(&states, i)?;
                 let g = self.accumulators.len() as u32;
@@ -395,8 +524,15 @@ impl Operator for AggregateOperator {
         &mut self,
         watermark: sluice_types::Watermark,
         _ctx: &mut OperatorContext,
-        _out: &mut dyn Collector,
+        out: &mut dyn Collector,
     ) -> Result<Option<sluice_types::Watermark>> {
+        if self.fire_at.is_some()
+            && let Some(t) = watermark.event_time()
+            && t > self.watermark
+        {
+            self.watermark = t;
+            self.fire(t, None, out).await?;
+        }
         if let (Some(ttl), Some(t)) = (self.ttl, watermark.event_time())
             && self.sweeps.due(t, ttl.ms())
         {
@@ -411,6 +547,31 @@ impl Operator for AggregateOperator {
         _ctx: &mut OperatorContext,
         out: &mut dyn Collector,
     ) -> Result<()> {
+        // A window aggregate of changes: a change for a window the watermark passed is
+        // late (the window fired), and dropped.
+        let batch = match self.fire_at {
+            Some(at) if self.watermark > i64::MIN => {
+                let ends = batch
+                    .data
+                    .column(self.key_indices[at])
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .ok_or_else(|| SluiceError::internal("a window end is a TIMESTAMP(3)"))?;
+                let on_time: arrow::array::BooleanArray = ends
+                    .iter()
+                    .map(|e| Some(e.is_some_and(|e| e > self.watermark)))
+                    .collect();
+                match on_time.true_count() {
+                    0 => return Ok(()),
+                    n if n == batch.num_rows() => batch,
+                    _ => {
+                        let data = arrow::compute::filter_record_batch(&batch.data, &on_time)?;
+                        batch.with_data(data)
+                    }
+                }
+            }
+            _ => batch,
+        };
         let n = batch.num_rows();
         let key_cols: Vec<ArrayRef> = self
             .key_indices
@@ -442,6 +603,10 @@ impl Operator for AggregateOperator {
                     if self.retracting.is_some() {
                         self.rows.push(0);
                     }
+                    if self.fire_at.is_some() {
+                        let end = self.window_ends(std::iter::once(row))?[0];
+                        self.ends.push(end);
+                    }
                     (g, true)
                 }
             };
@@ -460,7 +625,8 @@ impl Operator for AggregateOperator {
                         Some(_) => self.rows[g as usize] > 0,
                         None => !new,
                     };
-                    let before = match had {
+                    // A window of changes emits when it fires, not as it changes.
+                    let before = match had && self.fire_at.is_none() {
                         true => Some(self.result(g)?),
                         false => None,
                     };
@@ -543,6 +709,13 @@ impl Operator for AggregateOperator {
         };
         for t in touched {
             let g = t.group;
+            if self.fire_at.is_some() {
+                // Its rows are counted; its result waits for the window to end.
+                if let Some(r) = self.rows.get_mut(g as usize) {
+                    *r += i64::from(t.adds) - i64::from(t.retracts);
+                }
+                continue;
+            }
             let empty = match self.retracting {
                 Some(_) => {
                     let r = &mut self.rows[g as usize];
@@ -608,16 +781,20 @@ impl AggregateOperator {
         inputs: &[&SchemaRef],
         _registry: &crate::source::ConnectorRegistry,
     ) -> Result<crate::operators::PreparedOperator> {
-        let sluice_plan::NodeKind::Aggregate {
-            keys,
-            aggregates,
-            ttl_ms,
-        } = kind
-        else {
-            return Err(crate::operators::wrong_node(kind, "aggregate"));
-        };
         let input = &crate::operators::single_input(inputs)?;
-        Self::prepare_with_ttl(keys, aggregates, *ttl_ms, input)
+        match kind {
+            sluice_plan::NodeKind::Aggregate {
+                keys,
+                aggregates,
+                ttl_ms,
+            } => Self::prepare_with_ttl(keys, aggregates, *ttl_ms, input),
+            sluice_plan::NodeKind::ChangelogWindowAggregate {
+                keys,
+                aggregates,
+                window_end,
+            } => Self::prepare_windowed(keys, aggregates, window_end, input),
+            _ => Err(crate::operators::wrong_node(kind, "aggregate")),
+        }
     }
 }
 
@@ -868,5 +1045,132 @@ mod tests {
             ]
         );
         assert_eq!(materialize(&out), ["1,1,7,7,7"]);
+    }
+
+    /// Windows of changes: nothing comes out as they change; each window's result comes
+    /// out once, as an insert, when the watermark passes its end (through a checkpoint
+    /// taken before), a window emptied by deletes emits nothing, and a change for a window
+    /// already fired is dropped.
+    #[tokio::test]
+    async fn windows_of_changes_emit_once_when_the_watermark_passes_their_end() {
+        use crate::operator::VecCollector;
+        use crate::operators::test_util::{barrier, restored};
+        use arrow::array::{Int64Array, TimestampMillisecondArray};
+        use arrow::datatypes::Field;
+        use sluice_types::RowKind::{
+            Delete as D, Insert as I, UpdateAfter as UA, UpdateBefore as UB,
+        };
+        use sluice_types::{IngestTime, Watermark};
+        let changes = |rows: &[(RowKind, i64, i64)]| -> Batch {
+            // (kind, window end, value)
+            let user = RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    Field::new(
+                        "window_end",
+                        DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+                        false,
+                    ),
+                    Field::new("v", DataType::Int64, false),
+                ])),
+                vec![
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        rows.iter().map(|r| r.1),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                ],
+            )
+            .unwrap();
+            Batch::from_changes(
+                &user,
+                Int8Array::from_iter_values(rows.iter().map(|r| r.0.code())),
+                TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.1 - 1)),
+                IngestTime::at(0),
+            )
+            .unwrap()
+        };
+        let schema = changes(&[]).data.schema();
+        let p = AggregateOperator::prepare_windowed(
+            &["window_end".into()],
+            &[count(col("v")).alias("n"), sum(col("v")).alias("s")],
+            "window_end",
+            &schema,
+        )
+        .unwrap();
+        let names: Vec<_> = p
+            .output_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(
+            names,
+            ["window_end", "n", "s", "_timestamp"],
+            "inserts only"
+        );
+        let task = sluice_types::TaskInfo::for_test("w");
+        let mut op = (p.factory)(&task).unwrap();
+        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+        let mut out = VecCollector::default();
+        op.process_batch(
+            changes(&[(I, 10, 1), (I, 10, 5), (I, 20, 2), (I, 30, 9)]),
+            &mut ctx,
+            &mut out,
+        )
+        .await
+        .unwrap();
+        op.process_batch(
+            changes(&[(UB, 10, 5), (UA, 10, 3), (D, 30, 9)]),
+            &mut ctx,
+            &mut out,
+        )
+        .await
+        .unwrap();
+        assert!(out.batches.is_empty(), "nothing before a window ends");
+        let state = op.snapshot(&barrier(), &mut ctx).await.unwrap();
+        let mut op = (p.factory)(&task).unwrap();
+        op.restore(restored(&state, 0, 1), &mut ctx).await.unwrap();
+        let fired = |out: &VecCollector| -> Vec<String> {
+            out.batches
+                .iter()
+                .flat_map(|b| {
+                    let e = b
+                        .data
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<TimestampMillisecondArray>()
+                        .unwrap()
+                        .clone();
+                    let n = b
+                        .data
+                        .column(1)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap()
+                        .clone();
+                    let s = b
+                        .data
+                        .column(2)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap()
+                        .clone();
+                    (0..b.num_rows())
+                        .map(move |i| format!("{} {} {}", e.value(i), n.value(i), s.value(i)))
+                })
+                .collect()
+        };
+        op.on_watermark(Watermark::EventTime(10), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(fired(&out), ["10 2 4"]);
+        // Late for window 10: dropped; window 20 still takes changes.
+        op.process_batch(changes(&[(D, 10, 1), (I, 20, 4)]), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        op.on_watermark(Watermark::EventTime(35), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        // Window 30 lost its only row: nothing.
+        assert_eq!(fired(&out), ["10 2 4", "20 2 6"]);
     }
 }
