@@ -159,6 +159,13 @@ pub enum NodeKind {
         /// The key column holding each group's window end.
         window_end: String,
     },
+    /// Puts each row in its time windows as columns: a copy per window, with
+    /// `window_start` and `window_end` after its columns, its kind and time kept (what a
+    /// window aggregate of an updating input groups by).
+    AssignWindows {
+        /// A tumbling, hopping or cumulating window.
+        window: WindowSpec,
+    },
     /// OVER aggregates: each row comes out once, in event-time order per partition,
     /// with the aggregates over its frame of preceding rows (`agg(x) OVER (PARTITION BY
     /// k ORDER BY ts ROWS|RANGE … PRECEDING)`), when the watermark passes it.
@@ -522,6 +529,7 @@ impl NodeKind {
             }
             NodeKind::Aggregate { .. } => "aggregate".into(),
             NodeKind::ChangelogWindowAggregate { .. } => "window-aggregate of changes".into(),
+            NodeKind::AssignWindows { window } => format!("assign-windows {window}"),
             NodeKind::OverAggregate { frame, .. } => format!("over {frame:?}"),
             NodeKind::WindowAggregate { window, .. } => format!("window-aggregate {window}"),
             NodeKind::TopNPerWindow {
@@ -620,6 +628,7 @@ impl NodeKind {
             self,
             NodeKind::Filter { .. }
                 | NodeKind::Project { .. }
+                | NodeKind::AssignWindows { .. }
                 | NodeKind::ProcessingTime
                 | NodeKind::Source(_)
         )

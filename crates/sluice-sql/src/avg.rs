@@ -163,7 +163,8 @@ impl IntegerAvg {
         let values = as_i64(values)?;
         let values = values.as_primitive::<Int64Type>();
         let n = (values.len() - values.null_count()) as u64;
-        let sum = values.iter().flatten().fold(0i64, |s, v| s.wrapping_add(v));
+        // Arrow's vectorized sum wraps on overflow, as Java's `long` does.
+        let sum = arrow::compute::sum(values).unwrap_or(0);
         self.sum = self.sum.wrapping_add(sum.wrapping_mul(sign));
         self.count = match sign {
             1 => self.count + n,

@@ -1129,7 +1129,8 @@ async fn flink_nexmark_queries_run_unchanged_over_nested_events() {
             .replace("'connector' = 'blackhole'", "'connector' = 'collect'")
             .replace("$SIDE_INPUT", &side_input.display().to_string())
             .replace("$OUTPUT", &output.display().to_string());
-        let script = format!("{ddl}\n{query}");
+        // At parallelism 2, as a Flink job would run: keyed exchanges, merged watermarks.
+        let script = format!("SET 'parallelism.default' = '2';\n{ddl}\n{query}");
         let (mut ctx, registry, collected) = context();
         let out = match run_script(&mut ctx, &registry, &collected, &script).await {
             Ok(out) => out,

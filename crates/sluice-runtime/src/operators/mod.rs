@@ -71,6 +71,7 @@ fn constructor(kind: &NodeKind) -> Constructor {
         NodeKind::Filter { .. } => filter::FilterOperator::from_node,
         NodeKind::Project { .. } => project::ProjectOperator::from_node,
         NodeKind::ProcessingTime => proctime::ProcessingTimeOperator::from_node,
+        NodeKind::AssignWindows { .. } => windows::assign::AssignWindowsOperator::from_node,
         NodeKind::ChangelogNormalize { .. } => normalize::ChangelogNormalizeOperator::from_node,
         NodeKind::Aggregate { .. } | NodeKind::ChangelogWindowAggregate { .. } => {
             aggregates::group::AggregateOperator::from_node
@@ -99,6 +100,7 @@ fn consumes_updates(kind: &NodeKind) -> bool {
             | NodeKind::ProcessingTime
             | NodeKind::ChangelogNormalize { .. }
             | NodeKind::ChangelogWindowAggregate { .. }
+            | NodeKind::AssignWindows { .. }
             | NodeKind::Aggregate { .. }
             | NodeKind::Join { .. }
             | NodeKind::TopN { .. }

@@ -79,21 +79,46 @@ impl Lowerer<'_> {
             // Windows of a changelog (Flink 1.19+): each row (and each retraction) is
             // put in its window as a column, the groups (keys and window) take the
             // changes, and each emits once when the watermark passes its window's end.
-            let crate::window_tvf::TvfKind::Tumble(size) = tvf.kind else {
+            use crate::window_tvf::TvfKind;
+            if !matches!(
+                tvf.kind,
+                TvfKind::Tumble(_) | TvfKind::Hop(..) | TvfKind::Cumulate(..)
+            ) {
                 return Err(SqlError::unsupported(format!(
-                    "a {} window over an updating input (a GROUP BY without windows, a Top-N, a join or a changelog source; TUMBLE windows take one)",
+                    "a {} window over an updating input (a GROUP BY without windows, a Top-N, a join or a changelog source; TUMBLE, HOP and CUMULATE windows take one)",
                     tvf.kind.spec()
                 )));
-            };
+            }
             if window_cols.len() != 2 {
                 return Err(SqlError::new(
                     "a windowed aggregate must GROUP BY both window_start and window_end",
                 ));
             }
-            let windowed = self.materialize(Lowered {
-                window: Some(Arc::clone(tvf)),
-                ..input
-            })?;
+            let spec = tvf.kind.spec();
+            let windowed = match tvf.kind {
+                TvfKind::Tumble(_) => self.materialize(Lowered {
+                    window: Some(Arc::clone(tvf)),
+                    ..input
+                })?,
+                // A row is in several windows: a copy for each.
+                _ => {
+                    let par = self.plan.nodes[input.node].parallelism;
+                    let node =
+                        self.add(&input, NodeKind::AssignWindows { window: spec }, par, None);
+                    let mut columns = input.columns.clone();
+                    columns.extend(WINDOW_COLUMNS.iter().map(|c| c.to_string()));
+                    Lowered {
+                        node,
+                        columns,
+                        window: None,
+                        ..input
+                    }
+                }
+            };
+            let (size, slide) = spec
+                .size_and_slide_ms()
+                .map(|(a, b)| (a as u64, b as u64))
+                .unwrap_or_default();
             let mut group_keys = keys.clone();
             group_keys.extend(WINDOW_COLUMNS.iter().map(|c| c.to_string()));
             let node = self.add(
@@ -115,7 +140,7 @@ impl Lowerer<'_> {
                 window: None,
                 updating: false,
                 window_end: Some(("window_end".to_string(), size)),
-                window_start: Some(("window_start".to_string(), size)),
+                window_start: Some(("window_start".to_string(), slide)),
             });
         }
         if let Some(tvf) = window {

@@ -3,6 +3,7 @@
 //! with triggers ([`global`]); the output schema, key encoding, late-row routing and
 //! early firing they share.
 
+pub mod assign;
 pub mod count;
 pub mod global;
 pub mod session;
