@@ -145,6 +145,10 @@ pub enum NodeKind {
         /// A key no row reached for this long (event time, past the watermark) is
         /// forgotten (`table.exec.state.ttl`); `None`: kept forever.
         ttl_ms: Option<i64>,
+        /// Upsert mode: an update is its new row alone (`+U`, no `-U` before it), for an
+        /// only consumer that keeps each key's last row (an upsert sink keyed by these
+        /// keys), as Flink's changelog-mode inference chooses.
+        upsert: bool,
     },
     /// A window aggregate over an updating input (Flink 1.19+ aggregates windows of CDC
     /// input): grouped by `keys`, which include the window's columns (assigned before it),

@@ -18,6 +18,7 @@
 
 mod avg;
 pub mod catalog;
+mod changelog_mode;
 pub mod error;
 pub mod functions;
 #[cfg(test)]
@@ -200,6 +201,7 @@ impl SqlContext {
             }
         }
         if !plan.nodes.is_empty() {
+            changelog_mode::upserts_where_possible(&mut plan);
             self.finish(&mut plan);
             job.plan = Some(plan);
         }

@@ -566,6 +566,7 @@ impl KeyedStream {
             keys: self.keys.clone(),
             aggregates: aggregates.into_iter().collect(),
             ttl_ms: None,
+            upsert: false,
         })
     }
 }

@@ -1108,8 +1108,10 @@ async fn the_broker_going_down_and_coming_back_loses_nothing() {
 async fn an_updating_query_into_upsert_kafka_leaves_the_batch_answer_by_key() {
     let bootstrap = tansu();
     let (input, output) = (unique("upsert-in"), unique("upsert-out"));
+    let all = unique("upsert-all");
     create_topic(bootstrap, &input, 2).await;
     create_topic(bootstrap, &output, 3).await;
+    create_topic(bootstrap, &all, 3).await;
     let n = 3_000;
     produce(bootstrap, &input, &bids(n, 2));
     let dir = tempfile::tempdir().unwrap();
@@ -1130,7 +1132,13 @@ async fn an_updating_query_into_upsert_kafka_leaves_the_batch_answer_by_key() {
                 -- last batch's first offset plus one, which a bounded read stops at.
                 'properties.batch.num.messages' = '1');
              INSERT INTO best
-             SELECT auction, COUNT(*), MAX(price) FROM bids GROUP BY auction HAVING MAX(price) < 997;"
+             SELECT auction, COUNT(*), MAX(price) FROM bids GROUP BY auction HAVING MAX(price) < 997;
+             -- Keyed like the aggregate, without a HAVING between: written as upserts (no -U).
+             CREATE TABLE every (auction BIGINT, bids BIGINT, top BIGINT, PRIMARY KEY (auction) NOT ENFORCED)
+             WITH ('connector' = 'upsert-kafka', 'topic' = '{all}',
+                'properties.bootstrap.servers' = '{bootstrap}',
+                'key.format' = 'json', 'value.format' = 'json');
+             INSERT INTO every SELECT auction, COUNT(*), MAX(price) FROM bids GROUP BY auction;"
         ),
     )
     .unwrap();
@@ -1178,6 +1186,24 @@ async fn an_updating_query_into_upsert_kafka_leaves_the_batch_answer_by_key() {
         all_keys - expected.len(),
         "one tombstone per group that stopped matching"
     );
+    // The upserts leave every group's final row, and no tombstone.
+    let mut every: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for r in read_topic(bootstrap, &all) {
+        let key: serde_json::Value = serde_json::from_str(r.key.as_deref().unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(r.value.as_deref().expect("no tombstones")).unwrap();
+        every.insert(
+            key["auction"].as_i64().unwrap(),
+            (v["bids"].as_i64().unwrap(), v["top"].as_i64().unwrap()),
+        );
+    }
+    let mut all_groups: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for i in 0..n {
+        let e = all_groups.entry((i % 7) as i64).or_insert((0, -1));
+        e.0 += 1;
+        e.1 = e.1.max((i % 1000) as i64);
+    }
+    assert_eq!(every, all_groups);
     // Read back as an upsert-kafka table, the topic is each key's current row: an
     // aggregate over it counts every key once (a replaced row is taken back, a tombstone
     // deletes), as Flink's ChangelogNormalize makes it.
@@ -1216,7 +1242,7 @@ async fn an_updating_query_into_upsert_kafka_leaves_the_batch_answer_by_key() {
     );
     // Without taking back replaced rows the count would be every record's (hundreds).
     assert!(last.ends_with(&want), "{last} is not {want}:\n{stdout}");
-    delete_topics(bootstrap, &[&input, &output]).await;
+    delete_topics(bootstrap, &[&input, &output, &all]).await;
 }
 
 /// A `debezium-json` Kafka topic is a changelog (`c`/`r` `+I`, `u` `-U`/`+U`, `d` `-D`):

@@ -608,7 +608,9 @@ async fn nexmark_queries_equal_batch_answers() {
         assert_same(name, rows, batch_rows(&df, batch_sql(name)).await);
         checked.push(name.clone());
     }
-    assert!(checked.len() >= 19, "checked only {checked:?}");
+    // q0–q22 but q6 (not expressible: an OVER aggregate of an updating input) and q12
+    // (processing time, checked on its own): a missing file fails here.
+    assert_eq!(checked.len(), 21, "checked only {checked:?}");
 }
 
 /// A regular join of two updating results on their keys: its changelog, applied in
@@ -1274,4 +1276,49 @@ fn partitioned_csv_rows(dir: &Path) -> (Vec<String>, Vec<PathBuf>) {
     }
     uncommitted.dedup();
     (rows, uncommitted)
+}
+
+/// Whether the script's aggregate emits upserts (the planner's changelog-mode choice).
+fn upserts(select: &str, key: &str) -> bool {
+    let mut ctx = SqlContext::new(sluice::connectors::registry());
+    let job = ctx
+        .plan_script(&format!(
+            "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '10');
+             CREATE TABLE best (a BIGINT, n BIGINT, PRIMARY KEY ({key}) NOT ENFORCED)
+             WITH ('connector' = 'upsert-kafka', 'topic' = 't',
+               'properties.bootstrap.servers' = '127.0.0.1:1',
+               'key.format' = 'json', 'value.format' = 'json');
+             INSERT INTO best {select};"
+        ))
+        .unwrap();
+    let plan = job.plan.unwrap();
+    plan.nodes
+        .iter()
+        .find_map(|n| match n.kind {
+            sluice::plan::NodeKind::Aggregate { upsert, .. } => Some(upsert),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn an_aggregate_keyed_like_its_upsert_sink_emits_upserts_and_no_other() {
+    assert!(upserts(
+        "SELECT auction, COUNT(*) FROM bid GROUP BY auction",
+        "a"
+    ));
+    // Renamed on the way: still the same key.
+    assert!(upserts(
+        "SELECT x, c FROM (SELECT auction AS x, COUNT(*) AS c FROM bid GROUP BY auction)",
+        "a"
+    ));
+    // The sink's key is not the aggregate's: every -U is needed.
+    assert!(!upserts(
+        "SELECT auction, COUNT(*) FROM bid GROUP BY auction",
+        "n"
+    ));
+    assert!(!upserts(
+        "SELECT auction, COUNT(*) FROM bid GROUP BY auction, bidder",
+        "a"
+    ));
 }

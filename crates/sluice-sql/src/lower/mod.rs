@@ -528,6 +528,7 @@ impl<'a> Lowerer<'a> {
                         keys: keys.clone(),
                         aggregates: Vec::new(),
                         ttl_ms: self.state_ttl.map(|d| d.as_millis() as i64),
+                        upsert: false,
                     },
                     self.parallelism,
                     Some(Partitioning::Hash(keys.clone())),

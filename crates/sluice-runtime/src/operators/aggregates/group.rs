@@ -92,6 +92,8 @@ pub struct AggregateOperator {
     ends: Vec<i64>,
     /// In that mode: the watermark so far; a change for a window it passed is late.
     watermark: i64,
+    /// Upsert mode: an update is its new row alone (no `-U`).
+    upsert: bool,
 }
 
 /// A group the current batch touches.
@@ -122,7 +124,18 @@ impl AggregateOperator {
         ttl_ms: Option<i64>,
         input: &SchemaRef,
     ) -> Result<PreparedOperator> {
-        Self::prepare_mode(keys, aggregates, ttl_ms, None, input)
+        Self::prepare_mode(keys, aggregates, ttl_ms, None, false, input)
+    }
+
+    /// [`Self::prepare_with_ttl`] emitting upserts: an update is its new row alone
+    /// (`+U` without the `-U` before it), for a consumer that keeps each key's last row.
+    pub fn prepare_upsert(
+        keys: &[String],
+        aggregates: &[Expr],
+        ttl_ms: Option<i64>,
+        input: &SchemaRef,
+    ) -> Result<PreparedOperator> {
+        Self::prepare_mode(keys, aggregates, ttl_ms, None, true, input)
     }
 
     /// A window aggregate over an updating input (Flink 1.19+ aggregates windows of CDC
@@ -140,7 +153,7 @@ impl AggregateOperator {
         let at = keys.iter().position(|k| k == window_end).ok_or_else(|| {
             SluiceError::internal(format!("the window end `{window_end}` is not a key"))
         })?;
-        Self::prepare_mode(keys, aggregates, None, Some(at), input)
+        Self::prepare_mode(keys, aggregates, None, Some(at), false, input)
     }
 
     fn prepare_mode(
@@ -148,6 +161,7 @@ impl AggregateOperator {
         aggregates: &[Expr],
         ttl_ms: Option<i64>,
         fire_at: Option<usize>,
+        upsert: bool,
         input: &SchemaRef,
     ) -> Result<PreparedOperator> {
         if keys.is_empty() {
@@ -215,6 +229,7 @@ impl AggregateOperator {
                     fire_at,
                     ends: Vec::new(),
                     watermark: i64::MIN,
+                    upsert,
                 }) as Box<dyn crate::operator::Operator>)
             }),
         })
@@ -739,7 +754,9 @@ impl Operator for AggregateOperator {
             match t.before {
                 None => push(g, RowKind::Insert, t.max_ts, now),
                 Some(before) if before != now => {
-                    push(g, RowKind::UpdateBefore, t.max_ts, before);
+                    if !self.upsert {
+                        push(g, RowKind::UpdateBefore, t.max_ts, before);
+                    }
                     push(g, RowKind::UpdateAfter, t.max_ts, now);
                 }
                 Some(_) => {}
@@ -787,7 +804,8 @@ impl AggregateOperator {
                 keys,
                 aggregates,
                 ttl_ms,
-            } => Self::prepare_with_ttl(keys, aggregates, *ttl_ms, input),
+                upsert,
+            } => Self::prepare_mode(keys, aggregates, *ttl_ms, None, *upsert, input),
             sluice_plan::NodeKind::ChangelogWindowAggregate {
                 keys,
                 aggregates,
