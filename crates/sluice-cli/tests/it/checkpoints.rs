@@ -468,13 +468,16 @@ async fn a_failed_job_restarts_from_its_latest_checkpoint_on_its_own() {
 
     let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let out = dir.path().join("out");
-    // Fails after about half a second of input: a few checkpoints are complete by then.
+    // Fails when one of the two subtasks has seen a quarter of all window rows: about
+    // half-way through the input, a few checkpoints complete by then. (Counted in rows,
+    // not batches: under load one watermark fires several windows in one batch.)
     let p = windowed_with_failure(
         dir.path(),
         &input,
         &out,
         &failed,
-        sluice::plan::ConnectorSpec::new("fail-once").with_option("fail-at", 20),
+        sluice::plan::ConnectorSpec::new("fail-once")
+            .with_option("fail-at-record", (expected.len() / 4).max(1)),
     );
     let mut starts = Vec::new();
     p.run_with_restarts(
