@@ -396,7 +396,13 @@ async fn savepoint_at_parallelism_2_resumes_at_1_and_at_3() {
     let handle = windowed(&input, &before, 2, &cp).start().await.unwrap();
     let metrics = handle.metrics();
     let stop = handle.stop_handle();
+    let waiting = std::time::Instant::now();
     while metrics.source_records() < 30_000 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(120),
+            "the job never read 30 000 rows ({} so far)",
+            metrics.source_records()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let savepoint = stop.savepoint(true).await.unwrap();
@@ -727,7 +733,13 @@ async fn sql_join_and_top_n_state_survive_a_savepoint_and_a_change_of_parallelis
         .unwrap();
     let metrics = handle.metrics();
     let stop = handle.stop_handle();
+    let waiting = std::time::Instant::now();
     while metrics.source_records() < 30_000 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(120),
+            "the job never read 30 000 rows ({} so far)",
+            metrics.source_records()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let savepoint = stop.savepoint(true).await.unwrap();

@@ -880,7 +880,8 @@ fn the_kafka_latency_bench_sees_every_row() {
         r["latency_p50_ms"].as_f64().unwrap(),
         r["latency_p99_ms"].as_f64().unwrap(),
     );
-    assert!(p50 >= 0.0 && p99 >= p50, "{r}");
+    // Every row crossed a broker twice: no latency is zero.
+    assert!(p50 > 0.0 && p99 >= p50, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

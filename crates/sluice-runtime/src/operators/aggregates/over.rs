@@ -617,14 +617,16 @@ mod tests {
 
     #[tokio::test]
     async fn frames_survive_a_checkpoint_and_come_out_in_event_time_order() {
-        // Two keys, rows slightly out of order within the 50 ms bound.
+        // Two keys, rows out of order within the 50 ms bound: row n at 100 + 10 n - 25 (n
+        // mod 3), so key 0's rows arrive as 0 (100 ms), 2 (70 ms), 4 (115 ms), 6 (160 ms),
+        // 8 (130 ms), …
         let input: Vec<Batch> = (0..8)
             .map(|b| {
                 kv_batch(
                     &(0..10)
                         .map(|i| {
                             let n = b * 10 + i;
-                            (n % 2, n, n * 10 - (n % 3) * 5)
+                            (n % 2, n, 100 + n * 10 - (n % 3) * 25)
                         })
                         .collect::<Vec<_>>(),
                 )
@@ -639,15 +641,20 @@ mod tests {
             assert_eq!(whole.len(), 80, "{frame:?}: every row once");
             assert_eq!(run(frame, &input, true).await, whole, "{frame:?}");
         }
-        // ROWS 2 PRECEDING: key 0's rows are 0, 2, 4, …: the third row sees 0, 2 and 4.
+        // ROWS 2 PRECEDING, in event-time order: key 0's rows come out as 2, 0, 4, 8, 6, …
+        // (not in arrival order); the third sees 2, 0 and 4, the fourth 0, 4 and 8.
         let whole = run(OverFrame::Rows { preceding: 2 }, &input, false).await;
         let k0: Vec<&String> = whole.iter().filter(|r| r.starts_with("k0,")).collect();
+        assert!(
+            k0[0].starts_with("k0,2,") && k0[1].starts_with("k0,0,"),
+            "{k0:?}"
+        );
         assert!(
             k0[2].starts_with("k0,4,") && k0[2].contains(",3,6,4,"),
             "{k0:?}"
         );
         assert!(
-            k0[3].contains(",3,12,6,"),
+            k0[3].starts_with("k0,8,") && k0[3].contains(",3,12,8,"),
             "the oldest left the frame: {k0:?}"
         );
     }
