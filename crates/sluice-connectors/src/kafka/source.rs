@@ -238,17 +238,7 @@ impl SourceConnector for UpsertKafkaSourceConnector {
         let topics = Topics::parse(&o)?;
         let format = message_format(&o, None)?;
         MessageDecoder::new(&format, std::sync::Arc::clone(&columns.value))?;
-        let bounded = o.choice(
-            "scan.bounded.mode",
-            &["unbounded", "latest-offset"],
-            Some("unbounded"),
-        )? == "latest-offset";
-        let rows_per_second: Option<f64> = o.parse("rows-per-second")?;
-        if rows_per_second.is_some_and(|r| r.is_nan() || r <= 0.0) {
-            return Err(SluiceError::user(
-                "upsert-kafka option `rows-per-second` must be a positive number",
-            ));
-        }
+        let (bounded, rows_per_second) = end_and_pace(&o, "upsert-kafka")?;
         let partitions = partitions(&props, &topics)?;
         Ok(KafkaSourceConfig {
             rows_per_second,
@@ -289,6 +279,23 @@ impl SourceConnector for UpsertKafkaSourceConnector {
 
 /// `'connector' = 'kafka'` as a source.
 pub struct KafkaSourceConnector;
+
+/// Where a read ends (`scan.bounded.mode = 'latest-offset'`: at the end offsets seen at
+/// start) and its pace (`rows-per-second`), as both Kafka sources take them.
+fn end_and_pace(o: &OptionReader<'_>, connector: &str) -> Result<(bool, Option<f64>)> {
+    let bounded = o.choice(
+        "scan.bounded.mode",
+        &["unbounded", "latest-offset"],
+        Some("unbounded"),
+    )? == "latest-offset";
+    let rows_per_second: Option<f64> = o.parse("rows-per-second")?;
+    if rows_per_second.is_some_and(|r| r.is_nan() || r <= 0.0) {
+        return Err(SluiceError::user(format!(
+            "{connector} option `rows-per-second` must be a positive number"
+        )));
+    }
+    Ok((bounded, rows_per_second))
+}
 
 pub(crate) fn parse_specific(s: &str) -> Result<HashMap<i32, i64>> {
     let bad = || {
@@ -390,17 +397,7 @@ impl SourceConnector for KafkaSourceConnector {
                 o.required("scan.startup.specific-offsets")?,
             )?),
         };
-        let bounded = o.choice(
-            "scan.bounded.mode",
-            &["unbounded", "latest-offset"],
-            Some("unbounded"),
-        )? == "latest-offset";
-        let rows_per_second: Option<f64> = o.parse("rows-per-second")?;
-        if rows_per_second.is_some_and(|r| r.is_nan() || r <= 0.0) {
-            return Err(SluiceError::user(
-                "kafka option `rows-per-second` must be a positive number",
-            ));
-        }
+        let (bounded, rows_per_second) = end_and_pace(&o, "kafka")?;
         let partitions = partitions(&props, &topics)?;
         Ok(KafkaSourceConfig {
             rows_per_second,

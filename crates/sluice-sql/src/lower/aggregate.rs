@@ -73,6 +73,11 @@ impl Lowerer<'_> {
             input.window = w;
         }
         let p = self.parallelism;
+        if window.is_some() && window_cols.len() != 2 {
+            return Err(SqlError::new(
+                "a windowed aggregate must GROUP BY both window_start and window_end",
+            ));
+        }
         if input.updating
             && let Some(tvf) = &window
         {
@@ -88,11 +93,6 @@ impl Lowerer<'_> {
                     "a {} window over an updating input (a GROUP BY without windows, a Top-N, a join or a changelog source; TUMBLE, HOP and CUMULATE windows take one)",
                     tvf.kind.spec()
                 )));
-            }
-            if window_cols.len() != 2 {
-                return Err(SqlError::new(
-                    "a windowed aggregate must GROUP BY both window_start and window_end",
-                ));
             }
             let spec = tvf.kind.spec();
             let windowed = match tvf.kind {
@@ -144,11 +144,6 @@ impl Lowerer<'_> {
             });
         }
         if let Some(tvf) = window {
-            if window_cols.len() != 2 {
-                return Err(SqlError::new(
-                    "a windowed aggregate must GROUP BY both window_start and window_end",
-                ));
-            }
             // SESSION(TABLE t PARTITION BY …): sessions are per partition key, and the
             // aggregate's keys are what sessions are kept apart by, so they must agree.
             if !tvf.partition_by.is_empty() {
