@@ -280,7 +280,8 @@ impl Partitioning {
             .map(|(i, _)| ArrayFormatter::try_new(rows.column(*i).as_ref(), &options))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-        let mut path = String::new();
+        // Reused for every row: no allocation per row but for a new partition.
+        let (mut path, mut value) = (String::new(), String::new());
         for row in 0..rows.num_rows() {
             path.clear();
             for (k, ((i, name), f)) in self.columns.iter().zip(&formatters).enumerate() {
@@ -291,7 +292,12 @@ impl Partitioning {
                 path.push('=');
                 match rows.column(*i).is_null(row) {
                     true => escape_into(&self.default_name, &mut path),
-                    false => escape_into(&f.value(row).to_string(), &mut path),
+                    false => {
+                        use std::fmt::Write as _;
+                        value.clear();
+                        let _ = write!(value, "{}", f.value(row));
+                        escape_into(&value, &mut path)
+                    }
                 }
             }
             match groups.get_mut(path.as_str()) {

@@ -208,7 +208,14 @@ impl KafkaReader {
     pub(crate) fn take(&mut self, split: usize, m: &MessageView<'_>) {
         self.next[split] = m.offset + 1;
         if let Some(upsert) = &self.config.upsert {
-            // An upsert (a value) or a delete (a tombstone), read as one JSON object.
+            // An upsert whose value holds every column is read as it is.
+            if let (Some(payload), false) = (m.payload, upsert.except_key) {
+                self.meta.kinds.push(sluice_types::RowKind::Insert.code());
+                self.push_message(m, payload);
+                return;
+            }
+            // A delete (a tombstone), or a value without the key's columns: read as one
+            // JSON object made from the key (and the value).
             let mut json = std::mem::take(&mut self.meta.upsert_json);
             if !upsert.json_of(m.key, m.payload, &mut json) {
                 let (t, p) = &self.config.partitions[self.splits[split].index];
@@ -323,9 +330,8 @@ impl KafkaReader {
                     Some(kinds) => Arc::new(kinds.clone()),
                     // upsert-kafka: the kinds of the messages kept.
                     None if self.config.upsert.is_some() => {
-                        let all: ArrayRef =
-                            Arc::new(arrow::array::Int8Array::from(self.meta.kinds.clone()));
-                        pick(all)?
+                        let kinds = std::mem::take(&mut self.meta.kinds);
+                        pick(Arc::new(arrow::array::Int8Array::from(kinds)))?
                     }
                     None => {
                         return Err(SluiceError::internal("debezium decoding lost its kinds"));

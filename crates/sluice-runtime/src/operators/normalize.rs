@@ -70,17 +70,7 @@ impl ChangelogNormalizeOperator {
         if keys.is_empty() {
             return Err(SluiceError::user("changelog normalize needs a key"));
         }
-        let types = |idx: &mut dyn Iterator<Item = usize>| -> Vec<DataType> {
-            idx.map(|i| input.field(i).data_type().clone()).collect()
-        };
-        let template = Self {
-            key_rows: converter(&types(&mut keys.iter().copied()))?,
-            rows: converter(&types(&mut (0..width)))?,
-            input: Arc::clone(input),
-            keys,
-            width,
-            last: HashMap::new(),
-        };
+        let template = Self::build(Arc::clone(input), keys, width)?;
         Ok(prepare_from_template(
             template,
             Arc::clone(input),
@@ -88,18 +78,23 @@ impl ChangelogNormalizeOperator {
         ))
     }
 
-    fn fresh(t: &Self) -> Result<Self> {
+    /// An empty operator over `input`, keyed by its columns `keys`.
+    fn build(input: SchemaRef, keys: Vec<usize>, width: usize) -> Result<Self> {
         let types = |idx: &mut dyn Iterator<Item = usize>| -> Vec<DataType> {
-            idx.map(|i| t.input.field(i).data_type().clone()).collect()
+            idx.map(|i| input.field(i).data_type().clone()).collect()
         };
         Ok(Self {
-            key_rows: converter(&types(&mut t.keys.iter().copied()))?,
-            rows: converter(&types(&mut (0..t.width)))?,
-            input: Arc::clone(&t.input),
-            keys: t.keys.clone(),
-            width: t.width,
+            key_rows: converter(&types(&mut keys.iter().copied()))?,
+            rows: converter(&types(&mut (0..width)))?,
+            input,
+            keys,
+            width,
             last: HashMap::new(),
         })
+    }
+
+    fn fresh(t: &Self) -> Result<Self> {
+        Self::build(Arc::clone(&t.input), t.keys.clone(), t.width)
     }
 
     /// The registered constructor of `changelog-normalize` nodes.
@@ -237,9 +232,7 @@ impl Operator for ChangelogNormalizeOperator {
         out: &mut dyn Collector,
     ) -> Result<()> {
         let user = batch.user_columns();
-        let times = batch.timestamps().clone();
-        let kinds: Vec<RowKind> = batch.kinds().collect();
-        let changes = self.apply(&user, kinds.into_iter(), &times)?;
+        let changes = self.apply(&user, batch.kinds(), batch.timestamps())?;
         if changes.is_empty() {
             return Ok(());
         }

@@ -308,12 +308,7 @@ impl AggregateOperator {
 
     /// Emits the result of every group whose window ended at or before `watermark`
     /// (those with rows), and drops them.
-    async fn fire(
-        &mut self,
-        watermark: i64,
-        batch_like: Option<&Batch>,
-        out: &mut dyn Collector,
-    ) -> Result<()> {
+    async fn fire(&mut self, watermark: i64, out: &mut dyn Collector) -> Result<()> {
         let due: Vec<u32> = (0..self.ends.len() as u32)
             .filter(|&g| self.ends[g as usize] <= watermark)
             .collect();
@@ -346,13 +341,10 @@ impl AggregateOperator {
                 fired.iter().map(|&g| self.ends[g as usize] - 1),
             )));
             let data = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
-            let batch = match batch_like {
-                Some(b) => b.with_data(data),
-                None => Batch::try_new(
-                    data,
-                    sluice_types::IngestTime::at(sluice_types::now_micros()),
-                )?,
-            };
+            let batch = Batch::try_new(
+                data,
+                sluice_types::IngestTime::at(sluice_types::now_micros()),
+            )?;
             out.collect(batch).await?;
         }
         let mut keep = vec![true; self.ends.len()];
@@ -546,7 +538,7 @@ impl Operator for AggregateOperator {
             && t > self.watermark
         {
             self.watermark = t;
-            self.fire(t, None, out).await?;
+            self.fire(t, out).await?;
         }
         if let (Some(ttl), Some(t)) = (self.ttl, watermark.event_time())
             && self.sweeps.due(t, ttl.ms())
@@ -564,14 +556,18 @@ impl Operator for AggregateOperator {
     ) -> Result<()> {
         // A window aggregate of changes: a change for a window the watermark passed is
         // late (the window fired), and dropped.
+        let window_end = |batch: &Batch, at: usize| -> Result<TimestampMillisecondArray> {
+            Ok(batch
+                .data
+                .column(self.key_indices[at])
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .ok_or_else(|| SluiceError::internal("a window end is a TIMESTAMP(3)"))?
+                .clone())
+        };
         let batch = match self.fire_at {
             Some(at) if self.watermark > i64::MIN => {
-                let ends = batch
-                    .data
-                    .column(self.key_indices[at])
-                    .as_any()
-                    .downcast_ref::<TimestampMillisecondArray>()
-                    .ok_or_else(|| SluiceError::internal("a window end is a TIMESTAMP(3)"))?;
+                let ends = window_end(&batch, at)?;
                 let on_time: arrow::array::BooleanArray = ends
                     .iter()
                     .map(|e| Some(e.is_some_and(|e| e > self.watermark)))
@@ -586,6 +582,11 @@ impl Operator for AggregateOperator {
                 }
             }
             _ => batch,
+        };
+        // Each new group's window end, read off the rows.
+        let ends = match self.fire_at {
+            Some(at) => Some(window_end(&batch, at)?),
+            None => None,
         };
         let n = batch.num_rows();
         let key_cols: Vec<ArrayRef> = self
@@ -618,9 +619,8 @@ impl Operator for AggregateOperator {
                     if self.retracting.is_some() {
                         self.rows.push(0);
                     }
-                    if self.fire_at.is_some() {
-                        let end = self.window_ends(std::iter::once(row))?[0];
-                        self.ends.push(end);
+                    if let Some(ends) = &ends {
+                        self.ends.push(ends.value(i));
                     }
                     (g, true)
                 }
