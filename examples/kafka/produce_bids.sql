@@ -1,5 +1,5 @@
--- Writes 2 M Nexmark events (1.84 M bids) as JSON into topic bids2 (create it first:
--- tansu topic create --broker tcp://127.0.0.1:19092 --partitions 2 bids2).
+-- Writes 2 M Nexmark events (1.84 M bids) as JSON into topic bids2 (a broker started with
+-- scripts/kafka/broker creates it on first use, with 2 partitions).
 CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '2000000', 'first-event.rate' = '100000');
 CREATE TABLE kbids (auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING, date_time TIMESTAMP(3), extra STRING)
 WITH ('connector' = 'kafka', 'topic' = 'bids2', 'properties.bootstrap.servers' = '127.0.0.1:19092', 'format' = 'json',

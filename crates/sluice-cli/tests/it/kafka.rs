@@ -1,95 +1,25 @@
-//! Kafka end to end, against real Kafka-protocol brokers:
-//!
-//! - tansu (a Kafka-compatible broker, started here on a free loopback port) for
-//!   everything that is not transactional. tansu 0.6 does not implement EndTxn, so a
-//!   Kafka transaction cannot commit on it;
-//! - librdkafka's protocol-level mock cluster (`rdkafka::mocking::MockCluster`, run in
-//!   this test process, reached by the `sluice` child process over TCP) for the
-//!   exactly-once sink: it implements the transaction coordinator (init, begin, commit,
-//!   abort, fencing) but does not hide aborted records, even from read_committed
-//!   consumers. So the exactly-once test keeps only the records whose transaction tag
-//!   (header `sluice.txn`) the sink wrote to its transaction log after the commit
-//!   succeeded (`<transactional-id-prefix>.commits`).
+//! Kafka end to end, against Apache Kafka: a single-node KRaft broker started by these
+//! tests on free loopback ports (see `broker.rs`). Output of exactly-once jobs is read
+//! the way any application reads it, by a `read_committed` consumer.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::support::{crash_and_restart, kill_delays, run_to_end};
+use crate::broker::{Broker, kafka};
+use crate::support::{Kill, crash_and_restart, crash_and_restart_with, kill_delays, run_to_end};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
-
-/// A tansu broker for this test process. It stops when the process exits: its shell
-/// wrapper kills it once our end of its stdin closes.
-struct Tansu {
-    bootstrap: String,
-    _stdin: std::sync::Mutex<ChildStdin>,
-    _shell: std::sync::Mutex<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts a tansu broker listening on `listen`, telling clients to reach it at
-/// `advertised` (another port when a proxy stands in front of it).
-fn spawn_tansu(listen: u16, advertised: u16) -> Tansu {
-    let found = Command::new("sh")
-        .args(["-c", "command -v tansu"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "the Kafka tests need the tansu broker on PATH: run scripts/test (it installs it), or `cargo install tansu --locked --features dynostore`"
-    );
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "tansu broker --listener-url tcp://127.0.0.1:{listen} --advertised-listener-url tcp://127.0.0.1:{advertised} --storage-engine memory://tansu/ >/dev/null 2>&1 & pid=$!; read _; kill $pid"
-        ))
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdin = child.stdin.take().unwrap();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "tansu did not listen on port {listen} within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Tansu {
-        bootstrap: format!("127.0.0.1:{advertised}"),
-        _stdin: std::sync::Mutex::new(stdin),
-        _shell: std::sync::Mutex::new(child),
-    }
-}
-
-fn tansu() -> &'static str {
-    static BROKER: OnceLock<Tansu> = OnceLock::new();
-    &BROKER
-        .get_or_init(|| {
-            let port = free_port();
-            spawn_tansu(port, port)
-        })
-        .bootstrap
-}
 
 /// A topic name no other test uses.
 fn unique(stem: &str) -> String {
@@ -138,10 +68,10 @@ struct Msg {
 fn produce(bootstrap: &str, topic: &str, msgs: &[Msg]) {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        // One record per batch: tansu reports a partition's end as the base offset of
-        // its last batch plus one, and bounded sources stop at that end.
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
+        .set("linger.ms", "5")
+        // Small record batches: a consumer of several partitions gets them in turn (it
+        // fetches whole batches), as it would from producers writing as events happen.
+        .set("batch.size", "4096")
         .create()
         .unwrap();
     for m in msgs {
@@ -184,60 +114,42 @@ struct Read {
     payload: String,
 }
 
-/// Everything in `topic` up to its current end.
+/// Everything committed in `topic` up to its current end, read as an application
+/// would: a `read_committed` consumer, which never sees an aborted transaction's records.
 fn read_topic(bootstrap: &str, topic: &str) -> Vec<Read> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("test-reader"))
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
         .create()
         .unwrap();
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
-    let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut remaining: BTreeSet<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
     let mut tpl = TopicPartitionList::new();
-    let mut remaining = BTreeMap::new();
-    for &p in &parts {
-        // From offset 0, not the reported start: tansu answers "earliest" with the
-        // record batch stored first, which under concurrent producers need not be the
-        // one at the lowest offset (the test topics are new, so 0 is their start).
-        let (_, high) = c
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
+    for &p in &remaining {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
-        if high > 0 {
-            tpl.add_partition_offset(topic, p, Offset::Offset(0))
-                .unwrap();
-            remaining.insert(p, high);
-        }
-    }
-    let mut out = Vec::new();
-    if remaining.is_empty() {
-        return out;
     }
     c.assign(&tpl).unwrap();
     let start = Instant::now();
-    // tansu reports a partition's end as the base offset of the record batch stored
-    // last plus one, which can be short of the true end, so after the reported end
-    // reading goes on until nothing comes for half a second.
-    let mut quiet_since: Option<Instant> = None;
-    loop {
+    let mut out = Vec::new();
+    while !remaining.is_empty() {
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "reading {topic} timed out"
+            "reading {topic} timed out; partitions not at their end: {remaining:?}"
         );
-        if remaining.is_empty() {
-            let q = *quiet_since.get_or_insert_with(Instant::now);
-            if q.elapsed() > Duration::from_millis(500) {
-                break;
+        let m = match c.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                remaining.remove(&p);
+                continue;
             }
-        }
-        let Some(m) = c.poll(Duration::from_millis(100)) else {
-            continue;
+            Some(m) => m.unwrap(),
         };
-        quiet_since = None;
-        let m = m.unwrap();
         let mut headers = BTreeMap::new();
         if let Some(h) = m.headers() {
             for x in h.iter() {
@@ -253,12 +165,6 @@ fn read_topic(bootstrap: &str, topic: &str) -> Vec<Read> {
             value: m.payload().map(|v| String::from_utf8_lossy(v).into_owned()),
             payload: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
         });
-        if remaining
-            .get(&m.partition())
-            .is_some_and(|&h| m.offset() + 1 >= h)
-        {
-            remaining.remove(&m.partition());
-        }
     }
     out
 }
@@ -359,6 +265,9 @@ fn windowed_sql(bootstrap: &str, input: &str, output: &str, rate: u32, sink: &st
          ) WITH ('connector' = 'kafka', 'topic' = '{input}',
             'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
             'properties.group.id' = 'g-{input}',
+            -- Small fetches: a subtask reading two partitions gets rows of both in turn,
+            -- so event time (the smaller of the two) advances while the input is paced.
+            'properties.max.partition.fetch.bytes' = '8192',
             'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset',
             'rows-per-second' = '{rate}');
          CREATE TABLE counts (window_end TIMESTAMP(3), auction BIGINT, bids BIGINT, total BIGINT)
@@ -384,7 +293,7 @@ fn sluice_run(sql: &Path, extra: &[&str]) -> Command {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_sink_through_repeated_sigkill_loses_nothing() {
-    let bootstrap = tansu();
+    let bootstrap = kafka();
     let (input, output) = (unique("bids"), unique("counts"));
     create_topic(bootstrap, &input, 3).await;
     create_topic(bootstrap, &output, 2).await;
@@ -446,46 +355,29 @@ async fn at_least_once_sink_through_repeated_sigkill_loses_nothing() {
     delete_topics(bootstrap, &[&input, &output]).await;
 }
 
-/// The records of `topic` whose transaction committed: their `sluice.txn` tag is in the
-/// sink's transaction log. (The mock cluster shows aborted records too; see the top.)
-fn committed_records(bootstrap: &str, topic: &str, log: &str) -> Vec<Read> {
-    let tags: HashSet<String> = read_topic(bootstrap, log)
-        .into_iter()
-        .map(|r| r.payload)
-        .collect();
-    read_topic(bootstrap, topic)
-        .into_iter()
-        .filter(|r| {
-            r.headers
-                .get("sluice.txn")
-                .is_some_and(|t| tags.contains(t))
-        })
-        .collect()
-}
-
+/// Kafka → 1 s tumbling aggregate → Kafka with the transactional sink, SIGKILLed again
+/// and again at random moments (checkpoints every 100 ms, so kills land while a
+/// checkpoint is taken, between its completion and the sink's commit, and after the
+/// commit): a plain `read_committed` consumer sees every window exactly once with its
+/// batch value, and nothing of an aborted transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_once_through_repeated_sigkill_on_the_mock_cluster() {
-    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
-    let bootstrap = mock.bootstrap_servers();
+async fn exactly_once_through_repeated_sigkill() {
+    let bootstrap = kafka();
     let (input, output) = (unique("bids"), unique("counts"));
-    mock.create_topic(&input, 3, 1).unwrap();
-    mock.create_topic(&output, 2, 1).unwrap();
-    let n = 24_000;
-    produce(&bootstrap, &input, &bids(n, 3));
+    create_topic(bootstrap, &input, 3).await;
+    create_topic(bootstrap, &output, 2).await;
+    let n = 36_000;
+    produce(bootstrap, &input, &bids(n, 3));
     let dir = tempfile::tempdir().unwrap();
     let sql = dir.path().join("job.sql");
     let prefix = format!("tx-{output}");
-    // The sink creates its transaction log topic if it is missing, through CreateTopics,
-    // which the mock cluster does not serve: create it the mock's way.
-    mock.create_topic(&format!("{prefix}.commits"), 1, 1)
-        .unwrap();
     std::fs::write(
         &sql,
         windowed_sql(
-            &bootstrap,
+            bootstrap,
             &input,
             &output,
-            12_000,
+            2_000,
             &format!(
                 ", 'sink.delivery-guarantee' = 'exactly-once', 'sink.transactional-id-prefix' = '{prefix}'"
             ),
@@ -503,20 +395,51 @@ async fn exactly_once_through_repeated_sigkill_on_the_mock_cluster() {
         "--from-checkpoint",
         "latest",
     ];
-    let kills = crash_and_restart(|| sluice_run(&sql, &args), &kill_delays(5, 300, 1_200), &cp);
-    assert!(kills >= 3, "only {kills} kills hit a running job");
+    // Random moments, and every third kill the instant a checkpoint completes (before or
+    // while the sink commits its transaction).
+    let schedule: Vec<Kill> = kill_delays(24, 200, 1_500)
+        .into_iter()
+        .enumerate()
+        .map(|(i, ms)| match i % 3 {
+            2 => Kill::AtCheckpoint { max_ms: 1_500 },
+            _ => Kill::After(ms),
+        })
+        .collect();
+    let crashes = crash_and_restart_with(
+        || {
+            let mut c = sluice_run(&sql, &args);
+            // The sink says when a restore commits a transaction again.
+            c.env("RUST_LOG", "warn,sluice_connectors::kafka::sink=info");
+            c
+        },
+        &schedule,
+        &cp,
+    );
+    assert!(
+        crashes.kills >= 20,
+        "only {} kills hit a running job",
+        crashes.kills
+    );
+    let again: usize = crashes
+        .stderr
+        .iter()
+        .map(|e| e.matches("committing again a transaction").count())
+        .sum();
+    println!(
+        "{} kills, {} runs resumed, {again} transactions committed again on restore",
+        crashes.kills, crashes.resumed
+    );
 
     // Exactly the batch answer: every window once, with its value.
-    let log = format!("{prefix}.commits");
-    let rows = window_rows(&committed_records(&bootstrap, &output, &log));
-    let want = expected_windows(n);
+    let rows = window_rows(&read_topic(bootstrap, &output));
     let got: BTreeMap<(i64, i64), (i64, i64)> =
         rows.iter().map(|&(w, a, b, t)| ((w, a), (b, t))).collect();
     assert_eq!(
         rows.len(),
         got.len(),
-        "duplicate windows in the committed output"
+        "windows written twice in the committed output"
     );
+    let want = expected_windows(n);
     let wrong: Vec<_> = want
         .iter()
         .filter(|(k, v)| got.get(k) != Some(v))
@@ -529,23 +452,105 @@ async fn exactly_once_through_repeated_sigkill_on_the_mock_cluster() {
         want.len()
     );
 
-    // A restart from the final checkpoint (the sink initialises its transactions again,
-    // aborting whatever a leftover producer of its id had open) changes nothing.
-    // Fencing itself is not checked here: the mock cluster gives a new producer id to
-    // every InitProducerId without a current one (rdkafka_mock_handlers.c), so it never
-    // fences by transactional id, and tansu has no EndTxn.
+    // A restart from the final checkpoint changes nothing.
     run_to_end(sluice_run(&sql, &args));
     assert_eq!(
-        window_rows(&committed_records(&bootstrap, &output, &log)).len(),
+        window_rows(&read_topic(bootstrap, &output)).len(),
         rows.len(),
         "the restarted job changed the committed output"
     );
+    delete_topics(bootstrap, &[&input, &output]).await;
+}
+
+/// A producer left over from before a restore (a zombie), holding the transactional id
+/// of the sink's subtask 0 with a transaction open, cannot commit once the job has
+/// started again: the broker fences it (PRODUCER_FENCED), and its record never reaches a
+/// `read_committed` consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_left_over_from_before_a_restore_is_fenced() {
+    use rdkafka::types::RDKafkaErrorCode;
+    let bootstrap = kafka();
+    let (input, output) = (unique("bids"), unique("counts"));
+    create_topic(bootstrap, &input, 3).await;
+    create_topic(bootstrap, &output, 2).await;
+    let n = 2_000;
+    produce(bootstrap, &input, &bids(n, 3));
+    let prefix = format!("tx-{output}");
+    let zombie: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        // Subtask 0 of 2 (`sluice_run` runs with -p 2).
+        .set("transactional.id", format!("{prefix}-0-of-2"))
+        .create()
+        .unwrap();
+    zombie.init_transactions(Duration::from_secs(30)).unwrap();
+    zombie.begin_transaction().unwrap();
+    zombie
+        .send(BaseRecord::<[u8], [u8]>::to(&output).payload(b"{\"zombie\":true}"))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    zombie.flush(Duration::from_secs(30)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("job.sql");
+    std::fs::write(
+        &sql,
+        windowed_sql(
+            bootstrap,
+            &input,
+            &output,
+            100_000,
+            &format!(
+                ", 'sink.delivery-guarantee' = 'exactly-once', 'sink.transactional-id-prefix' = '{prefix}'"
+            ),
+        ),
+    )
+    .unwrap();
+    let cp = dir.path().join("checkpoints");
+    run_to_end(sluice_run(
+        &sql,
+        &[
+            "--checkpoint-interval",
+            "100ms",
+            "--checkpoint-dir",
+            cp.to_str().unwrap(),
+            "--delivery",
+            "exactly-once",
+        ],
+    ));
+
+    let err = zombie
+        .commit_transaction(Duration::from_secs(30))
+        .expect_err("the zombie committed after the job had taken its transactional id");
+    assert!(
+        matches!(
+            err.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::Fenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+            )
+        ),
+        "the zombie's commit failed otherwise than fenced: {err:?}"
+    );
+    let reads = read_topic(bootstrap, &output);
+    assert!(
+        reads.iter().all(|r| !r.payload.contains("zombie")),
+        "a read_committed consumer saw the zombie's record"
+    );
+    assert_windows_exact(&window_rows(&reads), n);
+    let rows = window_rows(&reads);
+    assert_eq!(
+        rows.len(),
+        expected_windows(n).len(),
+        "windows written twice"
+    );
+    delete_topics(bootstrap, &[&input, &output]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_records_go_to_the_dead_letter_topic_and_metadata_columns_and_headers_pass_through()
  {
-    let bootstrap = tansu();
+    let bootstrap = kafka();
     let (input, output, dlq) = (unique("raw"), unique("clean"), unique("dlq"));
     for t in [&input, &output, &dlq] {
         create_topic(bootstrap, t, 1).await;
@@ -708,7 +713,7 @@ fn schema_registry() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn avro_with_a_schema_registry_round_trips_through_kafka() {
-    let bootstrap = tansu();
+    let bootstrap = kafka();
     let registry = schema_registry();
     let (avro, json, direct) = (unique("avro"), unique("json"), unique("direct"));
     for t in [&avro, &json, &direct] {
@@ -722,7 +727,6 @@ async fn avro_with_a_schema_registry_round_trips_through_kafka() {
             "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '2000');
              CREATE TABLE a (auction BIGINT, price BIGINT, channel STRING) WITH ('connector' = 'kafka',
                 'topic' = '{avro}', 'properties.bootstrap.servers' = '{bootstrap}',
-                'properties.linger.ms' = '0', 'properties.batch.num.messages' = '1',
                 'format' = 'avro-confluent', 'avro-confluent.url' = '{registry}');
              CREATE TABLE d (auction BIGINT, price BIGINT, channel STRING) WITH ('connector' = 'kafka',
                 'topic' = '{direct}', 'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json');
@@ -806,7 +810,7 @@ fn id_msgs(range: std::ops::Range<i64>) -> Vec<Msg> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_modes_and_group_offsets() {
-    let bootstrap = tansu();
+    let bootstrap = kafka();
     let topic = unique("ids");
     create_topic(bootstrap, &topic, 1).await;
     produce(bootstrap, &topic, &id_msgs(0..5));
@@ -859,7 +863,7 @@ fn the_kafka_latency_bench_sees_every_row() {
             "bench",
             "kafka",
             "--bootstrap",
-            "mock",
+            kafka(),
             "--query",
             "q0",
             "--events",
@@ -886,7 +890,7 @@ fn the_kafka_latency_bench_sees_every_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn who_consumes_finds_a_sluice_job_and_a_plain_consumer_group() {
-    let bootstrap = tansu();
+    let bootstrap = kafka();
     let topic = unique("watched");
     create_topic(bootstrap, &topic, 2).await;
     let msgs: Vec<Msg> = id_msgs(0..100)
@@ -903,18 +907,40 @@ async fn who_consumes_finds_a_sluice_job_and_a_plain_consumer_group() {
         ", 'properties.group.id' = 'sluice-{topic}', 'scan.startup.mode' = 'earliest-offset'"
     );
     assert_eq!(read_ids(bootstrap, &topic, &sluice_group).len(), 100);
-    // A plain consumer group reads partition 0 up to offset 20 and commits.
+    // A plain consumer group, live: one member subscribed to the topic (both partitions
+    // assigned to it), which has committed offset 20 on partition 0 and nothing on 1.
     let plain = format!("plain-{topic}");
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", &plain)
+        .set("client.id", "plain-client")
         .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
+    c.subscribe(&[&topic]).unwrap();
+    let start = Instant::now();
+    while c.assignment().unwrap().count() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the plain consumer got no assignment"
+        );
+        let _ = c.poll(Duration::from_millis(100));
+    }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 0, Offset::Offset(20))
         .unwrap();
     c.commit(&tpl, rdkafka::consumer::CommitMode::Sync).unwrap();
+    // It keeps polling (so it stays a member) until who-consumes has answered.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = c.poll(Duration::from_millis(50));
+            }
+        })
+    };
 
     let out = Command::new(BIN)
         .args(["who-consumes", &topic, "--bootstrap", bootstrap, "--json"])
@@ -950,93 +976,30 @@ async fn who_consumes_finds_a_sluice_job_and_a_plain_consumer_group() {
         "{p}"
     );
     assert!(parts[1]["committed"].is_null(), "{p}");
-    // tansu reports no members; none are invented.
+    // The plain group's member as the broker knows it.
+    let members = p["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1, "{p}");
+    assert_eq!(members[0]["client_id"], "plain-client", "{p}");
+    assert!(
+        members[0]["host"].as_str().unwrap().contains("127.0.0.1"),
+        "{p}"
+    );
+    assert_eq!(members[0]["partitions"], serde_json::json!([0, 1]), "{p}");
+    assert_eq!(p["state"], "Stable", "{p}");
+    // The Sluice job assigned its partitions itself: its group has offsets, no members.
     assert!(s["members"].as_array().unwrap().is_empty(), "{s}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    poller.join().unwrap();
     delete_topics(bootstrap, &[&topic]).await;
 }
 
-/// A TCP proxy in front of a broker that can be stopped (listener closed, every
-/// connection cut) and started again: to clients, the broker going down and coming back
-/// with its data (tansu's memory store would lose it if the broker itself restarted).
-struct Outage {
-    port: u16,
-    target: u16,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
-}
-
-impl Outage {
-    fn new(port: u16, target: u16) -> Outage {
-        let o = Outage {
-            port,
-            target,
-            up: std::sync::Arc::default(),
-            conns: std::sync::Arc::default(),
-        };
-        o.start();
-        o
-    }
-
-    fn start(&self) {
-        use std::sync::atomic::Ordering::SeqCst;
-        let listener = loop {
-            match std::net::TcpListener::bind(("127.0.0.1", self.port)) {
-                Ok(l) => break l,
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
-        listener.set_nonblocking(true).unwrap();
-        self.up.store(true, SeqCst);
-        let (up, conns, target) = (
-            std::sync::Arc::clone(&self.up),
-            std::sync::Arc::clone(&self.conns),
-            self.target,
-        );
-        std::thread::spawn(move || {
-            while up.load(SeqCst) {
-                let client = match listener.accept() {
-                    Ok((c, _)) => c,
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(5));
-                        continue;
-                    }
-                };
-                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
-                    continue;
-                };
-                client.set_nonblocking(false).unwrap();
-                let mut list = conns.lock().unwrap();
-                list.push(client.try_clone().unwrap());
-                list.push(server.try_clone().unwrap());
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                }
-            }
-        });
-    }
-
-    fn stop(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }
-        // Let the accept loop see it and drop the listener.
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
+/// The broker is killed mid-run (SIGKILL, as a crash) and started again 4 s later on
+/// its storage: the job rides it out through its restart strategy and the output is
+/// complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_going_down_and_coming_back_loses_nothing() {
-    // A broker of its own, reached only through the proxy.
-    let (port, proxy_port) = (free_port(), free_port());
-    let broker = spawn_tansu(port, proxy_port);
-    let outage = Outage::new(proxy_port, port);
+    // A broker of its own: the others' tests must not see it go.
+    let broker = Broker::start_new();
     let bootstrap = broker.bootstrap.as_str();
     let (input, output) = (unique("bids"), unique("counts"));
     create_topic(bootstrap, &input, 3).await;
@@ -1080,9 +1043,9 @@ async fn the_broker_going_down_and_coming_back_loses_nothing() {
     .unwrap();
     // The broker goes away mid-run for 4 s, then comes back.
     std::thread::sleep(Duration::from_millis(1200));
-    outage.stop();
+    broker.stop();
     std::thread::sleep(Duration::from_secs(4));
-    outage.start();
+    broker.start();
     let mut err = String::new();
     std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut err).unwrap();
     let status = job.wait().unwrap();
@@ -1107,7 +1070,7 @@ async fn the_broker_going_down_and_coming_back_loses_nothing() {
 /// equals the batch answer, and groups that stopped matching the `HAVING` were deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_updating_query_into_upsert_kafka_leaves_the_batch_answer_by_key() {
-    let bootstrap = tansu();
+    let bootstrap = kafka();
     let (input, output) = (unique("upsert-in"), unique("upsert-out"));
     let all = unique("upsert-all");
     create_topic(bootstrap, &input, 2).await;
@@ -1128,10 +1091,7 @@ async fn an_updating_query_into_upsert_kafka_leaves_the_batch_answer_by_key() {
              CREATE TABLE best (auction BIGINT, bids BIGINT, top BIGINT, PRIMARY KEY (auction) NOT ENFORCED)
              WITH ('connector' = 'upsert-kafka', 'topic' = '{output}',
                 'properties.bootstrap.servers' = '{bootstrap}',
-                'key.format' = 'json', 'value.format' = 'json',
-                -- One record per produce batch: tansu reports a partition's end as the
-                -- last batch's first offset plus one, which a bounded read stops at.
-                'properties.batch.num.messages' = '1');
+                'key.format' = 'json', 'value.format' = 'json');
              INSERT INTO best
              SELECT auction, COUNT(*), MAX(price) FROM bids GROUP BY auction HAVING MAX(price) < 997;
              -- Keyed like the aggregate, without a HAVING between: written as upserts (no -U).
@@ -1250,7 +1210,7 @@ async fn an_updating_query_into_upsert_kafka_leaves_the_batch_answer_by_key() {
 /// filtered and written to `upsert-kafka`, it leaves exactly the rows that still match.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_debezium_topic_is_read_as_a_changelog() {
-    let bootstrap = tansu();
+    let bootstrap = kafka();
     let (input, output) = (unique("cdc-in"), unique("cdc-out"));
     create_topic(bootstrap, &input, 1).await;
     create_topic(bootstrap, &output, 1).await;

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod broker;
 mod support;
 
 mod checkpoints;

@@ -530,6 +530,38 @@ pub fn crash_and_restart_counted(
     delays: &[u64],
     checkpoints: &std::path::Path,
 ) -> (usize, usize) {
+    let kills: Vec<Kill> = delays.iter().map(|&d| Kill::After(d)).collect();
+    let c = crash_and_restart_with(job, &kills, checkpoints);
+    (c.kills, c.resumed)
+}
+
+/// When [`crash_and_restart_with`] kills a run.
+#[derive(Clone, Copy, Debug)]
+pub enum Kill {
+    /// This many ms after it started.
+    After(u64),
+    /// The moment a checkpoint newer than any before it is complete (its manifest is
+    /// written: the checkpoint's commit to external systems is just starting), or after
+    /// `max_ms` if none completes.
+    AtCheckpoint { max_ms: u64 },
+}
+
+/// What [`crash_and_restart_with`] saw.
+pub struct Crashes {
+    /// Kills that hit a running job.
+    pub kills: usize,
+    /// Runs that resumed from a checkpoint.
+    pub resumed: usize,
+    /// Every run's standard error, in order.
+    pub stderr: Vec<String>,
+}
+
+/// [`crash_and_restart`] with kills at given moments.
+pub fn crash_and_restart_with(
+    job: impl Fn() -> std::process::Command,
+    schedule: &[Kill],
+    checkpoints: &std::path::Path,
+) -> Crashes {
     let mut resumed = 0;
     // The newest complete checkpoint's epoch in the directory (manifests mark them).
     let newest = |dir: &std::path::Path| -> Option<u64> {
@@ -573,14 +605,23 @@ pub fn crash_and_restart_counted(
             None => panic!("a run after a kill did not restore checkpoint {must}: {stderr}"),
         }
     };
-    for &delay in delays {
+    let mut stderrs = Vec::new();
+    for &kill in schedule {
+        let before = newest(checkpoints);
         let mut child = job().spawn().unwrap();
         let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_millis(delay) {
+        let (max_ms, at_checkpoint) = match kill {
+            Kill::After(ms) => (ms, false),
+            Kill::AtCheckpoint { max_ms } => (max_ms, true),
+        };
+        while start.elapsed() < Duration::from_millis(max_ms) {
             if child.try_wait().unwrap().is_some() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            if at_checkpoint && newest(checkpoints) > before {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(if at_checkpoint { 1 } else { 10 }));
         }
         let ended = child.try_wait().unwrap();
         if ended.is_none() {
@@ -599,13 +640,19 @@ pub fn crash_and_restart_counted(
         check_resumed(&err, must_resume_from, ended.is_none());
         resumed += usize::from(err.contains("resumed from checkpoint"));
         must_resume_from = newest(checkpoints);
+        stderrs.push(err);
     }
     let out = job().output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "job failed: {err}");
     check_resumed(&err, must_resume_from, false);
     resumed += usize::from(err.contains("resumed from checkpoint"));
-    (kills, resumed)
+    stderrs.push(err.into_owned());
+    Crashes {
+        kills,
+        resumed,
+        stderr: stderrs,
+    }
 }
 
 /// Every line of the committed (visible, not in-progress) output files, sorted.

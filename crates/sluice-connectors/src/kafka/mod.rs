@@ -30,7 +30,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use sluice_plan::ConnectorSpec;
 use sluice_types::{Result, SluiceError};
 
-pub use sink::{KafkaSinkConnector, TXN_HEADER, UpsertKafkaSinkConnector};
+pub use sink::{KafkaSinkConnector, UpsertKafkaSinkConnector};
 pub use source::{KafkaSourceConnector, UpsertKafkaSourceConnector};
 
 use crate::codec::MessageFormat;

@@ -7,16 +7,18 @@
 //!  rows ──> open transaction T (records also kept in memory)
 //!  barrier n: flush T (pre-commit); T and its records go into checkpoint n
 //!  rows while T waits ──> held (not produced) until T commits
-//!  checkpoint n complete: commit T; append T's tag to the transaction log topic
-//!  restore from n: init_transactions (fences and aborts any leftover producer of the
-//!  same transactional id), then every pre-committed T of checkpoint n whose tag is not
-//!  in the transaction log is produced again in a new transaction and committed
+//!  checkpoint n complete: write T's commit marker into T, then commit T
+//!  restore from n: init_transactions (fences any leftover producer of the same
+//!  transactional id and ends its open transaction), read the markers under
+//!  read_committed, and produce again, in a new transaction, every pre-committed T of
+//!  checkpoint n that did not commit
 //! ```
 //!
-//! Every record carries the header [`TXN_HEADER`] with its transaction's tag, and the
-//! transaction log (`<transactional-id-prefix>.commits`) lists the tags of committed
-//! transactions, so a reader can tell committed records apart on brokers that show
-//! aborted records (librdkafka's mock cluster does).
+//! The markers (see [`super::txn_log`]) are written inside the transactions they name,
+//! so whether a transaction committed is never in doubt: a crash at any moment neither
+//! loses nor repeats one. Each subtask's transactional id is
+//! `<prefix>-<subtask>-of-<parallelism>`, so after a change of parallelism the new
+//! subtasks' ids never meet the old ones; the old ids are fenced on restore.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -32,24 +34,19 @@ use rdkafka::ClientContext;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use sluice_plan::{ConnectorSpec, DeliveryGuarantee};
+use sluice_runtime::state::key_group::first_key_group;
 use sluice_runtime::{
     Collector, Operator, OperatorContext, OperatorState, RestoredState, SinkConnector,
 };
 use sluice_types::{Batch, CheckpointBarrier, Result, RowKind, SluiceError, TaskInfo};
 
-use super::txn_log::{ensure_topic, log_topic, read_log};
+use super::txn_log::{committed, ensure_topic, log_topic, parse_tag, read_markers};
 use super::{
     MetaKey, OPTIONS, Topics, client_config, client_properties, kafka_err, message_format,
     partitions, user_fields,
 };
 use crate::codec::{MessageEncoder, MessageFormat};
 use crate::options::OptionReader;
-
-/// The header that carries a record's transaction tag (exactly-once sinks).
-pub const TXN_HEADER: &str = "sluice.txn";
-
-/// The transaction-log header naming the tag a re-produced transaction replaces.
-pub(crate) const REPLACES_HEADER: &str = "sluice.replaces";
 
 /// How long a transaction call (init, commit, abort) or a flush may take.
 pub(crate) const TXN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -363,13 +360,13 @@ impl SinkConnector for KafkaSinkConnector {
             value_encoder: MessageEncoder::new(&config.format, &config.value)?,
             key_encoder,
             subtask: task.subtask,
-            txn_id: config
+            parallelism: task.parallelism,
+            prefix: config
                 .txn_prefix
                 .clone()
                 .unwrap_or_else(|| format!("sluice-{}-{}", task.job, task.operator_id)),
             guarantee: Guarantee::AtLeastOnce,
             producer: None,
-            log: None,
             round_robin: task.subtask as i32,
             current: Txn::default(),
             kafka_txn_open: false,
@@ -377,6 +374,7 @@ impl SinkConnector for KafkaSinkConnector {
             seq: 0,
             attempt: 0,
             restored: Vec::new(),
+            earlier_ids: Vec::new(),
         }))
     }
 }
@@ -426,7 +424,7 @@ struct Txn {
     epoch: u64,
     tag: String,
     /// The tag this transaction had in the checkpoint, when it is produced again after a
-    /// restore under a new one.
+    /// restore under a new one: its commit marks that tag committed too.
     replaces: Option<String>,
     data: Vec<u8>,
     recs: Vec<Rec>,
@@ -452,12 +450,11 @@ pub struct KafkaSinkOperator {
     value_encoder: MessageEncoder,
     key_encoder: Option<MessageEncoder>,
     subtask: usize,
-    /// The transactional id's stem; the subtask's id is `<stem>-<subtask>`.
-    txn_id: String,
+    parallelism: usize,
+    /// The transactional ids' prefix (see [`Self::transactional_id`]).
+    prefix: String,
     guarantee: Guarantee,
     producer: Option<SinkProducer>,
-    /// Exactly-once: the producer of the transaction log.
-    log: Option<SinkProducer>,
     round_robin: i32,
     /// Exactly-once: the transaction being filled (or held while an earlier one waits).
     current: Txn,
@@ -468,6 +465,8 @@ pub struct KafkaSinkOperator {
     attempt: u64,
     /// Pre-committed transactions found in the restored checkpoint.
     restored: Vec<Txn>,
+    /// The transactional ids of the restored checkpoint's subtasks.
+    earlier_ids: Vec<String>,
 }
 
 fn encode_headers(out: &mut Vec<u8>, headers: &[(&str, Option<&[u8]>)]) {
@@ -485,7 +484,7 @@ fn encode_headers(out: &mut Vec<u8>, headers: &[(&str, Option<&[u8]>)]) {
     }
 }
 
-fn decode_headers(mut b: &[u8], tag: &str) -> OwnedHeaders {
+fn decode_headers(mut b: &[u8]) -> OwnedHeaders {
     let mut h = OwnedHeaders::new();
     let take = |n: usize, b: &mut &[u8]| -> Option<Vec<u8>> {
         let (x, rest) = (b.get(..n)?, b.get(n..)?);
@@ -513,12 +512,6 @@ fn decode_headers(mut b: &[u8], tag: &str) -> OwnedHeaders {
         Some(())
     };
     let _ = read();
-    if !tag.is_empty() {
-        h = h.insert(Header {
-            key: TXN_HEADER,
-            value: Some(tag.as_bytes()),
-        });
-    }
     h
 }
 
@@ -664,12 +657,8 @@ impl KafkaSinkOperator {
             if let Some(t) = r.timestamp {
                 rec = rec.timestamp(t);
             }
-            let has_headers = r.headers.1 > r.headers.0;
-            if has_headers || !txn.tag.is_empty() {
-                rec = rec.headers(decode_headers(
-                    &txn.data[r.headers.0..r.headers.1],
-                    &txn.tag,
-                ));
+            if r.headers.1 > r.headers.0 {
+                rec = rec.headers(decode_headers(&txn.data[r.headers.0..r.headers.1]));
             }
             loop {
                 match p.send(rec) {
@@ -704,12 +693,14 @@ impl KafkaSinkOperator {
         self.check_delivery()
     }
 
+    /// This subtask's transactional id.
+    fn transactional_id(&self) -> String {
+        format!("{}-{}-of-{}", self.prefix, self.subtask, self.parallelism)
+    }
+
     fn next_tag(&mut self) -> String {
         self.seq += 1;
-        format!(
-            "{}-{}:{}:{}",
-            self.txn_id, self.subtask, self.attempt, self.seq
-        )
+        format!("{}:{}:{}", self.transactional_id(), self.attempt, self.seq)
     }
 
     /// Begins a Kafka transaction for `current` if none is open.
@@ -724,84 +715,120 @@ impl KafkaSinkOperator {
         Ok(())
     }
 
-    /// Commits the open transaction (holding `txn`) and logs its tag.
+    /// Writes the commit markers of `txn` into it and commits it.
     async fn commit_txn(&mut self, txn: &Txn) -> Result<()> {
         if !txn.sent {
             self.open_txn().await?;
             self.produce(txn, 0).await?;
         }
-        if self.kafka_txn_open {
-            self.blocking("cannot commit the Kafka transaction", |p| {
-                p.commit_transaction(TXN_TIMEOUT)
-            })
-            .await?;
-            self.kafka_txn_open = false;
+        self.open_txn().await?;
+        let topic = log_topic(&self.prefix);
+        let own = self.transactional_id();
+        let mut markers = vec![(own.as_str(), txn.tag.as_str())];
+        // The replaced tag's id (another one after a change of parallelism) is marked
+        // too, so a later restore of the same checkpoint does not produce it a third time.
+        if let Some(r) = &txn.replaces
+            && let Some((id, _, _)) = parse_tag(r)
+            && id != own
+        {
+            markers.push((id, r.as_str()));
         }
-        self.check_delivery()?;
-        self.log_commit(&txn.tag, txn.replaces.as_deref()).await
+        let p = self.producer()?;
+        for (id, tag) in markers {
+            p.send(
+                BaseRecord::<[u8], [u8]>::to(&topic)
+                    .key(id.as_bytes())
+                    .payload(tag.as_bytes()),
+            )
+            .map_err(|(e, _)| {
+                SluiceError::external(format!("cannot write the commit marker to `{topic}`"))
+                    .with_source(e)
+            })?;
+        }
+        self.blocking("cannot commit the Kafka transaction", |p| {
+            p.commit_transaction(TXN_TIMEOUT)
+        })
+        .await?;
+        self.kafka_txn_open = false;
+        self.check_delivery()
     }
 
-    /// Appends a committed transaction's tag to the log; a transaction produced again
-    /// after a restore also names the tag it replaces (in the same record, so a later
-    /// restore from the same checkpoint does not produce it a third time).
-    async fn log_commit(&self, tag: &str, replaces: Option<&str>) -> Result<()> {
-        let Some(log) = &self.log else { return Ok(()) };
-        let topic = log_topic(&self.txn_id);
-        let mut rec = BaseRecord::<[u8], [u8]>::to(&topic).payload(tag.as_bytes());
-        if let Some(r) = replaces {
-            rec = rec.headers(OwnedHeaders::new().insert(Header {
-                key: REPLACES_HEADER,
-                value: Some(r.as_bytes()),
-            }));
-        }
-        log.send(rec).map_err(|(e, _)| {
-            SluiceError::external(format!("cannot write the transaction log `{topic}`"))
-                .with_source(e)
-        })?;
-        let l = log.clone();
-        tokio::task::spawn_blocking(move || l.flush(TXN_TIMEOUT))
+    /// Fences `id` (a transactional id no subtask of this run uses): its open
+    /// transaction, if any, ends, and a producer left over with it can no longer commit.
+    async fn fence(&self, id: &str) -> Result<()> {
+        let p: SinkProducer = client_config(&self.config.props)
+            .set("transactional.id", id)
+            .create_with_context(SinkContext::default())
+            .map_err(kafka_err("cannot create a Kafka producer"))?;
+        tokio::task::spawn_blocking(move || p.init_transactions(TXN_TIMEOUT))
             .await
             .map_err(|e| SluiceError::internal(e.to_string()))?
             .map_err(kafka_err(format!(
-                "cannot write the transaction log `{topic}`"
-            )))?;
-        log.context().check(&format!("transaction log `{topic}`"))
+                "cannot fence the transactional id `{id}` of an earlier run"
+            )))
     }
 
     async fn start_exactly_once(&mut self, ctx: &OperatorContext) -> Result<()> {
-        let topic = log_topic(&self.txn_id);
+        let topic = log_topic(&self.prefix);
         ensure_topic(&self.config.props, &topic).await?;
-        let log: SinkProducer = client_config(&self.config.props)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create_with_context(SinkContext::default())
-            .map_err(kafka_err("cannot create the transaction log producer"))?;
-        self.log = Some(log);
-        // Fences any producer left over from an earlier run with the same id, and
-        // aborts its open transaction.
+        // Fences any producer left over from an earlier run with this id, and ends its
+        // open transaction.
         self.blocking("cannot initialise Kafka transactions", |p| {
             p.init_transactions(TXN_TIMEOUT)
         })
         .await?;
-        if !self.restored.is_empty() {
-            let committed = read_log(&self.config.props, &topic).await?;
-            for mut txn in std::mem::take(&mut self.restored) {
-                if committed.contains(&txn.tag) {
-                    continue;
-                }
-                // A new tag: if the old transaction did commit after all (a crash between
-                // the broker's commit and the log), readers of the log still count it once.
-                txn.replaces = Some(std::mem::replace(&mut txn.tag, self.next_tag()));
-                txn.sent = false;
-                tracing::info!(
-                    operator = %ctx.task.operator_name,
-                    subtask = ctx.task.subtask,
-                    tag = %txn.tag,
-                    records = txn.recs.len(),
-                    "committing again a transaction of the restored checkpoint"
-                );
-                self.commit_txn(&txn).await?;
+        // Ids of the restored checkpoint's subtasks that no subtask of this run has
+        // (its parallelism was different): the one restoring their transactions fences
+        // them, and each of the others is fenced by one subtask.
+        let own = self.transactional_id();
+        let live = |id: &str| {
+            (0..self.parallelism)
+                .any(|i| id == format!("{}-{i}-of-{}", self.prefix, self.parallelism))
+        };
+        let mut old: Vec<String> = self
+            .restored
+            .iter()
+            .filter_map(|t| parse_tag(&t.tag).map(|(id, _, _)| id.to_string()))
+            .collect();
+        for (i, id) in std::mem::take(&mut self.earlier_ids)
+            .into_iter()
+            .enumerate()
+        {
+            if i % self.parallelism.max(1) == self.subtask {
+                old.push(id);
             }
+        }
+        old.sort();
+        old.dedup();
+        for id in old.iter().filter(|id| **id != own && !live(id)) {
+            self.fence(id).await?;
+        }
+        if self.restored.is_empty() {
+            return Ok(());
+        }
+        let markers = read_markers(&self.config.props, &topic).await?;
+        let restored = std::mem::take(&mut self.restored);
+        tracing::info!(
+            operator = %ctx.task.operator_name,
+            subtask = ctx.task.subtask,
+            pending = restored.len(),
+            committed = restored.iter().filter(|t| committed(&markers, &t.tag)).count(),
+            "restored the checkpoint's pending Kafka transactions"
+        );
+        for mut txn in restored {
+            if committed(&markers, &txn.tag) {
+                continue;
+            }
+            txn.replaces = Some(std::mem::replace(&mut txn.tag, self.next_tag()));
+            txn.sent = false;
+            tracing::info!(
+                operator = %ctx.task.operator_name,
+                subtask = ctx.task.subtask,
+                tag = %txn.tag,
+                records = txn.recs.len(),
+                "committing again a transaction of the restored checkpoint"
+            );
+            self.commit_txn(&txn).await?;
         }
         Ok(())
     }
@@ -814,6 +841,9 @@ const TXN_TABLE: &str = "kafka_transactions";
 struct SinkMeta {
     /// Pre-committed transactions: `(epoch, tag)`.
     pending: Vec<(u64, String)>,
+    /// The subtask's transactional id.
+    #[serde(default)]
+    transactional_id: String,
 }
 
 #[async_trait]
@@ -847,10 +877,7 @@ impl Operator for KafkaSinkOperator {
         }
         match self.guarantee {
             Guarantee::ExactlyOnce => {
-                cfg.set(
-                    "transactional.id",
-                    format!("{}-{}", self.txn_id, self.subtask),
-                );
+                cfg.set("transactional.id", self.transactional_id());
             }
             Guarantee::AtLeastOnce => {
                 cfg.set("enable.idempotence", "true").set("acks", "all");
@@ -937,7 +964,9 @@ impl Operator for KafkaSinkOperator {
         // The records of every pre-committed transaction, so that a restore can
         // produce them again if the commit is lost.
         let mut state = OperatorState::default();
-        let group = (self.subtask % ctx.max_parallelism.max(1)) as u32;
+        // A key group of this subtask's own range: restored at the same parallelism,
+        // its transactions come back to it, whose own id is fenced before anything else.
+        let group = first_key_group(self.subtask, self.parallelism, ctx.max_parallelism) as u32;
         let (mut tags, mut keys, mut values, mut headers) = (
             StringBuilder::new(),
             BinaryBuilder::new(),
@@ -985,6 +1014,7 @@ impl Operator for KafkaSinkOperator {
                 .iter()
                 .map(|t| (t.epoch, t.tag.clone()))
                 .collect(),
+            transactional_id: self.transactional_id(),
         })
         .map_err(|e| SluiceError::internal(e.to_string()))?;
         Ok(state)
@@ -995,7 +1025,12 @@ impl Operator for KafkaSinkOperator {
         let mut order: Vec<(u64, String)> = Vec::new();
         for m in state.metas::<SinkMeta>()? {
             order.extend(m.pending);
+            if !m.transactional_id.is_empty() {
+                self.earlier_ids.push(m.transactional_id);
+            }
         }
+        self.earlier_ids.sort();
+        self.earlier_ids.dedup();
         order.sort();
         for b in state.table(TXN_TABLE) {
             let col = |name: &str| -> Result<&ArrayRef> {
@@ -1126,18 +1161,14 @@ mod tests {
     fn headers_round_trip_through_the_checkpoint_encoding() {
         let mut b = Vec::new();
         encode_headers(&mut b, &[("a", Some(b"1")), ("b", None)]);
-        let h = decode_headers(&b, "t-0:1:2");
+        let h = decode_headers(&b);
         let got: Vec<(String, Option<Vec<u8>>)> = h
             .iter()
             .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
             .collect();
         assert_eq!(
             got,
-            vec![
-                ("a".into(), Some(b"1".to_vec())),
-                ("b".into(), None),
-                (TXN_HEADER.into(), Some(b"t-0:1:2".to_vec())),
-            ]
+            vec![("a".into(), Some(b"1".to_vec())), ("b".into(), None),]
         );
     }
 }
