@@ -1,5 +1,7 @@
 //! `sluice bench kafka`: end-to-end latency and throughput through a Kafka broker.
 //!
+//! Latency (the default):
+//!
 //! ```text
 //!  producer thread ──(paced JSON bids, date_time = now)──> topic …-in
 //!        job (this process): Kafka source → query → Kafka sink ──> topic …-out
@@ -7,6 +9,11 @@
 //!  latency of a row = when the consumer got it − when its event was produced (q0),
 //!                     or − its window's end (window: 1 s tumbling count per auction)
 //! ```
+//!
+//! Throughput (`--throughput`): a first job writes `events` Nexmark events' bids into
+//! topic …-in (not measured); then the measured job reads them all (JSON or Avro),
+//! and writes every row to topic …-out in the same format: records per second and per
+//! CPU-second of this process, which holds only the job then.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +28,27 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use sluice_types::{Result, SluiceError};
+
+/// What `sluice bench kafka --throughput` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct KafkaThroughputReport {
+    /// `json` or `avro`, in and out.
+    pub format: String,
+    /// Records the job read (and wrote).
+    pub records: u64,
+    /// Parallelism of every operator.
+    pub parallelism: usize,
+    /// Wall-clock seconds of the measured job.
+    pub wall_s: f64,
+    /// CPU seconds (user + system) of the process during the measured job.
+    pub cpu_s: f64,
+    /// Records per wall-clock second.
+    pub records_per_sec: f64,
+    /// Records per CPU-second.
+    pub records_per_cpu_sec: f64,
+    /// Peak resident memory of the process (MiB).
+    pub peak_rss_mb: f64,
+}
 
 /// What `sluice bench kafka` measured.
 #[derive(Clone, Debug, Serialize)]
@@ -43,14 +71,125 @@ pub struct KafkaBenchReport {
     pub latency_max_ms: f64,
 }
 
-fn now_ms() -> i64 {
+fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 fn err(what: &str) -> impl FnOnce(rdkafka::error::KafkaError) -> SluiceError + '_ {
     move |e| SluiceError::external(what.to_string()).with_source(e)
+}
+
+/// The bench's topics, new ones named after now, 2 partitions each; with `mock`,
+/// librdkafka's mock cluster in this process (kept alive by the returned handle).
+async fn bench_topics(
+    bootstrap: &str,
+) -> Result<(
+    String,
+    String,
+    String,
+    Option<rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
+)> {
+    let stamp = now_us();
+    let (input, output) = (
+        format!("sluice-bench-{stamp}-in"),
+        format!("sluice-bench-{stamp}-out"),
+    );
+    if bootstrap == "mock" {
+        let m =
+            rdkafka::mocking::MockCluster::new(1).map_err(err("cannot start the mock cluster"))?;
+        for t in [&input, &output] {
+            m.create_topic(t, 2, 1)
+                .map_err(err("cannot create the bench topics"))?;
+        }
+        return Ok((m.bootstrap_servers(), input, output, Some(m)));
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(err("cannot create a Kafka admin client"))?;
+    let created = admin
+        .create_topics(
+            &[
+                NewTopic::new(&input, 2, TopicReplication::Fixed(1)),
+                NewTopic::new(&output, 2, TopicReplication::Fixed(1)),
+            ],
+            &AdminOptions::new(),
+        )
+        .await
+        .map_err(err("cannot create the bench topics"))?;
+    for r in created {
+        r.map_err(|(t, e)| SluiceError::external(format!("cannot create topic {t}: {e}")))?;
+    }
+    Ok((bootstrap.to_string(), input, output, None))
+}
+
+/// Plans `script` at `parallelism` and starts it.
+async fn start_job(script: &str, parallelism: usize) -> Result<sluice::runtime::JobHandle> {
+    let p = parallelism.to_string();
+    let plan = sluice::plan_sql(script, &[("parallelism.default", &p)])?
+        .plan
+        .ok_or_else(|| SluiceError::internal("the bench script has no INSERT"))?;
+    sluice::Pipeline::from_plan(plan).start().await
+}
+
+/// Reads `events` Nexmark events' bids from a topic in `format` (`json` or `avro`) and
+/// writes them all to another: records per second and per CPU-second.
+pub async fn run_kafka_throughput(
+    bootstrap: &str,
+    format: &str,
+    events: u64,
+    parallelism: usize,
+) -> Result<KafkaThroughputReport> {
+    if !matches!(format, "json" | "avro") {
+        return Err(SluiceError::user(format!(
+            "no Kafka bench format `{format}`; use json or avro"
+        )));
+    }
+    let (bootstrap, input, output, _mock) = bench_topics(bootstrap).await?;
+    let columns = "auction BIGINT, bidder BIGINT, price BIGINT, channel STRING, url STRING, date_time TIMESTAMP(3), extra STRING";
+    let kafka = |topic: &str, extra: &str| {
+        format!(
+            "'connector' = 'kafka', 'topic' = '{topic}', 'properties.bootstrap.servers' = '{bootstrap}', 'format' = '{format}'{extra}"
+        )
+    };
+    // The input, written by a job of its own (not measured).
+    let fill = format!(
+        "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '{events}');
+         CREATE TABLE kin ({columns}) WITH ({});
+         INSERT INTO kin SELECT auction, bidder, price, channel, url, date_time, extra FROM bid;",
+        kafka(&input, ", 'sink.delivery-guarantee' = 'at-least-once'")
+    );
+    start_job(&fill, parallelism).await?.wait().await?;
+    let copy = format!(
+        "CREATE TABLE kin ({columns}) WITH ({});
+         CREATE TABLE kout ({columns}) WITH ({});
+         INSERT INTO kout SELECT * FROM kin;",
+        kafka(
+            &input,
+            ", 'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset'"
+        ),
+        kafka(&output, ", 'sink.delivery-guarantee' = 'at-least-once'"),
+    );
+    let cpu0 = crate::bench::cpu_seconds();
+    let t0 = Instant::now();
+    let handle = start_job(&copy, parallelism).await?;
+    let metrics = handle.metrics();
+    handle.wait().await?;
+    let wall_s = t0.elapsed().as_secs_f64();
+    let cpu_s = crate::bench::cpu_seconds() - cpu0;
+    let records = metrics.sink_records();
+    Ok(KafkaThroughputReport {
+        format: format.to_string(),
+        records,
+        parallelism,
+        wall_s,
+        cpu_s,
+        records_per_sec: records as f64 / wall_s.max(1e-9),
+        records_per_cpu_sec: records as f64 / cpu_s.max(1e-9),
+        peak_rss_mb: crate::bench::peak_rss_mb(),
+    })
 }
 
 /// Runs `query` (`q0` or `window`) over `events` events produced at `rate` per second,
@@ -62,50 +201,10 @@ pub async fn run_kafka_bench(
     rate: u64,
     parallelism: usize,
 ) -> Result<KafkaBenchReport> {
-    let stamp = now_ms();
-    let (input, output) = (
-        format!("sluice-bench-{stamp}-in"),
-        format!("sluice-bench-{stamp}-out"),
-    );
-    // `mock`: librdkafka's mock cluster in this process (no broker of its own costs).
-    let mock = match bootstrap {
-        "mock" => Some(
-            rdkafka::mocking::MockCluster::new(1).map_err(err("cannot start the mock cluster"))?,
-        ),
-        _ => None,
-    };
-    let bootstrap = match &mock {
-        Some(m) => {
-            for t in [&input, &output] {
-                m.create_topic(t, 2, 1)
-                    .map_err(err("cannot create the bench topics"))?;
-            }
-            m.bootstrap_servers()
-        }
-        None => bootstrap.to_string(),
-    };
+    let (bootstrap, input, output, _mock) = bench_topics(bootstrap).await?;
     let bootstrap = bootstrap.as_str();
-    if mock.is_none() {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .create()
-            .map_err(err("cannot create a Kafka admin client"))?;
-        let created = admin
-            .create_topics(
-                &[
-                    NewTopic::new(&input, 2, TopicReplication::Fixed(1)),
-                    NewTopic::new(&output, 2, TopicReplication::Fixed(1)),
-                ],
-                &AdminOptions::new(),
-            )
-            .await
-            .map_err(err("cannot create the bench topics"))?;
-        for r in created {
-            r.map_err(|(t, e)| SluiceError::external(format!("cannot create topic {t}: {e}")))?;
-        }
-    }
     let source = format!(
-        "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3),
+        "CREATE TABLE bids (auction BIGINT, price BIGINT, date_time TIMESTAMP(3), sent_us BIGINT,
             WATERMARK FOR date_time AS date_time - INTERVAL '0' SECOND)
          WITH ('connector' = 'kafka', 'topic' = '{input}', 'properties.bootstrap.servers' = '{bootstrap}',
             'format' = 'json', 'scan.startup.mode' = 'earliest-offset',
@@ -114,11 +213,11 @@ pub async fn run_kafka_bench(
     let (sink_cols, select) = match query {
         "q0" => (
             "auction BIGINT, price BIGINT, t BIGINT",
-            "SELECT auction, price, CAST(date_time AS BIGINT) AS t FROM bids",
+            "SELECT auction, price, sent_us AS t FROM bids",
         ),
         "window" => (
             "auction BIGINT, bids BIGINT, t BIGINT",
-            "SELECT auction, COUNT(*) AS bids, CAST(window_end AS BIGINT) AS t
+            "SELECT auction, COUNT(*) AS bids, CAST(window_end AS BIGINT) * 1000 AS t
              FROM TABLE(TUMBLE(TABLE bids, DESCRIPTOR(date_time), INTERVAL '1' SECOND))
              GROUP BY window_start, window_end, auction",
         ),
@@ -135,11 +234,7 @@ pub async fn run_kafka_bench(
             'sink.delivery-guarantee' = 'at-least-once', 'properties.linger.ms' = '1');
          INSERT INTO out {select};"
     );
-    let p = parallelism.to_string();
-    let plan = sluice::plan_sql(&script, &[("parallelism.default", &p)])?
-        .plan
-        .ok_or_else(|| SluiceError::internal("the bench script has no INSERT"))?;
-    let handle = sluice::Pipeline::from_plan(plan).start().await?;
+    let handle = start_job(&script, parallelism).await?;
     let stop = handle.stop_handle();
 
     // The consumer: every output row's latency until told to stop.
@@ -167,7 +262,7 @@ pub async fn run_kafka_bench(
                 let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) else {
                     continue;
                 };
-                let now = now_ms();
+                let now = now_us();
                 last = Instant::now();
                 let t = m
                     .payload()
@@ -199,11 +294,12 @@ pub async fn run_kafka_bench(
                 std::thread::sleep(wait);
             }
             payload.clear();
+            let now = now_us();
             payload.push_str(&format!(
-                "{{\"auction\":{},\"price\":{},\"date_time\":{}}}",
+                "{{\"auction\":{},\"price\":{},\"date_time\":{},\"sent_us\":{now}}}",
                 i % 10,
                 i % 1000,
-                now_ms()
+                now / 1000
             ));
             let mut rec = BaseRecord::<(), str>::to(&input)
                 .payload(payload.as_str())
@@ -247,8 +343,8 @@ pub async fn run_kafka_bench(
         rows: lat.len() as u64,
         rate,
         events_per_sec: events as f64 / span,
-        latency_p50_ms: q(0.5),
-        latency_p99_ms: q(0.99),
-        latency_max_ms: q(1.0),
+        latency_p50_ms: q(0.5) / 1000.0,
+        latency_p99_ms: q(0.99) / 1000.0,
+        latency_max_ms: q(1.0) / 1000.0,
     })
 }

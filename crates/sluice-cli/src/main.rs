@@ -408,6 +408,13 @@ enum BenchSuite {
         /// Parallelism of every operator.
         #[arg(long, short, default_value_t = 1)]
         parallelism: usize,
+        /// Measure throughput instead: read `events` Nexmark events' bids from a topic,
+        /// written there first, and write them all to another (records per CPU-second).
+        #[arg(long)]
+        throughput: bool,
+        /// With --throughput: `json` or `avro`, in and out.
+        #[arg(long, default_value = "json")]
+        format: String,
     },
     /// Checkpoint duration and size, and restore time, for N keys of window state.
     State {
@@ -703,12 +710,32 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     events,
                     rate,
                     parallelism,
+                    throughput,
+                    format,
                 },
         } => {
-            let r =
-                crate::kafka_bench::run_kafka_bench(&bootstrap, &query, events, rate, parallelism)
-                    .await?;
-            println!("{}", serde_json::to_string(&r)?);
+            let json = match throughput {
+                true => serde_json::to_string(
+                    &crate::kafka_bench::run_kafka_throughput(
+                        &bootstrap,
+                        &format,
+                        events,
+                        parallelism,
+                    )
+                    .await?,
+                )?,
+                false => serde_json::to_string(
+                    &crate::kafka_bench::run_kafka_bench(
+                        &bootstrap,
+                        &query,
+                        events,
+                        rate,
+                        parallelism,
+                    )
+                    .await?,
+                )?,
+            };
+            println!("{json}");
             Ok(())
         }
         Command::Server {

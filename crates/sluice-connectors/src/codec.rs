@@ -649,7 +649,10 @@ enum EncoderState {
         delimiter: u8,
     },
     Raw,
-    Avro(AvroEncoder),
+    /// The encoder, and the table's schema it writes (the rows are given it under that
+    /// schema: a column the query knows to have no NULL is still a union with null in
+    /// a nullable table column, as readers of the table expect).
+    Avro(AvroEncoder, SchemaRef),
 }
 
 impl MessageEncoder {
@@ -669,11 +672,13 @@ impl MessageEncoder {
                 raw_column(schema)?;
                 EncoderState::Raw
             }
-            MessageFormat::Avro { .. } => EncoderState::Avro(avro_encoder(schema, None)?),
+            MessageFormat::Avro { .. } => {
+                EncoderState::Avro(avro_encoder(schema, None)?, Arc::clone(schema))
+            }
             MessageFormat::AvroConfluent { registry, subject } => {
                 let avro = value_fields(schema)?;
                 let id = registry.register(subject, &avro.json_string)?;
-                EncoderState::Avro(avro_encoder(schema, Some(id))?)
+                EncoderState::Avro(avro_encoder(schema, Some(id))?, Arc::clone(schema))
             }
         };
         Ok(Self {
@@ -726,8 +731,9 @@ impl MessageEncoder {
                     self.rows.push((s, self.buf.len()));
                 }
             }
-            EncoderState::Avro(enc) => {
-                enc.encode(batch)
+            EncoderState::Avro(enc, schema) => {
+                let batch = RecordBatch::try_new(Arc::clone(schema), batch.columns().to_vec())?;
+                enc.encode(&batch)
                     .map_err(|e| SluiceError::user("Avro encoding failed").with_source(e))?;
                 let rows = enc.flush();
                 self.buf.extend_from_slice(rows.bytes());
@@ -825,6 +831,36 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    /// Rows a query knows to have no NULL (non-nullable fields) written to a table with
+    /// nullable columns are read back by a reader of that table.
+    #[test]
+    fn rows_without_nulls_into_nullable_columns_read_back_as_avro() {
+        let strict = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, false),
+        ]));
+        let rows = RecordBatch::try_new(
+            strict,
+            vec![
+                Arc::new(Int64Array::from(vec![7, 8])),
+                Arc::new(StringArray::from(vec!["x", "y"])),
+            ],
+        )
+        .unwrap();
+        let f = MessageFormat::Avro { schema: None };
+        let mut enc = MessageEncoder::new(&f, &schema()).unwrap();
+        enc.encode(&rows).unwrap();
+        let mut dec = MessageDecoder::new(&f, schema()).unwrap();
+        for i in 0..enc.len() {
+            dec.push(enc.row(i));
+        }
+        let mut dead = Vec::new();
+        let d = dec.finish(&|i| i.to_string(), &mut dead).unwrap().unwrap();
+        assert!(dead.is_empty(), "{dead:?}");
+        assert_eq!(d.rows.num_rows(), 2);
+        assert_eq!(d.rows.column(0), rows.column(0));
     }
 
     #[test]

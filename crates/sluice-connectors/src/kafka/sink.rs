@@ -28,7 +28,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BinaryBuilder, Int32Array, Int32Builder, Int64Builder,
     RecordBatch, StringBuilder, UInt32Array,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use rdkafka::ClientContext;
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -111,6 +111,22 @@ enum Upsert {
     Tombstone,
     /// Nothing: a `-U` whose `+U` (or `+I`) for the same key follows in the batch.
     Skip,
+}
+
+/// A column as the table declares it: written as an Avro union with null when the
+/// table's column is nullable, whatever the query knows of its rows (readers of the table
+/// expect the declared form).
+fn as_declared(spec: &ConnectorSpec, f: &FieldRef) -> FieldRef {
+    let declared = spec
+        .schema
+        .as_ref()
+        .and_then(|s| s.field_with_name(f.name()).ok());
+    match declared {
+        Some(d) if d.is_nullable() != f.is_nullable() => {
+            Arc::new(f.as_ref().clone().with_nullable(d.is_nullable()))
+        }
+        _ => Arc::clone(f),
+    }
 }
 
 /// Per change of a batch, what an upsert sink writes: `+I`/`+U` a value, `-D` a
@@ -240,7 +256,7 @@ impl SinkConnector for KafkaSinkConnector {
             match spec.metadata.get(f.name()) {
                 None => {
                     value_columns.push(i);
-                    value_fields.push(Arc::clone(f));
+                    value_fields.push(as_declared(spec, f));
                 }
                 Some(k) => match MetaKey::for_column(f, k)? {
                     MetaKey::Key => key_column = Some(i),
@@ -293,7 +309,7 @@ impl SinkConnector for KafkaSinkConnector {
                         ))
                     })?;
                     idx.push(i);
-                    kf.push(Arc::clone(&user[i]));
+                    kf.push(as_declared(spec, &user[i]));
                 }
                 let kschema = Arc::new(Schema::new(kf));
                 MessageEncoder::new(&kformat, &kschema)?;
