@@ -282,6 +282,45 @@ fn windowed_sql(bootstrap: &str, input: &str, output: &str, rate: u32, sink: &st
     )
 }
 
+/// The sink of a [`windowed_job`].
+enum Sink {
+    AtLeastOnce,
+    /// Transactional, with the transactional-id prefix `tx-<output topic>`.
+    ExactlyOnce,
+}
+
+/// A windowed job over new topics: `input` holds `n` bids over 3 partitions, `output`
+/// (2 partitions) is empty; `sql` (in `dir`) reads `input` at `rate` rows per second and
+/// writes the 1 s windows to `output`.
+struct WindowedJob {
+    input: String,
+    output: String,
+    dir: tempfile::TempDir,
+    sql: std::path::PathBuf,
+}
+
+async fn windowed_job(bootstrap: &str, n: usize, rate: u32, sink: Sink) -> WindowedJob {
+    let (input, output) = (unique("bids"), unique("counts"));
+    create_topic(bootstrap, &input, 3).await;
+    create_topic(bootstrap, &output, 2).await;
+    produce(bootstrap, &input, &bids(n, 3));
+    let sink = match sink {
+        Sink::AtLeastOnce => ", 'sink.delivery-guarantee' = 'at-least-once'".to_string(),
+        Sink::ExactlyOnce => format!(
+            ", 'sink.delivery-guarantee' = 'exactly-once', 'sink.transactional-id-prefix' = 'tx-{output}'"
+        ),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("job.sql");
+    std::fs::write(&sql, windowed_sql(bootstrap, &input, &output, rate, &sink)).unwrap();
+    WindowedJob {
+        input,
+        output,
+        dir,
+        sql,
+    }
+}
+
 fn sluice_run(sql: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.arg("run")
@@ -296,24 +335,13 @@ fn sluice_run(sql: &Path, extra: &[&str]) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_sink_through_repeated_sigkill_loses_nothing() {
     let bootstrap = kafka();
-    let (input, output) = (unique("bids"), unique("counts"));
-    create_topic(bootstrap, &input, 3).await;
-    create_topic(bootstrap, &output, 2).await;
     let n = 24_000;
-    produce(bootstrap, &input, &bids(n, 3));
-    let dir = tempfile::tempdir().unwrap();
-    let sql = dir.path().join("job.sql");
-    std::fs::write(
-        &sql,
-        windowed_sql(
-            bootstrap,
-            &input,
-            &output,
-            12_000,
-            ", 'sink.delivery-guarantee' = 'at-least-once'",
-        ),
-    )
-    .unwrap();
+    let WindowedJob {
+        input,
+        output,
+        dir,
+        sql,
+    } = windowed_job(bootstrap, n, 12_000, Sink::AtLeastOnce).await;
     let cp = dir.path().join("checkpoints");
     let args = [
         "--checkpoint-interval",
@@ -365,27 +393,13 @@ async fn at_least_once_sink_through_repeated_sigkill_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_through_repeated_sigkill() {
     let bootstrap = kafka();
-    let (input, output) = (unique("bids"), unique("counts"));
-    create_topic(bootstrap, &input, 3).await;
-    create_topic(bootstrap, &output, 2).await;
     let n = 36_000;
-    produce(bootstrap, &input, &bids(n, 3));
-    let dir = tempfile::tempdir().unwrap();
-    let sql = dir.path().join("job.sql");
-    let prefix = format!("tx-{output}");
-    std::fs::write(
-        &sql,
-        windowed_sql(
-            bootstrap,
-            &input,
-            &output,
-            2_000,
-            &format!(
-                ", 'sink.delivery-guarantee' = 'exactly-once', 'sink.transactional-id-prefix' = '{prefix}'"
-            ),
-        ),
-    )
-    .unwrap();
+    let WindowedJob {
+        input,
+        output,
+        dir,
+        sql,
+    } = windowed_job(bootstrap, n, 2_000, Sink::ExactlyOnce).await;
     let cp = dir.path().join("checkpoints");
     let args = [
         "--checkpoint-interval",
@@ -472,11 +486,13 @@ async fn exactly_once_through_repeated_sigkill() {
 async fn a_producer_left_over_from_before_a_restore_is_fenced() {
     use rdkafka::types::RDKafkaErrorCode;
     let bootstrap = kafka();
-    let (input, output) = (unique("bids"), unique("counts"));
-    create_topic(bootstrap, &input, 3).await;
-    create_topic(bootstrap, &output, 2).await;
     let n = 2_000;
-    produce(bootstrap, &input, &bids(n, 3));
+    let WindowedJob {
+        input,
+        output,
+        dir,
+        sql,
+    } = windowed_job(bootstrap, n, 100_000, Sink::ExactlyOnce).await;
     let prefix = format!("tx-{output}");
     let zombie: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -492,21 +508,6 @@ async fn a_producer_left_over_from_before_a_restore_is_fenced() {
         .unwrap();
     zombie.flush(Duration::from_secs(30)).unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let sql = dir.path().join("job.sql");
-    std::fs::write(
-        &sql,
-        windowed_sql(
-            bootstrap,
-            &input,
-            &output,
-            100_000,
-            &format!(
-                ", 'sink.delivery-guarantee' = 'exactly-once', 'sink.transactional-id-prefix' = '{prefix}'"
-            ),
-        ),
-    )
-    .unwrap();
     let cp = dir.path().join("checkpoints");
     run_to_end(sluice_run(
         &sql,
@@ -1136,24 +1137,10 @@ async fn the_broker_going_down_and_coming_back_loses_nothing() {
     // A broker of its own: the others' tests must not see it go.
     let broker = Broker::start_new();
     let bootstrap = broker.bootstrap.as_str();
-    let (input, output) = (unique("bids"), unique("counts"));
-    create_topic(bootstrap, &input, 3).await;
-    create_topic(bootstrap, &output, 2).await;
     let n = 24_000;
-    produce(bootstrap, &input, &bids(n, 3));
-    let dir = tempfile::tempdir().unwrap();
-    let sql = dir.path().join("job.sql");
-    std::fs::write(
-        &sql,
-        windowed_sql(
-            bootstrap,
-            &input,
-            &output,
-            8_000,
-            ", 'sink.delivery-guarantee' = 'at-least-once'",
-        ),
-    )
-    .unwrap();
+    let WindowedJob {
+        output, dir, sql, ..
+    } = windowed_job(bootstrap, n, 8_000, Sink::AtLeastOnce).await;
     let cp = dir.path().join("checkpoints");
     let started = Instant::now();
     let mut job = sluice_run(

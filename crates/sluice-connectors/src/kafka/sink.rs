@@ -711,7 +711,12 @@ impl KafkaSinkOperator {
 
     /// This subtask's transactional id.
     fn transactional_id(&self) -> String {
-        format!("{}-{}-of-{}", self.prefix, self.subtask, self.parallelism)
+        self.transactional_id_of(self.subtask)
+    }
+
+    /// The transactional id of subtask `subtask` of this run.
+    fn transactional_id_of(&self, subtask: usize) -> String {
+        format!("{}-{subtask}-of-{}", self.prefix, self.parallelism)
     }
 
     fn next_tag(&mut self) -> String {
@@ -796,11 +801,6 @@ impl KafkaSinkOperator {
         // Ids of the restored checkpoint's subtasks that no subtask of this run has
         // (its parallelism was different): the one restoring their transactions fences
         // them, and each of the others is fenced by one subtask.
-        let own = self.transactional_id();
-        let live = |id: &str| {
-            (0..self.parallelism)
-                .any(|i| id == format!("{}-{i}-of-{}", self.prefix, self.parallelism))
-        };
         let mut old: Vec<String> = self
             .restored
             .iter()
@@ -816,7 +816,12 @@ impl KafkaSinkOperator {
         }
         old.sort();
         old.dedup();
-        for id in old.iter().filter(|id| **id != own && !live(id)) {
+        let live: Vec<String> = (0..self.parallelism)
+            .map(|i| self.transactional_id_of(i))
+            .collect();
+        // (This run's own ids, this subtask's among them, are initialised by their
+        // subtasks.)
+        for id in old.iter().filter(|id| !live.contains(id)) {
             self.fence(id).await?;
         }
         if self.restored.is_empty() {
@@ -824,17 +829,19 @@ impl KafkaSinkOperator {
         }
         let markers = read_markers(&self.config.props, &topic).await?;
         let restored = std::mem::take(&mut self.restored);
+        let pending = restored.len();
+        let lost: Vec<Txn> = restored
+            .into_iter()
+            .filter(|t| !committed(&markers, &t.tag))
+            .collect();
         tracing::info!(
             operator = %ctx.task.operator_name,
             subtask = ctx.task.subtask,
-            pending = restored.len(),
-            committed = restored.iter().filter(|t| committed(&markers, &t.tag)).count(),
+            pending,
+            committed = pending - lost.len(),
             "restored the checkpoint's pending Kafka transactions"
         );
-        for mut txn in restored {
-            if committed(&markers, &txn.tag) {
-                continue;
-            }
+        for mut txn in lost {
             txn.replaces = Some(std::mem::replace(&mut txn.tag, self.next_tag()));
             txn.sent = false;
             tracing::info!(
