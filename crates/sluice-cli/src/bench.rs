@@ -24,6 +24,7 @@ pub const SQL_QUERIES: &[(&str, &str)] = &[
     ("q3", include_str!("../../../examples/nexmark/q3.sql")),
     ("q4", include_str!("../../../examples/nexmark/q4.sql")),
     ("q5", include_str!("../../../examples/nexmark/q5.sql")),
+    ("q6", include_str!("../../../examples/nexmark/q6.sql")),
     ("q7", include_str!("../../../examples/nexmark/q7.sql")),
     ("q8", include_str!("../../../examples/nexmark/q8.sql")),
     ("q9", include_str!("../../../examples/nexmark/q9.sql")),

@@ -184,6 +184,22 @@ pub enum NodeKind {
         /// forgotten (`table.exec.state.ttl`). RANGE frames free emptied partitions anyway.
         ttl_ms: Option<i64>,
     },
+    /// OVER aggregates over an updating input: each row of the current table comes out
+    /// with the aggregates over its frame in the partition ordered by `order_by`; when a
+    /// change moves, adds or takes back rows, the rows whose frames changed are taken back
+    /// and emitted again (`-U`/`+U`), new rows are inserted, removed rows deleted. The
+    /// materialized output is the batch OVER of the materialized input.
+    ChangelogOverAggregate {
+        /// Partition columns (none: one partition, parallelism 1).
+        partition_by: Vec<String>,
+        /// The sort order within a partition (ties broken by the rows' values).
+        order_by: Vec<OverOrder>,
+        /// Aggregate expressions, aliased (their output column names).
+        aggregates: Vec<Expr>,
+        /// Which preceding rows each row's aggregates cover (a RANGE interval over the
+        /// one ascending timestamp column of `order_by`).
+        frame: OverFrame,
+    },
     /// An event-time window aggregate: per key (or over all rows if no keys) and window,
     /// one row when the watermark passes the window's end.
     WindowAggregate {
@@ -314,6 +330,17 @@ impl OverFrame {
     pub fn peers(&self) -> bool {
         matches!(self, OverFrame::Range { .. } | OverFrame::UnboundedRange)
     }
+}
+
+/// A sort column of an OVER aggregate over an updating input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverOrder {
+    /// The column.
+    pub column: String,
+    /// `DESC`.
+    pub descending: bool,
+    /// Where NULLs sort.
+    pub nulls_first: bool,
 }
 
 /// An event-time window.
@@ -535,6 +562,15 @@ impl NodeKind {
             NodeKind::ChangelogWindowAggregate { .. } => "window-aggregate of changes".into(),
             NodeKind::AssignWindows { window } => format!("assign-windows {window}"),
             NodeKind::OverAggregate { frame, .. } => format!("over {frame:?}"),
+            NodeKind::ChangelogOverAggregate {
+                order_by, frame, ..
+            } => {
+                let by: Vec<String> = order_by
+                    .iter()
+                    .map(|o| format!("{} {}", o.column, if o.descending { "desc" } else { "asc" }))
+                    .collect();
+                format!("over {frame:?} of changes by {}", by.join(", "))
+            }
             NodeKind::WindowAggregate { window, .. } => format!("window-aggregate {window}"),
             NodeKind::TopNPerWindow {
                 order_by,

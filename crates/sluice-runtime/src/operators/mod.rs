@@ -77,6 +77,9 @@ fn constructor(kind: &NodeKind) -> Constructor {
             aggregates::group::AggregateOperator::from_node
         }
         NodeKind::OverAggregate { .. } => aggregates::over::OverAggregateOperator::from_node,
+        NodeKind::ChangelogOverAggregate { .. } => {
+            aggregates::changelog_over::ChangelogOverOperator::from_node
+        }
         NodeKind::WindowAggregate { .. } => windows::from_node,
         NodeKind::TopNPerWindow { .. } => rank::window_topn::TopNPerWindowOperator::from_node,
         NodeKind::TopN { .. } => rank::topn::TopNOperator::from_node,
@@ -104,6 +107,7 @@ fn consumes_updates(kind: &NodeKind) -> bool {
             | NodeKind::Aggregate { .. }
             | NodeKind::Join { .. }
             | NodeKind::TopN { .. }
+            | NodeKind::ChangelogOverAggregate { .. }
             | NodeKind::Sink(_)
     )
 }

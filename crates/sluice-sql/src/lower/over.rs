@@ -5,7 +5,7 @@ use std::sync::Arc;
 use datafusion_common::ScalarValue;
 use datafusion_expr::expr::{AggregateFunction, WindowFunction};
 use datafusion_expr::{Expr, WindowFunctionDefinition};
-use sluice_plan::{NodeKind, OverFrame, Partitioning};
+use sluice_plan::{NodeKind, OverFrame, OverOrder, Partitioning};
 
 use crate::error::{Result, SqlError};
 
@@ -18,16 +18,18 @@ impl Lowerer<'_> {
         use datafusion_expr::{WindowFrameBound, WindowFrameUnits};
         let input = self.lower(&w.input)?;
         let input = self.materialize(input)?;
-        if input.updating {
-            return Err(SqlError::unsupported(
-                "an OVER aggregate over an updating input (a GROUP BY without windows)",
-            ));
-        }
-        let Some(rowtime) = input.rowtime.clone() else {
-            return Err(SqlError::new(
-                "an OVER aggregate orders rows by event time: its input needs a time column (WATERMARK FOR …)",
-            ));
+        // Over an updating input, rows are ordered by any columns and every change is
+        // applied where it falls; over an append-only one, by event time as rows come.
+        let rowtime = match (&input.rowtime, input.updating) {
+            (_, true) => None,
+            (Some(r), false) => Some(r.clone()),
+            (None, false) => {
+                return Err(SqlError::new(
+                    "an OVER aggregate orders rows by event time: its input needs a time column (WATERMARK FOR …)",
+                ));
+            }
         };
+        let mut order_by: Option<Vec<OverOrder>> = None;
         let n_in = w.input.schema().fields().len();
         let mut partition: Option<Vec<String>> = None;
         let mut frame: Option<OverFrame> = None;
@@ -58,17 +60,51 @@ impl Lowerer<'_> {
                 .map(|e| as_column(&resolve(e, &input.columns)).map(str::to_string))
                 .collect::<Option<_>>()
                 .ok_or_else(|| SqlError::new("an OVER aggregate partitions by columns"))?;
-            let [order] = params.order_by.as_slice() else {
-                return Err(SqlError::new(format!(
-                    "an OVER aggregate orders by the event-time column `{rowtime}`, ascending: ORDER BY {rowtime}"
-                )));
-            };
-            let by_time =
-                as_column(&resolve(&order.expr, &input.columns)) == Some(rowtime.as_str());
-            if !by_time || !order.asc {
-                return Err(SqlError::new(format!(
-                    "an OVER aggregate orders by the event-time column `{rowtime}`, ascending: ORDER BY {rowtime}"
-                )));
+            match &rowtime {
+                Some(rowtime) => {
+                    let by_time = match params.order_by.as_slice() {
+                        [order] => {
+                            order.asc
+                                && as_column(&resolve(&order.expr, &input.columns))
+                                    == Some(rowtime.as_str())
+                        }
+                        _ => false,
+                    };
+                    if !by_time {
+                        return Err(SqlError::new(format!(
+                            "an OVER aggregate orders by the event-time column `{rowtime}`, ascending: ORDER BY {rowtime}"
+                        )));
+                    }
+                }
+                None => {
+                    let this: Vec<OverOrder> = params
+                        .order_by
+                        .iter()
+                        .map(|o| {
+                            as_column(&resolve(&o.expr, &input.columns)).map(|c| OverOrder {
+                                column: c.to_string(),
+                                descending: !o.asc,
+                                nulls_first: o.nulls_first,
+                            })
+                        })
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| {
+                            SqlError::new(
+                                "an OVER aggregate over an updating input orders by columns",
+                            )
+                        })?;
+                    if this.is_empty() {
+                        return Err(SqlError::new(
+                            "an OVER aggregate needs an ORDER BY (its frame ends at the current row)",
+                        ));
+                    }
+                    if order_by.as_ref().is_some_and(|o| *o != this) {
+                        return Err(SqlError::unsupported(
+                            "OVER aggregates with different PARTITION BY, ORDER BY or frames in one SELECT (split them into subqueries)",
+                        ));
+                    }
+                    order_by = Some(this);
+                }
             }
             let f = &params.window_frame;
             if !matches!(f.end_bound, WindowFrameBound::CurrentRow) {
@@ -164,17 +200,30 @@ impl Lowerer<'_> {
                 Some(Partitioning::Hash(partition.clone())),
             )
         };
-        let node = self.add(
-            &input,
-            NodeKind::OverAggregate {
+        let kind = match order_by {
+            Some(order_by) => {
+                if let OverFrame::Range { .. } = frame
+                    && (order_by.len() != 1 || order_by[0].descending)
+                {
+                    return Err(SqlError::new(
+                        "a RANGE frame with an interval orders by one timestamp column, ascending",
+                    ));
+                }
+                NodeKind::ChangelogOverAggregate {
+                    partition_by: partition,
+                    order_by,
+                    aggregates,
+                    frame,
+                }
+            }
+            None => NodeKind::OverAggregate {
                 partition_by: partition,
                 aggregates,
                 frame,
                 ttl_ms: self.state_ttl.map(|d| d.as_millis() as i64),
             },
-            p,
-            edge,
-        );
+        };
+        let node = self.add(&input, kind, p, edge);
         let mut columns = input.columns.clone();
         columns.extend(names);
         Ok(Lowered {
@@ -182,7 +231,7 @@ impl Lowerer<'_> {
             columns,
             rowtime: input.rowtime.clone(),
             window: None,
-            updating: false,
+            updating: input.updating,
             window_end: None,
             window_start: None,
         })

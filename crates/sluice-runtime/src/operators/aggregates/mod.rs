@@ -2,6 +2,7 @@
 //! ([`retract`]) and `OVER` windows ([`over`]); the aggregate planning they share with the
 //! window operators.
 
+pub mod changelog_over;
 pub mod group;
 pub mod over;
 pub mod retract;
