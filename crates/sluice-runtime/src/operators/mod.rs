@@ -108,6 +108,10 @@ fn consumes_updates(kind: &NodeKind) -> bool {
             | NodeKind::Join { .. }
             | NodeKind::TopN { .. }
             | NodeKind::ChangelogOverAggregate { .. }
+            | NodeKind::WindowAggregate {
+                window: sluice_plan::WindowSpec::Session { .. },
+                ..
+            }
             | NodeKind::Sink(_)
     )
 }

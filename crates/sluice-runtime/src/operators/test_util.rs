@@ -272,6 +272,9 @@ pub(crate) fn restored(
     parallelism: usize,
 ) -> crate::state::RestoredState {
     let mut out = crate::state::RestoredState::default();
+    if !state.meta.is_null() {
+        out.metas.push(state.meta.clone());
+    }
     for (name, batches) in &state.keyed {
         let table =
             crate::state::decode_table(&crate::state::encode_table(batches).unwrap()).unwrap();

@@ -80,6 +80,16 @@ impl Lowerer<'_> {
         }
         if input.updating
             && let Some(tvf) = &window
+            && matches!(tvf.kind, crate::window_tvf::TvfKind::Session(..))
+            && (tvf.lateness_ms > 0 || tvf.late_sink.is_some())
+        {
+            return Err(SqlError::unsupported(
+                "`lateness =>` or `late_sink =>` on a SESSION window over an updating input",
+            ));
+        }
+        if input.updating
+            && let Some(tvf) = &window
+            && !matches!(tvf.kind, crate::window_tvf::TvfKind::Session(..))
         {
             // Windows of a changelog (Flink 1.19+): each row (and each retraction) is
             // put in its window as a column, the groups (keys and window) take the
@@ -90,7 +100,7 @@ impl Lowerer<'_> {
                 TvfKind::Tumble(_) | TvfKind::Hop(..) | TvfKind::Cumulate(..)
             ) {
                 return Err(SqlError::unsupported(format!(
-                    "a {} window over an updating input (a GROUP BY without windows, a Top-N, a join or a changelog source; TUMBLE, HOP and CUMULATE windows take one)",
+                    "a {} window over an updating input (a GROUP BY without windows, a Top-N, a join or a changelog source; TUMBLE, HOP, CUMULATE and SESSION windows take one)",
                     tvf.kind.spec()
                 )));
             }

@@ -382,17 +382,11 @@ impl<'a> Lowerer<'a> {
                     ));
                 }
                 // A changelog may be windowed by time (its window aggregate takes the
-                // changes); sessions and count windows need an append-only input.
-                if input.updating
-                    && matches!(
-                        tvf.kind,
-                        crate::window_tvf::TvfKind::Session(_)
-                            | crate::window_tvf::TvfKind::Rows(..)
-                    )
-                {
+                // changes); count windows need an append-only input.
+                if input.updating && matches!(tvf.kind, crate::window_tvf::TvfKind::Rows(..)) {
                     return Err(SqlError::at(
                         at,
-                        "SESSION and count windows need an append-only input, not the updates of a GROUP BY without windows, a join or a changelog source",
+                        "count windows need an append-only input, not the updates of a GROUP BY without windows, a join or a changelog source",
                     ));
                 }
                 if let Some(tc) = &tvf.time_column

@@ -146,6 +146,14 @@ impl OverAggregateOperator {
         });
     }
 
+    /// The encoded partition keys of `columns` (`None` without PARTITION BY).
+    fn partition_keys(&self, columns: &[ArrayRef]) -> Result<Option<arrow::row::Rows>> {
+        match self.key_indices.is_empty() {
+            true => Ok(None),
+            false => Ok(Some(self.converter.convert_columns(columns)?)),
+        }
+    }
+
     fn new_partition(&self) -> Result<Partition> {
         let bounded = self.frame.bounded();
         Ok(Partition {
@@ -210,18 +218,18 @@ impl OverAggregateOperator {
         // a partition's rows of one time next to each other whatever arrived between.
         let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
         if peers {
-            let keys = self.converter.convert_columns(&key_columns(&all))?;
+            let keys = self.partition_keys(&key_columns(&all))?;
             order.sort_by(|&a, &b| {
                 let (a, b) = (a as usize, b as usize);
                 ts.value(a)
                     .cmp(&ts.value(b))
-                    .then_with(|| keys.row(a).cmp(&keys.row(b)))
+                    .then_with(|| key_at(&keys, a).cmp(key_at(&keys, b)))
             });
         } else {
             order.sort_by_key(|&r| ts.value(r as usize));
         }
         let data = arrow::compute::take_record_batch(&all, &UInt32Array::from(order))?;
-        let keys = self.converter.convert_columns(&key_columns(&data))?;
+        let keys = self.partition_keys(&key_columns(&data))?;
         // The rows as a batch, to evaluate the aggregates' arguments over.
         let rows = Batch::try_new(
             data.clone(),
@@ -242,21 +250,21 @@ impl OverAggregateOperator {
         let mut values: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(n); self.aggregates.len()];
         let mut r = 0;
         while r < n {
-            let key = keys.row(r);
+            let key = key_at(&keys, r);
             let t = ts.value(r);
             let mut end = r + 1;
             if peers {
-                while end < n && ts.value(end) == t && keys.row(end) == key {
+                while end < n && ts.value(end) == t && key_at(&keys, end) == key {
                     end += 1;
                 }
             }
-            if !self.partitions.contains_key(key.as_ref()) {
+            if !self.partitions.contains_key(key) {
                 let p = self.new_partition()?;
-                self.partitions.insert(key.as_ref().into(), p);
+                self.partitions.insert(key.into(), p);
             }
             let p = self
                 .partitions
-                .get_mut(key.as_ref())
+                .get_mut(key)
                 .expect("invariant: inserted above");
             p.last = p.last.max(t);
             for row in r..end {
@@ -308,6 +316,11 @@ impl OverAggregateOperator {
         )?;
         out.collect(b).await
     }
+}
+
+/// Row `r`'s encoded partition key (empty without PARTITION BY: one partition).
+fn key_at(keys: &Option<arrow::row::Rows>, r: usize) -> &[u8] {
+    keys.as_ref().map_or(&[][..], |k| k.row(r).data())
 }
 
 /// The event-time column (last) of a batch of the operator's input.
@@ -448,8 +461,9 @@ impl Operator for OverAggregateOperator {
                 }
             }
         }
-        let n = key_rows.len();
-        let mut table = TableWriter::keyed(Some(&self.converter), key_rows, n)?.int64("t", times);
+        let n = times.len();
+        let converter = (!self.key_indices.is_empty()).then_some(&self.converter);
+        let mut table = TableWriter::keyed(converter, key_rows, n)?.int64("t", times);
         for (j, c) in cells.into_iter().enumerate() {
             table = table.column(
                 format!("v{j}"),
@@ -466,20 +480,21 @@ impl Operator for OverAggregateOperator {
         }
         let nk = self.key_indices.len();
         for b in state.table(FRAMES) {
-            let mut reader = TableReader::new(b, "OVER", Some(&self.converter), nk, None)?;
+            let converter = (nk > 0).then_some(&self.converter);
+            let mut reader = TableReader::new(b, "OVER", converter, nk, None)?;
             let times = reader.int64()?;
             let values = reader.rest();
-            let keys = reader.keys().expect("invariant: read with a converter");
+            let keys = reader.keys().cloned();
             for r in 0..b.num_rows() {
-                let key = keys.row(r);
-                if !self.partitions.contains_key(key.as_ref()) {
+                let key = key_at(&keys, r);
+                if !self.partitions.contains_key(key) {
                     let p = self.new_partition()?;
-                    self.partitions.insert(key.as_ref().into(), p);
+                    self.partitions.insert(key.into(), p);
                 }
                 let bounded = self.frame.bounded();
                 let p = self
                     .partitions
-                    .get_mut(key.as_ref())
+                    .get_mut(key)
                     .expect("invariant: inserted above");
                 if bounded {
                     let mut col = 0;
@@ -657,6 +672,65 @@ mod tests {
             k0[3].starts_with("k0,8,") && k0[3].contains(",3,12,8,"),
             "the oldest left the frame: {k0:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn without_partition_by_all_rows_are_one_partition_through_a_checkpoint() {
+        let input = [
+            kv_batch(&[(1, 1, 10), (2, 5, 20)]),
+            kv_batch(&[(1, 2, 30), (2, 4, 30)]),
+        ];
+        let schema = input[0].data.schema();
+        for frame in [OverFrame::Rows { preceding: 1 }, OverFrame::UnboundedRange] {
+            let make = || {
+                let p = OverAggregateOperator::prepare(
+                    &[],
+                    &[sum(col("v")).alias("s")],
+                    frame,
+                    None,
+                    &schema,
+                )
+                .unwrap();
+                (p.factory)(&sluice_types::TaskInfo::for_test("over")).unwrap()
+            };
+            let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
+            let mut out = VecCollector::default();
+            let mut op = make();
+            op.process_batch(input[0].clone(), &mut ctx, &mut out)
+                .await
+                .unwrap();
+            op.on_watermark(Watermark::EventTime(25), &mut ctx, &mut out)
+                .await
+                .unwrap();
+            let state = op
+                .snapshot(&crate::operators::test_util::barrier(), &mut ctx)
+                .await
+                .unwrap();
+            let mut op = make();
+            op.restore(
+                crate::operators::test_util::restored(&state, 0, 1),
+                &mut ctx,
+            )
+            .await
+            .unwrap();
+            op.process_batch(input[1].clone(), &mut ctx, &mut out)
+                .await
+                .unwrap();
+            op.on_watermark(Watermark::MAX, &mut ctx, &mut out)
+                .await
+                .unwrap();
+            let sums: Vec<String> = rows(&out.batches)
+                .iter()
+                .map(|r| r.split(',').nth(2).unwrap().to_string())
+                .collect();
+            let want = match frame {
+                // 1, 1+5, then the two rows at 30 (arrival order): 5+2, 2+4.
+                OverFrame::Rows { .. } => ["1", "6", "7", "6"],
+                // Running totals; the two rows at 30 are peers.
+                _ => ["1", "6", "12", "12"],
+            };
+            assert_eq!(sums, want, "{frame:?}");
+        }
     }
 
     #[tokio::test]

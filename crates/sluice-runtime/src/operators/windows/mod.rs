@@ -7,6 +7,7 @@ pub mod assign;
 pub mod count;
 pub mod global;
 pub mod session;
+pub mod session_changes;
 pub mod slicing;
 
 pub use slicing::WindowAggregateOperator;
@@ -42,6 +43,16 @@ pub fn from_node(
         return Err(crate::operators::wrong_node(kind, "window aggregate"));
     };
     let input = &crate::operators::single_input(inputs)?;
+    if sluice_types::is_updating(input) {
+        return match window {
+            WindowSpec::Session { gap } if early_firing.is_none() && allowed_lateness.is_zero() => {
+                session_changes::SessionOfChangesOperator::prepare(keys, *gap, aggregates, input)
+            }
+            _ => Err(SluiceError::user(format!(
+                "a {window} window with lateness or early firing cannot take an updating input"
+            ))),
+        };
+    }
     match window {
         WindowSpec::Global { .. } if early_firing.is_some() => Err(SluiceError::user(
             "a global window fires by its trigger; add a processing-time interval to the trigger instead of early firing",
