@@ -124,6 +124,17 @@ pub enum NodeKind {
         /// The key columns (the table's primary key).
         keys: Vec<String>,
     },
+    /// Before an upsert sink whose input is not keyed like it (Flink's
+    /// SinkUpsertMaterializer): keeps, per sink key, the rows of the input that hold it,
+    /// in arrival order, and emits the one added last as the key's value (`+I`/`+U`) and
+    /// the last row taken back (`-U` or `-D`, as it came) once no row holds the key. A row taken back that is not the latest changes
+    /// nothing, so changes that cross parallel paths in another order, and keys that
+    /// several rows share, leave the key's right value. Its input is hash-partitioned by
+    /// the keys.
+    UpsertMaterialize {
+        /// The sink's primary key columns.
+        keys: Vec<String>,
+    },
     /// Makes the wall clock the rows' time from here on (Flink's `PROCTIME()` in a
     /// query): each row is stamped with the moment it passes, and watermarks follow the
     /// clock.
@@ -555,6 +566,9 @@ impl NodeKind {
             NodeKind::Filter { .. } => "filter".into(),
             NodeKind::Project { .. } => "project".into(),
             NodeKind::ProcessingTime => "processing-time".into(),
+            NodeKind::UpsertMaterialize { keys } => {
+                format!("upsert-materialize by ({})", keys.join(", "))
+            }
             NodeKind::ChangelogNormalize { keys } => {
                 format!("changelog-normalize by ({})", keys.join(", "))
             }

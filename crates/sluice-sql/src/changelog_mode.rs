@@ -43,8 +43,26 @@ fn only_input(plan: &JobPlan, node: NodeId) -> Option<NodeId> {
 
 /// Follows `columns` (named at `node`'s input) up through projections that pass them on
 /// unchanged to an aggregate grouped by exactly them.
-fn aggregate_keyed_like(plan: &JobPlan, node: NodeId, mut columns: Vec<String>) -> Option<NodeId> {
-    let mut at = only_input(plan, node)?;
+fn aggregate_keyed_like(plan: &JobPlan, node: NodeId, columns: Vec<String>) -> Option<NodeId> {
+    aggregate_at_or_above(plan, only_input(plan, node)?, columns, false)
+}
+
+/// Whether the rows of `node` are keyed by exactly `columns`: an aggregate grouped by them,
+/// or filters and projections that pass them on unchanged from one. Such a changelog holds
+/// one row per key, its changes in order, so an upsert sink keyed by them needs no
+/// materializing.
+pub(crate) fn keyed_by(plan: &JobPlan, node: NodeId, columns: Vec<String>) -> bool {
+    aggregate_at_or_above(plan, node, columns, true).is_some()
+}
+
+/// [`aggregate_keyed_like`] from `at` itself; through filters too if `filters` (a filter
+/// keeps the key, but turns an update into a delete only when it sees the `-U`).
+fn aggregate_at_or_above(
+    plan: &JobPlan,
+    mut at: NodeId,
+    mut columns: Vec<String>,
+    filters: bool,
+) -> Option<NodeId> {
     loop {
         match &plan.nodes[at].kind {
             NodeKind::Project { exprs } => {
@@ -62,6 +80,9 @@ fn aggregate_keyed_like(plan: &JobPlan, node: NodeId, mut columns: Vec<String>) 
                         })
                     })
                     .collect::<Option<Vec<_>>>()?;
+                at = only_input(plan, at)?;
+            }
+            NodeKind::Filter { .. } if filters => {
                 at = only_input(plan, at)?;
             }
             NodeKind::Aggregate { keys, .. } => {

@@ -381,6 +381,7 @@ impl SqlContext {
             self.settings.idle_timeout,
         );
         lowerer.state_ttl = self.settings.state_ttl;
+        lowerer.upsert_materialize = self.settings.upsert_materialize;
         lowerer.sources = std::mem::take(&mut sources.0);
         lowerer.sinks = std::mem::take(&mut sources.1);
         let result = lowerer

@@ -18,6 +18,7 @@
 //! | `table.exec.mini-batch.size` (`sluice.batch.max-rows`) | most rows per batch |
 //! | `table.exec.mini-batch.allow-latency` (`sluice.batch.linger`) | longest a row waits for its batch |
 //! | `sluice.channel-capacity` | batches buffered per channel |
+//! | `table.exec.sink.upsert-materialize` | `AUTO` (default: before an upsert sink whose input is not keyed like it), `FORCE` (before every upsert sink of an updating input) or `NONE` |
 //! | `sql-client.execution.result-mode` | how a client shows a query's rows: `changelog` or `tableau` (every change with its kind), `table` (the rows the changes leave) |
 
 use std::str::FromStr;
@@ -38,6 +39,8 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
     /// How long regular joins keep rows.
     pub state_ttl: Option<Duration>,
+    /// When an upsert sink gets an upsert-materialize step before it.
+    pub upsert_materialize: UpsertMaterialize,
     /// How a SQL client shows results: `changelog` (every change with its kind), `table`
     /// (the rows the changes leave) or `tableau`; Flink's SQL client option.
     pub result_mode: ResultMode,
@@ -52,6 +55,7 @@ impl Default for Settings {
             job_name: None,
             idle_timeout: None,
             state_ttl: None,
+            upsert_materialize: UpsertMaterialize::Auto,
             result_mode: ResultMode::Changelog,
             config: JobConfig::default(),
             touched: Vec::new(),
@@ -82,8 +86,21 @@ pub const KEYS: &[&str] = &[
     "table.exec.mini-batch.allow-latency",
     "sluice.batch.linger",
     "sluice.channel-capacity",
+    "table.exec.sink.upsert-materialize",
     "sql-client.execution.result-mode",
 ];
+
+/// When an upsert sink gets an upsert-materialize step (Flink's
+/// `table.exec.sink.upsert-materialize`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpsertMaterialize {
+    /// Where the sink's input is not keyed by the sink's key.
+    Auto,
+    /// Wherever the input is updating.
+    Force,
+    /// Never (the changes are written as they come).
+    None,
+}
 
 /// How a SQL client shows a query's rows (`sql-client.execution.result-mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,6 +209,18 @@ impl Settings {
             }
             "sluice.channel-capacity" => {
                 c.channel_capacity = number(k, value, 1usize, limits::MAX_CHANNEL_CAPACITY)?
+            }
+            "table.exec.sink.upsert-materialize" => {
+                self.upsert_materialize = match value.to_ascii_uppercase().as_str() {
+                    "AUTO" => UpsertMaterialize::Auto,
+                    "FORCE" => UpsertMaterialize::Force,
+                    "NONE" => UpsertMaterialize::None,
+                    _ => {
+                        return Err(SqlError::new(format!(
+                            "'{k}' is AUTO, FORCE or NONE, not '{value}'"
+                        )));
+                    }
+                }
             }
             "sql-client.execution.result-mode" => {
                 self.result_mode = match value.to_ascii_lowercase().as_str() {

@@ -1343,6 +1343,105 @@ async fn an_updating_query_into_upsert_kafka_leaves_the_batch_answer_by_key() {
     delete_topics(bootstrap, &[&input, &output, &all]).await;
 }
 
+/// An upsert sink keyed by a column several rows share (here a name two ids have): the
+/// key shows the latest row still there, and a tombstone only once no row holds it (the
+/// upsert materializer; written as they came, deleting id 1 would tombstone `ann` while
+/// id 2 still has that name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upsert_sink_keyed_by_a_shared_column_keeps_the_latest_row_left() {
+    let bootstrap = kafka();
+    let (input, output) = (unique("shared-in"), unique("shared-out"));
+    create_topic(bootstrap, &input, 1).await;
+    create_topic(bootstrap, &output, 1).await;
+    let change = |op: &str, before: Option<(i64, &str, i64)>, after: Option<(i64, &str, i64)>| {
+        let row = |r: Option<(i64, &str, i64)>| match r {
+            Some((id, name, score)) => {
+                format!(r#"{{"id": {id}, "name": "{name}", "score": {score}}}"#)
+            }
+            None => "null".into(),
+        };
+        Msg {
+            partition: 0,
+            key: None,
+            payload: format!(
+                r#"{{"before": {}, "after": {}, "op": "{op}"}}"#,
+                row(before),
+                row(after)
+            )
+            .into_bytes(),
+            headers: Vec::new(),
+        }
+    };
+    produce(
+        bootstrap,
+        &input,
+        &[
+            change("c", None, Some((1, "ann", 10))),
+            change("c", None, Some((2, "ann", 20))),
+            change("c", None, Some((3, "bob", 30))),
+            // ann: the newer row goes, the older comes back; then id 1 leaves too, and
+            // id 4 takes the name.
+            change("d", Some((2, "ann", 20)), None),
+            change("u", Some((1, "ann", 10)), Some((1, "ann", 11))),
+            change("c", None, Some((4, "ann", 40))),
+            change("d", Some((1, "ann", 11)), None),
+            // bob: its only row leaves.
+            change("d", Some((3, "bob", 30)), None),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("shared.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "SET 'table.exec.mini-batch.size' = '1';
+             CREATE TABLE customers (id BIGINT, name STRING, score BIGINT)
+             WITH ('connector' = 'kafka', 'topic' = '{input}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'debezium-json',
+                'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset');
+             CREATE TABLE by_name (name STRING, id BIGINT, score BIGINT, PRIMARY KEY (name) NOT ENFORCED)
+             WITH ('connector' = 'upsert-kafka', 'topic' = '{output}',
+                'properties.bootstrap.servers' = '{bootstrap}',
+                'key.format' = 'json', 'value.format' = 'json');
+             INSERT INTO by_name SELECT name, id, score FROM customers;"
+        ),
+    )
+    .unwrap();
+    let out = sluice_run(&sql, &[]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut history: Vec<String> = Vec::new();
+    let mut current: BTreeMap<String, String> = BTreeMap::new();
+    for r in read_topic(bootstrap, &output) {
+        let key: serde_json::Value = serde_json::from_str(r.key.as_deref().unwrap()).unwrap();
+        let name = key["name"].as_str().unwrap().to_string();
+        match r.value {
+            None => {
+                history.push(format!("{name} -"));
+                current.remove(&name);
+            }
+            Some(v) => {
+                let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+                history.push(format!("{name} {} {}", v["id"], v["score"]));
+                current.insert(name, format!("{} {}", v["id"], v["score"]));
+            }
+        }
+    }
+    assert_eq!(
+        current.into_iter().collect::<Vec<_>>(),
+        vec![("ann".to_string(), "4 40".to_string())],
+        "{history:?}"
+    );
+    assert!(
+        !history.iter().any(|h| h == "ann -"),
+        "ann was never without a row: {history:?}"
+    );
+    delete_topics(bootstrap, &[&input, &output]).await;
+}
+
 /// A `debezium-json` Kafka topic is a changelog (`c`/`r` `+I`, `u` `-U`/`+U`, `d` `-D`):
 /// filtered and written to `upsert-kafka`, it leaves exactly the rows that still match.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

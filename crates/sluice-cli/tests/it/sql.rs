@@ -1336,3 +1336,61 @@ fn an_aggregate_keyed_like_its_upsert_sink_emits_upserts_and_no_other() {
         "a"
     ));
 }
+
+/// An upsert sink keyed like an aggregate (through a `HAVING` too) takes its changes as
+/// they are; keyed otherwise (a join, an aggregate by other columns) they go through an
+/// upsert materializer hash-partitioned by the sink's key first.
+#[test]
+fn upsert_sinks_not_keyed_like_their_input_get_a_materializer() {
+    let sink = |name: &str, key: &str| {
+        format!(
+            "CREATE TABLE {name} (k BIGINT, v BIGINT, PRIMARY KEY ({key}) NOT ENFORCED)
+             WITH ('connector' = 'upsert-kafka', 'topic' = '{name}',
+                   'properties.bootstrap.servers' = '127.0.0.1:9', 'key.format' = 'json',
+                   'value.format' = 'json');"
+        )
+    };
+    let explain = |sql: &str| {
+        let (mut ctx, registry, _) = context();
+        ctx.set("parallelism.default", "2").unwrap();
+        let job = ctx
+            .plan_script(&format!("{}\n{sql}", tables_sql()))
+            .unwrap_or_else(|e| panic!("{e}\n{sql}"));
+        // The plan's nodes (preparing would contact the broker).
+        let _ = registry;
+        job.plan
+            .expect("an INSERT")
+            .nodes
+            .iter()
+            .map(|n| n.kind.label())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let keyed = explain(&format!(
+        "{}\nINSERT INTO keyed SELECT auction, MAX(price) FROM bid GROUP BY auction HAVING COUNT(*) > 2;",
+        sink("keyed", "k")
+    ));
+    assert!(!keyed.contains("upsert-materialize"), "{keyed}");
+    let joined = explain(&format!(
+        "{}\nINSERT INTO joined SELECT a.seller, c.n FROM auction a
+           JOIN (SELECT auction, COUNT(*) AS n FROM bid GROUP BY auction) c ON a.id = c.auction;",
+        sink("joined", "k")
+    ));
+    assert!(joined.contains("upsert-materialize by (k)"), "{joined}");
+    let other = explain(&format!(
+        "{}\nINSERT INTO other SELECT n, auction FROM (SELECT auction, COUNT(*) AS n FROM bid GROUP BY auction);",
+        sink("other", "k")
+    ));
+    assert!(other.contains("upsert-materialize by (k)"), "{other}");
+    // Flink's switch: FORCE puts it before every upsert sink of changes, NONE nowhere.
+    let forced = explain(&format!(
+        "SET 'table.exec.sink.upsert-materialize' = 'FORCE';\n{}\nINSERT INTO keyed SELECT auction, MAX(price) FROM bid GROUP BY auction;",
+        sink("keyed", "k")
+    ));
+    assert!(forced.contains("upsert-materialize by (k)"), "{forced}");
+    let none = explain(&format!(
+        "SET 'table.exec.sink.upsert-materialize' = 'none';\n{}\nINSERT INTO other SELECT n, auction FROM (SELECT auction, COUNT(*) AS n FROM bid GROUP BY auction);",
+        sink("other", "k")
+    ));
+    assert!(!none.contains("upsert-materialize"), "{none}");
+}

@@ -11,6 +11,7 @@ pub mod project;
 pub mod rank;
 #[cfg(test)]
 mod test_util;
+pub mod upsert_materialize;
 pub mod windows;
 
 use std::sync::Arc;
@@ -73,6 +74,9 @@ fn constructor(kind: &NodeKind) -> Constructor {
         NodeKind::ProcessingTime => proctime::ProcessingTimeOperator::from_node,
         NodeKind::AssignWindows { .. } => windows::assign::AssignWindowsOperator::from_node,
         NodeKind::ChangelogNormalize { .. } => normalize::ChangelogNormalizeOperator::from_node,
+        NodeKind::UpsertMaterialize { .. } => {
+            upsert_materialize::UpsertMaterializeOperator::from_node
+        }
         NodeKind::Aggregate { .. } | NodeKind::ChangelogWindowAggregate { .. } => {
             aggregates::group::AggregateOperator::from_node
         }
@@ -102,6 +106,7 @@ fn consumes_updates(kind: &NodeKind) -> bool {
             | NodeKind::Project { .. }
             | NodeKind::ProcessingTime
             | NodeKind::ChangelogNormalize { .. }
+            | NodeKind::UpsertMaterialize { .. }
             | NodeKind::ChangelogWindowAggregate { .. }
             | NodeKind::AssignWindows { .. }
             | NodeKind::Aggregate { .. }

@@ -71,6 +71,8 @@ pub struct Lowerer<'a> {
     pub idle_timeout: Option<Duration>,
     /// How long a regular join keeps rows (`table.exec.state.ttl`); `None`: forever.
     pub state_ttl: Option<Duration>,
+    /// When upsert sinks get an upsert-materialize step.
+    pub upsert_materialize: crate::settings::UpsertMaterialize,
     pub(crate) sources: HashMap<String, Lowered>,
     /// Sink node per table: a second INSERT INTO the same table joins the first's sink.
     pub(crate) sinks: HashMap<String, NodeId>,
@@ -182,6 +184,7 @@ impl<'a> Lowerer<'a> {
             parallelism,
             idle_timeout,
             state_ttl: None,
+            upsert_materialize: crate::settings::UpsertMaterialize::Auto,
             sources: HashMap::new(),
             sinks: HashMap::new(),
         }

@@ -158,6 +158,21 @@ impl Lowerer<'_> {
                     .message,
             ));
         }
+        // An updating input not keyed by the sink's key (a join, a Top-N, an aggregate by
+        // other columns) goes through an upsert materializer first, as Flink's
+        // SinkUpsertMaterializer: the key's value is its latest row still there.
+        use crate::settings::UpsertMaterialize;
+        let materialize = by_key.is_some()
+            && lowered.updating
+            && match self.upsert_materialize {
+                UpsertMaterialize::Auto => !crate::changelog_mode::keyed_by(
+                    self.plan,
+                    lowered.node,
+                    def.primary_key.clone(),
+                ),
+                UpsertMaterialize::Force => true,
+                UpsertMaterialize::None => false,
+            };
         let p = self.plan.nodes[lowered.node].parallelism;
         let node = match self.sinks.get(&def.name) {
             Some(&n) => n,
@@ -165,8 +180,22 @@ impl Lowerer<'_> {
                 let n = self
                     .plan
                     .add_node(format!("sink {}", def.name), p, NodeKind::Sink(spec));
-                self.sinks.insert(def.name.clone(), n);
-                n
+                let entry = match materialize {
+                    true => {
+                        let m = self.plan.add_node(
+                            format!("upsert-materialize {}", def.name),
+                            p,
+                            NodeKind::UpsertMaterialize {
+                                keys: def.primary_key.clone(),
+                            },
+                        );
+                        self.plan.add_edge(m, n, Partitioning::Forward);
+                        m
+                    }
+                    false => n,
+                };
+                self.sinks.insert(def.name.clone(), entry);
+                entry
             }
         };
         let edge = match by_key {
