@@ -293,6 +293,27 @@ impl MessageDecoder {
 
     /// Decodes the chunk pushed so far. Bad messages become dead letters (positions from
     /// `position(i)` for message i); the chunk is then empty again.
+    ///
+    /// With `json.fail_on_missing_field` and a JSON value format, a message that lacks a
+    /// field of the schema fails the chunk (and the job).
+    pub fn finish_checked(
+        &mut self,
+        json: &crate::format::JsonOptions,
+        position: &dyn Fn(usize) -> String,
+        dead: &mut Vec<DeadLetter>,
+    ) -> Result<Option<Decoded>> {
+        if matches!(self.format, MessageFormat::Json)
+            && let Err(e) = json.check_fields(&self.schema, &self.buf, &self.ranges, position)
+        {
+            self.buf.clear();
+            self.ranges.clear();
+            return Err(e);
+        }
+        self.finish(position, dead)
+    }
+
+    /// Decodes the chunk of messages pushed since the last call (bad ones go to `dead` at
+    /// `position(i)` for message i); the chunk is then empty again.
     pub fn finish(
         &mut self,
         position: &dyn Fn(usize) -> String,

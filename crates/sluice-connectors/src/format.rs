@@ -56,14 +56,18 @@ pub struct JsonOptions {
     /// `'json.timestamp-format.standard' = 'SQL'`: timestamps are written
     /// `2024-01-01 12:00:00.123`; `'ISO-8601'` (and unset) writes `2024-01-01T12:00:00.123`.
     pub sql_timestamps: bool,
+    /// `'json.fail-on-missing-field' = 'true'`: a record without one of the table's fields
+    /// (nested ones too) fails the job; otherwise the field reads as NULL.
+    pub fail_on_missing_field: bool,
 }
 
 impl JsonOptions {
     /// Reads the `json.*` options.
     pub fn from_options(o: &OptionReader<'_>) -> Result<Self> {
-        if o.bool_or("json.fail-on-missing-field", false)? {
+        let fail_on_missing_field = o.bool_or("json.fail-on-missing-field", false)?;
+        if fail_on_missing_field && o.bool_or("json.ignore-parse-errors", false)? {
             return Err(SluiceError::user(
-                "'json.fail-on-missing-field' = 'true' is not supported yet: a missing field is read as NULL (as with 'false')",
+                "'json.fail-on-missing-field' and 'json.ignore-parse-errors' cannot both be 'true' (as in Flink)",
             ));
         }
         let fail_on_parse_error = match o.str("json.ignore-parse-errors") {
@@ -78,7 +82,31 @@ impl JsonOptions {
         Ok(Self {
             fail_on_parse_error,
             sql_timestamps,
+            fail_on_missing_field,
         })
+    }
+
+    /// With `'json.fail-on-missing-field' = 'true'`: fails on the first of `records` (byte
+    /// ranges of `buf`, at `positions`) that lacks a field of `schema`.
+    pub fn check_fields(
+        &self,
+        schema: &Schema,
+        buf: &[u8],
+        records: &[(usize, usize)],
+        positions: &dyn Fn(usize) -> String,
+    ) -> Result<()> {
+        if !self.fail_on_missing_field {
+            return Ok(());
+        }
+        for (i, &(s, e)) in records.iter().enumerate() {
+            if let Some(field) = missing_json_field(schema.fields(), &buf[s..e]) {
+                return Err(SluiceError::user(format!(
+                    "{}: the record has no field `{field}` ('json.fail-on-missing-field' = 'true'; without it a missing field reads as NULL)",
+                    positions(i)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Fails on the first of `dead` when undecodable records fail the job.
@@ -131,6 +159,37 @@ impl JsonOptions {
             Arc::new(Schema::new(fields)),
             columns,
         )?)
+    }
+}
+
+/// The first of `fields` (a nested one as `outer.inner`) the JSON object `record` lacks;
+/// `None` when it has them all, or is not a JSON object (the decoder reports that). A field
+/// present as `null` is there.
+pub fn missing_json_field(fields: &arrow::datatypes::Fields, record: &[u8]) -> Option<String> {
+    fn walk(
+        fields: &arrow::datatypes::Fields,
+        object: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<String> {
+        for f in fields {
+            if f.name() == sluice_types::TIMESTAMP_FIELD || f.name() == sluice_types::ROW_KIND_FIELD
+            {
+                continue;
+            }
+            match (object.get(f.name()), f.data_type()) {
+                (None, _) => return Some(f.name().clone()),
+                (Some(serde_json::Value::Object(inner)), DataType::Struct(nested)) => {
+                    if let Some(m) = walk(nested, inner) {
+                        return Some(format!("{}.{m}", f.name()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+    match serde_json::from_slice::<serde_json::Value>(record) {
+        Ok(serde_json::Value::Object(o)) => walk(fields, &o),
+        _ => None,
     }
 }
 

@@ -1343,6 +1343,61 @@ async fn an_updating_query_into_upsert_kafka_leaves_the_batch_answer_by_key() {
     delete_topics(bootstrap, &[&input, &output, &all]).await;
 }
 
+/// `'json.fail-on-missing-field' = 'true'` fails the job at the first message that lacks a
+/// field, with its position; without it the field reads as NULL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_without_a_field_fails_the_job_only_when_asked() {
+    let bootstrap = kafka();
+    let input = unique("missing-field");
+    create_topic(bootstrap, &input, 1).await;
+    let msgs: Vec<Msg> = [r#"{"a": 1, "b": "x"}"#, r#"{"a": 2}"#]
+        .iter()
+        .map(|p| Msg {
+            partition: 0,
+            key: None,
+            payload: p.as_bytes().to_vec(),
+            headers: Vec::new(),
+        })
+        .collect();
+    produce(bootstrap, &input, &msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let script = |strict: bool| {
+        let sql = dir.path().join(format!("missing-{strict}.sql"));
+        std::fs::write(
+            &sql,
+            format!(
+                "CREATE TABLE t (a BIGINT, b STRING)
+                 WITH ('connector' = 'kafka', 'topic' = '{input}',
+                    'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
+                    'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset',
+                    'json.fail-on-missing-field' = '{strict}');
+                 SELECT a, b FROM t;"
+            ),
+        )
+        .unwrap();
+        sluice_run(&sql, &[])
+            .stdout(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let lenient = script(false);
+    let stdout = String::from_utf8_lossy(&lenient.stdout);
+    assert!(
+        lenient.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lenient.stderr)
+    );
+    assert!(stdout.contains("+I[2, null]"), "{stdout}");
+    let strict = script(true);
+    let stderr = String::from_utf8_lossy(&strict.stderr);
+    assert!(!strict.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{input}/0@1: the record has no field `b`")),
+        "{stderr}"
+    );
+    delete_topics(bootstrap, &[&input]).await;
+}
+
 /// An upsert sink keyed by a column several rows share (here a name two ids have): the
 /// key shows the latest row still there, and a tombstone only once no row holds it (the
 /// upsert materializer; written as they came, deleting id 1 would tombstone `ann` while

@@ -467,6 +467,14 @@ impl SourceReader for FileReader {
                     }
                     let mut dead = Vec::new();
                     let path_s = path.clone();
+                    if self.config.format == crate::format::Format::Json {
+                        self.config.json.check_fields(
+                            &self.config.schema,
+                            &self.buf,
+                            &self.lines,
+                            &|i| format!("{path_s}:{}", numbers[i]),
+                        )?;
+                    }
                     let batch = self.config.format.decode_lines(
                         &self.config.schema,
                         &self.buf,

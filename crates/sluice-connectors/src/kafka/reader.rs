@@ -282,7 +282,8 @@ impl KafkaReader {
         let (topic, partition) = self.config.partitions[self.splits[split].index].clone();
         let offsets = std::mem::take(&mut self.meta.offsets);
         let mut dead = std::mem::take(&mut self.bad_keys);
-        let decoded = self.decoder.finish(
+        let decoded = self.decoder.finish_checked(
+            &self.config.json,
             &|i| format!("{topic}/{partition}@{}", offsets[i]),
             &mut dead,
         )?;

@@ -250,7 +250,15 @@ impl SourceConnector for UpsertKafkaSourceConnector {
             startup: Startup::Earliest,
             bounded,
             dead_letter_topic: o.str("dead-letter.topic").map(str::to_string),
-            json: crate::format::JsonOptions::from_options(&o)?,
+            json: {
+                let json = crate::format::JsonOptions::from_options(&o)?;
+                if json.fail_on_missing_field {
+                    return Err(SluiceError::user(
+                        "'json.fail-on-missing-field' = 'true' on an upsert-kafka table is not supported yet (a tombstone has no value fields)",
+                    ));
+                }
+                json
+            },
             partitions,
             upsert: Some(UpsertSource {
                 raw_key,
