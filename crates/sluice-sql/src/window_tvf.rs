@@ -112,14 +112,24 @@ impl PartialOrd for WindowTvf {
     }
 }
 
-/// The two columns a window TVF adds.
+/// The two columns that bound a window TVF's windows (what window operators group by).
 pub const WINDOW_COLUMNS: [&str; 2] = ["window_start", "window_end"];
+
+/// The third column a window TVF adds: the window's last instant (`window_end` - 1 ms),
+/// the event time of a window aggregate's rows when grouped by (Flink's `window_time`).
+pub const WINDOW_TIME: &str = "window_time";
+
+/// Whether `c` is a column a window TVF adds.
+pub fn is_window_column(c: &str) -> bool {
+    WINDOW_COLUMNS.contains(&c) || c == WINDOW_TIME
+}
 
 fn tvf_schema(input: &LogicalPlan) -> datafusion_common::Result<DFSchemaRef> {
     let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
     let extra = DFSchema::from_unqualified_fields(
         WINDOW_COLUMNS
             .iter()
+            .chain([&WINDOW_TIME])
             .map(|n| Field::new(*n, ts.clone(), false))
             .collect::<Vec<_>>()
             .into(),

@@ -9,11 +9,28 @@ use datafusion_expr::{Expr, lit};
 use sluice_plan::{NodeKind, Partitioning, WindowSpec};
 
 use crate::error::{Result, SqlError};
-use crate::window_tvf::WINDOW_COLUMNS;
+use crate::window_tvf::{WINDOW_COLUMNS, WINDOW_TIME};
 
 use super::*;
 
 impl Lowerer<'_> {
+    /// A window aggregate's rows with their `window_time` column (named `name`), when the
+    /// GROUP BY has it: the window's last instant, which is the rows' event time, so the
+    /// column is their time attribute from here on (a later window can be over it, as in
+    /// Flink's cascading windows).
+    fn with_window_time(&mut self, out: Lowered, name: Option<String>) -> Lowered {
+        let Some(name) = name else {
+            return out;
+        };
+        let mut exprs: Vec<Expr> = out.columns.iter().map(|c| ucol(c.as_str())).collect();
+        exprs.push(ucol(sluice_types::TIMESTAMP_FIELD));
+        let mut names = out.columns.clone();
+        names.push(name.clone());
+        let mut timed = self.project_always(&out, exprs, names);
+        timed.rowtime = Some(name);
+        timed
+    }
+
     pub(crate) fn aggregate(
         &mut self,
         agg: &datafusion_expr::logical_plan::Aggregate,
@@ -28,6 +45,8 @@ impl Lowerer<'_> {
             .collect();
         let window = input.window.take();
         let mut window_cols = Vec::new();
+        // `GROUP BY …, window_time`: the name it is given (added after the aggregate).
+        let mut window_time: Option<String> = None;
         let mut keys = Vec::new();
         let mut computed: Vec<(Expr, String)> = Vec::new();
         for (g, name) in agg.group_expr.iter().zip(&names) {
@@ -36,6 +55,7 @@ impl Lowerer<'_> {
                 Some(c) if window.is_some() && WINDOW_COLUMNS.contains(&c) => {
                     window_cols.push(c.to_string())
                 }
+                Some(c) if window.is_some() && c == WINDOW_TIME => window_time = Some(name.clone()),
                 Some(c) if input.columns.iter().any(|x| x == c) => keys.push(c.to_string()),
                 _ => {
                     if let Expr::GroupingSet(_) = g {
@@ -143,7 +163,7 @@ impl Lowerer<'_> {
             );
             let mut columns = group_keys;
             columns.extend(names[n_groups..].iter().cloned());
-            return Ok(Lowered {
+            let out = Lowered {
                 node,
                 columns,
                 rowtime: None,
@@ -151,7 +171,8 @@ impl Lowerer<'_> {
                 updating: false,
                 window_end: Some(("window_end".to_string(), size)),
                 window_start: Some(("window_start".to_string(), slide)),
-            });
+            };
+            return Ok(self.with_window_time(out, window_time));
         }
         if let Some(tvf) = window {
             // SESSION(TABLE t PARTITION BY …): sessions are per partition key, and the
@@ -195,7 +216,7 @@ impl Lowerer<'_> {
             let mut columns = keys;
             columns.extend(WINDOW_COLUMNS.iter().map(|s| s.to_string()));
             columns.extend(names[n_groups..].iter().cloned());
-            return Ok(Lowered {
+            let out = Lowered {
                 node,
                 columns,
                 rowtime: None,
@@ -203,7 +224,8 @@ impl Lowerer<'_> {
                 updating: false,
                 window_end,
                 window_start,
-            });
+            };
+            return Ok(self.with_window_time(out, window_time));
         }
         if let (Some(start), Some(end)) = (input.window_start.clone(), input.window_end.clone())
             && !input.updating

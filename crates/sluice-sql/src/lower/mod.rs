@@ -303,12 +303,16 @@ impl<'a> Lowerer<'a> {
         let t = cast(ucol(sluice_types::TIMESTAMP_FIELD), DataType::Int64);
         let start_ms = t.clone() - ((t % size.clone()) + size.clone()) % size.clone();
         let start = cast(start_ms.clone(), ms.clone());
+        let (start_ms_last, ms_last) = (start_ms.clone() + size.clone() - lit(1i64), ms.clone());
         let end = cast(start_ms + size, ms);
         let mut exprs: Vec<Expr> = input.columns.iter().map(|c| ucol(c.as_str())).collect();
         let mut names = input.columns.clone();
         exprs.push(start);
         exprs.push(end);
         names.extend(WINDOW_COLUMNS.iter().map(|c| c.to_string()));
+        // window_time: the window's last instant.
+        exprs.push(cast(start_ms_last, ms_last));
+        names.push(crate::window_tvf::WINDOW_TIME.to_string());
         let mut out = self.project(
             &Lowered {
                 window: None,
@@ -325,7 +329,7 @@ impl<'a> Lowerer<'a> {
         for e in exprs {
             for c in referenced(e) {
                 if !input.columns.contains(&c) {
-                    if input.window.is_some() && WINDOW_COLUMNS.contains(&c.as_str()) {
+                    if input.window.is_some() && crate::window_tvf::is_window_column(&c) {
                         return Err(SqlError::new(format!(
                             "`{c}` of a window table function can be used in GROUP BY window_start, window_end and after it, not before (in `{e}`)"
                         )));
@@ -427,7 +431,7 @@ impl<'a> Lowerer<'a> {
                 if input.window.is_some()
                     && referenced(&predicate)
                         .iter()
-                        .any(|c| WINDOW_COLUMNS.contains(&c.as_str()))
+                        .any(|c| crate::window_tvf::is_window_column(c))
                 {
                     input = self.materialize(input)?;
                 }
@@ -443,7 +447,7 @@ impl<'a> Lowerer<'a> {
                     as_column(&e).is_none()
                         && referenced(&e)
                             .iter()
-                            .any(|c| WINDOW_COLUMNS.contains(&c.as_str()))
+                            .any(|c| crate::window_tvf::is_window_column(c))
                 });
                 if input.window.is_some() && uses_window {
                     input = self.materialize(input)?;
@@ -481,7 +485,7 @@ impl<'a> Lowerer<'a> {
                     let e = resolve(e, &input.columns);
                     if input.window.is_some()
                         && let Some(c) = as_column(&e)
-                        && WINDOW_COLUMNS.contains(&c)
+                        && crate::window_tvf::is_window_column(c)
                     {
                         if field.name() != c {
                             return Err(SqlError::new(format!(
