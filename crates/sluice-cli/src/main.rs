@@ -18,9 +18,11 @@ use sluice::runtime::StopHandle;
 use sluice::runtime::metrics::JobMetrics;
 
 // Batches allocate and free buffers of hundreds of KiB; glibc malloc serves those with
-// mmap/munmap and page faults on every batch. mimalloc keeps them in its pages.
+// mmap/munmap and page faults on every batch. mimalloc keeps them in its pages. Every
+// allocation is charged to the job whose task made it ('sluice.job.memory-limit').
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sluice_alloc::AccountingAllocator<mimalloc::MiMalloc> =
+    sluice_alloc::AccountingAllocator::new(mimalloc::MiMalloc);
 
 #[derive(Parser)]
 #[command(
@@ -135,6 +137,10 @@ enum Command {
         /// connection may idle, before the server closes it.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         header_timeout: Duration,
+        /// Every job's memory limit (`512 mb`, `2 gb`): a job over it fails alone (a job's
+        /// own 'sluice.job.memory-limit' may be lower, not higher).
+        #[arg(long, value_parser = |v: &str| sluice_sql::settings::memory_size("--job-memory-limit", v).map_err(|e| e.to_string()))]
+        job_memory_limit: Option<u64>,
     },
     /// Submit a SQL script to a server as a job; prints its id.
     Submit {
@@ -750,6 +756,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             webhooks_public_only,
             max_connections,
             header_timeout,
+            job_memory_limit,
         } => {
             // A bad rules file fails here, before anything listens.
             let alert_rules = match &alerts {
@@ -771,6 +778,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 webhooks_public_only,
                 max_connections,
                 header_timeout,
+                job_memory_limit,
             };
             sluice_server::serve(listener, opts).await?;
             Ok(())

@@ -774,6 +774,9 @@ pub struct JobConfig {
     pub checkpoint: CheckpointConfig,
     /// Start from a checkpoint or savepoint instead of from the beginning.
     pub restore: Option<RestoreFrom>,
+    /// Most bytes the job's tasks may hold on the heap; over it the job fails (measured
+    /// when the binary's accounting allocator is installed). `None`: no limit.
+    pub memory_limit: Option<u64>,
 }
 
 impl Default for JobConfig {
@@ -785,6 +788,7 @@ impl Default for JobConfig {
             dead_letter_path: None,
             checkpoint: CheckpointConfig::default(),
             restore: None,
+            memory_limit: None,
         }
     }
 }

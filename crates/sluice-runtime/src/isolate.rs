@@ -34,10 +34,13 @@ fn install_hook() {
     });
 }
 
-/// A task future whose panics become errors, named by its task.
+/// A task future whose panics become errors, named by its task; with a job's memory
+/// account, what it allocates while polled is charged there, and the job going over its
+/// limit ends the task with an error.
 pub(crate) struct Guarded<F> {
     task: String,
     inner: Pin<Box<F>>,
+    memory: Option<std::sync::Arc<crate::memory::JobMemory>>,
 }
 
 /// Guards task `task`'s future: an error or a panic ends it with `(task, error)`.
@@ -49,6 +52,15 @@ where
     Guarded {
         task,
         inner: Box::pin(fut),
+        memory: None,
+    }
+}
+
+impl<F> Guarded<F> {
+    /// Charges the task's allocations to `memory` and holds the task to its limit.
+    pub(crate) fn charged_to(mut self, memory: &std::sync::Arc<crate::memory::JobMemory>) -> Self {
+        self.memory = Some(std::sync::Arc::clone(memory));
+        self
     }
 }
 
@@ -59,8 +71,25 @@ where
     type Output = Result<(), (String, SluiceError)>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let memory = self.memory.clone();
+        let previous = memory.as_ref().map(|m| m.enter());
         let inner = self.inner.as_mut();
-        let err = match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx)));
+        if let Some(p) = previous {
+            crate::memory::leave(p);
+        }
+        if let Some((used, limit)) = memory.as_ref().and_then(|m| m.over_limit())
+            && !matches!(polled, Ok(Poll::Ready(Ok(()))))
+        {
+            let err = SluiceError::user(format!(
+                "the job holds {} of memory, above its limit of {} ('sluice.job.memory-limit'); task `{}` stopped it",
+                crate::memory::human_bytes(used),
+                crate::memory::human_bytes(limit),
+                self.task
+            ));
+            return Poll::Ready(Err((std::mem::take(&mut self.task), err)));
+        }
+        let err = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(Ok(()))) => return Poll::Ready(Ok(())),
             Ok(Poll::Ready(Err(e))) => e,

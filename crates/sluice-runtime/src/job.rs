@@ -661,6 +661,10 @@ impl PreparedJob {
         }
 
         let mut tasks = JoinSet::new();
+        let memory = Arc::new(crate::memory::JobMemory::open(plan.config.memory_limit));
+        if plan.config.memory_limit.is_some() && !crate::memory::installed() {
+            tracing::warn!(job = %plan.name, "a memory limit is set but this process does not measure memory (its allocator is not Sluice's accounting one): not enforced");
+        }
         let mut aborts = Vec::new();
         let mut controls = Vec::new();
         for (t, chain_nodes) in self.chains.iter().enumerate() {
@@ -759,6 +763,7 @@ impl PreparedJob {
                                     restore_chain(&mut chain, restored_slots, &task_stats).await?;
                                     run_source_task(src, chain).await
                                 })
+                                .charged_to(&memory)
                                 .instrument(span),
                             ),
                         );
@@ -773,6 +778,7 @@ impl PreparedJob {
                                     restore_chain(&mut chain, restored_slots, &task_stats).await?;
                                     run_operator_task(chain, inputs, cp).await
                                 })
+                                .charged_to(&memory)
                                 .instrument(span),
                             ),
                         );
@@ -827,6 +833,7 @@ impl PreparedJob {
             );
         }
         let job_metrics = Arc::new(JobMetrics {
+            memory,
             checkpoints: stats,
             operators: plan
                 .nodes

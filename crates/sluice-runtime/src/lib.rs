@@ -10,6 +10,8 @@ pub mod dead_letter;
 pub mod expr;
 mod isolate;
 pub mod job;
+/// Per-job memory accounting (the allocator lives in its own crate).
+pub use sluice_alloc as memory;
 pub mod metrics;
 pub mod operator;
 pub mod operators;

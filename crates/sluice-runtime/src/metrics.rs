@@ -229,6 +229,8 @@ pub struct JobMetrics {
     pub operators: Vec<OperatorMetrics>,
     /// Checkpoint counters and history.
     pub checkpoints: Arc<CheckpointStats>,
+    /// What the job's tasks hold on the heap, and its limit.
+    pub memory: Arc<crate::memory::JobMemory>,
 }
 
 impl JobMetrics {

@@ -118,6 +118,8 @@ pub struct JobManager {
     /// The names of the rules from the configuration (the others came through the API
     /// and are kept in `<data-dir>/alert-rules.json`).
     pub(crate) config_rules: std::collections::HashSet<String>,
+    /// The memory limit of every job (a job may set a lower one).
+    pub(crate) job_memory_limit: Option<u64>,
 }
 
 /// One notification sent (or given up on).
@@ -256,6 +258,7 @@ impl JobManager {
             webhooks_public_only,
             max_connections: _,
             header_timeout: _,
+            job_memory_limit,
         } = opts;
         let allow_dirs = match allow_dirs.is_empty() {
             true => vec![std::env::current_dir()?],
@@ -313,6 +316,7 @@ impl JobManager {
         let manager = Arc::new(Self {
             token,
             config_rules,
+            job_memory_limit,
             next_id: AtomicU64::new(last_id + 1),
             data_dir: Some(data_dir),
             sandbox,
@@ -487,13 +491,17 @@ impl JobManager {
                 .refused()
                 .unwrap_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_sql", e.to_string()))
         })?;
-        let plan = job.plan.ok_or_else(|| {
+        let mut plan = job.plan.ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "no_job",
                 "the script has no INSERT INTO or SELECT: nothing to run",
             )
         })?;
+        plan.config.memory_limit = match (plan.config.memory_limit, self.job_memory_limit) {
+            (Some(own), Some(server)) => Some(own.min(server)),
+            (own, server) => own.or(server),
+        };
         self.check_files(&plan, s.from_savepoint.as_deref())?;
         let lineage = lineage(&plan);
         let graph = Graph {

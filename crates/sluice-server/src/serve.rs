@@ -31,6 +31,9 @@ pub struct ServerOptions {
     /// How long a client may take to send a request's headers (and a kept-alive
     /// connection may idle) before the server closes the connection.
     pub header_timeout: std::time::Duration,
+    /// Every job's memory limit, in bytes: a job's own `sluice.job.memory-limit` may
+    /// lower it, not raise it. `None`: jobs set their own, or have none.
+    pub job_memory_limit: Option<u64>,
 }
 
 /// Serves the API and the dashboard on `listener` until the process ends. A

@@ -18,6 +18,7 @@
 //! | `table.exec.mini-batch.size` (`sluice.batch.max-rows`) | most rows per batch |
 //! | `table.exec.mini-batch.allow-latency` (`sluice.batch.linger`) | longest a row waits for its batch |
 //! | `sluice.channel-capacity` | batches buffered per channel |
+//! | `sluice.job.memory-limit` | most heap the job's tasks may hold (`512 mb`, `2 gb`); over it the job fails |
 //! | `table.exec.sink.upsert-materialize` | `AUTO` (default: before an upsert sink whose input is not keyed like it), `FORCE` (before every upsert sink of an updating input) or `NONE` |
 //! | `sql-client.execution.result-mode` | how a client shows a query's rows: `changelog` or `tableau` (every change with its kind), `table` (the rows the changes leave) |
 
@@ -86,6 +87,7 @@ pub const KEYS: &[&str] = &[
     "table.exec.mini-batch.allow-latency",
     "sluice.batch.linger",
     "sluice.channel-capacity",
+    "sluice.job.memory-limit",
     "table.exec.sink.upsert-materialize",
     "sql-client.execution.result-mode",
 ];
@@ -128,6 +130,31 @@ where
         Ok(n) if n >= min && n <= max => Ok(n),
         _ => Err(SqlError::new(format!(
             "'{key}' takes a whole number from {min} to {max}, not '{v}'"
+        ))),
+    }
+}
+
+/// A memory size as Flink writes them: `512 mb`, `2gb`, `64 kb`, or plain bytes; from
+/// 1 MiB to 1 TiB.
+pub fn memory_size(key: &str, v: &str) -> Result<u64> {
+    let compact: String = v
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let digits = compact.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit: u64 = match &compact[digits.len()..] {
+        "" | "b" | "bytes" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => 0,
+    };
+    match digits.parse::<u64>().ok().and_then(|n| n.checked_mul(unit)) {
+        Some(n) if ((1 << 20)..=(1 << 40)).contains(&n) => Ok(n),
+        _ => Err(SqlError::new(format!(
+            "'{key}' takes a memory size from 1 mb to 1 tb, such as '512 mb' or '2 gb', not '{v}'"
         ))),
     }
 }
@@ -210,6 +237,7 @@ impl Settings {
             "sluice.channel-capacity" => {
                 c.channel_capacity = number(k, value, 1usize, limits::MAX_CHANNEL_CAPACITY)?
             }
+            "sluice.job.memory-limit" => c.memory_limit = Some(memory_size(k, value)?),
             "table.exec.sink.upsert-materialize" => {
                 self.upsert_materialize = match value.to_ascii_uppercase().as_str() {
                     "AUTO" => UpsertMaterialize::Auto,
@@ -273,6 +301,7 @@ impl Settings {
                     config.batch.linger = s.batch.linger
                 }
                 "sluice.channel-capacity" => config.channel_capacity = s.channel_capacity,
+                "sluice.job.memory-limit" => config.memory_limit = s.memory_limit,
                 _ => {}
             }
         }
@@ -282,6 +311,28 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_sizes_as_flink_writes_them() {
+        assert_eq!(memory_size("k", "512 mb").unwrap(), 512 << 20);
+        assert_eq!(memory_size("k", "2GB").unwrap(), 2 << 30);
+        assert_eq!(memory_size("k", "1048576").unwrap(), 1 << 20);
+        for bad in [
+            "1 kb",
+            "2 tb",
+            "lots",
+            "1.5 gb",
+            "-1 mb",
+            "99999999999999999999 gb",
+        ] {
+            assert!(memory_size("k", bad).is_err(), "{bad}");
+        }
+        let mut s = Settings::default();
+        s.apply("sluice.job.memory-limit", "64 mb").unwrap();
+        let mut config = JobConfig::default();
+        s.apply_to(&mut config);
+        assert_eq!(config.memory_limit, Some(64 << 20));
+    }
 
     #[test]
     fn flink_keys_and_durations() {

@@ -1793,3 +1793,49 @@ fn kafka_properties_cannot_load_code_or_read_outside_the_sandbox() {
         "{v}"
     );
 }
+
+/// A job that grows its state without end fails alone at its memory limit: the server
+/// answers, and a job beside it goes on reading. The limit is the server's
+/// (`--job-memory-limit`) unless the job sets a lower one.
+#[test]
+fn a_job_over_its_memory_limit_fails_alone() {
+    let (server, _dir) = start_server(&["--job-memory-limit", "2 gb"]);
+    let submit = |sql: &str| {
+        let body = serde_json::json!({ "sql": sql, "restart": { "strategy": "none" } });
+        let (status, v) = server.call("POST", "/api/jobs", Some(&body.to_string()));
+        assert_eq!(status, 201, "{v}");
+        v["id"].as_u64().unwrap()
+    };
+    let steady = submit(
+        "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'rate-limit' = '2000');
+CREATE TABLE sink (a BIGINT) WITH ('connector' = 'blackhole');
+INSERT INTO sink SELECT auction FROM bid;",
+    );
+    // A group per bid (nearly): the aggregate's state grows with every row.
+    let hog = submit(
+        "SET 'sluice.job.memory-limit' = '48 mb';
+CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid');
+CREATE TABLE sink (a BIGINT, b BIGINT, p BIGINT, n BIGINT) WITH ('connector' = 'blackhole');
+INSERT INTO sink SELECT auction, bidder, price, COUNT(*) FROM bid GROUP BY auction, bidder, price;",
+    );
+    let (_, v) = server.call("GET", &format!("/api/jobs/{hog}"), None);
+    assert_eq!(
+        v["memory_limit_bytes"],
+        48 << 20,
+        "the job's own, lower: {v}"
+    );
+    let failed = server.wait_for(hog, "failed", |v| v["status"] == "failed");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("above its limit of 48.0 MiB ('sluice.job.memory-limit')"),
+        "{failed}"
+    );
+    // The other job is still running and reading.
+    let before = server.wait_for(steady, "running", |v| v["status"] == "running");
+    server.wait_for(steady, "more rows", |v| {
+        v["source_records"].as_u64() > before["source_records"].as_u64()
+    });
+    let (_, v) = server.call("GET", &format!("/api/jobs/{steady}"), None);
+    assert!(v["memory_bytes"].as_u64().unwrap() > 0, "measured: {v}");
+    assert_eq!(v["memory_limit_bytes"], 2u64 << 30, "the server's: {v}");
+}

@@ -134,6 +134,10 @@ pub(crate) struct JobDetail {
     explain: String,
     source_records: u64,
     sink_records: u64,
+    /// Bytes the job's tasks hold on the heap now (0 when the process does not measure).
+    memory_bytes: u64,
+    /// The job's memory limit in bytes ('sluice.job.memory-limit', `--job-memory-limit`).
+    memory_limit_bytes: Option<u64>,
     operators: Vec<OperatorView>,
     restarts: usize,
     /// Failures with their causes, oldest first.
@@ -258,6 +262,8 @@ pub(crate) async fn detail(
         explain: j.explain.clone(),
         source_records: m.source_records(),
         sink_records: m.sink_records(),
+        memory_bytes: m.memory.used(),
+        memory_limit_bytes: m.memory.limit(),
         operators: operators(&m),
         restarts: j.restarts(),
         failures: j.failures.lock().unwrap_or_else(|p| p.into_inner()).clone(),
