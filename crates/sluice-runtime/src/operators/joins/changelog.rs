@@ -424,6 +424,11 @@ impl Operator for ChangelogJoinOperator {
                 ts.value(i),
                 &mut changes,
             );
+            // Many matches leave in bounded batches, each sent before more are built.
+            if changes.len() >= super::MAX_OUTPUT_ROWS {
+                let data = self.build(std::mem::take(&mut changes))?;
+                out.collect(batch.with_data(data)).await?;
+            }
         }
         if changes.is_empty() {
             return Ok(());

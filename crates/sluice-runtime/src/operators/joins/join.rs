@@ -348,43 +348,76 @@ impl JoinOperator {
         lo <= d && d <= hi
     }
 
-    /// Joins `batch` from `side` with the other side's buffer, then buffers it.
-    fn join(&mut self, side: usize, batch: &Batch, out_rows: &mut Vec<Batch>) -> Result<()> {
-        let data = batch.data.clone();
-        let keys = self.encode(side, &data)?;
-        let ts = batch.timestamps().clone();
+    /// Joins rows of `batch` from `side` with the other side's buffer, from `cursor`
+    /// (row, and match of that row) on, until `limit` pairs or the batch's end; returns
+    /// them as a batch and moves the cursor. Rows of this side that matched are added to
+    /// `matched` (outer sides). A hot key's matches thus leave in bounded batches, with a
+    /// wait (for the downstream channel) between them.
+    fn join_chunk(
+        &mut self,
+        side: usize,
+        batch: &Batch,
+        keys: &arrow::row::Rows,
+        cursor: &mut (usize, usize),
+        limit: usize,
+        matched: &mut Vec<u32>,
+    ) -> Result<Option<Batch>> {
+        let data = &batch.data;
+        let ts = batch.timestamps();
         let other = &self.sides[1 - side];
         let mut this_rows: Vec<u32> = Vec::new();
         let mut other_rows: Vec<(u32, u32)> = Vec::new();
         let mut out_ts: Vec<i64> = Vec::new();
-        if !other.index.is_empty() {
-            for r in 0..data.num_rows() {
-                let Some(entries) = other.index.get(keys.row(r).as_ref()) else {
-                    continue;
-                };
-                let t = ts.value(r);
-                for &(b, row, ot) in entries {
-                    if other.batches[b as usize].is_some() && self.matches(side, t, ot) {
-                        this_rows.push(r as u32);
-                        other_rows.push((b, row));
-                        out_ts.push(t.max(ot));
-                    }
+        if other.index.is_empty() {
+            cursor.0 = data.num_rows();
+        }
+        while cursor.0 < data.num_rows() && this_rows.len() < limit {
+            let r = cursor.0;
+            let Some(entries) = other.index.get(keys.row(r).as_ref()) else {
+                *cursor = (r + 1, 0);
+                continue;
+            };
+            let t = ts.value(r);
+            let mut e = cursor.1;
+            while e < entries.len() && this_rows.len() < limit {
+                let (b, row, ot) = entries[e];
+                if other.batches[b as usize].is_some() && self.matches(side, t, ot) {
+                    this_rows.push(r as u32);
+                    other_rows.push((b, row));
+                    out_ts.push(t.max(ot));
                 }
+                e += 1;
             }
+            *cursor = match e < entries.len() {
+                true => (r, e),
+                false => (r + 1, 0),
+            };
         }
         for &(b, r) in &other_rows {
             self.sides[1 - side].mark(b, r);
         }
-        let matched_here: Vec<u32> = match self.sides[side].outer.is_some() {
-            true => this_rows.clone(),
-            false => Vec::new(),
-        };
-        if !this_rows.is_empty() {
-            out_rows.push(self.build(side, &data, this_rows, other_rows, out_ts, batch)?);
+        if self.sides[side].outer.is_some() {
+            matched.extend(&this_rows);
         }
+        if this_rows.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.build(side, data, this_rows, other_rows, out_ts, batch)?,
+        ))
+    }
+
+    /// Buffers `batch` of `side` (after it was joined), marking its rows that matched.
+    fn buffer(
+        &mut self,
+        side: usize,
+        batch: &Batch,
+        keys: &arrow::row::Rows,
+        matched: Vec<u32>,
+    ) -> Result<()> {
         let id = self.sides[side].batches.len() as u32;
-        self.sides[side].insert(data, &keys, &ts)?;
-        for r in matched_here {
+        self.sides[side].insert(batch.data.clone(), keys, batch.timestamps())?;
+        for r in matched {
             self.sides[side].mark(id, r);
         }
         Ok(())
@@ -576,12 +609,23 @@ impl Operator for JoinOperator {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let mut rows = Vec::new();
-        self.join(input, &batch, &mut rows)?;
-        for b in rows {
-            out.collect(b).await?;
+        let keys = self.encode(input, &batch.data)?;
+        let mut cursor = (0, 0);
+        let mut matched = Vec::new();
+        while cursor.0 < batch.num_rows() {
+            let chunk = self.join_chunk(
+                input,
+                &batch,
+                &keys,
+                &mut cursor,
+                super::MAX_OUTPUT_ROWS,
+                &mut matched,
+            )?;
+            if let Some(b) = chunk {
+                out.collect(b).await?;
+            }
         }
-        Ok(())
+        self.buffer(input, &batch, &keys, matched)
     }
 
     async fn on_watermark(
@@ -765,6 +809,41 @@ mod tests {
             rows(&out),
             vec![(1, 10, 1, 7, 103), (1, 11, 1, 7, 106), (1, 11, 1, 8, 110)]
         );
+    }
+
+    #[tokio::test]
+    async fn a_hot_key_leaves_in_bounded_batches() {
+        // 7 buffered left rows and 5 000 right rows of one key: 35 000 pairs, in batches
+        // of at most crate::operators::joins::MAX_OUTPUT_ROWS, none lost or repeated, a row's matches split across
+        // batches where the limit falls.
+        let mut j = op(None, None);
+        let schema = side(["k", "a"], &[]).data.schema();
+        let mut ctx = OperatorContext::for_test(schema);
+        let mut out = VecCollector::default();
+        let left: Vec<(i64, i64, i64)> = (0..7).map(|a| (1, a, 100)).collect();
+        j.process_batch_from(0, side(["k", "a"], &left), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        let right: Vec<(i64, i64, i64)> = (0..5_000).map(|b| (1, b, 100)).collect();
+        j.process_batch_from(1, side(["rk", "b"], &right), &mut ctx, &mut out)
+            .await
+            .unwrap();
+        let sizes: Vec<usize> = out.batches.iter().map(|b| b.num_rows()).collect();
+        assert!(
+            sizes
+                .iter()
+                .all(|&n| n <= crate::operators::joins::MAX_OUTPUT_ROWS),
+            "{sizes:?}"
+        );
+        assert_eq!(
+            sizes.len(),
+            35_000_usize.div_ceil(crate::operators::joins::MAX_OUTPUT_ROWS),
+            "{sizes:?}"
+        );
+        let pairs: std::collections::BTreeSet<(i64, i64)> =
+            rows(&out).iter().map(|r| (r.1, r.3)).collect();
+        assert_eq!(pairs.len(), 35_000);
+        assert_eq!(rows(&out).len(), 35_000);
     }
 
     #[tokio::test]

@@ -43,3 +43,8 @@ pub fn from_node(
     }
     join::JoinOperator::prepare(kind, inputs)
 }
+
+/// Most rows of one join output batch: an input batch whose keys match many held rows
+/// leaves in batches of about this size, each sent (waiting for room downstream, and a
+/// point where a cancelled job stops) before the next is built.
+pub(crate) const MAX_OUTPUT_ROWS: usize = 8192;

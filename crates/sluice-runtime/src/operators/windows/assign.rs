@@ -134,11 +134,34 @@ impl Operator for AssignWindowsOperator {
                 starts.push(s);
                 ends.push(e);
             }
+            // Rows in many windows leave in bounded batches, each sent before the next.
+            if rows.len() >= MAX_OUTPUT_ROWS {
+                let data = self.copies(&batch, &mut rows, &mut starts, &mut ends)?;
+                out.collect(batch.with_data(data)).await?;
+            }
         }
         if rows.is_empty() {
             return Ok(());
         }
-        let rows = UInt32Array::from(rows);
+        let data = self.copies(&batch, &mut rows, &mut starts, &mut ends)?;
+        out.collect(batch.with_data(data)).await
+    }
+}
+
+/// Most rows of one output batch.
+const MAX_OUTPUT_ROWS: usize = 8192;
+
+impl AssignWindowsOperator {
+    /// The copies of `batch`'s rows `rows` in windows `starts`/`ends` (which it empties).
+    fn copies(
+        &self,
+        batch: &Batch,
+        rows: &mut Vec<u32>,
+        starts: &mut Vec<i64>,
+        ends: &mut Vec<i64>,
+    ) -> Result<RecordBatch> {
+        let rows = UInt32Array::from(std::mem::take(rows));
+        let (starts, ends) = (std::mem::take(starts), std::mem::take(ends));
         let users = user_column_count(&self.input);
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.output.fields().len());
         for c in &batch.data.columns()[..users] {
@@ -149,8 +172,7 @@ impl Operator for AssignWindowsOperator {
         for c in &batch.data.columns()[users..] {
             columns.push(take(c.as_ref(), &rows, None)?);
         }
-        let data = RecordBatch::try_new(Arc::clone(&self.output), columns)?;
-        out.collect(batch.with_data(data)).await
+        Ok(RecordBatch::try_new(Arc::clone(&self.output), columns)?)
     }
 }
 
