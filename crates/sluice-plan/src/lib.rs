@@ -265,6 +265,10 @@ pub enum NodeKind {
         /// A partition no row reached for this long in event time (past the watermark)
         /// is forgotten (`table.exec.state.ttl`); `None`: kept forever.
         ttl_ms: Option<i64>,
+        /// Upsert mode: a rank's new row alone (`+U`, no `-U` before it), for an only
+        /// consumer that keeps each (partition, rank)'s last row (an upsert sink keyed by
+        /// them), as Flink's changelog-mode inference chooses.
+        upsert: bool,
     },
     /// Lookup join: each row joins the rows of a bounded table with equal keys; the
     /// table is read once when the operator starts. Output: the stream's columns, then

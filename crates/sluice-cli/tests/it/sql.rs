@@ -1400,4 +1400,31 @@ fn upsert_sinks_not_keyed_like_their_input_get_a_materializer() {
         sink("other", "k")
     ));
     assert!(!none.contains("upsert-materialize"), "{none}");
+    // A Top-N into a sink keyed by its partition and rank: no materializer, and the Top-N
+    // emits upserts (no -U), as an aggregate keyed like its sink does.
+    let (mut ctx, _, _) = context();
+    let job = ctx
+        .plan_script(&format!(
+            "{}\n{}\nINSERT INTO ranked SELECT category, rn FROM (SELECT category, ROW_NUMBER() OVER (PARTITION BY category ORDER BY initial_bid DESC) AS rn FROM auction) WHERE rn <= 3;",
+            tables_sql(),
+            sink("ranked", "k, v")
+        ))
+        .unwrap();
+    let plan = job.plan.unwrap();
+    assert!(
+        plan.nodes
+            .iter()
+            .any(|n| matches!(n.kind, sluice::plan::NodeKind::TopN { upsert: true, .. })),
+        "{:?}",
+        plan.nodes
+            .iter()
+            .map(|n| format!("{:?}", n.kind))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        !plan
+            .nodes
+            .iter()
+            .any(|n| matches!(n.kind, sluice::plan::NodeKind::UpsertMaterialize { .. }))
+    );
 }

@@ -151,6 +151,7 @@ impl Lowerer<'_> {
                     limit,
                     rank_column: rank_name.clone(),
                     ttl_ms: self.state_ttl.map(|d| d.as_millis() as i64),
+                    upsert: false,
                 },
                 p,
                 edge,

@@ -81,6 +81,8 @@ pub struct TopNOperator {
     seq: u64,
     /// Forget a partition no row reached for this long (event time, past the watermark).
     ttl: Option<Ttl>,
+    /// Upsert mode: a rank's new row without the `-U` of its old one.
+    upsert: bool,
     /// Per partition, the latest event time of a row offered to it (with a TTL).
     touched: HashMap<Box<[u8]>, i64>,
     sweeps: Sweeps,
@@ -127,6 +129,33 @@ impl TopNOperator {
         ttl_ms: Option<i64>,
         input: &SchemaRef,
     ) -> Result<PreparedOperator> {
+        Self::prepare_mode(
+            partition_by,
+            order_by,
+            descending,
+            then_by,
+            limit,
+            rank_column,
+            ttl_ms,
+            false,
+            input,
+        )
+    }
+
+    /// [`Self::prepare_ordered`]; with `upsert`, a rank's new row goes out alone (`+U`,
+    /// no `-U` of the row it replaces), for a consumer keyed by (partition, rank).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare_mode(
+        partition_by: &[String],
+        order_by: &str,
+        descending: bool,
+        then_by: &[(String, bool)],
+        limit: usize,
+        rank_column: &str,
+        ttl_ms: Option<i64>,
+        upsert: bool,
+        input: &SchemaRef,
+    ) -> Result<PreparedOperator> {
         if limit == 0 {
             return Err(SluiceError::user("top-n needs n >= 1"));
         }
@@ -167,6 +196,7 @@ impl TopNOperator {
             limit,
         )?;
         template.ttl = Ttl::of(ttl_ms);
+        template.upsert = upsert;
         Ok(prepare_from_template(template, out_schema, Self::fresh))
     }
 
@@ -201,6 +231,7 @@ impl TopNOperator {
             descending,
             limit,
             held: HashMap::new(),
+            upsert: false,
             seq: 0,
             ttl: None,
             touched: HashMap::new(),
@@ -219,6 +250,7 @@ impl TopNOperator {
             self.limit,
         )?;
         op.ttl = self.ttl;
+        op.upsert = self.upsert;
         Ok(op)
     }
 
@@ -374,7 +406,10 @@ impl TopNOperator {
                     continue;
                 }
                 let rank = r as i64 + 1;
-                if let Some((row, ts)) = old {
+                // In upsert mode the rank's new row alone replaces the old one.
+                if let Some((row, ts)) = old
+                    && !(self.upsert && new.is_some())
+                {
                     picked.push(row.row());
                     ranks.push(rank);
                     times.push(*ts);
@@ -528,12 +563,13 @@ impl TopNOperator {
             limit,
             rank_column,
             ttl_ms,
+            upsert,
         } = kind
         else {
             return Err(crate::operators::wrong_node(kind, "top-n"));
         };
         let input = &crate::operators::single_input(inputs)?;
-        Self::prepare_ordered(
+        Self::prepare_mode(
             partition_by,
             order_by,
             *descending,
@@ -541,6 +577,7 @@ impl TopNOperator {
             *limit,
             rank_column,
             *ttl_ms,
+            *upsert,
             input,
         )
     }
@@ -713,5 +750,30 @@ mod tests {
             ]
         );
         assert!(crate::operators::test_util::materialize(&out).is_empty());
+    }
+
+    #[tokio::test]
+    async fn in_upsert_mode_a_rank_gets_its_new_row_alone() {
+        use crate::operators::test_util::{change_batch, changes};
+        use sluice_types::RowKind::{Delete as D, Insert as I};
+        let schema = change_batch(["k", "v"], &[]).data.schema();
+        let p =
+            TopNOperator::prepare_mode(&["k".into()], "v", true, &[], 2, "rn", None, true, &schema)
+                .unwrap();
+        let feed = [
+            vec![(I, 1, 5), (I, 1, 7), (I, 1, 3)],
+            vec![(D, 1, 7)],
+            vec![(D, 1, 5), (D, 1, 9)],
+            vec![(D, 1, 3)],
+        ];
+        let out = crate::operators::test_util::feed_changes_through_restore(&p, &feed, 2).await;
+        // The same ranks as above without the -U rows: each (k, rn) is replaced, and a
+        // rank left empty is deleted.
+        assert_eq!(
+            changes(&out),
+            [
+                "+I 1,7,1", "+I 1,5,2", "+U 1,5,1", "+U 1,3,2", "+U 1,3,1", "-D 1,3,2", "-D 1,3,1"
+            ]
+        );
     }
 }
