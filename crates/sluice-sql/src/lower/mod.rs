@@ -303,16 +303,12 @@ impl<'a> Lowerer<'a> {
         let t = cast(ucol(sluice_types::TIMESTAMP_FIELD), DataType::Int64);
         let start_ms = t.clone() - ((t % size.clone()) + size.clone()) % size.clone();
         let start = cast(start_ms.clone(), ms.clone());
-        let (start_ms_last, ms_last) = (start_ms.clone() + size.clone() - lit(1i64), ms.clone());
         let end = cast(start_ms + size, ms);
         let mut exprs: Vec<Expr> = input.columns.iter().map(|c| ucol(c.as_str())).collect();
         let mut names = input.columns.clone();
         exprs.push(start);
         exprs.push(end);
         names.extend(WINDOW_COLUMNS.iter().map(|c| c.to_string()));
-        // window_time: the window's last instant.
-        exprs.push(cast(start_ms_last, ms_last));
-        names.push(crate::window_tvf::WINDOW_TIME.to_string());
         let mut out = self.project(
             &Lowered {
                 window: None,
@@ -323,6 +319,34 @@ impl<'a> Lowerer<'a> {
         );
         out.window = None;
         Ok(out)
+    }
+
+    /// Adds `window_time` (the window's last instant, `window_end` - 1 ms) to rows that
+    /// have their window's columns, where a query reads it: computed only then.
+    pub(crate) fn with_window_time_column(&mut self, input: Lowered, exprs: &[&Expr]) -> Lowered {
+        use crate::window_tvf::WINDOW_TIME;
+        let wanted = exprs
+            .iter()
+            .any(|e| referenced(e).iter().any(|c| c == WINDOW_TIME));
+        if !wanted
+            || input.window.is_some()
+            || input.columns.iter().any(|c| c == WINDOW_TIME)
+            || !input.columns.iter().any(|c| c == "window_end")
+        {
+            return input;
+        }
+        use arrow::datatypes::{DataType, TimeUnit};
+        let cast = |e: Expr, t: DataType| Expr::Cast(datafusion_expr::Cast::new(Box::new(e), t));
+        let end_ms = cast(ucol("window_end"), DataType::Int64);
+        let last = cast(
+            end_ms - lit(1i64),
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+        );
+        let mut exprs: Vec<Expr> = input.columns.iter().map(|c| ucol(c.as_str())).collect();
+        exprs.push(last);
+        let mut names = input.columns.clone();
+        names.push(WINDOW_TIME.to_string());
+        self.project(&input, exprs, names)
     }
 
     pub(crate) fn check_columns(&self, input: &Lowered, exprs: &[&Expr]) -> Result<()> {
@@ -435,6 +459,7 @@ impl<'a> Lowerer<'a> {
                 {
                     input = self.materialize(input)?;
                 }
+                input = self.with_window_time_column(input, &[&predicate]);
                 self.check_columns(&input, &[&predicate])?;
                 let p = self.plan.nodes[input.node].parallelism;
                 let node = self.add(&input, NodeKind::Filter { predicate }, p, None);
@@ -449,9 +474,21 @@ impl<'a> Lowerer<'a> {
                             .iter()
                             .any(|c| crate::window_tvf::is_window_column(c))
                 });
-                if input.window.is_some() && uses_window {
+                // `window_time` read row by row: the windows are given their columns.
+                let reads_time = proj.expr.iter().any(|e| {
+                    referenced(&resolve(e, &input.columns))
+                        .iter()
+                        .any(|c| c == crate::window_tvf::WINDOW_TIME)
+                });
+                if input.window.is_some() && (uses_window || reads_time) {
                     input = self.materialize(input)?;
                 }
+                let resolved: Vec<Expr> = proj
+                    .expr
+                    .iter()
+                    .map(|e| resolve(e, &input.columns))
+                    .collect();
+                input = self.with_window_time_column(input, &resolved.iter().collect::<Vec<_>>());
                 // `PROCTIME()` in the list: the rows' time becomes the wall clock from
                 // here on, and the column is that time.
                 let is_proctime = |e: &Expr| matches!(e.clone().unalias(), Expr::ScalarFunction(f) if f.func.name() == "proctime");
