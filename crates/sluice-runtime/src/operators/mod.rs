@@ -113,6 +113,7 @@ fn consumes_updates(kind: &NodeKind) -> bool {
             | NodeKind::Join { .. }
             | NodeKind::TopN { .. }
             | NodeKind::ChangelogOverAggregate { .. }
+            | NodeKind::LookupJoin { .. }
             | NodeKind::WindowAggregate {
                 window: sluice_plan::WindowSpec::Session { .. },
                 ..

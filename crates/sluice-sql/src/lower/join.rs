@@ -336,9 +336,6 @@ impl Lowerer<'_> {
         let nl = j.left.schema().fields().len();
         let mut left = self.lower(&j.left)?;
         left = self.materialize(left)?;
-        if left.updating {
-            return Err(SqlError::unsupported("a lookup join of an updating stream"));
-        }
         let only = reads_only;
         let mut left_keys = Vec::new();
         let mut right_keys = Vec::new();
@@ -462,7 +459,8 @@ impl Lowerer<'_> {
                 .collect(),
             rowtime: left.rowtime.clone(),
             window: None,
-            updating: false,
+            // Each change of an updating stream joins as it is: its pairs carry its kind.
+            updating: left.updating,
             window_end: None,
             window_start: None,
         };

@@ -18,7 +18,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use sluice_plan::ConnectorSpec;
-use sluice_types::{Batch, Result, SluiceError, TIMESTAMP_FIELD};
+use sluice_types::{Batch, Result, SluiceError, user_column_count};
 
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::{OperatorFactory, PreparedOperator};
@@ -88,13 +88,10 @@ impl LookupJoinOperator {
             }
             sort_fields.push(SortField::new(lt.clone()));
         }
-        let mut fields: Vec<Arc<Field>> = input
-            .fields()
-            .iter()
-            .filter(|f| f.name() != TIMESTAMP_FIELD)
-            .cloned()
-            .collect();
-        let left_width = fields.len();
+        // The stream's columns, the table's, then the row kind of an updating stream (each
+        // change joins as it is, its pairs carrying its kind) and the time.
+        let left_width = user_column_count(input);
+        let mut fields: Vec<Arc<Field>> = input.fields()[..left_width].to_vec();
         for (f, n) in dim.fields().iter().zip(right_names) {
             if fields.iter().any(|l| l.name() == n) {
                 return Err(SluiceError::user(format!(
@@ -103,9 +100,9 @@ impl LookupJoinOperator {
             }
             fields.push(Arc::new(f.as_ref().clone().with_name(n)));
         }
-        fields.push(Arc::new(sluice_types::timestamp_field()));
-        let schema: SchemaRef = Arc::new(Schema::new(fields));
         let right_width = dim.fields().len();
+        fields.extend(input.fields()[left_width..].iter().cloned());
+        let schema: SchemaRef = Arc::new(Schema::new(fields));
         let out = Arc::clone(&schema);
         let table_name = table.connector.clone();
         let factory: OperatorFactory = Arc::new(move |_task| {
@@ -209,7 +206,10 @@ impl Operator for LookupJoinOperator {
             let arrays: Vec<&dyn Array> = self.rows.iter().map(|b| b.column(c).as_ref()).collect();
             columns.push(interleave(&arrays, &right)?);
         }
-        columns.push(take(data.column(data.num_columns() - 1), &idx, None)?);
+        // The row kind (an updating stream) and the time.
+        for c in &data.columns()[self.left_width..] {
+            columns.push(take(c, &idx, None)?);
+        }
         let out_data = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
         out.collect(batch.with_data(out_data)).await
     }
