@@ -33,6 +33,7 @@ fn server() -> &'static Server {
             webhooks_public_only: true,
             max_connections: 16,
             header_timeout: std::time::Duration::from_secs(1),
+            job_memory_limit: Some(256 << 20),
         };
         let manager = rt
             .block_on(sluice_server::JobManager::open(opts))
