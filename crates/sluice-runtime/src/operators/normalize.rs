@@ -26,7 +26,7 @@ use sluice_types::{
 
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::{PreparedOperator, prepare_from_template};
-use crate::state::{OperatorState, RestoredState, TableWriter};
+use crate::state::{OperatorState, RestoredState};
 
 const LAST_TABLE: &str = "last";
 
@@ -56,17 +56,7 @@ impl ChangelogNormalizeOperator {
             ));
         }
         let width = user_column_count(input);
-        let keys: Vec<usize> = keys
-            .iter()
-            .map(|k| {
-                input.fields()[..width]
-                    .iter()
-                    .position(|f| f.name() == k)
-                    .ok_or_else(|| {
-                        SluiceError::user(format!("the key column `{k}` is not a column"))
-                    })
-            })
-            .collect::<Result<_>>()?;
+        let keys = crate::state::timed_rows::user_key_indices(input, keys)?;
         if keys.is_empty() {
             return Err(SluiceError::user("changelog normalize needs a key"));
         }
@@ -249,15 +239,12 @@ impl Operator for ChangelogNormalizeOperator {
         if self.last.is_empty() {
             return Ok(state);
         }
-        let held: Vec<&(OwnedRow, i64)> = self.last.values().collect();
-        let mut columns = self.rows.convert_rows(held.iter().map(|(r, _)| r.row()))?;
-        columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
-            held.iter().map(|(_, t)| *t),
-        )));
-        let mut fields: Vec<_> = self.input.fields()[..self.width].to_vec();
-        fields.push(Arc::new(sluice_types::timestamp_field()));
-        let all = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)?;
-        TableWriter::rows_of(&all, &self.keys).finish(
+        crate::state::timed_rows::write_timed_rows(
+            &self.rows,
+            self.last.values().map(|(r, _)| r.row()),
+            self.last.values().map(|(_, t)| *t),
+            &self.input,
+            &self.keys,
             LAST_TABLE,
             ctx.max_parallelism,
             &mut state,
@@ -267,18 +254,8 @@ impl Operator for ChangelogNormalizeOperator {
 
     async fn restore(&mut self, state: RestoredState, _ctx: &mut OperatorContext) -> Result<()> {
         for b in state.table(LAST_TABLE) {
-            if b.num_columns() != self.width + 1 {
-                return Err(SluiceError::user(
-                    "the checkpoint's changelog-normalize state has other columns: the job changed",
-                ));
-            }
-            let user = b.project(&(0..self.width).collect::<Vec<_>>())?;
-            let times = b
-                .column(self.width)
-                .as_any()
-                .downcast_ref::<TimestampMillisecondArray>()
-                .ok_or_else(|| SluiceError::user("malformed changelog-normalize state"))?
-                .clone();
+            let (user, times) =
+                crate::state::timed_rows::read_timed_rows(b, self.width, "changelog-normalize")?;
             let inserts = std::iter::repeat_n(RowKind::Insert, user.num_rows());
             self.apply(&user, inserts, &times)?;
         }

@@ -325,6 +325,15 @@ pub(crate) fn materialize(out: &[Batch]) -> Vec<String> {
 /// A batch of an updating stream: two BIGINT columns named `names`, each row with its
 /// kind, at event time 0.
 pub(crate) fn change_batch(names: [&str; 2], rows: &[(sluice_types::RowKind, i64, i64)]) -> Batch {
+    let timed: Vec<_> = rows.iter().map(|&(k, a, b)| (k, a, b, 0)).collect();
+    timed_change_batch(names, &timed)
+}
+
+/// [`change_batch`] with each change's event time last.
+pub(crate) fn timed_change_batch(
+    names: [&str; 2],
+    rows: &[(sluice_types::RowKind, i64, i64, i64)],
+) -> Batch {
     use arrow::array::{Int8Array, Int64Array, RecordBatch, TimestampMillisecondArray};
     use arrow::datatypes::{DataType, Field, Schema};
     let user = RecordBatch::try_new(
@@ -341,13 +350,13 @@ pub(crate) fn change_batch(names: [&str; 2], rows: &[(sluice_types::RowKind, i64
     Batch::from_changes(
         &user,
         Int8Array::from_iter_values(rows.iter().map(|r| r.0.code())),
-        TimestampMillisecondArray::from_iter_values(rows.iter().map(|_| 0)),
+        TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.3)),
         sluice_types::IngestTime::at(0),
     )
     .unwrap()
 }
 
-/// Every change of a changelog in order, as `+I a,1` (its kind, then its user columns).
+/// The changes of `out` as `+I k,v,…` strings, in order.
 pub(crate) fn changes(out: &[Batch]) -> Vec<String> {
     use arrow::util::display::array_value_to_string;
     let mut v = Vec::new();

@@ -29,7 +29,7 @@ use sluice_types::{
 
 use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::{PreparedOperator, prepare_from_template};
-use crate::state::{OperatorState, RestoredState, TableWriter};
+use crate::state::{OperatorState, RestoredState};
 
 const ROWS_TABLE: &str = "rows";
 
@@ -209,18 +209,16 @@ impl Operator for UpsertMaterializeOperator {
     ) -> Result<OperatorState> {
         let mut state = OperatorState::default();
         // Oldest first per key: a restore appends them back in this order.
-        let held: Vec<&(OwnedRow, i64)> = self.held.values().flatten().collect();
-        if held.is_empty() {
+        if self.held.is_empty() {
             return Ok(state);
         }
-        let mut columns = self.rows.convert_rows(held.iter().map(|(r, _)| r.row()))?;
-        columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
-            held.iter().map(|(_, t)| *t),
-        )));
-        let mut fields: Vec<_> = self.input.fields()[..self.width].to_vec();
-        fields.push(Arc::new(sluice_types::timestamp_field()));
-        let all = RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)?;
-        TableWriter::rows_of(&all, &self.keys).finish(
+        let held = || self.held.values().flatten();
+        crate::state::timed_rows::write_timed_rows(
+            &self.rows,
+            held().map(|(r, _)| r.row()),
+            held().map(|(_, t)| *t),
+            &self.input,
+            &self.keys,
             ROWS_TABLE,
             ctx.max_parallelism,
             &mut state,
@@ -230,18 +228,8 @@ impl Operator for UpsertMaterializeOperator {
 
     async fn restore(&mut self, state: RestoredState, _ctx: &mut OperatorContext) -> Result<()> {
         for b in state.table(ROWS_TABLE) {
-            if b.num_columns() != self.width + 1 {
-                return Err(SluiceError::user(
-                    "the checkpoint's upsert-materialize state has other columns: the job changed",
-                ));
-            }
-            let user = b.project(&(0..self.width).collect::<Vec<_>>())?;
-            let times = b
-                .column(self.width)
-                .as_any()
-                .downcast_ref::<TimestampMillisecondArray>()
-                .ok_or_else(|| SluiceError::user("malformed upsert-materialize state"))?
-                .clone();
+            let (user, times) =
+                crate::state::timed_rows::read_timed_rows(b, self.width, "upsert-materialize")?;
             let inserts = std::iter::repeat_n(RowKind::Insert, user.num_rows());
             self.apply(&user, inserts, &times)?;
         }

@@ -24,6 +24,7 @@ use sluice_types::{Result, SluiceError};
 
 pub mod key_group;
 mod table;
+pub(crate) mod timed_rows;
 pub(crate) mod ttl;
 
 use key_group::{key_group, key_hash_state, subtask_for_key_group};

@@ -39,7 +39,7 @@ use crate::operator::{Collector, Operator, OperatorContext};
 use crate::operators::aggregates::retract::{apply_row, retractable, row_args};
 use crate::operators::aggregates::{PlannedAggregate, PlannedAggregates};
 use crate::operators::{PreparedOperator, prepare_from_template};
-use crate::state::{OperatorState, RestoredState, TableWriter};
+use crate::state::{OperatorState, RestoredState};
 
 /// The rows of every partition, with their event times.
 const ROWS_TABLE: &str = "rows";
@@ -603,21 +603,17 @@ impl Operator for ChangelogOverOperator {
         ctx: &mut OperatorContext,
     ) -> Result<OperatorState> {
         let mut state = OperatorState::default();
-        let held: Vec<(&Place, &Held)> = self.partitions.values().flat_map(|p| p.iter()).collect();
-        if held.is_empty() {
+        if self.partitions.is_empty() {
             return Ok(state);
         }
         let parser = self.user_rows.parser();
-        let mut columns = self
-            .user_rows
-            .convert_rows(held.iter().map(|(k, _)| parser.parse(&k.row)))?;
-        columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
-            held.iter().map(|(_, h)| h.time),
-        )));
-        let mut fields: Vec<_> = self.input.fields()[..self.width].to_vec();
-        fields.push(Arc::new(sluice_types::timestamp_field()));
-        let all = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-        TableWriter::rows_of(&all, &self.partition_by).finish(
+        let held = || self.partitions.values().flat_map(|p| p.iter());
+        crate::state::timed_rows::write_timed_rows(
+            &self.user_rows,
+            held().map(|(k, _)| parser.parse(&k.row)),
+            held().map(|(_, h)| h.time),
+            &self.input,
+            &self.partition_by,
             ROWS_TABLE,
             ctx.max_parallelism,
             &mut state,
@@ -627,18 +623,7 @@ impl Operator for ChangelogOverOperator {
 
     async fn restore(&mut self, state: RestoredState, _ctx: &mut OperatorContext) -> Result<()> {
         for b in state.table(ROWS_TABLE) {
-            if b.num_columns() != self.width + 1 {
-                return Err(SluiceError::user(
-                    "the checkpoint's OVER state has other columns: the job changed",
-                ));
-            }
-            let times = b
-                .column(self.width)
-                .as_any()
-                .downcast_ref::<TimestampMillisecondArray>()
-                .ok_or_else(|| SluiceError::user("malformed OVER state"))?
-                .clone();
-            let user = b.project(&(0..self.width).collect::<Vec<_>>())?;
+            let (user, times) = crate::state::timed_rows::read_timed_rows(b, self.width, "OVER")?;
             let kinds = Int8Array::from_iter_values(std::iter::repeat_n(
                 RowKind::Insert.code(),
                 user.num_rows(),

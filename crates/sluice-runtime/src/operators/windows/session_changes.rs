@@ -321,32 +321,17 @@ mod tests {
     use super::*;
     use crate::operator::VecCollector;
     use crate::operators::test_util;
-    use arrow::array::{Int8Array, Int64Array};
-    use arrow::datatypes::{Field, Schema};
     use datafusion_expr::col;
     use datafusion_functions_aggregate::expr_fn::{count, max, sum};
     use sluice_types::RowKind;
 
     /// Changes of (key, value) rows at times.
     fn changes(rows: &[(i64, i64, i64, RowKind)]) -> Batch {
-        let user = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("k", DataType::Int64, false),
-                Field::new("v", DataType::Int64, false),
-            ])),
-            vec![
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-            ],
-        )
-        .unwrap();
-        Batch::from_changes(
-            &user,
-            Int8Array::from_iter_values(rows.iter().map(|r| r.3.code())),
-            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.2)),
-            sluice_types::IngestTime::at(0),
-        )
-        .unwrap()
+        let timed: Vec<_> = rows
+            .iter()
+            .map(|&(k, v, t, kind)| (kind, k, v, t))
+            .collect();
+        test_util::timed_change_batch(["k", "v"], &timed)
     }
 
     fn rows(out: &[Batch]) -> Vec<String> {
