@@ -126,11 +126,23 @@ pub(crate) async fn run_through_checkpoint(
     let mut out = VecCollector::default();
     let mut op = make();
     let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
-    for b in &batches[..split_at] {
+    // Watermarks advance as a source's would, so windows fire before the cut and the
+    // snapshot holds fired windows, watermark state and timers.
+    let watermarks = safe_watermarks(batches);
+    for (b, wm) in batches[..split_at].iter().zip(&watermarks) {
         op.process_batch(b.clone(), &mut ctx, &mut out)
             .await
             .expect("process");
+        if let Some(wm) = wm {
+            advance(op.as_mut(), &mut ctx, *wm, &mut out)
+                .await
+                .expect("watermark");
+        }
     }
+    assert!(
+        !out.batches.is_empty(),
+        "nothing fired before the checkpoint: the cut tests no fired state"
+    );
     let barrier = CheckpointBarrier {
         epoch: 1,
         triggered_at_us: 0,
@@ -160,11 +172,15 @@ pub(crate) async fn run_through_checkpoint(
             }
         }
         let mut op = make();
-        let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
-        op.restore(restored, &mut ctx).await.expect("restore");
-        ops.push((op, ctx));
+        let mut restored_ctx = OperatorContext::for_test(Arc::clone(&schema));
+        // As the runtime does: every old subtask's timers, then the operator's state.
+        restored_ctx.timers.merge(&ctx.timers);
+        op.restore(restored, &mut restored_ctx)
+            .await
+            .expect("restore");
+        ops.push((op, restored_ctx));
     }
-    for b in &batches[split_at..] {
+    for (b, wm) in batches[split_at..].iter().zip(&watermarks[split_at..]) {
         let groups =
             key_groups(&route_columns(b, route_by), b.num_rows(), MAX_P).expect("key groups");
         let groups = groups
@@ -187,6 +203,11 @@ pub(crate) async fn run_through_checkpoint(
                 op.process_batch(b.with_data(rows), ctx, &mut out)
                     .await
                     .expect("process");
+            }
+            if let Some(wm) = wm {
+                advance(op.as_mut(), ctx, *wm, &mut out)
+                    .await
+                    .expect("watermark");
             }
         }
     }
@@ -228,10 +249,16 @@ pub(crate) async fn run_plain(
     let mut out = VecCollector::default();
     let mut op = make();
     let mut ctx = OperatorContext::for_test(batches[0].data.schema());
-    for b in batches {
+    let watermarks = safe_watermarks(batches);
+    for (b, wm) in batches.iter().zip(&watermarks) {
         op.process_batch(b.clone(), &mut ctx, &mut out)
             .await
             .expect("process");
+        if let Some(wm) = wm {
+            advance(op.as_mut(), &mut ctx, *wm, &mut out)
+                .await
+                .expect("watermark");
+        }
     }
     advance(
         op.as_mut(),
@@ -245,6 +272,33 @@ pub(crate) async fn run_plain(
     let mut rows = window_rows(&out.batches);
     rows.sort();
     rows
+}
+
+/// After each batch, the watermark a source would be at: just below the earliest event
+/// time of every later batch (no later row is late), `None` when it would not move.
+pub(crate) fn safe_watermarks(batches: &[Batch]) -> Vec<Option<sluice_types::Watermark>> {
+    let mins: Vec<i64> = batches
+        .iter()
+        .map(|b| {
+            b.timestamps()
+                .values()
+                .iter()
+                .copied()
+                .min()
+                .unwrap_or(i64::MAX)
+        })
+        .collect();
+    let mut last = i64::MIN;
+    (0..batches.len())
+        .map(|i| {
+            let later = mins[i + 1..].iter().copied().min()?;
+            let wm = later.saturating_sub(1);
+            (wm > last).then(|| {
+                last = wm;
+                sluice_types::Watermark::EventTime(wm)
+            })
+        })
+        .collect()
 }
 
 fn route_columns(b: &Batch, route_by: &[usize]) -> Vec<arrow::array::ArrayRef> {

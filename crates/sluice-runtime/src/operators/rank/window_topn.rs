@@ -554,14 +554,15 @@ mod tests {
             arrow::datatypes::Field::new("n", DataType::Int64, false),
             sluice_types::timestamp_field(),
         ]));
-        // Per batch, 12 keys in each of 3 windows; counts with ties.
+        // Per batch, 12 keys in each of 3 windows, the windows moving on by one per batch
+        // (the first fires before the checkpoint, others span it); counts with ties.
         let batches: Vec<Batch> = (0..4)
             .map(|b| {
                 let rows: Vec<(String, i64, i64)> = (0..36)
                     .map(|i| {
                         (
                             format!("k{}-{b}", i % 12),
-                            (i / 12) * 1_000,
+                            (i / 12 + b as i64) * 1_000,
                             (i * 7 + b) % 5,
                         )
                     })

@@ -630,8 +630,9 @@ mod tests {
     #[tokio::test]
     async fn sessions_survive_a_checkpoint_and_a_change_of_parallelism() {
         use crate::operators::test_util::{kv_batch, run_plain, run_through_checkpoint};
-        // Sessions of 100 ms gap per key; the checkpoint falls inside open sessions, and
-        // the rows after it merge into them.
+        // Sessions of 100 ms gap per key: batch 0's close before the checkpoint (after
+        // batch 2), which falls inside the sessions of batches 1 and 2; batches 3-5 make
+        // sessions of their own after it.
         let batches: Vec<Batch> = (0..6)
             .map(|b| {
                 kv_batch(
@@ -640,7 +641,7 @@ mod tests {
                             (
                                 i % 7,
                                 i,
-                                b * 60 + (i % 5) * 10 + if b == 3 { 500 } else { 0 },
+                                [0, 300, 360, 900, 960, 1020][b as usize] + (i % 5) * 10,
                             )
                         })
                         .collect::<Vec<_>>(),
