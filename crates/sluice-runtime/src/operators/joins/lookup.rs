@@ -139,8 +139,14 @@ impl Operator for LookupJoinOperator {
     }
 
     async fn on_start(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        // Every subtask reads the whole table, as the one reader of it: a source that
+        // shares its rows out by subtask (a generator) must not give this one a share.
         let splits = self.table.splits(1)?;
-        let task = ctx.task.clone();
+        let task = sluice_types::TaskInfo {
+            subtask: 0,
+            parallelism: 1,
+            ..ctx.task.clone()
+        };
         let mut reader = self.table.reader(splits, &task)?;
         reader.open(ctx).await?;
         loop {
