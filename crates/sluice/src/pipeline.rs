@@ -324,6 +324,7 @@ impl Pipeline {
                     error = %failure, restart = tracker.restarts(), delay = ?delay,
                     from = ?latest, "job failed; restarting"
                 );
+                hooks.waiting(delay);
                 tokio::time::sleep(delay).await;
                 if !hooks.restart() {
                     return Err(failure);
@@ -350,6 +351,9 @@ pub trait RestartHooks {
     fn failed(&mut self, _error: &SluiceError, _restarting: bool) -> bool {
         true
     }
+
+    /// The strategy's delay before the next attempt, about to be waited.
+    fn waiting(&mut self, _delay: std::time::Duration) {}
 
     /// Asked after the restart delay, before the next attempt starts; `false` stops.
     fn restart(&mut self) -> bool {

@@ -561,7 +561,26 @@ async fn a_panicking_operator_fails_its_job_with_its_stack_and_the_job_resumes_w
     );
 }
 
-/// The gaps between a job's attempts under `strategy` (it fails at once, every time).
+/// Records each attempt's start and each delay the strategy asked for.
+#[derive(Debug, Default)]
+struct Attempts {
+    starts: Vec<std::time::Instant>,
+    delays: Vec<Duration>,
+}
+
+impl sluice::RestartHooks for Attempts {
+    fn started(&mut self, _handle: &sluice::runtime::JobHandle) {
+        self.starts.push(std::time::Instant::now());
+    }
+
+    fn waiting(&mut self, delay: Duration) {
+        self.delays.push(delay);
+    }
+}
+
+/// The delays `strategy` asked for between a job's attempts (it fails at once, every
+/// time), each checked to have been waited: the gap between the attempts' starts is at
+/// least the delay (the job's own start adds to it).
 async fn restart_gaps(strategy: sluice::restart::RestartStrategy) -> Vec<Duration> {
     let job = sluice::plan_sql(
         "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '100');
@@ -571,31 +590,36 @@ async fn restart_gaps(strategy: sluice::restart::RestartStrategy) -> Vec<Duratio
     )
     .unwrap();
     let p = Pipeline::from_plan(job.plan.unwrap());
-    let mut starts = Vec::new();
+    let mut attempts = Attempts::default();
+    let first = p.start().await.unwrap();
+    attempts.starts.push(std::time::Instant::now());
     let e = p
-        .run_with_restarts(strategy, |_| starts.push(std::time::Instant::now()))
+        .supervise(first, strategy, &mut attempts)
         .await
         .unwrap_err();
     assert!(
         e.to_string().to_lowercase().contains("divide by zero"),
         "{e}"
     );
-    starts.windows(2).map(|w| w[1] - w[0]).collect()
+    let gaps: Vec<Duration> = attempts.starts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(gaps.len(), attempts.delays.len(), "one wait per restart");
+    for (gap, delay) in gaps.iter().zip(&attempts.delays) {
+        assert!(gap >= delay, "waited {gap:?} of {delay:?}: {attempts:?}");
+    }
+    attempts.delays
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_restart_strategy_waits_as_it_says() {
     use sluice::restart::RestartStrategy as R;
     let ms = Duration::from_millis;
-    // Lower bounds only: a restart never comes before its delay (the job's own start
-    // adds to each gap).
+    // The delays each strategy asked for, exactly (each was waited: `restart_gaps`).
     let fixed = restart_gaps(R::FixedDelay {
         attempts: 3,
         delay: ms(200),
     })
     .await;
-    assert_eq!(fixed.len(), 3);
-    assert!(fixed.iter().all(|g| *g >= ms(200)), "{fixed:?}");
+    assert_eq!(fixed, [ms(200); 3]);
     let exponential = restart_gaps(R::ExponentialDelay {
         initial: ms(50),
         max: ms(200),
@@ -605,18 +629,18 @@ async fn each_restart_strategy_waits_as_it_says() {
         attempts: Some(4),
     })
     .await;
-    assert_eq!(exponential.len(), 4);
-    for (gap, at_least) in exponential.iter().zip([50, 100, 200, 200]) {
-        assert!(*gap >= ms(at_least), "{exponential:?}");
-    }
+    assert_eq!(
+        exponential,
+        [ms(50), ms(100), ms(200), ms(200)],
+        "doubling, capped"
+    );
     let rate = restart_gaps(R::FailureRate {
         max_failures: 2,
         interval: Duration::from_secs(60),
         delay: ms(100),
     })
     .await;
-    assert_eq!(rate.len(), 2, "the third failure in a minute gives up");
-    assert!(rate.iter().all(|g| *g >= ms(100)), "{rate:?}");
+    assert_eq!(rate, [ms(100); 2], "the third failure in a minute gives up");
     assert!(restart_gaps(R::None).await.is_empty());
     println!("restart gaps: fixed {fixed:?}, exponential {exponential:?}, failure-rate {rate:?}");
 }
