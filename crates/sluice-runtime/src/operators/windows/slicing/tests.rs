@@ -486,14 +486,18 @@ mod property {
 
     const BOUND: i64 = 100;
 
-    fn reference(rows: &[(i64, i64, i64)], size: i64, slide: i64) -> Vec<String> {
-        // From scratch: every window [s, s + size) with s on the slide grid holding t.
+    /// From scratch: every window [s, s + size) with s on the slide grid holding t, for
+    /// rows that arrived at watermarks: a row counts in a window only if the window had
+    /// not fired when it arrived.
+    fn reference_at(rows: &[(i64, i64, i64, i64)], size: i64, slide: i64) -> Vec<String> {
         let mut acc: BTreeMap<(i64, i64), (i64, i64, i64)> = BTreeMap::new();
-        for &(k, v, t) in rows {
+        for &(k, v, t, wm) in rows {
             let mut s = t.div_euclid(slide) * slide;
             while s > t - size {
-                let e = acc.entry((k, s)).or_insert((0, 0, i64::MIN));
-                *e = (e.0 + 1, e.1 + v, e.2.max(v));
+                if s + size - 1 > wm {
+                    let e = acc.entry((k, s)).or_insert((0, 0, i64::MIN));
+                    *e = (e.0 + 1, e.1 + v, e.2.max(v));
+                }
                 s -= slide;
             }
         }
@@ -516,14 +520,19 @@ mod property {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
         fn windows_equal_a_batch_computation(
             (size, slide) in geometry(),
             events in prop::collection::vec((0..4i64, -50..50i64, 0..40i64, 0..=BOUND), 1..300),
             cuts in prop::collection::vec(1..40usize, 1..20),
+            lag in 0..=BOUND,
+            restore_at in 0..12usize,
         ) {
             // Rows out of order by at most BOUND: t = base - jitter, base non-decreasing.
+            // The watermark trails the largest time by `lag`: when that is less than the
+            // jitter, some rows come after windows of theirs fired (late for those windows,
+            // or for all of them: then to the late output).
             let mut base = 0;
             let rows: Vec<(i64, i64, i64)> = events
                 .iter()
@@ -541,28 +550,78 @@ mod property {
             } else {
                 WindowSpec::Hopping { size: Duration::from_millis(size as u64), slide: Duration::from_millis(slide as u64) }
             };
-            let mut op = WindowAggregateOperator::new(&keys, window, &aggs, Duration::ZERO, &schema).unwrap();
-            let mut ctx = OperatorContext::for_test(schema);
+            let make = || WindowAggregateOperator::new(&keys, window, &aggs, Duration::ZERO, &schema).unwrap();
+            let mut op = make();
+            let mut ctx = OperatorContext::for_test(Arc::clone(&schema));
             let mut out = crate::operator::VecCollector::default();
             let mut max_slices = 0;
+            // Each row with the watermark it arrived at.
+            let mut arrived: Vec<(i64, i64, i64, i64)> = Vec::new();
             rt.block_on(async {
                 let mut at = 0;
                 let mut max_t = i64::MIN;
-                for c in cuts.iter().cycle() {
+                let mut wm = i64::MIN;
+                for (i, c) in cuts.iter().cycle().enumerate() {
                     if at >= rows.len() { break; }
+                    if i == restore_at {
+                        // A checkpoint here, restored into a fresh operator (timers stay
+                        // with the context, as the runtime hands them back).
+                        let state = op.snapshot(&crate::operators::test_util::barrier(), &mut ctx).await.unwrap();
+                        op = make();
+                        op.restore(crate::operators::test_util::restored(&state, 0, 1), &mut ctx).await.unwrap();
+                    }
                     let end = (at + c).min(rows.len());
                     let chunk = &rows[at..end];
                     at = end;
+                    arrived.extend(chunk.iter().map(|&(k, v, t)| (k, v, t, wm)));
                     op.process_batch(batch(chunk), &mut ctx, &mut out).await.unwrap();
                     max_t = max_t.max(chunk.iter().map(|r| r.2).max().unwrap());
-                    let wm = Watermark::EventTime(max_t - BOUND - 1);
-                    advance(&mut op, &mut ctx, wm, &mut out).await.unwrap();
+                    wm = wm.max(max_t - lag - 1);
+                    advance(&mut op, &mut ctx, Watermark::EventTime(wm), &mut out).await.unwrap();
                     max_slices = max_slices.max(op.slices_held());
                 }
                 advance(&mut op, &mut ctx, Watermark::MAX, &mut out).await.unwrap();
             });
-            prop_assert_eq!(ctx.metrics.late_records.load(std::sync::atomic::Ordering::Relaxed), 0);
-            prop_assert_eq!(crate::operators::test_util::all_window_rows(&out.batches), reference(&rows, size, slide));
+            // A row counts in each of its windows that had not fired when it arrived
+            // (window [s, e) fires at watermark e - 1); one in none of them is late.
+            let last_end = |t: i64| t.div_euclid(slide) * slide + size;
+            let mut late: Vec<(i64, i64, i64)> = Vec::new();
+            let mut counted: Vec<(i64, i64, i64, i64)> = Vec::new();
+            for &(k, v, t, wm) in &arrived {
+                if last_end(t) - 1 <= wm {
+                    late.push((k, v, t));
+                } else {
+                    counted.push((k, v, t, wm));
+                }
+            }
+            prop_assert_eq!(
+                ctx.metrics.late_records.load(std::sync::atomic::Ordering::Relaxed) as usize,
+                late.len()
+            );
+            let mut late_out: Vec<String> = out
+                .side
+                .iter()
+                .filter(|(tag, _)| tag == "late")
+                .flat_map(|(_, b)| {
+                    use arrow::util::display::array_value_to_string;
+                    let ts = b.timestamps().clone();
+                    (0..b.num_rows())
+                        .map(|r| {
+                            format!(
+                                "{},{},{}",
+                                array_value_to_string(b.data.column(0), r).unwrap(),
+                                array_value_to_string(b.data.column(1), r).unwrap(),
+                                ts.value(r)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            late_out.sort();
+            let mut late: Vec<String> = late.iter().map(|(k, v, t)| format!("k{k},{v},{t}")).collect();
+            late.sort();
+            prop_assert_eq!(late_out, late, "the late output holds exactly the late rows");
+            prop_assert_eq!(crate::operators::test_util::all_window_rows(&out.batches), reference_at(&counted, size, slide));
             prop_assert_eq!(op.slices_held(), 0, "all window state is freed at the end");
             // Live slices cover at most the open windows plus the out-of-order bound.
             let width = gcd(size, slide);
