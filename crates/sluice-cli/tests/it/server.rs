@@ -585,13 +585,30 @@ fn calls_need_the_token_when_one_is_set() {
 #[test]
 fn running_jobs_come_back_after_the_server_restarts() {
     let data = tempfile::tempdir().unwrap();
-    let sql = format!("SET 'execution.checkpointing.interval' = '100ms';\n{UNBOUNDED}");
+    let files = tempfile::tempdir().unwrap();
+    let allow = ["--allow-dir", files.path().to_str().unwrap()];
+    // A bounded, paced input (18 400 bids over about 9 s) into files published at
+    // checkpoints: killed with the server and brought back from its latest checkpoint,
+    // the job still writes every bid exactly once.
+    let job = |out: &str, paced: bool| {
+        format!(
+            "SET 'execution.checkpointing.interval' = '100ms';
+CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '20000'{});
+CREATE TABLE sink (auction BIGINT, bidder BIGINT, price BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');
+INSERT INTO sink SELECT auction, bidder, price FROM bid;",
+            if paced { ", 'rate-limit' = '2000'" } else { "" },
+            files.path().join(out).display()
+        )
+    };
     let id = {
-        let server = start_server_in(data.path(), &[]);
+        let server = start_server_in(data.path(), &allow);
         let (status, v) = server.call(
             "POST",
             "/api/jobs",
-            Some(&serde_json::json!({ "sql": sql, "name": "survivor" }).to_string()),
+            Some(
+                &serde_json::json!({ "sql": job("survivor", true), "name": "survivor" })
+                    .to_string(),
+            ),
         );
         assert_eq!(status, 201, "{v}");
         let (_, b) = server.call(
@@ -600,8 +617,8 @@ fn running_jobs_come_back_after_the_server_restarts() {
             Some(&serde_json::json!({ "sql": BOUNDED, "name": "done" }).to_string()),
         );
         let id = v["id"].as_u64().unwrap();
-        server.wait_for(id, "a checkpoint", |v| {
-            v["checkpoints"]["completed"].as_u64().unwrap_or(0) > 0
+        server.wait_for(id, "checkpoints", |v| {
+            v["checkpoints"]["completed"].as_u64().unwrap_or(0) > 2
         });
         server.wait_for(b["id"].as_u64().unwrap(), "finished", |v| {
             v["status"] == "finished"
@@ -609,7 +626,12 @@ fn running_jobs_come_back_after_the_server_restarts() {
         id
         // The server is killed here (SIGKILL), the job with it.
     };
-    let server = start_server_in(data.path(), &[]);
+    let killed_with = crate::support::committed_lines(&files.path().join("survivor")).len();
+    assert!(
+        killed_with < 18_400,
+        "killed mid-stream ({killed_with} rows written)"
+    );
+    let server = start_server_in(data.path(), &allow);
     let (_, list) = server.call("GET", "/api/jobs", None);
     let names: Vec<&str> = list
         .as_array()
@@ -618,17 +640,28 @@ fn running_jobs_come_back_after_the_server_restarts() {
         .map(|j| j["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["survivor"], "only the running job comes back");
-    let v = server.wait_for(id, "rows", |v| {
-        v["source_records"].as_u64().unwrap_or(0) > 0
-    });
-    assert_eq!(v["status"], "running", "{v}");
-    // A new job gets a new id.
+    server.wait_for(id, "finished", |v| v["status"] == "finished");
+    // A new job gets a new id; run at full speed, it is the answer to compare with.
     let (_, n) = server.call(
         "POST",
         "/api/jobs",
-        Some(&serde_json::json!({ "sql": BOUNDED }).to_string()),
+        Some(&serde_json::json!({ "sql": job("whole", false), "name": "whole" }).to_string()),
     );
-    assert_eq!(n["id"].as_u64().unwrap(), id + 2, "{n}");
+    let whole_id = n["id"].as_u64().unwrap();
+    assert_eq!(whole_id, id + 2, "{n}");
+    server.wait_for(whole_id, "finished", |v| v["status"] == "finished");
+    let whole = crate::support::committed_lines(&files.path().join("whole"));
+    assert_eq!(whole.len(), 18_400, "46 of every 50 events are bids");
+    let survivor = crate::support::committed_lines(&files.path().join("survivor"));
+    assert_eq!(
+        survivor.len(),
+        whole.len(),
+        "no row lost or repeated across the restart"
+    );
+    assert!(
+        survivor == whole,
+        "the restarted job's output is not the whole answer"
+    );
 }
 
 #[test]
@@ -790,16 +823,29 @@ INSERT INTO sink SELECT auction FROM bid;";
 
 #[test]
 fn a_job_stops_with_a_savepoint_and_a_new_one_starts_from_it() {
-    let (server, _dir) = start_server(&[]);
+    let files = tempfile::tempdir().unwrap();
+    let (server, _dir) = start_server(&["--allow-dir", files.path().to_str().unwrap()]);
+    // A bounded, paced input (18 400 bids over about 9 s) into files published at
+    // checkpoints: what the job stopped with a savepoint wrote and what the job started
+    // from it writes are, together, every bid exactly once.
+    let job = |out: &str| {
+        format!(
+            "SET 'execution.checkpointing.interval' = '200ms';
+CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '20000', 'rate-limit' = '2000');
+CREATE TABLE sink (auction BIGINT, bidder BIGINT, price BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');
+INSERT INTO sink SELECT auction, bidder, price FROM bid;",
+            files.path().join(out).display()
+        )
+    };
     let (status, v) = server.call(
         "POST",
         "/api/jobs",
-        Some(&serde_json::json!({ "sql": UNBOUNDED, "name": "first" }).to_string()),
+        Some(&serde_json::json!({ "sql": job("first"), "name": "first" }).to_string()),
     );
     assert_eq!(status, 201, "{v}");
     let first = v["id"].as_u64().unwrap();
     server.wait_for(first, "rows", |v| {
-        v["source_records"].as_u64().unwrap_or(0) > 0
+        v["source_records"].as_u64().unwrap_or(0) > 2_000
     });
     let (status, v) = server.call(
         "POST",
@@ -832,26 +878,56 @@ fn a_job_stops_with_a_savepoint_and_a_new_one_starts_from_it() {
                 && c["location"] == location.as_str()),
         "{history}"
     );
-    // A new job from the savepoint goes on from there.
+    let before = crate::support::committed_lines(&files.path().join("first"));
+    assert!(
+        !before.is_empty() && before.len() < 18_400,
+        "stopped mid-stream: {} rows before the savepoint",
+        before.len()
+    );
+    // A new job from the savepoint goes on from there, to the end of the input.
     let (status, v) = server.call(
         "POST",
         "/api/jobs",
         Some(
-            &serde_json::json!({ "sql": UNBOUNDED, "name": "second", "from_savepoint": location })
+            &serde_json::json!({ "sql": job("second"), "name": "second", "from_savepoint": location })
                 .to_string(),
         ),
     );
     assert_eq!(status, 201, "{v}");
     let second = v["id"].as_u64().unwrap();
-    let running = server.wait_for(second, "rows", |v| {
-        v["source_records"].as_u64().unwrap_or(0) > 0
-    });
-    assert_eq!(running["status"], "running", "{running}");
+    server.wait_for(second, "finished", |v| v["status"] == "finished");
     let (status, v) = server.call("POST", &format!("/api/jobs/{first}/savepoint"), None);
     assert_eq!(
         (status, v["error"]["code"].as_str()),
         (409, Some("not_running")),
         "{v}"
+    );
+    // The answer without a stop: the same bounded input at full speed.
+    let (_, v) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(
+            &serde_json::json!({ "sql": job("whole").replace(", 'rate-limit' = '2000'", ""), "name": "whole" })
+                .to_string(),
+        ),
+    );
+    let whole_id = v["id"].as_u64().unwrap();
+    server.wait_for(whole_id, "finished", |v| v["status"] == "finished");
+    let whole = crate::support::committed_lines(&files.path().join("whole"));
+    assert_eq!(whole.len(), 18_400, "46 of every 50 events are bids");
+    let mut both = before;
+    both.extend(crate::support::committed_lines(
+        &files.path().join("second"),
+    ));
+    both.sort();
+    assert_eq!(
+        both.len(),
+        whole.len(),
+        "no row lost or repeated across the savepoint"
+    );
+    assert!(
+        both == whole,
+        "the two runs together are not the whole answer"
     );
 }
 
