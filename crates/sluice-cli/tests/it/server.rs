@@ -627,8 +627,9 @@ INSERT INTO sink SELECT auction, bidder, price FROM bid;",
         // The server is killed here (SIGKILL), the job with it.
     };
     let killed_with = crate::support::committed_lines(&files.path().join("survivor")).len();
+    // Rows were published before the kill: a restart from scratch would repeat them.
     assert!(
-        killed_with < 18_400,
+        killed_with > 0 && killed_with < 18_400,
         "killed mid-stream ({killed_with} rows written)"
     );
     let server = start_server_in(data.path(), &allow);
