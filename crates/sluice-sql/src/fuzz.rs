@@ -198,7 +198,13 @@ fn token_soup() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1500, failure_persistence: None, ..ProptestConfig::default() })]
+    // A failing input is kept in `proptest-regressions/fuzz.txt` (beside `src`) and tried first on
+    // every later run: commit it with the fix, as a regression case.
+    #![proptest_config(ProptestConfig {
+        cases: 1500,
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::SourceParallel("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn random_text_never_panics(s in "\\PC{0,200}") {
