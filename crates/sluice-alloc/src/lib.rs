@@ -26,10 +26,26 @@ static USED: [AtomicI64; SLOTS] = [const { AtomicI64::new(0) }; SLOTS];
 static TAKEN: Mutex<[bool; SLOTS]> = Mutex::new([false; SLOTS]);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
-thread_local! {
-    /// The slot allocations on this thread are charged to now.
-    static CURRENT: Cell<u16> = const { Cell::new(0) };
+/// This thread's slot, and the bytes charged to it not yet added to its count.
+struct Local {
+    slot: Cell<u16>,
+    pending: Cell<i64>,
 }
+
+thread_local! {
+    /// The slot allocations on this thread are charged to now, and its pending bytes:
+    /// counted here and added to the slot's shared count in steps of [`FLUSH`] bytes (or
+    /// when the poll ends), so that allocating does not touch a shared cache line.
+    static LOCAL: Local = const {
+        Local {
+            slot: Cell::new(0),
+            pending: Cell::new(0),
+        }
+    };
+}
+
+/// Most bytes a thread keeps uncounted for its slot.
+const FLUSH: i64 = 256 << 10;
 
 /// The smallest header: keeps the slot and the caller's alignment.
 const HEADER: usize = 16;
@@ -53,13 +69,46 @@ impl<A> AccountingAllocator<A> {
 }
 
 fn current() -> u16 {
-    CURRENT.try_with(Cell::get).unwrap_or(0)
+    LOCAL.try_with(|l| l.slot.get()).unwrap_or(0)
 }
 
 fn charge(slot: u16, bytes: i64) {
-    if slot != 0 {
+    if slot == 0 {
+        return;
+    }
+    // The thread's own slot: counted locally. Another slot's block (freed here): at once.
+    let counted = LOCAL
+        .try_with(|l| {
+            if l.slot.get() != slot {
+                return false;
+            }
+            let pending = l.pending.get() + bytes;
+            if pending.abs() >= FLUSH {
+                USED[slot as usize].fetch_add(pending, Ordering::Relaxed);
+                l.pending.set(0);
+            } else {
+                l.pending.set(pending);
+            }
+            true
+        })
+        .unwrap_or(false);
+    if !counted {
         USED[slot as usize].fetch_add(bytes, Ordering::Relaxed);
     }
+}
+
+/// Makes `slot` this thread's, adding what it kept for the one before to that one's count.
+fn switch(slot: u16) -> u16 {
+    LOCAL
+        .try_with(|l| {
+            let before = l.slot.replace(slot);
+            let pending = l.pending.replace(0);
+            if before != 0 && pending != 0 {
+                USED[before as usize].fetch_add(pending, Ordering::Relaxed);
+            }
+            before
+        })
+        .unwrap_or(0)
 }
 
 #[allow(unsafe_code)]
@@ -204,13 +253,14 @@ impl JobMemory {
     /// Charges allocations on this thread to the job until [`leave`]; returns what to
     /// restore.
     pub fn enter(&self) -> u16 {
-        CURRENT.try_with(|c| c.replace(self.slot)).unwrap_or(0)
+        switch(self.slot)
     }
 }
 
-/// Restores the slot [`JobMemory::enter`] returned.
+/// Restores the slot [`JobMemory::enter`] returned (what was charged meanwhile is then
+/// in the job's count).
 pub fn leave(previous: u16) {
-    let _ = CURRENT.try_with(|c| c.set(previous));
+    switch(previous);
 }
 
 impl Drop for JobMemory {
