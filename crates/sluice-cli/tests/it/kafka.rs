@@ -1343,6 +1343,61 @@ async fn an_updating_query_into_upsert_kafka_leaves_the_batch_answer_by_key() {
     delete_topics(bootstrap, &[&input, &output, &all]).await;
 }
 
+/// The shipped Kafka examples (`examples/kafka/`), as written but for the broker's
+/// address, the topics' names and the input's size: the producer writes every bid, q0
+/// reads them all back, and the windowed count writes one row per (window, auction) whose
+/// counts add up to every bid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_kafka_examples_run() {
+    let bootstrap = kafka();
+    let (bids, counts) = (unique("example-bids"), unique("example-counts"));
+    create_topic(bootstrap, &bids, 2).await;
+    create_topic(bootstrap, &counts, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let example = |name: &str| {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../examples/kafka")
+                .join(name),
+        )
+        .unwrap()
+        .replace("127.0.0.1:19092", bootstrap)
+        .replace("'topic' = 'bids2'", &format!("'topic' = '{bids}'"))
+        .replace("'topic' = 'counts'", &format!("'topic' = '{counts}'"))
+        .replace("'events.num' = '2000000'", "'events.num' = '20000'");
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = sluice_run(&path, &[]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{name}: {stderr}");
+        stderr
+    };
+    let rows_in = |said: &str| -> u64 {
+        said.split(" rows in, ")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no row count in: {said}"))
+    };
+    // 20 000 generated events hold 18 400 bids.
+    assert_eq!(rows_in(&example("produce_bids.sql")), 18_400);
+    assert_eq!(
+        rows_in(&example("q0.sql")),
+        18_400,
+        "q0 reads every bid back"
+    );
+    example("windowed.sql");
+    let total: i64 = read_topic(bootstrap, &counts)
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(r.value.as_deref().unwrap()).unwrap();
+            v["bids"].as_i64().unwrap()
+        })
+        .sum();
+    assert_eq!(total, 18_400, "the window counts add up to every bid");
+    delete_topics(bootstrap, &[&bids, &counts]).await;
+}
+
 /// `'json.fail-on-missing-field' = 'true'` fails the job at the first message that lacks a
 /// field, with its position; without it the field reads as NULL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

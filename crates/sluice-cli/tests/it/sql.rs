@@ -1440,3 +1440,41 @@ fn upsert_sinks_not_keyed_like_their_input_get_a_materializer() {
             .any(|n| matches!(n.kind, sluice::plan::NodeKind::UpsertMaterialize { .. }))
     );
 }
+
+/// `examples/hot_items.sql`, the README's first command, as shipped but for its input's
+/// size (and its file sink collected): the batch answer over the same generated bids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hot_items_example_equals_the_batch_answer() {
+    let df = batch_context().await;
+    let script = std::fs::read_to_string(repo().join("examples/hot_items.sql"))
+        .unwrap()
+        .replace(
+            "'events.num' = '10000000',\n  'first-event.rate' = '100000'",
+            &format!("'events.num' = '{EVENTS}',\n  'first-event.rate' = '1000'"),
+        )
+        .replace(
+            "'connector' = 'filesystem',\n  'path' = 'sluice-out/hot-items',\n  'format' = 'json'",
+            "'connector' = 'collect'",
+        );
+    assert!(
+        script.contains(&format!("'events.num' = '{EVENTS}'")) && script.contains("'collect'"),
+        "the example changed shape: {script}"
+    );
+    let (mut ctx, registry, collected) = context();
+    let out = run_script(&mut ctx, &registry, &collected, &script)
+        .await
+        .unwrap();
+    assert_same(
+        "examples/hot_items.sql",
+        format_rows(&out),
+        batch_rows(
+            &df,
+            "SELECT auction, to_timestamp_millis((CAST(date_time AS BIGINT) / 10000) * 10000),
+                    to_timestamp_millis((CAST(date_time AS BIGINT) / 10000) * 10000 + 10000),
+                    COUNT(*), MAX(price)
+             FROM bid WHERE price > 1000
+             GROUP BY auction, CAST(date_time AS BIGINT) / 10000",
+        )
+        .await,
+    );
+}
