@@ -22,13 +22,14 @@
 //! watermark it missed: never dropped without a trace.
 
 mod slices;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::{take, take_record_batch};
 use arrow::datatypes::{DataType, SchemaRef};
+use arrow::row::RowConverter;
 use async_trait::async_trait;
 use datafusion_expr::{EmitTo, Expr, GroupsAccumulator};
 use datafusion_physical_expr::GroupsAccumulatorAdapter;
@@ -37,7 +38,7 @@ use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, Watermark};
 
 use super::{
     MAX_EVENT_TIME, MIN_EVENT_TIME, WINDOW_END, WINDOW_START, arm_early_timer, dead_letter_rows,
-    emit_late, window_output_schema,
+    emit_late, encode_keys, key_converter, window_output_schema,
 };
 use crate::expr::evaluate;
 use crate::operator::{Collector, Operator, OperatorContext, TimeDomain, Timers};
@@ -301,6 +302,46 @@ impl WindowAggregateOperator {
         out.collect(Batch { data, ingest }).await
     }
 
+    /// Fires windows again after late rows changed them: per window, only the results of
+    /// the keys that changed (all of it when the window is not keyed).
+    async fn fire_again(
+        &mut self,
+        windows: BTreeMap<i64, HashSet<Box<[u8]>>>,
+        converter: Option<&RowConverter>,
+        out: &mut dyn Collector,
+    ) -> Result<()> {
+        let mut batches = Vec::new();
+        let nkeys = self.key_indices.len();
+        for (end, changed) in windows {
+            let Some(b) = self.evaluate_window(end, true)? else {
+                continue;
+            };
+            let b = match converter {
+                Some(c) => {
+                    let keys = c.convert_columns(&b.columns()[..nkeys])?;
+                    let keep: arrow::array::BooleanArray = keys
+                        .iter()
+                        .map(|k| Some(changed.contains(k.as_ref())))
+                        .collect();
+                    arrow::compute::filter_record_batch(&b, &keep)?
+                }
+                None => b,
+            };
+            if b.num_rows() > 0 {
+                batches.push(b);
+            }
+        }
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let data = arrow::compute::concat_batches(&self.schema, &batches)?;
+        let ingest = sluice_types::IngestTime::at(match self.latest_ingest_us {
+            0 => sluice_types::now_micros(),
+            t => t,
+        });
+        out.collect(Batch { data, ingest }).await
+    }
+
     fn seal(&mut self, start: i64) -> Result<()> {
         let Some(slice) = self.slices.get_mut(&start) else {
             return Ok(());
@@ -514,7 +555,10 @@ impl Operator for WindowAggregateOperator {
             .iter()
             .map(|a| a.args.iter().map(|e| evaluate(e, &batch)).collect())
             .collect::<Result<_>>()?;
-        let mut refire = BTreeSet::new();
+        // Windows that fire again for late rows, with the keys those rows changed (only
+        // their results go out again, as a per-key window would fire).
+        let mut refire: BTreeMap<i64, HashSet<Box<[u8]>>> = BTreeMap::new();
+        let converter = key_converter(&self.key_types)?;
         for (start, rows) in per_slice {
             let idx = UInt32Array::from(rows);
             let part = if idx.len() == batch.num_rows() {
@@ -546,11 +590,20 @@ impl Operator for WindowAggregateOperator {
             if new_slice {
                 self.arm_windows_of(start, &mut ctx.timers);
             }
-            // Windows that already fired and include this slice fire again.
+            // Windows that already fired and include this slice fire again, for the keys
+            // of these rows.
+            let keys = encode_keys(
+                converter.as_ref(),
+                &self.key_indices,
+                &batch.with_data(part.clone()),
+            )?;
             let mut end = g.first_end(start);
             while end <= g.last_end(start) && end <= self.fired_up_to {
                 if !g.expired(end, self.watermark) {
-                    refire.insert(end);
+                    let changed = refire.entry(end).or_default();
+                    if let Some(keys) = &keys {
+                        changed.extend(keys.iter().map(|k| Box::<[u8]>::from(k.as_ref())));
+                    }
                 }
                 match end.checked_add(g.slide) {
                     Some(next) => end = next,
@@ -559,7 +612,7 @@ impl Operator for WindowAggregateOperator {
             }
         }
         if !refire.is_empty() {
-            self.fire(&refire, out).await?;
+            self.fire_again(refire, converter.as_ref(), out).await?;
         }
         Ok(())
     }
