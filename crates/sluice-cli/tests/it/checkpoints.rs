@@ -190,6 +190,82 @@ GROUP BY window_start, window_end;",
     );
 }
 
+/// `sluice run --stop-with-savepoint`: Ctrl-C takes a savepoint and stops (exit 0, the
+/// savepoint's path on stderr); `--from-checkpoint <that path> -p 3` goes on from it at
+/// another parallelism, and the two runs together write exactly the uninterrupted run's
+/// output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_with_stop_with_savepoint_then_resume_at_parallelism_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), 100_000).await;
+    run_to_end(job(&input, &dir.path().join("reference"), &[]));
+    let expected = committed_lines(&dir.path().join("reference/windowed-file"));
+    let out = dir.path().join("stopped");
+    let checkpoints = dir.path().join("cp");
+    let child = job(
+        &input,
+        &out,
+        &[
+            "--rows-per-second",
+            "20000",
+            "--checkpoint-interval",
+            "200ms",
+            "--checkpoint-dir",
+            checkpoints.to_str().unwrap(),
+            "--stop-with-savepoint",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    // Some windows fire before the stop (the input is 5 s long at this pace).
+    let waiting = std::time::Instant::now();
+    while committed_lines(&out.join("windowed-file")).is_empty()
+        && waiting.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let done = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr).into_owned();
+    assert_eq!(done.status.code(), Some(0), "{stderr}");
+    let savepoint = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("savepoint: "))
+        .unwrap_or_else(|| panic!("no savepoint path in: {stderr}"))
+        .trim()
+        .to_string();
+    let before = committed_lines(&out.join("windowed-file"));
+    assert!(
+        !before.is_empty() && before.len() < expected.len(),
+        "stopped mid-stream: {} of {} rows ({stderr})",
+        before.len(),
+        expected.len()
+    );
+    // Into the same directory, as a job resumed in place writes.
+    let ran = Command::new(BIN)
+        .args(["run", "--example", "windowed-file", "--quiet", "-p", "3"])
+        .arg("--input")
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .args(["--from-checkpoint", &savepoint])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&ran.stderr);
+    assert!(ran.status.success(), "{said}");
+    assert!(said.contains("resumed from savepoint"), "{said}");
+    let all = committed_lines(&out.join("windowed-file"));
+    assert_eq!(all.len(), expected.len(), "rows lost or repeated");
+    assert!(
+        all == expected,
+        "the two runs differ from the uninterrupted one"
+    );
+}
+
 /// A consumer takes published files away as they appear (as a downstream loader
 /// does): restores need only the sink's own in-progress files, and what was published
 /// and taken plus what is left is still exactly the uninterrupted run's output.

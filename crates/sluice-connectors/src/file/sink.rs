@@ -281,17 +281,31 @@ impl FileSinkOperator {
         Ok(())
     }
 
-    /// Deletes in-progress files this subtask's earlier runs left behind (in partition
-    /// directories too).
+    /// Deletes the in-progress files earlier runs of the job left behind (in partition
+    /// directories too): those named by another run (`.part-<subtask>-<run>-<n>.…`). The
+    /// files of this run, of any subtask, stay: the others may already be writing theirs
+    /// while this one restores (without checkpoints a file is `.part-<subtask>.…`, with no
+    /// run in its name, and is never an earlier run's).
     fn delete_leftovers(&self) -> Result<()> {
-        let mine = format!("-{}-", self.attempt);
         for path in partition::files_under(&self.config.dir) {
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if name.starts_with(".part-") && name.ends_with(".inprogress") && !name.contains(&mine)
-            {
+            let Some(rest) = name
+                .strip_prefix(".part-")
+                .filter(|_| name.ends_with(".inprogress"))
+            else {
+                continue;
+            };
+            // `<subtask>-<run>-<n>.<ext>.inprogress`
+            let mut fields = rest.split(['-', '.']);
+            let (_subtask, run) = (fields.next(), fields.next());
+            let earlier_run = run
+                .and_then(|r| r.parse::<u64>().ok())
+                .is_some_and(|r| r != self.attempt)
+                && fields.next().is_some_and(|n| n.parse::<u64>().is_ok());
+            if earlier_run {
                 let _ = std::fs::remove_file(path);
             }
         }
