@@ -422,6 +422,43 @@ async fn at_least_once_loses_nothing_through_repeated_sigkill() {
     assert!(extra.is_empty(), "windows that should not exist: {extra:?}");
 }
 
+/// At-most-once through repeated SIGKILLs: no checkpoints, so a run after a crash starts
+/// over, and files are published only at the end of the input: nothing a crashed run
+/// wrote is ever published, so no window is written twice and no count is above the
+/// truth (rows may be lost, never repeated).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_once_never_duplicates_through_repeated_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), 150_000).await;
+    run_to_end(job(&input, &dir.path().join("reference"), &[]));
+    let expected = bids_per_window(&committed_lines(
+        &dir.path().join("reference/windowed-file"),
+    ));
+    let kills = crash_file_job(
+        &input,
+        &dir.path().join("crashed"),
+        &dir.path().join("checkpoints"),
+        "at-most-once",
+    );
+    assert!(kills >= 5, "only {kills} kills hit a running job");
+    let lines = committed_lines(&dir.path().join("crashed/windowed-file"));
+    let got = bids_per_window(&lines);
+    for (k, g) in &got {
+        let n = expected
+            .get(k)
+            .unwrap_or_else(|| panic!("window {k:?} should not exist"));
+        assert!(
+            g <= n,
+            "window {k:?}: {g} bids, more than the {n} there are"
+        );
+    }
+    assert_eq!(
+        lines.len(),
+        got.len(),
+        "each window result written once (a window twice would be two lines)"
+    );
+}
+
 /// The columns `windowed-file` reads.
 fn file_schema() -> arrow::datatypes::SchemaRef {
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
