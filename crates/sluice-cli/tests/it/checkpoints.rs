@@ -778,6 +778,17 @@ async fn a_checkpoint_of_another_job_graph_is_refused() {
     let err = other.run().await.unwrap_err().to_string();
     assert!(err.contains("different job graph"), "{err}");
 
+    // The same job with another number of key groups cannot take the state back.
+    let regrouped = windowed(&input, &dir.path().join("o3"), 1, &cp);
+    regrouped
+        .max_parallelism(64)
+        .restore_from(RestoreFrom::Latest);
+    let err = regrouped.run().await.unwrap_err().to_string();
+    assert!(
+        err.contains("has 128 key groups, this job 64: keep max_parallelism unchanged"),
+        "{err}"
+    );
+
     // Resuming the finished job itself reads nothing more and writes nothing more.
     let again = windowed(&input, &dir.path().join("o2"), 1, &cp);
     again.restore_from(RestoreFrom::Latest);
