@@ -1916,3 +1916,39 @@ INSERT INTO sink SELECT auction, bidder, price, COUNT(*) FROM bid GROUP BY aucti
     assert!(v["memory_bytes"].as_u64().unwrap() > 0, "measured: {v}");
     assert_eq!(v["memory_limit_bytes"], 2u64 << 30, "the server's: {v}");
 }
+
+/// A job cancelled while it waits to restart stays down: the pending restart never
+/// happens, and its failures stay as they were.
+#[test]
+fn a_job_cancelled_while_waiting_to_restart_stays_down() {
+    let (server, _dir) = start_server(&[]);
+    let body = serde_json::json!({
+        "sql": FAILING,
+        "name": "waiting",
+        "restart": { "strategy": "fixed-delay", "attempts": 5, "delay_ms": 1500 },
+    });
+    let (status, v) = server.call("POST", "/api/jobs", Some(&body.to_string()));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    // Its first failure: it now waits 1.5 s to restart.
+    let failed_once = server.wait_for(id, "a failure", |v| {
+        v["failures"].as_array().is_some_and(|f| !f.is_empty())
+    });
+    let (status, v) = server.call("POST", &format!("/api/jobs/{id}/cancel"), None);
+    assert_eq!(status, 202, "{v}");
+    server.wait_for(id, "cancelled", |v| v["status"] == "cancelled");
+    // Well past the delay: still cancelled, never restarted.
+    std::thread::sleep(Duration::from_millis(3_000));
+    let (_, after) = server.call("GET", &format!("/api/jobs/{id}"), None);
+    assert_eq!(after["status"], "cancelled", "{after}");
+    assert_eq!(after["restarts"], failed_once["restarts"], "{after}");
+    assert_eq!(
+        after["failures"].as_array().unwrap().len(),
+        failed_once["failures"].as_array().unwrap().len(),
+        "no attempt ran after the cancel: {after}"
+    );
+    assert_eq!(
+        after["source_records"], failed_once["source_records"],
+        "{after}"
+    );
+}
