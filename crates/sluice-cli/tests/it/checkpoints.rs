@@ -796,8 +796,9 @@ async fn a_checkpoint_of_another_job_graph_is_refused() {
     assert!(committed_lines(&dir.path().join("o2")).is_empty());
 }
 
-/// A SQL job with the new stateful operators: an interval self-join and a Top-N without
-/// windows, both into files, paced, checkpointed into `checkpoints`.
+/// A SQL job with stateful operators of three kinds: an interval self-join, a Top-N
+/// without windows and an OVER aggregate (a RANGE frame, whose peers make its output
+/// independent of arrival order), into files, paced, checkpointed into `checkpoints`.
 fn sql_job(input: &Path, out: &Path, parallelism: usize, checkpoints: &Path) -> Pipeline {
     let script = format!(
         "SET 'parallelism.default' = '{parallelism}';
@@ -807,6 +808,7 @@ fn sql_job(input: &Path, out: &Path, parallelism: usize, checkpoints: &Path) -> 
                'rows-per-second' = '40000');
          CREATE TABLE pairs WITH ('connector' = 'filesystem', 'path' = '{out}/pairs', 'format' = 'json');
          CREATE TABLE top3 WITH ('connector' = 'filesystem', 'path' = '{out}/top3', 'format' = 'debezium-json');
+         CREATE TABLE recent WITH ('connector' = 'filesystem', 'path' = '{out}/recent', 'format' = 'json');
          INSERT INTO pairs
          SELECT a.auction, a.bidder, a.price AS first_price, b.price AS next_price
          FROM bids a JOIN bids b ON a.auction = b.auction AND a.bidder = b.bidder
@@ -814,7 +816,12 @@ fn sql_job(input: &Path, out: &Path, parallelism: usize, checkpoints: &Path) -> 
          INSERT INTO top3
          SELECT auction, rn, price FROM (
            SELECT *, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY price DESC) AS rn FROM bids
-         ) WHERE rn <= 3;",
+         ) WHERE rn <= 3;
+         INSERT INTO recent
+         SELECT auction, bidder, price, date_time,
+                MAX(price) OVER (PARTITION BY auction ORDER BY date_time
+                                 RANGE BETWEEN INTERVAL '50' MILLISECOND PRECEDING AND CURRENT ROW) AS recent_max
+         FROM bids;",
         input = input.display(),
         out = out.display(),
     );
@@ -896,7 +903,7 @@ fn final_top3(lines: &[String]) -> BTreeMap<(i64, i64), i64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sql_join_and_top_n_state_survive_a_savepoint_and_a_change_of_parallelism() {
+async fn sql_join_top_n_and_over_state_survive_a_savepoint_and_a_change_of_parallelism() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), 100_000).await;
     let reference = dir.path().join("reference");
@@ -906,6 +913,8 @@ async fn sql_join_and_top_n_state_survive_a_savepoint_and_a_change_of_parallelis
         .unwrap();
     let pairs = committed_lines(&reference.join("pairs"));
     let top3 = final_top3(&committed_lines(&reference.join("top3")));
+    let recent = committed_lines(&reference.join("recent"));
+    assert_eq!(recent.len(), 92_000, "an OVER row per bid");
     assert!(
         pairs.len() > 500 && top3.len() > 1_000,
         "too little output to compare ({} pairs, {} top-3 ranks)",
@@ -963,6 +972,12 @@ async fn sql_join_and_top_n_state_survive_a_savepoint_and_a_change_of_parallelis
             final_top3(&lines) == top3,
             "parallelism {p}: the top-3 per auction differs"
         );
+        // The OVER aggregate's rows: every bid once, with its frame's value.
+        let mut over = committed_lines(&before.join("recent"));
+        over.extend(committed_lines(&after.join("recent")));
+        over.sort();
+        assert_eq!(over.len(), recent.len(), "parallelism {p}: OVER rows");
+        assert!(over == recent, "parallelism {p}: OVER rows differ");
     }
 }
 
