@@ -869,10 +869,137 @@ mod tests {
             out
         }
 
+        /// Rows `(key, value, time)` of one batch, and the watermark after it.
+        type Chunk = (Vec<(i64, i64, i64)>, i64);
+
+        /// A model of sessions as rows arrive, the watermark moving between chunks: a row
+        /// whose own session `[t, t + gap)` ends at or before the watermark is late; others
+        /// join every open session of their key they overlap; a session fires (and is
+        /// forgotten) once the watermark reaches its last instant. Returns the fired
+        /// sessions and the late rows.
+        fn model(chunks: &[Chunk], gap: i64) -> (Vec<String>, Vec<(i64, i64, i64)>) {
+            // Per key: open sessions (start, end, count, total).
+            let mut open: std::collections::BTreeMap<i64, Vec<(i64, i64, i64, i64)>> =
+                Default::default();
+            let (mut fired, mut late) = (Vec::new(), Vec::new());
+            let mut wm = i64::MIN;
+            let fire = |open: &mut std::collections::BTreeMap<i64, Vec<(i64, i64, i64, i64)>>,
+                        wm: i64,
+                        fired: &mut Vec<String>| {
+                for (k, sessions) in open.iter_mut() {
+                    sessions.retain(|&(s, e, n, total)| {
+                        let due = e - 1 <= wm;
+                        if due {
+                            fired.push(format!("k{k},{s},{e},{n},{total}"));
+                        }
+                        !due
+                    });
+                }
+            };
+            for (rows, next_wm) in chunks {
+                for &(k, v, t) in rows {
+                    if t + gap - 1 <= wm {
+                        late.push((k, v, t));
+                        continue;
+                    }
+                    let sessions = open.entry(k).or_default();
+                    let (mut s, mut e, mut n, mut total) = (t, t + gap, 1, v);
+                    sessions.retain(|&(os, oe, on, ot)| {
+                        let overlaps = os < e && s < oe;
+                        if overlaps {
+                            (s, e, n, total) = (s.min(os), e.max(oe), n + on, total + ot);
+                        }
+                        !overlaps
+                    });
+                    // A merge can reach sessions it did not overlap before it grew.
+                    loop {
+                        let before = sessions.len();
+                        sessions.retain(|&(os, oe, on, ot)| {
+                            let overlaps = os < e && s < oe;
+                            if overlaps {
+                                (s, e, n, total) = (s.min(os), e.max(oe), n + on, total + ot);
+                            }
+                            !overlaps
+                        });
+                        if sessions.len() == before {
+                            break;
+                        }
+                    }
+                    sessions.push((s, e, n, total));
+                }
+                wm = wm.max(*next_wm);
+                fire(&mut open, wm, &mut fired);
+            }
+            fire(&mut open, i64::MAX, &mut fired);
+            fired.sort();
+            (fired, late)
+        }
+
         use crate::operators::test_util::kv_batch as batch;
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Late rows too: the watermark may trail less than the jitter. The model
+            /// decides which rows are late and which sessions fire; the operator must agree,
+            /// with the late rows on the late output and in the count.
+            #[test]
+            fn sessions_with_late_rows_follow_the_model(
+                gap in 1..400i64,
+                events in prop::collection::vec((0..4i64, -50..50i64, 0..120i64, 0..=BOUND), 1..300),
+                cuts in prop::collection::vec(1..40usize, 1..20),
+                lag in 0..=BOUND,
+            ) {
+                let mut base = 0;
+                let rows: Vec<(i64, i64, i64)> = events
+                    .iter()
+                    .map(|&(k, v, step, jitter)| {
+                        base += step;
+                        (k, v, base - jitter)
+                    })
+                    .collect();
+                // The chunks and the watermark after each.
+                let mut chunks = Vec::new();
+                let (mut at, mut max_t) = (0, i64::MIN);
+                for c in cuts.iter().cycle() {
+                    if at >= rows.len() { break; }
+                    let end = (at + c).min(rows.len());
+                    let chunk = rows[at..end].to_vec();
+                    at = end;
+                    max_t = max_t.max(chunk.iter().map(|r| r.2).max().unwrap());
+                    chunks.push((chunk, max_t - lag - 1));
+                }
+                let schema = batch(&rows[..1]).data.schema();
+                let mut op = SessionWindowOperator::new(
+                    &["k".to_string()],
+                    Duration::from_millis(gap as u64),
+                    &[count(col("v")).alias("n"), sum(col("v")).alias("total")],
+                    Duration::ZERO,
+                    &schema,
+                )
+                .unwrap();
+                let mut ctx = OperatorContext::for_test(schema);
+                let mut out = crate::operator::VecCollector::default();
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                rt.block_on(async {
+                    let mut wm = i64::MIN;
+                    for (chunk, next) in &chunks {
+                        op.process_batch(batch(chunk), &mut ctx, &mut out).await.unwrap();
+                        wm = wm.max(*next);
+                        advance(&mut op, &mut ctx, Watermark::EventTime(wm), &mut out).await.unwrap();
+                    }
+                    advance(&mut op, &mut ctx, Watermark::MAX, &mut out).await.unwrap();
+                });
+                let (fired, late) = model(&chunks, gap);
+                prop_assert_eq!(
+                    ctx.metrics.late_records.load(std::sync::atomic::Ordering::Relaxed) as usize,
+                    late.len()
+                );
+                let late_out: usize = out.side.iter().filter(|(t, _)| t == "late").map(|(_, b)| b.num_rows()).sum();
+                prop_assert_eq!(late_out, late.len(), "the late rows on the late output");
+                prop_assert_eq!(crate::operators::test_util::all_window_rows(&out.batches), fired);
+                prop_assert_eq!(op.keys_held(), 0, "all session state is freed at the end");
+            }
             #[test]
             fn sessions_equal_a_batch_computation(
                 gap in 1..400i64,
