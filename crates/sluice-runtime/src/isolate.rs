@@ -70,24 +70,25 @@ where
 {
     type Output = Result<(), (String, SluiceError)>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let memory = self.memory.clone();
-        let previous = memory.as_ref().map(|m| m.enter());
-        let inner = self.inner.as_mut();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // `Guarded` is `Unpin` (its future is boxed): its fields are borrowed apart.
+        let this = self.get_mut();
+        let previous = this.memory.as_ref().map(|m| m.enter());
+        let inner = this.inner.as_mut();
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx)));
         if let Some(p) = previous {
             crate::memory::leave(p);
         }
-        if let Some((used, limit)) = memory.as_ref().and_then(|m| m.over_limit())
+        if let Some((used, limit)) = this.memory.as_ref().and_then(|m| m.over_limit())
             && !matches!(polled, Ok(Poll::Ready(Ok(()))))
         {
             let err = SluiceError::user(format!(
                 "the job holds {} of memory, above its limit of {} ('sluice.job.memory-limit'); task `{}` stopped it",
                 crate::memory::human_bytes(used),
                 crate::memory::human_bytes(limit),
-                self.task
+                this.task
             ));
-            return Poll::Ready(Err((std::mem::take(&mut self.task), err)));
+            return Poll::Ready(Err((std::mem::take(&mut this.task), err)));
         }
         let err = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
@@ -103,11 +104,11 @@ where
                 } else {
                     format!(" at {place}")
                 };
-                SluiceError::internal(format!("task `{}` panicked{at}: {msg}", self.task))
+                SluiceError::internal(format!("task `{}` panicked{at}: {msg}", this.task))
                     .with_backtrace(trace)
             }
         };
-        Poll::Ready(Err((std::mem::take(&mut self.task), err)))
+        Poll::Ready(Err((std::mem::take(&mut this.task), err)))
     }
 }
 

@@ -85,28 +85,35 @@ fn crash_file_job(input: &Path, out: &Path, checkpoints: &Path, delivery: &str) 
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_once_output_survives_repeated_sigkill() {
+/// The windowed-file job's output over 150 000 events run to the end, and run with
+/// `delivery` through repeated SIGKILLs (at least 5 hitting a running job), each resumed.
+async fn uninterrupted_and_killed(delivery: &str) -> (Vec<String>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), 150_000).await;
     run_to_end(job(&input, &dir.path().join("reference"), &[]));
-    let expected = committed_lines(&dir.path().join("reference/windowed-file"));
-    assert!(expected.len() > 1_000, "{} windows", expected.len());
-
     let kills = crash_file_job(
         &input,
         &dir.path().join("crashed"),
         &dir.path().join("checkpoints"),
-        "exactly-once",
+        delivery,
     );
     assert!(kills >= 5, "only {kills} kills hit a running job");
-    let got = committed_lines(&dir.path().join("crashed/windowed-file"));
+    (
+        committed_lines(&dir.path().join("reference/windowed-file")),
+        committed_lines(&dir.path().join("crashed/windowed-file")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_output_survives_repeated_sigkill() {
+    let (expected, got) = uninterrupted_and_killed("exactly-once").await;
+    assert!(expected.len() > 1_000, "{} windows", expected.len());
     assert_eq!(
         got.len(),
         expected.len(),
-        "rows lost or duplicated after {kills} kills"
+        "rows lost or duplicated after the kills"
     );
-    assert!(got == expected, "output differs after {kills} kills");
+    assert!(got == expected, "output differs after the kills");
 }
 
 /// One input file at parallelism 2: one source subtask has nothing to read and finishes
@@ -397,21 +404,8 @@ fn bids_per_window(lines: &[String]) -> BTreeMap<(i64, String), i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_least_once_loses_nothing_through_repeated_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = write_input(dir.path(), 150_000).await;
-    run_to_end(job(&input, &dir.path().join("reference"), &[]));
-    let expected = bids_per_window(&committed_lines(
-        &dir.path().join("reference/windowed-file"),
-    ));
-
-    let kills = crash_file_job(
-        &input,
-        &dir.path().join("crashed"),
-        &dir.path().join("checkpoints"),
-        "at-least-once",
-    );
-    assert!(kills >= 5, "only {kills} kills hit a running job");
-    let got = bids_per_window(&committed_lines(&dir.path().join("crashed/windowed-file")));
+    let (expected, got) = uninterrupted_and_killed("at-least-once").await;
+    let (expected, got) = (bids_per_window(&expected), bids_per_window(&got));
     // At-least-once: every window result is there, and counts are never below the truth
     // (without barrier alignment a replayed row may be counted twice).
     for (k, n) in &expected {
@@ -428,21 +422,8 @@ async fn at_least_once_loses_nothing_through_repeated_sigkill() {
 /// truth (rows may be lost, never repeated).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_once_never_duplicates_through_repeated_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = write_input(dir.path(), 150_000).await;
-    run_to_end(job(&input, &dir.path().join("reference"), &[]));
-    let expected = bids_per_window(&committed_lines(
-        &dir.path().join("reference/windowed-file"),
-    ));
-    let kills = crash_file_job(
-        &input,
-        &dir.path().join("crashed"),
-        &dir.path().join("checkpoints"),
-        "at-most-once",
-    );
-    assert!(kills >= 5, "only {kills} kills hit a running job");
-    let lines = committed_lines(&dir.path().join("crashed/windowed-file"));
-    let got = bids_per_window(&lines);
+    let (expected, lines) = uninterrupted_and_killed("at-most-once").await;
+    let (expected, got) = (bids_per_window(&expected), bids_per_window(&lines));
     for (k, g) in &got {
         let n = expected
             .get(k)

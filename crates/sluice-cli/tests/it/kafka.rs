@@ -65,6 +65,18 @@ struct Msg {
     headers: Vec<(&'static str, Vec<u8>)>,
 }
 
+impl Msg {
+    /// A message of `text` alone, to partition 0.
+    fn text(text: &str) -> Self {
+        Msg {
+            partition: 0,
+            key: None,
+            payload: text.as_bytes().to_vec(),
+            headers: Vec::new(),
+        }
+    }
+}
+
 fn produce(bootstrap: &str, topic: &str, msgs: &[Msg]) {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -1406,13 +1418,8 @@ async fn a_message_without_a_field_fails_the_job_only_when_asked() {
     let input = unique("missing-field");
     create_topic(bootstrap, &input, 1).await;
     let msgs: Vec<Msg> = [r#"{"a": 1, "b": "x"}"#, r#"{"a": 2}"#]
-        .iter()
-        .map(|p| Msg {
-            partition: 0,
-            key: None,
-            payload: p.as_bytes().to_vec(),
-            headers: Vec::new(),
-        })
+        .into_iter()
+        .map(Msg::text)
         .collect();
     produce(bootstrap, &input, &msgs);
     let dir = tempfile::tempdir().unwrap();
@@ -1470,17 +1477,11 @@ async fn an_upsert_sink_keyed_by_a_shared_column_keeps_the_latest_row_left() {
             }
             None => "null".into(),
         };
-        Msg {
-            partition: 0,
-            key: None,
-            payload: format!(
-                r#"{{"before": {}, "after": {}, "op": "{op}"}}"#,
-                row(before),
-                row(after)
-            )
-            .into_bytes(),
-            headers: Vec::new(),
-        }
+        Msg::text(&format!(
+            r#"{{"before": {}, "after": {}, "op": "{op}"}}"#,
+            row(before),
+            row(after)
+        ))
     };
     produce(
         bootstrap,
@@ -1564,15 +1565,7 @@ async fn a_debezium_topic_is_read_as_a_changelog() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sql/changes.jsonl"),
     )
     .unwrap();
-    let msgs: Vec<Msg> = changes
-        .lines()
-        .map(|l| Msg {
-            partition: 0,
-            key: None,
-            payload: l.as_bytes().to_vec(),
-            headers: Vec::new(),
-        })
-        .collect();
+    let msgs: Vec<Msg> = changes.lines().map(Msg::text).collect();
     produce(bootstrap, &input, &msgs);
     let dir = tempfile::tempdir().unwrap();
     let sql = dir.path().join("cdc.sql");

@@ -381,10 +381,9 @@ mod tests {
         assert!(e.to_string().contains("damaged"), "{e}");
     }
 
-    #[tokio::test]
-    async fn latest_complete_and_retention() {
-        let tmp = tempfile::tempdir().unwrap();
-        let s = CheckpointStorage::open(tmp.path().to_str().unwrap()).unwrap();
+    /// Checkpoints 1-5 (4 without a manifest) and an in-progress 6 in `s`: the latest
+    /// complete one, and retention keeping 2 (3 and 5, the in-progress 6).
+    async fn latest_and_retention_in(s: &CheckpointStorage) {
         assert_eq!(s.latest("chk").await.unwrap(), None);
         for e in 1..=5 {
             let dir = checkpoint_dir("chk", e);
@@ -412,10 +411,17 @@ mod tests {
         assert_eq!(
             left,
             [3, 5, 6],
-            "kept 3 and 5, the in-progress 6; dropped 4"
+            "kept 3 and 5, the in-progress 6; dropped 1, 2 and 4"
         );
         assert_eq!(s.read_manifest("chk-00000003").await.unwrap().epoch, 3);
         assert!(s.read_manifest("chk-00000004").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn latest_complete_and_retention() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = CheckpointStorage::open(tmp.path().to_str().unwrap()).unwrap();
+        latest_and_retention_in(&s).await;
         // A checkpoint directory opened directly.
         let one =
             CheckpointStorage::open(tmp.path().join("chk-00000005").to_str().unwrap()).unwrap();
@@ -515,45 +521,16 @@ mod tests {
         let moto = Moto::start("sluice-checkpoints");
         let s = CheckpointStorage::open_with("s3://sluice-checkpoints/jobs/j1", moto.options())
             .unwrap();
-        assert_eq!(s.latest("chk").await.unwrap(), None);
-        let dir = checkpoint_dir("chk", 1);
+        let dir = checkpoint_dir("chk", 0);
         s.put_sealed(&dir, "t.arrow", b"state bytes".to_vec())
             .await
             .unwrap();
         assert_eq!(s.get_sealed(&dir, "t.arrow").await.unwrap(), b"state bytes");
-        for e in 1..=5 {
-            let dir = checkpoint_dir("chk", e);
-            s.put(&dir, "n0-s0-t.arrow", vec![1, 2, 3]).await.unwrap();
-            if e != 4 {
-                s.write_manifest(&dir, &manifest(e)).await.unwrap();
-            }
-        }
-        s.put(&checkpoint_dir("chk", 6), "x", vec![0])
-            .await
-            .unwrap();
-        assert_eq!(
-            s.latest("chk").await.unwrap().as_deref(),
-            Some("chk-00000005")
-        );
-        s.retain("chk", 2).await.unwrap();
-        let left: Vec<u64> = s
-            .epochs("chk")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(e, _)| e)
-            .collect();
-        assert_eq!(
-            left,
-            [3, 5, 6],
-            "kept 3 and 5, the in-progress 6; dropped 4 and 1"
-        );
+        latest_and_retention_in(&s).await;
         assert!(
-            s.get_sealed(&checkpoint_dir("chk", 1), "t.arrow")
-                .await
-                .is_err()
+            s.get_sealed(&dir, "t.arrow").await.is_err(),
+            "0 dropped too"
         );
-        assert_eq!(s.read_manifest("chk-00000003").await.unwrap().epoch, 3);
         let one = CheckpointStorage::open_with(
             "s3://sluice-checkpoints/jobs/j1/chk-00000005",
             moto.options(),

@@ -400,12 +400,9 @@ impl ChangelogOverOperator {
         let mut columns = self
             .user_rows
             .convert_rows(emit.iter().map(|e| parser.parse(&e.row)))?;
-        for (a, f) in self
-            .aggregates
+        for (a, f) in self.schema.fields()[self.width..self.width + self.aggregates.len()]
             .iter()
             .enumerate()
-            .map(|(j, _)| j)
-            .zip(&self.schema.fields()[self.width..self.width + self.aggregates.len()])
         {
             let array = ScalarValue::iter_to_array(emit.iter().map(|e| e.values[a].clone()))
                 .map_err(df_err)?;

@@ -937,6 +937,31 @@ mod tests {
 
         use crate::operators::test_util::kv_batch as batch;
 
+        /// Rows `(key, value, time)` out of order by at most BOUND: time = base - jitter,
+        /// base growing by each event's step.
+        fn out_of_order(events: &[(i64, i64, i64, i64)]) -> Vec<(i64, i64, i64)> {
+            let mut base = 0;
+            events
+                .iter()
+                .map(|&(k, v, step, jitter)| {
+                    base += step;
+                    (k, v, base - jitter)
+                })
+                .collect()
+        }
+
+        /// Sessions of `gap` ms per key counting and summing `v`.
+        fn counting(gap: i64, schema: &SchemaRef) -> SessionWindowOperator {
+            SessionWindowOperator::new(
+                &["k".to_string()],
+                Duration::from_millis(gap as u64),
+                &[count(col("v")).alias("n"), sum(col("v")).alias("total")],
+                Duration::ZERO,
+                schema,
+            )
+            .unwrap()
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -950,14 +975,7 @@ mod tests {
                 cuts in prop::collection::vec(1..40usize, 1..20),
                 lag in 0..=BOUND,
             ) {
-                let mut base = 0;
-                let rows: Vec<(i64, i64, i64)> = events
-                    .iter()
-                    .map(|&(k, v, step, jitter)| {
-                        base += step;
-                        (k, v, base - jitter)
-                    })
-                    .collect();
+                let rows = out_of_order(&events);
                 // The chunks and the watermark after each.
                 let mut chunks = Vec::new();
                 let (mut at, mut max_t) = (0, i64::MIN);
@@ -970,14 +988,7 @@ mod tests {
                     chunks.push((chunk, max_t - lag - 1));
                 }
                 let schema = batch(&rows[..1]).data.schema();
-                let mut op = SessionWindowOperator::new(
-                    &["k".to_string()],
-                    Duration::from_millis(gap as u64),
-                    &[count(col("v")).alias("n"), sum(col("v")).alias("total")],
-                    Duration::ZERO,
-                    &schema,
-                )
-                .unwrap();
+                let mut op = counting(gap, &schema);
                 let mut ctx = OperatorContext::for_test(schema);
                 let mut out = crate::operator::VecCollector::default();
                 let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
@@ -1006,23 +1017,9 @@ mod tests {
                 events in prop::collection::vec((0..4i64, -50..50i64, 0..120i64, 0..=BOUND), 1..300),
                 cuts in prop::collection::vec(1..40usize, 1..20),
             ) {
-                let mut base = 0;
-                let rows: Vec<(i64, i64, i64)> = events
-                    .iter()
-                    .map(|&(k, v, step, jitter)| {
-                        base += step;
-                        (k, v, base - jitter)
-                    })
-                    .collect();
+                let rows = out_of_order(&events);
                 let schema = batch(&rows[..1]).data.schema();
-                let mut op = SessionWindowOperator::new(
-                    &["k".to_string()],
-                    Duration::from_millis(gap as u64),
-                    &[count(col("v")).alias("n"), sum(col("v")).alias("total")],
-                    Duration::ZERO,
-                    &schema,
-                )
-                .unwrap();
+                let mut op = counting(gap, &schema);
                 let mut ctx = OperatorContext::for_test(schema);
                 let mut out = crate::operator::VecCollector::default();
                 let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
