@@ -970,6 +970,7 @@ impl JobHandle {
         }
         match first {
             None => {
+                crate::crash::point("job-finished");
                 tracing::info!(job = %self.name, "job finished");
                 Ok(())
             }

@@ -6,6 +6,7 @@
 //! into a [`JobHandle`].
 
 pub mod checkpoint;
+pub mod crash;
 pub mod dead_letter;
 pub mod expr;
 mod isolate;

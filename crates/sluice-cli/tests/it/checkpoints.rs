@@ -325,6 +325,80 @@ async fn exactly_once_files_survive_sigkill_while_a_consumer_takes_them_away() {
     assert!(got == expected, "output differs after {kills} kills");
 }
 
+/// The rows a run of the `sluice` binary said it read and wrote (`done: N rows in, M rows
+/// out …`).
+fn rows_in_and_out(stderr: &str) -> (u64, u64) {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("done: "))
+        .unwrap_or_else(|| panic!("no `done:` line: {stderr}"));
+    let mut numbers = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty());
+    let mut next = || numbers.next().unwrap().parse().unwrap();
+    (next(), next())
+}
+
+/// Crashes at the moments a SIGKILL from outside rarely hits; the process aborts itself
+/// there (`SLUICE_CRASH_AT`): just after a checkpoint's manifest is written and before any
+/// file it covers is published; after one file of a checkpoint is published and before
+/// the rest; after the bounded input's final checkpoint is written and before its last
+/// files are published; after the job ended, before the process exits. Resumed from the
+/// latest checkpoint, each writes exactly the uninterrupted output: a resume after a
+/// crash mid-job reads only part of the input; one after the end reads and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_between_manifest_and_publish_and_at_the_very_end_lose_and_repeat_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), 40_000).await;
+    let reference = job(&input, &dir.path().join("reference"), &[])
+        .output()
+        .unwrap();
+    assert!(reference.status.success());
+    let (total, _) = rows_in_and_out(&String::from_utf8_lossy(&reference.stderr));
+    let expected = committed_lines(&dir.path().join("reference/windowed-file"));
+    assert!(expected.len() > 30, "{} windows", expected.len());
+    for (at, at_the_end) in [
+        ("checkpoint-manifest:3", false),
+        ("file-published:3", false),
+        ("final-manifest", true),
+        ("job-finished", true),
+    ] {
+        let name = at.replace(':', "-");
+        let out = dir.path().join(&name);
+        let checkpoints = dir.path().join(format!("{name}-checkpoints"));
+        let args = checkpointed(&checkpoints, "exactly-once");
+        let crashed = job(&input, &out, &args)
+            .env("SLUICE_CRASH_AT", at)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&crashed.stderr);
+        assert!(
+            !crashed.status.success() && err.contains("SLUICE_CRASH_AT: aborting at"),
+            "{at}: the run did not crash there: {err}"
+        );
+        let published = committed_lines(&out.join("windowed-file"));
+        match at {
+            // The final checkpoint holds the last windows, not yet published.
+            "final-manifest" => assert!(published.len() < expected.len(), "{at}"),
+            "job-finished" => assert!(published == expected, "{at}: not all published"),
+            _ => {}
+        }
+        let resumed = job(&input, &out, &args).output().unwrap();
+        let err = String::from_utf8_lossy(&resumed.stderr);
+        assert!(resumed.status.success(), "{at}: {err}");
+        assert!(err.contains("resumed from "), "{at}: nothing restored: {err}");
+        let (read, written) = rows_in_and_out(&err);
+        if at_the_end {
+            assert_eq!((read, written), (0, 0), "{at}: a finished job ran again: {err}");
+        } else {
+            assert!(0 < read && read < total, "{at}: read {read} of {total}: {err}");
+        }
+        let got = committed_lines(&out.join("windowed-file"));
+        assert_eq!(got.len(), expected.len(), "{at}: rows lost or repeated");
+        assert!(got == expected, "{at}: output differs");
+    }
+}
+
 /// The newest complete checkpoint is damaged (a state file changed on disk): a restore
 /// from the latest passes over it to the one before and says so. Nothing is lost; what
 /// the damaged checkpoint had committed is written again (at least once for that span,

@@ -447,6 +447,14 @@ async fn streaming_windows_equal_batch_group_by() {
     );
 }
 
+fn late_schema() -> arrow::datatypes::SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new("ts", DataType::Int64, false),
+    ]))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_rows_can_be_routed_to_any_sink() {
     let dir = tempfile::tempdir().unwrap();
@@ -463,11 +471,7 @@ async fn late_rows_can_be_routed_to_any_sink() {
         .join("\n"),
     )
     .unwrap();
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("k", DataType::Utf8, false),
-        Field::new("v", DataType::Int64, false),
-        Field::new("ts", DataType::Int64, false),
-    ]));
+    let schema = late_schema();
     let late_dir = dir.path().join("late");
     let (registry, collected) = registry_with_collect();
     let p = Pipeline::new("late");
@@ -513,6 +517,37 @@ async fn late_rows_can_be_routed_to_any_sink() {
         reason.contains("every window it belongs to closed"),
         "{reason}"
     );
+
+    // The same rows without a consumer of the late rows: the late row goes to the job's
+    // dead-letter output with the same reason, counted as late and as a dead letter.
+    let dead = dir.path().join("dead.jsonl");
+    let (registry, collected) = registry_with_collect();
+    let p = Pipeline::new("late-to-dead-letters");
+    p.registry(registry)
+        .batching(1, Duration::from_millis(1))
+        .dead_letters(&dead);
+    p.source(FileSource::json(&input).with_schema(late_schema()))
+        .event_time("ts")
+        .key_by(["k"])
+        .window(Window::tumbling(Duration::from_secs(10)))
+        .aggregate([sum(col("v")).alias("total")])
+        .sink(collect());
+    let handle = p.start().await.unwrap();
+    let metrics = handle.metrics();
+    handle.wait().await.unwrap();
+    assert_eq!(canonical(&collected.batches()).len(), 2);
+    assert_eq!(metrics.late_records(), 1);
+    assert_eq!(metrics.dead_letters(), 1);
+    let dead = std::fs::read_to_string(&dead).unwrap();
+    let lines: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{dead}");
+    let error = lines[0]["error"].as_str().unwrap();
+    assert!(error.contains("every window it belongs to closed"), "{error}");
+    let raw: serde_json::Value = serde_json::from_str(lines[0]["raw"].as_str().unwrap()).unwrap();
+    assert_eq!((&raw["k"], &raw["v"]), (&"a".into(), &4.into()), "{dead}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -339,7 +339,10 @@ impl FileSinkOperator {
 /// Publishes a finished file by rename; publishing twice is harmless.
 fn publish(temp: &Path, target: &Path) -> Result<()> {
     match std::fs::rename(temp, target) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            sluice_runtime::crash::point("file-published");
+            Ok(())
+        }
         Err(_) if target.exists() && !temp.exists() => Ok(()),
         Err(e) => Err(write_err(temp, e)),
     }

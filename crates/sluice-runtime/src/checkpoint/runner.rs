@@ -348,6 +348,7 @@ impl Runner {
             self.abort(f, &e.to_string());
             return;
         }
+        crate::crash::point("checkpoint-manifest");
         let Some((kind, stop)) = self.coordinator.completed(f.epoch, Instant::now()) else {
             return;
         };
@@ -415,6 +416,7 @@ impl Runner {
             ok = false;
         }
         let notice = if ok {
+            crate::crash::point("final-manifest");
             self.stats.completed.fetch_add(1, Relaxed);
             if let Err(e) = storage.retain("chk", self.retained).await {
                 tracing::warn!(job = %self.job, error = %e, "deleting old checkpoints failed");
