@@ -596,6 +596,89 @@ async fn savepoint_at_parallelism_2_resumes_at_1_and_at_3() {
     }
 }
 
+/// Restores that would lose or repeat rows are refused with the reason. A generator's
+/// splits depend on the parallelism: its savepoint at parallelism 2 is refused at 1 and
+/// at 3, and taken at 2, where the two runs together write every bid once. A source that
+/// cannot say where it stands fails its job at the first checkpoint instead of taking
+/// checkpoints that could not be restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_that_would_lose_or_repeat_rows_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = |out: &Path, parallelism: usize, paced: bool| {
+        let p = Pipeline::new("generated");
+        p.parallelism(parallelism)
+            .checkpoint_dir(dir.path().join("cp").to_str().unwrap());
+        let mut bids = NexmarkSource::bids().events(60_000).seed(9);
+        if paced {
+            bids = bids.rate_limit(20_000.0);
+        }
+        p.source(bids)
+            .select([col("auction"), col("bidder"), col("price"), col("date_time")])
+            .sink(FileSink::json(out));
+        p
+    };
+    let reference = dir.path().join("reference");
+    generated(&reference, 2, false).run().await.unwrap();
+    let expected = committed_lines(&reference);
+
+    let before = dir.path().join("before");
+    let handle = generated(&before, 2, true).start().await.unwrap();
+    let metrics = handle.metrics();
+    let stop = handle.stop_handle();
+    while metrics.source_records() < 10_000 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let savepoint = stop.savepoint(true).await.unwrap();
+    handle.wait().await.unwrap();
+    let first = committed_lines(&before);
+    assert!(!first.is_empty() && first.len() < expected.len());
+
+    for parallelism in [1, 3] {
+        let after = dir.path().join(format!("after-{parallelism}"));
+        let p = generated(&after, parallelism, false);
+        p.restore_from(RestoreFrom::Path(savepoint.clone()));
+        let e = p.run().await.unwrap_err().to_string();
+        assert!(
+            e.contains("restore generator sources at the parallelism of the checkpoint"),
+            "parallelism {parallelism}: {e}"
+        );
+        assert!(committed_lines(&after).is_empty(), "{parallelism}: it ran");
+    }
+    let after = dir.path().join("after-2");
+    let p = generated(&after, 2, false);
+    p.restore_from(RestoreFrom::Path(savepoint.clone()));
+    p.run().await.unwrap();
+    let mut all = first;
+    all.extend(committed_lines(&after));
+    all.sort();
+    assert_eq!(all.len(), expected.len(), "rows lost or repeated");
+    assert!(all == expected, "output differs");
+
+    // A source without positions.
+    let rows = arrow::array::RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("k", arrow::datatypes::DataType::Int64, false),
+        ])),
+        vec![std::sync::Arc::new(arrow::array::Int64Array::from(vec![1, 2]))],
+    )
+    .unwrap();
+    let (mut registry, _) = crate::support::registry_with_collect();
+    registry.register_source(crate::support::StallingConnector { rows });
+    let p = Pipeline::new("positionless");
+    p.registry(registry)
+        .checkpointing(Duration::from_millis(50))
+        .checkpoint_dir(dir.path().join("cp-positionless").to_str().unwrap());
+    p.source(sluice::plan::ConnectorSpec::new("stalling"))
+        .sink(crate::support::collect());
+    // The source never ends: only the failed checkpoint ends the job.
+    let e = tokio::time::timeout(Duration::from_secs(120), p.run())
+        .await
+        .expect("the job went on without checkpoints")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot resume from a position"), "{e}");
+}
+
 /// The windowed file job (1 s tumbling count and volume per auction, parallelism 2,
 /// checkpoints every 100 ms into `dir/cp`) writing to `out`, with a second sink `failing`
 /// (a `fail-once` sink sharing `failed`).
