@@ -272,6 +272,44 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
         None,
     );
     assert!(!info.as_array().unwrap().is_empty(), "{info}");
+    // The finder's other filters, on the failed job (its log no longer grows): the newest
+    // `limit`, oldest first; `warn` and above; one task's events.
+    let (_, all) = server.call("GET", &format!("/api/jobs/{failing}/logs"), None);
+    let all = all.as_array().unwrap();
+    let (_, newest) = server.call("GET", &format!("/api/jobs/{failing}/logs?limit=2"), None);
+    assert_eq!(newest.as_array().unwrap(), &all[all.len() - 2..], "{newest}");
+    let (_, warn) = server.call("GET", &format!("/api/jobs/{failing}/logs?level=warn"), None);
+    let warn = warn.as_array().unwrap();
+    let at_least_warn: Vec<_> = all
+        .iter()
+        .filter(|e| e["level"] == "WARN" || e["level"] == "ERROR")
+        .collect();
+    assert!(warn.len() < all.len() && warn.len() >= errors.len());
+    assert!(warn.iter().eq(at_least_warn), "{warn:?}");
+    let task = errors
+        .iter()
+        .map(|e| e["task"].as_str().unwrap())
+        .find(|t| !t.is_empty())
+        .unwrap();
+    let encoded: String = task
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (_, of_task) = server.call(
+        "GET",
+        &format!("/api/jobs/{failing}/logs?task={encoded}"),
+        None,
+    );
+    let of_task = of_task.as_array().unwrap();
+    let expected: Vec<_> = all
+        .iter()
+        .filter(|e| e["task"].as_str().unwrap().contains(task))
+        .collect();
+    assert!(!of_task.is_empty() && of_task.len() < all.len(), "{task}");
+    assert!(of_task.iter().eq(expected), "{task}: {of_task:?}");
     let (status, v) = server.call("GET", &format!("/api/jobs/{id}/logs?level=loud"), None);
     assert_eq!(
         (status, v["error"]["code"].as_str()),
