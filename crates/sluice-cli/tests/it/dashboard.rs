@@ -209,7 +209,7 @@ fn count(text: &str) -> Option<f64> {
 }
 
 #[test]
-fn the_dashboard_submits_shows_finds_errors_and_cancels_in_a_real_browser() {
+fn the_dashboard_submits_shows_finds_errors_takes_savepoints_stops_and_cancels_in_a_real_browser() {
     let (server, _dir) = start_server(&[]);
     let browser = Browser::start();
 
@@ -312,6 +312,61 @@ fn the_dashboard_submits_shows_finds_errors_and_cancels_in_a_real_browser() {
             .text("#exceptions .trace")
             .contains("sluice_runtime")
     );
+
+    // A savepoint from the first job's page: written where the page says, the job goes on.
+    browser.open(&format!("{}/jobs/{id}", server.url));
+    browser.wait("the running job", |b| {
+        (b.text("#status") == "running").then_some(())
+    });
+    browser.click("#savepoint");
+    let at = browser.wait("the savepoint's location", |b| {
+        b.text("#action-result")
+            .strip_prefix("savepoint at ")
+            .map(str::to_string)
+    });
+    assert!(
+        std::path::Path::new(&at).join("_manifest.json").is_file(),
+        "no complete savepoint at {at}"
+    );
+    let (_, history) = server.call("GET", &format!("/api/jobs/{id}/checkpoints"), None);
+    assert!(
+        history.as_array().unwrap().iter().any(|c| c["kind"] == "savepoint"
+            && c["status"] == "completed"
+            && c["location"] == at.as_str()),
+        "{history}"
+    );
+    assert_eq!(browser.text("#status"), "running");
+
+    // Stop with a savepoint, from the page of another job.
+    let (status, v) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(&json!({ "sql": UNBOUNDED, "name": "stopped-from-the-browser" }).to_string()),
+    );
+    assert_eq!(status, 201, "{v}");
+    let stopped = v["id"].as_u64().unwrap();
+    browser.open(&format!("{}/jobs/{stopped}", server.url));
+    browser.wait("the running job", |b| {
+        (b.text("#status") == "running").then_some(())
+    });
+    browser.click("#stop-savepoint");
+    let at = browser.wait("the stop's savepoint", |b| {
+        b.text("#action-result")
+            .strip_prefix("stopped; savepoint at ")
+            .map(str::to_string)
+    });
+    assert!(
+        std::path::Path::new(&at).join("_manifest.json").is_file(),
+        "no complete savepoint at {at}"
+    );
+    browser.wait("the job stopped", |b| {
+        (b.text("#status") == "stopped").then_some(())
+    });
+    assert!(
+        browser.js("return document.querySelector('#stop-savepoint').disabled") == true,
+        "the buttons of a stopped job are disabled"
+    );
+    browser.screenshot("stopped");
 
     // Cancel the first job from its page.
     browser.open(&format!("{}/jobs/{id}", server.url));
