@@ -998,6 +998,77 @@ async fn each_restart_strategy_waits_as_it_says() {
     println!("restart gaps: fixed {fixed:?}, exponential {exponential:?}, failure-rate {rate:?}");
 }
 
+/// Moves the job's input away when the job first fails, and records what follows.
+struct InputGone {
+    input: PathBuf,
+    failures: Vec<(String, bool)>,
+    started: usize,
+}
+
+impl sluice::RestartHooks for InputGone {
+    fn started(&mut self, _handle: &sluice::runtime::JobHandle) {
+        self.started += 1;
+    }
+
+    fn failed(&mut self, error: &sluice::SluiceError, restarting: bool) -> bool {
+        if self.failures.is_empty() {
+            std::fs::rename(&self.input, self.input.with_extension("moved")).unwrap();
+        }
+        self.failures.push((error.to_string(), restarting));
+        true
+    }
+}
+
+/// A restart that cannot start (its input moved away) is one more failure: the strategy
+/// decides again after each, and gives up when its attempts are used, with the reason
+/// the last start failed.
+#[tokio::test]
+async fn a_restart_that_cannot_start_counts_as_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("rows.jsonl");
+    let rows: String = (0..100).map(|i| format!("{{\"x\": {i}}}\n")).collect();
+    std::fs::write(&input, rows).unwrap();
+    let job = sluice::plan_sql(
+        &format!(
+            "CREATE TABLE src (x BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');
+             CREATE TABLE sink (y BIGINT) WITH ('connector' = 'blackhole');
+             INSERT INTO sink SELECT 100 / (x - 99) FROM src;",
+            input.display()
+        ),
+        &[],
+    )
+    .unwrap();
+    let p = Pipeline::from_plan(job.plan.unwrap());
+    let mut hooks = InputGone {
+        input: input.clone(),
+        failures: Vec::new(),
+        started: 0,
+    };
+    let first = p.start().await.unwrap();
+    let strategy = sluice::restart::RestartStrategy::FixedDelay {
+        attempts: 3,
+        delay: Duration::from_millis(10),
+    };
+    let e = p.supervise(first, strategy, &mut hooks).await.unwrap_err();
+    let restarting: Vec<bool> = hooks.failures.iter().map(|f| f.1).collect();
+    assert_eq!(
+        restarting,
+        [true, true, true, false],
+        "the run's failure, then three restarts that could not start: {:?}",
+        hooks.failures
+    );
+    assert_eq!(hooks.started, 0, "no restart started");
+    assert!(
+        hooks.failures[0].0.to_lowercase().contains("divide by zero"),
+        "{:?}",
+        hooks.failures
+    );
+    for (f, _) in &hooks.failures[1..] {
+        assert!(f.contains("rows.jsonl"), "the start failed on the input: {f}");
+    }
+    assert_eq!(e.to_string(), hooks.failures[3].0);
+}
+
 #[tokio::test]
 async fn a_checkpoint_of_another_job_graph_is_refused() {
     let dir = tempfile::tempdir().unwrap();
