@@ -42,6 +42,19 @@ async fn write_input_files(dir: &Path, events: u64, files: usize) -> PathBuf {
     input
 }
 
+/// Waits until a running job has read `rows` rows (two minutes at most).
+async fn read_at_least(metrics: &sluice::runtime::metrics::JobMetrics, rows: u64) {
+    let waiting = std::time::Instant::now();
+    while metrics.source_records() < rows {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(120),
+            "the job never read {rows} rows ({} so far)",
+            metrics.source_records()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// `sluice run --example windowed-file` with extra arguments.
 fn job(input: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(BIN);
@@ -386,12 +399,22 @@ async fn crashes_between_manifest_and_publish_and_at_the_very_end_lose_and_repea
         let resumed = job(&input, &out, &args).output().unwrap();
         let err = String::from_utf8_lossy(&resumed.stderr);
         assert!(resumed.status.success(), "{at}: {err}");
-        assert!(err.contains("resumed from "), "{at}: nothing restored: {err}");
+        assert!(
+            err.contains("resumed from "),
+            "{at}: nothing restored: {err}"
+        );
         let (read, written) = rows_in_and_out(&err);
         if at_the_end {
-            assert_eq!((read, written), (0, 0), "{at}: a finished job ran again: {err}");
+            assert_eq!(
+                (read, written),
+                (0, 0),
+                "{at}: a finished job ran again: {err}"
+            );
         } else {
-            assert!(0 < read && read < total, "{at}: read {read} of {total}: {err}");
+            assert!(
+                0 < read && read < total,
+                "{at}: read {read} of {total}: {err}"
+            );
         }
         let got = committed_lines(&out.join("windowed-file"));
         assert_eq!(got.len(), expected.len(), "{at}: rows lost or repeated");
@@ -558,7 +581,7 @@ async fn count_windows_resume_from_a_savepoint_at_another_parallelism() {
         let p = Pipeline::new("count-windows");
         p.parallelism(parallelism)
             .checkpoint_dir(dir.path().join("cp").to_str().unwrap());
-        let mut source = FileSource::json(&input).with_schema(schema.clone());
+        let mut source = FileSource::json(&input).with_schema(std::sync::Arc::clone(&schema));
         if paced {
             source = source.rows_per_second(20_000.0);
         }
@@ -602,9 +625,7 @@ async fn count_windows_resume_from_a_savepoint_at_another_parallelism() {
     let handle = counted(&before, 2, true).start().await.unwrap();
     let metrics = handle.metrics();
     let stop = handle.stop_handle();
-    while metrics.source_records() < 6_000 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    read_at_least(&metrics, 6_000).await;
     let savepoint = stop.savepoint(true).await.unwrap();
     handle.wait().await.unwrap();
     let first = lines(&before);
@@ -622,9 +643,21 @@ async fn count_windows_resume_from_a_savepoint_at_another_parallelism() {
         let mut all = first.clone();
         all.extend(lines(&after));
         all.sort();
-        assert_eq!(all.len(), expected.len(), "parallelism {parallelism}: windows lost or repeated");
-        let missing: Vec<_> = expected.iter().filter(|l| !all.contains(l)).take(5).collect();
-        let extra: Vec<_> = all.iter().filter(|l| !expected.contains(l)).take(5).collect();
+        assert_eq!(
+            all.len(),
+            expected.len(),
+            "parallelism {parallelism}: windows lost or repeated"
+        );
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|l| !all.contains(l))
+            .take(5)
+            .collect();
+        let extra: Vec<_> = all
+            .iter()
+            .filter(|l| !expected.contains(l))
+            .take(5)
+            .collect();
         assert!(
             all == expected,
             "parallelism {parallelism}: windows differ; missing {missing:?}, extra {extra:?}"
@@ -666,15 +699,7 @@ async fn savepoint_at_parallelism_2_resumes_at_1_and_at_3() {
     let handle = windowed(&input, &before, 2, &cp).start().await.unwrap();
     let metrics = handle.metrics();
     let stop = handle.stop_handle();
-    let waiting = std::time::Instant::now();
-    while metrics.source_records() < 30_000 {
-        assert!(
-            waiting.elapsed() < Duration::from_secs(120),
-            "the job never read 30 000 rows ({} so far)",
-            metrics.source_records()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    read_at_least(&metrics, 30_000).await;
     let savepoint = stop.savepoint(true).await.unwrap();
     handle.wait().await.unwrap();
     let first = committed_lines(&before);
@@ -715,7 +740,12 @@ async fn restores_that_would_lose_or_repeat_rows_are_refused() {
             bids = bids.rate_limit(20_000.0);
         }
         p.source(bids)
-            .select([col("auction"), col("bidder"), col("price"), col("date_time")])
+            .select([
+                col("auction"),
+                col("bidder"),
+                col("price"),
+                col("date_time"),
+            ])
             .sink(FileSink::json(out));
         p
     };
@@ -727,9 +757,7 @@ async fn restores_that_would_lose_or_repeat_rows_are_refused() {
     let handle = generated(&before, 2, true).start().await.unwrap();
     let metrics = handle.metrics();
     let stop = handle.stop_handle();
-    while metrics.source_records() < 10_000 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    read_at_least(&metrics, 10_000).await;
     let savepoint = stop.savepoint(true).await.unwrap();
     handle.wait().await.unwrap();
     let first = committed_lines(&before);
@@ -761,7 +789,9 @@ async fn restores_that_would_lose_or_repeat_rows_are_refused() {
         std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
             arrow::datatypes::Field::new("k", arrow::datatypes::DataType::Int64, false),
         ])),
-        vec![std::sync::Arc::new(arrow::array::Int64Array::from(vec![1, 2]))],
+        vec![std::sync::Arc::new(arrow::array::Int64Array::from(vec![
+            1, 2,
+        ]))],
     )
     .unwrap();
     let (mut registry, _) = crate::support::registry_with_collect();
@@ -1059,12 +1089,18 @@ async fn a_restart_that_cannot_start_counts_as_a_failure() {
     );
     assert_eq!(hooks.started, 0, "no restart started");
     assert!(
-        hooks.failures[0].0.to_lowercase().contains("divide by zero"),
+        hooks.failures[0]
+            .0
+            .to_lowercase()
+            .contains("divide by zero"),
         "{:?}",
         hooks.failures
     );
     for (f, _) in &hooks.failures[1..] {
-        assert!(f.contains("rows.jsonl"), "the start failed on the input: {f}");
+        assert!(
+            f.contains("rows.jsonl"),
+            "the start failed on the input: {f}"
+        );
     }
     assert_eq!(e.to_string(), hooks.failures[3].0);
 }
@@ -1246,15 +1282,7 @@ async fn sql_join_top_n_and_over_state_survive_a_savepoint_and_a_change_of_paral
         .unwrap();
     let metrics = handle.metrics();
     let stop = handle.stop_handle();
-    let waiting = std::time::Instant::now();
-    while metrics.source_records() < 30_000 {
-        assert!(
-            waiting.elapsed() < Duration::from_secs(120),
-            "the job never read 30 000 rows ({} so far)",
-            metrics.source_records()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    read_at_least(&metrics, 30_000).await;
     let savepoint = stop.savepoint(true).await.unwrap();
     handle.wait().await.unwrap();
     let first_pairs = committed_lines(&before.join("pairs"));

@@ -330,9 +330,13 @@ fn the_dashboard_submits_shows_finds_errors_takes_savepoints_stops_and_cancels_i
     );
     let (_, history) = server.call("GET", &format!("/api/jobs/{id}/checkpoints"), None);
     assert!(
-        history.as_array().unwrap().iter().any(|c| c["kind"] == "savepoint"
-            && c["status"] == "completed"
-            && c["location"] == at.as_str()),
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["kind"] == "savepoint"
+                && c["status"] == "completed"
+                && c["location"] == at.as_str()),
         "{history}"
     );
     assert_eq!(browser.text("#status"), "running");

@@ -545,7 +545,10 @@ async fn late_rows_can_be_routed_to_any_sink() {
         .collect();
     assert_eq!(lines.len(), 1, "{dead}");
     let error = lines[0]["error"].as_str().unwrap();
-    assert!(error.contains("every window it belongs to closed"), "{error}");
+    assert!(
+        error.contains("every window it belongs to closed"),
+        "{error}"
+    );
     let raw: serde_json::Value = serde_json::from_str(lines[0]["raw"].as_str().unwrap()).unwrap();
     assert_eq!((&raw["k"], &raw["v"]), (&"a".into(), &4.into()), "{dead}");
 }

@@ -277,7 +277,11 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
     let (_, all) = server.call("GET", &format!("/api/jobs/{failing}/logs"), None);
     let all = all.as_array().unwrap();
     let (_, newest) = server.call("GET", &format!("/api/jobs/{failing}/logs?limit=2"), None);
-    assert_eq!(newest.as_array().unwrap(), &all[all.len() - 2..], "{newest}");
+    assert_eq!(
+        newest.as_array().unwrap(),
+        &all[all.len() - 2..],
+        "{newest}"
+    );
     let (_, warn) = server.call("GET", &format!("/api/jobs/{failing}/logs?level=warn"), None);
     let warn = warn.as_array().unwrap();
     let at_least_warn: Vec<_> = all
