@@ -978,7 +978,40 @@ fn plan_script(
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "sql".into());
     settings.push(("pipeline.name", stem.as_str()));
-    sluice::plan_sql(&text, &settings).with_context(|| format!("in {}", path.display()))
+    let mut ctx = sluice::sql_context(sluice::connectors::registry());
+    for (k, v) in settings {
+        ctx.set(k, v)
+            .map_err(|e| anyhow::anyhow!(sql_error(path, &text, &e)))?;
+    }
+    ctx.plan_script(&text)
+        .map_err(|e| anyhow::anyhow!(sql_error(path, &text, &e)))
+}
+
+/// A SQL error as compilers write theirs: `file:line:column: message`, then the line
+/// with a caret under the column.
+fn sql_error(path: &std::path::Path, text: &str, e: &sluice::sql::SqlError) -> String {
+    let Some(pos) = e.pos.filter(|p| p.line > 0) else {
+        return format!("{}: {}", path.display(), e.message);
+    };
+    let mut out = format!(
+        "{}:{}:{}: {}",
+        path.display(),
+        pos.line,
+        pos.column,
+        e.message
+    );
+    if let Some(line) = text.lines().nth(pos.line as usize - 1) {
+        let number = pos.line.to_string();
+        let pad = " ".repeat(number.len());
+        // The caret under the column (tabs kept, so it lines up).
+        let under: String = line
+            .chars()
+            .take(pos.column.saturating_sub(1) as usize)
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        out.push_str(&format!("\n {number} | {line}\n {pad} | {under}^"));
+    }
+    out
 }
 
 fn find_example(name: &str) -> anyhow::Result<&'static examples::Example> {

@@ -121,3 +121,36 @@ impl From<SluiceError> for SqlError {
 
 /// `Result` with [`SqlError`].
 pub type Result<T, E = SqlError> = std::result::Result<T, E>;
+
+/// The candidate closest to `word` (case-insensitive edit distance), if it is close
+/// enough to be what was meant: at most a third of its letters wrong, one at least.
+///
+/// ```
+/// use sluice_sql::error::closest;
+/// assert_eq!(closest("fromat", ["path", "format"]), Some("format"));
+/// assert_eq!(closest("xyz", ["path", "format"]), None);
+/// ```
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let word: Vec<char> = word.to_lowercase().chars().collect();
+    let distance = |other: &str| {
+        let other: Vec<char> = other.to_lowercase().chars().collect();
+        let mut row: Vec<usize> = (0..=other.len()).collect();
+        for (i, a) in word.iter().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, b) in other.iter().enumerate() {
+                let cur = row[j + 1];
+                row[j + 1] = (prev + usize::from(a != b)).min(row[j] + 1).min(cur + 1);
+                prev = cur;
+            }
+        }
+        row[other.len()]
+    };
+    let bound = (word.len() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (distance(c), c))
+        .filter(|(d, _)| *d <= bound)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}

@@ -27,6 +27,7 @@ mod group_window;
 pub mod lower;
 pub mod script;
 pub mod settings;
+pub mod types;
 pub mod window_tvf;
 
 use std::collections::HashMap;
@@ -38,7 +39,8 @@ use datafusion_common::DFSchema;
 use datafusion_expr::{AggregateUDF, LogicalPlan, ScalarUDF};
 use datafusion_sql::planner::{ParserOptions, PlannerContext, SqlToRel};
 use datafusion_sql::sqlparser::ast::{
-    BinaryOperator, CreateTable, Expr as SqlExpr, ObjectName, Query, Statement, TableObject,
+    BinaryOperator, CreateTable, Expr as SqlExpr, ObjectName, Query, SetExpr, Spanned, Statement,
+    TableObject,
 };
 use datafusion_sql::sqlparser::dialect::GenericDialect;
 use datafusion_sql::sqlparser::parser::Parser;
@@ -51,6 +53,82 @@ pub use error::{Result, SqlError};
 use lower::{Lowered, Lowerer};
 use script::{Pos, RawStatement, Snippet, TableExtras};
 pub use settings::Settings;
+
+/// The SQL types a column may be declared with, for "did you mean".
+const TYPE_NAMES: &[&str] = &[
+    "BOOLEAN", "TINYINT", "SMALLINT", "INT", "INTEGER", "BIGINT", "FLOAT", "DOUBLE", "DECIMAL",
+    "STRING", "VARCHAR", "CHAR", "BYTES", "BINARY", "VARBINARY", "DATE", "TIME", "TIMESTAMP",
+    "TIMESTAMP_LTZ", "ARRAY", "MAP", "ROW",
+];
+
+/// Refuses a column type that is no SQL type at all (`BIGNT`), at the type's name.
+fn check_column_types(columns: &[datafusion_sql::sqlparser::ast::ColumnDef]) -> Result<()> {
+    use datafusion_sql::sqlparser::ast::DataType as SqlType;
+    for c in columns {
+        if let SqlType::Custom(name, _) = &c.data_type {
+            let written = name.to_string();
+            let hint = match error::closest(&written, TYPE_NAMES.iter().copied()) {
+                Some(t) => format!("; did you mean {t}?"),
+                None => format!("; types: {}", TYPE_NAMES.join(", ")),
+            };
+            return Err(SqlError::at(
+                Pos::from(name.span().start),
+                format!(
+                    "unknown type `{written}` for column `{}`{hint}",
+                    c.name.value
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an INSERT whose query gives a column a kind of value its sink column cannot
+/// take (a STRING into a BIGINT), as Flink does at planning, pointing at the column in
+/// the SELECT list (`columns`, when it is a plain one) or else at the statement.
+fn check_insert_types(
+    def: &TableDef,
+    query: &DFSchema,
+    columns: &[(Pos, String)],
+    pos: Pos,
+) -> Result<()> {
+    let written: Vec<_> = def
+        .declared
+        .fields()
+        .iter()
+        .filter(|f| !def.virtual_columns.contains(f.name()))
+        .collect();
+    // No declared columns: the sink takes what comes; another count: the lowering says so.
+    if written.len() != query.fields().len() {
+        return Ok(());
+    }
+    let names = lower::physical_names(query);
+    for (i, (sink, (given, name))) in written
+        .iter()
+        .zip(query.fields().iter().zip(&names))
+        .enumerate()
+    {
+        if types::insertable(given.data_type(), sink.data_type()) {
+            continue;
+        }
+        let (at, name) = match columns.len() == written.len() {
+            true => (columns[i].0, columns[i].1.as_str()),
+            false => (pos, name.as_str()),
+        };
+        let want = types::sql_type(sink.data_type());
+        return Err(SqlError::at(
+            at,
+            format!(
+                "column types of the query and of table `{}` do not match: its column `{}` (position {}) is {want}, the query gives {} (`{name}`); cast it explicitly, as in CAST({name} AS {want})",
+                def.name,
+                sink.name(),
+                i + 1,
+                types::sql_type(given.data_type()),
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// Deepest nesting the parser accepts (it returns an error beyond, never overflows).
 const RECURSION_LIMIT: usize = 64;
@@ -372,7 +450,26 @@ impl SqlContext {
         plan: &mut JobPlan,
         sources: &mut Memo,
     ) -> Result<()> {
+        // Where each column of a plain SELECT is written, to point at a wrong one.
+        let columns: Vec<(Pos, String)> = match query.body.as_ref() {
+            SetExpr::Select(s) => s
+                .projection
+                .iter()
+                .map(|item| {
+                    use datafusion_sql::sqlparser::ast::SelectItem;
+                    let text = match item {
+                        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                            e.to_string()
+                        }
+                        other => other.to_string(),
+                    };
+                    (Pos::from(item.span().start), text)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let logical = self.plan_query(query, pos)?;
+        check_insert_types(def, logical.schema(), &columns, pos)?;
         let mut lowerer = Lowerer::new(
             plan,
             &self.registry,
@@ -390,6 +487,43 @@ impl SqlContext {
         sources.0 = std::mem::take(&mut lowerer.sources);
         sources.1 = std::mem::take(&mut lowerer.sinks);
         result.map_err(|e| e.or_at(pos))
+    }
+
+    /// Refuses an option the table's connector does not understand, at its key.
+    fn check_options(
+        &self,
+        connector: &str,
+        options: &std::collections::BTreeMap<String, String>,
+        at: &std::collections::BTreeMap<String, Pos>,
+        pos: Pos,
+    ) -> Result<()> {
+        let mut known: Vec<&'static str> = Vec::new();
+        if let Ok(s) = self.registry.source(connector) {
+            known.extend(s.options());
+        }
+        if let Ok(s) = self.registry.sink(connector) {
+            known.extend(s.options());
+        }
+        known.sort_unstable();
+        known.dedup();
+        for key in options.keys() {
+            let ok = known.iter().any(|k| match k.strip_suffix('*') {
+                Some(prefix) => key.starts_with(prefix),
+                None => k == key,
+            });
+            if ok {
+                continue;
+            }
+            let hint = match error::closest(key, known.iter().copied()) {
+                Some(k) => format!("did you mean '{k}'?"),
+                None => format!("it understands {}", known.join(", ")),
+            };
+            return Err(SqlError::at(
+                at.get(key).copied().unwrap_or(pos),
+                format!("connector `{connector}` has no option '{key}'; {hint}"),
+            ));
+        }
+        Ok(())
     }
 
     fn create_table(&mut self, ct: CreateTable, extras: TableExtras, pos: Pos) -> Result<()> {
@@ -414,6 +548,7 @@ impl SqlContext {
                 "table constraints other than PRIMARY KEY (…) NOT ENFORCED are not supported",
             ));
         }
+        check_column_types(&ct.columns)?;
         let provider = self.provider();
         let planner = SqlToRel::new_with_options(&provider, parser_options());
         let declared = planner
@@ -449,6 +584,7 @@ impl SqlContext {
                 ),
             ));
         }
+        self.check_options(&connector, &options, &extras.option_pos, pos)?;
         let mut spec = ConnectorSpec::new(connector);
         spec.options = options;
         if !extras.partition_by.is_empty() {

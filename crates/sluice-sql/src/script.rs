@@ -63,6 +63,8 @@ pub struct TableExtras {
     pub maps: Vec<(String, String, String)>,
     /// `WITH ('key' = 'value', …)`.
     pub options: BTreeMap<String, String>,
+    /// Where each option's key is written.
+    pub option_pos: BTreeMap<String, Pos>,
     /// `PARTITIONED BY (a, b)`.
     pub partition_by: Vec<String>,
 }
@@ -990,6 +992,9 @@ fn with_options(
                     ));
                 }
             };
+            extras
+                .option_pos
+                .insert(key.clone(), Pos::from(k.span.start));
             if extras.options.insert(key.clone(), value).is_some() {
                 return Err(SqlError::at(
                     Pos::from(k.span.start),

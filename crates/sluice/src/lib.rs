@@ -36,12 +36,19 @@ pub fn plan_sql_with(
     script: &str,
     settings: &[(&str, &str)],
 ) -> Result<sql::SqlJob> {
-    let mut ctx = sql::SqlContext::new(registry);
-    ctx.register_udf(sql::functions::count_char());
+    let mut ctx = sql_context(registry);
     for (k, v) in settings {
         ctx.set(k, v)?;
     }
     Ok(ctx.plan_script(script)?)
+}
+
+/// A SQL context with the given connectors and Sluice's own functions, for planning
+/// statement after statement (a SQL client) with the catalog kept between them.
+pub fn sql_context(registry: runtime::ConnectorRegistry) -> sql::SqlContext {
+    let mut ctx = sql::SqlContext::new(registry);
+    ctx.register_udf(sql::functions::count_char());
+    ctx
 }
 
 pub use pipeline::{

@@ -689,7 +689,7 @@ END;",
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("line 3") && err.contains("INSERT INTO statements only"),
+        err.contains("set.sql:3:1: ") && err.contains("INSERT INTO statements only"),
         "{err}"
     );
 }
