@@ -31,6 +31,10 @@ static GLOBAL: sluice_alloc::AccountingAllocator<mimalloc::MiMalloc> =
     about = "Sluice: a native stream processing engine"
 )]
 struct Cli {
+    /// Show Rust stack traces with errors in the log (also with RUST_BACKTRACE=1); the
+    /// server keeps them in each job's exception history either way.
+    #[arg(long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -437,20 +441,72 @@ fn main() -> std::process::ExitCode {
     match run_cli() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One clear line (with its causes), not a debug dump with a backtrace.
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
+/// An error as one clear message: a job's failure as `in operator `x`: what went wrong`
+/// (no "user error" label), then the causes that add something (an error that already
+/// shows its cause is not followed by it again). Never a debug dump with a backtrace.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = match cause.downcast_ref::<sluice::SluiceError>() {
+            Some(s) => {
+                let mut t = String::new();
+                if s.kind == sluice_types::ErrorKind::Internal {
+                    t.push_str("internal error (a bug in Sluice, please report it): ");
+                }
+                if let Some(op) = &s.operator {
+                    t.push_str(&format!("in operator `{op}`: "));
+                }
+                t.push_str(&s.message);
+                if let Some(src) = std::error::Error::source(s) {
+                    t.push_str(&format!(": {src}"));
+                }
+                t
+            }
+            None => cause.to_string(),
+        };
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Whether stack traces go with errors in the console log.
+fn verbose(flag: bool) -> bool {
+    flag || std::env::var("RUST_BACKTRACE").is_ok_and(|v| v != "0")
+}
+
 fn run_cli() -> anyhow::Result<()> {
     // Failures show where they were raised (in the logs and the dashboard's log finder).
     sluice::capture_backtraces(std::env::var("RUST_LIB_BACKTRACE").map_or(true, |v| v != "0"));
+    let cli = Cli::parse();
     {
         use tracing_subscriber::prelude::*;
+        let traces = verbose(cli.verbose);
+        // Each event's fields, but its stack trace only when asked for.
+        let fields = tracing_subscriber::fmt::format::debug_fn(move |w, field, value| {
+            match field.name() {
+                "message" => write!(w, "{value:?}"),
+                "backtrace" if !traces => Ok(()),
+                "backtrace" => write!(w, "\n{value:?}"),
+                name => write!(w, "{name}={value:?}"),
+            }
+        })
+        .delimited(" ");
         let console = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .fmt_fields(fields)
             .with_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| "warn".into()),
@@ -463,7 +519,6 @@ fn run_cli() -> anyhow::Result<()> {
             .with(per_job)
             .init();
     }
-    let cli = Cli::parse();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)

@@ -62,11 +62,18 @@ impl fmt::Debug for SluiceError {
 
 impl fmt::Display for SluiceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.kind)?;
-        if let Some(op) = &self.operator {
-            write!(f, " in operator `{op}`")?;
+        // A user's mistake needs no label: the message says what to change.
+        let label = match self.kind {
+            ErrorKind::User => String::new(),
+            kind => kind.to_string(),
+        };
+        match (&self.operator, label.is_empty()) {
+            (Some(op), true) => write!(f, "in operator `{op}`: ")?,
+            (Some(op), false) => write!(f, "{label} in operator `{op}`: ")?,
+            (None, false) => write!(f, "{label}: ")?,
+            (None, true) => {}
         }
-        write!(f, ": {}", self.message)?;
+        f.write_str(&self.message)?;
         if let Some(src) = &self.source {
             write!(f, ": {src}")?;
         }
