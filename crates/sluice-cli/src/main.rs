@@ -604,6 +604,8 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             input,
             checkpoints,
         } => {
+            // A `SELECT … LIMIT n` ends once its n rows are written.
+            let mut row_limit = None;
             let (pipeline, out_hint) = match &script {
                 Some(path) => {
                     let job = plan_script(path, parallelism)?;
@@ -612,7 +614,10 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                         print!("{}", sluice::Pipeline::from_plan(plan).explain()?);
                     }
                     match job.plan {
-                        Some(plan) => (sluice::Pipeline::from_plan(plan), None),
+                        Some(plan) => {
+                            row_limit = plan.row_limit();
+                            (sluice::Pipeline::from_plan(plan), None)
+                        }
                         None => return Ok(()),
                     }
                 }
@@ -673,6 +678,22 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             });
+            if let Some(limit) = row_limit {
+                let cell = Arc::clone(&current);
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_millis(20));
+                    loop {
+                        tick.tick().await;
+                        let running = cell.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        if let Some((metrics, stop)) = running
+                            && metrics.sink_records() >= limit as u64
+                        {
+                            stop.stop().await;
+                            return;
+                        }
+                    }
+                });
+            }
             let start = Instant::now();
             let progress =
                 (!quiet).then(|| tokio::spawn(progress_loop(Arc::clone(&current), start)));

@@ -310,6 +310,12 @@ pub enum NodeKind {
         /// passes it, whatever its retention.
         until: (Option<String>, Option<String>),
     },
+    /// The first `fetch` rows in arrival order, then none (`SELECT … LIMIT n` on a
+    /// stream); one subtask, append-only input.
+    Limit {
+        /// How many rows pass.
+        fetch: usize,
+    },
     /// Writes to a connector.
     Sink(ConnectorSpec),
 }
@@ -663,6 +669,7 @@ impl NodeKind {
                     None => format!("{kind}join on {on}{frees}"),
                 }
             }
+            NodeKind::Limit { fetch } => format!("limit {fetch}"),
             NodeKind::Sink(s) => format!("sink:{}", s.connector),
         }
     }
@@ -894,6 +901,33 @@ pub struct JobPlan {
 }
 
 impl JobPlan {
+    /// How many rows the job writes at most, when its only sink is fed by a `LIMIT n`
+    /// (through projections and filters alone): a runner may stop the job once its sink
+    /// has written that many.
+    pub fn row_limit(&self) -> Option<usize> {
+        let sinks: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.kind, NodeKind::Sink(_)))
+            .map(|n| n.id)
+            .collect();
+        let [sink] = sinks.as_slice() else {
+            return None;
+        };
+        let mut node = *sink;
+        loop {
+            let mut ups = self.edges.iter().filter(|e| e.to == node);
+            let (Some(up), None) = (ups.next(), ups.next()) else {
+                return None;
+            };
+            match &self.nodes[up.from].kind {
+                NodeKind::Limit { fetch } => return Some(*fetch),
+                NodeKind::Project { .. } | NodeKind::Filter { .. } => node = up.from,
+                _ => return None,
+            }
+        }
+    }
+
     /// An empty plan.
     pub fn new(name: impl Into<String>) -> Self {
         Self {

@@ -5,6 +5,7 @@
 pub mod aggregates;
 pub mod filter;
 pub mod joins;
+pub mod limit;
 pub mod normalize;
 pub mod proctime;
 pub mod project;
@@ -89,6 +90,7 @@ fn constructor(kind: &NodeKind) -> Constructor {
         NodeKind::TopN { .. } => rank::topn::TopNOperator::from_node,
         NodeKind::LookupJoin { .. } => joins::lookup::LookupJoinOperator::from_node,
         NodeKind::Join { .. } => joins::from_node,
+        NodeKind::Limit { .. } => limit::LimitOperator::from_node,
         NodeKind::Sink(_) => sink_from_node,
         NodeKind::Source(_) => |_, _, _| {
             Err(SluiceError::internal(

@@ -552,7 +552,7 @@ impl<'a> Lowerer<'a> {
             LogicalPlan::Sort(_) => Err(SqlError::unsupported(
                 "ORDER BY on an unbounded stream (use a Top-N per window)",
             )),
-            LogicalPlan::Limit(_) => Err(SqlError::unsupported("LIMIT on a stream")),
+            LogicalPlan::Limit(l) => self.limit(l),
             LogicalPlan::Distinct(datafusion_expr::Distinct::All(input)) => {
                 // SELECT DISTINCT (and UNION without ALL): a GROUP BY over every column
                 // without aggregates, an updating result (a row's last copy taken back

@@ -12,6 +12,85 @@ use crate::window_tvf::WINDOW_COLUMNS;
 use super::*;
 
 impl Lowerer<'_> {
+    /// `LIMIT n` on a stream: the first `n` rows to arrive (one subtask sees them all),
+    /// or with `ORDER BY`, the top `n` rows by that order as they change (a Top-N over
+    /// the whole stream, as Flink plans it).
+    pub(crate) fn limit(&mut self, l: &datafusion_expr::logical_plan::Limit) -> Result<Lowered> {
+        use datafusion_expr::logical_plan::{FetchType, SkipType};
+        match l.get_skip_type().map_err(SqlError::datafusion)? {
+            SkipType::Literal(0) => {}
+            _ => return Err(SqlError::unsupported("OFFSET on a stream")),
+        }
+        let fetch = match l.get_fetch_type().map_err(SqlError::datafusion)? {
+            FetchType::Literal(Some(n)) if n > 0 => n,
+            FetchType::Literal(Some(_)) => {
+                return Err(SqlError::new("LIMIT 0 passes no row; give a positive limit"));
+            }
+            _ => return Err(SqlError::new("LIMIT takes a number of rows")),
+        };
+        let LogicalPlan::Sort(sort) = l.input.as_ref() else {
+            if matches!(l.input.as_ref(), LogicalPlan::Projection(p) if matches!(p.input.as_ref(), LogicalPlan::Sort(_)))
+            {
+                return Err(SqlError::unsupported(
+                    "ORDER BY a column the SELECT list leaves out, with LIMIT, on a stream (select that column too)",
+                ));
+            }
+            let input = self.lower(&l.input)?;
+            if input.updating {
+                return Err(SqlError::unsupported(
+                    "LIMIT over an updating result (add ORDER BY … to make it a Top-N)",
+                ));
+            }
+            let node = self.add(&input, NodeKind::Limit { fetch }, 1, None);
+            return Ok(Lowered { node, ..input });
+        };
+        let input = self.lower(&sort.input)?;
+        let input = self.materialize(input)?;
+        let mut order = Vec::new();
+        for s in &sort.expr {
+            let Some(c) = as_column(&resolve(&s.expr, &input.columns)).map(str::to_string) else {
+                return Err(SqlError::unsupported(format!(
+                    "ORDER BY an expression (`{}`) with LIMIT on a stream (order by a column)",
+                    s.expr
+                )));
+            };
+            order.push((c, !s.asc));
+        }
+        let ((order_by, descending), then_by) = order
+            .split_first()
+            .map(|(f, rest)| (f.clone(), rest.to_vec()))
+            .ok_or_else(|| SqlError::new("ORDER BY names no column"))?;
+        let rank = "_rank".to_string();
+        let node = self.add(
+            &input,
+            NodeKind::TopN {
+                partition_by: Vec::new(),
+                order_by,
+                descending,
+                then_by,
+                limit: fetch,
+                rank_column: rank.clone(),
+                ttl_ms: self.state_ttl.map(|d| d.as_millis() as i64),
+                upsert: false,
+            },
+            1,
+            None,
+        );
+        let mut columns = input.columns.clone();
+        columns.push(rank);
+        let ranked = Lowered {
+            node,
+            columns,
+            rowtime: None,
+            window: None,
+            updating: true,
+            window_end: None,
+            window_start: None,
+        };
+        let exprs = input.columns.iter().map(|c| ucol(c)).collect();
+        Ok(self.project(&ranked, exprs, input.columns.clone()))
+    }
+
     /// `WHERE rk <= n` over `RANK() OVER (PARTITION BY window_start, window_end … ORDER BY x)`.
     pub(crate) fn top_n(
         &mut self,
