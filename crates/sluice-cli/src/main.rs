@@ -9,6 +9,7 @@ mod bench;
 mod examples;
 #[cfg(feature = "kafka")]
 mod kafka_bench;
+mod sql_client;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -85,6 +86,17 @@ enum Command {
         /// Parallelism of every operator.
         #[arg(long, short, default_value_t = 1)]
         parallelism: usize,
+    },
+    /// An interactive SQL client, as Flink's: DDL, SHOW TABLES, DESCRIBE, EXPLAIN, SET,
+    /// SELECT with its rows shown as they come (LIMIT n stops after n), INSERT INTO as a
+    /// background job (SHOW JOBS, STOP JOB). Statements end with `;`.
+    Sql {
+        /// A SQL file whose statements run first (tables, settings), then the prompt.
+        #[arg(long, short = 'i')]
+        init: Option<PathBuf>,
+        /// A SQL file whose statements run instead of the prompt.
+        #[arg(long, short = 'f')]
+        file: Option<PathBuf>,
     },
     /// List the built-in example jobs.
     Examples,
@@ -494,15 +506,14 @@ fn run_cli() -> anyhow::Result<()> {
         use tracing_subscriber::prelude::*;
         let traces = verbose(cli.verbose);
         // Each event's fields, but its stack trace only when asked for.
-        let fields = tracing_subscriber::fmt::format::debug_fn(move |w, field, value| {
-            match field.name() {
+        let fields =
+            tracing_subscriber::fmt::format::debug_fn(move |w, field, value| match field.name() {
                 "message" => write!(w, "{value:?}"),
                 "backtrace" if !traces => Ok(()),
                 "backtrace" => write!(w, "\n{value:?}"),
                 name => write!(w, "{name}={value:?}"),
-            }
-        })
-        .delimited(" ");
+            })
+            .delimited(" ");
         let console = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
@@ -552,6 +563,7 @@ fn example_args(events: u64, parallelism: usize, out: PathBuf) -> ExampleArgs {
 
 async fn async_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Sql { init, file } => sql_client::run(init, file).await,
         Command::Examples => {
             for e in examples::EXAMPLES {
                 println!("{:<12} {}", e.name, e.about);

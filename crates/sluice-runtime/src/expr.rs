@@ -65,7 +65,9 @@ pub fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &Batch) -> Result<ArrayRef>
     eval(&batch.data).map_err(|e| {
         // Only on failure: find the row, one at a time.
         let row = (0..batch.num_rows()).find(|&i| eval(&batch.data.slice(i, 1)).is_err());
-        let at = row.map_or(String::new(), |i| format!(" on the row ({})", row_text(batch, i)));
+        let at = row.map_or(String::new(), |i| {
+            format!(" on the row ({})", row_text(batch, i))
+        });
         SluiceError::user(format!("`{}` failed{at}: {}", sql_text(expr), cause(&e)))
     })
 }
@@ -113,9 +115,9 @@ fn cause(e: &datafusion_common::DataFusionError) -> String {
     match e.find_root() {
         datafusion_common::DataFusionError::ArrowError(a, _) => match a.as_ref() {
             ArrowError::DivideByZero => "division by zero".into(),
-            ArrowError::CastError(m) | ArrowError::ComputeError(m) | ArrowError::InvalidArgumentError(m) => {
-                m.clone()
-            }
+            ArrowError::CastError(m)
+            | ArrowError::ComputeError(m)
+            | ArrowError::InvalidArgumentError(m) => m.clone(),
             other => other.to_string(),
         },
         datafusion_common::DataFusionError::Execution(m) => m.clone(),

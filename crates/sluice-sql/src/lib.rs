@@ -56,9 +56,28 @@ pub use settings::Settings;
 
 /// The SQL types a column may be declared with, for "did you mean".
 const TYPE_NAMES: &[&str] = &[
-    "BOOLEAN", "TINYINT", "SMALLINT", "INT", "INTEGER", "BIGINT", "FLOAT", "DOUBLE", "DECIMAL",
-    "STRING", "VARCHAR", "CHAR", "BYTES", "BINARY", "VARBINARY", "DATE", "TIME", "TIMESTAMP",
-    "TIMESTAMP_LTZ", "ARRAY", "MAP", "ROW",
+    "BOOLEAN",
+    "TINYINT",
+    "SMALLINT",
+    "INT",
+    "INTEGER",
+    "BIGINT",
+    "FLOAT",
+    "DOUBLE",
+    "DECIMAL",
+    "STRING",
+    "VARCHAR",
+    "CHAR",
+    "BYTES",
+    "BINARY",
+    "VARBINARY",
+    "DATE",
+    "TIME",
+    "TIMESTAMP",
+    "TIMESTAMP_LTZ",
+    "ARRAY",
+    "MAP",
+    "ROW",
 ];
 
 /// Refuses a column type that is no SQL type at all (`BIGNT`), at the type's name.
@@ -152,6 +171,17 @@ pub struct SqlJob {
     pub explains: Vec<(String, JobPlan)>,
 }
 
+/// A table's or view's columns, as `DESCRIBE` shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Description {
+    /// Name, SQL type, whether it may be NULL.
+    pub columns: Vec<(String, String, bool)>,
+    /// `PRIMARY KEY (…) NOT ENFORCED` columns.
+    pub primary_key: Vec<String>,
+    /// The watermark (or processing time) declared, as SQL.
+    pub watermark: Option<String>,
+}
+
 /// Plans SQL scripts against a catalog of tables and views.
 pub struct SqlContext {
     registry: ConnectorRegistry,
@@ -203,6 +233,75 @@ impl SqlContext {
     /// Settings made with `SET` so far.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The tables and views declared so far, sorted by name: (name, whether a view).
+    pub fn table_names(&self) -> Vec<(String, bool)> {
+        let mut names: Vec<(String, bool)> = self
+            .catalog
+            .iter()
+            .map(|(n, e)| (n.clone(), matches!(e, Entry::View(_))))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// What `DESCRIBE name` shows: the columns a query of it sees (name, SQL type,
+    /// nullable), with its primary key and watermark.
+    pub fn describe(&self, name: &str) -> Result<Description> {
+        let key = name.trim().trim_matches('`').to_string();
+        let Some(entry) = self.catalog.get(&key).or_else(|| {
+            self.catalog
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(&key))
+                .map(|(_, e)| e)
+        }) else {
+            let hint = error::closest(&key, self.catalog.keys().map(String::as_str))
+                .map(|t| format!("; did you mean `{t}`?"))
+                .unwrap_or_default();
+            return Err(SqlError::new(format!(
+                "table or view `{key}` does not exist{hint}"
+            )));
+        };
+        let (schema, primary_key, watermark) = match entry {
+            Entry::View(plan) => (plan.schema().as_arrow().clone(), Vec::new(), None),
+            Entry::Table(def) => {
+                let q = format!("SELECT * FROM `{}`", def.name);
+                let stmt = parse_one(&q, Pos::default())?;
+                let Statement::Query(query) = stmt else {
+                    return Err(SqlError::new("not a query"));
+                };
+                let plan = self.plan_query(*query, Pos::default())?;
+                let watermark = match &def.time {
+                    TimeAttribute::EventTime { column, delay } => Some(format!(
+                        "`{column}` - INTERVAL '{}' SECOND",
+                        delay.as_secs_f64()
+                    )),
+                    TimeAttribute::ProcTime { column } => Some(format!("`{column}` AS PROCTIME()")),
+                    TimeAttribute::ConnectorDefault => None,
+                };
+                (
+                    plan.schema().as_arrow().clone(),
+                    def.primary_key.clone(),
+                    watermark,
+                )
+            }
+        };
+        Ok(Description {
+            columns: schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    (
+                        f.name().clone(),
+                        types::sql_type(f.data_type()),
+                        f.is_nullable(),
+                    )
+                })
+                .collect(),
+            primary_key,
+            watermark,
+        })
     }
 
     /// Applies a setting as `SET 'key' = 'value'` would.
@@ -273,7 +372,13 @@ impl SqlContext {
                             self.finish(&mut p);
                             job.explains.push((statement.to_string(), p));
                         }
-                        other => self.run_statement(other, pos, extras, &mut plan, &mut sources)?,
+                        other => self.run_statement(
+                            other,
+                            pos,
+                            extras.map(|e| *e),
+                            &mut plan,
+                            &mut sources,
+                        )?,
                     }
                 }
             }
@@ -452,20 +557,20 @@ impl SqlContext {
     ) -> Result<()> {
         // Where each column of a plain SELECT is written, to point at a wrong one.
         let columns: Vec<(Pos, String)> = match query.body.as_ref() {
-            SetExpr::Select(s) => s
-                .projection
-                .iter()
-                .map(|item| {
-                    use datafusion_sql::sqlparser::ast::SelectItem;
-                    let text = match item {
-                        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
-                            e.to_string()
-                        }
-                        other => other.to_string(),
-                    };
-                    (Pos::from(item.span().start), text)
-                })
-                .collect(),
+            SetExpr::Select(s) => {
+                s.projection
+                    .iter()
+                    .map(|item| {
+                        use datafusion_sql::sqlparser::ast::SelectItem;
+                        let text = match item {
+                            SelectItem::UnnamedExpr(e)
+                            | SelectItem::ExprWithAlias { expr: e, .. } => e.to_string(),
+                            other => other.to_string(),
+                        };
+                        (Pos::from(item.span().start), text)
+                    })
+                    .collect()
+            }
             _ => Vec::new(),
         };
         let logical = self.plan_query(query, pos)?;

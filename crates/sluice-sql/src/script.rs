@@ -103,7 +103,7 @@ pub enum RawStatement {
         /// Where the statement began.
         pos: Pos,
         /// Extras of a `CREATE TABLE`.
-        extras: Option<TableExtras>,
+        extras: Option<Box<TableExtras>>,
         /// Where tables read with `FOR SYSTEM_TIME AS OF …` (lookup tables) are named.
         lookups: Vec<Pos>,
     },
@@ -522,7 +522,7 @@ fn preprocess(script: &str, lines: &Lines<'_>, s: Stmt<'_>) -> Result<RawStateme
     Ok(RawStatement::Sql {
         text,
         pos,
-        extras,
+        extras: extras.map(Box::new),
         lookups,
     })
 }

@@ -12,3 +12,4 @@ mod files;
 mod kafka;
 mod server;
 mod sql;
+mod sql_client;

@@ -24,7 +24,9 @@ impl Lowerer<'_> {
         let fetch = match l.get_fetch_type().map_err(SqlError::datafusion)? {
             FetchType::Literal(Some(n)) if n > 0 => n,
             FetchType::Literal(Some(_)) => {
-                return Err(SqlError::new("LIMIT 0 passes no row; give a positive limit"));
+                return Err(SqlError::new(
+                    "LIMIT 0 passes no row; give a positive limit",
+                ));
             }
             _ => return Err(SqlError::new("LIMIT takes a number of rows")),
         };
@@ -37,8 +39,8 @@ impl Lowerer<'_> {
             }
             let input = self.lower(&l.input)?;
             if input.updating {
-                return Err(SqlError::unsupported(
-                    "LIMIT over an updating result (add ORDER BY … to make it a Top-N)",
+                return Err(SqlError::new(
+                    "LIMIT over an updating result is not supported: add ORDER BY … to make it a Top-N",
                 ));
             }
             let node = self.add(&input, NodeKind::Limit { fetch }, 1, None);

@@ -1,0 +1,149 @@
+//! `sluice sql` at a terminal: a pseudo-terminal (Python's `pty`) types statements as a
+//! person would, and what the terminal shows is checked.
+
+use std::process::Command;
+
+/// Types `lines` into `sluice sql` at a terminal; returns what it showed.
+fn at_a_terminal(lines: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/pty_session.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg("Sluice SQL> |          > ")
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .arg("sql")
+        .arg("--")
+        .args(lines)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap_or_else(|e| panic!("python3 is needed to drive a terminal ({e}); install it"));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    shown
+}
+
+/// What the terminal showed after the typed line that starts with `typed`, up to the next.
+fn answer<'a>(shown: &'a str, typed: &str) -> &'a str {
+    let start = shown
+        .find(&format!(">>> {typed}"))
+        .unwrap_or_else(|| panic!("`{typed}` was never typed: {shown}"));
+    let rest = &shown[start + 4..];
+    let rest = &rest[rest.find('\n').map_or(rest.len(), |i| i + 1)..];
+    &rest[..rest.find("\n>>> ").unwrap_or(rest.len())]
+}
+
+#[test]
+fn the_sql_client_creates_shows_describes_and_peeks_at_a_terminal() {
+    let shown = at_a_terminal(&[
+        "CREATE TABLE bid (",
+        "  auction BIGINT, price BIGINT, date_time TIMESTAMP(3),",
+        "  WATERMARK FOR date_time AS date_time - INTERVAL '2' SECOND",
+        ") WITH ('connector' = 'nexmark', 'table' = 'bid', 'rate-limit' = '500');",
+        "SHOW TABLES;",
+        "DESCRIBE bid;",
+        "SELECT auction, price FROM bid LIMIT 3;",
+        "SELECT nope FROM bid;",
+        "QUIT;",
+    ]);
+    assert!(
+        answer(&shown, ") WITH").contains("[INFO] Execute statement succeeded."),
+        "{shown}"
+    );
+    let tables = answer(&shown, "SHOW TABLES");
+    assert!(
+        tables.contains("| table name |") && tables.contains("|        bid |"),
+        "{tables}"
+    );
+    assert!(tables.contains("1 row in set"), "{tables}");
+    let described = answer(&shown, "DESCRIBE bid");
+    for column in [
+        "auction | BIGINT",
+        "price | BIGINT",
+        "date_time | TIMESTAMP(3)",
+    ] {
+        assert!(
+            described.lines().any(|l| l
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .contains(column)),
+            "{column}: {described}"
+        );
+    }
+    assert!(
+        described.contains("`date_time` - INTERVAL '2' SECOND"),
+        "{described}"
+    );
+    let peeked = answer(&shown, "SELECT auction, price FROM bid LIMIT 3");
+    let rows: Vec<&str> = peeked.lines().filter(|l| l.starts_with("| +I |")).collect();
+    assert_eq!(rows.len(), 3, "{peeked}");
+    assert!(peeked.contains("Received a total of 3 rows"), "{peeked}");
+    // The prompt came back after the rows: the next statement ran.
+    let wrong = answer(&shown, "SELECT nope");
+    assert!(
+        wrong.contains("[ERROR] Could not execute SQL statement")
+            && wrong.contains("line 1, column 8: No field named nope"),
+        "{wrong}"
+    );
+    assert!(answer(&shown, "QUIT").contains("Goodbye."), "{shown}");
+}
+
+/// An updating query over an unbounded input shows its changes as they come; Ctrl-C stops
+/// the query, not the client; an INSERT runs as a background job that SHOW JOBS lists and
+/// STOP JOB stops.
+#[test]
+fn ctrl_c_stops_a_query_and_inserts_run_as_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let create_sink = format!(
+        "CREATE TABLE sink (auction BIGINT, price BIGINT) WITH ('connector' = 'filesystem', 'path' = '{}', 'format' = 'json');",
+        out.display()
+    );
+    let shown = at_a_terminal(&[
+        "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'rate-limit' = '200');",
+        "SELECT auction, COUNT(*) AS n FROM bid GROUP BY auction;\t| +U |",
+        "^C",
+        &create_sink,
+        "INSERT INTO sink SELECT auction, price FROM bid;",
+        "SHOW JOBS;",
+        // Meanwhile the job reads on.
+        "SELECT auction FROM bid LIMIT 40;",
+        "STOP JOB '1' WITH DRAIN;",
+        "SHOW JOBS;",
+        "QUIT;",
+    ]);
+    let changes = answer(&shown, "SELECT auction, COUNT(*)");
+    assert!(
+        changes.contains("| op |") && changes.contains("| +I |"),
+        "{changes}"
+    );
+    assert!(
+        changes.contains("| -U |") && changes.contains("| +U |"),
+        "{changes}"
+    );
+    assert!(
+        answer(&shown, "^C").contains("Query stopped (Ctrl-C)"),
+        "{shown}"
+    );
+    assert!(
+        answer(&shown, "INSERT INTO sink").contains("submitted as job 1"),
+        "{shown}"
+    );
+    let jobs = answer(&shown, "SHOW JOBS");
+    assert!(
+        jobs.contains("insert-into_sink") && jobs.contains("RUNNING"),
+        "{jobs}"
+    );
+    assert!(
+        answer(&shown, "STOP JOB").contains("Stopped job 1"),
+        "{shown}"
+    );
+    let after = &shown[shown.rfind(">>> SHOW JOBS").unwrap()..];
+    assert!(after.contains("FINISHED"), "{after}");
+    // Drained: what the job read is in its output, published.
+    let written = crate::support::committed_lines(&out);
+    assert!(!written.is_empty(), "{shown}");
+}
