@@ -254,9 +254,14 @@ struct CheckpointArgs {
     #[arg(long)]
     delivery: Option<sluice::plan::DeliveryGuarantee>,
     /// Start from `latest` (the newest complete checkpoint in the checkpoint directory)
-    /// or from a checkpoint or savepoint directory.
+    /// or from a checkpoint or savepoint directory. `latest` with no complete checkpoint
+    /// there fails, unless `--fresh-if-none`.
     #[arg(long)]
     from_checkpoint: Option<String>,
+    /// With `--from-checkpoint latest`: start from the beginning of the input when there
+    /// is no complete checkpoint yet (a first run, or a job run again and again).
+    #[arg(long, requires = "from_checkpoint")]
+    fresh_if_none: bool,
     /// On Ctrl-C take a savepoint and stop (resume from it later).
     #[arg(long)]
     stop_with_savepoint: bool,
@@ -644,6 +649,25 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             checkpoints.apply(&pipeline);
+            if checkpoints.from_checkpoint.as_deref() == Some("latest")
+                && !checkpoints.fresh_if_none
+            {
+                // Nothing to resume from is a mistake (a misspelled directory) unless
+                // asked for.
+                let plan = pipeline.plan()?;
+                let dir = plan
+                    .config
+                    .checkpoint
+                    .dir
+                    .clone()
+                    .unwrap_or_else(|| format!("sluice-checkpoints/{}", plan.name));
+                let storage = sluice::runtime::checkpoint::CheckpointStorage::open(&dir)?;
+                if storage.latest("chk").await?.is_none() {
+                    bail!(
+                        "--from-checkpoint latest: no complete checkpoint in {dir}, nothing to resume from; check the directory, or add --fresh-if-none to start from the beginning when there is none"
+                    );
+                }
+            }
             // The running attempt's metrics and stop handle (a restart replaces them).
             let current: Current = Arc::new(Mutex::new(None));
             let savepoint = checkpoints.stop_with_savepoint;
@@ -715,7 +739,19 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     // nothing starts from the beginning of its input.
                     match (h.metrics().checkpoints.restored.get(), &fresh_note) {
                         (Some(r), _) => {
-                            eprintln!("resumed from {} {} at {}", r.kind, r.epoch, r.location)
+                            eprintln!("resumed from {} {} at {}", r.kind, r.epoch, r.location);
+                            const SHOWN: usize = 8;
+                            for (source, split, at) in r.positions.iter().take(SHOWN) {
+                                eprintln!("  {source}: {split} at {at}");
+                            }
+                            if r.positions.len() > SHOWN {
+                                eprintln!("  … and {} more splits", r.positions.len() - SHOWN);
+                            }
+                            if r.kind == "final" {
+                                eprintln!(
+                                    "the job had finished: its final checkpoint has every source at its end, so there is nothing more to read or write"
+                                );
+                            }
                         }
                         (None, Some(note)) => eprintln!("{note}"),
                         (None, None) => {}

@@ -543,6 +543,22 @@ impl PreparedJob {
                 epoch: r.manifest.epoch,
                 kind: r.manifest.kind.clone(),
                 location: r.location.clone(),
+                positions: r
+                    .manifest
+                    .subtasks
+                    .iter()
+                    .flat_map(|e| {
+                        let node = r
+                            .manifest
+                            .nodes
+                            .iter()
+                            .find(|n| n.id == e.node)
+                            .map_or_else(|| e.node.to_string(), |n| n.name.clone());
+                        e.positions
+                            .iter()
+                            .map(move |p| (node.clone(), p.split.clone(), p.position.to_string()))
+                    })
+                    .collect(),
             });
         }
         let first_epoch = match &checkpoints {

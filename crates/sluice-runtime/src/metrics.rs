@@ -353,6 +353,9 @@ pub struct RestoredFrom {
     pub kind: String,
     /// Where it is.
     pub location: String,
+    /// Where each source split resumes: (source, split, position as the connector
+    /// records it, e.g. `{"offset":1234,"line":56}` or `"done"`).
+    pub positions: Vec<(String, String, String)>,
 }
 
 /// Checkpoints kept in the history.

@@ -71,7 +71,7 @@ fn job(input: &Path, out: &Path, extra: &[&str]) -> Command {
 
 /// The arguments of a job that checkpoints every 100 ms into `checkpoints` and resumes
 /// from the latest one, its sources paced at 20 000 rows per second.
-fn checkpointed<'a>(checkpoints: &'a Path, delivery: &'a str) -> [&'a str; 10] {
+fn checkpointed<'a>(checkpoints: &'a Path, delivery: &'a str) -> [&'a str; 11] {
     [
         "--rows-per-second",
         "20000",
@@ -83,6 +83,7 @@ fn checkpointed<'a>(checkpoints: &'a Path, delivery: &'a str) -> [&'a str; 10] {
         delivery,
         "--from-checkpoint",
         "latest",
+        "--fresh-if-none",
     ]
 }
 
@@ -154,6 +155,59 @@ async fn checkpoints_go_on_after_a_subtask_finished_and_restores_stay_exact() {
     let got = committed_lines(&out.join("windowed-file"));
     assert_eq!(got.len(), expected.len(), "rows lost or duplicated");
     assert!(got == expected, "output differs after {kills} kills");
+}
+
+/// `--from-checkpoint latest` with nothing to resume from fails (a misspelled directory
+/// shows at once) unless `--fresh-if-none`; a resumed run says what it restored, where
+/// each source split resumes, and, for a job that had finished, that nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_says_what_it_restored_and_latest_needs_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), 5_000).await;
+    let out = dir.path().join("out");
+    let checkpoints = dir.path().join("checkpoints");
+    let latest = [
+        "--checkpoint-dir",
+        checkpoints.to_str().unwrap(),
+        "--from-checkpoint",
+        "latest",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = latest.to_vec();
+        args.extend(extra);
+        job(&input, &out, &args).output().unwrap()
+    };
+    let refused = run(&[]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(
+        err.contains("no complete checkpoint in") && err.contains("--fresh-if-none"),
+        "{err}"
+    );
+    assert!(committed_lines(&out.join("windowed-file")).is_empty());
+
+    let fresh = run(&["--fresh-if-none"]);
+    let err = String::from_utf8_lossy(&fresh.stderr);
+    assert!(fresh.status.success(), "{err}");
+    assert!(err.contains("no completed checkpoint in"), "{err}");
+    let written = committed_lines(&out.join("windowed-file"));
+    assert!(!written.is_empty());
+
+    // Again: the job's final checkpoint is there.
+    let again = run(&[]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    assert!(err.contains("resumed from final "), "{err}");
+    for part in ["part-0", "part-1"] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("  ") && l.contains(part) && l.contains("done")),
+            "where {part} resumes: {err}"
+        );
+    }
+    assert!(err.contains("the job had finished"), "{err}");
+    assert_eq!(rows_in_and_out(&err), (0, 0), "{err}");
+    assert!(committed_lines(&out.join("windowed-file")) == written);
 }
 
 /// Ctrl-C cancels, as Flink's cancel does: the job stops where it is and its open window

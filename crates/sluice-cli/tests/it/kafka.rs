@@ -364,6 +364,7 @@ async fn at_least_once_sink_through_repeated_sigkill_loses_nothing() {
         "exactly-once",
         "--from-checkpoint",
         "latest",
+        "--fresh-if-none",
     ];
     // Aligned checkpoints (the job's default) with an at-least-once sink: after each
     // kill the sink may write again what it wrote since the last checkpoint.
@@ -422,6 +423,7 @@ async fn exactly_once_through_repeated_sigkill() {
         "exactly-once",
         "--from-checkpoint",
         "latest",
+        "--fresh-if-none",
     ];
     // Random moments, and every third kill the instant a checkpoint completes (before or
     // while the sink commits its transaction).
