@@ -63,10 +63,10 @@ fn file_bid_schema() -> arrow::datatypes::SchemaRef {
 /// The built-in examples. The first is the default main job.
 pub const EXAMPLES: &[Example] = &[
     Example {
-        name: "hot-items",
+        name: "bids-per-auction",
         about: "Nexmark bids over $10, counted per auction (running aggregate), written as a Debezium JSON changelog",
         build: |a| {
-            let p = Pipeline::new("hot-items");
+            let p = Pipeline::new("bids-per-auction");
             p.parallelism(a.parallelism);
             bids(&p, a)
                 .filter(col("price").gt(lit(1_000)))
@@ -76,7 +76,7 @@ pub const EXAMPLES: &[Example] = &[
                     max(col("price")).alias("top_price"),
                     avg(col("price")).alias("avg_price"),
                 ])
-                .sink(FileSink::debezium_json(a.out_dir.join("hot-items")));
+                .sink(FileSink::debezium_json(a.out_dir.join("bids-per-auction")));
             p
         },
     },

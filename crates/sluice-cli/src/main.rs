@@ -45,27 +45,32 @@ enum Command {
     /// Run a job in this process until its input ends (or Ctrl-C stops it cleanly):
     /// a SQL script, or a built-in example.
     Run {
-        /// A SQL script (`.sql`): its INSERT INTO and SELECT statements run as one job.
-        script: Option<PathBuf>,
-        /// A built-in example job (see `sluice examples`).
-        #[arg(long, default_value = "hot-items")]
-        example: String,
-        /// Nexmark events to generate; 0 for an unbounded stream.
-        #[arg(long, default_value_t = 10_000_000)]
-        events: u64,
+        /// SQL scripts (`.sql`), planned in order as one session (`tables.sql q5.sql`):
+        /// their INSERT INTO and SELECT statements run as one job.
+        scripts: Vec<PathBuf>,
+        /// A built-in example job instead of scripts (see `sluice examples`; default
+        /// bids-per-auction).
+        #[arg(long)]
+        example: Option<String>,
+        /// Examples: Nexmark events to generate (10 000 000); 0 for an unbounded stream.
+        /// A script sets its sources in its CREATE TABLE ('events.num').
+        #[arg(long)]
+        events: Option<u64>,
         /// Parallelism of every operator (a script's `SET 'parallelism.default'` wins).
         #[arg(long, short)]
         parallelism: Option<usize>,
-        /// Directory for examples that write files.
-        #[arg(long, default_value = "sluice-out")]
-        out: PathBuf,
+        /// Examples: the directory they write files into (sluice-out). A script names
+        /// its sinks' paths in its CREATE TABLE.
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// No progress line.
         #[arg(long)]
         quiet: bool,
-        /// Rows per wall-clock second the sources deliver (default: as fast as possible).
+        /// Examples: rows per wall-clock second the sources deliver (as fast as possible
+        /// by default). A script sets 'rows-per-second' or 'rate-limit' on its tables.
         #[arg(long)]
         rows_per_second: Option<f64>,
-        /// Input files (or a directory) for examples that read files.
+        /// Examples: input files (or a directory) for those that read files.
         #[arg(long)]
         input: Option<PathBuf>,
         #[command(flatten)]
@@ -73,15 +78,15 @@ enum Command {
     },
     /// Print a job's dataflow graph: tasks, chaining, parallelism, edges.
     Explain {
-        /// A SQL script.
-        script: Option<PathBuf>,
+        /// SQL scripts, planned in order as one session.
+        scripts: Vec<PathBuf>,
         /// A job running on a server (see `--server`) instead of a script.
-        #[arg(long, conflicts_with = "script")]
+        #[arg(long, conflicts_with = "scripts")]
         job: Option<u64>,
         #[command(flatten)]
         server: ServerArgs,
         /// A built-in example job.
-        #[arg(long, default_value = "hot-items")]
+        #[arg(long, default_value = DEFAULT_EXAMPLE, conflicts_with = "scripts")]
         example: String,
         /// Parallelism of every operator.
         #[arg(long, short, default_value_t = 1)]
@@ -585,11 +590,11 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Explain {
-            script: Some(path),
+            scripts,
             parallelism,
             ..
-        } => {
-            let job = plan_script(&path, Some(parallelism))?;
+        } if !scripts.is_empty() => {
+            let job = plan_scripts(&scripts, Some(parallelism))?;
             for (stmt, plan) in job.explains {
                 println!("EXPLAIN {stmt}");
                 print!("{}", sluice::Pipeline::from_plan(plan).explain()?);
@@ -600,7 +605,6 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Explain {
-            script: None,
             example,
             parallelism,
             ..
@@ -611,7 +615,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run {
-            script,
+            scripts,
             example,
             events,
             parallelism,
@@ -621,11 +625,25 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             input,
             checkpoints,
         } => {
+            if !scripts.is_empty() {
+                // Flags for the built-in examples mean nothing to a script: refuse them
+                // rather than ignore them.
+                let given = [
+                    (example.is_some(), "--example runs a built-in example instead of a script"),
+                    (events.is_some(), "--events sizes the built-in examples' generator; a script sets its tables' sizes in CREATE TABLE (the nexmark connector's 'events.num')"),
+                    (out.is_some(), "--out is where the built-in examples write; a script names its sinks' paths in CREATE TABLE ('path')"),
+                    (rows_per_second.is_some(), "--rows-per-second paces the built-in examples; a script paces its tables in CREATE TABLE ('rows-per-second' for files, 'rate-limit' for nexmark)"),
+                    (input.is_some(), "--input is what the built-in examples read; a script names its tables' paths in CREATE TABLE ('path')"),
+                ];
+                if let Some((_, why)) = given.iter().find(|(g, _)| *g) {
+                    bail!("{why}");
+                }
+            }
             // A `SELECT … LIMIT n` ends once its n rows are written.
             let mut row_limit = None;
-            let (pipeline, out_hint) = match &script {
-                Some(path) => {
-                    let job = plan_script(path, parallelism)?;
+            let (pipeline, out_hint) = match scripts.is_empty() {
+                false => {
+                    let job = plan_scripts(&scripts, parallelism)?;
                     for (stmt, plan) in job.explains {
                         println!("EXPLAIN {stmt}");
                         print!("{}", sluice::Pipeline::from_plan(plan).explain()?);
@@ -638,13 +656,18 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                         None => return Ok(()),
                     }
                 }
-                None => {
-                    let ex = find_example(&example)?;
-                    let mut args = example_args(events, parallelism.unwrap_or(1), out.clone());
+                true => {
+                    let ex = find_example(example.as_deref().unwrap_or(DEFAULT_EXAMPLE))?;
+                    let out = out.unwrap_or_else(|| "sluice-out".into());
+                    let mut args = example_args(
+                        events.unwrap_or(10_000_000),
+                        parallelism.unwrap_or(1),
+                        out.clone(),
+                    );
                     args.rows_per_second = rows_per_second;
                     args.input = input;
-                    let hint =
-                        matches!(ex.name, "hot-items" | "windowed-file").then(|| out.join(ex.name));
+                    let hint = matches!(ex.name, "bids-per-auction" | "windowed-file")
+                        .then(|| out.join(ex.name));
                     ((ex.build)(&args), hint)
                 }
             };
@@ -1085,30 +1108,58 @@ fn chrono_like(ms: i64) -> String {
     )
 }
 
-/// Plans a SQL script file; `-p` becomes the default parallelism.
-fn plan_script(
-    path: &std::path::Path,
+/// The example `sluice run` runs without a script.
+const DEFAULT_EXAMPLE: &str = "bids-per-auction";
+
+/// Plans SQL script files in order, as one session (the tables of one are there for the
+/// next); `-p` becomes the default parallelism. The job is named after the last file.
+/// One file at most may hold INSERT INTO or SELECT statements.
+fn plan_scripts(
+    paths: &[PathBuf],
     parallelism: Option<usize>,
 ) -> anyhow::Result<sluice::sql::SqlJob> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let p = parallelism.map(|p| p.to_string());
-    let mut settings = vec![];
-    if let Some(p) = &p {
-        settings.push(("parallelism.default", p.as_str()));
-    }
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "sql".into());
-    settings.push(("pipeline.name", stem.as_str()));
     let mut ctx = sluice::sql_context(sluice::connectors::registry());
-    for (k, v) in settings {
-        ctx.set(k, v)
-            .map_err(|e| anyhow::anyhow!(sql_error(path, &text, &e)))?;
+    if let Some(p) = parallelism {
+        ctx.set("parallelism.default", &p.to_string())?;
     }
-    ctx.plan_script(&text)
-        .map_err(|e| anyhow::anyhow!(sql_error(path, &text, &e)))
+    let mut job = sluice::sql::SqlJob::default();
+    let mut planned_in: Option<&PathBuf> = None;
+    for path in paths {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "sql".into());
+        ctx.set("pipeline.name", &stem)?;
+        let next = ctx.plan_script(&text).map_err(|e| {
+            let mut said = sql_error(path, &text, &e);
+            // A query file next to the file that declares its tables.
+            let tables = path.with_file_name("tables.sql");
+            if e.message.contains("does not exist") && tables.is_file() && !paths.contains(&tables) {
+                said.push_str(&format!(
+                    "\nhint: {} declares tables; run it first: sluice run {} {}",
+                    tables.display(),
+                    tables.display(),
+                    path.display()
+                ));
+            }
+            anyhow::anyhow!(said)
+        })?;
+        job.explains.extend(next.explains);
+        if let Some(plan) = next.plan {
+            if let Some(first) = planned_in {
+                bail!(
+                    "{} and {} both hold INSERT INTO or SELECT statements; put them in one file (or in a statement set) to run them as one job",
+                    first.display(),
+                    path.display()
+                );
+            }
+            planned_in = Some(path);
+            job.plan = Some(plan);
+        }
+    }
+    Ok(job)
 }
 
 /// A SQL error as compilers write theirs: `file:line:column: message`, then the line

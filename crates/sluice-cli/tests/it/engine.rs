@@ -341,7 +341,7 @@ fn the_cli_runs_a_bounded_job_and_exits_zero() {
         .args([
             "run",
             "--example",
-            "hot-items",
+            "bids-per-auction",
             "--events",
             "20000",
             "--quiet",
@@ -351,9 +351,68 @@ fn the_cli_runs_a_bounded_job_and_exits_zero() {
         .status()
         .unwrap();
     assert!(status.success());
-    let text = std::fs::read_to_string(out.path().join("hot-items/part-0.jsonl")).unwrap();
+    let text = std::fs::read_to_string(out.path().join("bids-per-auction/part-0.jsonl")).unwrap();
     assert!(text.lines().count() > 10);
     assert!(text.contains("\"bids\":"));
+
+    // A script's job takes no example flags: each is refused with what to do instead.
+    let script = out.path().join("job.sql");
+    std::fs::write(
+        &script,
+        "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '10');
+         CREATE TABLE sink (auction BIGINT) WITH ('connector' = 'blackhole');
+         INSERT INTO sink SELECT auction FROM bid;",
+    )
+    .unwrap();
+    for (flag, value, says) in [
+        ("--events", "5", "'events.num'"),
+        ("--rows-per-second", "5", "'rows-per-second'"),
+        ("--out", "x", "'path'"),
+        ("--input", "x", "'path'"),
+        ("--example", "q0", "instead of a script"),
+    ] {
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("run")
+            .arg(&script)
+            .args([flag, value])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success() && err.contains(says), "{flag}: {err}");
+    }
+    // Several files plan as one session: the tables of one serve the next.
+    let tables = out.path().join("tables.sql");
+    std::fs::write(
+        &tables,
+        "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '100');",
+    )
+    .unwrap();
+    let query = out.path().join("query.sql");
+    std::fs::write(
+        &query,
+        "CREATE TABLE sink (auction BIGINT) WITH ('connector' = 'blackhole');
+         INSERT INTO sink SELECT auction FROM bid;",
+    )
+    .unwrap();
+    let alone = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(&query)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&alone.stderr);
+    assert!(
+        !alone.status.success() && err.contains("tables.sql declares tables; run it first"),
+        "{err}"
+    );
+    let both = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--quiet"])
+        .arg(&tables)
+        .arg(&query)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&both.stderr);
+    assert!(both.status.success(), "{err}");
+    assert!(err.contains("done: 92 rows in, 92 rows out"), "{err}");
 
     let bench = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([
