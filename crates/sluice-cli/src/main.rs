@@ -191,13 +191,20 @@ enum Command {
     },
     /// List a server's jobs.
     List {
+        /// The server's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Show one job of a server: status, graph, per-operator metrics.
+    /// Show one job of a server: status, counts, checkpoints, per-operator metrics, the
+    /// last failure.
     Status {
         /// The job id.
         id: u64,
+        /// The server's JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -629,11 +636,26 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 // Flags for the built-in examples mean nothing to a script: refuse them
                 // rather than ignore them.
                 let given = [
-                    (example.is_some(), "--example runs a built-in example instead of a script"),
-                    (events.is_some(), "--events sizes the built-in examples' generator; a script sets its tables' sizes in CREATE TABLE (the nexmark connector's 'events.num')"),
-                    (out.is_some(), "--out is where the built-in examples write; a script names its sinks' paths in CREATE TABLE ('path')"),
-                    (rows_per_second.is_some(), "--rows-per-second paces the built-in examples; a script paces its tables in CREATE TABLE ('rows-per-second' for files, 'rate-limit' for nexmark)"),
-                    (input.is_some(), "--input is what the built-in examples read; a script names its tables' paths in CREATE TABLE ('path')"),
+                    (
+                        example.is_some(),
+                        "--example runs a built-in example instead of a script",
+                    ),
+                    (
+                        events.is_some(),
+                        "--events sizes the built-in examples' generator; a script sets its tables' sizes in CREATE TABLE (the nexmark connector's 'events.num')",
+                    ),
+                    (
+                        out.is_some(),
+                        "--out is where the built-in examples write; a script names its sinks' paths in CREATE TABLE ('path')",
+                    ),
+                    (
+                        rows_per_second.is_some(),
+                        "--rows-per-second paces the built-in examples; a script paces its tables in CREATE TABLE ('rows-per-second' for files, 'rate-limit' for nexmark)",
+                    ),
+                    (
+                        input.is_some(),
+                        "--input is what the built-in examples read; a script names its tables' paths in CREATE TABLE ('path')",
+                    ),
                 ];
                 if let Some((_, why)) = given.iter().find(|(g, _)| *g) {
                     bail!("{why}");
@@ -979,23 +1001,52 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             println!("{}", v["id"]);
             Ok(())
         }
-        Command::List { server } => {
+        Command::List { json, server } => {
             let v = server.call("GET", "/api/jobs", None)?;
-            for j in v.as_array().into_iter().flatten() {
-                println!(
-                    "{:>5}  {:<10} {:<30} in {:>12}  out {:>12}",
-                    j["id"],
-                    j["status"].as_str().unwrap_or(""),
-                    j["name"].as_str().unwrap_or(""),
-                    j["source_records"],
-                    j["sink_records"]
-                );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
             }
+            let rows: Vec<Vec<String>> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|j| {
+                    vec![
+                        j["id"].to_string(),
+                        text(&j["name"]),
+                        text(&j["status"]),
+                        j["source_records"].to_string(),
+                        j["sink_records"].to_string(),
+                        j["restarts"].to_string(),
+                        j["submitted_ms"].as_i64().map(utc).unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                columns(
+                    &[
+                        "ID",
+                        "NAME",
+                        "STATUS",
+                        "ROWS IN",
+                        "ROWS OUT",
+                        "RESTARTS",
+                        "SUBMITTED (UTC)"
+                    ],
+                    &rows
+                )
+            );
             Ok(())
         }
-        Command::Status { id, server } => {
+        Command::Status { id, json, server } => {
             let v = server.call("GET", &format!("/api/jobs/{id}"), None)?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", job_status(&v));
+            }
             Ok(())
         }
         Command::Savepoint { id, stop, server } => {
@@ -1108,6 +1159,133 @@ fn chrono_like(ms: i64) -> String {
     )
 }
 
+/// A JSON string's text (empty for anything else).
+fn text(v: &serde_json::Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+/// Epoch milliseconds as `2026-12-06 10:00:05` (UTC).
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since the epoch to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// Rows under a header, each column as wide as its widest cell (numbers to the right).
+fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let numeric: Vec<bool> = (0..header.len())
+        .map(|i| {
+            !rows.is_empty()
+                && rows.iter().all(|r| {
+                    r[i].chars()
+                        .all(|c| c.is_ascii_digit() || c == '.' || c == '-')
+                })
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let cells: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match numeric[i] {
+                true => format!("{c:>w$}", w = widths[i]),
+                false => format!("{c:<w$}", w = widths[i]),
+            })
+            .collect();
+        format!("{}\n", cells.join("  ").trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// A job's detail as a person reads it.
+fn job_status(v: &serde_json::Value) -> String {
+    let ms = |x: &serde_json::Value| x.as_f64().map_or("-".to_string(), |m| format!("{m:.1} ms"));
+    let mut out = format!(
+        "job {}  {}  {}  (restarts {})\n",
+        v["id"],
+        text(&v["name"]),
+        text(&v["status"]),
+        v["restarts"]
+    );
+    if let Some(t) = v["submitted_ms"].as_i64() {
+        out.push_str(&format!("submitted {} UTC\n", utc(t)));
+    }
+    out.push_str(&format!(
+        "rows in {}  rows out {}  checkpoints {} completed, {} failed\n",
+        v["source_records"],
+        v["sink_records"],
+        v["checkpoints"]["completed"],
+        v["checkpoints"]["failed"]
+    ));
+    if let Some(e) = v["error"].as_str() {
+        out.push_str(&format!("error: {e}\n"));
+    }
+    let rows: Vec<Vec<String>> = v["operators"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| {
+            vec![
+                o["id"].to_string(),
+                text(&o["name"]),
+                o["parallelism"].to_string(),
+                o["records_in"].to_string(),
+                o["records_out"].to_string(),
+                o["busy_ms"].to_string(),
+                o["backpressured_ms"].to_string(),
+                o["watermark_ms"]
+                    .as_i64()
+                    .map(utc)
+                    .unwrap_or_else(|| "-".into()),
+                ms(&o["latency_p99_ms"]),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&columns(
+        &[
+            "ID",
+            "OPERATOR",
+            "P",
+            "IN",
+            "OUT",
+            "BUSY MS",
+            "BACKPRESSURE MS",
+            "WATERMARK (UTC)",
+            "P99 LATENCY",
+        ],
+        &rows,
+    ));
+    for a in v["alerts"].as_array().into_iter().flatten() {
+        out.push_str(&format!("alert: {}\n", a));
+    }
+    out
+}
+
 /// The example `sluice run` runs without a script.
 const DEFAULT_EXAMPLE: &str = "bids-per-auction";
 
@@ -1125,8 +1303,8 @@ fn plan_scripts(
     let mut job = sluice::sql::SqlJob::default();
     let mut planned_in: Option<&PathBuf> = None;
     for path in paths {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let stem = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -1136,7 +1314,8 @@ fn plan_scripts(
             let mut said = sql_error(path, &text, &e);
             // A query file next to the file that declares its tables.
             let tables = path.with_file_name("tables.sql");
-            if e.message.contains("does not exist") && tables.is_file() && !paths.contains(&tables) {
+            if e.message.contains("does not exist") && tables.is_file() && !paths.contains(&tables)
+            {
                 said.push_str(&format!(
                     "\nhint: {} declares tables; run it first: sluice run {} {}",
                     tables.display(),

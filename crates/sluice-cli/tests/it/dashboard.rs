@@ -290,7 +290,7 @@ fn the_dashboard_submits_shows_finds_errors_takes_savepoints_stops_and_cancels_i
             .as_str()
             .unwrap()
             .to_lowercase()
-            .contains("divide by zero"),
+            .contains("division by zero"),
         "{shown}"
     );
     let trace = shown["traces"][0].as_str().unwrap();
@@ -304,7 +304,7 @@ fn the_dashboard_submits_shows_finds_errors_takes_savepoints_stops_and_cancels_i
     browser.wait("the exception history", |b| {
         b.text("#exceptions")
             .to_lowercase()
-            .contains("divide by zero")
+            .contains("division by zero")
             .then_some(())
     });
     assert!(

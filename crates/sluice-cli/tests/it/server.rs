@@ -218,7 +218,7 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
             .as_str()
             .unwrap()
             .to_lowercase()
-            .contains("divide by zero"),
+            .contains("division by zero"),
         "{failed}"
     );
     // Its log, errors only: the failing task and the cause.
@@ -239,7 +239,7 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
                     .as_str()
                     .unwrap()
                     .to_lowercase()
-                    .contains("divide by zero")),
+                    .contains("division by zero")),
         "{errors:?}"
     );
     // The failure carries the stack where the error was raised.
@@ -256,7 +256,13 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
         "{failed}"
     );
     // The same through the CLI.
-    let out = server.cli(&["logs", &failing.to_string(), "--errors", "-q", "divide by"]);
+    let out = server.cli(&[
+        "logs",
+        &failing.to_string(),
+        "--errors",
+        "-q",
+        "division by",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("ERROR"), "{text}");
     assert!(
@@ -333,10 +339,43 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
     assert_eq!(names, ["bounded", "endless", "failing"]);
     let out = server.cli(&["list"]);
     let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
     assert!(
-        text.contains("finished") && text.contains("cancelled") && text.contains("failed"),
+        lines[0].starts_with("ID") && lines[0].contains("NAME") && lines[0].contains("STATUS"),
+        "a header: {text}"
+    );
+    for (name, status) in [
+        ("bounded", "finished"),
+        ("endless", "cancelled"),
+        ("failing", "failed"),
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(name) && l.contains(status)),
+            "{name} {status}: {text}"
+        );
+    }
+    let out = server.cli(&["list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+    // One job, readable: status, counts, each operator on a line, the failure.
+    let out = server.cli(&["status", &failing.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("job {failing}  failing  failed")),
         "{text}"
     );
+    assert!(
+        text.contains("error: ") && text.to_lowercase().contains("division by zero"),
+        "{text}"
+    );
+    assert!(
+        text.contains("OPERATOR") && text.contains("project"),
+        "{text}"
+    );
+    assert!(text.lines().count() < 20, "{text}");
+    let out = server.cli(&["status", &failing.to_string(), "--json"]);
+    let detail: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(detail["status"], "failed");
 
     // Lineage: what each job reads and writes, through the API and `sluice ps`.
     let (status, lineage) = server.call("GET", "/api/lineage", None);
@@ -998,7 +1037,7 @@ fn a_failing_job_restarts_as_its_strategy_says_and_keeps_its_failures() {
             .as_str()
             .unwrap()
             .to_lowercase()
-            .contains("divide by zero")
+            .contains("division by zero")
     }));
     // Extreme but valid numbers: the delays saturate at their cap, and the job still
     // fails for good after its attempts (it once panicked the supervisor at the first
@@ -1019,7 +1058,7 @@ fn a_failing_job_restarts_as_its_strategy_says_and_keeps_its_failures() {
             .as_str()
             .unwrap()
             .to_lowercase()
-            .contains("divide by zero"),
+            .contains("division by zero"),
         "{failed}"
     );
     let bad = serde_json::json!({ "sql": BOUNDED, "restart": { "strategy": "sometimes" } });
