@@ -102,6 +102,13 @@ enum Command {
         /// A SQL file whose statements run instead of the prompt.
         #[arg(long, short = 'f')]
         file: Option<PathBuf>,
+        /// Run the session on a `sluice server` at this address instead of in this
+        /// process: SELECT rows stream back, INSERT INTO becomes one of its jobs.
+        #[arg(long)]
+        server: Option<String>,
+        /// The server's API token (also `SLUICE_TOKEN`).
+        #[arg(long, env = "SLUICE_TOKEN")]
+        token: Option<String>,
     },
     /// List the built-in example jobs.
     Examples,
@@ -404,7 +411,7 @@ impl ServerArgs {
 enum BenchSuite {
     /// A Nexmark query from the generator into a blackhole sink.
     Nexmark {
-        /// A query of examples/nexmark/ (q0, q1, q2, q5, q7, q10, q11, q12, q14–q17, q21, q22).
+        /// A query of examples/nexmark/: q0 to q22.
         #[arg(long, default_value = "q0")]
         query: String,
         /// `sql`: the query's SQL text (default); `rust`: the hand-built Rust API
@@ -580,7 +587,17 @@ fn example_args(events: u64, parallelism: usize, out: PathBuf) -> ExampleArgs {
 
 async fn async_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Sql { init, file } => sql_client::run(init, file).await,
+        Command::Sql {
+            init,
+            file,
+            server,
+            token,
+        } => {
+            let remote = server
+                .map(|s| sql_client::Remote::new(&s, token))
+                .transpose()?;
+            sql_client::run(init, file, remote).await
+        }
         Command::Examples => {
             for e in examples::EXAMPLES {
                 println!("{:<12} {}", e.name, e.about);

@@ -140,6 +140,16 @@ fn trusted_roots(ca_file: Option<&std::path::Path>) -> Result<Arc<Vec<Certificat
 /// An agent for one address: no redirects followed, every status answered (not turned
 /// into an error), 30 seconds at most per request.
 fn agent(roots: &[Certificate<'static>], public_only: bool) -> ureq::Agent {
+    agent_with(roots, public_only, Some(Duration::from_secs(30)))
+}
+
+/// [`agent`] with another bound on a whole call (`None`: an answer that streams for as
+/// long as it has something to say; connecting is still bounded).
+fn agent_with(
+    roots: &[Certificate<'static>],
+    public_only: bool,
+    global: Option<Duration>,
+) -> ureq::Agent {
     let tls = TlsConfig::builder()
         .provider(TlsProvider::Rustls)
         .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -149,7 +159,8 @@ fn agent(roots: &[Certificate<'static>], public_only: bool) -> ureq::Agent {
         .http_status_as_error(false)
         .max_redirects(0)
         .proxy(None)
-        .timeout_global(Some(Duration::from_secs(30)))
+        .timeout_global(global)
+        .timeout_connect(Some(Duration::from_secs(30)))
         .tls_config(tls)
         .build();
     match public_only {
@@ -270,6 +281,37 @@ impl HttpUrl {
         headers: &[(&str, &str)],
     ) -> Result<(u16, String)> {
         self.exchange(method, path, body, headers, true)
+    }
+
+    /// Sends one request and returns the answer's status and its body as it arrives,
+    /// for answers that stream (no bound on the call's length).
+    pub fn stream(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Box<dyn std::io::Read + Send>)> {
+        let addr = format!("{}:{}", self.host, self.port);
+        let fail = |what: &str| SluiceError::external(format!("{addr}: {method} {path}: {what}"));
+        let scheme = if self.tls { "https" } else { "http" };
+        let uri = format!("{scheme}://{addr}{}{path}", self.path);
+        let mut req = ureq::http::Request::builder().method(method).uri(&uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(body.unwrap_or("").to_string())
+            .map_err(|e| fail("not a valid request").with_source(e))?;
+        let roots = match self.tls {
+            true => trusted_roots(self.ca_file.as_deref())?,
+            false => Arc::new(Vec::new()),
+        };
+        let resp = agent_with(&roots, self.public_only, None)
+            .run(req)
+            .map_err(|e| fail("no answer").with_source(e))?;
+        let status = resp.status().as_u16();
+        Ok((status, Box::new(resp.into_body().into_reader())))
     }
 
     /// Sends one request and returns only the answer's status: its body is not read.

@@ -19,7 +19,7 @@ pub mod sinks;
 pub use datagen::DatagenSource;
 pub use file::{FileSink, FileSource};
 pub use nexmark::NexmarkSource;
-pub use sinks::{BlackholeSink, PrintSink};
+pub use sinks::{BlackholeSink, ChannelSink, PrintSink};
 
 use sluice_runtime::ConnectorRegistry;
 

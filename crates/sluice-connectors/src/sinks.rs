@@ -344,3 +344,114 @@ mod tests {
         }
     }
 }
+
+/// A sink that hands its batches to the program that runs the job, through a channel:
+/// what a SQL client shows of a `SELECT`. Register it under a name (planning needs it
+/// there), then [`ChannelSink::open`] before each job that writes to it; the job's sink
+/// subtasks take the sender when they start, and the channel ends when they do.
+#[derive(Clone)]
+pub struct ChannelSink {
+    name: &'static str,
+    slot: Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Batch>>>>,
+}
+
+impl ChannelSink {
+    /// A channel sink registered as `'connector' = name`.
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            slot: Arc::default(),
+        }
+    }
+
+    /// A channel for the next job's rows (holding `capacity` batches: a reader that
+    /// falls behind slows the job down).
+    pub fn open(&self, capacity: usize) -> tokio::sync::mpsc::Receiver<Batch> {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Drops the sender kept for jobs not started yet (call once the job started), so
+    /// that the channel ends with the job's sinks.
+    pub fn close(&self) {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+impl SinkConnector for ChannelSink {
+    type Config = SchemaRef;
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn parse(&self, _spec: &ConnectorSpec, input: &SchemaRef) -> Result<SchemaRef> {
+        Ok(Arc::clone(input))
+    }
+
+    fn accepts_updates(&self, _spec: &ConnectorSpec) -> bool {
+        true
+    }
+
+    fn create(&self, config: &Arc<SchemaRef>, _task: &TaskInfo) -> Result<Box<dyn Operator>> {
+        let tx = self
+            .slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| SluiceError::internal("no channel is open for this job's rows"))?;
+        Ok(Box::new(ChannelOperator {
+            tx,
+            schema: Arc::clone(config),
+        }))
+    }
+}
+
+struct ChannelOperator {
+    tx: tokio::sync::mpsc::Sender<Batch>,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl Operator for ChannelOperator {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    async fn process_batch(
+        &mut self,
+        batch: Batch,
+        _ctx: &mut OperatorContext,
+        _out: &mut dyn Collector,
+    ) -> Result<()> {
+        // The reader gone (the query stopped): the rows have nowhere to go.
+        let _ = self.tx.send(batch).await;
+        Ok(())
+    }
+}
+
+/// A batch's rows as text, as a SQL client shows them: each row's kind (`+I`, `-U`, `+U`,
+/// `-D`) and its values (`<NULL>` for none), the first `take` rows.
+pub fn rows_as_text(batch: &Batch, take: usize) -> Vec<(String, Vec<String>)> {
+    let options = arrow::util::display::FormatOptions::default().with_null("<NULL>");
+    let columns: Vec<_> = batch
+        .data
+        .columns()
+        .iter()
+        .take(batch.num_user_columns())
+        .filter_map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options).ok())
+        .collect();
+    (0..take.min(batch.num_rows()))
+        .map(|i| {
+            (
+                batch.row_kind(i).short().to_string(),
+                columns.iter().map(|f| f.value(i).to_string()).collect(),
+            )
+        })
+        .collect()
+}

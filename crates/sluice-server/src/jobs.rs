@@ -189,12 +189,15 @@ fn start_jobs_runtime() -> std::io::Result<()> {
 }
 
 /// The jobs' runtime (the current one where none was started: embedded uses).
-fn jobs_runtime() -> tokio::runtime::Handle {
+pub(crate) fn jobs_runtime() -> tokio::runtime::Handle {
     JOBS_RUNTIME
         .get()
         .cloned()
         .unwrap_or_else(tokio::runtime::Handle::current)
 }
+
+/// The sink a bare SELECT in a submitted script is planned into (and refused for).
+const SELECT_SINK: &str = "select";
 
 /// Where the alert rules added through the API are kept, in the data directory.
 const RULES_FILE: &str = "alert-rules.json";
@@ -484,13 +487,35 @@ impl JobManager {
         }
         // Every file a connector names is checked before it is opened, planning included.
         let guard = crate::sandbox::SandboxGuard::new(self.sandbox.clone());
-        let registry = sluice_connectors::registry()
+        let mut registry = sluice_connectors::registry()
             .with_guard(Arc::<crate::sandbox::SandboxGuard>::clone(&guard));
-        let job = sluice::plan_sql_with(registry.clone(), &s.sql, &settings).map_err(|e| {
+        // A bare SELECT's rows would go to the server's standard output, where nobody
+        // sees them: it is planned into a sink of its own, to be refused by name below.
+        registry.register_sink(sluice_connectors::ChannelSink::new(SELECT_SINK));
+        let mut ctx = sluice::sql_context(registry.clone())
+            .with_select_sink(sluice_plan::ConnectorSpec::new(SELECT_SINK));
+        let bad_sql = |e: String| {
             guard
                 .refused()
-                .unwrap_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_sql", e.to_string()))
-        })?;
+                .unwrap_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_sql", e))
+        };
+        for (k, v) in &settings {
+            ctx.set(k, v).map_err(|e| bad_sql(e.to_string()))?;
+        }
+        let job = ctx
+            .plan_script(&s.sql)
+            .map_err(|e| bad_sql(e.to_string()))?;
+        if let Some(plan) = &job.plan
+            && plan.nodes.iter().any(
+                |n| matches!(&n.kind, sluice_plan::NodeKind::Sink(c) if c.connector == SELECT_SINK),
+            )
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "select_not_a_job",
+                "a SELECT's rows would go to the server's standard output, where nobody sees them: run it in `sluice sql --server URL` (its rows come back to you), or INSERT INTO a table",
+            ));
+        }
         let mut plan = job.plan.ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,

@@ -49,6 +49,24 @@ impl SqlError {
         }
     }
 
+    /// The error as shown under the SQL it concerns, `text`: `line L, column C: message`,
+    /// then that line and a caret under the column.
+    pub fn in_text(&self, text: &str) -> String {
+        let Some(pos) = self.pos.filter(|p| p.line > 0) else {
+            return self.message.clone();
+        };
+        let mut out = format!("line {}, column {}: {}", pos.line, pos.column, self.message);
+        if let Some(line) = text.lines().nth(pos.line as usize - 1) {
+            let under: String = line
+                .chars()
+                .take(pos.column.saturating_sub(1) as usize)
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
+            out.push_str(&format!("\n  {line}\n  {under}^"));
+        }
+        out
+    }
+
     /// Locates an error that has no position yet (at its statement, say).
     pub fn or_at(mut self, pos: Pos) -> Self {
         if self.pos.is_none() {

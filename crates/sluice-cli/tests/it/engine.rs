@@ -753,6 +753,70 @@ END;",
     );
 }
 
+/// Errors as a SQL user reads them, from `sluice run` with standard error not a terminal:
+/// one `error: ` prefix and no label, a planning error at its file, line and column with
+/// the line and a caret; a run-time error naming the operator, the expression as written
+/// and the row it failed on, once; no colour codes; no Rust stack trace unless
+/// `--verbose`.
+#[test]
+fn errors_read_as_sql_errors_without_colours_or_stack_traces() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, sql: &str, extra: &[&str]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, sql).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("run")
+            .arg(&path)
+            .args(extra)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let planning = run(
+        "typo.sql",
+        "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '10');\n\
+         CREATE TABLE sink (\n  auction BIGNT\n) WITH ('connector' = 'blackhole');\n\
+         INSERT INTO sink SELECT auction FROM bid;\n",
+        &[],
+    );
+    let path = dir.path().join("typo.sql");
+    assert_eq!(
+        planning,
+        format!(
+            "error: {}:3:11: unknown type `BIGNT` for column `auction`; did you mean BIGINT?\n 3 |   auction BIGNT\n   |           ^\n",
+            path.display()
+        )
+    );
+    let failing = "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '10');\n\
+         CREATE TABLE sink (x BIGINT) WITH ('connector' = 'blackhole');\n\
+         INSERT INTO sink SELECT price / (price - price) FROM bid;\n";
+    let running = run("zero.sql", failing, &["--quiet"]);
+    assert!(!running.contains('\u{1b}'), "colour codes: {running:?}");
+    let last = running.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: in operator `project`: `price / (price - price)` failed on the row (auction=1000, bidder=1001, price=")
+            && last.ends_with("): division by zero"),
+        "{running}"
+    );
+    assert_eq!(
+        running.matches("division by zero").count(),
+        2,
+        "the log line and the error: {running}"
+    );
+    assert!(!running.contains("user error"), "{running}");
+    assert!(
+        !running.contains("sluice_runtime::expr::evaluate"),
+        "a stack trace: {running}"
+    );
+    let verbose = run("zero.sql", failing, &["--quiet", "--verbose"]);
+    assert!(
+        verbose.contains("sluice_runtime::expr::evaluate"),
+        "{verbose}"
+    );
+}
+
 /// An expression as deep as a script may hold plans and runs (planning on a thread of its
 /// own, operators on workers with room for it); a deeper one is refused with its line and
 /// column, and the process exits with an error instead of overflowing its stack.

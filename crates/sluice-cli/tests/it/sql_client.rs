@@ -5,12 +5,18 @@ use std::process::Command;
 
 /// Types `lines` into `sluice sql` at a terminal; returns what it showed.
 fn at_a_terminal(lines: &[&str]) -> String {
+    at_a_terminal_with(&[], lines)
+}
+
+/// [`at_a_terminal`], `sluice sql` given `args`.
+fn at_a_terminal_with(args: &[&str], lines: &[&str]) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/pty_session.py");
     let out = Command::new("python3")
         .arg(script)
         .arg("Sluice SQL> |          > ")
         .arg(env!("CARGO_BIN_EXE_sluice"))
         .arg("sql")
+        .args(args)
         .arg("--")
         .args(lines)
         .env_remove("RUST_BACKTRACE")
@@ -146,4 +152,85 @@ fn ctrl_c_stops_a_query_and_inserts_run_as_jobs() {
     // Drained: what the job read is in its output, published.
     let written = crate::support::committed_lines(&out);
     assert!(!written.is_empty(), "{shown}");
+}
+
+/// The same session against a `sluice server`: the server plans each statement, streams a
+/// SELECT's rows back (Ctrl-C stops it there too), and runs an INSERT INTO as one of its
+/// jobs; a bare SELECT submitted as a job is refused, since nobody would see its rows.
+#[test]
+fn the_sql_client_runs_its_session_on_a_server() {
+    let (server, _dir) = crate::server::start_server(&[]);
+    let shown = at_a_terminal_with(
+        &["--server", &server.url],
+        &[
+            "CREATE TABLE bid (auction BIGINT, price BIGINT, date_time TIMESTAMP(3)) WITH ('connector' = 'nexmark', 'table' = 'bid', 'rate-limit' = '500');",
+            "SHOW TABLES;",
+            "DESCRIBE bid;",
+            "SELECT auction, price FROM bid LIMIT 3;",
+            "SELECT auction, COUNT(*) AS n FROM bid GROUP BY auction;\t| +U |",
+            "^C",
+            "SELECT nope FROM bid;",
+            "CREATE TABLE sink (auction BIGINT) WITH ('connector' = 'blackhole');",
+            "INSERT INTO sink SELECT auction FROM bid;",
+            "SHOW JOBS;",
+            "QUIT;",
+        ],
+    );
+    assert!(shown.contains("Sluice SQL client on a server"), "{shown}");
+    assert!(
+        answer(&shown, "SHOW TABLES").contains("|        bid |"),
+        "{shown}"
+    );
+    assert!(
+        answer(&shown, "DESCRIBE bid").contains("TIMESTAMP(3)"),
+        "{shown}"
+    );
+    let peeked = answer(&shown, "SELECT auction, price FROM bid LIMIT 3");
+    assert_eq!(
+        peeked.lines().filter(|l| l.starts_with("| +I |")).count(),
+        3,
+        "{peeked}"
+    );
+    assert!(peeked.contains("Received a total of 3 rows"), "{peeked}");
+    let changes = answer(&shown, "SELECT auction, COUNT(*)");
+    assert!(
+        changes.contains("| -U |") && changes.contains("| +U |"),
+        "{changes}"
+    );
+    assert!(
+        answer(&shown, "^C").contains("Query stopped (Ctrl-C)"),
+        "{shown}"
+    );
+    assert!(
+        answer(&shown, "SELECT nope").contains("line 1, column 8: No field named nope"),
+        "{shown}"
+    );
+    let submitted = answer(&shown, "INSERT INTO sink");
+    assert!(
+        submitted.contains("submitted as job 1 on the server"),
+        "{submitted}"
+    );
+    assert!(answer(&shown, "SHOW JOBS").contains("RUNNING"), "{shown}");
+    let (_, job) = server.call("GET", "/api/jobs/1", None);
+    assert!(
+        job["sql"].as_str().unwrap().contains("CREATE TABLE bid"),
+        "the session went with the INSERT: {job}"
+    );
+    // A query is no job of the server's: only the INSERT is listed.
+    let (_, jobs) = server.call("GET", "/api/jobs", None);
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
+    // A bare SELECT is no job.
+    let (status, v) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(
+            &serde_json::json!({ "sql": "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid'); SELECT * FROM bid;" })
+                .to_string(),
+        ),
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("select_not_a_job")),
+        "{v}"
+    );
 }

@@ -8,6 +8,7 @@ mod alerts;
 pub(crate) mod jobs;
 mod logs;
 mod openapi;
+mod sql;
 
 pub use openapi::openapi_document;
 
@@ -92,6 +93,8 @@ fn api_routes() -> OpenApiRouter<Arc<JobManager>> {
         .routes(routes!(jobs::savepoint))
         .routes(routes!(jobs::checkpoints))
         .routes(routes!(jobs::lineage_all))
+        .routes(routes!(sql::plan_statement))
+        .routes(routes!(sql::select))
         .routes(routes!(alerts::alerts))
         .routes(routes!(alerts::add_alert_rule))
         .routes(routes!(alerts::delete_alert_rule))

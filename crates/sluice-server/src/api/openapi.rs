@@ -11,6 +11,7 @@ use utoipa::OpenApi;
     tags(
         (name = "jobs", description = "Jobs: submit, list, inspect, cancel, savepoints, checkpoints, logs"),
         (name = "alerts", description = "Alert rules, firing alerts and webhook deliveries"),
+        (name = "sql", description = "A SQL client's session: plan a statement, run a SELECT and stream its rows"),
         (name = "metrics", description = "Prometheus metrics and this document")
     )
 )]
