@@ -1185,16 +1185,7 @@ fn text(v: &serde_json::Value) -> String {
 fn utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Days since the epoch to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = sluice_types::civil_date(days);
     format!(
         "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
         sod / 3600,
@@ -1371,15 +1362,9 @@ fn sql_error(path: &std::path::Path, text: &str, e: &sluice::sql::SqlError) -> S
         pos.column,
         e.message
     );
-    if let Some(line) = text.lines().nth(pos.line as usize - 1) {
+    if let Some((line, under)) = e.marked_line(text) {
         let number = pos.line.to_string();
         let pad = " ".repeat(number.len());
-        // The caret under the column (tabs kept, so it lines up).
-        let under: String = line
-            .chars()
-            .take(pos.column.saturating_sub(1) as usize)
-            .map(|c| if c == '\t' { '\t' } else { ' ' })
-            .collect();
         out.push_str(&format!("\n {number} | {line}\n {pad} | {under}^"));
     }
     out

@@ -138,13 +138,9 @@ fn trusted_roots(ca_file: Option<&std::path::Path>) -> Result<Arc<Vec<Certificat
 }
 
 /// An agent for one address: no redirects followed, every status answered (not turned
-/// into an error), 30 seconds at most per request.
-fn agent(roots: &[Certificate<'static>], public_only: bool) -> ureq::Agent {
-    agent_with(roots, public_only, Some(Duration::from_secs(30)))
-}
-
-/// [`agent`] with another bound on a whole call (`None`: an answer that streams for as
-/// long as it has something to say; connecting is still bounded).
+/// into an error), the whole call bounded by `global` (`None`: an answer that streams for
+/// as long as it has something to say; 30 seconds for ordinary calls), connecting within
+/// 30 seconds either way.
 fn agent_with(
     roots: &[Certificate<'static>],
     public_only: bool,
@@ -292,24 +288,7 @@ impl HttpUrl {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Result<(u16, Box<dyn std::io::Read + Send>)> {
-        let addr = format!("{}:{}", self.host, self.port);
-        let fail = |what: &str| SluiceError::external(format!("{addr}: {method} {path}: {what}"));
-        let scheme = if self.tls { "https" } else { "http" };
-        let uri = format!("{scheme}://{addr}{}{path}", self.path);
-        let mut req = ureq::http::Request::builder().method(method).uri(&uri);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req
-            .body(body.unwrap_or("").to_string())
-            .map_err(|e| fail("not a valid request").with_source(e))?;
-        let roots = match self.tls {
-            true => trusted_roots(self.ca_file.as_deref())?,
-            false => Arc::new(Vec::new()),
-        };
-        let resp = agent_with(&roots, self.public_only, None)
-            .run(req)
-            .map_err(|e| fail("no answer").with_source(e))?;
+        let resp = self.send(method, path, body, headers, None)?;
         let status = resp.status().as_u16();
         Ok((status, Box::new(resp.into_body().into_reader())))
     }
@@ -326,14 +305,15 @@ impl HttpUrl {
             .map(|(s, _)| s)
     }
 
-    fn exchange(
+    /// Sends one request, the whole call bounded by `global` (connecting always is).
+    fn send(
         &self,
         method: &str,
         path: &str,
         body: Option<&str>,
         headers: &[(&str, &str)],
-        read_answer: bool,
-    ) -> Result<(u16, String)> {
+        global: Option<Duration>,
+    ) -> Result<ureq::http::Response<ureq::Body>> {
         let addr = format!("{}:{}", self.host, self.port);
         let fail = |what: &str| SluiceError::external(format!("{addr}: {method} {path}: {what}"));
         let scheme = if self.tls { "https" } else { "http" };
@@ -349,13 +329,26 @@ impl HttpUrl {
             true => trusted_roots(self.ca_file.as_deref())?,
             false => Arc::new(Vec::new()),
         };
-        let mut resp = agent(&roots, self.public_only)
+        agent_with(&roots, self.public_only, global)
             .run(req)
-            .map_err(|e| fail("no answer").with_source(e))?;
+            .map_err(|e| fail("no answer").with_source(e))
+    }
+
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+        read_answer: bool,
+    ) -> Result<(u16, String)> {
+        let mut resp = self.send(method, path, body, headers, Some(Duration::from_secs(30)))?;
         let status = resp.status().as_u16();
         if !read_answer {
             return Ok((status, String::new()));
         }
+        let addr = format!("{}:{}", self.host, self.port);
+        let fail = |what: &str| SluiceError::external(format!("{addr}: {method} {path}: {what}"));
         let text = resp
             .body_mut()
             .with_config()

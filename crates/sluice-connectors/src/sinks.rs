@@ -185,16 +185,7 @@ fn java_local_date_time(value: i64, per_second: i64, out: &mut Vec<u8>) {
     let secs = value.div_euclid(per_second);
     let nanos = value.rem_euclid(per_second) * (1_000_000_000 / per_second);
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Days to a civil date (proleptic Gregorian), after Howard Hinnant's algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = sluice_types::civil_date(days);
     let (h, m, s) = (sod / 3_600, sod % 3_600 / 60, sod % 60);
     let _ = write!(out, "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}");
     if s != 0 || nanos != 0 {

@@ -56,15 +56,23 @@ impl SqlError {
             return self.message.clone();
         };
         let mut out = format!("line {}, column {}: {}", pos.line, pos.column, self.message);
-        if let Some(line) = text.lines().nth(pos.line as usize - 1) {
-            let under: String = line
-                .chars()
-                .take(pos.column.saturating_sub(1) as usize)
-                .map(|c| if c == '\t' { '\t' } else { ' ' })
-                .collect();
+        if let Some((line, under)) = self.marked_line(text) {
             out.push_str(&format!("\n  {line}\n  {under}^"));
         }
         out
+    }
+
+    /// The line of `text` the error is on, and the blanks that put a caret under its
+    /// column (tabs kept, so it lines up).
+    pub fn marked_line<'a>(&self, text: &'a str) -> Option<(&'a str, String)> {
+        let pos = self.pos.filter(|p| p.line > 0)?;
+        let line = text.lines().nth(pos.line as usize - 1)?;
+        let under = line
+            .chars()
+            .take(pos.column.saturating_sub(1) as usize)
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        Some((line, under))
     }
 
     /// Locates an error that has no position yet (at its statement, say).

@@ -30,6 +30,25 @@ pub fn truncated(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(format!("{}… ({} bytes more)", &s[..end], s.len() - end))
 }
 
+/// The civil date (year, month, day) of a day count since 1970-01-01 (proleptic
+/// Gregorian), after Howard Hinnant's algorithm.
+///
+/// ```
+/// assert_eq!(sluice_types::civil_date(0), (1970, 1, 1));
+/// assert_eq!(sluice_types::civil_date(20_454), (2026, 1, 1));
+/// ```
+pub fn civil_date(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
 /// Identifies one parallel instance of an operator inside a job.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TaskInfo {
