@@ -281,7 +281,13 @@ pub(crate) fn families(jobs: &[Arc<JobEntry>]) -> Vec<MetricFamily> {
         restarts.add(&[("job", &j.name)], j.restarts() as f64);
         running.add(&[("job", &j.name)], f64::from(u8::from(is_running(j))));
     }
-    for f in [checkpoints, duration, size, restarts, running] {
+    let mut queries = Family::new(
+        "sluice_sql_queries",
+        "SQL client queries running (each a job of its own, not among the jobs).",
+        MetricType::GAUGE,
+    );
+    queries.add(&[], crate::api::sql_queries_running() as f64);
+    for f in [checkpoints, duration, size, restarts, running, queries] {
         f.push_to(&mut out);
     }
     out

@@ -234,3 +234,69 @@ fn the_sql_client_runs_its_session_on_a_server() {
         "{v}"
     );
 }
+
+/// One HTTP/1.1 exchange with the server, its answer whole (the connection closed).
+fn http(url: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// The server's `sluice_sql_queries` gauge.
+fn queries_running(url: &str) -> f64 {
+    let metrics = http(
+        url,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    );
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_sql_queries "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sluice_sql_queries: {metrics}"))
+}
+
+/// Waits (a minute at most) until the server runs `n` queries.
+fn until_queries(url: &str, n: f64) {
+    let start = std::time::Instant::now();
+    while queries_running(url) != n {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the server still runs {} queries, not {n}",
+            queries_running(url)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A query on a server ends when its client goes away, also one that has no row to send
+/// (the server writes an empty line after each quiet second and finds the client gone).
+#[test]
+fn a_query_on_a_server_ends_when_its_client_goes_away() {
+    use std::io::{Read, Write};
+    let (server, _dir) = crate::server::start_server(&[]);
+    assert_eq!(queries_running(&server.url), 0.0);
+    let body = serde_json::json!({
+        "session": "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'rate-limit' = '100');",
+        "statement": "SELECT auction FROM bid WHERE price < 0",
+    })
+    .to_string();
+    let mut conn = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
+    conn.write_all(
+        format!(
+            "POST /api/sql/select HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+    until_queries(&server.url, 1.0);
+    drop(conn);
+    until_queries(&server.url, 0.0);
+}

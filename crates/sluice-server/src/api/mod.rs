@@ -12,6 +12,11 @@ mod sql;
 
 pub use openapi::openapi_document;
 
+/// SQL client queries running now.
+pub(crate) fn sql_queries_running() -> usize {
+    sql::running()
+}
+
 use std::sync::Arc;
 
 use crate::jobs::JobManager;

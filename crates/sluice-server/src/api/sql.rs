@@ -30,6 +30,15 @@ const MAX_QUERIES: usize = 16;
 
 static RUNNING: AtomicUsize = AtomicUsize::new(0);
 
+/// Queries running now (`sluice_sql_queries` in the metrics).
+pub(crate) fn running() -> usize {
+    RUNNING.load(Ordering::SeqCst)
+}
+
+/// A query with nothing to send for this long sends an empty line: a client that went
+/// away is found at the write, and its query stops.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A statement of a client's session.
 #[derive(Deserialize, ToSchema)]
 pub(crate) struct SqlRequest {
@@ -201,7 +210,7 @@ impl Drop for CancelOnDrop {
 #[utoipa::path(post, path = "/api/sql/select", tag = "sql",
     request_body = SqlRequest,
     responses(
-        (status = 200, description = "One JSON object a line: `{\"columns\": [{\"name\", \"type\"}, …]}` before the first row, `{\"op\": \"+I\", \"row\": […]}` for each row (values as text), then `{\"end\": \"finished\"}`, `{\"end\": \"limit\"}` or `{\"error\": …}`", content_type = "application/x-ndjson", body = String),
+        (status = 200, description = "One JSON object a line: `{\"columns\": [{\"name\", \"type\"}, …]}` before the first row, `{\"op\": \"+I\", \"row\": […]}` for each row (values as text), then `{\"end\": \"finished\"}`, `{\"end\": \"limit\"}` or `{\"error\": …}`; an empty line after a second without rows", content_type = "application/x-ndjson", body = String),
         (status = 400, description = "SQL that does not plan, or not a SELECT", body = ErrorBody),
         (status = 403, description = "A file outside the allowed directories", body = ErrorBody),
         (status = 429, description = "Too many queries running", body = ErrorBody)))]
@@ -302,7 +311,10 @@ impl Rows {
             return None;
         }
         let line = |v: serde_json::Value| format!("{v}\n");
-        match self.rx.recv().await {
+        let Ok(next) = tokio::time::timeout(HEARTBEAT, self.rx.recv()).await else {
+            return Some(Bytes::from_static(b"\n"));
+        };
+        match next {
             Some(batch) => {
                 let mut out = String::new();
                 if !self.header {
