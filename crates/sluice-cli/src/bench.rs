@@ -319,3 +319,125 @@ pub async fn run_state_bench(keys: u64, parallelism: usize) -> Result<StateBench
         restore_tasks_ms: rmetrics.checkpoints.restore_tasks_ms.load(Relaxed),
     })
 }
+
+/// What `sluice bench file` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileBenchReport {
+    /// The script run.
+    pub script: String,
+    /// What `$INPUT` stood for in it, if anything.
+    pub input: Option<String>,
+    /// Parallelism of every operator (unless the script sets its own).
+    pub parallelism: usize,
+    /// Each source's pace in rows per wall-clock second (`--rate`), if paced.
+    pub rate: Option<f64>,
+    /// Rows out of the sources.
+    pub source_rows: u64,
+    /// Rows into the sinks.
+    pub sink_rows: u64,
+    /// Rows gone to the dead-letter output (undecodable lines).
+    pub dead_letters: u64,
+    /// Wall-clock seconds.
+    pub wall_s: f64,
+    /// CPU seconds (user + system) of the process during the run.
+    pub cpu_s: f64,
+    /// Source rows per wall-clock second.
+    pub rows_per_sec: f64,
+    /// Source rows per CPU-second.
+    pub rows_per_cpu_sec: f64,
+    /// Median end-to-end latency (ms): sink time minus ingest time.
+    pub latency_p50_ms: f64,
+    /// 99th percentile end-to-end latency (ms).
+    pub latency_p99_ms: f64,
+    /// Peak resident memory of the process (MiB).
+    pub peak_rss_mb: f64,
+}
+
+/// The source option that paces a connector, all its subtasks together.
+fn pace_option(connector: &str) -> Option<&'static str> {
+    match connector {
+        "filesystem" | "datagen" => Some("rows-per-second"),
+        "nexmark" => Some("rate-limit"),
+        _ => None,
+    }
+}
+
+/// Runs a SQL script (its files named in it, `$INPUT` standing for `input`) to its end,
+/// measuring rows per second and per CPU-second, end-to-end latency and peak memory;
+/// `rate` paces each source at that many rows per wall-clock second.
+pub async fn run_file_bench(
+    script: &std::path::Path,
+    input: Option<&std::path::Path>,
+    parallelism: usize,
+    rate: Option<f64>,
+) -> Result<FileBenchReport> {
+    let mut text = std::fs::read_to_string(script).map_err(|e| {
+        SluiceError::user(format!("cannot read {}", script.display())).with_source(e)
+    })?;
+    match (input, text.contains("$INPUT")) {
+        (Some(i), true) => text = text.replace("$INPUT", &i.display().to_string()),
+        (Some(_), false) => {
+            return Err(SluiceError::user(format!(
+                "--input is given but {} has no `$INPUT` to put it in (write 'path' = '$INPUT')",
+                script.display()
+            )));
+        }
+        (None, true) => {
+            return Err(SluiceError::user(format!(
+                "{} reads `$INPUT`: give it with --input PATH",
+                script.display()
+            )));
+        }
+        (None, false) => {}
+    }
+    let p = parallelism.to_string();
+    let job = sluice::plan_sql(
+        &text,
+        &[("parallelism.default", &p), ("pipeline.name", "bench-file")],
+    )?;
+    let mut plan = job
+        .plan
+        .ok_or_else(|| SluiceError::user("the script has no INSERT INTO or SELECT"))?;
+    if let Some(r) = rate {
+        if !(r.is_finite() && r > 0.0) {
+            return Err(SluiceError::user("--rate must be a positive number"));
+        }
+        for n in &mut plan.nodes {
+            if let sluice::plan::NodeKind::Source(s) = &mut n.kind {
+                let Some(option) = pace_option(&s.spec.connector) else {
+                    return Err(SluiceError::user(format!(
+                        "--rate paces filesystem, datagen and nexmark sources, not `{}`",
+                        s.spec.connector
+                    )));
+                };
+                s.spec.options.insert(option.into(), r.to_string());
+            }
+        }
+    }
+    let job = sluice::Pipeline::from_plan(plan).prepare()?;
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let handle = job.start().await?;
+    let metrics = handle.metrics();
+    handle.wait().await?;
+    let wall_s = t0.elapsed().as_secs_f64();
+    let cpu_s = cpu_seconds() - cpu0;
+    let lat = metrics.sink_latency();
+    let rows = metrics.source_records();
+    Ok(FileBenchReport {
+        script: script.display().to_string(),
+        input: input.map(|i| i.display().to_string()),
+        parallelism,
+        rate,
+        source_rows: rows,
+        sink_rows: metrics.sink_records(),
+        dead_letters: metrics.dead_letters(),
+        wall_s,
+        cpu_s,
+        rows_per_sec: rows as f64 / wall_s,
+        rows_per_cpu_sec: rows as f64 / cpu_s.max(1e-9),
+        latency_p50_ms: lat.quantile(0.50) as f64 / 1000.0,
+        latency_p99_ms: lat.quantile(0.99) as f64 / 1000.0,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}

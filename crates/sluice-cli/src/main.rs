@@ -462,6 +462,25 @@ enum BenchSuite {
         #[arg(long, default_value = "json")]
         format: String,
     },
+    /// A SQL script over files (or any source) run to its end: rows per second and per
+    /// CPU-second, end-to-end latency p50/p99, peak memory.
+    File {
+        /// The script; `$INPUT` in it stands for `--input`.
+        #[arg(long)]
+        sql: PathBuf,
+        /// What `$INPUT` stands for in the script (a file or a directory).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Parallelism of every operator (a script's `SET 'parallelism.default'` wins).
+        #[arg(long, short, default_value_t = 1)]
+        parallelism: usize,
+        /// Pace each source at this many rows per wall-clock second (latency under load).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Checkpoint duration and size, and restore time, for N keys of window state.
     State {
         /// Distinct keys in the open window.
@@ -1139,6 +1158,40 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel { id, server } => {
             server.call("POST", &format!("/api/jobs/{id}/cancel"), None)?;
             println!("cancelling job {id}");
+            Ok(())
+        }
+        Command::Bench {
+            suite:
+                BenchSuite::File {
+                    sql,
+                    input,
+                    parallelism,
+                    rate,
+                    json,
+                },
+        } => {
+            let r = bench::run_file_bench(&sql, input.as_deref(), parallelism, rate).await?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{} p={} rows={} wall={:.2}s cpu={:.2}s  {:.0} rows/s  {:.0} rows/cpu-s  latency p50 {:.3} ms p99 {:.3} ms  peak rss {:.0} MiB{}",
+                    r.script,
+                    r.parallelism,
+                    r.source_rows,
+                    r.wall_s,
+                    r.cpu_s,
+                    r.rows_per_sec,
+                    r.rows_per_cpu_sec,
+                    r.latency_p50_ms,
+                    r.latency_p99_ms,
+                    r.peak_rss_mb,
+                    match r.dead_letters {
+                        0 => String::new(),
+                        n => format!("  {n} dead letters"),
+                    }
+                );
+            }
             Ok(())
         }
         Command::Bench {

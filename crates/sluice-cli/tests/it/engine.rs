@@ -753,6 +753,89 @@ END;",
     );
 }
 
+/// `sluice bench file` runs a script over a file (`$INPUT`) to its end and reports what
+/// it read and wrote, with rates, latency and memory; `--rate` paces its source; a
+/// missing or unused `$INPUT`, and a source it cannot pace, are refused with the reason.
+#[test]
+fn the_file_bench_reports_a_scripts_run_over_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bids.jsonl");
+    let lines: String = (0..3_000)
+        .map(|i| {
+            format!(
+                "{{\"auction\":{},\"bidder\":{i},\"price\":{},\"date_time\":{}}}\n",
+                i % 7,
+                i * 3,
+                i * 10
+            )
+        })
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/bench/bids_per_auction.sql"
+    );
+    let bench = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["bench", "file", "--sql", script, "--json"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let input_arg = input.to_str().unwrap();
+    for extra in [&[][..], &["-p", "2"], &["--rate", "20000"]] {
+        let mut args = vec!["--input", input_arg];
+        args.extend(extra);
+        let out = bench(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["source_rows"], 3_000, "{extra:?}: {r}");
+        // 3 000 bids over 30 s of event time: 3 windows of 10 s, each with all 7 auctions.
+        assert_eq!(r["sink_rows"], 21, "{extra:?}: {r}");
+        assert_eq!(r["dead_letters"], 0, "{r}");
+        for field in [
+            "rows_per_sec",
+            "rows_per_cpu_sec",
+            "latency_p99_ms",
+            "peak_rss_mb",
+        ] {
+            assert!(r[field].as_f64().is_some_and(|v| v > 0.0), "{field}: {r}");
+        }
+    }
+    let missing = bench(&[]);
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("give it with --input PATH"),
+        "{missing:?}"
+    );
+    let nexmark = dir.path().join("nexmark.sql");
+    std::fs::write(
+        &nexmark,
+        "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'events.num' = '100');
+         CREATE TABLE sink (auction BIGINT) WITH ('connector' = 'blackhole');
+         INSERT INTO sink SELECT auction FROM bid;",
+    )
+    .unwrap();
+    let unused = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "bench",
+            "file",
+            "--sql",
+            nexmark.to_str().unwrap(),
+            "--input",
+            input_arg,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&unused.stderr).contains("has no `$INPUT`"),
+        "{unused:?}"
+    );
+}
+
 /// Errors as a SQL user reads them, from `sluice run` with standard error not a terminal:
 /// one `error: ` prefix and no label, a planning error at its file, line and column with
 /// the line and a caret; a run-time error naming the operator, the expression as written
