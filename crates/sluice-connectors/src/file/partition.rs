@@ -108,19 +108,21 @@ fn duration_ms(o: &OptionReader<'_>, key: &str, default: i64) -> Result<i64> {
 }
 
 /// A size option (`128MB`, `1 gb`, `1024`).
-fn size_option(o: &OptionReader<'_>, key: &str) -> Result<()> {
-    let Some(v) = o.str(key) else { return Ok(()) };
+pub(crate) fn size_option(o: &OptionReader<'_>, key: &str) -> Result<Option<u64>> {
+    let Some(v) = o.str(key) else { return Ok(None) };
     let t = v.trim().to_ascii_lowercase();
     let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic() || c == ' ');
     let unit = t[digits.len()..].trim();
-    let ok = digits.trim().parse::<u64>().is_ok()
-        && matches!(
-            unit,
-            "" | "b" | "bytes" | "k" | "kb" | "kib" | "m" | "mb" | "mib" | "g" | "gb" | "gib"
-        );
-    match ok {
-        true => Ok(()),
-        false => Err(SluiceError::user(format!(
+    let scale: Option<u64> = match unit {
+        "" | "b" | "bytes" => Some(1),
+        "k" | "kb" | "kib" => Some(1 << 10),
+        "m" | "mb" | "mib" => Some(1 << 20),
+        "g" | "gb" | "gib" => Some(1 << 30),
+        _ => None,
+    };
+    match (digits.trim().parse::<u64>().ok(), scale) {
+        (Some(n), Some(s)) if n > 0 => Ok(n.checked_mul(s)),
+        _ => Err(SluiceError::user(format!(
             "filesystem option `{key}` takes a size such as '128MB', not '{v}'"
         ))),
     }

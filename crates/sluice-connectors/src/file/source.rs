@@ -28,6 +28,96 @@ pub struct FileSourceConfig {
     rows_per_second: Option<f64>,
     /// Flink's `json.*` options.
     json: crate::format::JsonOptions,
+    /// Text files larger than this are read as several splits, each a range of lines.
+    split_size: u64,
+    /// The splits: whole files, or ranges of lines of large text files (found once, when
+    /// the job asks for its splits).
+    ranges: std::sync::OnceLock<std::result::Result<Vec<Range>, String>>,
+}
+
+/// One split of a file source: a file, or a range of its lines.
+#[derive(Clone, Debug)]
+struct Range {
+    /// The split's id: the file's path, or `path@start` for a range of a large file.
+    id: String,
+    path: PathBuf,
+    /// The byte offset of its first line.
+    start: u64,
+    /// Where its lines end (the next range's first line); `u64::MAX`: the file's end.
+    end: u64,
+    /// Lines before its first one (for `file:line` in dead letters).
+    first_line: u64,
+}
+
+/// Text files above this size are read as several splits unless `split-size` says.
+const DEFAULT_SPLIT_SIZE: u64 = 64 << 20;
+
+/// The splits of `files`: each file whole, but a text file larger than `split_size` in
+/// ranges of about that many bytes, each starting at a line's start, with the number of
+/// lines before it (one pass over the file counting line ends).
+fn file_ranges(files: &[PathBuf], text: bool, split_size: u64) -> Result<Vec<Range>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    for path in files {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let whole = Range {
+            id: path.display().to_string(),
+            path: path.clone(),
+            start: 0,
+            end: u64::MAX,
+            first_line: 0,
+        };
+        if !text || size <= split_size {
+            out.push(whole);
+            continue;
+        }
+        // The start of the first line at or after each multiple of `split_size`.
+        let mut starts: Vec<(u64, u64)> = vec![(0, 0)];
+        let mut next = split_size;
+        let mut f = File::open(path).map_err(|e| {
+            SluiceError::external(format!("cannot open {}", path.display())).with_source(e)
+        })?;
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut at, mut lines) = (0u64, 0u64);
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            for i in memchr::memchr_iter(b'\n', &buf[..n]) {
+                lines += 1;
+                let line_start = at + i as u64 + 1;
+                if line_start >= next && line_start < size {
+                    starts.push((line_start, lines));
+                    next = (line_start / split_size + 1) * split_size;
+                }
+            }
+            at += n as u64;
+        }
+        for (k, &(start, first_line)) in starts.iter().enumerate() {
+            let end = starts.get(k + 1).map_or(u64::MAX, |s| s.0);
+            out.push(Range {
+                id: format!("{}@{start}", path.display()),
+                path: path.clone(),
+                start,
+                end,
+                first_line,
+            });
+        }
+    }
+    Ok(out)
+}
+
+impl FileSourceConfig {
+    fn ranges(&self) -> Result<&[Range]> {
+        let text = self.format != Format::Parquet;
+        self.ranges
+            .get_or_init(|| {
+                file_ranges(&self.files, text, self.split_size).map_err(|e| e.to_string())
+            })
+            .as_deref()
+            .map_err(|e| SluiceError::external(e.clone()))
+    }
 }
 
 /// Options of the file source: the shared file options and a replay pace.
@@ -40,6 +130,7 @@ const SOURCE_OPTIONS: &[&str] = &[
     "json.fail-on-missing-field",
     "json.timestamp-format.standard",
     "rows-per-second",
+    "split-size",
     super::partition::PARTITIONED_BY,
 ];
 
@@ -191,6 +282,8 @@ impl SourceConnector for FileSourceConnector {
                 }
             },
         };
+        let split_size =
+            super::partition::size_option(&o, "split-size")?.unwrap_or(DEFAULT_SPLIT_SIZE);
         Ok(FileSourceConfig {
             files,
             format,
@@ -198,6 +291,8 @@ impl SourceConnector for FileSourceConnector {
             projection,
             rows_per_second,
             json: crate::format::JsonOptions::from_options(&o)?,
+            split_size,
+            ranges: std::sync::OnceLock::new(),
         })
     }
 
@@ -214,10 +309,10 @@ impl SourceConnector for FileSourceConnector {
 
     fn splits(&self, config: &FileSourceConfig, _parallelism: usize) -> Result<Vec<Split>> {
         Ok(config
-            .files
+            .ranges()?
             .iter()
             .enumerate()
-            .map(|(index, f)| Split::new(f.display().to_string(), index))
+            .map(|(index, r)| Split::new(r.id.clone(), index))
             .collect())
     }
 
@@ -267,6 +362,8 @@ enum Open {
         line_no: u64,
         /// Bytes consumed: where the next line starts.
         offset: u64,
+        /// Where the split's lines end (`u64::MAX`: at the file's end).
+        end: u64,
     },
     Parquet {
         reader: ParquetRecordBatchReader,
@@ -336,7 +433,13 @@ impl FileReader {
         self.current_split = split.index;
         self.current_id = split.id.clone();
         let resume = FilePosition::of(&split)?;
-        let path = PathBuf::from(&split.id);
+        let range = self
+            .config
+            .ranges()?
+            .get(split.index)
+            .cloned()
+            .ok_or_else(|| SluiceError::internal(format!("no file split {}", split.index)))?;
+        let path = range.path.clone();
         let mut file = File::open(&path).map_err(|e| {
             SluiceError::external(format!("cannot open {}", path.display())).with_source(e)
         })?;
@@ -365,12 +468,12 @@ impl FileReader {
             }
             Format::Csv { .. } | Format::Json | Format::DebeziumJson => {
                 let (offset, line_no) = match resume {
-                    Some(FilePosition::Lines { offset, line }) => {
-                        file.seek(std::io::SeekFrom::Start(offset))?;
-                        (offset, line)
-                    }
-                    _ => (0, 0),
+                    Some(FilePosition::Lines { offset, line }) => (offset, line),
+                    _ => (range.start, range.first_line),
                 };
+                if offset > 0 {
+                    file.seek(std::io::SeekFrom::Start(offset))?;
+                }
                 let mut reader = BufReader::with_capacity(1 << 20, file);
                 let mut open = (offset, line_no);
                 if let (Format::Csv { header: true, .. }, 0) = (&self.config.format, offset) {
@@ -379,10 +482,11 @@ impl FileReader {
                     open.1 = 1;
                 }
                 Open::Lines {
-                    path: split.id,
+                    path: path.display().to_string(),
                     reader,
                     line_no: open.1,
                     offset: open.0,
+                    end: range.end,
                 }
             }
         });
@@ -441,12 +545,18 @@ impl SourceReader for FileReader {
                     reader,
                     line_no,
                     offset,
+                    end: range_end,
                 } => {
                     self.buf.clear();
                     self.lines.clear();
                     let mut numbers = Vec::new();
                     let mut eof = false;
                     while self.lines.len() < max_rows {
+                        // The split's last line read: the next belongs to the next split.
+                        if *offset >= *range_end {
+                            eof = true;
+                            break;
+                        }
                         let start = self.buf.len();
                         let n = reader.read_until(b'\n', &mut self.buf)?;
                         if n == 0 {
@@ -594,6 +704,15 @@ impl FileSource {
         self.spec
             .options
             .insert("rows-per-second".into(), rows.to_string());
+        self
+    }
+
+    /// Reads a text file larger than `bytes` as several splits, ranges of about that
+    /// many bytes of whole lines, which subtasks read side by side (64 MiB by default).
+    pub fn split_size(mut self, bytes: u64) -> Self {
+        self.spec
+            .options
+            .insert("split-size".into(), bytes.to_string());
         self
     }
 
