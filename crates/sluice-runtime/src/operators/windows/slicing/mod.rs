@@ -236,14 +236,15 @@ impl WindowAggregateOperator {
         })
     }
 
-    /// Rows of one slice: update its open part.
     /// Registers a timer at the last instant of every window that the slice starting at
-    /// `start` belongs to and that has not fired yet.
+    /// `start` belongs to and that has not fired yet, unless the watermark passed it
+    /// beyond the allowed lateness: a row late for some of its windows (a hopping window
+    /// that closed empty) counts only in the others.
     fn arm_windows_of(&self, start: i64, timers: &mut Timers) {
         let g = self.geometry;
         let mut end = g.first_end(start);
         while end <= g.last_end(start) {
-            if end > self.fired_up_to {
+            if end > self.fired_up_to && !g.expired(end, self.watermark) {
                 timers.register(TimeDomain::EventTime, end.saturating_sub(1));
             }
             match end.checked_add(g.slide) {
