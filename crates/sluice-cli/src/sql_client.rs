@@ -476,6 +476,7 @@ impl Session {
                 .as_str()
                 .map_or(text.clone(), str::to_string));
         }
+        let mut interrupts = interrupts()?;
         let mut table: Option<Table> = None;
         let mut rows = 0usize;
         let mut ended: Option<Result<(), String>> = None;
@@ -505,7 +506,7 @@ impl Session {
                         ended = Some(Ok(()));
                     }
                 }
-                _ = tokio::signal::ctrl_c() => {
+                _ = interrupts.recv() => {
                     interrupted = true;
                     break;
                 }
@@ -603,6 +604,7 @@ impl Session {
             return Ok(());
         };
         let limit = plan.row_limit();
+        let mut interrupts = interrupts()?;
         let mut rx = sink.open(16);
         let pipeline = sluice::Pipeline::from_plan(plan);
         pipeline.registry(registry.clone());
@@ -647,7 +649,7 @@ impl Session {
                         break;
                     }
                 }
-                _ = tokio::signal::ctrl_c() => {
+                _ = interrupts.recv() => {
                     stop.cancel();
                     interrupted = true;
                     break;
@@ -727,6 +729,13 @@ impl Session {
         });
         self.say(&text);
     }
+}
+
+/// Ctrl-C while a query runs: a stream made before the query starts, so that one pressed
+/// between two rows is not missed (a fresh `ctrl_c()` future per loop turn would miss it).
+fn interrupts() -> Result<tokio::signal::unix::Signal, String> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| format!("cannot watch for Ctrl-C: {e}"))
 }
 
 /// A JSON string's text (a number or other value as JSON writes it).
