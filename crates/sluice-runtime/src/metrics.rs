@@ -132,6 +132,17 @@ impl HistogramSnapshot {
         }
     }
 
+    /// Observations at or below `v` (those of buckets whose upper edge is at most `v`):
+    /// a cumulative bucket of a Prometheus histogram, within the buckets' 3 %.
+    pub fn count_at_most(&self, v: u64) -> u64 {
+        self.buckets
+            .iter()
+            .enumerate()
+            .take_while(|(i, _)| bucket_upper(*i) <= v)
+            .map(|(_, c)| c)
+            .sum()
+    }
+
     /// The value at quantile `q` in `[0, 1]` (upper edge of its bucket, capped at the max).
     pub fn quantile(&self, q: f64) -> u64 {
         if self.count == 0 {

@@ -35,6 +35,12 @@ pub(crate) async fn prometheus(State(m): State<Arc<JobManager>>) -> impl IntoRes
     }
 }
 
+/// The upper bounds (seconds) of the end-to-end latency histogram's buckets (+Inf is
+/// added by the encoder): from a millisecond to a minute.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// A per-subtask series: name, help text, how to read it.
 type PerSubtask = (&'static str, &'static str, fn(&SubtaskMetrics) -> f64);
 
@@ -140,11 +146,13 @@ impl Family {
 }
 
 /// Every subtask of every operator of job `j`, with its labels' values.
-fn subtasks(j: &JobEntry, mut f: impl FnMut(&str, &OperatorMetrics, &str, &SubtaskMetrics)) {
+fn subtasks(j: &JobEntry, mut f: impl FnMut(&str, &OperatorMetrics, &str, &str, &SubtaskMetrics)) {
     let m = j.metrics();
     for o in &m.operators {
+        // Chained operators may share a name: the id tells their series apart.
+        let id = o.node_id.to_string();
         for (i, s) in o.subtasks.iter().enumerate() {
-            f(&j.name, o, &i.to_string(), s);
+            f(&j.name, o, &id, &i.to_string(), s);
         }
     }
 }
@@ -163,9 +171,14 @@ pub(crate) fn families(jobs: &[Arc<JobEntry>]) -> Vec<MetricFamily> {
         };
         let mut f = Family::new(name, help, kind);
         for j in jobs {
-            subtasks(j, |job, o, i, s| {
+            subtasks(j, |job, o, id, i, s| {
                 f.add(
-                    &[("job", job), ("operator", &o.name), ("subtask", i)],
+                    &[
+                        ("job_name", job),
+                        ("operator", &o.name),
+                        ("operator_id", id),
+                        ("subtask", i),
+                    ],
                     read(s),
                 );
             });
@@ -191,8 +204,13 @@ pub(crate) fn families(jobs: &[Arc<JobEntry>]) -> Vec<MetricFamily> {
     let now = now_ms();
     for j in jobs {
         let running = is_running(j);
-        subtasks(j, |job, o, i, s| {
-            let labels = [("job", job), ("operator", o.name.as_str()), ("subtask", i)];
+        subtasks(j, |job, o, id, i, s| {
+            let labels = [
+                ("job_name", job),
+                ("operator", o.name.as_str()),
+                ("operator_id", id),
+                ("subtask", i),
+            ];
             let w = s.watermark.load(Relaxed);
             if w != i64::MIN {
                 watermark.add(&labels, w as f64);
@@ -213,28 +231,33 @@ pub(crate) fn families(jobs: &[Arc<JobEntry>]) -> Vec<MetricFamily> {
     let mut latency = Family::new(
         "sluice_end_to_end_latency_seconds",
         "True end-to-end latency at a sink (sink time minus ingest time).",
-        MetricType::SUMMARY,
+        MetricType::HISTOGRAM,
     );
     for j in jobs {
         for o in j.metrics().operators.iter().filter(|o| o.is_sink) {
             let lat = o.latency();
-            let mut summary = proto::Summary::default();
-            summary.set_sample_count(lat.count);
-            summary.set_sample_sum(lat.sum as f64 / 1e6);
-            summary.set_quantile(
-                [0.5, 0.95, 0.99]
-                    .into_iter()
-                    .map(|q| {
-                        let mut x = proto::Quantile::default();
-                        x.set_quantile(q);
-                        x.set_value(lat.quantile(q) as f64 / 1e6);
-                        x
+            let mut histogram = proto::Histogram::default();
+            histogram.set_sample_count(lat.count);
+            histogram.set_sample_sum(lat.sum as f64 / 1e6);
+            histogram.set_bucket(
+                LATENCY_BUCKETS
+                    .iter()
+                    .map(|&s| {
+                        let mut b = proto::Bucket::default();
+                        b.set_upper_bound(s);
+                        b.set_cumulative_count(lat.count_at_most((s * 1e6) as u64));
+                        b
                     })
                     .collect(),
             );
             let mut m = proto::Metric::default();
-            m.set_label(labels(&[("job", &j.name), ("operator", &o.name)]));
-            m.set_summary(summary);
+            let id = o.node_id.to_string();
+            m.set_label(labels(&[
+                ("job_name", &j.name),
+                ("operator", &o.name),
+                ("operator_id", &id),
+            ]));
+            m.set_histogram(histogram);
             latency.add_metric(m);
         }
     }
@@ -272,14 +295,14 @@ pub(crate) fn families(jobs: &[Arc<JobEntry>]) -> Vec<MetricFamily> {
             ("completed", cp.completed.load(Relaxed)),
             ("failed", cp.failed.load(Relaxed)),
         ] {
-            checkpoints.add(&[("job", &j.name), ("outcome", outcome)], n as f64);
+            checkpoints.add(&[("job_name", &j.name), ("outcome", outcome)], n as f64);
         }
         if let Some(c) = cp.latest_completed() {
-            duration.add(&[("job", &j.name)], c.duration_ms as f64 / 1000.0);
-            size.add(&[("job", &j.name)], c.state_bytes as f64);
+            duration.add(&[("job_name", &j.name)], c.duration_ms as f64 / 1000.0);
+            size.add(&[("job_name", &j.name)], c.state_bytes as f64);
         }
-        restarts.add(&[("job", &j.name)], j.restarts() as f64);
-        running.add(&[("job", &j.name)], f64::from(u8::from(is_running(j))));
+        restarts.add(&[("job_name", &j.name)], j.restarts() as f64);
+        running.add(&[("job_name", &j.name)], f64::from(u8::from(is_running(j))));
     }
     let mut queries = Family::new(
         "sluice_sql_queries",

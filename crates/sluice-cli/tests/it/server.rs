@@ -415,15 +415,19 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
     let metrics = server.text("/metrics");
     for needle in [
         "# TYPE sluice_records_out_total counter",
-        "sluice_records_out_total{job=\"bounded\",operator=",
-        "sluice_end_to_end_latency_seconds{job=\"bounded\"",
-        "quantile=\"0.99\"",
-        "sluice_job_running{job=\"endless\"} 0",
-        "sluice_checkpoints_total{job=\"bounded\",outcome=\"completed\"}",
+        "sluice_records_out_total{job_name=\"bounded\",operator=",
+        ",operator_id=\"",
+        "# TYPE sluice_end_to_end_latency_seconds histogram",
+        "sluice_end_to_end_latency_seconds_bucket{job_name=\"bounded\"",
+        "le=\"0.1\"",
+        "le=\"+Inf\"",
+        "sluice_end_to_end_latency_seconds_count{job_name=\"bounded\"",
+        "sluice_job_running{job_name=\"endless\"} 0",
+        "sluice_checkpoints_total{job_name=\"bounded\",outcome=\"completed\"}",
         "# TYPE sluice_input_queue gauge",
         "# TYPE sluice_busy_seconds_total counter",
-        "sluice_input_queue{job=\"bounded\",operator=",
-        "sluice_restarts_total{job=\"failing\"} 0",
+        "sluice_input_queue{job_name=\"bounded\",operator=",
+        "sluice_restarts_total{job_name=\"failing\"} 0",
     ] {
         assert!(metrics.contains(needle), "no `{needle}` in:\n{metrics}");
     }
@@ -439,6 +443,8 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();
+                // A histogram's series are its family's.
+                let name = name.strip_suffix("_bucket").unwrap_or(&name).to_string();
                 queried += 1;
                 assert!(
                     metrics.contains(&format!("# TYPE {name} ")),
@@ -448,12 +454,62 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
         }
     }
     assert!(queried >= 15, "{queried}");
+    // A standard exposition parser (Prometheus's Python client) reads it, and no two
+    // samples share a name and label set (two chained operators both named `project`
+    // once did).
+    let python = std::env::var("SLUICE_PROM_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/sluice/prometheus-client-0.26.0/bin/python",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "no Python with prometheus_client at {python}: scripts/test installs it (PyPI prometheus-client into ~/.cache/sluice/prometheus-client-0.26.0); or set SLUICE_PROM_PYTHON"
+    );
+    let mut parser = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import sys, json\n\
+             from prometheus_client.parser import text_string_to_metric_families\n\
+             seen = [[s.name, sorted(s.labels.items())] for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]\n\
+             print(json.dumps(seen))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut parser.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
+    let parsed = parser.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "the parser refused /metrics: {}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let samples: Vec<serde_json::Value> = serde_json::from_slice(&parsed.stdout).unwrap();
+    assert!(samples.len() > 50, "{}", samples.len());
+    let mut unique = std::collections::HashSet::new();
+    for sample in &samples {
+        assert!(
+            unique.insert(sample.to_string()),
+            "a duplicate series: {sample}"
+        );
+    }
+    // Two chained operators both named `project` (the failing job's) are told apart.
+    let projects: std::collections::HashSet<String> = samples
+        .iter()
+        .filter(|s| s[0] == "sluice_records_in_total")
+        .filter(|s| s[1].to_string().contains("[\"operator\",\"project\"]"))
+        .map(|s| s[1].to_string())
+        .collect();
+    assert!(projects.len() >= 2, "{projects:?}");
     let (status, v) = server.call("POST", &format!("/api/jobs/{watched}/cancel"), None);
     assert_eq!(status, 202, "{v}");
     // Bytes flow: the bounded job's source emitted some.
     let bytes_out: u64 = metrics
         .lines()
-        .filter(|l| l.starts_with("sluice_bytes_out_total{job=\"bounded\""))
+        .filter(|l| l.starts_with("sluice_bytes_out_total{job_name=\"bounded\""))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
     assert!(bytes_out > 20_000, "{metrics}");
