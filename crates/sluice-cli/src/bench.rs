@@ -202,14 +202,7 @@ pub async fn run_nexmark(
             .checkpointing(i)
             .checkpoint_dir(checkpoint_dir.display().to_string());
     }
-    let job = pipeline.prepare()?;
-    let cpu0 = cpu_seconds();
-    let t0 = Instant::now();
-    let handle = job.start().await?;
-    let metrics = handle.metrics();
-    handle.wait().await?;
-    let wall_s = t0.elapsed().as_secs_f64();
-    let cpu_s = cpu_seconds() - cpu0;
+    let (metrics, wall_s, cpu_s) = run_measured(pipeline.prepare()?).await?;
     let lat = metrics.sink_latency();
     Ok(BenchReport {
         query: query.to_string(),
@@ -229,6 +222,23 @@ pub async fn run_nexmark(
         checkpoint_interval_ms: checkpoint_interval.map(|i| i.as_millis() as u64),
         checkpoints: metrics.checkpoints.completed.load(Relaxed),
     })
+}
+
+/// Runs a prepared job to its end: its metrics, the wall-clock and the CPU seconds the
+/// process spent meanwhile.
+async fn run_measured(
+    job: sluice::runtime::PreparedJob,
+) -> Result<(
+    std::sync::Arc<sluice::runtime::metrics::JobMetrics>,
+    f64,
+    f64,
+)> {
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let handle = job.start().await?;
+    let metrics = handle.metrics();
+    handle.wait().await?;
+    Ok((metrics, t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0))
 }
 
 /// A fresh directory under the system temp dir (removed first if it exists).
@@ -414,14 +424,8 @@ pub async fn run_file_bench(
             }
         }
     }
-    let job = sluice::Pipeline::from_plan(plan).prepare()?;
-    let cpu0 = cpu_seconds();
-    let t0 = Instant::now();
-    let handle = job.start().await?;
-    let metrics = handle.metrics();
-    handle.wait().await?;
-    let wall_s = t0.elapsed().as_secs_f64();
-    let cpu_s = cpu_seconds() - cpu0;
+    let (metrics, wall_s, cpu_s) =
+        run_measured(sluice::Pipeline::from_plan(plan).prepare()?).await?;
     let lat = metrics.sink_latency();
     let rows = metrics.source_records();
     Ok(FileBenchReport {
