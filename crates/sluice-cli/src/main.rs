@@ -6,15 +6,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod bench;
+mod client;
 mod examples;
 #[cfg(feature = "kafka")]
 mod kafka_bench;
+mod scripts;
 mod sql_client;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+use crate::client::ServerArgs;
 use crate::examples::ExampleArgs;
+use crate::scripts::{DEFAULT_EXAMPLE, find_example, plan_scripts};
 use sluice::runtime::StopHandle;
 use sluice::runtime::metrics::JobMetrics;
 
@@ -364,46 +368,6 @@ impl CheckpointArgs {
                 p.restore_from(sluice::plan::RestoreFrom::Path(path.to_string()));
             }
         }
-    }
-}
-
-/// Which server a client command talks to.
-#[derive(clap::Args)]
-struct ServerArgs {
-    /// The server's address.
-    #[arg(long, env = "SLUICE_SERVER", default_value = "http://127.0.0.1:8081")]
-    server: String,
-    /// API token (also `SLUICE_TOKEN`).
-    #[arg(long, env = "SLUICE_TOKEN")]
-    token: Option<String>,
-}
-
-impl ServerArgs {
-    /// One call; the answer's JSON, or the server's error as an error.
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> anyhow::Result<serde_json::Value> {
-        let url = sluice::connectors::http::HttpUrl::parse(&self.server)?;
-        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
-        let mut headers = vec![("Content-Type", "application/json")];
-        if let Some(a) = &auth {
-            headers.push(("Authorization", a.as_str()));
-        }
-        let body = body.map(|b| b.to_string());
-        let (status, text) = url.request(method, path, body.as_deref(), &headers)?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("the server answered HTTP {status}: {text}"))?;
-        if !(200..300).contains(&status) {
-            anyhow::bail!(
-                "{} ({})",
-                v["error"]["message"].as_str().unwrap_or(&text),
-                v["error"]["code"].as_str().unwrap_or("error")
-            );
-        }
-        Ok(v)
     }
 }
 
@@ -1013,153 +977,13 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Submit {
-            script,
-            name,
-            parallelism,
-            from_savepoint,
-            server,
-        } => {
-            let sql = std::fs::read_to_string(&script)
-                .with_context(|| format!("reading {}", script.display()))?;
-            let name =
-                name.or_else(|| script.file_stem().map(|s| s.to_string_lossy().into_owned()));
-            let v = server.call(
-                "POST",
-                "/api/jobs",
-                Some(&serde_json::json!({
-                    "sql": sql,
-                    "name": name,
-                    "parallelism": parallelism,
-                    "from_savepoint": from_savepoint,
-                })),
-            )?;
-            println!("{}", v["id"]);
-            Ok(())
-        }
-        Command::List { json, server } => {
-            let v = server.call("GET", "/api/jobs", None)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = v
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|j| {
-                    vec![
-                        j["id"].to_string(),
-                        text(&j["name"]),
-                        text(&j["status"]),
-                        j["source_records"].to_string(),
-                        j["sink_records"].to_string(),
-                        j["restarts"].to_string(),
-                        j["submitted_ms"].as_i64().map(utc).unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                columns(
-                    &[
-                        "ID",
-                        "NAME",
-                        "STATUS",
-                        "ROWS IN",
-                        "ROWS OUT",
-                        "RESTARTS",
-                        "SUBMITTED (UTC)"
-                    ],
-                    &rows
-                )
-            );
-            Ok(())
-        }
-        Command::Status { id, json, server } => {
-            let v = server.call("GET", &format!("/api/jobs/{id}"), None)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print!("{}", job_status(&v));
-            }
-            Ok(())
-        }
-        Command::Savepoint { id, stop, server } => {
-            let v = server.call(
-                "POST",
-                &format!("/api/jobs/{id}/savepoint"),
-                Some(&serde_json::json!({ "stop": stop })),
-            )?;
-            println!("{}", v["location"].as_str().unwrap_or_default());
-            Ok(())
-        }
-        Command::Ps { server } => {
-            let v = server.call("GET", "/api/lineage", None)?;
-            let ends = |e: &serde_json::Value| {
-                e.as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|x| {
-                        format!(
-                            "{}:{}",
-                            x["connector"].as_str().unwrap_or(""),
-                            x["name"].as_str().unwrap_or("")
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            for j in v.as_array().into_iter().flatten() {
-                println!(
-                    "{:>5}  {:<10} {}  {} -> {} -> {}",
-                    j["id"],
-                    j["status"].as_str().unwrap_or(""),
-                    j["name"].as_str().unwrap_or(""),
-                    ends(&j["reads"]),
-                    j["name"].as_str().unwrap_or(""),
-                    ends(&j["writes"])
-                );
-            }
-            Ok(())
-        }
-        Command::Logs {
-            id,
-            errors,
-            level,
-            task,
-            grep,
-            limit,
-            server,
-        } => {
-            let mut query = format!("limit={limit}");
-            let level = if errors { Some("error".into()) } else { level };
-            for (k, v) in [("level", level), ("task", task), ("q", grep)] {
-                if let Some(v) = v {
-                    query.push_str(&format!("&{k}={}", percent_encode(&v)));
-                }
-            }
-            let v = server.call("GET", &format!("/api/jobs/{id}/logs?{query}"), None)?;
-            for e in v.as_array().into_iter().flatten() {
-                let ms = e["time_ms"].as_i64().unwrap_or(0);
-                let t = chrono_like(ms);
-                println!(
-                    "{t} {:<5} {:<16} {}",
-                    e["level"].as_str().unwrap_or(""),
-                    e["task"].as_str().unwrap_or(""),
-                    e["message"].as_str().unwrap_or("")
-                );
-                if let Some(trace) = e["trace"].as_str() {
-                    println!("{trace}");
-                }
-            }
-            Ok(())
-        }
-        Command::Cancel { id, server } => {
-            server.call("POST", &format!("/api/jobs/{id}/cancel"), None)?;
-            println!("cancelling job {id}");
-            Ok(())
-        }
+        c @ (Command::Submit { .. }
+        | Command::List { .. }
+        | Command::Status { .. }
+        | Command::Savepoint { .. }
+        | Command::Ps { .. }
+        | Command::Logs { .. }
+        | Command::Cancel { .. }) => client::run(c),
         Command::Bench {
             suite:
                 BenchSuite::File {
@@ -1201,239 +1025,6 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
-    }
-}
-
-/// `value` safe in a URL's query.
-fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(
-            |b| match b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                true => (b as char).to_string(),
-                false => format!("%{b:02X}"),
-            },
-        )
-        .collect()
-}
-
-/// `HH:MM:SS.mmm` (UTC) of an epoch-ms time.
-fn chrono_like(ms: i64) -> String {
-    let day_ms = ms.rem_euclid(86_400_000);
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        day_ms / 3_600_000,
-        day_ms / 60_000 % 60,
-        day_ms / 1000 % 60,
-        day_ms % 1000
-    )
-}
-
-/// A JSON string's text (empty for anything else).
-fn text(v: &serde_json::Value) -> String {
-    v.as_str().unwrap_or_default().to_string()
-}
-
-/// Epoch milliseconds as `2026-12-06 10:00:05` (UTC).
-fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (year, month, day) = sluice_types::civil_date(days);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
-/// Rows under a header, each column as wide as its widest cell (numbers to the right).
-fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let numeric: Vec<bool> = (0..header.len())
-        .map(|i| {
-            !rows.is_empty()
-                && rows.iter().all(|r| {
-                    r[i].chars()
-                        .all(|c| c.is_ascii_digit() || c == '.' || c == '-')
-                })
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        let cells: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| match numeric[i] {
-                true => format!("{c:>w$}", w = widths[i]),
-                false => format!("{c:<w$}", w = widths[i]),
-            })
-            .collect();
-        format!("{}\n", cells.join("  ").trim_end())
-    };
-    let mut out = line(header.to_vec());
-    for r in rows {
-        out.push_str(&line(r.iter().map(String::as_str).collect()));
-    }
-    out
-}
-
-/// A job's detail as a person reads it.
-fn job_status(v: &serde_json::Value) -> String {
-    let ms = |x: &serde_json::Value| x.as_f64().map_or("-".to_string(), |m| format!("{m:.1} ms"));
-    let mut out = format!(
-        "job {}  {}  {}  (restarts {})\n",
-        v["id"],
-        text(&v["name"]),
-        text(&v["status"]),
-        v["restarts"]
-    );
-    if let Some(t) = v["submitted_ms"].as_i64() {
-        out.push_str(&format!("submitted {} UTC\n", utc(t)));
-    }
-    out.push_str(&format!(
-        "rows in {}  rows out {}  checkpoints {} completed, {} failed\n",
-        v["source_records"],
-        v["sink_records"],
-        v["checkpoints"]["completed"],
-        v["checkpoints"]["failed"]
-    ));
-    if let Some(e) = v["error"].as_str() {
-        out.push_str(&format!("error: {e}\n"));
-    }
-    let rows: Vec<Vec<String>> = v["operators"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|o| {
-            vec![
-                o["id"].to_string(),
-                text(&o["name"]),
-                o["parallelism"].to_string(),
-                o["records_in"].to_string(),
-                o["records_out"].to_string(),
-                o["busy_ms"].to_string(),
-                o["backpressured_ms"].to_string(),
-                o["watermark_ms"]
-                    .as_i64()
-                    .map(utc)
-                    .unwrap_or_else(|| "-".into()),
-                ms(&o["latency_p99_ms"]),
-            ]
-        })
-        .collect();
-    out.push('\n');
-    out.push_str(&columns(
-        &[
-            "ID",
-            "OPERATOR",
-            "P",
-            "IN",
-            "OUT",
-            "BUSY MS",
-            "BACKPRESSURE MS",
-            "WATERMARK (UTC)",
-            "P99 LATENCY",
-        ],
-        &rows,
-    ));
-    for a in v["alerts"].as_array().into_iter().flatten() {
-        out.push_str(&format!("alert: {}\n", a));
-    }
-    out
-}
-
-/// The example `sluice run` runs without a script.
-const DEFAULT_EXAMPLE: &str = "bids-per-auction";
-
-/// Plans SQL script files in order, as one session (the tables of one are there for the
-/// next); `-p` becomes the default parallelism. The job is named after the last file.
-/// One file at most may hold INSERT INTO or SELECT statements.
-fn plan_scripts(
-    paths: &[PathBuf],
-    parallelism: Option<usize>,
-) -> anyhow::Result<sluice::sql::SqlJob> {
-    let mut ctx = sluice::sql_context(sluice::connectors::registry());
-    if let Some(p) = parallelism {
-        ctx.set("parallelism.default", &p.to_string())?;
-    }
-    let mut job = sluice::sql::SqlJob::default();
-    let mut planned_in: Option<&PathBuf> = None;
-    for path in paths {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "sql".into());
-        ctx.set("pipeline.name", &stem)?;
-        let next = ctx.plan_script(&text).map_err(|e| {
-            let mut said = sql_error(path, &text, &e);
-            // A query file next to the file that declares its tables.
-            let tables = path.with_file_name("tables.sql");
-            if e.message.contains("does not exist") && tables.is_file() && !paths.contains(&tables)
-            {
-                said.push_str(&format!(
-                    "\nhint: {} declares tables; run it first: sluice run {} {}",
-                    tables.display(),
-                    tables.display(),
-                    path.display()
-                ));
-            }
-            anyhow::anyhow!(said)
-        })?;
-        job.explains.extend(next.explains);
-        if let Some(plan) = next.plan {
-            if let Some(first) = planned_in {
-                bail!(
-                    "{} and {} both hold INSERT INTO or SELECT statements; put them in one file (or in a statement set) to run them as one job",
-                    first.display(),
-                    path.display()
-                );
-            }
-            planned_in = Some(path);
-            job.plan = Some(plan);
-        }
-    }
-    Ok(job)
-}
-
-/// A SQL error as compilers write theirs: `file:line:column: message`, then the line
-/// with a caret under the column.
-fn sql_error(path: &std::path::Path, text: &str, e: &sluice::sql::SqlError) -> String {
-    let Some(pos) = e.pos.filter(|p| p.line > 0) else {
-        return format!("{}: {}", path.display(), e.message);
-    };
-    let mut out = format!(
-        "{}:{}:{}: {}",
-        path.display(),
-        pos.line,
-        pos.column,
-        e.message
-    );
-    if let Some((line, under)) = e.marked_line(text) {
-        let number = pos.line.to_string();
-        let pad = " ".repeat(number.len());
-        out.push_str(&format!("\n {number} | {line}\n {pad} | {under}^"));
-    }
-    out
-}
-
-fn find_example(name: &str) -> anyhow::Result<&'static examples::Example> {
-    match examples::find(name) {
-        Some(e) => Ok(e),
-        None => bail!(
-            "unknown example `{name}`; available: {}",
-            examples::EXAMPLES
-                .iter()
-                .map(|e| e.name)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
     }
 }
 
