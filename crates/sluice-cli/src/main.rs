@@ -766,8 +766,9 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     loop {
                         tick.tick().await;
                         let running = cell.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        // Once the LIMIT is full (rows passed before a restore count).
                         if let Some((metrics, stop)) = running
-                            && metrics.sink_records() >= limit as u64
+                            && (metrics.sink_records() >= limit as u64 || metrics.exhausted())
                         {
                             stop.stop().await;
                             return;

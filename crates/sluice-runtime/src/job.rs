@@ -63,7 +63,15 @@ impl Restore {
         let mut all_had_one = true;
         for e in self.manifest.subtasks.iter().filter(|e| e.node == node) {
             for p in &e.positions {
-                positions.insert(&p.split, &p.position);
+                // A split given up and not yet taken (shared splits) yields to its new
+                // owner's position.
+                let released = |v: &serde_json::Value| v.get("released") == Some(&true.into());
+                match positions.get(p.split.as_str()) {
+                    Some(old) if released(&p.position) && !released(old) => {}
+                    _ => {
+                        positions.insert(&p.split, &p.position);
+                    }
+                }
             }
             match e.meta.get("watermark").and_then(serde_json::Value::as_i64) {
                 Some(w) => watermark = Some(watermark.map_or(w, |m| m.min(w))),
@@ -727,7 +735,11 @@ impl PreparedJob {
                                 restored_watermark = r.positions(id, &mut splits)?;
                             }
                             let info = task_info(id);
-                            let reader = src.reader(assign_splits(&splits, s, p), &info)?;
+                            let mine = match src.shares_splits() {
+                                true => splits,
+                                false => assign_splits(&splits, s, p),
+                            };
+                            let reader = src.reader(mine, &info)?;
                             let (tx, rx) = mpsc::channel(16);
                             controls.push(tx);
                             source = Some(SourceTask {

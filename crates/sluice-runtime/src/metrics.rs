@@ -192,6 +192,8 @@ pub struct SubtaskMetrics {
     pub late_records: AtomicU64,
     /// End-to-end latency in µs (sinks only): sink time minus ingest time.
     pub latency_us: Histogram,
+    /// The operator will emit nothing more, whatever comes (a full `LIMIT`).
+    pub exhausted: std::sync::atomic::AtomicBool,
 }
 
 impl SubtaskMetrics {
@@ -252,6 +254,14 @@ impl JobMetrics {
             .filter(|o| o.is_source)
             .map(|o| o.sum(|s| &s.records_out))
             .sum()
+    }
+
+    /// Whether some operator will emit nothing more in any subtask (a full `LIMIT`,
+    /// counting the rows it passed before a restore).
+    pub fn exhausted(&self) -> bool {
+        self.operators
+            .iter()
+            .any(|o| !o.subtasks.is_empty() && o.subtasks.iter().all(|s| s.exhausted.load(Relaxed)))
     }
 
     /// Rows received by all sinks.

@@ -129,6 +129,15 @@ pub trait SourceConnector: Send + Sync + 'static {
     /// Its splits, for a source of the given parallelism.
     fn splits(&self, config: &Self::Config, parallelism: usize) -> Result<Vec<Split>>;
 
+    /// Whether its subtasks share the splits: every subtask's reader gets every split (with
+    /// the checkpoint's position) and reads those an outside party assigns it (Kafka's
+    /// consumer group), announcing each as it starts and ending it when it stops. A
+    /// position reported with `"released": true` is a split given up and not yet taken:
+    /// on restore, a position from its new owner wins over it.
+    fn shares_splits(&self, _config: &Self::Config) -> bool {
+        false
+    }
+
     /// The local files and directories its options name, exactly as it will open them:
     /// checked against the registry's [`FileGuard`] before [`SourceConnector::parse`]
     /// runs. The default takes every option that looks like one ([`files_by_name`]).
@@ -153,6 +162,8 @@ pub trait PreparedSource: Send + Sync {
     fn default_event_time(&self) -> Option<String>;
     /// Splits for a parallelism.
     fn splits(&self, parallelism: usize) -> Result<Vec<Split>>;
+    /// Whether every subtask reads from every split ([`SourceConnector::shares_splits`]).
+    fn shares_splits(&self) -> bool;
     /// Reader for one subtask.
     fn reader(&self, splits: Vec<Split>, task: &TaskInfo) -> Result<Box<dyn SourceReader>>;
 }
@@ -183,6 +194,9 @@ impl<C: SourceConnector> PreparedSource for Prepared<C> {
     }
     fn splits(&self, parallelism: usize) -> Result<Vec<Split>> {
         self.connector.splits(&self.config, parallelism)
+    }
+    fn shares_splits(&self) -> bool {
+        self.connector.shares_splits(&self.config)
     }
     fn reader(&self, splits: Vec<Split>, task: &TaskInfo) -> Result<Box<dyn SourceReader>> {
         self.connector.reader(&self.config, splits, task)

@@ -1143,6 +1143,159 @@ async fn who_consumes_finds_a_sluice_job_and_a_plain_consumer_group() {
     delete_topics(bootstrap, &[&topic]).await;
 }
 
+/// `'scan.partition-assignment' = 'group'`: the subtasks join the consumer group and
+/// read what it assigns them. The job (p = 2, exactly-once sink, checkpoints every
+/// 100 ms) is SIGKILLed again and again, while a plain consumer keeps joining the same
+/// group for a moment and leaving, so partitions move between the subtasks and away and
+/// back all along: a `read_committed` consumer sees every record exactly once. Meanwhile
+/// `who-consumes` shows the job's subtasks as the group's members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_group_assigns_partitions_through_kills_and_rebalances() {
+    let bootstrap = kafka();
+    let (input, output) = (unique("grouped"), unique("grouped-out"));
+    create_topic(bootstrap, &input, 4).await;
+    create_topic(bootstrap, &output, 2).await;
+    let n: i64 = 16_000;
+    let msgs: Vec<Msg> = id_msgs(0..n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut m)| {
+            m.partition = (i % 4) as i32;
+            m
+        })
+        .collect();
+    produce(bootstrap, &input, &msgs);
+    let group = format!("g-{input}");
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("job.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE ids (id BIGINT) WITH ('connector' = 'kafka', 'topic' = '{input}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
+                'properties.group.id' = '{group}', 'scan.partition-assignment' = 'group',
+                -- Members hear of a rebalance at their next heartbeat: often, so that
+                -- partitions move quickly.
+                'properties.heartbeat.interval.ms' = '100',
+                'properties.max.partition.fetch.bytes' = '4096',
+                'scan.startup.mode' = 'earliest-offset', 'rows-per-second' = '1000');
+             CREATE TABLE out_ids (id BIGINT) WITH ('connector' = 'kafka', 'topic' = '{output}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
+                'sink.delivery-guarantee' = 'exactly-once',
+                'sink.transactional-id-prefix' = 'tx-{output}');
+             -- The input never ends (the group's assignment has no end): the job stops
+             -- once every record has gone through.
+             INSERT INTO out_ids SELECT id FROM ids LIMIT {n};"
+        ),
+    )
+    .unwrap();
+    let cp = dir.path().join("checkpoints");
+    let args = [
+        "--checkpoint-interval",
+        "100ms",
+        "--checkpoint-dir",
+        cp.to_str().unwrap(),
+        "--delivery",
+        "exactly-once",
+        "--from-checkpoint",
+        "latest",
+        "--fresh-if-none",
+    ];
+    // A plain member of the same group comes and goes: each time, the group takes
+    // partitions from the job's subtasks and gives them back (maybe to the other one).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let intruder = {
+        let (stop, bootstrap, input, group) = (
+            std::sync::Arc::clone(&stop),
+            bootstrap.to_string(),
+            input.clone(),
+            group.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut joined = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let c: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap)
+                    .set("group.id", &group)
+                    .set("client.id", "intruder")
+                    .set("partition.assignment.strategy", "cooperative-sticky")
+                    .set("heartbeat.interval.ms", "100")
+                    // What it reads is not committed: the job's positions are its own.
+                    .set("enable.auto.commit", "false")
+                    .create()
+                    .unwrap();
+                c.subscribe(&[&input]).unwrap();
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_millis(2_000) {
+                    let _ = c.poll(Duration::from_millis(50));
+                }
+                drop(c);
+                joined += 1;
+                std::thread::sleep(Duration::from_millis(2_000));
+            }
+            joined
+        })
+    };
+    let crashes = crash_and_restart_with(
+        || {
+            let mut c = sluice_run(&sql, &args);
+            // (INFO everywhere: events inside task spans are not shown when the filter
+            // names targets.)
+            c.env("RUST_LOG", "info");
+            c
+        },
+        &kill_delays(4, 1_500, 4_000)
+            .into_iter()
+            .map(Kill::After)
+            .collect::<Vec<_>>(),
+        &cp,
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let joined = intruder.join().unwrap();
+    assert!(
+        crashes.kills >= 3,
+        "only {} kills hit a running job",
+        crashes.kills
+    );
+    let logs = crashes.stderr.join("\n");
+    let moved = logs
+        .matches("the consumer group took a partition away")
+        .count();
+    assert!(
+        moved > 0 && logs.contains("reading a partition the consumer group assigned"),
+        "no partition moved ({joined} joins of the intruder): {logs}"
+    );
+
+    let mut ids: Vec<i64> = read_topic(bootstrap, &output)
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<serde_json::Value>(&r.payload).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    ids.sort();
+    let twice: Vec<i64> = ids
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .take(8)
+        .collect();
+    let want: Vec<i64> = (0..n).collect();
+    assert!(
+        twice.is_empty() && ids == want,
+        "{} records, {n} expected; written twice: {twice:?}; {} partitions moved in {} runs",
+        ids.len(),
+        moved,
+        crashes.stderr.len()
+    );
+    println!(
+        "{} kills, {} runs resumed, {moved} partitions taken away, the intruder joined {joined} times",
+        crashes.kills, crashes.resumed
+    );
+    delete_topics(bootstrap, &[&input, &output]).await;
+}
+
 /// The broker is killed mid-run (SIGKILL, as a crash) and started again 4 s later on
 /// its storage: the job rides it out through its restart strategy and the output is
 /// complete.

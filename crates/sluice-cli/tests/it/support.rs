@@ -642,12 +642,36 @@ pub fn crash_and_restart_with(
         must_resume_from = newest(checkpoints);
         stderrs.push(err);
     }
-    let out = job().output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "job failed: {err}");
+    // The last run ends by itself; one that does not within minutes is a hang.
+    let mut child = job().spawn().unwrap();
+    let mut pipe = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(e) = pipe.as_mut() {
+            let _ = std::io::Read::read_to_string(e, &mut text);
+        }
+        text
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > Duration::from_secs(240) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = reader.join().unwrap();
+    let Some(status) = status else {
+        panic!("the last run did not end within 240 s: {err}");
+    };
+    assert!(status.success(), "job failed: {err}");
     check_resumed(&err, must_resume_from, false);
     resumed += usize::from(err.contains("resumed from checkpoint"));
-    stderrs.push(err.into_owned());
+    stderrs.push(err);
     Crashes {
         kills,
         resumed,

@@ -15,6 +15,7 @@
 //! to librdkafka as it is.
 
 pub mod admin;
+mod group;
 mod reader;
 mod sink;
 mod source;
@@ -61,6 +62,7 @@ const OPTIONS: &[&str] = &[
     "scan.startup.timestamp-millis",
     "scan.startup.specific-offsets",
     "scan.bounded.mode",
+    "scan.partition-assignment",
     "dead-letter.topic",
     "rows-per-second",
     "sink.delivery-guarantee",

@@ -13,7 +13,7 @@ use arrow::compute::{cast, take};
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -25,7 +25,8 @@ use super::{Columns, METADATA_TIMEOUT, MetaKey, client_config, kafka_err};
 use crate::codec::{Decoded, MessageDecoder};
 use crate::pacer::Pacer;
 
-use super::source::{KafkaSourceConfig, start_offsets};
+use super::group::{GroupEvent, Member, Partition, Start};
+use super::source::{KafkaSourceConfig, SourceConsumer, position_offset, start_offsets};
 
 /// Headers of a message, owned.
 pub(crate) type OwnedHeaderList = Vec<(String, Option<Vec<u8>>)>;
@@ -90,7 +91,11 @@ pub struct KafkaReader {
     pub(crate) config: Arc<KafkaSourceConfig>,
     pub(crate) group: String,
     pub(crate) splits: Vec<Split>,
-    pub(crate) consumer: Option<Arc<StreamConsumer>>,
+    /// Per split: its topic and partition.
+    pub(crate) parts: Vec<Partition>,
+    /// `'scan.partition-assignment' = 'group'`: the group decides what this subtask reads.
+    pub(crate) group_read: Option<GroupRead>,
+    pub(crate) consumer: Option<Arc<SourceConsumer>>,
     /// Which message metadata the table's columns read.
     pub(crate) wants: MetaWants,
     /// Per split: the next offset to read.
@@ -106,7 +111,7 @@ pub struct KafkaReader {
     pub(crate) dead_letters: Option<ThreadedProducer<DefaultProducerContext>>,
     pub(crate) last_commit: Instant,
     /// The splits' end offsets as last probed (for the lag gauge), and when.
-    pub(crate) highs: Arc<std::sync::Mutex<Vec<i64>>>,
+    pub(crate) highs: Arc<std::sync::Mutex<Vec<(usize, i64)>>>,
     pub(crate) last_lag_probe: Option<Instant>,
     pub(crate) last_transient_warn: Option<Instant>,
     /// Whether the key is read into a STRING column (and must be UTF-8).
@@ -118,6 +123,20 @@ pub struct KafkaReader {
     /// the end).
     pub(crate) last_complete: Option<Vec<(usize, i64)>>,
 }
+
+/// A subtask's reading in group mode: which of the (shared) splits it reads now.
+pub(crate) struct GroupRead {
+    pub(crate) member: Arc<Member>,
+    /// Per split: read by this subtask now.
+    pub(crate) owned: Vec<bool>,
+    /// Assigned, not started yet (paused): the split, and whether it is claimed (to start
+    /// from the startup mode) or waits for another subtask to let go of it.
+    pub(crate) waiting: Vec<(usize, bool)>,
+}
+
+/// In group mode, how long a read waits for a message before it looks at the group's
+/// assignment again.
+const GROUP_POLL: Duration = Duration::from_millis(200);
 
 /// Without checkpoints, offsets are committed to the group this often.
 pub(crate) const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
@@ -158,14 +177,14 @@ impl KafkaReader {
 
     /// The lag gauge: records between each split's position and its end as last probed.
     /// Probes run in the background (they are blocking broker calls), one at a time.
-    pub(crate) fn update_lag(&mut self, consumer: &Arc<StreamConsumer>, ctx: &OperatorContext) {
+    pub(crate) fn update_lag(&mut self, consumer: &Arc<SourceConsumer>, ctx: &OperatorContext) {
         {
             let highs = self.highs.lock().unwrap_or_else(|p| p.into_inner());
-            if highs.len() == self.next.len() && !highs.is_empty() {
+            if !highs.is_empty() {
                 let lag: i64 = highs
                     .iter()
-                    .zip(&self.next)
-                    .map(|(h, n)| (h - n).max(0))
+                    .filter(|(i, _)| self.reads(*i))
+                    .map(|&(i, h)| (h - self.next[i]).max(0))
                     .sum();
                 ctx.metrics
                     .source_lag
@@ -179,16 +198,18 @@ impl KafkaReader {
             return;
         }
         self.last_lag_probe = Some(Instant::now());
-        let parts: Vec<(String, i32)> = self
-            .splits
-            .iter()
-            .map(|s| self.config.partitions[s.index].clone())
+        let parts: Vec<(usize, Partition)> = (0..self.parts.len())
+            .filter(|&i| self.reads(i))
+            .map(|i| (i, self.parts[i].clone()))
             .collect();
         let (c, highs) = (Arc::clone(consumer), Arc::clone(&self.highs));
         tokio::task::spawn_blocking(move || {
-            let probed: Option<Vec<i64>> = parts
+            let probed: Option<Vec<(usize, i64)>> = parts
                 .iter()
-                .map(|(t, p)| c.fetch_watermarks(t, *p, LAG_INTERVAL).ok().map(|w| w.1))
+                .map(|(i, (t, p))| {
+                    let w = c.fetch_watermarks(t, *p, LAG_INTERVAL).ok()?;
+                    Some((*i, w.1))
+                })
                 .collect();
             if let Some(p) = probed {
                 *highs.lock().unwrap_or_else(|p| p.into_inner()) = p;
@@ -196,12 +217,18 @@ impl KafkaReader {
         });
     }
 
+    /// Whether this subtask reads split `i` now (always, unless in group mode).
+    pub(crate) fn reads(&self, i: usize) -> bool {
+        self.group_read.as_ref().is_none_or(|g| g.owned[i])
+    }
+
     pub(crate) fn split_of(&self, topic: &str, partition: i32) -> Option<usize> {
         // A few partitions per subtask: a scan, no key allocated per message.
-        self.splits.iter().position(|s| {
-            let (t, p) = &self.config.partitions[s.index];
-            *p == partition && t == topic
-        })
+        let i = self
+            .parts
+            .iter()
+            .position(|(t, p)| *p == partition && t == topic)?;
+        self.reads(i).then_some(i)
     }
 
     /// Takes one message into the chunk.
@@ -218,7 +245,7 @@ impl KafkaReader {
             // JSON object made from the key (and the value).
             let mut json = std::mem::take(&mut self.meta.upsert_json);
             if !upsert.json_of(m.key, m.payload, &mut json) {
-                let (t, p) = &self.config.partitions[self.splits[split].index];
+                let (t, p) = &self.parts[split];
                 self.bad_keys.push(DeadLetter {
                     position: format!("{t}/{p}@{}", m.offset),
                     error: "an upsert-kafka record without a readable key (a tombstone, or a value that leaves the key's fields out, needs the key)".into(),
@@ -279,7 +306,7 @@ impl KafkaReader {
         split: usize,
         ctx: &mut OperatorContext,
     ) -> Result<ReadResult> {
-        let (topic, partition) = self.config.partitions[self.splits[split].index].clone();
+        let (topic, partition) = self.parts[split].clone();
         let offsets = std::mem::take(&mut self.meta.offsets);
         let mut dead = std::mem::take(&mut self.bad_keys);
         let decoded = self.decoder.finish_checked(
@@ -510,7 +537,7 @@ impl KafkaReader {
     pub(crate) fn offsets_list(&self, positions: &[(usize, i64)]) -> Result<TopicPartitionList> {
         let mut tpl = TopicPartitionList::new();
         for &(split, o) in positions {
-            let (t, p) = &self.config.partitions[self.splits[split].index];
+            let (t, p) = &self.parts[split];
             tpl.add_partition_offset(t, *p, Offset::Offset(o))
                 .map_err(kafka_err("bad partition"))?;
         }
@@ -582,36 +609,117 @@ impl SourceReader for KafkaReader {
         cfg.set("group.id", &self.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
-        let consumer: StreamConsumer = cfg
-            .create()
+        let restored = self
+            .splits
+            .iter()
+            .zip(&self.parts)
+            .filter_map(|(s, (t, p))| {
+                let pos = s.position.as_ref()?;
+                Some(position_offset(pos, t, *p).map(|o| ((t.clone(), *p), o)))
+            })
+            .collect::<Result<std::collections::HashMap<_, _>>>()?;
+        if self.config.group_assignment {
+            // Incremental rebalances: with the classic protocol, the cooperative assignor
+            // (Kafka's new consumer protocol is incremental by itself).
+            let new_protocol = cfg.get("group.protocol") == Some("consumer");
+            if !new_protocol
+                && !cfg
+                    .config_map()
+                    .contains_key("partition.assignment.strategy")
+            {
+                cfg.set("partition.assignment.strategy", "cooperative-sticky");
+            }
+            // Kafka's tools show each member by its client id: the job's subtask.
+            let member_name = format!("sluice-{}-{}", ctx.task.job, ctx.task.subtask);
+            if !cfg.config_map().contains_key("client.id") {
+                cfg.set("client.id", &member_name);
+            }
+            // Static membership: a subtask that comes back (a restart after a crash)
+            // takes its old place and partitions at once, rather than waiting out its
+            // old session before the group rebalances.
+            if !cfg.config_map().contains_key("group.instance.id") {
+                cfg.set("group.instance.id", &member_name);
+            }
+            let member = Arc::new(Member::new(
+                Arc::clone(&self.config.shared),
+                ctx.task.subtask,
+                ctx.attempt,
+                restored,
+            ));
+            let context = super::group::SourceContext {
+                member: Some(Arc::clone(&member)),
+            };
+            let consumer: SourceConsumer = cfg
+                .create_with_context(context)
+                .map_err(kafka_err("cannot create the Kafka consumer"))?;
+            let topics = self.config.subscription();
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+            consumer
+                .subscribe(&topics)
+                .map_err(kafka_err("cannot subscribe to the topics"))?;
+            let n = self.splits.len();
+            self.next = vec![0; n];
+            self.ended = vec![false; n];
+            self.group_read = Some(GroupRead {
+                member,
+                owned: vec![false; n],
+                waiting: Vec::new(),
+            });
+            self.consumer = Some(Arc::new(consumer));
+            tracing::info!(
+                operator = %ctx.task.operator_name,
+                subtask = ctx.task.subtask,
+                group = %self.group,
+                topics = ?topics,
+                "reading Kafka: joining the consumer group for partitions"
+            );
+            return self.open_dead_letters();
+        }
+        let consumer: SourceConsumer = cfg
+            .create_with_context(super::group::SourceContext::default())
             .map_err(kafka_err("cannot create the Kafka consumer"))?;
         let consumer = Arc::new(consumer);
-        let (config, splits, group, c) = (
+        let fresh: Vec<Partition> = self
+            .parts
+            .iter()
+            .filter(|p| !restored.contains_key(*p))
+            .cloned()
+            .collect();
+        let (config, parts, group, c) = (
             Arc::clone(&self.config),
-            self.splits.clone(),
+            self.parts.clone(),
             self.group.clone(),
             Arc::clone(&consumer),
         );
-        let (starts, ends) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let starts = start_offsets(&config, &splits, &group, &c)?;
+        let (looked_up, ends) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let looked_up = start_offsets(&config, &fresh, &group, &c)?;
             let mut ends = Vec::new();
             if config.bounded {
-                for s in &splits {
-                    let (t, p) = &config.partitions[s.index];
+                for (t, p) in &parts {
                     let (_, high) = c
                         .fetch_watermarks(t, *p, METADATA_TIMEOUT)
                         .map_err(kafka_err(format!("cannot read the end offset of {t}/{p}")))?;
                     ends.push(high);
                 }
             }
-            Ok((starts, ends))
+            Ok((looked_up, ends))
         })
         .await
         .map_err(|e| SluiceError::internal(e.to_string()))??;
+        let starts: Vec<i64> = self
+            .parts
+            .iter()
+            .map(|p| {
+                restored
+                    .get(p)
+                    .or_else(|| looked_up.get(p))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect();
         self.end = ends;
         let mut tpl = TopicPartitionList::new();
-        for (i, s) in self.splits.iter().enumerate() {
-            let (t, p) = &self.config.partitions[s.index];
+        for (i, (t, p)) in self.parts.iter().enumerate() {
             tpl.add_partition_offset(t, *p, Offset::Offset(starts[i]))
                 .map_err(kafka_err("bad partition"))?;
         }
@@ -629,12 +737,6 @@ impl SourceReader for KafkaReader {
         for i in 0..self.splits.len() {
             self.check_end(i);
         }
-        if let Some(_dlq) = &self.config.dead_letter_topic {
-            let p: ThreadedProducer<DefaultProducerContext> = client_config(&self.config.props)
-                .create()
-                .map_err(kafka_err("cannot create the dead-letter producer"))?;
-            self.dead_letters = Some(p);
-        }
         self.consumer = Some(consumer);
         tracing::info!(
             operator = %ctx.task.operator_name,
@@ -643,14 +745,25 @@ impl SourceReader for KafkaReader {
             partitions = ?self.splits.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
             "reading Kafka"
         );
-        Ok(())
+        self.open_dead_letters()
     }
 
     async fn read(&mut self, max_rows: usize, ctx: &mut OperatorContext) -> Result<ReadResult> {
+        // A handle of our own: the read may be cancelled at its await (cancel-safe).
+        let consumer = Arc::clone(
+            self.consumer
+                .as_ref()
+                .ok_or_else(|| SluiceError::internal("the Kafka reader was not opened"))?,
+        );
+        if self.group_read.is_some() {
+            self.follow_group(&consumer).await?;
+        }
         if let Some(r) = self.queue.pop_front() {
             return Ok(r);
         }
-        if self.splits.is_empty() || (self.config.bounded && self.ended.iter().all(|&e| e)) {
+        if self.group_read.is_none()
+            && (self.splits.is_empty() || (self.config.bounded && self.ended.iter().all(|&e| e)))
+        {
             return match self.splits.is_empty() && !self.config.bounded {
                 // A subtask without partitions waits forever (an unbounded source).
                 true => std::future::pending().await,
@@ -659,15 +772,9 @@ impl SourceReader for KafkaReader {
         }
         if !ctx.checkpointing && self.last_commit.elapsed() >= COMMIT_INTERVAL {
             self.last_commit = Instant::now();
-            let pos: Vec<(usize, i64)> = self.next.iter().copied().enumerate().collect();
+            let pos = self.read_positions();
             self.commit_offsets(&pos, CommitMode::Async);
         }
-        // A handle of our own: the read may be cancelled at its await (cancel-safe).
-        let consumer = Arc::clone(
-            self.consumer
-                .as_ref()
-                .ok_or_else(|| SluiceError::internal("the Kafka reader was not opened"))?,
-        );
         self.update_lag(&consumer, ctx);
         self.read_chunk(&consumer, max_rows, ctx).await
     }
@@ -678,20 +785,33 @@ impl SourceReader for KafkaReader {
             p.flush(METADATA_TIMEOUT)
                 .map_err(kafka_err("cannot flush dead letters"))?;
         }
-        Ok(self
-            .splits
-            .iter()
-            .zip(&self.next)
-            .map(|(s, &o)| SplitPosition {
-                split: s.id.clone(),
+        let mut out: Vec<SplitPosition> = self
+            .read_positions()
+            .into_iter()
+            .map(|(i, o)| SplitPosition {
+                split: self.splits[i].id.clone(),
                 position: serde_json::json!({ "offset": o }),
             })
-            .collect())
+            .collect();
+        if let Some(g) = &self.group_read {
+            // Given up and not taken yet: this checkpoint must still know where they are.
+            for ((t, p), o) in g.member.released() {
+                out.push(SplitPosition {
+                    split: format!("{t}/{p}"),
+                    position: serde_json::json!({ "offset": o, "released": true }),
+                });
+            }
+            g.member
+                .epoch
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(out)
     }
 
     fn checkpoint_complete(&mut self, positions: &[SplitPosition]) -> Result<()> {
         let pos: Vec<(usize, i64)> = positions
             .iter()
+            .filter(|p| p.position.get("released").is_none())
             .filter_map(|p| {
                 let i = self.splits.iter().position(|s| s.id == p.split)?;
                 Some((i, p.position.get("offset")?.as_i64()?))
@@ -711,7 +831,7 @@ impl SourceReader for KafkaReader {
         // checkpoint, or (without checkpoints) everything read.
         let last = match (ctx.checkpointing, self.last_complete.take()) {
             (true, last) => last,
-            (false, _) => Some(self.next.iter().copied().enumerate().collect()),
+            (false, _) => Some(self.read_positions()),
         };
         if let (Some(pos), Some(c)) = (last, &self.consumer) {
             let tpl = self.offsets_list(&pos)?;
@@ -728,9 +848,200 @@ impl SourceReader for KafkaReader {
 }
 
 impl KafkaReader {
+    fn open_dead_letters(&mut self) -> Result<()> {
+        if let Some(_dlq) = &self.config.dead_letter_topic {
+            let p: ThreadedProducer<DefaultProducerContext> = client_config(&self.config.props)
+                .create()
+                .map_err(kafka_err("cannot create the dead-letter producer"))?;
+            self.dead_letters = Some(p);
+        }
+        Ok(())
+    }
+
+    /// The splits this subtask reads now, each with its next offset.
+    pub(crate) fn read_positions(&self) -> Vec<(usize, i64)> {
+        (0..self.splits.len())
+            .filter(|&i| self.reads(i))
+            .map(|i| (i, self.next[i]))
+            .collect()
+    }
+
+    /// The local split of `p`, added when the group assigns a partition the job did not
+    /// know at start.
+    fn local_split(&mut self, p: &Partition) -> usize {
+        if let Some(i) = self.parts.iter().position(|q| q == p) {
+            return i;
+        }
+        let index = self.config.shared.split_of(&self.config.partitions, p);
+        self.splits
+            .push(Split::new(format!("{}/{}", p.0, p.1), index));
+        self.parts.push(p.clone());
+        self.next.push(0);
+        self.ended.push(false);
+        if let Some(g) = self.group_read.as_mut() {
+            g.owned.push(false);
+        }
+        self.parts.len() - 1
+    }
+
+    /// Takes in what the group's rebalances said, and starts the partitions that were
+    /// waiting once they can start.
+    async fn follow_group(&mut self, consumer: &Arc<SourceConsumer>) -> Result<()> {
+        self.apply_group_events();
+        self.start_waiting(consumer).await
+    }
+
+    /// Takes in what the group's rebalances said (the callback runs inside a poll).
+    fn apply_group_events(&mut self) {
+        let Some(member) = self.group_read.as_ref().map(|g| Arc::clone(&g.member)) else {
+            return;
+        };
+        for event in member.take_events() {
+            match event {
+                GroupEvent::Revoked(p) => {
+                    let i = self.local_split(&p);
+                    let g = self.group_read.as_mut().expect("group mode");
+                    if g.owned[i] {
+                        g.owned[i] = false;
+                        member.release(&p, Some(self.next[i]));
+                        self.queue
+                            .push_back(ReadResult::SplitEnd(self.splits[i].index));
+                    } else if let Some(w) = g.waiting.iter().position(|&(s, _)| s == i) {
+                        let (_, claimed) = g.waiting.remove(w);
+                        if claimed {
+                            member.release(&p, None);
+                        }
+                    }
+                    if self.stash.as_ref().is_some_and(|m| m.split == i) {
+                        self.stash = None;
+                    }
+                    tracing::info!(partition = %format!("{}/{}", p.0, p.1), subtask = member.subtask, "the consumer group took a partition away");
+                }
+                GroupEvent::Assigned(p, start) => {
+                    let i = self.local_split(&p);
+                    match start {
+                        Start::At(o) => self.begin(i, o),
+                        Start::Startup => self.group_waiting().push((i, true)),
+                        Start::Wait => self.group_waiting().push((i, false)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The split of a message in group mode, where the partition may have been assigned
+    /// during the poll that returned it.
+    fn split_of_assigned(&mut self, topic: &str, partition: i32) -> Option<usize> {
+        match self.split_of(topic, partition) {
+            None if self.group_read.is_some() => {
+                self.apply_group_events();
+                self.split_of(topic, partition)
+            }
+            found => found,
+        }
+    }
+
+    fn group_waiting(&mut self) -> &mut Vec<(usize, bool)> {
+        &mut self.group_read.as_mut().expect("group mode").waiting
+    }
+
+    /// Split `i` is read from `offset` on: it holds event time back from now.
+    fn begin(&mut self, i: usize, offset: i64) {
+        if let Some(g) = self.group_read.as_mut() {
+            g.owned[i] = true;
+        }
+        self.next[i] = offset;
+        self.queue.push_back(ReadResult::Batch {
+            split: self.splits[i].index,
+            rows: RecordBatch::new_empty(Arc::clone(&self.config.columns.all)),
+        });
+        tracing::info!(partition = %self.splits[i].id, offset, "reading a partition the consumer group assigned");
+    }
+
+    /// Starts the assigned partitions that can start now: released by their last owner
+    /// (at a barrier this subtask has passed too), or new to this attempt (from the
+    /// startup mode, looked up first). Cancel-safe: the waiting list changes only
+    /// between awaits.
+    async fn start_waiting(&mut self, consumer: &Arc<SourceConsumer>) -> Result<()> {
+        let Some(g) = self.group_read.as_mut() else {
+            return Ok(());
+        };
+        if g.waiting.is_empty() {
+            return Ok(());
+        }
+        let member = Arc::clone(&g.member);
+        let mut ready: Vec<(usize, i64)> = Vec::new();
+        for w in g.waiting.iter_mut().filter(|w| !w.1) {
+            match member.claim(&self.parts[w.0]) {
+                Start::At(o) => ready.push((w.0, o)),
+                Start::Startup => w.1 = true,
+                Start::Wait => {}
+            }
+        }
+        self.start(consumer, ready)?;
+        let lookup: Vec<Partition> = self
+            .group_read
+            .iter()
+            .flat_map(|g| g.waiting.iter().filter(|w| w.1))
+            .map(|w| self.parts[w.0].clone())
+            .collect();
+        if lookup.is_empty() {
+            return Ok(());
+        }
+        let (config, group, c) = (
+            Arc::clone(&self.config),
+            self.group.clone(),
+            Arc::clone(consumer),
+        );
+        let found =
+            tokio::task::spawn_blocking(move || start_offsets(&config, &lookup, &group, &c))
+                .await
+                .map_err(|e| SluiceError::internal(e.to_string()))?;
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => {
+                // The brokers are away for now: looked up again at the next read.
+                tracing::warn!(error = %e, "cannot look up where assigned partitions start; trying again");
+                return Ok(());
+            }
+        };
+        // Still waiting (not revoked meanwhile) and claimed: start them.
+        let ready: Vec<(usize, i64)> = self
+            .group_read
+            .iter()
+            .flat_map(|g| g.waiting.iter().filter(|w| w.1))
+            .filter_map(|w| Some((w.0, *found.get(&self.parts[w.0])?)))
+            .collect();
+        self.start(consumer, ready)
+    }
+
+    /// Adds waiting partitions to the consumer's assignment, each at its offset.
+    fn start(&mut self, consumer: &SourceConsumer, ready: Vec<(usize, i64)>) -> Result<()> {
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for &(i, o) in &ready {
+            let (t, p) = &self.parts[i];
+            tpl.add_partition_offset(t, *p, Offset::Offset(o))
+                .map_err(kafka_err("bad partition"))?;
+        }
+        consumer
+            .incremental_assign(&tpl)
+            .map_err(kafka_err("cannot start reading assigned partitions"))?;
+        self.group_waiting()
+            .retain(|w| !ready.iter().any(|r| r.0 == w.0));
+        for (i, o) in ready {
+            self.begin(i, o);
+        }
+        Ok(())
+    }
+}
+
+impl KafkaReader {
     pub(crate) async fn read_chunk(
         &mut self,
-        consumer: &StreamConsumer,
+        consumer: &Arc<SourceConsumer>,
         max_rows: usize,
         ctx: &mut OperatorContext,
     ) -> Result<ReadResult> {
@@ -754,7 +1065,21 @@ impl KafkaReader {
                 m.split
             }
             None => loop {
-                let msg = match consumer.recv().await {
+                let received = match self.group_read.is_some() {
+                    false => consumer.recv().await,
+                    // The group's assignment is looked at again now and then.
+                    true => match tokio::time::timeout(GROUP_POLL, consumer.recv()).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            self.follow_group(consumer).await?;
+                            if let Some(r) = self.queue.pop_front() {
+                                return Ok(r);
+                            }
+                            continue;
+                        }
+                    },
+                };
+                let msg = match received {
                     Ok(m) => m,
                     // The broker is away: librdkafka reconnects by itself; wait for it
                     // rather than failing the job over a blip.
@@ -764,7 +1089,7 @@ impl KafkaReader {
                     }
                     Err(e) => return Err(kafka_err("reading Kafka failed")(e)),
                 };
-                let Some(split) = self.split_of(msg.topic(), msg.partition()) else {
+                let Some(split) = self.split_of_assigned(msg.topic(), msg.partition()) else {
                     continue;
                 };
                 if self.past_end(split, msg.offset()) {
@@ -792,7 +1117,7 @@ impl KafkaReader {
                 }
                 Err(e) => return Err(kafka_err("reading Kafka failed")(e)),
             };
-            let Some(s) = self.split_of(msg.topic(), msg.partition()) else {
+            let Some(s) = self.split_of_assigned(msg.topic(), msg.partition()) else {
                 continue;
             };
             if self.past_end(s, msg.offset()) {
@@ -829,7 +1154,7 @@ impl KafkaReader {
             && std::str::from_utf8(k).is_err()
         {
             self.next[split] = m.offset + 1;
-            let (t, p) = &self.config.partitions[self.splits[split].index];
+            let (t, p) = &self.parts[split];
             self.bad_keys.push(DeadLetter {
                 position: format!("{t}/{p}@{}", m.offset),
                 error: "the message key is not UTF-8 (declare the key column BYTES)".into(),

@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use arrow::datatypes::{DataType, SchemaRef};
 use rdkafka::consumer::{Consumer, StreamConsumer};
+
+use super::group::{GroupShared, Partition, SourceContext};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_plan::ConnectorSpec;
 use sluice_runtime::{SourceConnector, SourceReader, Split};
@@ -21,6 +23,9 @@ use super::{
 use crate::codec::{MessageDecoder, MessageFormat};
 use crate::options::OptionReader;
 use crate::pacer::Pacer;
+
+/// The consumer of a source subtask.
+pub(crate) type SourceConsumer = StreamConsumer<SourceContext>;
 
 /// Where a partition without a checkpointed position starts.
 #[derive(Clone, Debug, PartialEq)]
@@ -53,6 +58,21 @@ pub struct KafkaSourceConfig {
     pub(crate) partitions: Vec<(String, i32)>,
     /// An `upsert-kafka` table: records are upserts by key, tombstones deletes.
     pub(crate) upsert: Option<UpsertSource>,
+    /// `'scan.partition-assignment' = 'group'`: the subtasks subscribe to the topics and
+    /// read what the consumer group assigns them.
+    pub(crate) group_assignment: bool,
+    /// What the subtasks share in group mode.
+    pub(crate) shared: Arc<GroupShared>,
+}
+
+impl KafkaSourceConfig {
+    /// The topics a group-mode consumer subscribes to: those it reads (a pattern's
+    /// matches as listed at start).
+    pub(crate) fn subscription(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.partitions.iter().map(|(t, _)| t.clone()).collect();
+        topics.dedup();
+        topics
+    }
 }
 
 /// How an `upsert-kafka` table's records are read: a record's value is its key's new
@@ -264,6 +284,8 @@ impl SourceConnector for UpsertKafkaSourceConnector {
                 raw_key,
                 except_key,
             }),
+            group_assignment: false,
+            shared: Arc::default(),
         })
     }
 
@@ -406,6 +428,21 @@ impl SourceConnector for KafkaSourceConnector {
             )?),
         };
         let (bounded, rows_per_second) = end_and_pace(&o, "kafka")?;
+        let group_assignment =
+            o.choice("scan.partition-assignment", &["job", "group"], Some("job"))? == "group";
+        if group_assignment && bounded {
+            return Err(SluiceError::user(
+                "'scan.partition-assignment' = 'group' reads what the consumer group assigns, which has no end: it cannot be combined with 'scan.bounded.mode'",
+            ));
+        }
+        if group_assignment
+            && let Some(s) = props.get("partition.assignment.strategy")
+            && s.trim() != "cooperative-sticky"
+        {
+            return Err(SluiceError::user(format!(
+                "'scan.partition-assignment' = 'group' moves partitions one by one, which needs 'properties.partition.assignment.strategy' = 'cooperative-sticky' (the default here) or 'properties.group.protocol' = 'consumer', not `{s}`"
+            )));
+        }
         let partitions = partitions(&props, &topics)?;
         Ok(KafkaSourceConfig {
             rows_per_second,
@@ -418,6 +455,8 @@ impl SourceConnector for KafkaSourceConnector {
             json: crate::format::JsonOptions::from_options(&o)?,
             partitions,
             upsert: None,
+            group_assignment,
+            shared: Arc::default(),
         })
     }
 
@@ -434,6 +473,10 @@ impl SourceConnector for KafkaSourceConnector {
             .collect())
     }
 
+    fn shares_splits(&self, config: &KafkaSourceConfig) -> bool {
+        config.group_assignment
+    }
+
     fn reader(
         &self,
         config: &Arc<KafkaSourceConfig>,
@@ -441,7 +484,13 @@ impl SourceConnector for KafkaSourceConnector {
         task: &TaskInfo,
     ) -> Result<Box<dyn SourceReader>> {
         let decoder = MessageDecoder::new(&config.format, Arc::clone(&config.columns.value))?;
+        let parts = splits
+            .iter()
+            .map(|s| config.partitions[s.index].clone())
+            .collect();
         Ok(Box::new(KafkaReader {
+            parts,
+            group_read: None,
             config: Arc::clone(config),
             group: config
                 .props
@@ -479,91 +528,89 @@ impl SourceConnector for KafkaSourceConnector {
     }
 }
 
-/// Resolves where each split starts: a number for every mode, so that positions are
-/// exact from the first checkpoint on. Blocking (metadata requests).
+/// The offset a checkpoint recorded for a partition.
+pub(crate) fn position_offset(pos: &serde_json::Value, t: &str, p: i32) -> Result<i64> {
+    pos.get("offset").and_then(|o| o.as_i64()).ok_or_else(|| {
+        SluiceError::user(format!(
+            "the checkpoint's position of Kafka partition {t}/{p} is not an offset: {pos}"
+        ))
+    })
+}
+
+/// Where partitions without a checkpointed position start, from the startup mode: a
+/// number for every mode, so that positions are exact from the first checkpoint on.
+/// Blocking (metadata requests).
 pub(crate) fn start_offsets(
     config: &KafkaSourceConfig,
-    splits: &[Split],
+    parts: &[Partition],
     group: &str,
-    consumer: &StreamConsumer,
-) -> Result<Vec<i64>> {
-    let mut out = Vec::with_capacity(splits.len());
+    consumer: &SourceConsumer,
+) -> Result<HashMap<Partition, i64>> {
+    let mut out = HashMap::with_capacity(parts.len());
+    if parts.is_empty() {
+        return Ok(out);
+    }
     let mut committed = HashMap::new();
     let mut by_time = HashMap::new();
-    let unresolved: Vec<&Split> = splits.iter().filter(|s| s.position.is_none()).collect();
-    if !unresolved.is_empty() {
-        let mut tpl = TopicPartitionList::new();
-        for s in &unresolved {
-            let (t, p) = &config.partitions[s.index];
-            match &config.startup {
-                Startup::Timestamp(ts) => {
-                    tpl.add_partition_offset(t, *p, Offset::Offset(*ts))
-                        .map_err(kafka_err("bad partition"))?;
-                }
-                _ => {
-                    tpl.add_partition(t, *p);
-                }
-            }
-        }
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in parts {
         match &config.startup {
-            Startup::Group => {
-                let c = consumer
-                    .committed_offsets(tpl, METADATA_TIMEOUT)
-                    .map_err(kafka_err(format!(
-                        "cannot read the committed offsets of group `{}`",
-                        group
-                    )))?;
-                for e in c.elements() {
-                    if let Offset::Offset(o) = e.offset() {
-                        committed.insert((e.topic().to_string(), e.partition()), o);
-                    }
-                }
+            Startup::Timestamp(ts) => {
+                tpl.add_partition_offset(t, *p, Offset::Offset(*ts))
+                    .map_err(kafka_err("bad partition"))?;
             }
-            Startup::Timestamp(_) => {
-                let c = consumer
-                    .offsets_for_times(tpl, METADATA_TIMEOUT)
-                    .map_err(kafka_err("cannot look up offsets by timestamp"))?;
-                for e in c.elements() {
-                    if let Offset::Offset(o) = e.offset() {
-                        by_time.insert((e.topic().to_string(), e.partition()), o);
-                    }
-                }
+            _ => {
+                tpl.add_partition(t, *p);
             }
-            _ => {}
         }
+    }
+    match &config.startup {
+        Startup::Group => {
+            let c = consumer
+                .committed_offsets(tpl, METADATA_TIMEOUT)
+                .map_err(kafka_err(format!(
+                    "cannot read the committed offsets of group `{group}`"
+                )))?;
+            for e in c.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    committed.insert((e.topic().to_string(), e.partition()), o);
+                }
+            }
+        }
+        Startup::Timestamp(_) => {
+            let c = consumer
+                .offsets_for_times(tpl, METADATA_TIMEOUT)
+                .map_err(kafka_err("cannot look up offsets by timestamp"))?;
+            for e in c.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    by_time.insert((e.topic().to_string(), e.partition()), o);
+                }
+            }
+        }
+        _ => {}
     }
     let latest_on_reset = config
         .props
         .get("auto.offset.reset")
         .is_some_and(|r| matches!(r.as_str(), "latest" | "largest" | "end"));
-    for s in splits {
-        let (t, p) = &config.partitions[s.index];
-        if let Some(pos) = &s.position {
-            let o = pos.get("offset").and_then(|o| o.as_i64()).ok_or_else(|| {
-                SluiceError::user(format!(
-                    "the checkpoint's position of Kafka partition {t}/{p} is not an offset: {pos}"
-                ))
-            })?;
-            out.push(o);
-            continue;
-        }
+    for key in parts {
+        let (t, p) = key;
         let (low, high) = consumer
             .fetch_watermarks(t, *p, METADATA_TIMEOUT)
             .map_err(kafka_err(format!("cannot read the offsets of {t}/{p}")))?;
-        let key = (t.clone(), *p);
         let o = match &config.startup {
             Startup::Earliest => low,
             Startup::Latest => high,
-            Startup::Group => match committed.get(&key) {
+            Startup::Group => match committed.get(key) {
                 Some(&o) => o,
                 None if latest_on_reset => high,
                 None => low,
             },
             // No record at or after the time: start at the end.
-            Startup::Timestamp(_) => by_time.get(&key).copied().unwrap_or(high),
+            Startup::Timestamp(_) => by_time.get(key).copied().unwrap_or(high),
             Startup::Specific(m) => m.get(p).copied().unwrap_or(low),
         };
-        out.push(o.clamp(low, high));
+        out.insert(key.clone(), o.clamp(low, high));
     }
     Ok(out)
 }

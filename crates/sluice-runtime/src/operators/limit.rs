@@ -53,6 +53,17 @@ impl LimitOperator {
     }
 }
 
+impl LimitOperator {
+    /// Says so in the metrics once every row has passed (what `sluice run` stops on).
+    fn mark_exhausted(&self, ctx: &OperatorContext) {
+        if self.passed >= self.fetch {
+            ctx.metrics
+                .exhausted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Passed {
     passed: usize,
@@ -67,7 +78,7 @@ impl Operator for LimitOperator {
     async fn process_batch(
         &mut self,
         batch: Batch,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
         out: &mut dyn Collector,
     ) -> Result<()> {
         let left = self.fetch - self.passed;
@@ -76,6 +87,7 @@ impl Operator for LimitOperator {
         }
         let take = left.min(batch.num_rows());
         self.passed += take;
+        self.mark_exhausted(ctx);
         let batch = match take == batch.num_rows() {
             true => batch,
             false => batch.with_data(batch.data.slice(0, take)),
@@ -97,10 +109,11 @@ impl Operator for LimitOperator {
         })
     }
 
-    async fn restore(&mut self, state: RestoredState, _ctx: &mut OperatorContext) -> Result<()> {
+    async fn restore(&mut self, state: RestoredState, ctx: &mut OperatorContext) -> Result<()> {
         // One subtask: one old count (rows passed by several would add up).
         let passed: usize = state.metas::<Passed>()?.iter().map(|p| p.passed).sum();
         self.passed = passed.min(self.fetch);
+        self.mark_exhausted(ctx);
         Ok(())
     }
 }
