@@ -1176,7 +1176,7 @@ async fn the_consumer_group_assigns_partitions_through_kills_and_rebalances() {
                 'properties.group.id' = '{group}', 'scan.partition-assignment' = 'group',
                 -- Members hear of a rebalance at their next heartbeat: often, so that
                 -- partitions move quickly.
-                'properties.heartbeat.interval.ms' = '100',
+                'properties.heartbeat.interval.ms' = '100', 'properties.session.timeout.ms' = '6000',
                 'properties.max.partition.fetch.bytes' = '4096',
                 'scan.startup.mode' = 'earliest-offset', 'rows-per-second' = '1000');
              CREATE TABLE out_ids (id BIGINT) WITH ('connector' = 'kafka', 'topic' = '{output}',
@@ -1213,6 +1213,7 @@ async fn the_consumer_group_assigns_partitions_through_kills_and_rebalances() {
         );
         std::thread::spawn(move || {
             let mut joined = 0;
+            let mut members_seen = BTreeSet::new();
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let c: BaseConsumer = ClientConfig::new()
                     .set("bootstrap.servers", &bootstrap)
@@ -1231,9 +1232,30 @@ async fn the_consumer_group_assigns_partitions_through_kills_and_rebalances() {
                 }
                 drop(c);
                 joined += 1;
+                // The job's subtasks as the broker knows them: static members named
+                // after the job's subtasks, with the partitions they read.
+                let out = Command::new(BIN)
+                    .args(["who-consumes", &input, "--bootstrap", &bootstrap, "--json"])
+                    .output()
+                    .unwrap();
+                if let Ok(groups) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                    for g in groups.as_array().into_iter().flatten() {
+                        for m in g["members"].as_array().into_iter().flatten() {
+                            let reads = m["partitions"].as_array().is_some_and(|p| !p.is_empty());
+                            if g["group"] == group.as_str()
+                                && m["client_id"]
+                                    .as_str()
+                                    .is_some_and(|c| c.starts_with("sluice-"))
+                                && reads
+                            {
+                                members_seen.insert(m["client_id"].as_str().unwrap().to_string());
+                            }
+                        }
+                    }
+                }
                 std::thread::sleep(Duration::from_millis(2_000));
             }
-            joined
+            (joined, members_seen)
         })
     };
     let crashes = crash_and_restart_with(
@@ -1251,7 +1273,11 @@ async fn the_consumer_group_assigns_partitions_through_kills_and_rebalances() {
         &cp,
     );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let joined = intruder.join().unwrap();
+    let (joined, members_seen) = intruder.join().unwrap();
+    assert!(
+        !members_seen.is_empty(),
+        "who-consumes never showed the job's subtasks as members of {group}"
+    );
     assert!(
         crashes.kills >= 3,
         "only {} kills hit a running job",
@@ -1290,7 +1316,7 @@ async fn the_consumer_group_assigns_partitions_through_kills_and_rebalances() {
         crashes.stderr.len()
     );
     println!(
-        "{} kills, {} runs resumed, {moved} partitions taken away, the intruder joined {joined} times",
+        "{} kills, {} runs resumed, {moved} partitions taken away, the intruder joined {joined} times, members seen: {members_seen:?}",
         crashes.kills, crashes.resumed
     );
     delete_topics(bootstrap, &[&input, &output]).await;

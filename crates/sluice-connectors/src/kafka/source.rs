@@ -619,6 +619,45 @@ pub(crate) fn start_offsets(
 mod tests {
     use super::UpsertSource;
 
+    /// What following the consumer group cannot be combined with is refused before any
+    /// broker is asked anything.
+    #[test]
+    fn group_assignment_refuses_an_end_and_eager_assignors() {
+        use sluice_runtime::SourceConnector;
+        let spec = |extra: &[(&str, &str)]| {
+            let schema = arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+                "id",
+                arrow::datatypes::DataType::Int64,
+                true,
+            )]);
+            let mut s = sluice_plan::ConnectorSpec::new("kafka")
+                .with_option("topic", "t")
+                .with_option("properties.bootstrap.servers", "127.0.0.1:1")
+                .with_option("format", "json")
+                .with_option("scan.partition-assignment", "group");
+            for (k, v) in extra {
+                s = s.with_option(*k, *v);
+            }
+            s.schema = Some(std::sync::Arc::new(schema));
+            s
+        };
+        let err = |extra: &[(&str, &str)]| match super::KafkaSourceConnector.parse(&spec(extra)) {
+            Ok(_) => panic!("accepted {extra:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err(&[("scan.bounded.mode", "latest-offset")])
+                .contains("cannot be combined with 'scan.bounded.mode'")
+        );
+        assert!(
+            err(&[("properties.partition.assignment.strategy", "range")])
+                .contains("cooperative-sticky")
+        );
+        assert!(
+            err(&[("scan.partition-assignment", "everyone")]).contains("scan.partition-assignment")
+        );
+    }
+
     fn read(u: &UpsertSource, key: Option<&str>, value: Option<&str>) -> Option<String> {
         let mut out = Vec::new();
         u.json_of(key.map(str::as_bytes), value.map(str::as_bytes), &mut out)
