@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arrow::array::{RecordBatch, StringArray, StructArray};
 use arrow::buffer::NullBuffer;
 use arrow::compute::concat_batches;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use sluice_runtime::dead_letter::DeadLetter;
 use sluice_types::{Batch, Result, RowKind, SluiceError};
 
@@ -123,12 +123,18 @@ impl JsonOptions {
     /// `rows` as they are written: with `SQL` timestamps, every top-level timestamp
     /// column as text `yyyy-MM-dd HH:mm:ss.SSS`.
     pub fn for_writing(&self, rows: RecordBatch) -> Result<RecordBatch> {
-        if !self.sql_timestamps
-            || !rows
-                .schema()
-                .fields()
-                .iter()
-                .any(|f| matches!(f.data_type(), DataType::Timestamp(_, _)))
+        let written_here = |t: &DataType| match t {
+            // Zone-less timestamps are formatted here (fast); with a zone as arrow
+            // writes them (ISO-8601), or that with a space (SQL).
+            DataType::Timestamp(_, None) => true,
+            DataType::Timestamp(_, Some(_)) => self.sql_timestamps,
+            _ => false,
+        };
+        if !rows
+            .schema()
+            .fields()
+            .iter()
+            .any(|f| written_here(f.data_type()))
         {
             return Ok(rows);
         }
@@ -136,7 +142,12 @@ impl JsonOptions {
         let mut columns = Vec::with_capacity(rows.num_columns());
         for (f, c) in rows.schema().fields().iter().zip(rows.columns()) {
             match f.data_type() {
-                DataType::Timestamp(_, _) => {
+                DataType::Timestamp(unit, None) => {
+                    fields.push(Field::new(f.name(), DataType::Utf8, f.is_nullable()));
+                    let text = timestamps_text(c, *unit, self.sql_timestamps)?;
+                    columns.push(Arc::new(text) as arrow::array::ArrayRef);
+                }
+                DataType::Timestamp(_, Some(_)) if self.sql_timestamps => {
                     let iso = arrow::compute::cast(c, &DataType::Utf8)?;
                     let iso = iso
                         .as_any()
@@ -160,6 +171,79 @@ impl JsonOptions {
             columns,
         )?)
     }
+}
+
+/// Timestamps as Flink's JSON format writes them: in its SQL standard (`sql`)
+/// `yyyy-MM-dd HH:mm:ss` and the fraction of a second without trailing zeros (none when
+/// it is zero), e.g. `2024-01-01 00:00:00.12` for 120 ms; in ISO-8601 `yyyy-MM-ddTHH:mm:ss`
+/// and a fraction of 3, 6 or 9 digits as needed (`2024-01-01T00:00:00.120`).
+fn timestamps_text(
+    column: &arrow::array::ArrayRef,
+    unit: TimeUnit,
+    sql: bool,
+) -> Result<StringArray> {
+    let values = arrow::compute::cast(column, &DataType::Int64)?;
+    let values = values
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .ok_or_else(|| SluiceError::internal("a timestamp did not cast to its integer"))?;
+    let mut out = arrow::array::StringBuilder::with_capacity(values.len(), values.len() * 23);
+    let mut text = String::with_capacity(32);
+    for v in values {
+        match v {
+            Some(v) => {
+                text.clear();
+                write_timestamp(&mut text, v, unit, sql);
+                out.append_value(&text);
+            }
+            None => out.append_null(),
+        }
+    }
+    Ok(out.finish())
+}
+
+/// Writes one timestamp (`value` in `unit` since the epoch) in Flink's SQL text form
+/// (`sql`), or in ISO-8601's.
+pub(crate) fn write_timestamp(out: &mut String, value: i64, unit: TimeUnit, sql: bool) {
+    use std::fmt::Write;
+    let per_second: i64 = match unit {
+        TimeUnit::Second => 1,
+        TimeUnit::Millisecond => 1_000,
+        TimeUnit::Microsecond => 1_000_000,
+        TimeUnit::Nanosecond => 1_000_000_000,
+    };
+    let seconds = value.div_euclid(per_second);
+    let nanos = value.rem_euclid(per_second) * (1_000_000_000 / per_second);
+    let (days, of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian calendar).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}{}{:02}:{:02}:{:02}",
+        if sql { ' ' } else { 'T' },
+        of_day / 3_600,
+        of_day / 60 % 60,
+        of_day % 60
+    );
+    if nanos == 0 {
+        return;
+    }
+    let (mut fraction, mut digits) = (nanos, 9);
+    // SQL: no trailing zeros; ISO-8601: in groups of three digits.
+    let step = if sql { 10 } else { 1_000 };
+    while fraction % step == 0 {
+        fraction /= step;
+        digits -= if sql { 1 } else { 3 };
+    }
+    let _ = write!(out, ".{fraction:0digits$}");
 }
 
 /// The first of `fields` (a nested one as `outer.inner`) the JSON object `record` lacks;
@@ -449,4 +533,61 @@ fn decode_debezium(
     let mut columns = picked.columns().to_vec();
     columns.push(Arc::new(Int8Array::from(kinds)));
     RecordBatch::try_new(Arc::clone(schema), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_timestamp;
+    use arrow::datatypes::TimeUnit;
+    use proptest::prelude::*;
+
+    fn text(value: i64, unit: TimeUnit) -> String {
+        let mut s = String::new();
+        write_timestamp(&mut s, value, unit, true);
+        s
+    }
+
+    fn iso(value: i64, unit: TimeUnit) -> String {
+        let mut s = String::new();
+        write_timestamp(&mut s, value, unit, false);
+        s
+    }
+
+    #[test]
+    fn timestamps_are_written_as_flink_writes_them() {
+        assert_eq!(text(0, TimeUnit::Millisecond), "1970-01-01 00:00:00");
+        assert_eq!(text(120, TimeUnit::Millisecond), "1970-01-01 00:00:00.12");
+        assert_eq!(text(-1, TimeUnit::Millisecond), "1969-12-31 23:59:59.999");
+        assert_eq!(
+            text(1_704_067_200_005, TimeUnit::Millisecond),
+            "2024-01-01 00:00:00.005"
+        );
+        assert_eq!(text(951_782_400, TimeUnit::Second), "2000-02-29 00:00:00");
+        assert_eq!(iso(120, TimeUnit::Millisecond), "1970-01-01T00:00:00.120");
+        assert_eq!(iso(1_000, TimeUnit::Microsecond), "1970-01-01T00:00:00.001");
+        assert_eq!(iso(1, TimeUnit::Microsecond), "1970-01-01T00:00:00.000001");
+        assert_eq!(
+            text(1_500_000_000_123_456_789, TimeUnit::Nanosecond),
+            "2017-07-14 02:40:00.123456789"
+        );
+    }
+
+    proptest! {
+        /// The same calendar as chrono's, the fraction without trailing zeros.
+        #[test]
+        fn the_calendar_is_chronos(us in -62_135_596_800_000_000i64..253_402_300_799_999_999i64) {
+            let t = chrono::DateTime::from_timestamp_micros(us).unwrap().naive_utc();
+            let mut want = t.format("%Y-%m-%d %H:%M:%S").to_string();
+            let frac = t.format("%f").to_string();
+            let frac = frac.trim_end_matches('0');
+            if !frac.is_empty() {
+                want.push('.');
+                want.push_str(frac);
+            }
+            prop_assert_eq!(text(us, TimeUnit::Microsecond), want);
+            // ISO-8601 as arrow (chrono) writes it.
+            let want_iso = t.format("%Y-%m-%dT%H:%M:%S%.f").to_string();
+            prop_assert_eq!(iso(us, TimeUnit::Microsecond), want_iso);
+        }
+    }
 }

@@ -15,6 +15,9 @@
 //! to librdkafka as it is.
 
 pub mod admin;
+// librdkafka's C API, for reading fetched records a batch at a time.
+#[allow(unsafe_code)]
+mod batch;
 mod group;
 mod reader;
 mod sink;

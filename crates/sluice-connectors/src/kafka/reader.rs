@@ -25,6 +25,7 @@ use super::{Columns, METADATA_TIMEOUT, MetaKey, client_config, kafka_err};
 use crate::codec::{Decoded, MessageDecoder};
 use crate::pacer::Pacer;
 
+use super::batch::{PartitionQueues, Record};
 use super::group::{GroupEvent, Member, Partition, Start};
 use super::source::{KafkaSourceConfig, SourceConsumer, position_offset, start_offsets};
 
@@ -95,6 +96,9 @@ pub struct KafkaReader {
     pub(crate) parts: Vec<Partition>,
     /// `'scan.partition-assignment' = 'group'`: the group decides what this subtask reads.
     pub(crate) group_read: Option<GroupRead>,
+    /// Partitions the job assigns: their records, a batch at a time (dropped before the
+    /// consumer).
+    pub(crate) batches: Option<PartitionQueues>,
     pub(crate) consumer: Option<Arc<SourceConsumer>>,
     /// Which message metadata the table's columns read.
     pub(crate) wants: MetaWants,
@@ -718,6 +722,8 @@ impl SourceReader for KafkaReader {
             })
             .collect();
         self.end = ends;
+        // Each partition's records on a queue of its own, read a batch at a time.
+        self.batches = Some(PartitionQueues::new(&consumer, &self.parts)?);
         let mut tpl = TopicPartitionList::new();
         for (i, (t, p)) in self.parts.iter().enumerate() {
             tpl.add_partition_offset(t, *p, Offset::Offset(starts[i]))
@@ -776,7 +782,10 @@ impl SourceReader for KafkaReader {
             self.commit_offsets(&pos, CommitMode::Async);
         }
         self.update_lag(&consumer, ctx);
-        self.read_chunk(&consumer, max_rows, ctx).await
+        match self.batches.is_some() {
+            true => self.read_batch(&consumer, max_rows, ctx).await,
+            false => self.read_chunk(&consumer, max_rows, ctx).await,
+        }
     }
 
     fn positions(&self) -> Result<Vec<SplitPosition>> {
@@ -823,6 +832,7 @@ impl SourceReader for KafkaReader {
     }
 
     async fn close(&mut self, ctx: &mut OperatorContext) -> Result<()> {
+        self.batches = None;
         if let Some(p) = &self.dead_letters {
             p.flush(METADATA_TIMEOUT)
                 .map_err(kafka_err("cannot flush dead letters"))?;
@@ -1039,6 +1049,88 @@ impl KafkaReader {
 }
 
 impl KafkaReader {
+    /// Reads the records of one partition that are already fetched (all of them, up to
+    /// `max_rows`), waiting while there are none.
+    pub(crate) async fn read_batch(
+        &mut self,
+        consumer: &Arc<SourceConsumer>,
+        max_rows: usize,
+        ctx: &mut OperatorContext,
+    ) -> Result<ReadResult> {
+        let max_rows = match self.pacer.as_mut() {
+            Some(p) => max_rows.min(p.due().await as usize),
+            None => max_rows,
+        };
+        loop {
+            // The consumer's own queue holds events only: errors, commit results.
+            while let Some(r) = consumer.recv().now_or_never() {
+                match r {
+                    Ok(m) => tracing::debug!(
+                        partition = m.partition(),
+                        "a record outside the partition queues; it is read from its own queue"
+                    ),
+                    Err(e) if transient(&e) => self.warn_transient(&e),
+                    Err(e) => return Err(kafka_err("reading Kafka failed")(e)),
+                }
+            }
+            // Out of `self` while the batch borrows it (no await until it is back).
+            let Some(mut queues) = self.batches.take() else {
+                return Err(SluiceError::internal("the Kafka reader has no queues"));
+            };
+            let mut chunk = None;
+            let mut failed = None;
+            if let Some((split, batch)) = queues.take(max_rows) {
+                for i in 0..batch.len() {
+                    let mut v = match batch.get(i) {
+                        Record::Message(v) => v,
+                        Record::Error(e) if transient(&e) => {
+                            self.warn_transient(&e);
+                            continue;
+                        }
+                        Record::Error(e) => {
+                            failed = Some(kafka_err("reading Kafka failed")(e));
+                            break;
+                        }
+                    };
+                    if self.past_end(split, v.offset) {
+                        continue;
+                    }
+                    let headers;
+                    if self.wants.headers {
+                        headers = batch.headers(i);
+                        v.owned_headers = Some(&headers);
+                    }
+                    self.accept(split, &v);
+                }
+                if failed.is_none() {
+                    self.check_end(split);
+                    if let Some(p) = self.pacer.as_mut() {
+                        p.emitted(self.decoder.len().max(1) as u64);
+                    }
+                    chunk = Some(self.finish_chunk(split, ctx));
+                }
+            }
+            self.batches = Some(queues);
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if let Some(c) = chunk {
+                return c;
+            }
+            if let Some(r) = self.queue.pop_front() {
+                return Ok(r);
+            }
+            if self.config.bounded && self.ended.iter().all(|&e| e) {
+                return Ok(ReadResult::End);
+            }
+            // Nothing fetched: wait for records (and look at the consumer's events now
+            // and then).
+            if let Some(wake) = self.batches.as_ref().map(PartitionQueues::waker) {
+                let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+            }
+        }
+    }
+
     pub(crate) async fn read_chunk(
         &mut self,
         consumer: &Arc<SourceConsumer>,

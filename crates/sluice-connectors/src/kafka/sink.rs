@@ -898,6 +898,10 @@ impl Operator for KafkaSinkOperator {
             // Kafka's Java client hashes keys with murmur2: the same key, the same partition.
             cfg.set("partitioner", "murmur2_random");
         }
+        if !self.config.props.contains_key("delivery.report.only.error") {
+            // Only failures matter (checked at every flush): no report per record.
+            cfg.set("delivery.report.only.error", "true");
+        }
         match self.guarantee {
             Guarantee::ExactlyOnce => {
                 cfg.set("transactional.id", self.transactional_id());

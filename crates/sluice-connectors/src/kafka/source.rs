@@ -491,6 +491,7 @@ impl SourceConnector for KafkaSourceConnector {
         Ok(Box::new(KafkaReader {
             parts,
             group_read: None,
+            batches: None,
             config: Arc::clone(config),
             group: config
                 .props
