@@ -1006,6 +1006,50 @@ async fn startup_modes_and_group_offsets() {
     delete_topics(bootstrap, &[&topic]).await;
 }
 
+/// A topic written in transactions ends with a commit or abort marker, which is no
+/// record: a bounded read still ends there, with the committed records alone (librdkafka
+/// reads `read_committed` by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_read_of_a_transactional_topic_ends_with_the_committed_records() {
+    let bootstrap = kafka();
+    let topic = unique("txn-ids");
+    create_topic(bootstrap, &topic, 2).await;
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", format!("writer-{topic}"))
+        .create()
+        .unwrap();
+    p.init_transactions(Duration::from_secs(30)).unwrap();
+    let write = |ids: std::ops::Range<i64>, commit: bool| {
+        p.begin_transaction().unwrap();
+        for i in ids {
+            let payload = format!("{{\"id\": {i}}}");
+            p.send(
+                BaseRecord::<[u8], [u8]>::to(&topic)
+                    .payload(payload.as_bytes())
+                    .partition((i % 2) as i32),
+            )
+            .unwrap();
+        }
+        p.flush(Duration::from_secs(30)).unwrap();
+        match commit {
+            true => p.commit_transaction(Duration::from_secs(30)).unwrap(),
+            false => p.abort_transaction(Duration::from_secs(30)).unwrap(),
+        }
+    };
+    write(0..10, true);
+    write(10..20, false);
+    write(20..30, true);
+    let ids = read_ids(
+        bootstrap,
+        &topic,
+        ", 'scan.startup.mode' = 'earliest-offset'",
+    );
+    let want: Vec<i64> = (0..10).chain(20..30).collect();
+    assert_eq!(ids, want);
+    delete_topics(bootstrap, &[&topic]).await;
+}
+
 #[test]
 fn the_kafka_latency_bench_sees_every_row() {
     let out = Command::new(BIN)

@@ -453,12 +453,42 @@ impl Operator for FailOnceOperator {
 
 /// Runs a command to the end; fails the test with its stderr if it fails.
 pub fn run_to_end(mut c: std::process::Command) {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "job failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (status, err) = run_within(&mut c, Duration::from_secs(240));
+    assert!(status.success(), "job failed: {err}");
+}
+
+/// Runs `c` to its end and returns its exit status and standard error; one that has not
+/// ended after `limit` is a hang: it is killed and the test fails with its log.
+pub fn run_within(
+    c: &mut std::process::Command,
+    limit: Duration,
+) -> (std::process::ExitStatus, String) {
+    let mut child = c.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut pipe = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(e) = pipe.as_mut() {
+            let _ = std::io::Read::read_to_string(e, &mut text);
+        }
+        text
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = reader.join().unwrap();
+    match status {
+        Some(s) => (s, err),
+        None => panic!("the job did not end within {limit:?}: {err}"),
+    }
 }
 
 /// A tiny xorshift generator: random test inputs reproducible from a printed seed.
@@ -643,31 +673,7 @@ pub fn crash_and_restart_with(
         stderrs.push(err);
     }
     // The last run ends by itself; one that does not within minutes is a hang.
-    let mut child = job().spawn().unwrap();
-    let mut pipe = child.stderr.take();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(e) = pipe.as_mut() {
-            let _ = std::io::Read::read_to_string(e, &mut text);
-        }
-        text
-    });
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if start.elapsed() > Duration::from_secs(240) {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let err = reader.join().unwrap();
-    let Some(status) = status else {
-        panic!("the last run did not end within 240 s: {err}");
-    };
+    let (status, err) = run_within(&mut job(), Duration::from_secs(240));
     assert!(status.success(), "job failed: {err}");
     check_resumed(&err, must_resume_from, false);
     resumed += usize::from(err.contains("resumed from checkpoint"));

@@ -1123,10 +1123,39 @@ impl KafkaReader {
             if self.config.bounded && self.ended.iter().all(|&e| e) {
                 return Ok(ReadResult::End);
             }
+            if self.config.bounded {
+                // A partition may end in what is no record (a transaction's commit or
+                // abort marker, aborted records): librdkafka's position then passes it.
+                self.skip_to_positions(consumer);
+                if let Some(r) = self.queue.pop_front() {
+                    return Ok(r);
+                }
+            }
             // Nothing fetched: wait for records (and look at the consumer's events now
             // and then).
             if let Some(wake) = self.batches.as_ref().map(PartitionQueues::waker) {
                 let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+            }
+        }
+    }
+
+    /// Moves each split's next offset to the consumer's position for it, which is past
+    /// records that are not returned (control records, aborted transactions), and ends
+    /// the splits that reached their end so.
+    fn skip_to_positions(&mut self, consumer: &SourceConsumer) {
+        let Ok(positions) = consumer.position() else {
+            return;
+        };
+        for e in positions.elements() {
+            let Offset::Offset(o) = e.offset() else {
+                continue;
+            };
+            let Some(i) = self.split_of(e.topic(), e.partition()) else {
+                continue;
+            };
+            if !self.ended[i] && o > self.next[i] {
+                self.next[i] = o;
+                self.check_end(i);
             }
         }
     }
