@@ -457,13 +457,18 @@ pub fn run_to_end(mut c: std::process::Command) {
     assert!(status.success(), "job failed: {err}");
 }
 
-/// Runs `c` to its end and returns its exit status and standard error; one that has not
+/// Runs `c` to its end (its standard output discarded) and returns its exit status and
+/// standard error; one that has not
 /// ended after `limit` is a hang: it is killed and the test fails with its log.
 pub fn run_within(
     c: &mut std::process::Command,
     limit: Duration,
 ) -> (std::process::ExitStatus, String) {
-    let mut child = c.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = c
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut pipe = child.stderr.take();
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
