@@ -7,8 +7,8 @@
 //!                           └─ non-empty again ──callback──> Notify ──> reader wakes
 //! ```
 //!
-//! Only for partitions the job assigns itself: the consumer's own queue then carries
-//! nothing but events (commit results, errors), which the reader drains as before.
+//! The consumer's own queue then carries nothing but events (rebalances, commit results,
+//! errors), which the reader drains at each read.
 
 use std::ffi::{CString, c_void};
 use std::sync::Arc;
@@ -23,9 +23,67 @@ use super::group::Partition;
 use super::reader::{MessageView, OwnedHeaderList};
 use super::source::SourceConsumer;
 
-/// The per-partition queues of one consumer, in split order.
+/// One partition's queue of fetched records, taken off the consumer's queue.
+pub(crate) struct PartitionQueue(*mut rd::rd_kafka_queue_t);
+
+// SAFETY: librdkafka's queue handles may be used from any thread.
+unsafe impl Send for PartitionQueue {}
+
+unsafe extern "C" fn wake_reader(_rk: *mut rd::rd_kafka_t, opaque: *mut c_void) {
+    // SAFETY: `opaque` is a `Notify` that outlives the queue's callbacks (see
+    // `PartitionQueue::open`).
+    let notify = unsafe { &*(opaque as *const Notify) };
+    notify.notify_one();
+}
+
+impl PartitionQueue {
+    /// Takes the fetched records of `topic`/`partition` off the consumer's queue onto a
+    /// queue of their own, which wakes `wake` when it has records again. Before the
+    /// partition is assigned, so that none goes elsewhere. The consumer, and `wake`,
+    /// must outlive the queue.
+    pub(crate) fn open<C: rdkafka::consumer::ConsumerContext>(
+        consumer: &impl rdkafka::consumer::Consumer<C>,
+        (topic, partition): &Partition,
+        wake: &Arc<Notify>,
+    ) -> Result<Self> {
+        let rk = consumer.client().native_ptr();
+        let name = CString::new(topic.as_str())
+            .map_err(|_| SluiceError::user(format!("topic name `{topic}` holds a NUL")))?;
+        // SAFETY: `rk` is a live consumer handle and `name` a C string.
+        let q = unsafe { rd::rd_kafka_queue_get_partition(rk, name.as_ptr(), *partition) };
+        if q.is_null() {
+            return Err(SluiceError::internal(format!(
+                "librdkafka has no queue for partition {topic}/{partition}"
+            )));
+        }
+        // SAFETY: `q` was just handed out; `wake` outlives the callbacks (the caller's
+        // promise; Drop switches them off).
+        unsafe {
+            rd::rd_kafka_queue_forward(q, std::ptr::null_mut());
+            rd::rd_kafka_queue_cb_event_enable(
+                q,
+                Some(wake_reader),
+                Arc::as_ptr(wake) as *mut c_void,
+            );
+        }
+        Ok(Self(q))
+    }
+}
+
+impl Drop for PartitionQueue {
+    fn drop(&mut self) {
+        // SAFETY: callbacks off, then the handle is given back (the consumer is still
+        // alive).
+        unsafe {
+            rd::rd_kafka_queue_cb_event_enable(self.0, None, std::ptr::null_mut());
+            rd::rd_kafka_queue_destroy(self.0);
+        }
+    }
+}
+
+/// The partition queues of one consumer, by split.
 pub(crate) struct PartitionQueues {
-    queues: Vec<*mut rd::rd_kafka_queue_t>,
+    queues: Vec<Option<PartitionQueue>>,
     /// Woken by librdkafka when a queue that was empty has records again.
     wake: Arc<Notify>,
     /// Where the next look for records starts (partitions take turns).
@@ -33,52 +91,26 @@ pub(crate) struct PartitionQueues {
     taken: Vec<*mut rd::rd_kafka_message_t>,
 }
 
-// SAFETY: librdkafka's queue handles may be used from any thread; the messages in
-// `taken` are only ever touched by the owner of `&mut self`.
+// SAFETY: the messages in `taken` are only ever touched by the owner of `&mut self`.
 unsafe impl Send for PartitionQueues {}
 
-unsafe extern "C" fn wake(_rk: *mut rd::rd_kafka_t, opaque: *mut c_void) {
-    // SAFETY: `opaque` is the `Notify` of a live `PartitionQueues` (its callbacks are
-    // switched off before it is dropped).
-    let notify = unsafe { &*(opaque as *const Notify) };
-    notify.notify_one();
-}
-
 impl PartitionQueues {
-    /// Takes the fetched records of `parts` off the consumer's queue, onto one queue per
-    /// partition. Before the partitions are assigned, so that none goes elsewhere; the
-    /// consumer must outlive the queues.
-    pub(crate) fn new(consumer: &SourceConsumer, parts: &[Partition]) -> Result<Self> {
-        use rdkafka::consumer::Consumer;
-        let rk = consumer.client().native_ptr();
-        let wake_on = Arc::new(Notify::new());
-        let mut out = Self {
-            queues: Vec::with_capacity(parts.len()),
-            wake: Arc::clone(&wake_on),
+    /// No queues yet; `wake` is what theirs will wake.
+    pub(crate) fn new(wake: Arc<Notify>) -> Self {
+        Self {
+            queues: Vec::new(),
+            wake,
             turn: 0,
             taken: Vec::new(),
-        };
-        for (t, p) in parts {
-            let topic = CString::new(t.as_str())
-                .map_err(|_| SluiceError::user(format!("topic name `{t}` holds a NUL")))?;
-            // SAFETY: `rk` is a live consumer handle and `topic` a C string.
-            let q = unsafe { rd::rd_kafka_queue_get_partition(rk, topic.as_ptr(), *p) };
-            if q.is_null() {
-                return Err(SluiceError::internal(format!(
-                    "librdkafka has no queue for partition {t}/{p}"
-                )));
-            }
-            // SAFETY: `q` was just handed out; the opaque pointer stays valid while
-            // callbacks are on (see Drop).
-            unsafe {
-                rd::rd_kafka_queue_forward(q, std::ptr::null_mut());
-                rd::rd_kafka_queue_cb_event_enable(
-                    q,
-                    Some(wake),
-                    Arc::as_ptr(&wake_on) as *mut c_void,
-                );
-            }
-            out.queues.push(q);
+        }
+    }
+
+    /// A queue for each of `parts` (split `i` is `parts[i]`).
+    pub(crate) fn for_partitions(consumer: &SourceConsumer, parts: &[Partition]) -> Result<Self> {
+        let mut out = Self::new(Arc::new(Notify::new()));
+        for (i, p) in parts.iter().enumerate() {
+            let q = PartitionQueue::open(consumer, p, &out.wake)?;
+            out.insert(i, q);
         }
         Ok(out)
     }
@@ -87,6 +119,22 @@ impl PartitionQueues {
     /// wake-up is never lost: one that comes before the wait is kept).
     pub(crate) fn waker(&self) -> Arc<Notify> {
         Arc::clone(&self.wake)
+    }
+
+    /// Reads split `split` from `queue` from now on.
+    pub(crate) fn insert(&mut self, split: usize, queue: PartitionQueue) {
+        if self.queues.len() <= split {
+            self.queues.resize_with(split + 1, || None);
+        }
+        self.queues[split] = Some(queue);
+    }
+
+    /// Stops reading split `split`; what its queue still holds is dropped.
+    pub(crate) fn remove(&mut self, split: usize) {
+        self.release();
+        if let Some(q) = self.queues.get_mut(split) {
+            *q = None;
+        }
     }
 
     /// Up to `max` fetched records of the next partition (in turn) that has any: its
@@ -98,14 +146,12 @@ impl PartitionQueues {
         self.taken.reserve(max.max(1));
         for k in 0..n {
             let split = (self.turn + k) % n;
+            let Some(q) = &self.queues[split] else {
+                continue;
+            };
             // SAFETY: the queue is live; `taken` has room for `max` pointers.
             let got = unsafe {
-                rd::rd_kafka_consume_batch_queue(
-                    self.queues[split],
-                    0,
-                    self.taken.as_mut_ptr(),
-                    max.max(1),
-                )
+                rd::rd_kafka_consume_batch_queue(q.0, 0, self.taken.as_mut_ptr(), max.max(1))
             };
             if got > 0 {
                 // SAFETY: librdkafka wrote `got` message pointers.
@@ -134,14 +180,6 @@ impl PartitionQueues {
 impl Drop for PartitionQueues {
     fn drop(&mut self) {
         self.release();
-        for &q in &self.queues {
-            // SAFETY: callbacks off before the Notify can go, then the handle is
-            // given back (the consumer is still alive: it is dropped after us).
-            unsafe {
-                rd::rd_kafka_queue_cb_event_enable(q, None, std::ptr::null_mut());
-                rd::rd_kafka_queue_destroy(q);
-            }
-        }
     }
 }
 
@@ -191,8 +229,7 @@ impl<'a> Batch<'a> {
             timestamp_type,
             key: bytes(m.key, m.key_len),
             payload: bytes(m.payload, m.len),
-            raw_headers: None,
-            owned_headers: None,
+            headers: None,
         })
     }
 

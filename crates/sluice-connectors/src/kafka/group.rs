@@ -25,6 +25,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::Notify;
+
+use super::batch::PartitionQueue;
 
 /// A partition: topic and number.
 pub(crate) type Partition = (String, i32);
@@ -96,9 +99,9 @@ pub(crate) enum Start {
 }
 
 /// What the rebalance callback tells the reader.
-#[derive(Debug, PartialEq)]
 pub(crate) enum GroupEvent {
-    Assigned(Partition, Start),
+    /// The partition, where it starts, and its queue when it started at once.
+    Assigned(Partition, Start, Option<PartitionQueue>),
     Revoked(Partition),
 }
 
@@ -112,6 +115,8 @@ pub(crate) struct Member {
     /// Positions of the restored checkpoint.
     pub(crate) restored: HashMap<Partition, i64>,
     pub(crate) events: Mutex<Vec<GroupEvent>>,
+    /// Wakes the reader: records in a partition queue, or news from the group.
+    pub(crate) wake: Arc<Notify>,
 }
 
 impl Member {
@@ -128,6 +133,7 @@ impl Member {
             epoch: AtomicU64::new(0),
             restored,
             events: Mutex::new(Vec::new()),
+            wake: Arc::new(Notify::new()),
         }
     }
 
@@ -252,12 +258,28 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut now = TopicPartitionList::new();
                 let mut events = Vec::new();
+                let mut failed = None;
                 for p in parts {
-                    let start = member.claim(&p);
+                    let mut start = member.claim(&p);
+                    let mut queue = None;
                     if let Start::At(o) = start {
-                        let _ = now.add_partition_offset(&p.0, p.1, Offset::Offset(o));
+                        // Its records go to a queue of its own from the first fetch on.
+                        match PartitionQueue::open(consumer, &p, &member.wake) {
+                            Ok(q) => {
+                                queue = Some(q);
+                                let _ = now.add_partition_offset(&p.0, p.1, Offset::Offset(o));
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                member.release(&p, Some(o));
+                                start = Start::Wait;
+                            }
+                        }
                     }
-                    events.push(GroupEvent::Assigned(p, start));
+                    events.push(GroupEvent::Assigned(p, start, queue));
+                }
+                if let Some(e) = failed {
+                    tracing::warn!(error = %e, "cannot read an assigned partition now; trying again");
                 }
                 locked(&member.events).extend(events);
                 consumer.incremental_assign(&now)
@@ -276,6 +298,7 @@ impl ConsumerContext for SourceContext {
             }
             other => Err(KafkaError::Rebalance(other.into())),
         };
+        member.wake.notify_one();
         if let Err(e) = result {
             tracing::warn!(error = %e, subtask = member.subtask, "a consumer-group rebalance failed; librdkafka rejoins the group");
         }

@@ -14,7 +14,7 @@ use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_runtime::dead_letter::DeadLetter;
@@ -25,23 +25,12 @@ use super::{Columns, METADATA_TIMEOUT, MetaKey, client_config, kafka_err};
 use crate::codec::{Decoded, MessageDecoder};
 use crate::pacer::Pacer;
 
-use super::batch::{PartitionQueues, Record};
+use super::batch::{PartitionQueue, PartitionQueues, Record};
 use super::group::{GroupEvent, Member, Partition, Start};
 use super::source::{KafkaSourceConfig, SourceConsumer, position_offset, start_offsets};
 
 /// Headers of a message, owned.
 pub(crate) type OwnedHeaderList = Vec<(String, Option<Vec<u8>>)>;
-
-/// A message held over to the next read (it belongs to another partition).
-pub(crate) struct OwnedMessage {
-    pub(crate) split: usize,
-    pub(crate) offset: i64,
-    pub(crate) timestamp: Option<i64>,
-    pub(crate) timestamp_type: &'static str,
-    pub(crate) key: Option<Vec<u8>>,
-    pub(crate) payload: Option<Vec<u8>>,
-    pub(crate) headers: OwnedHeaderList,
-}
 
 /// Which metadata a table reads, beyond offsets (kept for dead-letter positions).
 #[derive(Clone, Copy)]
@@ -109,7 +98,6 @@ pub struct KafkaReader {
     pub(crate) ended: Vec<bool>,
     /// What to return before reading on: empty batches announcing splits, split ends.
     pub(crate) queue: VecDeque<ReadResult>,
-    pub(crate) stash: Option<OwnedMessage>,
     pub(crate) decoder: MessageDecoder,
     pub(crate) meta: MetaBuilders,
     pub(crate) dead_letters: Option<ThreadedProducer<DefaultProducerContext>>,
@@ -137,10 +125,6 @@ pub(crate) struct GroupRead {
     /// from the startup mode) or waits for another subtask to let go of it.
     pub(crate) waiting: Vec<(usize, bool)>,
 }
-
-/// In group mode, how long a read waits for a message before it looks at the group's
-/// assignment again.
-const GROUP_POLL: Duration = Duration::from_millis(200);
 
 /// Without checkpoints, offsets are committed to the group this often.
 pub(crate) const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
@@ -559,50 +543,20 @@ impl KafkaReader {
     }
 }
 
-/// The parts of a message the reader uses, borrowed or held over.
+/// The parts of a record the reader uses, borrowed from librdkafka.
 pub(crate) struct MessageView<'a> {
     pub(crate) offset: i64,
     pub(crate) timestamp: Option<i64>,
     pub(crate) timestamp_type: &'static str,
     pub(crate) key: Option<&'a [u8]>,
     pub(crate) payload: Option<&'a [u8]>,
-    pub(crate) raw_headers: Option<&'a rdkafka::message::BorrowedHeaders>,
-    pub(crate) owned_headers: Option<&'a OwnedHeaderList>,
+    /// Read only when a column wants them.
+    pub(crate) headers: Option<&'a OwnedHeaderList>,
 }
 
 impl MessageView<'_> {
     pub(crate) fn headers(&self) -> OwnedHeaderList {
-        if let Some(h) = self.owned_headers {
-            return h.clone();
-        }
-        match self.raw_headers {
-            Some(h) => h
-                .iter()
-                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                .collect(),
-            None => Vec::new(),
-        }
-    }
-}
-
-pub(crate) fn timestamp_of(m: &BorrowedMessage<'_>) -> (Option<i64>, &'static str) {
-    match m.timestamp() {
-        rdkafka::Timestamp::CreateTime(t) if t >= 0 => (Some(t), "CreateTime"),
-        rdkafka::Timestamp::LogAppendTime(t) if t >= 0 => (Some(t), "LogAppendTime"),
-        _ => (None, "NoTimestampType"),
-    }
-}
-
-pub(crate) fn view<'a>(m: &'a BorrowedMessage<'a>) -> MessageView<'a> {
-    let (timestamp, timestamp_type) = timestamp_of(m);
-    MessageView {
-        offset: m.offset(),
-        timestamp,
-        timestamp_type,
-        key: m.key(),
-        payload: m.payload(),
-        raw_headers: m.headers(),
-        owned_headers: None,
+        self.headers.cloned().unwrap_or_default()
     }
 }
 
@@ -664,6 +618,7 @@ impl SourceReader for KafkaReader {
             let n = self.splits.len();
             self.next = vec![0; n];
             self.ended = vec![false; n];
+            self.batches = Some(PartitionQueues::new(Arc::clone(&member.wake)));
             self.group_read = Some(GroupRead {
                 member,
                 owned: vec![false; n],
@@ -723,7 +678,7 @@ impl SourceReader for KafkaReader {
             .collect();
         self.end = ends;
         // Each partition's records on a queue of its own, read a batch at a time.
-        self.batches = Some(PartitionQueues::new(&consumer, &self.parts)?);
+        self.batches = Some(PartitionQueues::for_partitions(&consumer, &self.parts)?);
         let mut tpl = TopicPartitionList::new();
         for (i, (t, p)) in self.parts.iter().enumerate() {
             tpl.add_partition_offset(t, *p, Offset::Offset(starts[i]))
@@ -761,9 +716,6 @@ impl SourceReader for KafkaReader {
                 .as_ref()
                 .ok_or_else(|| SluiceError::internal("the Kafka reader was not opened"))?,
         );
-        if self.group_read.is_some() {
-            self.follow_group(&consumer).await?;
-        }
         if let Some(r) = self.queue.pop_front() {
             return Ok(r);
         }
@@ -782,10 +734,7 @@ impl SourceReader for KafkaReader {
             self.commit_offsets(&pos, CommitMode::Async);
         }
         self.update_lag(&consumer, ctx);
-        match self.batches.is_some() {
-            true => self.read_batch(&consumer, max_rows, ctx).await,
-            false => self.read_chunk(&consumer, max_rows, ctx).await,
-        }
+        self.read_batch(&consumer, max_rows, ctx).await
     }
 
     fn positions(&self) -> Result<Vec<SplitPosition>> {
@@ -922,13 +871,16 @@ impl KafkaReader {
                             member.release(&p, None);
                         }
                     }
-                    if self.stash.as_ref().is_some_and(|m| m.split == i) {
-                        self.stash = None;
+                    if let Some(b) = self.batches.as_mut() {
+                        b.remove(i);
                     }
                     tracing::info!(partition = %format!("{}/{}", p.0, p.1), subtask = member.subtask, "the consumer group took a partition away");
                 }
-                GroupEvent::Assigned(p, start) => {
+                GroupEvent::Assigned(p, start, queue) => {
                     let i = self.local_split(&p);
+                    if let (Some(q), Some(b)) = (queue, self.batches.as_mut()) {
+                        b.insert(i, q);
+                    }
                     match start {
                         Start::At(o) => self.begin(i, o),
                         Start::Startup => self.group_waiting().push((i, true)),
@@ -936,18 +888,6 @@ impl KafkaReader {
                     }
                 }
             }
-        }
-    }
-
-    /// The split of a message in group mode, where the partition may have been assigned
-    /// during the poll that returned it.
-    fn split_of_assigned(&mut self, topic: &str, partition: i32) -> Option<usize> {
-        match self.split_of(topic, partition) {
-            None if self.group_read.is_some() => {
-                self.apply_group_events();
-                self.split_of(topic, partition)
-            }
-            found => found,
         }
     }
 
@@ -1035,6 +975,10 @@ impl KafkaReader {
             let (t, p) = &self.parts[i];
             tpl.add_partition_offset(t, *p, Offset::Offset(o))
                 .map_err(kafka_err("bad partition"))?;
+            let wake = self.group_read.as_ref().map(|g| Arc::clone(&g.member.wake));
+            if let (Some(wake), Some(b)) = (wake, self.batches.as_mut()) {
+                b.insert(i, PartitionQueue::open(consumer, &self.parts[i], &wake)?);
+            }
         }
         consumer
             .incremental_assign(&tpl)
@@ -1062,15 +1006,15 @@ impl KafkaReader {
             None => max_rows,
         };
         loop {
-            // The consumer's own queue holds events only: errors, commit results.
+            // The consumer's own queue holds events only: rebalances (served inside the
+            // poll), errors, commit results.
             while let Some(r) = consumer.recv().now_or_never() {
-                match r {
-                    Ok(m) => tracing::debug!(
-                        partition = m.partition(),
-                        "a record outside the partition queues; it is read from its own queue"
-                    ),
-                    Err(e) if transient(&e) => self.warn_transient(&e),
-                    Err(e) => return Err(kafka_err("reading Kafka failed")(e)),
+                self.consumer_event(r)?;
+            }
+            if self.group_read.is_some() {
+                self.follow_group(consumer).await?;
+                if let Some(r) = self.queue.pop_front() {
+                    return Ok(r);
                 }
             }
             // Out of `self` while the batch borrows it (no await until it is back).
@@ -1098,7 +1042,7 @@ impl KafkaReader {
                     let headers;
                     if self.wants.headers {
                         headers = batch.headers(i);
-                        v.owned_headers = Some(&headers);
+                        v.headers = Some(&headers);
                     }
                     self.accept(split, &v);
                 }
@@ -1131,11 +1075,40 @@ impl KafkaReader {
                     return Ok(r);
                 }
             }
-            // Nothing fetched: wait for records (and look at the consumer's events now
-            // and then).
-            if let Some(wake) = self.batches.as_ref().map(PartitionQueues::waker) {
-                let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+            // Nothing fetched: wait for records or news from the group (the consumer's
+            // poll serves rebalances), and look again now and then.
+            let Some(wake) = self.batches.as_ref().map(PartitionQueues::waker) else {
+                return Err(SluiceError::internal("the Kafka reader has no queues"));
+            };
+            tokio::select! {
+                _ = wake.notified() => {}
+                r = consumer.recv() => self.consumer_event(r)?,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+        }
+    }
+
+    /// What the consumer's own queue gave: no record is expected there (each
+    /// partition's go to its queue); an error fails the read unless the brokers are
+    /// only away for now.
+    fn consumer_event(
+        &mut self,
+        r: std::result::Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>,
+    ) -> Result<()> {
+        match r {
+            Ok(m) => {
+                tracing::debug!(
+                    partition = m.partition(),
+                    offset = m.offset(),
+                    "a record outside the partition queues (read again from its own queue)"
+                );
+                Ok(())
+            }
+            Err(e) if transient(&e) => {
+                self.warn_transient(&e);
+                Ok(())
+            }
+            Err(e) => Err(kafka_err("reading Kafka failed")(e)),
         }
     }
 
@@ -1158,114 +1131,6 @@ impl KafkaReader {
                 self.check_end(i);
             }
         }
-    }
-
-    pub(crate) async fn read_chunk(
-        &mut self,
-        consumer: &Arc<SourceConsumer>,
-        max_rows: usize,
-        ctx: &mut OperatorContext,
-    ) -> Result<ReadResult> {
-        let max_rows = match self.pacer.as_mut() {
-            Some(p) => max_rows.min(p.due().await as usize),
-            None => max_rows,
-        };
-        // The first message: held over, or awaited (the only await: cancel-safe).
-        let split = match self.stash.take() {
-            Some(m) => {
-                let v = MessageView {
-                    offset: m.offset,
-                    timestamp: m.timestamp,
-                    timestamp_type: m.timestamp_type,
-                    key: m.key.as_deref(),
-                    payload: m.payload.as_deref(),
-                    raw_headers: None,
-                    owned_headers: Some(&m.headers),
-                };
-                self.accept(m.split, &v);
-                m.split
-            }
-            None => loop {
-                let received = match self.group_read.is_some() {
-                    false => consumer.recv().await,
-                    // The group's assignment is looked at again now and then.
-                    true => match tokio::time::timeout(GROUP_POLL, consumer.recv()).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            self.follow_group(consumer).await?;
-                            if let Some(r) = self.queue.pop_front() {
-                                return Ok(r);
-                            }
-                            continue;
-                        }
-                    },
-                };
-                let msg = match received {
-                    Ok(m) => m,
-                    // The broker is away: librdkafka reconnects by itself; wait for it
-                    // rather than failing the job over a blip.
-                    Err(e) if transient(&e) => {
-                        self.warn_transient(&e);
-                        continue;
-                    }
-                    Err(e) => return Err(kafka_err("reading Kafka failed")(e)),
-                };
-                let Some(split) = self.split_of_assigned(msg.topic(), msg.partition()) else {
-                    continue;
-                };
-                if self.past_end(split, msg.offset()) {
-                    self.check_end(split);
-                    if let Some(r) = self.queue.pop_front() {
-                        return Ok(r);
-                    }
-                    continue;
-                }
-                let v = view(&msg);
-                self.accept(split, &v);
-                break split;
-            },
-        };
-        // More of the same partition, as long as they are already here.
-        while self.decoder.len() < max_rows && !self.ended[split] {
-            let Some(msg) = consumer.recv().now_or_never() else {
-                break;
-            };
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) if transient(&e) => {
-                    self.warn_transient(&e);
-                    break;
-                }
-                Err(e) => return Err(kafka_err("reading Kafka failed")(e)),
-            };
-            let Some(s) = self.split_of_assigned(msg.topic(), msg.partition()) else {
-                continue;
-            };
-            if self.past_end(s, msg.offset()) {
-                self.check_end(s);
-                continue;
-            }
-            if s != split {
-                let (timestamp, timestamp_type) = timestamp_of(&msg);
-                self.stash = Some(OwnedMessage {
-                    split: s,
-                    offset: msg.offset(),
-                    timestamp,
-                    timestamp_type,
-                    key: msg.key().map(<[u8]>::to_vec),
-                    payload: msg.payload().map(<[u8]>::to_vec),
-                    headers: view(&msg).headers(),
-                });
-                break;
-            }
-            let v = view(&msg);
-            self.accept(split, &v);
-        }
-        self.check_end(split);
-        if let Some(p) = self.pacer.as_mut() {
-            p.emitted(self.decoder.len().max(1) as u64);
-        }
-        self.finish_chunk(split, ctx)
     }
 
     /// Takes a message, or sends it to the dead letters if its key cannot be read.

@@ -505,7 +505,6 @@ impl SourceConnector for KafkaSourceConnector {
             end: Vec::new(),
             ended: Vec::new(),
             queue: VecDeque::new(),
-            stash: None,
             decoder,
             meta: MetaBuilders::default(),
             dead_letters: None,
