@@ -215,16 +215,7 @@ pub(crate) fn write_timestamp(out: &mut String, value: i64, unit: TimeUnit, sql:
     let seconds = value.div_euclid(per_second);
     let nanos = value.rem_euclid(per_second) * (1_000_000_000 / per_second);
     let (days, of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    // Days since 1970-01-01 to a civil date (proleptic Gregorian calendar).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = sluice_types::civil_date(days);
     let _ = write!(
         out,
         "{year:04}-{month:02}-{day:02}{}{:02}:{:02}:{:02}",

@@ -333,6 +333,22 @@ async fn windowed_job(bootstrap: &str, n: usize, rate: u32, sink: Sink) -> Windo
     }
 }
 
+/// Checkpoints every 100 ms into `cp`, an exactly-once job, resumed from the latest
+/// checkpoint there (or from the beginning when there is none).
+fn resume_args(cp: &Path) -> [String; 9] {
+    [
+        "--checkpoint-interval".into(),
+        "100ms".into(),
+        "--checkpoint-dir".into(),
+        cp.display().to_string(),
+        "--delivery".into(),
+        "exactly-once".into(),
+        "--from-checkpoint".into(),
+        "latest".into(),
+        "--fresh-if-none".into(),
+    ]
+}
+
 fn sluice_run(sql: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.arg("run")
@@ -355,17 +371,8 @@ async fn at_least_once_sink_through_repeated_sigkill_loses_nothing() {
         sql,
     } = windowed_job(bootstrap, n, 12_000, Sink::AtLeastOnce).await;
     let cp = dir.path().join("checkpoints");
-    let args = [
-        "--checkpoint-interval",
-        "100ms",
-        "--checkpoint-dir",
-        cp.to_str().unwrap(),
-        "--delivery",
-        "exactly-once",
-        "--from-checkpoint",
-        "latest",
-        "--fresh-if-none",
-    ];
+    let args = resume_args(&cp);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Aligned checkpoints (the job's default) with an at-least-once sink: after each
     // kill the sink may write again what it wrote since the last checkpoint.
     let kills = crash_and_restart(|| sluice_run(&sql, &args), &kill_delays(5, 300, 1_200), &cp);
@@ -414,17 +421,8 @@ async fn exactly_once_through_repeated_sigkill() {
         sql,
     } = windowed_job(bootstrap, n, 2_000, Sink::ExactlyOnce).await;
     let cp = dir.path().join("checkpoints");
-    let args = [
-        "--checkpoint-interval",
-        "100ms",
-        "--checkpoint-dir",
-        cp.to_str().unwrap(),
-        "--delivery",
-        "exactly-once",
-        "--from-checkpoint",
-        "latest",
-        "--fresh-if-none",
-    ];
+    let args = resume_args(&cp);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Random moments, and every third kill the instant a checkpoint completes (before or
     // while the sink commits its transaction).
     let schedule: Vec<Kill> = kill_delays(24, 200, 1_500)
@@ -1234,17 +1232,8 @@ async fn the_consumer_group_assigns_partitions_through_kills_and_rebalances() {
     )
     .unwrap();
     let cp = dir.path().join("checkpoints");
-    let args = [
-        "--checkpoint-interval",
-        "100ms",
-        "--checkpoint-dir",
-        cp.to_str().unwrap(),
-        "--delivery",
-        "exactly-once",
-        "--from-checkpoint",
-        "latest",
-        "--fresh-if-none",
-    ];
+    let args = resume_args(&cp);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // A plain member of the same group comes and goes: each time, the group takes
     // partitions from the job's subtasks and gives them back (maybe to the other one).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
