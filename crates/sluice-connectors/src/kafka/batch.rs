@@ -199,8 +199,9 @@ impl<'a> Batch<'a> {
         self.messages.len()
     }
 
-    /// Record `i` (its headers apart: [`Batch::headers`]).
-    pub(crate) fn get(&self, i: usize) -> Record<'a> {
+    /// Record `i`, with its timestamp when `timestamps` (its headers apart:
+    /// [`Batch::headers`]).
+    pub(crate) fn get(&self, i: usize, timestamps: bool) -> Record<'a> {
         // SAFETY: the message is live until the batch is released, which needs `&mut`
         // on the queues that `self` borrows.
         let m: &'a rd::rd_kafka_message_t = unsafe { &*self.messages[i] };
@@ -212,8 +213,11 @@ impl<'a> Batch<'a> {
             (!p.is_null()).then(|| unsafe { std::slice::from_raw_parts(p as *const u8, len) })
         };
         let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
-        // SAFETY: a live message.
-        let ts = unsafe { rd::rd_kafka_message_timestamp(self.messages[i], &mut kind) };
+        let ts = match timestamps {
+            // SAFETY: a live message.
+            true => unsafe { rd::rd_kafka_message_timestamp(self.messages[i], &mut kind) },
+            false => -1,
+        };
         let (timestamp, timestamp_type) = match kind {
             rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_CREATE_TIME if ts >= 0 => {
                 (Some(ts), "CreateTime")

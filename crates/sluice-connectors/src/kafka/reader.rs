@@ -1025,7 +1025,7 @@ impl KafkaReader {
             let mut failed = None;
             if let Some((split, batch)) = queues.take(max_rows) {
                 for i in 0..batch.len() {
-                    let mut v = match batch.get(i) {
+                    let mut v = match batch.get(i, self.wants.timestamps) {
                         Record::Message(v) => v,
                         Record::Error(e) if transient(&e) => {
                             self.warn_transient(&e);
