@@ -325,6 +325,17 @@ struct CheckpointArgs {
     /// The failure-rate interval; 1m by default.
     #[arg(long, value_parser = humantime::parse_duration)]
     restart_interval: Option<Duration>,
+    /// Run as one instance of cluster NAME: every process started with the same job and
+    /// cluster name shares the job's Kafka partitions through one consumer group
+    /// (`sluice-NAME`), and commits its output with the offsets it read in Kafka
+    /// transactions. Resumes from the group's committed offsets, not from a checkpoint.
+    #[arg(long, value_name = "NAME", conflicts_with = "from_checkpoint")]
+    cluster: Option<String>,
+    /// This instance's name in the cluster, unique and stable across its restarts (a
+    /// StatefulSet pod's name): it then takes its partitions back at once after a
+    /// restart. Default: host name and process id.
+    #[arg(long, value_name = "ID", requires = "cluster")]
+    instance: Option<String>,
 }
 
 impl CheckpointArgs {
@@ -346,7 +357,13 @@ impl CheckpointArgs {
         Ok(spec.strategy()?)
     }
 
-    fn apply(&self, p: &sluice::Pipeline) {
+    fn apply(&self, p: &sluice::Pipeline) -> anyhow::Result<()> {
+        if let Some(name) = &self.cluster {
+            p.cluster(sluice::plan::ClusterConfig::new(
+                name.clone(),
+                self.instance.clone(),
+            )?);
+        }
         if let Some(i) = self.checkpoint_interval {
             p.checkpointing(i);
         }
@@ -368,6 +385,7 @@ impl CheckpointArgs {
                 p.restore_from(sluice::plan::RestoreFrom::Path(path.to_string()));
             }
         }
+        Ok(())
     }
 }
 
@@ -693,7 +711,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     ((ex.build)(&args), hint)
                 }
             };
-            checkpoints.apply(&pipeline);
+            checkpoints.apply(&pipeline)?;
             if checkpoints.from_checkpoint.as_deref() == Some("latest")
                 && !checkpoints.fresh_if_none
             {

@@ -788,6 +788,64 @@ pub struct JobConfig {
     /// Most bytes the job's tasks may hold on the heap; over it the job fails (measured
     /// when the binary's accounting allocator is installed). `None`: no limit.
     pub memory_limit: Option<u64>,
+    /// This process is one instance of a job that several share (see [`ClusterConfig`]).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// One instance of a job run by several processes, possibly on several machines: the
+/// instances share the job's Kafka partitions through one consumer group, as Kafka
+/// Streams' instances do; no coordinator of Sluice's own is involved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The cluster's name, the same in every instance: the consumer group is named after it.
+    pub name: String,
+    /// This instance's name, unique in the cluster and stable across its restarts.
+    pub instance: String,
+    /// Whether `instance` was given (stable across restarts): the instance's consumers
+    /// are then static members of the group, so a restarted instance takes its
+    /// partitions back at once.
+    pub static_membership: bool,
+}
+
+impl ClusterConfig {
+    /// A cluster instance. `instance`: a stable name (static membership); `None` names
+    /// it after this host and process.
+    pub fn new(name: impl Into<String>, instance: Option<String>) -> sluice_types::Result<Self> {
+        let name = name.into();
+        let static_membership = instance.is_some();
+        let instance = instance.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default();
+            format!(
+                "{}-{}",
+                if host.is_empty() { "host" } else { &host },
+                std::process::id()
+            )
+        });
+        for (what, v) in [("cluster", &name), ("instance", &instance)] {
+            let ok = !v.is_empty()
+                && v.len() <= 100
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !ok {
+                return Err(sluice_types::SluiceError::user(format!(
+                    "the {what} name `{v}` must be 1 to 100 letters, digits, `-`, `_` or `.` (it names consumer-group members and transactional ids)"
+                )));
+            }
+        }
+        Ok(Self {
+            name,
+            instance,
+            static_membership,
+        })
+    }
+
+    /// The name of this instance's subtask `subtask` as Kafka sees it: its consumer's
+    /// client id (and static member id), its producer's transactional id.
+    pub fn member(&self, subtask: usize) -> String {
+        format!("sluice-{}-{}-{subtask}", self.name, self.instance)
+    }
 }
 
 impl Default for JobConfig {
@@ -800,6 +858,7 @@ impl Default for JobConfig {
             checkpoint: CheckpointConfig::default(),
             restore: None,
             memory_limit: None,
+            cluster: None,
         }
     }
 }

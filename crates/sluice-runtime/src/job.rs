@@ -213,8 +213,9 @@ fn source_schema(
 
 impl PreparedJob {
     /// Validates the plan and prepares every node; all configuration errors surface here.
-    pub fn prepare(plan: JobPlan, registry: &ConnectorRegistry) -> Result<Self> {
+    pub fn prepare(mut plan: JobPlan, registry: &ConnectorRegistry) -> Result<Self> {
         plan.validate()?;
+        crate::cluster::prepare(&mut plan)?;
         for e in &plan.edges {
             if e.partitioning == Partitioning::Forward
                 && plan.nodes[e.from].parallelism != plan.nodes[e.to].parallelism
@@ -527,10 +528,20 @@ impl PreparedJob {
         let cfg = &plan.config.checkpoint;
         let checkpointing = cfg.delivery != DeliveryGuarantee::AtMostOnce
             && (cfg.interval.is_some() || cfg.dir.is_some());
-        let checkpoint_dir = cfg
+        let mut checkpoint_dir = cfg
             .dir
             .clone()
             .unwrap_or_else(|| format!("sluice-checkpoints/{}", plan.name));
+        let cluster = plan.config.cluster.clone().map(Arc::new);
+        if let Some(c) = &cluster {
+            // Instances may share a directory (or bucket): each writes its own.
+            checkpoint_dir = format!(
+                "{}/{}/{}",
+                checkpoint_dir.trim_end_matches('/'),
+                c.name,
+                c.instance
+            );
+        }
         let checkpoints = match checkpointing || plan.config.restore.is_some() {
             true => Some(CheckpointStorage::open(&checkpoint_dir)?),
             false => None,
@@ -716,6 +727,7 @@ impl PreparedJob {
                     ctx.checkpointing = checkpointing;
                     ctx.delivery = cfg.delivery;
                     ctx.attempt = attempt;
+                    ctx.cluster = cluster.clone();
                     ctx
                 };
                 let mut slots = Vec::new();

@@ -128,6 +128,8 @@ pub struct OperatorContext {
     /// Distinguishes this run of the job from earlier ones (after a restore), so that
     /// files written now never collide with files left by a failed run.
     pub attempt: u64,
+    /// Set when this process is one instance of a job that several run together.
+    pub cluster: Option<Arc<sluice_plan::ClusterConfig>>,
     dead_letters: Arc<dyn DeadLetterQueue>,
 }
 
@@ -162,6 +164,7 @@ impl OperatorContext {
             checkpointing: false,
             delivery: DeliveryGuarantee::default(),
             attempt: 0,
+            cluster: None,
             dead_letters,
         }
     }

@@ -200,6 +200,14 @@ impl Pipeline {
         self
     }
 
+    /// Runs this process as one instance of a job that several processes share: they
+    /// divide its Kafka source's partitions through one consumer group named after the
+    /// cluster, and each commits its output and offsets in Kafka transactions.
+    pub fn cluster(&self, cluster: sluice_plan::ClusterConfig) -> &Self {
+        self.with(|b| b.plan.config.cluster = Some(cluster));
+        self
+    }
+
     /// Starts from a checkpoint or savepoint: [`RestoreFrom::Latest`] (of the checkpoint
     /// directory; a fresh start if there is none) or a path.
     pub fn restore_from(&self, from: RestoreFrom) -> &Self {

@@ -19,10 +19,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::broker::{Broker, kafka};
 use crate::support::{Kill, crash_and_restart, crash_and_restart_with, kill_delays, run_to_end};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 /// A topic name no other test uses.
-fn unique(stem: &str) -> String {
+pub(crate) fn unique(stem: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     format!(
         "{stem}-{}-{}",
@@ -31,7 +31,7 @@ fn unique(stem: &str) -> String {
     )
 }
 
-async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+pub(crate) async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -48,7 +48,7 @@ async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
     }
 }
 
-async fn delete_topics(bootstrap: &str, topics: &[&str]) {
+pub(crate) async fn delete_topics(bootstrap: &str, topics: &[&str]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -58,11 +58,11 @@ async fn delete_topics(bootstrap: &str, topics: &[&str]) {
 }
 
 /// One message to produce: partition, key, payload, headers.
-struct Msg {
-    partition: i32,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    headers: Vec<(&'static str, Vec<u8>)>,
+pub(crate) struct Msg {
+    pub(crate) partition: i32,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) headers: Vec<(&'static str, Vec<u8>)>,
 }
 
 impl Msg {
@@ -77,7 +77,7 @@ impl Msg {
     }
 }
 
-fn produce(bootstrap: &str, topic: &str, msgs: &[Msg]) {
+pub(crate) fn produce(bootstrap: &str, topic: &str, msgs: &[Msg]) {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
@@ -119,17 +119,17 @@ fn produce(bootstrap: &str, topic: &str, msgs: &[Msg]) {
 
 /// One message read back: headers, key and payload (`None`: a tombstone).
 #[derive(Debug, Clone)]
-struct Read {
-    partition: i32,
-    headers: BTreeMap<String, String>,
-    key: Option<String>,
-    value: Option<String>,
-    payload: String,
+pub(crate) struct Read {
+    pub(crate) partition: i32,
+    pub(crate) headers: BTreeMap<String, String>,
+    pub(crate) key: Option<String>,
+    pub(crate) value: Option<String>,
+    pub(crate) payload: String,
 }
 
 /// Everything committed in `topic` up to its current end, read as an application
 /// would: a `read_committed` consumer, which never sees an aborted transaction's records.
-fn read_topic(bootstrap: &str, topic: &str) -> Vec<Read> {
+pub(crate) fn read_topic(bootstrap: &str, topic: &str) -> Vec<Read> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("test-reader"))
@@ -945,7 +945,7 @@ fn read_ids(bootstrap: &str, topic: &str, options: &str) -> Vec<i64> {
     ids
 }
 
-fn id_msgs(range: std::ops::Range<i64>) -> Vec<Msg> {
+pub(crate) fn id_msgs(range: std::ops::Range<i64>) -> Vec<Msg> {
     range
         .map(|i| Msg {
             partition: 0,

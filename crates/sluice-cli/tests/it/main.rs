@@ -6,6 +6,7 @@ mod broker;
 mod support;
 
 mod checkpoints;
+mod cluster;
 mod dashboard;
 mod engine;
 mod files;

@@ -17,7 +17,7 @@
 //! runtime prefers an owner's position over a released one.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rdkafka::client::ClientContext;
@@ -102,7 +102,9 @@ pub(crate) enum Start {
 pub(crate) enum GroupEvent {
     /// The partition, where it starts, and its queue when it started at once.
     Assigned(Partition, Start, Option<PartitionQueue>),
-    Revoked(Partition),
+    /// Taken away; `lost`: because this member was dropped from the group (its session
+    /// expired), so what it read since its last commit is another member's now.
+    Revoked(Partition, bool),
 }
 
 /// One subtask's membership: shared by its reader and its consumer's callback.
@@ -117,6 +119,17 @@ pub(crate) struct Member {
     pub(crate) events: Mutex<Vec<GroupEvent>>,
     /// Wakes the reader: records in a partition queue, or news from the group.
     pub(crate) wake: Arc<Notify>,
+    /// A cluster instance's member: a partition starts where the group's committed
+    /// offset says (the hand-over table is for subtasks of one process only).
+    pub(crate) cluster: bool,
+    /// Revoked partitions are let go only once the rows read from them are committed
+    /// (exactly-once across instances): what the group revoked that was being fetched,
+    /// and the barriers passed then. The group waits for it; meanwhile librdkafka
+    /// pauses the consumer's fetches.
+    pub(crate) defer_revoke: bool,
+    pub(crate) pending_unassign: Mutex<Option<(TopicPartitionList, u64)>>,
+    /// The reader is gone and its consumer closing: nothing more will be committed.
+    pub(crate) closing: AtomicBool,
 }
 
 impl Member {
@@ -134,11 +147,26 @@ impl Member {
             restored,
             events: Mutex::new(Vec::new()),
             wake: Arc::new(Notify::new()),
+            cluster: false,
+            defer_revoke: false,
+            pending_unassign: Mutex::new(None),
+            closing: AtomicBool::new(false),
         }
+    }
+
+    /// A member of a cluster instance (see [`Member::cluster`]); `defer_revoke` when the
+    /// job is exactly-once.
+    pub(crate) fn in_cluster(mut self, defer_revoke: bool) -> Self {
+        self.cluster = true;
+        self.defer_revoke = defer_revoke;
+        self
     }
 
     /// Takes `p` for this subtask if it can start now: where it starts.
     pub(crate) fn claim(&self, p: &Partition) -> Start {
+        if self.cluster {
+            return Start::Startup;
+        }
         let epoch = self.epoch.load(Ordering::SeqCst);
         let mut s = locked(&self.shared.state);
         let current = s
@@ -169,6 +197,9 @@ impl Member {
     /// Gives `p` up at `offset` (`None`: it was claimed but never started, so whoever
     /// takes it next starts as if it had never been read).
     pub(crate) fn release(&self, p: &Partition, offset: Option<i64>) {
+        if self.cluster {
+            return;
+        }
         let mut s = locked(&self.shared.state);
         if s.holders.get(p) != Some(&(self.attempt, Holder::Owned(self.subtask))) {
             return;
@@ -293,8 +324,20 @@ impl ConsumerContext for SourceContext {
                         stop.add_partition(t, *p);
                     }
                 }
-                locked(&member.events).extend(parts.into_iter().map(GroupEvent::Revoked));
-                consumer.incremental_unassign(&stop)
+                let lost = consumer.assignment_lost();
+                locked(&member.events)
+                    .extend(parts.into_iter().map(|p| GroupEvent::Revoked(p, lost)));
+                // Lost partitions (this member was dropped from the group) cannot be
+                // committed any more: nothing to wait for.
+                let closing = member.closing.load(Ordering::SeqCst);
+                match member.defer_revoke && !lost && !closing {
+                    true => {
+                        let epoch = member.epoch.load(Ordering::SeqCst);
+                        *locked(&member.pending_unassign) = Some((stop, epoch));
+                        Ok(())
+                    }
+                    false => consumer.incremental_unassign(&stop),
+                }
             }
             other => Err(KafkaError::Rebalance(other.into())),
         };

@@ -19,6 +19,7 @@ pub mod admin;
 #[allow(unsafe_code)]
 mod batch;
 mod group;
+mod link;
 mod reader;
 mod sink;
 mod source;

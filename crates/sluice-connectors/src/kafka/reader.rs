@@ -27,6 +27,7 @@ use crate::pacer::Pacer;
 
 use super::batch::{PartitionQueue, PartitionQueues, Record};
 use super::group::{GroupEvent, Member, Partition, Start};
+use super::link::TxnLink;
 use super::source::{KafkaSourceConfig, SourceConsumer, position_offset, start_offsets};
 
 /// Headers of a message, owned.
@@ -114,6 +115,9 @@ pub struct KafkaReader {
     /// Positions of the last completed checkpoint (committed again, synchronously, at
     /// the end).
     pub(crate) last_complete: Option<Vec<(usize, i64)>>,
+    /// An exactly-once cluster instance: the sink commits this subtask's offsets in its
+    /// transactions (the source commits none itself).
+    pub(crate) link: Option<Arc<TxnLink>>,
 }
 
 /// A subtask's reading in group mode: which of the (shared) splits it reads now.
@@ -124,6 +128,9 @@ pub(crate) struct GroupRead {
     /// Assigned, not started yet (paused): the split, and whether it is claimed (to start
     /// from the startup mode) or waits for another subtask to let go of it.
     pub(crate) waiting: Vec<(usize, bool)>,
+    /// Revoked, no longer read, held until the transaction that carries their offsets
+    /// is committed (see [`Member::defer_revoke`]).
+    pub(crate) revoking: Vec<usize>,
 }
 
 /// Without checkpoints, offsets are committed to the group this often.
@@ -534,6 +541,22 @@ impl KafkaReader {
 
     pub(crate) fn commit_offsets(&self, positions: &[(usize, i64)], mode: CommitMode) {
         let Some(c) = &self.consumer else { return };
+        if self.link.is_some() {
+            // The sink commits them, in its transactions.
+            return;
+        }
+        // A cluster instance commits only what it still reads: a partition another
+        // instance has taken over is that one's to commit.
+        let positions: Vec<(usize, i64)> = match self.group_read.as_ref().map(|g| g.member.cluster)
+        {
+            Some(true) => positions
+                .iter()
+                .copied()
+                .filter(|&(i, _)| self.reads(i))
+                .collect(),
+            _ => positions.to_vec(),
+        };
+        let positions = positions.as_slice();
         let Ok(tpl) = self.offsets_list(positions) else {
             return;
         };
@@ -587,23 +610,43 @@ impl SourceReader for KafkaReader {
             {
                 cfg.set("partition.assignment.strategy", "cooperative-sticky");
             }
-            // Kafka's tools show each member by its client id: the job's subtask.
-            let member_name = format!("sluice-{}-{}", ctx.task.job, ctx.task.subtask);
+            // Kafka's tools show each member by its client id: the job's subtask (of
+            // this instance, in a cluster).
+            let (member_name, fixed_name) = match &ctx.cluster {
+                Some(c) => (c.member(ctx.task.subtask), c.static_membership),
+                None => (
+                    format!("sluice-{}-{}", ctx.task.job, ctx.task.subtask),
+                    true,
+                ),
+            };
             if !cfg.config_map().contains_key("client.id") {
                 cfg.set("client.id", &member_name);
             }
             // Static membership: a subtask that comes back (a restart after a crash)
             // takes its old place and partitions at once, rather than waiting out its
             // old session before the group rebalances.
-            if !cfg.config_map().contains_key("group.instance.id") {
+            if fixed_name && !cfg.config_map().contains_key("group.instance.id") {
                 cfg.set("group.instance.id", &member_name);
             }
-            let member = Arc::new(Member::new(
+            let mut member = Member::new(
                 Arc::clone(&self.config.shared),
                 ctx.task.subtask,
                 ctx.attempt,
                 restored,
-            ));
+            );
+            if ctx.cluster.is_some() {
+                let exactly_once = ctx.checkpointing
+                    && ctx.delivery == sluice_plan::DeliveryGuarantee::ExactlyOnce;
+                member = member.in_cluster(exactly_once);
+                if exactly_once {
+                    self.link = Some(super::link::link(
+                        &ctx.task.job,
+                        ctx.attempt,
+                        ctx.task.subtask,
+                    ));
+                }
+            }
+            let member = Arc::new(member);
             let context = super::group::SourceContext {
                 member: Some(Arc::clone(&member)),
             };
@@ -619,12 +662,17 @@ impl SourceReader for KafkaReader {
             self.next = vec![0; n];
             self.ended = vec![false; n];
             self.batches = Some(PartitionQueues::new(Arc::clone(&member.wake)));
+            let consumer = Arc::new(consumer);
+            if let Some(link) = &self.link {
+                link.attach(&consumer, &member.wake);
+            }
             self.group_read = Some(GroupRead {
                 member,
                 owned: vec![false; n],
                 waiting: Vec::new(),
+                revoking: Vec::new(),
             });
-            self.consumer = Some(Arc::new(consumer));
+            self.consumer = Some(consumer);
             tracing::info!(
                 operator = %ctx.task.operator_name,
                 subtask = ctx.task.subtask,
@@ -651,7 +699,7 @@ impl SourceReader for KafkaReader {
             Arc::clone(&consumer),
         );
         let (looked_up, ends) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let looked_up = start_offsets(&config, &fresh, &group, &c)?;
+            let looked_up = start_offsets(&config, &fresh, &group, &c, false)?;
             let mut ends = Vec::new();
             if config.bounded {
                 for (t, p) in &parts {
@@ -759,9 +807,20 @@ impl SourceReader for KafkaReader {
                     position: serde_json::json!({ "offset": o, "released": true }),
                 });
             }
-            g.member
+            let passed = g
+                .member
                 .epoch
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            if let Some(link) = &self.link {
+                // The offsets the sink commits with this barrier's transaction.
+                let offsets = self
+                    .read_positions()
+                    .into_iter()
+                    .map(|(i, o)| (self.parts[i].clone(), o))
+                    .collect();
+                link.push(passed, offsets);
+            }
         }
         Ok(out)
     }
@@ -792,7 +851,11 @@ impl SourceReader for KafkaReader {
             (true, last) => last,
             (false, _) => Some(self.read_positions()),
         };
-        if let (Some(pos), Some(c)) = (last, &self.consumer) {
+        if let (Some(pos), Some(c), None) = (last, &self.consumer, &self.link) {
+            let pos: Vec<(usize, i64)> = match self.group_read.as_ref().map(|g| g.member.cluster) {
+                Some(true) => pos.into_iter().filter(|&(i, _)| self.reads(i)).collect(),
+                _ => pos,
+            };
             let tpl = self.offsets_list(&pos)?;
             let (c, group) = (Arc::clone(c), self.group.clone());
             let r = tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync))
@@ -803,6 +866,29 @@ impl SourceReader for KafkaReader {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for KafkaReader {
+    fn drop(&mut self) {
+        // The consumer closes after this: it gives its partitions up at once (closing,
+        // it waits for that), including any whose revocation was waiting for a commit
+        // that will not come.
+        let (Some(g), Some(c)) = (&self.group_read, &self.consumer) else {
+            return;
+        };
+        g.member
+            .closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let pending = g
+            .member
+            .pending_unassign
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((stop, _)) = pending {
+            let _ = c.incremental_unassign(&stop);
+        }
     }
 }
 
@@ -819,10 +905,14 @@ impl KafkaReader {
 
     /// The splits this subtask reads now, each with its next offset.
     pub(crate) fn read_positions(&self) -> Vec<(usize, i64)> {
-        (0..self.splits.len())
+        let revoking = self.group_read.iter().flat_map(|g| g.revoking.iter());
+        let mut out: Vec<(usize, i64)> = (0..self.splits.len())
             .filter(|&i| self.reads(i))
+            .chain(revoking.copied())
             .map(|i| (i, self.next[i]))
-            .collect()
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     /// The local split of `p`, added when the group assigns a partition the job did not
@@ -846,22 +936,67 @@ impl KafkaReader {
     /// Takes in what the group's rebalances said, and starts the partitions that were
     /// waiting once they can start.
     async fn follow_group(&mut self, consumer: &Arc<SourceConsumer>) -> Result<()> {
-        self.apply_group_events();
+        self.apply_group_events()?;
+        self.finish_revocation(consumer)?;
         self.start_waiting(consumer).await
     }
 
+    /// Lets revoked partitions go once the transaction that carries their last offsets
+    /// is committed: whoever reads them next starts there.
+    fn finish_revocation(&mut self, consumer: &SourceConsumer) -> Result<()> {
+        let (Some(g), Some(link)) = (self.group_read.as_mut(), &self.link) else {
+            return Ok(());
+        };
+        let mut pending = g
+            .member
+            .pending_unassign
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some((_, passed)) = pending.as_ref() else {
+            return Ok(());
+        };
+        if link.committed_through() <= *passed {
+            return Ok(());
+        }
+        let (stop, _) = pending.take().expect("invariant: checked above");
+        drop(pending);
+        let mut handed = Vec::new();
+        for i in g.revoking.drain(..) {
+            // No later transaction commits an offset of it.
+            link.release(&self.parts[i]);
+            handed.push(self.splits[i].id.clone());
+        }
+        consumer
+            .incremental_unassign(&stop)
+            .map_err(kafka_err("cannot let revoked partitions go"))?;
+        tracing::info!(partitions = ?handed, subtask = g.member.subtask, "handed partitions over to the consumer group, their offsets committed");
+        Ok(())
+    }
+
     /// Takes in what the group's rebalances said (the callback runs inside a poll).
-    fn apply_group_events(&mut self) {
+    fn apply_group_events(&mut self) -> Result<()> {
         let Some(member) = self.group_read.as_ref().map(|g| Arc::clone(&g.member)) else {
-            return;
+            return Ok(());
         };
         for event in member.take_events() {
             match event {
-                GroupEvent::Revoked(p) => {
+                GroupEvent::Revoked(p, lost) => {
+                    if lost && member.defer_revoke {
+                        // Rows read from it since the last commit are in the open
+                        // transaction, and the partition's next owner reads them again
+                        // from the committed offset: this attempt must not commit.
+                        return Err(SluiceError::external(format!(
+                            "the consumer group dropped this instance's subtask {} (it was cut off, or stalled longer than 'properties.session.timeout.ms'), and its partitions went to other members: its uncommitted output is aborted and it starts again from the group's committed offsets",
+                            member.subtask
+                        )));
+                    }
                     let i = self.local_split(&p);
                     let g = self.group_read.as_mut().expect("group mode");
                     if g.owned[i] {
                         g.owned[i] = false;
+                        if member.defer_revoke {
+                            g.revoking.push(i);
+                        }
                         member.release(&p, Some(self.next[i]));
                         self.queue
                             .push_back(ReadResult::SplitEnd(self.splits[i].index));
@@ -889,6 +1024,7 @@ impl KafkaReader {
                 }
             }
         }
+        Ok(())
     }
 
     fn group_waiting(&mut self) -> &mut Vec<(usize, bool)> {
@@ -899,6 +1035,9 @@ impl KafkaReader {
     fn begin(&mut self, i: usize, offset: i64) {
         if let Some(g) = self.group_read.as_mut() {
             g.owned[i] = true;
+        }
+        if let Some(link) = &self.link {
+            link.hold(&self.parts[i]);
         }
         self.next[i] = offset;
         self.queue.push_back(ReadResult::Batch {
@@ -943,10 +1082,12 @@ impl KafkaReader {
             self.group.clone(),
             Arc::clone(consumer),
         );
-        let found =
-            tokio::task::spawn_blocking(move || start_offsets(&config, &lookup, &group, &c))
-                .await
-                .map_err(|e| SluiceError::internal(e.to_string()))?;
+        let committed_first = member.cluster;
+        let found = tokio::task::spawn_blocking(move || {
+            start_offsets(&config, &lookup, &group, &c, committed_first)
+        })
+        .await
+        .map_err(|e| SluiceError::internal(e.to_string()))?;
         let found = match found {
             Ok(f) => f,
             Err(e) => {

@@ -524,6 +524,7 @@ impl SourceConnector for KafkaSourceConnector {
                 .rows_per_second
                 .map(|r| Pacer::new(r / task.parallelism as f64)),
             last_complete: None,
+            link: None,
         }))
     }
 }
@@ -539,12 +540,14 @@ pub(crate) fn position_offset(pos: &serde_json::Value, t: &str, p: i32) -> Resul
 
 /// Where partitions without a checkpointed position start, from the startup mode: a
 /// number for every mode, so that positions are exact from the first checkpoint on.
-/// Blocking (metadata requests).
+/// `committed_first` (a cluster instance): the group's committed offset wherever there
+/// is one, the startup mode elsewhere. Blocking (metadata requests).
 pub(crate) fn start_offsets(
     config: &KafkaSourceConfig,
     parts: &[Partition],
     group: &str,
     consumer: &SourceConsumer,
+    committed_first: bool,
 ) -> Result<HashMap<Partition, i64>> {
     let mut out = HashMap::with_capacity(parts.len());
     if parts.is_empty() {
@@ -564,30 +567,29 @@ pub(crate) fn start_offsets(
             }
         }
     }
-    match &config.startup {
-        Startup::Group => {
-            let c = consumer
-                .committed_offsets(tpl, METADATA_TIMEOUT)
-                .map_err(kafka_err(format!(
-                    "cannot read the committed offsets of group `{group}`"
-                )))?;
-            for e in c.elements() {
-                if let Offset::Offset(o) = e.offset() {
-                    committed.insert((e.topic().to_string(), e.partition()), o);
-                }
+    if committed_first || config.startup == Startup::Group {
+        // With `isolation.level` read_committed (the default), an offset a transaction
+        // is committing is waited for (Kafka's stable offsets).
+        let c = consumer
+            .committed_offsets(tpl.clone(), METADATA_TIMEOUT)
+            .map_err(kafka_err(format!(
+                "cannot read the committed offsets of group `{group}`"
+            )))?;
+        for e in c.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                committed.insert((e.topic().to_string(), e.partition()), o);
             }
         }
-        Startup::Timestamp(_) => {
-            let c = consumer
-                .offsets_for_times(tpl, METADATA_TIMEOUT)
-                .map_err(kafka_err("cannot look up offsets by timestamp"))?;
-            for e in c.elements() {
-                if let Offset::Offset(o) = e.offset() {
-                    by_time.insert((e.topic().to_string(), e.partition()), o);
-                }
+    }
+    if let Startup::Timestamp(_) = &config.startup {
+        let c = consumer
+            .offsets_for_times(tpl, METADATA_TIMEOUT)
+            .map_err(kafka_err("cannot look up offsets by timestamp"))?;
+        for e in c.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                by_time.insert((e.topic().to_string(), e.partition()), o);
             }
         }
-        _ => {}
     }
     let latest_on_reset = config
         .props
@@ -599,6 +601,7 @@ pub(crate) fn start_offsets(
             .fetch_watermarks(t, *p, METADATA_TIMEOUT)
             .map_err(kafka_err(format!("cannot read the offsets of {t}/{p}")))?;
         let o = match &config.startup {
+            _ if committed_first && committed.contains_key(key) => committed[key],
             Startup::Earliest => low,
             Startup::Latest => high,
             Startup::Group => match committed.get(key) {

@@ -12,6 +12,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, SchemaRef};
 use async_trait::async_trait;
 use rdkafka::ClientContext;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use sluice_plan::DeliveryGuarantee;
@@ -19,6 +20,7 @@ use sluice_runtime::state::key_group::first_key_group;
 use sluice_runtime::{Collector, Operator, OperatorContext, OperatorState, RestoredState};
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TaskInfo};
 
+use super::super::link::{Held, TxnLink};
 use super::super::txn_log::{committed, ensure_topic, log_topic, parse_tag, read_markers};
 use super::super::{client_config, kafka_err};
 use super::{Guarantee, KafkaSinkConfig, Partitioner, TXN_TIMEOUT, Upsert, upsert_writes};
@@ -75,6 +77,9 @@ struct Txn {
     recs: Vec<Rec>,
     /// Whether the records are in the producer's open Kafka transaction.
     sent: bool,
+    /// A cluster instance's transaction: the barrier (as counted by the source) and the
+    /// source's offsets at it, committed in the transaction.
+    offsets: Option<(u64, Vec<Held>)>,
 }
 
 /// One record of a transaction: byte ranges into [`Txn::data`].
@@ -112,6 +117,10 @@ pub struct KafkaSinkOperator {
     restored: Vec<Txn>,
     /// The transactional ids of the restored checkpoint's subtasks.
     earlier_ids: Vec<String>,
+    /// A cluster instance's exactly-once link to the source subtask its rows come from.
+    link: Option<Arc<TxnLink>>,
+    /// Barriers this subtask has passed in this attempt.
+    barriers: u64,
 }
 
 fn encode_headers(out: &mut Vec<u8>, headers: &[(&str, Option<&[u8]>)]) {
@@ -187,6 +196,8 @@ impl KafkaSinkOperator {
             attempt: 0,
             restored: Vec::new(),
             earlier_ids: Vec::new(),
+            link: None,
+            barriers: 0,
         })
     }
 
@@ -432,6 +443,92 @@ impl KafkaSinkOperator {
         self.check_delivery()
     }
 
+    /// A cluster instance's commit: the transaction's records, and the source's offsets
+    /// under its current group membership. A commit the group refuses while it
+    /// rebalances (the membership's generation moved on) is aborted and made again
+    /// under the new one, its records produced again: the partitions whose offsets it
+    /// carries are still this member's (a revoked one is let go only after this commit).
+    /// A member the group has dropped (cut off, or too slow) cannot commit: after the
+    /// retries the job fails, and the instance starts again from the committed offsets.
+    async fn commit_with_offsets(&mut self, mut txn: Txn) -> Result<()> {
+        let link = self
+            .link
+            .clone()
+            .ok_or_else(|| SluiceError::internal("a cluster transaction without its link"))?;
+        let Some((barrier, _)) = txn.offsets else {
+            return Err(SluiceError::internal(
+                "a cluster transaction without offsets",
+            ));
+        };
+        let mut retries = 0;
+        loop {
+            let e = match self.try_commit_with_offsets(&txn, &link).await? {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            let abortable = matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort());
+            if !abortable || retries == COMMIT_RETRIES {
+                return Err(SluiceError::external(
+                    "cannot commit the Kafka transaction with the source's offsets (the consumer group has probably given this instance's partitions to others: it was cut off, or stalled; the instance starts again from the group's committed offsets)",
+                )
+                .with_source(e));
+            }
+            retries += 1;
+            tracing::info!(error = %e, retries, "the consumer group refused the transaction's offsets while it rebalances: aborting it and committing it again");
+            self.blocking("cannot abort the Kafka transaction", |p| {
+                p.abort_transaction(TXN_TIMEOUT)
+            })
+            .await?;
+            self.kafka_txn_open = false;
+            txn.sent = false;
+            tokio::time::sleep(COMMIT_RETRY_DELAY).await;
+        }
+        link.committed(barrier);
+        Ok(())
+    }
+
+    /// One try of [`Self::commit_with_offsets`]: the outer error fails the job, the
+    /// inner one may be retried.
+    async fn try_commit_with_offsets(
+        &mut self,
+        txn: &Txn,
+        link: &TxnLink,
+    ) -> Result<std::result::Result<(), KafkaError>> {
+        if !txn.sent && !txn.recs.is_empty() {
+            self.open_txn().await?;
+            self.produce(txn, 0).await?;
+        }
+        self.open_txn().await?;
+        let offsets = link.still_held(txn.offsets.as_ref().map_or(&[], |(_, o)| o));
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for ((t, p), o) in &offsets {
+            tpl.add_partition_offset(t, *p, rdkafka::Offset::Offset(*o))
+                .map_err(kafka_err("bad partition"))?;
+        }
+        let group = match offsets.is_empty() {
+            true => None,
+            false => Some(link.group_metadata().ok_or_else(|| {
+                SluiceError::internal(
+                    "the source's consumer is gone before its offsets were committed",
+                )
+            })?),
+        };
+        let p = self.producer()?.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            if let Some(group) = group {
+                p.send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)?;
+            }
+            p.commit_transaction(TXN_TIMEOUT)
+        })
+        .await
+        .map_err(|e| SluiceError::internal(e.to_string()))?;
+        if r.is_ok() {
+            self.kafka_txn_open = false;
+            self.check_delivery()?;
+        }
+        Ok(r)
+    }
+
     /// Fences `id` (a transactional id no subtask of this run uses): its open
     /// transaction, if any, ends, and a producer left over with it can no longer commit.
     async fn fence(&self, id: &str) -> Result<()> {
@@ -515,6 +612,11 @@ impl KafkaSinkOperator {
     }
 }
 
+/// How often a transaction the group refused while it rebalanced is tried again, and
+/// how long after the last try.
+const COMMIT_RETRIES: u32 = 25;
+const COMMIT_RETRY_DELAY: Duration = Duration::from_millis(200);
+
 /// State table of pre-committed transactions' records.
 const TXN_TABLE: &str = "kafka_transactions";
 
@@ -551,6 +653,19 @@ impl Operator for KafkaSinkOperator {
             Some(g) => g,
         };
         self.attempt = ctx.attempt;
+        if let (Some(c), Guarantee::ExactlyOnce) = (&ctx.cluster, self.guarantee) {
+            // One transactional id per instance and subtask, stable across the
+            // instance's restarts (so a restart fences its earlier self).
+            self.prefix = match &self.config.txn_prefix {
+                Some(p) => format!("{p}-{}", c.instance),
+                None => format!("sluice-{}-{}", c.name, c.instance),
+            };
+            self.link = Some(super::super::link::link(
+                &ctx.task.job,
+                ctx.attempt,
+                ctx.task.subtask,
+            ));
+        }
         let mut cfg = client_config(&self.config.props);
         if !self.config.props.contains_key("partitioner") {
             // Kafka's Java client hashes keys with murmur2: the same key, the same partition.
@@ -573,8 +688,18 @@ impl Operator for KafkaSinkOperator {
             .create_with_context(SinkContext::default())
             .map_err(kafka_err("cannot create the Kafka producer"))?;
         self.producer = Some(producer);
-        if self.guarantee == Guarantee::ExactlyOnce {
-            self.start_exactly_once(ctx).await?;
+        match (self.guarantee, &self.link) {
+            (Guarantee::ExactlyOnce, None) => self.start_exactly_once(ctx).await?,
+            // A cluster instance: this id's earlier producer is fenced and its open
+            // transaction aborted; what it had not committed is read again from the
+            // group's committed offsets.
+            (Guarantee::ExactlyOnce, Some(_)) => {
+                self.blocking("cannot initialise Kafka transactions", |p| {
+                    p.init_transactions(TXN_TIMEOUT)
+                })
+                .await?;
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -640,6 +765,22 @@ impl Operator for KafkaSinkOperator {
         }
         if self.current.sent {
             self.flush().await?;
+        }
+        if let Some(link) = &self.link {
+            // A cluster instance: the transaction carries the source's offsets at this
+            // barrier, and nothing goes into the checkpoint (the commit is the truth).
+            self.barriers += 1;
+            let offsets = link.take(self.barriers).ok_or_else(|| {
+                SluiceError::internal(format!(
+                    "the source's offsets at barrier {} did not reach the Kafka sink",
+                    self.barriers
+                ))
+            })?;
+            let mut txn = std::mem::take(&mut self.current);
+            txn.epoch = barrier.epoch;
+            txn.offsets = Some((self.barriers, offsets));
+            self.precommitted.push_back(txn);
+            return Ok(OperatorState::default());
         }
         let mut txn = std::mem::take(&mut self.current);
         if !txn.recs.is_empty() {
@@ -771,7 +912,10 @@ impl Operator for KafkaSinkOperator {
                 .precommitted
                 .pop_front()
                 .expect("invariant: checked non-empty");
-            self.commit_txn(&txn).await?;
+            match self.link.is_some() {
+                true => self.commit_with_offsets(txn).await?,
+                false => self.commit_txn(&txn).await?,
+            }
         }
         // Rows held while the transaction waited go into a new one now.
         if self.precommitted.is_empty() && !self.current.sent && !self.current.recs.is_empty() {

@@ -1,0 +1,295 @@
+//! Several `sluice run --cluster` processes sharing one job through the consumer group
+//! of a real Apache Kafka broker: instances killed, added, and stalled past their
+//! session, the output read back under `read_committed` exactly once.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::broker::kafka;
+use crate::kafka::{BIN, create_topic, delete_topics, id_msgs, produce, read_topic, unique};
+
+/// What an instance logs when it starts reading a partition.
+const ASSIGNED: &str = "reading a partition the consumer group assigned";
+
+/// One instance: its process and its log.
+struct Instance {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Instance {
+    fn start(sql: &Path, cluster: &str, name: &str, dir: &Path) -> Instance {
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg(sql)
+            .args([
+                "--quiet",
+                "-p",
+                "2",
+                "--cluster",
+                cluster,
+                "--instance",
+                name,
+            ])
+            .args([
+                "--checkpoint-interval",
+                "200ms",
+                "--delivery",
+                "exactly-once",
+            ])
+            .arg("--checkpoint-dir")
+            .arg(dir.join("checkpoints"))
+            .args(["--restart-attempts", "20", "--restart-delay", "500ms"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Instance {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the instance has logged `text` (at most 60 s).
+    fn wait_for(&mut self, text: &str) {
+        let start = Instant::now();
+        while !self.log().contains(text) {
+            self.assert_running();
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "instance {} did not log `{text}` in 60 s:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {} failed", self.name);
+    }
+
+    /// Fails the test when the instance has ended (it runs until it is stopped).
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!(
+                "instance {} ended ({status}) while the job ran:\n{}",
+                self.name,
+                self.log()
+            );
+        }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A stateless job over the ids of `input` into `output`: the ids and their doubles.
+fn job(dir: &Path, bootstrap: &str, input: &str, output: &str) -> PathBuf {
+    let sql = dir.join("job.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE ids (id BIGINT) WITH ('connector' = 'kafka', 'topic' = '{input}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
+                'scan.startup.mode' = 'earliest-offset', 'rows-per-second' = '1500',
+                -- Members hear of rebalances at their next heartbeat, and a member that
+                -- stops answering is dropped after the session timeout.
+                'properties.heartbeat.interval.ms' = '100',
+                'properties.session.timeout.ms' = '6000',
+                'properties.max.partition.fetch.bytes' = '4096');
+             CREATE TABLE out_ids (id BIGINT, twice BIGINT) WITH ('connector' = 'kafka',
+                'topic' = '{output}', 'properties.bootstrap.servers' = '{bootstrap}',
+                'format' = 'json',
+                -- A killed instance's open transaction holds read_committed readers
+                -- back until it times out.
+                'properties.transaction.timeout.ms' = '10000');
+             INSERT INTO out_ids SELECT id, id * 2 AS twice FROM ids WHERE id >= 0;"
+        ),
+    )
+    .unwrap();
+    sql
+}
+
+/// The ids committed to `output`, sorted.
+fn committed_ids(bootstrap: &str, output: &str) -> Vec<i64> {
+    let mut ids: Vec<i64> = read_topic(bootstrap, output)
+        .iter()
+        .map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.payload).unwrap();
+            assert_eq!(v["twice"], v["id"].as_i64().unwrap() * 2, "{v}");
+            v["id"].as_i64().unwrap()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Waits until `n` ids are committed, the instances running all along, then checks
+/// that each id is there exactly once (a moment later too: nothing is committed twice
+/// late).
+fn assert_exactly_once(bootstrap: &str, output: &str, n: i64, instances: &mut [Instance]) {
+    let start = Instant::now();
+    let logs = |instances: &[Instance]| {
+        instances
+            .iter()
+            .map(|i| format!("--- {}:\n{}", i.name, i.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    loop {
+        for i in instances.iter_mut() {
+            i.assert_running();
+        }
+        let ids = committed_ids(bootstrap, output);
+        if ids.len() as i64 >= n {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "only {} of {n} ids were committed in 180 s:\n{}",
+            ids.len(),
+            logs(instances)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let ids = committed_ids(bootstrap, output);
+    let twice: Vec<i64> = ids
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .take(8)
+        .collect();
+    let want: Vec<i64> = (0..n).collect();
+    assert!(
+        twice.is_empty() && ids == want,
+        "{} ids committed, {n} expected; twice: {twice:?}\n{}",
+        ids.len(),
+        logs(instances)
+    );
+}
+
+/// Three instances share a job exactly-once; one is SIGKILLed mid-run and the others
+/// take its partitions over (after its session times out) from the offsets its
+/// transactions committed; a fourth joins mid-run and takes partitions from the others,
+/// which let them go only once what they read from them is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_share_a_job_survive_a_kill_and_take_in_a_new_one_exactly_once() {
+    let bootstrap = kafka();
+    let (input, output) = (unique("cluster-in"), unique("cluster-out"));
+    create_topic(bootstrap, &input, 6).await;
+    create_topic(bootstrap, &output, 3).await;
+    let n: i64 = 30_000;
+    let msgs: Vec<_> = id_msgs(0..n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut m)| {
+            m.partition = (i % 6) as i32;
+            m
+        })
+        .collect();
+    produce(bootstrap, &input, &msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let sql = job(dir.path(), bootstrap, &input, &output);
+    let cluster = unique("c");
+    // a reads every partition at first, then hands some over to b and c.
+    let mut instances = vec![Instance::start(&sql, &cluster, "a", dir.path())];
+    std::thread::sleep(Duration::from_millis(2_500));
+    for name in ["b", "c"] {
+        instances.push(Instance::start(&sql, &cluster, name, dir.path()));
+    }
+    // b is killed once it reads partitions of its own, a moment later.
+    instances[1].wait_for(ASSIGNED);
+    std::thread::sleep(Duration::from_millis(1_000));
+    instances.remove(1).kill();
+    std::thread::sleep(Duration::from_millis(1_500));
+    instances.push(Instance::start(&sql, &cluster, "d", dir.path()));
+    assert_exactly_once(bootstrap, &output, n, &mut instances);
+    let logs: Vec<String> = instances.iter().map(Instance::log).collect();
+    // Partitions moved to the newcomers only after their offsets were committed.
+    assert!(
+        logs[0].contains("handed partitions over to the consumer group"),
+        "the first instance handed no partition over:\n{}",
+        logs[0]
+    );
+    assert!(
+        logs[2].contains(ASSIGNED),
+        "the instance added mid-run read nothing:\n{}",
+        logs[2]
+    );
+    for i in instances {
+        i.kill();
+    }
+    delete_topics(bootstrap, &[&input, &output]).await;
+}
+
+/// An instance that stops answering (SIGSTOP, as a network cut) past its session
+/// timeout is dropped from the group; the other instance takes its partitions over.
+/// When it comes back it cannot commit what it had read (its membership is stale): its
+/// transaction is aborted, it starts again from the committed offsets, and the output
+/// still has every id once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_past_its_session_cannot_commit_when_it_returns() {
+    let bootstrap = kafka();
+    let (input, output) = (unique("fenced-in"), unique("fenced-out"));
+    create_topic(bootstrap, &input, 4).await;
+    create_topic(bootstrap, &output, 2).await;
+    let n: i64 = 24_000;
+    let msgs: Vec<_> = id_msgs(0..n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut m)| {
+            m.partition = (i % 4) as i32;
+            m
+        })
+        .collect();
+    produce(bootstrap, &input, &msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let sql = job(dir.path(), bootstrap, &input, &output);
+    let cluster = unique("c");
+    let mut instances: Vec<Instance> = ["a", "b"]
+        .iter()
+        .map(|name| Instance::start(&sql, &cluster, name, dir.path()))
+        .collect();
+    for i in &mut instances {
+        i.wait_for(ASSIGNED);
+    }
+    std::thread::sleep(Duration::from_millis(1_000));
+    instances[0].signal("-STOP");
+    // Past the 6 s session: the group drops it and gives its partitions to b.
+    std::thread::sleep(Duration::from_millis(10_000));
+    instances[0].signal("-CONT");
+    assert_exactly_once(bootstrap, &output, n, &mut instances);
+    let a = instances[0].log();
+    assert!(
+        a.contains("job failed; restarting"),
+        "the instance that came back did not start again:\n{a}"
+    );
+    let b = instances[1].log();
+    assert!(
+        b.matches(ASSIGNED).count() > 2,
+        "b did not take a's partitions over:\n{b}"
+    );
+    for i in instances {
+        i.kill();
+    }
+    delete_topics(bootstrap, &[&input, &output]).await;
+}

@@ -1,0 +1,194 @@
+//! A cluster instance's exactly-once link between a source subtask and the Kafka sink
+//! subtask its rows go to (forward, in the same process): the sink commits, in each
+//! checkpoint's transaction, the offsets the source had reached at that checkpoint's
+//! barrier, under the consumer's group membership, as Kafka's own exactly-once
+//! processing does. The commit is the only record of progress: an instance that takes
+//! a partition over starts at its committed offset.
+//!
+//! ```text
+//!  source subtask s        barrier k: offsets ──push(k)──┐
+//!  (group member)                                         ▼
+//!  sink subtask s          barrier k: take(k) ─> commit of checkpoint k:
+//!                                                 send offsets (member's generation)
+//!                                                 commit the transaction ──> committed = k
+//!  source: a revoked partition is let go (incremental unassign) once the
+//!          transaction of the first barrier after its revocation is committed
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+
+use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
+use tokio::sync::Notify;
+
+use super::group::Partition;
+use super::source::SourceConsumer;
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What one source subtask and its sink subtask share.
+#[derive(Default)]
+pub(crate) struct TxnLink {
+    consumer: Mutex<Weak<SourceConsumer>>,
+    /// Per barrier passed by the source (counted from 1 in this attempt): the next
+    /// offset of every partition it read or still holds, with the claim it held it by.
+    barriers: Mutex<VecDeque<(u64, Vec<Held>)>>,
+    /// The partitions the source holds now, each by a claim of its own: a partition let
+    /// go (and maybe taken back later) is never committed from an offset read under an
+    /// earlier claim, which another member may have moved past since.
+    held: Mutex<HashMap<Partition, u64>>,
+    claims: AtomicU64,
+    /// The last barrier whose transaction is committed.
+    committed: AtomicU64,
+    /// Wakes the source's reader when a transaction is committed.
+    wake: Mutex<Option<Arc<Notify>>>,
+}
+
+/// Barriers' offsets kept for a sink that has not taken them (one that is not
+/// exactly-once never does).
+const KEPT: usize = 64;
+
+type Key = (String, u64, usize);
+
+/// A partition's offset, read under a claim.
+pub(crate) type Held = (Partition, i64, u64);
+
+static LINKS: LazyLock<Mutex<HashMap<Key, Weak<TxnLink>>>> = LazyLock::new(Mutex::default);
+
+/// The link of subtask `subtask` of job `job`'s attempt `attempt`, made by whichever
+/// side asks first; it lives while either side holds it.
+pub(crate) fn link(job: &str, attempt: u64, subtask: usize) -> Arc<TxnLink> {
+    let mut links = locked(&LINKS);
+    links.retain(|_, l| l.strong_count() > 0);
+    let key = (job.to_string(), attempt, subtask);
+    if let Some(l) = links.get(&key).and_then(Weak::upgrade) {
+        return l;
+    }
+    let l = Arc::new(TxnLink::default());
+    links.insert(key, Arc::downgrade(&l));
+    l
+}
+
+impl TxnLink {
+    /// The source's consumer, and what wakes its reader.
+    pub(crate) fn attach(&self, consumer: &Arc<SourceConsumer>, wake: &Arc<Notify>) {
+        *locked(&self.consumer) = Arc::downgrade(consumer);
+        *locked(&self.wake) = Some(Arc::clone(wake));
+    }
+
+    /// The source reads `p` from now on.
+    pub(crate) fn hold(&self, p: &Partition) {
+        let claim = self.claims.fetch_add(1, Ordering::SeqCst) + 1;
+        locked(&self.held).insert(p.clone(), claim);
+    }
+
+    /// The source lets `p` go: offsets read under its claim are not committed any more.
+    pub(crate) fn release(&self, p: &Partition) {
+        locked(&self.held).remove(p);
+    }
+
+    /// The source passed barrier `n` at these offsets.
+    pub(crate) fn push(&self, n: u64, offsets: Vec<(Partition, i64)>) {
+        let offsets = {
+            let held = locked(&self.held);
+            offsets
+                .into_iter()
+                .filter_map(|(p, o)| {
+                    let claim = *held.get(&p)?;
+                    Some((p, o, claim))
+                })
+                .collect()
+        };
+        let mut b = locked(&self.barriers);
+        b.push_back((n, offsets));
+        while b.len() > KEPT {
+            b.pop_front();
+        }
+    }
+
+    /// The offsets at barrier `n` (those of earlier barriers are dropped).
+    pub(crate) fn take(&self, n: u64) -> Option<Vec<Held>> {
+        let mut b = locked(&self.barriers);
+        while let Some((k, offsets)) = b.pop_front() {
+            if k == n {
+                return Some(offsets);
+            }
+            if k > n {
+                b.push_front((k, offsets));
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Of `offsets`, those of partitions still held under the claim they were read by.
+    pub(crate) fn still_held(&self, offsets: &[Held]) -> Vec<(Partition, i64)> {
+        let held = locked(&self.held);
+        offsets
+            .iter()
+            .filter(|(p, _, claim)| held.get(p) == Some(claim))
+            .map(|(p, o, _)| (p.clone(), *o))
+            .collect()
+    }
+
+    /// The consumer's current group membership, for offsets committed in a transaction
+    /// (a member that has lost its partitions since cannot commit them).
+    pub(crate) fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        locked(&self.consumer).upgrade()?.group_metadata()
+    }
+
+    /// The transaction of barrier `n` is committed.
+    pub(crate) fn committed(&self, n: u64) {
+        self.committed.fetch_max(n, Ordering::SeqCst);
+        if let Some(w) = locked(&self.wake).as_ref() {
+            w.notify_one();
+        }
+    }
+
+    /// The last barrier whose transaction is committed.
+    pub(crate) fn committed_through(&self) -> u64 {
+        self.committed.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sink_takes_the_offsets_of_its_own_barrier() {
+        let l = link("job-link-test", 7, 0);
+        assert!(Arc::ptr_eq(&l, &link("job-link-test", 7, 0)));
+        assert!(!Arc::ptr_eq(&l, &link("job-link-test", 8, 0)));
+        let t0 = ("t".to_string(), 0);
+        let p = |o| vec![(t0.clone(), o)];
+        l.hold(&t0);
+        l.push(1, p(10));
+        l.push(2, p(20));
+        l.push(3, p(30));
+        let two = l.take(2).unwrap();
+        assert_eq!(l.still_held(&two), p(20));
+        assert_eq!(l.take(2), None);
+        let three = l.take(3).unwrap();
+        // Let go and taken back: what was read under the old claim is not committed.
+        l.release(&t0);
+        assert!(l.still_held(&three).is_empty());
+        l.hold(&t0);
+        assert!(l.still_held(&three).is_empty());
+        l.push(4, p(40));
+        assert_eq!(l.still_held(&l.take(4).unwrap()), p(40));
+        // A partition not held is not pushed.
+        l.push(5, vec![(("t".to_string(), 9), 1)]);
+        assert!(l.take(5).unwrap().is_empty());
+        l.committed(3);
+        l.committed(2);
+        assert_eq!(l.committed_through(), 3);
+        for n in 0..100 {
+            l.push(n, p(n as i64));
+        }
+        assert_eq!(l.still_held(&l.take(99).unwrap()), p(99));
+    }
+}

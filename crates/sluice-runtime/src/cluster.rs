@@ -1,0 +1,197 @@
+//! What a job must be to run as one instance of several (`sluice run --cluster`), and
+//! the options its Kafka connectors take from that.
+//!
+//! ```text
+//!  instance A ─┐                          ┌─ partitions 0, 3 ─> A's subtasks
+//!  instance B ─┼─ one consumer group ─────┼─ partitions 1, 4 ─> B's subtasks
+//!  instance C ─┘  (Kafka assigns)         └─ partitions 2, 5 ─> C's subtasks
+//!
+//!  each source subtask ──forward──> … ──> its Kafka sink subtask
+//!      one transaction per checkpoint: the rows written since the last one
+//!      and the source's offsets (Kafka's exactly-once model: the commit is the truth)
+//! ```
+//!
+//! Today an instance runs a job whose rows stay on the subtask that read them: one
+//! Kafka source, operators without keyed state, Kafka sinks, forward edges only. Keyed
+//! exchanges between instances (repartition topics) and state kept in shared storage
+//! come later; such jobs are refused with the reason.
+
+use std::time::Duration;
+
+use sluice_plan::{JobPlan, NodeKind, Partitioning};
+use sluice_types::{Result, SluiceError};
+
+/// A cluster instance's checkpoint interval unless the job sets one.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Checks that `plan` can run as a cluster instance and sets its Kafka source to follow
+/// the consumer group (named after the cluster unless the table names one).
+pub(crate) fn prepare(plan: &mut JobPlan) -> Result<()> {
+    let Some(cluster) = plan.config.cluster.clone() else {
+        return Ok(());
+    };
+    let refuse = |why: String| {
+        Err(SluiceError::user(format!(
+            "this job cannot run as an instance of cluster `{}`: {why}",
+            cluster.name
+        )))
+    };
+    // Each checkpoint commits a transaction, and a revoked partition is let go at the
+    // next one: checkpoints must come, and often (Kafka Streams commits every 100 ms
+    // when exactly-once).
+    plan.config
+        .checkpoint
+        .interval
+        .get_or_insert(DEFAULT_INTERVAL);
+    let sources: Vec<usize> = plan
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.kind, NodeKind::Source(_)))
+        .map(|n| n.id)
+        .collect();
+    let [source] = sources.as_slice() else {
+        return refuse(format!(
+            "it reads {} sources; an instance reads one Kafka source (joins and unions across instances need repartition topics, which are not built yet)",
+            sources.len()
+        ));
+    };
+    let p = plan.nodes[*source].parallelism;
+    let mut sinks = 0;
+    for n in &plan.nodes {
+        match &n.kind {
+            NodeKind::Source(s) if s.spec.connector != "kafka" => {
+                return refuse(format!(
+                    "its source `{}` is `{}`; instances share the partitions of a `kafka` source",
+                    n.name, s.spec.connector
+                ));
+            }
+            NodeKind::Sink(spec) => {
+                sinks += 1;
+                if spec.connector != "kafka" {
+                    return refuse(format!(
+                        "its sink `{}` is `{}`; an instance writes to Kafka, in transactions that carry the source's offsets",
+                        n.name, spec.connector
+                    ));
+                }
+                let exactly_once =
+                    plan.config.checkpoint.delivery == sluice_plan::DeliveryGuarantee::ExactlyOnce;
+                if let Some(g) = spec.options.get("sink.delivery-guarantee")
+                    && exactly_once
+                    && g != "exactly-once"
+                {
+                    return refuse(format!(
+                        "the job is exactly-once and its sink `{}` sets 'sink.delivery-guarantee' = '{g}': an exactly-once instance commits its offsets in the sink's transactions (run the job --delivery at-least-once instead)",
+                        n.name
+                    ));
+                }
+            }
+            k if !k.is_stateless() => {
+                return refuse(format!(
+                    "`{}` keeps keyed state, and state shared between instances (repartition topics, state in object storage) is not built yet; run it in one process",
+                    n.name
+                ));
+            }
+            _ => {}
+        }
+        if n.parallelism != p {
+            return refuse(format!(
+                "`{}` runs with parallelism {} and the source with {p}: every row stays on the subtask that read it",
+                n.name, n.parallelism
+            ));
+        }
+    }
+    if sinks != 1 {
+        return refuse(format!(
+            "it has {sinks} sinks; an instance writes one Kafka sink (one transaction per subtask carries its rows and the source's offsets)"
+        ));
+    }
+    if let Some(e) = plan
+        .edges
+        .iter()
+        .find(|e| e.partitioning != Partitioning::Forward)
+    {
+        return refuse(format!(
+            "rows go from `{}` to `{}` by {}; between instances that needs a repartition topic, which is not built yet",
+            plan.nodes[e.from].name, plan.nodes[e.to].name, e.partitioning
+        ));
+    }
+    // Restores come from the group's committed offsets, not from a checkpoint.
+    plan.config.restore = None;
+    let NodeKind::Source(s) = &mut plan.nodes[*source].kind else {
+        unreachable!("invariant: found as a source above");
+    };
+    let options = &mut s.spec.options;
+    match options.get("scan.partition-assignment").map(String::as_str) {
+        None | Some("group") => {}
+        Some(other) => {
+            return refuse(format!(
+                "its source sets 'scan.partition-assignment' = '{other}'; the instances share partitions through the consumer group ('group')"
+            ));
+        }
+    }
+    options.insert("scan.partition-assignment".into(), "group".into());
+    options
+        .entry("properties.group.id".into())
+        .or_insert_with(|| format!("sluice-{}", cluster.name));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_plan::{ClusterConfig, ConnectorSpec, EventTime, SourceNode, WatermarkSpec};
+
+    use super::*;
+
+    fn kafka_job(keyed: bool) -> JobPlan {
+        let mut plan = JobPlan::new("j");
+        let src = plan.add_node(
+            "src",
+            2,
+            NodeKind::Source(SourceNode {
+                spec: ConnectorSpec::new("kafka").with_option("topic", "in"),
+                event_time: EventTime::Ingestion,
+                watermark: WatermarkSpec::default(),
+            }),
+        );
+        let sink = plan.add_node("sink", 2, NodeKind::Sink(ConnectorSpec::new("kafka")));
+        let partitioning = match keyed {
+            true => Partitioning::Hash(vec!["id".into()]),
+            false => Partitioning::Forward,
+        };
+        plan.add_edge(src, sink, partitioning);
+        plan.config.checkpoint.interval = Some(Duration::from_secs(1));
+        plan.config.cluster = Some(ClusterConfig::new("c1", Some("a".into())).unwrap());
+        plan
+    }
+
+    #[test]
+    fn a_forward_kafka_job_follows_the_group_named_after_the_cluster() {
+        let mut plan = kafka_job(false);
+        plan.config.checkpoint.interval = None;
+        prepare(&mut plan).unwrap();
+        assert_eq!(plan.config.checkpoint.interval, Some(DEFAULT_INTERVAL));
+        let NodeKind::Source(s) = &plan.nodes[0].kind else {
+            panic!()
+        };
+        assert_eq!(s.spec.options["scan.partition-assignment"], "group");
+        assert_eq!(s.spec.options["properties.group.id"], "sluice-c1");
+    }
+
+    #[test]
+    fn jobs_an_instance_cannot_run_yet_are_refused_with_the_reason() {
+        let e = prepare(&mut kafka_job(true)).unwrap_err().to_string();
+        assert!(
+            e.contains("repartition topic") && e.contains("cluster `c1`"),
+            "{e}"
+        );
+        let mut plan = kafka_job(false);
+        if let NodeKind::Source(s) = &mut plan.nodes[0].kind {
+            s.spec
+                .options
+                .insert("scan.partition-assignment".into(), "job".into());
+        }
+        let e = prepare(&mut plan).unwrap_err().to_string();
+        assert!(e.contains("'group'"), "{e}");
+        assert!(ClusterConfig::new("a b", None).is_err());
+    }
+}
