@@ -129,7 +129,7 @@ pub(crate) fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", v["location"].as_str().unwrap_or_default());
             Ok(())
         }
-        Command::Ps { server } => {
+        Command::Ps { server, .. } => {
             let v = server.call("GET", "/api/lineage", None)?;
             let ends = |e: &serde_json::Value| {
                 e.as_array()

@@ -219,10 +219,24 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// A server's jobs with what each reads and writes (topic -> job -> topic).
+    /// A server's jobs with what each reads and writes (topic -> job -> topic); with
+    /// `--cluster NAME --bootstrap HOST:PORT`, the instances of a cluster instead (from
+    /// its consumer group): each one's host, partitions and lag.
     Ps {
         #[command(flatten)]
         server: ServerArgs,
+        /// A cluster's instances (`sluice run --cluster NAME`) rather than a server's jobs.
+        #[arg(long, value_name = "NAME", requires = "bootstrap")]
+        cluster: Option<String>,
+        /// A broker of the cluster's Kafka (`host:port`).
+        #[arg(long)]
+        bootstrap: Option<String>,
+        /// The cluster's consumer group, when its job names one (default `sluice-NAME`).
+        #[arg(long, requires = "cluster")]
+        group: Option<String>,
+        /// Print JSON.
+        #[arg(long, requires = "cluster")]
+        json: bool,
     },
     /// A job's log events on a server, oldest first (`--errors` shows stack traces).
     Logs {
@@ -285,10 +299,10 @@ struct CheckpointArgs {
     /// is no complete checkpoint yet (a first run, or a job run again and again).
     #[arg(long, requires = "from_checkpoint")]
     fresh_if_none: bool,
-    /// On Ctrl-C take a savepoint and stop (resume from it later).
+    /// On Ctrl-C (or SIGTERM) take a savepoint and stop (resume from it later).
     #[arg(long)]
     stop_with_savepoint: bool,
-    /// On Ctrl-C end the input and flush everything, open windows firing as if the input
+    /// On Ctrl-C (or SIGTERM) end the input and flush everything, open windows firing as if the input
     /// had ended (Flink's `stop --drain`). Without it, Ctrl-C cancels: the job stops where
     /// it is and open windows are dropped.
     #[arg(long, conflicts_with = "stop_with_savepoint")]
@@ -748,10 +762,13 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                             .unwrap_or("the default checkpoint directory")
                     )
                 });
+            // A cluster instance that is asked to stop commits what it has read (its
+            // partitions' next reader starts there), as with --drain.
+            let drain = drain || checkpoints.cluster.is_some();
             let cell = Arc::clone(&current);
             let cancel_flag = Arc::clone(&cancelled);
             tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
+                if interrupted().await {
                     let Some((_, stop)) = cell.lock().unwrap_or_else(|p| p.into_inner()).clone()
                     else {
                         return;
@@ -972,6 +989,33 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         #[cfg(feature = "kafka")]
+        Command::Ps {
+            cluster: Some(cluster),
+            bootstrap: Some(bootstrap),
+            group,
+            json,
+            ..
+        } => {
+            let group = group.unwrap_or_else(|| format!("sluice-{cluster}"));
+            let (cluster, report) = tokio::task::spawn_blocking(move || {
+                sluice_connectors::kafka::admin::cluster_status(
+                    &bootstrap,
+                    &cluster,
+                    &group,
+                    Duration::from_secs(10),
+                )
+                .map(|r| (cluster, r))
+            })
+            .await??;
+            match json {
+                true => println!("{}", serde_json::to_string(&report)?),
+                false => print!(
+                    "{}",
+                    sluice_connectors::kafka::admin::render_cluster(&cluster, &report)
+                ),
+            }
+            Ok(())
+        }
         Command::WhoConsumes {
             topic,
             bootstrap,
@@ -1078,5 +1122,25 @@ async fn progress_loop(current: Current, start: Instant) {
         } else {
             eprintln!("{line}");
         }
+    }
+}
+
+/// Waits for Ctrl-C or (on Unix) SIGTERM, which is how supervisors such as Kubernetes
+/// and systemd ask a process to stop; `false` when signals cannot be watched.
+async fn interrupted() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return tokio::signal::ctrl_c().await.is_ok();
+        };
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.is_ok(),
+            _ = term.recv() => true,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.is_ok()
     }
 }

@@ -235,6 +235,52 @@ async fn instances_share_a_job_survive_a_kill_and_take_in_a_new_one_exactly_once
         "the instance added mid-run read nothing:\n{}",
         logs[2]
     );
+    // `sluice ps --cluster` shows the three live instances (b's membership ended with
+    // its session), their hosts and the six partitions among them, and no lag.
+    let start = Instant::now();
+    loop {
+        let out = Command::new(BIN)
+            .args([
+                "ps",
+                "--cluster",
+                &cluster,
+                "--bootstrap",
+                bootstrap,
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let names: Vec<&str> = r["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["instance"].as_str().unwrap())
+            .collect();
+        let partitions: usize = r["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["partitions"].as_array().unwrap().len())
+            .sum();
+        if names == ["a", "c", "d"] && partitions == 6 && r["total_lag"] == 0 {
+            for i in r["instances"].as_array().unwrap() {
+                assert_eq!(i["subtasks"], 2, "{r}");
+                assert!(i["host"].as_str().unwrap().contains("127.0.0.1"), "{r}");
+            }
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ps --cluster did not settle on instances a, c, d: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     for i in instances {
         i.kill();
     }
@@ -289,6 +335,79 @@ async fn an_instance_cut_off_past_its_session_cannot_commit_when_it_returns() {
         "b did not take a's partitions over:\n{b}"
     );
     for i in instances {
+        i.kill();
+    }
+    delete_topics(bootstrap, &[&input, &output]).await;
+}
+
+/// SIGTERM (how Kubernetes stops a pod) stops an instance gracefully: it commits what
+/// it has read, output and offsets together, and exits; started again, it goes on from
+/// there, and the output has every id once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_stopped_with_sigterm_commits_what_it_read() {
+    let bootstrap = kafka();
+    let (input, output) = (unique("term-in"), unique("term-out"));
+    create_topic(bootstrap, &input, 2).await;
+    create_topic(bootstrap, &output, 1).await;
+    let n: i64 = 8_000;
+    let msgs: Vec<_> = id_msgs(0..n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut m)| {
+            m.partition = (i % 2) as i32;
+            m
+        })
+        .collect();
+    produce(bootstrap, &input, &msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let sql = job(dir.path(), bootstrap, &input, &output);
+    let cluster = unique("c");
+    let mut a = Instance::start(&sql, &cluster, "a", dir.path());
+    a.wait_for(ASSIGNED);
+    std::thread::sleep(Duration::from_millis(1_500));
+    a.signal("-TERM");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = a.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the instance did not stop within 60 s of SIGTERM:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}:\n{}", a.log());
+    // What it wrote is exactly what its committed offsets cover.
+    let written = committed_ids(bootstrap, &output);
+    let out = Command::new(BIN)
+        .args(["who-consumes", &input, "--bootstrap", bootstrap, "--json"])
+        .output()
+        .unwrap();
+    let groups: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let group = format!("sluice-{cluster}");
+    let g = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == group.as_str())
+        .unwrap_or_else(|| panic!("no group {group}: {groups}"));
+    let committed: i64 = g["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["committed"].as_i64().unwrap_or(0))
+        .sum();
+    assert!(
+        written.len() as i64 == committed && committed > 0 && committed < n,
+        "{} ids written, {committed} offsets committed of {n}:\n{}",
+        written.len(),
+        a.log()
+    );
+    let mut again = vec![Instance::start(&sql, &cluster, "a", dir.path())];
+    assert_exactly_once(bootstrap, &output, n, &mut again);
+    for i in again {
         i.kill();
     }
     delete_topics(bootstrap, &[&input, &output]).await;

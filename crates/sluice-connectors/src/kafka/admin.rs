@@ -138,6 +138,189 @@ pub fn who_consumes(bootstrap: &str, topic: &str, timeout: Duration) -> Result<V
     Ok(out)
 }
 
+/// One instance of a cluster (`sluice run --cluster`), from its subtasks' group members.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceReport {
+    /// The instance's name (`--instance`, or host and process id).
+    pub instance: String,
+    /// Its host, as the broker saw it.
+    pub host: String,
+    /// Its subtasks that are members of the group.
+    pub subtasks: usize,
+    /// The partitions it reads: `topic/partition`.
+    pub partitions: Vec<String>,
+    /// Records between the group's committed offsets and the ends of its partitions.
+    pub lag: i64,
+}
+
+/// A cluster's consumer group: its instances and where each partition stands.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterReport {
+    /// The group id.
+    pub group: String,
+    /// The broker's state for it (Stable, PreparingRebalance, Empty, …).
+    pub state: String,
+    /// The instances, by name.
+    pub instances: Vec<InstanceReport>,
+    /// Members that are not a Sluice instance of this cluster (other consumers).
+    pub others: Vec<Member>,
+    /// Per topic and partition: committed offset, end and lag.
+    pub partitions: Vec<(String, PartitionLag)>,
+    /// Sum of the lags.
+    pub total_lag: i64,
+}
+
+/// The instances of cluster `cluster`, as the members of its consumer group `group`
+/// (each instance's subtasks are members named `sluice-CLUSTER-INSTANCE-SUBTASK`), with
+/// the partitions they read and their lag.
+pub fn cluster_status(
+    bootstrap: &str,
+    cluster: &str,
+    group: &str,
+    timeout: Duration,
+) -> Result<ClusterReport> {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(err("cannot create a Kafka client".into()))?;
+    let groups = client
+        .fetch_group_list(Some(group), timeout)
+        .map_err(err(format!("cannot describe the consumer group `{group}`")))?;
+    let Some(g) = groups.groups().iter().find(|g| g.name() == group) else {
+        return Err(SluiceError::user(format!(
+            "no consumer group `{group}` at {bootstrap}"
+        )));
+    };
+    let prefix = format!("sluice-{cluster}-");
+    let mut instances: Vec<InstanceReport> = Vec::new();
+    let mut others = Vec::new();
+    let mut owner: Vec<((String, i32), usize)> = Vec::new();
+    for m in g.members() {
+        let assigned = m.assignment().map(decode_assignment).unwrap_or_default();
+        // `sluice-CLUSTER-INSTANCE-SUBTASK`: the instance is what lies between.
+        let instance = m
+            .client_id()
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.rsplit_once('-'))
+            .filter(|(_, subtask)| subtask.parse::<usize>().is_ok())
+            .map(|(instance, _)| instance.to_string());
+        let Some(instance) = instance else {
+            others.push(Member {
+                id: m.id().to_string(),
+                client_id: m.client_id().to_string(),
+                host: m.client_host().to_string(),
+                partitions: assigned
+                    .iter()
+                    .flat_map(|(_, p)| p.iter().copied())
+                    .collect(),
+            });
+            continue;
+        };
+        let i = match instances.iter().position(|r| r.instance == instance) {
+            Some(i) => i,
+            None => {
+                instances.push(InstanceReport {
+                    instance,
+                    host: m.client_host().trim_start_matches('/').to_string(),
+                    subtasks: 0,
+                    partitions: Vec::new(),
+                    lag: 0,
+                });
+                instances.len() - 1
+            }
+        };
+        instances[i].subtasks += 1;
+        for (t, ps) in assigned {
+            for p in ps {
+                instances[i].partitions.push(format!("{t}/{p}"));
+                owner.push(((t.clone(), p), i));
+            }
+        }
+    }
+    // Every topic the group reads: those assigned now.
+    let mut topics: Vec<String> = owner.iter().map(|((t, _), _)| t.clone()).collect();
+    topics.sort();
+    topics.dedup();
+    let mut partitions = Vec::new();
+    for topic in &topics {
+        let md = client
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(err(format!("cannot read the metadata of {bootstrap}")))?;
+        let mut ends = Vec::new();
+        for t in md.topics().iter().filter(|t| t.name() == topic) {
+            for p in t.partitions() {
+                let (_, high) = client
+                    .fetch_watermarks(topic, p.id(), timeout)
+                    .map_err(err(format!("cannot read the end of {topic}/{}", p.id())))?;
+                ends.push((p.id(), high));
+            }
+        }
+        ends.sort();
+        let committed = committed_offsets(bootstrap, group, topic, &ends, timeout)?;
+        for (p, end) in ends {
+            let c = committed.iter().find(|(q, _)| *q == p).map(|(_, o)| *o);
+            let lag = c.map(|c| (end - c).max(0));
+            if let Some(&(_, i)) = owner.iter().find(|(k, _)| k.0 == *topic && k.1 == p) {
+                instances[i].lag += lag.unwrap_or(end);
+            }
+            partitions.push((
+                topic.clone(),
+                PartitionLag {
+                    partition: p,
+                    committed: c,
+                    end,
+                    lag,
+                },
+            ));
+        }
+    }
+    for r in &mut instances {
+        r.partitions.sort();
+    }
+    instances.sort_by(|a, b| a.instance.cmp(&b.instance));
+    Ok(ClusterReport {
+        group: group.to_string(),
+        state: g.state().to_string(),
+        total_lag: partitions.iter().filter_map(|(_, p)| p.lag).sum(),
+        instances,
+        others,
+        partitions,
+    })
+}
+
+/// A cluster report as a table.
+pub fn render_cluster(cluster: &str, r: &ClusterReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "cluster {cluster}  group {}  state {}  instances {}  lag {}",
+        r.group,
+        r.state,
+        r.instances.len(),
+        r.total_lag
+    );
+    for i in &r.instances {
+        let _ = writeln!(
+            s,
+            "  instance {}  host {}  subtasks {}  lag {}  partitions {}",
+            i.instance,
+            i.host,
+            i.subtasks,
+            i.lag,
+            i.partitions.join(" ")
+        );
+    }
+    for m in &r.others {
+        let _ = writeln!(
+            s,
+            "  other member {}  client {}  host {}  partitions {:?}",
+            m.id, m.client_id, m.host, m.partitions
+        );
+    }
+    s
+}
+
 /// A group's committed offsets for the topic's partitions.
 fn committed_offsets(
     bootstrap: &str,
