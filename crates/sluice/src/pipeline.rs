@@ -315,9 +315,11 @@ impl Pipeline {
             };
             // The latest checkpoint of the attempt that ran; a restart that could not
             // start keeps the restore point it had.
+            // (A cluster instance starts again from its group's committed offsets.)
+            let cluster = self.with(|b| b.plan.config.cluster.is_some());
             let latest = checkpoints
                 .latest_completed()
-                .filter(|c| c.kind != "final")
+                .filter(|c| c.kind != "final" && !cluster)
                 .map(|c| RestoreFrom::Path(c.location));
             if latest.is_some() {
                 self.restore_from(latest.clone().expect("invariant: checked"));

@@ -16,6 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 pub struct Broker {
     pub bootstrap: String,
+    host: String,
     ports: (u16, u16),
     dir: tempfile::TempDir,
     running: Mutex<Option<(Child, ChildStdin)>>,
@@ -54,10 +55,17 @@ fn install() {
 impl Broker {
     /// A new broker (fresh storage), started.
     pub fn start_new() -> Broker {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// A new broker listening on `host`, an address of this machine (the tests' network
+    /// namespaces reach it on a bridge's address).
+    pub fn start_on(host: &str) -> Broker {
         install();
         let port = free_port();
         let b = Broker {
-            bootstrap: format!("127.0.0.1:{port}"),
+            bootstrap: format!("{host}:{port}"),
+            host: host.to_string(),
             ports: (port, free_port()),
             dir: tempfile::tempdir().unwrap(),
             running: Mutex::new(None),
@@ -80,6 +88,7 @@ impl Broker {
             .arg(self.ports.0.to_string())
             .arg(self.ports.1.to_string())
             .arg(&log)
+            .env("KAFKA_HOST", &self.host)
             .stdin(Stdio::piped())
             .spawn()
             .unwrap();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::broker::kafka;
+use crate::broker::{Broker, kafka};
 use crate::kafka::{BIN, create_topic, delete_topics, id_msgs, produce, read_topic, unique};
 
 /// What an instance logs when it starts reading a partition.
@@ -22,8 +22,27 @@ struct Instance {
 
 impl Instance {
     fn start(sql: &Path, cluster: &str, name: &str, dir: &Path) -> Instance {
+        Self::start_in(None, sql, cluster, name, dir)
+    }
+
+    /// An instance in network namespace `netns` (`ip netns exec`), if given.
+    fn start_in(
+        netns: Option<&str>,
+        sql: &Path,
+        cluster: &str,
+        name: &str,
+        dir: &Path,
+    ) -> Instance {
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(BIN)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .arg("run")
             .arg(sql)
             .args([
@@ -411,4 +430,183 @@ async fn an_instance_stopped_with_sigterm_commits_what_it_read() {
         i.kill();
     }
     delete_topics(bootstrap, &[&input, &output]).await;
+}
+
+/// Network namespaces of our own on a bridge: each one an address of its own, its link
+/// to the bridge cut and restored at will. Removed when dropped.
+struct Net {
+    bridge: String,
+    namespaces: Vec<String>,
+}
+
+/// Runs `ip ARGS`, failing the test with its message.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run `ip` ({e}): the cluster tests need iproute2 (scripts/test installs it)")
+    });
+    assert!(
+        out.status.success(),
+        "ip {}: {} (the cluster tests make network namespaces: they need root)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Net {
+    /// The bridge's address: the broker listens there.
+    const HUB: &str = "10.77.0.1";
+
+    /// A bridge and `n` namespaces on it (10.77.0.11, .12, …).
+    fn new(n: usize) -> Net {
+        let tag = std::process::id() % 100_000;
+        let net = Net {
+            bridge: format!("sb{tag}"),
+            namespaces: (0..n).map(|i| format!("sn{tag}-{i}")).collect(),
+        };
+        ip(&["link", "add", &net.bridge, "type", "bridge"]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", Self::HUB),
+            "dev",
+            &net.bridge,
+        ]);
+        ip(&["link", "set", &net.bridge, "up"]);
+        for (i, ns) in net.namespaces.iter().enumerate() {
+            let (host_end, ns_end) = (net.host_end(i), format!("sv{tag}-{i}"));
+            ip(&["netns", "add", ns]);
+            ip(&[
+                "link", "add", &host_end, "type", "veth", "peer", "name", &ns_end,
+            ]);
+            ip(&["link", "set", &ns_end, "netns", ns]);
+            ip(&["link", "set", &host_end, "master", &net.bridge]);
+            ip(&["link", "set", &host_end, "up"]);
+            let addr = format!("10.77.0.{}/24", 11 + i);
+            ip(&["-n", ns, "addr", "add", &addr, "dev", &ns_end]);
+            ip(&["-n", ns, "link", "set", &ns_end, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        net
+    }
+
+    fn host_end(&self, i: usize) -> String {
+        format!("sh{}-{i}", std::process::id() % 100_000)
+    }
+
+    /// Cuts namespace `i` off the bridge (`up == false`) or connects it again.
+    fn link(&self, i: usize, up: bool) {
+        ip(&[
+            "link",
+            "set",
+            &self.host_end(i),
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+/// Instances on hosts of their own (network namespaces on a bridge, the broker on the
+/// bridge's address): one is cut off from the network past its session timeout, the
+/// other takes its partitions over; when its link comes back it cannot commit what it
+/// had read (the group moved on), starts again from the committed offsets, and the
+/// output has every id once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_the_network_is_replaced_and_cannot_commit_when_it_returns() {
+    let net = Net::new(2);
+    let broker = Broker::start_on(Net::HUB);
+    let bootstrap = broker.bootstrap.as_str();
+    let (input, output) = (unique("netns-in"), unique("netns-out"));
+    create_topic(bootstrap, &input, 4).await;
+    create_topic(bootstrap, &output, 2).await;
+    let n: i64 = 24_000;
+    let msgs: Vec<_> = id_msgs(0..n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut m)| {
+            m.partition = (i % 4) as i32;
+            m
+        })
+        .collect();
+    produce(bootstrap, &input, &msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let sql = job(dir.path(), bootstrap, &input, &output);
+    let cluster = unique("c");
+    let mut instances: Vec<Instance> = ["a", "b"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            Instance::start_in(Some(&net.namespaces[i]), &sql, &cluster, name, dir.path())
+        })
+        .collect();
+    for i in &mut instances {
+        i.wait_for(ASSIGNED);
+    }
+    // The broker sees each instance at its own address.
+    let out = Command::new(BIN)
+        .args([
+            "ps",
+            "--cluster",
+            &cluster,
+            "--bootstrap",
+            bootstrap,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let hosts: Vec<&str> = r["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["host"].as_str())
+        .collect();
+    assert!(
+        hosts.iter().any(|h| h.contains("10.77.0.11"))
+            && hosts.iter().any(|h| h.contains("10.77.0.12")),
+        "the instances do not show their own addresses: {r}"
+    );
+    std::thread::sleep(Duration::from_millis(1_000));
+    net.link(0, false);
+    // Past the 6 s session (the group drops a and gives its partitions to b), but not
+    // past the 10 s transaction timeout: a's producer still holds its transaction when
+    // its link comes back, and it is the commit that must fail.
+    std::thread::sleep(Duration::from_millis(8_500));
+    net.link(0, true);
+    assert_exactly_once(bootstrap, &output, n, &mut instances);
+    let a = instances[0].log();
+    assert!(
+        a.contains("job failed; restarting"),
+        "the instance that was cut off did not start again:\n{a}"
+    );
+    let refused = a.lines().find(|l| {
+        l.contains("job failed")
+            && (l.contains("the consumer group dropped this instance")
+                || l.contains("cannot commit the Kafka transaction with the source's offsets"))
+    });
+    assert!(
+        refused.is_some(),
+        "a did not fail for its stale membership:\n{a}"
+    );
+    println!("a: {}", refused.unwrap_or_default());
+    let b = instances[1].log();
+    assert!(
+        b.matches(ASSIGNED).count() > 2,
+        "b did not take a's partitions over:\n{b}"
+    );
+    for i in instances {
+        i.kill();
+    }
+    delete_topics(bootstrap, &[&input, &output]).await;
+    drop(broker);
+    drop(net);
 }
