@@ -120,6 +120,25 @@ impl Instance {
     }
 }
 
+/// The time of day (UTC, seconds) of a log line, as its timestamp says.
+fn log_time(line: &str) -> Option<f64> {
+    let t = line.split('T').nth(1)?.split('Z').next()?;
+    let mut parts = t.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// The time of day now (UTC, seconds), as log lines stamp it.
+fn now_of_day() -> f64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    t % 86_400.0
+}
+
 /// A stateless job over the ids of `input` into `output`: the ids and their doubles.
 fn job(dir: &Path, bootstrap: &str, input: &str, output: &str) -> PathBuf {
     let sql = dir.join("job.sql");
@@ -239,6 +258,7 @@ async fn instances_share_a_job_survive_a_kill_and_take_in_a_new_one_exactly_once
     instances[1].wait_for(ASSIGNED);
     std::thread::sleep(Duration::from_millis(1_000));
     instances.remove(1).kill();
+    let killed_at = now_of_day();
     std::thread::sleep(Duration::from_millis(1_500));
     instances.push(Instance::start(&sql, &cluster, "d", dir.path()));
     assert_exactly_once(bootstrap, &output, n, &mut instances);
@@ -253,6 +273,31 @@ async fn instances_share_a_job_survive_a_kill_and_take_in_a_new_one_exactly_once
         logs[2].contains(ASSIGNED),
         "the instance added mid-run read nothing:\n{}",
         logs[2]
+    );
+    // Figures for the docs (not asserted): how long b's partitions waited for a new
+    // reader, and how long revoked partitions waited for their commit.
+    let takeover = logs
+        .iter()
+        .flat_map(|l| l.lines())
+        .filter(|l| l.contains(ASSIGNED))
+        .filter_map(log_time)
+        .filter(|&t| t > killed_at)
+        .fold(f64::INFINITY, f64::min);
+    let mut pauses = Vec::new();
+    let mut revoked = None;
+    for line in logs[0].lines() {
+        if line.contains("took a partition away") {
+            revoked = revoked.or(log_time(line));
+        } else if line.contains("handed partitions over")
+            && let (Some(r), Some(h)) = (revoked.take(), log_time(line))
+        {
+            pauses.push(h - r);
+        }
+    }
+    println!(
+        "takeover {:.2} s after the kill (session timeout 6 s); revoked partitions held for their commit: {:?} s",
+        takeover - killed_at,
+        pauses.iter().map(|p| (p * 1000.0).round() / 1000.0).collect::<Vec<_>>()
     );
     // `sluice ps --cluster` shows the three live instances (b's membership ended with
     // its session), their hosts and the six partitions among them, and no lag.
