@@ -20,6 +20,8 @@
 //! | `sluice.channel-capacity` | batches buffered per channel |
 //! | `sluice.job.memory-limit` | most heap the job's tasks may hold (`512 mb`, `2 gb`); over it the job fails |
 //! | `table.exec.sink.upsert-materialize` | `AUTO` (default: before an upsert sink whose input is not keyed like it), `FORCE` (before every upsert sink of an updating input) or `NONE` |
+//! | `sluice.cluster.name` | run as an instance of this cluster (as `sluice run --cluster`) |
+//! | `sluice.cluster.instance` | this instance's stable name in the cluster (as `--instance`) |
 //! | `sql-client.execution.result-mode` | how a client shows a query's rows: `changelog` or `tableau` (every change with its kind), `table` (the rows the changes leave) |
 
 use std::str::FromStr;
@@ -47,6 +49,8 @@ pub struct Settings {
     pub result_mode: ResultMode,
     config: JobConfig,
     touched: Vec<&'static str>,
+    /// `sluice.cluster.name` and `sluice.cluster.instance`, checked when set.
+    cluster: (Option<String>, Option<String>),
 }
 
 impl Default for Settings {
@@ -60,6 +64,7 @@ impl Default for Settings {
             result_mode: ResultMode::Changelog,
             config: JobConfig::default(),
             touched: Vec::new(),
+            cluster: (None, None),
         }
     }
 }
@@ -90,6 +95,8 @@ pub const KEYS: &[&str] = &[
     "sluice.job.memory-limit",
     "table.exec.sink.upsert-materialize",
     "sql-client.execution.result-mode",
+    "sluice.cluster.name",
+    "sluice.cluster.instance",
 ];
 
 /// When an upsert sink gets an upsert-materialize step (Flink's
@@ -261,6 +268,15 @@ impl Settings {
                     }
                 }
             }
+            "sluice.cluster.name" | "sluice.cluster.instance" => {
+                // Checked now (what Kafka will see as names), combined when applied.
+                sluice_plan::ClusterConfig::new(value, Some(value.to_string()))
+                    .map_err(|e| SqlError::new(format!("'{k}': {e}")))?;
+                match k {
+                    "sluice.cluster.name" => self.cluster.0 = Some(value.to_string()),
+                    _ => self.cluster.1 = Some(value.to_string()),
+                }
+            }
             _ => unreachable!("every key in KEYS is handled"),
         }
         self.touched.push(k);
@@ -302,6 +318,12 @@ impl Settings {
                 }
                 "sluice.channel-capacity" => config.channel_capacity = s.channel_capacity,
                 "sluice.job.memory-limit" => config.memory_limit = s.memory_limit,
+                "sluice.cluster.name" | "sluice.cluster.instance" => {
+                    if let (Some(name), instance) = &self.cluster {
+                        config.cluster =
+                            sluice_plan::ClusterConfig::new(name.clone(), instance.clone()).ok();
+                    }
+                }
                 _ => {}
             }
         }
@@ -366,5 +388,25 @@ mod tests {
         }
         let e = s.apply("no.such.key", "1").unwrap_err();
         assert!(e.to_string().contains("unknown setting"), "{e}");
+    }
+
+    #[test]
+    fn cluster_names_are_checked_and_combined_in_either_order() {
+        let mut s = Settings::default();
+        s.apply("sluice.cluster.instance", "pod-0").unwrap();
+        s.apply("sluice.cluster.name", "orders").unwrap();
+        let mut c = JobConfig::default();
+        s.apply_to(&mut c);
+        let cluster = c.cluster.unwrap();
+        assert_eq!(
+            (cluster.name.as_str(), cluster.instance.as_str()),
+            ("orders", "pod-0")
+        );
+        assert!(cluster.static_membership);
+        let e = s
+            .apply("sluice.cluster.name", "a/b")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("letters, digits"), "{e}");
     }
 }

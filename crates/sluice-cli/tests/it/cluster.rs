@@ -297,7 +297,10 @@ async fn instances_share_a_job_survive_a_kill_and_take_in_a_new_one_exactly_once
     println!(
         "takeover {:.2} s after the kill (session timeout 6 s); revoked partitions held for their commit: {:?} s",
         takeover - killed_at,
-        pauses.iter().map(|p| (p * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+        pauses
+            .iter()
+            .map(|p| (p * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>()
     );
     // `sluice ps --cluster` shows the three live instances (b's membership ended with
     // its session), their hosts and the six partitions among them, and no lag.
@@ -654,4 +657,71 @@ async fn an_instance_cut_off_the_network_is_replaced_and_cannot_commit_when_it_r
     delete_topics(bootstrap, &[&input, &output]).await;
     drop(broker);
     drop(net);
+}
+
+/// A job submitted to `sluice server` with `SET 'sluice.cluster.name'` is an instance
+/// like any other: it shares the partitions with a `sluice run --cluster` process, and
+/// the output has every id once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_job_and_a_process_are_instances_of_one_cluster() {
+    let bootstrap = kafka();
+    let (input, output) = (unique("srv-in"), unique("srv-out"));
+    create_topic(bootstrap, &input, 4).await;
+    create_topic(bootstrap, &output, 2).await;
+    let n: i64 = 16_000;
+    let msgs: Vec<_> = id_msgs(0..n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut m)| {
+            m.partition = (i % 4) as i32;
+            m
+        })
+        .collect();
+    produce(bootstrap, &input, &msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let sql = job(dir.path(), bootstrap, &input, &output);
+    let cluster = unique("c");
+    let (server, _data) = crate::server::start_server(&[]);
+    let script = format!(
+        "SET 'sluice.cluster.name' = '{cluster}';
+         SET 'sluice.cluster.instance' = 'srv';
+         SET 'execution.checkpointing.interval' = '200ms';
+         {}",
+        std::fs::read_to_string(&sql).unwrap()
+    );
+    let (status, v) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(&serde_json::json!({ "sql": script }).to_string()),
+    );
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    let mut process = vec![Instance::start(&sql, &cluster, "cli", dir.path())];
+    process[0].wait_for(ASSIGNED);
+    assert_exactly_once(bootstrap, &output, n, &mut process);
+    let (_, job) = server.call("GET", &format!("/api/jobs/{id}"), None);
+    assert_eq!(job["status"], "running", "{job}");
+    let out = Command::new(BIN)
+        .args([
+            "ps",
+            "--cluster",
+            &cluster,
+            "--bootstrap",
+            bootstrap,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = r["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cli", "srv"], "{r}");
+    for i in process {
+        i.kill();
+    }
+    delete_topics(bootstrap, &[&input, &output]).await;
 }
