@@ -725,3 +725,122 @@ async fn a_server_job_and_a_process_are_instances_of_one_cluster() {
     }
     delete_topics(bootstrap, &[&input, &output]).await;
 }
+
+/// Every document of a YAML file, as JSON (PyYAML, installed by scripts/test).
+fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
+    let python = std::env::var("SLUICE_YAML_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/sluice/pyyaml-6.0.3/bin/python",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    assert!(
+        Path::new(&python).exists(),
+        "no Python with PyYAML at {python}: scripts/test installs it (PyPI PyYAML into ~/.cache/sluice/pyyaml-6.0.3); or set SLUICE_YAML_PYTHON"
+    );
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import sys, json, yaml\nprint(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} is not valid YAML: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The Kubernetes manifests hang together: the StatefulSet runs the ConfigMap's job as
+/// instances of one cluster named after their pods, its headless Service is the one it
+/// names, and the autoscaler watches that cluster's consumer group on the job's topic.
+#[test]
+fn the_kubernetes_manifests_run_the_job_as_one_cluster() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes");
+    let of = |file: &str, kind: &str| -> serde_json::Value {
+        yaml_documents(&dir.join(file))
+            .into_iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {file}"))
+    };
+    let config = of("job.yaml", "ConfigMap");
+    let service = of("statefulset.yaml", "Service");
+    let set = of("statefulset.yaml", "StatefulSet");
+    let scaler = of("autoscaler.yaml", "ScaledObject");
+
+    assert_eq!(service["spec"]["clusterIP"], "None", "{service}");
+    assert_eq!(set["spec"]["serviceName"], service["metadata"]["name"]);
+    let labels = &set["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(&set["spec"]["selector"]["matchLabels"], labels);
+    assert_eq!(&service["spec"]["selector"], labels);
+    let pod = &set["spec"]["template"]["spec"];
+    assert!(
+        pod["terminationGracePeriodSeconds"].as_u64().unwrap() >= 30,
+        "SIGTERM needs time to commit: {pod}"
+    );
+    let container = &pod["containers"][0];
+    let command: Vec<&str> = container["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let after = |flag: &str| {
+        let i = command
+            .iter()
+            .position(|a| *a == flag)
+            .unwrap_or_else(|| panic!("no {flag} in {command:?}"));
+        command[i + 1]
+    };
+    assert_eq!(&command[..2], ["sluice", "run"]);
+    let cluster = after("--cluster");
+    // Each pod is an instance named after itself.
+    assert_eq!(after("--instance"), "$(POD_NAME)");
+    let env = container["env"].as_array().unwrap();
+    assert!(
+        env.iter().any(|e| e["name"] == "POD_NAME"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"),
+        "{env:?}"
+    );
+    // The job file is the ConfigMap's, mounted where the command reads it.
+    let (mount_dir, file) = command[2].rsplit_once('/').unwrap();
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == mount_dir)
+        .unwrap_or_else(|| panic!("nothing is mounted at {mount_dir}"));
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(volume["configMap"]["name"], config["metadata"]["name"]);
+    let sql = config["data"][file]
+        .as_str()
+        .unwrap_or_else(|| panic!("the ConfigMap has no {file}"));
+    // The autoscaler scales this StatefulSet on this cluster's group, on the job's input.
+    let target = &scaler["spec"]["scaleTargetRef"];
+    assert_eq!(target["kind"], "StatefulSet");
+    assert_eq!(target["name"], set["metadata"]["name"]);
+    let trigger = &scaler["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "kafka");
+    assert_eq!(
+        trigger["metadata"]["consumerGroup"],
+        format!("sluice-{cluster}")
+    );
+    let topic = sql
+        .split("'topic' = '")
+        .nth(1)
+        .and_then(|t| t.split('\'').next())
+        .unwrap();
+    assert_eq!(trigger["metadata"]["topic"], topic);
+    assert!(
+        scaler["spec"]["maxReplicaCount"].as_u64() >= scaler["spec"]["minReplicaCount"].as_u64()
+    );
+}
