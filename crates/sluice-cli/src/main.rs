@@ -1016,6 +1016,13 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        #[cfg(not(feature = "kafka"))]
+        Command::Ps {
+            cluster: Some(_), ..
+        } => anyhow::bail!(
+            "ps --cluster reads the cluster's consumer group: build with the kafka feature"
+        ),
+        #[cfg(feature = "kafka")]
         Command::WhoConsumes {
             topic,
             bootstrap,
