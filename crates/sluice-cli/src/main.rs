@@ -70,6 +70,10 @@ enum Command {
         /// No progress line.
         #[arg(long)]
         quiet: bool,
+        /// Serve the job's metrics for Prometheus at `http://ADDR/metrics` (read-only;
+        /// each cluster instance its own), e.g. `0.0.0.0:9249`.
+        #[arg(long, value_name = "ADDR")]
+        metrics_bind: Option<String>,
         /// Examples: rows per wall-clock second the sources deliver (as fast as possible
         /// by default). A script sets 'rows-per-second' or 'rate-limit' on its tables.
         #[arg(long)]
@@ -660,6 +664,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             parallelism,
             out,
             quiet,
+            metrics_bind,
             rows_per_second,
             input,
             checkpoints,
@@ -747,6 +752,35 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             }
             // The running attempt's metrics and stop handle (a restart replaces them).
             let current: Current = Arc::new(Mutex::new(None));
+            let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            if let Some(addr) = &metrics_bind {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot serve metrics at {addr}"))?;
+                let (name, cell, attempts) = (
+                    pipeline.plan()?.name,
+                    Arc::clone(&current),
+                    Arc::clone(&attempts),
+                );
+                let jobs = move || -> Vec<RunJob> {
+                    let running = cell.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    running
+                        .map(|(metrics, _)| RunJob {
+                            name: name.clone(),
+                            metrics,
+                            restarts: attempts
+                                .load(std::sync::atomic::Ordering::Relaxed)
+                                .saturating_sub(1),
+                        })
+                        .into_iter()
+                        .collect()
+                };
+                tokio::spawn(async move {
+                    if let Err(e) = sluice_server::serve_metrics(listener, jobs).await {
+                        tracing::warn!(error = %e, "the metrics endpoint stopped");
+                    }
+                });
+            }
             let savepoint = checkpoints.stop_with_savepoint;
             let drain = checkpoints.drain;
             let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -837,6 +871,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                         (None, Some(note)) => eprintln!("{note}"),
                         (None, None) => {}
                     }
+                    attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     *current.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some((h.metrics(), h.stop_handle()));
                 })
@@ -1100,6 +1135,32 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
 
 /// The running attempt of a job: its metrics and how to stop it.
 type Current = Arc<Mutex<Option<(Arc<JobMetrics>, StopHandle)>>>;
+
+/// The job of `sluice run`, for its metrics endpoint.
+struct RunJob {
+    name: String,
+    metrics: Arc<JobMetrics>,
+    restarts: usize,
+}
+
+impl sluice_server::MetricsSource for RunJob {
+    fn job_name(&self) -> &str {
+        &self.name
+    }
+
+    fn job_metrics(&self) -> Arc<JobMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    fn running(&self) -> bool {
+        // Served while the process runs its job.
+        true
+    }
+
+    fn restart_count(&self) -> usize {
+        self.restarts
+    }
+}
 
 async fn progress_loop(current: Current, start: Instant) {
     let tty = std::io::stderr().is_terminal();

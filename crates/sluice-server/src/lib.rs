@@ -27,5 +27,6 @@ mod serve;
 pub use api::{ApiError, openapi_document, router};
 pub use jobs::{Delivery, Failure, JobManager, JobStatus, Submit};
 pub use lineage::{Endpoint, Graph, GraphEdge, GraphNode, Lineage};
+pub use prometheus::{MetricsSource, exposition, serve_metrics};
 pub use sandbox::Sandbox;
 pub use serve::{ServerOptions, serve};

@@ -11,27 +11,66 @@ use crate::jobs::{JobEntry, JobManager, JobStatus, now_ms};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use axum::response::Response;
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
-use sluice_runtime::metrics::{OperatorMetrics, SubtaskMetrics};
+use sluice_runtime::metrics::{JobMetrics, OperatorMetrics, SubtaskMetrics};
 
 /// Prometheus text: one series per job, operator and subtask.
 #[utoipa::path(get, path = "/metrics", tag = "metrics",
     responses((status = 200, description = "Prometheus text exposition (version 0.0.4)", content_type = "text/plain", body = String)))]
 pub(crate) async fn prometheus(State(m): State<Arc<JobManager>>) -> impl IntoResponse {
+    exposition(&m.all())
+}
+
+/// What the metrics of one job are read from: a server's job, or the job of a
+/// `sluice run` process.
+pub trait MetricsSource {
+    /// The job's name (the `job_name` label).
+    fn job_name(&self) -> &str;
+    /// The running (or last) attempt's metrics.
+    fn job_metrics(&self) -> Arc<JobMetrics>;
+    /// Whether the job runs now.
+    fn running(&self) -> bool;
+    /// Restarts after failures so far.
+    fn restart_count(&self) -> usize;
+}
+
+impl MetricsSource for Arc<JobEntry> {
+    fn job_name(&self) -> &str {
+        &self.name
+    }
+
+    fn job_metrics(&self) -> Arc<JobMetrics> {
+        self.metrics()
+    }
+
+    fn running(&self) -> bool {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).0 == JobStatus::Running
+    }
+
+    fn restart_count(&self) -> usize {
+        self.restarts()
+    }
+}
+
+/// The Prometheus text of `jobs` as an HTTP answer.
+pub fn exposition<J: MetricsSource>(jobs: &[J]) -> Response {
     let encoder = TextEncoder::new();
     let mut out = Vec::new();
-    match encoder.encode(&families(&m.all()), &mut out) {
+    match encoder.encode(&families(jobs), &mut out) {
         Ok(()) => (
             StatusCode::OK,
             [("content-type", encoder.format_type().to_string())],
             out,
-        ),
+        )
+            .into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             [("content-type", "text/plain".to_string())],
             format!("encoding the metrics failed: {e}").into_bytes(),
-        ),
+        )
+            .into_response(),
     }
 }
 
@@ -146,23 +185,22 @@ impl Family {
 }
 
 /// Every subtask of every operator of job `j`, with its labels' values.
-fn subtasks(j: &JobEntry, mut f: impl FnMut(&str, &OperatorMetrics, &str, &str, &SubtaskMetrics)) {
-    let m = j.metrics();
+fn subtasks(
+    j: &impl MetricsSource,
+    mut f: impl FnMut(&str, &OperatorMetrics, &str, &str, &SubtaskMetrics),
+) {
+    let m = j.job_metrics();
     for o in &m.operators {
         // Chained operators may share a name: the id tells their series apart.
         let id = o.node_id.to_string();
         for (i, s) in o.subtasks.iter().enumerate() {
-            f(&j.name, o, &id, &i.to_string(), s);
+            f(j.job_name(), o, &id, &i.to_string(), s);
         }
     }
 }
 
-fn is_running(j: &JobEntry) -> bool {
-    j.status.lock().unwrap_or_else(|p| p.into_inner()).0 == JobStatus::Running
-}
-
 /// The metric families of `jobs`, read now.
-pub(crate) fn families(jobs: &[Arc<JobEntry>]) -> Vec<MetricFamily> {
+pub(crate) fn families<J: MetricsSource>(jobs: &[J]) -> Vec<MetricFamily> {
     let mut out = Vec::new();
     for (name, help, read) in PER_SUBTASK {
         let kind = match name.ends_with("_total") {
@@ -203,7 +241,7 @@ pub(crate) fn families(jobs: &[Arc<JobEntry>]) -> Vec<MetricFamily> {
     );
     let now = now_ms();
     for j in jobs {
-        let running = is_running(j);
+        let running = j.running();
         subtasks(j, |job, o, id, i, s| {
             let labels = [
                 ("job_name", job),
@@ -234,7 +272,7 @@ pub(crate) fn families(jobs: &[Arc<JobEntry>]) -> Vec<MetricFamily> {
         MetricType::HISTOGRAM,
     );
     for j in jobs {
-        for o in j.metrics().operators.iter().filter(|o| o.is_sink) {
+        for o in j.job_metrics().operators.iter().filter(|o| o.is_sink) {
             let lat = o.latency();
             let mut histogram = proto::Histogram::default();
             histogram.set_sample_count(lat.count);
@@ -253,7 +291,7 @@ pub(crate) fn families(jobs: &[Arc<JobEntry>]) -> Vec<MetricFamily> {
             let mut m = proto::Metric::default();
             let id = o.node_id.to_string();
             m.set_label(labels(&[
-                ("job_name", &j.name),
+                ("job_name", j.job_name()),
                 ("operator", &o.name),
                 ("operator_id", &id),
             ]));
@@ -289,20 +327,26 @@ pub(crate) fn families(jobs: &[Arc<JobEntry>]) -> Vec<MetricFamily> {
         MetricType::GAUGE,
     );
     for j in jobs {
-        let m = j.metrics();
+        let m = j.job_metrics();
         let cp = &m.checkpoints;
         for (outcome, n) in [
             ("completed", cp.completed.load(Relaxed)),
             ("failed", cp.failed.load(Relaxed)),
         ] {
-            checkpoints.add(&[("job_name", &j.name), ("outcome", outcome)], n as f64);
+            checkpoints.add(
+                &[("job_name", j.job_name()), ("outcome", outcome)],
+                n as f64,
+            );
         }
         if let Some(c) = cp.latest_completed() {
-            duration.add(&[("job_name", &j.name)], c.duration_ms as f64 / 1000.0);
-            size.add(&[("job_name", &j.name)], c.state_bytes as f64);
+            duration.add(&[("job_name", j.job_name())], c.duration_ms as f64 / 1000.0);
+            size.add(&[("job_name", j.job_name())], c.state_bytes as f64);
         }
-        restarts.add(&[("job_name", &j.name)], j.restarts() as f64);
-        running.add(&[("job_name", &j.name)], f64::from(u8::from(is_running(j))));
+        restarts.add(&[("job_name", j.job_name())], j.restart_count() as f64);
+        running.add(
+            &[("job_name", j.job_name())],
+            f64::from(u8::from(j.running())),
+        );
     }
     let mut queries = Family::new(
         "sluice_sql_queries",
@@ -314,4 +358,21 @@ pub(crate) fn families(jobs: &[Arc<JobEntry>]) -> Vec<MetricFamily> {
         f.push_to(&mut out);
     }
     out
+}
+
+/// Serves `GET /metrics` alone on `listener`, from what `jobs` gives at each scrape: the
+/// job of a `sluice run` process. Read-only; nothing else is answered.
+pub async fn serve_metrics<J, F>(listener: tokio::net::TcpListener, jobs: F) -> std::io::Result<()>
+where
+    J: MetricsSource,
+    F: Fn() -> Vec<J> + Clone + Send + Sync + 'static,
+{
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let jobs = jobs.clone();
+            async move { exposition(&jobs()) }
+        }),
+    );
+    axum::serve(listener, app).await
 }
