@@ -865,7 +865,11 @@ fn the_kubernetes_manifests_run_the_job_as_one_cluster() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|p| p["containerPort"].to_string() == port),
+            .any(|p| p["containerPort"]
+                .as_u64()
+                .map(|n| n.to_string())
+                .as_deref()
+                == Some(port)),
         "{container}"
     );
     // The job file is the ConfigMap's, mounted where the command reads it.
