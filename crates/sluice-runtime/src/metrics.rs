@@ -194,6 +194,12 @@ pub struct SubtaskMetrics {
     pub latency_us: Histogram,
     /// The operator will emit nothing more, whatever comes (a full `LIMIT`).
     pub exhausted: std::sync::atomic::AtomicBool,
+    /// Sources whose partitions a consumer group assigns (Kafka): partitions the group
+    /// took from this subtask.
+    pub partitions_revoked: AtomicU64,
+    /// … and how long (ms) the last one waited, read up to where it stopped, until its
+    /// offsets were committed and it was let go (a cluster instance's hand-over pause).
+    pub last_handover_ms: AtomicU64,
 }
 
 impl SubtaskMetrics {

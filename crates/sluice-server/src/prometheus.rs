@@ -239,6 +239,16 @@ pub(crate) fn families<J: MetricsSource>(jobs: &[J]) -> Vec<MetricFamily> {
         "Records between a source subtask's position and the end of its partitions (Kafka consumer lag).",
         MetricType::GAUGE,
     );
+    let mut revoked = Family::new(
+        "sluice_partitions_revoked_total",
+        "Partitions a consumer group took from a source subtask (Kafka group assignment).",
+        MetricType::COUNTER,
+    );
+    let mut handover = Family::new(
+        "sluice_last_handover_pause_seconds",
+        "How long the last partition a consumer group took from a source subtask waited for its offsets' commit before it was let go (cluster instances).",
+        MetricType::GAUGE,
+    );
     let now = now_ms();
     for j in jobs {
         let running = j.running();
@@ -260,11 +270,18 @@ pub(crate) fn families<J: MetricsSource>(jobs: &[J]) -> Vec<MetricFamily> {
             if o.is_source && l >= 0 {
                 source_lag.add(&labels, l as f64);
             }
+            let r = s.partitions_revoked.load(Relaxed);
+            if o.is_source && r > 0 {
+                revoked.add(&labels, r as f64);
+                handover.add(&labels, s.last_handover_ms.load(Relaxed) as f64 / 1000.0);
+            }
         });
     }
     watermark.push_to(&mut out);
     lag.push_to(&mut out);
     source_lag.push_to(&mut out);
+    revoked.push_to(&mut out);
+    handover.push_to(&mut out);
 
     let mut latency = Family::new(
         "sluice_end_to_end_latency_seconds",

@@ -266,7 +266,14 @@ async fn instances_share_a_job_survive_a_kill_and_take_in_a_new_one_exactly_once
     let sql = job(dir.path(), bootstrap, &input, &output);
     let cluster = unique("c");
     // a reads every partition at first, then hands some over to b and c.
-    let mut instances = vec![Instance::start(&sql, &cluster, "a", dir.path())];
+    let bind = format!("127.0.0.1:{}", crate::broker::free_port());
+    let mut instances = vec![Instance::start_with(
+        &sql,
+        &cluster,
+        "a",
+        dir.path(),
+        &["--metrics-bind", &bind],
+    )];
     std::thread::sleep(Duration::from_millis(2_500));
     for name in ["b", "c"] {
         instances.push(Instance::start(&sql, &cluster, name, dir.path()));
@@ -290,6 +297,20 @@ async fn instances_share_a_job_survive_a_kill_and_take_in_a_new_one_exactly_once
         logs[2].contains(ASSIGNED),
         "the instance added mid-run read nothing:\n{}",
         logs[2]
+    );
+    // a's metrics count the partitions it gave up and the last one's pause.
+    let (_, metrics) = sluice::connectors::http::HttpUrl::parse(&format!("http://{bind}"))
+        .unwrap()
+        .request("GET", "/metrics", None, &[])
+        .unwrap();
+    let revoked: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_partitions_revoked_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        revoked >= 2.0 && metrics.contains("sluice_last_handover_pause_seconds{"),
+        "{metrics}"
     );
     // Figures for the docs (not asserted): how long b's partitions waited for a new
     // reader, and how long revoked partitions waited for their commit.

@@ -131,6 +131,10 @@ pub(crate) struct GroupRead {
     /// Revoked, no longer read, held until the transaction that carries their offsets
     /// is committed (see [`Member::defer_revoke`]).
     pub(crate) revoking: Vec<usize>,
+    /// When the group revoked what `revoking` holds.
+    pub(crate) revoked_at: Option<Instant>,
+    /// The subtask's metrics: partitions revoked, the last hand-over's pause.
+    pub(crate) metrics: Arc<sluice_runtime::metrics::SubtaskMetrics>,
 }
 
 /// Without checkpoints, offsets are committed to the group this often.
@@ -671,6 +675,8 @@ impl SourceReader for KafkaReader {
                 owned: vec![false; n],
                 waiting: Vec::new(),
                 revoking: Vec::new(),
+                revoked_at: None,
+                metrics: Arc::clone(&ctx.metrics),
             });
             self.consumer = Some(consumer);
             tracing::info!(
@@ -969,7 +975,14 @@ impl KafkaReader {
         consumer
             .incremental_unassign(&stop)
             .map_err(kafka_err("cannot let revoked partitions go"))?;
-        tracing::info!(partitions = ?handed, subtask = g.member.subtask, "handed partitions over to the consumer group, their offsets committed");
+        let pause = g
+            .revoked_at
+            .take()
+            .map_or(0, |t| t.elapsed().as_millis() as u64);
+        g.metrics
+            .last_handover_ms
+            .store(pause, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(partitions = ?handed, subtask = g.member.subtask, pause_ms = pause, "handed partitions over to the consumer group, their offsets committed");
         Ok(())
     }
 
@@ -994,8 +1007,12 @@ impl KafkaReader {
                     let g = self.group_read.as_mut().expect("group mode");
                     if g.owned[i] {
                         g.owned[i] = false;
+                        g.metrics
+                            .partitions_revoked
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if member.defer_revoke {
                             g.revoking.push(i);
+                            g.revoked_at.get_or_insert_with(Instant::now);
                         }
                         member.release(&p, Some(self.next[i]));
                         self.queue
