@@ -270,12 +270,11 @@ pub struct StateBenchReport {
 
 /// The windowed job of `bench state`: `keys` distinct keys in one year-long tumbling
 /// window (ingestion time), count and sum per key, into a blackhole.
-fn state_job(keys: u64, parallelism: usize, dir: &std::path::Path) -> sluice::Pipeline {
+fn state_job(keys: u64, parallelism: usize, dir: &str) -> sluice::Pipeline {
     use arrow::datatypes::{DataType, Field, Schema};
     use sluice::prelude::*;
     let p = Pipeline::new("bench-state");
-    p.parallelism(parallelism)
-        .checkpoint_dir(dir.display().to_string());
+    p.parallelism(parallelism).checkpoint_dir(dir);
     let schema = std::sync::Arc::new(Schema::new(vec![
         Field::new("k", DataType::Int64, false),
         Field::new("v", DataType::Int64, false),
@@ -297,10 +296,23 @@ fn state_job(keys: u64, parallelism: usize, dir: &std::path::Path) -> sluice::Pi
 }
 
 /// Checkpoint duration and size for `keys` keys of window state, and restore time.
-/// The input is paced over about two seconds, checkpointed every 250 ms; the largest
-/// completed checkpoint is reported and then restored.
-pub async fn run_state_bench(keys: u64, parallelism: usize) -> Result<StateBenchReport> {
-    let dir = tempfile_dir("sluice-bench-state")?;
+/// The input is paced over about two seconds, checkpointed every 250 ms (into
+/// `checkpoints`, a directory or object-store URL, else a temporary directory); the
+/// largest completed checkpoint is reported and then restored.
+pub async fn run_state_bench(
+    keys: u64,
+    parallelism: usize,
+    checkpoints: Option<&str>,
+) -> Result<StateBenchReport> {
+    let local = tempfile_dir("sluice-bench-state")?;
+    let dir = match checkpoints {
+        Some(url) => format!(
+            "{}/bench-state-{}",
+            url.trim_end_matches('/'),
+            std::process::id()
+        ),
+        None => local.display().to_string(),
+    };
     let job = state_job(keys, parallelism, &dir);
     job.checkpointing(std::time::Duration::from_millis(250));
     let handle = job.start().await?;
@@ -313,12 +325,12 @@ pub async fn run_state_bench(keys: u64, parallelism: usize) -> Result<StateBench
         .filter(|r| r.kind == "checkpoint" && r.status == CheckpointStatus::Completed)
         .max_by_key(|r| r.state_bytes)
         .ok_or_else(|| SluiceError::internal("no checkpoint completed"))?;
-    let restored = state_job(keys, parallelism, &dir.join("restored"));
+    let restored = state_job(keys, parallelism, &format!("{dir}/restored"));
     restored.restore_from(sluice::RestoreFrom::Path(largest.location.clone()));
     let handle = restored.start().await?;
     let rmetrics = handle.metrics();
     handle.wait().await?;
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&local);
     Ok(StateBenchReport {
         keys,
         checkpointed_rows: keys.saturating_sub(rmetrics.source_records()),

@@ -489,6 +489,11 @@ enum BenchSuite {
         /// Parallelism of every operator.
         #[arg(long, short, default_value_t = 1)]
         parallelism: usize,
+        /// Where the checkpoints go: a directory, or `s3://bucket/prefix` (built with
+        /// the `s3` feature; credentials and endpoint from the usual AWS variables).
+        /// Default: a temporary directory.
+        #[arg(long)]
+        checkpoint_dir: Option<String>,
     },
 }
 
@@ -1124,9 +1129,14 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench {
-            suite: BenchSuite::State { keys, parallelism },
+            suite:
+                BenchSuite::State {
+                    keys,
+                    parallelism,
+                    checkpoint_dir,
+                },
         } => {
-            let r = bench::run_state_bench(keys, parallelism).await?;
+            let r = bench::run_state_bench(keys, parallelism, checkpoint_dir.as_deref()).await?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
