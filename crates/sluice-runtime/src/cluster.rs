@@ -100,6 +100,18 @@ pub(crate) fn prepare(plan: &mut JobPlan) -> Result<()> {
             ));
         }
     }
+    // A killed instance's open transaction holds read_committed readers of its output
+    // back until it times out: 10 s (as Kafka Streams sets it when exactly-once), or ten
+    // checkpoint intervals when they are longer, unless the sink table sets one.
+    let interval = plan.config.checkpoint.interval.unwrap_or(DEFAULT_INTERVAL);
+    let timeout = (interval * 10).max(Duration::from_secs(10));
+    for n in &mut plan.nodes {
+        if let NodeKind::Sink(spec) = &mut n.kind {
+            spec.options
+                .entry("properties.transaction.timeout.ms".into())
+                .or_insert_with(|| timeout.as_millis().to_string());
+        }
+    }
     if sinks != 1 {
         return refuse(format!(
             "it has {sinks} sinks; an instance writes one Kafka sink (one transaction per subtask carries its rows and the source's offsets)"
@@ -175,6 +187,10 @@ mod tests {
         };
         assert_eq!(s.spec.options["scan.partition-assignment"], "group");
         assert_eq!(s.spec.options["properties.group.id"], "sluice-c1");
+        let NodeKind::Sink(sink) = &plan.nodes[1].kind else {
+            panic!()
+        };
+        assert_eq!(sink.options["properties.transaction.timeout.ms"], "10000");
     }
 
     #[test]

@@ -172,10 +172,7 @@ fn job(dir: &Path, bootstrap: &str, input: &str, output: &str) -> PathBuf {
                 'properties.max.partition.fetch.bytes' = '4096');
              CREATE TABLE out_ids (id BIGINT, twice BIGINT) WITH ('connector' = 'kafka',
                 'topic' = '{output}', 'properties.bootstrap.servers' = '{bootstrap}',
-                'format' = 'json',
-                -- A killed instance's open transaction holds read_committed readers
-                -- back until it times out.
-                'properties.transaction.timeout.ms' = '10000');
+                'format' = 'json');
              INSERT INTO out_ids SELECT id, id * 2 AS twice FROM ids WHERE id >= 0;"
         ),
     )
@@ -697,8 +694,9 @@ async fn an_instance_cut_off_the_network_is_replaced_and_cannot_commit_when_it_r
     std::thread::sleep(Duration::from_millis(1_000));
     net.link(0, false);
     // Past the 6 s session (the group drops a and gives its partitions to b), but not
-    // past the 10 s transaction timeout: a's producer still holds its transaction when
-    // its link comes back, and it is the commit that must fail.
+    // past the 10 s transaction timeout (a cluster sink's default): a's producer still
+    // holds its transaction when its link comes back, and it is the commit that must
+    // fail.
     std::thread::sleep(Duration::from_millis(8_500));
     net.link(0, true);
     assert_exactly_once(bootstrap, &output, n, &mut instances);
