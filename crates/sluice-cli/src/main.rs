@@ -10,6 +10,7 @@ mod client;
 mod examples;
 #[cfg(feature = "kafka")]
 mod kafka_bench;
+mod run;
 mod scripts;
 mod sql_client;
 
@@ -759,32 +760,13 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             let current: Current = Arc::new(Mutex::new(None));
             let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             if let Some(addr) = &metrics_bind {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot serve metrics at {addr}"))?;
-                let (name, cell, attempts) = (
+                run::serve_metrics(
+                    addr,
                     pipeline.plan()?.name,
                     Arc::clone(&current),
                     Arc::clone(&attempts),
-                );
-                let jobs = move || -> Vec<RunJob> {
-                    let running = cell.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    running
-                        .map(|(metrics, _)| RunJob {
-                            name: name.clone(),
-                            metrics,
-                            restarts: attempts
-                                .load(std::sync::atomic::Ordering::Relaxed)
-                                .saturating_sub(1),
-                        })
-                        .into_iter()
-                        .collect()
-                };
-                tokio::spawn(async move {
-                    if let Err(e) = sluice_server::serve_metrics(listener, jobs).await {
-                        tracing::warn!(error = %e, "the metrics endpoint stopped");
-                    }
-                });
+                )
+                .await?;
             }
             let savepoint = checkpoints.stop_with_savepoint;
             let drain = checkpoints.drain;
@@ -807,7 +789,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             let cell = Arc::clone(&current);
             let cancel_flag = Arc::clone(&cancelled);
             tokio::spawn(async move {
-                if interrupted().await {
+                if run::interrupted().await {
                     let Some((_, stop)) = cell.lock().unwrap_or_else(|p| p.into_inner()).clone()
                     else {
                         return;
@@ -1146,32 +1128,6 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
 /// The running attempt of a job: its metrics and how to stop it.
 type Current = Arc<Mutex<Option<(Arc<JobMetrics>, StopHandle)>>>;
 
-/// The job of `sluice run`, for its metrics endpoint.
-struct RunJob {
-    name: String,
-    metrics: Arc<JobMetrics>,
-    restarts: usize,
-}
-
-impl sluice_server::MetricsSource for RunJob {
-    fn job_name(&self) -> &str {
-        &self.name
-    }
-
-    fn job_metrics(&self) -> Arc<JobMetrics> {
-        Arc::clone(&self.metrics)
-    }
-
-    fn running(&self) -> bool {
-        // Served while the process runs its job.
-        true
-    }
-
-    fn restart_count(&self) -> usize {
-        self.restarts
-    }
-}
-
 async fn progress_loop(current: Current, start: Instant) {
     let tty = std::io::stderr().is_terminal();
     let mut last = (0u64, start);
@@ -1200,25 +1156,5 @@ async fn progress_loop(current: Current, start: Instant) {
         } else {
             eprintln!("{line}");
         }
-    }
-}
-
-/// Waits for Ctrl-C or (on Unix) SIGTERM, which is how supervisors such as Kubernetes
-/// and systemd ask a process to stop; `false` when signals cannot be watched.
-async fn interrupted() -> bool {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            return tokio::signal::ctrl_c().await.is_ok();
-        };
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.is_ok(),
-            _ = term.recv() => true,
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.is_ok()
     }
 }

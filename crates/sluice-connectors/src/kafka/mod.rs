@@ -18,6 +18,7 @@ pub mod admin;
 // librdkafka's C API, for reading fetched records a batch at a time.
 #[allow(unsafe_code)]
 mod batch;
+mod follow;
 mod group;
 mod link;
 mod reader;
