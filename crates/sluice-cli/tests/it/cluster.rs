@@ -180,6 +180,22 @@ fn job(dir: &Path, bootstrap: &str, input: &str, output: &str) -> PathBuf {
     sql
 }
 
+/// Topic `input.0` with `input.1` partitions holding ids `0..n` spread over them in
+/// turn, and an empty topic `output.0` with `output.1`.
+async fn topics_with_ids(bootstrap: &str, input: (&str, i32), output: (&str, i32), n: i64) {
+    create_topic(bootstrap, input.0, input.1).await;
+    create_topic(bootstrap, output.0, output.1).await;
+    let msgs: Vec<_> = id_msgs(0..n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut m)| {
+            m.partition = (i as i64 % i64::from(input.1)) as i32;
+            m
+        })
+        .collect();
+    produce(bootstrap, input.0, &msgs);
+}
+
 /// The ids committed to `output`, sorted.
 fn committed_ids(bootstrap: &str, output: &str) -> Vec<i64> {
     let mut ids: Vec<i64> = read_topic(bootstrap, output)
@@ -247,18 +263,8 @@ fn assert_exactly_once(bootstrap: &str, output: &str, n: i64, instances: &mut [I
 async fn instances_share_a_job_survive_a_kill_and_take_in_a_new_one_exactly_once() {
     let bootstrap = kafka();
     let (input, output) = (unique("cluster-in"), unique("cluster-out"));
-    create_topic(bootstrap, &input, 6).await;
-    create_topic(bootstrap, &output, 3).await;
     let n: i64 = 30_000;
-    let msgs: Vec<_> = id_msgs(0..n)
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut m)| {
-            m.partition = (i % 6) as i32;
-            m
-        })
-        .collect();
-    produce(bootstrap, &input, &msgs);
+    topics_with_ids(bootstrap, (&input, 6), (&output, 3), n).await;
     let dir = tempfile::tempdir().unwrap();
     let sql = job(dir.path(), bootstrap, &input, &output);
     let cluster = unique("c");
@@ -398,18 +404,8 @@ async fn instances_share_a_job_survive_a_kill_and_take_in_a_new_one_exactly_once
 async fn an_instance_cut_off_past_its_session_cannot_commit_when_it_returns() {
     let bootstrap = kafka();
     let (input, output) = (unique("fenced-in"), unique("fenced-out"));
-    create_topic(bootstrap, &input, 4).await;
-    create_topic(bootstrap, &output, 2).await;
     let n: i64 = 24_000;
-    let msgs: Vec<_> = id_msgs(0..n)
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut m)| {
-            m.partition = (i % 4) as i32;
-            m
-        })
-        .collect();
-    produce(bootstrap, &input, &msgs);
+    topics_with_ids(bootstrap, (&input, 4), (&output, 2), n).await;
     let dir = tempfile::tempdir().unwrap();
     let sql = job(dir.path(), bootstrap, &input, &output);
     let cluster = unique("c");
@@ -449,18 +445,8 @@ async fn an_instance_cut_off_past_its_session_cannot_commit_when_it_returns() {
 async fn an_instance_stopped_with_sigterm_commits_what_it_read() {
     let bootstrap = kafka();
     let (input, output) = (unique("term-in"), unique("term-out"));
-    create_topic(bootstrap, &input, 2).await;
-    create_topic(bootstrap, &output, 1).await;
     let n: i64 = 8_000;
-    let msgs: Vec<_> = id_msgs(0..n)
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut m)| {
-            m.partition = (i % 2) as i32;
-            m
-        })
-        .collect();
-    produce(bootstrap, &input, &msgs);
+    topics_with_ids(bootstrap, (&input, 2), (&output, 1), n).await;
     let dir = tempfile::tempdir().unwrap();
     let sql = job(dir.path(), bootstrap, &input, &output);
     let cluster = unique("c");
@@ -642,18 +628,8 @@ async fn an_instance_cut_off_the_network_is_replaced_and_cannot_commit_when_it_r
     let broker = Broker::start_on(Net::HUB);
     let bootstrap = broker.bootstrap.as_str();
     let (input, output) = (unique("netns-in"), unique("netns-out"));
-    create_topic(bootstrap, &input, 4).await;
-    create_topic(bootstrap, &output, 2).await;
     let n: i64 = 24_000;
-    let msgs: Vec<_> = id_msgs(0..n)
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut m)| {
-            m.partition = (i % 4) as i32;
-            m
-        })
-        .collect();
-    produce(bootstrap, &input, &msgs);
+    topics_with_ids(bootstrap, (&input, 4), (&output, 2), n).await;
     let dir = tempfile::tempdir().unwrap();
     let sql = job(dir.path(), bootstrap, &input, &output);
     let cluster = unique("c");
@@ -735,18 +711,8 @@ async fn an_instance_cut_off_the_network_is_replaced_and_cannot_commit_when_it_r
 async fn a_server_job_and_a_process_are_instances_of_one_cluster() {
     let bootstrap = kafka();
     let (input, output) = (unique("srv-in"), unique("srv-out"));
-    create_topic(bootstrap, &input, 4).await;
-    create_topic(bootstrap, &output, 2).await;
     let n: i64 = 16_000;
-    let msgs: Vec<_> = id_msgs(0..n)
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut m)| {
-            m.partition = (i % 4) as i32;
-            m
-        })
-        .collect();
-    produce(bootstrap, &input, &msgs);
+    topics_with_ids(bootstrap, (&input, 4), (&output, 2), n).await;
     let dir = tempfile::tempdir().unwrap();
     let sql = job(dir.path(), bootstrap, &input, &output);
     let cluster = unique("c");
