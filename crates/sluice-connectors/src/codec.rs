@@ -102,7 +102,10 @@ pub struct MessageDecoder {
 enum DecoderState {
     /// JSON: one arrow decoder kept across chunks (building one allocates and zeroes
     /// its buffers), with the rows it has room for; dropped after an error.
-    Json(Option<(arrow::json::reader::Decoder, usize)>),
+    Json(
+        Option<(arrow::json::reader::Decoder, usize)>,
+        Option<crate::fast_json::FastJson>,
+    ),
     Text(Format),
     Raw {
         binary: bool,
@@ -208,7 +211,9 @@ impl MessageDecoder {
     /// A decoder of `format` into `schema` (the value columns).
     pub fn new(format: &MessageFormat, schema: SchemaRef) -> Result<Self> {
         let state = match format {
-            MessageFormat::Json => DecoderState::Json(None),
+            MessageFormat::Json => {
+                DecoderState::Json(None, crate::fast_json::FastJson::new(&schema))
+            }
             MessageFormat::Csv { delimiter } => DecoderState::Text(Format::Csv {
                 delimiter: *delimiter,
                 header: false,
@@ -284,7 +289,7 @@ impl MessageDecoder {
         let end = self.buf.len();
         if matches!(
             self.state,
-            DecoderState::Json(_) | DecoderState::Text(_) | DecoderState::Debezium { .. }
+            DecoderState::Json(..) | DecoderState::Text(_) | DecoderState::Debezium { .. }
         ) {
             self.buf.push(b'\n');
         }
@@ -387,8 +392,17 @@ impl MessageDecoder {
         let start = self.ranges[from].0;
         let end = self.ranges[to - 1].1;
         match &mut self.state {
-            DecoderState::Json(cached) => {
-                let r = decode_json(&self.schema, cached, &self.buf[start..end], rows);
+            DecoderState::Json(cached, fast) => {
+                let bytes = &self.buf[start..end];
+                if let Some(rows) = fast.as_ref().and_then(|f| f.decode(bytes, rows)) {
+                    return Ok(Decoded {
+                        rows,
+                        kept: None,
+                        ops: None,
+                        kinds: None,
+                    });
+                }
+                let r = decode_json(&self.schema, cached, bytes, rows);
                 if r.is_err() {
                     *cached = None;
                 }

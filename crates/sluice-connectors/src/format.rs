@@ -362,6 +362,12 @@ impl Format {
         if *self == Format::DebeziumJson {
             return decode_debezium(schema, bytes, rows);
         }
+        if *self == Format::Json
+            && let Some(b) =
+                crate::fast_json::FastJson::new(schema).and_then(|f| f.decode(bytes, rows))
+        {
+            return Ok(b);
+        }
         let batch = match self {
             Format::Json | Format::DebeziumJson => {
                 let mut d = arrow::json::ReaderBuilder::new(Arc::clone(schema))
