@@ -15,6 +15,7 @@ use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 use sluice_plan::DeliveryGuarantee;
 use sluice_runtime::state::key_group::first_key_group;
 use sluice_runtime::{Collector, Operator, OperatorContext, OperatorState, RestoredState};
@@ -466,8 +467,17 @@ impl KafkaSinkOperator {
                 Ok(()) => break,
                 Err(e) => e,
             };
-            let abortable = matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort());
-            if !abortable || retries == COMMIT_RETRIES {
+            // Only a generation that moved on mid-commit is worth another try: a member
+            // the group no longer knows (or has fenced) must rejoin, which this attempt
+            // cannot do while it commits.
+            let rebalancing = matches!(
+                &e,
+                KafkaError::Transaction(t) if t.txn_requires_abort() && matches!(
+                    t.code(),
+                    RDKafkaErrorCode::IllegalGeneration | RDKafkaErrorCode::RebalanceInProgress
+                )
+            );
+            if !rebalancing || retries == COMMIT_RETRIES {
                 return Err(SluiceError::external(
                     "cannot commit the Kafka transaction with the source's offsets (the consumer group has probably given this instance's partitions to others: it was cut off, or stalled; the instance starts again from the group's committed offsets)",
                 )
