@@ -718,11 +718,8 @@ mod tests {
         ]
     }
 
-    /// Chunks the property test's fast path decoded (it must see some).
-    static FAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
     #[test]
-    fn the_property_test_reaches_the_fast_path() {
+    fn a_record_with_skipped_nested_fields_takes_the_fast_path() {
         let s = schema();
         let fast = FastJson::new(&s).unwrap();
         let line = "{\"k\":1,\"ts\":\"2024-01-01T00:00:00.000\",\"zz\":[1,[2,{}]]}\n";
@@ -787,7 +784,6 @@ mod tests {
                 text.push_str("}\n");
             }
             let fast = FastJson::new(&s).unwrap().decode(text.as_bytes(), records.len());
-            FAST.fetch_add(u64::from(fast.is_some()), std::sync::atomic::Ordering::Relaxed);
             if let Some(fast) = fast {
                 let arrow = arrow_json(&s, text.as_bytes(), records.len());
                 prop_assert_eq!(Some(fast), arrow, "{}", text);

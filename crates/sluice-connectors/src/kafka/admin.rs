@@ -73,19 +73,14 @@ pub fn who_consumes(bootstrap: &str, topic: &str, timeout: Duration) -> Result<V
     let md = client
         .fetch_metadata(Some(topic), timeout)
         .map_err(err(format!("cannot read the metadata of {bootstrap}")))?;
-    let t = md
+    if !md
         .topics()
         .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .ok_or_else(|| SluiceError::user(format!("topic `{topic}` does not exist")))?;
-    let mut ends = Vec::new();
-    for p in t.partitions() {
-        let (_, high) = client
-            .fetch_watermarks(topic, p.id(), timeout)
-            .map_err(err(format!("cannot read the end of {topic}/{}", p.id())))?;
-        ends.push((p.id(), high));
+        .any(|t| t.name() == topic && t.error().is_none())
+    {
+        return Err(SluiceError::user(format!("topic `{topic}` does not exist")));
     }
-    ends.sort();
+    let ends = topic_ends(&client, bootstrap, topic, timeout)?;
     let groups = client
         .fetch_group_list(None, timeout)
         .map_err(err("cannot list the consumer groups".into()))?;
@@ -94,33 +89,15 @@ pub fn who_consumes(bootstrap: &str, topic: &str, timeout: Duration) -> Result<V
         let members: Vec<Member> = g
             .members()
             .iter()
-            .map(|m| Member {
-                id: m.id().to_string(),
-                client_id: m.client_id().to_string(),
-                host: m.client_host().to_string(),
-                partitions: m
-                    .assignment()
-                    .map(decode_assignment)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|(t, _)| t == topic)
-                    .flat_map(|(_, p)| p)
-                    .collect(),
+            .map(|m| {
+                let assigned = m.assignment().map(decode_assignment).unwrap_or_default();
+                member(m, assigned.into_iter().filter(|(t, _)| t == topic))
             })
             .collect();
-        let committed = committed_offsets(bootstrap, g.name(), topic, &ends, timeout)?;
-        let partitions: Vec<PartitionLag> = ends
-            .iter()
-            .map(|&(p, end)| {
-                let c = committed.iter().find(|(q, _)| *q == p).map(|(_, o)| *o);
-                PartitionLag {
-                    partition: p,
-                    committed: c,
-                    end,
-                    lag: c.map(|c| (end - c).max(0)),
-                }
-            })
-            .collect();
+        let partitions = lags(
+            &ends,
+            &committed_offsets(bootstrap, g.name(), topic, &ends, timeout)?,
+        );
         let reads = partitions.iter().any(|p| p.committed.is_some())
             || members.iter().any(|m| !m.partitions.is_empty());
         if !reads {
@@ -205,15 +182,7 @@ pub fn cluster_status(
             .filter(|(_, subtask)| subtask.parse::<usize>().is_ok())
             .map(|(instance, _)| instance.to_string());
         let Some(instance) = instance else {
-            others.push(Member {
-                id: m.id().to_string(),
-                client_id: m.client_id().to_string(),
-                host: m.client_host().to_string(),
-                partitions: assigned
-                    .iter()
-                    .flat_map(|(_, p)| p.iter().copied())
-                    .collect(),
-            });
+            others.push(member(m, assigned));
             continue;
         };
         let i = match instances.iter().position(|r| r.instance == instance) {
@@ -243,35 +212,16 @@ pub fn cluster_status(
     topics.dedup();
     let mut partitions = Vec::new();
     for topic in &topics {
-        let md = client
-            .fetch_metadata(Some(topic), timeout)
-            .map_err(err(format!("cannot read the metadata of {bootstrap}")))?;
-        let mut ends = Vec::new();
-        for t in md.topics().iter().filter(|t| t.name() == topic) {
-            for p in t.partitions() {
-                let (_, high) = client
-                    .fetch_watermarks(topic, p.id(), timeout)
-                    .map_err(err(format!("cannot read the end of {topic}/{}", p.id())))?;
-                ends.push((p.id(), high));
-            }
-        }
-        ends.sort();
+        let ends = topic_ends(&client, bootstrap, topic, timeout)?;
         let committed = committed_offsets(bootstrap, group, topic, &ends, timeout)?;
-        for (p, end) in ends {
-            let c = committed.iter().find(|(q, _)| *q == p).map(|(_, o)| *o);
-            let lag = c.map(|c| (end - c).max(0));
-            if let Some(&(_, i)) = owner.iter().find(|(k, _)| k.0 == *topic && k.1 == p) {
-                instances[i].lag += lag.unwrap_or(end);
+        for p in lags(&ends, &committed) {
+            let owned = owner
+                .iter()
+                .find(|(k, _)| k.0 == *topic && k.1 == p.partition);
+            if let Some(&(_, i)) = owned {
+                instances[i].lag += p.lag.unwrap_or(p.end);
             }
-            partitions.push((
-                topic.clone(),
-                PartitionLag {
-                    partition: p,
-                    committed: c,
-                    end,
-                    lag,
-                },
-            ));
+            partitions.push((topic.clone(), p));
         }
     }
     for r in &mut instances {
@@ -319,6 +269,57 @@ pub fn render_cluster(cluster: &str, r: &ClusterReport) -> String {
         );
     }
     s
+}
+
+/// The end offset of each partition of `topic`, by partition.
+fn topic_ends(
+    client: &BaseConsumer,
+    bootstrap: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64)>> {
+    let md = client
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(err(format!("cannot read the metadata of {bootstrap}")))?;
+    let mut ends = Vec::new();
+    for t in md.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            let (_, high) = client
+                .fetch_watermarks(topic, p.id(), timeout)
+                .map_err(err(format!("cannot read the end of {topic}/{}", p.id())))?;
+            ends.push((p.id(), high));
+        }
+    }
+    ends.sort();
+    Ok(ends)
+}
+
+/// Each partition's progress: its end, the group's committed offset, the lag between.
+fn lags(ends: &[(i32, i64)], committed: &[(i32, i64)]) -> Vec<PartitionLag> {
+    ends.iter()
+        .map(|&(p, end)| {
+            let c = committed.iter().find(|(q, _)| *q == p).map(|(_, o)| *o);
+            PartitionLag {
+                partition: p,
+                committed: c,
+                end,
+                lag: c.map(|c| (end - c).max(0)),
+            }
+        })
+        .collect()
+}
+
+/// A group member as the report shows it, with the partitions of `assigned`.
+fn member(
+    m: &rdkafka::groups::GroupMemberInfo,
+    assigned: impl IntoIterator<Item = (String, Vec<i32>)>,
+) -> Member {
+    Member {
+        id: m.id().to_string(),
+        client_id: m.client_id().to_string(),
+        host: m.client_host().to_string(),
+        partitions: assigned.into_iter().flat_map(|(_, p)| p).collect(),
+    }
 }
 
 /// A group's committed offsets for the topic's partitions.

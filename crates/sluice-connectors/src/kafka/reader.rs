@@ -517,6 +517,24 @@ impl KafkaReader {
         }
     }
 
+    /// Of `positions`, those this reader commits to the group itself: none when the
+    /// sink commits them in its transactions (an exactly-once cluster instance); in a
+    /// cluster, only the partitions it still reads (another instance's are its own).
+    fn to_commit(&self, positions: Vec<(usize, i64)>) -> Option<Vec<(usize, i64)>> {
+        if self.link.is_some() {
+            return None;
+        }
+        match self.group_read.as_ref().is_some_and(|g| g.member.cluster) {
+            true => Some(
+                positions
+                    .into_iter()
+                    .filter(|&(i, _)| self.reads(i))
+                    .collect(),
+            ),
+            false => Some(positions),
+        }
+    }
+
     pub(crate) fn offsets_list(&self, positions: &[(usize, i64)]) -> Result<TopicPartitionList> {
         let mut tpl = TopicPartitionList::new();
         for &(split, o) in positions {
@@ -529,23 +547,10 @@ impl KafkaReader {
 
     pub(crate) fn commit_offsets(&self, positions: &[(usize, i64)], mode: CommitMode) {
         let Some(c) = &self.consumer else { return };
-        if self.link.is_some() {
-            // The sink commits them, in its transactions.
+        let Some(positions) = self.to_commit(positions.to_vec()) else {
             return;
-        }
-        // A cluster instance commits only what it still reads: a partition another
-        // instance has taken over is that one's to commit.
-        let positions: Vec<(usize, i64)> = match self.group_read.as_ref().map(|g| g.member.cluster)
-        {
-            Some(true) => positions
-                .iter()
-                .copied()
-                .filter(|&(i, _)| self.reads(i))
-                .collect(),
-            _ => positions.to_vec(),
         };
-        let positions = positions.as_slice();
-        let Ok(tpl) = self.offsets_list(positions) else {
+        let Ok(tpl) = self.offsets_list(&positions) else {
             return;
         };
         if let Err(e) = c.commit(&tpl, mode) {
@@ -781,10 +786,10 @@ impl SourceReader for KafkaReader {
             p.flush(METADATA_TIMEOUT)
                 .map_err(kafka_err("cannot flush dead letters"))?;
         }
-        let mut out: Vec<SplitPosition> = self
-            .read_positions()
-            .into_iter()
-            .map(|(i, o)| SplitPosition {
+        let read = self.read_positions();
+        let mut out: Vec<SplitPosition> = read
+            .iter()
+            .map(|&(i, o)| SplitPosition {
                 split: self.splits[i].id.clone(),
                 position: serde_json::json!({ "offset": o }),
             })
@@ -804,10 +809,9 @@ impl SourceReader for KafkaReader {
                 + 1;
             if let Some(link) = &self.link {
                 // The offsets the sink commits with this barrier's transaction.
-                let offsets = self
-                    .read_positions()
-                    .into_iter()
-                    .map(|(i, o)| (self.parts[i].clone(), o))
+                let offsets = read
+                    .iter()
+                    .map(|&(i, o)| (self.parts[i].clone(), o))
                     .collect();
                 link.push(passed, offsets);
             }
@@ -841,11 +845,7 @@ impl SourceReader for KafkaReader {
             (true, last) => last,
             (false, _) => Some(self.read_positions()),
         };
-        if let (Some(pos), Some(c), None) = (last, &self.consumer, &self.link) {
-            let pos: Vec<(usize, i64)> = match self.group_read.as_ref().map(|g| g.member.cluster) {
-                Some(true) => pos.into_iter().filter(|&(i, _)| self.reads(i)).collect(),
-                _ => pos,
-            };
+        if let (Some(pos), Some(c)) = (last.and_then(|p| self.to_commit(p)), &self.consumer) {
             let tpl = self.offsets_list(&pos)?;
             let (c, group) = (Arc::clone(c), self.group.clone());
             let r = tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync))

@@ -449,8 +449,8 @@ impl KafkaSinkOperator {
     /// rebalances (the membership's generation moved on) is aborted and made again
     /// under the new one, its records produced again: the partitions whose offsets it
     /// carries are still this member's (a revoked one is let go only after this commit).
-    /// A member the group has dropped (cut off, or too slow) cannot commit: after the
-    /// retries the job fails, and the instance starts again from the committed offsets.
+    /// A member the group has dropped (cut off, or too slow) cannot commit: the job
+    /// fails at once, and the instance starts again from the committed offsets.
     async fn commit_with_offsets(&mut self, mut txn: Txn) -> Result<()> {
         let link = self
             .link
