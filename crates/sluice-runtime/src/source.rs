@@ -67,6 +67,15 @@ pub enum ReadResult {
     Idle,
     /// Every split is exhausted: the input is bounded and has ended.
     End,
+    /// For a reader whose input carries watermarks ([`SourceReader::reports_watermarks`]):
+    /// split `split` will have no more rows with an event time at or before `watermark`
+    /// (epoch milliseconds).
+    Watermark {
+        /// [`Split::index`] of the split.
+        split: usize,
+        /// The split's watermark.
+        watermark: i64,
+    },
 }
 
 /// Reads the splits assigned to one subtask.
@@ -81,6 +90,14 @@ pub trait SourceReader: Send {
     /// [`ReadResult::Idle`] after a while). Must be cancel-safe: the runtime drops the
     /// future when a control message or the linger deadline comes first.
     async fn read(&mut self, max_rows: usize, ctx: &mut OperatorContext) -> Result<ReadResult>;
+
+    /// Whether the input itself says how far event time has come
+    /// ([`ReadResult::Watermark`], as a Kafka topic written with watermark messages
+    /// does): a split's watermark is then what the reader reports, and its rows do not
+    /// move it (nor does the declared out-of-orderness).
+    fn reports_watermarks(&self) -> bool {
+        false
+    }
 
     /// Where each assigned split stands after the rows returned so far (called at
     /// checkpoint barriers): exactly what [`Split::position`] must say to resume after

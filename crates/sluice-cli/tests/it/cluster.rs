@@ -894,3 +894,174 @@ fn the_kubernetes_manifests_run_the_job_as_one_cluster() {
         scaler["spec"]["maxReplicaCount"].as_u64() >= scaler["spec"]["minReplicaCount"].as_u64()
     );
 }
+
+/// `1970-01-01 HH:MM:SS.mmm`, as the JSON format writes a TIMESTAMP(3) of `ms`.
+fn day_time(ms: i64) -> String {
+    let s = ms / 1000;
+    format!(
+        "1970-01-01 {:02}:{:02}:{:02}.{:03}",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        ms % 1000
+    )
+}
+
+/// Event time crosses a Kafka topic between two jobs: the first writes its watermark
+/// into every partition of the topic it writes (`sink.watermark-records`, in its
+/// transactions), the second reads each partition's watermark as the least of its
+/// writers' (`scan.watermark-records`), not from the rows, whose writers interleave
+/// them out of order. Its windows close while the first job still runs, and they
+/// equal the batch GROUP BY of the input: no row was late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermarks_cross_a_topic_from_one_job_to_the_next() {
+    let bootstrap = kafka();
+    let (input, mid, output) = (unique("wm-in"), unique("wm-mid"), unique("wm-out"));
+    create_topic(bootstrap, &input, 2).await;
+    create_topic(bootstrap, &mid, 3).await;
+    create_topic(bootstrap, &output, 1).await;
+    // Each input partition in event-time order; 20 ms of event time per event.
+    let n: i64 = 6_000;
+    let event = |i: i64| (i % 7, i, i * 20);
+    let msgs: Vec<crate::kafka::Msg> = (0..n)
+        .map(|i| {
+            let (k, v, ts) = event(i);
+            crate::kafka::Msg {
+                partition: (i % 2) as i32,
+                key: None,
+                payload: format!(r#"{{"k": {k}, "v": {v}, "ts": "{}"}}"#, day_time(ts))
+                    .into_bytes(),
+                headers: Vec::new(),
+            }
+        })
+        .collect();
+    produce(bootstrap, &input, &msgs);
+    // Windows by key and start (seconds since midnight).
+    let mut want = std::collections::BTreeMap::<(i64, i64), (i64, i64)>::new();
+    for i in 0..n {
+        let (k, v, ts) = event(i);
+        let w = want.entry((k, ts / 1000)).or_default();
+        w.0 += 1;
+        w.1 += v;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.sql");
+    std::fs::write(
+        &a,
+        format!(
+            "CREATE TABLE src (k BIGINT, v BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
+             WITH ('connector' = 'kafka', 'topic' = '{input}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
+                'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset',
+                'rows-per-second' = '1000');
+             CREATE TABLE mid (k BIGINT, v BIGINT, ts TIMESTAMP(3)) WITH ('connector' = 'kafka',
+                'topic' = '{mid}', 'properties.bootstrap.servers' = '{bootstrap}',
+                'format' = 'json', 'key.fields' = 'k', 'key.format' = 'json',
+                'sink.watermark-records' = 'true');
+             INSERT INTO mid SELECT k, v, ts FROM src;"
+        ),
+    )
+    .unwrap();
+    let b = dir.path().join("b.sql");
+    std::fs::write(
+        &b,
+        format!(
+            "CREATE TABLE mid (k BIGINT, v BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
+             WITH ('connector' = 'kafka', 'topic' = '{mid}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
+                'scan.startup.mode' = 'earliest-offset', 'scan.watermark-records' = 'true');
+             CREATE TABLE out (k BIGINT, window_start TIMESTAMP(3), n BIGINT, total BIGINT)
+             WITH ('connector' = 'kafka', 'topic' = '{output}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json');
+             INSERT INTO out SELECT k, window_start, COUNT(*) AS n, SUM(v) AS total
+             FROM TABLE(TUMBLE(TABLE mid, DESCRIPTOR(ts), INTERVAL '1' SECOND))
+             GROUP BY k, window_start, window_end;"
+        ),
+    )
+    .unwrap();
+    let run = |sql: &Path, p: &str, log: &str| {
+        Command::new(BIN)
+            .arg("run")
+            .arg(sql)
+            .args(["--quiet", "-p", p, "--checkpoint-interval", "200ms"])
+            .args(["--delivery", "exactly-once", "--checkpoint-dir"])
+            .arg(dir.path().join(format!("{log}-checkpoints")))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(File::create(dir.path().join(log)).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    let mut second = run(&b, "1", "b.log");
+    let mut first = run(&a, "2", "a.log");
+    let windows = || -> std::collections::BTreeMap<(i64, i64), (i64, i64)> {
+        read_topic(bootstrap, &output)
+            .iter()
+            .map(|r| {
+                let v: serde_json::Value = serde_json::from_str(&r.payload).unwrap();
+                let start = v["window_start"].as_str().unwrap();
+                let start = log_time(&format!("{start}Z")).unwrap() as i64;
+                (
+                    (v["k"].as_i64().unwrap(), start),
+                    (v["n"].as_i64().unwrap(), v["total"].as_i64().unwrap()),
+                )
+            })
+            .collect()
+    };
+    // Windows close while the first job still writes: its watermarks came through.
+    let start = Instant::now();
+    let mut early = 0;
+    let done = loop {
+        if let Some(status) = first.try_wait().unwrap() {
+            break status;
+        }
+        // Some windows, not all yet.
+        let seen = windows().len();
+        if seen < want.len() {
+            early = early.max(seen);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the first job did not end in 120 s:\n{}",
+            log("a.log")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(done.success(), "the first job failed:\n{}", log("a.log"));
+    assert!(
+        early > 0,
+        "no window closed while the first job ran:\n{}",
+        log("b.log")
+    );
+    let start = Instant::now();
+    let got = loop {
+        let got = windows();
+        if got.len() >= want.len() || start.elapsed() > Duration::from_secs(60) {
+            break got;
+        }
+        assert!(
+            second.try_wait().unwrap().is_none(),
+            "the second job ended:\n{}",
+            log("b.log")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let _ = second.kill();
+    let _ = second.wait();
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(*v))
+        .map(|(k, v)| (k, v, got.get(k)))
+        .take(5)
+        .collect();
+    assert!(
+        wrong.is_empty() && got.len() == want.len(),
+        "{} windows, {} expected ({early} before the first job ended); first wrong: {wrong:?}; first got: {:?}\n{}",
+        got.len(),
+        want.len(),
+        got.iter().next(),
+        log("b.log")
+    );
+    delete_topics(bootstrap, &[&input, &mid, &output]).await;
+}

@@ -45,6 +45,9 @@ pub(crate) struct TxnLink {
     committed: AtomicU64,
     /// Wakes the source's reader when a transaction is committed.
     wake: Mutex<Option<Arc<Notify>>>,
+    /// The source's partitions as it knew them at start (a partition's index here
+    /// names it as a writer of watermark records).
+    partitions: Mutex<Vec<Partition>>,
 }
 
 /// Barriers' offsets kept for a sink that has not taken them (one that is not
@@ -77,6 +80,21 @@ impl TxnLink {
     pub(crate) fn attach(&self, consumer: &Arc<SourceConsumer>, wake: &Arc<Notify>) {
         *locked(&self.consumer) = Arc::downgrade(consumer);
         *locked(&self.wake) = Some(Arc::clone(wake));
+    }
+
+    /// The source's partitions as it knew them at start.
+    pub(crate) fn set_partitions(&self, partitions: Vec<Partition>) {
+        *locked(&self.partitions) = partitions;
+    }
+
+    /// Of `held`, the indexes of those the source knew at start, and how many it knew.
+    pub(crate) fn writers(&self, held: &[Held]) -> (Vec<u32>, u32) {
+        let all = locked(&self.partitions);
+        let ids = held
+            .iter()
+            .filter_map(|(p, _, _)| all.iter().position(|q| q == p).map(|i| i as u32))
+            .collect();
+        (ids, all.len() as u32)
     }
 
     /// The source reads `p` from now on.

@@ -25,6 +25,7 @@ mod reader;
 mod sink;
 mod source;
 mod txn_log;
+mod watermarks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,11 +69,13 @@ const OPTIONS: &[&str] = &[
     "scan.startup.specific-offsets",
     "scan.bounded.mode",
     "scan.partition-assignment",
+    "scan.watermark-records",
     "dead-letter.topic",
     "rows-per-second",
     "sink.delivery-guarantee",
     "sink.transactional-id-prefix",
     "sink.partitioner",
+    "sink.watermark-records",
 ];
 
 /// The librdkafka properties a job may set (`properties.*`): where the brokers are, how

@@ -30,6 +30,7 @@ use super::follow::GroupRead;
 use super::group::{Member, Partition};
 use super::link::TxnLink;
 use super::source::{KafkaSourceConfig, SourceConsumer, position_offset, start_offsets};
+use super::watermarks::{PartitionWatermark, WatermarkRecord};
 
 /// Headers of a message, owned.
 pub(crate) type OwnedHeaderList = Vec<(String, Option<Vec<u8>>)>;
@@ -119,6 +120,8 @@ pub struct KafkaReader {
     /// An exactly-once cluster instance: the sink commits this subtask's offsets in its
     /// transactions (the source commits none itself).
     pub(crate) link: Option<Arc<TxnLink>>,
+    /// `'scan.watermark-records'`: each split's writers and their watermarks.
+    pub(crate) watermarks: Vec<PartitionWatermark>,
 }
 
 /// Without checkpoints, offsets are committed to the group this often.
@@ -217,6 +220,22 @@ impl KafkaReader {
     /// Takes one message into the chunk.
     pub(crate) fn take(&mut self, split: usize, m: &MessageView<'_>) {
         self.next[split] = m.offset + 1;
+        if self.config.watermark_records
+            && m.payload.is_none()
+            && let Some(r) = m.key.and_then(WatermarkRecord::parse)
+        {
+            // Reported after the rows read so far (they go out first).
+            if self.watermarks.len() <= split {
+                self.watermarks.resize_with(split + 1, Default::default);
+            }
+            if let Some(w) = self.watermarks[split].take(&r) {
+                self.queue.push_back(ReadResult::Watermark {
+                    split: self.splits[split].index,
+                    watermark: w,
+                });
+            }
+            return;
+        }
         if let Some(upsert) = &self.config.upsert {
             // An upsert whose value holds every column is read as it is.
             if let (Some(payload), false) = (m.payload, upsert.except_key) {
@@ -658,6 +677,7 @@ impl SourceReader for KafkaReader {
             let consumer = Arc::new(consumer);
             if let Some(link) = &self.link {
                 link.attach(&consumer, &member.wake);
+                link.set_partitions(self.config.partitions.clone());
             }
             self.group_read = Some(GroupRead {
                 member,
@@ -750,6 +770,10 @@ impl SourceReader for KafkaReader {
             "reading Kafka"
         );
         self.open_dead_letters()
+    }
+
+    fn reports_watermarks(&self) -> bool {
+        self.config.watermark_records
     }
 
     async fn read(&mut self, max_rows: usize, ctx: &mut OperatorContext) -> Result<ReadResult> {

@@ -63,6 +63,9 @@ pub struct KafkaSourceConfig {
     pub(crate) group_assignment: bool,
     /// What the subtasks share in group mode.
     pub(crate) shared: Arc<GroupShared>,
+    /// `'scan.watermark-records' = 'true'`: watermarks come from the writers' records
+    /// in the topic (see [`super::watermarks`]).
+    pub(crate) watermark_records: bool,
 }
 
 impl KafkaSourceConfig {
@@ -285,6 +288,7 @@ impl SourceConnector for UpsertKafkaSourceConnector {
                 except_key,
             }),
             group_assignment: false,
+            watermark_records: false,
             shared: Arc::default(),
         })
     }
@@ -363,6 +367,7 @@ impl SourceConnector for KafkaSourceConnector {
             "sink.delivery-guarantee",
             "sink.transactional-id-prefix",
             "sink.partitioner",
+            "sink.watermark-records",
             "key.fields",
             "key.format",
         ] {
@@ -457,6 +462,7 @@ impl SourceConnector for KafkaSourceConnector {
             upsert: None,
             group_assignment,
             shared: Arc::default(),
+            watermark_records: o.bool_or("scan.watermark-records", false)?,
         })
     }
 
@@ -525,6 +531,7 @@ impl SourceConnector for KafkaSourceConnector {
                 .map(|r| Pacer::new(r / task.parallelism as f64)),
             last_complete: None,
             link: None,
+            watermarks: Vec::new(),
         }))
     }
 }

@@ -90,6 +90,8 @@ pub(crate) struct SplitClocks {
     pub(crate) idle_timeout: Option<std::time::Duration>,
     /// The largest event-time watermark emitted: the watermark never moves back.
     pub(crate) emitted: i64,
+    /// The reader reports each split's watermark; rows do not move it.
+    pub(crate) reported: bool,
 }
 
 pub(crate) struct SplitClock {
@@ -104,19 +106,38 @@ impl SplitClocks {
             bound,
             idle_timeout,
             emitted: i64::MIN,
+            reported: false,
+        }
+    }
+
+    /// Clocks whose splits' watermarks the reader reports ([`ReadResult::Watermark`]).
+    pub(crate) fn reported(idle_timeout: Option<std::time::Duration>) -> Self {
+        Self {
+            reported: true,
+            ..Self::new(0, idle_timeout)
         }
     }
 
     /// Rows of `split` arrived, the largest event time among them `max_ts`.
     pub(crate) fn observe(&mut self, split: usize, max_ts: Option<i64>, now: Instant) {
+        let reported = self.reported;
         let c = self.splits.entry(split).or_insert(SplitClock {
             max_ts: i64::MIN,
             last_rows: now,
         });
         c.last_rows = now;
-        if let Some(t) = max_ts {
+        if let Some(t) = max_ts.filter(|_| !reported) {
             c.max_ts = c.max_ts.max(t);
         }
+    }
+
+    /// The reader reported `split`'s watermark (its rows from now on are later).
+    pub(crate) fn report(&mut self, split: usize, watermark: i64, now: Instant) {
+        let c = self.splits.entry(split).or_insert(SplitClock {
+            max_ts: i64::MIN,
+            last_rows: now,
+        });
+        c.max_ts = c.max_ts.max(watermark);
     }
 
     /// `split` has no more rows.
@@ -186,7 +207,10 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
         last_us: 0,
         since: None,
     };
-    let mut clocks = SplitClocks::new(src.out_of_orderness_ms, src.idle_timeout);
+    let mut clocks = match src.reader.reports_watermarks() {
+        true => SplitClocks::reported(src.idle_timeout),
+        false => SplitClocks::new(src.out_of_orderness_ms, src.idle_timeout),
+    };
     if let Some(w) = src.restored_watermark {
         clocks.emitted = w;
     }
@@ -307,6 +331,12 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
                         // Rows read so far go out before the split stops holding back.
                         flush(&mut src, &mut chain, &mut pending, &mut clocks, &mut last_wm).await?;
                         clocks.end(split);
+                        emit_watermark(&mut src, &mut chain, &mut clocks, &mut last_wm).await?;
+                    }
+                    ReadResult::Watermark { split, watermark } => {
+                        // Rows read so far are before it: they go out first.
+                        flush(&mut src, &mut chain, &mut pending, &mut clocks, &mut last_wm).await?;
+                        clocks.report(split, watermark, Instant::now());
                         emit_watermark(&mut src, &mut chain, &mut clocks, &mut last_wm).await?;
                     }
                     ReadResult::End => break,

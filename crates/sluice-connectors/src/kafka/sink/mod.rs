@@ -79,6 +79,9 @@ pub struct KafkaSinkConfig {
     upsert: bool,
     /// Flink's `json.*` options (timestamps as written).
     json: crate::format::JsonOptions,
+    /// `'sink.watermark-records' = 'true'`: the input's watermark goes into every
+    /// partition (see [`super::watermarks`]).
+    watermark_records: bool,
 }
 
 /// `'connector' = 'kafka'` as a sink.
@@ -222,6 +225,7 @@ impl SinkConnector for KafkaSinkConnector {
             "scan.bounded.mode",
             "dead-letter.topic",
             "rows-per-second",
+            "scan.watermark-records",
         ] {
             if o.str(source_only).is_some() {
                 return Err(SluiceError::user(format!(
@@ -352,6 +356,7 @@ impl SinkConnector for KafkaSinkConnector {
             partitioner,
             upsert: false,
             json: crate::format::JsonOptions::from_options(&o)?,
+            watermark_records: o.bool_or("sink.watermark-records", false)?,
         })
     }
 

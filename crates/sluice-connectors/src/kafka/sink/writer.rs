@@ -19,10 +19,11 @@ use rdkafka::types::RDKafkaErrorCode;
 use sluice_plan::DeliveryGuarantee;
 use sluice_runtime::state::key_group::first_key_group;
 use sluice_runtime::{Collector, Operator, OperatorContext, OperatorState, RestoredState};
-use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TaskInfo};
+use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TaskInfo, Watermark};
 
 use super::super::link::{Held, TxnLink};
 use super::super::txn_log::{committed, ensure_topic, log_topic, parse_tag, read_markers};
+use super::super::watermarks::{WRITE_EVERY, WatermarkRecord};
 use super::super::{client_config, kafka_err};
 use super::{Guarantee, KafkaSinkConfig, Partitioner, TXN_TIMEOUT, Upsert, upsert_writes};
 use crate::codec::{MessageEncoder, MessageFormat};
@@ -122,6 +123,11 @@ pub struct KafkaSinkOperator {
     link: Option<Arc<TxnLink>>,
     /// Barriers this subtask has passed in this attempt.
     barriers: u64,
+    /// `'sink.watermark-records'`: the input's watermark, the last one written, and
+    /// when (without checkpoints they are written every so often).
+    watermark: Option<i64>,
+    watermark_written: Option<i64>,
+    watermark_at: std::time::Instant,
 }
 
 fn encode_headers(out: &mut Vec<u8>, headers: &[(&str, Option<&[u8]>)]) {
@@ -199,7 +205,79 @@ impl KafkaSinkOperator {
             earlier_ids: Vec::new(),
             link: None,
             barriers: 0,
+            watermark: None,
+            watermark_written: None,
+            watermark_at: std::time::Instant::now(),
         })
+    }
+
+    /// Writes the input's watermark into every partition, if it advanced since the
+    /// last time, for `writers` of `of` (see [`super::super::watermarks`]): into the
+    /// open transaction when exactly-once, else straight to the producer.
+    async fn write_watermark(&mut self, writers: Vec<u32>, of: u32) -> Result<()> {
+        let Some(wm) = self
+            .watermark
+            .filter(|w| self.watermark_written.is_none_or(|old| *w > old))
+        else {
+            return Ok(());
+        };
+        if !self.config.watermark_records || writers.is_empty() {
+            return Ok(());
+        }
+        let key = WatermarkRecord {
+            watermark: wm,
+            writers,
+            of,
+        }
+        .key();
+        let mut txn = std::mem::take(&mut self.current);
+        let from = txn.recs.len();
+        for p in 0..self.config.partitions {
+            let s = txn.data.len();
+            txn.data.extend_from_slice(&key);
+            let e = txn.data.len();
+            txn.recs.push(Rec {
+                key: Some((s, e)),
+                value: None,
+                headers: (e, e),
+                partition: Some(p),
+                timestamp: None,
+            });
+        }
+        let r = match self.guarantee {
+            Guarantee::ExactlyOnce => {
+                if txn.tag.is_empty() {
+                    txn.tag = self.next_tag();
+                }
+                // As rows: held while a pre-committed transaction waits.
+                if self.precommitted.is_empty() {
+                    let r = match self.open_txn().await {
+                        Ok(()) => self.produce(&txn, if txn.sent { from } else { 0 }).await,
+                        Err(e) => Err(e),
+                    };
+                    txn.sent = true;
+                    r
+                } else {
+                    Ok(())
+                }
+            }
+            _ => {
+                let r = self.produce(&txn, from).await;
+                txn.data.clear();
+                txn.recs.clear();
+                r
+            }
+        };
+        self.current = txn;
+        self.watermark_written = Some(wm);
+        self.watermark_at = std::time::Instant::now();
+        r
+    }
+
+    /// This subtask as the writer of watermark records when no cluster link says
+    /// otherwise: one of the sink's subtasks.
+    fn own_writers(&self) -> (Vec<u32>, u32) {
+        (vec![self.subtask as u32], self.parallelism as u32)
     }
 
     fn producer(&self) -> Result<&SinkProducer> {
@@ -766,17 +844,20 @@ impl Operator for KafkaSinkOperator {
         ctx: &mut OperatorContext,
     ) -> Result<OperatorState> {
         match self.guarantee {
-            Guarantee::None => return Ok(OperatorState::default()),
+            Guarantee::None => {
+                let (w, of) = self.own_writers();
+                self.write_watermark(w, of).await?;
+                return Ok(OperatorState::default());
+            }
             Guarantee::AtLeastOnce => {
+                let (w, of) = self.own_writers();
+                self.write_watermark(w, of).await?;
                 self.flush().await?;
                 return Ok(OperatorState::default());
             }
             Guarantee::ExactlyOnce => {}
         }
-        if self.current.sent {
-            self.flush().await?;
-        }
-        if let Some(link) = &self.link {
+        if let Some(link) = self.link.clone() {
             // A cluster instance: the transaction carries the source's offsets at this
             // barrier, and nothing goes into the checkpoint (the commit is the truth).
             self.barriers += 1;
@@ -786,11 +867,22 @@ impl Operator for KafkaSinkOperator {
                     self.barriers
                 ))
             })?;
+            // Its watermark speaks for the partitions it read.
+            let (w, of) = link.writers(&offsets);
+            self.write_watermark(w, of).await?;
+            if self.current.sent {
+                self.flush().await?;
+            }
             let mut txn = std::mem::take(&mut self.current);
             txn.epoch = barrier.epoch;
             txn.offsets = Some((self.barriers, offsets));
             self.precommitted.push_back(txn);
             return Ok(OperatorState::default());
+        }
+        let (w, of) = self.own_writers();
+        self.write_watermark(w, of).await?;
+        if self.current.sent {
+            self.flush().await?;
         }
         let mut txn = std::mem::take(&mut self.current);
         if !txn.recs.is_empty() {
@@ -939,15 +1031,38 @@ impl Operator for KafkaSinkOperator {
         Ok(())
     }
 
+    async fn on_watermark(
+        &mut self,
+        watermark: Watermark,
+        ctx: &mut OperatorContext,
+        _out: &mut dyn Collector,
+    ) -> Result<Option<Watermark>> {
+        if let Some(t) = watermark.event_time() {
+            self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
+            // With checkpoints it goes out at each barrier (in its transaction).
+            if !ctx.checkpointing && self.watermark_at.elapsed() >= WRITE_EVERY {
+                let (w, of) = self.own_writers();
+                self.write_watermark(w, of).await?;
+            }
+        }
+        Ok(Some(watermark))
+    }
+
     async fn on_close(
         &mut self,
-        _ctx: &mut OperatorContext,
+        ctx: &mut OperatorContext,
         _out: &mut dyn Collector,
     ) -> Result<()> {
         match self.guarantee {
             // The rest is pre-committed with the final checkpoint.
             Guarantee::ExactlyOnce => Ok(()),
-            _ => self.flush().await,
+            _ => {
+                if !ctx.checkpointing {
+                    let (w, of) = self.own_writers();
+                    self.write_watermark(w, of).await?;
+                }
+                self.flush().await
+            }
         }
     }
 }

@@ -156,7 +156,7 @@ impl Operator for LookupJoinOperator {
                         self.rows.push(rows);
                     }
                 }
-                ReadResult::SplitEnd(_) => {}
+                ReadResult::SplitEnd(_) | ReadResult::Watermark { .. } => {}
                 ReadResult::End => break,
                 ReadResult::Idle => {
                     return Err(SluiceError::user(format!(
