@@ -47,6 +47,38 @@ pub(crate) struct JobEntry {
     pub(crate) explain: String,
     pub(crate) graph: Graph,
     pub(crate) lineage: Lineage,
+    /// The cluster the job is an instance of (`SET 'sluice.cluster.name'`).
+    pub(crate) cluster: Option<ClusterRef>,
+}
+
+/// Where a cluster instance's group is: what `sluice ps --cluster` is given.
+#[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+#[derive(Clone, Debug)]
+pub(crate) struct ClusterRef {
+    pub(crate) name: String,
+    pub(crate) bootstrap: String,
+    pub(crate) group: String,
+}
+
+impl ClusterRef {
+    /// The cluster of `plan`, if it is an instance of one with a Kafka source.
+    fn of(plan: &sluice_plan::JobPlan) -> Option<Self> {
+        let cluster = plan.config.cluster.as_ref()?;
+        plan.nodes.iter().find_map(|n| match &n.kind {
+            sluice_plan::NodeKind::Source(s) if s.spec.connector == "kafka" => {
+                let o = &s.spec.options;
+                Some(ClusterRef {
+                    name: cluster.name.clone(),
+                    bootstrap: o.get("properties.bootstrap.servers")?.clone(),
+                    group: o
+                        .get("properties.group.id")
+                        .cloned()
+                        .unwrap_or_else(|| format!("sluice-{}", cluster.name)),
+                })
+            }
+            _ => None,
+        })
+    }
 }
 
 /// One failure of a job.
@@ -529,6 +561,7 @@ impl JobManager {
         };
         self.check_files(&plan, s.from_savepoint.as_deref())?;
         let lineage = lineage(&plan);
+        let cluster = ClusterRef::of(&plan);
         let graph = Graph {
             nodes: plan
                 .nodes
@@ -598,6 +631,7 @@ impl JobManager {
             explain,
             graph,
             lineage,
+            cluster,
         });
         self.jobs
             .write()

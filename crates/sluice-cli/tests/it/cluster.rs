@@ -754,6 +754,31 @@ async fn a_server_job_and_a_process_are_instances_of_one_cluster() {
         .map(|i| i["instance"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["cli", "srv"], "{r}");
+    // The server shows the cluster of its job: through the API, and on the job's page.
+    let (status, c) = server.call("GET", &format!("/api/jobs/{id}/cluster"), None);
+    assert_eq!(status, 200, "{c}");
+    let names: Vec<&str> = c["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cli", "srv"], "{c}");
+    assert_eq!(c["total_lag"], 0, "{c}");
+    let browser = crate::dashboard::Browser::start();
+    browser.open(&format!("{}/jobs/{id}", server.url));
+    let shown = browser.wait("the cluster's instances", |b| {
+        let t = b.text("#cluster tbody");
+        (t.contains("cli") && t.contains("srv")).then_some(t)
+    });
+    assert!(shown.contains(&input), "no partitions shown: {shown}");
+    assert!(
+        browser.text("#cluster-name").contains(&cluster),
+        "{}",
+        browser.text("#cluster-section")
+    );
+    browser.js("document.querySelector('#cluster-section').scrollIntoView()");
+    browser.screenshot("cluster");
     for i in process {
         i.kill();
     }

@@ -14,7 +14,7 @@ use crate::server::{FAILING, UNBOUNDED, start_server};
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A chromedriver child and one browser session, both ended when dropped.
-struct Browser {
+pub(crate) struct Browser {
     driver: Child,
     http: HttpUrl,
     session: String,
@@ -31,7 +31,7 @@ impl Drop for Browser {
 }
 
 impl Browser {
-    fn start() -> Browser {
+    pub(crate) fn start() -> Browser {
         for bin in ["/usr/bin/chromedriver", "/usr/bin/chromium"] {
             assert!(
                 std::path::Path::new(bin).exists(),
@@ -102,11 +102,11 @@ impl Browser {
         self.raw(method, &format!("/session/{}{path}", self.session), body)
     }
 
-    fn open(&self, url: &str) {
+    pub(crate) fn open(&self, url: &str) {
         self.call("POST", "/url", Some(json!({ "url": url })));
     }
 
-    fn js(&self, script: &str) -> Value {
+    pub(crate) fn js(&self, script: &str) -> Value {
         self.call(
             "POST",
             "/execute/sync",
@@ -141,7 +141,7 @@ impl Browser {
         );
     }
 
-    fn text(&self, css: &str) -> String {
+    pub(crate) fn text(&self, css: &str) -> String {
         self.js(&format!(
             "const e = document.querySelector({}); return e ? e.textContent : null;",
             json!(css)
@@ -152,7 +152,7 @@ impl Browser {
     }
 
     /// Polls `f` until it gives a value (the page updates itself every second).
-    fn wait<T>(&self, what: &str, mut f: impl FnMut(&Browser) -> Option<T>) -> T {
+    pub(crate) fn wait<T>(&self, what: &str, mut f: impl FnMut(&Browser) -> Option<T>) -> T {
         let start = Instant::now();
         loop {
             if let Some(v) = f(self) {
@@ -166,7 +166,7 @@ impl Browser {
         }
     }
 
-    fn screenshot(&self, name: &str) {
+    pub(crate) fn screenshot(&self, name: &str) {
         let png = decode_base64(self.call("GET", "/screenshot", None).as_str().unwrap());
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
         std::fs::create_dir_all(&dir).unwrap();

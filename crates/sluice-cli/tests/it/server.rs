@@ -158,6 +158,14 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
         .unwrap_or_else(|| panic!("no row count in: {said}"));
     assert!(written > 0 && written < 18_400, "{said}");
     assert_eq!(done["sink_records"].as_u64(), Some(written), "{done}");
+    // Not an instance of a cluster: there is no cluster to show.
+    assert_eq!(done["cluster"], serde_json::Value::Null, "{done}");
+    let (status, c) = server.call("GET", &format!("/api/jobs/{id}/cluster"), None);
+    assert_eq!(
+        (status, c["error"]["code"].as_str()),
+        (409, Some("not_a_cluster_instance")),
+        "{c}"
+    );
     assert!(
         done["graph"]["nodes"].as_array().unwrap().len() >= 2,
         "{done}"

@@ -145,6 +145,9 @@ pub(crate) struct JobDetail {
     checkpoints: CheckpointCounts,
     /// Its alerts pending or firing.
     alerts: Vec<ActiveAlert>,
+    /// The cluster it is an instance of (`SET 'sluice.cluster.name'`), if any: see
+    /// `/api/jobs/{id}/cluster`.
+    cluster: Option<String>,
 }
 
 /// Checkpoints and savepoints so far.
@@ -272,7 +275,63 @@ pub(crate) async fn detail(
             failed: cp.failed.load(Relaxed),
         },
         alerts: alerts_of(&manager, Some(j.id)),
+        cluster: j.cluster.as_ref().map(|c| c.name.clone()),
     }))
+}
+
+/// The instances of the cluster a job is one instance of: each with its host,
+/// partitions and lag, as the cluster's consumer group shows them (`sluice ps
+/// --cluster`).
+#[utoipa::path(get, path = "/api/jobs/{id}/cluster", tag = "jobs",
+    params(("id" = u64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The cluster's group: its instances (host, partitions, lag), other members, each partition's committed offset, end and lag", body = Object),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job is not an instance of a cluster", body = ErrorBody),
+        (status = 502, description = "Kafka did not answer", body = ErrorBody)))]
+pub(crate) async fn cluster(
+    State(m): State<Arc<JobManager>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let j = m.get(parse_id(&id)?)?;
+    let Some(c) = j.cluster.clone() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_a_cluster_instance",
+            format!(
+                "job {} is not an instance of a cluster (SET 'sluice.cluster.name')",
+                j.id
+            ),
+        ));
+    };
+    cluster_report(c).await.map(Json)
+}
+
+#[cfg(feature = "kafka")]
+async fn cluster_report(c: crate::jobs::ClusterRef) -> Result<serde_json::Value, ApiError> {
+    let report = tokio::task::spawn_blocking(move || {
+        sluice_connectors::kafka::admin::cluster_status(
+            &c.bootstrap,
+            &c.name,
+            &c.group,
+            std::time::Duration::from_secs(5),
+        )
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "kafka_unavailable", e.to_string()))?;
+    serde_json::to_value(report)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn cluster_report(_: crate::jobs::ClusterRef) -> Result<serde_json::Value, ApiError> {
+    Err(ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "kafka_unavailable",
+        "this server was built without Kafka",
+    ))
 }
 
 /// Cancel a running job

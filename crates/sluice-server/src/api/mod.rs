@@ -93,6 +93,7 @@ fn api_routes() -> OpenApiRouter<Arc<JobManager>> {
     OpenApiRouter::with_openapi(openapi::base())
         .routes(routes!(jobs::list, jobs::submit))
         .routes(routes!(jobs::detail))
+        .routes(routes!(jobs::cluster))
         .routes(routes!(jobs::cancel))
         .routes(routes!(logs::logs))
         .routes(routes!(jobs::savepoint))

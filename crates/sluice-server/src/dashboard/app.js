@@ -263,6 +263,25 @@ ${lines.map((l, i) => `<text x="8" y="${40 + i * 18}" class="node-metric">${esc(
       const j = await api("GET", `/api/jobs/${id}`);
       drawJob(j, rates(j));
     });
+    // A cluster instance: every instance of its cluster, from the consumer group.
+    poll(async () => {
+      const j = await api("GET", `/api/jobs/${id}`);
+      if (!j.cluster) return;
+      $("#cluster-section").hidden = false;
+      $("#cluster-name").textContent = j.cluster;
+      try {
+        const c = await api("GET", `/api/jobs/${id}/cluster`);
+        $("#cluster-state").textContent = `group ${c.group}: ${c.state}, ${c.instances.length} instance(s), lag ${num(c.total_lag)}${c.others.length ? `, ${c.others.length} other member(s)` : ""}`;
+        $("#cluster tbody").innerHTML = c.instances
+          .map(
+            (i) => `<tr><td>${esc(i.instance)}</td><td>${esc(i.host)}</td><td class="n">${i.subtasks}</td>
+<td>${esc(i.partitions.join(", "))}</td><td class="n">${num(i.lag)}</td></tr>`
+          )
+          .join("");
+      } catch (e) {
+        $("#cluster-state").textContent = e.message;
+      }
+    }, 2000);
     poll(async () => {
       const cps = await api("GET", `/api/jobs/${id}/checkpoints`);
       $("#checkpoints tbody").innerHTML = cps
