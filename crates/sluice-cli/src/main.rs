@@ -737,6 +737,36 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             checkpoints.apply(&pipeline)?;
+            // A cluster instance of a job with keyed state: its front and the tasks of the
+            // repartition topic's partitions the group gives it.
+            #[cfg(feature = "kafka")]
+            if checkpoints.cluster.is_some() {
+                let registry = pipeline.connector_registry();
+                if let Some(split) = sluice::cluster::keyed(&pipeline.plan()?, &registry)? {
+                    if metrics_bind.is_some() {
+                        bail!(
+                            "--metrics-bind is not served by a cluster instance of a job with keyed state yet"
+                        );
+                    }
+                    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+                    tokio::spawn(async move {
+                        if run::interrupted().await {
+                            eprintln!(
+                                "\nstopping: the front commits what it read; partition tasks stop at their last commit"
+                            );
+                            let _ = stop_tx.send(true);
+                        }
+                    });
+                    sluice::cluster::run_keyed(
+                        split,
+                        registry,
+                        checkpoints.restart_strategy()?,
+                        stop,
+                    )
+                    .await?;
+                    return Ok(());
+                }
+            }
             if checkpoints.from_checkpoint.as_deref() == Some("latest")
                 && !checkpoints.fresh_if_none
             {

@@ -805,6 +805,22 @@ pub struct ClusterConfig {
     /// are then static members of the group, so a restarted instance takes its
     /// partitions back at once.
     pub static_membership: bool,
+    /// Set when this job is the keyed part of a cluster job for one partition of its
+    /// repartition topic (see [`PartitionTask`]).
+    pub partition_task: Option<PartitionTask>,
+}
+
+/// The keyed part of a cluster job, run for one partition of its repartition topic
+/// (as Kafka Streams runs one task per partition): its state is checkpointed per
+/// partition, its transactional id is the partition's (so a new owner fences an old
+/// one), and the offset its transactions commit names the checkpoint taken with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionTask {
+    /// The repartition topic's partition.
+    pub partition: i32,
+    /// This run's own name, unique across runs: its checkpoints are kept under it, and
+    /// the offsets its transactions commit carry it (`TOKEN:EPOCH`).
+    pub token: String,
 }
 
 impl ClusterConfig {
@@ -838,6 +854,7 @@ impl ClusterConfig {
             name,
             instance,
             static_membership,
+            partition_task: None,
         })
     }
 

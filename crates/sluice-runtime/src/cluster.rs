@@ -16,10 +16,17 @@
 //! exchanges between instances (repartition topics) and state kept in shared storage
 //! come later; such jobs are refused with the reason.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use sluice_plan::{JobPlan, NodeKind, Partitioning};
-use sluice_types::{Result, SluiceError};
+use datafusion_common::Column;
+use datafusion_expr::Expr;
+use sluice_plan::{
+    ConnectorSpec, EventTime, JobPlan, NodeId, NodeKind, Partitioning, SourceNode, WatermarkSpec,
+};
+use sluice_types::{Result, SluiceError, TIMESTAMP_FIELD};
+
+use crate::source::ConnectorRegistry;
 
 /// A cluster instance's checkpoint interval unless the job sets one.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -30,6 +37,16 @@ pub(crate) fn prepare(plan: &mut JobPlan) -> Result<()> {
     let Some(cluster) = plan.config.cluster.clone() else {
         return Ok(());
     };
+    if cluster.partition_task.is_some() {
+        // The keyed part of a cluster job, for one partition (see [`split_keyed`]): it
+        // restores from the checkpoint its partition's committed offset names.
+        plan.config
+            .checkpoint
+            .interval
+            .get_or_insert(DEFAULT_INTERVAL);
+        transaction_timeouts(plan);
+        return Ok(());
+    }
     let refuse = |why: String| {
         Err(SluiceError::user(format!(
             "this job cannot run as an instance of cluster `{}`: {why}",
@@ -100,18 +117,7 @@ pub(crate) fn prepare(plan: &mut JobPlan) -> Result<()> {
             ));
         }
     }
-    // A killed instance's open transaction holds read_committed readers of its output
-    // back until it times out: 10 s (as Kafka Streams sets it when exactly-once), or ten
-    // checkpoint intervals when they are longer, unless the sink table sets one.
-    let interval = plan.config.checkpoint.interval.unwrap_or(DEFAULT_INTERVAL);
-    let timeout = (interval * 10).max(Duration::from_secs(10));
-    for n in &mut plan.nodes {
-        if let NodeKind::Sink(spec) = &mut n.kind {
-            spec.options
-                .entry("properties.transaction.timeout.ms".into())
-                .or_insert_with(|| timeout.as_millis().to_string());
-        }
-    }
+    transaction_timeouts(plan);
     if sinks != 1 {
         return refuse(format!(
             "it has {sinks} sinks; an instance writes one Kafka sink (one transaction per subtask carries its rows and the source's offsets)"
@@ -146,6 +152,376 @@ pub(crate) fn prepare(plan: &mut JobPlan) -> Result<()> {
         .entry("properties.group.id".into())
         .or_insert_with(|| format!("sluice-{}", cluster.name));
     Ok(())
+}
+
+/// A killed instance's open transaction holds read_committed readers of its output back
+/// until it times out: 10 s (as Kafka Streams sets it when exactly-once), or ten
+/// checkpoint intervals when they are longer, unless the sink table sets one.
+fn transaction_timeouts(plan: &mut JobPlan) {
+    let interval = plan.config.checkpoint.interval.unwrap_or(DEFAULT_INTERVAL);
+    let timeout = (interval * 10).max(Duration::from_secs(10));
+    for n in &mut plan.nodes {
+        if let NodeKind::Sink(spec) = &mut n.kind {
+            spec.options
+                .entry("properties.transaction.timeout.ms".into())
+                .or_insert_with(|| timeout.as_millis().to_string());
+        }
+    }
+}
+
+/// The column that carries event time through a repartition topic.
+pub const EVENT_TIME_COLUMN: &str = "sluice_event_time";
+
+/// A cluster job with keyed state, split at its keyed exchange into two jobs joined by a
+/// repartition topic, as Kafka Streams splits a topology into sub-topologies:
+///
+/// ```text
+///  front (every instance, a stateless cluster job):
+///    Kafka source ─> stateless operators ─> repartition topic, keyed by the exchange's
+///                                           keys, with watermark records
+///  back (once per partition of the topic, on the instance the group gives it to):
+///    topic partition p ─> keyed operators ─> Kafka sink
+///      state checkpointed per partition; the offset each transaction commits names
+///      the checkpoint taken with it, which the partition's next owner restores
+/// ```
+pub struct KeyedSplit {
+    /// The front job (keeps the cluster's name and instance).
+    pub front: JobPlan,
+    /// The back job, before a partition is chosen ([`KeyedSplit::task`]).
+    pub back: JobPlan,
+    /// The repartition topic.
+    pub topic: String,
+    /// Its partitions: as many as the source's topic has (given by the caller).
+    pub partitions: usize,
+    /// The Kafka client options of the source (`properties.*` without the prefix) that
+    /// say where the brokers are and how to reach them.
+    pub client: std::collections::BTreeMap<String, String>,
+    /// The client options for the group's members: the above, and the source's session
+    /// timeout and heartbeat interval when it sets them.
+    pub member_client: std::collections::BTreeMap<String, String>,
+    /// The consumer group that assigns the topic's partitions to instances.
+    pub assignment_group: String,
+    /// The consumer group the back jobs' transactions commit their offsets to.
+    pub offsets_group: String,
+}
+
+impl KeyedSplit {
+    /// Where the back job for `partition` run as `token` keeps checkpoint `epoch`.
+    pub fn checkpoint_location(&self, partition: i32, token: &str, epoch: u64) -> String {
+        let dir = self.checkpoint_base();
+        let name = self
+            .back
+            .config
+            .cluster
+            .as_ref()
+            .map_or("", |c| c.name.as_str());
+        format!(
+            "{}/{name}/p{partition}/{token}/{}",
+            dir.trim_end_matches('/'),
+            crate::checkpoint::checkpoint_dir("chk", epoch)
+        )
+    }
+
+    /// The checkpoint directory the partition tasks share (each keeps its checkpoints
+    /// under `CLUSTER/pPARTITION/TOKEN` in it).
+    fn checkpoint_base(&self) -> String {
+        self.back
+            .config
+            .checkpoint
+            .dir
+            .clone()
+            .unwrap_or_else(|| format!("sluice-checkpoints/{}", self.back.name))
+    }
+
+    /// The back job for partition `partition`, as run `token` (unique per run): it reads
+    /// that partition alone.
+    pub fn task(&self, partition: i32, token: &str) -> Result<JobPlan> {
+        let mut plan = self.back.clone();
+        // Tasks of one process are jobs of their own, named apart.
+        plan.name = format!("{}-p{partition}", self.back.name);
+        plan.config.checkpoint.dir = Some(self.checkpoint_base());
+        let cluster = plan.config.cluster.as_mut().ok_or_else(|| {
+            SluiceError::internal("the back of a keyed cluster job without its cluster")
+        })?;
+        cluster.instance = format!("p{partition}");
+        cluster.partition_task = Some(sluice_plan::PartitionTask {
+            partition,
+            token: token.to_string(),
+        });
+        for n in &mut plan.nodes {
+            if let NodeKind::Source(s) = &mut n.kind {
+                s.spec
+                    .options
+                    .insert("scan.partitions".into(), partition.to_string());
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// Client options a repartition topic's readers and writers take from the job's source.
+fn client_option(key: &str) -> bool {
+    key == "bootstrap.servers"
+        || key == "client.rack"
+        || ["security.", "sasl.", "ssl."]
+            .iter()
+            .any(|p| key.starts_with(p))
+}
+
+/// Splits a cluster job with keyed state at its keyed exchange (`None`: a job without
+/// one, which runs as it is). `partitions` is the number of partitions of the source's
+/// topic (the repartition topic gets as many).
+pub fn split_keyed(
+    plan: &JobPlan,
+    registry: &ConnectorRegistry,
+    partitions: usize,
+) -> Result<Option<KeyedSplit>> {
+    let Some(cluster) = plan.config.cluster.clone() else {
+        return Ok(None);
+    };
+    let hashes: Vec<_> = plan
+        .edges
+        .iter()
+        .filter(|e| matches!(e.partitioning, Partitioning::Hash(_)))
+        .collect();
+    let refuse = |why: String| -> Result<Option<KeyedSplit>> {
+        Err(SluiceError::user(format!(
+            "this job cannot run as an instance of cluster `{}`: {why}",
+            cluster.name
+        )))
+    };
+    let exchange = match hashes.as_slice() {
+        [] => return Ok(None),
+        [e] => (*e).clone(),
+        _ => {
+            return refuse(format!(
+                "it exchanges rows by key {} times; an instance splits a job at one keyed exchange (a repartition topic) today",
+                hashes.len()
+            ));
+        }
+    };
+    let Partitioning::Hash(keys) = &exchange.partitioning else {
+        unreachable!("invariant: filtered to hash edges");
+    };
+    // The front: everything upstream of the exchange.
+    let mut front_nodes = BTreeSet::new();
+    let mut todo = vec![exchange.from];
+    while let Some(n) = todo.pop() {
+        if front_nodes.insert(n) {
+            todo.extend(plan.inputs(n).map(|e| e.from));
+        }
+    }
+    for &n in &front_nodes {
+        let node = &plan.nodes[n];
+        if !node.kind.is_stateless() || plan.outputs(n).any(|e| e.side.is_some()) {
+            return refuse(format!(
+                "`{}` comes before its keyed exchange and is not a stateless operator",
+                node.name
+            ));
+        }
+        if let NodeKind::Source(s) = &node.kind
+            && s.spec.connector != "kafka"
+        {
+            return refuse(format!(
+                "its source `{}` is `{}`; instances share the partitions of a `kafka` source",
+                node.name, s.spec.connector
+            ));
+        }
+    }
+    let sources: Vec<NodeId> = front_nodes
+        .iter()
+        .copied()
+        .filter(|&n| matches!(plan.nodes[n].kind, NodeKind::Source(_)))
+        .collect();
+    let [source] = sources.as_slice() else {
+        return refuse(format!(
+            "it reads {} sources; an instance reads one Kafka source",
+            sources.len()
+        ));
+    };
+    let back_nodes: Vec<NodeId> = (0..plan.nodes.len())
+        .filter(|n| !front_nodes.contains(n))
+        .collect();
+    let is_exchange = |e: &sluice_plan::PlanEdge| {
+        e.from == exchange.from && e.to == exchange.to && e.partitioning == exchange.partitioning
+    };
+    for e in &plan.edges {
+        let crosses = front_nodes.contains(&e.from) != front_nodes.contains(&e.to);
+        if crosses && !is_exchange(e) {
+            return refuse(format!(
+                "rows go from `{}` to `{}` besides its keyed exchange",
+                plan.nodes[e.from].name, plan.nodes[e.to].name
+            ));
+        }
+        if !crosses && e.partitioning != Partitioning::Forward && !is_exchange(e) {
+            return refuse(format!(
+                "rows go from `{}` to `{}` by {}; an instance splits a job at one keyed exchange today",
+                plan.nodes[e.from].name, plan.nodes[e.to].name, e.partitioning
+            ));
+        }
+    }
+    let mut sinks = 0;
+    for &n in &back_nodes {
+        match &plan.nodes[n].kind {
+            NodeKind::Source(_) => {
+                return refuse(format!(
+                    "its source `{}` is read after a keyed exchange (joins across instances are not built yet)",
+                    plan.nodes[n].name
+                ));
+            }
+            NodeKind::Sink(spec) if spec.connector != "kafka" => {
+                return refuse(format!(
+                    "its sink `{}` is `{}`; an instance writes to Kafka, in transactions that carry the source's offsets",
+                    plan.nodes[n].name, spec.connector
+                ));
+            }
+            NodeKind::Sink(_) => sinks += 1,
+            _ => {}
+        }
+    }
+    if sinks != 1 {
+        return refuse(format!(
+            "it has {sinks} sinks; an instance writes one Kafka sink"
+        ));
+    }
+    let NodeKind::Source(src) = &plan.nodes[*source].kind else {
+        unreachable!("invariant: a source");
+    };
+    let client: std::collections::BTreeMap<String, String> = src
+        .spec
+        .options
+        .iter()
+        .filter_map(|(k, v)| {
+            let k = k.strip_prefix("properties.")?;
+            client_option(k).then(|| (k.to_string(), v.clone()))
+        })
+        .collect();
+    let mut member_client = client.clone();
+    for k in ["session.timeout.ms", "heartbeat.interval.ms"] {
+        if let Some(v) = src.spec.options.get(&format!("properties.{k}")) {
+            member_client.insert(k.to_string(), v.clone());
+        }
+    }
+    // What crosses the topic: the columns the exchange carries, and event time.
+    let mut unclustered = plan.clone();
+    unclustered.config.cluster = None;
+    let prepared = crate::job::PreparedJob::prepare(unclustered, registry)?;
+    let schema = prepared.schema(exchange.from);
+    let columns: Vec<arrow::datatypes::FieldRef> = schema
+        .fields()
+        .iter()
+        .filter(|f| f.name() != TIMESTAMP_FIELD)
+        .cloned()
+        .collect();
+    if columns
+        .iter()
+        .any(|f| f.name() == sluice_types::ROW_KIND_FIELD)
+    {
+        return refuse(format!(
+            "`{}` sends updates and retractions to its keyed exchange; a repartition topic carries appended rows only today",
+            plan.nodes[exchange.from].name
+        ));
+    }
+    if columns.iter().any(|f| f.name() == EVENT_TIME_COLUMN) {
+        return refuse(format!(
+            "a column is named `{EVENT_TIME_COLUMN}`, which carries event time through the repartition topic; rename it"
+        ));
+    }
+    let column = |name: &str| Expr::Column(Column::new_unqualified(name));
+    let topic = format!("sluice-{}-repartition-{}", cluster.name, exchange.to);
+    let mut props = ConnectorSpec::new("kafka");
+    for (k, v) in &client {
+        props.options.insert(format!("properties.{k}"), v.clone());
+    }
+    props.options.insert("topic".into(), topic.clone());
+    props.options.insert("format".into(), "json".into());
+
+    // Front: the same nodes, then the event time as a column, into the topic.
+    let p = plan.nodes[*source].parallelism;
+    let mut front = JobPlan::new(format!("{}-front", plan.name));
+    front.config = plan.config.clone();
+    let mut ids = std::collections::HashMap::new();
+    for &n in &front_nodes {
+        let node = &plan.nodes[n];
+        ids.insert(n, front.add_node(node.name.clone(), p, node.kind.clone()));
+    }
+    for e in &plan.edges {
+        if let (Some(&a), Some(&b)) = (ids.get(&e.from), ids.get(&e.to)) {
+            front.add_edge(a, b, Partitioning::Forward);
+        }
+    }
+    let mut exprs: Vec<Expr> = columns.iter().map(|f| column(f.name())).collect();
+    exprs.push(column(TIMESTAMP_FIELD).alias(EVENT_TIME_COLUMN));
+    let with_time = front.add_node("event time", p, NodeKind::Project { exprs });
+    front.add_edge(ids[&exchange.from], with_time, Partitioning::Forward);
+    let mut sink = props.clone();
+    sink.options.insert("key.fields".into(), keys.join(";"));
+    sink.options.insert("key.format".into(), "json".into());
+    sink.options
+        .insert("sink.watermark-records".into(), "true".into());
+    let into = front.add_node(format!("repartition {topic}"), p, NodeKind::Sink(sink));
+    front.add_edge(with_time, into, Partitioning::Forward);
+
+    // Back: one partition of the topic, then the same nodes at parallelism 1.
+    let mut back = JobPlan::new(format!("{}-back", plan.name));
+    back.config = plan.config.clone();
+    let mut fields = columns.clone();
+    fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
+        EVENT_TIME_COLUMN,
+        arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+        false,
+    )));
+    let mut read = props;
+    read.options.insert(
+        "properties.group.id".into(),
+        format!("sluice-{}-tasks", cluster.name),
+    );
+    read.options
+        .insert("scan.watermark-records".into(), "true".into());
+    read.options
+        .insert("scan.startup.mode".into(), "group-offsets".into());
+    read.schema = Some(std::sync::Arc::new(arrow::datatypes::Schema::new(fields)));
+    let from = back.add_node(
+        format!("repartition {topic}"),
+        1,
+        NodeKind::Source(SourceNode {
+            spec: read,
+            event_time: EventTime::Column(EVENT_TIME_COLUMN.into()),
+            watermark: WatermarkSpec::default(),
+        }),
+    );
+    let without_time = back.add_node(
+        "columns",
+        1,
+        NodeKind::Project {
+            exprs: columns.iter().map(|f| column(f.name())).collect(),
+        },
+    );
+    back.add_edge(from, without_time, Partitioning::Forward);
+    let mut ids = std::collections::HashMap::new();
+    for &n in &back_nodes {
+        let node = &plan.nodes[n];
+        ids.insert(n, back.add_node(node.name.clone(), 1, node.kind.clone()));
+    }
+    for e in &plan.edges {
+        if let (Some(&a), Some(&b)) = (ids.get(&e.from), ids.get(&e.to)) {
+            match &e.side {
+                None => back.add_edge(a, b, Partitioning::Forward),
+                Some(tag) => back.add_side_edge(a, tag, b, Partitioning::Forward),
+            }
+        }
+    }
+    back.add_edge(without_time, ids[&exchange.to], Partitioning::Forward);
+    Ok(Some(KeyedSplit {
+        front,
+        back,
+        topic,
+        partitions,
+        client,
+        member_client,
+        assignment_group: format!("sluice-{}-repartition", cluster.name),
+        offsets_group: format!("sluice-{}-tasks", cluster.name),
+    }))
 }
 
 #[cfg(test)]

@@ -541,6 +541,11 @@ impl PreparedJob {
                 c.name,
                 c.instance
             );
+            // A partition's task: each run under a name of its own (its transactions
+            // name their checkpoints by it).
+            if let Some(t) = &c.partition_task {
+                checkpoint_dir = format!("{checkpoint_dir}/{}", t.token);
+            }
         }
         let checkpoints = match checkpointing || plan.config.restore.is_some() {
             true => Some(CheckpointStorage::open(&checkpoint_dir)?),

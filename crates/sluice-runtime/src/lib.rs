@@ -6,7 +6,7 @@
 //! into a [`JobHandle`].
 
 pub mod checkpoint;
-mod cluster;
+pub mod cluster;
 pub mod crash;
 pub mod dead_letter;
 pub mod expr;

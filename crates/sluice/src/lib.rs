@@ -19,6 +19,8 @@
 //! The Rust API and SQL build the same [`JobPlan`](sluice_plan::JobPlan); the runtime
 //! only ever sees that plan.
 
+#[cfg(feature = "kafka")]
+pub mod cluster;
 mod pipeline;
 pub mod restart;
 

@@ -245,6 +245,11 @@ impl Pipeline {
         }
     }
 
+    /// The connectors the job is prepared with.
+    pub fn connector_registry(&self) -> ConnectorRegistry {
+        self.with(|b| b.registry.clone())
+    }
+
     /// The plan built so far (errors recorded while building are reported here).
     pub fn plan(&self) -> Result<JobPlan> {
         self.with(|b| match b.errors.first() {

@@ -1090,3 +1090,135 @@ async fn watermarks_cross_a_topic_from_one_job_to_the_next() {
     );
     delete_topics(bootstrap, &[&input, &mid, &output]).await;
 }
+
+/// A windowed job (one-second tumbling windows per key) as instances of one cluster:
+/// each instance runs the front of the job (source to repartition topic) and the keyed
+/// part for the repartition topic's partitions the group gives it, each with its state
+/// checkpointed per partition. One instance is SIGKILLed mid-run and its partitions,
+/// state included, are taken over; another joins. The read_committed output has every
+/// window once, equal to the batch GROUP BY of the input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_windows_across_instances_survive_a_kill_with_their_state() {
+    let bootstrap = kafka();
+    let (input, output) = (unique("keyed-in"), unique("keyed-out"));
+    create_topic(bootstrap, &input, 4).await;
+    create_topic(bootstrap, &output, 2).await;
+    // Each partition in event-time order, 10 ms of event time per event; after them,
+    // one event per partition an hour later closes every window.
+    let n: i64 = 24_000;
+    let event = |i: i64| (i % 13, i, i * 10);
+    let mut msgs: Vec<crate::kafka::Msg> = (0..n)
+        .map(|i| {
+            let (k, v, ts) = event(i);
+            crate::kafka::Msg {
+                partition: (i % 4) as i32,
+                key: None,
+                payload: format!(r#"{{"k": {k}, "v": {v}, "ts": "{}"}}"#, day_time(ts))
+                    .into_bytes(),
+                headers: Vec::new(),
+            }
+        })
+        .collect();
+    for p in 0..4 {
+        msgs.push(crate::kafka::Msg {
+            partition: p,
+            key: None,
+            payload: format!(
+                r#"{{"k": -1, "v": 0, "ts": "{}"}}"#,
+                day_time(n * 10 + 3_600_000)
+            )
+            .into_bytes(),
+            headers: Vec::new(),
+        });
+    }
+    produce(bootstrap, &input, &msgs);
+    let mut want = std::collections::BTreeMap::<(i64, i64), (i64, i64)>::new();
+    for i in 0..n {
+        let (k, v, ts) = event(i);
+        let w = want.entry((k, ts / 1000)).or_default();
+        w.0 += 1;
+        w.1 += v;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("windows.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE events (k BIGINT, v BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
+             WITH ('connector' = 'kafka', 'topic' = '{input}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
+                'scan.startup.mode' = 'earliest-offset', 'rows-per-second' = '2000',
+                'properties.heartbeat.interval.ms' = '100',
+                'properties.session.timeout.ms' = '6000',
+                'properties.max.partition.fetch.bytes' = '4096');
+             CREATE TABLE out (k BIGINT, window_start TIMESTAMP(3), n BIGINT, total BIGINT)
+             WITH ('connector' = 'kafka', 'topic' = '{output}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json');
+             INSERT INTO out SELECT k, window_start, COUNT(*) AS n, SUM(v) AS total
+             FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '1' SECOND))
+             GROUP BY k, window_start, window_end;"
+        ),
+    )
+    .unwrap();
+    let cluster = unique("k");
+    let mut instances = vec![Instance::start(&sql, &cluster, "a", dir.path())];
+    instances[0].wait_for(ASSIGNED);
+    for name in ["b", "c"] {
+        instances.push(Instance::start(&sql, &cluster, name, dir.path()));
+    }
+    instances[1].wait_for(ASSIGNED);
+    std::thread::sleep(Duration::from_millis(2_500));
+    instances.remove(1).kill();
+    std::thread::sleep(Duration::from_millis(1_500));
+    instances.push(Instance::start(&sql, &cluster, "d", dir.path()));
+    // Every window, each once.
+    let start = Instant::now();
+    let windows = loop {
+        for i in instances.iter_mut() {
+            i.assert_running();
+        }
+        let mut windows = std::collections::BTreeMap::<(i64, i64), Vec<(i64, i64)>>::new();
+        for r in read_topic(bootstrap, &output) {
+            let v: serde_json::Value = serde_json::from_str(&r.payload).unwrap();
+            let start = v["window_start"].as_str().unwrap();
+            let start = log_time(&format!("{start}Z")).unwrap() as i64;
+            windows
+                .entry((v["k"].as_i64().unwrap(), start))
+                .or_default()
+                .push((v["n"].as_i64().unwrap(), v["total"].as_i64().unwrap()));
+        }
+        if windows.len() >= want.len() || start.elapsed() > Duration::from_secs(180) {
+            break windows;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let logs: Vec<String> = instances
+        .iter()
+        .map(|i| format!("--- {}:\n{}", i.name, i.log()))
+        .collect();
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| windows.get(*k) != Some(&vec![**v]))
+        .map(|(k, v)| (k, v, windows.get(k)))
+        .take(5)
+        .collect();
+    assert!(
+        wrong.is_empty() && windows.len() == want.len(),
+        "{} windows, {} expected; first wrong: {wrong:?}\n{}",
+        windows.len(),
+        want.len(),
+        logs.join("\n")
+    );
+    // The killed instance's partitions went on from its committed state elsewhere.
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("restoring a partition's state from the checkpoint")),
+        "no partition task restored state:\n{}",
+        logs.join("\n")
+    );
+    for i in instances {
+        i.kill();
+    }
+    delete_topics(bootstrap, &[&input, &output]).await;
+}

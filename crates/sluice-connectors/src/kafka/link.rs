@@ -35,7 +35,7 @@ pub(crate) struct TxnLink {
     consumer: Mutex<Weak<SourceConsumer>>,
     /// Per barrier passed by the source (counted from 1 in this attempt): the next
     /// offset of every partition it read or still holds, with the claim it held it by.
-    barriers: Mutex<VecDeque<(u64, Vec<Held>)>>,
+    barriers: Mutex<VecDeque<Passed>>,
     /// The partitions the source holds now, each by a claim of its own: a partition let
     /// go (and maybe taken back later) is never committed from an offset read under an
     /// earlier claim, which another member may have moved past since.
@@ -58,6 +58,12 @@ type Key = (String, u64, usize);
 
 /// A partition's offset, read under a claim.
 pub(crate) type Held = (Partition, i64, u64);
+
+/// A partition with its own watermark (epoch ms) at a barrier.
+pub(crate) type Watermarked = (Partition, i64);
+
+/// A barrier the source passed: its number, offsets and watermarks.
+type Passed = (u64, Vec<Held>, Vec<Watermarked>);
 
 static LINKS: LazyLock<Mutex<HashMap<Key, Weak<TxnLink>>>> = LazyLock::new(Mutex::default);
 
@@ -87,12 +93,13 @@ impl TxnLink {
         *locked(&self.partitions) = partitions;
     }
 
-    /// Of `held`, the indexes of those the source knew at start, and how many it knew.
-    pub(crate) fn writers(&self, held: &[Held]) -> (Vec<u32>, u32) {
+    /// Of `watermarks`, those of partitions the source knew at start, by their index
+    /// there, and how many it knew.
+    pub(crate) fn writers(&self, watermarks: &[(Partition, i64)]) -> (Vec<(u32, i64)>, u32) {
         let all = locked(&self.partitions);
-        let ids = held
+        let ids = watermarks
             .iter()
-            .filter_map(|(p, _, _)| all.iter().position(|q| q == p).map(|i| i as u32))
+            .filter_map(|(p, w)| Some((all.iter().position(|q| q == p)? as u32, *w)))
             .collect();
         (ids, all.len() as u32)
     }
@@ -109,7 +116,12 @@ impl TxnLink {
     }
 
     /// The source passed barrier `n` at these offsets.
-    pub(crate) fn push(&self, n: u64, offsets: Vec<(Partition, i64)>) {
+    pub(crate) fn push(
+        &self,
+        n: u64,
+        offsets: Vec<(Partition, i64)>,
+        watermarks: Vec<(Partition, i64)>,
+    ) {
         let offsets = {
             let held = locked(&self.held);
             offsets
@@ -121,21 +133,30 @@ impl TxnLink {
                 .collect()
         };
         let mut b = locked(&self.barriers);
-        b.push_back((n, offsets));
+        b.push_back((n, offsets, watermarks));
         while b.len() > KEPT {
             b.pop_front();
         }
     }
 
     /// The offsets at barrier `n` (those of earlier barriers are dropped).
+    #[cfg(test)]
     pub(crate) fn take(&self, n: u64) -> Option<Vec<Held>> {
+        self.take_with_watermarks(n).map(|(o, _)| o)
+    }
+
+    /// As [`Self::take`], with each partition's own watermark at the barrier.
+    pub(crate) fn take_with_watermarks(
+        &self,
+        n: u64,
+    ) -> Option<(Vec<Held>, Vec<Watermarked>)> {
         let mut b = locked(&self.barriers);
-        while let Some((k, offsets)) = b.pop_front() {
+        while let Some((k, offsets, wms)) = b.pop_front() {
             if k == n {
-                return Some(offsets);
+                return Some((offsets, wms));
             }
             if k > n {
-                b.push_front((k, offsets));
+                b.push_front((k, offsets, wms));
                 return None;
             }
         }
@@ -184,9 +205,9 @@ mod tests {
         let t0 = ("t".to_string(), 0);
         let p = |o| vec![(t0.clone(), o)];
         l.hold(&t0);
-        l.push(1, p(10));
-        l.push(2, p(20));
-        l.push(3, p(30));
+        l.push(1, p(10), vec![]);
+        l.push(2, p(20), vec![]);
+        l.push(3, p(30), vec![]);
         let two = l.take(2).unwrap();
         assert_eq!(l.still_held(&two), p(20));
         assert_eq!(l.take(2), None);
@@ -196,16 +217,16 @@ mod tests {
         assert!(l.still_held(&three).is_empty());
         l.hold(&t0);
         assert!(l.still_held(&three).is_empty());
-        l.push(4, p(40));
+        l.push(4, p(40), vec![]);
         assert_eq!(l.still_held(&l.take(4).unwrap()), p(40));
         // A partition not held is not pushed.
-        l.push(5, vec![(("t".to_string(), 9), 1)]);
+        l.push(5, vec![(("t".to_string(), 9), 1)], vec![]);
         assert!(l.take(5).unwrap().is_empty());
         l.committed(3);
         l.committed(2);
         assert_eq!(l.committed_through(), 3);
         for n in 0..100 {
-            l.push(n, p(n as i64));
+            l.push(n, p(n as i64), vec![]);
         }
         assert_eq!(l.still_held(&l.take(99).unwrap()), p(99));
     }

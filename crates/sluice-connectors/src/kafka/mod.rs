@@ -24,6 +24,7 @@ mod link;
 mod reader;
 mod sink;
 mod source;
+pub mod tasks;
 mod txn_log;
 mod watermarks;
 
@@ -70,6 +71,7 @@ const OPTIONS: &[&str] = &[
     "scan.bounded.mode",
     "scan.partition-assignment",
     "scan.watermark-records",
+    "scan.partitions",
     "dead-letter.topic",
     "rows-per-second",
     "sink.delivery-guarantee",

@@ -120,6 +120,11 @@ pub struct KafkaReader {
     /// An exactly-once cluster instance: the sink commits this subtask's offsets in its
     /// transactions (the source commits none itself).
     pub(crate) link: Option<Arc<TxnLink>>,
+    /// Barriers passed in this attempt, when partitions are not the group's to give
+    /// (the keyed part of a cluster job): they number the offsets given to the link.
+    pub(crate) passed: std::sync::atomic::AtomicU64,
+    /// Each split's own watermark at the barrier being taken (from the runtime).
+    pub(crate) split_watermarks: Vec<(usize, i64)>,
     /// `'scan.watermark-records'`: each split's writers and their watermarks.
     pub(crate) watermarks: Vec<PartitionWatermark>,
 }
@@ -536,6 +541,17 @@ impl KafkaReader {
         }
     }
 
+    /// The watermark of each partition this subtask reads, as the runtime last gave it.
+    fn partition_watermarks(&self) -> Vec<(Partition, i64)> {
+        self.split_watermarks
+            .iter()
+            .filter_map(|&(index, w)| {
+                let i = self.splits.iter().position(|s| s.index == index)?;
+                self.reads(i).then(|| (self.parts[i].clone(), w))
+            })
+            .collect()
+    }
+
     /// Of `positions`, those this reader commits to the group itself: none when the
     /// sink commits them in its transactions (an exactly-once cluster instance); in a
     /// cluster, only the partitions it still reads (another instance's are its own).
@@ -750,6 +766,23 @@ impl SourceReader for KafkaReader {
         consumer
             .assign(&tpl)
             .map_err(kafka_err("cannot assign partitions"))?;
+        if ctx
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.partition_task.is_some())
+            && ctx.checkpointing
+            && ctx.delivery == sluice_plan::DeliveryGuarantee::ExactlyOnce
+        {
+            // The keyed part of a cluster job: its sink commits these partitions'
+            // offsets in its transactions.
+            let link = super::link::link(&ctx.task.job, ctx.attempt, ctx.task.subtask);
+            link.attach(&consumer, &Arc::new(tokio::sync::Notify::new()));
+            link.set_partitions(self.config.partitions.clone());
+            for p in &self.parts {
+                link.hold(p);
+            }
+            self.link = Some(link);
+        }
         self.next = starts;
         self.ended = vec![false; self.splits.len()];
         for s in &self.splits {
@@ -774,6 +807,10 @@ impl SourceReader for KafkaReader {
 
     fn reports_watermarks(&self) -> bool {
         self.config.watermark_records
+    }
+
+    fn split_watermarks(&mut self, watermarks: &[(usize, i64)]) {
+        self.split_watermarks = watermarks.to_vec();
     }
 
     async fn read(&mut self, max_rows: usize, ctx: &mut OperatorContext) -> Result<ReadResult> {
@@ -837,8 +874,18 @@ impl SourceReader for KafkaReader {
                     .iter()
                     .map(|&(i, o)| (self.parts[i].clone(), o))
                     .collect();
-                link.push(passed, offsets);
+                link.push(passed, offsets, self.partition_watermarks());
             }
+        } else if let Some(link) = &self.link {
+            let passed = self
+                .passed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            let offsets = read
+                .iter()
+                .map(|&(i, o)| (self.parts[i].clone(), o))
+                .collect();
+            link.push(passed, offsets, self.partition_watermarks());
         }
         Ok(out)
     }

@@ -448,7 +448,33 @@ impl SourceConnector for KafkaSourceConnector {
                 "'scan.partition-assignment' = 'group' moves partitions one by one, which needs 'properties.partition.assignment.strategy' = 'cooperative-sticky' (the default here) or 'properties.group.protocol' = 'consumer', not `{s}`"
             )));
         }
-        let partitions = partitions(&props, &topics)?;
+        let mut partitions = partitions(&props, &topics)?;
+        if let Some(only) = o.str("scan.partitions") {
+            // Some partitions alone (the keyed part of a cluster job reads one).
+            let wanted = only
+                .split(',')
+                .map(|p| p.trim().parse::<i32>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    SluiceError::user(format!(
+                        "option `scan.partitions` is `{only}`; expected partition numbers, e.g. '0,3'"
+                    ))
+                })?;
+            if group_assignment {
+                return Err(SluiceError::user(
+                    "option `scan.partitions` names the partitions to read; 'scan.partition-assignment' = 'group' lets the group choose them: not both",
+                ));
+            }
+            if let Some(p) = wanted
+                .iter()
+                .find(|p| !partitions.iter().any(|(_, q)| q == *p))
+            {
+                return Err(SluiceError::user(format!(
+                    "option `scan.partitions` names partition {p}, which the topic does not have"
+                )));
+            }
+            partitions.retain(|(_, p)| wanted.contains(p));
+        }
         Ok(KafkaSourceConfig {
             rows_per_second,
             props,
@@ -531,6 +557,8 @@ impl SourceConnector for KafkaSourceConnector {
                 .map(|r| Pacer::new(r / task.parallelism as f64)),
             last_complete: None,
             link: None,
+            passed: Default::default(),
+            split_watermarks: Vec::new(),
             watermarks: Vec::new(),
         }))
     }

@@ -24,7 +24,7 @@ use crate::operator::Timers;
 use crate::state::OperatorState;
 
 pub use crate::metrics::{CheckpointRecord, CheckpointStats, CheckpointStatus};
-pub use storage::CheckpointStorage;
+pub use storage::{CheckpointStorage, checkpoint_dir};
 
 /// Name of the file that marks a checkpoint complete.
 pub const MANIFEST: &str = "_manifest.json";

@@ -140,6 +140,15 @@ impl SplitClocks {
         c.max_ts = c.max_ts.max(watermark);
     }
 
+    /// Each split's own watermark (splits that had rows or a reported watermark).
+    pub(crate) fn split_watermarks(&self) -> Vec<(usize, i64)> {
+        self.splits
+            .iter()
+            .filter(|(_, c)| c.max_ts != i64::MIN)
+            .map(|(&s, c)| (s, c.max_ts.saturating_sub(self.bound)))
+            .collect()
+    }
+
     /// `split` has no more rows.
     pub(crate) fn end(&mut self, split: usize) {
         self.splits.remove(&split);
@@ -262,6 +271,7 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
             ctrl = src.control.recv() => match ctrl {
                 Some(SourceControl::Barrier(b)) => {
                     flush(&mut src, &mut chain, &mut pending, &mut clocks, &mut last_wm).await?;
+                    src.reader.split_watermarks(&clocks.split_watermarks());
                     let own = src.snapshot(&clocks, cp.is_some())?;
                     if cp.is_some() {
                         recorded.insert(b.epoch, own.positions.clone());

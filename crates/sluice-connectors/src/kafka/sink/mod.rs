@@ -226,6 +226,7 @@ impl SinkConnector for KafkaSinkConnector {
             "dead-letter.topic",
             "rows-per-second",
             "scan.watermark-records",
+            "scan.partitions",
         ] {
             if o.str(source_only).is_some() {
                 return Err(SluiceError::user(format!(

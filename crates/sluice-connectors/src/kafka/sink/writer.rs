@@ -126,8 +126,12 @@ pub struct KafkaSinkOperator {
     /// `'sink.watermark-records'`: the input's watermark, the last one written, and
     /// when (without checkpoints they are written every so often).
     watermark: Option<i64>,
-    watermark_written: Option<i64>,
+    watermarks_written: std::collections::HashMap<u32, i64>,
     watermark_at: std::time::Instant,
+    /// The keyed part of a cluster job: its run's name, which the offsets its
+    /// transactions commit carry with the checkpoint's epoch (`TOKEN:EPOCH`), so that
+    /// the partition's next owner restores that very checkpoint.
+    task_token: Option<String>,
 }
 
 fn encode_headers(out: &mut Vec<u8>, headers: &[(&str, Option<&[u8]>)]) {
@@ -206,43 +210,48 @@ impl KafkaSinkOperator {
             link: None,
             barriers: 0,
             watermark: None,
-            watermark_written: None,
+            watermarks_written: Default::default(),
             watermark_at: std::time::Instant::now(),
+            task_token: None,
         })
     }
 
-    /// Writes the input's watermark into every partition, if it advanced since the
-    /// last time, for `writers` of `of` (see [`super::super::watermarks`]): into the
-    /// open transaction when exactly-once, else straight to the producer.
-    async fn write_watermark(&mut self, writers: Vec<u32>, of: u32) -> Result<()> {
-        let Some(wm) = self
-            .watermark
-            .filter(|w| self.watermark_written.is_none_or(|old| *w > old))
-        else {
-            return Ok(());
-        };
-        if !self.config.watermark_records || writers.is_empty() {
+    /// Writes watermark records into every partition for `writers` (each writer's
+    /// watermark) of `of` (see [`super::super::watermarks`]), those that advanced since
+    /// the last time: into the open transaction when exactly-once, else straight to the
+    /// producer.
+    async fn write_watermarks(&mut self, writers: Vec<(u32, i64)>, of: u32) -> Result<()> {
+        if !self.config.watermark_records {
             return Ok(());
         }
-        let key = WatermarkRecord {
-            watermark: wm,
-            writers,
-            of,
+        let advanced: Vec<(u32, i64)> = writers
+            .into_iter()
+            .filter(|(w, wm)| self.watermarks_written.get(w).is_none_or(|old| wm > old))
+            .collect();
+        if advanced.is_empty() {
+            return Ok(());
         }
-        .key();
         let mut txn = std::mem::take(&mut self.current);
         let from = txn.recs.len();
-        for p in 0..self.config.partitions {
-            let s = txn.data.len();
-            txn.data.extend_from_slice(&key);
-            let e = txn.data.len();
-            txn.recs.push(Rec {
-                key: Some((s, e)),
-                value: None,
-                headers: (e, e),
-                partition: Some(p),
-                timestamp: None,
-            });
+        for &(writer, watermark) in &advanced {
+            let key = WatermarkRecord {
+                watermark,
+                writers: vec![writer],
+                of,
+            }
+            .key();
+            for p in 0..self.config.partitions {
+                let s = txn.data.len();
+                txn.data.extend_from_slice(&key);
+                let e = txn.data.len();
+                txn.recs.push(Rec {
+                    key: Some((s, e)),
+                    value: None,
+                    headers: (e, e),
+                    partition: Some(p),
+                    timestamp: None,
+                });
+            }
         }
         let r = match self.guarantee {
             Guarantee::ExactlyOnce => {
@@ -269,15 +278,16 @@ impl KafkaSinkOperator {
             }
         };
         self.current = txn;
-        self.watermark_written = Some(wm);
+        self.watermarks_written.extend(advanced);
         self.watermark_at = std::time::Instant::now();
         r
     }
 
     /// This subtask as the writer of watermark records when no cluster link says
-    /// otherwise: one of the sink's subtasks.
-    fn own_writers(&self) -> (Vec<u32>, u32) {
-        (vec![self.subtask as u32], self.parallelism as u32)
+    /// otherwise: one of the sink's subtasks, with its input's watermark.
+    fn own_writers(&self) -> (Vec<(u32, i64)>, u32) {
+        let w = self.watermark.map(|w| (self.subtask as u32, w));
+        (w.into_iter().collect(), self.parallelism as u32)
     }
 
     fn producer(&self) -> Result<&SinkProducer> {
@@ -592,6 +602,9 @@ impl KafkaSinkOperator {
         for ((t, p), o) in &offsets {
             tpl.add_partition_offset(t, *p, rdkafka::Offset::Offset(*o))
                 .map_err(kafka_err("bad partition"))?;
+            if let (Some(token), Some(mut e)) = (&self.task_token, tpl.find_partition(t, *p)) {
+                e.set_metadata(format!("{token}:{}", txn.epoch));
+            }
         }
         let group = match offsets.is_empty() {
             true => None,
@@ -753,6 +766,7 @@ impl Operator for KafkaSinkOperator {
                 ctx.attempt,
                 ctx.task.subtask,
             ));
+            self.task_token = c.partition_task.as_ref().map(|t| t.token.clone());
         }
         let mut cfg = client_config(&self.config.props);
         if !self.config.props.contains_key("partitioner") {
@@ -846,12 +860,12 @@ impl Operator for KafkaSinkOperator {
         match self.guarantee {
             Guarantee::None => {
                 let (w, of) = self.own_writers();
-                self.write_watermark(w, of).await?;
+                self.write_watermarks(w, of).await?;
                 return Ok(OperatorState::default());
             }
             Guarantee::AtLeastOnce => {
                 let (w, of) = self.own_writers();
-                self.write_watermark(w, of).await?;
+                self.write_watermarks(w, of).await?;
                 self.flush().await?;
                 return Ok(OperatorState::default());
             }
@@ -861,15 +875,17 @@ impl Operator for KafkaSinkOperator {
             // A cluster instance: the transaction carries the source's offsets at this
             // barrier, and nothing goes into the checkpoint (the commit is the truth).
             self.barriers += 1;
-            let offsets = link.take(self.barriers).ok_or_else(|| {
-                SluiceError::internal(format!(
-                    "the source's offsets at barrier {} did not reach the Kafka sink",
-                    self.barriers
-                ))
-            })?;
-            // Its watermark speaks for the partitions it read.
-            let (w, of) = link.writers(&offsets);
-            self.write_watermark(w, of).await?;
+            let (offsets, watermarks) =
+                link.take_with_watermarks(self.barriers).ok_or_else(|| {
+                    SluiceError::internal(format!(
+                        "the source's offsets at barrier {} did not reach the Kafka sink",
+                        self.barriers
+                    ))
+                })?;
+            // Each source partition's own watermark (a partition taken over from another
+            // instance starts behind the others).
+            let (w, of) = link.writers(&watermarks);
+            self.write_watermarks(w, of).await?;
             if self.current.sent {
                 self.flush().await?;
             }
@@ -880,7 +896,7 @@ impl Operator for KafkaSinkOperator {
             return Ok(OperatorState::default());
         }
         let (w, of) = self.own_writers();
-        self.write_watermark(w, of).await?;
+        self.write_watermarks(w, of).await?;
         if self.current.sent {
             self.flush().await?;
         }
@@ -1042,7 +1058,7 @@ impl Operator for KafkaSinkOperator {
             // With checkpoints it goes out at each barrier (in its transaction).
             if !ctx.checkpointing && self.watermark_at.elapsed() >= WRITE_EVERY {
                 let (w, of) = self.own_writers();
-                self.write_watermark(w, of).await?;
+                self.write_watermarks(w, of).await?;
             }
         }
         Ok(Some(watermark))
@@ -1059,7 +1075,7 @@ impl Operator for KafkaSinkOperator {
             _ => {
                 if !ctx.checkpointing {
                     let (w, of) = self.own_writers();
-                    self.write_watermark(w, of).await?;
+                    self.write_watermarks(w, of).await?;
                 }
                 self.flush().await
             }
