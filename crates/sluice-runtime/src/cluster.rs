@@ -39,11 +39,13 @@ pub(crate) fn prepare(plan: &mut JobPlan) -> Result<()> {
     };
     if cluster.partition_task.is_some() {
         // The keyed part of a cluster job, for one partition (see [`split_keyed`]): it
-        // restores from the checkpoint its partition's committed offset names.
+        // restores from the checkpoint its partition's committed offset names, which
+        // is among the newest three (a commit follows its checkpoint at once).
         plan.config
             .checkpoint
             .interval
             .get_or_insert(DEFAULT_INTERVAL);
+        plan.config.checkpoint.retained = plan.config.checkpoint.retained.max(3);
         transaction_timeouts(plan);
         return Ok(());
     }
@@ -104,7 +106,7 @@ pub(crate) fn prepare(plan: &mut JobPlan) -> Result<()> {
             }
             k if !k.is_stateless() => {
                 return refuse(format!(
-                    "`{}` keeps keyed state, and state shared between instances (repartition topics, state in object storage) is not built yet; run it in one process",
+                    "`{}` keeps keyed state: such a job runs as instances of a cluster with `sluice run --cluster` (which splits it at its keyed exchange), not as a server's job yet",
                     n.name
                 ));
             }
@@ -129,7 +131,7 @@ pub(crate) fn prepare(plan: &mut JobPlan) -> Result<()> {
         .find(|e| e.partitioning != Partitioning::Forward)
     {
         return refuse(format!(
-            "rows go from `{}` to `{}` by {}; between instances that needs a repartition topic, which is not built yet",
+            "rows go from `{}` to `{}` by {}; between instances rows change hands through a repartition topic only at the keyed exchange of a job with keyed state (`sluice run --cluster` splits it there)",
             plan.nodes[e.from].name, plan.nodes[e.to].name, e.partitioning
         ));
     }
@@ -208,16 +210,9 @@ pub struct KeyedSplit {
 impl KeyedSplit {
     /// Where the back job for `partition` run as `token` keeps checkpoint `epoch`.
     pub fn checkpoint_location(&self, partition: i32, token: &str, epoch: u64) -> String {
-        let dir = self.checkpoint_base();
-        let name = self
-            .back
-            .config
-            .cluster
-            .as_ref()
-            .map_or("", |c| c.name.as_str());
         format!(
-            "{}/{name}/p{partition}/{token}/{}",
-            dir.trim_end_matches('/'),
+            "{}/{token}/{}",
+            self.partition_checkpoints(partition),
             crate::checkpoint::checkpoint_dir("chk", epoch)
         )
     }
@@ -231,6 +226,21 @@ impl KeyedSplit {
             .dir
             .clone()
             .unwrap_or_else(|| format!("sluice-checkpoints/{}", self.back.name))
+    }
+
+    /// Where the runs of the back job for `partition` keep their checkpoints, each
+    /// under its token.
+    pub fn partition_checkpoints(&self, partition: i32) -> String {
+        let name = self
+            .back
+            .config
+            .cluster
+            .as_ref()
+            .map_or("", |c| c.name.as_str());
+        format!(
+            "{}/{name}/p{partition}",
+            self.checkpoint_base().trim_end_matches('/')
+        )
     }
 
     /// The back job for partition `partition`, as run `token` (unique per run): it reads
@@ -303,6 +313,14 @@ pub fn split_keyed(
     let Partitioning::Hash(keys) = &exchange.partitioning else {
         unreachable!("invariant: filtered to hash edges");
     };
+    if plan.config.checkpoint.delivery != sluice_plan::DeliveryGuarantee::ExactlyOnce {
+        // Each partition's state goes with the transaction that commits its offset, and
+        // watermarks speak for source partitions through the same link.
+        return refuse(format!(
+            "it keeps keyed state, which instances hand over through their exactly-once transactions; run it --delivery exactly-once (this job: {})",
+            plan.config.checkpoint.delivery
+        ));
+    }
     // The front: everything upstream of the exchange.
     let mut front_nodes = BTreeSet::new();
     let mut todo = vec![exchange.from];
@@ -567,6 +585,54 @@ mod tests {
             panic!()
         };
         assert_eq!(sink.options["properties.transaction.timeout.ms"], "10000");
+    }
+
+    #[test]
+    fn keyed_jobs_split_only_at_one_exchange_and_exactly_once() {
+        let registry = ConnectorRegistry::default();
+        // Stateless: nothing to split.
+        assert!(
+            split_keyed(&kafka_job(false), &registry, 4)
+                .unwrap()
+                .is_none()
+        );
+        let mut plan = kafka_job(true);
+        plan.config.checkpoint.delivery = sluice_plan::DeliveryGuarantee::AtLeastOnce;
+        let e = split_keyed(&plan, &registry, 4).err().unwrap().to_string();
+        assert!(e.contains("--delivery exactly-once"), "{e}");
+        plan.config.checkpoint.delivery = sluice_plan::DeliveryGuarantee::ExactlyOnce;
+        // A second exchange by key.
+        let extra = plan.add_node("again", 2, NodeKind::Sink(ConnectorSpec::new("kafka")));
+        plan.add_edge(0, extra, Partitioning::Hash(vec!["other".into()]));
+        let e = split_keyed(&plan, &registry, 4).err().unwrap().to_string();
+        assert!(e.contains("2 times"), "{e}");
+        // A file sink after the exchange.
+        let mut plan = kafka_job(true);
+        plan.config.checkpoint.delivery = sluice_plan::DeliveryGuarantee::ExactlyOnce;
+        plan.nodes[1].kind = NodeKind::Sink(ConnectorSpec::new("filesystem"));
+        let e = split_keyed(&plan, &registry, 4).err().unwrap().to_string();
+        assert!(e.contains("`filesystem`"), "{e}");
+    }
+
+    #[test]
+    fn a_partition_task_keeps_three_checkpoints_and_its_restore() {
+        let mut plan = kafka_job(false);
+        plan.config.checkpoint.retained = 1;
+        plan.config.restore = Some(sluice_plan::RestoreFrom::Path("x/chk-00000002".into()));
+        if let Some(c) = plan.config.cluster.as_mut() {
+            c.partition_task = Some(sluice_plan::PartitionTask {
+                partition: 3,
+                token: "a-1".into(),
+            });
+        }
+        prepare(&mut plan).unwrap();
+        assert_eq!(plan.config.checkpoint.retained, 3);
+        assert!(plan.config.restore.is_some());
+        // It reads the partition it is given, not what a group gives.
+        let NodeKind::Source(s) = &plan.nodes[0].kind else {
+            panic!()
+        };
+        assert!(!s.spec.options.contains_key("scan.partition-assignment"));
     }
 
     #[test]

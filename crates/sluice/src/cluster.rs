@@ -192,6 +192,17 @@ async fn run_task(
     }
 }
 
+/// Deletes the checkpoints of the runs under `dir` other than `keep`.
+async fn forget_runs(dir: &str, keep: &[String]) -> Result<()> {
+    let storage = sluice_runtime::checkpoint::CheckpointStorage::open(dir)?;
+    for run in storage.children().await? {
+        if !keep.contains(&run) {
+            storage.child(&run).delete_all("chk").await?;
+        }
+    }
+    Ok(())
+}
+
 /// One run of a partition task: `Ok` once cancelled (or its input ended).
 async fn task_once(
     split: &KeyedSplit,
@@ -226,6 +237,19 @@ async fn task_once(
     let pipeline = Pipeline::from_plan(plan);
     pipeline.registry(registry.clone());
     let handle = pipeline.start().await?;
+    // Earlier runs' checkpoints are of no more use, but the one restored (until this
+    // run commits one of its own).
+    let keep: Vec<String> = committed
+        .map(|(_, from, _)| from)
+        .into_iter()
+        .chain([token])
+        .collect();
+    let dir = split.partition_checkpoints(partition);
+    tokio::spawn(async move {
+        if let Err(e) = forget_runs(&dir, &keep).await {
+            tracing::warn!(error = %e, dir = %dir, "cannot delete the checkpoints of a partition's earlier tasks");
+        }
+    });
     let stop = handle.stop_handle();
     let wait = handle.wait();
     tokio::pin!(wait);

@@ -1217,6 +1217,30 @@ async fn keyed_windows_across_instances_survive_a_kill_with_their_state() {
         "no partition task restored state:\n{}",
         logs.join("\n")
     );
+    // Each partition keeps the checkpoints of its current task (and of the one it
+    // restored), not those of every task it ever had.
+    let partitions = dir.path().join("checkpoints").join(&cluster);
+    for p in std::fs::read_dir(&partitions).unwrap() {
+        let p = p.unwrap().path();
+        if !p.file_name().unwrap().to_string_lossy().starts_with('p') {
+            continue;
+        }
+        let runs_with_checkpoints = std::fs::read_dir(&p)
+            .unwrap()
+            .filter(|run| {
+                let run = run.as_ref().unwrap().path();
+                std::fs::read_dir(&run).is_ok_and(|mut cps| {
+                    cps.any(|c| c.unwrap().path().join("_manifest.json").exists())
+                })
+            })
+            .count();
+        assert!(
+            (1..=2).contains(&runs_with_checkpoints),
+            "{} runs keep checkpoints in {}",
+            runs_with_checkpoints,
+            p.display()
+        );
+    }
     for i in instances {
         i.kill();
     }

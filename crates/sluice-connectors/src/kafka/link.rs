@@ -146,10 +146,7 @@ impl TxnLink {
     }
 
     /// As [`Self::take`], with each partition's own watermark at the barrier.
-    pub(crate) fn take_with_watermarks(
-        &self,
-        n: u64,
-    ) -> Option<(Vec<Held>, Vec<Watermarked>)> {
+    pub(crate) fn take_with_watermarks(&self, n: u64) -> Option<(Vec<Held>, Vec<Watermarked>)> {
         let mut b = locked(&self.barriers);
         while let Some((k, offsets, wms)) = b.pop_front() {
             if k == n {

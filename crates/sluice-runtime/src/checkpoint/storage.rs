@@ -296,6 +296,29 @@ impl CheckpointStorage {
         Ok(())
     }
 
+    /// The names of the directories directly under this location.
+    pub async fn children(&self) -> Result<Vec<String>> {
+        let root = (!self.root.as_ref().is_empty()).then_some(&self.root);
+        let listing = self
+            .store
+            .list_with_delimiter(root)
+            .await
+            .map_err(io_err(format!("listing {} failed", self.display)))?;
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| Some(p.filename()?.to_string()))
+            .collect())
+    }
+
+    /// Deletes every checkpoint named `<prefix>-<epoch>` here.
+    pub async fn delete_all(&self, prefix: &str) -> Result<()> {
+        for (_, dir) in self.epochs(prefix).await? {
+            self.delete_dir(&dir).await?;
+        }
+        Ok(())
+    }
+
     /// Deletes every file of `dir` (the manifest last is not needed: it goes first, so
     /// a half-deleted checkpoint is never taken for a complete one).
     pub async fn delete_dir(&self, dir: &str) -> Result<()> {
