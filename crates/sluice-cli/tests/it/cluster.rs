@@ -1217,6 +1217,36 @@ async fn keyed_windows_across_instances_survive_a_kill_with_their_state() {
         "no partition task restored state:\n{}",
         logs.join("\n")
     );
+    // `ps --cluster` shows which instance runs which partition's keyed task.
+    let out = Command::new(BIN)
+        .args([
+            "ps",
+            "--cluster",
+            &cluster,
+            "--bootstrap",
+            bootstrap,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut tasks: Vec<String> = Vec::new();
+    for i in r["instances"].as_array().into_iter().flatten() {
+        assert!(
+            ["a", "c", "d"].contains(&i["instance"].as_str().unwrap_or_default()),
+            "{r}"
+        );
+        for t in i["tasks"].as_array().into_iter().flatten() {
+            tasks.push(t.as_str().unwrap_or_default().to_string());
+        }
+    }
+    tasks.sort();
+    assert_eq!(
+        tasks.len(),
+        4,
+        "every partition of the repartition topic has one task: {r}"
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout));
     // Each partition keeps the checkpoints of its current task (and of the one it
     // restored), not those of every task it ever had.
     let partitions = dir.path().join("checkpoints").join(&cluster);

@@ -128,6 +128,11 @@ pub struct InstanceReport {
     pub partitions: Vec<String>,
     /// Records between the group's committed offsets and the ends of its partitions.
     pub lag: i64,
+    /// A job with keyed state: the partitions of its repartition topic whose tasks
+    /// (keyed state and all) this instance runs.
+    pub tasks: Vec<String>,
+    /// Records of those partitions not committed yet by their tasks.
+    pub task_lag: i64,
 }
 
 /// A cluster's consumer group: its instances and where each partition stands.
@@ -194,6 +199,8 @@ pub fn cluster_status(
                     subtasks: 0,
                     partitions: Vec::new(),
                     lag: 0,
+                    tasks: Vec::new(),
+                    task_lag: 0,
                 });
                 instances.len() - 1
             }
@@ -224,8 +231,10 @@ pub fn cluster_status(
             partitions.push((topic.clone(), p));
         }
     }
+    add_tasks(&client, bootstrap, cluster, &mut instances, timeout)?;
     for r in &mut instances {
         r.partitions.sort();
+        r.tasks.sort();
     }
     instances.sort_by(|a, b| a.instance.cmp(&b.instance));
     Ok(ClusterReport {
@@ -236,6 +245,75 @@ pub fn cluster_status(
         others,
         partitions,
     })
+}
+
+/// A job with keyed state: which instance runs the task of which partition of its
+/// repartition topic (members `sluice-CLUSTER-INSTANCE-tasks` of group
+/// `sluice-CLUSTER-repartition`), and how far each task has committed (group
+/// `sluice-CLUSTER-tasks`). Nothing for other jobs.
+fn add_tasks(
+    client: &BaseConsumer,
+    bootstrap: &str,
+    cluster: &str,
+    instances: &mut Vec<InstanceReport>,
+    timeout: Duration,
+) -> Result<()> {
+    let group = format!("sluice-{cluster}-repartition");
+    let groups = client
+        .fetch_group_list(Some(&group), timeout)
+        .map_err(err(format!("cannot describe the consumer group `{group}`")))?;
+    let Some(g) = groups.groups().iter().find(|g| g.name() == group) else {
+        return Ok(());
+    };
+    let prefix = format!("sluice-{cluster}-");
+    let mut owner: Vec<((String, i32), usize)> = Vec::new();
+    for m in g.members() {
+        let Some(instance) = m
+            .client_id()
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix("-tasks"))
+        else {
+            continue;
+        };
+        let i = match instances.iter().position(|r| r.instance == instance) {
+            Some(i) => i,
+            None => {
+                instances.push(InstanceReport {
+                    instance: instance.to_string(),
+                    host: m.client_host().trim_start_matches('/').to_string(),
+                    subtasks: 0,
+                    partitions: Vec::new(),
+                    lag: 0,
+                    tasks: Vec::new(),
+                    task_lag: 0,
+                });
+                instances.len() - 1
+            }
+        };
+        for (t, ps) in m.assignment().map(decode_assignment).unwrap_or_default() {
+            for p in ps {
+                instances[i].tasks.push(format!("{t}/{p}"));
+                owner.push(((t.clone(), p), i));
+            }
+        }
+    }
+    let mut topics: Vec<String> = owner.iter().map(|((t, _), _)| t.clone()).collect();
+    topics.sort();
+    topics.dedup();
+    let offsets = format!("sluice-{cluster}-tasks");
+    for topic in &topics {
+        let ends = topic_ends(client, bootstrap, topic, timeout)?;
+        let committed = committed_offsets(bootstrap, &offsets, topic, &ends, timeout)?;
+        for p in lags(&ends, &committed) {
+            if let Some(&(_, i)) = owner
+                .iter()
+                .find(|(k, _)| k.0 == *topic && k.1 == p.partition)
+            {
+                instances[i].task_lag += p.lag.unwrap_or(p.end);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A cluster report as a table.
@@ -260,6 +338,14 @@ pub fn render_cluster(cluster: &str, r: &ClusterReport) -> String {
             i.lag,
             i.partitions.join(" ")
         );
+        if !i.tasks.is_empty() {
+            let _ = writeln!(
+                s,
+                "    keyed tasks {}  lag {}",
+                i.tasks.join(" "),
+                i.task_lag
+            );
+        }
     }
     for m in &r.others {
         let _ = writeln!(

@@ -275,7 +275,8 @@ ${lines.map((l, i) => `<text x="8" y="${40 + i * 18}" class="node-metric">${esc(
         $("#cluster tbody").innerHTML = c.instances
           .map(
             (i) => `<tr><td>${esc(i.instance)}</td><td>${esc(i.host)}</td><td class="n">${i.subtasks}</td>
-<td>${esc(i.partitions.join(", "))}</td><td class="n">${num(i.lag)}</td></tr>`
+<td>${esc(i.partitions.join(", "))}</td><td class="n">${num(i.lag)}</td>
+<td>${esc(i.tasks.join(", ")) || "–"}</td><td class="n">${i.tasks.length ? num(i.task_lag) : "–"}</td></tr>`
           )
           .join("");
       } catch (e) {
