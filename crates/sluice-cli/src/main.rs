@@ -743,10 +743,9 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             if checkpoints.cluster.is_some() {
                 let registry = pipeline.connector_registry();
                 if let Some(split) = sluice::cluster::keyed(&pipeline.plan()?, &registry)? {
-                    if metrics_bind.is_some() {
-                        bail!(
-                            "--metrics-bind is not served by a cluster instance of a job with keyed state yet"
-                        );
+                    let jobs = sluice::cluster::RunningJobs::default();
+                    if let Some(addr) = &metrics_bind {
+                        run::serve_cluster_metrics(addr, Arc::clone(&jobs)).await?;
                     }
                     let (stop_tx, stop) = tokio::sync::watch::channel(false);
                     tokio::spawn(async move {
@@ -762,6 +761,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                         registry,
                         checkpoints.restart_strategy()?,
                         stop,
+                        jobs,
                     )
                     .await?;
                     return Ok(());

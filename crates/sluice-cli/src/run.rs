@@ -64,6 +64,35 @@ pub(crate) async fn serve_metrics(
     Ok(())
 }
 
+/// Serves the metrics of the jobs a keyed cluster instance runs (its front and its
+/// partition tasks, each under its own job name) at `http://ADDR/metrics`.
+#[cfg(feature = "kafka")]
+pub(crate) async fn serve_cluster_metrics(
+    addr: &str,
+    jobs: sluice::cluster::RunningJobs,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve metrics at {addr}"))?;
+    let list = move || -> Vec<RunJob> {
+        jobs.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, metrics)| RunJob {
+                name: name.clone(),
+                metrics: Arc::clone(metrics),
+                restarts: 0,
+            })
+            .collect()
+    };
+    tokio::spawn(async move {
+        if let Err(e) = sluice_server::serve_metrics(listener, list).await {
+            tracing::warn!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    Ok(())
+}
+
 /// Waits for Ctrl-C or (on Unix) SIGTERM, which is how supervisors such as Kubernetes
 /// and systemd ask a process to stop; `false` when signals cannot be watched.
 pub(crate) async fn interrupted() -> bool {

@@ -27,6 +27,21 @@ use tokio::sync::watch;
 use crate::Pipeline;
 use crate::restart::RestartStrategy;
 
+/// The jobs an instance runs now (its front and its partition tasks) by name, with their
+/// metrics: what its metrics endpoint serves.
+pub type RunningJobs = Arc<
+    std::sync::Mutex<std::collections::BTreeMap<String, Arc<sluice_runtime::metrics::JobMetrics>>>,
+>;
+
+fn running(
+    jobs: &RunningJobs,
+) -> std::sync::MutexGuard<
+    '_,
+    std::collections::BTreeMap<String, Arc<sluice_runtime::metrics::JobMetrics>>,
+> {
+    jobs.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// How long a failed partition task waits before it starts again.
 const TASK_RESTART_DELAY: Duration = Duration::from_secs(1);
 
@@ -72,6 +87,7 @@ pub async fn run_keyed(
     registry: ConnectorRegistry,
     strategy: RestartStrategy,
     mut stop: watch::Receiver<bool>,
+    jobs: RunningJobs,
 ) -> Result<()> {
     tasks::ensure_repartition_topic(&split.client, &split.topic, split.partitions).await?;
     let split = Arc::new(split);
@@ -85,9 +101,12 @@ pub async fn run_keyed(
     let front = Pipeline::from_plan(split.front.clone());
     front.registry(registry.clone());
     let (front_stop_tx, mut front_stop) = watch::channel(None);
+    let front_jobs = Arc::clone(&jobs);
+    let front_name = split.front.name.clone();
     let mut front_run = tokio::spawn(async move {
         front
             .run_with_restarts(strategy, |h| {
+                running(&front_jobs).insert(front_name.clone(), h.metrics());
                 let _ = front_stop_tx.send(Some(h.stop_handle()));
             })
             .await
@@ -117,6 +136,7 @@ pub async fn run_keyed(
                             cluster.instance.clone(),
                             p,
                             cancelled,
+                            Arc::clone(&jobs),
                         ));
                         if let Some((old, h)) = running.insert(p, (cancel, task)) {
                             let _ = old.send(true);
@@ -172,15 +192,31 @@ async fn run_task(
     instance: String,
     partition: i32,
     mut cancel: watch::Receiver<bool>,
+    jobs: RunningJobs,
 ) {
     let mut run = 0u32;
+    let name = format!("{}-p{partition}", split.back.name);
     loop {
         if *cancel.borrow() {
+            running(&jobs).remove(&name);
             return;
         }
         run += 1;
-        match task_once(&split, &registry, &instance, partition, run, &mut cancel).await {
-            Ok(()) => return,
+        let r = task_once(
+            &split,
+            &registry,
+            &instance,
+            partition,
+            run,
+            &mut cancel,
+            &jobs,
+        )
+        .await;
+        match r {
+            Ok(()) => {
+                running(&jobs).remove(&name);
+                return;
+            }
             Err(e) => {
                 tracing::warn!(partition, error = %e, "a partition task failed; starting it again from its partition's last committed checkpoint");
                 tokio::select! {
@@ -211,6 +247,7 @@ async fn task_once(
     partition: i32,
     run: u32,
     cancel: &mut watch::Receiver<bool>,
+    jobs: &RunningJobs,
 ) -> Result<()> {
     let (client, group, topic) = (
         split.client.clone(),
@@ -234,9 +271,11 @@ async fn task_once(
         tracing::info!(partition, offset, checkpoint = %at, "restoring a partition's state from the checkpoint its committed offset names");
         plan.config.restore = Some(RestoreFrom::Path(at));
     }
+    let plan_name = plan.name.clone();
     let pipeline = Pipeline::from_plan(plan);
     pipeline.registry(registry.clone());
     let handle = pipeline.start().await?;
+    running(jobs).insert(plan_name, handle.metrics());
     // Earlier runs' checkpoints are of no more use, but the one restored (until this
     // run commits one of its own).
     let keep: Vec<String> = committed

@@ -1161,8 +1161,34 @@ async fn keyed_windows_across_instances_survive_a_kill_with_their_state() {
     )
     .unwrap();
     let cluster = unique("k");
-    let mut instances = vec![Instance::start(&sql, &cluster, "a", dir.path())];
+    let bind = format!("127.0.0.1:{}", crate::broker::free_port());
+    let mut instances = vec![Instance::start_with(
+        &sql,
+        &cluster,
+        "a",
+        dir.path(),
+        &["--metrics-bind", &bind],
+    )];
     instances[0].wait_for(ASSIGNED);
+    // Its metrics endpoint serves the front and every partition task it runs, each as
+    // a job of its own.
+    let start = Instant::now();
+    loop {
+        let (status, text) = sluice::connectors::http::HttpUrl::parse(&format!("http://{bind}"))
+            .unwrap()
+            .request("GET", "/metrics", None, &[])
+            .unwrap();
+        assert_eq!(status, 200, "{text}");
+        if text.contains("job_name=\"windows-front\"") && text.contains("job_name=\"windows-back-p")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the front and the partition tasks are not in the metrics:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for name in ["b", "c"] {
         instances.push(Instance::start(&sql, &cluster, name, dir.path()));
     }
