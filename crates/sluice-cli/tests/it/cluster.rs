@@ -11,27 +11,33 @@ use crate::broker::{Broker, kafka};
 use crate::kafka::{BIN, create_topic, delete_topics, id_msgs, produce, read_topic, unique};
 
 /// What an instance logs when it starts reading a partition.
-const ASSIGNED: &str = "reading a partition the consumer group assigned";
+pub(crate) const ASSIGNED: &str = "reading a partition the consumer group assigned";
 
 /// One instance: its process and its log.
-struct Instance {
-    name: String,
-    child: Child,
+pub(crate) struct Instance {
+    pub(crate) name: String,
+    pub(crate) child: Child,
     log: PathBuf,
 }
 
 impl Instance {
-    fn start(sql: &Path, cluster: &str, name: &str, dir: &Path) -> Instance {
+    pub(crate) fn start(sql: &Path, cluster: &str, name: &str, dir: &Path) -> Instance {
         Self::start_in(None, sql, cluster, name, dir)
     }
 
     /// An instance with more flags.
-    fn start_with(sql: &Path, cluster: &str, name: &str, dir: &Path, extra: &[&str]) -> Instance {
+    pub(crate) fn start_with(
+        sql: &Path,
+        cluster: &str,
+        name: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Instance {
         Self::launch(None, sql, cluster, name, dir, extra)
     }
 
     /// An instance in network namespace `netns` (`ip netns exec`), if given.
-    fn start_in(
+    pub(crate) fn start_in(
         netns: Option<&str>,
         sql: &Path,
         cluster: &str,
@@ -92,12 +98,12 @@ impl Instance {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits until the instance has logged `text` (at most 60 s).
-    fn wait_for(&mut self, text: &str) {
+    pub(crate) fn wait_for(&mut self, text: &str) {
         let start = Instant::now();
         while !self.log().contains(text) {
             self.assert_running();
@@ -121,7 +127,7 @@ impl Instance {
     }
 
     /// Fails the test when the instance has ended (it runs until it is stopped).
-    fn assert_running(&mut self) {
+    pub(crate) fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
             panic!(
                 "instance {} ended ({status}) while the job ran:\n{}",
@@ -131,14 +137,14 @@ impl Instance {
         }
     }
 
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 /// The time of day (UTC, seconds) of a log line, as its timestamp says.
-fn log_time(line: &str) -> Option<f64> {
+pub(crate) fn log_time(line: &str) -> Option<f64> {
     let t = line.split('T').nth(1)?.split('Z').next()?;
     let mut parts = t.split(':');
     let h: f64 = parts.next()?.parse().ok()?;
@@ -533,9 +539,9 @@ async fn an_instance_stopped_with_sigterm_commits_what_it_read() {
 
 /// Network namespaces of our own on a bridge: each one an address of its own, its link
 /// to the bridge cut and restored at will. Removed when dropped.
-struct Net {
+pub(crate) struct Net {
     bridge: String,
-    namespaces: Vec<String>,
+    pub(crate) namespaces: Vec<String>,
 }
 
 /// Runs `ip ARGS`, failing the test with its message.
@@ -553,10 +559,10 @@ fn ip(args: &[&str]) {
 
 impl Net {
     /// The bridge's address: the broker listens there.
-    const HUB: &str = "10.77.0.1";
+    pub(crate) const HUB: &str = "10.77.0.1";
 
     /// A bridge and `n` namespaces on it (10.77.0.11, .12, …).
-    fn new(n: usize) -> Net {
+    pub(crate) fn new(n: usize) -> Net {
         let tag = std::process::id() % 100_000;
         let net = Net {
             bridge: format!("sb{tag}"),
@@ -593,7 +599,7 @@ impl Net {
     }
 
     /// Cuts namespace `i` off the bridge (`up == false`) or connects it again.
-    fn link(&self, i: usize, up: bool) {
+    pub(crate) fn link(&self, i: usize, up: bool) {
         ip(&[
             "link",
             "set",
@@ -918,387 +924,4 @@ fn the_kubernetes_manifests_run_the_job_as_one_cluster() {
     assert!(
         scaler["spec"]["maxReplicaCount"].as_u64() >= scaler["spec"]["minReplicaCount"].as_u64()
     );
-}
-
-/// `1970-01-01 HH:MM:SS.mmm`, as the JSON format writes a TIMESTAMP(3) of `ms`.
-fn day_time(ms: i64) -> String {
-    let s = ms / 1000;
-    format!(
-        "1970-01-01 {:02}:{:02}:{:02}.{:03}",
-        s / 3600,
-        s / 60 % 60,
-        s % 60,
-        ms % 1000
-    )
-}
-
-/// Event time crosses a Kafka topic between two jobs: the first writes its watermark
-/// into every partition of the topic it writes (`sink.watermark-records`, in its
-/// transactions), the second reads each partition's watermark as the least of its
-/// writers' (`scan.watermark-records`), not from the rows, whose writers interleave
-/// them out of order. Its windows close while the first job still runs, and they
-/// equal the batch GROUP BY of the input: no row was late.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watermarks_cross_a_topic_from_one_job_to_the_next() {
-    let bootstrap = kafka();
-    let (input, mid, output) = (unique("wm-in"), unique("wm-mid"), unique("wm-out"));
-    create_topic(bootstrap, &input, 2).await;
-    create_topic(bootstrap, &mid, 3).await;
-    create_topic(bootstrap, &output, 1).await;
-    // Each input partition in event-time order; 20 ms of event time per event.
-    let n: i64 = 6_000;
-    let event = |i: i64| (i % 7, i, i * 20);
-    let msgs: Vec<crate::kafka::Msg> = (0..n)
-        .map(|i| {
-            let (k, v, ts) = event(i);
-            crate::kafka::Msg {
-                partition: (i % 2) as i32,
-                key: None,
-                payload: format!(r#"{{"k": {k}, "v": {v}, "ts": "{}"}}"#, day_time(ts))
-                    .into_bytes(),
-                headers: Vec::new(),
-            }
-        })
-        .collect();
-    produce(bootstrap, &input, &msgs);
-    // Windows by key and start (seconds since midnight).
-    let mut want = std::collections::BTreeMap::<(i64, i64), (i64, i64)>::new();
-    for i in 0..n {
-        let (k, v, ts) = event(i);
-        let w = want.entry((k, ts / 1000)).or_default();
-        w.0 += 1;
-        w.1 += v;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let a = dir.path().join("a.sql");
-    std::fs::write(
-        &a,
-        format!(
-            "CREATE TABLE src (k BIGINT, v BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
-             WITH ('connector' = 'kafka', 'topic' = '{input}',
-                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
-                'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset',
-                'rows-per-second' = '1000');
-             CREATE TABLE mid (k BIGINT, v BIGINT, ts TIMESTAMP(3)) WITH ('connector' = 'kafka',
-                'topic' = '{mid}', 'properties.bootstrap.servers' = '{bootstrap}',
-                'format' = 'json', 'key.fields' = 'k', 'key.format' = 'json',
-                'sink.watermark-records' = 'true');
-             INSERT INTO mid SELECT k, v, ts FROM src;"
-        ),
-    )
-    .unwrap();
-    let b = dir.path().join("b.sql");
-    std::fs::write(
-        &b,
-        format!(
-            "CREATE TABLE mid (k BIGINT, v BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
-             WITH ('connector' = 'kafka', 'topic' = '{mid}',
-                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
-                'scan.startup.mode' = 'earliest-offset', 'scan.watermark-records' = 'true');
-             CREATE TABLE out (k BIGINT, window_start TIMESTAMP(3), n BIGINT, total BIGINT)
-             WITH ('connector' = 'kafka', 'topic' = '{output}',
-                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json');
-             INSERT INTO out SELECT k, window_start, COUNT(*) AS n, SUM(v) AS total
-             FROM TABLE(TUMBLE(TABLE mid, DESCRIPTOR(ts), INTERVAL '1' SECOND))
-             GROUP BY k, window_start, window_end;"
-        ),
-    )
-    .unwrap();
-    let run = |sql: &Path, p: &str, log: &str| {
-        Command::new(BIN)
-            .arg("run")
-            .arg(sql)
-            .args(["--quiet", "-p", p, "--checkpoint-interval", "200ms"])
-            .args(["--delivery", "exactly-once", "--checkpoint-dir"])
-            .arg(dir.path().join(format!("{log}-checkpoints")))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(File::create(dir.path().join(log)).unwrap())
-            .spawn()
-            .unwrap()
-    };
-    let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
-    let mut second = run(&b, "1", "b.log");
-    let mut first = run(&a, "2", "a.log");
-    let windows = || -> std::collections::BTreeMap<(i64, i64), (i64, i64)> {
-        read_topic(bootstrap, &output)
-            .iter()
-            .map(|r| {
-                let v: serde_json::Value = serde_json::from_str(&r.payload).unwrap();
-                let start = v["window_start"].as_str().unwrap();
-                let start = log_time(&format!("{start}Z")).unwrap() as i64;
-                (
-                    (v["k"].as_i64().unwrap(), start),
-                    (v["n"].as_i64().unwrap(), v["total"].as_i64().unwrap()),
-                )
-            })
-            .collect()
-    };
-    // Windows close while the first job still writes: its watermarks came through.
-    let start = Instant::now();
-    let mut early = 0;
-    let done = loop {
-        if let Some(status) = first.try_wait().unwrap() {
-            break status;
-        }
-        // Some windows, not all yet.
-        let seen = windows().len();
-        if seen < want.len() {
-            early = early.max(seen);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the first job did not end in 120 s:\n{}",
-            log("a.log")
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    assert!(done.success(), "the first job failed:\n{}", log("a.log"));
-    assert!(
-        early > 0,
-        "no window closed while the first job ran:\n{}",
-        log("b.log")
-    );
-    let start = Instant::now();
-    let got = loop {
-        let got = windows();
-        if got.len() >= want.len() || start.elapsed() > Duration::from_secs(60) {
-            break got;
-        }
-        assert!(
-            second.try_wait().unwrap().is_none(),
-            "the second job ended:\n{}",
-            log("b.log")
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    let _ = second.kill();
-    let _ = second.wait();
-    let wrong: Vec<_> = want
-        .iter()
-        .filter(|(k, v)| got.get(*k) != Some(*v))
-        .map(|(k, v)| (k, v, got.get(k)))
-        .take(5)
-        .collect();
-    assert!(
-        wrong.is_empty() && got.len() == want.len(),
-        "{} windows, {} expected ({early} before the first job ended); first wrong: {wrong:?}; first got: {:?}\n{}",
-        got.len(),
-        want.len(),
-        got.iter().next(),
-        log("b.log")
-    );
-    delete_topics(bootstrap, &[&input, &mid, &output]).await;
-}
-
-/// A windowed job (one-second tumbling windows per key) as instances of one cluster:
-/// each instance runs the front of the job (source to repartition topic) and the keyed
-/// part for the repartition topic's partitions the group gives it, each with its state
-/// checkpointed per partition. One instance is SIGKILLed mid-run and its partitions,
-/// state included, are taken over; another joins. The read_committed output has every
-/// window once, equal to the batch GROUP BY of the input.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keyed_windows_across_instances_survive_a_kill_with_their_state() {
-    let bootstrap = kafka();
-    let (input, output) = (unique("keyed-in"), unique("keyed-out"));
-    create_topic(bootstrap, &input, 4).await;
-    create_topic(bootstrap, &output, 2).await;
-    // Each partition in event-time order, 10 ms of event time per event; after them,
-    // one event per partition an hour later closes every window.
-    let n: i64 = 24_000;
-    let event = |i: i64| (i % 13, i, i * 10);
-    let mut msgs: Vec<crate::kafka::Msg> = (0..n)
-        .map(|i| {
-            let (k, v, ts) = event(i);
-            crate::kafka::Msg {
-                partition: (i % 4) as i32,
-                key: None,
-                payload: format!(r#"{{"k": {k}, "v": {v}, "ts": "{}"}}"#, day_time(ts))
-                    .into_bytes(),
-                headers: Vec::new(),
-            }
-        })
-        .collect();
-    for p in 0..4 {
-        msgs.push(crate::kafka::Msg {
-            partition: p,
-            key: None,
-            payload: format!(
-                r#"{{"k": -1, "v": 0, "ts": "{}"}}"#,
-                day_time(n * 10 + 3_600_000)
-            )
-            .into_bytes(),
-            headers: Vec::new(),
-        });
-    }
-    produce(bootstrap, &input, &msgs);
-    let mut want = std::collections::BTreeMap::<(i64, i64), (i64, i64)>::new();
-    for i in 0..n {
-        let (k, v, ts) = event(i);
-        let w = want.entry((k, ts / 1000)).or_default();
-        w.0 += 1;
-        w.1 += v;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let sql = dir.path().join("windows.sql");
-    std::fs::write(
-        &sql,
-        format!(
-            "CREATE TABLE events (k BIGINT, v BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
-             WITH ('connector' = 'kafka', 'topic' = '{input}',
-                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json',
-                'scan.startup.mode' = 'earliest-offset', 'rows-per-second' = '2000',
-                'properties.heartbeat.interval.ms' = '100',
-                'properties.session.timeout.ms' = '6000',
-                'properties.max.partition.fetch.bytes' = '4096');
-             CREATE TABLE out (k BIGINT, window_start TIMESTAMP(3), n BIGINT, total BIGINT)
-             WITH ('connector' = 'kafka', 'topic' = '{output}',
-                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json');
-             INSERT INTO out SELECT k, window_start, COUNT(*) AS n, SUM(v) AS total
-             FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '1' SECOND))
-             GROUP BY k, window_start, window_end;"
-        ),
-    )
-    .unwrap();
-    let cluster = unique("k");
-    let bind = format!("127.0.0.1:{}", crate::broker::free_port());
-    let mut instances = vec![Instance::start_with(
-        &sql,
-        &cluster,
-        "a",
-        dir.path(),
-        &["--metrics-bind", &bind],
-    )];
-    instances[0].wait_for(ASSIGNED);
-    // Its metrics endpoint serves the front and every partition task it runs, each as
-    // a job of its own.
-    let start = Instant::now();
-    loop {
-        let (status, text) = sluice::connectors::http::HttpUrl::parse(&format!("http://{bind}"))
-            .unwrap()
-            .request("GET", "/metrics", None, &[])
-            .unwrap();
-        assert_eq!(status, 200, "{text}");
-        if text.contains("job_name=\"windows-front\"") && text.contains("job_name=\"windows-back-p")
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the front and the partition tasks are not in the metrics:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    for name in ["b", "c"] {
-        instances.push(Instance::start(&sql, &cluster, name, dir.path()));
-    }
-    instances[1].wait_for(ASSIGNED);
-    std::thread::sleep(Duration::from_millis(2_500));
-    instances.remove(1).kill();
-    std::thread::sleep(Duration::from_millis(1_500));
-    instances.push(Instance::start(&sql, &cluster, "d", dir.path()));
-    // Every window, each once.
-    let start = Instant::now();
-    let windows = loop {
-        for i in instances.iter_mut() {
-            i.assert_running();
-        }
-        let mut windows = std::collections::BTreeMap::<(i64, i64), Vec<(i64, i64)>>::new();
-        for r in read_topic(bootstrap, &output) {
-            let v: serde_json::Value = serde_json::from_str(&r.payload).unwrap();
-            let start = v["window_start"].as_str().unwrap();
-            let start = log_time(&format!("{start}Z")).unwrap() as i64;
-            windows
-                .entry((v["k"].as_i64().unwrap(), start))
-                .or_default()
-                .push((v["n"].as_i64().unwrap(), v["total"].as_i64().unwrap()));
-        }
-        if windows.len() >= want.len() || start.elapsed() > Duration::from_secs(180) {
-            break windows;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-    std::thread::sleep(Duration::from_secs(2));
-    let logs: Vec<String> = instances
-        .iter()
-        .map(|i| format!("--- {}:\n{}", i.name, i.log()))
-        .collect();
-    let wrong: Vec<_> = want
-        .iter()
-        .filter(|(k, v)| windows.get(*k) != Some(&vec![**v]))
-        .map(|(k, v)| (k, v, windows.get(k)))
-        .take(5)
-        .collect();
-    assert!(
-        wrong.is_empty() && windows.len() == want.len(),
-        "{} windows, {} expected; first wrong: {wrong:?}\n{}",
-        windows.len(),
-        want.len(),
-        logs.join("\n")
-    );
-    // The killed instance's partitions went on from its committed state elsewhere.
-    assert!(
-        logs.iter()
-            .any(|l| l.contains("restoring a partition's state from the checkpoint")),
-        "no partition task restored state:\n{}",
-        logs.join("\n")
-    );
-    // `ps --cluster` shows which instance runs which partition's keyed task.
-    let out = Command::new(BIN)
-        .args([
-            "ps",
-            "--cluster",
-            &cluster,
-            "--bootstrap",
-            bootstrap,
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let mut tasks: Vec<String> = Vec::new();
-    for i in r["instances"].as_array().into_iter().flatten() {
-        assert!(
-            ["a", "c", "d"].contains(&i["instance"].as_str().unwrap_or_default()),
-            "{r}"
-        );
-        for t in i["tasks"].as_array().into_iter().flatten() {
-            tasks.push(t.as_str().unwrap_or_default().to_string());
-        }
-    }
-    tasks.sort();
-    assert_eq!(
-        tasks.len(),
-        4,
-        "every partition of the repartition topic has one task: {r}"
-    );
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    // Each partition keeps the checkpoints of its current task (and of the one it
-    // restored), not those of every task it ever had.
-    let partitions = dir.path().join("checkpoints").join(&cluster);
-    for p in std::fs::read_dir(&partitions).unwrap() {
-        let p = p.unwrap().path();
-        if !p.file_name().unwrap().to_string_lossy().starts_with('p') {
-            continue;
-        }
-        let runs_with_checkpoints = std::fs::read_dir(&p)
-            .unwrap()
-            .filter(|run| {
-                let run = run.as_ref().unwrap().path();
-                std::fs::read_dir(&run).is_ok_and(|mut cps| {
-                    cps.any(|c| c.unwrap().path().join("_manifest.json").exists())
-                })
-            })
-            .count();
-        assert!(
-            (1..=2).contains(&runs_with_checkpoints),
-            "{} runs keep checkpoints in {}",
-            runs_with_checkpoints,
-            p.display()
-        );
-    }
-    for i in instances {
-        i.kill();
-    }
-    delete_topics(bootstrap, &[&input, &output]).await;
 }

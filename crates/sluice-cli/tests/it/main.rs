@@ -7,6 +7,7 @@ mod support;
 
 mod checkpoints;
 mod cluster;
+mod cluster_keyed;
 mod dashboard;
 mod engine;
 mod files;
