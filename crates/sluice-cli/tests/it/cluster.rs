@@ -538,11 +538,16 @@ async fn an_instance_stopped_with_sigterm_commits_what_it_read() {
 }
 
 /// Network namespaces of our own on a bridge: each one an address of its own, its link
-/// to the bridge cut and restored at will. Removed when dropped.
+/// to the bridge cut and restored at will. Removed when dropped. One test at a time has
+/// them (the bridge's address is the same for all).
 pub(crate) struct Net {
     bridge: String,
     pub(crate) namespaces: Vec<String>,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Held by the test that has the network namespaces.
+static NET: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `ip ARGS`, failing the test with its message.
 fn ip(args: &[&str]) {
@@ -567,6 +572,7 @@ impl Net {
         let net = Net {
             bridge: format!("sb{tag}"),
             namespaces: (0..n).map(|i| format!("sn{tag}-{i}")).collect(),
+            _one_at_a_time: NET.lock().unwrap_or_else(|p| p.into_inner()),
         };
         ip(&["link", "add", &net.bridge, "type", "bridge"]);
         ip(&[
