@@ -469,7 +469,23 @@ async fn a_keyed_instance_cut_off_the_network_is_fenced_and_its_state_taken_over
     for i in &mut instances {
         i.wait_for(ASSIGNED);
     }
-    std::thread::sleep(Duration::from_millis(1_500));
+    // Cut once both instances' partition tasks have committed a few checkpoints.
+    let start = Instant::now();
+    while instances.iter().any(|i| {
+        i.log()
+            .matches("checkpoint complete job=windows-back-p")
+            .count()
+            < 5
+    }) {
+        for i in instances.iter_mut() {
+            i.assert_running();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the partition tasks took no checkpoints in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     net.link(0, false);
     std::thread::sleep(Duration::from_millis(8_500));
     net.link(0, true);
