@@ -452,7 +452,8 @@ pub fn split_keyed(
         props.options.insert(format!("properties.{k}"), v.clone());
     }
     props.options.insert("topic".into(), topic.clone());
-    props.options.insert("format".into(), "json".into());
+    // Avro: compact, and cheap to write and read (no field names, no text numbers).
+    props.options.insert("format".into(), "avro".into());
 
     // Front: the same nodes, then the event time as a column, into the topic.
     let p = plan.nodes[*source].parallelism;

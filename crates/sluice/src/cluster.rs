@@ -179,6 +179,8 @@ pub async fn run_keyed(
         let _ = cancel.send(true);
         let _ = h.await;
     }
+    // Every task has stopped: leaving the group need not wait for anyone.
+    drop(events);
     drop(assignment);
     result
 }

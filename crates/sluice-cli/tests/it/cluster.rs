@@ -154,7 +154,7 @@ pub(crate) fn log_time(line: &str) -> Option<f64> {
 }
 
 /// The time of day now (UTC, seconds), as log lines stamp it.
-fn now_of_day() -> f64 {
+pub(crate) fn now_of_day() -> f64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::broker::kafka;
-use crate::cluster::{ASSIGNED, Instance, log_time};
+use crate::cluster::{ASSIGNED, Instance, log_time, now_of_day};
 use crate::kafka::{BIN, create_topic, delete_topics, produce, read_topic, unique};
 
 /// `1970-01-01 HH:MM:SS.mmm`, as the JSON format writes a TIMESTAMP(3) of `ms`.
@@ -373,9 +373,30 @@ async fn keyed_windows_across_instances_survive_a_kill_with_their_state() {
     instances[1].wait_for(ASSIGNED);
     std::thread::sleep(Duration::from_millis(2_500));
     instances.remove(1).kill();
+    let killed_at = now_of_day();
     std::thread::sleep(Duration::from_millis(1_500));
     instances.push(Instance::start(&sql, &cluster, "d", dir.path()));
     let logs = assert_windows(bootstrap, &output, &want, &mut instances);
+    // How long the killed instance's tasks were down: until a survivor restored one
+    // from b's checkpoints (the session timeout is 6 s), and how long reading it took.
+    let restored = logs
+        .iter()
+        .flat_map(|l| l.lines())
+        .filter(|l| l.contains("restoring from") && l.contains("/b-"))
+        .filter_map(|l| {
+            Some((
+                log_time(l)?,
+                l.split("read_ms=").nth(1)?.split(' ').next()?.to_string(),
+            ))
+        })
+        .filter(|(t, _)| *t > killed_at)
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some((t, read_ms)) = restored {
+        println!(
+            "keyed takeover after SIGKILL: {:.1} s (a partition's state restored, read in {read_ms} ms)",
+            t - killed_at
+        );
+    }
     // The killed instance's partitions went on from its committed state elsewhere.
     assert!(
         logs.iter()
