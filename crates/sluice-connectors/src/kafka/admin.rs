@@ -190,21 +190,7 @@ pub fn cluster_status(
             others.push(member(m, assigned));
             continue;
         };
-        let i = match instances.iter().position(|r| r.instance == instance) {
-            Some(i) => i,
-            None => {
-                instances.push(InstanceReport {
-                    instance,
-                    host: m.client_host().trim_start_matches('/').to_string(),
-                    subtasks: 0,
-                    partitions: Vec::new(),
-                    lag: 0,
-                    tasks: Vec::new(),
-                    task_lag: 0,
-                });
-                instances.len() - 1
-            }
-        };
+        let i = instance_of(&mut instances, &instance, m.client_host());
         instances[i].subtasks += 1;
         for (t, ps) in assigned {
             for p in ps {
@@ -247,6 +233,23 @@ pub fn cluster_status(
     })
 }
 
+/// The place of instance `name` in `instances`, added (seen at `host`) if new.
+fn instance_of(instances: &mut Vec<InstanceReport>, name: &str, host: &str) -> usize {
+    if let Some(i) = instances.iter().position(|r| r.instance == name) {
+        return i;
+    }
+    instances.push(InstanceReport {
+        instance: name.to_string(),
+        host: host.trim_start_matches('/').to_string(),
+        subtasks: 0,
+        partitions: Vec::new(),
+        lag: 0,
+        tasks: Vec::new(),
+        task_lag: 0,
+    });
+    instances.len() - 1
+}
+
 /// A job with keyed state: which instance runs the task of which partition of its
 /// repartition topic (members `sluice-CLUSTER-INSTANCE-tasks` of group
 /// `sluice-CLUSTER-repartition`), and how far each task has committed (group
@@ -275,21 +278,7 @@ fn add_tasks(
         else {
             continue;
         };
-        let i = match instances.iter().position(|r| r.instance == instance) {
-            Some(i) => i,
-            None => {
-                instances.push(InstanceReport {
-                    instance: instance.to_string(),
-                    host: m.client_host().trim_start_matches('/').to_string(),
-                    subtasks: 0,
-                    partitions: Vec::new(),
-                    lag: 0,
-                    tasks: Vec::new(),
-                    task_lag: 0,
-                });
-                instances.len() - 1
-            }
-        };
+        let i = instance_of(instances, instance, m.client_host());
         for (t, ps) in m.assignment().map(decode_assignment).unwrap_or_default() {
             for p in ps {
                 instances[i].tasks.push(format!("{t}/{p}"));

@@ -233,17 +233,11 @@ impl CheckpointStorage {
 
     /// Checkpoint directories (`<prefix>-<epoch>`) here, by epoch.
     async fn epochs(&self, prefix: &str) -> Result<Vec<(u64, String)>> {
-        let root = (!self.root.as_ref().is_empty()).then_some(&self.root);
-        let listing = self
-            .store
-            .list_with_delimiter(root)
-            .await
-            .map_err(io_err(format!("listing {} failed", self.display)))?;
-        let mut out: Vec<(u64, String)> = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| {
-                let name = p.filename()?.to_string();
+        let mut out: Vec<(u64, String)> = self
+            .children()
+            .await?
+            .into_iter()
+            .filter_map(|name| {
                 let epoch = name.strip_prefix(prefix)?.strip_prefix('-')?.parse().ok()?;
                 Some((epoch, name))
             })

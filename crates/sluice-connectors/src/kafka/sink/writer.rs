@@ -254,22 +254,7 @@ impl KafkaSinkOperator {
             }
         }
         let r = match self.guarantee {
-            Guarantee::ExactlyOnce => {
-                if txn.tag.is_empty() {
-                    txn.tag = self.next_tag();
-                }
-                // As rows: held while a pre-committed transaction waits.
-                if self.precommitted.is_empty() {
-                    let r = match self.open_txn().await {
-                        Ok(()) => self.produce(&txn, if txn.sent { from } else { 0 }).await,
-                        Err(e) => Err(e),
-                    };
-                    txn.sent = true;
-                    r
-                } else {
-                    Ok(())
-                }
-            }
+            Guarantee::ExactlyOnce => self.send_in_txn(&mut txn, from).await,
             _ => {
                 let r = self.produce(&txn, from).await;
                 txn.data.clear();
@@ -281,6 +266,22 @@ impl KafkaSinkOperator {
         self.watermarks_written.extend(advanced);
         self.watermark_at = std::time::Instant::now();
         r
+    }
+
+    /// Exactly-once: puts the records of `txn` from `from` on (all of them if it was not
+    /// sent yet) into the open Kafka transaction, or holds them while a pre-committed
+    /// transaction waits (they go out when it has committed).
+    async fn send_in_txn(&mut self, txn: &mut Txn, from: usize) -> Result<()> {
+        if txn.tag.is_empty() {
+            txn.tag = self.next_tag();
+        }
+        if !self.precommitted.is_empty() {
+            return Ok(());
+        }
+        self.open_txn().await?;
+        let from = if txn.sent { from } else { 0 };
+        txn.sent = true;
+        self.produce(txn, from).await
     }
 
     /// This subtask as the writer of watermark records when no cluster link says
@@ -821,23 +822,7 @@ impl Operator for KafkaSinkOperator {
         let r = self.encode_into(&data, &batch, &mut txn);
         let r = match r {
             Ok(()) => match self.guarantee {
-                Guarantee::ExactlyOnce => {
-                    if txn.tag.is_empty() {
-                        txn.tag = self.next_tag();
-                    }
-                    // While a pre-committed transaction waits, rows are held.
-                    if self.precommitted.is_empty() {
-                        match self.open_txn().await {
-                            Ok(()) => {
-                                txn.sent = true;
-                                self.produce(&txn, from).await
-                            }
-                            Err(e) => Err(e),
-                        }
-                    } else {
-                        Ok(())
-                    }
-                }
+                Guarantee::ExactlyOnce => self.send_in_txn(&mut txn, from).await,
                 _ => {
                     let r = self.produce(&txn, from).await;
                     // Nothing to keep: the records are the producer's now.
