@@ -99,10 +99,11 @@ pub trait SourceReader: Send {
         false
     }
 
-    /// At a checkpoint barrier, just before [`SourceReader::positions`]: each split's
-    /// watermark as the runtime computes it from the rows (split index, epoch ms), for
-    /// splits that had rows. A Kafka source in a cluster hands them to its sink, which
-    /// writes them into a repartition topic per source partition.
+    /// Splits' watermarks as the runtime computes them from the rows (split index, epoch
+    /// ms): at a checkpoint barrier, just before [`SourceReader::positions`], those of the
+    /// splits that had rows; when a split ends ([`ReadResult::SplitEnd`]), its last. A
+    /// Kafka source in a cluster hands them to its sink, which writes them into a
+    /// repartition topic per source partition.
     fn split_watermarks(&mut self, _watermarks: &[(usize, i64)]) {}
 
     /// Where each assigned split stands after the rows returned so far (called at

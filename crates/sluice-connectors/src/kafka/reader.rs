@@ -123,8 +123,9 @@ pub struct KafkaReader {
     /// Barriers passed in this attempt, when partitions are not the group's to give
     /// (the keyed part of a cluster job): they number the offsets given to the link.
     pub(crate) passed: std::sync::atomic::AtomicU64,
-    /// Each split's own watermark at the barrier being taken (from the runtime).
-    pub(crate) split_watermarks: Vec<(usize, i64)>,
+    /// Each split's own watermark as the runtime last gave it (at a barrier, or when
+    /// the split ended: a partition the group took away keeps its last).
+    pub(crate) split_watermarks: std::collections::HashMap<usize, i64>,
     /// `'scan.watermark-records'`: each split's writers and their watermarks.
     pub(crate) watermarks: Vec<PartitionWatermark>,
 }
@@ -541,13 +542,13 @@ impl KafkaReader {
         }
     }
 
-    /// The watermark of each partition this subtask reads, as the runtime last gave it.
-    fn partition_watermarks(&self) -> Vec<(Partition, i64)> {
-        self.split_watermarks
-            .iter()
-            .filter_map(|&(index, w)| {
-                let i = self.splits.iter().position(|s| s.index == index)?;
-                self.reads(i).then(|| (self.parts[i].clone(), w))
+    /// The watermark of each partition whose offset goes into this barrier's
+    /// transaction (read now, or being given up: its last), as the runtime gave it.
+    fn partition_watermarks(&self, read: &[(usize, i64)]) -> Vec<(Partition, i64)> {
+        read.iter()
+            .filter_map(|&(i, _)| {
+                let w = self.split_watermarks.get(&self.splits[i].index)?;
+                Some((self.parts[i].clone(), *w))
             })
             .collect()
     }
@@ -810,7 +811,10 @@ impl SourceReader for KafkaReader {
     }
 
     fn split_watermarks(&mut self, watermarks: &[(usize, i64)]) {
-        self.split_watermarks = watermarks.to_vec();
+        for &(split, w) in watermarks {
+            let e = self.split_watermarks.entry(split).or_insert(w);
+            *e = (*e).max(w);
+        }
     }
 
     async fn read(&mut self, max_rows: usize, ctx: &mut OperatorContext) -> Result<ReadResult> {
@@ -874,7 +878,7 @@ impl SourceReader for KafkaReader {
                     .iter()
                     .map(|&(i, o)| (self.parts[i].clone(), o))
                     .collect();
-                link.push(passed, offsets, self.partition_watermarks());
+                link.push(passed, offsets, self.partition_watermarks(&read));
             }
         } else if let Some(link) = &self.link {
             let passed = self
@@ -885,7 +889,7 @@ impl SourceReader for KafkaReader {
                 .iter()
                 .map(|&(i, o)| (self.parts[i].clone(), o))
                 .collect();
-            link.push(passed, offsets, self.partition_watermarks());
+            link.push(passed, offsets, self.partition_watermarks(&read));
         }
         Ok(out)
     }

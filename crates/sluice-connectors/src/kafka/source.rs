@@ -558,7 +558,7 @@ impl SourceConnector for KafkaSourceConnector {
             last_complete: None,
             link: None,
             passed: Default::default(),
-            split_watermarks: Vec::new(),
+            split_watermarks: Default::default(),
             watermarks: Vec::new(),
         }))
     }

@@ -340,6 +340,12 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
                     ReadResult::SplitEnd(split) => {
                         // Rows read so far go out before the split stops holding back.
                         flush(&mut src, &mut chain, &mut pending, &mut clocks, &mut last_wm).await?;
+                        let last: Vec<(usize, i64)> = clocks
+                            .split_watermarks()
+                            .into_iter()
+                            .filter(|&(s, _)| s == split)
+                            .collect();
+                        src.reader.split_watermarks(&last);
                         clocks.end(split);
                         emit_watermark(&mut src, &mut chain, &mut clocks, &mut last_wm).await?;
                     }
