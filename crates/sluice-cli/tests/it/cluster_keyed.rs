@@ -503,3 +503,60 @@ async fn a_keyed_instance_cut_off_the_network_is_fenced_and_its_state_taken_over
     drop(broker);
     drop(net);
 }
+
+/// SIGTERM stops a keyed instance: its front commits what it read, its partition tasks
+/// stop at their last commit, and it exits at once. Started again, it restores every
+/// partition's state from its last checkpoint and the output is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_instance_stopped_with_sigterm_goes_on_from_its_state() {
+    let bootstrap = kafka();
+    let (input, output) = (unique("keyed-term-in"), unique("keyed-term-out"));
+    create_topic(bootstrap, &input, 4).await;
+    create_topic(bootstrap, &output, 2).await;
+    let want = events_input(bootstrap, &input, 16_000, (4, 13, 10), true);
+    let dir = tempfile::tempdir().unwrap();
+    let sql = windowed_job(dir.path(), bootstrap, &input, &output);
+    let cluster = unique("k");
+    let mut a = Instance::start(&sql, &cluster, "a", dir.path());
+    a.wait_for(ASSIGNED);
+    let start = Instant::now();
+    while a
+        .log()
+        .matches("checkpoint complete job=windows-back-p")
+        .count()
+        < 12
+    {
+        a.assert_running();
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the partition tasks took no checkpoints in 60 s:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a.signal("-TERM");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = a.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the instance did not stop in 30 s after SIGTERM:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}:\n{}", a.log());
+    let mut again = vec![Instance::start(&sql, &cluster, "a", dir.path())];
+    let logs = assert_windows(bootstrap, &output, &want, &mut again);
+    assert!(
+        logs[0].contains("restoring a partition's state from the checkpoint"),
+        "the second run restored no state:\n{}",
+        logs[0]
+    );
+    for i in again {
+        i.kill();
+    }
+    delete_topics(bootstrap, &[&input, &output]).await;
+}
