@@ -233,6 +233,27 @@ fn committed_windows(
     windows
 }
 
+/// Waits (at most 60 s) until `instance`'s partition tasks have completed `n`
+/// checkpoints together (each one followed by its commit).
+fn wait_for_task_checkpoints(instance: &mut Instance, n: usize) {
+    let start = Instant::now();
+    while instance
+        .log()
+        .matches("checkpoint complete job=windows-back-p")
+        .count()
+        < n
+    {
+        instance.assert_running();
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the partition tasks of {} took {n} checkpoints in 60 s:\n{}",
+            instance.name,
+            instance.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// One-second tumbling windows per key, from `input` into `output`.
 fn windowed_job(dir: &Path, bootstrap: &str, input: &str, output: &str) -> std::path::PathBuf {
     let sql = dir.join("windows.sql");
@@ -345,11 +366,13 @@ async fn keyed_windows_across_instances_survive_a_kill_with_their_state() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Others join once a's tasks have committed (what moves to them is restored).
+    wait_for_task_checkpoints(&mut instances[0], 8);
     for name in ["b", "c"] {
         instances.push(Instance::start(&sql, &cluster, name, dir.path()));
     }
     instances[1].wait_for(ASSIGNED);
-    std::thread::sleep(Duration::from_millis(2_500));
+    wait_for_task_checkpoints(&mut instances[1], 4);
     instances.remove(1).kill();
     let killed_at = now_of_day();
     std::thread::sleep(Duration::from_millis(1_500));
@@ -469,21 +492,8 @@ async fn a_keyed_instance_cut_off_the_network_is_fenced_and_its_state_taken_over
         i.wait_for(ASSIGNED);
     }
     // Cut once both instances' partition tasks have committed a few checkpoints.
-    let start = Instant::now();
-    while instances.iter().any(|i| {
-        i.log()
-            .matches("checkpoint complete job=windows-back-p")
-            .count()
-            < 5
-    }) {
-        for i in instances.iter_mut() {
-            i.assert_running();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the partition tasks took no checkpoints in 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
+    for i in instances.iter_mut() {
+        wait_for_task_checkpoints(i, 5);
     }
     net.link(0, false);
     std::thread::sleep(Duration::from_millis(8_500));
@@ -519,21 +529,7 @@ async fn a_keyed_instance_stopped_with_sigterm_goes_on_from_its_state() {
     let cluster = unique("k");
     let mut a = Instance::start(&sql, &cluster, "a", dir.path());
     a.wait_for(ASSIGNED);
-    let start = Instant::now();
-    while a
-        .log()
-        .matches("checkpoint complete job=windows-back-p")
-        .count()
-        < 12
-    {
-        a.assert_running();
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the partition tasks took no checkpoints in 60 s:\n{}",
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_task_checkpoints(&mut a, 12);
     a.signal("-TERM");
     let start = Instant::now();
     let status = loop {
