@@ -425,21 +425,14 @@ pub fn split_keyed(
     unclustered.config.cluster = None;
     let prepared = crate::job::PreparedJob::prepare(unclustered, registry)?;
     let schema = prepared.schema(exchange.from);
+    // An updating stream (a changelog source) crosses with its rows' kinds.
+    let updating = schema.field_with_name(sluice_types::ROW_KIND_FIELD).is_ok();
     let columns: Vec<arrow::datatypes::FieldRef> = schema
         .fields()
         .iter()
-        .filter(|f| f.name() != TIMESTAMP_FIELD)
+        .filter(|f| f.name() != TIMESTAMP_FIELD && f.name() != sluice_types::ROW_KIND_FIELD)
         .cloned()
         .collect();
-    if columns
-        .iter()
-        .any(|f| f.name() == sluice_types::ROW_KIND_FIELD)
-    {
-        return refuse(format!(
-            "`{}` sends updates and retractions to its keyed exchange; a repartition topic carries appended rows only today",
-            plan.nodes[exchange.from].name
-        ));
-    }
     if columns.iter().any(|f| f.name() == EVENT_TIME_COLUMN) {
         return refuse(format!(
             "a column is named `{EVENT_TIME_COLUMN}`, which carries event time through the repartition topic; rename it"
@@ -452,8 +445,11 @@ pub fn split_keyed(
         props.options.insert(format!("properties.{k}"), v.clone());
     }
     props.options.insert("topic".into(), topic.clone());
-    // Avro: compact, and cheap to write and read (no field names, no text numbers).
-    props.options.insert("format".into(), "avro".into());
+    // Avro: compact, and cheap to write and read (no field names, no text numbers); an
+    // updating stream as Debezium changes, which carry each row's kind (an update's
+    // before and after cross as a retraction and an insertion, as Flink reads them).
+    let format = if updating { "debezium-json" } else { "avro" };
+    props.options.insert("format".into(), format.into());
 
     // Front: the same nodes, then the event time as a column, into the topic.
     let p = plan.nodes[*source].parallelism;

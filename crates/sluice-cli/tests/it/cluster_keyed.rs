@@ -237,12 +237,12 @@ fn committed_windows(
 /// checkpoints together (each one followed by its commit).
 fn wait_for_task_checkpoints(instance: &mut Instance, n: usize) {
     let start = Instant::now();
-    while instance
-        .log()
-        .matches("checkpoint complete job=windows-back-p")
-        .count()
-        < n
-    {
+    let done = |log: String| {
+        log.lines()
+            .filter(|l| l.contains("checkpoint complete job=") && l.contains("-back-p"))
+            .count()
+    };
+    while done(instance.log()) < n {
         instance.assert_running();
         assert!(
             start.elapsed() < Duration::from_secs(60),
@@ -552,6 +552,135 @@ async fn a_keyed_instance_stopped_with_sigterm_goes_on_from_its_state() {
         logs[0]
     );
     for i in again {
+        i.kill();
+    }
+    delete_topics(bootstrap, &[&input, &output]).await;
+}
+
+/// An updating stream crosses the repartition topic with its rows' kinds: a Debezium
+/// changelog (inserts, updates, deletes) summed per key by two instances, one of them
+/// SIGKILLed mid-run. The output changelog, materialized by key, equals the batch
+/// GROUP BY of the changelog's final rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_updating_aggregate_across_instances_materializes_to_the_batch_answer() {
+    let bootstrap = kafka();
+    let (input, output) = (unique("keyed-cdc-in"), unique("keyed-cdc-out"));
+    create_topic(bootstrap, &input, 4).await;
+    create_topic(bootstrap, &output, 2).await;
+    // Row `id` (key `id % 7`, value `id`) is inserted; every third is then updated
+    // (value + 1000), every fifth deleted; a row's changes stay in one partition.
+    let n: i64 = 12_000;
+    let row = |id: i64, v: i64| format!(r#"{{"id": {id}, "k": {}, "v": {v}}}"#, id % 7);
+    let mut msgs = Vec::new();
+    let mut live = std::collections::BTreeMap::<i64, i64>::new();
+    let mut change = |id: i64, json: String| {
+        msgs.push(crate::kafka::Msg {
+            partition: (id % 4) as i32,
+            key: None,
+            payload: json.into_bytes(),
+            headers: Vec::new(),
+        })
+    };
+    for id in 0..n {
+        change(
+            id,
+            format!(r#"{{"before": null, "after": {}, "op": "c"}}"#, row(id, id)),
+        );
+        live.insert(id, id);
+    }
+    for id in (0..n).filter(|id| id % 3 == 0) {
+        change(
+            id,
+            format!(
+                r#"{{"before": {}, "after": {}, "op": "u"}}"#,
+                row(id, id),
+                row(id, id + 1000)
+            ),
+        );
+        live.insert(id, id + 1000);
+    }
+    for id in (0..n).filter(|id| id % 5 == 0) {
+        let v = live.remove(&id).unwrap();
+        change(
+            id,
+            format!(r#"{{"before": {}, "after": null, "op": "d"}}"#, row(id, v)),
+        );
+    }
+    produce(bootstrap, &input, &msgs);
+    let mut want = std::collections::BTreeMap::<i64, (i64, i64)>::new();
+    for (id, v) in &live {
+        let w = want.entry(id % 7).or_default();
+        w.0 += v;
+        w.1 += 1;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("sums.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE changes (id BIGINT, k BIGINT, v BIGINT)
+             WITH ('connector' = 'kafka', 'topic' = '{input}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'debezium-json',
+                'scan.startup.mode' = 'earliest-offset', 'rows-per-second' = '3000',
+                'properties.heartbeat.interval.ms' = '100',
+                'properties.session.timeout.ms' = '6000',
+                'properties.max.partition.fetch.bytes' = '4096');
+             CREATE TABLE sums (k BIGINT, total BIGINT, n BIGINT)
+             WITH ('connector' = 'kafka', 'topic' = '{output}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'debezium-json',
+                'key.fields' = 'k', 'key.format' = 'json');
+             INSERT INTO sums SELECT k, SUM(v) AS total, COUNT(*) AS n FROM changes GROUP BY k;"
+        ),
+    )
+    .unwrap();
+    let cluster = unique("k");
+    let mut instances = vec![Instance::start(&sql, &cluster, "a", dir.path())];
+    instances[0].wait_for(ASSIGNED);
+    instances.push(Instance::start(&sql, &cluster, "b", dir.path()));
+    instances[1].wait_for(ASSIGNED);
+    wait_for_task_checkpoints(&mut instances[1], 4);
+    instances.remove(1).kill();
+    // The output changelog by key (a key's changes in one partition, in order): `c`
+    // sets the key's row, `d` takes it away.
+    let materialized = || {
+        let mut by_key = std::collections::BTreeMap::<i64, (i64, i64)>::new();
+        for r in read_topic(bootstrap, &output) {
+            let v: serde_json::Value = serde_json::from_str(&r.payload).unwrap();
+            match v["op"].as_str() {
+                Some("c") => {
+                    let a = &v["after"];
+                    by_key.insert(
+                        a["k"].as_i64().unwrap(),
+                        (a["total"].as_i64().unwrap(), a["n"].as_i64().unwrap()),
+                    );
+                }
+                Some("d") => {
+                    by_key.remove(&v["before"]["k"].as_i64().unwrap());
+                }
+                other => panic!("unexpected change {other:?}: {v}"),
+            }
+        }
+        by_key
+    };
+    let start = Instant::now();
+    let got = loop {
+        instances[0].assert_running();
+        let got = materialized();
+        if got == want || start.elapsed() > Duration::from_secs(120) {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(got, want, "\n{}", instances[0].log());
+    assert!(
+        instances[0]
+            .log()
+            .contains("restoring a partition's state from the checkpoint")
+            && instances[0].log().contains("/b-"),
+        "a restored none of b's tasks:\n{}",
+        instances[0].log()
+    );
+    for i in instances {
         i.kill();
     }
     delete_topics(bootstrap, &[&input, &output]).await;
