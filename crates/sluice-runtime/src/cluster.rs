@@ -269,13 +269,23 @@ impl KeyedSplit {
     }
 }
 
-/// Client options a repartition topic's readers and writers take from the job's source.
-fn client_option(key: &str) -> bool {
-    key == "bootstrap.servers"
-        || key == "client.rack"
-        || ["security.", "sasl.", "ssl."]
-            .iter()
-            .any(|p| key.starts_with(p))
+/// The Kafka client options (without `properties.`) a repartition topic's readers and
+/// writers take from the job's source `spec`: where the brokers are, how to reach them.
+pub fn client_options(spec: &ConnectorSpec) -> std::collections::BTreeMap<String, String> {
+    let wanted = |key: &str| {
+        key == "bootstrap.servers"
+            || key == "client.rack"
+            || ["security.", "sasl.", "ssl."]
+                .iter()
+                .any(|p| key.starts_with(p))
+    };
+    spec.options
+        .iter()
+        .filter_map(|(k, v)| {
+            let k = k.strip_prefix("properties.")?;
+            wanted(k).then(|| (k.to_string(), v.clone()))
+        })
+        .collect()
 }
 
 /// Splits a cluster job with keyed state at its keyed exchange (`None`: a job without
@@ -405,15 +415,7 @@ pub fn split_keyed(
     let NodeKind::Source(src) = &plan.nodes[*source].kind else {
         unreachable!("invariant: a source");
     };
-    let client: std::collections::BTreeMap<String, String> = src
-        .spec
-        .options
-        .iter()
-        .filter_map(|(k, v)| {
-            let k = k.strip_prefix("properties.")?;
-            client_option(k).then(|| (k.to_string(), v.clone()))
-        })
-        .collect();
+    let client = client_options(&src.spec);
     let mut member_client = client.clone();
     for k in ["session.timeout.ms", "heartbeat.interval.ms"] {
         if let Some(v) = src.spec.options.get(&format!("properties.{k}")) {

@@ -64,18 +64,7 @@ pub fn keyed(plan: &JobPlan, registry: &ConnectorRegistry) -> Result<Option<Keye
             "a cluster job with keyed state reads one Kafka `topic` (not a `topic-pattern`)",
         )
     })?;
-    let client: std::collections::BTreeMap<String, String> = source
-        .spec
-        .options
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("properties.")?.to_string(), v.clone())))
-        .filter(|(k, _)| {
-            k == "bootstrap.servers"
-                || k.starts_with("security.")
-                || k.starts_with("sasl.")
-                || k.starts_with("ssl.")
-        })
-        .collect();
+    let client = sluice_runtime::cluster::client_options(&source.spec);
     let partitions = tasks::topic_partitions(&client, topic)?;
     sluice_runtime::cluster::split_keyed(plan, registry, partitions)
 }

@@ -126,6 +126,23 @@ impl Instance {
         assert!(ok, "kill {sig} {} failed", self.name);
     }
 
+    /// Waits (at most `limit`) for the instance to end, and its exit status.
+    pub(crate) fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "instance {} did not stop within {limit:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Fails the test when the instance has ended (it runs until it is stopped).
     pub(crate) fn assert_running(&mut self) {
         if let Some(status) = self.child.try_wait().unwrap() {
@@ -141,6 +158,27 @@ impl Instance {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What `sluice ps --cluster CLUSTER --bootstrap BOOTSTRAP --json` prints.
+pub(crate) fn ps_cluster(cluster: &str, bootstrap: &str) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args([
+            "ps",
+            "--cluster",
+            cluster,
+            "--bootstrap",
+            bootstrap,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The time of day (UTC, seconds) of a log line, as its timestamp says.
@@ -353,23 +391,7 @@ async fn instances_share_a_job_survive_a_kill_and_take_in_a_new_one_exactly_once
     // its session), their hosts and the six partitions among them, and no lag.
     let start = Instant::now();
     loop {
-        let out = Command::new(BIN)
-            .args([
-                "ps",
-                "--cluster",
-                &cluster,
-                "--bootstrap",
-                bootstrap,
-                "--json",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let r = ps_cluster(&cluster, bootstrap);
         let names: Vec<&str> = r["instances"]
             .as_array()
             .unwrap()
@@ -490,18 +512,7 @@ async fn an_instance_stopped_with_sigterm_commits_what_it_read() {
         std::thread::sleep(Duration::from_millis(200));
     }
     a.signal("-TERM");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = a.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the instance did not stop within 60 s of SIGTERM:\n{}",
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = a.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{status}:\n{}", a.log());
     // What it wrote is exactly what its committed offsets cover.
     let written = committed_ids(bootstrap, &output);
@@ -653,18 +664,7 @@ async fn an_instance_cut_off_the_network_is_replaced_and_cannot_commit_when_it_r
         i.wait_for(ASSIGNED);
     }
     // The broker sees each instance at its own address.
-    let out = Command::new(BIN)
-        .args([
-            "ps",
-            "--cluster",
-            &cluster,
-            "--bootstrap",
-            bootstrap,
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let r = ps_cluster(&cluster, bootstrap);
     let hosts: Vec<&str> = r["instances"]
         .as_array()
         .into_iter()
@@ -747,18 +747,7 @@ async fn a_server_job_and_a_process_are_instances_of_one_cluster() {
     assert_exactly_once(bootstrap, &output, n, &mut process);
     let (_, job) = server.call("GET", &format!("/api/jobs/{id}"), None);
     assert_eq!(job["status"], "running", "{job}");
-    let out = Command::new(BIN)
-        .args([
-            "ps",
-            "--cluster",
-            &cluster,
-            "--bootstrap",
-            bootstrap,
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = ps_cluster(&cluster, bootstrap);
     let names: Vec<&str> = r["instances"]
         .as_array()
         .unwrap()

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::broker::kafka;
-use crate::cluster::{ASSIGNED, Instance, log_time, now_of_day};
+use crate::cluster::{ASSIGNED, Instance, log_time, now_of_day, ps_cluster};
 use crate::kafka::{BIN, create_topic, delete_topics, produce, read_topic, unique};
 
 /// `1970-01-01 HH:MM:SS.mmm`, as the JSON format writes a TIMESTAMP(3) of `ms`.
@@ -147,12 +147,7 @@ async fn watermarks_cross_a_topic_from_one_job_to_the_next() {
     };
     let _ = second.kill();
     let _ = second.wait();
-    let wrong: Vec<_> = want
-        .iter()
-        .filter(|(k, v)| got.get(*k) != Some(&vec![**v]))
-        .map(|(k, v)| (k, v, got.get(k)))
-        .take(5)
-        .collect();
+    let wrong = wrong_windows(&want, &got);
     assert!(
         wrong.is_empty() && got.len() == want.len(),
         "{} windows, {} expected ({early} before the first job ended); first wrong: {wrong:?}; first got: {:?}\n{}",
@@ -166,6 +161,9 @@ async fn watermarks_cross_a_topic_from_one_job_to_the_next() {
 
 /// Windows by key and start (seconds since midnight): `(count, sum)`.
 type Windows = std::collections::BTreeMap<(i64, i64), (i64, i64)>;
+
+/// Windows as committed to an output topic: every `(count, sum)` written for each.
+type Committed = std::collections::BTreeMap<(i64, i64), Vec<(i64, i64)>>;
 
 /// `n` events over the `partitions` partitions of `input` (event `i` in partition
 /// `i % partitions`, key `i % keys`, value `i`, event time `i * step_ms`: each partition
@@ -216,11 +214,8 @@ fn events_input(
 
 /// The windows committed to `output` by key and start, each with every `(n, total)`
 /// written for it.
-fn committed_windows(
-    bootstrap: &str,
-    output: &str,
-) -> std::collections::BTreeMap<(i64, i64), Vec<(i64, i64)>> {
-    let mut windows = std::collections::BTreeMap::<(i64, i64), Vec<(i64, i64)>>::new();
+fn committed_windows(bootstrap: &str, output: &str) -> Committed {
+    let mut windows = Committed::new();
     for r in read_topic(bootstrap, output) {
         let v: serde_json::Value = serde_json::from_str(&r.payload).unwrap();
         let start = v["window_start"].as_str().unwrap();
@@ -231,6 +226,16 @@ fn committed_windows(
             .push((v["n"].as_i64().unwrap(), v["total"].as_i64().unwrap()));
     }
     windows
+}
+
+/// The first few windows of `want` that `got` does not have exactly once, with what it
+/// has for them.
+fn wrong_windows(want: &Windows, got: &Committed) -> Vec<String> {
+    want.iter()
+        .filter(|(k, v)| got.get(*k) != Some(&vec![**v]))
+        .map(|(k, v)| format!("{k:?}: want {v:?}, got {:?}", got.get(k)))
+        .take(5)
+        .collect()
 }
 
 /// Waits (at most 60 s) until `instance`'s partition tasks have completed `n`
@@ -306,12 +311,7 @@ fn assert_windows(
         .iter()
         .map(|i| format!("--- {}:\n{}", i.name, i.log()))
         .collect();
-    let wrong: Vec<_> = want
-        .iter()
-        .filter(|(k, v)| windows.get(*k) != Some(&vec![**v]))
-        .map(|(k, v)| (k, v, windows.get(k)))
-        .take(5)
-        .collect();
+    let wrong = wrong_windows(want, &windows);
     assert!(
         wrong.is_empty() && windows.len() == want.len(),
         "{} windows, {} expected; first wrong: {wrong:?}\n{}",
@@ -406,18 +406,7 @@ async fn keyed_windows_across_instances_survive_a_kill_with_their_state() {
         logs.join("\n")
     );
     // `ps --cluster` shows which instance runs which partition's keyed task.
-    let out = Command::new(BIN)
-        .args([
-            "ps",
-            "--cluster",
-            &cluster,
-            "--bootstrap",
-            bootstrap,
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let r = ps_cluster(&cluster, bootstrap);
     let mut tasks: Vec<String> = Vec::new();
     for i in r["instances"].as_array().into_iter().flatten() {
         assert!(
@@ -531,18 +520,7 @@ async fn a_keyed_instance_stopped_with_sigterm_goes_on_from_its_state() {
     a.wait_for(ASSIGNED);
     wait_for_task_checkpoints(&mut a, 12);
     a.signal("-TERM");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = a.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the instance did not stop in 30 s after SIGTERM:\n{}",
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = a.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status}:\n{}", a.log());
     let mut again = vec![Instance::start(&sql, &cluster, "a", dir.path())];
     let logs = assert_windows(bootstrap, &output, &want, &mut again);

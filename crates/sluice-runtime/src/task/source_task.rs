@@ -143,10 +143,15 @@ impl SplitClocks {
     /// Each split's own watermark (splits that had rows or a reported watermark).
     pub(crate) fn split_watermarks(&self) -> Vec<(usize, i64)> {
         self.splits
-            .iter()
-            .filter(|(_, c)| c.max_ts != i64::MIN)
-            .map(|(&s, c)| (s, c.max_ts.saturating_sub(self.bound)))
+            .keys()
+            .filter_map(|&s| Some((s, self.split_watermark(s)?)))
             .collect()
+    }
+
+    /// Split `split`'s own watermark, once it had rows or a reported watermark.
+    pub(crate) fn split_watermark(&self, split: usize) -> Option<i64> {
+        let c = self.splits.get(&split)?;
+        (c.max_ts != i64::MIN).then(|| c.max_ts.saturating_sub(self.bound))
     }
 
     /// `split` has no more rows.
@@ -340,12 +345,9 @@ pub(crate) async fn run_source_task(mut src: SourceTask, mut chain: Chain) -> Re
                     ReadResult::SplitEnd(split) => {
                         // Rows read so far go out before the split stops holding back.
                         flush(&mut src, &mut chain, &mut pending, &mut clocks, &mut last_wm).await?;
-                        let last: Vec<(usize, i64)> = clocks
-                            .split_watermarks()
-                            .into_iter()
-                            .filter(|&(s, _)| s == split)
-                            .collect();
-                        src.reader.split_watermarks(&last);
+                        if let Some(w) = clocks.split_watermark(split) {
+                            src.reader.split_watermarks(&[(split, w)]);
+                        }
                         clocks.end(split);
                         emit_watermark(&mut src, &mut chain, &mut clocks, &mut last_wm).await?;
                     }

@@ -1041,7 +1041,10 @@ impl Operator for KafkaSinkOperator {
         if let Some(t) = watermark.event_time() {
             self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
             // With checkpoints it goes out at each barrier (in its transaction).
-            if !ctx.checkpointing && self.watermark_at.elapsed() >= WRITE_EVERY {
+            if self.config.watermark_records
+                && !ctx.checkpointing
+                && self.watermark_at.elapsed() >= WRITE_EVERY
+            {
                 let (w, of) = self.own_writers();
                 self.write_watermarks(w, of).await?;
             }
