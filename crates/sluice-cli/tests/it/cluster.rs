@@ -33,7 +33,20 @@ impl Instance {
         dir: &Path,
         extra: &[&str],
     ) -> Instance {
-        Self::launch(None, sql, cluster, name, dir, extra)
+        Self::launch(None, sql, cluster, name, dir, extra, &[])
+    }
+
+    /// An instance with more flags and environment variables (`--checkpoint-dir` among
+    /// the flags replaces the default, a directory in `dir`).
+    pub(crate) fn start_env(
+        sql: &Path,
+        cluster: &str,
+        name: &str,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Instance {
+        Self::launch(None, sql, cluster, name, dir, extra, env)
     }
 
     /// An instance in network namespace `netns` (`ip netns exec`), if given.
@@ -44,7 +57,7 @@ impl Instance {
         name: &str,
         dir: &Path,
     ) -> Instance {
-        Self::launch(netns, sql, cluster, name, dir, &[])
+        Self::launch(netns, sql, cluster, name, dir, &[], &[])
     }
 
     fn launch(
@@ -54,6 +67,7 @@ impl Instance {
         name: &str,
         dir: &Path,
         extra: &[&str],
+        env: &[(String, String)],
     ) -> Instance {
         let log = dir.join(format!("{name}.log"));
         let mut command = match netns {
@@ -64,9 +78,12 @@ impl Instance {
             }
             None => Command::new(BIN),
         };
+        command.arg("run").arg(sql);
+        if !extra.contains(&"--checkpoint-dir") {
+            command.arg("--checkpoint-dir").arg(dir.join("checkpoints"));
+        }
         let child = command
-            .arg("run")
-            .arg(sql)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .args([
                 "--quiet",
                 "-p",
@@ -82,8 +99,6 @@ impl Instance {
                 "--delivery",
                 "exactly-once",
             ])
-            .arg("--checkpoint-dir")
-            .arg(dir.join("checkpoints"))
             .args(["--restart-attempts", "20", "--restart-delay", "500ms"])
             .args(extra)
             .env("RUST_LOG", "info")

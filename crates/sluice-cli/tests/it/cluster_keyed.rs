@@ -505,9 +505,11 @@ async fn a_keyed_instance_cut_off_the_network_is_fenced_and_its_state_taken_over
 
 /// SIGTERM stops a keyed instance: its front commits what it read, its partition tasks
 /// stop at their last commit, and it exits at once. Started again, it restores every
-/// partition's state from its last checkpoint and the output is exact.
+/// partition's state from its last checkpoint and the output is exact. The checkpoints
+/// go through an S3 API (moto's server): what the second run restores, it reads back
+/// from object storage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_keyed_instance_stopped_with_sigterm_goes_on_from_its_state() {
+async fn a_keyed_instance_stopped_with_sigterm_goes_on_from_its_state_in_s3() {
     let bootstrap = kafka();
     let (input, output) = (unique("keyed-term-in"), unique("keyed-term-out"));
     create_topic(bootstrap, &input, 4).await;
@@ -516,21 +518,41 @@ async fn a_keyed_instance_stopped_with_sigterm_goes_on_from_its_state() {
     let dir = tempfile::tempdir().unwrap();
     let sql = windowed_job(dir.path(), bootstrap, &input, &output);
     let cluster = unique("k");
-    let mut a = Instance::start(&sql, &cluster, "a", dir.path());
+    let s3 = crate::moto::Moto::start("sluice-state");
+    let state = ["--checkpoint-dir", "s3://sluice-state/jobs"];
+    let mut a = Instance::start_env(&sql, &cluster, "a", dir.path(), &state, &s3.env());
     a.wait_for(ASSIGNED);
     wait_for_task_checkpoints(&mut a, 12);
     a.signal("-TERM");
     let status = a.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status}:\n{}", a.log());
+    // Every partition's task checkpointed into the bucket.
+    let keys = s3.keys(&format!("jobs/{cluster}/"));
+    for p in 0..4 {
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with(&format!("jobs/{cluster}/p{p}/"))
+                    && k.ends_with("/_manifest.json")),
+            "no checkpoint of partition {p} in the bucket: {keys:?}"
+        );
+    }
     // Started again under another name: the stopped instance's static members leave the
     // group when their session times out. (Restarted under the same name, its front's
     // second subtask sometimes got no partitions back, one run in five: not understood
     // yet.)
-    let mut again = vec![Instance::start(&sql, &cluster, "a2", dir.path())];
+    let mut again = vec![Instance::start_env(
+        &sql,
+        &cluster,
+        "a2",
+        dir.path(),
+        &state,
+        &s3.env(),
+    )];
     let logs = assert_windows(bootstrap, &output, &want, &mut again);
     assert!(
-        logs[0].contains("restoring a partition's state from the checkpoint"),
-        "the second run restored no state:\n{}",
+        logs[0].contains("restoring a partition's state from the checkpoint")
+            && logs[0].contains("s3://sluice-state/jobs/"),
+        "the second run restored no state from the bucket:\n{}",
         logs[0]
     );
     for i in again {
