@@ -28,8 +28,11 @@ pub struct PartitionTask {
     /// The repartition topic's partition.
     pub partition: i32,
     /// This run's own name, unique across runs: its checkpoints are kept under it, and
-    /// the offsets its transactions commit carry it (`TOKEN:EPOCH`).
+    /// the offsets its transactions commit name it with the checkpoint's epoch (in their offset metadata).
     pub token: String,
+    /// The instance that runs it (its cluster config's `instance` names the partition,
+    /// which is what its transactional id is made of).
+    pub owner: String,
 }
 
 impl ClusterConfig {

@@ -253,10 +253,11 @@ impl KeyedSplit {
         let cluster = plan.config.cluster.as_mut().ok_or_else(|| {
             SluiceError::internal("the back of a keyed cluster job without its cluster")
         })?;
-        cluster.instance = format!("p{partition}");
+        let owner = std::mem::replace(&mut cluster.instance, format!("p{partition}"));
         cluster.partition_task = Some(sluice_plan::PartitionTask {
             partition,
             token: token.to_string(),
+            owner,
         });
         for n in &mut plan.nodes {
             if let NodeKind::Source(s) = &mut n.kind {
@@ -622,6 +623,7 @@ mod tests {
             c.partition_task = Some(sluice_plan::PartitionTask {
                 partition: 3,
                 token: "a-1".into(),
+                owner: "a".into(),
             });
         }
         prepare(&mut plan).unwrap();

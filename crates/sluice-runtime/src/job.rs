@@ -733,6 +733,7 @@ impl PreparedJob {
                     ctx.delivery = cfg.delivery;
                     ctx.attempt = attempt;
                     ctx.cluster = cluster.clone();
+                    ctx.checkpoints = Arc::clone(&stats);
                     ctx
                 };
                 let mut slots = Vec::new();

@@ -403,6 +403,14 @@ impl CheckpointStats {
             .cloned()
     }
 
+    /// Checkpoint `epoch`, if it completed and is still in the history.
+    pub fn completed(&self, epoch: u64) -> Option<CheckpointRecord> {
+        self.lock()
+            .iter()
+            .find(|r| r.epoch == epoch && r.status == CheckpointStatus::Completed)
+            .cloned()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<CheckpointRecord>> {
         self.history.lock().unwrap_or_else(|p| p.into_inner())
     }

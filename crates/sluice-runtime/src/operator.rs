@@ -130,6 +130,9 @@ pub struct OperatorContext {
     pub attempt: u64,
     /// Set when this process is one instance of a job that several run together.
     pub cluster: Option<Arc<sluice_plan::ClusterConfig>>,
+    /// The job's checkpoints: in [`Operator::commit`], the completed checkpoint's
+    /// record (its state size among others) is there.
+    pub checkpoints: Arc<crate::metrics::CheckpointStats>,
     dead_letters: Arc<dyn DeadLetterQueue>,
 }
 
@@ -165,6 +168,7 @@ impl OperatorContext {
             delivery: DeliveryGuarantee::default(),
             attempt: 0,
             cluster: None,
+            checkpoints: Arc::default(),
             dead_letters,
         }
     }

@@ -5,7 +5,8 @@
 //!  GET /                  overview: jobs with status and counts, submit a SQL job, lineage
 //!  GET /jobs/{id}         a job: graph with live per-operator numbers, latency, checkpoints,
 //!                         exceptions, cancel / savepoint / stop with savepoint, and for
-//!                         a cluster instance its cluster's instances (host, partitions, lag)
+//!                         a cluster instance its cluster's instances (host, partitions, lag,
+//!                         state size, last rebalance)
 //!  GET /jobs/{id}/logs    the log finder: task, level, "errors only", text; stack traces
 //!  GET /assets/app.js     the script, GET /assets/style.css the style
 //! ```
@@ -85,7 +86,7 @@ async fn job(Path(id): Path<String>) -> Result<Html<String>, (StatusCode, String
 <div id="graph-box"><svg id="graph" role="img" aria-label="dataflow graph"></svg></div>
 <table id="operators"><thead><tr><th>Operator</th><th>Parallelism</th><th>Records in</th><th>In/s</th><th>Records out</th><th>Out/s</th><th>p50 / p99 latency</th><th>Busy</th><th>Backpressure</th><th>Queue</th><th>Watermark</th><th>Dead letters</th><th>Late</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Reads and writes</h2><p id="lineage"></p></section>
-<section id="cluster-section" hidden><h2>Cluster <span id="cluster-name"></span></h2><p id="cluster-state" class="empty"></p><table id="cluster"><thead><tr><th>Instance</th><th>Host</th><th>Subtasks</th><th>Partitions</th><th>Lag</th><th>Keyed tasks</th><th>Task lag</th></tr></thead><tbody></tbody></table></section>
+<section id="cluster-section" hidden><h2>Cluster <span id="cluster-name"></span></h2><p id="cluster-state" class="empty"></p><table id="cluster"><thead><tr><th>Instance</th><th>Host</th><th>Subtasks</th><th>Partitions</th><th>Lag</th><th>Keyed tasks</th><th>Task lag</th><th>State</th><th>Last rebalance</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Checkpoints</h2><table id="checkpoints"><thead><tr><th>Id</th><th>Kind</th><th>Status</th><th>Triggered</th><th>Duration</th><th>Size</th><th>Location</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Exceptions</h2><div id="exceptions"><p class="empty">None.</p></div></section>
 <section><h2>Explain</h2><pre id="explain"></pre><details><summary>SQL</summary><pre id="job-sql"></pre></details></section>"#

@@ -7,7 +7,7 @@
 //!            └─ partition tasks: the repartition topic's partitions (group
 //!               sluice-NAME-repartition) — per partition p one back job:
 //!                 restore the checkpoint p's committed offset names (group
-//!                 sluice-NAME-tasks, metadata TOKEN:EPOCH), read p from there,
+//!                 sluice-NAME-tasks, metadata: run and epoch), read p from there,
 //!                 commit output + offset + the checkpoint's name in one transaction
 //!               p taken away: its task is cancelled (its open transaction aborts;
 //!               the next owner restores the last committed checkpoint)

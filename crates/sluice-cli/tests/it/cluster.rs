@@ -788,6 +788,16 @@ async fn a_server_job_and_a_process_are_instances_of_one_cluster() {
         (t.contains("cli") && t.contains("srv")).then_some(t)
     });
     assert!(shown.contains(&input), "no partitions shown: {shown}");
+    // Each instance's last rebalance: the partition it took, when (from its commits).
+    assert!(
+        browser.text("#cluster thead").contains("Last rebalance"),
+        "{}",
+        browser.text("#cluster")
+    );
+    browser.wait("each instance's last rebalance", |b| {
+        let t = b.text("#cluster tbody");
+        t.contains(" at ").then_some(())
+    });
     assert!(
         browser.text("#cluster-name").contains(&cluster),
         "{}",

@@ -368,6 +368,12 @@ async fn keyed_windows_across_instances_survive_a_kill_with_their_state() {
     }
     // Others join once a's tasks have committed (what moves to them is restored).
     wait_for_task_checkpoints(&mut instances[0], 8);
+    // Its windows open, a's tasks hold state: their commits say how much.
+    let r = ps_cluster(&cluster, bootstrap);
+    assert!(
+        r["instances"][0]["state_bytes"].as_u64().unwrap_or(0) > 0,
+        "the instance's keyed tasks show no state: {r}"
+    );
     for name in ["b", "c"] {
         instances.push(Instance::start(&sql, &cluster, name, dir.path()));
     }
@@ -422,6 +428,25 @@ async fn keyed_windows_across_instances_survive_a_kill_with_their_state() {
         tasks.len(),
         4,
         "every partition of the repartition topic has one task: {r}"
+    );
+    // What their commits say: the partition each instance took last with how long that
+    // partition stood still. b's partitions waited for its session to time out (6 s)
+    // before a survivor took them; whoever took them last shows that pause.
+    let instances_seen = r["instances"].as_array().cloned().unwrap_or_default();
+    for i in &instances_seen {
+        assert!(
+            i["last_rebalance"]["at_ms"].as_i64().is_some(),
+            "an instance shows no last rebalance: {r}"
+        );
+    }
+    let pauses: Vec<u64> = instances_seen
+        .iter()
+        .filter_map(|i| i["last_rebalance"]["pause_ms"].as_u64())
+        .collect();
+    println!("last rebalance pauses per instance (ms): {pauses:?}");
+    assert!(
+        pauses.iter().any(|&p| p >= 3_000),
+        "no instance shows the pause of taking the killed instance's partitions: {r}"
     );
     // Each partition keeps the checkpoints of its current task (and of the one it
     // restored), not those of every task it ever had.

@@ -19,6 +19,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use sluice_types::{Result, SluiceError};
 
+use super::mark::CommitMark;
+
 /// One member of a group, as the broker describes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Member {
@@ -133,6 +135,44 @@ pub struct InstanceReport {
     pub tasks: Vec<String>,
     /// Records of those partitions not committed yet by their tasks.
     pub task_lag: i64,
+    /// The size of its tasks' keyed state, as of their last commits (bytes).
+    pub state_bytes: u64,
+    /// The partition (read, or of a task) it took most recently, as its last commit
+    /// says; none before its first commit.
+    pub last_rebalance: Option<Rebalance>,
+}
+
+/// When an instance took a partition, and how long the partition stood still then.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rebalance {
+    /// `topic/partition`.
+    pub partition: String,
+    /// When the instance first committed it (epoch ms).
+    pub at_ms: i64,
+    /// From the previous owner's last commit to this instance's first (ms); none when
+    /// nobody had committed it before.
+    pub pause_ms: Option<u64>,
+}
+
+impl InstanceReport {
+    /// Takes in the mark of this instance's last commit of `partition`.
+    fn saw(&mut self, partition: String, mark: &CommitMark) {
+        if mark.instance != self.instance {
+            return;
+        }
+        self.state_bytes += mark.state_bytes.unwrap_or(0);
+        if self
+            .last_rebalance
+            .as_ref()
+            .is_none_or(|r| r.at_ms < mark.since)
+        {
+            self.last_rebalance = Some(Rebalance {
+                partition,
+                at_ms: mark.since,
+                pause_ms: mark.pause_ms,
+            });
+        }
+    }
 }
 
 /// A cluster's consumer group: its instances and where each partition stands.
@@ -213,6 +253,9 @@ pub fn cluster_status(
                 .find(|(k, _)| k.0 == *topic && k.1 == p.partition);
             if let Some(&(_, i)) = owned {
                 instances[i].lag += p.lag.unwrap_or(p.end);
+                if let Some(m) = mark_of(&committed, p.partition) {
+                    instances[i].saw(format!("{topic}/{}", p.partition), m);
+                }
             }
             partitions.push((topic.clone(), p));
         }
@@ -246,6 +289,8 @@ fn instance_of(instances: &mut Vec<InstanceReport>, name: &str, host: &str) -> u
         lag: 0,
         tasks: Vec::new(),
         task_lag: 0,
+        state_bytes: 0,
+        last_rebalance: None,
     });
     instances.len() - 1
 }
@@ -299,6 +344,9 @@ fn add_tasks(
                 .find(|(k, _)| k.0 == *topic && k.1 == p.partition)
             {
                 instances[i].task_lag += p.lag.unwrap_or(p.end);
+                if let Some(m) = mark_of(&committed, p.partition) {
+                    instances[i].saw(format!("{topic}/{}", p.partition), m);
+                }
             }
         }
     }
@@ -330,9 +378,21 @@ pub fn render_cluster(cluster: &str, r: &ClusterReport) -> String {
         if !i.tasks.is_empty() {
             let _ = writeln!(
                 s,
-                "    keyed tasks {}  lag {}",
+                "    keyed tasks {}  lag {}  state {} bytes",
                 i.tasks.join(" "),
-                i.task_lag
+                i.task_lag,
+                i.state_bytes
+            );
+        }
+        if let Some(r) = &i.last_rebalance {
+            let pause = r.pause_ms.map_or(String::new(), |p| {
+                format!(", paused {:.1} s", p as f64 / 1000.0)
+            });
+            let _ = writeln!(
+                s,
+                "    last rebalance: took {} at {}{pause}",
+                r.partition,
+                clock(r.at_ms)
             );
         }
     }
@@ -344,6 +404,18 @@ pub fn render_cluster(cluster: &str, r: &ClusterReport) -> String {
         );
     }
     s
+}
+
+/// A time of day (UTC) from epoch ms: `HH:MM:SS.mmm`.
+fn clock(ms: i64) -> String {
+    let day = ms.rem_euclid(86_400_000);
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day / 3_600_000,
+        day / 60_000 % 60,
+        day / 1000 % 60,
+        day % 1000
+    )
 }
 
 /// The end offset of each partition of `topic`, by partition.
@@ -369,11 +441,26 @@ fn topic_ends(
     Ok(ends)
 }
 
+/// A group's committed offset of a partition: the partition, the offset, and what a
+/// cluster instance's commit says besides.
+type Committed = (i32, i64, Option<CommitMark>);
+
+/// The mark of partition `p`'s committed offset, if any.
+fn mark_of(committed: &[Committed], p: i32) -> Option<&CommitMark> {
+    committed
+        .iter()
+        .find(|(q, _, _)| *q == p)
+        .and_then(|(_, _, m)| m.as_ref())
+}
+
 /// Each partition's progress: its end, the group's committed offset, the lag between.
-fn lags(ends: &[(i32, i64)], committed: &[(i32, i64)]) -> Vec<PartitionLag> {
+fn lags(ends: &[(i32, i64)], committed: &[Committed]) -> Vec<PartitionLag> {
     ends.iter()
         .map(|&(p, end)| {
-            let c = committed.iter().find(|(q, _)| *q == p).map(|(_, o)| *o);
+            let c = committed
+                .iter()
+                .find(|(q, _, _)| *q == p)
+                .map(|(_, o, _)| *o);
             PartitionLag {
                 partition: p,
                 committed: c,
@@ -404,7 +491,7 @@ fn committed_offsets(
     topic: &str,
     ends: &[(i32, i64)],
     timeout: Duration,
-) -> Result<Vec<(i32, i64)>> {
+) -> Result<Vec<Committed>> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -422,7 +509,9 @@ fn committed_offsets(
         .elements()
         .iter()
         .filter_map(|e| match e.offset() {
-            Offset::Offset(o) if o >= 0 => Some((e.partition(), o)),
+            Offset::Offset(o) if o >= 0 => {
+                Some((e.partition(), o, CommitMark::parse(e.metadata())))
+            }
             _ => None,
         })
         .collect())

@@ -23,6 +23,7 @@ use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
 use tokio::sync::Notify;
 
 use super::group::Partition;
+use super::mark::CommitMark;
 use super::source::SourceConsumer;
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -161,13 +162,39 @@ impl TxnLink {
     }
 
     /// Of `offsets`, those of partitions still held under the claim they were read by.
-    pub(crate) fn still_held(&self, offsets: &[Held]) -> Vec<(Partition, i64)> {
+    pub(crate) fn still_held(&self, offsets: &[Held]) -> Vec<Held> {
         let held = locked(&self.held);
         offsets
             .iter()
             .filter(|(p, _, claim)| held.get(p) == Some(claim))
-            .map(|(p, o, _)| (p.clone(), *o))
+            .cloned()
             .collect()
+    }
+
+    /// The marks of the group's last commits of `parts` (see [`CommitMark`]), read as a
+    /// `read_committed` consumer reads them. Blocking.
+    pub(crate) fn committed_marks(&self, parts: &[Partition]) -> HashMap<Partition, CommitMark> {
+        let Some(consumer) = locked(&self.consumer).upgrade() else {
+            return HashMap::new();
+        };
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for (t, p) in parts {
+            tpl.add_partition(t, *p);
+        }
+        match consumer.committed_offsets(tpl, super::METADATA_TIMEOUT) {
+            Ok(got) => got
+                .elements()
+                .iter()
+                .filter_map(|e| {
+                    let mark = CommitMark::parse(e.metadata())?;
+                    Some(((e.topic().to_string(), e.partition()), mark))
+                })
+                .collect(),
+            Err(e) => {
+                tracing::info!(error = %e, "cannot read the last commits of partitions this instance takes over (their pause is not known)");
+                HashMap::new()
+            }
+        }
     }
 
     /// The consumer's current group membership, for offsets committed in a transaction
@@ -201,12 +228,18 @@ mod tests {
         assert!(!Arc::ptr_eq(&l, &link("job-link-test", 8, 0)));
         let t0 = ("t".to_string(), 0);
         let p = |o| vec![(t0.clone(), o)];
+        let held = |h: Vec<Held>| -> Vec<(Partition, i64)> {
+            l.still_held(&h)
+                .into_iter()
+                .map(|(p, o, _)| (p, o))
+                .collect()
+        };
         l.hold(&t0);
         l.push(1, p(10), vec![]);
         l.push(2, p(20), vec![]);
         l.push(3, p(30), vec![]);
         let two = l.take(2).unwrap();
-        assert_eq!(l.still_held(&two), p(20));
+        assert_eq!(held(two), p(20));
         assert_eq!(l.take(2), None);
         let three = l.take(3).unwrap();
         // Let go and taken back: what was read under the old claim is not committed.
@@ -215,7 +248,7 @@ mod tests {
         l.hold(&t0);
         assert!(l.still_held(&three).is_empty());
         l.push(4, p(40), vec![]);
-        assert_eq!(l.still_held(&l.take(4).unwrap()), p(40));
+        assert_eq!(held(l.take(4).unwrap()), p(40));
         // A partition not held is not pushed.
         l.push(5, vec![(("t".to_string(), 9), 1)], vec![]);
         assert!(l.take(5).unwrap().is_empty());
@@ -225,6 +258,6 @@ mod tests {
         for n in 0..100 {
             l.push(n, p(n as i64), vec![]);
         }
-        assert_eq!(l.still_held(&l.take(99).unwrap()), p(99));
+        assert_eq!(held(l.take(99).unwrap()), p(99));
     }
 }

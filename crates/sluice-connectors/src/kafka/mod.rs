@@ -21,6 +21,7 @@ mod batch;
 mod follow;
 mod group;
 mod link;
+pub mod mark;
 mod reader;
 mod sink;
 mod source;

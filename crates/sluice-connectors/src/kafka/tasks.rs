@@ -5,7 +5,7 @@
 //!  instances ── one consumer group on the repartition topic ──> partitions per instance
 //!    (its members fetch nothing: they only learn what is theirs; a partition taken away
 //!     is given up once the task running it has stopped)
-//!  partition p ── committed offset of group `…-tasks`, metadata `TOKEN:EPOCH` ──>
+//!  partition p ── committed offset of group `…-tasks`, metadata: run and epoch ──>
 //!    the checkpoint its last transaction was taken with: what p's next task restores
 //! ```
 
@@ -21,6 +21,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_types::{Result, SluiceError};
 
+use super::mark::CommitMark;
 use super::{METADATA_TIMEOUT, Topics, client_config, kafka_err, partitions};
 
 /// What the group says about this instance's partitions.
@@ -139,7 +140,7 @@ pub fn follow_assignment(
 }
 
 /// The checkpoint partition `partition` of `topic` was last committed with, as the
-/// offset of group `group` says (`TOKEN:EPOCH`), with the offset; `None` before any.
+/// offset of group `group` names (its [`CommitMark`]'s run and epoch), with the offset; `None` before any.
 /// Read as a `read_committed` consumer does: a transaction still open on it is waited
 /// for.
 pub fn committed_checkpoint(
@@ -166,19 +167,14 @@ pub fn committed_checkpoint(
     let Offset::Offset(o) = e.offset() else {
         return Ok(None);
     };
-    let Some((token, epoch)) = e.metadata().rsplit_once(':') else {
+    let named = CommitMark::parse(e.metadata()).and_then(|m| Some((m.run?, m.epoch?)));
+    let Some((run, epoch)) = named else {
         return Err(SluiceError::user(format!(
             "the committed offset of {topic}/{partition} for group `{group}` names no checkpoint (metadata `{}`): the group is used by something else",
             e.metadata()
         )));
     };
-    let epoch = epoch.parse().map_err(|_| {
-        SluiceError::user(format!(
-            "the committed offset of {topic}/{partition} names checkpoint `{}`, which is not TOKEN:EPOCH",
-            e.metadata()
-        ))
-    })?;
-    Ok(Some((o, token.to_string(), epoch)))
+    Ok(Some((o, run, epoch)))
 }
 
 /// The number of partitions of `topic`.

@@ -258,6 +258,12 @@ ${lines.map((l, i) => `<text x="8" y="${40 + i * 18}" class="node-metric">${esc(
     drawGraph(job, r);
   }
 
+  // The partition an instance took last: when, and how long it stood still then.
+  const rebalance = (r) =>
+    r
+      ? `${esc(r.partition)} at ${esc(new Date(r.at_ms).toLocaleTimeString())}${r.pause_ms == null ? "" : `, paused ${(r.pause_ms / 1000).toFixed(1)} s`}`
+      : "–";
+
   function job(id) {
     poll(async () => {
       const j = await api("GET", `/api/jobs/${id}`);
@@ -276,7 +282,8 @@ ${lines.map((l, i) => `<text x="8" y="${40 + i * 18}" class="node-metric">${esc(
           .map(
             (i) => `<tr><td>${esc(i.instance)}</td><td>${esc(i.host)}</td><td class="n">${i.subtasks}</td>
 <td>${esc(i.partitions.join(", "))}</td><td class="n">${num(i.lag)}</td>
-<td>${esc(i.tasks.join(", ")) || "–"}</td><td class="n">${i.tasks.length ? num(i.task_lag) : "–"}</td></tr>`
+<td>${esc(i.tasks.join(", ")) || "–"}</td><td class="n">${i.tasks.length ? num(i.task_lag) : "–"}</td>
+<td class="n">${i.tasks.length ? bytes(i.state_bytes) : "–"}</td><td>${rebalance(i.last_rebalance)}</td></tr>`
           )
           .join("");
       } catch (e) {

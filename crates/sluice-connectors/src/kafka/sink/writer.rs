@@ -21,7 +21,9 @@ use sluice_runtime::state::key_group::first_key_group;
 use sluice_runtime::{Collector, Operator, OperatorContext, OperatorState, RestoredState};
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TaskInfo, Watermark};
 
+use super::super::group::Partition;
 use super::super::link::{Held, TxnLink};
+use super::super::mark::CommitMark;
 use super::super::txn_log::{committed, ensure_topic, log_topic, parse_tag, read_markers};
 use super::super::watermarks::{WRITE_EVERY, WatermarkRecord};
 use super::super::{client_config, kafka_err};
@@ -129,9 +131,13 @@ pub struct KafkaSinkOperator {
     watermarks_written: std::collections::HashMap<u32, i64>,
     watermark_at: std::time::Instant,
     /// The keyed part of a cluster job: its run's name, which the offsets its
-    /// transactions commit carry with the checkpoint's epoch (`TOKEN:EPOCH`), so that
+    /// transactions commit carry with the checkpoint's epoch (in a `CommitMark`), so that
     /// the partition's next owner restores that very checkpoint.
     task_token: Option<String>,
+    /// A cluster instance: its name, and what its last commit of each partition it
+    /// holds said (with the source's claim of it): see [`CommitMark`].
+    instance: String,
+    marks: std::collections::HashMap<Partition, (u64, CommitMark)>,
 }
 
 fn encode_headers(out: &mut Vec<u8>, headers: &[(&str, Option<&[u8]>)]) {
@@ -213,6 +219,8 @@ impl KafkaSinkOperator {
             watermarks_written: Default::default(),
             watermark_at: std::time::Instant::now(),
             task_token: None,
+            instance: String::new(),
+            marks: std::collections::HashMap::new(),
         })
     }
 
@@ -540,7 +548,7 @@ impl KafkaSinkOperator {
     /// carries are still this member's (a revoked one is let go only after this commit).
     /// A member the group has dropped (cut off, or too slow) cannot commit: the job
     /// fails at once, and the instance starts again from the committed offsets.
-    async fn commit_with_offsets(&mut self, mut txn: Txn) -> Result<()> {
+    async fn commit_with_offsets(&mut self, mut txn: Txn, state_bytes: Option<u64>) -> Result<()> {
         let link = self
             .link
             .clone()
@@ -552,7 +560,10 @@ impl KafkaSinkOperator {
         };
         let mut retries = 0;
         loop {
-            let e = match self.try_commit_with_offsets(&txn, &link).await? {
+            let e = match self
+                .try_commit_with_offsets(&txn, &link, state_bytes)
+                .await?
+            {
                 Ok(()) => break,
                 Err(e) => e,
             };
@@ -591,7 +602,8 @@ impl KafkaSinkOperator {
     async fn try_commit_with_offsets(
         &mut self,
         txn: &Txn,
-        link: &TxnLink,
+        link: &Arc<TxnLink>,
+        state_bytes: Option<u64>,
     ) -> Result<std::result::Result<(), KafkaError>> {
         if !txn.sent && !txn.recs.is_empty() {
             self.open_txn().await?;
@@ -599,14 +611,47 @@ impl KafkaSinkOperator {
         }
         self.open_txn().await?;
         let offsets = link.still_held(txn.offsets.as_ref().map_or(&[], |(_, o)| o));
+        // Partitions this subtask commits for the first time under their claim: how
+        // long they stood still is measured from their previous owner's last commit.
+        let fresh: Vec<Partition> = offsets
+            .iter()
+            .filter(|(p, _, claim)| self.marks.get(p).is_none_or(|(c, _)| c != claim))
+            .map(|(p, _, _)| p.clone())
+            .collect();
+        let previous = match fresh.is_empty() {
+            true => std::collections::HashMap::new(),
+            false => {
+                let link = Arc::clone(link);
+                tokio::task::spawn_blocking(move || link.committed_marks(&fresh))
+                    .await
+                    .map_err(|e| SluiceError::internal(e.to_string()))?
+            }
+        };
+        let now = now_ms();
         let mut tpl = rdkafka::TopicPartitionList::new();
-        for ((t, p), o) in &offsets {
+        let mut marks = std::collections::HashMap::with_capacity(offsets.len());
+        for (part, o, claim) in &offsets {
+            let (t, p) = part;
             tpl.add_partition_offset(t, *p, rdkafka::Offset::Offset(*o))
                 .map_err(kafka_err("bad partition"))?;
-            if let (Some(token), Some(mut e)) = (&self.task_token, tpl.find_partition(t, *p)) {
-                e.set_metadata(format!("{token}:{}", txn.epoch));
+            let first = self
+                .marks
+                .get(part)
+                .filter(|(c, _)| c == claim)
+                .map(|(_, m)| m);
+            let mut mark = CommitMark::next(&self.instance, now, first, previous.get(part));
+            if let Some(token) = &self.task_token {
+                // The partition's next owner restores the checkpoint named here.
+                mark.run = Some(token.clone());
+                mark.epoch = Some(txn.epoch);
+                mark.state_bytes = state_bytes;
             }
+            if let Some(mut e) = tpl.find_partition(t, *p) {
+                e.set_metadata(mark.to_metadata());
+            }
+            marks.insert(part.clone(), (*claim, mark));
         }
+        self.marks = marks;
         let group = match offsets.is_empty() {
             true => None,
             false => Some(link.group_metadata().ok_or_else(|| {
@@ -768,6 +813,11 @@ impl Operator for KafkaSinkOperator {
                 ctx.task.subtask,
             ));
             self.task_token = c.partition_task.as_ref().map(|t| t.token.clone());
+            self.instance = c
+                .partition_task
+                .as_ref()
+                .map_or(&c.instance, |t| &t.owner)
+                .clone();
         }
         let mut cfg = client_config(&self.config.props);
         if !self.config.props.contains_key("partitioner") {
@@ -1006,7 +1056,7 @@ impl Operator for KafkaSinkOperator {
         Ok(())
     }
 
-    async fn commit(&mut self, epoch: u64, _ctx: &mut OperatorContext) -> Result<()> {
+    async fn commit(&mut self, epoch: u64, ctx: &mut OperatorContext) -> Result<()> {
         if self.guarantee != Guarantee::ExactlyOnce {
             return Ok(());
         }
@@ -1016,7 +1066,10 @@ impl Operator for KafkaSinkOperator {
                 .pop_front()
                 .expect("invariant: checked non-empty");
             match self.link.is_some() {
-                true => self.commit_with_offsets(txn).await?,
+                true => {
+                    let state_bytes = ctx.checkpoints.completed(txn.epoch).map(|r| r.state_bytes);
+                    self.commit_with_offsets(txn, state_bytes).await?
+                }
                 false => self.commit_txn(&txn).await?,
             }
         }
@@ -1090,4 +1143,11 @@ mod tests {
             vec![("a".into(), Some(b"1".to_vec())), ("b".into(), None),]
         );
     }
+}
+
+/// Now, in ms since the epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
