@@ -1,14 +1,16 @@
 //! One instance of a cluster job with keyed state (`sluice run --cluster` on a job with
-//! a keyed exchange): its front runs as any stateless cluster job, its back once per
-//! partition of the repartition topic that the group gives this instance.
+//! keyed exchanges): its fronts run as any stateless cluster job, each keyed stage once
+//! per partition of its input topics that the stage's group gives this instance.
 //!
 //! ```text
-//!  instance ─┬─ front: Kafka source ─> … ─> repartition topic   (group sluice-NAME)
-//!            └─ partition tasks: the repartition topic's partitions (group
-//!               sluice-NAME-repartition) — per partition p one back job:
+//!  instance ─┬─ fronts: Kafka source ─> … ─> repartition topic   (group sluice-NAME,
+//!            │                                                   sluice-NAME-in1, …)
+//!            └─ partition tasks, per keyed stage: its input topics' partitions (group
+//!               sluice-NAME-repartition, …-repartition-s1, …) — per partition p one job:
 //!                 restore the checkpoint p's committed offset names (group
-//!                 sluice-NAME-tasks, metadata: run and epoch), read p from there,
-//!                 commit output + offset + the checkpoint's name in one transaction
+//!                 sluice-NAME-tasks, metadata: run and epoch), read p of each input
+//!                 from there, commit output + offsets + the checkpoint's name in one
+//!                 transaction
 //!               p taken away: its task is cancelled (its open transaction aborts;
 //!               the next owner restores the last committed checkpoint)
 //! ```
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use sluice_connectors::kafka::tasks::{self, TaskEvent};
 use sluice_plan::{JobPlan, NodeKind, RestoreFrom};
-use sluice_runtime::cluster::KeyedSplit;
+use sluice_runtime::cluster::{KeyedSplit, KeyedStage};
 use sluice_runtime::source::ConnectorRegistry;
 use sluice_types::{Result, SluiceError};
 use tokio::sync::watch;
@@ -50,27 +52,33 @@ pub fn keyed(plan: &JobPlan, registry: &ConnectorRegistry) -> Result<Option<Keye
     if plan.config.cluster.is_none() || plan.nodes.iter().all(|n| n.kind.is_stateless()) {
         return Ok(None);
     }
-    // The repartition topic gets as many partitions as the source's topic has.
-    let source = plan.nodes.iter().find_map(|n| match &n.kind {
-        NodeKind::Source(s) if s.spec.connector == "kafka" => Some(s),
-        _ => None,
-    });
-    let Some(source) = source else {
-        // The split says why it cannot run.
-        return sluice_runtime::cluster::split_keyed(plan, registry, 0);
-    };
-    let topic = source.spec.options.get("topic").ok_or_else(|| {
-        SluiceError::user(
-            "a cluster job with keyed state reads one Kafka `topic` (not a `topic-pattern`)",
-        )
-    })?;
-    let client = sluice_runtime::cluster::client_options(&source.spec);
-    let partitions = tasks::topic_partitions(&client, topic)?;
-    sluice_runtime::cluster::split_keyed(plan, registry, partitions)
+    // The repartition topics get as many partitions as the sources' topics have.
+    let mut partitions = std::collections::BTreeMap::new();
+    for n in &plan.nodes {
+        let NodeKind::Source(source) = &n.kind else {
+            continue;
+        };
+        if source.spec.connector != "kafka" {
+            // The split says why it cannot run.
+            continue;
+        }
+        let topic = source.spec.options.get("topic").ok_or_else(|| {
+            SluiceError::user(format!(
+                "a cluster job with keyed state reads Kafka `topic`s (source `{}` has a `topic-pattern`)",
+                n.name
+            ))
+        })?;
+        let client = sluice_runtime::cluster::client_options(&source.spec);
+        partitions.insert(n.id, tasks::topic_partitions(&client, topic)?);
+    }
+    sluice_runtime::cluster::split_keyed(plan, registry, &partitions)
 }
 
-/// Runs this instance of a keyed cluster job until `stop` turns true (then the front
-/// drains and the partition tasks are cancelled) or the front fails for good.
+/// A partition task that runs (or stops) and the handle that waits for it.
+type RunningTask = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
+
+/// Runs this instance of a keyed cluster job until `stop` turns true (then the fronts
+/// drain and the partition tasks are cancelled) or a front fails for good.
 pub async fn run_keyed(
     split: KeyedSplit,
     registry: ConnectorRegistry,
@@ -78,107 +86,137 @@ pub async fn run_keyed(
     mut stop: watch::Receiver<bool>,
     jobs: RunningJobs,
 ) -> Result<()> {
-    tasks::ensure_repartition_topic(&split.client, &split.topic, split.partitions).await?;
+    // Co-partitioned: every input of a stage has its partitions, or the job stops here.
+    for (topic, n) in &split.topics {
+        tasks::ensure_repartition_topic(&split.client, topic, *n).await?;
+    }
     let split = Arc::new(split);
-    let cluster = split
-        .front
+    let cluster = split.fronts[0]
         .config
         .cluster
         .clone()
         .ok_or_else(|| SluiceError::internal("a keyed cluster job without its cluster"))?;
-    // The front: a stateless cluster job, restarted as the strategy says.
-    let front = Pipeline::from_plan(split.front.clone());
-    front.registry(registry.clone());
-    let (front_stop_tx, mut front_stop) = watch::channel(None);
-    let front_jobs = Arc::clone(&jobs);
-    let front_name = split.front.name.clone();
-    let mut front_run = tokio::spawn(async move {
-        front
-            .run_with_restarts(strategy, |h| {
-                running(&front_jobs).insert(front_name.clone(), h.metrics());
-                let _ = front_stop_tx.send(Some(h.stop_handle()));
-            })
-            .await
-    });
-    // The partition tasks, as the group gives and takes partitions.
+    // The fronts: stateless cluster jobs, restarted as the strategy says.
+    let mut fronts = tokio::task::JoinSet::new();
+    let mut front_stops = Vec::new();
+    for plan in &split.fronts {
+        let front = Pipeline::from_plan(plan.clone());
+        front.registry(registry.clone());
+        let (stop_tx, stop_rx) = watch::channel(None);
+        front_stops.push(stop_rx);
+        let front_jobs = Arc::clone(&jobs);
+        let name = plan.name.clone();
+        let strategy = strategy.clone();
+        fronts.spawn(async move {
+            front
+                .run_with_restarts(strategy, |h| {
+                    running(&front_jobs).insert(name.clone(), h.metrics());
+                    let _ = stop_tx.send(Some(h.stop_handle()));
+                })
+                .await
+        });
+    }
+    // The partition tasks of every stage, as the stages' groups give and take partitions.
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let member = format!("sluice-{}-{}-tasks", cluster.name, cluster.instance);
-    let assignment = tasks::follow_assignment(
-        &split.member_client,
-        &split.topic,
-        &split.assignment_group,
-        &member,
-        events_tx,
-    )?;
-    tracing::info!(topic = %split.topic, group = %split.assignment_group, "running the keyed part of the job for the repartition topic's partitions the group gives this instance");
-    let mut running: HashMap<i32, (watch::Sender<bool>, tokio::task::JoinHandle<()>)> =
-        HashMap::new();
+    let mut assignments = Vec::new();
+    for (s, stage) in split.stages.iter().enumerate() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        assignments.push(tasks::follow_assignment(
+            &split.member_client,
+            stage.topic(),
+            &stage.assignment_group,
+            &stage.member(&cluster.instance),
+            tx,
+        )?);
+        let events_tx = events_tx.clone();
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                if events_tx.send((s, e)).is_err() {
+                    return;
+                }
+            }
+        });
+        tracing::info!(stage = s, topics = ?stage.inputs, group = %stage.assignment_group, "running the keyed part of the job for the partitions the group gives this instance");
+    }
+    drop(events_tx);
+    let mut running_tasks: HashMap<(usize, i32), RunningTask> = HashMap::new();
     let result = loop {
         tokio::select! {
             e = events.recv() => match e {
-                Some(TaskEvent::Assigned(parts)) => {
+                Some((s, TaskEvent::Assigned(parts))) => {
                     for p in parts {
                         let (cancel, cancelled) = watch::channel(false);
                         let task = tokio::spawn(run_task(
                             Arc::clone(&split),
+                            s,
                             registry.clone(),
                             cluster.instance.clone(),
                             p,
                             cancelled,
                             Arc::clone(&jobs),
                         ));
-                        if let Some((old, h)) = running.insert(p, (cancel, task)) {
+                        if let Some((old, h)) = running_tasks.insert((s, p), (cancel, task)) {
                             let _ = old.send(true);
                             let _ = h.await;
                         }
                     }
                 }
-                Some(TaskEvent::Revoked(parts, done)) => {
+                Some((s, TaskEvent::Revoked(parts, done))) => {
                     for p in parts {
-                        if let Some((cancel, h)) = running.remove(&p) {
+                        if let Some((cancel, h)) = running_tasks.remove(&(s, p)) {
                             let _ = cancel.send(true);
                             let _ = h.await;
-                            tracing::info!(partition = p, "stopped the task of a partition the group gave to another instance");
+                            tracing::info!(stage = s, partition = p, "stopped the task of a partition the group gave to another instance");
                         }
                     }
                     let _ = done.send(());
                 }
-                None => break Err(SluiceError::internal("the repartition topic's consumer group went away")),
+                None => break Err(SluiceError::internal("the repartition topics' consumer groups went away")),
             },
-            r = &mut front_run => {
+            r = fronts.join_next() => {
                 break match r {
-                    Ok(r) => r,
-                    Err(e) => Err(SluiceError::internal(format!("the front of the job failed: {e}"))),
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => Err(SluiceError::internal(format!("a front of the job failed: {e}"))),
+                    None => Ok(()),
                 };
             }
             _ = stop.changed() => {
                 if *stop.borrow() {
-                    if let Some(h) = front_stop.borrow_and_update().clone() {
-                        h.stop().await;
+                    for f in &mut front_stops {
+                        if let Some(h) = f.borrow_and_update().clone() {
+                            h.stop().await;
+                        }
                     }
-                    break (&mut front_run)
-                        .await
-                        .map_err(|e| SluiceError::internal(e.to_string()))
-                        .and_then(|r| r);
+                    let mut r = Ok(());
+                    while let Some(done) = fronts.join_next().await {
+                        let done = done
+                            .map_err(|e| SluiceError::internal(e.to_string()))
+                            .and_then(|r| r);
+                        r = r.and(done);
+                    }
+                    break r;
                 }
             }
         }
     };
-    for (_, (cancel, h)) in running.drain() {
+    // A front that ended (or failed for good) ends the others too.
+    fronts.abort_all();
+    for (_, (cancel, h)) in running_tasks.drain() {
         let _ = cancel.send(true);
         let _ = h.await;
     }
-    // Every task has stopped: leaving the group need not wait for anyone.
+    // Every task has stopped: leaving the groups need not wait for anyone.
     drop(events);
-    drop(assignment);
+    drop(assignments);
     result
 }
 
-/// Runs the back job for partition `partition` until `cancel` turns true, each run
-/// restoring the checkpoint the partition's committed offset names, and starting again
-/// after a failure.
+/// Runs the task of stage `stage` for partition `partition` until `cancel` turns true,
+/// each run restoring the checkpoint the partition's committed offset names, and
+/// starting again after a failure.
 async fn run_task(
     split: Arc<KeyedSplit>,
+    stage: usize,
     registry: ConnectorRegistry,
     instance: String,
     partition: i32,
@@ -186,7 +224,7 @@ async fn run_task(
     jobs: RunningJobs,
 ) {
     let mut run = 0u32;
-    let name = format!("{}-p{partition}", split.back.name);
+    let name = split.stages[stage].task_name(partition);
     loop {
         if *cancel.borrow() {
             running(&jobs).remove(&name);
@@ -195,6 +233,7 @@ async fn run_task(
         run += 1;
         let r = task_once(
             &split,
+            &split.stages[stage],
             &registry,
             &instance,
             partition,
@@ -209,7 +248,7 @@ async fn run_task(
                 return;
             }
             Err(e) => {
-                tracing::warn!(partition, error = %e, "a partition task failed; starting it again from its partition's last committed checkpoint");
+                tracing::warn!(stage, partition, error = %e, "a partition task failed; starting it again from its partition's last committed checkpoint");
                 tokio::select! {
                     _ = tokio::time::sleep(TASK_RESTART_DELAY) => {}
                     _ = cancel.changed() => {}
@@ -231,8 +270,10 @@ async fn forget_runs(dir: &str, keep: &[String]) -> Result<()> {
 }
 
 /// One run of a partition task: `Ok` once cancelled (or its input ended).
+#[allow(clippy::too_many_arguments)]
 async fn task_once(
     split: &KeyedSplit,
+    stage: &KeyedStage,
     registry: &ConnectorRegistry,
     instance: &str,
     partition: i32,
@@ -243,7 +284,7 @@ async fn task_once(
     let (client, group, topic) = (
         split.client.clone(),
         split.offsets_group.clone(),
-        split.topic.clone(),
+        stage.topic().to_string(),
     );
     let committed = tokio::task::spawn_blocking(move || {
         tasks::committed_checkpoint(&client, &group, &topic, partition)
@@ -256,10 +297,10 @@ async fn task_once(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis())
     );
-    let mut plan = split.task(partition, &token)?;
+    let mut plan = stage.task(partition, &token)?;
     if let Some((offset, from, epoch)) = &committed {
-        let at = split.checkpoint_location(partition, from, *epoch);
-        tracing::info!(partition, offset, checkpoint = %at, "restoring a partition's state from the checkpoint its committed offset names");
+        let at = stage.checkpoint_location(partition, from, *epoch);
+        tracing::info!(stage = stage.index, partition, offset, checkpoint = %at, "restoring a partition's state from the checkpoint its committed offset names");
         plan.config.restore = Some(RestoreFrom::Path(at));
     }
     let plan_name = plan.name.clone();
@@ -274,7 +315,7 @@ async fn task_once(
         .into_iter()
         .chain([token])
         .collect();
-    let dir = split.partition_checkpoints(partition);
+    let dir = stage.partition_checkpoints(partition);
     tokio::spawn(async move {
         if let Err(e) = forget_runs(&dir, &keep).await {
             tracing::warn!(error = %e, dir = %dir, "cannot delete the checkpoints of a partition's earlier tasks");

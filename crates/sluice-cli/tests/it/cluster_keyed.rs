@@ -1,6 +1,7 @@
 //! Jobs with keyed state as instances of a cluster: event time through a topic between
-//! jobs (watermark records), and a windowed job split at its keyed exchange into a front
-//! and partition tasks, killed, joined and cut off the network.
+//! jobs (watermark records), a windowed job split at its keyed exchange into a front
+//! and partition tasks, killed, joined, cut off the network and restored from S3; a
+//! join of two topics and a job with two keyed exchanges.
 
 use std::fs::File;
 use std::path::Path;
@@ -712,5 +713,246 @@ async fn an_updating_aggregate_across_instances_materializes_to_the_batch_answer
     for i in instances {
         i.kill();
     }
+    delete_topics(bootstrap, &[&input, &output]).await;
+}
+
+/// `n` JSON events `{"k", "<value>", "ts"}` over `partitions` partitions of `topic`
+/// (event `i`: partition `i % partitions`, key `i % keys`, value `i`, event time
+/// `i * step_ms`), then one event per partition an hour later that closes everything.
+fn produce_events(
+    bootstrap: &str,
+    topic: &str,
+    value: &str,
+    n: i64,
+    (partitions, keys, step_ms): (i64, i64, i64),
+) {
+    let msg = |partition: i64, k: i64, v: i64, ts: i64| crate::kafka::Msg {
+        partition: partition as i32,
+        key: None,
+        payload: format!(r#"{{"k": {k}, "{value}": {v}, "ts": "{}"}}"#, day_time(ts)).into_bytes(),
+        headers: Vec::new(),
+    };
+    let mut msgs: Vec<crate::kafka::Msg> = (0..n)
+        .map(|i| msg(i % partitions, i % keys, i, i * step_ms))
+        .collect();
+    for p in 0..partitions {
+        msgs.push(msg(p, -1, -1, n * step_ms + 3_600_000));
+    }
+    produce(bootstrap, topic, &msgs);
+}
+
+/// The settings every table of these tests shares: the broker, JSON, and a group
+/// session short enough for a killed instance's partitions to move within seconds.
+fn kafka_table(bootstrap: &str, topic: &str) -> String {
+    format!(
+        "'connector' = 'kafka', 'topic' = '{topic}', 'properties.bootstrap.servers' = '{bootstrap}',
+         'format' = 'json', 'scan.startup.mode' = 'earliest-offset',
+         'properties.heartbeat.interval.ms' = '100', 'properties.session.timeout.ms' = '6000',
+         'properties.max.partition.fetch.bytes' = '4096'"
+    )
+}
+
+/// Two instances, one SIGKILLed once its partition tasks have committed, one started
+/// after: what `output` then holds, each record's JSON once per time it was committed.
+fn run_with_a_kill(
+    sql: &Path,
+    dir: &Path,
+    bootstrap: &str,
+    output: &str,
+    want: usize,
+) -> Vec<String> {
+    let cluster = unique("k");
+    let mut instances = vec![
+        Instance::start(sql, &cluster, "a", dir),
+        Instance::start(sql, &cluster, "b", dir),
+    ];
+    for i in &mut instances {
+        i.wait_for(ASSIGNED);
+    }
+    wait_for_task_checkpoints(&mut instances[1], 4);
+    instances.remove(1).kill();
+    std::thread::sleep(Duration::from_millis(1_500));
+    instances.push(Instance::start(sql, &cluster, "c", dir));
+    let start = Instant::now();
+    let read = || -> Vec<String> {
+        read_topic(bootstrap, output)
+            .into_iter()
+            .map(|r| r.payload)
+            .collect()
+    };
+    while read().len() < want && start.elapsed() < Duration::from_secs(180) {
+        for i in instances.iter_mut() {
+            i.assert_running();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A moment later too: nothing is committed twice late.
+    std::thread::sleep(Duration::from_secs(2));
+    let got = read();
+    let r = ps_cluster(&cluster, bootstrap);
+    println!("ps --cluster: {r}");
+    let logs: Vec<String> = instances
+        .iter()
+        .map(|i| format!("--- {}:\n{}", i.name, i.log()))
+        .collect();
+    for i in instances {
+        i.kill();
+    }
+    if got.len() != want {
+        println!("{}", logs.join("\n"));
+    }
+    got
+}
+
+/// An interval join across instances: both inputs cross repartition topics keyed by
+/// the join key, co-partitioned (the inputs' topics have 4 and 2 partitions; both
+/// repartition topics get 4), and each partition task joins partition p of both. One
+/// instance is SIGKILLed mid-run: every joined pair is in the read_committed output
+/// once, as the batch join of the inputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_join_across_instances_joins_co_partitioned_inputs_exactly_once() {
+    let bootstrap = kafka();
+    let (left, right, output) = (unique("join-l"), unique("join-r"), unique("join-out"));
+    create_topic(bootstrap, &left, 4).await;
+    create_topic(bootstrap, &right, 2).await;
+    create_topic(bootstrap, &output, 2).await;
+    let (n, m) = (8_000i64, 1_600i64);
+    produce_events(bootstrap, &left, "v", n, (4, 13, 10));
+    produce_events(bootstrap, &right, "w", m, (2, 13, 50));
+    // The batch join: same key, right within 500 ms of left.
+    let mut want = std::collections::BTreeSet::new();
+    for i in 0..n {
+        for j in 0..m {
+            if i % 13 == j % 13 && (i * 10 - j * 50).abs() <= 500 {
+                want.insert((i % 13, i, j));
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("join.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE l (k BIGINT, v BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
+             WITH ({}, 'rows-per-second' = '1000');
+             CREATE TABLE r (k BIGINT, w BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
+             WITH ({});
+             CREATE TABLE out (k BIGINT, v BIGINT, w BIGINT)
+             WITH ('connector' = 'kafka', 'topic' = '{output}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json');
+             INSERT INTO out SELECT l.k, l.v, r.w FROM l JOIN r ON l.k = r.k
+               AND l.ts BETWEEN r.ts - INTERVAL '0.5' SECOND AND r.ts + INTERVAL '0.5' SECOND
+             WHERE l.k >= 0;",
+            kafka_table(bootstrap, &left),
+            kafka_table(bootstrap, &right)
+        ),
+    )
+    .unwrap();
+    let got = run_with_a_kill(&sql, dir.path(), bootstrap, &output, want.len());
+    let mut pairs = std::collections::BTreeMap::<(i64, i64, i64), usize>::new();
+    for g in &got {
+        let v: serde_json::Value = serde_json::from_str(g).unwrap();
+        let key = (
+            v["k"].as_i64().unwrap(),
+            v["v"].as_i64().unwrap(),
+            v["w"].as_i64().unwrap(),
+        );
+        *pairs.entry(key).or_default() += 1;
+    }
+    let twice: Vec<_> = pairs.iter().filter(|(_, c)| **c > 1).take(5).collect();
+    let missing: Vec<_> = want
+        .iter()
+        .filter(|p| !pairs.contains_key(p))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = pairs.keys().filter(|p| !want.contains(p)).take(5).collect();
+    assert!(
+        twice.is_empty() && missing.is_empty() && extra.is_empty() && got.len() == want.len(),
+        "{} records, {} pairs expected; twice {twice:?}, missing {missing:?}, extra {extra:?}",
+        got.len(),
+        want.len()
+    );
+    delete_topics(bootstrap, &[&left, &right, &output]).await;
+}
+
+/// Two keyed exchanges: counts per key and one-second window, then the three largest
+/// of each window (a window Top-N, keyed by the window). The first stage's tasks write
+/// the second stage's repartition topic with their watermark as one writer each; one
+/// instance is SIGKILLed mid-run. Every window's top three are in the read_committed
+/// output once, as the batch computation says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_top_n_over_a_window_aggregate_crosses_two_repartition_topics() {
+    let bootstrap = kafka();
+    let (input, output) = (unique("topn-in"), unique("topn-out"));
+    create_topic(bootstrap, &input, 4).await;
+    create_topic(bootstrap, &output, 2).await;
+    let n = 16_000i64;
+    produce_events(bootstrap, &input, "v", n, (4, 13, 10));
+    // The batch answer: per window, counts by key, the top three by count then key.
+    let mut counts = std::collections::BTreeMap::<i64, std::collections::BTreeMap<i64, i64>>::new();
+    for i in 0..n {
+        *counts
+            .entry(i * 10 / 1000)
+            .or_default()
+            .entry(i % 13)
+            .or_default() += 1;
+    }
+    let mut want = std::collections::BTreeSet::new();
+    for (w, by_key) in &counts {
+        let mut ranked: Vec<(i64, i64)> = by_key.iter().map(|(k, c)| (*k, *c)).collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        for (rn, (k, c)) in ranked.into_iter().take(3).enumerate() {
+            want.insert((*w, k, c, rn as i64 + 1));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sql = dir.path().join("topn.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE events (k BIGINT, v BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS ts)
+             WITH ({}, 'rows-per-second' = '2000');
+             CREATE TABLE out (window_start TIMESTAMP(3), k BIGINT, n BIGINT, rn BIGINT)
+             WITH ('connector' = 'kafka', 'topic' = '{output}',
+                'properties.bootstrap.servers' = '{bootstrap}', 'format' = 'json');
+             INSERT INTO out SELECT window_start, k, n, rn FROM (
+               SELECT *, ROW_NUMBER() OVER (PARTITION BY window_start, window_end
+                                            ORDER BY n DESC, k) AS rn
+               FROM (SELECT window_start, window_end, k, COUNT(*) AS n
+                     FROM TABLE(TUMBLE(TABLE events, DESCRIPTOR(ts), INTERVAL '1' SECOND))
+                     WHERE k >= 0
+                     GROUP BY window_start, window_end, k))
+             WHERE rn <= 3;",
+            kafka_table(bootstrap, &input)
+        ),
+    )
+    .unwrap();
+    let got = run_with_a_kill(&sql, dir.path(), bootstrap, &output, want.len());
+    let mut rows = std::collections::BTreeMap::<(i64, i64, i64, i64), usize>::new();
+    for g in &got {
+        let v: serde_json::Value = serde_json::from_str(g).unwrap();
+        let start = v["window_start"].as_str().unwrap();
+        let start = log_time(&format!("{start}Z")).unwrap() as i64;
+        let key = (
+            start,
+            v["k"].as_i64().unwrap(),
+            v["n"].as_i64().unwrap(),
+            v["rn"].as_i64().unwrap(),
+        );
+        *rows.entry(key).or_default() += 1;
+    }
+    let twice: Vec<_> = rows.iter().filter(|(_, c)| **c > 1).take(5).collect();
+    let missing: Vec<_> = want
+        .iter()
+        .filter(|r| !rows.contains_key(r))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = rows.keys().filter(|r| !want.contains(r)).take(5).collect();
+    assert!(
+        twice.is_empty() && missing.is_empty() && extra.is_empty() && got.len() == want.len(),
+        "{} records, {} expected; twice {twice:?}, missing {missing:?}, extra {extra:?}",
+        got.len(),
+        want.len()
+    );
     delete_topics(bootstrap, &[&input, &output]).await;
 }

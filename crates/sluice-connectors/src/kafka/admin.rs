@@ -213,52 +213,32 @@ pub fn cluster_status(
             "no consumer group `{group}` at {bootstrap}"
         )));
     };
-    let prefix = format!("sluice-{cluster}-");
     let mut instances: Vec<InstanceReport> = Vec::new();
     let mut others = Vec::new();
-    let mut owner: Vec<((String, i32), usize)> = Vec::new();
-    for m in g.members() {
-        let assigned = m.assignment().map(decode_assignment).unwrap_or_default();
-        // `sluice-CLUSTER-INSTANCE-SUBTASK`: the instance is what lies between.
-        let instance = m
-            .client_id()
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.rsplit_once('-'))
-            .filter(|(_, subtask)| subtask.parse::<usize>().is_ok())
-            .map(|(instance, _)| instance.to_string());
-        let Some(instance) = instance else {
-            others.push(member(m, assigned));
-            continue;
-        };
-        let i = instance_of(&mut instances, &instance, m.client_host());
-        instances[i].subtasks += 1;
-        for (t, ps) in assigned {
-            for p in ps {
-                instances[i].partitions.push(format!("{t}/{p}"));
-                owner.push(((t.clone(), p), i));
-            }
-        }
-    }
-    // Every topic the group reads: those assigned now.
-    let mut topics: Vec<String> = owner.iter().map(|((t, _), _)| t.clone()).collect();
-    topics.sort();
-    topics.dedup();
     let mut partitions = Vec::new();
-    for topic in &topics {
-        let ends = topic_ends(&client, bootstrap, topic, timeout)?;
-        let committed = committed_offsets(bootstrap, group, topic, &ends, timeout)?;
-        for p in lags(&ends, &committed) {
-            let owned = owner
-                .iter()
-                .find(|(k, _)| k.0 == *topic && k.1 == p.partition);
-            if let Some(&(_, i)) = owned {
-                instances[i].lag += p.lag.unwrap_or(p.end);
-                if let Some(m) = mark_of(&committed, p.partition) {
-                    instances[i].saw(format!("{topic}/{}", p.partition), m);
-                }
-            }
-            partitions.push((topic.clone(), p));
-        }
+    let mut seen = Readers {
+        instances: &mut instances,
+        others: &mut others,
+        partitions: &mut partitions,
+    };
+    seen.add(&client, bootstrap, cluster, g, timeout)?;
+    // A job with keyed state reads its other sources in groups of their own (its
+    // fronts `NAME-in1`, `NAME-in2`, …).
+    for k in 1..MAX_GROUPS {
+        let name = format!("sluice-{cluster}-in{k}");
+        let more = client
+            .fetch_group_list(Some(&name), timeout)
+            .map_err(err(format!("cannot describe the consumer group `{name}`")))?;
+        let Some(more) = more.groups().iter().find(|g| exists(g, &name)) else {
+            break;
+        };
+        seen.add(
+            &client,
+            bootstrap,
+            &format!("{cluster}-in{k}"),
+            more,
+            timeout,
+        )?;
     }
     add_tasks(&client, bootstrap, cluster, &mut instances, timeout)?;
     for r in &mut instances {
@@ -274,6 +254,81 @@ pub fn cluster_status(
         others,
         partitions,
     })
+}
+
+/// The most groups of one kind a cluster has (sources, keyed stages) that are looked for.
+const MAX_GROUPS: usize = 64;
+
+/// Whether `g` is group `name` as the broker knows it (an unknown group is described
+/// as `Dead`).
+fn exists(g: &rdkafka::groups::GroupInfo, name: &str) -> bool {
+    g.name() == name && g.state() != "Dead"
+}
+
+/// What the groups of a cluster's readers show, instance by instance.
+struct Readers<'a> {
+    instances: &'a mut Vec<InstanceReport>,
+    others: &'a mut Vec<Member>,
+    partitions: &'a mut Vec<(String, PartitionLag)>,
+}
+
+impl Readers<'_> {
+    /// Takes in group `g`, whose members are the subtasks of the instances of cluster
+    /// `cluster` (`sluice-CLUSTER-INSTANCE-SUBTASK`): their partitions, lag and commits.
+    fn add(
+        &mut self,
+        client: &BaseConsumer,
+        bootstrap: &str,
+        cluster: &str,
+        g: &rdkafka::groups::GroupInfo,
+        timeout: Duration,
+    ) -> Result<()> {
+        let prefix = format!("sluice-{cluster}-");
+        let mut owner: Vec<((String, i32), usize)> = Vec::new();
+        for m in g.members() {
+            let assigned = m.assignment().map(decode_assignment).unwrap_or_default();
+            // `sluice-CLUSTER-INSTANCE-SUBTASK`: the instance is what lies between.
+            let instance = m
+                .client_id()
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.rsplit_once('-'))
+                .filter(|(_, subtask)| subtask.parse::<usize>().is_ok())
+                .map(|(instance, _)| instance.to_string());
+            let Some(instance) = instance else {
+                self.others.push(member(m, assigned));
+                continue;
+            };
+            let i = instance_of(self.instances, &instance, m.client_host());
+            self.instances[i].subtasks += 1;
+            for (t, ps) in assigned {
+                for p in ps {
+                    self.instances[i].partitions.push(format!("{t}/{p}"));
+                    owner.push(((t.clone(), p), i));
+                }
+            }
+        }
+        // Every topic the group reads: those assigned now.
+        let mut topics: Vec<String> = owner.iter().map(|((t, _), _)| t.clone()).collect();
+        topics.sort();
+        topics.dedup();
+        for topic in &topics {
+            let ends = topic_ends(client, bootstrap, topic, timeout)?;
+            let committed = committed_offsets(bootstrap, g.name(), topic, &ends, timeout)?;
+            for p in lags(&ends, &committed) {
+                let owned = owner
+                    .iter()
+                    .find(|(k, _)| k.0 == *topic && k.1 == p.partition);
+                if let Some(&(_, i)) = owned {
+                    self.instances[i].lag += p.lag.unwrap_or(p.end);
+                    if let Some(m) = mark_of(&committed, p.partition) {
+                        self.instances[i].saw(format!("{topic}/{}", p.partition), m);
+                    }
+                }
+                self.partitions.push((topic.clone(), p));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The place of instance `name` in `instances`, added (seen at `host`) if new.
@@ -306,25 +361,41 @@ fn add_tasks(
     instances: &mut Vec<InstanceReport>,
     timeout: Duration,
 ) -> Result<()> {
-    let group = format!("sluice-{cluster}-repartition");
-    let groups = client
-        .fetch_group_list(Some(&group), timeout)
-        .map_err(err(format!("cannot describe the consumer group `{group}`")))?;
-    let Some(g) = groups.groups().iter().find(|g| g.name() == group) else {
-        return Ok(());
-    };
     let prefix = format!("sluice-{cluster}-");
     let mut owner: Vec<((String, i32), usize)> = Vec::new();
-    for m in g.members() {
-        let Some(instance) = m
-            .client_id()
+    // One group per keyed stage: `…-repartition`, then `…-repartition-s1`, ….
+    let mut members = Vec::new();
+    for stage in 0..MAX_GROUPS {
+        let group = match stage {
+            0 => format!("sluice-{cluster}-repartition"),
+            s => format!("sluice-{cluster}-repartition-s{s}"),
+        };
+        let groups = client
+            .fetch_group_list(Some(&group), timeout)
+            .map_err(err(format!("cannot describe the consumer group `{group}`")))?;
+        let Some(g) = groups.groups().iter().find(|g| exists(g, &group)) else {
+            break;
+        };
+        for m in g.members() {
+            members.push((
+                m.client_id().to_string(),
+                m.client_host().to_string(),
+                m.assignment().map(decode_assignment).unwrap_or_default(),
+            ));
+        }
+    }
+    for (client_id, host, assigned) in members {
+        // `sluice-CLUSTER-INSTANCE-tasks`, `…-tasks-sS` in later stages.
+        let Some(instance) = client_id
             .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix("-tasks"))
+            .and_then(|rest| rest.rsplit_once("-tasks"))
+            .filter(|(_, stage)| stage.is_empty() || stage.starts_with("-s"))
+            .map(|(instance, _)| instance)
         else {
             continue;
         };
-        let i = instance_of(instances, instance, m.client_host());
-        for (t, ps) in m.assignment().map(decode_assignment).unwrap_or_default() {
+        let i = instance_of(instances, instance, &host);
+        for (t, ps) in assigned {
             for p in ps {
                 instances[i].tasks.push(format!("{t}/{p}"));
                 owner.push(((t.clone(), p), i));

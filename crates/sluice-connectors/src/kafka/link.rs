@@ -44,8 +44,8 @@ pub(crate) struct TxnLink {
     claims: AtomicU64,
     /// The last barrier whose transaction is committed.
     committed: AtomicU64,
-    /// Wakes the source's reader when a transaction is committed.
-    wake: Mutex<Option<Arc<Notify>>>,
+    /// Wakes the sources' readers when a transaction is committed.
+    wake: Mutex<Vec<Arc<Notify>>>,
     /// The source's partitions as it knew them at start (a partition's index here
     /// names it as a writer of watermark records).
     partitions: Mutex<Vec<Partition>>,
@@ -83,15 +83,23 @@ pub(crate) fn link(job: &str, attempt: u64, subtask: usize) -> Arc<TxnLink> {
 }
 
 impl TxnLink {
-    /// The source's consumer, and what wakes its reader.
+    /// The source's consumer, and what wakes its reader. A job with several sources
+    /// (a partition task reading the repartition topics of a join) attaches each; their
+    /// consumers are of one group, and the last attached commits for all.
     pub(crate) fn attach(&self, consumer: &Arc<SourceConsumer>, wake: &Arc<Notify>) {
         *locked(&self.consumer) = Arc::downgrade(consumer);
-        *locked(&self.wake) = Some(Arc::clone(wake));
+        locked(&self.wake).push(Arc::clone(wake));
     }
 
-    /// The source's partitions as it knew them at start.
+    /// The source's partitions as it knew them at start (those of every source that
+    /// attached, in order).
     pub(crate) fn set_partitions(&self, partitions: Vec<Partition>) {
-        *locked(&self.partitions) = partitions;
+        let mut all = locked(&self.partitions);
+        for p in partitions {
+            if !all.contains(&p) {
+                all.push(p);
+            }
+        }
     }
 
     /// Of `watermarks`, those of partitions the source knew at start, by their index
@@ -146,19 +154,21 @@ impl TxnLink {
         self.take_with_watermarks(n).map(|(o, _)| o)
     }
 
-    /// As [`Self::take`], with each partition's own watermark at the barrier.
+    /// As [`Self::take`], with each partition's own watermark at the barrier. With
+    /// several sources, what each pushed at barrier `n` (every source passes a barrier
+    /// before the sink does).
     pub(crate) fn take_with_watermarks(&self, n: u64) -> Option<(Vec<Held>, Vec<Watermarked>)> {
         let mut b = locked(&self.barriers);
-        while let Some((k, offsets, wms)) = b.pop_front() {
-            if k == n {
-                return Some((offsets, wms));
+        let mut found: Option<(Vec<Held>, Vec<Watermarked>)> = None;
+        b.retain_mut(|(k, offsets, wms)| {
+            if *k == n {
+                let f = found.get_or_insert_with(Default::default);
+                f.0.append(offsets);
+                f.1.append(wms);
             }
-            if k > n {
-                b.push_front((k, offsets, wms));
-                return None;
-            }
-        }
-        None
+            *k > n
+        });
+        found
     }
 
     /// Of `offsets`, those of partitions still held under the claim they were read by.
@@ -206,7 +216,7 @@ impl TxnLink {
     /// The transaction of barrier `n` is committed.
     pub(crate) fn committed(&self, n: u64) {
         self.committed.fetch_max(n, Ordering::SeqCst);
-        if let Some(w) = locked(&self.wake).as_ref() {
+        for w in locked(&self.wake).iter() {
             w.notify_one();
         }
     }
@@ -259,5 +269,25 @@ mod tests {
             l.push(n, p(n as i64), vec![]);
         }
         assert_eq!(held(l.take(99).unwrap()), p(99));
+    }
+
+    /// A partition task that reads two repartition topics (a join): each source pushes
+    /// its offsets at each barrier, in any order; the sink takes both.
+    #[test]
+    fn two_sources_offsets_at_one_barrier_are_taken_together() {
+        let l = link("job-link-two", 1, 0);
+        let (a, b) = (("a".to_string(), 3), ("b".to_string(), 3));
+        l.hold(&a);
+        l.hold(&b);
+        l.push(1, vec![(a.clone(), 10)], vec![(a.clone(), 100)]);
+        l.push(2, vec![(a.clone(), 20)], vec![]);
+        l.push(1, vec![(b.clone(), 5)], vec![(b.clone(), 90)]);
+        let (offsets, wms) = l.take_with_watermarks(1).unwrap();
+        let offsets: Vec<(Partition, i64)> = offsets.into_iter().map(|(p, o, _)| (p, o)).collect();
+        assert_eq!(offsets, vec![(a.clone(), 10), (b.clone(), 5)]);
+        assert_eq!(wms, vec![(a.clone(), 100), (b.clone(), 90)]);
+        l.push(2, vec![(b.clone(), 7)], vec![]);
+        assert_eq!(l.take(2).unwrap().len(), 2);
+        assert_eq!(l.take(2), None);
     }
 }

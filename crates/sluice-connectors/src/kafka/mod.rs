@@ -79,6 +79,7 @@ const OPTIONS: &[&str] = &[
     "sink.transactional-id-prefix",
     "sink.partitioner",
     "sink.watermark-records",
+    "sink.watermark-records.writer",
 ];
 
 /// The librdkafka properties a job may set (`properties.*`): where the brokers are, how

@@ -368,6 +368,7 @@ impl SourceConnector for KafkaSourceConnector {
             "sink.transactional-id-prefix",
             "sink.partitioner",
             "sink.watermark-records",
+            "sink.watermark-records.writer",
             "key.fields",
             "key.format",
         ] {

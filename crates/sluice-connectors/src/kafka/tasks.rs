@@ -192,7 +192,7 @@ pub async fn ensure_repartition_topic(
     if let Ok(have) = topic_partitions(options, topic) {
         if have != n {
             return Err(SluiceError::user(format!(
-                "the repartition topic `{topic}` has {have} partitions and the job's source {n}: delete it (no instance running) or give the source as many"
+                "the repartition topic `{topic}` has {have} partitions and this job reads it with {n} (as many as its sources' topics have, the most of them for a join, whose inputs must be co-partitioned): delete it (no instance running) or give the sources as many"
             )));
         }
         return Ok(());

@@ -82,6 +82,30 @@ pub struct KafkaSinkConfig {
     /// `'sink.watermark-records' = 'true'`: the input's watermark goes into every
     /// partition (see [`super::watermarks`]).
     watermark_records: bool,
+    /// `'sink.watermark-records.writer' = 'I/N'`: the job writes its watermark as writer
+    /// I of N (several jobs writing one topic, each one writer), not as each of its
+    /// subtasks.
+    watermark_writer: Option<(u32, u32)>,
+}
+
+/// `'sink.watermark-records.writer'`: `I/N` with I < N.
+fn watermark_writer(o: &OptionReader<'_>) -> Result<Option<(u32, u32)>> {
+    let Some(v) = o.str("sink.watermark-records.writer") else {
+        return Ok(None);
+    };
+    let parsed = v
+        .split_once('/')
+        .and_then(|(i, n)| Some((i.trim().parse::<u32>().ok()?, n.trim().parse::<u32>().ok()?)))
+        .filter(|(i, n)| i < n);
+    match parsed {
+        Some(w) if o.bool_or("sink.watermark-records", false)? => Ok(Some(w)),
+        Some(_) => Err(SluiceError::user(
+            "'sink.watermark-records.writer' needs 'sink.watermark-records' = 'true'",
+        )),
+        None => Err(SluiceError::user(format!(
+            "'sink.watermark-records.writer' = '{v}' is not I/N with I < N (this job is writer I of the N that write the topic's watermark records)"
+        ))),
+    }
 }
 
 /// `'connector' = 'kafka'` as a sink.
@@ -358,6 +382,7 @@ impl SinkConnector for KafkaSinkConnector {
             upsert: false,
             json: crate::format::JsonOptions::from_options(&o)?,
             watermark_records: o.bool_or("sink.watermark-records", false)?,
+            watermark_writer: watermark_writer(&o)?,
         })
     }
 

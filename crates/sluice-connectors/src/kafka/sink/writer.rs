@@ -295,8 +295,12 @@ impl KafkaSinkOperator {
     /// This subtask as the writer of watermark records when no cluster link says
     /// otherwise: one of the sink's subtasks, with its input's watermark.
     fn own_writers(&self) -> (Vec<(u32, i64)>, u32) {
-        let w = self.watermark.map(|w| (self.subtask as u32, w));
-        (w.into_iter().collect(), self.parallelism as u32)
+        let (id, of) = self
+            .config
+            .watermark_writer
+            .unwrap_or((self.subtask as u32, self.parallelism as u32));
+        let w = self.watermark.map(|w| (id, w));
+        (w.into_iter().collect(), of)
     }
 
     fn producer(&self) -> Result<&SinkProducer> {
@@ -919,7 +923,10 @@ impl Operator for KafkaSinkOperator {
                 })?;
             // Each source partition's own watermark (a partition taken over from another
             // instance starts behind the others).
-            let (w, of) = link.writers(&watermarks);
+            let (w, of) = match self.config.watermark_writer {
+                Some(_) => self.own_writers(),
+                None => link.writers(&watermarks),
+            };
             self.write_watermarks(w, of).await?;
             if self.current.sent {
                 self.flush().await?;
@@ -1124,6 +1131,13 @@ impl Operator for KafkaSinkOperator {
     }
 }
 
+/// Now, in ms since the epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1143,11 +1157,4 @@ mod tests {
             vec![("a".into(), Some(b"1".to_vec())), ("b".into(), None),]
         );
     }
-}
-
-/// Now, in ms since the epoch.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
