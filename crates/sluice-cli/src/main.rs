@@ -762,6 +762,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                         checkpoints.restart_strategy()?,
                         stop,
                         jobs,
+                        None,
                     )
                     .await?;
                     return Ok(());

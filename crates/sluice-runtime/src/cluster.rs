@@ -103,7 +103,7 @@ pub(crate) fn prepare(plan: &mut JobPlan) -> Result<()> {
             }
             k if !k.is_stateless() => {
                 return refuse(format!(
-                    "`{}` keeps keyed state: such a job runs as instances of a cluster with `sluice run --cluster` (which splits it at its keyed exchange), not as a server's job yet",
+                    "`{}` keeps keyed state: such a job runs as instances of a cluster split at its keyed exchanges (`sluice run --cluster` and `sluice server` split it), not as one job",
                     n.name
                 ));
             }

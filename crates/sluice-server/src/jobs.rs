@@ -49,6 +49,10 @@ pub(crate) struct JobEntry {
     pub(crate) lineage: Lineage,
     /// The cluster the job is an instance of (`SET 'sluice.cluster.name'`).
     pub(crate) cluster: Option<ClusterRef>,
+    /// An instance of a cluster job with keyed state: its metrics and stop handle are
+    /// its first front's, its partition tasks come and go with the groups (the
+    /// cluster's view shows them); it takes no savepoint.
+    pub(crate) keyed: bool,
 }
 
 /// Where a cluster instance's group is: what `sluice ps --cluster` is given.
@@ -562,26 +566,17 @@ impl JobManager {
         self.check_files(&plan, s.from_savepoint.as_deref())?;
         let lineage = lineage(&plan);
         let cluster = ClusterRef::of(&plan);
-        let graph = Graph {
-            nodes: plan
-                .nodes
-                .iter()
-                .map(|n| GraphNode {
-                    id: n.id,
-                    name: n.name.clone(),
-                    parallelism: n.parallelism,
-                })
-                .collect(),
-            edges: plan
-                .edges
-                .iter()
-                .map(|e| GraphEdge {
-                    from: e.from,
-                    to: e.to,
-                    partitioning: format!("{:?}", e.partitioning),
-                })
-                .collect(),
-        };
+        #[cfg(feature = "kafka")]
+        if let Some(split) = keyed_split(&plan, &registry, cp_dir.as_deref(), &s)? {
+            let keyed = Keyed {
+                split,
+                registry,
+                lineage,
+                cluster,
+            };
+            return self.start_keyed(id, name, s, keyed).await;
+        }
+        let graph = graph_of(&plan);
         let pipeline = sluice::Pipeline::from_plan(plan);
         pipeline.registry(registry);
         let has_checkpoint = self.checkpoint_dir(id).is_some_and(|d| {
@@ -594,12 +589,7 @@ impl JobManager {
         } else if let Some(from) = &s.from_savepoint {
             pipeline.restore_from(sluice_plan::RestoreFrom::Path(from.clone()));
         }
-        let strategy = match &s.restart {
-            Some(r) => r.strategy().map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
-            })?,
-            None => sluice::restart::RestartStrategy::None,
-        };
+        let strategy = restart_strategy(&s)?;
         let prepared = pipeline.prepare().map_err(|e| {
             guard
                 .refused()
@@ -632,6 +622,7 @@ impl JobManager {
             graph,
             lineage,
             cluster,
+            keyed: false,
         });
         self.jobs
             .write()
@@ -655,6 +646,140 @@ impl JobManager {
                         Err(e) => e.to_string(),
                     };
                     let e = SluiceError::internal(format!("the job's supervisor failed: {why}"));
+                    tracing::error!(job = %entry.name, error = %e, "job failed");
+                    entry.record_failure(&e, false);
+                    (JobStatus::Failed, Some(e.to_string()))
+                }
+            };
+            *entry.status.lock().unwrap_or_else(|p| p.into_inner()) = end;
+            manager.persist(&entry);
+        });
+        Ok(())
+    }
+
+    /// Starts an instance of a cluster job with keyed state: its fronts and the
+    /// partition tasks the groups give it (see `sluice::cluster::run_keyed`).
+    #[cfg(feature = "kafka")]
+    async fn start_keyed(
+        self: &Arc<Self>,
+        id: u64,
+        name: String,
+        s: Submit,
+        k: Keyed,
+    ) -> Result<(), ApiError> {
+        let strategy = restart_strategy(&s)?;
+        let front = k.split.fronts[0].clone();
+        let graph = graph_of(&front);
+        let stages: String = k
+            .split
+            .stages
+            .iter()
+            .map(|stage| {
+                format!(
+                    "keyed stage {}: a task per partition of {} (group {})\n",
+                    stage.index,
+                    stage.inputs.join(", "),
+                    stage.assignment_group
+                )
+            })
+            .collect();
+        let registry = k.registry.clone();
+        // The first front's attempts: the first one makes the entry, later ones (its
+        // restarts) replace the entry's metrics and stop handle.
+        type Attempt = (Arc<JobMetrics>, StopHandle);
+        let entry_slot: Arc<std::sync::OnceLock<Arc<JobEntry>>> = Arc::default();
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<Attempt>();
+        let first_tx = Mutex::new(Some(first_tx));
+        let hook: sluice::cluster::FrontHook = {
+            let entry_slot = Arc::clone(&entry_slot);
+            Arc::new(move |h: &sluice_runtime::JobHandle| {
+                let attempt = (h.metrics(), h.stop_handle());
+                match entry_slot.get() {
+                    Some(e) => *e.attempt.write().unwrap_or_else(|p| p.into_inner()) = attempt,
+                    None => {
+                        if let Some(tx) = first_tx.lock().unwrap_or_else(|p| p.into_inner()).take()
+                        {
+                            let _ = tx.send(attempt);
+                        }
+                    }
+                }
+            })
+        };
+        // Stopped through the front's stop handle (cancel): the instance ends with it.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut run = jobs_runtime().spawn(sluice::cluster::run_keyed(
+            k.split,
+            k.registry,
+            strategy,
+            stop_rx,
+            sluice::cluster::RunningJobs::default(),
+            Some(hook),
+        ));
+        let attempt = tokio::select! {
+            a = first_rx => a.ok(),
+            r = &mut run => {
+                let why = match r {
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(())) => "it ended before its front started".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "start_failed", why));
+            }
+        };
+        let Some(attempt) = attempt else {
+            let why = match run.await {
+                Ok(Err(e)) => e.to_string(),
+                _ => "its front did not start".to_string(),
+            };
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "start_failed",
+                why,
+            ));
+        };
+        // Explained once its repartition topics exist (the front writes one).
+        let p = sluice::Pipeline::from_plan(front);
+        p.registry(registry);
+        let explain = match p.prepare() {
+            Ok(prepared) => prepared.explain() + &stages,
+            Err(e) => format!("the front: {e}\n{stages}"),
+        };
+        let entry = Arc::new(JobEntry {
+            id,
+            name,
+            sql: s.sql,
+            parallelism: s.parallelism,
+            restart: s.restart,
+            submitted_ms: now_ms(),
+            status: Mutex::new((JobStatus::Running, None)),
+            attempt: RwLock::new(attempt),
+            failures: Mutex::new(Vec::new()),
+            explain,
+            graph,
+            lineage: k.lineage,
+            cluster: k.cluster,
+            keyed: true,
+        });
+        let _ = entry_slot.set(Arc::clone(&entry));
+        self.jobs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::clone(&entry));
+        self.persist(&entry);
+        let manager = Arc::clone(self);
+        tokio::spawn(async move {
+            let result = match run.await {
+                Ok(r) => r,
+                Err(e) => Err(SluiceError::internal(format!(
+                    "the cluster instance failed: {e}"
+                ))),
+            };
+            drop(stop_tx);
+            let status = entry.status.lock().unwrap_or_else(|p| p.into_inner()).0;
+            let end = match (result, status) {
+                (_, s @ (JobStatus::Cancelled | JobStatus::Stopped)) => (s, None),
+                (Ok(()), _) => (JobStatus::Finished, None),
+                (Err(e), _) => {
                     tracing::error!(job = %entry.name, error = %e, "job failed");
                     entry.record_failure(&e, false);
                     (JobStatus::Failed, Some(e.to_string()))
@@ -834,6 +959,80 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Waits for a job; on failure restarts it as `strategy` says, from its latest
 /// completed checkpoint, recording every failure. Returns its final status.
+/// What an instance of a cluster job with keyed state starts with.
+#[cfg(feature = "kafka")]
+struct Keyed {
+    split: sluice_runtime::cluster::KeyedSplit,
+    registry: sluice_runtime::source::ConnectorRegistry,
+    lineage: Lineage,
+    cluster: Option<ClusterRef>,
+}
+
+/// The split of `plan` if it is an instance of a cluster job with keyed state; refused
+/// with the reason where such an instance cannot run from a server.
+#[cfg(feature = "kafka")]
+fn keyed_split(
+    plan: &sluice_plan::JobPlan,
+    registry: &sluice_runtime::source::ConnectorRegistry,
+    server_dir: Option<&str>,
+    s: &Submit,
+) -> Result<Option<sluice_runtime::cluster::KeyedSplit>, ApiError> {
+    let bad = |why: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_job", why);
+    if plan.config.cluster.is_none() {
+        return Ok(None);
+    }
+    let Some(split) = sluice::cluster::keyed(plan, registry).map_err(|e| bad(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    if s.from_savepoint.is_some() {
+        return Err(bad(
+            "an instance of a cluster job with keyed state starts each partition from the checkpoint its committed offset names; it starts from no savepoint".into(),
+        ));
+    }
+    let dir = plan.config.checkpoint.dir.as_deref();
+    if dir.is_none() || dir == server_dir {
+        return Err(bad(
+            "an instance of a cluster job with keyed state keeps its partitions' state where every instance reads it: SET 'execution.checkpointing.dir' to an s3:// URL or a directory every instance mounts".into(),
+        ));
+    }
+    Ok(Some(split))
+}
+
+/// A job's dataflow as the dashboard draws it.
+fn graph_of(plan: &sluice_plan::JobPlan) -> Graph {
+    Graph {
+        nodes: plan
+            .nodes
+            .iter()
+            .map(|n| GraphNode {
+                id: n.id,
+                name: n.name.clone(),
+                parallelism: n.parallelism,
+            })
+            .collect(),
+        edges: plan
+            .edges
+            .iter()
+            .map(|e| GraphEdge {
+                from: e.from,
+                to: e.to,
+                partitioning: format!("{:?}", e.partitioning),
+            })
+            .collect(),
+    }
+}
+
+/// The restart strategy a submission asks for (none by default).
+fn restart_strategy(s: &Submit) -> Result<sluice::restart::RestartStrategy, ApiError> {
+    match &s.restart {
+        Some(r) => r
+            .strategy()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())),
+        None => Ok(sluice::restart::RestartStrategy::None),
+    }
+}
+
 pub(crate) async fn supervise(
     entry: &JobEntry,
     pipeline: sluice::Pipeline,

@@ -74,17 +74,23 @@ pub fn keyed(plan: &JobPlan, registry: &ConnectorRegistry) -> Result<Option<Keye
     sluice_runtime::cluster::split_keyed(plan, registry, &partitions)
 }
 
+/// Told of every attempt of the first front as it starts (a server shows its metrics
+/// and stops the instance through it).
+pub type FrontHook = Arc<dyn Fn(&sluice_runtime::JobHandle) + Send + Sync>;
+
 /// A partition task that runs (or stops) and the handle that waits for it.
 type RunningTask = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
 
 /// Runs this instance of a keyed cluster job until `stop` turns true (then the fronts
-/// drain and the partition tasks are cancelled) or a front fails for good.
+/// drain and the partition tasks are cancelled) or a front ends (cancelled, or failed
+/// for good).
 pub async fn run_keyed(
     split: KeyedSplit,
     registry: ConnectorRegistry,
     strategy: RestartStrategy,
     mut stop: watch::Receiver<bool>,
     jobs: RunningJobs,
+    on_front: Option<FrontHook>,
 ) -> Result<()> {
     // Co-partitioned: every input of a stage has its partitions, or the job stops here.
     for (topic, n) in &split.topics {
@@ -99,7 +105,8 @@ pub async fn run_keyed(
     // The fronts: stateless cluster jobs, restarted as the strategy says.
     let mut fronts = tokio::task::JoinSet::new();
     let mut front_stops = Vec::new();
-    for plan in &split.fronts {
+    for (k, plan) in split.fronts.iter().enumerate() {
+        let hook = on_front.clone().filter(|_| k == 0);
         let front = Pipeline::from_plan(plan.clone());
         front.registry(registry.clone());
         let (stop_tx, stop_rx) = watch::channel(None);
@@ -112,6 +119,9 @@ pub async fn run_keyed(
                 .run_with_restarts(strategy, |h| {
                     running(&front_jobs).insert(name.clone(), h.metrics());
                     let _ = stop_tx.send(Some(h.stop_handle()));
+                    if let Some(hook) = &hook {
+                        hook(h);
+                    }
                 })
                 .await
         });
@@ -183,7 +193,8 @@ pub async fn run_keyed(
             _ = stop.changed() => {
                 if *stop.borrow() {
                     for f in &mut front_stops {
-                        if let Some(h) = f.borrow_and_update().clone() {
+                        let h = f.borrow_and_update().clone();
+                        if let Some(h) = h {
                             h.stop().await;
                         }
                     }

@@ -956,3 +956,101 @@ async fn a_window_top_n_over_a_window_aggregate_crosses_two_repartition_topics()
     );
     delete_topics(bootstrap, &[&input, &output]).await;
 }
+
+/// A keyed job submitted to `sluice server` as an instance and a `sluice run --cluster`
+/// process share it: the server runs its front and the partition tasks the group gives
+/// it, with the state in a directory both reach. The output has every window once, the
+/// server's cluster view shows both instances' tasks, a savepoint is refused with the
+/// reason, and cancelling the server's job hands its tasks to the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_job_runs_on_a_server_and_a_process_as_one_cluster() {
+    let bootstrap = kafka();
+    let (input, output) = (unique("keyed-srv-in"), unique("keyed-srv-out"));
+    create_topic(bootstrap, &input, 4).await;
+    create_topic(bootstrap, &output, 2).await;
+    let want = events_input(bootstrap, &input, 16_000, (4, 13, 10), true);
+    let dir = tempfile::tempdir().unwrap();
+    let sql = windowed_job(dir.path(), bootstrap, &input, &output);
+    let cluster = unique("k");
+    let shared = dir.path().to_str().unwrap();
+    let (server, _data) = crate::server::start_server(&["--allow-dir", shared]);
+    let script = format!(
+        "SET 'sluice.cluster.name' = '{cluster}';
+         SET 'sluice.cluster.instance' = 'srv';
+         SET 'execution.checkpointing.interval' = '200ms';
+         SET 'execution.checkpointing.dir' = '{shared}/checkpoints';
+         {}",
+        std::fs::read_to_string(&sql).unwrap()
+    );
+    // Its state must be where every instance reads it: the server's own directory is not.
+    let (status, v) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(
+            &serde_json::json!({ "sql": script.replace(
+            &format!("SET 'execution.checkpointing.dir' = '{shared}/checkpoints';"), "") })
+            .to_string(),
+        ),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("execution.checkpointing.dir"),
+        "{v}"
+    );
+    let (status, v) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(&serde_json::json!({ "sql": script, "name": "windows" }).to_string()),
+    );
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_u64().unwrap();
+    let mut process = vec![Instance::start(&sql, &cluster, "cli", dir.path())];
+    process[0].wait_for(ASSIGNED);
+    wait_for_task_checkpoints(&mut process[0], 4);
+    // Both instances run keyed tasks.
+    let start = Instant::now();
+    loop {
+        let (status, c) = server.call("GET", &format!("/api/jobs/{id}/cluster"), None);
+        assert_eq!(status, 200, "{c}");
+        let with_tasks: Vec<&str> = c["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["tasks"].as_array().is_some_and(|t| !t.is_empty()))
+            .map(|i| i["instance"].as_str().unwrap())
+            .collect();
+        if with_tasks == ["cli", "srv"] {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the instances' tasks: {c}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (status, v) = server.call("POST", &format!("/api/jobs/{id}/savepoint"), None);
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"]["code"], "keyed_cluster_instance", "{v}");
+    // Cancelled, the server's instance stops; its tasks move to the process, which
+    // restores their state and finishes the job.
+    let (status, v) = server.call("POST", &format!("/api/jobs/{id}/cancel"), None);
+    assert_eq!(status, 202, "{v}");
+    assert_windows(bootstrap, &output, &want, &mut process);
+    let (_, job) = server.call("GET", &format!("/api/jobs/{id}"), None);
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert!(
+        process[0]
+            .log()
+            .contains("restoring a partition's state from the checkpoint")
+            && process[0].log().contains("/srv-"),
+        "the process restored none of the server's tasks:\n{}",
+        process[0].log()
+    );
+    for i in process {
+        i.kill();
+    }
+    delete_topics(bootstrap, &[&input, &output]).await;
+}

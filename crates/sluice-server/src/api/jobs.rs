@@ -398,7 +398,7 @@ pub(crate) async fn lineage_all(State(m): State<Arc<JobManager>>) -> Json<Vec<Jo
         (status = 401, description = "The token is missing or wrong", body = ErrorBody),
         (status = 415, description = "A body that is not JSON", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
-        (status = 409, description = "The job is not running, or the savepoint failed", body = ErrorBody)))]
+        (status = 409, description = "The job is not running, the savepoint failed, or the job is an instance of a cluster job with keyed state (which takes none)", body = ErrorBody)))]
 pub(crate) async fn savepoint(
     State(m): State<Arc<JobManager>>,
     Path(id): Path<String>,
@@ -420,6 +420,16 @@ pub(crate) async fn savepoint(
                 .stop
         }
     };
+    if j.keyed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "keyed_cluster_instance",
+            format!(
+                "job {} is an instance of a cluster job with keyed state: each partition's state is in the checkpoint its committed offset names, and the instances go on from there; it takes no savepoint (cancel it, and start it again)",
+                j.id
+            ),
+        ));
+    }
     {
         let mut st = j.status.lock().unwrap_or_else(|p| p.into_inner());
         if st.0 != JobStatus::Running {
