@@ -792,6 +792,29 @@ impl SourceReader for KafkaReader {
                 rows: RecordBatch::new_empty(Arc::clone(&self.config.columns.all)),
             });
         }
+        if self.config.watermark_records {
+            // Restored: what the partitions' writers had said before the checkpoint's
+            // offsets (they may say nothing more).
+            self.watermarks = self
+                .splits
+                .iter()
+                .map(|s| {
+                    s.position
+                        .as_ref()
+                        .and_then(|p| p.get("watermarks"))
+                        .and_then(PartitionWatermark::from_json)
+                        .unwrap_or_default()
+                })
+                .collect();
+            for (i, s) in self.splits.iter().enumerate() {
+                if let Some(watermark) = self.watermarks[i].restored() {
+                    self.queue.push_back(ReadResult::Watermark {
+                        split: s.index,
+                        watermark,
+                    });
+                }
+            }
+        }
         for i in 0..self.splits.len() {
             self.check_end(i);
         }
@@ -854,9 +877,20 @@ impl SourceReader for KafkaReader {
         let read = self.read_positions();
         let mut out: Vec<SplitPosition> = read
             .iter()
-            .map(|&(i, o)| SplitPosition {
-                split: self.splits[i].id.clone(),
-                position: serde_json::json!({ "offset": o }),
+            .map(|&(i, o)| {
+                let mut position = serde_json::json!({ "offset": o });
+                if let Some(w) = self
+                    .watermarks
+                    .get(i)
+                    .filter(|_| self.config.watermark_records)
+                {
+                    // Watermark records before this offset are not read again.
+                    position["watermarks"] = w.to_json();
+                }
+                SplitPosition {
+                    split: self.splits[i].id.clone(),
+                    position,
+                }
             })
             .collect();
         if let Some(g) = &self.group_read {
