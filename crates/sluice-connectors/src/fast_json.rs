@@ -34,6 +34,10 @@ struct Level {
     names: Vec<Vec<u8>>,
     columns: Vec<Column>,
     nullable: Vec<bool>,
+    /// Whether every column may be null (a null enclosing object needs it).
+    all_nullable: bool,
+    /// Nulls for every column not appended yet (see [`Level::append_nulls`]).
+    pending: usize,
     seen: Vec<bool>,
 }
 
@@ -54,7 +58,11 @@ impl FastJson {
     /// Exactly `rows` rows from `bytes`, or `None` to leave the chunk to arrow-json.
     pub(crate) fn decode(&self, bytes: &[u8], rows: usize) -> Option<RecordBatch> {
         let mut level = Level::new(self.schema.fields(), rows)?;
+        // Checked once for the whole chunk (arrow-json refuses what is not UTF-8): every
+        // string between two quotes of it is then UTF-8 too, and is sliced, not checked.
+        let text = std::str::from_utf8(bytes).ok()?;
         let mut p = Parser {
+            text,
             b: bytes,
             i: 0,
             scratch: String::new(),
@@ -113,6 +121,8 @@ impl Level {
         }
         Some(Self {
             nullable: fields.iter().map(|f| f.is_nullable()).collect(),
+            all_nullable: fields.iter().all(|f| f.is_nullable()),
+            pending: 0,
             seen: vec![false; fields.len()],
             fields: fields.clone(),
             names,
@@ -120,18 +130,42 @@ impl Level {
         })
     }
 
-    /// A null for every column (a missing or null enclosing object).
-    fn append_nulls(&mut self) -> Option<()> {
-        for (c, &nullable) in self.columns.iter_mut().zip(&self.nullable) {
-            if !nullable {
-                return None;
+    /// `n` nulls for every column (a missing or null enclosing object): counted, and
+    /// appended in one go before the next value (most enclosing objects of a layout
+    /// like Nexmark's are null in a row).
+    fn append_nulls(&mut self, n: usize) -> Option<()> {
+        if !self.all_nullable {
+            return None;
+        }
+        self.pending += n;
+        Some(())
+    }
+
+    /// Appends the nulls counted so far.
+    fn flush(&mut self) -> Option<()> {
+        let n = std::mem::take(&mut self.pending);
+        if n == 0 {
+            return Some(());
+        }
+        for c in &mut self.columns {
+            match c {
+                Column::I64(b) => b.append_nulls(n),
+                Column::I32(b) => b.append_nulls(n),
+                Column::F64(b) => b.append_nulls(n),
+                Column::Bool(b) => b.append_nulls(n),
+                Column::Str(b) => b.append_nulls(n),
+                Column::Ts(b) => b.append_nulls(n),
+                Column::Struct(level, valid) => {
+                    level.append_nulls(n)?;
+                    valid.extend(std::iter::repeat_n(false, n));
+                }
             }
-            c.append_null()?;
         }
         Some(())
     }
 
     fn finish(&mut self) -> Option<Vec<ArrayRef>> {
+        self.flush()?;
         let mut out = Vec::with_capacity(self.columns.len());
         for c in &mut self.columns {
             out.push(match c {
@@ -164,7 +198,7 @@ impl Column {
             Column::Ts(b) => b.append_null(),
             Column::Struct(level, valid) => {
                 // arrow-json leaves a null row's children null: they must allow it.
-                level.append_nulls()?;
+                level.append_nulls(1)?;
                 valid.push(false);
             }
         }
@@ -173,6 +207,8 @@ impl Column {
 }
 
 struct Parser<'a> {
+    /// The chunk, known to be UTF-8; `b` is its bytes.
+    text: &'a str,
     b: &'a [u8],
     i: usize,
     scratch: String,
@@ -230,8 +266,8 @@ impl Parser<'_> {
                         self.value(&mut level.columns[f], nullable)?;
                     }
                     None => {
-                        // Keys are UTF-8 for arrow-json even when skipped.
-                        std::str::from_utf8(key).ok()?;
+                        // (Keys are UTF-8 for arrow-json even when skipped: the whole
+                        // chunk is.)
                         self.skip(0)?;
                     }
                 }
@@ -301,6 +337,7 @@ impl Parser<'_> {
             }
             Column::Struct(level, valid) => {
                 self.eat(b'{')?;
+                level.flush()?;
                 self.object(level)?;
                 valid.push(true);
             }
@@ -339,7 +376,7 @@ impl Parser<'_> {
             }
         }
         self.delimited()?;
-        std::str::from_utf8(&self.b[start..self.i]).ok()
+        self.text.get(start..self.i)
     }
 
     fn digits(&mut self) {
@@ -369,24 +406,22 @@ impl Parser<'_> {
     fn string(&mut self) -> Option<&str> {
         self.eat(b'"')?;
         let start = self.i;
-        loop {
-            let c = self.peek()?;
-            match c {
-                b'"' => {
-                    let s = std::str::from_utf8(&self.b[start..self.i]).ok()?;
-                    self.i += 1;
-                    // (Borrowed from the input: no copy.)
-                    return Some(s);
-                }
-                b'\\' => break,
-                0..=0x1f => return None,
-                _ => self.i += 1,
-            }
+        // The first quote or backslash ends the plain part; control characters before it
+        // are not JSON.
+        let end = start + memchr::memchr2(b'"', b'\\', self.b.get(start..)?)?;
+        if self.b[start..end].iter().any(|&c| c < 0x20) {
+            return None;
+        }
+        self.i = end;
+        if self.b[end] == b'"' {
+            self.i += 1;
+            // (Borrowed from the input: no copy; quotes are character boundaries.)
+            return self.text.get(start..end);
         }
         // Escapes: the text is built in the scratch buffer.
         let mut out = std::mem::take(&mut self.scratch);
         out.clear();
-        out.push_str(std::str::from_utf8(&self.b[start..self.i]).ok()?);
+        out.push_str(self.text.get(start..self.i)?);
         loop {
             let c = self.peek()?;
             match c {
@@ -437,7 +472,7 @@ impl Parser<'_> {
                         }
                         self.i += 1;
                     }
-                    out.push_str(std::str::from_utf8(&self.b[start..self.i]).ok()?);
+                    out.push_str(self.text.get(start..self.i)?);
                 }
             }
         }
