@@ -99,7 +99,42 @@ pub struct Failure {
     pub trace: Option<String>,
 }
 
+/// What the server shows of a job besides its metrics.
+struct Shown {
+    explain: String,
+    graph: Graph,
+    lineage: Lineage,
+    cluster: Option<ClusterRef>,
+}
+
 impl JobEntry {
+    /// A job running its first attempt, as submitted.
+    fn running(
+        id: u64,
+        name: String,
+        s: Submit,
+        attempt: (Arc<JobMetrics>, StopHandle),
+        shown: Shown,
+        keyed: bool,
+    ) -> Self {
+        JobEntry {
+            id,
+            name,
+            sql: s.sql,
+            parallelism: s.parallelism,
+            restart: s.restart,
+            submitted_ms: now_ms(),
+            status: Mutex::new((JobStatus::Running, None)),
+            attempt: RwLock::new(attempt),
+            failures: Mutex::new(Vec::new()),
+            explain: shown.explain,
+            graph: shown.graph,
+            lineage: shown.lineage,
+            cluster: shown.cluster,
+            keyed,
+        }
+    }
+
     /// Adds a failure, with its cause and stack, to the job's history.
     pub(crate) fn record_failure(&self, e: &SluiceError, restarted: bool) {
         self.failures
@@ -608,22 +643,14 @@ impl JobManager {
                 e.to_string(),
             )
         })?;
-        let entry = Arc::new(JobEntry {
-            id,
-            name,
-            sql: s.sql,
-            parallelism: s.parallelism,
-            restart: s.restart,
-            submitted_ms: now_ms(),
-            status: Mutex::new((JobStatus::Running, None)),
-            attempt: RwLock::new((handle.metrics(), handle.stop_handle())),
-            failures: Mutex::new(Vec::new()),
+        let shown = Shown {
             explain,
             graph,
             lineage,
             cluster,
-            keyed: false,
-        });
+        };
+        let attempt = (handle.metrics(), handle.stop_handle());
+        let entry = Arc::new(JobEntry::running(id, name, s, attempt, shown, false));
         self.jobs
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -744,22 +771,13 @@ impl JobManager {
             Ok(prepared) => prepared.explain() + &stages,
             Err(e) => format!("the front: {e}\n{stages}"),
         };
-        let entry = Arc::new(JobEntry {
-            id,
-            name,
-            sql: s.sql,
-            parallelism: s.parallelism,
-            restart: s.restart,
-            submitted_ms: now_ms(),
-            status: Mutex::new((JobStatus::Running, None)),
-            attempt: RwLock::new(attempt),
-            failures: Mutex::new(Vec::new()),
+        let shown = Shown {
             explain,
             graph,
             lineage: k.lineage,
             cluster: k.cluster,
-            keyed: true,
-        });
+        };
+        let entry = Arc::new(JobEntry::running(id, name, s, attempt, shown, true));
         let _ = entry_slot.set(Arc::clone(&entry));
         self.jobs
             .write()

@@ -33,7 +33,7 @@ impl Instance {
         dir: &Path,
         extra: &[&str],
     ) -> Instance {
-        Self::launch(None, sql, cluster, name, dir, extra, &[])
+        Self::start_env(sql, cluster, name, dir, extra, &[])
     }
 
     /// An instance with more flags and environment variables (`--checkpoint-dir` among

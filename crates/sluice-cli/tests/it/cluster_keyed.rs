@@ -382,12 +382,19 @@ async fn keyed_windows_across_instances_survive_a_kill_with_their_state() {
     }
     // Others join once a's tasks have committed (what moves to them is restored).
     wait_for_task_checkpoints(&mut instances[0], 8);
-    // Its windows open, a's tasks hold state: their commits say how much.
-    let r = ps_cluster(&cluster, bootstrap);
-    assert!(
-        r["instances"][0]["state_bytes"].as_u64().unwrap_or(0) > 0,
-        "the instance's keyed tasks show no state: {r}"
-    );
+    // Once rows reach them, a's tasks hold open windows: their commits say how much.
+    let start = Instant::now();
+    loop {
+        let r = ps_cluster(&cluster, bootstrap);
+        if r["instances"][0]["state_bytes"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the instance's keyed tasks show no state: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     for name in ["b", "c"] {
         instances.push(Instance::start(&sql, &cluster, name, dir.path()));
     }
@@ -819,6 +826,27 @@ fn run_with_a_kill(
     got
 }
 
+/// Checks that the output (each record with how often it was committed) holds every
+/// record of `want` once and nothing else.
+fn assert_once<K: Ord + std::fmt::Debug>(
+    got: &std::collections::BTreeMap<K, usize>,
+    want: &std::collections::BTreeSet<K>,
+) {
+    let twice: Vec<_> = got.iter().filter(|(_, c)| **c > 1).take(5).collect();
+    let missing: Vec<_> = want
+        .iter()
+        .filter(|k| !got.contains_key(k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.contains(k)).take(5).collect();
+    assert!(
+        twice.is_empty() && missing.is_empty() && extra.is_empty(),
+        "{} records, {} expected; twice {twice:?}, missing {missing:?}, extra {extra:?}",
+        got.values().sum::<usize>(),
+        want.len()
+    );
+}
+
 /// An interval join across instances: both inputs cross repartition topics keyed by
 /// the join key, co-partitioned (the inputs' topics have 4 and 2 partitions; both
 /// repartition topics get 4), and each partition task joins partition p of both. One
@@ -874,19 +902,7 @@ async fn an_interval_join_across_instances_joins_co_partitioned_inputs_exactly_o
         );
         *pairs.entry(key).or_default() += 1;
     }
-    let twice: Vec<_> = pairs.iter().filter(|(_, c)| **c > 1).take(5).collect();
-    let missing: Vec<_> = want
-        .iter()
-        .filter(|p| !pairs.contains_key(p))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = pairs.keys().filter(|p| !want.contains(p)).take(5).collect();
-    assert!(
-        twice.is_empty() && missing.is_empty() && extra.is_empty() && got.len() == want.len(),
-        "{} records, {} pairs expected; twice {twice:?}, missing {missing:?}, extra {extra:?}",
-        got.len(),
-        want.len()
-    );
+    assert_once(&pairs, &want);
     delete_topics(bootstrap, &[&left, &right, &output]).await;
 }
 
@@ -956,19 +972,7 @@ async fn a_window_top_n_over_a_window_aggregate_crosses_two_repartition_topics()
         );
         *rows.entry(key).or_default() += 1;
     }
-    let twice: Vec<_> = rows.iter().filter(|(_, c)| **c > 1).take(5).collect();
-    let missing: Vec<_> = want
-        .iter()
-        .filter(|r| !rows.contains_key(r))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = rows.keys().filter(|r| !want.contains(r)).take(5).collect();
-    assert!(
-        twice.is_empty() && missing.is_empty() && extra.is_empty() && got.len() == want.len(),
-        "{} records, {} expected; twice {twice:?}, missing {missing:?}, extra {extra:?}",
-        got.len(),
-        want.len()
-    );
+    assert_once(&rows, &want);
     delete_topics(bootstrap, &[&input, &output]).await;
 }
 
