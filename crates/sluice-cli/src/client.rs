@@ -177,7 +177,7 @@ pub(crate) fn run(command: Command) -> anyhow::Result<()> {
             let v = server.call("GET", &format!("/api/jobs/{id}/logs?{query}"), None)?;
             for e in v.as_array().into_iter().flatten() {
                 let ms = e["time_ms"].as_i64().unwrap_or(0);
-                let t = chrono_like(ms);
+                let t = sluice_types::time_of_day(ms);
                 println!(
                     "{t} {:<5} {:<16} {}",
                     e["level"].as_str().unwrap_or(""),
@@ -210,18 +210,6 @@ fn percent_encode(value: &str) -> String {
             },
         )
         .collect()
-}
-
-/// `HH:MM:SS.mmm` (UTC) of an epoch-ms time.
-fn chrono_like(ms: i64) -> String {
-    let day_ms = ms.rem_euclid(86_400_000);
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        day_ms / 3_600_000,
-        day_ms / 60_000 % 60,
-        day_ms / 1000 % 60,
-        day_ms % 1000
-    )
 }
 
 /// A JSON string's text (empty for anything else).

@@ -70,6 +70,11 @@ impl ClusterConfig {
         })
     }
 
+    /// The consumer group the instances share unless their source names one.
+    pub fn group(&self) -> String {
+        format!("sluice-{}", self.name)
+    }
+
     /// The name of this instance's subtask `subtask` as Kafka sees it: its consumer's
     /// client id (and static member id), its producer's transactional id.
     pub fn member(&self, subtask: usize) -> String {

@@ -149,7 +149,7 @@ pub(crate) fn prepare(plan: &mut JobPlan) -> Result<()> {
     options.insert("scan.partition-assignment".into(), "group".into());
     options
         .entry("properties.group.id".into())
-        .or_insert_with(|| format!("sluice-{}", cluster.name));
+        .or_insert_with(|| cluster.group());
     Ok(())
 }
 

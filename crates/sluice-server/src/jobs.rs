@@ -77,7 +77,7 @@ impl ClusterRef {
                     group: o
                         .get("properties.group.id")
                         .cloned()
-                        .unwrap_or_else(|| format!("sluice-{}", cluster.name)),
+                        .unwrap_or_else(|| cluster.group()),
                 })
             }
             _ => None,

@@ -25,6 +25,21 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::util::pretty::pretty_format_batches;
 use sluice_types::{Batch, IngestTime};
 
+pub mod moto;
+
+/// `s` percent-encoded for a URL's path or query (RFC 3986's unreserved characters
+/// kept).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Parses a table: a header row of `name:Type` cells (Int64, Float64, Utf8, Bool, Ts
 /// for Timestamp(ms)), then rows; an empty cell is null. A `_timestamp:Ts` column must
 /// come last. Panics on malformed input (it is test code).

@@ -49,6 +49,22 @@ pub fn civil_date(days: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
+/// The time of day (UTC) of an epoch-ms time: `HH:MM:SS.mmm`.
+///
+/// ```
+/// assert_eq!(sluice_types::time_of_day(86_400_000 + 3_723_004), "01:02:03.004");
+/// ```
+pub fn time_of_day(ms: i64) -> String {
+    let day = ms.rem_euclid(86_400_000);
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day / 3_600_000,
+        day / 60_000 % 60,
+        day / 1000 % 60,
+        day % 1000
+    )
+}
+
 /// Identifies one parallel instance of an operator inside a job.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TaskInfo {

@@ -566,7 +566,7 @@ async fn a_keyed_instance_stopped_with_sigterm_goes_on_from_its_state_in_s3() {
     let dir = tempfile::tempdir().unwrap();
     let sql = windowed_job(dir.path(), bootstrap, &input, &output);
     let cluster = unique("k");
-    let s3 = crate::moto::Moto::start("sluice-state");
+    let s3 = sluice_testkit::moto::Moto::start("sluice-state");
     let state = ["--checkpoint-dir", "s3://sluice-state/jobs"];
     let mut a = Instance::start_env(&sql, &cluster, "a", dir.path(), &state, &s3.env());
     a.wait_for(ASSIGNED);

@@ -12,7 +12,6 @@ mod dashboard;
 mod engine;
 mod files;
 mod kafka;
-mod moto;
 mod server;
 mod sql;
 mod sql_client;

@@ -309,13 +309,7 @@ fn the_server_runs_lists_cancels_and_reports_jobs() {
         .map(|e| e["task"].as_str().unwrap())
         .find(|t| !t.is_empty())
         .unwrap();
-    let encoded: String = task
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let encoded = sluice_testkit::percent_encode(task);
     let (_, of_task) = server.call(
         "GET",
         &format!("/api/jobs/{failing}/logs?task={encoded}"),

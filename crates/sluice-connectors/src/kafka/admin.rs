@@ -463,7 +463,7 @@ pub fn render_cluster(cluster: &str, r: &ClusterReport) -> String {
                 s,
                 "    last rebalance: took {} at {}{pause}",
                 r.partition,
-                clock(r.at_ms)
+                sluice_types::time_of_day(r.at_ms)
             );
         }
     }
@@ -475,18 +475,6 @@ pub fn render_cluster(cluster: &str, r: &ClusterReport) -> String {
         );
     }
     s
-}
-
-/// A time of day (UTC) from epoch ms: `HH:MM:SS.mmm`.
-fn clock(ms: i64) -> String {
-    let day = ms.rem_euclid(86_400_000);
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        day / 3_600_000,
-        day / 60_000 % 60,
-        day / 1000 % 60,
-        day % 1000
-    )
 }
 
 /// The end offset of each partition of `topic`, by partition.

@@ -445,97 +445,13 @@ mod tests {
         assert_eq!(one.read_manifest("").await.unwrap().epoch, 5);
     }
 
-    /// A moto S3 server (PyPI's `moto[server]`) on a free loopback port, stopped when
-    /// dropped, with one bucket.
-    #[cfg(feature = "s3")]
-    struct Moto {
-        child: std::process::Child,
-        port: u16,
-    }
-
-    #[cfg(feature = "s3")]
-    impl Moto {
-        fn start(bucket: &str) -> Self {
-            use std::io::{Read, Write};
-            let bin = std::env::var("SLUICE_MOTO_SERVER").unwrap_or_else(|_| {
-                format!(
-                    "{}/.cache/sluice/moto-5.2.6/bin/moto_server",
-                    std::env::var("HOME").unwrap_or_default()
-                )
-            });
-            assert!(
-                std::path::Path::new(&bin).exists(),
-                "no moto server at {bin}: scripts/test installs it (PyPI moto[server] into ~/.cache/sluice/moto-5.2.6); or set SLUICE_MOTO_SERVER"
-            );
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let child = std::process::Command::new(&bin)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-            let moto = Self { child, port };
-            let start = std::time::Instant::now();
-            let mut conn = loop {
-                match std::net::TcpStream::connect(("127.0.0.1", port)) {
-                    Ok(c) => break c,
-                    Err(e) => {
-                        assert!(
-                            start.elapsed() < std::time::Duration::from_secs(60),
-                            "moto did not listen on {port}: {e}"
-                        );
-                        std::thread::sleep(std::time::Duration::from_millis(100));
-                    }
-                }
-            };
-            // CreateBucket.
-            write!(
-                conn,
-                "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut answer = String::new();
-            conn.read_to_string(&mut answer).unwrap();
-            assert!(
-                answer.starts_with("HTTP/1.1 200"),
-                "creating the bucket: {answer}"
-            );
-            moto
-        }
-
-        fn options(&self) -> Vec<(String, String)> {
-            [
-                ("aws_endpoint", format!("http://127.0.0.1:{}", self.port)),
-                ("aws_allow_http", "true".into()),
-                ("aws_region", "us-east-1".into()),
-                ("aws_access_key_id", "testing".into()),
-                ("aws_secret_access_key", "testing".into()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect()
-        }
-    }
-
-    #[cfg(feature = "s3")]
-    impl Drop for Moto {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
     /// Checkpoints through a real S3 API (moto): sealed files read back and checked,
     /// manifests, the latest complete checkpoint, retention, a checkpoint opened by its
     /// own URL.
     #[cfg(feature = "s3")]
     #[tokio::test]
     async fn checkpoints_round_trip_through_an_s3_api() {
-        let moto = Moto::start("sluice-checkpoints");
+        let moto = sluice_testkit::moto::Moto::start("sluice-checkpoints");
         let s = CheckpointStorage::open_with("s3://sluice-checkpoints/jobs/j1", moto.options())
             .unwrap();
         let dir = checkpoint_dir("chk", 0);

@@ -334,22 +334,20 @@ pub fn split_keyed(
         let (a, b) = (root(&mut stage_of, e.from), root(&mut stage_of, e.to));
         stage_of[a.max(b)] = a.min(b);
     }
-    let order = plan.topological_order()?;
+    // The stages in topological order, and each node's stage.
     let mut groups: Vec<(usize, Vec<NodeId>)> = Vec::new();
-    for &n in &order {
+    let mut group_of = vec![0; plan.nodes.len()];
+    for n in plan.topological_order()? {
         let r = root(&mut stage_of, n);
-        match groups.iter_mut().find(|(g, _)| *g == r) {
-            Some((_, nodes)) => nodes.push(n),
-            None => groups.push((r, vec![n])),
-        }
+        group_of[n] = match groups.iter().position(|(g, _)| *g == r) {
+            Some(g) => g,
+            None => {
+                groups.push((r, Vec::new()));
+                groups.len() - 1
+            }
+        };
+        groups[group_of[n]].1.push(n);
     }
-    let group_of = |n: NodeId, s: &mut Vec<usize>| {
-        let r = root(s, n);
-        groups
-            .iter()
-            .position(|(g, _)| *g == r)
-            .expect("invariant: every node is in a group")
-    };
     let mut fronts_at: Vec<usize> = Vec::new();
     let mut keyed_at: Vec<usize> = Vec::new();
     for (g, (_, nodes)) in groups.iter().enumerate() {
@@ -483,7 +481,7 @@ pub fn split_keyed(
     for &g in &keyed_at {
         let mut n = 0;
         for e in hashes.iter().filter(|e| groups[g].1.contains(&e.to)) {
-            let up = group_of(e.from, &mut stage_of);
+            let up = group_of[e.from];
             n = n.max(group_partitions.get(&up).copied().unwrap_or(0));
         }
         group_partitions.insert(g, n);
@@ -590,19 +588,17 @@ pub fn split_keyed(
     }
     let groups_of_fronts: BTreeSet<String> = fronts
         .iter()
-        .map(|f| {
-            let NodeKind::Source(s) = &f.nodes[0].kind else {
-                return String::new();
-            };
-            s.spec
+        .zip(&front_sources)
+        .map(|(f, &s)| {
+            source_spec(s)
                 .options
                 .get("properties.group.id")
                 .cloned()
                 .unwrap_or_else(|| {
-                    format!(
-                        "sluice-{}",
-                        f.config.cluster.as_ref().map_or("", |c| c.name.as_str())
-                    )
+                    f.config
+                        .cluster
+                        .as_ref()
+                        .map_or_else(String::new, |c| c.group())
                 })
         })
         .collect();
@@ -664,7 +660,7 @@ pub fn split_keyed(
     }
     let mut topics = Vec::new();
     for (x, e) in exchanges.iter().zip(&hashes) {
-        let g = group_of(e.to, &mut stage_of);
+        let g = group_of[e.to];
         topics.push((x.topic.clone(), group_partitions[&g]));
     }
     Ok(Some(KeyedSplit {

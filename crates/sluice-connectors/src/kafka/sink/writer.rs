@@ -631,7 +631,7 @@ impl KafkaSinkOperator {
                     .map_err(|e| SluiceError::internal(e.to_string()))?
             }
         };
-        let now = now_ms();
+        let now = (sluice_types::now_micros() / 1000) as i64;
         let mut tpl = rdkafka::TopicPartitionList::new();
         let mut marks = std::collections::HashMap::with_capacity(offsets.len());
         for (part, o, claim) in &offsets {
@@ -1129,13 +1129,6 @@ impl Operator for KafkaSinkOperator {
             }
         }
     }
-}
-
-/// Now, in ms since the epoch.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]
