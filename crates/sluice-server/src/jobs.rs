@@ -711,27 +711,13 @@ impl JobManager {
             })
             .collect();
         let registry = k.registry.clone();
-        // The first front's attempts: the first one makes the entry, later ones (its
-        // restarts) replace the entry's metrics and stop handle.
+        // The first front's attempts, the latest one kept: the first makes the entry,
+        // later ones (its restarts) replace the entry's metrics and stop handle.
         type Attempt = (Arc<JobMetrics>, StopHandle);
-        let entry_slot: Arc<std::sync::OnceLock<Arc<JobEntry>>> = Arc::default();
-        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<Attempt>();
-        let first_tx = Mutex::new(Some(first_tx));
-        let hook: sluice::cluster::FrontHook = {
-            let entry_slot = Arc::clone(&entry_slot);
-            Arc::new(move |h: &sluice_runtime::JobHandle| {
-                let attempt = (h.metrics(), h.stop_handle());
-                match entry_slot.get() {
-                    Some(e) => *e.attempt.write().unwrap_or_else(|p| p.into_inner()) = attempt,
-                    None => {
-                        if let Some(tx) = first_tx.lock().unwrap_or_else(|p| p.into_inner()).take()
-                        {
-                            let _ = tx.send(attempt);
-                        }
-                    }
-                }
-            })
-        };
+        let (attempts_tx, mut attempts) = tokio::sync::watch::channel::<Option<Attempt>>(None);
+        let hook: sluice::cluster::FrontHook = Arc::new(move |h: &sluice_runtime::JobHandle| {
+            attempts_tx.send_replace(Some((h.metrics(), h.stop_handle())));
+        });
         // Stopped through the front's stop handle (cancel): the instance ends with it.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut run = jobs_runtime().spawn(sluice::cluster::run_keyed(
@@ -743,7 +729,7 @@ impl JobManager {
             Some(hook),
         ));
         let attempt = tokio::select! {
-            a = first_rx => a.ok(),
+            a = attempts.wait_for(Option::is_some) => a.ok().and_then(|a| a.clone()),
             r = &mut run => {
                 let why = match r {
                     Ok(Err(e)) => e.to_string(),
@@ -778,7 +764,19 @@ impl JobManager {
             cluster: k.cluster,
         };
         let entry = Arc::new(JobEntry::running(id, name, s, attempt, shown, true));
-        let _ = entry_slot.set(Arc::clone(&entry));
+        {
+            // Every later attempt (and one that started while the entry was made).
+            let entry = Arc::clone(&entry);
+            attempts.mark_changed();
+            tokio::spawn(async move {
+                while attempts.changed().await.is_ok() {
+                    let latest = attempts.borrow_and_update().clone();
+                    if let Some(a) = latest {
+                        *entry.attempt.write().unwrap_or_else(|p| p.into_inner()) = a;
+                    }
+                }
+            });
+        }
         self.jobs
             .write()
             .unwrap_or_else(|p| p.into_inner())
