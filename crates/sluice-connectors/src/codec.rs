@@ -208,6 +208,15 @@ fn value_fields(schema: &Schema) -> Result<AvroSchema> {
 }
 
 impl MessageDecoder {
+    /// Builds only what `reads` names of JSON values' columns and nested fields (see
+    /// [`crate::fast_json`]); the others come out null.
+    pub fn reading(mut self, reads: &sluice_plan::FieldUse) -> Self {
+        if let DecoderState::Json(_, fast) = &mut self.state {
+            *fast = crate::fast_json::FastJson::reading(&self.schema, reads);
+        }
+        self
+    }
+
     /// A decoder of `format` into `schema` (the value columns).
     pub fn new(format: &MessageFormat, schema: SchemaRef) -> Result<Self> {
         let state = match format {
@@ -415,7 +424,12 @@ impl MessageDecoder {
             }
             DecoderState::Text(format) => {
                 let b = format
-                    .decode_exact(&self.schema, &self.buf[start..end], rows)
+                    .decode_exact(
+                        &self.schema,
+                        &sluice_plan::FieldUse::All,
+                        &self.buf[start..end],
+                        rows,
+                    )
                     .map_err(|e| e.to_string())?;
                 Ok(Decoded {
                     rows: b,
@@ -475,7 +489,12 @@ impl MessageDecoder {
             }
             DecoderState::Debezium { envelope, json } => {
                 let b = json
-                    .decode_exact(envelope, &self.buf[start..end], rows)
+                    .decode_exact(
+                        envelope,
+                        &sluice_plan::FieldUse::All,
+                        &self.buf[start..end],
+                        rows,
+                    )
                     .map_err(|e| e.to_string())?;
                 let env = match b.schema().field(0).name().as_str() {
                     "payload" => {

@@ -1,6 +1,9 @@
 //! A JSON-lines decoder straight into Arrow builders for the common shapes: objects of
 //! BIGINT, INT, DOUBLE, BOOLEAN, STRING and TIMESTAMP(3) fields, nested ROWs of those.
-//! Fields the table does not declare are skipped without being decoded.
+//! Fields the table does not declare are skipped without being decoded, and so are the
+//! declared (nullable) ones the job does not read (`FieldUse`, nested fields included):
+//! their columns come out null, as Flink's JSON format leaves a projected-away field
+//! unread.
 //!
 //! It is a fast path only: on anything it does not read exactly as arrow-json does
 //! (another type, a number as a string, a duplicate key, an escaped key, a timestamp
@@ -12,10 +15,11 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, RecordBatch,
-    StringBuilder, StructArray, TimestampMillisecondBuilder,
+    StringBuilder, StructArray, TimestampMillisecondBuilder, new_null_array,
 };
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Fields, SchemaRef, TimeUnit};
+use sluice_plan::FieldUse;
 
 /// Builds the columns of one object level.
 enum Column {
@@ -26,6 +30,9 @@ enum Column {
     Str(StringBuilder),
     Ts(TimestampMillisecondBuilder),
     Struct(Box<Level>, Vec<bool>),
+    /// A nullable field the job does not read: its values are passed over, unchecked
+    /// beyond being JSON, and the column is all null.
+    Skip(DataType),
 }
 
 /// The fields of one object level and their columns.
@@ -44,20 +51,27 @@ struct Level {
 /// Decodes newline-separated JSON objects of one schema (see the module).
 pub(crate) struct FastJson {
     schema: SchemaRef,
+    reads: FieldUse,
 }
 
 impl FastJson {
     /// A decoder for `schema`, if every column is of a type it reads.
     pub(crate) fn new(schema: &SchemaRef) -> Option<Self> {
-        Level::new(schema.fields(), 0)?;
+        Self::reading(schema, &FieldUse::All)
+    }
+
+    /// A decoder for `schema` that builds only what `reads` names (see the module).
+    pub(crate) fn reading(schema: &SchemaRef, reads: &FieldUse) -> Option<Self> {
+        Level::new(schema.fields(), 0, reads)?;
         Some(Self {
             schema: Arc::clone(schema),
+            reads: reads.clone(),
         })
     }
 
     /// Exactly `rows` rows from `bytes`, or `None` to leave the chunk to arrow-json.
     pub(crate) fn decode(&self, bytes: &[u8], rows: usize) -> Option<RecordBatch> {
-        let mut level = Level::new(self.schema.fields(), rows)?;
+        let mut level = Level::new(self.schema.fields(), rows, &self.reads)?;
         // Checked once for the whole chunk (arrow-json refuses what is not UTF-8): every
         // string between two quotes of it is then UTF-8 too, and is sliced, not checked.
         let text = std::str::from_utf8(bytes).ok()?;
@@ -83,15 +97,23 @@ impl FastJson {
         if n != rows {
             return None;
         }
-        let columns = level.finish()?;
+        let columns = level.finish(rows)?;
         RecordBatch::try_new(Arc::clone(&self.schema), columns).ok()
     }
 }
 
 impl Level {
-    fn new(fields: &Fields, capacity: usize) -> Option<Self> {
+    fn new(fields: &Fields, capacity: usize, reads: &FieldUse) -> Option<Self> {
         let mut columns = Vec::with_capacity(fields.len());
         for f in fields {
+            let used = match reads.field(f.name()) {
+                Some(u) => u,
+                None if f.is_nullable() => {
+                    columns.push(Column::Skip(f.data_type().clone()));
+                    continue;
+                }
+                None => &FieldUse::All,
+            };
             columns.push(match f.data_type() {
                 DataType::Int64 => Column::I64(Int64Builder::with_capacity(capacity)),
                 DataType::Int32 => Column::I32(Int32Builder::with_capacity(capacity)),
@@ -102,7 +124,7 @@ impl Level {
                     Column::Ts(TimestampMillisecondBuilder::with_capacity(capacity))
                 }
                 DataType::Struct(children) => Column::Struct(
-                    Box::new(Level::new(children, capacity)?),
+                    Box::new(Level::new(children, capacity, used)?),
                     Vec::with_capacity(capacity),
                 ),
                 _ => return None,
@@ -159,12 +181,14 @@ impl Level {
                     level.append_nulls(n)?;
                     valid.extend(std::iter::repeat_n(false, n));
                 }
+                Column::Skip(_) => {}
             }
         }
         Some(())
     }
 
-    fn finish(&mut self) -> Option<Vec<ArrayRef>> {
+    /// The columns of the `len` rows appended.
+    fn finish(&mut self, len: usize) -> Option<Vec<ArrayRef>> {
         self.flush()?;
         let mut out = Vec::with_capacity(self.columns.len());
         for c in &mut self.columns {
@@ -175,8 +199,9 @@ impl Level {
                 Column::Bool(b) => Arc::new(b.finish()),
                 Column::Str(b) => Arc::new(b.finish()),
                 Column::Ts(b) => Arc::new(b.finish()),
+                Column::Skip(t) => new_null_array(t, len),
                 Column::Struct(level, valid) => {
-                    let children = level.finish()?;
+                    let children = level.finish(valid.len())?;
                     let nulls = NullBuffer::from(std::mem::take(valid));
                     let nulls = (nulls.null_count() > 0).then_some(nulls);
                     Arc::new(StructArray::try_new(level.fields.clone(), children, nulls).ok()?)
@@ -201,6 +226,7 @@ impl Column {
                 level.append_nulls(1)?;
                 valid.push(false);
             }
+            Column::Skip(_) => {}
         }
         Some(())
     }
@@ -261,8 +287,8 @@ impl Parser<'_> {
                 self.eat(b':')?;
                 self.ws();
                 let found = match level.names.get(guess) {
-                    Some(n) if n.as_slice() == key => Some(guess),
-                    _ => level.names.iter().position(|n| n.as_slice() == key),
+                    Some(n) if same(n, key) => Some(guess),
+                    _ => level.names.iter().position(|n| same(n, key)),
                 };
                 match found {
                     Some(f) => {
@@ -355,6 +381,7 @@ impl Parser<'_> {
                 self.object(level)?;
                 valid.push(true);
             }
+            Column::Skip(_) => self.skip(0)?,
         }
         Some(())
     }
@@ -570,6 +597,13 @@ impl Parser<'_> {
     }
 }
 
+/// Whether a field's name is `key` (byte by byte: keys are short, a call to memcmp costs
+/// more).
+#[inline]
+fn same(name: &[u8], key: &[u8]) -> bool {
+    name.len() == key.len() && name.iter().zip(key).all(|(a, b)| a == b)
+}
+
 /// `YYYY-MM-DD[T ]HH:MM:SS[.f{1,3}][Z]` from 1970 on, as epoch milliseconds; any other
 /// form is left to arrow-json.
 fn timestamp_ms(s: &[u8]) -> Option<i64> {
@@ -646,6 +680,7 @@ fn timestamp_ms(s: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::Array;
     use arrow::datatypes::{Field, Schema};
     use proptest::prelude::*;
 
@@ -804,8 +839,94 @@ mod tests {
         ]
     }
 
+    /// `columns` with the nullable columns and nested fields `reads` leaves out made null.
+    fn only_read(columns: &[ArrayRef], fields: &Fields, reads: &FieldUse) -> Vec<ArrayRef> {
+        columns
+            .iter()
+            .zip(fields.iter())
+            .map(|(c, f)| match (reads.field(f.name()), f.data_type()) {
+                (None, t) if f.is_nullable() => new_null_array(t, c.len()),
+                (Some(u @ FieldUse::Fields(_)), DataType::Struct(children)) => {
+                    let s = c.as_any().downcast_ref::<StructArray>().unwrap();
+                    let inner = only_read(s.columns(), children, u);
+                    Arc::new(
+                        StructArray::try_new(children.clone(), inner, s.nulls().cloned()).unwrap(),
+                    ) as ArrayRef
+                }
+                _ => Arc::clone(c),
+            })
+            .collect()
+    }
+
+    fn selections() -> Vec<FieldUse> {
+        let f = |pairs: &[(&str, FieldUse)]| {
+            FieldUse::Fields(
+                pairs
+                    .iter()
+                    .map(|(n, u)| (n.to_string(), u.clone()))
+                    .collect(),
+            )
+        };
+        vec![
+            FieldUse::All,
+            f(&[("k", FieldUse::All)]),
+            f(&[("a", FieldUse::All), ("ts", FieldUse::All)]),
+            f(&[("r", f(&[("y", FieldUse::All)])), ("s", FieldUse::All)]),
+            f(&[("r", FieldUse::none()), ("b", FieldUse::All)]),
+        ]
+    }
+
+    #[test]
+    fn fields_not_read_are_passed_over_and_come_out_null() {
+        let s = schema();
+        let reads = &selections()[3];
+        let fast = FastJson::reading(&s, reads).unwrap();
+        // `a` holds a string and `t` a number: not what their columns take, but not read.
+        let line =
+            r#"{"k": 1, "a": "not a number", "t": 7, "r": {"x": [1, 2], "y": "w"}, "s": "q"}"#;
+        let b = fast.decode(format!("{line}\n").as_bytes(), 1).unwrap();
+        assert_eq!(b.column(0).null_count(), 1, "a not read");
+        let r = b.column(6).as_any().downcast_ref::<StructArray>().unwrap();
+        assert!(r.column(0).is_null(0), "r.x not read");
+        let y = r
+            .column(1)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>();
+        assert_eq!(y.unwrap().value(0), "w");
+        // Malformed JSON in a field not read is still malformed.
+        let bad = r#"{"k": 1, "a": [1,}"#;
+        assert!(fast.decode(format!("{bad}\n").as_bytes(), 1).is_none());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Reading some fields gives arrow-json's rows with the others null.
+        #[test]
+        fn reading_some_fields_is_arrow_json_with_the_rest_null(
+            records in prop::collection::vec(prop::collection::vec(typed_field(), 0..8), 1..6),
+            which in 0usize..5,
+        ) {
+            let s = schema();
+            let reads = &selections()[which];
+            let mut text = String::new();
+            for (n, fields) in records.iter().enumerate() {
+                let mut body = vec![format!("\"k\":{n}")];
+                body.extend(fields.iter().map(|(k, v)| format!("\"{k}\":{v}")));
+                text.push('{');
+                text.push_str(&body.join(","));
+                text.push_str("}\n");
+            }
+            let fast = FastJson::reading(&s, reads).unwrap().decode(text.as_bytes(), records.len());
+            if let Some(fast) = fast {
+                let arrow = arrow_json(&s, text.as_bytes(), records.len()).unwrap();
+                let want = RecordBatch::try_new(
+                    Arc::clone(&s),
+                    only_read(arrow.columns(), s.fields(), reads),
+                ).unwrap();
+                prop_assert_eq!(fast, want, "{}", text);
+            }
+        }
+
         /// Whatever a chunk holds, the fast path gives arrow-json's rows or gives up.
         #[test]
         fn never_differs_from_arrow_json(

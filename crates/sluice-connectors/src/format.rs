@@ -9,6 +9,7 @@ use arrow::array::{RecordBatch, StringArray, StructArray};
 use arrow::buffer::NullBuffer;
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use sluice_plan::FieldUse;
 use sluice_runtime::dead_letter::DeadLetter;
 use sluice_types::{Batch, Result, RowKind, SluiceError};
 
@@ -308,9 +309,11 @@ impl Format {
 
     /// Decodes a chunk of line-oriented records (CSV or JSON lines).
     /// `lines[i]` is the byte range of record i in `buf` and `positions[i]` its position.
+    /// JSON columns (and nested fields) outside `reads` may come out null.
     pub fn decode_lines(
         &self,
         schema: &SchemaRef,
+        reads: &FieldUse,
         buf: &[u8],
         lines: &[(usize, usize)],
         positions: &dyn Fn(usize) -> String,
@@ -321,7 +324,7 @@ impl Format {
         }
         let start = lines[0].0;
         let end = lines[lines.len() - 1].1;
-        if let Ok(b) = self.decode_exact(schema, &buf[start..end], lines.len()) {
+        if let Ok(b) = self.decode_exact(schema, reads, &buf[start..end], lines.len()) {
             return Ok(Some(b));
         }
         // Slow path: one record at a time, keeping the good ones.
@@ -329,7 +332,7 @@ impl Format {
         for (i, &(s, e)) in lines.iter().enumerate() {
             let mut one = buf[s..e].to_vec();
             one.push(b'\n');
-            match self.decode_exact(schema, &one, 1) {
+            match self.decode_exact(schema, reads, &one, 1) {
                 Ok(b) if b.num_rows() == 1 => good.push(b),
                 // One Debezium update is two rows (-U, +U).
                 Ok(b) if *self == Format::DebeziumJson && b.num_rows() == 2 => good.push(b),
@@ -355,6 +358,7 @@ impl Format {
     pub(crate) fn decode_exact(
         &self,
         schema: &SchemaRef,
+        reads: &FieldUse,
         bytes: &[u8],
         rows: usize,
     ) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
@@ -363,8 +367,8 @@ impl Format {
             return decode_debezium(schema, bytes, rows);
         }
         if *self == Format::Json
-            && let Some(b) =
-                crate::fast_json::FastJson::new(schema).and_then(|f| f.decode(bytes, rows))
+            && let Some(b) = crate::fast_json::FastJson::reading(schema, reads)
+                .and_then(|f| f.decode(bytes, rows))
         {
             return Ok(b);
         }
@@ -480,7 +484,7 @@ fn decode_debezium(
         Field::new("after", row, true),
         Field::new("op", DataType::Utf8, true),
     ]));
-    let b = Format::Json.decode_exact(&envelope, bytes, rows)?;
+    let b = Format::Json.decode_exact(&envelope, &FieldUse::All, bytes, rows)?;
     let (before, after, op) = (
         b.column(0).as_struct(),
         b.column(1).as_struct(),

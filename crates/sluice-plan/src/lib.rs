@@ -17,7 +17,9 @@ use datafusion_expr::Expr;
 use sluice_types::{Result, SluiceError};
 
 mod cluster;
+mod reads;
 pub use cluster::{ClusterConfig, PartitionTask};
+pub use reads::FieldUse;
 
 /// Index of a node in [`JobPlan::nodes`].
 pub type NodeId = usize;
@@ -37,6 +39,9 @@ pub struct ConnectorSpec {
     /// Declared columns that carry a record's metadata rather than its value
     /// (`offset BIGINT METADATA FROM 'offset'`): column name to metadata key.
     pub metadata: BTreeMap<String, String>,
+    /// For a source: which columns (and nested fields) the job reads, set by
+    /// [`JobPlan::mark_source_reads`]; a decoder may leave the rest null. All by default.
+    pub reads: FieldUse,
 }
 
 impl ConnectorSpec {
@@ -47,6 +52,7 @@ impl ConnectorSpec {
             options: Options::new(),
             schema: None,
             metadata: BTreeMap::new(),
+            reads: FieldUse::All,
         }
     }
 

@@ -216,6 +216,7 @@ impl PreparedJob {
     pub fn prepare(mut plan: JobPlan, registry: &ConnectorRegistry) -> Result<Self> {
         plan.validate()?;
         crate::cluster::prepare(&mut plan)?;
+        plan.mark_source_reads();
         for e in &plan.edges {
             if e.partitioning == Partitioning::Forward
                 && plan.nodes[e.from].parallelism != plan.nodes[e.to].parallelism
@@ -380,6 +381,13 @@ impl PreparedJob {
                     node.name,
                     cols.join(", ")
                 );
+                // What the job reads of a source (a JSON decoder builds only that).
+                let user = &schema.fields()[..sluice_types::user_column_count(schema)];
+                if let NodeKind::Source(src) = &node.kind
+                    && src.spec.reads.narrows(&user.iter().cloned().collect())
+                {
+                    let _ = writeln!(s, "      reads ({})", src.spec.reads);
+                }
             }
         }
         for e in &self.plan.edges {

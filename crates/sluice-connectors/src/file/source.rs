@@ -30,6 +30,8 @@ pub struct FileSourceConfig {
     json: crate::format::JsonOptions,
     /// Text files larger than this are read as several splits, each a range of lines.
     split_size: u64,
+    /// What the job reads of the rows (the JSON decoder passes over the rest).
+    reads: sluice_plan::FieldUse,
     /// The splits: whole files, or ranges of lines of large text files (found once, when
     /// the job asks for its splits).
     ranges: std::sync::OnceLock<std::result::Result<Vec<Range>, String>>,
@@ -45,16 +47,14 @@ struct Range {
     start: u64,
     /// Where its lines end (the next range's first line); `u64::MAX`: the file's end.
     end: u64,
-    /// Lines before its first one (for `file:line` in dead letters).
-    first_line: u64,
 }
 
 /// Text files above this size are read as several splits unless `split-size` says.
 const DEFAULT_SPLIT_SIZE: u64 = 64 << 20;
 
 /// The splits of `files`: each file whole, but a text file larger than `split_size` in
-/// ranges of about that many bytes, each starting at a line's start, with the number of
-/// lines before it (one pass over the file counting line ends).
+/// ranges of about that many bytes, each starting at a line's start (found by reading
+/// from each multiple of `split_size` to the next newline, not by reading the file).
 fn file_ranges(files: &[PathBuf], text: bool, split_size: u64) -> Result<Vec<Range>> {
     use std::io::Read;
     let mut out = Vec::new();
@@ -65,43 +65,46 @@ fn file_ranges(files: &[PathBuf], text: bool, split_size: u64) -> Result<Vec<Ran
             path: path.clone(),
             start: 0,
             end: u64::MAX,
-            first_line: 0,
         };
         if !text || size <= split_size {
             out.push(whole);
             continue;
         }
-        // The start of the first line at or after each multiple of `split_size`.
-        let mut starts: Vec<(u64, u64)> = vec![(0, 0)];
-        let mut next = split_size;
+        // The start of the first line at or after each multiple of `split_size`: after
+        // the first newline at or after the byte before it.
+        let mut starts: Vec<u64> = vec![0];
         let mut f = File::open(path).map_err(|e| {
             SluiceError::external(format!("cannot open {}", path.display())).with_source(e)
         })?;
-        let mut buf = vec![0u8; 1 << 20];
-        let (mut at, mut lines) = (0u64, 0u64);
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            for i in memchr::memchr_iter(b'\n', &buf[..n]) {
-                lines += 1;
-                let line_start = at + i as u64 + 1;
-                if line_start >= next && line_start < size {
-                    starts.push((line_start, lines));
-                    next = (line_start / split_size + 1) * split_size;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut next = split_size;
+        'ranges: while next < size {
+            let mut at = next - 1;
+            f.seek(std::io::SeekFrom::Start(at))?;
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break 'ranges;
                 }
+                if let Some(i) = memchr::memchr(b'\n', &buf[..n]) {
+                    let line_start = at + i as u64 + 1;
+                    if line_start >= size {
+                        break 'ranges;
+                    }
+                    starts.push(line_start);
+                    next = (line_start / split_size + 1) * split_size;
+                    break;
+                }
+                at += n as u64;
             }
-            at += n as u64;
         }
-        for (k, &(start, first_line)) in starts.iter().enumerate() {
-            let end = starts.get(k + 1).map_or(u64::MAX, |s| s.0);
+        for (k, &start) in starts.iter().enumerate() {
+            let end = starts.get(k + 1).copied().unwrap_or(u64::MAX);
             out.push(Range {
                 id: format!("{}@{start}", path.display()),
                 path: path.clone(),
                 start,
                 end,
-                first_line,
             });
         }
     }
@@ -292,6 +295,7 @@ impl SourceConnector for FileSourceConnector {
             rows_per_second,
             json: crate::format::JsonOptions::from_options(&o)?,
             split_size,
+            reads: spec.reads.clone(),
             ranges: std::sync::OnceLock::new(),
         })
     }
@@ -359,7 +363,12 @@ enum Open {
     Lines {
         path: String,
         reader: BufReader<File>,
+        /// Lines of the split read (its first line is line 1 of the split).
         line_no: u64,
+        /// Where the split starts, and the lines of the file before it once counted (only
+        /// a dead letter's `file:line` needs them).
+        start: u64,
+        lines_before: std::cell::OnceCell<u64>,
         /// Bytes consumed: where the next line starts.
         offset: u64,
         /// Where the split's lines end (`u64::MAX`: at the file's end).
@@ -375,7 +384,8 @@ enum Open {
 #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum FilePosition {
-    /// Text formats: the byte offset of the next line and its number.
+    /// Text formats: the byte offset of the next line, and the lines of the split read
+    /// (for a whole file, the lines of the file).
     Lines { offset: u64, line: u64 },
     /// Parquet: rows already read.
     Rows { rows: u64 },
@@ -469,7 +479,7 @@ impl FileReader {
             Format::Csv { .. } | Format::Json | Format::DebeziumJson => {
                 let (offset, line_no) = match resume {
                     Some(FilePosition::Lines { offset, line }) => (offset, line),
-                    _ => (range.start, range.first_line),
+                    _ => (range.start, 0),
                 };
                 if offset > 0 {
                     file.seek(std::io::SeekFrom::Start(offset))?;
@@ -487,10 +497,38 @@ impl FileReader {
                     line_no: open.1,
                     offset: open.0,
                     end: range.end,
+                    start: range.start,
+                    lines_before: std::cell::OnceCell::new(),
                 }
             }
         });
         Ok(true)
+    }
+}
+
+/// How many lines of `path` end before byte `offset` (a line start).
+fn lines_before_offset(path: &str, offset: u64) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut f = File::open(path)?.take(offset);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut lines = 0;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+    }
+}
+
+/// Records the line `buf[start..end]` (its newline and carriage return cut off) unless it
+/// is blank.
+fn push_line(buf: &[u8], start: usize, mut end: usize, lines: &mut Vec<(usize, usize)>) {
+    while end > start && matches!(buf[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    if !buf[start..end].iter().all(u8::is_ascii_whitespace) {
+        lines.push((start, end));
     }
 }
 
@@ -546,50 +584,88 @@ impl SourceReader for FileReader {
                     line_no,
                     offset,
                     end: range_end,
+                    start: range_start,
+                    lines_before,
                 } => {
                     self.buf.clear();
                     self.lines.clear();
                     let mut numbers = Vec::new();
                     let mut eof = false;
-                    while self.lines.len() < max_rows {
-                        // The split's last line read: the next belongs to the next split.
-                        if *offset >= *range_end {
+                    // Whole buffers of the file are copied in at once and cut at their
+                    // newlines; `partial` bytes at the end of `buf` are a line not ended yet.
+                    let mut partial = 0usize;
+                    loop {
+                        if partial == 0 {
+                            if self.lines.len() >= max_rows {
+                                break;
+                            }
+                            // The split's last line read: the next belongs to the next split.
+                            if *offset >= *range_end {
+                                eof = true;
+                                break;
+                            }
+                        }
+                        let avail = reader.fill_buf()?;
+                        if avail.is_empty() {
+                            // The file's last line, without a newline.
+                            if partial > 0 {
+                                let end = self.buf.len();
+                                *offset += partial as u64;
+                                *line_no += 1;
+                                push_line(&self.buf, end - partial, end, &mut self.lines);
+                                numbers.resize(self.lines.len(), *line_no);
+                            }
                             eof = true;
                             break;
                         }
-                        let start = self.buf.len();
-                        let n = reader.read_until(b'\n', &mut self.buf)?;
-                        if n == 0 {
-                            eof = true;
+                        let base = self.buf.len();
+                        self.buf.extend_from_slice(avail);
+                        let mut line_start = base - partial;
+                        let mut taken = avail.len();
+                        let mut stop = false;
+                        for nl in memchr::memchr_iter(b'\n', &self.buf[base..]) {
+                            let next = base + nl + 1;
+                            *offset += (next - line_start) as u64;
+                            *line_no += 1;
+                            push_line(&self.buf, line_start, next, &mut self.lines);
+                            numbers.resize(self.lines.len(), *line_no);
+                            line_start = next;
+                            if self.lines.len() >= max_rows || *offset >= *range_end {
+                                taken = nl + 1;
+                                stop = true;
+                                break;
+                            }
+                        }
+                        partial = base + taken - line_start;
+                        self.buf.truncate(base + taken);
+                        reader.consume(taken);
+                        if stop {
+                            eof = *offset >= *range_end;
                             break;
                         }
-                        *offset += n as u64;
-                        *line_no += 1;
-                        let mut end = self.buf.len();
-                        while end > start && matches!(self.buf[end - 1], b'\n' | b'\r') {
-                            end -= 1;
-                        }
-                        if self.buf[start..end].iter().all(u8::is_ascii_whitespace) {
-                            continue;
-                        }
-                        self.lines.push((start, end));
-                        numbers.push(*line_no);
                     }
                     let mut dead = Vec::new();
                     let path_s = path.clone();
+                    // A line's number in its file, for a dead letter.
+                    let file_line = |i: usize| -> String {
+                        let before = *lines_before
+                            .get_or_init(|| lines_before_offset(path, *range_start).unwrap_or(0));
+                        format!("{path_s}:{}", before + numbers[i])
+                    };
                     if self.config.format == crate::format::Format::Json {
                         self.config.json.check_fields(
                             &self.config.schema,
                             &self.buf,
                             &self.lines,
-                            &|i| format!("{path_s}:{}", numbers[i]),
+                            &file_line,
                         )?;
                     }
                     let batch = self.config.format.decode_lines(
                         &self.config.schema,
+                        &self.config.reads,
                         &self.buf,
                         &self.lines,
-                        &|i| format!("{path_s}:{}", numbers[i]),
+                        &file_line,
                         &mut dead,
                     )?;
                     self.config.json.check(&dead)?;

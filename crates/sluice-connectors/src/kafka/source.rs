@@ -66,6 +66,8 @@ pub struct KafkaSourceConfig {
     /// `'scan.watermark-records' = 'true'`: watermarks come from the writers' records
     /// in the topic (see [`super::watermarks`]).
     pub(crate) watermark_records: bool,
+    /// What the job reads of the value columns (the JSON decoder passes over the rest).
+    pub(crate) reads: sluice_plan::FieldUse,
 }
 
 impl KafkaSourceConfig {
@@ -264,6 +266,7 @@ impl SourceConnector for UpsertKafkaSourceConnector {
         let (bounded, rows_per_second) = end_and_pace(&o, "upsert-kafka")?;
         let partitions = partitions(&props, &topics)?;
         Ok(KafkaSourceConfig {
+            reads: spec.reads.clone(),
             rows_per_second,
             props,
             format,
@@ -477,6 +480,7 @@ impl SourceConnector for KafkaSourceConnector {
             partitions.retain(|(_, p)| wanted.contains(p));
         }
         Ok(KafkaSourceConfig {
+            reads: spec.reads.clone(),
             rows_per_second,
             props,
             format,
@@ -516,7 +520,8 @@ impl SourceConnector for KafkaSourceConnector {
         splits: Vec<Split>,
         task: &TaskInfo,
     ) -> Result<Box<dyn SourceReader>> {
-        let decoder = MessageDecoder::new(&config.format, Arc::clone(&config.columns.value))?;
+        let decoder = MessageDecoder::new(&config.format, Arc::clone(&config.columns.value))?
+            .reading(&config.reads);
         let parts = splits
             .iter()
             .map(|s| config.partitions[s.index].clone())
