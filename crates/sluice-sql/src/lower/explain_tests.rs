@@ -108,3 +108,20 @@ fn a_json_source_reads_only_the_nested_fields_a_query_uses() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The latency-under-load benchmark script plans: a paced generator, a 1 s tumbling count.
+#[test]
+fn the_paced_window_benchmark_plans() {
+    let registry = sluice_connectors::registry();
+    let mut ctx = SqlContext::new(registry.clone());
+    let sql = std::fs::read_to_string(repo().join("examples/bench/paced_window_1s.sql"))
+        .expect("examples/bench/paced_window_1s.sql");
+    let job = ctx
+        .plan_script(&sql)
+        .unwrap_or_else(|e| panic!("planning failed: {e}"));
+    let explained = sluice_runtime::PreparedJob::prepare(job.plan.expect("an INSERT"), &registry)
+        .unwrap_or_else(|e| panic!("preparing failed: {e}"))
+        .explain();
+    assert!(explained.contains("TUMBLE(1s)"), "{explained}");
+    assert!(explained.contains("reads (auction, date_time)"), "{explained}");
+}
