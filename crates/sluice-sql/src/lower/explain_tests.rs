@@ -123,5 +123,8 @@ fn the_paced_window_benchmark_plans() {
         .unwrap_or_else(|e| panic!("preparing failed: {e}"))
         .explain();
     assert!(explained.contains("TUMBLE(1s)"), "{explained}");
-    assert!(explained.contains("reads (auction, date_time)"), "{explained}");
+    assert!(
+        explained.contains("reads (auction, date_time)"),
+        "{explained}"
+    );
 }

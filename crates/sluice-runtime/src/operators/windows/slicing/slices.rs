@@ -1,13 +1,14 @@
 //! Window geometry (which slices a window is made of, when it may fire) and slice storage:
 //! groups interned per slice, open parts accumulating, sealed parts as columns.
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use arrow::array::ArrayRef;
 use arrow::datatypes::DataType;
 use arrow::row::{RowConverter, Rows, SortField};
 use datafusion_common::hash_utils::RandomState;
 use datafusion_expr::GroupsAccumulator;
+use hashbrown::HashTable;
 use sluice_types::Result;
 
 pub(super) fn gcd(a: i64, b: i64) -> i64 {
@@ -93,10 +94,13 @@ impl Geometry {
     }
 }
 
-/// Key rows to dense group indices.
+/// Key rows to dense group indices. The table holds only indices (with their rows'
+/// hashes): a group's key is its row in `keys`, so a new group allocates nothing of its
+/// own and dropping a fired slice frees a few buffers, not one box per group.
 pub(super) struct GroupMap {
     pub(super) converter: Option<RowConverter>,
-    pub(super) ids: HashMap<Box<[u8]>, u32, RandomState>,
+    ids: HashTable<(u64, u32)>,
+    hasher: RandomState,
     pub(super) keys: Option<Rows>,
     pub(super) len: usize,
 }
@@ -116,7 +120,8 @@ impl GroupMap {
         let keys = converter.as_ref().map(|c| c.empty_rows(0, 0));
         Ok(Self {
             converter,
-            ids: HashMap::with_hasher(RandomState::default()),
+            ids: HashTable::new(),
+            hasher: RandomState::default(),
             keys,
             len: 0,
         })
@@ -138,11 +143,19 @@ impl GroupMap {
         };
         let encoded = conv.convert_columns(key_columns)?;
         for row in encoded.iter() {
-            let id = match self.ids.get(row.as_ref()) {
-                Some(&id) => id,
+            let bytes = row.as_ref();
+            let hash = self.hasher.hash_one(bytes);
+            let found = self
+                .ids
+                .find(hash, |&(h, id)| {
+                    h == hash && keys.row(id as usize).as_ref() == bytes
+                })
+                .map(|&(_, id)| id);
+            let id = match found {
+                Some(id) => id,
                 None => {
                     let id = self.len as u32;
-                    self.ids.insert(row.as_ref().into(), id);
+                    self.ids.insert_unique(hash, (hash, id), |&(h, _)| h);
                     keys.push(row);
                     self.len += 1;
                     id
