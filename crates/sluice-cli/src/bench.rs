@@ -43,9 +43,27 @@ pub const SQL_QUERIES: &[(&str, &str)] = &[
     ("q22", include_str!("../../../examples/nexmark/q22.sql")),
 ];
 
-/// A shipped Nexmark query as one script (tables first) for `events` events at
-/// `event_rate` events per second of event time, into the blackhole sink.
-pub fn nexmark_sql(query: &str, events: u64, event_rate: Option<u64>) -> Result<String> {
+/// How fast the generator goes: events per second of event time, and a wall-clock pace.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pace {
+    /// Events per second of event time (`first-event.rate`); with `wall` unset, 10 M.
+    pub event_rate: Option<u64>,
+    /// Events per wall-clock second, all subtasks together (`rate-limit`); event time
+    /// then advances as fast unless `event_rate` says otherwise.
+    pub wall: Option<f64>,
+}
+
+impl Pace {
+    /// The event rate in effect: the given one, or the wall-clock pace's.
+    fn event_rate(&self) -> Option<u64> {
+        self.event_rate
+            .or(self.wall.map(|w| w.round().max(1.0) as u64))
+    }
+}
+
+/// A shipped Nexmark query as one script (tables first) for `events` events at the
+/// given pace, into the blackhole sink.
+pub fn nexmark_sql(query: &str, events: u64, pace: Pace) -> Result<String> {
     let Some((_, q)) = SQL_QUERIES.iter().find(|(n, _)| *n == query) else {
         return Err(SluiceError::user(format!(
             "unknown query `{query}`; available: {}",
@@ -57,8 +75,11 @@ pub fn nexmark_sql(query: &str, events: u64, event_rate: Option<u64>) -> Result<
         )));
     };
     let mut options = format!("'events.num' = '{events}'");
-    if let Some(r) = event_rate {
+    if let Some(r) = pace.event_rate() {
         options.push_str(&format!(", 'first-event.rate' = '{r}'"));
+    }
+    if let Some(w) = pace.wall {
+        options.push_str(&format!(", 'rate-limit' = '{w}'"));
     }
     let script = format!("{NEXMARK_TABLES}\n{q}");
     Ok(script.replace("'events.num' = '10000000'", &options))
@@ -104,6 +125,8 @@ pub struct BenchReport {
     pub late_rows: u64,
     /// Parallelism of every operator.
     pub parallelism: usize,
+    /// The wall-clock pace (events per second), if paced.
+    pub rate: Option<f64>,
     /// Wall-clock seconds.
     pub wall_s: f64,
     /// CPU seconds (user + system) of the process during the run.
@@ -160,13 +183,13 @@ pub async fn run_nexmark(
     query: &str,
     events: u64,
     parallelism: usize,
-    event_rate: Option<u64>,
+    pace: Pace,
     checkpoint_interval: Option<std::time::Duration>,
     api: Api,
 ) -> Result<BenchReport> {
     let pipeline = match api {
         Api::Sql => {
-            let script = nexmark_sql(query, events, event_rate)?;
+            let script = nexmark_sql(query, events, pace)?;
             let p = parallelism.to_string();
             let name = format!("nexmark-{query}");
             let job = sluice::plan_sql(
@@ -189,8 +212,8 @@ pub async fn run_nexmark(
                 events: Some(events),
                 parallelism,
                 out_dir: std::env::temp_dir(),
-                event_rate,
-                rows_per_second: None,
+                event_rate: pace.event_rate(),
+                rows_per_second: pace.wall,
                 input: None,
             };
             nexmark_query(query, &args)
@@ -212,6 +235,7 @@ pub async fn run_nexmark(
         sink_rows: metrics.sink_records(),
         late_rows: metrics.late_records(),
         parallelism,
+        rate: pace.wall,
         wall_s,
         cpu_s,
         events_per_sec: events as f64 / wall_s,
@@ -456,4 +480,36 @@ pub async fn run_file_bench(
         latency_p99_ms: lat.quantile(0.99) as f64 / 1000.0,
         peak_rss_mb: peak_rss_mb(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wall_clock_pace_sets_the_event_rate_unless_given() {
+        let paced = nexmark_sql(
+            "q0",
+            1000,
+            Pace {
+                event_rate: None,
+                wall: Some(5000.0),
+            },
+        )
+        .unwrap();
+        assert!(paced.contains("'rate-limit' = '5000'"), "{paced}");
+        assert!(paced.contains("'first-event.rate' = '5000'"), "{paced}");
+        let both = nexmark_sql(
+            "q0",
+            1000,
+            Pace {
+                event_rate: Some(100),
+                wall: Some(5000.0),
+            },
+        )
+        .unwrap();
+        assert!(both.contains("'first-event.rate' = '100'"), "{both}");
+        let unpaced = nexmark_sql("q0", 1000, Pace::default()).unwrap();
+        assert!(!unpaced.contains("rate-limit"), "{unpaced}");
+    }
 }

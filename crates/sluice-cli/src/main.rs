@@ -419,9 +419,15 @@ enum BenchSuite {
         /// pipeline (q0, q1, q2, q5, q7, q11).
         #[arg(long, default_value = "sql")]
         api: crate::bench::Api,
-        /// Events per second of event time (Flink's `first-event.rate`; 10 M by default).
+        /// Events per second of event time (Flink's `first-event.rate`; 10 M by default,
+        /// the `--rate` when paced).
         #[arg(long)]
         event_rate: Option<u64>,
+        /// Pace the generator at this many events per wall-clock second (all subtasks
+        /// together), for latency under load; event time then advances as fast unless
+        /// `--event-rate` says otherwise.
+        #[arg(long)]
+        rate: Option<f64>,
         /// Events to generate (all kinds; 46 of 50 are bids).
         #[arg(long, default_value_t = 10_000_000)]
         events: u64,
@@ -932,19 +938,20 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     parallelism,
                     json,
                     event_rate,
+                    rate,
                     checkpoint_interval,
                     api,
                 },
         } => {
-            let r = bench::run_nexmark(
-                &query,
-                events,
-                parallelism,
+            if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                anyhow::bail!("--rate must be a positive number");
+            }
+            let pace = bench::Pace {
                 event_rate,
-                checkpoint_interval,
-                api,
-            )
-            .await?;
+                wall: rate,
+            };
+            let r = bench::run_nexmark(&query, events, parallelism, pace, checkpoint_interval, api)
+                .await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -446,6 +446,29 @@ fn the_cli_runs_a_bounded_job_and_exits_zero() {
     }
     assert_eq!(v["events"], 50_000);
     assert_eq!(v["sink_rows"], 46_000);
+    assert!(v["rate"].is_null(), "not paced: {v}");
+
+    // Paced in wall-clock time (event time following), for latency under load.
+    let paced = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "bench", "nexmark", "--query", "q1", "--events", "20000", "--rate", "100000", "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        paced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&paced.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&paced.stdout).unwrap();
+    assert_eq!(v["rate"], 100_000.0);
+    assert_eq!(v["sink_rows"], 18_400);
+    let zero = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["bench", "nexmark", "--rate", "0"])
+        .output()
+        .unwrap();
+    assert!(!zero.status.success());
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("--rate must be a positive number"));
 
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["run", "--example", "nope"])
