@@ -22,8 +22,6 @@ pub struct FileSourceConfig {
     files: Vec<PathBuf>,
     format: Format,
     schema: SchemaRef,
-    /// For Parquet: indices of the declared columns in the file schema.
-    projection: Option<Vec<usize>>,
     /// Replay pace (rows per second per subtask's share), for demos and tests.
     rows_per_second: Option<f64>,
     /// Flink's `json.*` options.
@@ -37,16 +35,52 @@ pub struct FileSourceConfig {
     ranges: std::sync::OnceLock<std::result::Result<Vec<Range>, String>>,
 }
 
-/// One split of a file source: a file, or a range of its lines.
+/// One split of a file source: a file, a range of its lines, or (Parquet) a run of its
+/// row groups.
 #[derive(Clone, Debug)]
 struct Range {
-    /// The split's id: the file's path, or `path@start` for a range of a large file.
+    /// The split's id: the file's path, or `path@start` for a range of a large file
+    /// (`path@rgN` for row groups from N on).
     id: String,
     path: PathBuf,
     /// The byte offset of its first line.
     start: u64,
     /// Where its lines end (the next range's first line); `u64::MAX`: the file's end.
     end: u64,
+    /// Parquet: the row groups it reads (`None`: all of the file's).
+    row_groups: Option<Vec<usize>>,
+}
+
+/// A large Parquet file's row groups in runs of about `split_size` compressed bytes
+/// (`None`: one split, the whole file).
+fn row_group_runs(path: &Path, split_size: u64) -> Result<Option<Vec<Vec<usize>>>> {
+    let file = File::open(path).map_err(|e| {
+        SluiceError::external(format!("cannot open {}", path.display())).with_source(e)
+    })?;
+    let meta = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&file)
+        .map_err(|e| {
+            SluiceError::user(format!("{} is not a readable Parquet file", path.display()))
+                .with_source(e)
+        })?;
+    let groups = meta.row_groups();
+    let total: i64 = groups.iter().map(|g| g.compressed_size()).sum();
+    if groups.len() < 2 || (total.max(0) as u64) <= split_size {
+        return Ok(None);
+    }
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    let mut bytes = 0u64;
+    for (i, g) in groups.iter().enumerate() {
+        match runs.last_mut() {
+            Some(run) if bytes < split_size => run.push(i),
+            _ => {
+                runs.push(vec![i]);
+                bytes = 0;
+            }
+        }
+        bytes += g.compressed_size().max(0) as u64;
+    }
+    Ok(Some(runs))
 }
 
 /// Text files above this size are read as several splits unless `split-size` says.
@@ -65,8 +99,20 @@ fn file_ranges(files: &[PathBuf], text: bool, split_size: u64) -> Result<Vec<Ran
             path: path.clone(),
             start: 0,
             end: u64::MAX,
+            row_groups: None,
         };
-        if !text || size <= split_size {
+        if !text {
+            match row_group_runs(path, split_size)? {
+                None => out.push(whole),
+                Some(runs) => out.extend(runs.into_iter().map(|run| Range {
+                    id: format!("{}@rg{}", path.display(), run[0]),
+                    row_groups: Some(run),
+                    ..whole.clone()
+                })),
+            }
+            continue;
+        }
+        if size <= split_size {
             out.push(whole);
             continue;
         }
@@ -105,6 +151,7 @@ fn file_ranges(files: &[PathBuf], text: bool, split_size: u64) -> Result<Vec<Ran
                 path: path.clone(),
                 start,
                 end,
+                row_groups: None,
             });
         }
     }
@@ -112,6 +159,48 @@ fn file_ranges(files: &[PathBuf], text: bool, split_size: u64) -> Result<Vec<Ran
 }
 
 impl FileSourceConfig {
+    /// The file's top-level columns to decode: the declared ones the job reads (and
+    /// every `NOT NULL` one); at least one, for the row counts.
+    fn parquet_columns(
+        &self,
+        file: &SchemaRef,
+        parquet: &parquet::schema::types::SchemaDescriptor,
+    ) -> parquet::arrow::ProjectionMask {
+        let mut roots: Vec<usize> = self
+            .schema
+            .fields()
+            .iter()
+            .filter(|f| !f.is_nullable() || self.reads.field(f.name()).is_some())
+            .filter_map(|f| file.index_of(f.name()).ok())
+            .collect();
+        if roots.is_empty()
+            && let Some(first) = self.schema.fields().first()
+            && let Ok(i) = file.index_of(first.name())
+        {
+            roots.push(i);
+        }
+        parquet::arrow::ProjectionMask::roots(parquet, roots)
+    }
+
+    /// A batch of the file's decoded columns as the table's rows: the declared columns
+    /// in their order, those not decoded null.
+    fn parquet_batch(&self, b: &RecordBatch) -> Result<RecordBatch> {
+        let columns = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| match b.column_by_name(f.name()) {
+                Some(c) => Arc::clone(c),
+                None => arrow::array::new_null_array(f.data_type(), b.num_rows()),
+            })
+            .collect();
+        Ok(RecordBatch::try_new_with_options(
+            Arc::clone(&self.schema),
+            columns,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+        )?)
+    }
+
     fn ranges(&self) -> Result<&[Range]> {
         let text = self.format != Format::Parquet;
         self.ranges
@@ -224,7 +313,7 @@ impl SourceConnector for FileSourceConnector {
             ));
         }
         let files = list_files(&path)?;
-        let (schema, projection) = match (&format, &spec.schema) {
+        let schema = match (&format, &spec.schema) {
             (Format::Parquet, declared) => {
                 let Some(first) = files.first() else {
                     return Err(SluiceError::user(format!(
@@ -242,9 +331,9 @@ impl SourceConnector for FileSourceConnector {
                     })?;
                 let file_schema = Arc::clone(b.schema());
                 match declared {
-                    None => (file_schema, None),
+                    None => file_schema,
+                    // The declared columns, each in the file with its type (read by name).
                     Some(d) => {
-                        let mut idx = Vec::new();
                         for f in d.fields() {
                             let i = file_schema.index_of(f.name()).map_err(|_| {
                                 SluiceError::user(format!(
@@ -262,9 +351,8 @@ impl SourceConnector for FileSourceConnector {
                                     f.data_type()
                                 )));
                             }
-                            idx.push(i);
                         }
-                        (Arc::clone(d), Some(idx))
+                        Arc::clone(d)
                     }
                 }
             }
@@ -272,11 +360,11 @@ impl SourceConnector for FileSourceConnector {
             (Format::DebeziumJson, Some(d)) => {
                 let mut fields = d.fields().to_vec();
                 fields.push(Arc::new(sluice_types::row_kind_field()));
-                (Arc::new(arrow::datatypes::Schema::new(fields)), None)
+                Arc::new(arrow::datatypes::Schema::new(fields))
             }
-            (_, Some(d)) => (Arc::clone(d), None),
+            (_, Some(d)) => Arc::clone(d),
             (_, None) => match files.first() {
-                Some(f) => (infer_schema(&format, f)?, None),
+                Some(f) => infer_schema(&format, f)?,
                 None => {
                     return Err(SluiceError::user(format!(
                         "no files in {} and no schema declared",
@@ -291,7 +379,6 @@ impl SourceConnector for FileSourceConnector {
             files,
             format,
             schema,
-            projection,
             rows_per_second,
             json: crate::format::JsonOptions::from_options(&o)?,
             split_size,
@@ -459,10 +546,18 @@ impl FileReader {
                     Some(FilePosition::Rows { rows }) => rows,
                     _ => 0,
                 };
+                let row_groups = range.row_groups.clone();
+                let config = Arc::clone(&self.config);
                 Open::Parquet {
                     reader: ParquetRecordBatchReaderBuilder::try_new(file)
                         .and_then(|b| {
-                            b.with_batch_size(max_rows)
+                            let mask = config.parquet_columns(b.schema(), b.parquet_schema());
+                            let b = match row_groups {
+                                Some(groups) => b.with_row_groups(groups),
+                                None => b,
+                            };
+                            b.with_projection(mask)
+                                .with_batch_size(max_rows)
                                 .with_offset(skip as usize)
                                 .build()
                         })
@@ -563,10 +658,7 @@ impl SourceReader for FileReader {
                             SluiceError::external("reading Parquet failed").with_source(e)
                         })?;
                         *rows += b.num_rows() as u64;
-                        let b: RecordBatch = match &self.config.projection {
-                            Some(idx) => b.project(idx)?,
-                            None => b,
-                        };
+                        let b = self.config.parquet_batch(&b)?;
                         return Ok(ReadResult::Batch {
                             split: self.current_split,
                             rows: b,
