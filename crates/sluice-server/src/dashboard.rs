@@ -84,7 +84,11 @@ async fn job(Path(id): Path<String>) -> Result<Html<String>, (StatusCode, String
 </div></section>
 <section><h2>Dataflow</h2><p class="hint">Per operator, live: records in/s → out/s; p99 end-to-end latency at sinks; busy = share of time its task spent handling input (first operator of a task); backpressure = share of time blocked on full output channels; queue = batches waiting at its inputs; lag = Kafka records behind.</p>
 <div id="graph-box"><svg id="graph" role="img" aria-label="dataflow graph"></svg></div>
-<table id="operators"><thead><tr><th>Operator</th><th>Parallelism</th><th>Records in</th><th>In/s</th><th>Records out</th><th>Out/s</th><th>p50 / p99 latency</th><th>Busy</th><th>Backpressure</th><th>Queue</th><th>Watermark</th><th>Dead letters</th><th>Late</th></tr></thead><tbody></tbody></table></section>
+<table id="operators"><thead><tr><th>Operator</th><th>Parallelism</th><th>Records in</th><th>In/s</th><th>Records out</th><th>Out/s</th><th>p50 / p99 latency</th><th>Busy</th><th>Backpressure</th><th>Queue</th><th>Watermark</th><th>Dead letters</th><th>Late</th></tr></thead><tbody></tbody></table>
+<p class="hint">Click an operator (in the table or the graph) for its subtasks.</p></section>
+<section id="subtasks-section" hidden><h2>Subtasks of <span id="subtasks-name"></span></h2><p class="hint">Each subtask over its last second: skew shows as one subtask far from the others.</p>
+<table id="subtasks"><thead><tr><th>Subtask</th><th>Records in</th><th>In/s</th><th>Records out</th><th>Out/s</th><th>Busy</th><th>Backpressure</th><th>Queue</th><th>Watermark</th><th>Kafka lag</th><th>p99 latency</th><th>Dead letters</th><th>Late</th></tr></thead><tbody></tbody></table></section>
+<section><h2>Over time</h2><p class="hint">The last 15 minutes, a sample a second (<code>GET /api/jobs/{id}/history</code>).</p><div id="charts" class="charts"></div></section>
 <section><h2>Reads and writes</h2><p id="lineage"></p></section>
 <section id="cluster-section" hidden><h2>Cluster <span id="cluster-name"></span></h2><p id="cluster-state" class="empty"></p><table id="cluster"><thead><tr><th>Instance</th><th>Host</th><th>Subtasks</th><th>Partitions</th><th>Lag</th><th>Keyed tasks</th><th>Task lag</th><th>State</th><th>Last rebalance</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Checkpoints</h2><table id="checkpoints"><thead><tr><th>Id</th><th>Kind</th><th>Status</th><th>Triggered</th><th>Duration</th><th>Size</th><th>Location</th></tr></thead><tbody></tbody></table></section>

@@ -53,6 +53,8 @@ pub(crate) struct JobEntry {
     /// its first front's, its partition tasks come and go with the groups (the
     /// cluster's view shows them); it takes no savepoint.
     pub(crate) keyed: bool,
+    /// Its recent history, a sample a second (see [`crate::history`]).
+    pub(crate) history: Mutex<crate::history::History>,
 }
 
 /// Where a cluster instance's group is: what `sluice ps --cluster` is given.
@@ -132,6 +134,7 @@ impl JobEntry {
             lineage: shown.lineage,
             cluster: shown.cluster,
             keyed,
+            history: Mutex::new(crate::history::History::default()),
         }
     }
 
@@ -396,6 +399,16 @@ impl JobManager {
             sandbox,
             alerts: Mutex::new(alerts),
             ..Default::default()
+        });
+        let sampler = Arc::downgrade(&manager);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::history::INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(m) = sampler.upgrade() else { return };
+                m.sample_history();
+            }
         });
         let evaluator = Arc::downgrade(&manager);
         tokio::spawn(async move {
@@ -849,6 +862,22 @@ impl JobManager {
                 }
             })
             .collect()
+    }
+
+    /// A history sample of every running job (a job that ended keeps what it had).
+    pub(crate) fn sample_history(&self) {
+        let now = std::time::Instant::now();
+        let now_ms = now_ms();
+        for j in self.all() {
+            let status = j.status.lock().unwrap_or_else(|p| p.into_inner()).0;
+            if status == JobStatus::Running {
+                let m = j.metrics();
+                j.history
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .sample(&m, now_ms, now);
+            }
+        }
     }
 
     /// One evaluation of the alert rules; what changed is sent in the background.

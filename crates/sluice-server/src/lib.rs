@@ -5,6 +5,7 @@
 //!  POST /api/jobs {sql} ──plan──> JobEntry (status, metrics, stop handle) ──tokio task──> job
 //!  GET  /api/jobs, /api/jobs/{id}      read the entries (live metrics: atomics)
 //!  POST /api/jobs/{id}/cancel          stop: sources end, in-flight data drains
+//!  GET  /api/jobs/{id}/history      the last 15 minutes, one sample a second (charts)
 //!  GET  /metrics                       Prometheus text, one series per job/operator/subtask
 //!  GET  /api/openapi.json              the API's OpenAPI document
 //! ```
@@ -17,6 +18,7 @@ pub mod alerts;
 mod api;
 pub mod dashboard;
 mod durable;
+mod history;
 mod jobs;
 mod lineage;
 pub mod logs;

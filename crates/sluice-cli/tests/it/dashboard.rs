@@ -258,6 +258,90 @@ fn the_dashboard_submits_shows_finds_errors_takes_savepoints_stops_and_cancels_i
     });
     browser.screenshot("job");
 
+    // Charts over time, from the server's history: a sample a second.
+    let samples = (0..300)
+        .find_map(|_| {
+            let (_, h) = server.call("GET", &format!("/api/jobs/{id}/history"), None);
+            let moving = h["samples"]
+                .as_array()?
+                .iter()
+                .filter(|s| s["input_per_s"].as_f64().unwrap_or(0.0) > 0.0)
+                .count();
+            if moving >= 2 {
+                return Some(h);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            None
+        })
+        .expect("the history never had two samples with input");
+    assert_eq!(samples["interval_ms"], 1000, "{samples}");
+    assert_eq!(
+        samples["operators"].as_array().unwrap().len(),
+        samples["samples"][0]["operators"].as_array().unwrap().len(),
+        "{samples}"
+    );
+    browser.wait("the charts drawn", |b| {
+        (b.js("return [...document.querySelectorAll('#charts .chart')].filter(c => c.querySelector('polyline')).length")
+            .as_u64()?
+            >= 4)
+            .then_some(())
+    });
+    for title in [
+        "Records per second",
+        "End-to-end latency",
+        "Event-time lag",
+        "Busy per operator",
+        "Backpressure per operator",
+        "Checkpoint duration",
+    ] {
+        assert!(
+            browser.js(&format!(
+                "return !!document.querySelector('#charts .chart[data-chart=\"{title}\"]')"
+            )) == true,
+            "chart {title}"
+        );
+    }
+    // The input rate chart has a line through several samples.
+    browser.wait("a records line of several points", |b| {
+        let n = b
+            .js("const l = document.querySelector('#charts .chart[data-chart=\"Records per second\"] polyline'); return l ? l.getAttribute('points').trim().split(' ').length : 0")
+            .as_u64()?;
+        (n >= 2).then_some(())
+    });
+    browser.js("document.querySelector('#charts').scrollIntoView()");
+    browser.screenshot("charts");
+
+    // Per-subtask drill-down: click the source's row, its subtasks appear.
+    let source = detail["operators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["is_source"] == true)
+        .unwrap()
+        .clone();
+    let op = source["id"].as_u64().unwrap();
+    browser.click(&format!("#operators tr[data-operator=\"{op}\"]"));
+    let rows = browser.wait("the subtasks of the source", |b| {
+        let n = b
+            .js("return document.querySelectorAll('#subtasks tbody tr').length")
+            .as_u64()?;
+        (n > 0 && !b.text("#subtasks-name").is_empty()).then_some(n)
+    });
+    assert_eq!(rows, source["parallelism"].as_u64().unwrap());
+    browser.wait("a subtask's rate", |b| {
+        count(&b.text("#subtasks tbody tr td:nth-child(5)")).filter(|&r| r > 0.0)
+    });
+    let (status, v) = server.call("GET", &format!("/api/jobs/{id}/operators/{op}"), None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["subtasks"].as_array().unwrap().len() as u64, rows, "{v}");
+    assert!(v["subtasks"][0]["records_out"].as_u64().unwrap() > 0, "{v}");
+    let (status, v) = server.call("GET", &format!("/api/jobs/{id}/operators/999"), None);
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = server.call("GET", &format!("/api/jobs/{id}/operators/x"), None);
+    assert_eq!(status, 400, "{v}");
+    browser.js("document.querySelector('#subtasks-section').scrollIntoView()");
+    browser.screenshot("subtasks");
+
     // A job that fails on purpose: the log finder, errors only, shows its stack trace.
     let (status, v) = server.call(
         "POST",

@@ -475,3 +475,128 @@ pub(crate) async fn checkpoints(
     let j = m.get(parse_id(&id)?)?;
     Ok(Json(j.metrics().checkpoints.history()))
 }
+
+/// Which samples of a job's history.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct HistoryQuery {
+    /// Only samples taken at or after this time (epoch ms); all kept by default.
+    since_ms: Option<i64>,
+}
+
+/// An operator as the history names it.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct OperatorName {
+    id: usize,
+    name: String,
+}
+
+/// A job's recent history: a sample a second, the last 15 minutes.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct JobHistory {
+    /// Time between samples, ms.
+    interval_ms: u64,
+    /// The operators the samples' `operators` list, in the same order.
+    operators: Vec<OperatorName>,
+    /// Oldest first.
+    samples: Vec<crate::history::Sample>,
+}
+
+/// The job's recent history: input and output rates, end-to-end latency, event-time lag,
+/// Kafka lag, the latest checkpoint, and per operator busy and backpressure, a sample a
+/// second for the last 15 minutes.
+#[utoipa::path(get, path = "/api/jobs/{id}/history", tag = "jobs",
+    params(("id" = u64, Path, description = "The job's id"), HistoryQuery),
+    responses(
+        (status = 200, description = "The samples, oldest first", body = JobHistory),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody)))]
+pub(crate) async fn history(
+    State(m): State<Arc<JobManager>>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> Result<Json<JobHistory>, ApiError> {
+    let j = m.get(parse_id(&id)?)?;
+    let metrics = j.metrics();
+    let samples = j
+        .history
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .since(q.since_ms.unwrap_or(i64::MIN));
+    Ok(Json(JobHistory {
+        interval_ms: crate::history::INTERVAL.as_millis() as u64,
+        operators: metrics
+            .operators
+            .iter()
+            .map(|o| OperatorName {
+                id: o.node_id,
+                name: o.name.clone(),
+            })
+            .collect(),
+        samples,
+    }))
+}
+
+/// One operator and its subtasks.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct OperatorDetail {
+    id: usize,
+    name: String,
+    parallelism: usize,
+    is_source: bool,
+    is_sink: bool,
+    /// Each subtask at the latest sample (rates and shares over its last second).
+    subtasks: Vec<crate::history::SubtaskSample>,
+}
+
+/// One operator's subtasks: records, rates, busy, backpressure, watermark, queue, Kafka
+/// lag, dead letters and late rows of each.
+#[utoipa::path(get, path = "/api/jobs/{id}/operators/{operator}", tag = "jobs",
+    params(("id" = u64, Path, description = "The job's id"),
+           ("operator" = usize, Path, description = "The operator's id (as in the job's `operators`)")),
+    responses(
+        (status = 200, description = "The operator's subtasks", body = OperatorDetail),
+        (status = 400, description = "An id is not a number", body = ErrorBody),
+        (status = 404, description = "No such job or operator", body = ErrorBody)))]
+pub(crate) async fn operator(
+    State(m): State<Arc<JobManager>>,
+    Path((id, operator)): Path<(String, String)>,
+) -> Result<Json<OperatorDetail>, ApiError> {
+    let j = m.get(parse_id(&id)?)?;
+    let no_such = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("job {id} has no operator `{operator}`"),
+        )
+    };
+    let op: usize = operator.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("operator ids are numbers, not `{operator}`"),
+        )
+    })?;
+    let metrics = j.metrics();
+    let o = metrics
+        .operators
+        .iter()
+        .find(|o| o.node_id == op)
+        .ok_or_else(no_such)?;
+    let subtasks = j
+        .history
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .subtasks(&metrics, op)
+        .filter(|s| s.len() == o.subtasks.len())
+        // Not sampled yet (the first second): the counters as they are.
+        .unwrap_or_else(|| crate::history::SubtaskSample::now(o));
+    Ok(Json(OperatorDetail {
+        id: op,
+        name: o.name.clone(),
+        parallelism: o.subtasks.len(),
+        is_source: o.is_source,
+        is_sink: o.is_sink,
+        subtasks,
+    }))
+}

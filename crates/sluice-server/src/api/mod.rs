@@ -98,6 +98,8 @@ fn api_routes() -> OpenApiRouter<Arc<JobManager>> {
         .routes(routes!(logs::logs))
         .routes(routes!(jobs::savepoint))
         .routes(routes!(jobs::checkpoints))
+        .routes(routes!(jobs::history))
+        .routes(routes!(jobs::operator))
         .routes(routes!(jobs::lineage_all))
         .routes(routes!(sql::plan_statement))
         .routes(routes!(sql::select))

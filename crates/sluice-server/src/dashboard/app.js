@@ -264,10 +264,82 @@ ${lines.map((l, i) => `<text x="8" y="${40 + i * 18}" class="node-metric">${esc(
       ? `${esc(r.partition)} at ${esc(new Date(r.at_ms).toLocaleTimeString())}${r.pause_ms == null ? "" : `, paused ${(r.pause_ms / 1000).toFixed(1)} s`}`
       : "–";
 
+  // ---- charts over time ------------------------------------------------------------------
+
+  const COLORS = ["#0b6bcb", "#c62828", "#2e7d32", "#b26a00", "#6d28d9", "#0e7490", "#be185d", "#4b5563"];
+
+  // One chart: `series` are [{name, points: [[t, v], ...]}] over the same time axis.
+  function chart(title, series, fmt) {
+    const W = 420, H = 140, L = 66, R = 8, T = 8, B = 18;
+    const pts = series.flatMap((s) => s.points);
+    if (!pts.length) return `<div class="chart" data-chart="${esc(title)}"><h3>${esc(title)}</h3><p class="empty">No samples yet.</p></div>`;
+    const t0 = Math.min(...pts.map((p) => p[0])), t1 = Math.max(...pts.map((p) => p[0]));
+    const top = Math.max(...pts.map((p) => p[1]), 0) * 1.1 || 1;
+    const x = (t) => L + ((t - t0) / Math.max(t1 - t0, 1)) * (W - L - R);
+    const y = (v) => T + (1 - v / top) * (H - T - B);
+    const lines = series
+      .map((s, i) => `<polyline stroke="${COLORS[i % COLORS.length]}" points="${s.points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ")}"/>`)
+      .join("");
+    const ticks = [0, 0.5, 1].map((f) => `<text class="tick" x="${L - 4}" y="${y(top * f) + 3}" text-anchor="end">${esc(fmt(top * f))}</text><line class="axis" x1="${L}" x2="${W - R}" y1="${y(top * f)}" y2="${y(top * f)}"/>`).join("");
+    const span = `<text class="tick" x="${L}" y="${H - 4}">${esc(time(t0))}</text><text class="tick" x="${W - R}" y="${H - 4}" text-anchor="end">${esc(time(t1))}</text>`;
+    const legend = series.map((s, i) => `<span><i style="background:${COLORS[i % COLORS.length]}"></i>${esc(s.name)}</span>`).join("");
+    return `<div class="chart" data-chart="${esc(title)}"><h3>${esc(title)}</h3><svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none">${ticks}${span}${lines}</svg><div class="legend">${legend}</div></div>`;
+  }
+
+  function drawCharts(h) {
+    const s = h.samples;
+    const line = (name, f) => ({ name, points: s.filter((x) => f(x) != null).map((x) => [x.time_ms, f(x)]) });
+    const pct = (v) => `${(v * 100).toFixed(v < 0.1 ? 1 : 0)}%`;
+    const perOp = (f) => h.operators.map((o, i) => line(o.name, (x) => (x.operators[i] ? f(x.operators[i]) : null)));
+    $("#charts").innerHTML = [
+      chart("Records per second", [line("in (sources)", (x) => x.input_per_s), line("out (sinks)", (x) => x.output_per_s)], num),
+      chart("End-to-end latency", [line("p50", (x) => x.latency_p50_ms), line("p99", (x) => x.latency_p99_ms)], ms),
+      chart("Event-time lag", [line("now − sink watermark", (x) => x.event_time_lag_ms)], ms),
+      chart("Kafka consumer lag", [line("records behind", (x) => x.source_lag)], num),
+      chart("Checkpoint duration", [line("latest completed", (x) => x.checkpoint_ms)], ms),
+      chart("Checkpoint size", [line("latest completed", (x) => x.checkpoint_bytes)], bytes),
+      chart("Busy per operator", perOp((o) => o.busy), pct),
+      chart("Backpressure per operator", perOp((o) => o.backpressure), pct),
+    ].join("");
+  }
+
+  // ---- per-subtask drill-down ---------------------------------------------------------
+
+  function drawSubtasks(op) {
+    $("#subtasks-section").hidden = false;
+    $("#subtasks-name").textContent = `${op.name} (×${op.parallelism})`;
+    const pct = (v) => `${(v * 100).toFixed(0)}%`;
+    $("#subtasks tbody").innerHTML = op.subtasks
+      .map(
+        (t) => `<tr data-subtask="${t.subtask}"><td class="n">${t.subtask}</td><td class="n">${num(t.records_in)}</td><td class="n">${num(t.in_per_s)}</td>
+<td class="n">${num(t.records_out)}</td><td class="n">${num(t.out_per_s)}</td><td class="n">${pct(t.busy)}</td><td class="n">${pct(t.backpressure)}</td>
+<td class="n">${num(t.input_queue)}</td><td>${t.watermark_ms != null ? new Date(t.watermark_ms).toISOString().replace("T", " ").slice(0, 23) : "–"}</td>
+<td class="n">${t.source_lag != null ? num(t.source_lag) : "–"}</td><td class="n">${t.latency_p99_ms != null ? ms(t.latency_p99_ms) : "–"}</td>
+<td class="n">${num(t.dead_letters)}</td><td class="n">${num(t.late_records)}</td></tr>`
+      )
+      .join("");
+  }
+
   function job(id) {
+    let selected = null;
+    const select = (op) => {
+      selected = op;
+      for (const tr of document.querySelectorAll("tr[data-operator]")) tr.classList.toggle("selected", tr.dataset.operator === String(op));
+    };
+    const pick = (e) => {
+      const el = e.target.closest("[data-operator], [data-node]");
+      if (el) select(el.dataset.operator ?? el.dataset.node);
+    };
+    $("#operators").addEventListener("click", pick);
+    $("#graph").addEventListener("click", pick);
     poll(async () => {
       const j = await api("GET", `/api/jobs/${id}`);
       drawJob(j, rates(j));
+      if (selected != null) select(selected);
+    });
+    poll(async () => drawCharts(await api("GET", `/api/jobs/${id}/history`)), 2000);
+    poll(async () => {
+      if (selected != null) drawSubtasks(await api("GET", `/api/jobs/${id}/operators/${selected}`));
     });
     // A cluster instance: every instance of its cluster, from the consumer group.
     poll(async () => {
