@@ -120,6 +120,15 @@ pub(crate) fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Diagnose { id, json, server } => {
+            let v = server.call("GET", &format!("/api/jobs/{id}/diagnosis"), None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", diagnosis_text(&v));
+            }
+            Ok(())
+        }
         Command::Savepoint { id, stop, server } => {
             let v = server.call(
                 "POST",
@@ -326,6 +335,35 @@ fn job_status(v: &serde_json::Value) -> String {
     ));
     for a in v["alerts"].as_array().into_iter().flatten() {
         out.push_str(&format!("alert: {}\n", a));
+    }
+    out
+}
+
+/// A diagnosis as `sluice diagnose` prints it: the causes, most likely first.
+fn diagnosis_text(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let causes = v["causes"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "job {}: {} (the last {} s)",
+        v["job"],
+        v["summary"].as_str().unwrap_or(""),
+        v["seconds"]
+    );
+    for (i, c) in causes.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "\n{}. [{} {:.2}] {}",
+            i + 1,
+            c["kind"].as_str().unwrap_or(""),
+            c["score"].as_f64().unwrap_or(0.0),
+            c["title"].as_str().unwrap_or("")
+        );
+        for e in c["evidence"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "   - {}", e.as_str().unwrap_or(""));
+        }
+        let _ = writeln!(out, "   do: {}", c["action"].as_str().unwrap_or(""));
     }
     out
 }

@@ -224,6 +224,19 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Why is a job slow: the likely causes, most likely first, each with its evidence
+    /// and what to do (a bottleneck where backpressure ends, a slow sink, skew, a source
+    /// holding event time back, checkpoint alignment, state growing without a TTL, late
+    /// rows or dead letters), from the last 30 seconds of the job on a server.
+    Diagnose {
+        /// The job id.
+        id: u64,
+        /// The server's JSON instead of the list.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// A server's jobs with what each reads and writes (topic -> job -> topic); with
     /// `--cluster NAME --bootstrap HOST:PORT`, the instances of a cluster instead (from
     /// its consumer group): each one's host, partitions and lag.
@@ -1110,6 +1123,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         c @ (Command::Submit { .. }
         | Command::List { .. }
         | Command::Status { .. }
+        | Command::Diagnose { .. }
         | Command::Savepoint { .. }
         | Command::Ps { .. }
         | Command::Logs { .. }

@@ -177,6 +177,11 @@ pub struct SubtaskMetrics {
     pub input_queue: AtomicU64,
     /// Nanoseconds spent waiting for a full downstream channel (backpressure).
     pub backpressured_ns: AtomicU64,
+    /// When the wait on a full channel going on now began (µs since the epoch; 0: none):
+    /// readers count a long wait before it ends (see [`SubtaskMetrics::backpressured_now`]).
+    pub backpressured_since_us: AtomicI64,
+    /// When the busy stretch going on now began (µs since the epoch; 0: none).
+    pub busy_since_us: AtomicI64,
     /// Nanoseconds spent handling input (rows and watermarks), the task's chained
     /// operators and any wait on full output channels included: busy minus
     /// backpressured is the time the task itself worked (sources: from a chunk read to
@@ -202,7 +207,66 @@ pub struct SubtaskMetrics {
     pub last_handover_ms: AtomicU64,
 }
 
+/// A stretch of busy or blocked time being counted: shown to readers as it goes (its
+/// start in `since`), added to `total` when it ends (dropped).
+pub struct Stretch<'a> {
+    total: &'a AtomicU64,
+    since: &'a AtomicI64,
+    start: std::time::Instant,
+}
+
+impl<'a> Stretch<'a> {
+    /// Starts counting into `total`.
+    pub fn start(total: &'a AtomicU64, since: &'a AtomicI64) -> Self {
+        since.store((sluice_types::now_micros() as i64).max(1), Relaxed);
+        Stretch {
+            total,
+            since,
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for Stretch<'_> {
+    fn drop(&mut self) {
+        // Cleared first: a reader in between misses the stretch for a moment rather
+        // than counting it twice.
+        self.since.store(0, Relaxed);
+        self.total
+            .fetch_add(self.start.elapsed().as_nanos() as u64, Relaxed);
+    }
+}
+
+/// `total` with the stretch in progress since `since` (µs, 0: none) counted up to `now_us`.
+fn with_ongoing(total: &AtomicU64, since: &AtomicI64, now_us: i64) -> u64 {
+    let t = total.load(Relaxed);
+    match since.load(Relaxed) {
+        0 => t,
+        s => t + (now_us.saturating_sub(s).max(0) as u64) * 1000,
+    }
+}
+
 impl SubtaskMetrics {
+    /// A busy stretch: counted while it lasts, added when dropped.
+    pub fn busy(&self) -> Stretch<'_> {
+        Stretch::start(&self.busy_ns, &self.busy_since_us)
+    }
+
+    /// A wait on a full output channel.
+    pub fn backpressured(&self) -> Stretch<'_> {
+        Stretch::start(&self.backpressured_ns, &self.backpressured_since_us)
+    }
+
+    /// Busy nanoseconds so far, the stretch going on counted up to `now_us`.
+    pub fn busy_now(&self, now_us: i64) -> u64 {
+        with_ongoing(&self.busy_ns, &self.busy_since_us, now_us)
+    }
+
+    /// Backpressured nanoseconds so far, the wait going on counted up to `now_us`.
+    pub fn backpressured_now(&self, now_us: i64) -> u64 {
+        with_ongoing(&self.backpressured_ns, &self.backpressured_since_us, now_us)
+    }
+
     /// Fresh metrics.
     pub fn new() -> Arc<Self> {
         let m = Self::default();

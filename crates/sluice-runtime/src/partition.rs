@@ -3,8 +3,6 @@
 //! backpressure, and the time spent waiting is a metric.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
 
 use arrow::array::UInt32Array;
 use arrow::compute::take_record_batch;
@@ -99,11 +97,9 @@ async fn send(
     match sender.try_send(msg) {
         Ok(()) => Ok(()),
         Err(TrySendError::Full(msg)) => {
-            let start = Instant::now();
+            let waiting = metrics.backpressured();
             let r = sender.send(msg).await;
-            metrics
-                .backpressured_ns
-                .fetch_add(start.elapsed().as_nanos() as u64, Relaxed);
+            drop(waiting);
             r.map_err(|_| SluiceError::internal(DOWNSTREAM_GONE))
         }
         Err(TrySendError::Closed(_)) => Err(SluiceError::internal(DOWNSTREAM_GONE)),

@@ -82,6 +82,7 @@ async fn job(Path(id): Path<String>) -> Result<Html<String>, (StatusCode, String
 <div class="card"><div class="label">Checkpoints</div><div class="value" id="checkpoint-counts">–</div><div class="sub">completed / failed</div></div>
 <div class="card"><div class="label">Restarts</div><div class="value" id="restarts">–</div><div class="sub" id="alerts-state"></div></div>
 </div></section>
+<section id="diagnosis-section"><h2>Why is it slow?</h2><p class="hint">The likely causes over the last 30 seconds, most likely first (<code>sluice diagnose {id}</code>).</p><p id="diagnosis-summary" class="empty">…</p><ol id="diagnosis"></ol></section>
 <section><h2>Dataflow</h2><p class="hint">Per operator, live: records in/s → out/s; p99 end-to-end latency at sinks; busy = share of time its task spent handling input (first operator of a task); backpressure = share of time blocked on full output channels; queue = batches waiting at its inputs; lag = Kafka records behind.</p>
 <div id="graph-box"><svg id="graph" role="img" aria-label="dataflow graph"></svg></div>
 <table id="operators"><thead><tr><th>Operator</th><th>Parallelism</th><th>Records in</th><th>In/s</th><th>Records out</th><th>Out/s</th><th>p50 / p99 latency</th><th>Busy</th><th>Backpressure</th><th>Queue</th><th>Watermark</th><th>Dead letters</th><th>Late</th></tr></thead><tbody></tbody></table>

@@ -43,6 +43,13 @@ pub(crate) struct Sample {
     /// The latest completed checkpoint's duration (ms) and size (bytes).
     pub(crate) checkpoint_ms: Option<u64>,
     pub(crate) checkpoint_bytes: Option<u64>,
+    /// Bytes the job's tasks hold on the heap (0 when the process does not measure).
+    pub(crate) memory_bytes: u64,
+    /// Late rows and dead letters so far, all operators.
+    pub(crate) late_records: u64,
+    pub(crate) dead_letters: u64,
+    /// Rows read by the sources so far.
+    pub(crate) input_records: u64,
     /// Per operator, in the job's order.
     pub(crate) operators: Vec<OperatorSample>,
 }
@@ -125,12 +132,14 @@ struct Counts {
 }
 
 impl Counts {
-    fn of(s: &SubtaskMetrics) -> Self {
+    /// At `now_us`: a busy stretch or a wait going on is counted up to then (a batch
+    /// that takes seconds shows as busy all along, not at its end).
+    fn of(s: &SubtaskMetrics, now_us: i64) -> Self {
         Counts {
             records_in: s.records_in.load(Relaxed),
             records_out: s.records_out.load(Relaxed),
-            busy_ns: s.busy_ns.load(Relaxed),
-            backpressured_ns: s.backpressured_ns.load(Relaxed),
+            busy_ns: s.busy_now(now_us),
+            backpressured_ns: s.backpressured_now(now_us),
         }
     }
 }
@@ -164,7 +173,12 @@ impl History {
         let counts: Vec<Vec<Counts>> = m
             .operators
             .iter()
-            .map(|o| o.subtasks.iter().map(|s| Counts::of(s)).collect())
+            .map(|o| {
+                o.subtasks
+                    .iter()
+                    .map(|s| Counts::of(s, now_ms * 1000))
+                    .collect()
+            })
             .collect();
         let latency = m.sink_latency();
         // Differences from the previous sample of the same attempt; a new attempt's
@@ -242,6 +256,10 @@ impl History {
             source_lag: (!lags.is_empty()).then(|| lags.iter().sum()),
             checkpoint_ms: checkpoint.as_ref().map(|c| c.duration_ms),
             checkpoint_bytes: checkpoint.as_ref().map(|c| c.state_bytes),
+            memory_bytes: m.memory.used(),
+            late_records: m.late_records(),
+            dead_letters: m.dead_letters(),
+            input_records: m.source_records(),
             operators,
         });
         self.subtasks = subtasks;
@@ -330,6 +348,20 @@ mod tests {
         let again = metrics(2);
         h.sample(&again, 4_000, t0 + std::time::Duration::from_secs(3));
         assert_eq!(h.since(4_000)[0].input_per_s, 0.0);
+    }
+
+    #[test]
+    fn a_long_batch_counts_as_busy_while_it_lasts() {
+        let m = metrics(1);
+        let mut h = History::default();
+        let t0 = Instant::now();
+        h.sample(&m, 10_000, t0);
+        // A batch in the sink since 10.5 s, not done at 11 s.
+        m.operators[1].subtasks[0]
+            .busy_since_us
+            .store(10_500_000, Relaxed);
+        h.sample(&m, 11_000, t0 + std::time::Duration::from_secs(1));
+        assert_eq!(h.since(11_000)[0].operators[1].busy, 0.5);
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub(crate) struct JobEntry {
     pub(crate) failures: Mutex<Vec<Failure>>,
     pub(crate) explain: String,
     pub(crate) graph: Graph,
+    /// Its operators that keep state per key with no TTL.
+    pub(crate) unbounded_state: Vec<usize>,
     pub(crate) lineage: Lineage,
     /// The cluster the job is an instance of (`SET 'sluice.cluster.name'`).
     pub(crate) cluster: Option<ClusterRef>,
@@ -105,6 +107,8 @@ pub struct Failure {
 struct Shown {
     explain: String,
     graph: Graph,
+    /// Operators keeping state per key with no TTL (for the diagnosis).
+    unbounded_state: Vec<usize>,
     lineage: Lineage,
     cluster: Option<ClusterRef>,
 }
@@ -131,6 +135,7 @@ impl JobEntry {
             failures: Mutex::new(Vec::new()),
             explain: shown.explain,
             graph: shown.graph,
+            unbounded_state: shown.unbounded_state,
             lineage: shown.lineage,
             cluster: shown.cluster,
             keyed,
@@ -625,6 +630,7 @@ impl JobManager {
             return self.start_keyed(id, name, s, keyed).await;
         }
         let graph = graph_of(&plan);
+        let unbounded_state = crate::diagnosis::unbounded_state(&plan);
         let pipeline = sluice::Pipeline::from_plan(plan);
         pipeline.registry(registry);
         let has_checkpoint = self.checkpoint_dir(id).is_some_and(|d| {
@@ -659,6 +665,7 @@ impl JobManager {
         let shown = Shown {
             explain,
             graph,
+            unbounded_state,
             lineage,
             cluster,
         };
@@ -710,6 +717,7 @@ impl JobManager {
         let strategy = restart_strategy(&s)?;
         let front = k.split.fronts[0].clone();
         let graph = graph_of(&front);
+        let unbounded_state = crate::diagnosis::unbounded_state(&front);
         let stages: String = k
             .split
             .stages
@@ -772,6 +780,7 @@ impl JobManager {
         };
         let shown = Shown {
             explain,
+            unbounded_state,
             graph,
             lineage: k.lineage,
             cluster: k.cluster,

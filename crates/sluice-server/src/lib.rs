@@ -17,6 +17,7 @@
 pub mod alerts;
 mod api;
 pub mod dashboard;
+mod diagnosis;
 mod durable;
 mod history;
 mod jobs;

@@ -208,6 +208,13 @@ fn count(text: &str) -> Option<f64> {
     n.parse::<f64>().ok().map(|v| v * scale)
 }
 
+/// Nine bids in ten have key 1: one of the two window subtasks gets them.
+const SKEWED: &str = "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'rate-limit' = '20000');
+CREATE TABLE out (k BIGINT, n BIGINT) WITH ('connector' = 'blackhole');
+CREATE VIEW keyed AS SELECT CASE WHEN price % 10 = 7 THEN auction ELSE 1 END AS k, date_time FROM bid;
+INSERT INTO out SELECT k, COUNT(*) FROM TABLE(TUMBLE(TABLE keyed, DESCRIPTOR(date_time), INTERVAL '1' SECOND))
+GROUP BY k, window_start, window_end;";
+
 #[test]
 fn the_dashboard_submits_shows_finds_errors_takes_savepoints_stops_and_cancels_in_a_real_browser() {
     let (server, _dir) = start_server(&[]);
@@ -341,6 +348,29 @@ fn the_dashboard_submits_shows_finds_errors_takes_savepoints_stops_and_cancels_i
     assert_eq!(status, 400, "{v}");
     browser.js("document.querySelector('#subtasks-section').scrollIntoView()");
     browser.screenshot("subtasks");
+
+    // "Why is it slow?" on a job with a hot key: the panel ranks skew first, with its
+    // evidence and what to do.
+    let (status, v) = server.call(
+        "POST",
+        "/api/jobs",
+        Some(&json!({ "sql": SKEWED, "name": "skewed", "parallelism": 2 }).to_string()),
+    );
+    assert_eq!(status, 201, "{v}");
+    let skewed = v["id"].as_u64().unwrap();
+    browser.open(&format!("{}/jobs/{skewed}", server.url));
+    browser.wait("skew ranked first in the diagnosis panel", |b| {
+        let kind = b.js("const c = document.querySelector('#diagnosis li.cause'); return c ? c.dataset.kind : ''");
+        (kind == "skew").then_some(())
+    });
+    let panel = browser.text("#diagnosis-section");
+    assert!(panel.contains("is skewed: subtask"), "{panel}");
+    assert!(panel.contains("What to do:"), "{panel}");
+    browser.js("document.querySelector('#diagnosis-section').scrollIntoView()");
+    browser.screenshot("diagnosis");
+    let (status, _) = server.call("POST", &format!("/api/jobs/{skewed}/cancel"), None);
+    assert_eq!(status, 202);
+    browser.open(&format!("{}/jobs/{id}", server.url));
 
     // A job that fails on purpose: the log finder, errors only, shows its stack trace.
     let (status, v) = server.call(

@@ -9,6 +9,7 @@ mod checkpoints;
 mod cluster;
 mod cluster_keyed;
 mod dashboard;
+mod diagnosis;
 mod engine;
 mod files;
 mod kafka;

@@ -27,6 +27,16 @@ pub(crate) fn start_server(extra: &[&str]) -> (Server, tempfile::TempDir) {
 }
 
 fn start_server_in(data: &std::path::Path, extra: &[&str]) -> Server {
+    start_server_with(data, extra, Stdio::null())
+}
+
+/// A server whose standard output is a pipe the caller reads (`server.stdout()`).
+pub(crate) fn start_server_piped(extra: &[&str]) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (start_server_with(dir.path(), extra, Stdio::piped()), dir)
+}
+
+fn start_server_with(data: &std::path::Path, extra: &[&str], stdout: Stdio) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -38,7 +48,7 @@ fn start_server_in(data: &std::path::Path, extra: &[&str]) -> Server {
         .arg(data)
         .args(extra)
         .env_remove("SLUICE_TOKEN")
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -57,6 +67,14 @@ fn start_server_in(data: &std::path::Path, extra: &[&str]) -> Server {
 }
 
 impl Server {
+    /// The server's standard output, when started with [`start_server_piped`].
+    pub(crate) fn stdout(&mut self) -> std::process::ChildStdout {
+        self.child
+            .stdout
+            .take()
+            .expect("a server started with its output piped")
+    }
+
     pub(crate) fn call(
         &self,
         method: &str,

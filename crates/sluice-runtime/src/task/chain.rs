@@ -38,7 +38,16 @@ impl Collector for ChainOut<'_> {
         // Measured once: the next chained operator's bytes in are these bytes out.
         let bytes = crate::metrics::batch_bytes(&batch);
         self.emitter.bytes_out.fetch_add(bytes, Relaxed);
-        push_batch_from(self.rest, self.out, 0, batch, Some(bytes)).await
+        // A sink chained after other operators counts its own time as its busy time
+        // (the task's head counts the whole chain's): a slow sink shows as itself.
+        let sink = match self.rest.first() {
+            Some(next) if next.is_sink => Some(Arc::clone(&next.ctx.metrics)),
+            _ => None,
+        };
+        let busy = sink.as_ref().map(|m| m.busy());
+        let r = push_batch_from(self.rest, self.out, 0, batch, Some(bytes)).await;
+        drop(busy);
+        r
     }
 
     async fn collect_side(&mut self, tag: &str, batch: Batch) -> Result<bool> {

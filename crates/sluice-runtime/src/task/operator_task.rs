@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use sluice_types::{CheckpointBarrier, Message, Result, SluiceError, now_micros};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::checkpoint::{FINAL_EPOCH, Notice, SubtaskSnapshot, TaskEvent};
 
@@ -116,24 +115,19 @@ pub(crate) async fn run_operator_task(
             next = inputs.next() => next,
         };
         let Some((i, msg)) = next else { break };
-        let started = Instant::now();
         let aligned = match msg {
             Message::Data(batch) => {
                 metrics.input_queue.store(inputs.queued(), Relaxed);
+                let _busy = metrics.busy();
                 chain.process_from(inputs.input_of[i], batch).await?;
-                metrics
-                    .busy_ns
-                    .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
                 None
             }
             Message::Watermark(w) => {
                 inputs.set_watermark(i, w);
+                let _busy = metrics.busy();
                 while let Some(m) = inputs.merge() {
                     chain.watermark(m).await?;
                 }
-                metrics
-                    .busy_ns
-                    .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
                 None
             }
             Message::Barrier(b) => inputs.barrier(i, b),

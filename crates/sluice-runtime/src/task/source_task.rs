@@ -421,13 +421,11 @@ pub(crate) async fn flush(
     src.ctx.metrics.records_out.fetch_add(n, Relaxed);
     let bytes = crate::metrics::batch_bytes(&batch);
     src.ctx.metrics.bytes_out.fetch_add(bytes, Relaxed);
-    let started = Instant::now();
+    let metrics = Arc::clone(&src.ctx.metrics);
+    let busy = metrics.busy();
     chain.process_measured(batch, bytes).await?;
     let r = emit_watermark(src, chain, clocks, last_wm).await;
-    src.ctx
-        .metrics
-        .busy_ns
-        .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+    drop(busy);
     r
 }
 

@@ -600,3 +600,66 @@ pub(crate) async fn operator(
         subtasks,
     }))
 }
+
+/// "Why is it slow?": the likely causes, ranked, each with its evidence and what to do,
+/// from the last 30 seconds of the job's history, its subtasks, graph and checkpoints.
+#[utoipa::path(get, path = "/api/jobs/{id}/diagnosis", tag = "jobs",
+    params(("id" = u64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The causes, most likely first", body = crate::diagnosis::Diagnosis),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody)))]
+pub(crate) async fn diagnosis(
+    State(m): State<Arc<JobManager>>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::diagnosis::Diagnosis>, ApiError> {
+    let j = m.get(parse_id(&id)?)?;
+    Ok(Json(diagnose(&j)))
+}
+
+/// The diagnosis of one job now.
+pub(crate) fn diagnose(j: &JobEntry) -> crate::diagnosis::Diagnosis {
+    use crate::diagnosis::{OperatorInfo, Situation, WINDOW_MS, summary};
+    let metrics = j.metrics();
+    let (samples, subtasks) = {
+        let h = j.history.lock().unwrap_or_else(|p| p.into_inner());
+        let all = h.since(i64::MIN);
+        let since = all.last().map_or(i64::MIN, |s| s.time_ms - WINDOW_MS);
+        let subtasks: Vec<Vec<crate::history::SubtaskSample>> = metrics
+            .operators
+            .iter()
+            .map(|o| {
+                h.subtasks(&metrics, o.node_id)
+                    .unwrap_or_else(|| crate::history::SubtaskSample::now(o))
+            })
+            .collect();
+        (h.since(since), subtasks)
+    };
+    let operators: Vec<OperatorInfo> = metrics
+        .operators
+        .iter()
+        .map(|o| OperatorInfo {
+            id: o.node_id,
+            name: o.name.clone(),
+            is_source: o.is_source,
+            is_sink: o.is_sink,
+            parallelism: o.subtasks.len(),
+        })
+        .collect();
+    let checkpoints = metrics.checkpoints.history();
+    let causes = Situation {
+        samples: &samples,
+        operators: &operators,
+        subtasks: &subtasks,
+        edges: &j.graph.edges,
+        checkpoints: &checkpoints,
+        unbounded_state: &j.unbounded_state,
+    }
+    .diagnose();
+    crate::diagnosis::Diagnosis {
+        job: j.id,
+        seconds: samples.len(),
+        summary: summary(&causes, samples.len()),
+        causes,
+    }
+}

@@ -100,6 +100,7 @@ fn api_routes() -> OpenApiRouter<Arc<JobManager>> {
         .routes(routes!(jobs::checkpoints))
         .routes(routes!(jobs::history))
         .routes(routes!(jobs::operator))
+        .routes(routes!(jobs::diagnosis))
         .routes(routes!(jobs::lineage_all))
         .routes(routes!(sql::plan_statement))
         .routes(routes!(sql::select))

@@ -339,6 +339,16 @@ ${lines.map((l, i) => `<text x="8" y="${40 + i * 18}" class="node-metric">${esc(
     });
     poll(async () => drawCharts(await api("GET", `/api/jobs/${id}/history`)), 2000);
     poll(async () => {
+      const d = await api("GET", `/api/jobs/${id}/diagnosis`);
+      $("#diagnosis-summary").textContent = d.causes.length ? `${d.causes.length} likely cause(s) in the last ${d.seconds} s:` : d.summary;
+      $("#diagnosis").innerHTML = d.causes
+        .map(
+          (c) => `<li class="cause" data-kind="${esc(c.kind)}"><span class="badge">${esc(c.kind)} ${c.score.toFixed(2)}</span> <b>${esc(c.title)}</b>
+<ul>${c.evidence.map((e) => `<li>${esc(e)}</li>`).join("")}</ul><p class="action">What to do: ${esc(c.action)}</p></li>`
+        )
+        .join("");
+    }, 2000);
+    poll(async () => {
       if (selected != null) drawSubtasks(await api("GET", `/api/jobs/${id}/operators/${selected}`));
     });
     // A cluster instance: every instance of its cluster, from the consumer group.
