@@ -53,7 +53,9 @@ async fn overview() -> Html<String> {
 <p class="error" id="submit-error"></p></form></section>
 <section><h2>Alerts</h2>
 <table id="alerts"><thead><tr><th>Rule</th><th>Job</th><th>State</th><th>Since</th><th>Value</th></tr></thead><tbody></tbody></table>
-<p class="hint" id="alert-rules"></p></section>
+<p class="hint" id="alert-rules"></p>
+<h3>History</h3><p class="hint">Alerts fired and resolved, newest first (the latest 500, kept across restarts).</p>
+<table id="alert-history"><thead><tr><th>Event</th><th>Rule</th><th>Job</th><th>Started</th><th>Fired</th><th>Resolved</th><th>Value</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Lineage</h2><p class="hint">What each job reads and writes: topic → job → topic.</p>
 <table id="lineage"><thead><tr><th>Reads</th><th>Job</th><th>Writes</th></tr></thead><tbody></tbody></table></section>"#,
         "sluice.overview();",

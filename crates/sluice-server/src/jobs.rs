@@ -194,6 +194,8 @@ pub struct JobManager {
     pub(crate) alerts: Mutex<crate::alerts::Alerts>,
     /// The latest webhook deliveries, oldest first.
     pub(crate) deliveries: Mutex<std::collections::VecDeque<Delivery>>,
+    /// Alerts fired and resolved, kept across restarts.
+    pub(crate) alert_history: Mutex<crate::alert_history::AlertHistory>,
     /// The names of the rules from the configuration (the others came through the API
     /// and are kept in `<data-dir>/alert-rules.json`).
     pub(crate) config_rules: std::collections::HashSet<String>,
@@ -395,6 +397,7 @@ impl JobManager {
                 tracing::error!(error = %e.message, "an alert rule added through the API is left out");
             }
         }
+        let alert_history = crate::alert_history::AlertHistory::open(&data_dir);
         let manager = Arc::new(Self {
             token,
             config_rules,
@@ -403,6 +406,7 @@ impl JobManager {
             data_dir: Some(data_dir),
             sandbox,
             alerts: Mutex::new(alerts),
+            alert_history: Mutex::new(alert_history),
             ..Default::default()
         });
         let sampler = Arc::downgrade(&manager);
@@ -921,6 +925,10 @@ impl JobManager {
             .is_public_only();
         for (hook, n) in sends {
             tracing::warn!(rule = %n.rule, job = %n.job, status = n.status, value = %n.value, "alert");
+            self.alert_history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record((&n).into());
             let m = Arc::clone(self);
             tokio::spawn(async move {
                 let (attempts, error) = crate::alerts::deliver(&hook, &n, public_only).await;

@@ -14,6 +14,7 @@
 //! non-loopback address, every call that changes something needs the API token
 //! (`Authorization: Bearer <token>`).
 
+mod alert_history;
 pub mod alerts;
 mod api;
 pub mod dashboard;

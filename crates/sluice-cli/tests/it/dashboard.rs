@@ -219,6 +219,21 @@ GROUP BY k, window_start, window_end;";
 fn the_dashboard_submits_shows_finds_errors_takes_savepoints_stops_and_cancels_in_a_real_browser() {
     let (server, _dir) = start_server(&[]);
     let browser = Browser::start();
+    // An alert rule for the job failing on purpose below (its webhook answers nobody:
+    // the history keeps the alert whatever the delivery).
+    let (status, v) = server.call(
+        "POST",
+        "/api/alerts/rules",
+        Some(
+            &json!({
+                "name": "failed",
+                "condition": {"type": "job_failed"},
+                "webhook": {"url": "http://127.0.0.1:9/hook"}
+            })
+            .to_string(),
+        ),
+    );
+    assert_eq!(status, 201, "{v}");
 
     // Submit a job through the page.
     browser.open(&format!("{}/", server.url));
@@ -504,6 +519,11 @@ fn the_dashboard_submits_shows_finds_errors_takes_savepoints_stops_and_cancels_i
         let t = b.text("#jobs");
         (t.contains("from-the-browser") && t.contains("cancelled") && t.contains("failed"))
             .then_some(())
+    });
+    // The alert history: the failed job's alert fired.
+    browser.wait("the fired alert in the history", |b| {
+        let t = b.text("#alert-history");
+        (t.contains("fired") && t.contains("fails-on-purpose")).then_some(())
     });
     browser.screenshot("overview");
 }

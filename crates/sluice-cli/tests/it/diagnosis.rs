@@ -126,7 +126,11 @@ async fn an_idle_kafka_partition_is_diagnosed_as_holding_the_watermark() {
     // Rows to partition 0 only, as they happen: partition 1 stays idle.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producer = {
-        let (stop, topic, bootstrap) = (stop.clone(), topic.clone(), bootstrap.to_string());
+        let (stop, topic, bootstrap) = (
+            std::sync::Arc::clone(&stop),
+            topic.clone(),
+            bootstrap.to_string(),
+        );
         std::thread::spawn(move || {
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {

@@ -1401,6 +1401,49 @@ fn alerts_fire_and_resolve_once_each_at_a_webhook_with_retries() {
     assert_eq!(ids.len(), 2);
     assert_eq!(ids[0], ids[1]);
     assert!(alerts["active"].as_array().unwrap().is_empty(), "{alerts}");
+    // The history: each alert fired and resolved, with its times, in order.
+    let events = |alerts: &serde_json::Value| -> Vec<(String, String)> {
+        alerts["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["rule"].as_str().unwrap().to_string(),
+                    e["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let history = events(&alerts);
+    assert_eq!(history.len(), 4, "{alerts}");
+    for (rule, status) in [
+        ("restarting", "firing"),
+        ("restarting", "resolved"),
+        ("failed", "firing"),
+        ("failed", "resolved"),
+    ] {
+        assert!(
+            history.contains(&(rule.to_string(), status.to_string())),
+            "{rule} {status}: {alerts}"
+        );
+    }
+    let resolved = alerts["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["rule"] == "restarting" && e["status"] == "resolved")
+        .unwrap()
+        .clone();
+    assert!(
+        resolved["resolved_ms"].as_i64().unwrap() >= resolved["fired_ms"].as_i64().unwrap(),
+        "{resolved}"
+    );
+    // It is kept across a restart of the server.
+    drop(server);
+    let server = start_server_in(&data, &["--alerts", rules.to_str().unwrap()]);
+    let (_, again) = server.call("GET", "/api/alerts", None);
+    assert_eq!(events(&again), history, "{again}");
 }
 
 #[test]

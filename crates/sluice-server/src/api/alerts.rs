@@ -22,6 +22,8 @@ pub(crate) struct AlertsView {
     active: Vec<ActiveAlert>,
     /// The latest deliveries, oldest first.
     deliveries: Vec<Delivery>,
+    /// Alerts fired and resolved, oldest first (the latest 500, kept across restarts).
+    history: Vec<crate::alert_history::AlertEvent>,
 }
 
 /// A rule was added.
@@ -36,9 +38,10 @@ pub(crate) struct RuleDeleted {
     deleted: String,
 }
 
-/// The alert rules, the alerts pending or firing, and the latest deliveries.
+/// The alert rules, the alerts pending or firing, the latest deliveries, and the alerts
+/// fired and resolved.
 #[utoipa::path(get, path = "/api/alerts", tag = "alerts",
-    responses((status = 200, description = "Rules, active alerts and deliveries", body = AlertsView)))]
+    responses((status = 200, description = "Rules, active alerts, deliveries and history", body = AlertsView)))]
 pub(crate) async fn alerts(State(m): State<Arc<JobManager>>) -> Json<AlertsView> {
     let rules = m
         .alerts
@@ -57,6 +60,11 @@ pub(crate) async fn alerts(State(m): State<Arc<JobManager>>) -> Json<AlertsView>
         rules,
         active: alerts_of(&m, None),
         deliveries,
+        history: m
+            .alert_history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .events(),
     })
 }
 

@@ -95,6 +95,17 @@ const sluice = (() => {
             )
             .join("")
         : `<tr><td colspan="5" class="empty">No alert pending or firing.</td></tr>`;
+      $("#alert-history tbody").innerHTML = alerts.history.length
+        ? alerts.history
+            .slice()
+            .reverse()
+            .slice(0, 100)
+            .map(
+              (e) => `<tr class="alert-event" data-status="${esc(e.status)}"><td>${e.status === "firing" ? `<span class="alert">fired</span>` : "resolved"}</td><td>${esc(e.rule)}</td>
+<td><a href="/jobs/${e.job_id}">${esc(e.job)}</a></td><td>${time(e.started_ms)}</td><td>${time(e.fired_ms)}</td><td>${e.resolved_ms ? time(e.resolved_ms) : "–"}</td><td>${esc(e.value)}</td></tr>`
+            )
+            .join("")
+        : `<tr><td colspan="7" class="empty">No alert has fired yet.</td></tr>`;
       $("#alert-rules").textContent = alerts.rules.length
         ? `Rules: ${alerts.rules.map((r) => `${r.name} (${r.condition.type}${r.job ? " on " + r.job : ""})`).join(", ")}`
         : "No alert rules: add them with --alerts FILE or POST /api/alerts/rules.";
