@@ -936,7 +936,20 @@ async fn a_large_file_is_read_in_ranges_side_by_side_and_restores_by_range() {
     );
 
     // Stopped with a savepoint at parallelism 3, resumed at 2.
-    let (first, before) = job(3, Some(64 << 10), true, "dead-1.jsonl");
+    let first = job(3, Some(64 << 10), true, "dead-1.jsonl");
+    let second = job(2, Some(64 << 10), false, "dead-2.jsonl");
+    stopped_at_3_resumed_at_2(first, second, &expected, &format!("{}@", input.display())).await;
+}
+
+/// Runs `first` (paced) until it has read 10 000 rows, stops it with a savepoint whose
+/// positions name splits by `split_marker`, resumes `second` from it: the windows of
+/// both runs together are `expected`, each once.
+async fn stopped_at_3_resumed_at_2(
+    (first, before): (Pipeline, Collected),
+    (second, after): (Pipeline, Collected),
+    expected: &[String],
+    split_marker: &str,
+) {
     let handle = first.start().await.unwrap();
     let metrics = handle.metrics();
     let stop = handle.stop_handle();
@@ -953,10 +966,9 @@ async fn a_large_file_is_read_in_ranges_side_by_side_and_restores_by_range() {
     let manifest =
         std::fs::read_to_string(std::path::Path::new(&savepoint).join("_manifest.json")).unwrap();
     assert!(
-        manifest.contains(&format!("{}@", input.display())),
-        "positions by range: {manifest}"
+        manifest.contains(split_marker),
+        "positions by split: {manifest}"
     );
-    let (second, after) = job(2, Some(64 << 10), false, "dead-2.jsonl");
     second.restore_from(RestoreFrom::Path(savepoint));
     second.run().await.unwrap();
     let mut all = canonical(&before.batches());
@@ -1071,36 +1083,7 @@ async fn a_parquet_file_is_read_by_row_groups_side_by_side_and_restores_by_them(
     assert!(canonical(&got.batches()) == expected, "split read differs");
 
     // Stopped with a savepoint at parallelism 3, resumed at 2.
-    let (first, before) = job(3, Some(1), true);
-    let handle = first.start().await.unwrap();
-    let metrics = handle.metrics();
-    let stop = handle.stop_handle();
-    let waiting = std::time::Instant::now();
-    while metrics.source_records() < 10_000 {
-        assert!(
-            waiting.elapsed() < Duration::from_secs(120),
-            "never read 10 000 rows"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let savepoint = stop.savepoint(true).await.unwrap();
-    handle.wait().await.unwrap();
-    let manifest =
-        std::fs::read_to_string(std::path::Path::new(&savepoint).join("_manifest.json")).unwrap();
-    assert!(
-        manifest.contains(&format!("{}@rg", input.display())),
-        "positions by run of row groups: {manifest}"
-    );
-    let (second, after) = job(2, Some(1), false);
-    second.restore_from(RestoreFrom::Path(savepoint));
-    second.run().await.unwrap();
-    let mut all = canonical(&before.batches());
-    assert!(
-        !all.is_empty() && all.len() < expected.len(),
-        "stopped mid-way"
-    );
-    all.extend(canonical(&after.batches()));
-    all.sort();
-    assert_eq!(all.len(), expected.len(), "windows lost or fired twice");
-    assert!(all == expected, "windows differ after the restore");
+    let first = job(3, Some(1), true);
+    let second = job(2, Some(1), false);
+    stopped_at_3_resumed_at_2(first, second, &expected, &format!("{}@rg", input.display())).await;
 }
