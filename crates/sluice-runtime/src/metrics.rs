@@ -205,6 +205,23 @@ pub struct SubtaskMetrics {
     /// … and how long (ms) the last one waited, read up to where it stopped, until its
     /// offsets were committed and it was let go (a cluster instance's hand-over pause).
     pub last_handover_ms: AtomicU64,
+    /// A source subtask: its splits' own watermarks, as of at most half a second ago.
+    pub splits: std::sync::Mutex<Vec<SplitState>>,
+}
+
+/// One split of a source subtask, as the per-split view shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SplitState {
+    /// Its index among the source's splits.
+    pub split: usize,
+    /// Its name, when the connector gives one (Kafka: `topic-partition`).
+    pub name: Option<String>,
+    /// Its own watermark (epoch ms): its largest event time minus the out-of-orderness.
+    pub watermark_ms: Option<i64>,
+    /// Idle: no rows for longer than the idle timeout (it no longer holds event time).
+    pub idle: bool,
+    /// Milliseconds since its last rows.
+    pub last_rows_ms_ago: u64,
 }
 
 /// A stretch of busy or blocked time being counted: shown to readers as it goes (its

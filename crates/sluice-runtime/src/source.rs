@@ -106,6 +106,12 @@ pub trait SourceReader: Send {
     /// repartition topic per source partition.
     fn split_watermarks(&mut self, _watermarks: &[(usize, i64)]) {}
 
+    /// A split's name as its system calls it (Kafka: `topic-partition`; a file: its path
+    /// or range), for the per-split view of a source; `None`: shown by its index.
+    fn split_name(&self, _split: usize) -> Option<String> {
+        None
+    }
+
     /// Where each assigned split stands after the rows returned so far (called at
     /// checkpoint barriers): exactly what [`Split::position`] must say to resume after
     /// them. A source that cannot be replayed returns an error.

@@ -443,6 +443,30 @@ impl Situation<'_> {
                 if let Some(l) = s.source_lag {
                     c.evidence.push(format!("its Kafka lag: {l} records"));
                 }
+                c.evidence.push(match s.splits.is_empty() {
+                    true => "none of its splits (partitions) has had a row yet".to_string(),
+                    false => format!(
+                        "its splits: {}",
+                        s.splits
+                            .iter()
+                            .map(|x| {
+                                let name = x
+                                    .name
+                                    .clone()
+                                    .unwrap_or_else(|| format!("split {}", x.split));
+                                match x.watermark_ms {
+                                    Some(w) => format!(
+                                        "{name} at {:.1} s behind the others'{}",
+                                        (ahead - w) as f64 / 1000.0,
+                                        if x.idle { " (idle)" } else { "" }
+                                    ),
+                                    None => format!("{name} without a watermark"),
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
                 c.action = "an idle partition or split: set 'scan.watermark.idle-timeout' (or the table's idle timeout) so it stops holding event time; a slow one: give its partition less data or the source more parallelism".into();
                 causes.push(c);
             }

@@ -91,6 +91,24 @@ pub(crate) struct SubtaskSample {
     pub(crate) late_records: u64,
     /// A sink subtask: its p99 end-to-end latency so far, ms.
     pub(crate) latency_p99_ms: Option<f64>,
+    /// A source subtask: each split it has read from (partition, file range), with its
+    /// own watermark; the subtask's watermark is the lowest of the active ones.
+    pub(crate) splits: Vec<SplitSample>,
+}
+
+/// One split of a source subtask.
+#[derive(Clone, Debug, Default, Serialize, ToSchema)]
+pub(crate) struct SplitSample {
+    /// Its index among the source's splits.
+    pub(crate) split: usize,
+    /// Its name (Kafka: `topic-partition`; a file: its path, or `path@offset` for a range).
+    pub(crate) name: Option<String>,
+    /// Its own watermark, epoch ms.
+    pub(crate) watermark_ms: Option<i64>,
+    /// No rows for longer than the idle timeout: it no longer holds event time back.
+    pub(crate) idle: bool,
+    /// Milliseconds since its last rows (as of the last half second).
+    pub(crate) last_rows_ms_ago: u64,
 }
 
 impl SubtaskSample {
@@ -108,6 +126,19 @@ impl SubtaskSample {
             dead_letters: s.dead_letters.load(Relaxed),
             late_records: s.late_records.load(Relaxed),
             latency_p99_ms: (sink && lat.count > 0).then(|| lat.quantile(0.99) as f64 / 1000.0),
+            splits: s
+                .splits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|x| SplitSample {
+                    split: x.split,
+                    name: x.name.clone(),
+                    watermark_ms: x.watermark_ms,
+                    idle: x.idle,
+                    last_rows_ms_ago: x.last_rows_ms_ago,
+                })
+                .collect(),
             ..Default::default()
         }
     }

@@ -350,6 +350,11 @@ fn the_dashboard_submits_shows_finds_errors_takes_savepoints_stops_and_cancels_i
         (n > 0 && !b.text("#subtasks-name").is_empty()).then_some(n)
     });
     assert_eq!(rows, source["parallelism"].as_u64().unwrap());
+    // The source's splits, each with its own watermark.
+    browser.wait("the source's split with its watermark", |b| {
+        let t = b.text("#subtasks tbody tr td.splits");
+        (t.contains("split 0: ") && !t.contains("split 0: –")).then_some(())
+    });
     browser.wait("a subtask's rate", |b| {
         count(&b.text("#subtasks tbody tr td:nth-child(5)")).filter(|&r| r > 0.0)
     });

@@ -169,6 +169,34 @@ GROUP BY k, window_start, window_end;"
         2,
     );
     let d = top_cause(&server, id, "watermark");
+    // The drill-down shows each subtask's splits: partition 0 with its own watermark on
+    // subtask 0; nothing yet on subtask 1.
+    let (_, detail) = server.call("GET", &format!("/api/jobs/{id}"), None);
+    let source = detail["operators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["is_source"] == true)
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let (_, op) = server.call("GET", &format!("/api/jobs/{id}/operators/{source}"), None);
+    let subtasks = op["subtasks"].as_array().unwrap();
+    let split = &subtasks[0]["splits"][0];
+    assert_eq!(split["name"], format!("{topic}-0"), "{op:#}");
+    assert!(split["watermark_ms"].as_i64().is_some(), "{op:#}");
+    assert!(
+        subtasks[1]["splits"].as_array().unwrap().is_empty(),
+        "{op:#}"
+    );
+    assert!(
+        d["causes"][0]["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("none of its splits")),
+        "{d:#}"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     producer.join().unwrap();
     let c = &d["causes"][0];

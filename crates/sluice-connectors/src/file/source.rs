@@ -629,6 +629,11 @@ fn push_line(buf: &[u8], start: usize, mut end: usize, lines: &mut Vec<(usize, u
 
 #[async_trait]
 impl SourceReader for FileReader {
+    fn split_name(&self, split: usize) -> Option<String> {
+        let ranges = self.config.ranges().ok()?;
+        Some(ranges.get(split)?.id.clone())
+    }
+
     async fn read(&mut self, max_rows: usize, ctx: &mut OperatorContext) -> Result<ReadResult> {
         if let Some(split) = self.announce.pop() {
             return Ok(ReadResult::Batch {

@@ -833,6 +833,11 @@ impl SourceReader for KafkaReader {
         self.config.watermark_records
     }
 
+    fn split_name(&self, split: usize) -> Option<String> {
+        let (topic, partition) = self.config.partitions.get(split)?;
+        Some(format!("{topic}-{partition}"))
+    }
+
     fn split_watermarks(&mut self, watermarks: &[(usize, i64)]) {
         for &(split, w) in watermarks {
             let e = self.split_watermarks.entry(split).or_insert(w);

@@ -92,6 +92,8 @@ pub(crate) struct SplitClocks {
     pub(crate) emitted: i64,
     /// The reader reports each split's watermark; rows do not move it.
     pub(crate) reported: bool,
+    /// When the splits were last shown in the metrics.
+    pub(crate) shown: Option<Instant>,
 }
 
 pub(crate) struct SplitClock {
@@ -107,6 +109,7 @@ impl SplitClocks {
             idle_timeout,
             emitted: i64::MIN,
             reported: false,
+            shown: None,
         }
     }
 
@@ -152,6 +155,33 @@ impl SplitClocks {
     pub(crate) fn split_watermark(&self, split: usize) -> Option<i64> {
         let c = self.splits.get(&split)?;
         (c.max_ts != i64::MIN).then(|| c.max_ts.saturating_sub(self.bound))
+    }
+
+    /// The splits as the per-split view shows them (at most every half second).
+    fn show(&mut self, src: &SourceTask, now: Instant) {
+        if self
+            .shown
+            .is_some_and(|t| now.duration_since(t) < std::time::Duration::from_millis(500))
+        {
+            return;
+        }
+        self.shown = Some(now);
+        let states: Vec<crate::metrics::SplitState> = self
+            .splits
+            .iter()
+            .map(|(&split, c)| crate::metrics::SplitState {
+                split,
+                name: src.reader.split_name(split),
+                watermark_ms: self.split_watermark(split),
+                idle: self.idle(c, now),
+                last_rows_ms_ago: now.duration_since(c.last_rows).as_millis() as u64,
+            })
+            .collect();
+        *src.ctx
+            .metrics
+            .splits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = states;
     }
 
     /// `split` has no more rows.
@@ -441,7 +471,9 @@ pub(crate) async fn emit_watermark(
         clocks.emitted = clocks.emitted.max(epoch_ms() - 1);
         Watermark::EventTime(clocks.emitted)
     } else {
-        match clocks.watermark(Instant::now()) {
+        let now = Instant::now();
+        clocks.show(src, now);
+        match clocks.watermark(now) {
             Some(wm) => wm,
             None => return Ok(()),
         }
