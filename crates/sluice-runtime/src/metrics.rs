@@ -434,6 +434,20 @@ pub struct CheckpointRecord {
     pub alignment_ms: f64,
     /// Where it was written.
     pub location: String,
+    /// The bytes of each subtask's state files (subtasks without keyed state left out).
+    pub subtasks: Vec<SubtaskStateBytes>,
+}
+
+/// One subtask's share of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SubtaskStateBytes {
+    /// The operator (plan node id).
+    pub node: usize,
+    /// The subtask.
+    pub subtask: usize,
+    /// Bytes of its state files.
+    pub bytes: u64,
 }
 
 /// Checkpoint statistics of a job: counters and the recent history.

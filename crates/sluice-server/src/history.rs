@@ -91,6 +91,9 @@ pub(crate) struct SubtaskSample {
     pub(crate) late_records: u64,
     /// A sink subtask: its p99 end-to-end latency so far, ms.
     pub(crate) latency_p99_ms: Option<f64>,
+    /// Bytes of its state in the latest completed checkpoint (none: no checkpoint yet,
+    /// or no keyed state).
+    pub(crate) state_bytes: Option<u64>,
     /// A source subtask: each split it has read from (partition, file range), with its
     /// own watermark; the subtask's watermark is the lowest of the active ones.
     pub(crate) splits: Vec<SplitSample>,
@@ -112,8 +115,15 @@ pub(crate) struct SplitSample {
 }
 
 impl SubtaskSample {
-    /// Subtask `i` as its counters stand (no rates: they need two samples).
-    fn of(i: usize, s: &SubtaskMetrics, sink: bool) -> Self {
+    /// Subtask `i` of `o` as its counters stand (no rates: they need two samples), its
+    /// state's size from `checkpoint`.
+    fn of(
+        i: usize,
+        s: &SubtaskMetrics,
+        o: &OperatorMetrics,
+        checkpoint: Option<&sluice_runtime::checkpoint::CheckpointRecord>,
+    ) -> Self {
+        let sink = o.is_sink;
         let lag = s.source_lag.load(Relaxed);
         let lat = s.latency_us.snapshot();
         SubtaskSample {
@@ -126,6 +136,12 @@ impl SubtaskSample {
             dead_letters: s.dead_letters.load(Relaxed),
             late_records: s.late_records.load(Relaxed),
             latency_p99_ms: (sink && lat.count > 0).then(|| lat.quantile(0.99) as f64 / 1000.0),
+            state_bytes: checkpoint.and_then(|c| {
+                c.subtasks
+                    .iter()
+                    .find(|b| b.node == o.node_id && b.subtask == i)
+                    .map(|b| b.bytes)
+            }),
             splits: s
                 .splits
                 .lock()
@@ -144,11 +160,12 @@ impl SubtaskSample {
     }
 
     /// An operator's subtasks as their counters stand, before any sample.
-    pub(crate) fn now(o: &OperatorMetrics) -> Vec<Self> {
+    pub(crate) fn now(o: &OperatorMetrics, m: &JobMetrics) -> Vec<Self> {
+        let checkpoint = m.checkpoints.latest_completed();
         o.subtasks
             .iter()
             .enumerate()
-            .map(|(i, s)| Self::of(i, s, o.is_sink))
+            .map(|(i, s)| Self::of(i, s, o, checkpoint.as_ref()))
             .collect()
     }
 }
@@ -225,6 +242,7 @@ impl History {
         let mut operators = Vec::with_capacity(m.operators.len());
         let mut subtasks = Vec::with_capacity(m.operators.len());
         let (mut input, mut output) = (0.0, 0.0);
+        let checkpoint = m.checkpoints.latest_completed();
         for (k, o) in m.operators.iter().enumerate() {
             let mut subs = Vec::with_capacity(o.subtasks.len());
             for (i, s) in o.subtasks.iter().enumerate() {
@@ -242,7 +260,7 @@ impl History {
                     backpressure: share(
                         now_c.backpressured_ns.saturating_sub(was.backpressured_ns),
                     ),
-                    ..SubtaskSample::of(i, s, o.is_sink)
+                    ..SubtaskSample::of(i, s, o, checkpoint.as_ref())
                 });
             }
             let n = subs.len().max(1) as f64;
@@ -276,7 +294,6 @@ impl History {
             .filter(|(_, o)| o.is_source)
             .flat_map(|(subs, _)| subs.iter().filter_map(|s| s.source_lag))
             .collect();
-        let checkpoint = m.checkpoints.latest_completed();
         self.push(Sample {
             time_ms: now_ms,
             input_per_s: input,

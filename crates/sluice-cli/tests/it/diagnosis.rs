@@ -100,7 +100,8 @@ fn state_kept_forever_while_memory_grows_is_diagnosed_as_state_growth() {
     // A running count per (bidder, auction), no state TTL: every new pair is kept.
     let id = submit(
         &server,
-        "CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'rate-limit' = '50000');
+        "SET 'execution.checkpointing.interval' = '1s';
+CREATE TABLE bid WITH ('connector' = 'nexmark', 'table' = 'bid', 'rate-limit' = '50000');
 CREATE TABLE out (bidder BIGINT, auction BIGINT, n BIGINT) WITH ('connector' = 'blackhole');
 INSERT INTO out SELECT bidder, auction, COUNT(*) FROM bid GROUP BY bidder, auction;",
         1,
@@ -115,6 +116,27 @@ INSERT INTO out SELECT bidder, auction, COUNT(*) FROM bid GROUP BY bidder, aucti
         "{d:#}"
     );
     assert!(c["evidence"][0].as_str().unwrap().contains("MiB"), "{d:#}");
+    // The drill-down shows the aggregate's state size from the latest checkpoint.
+    let aggregate = c["operator"].as_u64().unwrap();
+    let start = Instant::now();
+    loop {
+        let (_, op) = server.call(
+            "GET",
+            &format!("/api/jobs/{id}/operators/{aggregate}"),
+            None,
+        );
+        if op["subtasks"][0]["state_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 0)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no state size after checkpoints: {op:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ use sluice_types::CheckpointBarrier;
 use crate::operator::Timers;
 use crate::state::OperatorState;
 
-pub use crate::metrics::{CheckpointRecord, CheckpointStats, CheckpointStatus};
+pub use crate::metrics::{CheckpointRecord, CheckpointStats, CheckpointStatus, SubtaskStateBytes};
 pub use storage::{CheckpointStorage, checkpoint_dir};
 
 /// Name of the file that marks a checkpoint complete.

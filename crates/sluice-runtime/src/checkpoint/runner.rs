@@ -37,8 +37,10 @@ struct InFlight {
     storage: CheckpointStorage,
     dir: String,
     entries: Vec<SubtaskEntry>,
-    uploads: JoinSet<Result<u64>>,
+    uploads: JoinSet<Result<(usize, usize, u64)>>,
     bytes: u64,
+    /// Bytes per (node, subtask) uploaded so far.
+    subtask_bytes: std::collections::BTreeMap<(usize, usize), u64>,
     alignment_us: u64,
     all_acked: bool,
     savepoint_reply: Option<oneshot::Sender<Result<String>>>,
@@ -88,7 +90,10 @@ impl Runner {
                 r = async { inflight.as_mut().expect("invariant: uploading").uploads.join_next().await }, if uploading => {
                     let f = inflight.as_mut().expect("invariant: uploading");
                     match r {
-                        Some(Ok(Ok(bytes))) => f.bytes += bytes,
+                        Some(Ok(Ok((node, subtask, bytes)))) => {
+                            f.bytes += bytes;
+                            *f.subtask_bytes.entry((node, subtask)).or_default() += bytes;
+                        }
                         Some(Ok(Err(e))) => {
                             let epoch = f.epoch;
                             tracing::warn!(job = %self.job, epoch, error = %e, "writing checkpoint state failed");
@@ -217,6 +222,7 @@ impl Runner {
                     dir,
                     entries: Vec::new(),
                     uploads: JoinSet::new(),
+                    subtask_bytes: Default::default(),
                     bytes: 0,
                     alignment_us: 0,
                     all_acked: false,
@@ -299,6 +305,7 @@ impl Runner {
             state_bytes: f.bytes,
             alignment_ms: f.alignment_us as f64 / 1000.0,
             location: format!("{}/{}", f.storage.location(), f.dir),
+            subtasks: per_subtask(&f.subtask_bytes),
         });
     }
 
@@ -397,9 +404,13 @@ impl Runner {
             .collect();
         let mut bytes = 0;
         let mut ok = true;
+        let mut subtask_bytes = std::collections::BTreeMap::new();
         while let Some(r) = uploads.join_next().await {
             match r {
-                Ok(Ok(b)) => bytes += b,
+                Ok(Ok((node, subtask, b))) => {
+                    bytes += b;
+                    *subtask_bytes.entry((node, subtask)).or_default() += b;
+                }
                 Ok(Err(e)) => {
                     tracing::error!(job = %self.job, error = %e, "writing the final checkpoint failed");
                     ok = false;
@@ -439,6 +450,7 @@ impl Runner {
             state_bytes: bytes,
             alignment_ms: 0.0,
             location: format!("{}/{dir}", storage.location()),
+            subtasks: per_subtask(&subtask_bytes),
         });
         for n in &self.notices {
             let _ = n.send(notice);
@@ -458,7 +470,7 @@ fn upload(
     storage: &CheckpointStorage,
     dir: &str,
     s: SubtaskSnapshot,
-    uploads: &mut JoinSet<Result<u64>>,
+    uploads: &mut JoinSet<Result<(usize, usize, u64)>>,
 ) -> SubtaskEntry {
     let mut entry = SubtaskEntry {
         node: s.node,
@@ -482,8 +494,24 @@ fn upload(
                 .map_err(|e| SluiceError::internal("encoding state failed").with_source(e))??;
             let n = bytes.len() as u64;
             storage.put_sealed(&dir, &file, bytes).await?;
-            Ok(n)
+            Ok((s.node, s.subtask, n))
         });
     }
     entry
+}
+
+/// Each subtask's bytes, in (node, subtask) order.
+fn per_subtask(
+    bytes: &std::collections::BTreeMap<(usize, usize), u64>,
+) -> Vec<crate::metrics::SubtaskStateBytes> {
+    bytes
+        .iter()
+        .map(
+            |(&(node, subtask), &bytes)| crate::metrics::SubtaskStateBytes {
+                node,
+                subtask,
+                bytes,
+            },
+        )
+        .collect()
 }

@@ -590,7 +590,7 @@ pub(crate) async fn operator(
         .subtasks(&metrics, op)
         .filter(|s| s.len() == o.subtasks.len())
         // Not sampled yet (the first second): the counters as they are.
-        .unwrap_or_else(|| crate::history::SubtaskSample::now(o));
+        .unwrap_or_else(|| crate::history::SubtaskSample::now(o, &metrics));
     Ok(Json(OperatorDetail {
         id: op,
         name: o.name.clone(),
@@ -630,7 +630,7 @@ pub(crate) fn diagnose(j: &JobEntry) -> crate::diagnosis::Diagnosis {
             .iter()
             .map(|o| {
                 h.subtasks(&metrics, o.node_id)
-                    .unwrap_or_else(|| crate::history::SubtaskSample::now(o))
+                    .unwrap_or_else(|| crate::history::SubtaskSample::now(o, &metrics))
             })
             .collect();
         (h.since(since), subtasks)

@@ -327,7 +327,7 @@ ${lines.map((l, i) => `<text x="8" y="${40 + i * 18}" class="node-metric">${esc(
 <td class="n">${num(t.input_queue)}</td><td>${t.watermark_ms != null ? new Date(t.watermark_ms).toISOString().replace("T", " ").slice(0, 23) : "–"}</td>
 <td class="n">${t.source_lag != null ? num(t.source_lag) : "–"}</td><td class="n">${t.latency_p99_ms != null ? ms(t.latency_p99_ms) : "–"}</td>
 <td class="n">${num(t.dead_letters)}</td><td class="n">${num(t.late_records)}</td>
-<td class="splits">${(t.splits || []).map((x) => `${esc(x.name ?? `split ${x.split}`)}: ${x.watermark_ms != null ? new Date(x.watermark_ms).toISOString().slice(11, 23) : "–"}${x.idle ? " (idle)" : ""}`).join("<br>") || "–"}</td></tr>`
+<td class="n state">${t.state_bytes != null ? bytes(t.state_bytes) : "–"}</td><td class="splits">${(t.splits || []).map((x) => `${esc(x.name ?? `split ${x.split}`)}: ${x.watermark_ms != null ? new Date(x.watermark_ms).toISOString().slice(11, 23) : "–"}${x.idle ? " (idle)" : ""}`).join("<br>") || "–"}</td></tr>`
       )
       .join("");
   }
