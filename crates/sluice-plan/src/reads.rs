@@ -167,9 +167,12 @@ impl JobPlan {
                 true => FieldUse::All,
                 false => needs,
             };
-            // Side inputs (a late-row or dead-letter output feeding this node) are whole.
+            // Side inputs (late rows of a window feeding this node) are whole rows of the
+            // node's input; a source's side output (dead letters) is the raw records.
             for e in self.edges.iter().filter(|e| e.to == id && e.side.is_some()) {
-                used[e.from].add(FieldUse::All);
+                if !matches!(self.nodes[e.from].kind, NodeKind::Source(_)) {
+                    used[e.from].add(FieldUse::All);
+                }
             }
             for i in inputs {
                 used[i].add(needs.clone());
