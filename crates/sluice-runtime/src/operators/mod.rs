@@ -10,6 +10,7 @@ pub mod normalize;
 pub mod proctime;
 pub mod project;
 pub mod rank;
+mod row_ids;
 #[cfg(test)]
 mod test_util;
 pub mod upsert_materialize;

@@ -15,7 +15,7 @@
 //! watermark reaches a timer, the runtime fires it and the index gives exactly the due
 //! sessions without scanning keys; a key's entry is freed with its last session.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,6 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{OwnedRow, RowConverter};
 use async_trait::async_trait;
 use datafusion_common::ScalarValue;
-use datafusion_common::hash_utils::RandomState;
 use datafusion_expr::{Accumulator, Expr};
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, Watermark};
 
@@ -101,7 +100,7 @@ pub struct SessionWindowOperator {
     aggregates: Vec<PlannedAggregate>,
     schema: SchemaRef,
     converter: Option<RowConverter>,
-    ids: HashMap<Box<[u8]>, u32, RandomState>,
+    ids: crate::operators::row_ids::RowIds,
     keys: Vec<KeyState>,
     free: Vec<u32>,
     /// (end, key id, start) of every session not yet expired.
@@ -157,7 +156,7 @@ impl SessionWindowOperator {
             aggregates: planned.aggregates,
             schema,
             converter: None,
-            ids: HashMap::with_hasher(RandomState::default()),
+            ids: Default::default(),
             keys: Vec::new(),
             free: Vec::new(),
             by_end: BTreeSet::new(),
@@ -179,7 +178,7 @@ impl SessionWindowOperator {
             aggregates: self.aggregates.clone(),
             schema: Arc::clone(&self.schema),
             converter: key_converter(&self.key_types)?,
-            ids: HashMap::with_hasher(RandomState::default()),
+            ids: Default::default(),
             keys: Vec::new(),
             free: Vec::new(),
             by_end: BTreeSet::new(),
@@ -226,7 +225,16 @@ impl SessionWindowOperator {
             }
             return 0;
         };
-        if let Some(&id) = self.ids.get(row.as_ref()) {
+        let bytes = row.as_ref();
+        let hash = self.ids.hash(bytes);
+        let keys = &self.keys;
+        let found = self.ids.get(hash, |id| {
+            keys[id as usize]
+                .key
+                .as_ref()
+                .is_some_and(|k| k.row().as_ref() == bytes)
+        });
+        if let Some(id) = found {
             return id;
         }
         let state = KeyState {
@@ -243,7 +251,7 @@ impl SessionWindowOperator {
                 (self.keys.len() - 1) as u32
             }
         };
-        self.ids.insert(row.as_ref().into(), id);
+        self.ids.insert(hash, id);
         id
     }
 
@@ -417,7 +425,8 @@ impl SessionWindowOperator {
             if key.sessions.is_empty()
                 && let Some(k) = key.key.take()
             {
-                self.ids.remove(k.row().as_ref());
+                let hash = self.ids.hash(k.row().as_ref());
+                self.ids.remove(hash, id);
                 self.free.push(id);
             }
         }

@@ -1,14 +1,10 @@
 //! Window geometry (which slices a window is made of, when it may fire) and slice storage:
 //! groups interned per slice, open parts accumulating, sealed parts as columns.
 
-use std::hash::BuildHasher;
-
 use arrow::array::ArrayRef;
 use arrow::datatypes::DataType;
 use arrow::row::{RowConverter, Rows, SortField};
-use datafusion_common::hash_utils::RandomState;
 use datafusion_expr::GroupsAccumulator;
-use hashbrown::HashTable;
 use sluice_types::Result;
 
 pub(super) fn gcd(a: i64, b: i64) -> i64 {
@@ -99,8 +95,7 @@ impl Geometry {
 /// own and dropping a fired slice frees a few buffers, not one box per group.
 pub(super) struct GroupMap {
     pub(super) converter: Option<RowConverter>,
-    ids: HashTable<(u64, u32)>,
-    hasher: RandomState,
+    ids: crate::operators::row_ids::RowIds,
     pub(super) keys: Option<Rows>,
     pub(super) len: usize,
 }
@@ -120,8 +115,7 @@ impl GroupMap {
         let keys = converter.as_ref().map(|c| c.empty_rows(0, 0));
         Ok(Self {
             converter,
-            ids: HashTable::new(),
-            hasher: RandomState::default(),
+            ids: Default::default(),
             keys,
             len: 0,
         })
@@ -144,18 +138,15 @@ impl GroupMap {
         let encoded = conv.convert_columns(key_columns)?;
         for row in encoded.iter() {
             let bytes = row.as_ref();
-            let hash = self.hasher.hash_one(bytes);
+            let hash = self.ids.hash(bytes);
             let found = self
                 .ids
-                .find(hash, |&(h, id)| {
-                    h == hash && keys.row(id as usize).as_ref() == bytes
-                })
-                .map(|&(_, id)| id);
+                .get(hash, |id| keys.row(id as usize).as_ref() == bytes);
             let id = match found {
                 Some(id) => id,
                 None => {
                     let id = self.len as u32;
-                    self.ids.insert_unique(hash, (hash, id), |&(h, _)| h);
+                    self.ids.insert(hash, id);
                     keys.push(row);
                     self.len += 1;
                     id
