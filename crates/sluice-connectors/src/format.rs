@@ -389,11 +389,23 @@ impl Format {
                 d.flush()?
             }
             Format::Csv { delimiter, .. } => {
-                let mut d = arrow::csv::ReaderBuilder::new(Arc::clone(schema))
+                // Only the columns the job reads (and the NOT NULL ones) are parsed; the
+                // others come out null (their fields are still split off the line).
+                let read: Vec<usize> = (0..schema.fields().len())
+                    .filter(|&i| {
+                        let f = schema.field(i);
+                        !f.is_nullable() || reads.field(f.name()).is_some()
+                    })
+                    .collect();
+                let projected = !read.is_empty() && read.len() < schema.fields().len();
+                let mut b = arrow::csv::ReaderBuilder::new(Arc::clone(schema))
                     .with_header(false)
                     .with_delimiter(*delimiter)
-                    .with_batch_size(batch_size)
-                    .build_decoder();
+                    .with_batch_size(batch_size);
+                if projected {
+                    b = b.with_projection(read.clone());
+                }
+                let mut d = b.build_decoder();
                 let mut off = 0;
                 while off < bytes.len() {
                     let n = d.decode(&bytes[off..])?;
@@ -403,7 +415,10 @@ impl Format {
                     off += n;
                 }
                 d.decode(&[])?;
-                d.flush()?
+                match (d.flush()?, projected) {
+                    (Some(b), true) => Some(unprojected(schema, &read, &b)?),
+                    (b, _) => b,
+                }
             }
             Format::Parquet => {
                 return Err(arrow::error::ArrowError::InvalidArgumentError(
@@ -420,6 +435,21 @@ impl Format {
         }
         Ok(batch)
     }
+}
+
+/// `b` (the columns `read` of `schema`) as a batch of `schema`, the others null.
+fn unprojected(
+    schema: &SchemaRef,
+    read: &[usize],
+    b: &RecordBatch,
+) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    let columns = (0..schema.fields().len())
+        .map(|i| match read.iter().position(|&r| r == i) {
+            Some(k) => Arc::clone(b.column(k)),
+            None => arrow::array::new_null_array(schema.field(i).data_type(), b.num_rows()),
+        })
+        .collect();
+    RecordBatch::try_new(Arc::clone(schema), columns)
 }
 
 /// A batch of changes as Debezium's envelope, the way Flink's `debezium-json` writes it:
@@ -541,6 +571,38 @@ mod tests {
     use super::write_timestamp;
     use arrow::datatypes::TimeUnit;
     use proptest::prelude::*;
+
+    #[test]
+    fn csv_parses_only_the_columns_read() {
+        use super::{FieldUse, Format};
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+        use std::sync::Arc;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Int64, true),
+            Field::new("c", DataType::Int64, false),
+        ]));
+        let csv = Format::Csv {
+            delimiter: b',',
+            header: false,
+        };
+        let reads = FieldUse::Fields([("a".to_string(), FieldUse::All)].into());
+        // `b` is not a number, but it is not read; `c` is NOT NULL, so always read.
+        let b = csv
+            .decode_exact(&schema, &reads, b"1,x,3\n4,y,6\n", 2)
+            .unwrap();
+        assert_eq!(b.schema(), schema);
+        assert_eq!(b.column(0).as_primitive::<Int64Type>().values(), &[1, 4]);
+        assert_eq!(b.column(1).null_count(), 2);
+        assert_eq!(b.column(2).as_primitive::<Int64Type>().values(), &[3, 6]);
+        // A bad value in a column read is still an error, as is every one when all are.
+        assert!(csv.decode_exact(&schema, &reads, b"z,1,3\n", 1).is_err());
+        assert!(
+            csv.decode_exact(&schema, &FieldUse::All, b"1,x,3\n", 1)
+                .is_err()
+        );
+    }
 
     fn text(value: i64, unit: TimeUnit) -> String {
         let mut s = String::new();
