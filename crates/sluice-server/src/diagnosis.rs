@@ -558,34 +558,33 @@ impl Situation<'_> {
         if input < 100 {
             return;
         }
-        let late = b.late_records.saturating_sub(a.late_records) as f64 / input as f64;
-        let dead = b.dead_letters.saturating_sub(a.dead_letters) as f64 / input as f64;
-        if late >= 0.01 {
-            let mut c = self.cause("late_rows", 0.3 + 0.5 * (late * 5.0).min(1.0), None);
-            c.title = format!(
-                "{} of the input arrives after its window closed and is dropped",
-                pct(late)
-            );
+        let secs = (b.time_ms - a.time_ms) / 1000;
+        for (kind, dropped, what, how, action) in [
+            (
+                "late_rows",
+                b.late_records.saturating_sub(a.late_records),
+                "late rows",
+                "arrives after its window closed and is dropped",
+                "allow more out-of-orderness (WATERMARK … - INTERVAL), or allowed lateness, or send late rows to a table to look at them",
+            ),
+            (
+                "dead_letters",
+                b.dead_letters.saturating_sub(a.dead_letters),
+                "dead letters",
+                "does not decode and goes to the dead-letter output",
+                "look at the dead letters (their error and raw record: the job's logs, or the dead-letter topic or file) and fix the producer or the table's declared types",
+            ),
+        ] {
+            let share = dropped as f64 / input as f64;
+            if share < 0.01 {
+                continue;
+            }
+            let mut c = self.cause(kind, 0.3 + 0.5 * (share * 5.0).min(1.0), None);
+            c.title = format!("{} of the input {how}", pct(share));
             c.evidence.push(format!(
-                "{} late rows of {input} read in the last {} s",
-                b.late_records - a.late_records,
-                (b.time_ms - a.time_ms) / 1000
+                "{dropped} {what} of {input} records read in the last {secs} s"
             ));
-            c.action = "allow more out-of-orderness (WATERMARK … - INTERVAL), or allowed lateness, or send late rows to a table to look at them".into();
-            causes.push(c);
-        }
-        if dead >= 0.01 {
-            let mut c = self.cause("dead_letters", 0.3 + 0.5 * (dead * 5.0).min(1.0), None);
-            c.title = format!(
-                "{} of the input does not decode and goes to the dead-letter output",
-                pct(dead)
-            );
-            c.evidence.push(format!(
-                "{} dead letters of {input} records in the last {} s",
-                b.dead_letters - a.dead_letters,
-                (b.time_ms - a.time_ms) / 1000
-            ));
-            c.action = "look at the dead letters (their error and raw record: the job's logs, or the dead-letter topic or file) and fix the producer or the table's declared types".into();
+            c.action = action.into();
             causes.push(c);
         }
     }
@@ -750,6 +749,20 @@ mod tests {
         assert_eq!(c[0].kind, "state_growth", "{c:?}");
         // The same growth with a TTL on every operator is not a cause.
         assert!(diagnose(&s, &subs, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_high_share_of_late_rows_is_a_cause() {
+        let mut s = samples([0.1, 0.1, 0.0], [0.0, 0.0, 0.0], |_| 1 << 20);
+        for (i, x) in s.iter_mut().enumerate() {
+            x.late_records = i as u64 * 100;
+        }
+        let c = diagnose(&s, &subtasks([[500, 500], [500, 500], [500, 500]]), &[]);
+        assert_eq!(c[0].kind, "late_rows", "{c:?}");
+        assert!(
+            c[0].title.starts_with("10 % of the input arrives after"),
+            "{c:?}"
+        );
     }
 
     #[test]
