@@ -177,7 +177,6 @@ impl JobPlan {
             for i in inputs {
                 used[i].add(needs.clone());
             }
-            used[id] = wanted;
         }
         for (id, mut u) in used.into_iter().enumerate() {
             if let NodeKind::Source(s) = &mut self.nodes[id].kind {

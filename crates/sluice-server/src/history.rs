@@ -326,6 +326,11 @@ impl History {
         self.samples.push_back(s);
     }
 
+    /// When the latest sample was taken.
+    pub(crate) fn latest_ms(&self) -> Option<i64> {
+        self.samples.back().map(|s| s.time_ms)
+    }
+
     /// The samples taken at or after `since_ms`, oldest first.
     pub(crate) fn since(&self, since_ms: i64) -> Vec<Sample> {
         self.samples

@@ -623,8 +623,7 @@ pub(crate) fn diagnose(j: &JobEntry) -> crate::diagnosis::Diagnosis {
     let metrics = j.metrics();
     let (samples, subtasks) = {
         let h = j.history.lock().unwrap_or_else(|p| p.into_inner());
-        let all = h.since(i64::MIN);
-        let since = all.last().map_or(i64::MIN, |s| s.time_ms - WINDOW_MS);
+        let since = h.latest_ms().map_or(i64::MIN, |t| t - WINDOW_MS);
         let subtasks: Vec<Vec<crate::history::SubtaskSample>> = metrics
             .operators
             .iter()
