@@ -210,7 +210,7 @@ pub struct SubtaskMetrics {
 }
 
 /// One split of a source subtask, as the per-split view shows it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct SplitState {
     /// Its index among the source's splits.
     pub split: usize,
