@@ -272,24 +272,31 @@ impl Parser<'_> {
                 self.ws();
                 self.eat(b'"')?;
                 let start = self.i;
-                // Keys without escapes only (an escaped key may name a field); short, so
-                // scanned byte by byte.
                 let rest = self.b.get(start..)?;
-                let len = rest
-                    .iter()
-                    .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-                if rest[len] != b'"' {
-                    return None;
-                }
-                let key = &rest[..len];
-                self.i = start + len + 1;
+                // The expected name and its closing quote: the key is that name (names
+                // hold no quote, backslash or control character).
+                let found = match level.names.get(guess) {
+                    Some(n) if rest.get(n.len()) == Some(&b'"') && same(n, &rest[..n.len()]) => {
+                        self.i = start + n.len() + 1;
+                        Some(guess)
+                    }
+                    _ => {
+                        // Keys without escapes only (an escaped key may name a field);
+                        // short, so scanned byte by byte.
+                        let len = rest
+                            .iter()
+                            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+                        if rest[len] != b'"' {
+                            return None;
+                        }
+                        let key = &rest[..len];
+                        self.i = start + len + 1;
+                        level.names.iter().position(|n| same(n, key))
+                    }
+                };
                 self.ws();
                 self.eat(b':')?;
                 self.ws();
-                let found = match level.names.get(guess) {
-                    Some(n) if same(n, key) => Some(guess),
-                    _ => level.names.iter().position(|n| same(n, key)),
-                };
                 match found {
                     Some(f) => {
                         guess = f + 1;
@@ -436,28 +443,50 @@ impl Parser<'_> {
 
     /// An integer written as one (no fraction, no exponent), in range.
     fn integer(&mut self) -> Option<i64> {
-        let s = self.number()?;
-        if s.bytes().any(|c| matches!(c, b'.' | b'e' | b'E')) {
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.i += 1;
+        }
+        let start = self.i;
+        let mut v = 0u64;
+        while let Some(&c) = self.b.get(self.i) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            v = v.wrapping_mul(10).wrapping_add(u64::from(d));
+            self.i += 1;
+        }
+        let digits = self.i - start;
+        // (Nineteen digits cannot overflow a u64; more are out of range or left to
+        // arrow-json. A leading zero is not JSON.)
+        if digits == 0 || digits > 19 || (digits > 1 && self.b[start] == b'0') {
             return None;
         }
-        s.parse().ok()
+        // A fraction or an exponent is not an integer's delimiter.
+        self.delimited()?;
+        match negative {
+            true if v <= 1 << 63 => Some((v as i64).wrapping_neg()),
+            true => None,
+            false => i64::try_from(v).ok(),
+        }
     }
 
     /// A string's text (after its opening quote is next), unescaped.
     fn string(&mut self) -> Option<&str> {
         self.eat(b'"')?;
         let start = self.i;
-        // The first quote or backslash ends the plain part; control characters before it
-        // are not JSON.
-        let end = start + memchr::memchr2(b'"', b'\\', self.b.get(start..)?)?;
-        if self.b[start..end].iter().any(|&c| c < 0x20) {
-            return None;
-        }
+        let end = start + plain_run(self.b.get(start..)?);
         self.i = end;
-        if self.b[end] == b'"' {
-            self.i += 1;
-            // (Borrowed from the input: no copy; quotes are character boundaries.)
-            return self.text.get(start..end);
+        match *self.b.get(end)? {
+            b'"' => {
+                self.i += 1;
+                // (Borrowed from the input: no copy; quotes are character boundaries.)
+                return self.text.get(start..end);
+            }
+            b'\\' => {}
+            // A control character, which JSON does not allow raw.
+            _ => return None,
         }
         // Escapes: the text is built in the scratch buffer.
         let mut out = std::mem::take(&mut self.scratch);
@@ -507,12 +536,7 @@ impl Parser<'_> {
                 0..=0x1f => return None,
                 _ => {
                     let start = self.i;
-                    while let Some(&c) = self.b.get(self.i) {
-                        if c == b'"' || c == b'\\' || c < 0x20 {
-                            break;
-                        }
-                        self.i += 1;
-                    }
+                    self.i += plain_run(&self.b[start..]);
                     out.push_str(self.text.get(start..self.i)?);
                 }
             }
@@ -595,6 +619,35 @@ impl Parser<'_> {
         }
         Some(())
     }
+}
+
+/// The length of the plain text at the start of `b`, up to the first quote, backslash or
+/// control character (or the end). Eight bytes at a time: each test below flags exactly
+/// the lowest byte that passes it (a borrow only carries upwards).
+#[inline]
+fn plain_run(b: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero = |w: u64| w.wrapping_sub(ONES) & !w;
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let hit = (zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w))
+            & HIGH;
+        if hit != 0 {
+            return i + (hit.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            break;
+        }
+        i += 1;
+    }
+    i
 }
 
 /// Whether a field's name is `key` (byte by byte: keys are short, a call to memcmp costs
@@ -780,6 +833,24 @@ mod tests {
                 .prop_filter("finite", |v| v.is_finite())
                 .prop_map(|v| format!("{v:e}")),
             "[a-z\\\\\"é😀 ]{0,6}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+            // Longer than a word, escapes anywhere; raw control characters (not JSON).
+            "[a-z\\\\\"é ]{7,30}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+            r#""[a-zé\x01\x1f\t ]{0,20}""#,
+            prop::sample::select(vec![
+                "-0",
+                "01",
+                "-",
+                "-01",
+                "1e3",
+                "9223372036854775807",
+                "9223372036854775808",
+                "-9223372036854775808",
+                "-9223372036854775809",
+                "12345678901234567890",
+                "2147483648",
+                "-2147483649",
+            ])
+            .prop_map(String::from),
             Just("null".to_string()),
             Just("true".to_string()),
             Just("1.5".to_string()),
@@ -896,6 +967,20 @@ mod tests {
         // Malformed JSON in a field not read is still malformed.
         let bad = r#"{"k": 1, "a": [1,}"#;
         assert!(fast.decode(format!("{bad}\n").as_bytes(), 1).is_none());
+    }
+
+    proptest! {
+        /// The word-at-a-time scan stops where a byte-at-a-time one does.
+        #[test]
+        fn a_plain_run_ends_at_the_first_quote_backslash_or_control_character(
+            b in prop::collection::vec(
+                prop_oneof![6 => 0x20u8..=0xff, 1 => Just(b'"'), 1 => Just(b'\\'), 1 => 0u8..0x20],
+                0..40,
+            ),
+        ) {
+            let naive = b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+            prop_assert_eq!(plain_run(&b), naive.unwrap_or(b.len()));
+        }
     }
 
     proptest! {

@@ -40,7 +40,7 @@ pub struct ConnectorSpec {
     /// (`offset BIGINT METADATA FROM 'offset'`): column name to metadata key.
     pub metadata: BTreeMap<String, String>,
     /// For a source: which columns (and nested fields) the job reads, set by
-    /// [`JobPlan::mark_source_reads`]; a decoder may leave the rest null. All by default.
+    /// [`JobPlan::mark_reads`]; a decoder may leave the rest null. All by default.
     pub reads: FieldUse,
 }
 
@@ -124,6 +124,10 @@ pub enum NodeKind {
     Filter {
         /// Boolean expression over the input columns.
         predicate: Expr,
+        /// The input columns (and nested fields) passed on: all of them unless
+        /// [`JobPlan::mark_reads`] finds fewer read downstream, so that the rows kept
+        /// do not carry copies of what no one reads.
+        passes: FieldUse,
     },
     /// Turns upserts by `keys` (an `upsert-kafka` source: each record the key's new row,
     /// or a tombstone) into a changelog that takes back what it replaces (Flink's
@@ -578,6 +582,14 @@ impl fmt::Display for WindowSpec {
 }
 
 impl NodeKind {
+    /// A filter by `predicate` passing on every column.
+    pub fn filter(predicate: Expr) -> Self {
+        NodeKind::Filter {
+            predicate,
+            passes: FieldUse::All,
+        }
+    }
+
     /// A short label for graphs and metrics.
     pub fn label(&self) -> String {
         match self {

@@ -12,6 +12,9 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Fields};
 
 use datafusion_common::ScalarValue;
 use datafusion_common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -59,15 +62,34 @@ impl FieldUse {
     }
 
     /// Whether this use leaves out any of `fields` (or of their nested fields).
-    pub fn narrows(&self, fields: &arrow::datatypes::Fields) -> bool {
+    pub fn narrows(&self, fields: &Fields) -> bool {
         fields.iter().any(|f| match self.field(f.name()) {
             None => true,
             Some(FieldUse::All) => false,
             Some(u) => match f.data_type() {
-                arrow::datatypes::DataType::Struct(children) => u.narrows(children),
+                DataType::Struct(children) => u.narrows(children),
                 _ => false,
             },
         })
+    }
+
+    /// `fields` as far as this use reads them: the fields not read left out, and the
+    /// rows among the others narrowed the same way.
+    pub fn narrow(&self, fields: &Fields) -> Fields {
+        fields
+            .iter()
+            .filter_map(|f| {
+                let u = self.field(f.name())?;
+                Some(match (u, f.data_type()) {
+                    (FieldUse::Fields(_), DataType::Struct(children)) => Arc::new(
+                        f.as_ref()
+                            .clone()
+                            .with_data_type(DataType::Struct(u.narrow(children))),
+                    ),
+                    _ => Arc::clone(f),
+                })
+            })
+            .collect()
     }
 
     /// The use of field `name` of a row used this way (`None`: not read).
@@ -101,15 +123,18 @@ impl std::fmt::Display for FieldUse {
 }
 
 impl JobPlan {
-    /// Sets each source's [`crate::ConnectorSpec::reads`] to what the job reads of it.
-    /// A source followed by anything but projections and filters (before its sinks or
-    /// other operators, which take every column they get) reads everything.
-    pub fn mark_source_reads(&mut self) {
+    /// Sets each source's [`crate::ConnectorSpec::reads`] to what the job reads of it,
+    /// and what each filter passes on to what is read after it. A source followed by
+    /// anything but projections, filters and aggregates (before its sinks or other
+    /// operators, which take every column they get) reads everything.
+    pub fn mark_reads(&mut self) {
         let Ok(order) = self.topological_order() else {
             return;
         };
         // What is read of each node's output, filled from the sinks back.
         let mut used: Vec<FieldUse> = vec![FieldUse::none(); self.nodes.len()];
+        // What the consumers of each filter and projection read of it.
+        let mut passes: Vec<(NodeId, FieldUse)> = Vec::new();
         for &id in order.iter().rev() {
             let mine = std::mem::replace(&mut used[id], FieldUse::none());
             let wanted = if self.outputs(id).any(|e| e.side.is_none()) {
@@ -124,12 +149,16 @@ impl JobPlan {
                 .map(|e| e.from)
                 .collect();
             let needs = match &self.nodes[id].kind {
-                NodeKind::Filter { predicate } => {
+                NodeKind::Filter { predicate, .. } => {
+                    passes.push((id, wanted.clone()));
                     let mut u = wanted.clone();
                     expr_use(predicate, FieldUse::All, &mut u);
                     u
                 }
-                NodeKind::Project { exprs } => project_use(exprs, &wanted),
+                NodeKind::Project { exprs } => {
+                    passes.push((id, wanted.clone()));
+                    project_use(exprs, &wanted)
+                }
                 // Aggregates read their keys and their arguments (the window is the
                 // rows' event time, which the source computes).
                 NodeKind::WindowAggregate {
@@ -178,6 +207,16 @@ impl JobPlan {
                 used[i].add(needs.clone());
             }
         }
+        for (id, u) in passes {
+            match &mut self.nodes[id].kind {
+                NodeKind::Filter { passes, .. } => *passes = u,
+                // A column no one reads is not computed (an unnamed one is kept).
+                NodeKind::Project { exprs } => {
+                    exprs.retain(|e| output_name(e).is_none_or(|n| u.field(n).is_some()))
+                }
+                _ => {}
+            }
+        }
         for (id, mut u) in used.into_iter().enumerate() {
             if let NodeKind::Source(s) = &mut self.nodes[id].kind {
                 // Only the source's own columns (not the rows' event time, which every
@@ -191,14 +230,23 @@ impl JobPlan {
     }
 }
 
+/// The name of a projection's output column, when it is given one.
+fn output_name(e: &Expr) -> Option<&str> {
+    match e {
+        Expr::Alias(a) => Some(a.name.as_str()),
+        Expr::Column(c) => Some(c.name.as_str()),
+        _ => None,
+    }
+}
+
 /// What a projection reads of its input, when `wanted` is read of its output.
 fn project_use(exprs: &[Expr], wanted: &FieldUse) -> FieldUse {
     let mut u = FieldUse::none();
     for e in exprs {
-        let (name, inner) = match e {
-            Expr::Alias(a) => (Some(a.name.as_str()), a.expr.as_ref()),
-            Expr::Column(c) => (Some(c.name.as_str()), e),
-            _ => (None, e),
+        let name = output_name(e);
+        let inner = match e {
+            Expr::Alias(a) => a.expr.as_ref(),
+            _ => e,
         };
         let of_output = match name {
             Some(n) => match wanted.field(n) {

@@ -216,7 +216,7 @@ impl PreparedJob {
     pub fn prepare(mut plan: JobPlan, registry: &ConnectorRegistry) -> Result<Self> {
         plan.validate()?;
         crate::cluster::prepare(&mut plan)?;
-        plan.mark_source_reads();
+        plan.mark_reads();
         for e in &plan.edges {
             if e.partitioning == Partitioning::Forward
                 && plan.nodes[e.from].parallelism != plan.nodes[e.to].parallelism

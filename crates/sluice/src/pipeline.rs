@@ -483,7 +483,7 @@ impl Stream {
 
     /// Keeps the rows for which `predicate` is true.
     pub fn filter(&self, predicate: Expr) -> Stream {
-        self.add(NodeKind::Filter { predicate })
+        self.add(NodeKind::filter(predicate))
     }
 
     /// Computes new columns (name them with `.alias`); event time is carried along.

@@ -290,6 +290,53 @@ async fn malformed_records_go_to_the_dead_letter_output_with_their_position() {
     assert!(!dead[1]["error"].as_str().unwrap().is_empty());
 }
 
+#[tokio::test]
+async fn lines_longer_than_the_read_buffer_crlf_and_an_unended_last_line_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    // A line of 3 MB (the reader's buffer is 1 MB and doubles), CRLF endings, blank
+    // lines, and a last line with no newline.
+    let long = "x".repeat(3 << 20);
+    let mut text = String::new();
+    for i in 0..5000 {
+        text.push_str(&format!("{{\"k\":\"{i}\",\"v\":{i}}}\r\n"));
+        if i == 2500 {
+            text.push_str(&format!("{{\"k\":\"{long}\",\"v\":-1}}\n\n"));
+        }
+    }
+    text.push_str("{\"k\":\"last\",\"v\":5000}");
+    std::fs::write(&input, &text).unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, true),
+        Field::new("v", DataType::Int64, true),
+    ]));
+    let (registry, collected) = registry_with_collect();
+    let p = Pipeline::new("long-lines");
+    p.registry(registry)
+        .dead_letters(dir.path().join("dead.jsonl"));
+    p.source(FileSource::json(&input).with_schema(schema))
+        .sink(collect());
+    let handle = p.start().await.unwrap();
+    let metrics = handle.metrics();
+    handle.wait().await.unwrap();
+    assert_eq!(metrics.dead_letters(), 0);
+    let mut rows = Vec::new();
+    for b in collected.batches() {
+        let k = b.column(0).as_string::<i32>();
+        let v = b.column(1).as_primitive::<Int64Type>();
+        rows.extend((0..b.num_rows()).map(|i| (k.value(i).to_string(), v.value(i))));
+    }
+    assert_eq!(rows.len(), 5002, "every line, each once");
+    assert_eq!(rows[2501], (long, -1));
+    assert_eq!(rows[5001], ("last".to_string(), 5000));
+    let numbered: Vec<i64> = rows.iter().map(|r| r.1).filter(|&v| v >= 0).collect();
+    assert_eq!(numbered, (0..=5000).collect::<Vec<_>>(), "in order");
+    assert!(
+        rows.iter()
+            .all(|(k, v)| *v < 0 || *k == v.to_string() || k == "last")
+    );
+}
+
 /// Streams `input` through a keyed window aggregate and returns canonical rows
 /// `auction,window_start_ms,n,total,hi`.
 async fn streamed_windows(

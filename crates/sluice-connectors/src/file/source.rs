@@ -1,5 +1,5 @@
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek};
+use std::io::{BufReader, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -437,7 +437,6 @@ impl SourceConnector for FileSourceConnector {
             ended_pending: false,
             announce,
             done,
-            buf: Vec::new(),
             lines: Vec::new(),
             pacer: config
                 .rows_per_second
@@ -449,7 +448,7 @@ impl SourceConnector for FileSourceConnector {
 enum Open {
     Lines {
         path: String,
-        reader: BufReader<File>,
+        reader: LineReader,
         /// Lines of the split read (its first line is line 1 of the split).
         line_no: u64,
         /// Where the split starts, and the lines of the file before it once counted (only
@@ -517,7 +516,6 @@ pub struct FileReader {
     announce: Vec<usize>,
     /// Ids of splits read to the end.
     done: Vec<String>,
-    buf: Vec<u8>,
     lines: Vec<(usize, usize)>,
     pacer: Option<Pacer>,
 }
@@ -579,11 +577,10 @@ impl FileReader {
                 if offset > 0 {
                     file.seek(std::io::SeekFrom::Start(offset))?;
                 }
-                let mut reader = BufReader::with_capacity(1 << 20, file);
+                let mut reader = LineReader::new(file);
                 let mut open = (offset, line_no);
                 if let (Format::Csv { header: true, .. }, 0) = (&self.config.format, offset) {
-                    let mut skip = Vec::new();
-                    open.0 += reader.read_until(b'\n', &mut skip)? as u64;
+                    open.0 += reader.skip_line()?;
                     open.1 = 1;
                 }
                 Open::Lines {
@@ -598,6 +595,67 @@ impl FileReader {
             }
         });
         Ok(true)
+    }
+}
+
+/// A text file's bytes read a buffer at a time, lines cut in place (see `read`).
+struct LineReader {
+    file: File,
+    buf: Vec<u8>,
+    /// The bytes read and not consumed: `buf[start..end]`.
+    start: usize,
+    end: usize,
+}
+
+impl LineReader {
+    fn new(file: File) -> Self {
+        Self {
+            file,
+            buf: vec![0; 1 << 20],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Reads more after the bytes not consumed, which move to the front first (the buffer
+    /// doubles when they fill it: a line longer than it). 0 at the end of the file.
+    fn fill(&mut self) -> std::io::Result<usize> {
+        use std::io::Read;
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        if self.end == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        loop {
+            match self.file.read(&mut self.buf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Consumes one line (a CSV header), returning its length with its newline.
+    fn skip_line(&mut self) -> std::io::Result<u64> {
+        let mut at = self.start;
+        loop {
+            if let Some(nl) = memchr::memchr(b'\n', &self.buf[at..self.end]) {
+                let len = at + nl + 1 - self.start;
+                self.start += len;
+                return Ok(len as u64);
+            }
+            let scanned = self.end - self.start;
+            if self.fill()? == 0 {
+                let len = self.end - self.start;
+                self.start = self.end;
+                return Ok(len as u64);
+            }
+            at = self.start + scanned;
+        }
     }
 }
 
@@ -684,63 +742,51 @@ impl SourceReader for FileReader {
                     start: range_start,
                     lines_before,
                 } => {
-                    self.buf.clear();
                     self.lines.clear();
                     let mut numbers = Vec::new();
                     let mut eof = false;
-                    // Whole buffers of the file are copied in at once and cut at their
-                    // newlines; `partial` bytes at the end of `buf` are a line not ended yet.
-                    let mut partial = 0usize;
+                    // Lines are cut where they lie in the reader's buffer; more is read in
+                    // (after the unfinished line, moved to the front) only before the
+                    // first line of a chunk: a chunk is the lines one buffer holds.
+                    let mut at = reader.start;
                     loop {
-                        if partial == 0 {
-                            if self.lines.len() >= max_rows {
-                                break;
-                            }
-                            // The split's last line read: the next belongs to the next split.
-                            if *offset >= *range_end {
-                                eof = true;
-                                break;
-                            }
-                        }
-                        let avail = reader.fill_buf()?;
-                        if avail.is_empty() {
-                            // The file's last line, without a newline.
-                            if partial > 0 {
-                                let end = self.buf.len();
-                                *offset += partial as u64;
-                                *line_no += 1;
-                                push_line(&self.buf, end - partial, end, &mut self.lines);
-                                numbers.resize(self.lines.len(), *line_no);
-                            }
+                        // The split's last line read: the next belongs to the next split.
+                        if *offset >= *range_end {
                             eof = true;
                             break;
                         }
-                        let base = self.buf.len();
-                        self.buf.extend_from_slice(avail);
-                        let mut line_start = base - partial;
-                        let mut taken = avail.len();
-                        let mut stop = false;
-                        for nl in memchr::memchr_iter(b'\n', &self.buf[base..]) {
-                            let next = base + nl + 1;
-                            *offset += (next - line_start) as u64;
-                            *line_no += 1;
-                            push_line(&self.buf, line_start, next, &mut self.lines);
-                            numbers.resize(self.lines.len(), *line_no);
-                            line_start = next;
-                            if self.lines.len() >= max_rows || *offset >= *range_end {
-                                taken = nl + 1;
-                                stop = true;
-                                break;
-                            }
-                        }
-                        partial = base + taken - line_start;
-                        self.buf.truncate(base + taken);
-                        reader.consume(taken);
-                        if stop {
-                            eof = *offset >= *range_end;
+                        if self.lines.len() >= max_rows {
                             break;
                         }
+                        let Some(nl) = memchr::memchr(b'\n', &reader.buf[at..reader.end]) else {
+                            if !self.lines.is_empty() {
+                                break;
+                            }
+                            let scanned = at - reader.start;
+                            if reader.fill()? > 0 {
+                                at = reader.start + scanned;
+                                continue;
+                            }
+                            // The file's last line, without a newline.
+                            if reader.end > reader.start {
+                                *offset += (reader.end - reader.start) as u64;
+                                *line_no += 1;
+                                push_line(&reader.buf, reader.start, reader.end, &mut self.lines);
+                                numbers.resize(self.lines.len(), *line_no);
+                                reader.start = reader.end;
+                            }
+                            eof = true;
+                            break;
+                        };
+                        let next = at + nl + 1;
+                        *offset += (next - reader.start) as u64;
+                        *line_no += 1;
+                        push_line(&reader.buf, reader.start, next, &mut self.lines);
+                        numbers.resize(self.lines.len(), *line_no);
+                        reader.start = next;
+                        at = next;
                     }
+                    let buf = &reader.buf;
                     let mut dead = Vec::new();
                     let path_s = path.clone();
                     // A line's number in its file, for a dead letter.
@@ -752,7 +798,7 @@ impl SourceReader for FileReader {
                     if self.config.format == crate::format::Format::Json {
                         self.config.json.check_fields(
                             &self.config.schema,
-                            &self.buf,
+                            buf,
                             &self.lines,
                             &file_line,
                         )?;
@@ -760,7 +806,7 @@ impl SourceReader for FileReader {
                     let batch = self.config.format.decode_lines(
                         &self.config.schema,
                         &self.config.reads,
-                        &self.buf,
+                        buf,
                         &self.lines,
                         &file_line,
                         &mut dead,

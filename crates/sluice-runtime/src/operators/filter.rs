@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, BooleanArray};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StructArray};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion_expr::Expr;
 use datafusion_physical_expr::PhysicalExpr;
+use sluice_plan::FieldUse;
 use sluice_types::{Batch, Result, SluiceError};
 
 use super::PreparedOperator;
@@ -31,11 +32,23 @@ use crate::operator::{Collector, Operator, OperatorContext};
 pub struct FilterOperator {
     predicate: Arc<dyn PhysicalExpr>,
     schema: SchemaRef,
+    /// The input columns passed on, when not all of them are.
+    keep: Option<Vec<usize>>,
 }
 
 impl FilterOperator {
     /// Checks the predicate against the input schema.
     pub fn prepare(predicate: &Expr, input: &SchemaRef) -> Result<PreparedOperator> {
+        Self::passing(predicate, input, &FieldUse::All)
+    }
+
+    /// A filter passing on only what `passes` names of its input's columns (nested
+    /// fields included; the rows' time and row kind always).
+    pub fn passing(
+        predicate: &Expr,
+        input: &SchemaRef,
+        passes: &FieldUse,
+    ) -> Result<PreparedOperator> {
         let physical = plan_expr(predicate, input)?;
         let ty = physical
             .data_type(input)
@@ -45,14 +58,36 @@ impl FilterOperator {
                 "filter `{predicate}` has type {ty}; a filter must be a boolean expression"
             )));
         }
-        let schema = Arc::clone(input);
-        let output_schema = Arc::clone(input);
+        let user = sluice_types::user_column_count(input);
+        let (schema, keep) = match passes.narrows(&input.fields()[..user].iter().cloned().collect())
+        {
+            false => (Arc::clone(input), None),
+            true => {
+                let narrowed = passes.narrow(&input.fields()[..user].iter().cloned().collect());
+                let mut keep = Vec::with_capacity(narrowed.len() + input.fields().len() - user);
+                let mut fields = Vec::with_capacity(keep.capacity());
+                for f in narrowed.iter() {
+                    let (i, _) = input
+                        .column_with_name(f.name())
+                        .expect("invariant: narrowed from the input's fields");
+                    keep.push(i);
+                    fields.push(Arc::clone(f));
+                }
+                for i in user..input.fields().len() {
+                    keep.push(i);
+                    fields.push(Arc::clone(&input.fields()[i]));
+                }
+                let schema = Schema::new_with_metadata(fields, input.metadata().clone());
+                (Arc::new(schema), Some(keep))
+            }
+        };
         Ok(PreparedOperator {
-            output_schema,
+            output_schema: Arc::clone(&schema),
             factory: Arc::new(move |_| {
                 Ok(Box::new(FilterOperator {
                     predicate: Arc::clone(&physical),
                     schema: Arc::clone(&schema),
+                    keep: keep.clone(),
                 }) as Box<dyn Operator>)
             }),
         })
@@ -84,11 +119,50 @@ impl Operator for FilterOperator {
         if kept == 0 {
             return Ok(());
         }
+        let batch = match &self.keep {
+            Some(keep) => {
+                let columns = keep
+                    .iter()
+                    .zip(self.schema.fields())
+                    .map(|(&i, f)| narrow(batch.data.column(i), f.data_type()))
+                    .collect();
+                let data = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+                batch.with_data(data)
+            }
+            None => batch,
+        };
         if kept == batch.num_rows() {
             return out.collect(batch).await;
         }
         let data = filter_record_batch(&batch.data, mask)?;
         out.collect(batch.with_data(data)).await
+    }
+}
+
+/// `array` with only the fields of its rows that `to` (the type it narrows to) has.
+fn narrow(array: &ArrayRef, to: &DataType) -> ArrayRef {
+    match (array.data_type(), to) {
+        (DataType::Struct(from), DataType::Struct(fields)) if from != fields => {
+            let rows = array
+                .as_any()
+                .downcast_ref::<StructArray>()
+                .expect("invariant: a struct type is a struct array");
+            let columns = fields
+                .iter()
+                .map(|f| {
+                    let child = rows
+                        .column_by_name(f.name())
+                        .expect("invariant: narrowed from the row's fields");
+                    narrow(child, f.data_type())
+                })
+                .collect();
+            Arc::new(StructArray::new(
+                fields.clone(),
+                columns,
+                rows.nulls().cloned(),
+            ))
+        }
+        _ => Arc::clone(array),
     }
 }
 
@@ -99,11 +173,11 @@ impl FilterOperator {
         inputs: &[&SchemaRef],
         _registry: &crate::source::ConnectorRegistry,
     ) -> Result<crate::operators::PreparedOperator> {
-        let sluice_plan::NodeKind::Filter { predicate } = kind else {
+        let sluice_plan::NodeKind::Filter { predicate, passes } = kind else {
             return Err(crate::operators::wrong_node(kind, "filter"));
         };
         let input = &crate::operators::single_input(inputs)?;
-        Self::prepare(predicate, input)
+        Self::passing(predicate, input, passes)
     }
 }
 
@@ -135,6 +209,78 @@ mod tests {
             | 2       | 1500  | 1970-01-01T00:00:00.002 |
             | 4       | 2000  | 1970-01-01T00:00:00.004 |
             +---------+-------+-------------------------+",
+        );
+    }
+
+    #[tokio::test]
+    async fn passes_on_only_the_columns_and_nested_fields_read_after_it() {
+        use arrow::array::{Int64Array, StringArray};
+        use arrow::datatypes::{Field, Fields};
+        let plain = batch_from_pretty(
+            "
+            | kind:Int64 | price:Int64 | _timestamp:Ts |
+            | 2          | 10          | 1             |
+            | 0          | 20          | 2             |
+            | 2          | 30          | 3             |",
+        );
+        let children = Fields::from(vec![
+            Field::new("x", DataType::Int64, true),
+            Field::new("y", DataType::Utf8, true),
+        ]);
+        let r = StructArray::new(
+            children,
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef,
+                Arc::new(StringArray::from(vec!["a", "b", "c"])),
+            ],
+            Some(vec![true, true, false].into()),
+        );
+        let mut fields: Vec<Field> = vec![
+            plain.data.schema().field(0).clone(),
+            Field::new("r", r.data_type().clone(), true),
+        ];
+        fields.extend(
+            plain.data.schema().fields()[1..]
+                .iter()
+                .map(|f| f.as_ref().clone()),
+        );
+        let mut columns = vec![Arc::clone(plain.data.column(0)), Arc::new(r) as ArrayRef];
+        columns.extend(plain.data.columns()[1..].iter().cloned());
+        let data = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let input = plain.with_data(data);
+        let passes = FieldUse::Fields(
+            [
+                ("price".to_string(), FieldUse::All),
+                (
+                    "r".to_string(),
+                    FieldUse::Fields([("y".to_string(), FieldUse::All)].into()),
+                ),
+            ]
+            .into(),
+        );
+        let p = FilterOperator::passing(&col("kind").eq(lit(2)), &input.data.schema(), &passes)
+            .unwrap();
+        let names: Vec<&str> = p
+            .output_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["r", "price", "_timestamp"],
+            "the input's order, the time kept"
+        );
+        let out = super::super::run_prepared(&p, vec![input]).await.unwrap();
+        assert_pretty(
+            &out,
+            "
+            +--------+-------+-------------------------+
+            | r      | price | _timestamp              |
+            +--------+-------+-------------------------+
+            | {y: a} | 10    | 1970-01-01T00:00:00.001 |
+            |        | 30    | 1970-01-01T00:00:00.003 |
+            +--------+-------+-------------------------+",
         );
     }
 

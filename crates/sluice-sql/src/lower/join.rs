@@ -86,7 +86,7 @@ impl Lowerer<'_> {
                 let predicate = resolve(&p, &side.columns);
                 self.check_columns(side, &[&predicate])?;
                 let par = self.plan.nodes[side.node].parallelism;
-                side.node = self.add(side, NodeKind::Filter { predicate }, par, None);
+                side.node = self.add(side, NodeKind::filter(predicate), par, None);
             }
         }
         let updating_input = left.updating || right.updating;
@@ -301,14 +301,14 @@ impl Lowerer<'_> {
             );
             self.check_columns(&out, &[&predicate])?;
             let p = self.parallelism;
-            let f = self.add(&out, NodeKind::Filter { predicate }, p, None);
+            let f = self.add(&out, NodeKind::filter(predicate), p, None);
             out.node = f;
         }
         if let Some(w) = after {
             let predicate = resolve(w, &out.columns);
             self.check_columns(&out, &[&predicate])?;
             let p = self.parallelism;
-            out.node = self.add(&out, NodeKind::Filter { predicate }, p, None);
+            out.node = self.add(&out, NodeKind::filter(predicate), p, None);
         }
         Ok(out)
     }
@@ -418,7 +418,7 @@ impl Lowerer<'_> {
             let predicate = resolve(&p, &left.columns);
             self.check_columns(&left, &[&predicate])?;
             let par = self.plan.nodes[left.node].parallelism;
-            left.node = self.add(&left, NodeKind::Filter { predicate }, par, None);
+            left.node = self.add(&left, NodeKind::filter(predicate), par, None);
         }
         // The stream's columns under their names in the join's output.
         let mut exprs = Vec::new();
@@ -472,7 +472,7 @@ impl Lowerer<'_> {
             let predicate = resolve(&p, &out.columns);
             self.check_columns(&out, &[&predicate])?;
             let par = self.plan.nodes[out.node].parallelism;
-            out.node = self.add(&out, NodeKind::Filter { predicate }, par, None);
+            out.node = self.add(&out, NodeKind::filter(predicate), par, None);
         }
         Ok(out)
     }

@@ -462,7 +462,7 @@ impl<'a> Lowerer<'a> {
                 input = self.with_window_time_column(input, &[&predicate]);
                 self.check_columns(&input, &[&predicate])?;
                 let p = self.plan.nodes[input.node].parallelism;
-                let node = self.add(&input, NodeKind::Filter { predicate }, p, None);
+                let node = self.add(&input, NodeKind::filter(predicate), p, None);
                 Ok(Lowered { node, ..input })
             }
             LogicalPlan::Projection(proj) => {
