@@ -42,6 +42,11 @@ pub struct ConnectorSpec {
     /// For a source: which columns (and nested fields) the job reads, set by
     /// [`JobPlan::mark_reads`]; a decoder may leave the rest null. All by default.
     pub reads: FieldUse,
+    /// For a source: conditions every row the job keeps meets, on the source's own
+    /// columns (comparisons with a literal, from the filters right after it), set by
+    /// [`JobPlan::mark_reads`]. A source may skip rows that fail one (Parquet skips row
+    /// groups whose statistics rule one out). None by default.
+    pub filters: Vec<Expr>,
 }
 
 impl ConnectorSpec {
@@ -53,6 +58,7 @@ impl ConnectorSpec {
             schema: None,
             metadata: BTreeMap::new(),
             reads: FieldUse::All,
+            filters: Vec::new(),
         }
     }
 

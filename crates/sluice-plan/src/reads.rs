@@ -17,7 +17,9 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Fields};
 
 use datafusion_common::ScalarValue;
-use datafusion_common::tree_node::{TreeNode, TreeNodeRecursion};
+use std::collections::HashMap;
+
+use datafusion_common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion_expr::Expr;
 
 use crate::{EventTime, JobPlan, NodeId, NodeKind};
@@ -217,8 +219,15 @@ impl JobPlan {
                 _ => {}
             }
         }
-        for (id, mut u) in used.into_iter().enumerate() {
+        let filters: Vec<Vec<Expr>> = (0..self.nodes.len())
+            .map(|id| match &self.nodes[id].kind {
+                NodeKind::Source(_) => self.source_filters(id),
+                _ => Vec::new(),
+            })
+            .collect();
+        for ((id, mut u), filters) in used.into_iter().enumerate().zip(filters) {
             if let NodeKind::Source(s) = &mut self.nodes[id].kind {
+                s.spec.filters = filters;
                 // Only the source's own columns (not the rows' event time, which every
                 // operator carries).
                 if let FieldUse::Fields(f) = &mut u {
@@ -228,6 +237,114 @@ impl JobPlan {
             }
         }
     }
+}
+
+impl JobPlan {
+    /// The conditions every row the job keeps of source `id` meets, on the source's own
+    /// columns: the conjuncts of the filters right after it (through projections that
+    /// pass or rename its columns), while each step has a single consumer.
+    fn source_filters(&self, id: NodeId) -> Vec<Expr> {
+        // Each visible column's source column.
+        let mut names: Option<HashMap<String, String>> = None;
+        let mut out = Vec::new();
+        let mut node = id;
+        loop {
+            let mut next = self.outputs(node).filter(|e| e.side.is_none());
+            let (Some(e), None) = (next.next(), next.next()) else {
+                break;
+            };
+            node = e.to;
+            if self.inputs(node).count() != 1 {
+                break;
+            }
+            match &self.nodes[node].kind {
+                NodeKind::Project { exprs } => {
+                    let mut renamed = HashMap::new();
+                    for e in exprs {
+                        let (name, inner) = match e {
+                            Expr::Alias(a) => (a.name.as_str(), a.expr.as_ref()),
+                            _ => match e {
+                                Expr::Column(c) => (c.name.as_str(), e),
+                                _ => continue,
+                            },
+                        };
+                        if let Expr::Column(c) = inner {
+                            let from = match &names {
+                                None => Some(c.name.clone()),
+                                Some(n) => n.get(&c.name).cloned(),
+                            };
+                            if let Some(from) = from {
+                                renamed.insert(name.to_string(), from);
+                            }
+                        }
+                    }
+                    names = Some(renamed);
+                }
+                NodeKind::Filter { predicate, .. } => {
+                    for c in datafusion_expr::utils::split_conjunction(predicate) {
+                        if let Some(c) = on_source(c, names.as_ref()) {
+                            out.push(c);
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+}
+
+/// `e` on the source's own columns (`names`: each visible column's source column, or
+/// `None` for the source's own), if it is a comparison of one with a literal.
+fn on_source(e: &Expr, names: Option<&HashMap<String, String>>) -> Option<Expr> {
+    use datafusion_expr::Operator;
+    let literal = |e: &Expr| matches!(e, Expr::Literal(v, _) if !v.is_null());
+    let simple = match e {
+        Expr::BinaryExpr(b) => {
+            matches!(
+                b.op,
+                Operator::Eq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq
+            ) && match (b.left.as_ref(), b.right.as_ref()) {
+                (Expr::Column(_), r) => literal(r),
+                (l, Expr::Column(_)) => literal(l),
+                _ => false,
+            }
+        }
+        Expr::Between(b) => {
+            !b.negated
+                && matches!(b.expr.as_ref(), Expr::Column(_))
+                && literal(&b.low)
+                && literal(&b.high)
+        }
+        _ => false,
+    };
+    if !simple {
+        return None;
+    }
+    let mut mapped = true;
+    let out = e
+        .clone()
+        .transform(|x| {
+            let Expr::Column(c) = &x else {
+                return Ok(Transformed::no(x));
+            };
+            let to = match names {
+                None => Some(c.name.clone()),
+                Some(n) => n.get(&c.name).cloned(),
+            };
+            match to {
+                Some(to) if to != sluice_types::TIMESTAMP_FIELD => Ok(Transformed::yes(
+                    Expr::Column(datafusion_common::Column::from_name(to)),
+                )),
+                _ => {
+                    mapped = false;
+                    Ok(Transformed::no(x))
+                }
+            }
+        })
+        .ok()?
+        .data;
+    mapped.then_some(out)
 }
 
 /// The name of a projection's output column, when it is given one.

@@ -388,6 +388,13 @@ impl PreparedJob {
                 {
                     let _ = writeln!(s, "      reads ({})", src.spec.reads);
                 }
+                // The conditions a source may skip rows by (Parquet: whole row groups).
+                if let NodeKind::Source(src) = &node.kind
+                    && !src.spec.filters.is_empty()
+                {
+                    let f: Vec<String> = src.spec.filters.iter().map(|e| e.to_string()).collect();
+                    let _ = writeln!(s, "      filters ({})", f.join(", "));
+                }
             }
         }
         for e in &self.plan.edges {

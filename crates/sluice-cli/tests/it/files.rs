@@ -988,6 +988,123 @@ async fn a_large_file_is_read_in_ranges_side_by_side_and_restores_by_range() {
     stopped_at_3_resumed_at_2(first, second, &expected, &format!("{}@", input.display())).await;
 }
 
+/// 30 000 bids (`auction` = id % 13, `price` = id, `date_time` = id × 10 ms) in row groups
+/// of 2 000 rows: row group g holds the prices 2000·g to 2000·g + 1999.
+fn write_bids_parquet(input: &std::path::Path) -> arrow::datatypes::SchemaRef {
+    use arrow::array::{Int64Array, TimestampMillisecondArray};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, false),
+        Field::new("bidder", DataType::Int64, true),
+        Field::new("price", DataType::Int64, false),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]));
+    {
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(2_000))
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(input).unwrap(),
+            Arc::clone(&schema),
+            Some(props),
+        )
+        .unwrap();
+        for chunk in 0..15i64 {
+            let ids: Vec<i64> = (chunk * 2_000..(chunk + 1) * 2_000).collect();
+            let b = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int64Array::from_iter_values(ids.iter().map(|i| i % 13))),
+                    Arc::new(Int64Array::from_iter_values(ids.iter().map(|i| i * 7))),
+                    Arc::new(Int64Array::from_iter_values(ids.iter().copied())),
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        ids.iter().map(|i| i * 10),
+                    )),
+                ],
+            )
+            .unwrap();
+            w.write(&b).unwrap();
+        }
+        w.close().unwrap();
+    }
+    schema
+}
+
+/// A filter on a Parquet source's column skips the row groups whose statistics rule it
+/// out: the same windows as a filter that cannot be pushed down, from fewer rows read,
+/// and a savepoint taken mid-way resumes at the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_on_a_parquet_source_skips_the_row_groups_it_rules_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bids.parquet");
+    let schema = write_bids_parquet(&input);
+    let cp = dir.path().join("cp");
+    let pushed = col("price")
+        .gt_eq(lit(7_000i64))
+        .and(col("price").lt(lit(25_000i64)));
+    // The same condition, not a comparison of the column with a literal: not pushed.
+    let shifted = col("price") + lit(0i64);
+    let kept = shifted
+        .clone()
+        .gt_eq(lit(7_000i64))
+        .and(shifted.lt(lit(25_000i64)));
+    let job = |parallelism: usize, filter: &Expr, paced: bool| {
+        let (registry, collected) = registry_with_collect();
+        let p = Pipeline::new("pruned");
+        p.registry(registry)
+            .parallelism(parallelism)
+            .checkpoint_dir(cp.to_str().unwrap());
+        let mut source = FileSource::parquet(&input)
+            .with_schema(Arc::clone(&schema))
+            .split_size(1);
+        if paced {
+            source = source.rows_per_second(10_000.0);
+        }
+        p.source(source)
+            .event_time("date_time")
+            .max_out_of_orderness(Duration::from_millis(100))
+            .filter(filter.clone())
+            .key_by(["auction"])
+            .window(Window::tumbling(Duration::from_secs(10)))
+            .aggregate([count_star().alias("n"), sum(col("price")).alias("total")])
+            .sink(collect());
+        (p, collected)
+    };
+    let (all, reference) = job(1, &kept, false);
+    let handle = all.start().await.unwrap();
+    let metrics = handle.metrics();
+    handle.wait().await.unwrap();
+    assert_eq!(metrics.source_records(), 30_000, "every row group read");
+    let expected = canonical(&reference.batches());
+    assert_eq!(
+        expected.len(),
+        18 * 13,
+        "18 windows of 10 s, each with every auction"
+    );
+
+    let (skipping, got) = job(3, &pushed, false);
+    let handle = skipping.start().await.unwrap();
+    let metrics = handle.metrics();
+    handle.wait().await.unwrap();
+    // Row groups 3 to 12 (prices 6 000 to 25 999) hold rows that pass.
+    assert_eq!(
+        metrics.source_records(),
+        20_000,
+        "only the row groups that can pass"
+    );
+    assert!(
+        canonical(&got.batches()) == expected,
+        "the pruned read differs"
+    );
+
+    let first = job(3, &pushed, true);
+    let second = job(2, &pushed, false);
+    stopped_at_3_resumed_at_2(first, second, &expected, &format!("{}@rg", input.display())).await;
+}
+
 /// Runs `first` (paced) until it has read 10 000 rows, stops it with a savepoint whose
 /// positions name splits by `split_marker`, resumes `second` from it: the windows of
 /// both runs together are `expected`, each once.
@@ -1035,47 +1152,9 @@ async fn stopped_at_3_resumed_at_2(
 /// run of row groups) goes on at 2, and the two runs together fire every window once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parquet_file_is_read_by_row_groups_side_by_side_and_restores_by_them() {
-    use arrow::array::{Int64Array, TimestampMillisecondArray};
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("bids.parquet");
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("auction", DataType::Int64, false),
-        Field::new("bidder", DataType::Int64, true),
-        Field::new("price", DataType::Int64, false),
-        Field::new(
-            "date_time",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-    ]));
-    {
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_max_row_group_row_count(Some(2_000))
-            .build();
-        let mut w = parquet::arrow::ArrowWriter::try_new(
-            std::fs::File::create(&input).unwrap(),
-            Arc::clone(&schema),
-            Some(props),
-        )
-        .unwrap();
-        for chunk in 0..15i64 {
-            let ids: Vec<i64> = (chunk * 2_000..(chunk + 1) * 2_000).collect();
-            let b = RecordBatch::try_new(
-                Arc::clone(&schema),
-                vec![
-                    Arc::new(Int64Array::from_iter_values(ids.iter().map(|i| i % 13))),
-                    Arc::new(Int64Array::from_iter_values(ids.iter().map(|i| i * 7))),
-                    Arc::new(Int64Array::from_iter_values(ids.iter().copied())),
-                    Arc::new(TimestampMillisecondArray::from_iter_values(
-                        ids.iter().map(|i| i * 10),
-                    )),
-                ],
-            )
-            .unwrap();
-            w.write(&b).unwrap();
-        }
-        w.close().unwrap();
-    }
+    let schema = write_bids_parquet(&input);
     let cp = dir.path().join("cp");
     let job = |parallelism: usize, split: Option<u64>, paced: bool| {
         let (registry, collected) = registry_with_collect();

@@ -10,6 +10,7 @@
 //! `part-<subtask>.<ext>` when its input ends, so a reader never sees a partial file.
 
 mod partition;
+mod prune;
 mod sink;
 mod source;
 

@@ -30,6 +30,9 @@ pub struct FileSourceConfig {
     split_size: u64,
     /// What the job reads of the rows (the JSON decoder passes over the rest).
     reads: sluice_plan::FieldUse,
+    /// Conditions every row the job keeps meets (Parquet skips the row groups whose
+    /// statistics rule one out).
+    filters: Vec<datafusion_expr::Expr>,
     /// The splits: whole files, or ranges of lines of large text files (found once, when
     /// the job asks for its splits).
     ranges: std::sync::OnceLock<std::result::Result<Vec<Range>, String>>,
@@ -383,6 +386,7 @@ impl SourceConnector for FileSourceConnector {
             json: crate::format::JsonOptions::from_options(&o)?,
             split_size,
             reads: spec.reads.clone(),
+            filters: spec.filters.clone(),
             ranges: std::sync::OnceLock::new(),
         })
     }
@@ -462,7 +466,12 @@ enum Open {
     },
     Parquet {
         reader: ParquetRecordBatchReader,
-        rows: u64,
+        /// Rows read of the row groups read (not of those passed over).
+        read: u64,
+        /// The row groups read: each one's first row (in the split) and rows.
+        runs: Vec<(u64, u64)>,
+        /// The split's rows in all.
+        total: u64,
     },
 }
 
@@ -544,29 +553,47 @@ impl FileReader {
                     Some(FilePosition::Rows { rows }) => rows,
                     _ => 0,
                 };
-                let row_groups = range.row_groups.clone();
                 let config = Arc::clone(&self.config);
+                let unreadable = |e| {
+                    SluiceError::user(format!("{} is not a readable Parquet file", path.display()))
+                        .with_source(e)
+                };
+                let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(unreadable)?;
+                let meta = Arc::clone(b.metadata());
+                let groups = range
+                    .row_groups
+                    .clone()
+                    .unwrap_or_else(|| (0..meta.num_row_groups()).collect());
+                let kept =
+                    super::prune::row_groups_kept(&meta, b.schema(), &config.filters, &groups);
+                // The row groups still to read: kept, and not all read before the restore
+                // (`skip` rows of the split were; the first may be read in part).
+                let (mut runs, mut read_groups, mut offset, mut start) =
+                    (Vec::new(), Vec::new(), 0, 0u64);
+                for g in groups {
+                    let rows = meta.row_group(g).num_rows().max(0) as u64;
+                    if start + rows > skip && kept.contains(&g) {
+                        let from = skip.saturating_sub(start);
+                        if read_groups.is_empty() {
+                            offset = from;
+                        }
+                        runs.push((start + from, rows - from));
+                        read_groups.push(g);
+                    }
+                    start += rows;
+                }
+                let mask = config.parquet_columns(b.schema(), b.parquet_schema());
                 Open::Parquet {
-                    reader: ParquetRecordBatchReaderBuilder::try_new(file)
-                        .and_then(|b| {
-                            let mask = config.parquet_columns(b.schema(), b.parquet_schema());
-                            let b = match row_groups {
-                                Some(groups) => b.with_row_groups(groups),
-                                None => b,
-                            };
-                            b.with_projection(mask)
-                                .with_batch_size(max_rows)
-                                .with_offset(skip as usize)
-                                .build()
-                        })
-                        .map_err(|e| {
-                            SluiceError::user(format!(
-                                "{} is not a readable Parquet file",
-                                path.display()
-                            ))
-                            .with_source(e)
-                        })?,
-                    rows: skip,
+                    reader: b
+                        .with_row_groups(read_groups)
+                        .with_projection(mask)
+                        .with_batch_size(max_rows)
+                        .with_offset(offset as usize)
+                        .build()
+                        .map_err(unreadable)?,
+                    read: 0,
+                    runs,
+                    total: start,
                 }
             }
             Format::Csv { .. } | Format::Json | Format::DebeziumJson => {
@@ -596,6 +623,20 @@ impl FileReader {
         });
         Ok(true)
     }
+}
+
+/// Where `read` rows of the row groups `runs` (each one's first row in the split and
+/// rows) leave a Parquet split of `total` rows: the row groups passed over count as read
+/// once the reading is past them.
+fn split_row(runs: &[(u64, u64)], total: u64, read: u64) -> u64 {
+    let mut left = read;
+    for &(start, rows) in runs {
+        if left < rows {
+            return start + left;
+        }
+        left -= rows;
+    }
+    total
 }
 
 /// A text file's bytes read a buffer at a time, lines cut in place (see `read`).
@@ -715,12 +756,12 @@ impl SourceReader for FileReader {
                 return Ok(ReadResult::End);
             }
             match self.current.as_mut().expect("invariant: opened above") {
-                Open::Parquet { reader, rows } => match reader.next() {
+                Open::Parquet { reader, read, .. } => match reader.next() {
                     Some(b) => {
                         let b = b.map_err(|e| {
                             SluiceError::external("reading Parquet failed").with_source(e)
                         })?;
-                        *rows += b.num_rows() as u64;
+                        *read += b.num_rows() as u64;
                         let b = self.config.parquet_batch(&b)?;
                         return Ok(ReadResult::Batch {
                             split: self.current_split,
@@ -853,7 +894,11 @@ impl SourceReader for FileReader {
                 offset: *offset,
                 line: *line_no,
             }),
-            Some(Open::Parquet { rows, .. }) => Some(FilePosition::Rows { rows: *rows }),
+            Some(Open::Parquet {
+                read, runs, total, ..
+            }) => Some(FilePosition::Rows {
+                rows: split_row(runs, *total, *read),
+            }),
             None => None,
         };
         if let Some(p) = current {
