@@ -298,6 +298,22 @@ impl JobPlan {
 /// `None` for the source's own), if it is a comparison of one with a literal.
 fn on_source(e: &Expr, names: Option<&HashMap<String, String>>) -> Option<Expr> {
     use datafusion_expr::Operator;
+    // A literal written with a cast (`TIMESTAMP '…'`, `CAST(5 AS INT)`) as the value the
+    // cast gives.
+    let e = &e
+        .clone()
+        .transform(|x| match &x {
+            Expr::Cast(c) => match c.expr.as_ref() {
+                Expr::Literal(v, _) => match v.cast_to(c.field.data_type()) {
+                    Ok(v) => Ok(Transformed::yes(Expr::Literal(v, None))),
+                    Err(_) => Ok(Transformed::no(x)),
+                },
+                _ => Ok(Transformed::no(x)),
+            },
+            _ => Ok(Transformed::no(x)),
+        })
+        .ok()?
+        .data;
     let literal = |e: &Expr| matches!(e, Expr::Literal(v, _) if !v.is_null());
     let simple = match e {
         Expr::BinaryExpr(b) => {

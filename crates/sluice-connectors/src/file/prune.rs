@@ -169,8 +169,10 @@ fn mark(keep: &mut [bool], ruled_out: &BooleanArray) {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
-    use arrow::datatypes::Field;
+    use arrow::array::{
+        ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    };
+    use arrow::datatypes::{Field, TimeUnit};
     use datafusion_expr::{col, lit};
     use parquet::arrow::ArrowWriter;
     use parquet::file::metadata::ParquetMetaDataReader;
@@ -179,13 +181,14 @@ mod tests {
     use super::*;
 
     /// Four row groups of 10 rows: `n` 0–9, 10–19, 20–29, 30–39; `s` "a…", "b…", "c…",
-    /// "d…"; `f` like `n`; `z` null but in the last.
+    /// "d…"; `f` like `n`; `z` null but in the last; `t` `n` seconds.
     fn file() -> (ParquetMetaData, Arc<Schema>) {
         let schema = Arc::new(Schema::new(vec![
             Field::new("n", DataType::Int64, false),
             Field::new("s", DataType::Utf8, false),
             Field::new("f", DataType::Float64, false),
             Field::new("z", DataType::Int64, true),
+            Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), false),
         ]));
         let props = WriterProperties::builder()
             .set_max_row_group_row_count(Some(10))
@@ -203,6 +206,9 @@ mod tests {
                 Arc::new(Float64Array::from_iter_values(n.iter().map(|&i| i as f64))),
                 Arc::new(Int64Array::from_iter(
                     n.iter().map(|&i| (g == 3).then_some(i)),
+                )),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    n.iter().map(|&i| i * 1000),
                 )),
             ];
             w.write(&RecordBatch::try_new(Arc::clone(&schema), columns).unwrap())
@@ -238,6 +244,9 @@ mod tests {
         assert_eq!(kept(&[col("n").between(lit(12i64), lit(18i64))]), [1]);
         assert_eq!(kept(&[col("n").eq(lit(35i32))]), [3]);
         assert_eq!(kept(&[col("s").gt_eq(lit("c"))]), [2, 3]);
+        // A timestamp in another unit (as `TIMESTAMP '…'` is planned).
+        let ten_s = ScalarValue::TimestampNanosecond(Some(10_000_000_000), None);
+        assert_eq!(kept(&[col("t").lt(lit(ten_s))]), [0]);
         // A column null all through a row group: no comparison with it is true there.
         assert_eq!(kept(&[col("z").gt(lit(0i64))]), [3]);
     }

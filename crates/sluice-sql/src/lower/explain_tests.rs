@@ -116,6 +116,16 @@ fn a_json_source_reads_only_the_nested_fields_a_query_uses() {
         ),
         "(event_type = Int64(2))"
     );
+    // A literal written with a cast is pushed as its value.
+    let pushed = line(
+        "INSERT INTO nexmark_sink SELECT * FROM events \
+         WHERE event_type < CAST(2 AS INT) AND dateTime > TIMESTAMP '2015-07-15 00:00:00';",
+        "filters ",
+    );
+    assert_eq!(
+        pushed, "(event_type < Int32(2))",
+        "dateTime is computed, not the source's"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
