@@ -659,7 +659,7 @@ fn same(name: &[u8], key: &[u8]) -> bool {
 
 /// `YYYY-MM-DD[T ]HH:MM:SS[.f{1,3}][Z]` from 1970 on, as epoch milliseconds; any other
 /// form is left to arrow-json.
-fn timestamp_ms(s: &[u8]) -> Option<i64> {
+pub(crate) fn timestamp_ms(s: &[u8]) -> Option<i64> {
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let d = s.get(r)?;
         if !d.iter().all(u8::is_ascii_digit) {

@@ -372,6 +372,12 @@ impl Format {
         {
             return Ok(b);
         }
+        if let Format::Csv { delimiter, .. } = self
+            && let Some(b) = crate::fast_csv::FastCsv::new(schema, *delimiter, reads)
+                .and_then(|f| f.decode(bytes, rows))
+        {
+            return Ok(b);
+        }
         let batch = match self {
             Format::Json | Format::DebeziumJson => {
                 let mut d = arrow::json::ReaderBuilder::new(Arc::clone(schema))

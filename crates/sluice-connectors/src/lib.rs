@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod datagen;
+mod fast_csv;
 mod fast_json;
 pub mod file;
 pub mod format;
