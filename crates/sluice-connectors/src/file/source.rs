@@ -784,7 +784,9 @@ impl SourceReader for FileReader {
                     lines_before,
                 } => {
                     self.lines.clear();
-                    let mut numbers = Vec::new();
+                    // The split's line number of the chunk's first line (the others' are
+                    // counted from it when a dead letter needs one).
+                    let mut first_line = 0;
                     let mut eof = false;
                     // Lines are cut where they lie in the reader's buffer; more is read in
                     // (after the unfinished line, moved to the front) only before the
@@ -812,8 +814,10 @@ impl SourceReader for FileReader {
                             if reader.end > reader.start {
                                 *offset += (reader.end - reader.start) as u64;
                                 *line_no += 1;
+                                if self.lines.is_empty() {
+                                    first_line = *line_no;
+                                }
                                 push_line(&reader.buf, reader.start, reader.end, &mut self.lines);
-                                numbers.resize(self.lines.len(), *line_no);
                                 reader.start = reader.end;
                             }
                             eof = true;
@@ -822,8 +826,10 @@ impl SourceReader for FileReader {
                         let next = at + nl + 1;
                         *offset += (next - reader.start) as u64;
                         *line_no += 1;
+                        if self.lines.is_empty() {
+                            first_line = *line_no;
+                        }
                         push_line(&reader.buf, reader.start, next, &mut self.lines);
-                        numbers.resize(self.lines.len(), *line_no);
                         reader.start = next;
                         at = next;
                     }
@@ -831,10 +837,15 @@ impl SourceReader for FileReader {
                     let mut dead = Vec::new();
                     let path_s = path.clone();
                     // A line's number in its file, for a dead letter.
+                    let lines = &self.lines;
                     let file_line = |i: usize| -> String {
                         let before = *lines_before
                             .get_or_init(|| lines_before_offset(path, *range_start).unwrap_or(0));
-                        format!("{path_s}:{}", before + numbers[i])
+                        let after_first = memchr::memchr_iter(b'\n', &buf[lines[0].0..lines[i].0]);
+                        format!(
+                            "{path_s}:{}",
+                            before + first_line + after_first.count() as u64
+                        )
                     };
                     if self.config.format == crate::format::Format::Json {
                         self.config.json.check_fields(
