@@ -38,7 +38,7 @@ enum Column {
 /// The fields of one object level and their columns.
 struct Level {
     fields: Fields,
-    names: Vec<Vec<u8>>,
+    names: Vec<Name>,
     columns: Vec<Column>,
     nullable: Vec<bool>,
     /// Whether every column may be null (a null enclosing object needs it).
@@ -130,14 +130,11 @@ impl Level {
                 _ => return None,
             });
         }
-        let names: Vec<Vec<u8>> = fields
-            .iter()
-            .map(|f| f.name().as_bytes().to_vec())
-            .collect();
+        let names: Vec<Name> = fields.iter().map(|f| Name::new(f.name())).collect();
         // Keys are matched unescaped: a name that JSON must escape is not for this path.
         if names
             .iter()
-            .any(|n| n.iter().any(|&c| c == b'"' || c == b'\\' || c < 0x20))
+            .any(|n| n.bytes.iter().any(|&c| c == b'"' || c == b'\\' || c < 0x20))
         {
             return None;
         }
@@ -276,8 +273,8 @@ impl Parser<'_> {
                 // The expected name and its closing quote: the key is that name (names
                 // hold no quote, backslash or control character).
                 let found = match level.names.get(guess) {
-                    Some(n) if rest.get(n.len()) == Some(&b'"') && same(n, &rest[..n.len()]) => {
-                        self.i = start + n.len() + 1;
+                    Some(n) if n.starts(rest) => {
+                        self.i = start + n.bytes.len() + 1;
                         Some(guess)
                     }
                     _ => {
@@ -291,7 +288,7 @@ impl Parser<'_> {
                         }
                         let key = &rest[..len];
                         self.i = start + len + 1;
-                        level.names.iter().position(|n| same(n, key))
+                        level.names.iter().position(|n| same(&n.bytes, key))
                     }
                 };
                 self.ws();
@@ -650,6 +647,58 @@ fn plain_run(b: &[u8]) -> usize {
     i
 }
 
+/// A field's name, with its bytes as words for a quick comparison.
+struct Name {
+    bytes: Vec<u8>,
+    /// Up to 8 bytes: the name, zero-padded, and the mask of its bytes; 9 to 16: its
+    /// first and last 8 bytes (overlapping).
+    first: u64,
+    last: u64,
+    mask: u64,
+}
+
+impl Name {
+    fn new(name: &str) -> Self {
+        let bytes = name.as_bytes().to_vec();
+        let mut padded = [0u8; 8];
+        let n = bytes.len().min(8);
+        padded[..n].copy_from_slice(&bytes[..n]);
+        let last = match bytes.len() {
+            9..=16 => word(&bytes[bytes.len() - 8..]),
+            _ => 0,
+        };
+        Self {
+            first: u64::from_le_bytes(padded),
+            last,
+            mask: match n {
+                0 => 0,
+                n => u64::MAX >> (64 - 8 * n),
+            },
+            bytes,
+        }
+    }
+
+    /// Whether `rest` starts with this name and a closing quote.
+    #[inline]
+    fn starts(&self, rest: &[u8]) -> bool {
+        let len = self.bytes.len();
+        if rest.get(len) != Some(&b'"') {
+            return false;
+        }
+        match len {
+            0..=8 if rest.len() >= 8 => word(rest) & self.mask == self.first,
+            9..=16 => word(rest) == self.first && word(&rest[len - 8..]) == self.last,
+            _ => same(&self.bytes, &rest[..len]),
+        }
+    }
+}
+
+/// The first 8 bytes of `b` (which has them) as a word.
+#[inline]
+fn word(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b[..8].try_into().expect("eight bytes"))
+}
+
 /// Whether a field's name is `key` (byte by byte: keys are short, a call to memcmp costs
 /// more).
 #[inline]
@@ -970,6 +1019,20 @@ mod tests {
     }
 
     proptest! {
+        /// A name matches a key's text (up to its closing quote) exactly when their
+        /// bytes are the same, whatever their lengths.
+        #[test]
+        fn a_name_matches_a_key_when_their_bytes_are_the_same(
+            name in "[ab]{0,20}",
+            key in "[ab]{0,20}",
+            tail in "[ab\"]{0,10}",
+        ) {
+            let text = format!("{key}\"{tail}");
+            prop_assert_eq!(Name::new(&name).starts(text.as_bytes()), name == key);
+            let same_text = format!("{name}\"{tail}");
+            prop_assert!(Name::new(&name).starts(same_text.as_bytes()));
+        }
+
         /// The word-at-a-time scan stops where a byte-at-a-time one does.
         #[test]
         fn a_plain_run_ends_at_the_first_quote_backslash_or_control_character(
