@@ -423,6 +423,7 @@ impl CheckpointArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    sluice_alloc::disable_transparent_huge_pages();
     match run_cli() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
