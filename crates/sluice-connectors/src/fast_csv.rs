@@ -309,20 +309,25 @@ mod tests {
                 "a\"b",
             ])
             .prop_map(String::from),
-            (
-                1970i32..2100,
-                1u32..13,
-                1u32..29,
-                0u32..24,
-                0u32..60,
-                0u32..60,
-                0u32..1000
-            )
-                .prop_map(|(y, mo, d, h, mi, s, ms)| format!(
-                    "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{ms:03}"
-                )),
+            timestamp(),
             Just("2015-07-15T00:00:00Z".to_string()),
         ]
+    }
+
+    /// A timestamp as Flink's CSV format writes one.
+    fn timestamp() -> impl Strategy<Value = String> {
+        (
+            1970i32..2100,
+            1u32..13,
+            1u32..29,
+            0u32..24,
+            0u32..60,
+            0u32..60,
+            0u32..1000,
+        )
+            .prop_map(|(y, mo, d, h, mi, s, ms)| {
+                format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{ms:03}")
+            })
     }
 
     /// A record of the schema's types (empty fields among them), mostly.
@@ -342,21 +347,7 @@ mod tests {
                     .boxed(),
             ),
             or_empty(any::<i32>().prop_map(|v| v.to_string()).boxed()),
-            or_empty(
-                (
-                    1970i32..2100,
-                    1u32..13,
-                    1u32..29,
-                    0u32..24,
-                    0u32..60,
-                    0u32..60,
-                    0u32..1000,
-                )
-                    .prop_map(|(y, mo, d, h, mi, s, ms)| {
-                        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{ms:03}")
-                    })
-                    .boxed(),
-            ),
+            or_empty(timestamp().boxed()),
             (-BIG..BIG).prop_map(|v| v.to_string()),
         )
             .prop_map(|(a, b, s, t, i, ts, k)| vec![a, b, s, t, i, ts, k])
