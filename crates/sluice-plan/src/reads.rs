@@ -1,24 +1,24 @@
 //! Which of a source's columns, and which fields of its nested rows, a job reads:
 //! worked out backwards from the sinks over the projections and filters after each
 //! source, so that a decoder can pass over the rest without building it (projection
-//! pushdown, nested fields included).
+//! pushdown, nested fields included). The same walk narrows what flows between those
+//! operators: a filter passes on only what is read after it, and a projection drops the
+//! columns no one reads. And the comparisons the filters right after a source put on its
+//! own columns are handed to it (filter pushdown: Parquet skips row groups by them).
 //!
 //! ```text
-//!  source (event_type, person ROW<…8>, bid ROW<…7>)
-//!    └─ project  CASE … person.dateTime … bid.dateTime … AS dateTime, bid
-//!        └─ filter event_type = 2
+//!  source (event_type, person ROW<…8>, bid ROW<…7>)     filters: event_type = 2
+//!    └─ project  CASE … person.dateTime … bid.dateTime … AS dateTime, bid, event_type
+//!        └─ filter event_type = 2                       passes: bid{price}, dateTime
 //!            └─ project bid.price, dateTime        (the sink takes all it gets)
 //!  reads: event_type, person{dateTime}, bid{price, dateTime}
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Fields};
-
 use datafusion_common::ScalarValue;
-use std::collections::HashMap;
-
 use datafusion_common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion_expr::Expr;
 
@@ -125,10 +125,11 @@ impl std::fmt::Display for FieldUse {
 }
 
 impl JobPlan {
-    /// Sets each source's [`crate::ConnectorSpec::reads`] to what the job reads of it,
-    /// and what each filter passes on to what is read after it. A source followed by
-    /// anything but projections, filters and aggregates (before its sinks or other
-    /// operators, which take every column they get) reads everything.
+    /// Sets each source's [`crate::ConnectorSpec::reads`] to what the job reads of it
+    /// and its [`crate::ConnectorSpec::filters`], what each filter passes on to what is
+    /// read after it, and drops from each projection the columns no one reads. A source
+    /// followed by anything but projections, filters and aggregates (before its sinks or
+    /// other operators, which take every column they get) reads everything.
     pub fn mark_reads(&mut self) {
         let Ok(order) = self.topological_order() else {
             return;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StructArray};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Fields, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion_expr::Expr;
 use datafusion_physical_expr::PhysicalExpr;
@@ -63,15 +63,14 @@ impl FilterOperator {
         {
             false => (Arc::clone(input), None),
             true => {
-                let narrowed = passes.narrow(&input.fields()[..user].iter().cloned().collect());
-                let mut keep = Vec::with_capacity(narrowed.len() + input.fields().len() - user);
-                let mut fields = Vec::with_capacity(keep.capacity());
-                for f in narrowed.iter() {
-                    let (i, _) = input
-                        .column_with_name(f.name())
-                        .expect("invariant: narrowed from the input's fields");
-                    keep.push(i);
-                    fields.push(Arc::clone(f));
+                let (mut keep, mut fields) = (Vec::new(), Vec::new());
+                for (i, f) in input.fields()[..user].iter().enumerate() {
+                    // (Field by field, by position: two columns may share a name.)
+                    let one = passes.narrow(&Fields::from(vec![Arc::clone(f)]));
+                    if let Some(f) = one.iter().next() {
+                        keep.push(i);
+                        fields.push(Arc::clone(f));
+                    }
                 }
                 for i in user..input.fields().len() {
                     keep.push(i);
