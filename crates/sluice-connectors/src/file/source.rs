@@ -564,6 +564,12 @@ impl FileReader {
                     .row_groups
                     .clone()
                     .unwrap_or_else(|| (0..meta.num_row_groups()).collect());
+                if let Some(g) = groups.iter().find(|&&g| g >= meta.num_row_groups()) {
+                    return Err(SluiceError::user(format!(
+                        "{} changed while the job read it: it has no row group {g} any more",
+                        path.display()
+                    )));
+                }
                 let kept =
                     super::prune::row_groups_kept(&meta, b.schema(), &config.filters, &groups);
                 // The row groups still to read: kept, and not all read before the restore
