@@ -906,6 +906,35 @@ fn chrono_like(ms: i64) -> String {
     )
 }
 
+/// A job named `name` at `parallelism`, checkpointing to `cp`, counting and summing the
+/// bids of `source` per auction in 10 s windows of `date_time` (100 ms out of order),
+/// after `filter` when there is one; with what it collects.
+fn bid_windows(
+    name: &str,
+    parallelism: usize,
+    cp: &std::path::Path,
+    source: FileSource,
+    filter: Option<&Expr>,
+) -> (Pipeline, Collected) {
+    let (registry, collected) = registry_with_collect();
+    let p = Pipeline::new(name);
+    p.registry(registry)
+        .parallelism(parallelism)
+        .checkpoint_dir(cp.to_str().unwrap());
+    let mut rows = p
+        .source(source)
+        .event_time("date_time")
+        .max_out_of_orderness(Duration::from_millis(100));
+    if let Some(f) = filter {
+        rows = rows.filter(f.clone());
+    }
+    rows.key_by(["auction"])
+        .window(Window::tumbling(Duration::from_secs(10)))
+        .aggregate([count_star().alias("n"), sum(col("price")).alias("total")])
+        .sink(collect());
+    (p, collected)
+}
+
 /// One large file read by several subtasks: split into ranges of whole lines
 /// (`split-size`), it is read side by side at parallelism 3 and gives the windows of a
 /// one-split read; a bad line in a later range is reported at its own line number; a
@@ -939,12 +968,6 @@ async fn a_large_file_is_read_in_ranges_side_by_side_and_restores_by_range() {
     ]));
     let cp = dir.path().join("cp");
     let job = |parallelism: usize, split: Option<u64>, paced: bool, dead: &str| {
-        let (registry, collected) = registry_with_collect();
-        let p = Pipeline::new("ranges");
-        p.registry(registry)
-            .parallelism(parallelism)
-            .checkpoint_dir(cp.to_str().unwrap())
-            .dead_letters(dir.path().join(dead));
         let mut source = FileSource::json(&input).with_schema(Arc::clone(&schema));
         if let Some(bytes) = split {
             source = source.split_size(bytes);
@@ -952,13 +975,8 @@ async fn a_large_file_is_read_in_ranges_side_by_side_and_restores_by_range() {
         if paced {
             source = source.rows_per_second(20_000.0);
         }
-        p.source(source)
-            .event_time("date_time")
-            .max_out_of_orderness(Duration::from_millis(100))
-            .key_by(["auction"])
-            .window(Window::tumbling(Duration::from_secs(10)))
-            .aggregate([count_star().alias("n"), sum(col("price")).alias("total")])
-            .sink(collect());
+        let (p, collected) = bid_windows("ranges", parallelism, &cp, source, None);
+        p.dead_letters(dir.path().join(dead));
         (p, collected)
     };
     let (whole, reference) = job(1, None, false, "dead-whole.jsonl");
@@ -1052,26 +1070,13 @@ async fn a_filter_on_a_parquet_source_skips_the_row_groups_it_rules_out() {
         .gt_eq(lit(7_000i64))
         .and(shifted.lt(lit(25_000i64)));
     let job = |parallelism: usize, filter: &Expr, paced: bool| {
-        let (registry, collected) = registry_with_collect();
-        let p = Pipeline::new("pruned");
-        p.registry(registry)
-            .parallelism(parallelism)
-            .checkpoint_dir(cp.to_str().unwrap());
         let mut source = FileSource::parquet(&input)
             .with_schema(Arc::clone(&schema))
             .split_size(1);
         if paced {
             source = source.rows_per_second(10_000.0);
         }
-        p.source(source)
-            .event_time("date_time")
-            .max_out_of_orderness(Duration::from_millis(100))
-            .filter(filter.clone())
-            .key_by(["auction"])
-            .window(Window::tumbling(Duration::from_secs(10)))
-            .aggregate([count_star().alias("n"), sum(col("price")).alias("total")])
-            .sink(collect());
-        (p, collected)
+        bid_windows("pruned", parallelism, &cp, source, Some(filter))
     };
     let (all, reference) = job(1, &kept, false);
     let handle = all.start().await.unwrap();
@@ -1157,11 +1162,6 @@ async fn a_parquet_file_is_read_by_row_groups_side_by_side_and_restores_by_them(
     let schema = write_bids_parquet(&input);
     let cp = dir.path().join("cp");
     let job = |parallelism: usize, split: Option<u64>, paced: bool| {
-        let (registry, collected) = registry_with_collect();
-        let p = Pipeline::new("row-groups");
-        p.registry(registry)
-            .parallelism(parallelism)
-            .checkpoint_dir(cp.to_str().unwrap());
         let mut source = FileSource::parquet(&input).with_schema(Arc::clone(&schema));
         if let Some(bytes) = split {
             source = source.split_size(bytes);
@@ -1169,14 +1169,7 @@ async fn a_parquet_file_is_read_by_row_groups_side_by_side_and_restores_by_them(
         if paced {
             source = source.rows_per_second(20_000.0);
         }
-        p.source(source)
-            .event_time("date_time")
-            .max_out_of_orderness(Duration::from_millis(100))
-            .key_by(["auction"])
-            .window(Window::tumbling(Duration::from_secs(10)))
-            .aggregate([count_star().alias("n"), sum(col("price")).alias("total")])
-            .sink(collect());
-        (p, collected)
+        bid_windows("row-groups", parallelism, &cp, source, None)
     };
     let (whole, reference) = job(1, None, false);
     whole.run().await.unwrap();

@@ -844,14 +844,20 @@ impl SourceReader for FileReader {
                     let path_s = path.clone();
                     // A line's number in its file, for a dead letter.
                     let lines = &self.lines;
+                    // The last line numbered and its number: lines are asked for in order,
+                    // so each newline is counted once however many lines are dead.
+                    let counted = std::cell::Cell::new((0usize, first_line));
                     let file_line = |i: usize| -> String {
                         let before = *lines_before
                             .get_or_init(|| lines_before_offset(path, *range_start).unwrap_or(0));
-                        let after_first = memchr::memchr_iter(b'\n', &buf[lines[0].0..lines[i].0]);
-                        format!(
-                            "{path_s}:{}",
-                            before + first_line + after_first.count() as u64
-                        )
+                        let (from, mut number) = match counted.get() {
+                            (j, n) if j <= i => (j, n),
+                            _ => (0, first_line),
+                        };
+                        number += memchr::memchr_iter(b'\n', &buf[lines[from].0..lines[i].0])
+                            .count() as u64;
+                        counted.set((i, number));
+                        format!("{path_s}:{}", before + number)
                     };
                     if self.config.format == crate::format::Format::Json {
                         self.config.json.check_fields(
