@@ -103,7 +103,7 @@ fn charge(slot: u16, bytes: i64) {
 /// region with a huge page, stalling the faulting thread for milliseconds: in a paced
 /// 1-second window benchmark one window in a few runs took 8–14 ms to fire instead of
 /// 2–3 ms, and the run's p99 latency went to 10–39 ms instead of 4–5 ms. Small pages cost
-/// no measurable throughput there or in the file benchmarks.
+/// little throughput (none to a few percent in the file benchmarks).
 pub fn disable_transparent_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return;
