@@ -1052,8 +1052,7 @@ fn write_bids_parquet(input: &std::path::Path) -> arrow::datatypes::SchemaRef {
 }
 
 /// A filter on a Parquet source's column skips the row groups whose statistics rule it
-/// out: the same windows as a filter that cannot be pushed down, from fewer rows read,
-/// and a savepoint taken mid-way resumes at the same rows.
+/// out: the same windows as a filter that cannot be pushed down, from fewer rows read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filter_on_a_parquet_source_skips_the_row_groups_it_rules_out() {
     let dir = tempfile::tempdir().unwrap();
@@ -1069,16 +1068,13 @@ async fn a_filter_on_a_parquet_source_skips_the_row_groups_it_rules_out() {
         .clone()
         .gt_eq(lit(7_000i64))
         .and(shifted.lt(lit(25_000i64)));
-    let job = |parallelism: usize, filter: &Expr, paced: bool| {
-        let mut source = FileSource::parquet(&input)
+    let job = |parallelism: usize, filter: &Expr| {
+        let source = FileSource::parquet(&input)
             .with_schema(Arc::clone(&schema))
             .split_size(1);
-        if paced {
-            source = source.rows_per_second(10_000.0);
-        }
         bid_windows("pruned", parallelism, &cp, source, Some(filter))
     };
-    let (all, reference) = job(1, &kept, false);
+    let (all, reference) = job(1, &kept);
     let handle = all.start().await.unwrap();
     let metrics = handle.metrics();
     handle.wait().await.unwrap();
@@ -1090,7 +1086,7 @@ async fn a_filter_on_a_parquet_source_skips_the_row_groups_it_rules_out() {
         "18 windows of 10 s, each with every auction"
     );
 
-    let (skipping, got) = job(3, &pushed, false);
+    let (skipping, got) = job(3, &pushed);
     let handle = skipping.start().await.unwrap();
     let metrics = handle.metrics();
     handle.wait().await.unwrap();
@@ -1104,10 +1100,6 @@ async fn a_filter_on_a_parquet_source_skips_the_row_groups_it_rules_out() {
         canonical(&got.batches()) == expected,
         "the pruned read differs"
     );
-
-    let first = job(3, &pushed, true);
-    let second = job(2, &pushed, false);
-    stopped_at_3_resumed_at_2(first, second, &expected, &format!("{}@rg", input.display())).await;
 }
 
 /// Runs `first` (paced) until it has read 10 000 rows, stops it with a savepoint whose

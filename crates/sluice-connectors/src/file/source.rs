@@ -1014,3 +1014,21 @@ impl FileSource {
         self.spec
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::split_row;
+
+    #[test]
+    fn rows_read_of_the_kept_row_groups_are_a_position_in_the_split() {
+        // A split of groups of 10, 10, 10, 10 rows; the second and fourth passed over.
+        let runs = [(0, 10), (20, 10)];
+        assert_eq!(split_row(&runs, 40, 0), 0);
+        assert_eq!(split_row(&runs, 40, 5), 5);
+        assert_eq!(split_row(&runs, 40, 10), 20, "past the group passed over");
+        assert_eq!(split_row(&runs, 40, 15), 25);
+        assert_eq!(split_row(&runs, 40, 20), 40, "all read: the split's end");
+        // Resumed mid-group: the first run starts where the restore did.
+        assert_eq!(split_row(&[(7, 3), (20, 10)], 40, 3), 20);
+    }
+}
