@@ -698,6 +698,10 @@ enum EncoderState {
     /// JSON objects; with explicit nulls (`"before": null`), as Debezium envelopes are.
     Json {
         explicit_nulls: bool,
+        /// Flink's `json.*` options for writing (timestamps), when they apply.
+        writing: Option<crate::format::JsonOptions>,
+        /// The fast writer for the last batch's schema, if it can write those columns.
+        fast: Option<(SchemaRef, Option<crate::fast_json_out::JsonRows>)>,
     },
     Csv {
         delimiter: u8,
@@ -715,9 +719,13 @@ impl MessageEncoder {
         let state = match format {
             MessageFormat::Json => EncoderState::Json {
                 explicit_nulls: false,
+                writing: None,
+                fast: None,
             },
             MessageFormat::DebeziumJson { .. } => EncoderState::Json {
                 explicit_nulls: true,
+                writing: None,
+                fast: None,
             },
             MessageFormat::Csv { delimiter } => EncoderState::Csv {
                 delimiter: *delimiter,
@@ -742,17 +750,48 @@ impl MessageEncoder {
         })
     }
 
+    /// JSON: rows are written with Flink's `json.*` options (timestamps in its text
+    /// forms, see [`crate::format::JsonOptions::for_writing`]).
+    pub fn with_json_options(mut self, options: crate::format::JsonOptions) -> Self {
+        if let EncoderState::Json { writing, fast, .. } = &mut self.state {
+            *writing = Some(options);
+            *fast = None;
+        }
+        self
+    }
+
     /// Encodes a batch; [`MessageEncoder::row`] then returns each row's payload.
     pub fn encode(&mut self, batch: &RecordBatch) -> Result<()> {
         self.buf.clear();
         self.rows.clear();
         match &mut self.state {
-            EncoderState::Json { explicit_nulls } => {
+            EncoderState::Json {
+                explicit_nulls,
+                writing,
+                fast,
+            } => {
+                let schema = batch.schema();
+                if fast.as_ref().is_none_or(|(s, _)| s != &schema) {
+                    let rows = crate::fast_json_out::JsonRows::new(
+                        &schema,
+                        *explicit_nulls,
+                        writing.map(|w| w.sql_timestamps),
+                    );
+                    *fast = Some((schema, rows));
+                }
+                if let Some((_, Some(rows))) = fast {
+                    rows.write(batch, &mut self.buf, &mut self.rows);
+                    return Ok(());
+                }
+                let batch = match writing {
+                    Some(w) => w.for_writing(batch.clone())?,
+                    None => batch.clone(),
+                };
                 {
                     let mut w = arrow::json::WriterBuilder::new()
                         .with_explicit_nulls(*explicit_nulls)
                         .build::<_, arrow::json::writer::LineDelimited>(&mut self.buf);
-                    w.write(batch)?;
+                    w.write(&batch)?;
                     w.finish()?;
                 }
                 // JSON escapes newlines inside strings: one line per row.

@@ -622,7 +622,7 @@ impl Parser<'_> {
 /// control character (or the end). Eight bytes at a time: each test below flags exactly
 /// the lowest byte that passes it (a borrow only carries upwards).
 #[inline]
-fn plain_run(b: &[u8]) -> usize {
+pub(crate) fn plain_run(b: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero = |w: u64| w.wrapping_sub(ONES) & !w;

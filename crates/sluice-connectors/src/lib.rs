@@ -7,6 +7,7 @@ pub mod codec;
 pub mod datagen;
 mod fast_csv;
 mod fast_json;
+mod fast_json_out;
 pub mod file;
 pub mod format;
 pub mod http;

@@ -18,16 +18,22 @@ pub mod admin;
 // librdkafka's C API, for reading fetched records a batch at a time.
 #[allow(unsafe_code)]
 mod batch;
+mod client;
+mod fetcher;
 mod follow;
 mod group;
 mod link;
 pub mod mark;
+mod producer;
 mod reader;
 mod sink;
 mod source;
 pub mod tasks;
 mod txn_log;
 mod watermarks;
+// CRC-32C with the CPU's instruction.
+#[allow(unsafe_code)]
+mod wire;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -26,6 +26,8 @@ use crate::codec::{Decoded, MessageDecoder};
 use crate::pacer::Pacer;
 
 use super::batch::{PartitionQueues, Record};
+use super::client::Unsupported;
+use super::fetcher::{FetchOptions, NativeFetcher};
 use super::follow::GroupRead;
 use super::group::{Member, Partition};
 use super::link::TxnLink;
@@ -91,6 +93,9 @@ pub struct KafkaReader {
     /// Partitions the job assigns: their records, a batch at a time (dropped before the
     /// consumer).
     pub(crate) batches: Option<PartitionQueues>,
+    /// Partitions the job assigns, read by Sluice's own fetcher instead (where it can
+    /// serve them: see [`super::fetcher`]).
+    pub(crate) fetcher: Option<NativeFetcher>,
     pub(crate) consumer: Option<Arc<SourceConsumer>>,
     /// Which message metadata the table's columns read.
     pub(crate) wants: MetaWants,
@@ -757,16 +762,21 @@ impl SourceReader for KafkaReader {
             })
             .collect();
         self.end = ends;
-        // Each partition's records on a queue of its own, read a batch at a time.
-        self.batches = Some(PartitionQueues::for_partitions(&consumer, &self.parts)?);
-        let mut tpl = TopicPartitionList::new();
-        for (i, (t, p)) in self.parts.iter().enumerate() {
-            tpl.add_partition_offset(t, *p, Offset::Offset(starts[i]))
-                .map_err(kafka_err("bad partition"))?;
+        if ctx.cluster.is_none() && !self.parts.is_empty() {
+            self.fetcher = self.start_native(&starts, ctx).await?;
         }
-        consumer
-            .assign(&tpl)
-            .map_err(kafka_err("cannot assign partitions"))?;
+        if self.fetcher.is_none() {
+            // Each partition's records on a queue of its own, read a batch at a time.
+            self.batches = Some(PartitionQueues::for_partitions(&consumer, &self.parts)?);
+            let mut tpl = TopicPartitionList::new();
+            for (i, (t, p)) in self.parts.iter().enumerate() {
+                tpl.add_partition_offset(t, *p, Offset::Offset(starts[i]))
+                    .map_err(kafka_err("bad partition"))?;
+            }
+            consumer
+                .assign(&tpl)
+                .map_err(kafka_err("cannot assign partitions"))?;
+        }
         if ctx
             .cluster
             .as_ref()
@@ -949,6 +959,7 @@ impl SourceReader for KafkaReader {
 
     async fn close(&mut self, ctx: &mut OperatorContext) -> Result<()> {
         self.batches = None;
+        self.fetcher = None;
         if let Some(p) = &self.dead_letters {
             p.flush(METADATA_TIMEOUT)
                 .map_err(kafka_err("cannot flush dead letters"))?;
@@ -974,6 +985,164 @@ impl SourceReader for KafkaReader {
 }
 
 impl KafkaReader {
+    /// Starts Sluice's own fetcher for the assigned partitions when it can serve them
+    /// (plaintext, a broker of Kafka 2.4 or later).
+    async fn start_native(
+        &mut self,
+        starts: &[i64],
+        ctx: &OperatorContext,
+    ) -> Result<Option<NativeFetcher>> {
+        let why = match FetchOptions::from_props(&self.config.props) {
+            Ok(opts) => {
+                let servers = self
+                    .config
+                    .props
+                    .get("bootstrap.servers")
+                    .map_or("", String::as_str);
+                match NativeFetcher::start(servers, opts, &self.parts, starts).await? {
+                    Ok(f) => return Ok(Some(f)),
+                    Err(Unsupported(why)) => why,
+                }
+            }
+            Err(Unsupported(why)) => why,
+        };
+        tracing::debug!(
+            operator = %ctx.task.operator_name,
+            subtask = ctx.task.subtask,
+            reason = %why,
+            "the Kafka source fetches through librdkafka"
+        );
+        Ok(None)
+    }
+
+    /// Reads what Sluice's fetcher has fetched: one partition's records (up to
+    /// `max_rows`), waiting while there are none.
+    async fn read_native(
+        &mut self,
+        consumer: &Arc<SourceConsumer>,
+        max_rows: usize,
+        ctx: &mut OperatorContext,
+    ) -> Result<ReadResult> {
+        let max_rows = match self.pacer.as_mut() {
+            Some(p) => max_rows.min(p.due().await as usize),
+            None => max_rows,
+        };
+        loop {
+            while let Some(r) = consumer.recv().now_or_never() {
+                self.consumer_event(r)?;
+            }
+            let Some(mut f) = self.fetcher.take() else {
+                return Err(SluiceError::internal("the Kafka reader has no fetcher"));
+            };
+            let moved = match f.events() {
+                Ok(out_of_range) => Ok(out_of_range),
+                Err(e) => Err(e),
+            };
+            let read = match &moved {
+                Ok(o) if o.is_empty() => f.read(max_rows, |split, r| self.accept_fetched(split, r)),
+                _ => Ok(None),
+            };
+            let wake = f.waker();
+            self.fetcher = Some(f);
+            for (split, asked) in moved? {
+                let to = self.reset_offset(consumer, split, asked).await?;
+                self.next[split] = to;
+                if let Some(f) = self.fetcher.as_mut() {
+                    f.seek(split, to);
+                }
+                self.check_end(split);
+            }
+            if let Some((split, after)) = read? {
+                if let Some(o) = after
+                    && o > self.next[split]
+                {
+                    self.next[split] = o;
+                }
+                self.check_end(split);
+                if let Some(p) = self.pacer.as_mut() {
+                    p.emitted(self.decoder.len().max(1) as u64);
+                }
+                return self.finish_chunk(split, ctx);
+            }
+            if let Some(r) = self.queue.pop_front() {
+                return Ok(r);
+            }
+            if self.config.bounded && self.ended.iter().all(|&e| e) {
+                return Ok(ReadResult::End);
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                r = consumer.recv() => self.consumer_event(r)?,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// A fetched record into the chunk (unless it is before the split's position, in a
+    /// batch that began earlier, or past its end).
+    fn accept_fetched(&mut self, split: usize, f: super::fetcher::Fetch<'_>) {
+        let r = &f.record;
+        if r.offset < self.next[split] || self.past_end(split, r.offset) {
+            return;
+        }
+        let headers;
+        let (timestamp, timestamp_type) = match (self.wants.timestamps, r.timestamp >= 0) {
+            (true, true) if f.log_append_time => (Some(r.timestamp), "LogAppendTime"),
+            (true, true) => (Some(r.timestamp), "CreateTime"),
+            _ => (None, "NoTimestampType"),
+        };
+        let mut v = MessageView {
+            offset: r.offset,
+            timestamp,
+            timestamp_type,
+            key: r.key,
+            payload: r.value,
+            headers: None,
+        };
+        if self.wants.headers {
+            headers = super::wire::headers(r).unwrap_or_default();
+            v.headers = Some(&headers);
+        }
+        self.accept(split, &v);
+    }
+
+    /// Where a split whose offset `asked` is out of range goes on:
+    /// `properties.auto.offset.reset` (earliest, latest or error), else the earliest
+    /// offset (the latest for `'scan.startup.mode' = 'latest-offset'`).
+    async fn reset_offset(
+        &mut self,
+        consumer: &Arc<SourceConsumer>,
+        split: usize,
+        asked: i64,
+    ) -> Result<i64> {
+        let (t, p) = self.parts[split].clone();
+        let c = Arc::clone(consumer);
+        let (tt, pp) = (t.clone(), p);
+        let (low, high) =
+            tokio::task::spawn_blocking(move || c.fetch_watermarks(&tt, pp, METADATA_TIMEOUT))
+                .await
+                .map_err(|e| SluiceError::internal(e.to_string()))?
+                .map_err(kafka_err(format!("cannot read the offsets of {t}/{p}")))?;
+        let latest = match self
+            .config
+            .props
+            .get("auto.offset.reset")
+            .map(String::as_str)
+        {
+            Some("latest" | "largest" | "end") => true,
+            Some("earliest" | "smallest" | "beginning") => false,
+            Some("error" | "none") => {
+                return Err(SluiceError::external(format!(
+                    "offset {asked} of Kafka partition {t}/{p} is out of range ({low}..{high}) and 'properties.auto.offset.reset' = 'error'"
+                )));
+            }
+            _ => self.config.startup == super::source::Startup::Latest,
+        };
+        let to = if latest { high } else { low };
+        tracing::warn!(topic = %t, partition = p, offset = asked, low, high, to, "a Kafka offset is out of range; reading on from {}", if latest { "the latest" } else { "the earliest" });
+        Ok(to)
+    }
+
     fn open_dead_letters(&mut self) -> Result<()> {
         if let Some(_dlq) = &self.config.dead_letter_topic {
             let p: ThreadedProducer<DefaultProducerContext> = client_config(&self.config.props)
@@ -1006,6 +1175,9 @@ impl KafkaReader {
         max_rows: usize,
         ctx: &mut OperatorContext,
     ) -> Result<ReadResult> {
+        if self.fetcher.is_some() {
+            return self.read_native(consumer, max_rows, ctx).await;
+        }
         let max_rows = match self.pacer.as_mut() {
             Some(p) => max_rows.min(p.due().await as usize),
             None => max_rows,

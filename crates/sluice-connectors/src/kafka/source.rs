@@ -530,6 +530,7 @@ impl SourceConnector for KafkaSourceConnector {
             parts,
             group_read: None,
             batches: None,
+            fetcher: None,
             config: Arc::clone(config),
             group: config
                 .props

@@ -21,9 +21,11 @@ use sluice_runtime::state::key_group::first_key_group;
 use sluice_runtime::{Collector, Operator, OperatorContext, OperatorState, RestoredState};
 use sluice_types::{Batch, CheckpointBarrier, Result, SluiceError, TaskInfo, Watermark};
 
+use super::super::client::Unsupported;
 use super::super::group::Partition;
 use super::super::link::{Held, TxnLink};
 use super::super::mark::CommitMark;
+use super::super::producer::{NativeProducer, ProducerOptions};
 use super::super::txn_log::{committed, ensure_topic, log_topic, parse_tag, read_markers};
 use super::super::watermarks::{WRITE_EVERY, WatermarkRecord};
 use super::super::{client_config, kafka_err};
@@ -109,6 +111,9 @@ pub struct KafkaSinkOperator {
     prefix: String,
     guarantee: Guarantee,
     producer: Option<SinkProducer>,
+    /// Sluice's own producer, instead of `producer`, where it can serve the sink
+    /// (see [`super::super::producer`]).
+    native: Option<NativeProducer>,
     round_robin: i32,
     /// Exactly-once: the transaction being filled (or held while an earlier one waits).
     current: Txn,
@@ -155,35 +160,50 @@ fn encode_headers(out: &mut Vec<u8>, headers: &[(&str, Option<&[u8]>)]) {
     }
 }
 
-fn decode_headers(mut b: &[u8]) -> OwnedHeaders {
-    let mut h = OwnedHeaders::new();
-    let take = |n: usize, b: &mut &[u8]| -> Option<Vec<u8>> {
+/// Now, in milliseconds since the epoch (a record's timestamp when it has none).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The headers [`encode_headers`] wrote (what does not parse is left out).
+fn header_list(mut b: &[u8]) -> Vec<(&str, Option<&[u8]>)> {
+    fn take<'a>(n: usize, b: &mut &'a [u8]) -> Option<&'a [u8]> {
         let (x, rest) = (b.get(..n)?, b.get(n..)?);
         *b = rest;
-        Some(x.to_vec())
-    };
+        Some(x)
+    }
+    fn word(b: &mut &[u8]) -> Option<[u8; 4]> {
+        take(4, b)?.try_into().ok()
+    }
+    let mut out = Vec::new();
     let mut read = || -> Option<()> {
         if b.is_empty() {
             return Some(());
         }
-        let n = u32::from_le_bytes(take(4, &mut b)?.try_into().ok()?);
+        let n = u32::from_le_bytes(word(&mut b)?);
         for _ in 0..n {
-            let kl = u32::from_le_bytes(take(4, &mut b)?.try_into().ok()?) as usize;
-            let k = String::from_utf8(take(kl, &mut b)?).ok()?;
-            let vl = i32::from_le_bytes(take(4, &mut b)?.try_into().ok()?);
-            let v = match vl {
+            let kl = u32::from_le_bytes(word(&mut b)?) as usize;
+            let k = std::str::from_utf8(take(kl, &mut b)?).ok()?;
+            let v = match i32::from_le_bytes(word(&mut b)?) {
                 -1 => None,
-                n => Some(take(n as usize, &mut b)?),
+                n => Some(take(usize::try_from(n).ok()?, &mut b)?),
             };
-            h = std::mem::replace(&mut h, OwnedHeaders::new()).insert(Header {
-                key: &k,
-                value: v.as_deref(),
-            });
+            out.push((k, v));
         }
         Some(())
     };
     let _ = read();
-    h
+    out
+}
+
+fn decode_headers(b: &[u8]) -> OwnedHeaders {
+    header_list(b)
+        .into_iter()
+        .fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header { key, value })
+        })
 }
 
 impl KafkaSinkOperator {
@@ -195,7 +215,8 @@ impl KafkaSinkOperator {
         };
         Ok(Self {
             config: Arc::clone(config),
-            value_encoder: MessageEncoder::new(&config.format, &config.value)?,
+            value_encoder: MessageEncoder::new(&config.format, &config.value)?
+                .with_json_options(config.json),
             key_encoder,
             subtask: task.subtask,
             parallelism: task.parallelism,
@@ -205,6 +226,7 @@ impl KafkaSinkOperator {
                 .unwrap_or_else(|| format!("sluice-{}-{}", task.job, task.operator_id)),
             guarantee: Guarantee::AtLeastOnce,
             producer: None,
+            native: None,
             round_robin: task.subtask as i32,
             current: Txn::default(),
             kafka_txn_open: false,
@@ -276,6 +298,38 @@ impl KafkaSinkOperator {
         r
     }
 
+    /// Starts Sluice's own producer when it can serve this sink (plaintext, no
+    /// compression, a broker of Kafka 2.4 or later): whether it did.
+    async fn start_native(&mut self, ctx: &OperatorContext) -> Result<bool> {
+        let idempotent = self.guarantee == Guarantee::AtLeastOnce;
+        let why = match ProducerOptions::from_props(&self.config.props, idempotent) {
+            Ok(opts) => {
+                let servers = self
+                    .config
+                    .props
+                    .get("bootstrap.servers")
+                    .map_or("", String::as_str);
+                match NativeProducer::start(servers, &self.config.topic, opts, self.subtask as i32)
+                    .await?
+                {
+                    Ok(p) => {
+                        self.native = Some(p);
+                        return Ok(true);
+                    }
+                    Err(Unsupported(why)) => why,
+                }
+            }
+            Err(Unsupported(why)) => why,
+        };
+        tracing::debug!(
+            operator = %ctx.task.operator_name,
+            subtask = ctx.task.subtask,
+            reason = %why,
+            "the Kafka sink produces through librdkafka"
+        );
+        Ok(false)
+    }
+
     /// Exactly-once: puts the records of `txn` from `from` on (all of them if it was not
     /// sent yet) into the open Kafka transaction, or holds them while a pre-committed
     /// transaction waits (they go out when it has committed).
@@ -310,6 +364,9 @@ impl KafkaSinkOperator {
     }
 
     fn check_delivery(&self) -> Result<()> {
+        if let Some(n) = &self.native {
+            return n.check();
+        }
         self.producer()?
             .context()
             .check(&format!("Kafka sink to `{}`", self.config.topic))
@@ -342,7 +399,6 @@ impl KafkaSinkOperator {
             MessageFormat::DebeziumJson { .. } => {
                 crate::format::debezium_envelope(&values, changes)?
             }
-            MessageFormat::Json => cfg.json.for_writing(values)?,
             _ => values,
         };
         self.value_encoder.encode(&values)?;
@@ -428,7 +484,25 @@ impl KafkaSinkOperator {
     }
 
     /// Produces records `from..` of `txn` (waiting while librdkafka's queue is full).
-    async fn produce(&self, txn: &Txn, from: usize) -> Result<()> {
+    async fn produce(&mut self, txn: &Txn, from: usize) -> Result<()> {
+        if let Some(n) = &mut self.native {
+            let now = now_ms();
+            for r in &txn.recs[from..] {
+                let bytes = |range: Option<(usize, usize)>| range.map(|(s, e)| &txn.data[s..e]);
+                let headers = match r.headers.1 > r.headers.0 {
+                    true => header_list(&txn.data[r.headers.0..r.headers.1]),
+                    false => Vec::new(),
+                };
+                n.append(
+                    r.partition,
+                    bytes(r.key),
+                    bytes(r.value),
+                    &headers,
+                    r.timestamp.unwrap_or(now),
+                )?;
+            }
+            return n.send().await;
+        }
         let p = self.producer()?;
         for r in &txn.recs[from..] {
             let mut rec = BaseRecord::<[u8], [u8]>::to(&self.config.topic);
@@ -472,7 +546,10 @@ impl KafkaSinkOperator {
         Ok(())
     }
 
-    async fn flush(&self) -> Result<()> {
+    async fn flush(&mut self) -> Result<()> {
+        if let Some(n) = &mut self.native {
+            return n.flush().await;
+        }
         self.blocking("flushing the Kafka producer failed", |p| {
             p.flush(TXN_TIMEOUT)
         })
@@ -822,6 +899,9 @@ impl Operator for KafkaSinkOperator {
                 .as_ref()
                 .map_or(&c.instance, |t| &t.owner)
                 .clone();
+        }
+        if self.guarantee != Guarantee::ExactlyOnce && self.start_native(ctx).await? {
+            return Ok(());
         }
         let mut cfg = client_config(&self.config.props);
         if !self.config.props.contains_key("partitioner") {
