@@ -5,7 +5,11 @@
 //! rather than through a text column. Any other column type: `None`, and the caller
 //! uses Arrow's writer.
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, LargeStringArray, PrimitiveArray, RecordBatch,
+    StringArray,
+};
+use arrow::buffer::NullBuffer;
 use arrow::datatypes::{
     DataType, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, Schema,
     TimeUnit, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
@@ -85,14 +89,25 @@ impl JsonRows {
         out: &mut Vec<u8>,
         rows: &mut Vec<(usize, usize)>,
     ) {
-        let cols: Vec<&ArrayRef> = batch.columns().iter().collect();
+        // Each column once as its own type, with its validity (no dispatch per value).
+        let cols: Vec<(&Vec<u8>, Col<'_>, Option<&NullBuffer>)> = self
+            .columns
+            .iter()
+            .zip(batch.columns())
+            .map(|((name, kind), c)| {
+                let nulls = c.nulls().filter(|n| n.null_count() > 0);
+                (name, Col::of(*kind, c), nulls)
+            })
+            .collect();
         let mut text = String::new();
+        let mut day = DayCache::default();
+        out.reserve(batch.num_rows() * 16 * cols.len());
         for row in 0..batch.num_rows() {
             let start = out.len();
             out.push(b'{');
             let mut first = true;
-            for ((name, kind), c) in self.columns.iter().zip(&cols) {
-                let null = c.is_null(row);
+            for (name, col, nulls) in &cols {
+                let null = nulls.is_some_and(|n| n.is_null(row));
                 if null && !self.explicit_nulls {
                     continue;
                 }
@@ -105,27 +120,27 @@ impl JsonRows {
                     out.extend_from_slice(b"null");
                     continue;
                 }
-                match kind {
-                    Kind::Bool => out.extend_from_slice(match c.as_boolean().value(row) {
+                match col {
+                    Col::Bool(a) => out.extend_from_slice(match a.value(row) {
                         true => b"true",
                         false => b"false",
                     }),
-                    Kind::I8 => int(c.as_primitive::<Int8Type>().value(row), out),
-                    Kind::I16 => int(c.as_primitive::<Int16Type>().value(row), out),
-                    Kind::I32 => int(c.as_primitive::<Int32Type>().value(row), out),
-                    Kind::I64 => int(c.as_primitive::<Int64Type>().value(row), out),
-                    Kind::U8 => int(c.as_primitive::<UInt8Type>().value(row), out),
-                    Kind::U16 => int(c.as_primitive::<UInt16Type>().value(row), out),
-                    Kind::U32 => int(c.as_primitive::<UInt32Type>().value(row), out),
-                    Kind::U64 => int(c.as_primitive::<UInt64Type>().value(row), out),
-                    Kind::F32 => float(c.as_primitive::<Float32Type>().value(row), out),
-                    Kind::F64 => float(c.as_primitive::<Float64Type>().value(row), out),
-                    Kind::Utf8 => string(c.as_string::<i32>().value(row), out),
-                    Kind::LargeUtf8 => string(c.as_string::<i64>().value(row), out),
-                    Kind::Timestamp(unit) => {
-                        let v = timestamp_value(c, *unit, row);
+                    Col::I8(a) => int(a.value(row), out),
+                    Col::I16(a) => int(a.value(row), out),
+                    Col::I32(a) => int(a.value(row), out),
+                    Col::I64(a) => int(a.value(row), out),
+                    Col::U8(a) => int(a.value(row), out),
+                    Col::U16(a) => int(a.value(row), out),
+                    Col::U32(a) => int(a.value(row), out),
+                    Col::U64(a) => int(a.value(row), out),
+                    Col::F32(a) => float(a.value(row), out),
+                    Col::F64(a) => float(a.value(row), out),
+                    Col::Utf8(a) => string(a.value(row), out),
+                    Col::LargeUtf8(a) => string(a.value(row), out),
+                    Col::Timestamp(values, unit) => {
+                        let v = values[row];
                         out.push(b'"');
-                        if !timestamp(v, *unit, self.sql_timestamps, out) {
+                        if !timestamp(v, *unit, self.sql_timestamps, &mut day, out) {
                             text.clear();
                             crate::format::write_timestamp(
                                 &mut text,
@@ -145,16 +160,73 @@ impl JsonRows {
     }
 }
 
-fn timestamp_value(c: &ArrayRef, unit: TimeUnit, row: usize) -> i64 {
+/// A column as its own type.
+enum Col<'a> {
+    Bool(&'a BooleanArray),
+    I8(&'a PrimitiveArray<Int8Type>),
+    I16(&'a PrimitiveArray<Int16Type>),
+    I32(&'a PrimitiveArray<Int32Type>),
+    I64(&'a PrimitiveArray<Int64Type>),
+    U8(&'a PrimitiveArray<UInt8Type>),
+    U16(&'a PrimitiveArray<UInt16Type>),
+    U32(&'a PrimitiveArray<UInt32Type>),
+    U64(&'a PrimitiveArray<UInt64Type>),
+    F32(&'a PrimitiveArray<Float32Type>),
+    F64(&'a PrimitiveArray<Float64Type>),
+    Utf8(&'a StringArray),
+    LargeUtf8(&'a LargeStringArray),
+    /// Values in the unit since the epoch.
+    Timestamp(&'a [i64], TimeUnit),
+}
+
+impl<'a> Col<'a> {
+    fn of(kind: Kind, c: &'a ArrayRef) -> Self {
+        match kind {
+            Kind::Bool => Col::Bool(c.as_boolean()),
+            Kind::I8 => Col::I8(c.as_primitive()),
+            Kind::I16 => Col::I16(c.as_primitive()),
+            Kind::I32 => Col::I32(c.as_primitive()),
+            Kind::I64 => Col::I64(c.as_primitive()),
+            Kind::U8 => Col::U8(c.as_primitive()),
+            Kind::U16 => Col::U16(c.as_primitive()),
+            Kind::U32 => Col::U32(c.as_primitive()),
+            Kind::U64 => Col::U64(c.as_primitive()),
+            Kind::F32 => Col::F32(c.as_primitive()),
+            Kind::F64 => Col::F64(c.as_primitive()),
+            Kind::Utf8 => Col::Utf8(c.as_string()),
+            Kind::LargeUtf8 => Col::LargeUtf8(c.as_string()),
+            Kind::Timestamp(unit) => Col::Timestamp(timestamp_values(c, unit), unit),
+        }
+    }
+}
+
+/// The last day a timestamp fell on, and its date (rows of a stream mostly share one).
+#[derive(Default)]
+struct DayCache(Option<(i64, (i64, i64, i64))>);
+
+impl DayCache {
+    fn date(&mut self, days: i64) -> (i64, i64, i64) {
+        match self.0 {
+            Some((d, ymd)) if d == days => ymd,
+            _ => {
+                let ymd = sluice_types::civil_date(days);
+                self.0 = Some((days, ymd));
+                ymd
+            }
+        }
+    }
+}
+
+fn timestamp_values(c: &ArrayRef, unit: TimeUnit) -> &[i64] {
     use arrow::datatypes::{
         TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
         TimestampSecondType,
     };
     match unit {
-        TimeUnit::Second => c.as_primitive::<TimestampSecondType>().value(row),
-        TimeUnit::Millisecond => c.as_primitive::<TimestampMillisecondType>().value(row),
-        TimeUnit::Microsecond => c.as_primitive::<TimestampMicrosecondType>().value(row),
-        TimeUnit::Nanosecond => c.as_primitive::<TimestampNanosecondType>().value(row),
+        TimeUnit::Second => c.as_primitive::<TimestampSecondType>().values(),
+        TimeUnit::Millisecond => c.as_primitive::<TimestampMillisecondType>().values(),
+        TimeUnit::Microsecond => c.as_primitive::<TimestampMicrosecondType>().values(),
+        TimeUnit::Nanosecond => c.as_primitive::<TimestampNanosecondType>().values(),
     }
 }
 
@@ -224,7 +296,7 @@ fn string(s: &str, out: &mut Vec<u8>) {
 
 /// Writes a timestamp as [`crate::format::write_timestamp`] does, for years 0 to 9999;
 /// `false` (nothing written) for others.
-fn timestamp(value: i64, unit: TimeUnit, sql: bool, out: &mut Vec<u8>) -> bool {
+fn timestamp(value: i64, unit: TimeUnit, sql: bool, day: &mut DayCache, out: &mut Vec<u8>) -> bool {
     let per_second: i64 = match unit {
         TimeUnit::Second => 1,
         TimeUnit::Millisecond => 1_000,
@@ -234,7 +306,7 @@ fn timestamp(value: i64, unit: TimeUnit, sql: bool, out: &mut Vec<u8>) -> bool {
     let seconds = value.div_euclid(per_second);
     let nanos = value.rem_euclid(per_second) * (1_000_000_000 / per_second);
     let (days, of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    let (year, month, day) = sluice_types::civil_date(days);
+    let (year, month, day) = day.date(days);
     if !(0..=9999).contains(&year) {
         return false;
     }
@@ -242,12 +314,12 @@ fn timestamp(value: i64, unit: TimeUnit, sql: bool, out: &mut Vec<u8>) -> bool {
         out.push(b'0' + (v / 10) as u8);
         out.push(b'0' + (v % 10) as u8);
     };
-    two(i64::from(year) / 100, out);
-    two(i64::from(year) % 100, out);
+    two(year / 100, out);
+    two(year % 100, out);
     out.push(b'-');
-    two(i64::from(month), out);
+    two(month, out);
     out.push(b'-');
-    two(i64::from(day), out);
+    two(day, out);
     out.push(if sql { b' ' } else { b'T' });
     two(of_day / 3_600, out);
     out.push(b':');

@@ -157,16 +157,18 @@ impl Conn {
     /// Sends a request (`body` after the header) and reads its response (the
     /// correlation id first). `acks = 0` produce requests get none: not sent through here.
     pub(crate) async fn call(&mut self, api: i16, version: i16, body: &[u8]) -> Result<Vec<u8>> {
-        self.call_parts(api, version, &[body]).await
+        self.call_parts(api, version, &[body], Vec::new()).await
     }
 
     /// [`Conn::call`] with a body in parts, written as they are (record batches are
-    /// not copied into a request buffer).
+    /// not copied into a request buffer), and the response read into `resp` (a buffer
+    /// used before: its pages are not faulted in again).
     pub(crate) async fn call_parts(
         &mut self,
         api: i16,
         version: i16,
         body: &[&[u8]],
+        mut resp: Vec<u8>,
     ) -> Result<Vec<u8>> {
         self.correlation = self.correlation.wrapping_add(1);
         let id = self.correlation;
@@ -194,7 +196,8 @@ impl Conn {
             if len < 4 || len as usize > MAX_RESPONSE {
                 return Err(malformed("response size"));
             }
-            let mut resp = Vec::with_capacity(len as usize);
+            resp.clear();
+            resp.reserve(len as usize);
             (&mut self.stream)
                 .take(len as u64)
                 .read_to_end(&mut resp)

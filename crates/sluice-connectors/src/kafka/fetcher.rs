@@ -27,6 +27,8 @@ use super::client::{Cluster, FETCH, FETCH_V, Unsupported, code};
 use super::group::Partition;
 use super::wire::{self, FetchedBatch, FetchedRecord, Get, Put, Records};
 
+/// Response buffers kept for reuse.
+const FREE_BUFFERS: usize = 4;
 /// The largest a compressed batch may grow to when decompressed.
 const MAX_DECOMPRESSED: u64 = 128 << 20;
 
@@ -102,6 +104,8 @@ struct Part {
 #[derive(Default)]
 struct State {
     parts: Vec<Part>,
+    /// Response buffers read to the end, for the next fetches.
+    free: Vec<Vec<u8>>,
     failed: Option<String>,
     out_of_range: Vec<(usize, i64)>,
     closed: bool,
@@ -377,8 +381,13 @@ impl NativeFetcher {
         }
         if c.batch.is_none() && c.pos >= c.fetched.range.end {
             let len = c.fetched.range.len();
-            self.cursor = None;
+            let done = self.cursor.take().map(|c| c.fetched.data);
             let mut s = self.shared.lock();
+            if let Some(buf) = done.and_then(|d| Arc::try_unwrap(d).ok())
+                && s.free.len() < FREE_BUFFERS
+            {
+                s.free.push(buf);
+            }
             if let Some(p) = s.parts.get_mut(split) {
                 p.bytes = p.bytes.saturating_sub(len);
                 let room = p.bytes < self.room;
@@ -513,10 +522,11 @@ async fn fetch_rounds(mut cluster: Cluster, opts: FetchOptions, room: usize, s: 
         for (leader, items) in by_leader {
             let conn = cluster.take_conn(leader).await;
             let body = fetch_request(&opts, &wanted, &items);
+            let buf = s.lock().free.pop().unwrap_or_default();
             calls.push(async move {
                 match conn {
                     Ok(mut c) => {
-                        let r = c.call(FETCH, FETCH_V, &body).await;
+                        let r = c.call_parts(FETCH, FETCH_V, &[&body], buf).await;
                         (leader, r, Some(c))
                     }
                     Err(e) => (leader, Err(e), None),
@@ -589,6 +599,12 @@ async fn fetch_rounds(mut cluster: Cluster, opts: FetchOptions, room: usize, s: 
                         fetched_any = true;
                     }
                 }
+            }
+            // A response none of whose bytes are queued is read again into.
+            if let Ok(buf) = Arc::try_unwrap(resp)
+                && st.free.len() < FREE_BUFFERS
+            {
+                st.free.push(buf);
             }
         }
         if fetched_any {
@@ -715,4 +731,65 @@ fn last_complete_offset(mut data: &[u8]) -> Option<i64> {
         data = &data[total..];
     }
     last
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn records() -> Vec<u8> {
+        (0..5_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn every_codec_decompresses_and_broken_data_is_an_error() {
+        let plain = records();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let gzip = gz.finish().unwrap();
+        let raw_snappy = snap::raw::Encoder::new().compress_vec(&plain).unwrap();
+        // The Java client's framing: a header, then blocks with their lengths.
+        let mut xerial = b"\x82SNAPPY\0".to_vec();
+        xerial.extend_from_slice(&1i32.to_be_bytes());
+        xerial.extend_from_slice(&1i32.to_be_bytes());
+        for half in plain.chunks(plain.len() / 2 + 1) {
+            let block = snap::raw::Encoder::new().compress_vec(half).unwrap();
+            xerial.extend_from_slice(&(block.len() as i32).to_be_bytes());
+            xerial.extend_from_slice(&block);
+        }
+        let mut lz = lz4_flex::frame::FrameEncoder::new(Vec::new());
+        lz.write_all(&plain).unwrap();
+        let lz4 = lz.finish().unwrap();
+        let zstd = zstd::stream::encode_all(&plain[..], 1).unwrap();
+        for (codec, data) in [
+            (1, &gzip),
+            (2, &raw_snappy),
+            (2, &xerial),
+            (3, &lz4),
+            (4, &zstd),
+        ] {
+            assert_eq!(decompress(codec, data).unwrap(), plain, "codec {codec}");
+            let cut = &data[..data.len() / 2];
+            assert!(decompress(codec, cut).is_err(), "codec {codec}, cut");
+        }
+        assert!(decompress(5, &gzip).is_err());
+    }
+
+    #[test]
+    fn the_last_whole_batch_is_where_the_next_fetch_starts() {
+        let mut w = wire::BatchWriter::new(0);
+        w.push(None, Some(b"a"), &[], 1);
+        w.push(None, Some(b"b"), &[], 1);
+        let mut data = w.finish(wire::ProducerStamp::NONE);
+        data[..8].copy_from_slice(&40i64.to_be_bytes());
+        let one = data.clone();
+        data.extend_from_slice(&one[..20]);
+        assert_eq!(last_complete_offset(&data), Some(41));
+        assert_eq!(last_complete_offset(&one[..30]), None);
+        assert_eq!(last_complete_offset(&[]), None);
+    }
 }

@@ -450,7 +450,7 @@ async fn produce_round(
             }
             let r = match conn {
                 Ok(mut c) => {
-                    let r = c.call_parts(PRODUCE, PRODUCE_V, &parts).await;
+                    let r = c.call_parts(PRODUCE, PRODUCE_V, &parts, Vec::new()).await;
                     (r, Some(c))
                 }
                 Err(e) => (Err(e), None),

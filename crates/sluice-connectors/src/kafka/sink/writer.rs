@@ -88,6 +88,76 @@ struct Txn {
     offsets: Option<(u64, Vec<Held>)>,
 }
 
+/// Where encoded records go: a transaction's buffer, or Sluice's producer.
+trait RecordOut {
+    fn record(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+        partition: Option<i32>,
+        timestamp: Option<i64>,
+    ) -> Result<()>;
+}
+
+impl RecordOut for Txn {
+    fn record(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+        partition: Option<i32>,
+        timestamp: Option<i64>,
+    ) -> Result<()> {
+        let data = &mut self.data;
+        let mut put = |b: Option<&[u8]>| {
+            b.map(|b| {
+                let s = data.len();
+                data.extend_from_slice(b);
+                (s, data.len())
+            })
+        };
+        let (key, value) = (put(key), put(value));
+        let hs = data.len();
+        if !headers.is_empty() {
+            encode_headers(data, headers);
+        }
+        self.recs.push(Rec {
+            key,
+            value,
+            headers: (hs, data.len()),
+            partition,
+            timestamp,
+        });
+        Ok(())
+    }
+}
+
+/// Records straight into Sluice's producer, stamped `now` when they have no time.
+struct Direct<'a> {
+    producer: &'a mut NativeProducer,
+    now: i64,
+}
+
+impl RecordOut for Direct<'_> {
+    fn record(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, Option<&[u8]>)],
+        partition: Option<i32>,
+        timestamp: Option<i64>,
+    ) -> Result<()> {
+        self.producer.append(
+            partition,
+            key,
+            value,
+            headers,
+            timestamp.unwrap_or(self.now),
+        )
+    }
+}
+
 /// One record of a transaction: byte ranges into [`Txn::data`].
 #[derive(Clone, Copy)]
 struct Rec {
@@ -385,13 +455,13 @@ impl KafkaSinkOperator {
             .map_err(kafka_err(what))
     }
 
-    /// Appends one batch's records to `txn.data` / `txn.recs` (encoded once); `changes`
-    /// is the batch the rows came in, for their kinds.
+    /// Encodes one batch's records (once) and hands each to `out`; `changes` is the
+    /// batch the rows came in, for their kinds.
     fn encode_into(
         &mut self,
         batch: &RecordBatch,
         changes: &Batch,
-        txn_buf: &mut Txn,
+        out: &mut dyn RecordOut,
     ) -> Result<()> {
         let cfg = Arc::clone(&self.config);
         let values = batch.project(&cfg.value_columns)?;
@@ -424,46 +494,29 @@ impl KafkaSinkOperator {
                 Some(Upsert::Tombstone) => true,
                 Some(Upsert::Value) | None => false,
             };
-            let data = &mut txn_buf.data;
             let key = match (&self.key_encoder, key_col) {
-                (Some(enc), _) => {
-                    let s = data.len();
-                    data.extend_from_slice(enc.row(row));
-                    Some((s, data.len()))
-                }
-                (None, Some(c)) if c.is_valid(row) => {
-                    let s = data.len();
-                    match c.data_type() {
-                        DataType::Utf8 => {
-                            data.extend_from_slice(c.as_string::<i32>().value(row).as_bytes())
-                        }
-                        _ => data.extend_from_slice(c.as_binary::<i32>().value(row)),
-                    }
-                    Some((s, data.len()))
-                }
+                (Some(enc), _) => Some(enc.row(row)),
+                (None, Some(c)) if c.is_valid(row) => Some(match c.data_type() {
+                    DataType::Utf8 => c.as_string::<i32>().value(row).as_bytes(),
+                    _ => c.as_binary::<i32>().value(row),
+                }),
                 _ => None,
             };
-            let value = match tombstone {
-                true => None,
-                false => {
-                    let vs = data.len();
-                    data.extend_from_slice(self.value_encoder.row(row));
-                    Some((vs, data.len()))
+            let value = (!tombstone).then(|| self.value_encoder.row(row));
+            let entries = headers
+                .as_ref()
+                .filter(|m| m.is_valid(row))
+                .map(|m| m.value(row));
+            let list: Vec<(&str, Option<&[u8]>)> = match &entries {
+                Some(e) => {
+                    let ks = e.column(0).as_string::<i32>();
+                    let vals = e.column(1).as_binary::<i32>();
+                    (0..e.len())
+                        .map(|j| (ks.value(j), vals.is_valid(j).then(|| vals.value(j))))
+                        .collect()
                 }
+                None => Vec::new(),
             };
-            let hs = data.len();
-            if let Some(m) = &headers
-                && m.is_valid(row)
-            {
-                let entries = m.value(row);
-                let ks = entries.column(0).as_string::<i32>();
-                let vals = entries.column(1).as_binary::<i32>();
-                let list: Vec<(&str, Option<&[u8]>)> = (0..entries.len())
-                    .map(|j| (ks.value(j), vals.is_valid(j).then(|| vals.value(j))))
-                    .collect();
-                encode_headers(data, &list);
-            }
-            let headers_range = (hs, data.len());
             let partition = match cfg.partitioner {
                 Partitioner::Default => None,
                 Partitioner::Fixed => Some(self.subtask as i32 % cfg.partitions.max(1)),
@@ -472,13 +525,8 @@ impl KafkaSinkOperator {
                     Some(self.round_robin)
                 }
             };
-            txn_buf.recs.push(Rec {
-                key,
-                value,
-                headers: headers_range,
-                partition,
-                timestamp: times.and_then(|t| t.is_valid(row).then(|| t.value(row))),
-            });
+            let timestamp = times.and_then(|t| t.is_valid(row).then(|| t.value(row)));
+            out.record(key, value, &list, partition, timestamp)?;
         }
         Ok(())
     }
@@ -950,6 +998,23 @@ impl Operator for KafkaSinkOperator {
         let data = batch.user_columns();
         if data.num_rows() == 0 {
             return Ok(());
+        }
+        if let Some(mut native) = self.native.take() {
+            // Encoded straight into the producer's record batches.
+            let r = self.encode_into(
+                &data,
+                &batch,
+                &mut Direct {
+                    producer: &mut native,
+                    now: now_ms(),
+                },
+            );
+            let r = match r {
+                Ok(()) => native.send().await,
+                Err(e) => Err(e),
+            };
+            self.native = Some(native);
+            return r;
         }
         let mut txn = std::mem::take(&mut self.current);
         let from = txn.recs.len();
