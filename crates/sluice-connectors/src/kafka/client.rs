@@ -244,6 +244,9 @@ pub(crate) struct Cluster {
     bootstrap: Vec<String>,
     client_id: String,
     topics: Vec<String>,
+    /// Whether asking for the metadata of a topic that does not exist creates it (where
+    /// the broker allows), as librdkafka's producer does.
+    auto_create: bool,
     pub(crate) meta: Metadata,
     conns: HashMap<i32, Conn>,
 }
@@ -260,6 +263,7 @@ impl Cluster {
         servers: &str,
         client_id: &str,
         topics: &[String],
+        auto_create: bool,
     ) -> Result<std::result::Result<Self, Unsupported>> {
         let bootstrap = bootstrap_list(servers);
         let mut last = None;
@@ -278,10 +282,11 @@ impl Cluster {
                 bootstrap: bootstrap.clone(),
                 client_id: client_id.to_string(),
                 topics: topics.to_vec(),
+                auto_create,
                 meta: Metadata::default(),
                 conns: HashMap::new(),
             };
-            c.meta = metadata(&mut conn, topics).await?;
+            c.meta = metadata(&mut conn, topics, auto_create).await?;
             return Ok(Ok(c));
         }
         Err(last
@@ -293,7 +298,7 @@ impl Cluster {
         let ids: Vec<i32> = self.conns.keys().copied().collect();
         for id in ids {
             if let Some(mut c) = self.conns.remove(&id)
-                && let Ok(m) = metadata(&mut c, &self.topics).await
+                && let Ok(m) = metadata(&mut c, &self.topics, self.auto_create).await
             {
                 self.meta = m;
                 self.conns.insert(id, c);
@@ -304,7 +309,7 @@ impl Cluster {
         let known: Vec<String> = self.meta.brokers.values().cloned().collect();
         for addr in self.bootstrap.iter().chain(&known) {
             match Conn::connect(addr, &self.client_id).await {
-                Ok(mut c) => match metadata(&mut c, &self.topics).await {
+                Ok(mut c) => match metadata(&mut c, &self.topics, self.auto_create).await {
                     Ok(m) => {
                         self.meta = m;
                         return Ok(());
@@ -428,13 +433,13 @@ async fn check_versions(conn: &mut Conn) -> Result<std::result::Result<(), Unsup
 }
 
 /// Metadata (v8) of `topics`: brokers and partition leaders.
-async fn metadata(conn: &mut Conn, topics: &[String]) -> Result<Metadata> {
+async fn metadata(conn: &mut Conn, topics: &[String], auto_create: bool) -> Result<Metadata> {
     let mut body = Vec::new();
     body.array_len(topics.len());
     for t in topics {
         body.string(Some(t));
     }
-    body.i8(0); // allow_auto_topic_creation
+    body.i8(i8::from(auto_create));
     body.i8(0); // include_cluster_authorized_operations
     body.i8(0); // include_topic_authorized_operations
     let resp = conn.call(METADATA, METADATA_V, &body).await?;

@@ -191,7 +191,7 @@ impl NativeFetcher {
         let mut topics: Vec<String> = parts.iter().map(|(t, _)| t.clone()).collect();
         topics.sort();
         topics.dedup();
-        let cluster = match Cluster::open(servers, &opts.client_id, &topics).await? {
+        let cluster = match Cluster::open(servers, &opts.client_id, &topics, false).await? {
             Ok(c) => c,
             Err(u) => return Ok(Err(u)),
         };
@@ -347,6 +347,8 @@ impl NativeFetcher {
                     base_timestamp: b.base_timestamp,
                     max_timestamp: b.max_timestamp,
                     producer_id: -1,
+                    producer_epoch: -1,
+                    base_sequence: -1,
                     count: left,
                     records: &[],
                 };
@@ -777,6 +779,32 @@ mod tests {
             assert!(decompress(codec, cut).is_err(), "codec {codec}, cut");
         }
         assert!(decompress(5, &gzip).is_err());
+    }
+
+    #[test]
+    fn fetch_options_follow_librdkafkas_names_and_defaults() {
+        let props = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let o = FetchOptions::from_props(&props(&[])).unwrap();
+        assert!(o.read_committed);
+        assert_eq!(
+            (o.max_wait_ms, o.min_bytes, o.partition_max_bytes),
+            (500, 1, 1_048_576)
+        );
+        let o = FetchOptions::from_props(&props(&[
+            ("isolation.level", "read_uncommitted"),
+            ("fetch.wait.max.ms", "5"),
+            ("fetch.message.max.bytes", "4096"),
+            ("check.crcs", "true"),
+        ]))
+        .unwrap();
+        assert!(!o.read_committed && o.check_crcs);
+        assert_eq!((o.max_wait_ms, o.partition_max_bytes), (5, 4096));
+        assert!(FetchOptions::from_props(&props(&[("security.protocol", "ssl")])).is_err());
     }
 
     #[test]

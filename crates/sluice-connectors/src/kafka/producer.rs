@@ -25,7 +25,7 @@ use sluice_types::{Result, SluiceError};
 use tokio::sync::Notify;
 
 use super::client::{Cluster, PRODUCE, PRODUCE_V, Unsupported, code};
-use super::wire::{BatchWriter, Get, ProducerStamp, Put, key_partition};
+use super::wire::{self, BatchWriter, Get, ProducerStamp, Put, key_partition};
 
 /// A batch is sealed when it reaches this many bytes (librdkafka's `batch.size`
 /// default), unless `batch.size` says otherwise.
@@ -77,6 +77,8 @@ pub(crate) struct ProducerOptions {
     pub(crate) batch_bytes: usize,
     pub(crate) delivery_timeout: Duration,
     pub(crate) client_id: String,
+    /// `allow.auto.create.topics` (librdkafka's producer default: true).
+    pub(crate) auto_create: bool,
 }
 
 impl ProducerOptions {
@@ -126,6 +128,9 @@ impl ProducerOptions {
                 .get("client.id")
                 .cloned()
                 .unwrap_or_else(|| "sluice".into()),
+            auto_create: props
+                .get("allow.auto.create.topics")
+                .is_none_or(|v| !v.eq_ignore_ascii_case("false")),
         })
     }
 }
@@ -162,16 +167,31 @@ impl NativeProducer {
         opts: ProducerOptions,
         first_partition: i32,
     ) -> Result<std::result::Result<Self, Unsupported>> {
-        let mut cluster =
-            match Cluster::open(servers, &opts.client_id, &[topic.to_string()]).await? {
-                Ok(c) => c,
-                Err(u) => return Ok(Err(u)),
-            };
-        let partitions = cluster
-            .meta
-            .leaders
-            .get(topic)
-            .map_or(0, |l| l.len() as i32);
+        let mut cluster = match Cluster::open(
+            servers,
+            &opts.client_id,
+            &[topic.to_string()],
+            opts.auto_create,
+        )
+        .await?
+        {
+            Ok(c) => c,
+            Err(u) => return Ok(Err(u)),
+        };
+        // A topic being created (on first use) has no partitions for a moment.
+        let deadline = Instant::now() + super::client::REQUEST_TIMEOUT;
+        let partitions = loop {
+            let n = cluster
+                .meta
+                .leaders
+                .get(topic)
+                .map_or(0, |l| l.len() as i32);
+            if n > 0 || Instant::now() >= deadline {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cluster.refresh().await?;
+        };
         if partitions == 0 {
             return Err(SluiceError::external(format!(
                 "Kafka topic `{topic}` does not exist (or has no partitions)"
@@ -338,14 +358,45 @@ async fn send_rounds(mut cluster: Cluster, topic: String, opts: ProducerOptions,
         // The first batch of each partition that has one.
         let round: Vec<(i32, Vec<u8>, Instant)> = {
             let mut q = s.lock();
+            let q = &mut *q;
             if q.closed || q.failed.is_some() {
                 return;
             }
-            let round: Vec<(i32, Vec<u8>, Instant)> = q
-                .batches
-                .iter_mut()
-                .filter_map(|(&p, b)| b.pop_front().map(|(batch, at)| (p, batch, at)))
-                .collect();
+            let mut round = Vec::new();
+            for (&p, queued) in q.batches.iter_mut() {
+                let Some((first, at)) = queued.pop_front() else {
+                    continue;
+                };
+                // Small batches waiting behind each other (records trickling in while
+                // a round was out) go as one.
+                let mut take = vec![first];
+                let mut size = take[0].len();
+                while let Some((next, _)) = queued.front()
+                    && size + next.len() <= opts.batch_bytes
+                {
+                    size += next.len();
+                    take.extend(queued.pop_front().map(|(b, _)| b));
+                }
+                if take.len() == 1 {
+                    round.push((p, take.pop().unwrap_or_default(), at));
+                    continue;
+                }
+                match wire::merge(&take, Vec::with_capacity(size)) {
+                    Ok(merged) => {
+                        q.bytes = q.bytes - size + merged.len();
+                        for b in take {
+                            if q.free.len() < FREE_BUFFERS {
+                                q.free.push(b);
+                            }
+                        }
+                        round.push((p, merged, at));
+                    }
+                    Err(e) => {
+                        q.failed = Some(format!("cannot merge record batches: {e}"));
+                        return;
+                    }
+                }
+            }
             q.in_flight = round.len();
             round
         };
@@ -524,4 +575,66 @@ fn produce_response(resp: &[u8], topic: &str) -> Result<BTreeMap<i32, (i16, Stri
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn what_librdkafka_must_serve_is_left_to_it() {
+        let ok =
+            |p: &[(&str, &str)], idempotent| ProducerOptions::from_props(&props(p), idempotent);
+        let o = ok(&[], true).unwrap();
+        assert_eq!(
+            (o.acks, o.idempotent, o.batch_bytes),
+            (-1, true, BATCH_BYTES)
+        );
+        assert!(o.auto_create);
+        let o = ok(
+            &[
+                ("acks", "1"),
+                ("batch.size", "16384"),
+                ("delivery.timeout.ms", "5000"),
+            ],
+            false,
+        )
+        .unwrap();
+        assert_eq!((o.acks, o.idempotent, o.batch_bytes), (1, false, 16384));
+        assert_eq!(o.delivery_timeout, Duration::from_secs(5));
+        assert!(
+            ok(&[("enable.idempotence", "true")], false)
+                .unwrap()
+                .idempotent
+        );
+        // Compression, acks = 0 (no answer to wait for), acks = 1 with idempotence,
+        // TLS or SASL: librdkafka's.
+        for p in [
+            &[("compression.type", "lz4")][..],
+            &[("compression.codec", "gzip")],
+            &[("acks", "0")],
+            &[("security.protocol", "SSL")],
+            &[("security.protocol", "sasl_plaintext")],
+        ] {
+            assert!(ok(p, false).is_err(), "{p:?}");
+        }
+        assert!(ok(&[("acks", "1")], true).is_err());
+        assert!(
+            ok(
+                &[
+                    ("compression.type", "none"),
+                    ("security.protocol", "PLAINTEXT")
+                ],
+                true
+            )
+            .is_ok()
+        );
+    }
 }

@@ -1034,10 +1034,7 @@ impl KafkaReader {
             let Some(mut f) = self.fetcher.take() else {
                 return Err(SluiceError::internal("the Kafka reader has no fetcher"));
             };
-            let moved = match f.events() {
-                Ok(out_of_range) => Ok(out_of_range),
-                Err(e) => Err(e),
-            };
+            let moved = f.events();
             let read = match &moved {
                 Ok(o) if o.is_empty() => f.read(max_rows, |split, r| self.accept_fetched(split, r)),
                 _ => Ok(None),

@@ -64,6 +64,18 @@ fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// A record's key, value or header value: its length as a varint (-1 for null), then
+/// its bytes.
+fn put_bytes(b: &mut Vec<u8>, v: Option<&[u8]>) {
+    match v {
+        Some(v) => {
+            b.varlong(v.len() as i64);
+            b.extend_from_slice(v);
+        }
+        None => b.varlong(-1),
+    }
+}
+
 /// How many bytes `v` takes as a zig-zag varint.
 fn varint_len(v: i64) -> usize {
     let z = ((v << 1) ^ (v >> 63)) as u64;
@@ -354,6 +366,24 @@ impl BatchWriter {
         headers: &[(&str, Option<&[u8]>)],
         timestamp: i64,
     ) {
+        let mut encoded = Vec::new();
+        for (k, v) in headers {
+            encoded.varlong(k.len() as i64);
+            encoded.extend_from_slice(k.as_bytes());
+            put_bytes(&mut encoded, *v);
+        }
+        self.push_raw(key, value, &encoded, headers.len(), timestamp);
+    }
+
+    /// [`BatchWriter::push`] with the headers already in the record format.
+    fn push_raw(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[u8],
+        header_count: usize,
+        timestamp: i64,
+    ) {
         if self.count == 0 {
             self.base_timestamp = timestamp;
         }
@@ -364,36 +394,23 @@ impl BatchWriter {
             Some(b) => varint_len(b.len() as i64) + b.len(),
             None => 1,
         };
-        let mut body = 1
+        let body = 1
             + varint_len(ts_delta)
             + varint_len(offset_delta)
             + var_bytes_len(key)
             + var_bytes_len(value)
-            + varint_len(headers.len() as i64);
-        for (k, v) in headers {
-            body += varint_len(k.len() as i64) + k.len() + var_bytes_len(*v);
-        }
+            + varint_len(header_count as i64)
+            + headers.len();
         let b = &mut self.buf;
         b.reserve(body + 5);
         b.varlong(body as i64);
         b.i8(0);
         b.varlong(ts_delta);
         b.varlong(offset_delta);
-        let put_bytes = |b: &mut Vec<u8>, v: Option<&[u8]>| match v {
-            Some(v) => {
-                b.varlong(v.len() as i64);
-                b.extend_from_slice(v);
-            }
-            None => b.varlong(-1),
-        };
         put_bytes(b, key);
         put_bytes(b, value);
-        b.varlong(headers.len() as i64);
-        for (k, v) in headers {
-            b.varlong(k.len() as i64);
-            b.extend_from_slice(k.as_bytes());
-            put_bytes(b, *v);
-        }
+        b.varlong(header_count as i64);
+        b.extend_from_slice(headers);
         self.count += 1;
     }
 
@@ -422,6 +439,33 @@ impl BatchWriter {
     }
 }
 
+/// Batches of one producer and partition, consecutive in sequence, as one batch (the
+/// broker takes one batch per partition in a request): each record written again
+/// with its deltas from the new batch's base, into `buf`.
+pub(crate) fn merge(batches: &[Vec<u8>], buf: Vec<u8>) -> Result<Vec<u8>> {
+    let mut w = BatchWriter::in_buffer(buf);
+    let mut stamp = None;
+    for b in batches {
+        let (batch, _) = batch_at(b, false)?.ok_or_else(|| malformed("record batch"))?;
+        stamp.get_or_insert(ProducerStamp {
+            id: batch.producer_id,
+            epoch: batch.producer_epoch,
+            sequence: batch.base_sequence,
+        });
+        let mut rs = Records::new(&batch, batch.records);
+        while let Some(r) = rs.next_record()? {
+            w.push_raw(
+                r.key,
+                r.value,
+                r.headers,
+                r.header_count.max(0) as usize,
+                r.timestamp,
+            );
+        }
+    }
+    Ok(w.finish(stamp.unwrap_or(ProducerStamp::NONE)))
+}
+
 /// One record batch of a fetched partition, its records still encoded.
 #[derive(Debug)]
 pub(crate) struct FetchedBatch<'a> {
@@ -431,6 +475,8 @@ pub(crate) struct FetchedBatch<'a> {
     pub(crate) base_timestamp: i64,
     pub(crate) max_timestamp: i64,
     pub(crate) producer_id: i64,
+    pub(crate) producer_epoch: i16,
+    pub(crate) base_sequence: i32,
     pub(crate) count: i32,
     /// The records (decompressed by the caller when the batch is compressed).
     pub(crate) records: &'a [u8],
@@ -485,8 +531,8 @@ pub(crate) fn batch_at(data: &[u8], check: bool) -> Result<Option<(FetchedBatch<
     let base_timestamp = g.i64()?;
     let max_timestamp = g.i64()?;
     let producer_id = g.i64()?;
-    let _epoch = g.i16()?;
-    let _sequence = g.i32()?;
+    let producer_epoch = g.i16()?;
+    let base_sequence = g.i32()?;
     let count = g.i32()?;
     let batch = FetchedBatch {
         base_offset,
@@ -495,6 +541,8 @@ pub(crate) fn batch_at(data: &[u8], check: bool) -> Result<Option<(FetchedBatch<
         base_timestamp,
         max_timestamp,
         producer_id,
+        producer_epoch,
+        base_sequence,
         count,
         records: &whole[BATCH_HEADER..],
     };
@@ -703,6 +751,48 @@ mod tests {
         let mut bad = whole;
         bad[70] ^= 1;
         assert!(batches(&bad, true).is_err());
+    }
+
+    #[test]
+    fn merged_batches_keep_their_records_headers_times_and_first_sequence() {
+        let stamp = |sequence| ProducerStamp {
+            id: 9,
+            epoch: 2,
+            sequence,
+        };
+        let mut a = BatchWriter::new(0);
+        a.push(Some(b"k"), Some(b"one"), &[("h", Some(b"v"))], 5_000);
+        a.push(None, Some(b"two"), &[], 4_000);
+        let mut b = BatchWriter::new(0);
+        b.push(None, None, &[("x", None)], 7_000);
+        let merged = merge(&[a.finish(stamp(10)), b.finish(stamp(12))], Vec::new()).unwrap();
+        let bs = batches(&merged, true).unwrap();
+        assert_eq!(bs.len(), 1);
+        let m = &bs[0];
+        assert_eq!(
+            (m.count, m.base_sequence, m.producer_id, m.producer_epoch),
+            (3, 10, 9, 2)
+        );
+        assert_eq!((m.base_timestamp, m.max_timestamp), (5_000, 7_000));
+        let mut rs = Records::new(m, m.records);
+        let mut got = Vec::new();
+        while let Some(r) = rs.next_record().unwrap() {
+            got.push((r.offset, r.timestamp, r.key, r.value, headers(&r).unwrap()));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (
+                    0,
+                    5_000,
+                    Some(&b"k"[..]),
+                    Some(&b"one"[..]),
+                    vec![("h".to_string(), Some(b"v".to_vec()))]
+                ),
+                (1, 4_000, None, Some(&b"two"[..]), vec![]),
+                (2, 7_000, None, None, vec![("x".to_string(), None)]),
+            ]
+        );
     }
 
     #[test]
