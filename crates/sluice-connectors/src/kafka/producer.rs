@@ -42,8 +42,10 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 /// What the sink and the sending task share.
 #[derive(Default)]
 struct Queues {
-    /// Sealed batches per partition, oldest first, with when each was sealed.
-    batches: BTreeMap<i32, VecDeque<(Vec<u8>, Instant)>>,
+    /// Sealed batches per partition, oldest first, with when each was sealed and
+    /// whether it was sent before (then it goes again exactly as it was: the broker
+    /// knows a batch it has by its first and last sequence).
+    batches: BTreeMap<i32, VecDeque<(Vec<u8>, Instant, bool)>>,
     bytes: usize,
     /// Batches taken out of their queues by the round being sent.
     in_flight: usize,
@@ -295,7 +297,7 @@ impl NativeProducer {
         q.batches
             .entry(p)
             .or_default()
-            .push_back((batch, Instant::now()));
+            .push_back((batch, Instant::now(), false));
     }
 
     /// Queues every open batch for sending, and waits while too much is queued. The
@@ -364,18 +366,19 @@ async fn send_rounds(mut cluster: Cluster, topic: String, opts: ProducerOptions,
             }
             let mut round = Vec::new();
             for (&p, queued) in q.batches.iter_mut() {
-                let Some((first, at)) = queued.pop_front() else {
+                let Some((first, at, sent)) = queued.pop_front() else {
                     continue;
                 };
                 // Small batches waiting behind each other (records trickling in while
                 // a round was out) go as one.
                 let mut take = vec![first];
                 let mut size = take[0].len();
-                while let Some((next, _)) = queued.front()
+                while let Some((next, _, false)) = queued.front()
+                    && !sent
                     && size + next.len() <= opts.batch_bytes
                 {
                     size += next.len();
-                    take.extend(queued.pop_front().map(|(b, _)| b));
+                    take.extend(queued.pop_front().map(|(b, _, _)| b));
                 }
                 if take.len() == 1 {
                     round.push((p, take.pop().unwrap_or_default(), at));
@@ -431,7 +434,7 @@ async fn send_rounds(mut cluster: Cluster, topic: String, opts: ProducerOptions,
                                 opts.delivery_timeout.as_secs()
                             ));
                         }
-                        q.batches.entry(p).or_default().push_front((batch, at));
+                        q.batches.entry(p).or_default().push_front((batch, at, true));
                         refresh = true;
                     }
                     Err(Retry::Never(why)) => {

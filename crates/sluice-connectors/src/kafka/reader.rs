@@ -96,6 +96,9 @@ pub struct KafkaReader {
     /// Partitions the job assigns, read by Sluice's own fetcher instead (where it can
     /// serve them: see [`super::fetcher`]).
     pub(crate) fetcher: Option<NativeFetcher>,
+    /// Splits Sluice's fetcher found out of range, and since when (while the brokers
+    /// cannot say where they go on).
+    pub(crate) out_of_range: std::collections::HashMap<usize, Instant>,
     pub(crate) consumer: Option<Arc<SourceConsumer>>,
     /// Which message metadata the table's columns read.
     pub(crate) wants: MetaWants,
@@ -134,6 +137,9 @@ pub struct KafkaReader {
     /// `'scan.watermark-records'`: each split's writers and their watermarks.
     pub(crate) watermarks: Vec<PartitionWatermark>,
 }
+
+/// How long a split out of range waits for the brokers to say where it goes on.
+const OUT_OF_RANGE_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Without checkpoints, offsets are committed to the group this often.
 pub(crate) const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
@@ -1103,9 +1109,12 @@ impl KafkaReader {
         self.accept(split, &v);
     }
 
-    /// Where a split whose offset `asked` is out of range goes on:
-    /// `properties.auto.offset.reset` (earliest, latest or error), else the earliest
-    /// offset (the latest for `'scan.startup.mode' = 'latest-offset'`).
+    /// Where a split whose offset `asked` the broker said is out of range goes on. A
+    /// broker that has just come back may say so for a moment: an offset within the
+    /// partition's range as asked again is read on. Otherwise
+    /// `properties.auto.offset.reset` (earliest, latest or error) says, else the
+    /// earliest offset (the latest for `'scan.startup.mode' = 'latest-offset'`). While
+    /// the brokers cannot say (they are away), the split waits, for up to a minute.
     async fn reset_offset(
         &mut self,
         consumer: &Arc<SourceConsumer>,
@@ -1115,11 +1124,32 @@ impl KafkaReader {
         let (t, p) = self.parts[split].clone();
         let c = Arc::clone(consumer);
         let (tt, pp) = (t.clone(), p);
-        let (low, high) =
+        let since = *self.out_of_range.entry(split).or_insert_with(Instant::now);
+        let range =
             tokio::task::spawn_blocking(move || c.fetch_watermarks(&tt, pp, METADATA_TIMEOUT))
                 .await
-                .map_err(|e| SluiceError::internal(e.to_string()))?
-                .map_err(kafka_err(format!("cannot read the offsets of {t}/{p}")))?;
+                .map_err(|e| SluiceError::internal(e.to_string()))?;
+        let (low, high) = match range {
+            Ok(r) => r,
+            Err(e) if since.elapsed() < OUT_OF_RANGE_PATIENCE => {
+                if self
+                    .last_transient_warn
+                    .is_none_or(|w| w.elapsed() >= TRANSIENT_WARN_EVERY)
+                {
+                    self.last_transient_warn = Some(Instant::now());
+                    tracing::warn!(topic = %t, partition = p, offset = asked, error = %e, "Kafka said an offset is out of range and cannot say the partition's range now; asking again");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return Ok(asked);
+            }
+            Err(e) => {
+                return Err(kafka_err(format!("cannot read the offsets of {t}/{p}"))(e));
+            }
+        };
+        self.out_of_range.remove(&split);
+        if (low..=high).contains(&asked) {
+            return Ok(asked);
+        }
         let latest = match self
             .config
             .props

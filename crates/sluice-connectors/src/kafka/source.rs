@@ -531,6 +531,7 @@ impl SourceConnector for KafkaSourceConnector {
             group_read: None,
             batches: None,
             fetcher: None,
+            out_of_range: Default::default(),
             config: Arc::clone(config),
             group: config
                 .props
