@@ -434,7 +434,10 @@ async fn send_rounds(mut cluster: Cluster, topic: String, opts: ProducerOptions,
                                 opts.delivery_timeout.as_secs()
                             ));
                         }
-                        q.batches.entry(p).or_default().push_front((batch, at, true));
+                        q.batches
+                            .entry(p)
+                            .or_default()
+                            .push_front((batch, at, true));
                         refresh = true;
                     }
                     Err(Retry::Never(why)) => {
