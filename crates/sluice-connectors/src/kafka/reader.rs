@@ -770,6 +770,14 @@ impl SourceReader for KafkaReader {
         self.end = ends;
         if ctx.cluster.is_none() && !self.parts.is_empty() {
             self.fetcher = self.start_native(&starts, ctx).await?;
+            // Partitions already at their end (bounded) are not fetched.
+            if let (Some(f), true) = (self.fetcher.as_mut(), self.config.bounded) {
+                for (i, (start, end)) in starts.iter().zip(&self.end).enumerate() {
+                    if start >= end {
+                        f.stop(i);
+                    }
+                }
+            }
         }
         if self.fetcher.is_none() {
             // Each partition's records on a queue of its own, read a batch at a time.
@@ -1062,6 +1070,11 @@ impl KafkaReader {
                     self.next[split] = o;
                 }
                 self.check_end(split);
+                if self.ended[split]
+                    && let Some(f) = self.fetcher.as_mut()
+                {
+                    f.stop(split);
+                }
                 if let Some(p) = self.pacer.as_mut() {
                     p.emitted(self.decoder.len().max(1) as u64);
                 }
