@@ -27,8 +27,6 @@ use super::client::{Cluster, FETCH, FETCH_V, Unsupported, code};
 use super::group::Partition;
 use super::wire::{self, FetchedBatch, FetchedRecord, Get, Put, Records};
 
-/// How long a fetch waits at the broker while some partition waits for room (ms).
-const HELD_WAIT_MS: i32 = 10;
 /// Response buffers kept for reuse.
 const FREE_BUFFERS: usize = 4;
 /// The largest a compressed batch may grow to when decompressed.
@@ -510,25 +508,18 @@ async fn fetch_rounds(mut cluster: Cluster, opts: FetchOptions, room: usize, s: 
         tokio::pin!(work);
         work.as_mut().enable();
         // (split, topic, partition, offset) of each partition with room.
-        // A partition waiting for the reader to make room is not fetched; while one
-        // waits, a fetch does not wait long at the broker for the others (the waiting
-        // one would sit out the whole wait once it has room).
-        let (wanted, held): (Vec<(usize, String, i32, i64)>, bool) = {
+        // (split, topic, partition, offset) of each partition with room.
+        let wanted: Vec<(usize, String, i32, i64)> = {
             let st = s.lock();
             if st.closed || st.failed.is_some() {
                 return;
             }
-            let wanted = st
-                .parts
+            st.parts
                 .iter()
                 .enumerate()
                 .filter(|(_, p)| !p.paused && p.bytes < room)
                 .map(|(i, p)| (i, p.topic.clone(), p.partition, p.next))
-                .collect();
-            (
-                wanted,
-                st.parts.iter().any(|p| !p.paused && p.bytes >= room),
-            )
+                .collect()
         };
         if wanted.is_empty() {
             work.await;
@@ -545,11 +536,7 @@ async fn fetch_rounds(mut cluster: Cluster, opts: FetchOptions, room: usize, s: 
         let mut calls = Vec::new();
         for (leader, items) in by_leader {
             let conn = cluster.take_conn(leader).await;
-            let wait = match held {
-                true => opts.max_wait_ms.min(HELD_WAIT_MS),
-                false => opts.max_wait_ms,
-            };
-            let body = fetch_request(&opts, wait, &wanted, &items);
+            let body = fetch_request(&opts, &wanted, &items);
             let buf = s.lock().free.pop().unwrap_or_default();
             calls.push(async move {
                 match conn {
@@ -655,7 +642,6 @@ async fn fetch_rounds(mut cluster: Cluster, opts: FetchOptions, room: usize, s: 
 /// A Fetch (v11) request for items `items` of `wanted`, grouped by topic.
 fn fetch_request(
     opts: &FetchOptions,
-    max_wait_ms: i32,
     wanted: &[(usize, String, i32, i64)],
     items: &[usize],
 ) -> Vec<u8> {
@@ -666,7 +652,7 @@ fn fetch_request(
     }
     let mut b = Vec::new();
     b.i32(-1); // replica_id
-    b.i32(max_wait_ms);
+    b.i32(opts.max_wait_ms);
     b.i32(opts.min_bytes);
     b.i32(opts.max_bytes);
     b.i8(i8::from(opts.read_committed));
