@@ -32,6 +32,8 @@ use super::wire::{self, BatchWriter, Get, ProducerStamp, Put, key_partition};
 const BATCH_BYTES: usize = 1_000_000;
 /// The sink waits while more than this is queued and not yet acknowledged.
 const QUEUED_BYTES: usize = 64 << 20;
+/// Batches smaller than this that wait behind each other are merged.
+const MERGE_BELOW: usize = 64 << 10;
 /// Buffers of acknowledged batches kept for reuse.
 const FREE_BUFFERS: usize = 8;
 /// How long a batch may wait to be acknowledged before the sink fails (Kafka's
@@ -370,11 +372,14 @@ async fn send_rounds(mut cluster: Cluster, topic: String, opts: ProducerOptions,
                     continue;
                 };
                 // Small batches waiting behind each other (records trickling in while
-                // a round was out) go as one.
+                // a round was out) go as one; large ones are worth a request each (no
+                // records written again).
                 let mut take = vec![first];
                 let mut size = take[0].len();
                 while let Some((next, _, false)) = queued.front()
                     && !sent
+                    && size < MERGE_BELOW
+                    && next.len() < MERGE_BELOW
                     && size + next.len() <= opts.batch_bytes
                 {
                     size += next.len();
