@@ -329,12 +329,7 @@ fn timestamp(value: i64, unit: TimeUnit, sql: bool, day: &mut DayCache, out: &mu
     if nanos == 0 {
         return true;
     }
-    let (mut fraction, mut digits) = (nanos, 9);
-    let step = if sql { 10 } else { 1_000 };
-    while fraction % step == 0 {
-        fraction /= step;
-        digits -= if sql { 1 } else { 3 };
-    }
+    let (mut fraction, digits) = crate::format::fraction_digits(nanos, sql);
     out.push(b'.');
     let at = out.len();
     out.resize(at + digits, b'0');

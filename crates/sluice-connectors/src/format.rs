@@ -228,14 +228,20 @@ pub(crate) fn write_timestamp(out: &mut String, value: i64, unit: TimeUnit, sql:
     if nanos == 0 {
         return;
     }
+    let (fraction, digits) = fraction_digits(nanos, sql);
+    let _ = write!(out, ".{fraction:0digits$}");
+}
+
+/// A nonzero fraction of a second (ns) as Flink writes it: the digits and how many
+/// (SQL: no trailing zeros; ISO-8601: in groups of three digits).
+pub(crate) fn fraction_digits(nanos: i64, sql: bool) -> (i64, usize) {
     let (mut fraction, mut digits) = (nanos, 9);
-    // SQL: no trailing zeros; ISO-8601: in groups of three digits.
     let step = if sql { 10 } else { 1_000 };
     while fraction % step == 0 {
         fraction /= step;
         digits -= if sql { 1 } else { 3 };
     }
-    let _ = write!(out, ".{fraction:0digits$}");
+    (fraction, digits)
 }
 
 /// The first of `fields` (a nested one as `outer.inner`) the JSON object `record` lacks;

@@ -108,7 +108,6 @@ struct State {
     free: Vec<Vec<u8>>,
     failed: Option<String>,
     out_of_range: Vec<(usize, i64)>,
-    closed: bool,
 }
 
 struct Shared {
@@ -173,8 +172,7 @@ pub(crate) struct NativeFetcher {
 
 impl Drop for NativeFetcher {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.work.notify_one();
+        // The task holds the connections; they close with it.
         self.task.abort();
     }
 }
@@ -511,7 +509,7 @@ async fn fetch_rounds(mut cluster: Cluster, opts: FetchOptions, room: usize, s: 
         // (split, topic, partition, offset) of each partition with room.
         let wanted: Vec<(usize, String, i32, i64)> = {
             let st = s.lock();
-            if st.closed || st.failed.is_some() {
+            if st.failed.is_some() {
                 return;
             }
             st.parts

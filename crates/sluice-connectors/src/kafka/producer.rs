@@ -55,7 +55,6 @@ struct Queues {
     free: Vec<Vec<u8>>,
     /// The first error that cannot be retried: the sink fails with it.
     failed: Option<String>,
-    closed: bool,
 }
 
 struct Shared {
@@ -156,8 +155,7 @@ pub(crate) struct NativeProducer {
 
 impl Drop for NativeProducer {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.work.notify_one();
+        // The task holds the connections; they close with it.
         self.task.abort();
     }
 }
@@ -363,7 +361,7 @@ async fn send_rounds(mut cluster: Cluster, topic: String, opts: ProducerOptions,
         let round: Vec<(i32, Vec<u8>, Instant)> = {
             let mut q = s.lock();
             let q = &mut *q;
-            if q.closed || q.failed.is_some() {
+            if q.failed.is_some() {
                 return;
             }
             let mut round = Vec::new();
