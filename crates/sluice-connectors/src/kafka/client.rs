@@ -93,6 +93,22 @@ pub(crate) mod code {
     }
 }
 
+/// A task of the client's (a producer's sender, a fetcher's fetcher), which holds its
+/// connections: it ends, and they close, when its owner drops this.
+pub(crate) struct Task(tokio::task::JoinHandle<()>);
+
+impl Task {
+    pub(crate) fn spawn(f: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        Self(tokio::spawn(f))
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A warning about brokers away, at most once per 10 s while they stay away.
 #[derive(Default)]
 pub(crate) struct Quiet(Option<std::time::Instant>);

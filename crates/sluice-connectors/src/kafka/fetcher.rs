@@ -161,20 +161,13 @@ pub(crate) struct Fetch<'a> {
 /// Sluice's fetcher of one source subtask's partitions.
 pub(crate) struct NativeFetcher {
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
+    _task: super::client::Task,
     cursor: Option<Cursor>,
     turn: usize,
     read_committed: bool,
     check_crcs: bool,
     /// Fetched bytes kept per partition before its fetching waits.
     room: usize,
-}
-
-impl Drop for NativeFetcher {
-    fn drop(&mut self) {
-        // The task holds the connections; they close with it.
-        self.task.abort();
-    }
 }
 
 impl NativeFetcher {
@@ -215,10 +208,11 @@ impl NativeFetcher {
         });
         let room = 2 * opts.partition_max_bytes as usize;
         let (read_committed, check_crcs) = (opts.read_committed, opts.check_crcs);
-        let task = tokio::spawn(fetch_rounds(cluster, opts, room, Arc::clone(&shared)));
+        let task =
+            super::client::Task::spawn(fetch_rounds(cluster, opts, room, Arc::clone(&shared)));
         Ok(Ok(Self {
             shared,
-            task,
+            _task: task,
             cursor: None,
             turn: 0,
             read_committed,

@@ -150,14 +150,7 @@ pub(crate) struct NativeProducer {
     /// The partition keyless records go to until the next chunk.
     sticky: i32,
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for NativeProducer {
-    fn drop(&mut self) {
-        // The task holds the connections; they close with it.
-        self.task.abort();
-    }
+    _task: super::client::Task,
 }
 
 impl NativeProducer {
@@ -215,7 +208,7 @@ impl NativeProducer {
             work: Notify::new(),
             done: Notify::new(),
         });
-        let task = tokio::spawn(send_rounds(
+        let task = super::client::Task::spawn(send_rounds(
             cluster,
             topic.to_string(),
             opts.clone(),
@@ -230,7 +223,7 @@ impl NativeProducer {
             open: (0..partitions).map(|_| None).collect(),
             sticky: first_partition.rem_euclid(partitions),
             shared,
-            task,
+            _task: task,
         }))
     }
 
